@@ -1,0 +1,134 @@
+//! Benchmarks of the hot path: decode alone, and decode + fold + atomic store commit through the
+//! processor, in memory and on RocksDB. Events are the generator's (about 200 bytes each).
+//! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use customer_pulse::decode::{decode, Rules};
+use customer_pulse::fold::FoldLimits;
+use customer_pulse::generate::{generate, TrafficSpec};
+use customer_pulse::processor::{InputRecord, OutputTopics, Processor, ProcessorSettings};
+use customer_pulse::store::{RocksBackend, Store};
+
+const NOW: i64 = 1_780_315_200_000;
+const EVENTS: u64 = 20_000;
+
+fn rules() -> Rules {
+    Rules {
+        max_event_bytes: 65_536,
+        max_future_skew_ms: 300_000,
+        currency: "EUR".into(),
+        complaint_categories: [
+            "billing",
+            "delivery",
+            "product_quality",
+            "service",
+            "website",
+            "refund",
+            "privacy",
+        ]
+        .map(String::from)
+        .to_vec(),
+        cancellation_reasons: ["price", "competitor", "service"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
+fn settings() -> ProcessorSettings {
+    ProcessorSettings {
+        rules: rules(),
+        limits: FoldLimits {
+            dedup_horizon_ms: 30 * 86_400_000,
+            max_dedup_ids: 10_000,
+            max_open_items: 1_000,
+        },
+        topics: OutputTopics {
+            churn_risk: "customer.churn-risk".into(),
+            dead_letter: "customer.events.dlq".into(),
+        },
+        partitions: 6,
+        cache_customers: 100_000,
+    }
+}
+
+fn records() -> Vec<InputRecord> {
+    let spec = TrafficSpec {
+        customers: 5_000,
+        events: EVENTS,
+        seed: 1,
+        start_ms: NOW - 30 * 86_400_000,
+        step_ms: 60_000,
+    };
+    generate(&spec)
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| InputRecord {
+            source: "bench".into(),
+            source_partition: 0,
+            offset: i as i64,
+            stream: None,
+            state_partition: None,
+            key: None,
+            payload: g.value.to_string().into_bytes(),
+            append_time_ms: None,
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let records = records();
+    let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+    eprintln!(
+        "{} events, {} bytes on average",
+        records.len(),
+        bytes / records.len()
+    );
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.sample_size(10);
+
+    let rules = rules();
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .filter(|r| decode(None, None, &r.payload, NOW, &rules).is_ok())
+                .count()
+        })
+    });
+
+    group.bench_function("decode_fold_commit_memory", |b| {
+        b.iter_batched(
+            || Processor::new(Store::in_memory(), settings()),
+            |mut processor| {
+                for chunk in records.chunks(5_000) {
+                    processor.process(chunk, NOW).expect("memory commit");
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("decode_fold_commit_rocksdb", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+                let store = Store::open(Arc::new(backend)).expect("store");
+                (dir, Processor::new(store, settings()))
+            },
+            |(_dir, mut processor)| {
+                for chunk in records.chunks(5_000) {
+                    processor.process(chunk, NOW).expect("rocksdb commit");
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what customer-pulse needs to build and test on a Debian machine that has only the Rust
+# toolchain, saying what it does; what is already there is left alone. Sourced by
+# deploy/demo.sh and tests/run.sh.
+set -euo pipefail
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Reuse one cargo target directory across runs and sessions: the first build of RocksDB and
+# librdkafka takes about 15 minutes on 2 cores; later ones take seconds.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/customer-pulse/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+need_debian() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "Installing Debian packages: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# libclang-dev: RocksDB's bindings are generated at build time. The rest: a C/C++ toolchain,
+# make and perl for librdkafka's configure, and zlib.
+need_debian libclang-dev g++ make perl pkg-config zlib1g-dev curl
+
+need_tansu() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v tansu >/dev/null 2>&1; then
+        say "Installing the Tansu Kafka-protocol broker for the tests (cargo install, about 10 minutes the first time)"
+        cargo install tansu --version 0.6.0 --features dynostore --locked
+    fi
+}

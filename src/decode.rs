@@ -1,0 +1,390 @@
+//! Decoding and validation: raw message bytes to a typed [`Event`], or a [`Rejection`] with a reason
+//! code. Pure: the processor's clock is passed in. Must not know about Kafka, storage or metrics.
+
+use serde_json::{Map, Value};
+
+use crate::event::{Channel, Event, EventKind, Millis, Severity, Stream};
+
+/// Why an input was rejected. The code is stable: it is a dead-letter header and a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    TooLarge,
+    NotJson,
+    NotObject,
+    MissingField,
+    BadField,
+    UnknownType,
+    WrongTopic,
+    KeyMismatch,
+    FutureTimestamp,
+    UnsupportedSchemaVersion,
+    CurrencyMismatch,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::TooLarge,
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::MissingField,
+        Reason::BadField,
+        Reason::UnknownType,
+        Reason::WrongTopic,
+        Reason::KeyMismatch,
+        Reason::FutureTimestamp,
+        Reason::UnsupportedSchemaVersion,
+        Reason::CurrencyMismatch,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::NotJson => "not_json",
+            Reason::NotObject => "not_object",
+            Reason::MissingField => "missing_field",
+            Reason::BadField => "bad_field",
+            Reason::UnknownType => "unknown_type",
+            Reason::WrongTopic => "wrong_topic",
+            Reason::KeyMismatch => "key_mismatch",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::UnsupportedSchemaVersion => "unsupported_schema_version",
+            Reason::CurrencyMismatch => "currency_mismatch",
+        }
+    }
+}
+
+/// A rejected input: the reason code and a human message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn reject(reason: Reason, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// The validation rules that come from configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub max_event_bytes: usize,
+    pub max_future_skew_ms: Millis,
+    pub currency: String,
+    /// Closed set of complaint categories; anything else becomes `other`.
+    pub complaint_categories: Vec<String>,
+    /// Closed set of cancellation reasons; anything else becomes `other`.
+    pub cancellation_reasons: Vec<String>,
+}
+
+/// The highest `schema_version` this build understands.
+pub const SCHEMA_VERSION: u64 = 1;
+const MAX_ID_CHARS: usize = 128;
+const MAX_TEXT_CHARS: usize = 1024;
+
+/// Decodes one message that arrived on the topic of `stream`, keyed by `key`, at processor time
+/// `now`. A source that mixes every type (a file) passes `None` for `stream`.
+pub fn decode(
+    stream: Option<Stream>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    now: Millis,
+    rules: &Rules,
+) -> Result<Event, Rejection> {
+    if payload.len() > rules.max_event_bytes {
+        return Err(reject(
+            Reason::TooLarge,
+            format!(
+                "event is {} bytes, more than max_event_bytes = {}",
+                payload.len(),
+                rules.max_event_bytes
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| reject(Reason::NotJson, format!("not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(reject(Reason::NotObject, "event is not a JSON object"));
+    };
+    let fields = Fields(&obj);
+
+    match obj.get("schema_version") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if (1..=SCHEMA_VERSION).contains(&v) => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(reject(
+                    Reason::UnsupportedSchemaVersion,
+                    format!("schema_version {v} is newer than {SCHEMA_VERSION}, the highest this build reads"),
+                ))
+            }
+            _ => return Err(bad("schema_version", "a positive integer")),
+        },
+        Some(_) => return Err(bad("schema_version", "a positive integer")),
+    }
+
+    let event_id = fields.id("event_id")?;
+    let customer_id = fields.id("customer_id")?;
+    let type_name = fields.str("type")?;
+    let occurred_at = fields.time("occurred_at")?;
+
+    let Some(home) = Stream::of_type(type_name) else {
+        return Err(reject(
+            Reason::UnknownType,
+            format!("unknown event type {type_name:?}"),
+        ));
+    };
+    if let Some(stream) = stream.filter(|s| *s != home) {
+        return Err(reject(
+            Reason::WrongTopic,
+            format!("{type_name} belongs on the {home:?} topic, not {stream:?}"),
+        ));
+    }
+    if let Some(key) = key {
+        if key != customer_id.as_bytes() {
+            return Err(reject(
+                Reason::KeyMismatch,
+                "message key differs from customer_id",
+            ));
+        }
+    }
+    if occurred_at > now.saturating_add(rules.max_future_skew_ms) {
+        return Err(reject(
+            Reason::FutureTimestamp,
+            format!(
+                "occurred_at is {} s ahead of the processor clock, more than max_future_skew",
+                (occurred_at - now) / 1000
+            ),
+        ));
+    }
+    if let Some(currency) = fields.opt_str("currency")? {
+        if currency != rules.currency {
+            return Err(reject(
+                Reason::CurrencyMismatch,
+                format!(
+                    "currency {currency:?} differs from the configured {:?}",
+                    rules.currency
+                ),
+            ));
+        }
+    }
+
+    let kind = match type_name {
+        "customer.registered" => EventKind::Registered {
+            referred_by: fields.opt_id("referred_by")?,
+            segment_hint: fields.opt_text("segment_hint")?,
+        },
+        "interaction.contact" => EventKind::Contact {
+            channel: fields.channel("channel")?,
+            inbound: match fields.str("direction")? {
+                "inbound" => true,
+                "outbound" => false,
+                _ => return Err(bad("direction", "inbound or outbound")),
+            },
+            first_response_seconds: fields.opt_u32("first_response_seconds")?,
+            handle_seconds: fields.opt_u32("handle_seconds")?,
+        },
+        "interaction.survey" => {
+            let score = fields.int("score")?;
+            if !(0..=10).contains(&score) {
+                return Err(bad("score", "an integer from 0 to 10"));
+            }
+            EventKind::Survey { score: score as u8 }
+        }
+        "subscription.renewed" => EventKind::SubscriptionRenewed {
+            amount_minor: fields.non_negative("amount_minor")?,
+            reason: fields.opt_text("reason")?,
+        },
+        "subscription.cancelled" => EventKind::SubscriptionCancelled {
+            reason: normalise(fields.text("reason")?, &rules.cancellation_reasons),
+        },
+        "customer.erased" => EventKind::Erased,
+        "order.placed" => EventKind::OrderPlaced {
+            order_id: fields.id("order_id")?,
+            amount_minor: fields.non_negative("amount_minor")?,
+            margin_minor: fields.int("margin_minor")?,
+        },
+        "order.delivered" => EventKind::OrderDelivered {
+            order_id: fields.id("order_id")?,
+        },
+        "order.returned" => EventKind::OrderReturned {
+            order_id: fields.id("order_id")?,
+            amount_minor: fields.non_negative("amount_minor")?,
+        },
+        "order.cancelled" => EventKind::OrderCancelled {
+            order_id: fields.id("order_id")?,
+        },
+        "complaint.opened" => EventKind::ComplaintOpened {
+            complaint_id: fields.id("complaint_id")?,
+            category: normalise(fields.text("category")?, &rules.complaint_categories),
+            severity: match fields.str("severity")? {
+                "low" => Severity::Low,
+                "medium" => Severity::Medium,
+                "high" => Severity::High,
+                "critical" => Severity::Critical,
+                _ => return Err(bad("severity", "low, medium, high or critical")),
+            },
+        },
+        "complaint.resolved" => EventKind::ComplaintResolved {
+            complaint_id: fields.id("complaint_id")?,
+            satisfied: match obj.get("satisfied") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => return Err(bad("satisfied", "a boolean")),
+            },
+        },
+        other => unreachable!("Stream::of_type accepted {other} but decode has no arm for it"),
+    };
+    Ok(Event {
+        event_id,
+        customer_id,
+        occurred_at,
+        kind,
+    })
+}
+
+/// Maps free text onto a closed set: case and surrounding blanks are ignored, spaces and dashes
+/// read as underscores; anything outside the set is `other`.
+pub fn normalise(text: &str, closed_set: &[String]) -> String {
+    let folded: String = text
+        .trim()
+        .chars()
+        .map(|c| match c {
+            ' ' | '-' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    if closed_set.contains(&folded) {
+        folded
+    } else {
+        "other".to_owned()
+    }
+}
+
+fn bad(field: &str, expected: &str) -> Rejection {
+    reject(
+        Reason::BadField,
+        format!("field `{field}` must be {expected}"),
+    )
+}
+
+fn missing(field: &str) -> Rejection {
+    reject(Reason::MissingField, format!("field `{field}` is required"))
+}
+
+/// Typed access to the fields of one JSON object, each failure naming its field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    fn present(&self, field: &str) -> Option<&'a Value> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn str(&self, field: &str) -> Result<&'a str, Rejection> {
+        match self.present(field) {
+            None => Err(missing(field)),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(bad(field, "a string")),
+        }
+    }
+
+    fn opt_str(&self, field: &str) -> Result<Option<&'a str>, Rejection> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(_) => self.str(field).map(Some),
+        }
+    }
+
+    fn bounded(&self, field: &str, max_chars: usize) -> Result<&'a str, Rejection> {
+        let s = self.str(field)?;
+        let chars = s.chars().count();
+        if chars == 0 || chars > max_chars {
+            return Err(bad(
+                field,
+                &format!("a string of 1 to {max_chars} characters"),
+            ));
+        }
+        Ok(s)
+    }
+
+    fn id(&self, field: &str) -> Result<String, Rejection> {
+        self.bounded(field, MAX_ID_CHARS).map(str::to_owned)
+    }
+
+    fn opt_id(&self, field: &str) -> Result<Option<String>, Rejection> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(_) => self.id(field).map(Some),
+        }
+    }
+
+    fn text(&self, field: &str) -> Result<&'a str, Rejection> {
+        self.bounded(field, MAX_TEXT_CHARS)
+    }
+
+    fn opt_text(&self, field: &str) -> Result<Option<String>, Rejection> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(_) => self.text(field).map(|s| Some(s.to_owned())),
+        }
+    }
+
+    fn int(&self, field: &str) -> Result<i64, Rejection> {
+        match self.present(field) {
+            None => Err(missing(field)),
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| bad(field, "an integer")),
+            Some(_) => Err(bad(field, "an integer")),
+        }
+    }
+
+    fn non_negative(&self, field: &str) -> Result<i64, Rejection> {
+        let v = self.int(field)?;
+        if v < 0 {
+            return Err(bad(field, "an integer >= 0"));
+        }
+        Ok(v)
+    }
+
+    fn opt_u32(&self, field: &str) -> Result<Option<u32>, Rejection> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(_) => {
+                let v = self.int(field)?;
+                u32::try_from(v)
+                    .map(Some)
+                    .map_err(|_| bad(field, "an integer from 0 to 4294967295"))
+            }
+        }
+    }
+
+    fn time(&self, field: &str) -> Result<Millis, Rejection> {
+        let s = self.str(field)?;
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| bad(field, "an RFC 3339 timestamp with offset"))?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+            .map_err(|_| bad(field, "a timestamp within range"))
+    }
+
+    fn channel(&self, field: &str) -> Result<Channel, Rejection> {
+        Ok(match self.str(field)? {
+            "web" => Channel::Web,
+            "phone" => Channel::Phone,
+            "email" => Channel::Email,
+            "store" => Channel::Store,
+            "chat" => Channel::Chat,
+            "mobile" => Channel::Mobile,
+            "other" => Channel::Other,
+            _ => {
+                return Err(bad(
+                    field,
+                    "one of web, phone, email, store, chat, mobile, other",
+                ))
+            }
+        })
+    }
+}

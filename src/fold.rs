@@ -1,0 +1,330 @@
+//! The fold: one customer's state and the pure step `apply(state, event) -> outcome`.
+//! Must not know about Kafka, RocksDB, Prometheus, tokio or the wall clock: everything it needs
+//! (the event and its event time, the limits) is passed in, and what should happen is returned.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventKind, Millis, Severity};
+
+const DAY_MS: Millis = 86_400_000;
+
+/// Lifecycle stage of a customer (DOMAIN.md, Segments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    #[default]
+    New,
+    Active,
+    AtRisk,
+    Lost,
+    WonBack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Subscription {
+    #[default]
+    None,
+    Active,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenOrder {
+    pub order_id: String,
+    pub placed_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenComplaint {
+    pub complaint_id: String,
+    pub category: String,
+    pub severity: Severity,
+    pub opened_at: Millis,
+}
+
+/// A processed event id and its event time, kept for deduplication within the horizon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenEvent {
+    pub event_id: String,
+    pub occurred_at: Millis,
+}
+
+/// Everything the analytics need to know about one customer, folded from its events.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CustomerState {
+    pub customer_id: String,
+    pub registered_at: Option<Millis>,
+    pub referred_by: Option<String>,
+    pub segment_hint: Option<String>,
+    pub lifecycle: Lifecycle,
+    pub first_event_at: Millis,
+    pub last_event_at: Millis,
+
+    pub first_order_at: Option<Millis>,
+    pub last_order_at: Option<Millis>,
+    /// Distinct purchase days (days since the epoch, ascending): x = len - 1, t_x from first to last.
+    pub purchase_days: Vec<i32>,
+    pub orders: u32,
+    pub revenue_minor: i64,
+    pub margin_minor: i64,
+    /// Revenue of the orders on the first purchase day, so that m_x can exclude it.
+    pub first_day_revenue_minor: i64,
+    pub open_orders: Vec<OpenOrder>,
+    pub deliveries: u32,
+    pub delivery_seconds_total: u64,
+    pub returns: u32,
+    pub returned_minor: i64,
+    pub order_cancellations: u32,
+
+    pub open_complaints: Vec<OpenComplaint>,
+    pub complaints_opened: u32,
+    pub complaints_resolved: u32,
+    pub resolution_seconds_total: u64,
+    pub resolutions_unsatisfied: u32,
+    pub last_complaint_at: Option<Millis>,
+
+    pub last_survey_score: Option<u8>,
+    pub last_survey_at: Option<Millis>,
+    pub contacts: u32,
+    pub inbound_contacts: u32,
+    pub first_responses: u32,
+    pub first_response_seconds_total: u64,
+
+    pub subscription: Subscription,
+    pub renewals: u32,
+    pub renewal_revenue_minor: i64,
+    pub last_renewal_reason: Option<String>,
+    pub cancellation_reason: Option<String>,
+    pub cancelled_at: Option<Millis>,
+
+    /// Event ids seen within the dedup horizon, oldest first.
+    pub seen: Vec<SeenEvent>,
+}
+
+/// Limits of the fold, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldLimits {
+    pub dedup_horizon_ms: Millis,
+    pub max_dedup_ids: usize,
+    pub max_open_items: usize,
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event changed the customer's state.
+    Applied,
+    /// The event id was already seen within the horizon: nothing changed.
+    Duplicate,
+    /// The customer asked to be forgotten: the caller deletes all state and publishes tombstones.
+    Erased,
+}
+
+impl CustomerState {
+    pub fn new(customer_id: &str) -> Self {
+        CustomerState {
+            customer_id: customer_id.to_owned(),
+            ..CustomerState::default()
+        }
+    }
+
+    /// Repeat purchases x (DOMAIN.md): distinct purchase days minus one.
+    pub fn repeat_purchases(&self) -> u32 {
+        (self.purchase_days.len() as u32).saturating_sub(1)
+    }
+
+    /// Whether the state was never touched by an applied event.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.first_event_at == 0 && self.last_event_at == 0
+    }
+
+    /// Applies one event. The event's customer must be this state's customer.
+    pub fn apply(&mut self, event: &Event, limits: &FoldLimits) -> Outcome {
+        debug_assert_eq!(event.customer_id, self.customer_id);
+        if self.seen.iter().any(|s| s.event_id == event.event_id) {
+            return Outcome::Duplicate;
+        }
+        if let EventKind::Erased = event.kind {
+            return Outcome::Erased;
+        }
+        let t = event.occurred_at;
+        if self.is_empty() {
+            self.first_event_at = t;
+            self.last_event_at = t;
+        } else {
+            self.first_event_at = self.first_event_at.min(t);
+            self.last_event_at = self.last_event_at.max(t);
+        }
+        self.remember(event, limits);
+
+        match &event.kind {
+            EventKind::Registered {
+                referred_by,
+                segment_hint,
+            } => {
+                self.registered_at = Some(self.registered_at.map_or(t, |r| r.min(t)));
+                if referred_by.is_some() {
+                    self.referred_by.clone_from(referred_by);
+                }
+                if segment_hint.is_some() {
+                    self.segment_hint.clone_from(segment_hint);
+                }
+            }
+            EventKind::Contact {
+                inbound,
+                first_response_seconds,
+                ..
+            } => {
+                self.contacts += 1;
+                self.inbound_contacts += u32::from(*inbound);
+                if let Some(s) = first_response_seconds {
+                    self.first_responses += 1;
+                    self.first_response_seconds_total += u64::from(*s);
+                }
+            }
+            EventKind::Survey { score } => {
+                if self.last_survey_at.is_none_or(|at| at <= t) {
+                    self.last_survey_score = Some(*score);
+                    self.last_survey_at = Some(t);
+                }
+            }
+            EventKind::SubscriptionRenewed {
+                amount_minor,
+                reason,
+            } => {
+                self.renewals += 1;
+                self.renewal_revenue_minor += amount_minor;
+                self.last_renewal_reason.clone_from(reason);
+                if self.cancelled_at.is_none_or(|c| c <= t) {
+                    self.subscription = Subscription::Active;
+                    if self.lifecycle == Lifecycle::Lost {
+                        self.lifecycle = Lifecycle::WonBack;
+                    }
+                }
+            }
+            EventKind::SubscriptionCancelled { reason } => {
+                self.subscription = Subscription::Cancelled;
+                self.cancellation_reason = Some(reason.clone());
+                self.cancelled_at = Some(t);
+                self.lifecycle = Lifecycle::Lost;
+            }
+            EventKind::OrderPlaced {
+                order_id,
+                amount_minor,
+                margin_minor,
+            } => {
+                self.place_order(t, *amount_minor, *margin_minor);
+                if self.open_orders.len() < limits.max_open_items {
+                    self.open_orders.push(OpenOrder {
+                        order_id: order_id.clone(),
+                        placed_at: t,
+                    });
+                }
+            }
+            EventKind::OrderDelivered { order_id } => {
+                if let Some(i) = self
+                    .open_orders
+                    .iter()
+                    .position(|o| o.order_id == *order_id)
+                {
+                    let order = self.open_orders.swap_remove(i);
+                    self.deliveries += 1;
+                    self.delivery_seconds_total += seconds_between(order.placed_at, t);
+                }
+            }
+            EventKind::OrderReturned { amount_minor, .. } => {
+                self.returns += 1;
+                self.returned_minor += amount_minor;
+            }
+            EventKind::OrderCancelled { order_id } => {
+                self.order_cancellations += 1;
+                self.open_orders.retain(|o| o.order_id != *order_id);
+            }
+            EventKind::ComplaintOpened {
+                complaint_id,
+                category,
+                severity,
+            } => {
+                self.complaints_opened += 1;
+                self.last_complaint_at = Some(self.last_complaint_at.map_or(t, |c| c.max(t)));
+                if self.open_complaints.len() < limits.max_open_items {
+                    self.open_complaints.push(OpenComplaint {
+                        complaint_id: complaint_id.clone(),
+                        category: category.clone(),
+                        severity: *severity,
+                        opened_at: t,
+                    });
+                }
+            }
+            EventKind::ComplaintResolved {
+                complaint_id,
+                satisfied,
+            } => {
+                if let Some(i) = self
+                    .open_complaints
+                    .iter()
+                    .position(|c| c.complaint_id == *complaint_id)
+                {
+                    let complaint = self.open_complaints.swap_remove(i);
+                    self.complaints_resolved += 1;
+                    self.resolution_seconds_total += seconds_between(complaint.opened_at, t);
+                    self.resolutions_unsatisfied += u32::from(*satisfied == Some(false));
+                }
+            }
+            EventKind::Erased => unreachable!("handled above"),
+        }
+        Outcome::Applied
+    }
+
+    fn place_order(&mut self, t: Millis, amount_minor: i64, margin_minor: i64) {
+        self.orders += 1;
+        self.revenue_minor += amount_minor;
+        self.margin_minor += margin_minor;
+        self.first_order_at = Some(self.first_order_at.map_or(t, |f| f.min(t)));
+        self.last_order_at = Some(self.last_order_at.map_or(t, |l| l.max(t)));
+        let day = t.div_euclid(DAY_MS) as i32;
+        match self.purchase_days.binary_search(&day) {
+            Ok(0) => self.first_day_revenue_minor += amount_minor,
+            Ok(_) => {}
+            Err(i) => {
+                if i == 0 {
+                    // A late order moved the first purchase day earlier: the old first day's
+                    // revenue is repeat revenue from now on.
+                    self.first_day_revenue_minor = amount_minor;
+                }
+                self.purchase_days.insert(i, day);
+            }
+        }
+        if self.lifecycle == Lifecycle::Lost && self.cancelled_at.is_none_or(|c| c <= t) {
+            self.lifecycle = Lifecycle::WonBack;
+        } else if self.lifecycle == Lifecycle::New && self.purchase_days.len() > 1 {
+            self.lifecycle = Lifecycle::Active;
+        }
+    }
+
+    fn remember(&mut self, event: &Event, limits: &FoldLimits) {
+        let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
+        self.seen.retain(|s| s.occurred_at >= horizon);
+        if self.seen.len() >= limits.max_dedup_ids {
+            // Oldest by event time leaves first; the id set stays bounded per customer.
+            if let Some(oldest) = self
+                .seen
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.occurred_at)
+                .map(|(i, _)| i)
+            {
+                self.seen.remove(oldest);
+            }
+        }
+        self.seen.push(SeenEvent {
+            event_id: event.event_id.clone(),
+            occurred_at: event.occurred_at,
+        });
+    }
+}
+
+fn seconds_between(from: Millis, to: Millis) -> u64 {
+    u64::try_from(to.saturating_sub(from) / 1000).unwrap_or(0)
+}

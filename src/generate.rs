@@ -1,0 +1,199 @@
+//! Synthetic customer traffic: a population with habits, orders, deliveries, contacts, surveys,
+//! complaints and cancellations, as contract JSON events in per-customer event-time order.
+//! Deterministic for a seed, so tests and benchmarks can regenerate the same stream.
+//! Must not know where the events go (a file, a broker).
+
+use serde_json::{json, Value};
+
+use crate::event::{format_millis, Millis};
+
+/// A small, fast, seedable generator (SplitMix64); statistical quality is ample for traffic.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+const CATEGORIES: [&str; 7] = [
+    "billing",
+    "delivery",
+    "product_quality",
+    "service",
+    "website",
+    "refund",
+    "privacy",
+];
+const CHANNELS: [&str; 6] = ["web", "phone", "email", "store", "chat", "mobile"];
+const CANCEL_REASONS: [&str; 4] = ["price", "competitor", "Service", "moved away"];
+
+/// One generated event: the customer (message key), its topic stream and the JSON value.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub customer_id: String,
+    pub type_name: &'static str,
+    pub value: Value,
+}
+
+/// Traffic shape.
+#[derive(Debug, Clone)]
+pub struct TrafficSpec {
+    pub customers: u64,
+    pub events: u64,
+    pub seed: u64,
+    /// Event time of the first event.
+    pub start_ms: Millis,
+    /// Mean event-time step between consecutive events of the whole stream.
+    pub step_ms: Millis,
+}
+
+struct Customer {
+    id: String,
+    registered: bool,
+    next_order: u64,
+    open_orders: Vec<String>,
+    next_complaint: u64,
+    open_complaints: Vec<String>,
+    cancelled: bool,
+}
+
+/// Generates `spec.events` events over `spec.customers` customers.
+pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
+    let mut rng = Rng::new(spec.seed);
+    let mut customers: Vec<Customer> = (0..spec.customers.max(1))
+        .map(|i| Customer {
+            id: format!("c-{i:07}"),
+            registered: false,
+            next_order: 0,
+            open_orders: Vec::new(),
+            next_complaint: 0,
+            open_complaints: Vec::new(),
+            cancelled: false,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(spec.events as usize);
+    let mut now = spec.start_ms;
+    for n in 0..spec.events {
+        now += spec.step_ms / 2 + rng.below(spec.step_ms.max(1) as u64) as Millis;
+        // A skewed pick: a fifth of the customers produce most of the traffic.
+        let pick = if rng.chance(0.6) {
+            rng.below(customers.len().div_ceil(5) as u64)
+        } else {
+            rng.below(customers.len() as u64)
+        } as usize;
+        let c = &mut customers[pick];
+        let event_id = format!("e-{}-{n}", spec.seed);
+        let mut base = json!({
+            "event_id": event_id,
+            "customer_id": c.id,
+            "occurred_at": format_millis(now),
+        });
+        let (type_name, fields): (&'static str, Value) = if !c.registered {
+            c.registered = true;
+            let referred = rng.chance(0.1) && pick > 0;
+            let mut f = json!({ "channel": CHANNELS[rng.below(6) as usize] });
+            if referred {
+                f["referred_by"] = json!(format!("c-{:07}", rng.below(pick as u64)));
+            }
+            ("customer.registered", f)
+        } else {
+            let roll = rng.below(100);
+            match roll {
+                0..=34 => {
+                    let order_id = format!("{}-o{}", c.id, c.next_order);
+                    c.next_order += 1;
+                    c.open_orders.push(order_id.clone());
+                    let amount = 500 + rng.below(20_000) as i64;
+                    let margin = amount / 4 - rng.below(600) as i64;
+                    (
+                        "order.placed",
+                        json!({"order_id": order_id, "amount_minor": amount, "margin_minor": margin, "currency": "EUR"}),
+                    )
+                }
+                35..=49 if !c.open_orders.is_empty() => {
+                    let order_id = c.open_orders.remove(0);
+                    ("order.delivered", json!({"order_id": order_id}))
+                }
+                50..=52 if c.next_order > 0 => (
+                    "order.returned",
+                    json!({"order_id": format!("{}-o0", c.id), "amount_minor": 500 + rng.below(2_000) as i64}),
+                ),
+                53..=54 if !c.open_orders.is_empty() => {
+                    let order_id = c.open_orders.pop().unwrap_or_default();
+                    ("order.cancelled", json!({"order_id": order_id}))
+                }
+                55..=69 => (
+                    "interaction.contact",
+                    json!({
+                        "channel": CHANNELS[rng.below(6) as usize],
+                        "direction": if rng.chance(0.7) { "inbound" } else { "outbound" },
+                        "first_response_seconds": rng.below(7_200),
+                        "handle_seconds": rng.below(1_800),
+                    }),
+                ),
+                70..=77 => ("interaction.survey", json!({"score": rng.below(11)})),
+                78..=85 => {
+                    let complaint_id = format!("{}-k{}", c.id, c.next_complaint);
+                    c.next_complaint += 1;
+                    c.open_complaints.push(complaint_id.clone());
+                    let severity = ["low", "medium", "high", "critical"][rng.below(4) as usize];
+                    (
+                        "complaint.opened",
+                        json!({"complaint_id": complaint_id, "category": CATEGORIES[rng.below(7) as usize], "severity": severity}),
+                    )
+                }
+                86..=91 if !c.open_complaints.is_empty() => {
+                    let complaint_id = c.open_complaints.remove(0);
+                    (
+                        "complaint.resolved",
+                        json!({"complaint_id": complaint_id, "satisfied": rng.chance(0.7)}),
+                    )
+                }
+                92..=97 if !c.cancelled => (
+                    "subscription.renewed",
+                    json!({"amount_minor": 999, "plan": "monthly", "reason": "auto"}),
+                ),
+                98..=99 if !c.cancelled => {
+                    c.cancelled = true;
+                    (
+                        "subscription.cancelled",
+                        json!({"reason": CANCEL_REASONS[rng.below(4) as usize]}),
+                    )
+                }
+                _ => (
+                    "interaction.contact",
+                    json!({"channel": "email", "direction": "outbound"}),
+                ),
+            }
+        };
+        base["type"] = json!(type_name);
+        if let (Value::Object(b), Value::Object(f)) = (&mut base, fields) {
+            b.extend(f);
+        }
+        out.push(Generated {
+            customer_id: c.id.clone(),
+            type_name,
+            value: base,
+        });
+    }
+    out
+}

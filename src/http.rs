@@ -1,0 +1,92 @@
+//! HTTP endpoints of CONTRACT section 4: metrics, liveness, readiness and one customer's state.
+//! Must not know about Kafka or how state is folded: it reads the committed store.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::processor::partition_for;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Store,
+    pub telemetry: Arc<Telemetry>,
+    pub partitions: i32,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/customers/{customer_id}", get(customer))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.telemetry.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.telemetry.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn customer(State(state): State<HttpState>, Path(customer_id): Path<String>) -> Response {
+    let store = state.store.clone();
+    let partitions = state.partitions;
+    // The customer's partition is where its events were published. Kafka's default partitioner
+    // is tried first; the others follow, for publishers that partition differently.
+    let found = tokio::task::spawn_blocking(move || {
+        let home = partition_for(customer_id.as_bytes(), partitions);
+        let order = std::iter::once(home).chain((0..partitions).filter(|p| *p != home));
+        for partition in order {
+            if let Some(customer) = store.customer(partition, &customer_id)? {
+                return Ok(Some((partition, customer)));
+            }
+        }
+        Ok::<_, crate::store::StoreError>(None)
+    })
+    .await;
+    match found {
+        Ok(Ok(Some((partition, customer)))) => {
+            let body = serde_json::json!({ "partition": partition, "state": customer });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "unknown customer\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "Reading a customer from the store failed.");
+            (StatusCode::INTERNAL_SERVER_ERROR, "store error\n").into_response()
+        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "lookup failed\n").into_response(),
+    }
+}

@@ -1,0 +1,413 @@
+//! Kafka I/O: the consumer-group member that feeds input records in, and the idempotent producer
+//! that drains the outbox. The only module that imports rdkafka; every message is copied into an
+//! owned [`InputRecord`] at this boundary. Must not know how events are decoded or folded.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+
+use crate::config::{Config, OffsetReset};
+use crate::event::Stream;
+use crate::outbox::Sink;
+use crate::processor::InputRecord;
+use crate::store::{OutboxRecord, Store};
+use crate::telemetry::Telemetry;
+
+/// The partitions this member owns right now, shared between the rebalance callback and the loop.
+pub type Assignment = Arc<Mutex<HashSet<(String, i32)>>>;
+
+/// Consumer callbacks: on assignment, start every partition at the offset stored with the state.
+pub struct PulseContext {
+    store: Store,
+    reset: OffsetReset,
+    telemetry: Arc<Telemetry>,
+    assignment: Assignment,
+}
+
+impl ClientContext for PulseContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.telemetry.set_lag(topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for PulseContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let mut owned = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut start = TopicPartitionList::new();
+                for elem in tpl.elements() {
+                    let (topic, partition) = (elem.topic(), elem.partition());
+                    let offset = match self.store.offset(topic, partition) {
+                        Ok(Some(next)) => Offset::Offset(next),
+                        Ok(None) => match self.reset {
+                            OffsetReset::Earliest => Offset::Beginning,
+                            OffsetReset::Latest => Offset::End,
+                        },
+                        Err(e) => {
+                            // Starting elsewhere than the stored offset would lose or repeat
+                            // events; the partition stays unassigned here and the error surfaces
+                            // when the loop's next commit meets the same store.
+                            tracing::error!(topic, partition, error = %e, "Reading the stored offset failed; the partition is not started.");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = start.add_partition_offset(topic, partition, offset) {
+                        tracing::error!(topic, partition, error = %e, "Partition could not be added to the assignment.");
+                        continue;
+                    }
+                    tracing::info!(topic, partition, ?offset, "Partition assigned.");
+                    owned.insert((topic.to_owned(), partition));
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(&start)
+                } else {
+                    consumer.assign(&start)
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "Assigning partitions failed.");
+                }
+                self.telemetry.rebalanced("assign", owned.len() as i64);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                for elem in tpl.elements() {
+                    owned.remove(&(elem.topic().to_owned(), elem.partition()));
+                    self.telemetry
+                        .forget_partition(elem.topic(), elem.partition());
+                    tracing::info!(
+                        topic = elem.topic(),
+                        partition = elem.partition(),
+                        "Partition revoked."
+                    );
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    owned.clear();
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "Unassigning partitions failed.");
+                }
+                self.telemetry.rebalanced("revoke", owned.len() as i64);
+            }
+            other => {
+                tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
+                owned.clear();
+                let _ = consumer.unassign();
+                self.telemetry.rebalanced("error", 0);
+            }
+        }
+        self.telemetry.set_ready(!owned.is_empty());
+    }
+}
+
+/// The input side: a consumer-group member subscribed to the three input topics.
+pub struct Input {
+    consumer: StreamConsumer<PulseContext>,
+    assignment: Assignment,
+    streams: Vec<(String, Stream)>,
+}
+
+impl Input {
+    pub fn connect(
+        config: &Config,
+        store: Store,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<Input> {
+        let assignment: Assignment = Arc::default();
+        let context = PulseContext {
+            store,
+            reset: config.offset_reset,
+            telemetry,
+            assignment: assignment.clone(),
+        };
+        let consumer: StreamConsumer<PulseContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000")
+            .set("session.timeout.ms", "10000")
+            .create_with_context(context)?;
+        let streams = vec![
+            (config.topics.interactions.clone(), Stream::Interactions),
+            (config.topics.orders.clone(), Stream::Orders),
+            (config.topics.complaints.clone(), Stream::Complaints),
+        ];
+        let topics: Vec<&str> = streams.iter().map(|(t, _)| t.as_str()).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Input {
+            consumer,
+            assignment,
+            streams,
+        })
+    }
+
+    /// Waits for the first record, then gathers more until `max` records or `wait` has passed.
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<InputRecord> {
+        let mut batch = Vec::with_capacity(max.min(4096));
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < max {
+            let next = if batch.is_empty() {
+                // Bounded, so that a caller's shutdown check runs even on an idle stream.
+                tokio::time::timeout(wait.max(Duration::from_millis(200)), self.consumer.recv())
+                    .await
+            } else {
+                tokio::time::timeout_at(deadline, self.consumer.recv()).await
+            };
+            match next {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Consuming failed; retrying.");
+                    break;
+                }
+                Ok(Ok(message)) => {
+                    let topic = message.topic();
+                    let stream = self
+                        .streams
+                        .iter()
+                        .find(|(t, _)| t == topic)
+                        .map(|(_, s)| *s);
+                    batch.push(InputRecord {
+                        source: topic.to_owned(),
+                        source_partition: message.partition(),
+                        offset: message.offset(),
+                        stream,
+                        state_partition: Some(message.partition()),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        append_time_ms: message.timestamp().to_millis(),
+                    });
+                }
+            }
+        }
+        // Records of partitions revoked while the batch was gathered belong to their new owner.
+        let owned = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        batch.retain(|r| owned.contains(&(r.source.clone(), r.source_partition)));
+        batch
+    }
+
+    /// Tells Kafka the offsets already committed with the state, so that lag tools see them.
+    /// RocksDB stays the source of truth; a failure here is only logged.
+    pub fn commit_offsets(&self, offsets: &[(String, i32, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in offsets {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "Committing offsets to Kafka failed; the stored offsets stay authoritative.");
+        }
+    }
+
+    /// Whether this member owns any partition.
+    pub fn has_assignment(&self) -> bool {
+        !self
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
+/// The output side: an idempotent producer that acknowledges only what the brokers acknowledged.
+pub struct KafkaSink {
+    producer: FutureProducer,
+}
+
+impl KafkaSink {
+    pub fn connect(brokers: &str) -> anyhow::Result<KafkaSink> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(KafkaSink { producer })
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn deliver(&mut self, records: &[(u64, OutboxRecord)]) -> Vec<u64> {
+        let sends = records.iter().map(|(seq, record)| {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let mut out: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&record.topic).headers(headers);
+            if let Some(key) = &record.key {
+                out = out.key(key.as_slice());
+            }
+            if let Some(value) = &record.value {
+                out = out.payload(value.as_slice());
+            }
+            let send = self.producer.send(out, Duration::from_secs(30));
+            async move { (*seq, send.await) }
+        });
+        let mut acked = Vec::with_capacity(records.len());
+        for (seq, result) in join_all(sends).await {
+            match result {
+                Ok(_) => acked.push(seq),
+                Err((e, _)) => {
+                    tracing::warn!(seq, error = %e, "Output record not delivered; it stays in the outbox.");
+                    break;
+                }
+            }
+        }
+        acked
+    }
+}
+
+/// A header's value as text, for tests and tools reading dead letters.
+pub fn header_text<H: Headers>(headers: &H, name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Publishes generated events to their topics, keyed by customer, at most `rate` events per second
+/// (unlimited when `None`), partitioned as Kafka's Java client would (murmur2).
+pub async fn publish(
+    brokers: &str,
+    topics: &crate::config::Topics,
+    events: &[crate::generate::Generated],
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let started = tokio::time::Instant::now();
+    let mut pending = Vec::new();
+    for (n, event) in events.iter().enumerate() {
+        let topic = match Stream::of_type(event.type_name) {
+            Some(Stream::Orders) => &topics.orders,
+            Some(Stream::Complaints) => &topics.complaints,
+            _ => &topics.interactions,
+        };
+        let payload = event.value.to_string();
+        let mut record = FutureRecord::to(topic)
+            .key(event.customer_id.as_bytes())
+            .payload(payload.as_bytes());
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => anyhow::bail!("publishing failed: {e}"),
+            }
+        };
+        pending.push(delivery);
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = started + Duration::from_secs_f64((n + 1) as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        if pending.len() >= 10_000 {
+            confirm(join_all(pending.drain(..)).await)?;
+        }
+    }
+    confirm(join_all(pending).await)?;
+    Ok(())
+}
+
+fn confirm(
+    results: Vec<
+        Result<
+            rdkafka::producer::future_producer::OwnedDeliveryResult,
+            futures::channel::oneshot::Canceled,
+        >,
+    >,
+) -> anyhow::Result<()> {
+    for result in results {
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => anyhow::bail!("publishing failed: {e}"),
+            Err(_) => anyhow::bail!("publishing failed: the producer was dropped"),
+        }
+    }
+    Ok(())
+}
+
+/// One message as bytes, for [`publish_raw`].
+pub struct RawMessage {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Publishes raw bytes, one message at a time and in order; for tests and tools.
+pub async fn publish_raw(brokers: &str, messages: &[RawMessage]) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    for RawMessage {
+        topic,
+        key,
+        payload,
+    } in messages
+    {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic} failed: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! customer-pulse: an event-sourced stream processor for customer interactions.
+//!
+//! The data path, in module order: `decode` bytes into typed `event`s, `fold` them into
+//! per-customer state, `processor` batches the fold into one atomic commit of the `store`,
+//! `kafka` and `replay` are the sources and sinks around it, `telemetry` observes, `http` serves.
+//! `config` turns what the user wrote into a validated configuration; `pipeline` wires the parts.
+
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod fold;
+pub mod generate;
+pub mod http;
+pub mod kafka;
+pub mod outbox;
+pub mod pipeline;
+pub mod processor;
+pub mod replay;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,327 @@
+//! The `customer-pulse` command: parses the command line, sets up logging and signals, and hands
+//! a validated config to the library. Errors leave here with their context, as one message.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use customer_pulse::config::Config;
+use customer_pulse::generate::{generate, TrafficSpec};
+use customer_pulse::outbox::{DiscardSink, NdjsonSink};
+use customer_pulse::processor::Processor;
+use customer_pulse::replay::{replay, wall_clock_ms};
+use customer_pulse::telemetry::Telemetry;
+use customer_pulse::{http, kafka, pipeline};
+
+/// The demo's configuration, embedded so that the demo needs no file.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Event-sourced stream processor for customer interactions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: consume the input topics, fold into state, emit outputs.
+    Run {
+        /// The TOML config file; CUSTOMER_PULSE__<SECTION>__<FIELD> variables override it.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Fold an NDJSON file of events into the state (backfill); resumes where it stopped.
+    Replay {
+        /// The events, one JSON object per line.
+        #[arg(long)]
+        from: PathBuf,
+        /// The TOML config file (the embedded demo config when absent).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write output records here as NDJSON (otherwise they are discarded).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write synthetic traffic as NDJSON, or publish it to a broker.
+    Generate {
+        #[arg(long, default_value_t = 1_000)]
+        customers: u64,
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the events to this file.
+        #[arg(long, conflicts_with = "brokers")]
+        out: Option<PathBuf>,
+        /// Publish the events to these brokers (the default topic names).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Events per second when publishing (unlimited when absent).
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// One command, no setup: generate traffic, fold it, and serve the endpoints.
+    Demo {
+        #[arg(long, default_value_t = 2_000)]
+        customers: u64,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Keep serving HTTP this many seconds after the fold (0 exits at once; Ctrl-C stops).
+        #[arg(long, default_value_t = 600)]
+        serve_seconds: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled by SIGTERM or Ctrl-C.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested.");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            pipeline::run(config, shutdown_on_signals()).await
+        }
+        Command::Replay { from, config, out } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::parse(DEMO_CONFIG, std::env::vars())?,
+            };
+            let store = pipeline::open_store(&config)?;
+            let mut processor = Processor::new(store, pipeline::processor_settings(&config));
+            let telemetry = Telemetry::new();
+            let shutdown = shutdown_on_signals();
+            let started = std::time::Instant::now();
+            let summary = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut sink = NdjsonSink::new(std::io::BufWriter::new(file));
+                    replay(
+                        &from,
+                        &mut processor,
+                        &mut sink,
+                        &telemetry,
+                        config.max_batch_events,
+                        true,
+                        shutdown,
+                    )
+                    .await?
+                }
+                None => {
+                    replay(
+                        &from,
+                        &mut processor,
+                        &mut DiscardSink,
+                        &telemetry,
+                        config.max_batch_events,
+                        true,
+                        shutdown,
+                    )
+                    .await?
+                }
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "replayed {} lines in {seconds:.1} s ({:.0} lines/s): {} applied, {} duplicates, {} rejected to the dead-letter output, {} skipped as already applied, {} output records",
+                summary.lines_read,
+                summary.lines_read as f64 / seconds.max(1e-9),
+                summary.applied,
+                summary.duplicates,
+                summary.rejected,
+                summary.lines_skipped,
+                summary.outputs_delivered
+            );
+            Ok(())
+        }
+        Command::Generate {
+            customers,
+            events,
+            seed,
+            out,
+            brokers,
+            rate,
+        } => {
+            let spec = TrafficSpec {
+                customers,
+                events,
+                seed,
+                start_ms: wall_clock_ms() - 30 * 86_400_000,
+                step_ms: (30 * 86_400_000 / events.max(1) as i64).max(1),
+            };
+            let generated = generate(&spec);
+            if let Some(brokers) = brokers {
+                let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
+                kafka::publish(&brokers, &config.topics, &generated, rate).await?;
+                println!("published {} events to {brokers}", generated.len());
+            } else {
+                write_events(out.as_deref(), &generated)?;
+            }
+            Ok(())
+        }
+        Command::Demo {
+            customers,
+            events,
+            serve_seconds,
+        } => demo(customers, events, serve_seconds).await,
+    }
+}
+
+fn write_events(
+    out: Option<&std::path::Path>,
+    events: &[customer_pulse::generate::Generated],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut writer: Box<dyn Write> = match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for event in events {
+        writeln!(writer, "{}", event.value)?;
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+/// The demo, until the embedded broker lands: generated traffic replayed through the same fold
+/// and store, then the HTTP endpoints over the result.
+async fn demo(customers: u64, events: u64, serve_seconds: u64) -> anyhow::Result<()> {
+    let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let mut config = Config::parse(DEMO_CONFIG, std::env::vars())?;
+    config.state_path = work.path().join("state");
+    let events_path = work.path().join("events.ndjson");
+    println!(
+        "Generating {events} events for {customers} customers into {}",
+        events_path.display()
+    );
+    let spec = TrafficSpec {
+        customers,
+        events,
+        seed: 7,
+        start_ms: wall_clock_ms() - 30 * 86_400_000,
+        step_ms: (30 * 86_400_000 / events.max(1) as i64).max(1),
+    };
+    let generated = generate(&spec);
+    write_events(Some(&events_path), &generated)?;
+
+    let store = pipeline::open_store(&config)?;
+    let mut processor = Processor::new(store.clone(), pipeline::processor_settings(&config));
+    let telemetry = Arc::new(Telemetry::new());
+    let shutdown = shutdown_on_signals();
+    let started = std::time::Instant::now();
+    let summary = replay(
+        &events_path,
+        &mut processor,
+        &mut DiscardSink,
+        &telemetry,
+        config.max_batch_events,
+        true,
+        shutdown.clone(),
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "Folded {} events in {seconds:.2} s ({:.0} events/s): {} applied, {} duplicates, {} rejected.",
+        summary.lines_read,
+        summary.lines_read as f64 / seconds.max(1e-9),
+        summary.applied,
+        summary.duplicates,
+        summary.rejected
+    );
+    telemetry.set_ready(true);
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+    let example = generated
+        .first()
+        .map(|g| g.customer_id.clone())
+        .unwrap_or_default();
+    println!("Metrics:   http://{}/metrics", config.listen_address);
+    println!(
+        "Customer:  http://{}/customers/{example}",
+        config.listen_address
+    );
+    println!("Serving for {serve_seconds} s; Ctrl-C stops.");
+    let stop = shutdown.clone();
+    let timer = tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(serve_seconds)) => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    });
+    http::serve(
+        listener,
+        http::HttpState {
+            store,
+            telemetry,
+            partitions: config.partitions,
+        },
+        shutdown,
+    )
+    .await?;
+    timer.await?;
+    Ok(())
+}

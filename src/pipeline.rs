@@ -1,0 +1,193 @@
+//! Wiring: the main job (`run`) puts the Kafka input, the processor, the outbox drain and the HTTP
+//! endpoints together, and shuts them down in order. Time and shutdown are passed in; every task
+//! it spawns is joined before it returns.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::kafka::{Input, KafkaSink};
+use crate::outbox::{drain, Sink};
+use crate::processor::{OutputTopics, Processor, ProcessorSettings};
+use crate::replay::wall_clock_ms;
+use crate::store::{RocksBackend, Store};
+use crate::telemetry::Telemetry;
+
+/// Opens the RocksDB store the config names.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.state_path).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            config.state_path.display()
+        )
+    })?;
+    let backend = RocksBackend::open(&config.state_path, config.block_cache_bytes)
+        .with_context(|| format!("cannot open state at {}", config.state_path.display()))?;
+    Ok(Store::open(Arc::new(backend))?)
+}
+
+/// The processor settings a config describes.
+pub fn processor_settings(config: &Config) -> ProcessorSettings {
+    ProcessorSettings {
+        rules: config.rules.clone(),
+        limits: config.limits,
+        topics: OutputTopics {
+            churn_risk: config.topics.churn_risk.clone(),
+            dead_letter: config.topics.dead_letter.clone(),
+        },
+        partitions: config.partitions,
+        cache_customers: config.cache_customers,
+    }
+}
+
+/// The main job: consume, fold, commit, emit, until `shutdown`; then finish the batch, commit,
+/// flush the outbox and return.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let telemetry = Arc::new(Telemetry::new());
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+    tracing::info!(address = %config.listen_address, "HTTP endpoints listening.");
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(http::serve(
+        listener,
+        HttpState {
+            store: store.clone(),
+            telemetry: telemetry.clone(),
+            partitions: config.partitions,
+        },
+        http_stop.clone(),
+    ));
+
+    let input = Input::connect(&config, store.clone(), telemetry.clone())?;
+    let sink = KafkaSink::connect(&config.brokers)?;
+    let wake = Arc::new(Notify::new());
+    let outbox_stop = CancellationToken::new();
+    let outbox = tokio::spawn(drain_outbox(
+        store.clone(),
+        sink,
+        telemetry.clone(),
+        wake.clone(),
+        outbox_stop.clone(),
+        config.shutdown_flush,
+    ));
+    tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
+
+    let mut processor = Processor::new(store.clone(), processor_settings(&config));
+    consume(
+        &input,
+        &mut processor,
+        &telemetry,
+        &wake,
+        &config,
+        &shutdown,
+    )
+    .await;
+
+    tracing::info!("Shutting down: the last batch is committed; flushing the outbox.");
+    telemetry.set_ready(false);
+    drop(input);
+    outbox_stop.cancel();
+    let flushed = outbox.await.context("outbox task failed")?;
+    http_stop.cancel();
+    http.await
+        .context("HTTP task failed")?
+        .context("HTTP server failed")?;
+    flushed
+}
+
+async fn consume(
+    input: &Input,
+    processor: &mut Processor,
+    telemetry: &Telemetry,
+    wake: &Notify,
+    config: &Config,
+    shutdown: &CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            batch = input.next_batch(config.max_batch_events, config.max_batch_wait) => batch,
+            // Records gathered but not committed are read again from the stored offsets.
+            () = shutdown.cancelled() => break,
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let now = wall_clock_ms();
+            match tokio::task::block_in_place(|| processor.process(&batch, now)) {
+                Ok(report) => {
+                    telemetry.record_batch(
+                        &report,
+                        started.elapsed().as_secs_f64(),
+                        wall_clock_ms(),
+                    );
+                    telemetry.set_ready(input.has_assignment());
+                    input.commit_offsets(&report.offsets);
+                    wake.notify_one();
+                    break;
+                }
+                Err(e) => {
+                    // Nothing of the batch was stored; it is folded again from the stored state
+                    // once the store accepts writes. Offsets do not move meanwhile.
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Committing state failed; consumption is paused.");
+                    telemetry.commit_failed();
+                    telemetry.set_ready(false);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+/// Drains the outbox whenever a commit wakes it (and every half second), then once more with a
+/// time limit at shutdown.
+async fn drain_outbox<S: Sink>(
+    store: Store,
+    mut sink: S,
+    telemetry: Arc<Telemetry>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    flush_limit: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stop.cancelled() => break,
+        }
+        if let Err(e) = drain(&store, &mut sink, &telemetry, 10_000).await {
+            tracing::error!(error = %e, "Reading the outbox failed.");
+        }
+        telemetry.set_state_size(store.size_bytes());
+    }
+    let flushed = tokio::time::timeout(flush_limit, async {
+        loop {
+            drain(&store, &mut sink, &telemetry, 10_000).await?;
+            if store.outbox(1)?.is_empty() {
+                return Ok::<_, crate::store::StoreError>(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    match flushed {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!("The outbox was not empty when the flush time ran out; it is sent on the next start.");
+            Ok(())
+        }
+    }
+}

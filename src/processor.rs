@@ -1,0 +1,382 @@
+//! The processor: turns a batch of input records into one atomic [`Commit`] of state changes,
+//! next offsets and output records, through a bounded write-back cache of customer states.
+//! Shared by every source (Kafka, file). Must not know about Kafka, RocksDB or Prometheus: it sees
+//! owned [`InputRecord`]s, a [`Store`] and returns a [`BatchReport`] for telemetry to record.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::decode::{decode, Rejection, Rules};
+use crate::event::{format_millis, Event, Millis, Stream};
+use crate::fold::{CustomerState, FoldLimits, Outcome};
+use crate::store::{Commit, OutboxRecord, Store, StoreError};
+
+/// One input message, copied out of its source at the boundary.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    /// Where the record came from: a Kafka topic, or `replay:<file>` for a file.
+    pub source: String,
+    /// The source's partition, for offsets (0 for a file).
+    pub source_partition: i32,
+    pub offset: i64,
+    /// The stream the source topic carries; `None` accepts any type (a file mixes them).
+    pub stream: Option<Stream>,
+    /// The state partition; `None` derives it from the customer id as Kafka's default
+    /// partitioner would (a file has no partitions of its own).
+    pub state_partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// Broker append time, for the processing-latency histogram.
+    pub append_time_ms: Option<Millis>,
+}
+
+/// Output topic names.
+#[derive(Debug, Clone)]
+pub struct OutputTopics {
+    pub churn_risk: String,
+    pub dead_letter: String,
+}
+
+/// How many outcomes of each kind a batch had, for telemetry to record once per batch.
+#[derive(Debug, Default, Clone)]
+pub struct BatchReport {
+    /// `(source, event type or "invalid", outcome)` to count.
+    pub events: HashMap<(String, &'static str, &'static str), u64>,
+    pub dead_letters: HashMap<&'static str, u64>,
+    pub customers_written: usize,
+    pub outbox_records: usize,
+    /// Broker append times of the records, to measure processing latency at commit.
+    pub append_times_ms: Vec<Millis>,
+    /// The next offsets the commit stored, `(source, partition, next)`.
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
+impl BatchReport {
+    pub fn count(&self, outcome: &str) -> u64 {
+        self.events
+            .iter()
+            .filter(|((_, _, o), _)| *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+pub struct ProcessorSettings {
+    pub rules: Rules,
+    pub limits: FoldLimits,
+    pub topics: OutputTopics,
+    /// Partition count of the input topics, to place customers read from a file.
+    pub partitions: i32,
+    pub cache_customers: usize,
+}
+
+pub struct Processor {
+    store: Store,
+    settings: ProcessorSettings,
+    cache: StateCache,
+}
+
+impl Processor {
+    pub fn new(store: Store, settings: ProcessorSettings) -> Processor {
+        let cache = StateCache::new(settings.cache_customers);
+        Processor {
+            store,
+            settings,
+            cache,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Folds a batch and commits it atomically. On a storage error nothing of the batch is
+    /// committed and the cache is dropped, so the same batch can be processed again.
+    pub fn process(
+        &mut self,
+        records: &[InputRecord],
+        now: Millis,
+    ) -> Result<BatchReport, StoreError> {
+        let mut report = BatchReport::default();
+        let mut commit = Commit::default();
+        let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
+        let result = records.iter().try_for_each(|record| {
+            offsets.insert(
+                (record.source.as_str(), record.source_partition),
+                record.offset + 1,
+            );
+            if let Some(t) = record.append_time_ms {
+                report.append_times_ms.push(t);
+            }
+            self.process_one(record, now, &mut commit, &mut report)
+        });
+        let result = result.and_then(|()| {
+            commit.customers = self.cache.dirty();
+            commit.offsets = offsets
+                .into_iter()
+                .map(|((source, partition), next)| (source.to_owned(), partition, next))
+                .collect();
+            report.customers_written = commit.customers.len();
+            report.outbox_records = commit.outbox.len();
+            report.offsets.clone_from(&commit.offsets);
+            self.store.commit(&commit)
+        });
+        match result {
+            Ok(()) => {
+                self.cache.committed();
+                Ok(report)
+            }
+            Err(e) => {
+                self.cache.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn process_one(
+        &mut self,
+        record: &InputRecord,
+        now: Millis,
+        commit: &mut Commit,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
+        let record_id = format!(
+            "{}-{}-{}",
+            record.source, record.source_partition, record.offset
+        );
+        let decoded = decode(
+            record.stream,
+            record.key.as_deref(),
+            &record.payload,
+            now,
+            &self.settings.rules,
+        );
+        let event = match decoded {
+            Ok(event) => event,
+            Err(rejection) => {
+                *report
+                    .events
+                    .entry((record.source.clone(), "invalid", "rejected"))
+                    .or_default() += 1;
+                *report
+                    .dead_letters
+                    .entry(rejection.reason.code())
+                    .or_default() += 1;
+                commit
+                    .outbox
+                    .push(self.dead_letter(record, &record_id, &rejection));
+                return Ok(());
+            }
+        };
+        let partition = record.state_partition.unwrap_or_else(|| {
+            partition_for(event.customer_id.as_bytes(), self.settings.partitions)
+        });
+        let entry = self
+            .cache
+            .entry(&self.store, partition, &event.customer_id)?;
+        let state = entry
+            .state
+            .get_or_insert_with(|| CustomerState::new(&event.customer_id));
+        let outcome = state.apply(&event, &self.settings.limits);
+        let label = match outcome {
+            Outcome::Applied => {
+                entry.dirty = true;
+                commit.outbox.push(churn_risk_record(
+                    &self.settings.topics,
+                    state,
+                    &event,
+                    &record_id,
+                ));
+                "applied"
+            }
+            Outcome::Duplicate => {
+                if state.is_empty() {
+                    entry.state = None;
+                }
+                "duplicate"
+            }
+            Outcome::Erased => {
+                entry.state = None;
+                entry.dirty = true;
+                commit.outbox.push(OutboxRecord {
+                    topic: self.settings.topics.churn_risk.clone(),
+                    key: Some(event.customer_id.clone().into_bytes()),
+                    value: None,
+                    headers: vec![("record_id".into(), record_id.into_bytes())],
+                });
+                "applied"
+            }
+        };
+        *report
+            .events
+            .entry((record.source.clone(), event.kind.type_name(), label))
+            .or_default() += 1;
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        record: &InputRecord,
+        record_id: &str,
+        rejection: &Rejection,
+    ) -> OutboxRecord {
+        OutboxRecord {
+            topic: self.settings.topics.dead_letter.clone(),
+            key: record.key.clone(),
+            value: Some(record.payload.clone()),
+            headers: vec![
+                ("reason".into(), rejection.reason.code().into()),
+                ("message".into(), rejection.message.clone().into_bytes()),
+                ("source_topic".into(), record.source.clone().into_bytes()),
+                (
+                    "source_partition".into(),
+                    record.source_partition.to_string().into_bytes(),
+                ),
+                (
+                    "source_offset".into(),
+                    record.offset.to_string().into_bytes(),
+                ),
+                ("record_id".into(), record_id.as_bytes().to_vec()),
+            ],
+        }
+    }
+}
+
+/// The customer's current summary on `customer.churn-risk`. The score fields of CONTRACT
+/// section 2 come with the analytics; until then the record carries the folded totals.
+fn churn_risk_record(
+    topics: &OutputTopics,
+    state: &CustomerState,
+    event: &Event,
+    record_id: &str,
+) -> OutboxRecord {
+    let value = json!({
+        "record_id": record_id,
+        "customer_id": state.customer_id,
+        "as_of": format_millis(state.last_event_at),
+        "lifecycle": state.lifecycle,
+        "orders": state.orders,
+        "revenue_minor": state.revenue_minor,
+        "margin_minor": state.margin_minor,
+        "open_complaints": state.open_complaints.len(),
+        "caused_by_event_id": event.event_id,
+    });
+    OutboxRecord {
+        topic: topics.churn_risk.clone(),
+        key: Some(state.customer_id.clone().into_bytes()),
+        value: Some(value.to_string().into_bytes()),
+        headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
+    }
+}
+
+/// Kafka's default partition for a key (the Java client's murmur2), so that customers read from a
+/// file land in the partition their Kafka events would.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// MurmurHash2 as Kafka's Java client computes it (seed 0x9747b28c).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+struct CacheEntry {
+    /// `None`: known absent (never seen, or erased).
+    state: Option<CustomerState>,
+    dirty: bool,
+    used: u64,
+}
+
+/// A bounded write-back cache of customer states (Kafka Streams' record cache): hot customers are
+/// read from memory, and each dirty customer is written once per commit however many events it had.
+struct StateCache {
+    entries: HashMap<(i32, String), CacheEntry>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl StateCache {
+    fn new(capacity: usize) -> StateCache {
+        StateCache {
+            entries: HashMap::new(),
+            capacity: capacity.max(1),
+            clock: 0,
+        }
+    }
+
+    fn entry(
+        &mut self,
+        store: &Store,
+        partition: i32,
+        customer_id: &str,
+    ) -> Result<&mut CacheEntry, StoreError> {
+        self.clock += 1;
+        let key = (partition, customer_id.to_owned());
+        let entry = match self.entries.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(CacheEntry {
+                state: store.customer(partition, customer_id)?,
+                dirty: false,
+                used: 0,
+            }),
+        };
+        entry.used = self.clock;
+        Ok(entry)
+    }
+
+    fn dirty(&self) -> Vec<(i32, String, Option<CustomerState>)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|((p, id), e)| (*p, id.clone(), e.state.clone()))
+            .collect()
+    }
+
+    /// Marks everything clean after a successful commit and evicts the least recently used
+    /// entries down to nine tenths of the capacity, so eviction runs rarely.
+    fn committed(&mut self) {
+        for entry in self.entries.values_mut() {
+            entry.dirty = false;
+        }
+        if self.entries.len() > self.capacity {
+            // At least one entry stays, so `cut` is always a valid index.
+            let keep = (self.capacity * 9 / 10).max(1);
+            let mut ages: Vec<u64> = self.entries.values().map(|e| e.used).collect();
+            let cut = ages.len() - keep;
+            let (_, threshold, _) = ages.select_nth_unstable(cut);
+            let threshold = *threshold;
+            self.entries.retain(|_, e| e.used >= threshold);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}

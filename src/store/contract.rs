@@ -1,0 +1,154 @@
+//! One contract suite, run against every backend: what the processor relies on from a store.
+
+use std::sync::Arc;
+
+use super::*;
+
+fn backends() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rocks = RocksBackend::open(dir.path(), 8 << 20).expect("rocksdb opens");
+    vec![
+        ("memory", Store::in_memory(), None),
+        (
+            "rocksdb",
+            Store::open(Arc::new(rocks)).expect("store"),
+            Some(dir),
+        ),
+    ]
+}
+
+fn state(id: &str, orders: u32) -> CustomerState {
+    CustomerState {
+        orders,
+        ..CustomerState::new(id)
+    }
+}
+
+fn record(topic: &str, n: u8) -> OutboxRecord {
+    OutboxRecord {
+        topic: topic.into(),
+        key: Some(vec![n]),
+        value: Some(vec![n, n]),
+        headers: vec![("h".into(), vec![n])],
+    }
+}
+
+#[test]
+fn a_commit_writes_states_offsets_and_outbox_together() {
+    for (name, store, _dir) in backends() {
+        store
+            .commit(&Commit {
+                customers: vec![(3, "a".into(), Some(state("a", 2)))],
+                offsets: vec![("orders".into(), 3, 42)],
+                outbox: vec![record("out", 1), record("out", 2)],
+            })
+            .unwrap();
+        assert_eq!(
+            store.customer(3, "a").unwrap(),
+            Some(state("a", 2)),
+            "{name}"
+        );
+        assert_eq!(
+            store.customer(4, "a").unwrap(),
+            None,
+            "{name}: partition-scoped"
+        );
+        assert_eq!(store.offset("orders", 3).unwrap(), Some(42), "{name}");
+        assert_eq!(store.offset("orders", 4).unwrap(), None, "{name}");
+        let pending = store.outbox(10).unwrap();
+        assert_eq!(
+            pending,
+            vec![(0, record("out", 1)), (1, record("out", 2))],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
+    for (name, store, _dir) in backends() {
+        let outbox = (0..5).map(|n| record("t", n)).collect();
+        store
+            .commit(&Commit {
+                outbox,
+                ..Commit::default()
+            })
+            .unwrap();
+        store.acknowledge(&[0, 2]).unwrap();
+        let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![1, 3, 4], "{name}");
+        assert_eq!(store.outbox(2).unwrap().len(), 2, "{name}: limit holds");
+    }
+}
+
+#[test]
+fn deleting_a_customer_removes_it() {
+    for (name, store, _dir) in backends() {
+        let put = Commit {
+            customers: vec![(0, "gone".into(), Some(state("gone", 1)))],
+            ..Commit::default()
+        };
+        store.commit(&put).unwrap();
+        let delete = Commit {
+            customers: vec![(0, "gone".into(), None)],
+            ..Commit::default()
+        };
+        store.commit(&delete).unwrap();
+        assert_eq!(store.customer(0, "gone").unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn customers_are_listed_per_partition_in_id_order() {
+    for (name, store, _dir) in backends() {
+        let customers = ["b", "a", "c"]
+            .iter()
+            .map(|id| (1, id.to_string(), Some(state(id, 1))))
+            .chain([(2, "z".to_string(), Some(state("z", 1)))])
+            .collect();
+        store
+            .commit(&Commit {
+                customers,
+                ..Commit::default()
+            })
+            .unwrap();
+        let ids: Vec<String> = store
+            .customers(1, "", 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.customer_id)
+            .collect();
+        assert_eq!(ids, vec!["a", "b", "c"], "{name}");
+        assert_eq!(
+            store.customers(1, "b", 1).unwrap()[0].customer_id,
+            "b",
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn outbox_sequence_continues_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store =
+            Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
+        let outbox = (0..3).map(|n| record("t", n)).collect();
+        store
+            .commit(&Commit {
+                outbox,
+                ..Commit::default()
+            })
+            .unwrap();
+        store.acknowledge(&[0]).unwrap();
+    }
+    let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
+    store
+        .commit(&Commit {
+            outbox: vec![record("t", 9)],
+            ..Commit::default()
+        })
+        .unwrap();
+    let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}

@@ -1,0 +1,247 @@
+//! Durable state: per-customer state, input offsets and the outbox of pending output records,
+//! partition-scoped, changed only by one atomic [`Commit`] at a time.
+//!
+//! [`Store`] is the typed layer (key layout, encoding); a [`Backend`] is the narrow key-value trait
+//! it sits on, implemented in memory and by RocksDB, both checked by one contract test suite.
+//! Must not know about Kafka, HTTP or the fold's rules; only `rocks` knows about RocksDB.
+
+mod codec;
+mod memory;
+mod rocks;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fold::CustomerState;
+
+pub use memory::MemoryBackend;
+pub use rocks::RocksBackend;
+
+/// A storage failure. Data is at risk: the caller stops consuming until a commit succeeds.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored value under key {key:?} cannot be read: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// One write in an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Key-value pairs in key order, as a scan returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The key-value operations the store needs, and nothing else.
+pub trait Backend: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies every op or none.
+    fn write(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Up to `limit` entries whose key starts with `prefix`, from `start` (inclusive), in key order.
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Entries, StoreError>;
+    /// The greatest key that starts with `prefix`.
+    fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Bytes the data occupies (on disk for RocksDB).
+    fn size_bytes(&self) -> u64;
+}
+
+/// A record waiting in the outbox until the sink acknowledges it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Everything one commit changes, written in one atomic batch.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// `(partition, customer_id, state)`; `None` deletes the customer.
+    pub customers: Vec<(i32, String, Option<CustomerState>)>,
+    /// `(source topic, partition, next offset to read)`.
+    pub offsets: Vec<(String, i32, i64)>,
+    pub outbox: Vec<OutboxRecord>,
+}
+
+const CUSTOMER: u8 = b'c';
+const OFFSET: u8 = b'o';
+const OUTBOX: u8 = b'x';
+
+fn customer_key(partition: i32, customer_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + customer_id.len());
+    key.push(CUSTOMER);
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key.extend_from_slice(customer_id.as_bytes());
+    key
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + topic.len());
+    key.push(OFFSET);
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key.extend_from_slice(topic.as_bytes());
+    key
+}
+
+fn outbox_key(seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(OUTBOX);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn outbox_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+/// The typed store. Cheap to clone; clones share the backend.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    next_outbox_seq: Arc<AtomicU64>,
+}
+
+impl Store {
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
+        let next = match backend.last_key(&[OUTBOX])? {
+            Some(key) => outbox_seq(&key).map_or(0, |s| s + 1),
+            None => 0,
+        };
+        Ok(Store {
+            backend,
+            next_outbox_seq: Arc::new(AtomicU64::new(next)),
+        })
+    }
+
+    pub fn in_memory() -> Store {
+        Store::open(Arc::new(MemoryBackend::default())).expect("an empty memory store opens")
+    }
+
+    pub fn customer(
+        &self,
+        partition: i32,
+        customer_id: &str,
+    ) -> Result<Option<CustomerState>, StoreError> {
+        let key = customer_key(partition, customer_id);
+        match self.backend.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                codec::decode_customer(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// Up to `limit` customers of `partition` whose id is at least `from`, in id order.
+    pub fn customers(
+        &self,
+        partition: i32,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<CustomerState>, StoreError> {
+        let prefix = customer_key(partition, "");
+        let start = customer_key(partition, from);
+        self.backend
+            .scan(&prefix, &start, limit)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                codec::decode_customer(&bytes).map_err(|reason| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// The next offset to read from `topic`/`partition`, as of the last commit.
+    pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        match self.backend.get(&offset_key(topic, partition))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let raw: [u8; 8] =
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt {
+                            key: format!("offset {topic}/{partition}"),
+                            reason: format!("{} bytes, expected 8", bytes.len()),
+                        })?;
+                Ok(Some(i64::from_be_bytes(raw)))
+            }
+        }
+    }
+
+    /// Writes the whole commit atomically: states, offsets and outbox entries land together.
+    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut ops =
+            Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
+        for (partition, customer_id, state) in &commit.customers {
+            let key = customer_key(*partition, customer_id);
+            ops.push(match state {
+                Some(state) => Op::Put(key, codec::encode_customer(state)),
+                None => Op::Delete(key),
+            });
+        }
+        for (topic, partition, next) in &commit.offsets {
+            ops.push(Op::Put(
+                offset_key(topic, *partition),
+                next.to_be_bytes().to_vec(),
+            ));
+        }
+        let first = self
+            .next_outbox_seq
+            .fetch_add(commit.outbox.len() as u64, Ordering::SeqCst);
+        for (i, record) in commit.outbox.iter().enumerate() {
+            ops.push(Op::Put(
+                outbox_key(first + i as u64),
+                codec::encode_outbox(record),
+            ));
+        }
+        self.backend.write(ops)
+    }
+
+    /// Up to `limit` pending outbox records, oldest first, with their sequence numbers.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
+        self.backend
+            .scan(&[OUTBOX], &[OUTBOX], limit)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let seq = outbox_seq(&key).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: "outbox key too short".into(),
+                })?;
+                let record =
+                    codec::decode_outbox(&bytes).map_err(|reason| StoreError::Corrupt {
+                        key: format!("outbox {seq}"),
+                        reason,
+                    })?;
+                Ok((seq, record))
+            })
+            .collect()
+    }
+
+    /// Removes delivered outbox records.
+    pub fn acknowledge(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.backend
+            .write(seqs.iter().map(|s| Op::Delete(outbox_key(*s))).collect())
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.backend.size_bytes()
+    }
+}
+
+#[cfg(test)]
+mod contract;

@@ -1,0 +1,372 @@
+//! The catalogue of malformed events: each with the reason code it must get. Used directly against
+//! the decoder here, and through the whole pipeline (file and broker) elsewhere.
+
+use customer_pulse::decode::{decode, Reason, Rules};
+use customer_pulse::event::Stream;
+
+pub const NOW: &str = "2026-06-01T12:00:00Z";
+pub const NOW_MS: i64 = 1_780_315_200_000;
+
+pub struct Bad {
+    pub name: &'static str,
+    pub stream: Stream,
+    /// `None`: the message has no key.
+    pub key: Option<&'static str>,
+    pub payload: Vec<u8>,
+    pub reason: Reason,
+}
+
+pub fn rules() -> Rules {
+    Rules {
+        max_event_bytes: 4096,
+        max_future_skew_ms: 300_000,
+        currency: "EUR".into(),
+        complaint_categories: vec!["billing".into(), "delivery".into()],
+        cancellation_reasons: vec!["price".into()],
+    }
+}
+
+fn order(extra: &str) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"bad-1","customer_id":"c-9","type":"order.placed","occurred_at":"2026-06-01T11:00:00Z","order_id":"o","amount_minor":100,"margin_minor":10{extra}}}"#
+    )
+    .into_bytes()
+}
+
+fn replace(field: &str, value: &str) -> Vec<u8> {
+    let base: serde_json::Value = serde_json::from_slice(&order("")).unwrap();
+    let mut obj = base.as_object().unwrap().clone();
+    if value.is_empty() {
+        obj.remove(field);
+    } else {
+        obj.insert(field.into(), serde_json::from_str(value).unwrap());
+    }
+    serde_json::to_vec(&obj).unwrap()
+}
+
+fn typed(stream: Stream, json: &str) -> (Stream, Vec<u8>) {
+    (stream, json.as_bytes().to_vec())
+}
+
+pub fn catalogue() -> Vec<Bad> {
+    use Reason::*;
+    use Stream::*;
+    let key = Some("c-9");
+    let mut bad = vec![
+        ("empty payload", Orders, key, Vec::new(), NotJson),
+        ("not json", Orders, key, b"hello".to_vec(), NotJson),
+        (
+            "truncated json",
+            Orders,
+            key,
+            order("")[..40].to_vec(),
+            NotJson,
+        ),
+        (
+            "invalid utf-8",
+            Orders,
+            key,
+            vec![b'"', 0xff, 0xfe, b'"'],
+            NotJson,
+        ),
+        ("json array", Orders, key, b"[1,2]".to_vec(), NotObject),
+        ("json string", Orders, key, b"\"x\"".to_vec(), NotObject),
+        (
+            "too large",
+            Orders,
+            key,
+            order(&format!(r#","pad":"{}""#, "x".repeat(5000))),
+            TooLarge,
+        ),
+        (
+            "no event_id",
+            Orders,
+            key,
+            replace("event_id", ""),
+            MissingField,
+        ),
+        (
+            "empty event_id",
+            Orders,
+            key,
+            replace("event_id", "\"\""),
+            BadField,
+        ),
+        (
+            "event_id too long",
+            Orders,
+            key,
+            replace("event_id", &format!("\"{}\"", "e".repeat(129))),
+            BadField,
+        ),
+        (
+            "numeric customer_id",
+            Orders,
+            key,
+            replace("customer_id", "42"),
+            BadField,
+        ),
+        (
+            "no customer_id",
+            Orders,
+            key,
+            replace("customer_id", ""),
+            MissingField,
+        ),
+        ("no type", Orders, key, replace("type", ""), MissingField),
+        (
+            "unknown type",
+            Orders,
+            key,
+            replace("type", "\"order.teleported\""),
+            UnknownType,
+        ),
+        (
+            "no occurred_at",
+            Orders,
+            key,
+            replace("occurred_at", ""),
+            MissingField,
+        ),
+        (
+            "occurred_at without offset",
+            Orders,
+            key,
+            replace("occurred_at", "\"2026-06-01T11:00:00\""),
+            BadField,
+        ),
+        (
+            "occurred_at not a date",
+            Orders,
+            key,
+            replace("occurred_at", "\"yesterday\""),
+            BadField,
+        ),
+        (
+            "from the future",
+            Orders,
+            key,
+            replace("occurred_at", "\"2026-06-01T12:10:00Z\""),
+            FutureTimestamp,
+        ),
+        (
+            "key differs",
+            Orders,
+            Some("c-other"),
+            order(""),
+            KeyMismatch,
+        ),
+        (
+            "schema version 2",
+            Orders,
+            key,
+            replace("schema_version", "2"),
+            UnsupportedSchemaVersion,
+        ),
+        (
+            "schema version text",
+            Orders,
+            key,
+            replace("schema_version", "\"1\""),
+            BadField,
+        ),
+        (
+            "other currency",
+            Orders,
+            key,
+            replace("currency", "\"USD\""),
+            CurrencyMismatch,
+        ),
+        (
+            "negative amount",
+            Orders,
+            key,
+            replace("amount_minor", "-5"),
+            BadField,
+        ),
+        (
+            "fractional amount",
+            Orders,
+            key,
+            replace("amount_minor", "1.5"),
+            BadField,
+        ),
+        (
+            "amount as text",
+            Orders,
+            key,
+            replace("amount_minor", "\"100\""),
+            BadField,
+        ),
+        (
+            "no order_id",
+            Orders,
+            key,
+            replace("order_id", ""),
+            MissingField,
+        ),
+        (
+            "no margin",
+            Orders,
+            key,
+            replace("margin_minor", ""),
+            MissingField,
+        ),
+    ];
+    let more = [
+        (
+            "order on the complaints topic",
+            typed(Complaints, std::str::from_utf8(&order("")).unwrap()),
+            WrongTopic,
+        ),
+        (
+            "survey score 11",
+            typed(
+                Interactions,
+                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.survey","occurred_at":"2026-06-01T11:00:00Z","score":11}"#,
+            ),
+            BadField,
+        ),
+        (
+            "contact with unknown channel",
+            typed(
+                Interactions,
+                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.contact","occurred_at":"2026-06-01T11:00:00Z","channel":"pigeon","direction":"inbound"}"#,
+            ),
+            BadField,
+        ),
+        (
+            "contact without direction",
+            typed(
+                Interactions,
+                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.contact","occurred_at":"2026-06-01T11:00:00Z","channel":"web"}"#,
+            ),
+            MissingField,
+        ),
+        (
+            "complaint with unknown severity",
+            typed(
+                Complaints,
+                r#"{"event_id":"s","customer_id":"c-9","type":"complaint.opened","occurred_at":"2026-06-01T11:00:00Z","complaint_id":"k","category":"billing","severity":"apocalyptic"}"#,
+            ),
+            BadField,
+        ),
+        (
+            "resolution with text satisfied",
+            typed(
+                Complaints,
+                r#"{"event_id":"s","customer_id":"c-9","type":"complaint.resolved","occurred_at":"2026-06-01T11:00:00Z","complaint_id":"k","satisfied":"yes"}"#,
+            ),
+            BadField,
+        ),
+        (
+            "cancellation without reason",
+            typed(
+                Interactions,
+                r#"{"event_id":"s","customer_id":"c-9","type":"subscription.cancelled","occurred_at":"2026-06-01T11:00:00Z"}"#,
+            ),
+            MissingField,
+        ),
+    ];
+    for (name, (stream, payload), reason) in more {
+        bad.push((name, stream, key, payload, reason));
+    }
+    bad.into_iter()
+        .map(|(name, stream, key, payload, reason)| Bad {
+            name,
+            stream,
+            key,
+            payload,
+            reason,
+        })
+        .collect()
+}
+
+#[test]
+fn the_base_event_is_valid() {
+    // Otherwise every mutation below would be rejected for the wrong reason.
+    let event = decode(
+        Some(Stream::Orders),
+        Some(b"c-9"),
+        &order(""),
+        NOW_MS,
+        &rules(),
+    );
+    assert!(event.is_ok(), "{event:?}");
+}
+
+#[test]
+fn now_constant_matches_its_text() {
+    let parsed =
+        time::OffsetDateTime::parse(NOW, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(parsed.unix_timestamp() * 1000, NOW_MS);
+}
+
+#[test]
+fn every_malformed_event_gets_its_reason_code() {
+    let catalogue = catalogue();
+    assert!(
+        catalogue.len() >= 25,
+        "the catalogue holds at least 25 cases"
+    );
+    for bad in &catalogue {
+        let got = decode(
+            Some(bad.stream),
+            bad.key.map(str::as_bytes),
+            &bad.payload,
+            NOW_MS,
+            &rules(),
+        );
+        match got {
+            Err(rejection) => assert_eq!(
+                rejection.reason, bad.reason,
+                "{}: got {:?} ({})",
+                bad.name, rejection.reason, rejection.message
+            ),
+            Ok(event) => panic!("{}: accepted as {event:?}", bad.name),
+        }
+    }
+}
+
+#[test]
+fn free_text_categories_are_normalised_to_the_closed_set() {
+    let complaint = |category: &str| {
+        format!(
+            r#"{{"event_id":"s","customer_id":"c","type":"complaint.opened","occurred_at":"2026-06-01T11:00:00+02:00","complaint_id":"k","category":"{category}","severity":"low"}}"#
+        )
+    };
+    for (written, expected) in [
+        ("Billing", "billing"),
+        (" delivery ", "delivery"),
+        ("aliens", "other"),
+    ] {
+        let event = decode(
+            Some(Stream::Complaints),
+            None,
+            complaint(written).as_bytes(),
+            NOW_MS,
+            &rules(),
+        )
+        .unwrap();
+        match event.kind {
+            customer_pulse::event::EventKind::ComplaintOpened { category, .. } => {
+                assert_eq!(category, expected, "{written}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The offset is honoured: 11:00+02:00 is 09:00Z.
+        assert_eq!(event.occurred_at, NOW_MS - 3 * 3_600_000);
+    }
+}
+
+#[test]
+fn unknown_extra_fields_and_a_missing_key_are_accepted() {
+    let event = decode(
+        Some(Stream::Orders),
+        None,
+        &order(r#","color":"blue","nested":{"a":1}"#),
+        NOW_MS,
+        &rules(),
+    );
+    assert!(event.is_ok(), "{event:?}");
+}

@@ -1,0 +1,335 @@
+//! Scenarios: input events in, expected state and output records out, through the processor
+//! and a store. Adding a case is adding data.
+
+use customer_pulse::fold::{CustomerState, Lifecycle};
+use customer_pulse::processor::{partition_for, Processor};
+use customer_pulse::store::{OutboxRecord, Store};
+use proptest::prelude::*;
+
+use crate::catalogue::NOW_MS;
+use crate::support::{expected_totals, file_record, settings, totals_of};
+
+fn ev(id: &str, customer: &str, kind: &str, at: &str, fields: &str) -> String {
+    let sep = if fields.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"2026-05-{at}Z"{sep}{fields}}}"#
+    )
+}
+
+/// Runs `events` through a fresh processor, one batch per inner slice, and returns the customer's
+/// state and every output record.
+fn check(batches: &[&[String]], customer: &str) -> (Option<CustomerState>, Vec<OutboxRecord>) {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(100));
+    let mut offset = 0;
+    for batch in batches {
+        let records: Vec<_> = batch
+            .iter()
+            .map(|json| {
+                offset += 1;
+                file_record(offset, json)
+            })
+            .collect();
+        processor.process(&records, NOW_MS).unwrap();
+    }
+    let partition = partition_for(customer.as_bytes(), 4);
+    let state = store.customer(partition, customer).unwrap();
+    let outputs = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    (state, outputs)
+}
+
+fn header<'a>(record: &'a OutboxRecord, name: &str) -> &'a str {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| std::str::from_utf8(v).unwrap())
+        .unwrap_or_else(|| panic!("no header {name}"))
+}
+
+#[test]
+fn orders_on_two_days_make_one_repeat_purchase_and_a_delivery_cycle() {
+    let events = [
+        ev(
+            "1",
+            "ann",
+            "order.placed",
+            "01T10:00:00",
+            r#""order_id":"a","amount_minor":1000,"margin_minor":200"#,
+        ),
+        ev(
+            "2",
+            "ann",
+            "order.placed",
+            "01T18:00:00",
+            r#""order_id":"b","amount_minor":500,"margin_minor":-50"#,
+        ),
+        ev(
+            "3",
+            "ann",
+            "order.delivered",
+            "03T10:00:00",
+            r#""order_id":"a""#,
+        ),
+        ev(
+            "4",
+            "ann",
+            "order.placed",
+            "04T09:00:00",
+            r#""order_id":"c","amount_minor":300,"margin_minor":30"#,
+        ),
+    ];
+    let (state, outputs) = check(&[&events], "ann");
+    let state = state.unwrap();
+    assert_eq!(state.orders, 3);
+    assert_eq!(state.revenue_minor, 1800);
+    assert_eq!(state.margin_minor, 180);
+    assert_eq!(state.repeat_purchases(), 1, "two distinct purchase days");
+    assert_eq!(state.first_day_revenue_minor, 1500);
+    assert_eq!(state.deliveries, 1);
+    assert_eq!(state.delivery_seconds_total, 2 * 86_400);
+    assert_eq!(state.open_orders.len(), 2);
+    assert_eq!(state.lifecycle, Lifecycle::Active);
+    assert_eq!(outputs.len(), 4, "one churn-risk record per applied event");
+    assert!(outputs.iter().all(|r| r.topic == "customer.churn-risk"));
+    assert_eq!(header(&outputs[3], "record_id"), "test-0-4");
+}
+
+#[test]
+fn a_redelivered_event_changes_nothing_in_the_same_or_a_later_batch() {
+    let order = ev(
+        "1",
+        "bob",
+        "order.placed",
+        "01T10:00:00",
+        r#""order_id":"a","amount_minor":1000,"margin_minor":200"#,
+    );
+    let one = std::slice::from_ref(&order);
+    let (once, once_out) = check(&[one], "bob");
+    let (twice, twice_out) = check(&[&[order.clone(), order.clone()], one], "bob");
+    assert_eq!(once, twice);
+    assert_eq!(once_out.len(), 1);
+    assert_eq!(twice_out.len(), 1, "duplicates emit nothing");
+}
+
+#[test]
+fn complaints_resolve_with_their_resolution_time() {
+    let events = [
+        ev(
+            "1",
+            "cy",
+            "complaint.opened",
+            "01T10:00:00",
+            r#""complaint_id":"k1","category":"Billing","severity":"high""#,
+        ),
+        ev(
+            "2",
+            "cy",
+            "complaint.opened",
+            "01T11:00:00",
+            r#""complaint_id":"k2","category":"weather","severity":"low""#,
+        ),
+        ev(
+            "3",
+            "cy",
+            "complaint.resolved",
+            "01T12:30:00",
+            r#""complaint_id":"k1","satisfied":false"#,
+        ),
+    ];
+    let state = check(&[&events], "cy").0.unwrap();
+    assert_eq!(state.complaints_opened, 2);
+    assert_eq!(state.complaints_resolved, 1);
+    assert_eq!(state.resolution_seconds_total, 9_000);
+    assert_eq!(state.resolutions_unsatisfied, 1);
+    assert_eq!(state.open_complaints.len(), 1);
+    assert_eq!(
+        state.open_complaints[0].category, "other",
+        "outside the closed set"
+    );
+}
+
+#[test]
+fn a_cancelled_customer_is_lost_and_an_order_wins_them_back() {
+    let events = [
+        ev(
+            "1",
+            "di",
+            "order.placed",
+            "01T10:00:00",
+            r#""order_id":"a","amount_minor":100,"margin_minor":10"#,
+        ),
+        ev(
+            "2",
+            "di",
+            "subscription.cancelled",
+            "02T10:00:00",
+            r#""reason":"Price""#,
+        ),
+    ];
+    let lost = check(&[&events], "di").0.unwrap();
+    assert_eq!(lost.lifecycle, Lifecycle::Lost);
+    assert_eq!(lost.cancellation_reason.as_deref(), Some("price"));
+    let back = ev(
+        "3",
+        "di",
+        "order.placed",
+        "09T10:00:00",
+        r#""order_id":"b","amount_minor":100,"margin_minor":10"#,
+    );
+    let won = check(&[&events, &[back]], "di").0.unwrap();
+    assert_eq!(won.lifecycle, Lifecycle::WonBack);
+}
+
+#[test]
+fn erasure_deletes_the_state_and_publishes_a_tombstone() {
+    let events = [
+        ev(
+            "1",
+            "eve",
+            "order.placed",
+            "01T10:00:00",
+            r#""order_id":"a","amount_minor":100,"margin_minor":10"#,
+        ),
+        ev("2", "eve", "customer.erased", "02T10:00:00", ""),
+    ];
+    let (state, outputs) = check(&[&events[..1], &events[1..]], "eve");
+    assert_eq!(state, None);
+    let last = outputs.last().unwrap();
+    assert_eq!(last.topic, "customer.churn-risk");
+    assert_eq!(last.key.as_deref(), Some(&b"eve"[..]));
+    assert_eq!(last.value, None, "a tombstone");
+}
+
+#[test]
+fn a_bad_event_goes_to_the_dead_letter_output_and_its_neighbours_apply() {
+    let good = |id: &str| {
+        ev(
+            id,
+            "fay",
+            "interaction.survey",
+            "01T10:00:00",
+            r#""score":3"#,
+        )
+    };
+    let events = [good("1"), "{not json".to_string(), good("3")];
+    let (state, outputs) = check(&[&events], "fay");
+    let state = state.unwrap();
+    assert_eq!(state.seen.len(), 2);
+    let dead: Vec<_> = outputs
+        .iter()
+        .filter(|r| r.topic == "customer.events.dlq")
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].value.as_deref(),
+        Some(&b"{not json"[..]),
+        "original bytes untouched"
+    );
+    assert_eq!(header(dead[0], "reason"), "not_json");
+    assert_eq!(header(dead[0], "source_topic"), "test");
+    assert_eq!(header(dead[0], "source_offset"), "2");
+    assert!(header(dead[0], "message").contains("JSON"));
+}
+
+#[test]
+fn offsets_move_past_every_record_of_a_batch_rejected_or_not() {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(10));
+    let records = vec![file_record(7, "garbage"), file_record(8, "more garbage")];
+    processor.process(&records, NOW_MS).unwrap();
+    assert_eq!(store.offset("test", 0).unwrap(), Some(9));
+}
+
+fn generated(customers: u64, events: u64, seed: u64) -> Vec<serde_json::Value> {
+    customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
+        customers,
+        events,
+        seed,
+        start_ms: NOW_MS - 20 * 86_400_000,
+        step_ms: 60_000,
+    })
+    .into_iter()
+    .map(|g| g.value)
+    .collect()
+}
+
+/// Folds events in batches of `batch` through a cache of `cache` customers; every customer's state.
+fn fold_all(events: &[serde_json::Value], batch: usize, cache: usize) -> Vec<CustomerState> {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(cache));
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| file_record(i as i64, &e.to_string()))
+        .collect();
+    for chunk in records.chunks(batch.max(1)) {
+        processor.process(chunk, NOW_MS).unwrap();
+    }
+    (0..4)
+        .flat_map(|p| store.customers(p, "", usize::MAX).unwrap())
+        .map(|mut s| {
+            // The order of remembered ids follows arrival; the set is what matters.
+            s.seen.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn the_fold_agrees_with_totals_computed_from_the_raw_events() {
+    let events = generated(50, 3_000, 11);
+    let expected = expected_totals(&events);
+    let states = fold_all(&events, 100, 1_000);
+    assert_eq!(states.len(), expected.len());
+    for state in &states {
+        assert_eq!(
+            totals_of(state),
+            expected[&state.customer_id],
+            "{}",
+            state.customer_id
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any interleaving that keeps each customer's order, any batch size, any cache size, and any
+    /// redelivered prefix give the same states.
+    #[test]
+    fn order_batching_caching_and_redelivery_do_not_change_the_result(
+        seed in 0u64..1_000,
+        shuffle in any::<u64>(),
+        batch in 1usize..300,
+        cache in 1usize..60,
+        redeliver in 0usize..400,
+    ) {
+        let events = generated(30, 400, seed);
+        let reference = fold_all(&events, 400, 1_000);
+
+        // Merge per-customer queues in a random order: per-customer order is kept.
+        let mut queues: std::collections::BTreeMap<String, std::collections::VecDeque<serde_json::Value>> = Default::default();
+        for e in &events {
+            queues.entry(e["customer_id"].as_str().unwrap().to_owned()).or_default().push_back(e.clone());
+        }
+        let mut rng = customer_pulse::generate::Rng::new(shuffle);
+        let mut merged = Vec::new();
+        while !queues.is_empty() {
+            let keys: Vec<String> = queues.keys().cloned().collect();
+            let key = &keys[rng.below(keys.len() as u64) as usize];
+            let queue = queues.get_mut(key).unwrap();
+            merged.push(queue.pop_front().unwrap());
+            if queue.is_empty() {
+                queues.remove(key);
+            }
+        }
+        merged.extend(events[..redeliver.min(events.len())].iter().cloned());
+        prop_assert_eq!(fold_all(&merged, batch, cache), reference);
+    }
+}

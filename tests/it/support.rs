@@ -1,0 +1,89 @@
+//! Shared test helpers: processor settings, input records, and totals computed independently of the
+//! fold, straight from the contract JSON.
+
+use std::collections::BTreeMap;
+
+use customer_pulse::fold::FoldLimits;
+use customer_pulse::processor::{InputRecord, OutputTopics, ProcessorSettings};
+
+pub fn settings(cache_customers: usize) -> ProcessorSettings {
+    ProcessorSettings {
+        rules: customer_pulse::decode::Rules {
+            max_event_bytes: 4096,
+            ..crate::catalogue::rules()
+        },
+        limits: FoldLimits {
+            dedup_horizon_ms: 30 * 86_400_000,
+            max_dedup_ids: 10_000,
+            max_open_items: 1_000,
+        },
+        topics: OutputTopics {
+            churn_risk: "customer.churn-risk".into(),
+            dead_letter: "customer.events.dlq".into(),
+        },
+        partitions: 4,
+        cache_customers,
+    }
+}
+
+/// A record as a file source would make it: no stream, partition from the customer id.
+pub fn file_record(offset: i64, json: &str) -> InputRecord {
+    InputRecord {
+        source: "test".into(),
+        source_partition: 0,
+        offset,
+        stream: None,
+        state_partition: None,
+        key: None,
+        payload: json.as_bytes().to_vec(),
+        append_time_ms: None,
+    }
+}
+
+/// Per-customer totals any correct fold must agree with.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub orders: u32,
+    pub revenue_minor: i64,
+    pub margin_minor: i64,
+    pub complaints_opened: u32,
+    pub contacts: u32,
+}
+
+/// Totals from distinct event ids of valid events, computed from the JSON alone.
+pub fn expected_totals<'a>(
+    events: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> BTreeMap<String, Totals> {
+    let mut seen = std::collections::HashSet::new();
+    let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
+    for e in events {
+        let id = e["event_id"].as_str().unwrap().to_owned();
+        if !seen.insert(id) {
+            continue;
+        }
+        let t = totals
+            .entry(e["customer_id"].as_str().unwrap().to_owned())
+            .or_default();
+        match e["type"].as_str().unwrap() {
+            "order.placed" => {
+                t.orders += 1;
+                t.revenue_minor += e["amount_minor"].as_i64().unwrap();
+                t.margin_minor += e["margin_minor"].as_i64().unwrap();
+            }
+            "complaint.opened" => t.complaints_opened += 1,
+            "interaction.contact" => t.contacts += 1,
+            _ => {}
+        }
+    }
+    totals
+}
+
+pub fn totals_of(state: &customer_pulse::fold::CustomerState) -> Totals {
+    Totals {
+        orders: state.orders,
+        revenue_minor: state.revenue_minor,
+        margin_minor: state.margin_minor,
+        complaints_opened: state.complaints_opened,
+        contacts: state.contacts,
+    }
+}

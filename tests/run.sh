@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every test: format, lints, unit, integration (real RocksDB, a real Kafka-protocol broker on
+# loopback). Installs what is missing first. Nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source deploy/setup.sh
+need_tansu
+say "Checking formatting"
+cargo fmt --all -- --check
+say "Running clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+say "Running the tests"
+cargo test --all-targets
