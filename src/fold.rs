@@ -207,7 +207,13 @@ impl CustomerState {
                 self.subscription = Subscription::Cancelled;
                 self.cancellation_reason = Some(reason.clone());
                 self.cancelled_at = Some(t);
-                self.lifecycle = Lifecycle::Lost;
+                // Orders and cancellations come on different topics, so an order placed after the
+                // cancellation (in event time) may have been folded first: it still wins them back.
+                self.lifecycle = if self.last_order_at.is_some_and(|o| o > t) {
+                    Lifecycle::WonBack
+                } else {
+                    Lifecycle::Lost
+                };
             }
             EventKind::OrderPlaced {
                 order_id,

@@ -2,7 +2,7 @@
 //! the decoder here, and through the whole pipeline (file and broker) elsewhere.
 
 use customer_pulse::decode::{decode, Reason, Rules};
-use customer_pulse::event::Stream;
+use customer_pulse::event::{format_millis, Stream};
 
 pub const NOW: &str = "2026-06-01T12:00:00Z";
 pub const NOW_MS: i64 = 1_780_315_200_000;
@@ -26,15 +26,21 @@ pub fn rules() -> Rules {
     }
 }
 
-fn order(extra: &str) -> Vec<u8> {
+/// An hour before `now`, as the contract writes time.
+fn hour_ago(now_ms: i64) -> String {
+    format_millis(now_ms - 3_600_000)
+}
+
+fn order(now_ms: i64, extra: &str) -> Vec<u8> {
+    let at = hour_ago(now_ms);
     format!(
-        r#"{{"event_id":"bad-1","customer_id":"c-9","type":"order.placed","occurred_at":"2026-06-01T11:00:00Z","order_id":"o","amount_minor":100,"margin_minor":10{extra}}}"#
+        r#"{{"event_id":"bad-1","customer_id":"c-9","type":"order.placed","occurred_at":"{at}","order_id":"o","amount_minor":100,"margin_minor":10{extra}}}"#
     )
     .into_bytes()
 }
 
-fn replace(field: &str, value: &str) -> Vec<u8> {
-    let base: serde_json::Value = serde_json::from_slice(&order("")).unwrap();
+fn replace(now_ms: i64, field: &str, value: &str) -> Vec<u8> {
+    let base: serde_json::Value = serde_json::from_slice(&order(now_ms, "")).unwrap();
     let mut obj = base.as_object().unwrap().clone();
     if value.is_empty() {
         obj.remove(field);
@@ -44,14 +50,18 @@ fn replace(field: &str, value: &str) -> Vec<u8> {
     serde_json::to_vec(&obj).unwrap()
 }
 
-fn typed(stream: Stream, json: &str) -> (Stream, Vec<u8>) {
-    (stream, json.as_bytes().to_vec())
-}
-
-pub fn catalogue() -> Vec<Bad> {
+/// The catalogue for a processor whose clock reads `now_ms`.
+pub fn catalogue(now_ms: i64) -> Vec<Bad> {
     use Reason::*;
     use Stream::*;
     let key = Some("c-9");
+    let order = |extra: &str| order(now_ms, extra);
+    let replace = |field: &str, value: &str| replace(now_ms, field, value);
+    let at = hour_ago(now_ms);
+    let future = format!("\"{}\"", format_millis(now_ms + 600_000));
+    let naive = format!("\"{}\"", &at[..19]);
+    // A whole event for another type; "AT" stands for an hour ago.
+    let typed = |stream: Stream, json: &str| (stream, json.replace("AT", &at).into_bytes());
     let mut bad = vec![
         ("empty payload", Orders, key, Vec::new(), NotJson),
         ("not json", Orders, key, b"hello".to_vec(), NotJson),
@@ -132,7 +142,7 @@ pub fn catalogue() -> Vec<Bad> {
             "occurred_at without offset",
             Orders,
             key,
-            replace("occurred_at", "\"2026-06-01T11:00:00\""),
+            replace("occurred_at", &naive),
             BadField,
         ),
         (
@@ -146,7 +156,7 @@ pub fn catalogue() -> Vec<Bad> {
             "from the future",
             Orders,
             key,
-            replace("occurred_at", "\"2026-06-01T12:10:00Z\""),
+            replace("occurred_at", &future),
             FutureTimestamp,
         ),
         (
@@ -223,7 +233,7 @@ pub fn catalogue() -> Vec<Bad> {
             "survey score 11",
             typed(
                 Interactions,
-                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.survey","occurred_at":"2026-06-01T11:00:00Z","score":11}"#,
+                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.survey","occurred_at":"AT","score":11}"#,
             ),
             BadField,
         ),
@@ -231,7 +241,7 @@ pub fn catalogue() -> Vec<Bad> {
             "contact with unknown channel",
             typed(
                 Interactions,
-                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.contact","occurred_at":"2026-06-01T11:00:00Z","channel":"pigeon","direction":"inbound"}"#,
+                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.contact","occurred_at":"AT","channel":"pigeon","direction":"inbound"}"#,
             ),
             BadField,
         ),
@@ -239,7 +249,7 @@ pub fn catalogue() -> Vec<Bad> {
             "contact without direction",
             typed(
                 Interactions,
-                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.contact","occurred_at":"2026-06-01T11:00:00Z","channel":"web"}"#,
+                r#"{"event_id":"s","customer_id":"c-9","type":"interaction.contact","occurred_at":"AT","channel":"web"}"#,
             ),
             MissingField,
         ),
@@ -247,7 +257,7 @@ pub fn catalogue() -> Vec<Bad> {
             "complaint with unknown severity",
             typed(
                 Complaints,
-                r#"{"event_id":"s","customer_id":"c-9","type":"complaint.opened","occurred_at":"2026-06-01T11:00:00Z","complaint_id":"k","category":"billing","severity":"apocalyptic"}"#,
+                r#"{"event_id":"s","customer_id":"c-9","type":"complaint.opened","occurred_at":"AT","complaint_id":"k","category":"billing","severity":"apocalyptic"}"#,
             ),
             BadField,
         ),
@@ -255,7 +265,7 @@ pub fn catalogue() -> Vec<Bad> {
             "resolution with text satisfied",
             typed(
                 Complaints,
-                r#"{"event_id":"s","customer_id":"c-9","type":"complaint.resolved","occurred_at":"2026-06-01T11:00:00Z","complaint_id":"k","satisfied":"yes"}"#,
+                r#"{"event_id":"s","customer_id":"c-9","type":"complaint.resolved","occurred_at":"AT","complaint_id":"k","satisfied":"yes"}"#,
             ),
             BadField,
         ),
@@ -288,7 +298,7 @@ fn the_base_event_is_valid() {
     let event = decode(
         Some(Stream::Orders),
         Some(b"c-9"),
-        &order(""),
+        &order(NOW_MS, ""),
         NOW_MS,
         &rules(),
     );
@@ -304,7 +314,7 @@ fn now_constant_matches_its_text() {
 
 #[test]
 fn every_malformed_event_gets_its_reason_code() {
-    let catalogue = catalogue();
+    let catalogue = catalogue(NOW_MS);
     assert!(
         catalogue.len() >= 25,
         "the catalogue holds at least 25 cases"
@@ -364,7 +374,7 @@ fn unknown_extra_fields_and_a_missing_key_are_accepted() {
     let event = decode(
         Some(Stream::Orders),
         None,
-        &order(r#","color":"blue","nested":{"a":1}"#),
+        &order(NOW_MS, r#","color":"blue","nested":{"a":1}"#),
         NOW_MS,
         &rules(),
     );

@@ -1,7 +1,10 @@
 //! One integration-test binary (one link): modules by feature. Tests that need the broker start a
 //! real Tansu on loopback (see `support`); nothing is skipped.
 
+mod broker;
 mod catalogue;
+mod end_to_end;
+mod kafka_smoke;
 mod replay;
 mod scenario;
 mod support;

@@ -182,8 +182,14 @@ fn a_cancelled_customer_is_lost_and_an_order_wins_them_back() {
         "09T10:00:00",
         r#""order_id":"b","amount_minor":100,"margin_minor":10"#,
     );
-    let won = check(&[&events, &[back]], "di").0.unwrap();
+    let won = check(&[&events, std::slice::from_ref(&back)], "di")
+        .0
+        .unwrap();
     assert_eq!(won.lifecycle, Lifecycle::WonBack);
+    // The same events with the later order folded before the cancellation (another topic).
+    let reordered = [events[0].clone(), back, events[1].clone()];
+    let same = check(&[&reordered], "di").0.unwrap();
+    assert_eq!(same.lifecycle, Lifecycle::WonBack);
 }
 
 #[test]

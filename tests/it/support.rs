@@ -7,6 +7,10 @@ use customer_pulse::fold::FoldLimits;
 use customer_pulse::processor::{InputRecord, OutputTopics, ProcessorSettings};
 
 pub fn settings(cache_customers: usize) -> ProcessorSettings {
+    settings_with_partitions(cache_customers, 4)
+}
+
+pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> ProcessorSettings {
     ProcessorSettings {
         rules: customer_pulse::decode::Rules {
             max_event_bytes: 4096,
@@ -21,7 +25,7 @@ pub fn settings(cache_customers: usize) -> ProcessorSettings {
             churn_risk: "customer.churn-risk".into(),
             dead_letter: "customer.events.dlq".into(),
         },
-        partitions: 4,
+        partitions,
         cache_customers,
     }
 }

@@ -1,0 +1,288 @@
+//! The whole job against a real broker: generated traffic, malformed events and redeliveries in,
+//! per-customer state through HTTP and records on the output topics out.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use customer_pulse::config::Config;
+use customer_pulse::event::Stream;
+use customer_pulse::generate::{generate, Generated, TrafficSpec};
+use customer_pulse::kafka::{create_topics, publish, publish_raw, RawMessage};
+use customer_pulse::processor::Processor;
+use customer_pulse::replay::wall_clock_ms;
+use customer_pulse::store::Store;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{free_port, Broker};
+use crate::catalogue::catalogue;
+use crate::support::{expected_totals, file_record, totals_of};
+
+pub const PARTITIONS: i32 = 4;
+
+pub fn config_text(brokers: &str, state: &std::path::Path, http_port: u16) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"pulse-test\"\n\
+         [input]\npartitions = {PARTITIONS}\nmax_event_bytes = 4096\n\
+         complaint_categories = [\"billing\", \"delivery\"]\ncancellation_reasons = [\"price\"]\n\
+         [state]\npath = \"{}\"\ncache_customers = 500\n\
+         [processing]\nmax_batch_events = 500\nmax_batch_wait_milliseconds = 20\n\
+         [http]\nlisten_address = \"127.0.0.1:{http_port}\"\n",
+        state.display()
+    )
+}
+
+pub async fn create_all_topics(brokers: &str) {
+    create_topics(
+        brokers,
+        &[
+            ("customer.interactions", PARTITIONS, false),
+            ("customer.orders", PARTITIONS, false),
+            ("customer.complaints", PARTITIONS, false),
+            ("customer.churn-risk", PARTITIONS, true),
+            ("customer.events.dlq", 1, false),
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+pub fn traffic(events: u64, seed: u64) -> Vec<Generated> {
+    generate(&TrafficSpec {
+        customers: 120,
+        events,
+        seed,
+        start_ms: wall_clock_ms() - 10 * 86_400_000,
+        step_ms: 60_000,
+    })
+}
+
+/// A plain HTTP/1.1 GET on loopback: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The sum of a counter over all its label sets, as `/metrics` shows it.
+pub fn metric_sum(port: u16, name: &str) -> f64 {
+    let Some((200, text)) = http_get(port, "/metrics") else {
+        return 0.0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every record on `topic`, read from the beginning until `count` arrived (or 60 s passed).
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{topic}-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < count && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    customer_pulse::kafka::header_text(message.headers()?, name)
+}
+
+/// The state `/customers/{id}` reports, with the remembered ids sorted (their order follows
+/// arrival, which differs between topics interleaved differently).
+pub fn customer_state(port: u16, id: &str) -> Option<serde_json::Value> {
+    let (status, body) = http_get(port, &format!("/customers/{id}"))?;
+    if status != 200 {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut state = value["state"].take();
+    sort_seen(&mut state);
+    Some(state)
+}
+
+pub fn sort_seen(state: &mut serde_json::Value) {
+    if let Some(seen) = state["seen"].as_array_mut() {
+        seen.sort_by(|a, b| a["event_id"].as_str().cmp(&b["event_id"].as_str()));
+    }
+}
+
+fn topic_of(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Interactions => "customer.interactions",
+        Stream::Orders => "customer.orders",
+        Stream::Complaints => "customer.complaints",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let events = traffic(3_000, 21);
+    let now = wall_clock_ms();
+    let bad = catalogue(now);
+    let config_topics = Config::parse(
+        &config_text("x", std::path::Path::new("/tmp"), 1),
+        Vec::new(),
+    )
+    .unwrap()
+    .topics;
+
+    // Good events, then the malformed ones, then the first 300 good ones again.
+    publish(&broker.address, &config_topics, &events, None)
+        .await
+        .unwrap();
+    let bad_messages: Vec<RawMessage> = bad
+        .iter()
+        .map(|b| RawMessage {
+            topic: topic_of(b.stream).into(),
+            key: b.key.map(|k| k.as_bytes().to_vec()),
+            payload: b.payload.clone(),
+        })
+        .collect();
+    publish_raw(&broker.address, &bad_messages).await.unwrap();
+    publish(&broker.address, &config_topics, &events[..300], None)
+        .await
+        .unwrap();
+    let published = events.len() + bad.len() + 300;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = Config::parse(
+        &config_text(&broker.address, &dir.path().join("state"), port),
+        Vec::new(),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
+
+    wait_for(
+        "every published event to be processed",
+        Duration::from_secs(90),
+        || metric_sum(port, "customer_pulse_events_total") as usize >= published,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(port, "customer_pulse_events_total") as usize,
+        published
+    );
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/customers/nobody").map(|r| r.0), Some(404));
+
+    // State through HTTP equals totals computed from the raw events, and a file replay.
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let expected = expected_totals(&values);
+    let replayed = Store::in_memory();
+    let mut processor = Processor::new(
+        replayed.clone(),
+        crate::support::settings_with_partitions(1_000, PARTITIONS),
+    );
+    let records: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| file_record(i as i64, &v.to_string()))
+        .collect();
+    processor.process(&records, now).unwrap();
+    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for state in replayed.customers(p, "", usize::MAX).unwrap() {
+            let mut json = serde_json::to_value(&state).unwrap();
+            sort_seen(&mut json);
+            assert_eq!(totals_of(&state), expected[&state.customer_id]);
+            by_id.insert(state.customer_id.clone(), json);
+        }
+    }
+    assert_eq!(by_id.len(), expected.len());
+    for (id, from_replay) in &by_id {
+        // librdkafka placed the events with murmur2_random; the processor's own murmur2 must agree.
+        let (_, body) = http_get(port, &format!("/customers/{id}")).unwrap();
+        let reported: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            reported["partition"].as_i64(),
+            Some(i64::from(customer_pulse::processor::partition_for(
+                id.as_bytes(),
+                PARTITIONS
+            ))),
+            "{id}: our murmur2 places the customer where the producer did"
+        );
+        let from_kafka = customer_state(port, id).unwrap_or_else(|| panic!("{id} is known"));
+        assert_eq!(&from_kafka, from_replay, "{id}: Kafka and replay agree");
+    }
+
+    // Every malformed event is on the dead-letter topic with its reason and original bytes.
+    let dead = read_topic(&broker.address, "customer.events.dlq", bad.len()).await;
+    assert_eq!(dead.len(), bad.len());
+    let mut want: Vec<(String, Vec<u8>)> = bad
+        .iter()
+        .map(|b| (b.reason.code().to_owned(), b.payload.clone()))
+        .collect();
+    let mut got: Vec<(String, Vec<u8>)> = dead
+        .iter()
+        .map(|m| {
+            (
+                header(m, "reason").unwrap(),
+                m.payload().unwrap_or_default().to_vec(),
+            )
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(dead
+        .iter()
+        .all(|m| header(m, "source_topic").is_some() && header(m, "source_offset").is_some()));
+
+    // One churn-risk record per applied event, each with its own record_id.
+    let risk = read_topic(&broker.address, "customer.churn-risk", events.len()).await;
+    let ids: HashSet<String> = risk
+        .iter()
+        .map(|m| header(m, "record_id").unwrap())
+        .collect();
+    assert_eq!(risk.len(), events.len());
+    assert_eq!(ids.len(), events.len());
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("the job stops within 60 s of shutdown")
+        .unwrap()
+        .unwrap();
+}
