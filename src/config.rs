@@ -38,6 +38,9 @@ pub struct RawKafka {
     /// Where to start a partition with no stored offset: `earliest` or `latest`.
     #[serde(default = "default_reset")]
     pub auto_offset_reset: String,
+    /// How long the group waits for a silent member before moving its partitions.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_milliseconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +97,9 @@ fn default_group_id() -> String {
 }
 fn default_reset() -> String {
     "earliest".into()
+}
+fn default_session_timeout() -> u64 {
+    10_000
 }
 fn default_cache_customers() -> usize {
     100_000
@@ -180,6 +186,7 @@ pub struct Config {
     pub brokers: String,
     pub group_id: String,
     pub offset_reset: OffsetReset,
+    pub session_timeout: std::time::Duration,
     pub topics: Topics,
     pub partitions: i32,
     pub rules: Rules,
@@ -276,6 +283,11 @@ impl RawConfig {
             "latest" => OffsetReset::Latest,
             _ => bail!("config field `kafka.auto_offset_reset` must be `earliest` or `latest`"),
         };
+        check(
+            (1_000..=300_000).contains(&self.kafka.session_timeout_milliseconds),
+            "kafka.session_timeout_milliseconds",
+            "must be between 1000 and 300000",
+        )?;
         let t = &self.topics;
         for (field, name) in [
             ("topics.interactions", &t.interactions),
@@ -373,6 +385,9 @@ impl RawConfig {
             brokers: self.kafka.brokers,
             group_id: self.kafka.group_id,
             offset_reset,
+            session_timeout: std::time::Duration::from_millis(
+                self.kafka.session_timeout_milliseconds,
+            ),
             partitions: i.partitions,
             rules: Rules {
                 max_event_bytes: i.max_event_bytes,

@@ -158,7 +158,10 @@ impl Input {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
             .create_with_context(context)?;
         let streams = vec![
             (config.topics.interactions.clone(), Stream::Interactions),
@@ -313,17 +316,21 @@ pub fn header_text<H: Headers>(headers: &H, name: &str) -> Option<String> {
 }
 
 /// Publishes generated events to their topics, keyed by customer, at most `rate` events per second
-/// (unlimited when `None`), partitioned as Kafka's Java client would (murmur2).
+/// (unlimited when `None`), partitioned as Kafka's Java client would (murmur2), with at most
+/// `batch_records` records per record batch (1 for brokers that cannot fetch from inside a batch,
+/// such as Tansu 0.6.0; see the README).
 pub async fn publish(
     brokers: &str,
     topics: &crate::config::Topics,
     events: &[crate::generate::Generated],
     rate: Option<u64>,
+    batch_records: usize,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        .set("batch.num.messages", batch_records.max(1).to_string())
         .set("partitioner", "murmur2_random")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
@@ -410,6 +417,40 @@ pub async fn publish_raw(brokers: &str, messages: &[RawMessage]) -> anyhow::Resu
             .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic} failed: {e}"))?;
     }
     Ok(())
+}
+
+/// Publishes raw bytes with at most `batch_records` records per record batch, waiting for every
+/// acknowledgement at the end; for tests and tools.
+pub async fn publish_batched(
+    brokers: &str,
+    messages: &[RawMessage],
+    batch_records: usize,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", batch_records.to_string())
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    let mut pending = Vec::with_capacity(messages.len());
+    for RawMessage {
+        topic,
+        key,
+        payload,
+    } in messages
+    {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic} failed: {e}"))?,
+        );
+    }
+    confirm(join_all(pending).await)
 }
 
 /// Creates topics that do not exist yet: `(name, partitions, compacted)`. Existing ones are left

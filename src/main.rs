@@ -66,6 +66,10 @@ enum Command {
         /// Events per second when publishing (unlimited when absent).
         #[arg(long)]
         rate: Option<u64>,
+        /// Records per record batch when publishing; 1 for Tansu 0.6.0, which cannot start a
+        /// fetch inside a batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch_records: usize,
     },
     /// One command, no setup: generate traffic, fold it, and serve the endpoints.
     Demo {
@@ -201,6 +205,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             out,
             brokers,
             rate,
+            batch_records,
         } => {
             let spec = TrafficSpec {
                 customers,
@@ -212,7 +217,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let generated = generate(&spec);
             if let Some(brokers) = brokers {
                 let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
-                kafka::publish(&brokers, &config.topics, &generated, rate).await?;
+                kafka::publish(&brokers, &config.topics, &generated, rate, batch_records).await?;
                 println!("published {} events to {brokers}", generated.len());
             } else {
                 write_events(out.as_deref(), &generated)?;

@@ -88,12 +88,29 @@ pub fn metric_sum(port: u16, name: &str) -> f64 {
         .sum()
 }
 
-pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+/// Polls `done` every 200 ms for at most `limit`; whether it came true.
+pub async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    true
+}
+
+/// A customer's totals as `/customers/{id}` reports them.
+pub fn totals_via_http(port: u16, id: &str) -> Option<crate::support::Totals> {
+    let s = customer_state(port, id)?;
+    let int = |field: &str| s[field].as_i64();
+    Some(crate::support::Totals {
+        orders: int("orders")? as u32,
+        revenue_minor: int("revenue_minor")?,
+        margin_minor: int("margin_minor")?,
+        complaints_opened: int("complaints_opened")? as u32,
+        contacts: int("contacts")? as u32,
+    })
 }
 
 /// Every record on `topic`, read from the beginning until `count` arrived (or 60 s passed).
@@ -101,6 +118,15 @@ pub async fn read_topic(
     brokers: &str,
     topic: &str,
     count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    read_topic_until(brokers, topic, |messages| messages.len() >= count).await
+}
+
+/// Records on `topic` from the beginning, until `enough` says so (or 60 s passed).
+pub async fn read_topic_until(
+    brokers: &str,
+    topic: &str,
+    mut enough: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
 ) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -112,7 +138,7 @@ pub async fn read_topic(
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while out.len() < count && Instant::now() < deadline {
+    while !enough(&out) && Instant::now() < deadline {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
             out.push(m.detach());
         }
@@ -166,7 +192,7 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
     .topics;
 
     // Good events, then the malformed ones, then the first 300 good ones again.
-    publish(&broker.address, &config_topics, &events, None)
+    publish(&broker.address, &config_topics, &events, None, 1)
         .await
         .unwrap();
     let bad_messages: Vec<RawMessage> = bad
@@ -178,7 +204,7 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
         })
         .collect();
     publish_raw(&broker.address, &bad_messages).await.unwrap();
-    publish(&broker.address, &config_topics, &events[..300], None)
+    publish(&broker.address, &config_topics, &events[..300], None, 1)
         .await
         .unwrap();
     let published = events.len() + bad.len() + 300;
@@ -193,12 +219,11 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
     let shutdown = CancellationToken::new();
     let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
 
-    wait_for(
-        "every published event to be processed",
-        Duration::from_secs(90),
-        || metric_sum(port, "customer_pulse_events_total") as usize >= published,
-    )
+    let processed = wait_for(Duration::from_secs(90), || {
+        metric_sum(port, "customer_pulse_events_total") as usize >= published
+    })
     .await;
+    assert!(processed, "every published event processed within 90 s");
     assert_eq!(
         metric_sum(port, "customer_pulse_events_total") as usize,
         published

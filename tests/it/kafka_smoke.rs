@@ -1,38 +1,80 @@
-//! Smoke: topics can be created and a keyed event published and read back through the broker.
+//! Smoke: topics can be created, keyed events published and read back through the broker, and a
+//! consumer assigned at an offset reads exactly from that record (the processor relies on it).
+
+use std::time::Duration;
 
 use customer_pulse::kafka::{create_topics, publish_raw, RawMessage};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::broker::Broker;
 
+fn consumer(brokers: &str, group: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn the_broker_takes_and_gives_back_a_message() {
+async fn the_broker_gives_back_batched_messages_at_the_offsets_it_reports() {
     let broker = Broker::start();
-    create_topics(&broker.address, &[("smoke", 3, false)])
+    create_topics(&broker.address, &[("smoke", 1, false)])
         .await
         .unwrap();
-    publish_raw(
-        &broker.address,
-        &[RawMessage {
+    let messages: Vec<RawMessage> = (0..500)
+        .map(|n| RawMessage {
             topic: "smoke".into(),
             key: Some(b"k".to_vec()),
-            payload: b"v".to_vec(),
-        }],
-    )
-    .await
-    .unwrap();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .set("group.id", "smoke")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["smoke"]).unwrap();
-    let message = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
+            payload: format!("m{n}").into_bytes(),
+        })
+        .collect();
+    customer_pulse::kafka::publish_batched(&broker.address, &messages, 1)
         .await
-        .expect("a message within 30 s")
         .unwrap();
-    assert_eq!(message.payload(), Some(&b"v"[..]));
-    assert_eq!(message.key(), Some(&b"k"[..]));
+    let _ = publish_raw;
+
+    let all = consumer(&broker.address, "smoke-all");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("smoke", 0, Offset::Beginning)
+        .unwrap();
+    all.assign(&tpl).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 500 {
+        let m = tokio::time::timeout(Duration::from_secs(30), all.recv())
+            .await
+            .expect("messages within 30 s")
+            .unwrap();
+        seen.push((
+            m.offset(),
+            String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+        ));
+    }
+    let offsets: Vec<i64> = seen.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..500).collect::<Vec<i64>>(),
+        "offsets are contiguous from 0"
+    );
+
+    for start in [1_i64, 137, 250, 499] {
+        let from = consumer(&broker.address, &format!("smoke-{start}"));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("smoke", 0, Offset::Offset(start))
+            .unwrap();
+        from.assign(&tpl).unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(30), from.recv())
+            .await
+            .expect("a message")
+            .unwrap();
+        assert_eq!(m.offset(), start, "assigned at {start}");
+        assert_eq!(
+            m.payload().unwrap(),
+            seen[start as usize].1.as_bytes(),
+            "the record at {start}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 mod broker;
 mod catalogue;
+mod crash;
 mod end_to_end;
 mod kafka_smoke;
 mod replay;
