@@ -190,12 +190,7 @@ impl Processor {
                 ));
                 "applied"
             }
-            Outcome::Duplicate => {
-                if state.is_empty() {
-                    entry.state = None;
-                }
-                "duplicate"
-            }
+            Outcome::Duplicate => "duplicate",
             Outcome::Erased => {
                 entry.state = None;
                 entry.dirty = true;

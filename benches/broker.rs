@@ -1,0 +1,196 @@
+//! End-to-end benchmark through a real broker: Tansu on loopback, events published beforehand,
+//! then (1) a bare librdkafka consumer reading them all, the reference, and (2) customer-pulse
+//! consuming, folding, committing to RocksDB and producing its outputs, in the same run on the
+//! same topics. Prints one table.
+//!
+//! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it). Under
+//! `cargo test` it runs once with 2,000 events, so the harness itself stays tested.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use customer_pulse::config::Config;
+use customer_pulse::generate::{generate, TrafficSpec};
+use customer_pulse::kafka::{create_topics, publish};
+use customer_pulse::replay::wall_clock_ms;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 4;
+const INPUTS: [&str; 3] = [
+    "customer.interactions",
+    "customer.orders",
+    "customer.complaints",
+];
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_broker() -> (Broker, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = format!("{home}/.cargo/bin/tansu");
+    let program = if std::path::Path::new(&installed).exists() {
+        installed
+    } else {
+        "tansu".into()
+    };
+    let child = Command::new(program)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu starts (tests/run.sh installs it)");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "tansu listens within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Broker(child), address)
+}
+
+/// The reference: a bare consumer assigned every input partition from the beginning.
+fn raw_consume(brokers: &str, events: u64) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for topic in INPUTS {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < events {
+        match consumer.poll(Duration::from_secs(5)) {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(e)) => panic!("raw consumer failed: {e}"),
+            None => panic!("raw consumer idle for 5 s at {seen} of {events}"),
+        }
+    }
+    started.elapsed()
+}
+
+fn metric_sum(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let events: u64 = if benchmarking {
+        std::env::var("EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000)
+    } else {
+        2_000
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let (_broker, brokers) = start_broker();
+        let mut topics: Vec<(&str, i32, bool)> = INPUTS.iter().map(|t| (*t, PARTITIONS, false)).collect();
+        topics.push(("customer.churn-risk", PARTITIONS, true));
+        topics.push(("customer.events.dlq", 1, false));
+        create_topics(&brokers, &topics).await.expect("topics");
+
+        let generated = generate(&TrafficSpec {
+            customers: events / 20 + 1,
+            events,
+            seed: 5,
+            start_ms: wall_clock_ms() - 30 * 86_400_000,
+            step_ms: (30 * 86_400_000 / events as i64).max(1),
+        });
+        let bytes: usize = generated.iter().map(|g| g.value.to_string().len()).sum();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let text = format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-pulse\"\n[input]\npartitions = {PARTITIONS}\n\
+             [state]\npath = \"{}\"\n[http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+            dir.path().join("state").display()
+        );
+        let config = Config::parse(&text, Vec::new()).expect("config");
+        let published = Instant::now();
+        publish(&brokers, &config.topics, &generated, None, 10_000).await.expect("publish");
+        let publish_time = published.elapsed();
+
+        let raw = tokio::task::spawn_blocking({
+            let brokers = brokers.clone();
+            move || raw_consume(&brokers, events)
+        })
+        .await
+        .expect("raw consumer");
+
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while metric_sum(port, "customer_pulse_events_total") < events as f64 {
+            assert!(Instant::now() < deadline, "customer-pulse finished within 600 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pulse = started.elapsed();
+        let delivered_by = Instant::now();
+        while metric_sum(port, "customer_pulse_outbox_delivered_total") < events as f64 {
+            assert!(Instant::now() < deadline, "outputs delivered within 600 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let outputs_tail = delivered_by.elapsed();
+        shutdown.cancel();
+        job.await.expect("job task").expect("job");
+
+        let rate = |d: Duration| events as f64 / d.as_secs_f64();
+        println!("\nend-to-end through Tansu on loopback: {events} events, {} bytes on average, {PARTITIONS} partitions x 3 topics", bytes / generated.len());
+        println!("| what | seconds | events/s |");
+        println!("|---|---|---|");
+        println!("| publish (librdkafka producer, reference only) | {:.2} | {:.0} |", publish_time.as_secs_f64(), rate(publish_time));
+        println!("| bare librdkafka consumer (reference) | {:.2} | {:.0} |", raw.as_secs_f64(), rate(raw));
+        println!("| customer-pulse: consume, decode, fold, commit (incl. start and group join) | {:.2} | {:.0} |", pulse.as_secs_f64(), rate(pulse));
+        println!("ratio customer-pulse / bare consumer: {:.2}; outputs all acknowledged {:.2} s after the last commit", rate(pulse) / rate(raw), outputs_tail.as_secs_f64());
+    });
+}
