@@ -5,6 +5,7 @@
 //! `kafka` and `replay` are the sources and sinks around it, `telemetry` observes, `http` serves.
 //! `config` turns what the user wrote into a validated configuration; `pipeline` wires the parts.
 
+pub mod churn;
 pub mod config;
 pub mod decode;
 pub mod event;
