@@ -50,6 +50,8 @@ fn settings() -> ProcessorSettings {
         },
         partitions: 6,
         cache_customers: 100_000,
+        risk: customer_pulse::risk::RiskSettings::default(),
+        allowed_lateness_ms: 3_600_000,
     }
 }
 

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::churn::{Model, PurchaseModel, SpendModel};
 use crate::decode::Rules;
 use crate::fold::FoldLimits;
+use crate::risk::{ReasonCode, RiskSettings, Tier};
 
 /// The prefix of environment overrides: `CUSTOMER_PULSE__KAFKA__BROKERS` sets `kafka.brokers`.
 pub const ENV_PREFIX: &str = "CUSTOMER_PULSE__";
@@ -27,6 +29,303 @@ pub struct RawConfig {
     pub processing: RawProcessing,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub churn: RawChurn,
+    #[serde(default)]
+    pub risk: RawRisk,
+}
+
+/// The purchase and spend models (DOMAIN.md); the defaults are the published CDNOW fits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawChurn {
+    /// `mbg_nbd` or `bg_nbd`.
+    pub model: String,
+    pub r: f64,
+    /// In the time unit below.
+    pub alpha: f64,
+    pub a: f64,
+    pub b: f64,
+    pub time_unit_days: f64,
+    pub spend_p: f64,
+    pub spend_q: f64,
+    pub spend_gamma_minor: f64,
+    pub clv_months: u32,
+    pub monthly_discount: f64,
+    pub default_margin_ratio: f64,
+}
+
+/// How the churn score is built from P(alive) and the named reasons.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRisk {
+    pub inactive_below_p_alive: f64,
+    pub lost_below_p_alive: f64,
+    pub complaint_sla_hours: u64,
+    pub recent_days: u64,
+    pub slow_response_seconds: u64,
+    pub late_delivery_days: u64,
+    pub frequent_returns_min: u32,
+    pub frequent_returns_ratio: f64,
+    pub medium_from: f64,
+    pub high_from: f64,
+    pub min_score_change: f64,
+    pub weights: RawWeights,
+    pub tiers: Vec<RawTier>,
+}
+
+/// The effect of each reason: the score is `1 - P(alive) * product(1 - weight)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWeights {
+    pub inactive: f64,
+    pub unresolved_complaint: f64,
+    pub recent_bad_experience: f64,
+    pub detractor: f64,
+    pub slow_response: f64,
+    pub late_delivery: f64,
+    pub frequent_returns: f64,
+    pub cancelled: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub name: String,
+    #[serde(default)]
+    pub min_revenue_minor: i64,
+    #[serde(default = "no_minimum")]
+    pub min_margin_minor: i64,
+}
+
+fn no_minimum() -> i64 {
+    i64::MIN
+}
+
+const DAY_MS: f64 = 86_400_000.0;
+
+impl Default for RawChurn {
+    fn default() -> Self {
+        let d = RiskSettings::default();
+        RawChurn {
+            model: "mbg_nbd".into(),
+            r: d.model.r,
+            alpha: d.model.alpha,
+            a: d.model.a,
+            b: d.model.b,
+            time_unit_days: d.time_unit_ms as f64 / DAY_MS,
+            spend_p: d.spend.p,
+            spend_q: d.spend.q,
+            spend_gamma_minor: d.spend.gamma,
+            clv_months: d.clv_months,
+            monthly_discount: d.monthly_discount,
+            default_margin_ratio: d.default_margin_ratio,
+        }
+    }
+}
+
+impl Default for RawRisk {
+    fn default() -> Self {
+        let d = RiskSettings::default();
+        let hours = |ms: i64| (ms / 3_600_000) as u64;
+        RawRisk {
+            inactive_below_p_alive: d.inactive_below_p_alive,
+            lost_below_p_alive: d.lost_below_p_alive,
+            complaint_sla_hours: hours(d.complaint_sla_ms),
+            recent_days: hours(d.recent_ms) / 24,
+            slow_response_seconds: d.slow_response_seconds,
+            late_delivery_days: hours(d.late_delivery_ms) / 24,
+            frequent_returns_min: d.frequent_returns_min,
+            frequent_returns_ratio: d.frequent_returns_ratio,
+            medium_from: d.medium_from,
+            high_from: d.high_from,
+            min_score_change: d.min_score_change,
+            weights: RawWeights::default(),
+            tiers: d
+                .tiers
+                .iter()
+                .map(|t| RawTier {
+                    name: t.name.clone(),
+                    min_revenue_minor: t.min_revenue_minor,
+                    min_margin_minor: t.min_margin_minor,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Default for RawWeights {
+    fn default() -> Self {
+        let d = RiskSettings::default();
+        let w = |code| {
+            d.weights
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or(0.0, |(_, w)| *w)
+        };
+        RawWeights {
+            inactive: w(ReasonCode::Inactive),
+            unresolved_complaint: w(ReasonCode::UnresolvedComplaint),
+            recent_bad_experience: w(ReasonCode::RecentBadExperience),
+            detractor: w(ReasonCode::Detractor),
+            slow_response: w(ReasonCode::SlowResponse),
+            late_delivery: w(ReasonCode::LateDelivery),
+            frequent_returns: w(ReasonCode::FrequentReturns),
+            cancelled: w(ReasonCode::Cancelled),
+        }
+    }
+}
+
+impl RawChurn {
+    fn validate(&self) -> anyhow::Result<(PurchaseModel, SpendModel)> {
+        let model = match self.model.as_str() {
+            "mbg_nbd" => Model::MbgNbd,
+            "bg_nbd" => Model::BgNbd,
+            _ => bail!("config field `churn.model` must be `mbg_nbd` or `bg_nbd`"),
+        };
+        for (field, v) in [
+            ("churn.r", self.r),
+            ("churn.alpha", self.alpha),
+            ("churn.a", self.a),
+            ("churn.b", self.b),
+            ("churn.time_unit_days", self.time_unit_days),
+            ("churn.spend_p", self.spend_p),
+            ("churn.spend_gamma_minor", self.spend_gamma_minor),
+        ] {
+            check(v.is_finite() && v > 0.0, field, "must be a positive number")?;
+        }
+        check(
+            (self.a - 1.0).abs() > 1e-9,
+            "churn.a",
+            "must not be 1 (expected purchases divide by a - 1)",
+        )?;
+        check(
+            self.spend_q > 1.0,
+            "churn.spend_q",
+            "must be above 1 (the mean spend divides by q - 1)",
+        )?;
+        check(
+            (1..=120).contains(&self.clv_months),
+            "churn.clv_months",
+            "must be between 1 and 120",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.monthly_discount),
+            "churn.monthly_discount",
+            "must be at least 0 and below 1",
+        )?;
+        check(
+            (-1.0..=1.0).contains(&self.default_margin_ratio),
+            "churn.default_margin_ratio",
+            "must be between -1 and 1",
+        )?;
+        let purchase = PurchaseModel {
+            model,
+            r: self.r,
+            alpha: self.alpha,
+            a: self.a,
+            b: self.b,
+        };
+        let spend = SpendModel {
+            p: self.spend_p,
+            q: self.spend_q,
+            gamma: self.spend_gamma_minor,
+        };
+        Ok((purchase, spend))
+    }
+}
+
+impl RawRisk {
+    fn validate(&self, churn: &RawChurn) -> anyhow::Result<RiskSettings> {
+        let (model, spend) = churn.validate()?;
+        let w = &self.weights;
+        let weights = vec![
+            (ReasonCode::Inactive, w.inactive),
+            (ReasonCode::UnresolvedComplaint, w.unresolved_complaint),
+            (ReasonCode::RecentBadExperience, w.recent_bad_experience),
+            (ReasonCode::Detractor, w.detractor),
+            (ReasonCode::SlowResponse, w.slow_response),
+            (ReasonCode::LateDelivery, w.late_delivery),
+            (ReasonCode::FrequentReturns, w.frequent_returns),
+            (ReasonCode::Cancelled, w.cancelled),
+        ];
+        for (code, weight) in &weights {
+            check(
+                (0.0..=1.0).contains(weight),
+                &format!("risk.weights.{}", code.code()),
+                "must be between 0 and 1",
+            )?;
+        }
+        for (field, v) in [
+            ("risk.inactive_below_p_alive", self.inactive_below_p_alive),
+            ("risk.lost_below_p_alive", self.lost_below_p_alive),
+            ("risk.medium_from", self.medium_from),
+            ("risk.high_from", self.high_from),
+            ("risk.frequent_returns_ratio", self.frequent_returns_ratio),
+        ] {
+            check(
+                v > 0.0 && v < 1.0,
+                field,
+                "must be between 0 and 1, exclusive",
+            )?;
+        }
+        check(
+            self.medium_from < self.high_from,
+            "risk.medium_from",
+            "must be below risk.high_from",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.min_score_change),
+            "risk.min_score_change",
+            "must be at least 0 and below 1",
+        )?;
+        check(
+            !self.tiers.is_empty() && self.tiers.len() <= 16,
+            "risk.tiers",
+            "must list between 1 and 16 tiers (they become metric labels)",
+        )?;
+        for tier in &self.tiers {
+            check(
+                !tier.name.is_empty()
+                    && tier
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_'),
+                "risk.tiers.name",
+                "must be a lower-case name of [a-z_]",
+            )?;
+        }
+        let hours = |h: u64| (h.min(1 << 30) * 3_600_000) as i64;
+        Ok(RiskSettings {
+            model,
+            time_unit_ms: (churn.time_unit_days * DAY_MS).round() as i64,
+            spend,
+            clv_months: churn.clv_months,
+            monthly_discount: churn.monthly_discount,
+            default_margin_ratio: churn.default_margin_ratio,
+            inactive_below_p_alive: self.inactive_below_p_alive,
+            lost_below_p_alive: self.lost_below_p_alive,
+            complaint_sla_ms: hours(self.complaint_sla_hours),
+            recent_ms: hours(self.recent_days.min(1 << 20) * 24),
+            slow_response_seconds: self.slow_response_seconds,
+            late_delivery_ms: hours(self.late_delivery_days.min(1 << 20) * 24),
+            frequent_returns_min: self.frequent_returns_min,
+            frequent_returns_ratio: self.frequent_returns_ratio,
+            weights,
+            medium_from: self.medium_from,
+            high_from: self.high_from,
+            min_score_change: self.min_score_change,
+            tiers: self
+                .tiers
+                .iter()
+                .map(|t| Tier {
+                    name: t.name.clone(),
+                    min_revenue_minor: t.min_revenue_minor,
+                    min_margin_minor: t.min_margin_minor,
+                })
+                .collect(),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +383,8 @@ pub struct RawProcessing {
     pub max_batch_events: usize,
     pub max_batch_wait_milliseconds: u64,
     pub shutdown_flush_seconds: u64,
+    /// How far behind a partition's newest event time its watermark trails.
+    pub allowed_lateness_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +462,7 @@ impl Default for RawProcessing {
             max_batch_events: 5_000,
             max_batch_wait_milliseconds: 50,
             shutdown_flush_seconds: 30,
+            allowed_lateness_seconds: 3_600,
         }
     }
 }
@@ -198,6 +500,8 @@ pub struct Config {
     pub max_batch_wait: std::time::Duration,
     pub shutdown_flush: std::time::Duration,
     pub listen_address: std::net::SocketAddr,
+    pub risk: RiskSettings,
+    pub allowed_lateness_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +679,12 @@ impl RawConfig {
             "processing.max_batch_wait_milliseconds",
             "must be between 1 and 60000",
         )?;
+        check(
+            p.allowed_lateness_seconds <= 30 * 86_400,
+            "processing.allowed_lateness_seconds",
+            "must be at most 2592000 (30 days)",
+        )?;
+        let risk = self.risk.validate(&self.churn)?;
         let listen_address = self.http.listen_address.parse().map_err(|_| {
             anyhow::anyhow!(
                 "config field `http.listen_address` must be an address such as 127.0.0.1:9464, not {:?}",
@@ -415,6 +725,8 @@ impl RawConfig {
             max_batch_wait: std::time::Duration::from_millis(p.max_batch_wait_milliseconds),
             shutdown_flush: std::time::Duration::from_secs(p.shutdown_flush_seconds),
             listen_address,
+            risk,
+            allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,
         })
     }
 }
@@ -481,6 +793,26 @@ mod tests {
             ),
             ("[kafka]\nbrokers = \"b\"\nbrokerz = 1\n[state]\npath = \"x\"\n", "brokerz"),
             ("[kafka]\nbrokers = \"b\"\n", "state"),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nmodel = \"pareto\"\n",
+                "churn.model",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\na = 1.0\n",
+                "churn.a",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[risk.weights]\ndetractor = 2\n",
+                "risk.weights.detractor",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[risk]\nmedium_from = 0.8\n",
+                "risk.medium_from",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"Gold Tier\"\n",
+                "risk.tiers.name",
+            ),
         ];
         for (text, field) in cases {
             let err = format!("{:#}", Config::parse(text, no_env()).unwrap_err());

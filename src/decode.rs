@@ -363,11 +363,8 @@ impl<'a> Fields<'a> {
     }
 
     fn time(&self, field: &str) -> Result<Millis, Rejection> {
-        let s = self.str(field)?;
-        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| bad(field, "an RFC 3339 timestamp with offset"))?;
-        i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-            .map_err(|_| bad(field, "a timestamp within range"))
+        crate::event::parse_millis(self.str(field)?)
+            .ok_or_else(|| bad(field, "an RFC 3339 timestamp with offset, within range"))
     }
 
     fn channel(&self, field: &str) -> Result<Channel, Rejection> {

@@ -133,6 +133,13 @@ impl Stream {
     }
 }
 
+/// Parses an RFC 3339 timestamp with offset into event time.
+pub fn parse_millis(text: &str) -> Option<Millis> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Formats event time as RFC 3339 in UTC with millisecond precision.
 pub fn format_millis(ms: Millis) -> String {
     let nanos = i128::from(ms) * 1_000_000;

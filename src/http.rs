@@ -11,6 +11,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::processor::partition_for;
+use crate::risk::{assess, RiskSettings};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -19,6 +20,7 @@ pub struct HttpState {
     pub store: Store,
     pub telemetry: Arc<Telemetry>,
     pub partitions: i32,
+    pub risk: Arc<RiskSettings>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -60,13 +62,14 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 async fn customer(State(state): State<HttpState>, Path(customer_id): Path<String>) -> Response {
     let store = state.store.clone();
     let partitions = state.partitions;
+    let risk = state.risk.clone();
     // The customer's partition is where its events were published. Kafka's default partitioner
     // is tried first; the others follow, for publishers that partition differently.
     let found = tokio::task::spawn_blocking(move || {
         let home = partition_for(customer_id.as_bytes(), partitions);
         let order = std::iter::once(home).chain((0..partitions).filter(|p| *p != home));
         for partition in order {
-            if let Some(customer) = store.customer(partition, &customer_id)? {
+            if let Some(customer) = store.customer_record(partition, &customer_id)? {
                 return Ok(Some((partition, customer)));
             }
         }
@@ -75,7 +78,22 @@ async fn customer(State(state): State<HttpState>, Path(customer_id): Path<String
     .await;
     match found {
         Ok(Ok(Some((partition, customer)))) => {
-            let body = serde_json::json!({ "partition": partition, "state": customer });
+            // The risk as of the customer's newest event; `last_published` is what
+            // `customer.churn-risk` carries, `next_check_at` the pending timer.
+            let as_of = customer
+                .risk
+                .last
+                .as_ref()
+                .map_or(customer.state.last_event_at, |p| {
+                    p.as_of.max(customer.state.last_event_at)
+                });
+            let body = serde_json::json!({
+                "partition": partition,
+                "state": customer.state,
+                "risk": assess(&customer.state, as_of, &risk),
+                "last_published": customer.risk.last,
+                "next_check_at": customer.risk.timer_at.map(crate::event::format_millis),
+            });
             (
                 [(header::CONTENT_TYPE, "application/json")],
                 body.to_string(),

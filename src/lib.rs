@@ -17,5 +17,6 @@ pub mod outbox;
 pub mod pipeline;
 pub mod processor;
 pub mod replay;
+pub mod risk;
 pub mod store;
 pub mod telemetry;

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +72,22 @@ enum Command {
         /// fetch inside a batch.
         #[arg(long, default_value_t = 10_000)]
         batch_records: usize,
+    },
+    /// Every customer's churn model evaluated at one event time, as NDJSON (the monthly
+    /// lost-customer review). Reads the state of a stopped job: RocksDB admits one process.
+    Score {
+        /// The event time to score at, RFC 3339 (e.g. 2026-06-30T23:59:59Z).
+        #[arg(long)]
+        as_of: String,
+        /// The TOML config file (the embedded demo config when absent).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Expected orders are over this many days.
+        #[arg(long, default_value_t = 90)]
+        horizon_days: u32,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// One command, no setup: generate traffic, fold it, and serve the endpoints.
     Demo {
@@ -224,6 +242,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Score {
+            as_of,
+            config,
+            horizon_days,
+            out,
+        } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::parse(DEMO_CONFIG, std::env::vars())?,
+            };
+            let as_of = customer_pulse::event::parse_millis(&as_of).with_context(|| {
+                format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}")
+            })?;
+            let store = pipeline::open_store(&config)?;
+            let mut writer = output(out.as_deref())?;
+            let scored = pipeline::score(&store, &config, as_of, horizon_days, &mut writer)?;
+            writer.flush()?;
+            eprintln!(
+                "scored {scored} customers as of {}",
+                customer_pulse::event::format_millis(as_of)
+            );
+            Ok(())
+        }
         Command::Demo {
             customers,
             events,
@@ -232,18 +273,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn write_events(
-    out: Option<&std::path::Path>,
-    events: &[customer_pulse::generate::Generated],
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut writer: Box<dyn Write> = match out {
+/// A buffered file, or standard output.
+fn output(path: Option<&std::path::Path>) -> anyhow::Result<Box<dyn std::io::Write>> {
+    Ok(match path {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
+    })
+}
+
+fn write_events(
+    out: Option<&std::path::Path>,
+    events: &[customer_pulse::generate::Generated],
+) -> anyhow::Result<()> {
+    let mut writer = output(out)?;
     for event in events {
         writeln!(writer, "{}", event.value)?;
     }
@@ -323,6 +368,7 @@ async fn demo(customers: u64, events: u64, serve_seconds: u64) -> anyhow::Result
             store,
             telemetry,
             partitions: config.partitions,
+            risk: Arc::new(config.risk.clone()),
         },
         shutdown,
     )

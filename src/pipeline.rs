@@ -42,7 +42,37 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         },
         partitions: config.partitions,
         cache_customers: config.cache_customers,
+        risk: config.risk.clone(),
+        allowed_lateness_ms: config.allowed_lateness_ms,
     }
+}
+
+/// Writes every customer's churn model at `as_of` as NDJSON, partition by partition in id
+/// order; returns how many customers it wrote.
+pub fn score(
+    store: &Store,
+    config: &Config,
+    as_of: crate::event::Millis,
+    horizon_days: u32,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<u64> {
+    let mut written = 0;
+    for partition in 0..config.partitions {
+        let mut from = String::new();
+        loop {
+            let page = store.customers(partition, &from, 1_000)?;
+            for state in &page {
+                let line = crate::risk::score_line(state, as_of, horizon_days, &config.risk);
+                writeln!(out, "{line}")?;
+                written += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == 1_000 => from = format!("{}\0", last.customer_id),
+                _ => break,
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// The main job: consume, fold, commit, emit, until `shutdown`; then finish the batch, commit,
@@ -61,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             store: store.clone(),
             telemetry: telemetry.clone(),
             partitions: config.partitions,
+            risk: Arc::new(config.risk.clone()),
         },
         http_stop.clone(),
     ));

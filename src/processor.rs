@@ -5,12 +5,11 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
-
 use crate::decode::{decode, Rejection, Rules};
-use crate::event::{format_millis, Event, Millis, Stream};
+use crate::event::{Millis, Stream};
 use crate::fold::{CustomerState, FoldLimits, Outcome};
-use crate::store::{Commit, OutboxRecord, Store, StoreError};
+use crate::risk::{assess, next_check, RiskSettings};
+use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
 
 /// One input message, copied out of its source at the boundary.
 #[derive(Debug, Clone)]
@@ -50,6 +49,9 @@ pub struct BatchReport {
     pub append_times_ms: Vec<Millis>,
     /// The next offsets the commit stored, `(source, partition, next)`.
     pub offsets: Vec<(String, i32, i64)>,
+    /// Churn-risk records published (tombstones excluded), and timers fired.
+    pub risk_records: usize,
+    pub timers_fired: usize,
 }
 
 impl BatchReport {
@@ -69,12 +71,17 @@ pub struct ProcessorSettings {
     /// Partition count of the input topics, to place customers read from a file.
     pub partitions: i32,
     pub cache_customers: usize,
+    pub risk: RiskSettings,
+    /// How far behind a partition's newest event time its watermark trails.
+    pub allowed_lateness_ms: Millis,
 }
 
 pub struct Processor {
     store: Store,
     settings: ProcessorSettings,
     cache: StateCache,
+    /// The newest event time seen per state partition since start.
+    newest: HashMap<i32, Millis>,
 }
 
 impl Processor {
@@ -84,6 +91,7 @@ impl Processor {
             store,
             settings,
             cache,
+            newest: HashMap::new(),
         }
     }
 
@@ -91,8 +99,9 @@ impl Processor {
         &self.store
     }
 
-    /// Folds a batch and commits it atomically. On a storage error nothing of the batch is
-    /// committed and the cache is dropped, so the same batch can be processed again.
+    /// Folds a batch and commits it atomically, then fires the timers the batch's event times
+    /// made due. On a storage error nothing of the failed commit is kept and the cache is
+    /// dropped, so the same batch can be processed again.
     pub fn process(
         &mut self,
         records: &[InputRecord],
@@ -112,26 +121,91 @@ impl Processor {
             self.process_one(record, now, &mut commit, &mut report)
         });
         let result = result.and_then(|()| {
-            commit.customers = self.cache.dirty();
             commit.offsets = offsets
                 .into_iter()
                 .map(|((source, partition), next)| (source.to_owned(), partition, next))
                 .collect();
-            report.customers_written = commit.customers.len();
-            report.outbox_records = commit.outbox.len();
             report.offsets.clone_from(&commit.offsets);
-            self.store.commit(&commit)
+            self.commit(commit, &mut report)
         });
+        let result = result.and_then(|()| self.fire_due_timers(&mut report));
         match result {
-            Ok(()) => {
-                self.cache.committed();
-                Ok(report)
-            }
+            Ok(()) => Ok(report),
             Err(e) => {
                 self.cache.clear();
                 Err(e)
             }
         }
+    }
+
+    /// Commits the cache's dirty customers, their timer changes and `commit`'s other contents.
+    fn commit(&mut self, mut commit: Commit, report: &mut BatchReport) -> Result<(), StoreError> {
+        self.cache.drain_dirty(&mut commit);
+        report.customers_written += commit.customers.len();
+        report.outbox_records += commit.outbox.len();
+        let churn_risk = &self.settings.topics.churn_risk;
+        report.risk_records += commit
+            .outbox
+            .iter()
+            .filter(|r| r.topic == *churn_risk && r.value.is_some())
+            .count();
+        self.store.commit(&commit)?;
+        self.cache.committed();
+        Ok(())
+    }
+
+    /// Fires, partition by partition, every timer at or before the partition's watermark (its
+    /// newest event time minus the allowed lateness), then stores the watermark. Each round
+    /// commits atomically; a fired timer re-arms strictly later, so the rounds end.
+    fn fire_due_timers(&mut self, report: &mut BatchReport) -> Result<(), StoreError> {
+        let mut partitions: Vec<(i32, Millis)> = self
+            .newest
+            .iter()
+            .map(|(p, t)| (*p, t.saturating_sub(self.settings.allowed_lateness_ms)))
+            .collect();
+        partitions.sort_unstable();
+        for (partition, watermark) in partitions {
+            let fired_up_to = self.store.watermark(partition)?.unwrap_or(Millis::MIN);
+            if watermark <= fired_up_to {
+                continue;
+            }
+            loop {
+                let due = self.store.due_timers(partition, watermark, 1_000)?;
+                let last_round = due.len() < 1_000;
+                let mut commit = Commit::default();
+                for timer in due {
+                    self.fire(&timer, &mut commit)?;
+                    report.timers_fired += 1;
+                }
+                if last_round {
+                    commit.watermarks.push((partition, watermark));
+                    self.commit(commit, report)?;
+                    break;
+                }
+                self.commit(commit, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at a silent customer again at its timer's event time.
+    fn fire(&mut self, timer: &Timer, commit: &mut Commit) -> Result<(), StoreError> {
+        let entry = self
+            .cache
+            .entry(&self.store, timer.partition, &timer.customer_id)?;
+        match entry.record.as_mut() {
+            Some(customer) if customer.risk.timer_at == Some(timer.at) => {
+                let record_id = format!(
+                    "timer-{}-{}-{}",
+                    timer.partition, timer.at, timer.customer_id
+                );
+                reassess(customer, timer.at, &record_id, None, &self.settings, commit);
+                entry.dirty = true;
+            }
+            // A timer the customer no longer points at (re-armed or erased): only the key goes.
+            _ => commit.timers_cleared.push(timer.clone()),
+        }
+        Ok(())
     }
 
     fn process_one(
@@ -172,27 +246,45 @@ impl Processor {
         let partition = record.state_partition.unwrap_or_else(|| {
             partition_for(event.customer_id.as_bytes(), self.settings.partitions)
         });
+        let newest = self.newest.entry(partition).or_insert(event.occurred_at);
+        *newest = (*newest).max(event.occurred_at);
         let entry = self
             .cache
             .entry(&self.store, partition, &event.customer_id)?;
-        let state = entry
-            .state
-            .get_or_insert_with(|| CustomerState::new(&event.customer_id));
-        let outcome = state.apply(&event, &self.settings.limits);
+        let customer = entry
+            .record
+            .get_or_insert_with(|| CustomerState::new(&event.customer_id).into());
+        // A timer due before this event fires first, so a customer's records do not depend on
+        // whether the watermark passed the timer before the event arrived.
+        if let Some(at) = customer.risk.timer_at.filter(|at| *at < event.occurred_at) {
+            let id = format!("timer-{partition}-{at}-{}", event.customer_id);
+            reassess(customer, at, &id, None, &self.settings, commit);
+            entry.dirty = true;
+        }
+        let outcome = customer.state.apply(&event, &self.settings.limits);
         let label = match outcome {
             Outcome::Applied => {
                 entry.dirty = true;
-                commit.outbox.push(churn_risk_record(
-                    &self.settings.topics,
-                    state,
-                    &event,
+                let as_of = customer
+                    .risk
+                    .last
+                    .as_ref()
+                    .map_or(customer.state.last_event_at, |p| {
+                        p.as_of.max(customer.state.last_event_at)
+                    });
+                reassess(
+                    customer,
+                    as_of,
                     &record_id,
-                ));
+                    Some(&event.event_id),
+                    &self.settings,
+                    commit,
+                );
                 "applied"
             }
             Outcome::Duplicate => "duplicate",
             Outcome::Erased => {
-                entry.state = None;
+                entry.record = None;
                 entry.dirty = true;
                 commit.outbox.push(OutboxRecord {
                     topic: self.settings.topics.churn_risk.clone(),
@@ -238,31 +330,29 @@ impl Processor {
     }
 }
 
-/// The customer's current summary on `customer.churn-risk`. The score fields of CONTRACT
-/// section 2 come with the analytics; until then the record carries the folded totals.
-fn churn_risk_record(
-    topics: &OutputTopics,
-    state: &CustomerState,
-    event: &Event,
+/// Assesses `customer` at `as_of`, publishes a churn-risk record when it is worth it (CONTRACT
+/// section 2) and re-arms the customer's timer.
+fn reassess(
+    customer: &mut Customer,
+    as_of: Millis,
     record_id: &str,
-) -> OutboxRecord {
-    let value = json!({
-        "record_id": record_id,
-        "customer_id": state.customer_id,
-        "as_of": format_millis(state.last_event_at),
-        "lifecycle": state.lifecycle,
-        "orders": state.orders,
-        "revenue_minor": state.revenue_minor,
-        "margin_minor": state.margin_minor,
-        "open_complaints": state.open_complaints.len(),
-        "caused_by_event_id": event.event_id,
-    });
-    OutboxRecord {
-        topic: topics.churn_risk.clone(),
-        key: Some(state.customer_id.clone().into_bytes()),
-        value: Some(value.to_string().into_bytes()),
-        headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
+    caused_by: Option<&str>,
+    settings: &ProcessorSettings,
+    commit: &mut Commit,
+) {
+    let risk = &settings.risk;
+    let assessment = assess(&customer.state, as_of, risk);
+    if assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change) {
+        let id = &customer.state.customer_id;
+        commit.outbox.push(OutboxRecord {
+            topic: settings.topics.churn_risk.clone(),
+            key: Some(id.clone().into_bytes()),
+            value: Some(assessment.record(id, record_id, caused_by)),
+            headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
+        });
+        customer.risk.last = Some(assessment.published());
     }
+    customer.risk.timer_at = next_check(&customer.state, &assessment, risk);
 }
 
 /// Kafka's default partition for a key (the Java client's murmur2), so that customers read from a
@@ -304,12 +394,14 @@ pub fn murmur2(data: &[u8]) -> u32 {
 
 struct CacheEntry {
     /// `None`: known absent (never seen, or erased).
-    state: Option<CustomerState>,
+    record: Option<Customer>,
+    /// The timer the store holds for this customer, as of the last commit.
+    stored_timer: Option<Millis>,
     dirty: bool,
     used: u64,
 }
 
-/// A bounded write-back cache of customer states (Kafka Streams' record cache): hot customers are
+/// A bounded write-back cache of customers (Kafka Streams' record cache): hot customers are
 /// read from memory, and each dirty customer is written once per commit however many events it had.
 struct StateCache {
     entries: HashMap<(i32, String), CacheEntry>,
@@ -336,29 +428,46 @@ impl StateCache {
         let key = (partition, customer_id.to_owned());
         let entry = match self.entries.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(CacheEntry {
-                state: store.customer(partition, customer_id)?,
-                dirty: false,
-                used: 0,
-            }),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let record = store.customer_record(partition, customer_id)?;
+                let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
+                v.insert(CacheEntry {
+                    record,
+                    stored_timer,
+                    dirty: false,
+                    used: 0,
+                })
+            }
         };
         entry.used = self.clock;
         Ok(entry)
     }
 
-    fn dirty(&self) -> Vec<(i32, String, Option<CustomerState>)> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|((p, id), e)| (*p, id.clone(), e.state.clone()))
-            .collect()
+    /// Adds the dirty customers and their timer changes to `commit`.
+    fn drain_dirty(&self, commit: &mut Commit) {
+        for ((partition, id), entry) in self.entries.iter().filter(|(_, e)| e.dirty) {
+            commit
+                .customers
+                .push((*partition, id.clone(), entry.record.clone()));
+            let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
+            if timer != entry.stored_timer {
+                let at = |at| Timer {
+                    partition: *partition,
+                    at,
+                    customer_id: id.clone(),
+                };
+                commit.timers_cleared.extend(entry.stored_timer.map(at));
+                commit.timers_set.extend(timer.map(at));
+            }
+        }
     }
 
     /// Marks everything clean after a successful commit and evicts the least recently used
     /// entries down to nine tenths of the capacity, so eviction runs rarely.
     fn committed(&mut self) {
-        for entry in self.entries.values_mut() {
+        for entry in self.entries.values_mut().filter(|e| e.dirty) {
             entry.dirty = false;
+            entry.stored_timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
         }
         if self.entries.len() > self.capacity {
             // At least one entry stays, so `cut` is always a valid index.

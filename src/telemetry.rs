@@ -20,6 +20,8 @@ pub struct Telemetry {
     commit_duration: Histogram,
     commits_failed: IntCounter,
     customers_written: IntCounter,
+    timers_fired: IntCounter,
+    churn_risk_records: IntCounter,
     state_size: IntGauge,
     outbox_backlog: IntGauge,
     outbox_delivered: IntCounter,
@@ -75,6 +77,16 @@ impl Telemetry {
                 "Customer states written by commits.",
             ))
             .expect("valid metric"),
+            timers_fired: IntCounter::with_opts(opts(
+                "timers_fired_total",
+                "Event-time timers fired to look at silent customers again.",
+            ))
+            .expect("valid metric"),
+            churn_risk_records: IntCounter::with_opts(opts(
+                "churn_risk_records_total",
+                "Records published to customer.churn-risk (tombstones excluded).",
+            ))
+            .expect("valid metric"),
             state_size: IntGauge::with_opts(opts(
                 "state_size_bytes",
                 "Bytes of state on disk (SST files and memtables).",
@@ -119,6 +131,8 @@ impl Telemetry {
             Box::new(t.commit_duration.clone()),
             Box::new(t.commits_failed.clone()),
             Box::new(t.customers_written.clone()),
+            Box::new(t.timers_fired.clone()),
+            Box::new(t.churn_risk_records.clone()),
             Box::new(t.state_size.clone()),
             Box::new(t.outbox_backlog.clone()),
             Box::new(t.outbox_delivered.clone()),
@@ -154,6 +168,8 @@ impl Telemetry {
         self.commit_duration.observe(commit_seconds);
         self.customers_written
             .inc_by(report.customers_written as u64);
+        self.timers_fired.inc_by(report.timers_fired as u64);
+        self.churn_risk_records.inc_by(report.risk_records as u64);
     }
 
     pub fn commit_failed(&self) {

@@ -1,20 +1,32 @@
 //! The on-disk encoding: a version byte, then a postcard body. What is on disk outlives the code,
 //! so a change to a stored type's layout must add a new version and keep decoding the old ones;
-//! the golden-bytes test below fails the build when the layout changes by accident.
+//! the golden-bytes tests below fail the build when a layout changes by accident.
 
 use crate::fold::CustomerState;
+use crate::risk::RiskMemo;
 
-use super::OutboxRecord;
+use super::{Customer, OutboxRecord};
 
+/// Version 1: the folded state alone.
 const CUSTOMER_V1: u8 = 1;
+/// Version 2: the folded state, then the risk memo (what was last published, the pending timer).
+/// Postcard writes a tuple field after field, so a V2 body starts with a V1 body.
+const CUSTOMER_V2: u8 = 2;
 const OUTBOX_V1: u8 = 1;
 
-pub fn encode_customer(state: &CustomerState) -> Vec<u8> {
-    encode(CUSTOMER_V1, state)
+pub fn encode_customer(customer: &Customer) -> Vec<u8> {
+    encode(CUSTOMER_V2, &(&customer.state, &customer.risk))
 }
 
-pub fn decode_customer(bytes: &[u8]) -> Result<CustomerState, String> {
-    decode(CUSTOMER_V1, bytes)
+pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
+    match bytes.first() {
+        Some(&CUSTOMER_V1) => decode::<CustomerState>(CUSTOMER_V1, bytes).map(|state| Customer {
+            state,
+            risk: RiskMemo::default(),
+        }),
+        _ => decode::<(CustomerState, RiskMemo)>(CUSTOMER_V2, bytes)
+            .map(|(state, risk)| Customer { state, risk }),
+    }
 }
 
 pub fn encode_outbox(record: &OutboxRecord) -> Vec<u8> {
@@ -39,7 +51,7 @@ fn decode<T: serde::de::DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T
             postcard::from_bytes(body).map_err(|e| format!("version {v} body: {e}"))
         }
         Some((v, _)) => Err(format!(
-            "unknown encoding version {v} (this build reads {version})"
+            "unknown encoding version {v} (this build reads {CUSTOMER_V1} and {version})"
         )),
         None => Err("empty value".into()),
     }
@@ -50,6 +62,7 @@ mod tests {
     use super::*;
     use crate::event::Severity;
     use crate::fold::{Lifecycle, OpenComplaint, SeenEvent, Subscription};
+    use crate::risk::{Level, Published, ReasonCode};
 
     fn sample() -> CustomerState {
         CustomerState {
@@ -77,30 +90,71 @@ mod tests {
         }
     }
 
-    #[test]
-    fn customer_round_trips() {
-        let state = sample();
-        assert_eq!(decode_customer(&encode_customer(&state)), Ok(state));
+    /// The bytes of a golden file; `Some(bytes)` rewrites it first when UPDATE_GOLDEN is set.
+    fn golden(name: &str, encoded: Option<&[u8]>) -> Vec<u8> {
+        let path =
+            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join("tests/golden")
+                .join(name);
+        if let (Some(encoded), Some(_)) = (encoded, std::env::var_os("UPDATE_GOLDEN")) {
+            let hex: String = encoded.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, hex).expect("golden file is writable");
+        }
+        let text = std::fs::read_to_string(&path).expect("golden file exists");
+        let text = text.trim();
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn sample_customer() -> Customer {
+        Customer {
+            state: sample(),
+            risk: RiskMemo {
+                last: Some(Published {
+                    as_of: 90_000_000,
+                    score: 0.5,
+                    level: Level::Medium,
+                    reasons: vec![ReasonCode::Detractor],
+                    lifecycle: Lifecycle::Active,
+                }),
+                timer_at: Some(100_000_000),
+            },
+        }
     }
 
     #[test]
-    fn version_one_layout_is_pinned() {
-        // Written once from the layout of version 1 (UPDATE_GOLDEN=1) and its head checked by hand
-        // against the postcard spec: 01 (version), 03 63 2d 31 ("c-1", length-prefixed),
-        // 01 d0 0f (Some(1000): zigzag 2000 as a varint), 00 00 (two Nones), 01 (Active).
-        // If this fails, the stored layout changed: add CUSTOMER_V2 and keep reading V1.
-        let golden_path =
-            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
-                .join("tests/golden/customer_v1.hex");
-        let encoded: String = encode_customer(&sample())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&golden_path, &encoded).expect("golden file is writable");
-        }
-        let golden = std::fs::read_to_string(&golden_path).expect("golden file exists");
-        assert_eq!(encoded, golden.trim());
+    fn customer_round_trips() {
+        let customer = sample_customer();
+        assert_eq!(decode_customer(&encode_customer(&customer)), Ok(customer));
+    }
+
+    #[test]
+    fn version_one_is_still_read() {
+        // Written by the version-1 encoder (the state alone) and its head checked by hand against
+        // the postcard spec: 01 (version), 03 63 2d 31 ("c-1", length-prefixed), 01 d0 0f
+        // (Some(1000): zigzag 2000 as a varint), 00 00 (two Nones), 01 (Active).
+        let bytes = golden("customer_v1.hex", None);
+        assert_eq!(&bytes[..5], &[1, 3, 0x63, 0x2d, 0x31]);
+        let customer = decode_customer(&bytes).expect("version 1 decodes");
+        assert_eq!(customer.state, sample());
+        assert_eq!(customer.risk, RiskMemo::default());
+    }
+
+    #[test]
+    fn version_two_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1) and its tail checked by hand against the postcard spec:
+        // 01 (Some), 80 aa ea 55 (as_of: zigzag 180,000,000), 00 00 00 00 00 00 e0 3f (0.5 as
+        // f64 LE), 01 (Medium), 01 03 (one reason: Detractor), 01 (Active), 01 80 84 af 5f
+        // (Some(timer): zigzag 200,000,000).
+        // If this fails, the stored layout changed: add CUSTOMER_V3 and keep reading V1 and V2.
+        let encoded = encode_customer(&sample_customer());
+        assert_eq!(encoded, golden("customer_v2.hex", Some(&encoded)));
+        // A V2 body is the V1 body followed by the memo.
+        let v1 = golden("customer_v1.hex", None);
+        assert_eq!(encoded[0], 2);
+        assert_eq!(&encoded[1..v1.len()], &v1[1..]);
     }
 
     #[test]
@@ -110,5 +164,6 @@ mod tests {
             .unwrap_err()
             .contains("version 9"));
         assert!(decode_customer(&[CUSTOMER_V1, 0xff, 0xff]).is_err());
+        assert!(decode_customer(&[CUSTOMER_V2, 0xff, 0xff]).is_err());
     }
 }

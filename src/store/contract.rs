@@ -38,9 +38,10 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
     for (name, store, _dir) in backends() {
         store
             .commit(&Commit {
-                customers: vec![(3, "a".into(), Some(state("a", 2)))],
+                customers: vec![(3, "a".into(), Some(state("a", 2).into()))],
                 offsets: vec![("orders".into(), 3, 42)],
                 outbox: vec![record("out", 1), record("out", 2)],
+                ..Commit::default()
             })
             .unwrap();
         assert_eq!(
@@ -85,7 +86,7 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
 fn deleting_a_customer_removes_it() {
     for (name, store, _dir) in backends() {
         let put = Commit {
-            customers: vec![(0, "gone".into(), Some(state("gone", 1)))],
+            customers: vec![(0, "gone".into(), Some(state("gone", 1).into()))],
             ..Commit::default()
         };
         store.commit(&put).unwrap();
@@ -103,8 +104,8 @@ fn customers_are_listed_per_partition_in_id_order() {
     for (name, store, _dir) in backends() {
         let customers = ["b", "a", "c"]
             .iter()
-            .map(|id| (1, id.to_string(), Some(state(id, 1))))
-            .chain([(2, "z".to_string(), Some(state("z", 1)))])
+            .map(|id| (1, id.to_string(), Some(state(id, 1).into())))
+            .chain([(2, "z".to_string(), Some(state("z", 1).into()))])
             .collect();
         store
             .commit(&Commit {
@@ -151,4 +152,56 @@ fn outbox_sequence_continues_after_reopen() {
         .unwrap();
     let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+#[test]
+fn timers_come_back_due_in_time_order_and_go_when_cleared() {
+    for (name, store, _dir) in backends() {
+        let timer = |partition, at: Millis, id: &str| Timer {
+            partition,
+            at,
+            customer_id: id.into(),
+        };
+        store
+            .commit(&Commit {
+                timers_set: vec![
+                    timer(1, 500, "late"),
+                    timer(1, -20, "before-epoch"),
+                    timer(1, 100, "b"),
+                    timer(1, 100, "a"),
+                    timer(2, 0, "other-partition"),
+                ],
+                watermarks: vec![(1, -5)],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.due_timers(1, 100, 10).unwrap(),
+            [
+                timer(1, -20, "before-epoch"),
+                timer(1, 100, "a"),
+                timer(1, 100, "b")
+            ],
+            "{name}"
+        );
+        assert_eq!(store.due_timers(1, 100, 1).unwrap().len(), 1, "{name}");
+        assert_eq!(store.watermark(1).unwrap(), Some(-5), "{name}");
+        assert_eq!(store.watermark(2).unwrap(), None, "{name}");
+        store
+            .commit(&Commit {
+                timers_cleared: vec![timer(1, -20, "before-epoch"), timer(1, 100, "a")],
+                timers_set: vec![timer(1, 700, "a")],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.due_timers(1, i64::MAX, 10).unwrap(),
+            [
+                timer(1, 100, "b"),
+                timer(1, 500, "late"),
+                timer(1, 700, "a")
+            ],
+            "{name}"
+        );
+    }
 }

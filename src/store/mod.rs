@@ -1,5 +1,6 @@
-//! Durable state: per-customer state, input offsets and the outbox of pending output records,
-//! partition-scoped, changed only by one atomic [`Commit`] at a time.
+//! Durable state: per-customer state with its risk memo, event-time timers, partition
+//! watermarks, input offsets and the outbox of pending output records, partition-scoped, changed
+//! only by one atomic [`Commit`] at a time.
 //!
 //! [`Store`] is the typed layer (key layout, encoding); a [`Backend`] is the narrow key-value trait
 //! it sits on, implemented in memory and by RocksDB, both checked by one contract test suite.
@@ -14,7 +15,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Millis;
 use crate::fold::CustomerState;
+use crate::risk::RiskMemo;
 
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
@@ -61,11 +64,39 @@ pub struct OutboxRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// What is stored per customer: the folded state and the risk memo.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Customer {
+    pub state: CustomerState,
+    pub risk: RiskMemo,
+}
+
+impl From<CustomerState> for Customer {
+    fn from(state: CustomerState) -> Customer {
+        Customer {
+            state,
+            risk: RiskMemo::default(),
+        }
+    }
+}
+
+/// An event-time timer: look at `customer_id` of `partition` again at `at`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timer {
+    pub partition: i32,
+    pub at: Millis,
+    pub customer_id: String,
+}
+
 /// Everything one commit changes, written in one atomic batch.
 #[derive(Debug, Default)]
 pub struct Commit {
-    /// `(partition, customer_id, state)`; `None` deletes the customer.
-    pub customers: Vec<(i32, String, Option<CustomerState>)>,
+    /// `(partition, customer_id, customer)`; `None` deletes the customer.
+    pub customers: Vec<(i32, String, Option<Customer>)>,
+    pub timers_set: Vec<Timer>,
+    pub timers_cleared: Vec<Timer>,
+    /// `(partition, watermark)`: the event time up to which the partition's timers have fired.
+    pub watermarks: Vec<(i32, Millis)>,
     /// `(source topic, partition, next offset to read)`.
     pub offsets: Vec<(String, i32, i64)>,
     pub outbox: Vec<OutboxRecord>,
@@ -74,6 +105,37 @@ pub struct Commit {
 const CUSTOMER: u8 = b'c';
 const OFFSET: u8 = b'o';
 const OUTBOX: u8 = b'x';
+const TIMER: u8 = b't';
+const WATERMARK: u8 = b'w';
+
+fn timer_key(timer: &Timer) -> Vec<u8> {
+    let mut key = timer_prefix(timer.partition);
+    key.extend_from_slice(&sortable(timer.at));
+    key.extend_from_slice(timer.customer_id.as_bytes());
+    key
+}
+
+fn timer_prefix(partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(13 + 16);
+    key.push(TIMER);
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key
+}
+
+/// Big-endian with the sign bit flipped, so that byte order is numeric order.
+fn sortable(t: Millis) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unsortable(bytes: &[u8]) -> Option<Millis> {
+    Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as Millis)
+}
+
+fn watermark_key(partition: i32) -> Vec<u8> {
+    let mut key = vec![WATERMARK];
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key
+}
 
 fn customer_key(partition: i32, customer_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + customer_id.len());
@@ -125,11 +187,23 @@ impl Store {
         Store::open(Arc::new(MemoryBackend::default())).expect("an empty memory store opens")
     }
 
+    /// A customer's folded state.
     pub fn customer(
         &self,
         partition: i32,
         customer_id: &str,
     ) -> Result<Option<CustomerState>, StoreError> {
+        Ok(self
+            .customer_record(partition, customer_id)?
+            .map(|c| c.state))
+    }
+
+    /// A customer's folded state and risk memo.
+    pub fn customer_record(
+        &self,
+        partition: i32,
+        customer_id: &str,
+    ) -> Result<Option<Customer>, StoreError> {
         let key = customer_key(partition, customer_id);
         match self.backend.get(&key)? {
             None => Ok(None),
@@ -157,10 +231,12 @@ impl Store {
             .scan(&prefix, &start, limit)?
             .into_iter()
             .map(|(key, bytes)| {
-                codec::decode_customer(&bytes).map_err(|reason| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    reason,
-                })
+                codec::decode_customer(&bytes)
+                    .map(|c| c.state)
+                    .map_err(|reason| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        reason,
+                    })
             })
             .collect()
     }
@@ -183,7 +259,48 @@ impl Store {
         }
     }
 
-    /// Writes the whole commit atomically: states, offsets and outbox entries land together.
+    /// Up to `limit` timers of `partition` due at or before `up_to`, earliest first.
+    pub fn due_timers(
+        &self,
+        partition: i32,
+        up_to: Millis,
+        limit: usize,
+    ) -> Result<Vec<Timer>, StoreError> {
+        let prefix = timer_prefix(partition);
+        let mut due = Vec::new();
+        for (key, _) in self.backend.scan(&prefix, &prefix, limit)? {
+            let at = key
+                .get(5..13)
+                .and_then(unsortable)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: "timer key too short".into(),
+                })?;
+            if at > up_to {
+                break;
+            }
+            due.push(Timer {
+                partition,
+                at,
+                customer_id: String::from_utf8_lossy(&key[13..]).into_owned(),
+            });
+        }
+        Ok(due)
+    }
+
+    /// The event time up to which `partition`'s timers have fired.
+    pub fn watermark(&self, partition: i32) -> Result<Option<Millis>, StoreError> {
+        match self.backend.get(&watermark_key(partition))? {
+            None => Ok(None),
+            Some(bytes) => unsortable(&bytes).map(Some).ok_or(StoreError::Corrupt {
+                key: format!("watermark {partition}"),
+                reason: format!("{} bytes, expected 8", bytes.len()),
+            }),
+        }
+    }
+
+    /// Writes the whole commit atomically: states, timers, watermarks, offsets and outbox
+    /// entries land together.
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut ops =
             Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
@@ -193,6 +310,18 @@ impl Store {
                 Some(state) => Op::Put(key, codec::encode_customer(state)),
                 None => Op::Delete(key),
             });
+        }
+        for timer in &commit.timers_cleared {
+            ops.push(Op::Delete(timer_key(timer)));
+        }
+        for timer in &commit.timers_set {
+            ops.push(Op::Put(timer_key(timer), Vec::new()));
+        }
+        for (partition, watermark) in &commit.watermarks {
+            ops.push(Op::Put(
+                watermark_key(*partition),
+                sortable(*watermark).to_vec(),
+            ));
         }
         for (topic, partition, next) in &commit.offsets {
             ops.push(Op::Put(

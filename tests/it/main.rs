@@ -7,5 +7,6 @@ mod crash;
 mod end_to_end;
 mod kafka_smoke;
 mod replay;
+mod risk;
 mod scenario;
 mod support;

@@ -27,6 +27,8 @@ pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> Proc
         },
         partitions,
         cache_customers,
+        risk: customer_pulse::risk::RiskSettings::default(),
+        allowed_lateness_ms: 3_600_000,
     }
 }
 

@@ -1,0 +1,638 @@
+//! Churn risk: a customer's state evaluated at an event time into a score with named reasons, a
+//! level, a value tier and a lifetime value; when to publish it; and when to look again while the
+//! customer is silent. Pure like the fold: must not know about Kafka, RocksDB, Prometheus or the
+//! wall clock. The models themselves are in `churn`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::churn::{clv, Model, PurchaseModel, Recency, SpendModel};
+use crate::event::{format_millis, Millis};
+use crate::fold::{CustomerState, Lifecycle, Subscription};
+
+const DAY_MS: Millis = 86_400_000;
+/// An average month, for the CLV horizon.
+const MONTH_MS: f64 = 30.4375 * 86_400_000.0;
+
+/// Why a customer's risk rose. The codes are part of the output contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// P(alive) fell below `inactive_below_p_alive`: the customer has gone quiet.
+    Inactive,
+    /// A complaint open longer than the SLA.
+    UnresolvedComplaint,
+    /// A complaint or a detractor survey within the last `recent_days`.
+    RecentBadExperience,
+    /// The last survey score was a detractor's (0..=6).
+    Detractor,
+    /// Average first response slower than `slow_response_seconds`.
+    SlowResponse,
+    /// An order undelivered after `late_delivery_days`, or deliveries slower than that on average.
+    LateDelivery,
+    /// At least `frequent_returns_min` returns and a return ratio of `frequent_returns_ratio`.
+    FrequentReturns,
+    /// The subscription was cancelled.
+    Cancelled,
+}
+
+pub const REASON_CODES: [ReasonCode; 8] = [
+    ReasonCode::Inactive,
+    ReasonCode::UnresolvedComplaint,
+    ReasonCode::RecentBadExperience,
+    ReasonCode::Detractor,
+    ReasonCode::SlowResponse,
+    ReasonCode::LateDelivery,
+    ReasonCode::FrequentReturns,
+    ReasonCode::Cancelled,
+];
+
+impl ReasonCode {
+    pub fn code(self) -> &'static str {
+        match self {
+            ReasonCode::Inactive => "inactive",
+            ReasonCode::UnresolvedComplaint => "unresolved_complaint",
+            ReasonCode::RecentBadExperience => "recent_bad_experience",
+            ReasonCode::Detractor => "detractor",
+            ReasonCode::SlowResponse => "slow_response",
+            ReasonCode::LateDelivery => "late_delivery",
+            ReasonCode::FrequentReturns => "frequent_returns",
+            ReasonCode::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Low,
+    Medium,
+    High,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Low => "low",
+            Level::Medium => "medium",
+            Level::High => "high",
+        }
+    }
+}
+
+/// A value tier: the first tier (in configured order) whose minimums the customer meets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub name: String,
+    pub min_revenue_minor: i64,
+    pub min_margin_minor: i64,
+}
+
+/// Everything scoring needs, from configuration.
+#[derive(Debug, Clone)]
+pub struct RiskSettings {
+    pub model: PurchaseModel,
+    /// Milliseconds per model time unit (a week for the published parameters).
+    pub time_unit_ms: Millis,
+    pub spend: SpendModel,
+    pub clv_months: u32,
+    pub monthly_discount: f64,
+    /// Margin share of a purchase for a customer without revenue yet.
+    pub default_margin_ratio: f64,
+    pub inactive_below_p_alive: f64,
+    /// Below this P(alive) a customer counts as lost through silence.
+    pub lost_below_p_alive: f64,
+    pub complaint_sla_ms: Millis,
+    pub recent_ms: Millis,
+    pub slow_response_seconds: u64,
+    pub late_delivery_ms: Millis,
+    pub frequent_returns_min: u32,
+    pub frequent_returns_ratio: f64,
+    /// The effect of each reason: the score is `1 - P(alive) * product(1 - weight)`.
+    pub weights: Vec<(ReasonCode, f64)>,
+    pub medium_from: f64,
+    pub high_from: f64,
+    pub min_score_change: f64,
+    pub tiers: Vec<Tier>,
+}
+
+impl Default for RiskSettings {
+    /// The published CDNOW parameters (MBG/NBD per week, Gamma-Gamma scaled to minor units) and
+    /// the reason effects and cut-offs documented in the README.
+    fn default() -> RiskSettings {
+        RiskSettings {
+            model: PurchaseModel::cdnow(Model::MbgNbd),
+            time_unit_ms: 7 * DAY_MS,
+            spend: SpendModel {
+                p: 6.25,
+                q: 3.74,
+                gamma: 1544.0,
+            },
+            clv_months: 12,
+            monthly_discount: 0.01,
+            default_margin_ratio: 0.25,
+            inactive_below_p_alive: 0.5,
+            lost_below_p_alive: 0.2,
+            complaint_sla_ms: 2 * DAY_MS,
+            recent_ms: 7 * DAY_MS,
+            slow_response_seconds: 3_600,
+            late_delivery_ms: 5 * DAY_MS,
+            frequent_returns_min: 2,
+            frequent_returns_ratio: 0.3,
+            weights: vec![
+                (ReasonCode::Inactive, 0.0),
+                (ReasonCode::UnresolvedComplaint, 0.3),
+                (ReasonCode::RecentBadExperience, 0.25),
+                (ReasonCode::Detractor, 0.2),
+                (ReasonCode::SlowResponse, 0.1),
+                (ReasonCode::LateDelivery, 0.15),
+                (ReasonCode::FrequentReturns, 0.1),
+                (ReasonCode::Cancelled, 0.6),
+            ],
+            medium_from: 0.4,
+            high_from: 0.7,
+            min_score_change: 0.05,
+            tiers: vec![
+                Tier {
+                    name: "gold".into(),
+                    min_revenue_minor: 100_000,
+                    min_margin_minor: 0,
+                },
+                Tier {
+                    name: "standard".into(),
+                    min_revenue_minor: 0,
+                    min_margin_minor: i64::MIN,
+                },
+            ],
+        }
+    }
+}
+
+impl RiskSettings {
+    fn weight(&self, code: ReasonCode) -> f64 {
+        self.weights
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or(0.0, |(_, w)| *w)
+    }
+
+    pub fn level(&self, score: f64) -> Level {
+        if score >= self.high_from {
+            Level::High
+        } else if score >= self.medium_from {
+            Level::Medium
+        } else {
+            Level::Low
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub detail: String,
+}
+
+/// A customer evaluated at one event time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assessment {
+    pub as_of: Millis,
+    pub x: u32,
+    pub t_x: f64,
+    #[serde(rename = "T")]
+    pub t: f64,
+    pub p_alive: f64,
+    pub expected_orders_90d: f64,
+    pub score: f64,
+    pub level: Level,
+    pub reasons: Vec<Reason>,
+    pub segment: String,
+    pub lifecycle: Lifecycle,
+    pub ltv_minor: i64,
+}
+
+/// What was last published for a customer and when to look again; stored with the customer.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RiskMemo {
+    pub last: Option<Published>,
+    /// The event time of the pending timer, if one is armed.
+    pub timer_at: Option<Millis>,
+}
+
+/// The part of a published record that decides whether the next one is worth publishing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub as_of: Millis,
+    pub score: f64,
+    pub level: Level,
+    pub reasons: Vec<ReasonCode>,
+    pub lifecycle: Lifecycle,
+}
+
+impl Assessment {
+    pub fn published(&self) -> Published {
+        Published {
+            as_of: self.as_of,
+            score: self.score,
+            level: self.level,
+            reasons: self.reasons.iter().map(|r| r.code).collect(),
+            lifecycle: self.lifecycle,
+        }
+    }
+
+    /// CONTRACT section 2: publish on a level change, a score move of at least the minimum, or a
+    /// change in the set of reasons (and, beyond the contract, a lifecycle change).
+    pub fn worth_publishing(&self, last: Option<&Published>, min_score_change: f64) -> bool {
+        let Some(last) = last else { return true };
+        let now = self.published();
+        now.level != last.level
+            || (now.score - last.score).abs() >= min_score_change
+            || now.reasons != last.reasons
+            || now.lifecycle != last.lifecycle
+    }
+
+    /// The `customer.churn-risk` value.
+    pub fn record(&self, customer_id: &str, record_id: &str, caused_by: Option<&str>) -> Vec<u8> {
+        let value = serde_json::json!({
+            "record_id": record_id,
+            "customer_id": customer_id,
+            "as_of": format_millis(self.as_of),
+            "score": round(self.score, 4),
+            "level": self.level,
+            "p_alive": round(self.p_alive, 4),
+            "expected_orders_90d": round(self.expected_orders_90d, 4),
+            "reasons": self.reasons,
+            "segment": self.segment,
+            "lifecycle": self.lifecycle,
+            "ltv_minor": self.ltv_minor,
+            "caused_by_event_id": caused_by,
+        });
+        value.to_string().into_bytes()
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (v * scale).round() / scale
+}
+
+/// The customer's history in the model's time unit at `as_of`. Purchase periods are days; a
+/// customer with no purchase yet is scored as a one-time buyer from its first event.
+pub fn recency(state: &CustomerState, as_of: Millis, unit_ms: Millis) -> Recency {
+    let unit = unit_ms as f64;
+    let (first, last) = match (state.purchase_days.first(), state.purchase_days.last()) {
+        (Some(f), Some(l)) => (Millis::from(*f) * DAY_MS, Millis::from(*l) * DAY_MS),
+        _ => (state.first_event_at, state.first_event_at),
+    };
+    let t_x = (last - first) as f64 / unit;
+    let t = ((as_of - first) as f64 / unit).max(t_x);
+    Recency {
+        x: f64::from(state.repeat_purchases()),
+        t_x,
+        t,
+    }
+}
+
+/// Evaluates a customer at event time `as_of`.
+pub fn assess(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
+    let unit = settings.time_unit_ms;
+    let h = recency(state, as_of, unit);
+    let p_alive = settings.model.p_alive(h);
+    let expected_orders_90d = settings
+        .model
+        .expected_purchases(h, (90 * DAY_MS) as f64 / unit as f64);
+    let reasons = reasons(state, as_of, p_alive, settings);
+    let kept: f64 = reasons
+        .iter()
+        .map(|r| 1.0 - settings.weight(r.code).clamp(0.0, 1.0))
+        .product();
+    let score = (1.0 - p_alive * kept).clamp(0.0, 1.0);
+    let level = settings.level(score);
+    let lifecycle = if state.lifecycle == Lifecycle::Lost || p_alive < settings.lost_below_p_alive {
+        Lifecycle::Lost
+    } else if level == Level::High {
+        Lifecycle::AtRisk
+    } else {
+        state.lifecycle
+    };
+    Assessment {
+        as_of,
+        x: state.repeat_purchases(),
+        t_x: h.t_x,
+        t: h.t,
+        p_alive,
+        expected_orders_90d,
+        score,
+        level,
+        reasons,
+        segment: tier(state, &settings.tiers),
+        lifecycle,
+        ltv_minor: ltv_minor(state, h, settings),
+    }
+}
+
+fn tier(state: &CustomerState, tiers: &[Tier]) -> String {
+    tiers
+        .iter()
+        .find(|t| {
+            state.revenue_minor >= t.min_revenue_minor && state.margin_minor >= t.min_margin_minor
+        })
+        .or(tiers.last())
+        .map_or_else(|| "all".to_owned(), |t| t.name.clone())
+}
+
+fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 {
+    let m_x = if h.x > 0.0 {
+        (state.revenue_minor - state.first_day_revenue_minor) as f64 / h.x
+    } else {
+        0.0
+    };
+    let spend = settings.spend.expected_spend(h.x, m_x);
+    let ratio = if state.revenue_minor > 0 {
+        state.margin_minor as f64 / state.revenue_minor as f64
+    } else {
+        settings.default_margin_ratio
+    };
+    let month = MONTH_MS / settings.time_unit_ms as f64;
+    let value = clv(
+        &settings.model,
+        h,
+        month,
+        settings.clv_months,
+        spend * ratio,
+        settings.monthly_discount,
+    );
+    if value.is_finite() {
+        value.round() as i64
+    } else {
+        0
+    }
+}
+
+fn days(ms: Millis) -> Millis {
+    ms / DAY_MS
+}
+
+fn reasons(state: &CustomerState, as_of: Millis, p_alive: f64, s: &RiskSettings) -> Vec<Reason> {
+    let mut out = Vec::new();
+    let mut add = |code, detail: String| out.push(Reason { code, detail });
+    if p_alive < s.inactive_below_p_alive {
+        let silent = state.last_order_at.unwrap_or(state.first_event_at);
+        add(
+            ReasonCode::Inactive,
+            format!(
+                "no order for {} days; P(alive) {:.2}",
+                days(as_of - silent),
+                p_alive
+            ),
+        );
+    }
+    let overdue: Vec<_> = state
+        .open_complaints
+        .iter()
+        .filter(|c| as_of - c.opened_at > s.complaint_sla_ms)
+        .collect();
+    if let Some(oldest) = overdue.iter().min_by_key(|c| c.opened_at) {
+        add(
+            ReasonCode::UnresolvedComplaint,
+            format!(
+                "{} complaint(s) open beyond the SLA, oldest {} open {} days",
+                overdue.len(),
+                oldest.category,
+                days(as_of - oldest.opened_at)
+            ),
+        );
+    }
+    let recent = |t: Option<Millis>| t.is_some_and(|t| t <= as_of && as_of - t <= s.recent_ms);
+    let detractor = state.last_survey_score.is_some_and(|score| score <= 6);
+    if recent(state.last_complaint_at) {
+        add(
+            ReasonCode::RecentBadExperience,
+            "complaint in the last days".to_owned(),
+        );
+    } else if detractor && recent(state.last_survey_at) {
+        add(
+            ReasonCode::RecentBadExperience,
+            "detractor survey in the last days".to_owned(),
+        );
+    }
+    if let Some(score) = state.last_survey_score.filter(|_| detractor) {
+        add(ReasonCode::Detractor, format!("last survey score {score}"));
+    }
+    if state.first_responses > 0 {
+        let average = state.first_response_seconds_total / u64::from(state.first_responses);
+        if average > s.slow_response_seconds {
+            add(
+                ReasonCode::SlowResponse,
+                format!("average first response {average} s"),
+            );
+        }
+    }
+    let waiting = state
+        .open_orders
+        .iter()
+        .filter(|o| as_of - o.placed_at > s.late_delivery_ms)
+        .count();
+    let slow_average = state.deliveries > 0
+        && state.delivery_seconds_total / u64::from(state.deliveries) * 1000
+            > u64::try_from(s.late_delivery_ms).unwrap_or(u64::MAX);
+    if waiting > 0 {
+        add(
+            ReasonCode::LateDelivery,
+            format!("{waiting} order(s) undelivered beyond the delivery target"),
+        );
+    } else if slow_average {
+        add(
+            ReasonCode::LateDelivery,
+            "deliveries slower than the target on average".to_owned(),
+        );
+    }
+    if state.returns >= s.frequent_returns_min
+        && f64::from(state.returns) >= s.frequent_returns_ratio * f64::from(state.orders.max(1))
+    {
+        add(
+            ReasonCode::FrequentReturns,
+            format!("{} returns over {} orders", state.returns, state.orders),
+        );
+    }
+    if state.subscription == Subscription::Cancelled {
+        let why = state.cancellation_reason.as_deref().unwrap_or("other");
+        add(
+            ReasonCode::Cancelled,
+            format!("subscription cancelled: {why}"),
+        );
+    }
+    out
+}
+
+/// One line of `score --as-of`: the customer's model values at `as_of`, with expected orders
+/// over `horizon_days`.
+pub fn score_line(
+    state: &CustomerState,
+    as_of: Millis,
+    horizon_days: u32,
+    settings: &RiskSettings,
+) -> serde_json::Value {
+    let a = assess(state, as_of, settings);
+    let h = recency(state, as_of, settings.time_unit_ms);
+    let horizon = f64::from(horizon_days) * DAY_MS as f64 / settings.time_unit_ms as f64;
+    serde_json::json!({
+        "customer_id": state.customer_id,
+        "as_of": format_millis(as_of),
+        "x": a.x,
+        "t_x": round(a.t_x, 4),
+        "T": round(a.t, 4),
+        "time_unit_days": settings.time_unit_ms as f64 / DAY_MS as f64,
+        "p_alive": round(a.p_alive, 6),
+        "expected_orders": round(settings.model.expected_purchases(h, horizon), 6),
+        "horizon_days": horizon_days,
+        "score": round(a.score, 6),
+        "level": a.level,
+        "reasons": a.reasons,
+        "segment": a.segment,
+        "lifecycle": a.lifecycle,
+        "ltv_minor": a.ltv_minor,
+    })
+}
+
+/// When to look at a silent customer again: the first event time after `now` at which the
+/// assessment can change without a new event. That is the earliest of the moments P(alive)
+/// crosses a threshold that matters (a level cut-off given the current reasons, the inactive and
+/// lost thresholds; DOMAIN.md's closed form), a complaint passes its SLA, a recent bad experience
+/// stops being recent, or an open order becomes late. `None` when nothing can change.
+pub fn next_check(
+    state: &CustomerState,
+    now: &Assessment,
+    settings: &RiskSettings,
+) -> Option<Millis> {
+    let as_of = now.as_of;
+    let mut candidates: Vec<Millis> = Vec::new();
+    let kept: f64 = now
+        .reasons
+        .iter()
+        .map(|r| 1.0 - settings.weight(r.code).clamp(0.0, 1.0))
+        .product();
+    let h = recency(state, as_of, settings.time_unit_ms);
+    let origin = state
+        .purchase_days
+        .first()
+        .map_or(state.first_event_at, |d| Millis::from(*d) * DAY_MS);
+    let thresholds = [
+        (1.0 - settings.medium_from) / kept,
+        (1.0 - settings.high_from) / kept,
+        settings.inactive_below_p_alive,
+        settings.lost_below_p_alive,
+    ];
+    for p in thresholds {
+        if p < now.p_alive {
+            if let Some(t) = settings.model.crossing_time(h, p) {
+                let at = origin as f64 + t * settings.time_unit_ms as f64;
+                if at.is_finite() && at < 9.0e15 {
+                    candidates.push(at.ceil() as Millis);
+                }
+            }
+        }
+    }
+    for c in &state.open_complaints {
+        candidates.push(c.opened_at + settings.complaint_sla_ms + 1);
+    }
+    for t in [state.last_complaint_at, state.last_survey_at]
+        .into_iter()
+        .flatten()
+    {
+        candidates.push(t + settings.recent_ms + 1);
+    }
+    for o in &state.open_orders {
+        candidates.push(o.placed_at + settings.late_delivery_ms + 1);
+    }
+    candidates.into_iter().filter(|t| *t > as_of).min()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn settings() -> RiskSettings {
+        RiskSettings::default()
+    }
+
+    fn buyer(days: &[i32]) -> CustomerState {
+        let mut state = CustomerState::new("c");
+        state.purchase_days = days.to_vec();
+        state.orders = days.len() as u32;
+        state.revenue_minor = 5_000 * days.len() as i64;
+        state.first_day_revenue_minor = 5_000;
+        state.margin_minor = 1_000 * days.len() as i64;
+        state.first_event_at = Millis::from(days[0]) * DAY_MS;
+        state.last_order_at = days.last().map(|d| Millis::from(*d) * DAY_MS);
+        state.lifecycle = Lifecycle::Active;
+        state
+    }
+
+    #[test]
+    fn score_is_one_minus_p_alive_times_what_the_reasons_keep() {
+        let s = settings();
+        let mut state = buyer(&[0, 7, 14, 21]);
+        let fresh = assess(&state, 21 * DAY_MS, &s);
+        assert!(fresh.reasons.is_empty());
+        assert!((fresh.score - (1.0 - fresh.p_alive)).abs() < 1e-12);
+        state.last_survey_score = Some(3);
+        state.last_survey_at = Some(20 * DAY_MS);
+        let unhappy = assess(&state, 21 * DAY_MS, &s);
+        let codes: Vec<_> = unhappy.reasons.iter().map(|r| r.code).collect();
+        assert_eq!(
+            codes,
+            [ReasonCode::RecentBadExperience, ReasonCode::Detractor]
+        );
+        let want = 1.0 - unhappy.p_alive * 0.75 * 0.8;
+        assert!((unhappy.score - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_timer_fires_exactly_when_the_level_would_change() {
+        let s = settings();
+        let state = buyer(&[0, 7, 14, 21, 28]);
+        let now = assess(&state, 28 * DAY_MS, &s);
+        assert_eq!(now.level, Level::Low);
+        let at = next_check(&state, &now, &s).expect("a silent buyer gets a timer");
+        let just_before = assess(&state, at - 60_000, &s);
+        let at_timer = assess(&state, at, &s);
+        assert_eq!(just_before.level, Level::Low);
+        assert!(
+            at_timer.level > Level::Low || !at_timer.reasons.is_empty(),
+            "something changes at the timer: {at_timer:?}"
+        );
+    }
+
+    #[test]
+    fn publishing_needs_a_level_score_or_reason_change() {
+        let s = settings();
+        let state = buyer(&[0, 7, 14]);
+        let a = assess(&state, 14 * DAY_MS, &s);
+        assert!(a.worth_publishing(None, s.min_score_change));
+        let last = a.published();
+        let mut b = a.clone();
+        b.score += 0.01;
+        assert!(!b.worth_publishing(Some(&last), s.min_score_change));
+        b.score += 0.05;
+        assert!(b.worth_publishing(Some(&last), s.min_score_change));
+        let mut c = a.clone();
+        c.reasons.push(Reason {
+            code: ReasonCode::SlowResponse,
+            detail: String::new(),
+        });
+        assert!(c.worth_publishing(Some(&last), s.min_score_change));
+    }
+
+    #[test]
+    fn cancellation_makes_a_customer_lost_with_its_reason() {
+        let s = settings();
+        let mut state = buyer(&[0, 7]);
+        state.subscription = Subscription::Cancelled;
+        state.cancellation_reason = Some("price".into());
+        state.lifecycle = Lifecycle::Lost;
+        let a = assess(&state, 8 * DAY_MS, &s);
+        assert_eq!(a.lifecycle, Lifecycle::Lost);
+        assert_eq!(a.reasons[0].code, ReasonCode::Cancelled);
+        assert_eq!(a.reasons[0].detail, "subscription cancelled: price");
+    }
+}

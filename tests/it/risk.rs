@@ -1,0 +1,316 @@
+//! Churn-risk scenarios: events in, `customer.churn-risk` records out, including the records a
+//! silent customer gets from its event-time timers with no further events of its own.
+
+use customer_pulse::churn::{Model, PurchaseModel, Recency};
+use customer_pulse::event::format_millis;
+use customer_pulse::processor::{partition_for, Processor};
+use customer_pulse::store::Store;
+use serde_json::Value;
+
+use crate::catalogue::NOW_MS;
+use crate::support::{file_record, settings};
+
+const DAY: i64 = 86_400_000;
+const WEEK: f64 = 7.0 * 86_400_000.0;
+/// 2026-01-05T00:00:00Z, a Monday.
+const START: i64 = 1_767_571_200_000;
+
+fn ev(id: &str, customer: &str, kind: &str, at: i64, fields: &str) -> String {
+    let sep = if fields.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"{}"{sep}{fields}}}"#,
+        format_millis(at)
+    )
+}
+
+fn order(id: &str, customer: &str, at: i64) -> Vec<String> {
+    vec![
+        ev(
+            &format!("{id}-placed"),
+            customer,
+            "order.placed",
+            at,
+            &format!(r#""order_id":"{id}","amount_minor":2000,"margin_minor":500"#),
+        ),
+        ev(
+            &format!("{id}-delivered"),
+            customer,
+            "order.delivered",
+            at + DAY,
+            &format!(r#""order_id":"{id}""#),
+        ),
+    ]
+}
+
+/// Runs each event as its own batch (so the watermark moves with every event) and returns the
+/// churn-risk values published for `customer`, in order.
+fn risk_records(events: &[String], customer: &str) -> Vec<(String, Value)> {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(100));
+    for (offset, json) in events.iter().enumerate() {
+        processor
+            .process(&[file_record(offset as i64, json)], NOW_MS)
+            .unwrap();
+    }
+    store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| {
+            r.topic == "customer.churn-risk" && r.key.as_deref() == Some(customer.as_bytes())
+        })
+        .map(|r| {
+            let id = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "record_id")
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                .unwrap();
+            (id, serde_json::from_slice(&r.value.unwrap()).unwrap())
+        })
+        .collect()
+}
+
+/// A customer in the same partition as `customer`, whose events move the watermark.
+fn neighbour_of(customer: &str) -> String {
+    let home = partition_for(customer.as_bytes(), 4);
+    (0..)
+        .map(|i| format!("clock-{i}"))
+        .find(|c| partition_for(c.as_bytes(), 4) == home)
+        .unwrap()
+}
+
+fn millis(text: &str) -> i64 {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[test]
+fn a_silent_customer_crosses_each_threshold_on_its_timer_with_no_events_of_its_own() {
+    // Five weekly orders, each delivered the next day, then silence while a neighbour in the
+    // same partition keeps the watermark moving for ten more weeks.
+    let mut events: Vec<String> = (0..5)
+        .flat_map(|w| order(&format!("o{w}"), "sil", START + w * 7 * DAY))
+        .collect();
+    let clock = neighbour_of("sil");
+    events.extend((0..12).map(|w| {
+        ev(
+            &format!("tick-{w}"),
+            &clock,
+            "interaction.contact",
+            START + (5 + w) * 7 * DAY,
+            r#""channel":"web","direction":"inbound""#,
+        )
+    }));
+    let records = risk_records(&events, "sil");
+    let timers: Vec<&(String, Value)> = records
+        .iter()
+        .filter(|(id, _)| id.starts_with("timer-"))
+        .collect();
+
+    // x = 4 repeat days, t_x = 4 weeks; P(alive) from the model alone at each record's time.
+    let model = PurchaseModel::cdnow(Model::MbgNbd);
+    let p_at = |t: i64| {
+        model.p_alive(Recency {
+            x: 4.0,
+            t_x: 4.0,
+            t: (t - START) as f64 / WEEK,
+        })
+    };
+    // The thresholds that matter with no other reason: 1 - medium_from, inactive,
+    // 1 - high_from, lost; each is crossed once, in this order, exactly at a timer.
+    let thresholds = [0.6, 0.5, 0.3, 0.2];
+    assert_eq!(timers.len(), thresholds.len(), "{timers:#?}");
+    for ((_, record), threshold) in timers.iter().zip(thresholds) {
+        let at = millis(record["as_of"].as_str().unwrap());
+        assert!(
+            p_at(at) <= threshold && p_at(at - 60_000) > threshold,
+            "P(alive) crosses {threshold} at {at}: {} -> {}",
+            p_at(at - 60_000),
+            p_at(at)
+        );
+        assert!((record["p_alive"].as_f64().unwrap() - p_at(at)).abs() < 1e-4);
+        assert!(record["caused_by_event_id"].is_null());
+    }
+    let levels: Vec<&str> = timers
+        .iter()
+        .map(|(_, r)| r["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, ["medium", "medium", "high", "high"]);
+    let last = &timers[3].1;
+    assert_eq!(last["lifecycle"], "lost");
+    assert_eq!(last["reasons"][0]["code"], "inactive");
+    assert_eq!(timers[1].1["reasons"][0]["code"], "inactive");
+    assert!(timers[0].1["reasons"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_complaint_past_its_sla_raises_the_risk_when_the_sla_expires() {
+    let mut events = order("o1", "kim", START);
+    events.extend(order("o2", "kim", START + 7 * DAY));
+    let opened = START + 8 * DAY + 3_600_000;
+    events.push(ev(
+        "c1",
+        "kim",
+        "complaint.opened",
+        opened,
+        r#""complaint_id":"k1","category":"delivery","severity":"high""#,
+    ));
+    let clock = neighbour_of("kim");
+    events.extend((1..=6).map(|h| {
+        ev(
+            &format!("tick-{h}"),
+            &clock,
+            "interaction.contact",
+            opened + h * 12 * 3_600_000,
+            r#""channel":"web","direction":"inbound""#,
+        )
+    }));
+    let records = risk_records(&events, "kim");
+    let at_sla: Vec<&Value> = records
+        .iter()
+        .filter(|(_, r)| {
+            r["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["code"] == "unresolved_complaint")
+        })
+        .map(|(_, r)| r)
+        .collect();
+    let first = at_sla
+        .first()
+        .expect("a record names the unresolved complaint");
+    // The default SLA is 48 hours; the timer fires one millisecond after it.
+    assert_eq!(
+        millis(first["as_of"].as_str().unwrap()),
+        opened + 48 * 3_600_000 + 1
+    );
+    let codes: Vec<&str> = first["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["unresolved_complaint", "recent_bad_experience"]);
+    // Two reasons keep 0.7 and 0.75 of P(alive).
+    let p = first["p_alive"].as_f64().unwrap();
+    let score = first["score"].as_f64().unwrap();
+    assert!(
+        (score - (1.0 - p * 0.7 * 0.75)).abs() < 2e-4,
+        "{score} vs {p}"
+    );
+}
+
+#[test]
+fn small_moves_publish_nothing_and_the_first_event_always_publishes() {
+    let mut events = order("o1", "lou", START);
+    // Contacts an hour apart change nothing the contract counts as worth a record.
+    events.extend((1..=5).map(|h| {
+        ev(
+            &format!("contact-{h}"),
+            "lou",
+            "interaction.contact",
+            START + DAY + h * 3_600_000,
+            r#""channel":"phone","direction":"inbound""#,
+        )
+    }));
+    let records = risk_records(&events, "lou");
+    assert_eq!(records[0].0, "test-0-0", "the first event publishes");
+    assert_eq!(records[0].1["caused_by_event_id"], "o1-placed");
+    for key in [
+        "customer_id",
+        "as_of",
+        "score",
+        "level",
+        "p_alive",
+        "expected_orders_90d",
+        "reasons",
+        "segment",
+        "lifecycle",
+        "ltv_minor",
+    ] {
+        assert!(!records[0].1[key].is_null(), "{key} is present");
+    }
+    let codes = |r: &Value| -> Vec<String> {
+        r["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for pair in records.windows(2) {
+        let (a, b) = (&pair[0].1, &pair[1].1);
+        let moved = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() >= 0.05;
+        assert!(
+            moved
+                || a["level"] != b["level"]
+                || codes(a) != codes(b)
+                || a["lifecycle"] != b["lifecycle"],
+            "{a} -> {b} is not worth a record"
+        );
+    }
+    assert!(records.len() < events.len(), "not one record per event");
+}
+
+#[test]
+fn score_as_of_writes_every_customer_with_its_model_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[kafka]\nbrokers = \"unused:9092\"\n[input]\npartitions = 4\n[state]\npath = \"{}\"\n",
+        dir.path().join("state").display()
+    );
+    let config = customer_pulse::config::Config::parse(&text, Vec::new()).unwrap();
+    let store = customer_pulse::pipeline::open_store(&config).unwrap();
+    let mut processor = Processor::new(
+        store.clone(),
+        customer_pulse::pipeline::processor_settings(&config),
+    );
+    // 2,500 customers, so the listing pages; customer i ordered on i % 3 + 1 distinct days.
+    let mut events = Vec::new();
+    for i in 0..2_500 {
+        for d in 0..=(i % 3) {
+            events.extend(order(
+                &format!("o{i}-{d}"),
+                &format!("c{i}"),
+                START + d * 7 * DAY,
+            ));
+        }
+    }
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| file_record(i as i64, json))
+        .collect();
+    for chunk in records.chunks(5_000) {
+        processor.process(chunk, NOW_MS).unwrap();
+    }
+    let as_of = START + 20 * 7 * DAY;
+    let mut out = Vec::new();
+    let written = customer_pulse::pipeline::score(&store, &config, as_of, 90, &mut out).unwrap();
+    assert_eq!(written, 2_500);
+    let lines: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["customer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2_500, "every customer exactly once");
+    let model = PurchaseModel::cdnow(Model::MbgNbd);
+    for line in &lines {
+        let i: i64 = line["customer_id"].as_str().unwrap()[1..].parse().unwrap();
+        let x = (i % 3) as f64;
+        let h = Recency { x, t_x: x, t: 20.0 };
+        assert_eq!(line["x"].as_f64(), Some(x));
+        assert!((line["p_alive"].as_f64().unwrap() - model.p_alive(h)).abs() < 1e-6);
+        let expected = model.expected_purchases(h, 90.0 / 7.0);
+        assert!((line["expected_orders"].as_f64().unwrap() - expected).abs() < 1e-6);
+        assert_eq!(line["as_of"], format_millis(as_of));
+    }
+}
