@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::decode::{decode, Rejection, Rules};
 use crate::event::{Millis, Stream};
 use crate::fold::{CustomerState, FoldLimits, Outcome};
-use crate::risk::{assess, next_check, RiskSettings};
+use crate::risk::{assess_risk, next_check, RiskSettings};
 use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
 
 /// One input message, copied out of its source at the boundary.
@@ -341,13 +341,14 @@ fn reassess(
     commit: &mut Commit,
 ) {
     let risk = &settings.risk;
-    let assessment = assess(&customer.state, as_of, risk);
+    let assessment = assess_risk(&customer.state, as_of, risk);
     if assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change) {
+        let valued = assessment.clone().valued(&customer.state, risk);
         let id = &customer.state.customer_id;
         commit.outbox.push(OutboxRecord {
             topic: settings.topics.churn_risk.clone(),
             key: Some(id.clone().into_bytes()),
-            value: Some(assessment.record(id, record_id, caused_by)),
+            value: Some(valued.record(id, record_id, caused_by)),
             headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
         });
         customer.risk.last = Some(assessment.published());

@@ -292,14 +292,18 @@ pub fn recency(state: &CustomerState, as_of: Millis, unit_ms: Millis) -> Recency
     }
 }
 
-/// Evaluates a customer at event time `as_of`.
+/// Evaluates a customer at event time `as_of`, with its value.
 pub fn assess(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
+    assess_risk(state, as_of, settings).valued(state, settings)
+}
+
+/// Evaluates a customer's risk at event time `as_of` without its value (`expected_orders_90d`
+/// and `ltv_minor` stay 0 until [`Assessment::valued`]): the value takes a dozen hypergeometric
+/// series and decides nothing about publishing, so the hot path computes it only to publish.
+pub fn assess_risk(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
     let unit = settings.time_unit_ms;
     let h = recency(state, as_of, unit);
     let p_alive = settings.model.p_alive(h);
-    let expected_orders_90d = settings
-        .model
-        .expected_purchases(h, (90 * DAY_MS) as f64 / unit as f64);
     let reasons = reasons(state, as_of, p_alive, settings);
     let kept: f64 = reasons
         .iter()
@@ -320,13 +324,30 @@ pub fn assess(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> 
         t_x: h.t_x,
         t: h.t,
         p_alive,
-        expected_orders_90d,
+        expected_orders_90d: 0.0,
         score,
         level,
         reasons,
         segment: tier(state, &settings.tiers),
         lifecycle,
-        ltv_minor: ltv_minor(state, h, settings),
+        ltv_minor: 0,
+    }
+}
+
+impl Assessment {
+    /// Adds the expected orders over 90 days and the lifetime value.
+    pub fn valued(mut self, state: &CustomerState, settings: &RiskSettings) -> Assessment {
+        let unit = settings.time_unit_ms as f64;
+        let h = Recency {
+            x: f64::from(self.x),
+            t_x: self.t_x,
+            t: self.t,
+        };
+        self.expected_orders_90d = settings
+            .model
+            .expected_purchases(h, (90 * DAY_MS) as f64 / unit);
+        self.ltv_minor = ltv_minor(state, h, settings);
+        self
     }
 }
 
