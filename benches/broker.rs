@@ -136,6 +136,7 @@ fn main() {
         let (_broker, brokers) = start_broker();
         let mut topics: Vec<(&str, i32, bool)> = INPUTS.iter().map(|t| (*t, PARTITIONS, false)).collect();
         topics.push(("customer.churn-risk", PARTITIONS, true));
+        topics.push(("customer.complaint-trends", PARTITIONS, true));
         topics.push(("customer.events.dlq", 1, false));
         create_topics(&brokers, &topics).await.expect("topics");
 

@@ -12,6 +12,7 @@ use crate::churn::{Model, PurchaseModel, SpendModel};
 use crate::decode::Rules;
 use crate::fold::FoldLimits;
 use crate::risk::{ReasonCode, RiskSettings, Tier};
+use crate::trends::TrendSettings;
 
 /// The prefix of environment overrides: `CUSTOMER_PULSE__KAFKA__BROKERS` sets `kafka.brokers`.
 pub const ENV_PREFIX: &str = "CUSTOMER_PULSE__";
@@ -33,6 +34,35 @@ pub struct RawConfig {
     pub churn: RawChurn,
     #[serde(default)]
     pub risk: RawRisk,
+    #[serde(default)]
+    pub trends: RawTrends,
+}
+
+/// Complaint trends: windows, baseline, spike rule (DOMAIN.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTrends {
+    pub window_minutes: u64,
+    pub baseline_weight: f64,
+    pub spike_z_score: f64,
+    pub spike_min_count: u32,
+    pub cusum_baseline_weight: f64,
+    pub cusum_slack: f64,
+    pub cusum_threshold: f64,
+}
+
+impl Default for RawTrends {
+    fn default() -> Self {
+        RawTrends {
+            window_minutes: 60,
+            baseline_weight: 0.2,
+            spike_z_score: 3.0,
+            spike_min_count: 5,
+            cusum_baseline_weight: 0.02,
+            cusum_slack: 0.5,
+            cusum_threshold: 4.0,
+        }
+    }
 }
 
 /// The purchase and spend models (DOMAIN.md); the defaults are the published CDNOW fits.
@@ -349,6 +379,7 @@ pub struct RawTopics {
     pub orders: String,
     pub complaints: String,
     pub churn_risk: String,
+    pub complaint_trends: String,
     pub dead_letter: String,
 }
 
@@ -416,6 +447,7 @@ impl Default for RawTopics {
             orders: "customer.orders".into(),
             complaints: "customer.complaints".into(),
             churn_risk: "customer.churn-risk".into(),
+            complaint_trends: "customer.complaint-trends".into(),
             dead_letter: "customer.events.dlq".into(),
         }
     }
@@ -501,6 +533,7 @@ pub struct Config {
     pub shutdown_flush: std::time::Duration,
     pub listen_address: std::net::SocketAddr,
     pub risk: RiskSettings,
+    pub trends: TrendSettings,
     pub allowed_lateness_ms: i64,
 }
 
@@ -510,6 +543,7 @@ pub struct Topics {
     pub orders: String,
     pub complaints: String,
     pub churn_risk: String,
+    pub complaint_trends: String,
     pub dead_letter: String,
 }
 
@@ -598,6 +632,7 @@ impl RawConfig {
             ("topics.orders", &t.orders),
             ("topics.complaints", &t.complaints),
             ("topics.churn_risk", &t.churn_risk),
+            ("topics.complaint_trends", &t.complaint_trends),
             ("topics.dead_letter", &t.dead_letter),
         ] {
             check(
@@ -685,6 +720,43 @@ impl RawConfig {
             "must be at most 2592000 (30 days)",
         )?;
         let risk = self.risk.validate(&self.churn)?;
+        let tr = &self.trends;
+        check(
+            (1..=1_440).contains(&tr.window_minutes) && 1_440 % tr.window_minutes == 0,
+            "trends.window_minutes",
+            "must divide a day (1 to 1440)",
+        )?;
+        for (field, v) in [
+            ("trends.baseline_weight", tr.baseline_weight),
+            ("trends.cusum_baseline_weight", tr.cusum_baseline_weight),
+        ] {
+            check(v > 0.0 && v <= 1.0, field, "must be above 0 and at most 1")?;
+        }
+        for (field, v) in [
+            ("trends.spike_z_score", tr.spike_z_score),
+            ("trends.cusum_slack", tr.cusum_slack),
+            ("trends.cusum_threshold", tr.cusum_threshold),
+        ] {
+            check(
+                v.is_finite() && v >= 0.0,
+                field,
+                "must be a number at least 0",
+            )?;
+        }
+        let mut categories = i.complaint_categories.clone();
+        if !categories.iter().any(|c| c == "other") {
+            categories.push("other".into());
+        }
+        let trends = TrendSettings {
+            window_ms: (tr.window_minutes * 60_000) as i64,
+            baseline_weight: tr.baseline_weight,
+            spike_z: tr.spike_z_score,
+            spike_min_count: tr.spike_min_count,
+            cusum_baseline_weight: tr.cusum_baseline_weight,
+            cusum_slack: tr.cusum_slack,
+            cusum_threshold: tr.cusum_threshold,
+            categories,
+        };
         let listen_address = self.http.listen_address.parse().map_err(|_| {
             anyhow::anyhow!(
                 "config field `http.listen_address` must be an address such as 127.0.0.1:9464, not {:?}",
@@ -716,6 +788,7 @@ impl RawConfig {
                 orders: self.topics.orders,
                 complaints: self.topics.complaints,
                 churn_risk: self.topics.churn_risk,
+                complaint_trends: self.topics.complaint_trends,
                 dead_letter: self.topics.dead_letter,
             },
             state_path: self.state.path,
@@ -726,6 +799,7 @@ impl RawConfig {
             shutdown_flush: std::time::Duration::from_secs(p.shutdown_flush_seconds),
             listen_address,
             risk,
+            trends,
             allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,
         })
     }

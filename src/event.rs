@@ -33,6 +33,17 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
     Registered {

@@ -20,3 +20,4 @@ pub mod replay;
 pub mod risk;
 pub mod store;
 pub mod telemetry;
+pub mod trends;

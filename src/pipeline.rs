@@ -38,11 +38,13 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         limits: config.limits,
         topics: OutputTopics {
             churn_risk: config.topics.churn_risk.clone(),
+            complaint_trends: config.topics.complaint_trends.clone(),
             dead_letter: config.topics.dead_letter.clone(),
         },
         partitions: config.partitions,
         cache_customers: config.cache_customers,
         risk: config.risk.clone(),
+        trends: config.trends.clone(),
         allowed_lateness_ms: config.allowed_lateness_ms,
     }
 }

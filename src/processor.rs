@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use crate::decode::{decode, Rejection, Rules};
-use crate::event::{Millis, Stream};
+use crate::event::{EventKind, Millis, Stream};
 use crate::fold::{CustomerState, FoldLimits, Outcome};
 use crate::risk::{assess_risk, next_check, RiskSettings};
 use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
+use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends};
 
 /// One input message, copied out of its source at the boundary.
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub struct InputRecord {
 #[derive(Debug, Clone)]
 pub struct OutputTopics {
     pub churn_risk: String,
+    pub complaint_trends: String,
     pub dead_letter: String,
 }
 
@@ -52,6 +54,12 @@ pub struct BatchReport {
     /// Churn-risk records published (tombstones excluded), and timers fired.
     pub risk_records: usize,
     pub timers_fired: usize,
+    /// Complaints opened, by `(category, severity)`.
+    pub complaints_opened: HashMap<(String, &'static str), u64>,
+    /// Complaint windows the batch closed, oldest first.
+    pub closed_windows: Vec<ClosedWindow>,
+    /// Open complaints per category after the batch, when the batch changed them.
+    pub open_complaints: Vec<(String, i64)>,
 }
 
 impl BatchReport {
@@ -72,6 +80,7 @@ pub struct ProcessorSettings {
     pub partitions: i32,
     pub cache_customers: usize,
     pub risk: RiskSettings,
+    pub trends: TrendSettings,
     /// How far behind a partition's newest event time its watermark trails.
     pub allowed_lateness_ms: Millis,
 }
@@ -82,6 +91,9 @@ pub struct Processor {
     cache: StateCache,
     /// The newest event time seen per state partition since start.
     newest: HashMap<i32, Millis>,
+    /// The complaint trends, loaded at first use; `dirty` when the batch changed them.
+    trends: Option<Trends>,
+    trends_dirty: bool,
 }
 
 impl Processor {
@@ -92,6 +104,8 @@ impl Processor {
             settings,
             cache,
             newest: HashMap::new(),
+            trends: None,
+            trends_dirty: false,
         }
     }
 
@@ -126,6 +140,7 @@ impl Processor {
                 .map(|((source, partition), next)| (source.to_owned(), partition, next))
                 .collect();
             report.offsets.clone_from(&commit.offsets);
+            self.close_windows(&mut commit, &mut report)?;
             self.commit(commit, &mut report)
         });
         let result = result.and_then(|()| self.fire_due_timers(&mut report));
@@ -133,9 +148,58 @@ impl Processor {
             Ok(()) => Ok(report),
             Err(e) => {
                 self.cache.clear();
+                self.trends = None;
+                self.trends_dirty = false;
                 Err(e)
             }
         }
+    }
+
+    fn trends(&mut self) -> Result<&mut Trends, StoreError> {
+        if self.trends.is_none() {
+            self.trends = Some(self.store.trends()?.unwrap_or_default());
+        }
+        Ok(self.trends.get_or_insert_with(Trends::default))
+    }
+
+    /// Closes the complaint windows the newest event time minus the allowed lateness has
+    /// passed, and puts their records and the changed trends into `commit`. The trend
+    /// watermark is the instance's, over all its partitions: one record per category and window.
+    fn close_windows(
+        &mut self,
+        commit: &mut Commit,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
+        let Some(newest) = self.newest.values().max().copied() else {
+            return Ok(());
+        };
+        let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
+        self.trends()?;
+        let settings = &self.settings.trends;
+        let Some(trends) = self.trends.as_mut() else {
+            return Ok(());
+        };
+        let closed = trends.close_until(watermark, settings);
+        if !closed.is_empty() || self.trends_dirty {
+            report.open_complaints = trends
+                .categories
+                .iter()
+                .map(|(c, t)| (c.clone(), t.open_backlog))
+                .collect();
+            commit.trends = Some(trends.clone());
+            self.trends_dirty = false;
+        }
+        for window in &closed {
+            let id = window.record_id();
+            commit.outbox.push(OutboxRecord {
+                topic: self.settings.topics.complaint_trends.clone(),
+                key: Some(window.category.clone().into_bytes()),
+                value: Some(window.record(&id)),
+                headers: vec![("record_id".into(), id.into_bytes())],
+            });
+        }
+        report.closed_windows.extend(closed);
+        Ok(())
     }
 
     /// Commits the cache's dirty customers, their timer changes and `commit`'s other contents.
@@ -248,6 +312,14 @@ impl Processor {
         });
         let newest = self.newest.entry(partition).or_insert(event.occurred_at);
         *newest = (*newest).max(event.occurred_at);
+        if matches!(
+            event.kind,
+            EventKind::ComplaintOpened { .. }
+                | EventKind::ComplaintResolved { .. }
+                | EventKind::Erased
+        ) {
+            self.trends()?;
+        }
         let entry = self
             .cache
             .entry(&self.store, partition, &event.customer_id)?;
@@ -261,7 +333,55 @@ impl Processor {
             reassess(customer, at, &id, None, &self.settings, commit);
             entry.dirty = true;
         }
+        // What the trends need from the state before the event: a resolved complaint's category
+        // and open time, an erased customer's open complaints.
+        let open_before: Vec<(String, Millis)> = match &event.kind {
+            EventKind::ComplaintResolved { complaint_id, .. } => customer
+                .state
+                .open_complaints
+                .iter()
+                .filter(|c| c.complaint_id == *complaint_id)
+                .map(|c| (c.category.clone(), c.opened_at))
+                .collect(),
+            EventKind::Erased => customer
+                .state
+                .open_complaints
+                .iter()
+                .map(|c| (c.category.clone(), c.opened_at))
+                .collect(),
+            _ => Vec::new(),
+        };
         let outcome = customer.state.apply(&event, &self.settings.limits);
+        let mut counted = Counted::InWindow;
+        if outcome != Outcome::Duplicate {
+            if let Some(trends) = self.trends.as_mut() {
+                let s = &self.settings.trends;
+                let t = event.occurred_at;
+                match &event.kind {
+                    EventKind::ComplaintOpened {
+                        category, severity, ..
+                    } => {
+                        counted = trends.opened(category, *severity, t, s);
+                        *report
+                            .complaints_opened
+                            .entry((category.clone(), severity.name()))
+                            .or_default() += 1;
+                    }
+                    EventKind::ComplaintResolved { .. } => {
+                        for (category, opened_at) in &open_before {
+                            counted = trends.resolved(category, *opened_at, t, s);
+                        }
+                    }
+                    EventKind::Erased => {
+                        for (category, _) in &open_before {
+                            trends.forget_open(category);
+                        }
+                    }
+                    _ => {}
+                }
+                self.trends_dirty = true;
+            }
+        }
         let label = match outcome {
             Outcome::Applied => {
                 entry.dirty = true;
@@ -280,7 +400,12 @@ impl Processor {
                     &self.settings,
                     commit,
                 );
-                "applied"
+                // Late for the complaint windows, applied to the customer all the same.
+                if counted == Counted::Late {
+                    "late"
+                } else {
+                    "applied"
+                }
             }
             Outcome::Duplicate => "duplicate",
             Outcome::Erased => {

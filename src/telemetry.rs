@@ -2,8 +2,8 @@
 //! per-batch reports; nothing on the hot path touches a metric per event.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::decode::Reason;
@@ -21,6 +21,11 @@ pub struct Telemetry {
     commits_failed: IntCounter,
     customers_written: IntCounter,
     timers_fired: IntCounter,
+    complaints_opened: IntCounterVec,
+    complaints_open: IntGaugeVec,
+    complaint_spike: IntGaugeVec,
+    complaint_z_score: GaugeVec,
+    complaint_windows: IntCounterVec,
     churn_risk_records: IntCounter,
     state_size: IntGauge,
     outbox_backlog: IntGauge,
@@ -77,6 +82,34 @@ impl Telemetry {
                 "Customer states written by commits.",
             ))
             .expect("valid metric"),
+            complaints_opened: IntCounterVec::new(
+                opts("complaints_opened_total", "Complaints opened, by category and severity."),
+                &["category", "severity"],
+            )
+            .expect("valid metric"),
+            complaints_open: IntGaugeVec::new(
+                opts("complaints_open", "Open complaints, by category."),
+                &["category"],
+            )
+            .expect("valid metric"),
+            complaint_spike: IntGaugeVec::new(
+                opts(
+                    "complaint_spike",
+                    "1 when the category's last closed window was a spike (z-score above the threshold and at least the minimum count), else 0.",
+                ),
+                &["category"],
+            )
+            .expect("valid metric"),
+            complaint_z_score: GaugeVec::new(
+                opts("complaint_z_score", "Poisson z-score of the category's last closed window against its baseline."),
+                &["category"],
+            )
+            .expect("valid metric"),
+            complaint_windows: IntCounterVec::new(
+                opts("complaint_windows_total", "Closed complaint windows, by category and whether they were a spike."),
+                &["category", "spike"],
+            )
+            .expect("valid metric"),
             timers_fired: IntCounter::with_opts(opts(
                 "timers_fired_total",
                 "Event-time timers fired to look at silent customers again.",
@@ -132,6 +165,11 @@ impl Telemetry {
             Box::new(t.commits_failed.clone()),
             Box::new(t.customers_written.clone()),
             Box::new(t.timers_fired.clone()),
+            Box::new(t.complaints_opened.clone()),
+            Box::new(t.complaints_open.clone()),
+            Box::new(t.complaint_spike.clone()),
+            Box::new(t.complaint_z_score.clone()),
+            Box::new(t.complaint_windows.clone()),
             Box::new(t.churn_risk_records.clone()),
             Box::new(t.state_size.clone()),
             Box::new(t.outbox_backlog.clone()),
@@ -169,6 +207,30 @@ impl Telemetry {
         self.customers_written
             .inc_by(report.customers_written as u64);
         self.timers_fired.inc_by(report.timers_fired as u64);
+        // Categories and severities come from closed sets (decode normalises them), so these
+        // labels are bounded.
+        for ((category, severity), n) in &report.complaints_opened {
+            self.complaints_opened
+                .with_label_values(&[category.as_str(), severity])
+                .inc_by(*n);
+        }
+        for (category, open) in &report.open_complaints {
+            self.complaints_open
+                .with_label_values(&[category.as_str()])
+                .set(*open);
+        }
+        for window in &report.closed_windows {
+            let category = window.category.as_str();
+            self.complaint_spike
+                .with_label_values(&[category])
+                .set(i64::from(window.spike));
+            self.complaint_z_score
+                .with_label_values(&[category])
+                .set(window.z_score);
+            self.complaint_windows
+                .with_label_values(&[category, if window.spike { "true" } else { "false" }])
+                .inc();
+        }
         self.churn_risk_records.inc_by(report.risk_records as u64);
     }
 

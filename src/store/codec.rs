@@ -4,6 +4,7 @@
 
 use crate::fold::CustomerState;
 use crate::risk::RiskMemo;
+use crate::trends::Trends;
 
 use super::{Customer, OutboxRecord};
 
@@ -13,6 +14,7 @@ const CUSTOMER_V1: u8 = 1;
 /// Postcard writes a tuple field after field, so a V2 body starts with a V1 body.
 const CUSTOMER_V2: u8 = 2;
 const OUTBOX_V1: u8 = 1;
+const TRENDS_V1: u8 = 1;
 
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
     encode(CUSTOMER_V2, &(&customer.state, &customer.risk))
@@ -27,6 +29,14 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
         _ => decode::<(CustomerState, RiskMemo)>(CUSTOMER_V2, bytes)
             .map(|(state, risk)| Customer { state, risk }),
     }
+}
+
+pub fn encode_trends(trends: &Trends) -> Vec<u8> {
+    encode(TRENDS_V1, trends)
+}
+
+pub fn decode_trends(bytes: &[u8]) -> Result<Trends, String> {
+    decode(TRENDS_V1, bytes)
 }
 
 pub fn encode_outbox(record: &OutboxRecord) -> Vec<u8> {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Millis;
 use crate::fold::CustomerState;
 use crate::risk::RiskMemo;
+use crate::trends::Trends;
 
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
@@ -97,6 +98,8 @@ pub struct Commit {
     pub timers_cleared: Vec<Timer>,
     /// `(partition, watermark)`: the event time up to which the partition's timers have fired.
     pub watermarks: Vec<(i32, Millis)>,
+    /// The complaint trends, when the batch changed them.
+    pub trends: Option<Trends>,
     /// `(source topic, partition, next offset to read)`.
     pub offsets: Vec<(String, i32, i64)>,
     pub outbox: Vec<OutboxRecord>,
@@ -107,6 +110,7 @@ const OFFSET: u8 = b'o';
 const OUTBOX: u8 = b'x';
 const TIMER: u8 = b't';
 const WATERMARK: u8 = b'w';
+const TRENDS: &[u8] = b"g/trends";
 
 fn timer_key(timer: &Timer) -> Vec<u8> {
     let mut key = timer_prefix(timer.partition);
@@ -288,6 +292,21 @@ impl Store {
         Ok(due)
     }
 
+    /// The complaint trends as of the last commit.
+    pub fn trends(&self) -> Result<Option<Trends>, StoreError> {
+        match self.backend.get(TRENDS)? {
+            None => Ok(None),
+            Some(bytes) => {
+                codec::decode_trends(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        key: "trends".into(),
+                        reason,
+                    })
+            }
+        }
+    }
+
     /// The event time up to which `partition`'s timers have fired.
     pub fn watermark(&self, partition: i32) -> Result<Option<Millis>, StoreError> {
         match self.backend.get(&watermark_key(partition))? {
@@ -322,6 +341,9 @@ impl Store {
                 watermark_key(*partition),
                 sortable(*watermark).to_vec(),
             ));
+        }
+        if let Some(trends) = &commit.trends {
+            ops.push(Op::Put(TRENDS.to_vec(), codec::encode_trends(trends)));
         }
         for (topic, partition, next) in &commit.offsets {
             ops.push(Op::Put(

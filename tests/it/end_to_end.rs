@@ -41,6 +41,7 @@ pub async fn create_all_topics(brokers: &str) {
             ("customer.orders", PARTITIONS, false),
             ("customer.complaints", PARTITIONS, false),
             ("customer.churn-risk", PARTITIONS, true),
+            ("customer.complaint-trends", PARTITIONS, true),
             ("customer.events.dlq", 1, false),
         ],
     )

@@ -10,3 +10,4 @@ mod replay;
 mod risk;
 mod scenario;
 mod support;
+mod trends;

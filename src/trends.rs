@@ -1,0 +1,414 @@
+//! Complaint trends: event-time tumbling windows per category, closed as the watermark passes
+//! them, each closed window compared with its category's baseline (EWMA), a Poisson z-score and
+//! a CUSUM (DOMAIN.md, Complaint trend and spikes). Pure: must not know about Kafka, RocksDB,
+//! Prometheus or the wall clock; the caller persists [`Trends`] with each commit.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{format_millis, Millis, Severity};
+
+/// From configuration.
+#[derive(Debug, Clone)]
+pub struct TrendSettings {
+    pub window_ms: Millis,
+    /// EWMA weight of the newest window in the baseline.
+    pub baseline_weight: f64,
+    pub spike_z: f64,
+    pub spike_min_count: u32,
+    /// EWMA weight of the CUSUM's own, slow baseline (the in-control level): a baseline that
+    /// followed the counts as fast as the z-score's would absorb the rise CUSUM is there to see.
+    pub cusum_baseline_weight: f64,
+    /// CUSUM reference k = slow baseline + slack * sqrt(slow baseline).
+    pub cusum_slack: f64,
+    /// CUSUM signals when S > threshold * sqrt(slow baseline).
+    pub cusum_threshold: f64,
+    /// The closed set of categories, `other` included.
+    pub categories: Vec<String>,
+}
+
+/// Counts of one category in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub opened: u32,
+    pub resolved: u32,
+    /// Opened, by severity: low, medium, high, critical.
+    pub by_severity: [u32; 4],
+    /// Resolution times in log buckets: `(bucket, count)`, bucket = ceil(log_g(seconds)).
+    pub resolution: Vec<(i16, u32)>,
+}
+
+/// A category's running state between windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CategoryTrend {
+    pub open_backlog: i64,
+    pub baseline: Option<f64>,
+    pub slow_baseline: Option<f64>,
+    pub cusum: f64,
+}
+
+/// Everything the trends keep: small (categories x windows within the allowed lateness), so
+/// it is stored as one value, written with the batch that changed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trends {
+    pub categories: BTreeMap<String, CategoryTrend>,
+    /// Open windows by `(start, category)`.
+    pub windows: BTreeMap<(Millis, String), Window>,
+    /// Windows starting before this are closed and emitted; `None` before the first complaint.
+    pub closed_before: Option<Millis>,
+}
+
+/// A closed window, as `customer.complaint-trends` carries it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClosedWindow {
+    pub window_start: Millis,
+    pub window_end: Millis,
+    pub category: String,
+    pub opened: u32,
+    pub resolved: u32,
+    pub open_backlog: i64,
+    pub by_severity: [u32; 4],
+    pub resolution_p50_seconds: Option<f64>,
+    pub resolution_p90_seconds: Option<f64>,
+    pub baseline: f64,
+    pub z_score: f64,
+    pub spike: bool,
+    pub cusum: f64,
+    pub cusum_signal: bool,
+}
+
+/// Whether an observation reached an open window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    InWindow,
+    /// Its window was already emitted: counted as late, never reopened.
+    Late,
+}
+
+/// Relative accuracy of the resolution-time buckets (DDSketch's layout, 5%).
+const GAMMA: f64 = 1.05 / 0.95;
+
+fn bucket(seconds: f64) -> i16 {
+    (seconds.max(1.0).ln() / GAMMA.ln()).ceil() as i16
+}
+
+fn bucket_value(bucket: i16) -> f64 {
+    // The middle of (g^(i-1), g^i], which is within 5% of every value in it.
+    2.0 * GAMMA.powi(i32::from(bucket)) / (GAMMA + 1.0)
+}
+
+fn severity_index(severity: Severity) -> usize {
+    match severity {
+        Severity::Low => 0,
+        Severity::Medium => 1,
+        Severity::High => 2,
+        Severity::Critical => 3,
+    }
+}
+
+impl Window {
+    fn add_resolution(&mut self, seconds: f64) {
+        let b = bucket(seconds);
+        match self.resolution.binary_search_by_key(&b, |(k, _)| *k) {
+            Ok(i) => self.resolution[i].1 += 1,
+            Err(i) => self.resolution.insert(i, (b, 1)),
+        }
+    }
+
+    /// The `q` quantile of the resolution times (nearest rank), within 5%.
+    pub fn resolution_quantile(&self, q: f64) -> Option<f64> {
+        let total: u32 = self.resolution.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * f64::from(total)).ceil() as u32).max(1);
+        let mut seen = 0;
+        for (b, n) in &self.resolution {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_value(*b));
+            }
+        }
+        None
+    }
+}
+
+impl Trends {
+    fn window_start(at: Millis, s: &TrendSettings) -> Millis {
+        at.div_euclid(s.window_ms) * s.window_ms
+    }
+
+    fn window(&mut self, at: Millis, category: &str, s: &TrendSettings) -> Option<&mut Window> {
+        let start = Self::window_start(at, s);
+        if self.closed_before.is_some_and(|c| start < c) {
+            return None;
+        }
+        Some(
+            self.windows
+                .entry((start, category.to_owned()))
+                .or_default(),
+        )
+    }
+
+    /// A complaint opened at `at`. The backlog counts it whether or not its window is open.
+    pub fn opened(
+        &mut self,
+        category: &str,
+        severity: Severity,
+        at: Millis,
+        s: &TrendSettings,
+    ) -> Counted {
+        self.categories
+            .entry(category.to_owned())
+            .or_default()
+            .open_backlog += 1;
+        match self.window(at, category, s) {
+            Some(w) => {
+                w.opened += 1;
+                w.by_severity[severity_index(severity)] += 1;
+                Counted::InWindow
+            }
+            None => Counted::Late,
+        }
+    }
+
+    /// A complaint of `category` opened at `opened_at` resolved at `at`.
+    pub fn resolved(
+        &mut self,
+        category: &str,
+        opened_at: Millis,
+        at: Millis,
+        s: &TrendSettings,
+    ) -> Counted {
+        self.categories
+            .entry(category.to_owned())
+            .or_default()
+            .open_backlog -= 1;
+        match self.window(at, category, s) {
+            Some(w) => {
+                w.resolved += 1;
+                w.add_resolution((at - opened_at).max(0) as f64 / 1000.0);
+                Counted::InWindow
+            }
+            None => Counted::Late,
+        }
+    }
+
+    /// An erased customer's open complaint leaves the backlog without being resolved.
+    pub fn forget_open(&mut self, category: &str) {
+        if let Some(trend) = self.categories.get_mut(category) {
+            trend.open_backlog -= 1;
+        }
+    }
+
+    /// Closes every window that ends at or before `watermark`, for every configured category
+    /// (an hour without complaints is a window too: it lowers the baseline), oldest first.
+    pub fn close_until(&mut self, watermark: Millis, s: &TrendSettings) -> Vec<ClosedWindow> {
+        let first_open = match (self.closed_before, self.windows.keys().next()) {
+            (Some(c), _) => c,
+            (None, Some((start, _))) => *start,
+            (None, None) => return Vec::new(),
+        };
+        let mut closed = Vec::new();
+        let mut start = first_open;
+        while start + s.window_ms <= watermark {
+            for category in &s.categories {
+                let window = self
+                    .windows
+                    .remove(&(start, category.clone()))
+                    .unwrap_or_default();
+                let trend = self.categories.entry(category.clone()).or_default();
+                closed.push(close(start, category, &window, trend, s));
+            }
+            start += s.window_ms;
+            self.closed_before = Some(start);
+        }
+        closed
+    }
+}
+
+/// Compares a closed window with its category's baseline and moves the baseline on.
+fn close(
+    start: Millis,
+    category: &str,
+    window: &Window,
+    trend: &mut CategoryTrend,
+    s: &TrendSettings,
+) -> ClosedWindow {
+    let count = f64::from(window.opened);
+    // The first window of a category is its own baseline. A baseline below 0.25 complaints per
+    // window is taken as 0.25, so that a quiet category's first complaint is not an infinite z.
+    let baseline = trend.baseline.unwrap_or(count);
+    let sigma = baseline.max(0.25).sqrt();
+    let z_score = (count - baseline) / sigma;
+    let spike = z_score > s.spike_z && window.opened >= s.spike_min_count;
+    let slow = trend.slow_baseline.unwrap_or(count);
+    let slow_sigma = slow.max(0.25).sqrt();
+    trend.cusum = (trend.cusum + count - (slow + s.cusum_slack * slow_sigma)).max(0.0);
+    let cusum_signal = trend.cusum > s.cusum_threshold * slow_sigma;
+    trend.baseline = Some(s.baseline_weight * count + (1.0 - s.baseline_weight) * baseline);
+    trend.slow_baseline =
+        Some(s.cusum_baseline_weight * count + (1.0 - s.cusum_baseline_weight) * slow);
+    ClosedWindow {
+        window_start: start,
+        window_end: start + s.window_ms,
+        category: category.to_owned(),
+        opened: window.opened,
+        resolved: window.resolved,
+        open_backlog: trend.open_backlog,
+        by_severity: window.by_severity,
+        resolution_p50_seconds: window.resolution_quantile(0.5),
+        resolution_p90_seconds: window.resolution_quantile(0.9),
+        baseline,
+        z_score,
+        spike,
+        cusum: trend.cusum,
+        cusum_signal,
+    }
+}
+
+impl ClosedWindow {
+    /// The `customer.complaint-trends` value.
+    pub fn record(&self, record_id: &str) -> Vec<u8> {
+        let [low, medium, high, critical] = self.by_severity;
+        serde_json::json!({
+            "record_id": record_id,
+            "window_start": format_millis(self.window_start),
+            "window_end": format_millis(self.window_end),
+            "category": self.category,
+            "opened": self.opened,
+            "resolved": self.resolved,
+            "open_backlog": self.open_backlog,
+            "by_severity": {"low": low, "medium": medium, "high": high, "critical": critical},
+            "resolution_seconds": {
+                "p50": self.resolution_p50_seconds.map(|v| v.round()),
+                "p90": self.resolution_p90_seconds.map(|v| v.round()),
+            },
+            "baseline": (self.baseline * 1e4).round() / 1e4,
+            "z_score": (self.z_score * 1e4).round() / 1e4,
+            "spike": self.spike,
+            "cusum": (self.cusum * 1e4).round() / 1e4,
+            "cusum_signal": self.cusum_signal,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Stable across replays: one record per category and window.
+    pub fn record_id(&self) -> String {
+        format!("trend-{}-{}", self.category, self.window_start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Millis = 3_600_000;
+
+    fn settings() -> TrendSettings {
+        TrendSettings {
+            window_ms: HOUR,
+            baseline_weight: 0.2,
+            spike_z: 3.0,
+            spike_min_count: 5,
+            cusum_baseline_weight: 0.02,
+            cusum_slack: 0.5,
+            cusum_threshold: 4.0,
+            categories: vec!["billing".into(), "delivery".into()],
+        }
+    }
+
+    #[test]
+    fn a_burst_over_a_steady_baseline_is_a_spike_and_a_quiet_category_is_not() {
+        let s = settings();
+        let mut t = Trends::default();
+        // Two billing complaints an hour for ten hours, then twelve in one hour.
+        for h in 0..10 {
+            for i in 0..2 {
+                t.opened("billing", Severity::Low, h * HOUR + i * 60_000, &s);
+            }
+        }
+        for i in 0..12 {
+            t.opened("billing", Severity::High, 10 * HOUR + i * 60_000, &s);
+        }
+        t.opened("delivery", Severity::Low, 10 * HOUR, &s);
+        let closed = t.close_until(11 * HOUR, &s);
+        assert_eq!(
+            closed.len(),
+            22,
+            "11 hours x 2 categories, empty hours included"
+        );
+        let burst = closed
+            .iter()
+            .find(|w| w.category == "billing" && w.window_start == 10 * HOUR)
+            .unwrap();
+        assert!((burst.baseline - 2.0).abs() < 1e-9);
+        assert!((burst.z_score - 10.0 / 2f64.sqrt()).abs() < 1e-9);
+        assert!(burst.spike);
+        assert_eq!(burst.by_severity, [0, 0, 12, 0]);
+        let quiet = closed
+            .iter()
+            .find(|w| w.category == "delivery" && w.window_start == 10 * HOUR)
+            .unwrap();
+        assert!(!quiet.spike, "one complaint is below the minimum count");
+        assert!(closed
+            .iter()
+            .filter(|w| w.window_start < 10 * HOUR)
+            .all(|w| !w.spike));
+    }
+
+    #[test]
+    fn a_late_complaint_is_counted_late_and_never_reopens_a_window() {
+        let s = settings();
+        let mut t = Trends::default();
+        t.opened("billing", Severity::Low, 0, &s);
+        assert_eq!(t.close_until(2 * HOUR, &s).len(), 4);
+        assert_eq!(
+            t.opened("billing", Severity::Low, 30 * 60_000, &s),
+            Counted::Late
+        );
+        assert_eq!(t.categories["billing"].open_backlog, 2);
+        assert!(t.windows.is_empty());
+        assert_eq!(
+            t.opened("billing", Severity::Low, 2 * HOUR, &s),
+            Counted::InWindow
+        );
+    }
+
+    #[test]
+    fn resolution_quantiles_are_within_five_percent() {
+        let s = settings();
+        let mut t = Trends::default();
+        let at = 3 * HOUR + 20 * 60_000;
+        for minutes in 1..=100 {
+            t.resolved("billing", at - minutes * 60_000, at, &s);
+        }
+        let w = &t.windows[&(3 * HOUR, "billing".to_owned())];
+        let p50 = w.resolution_quantile(0.5).unwrap();
+        let p90 = w.resolution_quantile(0.9).unwrap();
+        assert!((p50 / 3_000.0 - 1.0).abs() <= 0.05, "{p50}");
+        assert!((p90 / 5_400.0 - 1.0).abs() <= 0.05, "{p90}");
+    }
+
+    #[test]
+    fn cusum_catches_a_small_persistent_rise() {
+        let s = settings();
+        let mut t = Trends::default();
+        // Four an hour for a day, then six an hour: never a z-score spike, but CUSUM signals.
+        let mut at = 0;
+        for h in 0..48 {
+            let n = if h < 24 { 4 } else { 6 };
+            for _ in 0..n {
+                t.opened("billing", Severity::Low, h * HOUR + at % HOUR, &s);
+                at += 60_000;
+            }
+        }
+        let closed = t.close_until(48 * HOUR, &s);
+        let billing: Vec<_> = closed.iter().filter(|w| w.category == "billing").collect();
+        assert!(billing.iter().all(|w| !w.spike));
+        assert!(billing[..24].iter().all(|w| !w.cusum_signal));
+        assert!(billing[24..].iter().any(|w| w.cusum_signal));
+    }
+}

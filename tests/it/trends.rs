@@ -1,0 +1,164 @@
+//! Complaint trends through the processor: a spike raises the flag in its window only, and the
+//! emitted counts equal a batch recomputation over the same events written here from the JSON.
+
+use std::collections::{BTreeMap, HashSet};
+
+use customer_pulse::event::format_millis;
+use customer_pulse::processor::Processor;
+use customer_pulse::store::Store;
+use serde_json::Value;
+
+use crate::catalogue::NOW_MS;
+use crate::support::{file_record, settings};
+
+const HOUR: i64 = 3_600_000;
+/// 2026-04-01T00:00:00Z.
+const START: i64 = 1_775_001_600_000;
+
+fn complaint(n: usize, at: i64, category: &str) -> String {
+    format!(
+        r#"{{"event_id":"k{n}","customer_id":"c{}","type":"complaint.opened","occurred_at":"{}","complaint_id":"k{n}","category":"{category}","severity":"high"}}"#,
+        n % 37,
+        format_millis(at)
+    )
+}
+
+/// Runs the events in batches of `batch` and returns the complaint-trends values in order.
+fn trend_records(events: &[String], batch: usize) -> Vec<Value> {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(1_000));
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| file_record(i as i64, json))
+        .collect();
+    for chunk in records.chunks(batch) {
+        processor.process(chunk, NOW_MS).unwrap();
+    }
+    store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.complaint-trends")
+        .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_burst_in_one_category_raises_the_spike_flag_in_its_window_only() {
+    let mut events = Vec::new();
+    let mut n = 0;
+    // Two billing complaints an hour for ten hours, then twelve in the eleventh hour.
+    for hour in 0..11 {
+        let count = if hour == 10 { 12 } else { 2 };
+        for i in 0..count {
+            events.push(complaint(n, START + hour * HOUR + i * 60_000, "Billing"));
+            n += 1;
+        }
+    }
+    // A delivery complaint two hours later moves the watermark (allowed lateness 1 h) past the
+    // burst's window.
+    events.push(complaint(n, START + 13 * HOUR, "delivery"));
+    let records = trend_records(&events, 7);
+    let spikes: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["spike"] == true)
+        .map(|r| {
+            (
+                r["category"].as_str().unwrap(),
+                r["window_start"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let burst_start = format_millis(START + 10 * HOUR);
+    assert_eq!(spikes, [("billing", burst_start.as_str())]);
+    let burst = records
+        .iter()
+        .find(|r| r["category"] == "billing" && r["window_start"] == burst_start.as_str())
+        .unwrap();
+    assert_eq!(burst["opened"], 12);
+    assert_eq!(burst["by_severity"]["high"], 12);
+    assert_eq!(burst["baseline"], 2.0, "ten steady hours of two");
+    assert!((burst["z_score"].as_f64().unwrap() - 10.0 / 2f64.sqrt()).abs() < 1e-3);
+    assert_eq!(burst["open_backlog"], 32);
+    // Every configured category gets every closed hour, complaints or not.
+    let windows: HashSet<&str> = records
+        .iter()
+        .map(|r| r["window_start"].as_str().unwrap())
+        .collect();
+    assert_eq!(windows.len(), 12, "hours 0 to 11 are closed");
+    assert_eq!(records.len(), 12 * 3, "billing, delivery, other");
+}
+
+#[test]
+fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
+    let generated = customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
+        customers: 300,
+        events: 20_000,
+        seed: 9,
+        start_ms: START,
+        step_ms: 30_000,
+    });
+    let values: Vec<Value> = generated.iter().map(|g| g.value.clone()).collect();
+    let mut events: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    // Redelivered events must not count twice.
+    events.extend(values[..500].iter().map(|v| v.to_string()));
+    let records = trend_records(&events, 900);
+
+    // The batch side: distinct complaint.opened ids per normalised category and hour.
+    let known = ["billing", "delivery"];
+    let mut seen = HashSet::new();
+    let mut batch: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for v in &values {
+        if v["type"] != "complaint.opened" || !seen.insert(v["event_id"].as_str().unwrap()) {
+            continue;
+        }
+        let raw = v["category"].as_str().unwrap().trim().to_lowercase();
+        let category = if known.contains(&raw.as_str()) {
+            raw
+        } else {
+            "other".to_owned()
+        };
+        let t = customer_pulse::event::parse_millis(v["occurred_at"].as_str().unwrap()).unwrap();
+        let hour = format_millis(t.div_euclid(HOUR) * HOUR);
+        *batch.entry((category, hour)).or_default() += 1;
+    }
+    assert!(
+        batch.values().sum::<u64>() > 100,
+        "the traffic has complaints"
+    );
+
+    let last_closed = records
+        .iter()
+        .map(|r| r["window_end"].as_str().unwrap().to_owned())
+        .max()
+        .unwrap();
+    let mut stream: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for r in &records {
+        let key = (
+            r["category"].as_str().unwrap().to_owned(),
+            r["window_start"].as_str().unwrap().to_owned(),
+        );
+        assert!(
+            stream
+                .insert(key.clone(), r["opened"].as_u64().unwrap())
+                .is_none(),
+            "{key:?}: one record per category and window"
+        );
+    }
+    // Every hour the stream closed agrees with the batch, empty hours included.
+    for ((category, hour), count) in &stream {
+        let want = batch
+            .get(&(category.clone(), hour.clone()))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(*count, want, "{category} {hour}");
+    }
+    // And every batch hour before the last closed window was emitted.
+    for ((category, hour), count) in &batch {
+        if *hour < last_closed {
+            assert_eq!(stream.get(&(category.clone(), hour.clone())), Some(count));
+        }
+    }
+}
