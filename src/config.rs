@@ -53,14 +53,15 @@ pub struct RawTrends {
 
 impl Default for RawTrends {
     fn default() -> Self {
+        let d = TrendSettings::defaults(&[]);
         RawTrends {
-            window_minutes: 60,
-            baseline_weight: 0.2,
-            spike_z_score: 3.0,
-            spike_min_count: 5,
-            cusum_baseline_weight: 0.02,
-            cusum_slack: 0.5,
-            cusum_threshold: 4.0,
+            window_minutes: (d.window_ms / 60_000) as u64,
+            baseline_weight: d.baseline_weight,
+            spike_z_score: d.spike_z,
+            spike_min_count: d.spike_min_count,
+            cusum_baseline_weight: d.cusum_baseline_weight,
+            cusum_slack: d.cusum_slack,
+            cusum_threshold: d.cusum_threshold,
         }
     }
 }
@@ -422,6 +423,11 @@ pub struct RawProcessing {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHttp {
     pub listen_address: String,
+    /// Turns on `GET /customers/{id}` (personal data) behind this bearer token. Prefer
+    /// `customer_lookup_token_file` or the environment variable to writing it here.
+    pub customer_lookup_token: Option<String>,
+    /// A file whose first line is the token (e.g. a mounted Kubernetes Secret).
+    pub customer_lookup_token_file: Option<PathBuf>,
 }
 
 fn default_group_id() -> String {
@@ -503,7 +509,35 @@ impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             listen_address: "127.0.0.1:9464".into(),
+            customer_lookup_token: None,
+            customer_lookup_token_file: None,
         }
+    }
+}
+
+/// A secret from the configuration: never printed, compared in constant time.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Whether `offered` equals the secret. Every byte is compared whatever the first
+    /// difference, so the time taken does not tell how much of a guess was right.
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        if offered.len() != secret.len() {
+            return false;
+        }
+        let difference = secret
+            .iter()
+            .zip(offered)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -532,6 +566,8 @@ pub struct Config {
     pub max_batch_wait: std::time::Duration,
     pub shutdown_flush: std::time::Duration,
     pub listen_address: std::net::SocketAddr,
+    /// `None`: `GET /customers/{id}` is off.
+    pub customer_lookup_token: Option<Secret>,
     pub risk: RiskSettings,
     pub trends: TrendSettings,
     pub allowed_lateness_ms: i64,
@@ -743,10 +779,7 @@ impl RawConfig {
                 "must be a number at least 0",
             )?;
         }
-        let mut categories = i.complaint_categories.clone();
-        if !categories.iter().any(|c| c == "other") {
-            categories.push("other".into());
-        }
+        let categories: Vec<&str> = i.complaint_categories.iter().map(String::as_str).collect();
         let trends = TrendSettings {
             window_ms: (tr.window_minutes * 60_000) as i64,
             baseline_weight: tr.baseline_weight,
@@ -755,8 +788,38 @@ impl RawConfig {
             cusum_baseline_weight: tr.cusum_baseline_weight,
             cusum_slack: tr.cusum_slack,
             cusum_threshold: tr.cusum_threshold,
-            categories,
+            ..TrendSettings::defaults(&categories)
         };
+        let customer_lookup_token = match (
+            &self.http.customer_lookup_token,
+            &self.http.customer_lookup_token_file,
+        ) {
+            (Some(_), Some(_)) => bail!(
+                "config fields `http.customer_lookup_token` and `http.customer_lookup_token_file` exclude each other"
+            ),
+            (Some(token), None) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| {
+                        format!(
+                            "config field `http.customer_lookup_token_file`: cannot read {}",
+                            path.display()
+                        )
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(token) = &customer_lookup_token {
+            check(
+                token.len() >= 16 && token.is_ascii() && !token.contains(char::is_whitespace),
+                "http.customer_lookup_token",
+                "must be at least 16 printable ASCII characters without spaces",
+            )?;
+        }
         let listen_address = self.http.listen_address.parse().map_err(|_| {
             anyhow::anyhow!(
                 "config field `http.listen_address` must be an address such as 127.0.0.1:9464, not {:?}",
@@ -798,6 +861,7 @@ impl RawConfig {
             max_batch_wait: std::time::Duration::from_millis(p.max_batch_wait_milliseconds),
             shutdown_flush: std::time::Duration::from_secs(p.shutdown_flush_seconds),
             listen_address,
+            customer_lookup_token: customer_lookup_token.map(Secret),
             risk,
             trends,
             allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,

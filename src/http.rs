@@ -1,5 +1,6 @@
 //! HTTP endpoints of CONTRACT section 4: metrics, liveness, readiness and one customer's state.
-//! Must not know about Kafka or how state is folded: it reads the committed store.
+//! Must not know about Kafka or how state is folded: it reads the committed store. The customer
+//! lookup serves personal data, so it is off unless a bearer token is configured.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Secret;
 use crate::processor::partition_for;
 use crate::risk::{assess, RiskSettings};
 use crate::store::Store;
@@ -21,6 +23,8 @@ pub struct HttpState {
     pub telemetry: Arc<Telemetry>,
     pub partitions: i32,
     pub risk: Arc<RiskSettings>,
+    /// `None`: the customer lookup is off.
+    pub customer_token: Option<Arc<Secret>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -59,7 +63,34 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn customer(State(state): State<HttpState>, Path(customer_id): Path<String>) -> Response {
+/// Whether the request may read personal data: `Authorization: Bearer <token>`.
+fn authorised(token: &Secret, headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|offered| token.matches(offered))
+}
+
+async fn customer(
+    State(state): State<HttpState>,
+    Path(customer_id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Some(token) = &state.customer_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            "customer lookup is off (set http.customer_lookup_token to turn it on)\n",
+        )
+            .into_response();
+    };
+    if !authorised(token, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response();
+    }
     let store = state.store.clone();
     let partitions = state.partitions;
     let risk = state.risk.clone();
@@ -80,13 +111,7 @@ async fn customer(State(state): State<HttpState>, Path(customer_id): Path<String
         Ok(Ok(Some((partition, customer)))) => {
             // The risk as of the customer's newest event; `last_published` is what
             // `customer.churn-risk` carries, `next_check_at` the pending timer.
-            let as_of = customer
-                .risk
-                .last
-                .as_ref()
-                .map_or(customer.state.last_event_at, |p| {
-                    p.as_of.max(customer.state.last_event_at)
-                });
+            let as_of = customer.risk.as_of(&customer.state);
             let body = serde_json::json!({
                 "partition": partition,
                 "state": customer.state,

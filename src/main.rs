@@ -350,8 +350,13 @@ async fn demo(customers: u64, events: u64, serve_seconds: u64) -> anyhow::Result
         .map(|g| g.customer_id.clone())
         .unwrap_or_default();
     println!("Metrics:   http://{}/metrics", config.listen_address);
+    let token = match &config.customer_lookup_token {
+        Some(t) if t.matches(b"demo-token-not-a-secret") => "demo-token-not-a-secret",
+        Some(_) => "<your token>",
+        None => "<set http.customer_lookup_token>",
+    };
     println!(
-        "Customer:  http://{}/customers/{example}",
+        "Customer:  curl -H 'Authorization: Bearer {token}' http://{}/customers/{example}",
         config.listen_address
     );
     println!("Serving for {serve_seconds} s; Ctrl-C stops.");
@@ -369,6 +374,7 @@ async fn demo(customers: u64, events: u64, serve_seconds: u64) -> anyhow::Result
             telemetry,
             partitions: config.partitions,
             risk: Arc::new(config.risk.clone()),
+            customer_token: config.customer_lookup_token.clone().map(Arc::new),
         },
         shutdown,
     )

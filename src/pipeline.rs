@@ -94,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             telemetry: telemetry.clone(),
             partitions: config.partitions,
             risk: Arc::new(config.risk.clone()),
+            customer_token: config.customer_lookup_token.clone().map(Arc::new),
         },
         http_stop.clone(),
     ));

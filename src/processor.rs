@@ -385,13 +385,7 @@ impl Processor {
         let label = match outcome {
             Outcome::Applied => {
                 entry.dirty = true;
-                let as_of = customer
-                    .risk
-                    .last
-                    .as_ref()
-                    .map_or(customer.state.last_event_at, |p| {
-                        p.as_of.max(customer.state.last_event_at)
-                    });
+                let as_of = customer.risk.as_of(&customer.state);
                 reassess(
                     customer,
                     as_of,

@@ -218,6 +218,16 @@ pub struct RiskMemo {
     pub timer_at: Option<Millis>,
 }
 
+impl RiskMemo {
+    /// The event time to assess a customer at now: its newest event, or a later timer that
+    /// already published.
+    pub fn as_of(&self, state: &CustomerState) -> Millis {
+        self.last
+            .as_ref()
+            .map_or(state.last_event_at, |p| p.as_of.max(state.last_event_at))
+    }
+}
+
 /// The part of a published record that decides whether the next one is worth publishing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Published {

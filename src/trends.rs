@@ -28,6 +28,27 @@ pub struct TrendSettings {
     pub categories: Vec<String>,
 }
 
+impl TrendSettings {
+    /// The documented defaults (hourly windows, EWMA 0.2, spike at z > 3 with at least 5,
+    /// CUSUM 0.02 / 0.5 / 4) over `categories`, to which `other` is added.
+    pub fn defaults(categories: &[&str]) -> TrendSettings {
+        let mut categories: Vec<String> = categories.iter().map(|c| (*c).to_owned()).collect();
+        if !categories.iter().any(|c| c == "other") {
+            categories.push("other".into());
+        }
+        TrendSettings {
+            window_ms: 3_600_000,
+            baseline_weight: 0.2,
+            spike_z: 3.0,
+            spike_min_count: 5,
+            cusum_baseline_weight: 0.02,
+            cusum_slack: 0.5,
+            cusum_threshold: 4.0,
+            categories,
+        }
+    }
+}
+
 /// Counts of one category in one window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
@@ -308,16 +329,7 @@ mod tests {
     const HOUR: Millis = 3_600_000;
 
     fn settings() -> TrendSettings {
-        TrendSettings {
-            window_ms: HOUR,
-            baseline_weight: 0.2,
-            spike_z: 3.0,
-            spike_min_count: 5,
-            cusum_baseline_weight: 0.02,
-            cusum_slack: 0.5,
-            cusum_threshold: 4.0,
-            categories: vec!["billing".into(), "delivery".into()],
-        }
+        TrendSettings::defaults(&["billing", "delivery"])
     }
 
     #[test]
@@ -337,8 +349,8 @@ mod tests {
         let closed = t.close_until(11 * HOUR, &s);
         assert_eq!(
             closed.len(),
-            22,
-            "11 hours x 2 categories, empty hours included"
+            33,
+            "11 hours x 3 categories (other included), empty hours too"
         );
         let burst = closed
             .iter()
@@ -364,7 +376,11 @@ mod tests {
         let s = settings();
         let mut t = Trends::default();
         t.opened("billing", Severity::Low, 0, &s);
-        assert_eq!(t.close_until(2 * HOUR, &s).len(), 4);
+        assert_eq!(
+            t.close_until(2 * HOUR, &s).len(),
+            6,
+            "2 hours x 3 categories"
+        );
         assert_eq!(
             t.opened("billing", Severity::Low, 30 * 60_000, &s),
             Counted::Late

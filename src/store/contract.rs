@@ -210,16 +210,7 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
 fn trends_round_trip_and_stay_until_replaced() {
     use crate::event::Severity;
     use crate::trends::{TrendSettings, Trends};
-    let settings = TrendSettings {
-        window_ms: 3_600_000,
-        baseline_weight: 0.2,
-        spike_z: 3.0,
-        spike_min_count: 5,
-        cusum_baseline_weight: 0.02,
-        cusum_slack: 0.5,
-        cusum_threshold: 4.0,
-        categories: vec!["billing".into()],
-    };
+    let settings = TrendSettings::defaults(&["billing"]);
     for (name, store, _dir) in backends() {
         assert_eq!(store.trends().unwrap(), None, "{name}");
         let mut trends = Trends::default();

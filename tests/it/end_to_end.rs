@@ -20,6 +20,8 @@ use crate::catalogue::catalogue;
 use crate::support::{expected_totals, file_record, totals_of};
 
 pub const PARTITIONS: i32 = 4;
+/// The bearer token the tests configure for `/customers/{id}`.
+pub const TOKEN: &str = "test-token-0123456789";
 
 pub fn config_text(brokers: &str, state: &std::path::Path, http_port: u16) -> String {
     format!(
@@ -28,7 +30,8 @@ pub fn config_text(brokers: &str, state: &std::path::Path, http_port: u16) -> St
          complaint_categories = [\"billing\", \"delivery\"]\ncancellation_reasons = [\"price\"]\n\
          [state]\npath = \"{}\"\ncache_customers = 500\n\
          [processing]\nmax_batch_events = 500\nmax_batch_wait_milliseconds = 20\n\
-         [http]\nlisten_address = \"127.0.0.1:{http_port}\"\n",
+         [http]\nlisten_address = \"127.0.0.1:{http_port}\"\n\
+         customer_lookup_token = \"{TOKEN}\"\n",
         state.display()
     )
 }
@@ -60,7 +63,13 @@ pub fn traffic(events: u64, seed: u64) -> Vec<Generated> {
 }
 
 /// A plain HTTP/1.1 GET on loopback: the status code and the body.
+/// GET with the test bearer token.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, &format!("Authorization: Bearer {TOKEN}\r\n"))
+}
+
+/// GET with extra header lines (each ending in CRLF).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
@@ -68,7 +77,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
     )
     .ok()?;
     let mut response = String::new();

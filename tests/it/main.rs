@@ -6,6 +6,7 @@ mod catalogue;
 mod crash;
 mod end_to_end;
 mod kafka_smoke;
+mod privacy;
 mod replay;
 mod risk;
 mod scenario;

@@ -29,16 +29,7 @@ pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> Proc
         partitions,
         cache_customers,
         risk: customer_pulse::risk::RiskSettings::default(),
-        trends: customer_pulse::trends::TrendSettings {
-            window_ms: 3_600_000,
-            baseline_weight: 0.2,
-            spike_z: 3.0,
-            spike_min_count: 5,
-            cusum_baseline_weight: 0.02,
-            cusum_slack: 0.5,
-            cusum_threshold: 4.0,
-            categories: ["billing", "delivery", "other"].map(String::from).to_vec(),
-        },
+        trends: customer_pulse::trends::TrendSettings::defaults(&["billing", "delivery"]),
         allowed_lateness_ms: 3_600_000,
     }
 }

@@ -1,0 +1,120 @@
+//! `/customers/{id}` serves personal data: off unless a token is configured, then only with the
+//! bearer token; the operational endpoints stay open either way.
+
+use std::sync::Arc;
+
+use customer_pulse::config::Config;
+use customer_pulse::fold::CustomerState;
+use customer_pulse::http::{serve, HttpState};
+use customer_pulse::processor::partition_for;
+use customer_pulse::store::{Commit, Store};
+use customer_pulse::telemetry::Telemetry;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::free_port;
+use crate::end_to_end::{http_get_with, TOKEN};
+
+/// Serves a store holding customer `ann` with the given `[http]` extra lines; returns the port.
+async fn start(http_extra: &str) -> (u16, CancellationToken) {
+    let port = free_port();
+    let text = format!(
+        "[kafka]\nbrokers = \"unused:9092\"\n[input]\npartitions = 4\n[state]\npath = \"unused\"\n\
+         [http]\nlisten_address = \"127.0.0.1:{port}\"\n{http_extra}"
+    );
+    let config = Config::parse(&text, Vec::new()).unwrap();
+    let store = Store::in_memory();
+    let mut ann = CustomerState::new("ann");
+    ann.orders = 3;
+    store
+        .commit(&Commit {
+            customers: vec![(partition_for(b"ann", 4), "ann".into(), Some(ann.into()))],
+            ..Commit::default()
+        })
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let state = HttpState {
+        store,
+        telemetry: Arc::new(Telemetry::new()),
+        partitions: 4,
+        risk: Arc::new(config.risk.clone()),
+        customer_token: config.customer_lookup_token.clone().map(Arc::new),
+    };
+    tokio::spawn(serve(listener, state, stop.clone()));
+    (port, stop)
+}
+
+async fn get(port: u16, path: &str, headers: &str) -> u16 {
+    let (path, headers) = (path.to_owned(), headers.to_owned());
+    tokio::task::spawn_blocking(move || http_get_with(port, &path, &headers).unwrap().0)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_customer_lookup_is_off_unless_a_token_is_configured() {
+    let (port, stop) = start("").await;
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    assert_eq!(get(port, "/customers/ann", &bearer).await, 404);
+    assert_eq!(get(port, "/metrics", "").await, 200);
+    assert_eq!(get(port, "/healthz", "").await, 200);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn with_a_token_the_lookup_needs_exactly_that_bearer_token() {
+    let (port, stop) = start(&format!("customer_lookup_token = \"{TOKEN}\"\n")).await;
+    let with = |token: &str| format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(get(port, "/customers/ann", &with(TOKEN)).await, 200);
+    assert_eq!(get(port, "/customers/nobody", &with(TOKEN)).await, 404);
+    assert_eq!(get(port, "/customers/ann", "").await, 401, "no token");
+    let mut wrong = TOKEN.to_owned();
+    wrong.replace_range(TOKEN.len() - 1.., "x");
+    assert_eq!(
+        get(port, "/customers/ann", &with(&wrong)).await,
+        401,
+        "last byte wrong"
+    );
+    assert_eq!(
+        get(port, "/customers/ann", &with(&TOKEN[1..])).await,
+        401,
+        "a prefix"
+    );
+    assert_eq!(
+        get(
+            port,
+            "/customers/ann",
+            &format!("Authorization: Basic {TOKEN}\r\n")
+        )
+        .await,
+        401,
+        "another scheme"
+    );
+    assert_eq!(get(port, "/metrics", "").await, 200, "metrics stay open");
+    assert_eq!(
+        get(port, "/readyz", "").await,
+        503,
+        "not ready: no job runs"
+    );
+    stop.cancel();
+}
+
+#[test]
+fn a_token_file_is_read_and_the_token_never_shows_in_debug_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let text = format!(
+        "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\ncustomer_lookup_token_file = \"{}\"\n",
+        file.display()
+    );
+    let config = Config::parse(&text, Vec::new()).unwrap();
+    let token = config.customer_lookup_token.as_ref().unwrap();
+    assert!(token.matches(TOKEN.as_bytes()));
+    assert!(!format!("{config:?}").contains(TOKEN));
+    let short = "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\ncustomer_lookup_token = \"short\"\n";
+    let err = format!("{:#}", Config::parse(short, Vec::new()).unwrap_err());
+    assert!(err.contains("http.customer_lookup_token"), "{err}");
+}
