@@ -54,6 +54,7 @@ fn settings() -> ProcessorSettings {
         risk: customer_pulse::risk::RiskSettings::default(),
         trends: customer_pulse::trends::TrendSettings::defaults(&["billing", "delivery"]),
         allowed_lateness_ms: 3_600_000,
+        panic_on_event_id: None,
     }
 }
 

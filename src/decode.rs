@@ -19,10 +19,13 @@ pub enum Reason {
     FutureTimestamp,
     UnsupportedSchemaVersion,
     CurrencyMismatch,
+    /// Not a decoding verdict: processing the event panicked (a poison pill); the processor
+    /// isolates it so that the rest goes on.
+    ProcessingError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::TooLarge,
         Reason::NotJson,
         Reason::NotObject,
@@ -34,6 +37,7 @@ impl Reason {
         Reason::FutureTimestamp,
         Reason::UnsupportedSchemaVersion,
         Reason::CurrencyMismatch,
+        Reason::ProcessingError,
     ];
 
     pub fn code(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Reason {
             Reason::FutureTimestamp => "future_timestamp",
             Reason::UnsupportedSchemaVersion => "unsupported_schema_version",
             Reason::CurrencyMismatch => "currency_mismatch",
+            Reason::ProcessingError => "processing_error",
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         cache_customers: config.cache_customers,
         risk: config.risk.clone(),
         trends: config.trends.clone(),
+        panic_on_event_id: None,
         allowed_lateness_ms: config.allowed_lateness_ms,
     }
 }

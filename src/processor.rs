@@ -63,6 +63,38 @@ pub struct BatchReport {
 }
 
 impl BatchReport {
+    /// Adds another report's counts to this one.
+    fn absorb(&mut self, other: BatchReport) {
+        for (k, n) in other.events {
+            *self.events.entry(k).or_default() += n;
+        }
+        for (k, n) in other.dead_letters {
+            *self.dead_letters.entry(k).or_default() += n;
+        }
+        for (k, n) in other.complaints_opened {
+            *self.complaints_opened.entry(k).or_default() += n;
+        }
+        self.customers_written += other.customers_written;
+        self.outbox_records += other.outbox_records;
+        self.append_times_ms.extend(other.append_times_ms);
+        for (source, partition, next) in other.offsets {
+            match self
+                .offsets
+                .iter_mut()
+                .find(|(s, p, _)| *s == source && *p == partition)
+            {
+                Some(entry) => entry.2 = entry.2.max(next),
+                None => self.offsets.push((source, partition, next)),
+            }
+        }
+        self.risk_records += other.risk_records;
+        self.timers_fired += other.timers_fired;
+        self.closed_windows.extend(other.closed_windows);
+        if !other.open_complaints.is_empty() {
+            self.open_complaints = other.open_complaints;
+        }
+    }
+
     pub fn count(&self, outcome: &str) -> u64 {
         self.events
             .iter()
@@ -83,6 +115,9 @@ pub struct ProcessorSettings {
     pub trends: TrendSettings,
     /// How far behind a partition's newest event time its watermark trails.
     pub allowed_lateness_ms: Millis,
+    /// Fault injection for tests: processing an event with this id panics. Never set from
+    /// configuration.
+    pub panic_on_event_id: Option<String>,
 }
 
 pub struct Processor {
@@ -116,7 +151,88 @@ impl Processor {
     /// Folds a batch and commits it atomically, then fires the timers the batch's event times
     /// made due. On a storage error nothing of the failed commit is kept and the cache is
     /// dropped, so the same batch can be processed again.
+    ///
+    /// A panic while processing (a poison pill) never takes the process down or loops: the
+    /// batch's uncommitted work is dropped and the batch is processed again one record at a
+    /// time, each record that panics going to the dead-letter output as `processing_error`.
     pub fn process(
+        &mut self,
+        records: &[InputRecord],
+        now: Millis,
+    ) -> Result<BatchReport, StoreError> {
+        let newest = self.newest.clone();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.process_batch(records, now)
+        })) {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget_uncommitted(newest);
+                let mut report = BatchReport::default();
+                for record in records {
+                    let newest = self.newest.clone();
+                    let one = std::slice::from_ref(record);
+                    let result =
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.process_batch(one, now)
+                        })) {
+                            Ok(result) => result?,
+                            Err(_) => {
+                                self.forget_uncommitted(newest);
+                                self.isolate(record)?
+                            }
+                        };
+                    report.absorb(result);
+                }
+                Ok(report)
+            }
+        }
+    }
+
+    /// Drops what a panicked batch left in memory; the store still holds the last commit.
+    fn forget_uncommitted(&mut self, newest: HashMap<i32, Millis>) {
+        self.cache.clear();
+        self.trends = None;
+        self.trends_dirty = false;
+        self.newest = newest;
+    }
+
+    /// Commits a record whose processing panicked as a `processing_error` dead letter, and
+    /// moves its offset past it.
+    fn isolate(&mut self, record: &InputRecord) -> Result<BatchReport, StoreError> {
+        let record_id = format!(
+            "{}-{}-{}",
+            record.source, record.source_partition, record.offset
+        );
+        tracing::error!(
+            source = %record.source,
+            partition = record.source_partition,
+            offset = record.offset,
+            "Processing an event panicked; it goes to the dead-letter output as processing_error."
+        );
+        let rejection = Rejection {
+            reason: crate::decode::Reason::ProcessingError,
+            message: "processing this event panicked; the event is isolated".into(),
+        };
+        let mut report = BatchReport::default();
+        report
+            .events
+            .insert((record.source.clone(), "invalid", "rejected"), 1);
+        report.dead_letters.insert(rejection.reason.code(), 1);
+        let commit = Commit {
+            offsets: vec![(
+                record.source.clone(),
+                record.source_partition,
+                record.offset + 1,
+            )],
+            outbox: vec![self.dead_letter(record, &record_id, &rejection)],
+            ..Commit::default()
+        };
+        report.offsets.clone_from(&commit.offsets);
+        self.commit(commit, &mut report)?;
+        Ok(report)
+    }
+
+    fn process_batch(
         &mut self,
         records: &[InputRecord],
         now: Millis,
@@ -351,6 +467,9 @@ impl Processor {
                 .collect(),
             _ => Vec::new(),
         };
+        if self.settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
+            panic!("injected fault: event {}", event.event_id);
+        }
         let outcome = customer.state.apply(&event, &self.settings.limits);
         let mut counted = Counted::InWindow;
         if outcome != Outcome::Duplicate {

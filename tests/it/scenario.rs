@@ -341,3 +341,71 @@ proptest! {
         prop_assert_eq!(fold_all(&merged, batch, cache), reference);
     }
 }
+
+#[test]
+fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
+    let survey = |id: &str, customer: &str| {
+        ev(
+            id,
+            customer,
+            "interaction.survey",
+            "01T10:00:00",
+            r#""score":9"#,
+        )
+    };
+    // The poison pill sits between good events of its own customer and of another one.
+    let events = [
+        survey("1", "gus"),
+        survey("2", "gus"),
+        survey("3", "gus"),
+        survey("4", "hal"),
+    ];
+    let store = Store::in_memory();
+    let mut settings = settings(100);
+    settings.panic_on_event_id = Some("2".into());
+    let mut processor = Processor::new(store.clone(), settings);
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| file_record(i as i64 + 1, json))
+        .collect();
+    let report = processor.process(&records, NOW_MS).unwrap();
+    assert_eq!(report.count("applied"), 3);
+    assert_eq!(report.count("rejected"), 1);
+    assert_eq!(report.dead_letters.get("processing_error"), Some(&1));
+    assert_eq!(report.offsets, [("test".to_owned(), 0, 5)]);
+    assert_eq!(
+        store.offset("test", 0).unwrap(),
+        Some(5),
+        "past every record"
+    );
+
+    let gus = store
+        .customer(partition_for(b"gus", 4), "gus")
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = gus.seen.iter().map(|s| s.event_id.as_str()).collect();
+    assert_eq!(ids, ["1", "3"], "the neighbours apply, the pill does not");
+    assert!(store
+        .customer(partition_for(b"hal", 4), "hal")
+        .unwrap()
+        .is_some());
+    let dead: Vec<OutboxRecord> = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.events.dlq")
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "reason"), "processing_error");
+    assert_eq!(header(&dead[0], "record_id"), "test-0-2");
+    assert_eq!(dead[0].value.as_deref(), Some(events[1].as_bytes()));
+
+    // The next batch runs normally.
+    let later = [survey("5", "gus")];
+    let report = processor
+        .process(&[file_record(5, &later[0])], NOW_MS)
+        .unwrap();
+    assert_eq!(report.count("applied"), 1);
+}

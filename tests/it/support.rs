@@ -31,6 +31,7 @@ pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> Proc
         risk: customer_pulse::risk::RiskSettings::default(),
         trends: customer_pulse::trends::TrendSettings::defaults(&["billing", "delivery"]),
         allowed_lateness_ms: 3_600_000,
+        panic_on_event_id: None,
     }
 }
 
