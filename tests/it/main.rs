@@ -5,6 +5,7 @@ mod broker;
 mod catalogue;
 mod crash;
 mod end_to_end;
+mod hostile;
 mod kafka_smoke;
 mod privacy;
 mod replay;

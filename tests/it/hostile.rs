@@ -1,0 +1,135 @@
+//! Hostile input, bounded so the test command runs it: arbitrary bytes and arbitrary JSON thrown
+//! at the decoder and the fold through the processor never panic, and every record ends either
+//! applied (or duplicate, or late) or rejected with a known reason code, its offset committed.
+
+use customer_pulse::decode::Reason;
+use customer_pulse::processor::Processor;
+use customer_pulse::store::Store;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::catalogue::NOW_MS;
+use crate::support::{file_record, settings};
+
+const TYPES: [&str; 14] = [
+    "customer.registered",
+    "interaction.contact",
+    "interaction.survey",
+    "subscription.renewed",
+    "subscription.cancelled",
+    "customer.erased",
+    "order.placed",
+    "order.delivered",
+    "order.returned",
+    "order.cancelled",
+    "complaint.opened",
+    "complaint.resolved",
+    "no.such.type",
+    "",
+];
+
+const FIELDS: [&str; 16] = [
+    "order_id",
+    "amount_minor",
+    "margin_minor",
+    "currency",
+    "channel",
+    "direction",
+    "score",
+    "reason",
+    "complaint_id",
+    "category",
+    "severity",
+    "satisfied",
+    "referred_by",
+    "first_response_seconds",
+    "schema_version",
+    "plan",
+];
+
+/// Any JSON value, a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        ".{0,40}".prop_map(Value::from),
+        Just(json!("2026-05-01T10:00:00Z")),
+        Just(json!("2026-05-01T10:00:00+25:00")),
+        Just(json!(u64::MAX)),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// An event-shaped object: a real or bogus type, envelope fields that are right or arbitrary,
+/// and type fields with arbitrary values, so the decoder's deeper paths are reached too.
+fn event_like() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(TYPES.to_vec()),
+        prop_oneof![Just(json!("e-1")), any_json()],
+        prop_oneof![Just(json!("c-1")), Just(json!("c-2")), any_json()],
+        prop_oneof![Just(json!("2026-05-01T10:00:00Z")), any_json()],
+        prop::collection::vec((prop::sample::select(FIELDS.to_vec()), any_json()), 0..6),
+    )
+        .prop_map(|(kind, id, customer, at, fields)| {
+            let mut object = serde_json::Map::new();
+            object.insert("type".into(), json!(kind));
+            object.insert("event_id".into(), id);
+            object.insert("customer_id".into(), customer);
+            object.insert("occurred_at".into(), at);
+            for (name, value) in fields {
+                object.insert(name.into(), value);
+            }
+            Value::Object(object)
+        })
+}
+
+/// Runs the payloads through one processor, one record each, and checks every outcome.
+fn check(payloads: &[Vec<u8>]) {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(8));
+    let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    for (offset, payload) in payloads.iter().enumerate() {
+        let mut record = file_record(offset as i64, "");
+        record.payload = payload.clone();
+        let report = processor
+            .process(&[record], NOW_MS)
+            .expect("the memory store never fails");
+        let settled = report.count("applied")
+            + report.count("duplicate")
+            + report.count("late")
+            + report.count("rejected");
+        assert_eq!(settled, 1, "one outcome per record: {:?}", report.events);
+        for reason in report.dead_letters.keys() {
+            assert!(codes.contains(reason), "unknown reason {reason}");
+            assert_ne!(*reason, "processing_error", "nothing panicked inside");
+        }
+        assert_eq!(store.offset("test", 0).unwrap(), Some(offset as i64 + 1));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_are_applied_or_rejected_with_a_reason(
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8)
+    ) {
+        check(&payloads);
+    }
+
+    #[test]
+    fn arbitrary_json_is_applied_or_rejected_with_a_reason(
+        values in prop::collection::vec(prop_oneof![any_json(), event_like()], 1..12)
+    ) {
+        let payloads: Vec<Vec<u8>> = values.iter().map(|v| v.to_string().into_bytes()).collect();
+        check(&payloads);
+    }
+}
