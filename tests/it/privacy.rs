@@ -118,3 +118,68 @@ fn a_token_file_is_read_and_the_token_never_shows_in_debug_output() {
     let err = format!("{:#}", Config::parse(short, Vec::new()).unwrap_err());
     assert!(err.contains("http.customer_lookup_token"), "{err}");
 }
+
+#[test]
+fn after_erasure_no_key_or_value_in_rocksdb_holds_the_customer_id() {
+    use customer_pulse::processor::Processor;
+    use customer_pulse::store::{Backend, RocksBackend};
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(RocksBackend::open(dir.path(), 8 << 20).unwrap());
+    let store = Store::open(backend.clone()).unwrap();
+    let mut processor = Processor::new(store.clone(), crate::support::settings(100));
+    let id = "erin-9f3c";
+    let event = |n: usize, kind: &str, fields: &str| {
+        format!(
+            r#"{{"event_id":"{id}-{n}","customer_id":"{id}","type":"{kind}","occurred_at":"2026-05-0{n}T10:00:00Z"{fields}}}"#
+        )
+    };
+    let events = [
+        event(1, "customer.registered", r#","referred_by":"zed""#),
+        event(2, "order.placed", r#","order_id":"o1","amount_minor":500,"margin_minor":50"#),
+        event(3, "complaint.opened", r#","complaint_id":"k1","category":"billing","severity":"high""#),
+        event(4, "interaction.survey", r#","score":2"#),
+        // Another customer keeps the watermark moving so that timers and windows fire.
+        r#"{"event_id":"z1","customer_id":"zed","type":"interaction.contact","occurred_at":"2026-05-05T10:00:00Z","channel":"web","direction":"inbound"}"#.to_owned(),
+        event(6, "customer.erased", ""),
+        r#"{"event_id":"z2","customer_id":"zed","type":"interaction.contact","occurred_at":"2026-05-09T10:00:00Z","channel":"web","direction":"inbound"}"#.to_owned(),
+    ];
+    for (i, json) in events.iter().enumerate() {
+        processor
+            .process(
+                &[crate::support::file_record(i as i64, json)],
+                crate::catalogue::NOW_MS,
+            )
+            .unwrap();
+    }
+    // The tombstone is the last churn-risk record for the customer; then the outbox is delivered.
+    let pending: Vec<_> = store.outbox(usize::MAX).unwrap();
+    let last = pending
+        .iter()
+        .filter(|(_, r)| {
+            r.topic == "customer.churn-risk" && r.key.as_deref() == Some(id.as_bytes())
+        })
+        .next_back()
+        .unwrap();
+    assert_eq!(last.1.value, None, "a tombstone");
+    let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
+    store.acknowledge(&seqs).unwrap();
+
+    let everything = backend.scan(&[], &[], usize::MAX).unwrap();
+    assert!(
+        everything.len() > 3,
+        "zed's state, offsets, trends, timers remain"
+    );
+    let needle = id.as_bytes();
+    for (key, value) in &everything {
+        let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            !holds(key) && !holds(value),
+            "{} holds the id",
+            String::from_utf8_lossy(key)
+        );
+    }
+    // The complaint left the open backlog with the customer.
+    let trends = store.trends().unwrap().unwrap();
+    assert_eq!(trends.categories["billing"].open_backlog, 0);
+}
