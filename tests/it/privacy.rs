@@ -156,10 +156,7 @@ fn after_erasure_no_key_or_value_in_rocksdb_holds_the_customer_id() {
     let pending: Vec<_> = store.outbox(usize::MAX).unwrap();
     let last = pending
         .iter()
-        .filter(|(_, r)| {
-            r.topic == "customer.churn-risk" && r.key.as_deref() == Some(id.as_bytes())
-        })
-        .next_back()
+        .rfind(|(_, r)| r.topic == "customer.churn-risk" && r.key.as_deref() == Some(id.as_bytes()))
         .unwrap();
     assert_eq!(last.1.value, None, "a tombstone");
     let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
