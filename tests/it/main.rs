@@ -11,5 +11,6 @@ mod privacy;
 mod replay;
 mod risk;
 mod scenario;
+mod store_faults;
 mod support;
 mod trends;

@@ -1,0 +1,81 @@
+//! A store that refuses writes (a full disk, an I/O error): the batch fails as a whole, nothing
+//! of it is stored, offsets do not move, and the same batch applies exactly once when writes
+//! work again. The store is the real RocksDB behind a switch that makes `write` fail.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use customer_pulse::processor::{partition_for, Processor};
+use customer_pulse::store::{Backend, Entries, Op, RocksBackend, Store, StoreError};
+
+use crate::catalogue::NOW_MS;
+use crate::support::{file_record, settings};
+
+struct Refusing {
+    inner: RocksBackend,
+    refuse: AtomicBool,
+}
+
+impl Backend for Refusing {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend(
+                "No space left on device (injected)".into(),
+            ));
+        }
+        self.inner.write(ops)
+    }
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        self.inner.scan(prefix, start, limit)
+    }
+    fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.last_key(prefix)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+#[test]
+fn a_refused_commit_stores_nothing_and_the_retry_applies_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(Refusing {
+        inner: RocksBackend::open(dir.path(), 8 << 20).unwrap(),
+        refuse: AtomicBool::new(false),
+    });
+    let store = Store::open(backend.clone()).unwrap();
+    let mut processor = Processor::new(store.clone(), settings(100));
+    let order = |n: i64| {
+        format!(
+            r#"{{"event_id":"o{n}","customer_id":"ivy","type":"order.placed","occurred_at":"2026-05-0{n}T10:00:00Z","order_id":"o{n}","amount_minor":100,"margin_minor":10}}"#
+        )
+    };
+    processor
+        .process(&[file_record(0, &order(1))], NOW_MS)
+        .unwrap();
+
+    let batch = [file_record(1, &order(2)), file_record(2, &order(3))];
+    backend.refuse.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert!(processor.process(&batch, NOW_MS).is_err());
+    }
+    let partition = partition_for(b"ivy", 4);
+    let ivy = store.customer(partition, "ivy").unwrap().unwrap();
+    assert_eq!(ivy.orders, 1, "nothing of the refused batch is stored");
+    assert_eq!(
+        store.offset("test", 0).unwrap(),
+        Some(1),
+        "the offset did not move"
+    );
+
+    backend.refuse.store(false, Ordering::SeqCst);
+    let report = processor.process(&batch, NOW_MS).unwrap();
+    assert_eq!(report.count("applied"), 2);
+    let ivy = store.customer(partition, "ivy").unwrap().unwrap();
+    assert_eq!(ivy.orders, 3, "applied exactly once after the failures");
+    assert_eq!(ivy.revenue_minor, 300);
+    assert_eq!(store.offset("test", 0).unwrap(), Some(3));
+}
