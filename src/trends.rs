@@ -64,6 +64,17 @@ pub struct Window {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CategoryTrend {
     pub open_backlog: i64,
+    /// The baselines of the windows, and of the daily roll-up.
+    pub windows: Baseline,
+    pub days: Baseline,
+    /// The closed windows of the current day, merged, for the daily roll-up.
+    pub today: Window,
+}
+
+/// What a series of closed windows remembers: the EWMA baseline of the z-score, the CUSUM's slow
+/// baseline and its sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
     pub baseline: Option<f64>,
     pub slow_baseline: Option<f64>,
     pub cusum: f64,
@@ -107,6 +118,8 @@ pub enum Counted {
     Late,
 }
 
+const DAY_MS: Millis = 86_400_000;
+
 /// Relative accuracy of the resolution-time buckets (DDSketch's layout, 5%).
 const GAMMA: f64 = 1.05 / 0.95;
 
@@ -129,6 +142,20 @@ fn severity_index(severity: Severity) -> usize {
 }
 
 impl Window {
+    fn merge(&mut self, other: &Window) {
+        self.opened += other.opened;
+        self.resolved += other.resolved;
+        for (mine, theirs) in self.by_severity.iter_mut().zip(other.by_severity) {
+            *mine += theirs;
+        }
+        for (bucket, n) in &other.resolution {
+            match self.resolution.binary_search_by_key(bucket, |(k, _)| *k) {
+                Ok(i) => self.resolution[i].1 += n,
+                Err(i) => self.resolution.insert(i, (*bucket, *n)),
+            }
+        }
+    }
+
     fn add_resolution(&mut self, seconds: f64) {
         let b = bucket(seconds);
         match self.resolution.binary_search_by_key(&b, |(k, _)| *k) {
@@ -240,7 +267,30 @@ impl Trends {
                     .remove(&(start, category.clone()))
                     .unwrap_or_default();
                 let trend = self.categories.entry(category.clone()).or_default();
-                closed.push(close(start, category, &window, trend, s));
+                let backlog = trend.open_backlog;
+                closed.push(close(
+                    (start, s.window_ms),
+                    category,
+                    &window,
+                    backlog,
+                    &mut trend.windows,
+                    s,
+                ));
+                // The daily roll-up closes with the day's last window. A first day that started
+                // mid-day rolls up the windows it saw.
+                trend.today.merge(&window);
+                let end = start + s.window_ms;
+                if end.rem_euclid(DAY_MS) == 0 {
+                    let today = std::mem::take(&mut trend.today);
+                    closed.push(close(
+                        (end - DAY_MS, DAY_MS),
+                        category,
+                        &today,
+                        backlog,
+                        &mut trend.days,
+                        s,
+                    ));
+                }
             }
             start += s.window_ms;
             self.closed_before = Some(start);
@@ -251,10 +301,11 @@ impl Trends {
 
 /// Compares a closed window with its category's baseline and moves the baseline on.
 fn close(
-    start: Millis,
+    (start, length): (Millis, Millis),
     category: &str,
     window: &Window,
-    trend: &mut CategoryTrend,
+    open_backlog: i64,
+    trend: &mut Baseline,
     s: &TrendSettings,
 ) -> ClosedWindow {
     let count = f64::from(window.opened);
@@ -273,11 +324,11 @@ fn close(
         Some(s.cusum_baseline_weight * count + (1.0 - s.cusum_baseline_weight) * slow);
     ClosedWindow {
         window_start: start,
-        window_end: start + s.window_ms,
+        window_end: start + length,
         category: category.to_owned(),
         opened: window.opened,
         resolved: window.resolved,
-        open_backlog: trend.open_backlog,
+        open_backlog,
         by_severity: window.by_severity,
         resolution_p50_seconds: window.resolution_quantile(0.5),
         resolution_p90_seconds: window.resolution_quantile(0.9),
@@ -316,9 +367,19 @@ impl ClosedWindow {
         .into_bytes()
     }
 
-    /// Stable across replays: one record per category and window.
+    /// Stable across replays: one record per category, window length and start.
     pub fn record_id(&self) -> String {
-        format!("trend-{}-{}", self.category, self.window_start)
+        format!(
+            "trend-{}-{}-{}",
+            self.category,
+            (self.window_end - self.window_start) / 60_000,
+            self.window_start
+        )
+    }
+
+    /// Whether this is a daily roll-up rather than a window.
+    pub fn is_daily(&self) -> bool {
+        self.window_end - self.window_start == DAY_MS
     }
 }
 
@@ -394,6 +455,43 @@ mod tests {
     }
 
     #[test]
+    fn each_day_rolls_up_its_windows_when_its_last_window_closes() {
+        let s = settings();
+        let mut t = Trends::default();
+        // Day 0: one complaint at every hour; day 1: three at 05:00, one resolved.
+        for h in 0..24 {
+            t.opened("delivery", Severity::Medium, h * HOUR, &s);
+        }
+        for i in 0..3 {
+            t.opened("delivery", Severity::Critical, DAY_MS + 5 * HOUR + i, &s);
+        }
+        t.resolved("delivery", 0, DAY_MS + 6 * HOUR, &s);
+        let closed = t.close_until(2 * DAY_MS, &s);
+        let days: Vec<&ClosedWindow> = closed
+            .iter()
+            .filter(|w| w.is_daily() && w.category == "delivery")
+            .collect();
+        assert_eq!(days.len(), 2);
+        assert_eq!((days[0].window_start, days[0].opened), (0, 24));
+        assert_eq!(days[0].by_severity, [0, 24, 0, 0]);
+        assert_eq!((days[1].window_start, days[1].opened), (DAY_MS, 3));
+        assert_eq!(days[1].resolved, 1);
+        assert_eq!(days[1].open_backlog, 26);
+        assert!(
+            (days[1].baseline - 24.0).abs() < 1e-9,
+            "the first day is its own baseline"
+        );
+        let ids: std::collections::HashSet<String> =
+            closed.iter().map(ClosedWindow::record_id).collect();
+        assert_eq!(
+            ids.len(),
+            closed.len(),
+            "hourly and daily ids never collide"
+        );
+        assert_eq!(closed.len(), 2 * 24 * 3 + 2 * 3);
+    }
+
+    #[test]
     fn resolution_quantiles_are_within_five_percent() {
         let s = settings();
         let mut t = Trends::default();
@@ -422,7 +520,10 @@ mod tests {
             }
         }
         let closed = t.close_until(48 * HOUR, &s);
-        let billing: Vec<_> = closed.iter().filter(|w| w.category == "billing").collect();
+        let billing: Vec<_> = closed
+            .iter()
+            .filter(|w| w.category == "billing" && !w.is_daily())
+            .collect();
         assert!(billing.iter().all(|w| !w.spike));
         assert!(billing[..24].iter().all(|w| !w.cusum_signal));
         assert!(billing[24..].iter().any(|w| w.cusum_signal));

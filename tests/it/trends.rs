@@ -110,6 +110,7 @@ fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
     let known = ["billing", "delivery"];
     let mut seen = HashSet::new();
     let mut batch: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut batch_days: BTreeMap<(String, String), u64> = BTreeMap::new();
     for v in &values {
         if v["type"] != "complaint.opened" || !seen.insert(v["event_id"].as_str().unwrap()) {
             continue;
@@ -122,6 +123,8 @@ fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
         };
         let t = customer_pulse::event::parse_millis(v["occurred_at"].as_str().unwrap()).unwrap();
         let hour = format_millis(t.div_euclid(HOUR) * HOUR);
+        let day = format_millis(t.div_euclid(24 * HOUR) * 24 * HOUR);
+        *batch_days.entry((category.clone(), day)).or_default() += 1;
         *batch.entry((category, hour)).or_default() += 1;
     }
     assert!(
@@ -129,6 +132,23 @@ fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
         "the traffic has complaints"
     );
 
+    let length = |r: &Value| {
+        let ms = |f: &str| customer_pulse::event::parse_millis(r[f].as_str().unwrap()).unwrap();
+        ms("window_end") - ms("window_start")
+    };
+    let (days, records): (Vec<Value>, Vec<Value>) =
+        records.into_iter().partition(|r| length(r) == 24 * HOUR);
+    assert!(records.iter().all(|r| length(r) == HOUR));
+    // Daily roll-ups: every full day the stream closed equals the batch count of that day.
+    assert!(days.len() >= 3 * 5, "several days for each category");
+    for r in &days {
+        let key = (
+            r["category"].as_str().unwrap().to_owned(),
+            r["window_start"].as_str().unwrap().to_owned(),
+        );
+        let want = batch_days.get(&key).copied().unwrap_or(0);
+        assert_eq!(r["opened"].as_u64(), Some(want), "{key:?}");
+    }
     let last_closed = records
         .iter()
         .map(|r| r["window_end"].as_str().unwrap().to_owned())
