@@ -69,6 +69,12 @@ pub struct CategoryTrend {
     pub days: Baseline,
     /// The closed windows of the current day, merged, for the daily roll-up.
     pub today: Window,
+    pub months: Baseline,
+    /// The closed days of the current month, merged, for the monthly roll-up.
+    pub this_month: Window,
+    /// Complaints opened per day of the current and of the previous month (index: day - 1).
+    pub month_days: Vec<u32>,
+    pub previous_month_days: Vec<u32>,
 }
 
 /// What a series of closed windows remembers: the EWMA baseline of the z-score, the CUSUM's slow
@@ -108,6 +114,38 @@ pub struct ClosedWindow {
     pub spike: bool,
     pub cusum: f64,
     pub cusum_signal: bool,
+    /// Daily roll-ups only: opened in the month to the end of this day, and in the previous
+    /// month to the same day of the month (DOMAIN.md: month over month).
+    pub month_to_date: Option<MonthToDate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MonthToDate {
+    pub opened: u32,
+    pub previous_month_same_days: u32,
+}
+
+/// `(year, month, day of month)` of an event time, in UTC.
+fn calendar(at: Millis) -> (i32, u8, u8) {
+    let t = time::OffsetDateTime::from_unix_timestamp(at.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    (t.year(), u8::from(t.month()), t.day())
+}
+
+/// The event time at which the month after `(year, month)` starts, in UTC.
+fn next_month_start(year: i32, month: u8) -> Millis {
+    let (y, m) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    time::Date::from_calendar_date(
+        y,
+        time::Month::try_from(m).unwrap_or(time::Month::January),
+        1,
+    )
+    .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+    .unwrap_or(Millis::MAX)
 }
 
 /// Whether an observation reached an open window.
@@ -282,12 +320,12 @@ impl Trends {
                 let end = start + s.window_ms;
                 if end.rem_euclid(DAY_MS) == 0 {
                     let today = std::mem::take(&mut trend.today);
-                    closed.push(close(
-                        (end - DAY_MS, DAY_MS),
+                    closed.extend(roll_up_day(
+                        end - DAY_MS,
                         category,
                         &today,
                         backlog,
-                        &mut trend.days,
+                        trend,
                         s,
                     ));
                 }
@@ -297,6 +335,48 @@ impl Trends {
         }
         closed
     }
+}
+
+/// Closes the day starting at `day`: its daily record with month to date, and the monthly
+/// record when it was the month's last day.
+fn roll_up_day(
+    day: Millis,
+    category: &str,
+    today: &Window,
+    backlog: i64,
+    trend: &mut CategoryTrend,
+    s: &TrendSettings,
+) -> Vec<ClosedWindow> {
+    let (year, month, day_of_month) = calendar(day);
+    if day_of_month == 1 {
+        trend.previous_month_days = std::mem::take(&mut trend.month_days);
+    }
+    let index = usize::from(day_of_month) - 1;
+    if trend.month_days.len() <= index {
+        trend.month_days.resize(index + 1, 0);
+    }
+    trend.month_days[index] = today.opened;
+    let mut daily = close((day, DAY_MS), category, today, backlog, &mut trend.days, s);
+    daily.month_to_date = Some(MonthToDate {
+        opened: trend.month_days.iter().sum(),
+        previous_month_same_days: trend.previous_month_days.iter().take(index + 1).sum(),
+    });
+    trend.this_month.merge(today);
+    let mut out = vec![daily];
+    let month_end = next_month_start(year, month);
+    if day + DAY_MS == month_end {
+        let month_start = day - Millis::from(day_of_month - 1) * DAY_MS;
+        let window = std::mem::take(&mut trend.this_month);
+        out.push(close(
+            (month_start, month_end - month_start),
+            category,
+            &window,
+            backlog,
+            &mut trend.months,
+            s,
+        ));
+    }
+    out
 }
 
 /// Compares a closed window with its category's baseline and moves the baseline on.
@@ -337,6 +417,7 @@ fn close(
         spike,
         cusum: trend.cusum,
         cusum_signal,
+        month_to_date: None,
     }
 }
 
@@ -362,6 +443,7 @@ impl ClosedWindow {
             "spike": self.spike,
             "cusum": (self.cusum * 1e4).round() / 1e4,
             "cusum_signal": self.cusum_signal,
+            "month_to_date": self.month_to_date,
         })
         .to_string()
         .into_bytes()
@@ -380,6 +462,11 @@ impl ClosedWindow {
     /// Whether this is a daily roll-up rather than a window.
     pub fn is_daily(&self) -> bool {
         self.window_end - self.window_start == DAY_MS
+    }
+
+    /// Whether this is a monthly roll-up.
+    pub fn is_monthly(&self) -> bool {
+        self.window_end - self.window_start >= 28 * DAY_MS
     }
 }
 
@@ -489,6 +576,58 @@ mod tests {
             "hourly and daily ids never collide"
         );
         assert_eq!(closed.len(), 2 * 24 * 3 + 2 * 3);
+    }
+
+    #[test]
+    fn months_roll_up_and_days_carry_month_to_date_against_the_previous_month() {
+        let s = settings();
+        let mut t = Trends::default();
+        // 2026-01-01T00:00:00Z: two a day in January, three a day in February, one a day in March.
+        let january = 1_767_225_600_000;
+        for d in 0..61 {
+            let n = match d {
+                0..=30 => 2,
+                31..=58 => 3,
+                _ => 1,
+            };
+            for i in 0..n {
+                t.opened(
+                    "billing",
+                    Severity::Low,
+                    january + d * DAY_MS + 10 * HOUR + i,
+                    &s,
+                );
+            }
+        }
+        let closed = t.close_until(january + 61 * DAY_MS, &s);
+        let billing = |pick: fn(&&ClosedWindow) -> bool| -> Vec<&ClosedWindow> {
+            closed
+                .iter()
+                .filter(|w| w.category == "billing")
+                .filter(pick)
+                .collect()
+        };
+        let months = billing(|w| w.is_monthly());
+        assert_eq!(
+            months.len(),
+            2,
+            "January and February closed; March is open"
+        );
+        assert_eq!((months[0].window_start, months[0].opened), (january, 62));
+        assert_eq!(months[0].window_end, january + 31 * DAY_MS);
+        assert_eq!(
+            (months[1].opened, months[1].window_end),
+            (84, january + 59 * DAY_MS)
+        );
+        let days = billing(|w| w.is_daily());
+        assert_eq!(days.len(), 61);
+        let february_10 = days[40].month_to_date.unwrap();
+        assert_eq!(
+            (february_10.opened, february_10.previous_month_same_days),
+            (30, 20)
+        );
+        let march_2 = days[60].month_to_date.unwrap();
+        assert_eq!((march_2.opened, march_2.previous_month_same_days), (2, 6));
     }
 
     #[test]
