@@ -286,15 +286,20 @@ impl Processor {
         commit: &mut Commit,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
-        let Some(newest) = self.newest.values().max().copied() else {
+        let Some(seen) = self.newest.values().max().copied() else {
             return Ok(());
         };
-        let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
         self.trends()?;
         let settings = &self.settings.trends;
         let Some(trends) = self.trends.as_mut() else {
             return Ok(());
         };
+        let newest = trends.newest.map_or(seen, |n| n.max(seen));
+        if trends.newest != Some(newest) {
+            trends.newest = Some(newest);
+            self.trends_dirty = true;
+        }
+        let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
         let closed = trends.close_until(watermark, settings);
         if !closed.is_empty() || self.trends_dirty {
             report.open_complaints = trends

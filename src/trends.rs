@@ -95,6 +95,9 @@ pub struct Trends {
     pub windows: BTreeMap<(Millis, String), Window>,
     /// Windows starting before this are closed and emitted; `None` before the first complaint.
     pub closed_before: Option<Millis>,
+    /// The newest event time seen by the commits so far, so that a restarted processor's
+    /// watermark starts where the last one stopped.
+    pub newest: Option<Millis>,
 }
 
 /// A closed window, as `customer.complaint-trends` carries it.

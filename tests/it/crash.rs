@@ -3,7 +3,7 @@
 //! arrived at least once, duplicates only under the same record_id with the same value. The last
 //! process stops on SIGTERM and exits 0.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use rdkafka::Message;
 
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
-    config_text, create_all_topics, header, metric_sum, read_last_risk_records, totals_via_http,
-    traffic, wait_for,
+    config_text, create_all_topics, header, metric_sum, read_last_risk_records, read_topic_until,
+    totals_via_http, traffic, wait_for,
 };
 use crate::support::expected_totals;
 
@@ -113,6 +113,50 @@ async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
             assert_eq!(earlier, value, "{id}: a repeated output is the same record");
         }
     }
+
+    // Complaint windows: every hour up to the last one the final watermark (newest event time
+    // minus the hour of allowed lateness) closes arrived, with no gap, and a repeat after a kill
+    // carries the same counts: nothing counted twice, nothing lost.
+    const HOUR: i64 = 3_600_000;
+    let newest = values
+        .iter()
+        .map(|v| customer_pulse::event::parse_millis(v["occurred_at"].as_str().unwrap()).unwrap())
+        .max()
+        .unwrap();
+    let last_start = (newest - HOUR).div_euclid(HOUR) * HOUR - HOUR;
+    let wanted: Vec<String> = ["billing", "delivery", "other"]
+        .iter()
+        .map(|c| format!("trend-{c}-60-{last_start}"))
+        .collect();
+    let trends = read_topic_until(&broker.address, "customer.complaint-trends", |messages| {
+        let ids: HashSet<String> = messages
+            .iter()
+            .filter_map(|m| header(m, "record_id"))
+            .collect();
+        wanted.iter().all(|w| ids.contains(w))
+    })
+    .await;
+    let mut windows: HashMap<String, Vec<u8>> = HashMap::new();
+    for message in &trends {
+        let id = header(message, "record_id").unwrap();
+        let value = message.payload().unwrap_or_default().to_vec();
+        if let Some(earlier) = windows.insert(id.clone(), value.clone()) {
+            assert_eq!(earlier, value, "{id}: a repeated window is the same record");
+        }
+    }
+    for w in &wanted {
+        assert!(windows.contains_key(w), "{w} arrived");
+    }
+    let hourly: Vec<i64> = windows
+        .keys()
+        .filter_map(|id| id.strip_prefix("trend-billing-60-")?.parse().ok())
+        .collect();
+    let first = *hourly.iter().min().unwrap();
+    assert_eq!(
+        hourly.len() as i64,
+        (last_start - first) / HOUR + 1,
+        "every billing hour from the first to the last closed one"
+    );
 
     // A graceful stop: SIGTERM, commit, flush, exit 0.
     job.signal("-TERM");

@@ -62,13 +62,13 @@ pub fn traffic(events: u64, seed: u64) -> Vec<Generated> {
     })
 }
 
-/// A plain HTTP/1.1 GET on loopback: the status code and the body.
 /// GET with the test bearer token.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_get_with(port, path, &format!("Authorization: Bearer {TOKEN}\r\n"))
 }
 
-/// GET with extra header lines (each ending in CRLF).
+/// A plain HTTP/1.1 GET on loopback with extra header lines (each ending in CRLF): the status
+/// code and the body.
 pub fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
