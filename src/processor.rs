@@ -585,18 +585,18 @@ fn reassess(
 ) {
     let risk = &settings.risk;
     let assessment = assess_risk(&customer.state, as_of, risk);
+    customer.risk.timer_at = next_check(&customer.state, &assessment, risk);
     if assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change) {
-        let valued = assessment.clone().valued(&customer.state, risk);
+        customer.risk.last = Some(assessment.published());
+        let complete = assessment.completed(&customer.state, risk);
         let id = &customer.state.customer_id;
         commit.outbox.push(OutboxRecord {
             topic: settings.topics.churn_risk.clone(),
             key: Some(id.clone().into_bytes()),
-            value: Some(valued.record(id, record_id, caused_by)),
+            value: Some(complete.record(id, record_id, caused_by)),
             headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
         });
-        customer.risk.last = Some(assessment.published());
     }
-    customer.risk.timer_at = next_check(&customer.state, &assessment, risk);
 }
 
 /// Kafka's default partition for a key (the Java client's murmur2), so that customers read from a

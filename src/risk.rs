@@ -61,6 +61,36 @@ impl ReasonCode {
     }
 }
 
+/// A set of reason codes, iterated in code order; a byte, so assessing allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReasonSet(u8);
+
+impl ReasonSet {
+    pub fn insert(&mut self, code: ReasonCode) {
+        self.0 |= 1 << code as u8;
+    }
+
+    pub fn contains(self, code: ReasonCode) -> bool {
+        self.0 & (1 << code as u8) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = ReasonCode> {
+        REASON_CODES.into_iter().filter(move |c| self.contains(*c))
+    }
+}
+
+impl FromIterator<ReasonCode> for ReasonSet {
+    fn from_iter<I: IntoIterator<Item = ReasonCode>>(codes: I) -> ReasonSet {
+        let mut set = ReasonSet::default();
+        codes.into_iter().for_each(|c| set.insert(c));
+        set
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
@@ -175,6 +205,14 @@ impl RiskSettings {
             .map_or(0.0, |(_, w)| *w)
     }
 
+    /// The share of P(alive) the reasons keep: the product of (1 - weight).
+    fn kept(&self, codes: ReasonSet) -> f64 {
+        codes
+            .iter()
+            .map(|c| 1.0 - self.weight(c).clamp(0.0, 1.0))
+            .product()
+    }
+
     pub fn level(&self, score: f64) -> Level {
         if score >= self.high_from {
             Level::High
@@ -204,6 +242,10 @@ pub struct Assessment {
     pub expected_orders_90d: f64,
     pub score: f64,
     pub level: Level,
+    /// What decides the score and publishing.
+    #[serde(skip)]
+    pub codes: ReasonSet,
+    /// The reasons with their details, for output; filled by [`Assessment::completed`].
     pub reasons: Vec<Reason>,
     pub segment: String,
     pub lifecycle: Lifecycle,
@@ -244,7 +286,7 @@ impl Assessment {
             as_of: self.as_of,
             score: self.score,
             level: self.level,
-            reasons: self.reasons.iter().map(|r| r.code).collect(),
+            reasons: self.codes.iter().collect(),
             lifecycle: self.lifecycle,
         }
     }
@@ -253,11 +295,10 @@ impl Assessment {
     /// change in the set of reasons (and, beyond the contract, a lifecycle change).
     pub fn worth_publishing(&self, last: Option<&Published>, min_score_change: f64) -> bool {
         let Some(last) = last else { return true };
-        let now = self.published();
-        now.level != last.level
-            || (now.score - last.score).abs() >= min_score_change
-            || now.reasons != last.reasons
-            || now.lifecycle != last.lifecycle
+        self.level != last.level
+            || (self.score - last.score).abs() >= min_score_change
+            || self.codes != last.reasons.iter().copied().collect()
+            || self.lifecycle != last.lifecycle
     }
 
     /// The `customer.churn-risk` value.
@@ -289,10 +330,11 @@ fn round(v: f64, digits: i32) -> f64 {
 /// customer with no purchase yet is scored as a one-time buyer from its first event.
 pub fn recency(state: &CustomerState, as_of: Millis, unit_ms: Millis) -> Recency {
     let unit = unit_ms as f64;
-    let (first, last) = match (state.purchase_days.first(), state.purchase_days.last()) {
-        (Some(f), Some(l)) => (Millis::from(*f) * DAY_MS, Millis::from(*l) * DAY_MS),
-        _ => (state.first_event_at, state.first_event_at),
-    };
+    let first = origin(state);
+    let last = state
+        .purchase_days
+        .last()
+        .map_or(first, |d| Millis::from(*d) * DAY_MS);
     let t_x = (last - first) as f64 / unit;
     let t = ((as_of - first) as f64 / unit).max(t_x);
     Recency {
@@ -302,23 +344,32 @@ pub fn recency(state: &CustomerState, as_of: Millis, unit_ms: Millis) -> Recency
     }
 }
 
-/// Evaluates a customer at event time `as_of`, with its value.
-pub fn assess(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
-    assess_risk(state, as_of, settings).valued(state, settings)
+/// Where the customer's model time starts: its first purchase day, or its first event.
+fn origin(state: &CustomerState) -> Millis {
+    state
+        .purchase_days
+        .first()
+        .map_or(state.first_event_at, |d| Millis::from(*d) * DAY_MS)
 }
 
-/// Evaluates a customer's risk at event time `as_of` without its value (`expected_orders_90d`
-/// and `ltv_minor` stay 0 until [`Assessment::valued`]): the value takes a dozen hypergeometric
-/// series and decides nothing about publishing, so the hot path computes it only to publish.
+/// Evaluates a customer at event time `as_of`, completely.
+pub fn assess(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
+    assess_risk(state, as_of, settings).completed(state, settings)
+}
+
+/// Evaluates a customer's risk at event time `as_of`: score, level, reason codes, lifecycle.
+/// What only a published record needs (`expected_orders_90d`, `ltv_minor`, `segment`, the
+/// reasons' details) stays empty until [`Assessment::completed`]: the value alone takes a dozen
+/// hypergeometric series, and none of it decides publishing, so the hot path allocates nothing.
 pub fn assess_risk(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
     let unit = settings.time_unit_ms;
     let h = recency(state, as_of, unit);
     let p_alive = settings.model.p_alive(h);
-    let reasons = reasons(state, as_of, p_alive, settings);
-    let kept: f64 = reasons
-        .iter()
-        .map(|r| 1.0 - settings.weight(r.code).clamp(0.0, 1.0))
-        .product();
+    let mut codes = ReasonSet::default();
+    find_reasons(state, as_of, p_alive, settings, &mut |code, _| {
+        codes.insert(code)
+    });
+    let kept = settings.kept(codes);
     let score = (1.0 - p_alive * kept).clamp(0.0, 1.0);
     let level = settings.level(score);
     let lifecycle = if state.lifecycle == Lifecycle::Lost || p_alive < settings.lost_below_p_alive {
@@ -337,16 +388,18 @@ pub fn assess_risk(state: &CustomerState, as_of: Millis, settings: &RiskSettings
         expected_orders_90d: 0.0,
         score,
         level,
-        reasons,
-        segment: tier(state, &settings.tiers),
+        codes,
+        reasons: Vec::new(),
+        segment: String::new(),
         lifecycle,
         ltv_minor: 0,
     }
 }
 
 impl Assessment {
-    /// Adds the expected orders over 90 days and the lifetime value.
-    pub fn valued(mut self, state: &CustomerState, settings: &RiskSettings) -> Assessment {
+    /// Adds the expected orders over 90 days, the lifetime value, the segment and the reasons'
+    /// details.
+    pub fn completed(mut self, state: &CustomerState, settings: &RiskSettings) -> Assessment {
         let unit = settings.time_unit_ms as f64;
         let h = Recency {
             x: f64::from(self.x),
@@ -357,6 +410,21 @@ impl Assessment {
             .model
             .expected_purchases(h, (90 * DAY_MS) as f64 / unit);
         self.ltv_minor = ltv_minor(state, h, settings);
+        self.segment = tier(state, &settings.tiers);
+        let mut reasons = Vec::new();
+        find_reasons(
+            state,
+            self.as_of,
+            self.p_alive,
+            settings,
+            &mut |code, detail| {
+                reasons.push(Reason {
+                    code,
+                    detail: detail(),
+                })
+            },
+        );
+        self.reasons = reasons;
         self
     }
 }
@@ -403,59 +471,62 @@ fn days(ms: Millis) -> Millis {
     ms / DAY_MS
 }
 
-fn reasons(state: &CustomerState, as_of: Millis, p_alive: f64, s: &RiskSettings) -> Vec<Reason> {
-    let mut out = Vec::new();
-    let mut add = |code, detail: String| out.push(Reason { code, detail });
+/// Calls `found` with each reason present at `as_of`, in code order, and a way to describe it:
+/// the one place that says when a reason holds, whether the caller wants the codes or the text.
+fn find_reasons(
+    state: &CustomerState,
+    as_of: Millis,
+    p_alive: f64,
+    s: &RiskSettings,
+    found: &mut dyn FnMut(ReasonCode, &dyn Fn() -> String),
+) {
     if p_alive < s.inactive_below_p_alive {
         let silent = state.last_order_at.unwrap_or(state.first_event_at);
-        add(
-            ReasonCode::Inactive,
+        found(ReasonCode::Inactive, &|| {
             format!(
-                "no order for {} days; P(alive) {:.2}",
-                days(as_of - silent),
-                p_alive
-            ),
-        );
+                "no order for {} days; P(alive) {p_alive:.2}",
+                days(as_of - silent)
+            )
+        });
     }
-    let overdue: Vec<_> = state
-        .open_complaints
-        .iter()
-        .filter(|c| as_of - c.opened_at > s.complaint_sla_ms)
-        .collect();
-    if let Some(oldest) = overdue.iter().min_by_key(|c| c.opened_at) {
-        add(
-            ReasonCode::UnresolvedComplaint,
+    let overdue = || {
+        state
+            .open_complaints
+            .iter()
+            .filter(|c| as_of - c.opened_at > s.complaint_sla_ms)
+    };
+    if let Some(oldest) = overdue().min_by_key(|c| c.opened_at) {
+        found(ReasonCode::UnresolvedComplaint, &|| {
             format!(
                 "{} complaint(s) open beyond the SLA, oldest {} open {} days",
-                overdue.len(),
+                overdue().count(),
                 oldest.category,
                 days(as_of - oldest.opened_at)
-            ),
-        );
+            )
+        });
     }
     let recent = |t: Option<Millis>| t.is_some_and(|t| t <= as_of && as_of - t <= s.recent_ms);
     let detractor = state.last_survey_score.is_some_and(|score| score <= 6);
     if recent(state.last_complaint_at) {
-        add(
-            ReasonCode::RecentBadExperience,
-            "complaint in the last days".to_owned(),
-        );
+        found(ReasonCode::RecentBadExperience, &|| {
+            "complaint in the last days".to_owned()
+        });
     } else if detractor && recent(state.last_survey_at) {
-        add(
-            ReasonCode::RecentBadExperience,
-            "detractor survey in the last days".to_owned(),
-        );
+        found(ReasonCode::RecentBadExperience, &|| {
+            "detractor survey in the last days".to_owned()
+        });
     }
     if let Some(score) = state.last_survey_score.filter(|_| detractor) {
-        add(ReasonCode::Detractor, format!("last survey score {score}"));
+        found(ReasonCode::Detractor, &|| {
+            format!("last survey score {score}")
+        });
     }
     if state.first_responses > 0 {
         let average = state.first_response_seconds_total / u64::from(state.first_responses);
         if average > s.slow_response_seconds {
-            add(
-                ReasonCode::SlowResponse,
-                format!("average first response {average} s"),
-            );
+            found(ReasonCode::SlowResponse, &|| {
+                format!("average first response {average} s")
+            });
         }
     }
     let waiting = state
@@ -467,32 +538,27 @@ fn reasons(state: &CustomerState, as_of: Millis, p_alive: f64, s: &RiskSettings)
         && state.delivery_seconds_total / u64::from(state.deliveries) * 1000
             > u64::try_from(s.late_delivery_ms).unwrap_or(u64::MAX);
     if waiting > 0 {
-        add(
-            ReasonCode::LateDelivery,
-            format!("{waiting} order(s) undelivered beyond the delivery target"),
-        );
+        found(ReasonCode::LateDelivery, &|| {
+            format!("{waiting} order(s) undelivered beyond the delivery target")
+        });
     } else if slow_average {
-        add(
-            ReasonCode::LateDelivery,
-            "deliveries slower than the target on average".to_owned(),
-        );
+        found(ReasonCode::LateDelivery, &|| {
+            "deliveries slower than the target on average".to_owned()
+        });
     }
     if state.returns >= s.frequent_returns_min
         && f64::from(state.returns) >= s.frequent_returns_ratio * f64::from(state.orders.max(1))
     {
-        add(
-            ReasonCode::FrequentReturns,
-            format!("{} returns over {} orders", state.returns, state.orders),
-        );
+        found(ReasonCode::FrequentReturns, &|| {
+            format!("{} returns over {} orders", state.returns, state.orders)
+        });
     }
     if state.subscription == Subscription::Cancelled {
         let why = state.cancellation_reason.as_deref().unwrap_or("other");
-        add(
-            ReasonCode::Cancelled,
-            format!("subscription cancelled: {why}"),
-        );
+        found(ReasonCode::Cancelled, &|| {
+            format!("subscription cancelled: {why}")
+        });
     }
-    out
 }
 
 /// One line of `score --as-of`: the customer's model values at `as_of`, with expected orders
@@ -536,46 +602,40 @@ pub fn next_check(
     settings: &RiskSettings,
 ) -> Option<Millis> {
     let as_of = now.as_of;
-    let mut candidates: Vec<Millis> = Vec::new();
-    let kept: f64 = now
-        .reasons
-        .iter()
-        .map(|r| 1.0 - settings.weight(r.code).clamp(0.0, 1.0))
-        .product();
+    let unit = settings.time_unit_ms as f64;
+    let kept = settings.kept(now.codes);
     let h = recency(state, as_of, settings.time_unit_ms);
-    let origin = state
-        .purchase_days
-        .first()
-        .map_or(state.first_event_at, |d| Millis::from(*d) * DAY_MS);
-    let thresholds = [
+    let origin = origin(state) as f64;
+    let crossings = [
         (1.0 - settings.medium_from) / kept,
         (1.0 - settings.high_from) / kept,
         settings.inactive_below_p_alive,
         settings.lost_below_p_alive,
-    ];
-    for p in thresholds {
-        if p < now.p_alive {
-            if let Some(t) = settings.model.crossing_time(h, p) {
-                let at = origin as f64 + t * settings.time_unit_ms as f64;
-                if at.is_finite() && at < 9.0e15 {
-                    candidates.push(at.ceil() as Millis);
-                }
-            }
-        }
-    }
-    for c in &state.open_complaints {
-        candidates.push(c.opened_at + settings.complaint_sla_ms + 1);
-    }
-    for t in [state.last_complaint_at, state.last_survey_at]
+    ]
+    .into_iter()
+    .filter(|p| *p < now.p_alive)
+    .filter_map(|p| settings.model.crossing_time(h, p))
+    .map(|t| origin + t * unit)
+    .filter(|at| at.is_finite() && *at < 9.0e15)
+    .map(|at| at.ceil() as Millis);
+    let slas = state
+        .open_complaints
+        .iter()
+        .map(|c| c.opened_at + settings.complaint_sla_ms + 1);
+    let recents = [state.last_complaint_at, state.last_survey_at]
         .into_iter()
         .flatten()
-    {
-        candidates.push(t + settings.recent_ms + 1);
-    }
-    for o in &state.open_orders {
-        candidates.push(o.placed_at + settings.late_delivery_ms + 1);
-    }
-    candidates.into_iter().filter(|t| *t > as_of).min()
+        .map(|t| t + settings.recent_ms + 1);
+    let deliveries = state
+        .open_orders
+        .iter()
+        .map(|o| o.placed_at + settings.late_delivery_ms + 1);
+    crossings
+        .chain(slas)
+        .chain(recents)
+        .chain(deliveries)
+        .filter(|t| *t > as_of)
+        .min()
 }
 
 #[cfg(test)]
@@ -647,10 +707,7 @@ pub(crate) mod tests {
         b.score += 0.05;
         assert!(b.worth_publishing(Some(&last), s.min_score_change));
         let mut c = a.clone();
-        c.reasons.push(Reason {
-            code: ReasonCode::SlowResponse,
-            detail: String::new(),
-        });
+        c.codes.insert(ReasonCode::SlowResponse);
         assert!(c.worth_publishing(Some(&last), s.min_score_change));
     }
 
