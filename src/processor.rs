@@ -340,8 +340,7 @@ impl Processor {
     }
 
     /// Fires, partition by partition, every timer at or before the partition's watermark (its
-    /// newest event time minus the allowed lateness), then stores the watermark. Each round
-    /// commits atomically; a fired timer re-arms strictly later, so the rounds end.
+    /// newest event time minus the allowed lateness). Each round commits atomically.
     fn fire_due_timers(&mut self, report: &mut BatchReport) -> Result<(), StoreError> {
         let mut partitions: Vec<(i32, Millis)> = self
             .newest
@@ -350,22 +349,18 @@ impl Processor {
             .collect();
         partitions.sort_unstable();
         for (partition, watermark) in partitions {
-            let fired_up_to = self.store.watermark(partition)?.unwrap_or(Millis::MIN);
-            if watermark <= fired_up_to {
-                continue;
-            }
+            // The stored timers are the truth: a scan that finds none due costs one seek, and
+            // only a round that fires something commits. A fired timer re-arms strictly later,
+            // so the rounds end.
             loop {
                 let due = self.store.due_timers(partition, watermark, 1_000)?;
-                let last_round = due.len() < 1_000;
+                if due.is_empty() {
+                    break;
+                }
                 let mut commit = Commit::default();
                 for timer in due {
                     self.fire(&timer, &mut commit)?;
                     report.timers_fired += 1;
-                }
-                if last_round {
-                    commit.watermarks.push((partition, watermark));
-                    self.commit(commit, report)?;
-                    break;
                 }
                 self.commit(commit, report)?;
             }

@@ -171,7 +171,6 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
                     timer(1, 100, "a"),
                     timer(2, 0, "other-partition"),
                 ],
-                watermarks: vec![(1, -5)],
                 ..Commit::default()
             })
             .unwrap();
@@ -185,8 +184,6 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             "{name}"
         );
         assert_eq!(store.due_timers(1, 100, 1).unwrap().len(), 1, "{name}");
-        assert_eq!(store.watermark(1).unwrap(), Some(-5), "{name}");
-        assert_eq!(store.watermark(2).unwrap(), None, "{name}");
         store
             .commit(&Commit {
                 timers_cleared: vec![timer(1, -20, "before-epoch"), timer(1, 100, "a")],

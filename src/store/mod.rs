@@ -1,6 +1,6 @@
-//! Durable state: per-customer state with its risk memo, event-time timers, partition
-//! watermarks, input offsets and the outbox of pending output records, partition-scoped, changed
-//! only by one atomic [`Commit`] at a time.
+//! Durable state: per-customer state with its risk memo, event-time timers, the complaint
+//! trends, input offsets and the outbox of pending output records, partition-scoped where they
+//! belong to customers, changed only by one atomic [`Commit`] at a time.
 //!
 //! [`Store`] is the typed layer (key layout, encoding); a [`Backend`] is the narrow key-value trait
 //! it sits on, implemented in memory and by RocksDB, both checked by one contract test suite.
@@ -96,8 +96,6 @@ pub struct Commit {
     pub customers: Vec<(i32, String, Option<Customer>)>,
     pub timers_set: Vec<Timer>,
     pub timers_cleared: Vec<Timer>,
-    /// `(partition, watermark)`: the event time up to which the partition's timers have fired.
-    pub watermarks: Vec<(i32, Millis)>,
     /// The complaint trends, when the batch changed them.
     pub trends: Option<Trends>,
     /// `(source topic, partition, next offset to read)`.
@@ -109,7 +107,6 @@ const CUSTOMER: u8 = b'c';
 const OFFSET: u8 = b'o';
 const OUTBOX: u8 = b'x';
 const TIMER: u8 = b't';
-const WATERMARK: u8 = b'w';
 const TRENDS: &[u8] = b"g/trends";
 
 fn timer_key(timer: &Timer) -> Vec<u8> {
@@ -133,12 +130,6 @@ fn sortable(t: Millis) -> [u8; 8] {
 
 fn unsortable(bytes: &[u8]) -> Option<Millis> {
     Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as Millis)
-}
-
-fn watermark_key(partition: i32) -> Vec<u8> {
-    let mut key = vec![WATERMARK];
-    key.extend_from_slice(&(partition as u32).to_be_bytes());
-    key
 }
 
 fn customer_key(partition: i32, customer_id: &str) -> Vec<u8> {
@@ -307,18 +298,7 @@ impl Store {
         }
     }
 
-    /// The event time up to which `partition`'s timers have fired.
-    pub fn watermark(&self, partition: i32) -> Result<Option<Millis>, StoreError> {
-        match self.backend.get(&watermark_key(partition))? {
-            None => Ok(None),
-            Some(bytes) => unsortable(&bytes).map(Some).ok_or(StoreError::Corrupt {
-                key: format!("watermark {partition}"),
-                reason: format!("{} bytes, expected 8", bytes.len()),
-            }),
-        }
-    }
-
-    /// Writes the whole commit atomically: states, timers, watermarks, offsets and outbox
+    /// Writes the whole commit atomically: states, timers, trends, offsets and outbox
     /// entries land together.
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut ops =
@@ -335,12 +315,6 @@ impl Store {
         }
         for timer in &commit.timers_set {
             ops.push(Op::Put(timer_key(timer), Vec::new()));
-        }
-        for (partition, watermark) in &commit.watermarks {
-            ops.push(Op::Put(
-                watermark_key(*partition),
-                sortable(*watermark).to_vec(),
-            ));
         }
         if let Some(trends) = &commit.trends {
             ops.push(Op::Put(TRENDS.to_vec(), codec::encode_trends(trends)));
