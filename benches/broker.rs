@@ -6,8 +6,6 @@
 //! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it). Under
 //! `cargo test` it runs once with 2,000 events, so the harness itself stays tested.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use customer_pulse::config::Config;
@@ -25,53 +23,10 @@ const INPUTS: [&str; 3] = [
     "customer.complaints",
 ];
 
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn start_broker() -> (Broker, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
-    let program = if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".into()
-    };
-    let child = Command::new(program)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts (tests/run.sh installs it)");
-    let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < deadline, "tansu listens within 20 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Broker(child), address)
-}
+// The tests' Tansu starter, shared rather than written twice.
+#[path = "../tests/it/broker.rs"]
+mod broker;
+use broker::{free_port, Broker};
 
 /// The reference: a bare consumer assigned every input partition from the beginning.
 fn raw_consume(brokers: &str, events: u64) -> Duration {
@@ -133,7 +88,8 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let (_broker, brokers) = start_broker();
+        let broker = Broker::start();
+        let brokers = broker.address.clone();
         let mut topics: Vec<(&str, i32, bool)> = INPUTS.iter().map(|t| (*t, PARTITIONS, false)).collect();
         topics.push(("customer.churn-risk", PARTITIONS, true));
         topics.push(("customer.complaint-trends", PARTITIONS, true));

@@ -394,34 +394,9 @@ pub struct RawMessage {
     pub payload: Vec<u8>,
 }
 
-/// Publishes raw bytes, one message at a time and in order; for tests and tools.
-pub async fn publish_raw(brokers: &str, messages: &[RawMessage]) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .create()?;
-    for RawMessage {
-        topic,
-        key,
-        payload,
-    } in messages
-    {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic} failed: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Publishes raw bytes with at most `batch_records` records per record batch, waiting for every
-/// acknowledgement at the end; for tests and tools.
-pub async fn publish_batched(
+/// Publishes raw bytes in order, with at most `batch_records` records per record batch (1 for
+/// Tansu 0.6.0), waiting for every acknowledgement at the end; for tests and tools.
+pub async fn publish_raw(
     brokers: &str,
     messages: &[RawMessage],
     batch_records: usize,
@@ -430,7 +405,7 @@ pub async fn publish_batched(
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
-        .set("batch.num.messages", batch_records.to_string())
+        .set("batch.num.messages", batch_records.max(1).to_string())
         .set("partitioner", "murmur2_random")
         .create()?;
     let mut pending = Vec::with_capacity(messages.len());

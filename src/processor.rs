@@ -120,6 +120,9 @@ pub struct ProcessorSettings {
     pub panic_on_event_id: Option<String>,
 }
 
+/// Processing a batch panicked.
+struct Panicked;
+
 pub struct Processor {
     store: Store,
     settings: ProcessorSettings,
@@ -160,27 +163,15 @@ impl Processor {
         records: &[InputRecord],
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
-        let newest = self.newest.clone();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.process_batch(records, now)
-        })) {
+        match self.attempt(records, now) {
             Ok(result) => result,
-            Err(_) => {
-                self.forget_uncommitted(newest);
+            Err(Panicked) => {
                 let mut report = BatchReport::default();
                 for record in records {
-                    let newest = self.newest.clone();
-                    let one = std::slice::from_ref(record);
-                    let result =
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            self.process_batch(one, now)
-                        })) {
-                            Ok(result) => result?,
-                            Err(_) => {
-                                self.forget_uncommitted(newest);
-                                self.isolate(record)?
-                            }
-                        };
+                    let result = match self.attempt(std::slice::from_ref(record), now) {
+                        Ok(result) => result?,
+                        Err(Panicked) => self.isolate(record)?,
+                    };
                     report.absorb(result);
                 }
                 Ok(report)
@@ -188,12 +179,24 @@ impl Processor {
         }
     }
 
-    /// Drops what a panicked batch left in memory; the store still holds the last commit.
-    fn forget_uncommitted(&mut self, newest: HashMap<i32, Millis>) {
-        self.cache.clear();
-        self.trends = None;
-        self.trends_dirty = false;
-        self.newest = newest;
+    /// Processes `records` as one batch. On a storage error or a panic, drops what the batch
+    /// left in memory (the store still holds the last commit), so that it can be tried again.
+    fn attempt(
+        &mut self,
+        records: &[InputRecord],
+        now: Millis,
+    ) -> Result<Result<BatchReport, StoreError>, Panicked> {
+        let newest = self.newest.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.process_batch(records, now)
+        }));
+        if !matches!(outcome, Ok(Ok(_))) {
+            self.cache.clear();
+            self.trends = None;
+            self.trends_dirty = false;
+            self.newest = newest;
+        }
+        outcome.map_err(|_| Panicked)
     }
 
     /// Commits a record whose processing panicked as a `processing_error` dead letter, and
@@ -259,16 +262,8 @@ impl Processor {
             self.close_windows(&mut commit, &mut report)?;
             self.commit(commit, &mut report)
         });
-        let result = result.and_then(|()| self.fire_due_timers(&mut report));
-        match result {
-            Ok(()) => Ok(report),
-            Err(e) => {
-                self.cache.clear();
-                self.trends = None;
-                self.trends_dirty = false;
-                Err(e)
-            }
-        }
+        result.and_then(|()| self.fire_due_timers(&mut report))?;
+        Ok(report)
     }
 
     fn trends(&mut self) -> Result<&mut Trends, StoreError> {

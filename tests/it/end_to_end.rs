@@ -277,7 +277,9 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
             payload: b.payload.clone(),
         })
         .collect();
-    publish_raw(&broker.address, &bad_messages).await.unwrap();
+    publish_raw(&broker.address, &bad_messages, 1)
+        .await
+        .unwrap();
     publish(&broker.address, &config_topics, &events[..300], None, 1)
         .await
         .unwrap();
