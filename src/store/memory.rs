@@ -40,11 +40,17 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Entries, StoreError> {
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
         Ok(self
             .map()
             .range(start.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .take_while(|(k, _)| k.starts_with(prefix) && end.is_none_or(|e| k.as_slice() < e))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())

@@ -47,8 +47,15 @@ pub trait Backend: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies every op or none.
     fn write(&self, ops: Vec<Op>) -> Result<(), StoreError>;
-    /// Up to `limit` entries whose key starts with `prefix`, from `start` (inclusive), in key order.
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Entries, StoreError>;
+    /// Up to `limit` entries whose key starts with `prefix`, from `start` (inclusive) to `end`
+    /// (exclusive, when given), in key order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
     /// The greatest key that starts with `prefix`.
     fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Bytes the data occupies (on disk for RocksDB).
@@ -223,7 +230,7 @@ impl Store {
         let prefix = customer_key(partition, "");
         let start = customer_key(partition, from);
         self.backend
-            .scan(&prefix, &start, limit)?
+            .scan(&prefix, &start, None, limit)?
             .into_iter()
             .map(|(key, bytes)| {
                 codec::decode_customer(&bytes)
@@ -262,25 +269,27 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Timer>, StoreError> {
         let prefix = timer_prefix(partition);
-        let mut due = Vec::new();
-        for (key, _) in self.backend.scan(&prefix, &prefix, limit)? {
-            let at = key
-                .get(5..13)
-                .and_then(unsortable)
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: format!("{key:?}"),
-                    reason: "timer key too short".into(),
-                })?;
-            if at > up_to {
-                break;
-            }
-            due.push(Timer {
-                partition,
-                at,
-                customer_id: String::from_utf8_lossy(&key[13..]).into_owned(),
-            });
-        }
-        Ok(due)
+        // Keys sort by time, so the scan stops at the first timer after `up_to`.
+        let mut end = prefix.clone();
+        end.extend_from_slice(&sortable(up_to.saturating_add(1)));
+        self.backend
+            .scan(&prefix, &prefix, Some(&end), limit)?
+            .into_iter()
+            .map(|(key, _)| {
+                let at =
+                    key.get(5..13)
+                        .and_then(unsortable)
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: format!("{key:?}"),
+                            reason: "timer key too short".into(),
+                        })?;
+                Ok(Timer {
+                    partition,
+                    at,
+                    customer_id: String::from_utf8_lossy(&key[13..]).into_owned(),
+                })
+            })
+            .collect()
     }
 
     /// The complaint trends as of the last commit.
@@ -340,7 +349,7 @@ impl Store {
     /// Up to `limit` pending outbox records, oldest first, with their sequence numbers.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
         self.backend
-            .scan(&[OUTBOX], &[OUTBOX], limit)?
+            .scan(&[OUTBOX], &[OUTBOX], None, limit)?
             .into_iter()
             .map(|(key, bytes)| {
                 let seq = outbox_seq(&key).ok_or_else(|| StoreError::Corrupt {

@@ -48,14 +48,20 @@ impl Backend for RocksBackend {
         self.db.write(batch).map_err(backend_error)
     }
 
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Entries, StoreError> {
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         for item in self
             .db
             .iterator(IteratorMode::From(start, Direction::Forward))
         {
             let (k, v) = item.map_err(backend_error)?;
-            if !k.starts_with(prefix) || out.len() >= limit {
+            if !k.starts_with(prefix) || end.is_some_and(|e| &*k >= e) || out.len() >= limit {
                 break;
             }
             out.push((k.into_vec(), v.into_vec()));

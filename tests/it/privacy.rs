@@ -162,7 +162,7 @@ fn after_erasure_no_key_or_value_in_rocksdb_holds_the_customer_id() {
     let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
     store.acknowledge(&seqs).unwrap();
 
-    let everything = backend.scan(&[], &[], usize::MAX).unwrap();
+    let everything = backend.scan(&[], &[], None, usize::MAX).unwrap();
     assert!(
         everything.len() > 3,
         "zed's state, offsets, trends, timers remain"

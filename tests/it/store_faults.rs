@@ -28,8 +28,14 @@ impl Backend for Refusing {
         }
         self.inner.write(ops)
     }
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Entries, StoreError> {
-        self.inner.scan(prefix, start, limit)
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.inner.scan(prefix, start, end, limit)
     }
     fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.last_key(prefix)
