@@ -92,7 +92,8 @@ fn main() {
         let brokers = broker.address.clone();
         let mut topics: Vec<(&str, i32, bool)> = INPUTS.iter().map(|t| (*t, PARTITIONS, false)).collect();
         topics.push(("customer.churn-risk", PARTITIONS, true));
-        topics.push(("customer.complaint-trends", PARTITIONS, true));
+        topics.push(("customer.complaint-trends", PARTITIONS, false));
+        topics.push(("customer.segment-metrics", PARTITIONS, false));
         topics.push(("customer.events.dlq", 1, false));
         create_topics(&brokers, &topics).await.expect("topics");
 

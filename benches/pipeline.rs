@@ -33,6 +33,7 @@ fn rules() -> Rules {
         cancellation_reasons: ["price", "competitor", "service"]
             .map(String::from)
             .to_vec(),
+        renewal_reasons: ["loyalty", "price"].map(String::from).to_vec(),
     }
 }
 
@@ -47,6 +48,7 @@ fn settings() -> ProcessorSettings {
         topics: OutputTopics {
             churn_risk: "customer.churn-risk".into(),
             complaint_trends: "customer.complaint-trends".into(),
+            segment_metrics: "customer.segment-metrics".into(),
             dead_letter: "customer.events.dlq".into(),
         },
         partitions: 6,

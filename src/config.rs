@@ -381,6 +381,7 @@ pub struct RawTopics {
     pub complaints: String,
     pub churn_risk: String,
     pub complaint_trends: String,
+    pub segment_metrics: String,
     pub dead_letter: String,
 }
 
@@ -397,6 +398,8 @@ pub struct RawInput {
     pub max_open_items_per_customer: usize,
     pub complaint_categories: Vec<String>,
     pub cancellation_reasons: Vec<String>,
+    /// Closed set of renewal reasons; anything else becomes `other`, none `unspecified`.
+    pub renewal_reasons: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +457,7 @@ impl Default for RawTopics {
             complaints: "customer.complaints".into(),
             churn_risk: "customer.churn-risk".into(),
             complaint_trends: "customer.complaint-trends".into(),
+            segment_metrics: "customer.segment-metrics".into(),
             dead_letter: "customer.events.dlq".into(),
         }
     }
@@ -490,6 +494,9 @@ impl Default for RawInput {
             ]
             .map(String::from)
             .to_vec(),
+            renewal_reasons: ["auto_renew", "price", "service", "loyalty", "promotion"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -580,6 +587,7 @@ pub struct Topics {
     pub complaints: String,
     pub churn_risk: String,
     pub complaint_trends: String,
+    pub segment_metrics: String,
     pub dead_letter: String,
 }
 
@@ -669,6 +677,7 @@ impl RawConfig {
             ("topics.complaints", &t.complaints),
             ("topics.churn_risk", &t.churn_risk),
             ("topics.complaint_trends", &t.complaint_trends),
+            ("topics.segment_metrics", &t.segment_metrics),
             ("topics.dead_letter", &t.dead_letter),
         ] {
             check(
@@ -715,6 +724,7 @@ impl RawConfig {
         for (field, set) in [
             ("input.complaint_categories", &i.complaint_categories),
             ("input.cancellation_reasons", &i.cancellation_reasons),
+            ("input.renewal_reasons", &i.renewal_reasons),
         ] {
             check(
                 set.iter().all(|v| {
@@ -817,7 +827,7 @@ impl RawConfig {
             check(
                 token.len() >= 16 && token.is_ascii() && !token.contains(char::is_whitespace),
                 "http.customer_lookup_token",
-                "must be at least 16 printable ASCII characters without spaces",
+                "must be 1 to 249 characters of letters, digits, '.', '_' and '-'",
             )?;
         }
         let listen_address = self.http.listen_address.parse().map_err(|_| {
@@ -840,6 +850,7 @@ impl RawConfig {
                 currency: i.currency.clone(),
                 complaint_categories: i.complaint_categories.clone(),
                 cancellation_reasons: i.cancellation_reasons.clone(),
+                renewal_reasons: i.renewal_reasons.clone(),
             },
             limits: FoldLimits {
                 dedup_horizon_ms: (i.dedup_horizon_days * 86_400_000) as i64,
@@ -852,6 +863,7 @@ impl RawConfig {
                 complaints: self.topics.complaints,
                 churn_risk: self.topics.churn_risk,
                 complaint_trends: self.topics.complaint_trends,
+                segment_metrics: self.topics.segment_metrics,
                 dead_letter: self.topics.dead_letter,
             },
             state_path: self.state.path,

@@ -82,6 +82,8 @@ pub struct Rules {
     pub complaint_categories: Vec<String>,
     /// Closed set of cancellation reasons; anything else becomes `other`.
     pub cancellation_reasons: Vec<String>,
+    /// Closed set of renewal reasons; anything else becomes `other`, a missing one `unspecified`.
+    pub renewal_reasons: Vec<String>,
 }
 
 /// The highest `schema_version` this build understands.
@@ -200,7 +202,10 @@ pub fn decode(
         }
         "subscription.renewed" => EventKind::SubscriptionRenewed {
             amount_minor: fields.non_negative("amount_minor")?,
-            reason: fields.opt_text("reason")?,
+            reason: match fields.opt_text("reason")? {
+                Some(reason) => normalise(&reason, &rules.renewal_reasons),
+                None => "unspecified".to_owned(),
+            },
         },
         "subscription.cancelled" => EventKind::SubscriptionCancelled {
             reason: normalise(fields.text("reason")?, &rules.cancellation_reasons),

@@ -61,7 +61,8 @@ pub enum EventKind {
     },
     SubscriptionRenewed {
         amount_minor: i64,
-        reason: Option<String>,
+        /// Normalised to the configured closed set; `unspecified` when the event gave none.
+        reason: String,
     },
     SubscriptionCancelled {
         /// Normalised to the configured closed set, else `other`.

@@ -20,6 +20,18 @@ pub enum Lifecycle {
     WonBack,
 }
 
+impl Lifecycle {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lifecycle::New => "new",
+            Lifecycle::Active => "active",
+            Lifecycle::AtRisk => "at_risk",
+            Lifecycle::Lost => "lost",
+            Lifecycle::WonBack => "won_back",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Subscription {
@@ -195,7 +207,7 @@ impl CustomerState {
             } => {
                 self.renewals += 1;
                 self.renewal_revenue_minor += amount_minor;
-                self.last_renewal_reason.clone_from(reason);
+                self.last_renewal_reason = Some(reason.clone());
                 if self.cancelled_at.is_none_or(|c| c <= t) {
                     self.subscription = Subscription::Active;
                     if self.lifecycle == Lifecycle::Lost {

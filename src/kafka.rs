@@ -13,7 +13,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
@@ -268,6 +268,21 @@ impl KafkaSink {
             .set("message.timeout.ms", "30000")
             .create()?;
         Ok(KafkaSink { producer })
+    }
+
+    /// Which of `topics` the brokers do not know. Blocks for at most `timeout`.
+    pub fn missing_topics(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        let known: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        Ok(topics
+            .iter()
+            .filter(|t| !known.contains(**t))
+            .map(|t| (*t).to_owned())
+            .collect())
     }
 }
 

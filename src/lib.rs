@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod processor;
 pub mod replay;
 pub mod risk;
+pub mod segments;
 pub mod store;
 pub mod telemetry;
 pub mod trends;

@@ -39,6 +39,7 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         topics: OutputTopics {
             churn_risk: config.topics.churn_risk.clone(),
             complaint_trends: config.topics.complaint_trends.clone(),
+            segment_metrics: config.topics.segment_metrics.clone(),
             dead_letter: config.topics.dead_letter.clone(),
         },
         partitions: config.partitions,
@@ -102,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let input = Input::connect(&config, store.clone(), telemetry.clone())?;
     let sink = KafkaSink::connect(&config.brokers)?;
+    warn_of_missing_outputs(&sink, &config);
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
     let outbox = tokio::spawn(drain_outbox(
@@ -135,6 +137,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("HTTP task failed")?
         .context("HTTP server failed")?;
     flushed
+}
+
+/// An output topic that does not exist holds up the outbox behind its first record until it is
+/// created (or the brokers create it on first use): say so at start, by name.
+fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
+    let t = &config.topics;
+    let outputs = [
+        t.churn_risk.as_str(),
+        t.complaint_trends.as_str(),
+        t.segment_metrics.as_str(),
+        t.dead_letter.as_str(),
+    ];
+    let missing =
+        tokio::task::block_in_place(|| sink.missing_topics(&outputs, Duration::from_secs(10)));
+    match missing {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => tracing::warn!(
+            topics = ?missing,
+            "Output topics not found on the brokers; their records wait in the outbox until the topics exist."
+        ),
+        Err(e) => tracing::warn!(error = %e, "Could not read the brokers' topic list."),
+    }
 }
 
 async fn consume(
@@ -171,8 +195,10 @@ async fn consume(
                     break;
                 }
                 Err(e) => {
-                    // Nothing of the batch was stored; it is folded again from the stored state
-                    // once the store accepts writes. Offsets do not move meanwhile.
+                    // What the failed commit held was not stored; the batch is folded again from
+                    // the stored state once the store accepts writes (a part committed before,
+                    // at a window's end, is recognised by its event ids). Offsets do not move
+                    // past the stored state meanwhile.
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Committing state failed; consumption is paused.");
                     telemetry.commit_failed();
                     telemetry.set_ready(false);

@@ -3,12 +3,13 @@
 //! Shared by every source (Kafka, file). Must not know about Kafka, RocksDB or Prometheus: it sees
 //! owned [`InputRecord`]s, a [`Store`] and returns a [`BatchReport`] for telemetry to record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::decode::{decode, Rejection, Rules};
 use crate::event::{EventKind, Millis, Stream};
-use crate::fold::{CustomerState, FoldLimits, Outcome};
-use crate::risk::{assess_risk, next_check, RiskSettings};
+use crate::fold::{CustomerState, FoldLimits, Lifecycle, Outcome};
+use crate::risk::{assess_risk, next_check, segment_of, strongest_reason, RiskSettings};
+use crate::segments::{Flow, Flows, Population, Segments, Standing};
 use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
 use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends};
 
@@ -36,6 +37,7 @@ pub struct InputRecord {
 pub struct OutputTopics {
     pub churn_risk: String,
     pub complaint_trends: String,
+    pub segment_metrics: String,
     pub dead_letter: String,
 }
 
@@ -60,6 +62,12 @@ pub struct BatchReport {
     pub closed_windows: Vec<ClosedWindow>,
     /// Open complaints per category after the batch, when the batch changed them.
     pub open_complaints: Vec<(String, i64)>,
+    /// What the batch counted per segment (late flows included).
+    pub segment_flows: BTreeMap<String, Flows>,
+    /// The segment population and net margin to date after the batch, when it changed them.
+    pub population: Option<(BTreeMap<String, Population>, BTreeMap<String, i64>)>,
+    /// Segment-days the batch closed.
+    pub closed_days: usize,
 }
 
 impl BatchReport {
@@ -93,6 +101,13 @@ impl BatchReport {
         if !other.open_complaints.is_empty() {
             self.open_complaints = other.open_complaints;
         }
+        for (segment, flows) in other.segment_flows {
+            self.segment_flows.entry(segment).or_default().merge(&flows);
+        }
+        if other.population.is_some() {
+            self.population = other.population;
+        }
+        self.closed_days += other.closed_days;
     }
 
     pub fn count(&self, outcome: &str) -> u64 {
@@ -129,9 +144,55 @@ pub struct Processor {
     cache: StateCache,
     /// The newest event time seen per state partition since start.
     newest: HashMap<i32, Millis>,
-    /// The complaint trends, loaded at first use; `dirty` when the batch changed them.
-    trends: Option<Trends>,
-    trends_dirty: bool,
+    /// Loaded at first use and kept between batches; taken out while a batch runs, so a batch
+    /// that fails leaves nothing behind and the next one reloads the last commit's.
+    aggregates: Option<Aggregates>,
+}
+
+/// The instance-wide aggregates: complaint trends and segment metrics.
+struct Aggregates {
+    trends: Trends,
+    segments: Segments,
+    /// Whether they changed since they were last put into a commit.
+    dirty: bool,
+}
+
+impl Aggregates {
+    fn load(store: &Store) -> Result<Aggregates, StoreError> {
+        Ok(Aggregates {
+            trends: store.trends()?.unwrap_or_default(),
+            segments: store.segments()?.unwrap_or_default(),
+            dirty: false,
+        })
+    }
+
+    /// Puts the aggregates into `commit` when they changed, and what telemetry needs into
+    /// `report`.
+    fn stage(&mut self, commit: &mut Commit, report: &mut BatchReport) {
+        for (segment, flows) in self.segments.take_counted() {
+            report
+                .segment_flows
+                .entry(segment)
+                .or_default()
+                .merge(&flows);
+        }
+        if !self.dirty {
+            return;
+        }
+        report.open_complaints = self
+            .trends
+            .categories
+            .iter()
+            .map(|(c, t)| (c.clone(), t.open_backlog))
+            .collect();
+        report.population = Some((
+            self.segments.population.clone(),
+            self.segments.margin_to_date_minor.clone(),
+        ));
+        commit.trends = Some(self.trends.clone());
+        commit.segments = Some(self.segments.clone());
+        self.dirty = false;
+    }
 }
 
 impl Processor {
@@ -142,8 +203,7 @@ impl Processor {
             settings,
             cache,
             newest: HashMap::new(),
-            trends: None,
-            trends_dirty: false,
+            aggregates: None,
         }
     }
 
@@ -192,8 +252,7 @@ impl Processor {
         }));
         if !matches!(outcome, Ok(Ok(_))) {
             self.cache.clear();
-            self.trends = None;
-            self.trends_dirty = false;
+            self.aggregates = None;
             self.newest = newest;
         }
         outcome.map_err(|_| Panicked)
@@ -240,10 +299,14 @@ impl Processor {
         records: &[InputRecord],
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
+        let mut aggregates = match self.aggregates.take() {
+            Some(aggregates) => aggregates,
+            None => Aggregates::load(&self.store)?,
+        };
         let mut report = BatchReport::default();
         let mut commit = Commit::default();
         let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
-        let result = records.iter().try_for_each(|record| {
+        for record in records {
             offsets.insert(
                 (record.source.as_str(), record.source_partition),
                 record.offset + 1,
@@ -251,70 +314,133 @@ impl Processor {
             if let Some(t) = record.append_time_ms {
                 report.append_times_ms.push(t);
             }
-            self.process_one(record, now, &mut commit, &mut report)
-        });
-        let result = result.and_then(|()| {
-            commit.offsets = offsets
-                .into_iter()
-                .map(|((source, partition), next)| (source.to_owned(), partition, next))
-                .collect();
-            report.offsets.clone_from(&commit.offsets);
-            self.close_windows(&mut commit, &mut report)?;
-            self.commit(commit, &mut report)
-        });
-        result.and_then(|()| self.fire_due_timers(&mut report))?;
+            self.process_one(record, now, &mut aggregates, &mut commit, &mut report)?;
+            // A batch is cut where the watermark passes the end of a window, so that what a
+            // window's record says never depends on where the batches happened to end.
+            if self.window_ends(&aggregates) {
+                let done = std::mem::take(&mut commit);
+                self.flush(done, &mut offsets, &mut aggregates, &mut report)?;
+            }
+        }
+        self.flush(commit, &mut offsets, &mut aggregates, &mut report)?;
+        self.aggregates = Some(aggregates);
         Ok(report)
     }
 
-    fn trends(&mut self) -> Result<&mut Trends, StoreError> {
-        if self.trends.is_none() {
-            self.trends = Some(self.store.trends()?.unwrap_or_default());
-        }
-        Ok(self.trends.get_or_insert_with(Trends::default))
+    /// The instance's watermark: its newest event time over all partitions, minus the allowed
+    /// lateness.
+    fn watermark(&self, aggregates: &Aggregates) -> Option<Millis> {
+        let seen = self.newest.values().max().copied();
+        let newest = match (seen, aggregates.trends.newest) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        newest.map(|n| n.saturating_sub(self.settings.allowed_lateness_ms))
     }
 
-    /// Closes the complaint windows the newest event time minus the allowed lateness has
-    /// passed, and puts their records and the changed trends into `commit`. The trend
-    /// watermark is the instance's, over all its partitions: one record per category and window.
-    fn close_windows(
+    /// Whether the watermark has passed the end of an open complaint window or segment day.
+    fn window_ends(&self, aggregates: &Aggregates) -> bool {
+        let Some(watermark) = self.watermark(aggregates) else {
+            return false;
+        };
+        let trends = aggregates.trends.next_close(&self.settings.trends);
+        let segments = aggregates.segments.next_close();
+        trends
+            .into_iter()
+            .chain(segments)
+            .any(|end| end <= watermark)
+    }
+
+    /// Commits `commit` with the offsets so far, then fires the timers the watermarks have
+    /// passed and closes the windows: timers first, so that a customer lost at a timer counts in
+    /// the day the timer is in.
+    fn flush(
         &mut self,
-        commit: &mut Commit,
+        mut commit: Commit,
+        offsets: &mut HashMap<(&str, i32), i64>,
+        aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
-        let Some(seen) = self.newest.values().max().copied() else {
-            return Ok(());
-        };
-        self.trends()?;
-        let settings = &self.settings.trends;
-        let Some(trends) = self.trends.as_mut() else {
-            return Ok(());
-        };
-        let newest = trends.newest.map_or(seen, |n| n.max(seen));
-        if trends.newest != Some(newest) {
-            trends.newest = Some(newest);
-            self.trends_dirty = true;
+        commit.offsets = offsets
+            .drain()
+            .map(|((source, partition), next)| (source.to_owned(), partition, next))
+            .collect();
+        for (source, partition, next) in &commit.offsets {
+            match report
+                .offsets
+                .iter_mut()
+                .find(|(s, p, _)| s == source && p == partition)
+            {
+                Some(entry) => entry.2 = entry.2.max(*next),
+                None => report.offsets.push((source.clone(), *partition, *next)),
+            }
         }
+        if let Some(seen) = self.newest.values().max().copied() {
+            let trends = &mut aggregates.trends;
+            if trends.newest.is_none_or(|n| n < seen) {
+                trends.newest = Some(seen);
+                aggregates.dirty = true;
+            }
+        }
+        aggregates.stage(&mut commit, report);
+        self.commit(commit, report)?;
+        self.fire_due_timers(aggregates, report)?;
+        self.close_windows(aggregates, report)
+    }
+
+    /// Closes the complaint windows and segment days that the newest event time minus the
+    /// allowed lateness has passed, and commits their records. The watermark is the instance's,
+    /// over all its partitions: one record per category or segment and window.
+    fn close_windows(
+        &mut self,
+        aggregates: &mut Aggregates,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
+        let Some(newest) = aggregates.trends.newest else {
+            return Ok(());
+        };
         let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
-        let closed = trends.close_until(watermark, settings);
-        if !closed.is_empty() || self.trends_dirty {
-            report.open_complaints = trends
-                .categories
-                .iter()
-                .map(|(c, t)| (c.clone(), t.open_backlog))
-                .collect();
-            commit.trends = Some(trends.clone());
-            self.trends_dirty = false;
+        let mut windows = aggregates
+            .trends
+            .close_until(watermark, &self.settings.trends);
+        let segment_names: Vec<String> = self
+            .settings
+            .risk
+            .tiers
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        let days = aggregates.segments.close_until(watermark, &segment_names);
+        if windows.is_empty() && days.is_empty() {
+            return Ok(());
         }
-        for window in &closed {
+        let mut commit = Commit::default();
+        let active = aggregates.segments.active_customers();
+        let topics = &self.settings.topics;
+        for window in &mut windows {
+            window.active_customers = Some(active);
             let id = window.record_id();
             commit.outbox.push(OutboxRecord {
-                topic: self.settings.topics.complaint_trends.clone(),
+                topic: topics.complaint_trends.clone(),
                 key: Some(window.category.clone().into_bytes()),
                 value: Some(window.record(&id)),
                 headers: vec![("record_id".into(), id.into_bytes())],
             });
         }
-        report.closed_windows.extend(closed);
+        for day in &days {
+            let id = day.record_id();
+            commit.outbox.push(OutboxRecord {
+                topic: topics.segment_metrics.clone(),
+                key: Some(day.segment.clone().into_bytes()),
+                value: Some(day.record(&id)),
+                headers: vec![("record_id".into(), id.into_bytes())],
+            });
+        }
+        aggregates.dirty = true;
+        aggregates.stage(&mut commit, report);
+        self.commit(commit, report)?;
+        report.closed_windows.extend(windows);
+        report.closed_days += days.len();
         Ok(())
     }
 
@@ -336,7 +462,11 @@ impl Processor {
 
     /// Fires, partition by partition, every timer at or before the partition's watermark (its
     /// newest event time minus the allowed lateness). Each round commits atomically.
-    fn fire_due_timers(&mut self, report: &mut BatchReport) -> Result<(), StoreError> {
+    fn fire_due_timers(
+        &mut self,
+        aggregates: &mut Aggregates,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
         let mut partitions: Vec<(i32, Millis)> = self
             .newest
             .iter()
@@ -354,9 +484,10 @@ impl Processor {
                 }
                 let mut commit = Commit::default();
                 for timer in due {
-                    self.fire(&timer, &mut commit)?;
+                    self.fire(&timer, aggregates, &mut commit)?;
                     report.timers_fired += 1;
                 }
+                aggregates.stage(&mut commit, report);
                 self.commit(commit, report)?;
             }
         }
@@ -364,7 +495,12 @@ impl Processor {
     }
 
     /// Looks at a silent customer again at its timer's event time.
-    fn fire(&mut self, timer: &Timer, commit: &mut Commit) -> Result<(), StoreError> {
+    fn fire(
+        &mut self,
+        timer: &Timer,
+        aggregates: &mut Aggregates,
+        commit: &mut Commit,
+    ) -> Result<(), StoreError> {
         let entry = self
             .cache
             .entry(&self.store, timer.partition, &timer.customer_id)?;
@@ -374,7 +510,19 @@ impl Processor {
                     "timer-{}-{}-{}",
                     timer.partition, timer.at, timer.customer_id
                 );
-                reassess(customer, timer.at, &record_id, None, &self.settings, commit);
+                let effects = Effects {
+                    commit,
+                    segments: &mut aggregates.segments,
+                };
+                reassess(
+                    customer,
+                    timer.at,
+                    &record_id,
+                    None,
+                    &self.settings,
+                    effects,
+                );
+                aggregates.dirty = true;
                 entry.dirty = true;
             }
             // A timer the customer no longer points at (re-armed or erased): only the key goes.
@@ -383,10 +531,23 @@ impl Processor {
         Ok(())
     }
 
+    /// The segment a customer is in now, whether or not this instance holds it (a customer it
+    /// does not know has no revenue yet).
+    fn segment_of_customer(&mut self, customer_id: &str) -> Result<String, StoreError> {
+        let partition = partition_for(customer_id.as_bytes(), self.settings.partitions);
+        let entry = self.cache.entry(&self.store, partition, customer_id)?;
+        let (revenue, margin) = entry
+            .record
+            .as_ref()
+            .map_or((0, 0), |c| (c.state.revenue_minor, c.state.margin_minor));
+        Ok(segment_of(revenue, margin, &self.settings.risk.tiers).to_owned())
+    }
+
     fn process_one(
         &mut self,
         record: &InputRecord,
         now: Millis,
+        aggregates: &mut Aggregates,
         commit: &mut Commit,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
@@ -423,29 +584,37 @@ impl Processor {
         });
         let newest = self.newest.entry(partition).or_insert(event.occurred_at);
         *newest = (*newest).max(event.occurred_at);
-        if matches!(
-            event.kind,
-            EventKind::ComplaintOpened { .. }
-                | EventKind::ComplaintResolved { .. }
-                | EventKind::Erased
-        ) {
-            self.trends()?;
-        }
+        // A referral counts for the referrer's segment.
+        let referrer_segment = match &event.kind {
+            EventKind::Registered {
+                referred_by: Some(referrer),
+                ..
+            } if *referrer != event.customer_id => Some(self.segment_of_customer(referrer)?),
+            _ => None,
+        };
         let entry = self
             .cache
             .entry(&self.store, partition, &event.customer_id)?;
         let customer = entry
             .record
             .get_or_insert_with(|| CustomerState::new(&event.customer_id).into());
-        // A timer due before this event fires first, so a customer's records do not depend on
-        // whether the watermark passed the timer before the event arrived.
-        if let Some(at) = customer.risk.timer_at.filter(|at| *at < event.occurred_at) {
+        let settings = &self.settings;
+        // The timers due before this event fire first, so a customer's records do not depend
+        // on whether the watermark passed them before the event arrived. Each fired timer
+        // re-arms strictly later, so the loop ends.
+        while let Some(at) = customer.risk.timer_at.filter(|at| *at < event.occurred_at) {
             let id = format!("timer-{partition}-{at}-{}", event.customer_id);
-            reassess(customer, at, &id, None, &self.settings, commit);
+            let effects = Effects {
+                commit,
+                segments: &mut aggregates.segments,
+            };
+            reassess(customer, at, &id, None, settings, effects);
+            aggregates.dirty = true;
             entry.dirty = true;
         }
-        // What the trends need from the state before the event: a resolved complaint's category
-        // and open time, an erased customer's open complaints.
+        // What the aggregates need from the state before the event: a resolved complaint's
+        // category and open time, an erased customer's open complaints, whether this is the
+        // customer's first order or first referral.
         let open_before: Vec<(String, Millis)> = match &event.kind {
             EventKind::ComplaintResolved { complaint_id, .. } => customer
                 .state
@@ -462,71 +631,99 @@ impl Processor {
                 .collect(),
             _ => Vec::new(),
         };
-        if self.settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
+        let first_order = customer.state.orders == 0;
+        let first_referral = customer.state.referred_by.is_none();
+        if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);
         }
-        let outcome = customer.state.apply(&event, &self.settings.limits);
-        let mut counted = Counted::InWindow;
-        if outcome != Outcome::Duplicate {
-            if let Some(trends) = self.trends.as_mut() {
-                let s = &self.settings.trends;
-                let t = event.occurred_at;
-                match &event.kind {
-                    EventKind::ComplaintOpened {
-                        category, severity, ..
-                    } => {
-                        counted = trends.opened(category, *severity, t, s);
-                        *report
-                            .complaints_opened
-                            .entry((category.clone(), severity.name()))
-                            .or_default() += 1;
-                    }
-                    EventKind::ComplaintResolved { .. } => {
-                        for (category, opened_at) in &open_before {
-                            counted = trends.resolved(category, *opened_at, t, s);
-                        }
-                    }
-                    EventKind::Erased => {
-                        for (category, _) in &open_before {
-                            trends.forget_open(category);
-                        }
-                    }
-                    _ => {}
-                }
-                self.trends_dirty = true;
-            }
+        let outcome = customer.state.apply(&event, &settings.limits);
+        if outcome == Outcome::Duplicate {
+            *report
+                .events
+                .entry((record.source.clone(), event.kind.type_name(), "duplicate"))
+                .or_default() += 1;
+            return Ok(());
         }
-        let label = match outcome {
-            Outcome::Applied => {
-                entry.dirty = true;
-                let as_of = customer.risk.as_of(&customer.state);
-                reassess(
-                    customer,
-                    as_of,
-                    &record_id,
-                    Some(&event.event_id),
-                    &self.settings,
-                    commit,
-                );
-                // Late for the complaint windows, applied to the customer all the same.
-                if counted == Counted::Late {
-                    "late"
-                } else {
-                    "applied"
+        aggregates.dirty = true;
+        entry.dirty = true;
+        let trends = &mut aggregates.trends;
+        let segments = &mut aggregates.segments;
+        let s = &settings.trends;
+        let t = event.occurred_at;
+        let segment = segment_of(
+            customer.state.revenue_minor,
+            customer.state.margin_minor,
+            &settings.risk.tiers,
+        );
+        let counted = match &event.kind {
+            EventKind::ComplaintOpened {
+                category, severity, ..
+            } => {
+                *report
+                    .complaints_opened
+                    .entry((category.clone(), severity.name()))
+                    .or_default() += 1;
+                trends.opened(category, *severity, t, s)
+            }
+            EventKind::ComplaintResolved { .. } => open_before
+                .iter()
+                .map(|(category, opened_at)| trends.resolved(category, *opened_at, t, s))
+                .fold(
+                    Counted::InWindow,
+                    |a, b| if b == Counted::Late { b } else { a },
+                ),
+            EventKind::OrderPlaced {
+                amount_minor,
+                margin_minor,
+                ..
+            } => {
+                if first_order {
+                    let value_minor = *amount_minor;
+                    segments.count_change(segment, t, Flow::New { value_minor });
                 }
+                let order = Flow::Order {
+                    amount_minor: *amount_minor,
+                    margin_minor: *margin_minor,
+                };
+                segments.count(segment, t, order)
             }
-            Outcome::Duplicate => "duplicate",
-            Outcome::Erased => {
-                entry.record = None;
-                entry.dirty = true;
-                commit.outbox.push(OutboxRecord {
-                    topic: self.settings.topics.churn_risk.clone(),
-                    key: Some(event.customer_id.clone().into_bytes()),
-                    value: None,
-                    headers: vec![("record_id".into(), record_id.into_bytes())],
-                });
-                "applied"
+            EventKind::SubscriptionRenewed { reason, .. } => {
+                segments.count(segment, t, Flow::Renewal { reason })
             }
+            EventKind::Registered { .. } => match referrer_segment.as_deref() {
+                Some(referrer) if first_referral => segments.count(referrer, t, Flow::Referral),
+                _ => Counted::InWindow,
+            },
+            _ => Counted::InWindow,
+        };
+        if outcome == Outcome::Erased {
+            for (category, _) in &open_before {
+                trends.forget_open(category);
+            }
+            segments.restand(customer.standing.as_ref(), None);
+            entry.record = None;
+            commit.outbox.push(OutboxRecord {
+                topic: settings.topics.churn_risk.clone(),
+                key: Some(event.customer_id.clone().into_bytes()),
+                value: None,
+                headers: vec![("record_id".into(), record_id.into_bytes())],
+            });
+        } else {
+            let as_of = customer.risk.as_of(&customer.state);
+            let effects = Effects { commit, segments };
+            reassess(
+                customer,
+                as_of,
+                &record_id,
+                Some(&event.event_id),
+                settings,
+                effects,
+            );
+        }
+        // Late for a window already emitted, applied to the customer all the same.
+        let label = match counted {
+            Counted::Late => "late",
+            Counted::InWindow => "applied",
         };
         *report
             .events
@@ -563,30 +760,78 @@ impl Processor {
     }
 }
 
-/// Assesses `customer` at `as_of`, publishes a churn-risk record when it is worth it (CONTRACT
-/// section 2) and re-arms the customer's timer.
+/// Where reassessing a customer puts its effects.
+struct Effects<'a> {
+    commit: &'a mut Commit,
+    segments: &'a mut Segments,
+}
+
+/// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
+/// changed (CONTRACT section 2), publishes a churn-risk record, moves it in the segment
+/// population and counts it lost or won back.
 fn reassess(
     customer: &mut Customer,
     as_of: Millis,
     record_id: &str,
     caused_by: Option<&str>,
     settings: &ProcessorSettings,
-    commit: &mut Commit,
+    effects: Effects,
 ) {
     let risk = &settings.risk;
     let assessment = assess_risk(&customer.state, as_of, risk);
     customer.risk.timer_at = next_check(&customer.state, &assessment, risk);
-    if assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change) {
-        customer.risk.last = Some(assessment.published());
-        let complete = assessment.completed(&customer.state, risk);
-        let id = &customer.state.customer_id;
-        commit.outbox.push(OutboxRecord {
-            topic: settings.topics.churn_risk.clone(),
-            key: Some(id.clone().into_bytes()),
-            value: Some(complete.record(id, record_id, caused_by)),
-            headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
-        });
+    if assessment.lifecycle == Lifecycle::Lost {
+        // Lost stays lost until an order or a renewal wins the customer back (the fold).
+        customer.state.lifecycle = Lifecycle::Lost;
     }
+    let segment = segment_of(
+        customer.state.revenue_minor,
+        customer.state.margin_minor,
+        &risk.tiers,
+    );
+    let moved = customer
+        .standing
+        .as_ref()
+        .is_none_or(|s| s.segment != segment);
+    if !moved && !assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change) {
+        return;
+    }
+    customer.risk.last = Some(assessment.published());
+    let complete = assessment.completed(&customer.state, risk);
+    let standing = Standing {
+        segment: complete.segment.clone(),
+        lifecycle: complete.lifecycle,
+        level: complete.level,
+        ltv_minor: complete.ltv_minor,
+    };
+    let was_lost = customer
+        .standing
+        .as_ref()
+        .is_some_and(|s| s.lifecycle == Lifecycle::Lost);
+    let is_lost = standing.lifecycle == Lifecycle::Lost;
+    if is_lost && !was_lost {
+        let lost = Flow::Lost {
+            value_minor: customer.state.revenue_minor,
+            reason: strongest_reason(complete.codes, risk).code(),
+        };
+        effects
+            .segments
+            .count_change(&standing.segment, as_of, lost);
+    } else if was_lost && !is_lost {
+        let segment = &standing.segment;
+        effects.segments.count_change(segment, as_of, Flow::WonBack);
+    }
+    effects
+        .segments
+        .restand(customer.standing.as_ref(), Some(&standing));
+    customer.standing = Some(standing);
+    let id = &customer.state.customer_id;
+    effects.commit.outbox.push(OutboxRecord {
+        topic: settings.topics.churn_risk.clone(),
+        key: Some(id.clone().into_bytes()),
+        value: Some(complete.record(id, record_id, caused_by)),
+        headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
+    });
 }
 
 /// Kafka's default partition for a key (the Java client's murmur2), so that customers read from a

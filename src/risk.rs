@@ -430,13 +430,29 @@ impl Assessment {
 }
 
 fn tier(state: &CustomerState, tiers: &[Tier]) -> String {
+    segment_of(state.revenue_minor, state.margin_minor, tiers).to_owned()
+}
+
+/// The segment (value tier) of a customer with this revenue and margin to date: the first tier
+/// whose minimums it meets, else the last.
+pub fn segment_of(revenue_minor: i64, margin_minor: i64, tiers: &[Tier]) -> &str {
     tiers
         .iter()
-        .find(|t| {
-            state.revenue_minor >= t.min_revenue_minor && state.margin_minor >= t.min_margin_minor
-        })
+        .find(|t| revenue_minor >= t.min_revenue_minor && margin_minor >= t.min_margin_minor)
         .or(tiers.last())
-        .map_or_else(|| "all".to_owned(), |t| t.name.clone())
+        .map_or("all", |t| t.name.as_str())
+}
+
+/// The reason a lost customer is counted under: the one with the greatest effect on the score
+/// (the first in [`REASON_CODES`] order on a tie), or `inactive` when there is none.
+pub fn strongest_reason(codes: ReasonSet, settings: &RiskSettings) -> ReasonCode {
+    codes
+        .iter()
+        .fold(None, |best: Option<ReasonCode>, code| match best {
+            Some(b) if settings.weight(b) >= settings.weight(code) => Some(b),
+            _ => Some(code),
+        })
+        .unwrap_or(ReasonCode::Inactive)
 }
 
 fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 {

@@ -9,6 +9,7 @@ use prometheus::{
 use crate::decode::Reason;
 use crate::event::Millis;
 use crate::processor::BatchReport;
+use crate::segments::{LEVELS, LIFECYCLES};
 
 const NAMESPACE: &str = "customer_pulse";
 
@@ -27,6 +28,19 @@ pub struct Telemetry {
     complaint_z_score: GaugeVec,
     complaint_windows: IntCounterVec,
     churn_risk_records: IntCounter,
+    customers: IntGaugeVec,
+    risk_levels: IntGaugeVec,
+    orders: IntCounterVec,
+    revenue: IntCounterVec,
+    margin: IntGaugeVec,
+    new_customers: IntCounterVec,
+    new_value: IntCounterVec,
+    lost_customers: IntCounterVec,
+    lost_value: IntCounterVec,
+    won_back: IntCounterVec,
+    renewals: IntCounterVec,
+    referrals: IntCounterVec,
+    segment_days: IntCounter,
     state_size: IntGauge,
     outbox_backlog: IntGauge,
     outbox_delivered: IntCounter,
@@ -120,6 +134,71 @@ impl Telemetry {
                 "Records published to customer.churn-risk (tombstones excluded).",
             ))
             .expect("valid metric"),
+            customers: IntGaugeVec::new(
+                opts("customers", "Customers in state with a churn-risk record, by segment and lifecycle."),
+                &["segment", "lifecycle"],
+            )
+            .expect("valid metric"),
+            risk_levels: IntGaugeVec::new(
+                opts("churn_risk_customers", "Customers by the level of their latest churn-risk record."),
+                &["level"],
+            )
+            .expect("valid metric"),
+            orders: IntCounterVec::new(
+                opts("orders_total", "Orders placed, by the customer's segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            revenue: IntCounterVec::new(
+                opts("revenue_minor_total", "Order revenue in minor currency units, by segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            margin: IntGaugeVec::new(
+                opts("margin_minor", "Net margin of all orders counted so far, in minor units, by segment (a gauge: margins may be negative)."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            new_customers: IntCounterVec::new(
+                opts("new_customers_total", "Customers who placed their first order, by segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            new_value: IntCounterVec::new(
+                opts("new_customer_value_minor_total", "Value of new customers' first orders, by segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            lost_customers: IntCounterVec::new(
+                opts("lost_customers_total", "Customers lost (cancelled, or P(alive) below the threshold), by segment and strongest reason."),
+                &["segment", "reason"],
+            )
+            .expect("valid metric"),
+            lost_value: IntCounterVec::new(
+                opts("lost_customer_value_minor_total", "Revenue to date of the customers lost, by segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            won_back: IntCounterVec::new(
+                opts("won_back_customers_total", "Lost customers who ordered or renewed again, by segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            renewals: IntCounterVec::new(
+                opts("renewals_total", "Subscription renewals, by segment and reason."),
+                &["segment", "reason"],
+            )
+            .expect("valid metric"),
+            referrals: IntCounterVec::new(
+                opts("referrals_total", "New customers referred, by the referrer's segment."),
+                &["segment"],
+            )
+            .expect("valid metric"),
+            segment_days: IntCounter::with_opts(opts(
+                "segment_days_total",
+                "Segment-days closed and published to customer.segment-metrics.",
+            ))
+            .expect("valid metric"),
             state_size: IntGauge::with_opts(opts(
                 "state_size_bytes",
                 "Bytes of state on disk (SST files and memtables).",
@@ -171,6 +250,19 @@ impl Telemetry {
             Box::new(t.complaint_z_score.clone()),
             Box::new(t.complaint_windows.clone()),
             Box::new(t.churn_risk_records.clone()),
+            Box::new(t.customers.clone()),
+            Box::new(t.risk_levels.clone()),
+            Box::new(t.orders.clone()),
+            Box::new(t.revenue.clone()),
+            Box::new(t.margin.clone()),
+            Box::new(t.new_customers.clone()),
+            Box::new(t.new_value.clone()),
+            Box::new(t.lost_customers.clone()),
+            Box::new(t.lost_value.clone()),
+            Box::new(t.won_back.clone()),
+            Box::new(t.renewals.clone()),
+            Box::new(t.referrals.clone()),
+            Box::new(t.segment_days.clone()),
             Box::new(t.state_size.clone()),
             Box::new(t.outbox_backlog.clone()),
             Box::new(t.outbox_delivered.clone()),
@@ -232,6 +324,62 @@ impl Telemetry {
                 .inc();
         }
         self.churn_risk_records.inc_by(report.risk_records as u64);
+        self.record_segments(report);
+    }
+
+    /// Segments come from the configured tiers, reasons from closed sets: bounded labels.
+    fn record_segments(&self, report: &BatchReport) {
+        for (segment, f) in &report.segment_flows {
+            let s = segment.as_str();
+            let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
+            self.orders.with_label_values(&[s]).inc_by(f.orders);
+            self.revenue
+                .with_label_values(&[s])
+                .inc_by(non_negative(f.revenue_minor));
+            self.new_customers
+                .with_label_values(&[s])
+                .inc_by(f.new_customers);
+            self.new_value
+                .with_label_values(&[s])
+                .inc_by(non_negative(f.new_value_minor));
+            for (reason, n) in &f.lost_reasons {
+                self.lost_customers
+                    .with_label_values(&[s, reason.as_str()])
+                    .inc_by(*n);
+            }
+            self.lost_value
+                .with_label_values(&[s])
+                .inc_by(non_negative(f.lost_value_minor));
+            self.won_back.with_label_values(&[s]).inc_by(f.won_back);
+            for (reason, n) in &f.renewal_reasons {
+                self.renewals
+                    .with_label_values(&[s, reason.as_str()])
+                    .inc_by(*n);
+            }
+            self.referrals.with_label_values(&[s]).inc_by(f.referrals);
+        }
+        if let Some((population, margins)) = &report.population {
+            let mut levels = [0i64; 3];
+            for (segment, p) in population {
+                for (lifecycle, n) in LIFECYCLES.iter().zip(p.by_lifecycle) {
+                    self.customers
+                        .with_label_values(&[segment.as_str(), lifecycle.name()])
+                        .set(n);
+                }
+                for (total, n) in levels.iter_mut().zip(p.by_level) {
+                    *total += n;
+                }
+            }
+            for (level, n) in LEVELS.iter().zip(levels) {
+                self.risk_levels.with_label_values(&[level.name()]).set(n);
+            }
+            for (segment, margin) in margins {
+                self.margin
+                    .with_label_values(&[segment.as_str()])
+                    .set(*margin);
+            }
+        }
+        self.segment_days.inc_by(report.closed_days as u64);
     }
 
     pub fn commit_failed(&self) {

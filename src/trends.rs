@@ -120,6 +120,9 @@ pub struct ClosedWindow {
     /// Daily roll-ups only: opened in the month to the end of this day, and in the previous
     /// month to the same day of the month (DOMAIN.md: month over month).
     pub month_to_date: Option<MonthToDate>,
+    /// Customers not lost when the window closed, over the instance's segments; set by the
+    /// caller, which knows the population.
+    pub active_customers: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -293,6 +296,14 @@ impl Trends {
 
     /// Closes every window that ends at or before `watermark`, for every configured category
     /// (an hour without complaints is a window too: it lowers the baseline), oldest first.
+    /// When the first open window ends; `None` before the first complaint.
+    pub fn next_close(&self, s: &TrendSettings) -> Option<Millis> {
+        let first_open = self
+            .closed_before
+            .or_else(|| self.windows.keys().next().map(|(start, _)| *start))?;
+        Some(first_open + s.window_ms)
+    }
+
     pub fn close_until(&mut self, watermark: Millis, s: &TrendSettings) -> Vec<ClosedWindow> {
         let first_open = match (self.closed_before, self.windows.keys().next()) {
             (Some(c), _) => c,
@@ -421,6 +432,7 @@ fn close(
         cusum: trend.cusum,
         cusum_signal,
         month_to_date: None,
+        active_customers: None,
     }
 }
 
@@ -447,6 +459,8 @@ impl ClosedWindow {
             "cusum": (self.cusum * 1e4).round() / 1e4,
             "cusum_signal": self.cusum_signal,
             "month_to_date": self.month_to_date,
+            "active_customers": self.active_customers,
+            "opened_per_1000_active": self.opened_per_1000_active().map(|v| (v * 1e4).round() / 1e4),
         })
         .to_string()
         .into_bytes()
@@ -460,6 +474,14 @@ impl ClosedWindow {
             (self.window_end - self.window_start) / 60_000,
             self.window_start
         )
+    }
+
+    /// Complaints opened per 1,000 active customers (DOMAIN.md: so that growth is not read as
+    /// worse service); `None` without active customers.
+    pub fn opened_per_1000_active(&self) -> Option<f64> {
+        self.active_customers
+            .filter(|n| *n > 0)
+            .map(|n| f64::from(self.opened) * 1000.0 / n as f64)
     }
 
     /// Whether this is a daily roll-up rather than a window.

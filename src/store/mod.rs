@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Millis;
 use crate::fold::CustomerState;
 use crate::risk::RiskMemo;
+use crate::segments::{Segments, Standing};
 use crate::trends::Trends;
 
 pub use memory::MemoryBackend;
@@ -77,6 +78,8 @@ pub struct OutboxRecord {
 pub struct Customer {
     pub state: CustomerState,
     pub risk: RiskMemo,
+    /// How the segment population counts the customer; `None` until its first churn-risk record.
+    pub standing: Option<Standing>,
 }
 
 impl From<CustomerState> for Customer {
@@ -84,6 +87,7 @@ impl From<CustomerState> for Customer {
         Customer {
             state,
             risk: RiskMemo::default(),
+            standing: None,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Commit {
     pub timers_cleared: Vec<Timer>,
     /// The complaint trends, when the batch changed them.
     pub trends: Option<Trends>,
+    /// The segment metrics, when the batch changed them.
+    pub segments: Option<Segments>,
     /// `(source topic, partition, next offset to read)`.
     pub offsets: Vec<(String, i32, i64)>,
     pub outbox: Vec<OutboxRecord>,
@@ -115,6 +121,7 @@ const OFFSET: u8 = b'o';
 const OUTBOX: u8 = b'x';
 const TIMER: u8 = b't';
 const TRENDS: &[u8] = b"g/trends";
+const SEGMENTS: &[u8] = b"g/segments";
 
 fn timer_key(timer: &Timer) -> Vec<u8> {
     let mut key = timer_prefix(timer.partition);
@@ -307,6 +314,21 @@ impl Store {
         }
     }
 
+    /// The segment metrics as of the last commit.
+    pub fn segments(&self) -> Result<Option<Segments>, StoreError> {
+        match self.backend.get(SEGMENTS)? {
+            None => Ok(None),
+            Some(bytes) => {
+                codec::decode_segments(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        key: "segments".into(),
+                        reason,
+                    })
+            }
+        }
+    }
+
     /// Writes the whole commit atomically: states, timers, trends, offsets and outbox
     /// entries land together.
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
@@ -327,6 +349,9 @@ impl Store {
         }
         if let Some(trends) = &commit.trends {
             ops.push(Op::Put(TRENDS.to_vec(), codec::encode_trends(trends)));
+        }
+        if let Some(segments) = &commit.segments {
+            ops.push(Op::Put(SEGMENTS.to_vec(), codec::encode_segments(segments)));
         }
         for (topic, partition, next) in &commit.offsets {
             ops.push(Op::Put(

@@ -23,6 +23,7 @@ pub fn rules() -> Rules {
         currency: "EUR".into(),
         complaint_categories: vec!["billing".into(), "delivery".into()],
         cancellation_reasons: vec!["price".into()],
+        renewal_reasons: vec!["loyalty".into()],
     }
 }
 

@@ -44,7 +44,9 @@ pub async fn create_all_topics(brokers: &str) {
             ("customer.orders", PARTITIONS, false),
             ("customer.complaints", PARTITIONS, false),
             ("customer.churn-risk", PARTITIONS, true),
-            ("customer.complaint-trends", PARTITIONS, true),
+            // Keyed by category and segment, but a history: not compacted (CONTRACT section 2).
+            ("customer.complaint-trends", PARTITIONS, false),
+            ("customer.segment-metrics", PARTITIONS, false),
             ("customer.events.dlq", 1, false),
         ],
     )

@@ -11,6 +11,7 @@ mod privacy;
 mod replay;
 mod risk;
 mod scenario;
+mod segments;
 mod store_faults;
 mod support;
 mod trends;

@@ -24,6 +24,7 @@ pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> Proc
         topics: OutputTopics {
             churn_risk: "customer.churn-risk".into(),
             complaint_trends: "customer.complaint-trends".into(),
+            segment_metrics: "customer.segment-metrics".into(),
             dead_letter: "customer.events.dlq".into(),
         },
         partitions,

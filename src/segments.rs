@@ -1,0 +1,424 @@
+//! Segment metrics: per value-tier segment, the population by lifecycle and churn-risk level,
+//! and per closed UTC day the flows the business is run on (DOMAIN.md, the five "guerrilla
+//! metrics"; CONTRACT section 2, `customer.segment-metrics`). Pure: must not know about Kafka,
+//! RocksDB, Prometheus or the wall clock; the caller persists [`Segments`] with each commit and
+//! tells it what happened to whom.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{format_millis, Millis};
+use crate::fold::Lifecycle;
+use crate::risk::Level;
+use crate::trends::Counted;
+
+pub const DAY_MS: Millis = 86_400_000;
+
+/// How the population counts one customer: taken from its latest churn-risk record, so the
+/// population and the `customer.churn-risk` topic always agree. Stored with the customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Standing {
+    pub segment: String,
+    pub lifecycle: Lifecycle,
+    pub level: Level,
+    pub ltv_minor: i64,
+}
+
+/// The customers of one segment now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Population {
+    /// By lifecycle, in [`LIFECYCLES`] order.
+    pub by_lifecycle: [i64; 5],
+    /// By churn-risk level: low, medium, high.
+    pub by_level: [i64; 3],
+    /// The lifetime values of the customers not lost, for the average.
+    pub active_ltv_minor: i64,
+}
+
+pub const LIFECYCLES: [Lifecycle; 5] = [
+    Lifecycle::New,
+    Lifecycle::Active,
+    Lifecycle::AtRisk,
+    Lifecycle::Lost,
+    Lifecycle::WonBack,
+];
+
+pub const LEVELS: [Level; 3] = [Level::Low, Level::Medium, Level::High];
+
+fn lifecycle_index(lifecycle: Lifecycle) -> usize {
+    LIFECYCLES.iter().position(|l| *l == lifecycle).unwrap_or(0)
+}
+
+fn level_index(level: Level) -> usize {
+    LEVELS.iter().position(|l| *l == level).unwrap_or(0)
+}
+
+impl Population {
+    fn add(&mut self, standing: &Standing, sign: i64) {
+        self.by_lifecycle[lifecycle_index(standing.lifecycle)] += sign;
+        self.by_level[level_index(standing.level)] += sign;
+        if standing.lifecycle != Lifecycle::Lost {
+            self.active_ltv_minor += sign * standing.ltv_minor;
+        }
+    }
+
+    /// Customers not lost: new, active, at risk and won back.
+    pub fn active(&self) -> i64 {
+        self.by_lifecycle.iter().sum::<i64>() - self.lost()
+    }
+
+    pub fn lost(&self) -> i64 {
+        self.by_lifecycle[lifecycle_index(Lifecycle::Lost)]
+    }
+
+    pub fn at_risk(&self) -> i64 {
+        self.by_lifecycle[lifecycle_index(Lifecycle::AtRisk)]
+    }
+
+    pub fn avg_ltv_minor(&self) -> i64 {
+        match self.active() {
+            n if n > 0 => self.active_ltv_minor / n,
+            _ => 0,
+        }
+    }
+}
+
+/// What one segment did in one day.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Flows {
+    pub new_customers: u64,
+    /// What the new customers' first orders were worth.
+    pub new_value_minor: i64,
+    pub lost_customers: u64,
+    /// The lost customers' revenue to date.
+    pub lost_value_minor: i64,
+    /// Lost customers by the strongest reason when they were lost.
+    pub lost_reasons: BTreeMap<String, u64>,
+    pub won_back: u64,
+    pub renewals: u64,
+    pub renewal_reasons: BTreeMap<String, u64>,
+    pub orders: u64,
+    pub revenue_minor: i64,
+    pub margin_minor: i64,
+    pub referrals: u64,
+}
+
+/// One thing that happened to a customer of a segment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Flow<'a> {
+    Order {
+        amount_minor: i64,
+        margin_minor: i64,
+    },
+    /// A customer's first order.
+    New {
+        value_minor: i64,
+    },
+    Lost {
+        value_minor: i64,
+        reason: &'a str,
+    },
+    WonBack,
+    Renewal {
+        reason: &'a str,
+    },
+    /// A customer of this segment referred a new one.
+    Referral,
+}
+
+impl Flows {
+    /// Adds another day's or batch's flows to these.
+    pub fn merge(&mut self, other: &Flows) {
+        self.new_customers += other.new_customers;
+        self.new_value_minor += other.new_value_minor;
+        self.lost_customers += other.lost_customers;
+        self.lost_value_minor += other.lost_value_minor;
+        for (reason, n) in &other.lost_reasons {
+            *self.lost_reasons.entry(reason.clone()).or_default() += n;
+        }
+        self.won_back += other.won_back;
+        self.renewals += other.renewals;
+        for (reason, n) in &other.renewal_reasons {
+            *self.renewal_reasons.entry(reason.clone()).or_default() += n;
+        }
+        self.orders += other.orders;
+        self.revenue_minor += other.revenue_minor;
+        self.margin_minor += other.margin_minor;
+        self.referrals += other.referrals;
+    }
+
+    fn add(&mut self, flow: Flow) {
+        match flow {
+            Flow::Order {
+                amount_minor,
+                margin_minor,
+            } => {
+                self.orders += 1;
+                self.revenue_minor += amount_minor;
+                self.margin_minor += margin_minor;
+            }
+            Flow::New { value_minor } => {
+                self.new_customers += 1;
+                self.new_value_minor += value_minor;
+            }
+            Flow::Lost {
+                value_minor,
+                reason,
+            } => {
+                self.lost_customers += 1;
+                self.lost_value_minor += value_minor;
+                *self.lost_reasons.entry(reason.to_owned()).or_default() += 1;
+            }
+            Flow::WonBack => self.won_back += 1,
+            Flow::Renewal { reason } => {
+                self.renewals += 1;
+                *self.renewal_reasons.entry(reason.to_owned()).or_default() += 1;
+            }
+            Flow::Referral => self.referrals += 1,
+        }
+    }
+}
+
+/// Everything the segment metrics keep: small (segments x days within the allowed lateness),
+/// so it is stored as one value, written with the batch that changed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Segments {
+    pub population: BTreeMap<String, Population>,
+    /// Net margin of every order counted so far, by segment (a gauge: margins may be negative).
+    pub margin_to_date_minor: BTreeMap<String, i64>,
+    /// Open days: day start, then segment.
+    pub days: BTreeMap<Millis, BTreeMap<String, Flows>>,
+    /// Days starting before this are closed and emitted; `None` before the first flow.
+    pub closed_before: Option<Millis>,
+    /// Flows since the last [`Segments::take_counted`], late ones included, for telemetry.
+    #[serde(skip)]
+    counted: BTreeMap<String, Flows>,
+}
+
+/// A closed day of one segment, as `customer.segment-metrics` carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedDay {
+    pub window_start: Millis,
+    pub segment: String,
+    /// The segment's population when the day closed.
+    pub population: Population,
+    pub flows: Flows,
+}
+
+impl Segments {
+    /// Moves a customer from its old standing to its new one (`None`: not counted, or erased).
+    pub fn restand(&mut self, old: Option<&Standing>, new: Option<&Standing>) {
+        if let Some(old) = old {
+            self.population
+                .entry(old.segment.clone())
+                .or_default()
+                .add(old, -1);
+        }
+        if let Some(new) = new {
+            self.population
+                .entry(new.segment.clone())
+                .or_default()
+                .add(new, 1);
+        }
+    }
+
+    /// Counts an event's flow in the day of its event time `at`. A day already emitted is not
+    /// reopened: the flow is counted as late (in telemetry only).
+    pub fn count(&mut self, segment: &str, at: Millis, flow: Flow) -> Counted {
+        flows_of(&mut self.counted, segment).add(flow);
+        if let Flow::Order { margin_minor, .. } = flow {
+            match self.margin_to_date_minor.get_mut(segment) {
+                Some(total) => *total += margin_minor,
+                None => {
+                    self.margin_to_date_minor
+                        .insert(segment.to_owned(), margin_minor);
+                }
+            }
+        }
+        let day = at.div_euclid(DAY_MS) * DAY_MS;
+        if self.closed_before.is_some_and(|c| day < c) {
+            return Counted::Late;
+        }
+        flows_of(self.days.entry(day).or_default(), segment).add(flow);
+        Counted::InWindow
+    }
+
+    /// Counts a change of a customer's standing (new, lost, won back) in the day of `at`, or in
+    /// the first open day when that one has closed: each such change is counted exactly once.
+    pub fn count_change(&mut self, segment: &str, at: Millis, flow: Flow) {
+        let at = self.closed_before.map_or(at, |c| at.max(c));
+        self.count(segment, at, flow);
+    }
+
+    /// The flows counted since the last call, by segment.
+    pub fn take_counted(&mut self) -> BTreeMap<String, Flows> {
+        std::mem::take(&mut self.counted)
+    }
+
+    /// Customers not lost, over all segments.
+    pub fn active_customers(&self) -> i64 {
+        self.population.values().map(Population::active).sum()
+    }
+
+    /// When the first open day ends; `None` before the first flow.
+    pub fn next_close(&self) -> Option<Millis> {
+        let first_open = self
+            .closed_before
+            .or_else(|| self.days.keys().next().copied())?;
+        Some(first_open + DAY_MS)
+    }
+
+    /// Closes every day that ends at or before `watermark`: one record per day for each of
+    /// `segments` and for any other segment with customers or flows, empty days included.
+    pub fn close_until(&mut self, watermark: Millis, segments: &[String]) -> Vec<ClosedDay> {
+        let first_open = match (self.closed_before, self.days.keys().next()) {
+            (Some(c), _) => c,
+            (None, Some(start)) => *start,
+            (None, None) => return Vec::new(),
+        };
+        let mut closed = Vec::new();
+        let mut start = first_open;
+        while start + DAY_MS <= watermark {
+            let mut day = self.days.remove(&start).unwrap_or_default();
+            let mut names: Vec<String> = segments.to_vec();
+            for name in self.population.keys().chain(day.keys()) {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            for segment in names {
+                let flows = day.remove(&segment).unwrap_or_default();
+                let population = self.population.get(&segment).cloned().unwrap_or_default();
+                closed.push(ClosedDay {
+                    window_start: start,
+                    segment,
+                    population,
+                    flows,
+                });
+            }
+            start += DAY_MS;
+            self.closed_before = Some(start);
+        }
+        closed
+    }
+}
+
+/// The flows of `segment` in `map`, allocating the key only the first time.
+fn flows_of<'m>(map: &'m mut BTreeMap<String, Flows>, segment: &str) -> &'m mut Flows {
+    if !map.contains_key(segment) {
+        map.insert(segment.to_owned(), Flows::default());
+    }
+    map.get_mut(segment).expect("inserted above")
+}
+
+impl ClosedDay {
+    /// Stable across replays: one record per segment and day.
+    pub fn record_id(&self) -> String {
+        format!("segment-{}-{}", self.segment, self.window_start)
+    }
+
+    /// The `customer.segment-metrics` value.
+    pub fn record(&self, record_id: &str) -> Vec<u8> {
+        let f = &self.flows;
+        let p = &self.population;
+        let customers: BTreeMap<&str, i64> = LIFECYCLES
+            .iter()
+            .zip(p.by_lifecycle)
+            .map(|(l, n)| (l.name(), n))
+            .collect();
+        serde_json::json!({
+            "record_id": record_id,
+            "window_start": format_millis(self.window_start),
+            "window_end": format_millis(self.window_start + DAY_MS),
+            "segment": self.segment,
+            "active_customers": p.active(),
+            "new_customers": {"count": f.new_customers, "value_minor": f.new_value_minor},
+            "lost_customers": {
+                "count": f.lost_customers,
+                "value_minor": f.lost_value_minor,
+                "reasons": f.lost_reasons,
+            },
+            "won_back": {"count": f.won_back},
+            "renewals": {"count": f.renewals, "reasons": f.renewal_reasons},
+            "orders": f.orders,
+            "revenue_minor": f.revenue_minor,
+            "margin_minor": f.margin_minor,
+            "referrals": f.referrals,
+            "avg_ltv_minor": p.avg_ltv_minor(),
+            "at_risk_customers": p.at_risk(),
+            "customers_by_lifecycle": customers,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standing(segment: &str, lifecycle: Lifecycle, ltv_minor: i64) -> Standing {
+        Standing {
+            segment: segment.into(),
+            lifecycle,
+            level: Level::Low,
+            ltv_minor,
+        }
+    }
+
+    #[test]
+    fn a_customer_moving_between_segments_is_counted_once() {
+        let mut s = Segments::default();
+        let a = standing("standard", Lifecycle::New, 100);
+        let b = standing("gold", Lifecycle::Active, 900);
+        s.restand(None, Some(&a));
+        s.restand(Some(&a), Some(&b));
+        assert_eq!(s.population["standard"], Population::default());
+        assert_eq!(s.population["gold"].active(), 1);
+        assert_eq!(s.population["gold"].avg_ltv_minor(), 900);
+        let lost = standing("gold", Lifecycle::Lost, 5);
+        s.restand(Some(&b), Some(&lost));
+        assert_eq!(s.population["gold"].active(), 0);
+        assert_eq!(s.population["gold"].lost(), 1);
+        assert_eq!(s.population["gold"].active_ltv_minor, 0, "lost LTV leaves");
+        s.restand(Some(&lost), None);
+        assert_eq!(s.active_customers(), 0);
+        assert_eq!(s.population["gold"], Population::default());
+    }
+
+    #[test]
+    fn days_close_with_empty_segments_and_late_flows_never_reopen_them() {
+        let mut s = Segments::default();
+        let order = Flow::Order {
+            amount_minor: 500,
+            margin_minor: 100,
+        };
+        s.count("gold", 10 * DAY_MS + 5, order);
+        s.count("gold", 11 * DAY_MS + 5, order);
+        let closed = s.close_until(12 * DAY_MS, &["gold".into(), "standard".into()]);
+        assert_eq!(closed.len(), 4, "two days x two segments");
+        assert_eq!(closed[0].flows.revenue_minor, 500);
+        assert_eq!(closed[1].segment, "standard");
+        assert_eq!(closed[1].flows, Flows::default());
+        assert_eq!(s.count("gold", 11 * DAY_MS + 7, order), Counted::Late);
+        // A change of standing is never lost to lateness: it lands in the first open day.
+        s.count_change(
+            "gold",
+            11 * DAY_MS,
+            Flow::Lost {
+                value_minor: 1_000,
+                reason: "inactive",
+            },
+        );
+        let closed = s.close_until(13 * DAY_MS, &["gold".into()]);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].window_start, 12 * DAY_MS);
+        assert_eq!(closed[0].flows.lost_customers, 1);
+        assert_eq!(closed[0].flows.lost_reasons["inactive"], 1);
+        assert_eq!(closed[0].flows.revenue_minor, 0);
+        let counted = s.take_counted();
+        assert_eq!(counted["gold"].orders, 3, "telemetry counts late flows too");
+        assert!(s.take_counted().is_empty());
+    }
+}

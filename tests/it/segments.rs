@@ -1,0 +1,443 @@
+//! Segment metrics through the processor: new, lost (once, with its strongest reason) and
+//! won-back customers, renewals and referrals in the day they happened; and the revenue, margin,
+//! orders and new customers per segment and day equal a batch recount, written here, over the
+//! UCI Online Retail invoices, however the events are batched and when they are delivered twice.
+
+use std::collections::BTreeMap;
+
+use customer_pulse::event::{format_millis, parse_millis};
+use customer_pulse::processor::{InputRecord, Processor};
+use customer_pulse::store::Store;
+use serde_json::Value;
+
+use crate::catalogue::NOW_MS;
+use crate::support::{file_record, settings_with_partitions};
+
+const DAY: i64 = 86_400_000;
+/// 2026-01-01T00:00:00Z.
+const START: i64 = 1_767_225_600_000;
+
+fn at(day: i64, hour: i64) -> String {
+    format_millis(START + day * DAY + hour * 3_600_000)
+}
+
+fn event(id: &str, customer: &str, kind: &str, when: &str, fields: &str) -> String {
+    let sep = if fields.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"{when}"{sep}{fields}}}"#
+    )
+}
+
+fn order(customer: &str, day: i64, amount: i64) -> [String; 2] {
+    let id = format!("{customer}-{day}");
+    [
+        event(
+            &format!("o-{id}"),
+            customer,
+            "order.placed",
+            &at(day, 10),
+            &format!(
+                r#""order_id":"{id}","amount_minor":{amount},"margin_minor":{}"#,
+                amount / 4
+            ),
+        ),
+        event(
+            &format!("d-{id}"),
+            customer,
+            "order.delivered",
+            &at(day + 1, 9),
+            &format!(r#""order_id":"{id}""#),
+        ),
+    ]
+}
+
+/// Runs the events (ordered by event time) in batches of `batch` through one partition and
+/// returns the output values by topic.
+fn run(events: &[String], batch: usize) -> BTreeMap<String, Vec<Value>> {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings_with_partitions(100_000, 1));
+    let records: Vec<InputRecord> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| file_record(i as i64, json))
+        .collect();
+    for chunk in records.chunks(batch) {
+        processor.process(chunk, NOW_MS).unwrap();
+    }
+    let mut by_topic: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (_, record) in store.outbox(usize::MAX).unwrap() {
+        if let Some(value) = record.value {
+            by_topic
+                .entry(record.topic)
+                .or_default()
+                .push(serde_json::from_slice(&value).unwrap());
+        }
+    }
+    by_topic
+}
+
+fn sorted_by_time(mut events: Vec<String>) -> Vec<String> {
+    events.sort_by_key(|e| {
+        let v: Value = serde_json::from_str(e).unwrap();
+        parse_millis(v["occurred_at"].as_str().unwrap()).unwrap()
+    });
+    events
+}
+
+/// The days (counted from `START`) on which `segment` has a non-zero `field` (a path into the
+/// record), with that value.
+fn days_with(records: &[Value], segment: &str, field: &[&str]) -> Vec<(i64, Value)> {
+    records
+        .iter()
+        .filter(|r| r["segment"] == segment)
+        .filter_map(|r| {
+            let v = field.iter().fold(r, |v, f| &v[*f]);
+            let nonzero = match v {
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                Value::Object(o) => !o.is_empty(),
+                _ => false,
+            };
+            let start = parse_millis(r["window_start"].as_str().unwrap()).unwrap();
+            nonzero.then(|| ((start - START) / DAY, v.clone()))
+        })
+        .collect()
+}
+
+/// The day (counted from `START`) of an RFC 3339 time.
+fn day_of(time: &Value) -> i64 {
+    (parse_millis(time.as_str().unwrap()).unwrap() - START).div_euclid(DAY)
+}
+
+#[test]
+fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
+    let mut events = Vec::new();
+    // sam buys weekly for four weeks, complains on day 28 and is never answered, goes silent,
+    // and comes back on day 120.
+    for day in [0, 7, 14, 21, 28, 120] {
+        events.extend(order("sam", day, 2_000));
+    }
+    events.push(event(
+        "k-sam",
+        "sam",
+        "complaint.opened",
+        &at(28, 12),
+        r#""complaint_id":"k1","category":"delivery","severity":"high""#,
+    ));
+    // pat buys every day: the clock of the partition, never lost.
+    for day in 0..=125 {
+        events.extend(order("pat", day, 100));
+    }
+    // cat is gold from the first order and cancels on day 10.
+    events.extend(order("cat", 0, 150_000));
+    events.push(event(
+        "x-cat",
+        "cat",
+        "subscription.cancelled",
+        &at(10, 8),
+        r#""reason":"Too expensive""#,
+    ));
+    // rob registers on day 1 referred by cat (gold) and renews twice.
+    events.push(event(
+        "r-rob",
+        "rob",
+        "customer.registered",
+        &at(1, 9),
+        r#""referred_by":"cat""#,
+    ));
+    events.extend(order("rob", 1, 3_000));
+    events.push(event(
+        "n1-rob",
+        "rob",
+        "subscription.renewed",
+        &at(2, 9),
+        r#""amount_minor":900,"reason":"Loyalty""#,
+    ));
+    events.push(event(
+        "n2-rob",
+        "rob",
+        "subscription.renewed",
+        &at(2, 10),
+        r#""amount_minor":900"#,
+    ));
+    let events = sorted_by_time(events);
+    let outputs = run(&events, 7);
+    let days = &outputs["customer.segment-metrics"];
+    let risk = &outputs["customer.churn-risk"];
+
+    // New customers: sam, pat and cat on day 0 (cat in gold: its first order made it gold),
+    // rob on day 1.
+    assert_eq!(
+        days_with(days, "standard", &["new_customers", "count"]),
+        vec![(0, 2.into()), (1, 1.into())]
+    );
+    assert_eq!(
+        days_with(days, "standard", &["new_customers", "value_minor"]),
+        vec![(0, 2_100.into()), (1, 3_000.into())]
+    );
+    assert_eq!(
+        days_with(days, "gold", &["new_customers", "count"]),
+        vec![(0, 1.into())]
+    );
+    // The referral counts for the referrer's segment; renewals with their normalised reasons.
+    assert_eq!(days_with(days, "gold", &["referrals"]), vec![(1, 1.into())]);
+    assert_eq!(
+        days_with(days, "standard", &["renewals", "reasons"]),
+        vec![(2, serde_json::json!({"loyalty": 1, "unspecified": 1}))]
+    );
+
+    // cat is lost on the day it cancels, with its revenue, for the cancellation.
+    assert_eq!(
+        days_with(days, "gold", &["lost_customers", "count"]),
+        vec![(10, 1.into())],
+        "cat is lost once"
+    );
+    assert_eq!(
+        days_with(days, "gold", &["lost_customers", "reasons"]),
+        vec![(10, serde_json::json!({"cancelled": 1}))]
+    );
+    assert_eq!(
+        days_with(days, "gold", &["lost_customers", "value_minor"]),
+        vec![(10, 150_000.into())]
+    );
+
+    // sam is lost once, through silence, on the day its churn-risk record says so, and the
+    // reason counted is the strongest it had: the unresolved complaint.
+    let sam: Vec<&Value> = risk.iter().filter(|r| r["customer_id"] == "sam").collect();
+    let lost_at: Vec<&Value> = sam
+        .windows(2)
+        .filter(|w| w[0]["lifecycle"] != "lost" && w[1]["lifecycle"] == "lost")
+        .map(|w| &w[1]["as_of"])
+        .collect();
+    assert_eq!(lost_at.len(), 1, "sam turns lost once: {sam:#?}");
+    let lost_day = day_of(lost_at[0]);
+    assert!((29..120).contains(&lost_day), "lost on day {lost_day}");
+    let lost_record = sam.iter().find(|r| r["lifecycle"] == "lost").unwrap();
+    let codes: Vec<&str> = lost_record["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"unresolved_complaint"), "{codes:?}");
+    assert!(codes.contains(&"inactive"), "{codes:?}");
+    let sam_lost = days_with(days, "standard", &["lost_customers", "reasons"]);
+    assert!(
+        sam_lost.contains(&(lost_day, serde_json::json!({"unresolved_complaint": 1}))),
+        "{sam_lost:?}"
+    );
+    // And won back by the order on day 120, the record of which says so.
+    let back = sam
+        .iter()
+        .find(|r| r["caused_by_event_id"] == "o-sam-120")
+        .unwrap();
+    assert_eq!(back["lifecycle"], "won_back");
+    assert_eq!(
+        days_with(days, "standard", &["won_back", "count"]),
+        vec![(120, 1.into())]
+    );
+
+    // Everyone lost is counted once, whatever came after: the lost count of all days equals the
+    // number of customers whose records turned lost.
+    let turned_lost: usize = ["sam", "pat", "cat", "rob"]
+        .iter()
+        .map(|c| {
+            let records: Vec<&Value> = risk.iter().filter(|r| r["customer_id"] == *c).collect();
+            let first = usize::from(records[0]["lifecycle"] == "lost");
+            first
+                + records
+                    .windows(2)
+                    .filter(|w| w[0]["lifecycle"] != "lost" && w[1]["lifecycle"] == "lost")
+                    .count()
+        })
+        .sum();
+    let counted: u64 = days
+        .iter()
+        .map(|r| r["lost_customers"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted as usize, turned_lost);
+
+    // The population at each close adds up: pat and one of the others are active at the end.
+    let last = days.last().unwrap();
+    let active: i64 = days
+        .iter()
+        .filter(|r| r["window_start"] == last["window_start"])
+        .map(|r| r["active_customers"].as_i64().unwrap())
+        .sum();
+    let lifecycles: i64 = days
+        .iter()
+        .filter(|r| r["window_start"] == last["window_start"])
+        .flat_map(|r| r["customers_by_lifecycle"].as_object().unwrap().values())
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        lifecycles, 4,
+        "every customer is counted in exactly one lifecycle"
+    );
+    assert!(active >= 2, "pat and sam are not lost at the end");
+}
+
+/// The UCI Online Retail invoices (../shared/data) as events: one `order.placed` per invoice
+/// of a known customer, its lines summed (margin: a quarter of the amount, as the data has no
+/// costs), one `order.returned` per cancellation invoice ("C..."), ordered by event time.
+fn online_retail() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/online_retail.csv.gz");
+    let out = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&path)
+        .output()
+        .expect("gzip runs");
+    assert!(out.status.success(), "cannot read {}", path.display());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // (invoice, customer, time, amount in pence), in order of first line. The lines of an
+    // invoice are adjacent but for one (542806), so they are gathered by invoice number.
+    let mut invoices: Vec<(String, String, String, i64)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text.lines().skip(1) {
+        // The description may hold commas: take the fields around it from both ends.
+        let mut right = line.rsplitn(5, ',');
+        let (_country, customer, price, time, rest) = (
+            right.next().unwrap(),
+            right.next().unwrap(),
+            right.next().unwrap(),
+            right.next().unwrap(),
+            right.next().unwrap(),
+        );
+        let (invoice, rest) = rest.split_once(',').unwrap();
+        let (_, quantity) = rest.rsplit_once(',').unwrap();
+        if customer.is_empty() {
+            continue;
+        }
+        let pence = (quantity.parse::<f64>().unwrap() * price.parse::<f64>().unwrap() * 100.0)
+            .round() as i64;
+        match index.get(invoice) {
+            Some(i) => invoices[*i].3 += pence,
+            None => {
+                index.insert(invoice.to_owned(), invoices.len());
+                invoices.push((invoice.into(), customer.into(), time.into(), pence));
+            }
+        }
+    }
+    let events = invoices
+        .into_iter()
+        .filter_map(|(invoice, customer, time, pence)| {
+            if let Some(original) = invoice.strip_prefix('C') {
+                let fields = format!(r#""order_id":"{original}","amount_minor":{}"#, pence.abs());
+                Some(event(&invoice, &customer, "order.returned", &time, &fields))
+            } else if pence >= 0 {
+                let fields = format!(
+                    r#""order_id":"{invoice}","amount_minor":{pence},"margin_minor":{}"#,
+                    pence / 4
+                );
+                Some(event(&invoice, &customer, "order.placed", &time, &fields))
+            } else {
+                None
+            }
+        })
+        .collect();
+    sorted_by_time(events)
+}
+
+/// What a segment did in a day, recounted from the events.
+#[derive(Debug, Default, PartialEq)]
+struct Recount {
+    orders: u64,
+    revenue: i64,
+    margin: i64,
+    new_count: u64,
+    new_value: i64,
+}
+
+/// The batch recomputation: each order counts for the segment its customer is in once the order
+/// is added (the documented default tiers: gold from 1,000.00 of revenue with a margin of at
+/// least 0, else standard), in the UTC day of its event time.
+fn recount(events: &[String]) -> BTreeMap<(String, i64), Recount> {
+    let mut customers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut days: BTreeMap<(String, i64), Recount> = BTreeMap::new();
+    for json in events {
+        let v: Value = serde_json::from_str(json).unwrap();
+        if v["type"] != "order.placed" {
+            continue;
+        }
+        let amount = v["amount_minor"].as_i64().unwrap();
+        let margin = v["margin_minor"].as_i64().unwrap();
+        let first = !customers.contains_key(v["customer_id"].as_str().unwrap());
+        let totals = customers
+            .entry(v["customer_id"].as_str().unwrap().to_owned())
+            .or_default();
+        totals.0 += amount;
+        totals.1 += margin;
+        let segment = if totals.0 >= 100_000 && totals.1 >= 0 {
+            "gold"
+        } else {
+            "standard"
+        };
+        let time = parse_millis(v["occurred_at"].as_str().unwrap()).unwrap();
+        let day = days
+            .entry((segment.to_owned(), time.div_euclid(DAY) * DAY))
+            .or_default();
+        day.orders += 1;
+        day.revenue += amount;
+        day.margin += margin;
+        if first {
+            day.new_count += 1;
+            day.new_value += amount;
+        }
+    }
+    days
+}
+
+#[test]
+fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
+    let events = online_retail();
+    assert!(events.len() > 20_000, "{} events", events.len());
+    let expected = recount(&events);
+    let records =
+        |outputs: &BTreeMap<String, Vec<Value>>| outputs["customer.segment-metrics"].clone();
+    let once = records(&run(&events, 1_000));
+    assert!(once.len() > 2 * 300, "about a year of days in two segments");
+    let mut days_seen = std::collections::BTreeSet::new();
+    for r in &once {
+        let segment = r["segment"].as_str().unwrap().to_owned();
+        let day = parse_millis(r["window_start"].as_str().unwrap()).unwrap();
+        days_seen.insert(day);
+        let got = Recount {
+            orders: r["orders"].as_u64().unwrap(),
+            revenue: r["revenue_minor"].as_i64().unwrap(),
+            margin: r["margin_minor"].as_i64().unwrap(),
+            new_count: r["new_customers"]["count"].as_u64().unwrap(),
+            new_value: r["new_customers"]["value_minor"].as_i64().unwrap(),
+        };
+        let want = expected.get(&(segment.clone(), day));
+        assert_eq!(
+            &got,
+            want.unwrap_or(&Recount::default()),
+            "{segment} {}",
+            format_millis(day)
+        );
+    }
+    // Every day with orders was emitted, except those the watermark has not passed yet.
+    let last_closed = *days_seen.last().unwrap();
+    for (segment, day) in expected.keys().filter(|(_, d)| *d <= last_closed) {
+        assert!(
+            once.iter().any(|r| r["segment"] == segment.as_str()
+                && parse_millis(r["window_start"].as_str().unwrap()) == Some(*day)),
+            "{segment} {} missing",
+            format_millis(*day)
+        );
+    }
+    // Small batches, and every batch delivered twice (at-least-once redelivery), change nothing.
+    assert_same(&records(&run(&events, 37)), &once, "batches of 37");
+    let twice: Vec<String> = events
+        .chunks(500)
+        .flat_map(|chunk| chunk.iter().chain(chunk.iter()).cloned())
+        .collect();
+    assert_same(&records(&run(&twice, 500)), &once, "every batch twice");
+}
+
+fn assert_same(got: &[Value], want: &[Value], case: &str) {
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w, "{case}");
+    }
+    assert_eq!(got.len(), want.len(), "{case}");
+}
