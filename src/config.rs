@@ -36,6 +36,89 @@ pub struct RawConfig {
     pub risk: RawRisk,
     #[serde(default)]
     pub trends: RawTrends,
+    #[serde(default)]
+    pub rfm: RawRfm,
+}
+
+/// RFM named segments: the first rule whose score ranges hold a customer's scores names it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRfm {
+    pub segments: Vec<RawRfmRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRfmRule {
+    pub name: String,
+    #[serde(default = "all_scores")]
+    pub r: [u8; 2],
+    #[serde(default = "all_scores")]
+    pub f: [u8; 2],
+    #[serde(default = "all_scores")]
+    pub m: [u8; 2],
+}
+
+fn all_scores() -> [u8; 2] {
+    [1, 5]
+}
+
+impl Default for RawRfm {
+    fn default() -> Self {
+        RawRfm {
+            segments: crate::rfm::default_rules()
+                .into_iter()
+                .map(|r| RawRfmRule {
+                    name: r.name,
+                    r: [r.r.0, r.r.1],
+                    f: [r.f.0, r.f.1],
+                    m: [r.m.0, r.m.1],
+                })
+                .collect(),
+        }
+    }
+}
+
+impl RawRfm {
+    fn validate(&self) -> anyhow::Result<Vec<crate::rfm::Rule>> {
+        check(
+            !self.segments.is_empty() && self.segments.len() <= 16,
+            "rfm.segments",
+            "must list between 1 and 16 rules (their names become metric labels)",
+        )?;
+        self.segments
+            .iter()
+            .map(|rule| {
+                check(
+                    !rule.name.is_empty()
+                        && rule.name != "other"
+                        && rule
+                            .name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "rfm.segments.name",
+                    "must be a lower-case name of [a-z_] other than `other`",
+                )?;
+                for (field, [lo, hi]) in [
+                    ("rfm.segments.r", rule.r),
+                    ("rfm.segments.f", rule.f),
+                    ("rfm.segments.m", rule.m),
+                ] {
+                    check(
+                        1 <= lo && lo <= hi && hi <= 5,
+                        field,
+                        "must be [low, high] with 1 <= low <= high <= 5",
+                    )?;
+                }
+                Ok(crate::rfm::Rule {
+                    name: rule.name.clone(),
+                    r: (rule.r[0], rule.r[1]),
+                    f: (rule.f[0], rule.f[1]),
+                    m: (rule.m[0], rule.m[1]),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Complaint trends: windows, baseline, spike rule (DOMAIN.md).
@@ -578,6 +661,7 @@ pub struct Config {
     pub risk: RiskSettings,
     pub trends: TrendSettings,
     pub allowed_lateness_ms: i64,
+    pub rfm_rules: Vec<crate::rfm::Rule>,
 }
 
 #[derive(Debug, Clone)]
@@ -766,6 +850,7 @@ impl RawConfig {
             "must be at most 2592000 (30 days)",
         )?;
         let risk = self.risk.validate(&self.churn)?;
+        let rfm_rules = self.rfm.validate()?;
         let tr = &self.trends;
         check(
             (1..=1_440).contains(&tr.window_minutes) && 1_440 % tr.window_minutes == 0,
@@ -877,6 +962,7 @@ impl RawConfig {
             risk,
             trends,
             allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,
+            rfm_rules,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod processor;
 pub mod replay;
+pub mod rfm;
 pub mod risk;
 pub mod segments;
 pub mod store;

@@ -48,6 +48,7 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         trends: config.trends.clone(),
         panic_on_event_id: None,
         allowed_lateness_ms: config.allowed_lateness_ms,
+        rfm_rules: config.rfm_rules.clone(),
     }
 }
 
@@ -61,12 +62,16 @@ pub fn score(
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<u64> {
     let mut written = 0;
+    let rfm = store.rfm()?;
     for partition in 0..config.partitions {
         let mut from = String::new();
         loop {
             let page = store.customers(partition, &from, 1_000)?;
             for state in &page {
-                let line = crate::risk::score_line(state, as_of, horizon_days, &config.risk);
+                let mut line = crate::risk::score_line(state, as_of, horizon_days, &config.risk);
+                // R, F and M on the scales of the last closed day.
+                let point = crate::rfm::point(state);
+                line["rfm"] = serde_json::json!(rfm.score(point, &config.rfm_rules));
                 writeln!(out, "{line}")?;
                 written += 1;
             }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::decode::{decode, Rejection, Rules};
 use crate::event::{EventKind, Millis, Stream};
 use crate::fold::{CustomerState, FoldLimits, Lifecycle, Outcome};
+use crate::rfm::Rfm;
 use crate::risk::{assess_risk, next_check, segment_of, strongest_reason, RiskSettings};
 use crate::segments::{Flow, Flows, Population, Segments, Standing};
 use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
@@ -68,6 +69,8 @@ pub struct BatchReport {
     pub population: Option<(BTreeMap<String, Population>, BTreeMap<String, i64>)>,
     /// Segment-days the batch closed.
     pub closed_days: usize,
+    /// Customers per named RFM segment, when a closed day recomputed the scales.
+    pub rfm_segments: Option<BTreeMap<String, i64>>,
 }
 
 impl BatchReport {
@@ -108,6 +111,9 @@ impl BatchReport {
             self.population = other.population;
         }
         self.closed_days += other.closed_days;
+        if other.rfm_segments.is_some() {
+            self.rfm_segments = other.rfm_segments;
+        }
     }
 
     pub fn count(&self, outcome: &str) -> u64 {
@@ -130,6 +136,8 @@ pub struct ProcessorSettings {
     pub trends: TrendSettings,
     /// How far behind a partition's newest event time its watermark trails.
     pub allowed_lateness_ms: Millis,
+    /// The rules naming RFM segments.
+    pub rfm_rules: Vec<crate::rfm::Rule>,
     /// Fault injection for tests: processing an event with this id panics. Never set from
     /// configuration.
     pub panic_on_event_id: Option<String>,
@@ -155,6 +163,9 @@ struct Aggregates {
     segments: Segments,
     /// Whether they changed since they were last put into a commit.
     dirty: bool,
+    /// The RFM histograms (their changed cells go into each commit) and scales.
+    rfm: Rfm,
+    rfm_rescaled: bool,
 }
 
 impl Aggregates {
@@ -163,12 +174,18 @@ impl Aggregates {
             trends: store.trends()?.unwrap_or_default(),
             segments: store.segments()?.unwrap_or_default(),
             dirty: false,
+            rfm: store.rfm()?,
+            rfm_rescaled: false,
         })
     }
 
     /// Puts the aggregates into `commit` when they changed, and what telemetry needs into
     /// `report`.
     fn stage(&mut self, commit: &mut Commit, report: &mut BatchReport) {
+        commit.rfm_cells = self.rfm.take_dirty();
+        if std::mem::take(&mut self.rfm_rescaled) {
+            commit.rfm_scales = Some(self.rfm.scales.clone());
+        }
         for (segment, flows) in self.segments.take_counted() {
             report
                 .segment_flows
@@ -414,6 +431,12 @@ impl Processor {
         if windows.is_empty() && days.is_empty() {
             return Ok(());
         }
+        if !days.is_empty() {
+            // The RFM scales move on with the days (DOMAIN.md: breakpoints on a timer).
+            aggregates.rfm.rescale();
+            aggregates.rfm_rescaled = true;
+            report.rfm_segments = Some(aggregates.rfm.segment_counts(&self.settings.rfm_rules));
+        }
         let mut commit = Commit::default();
         let active = aggregates.segments.active_customers();
         let topics = &self.settings.topics;
@@ -513,6 +536,7 @@ impl Processor {
                 let effects = Effects {
                     commit,
                     segments: &mut aggregates.segments,
+                    rfm: &aggregates.rfm,
                 };
                 reassess(
                     customer,
@@ -607,6 +631,7 @@ impl Processor {
             let effects = Effects {
                 commit,
                 segments: &mut aggregates.segments,
+                rfm: &aggregates.rfm,
             };
             reassess(customer, at, &id, None, settings, effects);
             aggregates.dirty = true;
@@ -632,6 +657,7 @@ impl Processor {
             _ => Vec::new(),
         };
         let first_order = customer.state.orders == 0;
+        let rfm_before = crate::rfm::point(&customer.state);
         let first_referral = customer.state.referred_by.is_none();
         if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);
@@ -646,6 +672,14 @@ impl Processor {
         }
         aggregates.dirty = true;
         entry.dirty = true;
+        match event.kind {
+            EventKind::OrderPlaced { .. } => {
+                let after = crate::rfm::point(&customer.state);
+                aggregates.rfm.relocate(rfm_before, after);
+            }
+            EventKind::Erased => aggregates.rfm.relocate(rfm_before, None),
+            _ => {}
+        }
         let trends = &mut aggregates.trends;
         let segments = &mut aggregates.segments;
         let s = &settings.trends;
@@ -710,7 +744,12 @@ impl Processor {
             });
         } else {
             let as_of = customer.risk.as_of(&customer.state);
-            let effects = Effects { commit, segments };
+            let rfm = &aggregates.rfm;
+            let effects = Effects {
+                commit,
+                segments,
+                rfm,
+            };
             reassess(
                 customer,
                 as_of,
@@ -764,6 +803,7 @@ impl Processor {
 struct Effects<'a> {
     commit: &'a mut Commit,
     segments: &'a mut Segments,
+    rfm: &'a Rfm,
 }
 
 /// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
@@ -825,11 +865,13 @@ fn reassess(
         .segments
         .restand(customer.standing.as_ref(), Some(&standing));
     customer.standing = Some(standing);
+    let point = crate::rfm::point(&customer.state);
+    let rfm = effects.rfm.score(point, &settings.rfm_rules);
     let id = &customer.state.customer_id;
     effects.commit.outbox.push(OutboxRecord {
         topic: settings.topics.churn_risk.clone(),
         key: Some(id.clone().into_bytes()),
-        value: Some(complete.record(id, record_id, caused_by)),
+        value: Some(complete.record(id, record_id, caused_by, rfm.as_ref())),
         headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
     });
 }

@@ -302,7 +302,13 @@ impl Assessment {
     }
 
     /// The `customer.churn-risk` value.
-    pub fn record(&self, customer_id: &str, record_id: &str, caused_by: Option<&str>) -> Vec<u8> {
+    pub fn record(
+        &self,
+        customer_id: &str,
+        record_id: &str,
+        caused_by: Option<&str>,
+        rfm: Option<&crate::rfm::Score>,
+    ) -> Vec<u8> {
         let value = serde_json::json!({
             "record_id": record_id,
             "customer_id": customer_id,
@@ -315,6 +321,7 @@ impl Assessment {
             "segment": self.segment,
             "lifecycle": self.lifecycle,
             "ltv_minor": self.ltv_minor,
+            "rfm": rfm,
             "caused_by_event_id": caused_by,
         });
         value.to_string().into_bytes()

@@ -41,6 +41,7 @@ pub struct Telemetry {
     renewals: IntCounterVec,
     referrals: IntCounterVec,
     segment_days: IntCounter,
+    rfm_customers: IntGaugeVec,
     state_size: IntGauge,
     outbox_backlog: IntGauge,
     outbox_delivered: IntCounter,
@@ -199,6 +200,11 @@ impl Telemetry {
                 "Segment-days closed and published to customer.segment-metrics.",
             ))
             .expect("valid metric"),
+            rfm_customers: IntGaugeVec::new(
+                opts("rfm_customers", "Customers with orders per named RFM segment, on the scales of the last closed day."),
+                &["rfm_segment"],
+            )
+            .expect("valid metric"),
             state_size: IntGauge::with_opts(opts(
                 "state_size_bytes",
                 "Bytes of state on disk (SST files and memtables).",
@@ -263,6 +269,7 @@ impl Telemetry {
             Box::new(t.renewals.clone()),
             Box::new(t.referrals.clone()),
             Box::new(t.segment_days.clone()),
+            Box::new(t.rfm_customers.clone()),
             Box::new(t.state_size.clone()),
             Box::new(t.outbox_backlog.clone()),
             Box::new(t.outbox_delivered.clone()),
@@ -380,6 +387,12 @@ impl Telemetry {
             }
         }
         self.segment_days.inc_by(report.closed_days as u64);
+        // Rule names come from configuration (at most 16) plus `other`: bounded.
+        for (segment, n) in report.rfm_segments.iter().flatten() {
+            self.rfm_customers
+                .with_label_values(&[segment.as_str()])
+                .set(*n);
+        }
     }
 
     pub fn commit_failed(&self) {

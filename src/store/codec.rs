@@ -3,6 +3,7 @@
 //! the golden-bytes tests below fail the build when a layout changes by accident.
 
 use crate::fold::CustomerState;
+use crate::rfm::Scales;
 use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing};
 use crate::trends::Trends;
@@ -20,6 +21,7 @@ const CUSTOMER_V3: u8 = 3;
 const OUTBOX_V1: u8 = 1;
 const TRENDS_V1: u8 = 1;
 const SEGMENTS_V1: u8 = 1;
+const SCALES_V1: u8 = 1;
 
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
     encode(
@@ -46,6 +48,14 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
             },
         ),
     }
+}
+
+pub fn encode_scales(scales: &Scales) -> Vec<u8> {
+    encode(SCALES_V1, scales)
+}
+
+pub fn decode_scales(bytes: &[u8]) -> Result<Scales, String> {
+    decode(SCALES_V1, bytes)
 }
 
 pub fn encode_segments(segments: &Segments) -> Vec<u8> {

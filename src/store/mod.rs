@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Millis;
 use crate::fold::CustomerState;
+use crate::rfm::{Cell, Rfm, Scales};
 use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing};
 use crate::trends::Trends;
@@ -111,6 +112,10 @@ pub struct Commit {
     pub trends: Option<Trends>,
     /// The segment metrics, when the batch changed them.
     pub segments: Option<Segments>,
+    /// RFM histogram cells the batch changed (a count of 0 deletes the cell).
+    pub rfm_cells: Vec<Cell>,
+    /// The RFM scales, when a closed day recomputed them.
+    pub rfm_scales: Option<Scales>,
     /// `(source topic, partition, next offset to read)`.
     pub offsets: Vec<(String, i32, i64)>,
     pub outbox: Vec<OutboxRecord>,
@@ -122,6 +127,39 @@ const OUTBOX: u8 = b'x';
 const TIMER: u8 = b't';
 const TRENDS: &[u8] = b"g/trends";
 const SEGMENTS: &[u8] = b"g/segments";
+const RFM_SCALES: &[u8] = b"g/rfm-scales";
+/// RFM histogram cells: `h` + `j` + day + orders (joint R and F), `h` + `m` + bucket (M).
+const HISTOGRAM: u8 = b'h';
+
+fn cell_key(cell: &Cell) -> (Vec<u8>, i64) {
+    let mut key = vec![HISTOGRAM];
+    let n = match *cell {
+        Cell::Joint(day, orders, n) => {
+            key.push(b'j');
+            key.extend_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
+            key.extend_from_slice(&orders.to_be_bytes());
+            n
+        }
+        Cell::Monetary(bucket, n) => {
+            key.push(b'm');
+            key.extend_from_slice(&((bucket as u32) ^ (1 << 31)).to_be_bytes());
+            n
+        }
+    };
+    (key, n)
+}
+
+fn cell_of(key: &[u8], value: &[u8]) -> Option<Cell> {
+    let n = i64::from_be_bytes(value.try_into().ok()?);
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(key.get(at..at + 4)?.try_into().ok()?))
+    };
+    match key.get(1)? {
+        b'j' => Some(Cell::Joint((word(2)? ^ (1 << 31)) as i32, word(6)?, n)),
+        b'm' => Some(Cell::Monetary((word(2)? ^ (1 << 31)) as i32, n)),
+        _ => None,
+    }
+}
 
 fn timer_key(timer: &Timer) -> Vec<u8> {
     let mut key = timer_prefix(timer.partition);
@@ -329,6 +367,36 @@ impl Store {
         }
     }
 
+    /// The RFM histograms and scales as of the last commit.
+    pub fn rfm(&self) -> Result<Rfm, StoreError> {
+        let scales = match self.backend.get(RFM_SCALES)? {
+            None => Scales::default(),
+            Some(bytes) => codec::decode_scales(&bytes).map_err(|reason| StoreError::Corrupt {
+                key: "rfm-scales".into(),
+                reason,
+            })?,
+        };
+        let mut cells = Vec::new();
+        let mut from = vec![HISTOGRAM];
+        loop {
+            let page = self.backend.scan(&[HISTOGRAM], &from, None, 10_000)?;
+            for (key, value) in &page {
+                cells.push(cell_of(key, value).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: "not an RFM histogram cell".into(),
+                })?);
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == 10_000 => {
+                    from = last.clone();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Rfm::from_cells(cells, scales))
+    }
+
     /// Writes the whole commit atomically: states, timers, trends, offsets and outbox
     /// entries land together.
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
@@ -352,6 +420,15 @@ impl Store {
         }
         if let Some(segments) = &commit.segments {
             ops.push(Op::Put(SEGMENTS.to_vec(), codec::encode_segments(segments)));
+        }
+        for cell in &commit.rfm_cells {
+            ops.push(match cell_key(cell) {
+                (key, 0) => Op::Delete(key),
+                (key, n) => Op::Put(key, n.to_be_bytes().to_vec()),
+            });
+        }
+        if let Some(scales) = &commit.rfm_scales {
+            ops.push(Op::Put(RFM_SCALES.to_vec(), codec::encode_scales(scales)));
         }
         for (topic, partition, next) in &commit.offsets {
             ops.push(Op::Put(

@@ -158,6 +158,45 @@ async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
         "every billing hour from the first to the last closed one"
     );
 
+    // Segment days likewise: every day up to the last one the final watermark closes arrived
+    // for both tiers, with no gap, a repeat identical.
+    const DAY: i64 = 86_400_000;
+    let last_day = (newest - HOUR).div_euclid(DAY) * DAY - DAY;
+    let wanted: Vec<String> = ["gold", "standard"]
+        .iter()
+        .map(|s| format!("segment-{s}-{last_day}"))
+        .collect();
+    let segments = read_topic_until(&broker.address, "customer.segment-metrics", |messages| {
+        let ids: HashSet<String> = messages
+            .iter()
+            .filter_map(|m| header(m, "record_id"))
+            .collect();
+        wanted.iter().all(|w| ids.contains(w))
+    })
+    .await;
+    let mut days: HashMap<String, Vec<u8>> = HashMap::new();
+    for message in &segments {
+        let id = header(message, "record_id").unwrap();
+        let value = message.payload().unwrap_or_default().to_vec();
+        if let Some(earlier) = days.insert(id.clone(), value.clone()) {
+            assert_eq!(earlier, value, "{id}: a repeated day is the same record");
+        }
+    }
+    for w in &wanted {
+        assert!(days.contains_key(w), "{w} arrived");
+    }
+    let standard: Vec<i64> = days
+        .keys()
+        .filter_map(|id| id.strip_prefix("segment-standard-")?.parse().ok())
+        .collect();
+    let first = *standard.iter().min().unwrap();
+    assert!(last_day > first, "the traffic spans closed days");
+    assert_eq!(
+        standard.len() as i64,
+        (last_day - first) / DAY + 1,
+        "every standard day from the first to the last closed one"
+    );
+
     // A graceful stop: SIGTERM, commit, flush, exit 0.
     job.signal("-TERM");
     let status = tokio::task::spawn_blocking(move || {

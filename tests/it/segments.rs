@@ -54,6 +54,14 @@ fn order(customer: &str, day: i64, amount: i64) -> [String; 2] {
 /// Runs the events (ordered by event time) in batches of `batch` through one partition and
 /// returns the output values by topic.
 fn run(events: &[String], batch: usize) -> BTreeMap<String, Vec<Value>> {
+    run_with_rfm(events, batch).0
+}
+
+/// Also returns the customers per named RFM segment when the last day closed.
+fn run_with_rfm(
+    events: &[String],
+    batch: usize,
+) -> (BTreeMap<String, Vec<Value>>, BTreeMap<String, i64>) {
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings_with_partitions(100_000, 1));
     let records: Vec<InputRecord> = events
@@ -61,8 +69,12 @@ fn run(events: &[String], batch: usize) -> BTreeMap<String, Vec<Value>> {
         .enumerate()
         .map(|(i, json)| file_record(i as i64, json))
         .collect();
+    let mut rfm = BTreeMap::new();
     for chunk in records.chunks(batch) {
-        processor.process(chunk, NOW_MS).unwrap();
+        let report = processor.process(chunk, NOW_MS).unwrap();
+        if let Some(counts) = report.rfm_segments {
+            rfm = counts;
+        }
     }
     let mut by_topic: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (_, record) in store.outbox(usize::MAX).unwrap() {
@@ -73,7 +85,7 @@ fn run(events: &[String], batch: usize) -> BTreeMap<String, Vec<Value>> {
                 .push(serde_json::from_slice(&value).unwrap());
         }
     }
-    by_topic
+    (by_topic, rfm)
 }
 
 fn sorted_by_time(mut events: Vec<String>) -> Vec<String> {
@@ -231,6 +243,8 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         .find(|r| r["caused_by_event_id"] == "o-sam-120")
         .unwrap();
     assert_eq!(back["lifecycle"], "won_back");
+    assert!(back["rfm"]["segment"].is_string(), "{back}");
+    assert!((1..=5).contains(&back["rfm"]["r"].as_u64().unwrap()));
     assert_eq!(
         days_with(days, "standard", &["won_back", "count"]),
         vec![(120, 1.into())]
@@ -394,7 +408,8 @@ fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
     let expected = recount(&events);
     let records =
         |outputs: &BTreeMap<String, Vec<Value>>| outputs["customer.segment-metrics"].clone();
-    let once = records(&run(&events, 1_000));
+    let (outputs, rfm) = run_with_rfm(&events, 1_000);
+    let once = records(&outputs);
     assert!(once.len() > 2 * 300, "about a year of days in two segments");
     let mut days_seen = std::collections::BTreeSet::new();
     for r in &once {
@@ -426,6 +441,10 @@ fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
             format_millis(*day)
         );
     }
+    // The named RFM segments when the last day closed equal a recount by mid-rank.
+    let last_day_end = last_closed + DAY;
+    assert_eq!(rfm, rfm_recount(&events, last_day_end));
+    assert!(rfm["champions"] > 0 && rfm["hibernating"] > 0, "{rfm:?}");
     // Small batches, and every batch delivered twice (at-least-once redelivery), change nothing.
     assert_same(&records(&run(&events, 37)), &once, "batches of 37");
     let twice: Vec<String> = events
@@ -440,4 +459,59 @@ fn assert_same(got: &[Value], want: &[Value], case: &str) {
         assert_eq!(g, w, "{case}");
     }
     assert_eq!(got.len(), want.len(), "{case}");
+}
+
+/// The batch recomputation of the named RFM segments when the last day closed: every customer's
+/// last purchase day and order count after the events up to the one that moved the watermark
+/// (newest event time minus the hour of allowed lateness) past that day's end, scored 1..5 by
+/// mid-rank against everyone, named by the documented default rules.
+fn rfm_recount(events: &[String], last_day_end: i64) -> BTreeMap<String, i64> {
+    let mut points: BTreeMap<String, (i64, u32)> = BTreeMap::new();
+    for json in events {
+        let v: Value = serde_json::from_str(json).unwrap();
+        let time = parse_millis(v["occurred_at"].as_str().unwrap()).unwrap();
+        if v["type"] == "order.placed" {
+            let p = points
+                .entry(v["customer_id"].as_str().unwrap().to_owned())
+                .or_default();
+            p.0 = p.0.max(time.div_euclid(DAY));
+            p.1 += 1;
+        }
+        if time - 3_600_000 >= last_day_end {
+            break;
+        }
+    }
+    let n = points.len() as f64;
+    let score = |value: i64, all: &[i64]| -> u8 {
+        let below = all.iter().filter(|v| **v < value).count() as f64;
+        let equal = all.iter().filter(|v| **v == value).count() as f64;
+        (1.0 + (5.0 * (below + equal / 2.0) / n).floor()).min(5.0) as u8
+    };
+    let days: Vec<i64> = points.values().map(|p| p.0).collect();
+    let orders: Vec<i64> = points.values().map(|p| i64::from(p.1)).collect();
+    type Range = (u8, u8);
+    let rules: [(&str, Range, Range); 7] = [
+        ("champions", (4, 5), (4, 5)),
+        ("loyal", (3, 5), (3, 5)),
+        ("promising", (4, 5), (1, 2)),
+        ("cant_lose", (1, 2), (5, 5)),
+        ("at_risk", (1, 2), (3, 4)),
+        ("hibernating", (1, 2), (1, 2)),
+        ("need_attention", (1, 5), (1, 5)),
+    ];
+    let mut counts: BTreeMap<String, i64> = rules
+        .iter()
+        .map(|(name, _, _)| ((*name).to_owned(), 0))
+        .chain([("other".to_owned(), 0)])
+        .collect();
+    for (day, orders_of) in points.values() {
+        let r = score(*day, &days);
+        let f = score(i64::from(*orders_of), &orders);
+        let name = rules
+            .iter()
+            .find(|(_, (rl, rh), (fl, fh))| (*rl..=*rh).contains(&r) && (*fl..=*fh).contains(&f))
+            .map_or("other", |(name, _, _)| name);
+        *counts.get_mut(name).unwrap() += 1;
+    }
+    counts
 }
