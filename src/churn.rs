@@ -73,7 +73,7 @@ impl PurchaseModel {
     }
 
     /// The odds of dead against alive, given the history; P(alive) = 1 / (1 + odds).
-    fn dead_odds(&self, h: Recency) -> f64 {
+    pub fn dead_odds(&self, h: Recency) -> f64 {
         if !self.can_be_dead(h.x) {
             return 0.0;
         }

@@ -9,6 +9,7 @@ pub mod churn;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod fit;
 pub mod fold;
 pub mod generate;
 pub mod http;

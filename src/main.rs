@@ -89,6 +89,18 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fits the purchase model's parameters by maximum likelihood to every customer's history
+    /// at one event time, and prints them as the `[churn]` lines to configure. Reads the state
+    /// of a stopped job.
+    Fit {
+        /// The event time the histories end at, RFC 3339 (e.g. 2026-06-30T23:59:59Z).
+        #[arg(long)]
+        as_of: String,
+        /// The TOML config file (the embedded demo config when absent); its model and
+        /// parameters are the starting point.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// One command, no setup: generate traffic, fold it, and serve the endpoints.
     Demo {
         #[arg(long, default_value_t = 2_000)]
@@ -262,6 +274,33 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             eprintln!(
                 "scored {scored} customers as of {}",
                 customer_pulse::event::format_millis(as_of)
+            );
+            Ok(())
+        }
+        Command::Fit { as_of, config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::parse(DEMO_CONFIG, std::env::vars())?,
+            };
+            let as_of = customer_pulse::event::parse_millis(&as_of).with_context(|| {
+                format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}")
+            })?;
+            let store = pipeline::open_store(&config)?;
+            let (fitted, customers) = pipeline::fit(&store, &config, as_of)?;
+            let m = fitted.model;
+            let model = match m.model {
+                customer_pulse::churn::Model::BgNbd => "bg_nbd",
+                customer_pulse::churn::Model::MbgNbd => "mbg_nbd",
+            };
+            println!(
+                "# maximum likelihood over {customers} customers as of {}: log-likelihood {:.3}, {} iterations\n[churn]\nmodel = \"{model}\"\nr = {:.6}\nalpha = {:.6}\na = {:.6}\nb = {:.6}",
+                customer_pulse::event::format_millis(as_of),
+                fitted.log_likelihood,
+                fitted.iterations,
+                m.r,
+                m.alpha,
+                m.a,
+                m.b,
             );
             Ok(())
         }

@@ -52,6 +52,29 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
     }
 }
 
+/// Calls `f` with every customer in state, partition by partition in id order.
+fn for_each_customer(
+    store: &Store,
+    partitions: i32,
+    mut f: impl FnMut(&crate::fold::CustomerState) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    const PAGE: usize = 1_000;
+    for partition in 0..partitions {
+        let mut from = String::new();
+        loop {
+            let page = store.customers(partition, &from, PAGE)?;
+            for state in &page {
+                f(state)?;
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => from = format!("{}\0", last.customer_id),
+                _ => break,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes every customer's churn model at `as_of` as NDJSON, partition by partition in id
 /// order; returns how many customers it wrote.
 pub fn score(
@@ -63,25 +86,53 @@ pub fn score(
 ) -> anyhow::Result<u64> {
     let mut written = 0;
     let rfm = store.rfm()?;
-    for partition in 0..config.partitions {
-        let mut from = String::new();
-        loop {
-            let page = store.customers(partition, &from, 1_000)?;
-            for state in &page {
-                let mut line = crate::risk::score_line(state, as_of, horizon_days, &config.risk);
-                // R, F and M on the scales of the last closed day.
-                let point = crate::rfm::point(state);
-                line["rfm"] = serde_json::json!(rfm.score(point, &config.rfm_rules));
-                writeln!(out, "{line}")?;
-                written += 1;
-            }
-            match page.last() {
-                Some(last) if page.len() == 1_000 => from = format!("{}\0", last.customer_id),
-                _ => break,
-            }
-        }
-    }
+    for_each_customer(store, config.partitions, |state| {
+        let mut line = crate::risk::score_line(state, as_of, horizon_days, &config.risk);
+        // R, F and M on the scales of the last closed day.
+        let point = crate::rfm::point(state);
+        line["rfm"] = serde_json::json!(rfm.score(point, &config.rfm_rules));
+        writeln!(out, "{line}")?;
+        written += 1;
+        Ok(())
+    })?;
     Ok(written)
+}
+
+/// Fits the configured purchase model to the history at `as_of` of every customer who had
+/// bought by then, by maximum likelihood from the configured parameters; returns the fit and
+/// how many customers it used.
+pub fn fit(
+    store: &Store,
+    config: &Config,
+    as_of: crate::event::Millis,
+) -> anyhow::Result<(crate::fit::Fitted, usize)> {
+    let unit = config.risk.time_unit_ms;
+    let mut histories = Vec::new();
+    for_each_customer(store, config.partitions, |state| {
+        let day = |d: i32| crate::event::Millis::from(d) * 86_400_000;
+        // The history as it stood at `as_of`: purchase days after it do not count.
+        let days: Vec<i32> = state
+            .purchase_days
+            .iter()
+            .copied()
+            .filter(|d| day(*d) <= as_of)
+            .collect();
+        if let (Some(first), Some(last)) = (days.first(), days.last()) {
+            histories.push(crate::churn::Recency {
+                x: (days.len() - 1) as f64,
+                t_x: (day(*last) - day(*first)) as f64 / unit as f64,
+                t: (as_of - day(*first)) as f64 / unit as f64,
+            });
+        }
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        !histories.is_empty(),
+        "no customer had bought by then: nothing to fit"
+    );
+    let model = &config.risk.model;
+    let fitted = crate::fit::fit(model.model, &histories, model);
+    Ok((fitted, histories.len()))
 }
 
 /// The main job: consume, fold, commit, emit, until `shutdown`; then finish the batch, commit,

@@ -313,4 +313,26 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
         assert!((line["expected_orders"].as_f64().unwrap() - expected).abs() < 1e-6);
         assert_eq!(line["as_of"], format_millis(as_of));
     }
+
+    // `fit` over the same state: every customer's history, and a likelihood at least that of the
+    // configured (starting) parameters over the histories written down here.
+    let (fitted, customers) = customer_pulse::pipeline::fit(&store, &config, as_of).unwrap();
+    assert_eq!(customers, 2_500);
+    let at_start: f64 = (0..2_500)
+        .map(|i| {
+            let x = f64::from(i % 3);
+            customer_pulse::fit::log_likelihood(&model, Recency { x, t_x: x, t: 20.0 })
+        })
+        .sum();
+    assert!(
+        fitted.log_likelihood >= at_start,
+        "{fitted:?} vs {at_start}"
+    );
+    let again: f64 = (0..2_500)
+        .map(|i| {
+            let x = f64::from(i % 3);
+            customer_pulse::fit::log_likelihood(&fitted.model, Recency { x, t_x: x, t: 20.0 })
+        })
+        .sum();
+    assert!((again - fitted.log_likelihood).abs() < 1e-6 * again.abs());
 }
