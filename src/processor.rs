@@ -155,6 +155,9 @@ pub struct Processor {
     /// Loaded at first use and kept between batches; taken out while a batch runs, so a batch
     /// that fails leaves nothing behind and the next one reloads the last commit's.
     aggregates: Option<Aggregates>,
+    /// Per partition, a time below which no timer is stored: every timer up to it has fired,
+    /// and any armed below it since lowered it. Scans for due timers start there.
+    timer_floor: HashMap<i32, Millis>,
 }
 
 /// The instance-wide aggregates: complaint trends and segment metrics.
@@ -221,6 +224,7 @@ impl Processor {
             cache,
             newest: HashMap::new(),
             aggregates: None,
+            timer_floor: HashMap::new(),
         }
     }
 
@@ -332,8 +336,19 @@ impl Processor {
                 report.append_times_ms.push(t);
             }
             self.process_one(record, now, &mut aggregates, &mut commit, &mut report)?;
-            // A batch is cut where the watermark passes the end of a window, so that what a
-            // window's record says never depends on where the batches happened to end.
+            // A complaint window closes the moment the watermark passes its end, so its backlog
+            // is the one at that moment, and its records go into the commit that stores it
+            // closed; a batch is cut where the watermark passes the end of a day, so that what a
+            // day's record says never depends on where batches ended.
+            if let Some(watermark) = self.watermark(&aggregates) {
+                if aggregates
+                    .trends
+                    .next_close(&self.settings.trends)
+                    .is_some_and(|end| end <= watermark)
+                {
+                    self.close_trends(watermark, &mut aggregates, &mut commit, &mut report);
+                }
+            }
             if self.window_ends(&aggregates) {
                 let done = std::mem::take(&mut commit);
                 self.flush(done, &mut offsets, &mut aggregates, &mut report)?;
@@ -355,17 +370,47 @@ impl Processor {
         newest.map(|n| n.saturating_sub(self.settings.allowed_lateness_ms))
     }
 
-    /// Whether the watermark has passed the end of an open complaint window or segment day.
+    /// Whether the watermark has passed the end of an open segment day, whose population is
+    /// read after the due timers fire. Complaint windows need no cut: nothing in them depends
+    /// on timers (their `active_customers` is the population at the last day's close).
     fn window_ends(&self, aggregates: &Aggregates) -> bool {
         let Some(watermark) = self.watermark(aggregates) else {
             return false;
         };
-        let trends = aggregates.trends.next_close(&self.settings.trends);
-        let segments = aggregates.segments.next_close();
-        trends
-            .into_iter()
-            .chain(segments)
-            .any(|end| end <= watermark)
+        aggregates
+            .segments
+            .next_close()
+            .is_some_and(|end| end <= watermark)
+    }
+
+    /// Closes the complaint windows the watermark has passed and puts their records into
+    /// `commit`, which stores the trends with them closed.
+    fn close_trends(
+        &self,
+        watermark: Millis,
+        aggregates: &mut Aggregates,
+        commit: &mut Commit,
+        report: &mut BatchReport,
+    ) {
+        let mut windows = aggregates
+            .trends
+            .close_until(watermark, &self.settings.trends);
+        if windows.is_empty() {
+            return;
+        }
+        aggregates.dirty = true;
+        let active = aggregates.segments.active_at_close;
+        for window in &mut windows {
+            window.active_customers = active;
+            let id = window.record_id();
+            commit.outbox.push(OutboxRecord {
+                topic: self.settings.topics.complaint_trends.clone(),
+                key: Some(window.category.clone().into_bytes()),
+                value: Some(window.record(&id)),
+                headers: vec![("record_id".into(), id.into_bytes())],
+            });
+        }
+        report.closed_windows.extend(windows);
     }
 
     /// Commits `commit` with the offsets so far, then fires the timers the watermarks have
@@ -417,9 +462,8 @@ impl Processor {
             return Ok(());
         };
         let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
-        let mut windows = aggregates
-            .trends
-            .close_until(watermark, &self.settings.trends);
+        let mut commit = Commit::default();
+        self.close_trends(watermark, aggregates, &mut commit, report);
         let segment_names: Vec<String> = self
             .settings
             .risk
@@ -428,7 +472,7 @@ impl Processor {
             .map(|t| t.name.clone())
             .collect();
         let days = aggregates.segments.close_until(watermark, &segment_names);
-        if windows.is_empty() && days.is_empty() {
+        if commit.outbox.is_empty() && days.is_empty() {
             return Ok(());
         }
         if !days.is_empty() {
@@ -437,19 +481,7 @@ impl Processor {
             aggregates.rfm_rescaled = true;
             report.rfm_segments = Some(aggregates.rfm.segment_counts(&self.settings.rfm_rules));
         }
-        let mut commit = Commit::default();
-        let active = aggregates.segments.active_customers();
         let topics = &self.settings.topics;
-        for window in &mut windows {
-            window.active_customers = Some(active);
-            let id = window.record_id();
-            commit.outbox.push(OutboxRecord {
-                topic: topics.complaint_trends.clone(),
-                key: Some(window.category.clone().into_bytes()),
-                value: Some(window.record(&id)),
-                headers: vec![("record_id".into(), id.into_bytes())],
-            });
-        }
         for day in &days {
             let id = day.record_id();
             commit.outbox.push(OutboxRecord {
@@ -462,7 +494,6 @@ impl Processor {
         aggregates.dirty = true;
         aggregates.stage(&mut commit, report);
         self.commit(commit, report)?;
-        report.closed_windows.extend(windows);
         report.closed_days += days.len();
         Ok(())
     }
@@ -470,6 +501,11 @@ impl Processor {
     /// Commits the cache's dirty customers, their timer changes and `commit`'s other contents.
     fn commit(&mut self, mut commit: Commit, report: &mut BatchReport) -> Result<(), StoreError> {
         self.cache.drain_dirty(&mut commit);
+        for timer in &commit.timers_set {
+            if let Some(floor) = self.timer_floor.get_mut(&timer.partition) {
+                *floor = (*floor).min(timer.at);
+            }
+        }
         report.customers_written += commit.customers.len();
         report.outbox_records += commit.outbox.len();
         let churn_risk = &self.settings.topics.churn_risk;
@@ -501,8 +537,11 @@ impl Processor {
             // only a round that fires something commits. A fired timer re-arms strictly later,
             // so the rounds end.
             loop {
-                let due = self.store.due_timers(partition, watermark, 1_000)?;
+                let from = self.timer_floor.get(&partition).copied();
+                let due = self.store.due_timers(partition, (from, watermark), 1_000)?;
                 if due.is_empty() {
+                    let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
+                    *floor = (*floor).max(watermark.saturating_add(1));
                     break;
                 }
                 let mut commit = Commit::default();

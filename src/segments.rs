@@ -191,6 +191,9 @@ pub struct Segments {
     pub days: BTreeMap<Millis, BTreeMap<String, Flows>>,
     /// Days starting before this are closed and emitted; `None` before the first flow.
     pub closed_before: Option<Millis>,
+    /// Customers not lost, over all segments, when the last day closed (for complaints per
+    /// 1,000 active customers: a reading that does not depend on batching).
+    pub active_at_close: Option<i64>,
     /// Flows since the last [`Segments::take_counted`], late ones included, for telemetry.
     #[serde(skip)]
     counted: BTreeMap<String, Flows>,
@@ -299,6 +302,7 @@ impl Segments {
             }
             start += DAY_MS;
             self.closed_before = Some(start);
+            self.active_at_close = Some(self.active_customers());
         }
         closed
     }

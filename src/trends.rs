@@ -231,6 +231,8 @@ impl Trends {
         at.div_euclid(s.window_ms) * s.window_ms
     }
 
+    /// The open window of `at`, or `None` when it was closed already. The caller closes a
+    /// window as soon as the watermark passes its end, so this is the watermark's verdict.
     fn window(&mut self, at: Millis, category: &str, s: &TrendSettings) -> Option<&mut Window> {
         let start = Self::window_start(at, s);
         if self.closed_before.is_some_and(|c| start < c) {
@@ -294,8 +296,6 @@ impl Trends {
         }
     }
 
-    /// Closes every window that ends at or before `watermark`, for every configured category
-    /// (an hour without complaints is a window too: it lowers the baseline), oldest first.
     /// When the first open window ends; `None` before the first complaint.
     pub fn next_close(&self, s: &TrendSettings) -> Option<Millis> {
         let first_open = self
@@ -304,6 +304,8 @@ impl Trends {
         Some(first_open + s.window_ms)
     }
 
+    /// Closes every window that ends at or before `watermark`, for every configured category
+    /// (an hour without complaints is a window too: it lowers the baseline), oldest first.
     pub fn close_until(&mut self, watermark: Millis, s: &TrendSettings) -> Vec<ClosedWindow> {
         let first_open = match (self.closed_before, self.windows.keys().next()) {
             (Some(c), _) => c,

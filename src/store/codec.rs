@@ -20,7 +20,9 @@ const CUSTOMER_V2: u8 = 2;
 const CUSTOMER_V3: u8 = 3;
 const OUTBOX_V1: u8 = 1;
 const TRENDS_V1: u8 = 1;
+/// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
+const SEGMENTS_V2: u8 = 2;
 const SCALES_V1: u8 = 1;
 
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
@@ -59,11 +61,33 @@ pub fn decode_scales(bytes: &[u8]) -> Result<Scales, String> {
 }
 
 pub fn encode_segments(segments: &Segments) -> Vec<u8> {
-    encode(SEGMENTS_V1, segments)
+    encode(SEGMENTS_V2, segments)
 }
 
 pub fn decode_segments(bytes: &[u8]) -> Result<Segments, String> {
-    decode(SEGMENTS_V1, bytes)
+    match bytes.first() {
+        Some(&SEGMENTS_V1) => decode::<SegmentsV1>(SEGMENTS_V1, bytes).map(|v1| {
+            let mut segments = Segments::default();
+            segments.population = v1.population;
+            segments.margin_to_date_minor = v1.margin_to_date_minor;
+            segments.days = v1.days;
+            segments.closed_before = v1.closed_before;
+            segments
+        }),
+        _ => decode(SEGMENTS_V2, bytes),
+    }
+}
+
+/// The layout of segment metrics version 1.
+#[derive(serde::Deserialize)]
+struct SegmentsV1 {
+    population: std::collections::BTreeMap<String, crate::segments::Population>,
+    margin_to_date_minor: std::collections::BTreeMap<String, i64>,
+    days: std::collections::BTreeMap<
+        crate::event::Millis,
+        std::collections::BTreeMap<String, crate::segments::Flows>,
+    >,
+    closed_before: Option<crate::event::Millis>,
 }
 
 pub fn encode_trends(trends: &Trends) -> Vec<u8> {
@@ -224,6 +248,34 @@ mod tests {
             &encoded[v2.len()..],
             &[0x01, 0x04, b'g', b'o', b'l', b'd', 0x01, 0x01, 0xa4, 0x13]
         );
+    }
+
+    #[test]
+    fn segments_version_one_is_still_read() {
+        // Version 1 is version 2 without `active_at_close`: the same fields in the same order.
+        let mut segments = Segments::default();
+        segments.population.insert(
+            "gold".into(),
+            crate::segments::Population {
+                by_lifecycle: [1, 2, 0, 3, 0],
+                by_level: [3, 2, 1],
+                active_ltv_minor: 900,
+            },
+        );
+        segments.margin_to_date_minor.insert("gold".into(), -5);
+        segments.closed_before = Some(86_400_000);
+        let v1 = encode(
+            SEGMENTS_V1,
+            &(
+                &segments.population,
+                &segments.margin_to_date_minor,
+                &segments.days,
+                &segments.closed_before,
+            ),
+        );
+        assert_eq!(decode_segments(&v1), Ok(segments.clone()));
+        segments.active_at_close = Some(3);
+        assert_eq!(decode_segments(&encode_segments(&segments)), Ok(segments));
     }
 
     #[test]

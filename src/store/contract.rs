@@ -175,7 +175,7 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             })
             .unwrap();
         assert_eq!(
-            store.due_timers(1, 100, 10).unwrap(),
+            store.due_timers(1, (None, 100), 10).unwrap(),
             [
                 timer(1, -20, "before-epoch"),
                 timer(1, 100, "a"),
@@ -183,7 +183,16 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             ],
             "{name}"
         );
-        assert_eq!(store.due_timers(1, 100, 1).unwrap().len(), 1, "{name}");
+        assert_eq!(
+            store.due_timers(1, (None, 100), 1).unwrap().len(),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            store.due_timers(1, (Some(0), 100), 10).unwrap(),
+            [timer(1, 100, "a"), timer(1, 100, "b")],
+            "{name}: from a floor"
+        );
         store
             .commit(&Commit {
                 timers_cleared: vec![timer(1, -20, "before-epoch"), timer(1, 100, "a")],
@@ -192,7 +201,7 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             })
             .unwrap();
         assert_eq!(
-            store.due_timers(1, i64::MAX, 10).unwrap(),
+            store.due_timers(1, (None, i64::MAX), 10).unwrap(),
             [
                 timer(1, 100, "b"),
                 timer(1, 500, "late"),

@@ -306,19 +306,26 @@ impl Store {
         }
     }
 
-    /// Up to `limit` timers of `partition` due at or before `up_to`, earliest first.
+    /// Up to `limit` timers of `partition` due in `from..=up_to` (from the first when `from` is
+    /// `None`), earliest first.
     pub fn due_timers(
         &self,
         partition: i32,
-        up_to: Millis,
+        (from, up_to): (Option<Millis>, Millis),
         limit: usize,
     ) -> Result<Vec<Timer>, StoreError> {
         let prefix = timer_prefix(partition);
-        // Keys sort by time, so the scan stops at the first timer after `up_to`.
+        // Keys sort by time, so the scan starts at `from` (deleted timers below it, which RocksDB
+        // would step over one tombstone at a time, are never visited) and stops at the first
+        // timer after `up_to`.
+        let mut start = prefix.clone();
+        if let Some(from) = from {
+            start.extend_from_slice(&sortable(from));
+        }
         let mut end = prefix.clone();
         end.extend_from_slice(&sortable(up_to.saturating_add(1)));
         self.backend
-            .scan(&prefix, &prefix, Some(&end), limit)?
+            .scan(&prefix, &start, Some(&end), limit)?
             .into_iter()
             .map(|(key, _)| {
                 let at =
