@@ -15,6 +15,8 @@ const NAMESPACE: &str = "customer_pulse";
 
 pub struct Telemetry {
     registry: Registry,
+    /// The full name of every metric family registered.
+    names: Vec<String>,
     events: IntCounterVec,
     dead_letters: IntCounterVec,
     processing_latency: Histogram,
@@ -241,6 +243,7 @@ impl Telemetry {
             ))
             .expect("valid metric"),
             registry,
+            names: Vec::new(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(t.events.clone()),
@@ -278,7 +281,9 @@ impl Telemetry {
             Box::new(t.assigned_partitions.clone()),
             Box::new(t.ready.clone()),
         ];
+        let mut t = t;
         for c in collectors {
+            t.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             t.registry.register(c).expect("metric names are unique");
         }
         // Every reason exists from the start, so a dead-letter rate rule sees 0, not nothing.
@@ -437,6 +442,12 @@ impl Telemetry {
     }
 
     /// The text exposition format for `GET /metrics`.
+    /// The full name of every metric family this process exports (histograms add `_bucket`,
+    /// `_sum` and `_count` to theirs), for checks that dashboards and alerts use only these.
+    pub fn metric_names(&self) -> &[String] {
+        &self.names
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/setup.sh
 need_tansu
+# promtool and the Prometheus server: the alert rules' unit tests and the end-to-end alert test.
+need_debian prometheus
 say "Checking formatting"
 cargo fmt --all -- --check
 say "Running clippy"

@@ -8,6 +8,7 @@ mod end_to_end;
 mod hostile;
 mod kafka_smoke;
 mod privacy;
+mod prometheus;
 mod replay;
 mod risk;
 mod scenario;
