@@ -118,3 +118,199 @@ fn every_alert_has_a_runbook_and_a_unit_test() {
         );
     }
 }
+
+/// Folds two days of complaint traffic through a processor whose `/metrics` is served on
+/// loopback: two billing complaints an hour, and in the last full hour either twenty (`spike`)
+/// or the usual two; a last event moves the watermark just past that hour, so it is the last
+/// closed window. Returns the HTTP port and what stops the server.
+async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::CancellationToken) {
+    use customer_pulse::event::format_millis;
+    use customer_pulse::http::{serve, HttpState};
+    use customer_pulse::processor::Processor;
+    use customer_pulse::store::Store;
+
+    const HOUR: i64 = 3_600_000;
+    let now = customer_pulse::replay::wall_clock_ms();
+    let start = (now - 3 * 24 * HOUR).div_euclid(HOUR) * HOUR;
+    let complaint = |n: usize, at: i64| {
+        format!(
+            r#"{{"event_id":"k{n}","customer_id":"c{}","type":"complaint.opened","occurred_at":"{}","complaint_id":"k{n}","category":"billing","severity":"high"}}"#,
+            n % 40,
+            format_millis(at)
+        )
+    };
+    let mut events = Vec::new();
+    for hour in 0..25 {
+        let count = if spike && hour == 24 { 20 } else { 2 };
+        for i in 0..count {
+            events.push(complaint(events.len(), start + hour * HOUR + i * 60_000));
+        }
+    }
+    // The watermark (newest minus the hour of allowed lateness) passes hour 24's end, not 25's.
+    events.push(format!(
+        r#"{{"event_id":"last","customer_id":"c0","type":"interaction.contact","occurred_at":"{}","channel":"web","direction":"inbound"}}"#,
+        format_millis(start + 26 * HOUR + 30 * 60_000)
+    ));
+    let store = Store::in_memory();
+    let telemetry = std::sync::Arc::new(Telemetry::new());
+    let mut processor = Processor::new(store.clone(), crate::support::settings(1_000));
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| crate::support::file_record(i as i64, json))
+        .collect();
+    for chunk in records.chunks(10) {
+        let report = processor.process(chunk, now).unwrap();
+        telemetry.record_batch(&report, 0.001, now);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let state = HttpState {
+        store,
+        telemetry,
+        partitions: 4,
+        risk: std::sync::Arc::new(customer_pulse::risk::RiskSettings::default()),
+        customer_token: None,
+    };
+    tokio::spawn(serve(listener, state, stop.clone()));
+    (port, stop)
+}
+
+/// A Prometheus server on loopback, stopped when dropped.
+struct PrometheusServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PrometheusServer {
+    /// Scrapes each target every second and evaluates `deploy/prometheus/alerts.yml` every
+    /// second, with each rule's `for` shortened to 2 s (the promtool unit tests check the real
+    /// durations; this test checks the expressions against what the processor really exports).
+    fn start(targets: &[(&str, u16)]) -> PrometheusServer {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+        let rules: String = rules
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("for: ") {
+                Some(_) => format!("{}for: 2s", &l[..l.len() - l.trim_start().len()]),
+                None => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("alerts.yml"), rules).unwrap();
+        let scrape: String = targets
+            .iter()
+            .map(|(name, port)| {
+                format!(
+                    "  - job_name: {name}\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+                )
+            })
+            .collect();
+        let config = format!(
+            "global:\n  evaluation_interval: 1s\nrule_files:\n  - alerts.yml\nscrape_configs:\n{scrape}"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let port = crate::broker::free_port();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus runs (Debian's prometheus package; tests/run.sh installs it)");
+        PrometheusServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The `data` of a Prometheus API GET, or `None` while the server is not up.
+    fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = crate::end_to_end::http_get_with(self.port, path, "")?;
+        (status == 200)
+            .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())??
+            .get("data")
+            .cloned()
+    }
+
+    /// The alerts Prometheus holds now, as `(alertname, job, state)`.
+    fn alerts(&self) -> Vec<(String, String, String)> {
+        self.api("/api/v1/alerts")
+            .and_then(|d| d["alerts"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                (
+                    text(&a["labels"]["alertname"]),
+                    text(&a["labels"]["job"]),
+                    text(&a["state"]),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_fires_the_complaint_spike_alert_on_the_spike_only() {
+    let (spike_port, stop_spike) = serve_folded_traffic(true).await;
+    let (calm_port, stop_calm) = serve_folded_traffic(false).await;
+    let prometheus = tokio::task::spawn_blocking(move || {
+        PrometheusServer::start(&[("spike", spike_port), ("calm", calm_port)])
+    })
+    .await
+    .unwrap();
+    let spike_firing = |alerts: &[(String, String, String)]| {
+        alerts.iter().any(|(name, job, state)| {
+            name == "ComplaintSpike" && job == "spike" && state == "firing"
+        })
+    };
+    let mut fired = false;
+    let mut seen = Vec::new();
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        seen = prometheus.alerts();
+        if spike_firing(&seen) {
+            fired = true;
+            break;
+        }
+    }
+    assert!(
+        fired,
+        "ComplaintSpike fires for the spike within 60 s: {seen:?}"
+    );
+    // By now Prometheus has scraped the calm processor many times: its last closed window is
+    // the same hour with the usual two complaints, and it pages nobody.
+    let calm_scraped = prometheus
+        .api("/api/v1/query?query=customer_pulse_complaint_windows_total%7Bjob%3D%22calm%22%7D")
+        .and_then(|d| d["result"].as_array().map(|r| !r.is_empty()))
+        .unwrap_or(false);
+    assert!(calm_scraped, "the calm processor was scraped");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let alerts = prometheus.alerts();
+    assert!(
+        !alerts
+            .iter()
+            .any(|(name, job, _)| name == "ComplaintSpike" && job == "calm"),
+        "no ComplaintSpike for the same traffic without the spike: {alerts:?}"
+    );
+    stop_spike.cancel();
+    stop_calm.cancel();
+}
