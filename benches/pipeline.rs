@@ -56,6 +56,7 @@ fn settings() -> ProcessorSettings {
         risk: customer_pulse::risk::RiskSettings::default(),
         trends: customer_pulse::trends::TrendSettings::defaults(&["billing", "delivery"]),
         allowed_lateness_ms: 3_600_000,
+        idle_partition_ms: 10_000,
         rfm_rules: customer_pulse::rfm::default_rules(),
         panic_on_event_id: None,
     }

@@ -503,6 +503,8 @@ pub struct RawProcessing {
     pub shutdown_flush_seconds: u64,
     /// How far behind a partition's newest event time its watermark trails.
     pub allowed_lateness_seconds: u64,
+    /// An input partition that delivered nothing for this long no longer holds the watermark.
+    pub idle_partition_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -591,6 +593,7 @@ impl Default for RawProcessing {
             max_batch_wait_milliseconds: 50,
             shutdown_flush_seconds: 30,
             allowed_lateness_seconds: 3_600,
+            idle_partition_seconds: 10,
         }
     }
 }
@@ -661,6 +664,7 @@ pub struct Config {
     pub risk: RiskSettings,
     pub trends: TrendSettings,
     pub allowed_lateness_ms: i64,
+    pub idle_partition_ms: i64,
     pub rfm_rules: Vec<crate::rfm::Rule>,
 }
 
@@ -849,6 +853,11 @@ impl RawConfig {
             "processing.allowed_lateness_seconds",
             "must be at most 2592000 (30 days)",
         )?;
+        check(
+            (1..=3_600).contains(&p.idle_partition_seconds),
+            "processing.idle_partition_seconds",
+            "must be between 1 and 3600",
+        )?;
         let risk = self.risk.validate(&self.churn)?;
         let rfm_rules = self.rfm.validate()?;
         let tr = &self.trends;
@@ -962,6 +971,7 @@ impl RawConfig {
             risk,
             trends,
             allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,
+            idle_partition_ms: (p.idle_partition_seconds * 1000) as i64,
             rfm_rules,
         })
     }

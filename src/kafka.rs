@@ -241,6 +241,16 @@ impl Input {
         }
     }
 
+    /// The input partitions this member owns now, as `(topic, partition)`.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Whether this member owns any partition.
     pub fn has_assignment(&self) -> bool {
         !self

@@ -48,6 +48,7 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         trends: config.trends.clone(),
         panic_on_event_id: None,
         allowed_lateness_ms: config.allowed_lateness_ms,
+        idle_partition_ms: config.idle_partition_ms,
         rfm_rules: config.rfm_rules.clone(),
     }
 }
@@ -231,7 +232,21 @@ async fn consume(
             // Records gathered but not committed are read again from the stored offsets.
             () = shutdown.cancelled() => break,
         };
+        processor.assign(&input.assignment(), wall_clock_ms());
         if batch.is_empty() {
+            // Idle input: partitions that stopped delivering stop holding the watermark back.
+            let started = Instant::now();
+            match tokio::task::block_in_place(|| processor.advance(wall_clock_ms())) {
+                Ok(Some(report)) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    telemetry.record_batch(&report, seconds, wall_clock_ms());
+                    wake.notify_one();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Moving the watermark on failed; the next idle poll retries.")
+                }
+            }
             continue;
         }
         let mut backoff = Duration::from_millis(100);

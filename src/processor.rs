@@ -134,8 +134,11 @@ pub struct ProcessorSettings {
     pub cache_customers: usize,
     pub risk: RiskSettings,
     pub trends: TrendSettings,
-    /// How far behind a partition's newest event time its watermark trails.
+    /// How far behind the input's event time the watermark trails.
     pub allowed_lateness_ms: Millis,
+    /// An input partition that delivered nothing for this long (processor time) no longer
+    /// holds the watermark back.
+    pub idle_partition_ms: Millis,
     /// The rules naming RFM segments.
     pub rfm_rules: Vec<crate::rfm::Rule>,
     /// Fault injection for tests: processing an event with this id panics. Never set from
@@ -150,8 +153,10 @@ pub struct Processor {
     store: Store,
     settings: ProcessorSettings,
     cache: StateCache,
-    /// The newest event time seen per state partition since start.
-    newest: HashMap<i32, Millis>,
+    /// How far each input partition has got in event time.
+    clock: Clock,
+    /// The processor time of the batch being processed.
+    now: Millis,
     /// Loaded at first use and kept between batches; taken out while a batch runs, so a batch
     /// that fails leaves nothing behind and the next one reloads the last commit's.
     aggregates: Option<Aggregates>,
@@ -222,7 +227,8 @@ impl Processor {
             store,
             settings,
             cache,
-            newest: HashMap::new(),
+            clock: Clock::default(),
+            now: 0,
             aggregates: None,
             timer_floor: HashMap::new(),
         }
@@ -267,14 +273,14 @@ impl Processor {
         records: &[InputRecord],
         now: Millis,
     ) -> Result<Result<BatchReport, StoreError>, Panicked> {
-        let newest = self.newest.clone();
+        let clock = self.clock.clone();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.process_batch(records, now)
         }));
         if !matches!(outcome, Ok(Ok(_))) {
             self.cache.clear();
             self.aggregates = None;
-            self.newest = newest;
+            self.clock = clock;
         }
         outcome.map_err(|_| Panicked)
     }
@@ -320,6 +326,7 @@ impl Processor {
         records: &[InputRecord],
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
+        self.now = now;
         let mut aggregates = match self.aggregates.take() {
             Some(aggregates) => aggregates,
             None => Aggregates::load(&self.store)?,
@@ -359,15 +366,45 @@ impl Processor {
         Ok(report)
     }
 
-    /// The instance's watermark: its newest event time over all partitions, minus the allowed
-    /// lateness.
-    fn watermark(&self, aggregates: &Aggregates) -> Option<Millis> {
-        let seen = self.newest.values().max().copied();
-        let newest = match (seen, aggregates.trends.newest) {
+    /// Tells the processor which input partitions the instance owns, so that one that has not
+    /// delivered yet holds the watermark (until it goes idle) instead of being overtaken.
+    pub fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {
+        self.clock.assign(assigned, now);
+    }
+
+    /// Moves the watermark on without input, when input partitions have gone idle: a
+    /// partition that stopped delivering no longer holds it back, so the windows and timers it
+    /// held close and fire. Commits only when the watermark moved (`None` otherwise).
+    pub fn advance(&mut self, now: Millis) -> Result<Option<BatchReport>, StoreError> {
+        let frontier = self.clock.frontier(now, self.settings.idle_partition_ms);
+        let moved = match (&self.aggregates, frontier) {
+            (Some(a), Some(f)) => a.trends.newest.is_none_or(|n| n < f),
+            _ => false,
+        };
+        if moved {
+            self.process(&[], now).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The event time the watermark trails: how far the input has got, never going back (it
+    /// is stored, so a restarted processor starts where the last one stopped).
+    fn frontier(&self, aggregates: &Aggregates) -> Option<Millis> {
+        let seen = self
+            .clock
+            .frontier(self.now, self.settings.idle_partition_ms);
+        match (seen, aggregates.trends.newest) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
-        };
-        newest.map(|n| n.saturating_sub(self.settings.allowed_lateness_ms))
+        }
+    }
+
+    /// The instance's watermark: how far the slowest input partition still delivering has got
+    /// in event time (DOMAIN.md: a watermark per input partition), minus the allowed lateness.
+    fn watermark(&self, aggregates: &Aggregates) -> Option<Millis> {
+        self.frontier(aggregates)
+            .map(|n| n.saturating_sub(self.settings.allowed_lateness_ms))
     }
 
     /// Whether the watermark has passed the end of an open segment day, whose population is
@@ -437,10 +474,10 @@ impl Processor {
                 None => report.offsets.push((source.clone(), *partition, *next)),
             }
         }
-        if let Some(seen) = self.newest.values().max().copied() {
+        if let Some(frontier) = self.frontier(aggregates) {
             let trends = &mut aggregates.trends;
-            if trends.newest.is_none_or(|n| n < seen) {
-                trends.newest = Some(seen);
+            if trends.newest.is_none_or(|n| n < frontier) {
+                trends.newest = Some(frontier);
                 aggregates.dirty = true;
             }
         }
@@ -519,20 +556,18 @@ impl Processor {
         Ok(())
     }
 
-    /// Fires, partition by partition, every timer at or before the partition's watermark (its
-    /// newest event time minus the allowed lateness). Each round commits atomically.
+    /// Fires, partition by partition, every timer at or before the watermark. Each round
+    /// commits atomically.
     fn fire_due_timers(
         &mut self,
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
-        let mut partitions: Vec<(i32, Millis)> = self
-            .newest
-            .iter()
-            .map(|(p, t)| (*p, t.saturating_sub(self.settings.allowed_lateness_ms)))
-            .collect();
-        partitions.sort_unstable();
-        for (partition, watermark) in partitions {
+        let Some(watermark) = self.watermark(aggregates) else {
+            return Ok(());
+        };
+        let partitions: Vec<i32> = self.clock.state_partitions.iter().copied().collect();
+        for partition in partitions {
             // The stored timers are the truth: a scan that finds none due costs one seek, and
             // only a round that fires something commits. A fired timer re-arms strictly later,
             // so the rounds end.
@@ -645,8 +680,8 @@ impl Processor {
         let partition = record.state_partition.unwrap_or_else(|| {
             partition_for(event.customer_id.as_bytes(), self.settings.partitions)
         });
-        let newest = self.newest.entry(partition).or_insert(event.occurred_at);
-        *newest = (*newest).max(event.occurred_at);
+        self.clock
+            .observe(record, partition, event.occurred_at, now);
         // A referral counts for the referrer's segment.
         let referrer_segment = match &event.kind {
             EventKind::Registered {
@@ -950,6 +985,64 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     h
+}
+
+/// How far each input partition has got in event time, and when (processor time) it last
+/// delivered: the watermark trails the slowest partition still delivering, so a topic read ahead
+/// of another (a backlog read from the start) does not make the other's events late. A partition
+/// assigned but silent holds the watermark until it delivers or has been idle for a while.
+#[derive(Debug, Clone, Default)]
+struct Clock {
+    /// Source (topic or file) -> partition -> (newest event time if any, processor time it was
+    /// assigned or last delivered).
+    sources: HashMap<String, HashMap<i32, (Option<Millis>, Millis)>>,
+    /// The state partitions events have been folded into, whose timers the watermark fires.
+    state_partitions: std::collections::BTreeSet<i32>,
+}
+
+impl Clock {
+    fn observe(&mut self, record: &InputRecord, state_partition: i32, at: Millis, now: Millis) {
+        self.state_partitions.insert(state_partition);
+        let partitions = match self.sources.get_mut(&record.source) {
+            Some(partitions) => partitions,
+            None => self.sources.entry(record.source.clone()).or_default(),
+        };
+        let entry = partitions
+            .entry(record.source_partition)
+            .or_insert((None, now));
+        *entry = (Some(entry.0.map_or(at, |n| n.max(at))), now);
+    }
+
+    /// The input partitions the instance owns now: new ones hold the watermark until they
+    /// deliver or go idle; revoked ones no longer count.
+    fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {
+        for (source, partitions) in &mut self.sources {
+            partitions.retain(|p, _| assigned.iter().any(|(s, q)| s == source && q == p));
+        }
+        for (source, partition) in assigned {
+            self.sources
+                .entry(source.clone())
+                .or_default()
+                .entry(*partition)
+                .or_insert((None, now));
+        }
+    }
+
+    /// The newest event time of the slowest partition that delivered (or was assigned) within
+    /// `idle_ms` of `now`; `None` while one of those has delivered nothing yet; when all are
+    /// idle, the newest of any.
+    fn frontier(&self, now: Millis, idle_ms: Millis) -> Option<Millis> {
+        let all = self.sources.values().flat_map(HashMap::values);
+        let mut active = all
+            .clone()
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= idle_ms)
+            .peekable();
+        if active.peek().is_some() {
+            // A silent active partition (None) sorts first: it holds the watermark.
+            return active.map(|(newest, _)| *newest).min().flatten();
+        }
+        all.filter_map(|(newest, _)| *newest).max()
+    }
 }
 
 struct CacheEntry {

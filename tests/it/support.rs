@@ -32,6 +32,7 @@ pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> Proc
         risk: customer_pulse::risk::RiskSettings::default(),
         trends: customer_pulse::trends::TrendSettings::defaults(&["billing", "delivery"]),
         allowed_lateness_ms: 3_600_000,
+        idle_partition_ms: 10_000,
         rfm_rules: customer_pulse::rfm::default_rules(),
         panic_on_event_id: None,
     }

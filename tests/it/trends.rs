@@ -186,3 +186,80 @@ fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
         }
     }
 }
+
+/// Records as the Kafka input makes them: topic, partition 0.
+fn kafka_record(topic: &str, offset: i64, json: &str) -> customer_pulse::processor::InputRecord {
+    customer_pulse::processor::InputRecord {
+        source: topic.into(),
+        source_partition: 0,
+        offset,
+        stream: None,
+        state_partition: Some(0),
+        key: None,
+        payload: json.as_bytes().to_vec(),
+        append_time_ms: None,
+    }
+}
+
+#[test]
+fn a_topic_read_ahead_does_not_make_another_topics_complaints_late() {
+    // A backlog as a consumer may read it: two days of orders first, then the first day's
+    // complaints from the other topic. The watermark trails the slowest partition still
+    // delivering, and one assigned but silent holds it, so none of the complaints is late.
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(1_000));
+    let topics = [
+        "customer.orders".to_owned(),
+        "customer.complaints".to_owned(),
+    ];
+    processor.assign(&[(topics[0].clone(), 0), (topics[1].clone(), 0)], NOW_MS);
+    let orders: Vec<_> = (0..48 * 6)
+        .map(|i| {
+            let at = START + i * 10 * 60_000;
+            let json = format!(
+                r#"{{"event_id":"o{i}","customer_id":"c{}","type":"order.placed","occurred_at":"{}","order_id":"o{i}","amount_minor":100,"margin_minor":10}}"#,
+                i % 7,
+                format_millis(at)
+            );
+            kafka_record(&topics[0], i, &json)
+        })
+        .collect();
+    let complaints: Vec<_> = (0..24 * 3)
+        .map(|i| {
+            kafka_record(
+                &topics[1],
+                i,
+                &complaint(i as usize, START + i * 20 * 60_000, "billing"),
+            )
+        })
+        .collect();
+    let first = processor.process(&orders, NOW_MS).unwrap();
+    assert!(
+        first.closed_windows.is_empty(),
+        "the silent complaints topic holds the watermark"
+    );
+    let second = processor.process(&complaints, NOW_MS).unwrap();
+    assert_eq!(second.count("late"), 0);
+    assert_eq!(second.count("applied"), 72);
+    // Both topics fall silent; once they are idle the watermark moves to the newest order.
+    assert!(
+        processor.advance(NOW_MS + 5_000).unwrap().is_none(),
+        "not idle yet"
+    );
+    assert!(processor.advance(NOW_MS + 11_000).unwrap().is_some());
+    let hourly: Vec<Value> = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.complaint-trends")
+        .map(|r| serde_json::from_slice::<Value>(&r.value.unwrap()).unwrap())
+        .filter(|v| v["category"] == "billing" && v["record_id"].as_str().unwrap().contains("-60-"))
+        .collect();
+    // The newest order is at 47:50, so the watermark is 46:50: hours 0 to 45 have closed.
+    assert_eq!(hourly.len(), 46, "every hour up to the watermark");
+    for window in &hourly[..24] {
+        assert_eq!(window["opened"], 3, "{window}");
+    }
+    assert!(hourly[24..].iter().all(|w| w["opened"] == 0));
+}
