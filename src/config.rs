@@ -186,6 +186,8 @@ pub struct RawRisk {
     pub min_score_change: f64,
     pub weights: RawWeights,
     pub tiers: Vec<RawTier>,
+    /// Value tiers are by the revenue and margin of this many calendar months up to now.
+    pub tier_trailing_months: u32,
 }
 
 /// The effect of each reason: the score is `1 - P(alive) * product(1 - weight)`.
@@ -264,6 +266,7 @@ impl Default for RawRisk {
                     min_margin_minor: t.min_margin_minor,
                 })
                 .collect(),
+            tier_trailing_months: d.tier_months,
         }
     }
 }
@@ -394,6 +397,11 @@ impl RawRisk {
             "must be at least 0 and below 1",
         )?;
         check(
+            (1..=120).contains(&self.tier_trailing_months),
+            "risk.tier_trailing_months",
+            "must be between 1 and 120",
+        )?;
+        check(
             !self.tiers.is_empty() && self.tiers.len() <= 16,
             "risk.tiers",
             "must list between 1 and 16 tiers (they become metric labels)",
@@ -438,6 +446,7 @@ impl RawRisk {
                     min_margin_minor: t.min_margin_minor,
                 })
                 .collect(),
+            tier_months: self.tier_trailing_months,
         })
     }
 }

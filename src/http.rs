@@ -115,7 +115,7 @@ async fn customer(
             let body = serde_json::json!({
                 "partition": partition,
                 "state": customer.state,
-                "risk": assess(&customer.state, as_of, &risk),
+                "risk": assess(&customer.state, &customer.trailing, as_of, &risk),
                 "last_published": customer.risk.last,
                 "next_check_at": customer.risk.timer_at.map(crate::event::format_millis),
             });

@@ -57,18 +57,20 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
 fn for_each_customer(
     store: &Store,
     partitions: i32,
-    mut f: impl FnMut(&crate::fold::CustomerState) -> anyhow::Result<()>,
+    mut f: impl FnMut(&crate::store::Customer) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     const PAGE: usize = 1_000;
     for partition in 0..partitions {
         let mut from = String::new();
         loop {
-            let page = store.customers(partition, &from, PAGE)?;
-            for state in &page {
-                f(state)?;
+            let page = store.customer_records(partition, &from, PAGE)?;
+            for customer in &page {
+                f(customer)?;
             }
             match page.last() {
-                Some(last) if page.len() == PAGE => from = format!("{}\0", last.customer_id),
+                Some(last) if page.len() == PAGE => {
+                    from = format!("{}\0", last.state.customer_id);
+                }
                 _ => break,
             }
         }
@@ -87,8 +89,10 @@ pub fn score(
 ) -> anyhow::Result<u64> {
     let mut written = 0;
     let rfm = store.rfm()?;
-    for_each_customer(store, config.partitions, |state| {
-        let mut line = crate::risk::score_line(state, as_of, horizon_days, &config.risk);
+    for_each_customer(store, config.partitions, |customer| {
+        let state = &customer.state;
+        let trailing = &customer.trailing;
+        let mut line = crate::risk::score_line(state, trailing, as_of, horizon_days, &config.risk);
         // R, F and M on the scales of the last closed day.
         let point = crate::rfm::point(state);
         line["rfm"] = serde_json::json!(rfm.score(point, &config.rfm_rules));
@@ -109,7 +113,8 @@ pub fn fit(
 ) -> anyhow::Result<(crate::fit::Fitted, usize)> {
     let unit = config.risk.time_unit_ms;
     let mut histories = Vec::new();
-    for_each_customer(store, config.partitions, |state| {
+    for_each_customer(store, config.partitions, |customer| {
+        let state = &customer.state;
         let day = |d: i32| crate::event::Millis::from(d) * 86_400_000;
         // The history as it stood at `as_of`: purchase days after it do not count.
         let days: Vec<i32> = state

@@ -9,7 +9,7 @@ use crate::decode::{decode, Rejection, Rules};
 use crate::event::{EventKind, Millis, Stream};
 use crate::fold::{CustomerState, FoldLimits, Lifecycle, Outcome};
 use crate::rfm::Rfm;
-use crate::risk::{assess_risk, next_check, segment_of, strongest_reason, RiskSettings};
+use crate::risk::{assess_risk, next_check, segment_at, strongest_reason, RiskSettings};
 use crate::segments::{Flow, Flows, Population, Segments, Standing};
 use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
 use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends};
@@ -629,16 +629,14 @@ impl Processor {
         Ok(())
     }
 
-    /// The segment a customer is in now, whether or not this instance holds it (a customer it
-    /// does not know has no revenue yet).
-    fn segment_of_customer(&mut self, customer_id: &str) -> Result<String, StoreError> {
+    /// The segment a customer is in at `at`, whether or not this instance holds it (a customer
+    /// it does not know has no revenue yet).
+    fn segment_of_customer(&mut self, customer_id: &str, at: Millis) -> Result<String, StoreError> {
         let partition = partition_for(customer_id.as_bytes(), self.settings.partitions);
         let entry = self.cache.entry(&self.store, partition, customer_id)?;
-        let (revenue, margin) = entry
-            .record
-            .as_ref()
-            .map_or((0, 0), |c| (c.state.revenue_minor, c.state.margin_minor));
-        Ok(segment_of(revenue, margin, &self.settings.risk.tiers).to_owned())
+        let none = crate::segments::Trailing::default();
+        let trailing = entry.record.as_ref().map_or(&none, |c| &c.trailing);
+        Ok(segment_at(trailing, at, &self.settings.risk).to_owned())
     }
 
     fn process_one(
@@ -687,7 +685,9 @@ impl Processor {
             EventKind::Registered {
                 referred_by: Some(referrer),
                 ..
-            } if *referrer != event.customer_id => Some(self.segment_of_customer(referrer)?),
+            } if *referrer != event.customer_id => {
+                Some(self.segment_of_customer(referrer, event.occurred_at)?)
+            }
             _ => None,
         };
         let entry = self
@@ -746,8 +746,17 @@ impl Processor {
         }
         aggregates.dirty = true;
         entry.dirty = true;
-        match event.kind {
-            EventKind::OrderPlaced { .. } => {
+        match &event.kind {
+            EventKind::OrderPlaced {
+                amount_minor,
+                margin_minor,
+                ..
+            } => {
+                let months = settings.risk.tier_months;
+                let t = event.occurred_at;
+                customer
+                    .trailing
+                    .add(t, *amount_minor, *margin_minor, months);
                 let after = crate::rfm::point(&customer.state);
                 aggregates.rfm.relocate(rfm_before, after);
             }
@@ -758,11 +767,7 @@ impl Processor {
         let segments = &mut aggregates.segments;
         let s = &settings.trends;
         let t = event.occurred_at;
-        let segment = segment_of(
-            customer.state.revenue_minor,
-            customer.state.margin_minor,
-            &settings.risk.tiers,
-        );
+        let segment = segment_at(&customer.trailing, t, &settings.risk);
         let counted = match &event.kind {
             EventKind::ComplaintOpened {
                 category, severity, ..
@@ -893,16 +898,17 @@ fn reassess(
 ) {
     let risk = &settings.risk;
     let assessment = assess_risk(&customer.state, as_of, risk);
-    customer.risk.timer_at = next_check(&customer.state, &assessment, risk);
+    // Also look again when revenue ages out of the trailing months and the tier may drop.
+    let ages_out = customer.trailing.next_change(as_of, risk.tier_months);
+    customer.risk.timer_at = next_check(&customer.state, &assessment, risk)
+        .into_iter()
+        .chain(ages_out)
+        .min();
     if assessment.lifecycle == Lifecycle::Lost {
         // Lost stays lost until an order or a renewal wins the customer back (the fold).
         customer.state.lifecycle = Lifecycle::Lost;
     }
-    let segment = segment_of(
-        customer.state.revenue_minor,
-        customer.state.margin_minor,
-        &risk.tiers,
-    );
+    let segment = segment_at(&customer.trailing, as_of, risk);
     let moved = customer
         .standing
         .as_ref()
@@ -911,7 +917,7 @@ fn reassess(
         return;
     }
     customer.risk.last = Some(assessment.published());
-    let complete = assessment.completed(&customer.state, risk);
+    let complete = assessment.completed(&customer.state, &customer.trailing, risk);
     let standing = Standing {
         segment: complete.segment.clone(),
         lifecycle: complete.lifecycle,

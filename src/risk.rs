@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::churn::{clv, Model, PurchaseModel, Recency, SpendModel};
 use crate::event::{format_millis, Millis};
 use crate::fold::{CustomerState, Lifecycle, Subscription};
+use crate::segments::Trailing;
 
 const DAY_MS: Millis = 86_400_000;
 /// An average month, for the CLV horizon.
@@ -143,6 +144,9 @@ pub struct RiskSettings {
     pub high_from: f64,
     pub min_score_change: f64,
     pub tiers: Vec<Tier>,
+    /// Value tiers are by the revenue and margin of the month of the assessment and the
+    /// `tier_months - 1` calendar months before it (UTC).
+    pub tier_months: u32,
 }
 
 impl Default for RiskSettings {
@@ -193,6 +197,7 @@ impl Default for RiskSettings {
                     min_margin_minor: i64::MIN,
                 },
             ],
+            tier_months: 12,
         }
     }
 }
@@ -360,8 +365,13 @@ fn origin(state: &CustomerState) -> Millis {
 }
 
 /// Evaluates a customer at event time `as_of`, completely.
-pub fn assess(state: &CustomerState, as_of: Millis, settings: &RiskSettings) -> Assessment {
-    assess_risk(state, as_of, settings).completed(state, settings)
+pub fn assess(
+    state: &CustomerState,
+    trailing: &Trailing,
+    as_of: Millis,
+    settings: &RiskSettings,
+) -> Assessment {
+    assess_risk(state, as_of, settings).completed(state, trailing, settings)
 }
 
 /// Evaluates a customer's risk at event time `as_of`: score, level, reason codes, lifecycle.
@@ -406,7 +416,12 @@ pub fn assess_risk(state: &CustomerState, as_of: Millis, settings: &RiskSettings
 impl Assessment {
     /// Adds the expected orders over 90 days, the lifetime value, the segment and the reasons'
     /// details.
-    pub fn completed(mut self, state: &CustomerState, settings: &RiskSettings) -> Assessment {
+    pub fn completed(
+        mut self,
+        state: &CustomerState,
+        trailing: &Trailing,
+        settings: &RiskSettings,
+    ) -> Assessment {
         let unit = settings.time_unit_ms as f64;
         let h = Recency {
             x: f64::from(self.x),
@@ -417,7 +432,7 @@ impl Assessment {
             .model
             .expected_purchases(h, (90 * DAY_MS) as f64 / unit);
         self.ltv_minor = ltv_minor(state, h, settings);
-        self.segment = tier(state, &settings.tiers);
+        self.segment = segment_at(trailing, self.as_of, settings).to_owned();
         let mut reasons = Vec::new();
         find_reasons(
             state,
@@ -436,12 +451,14 @@ impl Assessment {
     }
 }
 
-fn tier(state: &CustomerState, tiers: &[Tier]) -> String {
-    segment_of(state.revenue_minor, state.margin_minor, tiers).to_owned()
+/// The segment (value tier) of a customer at `as_of`, by its trailing revenue and margin.
+pub fn segment_at<'a>(trailing: &Trailing, as_of: Millis, settings: &'a RiskSettings) -> &'a str {
+    let (revenue, margin) = trailing.totals(as_of, settings.tier_months);
+    segment_of(revenue, margin, &settings.tiers)
 }
 
-/// The segment (value tier) of a customer with this revenue and margin to date: the first tier
-/// whose minimums it meets, else the last.
+/// The segment (value tier) of a customer with this trailing revenue and margin: the first
+/// tier whose minimums it meets, else the last.
 pub fn segment_of(revenue_minor: i64, margin_minor: i64, tiers: &[Tier]) -> &str {
     tiers
         .iter()
@@ -588,11 +605,12 @@ fn find_reasons(
 /// over `horizon_days`.
 pub fn score_line(
     state: &CustomerState,
+    trailing: &Trailing,
     as_of: Millis,
     horizon_days: u32,
     settings: &RiskSettings,
 ) -> serde_json::Value {
-    let a = assess(state, as_of, settings);
+    let a = assess(state, trailing, as_of, settings);
     let h = recency(state, as_of, settings.time_unit_ms);
     let horizon = f64::from(horizon_days) * DAY_MS as f64 / settings.time_unit_ms as f64;
     serde_json::json!({
@@ -686,12 +704,12 @@ pub(crate) mod tests {
     fn score_is_one_minus_p_alive_times_what_the_reasons_keep() {
         let s = settings();
         let mut state = buyer(&[0, 7, 14, 21]);
-        let fresh = assess(&state, 21 * DAY_MS, &s);
+        let fresh = assess(&state, &Trailing::default(), 21 * DAY_MS, &s);
         assert!(fresh.reasons.is_empty());
         assert!((fresh.score - (1.0 - fresh.p_alive)).abs() < 1e-12);
         state.last_survey_score = Some(3);
         state.last_survey_at = Some(20 * DAY_MS);
-        let unhappy = assess(&state, 21 * DAY_MS, &s);
+        let unhappy = assess(&state, &Trailing::default(), 21 * DAY_MS, &s);
         let codes: Vec<_> = unhappy.reasons.iter().map(|r| r.code).collect();
         assert_eq!(
             codes,
@@ -705,11 +723,11 @@ pub(crate) mod tests {
     fn the_timer_fires_exactly_when_the_level_would_change() {
         let s = settings();
         let state = buyer(&[0, 7, 14, 21, 28]);
-        let now = assess(&state, 28 * DAY_MS, &s);
+        let now = assess(&state, &Trailing::default(), 28 * DAY_MS, &s);
         assert_eq!(now.level, Level::Low);
         let at = next_check(&state, &now, &s).expect("a silent buyer gets a timer");
-        let just_before = assess(&state, at - 60_000, &s);
-        let at_timer = assess(&state, at, &s);
+        let just_before = assess(&state, &Trailing::default(), at - 60_000, &s);
+        let at_timer = assess(&state, &Trailing::default(), at, &s);
         assert_eq!(just_before.level, Level::Low);
         assert!(
             at_timer.level > Level::Low || !at_timer.reasons.is_empty(),
@@ -721,7 +739,7 @@ pub(crate) mod tests {
     fn publishing_needs_a_level_score_or_reason_change() {
         let s = settings();
         let state = buyer(&[0, 7, 14]);
-        let a = assess(&state, 14 * DAY_MS, &s);
+        let a = assess(&state, &Trailing::default(), 14 * DAY_MS, &s);
         assert!(a.worth_publishing(None, s.min_score_change));
         let last = a.published();
         let mut b = a.clone();
@@ -741,7 +759,7 @@ pub(crate) mod tests {
         state.subscription = Subscription::Cancelled;
         state.cancellation_reason = Some("price".into());
         state.lifecycle = Lifecycle::Lost;
-        let a = assess(&state, 8 * DAY_MS, &s);
+        let a = assess(&state, &Trailing::default(), 8 * DAY_MS, &s);
         assert_eq!(a.lifecycle, Lifecycle::Lost);
         assert_eq!(a.reasons[0].code, ReasonCode::Cancelled);
         assert_eq!(a.reasons[0].detail, "subscription cancelled: price");

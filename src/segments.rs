@@ -25,6 +25,70 @@ pub struct Standing {
     pub ltv_minor: i64,
 }
 
+/// A customer's revenue and margin per calendar month (UTC), for value tiers by trailing
+/// revenue: the month of `as_of` and the `months - 1` before it count. Kept with the customer;
+/// months too old to count for any later time are dropped, so it stays small.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trailing {
+    /// `(month index: year * 12 + month - 1, revenue, margin)`, ascending.
+    pub months: Vec<(i32, i64, i64)>,
+}
+
+/// The month index (year * 12 + month - 1) of an event time, in UTC.
+pub fn month_index(at: Millis) -> i32 {
+    let t = time::OffsetDateTime::from_unix_timestamp(at.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.year() * 12 + i32::from(u8::from(t.month())) - 1
+}
+
+/// The event time at which month `index` starts, in UTC.
+pub fn month_start(index: i32) -> Millis {
+    let month =
+        time::Month::try_from(index.rem_euclid(12) as u8 + 1).unwrap_or(time::Month::January);
+    time::Date::from_calendar_date(index.div_euclid(12), month, 1)
+        .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+        .unwrap_or(0)
+}
+
+impl Trailing {
+    /// Adds an order at `at`, and forgets months older than the newest one kept can use.
+    pub fn add(&mut self, at: Millis, revenue_minor: i64, margin_minor: i64, months: u32) {
+        let month = month_index(at);
+        match self.months.binary_search_by_key(&month, |m| m.0) {
+            Ok(i) => {
+                self.months[i].1 += revenue_minor;
+                self.months[i].2 += margin_minor;
+            }
+            Err(i) => self.months.insert(i, (month, revenue_minor, margin_minor)),
+        }
+        if let Some(newest) = self.months.last().map(|m| m.0) {
+            let oldest_useful = newest - months as i32 + 1;
+            self.months.retain(|m| m.0 >= oldest_useful);
+        }
+    }
+
+    /// Revenue and margin of the month of `as_of` and the `months - 1` before it.
+    pub fn totals(&self, as_of: Millis, months: u32) -> (i64, i64) {
+        let last = month_index(as_of);
+        let first = last - months as i32 + 1;
+        self.months
+            .iter()
+            .filter(|m| (first..=last).contains(&m.0))
+            .fold((0, 0), |(r, g), m| (r + m.1, g + m.2))
+    }
+
+    /// The first time after `as_of` at which the totals change without an order: when the
+    /// oldest month counted leaves the window.
+    pub fn next_change(&self, as_of: Millis, months: u32) -> Option<Millis> {
+        let last = month_index(as_of);
+        let first = last - months as i32 + 1;
+        self.months
+            .iter()
+            .find(|m| (first..=last).contains(&m.0))
+            .map(|m| month_start(m.0 + months as i32))
+    }
+}
+
 /// The customers of one segment now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Population {
@@ -369,6 +433,41 @@ mod tests {
             level: Level::Low,
             ltv_minor,
         }
+    }
+
+    #[test]
+    fn trailing_revenue_counts_the_last_months_and_says_when_it_changes() {
+        let at = |y: i32, m: u8, d: u8| {
+            time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d)
+                .unwrap()
+                .midnight()
+                .assume_utc()
+                .unix_timestamp()
+                * 1000
+        };
+        assert_eq!(month_start(month_index(at(2024, 2, 29))), at(2024, 2, 1));
+        assert_eq!(
+            month_start(month_index(at(2023, 12, 31)) + 1),
+            at(2024, 1, 1)
+        );
+        let mut t = Trailing::default();
+        t.add(at(2025, 1, 15), 100, 10, 12);
+        t.add(at(2025, 6, 3), 50, -5, 12);
+        t.add(at(2025, 6, 20), 25, 5, 12);
+        assert_eq!(t.months.len(), 2, "one bucket per month");
+        assert_eq!(t.totals(at(2025, 12, 31), 12), (175, 10));
+        // January 2025 leaves the twelve months when January 2026 starts (they are then
+        // February 2025 to January 2026), June 2025 when June 2026 does.
+        assert_eq!(t.next_change(at(2025, 12, 31), 12), Some(at(2026, 1, 1)));
+        assert_eq!(t.totals(at(2025, 12, 31), 12), (175, 10));
+        assert_eq!(t.totals(at(2026, 1, 1), 12), (75, 0));
+        assert_eq!(t.next_change(at(2026, 1, 1), 12), Some(at(2026, 6, 1)));
+        assert_eq!(t.totals(at(2026, 5, 31), 12), (75, 0));
+        assert_eq!(t.totals(at(2026, 6, 1), 12), (0, 0));
+        assert_eq!(t.next_change(at(2026, 6, 1), 12), None);
+        // An order far later drops the months no later time can count.
+        t.add(at(2027, 3, 1), 1, 1, 12);
+        assert_eq!(t.months, vec![(month_index(at(2027, 3, 1)), 1, 1)]);
     }
 
     #[test]

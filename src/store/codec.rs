@@ -5,7 +5,7 @@
 use crate::fold::CustomerState;
 use crate::rfm::Scales;
 use crate::risk::RiskMemo;
-use crate::segments::{Segments, Standing};
+use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 use super::{Customer, OutboxRecord};
@@ -18,6 +18,9 @@ const CUSTOMER_V2: u8 = 2;
 /// Version 3: a V2 body, then the customer's standing in the segment population. A customer
 /// read from V1 or V2 has no standing until its next churn-risk record.
 const CUSTOMER_V3: u8 = 3;
+/// Version 4: a V3 body, then the revenue and margin per recent month (value tiers by trailing
+/// revenue). A customer read from an earlier version has none until its next order.
+const CUSTOMER_V4: u8 = 4;
 const OUTBOX_V1: u8 = 1;
 const TRENDS_V1: u8 = 1;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
@@ -27,8 +30,13 @@ const SCALES_V1: u8 = 1;
 
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
     encode(
-        CUSTOMER_V3,
-        &(&customer.state, &customer.risk, &customer.standing),
+        CUSTOMER_V4,
+        &(
+            &customer.state,
+            &customer.risk,
+            &customer.standing,
+            &customer.trailing,
+        ),
     )
 }
 
@@ -39,16 +47,26 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
             decode::<(CustomerState, RiskMemo)>(CUSTOMER_V2, bytes).map(|(state, risk)| Customer {
                 state,
                 risk,
-                standing: None,
+                ..Customer::default()
             })
         }
-        _ => decode::<(CustomerState, RiskMemo, Option<Standing>)>(CUSTOMER_V3, bytes).map(
-            |(state, risk, standing)| Customer {
+        Some(&CUSTOMER_V3) => {
+            decode::<(CustomerState, RiskMemo, Option<Standing>)>(CUSTOMER_V3, bytes).map(
+                |(state, risk, standing)| Customer {
+                    state,
+                    risk,
+                    standing,
+                    trailing: Trailing::default(),
+                },
+            )
+        }
+        _ => decode::<(CustomerState, RiskMemo, Option<Standing>, Trailing)>(CUSTOMER_V4, bytes)
+            .map(|(state, risk, standing, trailing)| Customer {
                 state,
                 risk,
                 standing,
-            },
-        ),
+                trailing,
+            }),
     }
 }
 
@@ -196,6 +214,9 @@ mod tests {
                 level: Level::Medium,
                 ltv_minor: 1_234,
             }),
+            trailing: Trailing {
+                months: vec![(24_300, 1_500, -20)],
+            },
         }
     }
 
@@ -234,19 +255,40 @@ mod tests {
     }
 
     #[test]
-    fn version_three_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). A V3 body is the V2 body followed by the standing,
-        // checked by hand against the postcard spec: 01 (Some), 04 67 6f 6c 64 ("gold"),
-        // 01 (Active), 01 (Medium), a4 13 (ltv: zigzag 2,468 as a varint).
-        // If this fails, the stored layout changed: add CUSTOMER_V4 and keep reading V1 to V3.
-        let encoded = encode_customer(&sample_customer());
-        assert_eq!(encoded, golden("customer_v3.hex", Some(&encoded)));
+    fn version_three_is_still_read() {
+        // A V3 body is the V2 body followed by the standing, checked by hand against the
+        // postcard spec: 01 (Some), 04 67 6f 6c 64 ("gold"), 01 (Active), 01 (Medium), a4 13
+        // (ltv: zigzag 2,468 as a varint).
+        let bytes = golden("customer_v3.hex", None);
         let v2 = golden("customer_v2.hex", None);
-        assert_eq!(encoded[0], 3);
-        assert_eq!(&encoded[1..v2.len()], &v2[1..]);
+        assert_eq!(bytes[0], 3);
+        assert_eq!(&bytes[1..v2.len()], &v2[1..]);
         assert_eq!(
-            &encoded[v2.len()..],
+            &bytes[v2.len()..],
             &[0x01, 0x04, b'g', b'o', b'l', b'd', 0x01, 0x01, 0xa4, 0x13]
+        );
+        let customer = decode_customer(&bytes).expect("version 3 decodes");
+        let expected = sample_customer();
+        assert_eq!(customer.state, expected.state);
+        assert_eq!(customer.standing, expected.standing);
+        assert_eq!(customer.trailing, Trailing::default(), "V3 kept no months");
+    }
+
+    #[test]
+    fn version_four_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). A V4 body is the V3 body followed by the months,
+        // checked by hand against the postcard spec: 01 (one month), d8 fb 02 (month 24,300:
+        // zigzag 48,600 as a varint), b8 17 (revenue 1,500: zigzag 3,000), 27 (margin -20:
+        // zigzag 39).
+        // If this fails, the stored layout changed: add CUSTOMER_V5 and keep reading V1 to V4.
+        let encoded = encode_customer(&sample_customer());
+        assert_eq!(encoded, golden("customer_v4.hex", Some(&encoded)));
+        let v3 = golden("customer_v3.hex", None);
+        assert_eq!(encoded[0], 4);
+        assert_eq!(&encoded[1..v3.len()], &v3[1..]);
+        assert_eq!(
+            &encoded[v3.len()..],
+            &[0x01, 0xd8, 0xfb, 0x02, 0xb8, 0x17, 0x27]
         );
     }
 
@@ -287,5 +329,6 @@ mod tests {
         assert!(decode_customer(&[CUSTOMER_V1, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V2, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V3, 0xff, 0xff]).is_err());
+        assert!(decode_customer(&[CUSTOMER_V4, 0xff, 0xff]).is_err());
     }
 }

@@ -19,7 +19,7 @@ use crate::event::Millis;
 use crate::fold::CustomerState;
 use crate::rfm::{Cell, Rfm, Scales};
 use crate::risk::RiskMemo;
-use crate::segments::{Segments, Standing};
+use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 pub use memory::MemoryBackend;
@@ -81,6 +81,8 @@ pub struct Customer {
     pub risk: RiskMemo,
     /// How the segment population counts the customer; `None` until its first churn-risk record.
     pub standing: Option<Standing>,
+    /// Revenue and margin per recent month, for its value tier.
+    pub trailing: Trailing,
 }
 
 impl From<CustomerState> for Customer {
@@ -89,6 +91,7 @@ impl From<CustomerState> for Customer {
             state,
             risk: RiskMemo::default(),
             standing: None,
+            trailing: Trailing::default(),
         }
     }
 }
@@ -272,18 +275,30 @@ impl Store {
         from: &str,
         limit: usize,
     ) -> Result<Vec<CustomerState>, StoreError> {
+        Ok(self
+            .customer_records(partition, from, limit)?
+            .into_iter()
+            .map(|c| c.state)
+            .collect())
+    }
+
+    /// Up to `limit` stored customers of `partition` from id `from` on, in id order.
+    pub fn customer_records(
+        &self,
+        partition: i32,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<Customer>, StoreError> {
         let prefix = customer_key(partition, "");
         let start = customer_key(partition, from);
         self.backend
             .scan(&prefix, &start, None, limit)?
             .into_iter()
             .map(|(key, bytes)| {
-                codec::decode_customer(&bytes)
-                    .map(|c| c.state)
-                    .map_err(|reason| StoreError::Corrupt {
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        reason,
-                    })
+                codec::decode_customer(&bytes).map_err(|reason| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason,
+                })
             })
             .collect()
     }

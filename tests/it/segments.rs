@@ -363,10 +363,12 @@ struct Recount {
 }
 
 /// The batch recomputation: each order counts for the segment its customer is in once the order
-/// is added (the documented default tiers: gold from 1,000.00 of revenue with a margin of at
-/// least 0, else standard), in the UTC day of its event time.
+/// is added (the documented default tiers over the trailing twelve calendar months, the order's
+/// included: gold from 1,000.00 of revenue with a margin of at least 0, else standard), in the
+/// UTC day of its event time.
 fn recount(events: &[String]) -> BTreeMap<(String, i64), Recount> {
-    let mut customers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    // Customer -> month ("YYYY-MM" as year * 12 + month) -> (revenue, margin).
+    let mut customers: BTreeMap<String, BTreeMap<i64, (i64, i64)>> = BTreeMap::new();
     let mut days: BTreeMap<(String, i64), Recount> = BTreeMap::new();
     for json in events {
         let v: Value = serde_json::from_str(json).unwrap();
@@ -376,12 +378,18 @@ fn recount(events: &[String]) -> BTreeMap<(String, i64), Recount> {
         let amount = v["amount_minor"].as_i64().unwrap();
         let margin = v["margin_minor"].as_i64().unwrap();
         let first = !customers.contains_key(v["customer_id"].as_str().unwrap());
-        let totals = customers
+        let when = v["occurred_at"].as_str().unwrap();
+        let month = when[..4].parse::<i64>().unwrap() * 12 + when[5..7].parse::<i64>().unwrap();
+        let months = customers
             .entry(v["customer_id"].as_str().unwrap().to_owned())
             .or_default();
-        totals.0 += amount;
-        totals.1 += margin;
-        let segment = if totals.0 >= 100_000 && totals.1 >= 0 {
+        let bucket = months.entry(month).or_default();
+        bucket.0 += amount;
+        bucket.1 += margin;
+        let (revenue, margin_12) = months
+            .range(month - 11..=month)
+            .fold((0, 0), |(r, g), (_, (a, b))| (r + a, g + b));
+        let segment = if revenue >= 100_000 && margin_12 >= 0 {
             "gold"
         } else {
             "standard"
@@ -514,4 +522,43 @@ fn rfm_recount(events: &[String], last_day_end: i64) -> BTreeMap<String, i64> {
         *counts.get_mut(name).unwrap() += 1;
     }
     counts
+}
+
+#[test]
+fn a_silent_customer_leaves_its_tier_when_its_revenue_ages_out_of_the_trailing_months() {
+    // gus buys for 1,500.00 on 2024-12-07 (gold) and never again; pat buys daily until
+    // 2026-01-01 (the tests' clock is mid-2026, so all of this is in the past).
+    let mut events: Vec<String> = order("gus", -390, 150_000).into();
+    for day in -395..=0 {
+        events.extend(order("pat", day, 100));
+    }
+    let outputs = run(&sorted_by_time(events), 500);
+    let gus: Vec<&Value> = outputs["customer.churn-risk"]
+        .iter()
+        .filter(|r| r["customer_id"] == "gus")
+        .collect();
+    assert_eq!(gus[0]["segment"], "gold");
+    // December 2024 leaves the twelve months when December 2025 starts: a timer, not an event.
+    let dropped = gus
+        .iter()
+        .find(|r| r["segment"] == "standard")
+        .expect("gus is standard again");
+    assert_eq!(dropped["as_of"], "2025-12-01T00:00:00.000Z");
+    assert_eq!(dropped["caused_by_event_id"], Value::Null);
+    // And the population moved with it: in the last closed day gold has nobody.
+    let days = &outputs["customer.segment-metrics"];
+    let last = days.last().unwrap()["window_start"].clone();
+    let gold = days
+        .iter()
+        .find(|r| r["window_start"] == last && r["segment"] == "gold")
+        .unwrap();
+    assert_eq!(
+        gold["customers_by_lifecycle"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_i64().unwrap())
+            .sum::<i64>(),
+        0
+    );
 }
