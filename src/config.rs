@@ -79,6 +79,107 @@ impl Default for RawRfm {
     }
 }
 
+impl RawKafka {
+    fn security(&self) -> anyhow::Result<KafkaSecurity> {
+        let protocol = self.security_protocol.to_ascii_lowercase();
+        check(
+            ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()),
+            "kafka.security_protocol",
+            "must be plaintext, ssl, sasl_plaintext or sasl_ssl",
+        )?;
+        let sasl = if protocol.starts_with("sasl_") {
+            let mechanism = self
+                .sasl_mechanism
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            check(
+                ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()),
+                "kafka.sasl_mechanism",
+                "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a sasl_* protocol",
+            )?;
+            let username = self.sasl_username.clone().unwrap_or_default();
+            check(
+                !username.is_empty(),
+                "kafka.sasl_username",
+                "must be set with a sasl_* protocol",
+            )?;
+            let password = read_secret(
+                self.sasl_password.as_ref(),
+                self.sasl_password_file.as_ref(),
+                "kafka.sasl_password",
+            )?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "config field `kafka.sasl_password` (or `kafka.sasl_password_file`) must be set with a sasl_* protocol"
+                )
+            })?;
+            Some((mechanism, username, password))
+        } else {
+            check(
+                self.sasl_mechanism.is_none()
+                    && self.sasl_username.is_none()
+                    && self.sasl_password.is_none()
+                    && self.sasl_password_file.is_none(),
+                "kafka.sasl_mechanism",
+                "needs security_protocol sasl_plaintext or sasl_ssl",
+            )?;
+            None
+        };
+        for (field, path) in [
+            ("kafka.ssl_ca_location", &self.ssl_ca_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
+            ("kafka.ssl_key_location", &self.ssl_key_location),
+        ] {
+            if let Some(path) = path {
+                check(
+                    protocol.ends_with("ssl"),
+                    field,
+                    "needs security_protocol ssl or sasl_ssl",
+                )?;
+                check(path.is_file(), field, "must name a readable file")?;
+            }
+        }
+        Ok(KafkaSecurity {
+            protocol,
+            sasl,
+            ssl_ca_location: self.ssl_ca_location.clone(),
+            ssl_certificate_location: self.ssl_certificate_location.clone(),
+            ssl_key_location: self.ssl_key_location.clone(),
+            ssl_key_password: self.ssl_key_password.clone().map(Secret),
+        })
+    }
+}
+
+/// A secret given as a value or as a file whose first line it is; not both.
+fn read_secret(
+    value: Option<&String>,
+    file: Option<&PathBuf>,
+    field: &str,
+) -> anyhow::Result<Option<Secret>> {
+    match (value, file) {
+        (Some(_), Some(_)) => {
+            bail!("config fields `{field}` and `{field}_file` exclude each other")
+        }
+        (Some(value), None) => Ok(Some(Secret(value.clone()))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "config field `{field}_file`: cannot read {}",
+                    path.display()
+                )
+            })?;
+            Ok(Some(Secret(
+                text.lines().next().unwrap_or_default().to_owned(),
+            )))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl RawRfm {
     fn validate(&self) -> anyhow::Result<Vec<crate::rfm::Rule>> {
         check(
@@ -463,6 +564,21 @@ pub struct RawKafka {
     /// How long the group waits for a silent member before moving its partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_milliseconds: u64,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default = "default_security_protocol")]
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`, with a `sasl_*` protocol.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// Prefer `sasl_password_file` or `CUSTOMER_PULSE__KAFKA__SASL_PASSWORD` to writing it here.
+    pub sasl_password: Option<String>,
+    pub sasl_password_file: Option<PathBuf>,
+    /// The CA certificate(s) that sign the brokers' certificates (PEM), with an `ssl` protocol.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// A client certificate and key (PEM), when the brokers ask for one.
+    pub ssl_certificate_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    pub ssl_key_password: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,6 +643,9 @@ pub struct RawHttp {
     pub customer_lookup_token_file: Option<PathBuf>,
 }
 
+fn default_security_protocol() -> String {
+    "plaintext".into()
+}
 fn default_group_id() -> String {
     "customer-pulse".into()
 }
@@ -617,8 +736,56 @@ impl Default for RawHttp {
     }
 }
 
+/// How the Kafka clients authenticate and encrypt, passed through to librdkafka. Secrets are
+/// never printed (`Debug` shows `Secret(..)`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KafkaSecurity {
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`.
+    pub protocol: String,
+    /// `(mechanism, username, password)` with a `sasl_*` protocol.
+    pub sasl: Option<(String, String, Secret)>,
+    pub ssl_ca_location: Option<PathBuf>,
+    pub ssl_certificate_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    pub ssl_key_password: Option<Secret>,
+}
+
+impl KafkaSecurity {
+    /// The librdkafka properties, secrets included: only for handing to the Kafka client.
+    pub fn client_properties(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("security.protocol", self.protocol.clone())];
+        if let Some((mechanism, username, password)) = &self.sasl {
+            out.push(("sasl.mechanism", mechanism.clone()));
+            out.push(("sasl.username", username.clone()));
+            out.push(("sasl.password", password.0.clone()));
+        }
+        let path = |p: &PathBuf| p.display().to_string();
+        out.extend(
+            self.ssl_ca_location
+                .as_ref()
+                .map(|p| ("ssl.ca.location", path(p))),
+        );
+        out.extend(
+            self.ssl_certificate_location
+                .as_ref()
+                .map(|p| ("ssl.certificate.location", path(p))),
+        );
+        out.extend(
+            self.ssl_key_location
+                .as_ref()
+                .map(|p| ("ssl.key.location", path(p))),
+        );
+        out.extend(
+            self.ssl_key_password
+                .as_ref()
+                .map(|p| ("ssl.key.password", p.0.clone())),
+        );
+        out
+    }
+}
+
 /// A secret from the configuration: never printed, compared in constant time.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Default)]
 pub struct Secret(String);
 
 impl Secret {
@@ -654,6 +821,7 @@ pub enum OffsetReset {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub brokers: String,
+    pub kafka_security: KafkaSecurity,
     pub group_id: String,
     pub offset_reset: OffsetReset,
     pub session_timeout: std::time::Duration,
@@ -903,6 +1071,7 @@ impl RawConfig {
             cusum_threshold: tr.cusum_threshold,
             ..TrendSettings::defaults(&categories)
         };
+        let kafka_security = self.kafka.security()?;
         let customer_lookup_token = match (
             &self.http.customer_lookup_token,
             &self.http.customer_lookup_token_file,
@@ -941,6 +1110,7 @@ impl RawConfig {
         })?;
         Ok(Config {
             brokers: self.kafka.brokers,
+            kafka_security,
             group_id: self.kafka.group_id,
             offset_reset,
             session_timeout: std::time::Duration::from_millis(
@@ -1023,6 +1193,52 @@ mod tests {
     }
 
     #[test]
+    fn kafka_security_is_passed_through_and_its_secrets_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, "s3cret-Pa55word\n").unwrap();
+        let text = format!(
+            "[kafka]\nbrokers = \"b:9093\"\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"scram-sha-512\"\nsasl_username = \"pulse\"\nsasl_password_file = \"{}\"\n[state]\npath = \"x\"\n",
+            password_file.display()
+        );
+        let config = Config::parse(&text, no_env()).unwrap();
+        let properties = config.kafka_security.client_properties();
+        for (key, value) in [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "pulse"),
+            ("sasl.password", "s3cret-Pa55word"),
+        ] {
+            assert!(
+                properties.contains(&(key, value.to_owned())),
+                "{key} in {:?}",
+                properties.iter().map(|(k, _)| k).collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the password is not printed"
+        );
+        // The password can come from the environment instead.
+        let text = "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n[state]\npath = \"x\"\n";
+        let env = vec![(
+            "CUSTOMER_PULSE__KAFKA__SASL_PASSWORD".to_owned(),
+            "from-env".to_owned(),
+        )];
+        let config = Config::parse(text, env).unwrap();
+        assert!(config
+            .kafka_security
+            .client_properties()
+            .contains(&("sasl.password", "from-env".to_owned())));
+        // Plaintext by default, with nothing else passed.
+        let plain = Config::parse(MINIMAL, no_env()).unwrap();
+        assert_eq!(
+            plain.kafka_security.client_properties(),
+            vec![("security.protocol", "plaintext".to_owned())]
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("[kafka]\nbrokers = \"\"\n[state]\npath = \"x\"\n", "kafka.brokers"),
@@ -1047,6 +1263,22 @@ mod tests {
                 "topics.orders",
             ),
             ("[kafka]\nbrokers = \"b\"\nbrokerz = 1\n[state]\npath = \"x\"\n", "brokerz"),
+            (
+                "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"tls\"\n[state]\npath = \"x\"\n",
+                "kafka.security_protocol",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n[state]\npath = \"x\"\n",
+                "kafka.sasl_password",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nsasl_username = \"u\"\n[state]\npath = \"x\"\n",
+                "kafka.sasl_mechanism",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"ssl\"\nssl_ca_location = \"/nonexistent/ca.pem\"\n[state]\npath = \"x\"\n",
+                "kafka.ssl_ca_location",
+            ),
             ("[kafka]\nbrokers = \"b\"\n", "state"),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nmodel = \"pareto\"\n",

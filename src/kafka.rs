@@ -17,7 +17,18 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
-use crate::config::{Config, OffsetReset};
+use crate::config::{Config, KafkaSecurity, OffsetReset};
+
+/// A librdkafka client configuration for `brokers`, with the security settings (TLS, SASL)
+/// passed through.
+pub fn client_config(brokers: &str, security: &KafkaSecurity) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in security.client_properties() {
+        config.set(key, value);
+    }
+    config
+}
 use crate::event::Stream;
 use crate::outbox::Sink;
 use crate::processor::InputRecord;
@@ -151,18 +162,18 @@ impl Input {
             telemetry,
             assignment: assignment.clone(),
         };
-        let consumer: StreamConsumer<PulseContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", "5000")
-            .set(
-                "session.timeout.ms",
-                config.session_timeout.as_millis().to_string(),
-            )
-            .create_with_context(context)?;
+        let consumer: StreamConsumer<PulseContext> =
+            client_config(&config.brokers, &config.kafka_security)
+                .set("group.id", &config.group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false")
+                .set("statistics.interval.ms", "5000")
+                .set(
+                    "session.timeout.ms",
+                    config.session_timeout.as_millis().to_string(),
+                )
+                .create_with_context(context)?;
         let streams = vec![
             (config.topics.interactions.clone(), Stream::Interactions),
             (config.topics.orders.clone(), Stream::Orders),
@@ -267,9 +278,8 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn connect(brokers: &str) -> anyhow::Result<KafkaSink> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    pub fn connect(brokers: &str, security: &KafkaSecurity) -> anyhow::Result<KafkaSink> {
+        let producer = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")

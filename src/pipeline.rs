@@ -164,7 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let input = Input::connect(&config, store.clone(), telemetry.clone())?;
-    let sink = KafkaSink::connect(&config.brokers)?;
+    let sink = KafkaSink::connect(&config.brokers, &config.kafka_security)?;
     warn_of_missing_outputs(&sink, &config);
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
