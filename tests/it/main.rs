@@ -4,6 +4,7 @@
 mod broker;
 mod catalogue;
 mod crash;
+mod deploy;
 mod end_to_end;
 mod hostile;
 mod kafka_smoke;
