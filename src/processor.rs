@@ -125,6 +125,7 @@ impl BatchReport {
     }
 }
 
+#[derive(Clone)]
 pub struct ProcessorSettings {
     pub rules: Rules,
     pub limits: FoldLimits,

@@ -5,6 +5,7 @@
 use customer_pulse::decode::Reason;
 use customer_pulse::processor::Processor;
 use customer_pulse::store::Store;
+use customer_pulse::telemetry::Telemetry;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -91,10 +92,13 @@ fn event_like() -> impl Strategy<Value = Value> {
         })
 }
 
-/// Runs the payloads through one processor, one record each, and checks every outcome.
+/// Runs the payloads through one processor, one record each, and checks every outcome, and
+/// that every label value the metrics then carry comes from a closed set.
 fn check(payloads: &[Vec<u8>]) {
     let store = Store::in_memory();
-    let mut processor = Processor::new(store.clone(), settings(8));
+    let settings = settings(8);
+    let telemetry = Telemetry::new();
+    let mut processor = Processor::new(store.clone(), settings.clone());
     let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
     for (offset, payload) in payloads.iter().enumerate() {
         let mut record = file_record(offset as i64, "");
@@ -102,6 +106,7 @@ fn check(payloads: &[Vec<u8>]) {
         let report = processor
             .process(&[record], NOW_MS)
             .expect("the memory store never fails");
+        telemetry.record_batch(&report, 0.001, NOW_MS);
         let settled = report.count("applied")
             + report.count("duplicate")
             + report.count("late")
@@ -113,6 +118,66 @@ fn check(payloads: &[Vec<u8>]) {
         }
         assert_eq!(store.offset("test", 0).unwrap(), Some(offset as i64 + 1));
     }
+    labels_are_bounded(&telemetry.render(), &settings);
+}
+
+/// Every label value of every series is one of its closed set (CONTRACT section 3): input can
+/// never add a series.
+fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::ProcessorSettings) {
+    let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let tiers: Vec<String> = settings.risk.tiers.iter().map(|t| t.name.clone()).collect();
+    let mut renewal = settings.rules.renewal_reasons.clone();
+    renewal.extend(owned(&["other", "unspecified"]));
+    let mut rfm: Vec<String> = settings.rfm_rules.iter().map(|r| r.name.clone()).collect();
+    rfm.push("other".into());
+    let mut types = owned(&TYPES[..12]);
+    types.push("invalid".into());
+    let reasons: Vec<String> = customer_pulse::risk::REASON_CODES
+        .iter()
+        .map(|c| c.code().to_owned())
+        .collect();
+    let allowed = |metric: &str, label: &str| -> Vec<String> {
+        match (metric, label) {
+            (_, "category") => settings.trends.categories.clone(),
+            (_, "severity") => owned(&["low", "medium", "high", "critical"]),
+            (_, "segment") => tiers.clone(),
+            (_, "lifecycle") => owned(&["new", "active", "at_risk", "lost", "won_back"]),
+            (_, "level") => owned(&["low", "medium", "high"]),
+            (_, "rfm_segment") => rfm.clone(),
+            (_, "spike") => owned(&["true", "false"]),
+            (_, "topic") => owned(&["test"]),
+            (_, "type") => types.clone(),
+            (_, "outcome") => owned(&["applied", "duplicate", "rejected", "late"]),
+            ("customer_pulse_dead_letters_total", "reason") => {
+                Reason::ALL.iter().map(|r| r.code().to_owned()).collect()
+            }
+            ("customer_pulse_lost_customers_total", "reason") => reasons.clone(),
+            ("customer_pulse_renewals_total", "reason") => renewal.clone(),
+            ("customer_pulse_processing_latency_seconds_bucket", "le")
+            | ("customer_pulse_commit_duration_seconds_bucket", "le") => Vec::new(),
+            _ => panic!("{metric}: unexpected label {label}"),
+        }
+    };
+    let mut checked = 0;
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let labels = rest.split_once('}').map_or("", |(l, _)| l);
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (label, value) = pair.split_once("=\"").unwrap();
+            let value = value.trim_end_matches('"');
+            let set = allowed(name, label);
+            if label != "le" {
+                assert!(
+                    set.iter().any(|v| v == value),
+                    "{name}{{{label}={value:?}}} not in {set:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "some labelled series exist: {metrics}");
 }
 
 proptest! {
