@@ -260,13 +260,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             horizon_days,
             out,
         } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::parse(DEMO_CONFIG, std::env::vars())?,
-            };
-            let as_of = customer_pulse::event::parse_millis(&as_of).with_context(|| {
-                format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}")
-            })?;
+            let (config, as_of) = config_and_time(config, &as_of)?;
             let store = pipeline::open_store(&config)?;
             let mut writer = output(out.as_deref())?;
             let scored = pipeline::score(&store, &config, as_of, horizon_days, &mut writer)?;
@@ -278,13 +272,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fit { as_of, config } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::parse(DEMO_CONFIG, std::env::vars())?,
-            };
-            let as_of = customer_pulse::event::parse_millis(&as_of).with_context(|| {
-                format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}")
-            })?;
+            let (config, as_of) = config_and_time(config, &as_of)?;
             let store = pipeline::open_store(&config)?;
             let (fitted, customers) = pipeline::fit(&store, &config, as_of)?;
             let m = fitted.model;
@@ -337,6 +325,21 @@ fn write_events(
 
 /// The demo, until the embedded broker lands: generated traffic replayed through the same fold
 /// and store, then the HTTP endpoints over the result.
+/// The config a stored-state command reads (the embedded demo config when none is named), and
+/// its `--as-of` time.
+fn config_and_time(
+    config: Option<PathBuf>,
+    as_of: &str,
+) -> anyhow::Result<(Config, customer_pulse::event::Millis)> {
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::parse(DEMO_CONFIG, std::env::vars())?,
+    };
+    let as_of = customer_pulse::event::parse_millis(as_of)
+        .with_context(|| format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}"))?;
+    Ok((config, as_of))
+}
+
 async fn demo(customers: u64, events: u64, serve_seconds: u64) -> anyhow::Result<()> {
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
     let mut config = Config::parse(DEMO_CONFIG, std::env::vars())?;

@@ -124,78 +124,25 @@ async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
         .max()
         .unwrap();
     let last_start = (newest - HOUR).div_euclid(HOUR) * HOUR - HOUR;
-    let wanted: Vec<String> = ["billing", "delivery", "other"]
-        .iter()
-        .map(|c| format!("trend-{c}-60-{last_start}"))
-        .collect();
-    let trends = read_topic_until(&broker.address, "customer.complaint-trends", |messages| {
-        let ids: HashSet<String> = messages
-            .iter()
-            .filter_map(|m| header(m, "record_id"))
-            .collect();
-        wanted.iter().all(|w| ids.contains(w))
-    })
+    let windows = windows_arrived(
+        &broker.address,
+        "customer.complaint-trends",
+        ["billing", "delivery", "other"].map(|c| format!("trend-{c}-60-{last_start}")),
+    )
     .await;
-    let mut windows: HashMap<String, Vec<u8>> = HashMap::new();
-    for message in &trends {
-        let id = header(message, "record_id").unwrap();
-        let value = message.payload().unwrap_or_default().to_vec();
-        if let Some(earlier) = windows.insert(id.clone(), value.clone()) {
-            assert_eq!(earlier, value, "{id}: a repeated window is the same record");
-        }
-    }
-    for w in &wanted {
-        assert!(windows.contains_key(w), "{w} arrived");
-    }
-    let hourly: Vec<i64> = windows
-        .keys()
-        .filter_map(|id| id.strip_prefix("trend-billing-60-")?.parse().ok())
-        .collect();
-    let first = *hourly.iter().min().unwrap();
-    assert_eq!(
-        hourly.len() as i64,
-        (last_start - first) / HOUR + 1,
-        "every billing hour from the first to the last closed one"
-    );
+    no_gap(&windows, "trend-billing-60-", last_start, HOUR);
 
     // Segment days likewise: every day up to the last one the final watermark closes arrived
     // for both tiers, with no gap, a repeat identical.
     const DAY: i64 = 86_400_000;
     let last_day = (newest - HOUR).div_euclid(DAY) * DAY - DAY;
-    let wanted: Vec<String> = ["gold", "standard"]
-        .iter()
-        .map(|s| format!("segment-{s}-{last_day}"))
-        .collect();
-    let segments = read_topic_until(&broker.address, "customer.segment-metrics", |messages| {
-        let ids: HashSet<String> = messages
-            .iter()
-            .filter_map(|m| header(m, "record_id"))
-            .collect();
-        wanted.iter().all(|w| ids.contains(w))
-    })
+    let days = windows_arrived(
+        &broker.address,
+        "customer.segment-metrics",
+        ["gold", "standard"].map(|s| format!("segment-{s}-{last_day}")),
+    )
     .await;
-    let mut days: HashMap<String, Vec<u8>> = HashMap::new();
-    for message in &segments {
-        let id = header(message, "record_id").unwrap();
-        let value = message.payload().unwrap_or_default().to_vec();
-        if let Some(earlier) = days.insert(id.clone(), value.clone()) {
-            assert_eq!(earlier, value, "{id}: a repeated day is the same record");
-        }
-    }
-    for w in &wanted {
-        assert!(days.contains_key(w), "{w} arrived");
-    }
-    let standard: Vec<i64> = days
-        .keys()
-        .filter_map(|id| id.strip_prefix("segment-standard-")?.parse().ok())
-        .collect();
-    let first = *standard.iter().min().unwrap();
-    assert!(last_day > first, "the traffic spans closed days");
-    assert_eq!(
-        standard.len() as i64,
-        (last_day - first) / DAY + 1,
-        "every standard day from the first to the last closed one"
-    );
+    no_gap(&days, "segment-standard-", last_day, DAY);
 
     // A graceful stop: SIGTERM, commit, flush, exit 0.
     job.signal("-TERM");
@@ -208,4 +155,49 @@ async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
     .unwrap()
     .unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+/// Reads `topic` until every `wanted` record id arrived; returns the records by id, asserting
+/// that a repeated id (after a kill) carries the same value.
+async fn windows_arrived<const N: usize>(
+    brokers: &str,
+    topic: &str,
+    wanted: [String; N],
+) -> HashMap<String, Vec<u8>> {
+    let messages = read_topic_until(brokers, topic, |messages| {
+        let ids: HashSet<String> = messages
+            .iter()
+            .filter_map(|m| header(m, "record_id"))
+            .collect();
+        wanted.iter().all(|w| ids.contains(w))
+    })
+    .await;
+    let mut records: HashMap<String, Vec<u8>> = HashMap::new();
+    for message in &messages {
+        let id = header(message, "record_id").unwrap();
+        let value = message.payload().unwrap_or_default().to_vec();
+        if let Some(earlier) = records.insert(id.clone(), value.clone()) {
+            assert_eq!(earlier, value, "{id}: a repeated record is the same record");
+        }
+    }
+    for w in &wanted {
+        assert!(records.contains_key(w), "{w} arrived");
+    }
+    records
+}
+
+/// Every window of length `step` with ids `<prefix><start>` from the first that arrived to
+/// `last` arrived: nothing lost in between.
+fn no_gap(records: &HashMap<String, Vec<u8>>, prefix: &str, last: i64, step: i64) {
+    let starts: Vec<i64> = records
+        .keys()
+        .filter_map(|id| id.strip_prefix(prefix)?.parse().ok())
+        .collect();
+    let first = *starts.iter().min().unwrap();
+    assert!(last > first, "{prefix}: the traffic spans closed windows");
+    assert_eq!(
+        starts.len() as i64,
+        (last - first) / step + 1,
+        "{prefix}: every window from the first to the last closed one"
+    );
 }
