@@ -8,6 +8,7 @@
 pub mod churn;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod event;
 pub mod fit;
 pub mod fold;

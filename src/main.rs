@@ -2,7 +2,6 @@
 //! a validated config to the library. Errors leave here with their context, as one message.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use std::io::Write;
 
@@ -16,7 +15,7 @@ use customer_pulse::outbox::{DiscardSink, NdjsonSink};
 use customer_pulse::processor::Processor;
 use customer_pulse::replay::{replay, wall_clock_ms};
 use customer_pulse::telemetry::Telemetry;
-use customer_pulse::{http, kafka, pipeline};
+use customer_pulse::{kafka, pipeline};
 
 /// The demo's configuration, embedded so that the demo needs no file.
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -101,15 +100,17 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// One command, no setup: generate traffic, fold it, and serve the endpoints.
+    /// One command, no setup: an embedded broker, live generated traffic with a complaint spike
+    /// a minute in, the job, its HTTP endpoints, and a summary every five seconds.
     Demo {
         #[arg(long, default_value_t = 2_000)]
         customers: u64,
-        #[arg(long, default_value_t = 200_000)]
-        events: u64,
-        /// Keep serving HTTP this many seconds after the fold (0 exits at once; Ctrl-C stops).
+        /// Events per second the generator publishes.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// How long the demo runs (Ctrl-C stops it sooner).
         #[arg(long, default_value_t = 600)]
-        serve_seconds: u64,
+        seconds: u64,
     },
 }
 
@@ -294,9 +295,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo {
             customers,
-            events,
-            serve_seconds,
-        } => demo(customers, events, serve_seconds).await,
+            rate,
+            seconds,
+        } => {
+            let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let mut config = Config::parse(DEMO_CONFIG, std::env::vars())?;
+            config.state_path = work.path().join("state");
+            customer_pulse::demo::run(config, customers, rate, seconds, shutdown_on_signals()).await
+        }
     }
 }
 
@@ -338,89 +344,4 @@ fn config_and_time(
     let as_of = customer_pulse::event::parse_millis(as_of)
         .with_context(|| format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}"))?;
     Ok((config, as_of))
-}
-
-async fn demo(customers: u64, events: u64, serve_seconds: u64) -> anyhow::Result<()> {
-    let work = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let mut config = Config::parse(DEMO_CONFIG, std::env::vars())?;
-    config.state_path = work.path().join("state");
-    let events_path = work.path().join("events.ndjson");
-    println!(
-        "Generating {events} events for {customers} customers into {}",
-        events_path.display()
-    );
-    let spec = TrafficSpec {
-        customers,
-        events,
-        seed: 7,
-        start_ms: wall_clock_ms() - 30 * 86_400_000,
-        step_ms: (30 * 86_400_000 / events.max(1) as i64).max(1),
-    };
-    let generated = generate(&spec);
-    write_events(Some(&events_path), &generated)?;
-
-    let store = pipeline::open_store(&config)?;
-    let mut processor = Processor::new(store.clone(), pipeline::processor_settings(&config));
-    let telemetry = Arc::new(Telemetry::new());
-    let shutdown = shutdown_on_signals();
-    let started = std::time::Instant::now();
-    let summary = replay(
-        &events_path,
-        &mut processor,
-        &mut DiscardSink,
-        &telemetry,
-        config.max_batch_events,
-        true,
-        shutdown.clone(),
-    )
-    .await?;
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "Folded {} events in {seconds:.2} s ({:.0} events/s): {} applied, {} duplicates, {} rejected.",
-        summary.lines_read,
-        summary.lines_read as f64 / seconds.max(1e-9),
-        summary.applied,
-        summary.duplicates,
-        summary.rejected
-    );
-    telemetry.set_ready(true);
-    let listener = tokio::net::TcpListener::bind(config.listen_address)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
-    let example = generated
-        .first()
-        .map(|g| g.customer_id.clone())
-        .unwrap_or_default();
-    println!("Metrics:   http://{}/metrics", config.listen_address);
-    let token = match &config.customer_lookup_token {
-        Some(t) if t.matches(b"demo-token-not-a-secret") => "demo-token-not-a-secret",
-        Some(_) => "<your token>",
-        None => "<set http.customer_lookup_token>",
-    };
-    println!(
-        "Customer:  curl -H 'Authorization: Bearer {token}' http://{}/customers/{example}",
-        config.listen_address
-    );
-    println!("Serving for {serve_seconds} s; Ctrl-C stops.");
-    let stop = shutdown.clone();
-    let timer = tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(serve_seconds)) => stop.cancel(),
-            () = stop.cancelled() => {}
-        }
-    });
-    http::serve(
-        listener,
-        http::HttpState {
-            store,
-            telemetry,
-            partitions: config.partitions,
-            risk: Arc::new(config.risk.clone()),
-            customer_token: config.customer_lookup_token.clone().map(Arc::new),
-        },
-        shutdown,
-    )
-    .await?;
-    timer.await?;
-    Ok(())
 }

@@ -4,6 +4,7 @@
 mod broker;
 mod catalogue;
 mod crash;
+mod demo;
 mod deploy;
 mod end_to_end;
 mod hostile;

@@ -1,0 +1,299 @@
+//! The demo: one process, no setup. An embedded Kafka-protocol broker (librdkafka's in-process
+//! mock cluster), a generator publishing live traffic with a complaint spike in one category a
+//! minute in, the job itself (`pipeline::run`, unchanged), and a terminal summary read from what
+//! the job exports: `/metrics` and the `customer.churn-risk` topic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::format_millis;
+use crate::generate::{generate, Generated, Rng, TrafficSpec};
+use crate::replay::wall_clock_ms;
+
+/// Event-time history published at once before the live traffic, so that the complaint
+/// baselines have windows behind them when the spike comes.
+const HISTORY_MS: i64 = 10 * 60_000;
+/// When the complaint spike starts, how long it lasts and its category.
+const SPIKE_AFTER_MS: i64 = 60_000;
+const SPIKE_FOR_MS: i64 = 30_000;
+const SPIKE_CATEGORY: &str = "delivery";
+
+/// Runs the demo for `seconds` (or until `shutdown`): `rate` events per second over `customers`.
+pub async fn run(
+    mut config: Config,
+    customers: u64,
+    rate: u64,
+    seconds: u64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
+    let brokers = cluster.bootstrap_servers();
+    let t = &config.topics;
+    for (topic, partitions) in [
+        (&t.interactions, config.partitions),
+        (&t.orders, config.partitions),
+        (&t.complaints, config.partitions),
+        (&t.churn_risk, config.partitions),
+        (&t.complaint_trends, config.partitions),
+        (&t.segment_metrics, config.partitions),
+        (&t.dead_letter, 1),
+    ] {
+        cluster
+            .create_topic(topic, partitions, 1)
+            .with_context(|| format!("cannot create topic {topic}"))?;
+    }
+    config.brokers = brokers.clone();
+    // Minutes instead of hours, so that the spike shows within a couple of minutes.
+    config.trends.window_ms = 60_000;
+    config.allowed_lateness_ms = 5_000;
+    config.idle_partition_ms = 2_000;
+    println!(
+        "Embedded broker at {brokers}; {customers} customers, {rate} events/s for {seconds} s."
+    );
+    println!(
+        "Ten minutes of history first, then live traffic; a complaint spike in `{SPIKE_CATEGORY}` starts {} s in (complaint windows are one minute here, so it shows a minute or two later).",
+        SPIKE_AFTER_MS / 1000
+    );
+    println!("Metrics:   http://{}/metrics", config.listen_address);
+    println!(
+        "Customer:  curl -H 'Authorization: Bearer demo-token-not-a-secret' http://{}/customers/c-0000001",
+        config.listen_address
+    );
+
+    let now = wall_clock_ms();
+    let traffic = live_traffic(customers, rate.max(1), seconds, now);
+    // The last ten minutes' history at once, then live traffic at `rate`.
+    let split = traffic.partition_point(|g| event_time(g, now) <= now);
+    let (history, live) = traffic.split_at(split);
+    let (history, live) = (history.to_vec(), live.to_vec());
+    let publisher = {
+        let brokers = brokers.clone();
+        let topics = config.topics.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let publish = async {
+                crate::kafka::publish(&brokers, &topics, &history, None, 500).await?;
+                crate::kafka::publish(&brokers, &topics, &live, Some(rate.max(1)), 500).await
+            };
+            tokio::select! {
+                result = publish => result,
+                () = stop.cancelled() => Ok(()),
+            }
+        })
+    };
+    let risks = Arc::new(Mutex::new(HashMap::new()));
+    let reader = tokio::spawn(read_risks(
+        brokers.clone(),
+        config.topics.churn_risk.clone(),
+        risks.clone(),
+        shutdown.clone(),
+    ));
+    let address = config.listen_address;
+    let job = tokio::spawn(crate::pipeline::run(config, shutdown.clone()));
+    let started = std::time::Instant::now();
+    let mut last_events = 0.0;
+    while !shutdown.is_cancelled() && started.elapsed().as_secs() < seconds {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = shutdown.cancelled() => break,
+        }
+        let metrics = tokio::task::spawn_blocking(move || http_get(address, "/metrics"))
+            .await
+            .unwrap_or_default();
+        let events = metric_sum(&metrics, "customer_pulse_events_total");
+        let snapshot = risks.lock().map(|r| r.clone()).unwrap_or_default();
+        print_summary(
+            started.elapsed().as_secs(),
+            (events - last_events) / 5.0,
+            &metrics,
+            &snapshot,
+        );
+        last_events = events;
+    }
+    shutdown.cancel();
+    if let Ok(Err(e)) = publisher.await {
+        eprintln!("The generator stopped: {e:#}");
+    }
+    let _ = reader.await;
+    job.await.context("the job panicked")??;
+    drop(cluster);
+    Ok(())
+}
+
+fn event_time(g: &Generated, otherwise: i64) -> i64 {
+    g.value["occurred_at"]
+        .as_str()
+        .and_then(crate::event::parse_millis)
+        .unwrap_or(otherwise)
+}
+
+/// The generator's traffic from ten minutes before `start` to `seconds` after it, `rate` per
+/// second of event time, with a burst of high-severity complaints in one category from a
+/// minute after `start`, for half a minute.
+fn live_traffic(customers: u64, rate: u64, seconds: u64, start: i64) -> Vec<Generated> {
+    let mut traffic = generate(&TrafficSpec {
+        customers,
+        events: rate * (seconds + (HISTORY_MS / 1000) as u64),
+        seed: 11,
+        start_ms: start - HISTORY_MS,
+        step_ms: (1_000 / rate as i64).max(1),
+    });
+    // Exactly `rate` per second of event time, so that the live part keeps pace with the clock
+    // (the generator's own steps are whole milliseconds around a mean).
+    for (i, g) in traffic.iter_mut().enumerate() {
+        let at = start - HISTORY_MS + i as i64 * 1_000 / rate as i64;
+        g.value["occurred_at"] = json!(format_millis(at));
+    }
+    let mut rng = Rng::new(5);
+    let burst = (SPIKE_FOR_MS / 200) as usize;
+    for i in 0..burst {
+        let at = start + SPIKE_AFTER_MS + i as i64 * 200;
+        let customer = format!("c-{:07}", rng.below(customers.max(1)));
+        traffic.push(Generated {
+            customer_id: customer.clone(),
+            type_name: "complaint.opened",
+            value: json!({
+                "event_id": format!("spike-{i}"),
+                "customer_id": customer,
+                "type": "complaint.opened",
+                "occurred_at": format_millis(at),
+                "complaint_id": format!("spike-{i}"),
+                "category": SPIKE_CATEGORY,
+                "severity": "high",
+            }),
+        });
+    }
+    // Stable: each customer's own events keep their order.
+    traffic.sort_by_key(|g| event_time(g, start));
+    traffic
+}
+
+/// Keeps the newest churn-risk record of each customer, read from the output topic.
+async fn read_risks(
+    brokers: String,
+    topic: String,
+    risks: Arc<Mutex<HashMap<String, Value>>>,
+    stop: CancellationToken,
+) {
+    let consumer: StreamConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "demo-summary")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "The demo summary cannot read churn risks.");
+            return;
+        }
+    };
+    if consumer.subscribe(&[&topic]).is_err() {
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            m = consumer.recv() => m,
+            () = stop.cancelled() => return,
+        };
+        let Ok(message) = message else { continue };
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        let value = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Value>(p).ok());
+        if let (Some(key), Ok(mut risks)) = (key, risks.lock()) {
+            match value {
+                Some(v) => risks.insert(key, v),
+                None => risks.remove(&key),
+            };
+        }
+    }
+}
+
+fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String, Value>) {
+    let customers = metric_sum(metrics, "customer_pulse_customers{");
+    println!(
+        "\n[{elapsed:>4} s] {rate:>7.0} events/s | {customers:.0} customers | {} dead letters",
+        metric_sum(metrics, "customer_pulse_dead_letters_total")
+    );
+    let mut complaints = Vec::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("customer_pulse_complaint_z_score{category=\"") {
+            if let Some((category, z)) = rest.split_once("\"} ") {
+                let spike = metrics.contains(&format!(
+                    "customer_pulse_complaint_spike{{category=\"{category}\"}} 1"
+                ));
+                complaints.push(format!(
+                    "{category} z={:.1}{}",
+                    z.parse::<f64>().unwrap_or(0.0),
+                    if spike { " SPIKE" } else { "" }
+                ));
+            }
+        }
+    }
+    if !complaints.is_empty() {
+        println!("  complaint windows: {}", complaints.join(", "));
+    }
+    let mut top: Vec<&Value> = risks.values().collect();
+    top.sort_by(|a, b| {
+        let score = |v: &Value| v["score"].as_f64().unwrap_or(0.0);
+        score(b).total_cmp(&score(a))
+    });
+    for risk in top.iter().take(5) {
+        let reasons: Vec<&str> = risk["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["code"].as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  {} risk {:.2} {} ({}) — {}",
+            risk["customer_id"].as_str().unwrap_or("?"),
+            risk["score"].as_f64().unwrap_or(0.0),
+            risk["level"].as_str().unwrap_or("?"),
+            risk["lifecycle"].as_str().unwrap_or("?"),
+            if reasons.is_empty() {
+                "no named reason".to_owned()
+            } else {
+                reasons.join(", ")
+            }
+        );
+    }
+}
+
+/// The sum of every series whose line starts with `prefix`.
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// A plain HTTP GET on loopback; the body, or nothing.
+fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}

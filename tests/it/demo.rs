@@ -1,0 +1,58 @@
+//! The README's first command: `demo` runs on its own (embedded broker, live generator, the job,
+//! HTTP) and prints summaries showing live traffic folded.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_runs_by_itself_and_folds_live_traffic() {
+    let port = crate::broker::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args([
+            "demo",
+            "--customers",
+            "200",
+            "--rate",
+            "100",
+            "--seconds",
+            "12",
+        ])
+        .env(
+            "CUSTOMER_PULSE__HTTP__LISTEN_ADDRESS",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{port}/metrics")),
+        "{stdout}"
+    );
+    // Every summary after the history was folded shows live events per second.
+    let rates: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split(" s]")
+                .nth(1)?
+                .split("events/s")
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(rates.len() >= 2, "{stdout}");
+    assert!(
+        rates.last().is_some_and(|r| *r > 20.0),
+        "live traffic is folded: {stdout}"
+    );
+    assert!(
+        stdout.contains(" risk "),
+        "top churn risks are listed: {stdout}"
+    );
+}
