@@ -70,23 +70,13 @@ pub async fn run(
         config.listen_address
     );
 
-    let now = wall_clock_ms();
-    let traffic = live_traffic(customers, rate.max(1), seconds, now);
-    // The last ten minutes' history at once, then live traffic at `rate`.
-    let split = traffic.partition_point(|g| event_time(g, now) <= now);
-    let (history, live) = traffic.split_at(split);
-    let (history, live) = (history.to_vec(), live.to_vec());
     let publisher = {
         let brokers = brokers.clone();
         let topics = config.topics.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let publish = async {
-                crate::kafka::publish(&brokers, &topics, &history, None, 500).await?;
-                crate::kafka::publish(&brokers, &topics, &live, Some(rate.max(1)), 500).await
-            };
             tokio::select! {
-                result = publish => result,
+                result = publish_live(&brokers, &topics, customers, rate, seconds) => result,
                 () = stop.cancelled() => Ok(()),
             }
         })
@@ -128,6 +118,24 @@ pub async fn run(
     job.await.context("the job panicked")??;
     drop(cluster);
     Ok(())
+}
+
+/// Publishes the demo's traffic to `brokers`: ten minutes of history at once, then `seconds`
+/// of live traffic at `rate` events per second with the complaint spike a minute in (also what
+/// `generate --live-seconds` sends to any broker).
+pub async fn publish_live(
+    brokers: &str,
+    topics: &crate::config::Topics,
+    customers: u64,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let now = wall_clock_ms();
+    let traffic = live_traffic(customers, rate.max(1), seconds, now);
+    let split = traffic.partition_point(|g| event_time(g, now) <= now);
+    let (history, live) = traffic.split_at(split);
+    crate::kafka::publish(brokers, topics, history, None, 500).await?;
+    crate::kafka::publish(brokers, topics, live, Some(rate.max(1)), 500).await
 }
 
 fn event_time(g: &Generated, otherwise: i64) -> i64 {

@@ -71,6 +71,10 @@ enum Command {
         /// fetch inside a batch.
         #[arg(long, default_value_t = 10_000)]
         batch_records: usize,
+        /// Publish the demo's traffic instead: ten minutes of history, then this many seconds
+        /// live at --rate (default 200) with a complaint spike a minute in.
+        #[arg(long, requires = "brokers")]
+        live_seconds: Option<u64>,
     },
     /// Every customer's churn model evaluated at one event time, as NDJSON (the monthly
     /// lost-customer review). Reads the state of a stopped job: RocksDB admits one process.
@@ -237,7 +241,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             brokers,
             rate,
             batch_records,
+            live_seconds,
         } => {
+            if let (Some(seconds), Some(brokers)) = (live_seconds, &brokers) {
+                let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
+                let rate = rate.unwrap_or(200);
+                customer_pulse::demo::publish_live(
+                    brokers,
+                    &config.topics,
+                    customers,
+                    rate,
+                    seconds,
+                )
+                .await?;
+                println!("published {seconds} s of live traffic to {brokers}");
+                return Ok(());
+            }
             let spec = TrafficSpec {
                 customers,
                 events,
