@@ -4,6 +4,8 @@
 //! per-customer state, `processor` batches the fold into one atomic commit of the `store`,
 //! `kafka` and `replay` are the sources and sinks around it, `telemetry` observes, `http` serves.
 //! `config` turns what the user wrote into a validated configuration; `pipeline` wires the parts.
+//! The analytics beside the fold: `risk` (with the models of `churn` and `fit`), `trends`,
+//! `segments` and `rfm`; `demo` runs the whole job against an embedded broker.
 
 pub mod churn;
 pub mod config;
