@@ -131,7 +131,7 @@ pub async fn publish_live(
     seconds: u64,
 ) -> anyhow::Result<()> {
     let now = wall_clock_ms();
-    let traffic = live_traffic(customers, rate.max(1), seconds, now);
+    let traffic = live_traffic(customers, rate.max(1), seconds, now, true);
     let split = traffic.partition_point(|g| event_time(g, now) <= now);
     let (history, live) = traffic.split_at(split);
     crate::kafka::publish(brokers, topics, history, None, 500).await?;
@@ -146,9 +146,15 @@ fn event_time(g: &Generated, otherwise: i64) -> i64 {
 }
 
 /// The generator's traffic from ten minutes before `start` to `seconds` after it, `rate` per
-/// second of event time, with a burst of high-severity complaints in one category from a
-/// minute after `start`, for half a minute.
-fn live_traffic(customers: u64, rate: u64, seconds: u64, start: i64) -> Vec<Generated> {
+/// second of event time, with (if `spike`) a burst of five high-severity `delivery` complaints a
+/// second from a minute after `start`, for half a minute.
+pub fn live_traffic(
+    customers: u64,
+    rate: u64,
+    seconds: u64,
+    start: i64,
+    spike: bool,
+) -> Vec<Generated> {
     let mut traffic = generate(&TrafficSpec {
         customers,
         events: rate * (seconds + (HISTORY_MS / 1000) as u64),
@@ -163,7 +169,11 @@ fn live_traffic(customers: u64, rate: u64, seconds: u64, start: i64) -> Vec<Gene
         g.value["occurred_at"] = json!(format_millis(at));
     }
     let mut rng = Rng::new(5);
-    let burst = (SPIKE_FOR_MS / 200) as usize;
+    let burst = if spike {
+        (SPIKE_FOR_MS / 200) as usize
+    } else {
+        0
+    };
     for i in 0..burst {
         let at = start + SPIKE_AFTER_MS + i as i64 * 200;
         let customer = format!("c-{:07}", rng.below(customers.max(1)));
