@@ -346,18 +346,16 @@ impl Processor {
             self.process_one(record, now, &mut aggregates, &mut commit, &mut report)?;
             // A complaint window closes the moment the watermark passes its end, so its backlog
             // is the one at that moment, and its records go into the commit that stores it
-            // closed; a batch is cut where the watermark passes the end of a day, so that what a
-            // day's record says never depends on where batches ended.
-            if let Some(watermark) = self.watermark(&aggregates) {
-                if aggregates
-                    .trends
-                    .next_close(&self.settings.trends)
-                    .is_some_and(|end| end <= watermark)
-                {
-                    self.close_trends(watermark, &mut aggregates, &mut commit, &mut report);
-                }
+            // closed. A segment day's population is read after the due timers fire, so its end
+            // cuts the batch: what a window's record says never depends on where batches ended.
+            let Some(watermark) = self.watermark(&aggregates) else {
+                continue;
+            };
+            let passed = |end: Option<Millis>| end.is_some_and(|end| end <= watermark);
+            if passed(aggregates.trends.next_close(&self.settings.trends)) {
+                self.close_trends(watermark, &mut aggregates, &mut commit, &mut report);
             }
-            if self.window_ends(&aggregates) {
+            if passed(aggregates.segments.next_close()) {
                 let done = std::mem::take(&mut commit);
                 self.flush(done, &mut offsets, &mut aggregates, &mut report)?;
             }
@@ -406,19 +404,6 @@ impl Processor {
     fn watermark(&self, aggregates: &Aggregates) -> Option<Millis> {
         self.frontier(aggregates)
             .map(|n| n.saturating_sub(self.settings.allowed_lateness_ms))
-    }
-
-    /// Whether the watermark has passed the end of an open segment day, whose population is
-    /// read after the due timers fire. Complaint windows need no cut: nothing in them depends
-    /// on timers (their `active_customers` is the population at the last day's close).
-    fn window_ends(&self, aggregates: &Aggregates) -> bool {
-        let Some(watermark) = self.watermark(aggregates) else {
-            return false;
-        };
-        aggregates
-            .segments
-            .next_close()
-            .is_some_and(|end| end <= watermark)
     }
 
     /// Closes the complaint windows the watermark has passed and puts their records into
@@ -732,7 +717,13 @@ impl Processor {
             _ => Vec::new(),
         };
         let first_order = customer.state.orders == 0;
-        let rfm_before = crate::rfm::point(&customer.state);
+        // Only an order moves a customer in the RFM histograms (erasure takes it out).
+        let rfm_before = matches!(
+            event.kind,
+            EventKind::OrderPlaced { .. } | EventKind::Erased
+        )
+        .then(|| crate::rfm::point(&customer.state))
+        .flatten();
         let first_referral = customer.state.referred_by.is_none();
         if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);

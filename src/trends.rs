@@ -95,8 +95,9 @@ pub struct Trends {
     pub windows: BTreeMap<(Millis, String), Window>,
     /// Windows starting before this are closed and emitted; `None` before the first complaint.
     pub closed_before: Option<Millis>,
-    /// The newest event time seen by the commits so far, so that a restarted processor's
-    /// watermark starts where the last one stopped.
+    /// The event time the watermark trails (how far the slowest input partition still
+    /// delivering had got) as of the last commit, so that a restarted processor's watermark
+    /// starts where the last one stopped and never goes back.
     pub newest: Option<Millis>,
 }
 
@@ -120,8 +121,8 @@ pub struct ClosedWindow {
     /// Daily roll-ups only: opened in the month to the end of this day, and in the previous
     /// month to the same day of the month (DOMAIN.md: month over month).
     pub month_to_date: Option<MonthToDate>,
-    /// Customers not lost when the window closed, over the instance's segments; set by the
-    /// caller, which knows the population.
+    /// Customers not lost, over the instance's segments, when the last segment day closed;
+    /// set by the caller, which knows the population.
     pub active_customers: Option<i64>,
 }
 
