@@ -29,6 +29,14 @@ need_debian() {
 # make and perl for librdkafka's configure, and zlib.
 need_debian libclang-dev g++ make perl pkg-config zlib1g-dev curl
 
+need_pip() {
+    local spec="$1" module="${1%%==*}"
+    if ! python3 -c "import ${module//-/_}" >/dev/null 2>&1; then
+        say "Installing $spec from PyPI"
+        python3 -m pip install --quiet --disable-pip-version-check "$spec"
+    fi
+}
+
 need_tansu() {
     export PATH="$HOME/.cargo/bin:$PATH"
     if ! command -v tansu >/dev/null 2>&1; then

@@ -7,6 +7,9 @@ source deploy/setup.sh
 need_tansu
 # promtool and the Prometheus server: the alert rules' unit tests and the end-to-end alert test.
 need_debian prometheus
+# Compose's and Kubernetes' own validators for deploy/ (neither needs a container engine).
+need_debian docker-compose
+need_pip kubernetes-validate==1.37.0
 say "Checking formatting"
 cargo fmt --all -- --check
 say "Running clippy"

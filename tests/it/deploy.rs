@@ -97,3 +97,51 @@ fn the_image_runs_as_a_non_root_user_and_the_probes_exist() {
     assert!(statefulset.contains("runAsNonRoot: true"));
     assert!(statefulset.contains("prometheus.io/scrape: \"true\""));
 }
+
+/// Runs a validator from `deploy/`; tests/run.sh installs both tools.
+fn validates(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs (tests/run.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn compose_accepts_the_compose_file() {
+    // Compose's own schema check; needs no container engine (Debian's docker-compose package).
+    validates(
+        "docker-compose",
+        &[
+            "-p",
+            "customer-pulse",
+            "-f",
+            "docker-compose.yml",
+            "config",
+            "-q",
+        ],
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_schema_validation() {
+    // Every manifest against the Kubernetes API schemas, rejecting unknown fields
+    // (kubernetes-validate from PyPI). kustomization.yaml is kustomize's, not the API's.
+    let manifests: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+            .map(|name| format!("k8s/{name}"))
+            .collect();
+    assert!(manifests.len() >= 4, "{manifests:?}");
+    let mut args = vec!["-m", "kubernetes_validate", "--strict", "--quiet"];
+    args.extend(manifests.iter().map(String::as_str));
+    validates("python3", &args);
+}
