@@ -604,6 +604,10 @@ pub struct RawInput {
     pub dedup_horizon_days: u64,
     pub max_dedup_ids_per_customer: usize,
     pub max_open_items_per_customer: usize,
+    /// Longest identifier (event, customer, order, complaint, referrer), in characters.
+    pub max_id_chars: usize,
+    /// Longest free-text field (reasons, categories, segment hints), in characters.
+    pub max_text_chars: usize,
     pub complaint_categories: Vec<String>,
     pub cancellation_reasons: Vec<String>,
     /// Closed set of renewal reasons; anything else becomes `other`, none `unspecified`.
@@ -686,6 +690,8 @@ impl Default for RawInput {
             dedup_horizon_days: 30,
             max_dedup_ids_per_customer: 10_000,
             max_open_items_per_customer: 1_000,
+            max_id_chars: 128,
+            max_text_chars: 1024,
             complaint_categories: [
                 "billing",
                 "delivery",
@@ -977,14 +983,24 @@ impl RawConfig {
             "must be between 1 and 3650",
         )?;
         check(
-            i.max_dedup_ids_per_customer >= 1,
+            (1..=1_000_000).contains(&i.max_dedup_ids_per_customer),
             "input.max_dedup_ids_per_customer",
-            "must be at least 1",
+            "must be between 1 and 1000000",
         )?;
         check(
-            i.max_open_items_per_customer >= 1,
+            (1..=100_000).contains(&i.max_open_items_per_customer),
             "input.max_open_items_per_customer",
-            "must be at least 1",
+            "must be between 1 and 100000",
+        )?;
+        check(
+            (1..=1024).contains(&i.max_id_chars),
+            "input.max_id_chars",
+            "must be between 1 and 1024",
+        )?;
+        check(
+            (1..=65_536).contains(&i.max_text_chars),
+            "input.max_text_chars",
+            "must be between 1 and 65536",
         )?;
         for (field, set) in [
             ("input.complaint_categories", &i.complaint_categories),
@@ -1120,6 +1136,8 @@ impl RawConfig {
             rules: Rules {
                 max_event_bytes: i.max_event_bytes,
                 max_future_skew_ms: (i.max_future_skew_seconds * 1000) as i64,
+                max_id_chars: i.max_id_chars,
+                max_text_chars: i.max_text_chars,
                 currency: i.currency.clone(),
                 complaint_categories: i.complaint_categories.clone(),
                 cancellation_reasons: i.cancellation_reasons.clone(),

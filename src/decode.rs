@@ -77,6 +77,10 @@ fn reject(reason: Reason, message: impl Into<String>) -> Rejection {
 pub struct Rules {
     pub max_event_bytes: usize,
     pub max_future_skew_ms: Millis,
+    /// Longest identifier, in characters; a longer one is a `bad_field`.
+    pub max_id_chars: usize,
+    /// Longest free-text field, in characters; a longer one is a `bad_field`.
+    pub max_text_chars: usize,
     pub currency: String,
     /// Closed set of complaint categories; anything else becomes `other`.
     pub complaint_categories: Vec<String>,
@@ -88,8 +92,6 @@ pub struct Rules {
 
 /// The highest `schema_version` this build understands.
 pub const SCHEMA_VERSION: u64 = 1;
-const MAX_ID_CHARS: usize = 128;
-const MAX_TEXT_CHARS: usize = 1024;
 
 /// Decodes one message that arrived on the topic of `stream`, keyed by `key`, at processor time
 /// `now`. A source that mixes every type (a file) passes `None` for `stream`.
@@ -115,7 +117,11 @@ pub fn decode(
     let Value::Object(obj) = value else {
         return Err(reject(Reason::NotObject, "event is not a JSON object"));
     };
-    let fields = Fields(&obj);
+    let fields = Fields {
+        obj: &obj,
+        max_id_chars: rules.max_id_chars,
+        max_text_chars: rules.max_text_chars,
+    };
 
     match obj.get("schema_version") {
         None | Some(Value::Null) => {}
@@ -285,11 +291,16 @@ fn missing(field: &str) -> Rejection {
 }
 
 /// Typed access to the fields of one JSON object, each failure naming its field.
-struct Fields<'a>(&'a Map<String, Value>);
+/// The event's fields, read with the configured length bounds.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    max_id_chars: usize,
+    max_text_chars: usize,
+}
 
 impl<'a> Fields<'a> {
     fn present(&self, field: &str) -> Option<&'a Value> {
-        match self.0.get(field) {
+        match self.obj.get(field) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),
         }
@@ -323,7 +334,7 @@ impl<'a> Fields<'a> {
     }
 
     fn id(&self, field: &str) -> Result<String, Rejection> {
-        self.bounded(field, MAX_ID_CHARS).map(str::to_owned)
+        self.bounded(field, self.max_id_chars).map(str::to_owned)
     }
 
     fn opt_id(&self, field: &str) -> Result<Option<String>, Rejection> {
@@ -334,7 +345,7 @@ impl<'a> Fields<'a> {
     }
 
     fn text(&self, field: &str) -> Result<&'a str, Rejection> {
-        self.bounded(field, MAX_TEXT_CHARS)
+        self.bounded(field, self.max_text_chars)
     }
 
     fn opt_text(&self, field: &str) -> Result<Option<String>, Rejection> {

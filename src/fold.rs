@@ -122,11 +122,39 @@ pub struct FoldLimits {
     pub max_open_items: usize,
 }
 
+/// A per-customer bound the fold held to while applying an event: the event still counts, but
+/// what it would have added past the bound is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Limit {
+    /// `max_open_items_per_customer` open orders: the new order counts but is not tracked to
+    /// delivery.
+    OpenOrders,
+    /// `max_open_items_per_customer` open complaints: the complaint counts but a later resolution
+    /// of it finds nothing to close.
+    OpenComplaints,
+    /// `max_dedup_ids_per_customer` event ids remembered: the oldest id was forgotten, so a
+    /// redelivery of that event would apply again.
+    DedupIds,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 3] = [Limit::OpenOrders, Limit::OpenComplaints, Limit::DedupIds];
+
+    /// The metric label value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Limit::OpenOrders => "open_orders",
+            Limit::OpenComplaints => "open_complaints",
+            Limit::DedupIds => "dedup_ids",
+        }
+    }
+}
+
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The event changed the customer's state.
-    Applied,
+    /// The event changed the customer's state; `Some` names the bound it met.
+    Applied(Option<Limit>),
     /// The event id was already seen within the horizon: nothing changed.
     Duplicate,
     /// The customer asked to be forgotten: the caller deletes all state and publishes tombstones.
@@ -168,7 +196,7 @@ impl CustomerState {
             self.first_event_at = self.first_event_at.min(t);
             self.last_event_at = self.last_event_at.max(t);
         }
-        self.remember(event, limits);
+        let mut limit = self.remember(event, limits);
 
         match &event.kind {
             EventKind::Registered {
@@ -238,6 +266,8 @@ impl CustomerState {
                         order_id: order_id.clone(),
                         placed_at: t,
                     });
+                } else {
+                    limit = Some(Limit::OpenOrders);
                 }
             }
             EventKind::OrderDelivered { order_id } => {
@@ -273,6 +303,8 @@ impl CustomerState {
                         severity: *severity,
                         opened_at: t,
                     });
+                } else {
+                    limit = Some(Limit::OpenComplaints);
                 }
             }
             EventKind::ComplaintResolved {
@@ -292,7 +324,7 @@ impl CustomerState {
             }
             EventKind::Erased => unreachable!("handled above"),
         }
-        Outcome::Applied
+        Outcome::Applied(limit)
     }
 
     fn place_order(&mut self, t: Millis, amount_minor: i64, margin_minor: i64) {
@@ -321,10 +353,12 @@ impl CustomerState {
         }
     }
 
-    fn remember(&mut self, event: &Event, limits: &FoldLimits) {
+    /// Remembers the event id; `Some` when the oldest remembered id had to leave for it.
+    fn remember(&mut self, event: &Event, limits: &FoldLimits) -> Option<Limit> {
         let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
         self.seen.retain(|s| s.occurred_at >= horizon);
-        if self.seen.len() >= limits.max_dedup_ids {
+        let full = self.seen.len() >= limits.max_dedup_ids;
+        if full {
             // Oldest by event time leaves first; the id set stays bounded per customer.
             if let Some(oldest) = self
                 .seen
@@ -340,6 +374,7 @@ impl CustomerState {
             event_id: event.event_id.clone(),
             occurred_at: event.occurred_at,
         });
+        full.then_some(Limit::DedupIds)
     }
 }
 

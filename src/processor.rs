@@ -48,6 +48,8 @@ pub struct BatchReport {
     /// `(source, event type or "invalid", outcome)` to count.
     pub events: HashMap<(String, &'static str, &'static str), u64>,
     pub dead_letters: HashMap<&'static str, u64>,
+    /// Events applied at a per-customer bound, by the bound's code.
+    pub limits_reached: HashMap<&'static str, u64>,
     pub customers_written: usize,
     pub outbox_records: usize,
     /// Broker append times of the records, to measure processing latency at commit.
@@ -81,6 +83,9 @@ impl BatchReport {
         }
         for (k, n) in other.dead_letters {
             *self.dead_letters.entry(k).or_default() += n;
+        }
+        for (k, n) in other.limits_reached {
+            *self.limits_reached.entry(k).or_default() += n;
         }
         for (k, n) in other.complaints_opened {
             *self.complaints_opened.entry(k).or_default() += n;
@@ -368,7 +373,13 @@ impl Processor {
     /// Tells the processor which input partitions the instance owns, so that one that has not
     /// delivered yet holds the watermark (until it goes idle) instead of being overtaken.
     pub fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {
-        self.clock.assign(assigned, now);
+        let store = &self.store;
+        // A partition taken over (or taken back after a restart) starts from the newest event
+        // time its last commit stored: it holds the watermark there, not at nothing, and the
+        // watermark never falls back behind what was already folded.
+        self.clock.assign(assigned, now, |source, partition| {
+            store.event_time(source, partition).ok().flatten()
+        });
     }
 
     /// Moves the watermark on without input, when input partitions have gone idle: a
@@ -378,7 +389,9 @@ impl Processor {
         let frontier = self.clock.frontier(now, self.settings.idle_partition_ms);
         let moved = match (&self.aggregates, frontier) {
             (Some(a), Some(f)) => a.trends.newest.is_none_or(|n| n < f),
-            _ => false,
+            // Not loaded yet (a restart with nothing left to read): load them and see.
+            (None, Some(_)) => true,
+            (_, None) => false,
         };
         if moved {
             self.process(&[], now).map(Some)
@@ -449,6 +462,14 @@ impl Processor {
         commit.offsets = offsets
             .drain()
             .map(|((source, partition), next)| (source.to_owned(), partition, next))
+            .collect();
+        commit.event_times = commit
+            .offsets
+            .iter()
+            .filter_map(|(source, partition, _)| {
+                let newest = self.clock.newest(source, *partition)?;
+                Some((source.clone(), *partition, newest))
+            })
             .collect();
         for (source, partition, next) in &commit.offsets {
             match report
@@ -736,6 +757,9 @@ impl Processor {
                 .or_default() += 1;
             return Ok(());
         }
+        if let Outcome::Applied(Some(limit)) = outcome {
+            *report.limits_reached.entry(limit.code()).or_default() += 1;
+        }
         aggregates.dirty = true;
         entry.dirty = true;
         match &event.kind {
@@ -1013,7 +1037,12 @@ impl Clock {
 
     /// The input partitions the instance owns now: new ones hold the watermark until they
     /// deliver or go idle; revoked ones no longer count.
-    fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {
+    fn assign(
+        &mut self,
+        assigned: &[(String, i32)],
+        now: Millis,
+        stored: impl Fn(&str, i32) -> Option<Millis>,
+    ) {
         for (source, partitions) in &mut self.sources {
             partitions.retain(|p, _| assigned.iter().any(|(s, q)| s == source && q == p));
         }
@@ -1022,8 +1051,13 @@ impl Clock {
                 .entry(source.clone())
                 .or_default()
                 .entry(*partition)
-                .or_insert((None, now));
+                .or_insert_with(|| (stored(source, *partition), now));
         }
+    }
+
+    /// The newest event time `source`/`partition` delivered, as far as this clock knows.
+    fn newest(&self, source: &str, partition: i32) -> Option<Millis> {
+        self.sources.get(source)?.get(&partition)?.0
     }
 
     /// The newest event time of the slowest partition that delivered (or was assigned) within

@@ -19,9 +19,12 @@ pub struct Telemetry {
     names: Vec<String>,
     events: IntCounterVec,
     dead_letters: IntCounterVec,
+    limits_reached: IntCounterVec,
     processing_latency: Histogram,
     commit_duration: Histogram,
     commits_failed: IntCounter,
+    kafka_errors: IntCounterVec,
+    delivery_failures: IntCounter,
     customers_written: IntCounter,
     timers_fired: IntCounter,
     complaints_opened: IntCounterVec,
@@ -74,6 +77,11 @@ impl Telemetry {
                 &["reason"],
             )
             .expect("valid metric"),
+            limits_reached: IntCounterVec::new(
+                opts("limits_reached_total", "Events applied at a per-customer bound (open_orders, open_complaints, dedup_ids): they count, but what they would add past the bound is not kept."),
+                &["limit"],
+            )
+            .expect("valid metric"),
             processing_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "processing_latency_seconds",
@@ -88,6 +96,16 @@ impl Telemetry {
                     .namespace(NAMESPACE)
                     .buckets(latency_buckets),
             )
+            .expect("valid metric"),
+            kafka_errors: IntCounterVec::new(
+                opts("kafka_errors_total", "Client-level Kafka errors (a broker down, a failed connection), by client (consumer, producer); librdkafka retries them."),
+                &["client"],
+            )
+            .expect("valid metric"),
+            delivery_failures: IntCounter::with_opts(opts(
+                "output_delivery_failures_total",
+                "Output records the brokers did not acknowledge; they stay in the outbox and are sent again.",
+            ))
             .expect("valid metric"),
             commits_failed: IntCounter::with_opts(opts(
                 "commit_failures_total",
@@ -248,9 +266,12 @@ impl Telemetry {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(t.events.clone()),
             Box::new(t.dead_letters.clone()),
+            Box::new(t.limits_reached.clone()),
             Box::new(t.processing_latency.clone()),
             Box::new(t.commit_duration.clone()),
             Box::new(t.commits_failed.clone()),
+            Box::new(t.kafka_errors.clone()),
+            Box::new(t.delivery_failures.clone()),
             Box::new(t.customers_written.clone()),
             Box::new(t.timers_fired.clone()),
             Box::new(t.complaints_opened.clone()),
@@ -290,6 +311,12 @@ impl Telemetry {
         for reason in Reason::ALL {
             t.dead_letters.with_label_values(&[reason.code()]);
         }
+        for client in ["consumer", "producer"] {
+            t.kafka_errors.with_label_values(&[client]);
+        }
+        for limit in crate::fold::Limit::ALL {
+            t.limits_reached.with_label_values(&[limit.code()]);
+        }
         t
     }
 
@@ -302,6 +329,9 @@ impl Telemetry {
         }
         for (reason, n) in &report.dead_letters {
             self.dead_letters.with_label_values(&[reason]).inc_by(*n);
+        }
+        for (limit, n) in &report.limits_reached {
+            self.limits_reached.with_label_values(&[limit]).inc_by(*n);
         }
         for t in &report.append_times_ms {
             self.processing_latency
@@ -402,6 +432,16 @@ impl Telemetry {
 
     pub fn commit_failed(&self) {
         self.commits_failed.inc();
+    }
+
+    /// A client-level Kafka error reported by librdkafka.
+    pub fn kafka_error(&self, client: &'static str) {
+        self.kafka_errors.with_label_values(&[client]).inc();
+    }
+
+    /// An output record the brokers did not acknowledge.
+    pub fn delivery_failed(&self) {
+        self.delivery_failures.inc();
     }
 
     pub fn set_state_size(&self, bytes: u64) {

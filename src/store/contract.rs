@@ -40,10 +40,17 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
             .commit(&Commit {
                 customers: vec![(3, "a".into(), Some(state("a", 2).into()))],
                 offsets: vec![("orders".into(), 3, 42)],
+                event_times: vec![("orders".into(), 3, 1_780_000_000_000)],
                 outbox: vec![record("out", 1), record("out", 2)],
                 ..Commit::default()
             })
             .unwrap();
+        assert_eq!(
+            store.event_time("orders", 3).unwrap(),
+            Some(1_780_000_000_000),
+            "{name}"
+        );
+        assert_eq!(store.event_time("orders", 2).unwrap(), None, "{name}");
         assert_eq!(
             store.customer(3, "a").unwrap(),
             Some(state("a", 2)),

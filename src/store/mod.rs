@@ -121,11 +121,15 @@ pub struct Commit {
     pub rfm_scales: Option<Scales>,
     /// `(source topic, partition, next offset to read)`.
     pub offsets: Vec<(String, i32, i64)>,
+    /// `(source topic, partition, newest event time it delivered)`, so that a restarted
+    /// processor knows how far each input partition got and its watermark does not fall back.
+    pub event_times: Vec<(String, i32, Millis)>,
     pub outbox: Vec<OutboxRecord>,
 }
 
 const CUSTOMER: u8 = b'c';
 const OFFSET: u8 = b'o';
+const EVENT_TIME: u8 = b'w';
 const OUTBOX: u8 = b'x';
 const TIMER: u8 = b't';
 const TRENDS: &[u8] = b"g/trends";
@@ -196,8 +200,16 @@ fn customer_key(partition: i32, customer_id: &str) -> Vec<u8> {
 }
 
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    partition_key(OFFSET, topic, partition)
+}
+
+fn event_time_key(topic: &str, partition: i32) -> Vec<u8> {
+    partition_key(EVENT_TIME, topic, partition)
+}
+
+fn partition_key(tag: u8, topic: &str, partition: i32) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + topic.len());
-    key.push(OFFSET);
+    key.push(tag);
     key.extend_from_slice(&(partition as u32).to_be_bytes());
     key.extend_from_slice(topic.as_bytes());
     key
@@ -305,7 +317,27 @@ impl Store {
 
     /// The next offset to read from `topic`/`partition`, as of the last commit.
     pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
-        match self.backend.get(&offset_key(topic, partition))? {
+        self.partition_value(offset_key(topic, partition), "offset", topic, partition)
+    }
+
+    /// The newest event time `topic`/`partition` delivered, as of the last commit.
+    pub fn event_time(&self, topic: &str, partition: i32) -> Result<Option<Millis>, StoreError> {
+        self.partition_value(
+            event_time_key(topic, partition),
+            "event time",
+            topic,
+            partition,
+        )
+    }
+
+    fn partition_value(
+        &self,
+        key: Vec<u8>,
+        what: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StoreError> {
+        match self.backend.get(&key)? {
             None => Ok(None),
             Some(bytes) => {
                 let raw: [u8; 8] =
@@ -313,7 +345,7 @@ impl Store {
                         .as_slice()
                         .try_into()
                         .map_err(|_| StoreError::Corrupt {
-                            key: format!("offset {topic}/{partition}"),
+                            key: format!("{what} {topic}/{partition}"),
                             reason: format!("{} bytes, expected 8", bytes.len()),
                         })?;
                 Ok(Some(i64::from_be_bytes(raw)))
@@ -456,6 +488,12 @@ impl Store {
             ops.push(Op::Put(
                 offset_key(topic, *partition),
                 next.to_be_bytes().to_vec(),
+            ));
+        }
+        for (topic, partition, newest) in &commit.event_times {
+            ops.push(Op::Put(
+                event_time_key(topic, *partition),
+                newest.to_be_bytes().to_vec(),
             ));
         }
         let first = self

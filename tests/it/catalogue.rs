@@ -20,6 +20,8 @@ pub fn rules() -> Rules {
     Rules {
         max_event_bytes: 4096,
         max_future_skew_ms: 300_000,
+        max_id_chars: 128,
+        max_text_chars: 1024,
         currency: "EUR".into(),
         complaint_categories: vec!["billing".into(), "delivery".into()],
         cancellation_reasons: vec!["price".into()],

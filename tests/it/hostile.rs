@@ -153,6 +153,10 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
             }
             ("customer_pulse_lost_customers_total", "reason") => reasons.clone(),
             ("customer_pulse_renewals_total", "reason") => renewal.clone(),
+            ("customer_pulse_kafka_errors_total", "client") => owned(&["consumer", "producer"]),
+            ("customer_pulse_limits_reached_total", "limit") => {
+                owned(&["open_orders", "open_complaints", "dedup_ids"])
+            }
             ("customer_pulse_processing_latency_seconds_bucket", "le")
             | ("customer_pulse_commit_duration_seconds_bucket", "le") => Vec::new(),
             _ => panic!("{metric}: unexpected label {label}"),
@@ -178,6 +182,25 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
         }
     }
     assert!(checked > 0, "some labelled series exist: {metrics}");
+}
+
+/// The fuzz target's committed corpus (tests/fuzz/corpus/process), replayed by the test command
+/// as the target reads it, one record per line and a fresh processor per input: every input the
+/// fuzzer kept, and every crash it once found, stays settled.
+#[test]
+fn the_fuzz_corpus_is_applied_or_rejected_with_a_reason() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/process");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "a corpus of {} inputs", files.len());
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+        check(&lines);
+    }
 }
 
 proptest! {

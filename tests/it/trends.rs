@@ -263,3 +263,67 @@ fn a_topic_read_ahead_does_not_make_another_topics_complaints_late() {
     }
     assert!(hourly[24..].iter().all(|w| w["opened"] == 0));
 }
+
+/// A restarted processor knows how far each input partition got (the newest event time is
+/// stored with the offsets) and, with nothing left to read, still closes the windows the input
+/// already passed once its partitions go idle.
+#[test]
+fn after_a_restart_with_nothing_to_read_idle_partitions_still_close_the_windows() {
+    let store = Store::in_memory();
+    let on = |partition: i32, offset: i64, json: String| {
+        let mut record = file_record(offset, &json);
+        record.source_partition = partition;
+        record
+    };
+    let assigned = [("test".to_owned(), 0), ("test".to_owned(), 1)];
+    let mut first = Processor::new(store.clone(), settings(100));
+    first.assign(&assigned, NOW_MS);
+    // Partition 0 reaches four hours in; partition 1 only one: the slowest holds the watermark
+    // at one hour minus the hour of lateness, so no window closes yet.
+    let records: Vec<_> = (0..5)
+        .map(|h| on(0, h, complaint(h as usize, START + h * HOUR, "billing")))
+        .chain((0..2).map(|h| {
+            on(
+                1,
+                h,
+                complaint(10 + h as usize, START + h * HOUR, "billing"),
+            )
+        }))
+        .collect();
+    let report = first.process(&records, NOW_MS).unwrap();
+    assert!(
+        report.closed_windows.is_empty(),
+        "{:?}",
+        report.closed_windows
+    );
+    drop(first);
+
+    // Restarted: both partitions assigned again, nothing new on either. Once they have been
+    // idle for processing.idle_partition_seconds, the watermark is the newest any delivered
+    // (four hours in) minus the lateness, and the first three hours close.
+    let mut second = Processor::new(store.clone(), settings(100));
+    second.assign(&assigned, NOW_MS);
+    let idle = settings(100).idle_partition_ms;
+    let report = second
+        .advance(NOW_MS + idle + 1)
+        .unwrap()
+        .expect("the watermark moved");
+    let closed: Vec<i64> = report
+        .closed_windows
+        .iter()
+        .filter(|w| w.category == "billing")
+        .map(|w| (w.window_start - START) / HOUR)
+        .collect();
+    assert_eq!(closed, vec![0, 1, 2]);
+    let counts: Vec<u32> = report
+        .closed_windows
+        .iter()
+        .filter(|w| w.category == "billing")
+        .map(|w| w.opened)
+        .collect();
+    assert_eq!(
+        counts,
+        vec![2, 2, 1],
+        "both partitions' complaints, each once"
+    );
+}
