@@ -47,6 +47,11 @@ pub struct PulseContext {
 }
 
 impl ClientContext for PulseContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.telemetry.kafka_error("consumer");
+        tracing::warn!(error = %error, reason, "Kafka consumer error; librdkafka reconnects and retries.");
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
@@ -162,18 +167,28 @@ impl Input {
             telemetry,
             assignment: assignment.clone(),
         };
-        let consumer: StreamConsumer<PulseContext> =
-            client_config(&config.brokers, &config.kafka_security)
-                .set("group.id", &config.group_id)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "false")
-                .set("statistics.interval.ms", "5000")
-                .set(
-                    "session.timeout.ms",
-                    config.session_timeout.as_millis().to_string(),
-                )
-                .create_with_context(context)?;
+        let mut client = client_config(&config.brokers, &config.kafka_security);
+        if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
+            client.set("debug", debug);
+        }
+        let consumer: StreamConsumer<PulseContext> = client
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            // Three heartbeats per session, so a short session (a test's) stays valid.
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout.as_millis() / 3)
+                    .min(3_000)
+                    .to_string(),
+            )
+            .create_with_context(context)?;
         let streams = vec![
             (config.topics.interactions.clone(), Stream::Interactions),
             (config.topics.orders.clone(), Stream::Orders),
@@ -272,13 +287,31 @@ impl Input {
     }
 }
 
+/// Producer callbacks: client-level errors (a broker down, a refused connection) are logged and
+/// counted, as the consumer's are.
+pub struct SinkContext {
+    telemetry: Arc<Telemetry>,
+}
+
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.telemetry.kafka_error("producer");
+        tracing::warn!(error = %error, reason, "Kafka producer error; librdkafka reconnects and retries.");
+    }
+}
+
 /// The output side: an idempotent producer that acknowledges only what the brokers acknowledged.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: FutureProducer<SinkContext>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl KafkaSink {
-    pub fn connect(brokers: &str, security: &KafkaSecurity) -> anyhow::Result<KafkaSink> {
+    pub fn connect(
+        brokers: &str,
+        security: &KafkaSecurity,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<KafkaSink> {
         let producer = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -286,8 +319,13 @@ impl KafkaSink {
             .set("compression.type", "lz4")
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", "30000")
-            .create()?;
-        Ok(KafkaSink { producer })
+            .create_with_context(SinkContext {
+                telemetry: telemetry.clone(),
+            })?;
+        Ok(KafkaSink {
+            producer,
+            telemetry,
+        })
     }
 
     /// Which of `topics` the brokers do not know. Blocks for at most `timeout`.
@@ -332,6 +370,7 @@ impl Sink for KafkaSink {
             match result {
                 Ok(_) => acked.push(seq),
                 Err((e, _)) => {
+                    self.telemetry.delivery_failed();
                     tracing::warn!(seq, error = %e, "Output record not delivered; it stays in the outbox.");
                     break;
                 }

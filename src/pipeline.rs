@@ -145,6 +145,15 @@ pub fn fit(
 /// flush the outbox and return.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config)?;
+    run_on(config, store, shutdown).await
+}
+
+/// [`run`] on a store the caller opened (a test's store that can be made to refuse writes).
+pub async fn run_on(
+    config: Config,
+    store: Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let telemetry = Arc::new(Telemetry::new());
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
@@ -164,7 +173,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let input = Input::connect(&config, store.clone(), telemetry.clone())?;
-    let sink = KafkaSink::connect(&config.brokers, &config.kafka_security)?;
+    let sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
     warn_of_missing_outputs(&sink, &config);
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
@@ -255,6 +264,7 @@ async fn consume(
             continue;
         }
         let mut backoff = Duration::from_millis(100);
+        tracing::debug!(records = batch.len(), "Batch gathered.");
         loop {
             let started = Instant::now();
             let now = wall_clock_ms();

@@ -1,7 +1,8 @@
-//! Crash safety: the real binary, killed with SIGKILL mid-stream several times and restarted on the
-//! same state, ends with the same per-customer totals as the events say, and every output record
-//! arrived at least once, duplicates only under the same record_id with the same value. The last
-//! process stops on SIGTERM and exits 0.
+//! Crash safety: the real binary, under load, killed with SIGKILL at twenty random moments (during
+//! start or mid-stream) and restarted on the same state each time, ends with every customer's
+//! state equal to one uninterrupted pass over the same events, and every output record arrived at
+//! least once, duplicates only under the same record_id with the same value. The last process
+//! stops on SIGTERM and exits 0.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -13,8 +14,8 @@ use rdkafka::Message;
 
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
-    config_text, create_all_topics, header, metric_sum, read_last_risk_records, read_topic_until,
-    totals_via_http, traffic, wait_for,
+    config_text, create_all_topics, customer_state, header, read_last_risk_records,
+    read_topic_until, replayed_states, totals_via_http, traffic, wait_for,
 };
 use crate::support::expected_totals;
 
@@ -52,10 +53,29 @@ impl Drop for Job {
     }
 }
 
+/// A small deterministic generator for the kill moments; the seed is printed, and
+/// `PULSE_CRASH_SEED` replays a run's moments.
+struct Moments(u64);
+
+impl Moments {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn millis(&mut self, below: u64) -> Duration {
+        Duration::from_millis(self.next() % below)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
+async fn killed_twenty_times_at_random_moments_state_and_outputs_are_exact() {
     let broker = Broker::start();
     create_all_topics(&broker.address).await;
+    // 12,000 events a minute apart: the last is two days before now, none in the future.
     let events = traffic(12_000, 33);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -63,28 +83,52 @@ async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
         .replace("max_batch_events = 500", "max_batch_events = 100")
         .replace(
             "group_id = \"pulse-test\"",
-            "group_id = \"pulse-crash\"\nsession_timeout_milliseconds = 6000",
+            // A short session, so that the next incarnation is not kept waiting for its killed
+            // predecessor's to expire.
+            "group_id = \"pulse-crash\"\nsession_timeout_milliseconds = 1500",
         );
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, &text).unwrap();
     let topics = Config::parse(&text, Vec::new()).unwrap().topics;
-    publish(&broker.address, &topics, &events, None, 1)
-        .await
-        .unwrap();
+    let seed = std::env::var("PULSE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| customer_pulse::replay::wall_clock_ms() as u64 | 1);
+    eprintln!("crash test: kill moments from PULSE_CRASH_SEED={seed}");
+    let mut moments = Moments(seed);
 
-    for round in 0..4 {
+    // Load throughout: the events arrive at 250 a second (48 s in all) while the job is killed
+    // and restarted.
+    let publisher = {
+        let brokers = broker.address.clone();
+        let events = events.clone();
+        tokio::spawn(async move { publish(&brokers, &topics, &events, Some(250), 1).await })
+    };
+    let started = std::time::Instant::now();
+    for round in 0..20 {
         let job = Job::start(&config_path);
-        // Each incarnation gets somewhere before it dies: 1,000 events or more of its own.
-        let progressed = wait_for(Duration::from_secs(90), || {
-            metric_sum(port, "customer_pulse_events_total") >= 1_000.0
-        })
-        .await;
-        assert!(
-            progressed,
-            "round {round} processed 1,000 events within 90 s"
-        );
+        if moments.next() % 5 == 0 {
+            // During start: opening the store, joining the group, taking partitions.
+            tokio::time::sleep(moments.millis(400)).await;
+        } else {
+            // Mid-stream: a moment after this incarnation took its partitions.
+            let consuming = wait_for(Duration::from_secs(60), || {
+                crate::end_to_end::http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+            })
+            .await;
+            assert!(
+                consuming,
+                "round {round} took partitions within 60 s (seed {seed})"
+            );
+            tokio::time::sleep(moments.millis(1_500)).await;
+        }
         job.signal("-KILL");
+        eprintln!(
+            "crash test: round {round} killed at {:?}",
+            started.elapsed()
+        );
     }
+    publisher.await.unwrap().unwrap();
 
     let mut job = Job::start(&config_path);
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
@@ -99,6 +143,14 @@ async fn killed_four_times_mid_stream_the_totals_and_outputs_are_exact() {
         for (id, totals) in &expected {
             assert_eq!(totals_via_http(port, id).as_ref(), Some(totals), "{id}");
         }
+    }
+    // Each customer's whole state equals that of one uninterrupted pass over the same events.
+    for (id, replayed) in replayed_states(&values, customer_pulse::replay::wall_clock_ms()) {
+        let served = customer_state(port, &id).unwrap_or_else(|| panic!("{id} is known"));
+        assert_eq!(
+            served, replayed,
+            "{id}: the killed run equals the uninterrupted one (seed {seed})"
+        );
     }
 
     // Nothing lost: each customer's last churn-risk record is what the store last published.
@@ -181,7 +233,16 @@ async fn windows_arrived<const N: usize>(
         }
     }
     for w in &wanted {
-        assert!(records.contains_key(w), "{w} arrived");
+        let mut near: Vec<&String> = records
+            .keys()
+            .filter(|k| k.starts_with(&w[..w.len() - 10]))
+            .collect();
+        near.sort();
+        assert!(
+            records.contains_key(w),
+            "{w} arrived; the last of its kind: {:?}",
+            &near[near.len().saturating_sub(3)..]
+        );
     }
     records
 }

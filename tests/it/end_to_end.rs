@@ -239,6 +239,34 @@ pub fn customer_state(port: u16, id: &str) -> Option<serde_json::Value> {
     Some(state)
 }
 
+/// The reference run: every event folded from a file in one uninterrupted pass; each customer's
+/// state as JSON with the remembered ids sorted, as [`customer_state`] gives it.
+pub fn replayed_states(
+    values: &[serde_json::Value],
+    now: i64,
+) -> BTreeMap<String, serde_json::Value> {
+    let replayed = Store::in_memory();
+    let mut processor = Processor::new(
+        replayed.clone(),
+        crate::support::settings_with_partitions(1_000, PARTITIONS),
+    );
+    let records: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| file_record(i as i64, &v.to_string()))
+        .collect();
+    processor.process(&records, now).unwrap();
+    let mut by_id = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for state in replayed.customers(p, "", usize::MAX).unwrap() {
+            let mut json = serde_json::to_value(&state).unwrap();
+            sort_seen(&mut json);
+            by_id.insert(state.customer_id.clone(), json);
+        }
+    }
+    by_id
+}
+
 pub fn sort_seen(state: &mut serde_json::Value) {
     if let Some(seen) = state["seen"].as_array_mut() {
         seen.sort_by(|a, b| a["event_id"].as_str().cmp(&b["event_id"].as_str()));
@@ -313,25 +341,11 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
     // State through HTTP equals totals computed from the raw events, and a file replay.
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
     let expected = expected_totals(&values);
-    let replayed = Store::in_memory();
-    let mut processor = Processor::new(
-        replayed.clone(),
-        crate::support::settings_with_partitions(1_000, PARTITIONS),
-    );
-    let records: Vec<_> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| file_record(i as i64, &v.to_string()))
-        .collect();
-    processor.process(&records, now).unwrap();
-    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        for state in replayed.customers(p, "", usize::MAX).unwrap() {
-            let mut json = serde_json::to_value(&state).unwrap();
-            sort_seen(&mut json);
-            assert_eq!(totals_of(&state), expected[&state.customer_id]);
-            by_id.insert(state.customer_id.clone(), json);
-        }
+    let by_id = replayed_states(&values, now);
+    for (id, state) in &by_id {
+        let state: customer_pulse::fold::CustomerState =
+            serde_json::from_value(state.clone()).unwrap();
+        assert_eq!(totals_of(&state), expected[id]);
     }
     assert_eq!(by_id.len(), expected.len());
     for (id, from_replay) in &by_id {

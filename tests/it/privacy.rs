@@ -180,3 +180,96 @@ fn after_erasure_no_key_or_value_in_rocksdb_holds_the_customer_id() {
     let trends = store.trends().unwrap().unwrap();
     assert_eq!(trends.categories["billing"].open_backlog, 0);
 }
+
+/// The real binary at `RUST_LOG=info`, fed valid and malformed events that carry a marker in
+/// every place a payload can hold text, and configured with a secret token: its log holds neither
+/// the marker nor the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_holds_no_payload_and_no_secret() {
+    use customer_pulse::kafka::{publish_raw, RawMessage};
+    use std::process::{Command, Stdio};
+
+    const MARKER: &str = "PAYLOADMARKER7f3a";
+    const SECRET: &str = "SECRETTOKEN-0f9e8d7c6b5a";
+    let broker = crate::broker::Broker::start();
+    crate::end_to_end::create_all_topics(&broker.address).await;
+    let at = customer_pulse::event::format_millis(customer_pulse::replay::wall_clock_ms() - 60_000);
+    let message = |topic: &str, key: &str, payload: String| RawMessage {
+        topic: topic.into(),
+        key: Some(key.as_bytes().to_vec()),
+        payload: payload.into_bytes(),
+    };
+    let messages = vec![
+        message(
+            "customer.interactions",
+            "c-1",
+            format!(
+                r#"{{"event_id":"e-1","customer_id":"c-1","type":"subscription.cancelled","occurred_at":"{at}","reason":"{MARKER}"}}"#
+            ),
+        ),
+        message(
+            "customer.complaints",
+            "c-1",
+            format!(
+                r#"{{"event_id":"e-2","customer_id":"c-1","type":"complaint.opened","occurred_at":"{at}","complaint_id":"{MARKER}","category":"{MARKER}","severity":"low"}}"#
+            ),
+        ),
+        message("customer.orders", "c-2", format!("not json {MARKER}")),
+        message(
+            "customer.orders",
+            "c-2",
+            format!(
+                r#"{{"event_id":"e-3","customer_id":"c-2","type":"{MARKER}","occurred_at":"{at}"}}"#
+            ),
+        ),
+        message(
+            "customer.orders",
+            "c-3",
+            format!(
+                r#"{{"event_id":"e-4","customer_id":"{MARKER}","type":"order.placed","occurred_at":"{at}","order_id":"o","amount_minor":1,"margin_minor":0}}"#
+            ),
+        ),
+        message(
+            "customer.orders",
+            "c-3",
+            format!(
+                r#"{{"event_id":"e-5","customer_id":"c-3","type":"order.placed","occurred_at":"{at}","order_id":"o","amount_minor":"{MARKER}","margin_minor":0}}"#
+            ),
+        ),
+    ];
+    publish_raw(&broker.address, &messages, 1).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = crate::end_to_end::config_text(&broker.address, &dir.path().join("state"), port)
+        .replace(TOKEN, SECRET)
+        .replace("group_id = \"pulse-test\"", "group_id = \"pulse-logs\"");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let processed = crate::end_to_end::wait_for(std::time::Duration::from_secs(60), || {
+        crate::end_to_end::metric_sum(port, "customer_pulse_events_total") >= 6.0
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(processed, "all six events were taken in:\n{log}");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("Consuming."), "the log is the job's:\n{log}");
+    assert!(!log.contains(MARKER), "a payload reached the log:\n{log}");
+    assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
+}

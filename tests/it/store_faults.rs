@@ -11,9 +11,19 @@ use customer_pulse::store::{Backend, Entries, Op, RocksBackend, Store, StoreErro
 use crate::catalogue::NOW_MS;
 use crate::support::{file_record, settings};
 
-struct Refusing {
+/// Real RocksDB in `dir` that refuses every write while `refuse` is set.
+pub struct Refusing {
     inner: RocksBackend,
-    refuse: AtomicBool,
+    pub refuse: AtomicBool,
+}
+
+impl Refusing {
+    pub fn open(dir: &std::path::Path) -> Arc<Refusing> {
+        Arc::new(Refusing {
+            inner: RocksBackend::open(dir, 8 << 20).unwrap(),
+            refuse: AtomicBool::new(false),
+        })
+    }
 }
 
 impl Backend for Refusing {
@@ -48,10 +58,7 @@ impl Backend for Refusing {
 #[test]
 fn a_refused_commit_stores_nothing_and_the_retry_applies_once() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(Refusing {
-        inner: RocksBackend::open(dir.path(), 8 << 20).unwrap(),
-        refuse: AtomicBool::new(false),
-    });
+    let backend = Refusing::open(dir.path());
     let store = Store::open(backend.clone()).unwrap();
     let mut processor = Processor::new(store.clone(), settings(100));
     let order = |n: i64| {

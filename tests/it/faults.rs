@@ -1,0 +1,309 @@
+//! Faults end to end, the job running in this process against librdkafka's in-process mock
+//! cluster: broker errors on produce, fetch and offset commit, the broker down and up again, a
+//! slow broker; and a store that refuses writes as a full disk does. The job waits or retries,
+//! says so in its metrics, and loses nothing: every customer's state equals an uninterrupted
+//! file replay of the same events.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use customer_pulse::config::Config;
+use customer_pulse::kafka::publish;
+use customer_pulse::replay::wall_clock_ms;
+use customer_pulse::store::Store;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::free_port;
+use crate::end_to_end::{
+    config_text, customer_state, http_get, metric_sum, read_last_risk_records, replayed_states,
+    traffic, wait_for, PARTITIONS,
+};
+use crate::store_faults::Refusing;
+
+const INPUTS: [&str; 3] = [
+    "customer.interactions",
+    "customer.orders",
+    "customer.complaints",
+];
+
+/// A mock cluster of one broker with every topic of the contract.
+fn cluster() -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in INPUTS {
+        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    }
+    for topic in [
+        "customer.churn-risk",
+        "customer.complaint-trends",
+        "customer.segment-metrics",
+    ] {
+        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
+    }
+    cluster.create_topic("customer.events.dlq", 1, 1).unwrap();
+    cluster
+}
+
+struct Job {
+    port: u16,
+    brokers: String,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+impl Job {
+    /// Starts the job on `store` (or on RocksDB at the configured path when `None`).
+    fn start(brokers: &str, group: &str, dir: tempfile::TempDir, store: Option<Store>) -> Job {
+        let port = free_port();
+        let text = config_text(brokers, &dir.path().join("state"), port).replace(
+            "group_id = \"pulse-test\"",
+            &format!("group_id = \"{group}\""),
+        );
+        let config = Config::parse(&text, Vec::new()).unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = match store {
+            Some(store) => tokio::spawn(customer_pulse::pipeline::run_on(
+                config.clone(),
+                store,
+                shutdown.clone(),
+            )),
+            None => tokio::spawn(customer_pulse::pipeline::run(
+                config.clone(),
+                shutdown.clone(),
+            )),
+        };
+        Job {
+            port,
+            brokers: brokers.to_owned(),
+            shutdown,
+            handle,
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn processed(&self) -> usize {
+        metric_sum(self.port, "customer_pulse_events_total") as usize
+    }
+
+    async fn wait_processed(&self, count: usize, what: &str) {
+        let done = wait_for(Duration::from_secs(90), || self.processed() >= count).await;
+        assert!(
+            done,
+            "{what}: {} of {count} processed in 90 s",
+            self.processed()
+        );
+        assert_eq!(self.processed(), count, "{what}: nothing counted twice");
+    }
+
+    fn ready(&self) -> Option<u16> {
+        http_get(self.port, "/readyz").map(|(status, _)| status)
+    }
+
+    async fn publish(&self, events: &[customer_pulse::generate::Generated]) {
+        publish(&self.brokers, &self.config.topics, events, None, 1)
+            .await
+            .unwrap();
+    }
+
+    /// Every customer's state through HTTP equals the uninterrupted replay's, and each
+    /// customer's last churn-risk record arrived on the topic.
+    async fn assert_state_equals_replay(&self, values: &[serde_json::Value]) {
+        let replayed = replayed_states(values, wall_clock_ms());
+        let served: BTreeMap<String, serde_json::Value> = replayed
+            .keys()
+            .map(|id| {
+                let state = customer_state(self.port, id).unwrap_or_else(|| panic!("{id} known"));
+                (id.clone(), state)
+            })
+            .collect();
+        for (id, state) in &replayed {
+            assert_eq!(
+                &served[id], state,
+                "{id}: the faulted run equals the replay"
+            );
+        }
+        let customers: Vec<String> = replayed.keys().cloned().collect();
+        read_last_risk_records(&self.brokers, self.port, &customers).await;
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the job stops within 60 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_faults_delay_the_job_but_lose_nothing() {
+    let cluster = cluster();
+    let job = Job::start(
+        &cluster.bootstrap_servers(),
+        "pulse-faults",
+        tempfile::tempdir().unwrap(),
+        None,
+    );
+    let events = traffic(3_000, 41);
+    let chunks: Vec<_> = events.chunks(600).collect();
+    use RDKafkaRespErr::*;
+
+    job.publish(chunks[0]).await;
+    job.wait_processed(600, "before any fault").await;
+
+    // Produce requests fail (the job's outputs): the idempotent producer retries them.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 8],
+    );
+    job.publish(chunks[1]).await;
+    job.wait_processed(1_200, "produce errors").await;
+
+    // Fetch and offset-commit requests fail: the consumer refetches; the offsets stored with the
+    // state stay authoritative.
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 8],
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 8],
+    );
+    job.publish(chunks[2]).await;
+    job.wait_processed(1_800, "fetch and commit errors").await;
+
+    // The broker goes down for three seconds with records waiting, then comes back.
+    job.publish(chunks[3]).await;
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let errors = metric_sum(job.port, "customer_pulse_kafka_errors_total");
+    cluster.broker_up(1).unwrap();
+    assert!(
+        errors > 0.0,
+        "the broker being down is reported in the metrics"
+    );
+    job.wait_processed(2_400, "broker down and up").await;
+
+    // A slow broker: 200 ms on every request.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(200))
+        .unwrap();
+    job.publish(chunks[4]).await;
+    job.wait_processed(3_000, "a slow broker").await;
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+
+    let backlog_empty = wait_for(Duration::from_secs(60), || {
+        metric_sum(job.port, "customer_pulse_outbox_backlog_records") == 0.0
+    })
+    .await;
+    assert!(backlog_empty, "every output was acknowledged in the end");
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    job.assert_state_equals_replay(&values).await;
+    job.stop().await;
+}
+
+/// The next offsets the consumer group committed to Kafka, by input partition.
+fn committed_in_kafka(brokers: &str, group: &str) -> BTreeMap<(String, i32), i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for topic in INPUTS {
+        for p in 0..PARTITIONS {
+            tpl.add_partition(topic, p);
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stored_offsets(store: &Store) -> BTreeMap<(String, i32), i64> {
+    INPUTS
+        .iter()
+        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p)))
+        .filter_map(|(topic, p)| Some(((topic.clone(), p), store.offset(&topic, p).unwrap()?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_the_job_readyz_says_503_and_it_resumes_when_space_returns() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Refusing::open(&dir.path().join("state"));
+    let store = Store::open(backend.clone()).unwrap();
+    let job = Job::start(&brokers, "pulse-disk", dir, Some(store.clone()));
+    let events = traffic(1_200, 43);
+
+    job.publish(&events[..600]).await;
+    job.wait_processed(600, "before the disk fills").await;
+    assert!(
+        wait_for(Duration::from_secs(10), || job.ready() == Some(200)).await,
+        "ready while writes succeed"
+    );
+
+    // The disk is full: every write is refused.
+    backend.refuse.store(true, Ordering::SeqCst);
+    let stored = stored_offsets(&store);
+    job.publish(&events[600..]).await;
+    let paused = wait_for(Duration::from_secs(30), || {
+        metric_sum(job.port, "customer_pulse_commit_failures_total") >= 2.0
+            && job.ready() == Some(503)
+    })
+    .await;
+    assert!(
+        paused,
+        "the failed commits are counted and /readyz says 503"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        job.ready(),
+        Some(503),
+        "still not ready while the disk is full"
+    );
+    assert_eq!(
+        job.processed(),
+        600,
+        "nothing of the refused batches counts"
+    );
+    assert_eq!(stored_offsets(&store), stored, "no stored offset moved");
+    for (partition, committed) in committed_in_kafka(&brokers, "pulse-disk") {
+        let at = stored.get(&partition).copied().unwrap_or(0);
+        assert!(
+            committed <= at,
+            "{partition:?}: Kafka's committed offset {committed} is not past the state's {at}"
+        );
+    }
+
+    // Space returns: the job resumes on its own and applies every event exactly once.
+    backend.refuse.store(false, Ordering::SeqCst);
+    job.wait_processed(1_200, "after space returned").await;
+    assert!(
+        wait_for(Duration::from_secs(10), || job.ready() == Some(200)).await,
+        "ready again"
+    );
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    job.assert_state_equals_replay(&values).await;
+    job.stop().await;
+}
