@@ -107,7 +107,7 @@ async fn killed_twenty_times_at_random_moments_state_and_outputs_are_exact() {
     let started = std::time::Instant::now();
     for round in 0..20 {
         let job = Job::start(&config_path);
-        if moments.next() % 5 == 0 {
+        if moments.next().is_multiple_of(5) {
             // During start: opening the store, joining the group, taking partitions.
             tokio::time::sleep(moments.millis(400)).await;
         } else {
