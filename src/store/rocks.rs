@@ -23,6 +23,10 @@ impl RocksBackend {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes));
         table.set_bloom_filter(10.0, false);
+        // Index and filter blocks live in the block cache too, so that its cap bounds them: with
+        // tens of millions of customers they would otherwise grow with the data.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         options.set_block_based_table_factory(&table);
         let db = DB::open(&options, path).map_err(backend_error)?;
         Ok(RocksBackend { db })

@@ -1,0 +1,144 @@
+//! Resident memory with many customers in state (issue 4): the processor, with the default
+//! configuration (`state.cache_customers` 100,000, `state.block_cache_bytes` 64 MiB), folds one
+//! order for each of CUSTOMERS distinct customers (10 million by default) and every tenth of
+//! them a complaint too, into RocksDB in a temporary directory, committing batches of
+//! `processing.max_batch_events` and acknowledging the outbox as a producer would. It prints the
+//! resident set (VmRSS) and its peak (VmHWM) as the customers grow, and the state size on disk.
+//!
+//! `cargo bench --bench memory` (CUSTOMERS=10000000; set CUSTOMERS to change it). Under
+//! `cargo test` it runs once with 20,000 customers, so the harness itself stays tested.
+
+use std::time::Instant;
+
+use customer_pulse::config::Config;
+use customer_pulse::event::format_millis;
+use customer_pulse::processor::{InputRecord, Processor};
+
+/// `VmRSS` and `VmHWM` of this process, in MiB.
+fn resident_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn record(offset: i64, payload: String) -> InputRecord {
+    InputRecord {
+        source: "bench".into(),
+        source_partition: 0,
+        offset,
+        stream: None,
+        state_partition: None,
+        key: None,
+        payload: payload.into_bytes(),
+        append_time_ms: None,
+    }
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let customers: u64 = if benchmarking {
+        std::env::var("CUSTOMERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000_000)
+    } else {
+        20_000
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = format!(
+        "[kafka]\nbrokers = \"unused\"\n[state]\npath = \"{}\"\n",
+        dir.path().join("state").display()
+    );
+    let config = Config::parse(&text, Vec::new()).expect("config");
+    let store = customer_pulse::pipeline::open_store(&config).expect("store");
+    let mut processor = Processor::new(
+        store.clone(),
+        customer_pulse::pipeline::processor_settings(&config),
+    );
+    let batch_size = config.max_batch_events;
+    // Event times spread over 30 days ending an hour ago; the clock is now.
+    let now = customer_pulse::replay::wall_clock_ms();
+    let start = now - 30 * 86_400_000;
+    let step = (30 * 86_400_000 / customers as i64).max(1);
+
+    println!(
+        "{} customers, cache_customers {}, block_cache_bytes {}, batches of {batch_size}",
+        customers, config.cache_customers, config.block_cache_bytes
+    );
+    println!(
+        "{:>12} {:>10} {:>12} {:>12} {:>14}",
+        "customers", "events", "rss MiB", "peak MiB", "state MiB"
+    );
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut offset = 0i64;
+    let report_every = (customers / 10).max(1);
+    for i in 0..customers {
+        let at = format_millis(start + i as i64 * step);
+        let id = format!("c-{i:09}");
+        batch.push(record(
+            offset,
+            format!(
+                r#"{{"event_id":"o-{i}","customer_id":"{id}","type":"order.placed","occurred_at":"{at}","order_id":"{i}","amount_minor":{},"margin_minor":{},"currency":"EUR","channel":"web"}}"#,
+                1_000 + i % 9_000,
+                200 + i % 1_500
+            ),
+        ));
+        offset += 1;
+        if i % 10 == 0 {
+            batch.push(record(
+                offset,
+                format!(
+                    r#"{{"event_id":"k-{i}","customer_id":"{id}","type":"complaint.opened","occurred_at":"{at}","complaint_id":"k-{i}","category":"delivery","severity":"medium"}}"#
+                ),
+            ));
+            offset += 1;
+        }
+        if batch.len() >= batch_size || i + 1 == customers {
+            processor.process(&batch, now).expect("commit");
+            batch.clear();
+            // What a producer would do: acknowledge what was published.
+            loop {
+                let pending = store.outbox(10_000).expect("outbox");
+                if pending.is_empty() {
+                    break;
+                }
+                let seqs: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
+                store.acknowledge(&seqs).expect("acknowledge");
+            }
+        }
+        if (i + 1) % report_every == 0 {
+            let (rss, peak) = resident_mib();
+            println!(
+                "{:>12} {:>10} {:>12.0} {:>12.0} {:>14.0}",
+                i + 1,
+                offset,
+                rss,
+                peak,
+                store.size_bytes() as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    let (rss, peak) = resident_mib();
+    println!(
+        "done in {:.0} s ({:.0} events/s); resident {rss:.0} MiB, peak {peak:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        offset as f64 / started.elapsed().as_secs_f64()
+    );
+    assert!(
+        store
+            .customer(
+                customer_pulse::processor::partition_for(b"c-000000000", config.partitions),
+                "c-000000000"
+            )
+            .expect("read")
+            .is_some(),
+        "the first customer is in state"
+    );
+}
