@@ -176,9 +176,17 @@ fn after_erasure_no_key_or_value_in_rocksdb_holds_the_customer_id() {
             String::from_utf8_lossy(key)
         );
     }
-    // The complaint left the open backlog with the customer.
+    // The complaint left the open backlog with the customer, and the customer left the
+    // population: zed alone is counted from now on (no future aggregate counts the erased).
     let trends = store.trends().unwrap().unwrap();
     assert_eq!(trends.categories["billing"].open_backlog, 0);
+    let segments = store.segments().unwrap().unwrap();
+    let counted: i64 = segments
+        .population
+        .values()
+        .map(|p| p.by_lifecycle.iter().sum::<i64>())
+        .sum();
+    assert_eq!(counted, 1, "{:?}", segments.population);
 }
 
 /// The real binary at `RUST_LOG=info`, fed valid and malformed events that carry a marker in
