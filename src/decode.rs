@@ -290,8 +290,8 @@ fn missing(field: &str) -> Rejection {
     reject(Reason::MissingField, format!("field `{field}` is required"))
 }
 
-/// Typed access to the fields of one JSON object, each failure naming its field.
-/// The event's fields, read with the configured length bounds.
+/// Typed access to the fields of one JSON object, each failure naming its field; identifiers
+/// and texts are held to the configured lengths.
 struct Fields<'a> {
     obj: &'a Map<String, Value>,
     max_id_chars: usize,

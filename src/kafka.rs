@@ -48,8 +48,7 @@ pub struct PulseContext {
 
 impl ClientContext for PulseContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.telemetry.kafka_error("consumer");
-        tracing::warn!(error = %error, reason, "Kafka consumer error; librdkafka reconnects and retries.");
+        client_error(&self.telemetry, "consumer", &error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -295,9 +294,15 @@ pub struct SinkContext {
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.telemetry.kafka_error("producer");
-        tracing::warn!(error = %error, reason, "Kafka producer error; librdkafka reconnects and retries.");
+        client_error(&self.telemetry, "producer", &error, reason);
     }
+}
+
+/// A client-level error librdkafka reported (it reconnects and retries by itself): counted and
+/// logged, for the consumer and the producer alike.
+fn client_error(telemetry: &Telemetry, client: &'static str, error: &KafkaError, reason: &str) {
+    telemetry.kafka_error(client);
+    tracing::warn!(client, error = %error, reason, "Kafka client error; librdkafka reconnects and retries.");
 }
 
 /// The output side: an idempotent producer that acknowledges only what the brokers acknowledged.

@@ -98,18 +98,12 @@ fn the_image_runs_as_a_non_root_user_and_the_probes_exist() {
     assert!(statefulset.contains("prometheus.io/scrape: \"true\""));
 }
 
-/// Runs a validator from `deploy/`; tests/run.sh installs both tools.
+/// Runs a validator in `deploy/`.
 fn validates(program: &str, args: &[&str]) {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"))
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs (tests/run.sh installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::tool_succeeds(
+        program,
+        args,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"),
     );
 }
 

@@ -5,11 +5,10 @@
 use customer_pulse::config::Config;
 use customer_pulse::decode::{decode, Reason, Rules};
 use customer_pulse::fold::FoldLimits;
-use customer_pulse::processor::{partition_for, Processor};
-use customer_pulse::store::Store;
+use customer_pulse::processor::partition_for;
 
 use crate::catalogue::{rules, NOW_MS};
-use crate::support::{file_record, settings};
+use crate::support::{run_batches, settings};
 
 const AT: &str = "2026-05-01T10:00:00Z";
 
@@ -92,28 +91,11 @@ fn fold(
     customer_pulse::fold::CustomerState,
     Vec<customer_pulse::processor::BatchReport>,
 ) {
-    let store = Store::in_memory();
-    let mut processor = Processor::new(
-        store.clone(),
-        customer_pulse::processor::ProcessorSettings {
-            limits,
-            ..settings(100)
-        },
-    );
-    let mut offset = 0;
-    let reports = batches
-        .iter()
-        .map(|batch| {
-            let records: Vec<_> = batch
-                .iter()
-                .map(|json| {
-                    offset += 1;
-                    file_record(offset, json)
-                })
-                .collect();
-            processor.process(&records, NOW_MS).unwrap()
-        })
-        .collect();
+    let settings = customer_pulse::processor::ProcessorSettings {
+        limits,
+        ..settings(100)
+    };
+    let (store, reports) = run_batches(settings, batches);
     let state = store
         .customer(partition_for(b"c-1", 4), "c-1")
         .unwrap()
@@ -145,7 +127,7 @@ fn open_complaints_past_the_bound_count_but_are_not_kept_open() {
             )
         })
         .collect();
-    let (state, reports) = fold(LIMITS, &[opened]);
+    let (state, reports) = fold(LIMITS, std::slice::from_ref(&opened));
     assert_eq!(state.complaints_opened, 5, "every complaint counts");
     assert_eq!(state.open_complaints.len(), 3, "three are kept open");
     assert_eq!(reached(&reports, "open_complaints"), 2);
@@ -159,15 +141,6 @@ fn open_complaints_past_the_bound_count_but_are_not_kept_open() {
             r#""complaint_id":"k-9","category":"billing","severity":"low""#,
         ),
     ];
-    let opened: Vec<String> = (0..5)
-        .map(|i| {
-            ev(
-                i,
-                "complaint.opened",
-                &format!(r#""complaint_id":"k-{i}","category":"billing","severity":"low""#),
-            )
-        })
-        .collect();
     let (state, reports) = fold(LIMITS, &[opened, more]);
     assert_eq!(state.open_complaints.len(), 3);
     assert!(state

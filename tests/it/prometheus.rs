@@ -14,18 +14,9 @@ fn deploy(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// promtool is Debian's prometheus package.
 fn promtool(args: &[&str]) {
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(deploy("prometheus"))
-        .output()
-        .expect("promtool runs (Debian's prometheus package; tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "promtool {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::tool_succeeds("promtool", args, &deploy("prometheus"));
 }
 
 #[test]

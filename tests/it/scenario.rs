@@ -7,7 +7,7 @@ use customer_pulse::store::{OutboxRecord, Store};
 use proptest::prelude::*;
 
 use crate::catalogue::NOW_MS;
-use crate::support::{expected_totals, file_record, settings, totals_of};
+use crate::support::{expected_totals, file_record, run_batches, settings, totals_of};
 
 fn ev(id: &str, customer: &str, kind: &str, at: &str, fields: &str) -> String {
     let sep = if fields.is_empty() { "" } else { "," };
@@ -19,19 +19,7 @@ fn ev(id: &str, customer: &str, kind: &str, at: &str, fields: &str) -> String {
 /// Runs `events` through a fresh processor, one batch per inner slice, and returns the customer's
 /// state and every output record.
 fn check(batches: &[&[String]], customer: &str) -> (Option<CustomerState>, Vec<OutboxRecord>) {
-    let store = Store::in_memory();
-    let mut processor = Processor::new(store.clone(), settings(100));
-    let mut offset = 0;
-    for batch in batches {
-        let records: Vec<_> = batch
-            .iter()
-            .map(|json| {
-                offset += 1;
-                file_record(offset, json)
-            })
-            .collect();
-        processor.process(&records, NOW_MS).unwrap();
-    }
+    let (store, _) = run_batches(settings(100), batches);
     let partition = partition_for(customer.as_bytes(), 4);
     let state = store.customer(partition, customer).unwrap();
     let outputs = store

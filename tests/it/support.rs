@@ -99,3 +99,50 @@ pub fn totals_of(state: &customer_pulse::fold::CustomerState) -> Totals {
         contacts: state.contacts,
     }
 }
+
+/// Runs an external tool in `dir` and asserts it succeeded, showing its output otherwise;
+/// tests/run.sh installs the tools the tests use.
+pub fn tool_succeeds(program: &str, args: &[&str], dir: &std::path::Path) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs (tests/run.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs each inner slice of events through one fresh processor over the memory store as one
+/// batch, offsets counting from 1; returns the store and each batch's report.
+pub fn run_batches<B: AsRef<[String]>>(
+    settings: ProcessorSettings,
+    batches: &[B],
+) -> (
+    customer_pulse::store::Store,
+    Vec<customer_pulse::processor::BatchReport>,
+) {
+    let store = customer_pulse::store::Store::in_memory();
+    let mut processor = customer_pulse::processor::Processor::new(store.clone(), settings);
+    let mut offset = 0;
+    let reports = batches
+        .iter()
+        .map(|batch| {
+            let records: Vec<_> = batch
+                .as_ref()
+                .iter()
+                .map(|json| {
+                    offset += 1;
+                    file_record(offset, json)
+                })
+                .collect();
+            processor
+                .process(&records, crate::catalogue::NOW_MS)
+                .unwrap()
+        })
+        .collect();
+    (store, reports)
+}
