@@ -90,6 +90,44 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
 }
 
 #[test]
+fn the_outbox_never_skips_a_record_left_unacknowledged() {
+    for (name, store, _dir) in backends() {
+        let commit = |n: u8| {
+            store
+                .commit(&Commit {
+                    outbox: (0..n).map(|i| record("t", i)).collect(),
+                    ..Commit::default()
+                })
+                .unwrap()
+        };
+        let seqs = |limit| -> Vec<u64> {
+            store
+                .outbox(limit)
+                .unwrap()
+                .iter()
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        commit(4);
+        assert_eq!(seqs(2), vec![0, 1], "{name}");
+        // The sink took 1 but not 0: 0 is still the oldest pending record.
+        store.acknowledge(&[1]).unwrap();
+        assert_eq!(seqs(10), vec![0, 2, 3], "{name}");
+        store.acknowledge(&[0, 2, 3]).unwrap();
+        assert_eq!(seqs(10), Vec::<u64>::new(), "{name}: all delivered");
+        commit(2);
+        assert_eq!(
+            seqs(10),
+            vec![4, 5],
+            "{name}: later records after an empty outbox"
+        );
+        store.acknowledge(&[5]).unwrap();
+        commit(1);
+        assert_eq!(seqs(10), vec![4, 6], "{name}");
+    }
+}
+
+#[test]
 fn deleting_a_customer_removes_it() {
     for (name, store, _dir) in backends() {
         let put = Commit {

@@ -11,7 +11,7 @@ mod memory;
 mod rocks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -231,6 +231,14 @@ fn outbox_seq(key: &[u8]) -> Option<u64> {
 pub struct Store {
     backend: Arc<dyn Backend>,
     next_outbox_seq: Arc<AtomicU64>,
+    /// Held while a commit takes outbox sequence numbers and writes them, so that commits land
+    /// in sequence order: once a record is stored, every smaller number is stored or was never
+    /// written.
+    commit_lock: Arc<Mutex<()>>,
+    /// No pending outbox record has a smaller sequence number. Outbox scans start here rather
+    /// than at the first key, which would step over the tombstone of every record acknowledged
+    /// since the last compaction: with a busy outbox, millions of them.
+    outbox_floor: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -242,6 +250,8 @@ impl Store {
         Ok(Store {
             backend,
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
+            commit_lock: Arc::new(Mutex::new(())),
+            outbox_floor: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -496,6 +506,7 @@ impl Store {
                 newest.to_be_bytes().to_vec(),
             ));
         }
+        let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let first = self
             .next_outbox_seq
             .fetch_add(commit.outbox.len() as u64, Ordering::SeqCst);
@@ -510,8 +521,20 @@ impl Store {
 
     /// Up to `limit` pending outbox records, oldest first, with their sequence numbers.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
-        self.backend
-            .scan(&[OUTBOX], &[OUTBOX], None, limit)?
+        // Every number below `settled` is stored or never will be: no commit is in flight.
+        let settled = {
+            let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.next_outbox_seq.load(Ordering::SeqCst)
+        };
+        let floor = self.outbox_floor.load(Ordering::SeqCst);
+        let entries = self
+            .backend
+            .scan(&[OUTBOX], &outbox_key(floor), None, limit)?;
+        // Nothing pending lies below the first record found, or below `settled` when none was.
+        let first = entries.first().and_then(|(key, _)| outbox_seq(key));
+        self.outbox_floor
+            .fetch_max(first.unwrap_or(settled), Ordering::SeqCst);
+        entries
             .into_iter()
             .map(|(key, bytes)| {
                 let seq = outbox_seq(&key).ok_or_else(|| StoreError::Corrupt {
