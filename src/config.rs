@@ -591,6 +591,7 @@ pub struct RawTopics {
     pub complaint_trends: String,
     pub segment_metrics: String,
     pub dead_letter: String,
+    pub changelog: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -622,6 +623,14 @@ pub struct RawState {
     pub cache_customers: usize,
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: usize,
+    /// Mirror every customer write to `topics.changelog`, so that another instance (or this
+    /// one, after losing its disk) can restore the state.
+    #[serde(default = "default_true")]
+    pub changelog: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -676,6 +685,7 @@ impl Default for RawTopics {
             complaint_trends: "customer.complaint-trends".into(),
             segment_metrics: "customer.segment-metrics".into(),
             dead_letter: "customer.events.dlq".into(),
+            changelog: "customer-pulse.customers-changelog".into(),
         }
     }
 }
@@ -838,6 +848,8 @@ pub struct Config {
     pub state_path: PathBuf,
     pub cache_customers: usize,
     pub block_cache_bytes: usize,
+    /// Whether customer writes are mirrored to `topics.changelog` (`state.changelog`).
+    pub changelog: bool,
     pub max_batch_events: usize,
     pub max_batch_wait: std::time::Duration,
     pub shutdown_flush: std::time::Duration,
@@ -860,6 +872,8 @@ pub struct Topics {
     pub complaint_trends: String,
     pub segment_metrics: String,
     pub dead_letter: String,
+    /// The compacted changelog of the customer state, partitioned like the input.
+    pub changelog: String,
 }
 
 impl Config {
@@ -950,6 +964,7 @@ impl RawConfig {
             ("topics.complaint_trends", &t.complaint_trends),
             ("topics.segment_metrics", &t.segment_metrics),
             ("topics.dead_letter", &t.dead_letter),
+            ("topics.changelog", &t.changelog),
         ] {
             check(
                 !name.is_empty()
@@ -1156,7 +1171,9 @@ impl RawConfig {
                 complaint_trends: self.topics.complaint_trends,
                 segment_metrics: self.topics.segment_metrics,
                 dead_letter: self.topics.dead_letter,
+                changelog: self.topics.changelog,
             },
+            changelog: self.state.changelog,
             state_path: self.state.path,
             cache_customers: self.state.cache_customers,
             block_cache_bytes: self.state.block_cache_bytes,

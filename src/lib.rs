@@ -2,7 +2,8 @@
 //!
 //! The data path, in module order: `decode` bytes into typed `event`s, `fold` them into
 //! per-customer state, `processor` batches the fold into one atomic commit of the `store`,
-//! `kafka` and `replay` are the sources and sinks around it, `telemetry` observes, `http` serves.
+//! `kafka` and `replay` are the sources and sinks around it, `restore` rebuilds a partition from
+//! the store's changelog, `telemetry` observes, `http` serves.
 //! `config` turns what the user wrote into a validated configuration; `pipeline` wires the parts.
 //! The analytics beside the fold: `risk` (with the models of `churn` and `fit`), `trends`,
 //! `segments` and `rfm`; `demo` runs the whole job against an embedded broker.
@@ -21,6 +22,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod processor;
 pub mod replay;
+pub mod restore;
 pub mod rfm;
 pub mod risk;
 pub mod segments;

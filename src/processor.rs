@@ -444,6 +444,7 @@ impl Processor {
                 key: Some(window.category.clone().into_bytes()),
                 value: Some(window.record(&id)),
                 headers: vec![("record_id".into(), id.into_bytes())],
+                partition: None,
             });
         }
         report.closed_windows.extend(windows);
@@ -533,6 +534,7 @@ impl Processor {
                 key: Some(day.segment.clone().into_bytes()),
                 value: Some(day.record(&id)),
                 headers: vec![("record_id".into(), id.into_bytes())],
+                partition: None,
             });
         }
         aggregates.dirty = true;
@@ -836,6 +838,7 @@ impl Processor {
                 key: Some(event.customer_id.clone().into_bytes()),
                 value: None,
                 headers: vec![("record_id".into(), record_id.into_bytes())],
+                partition: None,
             });
         } else {
             let as_of = customer.risk.as_of(&customer.state);
@@ -890,6 +893,7 @@ impl Processor {
                 ),
                 ("record_id".into(), record_id.as_bytes().to_vec()),
             ],
+            partition: None,
         }
     }
 }
@@ -969,6 +973,7 @@ fn reassess(
         key: Some(id.clone().into_bytes()),
         value: Some(complete.record(id, record_id, caused_by, rfm.as_ref())),
         headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
+        partition: None,
     });
 }
 

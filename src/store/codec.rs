@@ -8,7 +8,7 @@ use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
-use super::{Customer, OutboxRecord};
+use super::{Customer, OutboxRecord, Position};
 
 /// Version 1: the folded state alone.
 const CUSTOMER_V1: u8 = 1;
@@ -22,7 +22,10 @@ const CUSTOMER_V3: u8 = 3;
 /// revenue). A customer read from an earlier version has none until its next order.
 const CUSTOMER_V4: u8 = 4;
 const OUTBOX_V1: u8 = 1;
+/// Version 2: a V1 body, then the partition the record must go to (the changelog's), if any.
+const OUTBOX_V2: u8 = 2;
 const TRENDS_V1: u8 = 1;
+const POSITION_V1: u8 = 1;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -116,12 +119,38 @@ pub fn decode_trends(bytes: &[u8]) -> Result<Trends, String> {
     decode(TRENDS_V1, bytes)
 }
 
+/// The layout of outbox records version 1.
+#[derive(serde::Deserialize)]
+struct OutboxV1 {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
 pub fn encode_outbox(record: &OutboxRecord) -> Vec<u8> {
-    encode(OUTBOX_V1, record)
+    encode(OUTBOX_V2, record)
 }
 
 pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxRecord, String> {
-    decode(OUTBOX_V1, bytes)
+    match bytes.first() {
+        Some(&OUTBOX_V1) => decode::<OutboxV1>(OUTBOX_V1, bytes).map(|r| OutboxRecord {
+            topic: r.topic,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            partition: None,
+        }),
+        _ => decode(OUTBOX_V2, bytes),
+    }
+}
+
+pub fn encode_position(position: &Position) -> Vec<u8> {
+    encode(POSITION_V1, position)
+}
+
+pub fn decode_position(bytes: &[u8]) -> Result<Position, String> {
+    decode(POSITION_V1, bytes)
 }
 
 fn encode<T: serde::Serialize>(version: u8, value: &T) -> Vec<u8> {
@@ -318,6 +347,25 @@ mod tests {
         assert_eq!(decode_segments(&v1), Ok(segments.clone()));
         segments.active_at_close = Some(3);
         assert_eq!(decode_segments(&encode_segments(&segments)), Ok(segments));
+    }
+
+    #[test]
+    fn outbox_version_one_is_still_read_and_version_two_adds_the_partition() {
+        // By hand from the postcard spec: version, "t" (length-prefixed), Some([1]), None, no
+        // headers; version 2 appends Some(3), an i32 as a zigzag varint (6).
+        let v1 = [1, 1, b't', 1, 1, 1, 0, 0];
+        let mut record = OutboxRecord {
+            topic: "t".into(),
+            key: Some(vec![1]),
+            value: None,
+            headers: Vec::new(),
+            partition: None,
+        };
+        assert_eq!(decode_outbox(&v1), Ok(record.clone()));
+        record.partition = Some(3);
+        let v2 = [2, 1, b't', 1, 1, 1, 0, 0, 1, 6];
+        assert_eq!(encode_outbox(&record), v2);
+        assert_eq!(decode_outbox(&v2), Ok(record));
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn record(topic: &str, n: u8) -> OutboxRecord {
         key: Some(vec![n]),
         value: Some(vec![n, n]),
         headers: vec![("h".into(), vec![n])],
+        partition: n.is_multiple_of(2).then_some(i32::from(n)),
     }
 }
 
@@ -276,4 +277,150 @@ fn trends_round_trip_and_stay_until_replaced() {
         store.commit(&Commit::default()).unwrap();
         assert_eq!(store.trends().unwrap(), Some(trends), "{name}");
     }
+}
+
+/// A customer with a pending timer at `at`.
+fn timed(id: &str, orders: u32, at: Millis) -> Customer {
+    let mut customer = Customer::from(state(id, orders));
+    customer.risk.timer_at = Some(at);
+    customer
+}
+
+#[test]
+fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
+    for (name, source, _dir) in backends() {
+        let source = source.with_changelog("log").unwrap();
+        let writer = source.changelog().unwrap().1;
+        source
+            .commit(&Commit {
+                customers: vec![
+                    (1, "a".into(), Some(timed("a", 1, 100))),
+                    (2, "b".into(), Some(timed("b", 2, 200))),
+                ],
+                timers_set: vec![],
+                offsets: vec![("orders".into(), 1, 7)],
+                event_times: vec![("orders".into(), 1, 50)],
+                outbox: vec![record("out", 1)],
+                ..Commit::default()
+            })
+            .unwrap();
+        source
+            .commit(&Commit {
+                customers: vec![(1, "a".into(), Some(timed("a", 2, 300)))],
+                offsets: vec![("orders".into(), 1, 9)],
+                ..Commit::default()
+            })
+            .unwrap();
+        let pending = source.outbox(100).unwrap();
+        let routed: Vec<(&str, Option<i32>, Vec<u8>)> = pending
+            .iter()
+            .map(|(_, r)| (r.topic.as_str(), r.partition, r.key.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            routed,
+            vec![
+                ("log", Some(1), b"a".to_vec()),
+                ("log", Some(2), b"b".to_vec()),
+                ("log", Some(1), Vec::new()),
+                ("log", Some(2), Vec::new()),
+                ("out", None, vec![1]),
+                ("log", Some(1), b"a".to_vec()),
+                ("log", Some(1), Vec::new()),
+            ],
+            "{name}: customers, then a position per partition, then the other outputs"
+        );
+        let position = decode_position(pending[2].1.value.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            position,
+            Position {
+                writer,
+                offsets: vec![("orders".into(), 7)],
+                event_times: vec![("orders".into(), 50)],
+            },
+            "{name}"
+        );
+
+        // Partition 1's records, in log order, into another store that has an older `a`.
+        let target = Store::in_memory();
+        target
+            .commit(&Commit {
+                customers: vec![(1, "a".into(), Some(timed("a", 9, 50)))],
+                timers_set: vec![Timer {
+                    partition: 1,
+                    at: 50,
+                    customer_id: "a".into(),
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+        let partition_1: Vec<ChangelogRecord> = pending
+            .iter()
+            .filter(|(_, r)| r.topic == "log" && r.partition == Some(1))
+            .map(|(_, r)| (r.key.clone().unwrap(), r.value.clone()))
+            .collect();
+        target.restore(1, &partition_1).unwrap();
+        assert_eq!(
+            target.customer(1, "a").unwrap(),
+            Some(state("a", 2)),
+            "{name}"
+        );
+        assert_eq!(
+            target.customer(2, "b").unwrap(),
+            None,
+            "{name}: other partition"
+        );
+        assert_eq!(target.offset("orders", 1).unwrap(), Some(9), "{name}");
+        assert_eq!(target.event_time("orders", 1).unwrap(), Some(50), "{name}");
+        let due: Vec<Millis> = target
+            .due_timers(1, (None, 1_000), 10)
+            .unwrap()
+            .iter()
+            .map(|t| t.at)
+            .collect();
+        assert_eq!(
+            due,
+            vec![300],
+            "{name}: the old timer went, the last one stands"
+        );
+
+        // An erasure travels as a tombstone and deletes the customer and its timer.
+        target.restore(1, &[(b"a".to_vec(), None)]).unwrap();
+        assert_eq!(target.customer(1, "a").unwrap(), None, "{name}");
+        assert!(
+            target.due_timers(1, (None, 1_000), 10).unwrap().is_empty(),
+            "{name}"
+        );
+
+        // Stale changelog records of one partition leave the outbox; the rest stay.
+        assert_eq!(source.drop_pending("log", 1).unwrap(), 4, "{name}");
+        assert_eq!(source.outbox(100).unwrap().len(), 3, "{name}");
+    }
+}
+
+#[test]
+fn the_writer_id_is_kept_with_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap()))
+            .unwrap()
+            .with_changelog("log")
+            .unwrap()
+            .changelog()
+            .unwrap()
+            .1
+    };
+    let first = open();
+    assert_eq!(open(), first);
+    let other = tempfile::tempdir().unwrap();
+    let elsewhere = Store::open(Arc::new(RocksBackend::open(other.path(), 1 << 20).unwrap()))
+        .unwrap()
+        .with_changelog("log")
+        .unwrap()
+        .changelog()
+        .unwrap()
+        .1;
+    assert_ne!(
+        elsewhere, first,
+        "another state directory is another writer"
+    );
 }

@@ -6,6 +6,7 @@
 //! it sits on, implemented in memory and by RocksDB, both checked by one contract test suite.
 //! Must not know about Kafka, HTTP or the fold's rules; only `rocks` knows about RocksDB.
 
+mod changelog;
 mod codec;
 mod memory;
 mod rocks;
@@ -22,6 +23,7 @@ use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
+pub use changelog::{decode_position, ChangelogRecord, Position, POSITION_KEY};
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
 
@@ -72,6 +74,8 @@ pub struct OutboxRecord {
     /// `None` is a tombstone.
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The partition it must go to; `None` lets the producer partition by key.
+    pub partition: Option<i32>,
 }
 
 /// What is stored per customer: the folded state and the risk memo.
@@ -239,6 +243,8 @@ pub struct Store {
     /// than at the first key, which would step over the tombstone of every record acknowledged
     /// since the last compaction: with a busy outbox, millions of them.
     outbox_floor: Arc<AtomicU64>,
+    /// Where customer writes are mirrored, if anywhere.
+    changelog: Option<Arc<changelog::Changelog>>,
 }
 
 impl Store {
@@ -252,6 +258,7 @@ impl Store {
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
             commit_lock: Arc::new(Mutex::new(())),
             outbox_floor: Arc::new(AtomicU64::new(0)),
+            changelog: None,
         })
     }
 
@@ -466,13 +473,24 @@ impl Store {
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut ops =
             Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
-        for (partition, customer_id, state) in &commit.customers {
+        let encoded: Vec<Option<Vec<u8>>> = commit
+            .customers
+            .iter()
+            .map(|(_, _, customer)| customer.as_ref().map(codec::encode_customer))
+            .collect();
+        for ((partition, customer_id, _), value) in commit.customers.iter().zip(&encoded) {
             let key = customer_key(*partition, customer_id);
-            ops.push(match state {
-                Some(state) => Op::Put(key, codec::encode_customer(state)),
+            ops.push(match value {
+                Some(bytes) => Op::Put(key, bytes.clone()),
                 None => Op::Delete(key),
             });
         }
+        // The changelog goes out ahead of the commit's other outputs.
+        let changelog = match &self.changelog {
+            Some(changelog) => changelog.records(commit, &encoded),
+            None => Vec::new(),
+        };
+        let outbox = changelog.len() + commit.outbox.len();
         for timer in &commit.timers_cleared {
             ops.push(Op::Delete(timer_key(timer)));
         }
@@ -509,8 +527,8 @@ impl Store {
         let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let first = self
             .next_outbox_seq
-            .fetch_add(commit.outbox.len() as u64, Ordering::SeqCst);
-        for (i, record) in commit.outbox.iter().enumerate() {
+            .fetch_add(outbox as u64, Ordering::SeqCst);
+        for (i, record) in changelog.iter().chain(&commit.outbox).enumerate() {
             ops.push(Op::Put(
                 outbox_key(first + i as u64),
                 codec::encode_outbox(record),

@@ -1,0 +1,279 @@
+//! Restoring a partition's customers from the changelog when the instance is given the
+//! partition. Must not know Kafka: it reads through a [`ChangelogSource`].
+//!
+//! The store remembers, per partition, the changelog offset up to which it has accounted for
+//! every record (its own delivered ones, or ones it restored). On assignment the records past that
+//! point are read once to see who wrote them:
+//!
+//! - only this store (the same writer id, kept with the state across restarts): the local state
+//!   is at least as new as the changelog, and nothing is applied;
+//! - another writer too (the partition was owned elsewhere meanwhile): the local state is
+//!   behind. If the local outbox holds no undelivered changelog record of the partition, the local
+//!   state equals the changelog up to the remembered offset, and the tail is applied on top of it.
+//!   Otherwise the local state has changes the changelog never got, and a newer owner overtook
+//!   them: they are dropped with the partition's local state, and the whole changelog is applied.
+
+use crate::store::{decode_position, ChangelogRecord, Store, StoreError, POSITION_KEY};
+
+/// Records applied per atomic store write.
+const CHUNK: usize = 10_000;
+
+/// Where changelog records are read from.
+pub trait ChangelogSource {
+    /// The first offset and the offset past the last record of `partition`.
+    fn bounds(&self, partition: i32) -> anyhow::Result<(i64, i64)>;
+    /// Calls `each` with every record of `partition` in `[from, to)`, in log order.
+    fn read(
+        &self,
+        partition: i32,
+        from: i64,
+        to: i64,
+        each: &mut dyn FnMut(ChangelogRecord) -> Result<(), StoreError>,
+    ) -> anyhow::Result<()>;
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// No record past what the store has accounted for.
+    UpToDate,
+    /// Only this store's own records were past it: nothing applied.
+    Own { records: u64 },
+    /// Another writer's records were applied.
+    Applied {
+        records: u64,
+        /// Whether the local state was dropped first (it had undelivered changes).
+        from_scratch: bool,
+    },
+}
+
+/// Brings `partition`'s state up to the changelog, calling `progress(done, total)` as records
+/// are applied.
+pub fn restore(
+    store: &Store,
+    source: &dyn ChangelogSource,
+    partition: i32,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Restored> {
+    let Some((topic, writer)) = store.changelog() else {
+        return Ok(Restored::UpToDate);
+    };
+    let topic = topic.to_owned();
+    let (low, high) = source.bounds(partition)?;
+    let read = store.changelog_read(partition)?.unwrap_or(0).max(low);
+    if read >= high {
+        return Ok(Restored::UpToDate);
+    }
+    let mut foreign = false;
+    source.read(partition, read, high, &mut |(key, value)| {
+        if key == POSITION_KEY {
+            if let Some(value) = value {
+                foreign |= decode_position(&value)?.writer != writer;
+            }
+        }
+        Ok(())
+    })?;
+    if !foreign {
+        store.set_changelog_read(partition, high)?;
+        return Ok(Restored::Own {
+            records: (high - read) as u64,
+        });
+    }
+    let from_scratch = store.drop_pending(&topic, partition)? > 0;
+    let from = if from_scratch {
+        store.clear_partition(partition)?;
+        low
+    } else {
+        read
+    };
+    let total = (high - from) as u64;
+    let mut done = 0;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    source.read(partition, from, high, &mut |record| {
+        chunk.push(record);
+        if chunk.len() == CHUNK {
+            store.restore(partition, &chunk)?;
+            done += chunk.len() as u64;
+            chunk.clear();
+            progress(done, total);
+        }
+        Ok(())
+    })?;
+    store.restore(partition, &chunk)?;
+    progress(total, total);
+    store.set_changelog_read(partition, high)?;
+    Ok(Restored::Applied {
+        records: total,
+        from_scratch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::fold::CustomerState;
+    use crate::store::{Commit, Customer};
+
+    /// A changelog topic in memory: a log per partition, offsets from 0.
+    #[derive(Default)]
+    struct Log(Mutex<HashMap<i32, Vec<ChangelogRecord>>>);
+
+    impl Log {
+        /// Delivers `store`'s pending changelog records, as the outbox drain would, and
+        /// remembers (as the sink does for an owner) that they are accounted for.
+        fn deliver(&self, store: &Store) {
+            let pending = store.outbox(1_000).unwrap();
+            let mut log = self.0.lock().unwrap();
+            for (_, record) in &pending {
+                let partition = record.partition.unwrap();
+                let records = log.entry(partition).or_default();
+                records.push((record.key.clone().unwrap(), record.value.clone()));
+                store
+                    .set_changelog_read(partition, records.len() as i64)
+                    .unwrap();
+            }
+            let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
+            store.acknowledge(&seqs).unwrap();
+        }
+    }
+
+    impl ChangelogSource for Log {
+        fn bounds(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
+            let log = self.0.lock().unwrap();
+            Ok((0, log.get(&partition).map_or(0, Vec::len) as i64))
+        }
+
+        fn read(
+            &self,
+            partition: i32,
+            from: i64,
+            to: i64,
+            each: &mut dyn FnMut(ChangelogRecord) -> Result<(), StoreError>,
+        ) -> anyhow::Result<()> {
+            let records = self.0.lock().unwrap().get(&partition).cloned();
+            for record in &records.unwrap_or_default()[from as usize..to as usize] {
+                each(record.clone())?;
+            }
+            Ok(())
+        }
+    }
+
+    fn store() -> Store {
+        Store::in_memory().with_changelog("log").unwrap()
+    }
+
+    /// Commits `id` with `orders` orders in partition 0 and the orders offset `next`.
+    fn write(store: &Store, id: &str, orders: u32, next: i64) {
+        let customer = Customer::from(CustomerState {
+            orders,
+            ..CustomerState::new(id)
+        });
+        store
+            .commit(&Commit {
+                customers: vec![(0, id.into(), Some(customer))],
+                offsets: vec![("orders".into(), 0, next)],
+                ..Commit::default()
+            })
+            .unwrap();
+    }
+
+    fn orders(store: &Store, id: &str) -> Option<u32> {
+        store.customer(0, id).unwrap().map(|c| c.orders)
+    }
+
+    fn restore_0(store: &Store, log: &Log) -> Restored {
+        restore(store, log, 0, &mut |_, _| {}).unwrap()
+    }
+
+    #[test]
+    fn a_new_instance_restores_everything_another_wrote() {
+        let (log, first) = (Log::default(), store());
+        write(&first, "a", 1, 10);
+        write(&first, "b", 1, 11);
+        write(&first, "a", 2, 12);
+        log.deliver(&first);
+        let second = store();
+        assert_eq!(
+            restore_0(&second, &log),
+            Restored::Applied {
+                records: 6,
+                from_scratch: false
+            }
+        );
+        assert_eq!(
+            (orders(&second, "a"), orders(&second, "b")),
+            (Some(2), Some(1))
+        );
+        assert_eq!(second.offset("orders", 0).unwrap(), Some(12));
+        assert_eq!(restore_0(&second, &log), Restored::UpToDate, "read once");
+    }
+
+    #[test]
+    fn its_own_records_are_not_applied_again() {
+        let (log, first) = (Log::default(), store());
+        write(&first, "a", 1, 10);
+        log.deliver(&first);
+        // Forget that they were accounted for, as after a crash before it was stored.
+        first.set_changelog_read(0, 0).unwrap();
+        write(&first, "a", 5, 20);
+        assert_eq!(restore_0(&first, &log), Restored::Own { records: 2 });
+        assert_eq!(orders(&first, "a"), Some(5), "the newer local state stands");
+        assert_eq!(first.offset("orders", 0).unwrap(), Some(20));
+    }
+
+    #[test]
+    fn a_partition_that_comes_back_applies_only_the_tail() {
+        let (log, first, second) = (Log::default(), store(), store());
+        write(&first, "a", 1, 10);
+        write(&first, "b", 1, 11);
+        log.deliver(&first);
+        // The partition moves to the second instance, which writes on.
+        restore_0(&second, &log);
+        write(&second, "b", 2, 12);
+        log.deliver(&second);
+        // And comes back: only the second's two records are read and applied.
+        assert_eq!(
+            restore_0(&first, &log),
+            Restored::Applied {
+                records: 2,
+                from_scratch: false
+            }
+        );
+        assert_eq!(
+            (orders(&first, "a"), orders(&first, "b")),
+            (Some(1), Some(2))
+        );
+        assert_eq!(first.offset("orders", 0).unwrap(), Some(12));
+    }
+
+    #[test]
+    fn undelivered_local_changes_overtaken_by_another_owner_are_dropped() {
+        let (log, first, second) = (Log::default(), store(), store());
+        write(&first, "a", 1, 10);
+        log.deliver(&first);
+        // The first commits more but dies before delivering it ...
+        write(&first, "a", 2, 11);
+        write(&first, "z", 1, 12);
+        // ... the second restores what reached the changelog and goes on from there.
+        restore_0(&second, &log);
+        write(&second, "a", 3, 13);
+        log.deliver(&second);
+        // The first comes back: its undelivered records are stale, its state is rebuilt.
+        assert_eq!(
+            restore_0(&first, &log),
+            Restored::Applied {
+                records: 4,
+                from_scratch: true
+            }
+        );
+        assert_eq!((orders(&first, "a"), orders(&first, "z")), (Some(3), None));
+        assert_eq!(first.offset("orders", 0).unwrap(), Some(13));
+        assert!(
+            first.outbox(10).unwrap().is_empty(),
+            "nothing stale goes out"
+        );
+    }
+}
