@@ -95,6 +95,7 @@ fn main() {
         topics.push(("customer.complaint-trends", PARTITIONS, false));
         topics.push(("customer.segment-metrics", PARTITIONS, false));
         topics.push(("customer.events.dlq", 1, false));
+        topics.push(("customer-pulse.customers-changelog", PARTITIONS, true));
         create_topics(&brokers, &topics).await.expect("topics");
 
         let generated = generate(&TrafficSpec {

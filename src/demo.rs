@@ -47,6 +47,7 @@ pub async fn run(
         (&t.complaint_trends, config.partitions),
         (&t.segment_metrics, config.partitions),
         (&t.dead_letter, 1),
+        (&t.changelog, config.partitions),
     ] {
         cluster
             .create_topic(topic, partitions, 1)

@@ -32,18 +32,106 @@ pub fn client_config(brokers: &str, security: &KafkaSecurity) -> ClientConfig {
 use crate::event::Stream;
 use crate::outbox::Sink;
 use crate::processor::InputRecord;
-use crate::store::{OutboxRecord, Store};
+use crate::restore::{ChangelogSource, Restored};
+use crate::store::{ChangelogRecord, OutboxRecord, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 /// The partitions this member owns right now, shared between the rebalance callback and the loop.
 pub type Assignment = Arc<Mutex<HashSet<(String, i32)>>>;
 
-/// Consumer callbacks: on assignment, start every partition at the offset stored with the state.
+/// Consumer callbacks: on assignment, bring each partition's state up to the changelog, then
+/// start it at the offset stored with the state; on revocation, let the outbox drain first.
 pub struct PulseContext {
     store: Store,
     reset: OffsetReset,
     telemetry: Arc<Telemetry>,
     assignment: Assignment,
+    /// Reads the changelog, when customer writes are mirrored to one.
+    changelog: Option<ChangelogReader>,
+    /// State partitions restored from the changelog since the loop last looked: whatever the
+    /// processor has cached of them is stale.
+    restored: Arc<Mutex<Vec<i32>>>,
+    /// How long a revocation waits for the outbox to drain.
+    flush_limit: Duration,
+}
+
+impl PulseContext {
+    /// Restores `partition` from the changelog, retrying a failed read a few times. `false`
+    /// when it could not: the partition must not start on a state that may be stale.
+    fn restore(&self, partition: i32) -> bool {
+        let Some(reader) = &self.changelog else {
+            return true;
+        };
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1..=4 {
+            let started = std::time::Instant::now();
+            let result =
+                crate::restore::restore(&self.store, reader, partition, &mut |done, total| {
+                    self.telemetry.restore_progress(partition, done, total);
+                });
+            match result {
+                Ok(restored) => {
+                    let (outcome, records) = match restored {
+                        Restored::UpToDate => ("up_to_date", 0),
+                        Restored::Own { .. } => ("own", 0),
+                        Restored::Applied {
+                            records,
+                            from_scratch: false,
+                        } => ("tail", records),
+                        Restored::Applied {
+                            records,
+                            from_scratch: true,
+                        } => ("from_scratch", records),
+                    };
+                    self.telemetry.restore_finished(partition, outcome, records);
+                    if records > 0 {
+                        self.restored
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(partition);
+                    }
+                    tracing::info!(
+                        partition,
+                        outcome,
+                        records,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "Partition state checked against the changelog."
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(partition, attempt, error = %e, "Restoring from the changelog failed.");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+            }
+        }
+        self.telemetry.restore_finished(partition, "failed", 0);
+        tracing::error!(partition, "Restoring from the changelog failed repeatedly; the partition is not started. Restart the instance once the changelog is readable.");
+        false
+    }
+
+    /// Waits (at most the flush limit) until the outbox is empty, so that the changelog has
+    /// every change of the partitions about to go before another instance restores them.
+    fn flush_outbox(&self) {
+        let deadline = std::time::Instant::now() + self.flush_limit;
+        loop {
+            match self.store.outbox(1) {
+                Ok(pending) if pending.is_empty() => return,
+                Ok(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(_) => {
+                    tracing::warn!("The outbox did not drain before the partitions were handed over; the new owner restores without the undelivered changes and folds their events again.");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Reading the outbox failed while handing partitions over.");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl ClientContext for PulseContext {
@@ -73,6 +161,26 @@ impl ConsumerContext for PulseContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        // The slow parts first, without holding the assignment, which the outbox drain reads.
+        let mut restored = HashSet::new();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Readiness falls while state is restored; the loop raises it again.
+                self.telemetry.set_ready(false);
+                let partitions: std::collections::BTreeSet<i32> =
+                    tpl.elements().iter().map(|e| e.partition()).collect();
+                restored = tokio::task::block_in_place(|| {
+                    partitions
+                        .into_iter()
+                        .filter(|p| self.restore(*p))
+                        .collect()
+                });
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
+                tokio::task::block_in_place(|| self.flush_outbox());
+            }
+            _ => {}
+        }
         let mut owned = self
             .assignment
             .lock()
@@ -82,6 +190,9 @@ impl ConsumerContext for PulseContext {
                 let mut start = TopicPartitionList::new();
                 for elem in tpl.elements() {
                     let (topic, partition) = (elem.topic(), elem.partition());
+                    if !restored.contains(&partition) {
+                        continue;
+                    }
                     let offset = match self.store.offset(topic, partition) {
                         Ok(Some(next)) => Offset::Offset(next),
                         Ok(None) => match self.reset {
@@ -151,6 +262,7 @@ pub struct Input {
     consumer: StreamConsumer<PulseContext>,
     assignment: Assignment,
     streams: Vec<(String, Stream)>,
+    restored: Arc<Mutex<Vec<i32>>>,
 }
 
 impl Input {
@@ -160,11 +272,23 @@ impl Input {
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<Input> {
         let assignment: Assignment = Arc::default();
+        let restored = Arc::default();
+        let changelog = match store.changelog() {
+            Some((topic, _)) => Some(ChangelogReader::connect(
+                &config.brokers,
+                &config.kafka_security,
+                topic,
+            )?),
+            None => None,
+        };
         let context = PulseContext {
             store,
             reset: config.offset_reset,
             telemetry,
             assignment: assignment.clone(),
+            changelog,
+            restored: Arc::clone(&restored),
+            flush_limit: config.shutdown_flush,
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -176,6 +300,8 @@ impl Input {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
+            // A rebalance moves only the partitions that must move; the others keep running.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
@@ -199,7 +325,18 @@ impl Input {
             consumer,
             assignment,
             streams,
+            restored,
         })
+    }
+
+    /// The state partitions restored from the changelog since the last call.
+    pub fn take_restored(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The shared set of owned partitions, for the changelog's delivery reports.
+    pub fn assignment_handle(&self) -> Assignment {
+        Arc::clone(&self.assignment)
     }
 
     /// Waits for the first record, then gathers more until `max` records or `wait` has passed.
@@ -286,6 +423,99 @@ impl Input {
     }
 }
 
+/// Reads the changelog topic partition by partition, outside any consumer group. Each read
+/// has a consumer of its own, so that nothing fetched for one read reaches another.
+pub struct ChangelogReader {
+    client: ClientConfig,
+    topic: String,
+}
+
+/// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
+/// error to log (librdkafka reports it as one).
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "Changelog reader error; librdkafka retries.");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// How long a changelog read waits for the next record before it gives up.
+const CHANGELOG_WAIT: Duration = Duration::from_secs(10);
+
+impl ChangelogReader {
+    pub fn connect(
+        brokers: &str,
+        security: &KafkaSecurity,
+        topic: &str,
+    ) -> anyhow::Result<ChangelogReader> {
+        let mut client = client_config(brokers, security);
+        client
+            // Required by librdkafka; the reader only assigns, never joins or commits.
+            .set("group.id", "customer-pulse-changelog-reader")
+            .set("enable.auto.commit", "false")
+            // The end of a partition is where a fetch reports it.
+            .set("enable.partition.eof", "true")
+            // A start that retention already removed falls back to the first record.
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.max.bytes", "52428800")
+            // A fetch at the end returns at once rather than waiting for records to arrive.
+            .set("fetch.wait.max.ms", "10");
+        // Fails here, at start, on a configuration librdkafka refuses.
+        let _: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
+        Ok(ChangelogReader {
+            client,
+            topic: topic.to_owned(),
+        })
+    }
+}
+
+impl ChangelogSource for ChangelogReader {
+    fn read(
+        &self,
+        partition: i32,
+        from: Option<i64>,
+        to: Option<i64>,
+        each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
+    ) -> anyhow::Result<Option<i64>> {
+        let consumer: BaseConsumer<ReaderContext> =
+            self.client.create_with_context(ReaderContext)?;
+        let mut tpl = TopicPartitionList::new();
+        let start = from.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(&self.topic, partition, start)?;
+        consumer.assign(&tpl)?;
+        let mut end = None;
+        loop {
+            let message = match consumer.poll(CHANGELOG_WAIT) {
+                    None => anyhow::bail!(
+                        "the changelog's partition {partition} neither delivered nor reported its end within {} s (after offset {end:?})",
+                        CHANGELOG_WAIT.as_secs()
+                    ),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(end),
+                Some(message) => message?,
+            };
+            if to.is_some_and(|to| message.offset() >= to) {
+                return Ok(end);
+            }
+            end = Some(message.offset() + 1);
+            each(
+                message.offset(),
+                (
+                    message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                    message.payload().map(<[u8]>::to_vec),
+                ),
+            )?;
+            if to.is_some_and(|to| message.offset() + 1 >= to) {
+                return Ok(end);
+            }
+        }
+    }
+}
+
 /// Producer callbacks: client-level errors (a broker down, a refused connection) are logged and
 /// counted, as the consumer's are.
 pub struct SinkContext {
@@ -309,6 +539,30 @@ fn client_error(telemetry: &Telemetry, client: &'static str, error: &KafkaError,
 pub struct KafkaSink {
     producer: FutureProducer<SinkContext>,
     telemetry: Arc<Telemetry>,
+    changelog: Option<ChangelogProgress>,
+}
+
+/// What the sink does with the changelog's delivery reports: for a partition this member owns
+/// (no one else writes its changelog meanwhile), the store learns that every changelog record up
+/// to the one delivered is accounted for, so that a later assignment reads only what follows.
+pub struct ChangelogProgress {
+    pub topic: String,
+    pub store: Store,
+    pub owned: Assignment,
+}
+
+impl ChangelogProgress {
+    fn delivered(&self, next: &std::collections::BTreeMap<i32, i64>) {
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for (partition, next) in next {
+            if !owned.iter().any(|(_, p)| p == partition) {
+                continue;
+            }
+            if let Err(e) = self.store.set_changelog_read(*partition, *next) {
+                tracing::warn!(partition, error = %e, "Recording changelog progress failed; the next assignment reads more of the changelog.");
+            }
+        }
+    }
 }
 
 impl KafkaSink {
@@ -330,7 +584,14 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer,
             telemetry,
+            changelog: None,
         })
+    }
+
+    /// Reports the changelog's deliveries to the store (see [`ChangelogProgress`]).
+    pub fn with_changelog_progress(mut self, progress: ChangelogProgress) -> KafkaSink {
+        self.changelog = Some(progress);
+        self
     }
 
     /// Which of `topics` the brokers do not know. Blocks for at most `timeout`.
@@ -367,19 +628,36 @@ impl Sink for KafkaSink {
             if let Some(value) = &record.value {
                 out = out.payload(value.as_slice());
             }
+            if let Some(partition) = record.partition {
+                out = out.partition(partition);
+            }
+            let changelog = self
+                .changelog
+                .as_ref()
+                .is_some_and(|c| c.topic == record.topic);
             let send = self.producer.send(out, Duration::from_secs(30));
-            async move { (*seq, send.await) }
+            async move { (*seq, changelog, send.await) }
         });
         let mut acked = Vec::with_capacity(records.len());
-        for (seq, result) in join_all(sends).await {
+        let mut changelog_next = std::collections::BTreeMap::new();
+        for (seq, changelog, result) in join_all(sends).await {
             match result {
-                Ok(_) => acked.push(seq),
+                Ok(delivery) => {
+                    acked.push(seq);
+                    if changelog {
+                        let next = changelog_next.entry(delivery.partition).or_insert(0);
+                        *next = (delivery.offset + 1).max(*next);
+                    }
+                }
                 Err((e, _)) => {
                     self.telemetry.delivery_failed();
                     tracing::warn!(seq, error = %e, "Output record not delivered; it stays in the outbox.");
                     break;
                 }
             }
+        }
+        if let Some(progress) = &self.changelog {
+            progress.delivered(&changelog_next);
         }
         acked
     }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::kafka::{Input, KafkaSink};
+use crate::kafka::{ChangelogProgress, Input, KafkaSink};
 use crate::outbox::{drain, Sink};
 use crate::processor::{OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
@@ -154,6 +154,10 @@ pub async fn run_on(
     store: Store,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let store = match (config.changelog, store.changelog()) {
+        (true, None) => store.with_changelog(&config.topics.changelog)?,
+        _ => store,
+    };
     let telemetry = Arc::new(Telemetry::new());
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
@@ -173,7 +177,14 @@ pub async fn run_on(
     ));
 
     let input = Input::connect(&config, store.clone(), telemetry.clone())?;
-    let sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
+    let mut sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
+    if let Some((topic, _)) = store.changelog() {
+        sink = sink.with_changelog_progress(ChangelogProgress {
+            topic: topic.to_owned(),
+            store: store.clone(),
+            owned: input.assignment_handle(),
+        });
+    }
     warn_of_missing_outputs(&sink, &config);
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
@@ -214,12 +225,15 @@ pub async fn run_on(
 /// created (or the brokers create it on first use): say so at start, by name.
 fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
     let t = &config.topics;
-    let outputs = [
+    let mut outputs = vec![
         t.churn_risk.as_str(),
         t.complaint_trends.as_str(),
         t.segment_metrics.as_str(),
         t.dead_letter.as_str(),
     ];
+    if config.changelog {
+        outputs.push(t.changelog.as_str());
+    }
     let missing =
         tokio::task::block_in_place(|| sink.missing_topics(&outputs, Duration::from_secs(10)));
     match missing {
@@ -246,6 +260,10 @@ async fn consume(
             // Records gathered but not committed are read again from the stored offsets.
             () = shutdown.cancelled() => break,
         };
+        // Whatever the processor holds of a partition restored from the changelog is stale.
+        for partition in input.take_restored() {
+            processor.forget_partition(partition);
+        }
         processor.assign(&input.assignment(), wall_clock_ms());
         if batch.is_empty() {
             // Idle input: partitions that stopped delivering stop holding the watermark back.

@@ -382,6 +382,17 @@ impl Processor {
         });
     }
 
+    /// Forgets what the processor holds of state partition `partition` (its cached customers,
+    /// its timer floor, its input partitions' clocks) after the store's copy was replaced by a
+    /// restore from the changelog: it is read from the store again.
+    pub fn forget_partition(&mut self, partition: i32) {
+        self.cache.entries.retain(|(p, _), _| *p != partition);
+        self.timer_floor.remove(&partition);
+        for partitions in self.clock.sources.values_mut() {
+            partitions.remove(&partition);
+        }
+    }
+
     /// Moves the watermark on without input, when input partitions have gone idle: a
     /// partition that stopped delivering no longer holds it back, so the windows and timers it
     /// held close and fire. Commits only when the watermark moved (`None` otherwise).

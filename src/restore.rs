@@ -20,16 +20,17 @@ const CHUNK: usize = 10_000;
 
 /// Where changelog records are read from.
 pub trait ChangelogSource {
-    /// The first offset and the offset past the last record of `partition`.
-    fn bounds(&self, partition: i32) -> anyhow::Result<(i64, i64)>;
-    /// Calls `each` with every record of `partition` in `[from, to)`, in log order.
+    /// Calls `each` with every record of `partition` from offset `from` (the first record when
+    /// `None`, or when `from` is no longer there) up to `to` (exclusive; the end of the
+    /// partition when `None`), in log order. Returns the offset past the last record read;
+    /// `None` when there was none.
     fn read(
         &self,
         partition: i32,
-        from: i64,
-        to: i64,
-        each: &mut dyn FnMut(ChangelogRecord) -> Result<(), StoreError>,
-    ) -> anyhow::Result<()>;
+        from: Option<i64>,
+        to: Option<i64>,
+        each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
+    ) -> anyhow::Result<Option<i64>>;
 }
 
 /// What a restore did.
@@ -59,13 +60,13 @@ pub fn restore(
         return Ok(Restored::UpToDate);
     };
     let topic = topic.to_owned();
-    let (low, high) = source.bounds(partition)?;
-    let read = store.changelog_read(partition)?.unwrap_or(0).max(low);
-    if read >= high {
-        return Ok(Restored::UpToDate);
-    }
+    let read = store.changelog_read(partition)?;
+    // The end is where this first pass stops: the partition's end as the brokers report it in
+    // fetches (not as they list offsets, which not every Kafka-compatible broker gets right).
     let mut foreign = false;
-    source.read(partition, read, high, &mut |(key, value)| {
+    let mut records = 0;
+    let end = source.read(partition, read, None, &mut |_, (key, value)| {
+        records += 1;
         if key == POSITION_KEY {
             if let Some(value) = value {
                 foreign |= decode_position(&value)?.writer != writer;
@@ -73,37 +74,41 @@ pub fn restore(
         }
         Ok(())
     })?;
+    let Some(end) = end else {
+        return Ok(Restored::UpToDate);
+    };
     if !foreign {
-        store.set_changelog_read(partition, high)?;
-        return Ok(Restored::Own {
-            records: (high - read) as u64,
-        });
+        store.set_changelog_read(partition, end)?;
+        return Ok(Restored::Own { records });
     }
     let from_scratch = store.drop_pending(&topic, partition)? > 0;
     let from = if from_scratch {
         store.clear_partition(partition)?;
-        low
+        None
     } else {
         read
     };
-    let total = (high - from) as u64;
-    let mut done = 0;
+    // Progress in offsets: compaction leaves gaps, so fewer records than offsets may remain.
+    let mut first = None;
+    let mut applied = 0;
     let mut chunk = Vec::with_capacity(CHUNK);
-    source.read(partition, from, high, &mut |record| {
+    source.read(partition, from, Some(end), &mut |offset, record| {
+        let start = *first.get_or_insert(offset);
         chunk.push(record);
         if chunk.len() == CHUNK {
             store.restore(partition, &chunk)?;
-            done += chunk.len() as u64;
+            applied += chunk.len() as u64;
             chunk.clear();
-            progress(done, total);
+            progress((offset + 1 - start) as u64, (end - start) as u64);
         }
         Ok(())
     })?;
     store.restore(partition, &chunk)?;
-    progress(total, total);
-    store.set_changelog_read(partition, high)?;
+    applied += chunk.len() as u64;
+    progress(1, 1);
+    store.set_changelog_read(partition, end)?;
     Ok(Restored::Applied {
-        records: total,
+        records: applied,
         from_scratch,
     })
 }
@@ -141,23 +146,25 @@ mod tests {
     }
 
     impl ChangelogSource for Log {
-        fn bounds(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
-            let log = self.0.lock().unwrap();
-            Ok((0, log.get(&partition).map_or(0, Vec::len) as i64))
-        }
-
         fn read(
             &self,
             partition: i32,
-            from: i64,
-            to: i64,
-            each: &mut dyn FnMut(ChangelogRecord) -> Result<(), StoreError>,
-        ) -> anyhow::Result<()> {
+            from: Option<i64>,
+            to: Option<i64>,
+            each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
+        ) -> anyhow::Result<Option<i64>> {
             let records = self.0.lock().unwrap().get(&partition).cloned();
-            for record in &records.unwrap_or_default()[from as usize..to as usize] {
-                each(record.clone())?;
+            let records = records.unwrap_or_default();
+            let (from, to) = (
+                from.unwrap_or(0) as usize,
+                to.map_or(records.len(), |t| t as usize),
+            );
+            let mut end = None;
+            for (offset, record) in records.iter().enumerate().take(to).skip(from) {
+                each(offset as i64, record.clone())?;
+                end = Some(offset as i64 + 1);
             }
-            Ok(())
+            Ok(end)
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Telemetry {
     rebalances: IntCounterVec,
     assigned_partitions: IntGauge,
     ready: IntGauge,
+    restores: IntCounterVec,
+    restored_records: IntCounter,
+    restore_remaining: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -260,11 +263,29 @@ impl Telemetry {
                 "1 when state is restored and partitions are assigned, else 0.",
             ))
             .expect("valid metric"),
+            restores: IntCounterVec::new(
+                opts("restores_total", "Partition assignments by what the changelog restore did (up_to_date, own, tail, from_scratch, failed)."),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            restored_records: IntCounter::with_opts(opts(
+                "restored_records_total",
+                "Changelog records applied to the local state by restores.",
+            ))
+            .expect("valid metric"),
+            restore_remaining: IntGaugeVec::new(
+                opts("restore_remaining_records", "Changelog records a running restore has still to apply, by partition."),
+                &["partition"],
+            )
+            .expect("valid metric"),
             registry,
             names: Vec::new(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(t.events.clone()),
+            Box::new(t.restores.clone()),
+            Box::new(t.restored_records.clone()),
+            Box::new(t.restore_remaining.clone()),
             Box::new(t.dead_letters.clone()),
             Box::new(t.limits_reached.clone()),
             Box::new(t.processing_latency.clone()),
@@ -471,6 +492,22 @@ impl Telemetry {
     pub fn rebalanced(&self, kind: &str, partitions: i64) {
         self.rebalances.with_label_values(&[kind]).inc();
         self.assigned_partitions.set(partitions);
+    }
+
+    /// A restore of `partition` has applied `done` of `total` records.
+    pub fn restore_progress(&self, partition: i32, done: u64, total: u64) {
+        self.restore_remaining
+            .with_label_values(&[&partition.to_string()])
+            .set(total.saturating_sub(done) as i64);
+    }
+
+    /// A restore finished (or failed) with `outcome`, having applied `records`.
+    pub fn restore_finished(&self, partition: i32, outcome: &str, records: u64) {
+        self.restores.with_label_values(&[outcome]).inc();
+        self.restored_records.inc_by(records);
+        let _ = self
+            .restore_remaining
+            .remove_label_values(&[&partition.to_string()]);
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -5,7 +5,8 @@
 //!
 //! A changelog partition holds, in commit order, customer records (key: the customer id; value:
 //! the stored encoding, or a tombstone when the customer was erased) and position records (key:
-//! empty, which no customer id is; value: [`Position`]), one per partition a commit touched.
+//! [`POSITION_KEY`], which is not UTF-8 and so no customer id; value: [`Position`]), one per
+//! partition a commit touched.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -14,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-/// The key of a position record.
-pub const POSITION_KEY: &[u8] = b"";
+/// The key of a position record: not UTF-8, so never a customer id, and not empty, which some
+/// clients send as no key at all (a compacted topic refuses records without a key).
+pub const POSITION_KEY: &[u8] = b"\xffposition";
 /// The writer id of this state directory.
 const WRITER: &[u8] = b"g/changelog-writer";
 /// `l` + partition: the next changelog offset whose record this store has not accounted for.

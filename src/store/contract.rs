@@ -321,11 +321,11 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             vec![
                 ("log", Some(1), b"a".to_vec()),
                 ("log", Some(2), b"b".to_vec()),
-                ("log", Some(1), Vec::new()),
-                ("log", Some(2), Vec::new()),
+                ("log", Some(1), POSITION_KEY.to_vec()),
+                ("log", Some(2), POSITION_KEY.to_vec()),
                 ("out", None, vec![1]),
                 ("log", Some(1), b"a".to_vec()),
-                ("log", Some(1), Vec::new()),
+                ("log", Some(1), POSITION_KEY.to_vec()),
             ],
             "{name}: customers, then a position per partition, then the other outputs"
         );

@@ -1,5 +1,6 @@
 //! The deployment files in `deploy/` agree with the code: their configs parse, the topics the
-//! compose file creates are the ones the job reads and writes (churn-risk compacted), the image
+//! compose file creates are the ones the job reads and writes (churn-risk and the changelog
+//! compacted, the changelog partitioned like the input), the image
 //! runs as a non-root user, and the probes name endpoints that exist.
 
 use std::path::Path;
@@ -53,6 +54,7 @@ fn compose_creates_the_topics_the_job_uses() {
         &t.complaint_trends,
         &t.segment_metrics,
         &t.dead_letter,
+        &t.changelog,
     ] {
         let line = created
             .iter()
@@ -61,10 +63,10 @@ fn compose_creates_the_topics_the_job_uses() {
         let compacted = line.contains("cleanup.policy=compact");
         assert_eq!(
             compacted,
-            *topic == t.churn_risk,
-            "{topic}: compacted only churn-risk"
+            *topic == t.churn_risk || *topic == t.changelog,
+            "{topic}: compacted only churn-risk and the changelog"
         );
-        if [&t.interactions, &t.orders, &t.complaints].contains(&topic) {
+        if [&t.interactions, &t.orders, &t.complaints, &t.changelog].contains(&topic) {
             let partitions: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
             assert_eq!(partitions, config.partitions, "{topic}: input.partitions");
         }

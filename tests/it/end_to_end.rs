@@ -48,6 +48,7 @@ pub async fn create_all_topics(brokers: &str) {
             ("customer.complaint-trends", PARTITIONS, false),
             ("customer.segment-metrics", PARTITIONS, false),
             ("customer.events.dlq", 1, false),
+            ("customer-pulse.customers-changelog", PARTITIONS, true),
         ],
     )
     .await
@@ -217,7 +218,19 @@ pub async fn read_last_risk_records(
     for (id, p) in &published {
         assert!(!p.is_null(), "{id}: a risk was published");
         let record = last.get(id).unwrap_or_else(|| panic!("{id}: no record"));
-        assert!(matches_last_published(record, p), "{id}: {record} vs {p}");
+        if !matches_last_published(record, p) {
+            // The customer's records in topic order, to show what arrived late or not at all.
+            let history: Vec<String> = risk
+                .iter()
+                .filter(|m| m.key() == Some(id.as_bytes()))
+                .map(|m| {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap_or(b"null")).unwrap();
+                    format!("{}@{} {}", v["record_id"], m.offset(), v["as_of"])
+                })
+                .collect();
+            panic!("{id}: {record} vs {p}; its records in topic order: {history:?}");
+        }
     }
     risk
 }

@@ -48,6 +48,9 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     }
     cluster.create_topic("customer.events.dlq", 1, 1).unwrap();
     cluster
+        .create_topic("customer-pulse.customers-changelog", PARTITIONS, 1)
+        .unwrap();
+    cluster
 }
 
 struct Job {

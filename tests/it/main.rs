@@ -3,6 +3,7 @@
 
 mod broker;
 mod catalogue;
+mod changelog;
 mod crash;
 mod demo;
 mod deploy;

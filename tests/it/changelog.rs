@@ -1,0 +1,222 @@
+//! The changelog against the real broker (issue 6): an instance that starts without local state
+//! restores the customers and their input positions from the changelog before it consumes, reads
+//! on from where the previous instance stopped (counting nothing twice), and an erased customer
+//! stays erased.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use customer_pulse::config::Config;
+use customer_pulse::event::format_millis;
+use customer_pulse::generate::Generated;
+use customer_pulse::kafka::publish;
+use customer_pulse::replay::wall_clock_ms;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{free_port, Broker};
+use crate::end_to_end::{
+    config_text, create_all_topics, customer_state, http_get, metric_sum, replayed_states, traffic,
+    wait_for,
+};
+
+/// A counter or gauge with one exact label set, as `/metrics` shows it.
+fn metric(port: u16, series: &str) -> f64 {
+    let Some((200, text)) = http_get(port, "/metrics") else {
+        return 0.0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Instance {
+    port: u16,
+    shutdown: CancellationToken,
+    job: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Instance {
+    fn start(brokers: &str) -> Instance {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = Config::parse(
+            &config_text(brokers, &dir.path().join("state"), port),
+            Vec::new(),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
+        Instance {
+            port,
+            shutdown,
+            job,
+            _dir: dir,
+        }
+    }
+
+    async fn processed(&self, events: usize) {
+        let port = self.port;
+        let done = wait_for(Duration::from_secs(90), || {
+            metric_sum(port, "customer_pulse_events_total") as usize >= events
+        })
+        .await;
+        assert!(done, "{events} events processed within 90 s");
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.job.await.unwrap().unwrap();
+    }
+}
+
+/// Asserts two sets of customer states are equal, naming the first customer and fields that
+/// differ rather than printing every state.
+fn assert_same(
+    got: &BTreeMap<String, serde_json::Value>,
+    want: &BTreeMap<String, serde_json::Value>,
+    what: &str,
+) {
+    let missing: Vec<&String> = want.keys().filter(|id| !got.contains_key(*id)).collect();
+    let extra: Vec<&String> = got.keys().filter(|id| !want.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: customers missing {missing:?}, unexpected {extra:?}"
+    );
+    for (id, want) in want {
+        let got = &got[id];
+        let fields: Vec<String> = want
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(field, value)| got.get(field.as_str()) != Some(value))
+            .map(|(field, value)| format!("{field}: {} instead of {value}", got[field.as_str()]))
+            .collect();
+        assert!(fields.is_empty(), "{what}: {id} differs: {fields:?}");
+    }
+}
+
+fn states_of(port: u16, ids: &[String]) -> BTreeMap<String, serde_json::Value> {
+    ids.iter()
+        .filter_map(|id| Some((id.clone(), customer_state(port, id)?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_counting_twice() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let topics = Config::parse(
+        &config_text("x", std::path::Path::new("/tmp"), 1),
+        Vec::new(),
+    )
+    .unwrap()
+    .topics;
+    let now = wall_clock_ms();
+    let events = traffic(2_000, 61);
+    let erased = events[0].customer_id.clone();
+    let erasure = Generated {
+        customer_id: erased.clone(),
+        type_name: "customer.erased",
+        value: json!({
+            "event_id": "erase-1",
+            "customer_id": erased,
+            "type": "customer.erased",
+            "occurred_at": format_millis(now - 86_400_000),
+        }),
+    };
+    let (first, rest) = events.split_at(1_200);
+    // After the erasure the customer has no more events, so file order and topic order agree.
+    let second: Vec<Generated> = rest
+        .iter()
+        .filter(|g| g.customer_id != erased)
+        .cloned()
+        .collect();
+    let ids: Vec<String> = {
+        let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+
+    // The first instance folds the first part and the erasure, then stops.
+    publish(&broker.address, &topics, first, None, 1)
+        .await
+        .unwrap();
+    let a = Instance::start(&broker.address);
+    a.processed(first.len()).await;
+    publish(
+        &broker.address,
+        &topics,
+        std::slice::from_ref(&erasure),
+        None,
+        1,
+    )
+    .await
+    .unwrap();
+    a.processed(first.len() + 1).await;
+    let before: Vec<serde_json::Value> = first
+        .iter()
+        .chain([&erasure])
+        .map(|g| g.value.clone())
+        .collect();
+    let expected = replayed_states(&before, now);
+    assert_same(&states_of(a.port, &ids), &expected, "the first instance");
+    assert_eq!(
+        metric(
+            a.port,
+            r#"customer_pulse_restores_total{outcome="up_to_date"}"#
+        ),
+        4.0,
+        "an empty changelog: nothing to restore in any of the 4 partitions"
+    );
+    a.stop().await;
+
+    // The second instance has no local state: it restores every partition before consuming.
+    let b = Instance::start(&broker.address);
+    let port = b.port;
+    let ready = wait_for(Duration::from_secs(60), || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(ready, "ready within 60 s");
+    assert_eq!(
+        metric(port, r#"customer_pulse_restores_total{outcome="tail"}"#),
+        4.0,
+        "each partition restored from the changelog"
+    );
+    assert!(metric(port, "customer_pulse_restored_records_total") >= expected.len() as f64);
+    assert_same(&states_of(port, &ids), &expected, "restored state");
+    assert_eq!(
+        http_get(port, &format!("/customers/{erased}")).map(|r| r.0),
+        Some(404)
+    );
+
+    // It reads on from the restored positions: only the new events are folded.
+    publish(&broker.address, &topics, &second, None, 1)
+        .await
+        .unwrap();
+    b.processed(second.len()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric_sum(port, "customer_pulse_events_total") as usize,
+        second.len(),
+        "nothing folded twice"
+    );
+    let all: Vec<serde_json::Value> = before
+        .iter()
+        .cloned()
+        .chain(second.iter().map(|g| g.value.clone()))
+        .collect();
+    assert_eq!(
+        states_of(port, &ids),
+        replayed_states(&all, now),
+        "final state"
+    );
+    assert_eq!(
+        http_get(port, &format!("/customers/{erased}")).map(|r| r.0),
+        Some(404)
+    );
+    b.stop().await;
+}
