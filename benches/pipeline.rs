@@ -18,6 +18,7 @@ fn rules() -> Rules {
     Rules {
         max_event_bytes: 65_536,
         max_future_skew_ms: 300_000,
+        max_event_age_ms: 20 * 365 * 86_400_000,
         max_id_chars: 128,
         max_text_chars: 1024,
         currency: "EUR".into(),

@@ -601,6 +601,8 @@ pub struct RawInput {
     pub partitions: i32,
     pub max_event_bytes: usize,
     pub max_future_skew_seconds: u64,
+    /// Events older than this (in days before the processor clock) are refused.
+    pub max_event_age_days: u64,
     pub currency: String,
     pub dedup_horizon_days: u64,
     pub max_dedup_ids_per_customer: usize,
@@ -696,6 +698,7 @@ impl Default for RawInput {
             partitions: 6,
             max_event_bytes: 64 * 1024,
             max_future_skew_seconds: 300,
+            max_event_age_days: 730,
             currency: "EUR".into(),
             dedup_horizon_days: 30,
             max_dedup_ids_per_customer: 10_000,
@@ -1017,6 +1020,11 @@ impl RawConfig {
             "input.max_text_chars",
             "must be between 1 and 65536",
         )?;
+        check(
+            (1..=36_500).contains(&i.max_event_age_days),
+            "input.max_event_age_days",
+            "must be between 1 and 36500",
+        )?;
         for (field, set) in [
             ("input.complaint_categories", &i.complaint_categories),
             ("input.cancellation_reasons", &i.cancellation_reasons),
@@ -1151,6 +1159,7 @@ impl RawConfig {
             rules: Rules {
                 max_event_bytes: i.max_event_bytes,
                 max_future_skew_ms: (i.max_future_skew_seconds * 1000) as i64,
+                max_event_age_ms: (i.max_event_age_days * 86_400_000) as i64,
                 max_id_chars: i.max_id_chars,
                 max_text_chars: i.max_text_chars,
                 currency: i.currency.clone(),

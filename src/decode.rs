@@ -17,6 +17,9 @@ pub enum Reason {
     WrongTopic,
     KeyMismatch,
     FutureTimestamp,
+    /// Older than `max_event_age`: a timestamp that would drag the watermark back through
+    /// centuries of windows to close.
+    AncientTimestamp,
     UnsupportedSchemaVersion,
     CurrencyMismatch,
     /// Not a decoding verdict: processing the event panicked (a poison pill); the processor
@@ -25,7 +28,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::TooLarge,
         Reason::NotJson,
         Reason::NotObject,
@@ -35,6 +38,7 @@ impl Reason {
         Reason::WrongTopic,
         Reason::KeyMismatch,
         Reason::FutureTimestamp,
+        Reason::AncientTimestamp,
         Reason::UnsupportedSchemaVersion,
         Reason::CurrencyMismatch,
         Reason::ProcessingError,
@@ -51,6 +55,7 @@ impl Reason {
             Reason::WrongTopic => "wrong_topic",
             Reason::KeyMismatch => "key_mismatch",
             Reason::FutureTimestamp => "future_timestamp",
+            Reason::AncientTimestamp => "ancient_timestamp",
             Reason::UnsupportedSchemaVersion => "unsupported_schema_version",
             Reason::CurrencyMismatch => "currency_mismatch",
             Reason::ProcessingError => "processing_error",
@@ -77,6 +82,8 @@ fn reject(reason: Reason, message: impl Into<String>) -> Rejection {
 pub struct Rules {
     pub max_event_bytes: usize,
     pub max_future_skew_ms: Millis,
+    /// Oldest accepted event, as an age before the processor clock.
+    pub max_event_age_ms: Millis,
     /// Longest identifier, in characters; a longer one is a `bad_field`.
     pub max_id_chars: usize,
     /// Longest free-text field, in characters; a longer one is a `bad_field`.
@@ -169,6 +176,15 @@ pub fn decode(
             format!(
                 "occurred_at is {} s ahead of the processor clock, more than max_future_skew",
                 (occurred_at - now) / 1000
+            ),
+        ));
+    }
+    if occurred_at < now.saturating_sub(rules.max_event_age_ms) {
+        return Err(reject(
+            Reason::AncientTimestamp,
+            format!(
+                "occurred_at is {} days before the processor clock, more than max_event_age_days",
+                (now - occurred_at) / 86_400_000
             ),
         ));
     }

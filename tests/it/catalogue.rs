@@ -20,6 +20,7 @@ pub fn rules() -> Rules {
     Rules {
         max_event_bytes: 4096,
         max_future_skew_ms: 300_000,
+        max_event_age_ms: 20 * 365 * 86_400_000,
         max_id_chars: 128,
         max_text_chars: 1024,
         currency: "EUR".into(),
@@ -62,6 +63,9 @@ pub fn catalogue(now_ms: i64) -> Vec<Bad> {
     let replace = |field: &str, value: &str| replace(now_ms, field, value);
     let at = hour_ago(now_ms);
     let future = format!("\"{}\"", format_millis(now_ms + 600_000));
+    // Found by the fuzz target: an order a thousand years old made the next event's watermark
+    // close every segment day since, and ran out of memory.
+    let ancient = "\"1013-05-01T10:00:00Z\"";
     let naive = format!("\"{}\"", &at[..19]);
     // A whole event for another type; "AT" stands for an hour ago.
     let typed = |stream: Stream, json: &str| (stream, json.replace("AT", &at).into_bytes());
@@ -161,6 +165,13 @@ pub fn catalogue(now_ms: i64) -> Vec<Bad> {
             key,
             replace("occurred_at", &future),
             FutureTimestamp,
+        ),
+        (
+            "a thousand years old",
+            Orders,
+            key,
+            replace("occurred_at", ancient),
+            AncientTimestamp,
         ),
         (
             "key differs",
