@@ -1,0 +1,190 @@
+//! Changelog restore speed (issue 6): Tansu on loopback holds a changelog of CUSTOMERS customer
+//! records over 4 partitions, written by one store through the job's own producer; then, in the
+//! same run, (1) a bare librdkafka consumer reads the whole topic, the reference, and (2) a fresh
+//! RocksDB store restores every partition from it through `restore::restore`. Prints records/s
+//! for both and their ratio, and checks that every customer arrived.
+//!
+//! `cargo bench --bench restore` (CUSTOMERS=500000 by default). Under `cargo test` it runs once
+//! with 5,000 customers, so the harness itself stays tested.
+
+use std::time::{Duration, Instant};
+
+use customer_pulse::fold::{CustomerState, SeenEvent};
+use customer_pulse::kafka::{create_topics, ChangelogReader, KafkaSink};
+use customer_pulse::outbox::Sink;
+use customer_pulse::processor::partition_for;
+use customer_pulse::restore::{restore, Restored};
+use customer_pulse::store::{Commit, Customer, RocksBackend, Store};
+use customer_pulse::telemetry::Telemetry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const TOPIC: &str = "customer-pulse.customers-changelog";
+
+#[path = "../tests/it/broker.rs"]
+mod broker;
+use broker::Broker;
+
+/// A customer as a few weeks of traffic leave it: a dozen remembered events and some orders.
+fn customer(n: u64) -> Customer {
+    let id = format!("c-{n:09}");
+    let mut state = CustomerState::new(&id);
+    state.orders = 3 + (n % 7) as u32;
+    state.revenue_minor = 10_000 + (n % 90_000) as i64;
+    state.seen = (0..12)
+        .map(|i| SeenEvent {
+            event_id: format!("e-{n}-{i}"),
+            occurred_at: 1_790_000_000_000 + (n as i64) * 1_000 + i,
+        })
+        .collect();
+    Customer::from(state)
+}
+
+/// The reference: a bare consumer reading every partition of the changelog to its end.
+fn raw_read(brokers: &str, records: u64) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-raw-changelog")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < records {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(e)) => panic!("raw consumer failed: {e}"),
+            None => panic!("raw consumer idle for 10 s at {seen} of {records}"),
+        }
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let customers: u64 = if benchmarking {
+        std::env::var("CUSTOMERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500_000)
+    } else {
+        5_000
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let broker = Broker::start();
+        let brokers = broker.address.clone();
+        create_topics(&brokers, &[(TOPIC, PARTITIONS, true)])
+            .await
+            .expect("topic");
+
+        // The writer: commits of 1,000 customers, drained by the job's producer.
+        let writer = Store::in_memory().with_changelog(TOPIC).expect("changelog");
+        let security = customer_pulse::config::Config::parse(
+            "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n",
+            Vec::new(),
+        )
+        .expect("config")
+        .kafka_security;
+        let mut sink = KafkaSink::connect(&brokers, &security, std::sync::Arc::new(Telemetry::new()))
+            .expect("producer");
+        let filled = Instant::now();
+        let mut bytes = 0usize;
+        for first in (0..customers).step_by(1_000) {
+            let customers = (first..(first + 1_000).min(customers))
+                .map(|n| {
+                    let c = customer(n);
+                    let id = c.state.customer_id.clone();
+                    (partition_for(id.as_bytes(), PARTITIONS), id, Some(c))
+                })
+                .collect();
+            writer
+                .commit(&Commit {
+                    customers,
+                    ..Commit::default()
+                })
+                .expect("commit");
+            let pending = writer.outbox(10_000).expect("outbox");
+            bytes += pending
+                .iter()
+                .map(|(_, r)| r.value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+            let acked = sink.deliver(&pending).await;
+            assert_eq!(acked.len(), pending.len(), "every changelog record delivered");
+            writer.acknowledge(&acked).expect("acknowledge");
+        }
+        let fill_time = filled.elapsed();
+        // One position record per partition per commit besides the customers.
+        let records = customers + customers.div_ceil(1_000) * PARTITIONS as u64;
+
+        let raw = tokio::task::spawn_blocking({
+            let brokers = brokers.clone();
+            move || raw_read(&brokers, records)
+        })
+        .await
+        .expect("raw read");
+
+        let (restored, restore_time, state) = tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+            let store = Store::open(std::sync::Arc::new(backend))
+                .expect("store")
+                .with_changelog(TOPIC)
+                .expect("changelog");
+            let reader = ChangelogReader::connect(&brokers, &security, TOPIC).expect("reader");
+            let started = Instant::now();
+            let mut applied = 0;
+            for p in 0..PARTITIONS {
+                match restore(&store, &reader, p, &mut |_, _| {}).expect("restore") {
+                    Restored::Applied { records, .. } => applied += records,
+                    other => panic!("partition {p}: {other:?}"),
+                }
+            }
+            let elapsed = started.elapsed();
+            let mut state = 0;
+            for p in 0..PARTITIONS {
+                state += store.customers(p, "", usize::MAX).expect("read").len() as u64;
+            }
+            (applied, elapsed, state)
+        })
+        .await
+        .expect("restore");
+        assert_eq!(restored, records, "every changelog record applied");
+        assert_eq!(state, customers, "every customer restored");
+
+        let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "{customers} customers, {records} changelog records ({:.0} bytes per customer) over {PARTITIONS} partitions; written in {:.1} s",
+            bytes as f64 / customers as f64,
+            fill_time.as_secs_f64()
+        );
+        println!("{:<44} {:>12} {:>14}", "", "seconds", "records/s");
+        println!(
+            "{:<44} {:>12.2} {:>14.0}",
+            "bare librdkafka consumer (reference)",
+            raw.as_secs_f64(),
+            rate(records, raw)
+        );
+        println!(
+            "{:<44} {:>12.2} {:>14.0}",
+            "restore into RocksDB (two passes)",
+            restore_time.as_secs_f64(),
+            rate(records, restore_time)
+        );
+        println!(
+            "restore / reference: {:.2}",
+            rate(records, restore_time) / rate(records, raw)
+        );
+    });
+}
