@@ -25,6 +25,9 @@ pub struct HttpState {
     pub risk: Arc<RiskSettings>,
     /// `None`: the customer lookup is off.
     pub customer_token: Option<Arc<Secret>>,
+    /// Whether this instance owns a state partition now; `None` when it owns them all (a file
+    /// replay, a test). The local copy of a partition owned elsewhere may be stale.
+    pub owns: Option<Arc<dyn Fn(i32) -> bool + Send + Sync>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -108,6 +111,23 @@ async fn customer(
     })
     .await;
     match found {
+        Ok(Ok(Some((partition, _))))
+            if state.owns.as_ref().is_some_and(|owns| !owns(partition)) =>
+        {
+            // Which instance owns it is the consumer group's to know; this one only knows that
+            // it does not (any more), and that what it still holds may be stale.
+            let body = serde_json::json!({
+                "partition": partition,
+                "owned_here": false,
+                "message": "another instance of the consumer group owns this customer's partition; ask the others",
+            });
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
         Ok(Ok(Some((partition, customer)))) => {
             // The risk as of the customer's newest event; `last_published` is what
             // `customer.churn-risk` carries, `next_check_at` the pending timer.

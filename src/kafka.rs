@@ -266,12 +266,13 @@ pub struct Input {
 }
 
 impl Input {
+    /// Joins the group; `assignment` is kept up to date with the partitions this member owns.
     pub fn connect(
         config: &Config,
         store: Store,
         telemetry: Arc<Telemetry>,
+        assignment: Assignment,
     ) -> anyhow::Result<Input> {
-        let assignment: Assignment = Arc::default();
         let restored = Arc::default();
         let changelog = match store.changelog() {
             Some((topic, _)) => Some(ChangelogReader::connect(
@@ -300,8 +301,11 @@ impl Input {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
-            // A rebalance moves only the partitions that must move; the others keep running.
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Partition p of all three inputs must go to one member: a customer's state is
+            // folded from all three. The range assignor does that (the topics have the same
+            // partition count and the same members); librdkafka's only cooperative assignor,
+            // cooperative-sticky, balances topic-partitions one by one and would split them.
+            .set("partition.assignment.strategy", "range")
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
@@ -436,7 +440,11 @@ struct ReaderContext;
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
             tracing::warn!(error = %error, reason, "Changelog reader error; librdkafka retries.");
         }
     }

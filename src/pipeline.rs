@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::kafka::{ChangelogProgress, Input, KafkaSink};
+use crate::kafka::{Assignment, ChangelogProgress, Input, KafkaSink};
 use crate::outbox::{drain, Sink};
 use crate::processor::{OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
@@ -164,6 +164,17 @@ pub async fn run_on(
         .with_context(|| format!("cannot listen on {}", config.listen_address))?;
     tracing::info!(address = %config.listen_address, "HTTP endpoints listening.");
     let http_stop = CancellationToken::new();
+    let assignment: Assignment = Arc::default();
+    let owns = {
+        let assignment = Arc::clone(&assignment);
+        move |partition: i32| {
+            assignment
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|(_, p)| *p == partition)
+        }
+    };
     let http = tokio::spawn(http::serve(
         listener,
         HttpState {
@@ -172,11 +183,12 @@ pub async fn run_on(
             partitions: config.partitions,
             risk: Arc::new(config.risk.clone()),
             customer_token: config.customer_lookup_token.clone().map(Arc::new),
+            owns: Some(Arc::new(owns)),
         },
         http_stop.clone(),
     ));
 
-    let input = Input::connect(&config, store.clone(), telemetry.clone())?;
+    let input = Input::connect(&config, store.clone(), telemetry.clone(), assignment)?;
     let mut sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
     if let Some((topic, _)) = store.changelog() {
         sink = sink.with_changelog_progress(ChangelogProgress {

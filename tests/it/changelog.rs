@@ -21,7 +21,7 @@ use crate::end_to_end::{
 };
 
 /// A counter or gauge with one exact label set, as `/metrics` shows it.
-fn metric(port: u16, series: &str) -> f64 {
+pub fn metric(port: u16, series: &str) -> f64 {
     let Some((200, text)) = http_get(port, "/metrics") else {
         return 0.0;
     };

@@ -41,6 +41,7 @@ async fn start(http_extra: &str) -> (u16, CancellationToken) {
         partitions: 4,
         risk: Arc::new(config.risk.clone()),
         customer_token: config.customer_lookup_token.clone().map(Arc::new),
+        owns: None,
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     (port, stop)

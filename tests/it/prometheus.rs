@@ -149,6 +149,7 @@ async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::Cancellati
         partitions: 4,
         risk: std::sync::Arc::new(customer_pulse::risk::RiskSettings::default()),
         customer_token: None,
+        owns: None,
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     (port, stop)
