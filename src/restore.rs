@@ -3,8 +3,9 @@
 //!
 //! The store remembers, per partition, the changelog offset up to which it has accounted for
 //! every record (its own delivered ones, or ones it restored). On assignment the records past that
-//! point are read once to see who wrote them:
+//! point are read once to see who wrote them, unless there is nothing local to keep:
 //!
+//! - nothing at all locally (no customer, no offset, never read): one pass applies everything;
 //! - only this store (the same writer id, kept with the state across restarts): the local state
 //!   is at least as new as the changelog, and nothing is applied;
 //! - another writer too (the partition was owned elsewhere meanwhile): the local state is
@@ -61,6 +62,18 @@ pub fn restore(
     };
     let topic = topic.to_owned();
     let read = store.changelog_read(partition)?;
+    if read.is_none() && !store.holds_partition(partition)? {
+        // Nothing local to keep (a new instance, a lost disk): one pass applies everything.
+        let (records, end) = apply(store, source, partition, None, None, progress)?;
+        let Some(end) = end else {
+            return Ok(Restored::UpToDate);
+        };
+        store.set_changelog_read(partition, end)?;
+        return Ok(Restored::Applied {
+            records,
+            from_scratch: false,
+        });
+    }
     // The end is where this first pass stops: the partition's end as the brokers report it in
     // fetches (not as they list offsets, which not every Kafka-compatible broker gets right).
     let mut foreign = false;
@@ -88,43 +101,61 @@ pub fn restore(
     } else {
         read
     };
+    let (records, _) = apply(store, source, partition, from, Some(end), progress)?;
+    store.set_changelog_read(partition, end)?;
+    Ok(Restored::Applied {
+        records,
+        from_scratch,
+    })
+}
+
+/// Applies `partition`'s records from `from` up to `to` (its end when `None`) in atomic chunks;
+/// returns how many were applied and the offset past the last one read.
+fn apply(
+    store: &Store,
+    source: &dyn ChangelogSource,
+    partition: i32,
+    from: Option<i64>,
+    to: Option<i64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<(u64, Option<i64>)> {
     // Progress in offsets: compaction leaves gaps, so fewer records than offsets may remain.
+    // With no known end, remaining work is reported only when done.
     let mut first = None;
     let mut applied = 0;
     let mut chunk = Vec::with_capacity(CHUNK);
-    source.read(partition, from, Some(end), &mut |offset, record| {
+    let end = source.read(partition, from, to, &mut |offset, record| {
         let start = *first.get_or_insert(offset);
         chunk.push(record);
         if chunk.len() == CHUNK {
             store.restore(partition, &chunk)?;
             applied += chunk.len() as u64;
             chunk.clear();
-            progress((offset + 1 - start) as u64, (end - start) as u64);
+            if let Some(to) = to {
+                progress((offset + 1 - start) as u64, (to - start) as u64);
+            }
         }
         Ok(())
     })?;
     store.restore(partition, &chunk)?;
     applied += chunk.len() as u64;
     progress(1, 1);
-    store.set_changelog_read(partition, end)?;
-    Ok(Restored::Applied {
-        records: applied,
-        from_scratch,
-    })
+    Ok((applied, end))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     use super::*;
     use crate::fold::CustomerState;
     use crate::store::{Commit, Customer};
 
-    /// A changelog topic in memory: a log per partition, offsets from 0.
+    /// A changelog topic in memory: a log per partition, offsets from 0; counts its reads.
     #[derive(Default)]
-    struct Log(Mutex<HashMap<i32, Vec<ChangelogRecord>>>);
+    struct Log(Mutex<HashMap<i32, Vec<ChangelogRecord>>>, AtomicUsize);
 
     impl Log {
         /// Delivers `store`'s pending changelog records, as the outbox drain would, and
@@ -153,6 +184,7 @@ mod tests {
             to: Option<i64>,
             each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
         ) -> anyhow::Result<Option<i64>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
             let records = self.0.lock().unwrap().get(&partition).cloned();
             let records = records.unwrap_or_default();
             let (from, to) = (
@@ -215,6 +247,11 @@ mod tests {
             (Some(2), Some(1))
         );
         assert_eq!(second.offset("orders", 0).unwrap(), Some(12));
+        assert_eq!(
+            log.1.load(Ordering::SeqCst),
+            1,
+            "nothing local to keep: one pass"
+        );
         assert_eq!(restore_0(&second, &log), Restored::UpToDate, "read once");
     }
 

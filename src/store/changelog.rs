@@ -223,6 +223,18 @@ impl Store {
         self.backend.write(ops)
     }
 
+    /// Whether the store holds anything of `partition`: a customer or an input offset.
+    pub fn holds_partition(&self, partition: i32) -> Result<bool, StoreError> {
+        for tag in [CUSTOMER, OFFSET] {
+            let mut prefix = vec![tag];
+            prefix.extend_from_slice(&(partition as u32).to_be_bytes());
+            if !self.backend.scan(&prefix, &prefix, None, 1)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Deletes everything the store holds for `partition`: its customers, timers, input
     /// offsets and event times, ahead of restoring it from scratch.
     pub fn clear_partition(&self, partition: i32) -> Result<(), StoreError> {
