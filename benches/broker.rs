@@ -3,7 +3,8 @@
 //! consuming, folding, committing to RocksDB and producing its outputs, in the same run on the
 //! same topics. Prints one table.
 //!
-//! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it). Under
+//! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it;
+//! CHANGELOG=false runs the job without its changelog). Under
 //! `cargo test` it runs once with 2,000 events, so the harness itself stays tested.
 
 use std::time::{Duration, Instant};
@@ -108,9 +109,11 @@ fn main() {
         let bytes: usize = generated.iter().map(|g| g.value.to_string().len()).sum();
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        // CHANGELOG=false measures the job without its changelog (state.changelog).
+        let changelog = std::env::var("CHANGELOG").map_or(true, |v| v != "false");
         let text = format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-pulse\"\n[input]\npartitions = {PARTITIONS}\n\
-             [state]\npath = \"{}\"\n[http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+             [state]\npath = \"{}\"\nchangelog = {changelog}\n[http]\nlisten_address = \"127.0.0.1:{port}\"\n",
             dir.path().join("state").display()
         );
         let config = Config::parse(&text, Vec::new()).expect("config");

@@ -178,7 +178,7 @@ fn main() {
         );
         println!(
             "{:<44} {:>12.2} {:>14.0}",
-            "restore into RocksDB (two passes)",
+            "restore into a new RocksDB store",
             restore_time.as_secs_f64(),
             rate(records, restore_time)
         );
