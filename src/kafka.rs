@@ -169,21 +169,11 @@ impl ConsumerContext for PulseContext {
                 self.telemetry.set_ready(false);
                 let partitions: std::collections::BTreeSet<i32> =
                     tpl.elements().iter().map(|e| e.partition()).collect();
-                // The partitions restore side by side: each waits mostly on the brokers.
                 restored = tokio::task::block_in_place(|| {
-                    std::thread::scope(|scope| {
-                        let restores: Vec<_> = partitions
-                            .into_iter()
-                            .map(|p| scope.spawn(move || (p, self.restore(p))))
-                            .collect();
-                        restores
-                            .into_iter()
-                            .filter_map(|r| match r.join() {
-                                Ok((p, true)) => Some(p),
-                                _ => None,
-                            })
-                            .collect()
-                    })
+                    partitions
+                        .into_iter()
+                        .filter(|p| self.restore(*p))
+                        .collect()
                 });
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
