@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
-    config_text, create_all_topics, customer_state, http_get, metric_sum, replayed_states, traffic,
-    wait_for,
+    config_text, create_all_topics, http_get, metric_sum, replayed_states, served_states,
+    test_topics, traffic, wait_for,
 };
 
 /// A counter or gauge with one exact label set, as `/metrics` shows it.
@@ -97,22 +97,11 @@ fn assert_same(
     }
 }
 
-fn states_of(port: u16, ids: &[String]) -> BTreeMap<String, serde_json::Value> {
-    ids.iter()
-        .filter_map(|id| Some((id.clone(), customer_state(port, id)?)))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_counting_twice() {
     let broker = Broker::start();
     create_all_topics(&broker.address).await;
-    let topics = Config::parse(
-        &config_text("x", std::path::Path::new("/tmp"), 1),
-        Vec::new(),
-    )
-    .unwrap()
-    .topics;
+    let topics = test_topics();
     let now = wall_clock_ms();
     let events = traffic(2_000, 61);
     let erased = events[0].customer_id.clone();
@@ -162,7 +151,11 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
         .map(|g| g.value.clone())
         .collect();
     let expected = replayed_states(&before, now);
-    assert_same(&states_of(a.port, &ids), &expected, "the first instance");
+    assert_same(
+        &served_states(&[a.port], &ids),
+        &expected,
+        "the first instance",
+    );
     assert_eq!(
         metric(
             a.port,
@@ -187,7 +180,7 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
         "each partition restored from the changelog"
     );
     assert!(metric(port, "customer_pulse_restored_records_total") >= expected.len() as f64);
-    assert_same(&states_of(port, &ids), &expected, "restored state");
+    assert_same(&served_states(&[port], &ids), &expected, "restored state");
     assert_eq!(
         http_get(port, &format!("/customers/{erased}")).map(|r| r.0),
         Some(404)
@@ -210,7 +203,7 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
         .chain(second.iter().map(|g| g.value.clone()))
         .collect();
     assert_eq!(
-        states_of(port, &ids),
+        served_states(&[port], &ids),
         replayed_states(&all, now),
         "final state"
     );

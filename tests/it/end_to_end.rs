@@ -36,6 +36,27 @@ pub fn config_text(brokers: &str, state: &std::path::Path, http_port: u16) -> St
     )
 }
 
+/// The topics of the tests' configuration, for publishing.
+pub fn test_topics() -> customer_pulse::config::Topics {
+    Config::parse(
+        &config_text("x", std::path::Path::new("/tmp"), 1),
+        Vec::new(),
+    )
+    .unwrap()
+    .topics
+}
+
+/// Each customer's state (as [`customer_state`] gives it) from the first of `ports` that serves
+/// it: the instance that owns its partition.
+pub fn served_states(ports: &[u16], ids: &[String]) -> BTreeMap<String, serde_json::Value> {
+    ids.iter()
+        .filter_map(|id| {
+            let state = ports.iter().find_map(|port| customer_state(*port, id))?;
+            Some((id.clone(), state))
+        })
+        .collect()
+}
+
 pub async fn create_all_topics(brokers: &str) {
     create_topics(
         brokers,
@@ -301,12 +322,7 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
     let events = traffic(3_000, 21);
     let now = wall_clock_ms();
     let bad = catalogue(now);
-    let config_topics = Config::parse(
-        &config_text("x", std::path::Path::new("/tmp"), 1),
-        Vec::new(),
-    )
-    .unwrap()
-    .topics;
+    let config_topics = test_topics();
 
     // Good events, then the malformed ones, then the first 300 good ones again.
     publish(&broker.address, &config_topics, &events, None, 1)

@@ -6,18 +6,16 @@
 //! copy: that one answers 421 rather than serve it. (The aggregates are still per instance;
 //! see the README.)
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use customer_pulse::config::Config;
 use customer_pulse::kafka::publish;
 use customer_pulse::replay::wall_clock_ms;
 
 use crate::broker::{free_port, Broker};
 use crate::crash::Job;
 use crate::end_to_end::{
-    config_text, create_all_topics, customer_state, http_get, metric_sum, replayed_states, traffic,
-    wait_for,
+    config_text, create_all_topics, http_get, metric_sum, replayed_states, served_states,
+    test_topics, traffic, wait_for,
 };
 
 struct Instance {
@@ -44,26 +42,15 @@ fn start(brokers: &str) -> Instance {
     }
 }
 
-/// Each customer's state from the instance that owns its partition (the others answer 421).
-fn served(instances: &[&Instance], ids: &[String]) -> BTreeMap<String, serde_json::Value> {
-    ids.iter()
-        .filter_map(|id| {
-            let state = instances.iter().find_map(|i| customer_state(i.port, id))?;
-            Some((id.clone(), state))
-        })
-        .collect()
+fn ports(instances: &[&Instance]) -> Vec<u16> {
+    instances.iter().map(|i| i.port).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupted_pass() {
     let broker = Broker::start();
     create_all_topics(&broker.address).await;
-    let topics = Config::parse(
-        &config_text("x", std::path::Path::new("/tmp"), 1),
-        Vec::new(),
-    )
-    .unwrap()
-    .topics;
+    let topics = test_topics();
     let events = traffic(6_000, 71);
     let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
     ids.sort();
@@ -87,8 +74,11 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
     let expected = replayed_states(&values, wall_clock_ms());
     let live = [&a, &c, &d];
-    let settled = wait_for(Duration::from_secs(120), || served(&live, &ids) == expected).await;
-    let got = served(&live, &ids);
+    let settled = wait_for(Duration::from_secs(120), || {
+        served_states(&ports(&live), &ids) == expected
+    })
+    .await;
+    let got = served_states(&ports(&live), &ids);
     for (id, want) in &expected {
         assert_eq!(
             got.get(id),
@@ -106,7 +96,7 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     let port_e = e.port;
     let joined = wait_for(Duration::from_secs(60), || {
         http_get(port_e, "/readyz").is_some_and(|(s, _)| s == 200)
-            && served(&live, &ids) == expected
+            && served_states(&ports(&live), &ids) == expected
     })
     .await;
     assert!(
