@@ -13,8 +13,6 @@ use customer_pulse::config::Config;
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::kafka::{create_topics, publish};
 use customer_pulse::replay::wall_clock_ms;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
@@ -27,35 +25,8 @@ const INPUTS: [&str; 3] = [
 // The tests' Tansu starter, shared rather than written twice.
 #[path = "../tests/it/broker.rs"]
 mod broker;
+mod common;
 use broker::{free_port, Broker};
-
-/// The reference: a bare consumer assigned every input partition from the beginning.
-fn raw_consume(brokers: &str, events: u64) -> Duration {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-raw")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for topic in INPUTS {
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    let started = Instant::now();
-    let mut seen = 0;
-    while seen < events {
-        match consumer.poll(Duration::from_secs(5)) {
-            Some(Ok(_)) => seen += 1,
-            Some(Err(e)) => panic!("raw consumer failed: {e}"),
-            None => panic!("raw consumer idle for 5 s at {seen} of {events}"),
-        }
-    }
-    started.elapsed()
-}
 
 fn metric_sum(port: u16, name: &str) -> f64 {
     use std::io::{Read, Write};
@@ -75,15 +46,7 @@ fn metric_sum(port: u16, name: &str) -> f64 {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let events: u64 = if benchmarking {
-        std::env::var("EVENTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200_000)
-    } else {
-        2_000
-    };
+    let events = common::size("EVENTS", 200_000, 2_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,7 +86,7 @@ fn main() {
 
         let raw = tokio::task::spawn_blocking({
             let brokers = brokers.clone();
-            move || raw_consume(&brokers, events)
+            move || common::raw_read(&brokers, &INPUTS, PARTITIONS, events)
         })
         .await
         .expect("raw consumer");

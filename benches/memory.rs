@@ -14,6 +14,8 @@ use customer_pulse::config::Config;
 use customer_pulse::event::format_millis;
 use customer_pulse::processor::{InputRecord, Processor};
 
+mod common;
+
 /// `VmRSS` and `VmHWM` of this process, in MiB.
 fn resident_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -41,15 +43,7 @@ fn record(offset: i64, payload: String) -> InputRecord {
 }
 
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let customers: u64 = if benchmarking {
-        std::env::var("CUSTOMERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000_000)
-    } else {
-        20_000
-    };
+    let customers = common::size("CUSTOMERS", 10_000_000, 20_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let text = format!(
         "[kafka]\nbrokers = \"unused\"\n[state]\npath = \"{}\"\n",

@@ -16,14 +16,13 @@ use customer_pulse::processor::partition_for;
 use customer_pulse::restore::{restore, Restored};
 use customer_pulse::store::{Commit, Customer, RocksBackend, Store};
 use customer_pulse::telemetry::Telemetry;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
 const TOPIC: &str = "customer-pulse.customers-changelog";
 
 #[path = "../tests/it/broker.rs"]
 mod broker;
+mod common;
 use broker::Broker;
 
 /// A customer as a few weeks of traffic leave it: a dozen remembered events and some orders.
@@ -41,43 +40,8 @@ fn customer(n: u64) -> Customer {
     Customer::from(state)
 }
 
-/// The reference: a bare consumer reading every partition of the changelog to its end.
-fn raw_read(brokers: &str, records: u64) -> Duration {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-raw-changelog")
-        .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let started = Instant::now();
-    let mut seen = 0;
-    while seen < records {
-        match consumer.poll(Duration::from_secs(10)) {
-            Some(Ok(_)) => seen += 1,
-            Some(Err(e)) => panic!("raw consumer failed: {e}"),
-            None => panic!("raw consumer idle for 10 s at {seen} of {records}"),
-        }
-    }
-    started.elapsed()
-}
-
 fn main() {
-    let benchmarking = std::env::args().any(|a| a == "--bench");
-    let customers: u64 = if benchmarking {
-        std::env::var("CUSTOMERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500_000)
-    } else {
-        5_000
-    };
+    let customers = common::size("CUSTOMERS", 500_000, 5_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,7 +94,7 @@ fn main() {
 
         let raw = tokio::task::spawn_blocking({
             let brokers = brokers.clone();
-            move || raw_read(&brokers, records)
+            move || common::raw_read(&brokers, &[TOPIC], PARTITIONS, records)
         })
         .await
         .expect("raw read");

@@ -478,18 +478,18 @@ impl Store {
             .iter()
             .map(|(_, _, customer)| customer.as_ref().map(codec::encode_customer))
             .collect();
-        for ((partition, customer_id, _), value) in commit.customers.iter().zip(&encoded) {
-            let key = customer_key(*partition, customer_id);
-            ops.push(match value {
-                Some(bytes) => Op::Put(key, bytes.clone()),
-                None => Op::Delete(key),
-            });
-        }
         // The changelog goes out ahead of the commit's other outputs.
         let changelog = match &self.changelog {
             Some(changelog) => changelog.records(commit, &encoded),
             None => Vec::new(),
         };
+        for ((partition, customer_id, _), value) in commit.customers.iter().zip(encoded) {
+            let key = customer_key(*partition, customer_id);
+            ops.push(match value {
+                Some(bytes) => Op::Put(key, bytes),
+                None => Op::Delete(key),
+            });
+        }
         let outbox = changelog.len() + commit.outbox.len();
         for timer in &commit.timers_cleared {
             ops.push(Op::Delete(timer_key(timer)));
