@@ -84,7 +84,7 @@ impl PulseContext {
                         } => ("from_scratch", records),
                     };
                     self.telemetry.restore_finished(partition, outcome, records);
-                    if records > 0 {
+                    if matches!(restored, Restored::Applied { .. }) {
                         self.restored
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -101,8 +101,10 @@ impl PulseContext {
                 }
                 Err(e) => {
                     tracing::warn!(partition, attempt, error = %e, "Restoring from the changelog failed.");
-                    std::thread::sleep(wait);
-                    wait *= 2;
+                    if attempt < 4 {
+                        std::thread::sleep(wait);
+                        wait *= 2;
+                    }
                 }
             }
         }

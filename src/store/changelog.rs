@@ -72,21 +72,19 @@ impl Changelog {
             });
         }
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
+        // `(topic, value)` of the entries of `partition`.
+        let of = |entries: &[(String, i32, i64)], partition: i32| -> Vec<(String, i64)> {
+            entries
+                .iter()
+                .filter(|(_, p, _)| *p == partition)
+                .map(|(topic, _, value)| (topic.clone(), *value))
+                .collect()
+        };
         for partition in partitions {
             let position = Position {
                 writer: self.writer,
-                offsets: commit
-                    .offsets
-                    .iter()
-                    .filter(|(_, p, _)| *p == partition)
-                    .map(|(topic, _, next)| (topic.clone(), *next))
-                    .collect(),
-                event_times: commit
-                    .event_times
-                    .iter()
-                    .filter(|(_, p, _)| *p == partition)
-                    .map(|(topic, _, at)| (topic.clone(), *at))
-                    .collect(),
+                offsets: of(&commit.offsets, partition),
+                event_times: of(&commit.event_times, partition),
             };
             records.push(OutboxRecord {
                 topic: self.topic.clone(),
