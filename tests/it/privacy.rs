@@ -16,6 +16,14 @@ use crate::end_to_end::{http_get_with, TOKEN};
 
 /// Serves a store holding customer `ann` with the given `[http]` extra lines; returns the port.
 async fn start(http_extra: &str) -> (u16, CancellationToken) {
+    start_owning(http_extra, None).await
+}
+
+/// As [`start`], with `owns` telling which state partitions this instance owns.
+async fn start_owning(
+    http_extra: &str,
+    owns: Option<Arc<dyn Fn(i32) -> bool + Send + Sync>>,
+) -> (u16, CancellationToken) {
     let port = free_port();
     let text = format!(
         "[kafka]\nbrokers = \"unused:9092\"\n[input]\npartitions = 4\n[state]\npath = \"unused\"\n\
@@ -41,7 +49,7 @@ async fn start(http_extra: &str) -> (u16, CancellationToken) {
         partitions: 4,
         risk: Arc::new(config.risk.clone()),
         customer_token: config.customer_lookup_token.clone().map(Arc::new),
-        owns: None,
+        owns,
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     (port, stop)
@@ -281,4 +289,28 @@ async fn the_log_holds_no_payload_and_no_secret() {
     assert!(log.contains("Consuming."), "the log is the job's:\n{log}");
     assert!(!log.contains(MARKER), "a payload reached the log:\n{log}");
     assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
+}
+
+#[tokio::test]
+async fn a_customer_whose_partition_another_instance_owns_is_refused_with_421() {
+    let token = format!("customer_lookup_token = \"{TOKEN}\"\n");
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let home = partition_for(b"ann", 4);
+    // Owning every partition but ann's: the local copy may be stale, so it is not served.
+    let (port, stop) = start_owning(&token, Some(Arc::new(move |p| p != home))).await;
+    let (status, body) = tokio::task::spawn_blocking({
+        let bearer = bearer.clone();
+        move || http_get_with(port, "/customers/ann", &bearer).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 421);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["partition"].as_i64(), Some(i64::from(home)));
+    assert_eq!(body["owned_here"], false);
+    stop.cancel();
+    // Owning it, the same lookup serves the state.
+    let (port, stop) = start_owning(&token, Some(Arc::new(move |p| p == home))).await;
+    assert_eq!(get(port, "/customers/ann", &bearer).await, 200);
+    stop.cancel();
 }
