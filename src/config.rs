@@ -626,13 +626,10 @@ pub struct RawState {
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: usize,
     /// Mirror every customer write to `topics.changelog`, so that another instance (or this
-    /// one, after losing its disk) can restore the state.
-    #[serde(default = "default_true")]
+    /// one, after losing its disk) can restore the state. Off by default until running several
+    /// instances is safe (README, Scaling out).
+    #[serde(default)]
     pub changelog: bool,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,11 +41,11 @@ impl Instance {
     fn start(brokers: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = Config::parse(
-            &config_text(brokers, &dir.path().join("state"), port),
-            Vec::new(),
-        )
-        .unwrap();
+        let text = config_text(brokers, &dir.path().join("state"), port).replace(
+            "cache_customers = 500",
+            "cache_customers = 500\nchangelog = true",
+        );
+        let config = Config::parse(&text, Vec::new()).unwrap();
         let shutdown = CancellationToken::new();
         let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
         Instance {

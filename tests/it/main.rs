@@ -16,7 +16,6 @@ mod privacy;
 mod prometheus;
 mod replay;
 mod risk;
-mod scale;
 mod scenario;
 mod segments;
 mod store_faults;
