@@ -33,7 +33,9 @@ use crate::event::Stream;
 use crate::outbox::Sink;
 use crate::processor::InputRecord;
 use crate::restore::{ChangelogSource, Restored};
-use crate::store::{ChangelogRecord, OutboxRecord, Store, StoreError};
+use crate::store::{
+    ChangelogRecord, Claim, Epoch, OutboxRecord, Store, StoreError, CLAIM_KEY, EPOCH_HEADER,
+};
 use crate::telemetry::Telemetry;
 
 /// The partitions this member owns right now, shared between the rebalance callback and the loop.
@@ -429,11 +431,13 @@ impl Input {
     }
 }
 
-/// Reads the changelog topic partition by partition, outside any consumer group. Each read
-/// has a consumer of its own, so that nothing fetched for one read reaches another.
+/// Reads the changelog topic partition by partition, outside any consumer group, and writes
+/// claims to it. Each read has a consumer of its own, so that nothing fetched for one read
+/// reaches another.
 pub struct ChangelogReader {
     client: ClientConfig,
     topic: String,
+    claims: FutureProducer,
 }
 
 /// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
@@ -477,9 +481,16 @@ impl ChangelogReader {
             .set("fetch.wait.max.ms", "10");
         // Fails here, at start, on a configuration librdkafka refuses.
         let _: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
+        let claims = client_config(brokers, security)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "10000")
+            .create()?;
         Ok(ChangelogReader {
             client,
             topic: topic.to_owned(),
+            claims,
         })
     }
 }
@@ -489,9 +500,12 @@ impl ChangelogSource for ChangelogReader {
         &self,
         partition: i32,
         from: Option<i64>,
-        to: Option<i64>,
+        to: i64,
         each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
     ) -> anyhow::Result<Option<i64>> {
+        if from.is_some_and(|from| from >= to) {
+            return Ok(None);
+        }
         let consumer: BaseConsumer<ReaderContext> =
             self.client.create_with_context(ReaderContext)?;
         let mut tpl = TopicPartitionList::new();
@@ -501,27 +515,46 @@ impl ChangelogSource for ChangelogReader {
         let mut end = None;
         loop {
             let message = match consumer.poll(CHANGELOG_WAIT) {
-                    None => anyhow::bail!(
-                        "the changelog's partition {partition} neither delivered nor reported its end within {} s (after offset {end:?})",
-                        CHANGELOG_WAIT.as_secs()
-                    ),
+                None => anyhow::bail!(
+                    "the changelog's partition {partition} delivered nothing within {} s (after offset {end:?}, reading up to {to})",
+                    CHANGELOG_WAIT.as_secs()
+                ),
+                // The end before `to`: what lies between was removed by compaction.
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(end),
                 Some(message) => message?,
             };
-            if to.is_some_and(|to| message.offset() >= to) {
+            if message.offset() >= to {
                 return Ok(end);
             }
             end = Some(message.offset() + 1);
+            let epoch = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == EPOCH_HEADER)?.value)
+                .and_then(Epoch::from_header);
             each(
                 message.offset(),
-                (
-                    message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                    message.payload().map(<[u8]>::to_vec),
-                ),
+                ChangelogRecord {
+                    key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    epoch,
+                },
             )?;
-            if to.is_some_and(|to| message.offset() + 1 >= to) {
+            if message.offset() + 1 >= to {
                 return Ok(end);
             }
+        }
+    }
+
+    fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
+        let value = claim.to_bytes();
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(CLAIM_KEY)
+            .payload(&value);
+        let send = self.claims.send(record, Duration::from_secs(10));
+        match futures::executor::block_on(send) {
+            Ok(delivery) => Ok(delivery.offset),
+            Err((e, _)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
         }
     }
 }
@@ -552,9 +585,9 @@ pub struct KafkaSink {
     changelog: Option<ChangelogProgress>,
 }
 
-/// What the sink does with the changelog's delivery reports: for a partition this member owns
-/// (no one else writes its changelog meanwhile), the store learns that every changelog record up
-/// to the one delivered is accounted for, so that a later assignment reads only what follows.
+/// What the sink does with the changelog's delivery reports: for a partition this member owns,
+/// the store moves its read mark over its own records (see [`Store::advance_changelog_read`]),
+/// so that a later assignment reads only what follows.
 pub struct ChangelogProgress {
     pub topic: String,
     pub store: Store,
@@ -562,13 +595,13 @@ pub struct ChangelogProgress {
 }
 
 impl ChangelogProgress {
-    fn delivered(&self, next: &std::collections::BTreeMap<i32, i64>) {
+    fn delivered(&self, offsets: &mut std::collections::BTreeMap<i32, Vec<i64>>) {
         let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-        for (partition, next) in next {
+        for (partition, offsets) in offsets {
             if !owned.iter().any(|(_, p)| p == partition) {
                 continue;
             }
-            if let Err(e) = self.store.set_changelog_read(*partition, *next) {
+            if let Err(e) = self.store.advance_changelog_read(*partition, offsets) {
                 tracing::warn!(partition, error = %e, "Recording changelog progress failed; the next assignment reads more of the changelog.");
             }
         }
@@ -649,14 +682,16 @@ impl Sink for KafkaSink {
             async move { (*seq, changelog, send.await) }
         });
         let mut acked = Vec::with_capacity(records.len());
-        let mut changelog_next = std::collections::BTreeMap::new();
+        let mut changelog_offsets = std::collections::BTreeMap::<i32, Vec<i64>>::new();
         for (seq, changelog, result) in join_all(sends).await {
             match result {
                 Ok(delivery) => {
                     acked.push(seq);
                     if changelog {
-                        let next = changelog_next.entry(delivery.partition).or_insert(0);
-                        *next = (delivery.offset + 1).max(*next);
+                        changelog_offsets
+                            .entry(delivery.partition)
+                            .or_default()
+                            .push(delivery.offset);
                     }
                 }
                 Err((e, _)) => {
@@ -667,7 +702,7 @@ impl Sink for KafkaSink {
             }
         }
         if let Some(progress) = &self.changelog {
-            progress.delivered(&changelog_next);
+            progress.delivered(&mut changelog_offsets);
         }
         acked
     }

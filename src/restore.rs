@@ -1,37 +1,44 @@
 //! Restoring a partition's customers from the changelog when the instance is given the
-//! partition. Must not know Kafka: it reads through a [`ChangelogSource`].
+//! partition. Must not know Kafka: it reads and claims through a [`ChangelogSource`].
 //!
-//! The store remembers, per partition, the changelog offset up to which it has accounted for
-//! every record (its own delivered ones, or ones it restored). On assignment the records past that
-//! point are read once to see who wrote them, unless there is nothing local to keep:
+//! On each assignment the instance first *claims* the partition (a claim record, see
+//! [`crate::store::Ownership`]), then brings its local state to what the changelog holds below
+//! the claim, counting only the records of the owner of the time:
 //!
-//! - nothing at all locally (no customer, no offset, never read): one pass applies everything;
-//! - only this store (the same writer id, kept with the state across restarts): the local state
-//!   is at least as new as the changelog, and nothing is applied;
-//! - another writer too (the partition was owned elsewhere meanwhile): the local state is
-//!   behind. If the local outbox holds no undelivered changelog record of the partition, the local
-//!   state equals the changelog up to the remembered offset, and the tail is applied on top of it.
-//!   Otherwise the local state has changes the changelog never got, and a newer owner overtook
-//!   them: they are dropped with the partition's local state, and the whole changelog is applied.
+//! - nothing local (a new instance, a lost disk): one pass applies everything;
+//! - nobody else claimed the partition since this store last did (it restarted, or the
+//!   partition came back before anyone wrote it): the local state stands, and the claim
+//!   continues the previous one, so that undelivered records still count when they arrive;
+//! - another writer claimed it since: if this store wrote nothing after that claim and has
+//!   nothing of the partition left to deliver, its state equals the changelog up to that claim,
+//!   and everything from there is applied on top. Otherwise its state holds changes the
+//!   changelog does not count (written while another instance already owned the partition, or
+//!   never delivered): they are dropped with the partition's local state, and the whole
+//!   changelog is applied.
+//!
+//! The store remembers, per partition, the offset up to which the changelog holds nothing it has
+//! not accounted for: its claim, then its own records as they are delivered without a gap.
 
-use crate::store::{decode_position, ChangelogRecord, Store, StoreError, POSITION_KEY};
+use crate::store::{ChangelogRecord, Claim, Ownership, Store, StoreError};
 
 /// Records applied per atomic store write.
 const CHUNK: usize = 10_000;
 
-/// Where changelog records are read from.
+/// Where changelog records are read from, and claims written to.
 pub trait ChangelogSource {
     /// Calls `each` with every record of `partition` from offset `from` (the first record when
-    /// `None`, or when `from` is no longer there) up to `to` (exclusive; the end of the
-    /// partition when `None`), in log order. Returns the offset past the last record read;
-    /// `None` when there was none.
+    /// `None`, or when `from` is no longer there) up to `to` (exclusive), in log order. Returns
+    /// the offset past the last record read; `None` when there was none.
     fn read(
         &self,
         partition: i32,
         from: Option<i64>,
-        to: Option<i64>,
+        to: i64,
         each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
     ) -> anyhow::Result<Option<i64>>;
+
+    /// Appends `claim` to `partition` and returns its offset once the brokers acknowledged it.
+    fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64>;
 }
 
 /// What a restore did.
@@ -39,18 +46,18 @@ pub trait ChangelogSource {
 pub enum Restored {
     /// No record past what the store has accounted for.
     UpToDate,
-    /// Only this store's own records were past it: nothing applied.
+    /// Only this store's own records (or ones that do not count) were past it: nothing applied.
     Own { records: u64 },
     /// Another writer's records were applied.
     Applied {
         records: u64,
-        /// Whether the local state was dropped first (it had undelivered changes).
+        /// Whether the local state was dropped first.
         from_scratch: bool,
     },
 }
 
-/// Brings `partition`'s state up to the changelog, calling `progress(done, total)` as records
-/// are applied.
+/// Claims `partition` and brings its state up to the changelog, calling `progress(done, total)`
+/// as records are applied.
 pub fn restore(
     store: &Store,
     source: &dyn ChangelogSource,
@@ -61,86 +68,104 @@ pub fn restore(
         return Ok(Restored::UpToDate);
     };
     let topic = topic.to_owned();
-    let read = store.changelog_read(partition)?;
-    if read.is_none() && !store.holds_partition(partition)? {
-        // Nothing local to keep (a new instance, a lost disk): one pass applies everything.
-        let (records, end) = apply(store, source, partition, None, None, progress)?;
-        let Some(end) = end else {
-            return Ok(Restored::UpToDate);
-        };
-        store.set_changelog_read(partition, end)?;
-        return Ok(Restored::Applied {
-            records,
-            from_scratch: false,
-        });
-    }
-    // The end is where this first pass stops: the partition's end as the brokers report it in
-    // fetches (not as they list offsets, which not every Kafka-compatible broker gets right).
-    let mut foreign = false;
-    let mut records = 0;
-    let end = source.read(partition, read, None, &mut |_, (key, value)| {
-        records += 1;
-        if key == POSITION_KEY {
-            if let Some(value) = value {
-                foreign |= decode_position(&value)?.writer != writer;
+    let claim = source.claim(
+        partition,
+        &Claim {
+            writer,
+            continues: store.epoch(partition),
+        },
+    )?;
+    let read = store.changelog_read(partition)?.filter(|r| *r <= claim);
+    let restored = if read.is_none() && !store.holds_partition(partition)? {
+        // Nothing local to keep: one pass applies everything.
+        match apply(store, source, partition, None, claim, progress)? {
+            0 => Restored::UpToDate,
+            records => Restored::Applied {
+                records,
+                from_scratch: false,
+            },
+        }
+    } else {
+        // Who claimed the partition since this store last accounted for it, and did this store
+        // write after that?
+        let (mut records, mut foreign, mut written_after) = (0, None, false);
+        source.read(partition, read, claim, &mut |offset, record| {
+            records += 1;
+            match record.claim()? {
+                Some(c) if c.writer != writer => {
+                    foreign.get_or_insert(offset);
+                }
+                Some(_) => {}
+                None => {
+                    written_after |=
+                        foreign.is_some() && record.epoch.is_some_and(|e| e.writer == writer)
+                }
+            }
+            Ok(())
+        })?;
+        match foreign {
+            None if records == 0 => Restored::UpToDate,
+            None => Restored::Own { records },
+            Some(foreign) => {
+                let undelivered = store.drop_pending(&topic, partition)? > 0;
+                // Without a mark, the local state (written without a changelog, or before
+                // its claim was stored) is no base for a tail.
+                let from_scratch = undelivered || written_after || read.is_none();
+                let from = if from_scratch {
+                    store.clear_partition(partition)?;
+                    None
+                } else {
+                    Some(foreign)
+                };
+                Restored::Applied {
+                    records: apply(store, source, partition, from, claim, progress)?,
+                    from_scratch,
+                }
             }
         }
-        Ok(())
-    })?;
-    let Some(end) = end else {
-        return Ok(Restored::UpToDate);
     };
-    if !foreign {
-        store.set_changelog_read(partition, end)?;
-        return Ok(Restored::Own { records });
-    }
-    let from_scratch = store.drop_pending(&topic, partition)? > 0;
-    let from = if from_scratch {
-        store.clear_partition(partition)?;
-        None
-    } else {
-        read
-    };
-    let (records, _) = apply(store, source, partition, from, Some(end), progress)?;
-    store.set_changelog_read(partition, end)?;
-    Ok(Restored::Applied {
-        records,
-        from_scratch,
-    })
+    store.set_epoch(partition, claim)?;
+    store.set_changelog_read(partition, claim + 1)?;
+    Ok(restored)
 }
 
-/// Applies `partition`'s records from `from` up to `to` (its end when `None`) in atomic chunks;
-/// returns how many were applied and the offset past the last one read.
+/// Applies the records of `partition` that count, from `from` (the start when `None`) up to the
+/// claim at `to`, in atomic chunks; returns how many were applied.
 fn apply(
     store: &Store,
     source: &dyn ChangelogSource,
     partition: i32,
     from: Option<i64>,
-    to: Option<i64>,
+    to: i64,
     progress: &mut dyn FnMut(u64, u64),
-) -> anyhow::Result<(u64, Option<i64>)> {
+) -> anyhow::Result<u64> {
     // Progress in offsets: compaction leaves gaps, so fewer records than offsets may remain.
-    // With no known end, remaining work is reported only when done.
     let mut first = None;
     let mut applied = 0;
+    let mut ownership = Ownership::default();
     let mut chunk = Vec::with_capacity(CHUNK);
-    let end = source.read(partition, from, to, &mut |offset, record| {
+    source.read(partition, from, to, &mut |offset, record| {
         let start = *first.get_or_insert(offset);
+        if let Some(claim) = record.claim()? {
+            ownership.claimed(offset, &claim);
+            return Ok(());
+        }
+        if !ownership.counts(record.epoch) {
+            return Ok(());
+        }
         chunk.push(record);
         if chunk.len() == CHUNK {
             store.restore(partition, &chunk)?;
             applied += chunk.len() as u64;
             chunk.clear();
-            if let Some(to) = to {
-                progress((offset + 1 - start) as u64, (to - start) as u64);
-            }
+            progress((offset + 1 - start) as u64, (to - start).max(1) as u64);
         }
         Ok(())
     })?;
     store.restore(partition, &chunk)?;
     applied += chunk.len() as u64;
     progress(1, 1);
-    Ok((applied, end))
+    Ok(applied)
 }
 
 #[cfg(test)]
@@ -151,28 +176,45 @@ mod tests {
 
     use super::*;
     use crate::fold::CustomerState;
-    use crate::store::{Commit, Customer};
+    use crate::store::{Commit, Customer, Epoch, CLAIM_KEY, EPOCH_HEADER};
 
     /// A changelog topic in memory: a log per partition, offsets from 0; counts its reads.
     #[derive(Default)]
     struct Log(Mutex<HashMap<i32, Vec<ChangelogRecord>>>, AtomicUsize);
 
     impl Log {
-        /// Delivers `store`'s pending changelog records, as the outbox drain would, and
-        /// remembers (as the sink does for an owner) that they are accounted for.
+        /// Delivers `store`'s pending changelog records, as the outbox drain would, and tells
+        /// the store where they landed, as the sink does for an owner.
         fn deliver(&self, store: &Store) {
             let pending = store.outbox(1_000).unwrap();
-            let mut log = self.0.lock().unwrap();
             for (_, record) in &pending {
                 let partition = record.partition.unwrap();
-                let records = log.entry(partition).or_default();
-                records.push((record.key.clone().unwrap(), record.value.clone()));
+                let epoch = record
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == EPOCH_HEADER)
+                    .and_then(|(_, bytes)| Epoch::from_header(bytes));
+                let offset = self.append(
+                    partition,
+                    ChangelogRecord {
+                        key: record.key.clone().unwrap(),
+                        value: record.value.clone(),
+                        epoch,
+                    },
+                );
                 store
-                    .set_changelog_read(partition, records.len() as i64)
+                    .advance_changelog_read(partition, &mut [offset])
                     .unwrap();
             }
             let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
             store.acknowledge(&seqs).unwrap();
+        }
+
+        fn append(&self, partition: i32, record: ChangelogRecord) -> i64 {
+            let mut log = self.0.lock().unwrap();
+            let records = log.entry(partition).or_default();
+            records.push(record);
+            records.len() as i64 - 1
         }
     }
 
@@ -181,22 +223,34 @@ mod tests {
             &self,
             partition: i32,
             from: Option<i64>,
-            to: Option<i64>,
+            to: i64,
             each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
         ) -> anyhow::Result<Option<i64>> {
             self.1.fetch_add(1, Ordering::SeqCst);
             let records = self.0.lock().unwrap().get(&partition).cloned();
             let records = records.unwrap_or_default();
-            let (from, to) = (
-                from.unwrap_or(0) as usize,
-                to.map_or(records.len(), |t| t as usize),
-            );
             let mut end = None;
-            for (offset, record) in records.iter().enumerate().take(to).skip(from) {
+            for (offset, record) in records
+                .iter()
+                .enumerate()
+                .take(to as usize)
+                .skip(from.unwrap_or(0) as usize)
+            {
                 each(offset as i64, record.clone())?;
                 end = Some(offset as i64 + 1);
             }
             Ok(end)
+        }
+
+        fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
+            Ok(self.append(
+                partition,
+                ChangelogRecord {
+                    key: CLAIM_KEY.to_vec(),
+                    value: Some(claim.to_bytes()),
+                    epoch: None,
+                },
+            ))
         }
     }
 
@@ -227,14 +281,31 @@ mod tests {
         restore(store, log, 0, &mut |_, _| {}).unwrap()
     }
 
+    /// `(orders of each of ids, the orders offset)` in `store`.
+    fn view(store: &Store, ids: &[&str]) -> (Vec<Option<u32>>, Option<i64>) {
+        (
+            ids.iter().map(|id| orders(store, id)).collect(),
+            store.offset("orders", 0).unwrap(),
+        )
+    }
+
+    /// What a store with no local state restores from `log`, as [`view`] shows it.
+    fn fresh_view(log: &Log, ids: &[&str]) -> (Vec<Option<u32>>, Option<i64>) {
+        let fresh = store();
+        restore_0(&fresh, log);
+        view(&fresh, ids)
+    }
+
     #[test]
     fn a_new_instance_restores_everything_another_wrote() {
         let (log, first) = (Log::default(), store());
+        assert_eq!(restore_0(&first, &log), Restored::UpToDate);
         write(&first, "a", 1, 10);
         write(&first, "b", 1, 11);
         write(&first, "a", 2, 12);
         log.deliver(&first);
         let second = store();
+        log.1.store(0, Ordering::SeqCst);
         assert_eq!(
             restore_0(&second, &log),
             Restored::Applied {
@@ -243,10 +314,9 @@ mod tests {
             }
         );
         assert_eq!(
-            (orders(&second, "a"), orders(&second, "b")),
-            (Some(2), Some(1))
+            view(&second, &["a", "b"]),
+            (vec![Some(2), Some(1)], Some(12))
         );
-        assert_eq!(second.offset("orders", 0).unwrap(), Some(12));
         assert_eq!(
             log.1.load(Ordering::SeqCst),
             1,
@@ -258,19 +328,37 @@ mod tests {
     #[test]
     fn its_own_records_are_not_applied_again() {
         let (log, first) = (Log::default(), store());
+        restore_0(&first, &log);
         write(&first, "a", 1, 10);
         log.deliver(&first);
         // Forget that they were accounted for, as after a crash before it was stored.
         first.set_changelog_read(0, 0).unwrap();
         write(&first, "a", 5, 20);
-        assert_eq!(restore_0(&first, &log), Restored::Own { records: 2 });
+        assert_eq!(
+            restore_0(&first, &log),
+            Restored::Own { records: 3 },
+            "its claim, customer and position"
+        );
         assert_eq!(orders(&first, "a"), Some(5), "the newer local state stands");
         assert_eq!(first.offset("orders", 0).unwrap(), Some(20));
     }
 
     #[test]
+    fn records_committed_before_a_restart_count_when_they_arrive_after_it() {
+        let (log, first) = (Log::default(), store());
+        restore_0(&first, &log);
+        write(&first, "a", 1, 10);
+        // Restarted before delivering: the new claim continues the old one ...
+        assert_eq!(restore_0(&first, &log), Restored::UpToDate);
+        // ... so the record, tagged with the old claim, still counts.
+        log.deliver(&first);
+        assert_eq!(fresh_view(&log, &["a"]), (vec![Some(1)], Some(10)));
+    }
+
+    #[test]
     fn a_partition_that_comes_back_applies_only_the_tail() {
         let (log, first, second) = (Log::default(), store(), store());
+        restore_0(&first, &log);
         write(&first, "a", 1, 10);
         write(&first, "b", 1, 11);
         log.deliver(&first);
@@ -278,7 +366,7 @@ mod tests {
         restore_0(&second, &log);
         write(&second, "b", 2, 12);
         log.deliver(&second);
-        // And comes back: only the second's two records are read and applied.
+        // And comes back: only the second's two records are applied.
         assert_eq!(
             restore_0(&first, &log),
             Restored::Applied {
@@ -287,15 +375,15 @@ mod tests {
             }
         );
         assert_eq!(
-            (orders(&first, "a"), orders(&first, "b")),
-            (Some(1), Some(2))
+            view(&first, &["a", "b"]),
+            (vec![Some(1), Some(2)], Some(12))
         );
-        assert_eq!(first.offset("orders", 0).unwrap(), Some(12));
     }
 
     #[test]
     fn undelivered_local_changes_overtaken_by_another_owner_are_dropped() {
         let (log, first, second) = (Log::default(), store(), store());
+        restore_0(&first, &log);
         write(&first, "a", 1, 10);
         log.deliver(&first);
         // The first commits more but dies before delivering it ...
@@ -313,11 +401,71 @@ mod tests {
                 from_scratch: true
             }
         );
-        assert_eq!((orders(&first, "a"), orders(&first, "z")), (Some(3), None));
-        assert_eq!(first.offset("orders", 0).unwrap(), Some(13));
+        assert_eq!(view(&first, &["a", "z"]), (vec![Some(3), None], Some(13)));
         assert!(
             first.outbox(10).unwrap().is_empty(),
             "nothing stale goes out"
+        );
+    }
+
+    #[test]
+    fn what_an_owner_writes_after_another_claimed_its_partition_does_not_count() {
+        let (log, first, second) = (Log::default(), store(), store());
+        restore_0(&first, &log);
+        write(&first, "a", 1, 10);
+        write(&first, "b", 1, 11);
+        log.deliver(&first);
+        // The partition goes to the second before the first hears of it: both write.
+        restore_0(&second, &log);
+        write(&second, "b", 2, 12);
+        write(&first, "a", 7, 99);
+        log.deliver(&first);
+        log.deliver(&second);
+        assert_eq!(
+            fresh_view(&log, &["a", "b"]),
+            (vec![Some(1), Some(2)], Some(12)),
+            "the first's late records do not count"
+        );
+        // The first gets the partition back: its state holds what does not count, so it is
+        // rebuilt rather than topped up.
+        assert_eq!(
+            restore_0(&first, &log),
+            Restored::Applied {
+                records: 6,
+                from_scratch: true
+            }
+        );
+        assert_eq!(
+            view(&first, &["a", "b"]),
+            (vec![Some(1), Some(2)], Some(12))
+        );
+        // And what it writes from now on counts again.
+        write(&first, "a", 8, 13);
+        log.deliver(&first);
+        assert_eq!(
+            fresh_view(&log, &["a", "b"]),
+            (vec![Some(8), Some(2)], Some(13))
+        );
+    }
+
+    #[test]
+    fn a_read_mark_does_not_pass_another_writers_claim() {
+        let (log, first, second) = (Log::default(), store(), store());
+        restore_0(&first, &log);
+        write(&first, "a", 1, 10);
+        log.deliver(&first);
+        assert_eq!(
+            first.changelog_read(0).unwrap(),
+            Some(3),
+            "its claim and 2 records"
+        );
+        restore_0(&second, &log);
+        write(&first, "a", 2, 11);
+        log.deliver(&first);
+        assert_eq!(
+            first.changelog_read(0).unwrap(),
+            Some(3),
+            "the second's claim lies between"
         );
     }
 }

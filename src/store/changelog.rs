@@ -6,10 +6,20 @@
 //! A changelog partition holds, in commit order, customer records (key: the customer id; value:
 //! the stored encoding, or a tombstone when the customer was erased) and position records (key:
 //! [`POSITION_KEY`], which is not UTF-8 and so no customer id; value: [`Position`]), one per
-//! partition a commit touched.
+//! partition a commit touched; and claims (key: [`CLAIM_KEY`]; value: [`Claim`]).
+//!
+//! **Ownership.** Two instances can write one partition at once: an old owner that has not yet
+//! heard of a rebalance (a broker that hands the partition on before the old owner revoked it,
+//! as Tansu does, or a member expelled for missing heartbeats). An instance therefore *claims*
+//! a partition on each assignment, before it reads the changelog, and tags each record it
+//! writes with its [`Epoch`]: its writer id and the offset of its claim. Readers count a record
+//! only if it carries an epoch of the latest claim ([`Ownership`]); a claim may continue the
+//! claimant's previous epoch when nobody claimed in between (an instance that restarted), so
+//! that its records committed before the restart still count when they arrive after.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +28,91 @@ use super::*;
 /// The key of a position record: not UTF-8, so never a customer id, and not empty, which some
 /// clients send as no key at all (a compacted topic refuses records without a key).
 pub const POSITION_KEY: &[u8] = b"\xffposition";
+/// The key of a claim record (see the module's documentation).
+pub const CLAIM_KEY: &[u8] = b"\xffclaim";
+/// The header naming the [`Epoch`] a record was written in: writer id, then claim offset, both
+/// 8 bytes big-endian.
+pub const EPOCH_HEADER: &str = "customer-pulse-epoch";
 /// The writer id of this state directory.
 const WRITER: &[u8] = b"g/changelog-writer";
 /// `l` + partition: the next changelog offset whose record this store has not accounted for.
 const CHANGELOG_READ: u8 = b'l';
+/// `e` + partition: the offset of this store's latest claim of the partition.
+const EPOCH: u8 = b'e';
+
+/// Who wrote a record, and under which claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    pub writer: u64,
+    /// The changelog offset of the writer's claim.
+    pub claim: i64,
+}
+
+impl Epoch {
+    pub fn to_header(self) -> Vec<u8> {
+        let mut bytes = self.writer.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&self.claim.to_be_bytes());
+        bytes
+    }
+
+    pub fn from_header(bytes: &[u8]) -> Option<Epoch> {
+        let (writer, claim) = bytes.split_at_checked(8)?;
+        Some(Epoch {
+            writer: u64::from_be_bytes(writer.try_into().ok()?),
+            claim: i64::from_be_bytes(claim.try_into().ok()?),
+        })
+    }
+}
+
+/// A claim: from this record on, only `writer`'s records count in the partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub writer: u64,
+    /// The claimant's previous claim, whose records go on counting if the partition was not
+    /// claimed by another writer since.
+    pub continues: Option<i64>,
+}
+
+impl Claim {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode_claim(self)
+    }
+}
+
+/// Which records of a changelog partition count, read in log order.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// The latest claimant and the claims of its that count; `None` before any claim is seen
+    /// (a log written without claims, or a prefix whose claims compaction removed): then every
+    /// record counts.
+    owner: Option<(u64, Vec<i64>)>,
+}
+
+impl Ownership {
+    /// Takes in the claim at `offset`.
+    pub fn claimed(&mut self, offset: i64, claim: &Claim) {
+        match &mut self.owner {
+            Some((writer, claims))
+                if *writer == claim.writer
+                    && claim.continues.is_some_and(|c| claims.contains(&c)) =>
+            {
+                claims.push(offset)
+            }
+            _ => self.owner = Some((claim.writer, vec![offset])),
+        }
+    }
+
+    /// Whether a record written in `epoch` counts.
+    pub fn counts(&self, epoch: Option<Epoch>) -> bool {
+        match (&self.owner, epoch) {
+            (None, _) => true,
+            (Some((writer, claims)), Some(epoch)) => {
+                *writer == epoch.writer && claims.contains(&epoch.claim)
+            }
+            (Some(_), None) => false,
+        }
+    }
+}
 
 /// Which store wrote a commit, and the input positions the commit stored for the partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,14 +125,40 @@ pub struct Position {
     pub event_times: Vec<(String, Millis)>,
 }
 
-/// A changelog record as read back: key and value (`None`: a tombstone).
-pub type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
+/// A changelog record as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangelogRecord {
+    pub key: Vec<u8>,
+    /// `None`: a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// From the record's [`EPOCH_HEADER`]; `None` when it has none.
+    pub epoch: Option<Epoch>,
+}
+
+impl ChangelogRecord {
+    /// The claim this record is, if it is one.
+    pub fn claim(&self) -> Result<Option<Claim>, StoreError> {
+        match (&self.value, self.key.as_slice() == CLAIM_KEY) {
+            (Some(bytes), true) => {
+                codec::decode_claim(bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        key: "changelog claim".into(),
+                        reason,
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+}
 
 /// Where customer writes are mirrored.
 #[derive(Debug)]
 pub(super) struct Changelog {
     pub topic: String,
     pub writer: u64,
+    /// The offset of this store's latest claim, per partition.
+    pub epochs: Mutex<HashMap<i32, i64>>,
 }
 
 fn read_key(partition: i32) -> Vec<u8> {
@@ -50,15 +167,42 @@ fn read_key(partition: i32) -> Vec<u8> {
     key
 }
 
+fn epoch_key(partition: i32) -> Vec<u8> {
+    let mut key = vec![EPOCH];
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key
+}
+
 impl Changelog {
     /// The changelog records of `commit`, to go out ahead of its other outputs: one per customer
     /// written, then one position record per partition the commit touched. `encoded` holds the
-    /// customers' stored encodings, in `commit.customers` order.
+    /// customers' stored encodings, in `commit.customers` order; `stored` gives a partition's
+    /// input offsets and event times as stored before this commit. A position record carries
+    /// the partition's whole position, not only what this commit moved: compaction keeps only
+    /// the latest one.
     pub(super) fn records(
         &self,
         commit: &Commit,
         encoded: &[Option<Vec<u8>>],
-    ) -> Vec<OutboxRecord> {
+        stored: &dyn Fn(i32) -> Result<(Entries, Entries), StoreError>,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let epochs = self
+            .epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let headers = |partition: i32| -> Vec<(String, Vec<u8>)> {
+            epochs
+                .get(&partition)
+                .map(|claim| {
+                    let epoch = Epoch {
+                        writer: self.writer,
+                        claim: *claim,
+                    };
+                    vec![(EPOCH_HEADER.to_owned(), epoch.to_header())]
+                })
+                .unwrap_or_default()
+        };
         let mut records = Vec::with_capacity(commit.customers.len() + 1);
         let mut partitions = BTreeSet::new();
         for ((partition, id, _), value) in commit.customers.iter().zip(encoded) {
@@ -67,36 +211,43 @@ impl Changelog {
                 topic: self.topic.clone(),
                 key: Some(id.clone().into_bytes()),
                 value: value.clone(),
-                headers: Vec::new(),
+                headers: headers(*partition),
                 partition: Some(*partition),
             });
         }
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
-        // `(topic, value)` of the entries of `partition`.
-        let of = |entries: &[(String, i32, i64)], partition: i32| -> Vec<(String, i64)> {
-            entries
-                .iter()
-                .filter(|(_, p, _)| *p == partition)
-                .map(|(topic, _, value)| (topic.clone(), *value))
-                .collect()
+        // The stored entries of `partition` with this commit's on top.
+        let merged = |mut base: Entries, entries: &[(String, i32, i64)], partition: i32| {
+            for (topic, _, value) in entries.iter().filter(|(_, p, _)| *p == partition) {
+                match base.iter_mut().find(|(t, _)| t == topic) {
+                    Some(entry) => entry.1 = *value,
+                    None => base.push((topic.clone(), *value)),
+                }
+            }
+            base.sort();
+            base
         };
         for partition in partitions {
+            let (offsets, event_times) = stored(partition)?;
             let position = Position {
                 writer: self.writer,
-                offsets: of(&commit.offsets, partition),
-                event_times: of(&commit.event_times, partition),
+                offsets: merged(offsets, &commit.offsets, partition),
+                event_times: merged(event_times, &commit.event_times, partition),
             };
             records.push(OutboxRecord {
                 topic: self.topic.clone(),
                 key: Some(POSITION_KEY.to_vec()),
                 value: Some(codec::encode_position(&position)),
-                headers: Vec::new(),
+                headers: headers(partition),
                 partition: Some(partition),
             });
         }
-        records
+        Ok(records)
     }
 }
+
+/// `(source topic, value)` entries of one partition.
+pub type Entries = Vec<(String, i64)>;
 
 impl Store {
     /// Mirrors every customer write to `topic` from now on. The store's writer id is created on
@@ -126,11 +277,73 @@ impl Store {
                 writer
             }
         };
+        let mut epochs = HashMap::new();
+        for (key, value) in self.backend.scan(&[EPOCH], &[EPOCH], None, usize::MAX)? {
+            let partition = key.get(1..5).and_then(|b| b.try_into().ok());
+            let claim = value.as_slice().try_into().ok();
+            if let (Some(partition), Some(claim)) = (partition, claim) {
+                epochs.insert(
+                    u32::from_be_bytes(partition) as i32,
+                    i64::from_be_bytes(claim),
+                );
+            }
+        }
         self.changelog = Some(Arc::new(Changelog {
             topic: topic.to_owned(),
             writer,
+            epochs: Mutex::new(epochs),
         }));
         Ok(self)
+    }
+
+    /// The offset of this store's latest claim of `partition`.
+    pub fn epoch(&self, partition: i32) -> Option<i64> {
+        let changelog = self.changelog.as_ref()?;
+        let epochs = changelog.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        epochs.get(&partition).copied()
+    }
+
+    /// Records that this store claimed `partition` at changelog offset `claim`: its records of
+    /// the partition are written in that epoch from now on.
+    pub fn set_epoch(&self, partition: i32, claim: i64) -> Result<(), StoreError> {
+        let Some(changelog) = &self.changelog else {
+            return Ok(());
+        };
+        self.backend.write(vec![Op::Put(
+            epoch_key(partition),
+            claim.to_be_bytes().to_vec(),
+        )])?;
+        changelog
+            .epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition, claim);
+        Ok(())
+    }
+
+    /// The input offsets and event times stored for `partition`.
+    pub(super) fn position_entries(
+        &self,
+        partition: i32,
+    ) -> Result<(Entries, Entries), StoreError> {
+        let entries = |tag: u8| -> Result<Entries, StoreError> {
+            let mut prefix = vec![tag];
+            prefix.extend_from_slice(&(partition as u32).to_be_bytes());
+            let mut out = Vec::new();
+            for (key, value) in self.backend.scan(&prefix, &prefix, None, usize::MAX)? {
+                let topic = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                let value = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        key: format!("{key:?}"),
+                        reason: "not 8 bytes".into(),
+                    })?;
+                out.push((topic, i64::from_be_bytes(value)));
+            }
+            Ok(out)
+        };
+        Ok((entries(OFFSET)?, entries(EVENT_TIME)?))
     }
 
     /// The changelog topic and this store's writer id, when customer writes are mirrored.
@@ -157,14 +370,44 @@ impl Store {
         )])
     }
 
+    /// Moves what is accounted for of `partition` over this store's own records just delivered
+    /// at `offsets`, as far as they follow on without a gap: a gap may hold another writer's
+    /// claim, which only a read of the changelog can tell.
+    pub fn advance_changelog_read(
+        &self,
+        partition: i32,
+        offsets: &mut [i64],
+    ) -> Result<(), StoreError> {
+        let Some(read) = self.changelog_read(partition)? else {
+            return Ok(());
+        };
+        offsets.sort_unstable();
+        let mut next = read;
+        for offset in offsets.iter() {
+            match (*offset).cmp(&next) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => next += 1,
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        if next > read {
+            self.set_changelog_read(partition, next)?;
+        }
+        Ok(())
+    }
+
     /// Applies changelog records of `partition`, in their log order, in one atomic write:
     /// customers replaced or deleted with their timers, and the input positions the records
-    /// carry. A record that cannot be read is an error and nothing is applied.
+    /// carry. Which records count is the caller's to decide ([`Ownership`]); claims are skipped.
+    /// A record that cannot be read is an error and nothing is applied.
     pub fn restore(&self, partition: i32, records: &[ChangelogRecord]) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(records.len() * 2);
         // The timer each customer has as of the records applied so far in this call.
         let mut timers: HashMap<&[u8], Option<Millis>> = HashMap::new();
-        for (key, value) in records {
+        for ChangelogRecord { key, value, .. } in records {
+            if key.as_slice() == CLAIM_KEY {
+                continue;
+            }
             if key.as_slice() == POSITION_KEY {
                 let Some(bytes) = value else { continue };
                 let position = decode_position(bytes)?;

@@ -339,6 +339,14 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             },
             "{name}"
         );
+        // A position carries the partition's whole position, also what the commit did not
+        // move: compaction keeps only the latest.
+        let position = decode_position(pending[6].1.value.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (position.offsets, position.event_times),
+            (vec![("orders".into(), 9)], vec![("orders".into(), 50)]),
+            "{name}"
+        );
 
         // Partition 1's records, in log order, into another store that has an older `a`.
         let target = Store::in_memory();
@@ -356,7 +364,11 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         let partition_1: Vec<ChangelogRecord> = pending
             .iter()
             .filter(|(_, r)| r.topic == "log" && r.partition == Some(1))
-            .map(|(_, r)| (r.key.clone().unwrap(), r.value.clone()))
+            .map(|(_, r)| ChangelogRecord {
+                key: r.key.clone().unwrap(),
+                value: r.value.clone(),
+                epoch: None,
+            })
             .collect();
         target.restore(1, &partition_1).unwrap();
         assert_eq!(
@@ -384,7 +396,12 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         );
 
         // An erasure travels as a tombstone and deletes the customer and its timer.
-        target.restore(1, &[(b"a".to_vec(), None)]).unwrap();
+        let tombstone = ChangelogRecord {
+            key: b"a".to_vec(),
+            value: None,
+            epoch: None,
+        };
+        target.restore(1, &[tombstone]).unwrap();
         assert_eq!(target.customer(1, "a").unwrap(), None, "{name}");
         assert!(
             target.due_timers(1, (None, 1_000), 10).unwrap().is_empty(),

@@ -23,7 +23,10 @@ use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
-pub use changelog::{decode_position, ChangelogRecord, Position, POSITION_KEY};
+pub use changelog::{
+    decode_position, ChangelogRecord, Claim, Epoch, Ownership, Position, CLAIM_KEY, EPOCH_HEADER,
+    POSITION_KEY,
+};
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
 
@@ -480,7 +483,9 @@ impl Store {
             .collect();
         // The changelog goes out ahead of the commit's other outputs.
         let changelog = match &self.changelog {
-            Some(changelog) => changelog.records(commit, &encoded),
+            Some(changelog) => {
+                changelog.records(commit, &encoded, &|p| self.position_entries(p))?
+            }
             None => Vec::new(),
         };
         for ((partition, customer_id, _), value) in commit.customers.iter().zip(encoded) {

@@ -19,10 +19,10 @@ use crate::end_to_end::{
 };
 use crate::support::expected_totals;
 
-struct Job(Child);
+pub struct Job(Child);
 
 impl Job {
-    fn start(config: &std::path::Path) -> Job {
+    pub fn start(config: &std::path::Path) -> Job {
         let child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
             .args(["run", "--config"])
             .arg(config)
@@ -37,7 +37,7 @@ impl Job {
         Job(child)
     }
 
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.0.id().to_string()])
             .status()

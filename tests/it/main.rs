@@ -16,6 +16,7 @@ mod privacy;
 mod prometheus;
 mod replay;
 mod risk;
+mod scale;
 mod scenario;
 mod segments;
 mod store_faults;
