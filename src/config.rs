@@ -653,6 +653,10 @@ pub struct RawHttp {
     pub customer_lookup_token: Option<String>,
     /// A file whose first line is the token (e.g. a mounted Kubernetes Secret).
     pub customer_lookup_token_file: Option<PathBuf>,
+    /// How other instances and clients reach this instance's HTTP endpoints (e.g.
+    /// `http://pulse-0.pulse:9464`): stored with the offsets it commits, and named by the other
+    /// instances when they refuse a lookup for a partition it owns.
+    pub advertised_url: Option<String>,
 }
 
 fn default_security_protocol() -> String {
@@ -748,6 +752,7 @@ impl Default for RawHttp {
             listen_address: "127.0.0.1:9464".into(),
             customer_lookup_token: None,
             customer_lookup_token_file: None,
+            advertised_url: None,
         }
     }
 }
@@ -856,6 +861,8 @@ pub struct Config {
     pub listen_address: std::net::SocketAddr,
     /// `None`: `GET /customers/{id}` is off.
     pub customer_lookup_token: Option<Secret>,
+    /// This instance's HTTP address as others should use it (`http.advertised_url`).
+    pub advertised_url: Option<String>,
     pub risk: RiskSettings,
     pub trends: TrendSettings,
     pub allowed_lateness_ms: i64,
@@ -1138,6 +1145,15 @@ impl RawConfig {
                 "must be 1 to 249 characters of letters, digits, '.', '_' and '-'",
             )?;
         }
+        if let Some(url) = &self.http.advertised_url {
+            check(
+                (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.len() <= 256
+                    && !url.contains(char::is_whitespace),
+                "http.advertised_url",
+                "must be an http:// or https:// URL of at most 256 characters without spaces",
+            )?;
+        }
         let listen_address = self.http.listen_address.parse().map_err(|_| {
             anyhow::anyhow!(
                 "config field `http.listen_address` must be an address such as 127.0.0.1:9464, not {:?}",
@@ -1188,6 +1204,7 @@ impl RawConfig {
             shutdown_flush: std::time::Duration::from_secs(p.shutdown_flush_seconds),
             listen_address,
             customer_lookup_token: customer_lookup_token.map(Secret),
+            advertised_url: self.http.advertised_url,
             risk,
             trends,
             allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,
@@ -1302,6 +1319,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[topics]\norders = \"a b\"\n",
                 "topics.orders",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\nadvertised_url = \"pulse-0:9464\"\n",
+                "http.advertised_url",
             ),
             ("[kafka]\nbrokers = \"b\"\nbrokerz = 1\n[state]\npath = \"x\"\n", "brokerz"),
             (

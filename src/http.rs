@@ -28,6 +28,9 @@ pub struct HttpState {
     /// Whether this instance owns a state partition now; `None` when it owns them all (a file
     /// replay, a test). The local copy of a partition owned elsewhere may be stale.
     pub owns: Option<Arc<dyn Fn(i32) -> bool + Send + Sync>>,
+    /// The advertised URL of the instance that owns a state partition, as far as it can be
+    /// found out (it blocks); `None` when nobody can tell.
+    pub owner_of: Option<Arc<dyn Fn(i32) -> Option<String> + Send + Sync>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -99,8 +102,8 @@ async fn customer(
     let risk = state.risk.clone();
     // The customer's partition is where its events were published. Kafka's default partitioner
     // is tried first; the others follow, for publishers that partition differently.
+    let home = partition_for(customer_id.as_bytes(), partitions);
     let found = tokio::task::spawn_blocking(move || {
-        let home = partition_for(customer_id.as_bytes(), partitions);
         let order = std::iter::once(home).chain((0..partitions).filter(|p| *p != home));
         for partition in order {
             if let Some(customer) = store.customer_record(partition, &customer_id)? {
@@ -110,24 +113,18 @@ async fn customer(
         Ok::<_, crate::store::StoreError>(None)
     })
     .await;
+    // A partition another instance owns: what is held here may be stale, and a customer not
+    // held here may be held there.
+    let elsewhere = match &found {
+        Ok(Ok(Some((partition, _)))) => Some(*partition),
+        Ok(Ok(None)) => Some(home),
+        _ => None,
+    }
+    .filter(|p| state.owns.as_ref().is_some_and(|owns| !owns(*p)));
+    if let Some(partition) = elsewhere {
+        return misdirected(&state, partition).await;
+    }
     match found {
-        Ok(Ok(Some((partition, _))))
-            if state.owns.as_ref().is_some_and(|owns| !owns(partition)) =>
-        {
-            // Which instance owns it is the consumer group's to know; this one only knows that
-            // it does not (any more), and that what it still holds may be stale.
-            let body = serde_json::json!({
-                "partition": partition,
-                "owned_here": false,
-                "message": "another instance of the consumer group owns this customer's partition; ask the others",
-            });
-            (
-                StatusCode::MISDIRECTED_REQUEST,
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response()
-        }
         Ok(Ok(Some((partition, customer)))) => {
             // The risk as of the customer's newest event; `last_published` is what
             // `customer.churn-risk` carries, `next_check_at` the pending timer.
@@ -152,4 +149,32 @@ async fn customer(
         }
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "lookup failed\n").into_response(),
     }
+}
+
+/// 421 for a customer of `partition`, which another instance owns, naming that instance when
+/// it can be found out.
+async fn misdirected(state: &HttpState, partition: i32) -> Response {
+    let owner = match state.owner_of.clone() {
+        Some(owner_of) => tokio::task::spawn_blocking(move || owner_of(partition))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let message = match &owner {
+        Some(_) => "another instance of the consumer group owns this customer's partition: ask it",
+        None => "another instance of the consumer group owns this customer's partition; which one is not known here (set http.advertised_url on every instance)",
+    };
+    let body = serde_json::json!({
+        "partition": partition,
+        "owned_here": false,
+        "owner": owner,
+        "message": message,
+    });
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }

@@ -55,6 +55,8 @@ pub struct PulseContext {
     restored: Arc<Mutex<Vec<i32>>>,
     /// How long a revocation waits for the outbox to drain.
     flush_limit: Duration,
+    /// Stored with committed offsets, so that other instances can name this one as the owner.
+    advertised_url: Option<String>,
 }
 
 impl PulseContext {
@@ -226,6 +228,17 @@ impl ConsumerContext for PulseContext {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "Assigning partitions failed.");
                 }
+                // The stored offsets, committed at once with this instance's address: the
+                // others name it as the owner from now on, even before it folds anything.
+                let stored: Vec<(String, i32, i64)> = start
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(next) => Some((e.topic().to_owned(), e.partition(), next)),
+                        _ => None,
+                    })
+                    .collect();
+                commit_with_url(consumer, &stored, self.advertised_url.as_deref());
                 self.telemetry.rebalanced("assign", owned.len() as i64);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -294,6 +307,7 @@ impl Input {
             changelog,
             restored: Arc::clone(&restored),
             flush_limit: config.shutdown_flush,
+            advertised_url: config.advertised_url.clone(),
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -394,21 +408,12 @@ impl Input {
         batch
     }
 
-    /// Tells Kafka the offsets already committed with the state, so that lag tools see them.
-    /// RocksDB stays the source of truth; a failure here is only logged.
+    /// Tells Kafka the offsets already committed with the state, so that lag tools see them,
+    /// with this instance's advertised URL as their metadata (see [`Owners`]). RocksDB stays the
+    /// source of truth; a failure here is only logged.
     pub fn commit_offsets(&self, offsets: &[(String, i32, i64)]) {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in offsets {
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .is_err()
-            {
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(error = %e, "Committing offsets to Kafka failed; the stored offsets stay authoritative.");
-        }
+        let url = self.consumer.context().advertised_url.as_deref();
+        commit_with_url(&self.consumer, offsets, url);
     }
 
     /// The input partitions this member owns now, as `(topic, partition)`.
@@ -428,6 +433,67 @@ impl Input {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
+    }
+}
+
+/// Commits `offsets` asynchronously, each with `url` as its metadata.
+fn commit_with_url<C: Consumer<PulseContext>>(
+    consumer: &C,
+    offsets: &[(String, i32, i64)],
+    url: Option<&str>,
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        let mut elem = tpl.add_partition(topic, *partition);
+        if elem.set_offset(Offset::Offset(*next)).is_err() {
+            return;
+        }
+        if let Some(url) = url {
+            elem.set_metadata(url);
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::warn!(error = %e, "Committing offsets to Kafka failed; the stored offsets stay authoritative.");
+    }
+}
+
+/// Which instance owns an input partition, as the consumer group's committed offsets tell: every
+/// owner commits its advertised URL as the offsets' metadata (`http.advertised_url`). Reads
+/// the group's offsets without joining it.
+pub struct Owners {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+/// How long a lookup of an owner waits for the group coordinator.
+const OWNER_WAIT: Duration = Duration::from_secs(2);
+
+impl Owners {
+    pub fn connect(config: &Config) -> anyhow::Result<Owners> {
+        let consumer = client_config(&config.brokers, &config.kafka_security)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        Ok(Owners {
+            consumer,
+            topic: config.topics.interactions.clone(),
+        })
+    }
+
+    /// The advertised URL stored with the last commit of `partition` of the interactions topic;
+    /// `None` when none is stored or the coordinator does not answer in time. Blocks.
+    pub fn owner(&self, partition: i32) -> Option<String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let committed = self.consumer.committed_offsets(tpl, OWNER_WAIT).ok()?;
+        let elem = committed.find_partition(&self.topic, partition)?;
+        // rdkafka panics on metadata that is not UTF-8, which another client of the group
+        // could have committed: such metadata names no owner.
+        let url = std::panic::catch_unwind(|| elem.metadata().to_owned()).ok()?;
+        Some(url).filter(|u| !u.is_empty())
     }
 }
 

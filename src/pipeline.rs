@@ -175,6 +175,7 @@ pub async fn run_on(
                 .any(|(_, p)| *p == partition)
         }
     };
+    let owners = crate::kafka::Owners::connect(&config)?;
     let http = tokio::spawn(http::serve(
         listener,
         HttpState {
@@ -184,6 +185,7 @@ pub async fn run_on(
             risk: Arc::new(config.risk.clone()),
             customer_token: config.customer_lookup_token.clone().map(Arc::new),
             owns: Some(Arc::new(owns)),
+            owner_of: Some(Arc::new(move |partition| owners.owner(partition))),
         },
         http_stop.clone(),
     ));

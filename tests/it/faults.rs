@@ -2,7 +2,8 @@
 //! cluster: broker errors on produce, fetch and offset commit, the broker down and up again, a
 //! slow broker; and a store that refuses writes as a full disk does. The job waits or retries,
 //! says so in its metrics, and loses nothing: every customer's state equals an uninterrupted
-//! file replay of the same events.
+//! file replay of the same events. Also here, since it needs offset-commit metadata, which Tansu
+//! does not keep: two instances name each other as the owners of their partitions.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -65,11 +66,22 @@ struct Job {
 impl Job {
     /// Starts the job on `store` (or on RocksDB at the configured path when `None`).
     fn start(brokers: &str, group: &str, dir: tempfile::TempDir, store: Option<Store>) -> Job {
+        Job::start_with(brokers, group, dir, store, "")
+    }
+
+    /// As [`Job::start`], with `http` appended to the `[http]` section.
+    fn start_with(
+        brokers: &str,
+        group: &str,
+        dir: tempfile::TempDir,
+        store: Option<Store>,
+        http: &str,
+    ) -> Job {
         let port = free_port();
         let text = config_text(brokers, &dir.path().join("state"), port).replace(
             "group_id = \"pulse-test\"",
             &format!("group_id = \"{group}\""),
-        );
+        ) + http;
         let config = Config::parse(&text, Vec::new()).unwrap();
         let shutdown = CancellationToken::new();
         let handle = match store {
@@ -311,4 +323,79 @@ async fn a_full_disk_pauses_the_job_readyz_says_503_and_it_resumes_when_space_re
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
     job.assert_state_equals_replay(&values).await;
     job.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_name_each_other_as_owners_of_their_partitions() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let url = |name: &str| format!("http://{name}.pulse.test:9464");
+    let start = |name: &str| {
+        Job::start_with(
+            &brokers,
+            "pulse-owners",
+            tempfile::tempdir().unwrap(),
+            None,
+            &format!("advertised_url = \"{}\"\n", url(name)),
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let events = traffic(400, 23);
+    a.publish(&events).await;
+    let both = wait_for(Duration::from_secs(60), || {
+        a.processed() + b.processed() == 400
+    })
+    .await;
+    assert!(
+        both,
+        "{} + {} of 400 processed",
+        a.processed(),
+        b.processed()
+    );
+    assert!(
+        a.processed() > 0 && b.processed() > 0,
+        "both own partitions"
+    );
+
+    let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    // Per customer: (the URL of the instance that serves it, the owner the other one names).
+    let answers = || -> Vec<(Option<String>, Option<String>)> {
+        ids.iter()
+            .map(|id| {
+                let path = format!("/customers/{id}");
+                let header = format!("Authorization: Bearer {}\r\n", crate::end_to_end::TOKEN);
+                let mut served = None;
+                let mut named = None;
+                for (name, job) in [("a", &a), ("b", &b)] {
+                    let (status, body) =
+                        crate::end_to_end::http_get_with(job.port, &path, &header).unwrap();
+                    match status {
+                        200 => served = Some(url(name)),
+                        421 => {
+                            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                            named = body["owner"].as_str().map(str::to_owned);
+                        }
+                        other => panic!("{id} on {name}: {other}"),
+                    }
+                }
+                (served, named)
+            })
+            .collect()
+    };
+    // Offsets are committed asynchronously after each batch: allow them a moment to land.
+    let named = wait_for(Duration::from_secs(30), || {
+        answers()
+            .iter()
+            .all(|(served, named)| served.is_some() && served == named)
+    })
+    .await;
+    assert!(
+        named,
+        "every customer served by one instance and its owner named by the other: {:?}",
+        answers()
+    );
+    a.stop().await;
+    b.stop().await;
 }

@@ -16,13 +16,18 @@ use crate::end_to_end::{http_get_with, TOKEN};
 
 /// Serves a store holding customer `ann` with the given `[http]` extra lines; returns the port.
 async fn start(http_extra: &str) -> (u16, CancellationToken) {
-    start_owning(http_extra, None).await
+    start_owning(http_extra, None, None).await
 }
 
-/// As [`start`], with `owns` telling which state partitions this instance owns.
+/// A partition's owner as [`HttpState::owner_of`] tells it.
+type OwnerOf = Arc<dyn Fn(i32) -> Option<String> + Send + Sync>;
+
+/// As [`start`], with `owns` telling which state partitions this instance owns and `owner_of`
+/// which instance owns the others.
 async fn start_owning(
     http_extra: &str,
     owns: Option<Arc<dyn Fn(i32) -> bool + Send + Sync>>,
+    owner_of: Option<OwnerOf>,
 ) -> (u16, CancellationToken) {
     let port = free_port();
     let text = format!(
@@ -50,6 +55,7 @@ async fn start_owning(
         risk: Arc::new(config.risk.clone()),
         customer_token: config.customer_lookup_token.clone().map(Arc::new),
         owns,
+        owner_of,
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     (port, stop)
@@ -296,21 +302,46 @@ async fn a_customer_whose_partition_another_instance_owns_is_refused_with_421() 
     let token = format!("customer_lookup_token = \"{TOKEN}\"\n");
     let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
     let home = partition_for(b"ann", 4);
-    // Owning every partition but ann's: the local copy may be stale, so it is not served.
-    let (port, stop) = start_owning(&token, Some(Arc::new(move |p| p != home))).await;
-    let (status, body) = tokio::task::spawn_blocking({
-        let bearer = bearer.clone();
-        move || http_get_with(port, "/customers/ann", &bearer).unwrap()
-    })
-    .await
-    .unwrap();
+    // A customer nobody has folded yet, in a partition other than ann's.
+    let nobody = (0..)
+        .map(|n| format!("nobody-{n}"))
+        .find(|id| partition_for(id.as_bytes(), 4) != home)
+        .unwrap();
+    let lookup = |port: u16, id: &str| {
+        let (path, bearer) = (format!("/customers/{id}"), bearer.clone());
+        async move {
+            let (status, body) =
+                tokio::task::spawn_blocking(move || http_get_with(port, &path, &bearer).unwrap())
+                    .await
+                    .unwrap();
+            (status, serde_json::from_str(&body).unwrap_or_default())
+        }
+    };
+    // Owning every partition but ann's, which another instance owns: the local copy may be
+    // stale, so it is not served, and the owner is named.
+    let owner_of: OwnerOf =
+        Arc::new(move |p| (p == home).then(|| "http://pulse-1.pulse:9464".to_owned()));
+    let (port, stop) =
+        start_owning(&token, Some(Arc::new(move |p| p != home)), Some(owner_of)).await;
+    let (status, body): (u16, serde_json::Value) = lookup(port, "ann").await;
     assert_eq!(status, 421);
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["partition"].as_i64(), Some(i64::from(home)));
     assert_eq!(body["owned_here"], false);
+    assert_eq!(body["owner"], "http://pulse-1.pulse:9464");
+    // Unknown in an owned partition: nobody has it.
+    assert_eq!(lookup(port, &nobody).await.0, 404);
     stop.cancel();
-    // Owning it, the same lookup serves the state.
-    let (port, stop) = start_owning(&token, Some(Arc::new(move |p| p == home))).await;
-    assert_eq!(get(port, "/customers/ann", &bearer).await, 200);
+
+    // Owning only ann's partition, with no way to tell who owns the others: a customer unknown
+    // here may be known there, so it is 421 too, without an owner.
+    let (port, stop) = start_owning(&token, Some(Arc::new(move |p| p == home)), None).await;
+    assert_eq!(lookup(port, "ann").await.0, 200);
+    let (status, body) = lookup(port, &nobody).await;
+    assert_eq!(status, 421);
+    assert_eq!(
+        body["partition"].as_i64(),
+        Some(i64::from(partition_for(nobody.as_bytes(), 4)))
+    );
+    assert_eq!(body["owner"], serde_json::Value::Null);
     stop.cancel();
 }

@@ -150,6 +150,7 @@ async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::Cancellati
         risk: std::sync::Arc::new(customer_pulse::risk::RiskSettings::default()),
         customer_token: None,
         owns: None,
+        owner_of: None,
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     (port, stop)
