@@ -386,7 +386,7 @@ impl Processor {
     /// its timer floor, its input partitions' clocks) after the store's copy was replaced by a
     /// restore from the changelog: it is read from the store again.
     pub fn forget_partition(&mut self, partition: i32) {
-        self.cache.entries.retain(|(p, _), _| *p != partition);
+        self.cache.forget(partition);
         self.timer_floor.remove(&partition);
         for partitions in self.clock.sources.values_mut() {
             partitions.remove(&partition);
@@ -1099,6 +1099,8 @@ struct CacheEntry {
     /// The timer the store holds for this customer, as of the last commit.
     stored_timer: Option<Millis>,
     dirty: bool,
+    /// Whether its key is in [`StateCache::touched`].
+    touched: bool,
     used: u64,
 }
 
@@ -1106,6 +1108,9 @@ struct CacheEntry {
 /// read from memory, and each dirty customer is written once per commit however many events it had.
 struct StateCache {
     entries: HashMap<(i32, String), CacheEntry>,
+    /// The keys of the entries handed out since the last commit, in first-use order: only they
+    /// can be dirty, so a commit visits them rather than the whole cache.
+    touched: Vec<(i32, String)>,
     capacity: usize,
     clock: u64,
 }
@@ -1114,6 +1119,7 @@ impl StateCache {
     fn new(capacity: usize) -> StateCache {
         StateCache {
             entries: HashMap::new(),
+            touched: Vec::new(),
             capacity: capacity.max(1),
             clock: 0,
         }
@@ -1136,17 +1142,30 @@ impl StateCache {
                     record,
                     stored_timer,
                     dirty: false,
+                    touched: false,
                     used: 0,
                 })
             }
         };
         entry.used = self.clock;
+        if !entry.touched {
+            entry.touched = true;
+            self.touched.push((partition, customer_id.to_owned()));
+        }
         Ok(entry)
     }
 
-    /// Adds the dirty customers and their timer changes to `commit`.
+    /// The touched entries, with their keys.
+    fn touched(&self) -> impl Iterator<Item = (&(i32, String), &CacheEntry)> {
+        self.touched
+            .iter()
+            .filter_map(|key| Some((key, self.entries.get(key)?)))
+    }
+
+    /// Adds the dirty customers and their timer changes to `commit`, in the order they were
+    /// first used.
     fn drain_dirty(&self, commit: &mut Commit) {
-        for ((partition, id), entry) in self.entries.iter().filter(|(_, e)| e.dirty) {
+        for ((partition, id), entry) in self.touched().filter(|(_, e)| e.dirty) {
             commit
                 .customers
                 .push((*partition, id.clone(), entry.record.clone()));
@@ -1166,9 +1185,14 @@ impl StateCache {
     /// Marks everything clean after a successful commit and evicts the least recently used
     /// entries down to nine tenths of the capacity, so eviction runs rarely.
     fn committed(&mut self) {
-        for entry in self.entries.values_mut().filter(|e| e.dirty) {
-            entry.dirty = false;
-            entry.stored_timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
+        for key in self.touched.drain(..) {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.touched = false;
+                if entry.dirty {
+                    entry.dirty = false;
+                    entry.stored_timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
+                }
+            }
         }
         if self.entries.len() > self.capacity {
             // At least one entry stays, so `cut` is always a valid index.
@@ -1183,5 +1207,12 @@ impl StateCache {
 
     fn clear(&mut self) {
         self.entries.clear();
+        self.touched.clear();
+    }
+
+    /// Forgets the entries of `partition`.
+    fn forget(&mut self, partition: i32) {
+        self.entries.retain(|(p, _), _| *p != partition);
+        self.touched.retain(|(p, _)| *p != partition);
     }
 }
