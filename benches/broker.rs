@@ -28,37 +28,12 @@ mod broker;
 mod common;
 use broker::{free_port, Broker};
 
-fn metric_sum(port: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0.0;
-    };
-    let _ = write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
+    common::runtime().block_on(async move {
         let broker = Broker::start();
         let brokers = broker.address.clone();
-        let mut topics: Vec<(&str, i32, bool)> = INPUTS.iter().map(|t| (*t, PARTITIONS, false)).collect();
-        topics.push(("customer.churn-risk", PARTITIONS, true));
-        topics.push(("customer.complaint-trends", PARTITIONS, false));
-        topics.push(("customer.segment-metrics", PARTITIONS, false));
-        topics.push(("customer.events.dlq", 1, false));
+        let mut topics = common::job_topics(PARTITIONS);
         topics.push(("customer-pulse.customers-changelog", PARTITIONS, true));
         create_topics(&brokers, &topics).await.expect("topics");
 
@@ -95,7 +70,7 @@ fn main() {
         let started = Instant::now();
         let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
         let deadline = Instant::now() + Duration::from_secs(600);
-        while metric_sum(port, "customer_pulse_events_total") < events as f64 {
+        while common::metric_sum(port, "customer_pulse_events_total") < events as f64 {
             assert!(Instant::now() < deadline, "customer-pulse finished within 600 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,5 +1,7 @@
 //! Benchmarks of the hot path: decode alone, and decode + fold + atomic store commit through the
-//! processor, in memory and on RocksDB. Events are the generator's (about 200 bytes each).
+//! processor, in memory and on RocksDB. Events are the generator's (about 200 bytes each). And
+//! the models a published churn-risk record computes: the hypergeometric function 2F1, a
+//! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV).
 //! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
 
 use std::sync::Arc;
@@ -142,5 +144,50 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn models(c: &mut Criterion) {
+    use customer_pulse::churn::{clv, hyp2f1, Recency};
+    use customer_pulse::fold::CustomerState;
+    use customer_pulse::risk::{assess, RiskSettings};
+    use customer_pulse::segments::Trailing;
+    use std::hint::black_box;
+
+    let risk = RiskSettings::default();
+    let model = risk.model;
+    // A customer with 6 repeat purchases over 40 weeks, scored 52 weeks after the first.
+    let h = Recency {
+        x: 6.0,
+        t_x: 40.0,
+        t: 52.0,
+    };
+    let mut group = c.benchmark_group("models");
+    group.bench_function("hyp2f1", |b| {
+        b.iter(|| {
+            hyp2f1(
+                black_box(0.24 + 6.0),
+                black_box(4.41),
+                7.63,
+                black_box(0.37),
+            )
+        })
+    });
+    group.bench_function("clv_12_months", |b| {
+        b.iter(|| clv(&model, black_box(h), 30.0 / 7.0, 12, black_box(25.0), 0.01))
+    });
+    // The generator's busiest customer after the benchmark's traffic: the state a published
+    // record is computed from.
+    let mut processor = Processor::new(Store::in_memory(), settings());
+    processor.process(&records(), NOW).expect("fold");
+    let store = processor.store().clone();
+    let state: CustomerState = (0..6)
+        .flat_map(|p| store.customers(p, "", usize::MAX).expect("customers"))
+        .max_by_key(|c| c.orders)
+        .expect("a customer");
+    let trailing = Trailing::default();
+    group.bench_function("assess", |b| {
+        b.iter(|| assess(black_box(&state), &trailing, NOW, &risk))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, models);
 criterion_main!(benches);

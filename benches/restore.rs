@@ -42,11 +42,7 @@ fn customer(n: u64) -> Customer {
 
 fn main() {
     let customers = common::size("CUSTOMERS", 500_000, 5_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
+    common::runtime().block_on(async move {
         let broker = Broker::start();
         let brokers = broker.address.clone();
         create_topics(&brokers, &[(TOPIC, PARTITIONS, true)])

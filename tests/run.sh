@@ -10,6 +10,8 @@ need_debian prometheus
 # Compose's and Kubernetes' own validators for deploy/ (neither needs a container engine).
 need_debian docker-compose
 need_pip kubernetes-validate==1.37.0
+# The peer stream processor of benches/peers.rs, whose smoke run is part of the tests.
+need_pip quixstreams==3.28.1
 say "Checking formatting"
 cargo fmt --all -- --check
 say "Running clippy"

@@ -26,6 +26,8 @@ pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
+        // As customer-pulse's consumer: Tansu holds every fetch for about half of this.
+        .set("fetch.wait.max.ms", "50")
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
@@ -46,4 +48,52 @@ pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -
         }
     }
     started.elapsed()
+}
+
+/// The sum of every series of metric `name` on the processor's `/metrics` at `port`; 0 when it
+/// does not answer.
+pub fn metric_sum(port: u16, name: &str) -> f64 {
+    metric_lines(port, name).iter().map(|(_, v)| v).sum()
+}
+
+/// The series of metric `name` (its exact name, then labels or a space) as `(labels, value)`.
+pub fn metric_lines(port: u16, name: &str) -> Vec<(String, f64)> {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return Vec::new();
+    };
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series[name.len()..].to_owned(), value.parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+/// The multi-threaded runtime a benchmark's `main` runs in.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The job's topics, `(name, partitions, compacted)`: the three inputs and the outputs.
+pub fn job_topics(partitions: i32) -> Vec<(&'static str, i32, bool)> {
+    vec![
+        ("customer.interactions", partitions, false),
+        ("customer.orders", partitions, false),
+        ("customer.complaints", partitions, false),
+        ("customer.churn-risk", partitions, true),
+        ("customer.complaint-trends", partitions, false),
+        ("customer.segment-metrics", partitions, false),
+        ("customer.events.dlq", 1, false),
+    ]
 }

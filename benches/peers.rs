@@ -1,0 +1,340 @@
+//! customer-pulse beside a bare consumer and a peer stream processor, in one run on one broker
+//! (issue 7). Tansu on loopback; EVENTS generated events are published to the three input
+//! topics beforehand; then, one after the other, each reads them all from the beginning:
+//!
+//! 1. a bare librdkafka consumer in this process (the reference: what the broker can deliver);
+//! 2. customer-pulse, the release binary as a process of its own, with its default
+//!    configuration (decode, fold with every analytic, RocksDB commit, outputs produced);
+//! 3. the peer: the per-customer fold alone written with Quix Streams (`benches/peer/quix_fold.py`,
+//!    RocksDB state with a changelog topic), as a Python process of its own.
+//!
+//! For each: events/s (from its start, so start-up and group join are included), CPU seconds
+//! per million events and peak resident memory of its process. Then customer-pulse's latency
+//! (the producer's record timestamp to the commit of the event's state) while events arrive at
+//! half the rate it just reached, restarted on its state.
+//!
+//! `cargo bench --bench peers` (EVENTS=200000 by default). The peer needs `quixstreams` for
+//! `python3` (or for `PULSE_QUIX_PYTHON`); the test command installs it. Under `cargo test` it
+//! runs once with 2,000 events, so the harness itself stays tested.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use customer_pulse::generate::{generate, Generated, TrafficSpec};
+use customer_pulse::kafka::{create_topics, publish};
+use customer_pulse::replay::wall_clock_ms;
+
+#[path = "../tests/it/broker.rs"]
+mod broker;
+mod common;
+use broker::{free_port, Broker};
+
+const PARTITIONS: i32 = 4;
+const INPUTS: [&str; 3] = [
+    "customer.interactions",
+    "customer.orders",
+    "customer.complaints",
+];
+const DAY_MS: i64 = 86_400_000;
+const LATENCY: &str = "customer_pulse_processing_latency_seconds_bucket";
+
+/// One contender's run.
+struct Run {
+    seconds: f64,
+    cpu_seconds: f64,
+    /// Peak resident set of its process; `None` for the reference, which runs in this one.
+    peak_mib: Option<f64>,
+}
+
+/// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    // The command name is in parentheses and may hold spaces; fields count from after it.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / clock_ticks()
+}
+
+/// The kernel's clock ticks per second, in which `/proc` reports CPU time.
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
+}
+
+/// The peak resident set of a process so far (VmHWM), in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib / 1024.0
+}
+
+/// A child's usage so far, `done` being when it finished its work.
+fn usage(child: &Child, started: Instant, done: Instant) -> Run {
+    Run {
+        seconds: (done - started).as_secs_f64(),
+        cpu_seconds: cpu_seconds(&child.id().to_string()),
+        peak_mib: Some(peak_mib(child.id())),
+    }
+}
+
+/// Ends a child with SIGTERM (customer-pulse then leaves its consumer group, so that the next
+/// member is assigned at once), or SIGKILL when it is still there after 30 s.
+fn end(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..300 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn reference(brokers: &str, events: u64) -> Run {
+    let before = cpu_seconds("self");
+    let seconds = common::raw_read(brokers, &INPUTS, PARTITIONS, events).as_secs_f64();
+    Run {
+        seconds,
+        cpu_seconds: cpu_seconds("self") - before,
+        peak_mib: None,
+    }
+}
+
+/// customer-pulse with its default configuration, until it has folded `events`; returns its
+/// run, and the process still running with its HTTP port (for the latency phase).
+async fn pulse(brokers: &str, state: &std::path::Path, events: u64) -> (Run, Child, u16) {
+    let port = free_port();
+    let config = state.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-peers-pulse\"\n\
+             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\n\
+             [http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+            state.join("state").display()
+        ),
+    )
+    .expect("config file");
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            std::env::var("PULSE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("customer-pulse starts");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while common::metric_sum(port, "customer_pulse_events_total") < events as f64
+        || common::metric_sum(port, "customer_pulse_ready") < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "customer-pulse finished within 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (usage(&child, started, Instant::now()), child, port)
+}
+
+/// The Quix Streams peer, until it says it took in `events`.
+fn quix(brokers: &str, state: &std::path::Path, events: u64) -> Run {
+    let python = std::env::var("PULSE_QUIX_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer/quix_fold.py");
+    let started = Instant::now();
+    let mut child = Command::new(python)
+        .arg(script)
+        .args([
+            "--brokers",
+            brokers,
+            "--group",
+            "bench-peers-quix",
+            "--expected",
+        ])
+        .arg(events.to_string())
+        .arg("--state-dir")
+        .arg(state.join("quix"))
+        .args(INPUTS)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the Quix Streams peer starts (python3 with quixstreams, or PULSE_QUIX_PYTHON)");
+    let stdout = child.stdout.take().expect("peer stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("processed") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(1800))
+        .expect("the peer took in every event within 30 minutes");
+    let run = usage(&child, started, Instant::now());
+    eprintln!("peer: {line}");
+    end(child);
+    run
+}
+
+/// The smallest bucket bound (seconds) of a histogram under which a share `q` of its
+/// observations fall.
+fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
+    let bound = |labels: &str| -> f64 {
+        let le = labels.trim_start_matches("{le=\"").trim_end_matches("\"}");
+        if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        }
+    };
+    let mut buckets: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(labels, n)| (bound(labels), *n))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|(le, _)| *le)
+}
+
+/// `events` generated events spread evenly over `span_ms` from `start_ms`.
+fn traffic(events: u64, seed: u64, start_ms: i64, span_ms: i64) -> Vec<Generated> {
+    generate(&TrafficSpec {
+        customers: events / 20 + 1,
+        events,
+        seed,
+        start_ms,
+        step_ms: (span_ms / events as i64).max(1),
+    })
+}
+
+fn main() {
+    let events = common::size("EVENTS", 200_000, 2_000);
+    common::runtime().block_on(async move {
+        let broker = Broker::start();
+        let brokers = broker.address.clone();
+        create_topics(&brokers, &common::job_topics(PARTITIONS))
+            .await
+            .expect("topics");
+        let config = customer_pulse::config::Config::parse(
+            "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n",
+            Vec::new(),
+        )
+        .expect("config");
+        let now = wall_clock_ms();
+        let generated = traffic(events, 7, now - 31 * DAY_MS, 30 * DAY_MS);
+        let bytes: usize = generated.iter().map(|g| g.value.to_string().len()).sum();
+        // One record per batch: Quix Streams' consumer refuses the offsets Tansu 0.6.0 returns
+        // when a fetch starts inside a larger batch (see the README's deviations).
+        publish(&brokers, &config.topics, &generated, None, 1)
+            .await
+            .expect("publish");
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        let reference = tokio::task::spawn_blocking({
+            let brokers = brokers.clone();
+            move || reference(&brokers, events)
+        })
+        .await
+        .expect("reference");
+        let (pulse_run, child, _) = pulse(&brokers, dir.path(), events).await;
+        end(child);
+
+        let peer = tokio::task::spawn_blocking({
+            let (brokers, state) = (brokers.clone(), dir.path().to_owned());
+            move || quix(&brokers, &state, events)
+        })
+        .await
+        .expect("peer");
+
+        // Latency at half and at a quarter of the rate customer-pulse just reached: it starts
+        // again on its state (it has read everything), and fresh events (later in event time)
+        // arrive at that pace for 10 s, published in batches as a busy producer's would be.
+        let mut latencies = Vec::new();
+        for (share, seed) in [(2.0, 8), (4.0, 9)] {
+            let rate = (events as f64 / pulse_run.seconds / share).max(10.0);
+            let paced = ((rate * 10.0) as u64).max(100);
+            let (_, child, port) = pulse(&brokers, dir.path(), 0).await;
+            // Within the 12 hours after the first traffic, each phase its own 6.
+            let start = now - DAY_MS + (seed as i64 - 8) * DAY_MS / 4;
+            let live = traffic(paced, seed, start, DAY_MS / 4);
+            let started = Instant::now();
+            publish(&brokers, &config.topics, &live, Some(rate as u64), 10_000)
+                .await
+                .expect("paced publish");
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while common::metric_sum(port, "customer_pulse_events_total") < paced as f64 {
+                assert!(Instant::now() < deadline, "the paced events were folded");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let achieved = paced as f64 / started.elapsed().as_secs_f64();
+            latencies.push((share, rate, achieved, common::metric_lines(port, LATENCY)));
+            end(child);
+        }
+        let pulse = pulse_run;
+
+        let rate = |r: &Run| events as f64 / r.seconds;
+        let cpu = |r: &Run| r.cpu_seconds / events as f64 * 1e6;
+        let mib = |r: &Run| r.peak_mib.map_or("—".into(), |m| format!("{m:.0}"));
+        println!(
+            "\nTansu on loopback: {events} events, {} bytes on average, {PARTITIONS} partitions x 3 topics",
+            bytes / generated.len()
+        );
+        println!("| what | seconds | events/s | CPU s per million events | peak resident MiB |");
+        println!("|---|---|---|---|---|");
+        for (name, run) in [
+            ("bare librdkafka consumer (reference)", &reference),
+            ("customer-pulse (every analytic, RocksDB, outputs)", &pulse),
+            ("Quix Streams peer (the per-customer fold alone, RocksDB)", &peer),
+        ] {
+            println!(
+                "| {name} | {:.2} | {:.0} | {:.1} | {} |",
+                run.seconds,
+                rate(run),
+                cpu(run),
+                mib(run)
+            );
+        }
+        println!(
+            "ratios: customer-pulse / reference {:.2}; customer-pulse / peer: {:.1}x the events/s, {:.2} of the CPU per event",
+            rate(&pulse) / rate(&reference),
+            rate(&pulse) / rate(&peer),
+            cpu(&pulse) / cpu(&peer)
+        );
+        for (share, rate, achieved, buckets) in &latencies {
+            let ms = |q| {
+                quantile(buckets, q).map_or("—".into(), |s: f64| format!("≤ {:.0} ms", s * 1e3))
+            };
+            println!(
+                "customer-pulse latency (record timestamp to state commit) at 1/{share} of its rate: {rate:.0} events/s offered for 10 s, {achieved:.0} events/s folded: p50 {}, p99 {} (histogram bucket bounds)",
+                ms(0.5),
+                ms(0.99)
+            );
+        }
+    });
+}
