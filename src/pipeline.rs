@@ -176,6 +176,7 @@ pub async fn run_on(
         }
     };
     let owners = crate::kafka::Owners::connect(&config)?;
+    let own_url = config.advertised_url.clone();
     let http = tokio::spawn(http::serve(
         listener,
         HttpState {
@@ -185,7 +186,13 @@ pub async fn run_on(
             risk: Arc::new(config.risk.clone()),
             customer_token: config.customer_lookup_token.clone().map(Arc::new),
             owns: Some(Arc::new(owns)),
-            owner_of: Some(Arc::new(move |partition| owners.owner(partition))),
+            // Not this instance: a partition it just lost still names it until the new owner
+            // commits.
+            owner_of: Some(Arc::new(move |partition| {
+                owners
+                    .owner(partition)
+                    .filter(|url| Some(url) != own_url.as_ref())
+            })),
         },
         http_stop.clone(),
     ));
