@@ -130,7 +130,8 @@ pub fn restore(
 }
 
 /// Applies the records of `partition` that count, from `from` (the start when `None`) up to the
-/// claim at `to`, in atomic chunks; returns how many were applied.
+/// claim at `to`, in atomic chunks written on a thread of their own while the next chunk is
+/// read, in order; returns how many were applied.
 fn apply(
     store: &Store,
     source: &dyn ChangelogSource,
@@ -139,33 +140,50 @@ fn apply(
     to: i64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<u64> {
-    // Progress in offsets: compaction leaves gaps, so fewer records than offsets may remain.
-    let mut first = None;
-    let mut applied = 0;
-    let mut ownership = Ownership::default();
-    let mut chunk = Vec::with_capacity(CHUNK);
-    source.read(partition, from, to, &mut |offset, record| {
-        let start = *first.get_or_insert(offset);
-        if let Some(claim) = record.claim()? {
-            ownership.claimed(offset, &claim);
-            return Ok(());
-        }
-        if !ownership.counts(record.epoch) {
-            return Ok(());
-        }
-        chunk.push(record);
-        if chunk.len() == CHUNK {
-            store.restore(partition, &chunk)?;
-            applied += chunk.len() as u64;
-            chunk.clear();
-            progress((offset + 1 - start) as u64, (to - start).max(1) as u64);
-        }
-        Ok(())
-    })?;
-    store.restore(partition, &chunk)?;
-    applied += chunk.len() as u64;
-    progress(1, 1);
-    Ok(applied)
+    // At most two chunks wait for the writer: memory stays bounded if RocksDB is the slower.
+    let (chunks, written) = std::sync::mpsc::sync_channel::<Vec<ChangelogRecord>>(2);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<u64, StoreError> {
+            let mut applied = 0;
+            for chunk in written {
+                store.restore(partition, &chunk)?;
+                applied += chunk.len() as u64;
+            }
+            Ok(applied)
+        });
+        // Progress in offsets: compaction leaves gaps, so fewer records than offsets may remain.
+        let mut first = None;
+        let mut ownership = Ownership::default();
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let read = source.read(partition, from, to, &mut |offset, record| {
+            let start = *first.get_or_insert(offset);
+            if let Some(claim) = record.claim()? {
+                ownership.claimed(offset, &claim);
+                return Ok(());
+            }
+            if !ownership.counts(record.epoch) {
+                return Ok(());
+            }
+            chunk.push(record);
+            if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                // Refused only when the writer stopped on an error, which is reported below.
+                chunks.send(full).map_err(|_| {
+                    StoreError::Backend("the restore's writer stopped".into())
+                })?;
+                progress((offset + 1 - start) as u64, (to - start).max(1) as u64);
+            }
+            Ok(())
+        });
+        let _ = chunks.send(chunk);
+        drop(chunks);
+        let applied = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the restore's writer panicked"))??;
+        read?;
+        progress(1, 1);
+        Ok(applied)
+    })
 }
 
 #[cfg(test)]
