@@ -11,8 +11,7 @@
 use std::time::Instant;
 
 use customer_pulse::config::Config;
-use customer_pulse::event::format_millis;
-use customer_pulse::processor::{InputRecord, Processor};
+use customer_pulse::processor::Processor;
 
 mod common;
 
@@ -29,19 +28,6 @@ fn resident_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn record(offset: i64, payload: String) -> InputRecord {
-    InputRecord {
-        source: "bench".into(),
-        source_partition: 0,
-        offset,
-        stream: None,
-        state_partition: None,
-        key: None,
-        payload: payload.into_bytes(),
-        append_time_ms: None,
-    }
-}
-
 fn main() {
     let customers = common::size("CUSTOMERS", 10_000_000, 20_000);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -56,10 +42,7 @@ fn main() {
         customer_pulse::pipeline::processor_settings(&config),
     );
     let batch_size = config.max_batch_events;
-    // Event times spread over 30 days ending an hour ago; the clock is now.
     let now = customer_pulse::replay::wall_clock_ms();
-    let start = now - 30 * 86_400_000;
-    let step = (30 * 86_400_000 / customers as i64).max(1);
 
     println!(
         "{} customers, cache_customers {}, block_cache_bytes {}, batches of {batch_size}",
@@ -70,55 +53,28 @@ fn main() {
         "customers", "events", "rss MiB", "peak MiB", "state MiB"
     );
     let started = Instant::now();
-    let mut batch = Vec::with_capacity(batch_size);
-    let mut offset = 0i64;
     let report_every = (customers / 10).max(1);
-    for i in 0..customers {
-        let at = format_millis(start + i as i64 * step);
-        let id = format!("c-{i:09}");
-        batch.push(record(
-            offset,
-            format!(
-                r#"{{"event_id":"o-{i}","customer_id":"{id}","type":"order.placed","occurred_at":"{at}","order_id":"{i}","amount_minor":{},"margin_minor":{},"currency":"EUR","channel":"web"}}"#,
-                1_000 + i % 9_000,
-                200 + i % 1_500
-            ),
-        ));
-        offset += 1;
-        if i % 10 == 0 {
-            batch.push(record(
-                offset,
-                format!(
-                    r#"{{"event_id":"k-{i}","customer_id":"{id}","type":"complaint.opened","occurred_at":"{at}","complaint_id":"k-{i}","category":"delivery","severity":"medium"}}"#
-                ),
-            ));
-            offset += 1;
-        }
-        if batch.len() >= batch_size || i + 1 == customers {
-            processor.process(&batch, now).expect("commit");
-            batch.clear();
-            // What a producer would do: acknowledge what was published.
-            loop {
-                let pending = store.outbox(10_000).expect("outbox");
-                if pending.is_empty() {
-                    break;
-                }
-                let seqs: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
-                store.acknowledge(&seqs).expect("acknowledge");
+    let events = common::fill(
+        &store,
+        &mut processor,
+        customers,
+        batch_size,
+        now,
+        |filled, events| {
+            if filled % report_every == 0 {
+                let (rss, peak) = resident_mib();
+                println!(
+                    "{:>12} {:>10} {:>12.0} {:>12.0} {:>14.0}",
+                    filled,
+                    events,
+                    rss,
+                    peak,
+                    store.size_bytes() as f64 / (1 << 20) as f64
+                );
             }
-        }
-        if (i + 1) % report_every == 0 {
-            let (rss, peak) = resident_mib();
-            println!(
-                "{:>12} {:>10} {:>12.0} {:>12.0} {:>14.0}",
-                i + 1,
-                offset,
-                rss,
-                peak,
-                store.size_bytes() as f64 / (1 << 20) as f64
-            );
-        }
-    }
+        },
+    );
+    let offset = events as i64;
     let (rss, peak) = resident_mib();
     println!(
         "done in {:.0} s ({:.0} events/s); resident {rss:.0} MiB, peak {peak:.0} MiB",

@@ -20,7 +20,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use customer_pulse::generate::{generate, Generated, TrafficSpec};
 use customer_pulse::kafka::{create_topics, publish};
 use customer_pulse::replay::wall_clock_ms;
 
@@ -222,17 +221,6 @@ fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-/// `events` generated events spread evenly over `span_ms` from `start_ms`.
-fn traffic(events: u64, seed: u64, start_ms: i64, span_ms: i64) -> Vec<Generated> {
-    generate(&TrafficSpec {
-        customers: events / 20 + 1,
-        events,
-        seed,
-        start_ms,
-        step_ms: (span_ms / events as i64).max(1),
-    })
-}
-
 fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
     common::runtime().block_on(async move {
@@ -247,7 +235,7 @@ fn main() {
         )
         .expect("config");
         let now = wall_clock_ms();
-        let generated = traffic(events, 7, now - 31 * DAY_MS, 30 * DAY_MS);
+        let generated = common::traffic(events, 20, 7, now - 31 * DAY_MS, 30 * DAY_MS);
         let bytes: usize = generated.iter().map(|g| g.value.to_string().len()).sum();
         // One record per batch: Quix Streams' consumer refuses the offsets Tansu 0.6.0 returns
         // when a fetch starts inside a larger batch (see the README's deviations).
@@ -282,7 +270,7 @@ fn main() {
             let (_, child, port) = pulse(&brokers, dir.path(), 0).await;
             // Within the 12 hours after the first traffic, each phase its own 6.
             let start = now - DAY_MS + (seed as i64 - 8) * DAY_MS / 4;
-            let live = traffic(paced, seed, start, DAY_MS / 4);
+            let live = common::traffic(paced, 20, seed, start, DAY_MS / 4);
             let started = Instant::now();
             publish(&brokers, &config.topics, &live, Some(rate as u64), 10_000)
                 .await

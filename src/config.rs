@@ -564,6 +564,10 @@ pub struct RawKafka {
     /// How long the group waits for a silent member before moving its partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_milliseconds: u64,
+    /// A stable name for this instance in the group (static membership, e.g. the pod name of a
+    /// StatefulSet): a restarted instance takes its partitions back at once instead of
+    /// waiting a session timeout for its former self to be dropped.
+    pub group_instance_id: Option<String>,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
     #[serde(default = "default_security_protocol")]
     pub security_protocol: String,
@@ -844,6 +848,8 @@ pub struct Config {
     pub brokers: String,
     pub kafka_security: KafkaSecurity,
     pub group_id: String,
+    /// `kafka.group_instance_id`: static membership when set.
+    pub group_instance_id: Option<String>,
     pub offset_reset: OffsetReset,
     pub session_timeout: std::time::Duration,
     pub topics: Topics,
@@ -1145,6 +1151,16 @@ impl RawConfig {
                 "must be 1 to 249 characters of letters, digits, '.', '_' and '-'",
             )?;
         }
+        if let Some(id) = &self.kafka.group_instance_id {
+            check(
+                (1..=249).contains(&id.len())
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                "kafka.group_instance_id",
+                "must be 1 to 249 characters of letters, digits, '.', '_' and '-'",
+            )?;
+        }
         if let Some(url) = &self.http.advertised_url {
             check(
                 (url.starts_with("http://") || url.starts_with("https://"))
@@ -1164,6 +1180,7 @@ impl RawConfig {
             brokers: self.kafka.brokers,
             kafka_security,
             group_id: self.kafka.group_id,
+            group_instance_id: self.kafka.group_instance_id,
             offset_reset,
             session_timeout: std::time::Duration::from_millis(
                 self.kafka.session_timeout_milliseconds,
@@ -1323,6 +1340,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\nadvertised_url = \"pulse-0:9464\"\n",
                 "http.advertised_url",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\ngroup_instance_id = \"pulse 0\"\n[state]\npath = \"x\"\n",
+                "kafka.group_instance_id",
             ),
             ("[kafka]\nbrokers = \"b\"\nbrokerz = 1\n[state]\npath = \"x\"\n", "brokerz"),
             (

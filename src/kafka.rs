@@ -313,6 +313,9 @@ impl Input {
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
             client.set("debug", debug);
         }
+        if let Some(id) = &config.group_instance_id {
+            client.set("group.instance.id", id);
+        }
         let consumer: StreamConsumer<PulseContext> = client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")

@@ -168,9 +168,9 @@ fn apply(
             if chunk.len() == CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                 // Refused only when the writer stopped on an error, which is reported below.
-                chunks.send(full).map_err(|_| {
-                    StoreError::Backend("the restore's writer stopped".into())
-                })?;
+                chunks
+                    .send(full)
+                    .map_err(|_| StoreError::Backend("the restore's writer stopped".into()))?;
                 progress((offset + 1 - start) as u64, (to - start).max(1) as u64);
             }
             Ok(())

@@ -97,3 +97,86 @@ pub fn job_topics(partitions: i32) -> Vec<(&'static str, i32, bool)> {
         ("customer.events.dlq", 1, false),
     ]
 }
+
+/// Folds one order for each of `customers` distinct customers (`c-000000000` on), and every tenth
+/// of them a complaint too, with event times over the 30 days before `now`, in batches of
+/// `batch_size`, acknowledging the outbox as a producer would. Calls `each(customers so far,
+/// events so far)` after every customer; returns the number of events.
+pub fn fill(
+    store: &customer_pulse::store::Store,
+    processor: &mut customer_pulse::processor::Processor,
+    customers: u64,
+    batch_size: usize,
+    now: i64,
+    mut each: impl FnMut(u64, u64),
+) -> u64 {
+    use customer_pulse::event::format_millis;
+    let record = |offset: i64, payload: String| customer_pulse::processor::InputRecord {
+        source: "bench".into(),
+        source_partition: 0,
+        offset,
+        stream: None,
+        state_partition: None,
+        key: None,
+        payload: payload.into_bytes(),
+        append_time_ms: None,
+    };
+    let start = now - 30 * 86_400_000;
+    let step = (30 * 86_400_000 / customers as i64).max(1);
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut offset = 0i64;
+    for i in 0..customers {
+        let at = format_millis(start + i as i64 * step);
+        let id = format!("c-{i:09}");
+        batch.push(record(
+            offset,
+            format!(
+                r#"{{"event_id":"o-{i}","customer_id":"{id}","type":"order.placed","occurred_at":"{at}","order_id":"{i}","amount_minor":{},"margin_minor":{},"currency":"EUR","channel":"web"}}"#,
+                1_000 + i % 9_000,
+                200 + i % 1_500
+            ),
+        ));
+        offset += 1;
+        if i % 10 == 0 {
+            batch.push(record(
+                offset,
+                format!(
+                    r#"{{"event_id":"k-{i}","customer_id":"{id}","type":"complaint.opened","occurred_at":"{at}","complaint_id":"k-{i}","category":"delivery","severity":"medium"}}"#
+                ),
+            ));
+            offset += 1;
+        }
+        if batch.len() >= batch_size || i + 1 == customers {
+            processor.process(&batch, now).expect("commit");
+            batch.clear();
+            loop {
+                let pending = store.outbox(10_000).expect("outbox");
+                if pending.is_empty() {
+                    break;
+                }
+                let seqs: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
+                store.acknowledge(&seqs).expect("acknowledge");
+            }
+        }
+        each(i + 1, offset as u64);
+    }
+    offset as u64
+}
+
+/// `events` generated events for `events / customers_per` + 1 customers, spread evenly over
+/// `span_ms` from `start_ms`.
+pub fn traffic(
+    events: u64,
+    customers_per: u64,
+    seed: u64,
+    start_ms: i64,
+    span_ms: i64,
+) -> Vec<customer_pulse::generate::Generated> {
+    customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
+        customers: events / customers_per + 1,
+        events,
+        seed,
+        start_ms,
+        step_ms: (span_ms / events as i64).max(1),
+    })
+}

@@ -1,0 +1,167 @@
+//! Restart after SIGKILL with many customers in state (issue 7): how long customer-pulse takes
+//! to process again. The state is built first in this process (CUSTOMERS customers, one order
+//! each and every tenth a complaint, as `benches/memory.rs` does, into RocksDB with the default
+//! configuration). Then the release binary runs on that state against Tansu on loopback, folds
+//! 1,000 new events from the input topics and is killed with SIGKILL; 100 more events are
+//! published; and the binary starts again on the same state. Printed: the time from that start
+//! to the first new event folded and committed (processing again), and to all 100.
+//!
+//! `cargo bench --bench restart` (CUSTOMERS=1000000 by default). Under `cargo test` it runs once
+//! with 2,000 customers, so the harness itself stays tested.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use customer_pulse::config::Config;
+use customer_pulse::kafka::{create_topics, publish};
+use customer_pulse::processor::Processor;
+use customer_pulse::replay::wall_clock_ms;
+
+#[path = "../tests/it/broker.rs"]
+mod broker;
+mod common;
+use broker::{free_port, Broker};
+
+const PARTITIONS: i32 = 4;
+
+/// Moments after a start, in seconds from it.
+#[derive(Default)]
+struct Moments {
+    /// `/metrics` answers: the state is open.
+    up: Option<f64>,
+    /// The group assigned partitions.
+    assigned: Option<f64>,
+    /// The first new event is folded and committed: processing again.
+    first: Option<f64>,
+    /// Every new event is.
+    all: f64,
+}
+
+/// Starts the binary on `config` and waits until it has folded `events`; returns it running and
+/// when each moment came.
+async fn run_until(config: &std::path::Path, port: u16, events: u64) -> (Child, Moments) {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("PULSE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("customer-pulse starts");
+    let deadline = started + Duration::from_secs(600);
+    let mut moments = Moments::default();
+    loop {
+        let at = started.elapsed().as_secs_f64();
+        let lines = common::metric_lines(port, "customer_pulse_assigned_partitions");
+        if !lines.is_empty() {
+            moments.up.get_or_insert(at);
+        }
+        if lines.iter().any(|(_, v)| *v > 0.0) {
+            moments.assigned.get_or_insert(at);
+        }
+        let folded = common::metric_sum(port, "customer_pulse_events_total");
+        if folded >= 1.0 {
+            moments.first.get_or_insert(at);
+        }
+        if folded >= events as f64 {
+            moments.all = at;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "customer-pulse folded {events} within 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (child, moments)
+}
+
+fn main() {
+    let customers = common::size("CUSTOMERS", 1_000_000, 2_000);
+    common::runtime().block_on(async move {
+        let broker = Broker::start();
+        let brokers = broker.address.clone();
+        create_topics(&brokers, &common::job_topics(PARTITIONS))
+            .await
+            .expect("topics");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        // Static membership, as a StatefulSet's pods have (STATIC=false measures without).
+        let membership = match std::env::var("STATIC").as_deref() {
+            Ok("false") => "",
+            _ => "group_instance_id = \"bench-restart-0\"\n",
+        };
+        let text = format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-restart\"\n{membership}\
+             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\n\
+             [http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+            dir.path().join("state").display()
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &text).expect("config file");
+        let config = Config::parse(&text, Vec::new()).expect("config");
+        let now = wall_clock_ms();
+
+        let filled = Instant::now();
+        let events = {
+            let store = customer_pulse::pipeline::open_store(&config).expect("store");
+            let mut processor = Processor::new(
+                store.clone(),
+                customer_pulse::pipeline::processor_settings(&config),
+            );
+            common::fill(&store, &mut processor, customers, config.max_batch_events, now - 3_600_000, |_, _| {})
+        };
+        let state_mib = dir_size(&dir.path().join("state")) as f64 / (1 << 20) as f64;
+        println!(
+            "state: {customers} customers from {events} events, {state_mib:.0} MiB on disk, built in {:.0} s",
+            filled.elapsed().as_secs_f64()
+        );
+
+        // The job on that state folds new events, and is killed.
+        publish(&brokers, &config.topics, &common::traffic(1_000, 4, 11, now - 1_800_000, 1_000_000), None, 1)
+            .await
+            .expect("publish");
+        let (mut child, _) = run_until(&path, port, 1_000).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("killed");
+
+        // More events wait; the job starts again on the same state.
+        publish(&brokers, &config.topics, &common::traffic(100, 4, 12, now - 600_000, 100_000), None, 1)
+            .await
+            .expect("publish");
+        let (mut child, m) = run_until(&path, port, 100).await;
+        child.kill().expect("stop");
+        let _ = child.wait();
+        let s = |t: Option<f64>| t.map_or("—".into(), |t| format!("{t:.2} s"));
+        println!(
+            "restart after SIGKILL with {customers} customers in state, from the process start: state open and /metrics up {}, partitions assigned by the group {}, first new event folded and committed {}, all 100 {:.2} s",
+            s(m.up),
+            s(m.assigned),
+            s(m.first),
+            m.all
+        );
+        if let (Some(assigned), Some(first)) = (m.assigned, m.first) {
+            println!(
+                "outside the group protocol (start to /metrics up, plus assignment to first commit): {:.2} s",
+                m.up.unwrap_or(0.0) + (first - assigned)
+            );
+        }
+    });
+}
+
+/// The bytes of the files under `dir`.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
