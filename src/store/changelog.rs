@@ -161,16 +161,9 @@ pub(super) struct Changelog {
     pub epochs: Mutex<HashMap<i32, i64>>,
 }
 
-fn read_key(partition: i32) -> Vec<u8> {
-    let mut key = vec![CHANGELOG_READ];
-    key.extend_from_slice(&(partition as u32).to_be_bytes());
-    key
-}
-
-fn epoch_key(partition: i32) -> Vec<u8> {
-    let mut key = vec![EPOCH];
-    key.extend_from_slice(&(partition as u32).to_be_bytes());
-    key
+/// `tag` + partition: a per-partition key, or the prefix of a partition's keys under `tag`.
+fn partition_prefix(tag: u8, partition: i32) -> Vec<u8> {
+    partition_key(tag, "", partition)
 }
 
 impl Changelog {
@@ -186,11 +179,7 @@ impl Changelog {
         encoded: &[Option<Vec<u8>>],
         stored: &dyn Fn(i32) -> Result<(Entries, Entries), StoreError>,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        let epochs = self
-            .epochs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let headers = |partition: i32| -> Vec<(String, Vec<u8>)> {
             epochs
                 .get(&partition)
@@ -310,7 +299,7 @@ impl Store {
             return Ok(());
         };
         self.backend.write(vec![Op::Put(
-            epoch_key(partition),
+            partition_prefix(EPOCH, partition),
             claim.to_be_bytes().to_vec(),
         )])?;
         changelog
@@ -327,8 +316,7 @@ impl Store {
         partition: i32,
     ) -> Result<(Entries, Entries), StoreError> {
         let entries = |tag: u8| -> Result<Entries, StoreError> {
-            let mut prefix = vec![tag];
-            prefix.extend_from_slice(&(partition as u32).to_be_bytes());
+            let prefix = partition_prefix(tag, partition);
             let mut out = Vec::new();
             for (key, value) in self.backend.scan(&prefix, &prefix, None, usize::MAX)? {
                 let topic = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
@@ -358,14 +346,14 @@ impl Store {
     pub fn changelog_read(&self, partition: i32) -> Result<Option<i64>, StoreError> {
         Ok(self
             .backend
-            .get(&read_key(partition))?
+            .get(&partition_prefix(CHANGELOG_READ, partition))?
             .and_then(|b| Some(i64::from_be_bytes(b.as_slice().try_into().ok()?))))
     }
 
     /// Records that every changelog record of `partition` below `next` is accounted for.
     pub fn set_changelog_read(&self, partition: i32, next: i64) -> Result<(), StoreError> {
         self.backend.write(vec![Op::Put(
-            read_key(partition),
+            partition_prefix(CHANGELOG_READ, partition),
             next.to_be_bytes().to_vec(),
         )])
     }
@@ -467,8 +455,7 @@ impl Store {
     /// Whether the store holds anything of `partition`: a customer or an input offset.
     pub fn holds_partition(&self, partition: i32) -> Result<bool, StoreError> {
         for tag in [CUSTOMER, OFFSET] {
-            let mut prefix = vec![tag];
-            prefix.extend_from_slice(&(partition as u32).to_be_bytes());
+            let prefix = partition_prefix(tag, partition);
             if !self.backend.scan(&prefix, &prefix, None, 1)?.is_empty() {
                 return Ok(true);
             }
@@ -480,8 +467,7 @@ impl Store {
     /// offsets and event times, ahead of restoring it from scratch.
     pub fn clear_partition(&self, partition: i32) -> Result<(), StoreError> {
         for tag in [CUSTOMER, TIMER, OFFSET, EVENT_TIME] {
-            let mut prefix = vec![tag];
-            prefix.extend_from_slice(&(partition as u32).to_be_bytes());
+            let prefix = partition_prefix(tag, partition);
             // Each page starts past the last, not over the tombstones just written.
             let mut from = prefix.clone();
             loop {
