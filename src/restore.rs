@@ -299,6 +299,18 @@ mod tests {
         restore(store, log, 0, &mut |_, _| {}).unwrap()
     }
 
+    /// A store that claims partition 0 of `log`, commits `writes` (customer, orders, orders
+    /// offset) and delivers them.
+    fn first_owner(log: &Log, writes: &[(&str, u32, i64)]) -> Store {
+        let owner = store();
+        restore_0(&owner, log);
+        for (id, orders, next) in writes {
+            write(&owner, id, *orders, *next);
+        }
+        log.deliver(&owner);
+        owner
+    }
+
     /// `(orders of each of ids, the orders offset)` in `store`.
     fn view(store: &Store, ids: &[&str]) -> (Vec<Option<u32>>, Option<i64>) {
         (
@@ -345,10 +357,8 @@ mod tests {
 
     #[test]
     fn its_own_records_are_not_applied_again() {
-        let (log, first) = (Log::default(), store());
-        restore_0(&first, &log);
-        write(&first, "a", 1, 10);
-        log.deliver(&first);
+        let log = Log::default();
+        let first = first_owner(&log, &[("a", 1, 10)]);
         // Forget that they were accounted for, as after a crash before it was stored.
         first.set_changelog_read(0, 0).unwrap();
         write(&first, "a", 5, 20);
@@ -375,11 +385,8 @@ mod tests {
 
     #[test]
     fn a_partition_that_comes_back_applies_only_the_tail() {
-        let (log, first, second) = (Log::default(), store(), store());
-        restore_0(&first, &log);
-        write(&first, "a", 1, 10);
-        write(&first, "b", 1, 11);
-        log.deliver(&first);
+        let log = Log::default();
+        let (first, second) = (first_owner(&log, &[("a", 1, 10), ("b", 1, 11)]), store());
         // The partition moves to the second instance, which writes on.
         restore_0(&second, &log);
         write(&second, "b", 2, 12);
@@ -400,10 +407,8 @@ mod tests {
 
     #[test]
     fn undelivered_local_changes_overtaken_by_another_owner_are_dropped() {
-        let (log, first, second) = (Log::default(), store(), store());
-        restore_0(&first, &log);
-        write(&first, "a", 1, 10);
-        log.deliver(&first);
+        let log = Log::default();
+        let (first, second) = (first_owner(&log, &[("a", 1, 10)]), store());
         // The first commits more but dies before delivering it ...
         write(&first, "a", 2, 11);
         write(&first, "z", 1, 12);
@@ -428,11 +433,8 @@ mod tests {
 
     #[test]
     fn what_an_owner_writes_after_another_claimed_its_partition_does_not_count() {
-        let (log, first, second) = (Log::default(), store(), store());
-        restore_0(&first, &log);
-        write(&first, "a", 1, 10);
-        write(&first, "b", 1, 11);
-        log.deliver(&first);
+        let log = Log::default();
+        let (first, second) = (first_owner(&log, &[("a", 1, 10), ("b", 1, 11)]), store());
         // The partition goes to the second before the first hears of it: both write.
         restore_0(&second, &log);
         write(&second, "b", 2, 12);
@@ -468,10 +470,8 @@ mod tests {
 
     #[test]
     fn a_read_mark_does_not_pass_another_writers_claim() {
-        let (log, first, second) = (Log::default(), store(), store());
-        restore_0(&first, &log);
-        write(&first, "a", 1, 10);
-        log.deliver(&first);
+        let log = Log::default();
+        let (first, second) = (first_owner(&log, &[("a", 1, 10)]), store());
         assert_eq!(
             first.changelog_read(0).unwrap(),
             Some(3),
