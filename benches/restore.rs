@@ -62,18 +62,14 @@ fn main() {
         let filled = Instant::now();
         let mut bytes = 0usize;
         for first in (0..customers).step_by(1_000) {
-            let customers = (first..(first + 1_000).min(customers))
-                .map(|n| {
-                    let c = customer(n);
-                    let id = c.state.customer_id.clone();
-                    (partition_for(id.as_bytes(), PARTITIONS), id, Some(c))
-                })
-                .collect();
+            let mut commit = Commit::default();
+            for n in first..(first + 1_000).min(customers) {
+                let c = customer(n);
+                let id = c.state.customer_id.clone();
+                commit.put_customer(partition_for(id.as_bytes(), PARTITIONS), id, Some(&c));
+            }
             writer
-                .commit(&Commit {
-                    customers,
-                    ..Commit::default()
-                })
+                .commit(&commit)
                 .expect("commit");
             let pending = writer.outbox(10_000).expect("outbox");
             bytes += pending

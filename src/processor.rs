@@ -1166,9 +1166,7 @@ impl StateCache {
     /// first used.
     fn drain_dirty(&self, commit: &mut Commit) {
         for ((partition, id), entry) in self.touched().filter(|(_, e)| e.dirty) {
-            commit
-                .customers
-                .push((*partition, id.clone(), entry.record.clone()));
+            commit.put_customer(*partition, id.clone(), entry.record.as_ref());
             let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
             if timer != entry.stored_timer {
                 let at = |at| Timer {

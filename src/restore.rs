@@ -282,13 +282,12 @@ mod tests {
             orders,
             ..CustomerState::new(id)
         });
-        store
-            .commit(&Commit {
-                customers: vec![(0, id.into(), Some(customer))],
-                offsets: vec![("orders".into(), 0, next)],
-                ..Commit::default()
-            })
-            .unwrap();
+        let mut commit = Commit {
+            offsets: vec![("orders".into(), 0, next)],
+            ..Commit::default()
+        };
+        commit.put_customer(0, id.into(), Some(&customer));
+        store.commit(&commit).unwrap();
     }
 
     fn orders(store: &Store, id: &str) -> Option<u32> {

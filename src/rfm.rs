@@ -93,9 +93,10 @@ pub fn default_rules() -> Vec<Rule> {
 /// A customer's scores and named segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Score {
-    pub r: u8,
+    // Alphabetical, as in every record that carries it.
     pub f: u8,
     pub m: u8,
+    pub r: u8,
     pub segment: String,
 }
 

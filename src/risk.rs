@@ -314,23 +314,44 @@ impl Assessment {
         caused_by: Option<&str>,
         rfm: Option<&crate::rfm::Score>,
     ) -> Vec<u8> {
-        let value = serde_json::json!({
-            "record_id": record_id,
-            "customer_id": customer_id,
-            "as_of": format_millis(self.as_of),
-            "score": round(self.score, 4),
-            "level": self.level,
-            "p_alive": round(self.p_alive, 4),
-            "expected_orders_90d": round(self.expected_orders_90d, 4),
-            "reasons": self.reasons,
-            "segment": self.segment,
-            "lifecycle": self.lifecycle,
-            "ltv_minor": self.ltv_minor,
-            "rfm": rfm,
-            "caused_by_event_id": caused_by,
-        });
-        value.to_string().into_bytes()
+        let record = RiskRecord {
+            as_of: format_millis(self.as_of),
+            caused_by_event_id: caused_by,
+            customer_id,
+            expected_orders_90d: round(self.expected_orders_90d, 4),
+            level: self.level,
+            lifecycle: self.lifecycle,
+            ltv_minor: self.ltv_minor,
+            p_alive: round(self.p_alive, 4),
+            reasons: &self.reasons,
+            record_id,
+            rfm,
+            score: round(self.score, 4),
+            segment: &self.segment,
+        };
+        // Serializing a struct of borrowed fields writes the bytes directly; a `json!` value
+        // allocated a map entry and a copy of every string first.
+        serde_json::to_vec(&record).expect("plain fields with string keys serialize")
     }
+}
+
+/// The `customer.churn-risk` value as written: fields in alphabetical order, as the
+/// `serde_json::Value` maps of the other records are.
+#[derive(Serialize)]
+struct RiskRecord<'a> {
+    as_of: String,
+    caused_by_event_id: Option<&'a str>,
+    customer_id: &'a str,
+    expected_orders_90d: f64,
+    level: Level,
+    lifecycle: Lifecycle,
+    ltv_minor: i64,
+    p_alive: f64,
+    reasons: &'a [Reason],
+    record_id: &'a str,
+    rfm: Option<&'a crate::rfm::Score>,
+    score: f64,
+    segment: &'a str,
 }
 
 fn round(v: f64, digits: i32) -> f64 {
@@ -763,5 +784,46 @@ pub(crate) mod tests {
         assert_eq!(a.lifecycle, Lifecycle::Lost);
         assert_eq!(a.reasons[0].code, ReasonCode::Cancelled);
         assert_eq!(a.reasons[0].detail, "subscription cancelled: price");
+    }
+
+    #[test]
+    fn the_record_has_the_fields_and_numbers_a_json_value_would_give() {
+        let s = settings();
+        let mut state = buyer(&[0, 7, 14]);
+        state.last_survey_score = Some(2);
+        state.last_survey_at = Some(13 * DAY_MS);
+        let a = assess(&state, &Trailing::default(), 30 * DAY_MS + 1, &s);
+        assert!(!a.reasons.is_empty());
+        let rfm = crate::rfm::Score {
+            f: 2,
+            m: 3,
+            r: 1,
+            segment: "at_risk".into(),
+        };
+        for (rfm, caused_by) in [(Some(&rfm), Some("e-1")), (None, None)] {
+            let got: serde_json::Value =
+                serde_json::from_slice(&a.record("c", "orders-0-7", caused_by, rfm)).unwrap();
+            let reasons: Vec<_> = a
+                .reasons
+                .iter()
+                .map(|r| serde_json::json!({"code": r.code, "detail": r.detail}))
+                .collect();
+            let want = serde_json::json!({
+                "record_id": "orders-0-7",
+                "customer_id": "c",
+                "as_of": "1970-01-31T00:00:00.001Z",
+                "score": round(a.score, 4),
+                "level": a.level,
+                "p_alive": round(a.p_alive, 4),
+                "expected_orders_90d": round(a.expected_orders_90d, 4),
+                "reasons": reasons,
+                "segment": a.segment,
+                "lifecycle": a.lifecycle,
+                "ltv_minor": a.ltv_minor,
+                "rfm": rfm.map(|r| serde_json::json!({"r": r.r, "f": r.f, "m": r.m, "segment": r.segment})),
+                "caused_by_event_id": caused_by,
+            });
+            assert_eq!(got, want);
+        }
     }
 }

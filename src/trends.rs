@@ -128,6 +128,7 @@ pub struct ClosedWindow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MonthToDate {
+    // Alphabetical, as in the record.
     pub opened: u32,
     pub previous_month_same_days: u32,
 }
@@ -439,34 +440,75 @@ fn close(
     }
 }
 
+/// The `customer.complaint-trends` value as written, fields in alphabetical order.
+#[derive(Serialize)]
+struct TrendRecord<'a> {
+    active_customers: Option<i64>,
+    baseline: f64,
+    by_severity: BySeverity,
+    category: &'a str,
+    cusum: f64,
+    cusum_signal: bool,
+    month_to_date: Option<MonthToDate>,
+    open_backlog: i64,
+    opened: u32,
+    opened_per_1000_active: Option<f64>,
+    record_id: &'a str,
+    resolution_seconds: Quantiles,
+    resolved: u32,
+    spike: bool,
+    window_end: String,
+    window_start: String,
+    z_score: f64,
+}
+
+#[derive(Serialize)]
+struct BySeverity {
+    critical: u32,
+    high: u32,
+    low: u32,
+    medium: u32,
+}
+
+#[derive(Serialize)]
+struct Quantiles {
+    p50: Option<f64>,
+    p90: Option<f64>,
+}
+
 impl ClosedWindow {
     /// The `customer.complaint-trends` value.
     pub fn record(&self, record_id: &str) -> Vec<u8> {
         let [low, medium, high, critical] = self.by_severity;
-        serde_json::json!({
-            "record_id": record_id,
-            "window_start": format_millis(self.window_start),
-            "window_end": format_millis(self.window_end),
-            "category": self.category,
-            "opened": self.opened,
-            "resolved": self.resolved,
-            "open_backlog": self.open_backlog,
-            "by_severity": {"low": low, "medium": medium, "high": high, "critical": critical},
-            "resolution_seconds": {
-                "p50": self.resolution_p50_seconds.map(|v| v.round()),
-                "p90": self.resolution_p90_seconds.map(|v| v.round()),
+        let four = |v: f64| (v * 1e4).round() / 1e4;
+        let record = TrendRecord {
+            active_customers: self.active_customers,
+            baseline: four(self.baseline),
+            by_severity: BySeverity {
+                critical,
+                high,
+                low,
+                medium,
             },
-            "baseline": (self.baseline * 1e4).round() / 1e4,
-            "z_score": (self.z_score * 1e4).round() / 1e4,
-            "spike": self.spike,
-            "cusum": (self.cusum * 1e4).round() / 1e4,
-            "cusum_signal": self.cusum_signal,
-            "month_to_date": self.month_to_date,
-            "active_customers": self.active_customers,
-            "opened_per_1000_active": self.opened_per_1000_active().map(|v| (v * 1e4).round() / 1e4),
-        })
-        .to_string()
-        .into_bytes()
+            category: &self.category,
+            cusum: four(self.cusum),
+            cusum_signal: self.cusum_signal,
+            month_to_date: self.month_to_date,
+            open_backlog: self.open_backlog,
+            opened: self.opened,
+            opened_per_1000_active: self.opened_per_1000_active().map(four),
+            record_id,
+            resolution_seconds: Quantiles {
+                p50: self.resolution_p50_seconds.map(f64::round),
+                p90: self.resolution_p90_seconds.map(f64::round),
+            },
+            resolved: self.resolved,
+            spike: self.spike,
+            window_end: format_millis(self.window_end),
+            window_start: format_millis(self.window_start),
+            z_score: four(self.z_score),
+        };
+        serde_json::to_vec(&record).expect("plain fields with string keys serialize")
     }
 
     /// Stable across replays: one record per category, window length and start.
@@ -694,5 +736,51 @@ mod tests {
         assert!(billing.iter().all(|w| !w.spike));
         assert!(billing[..24].iter().all(|w| !w.cusum_signal));
         assert!(billing[24..].iter().any(|w| w.cusum_signal));
+    }
+
+    #[test]
+    fn the_record_has_the_fields_and_numbers_a_json_value_would_give() {
+        let window = ClosedWindow {
+            window_start: 3_600_000,
+            window_end: 2 * 3_600_000,
+            category: "billing".into(),
+            opened: 7,
+            resolved: 3,
+            open_backlog: 11,
+            by_severity: [1, 2, 3, 1],
+            resolution_p50_seconds: Some(1_234.4),
+            resolution_p90_seconds: None,
+            baseline: 2.345_678,
+            z_score: -0.123_456,
+            spike: true,
+            cusum: 1.0 / 3.0,
+            cusum_signal: false,
+            month_to_date: Some(MonthToDate {
+                opened: 40,
+                previous_month_same_days: 31,
+            }),
+            active_customers: Some(3_000),
+        };
+        let got: serde_json::Value = serde_json::from_slice(&window.record("r-1")).unwrap();
+        let want = serde_json::json!({
+            "record_id": "r-1",
+            "window_start": "1970-01-01T01:00:00.000Z",
+            "window_end": "1970-01-01T02:00:00.000Z",
+            "category": "billing",
+            "opened": 7,
+            "resolved": 3,
+            "open_backlog": 11,
+            "by_severity": {"low": 1, "medium": 2, "high": 3, "critical": 1},
+            "resolution_seconds": {"p50": 1_234.0, "p90": null},
+            "baseline": 2.3457,
+            "z_score": -0.1235,
+            "spike": true,
+            "cusum": 0.3333,
+            "cusum_signal": false,
+            "month_to_date": {"opened": 40, "previous_month_same_days": 31},
+            "active_customers": 3_000,
+            "opened_per_1000_active": 2.3333,
+        });
+        assert_eq!(got, want);
     }
 }

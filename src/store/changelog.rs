@@ -168,15 +168,13 @@ fn partition_prefix(tag: u8, partition: i32) -> Vec<u8> {
 
 impl Changelog {
     /// The changelog records of `commit`, to go out ahead of its other outputs: one per customer
-    /// written, then one position record per partition the commit touched. `encoded` holds the
-    /// customers' stored encodings, in `commit.customers` order; `stored` gives a partition's
+    /// written, then one position record per partition the commit touched; `stored` gives a partition's
     /// input offsets and event times as stored before this commit. A position record carries
     /// the partition's whole position, not only what this commit moved: compaction keeps only
     /// the latest one.
     pub(super) fn records(
         &self,
         commit: &Commit,
-        encoded: &[Option<Vec<u8>>],
         stored: &dyn Fn(i32) -> Result<(Entries, Entries), StoreError>,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
         let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,7 +192,7 @@ impl Changelog {
         };
         let mut records = Vec::with_capacity(commit.customers.len() + 1);
         let mut partitions = BTreeSet::new();
-        for ((partition, id, _), value) in commit.customers.iter().zip(encoded) {
+        for (partition, id, value) in &commit.customers {
             partitions.insert(*partition);
             records.push(OutboxRecord {
                 topic: self.topic.clone(),

@@ -388,4 +388,43 @@ mod tests {
         assert!(decode_customer(&[CUSTOMER_V3, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V4, 0xff, 0xff]).is_err());
     }
+
+    #[test]
+    fn outbox_records_keep_the_layout_they_had_before_bytes_were_written_whole() {
+        // The version-2 layout as first written: keys and values as sequences of `u8`.
+        #[derive(serde::Serialize)]
+        struct SequenceLayout<'a> {
+            topic: &'a str,
+            key: Option<&'a [u8]>,
+            value: Option<&'a [u8]>,
+            headers: &'a [(String, Vec<u8>)],
+            partition: Option<i32>,
+        }
+        let long: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        for (key, value) in [
+            (Some(b"c-1".to_vec()), Some(long.clone())),
+            (None, None),
+            (Some(Vec::new()), Some(vec![0x80, 0xff, 0])),
+        ] {
+            let record = OutboxRecord {
+                topic: "customer.churn-risk".into(),
+                key: key.clone(),
+                value: value.clone(),
+                headers: vec![("record_id".into(), b"orders-1-7".to_vec())],
+                partition: Some(3),
+            };
+            let before = encode(
+                OUTBOX_V2,
+                &SequenceLayout {
+                    topic: &record.topic,
+                    key: key.as_deref(),
+                    value: value.as_deref(),
+                    headers: &record.headers,
+                    partition: record.partition,
+                },
+            );
+            assert_eq!(encode_outbox(&record), before);
+            assert_eq!(decode_outbox(&before).unwrap(), record);
+        }
+    }
 }

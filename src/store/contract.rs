@@ -39,7 +39,11 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
     for (name, store, _dir) in backends() {
         store
             .commit(&Commit {
-                customers: vec![(3, "a".into(), Some(state("a", 2).into()))],
+                customers: vec![(
+                    3,
+                    "a".into(),
+                    Some(codec::encode_customer(&state("a", 2).into())),
+                )],
                 offsets: vec![("orders".into(), 3, 42)],
                 event_times: vec![("orders".into(), 3, 1_780_000_000_000)],
                 outbox: vec![record("out", 1), record("out", 2)],
@@ -132,7 +136,11 @@ fn the_outbox_never_skips_a_record_left_unacknowledged() {
 fn deleting_a_customer_removes_it() {
     for (name, store, _dir) in backends() {
         let put = Commit {
-            customers: vec![(0, "gone".into(), Some(state("gone", 1).into()))],
+            customers: vec![(
+                0,
+                "gone".into(),
+                Some(codec::encode_customer(&state("gone", 1).into())),
+            )],
             ..Commit::default()
         };
         store.commit(&put).unwrap();
@@ -150,8 +158,18 @@ fn customers_are_listed_per_partition_in_id_order() {
     for (name, store, _dir) in backends() {
         let customers = ["b", "a", "c"]
             .iter()
-            .map(|id| (1, id.to_string(), Some(state(id, 1).into())))
-            .chain([(2, "z".to_string(), Some(state("z", 1).into()))])
+            .map(|id| {
+                (
+                    1,
+                    id.to_string(),
+                    Some(codec::encode_customer(&state(id, 1).into())),
+                )
+            })
+            .chain([(
+                2,
+                "z".to_string(),
+                Some(codec::encode_customer(&state("z", 1).into())),
+            )])
             .collect();
         store
             .commit(&Commit {
@@ -294,8 +312,16 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         source
             .commit(&Commit {
                 customers: vec![
-                    (1, "a".into(), Some(timed("a", 1, 100))),
-                    (2, "b".into(), Some(timed("b", 2, 200))),
+                    (
+                        1,
+                        "a".into(),
+                        Some(codec::encode_customer(&timed("a", 1, 100))),
+                    ),
+                    (
+                        2,
+                        "b".into(),
+                        Some(codec::encode_customer(&timed("b", 2, 200))),
+                    ),
                 ],
                 timers_set: vec![],
                 offsets: vec![("orders".into(), 1, 7)],
@@ -306,7 +332,11 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             .unwrap();
         source
             .commit(&Commit {
-                customers: vec![(1, "a".into(), Some(timed("a", 2, 300)))],
+                customers: vec![(
+                    1,
+                    "a".into(),
+                    Some(codec::encode_customer(&timed("a", 2, 300))),
+                )],
                 offsets: vec![("orders".into(), 1, 9)],
                 ..Commit::default()
             })
@@ -352,7 +382,11 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         let target = Store::in_memory();
         target
             .commit(&Commit {
-                customers: vec![(1, "a".into(), Some(timed("a", 9, 50)))],
+                customers: vec![(
+                    1,
+                    "a".into(),
+                    Some(codec::encode_customer(&timed("a", 9, 50))),
+                )],
                 timers_set: vec![Timer {
                     partition: 1,
                     at: 50,

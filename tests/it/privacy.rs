@@ -38,12 +38,9 @@ async fn start_owning(
     let store = Store::in_memory();
     let mut ann = CustomerState::new("ann");
     ann.orders = 3;
-    store
-        .commit(&Commit {
-            customers: vec![(partition_for(b"ann", 4), "ann".into(), Some(ann.into()))],
-            ..Commit::default()
-        })
-        .unwrap();
+    let mut put = Commit::default();
+    put.put_customer(partition_for(b"ann", 4), "ann".into(), Some(&ann.into()));
+    store.commit(&put).unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .unwrap();
