@@ -1,7 +1,10 @@
 //! Decoding and validation: raw message bytes to a typed [`Event`], or a [`Rejection`] with a reason
 //! code. Pure: the processor's clock is passed in. Must not know about Kafka, storage or metrics.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{Channel, Event, EventKind, Millis, Severity, Stream};
 
@@ -119,9 +122,9 @@ pub fn decode(
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(payload)
+    let parsed: Parsed = serde_json::from_slice(payload)
         .map_err(|e| reject(Reason::NotJson, format!("not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
+    let Parsed::Object(obj) = parsed else {
         return Err(reject(Reason::NotObject, "event is not a JSON object"));
     };
     let fields = Fields {
@@ -130,9 +133,9 @@ pub fn decode(
         max_text_chars: rules.max_text_chars,
     };
 
-    match obj.get("schema_version") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) => match n.as_u64() {
+    match fields.get("schema_version") {
+        None | Some(Scalar::Null) => {}
+        Some(Scalar::Int(n)) => match u64::try_from(*n).ok() {
             Some(v) if (1..=SCHEMA_VERSION).contains(&v) => {}
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(reject(
@@ -261,9 +264,9 @@ pub fn decode(
         },
         "complaint.resolved" => EventKind::ComplaintResolved {
             complaint_id: fields.id("complaint_id")?,
-            satisfied: match obj.get("satisfied") {
-                None | Some(Value::Null) => None,
-                Some(Value::Bool(b)) => Some(*b),
+            satisfied: match fields.get("satisfied") {
+                None | Some(Scalar::Null) => None,
+                Some(Scalar::Bool(b)) => Some(*b),
                 Some(_) => return Err(bad("satisfied", "a boolean")),
             },
         },
@@ -306,18 +309,161 @@ fn missing(field: &str) -> Rejection {
     reject(Reason::MissingField, format!("field `{field}` is required"))
 }
 
+/// An event as parsed: its top-level fields, each value kept only as far as a field can use it.
+/// Strings borrow from the payload unless they hold escapes; nested values are skipped. The
+/// `serde_json::Value` this replaces allocated a map node, a key and a value for every field.
+enum Parsed<'a> {
+    Object(Vec<(Cow<'a, str>, Scalar<'a>)>),
+    NotObject,
+}
+
+/// One top-level field's value.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    /// An integer that fits `i64`.
+    Int(i64),
+    Str(Cow<'a, str>),
+    /// Another number, an array or an object: present, but of no type a field reads.
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Parsed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = Parsed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(8);
+                while let Some(key) = map.next_key::<CowStr<'de>>()? {
+                    fields.push((key.0, map.next_value::<Scalar<'de>>()?));
+                }
+                Ok(Parsed::Object(fields))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Parsed::NotObject)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::NotObject)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::NotObject)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::NotObject)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::NotObject)
+            }
+            fn visit_unit<E>(self) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::NotObject)
+            }
+        }
+        deserializer.deserialize_any(Top)
+    }
+}
+
+/// A string, borrowed when it can be.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(StrVisitor).map(CowStr)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Value;
+        impl<'de> Visitor<'de> for Value {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'de>, E> {
+                Ok(i64::try_from(v).map_or(Scalar::Other, Scalar::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        deserializer.deserialize_any(Value)
+    }
+}
+
 /// Typed access to the fields of one JSON object, each failure naming its field; identifiers
 /// and texts are held to the configured lengths.
 struct Fields<'a> {
-    obj: &'a Map<String, Value>,
+    obj: &'a [(Cow<'a, str>, Scalar<'a>)],
     max_id_chars: usize,
     max_text_chars: usize,
 }
 
 impl<'a> Fields<'a> {
-    fn present(&self, field: &str) -> Option<&'a Value> {
-        match self.obj.get(field) {
-            None | Some(Value::Null) => None,
+    /// The field's value; of a repeated field the last, as a JSON map would keep it.
+    fn get(&self, field: &str) -> Option<&'a Scalar<'a>> {
+        self.obj
+            .iter()
+            .rev()
+            .find(|(key, _)| key == field)
+            .map(|(_, value)| value)
+    }
+
+    fn present(&self, field: &str) -> Option<&'a Scalar<'a>> {
+        match self.get(field) {
+            None | Some(Scalar::Null) => None,
             Some(v) => Some(v),
         }
     }
@@ -325,7 +471,7 @@ impl<'a> Fields<'a> {
     fn str(&self, field: &str) -> Result<&'a str, Rejection> {
         match self.present(field) {
             None => Err(missing(field)),
-            Some(Value::String(s)) => Ok(s),
+            Some(Scalar::Str(s)) => Ok(s),
             Some(_) => Err(bad(field, "a string")),
         }
     }
@@ -374,7 +520,7 @@ impl<'a> Fields<'a> {
     fn int(&self, field: &str) -> Result<i64, Rejection> {
         match self.present(field) {
             None => Err(missing(field)),
-            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| bad(field, "an integer")),
+            Some(Scalar::Int(n)) => Ok(*n),
             Some(_) => Err(bad(field, "an integer")),
         }
     }
@@ -420,5 +566,112 @@ impl<'a> Fields<'a> {
                 ))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            max_event_bytes: 4096,
+            max_future_skew_ms: 300_000,
+            max_event_age_ms: 20 * 365 * 86_400_000,
+            max_id_chars: 128,
+            max_text_chars: 1024,
+            currency: "EUR".into(),
+            complaint_categories: vec!["billing".into()],
+            cancellation_reasons: vec![],
+            renewal_reasons: vec![],
+        }
+    }
+
+    const NOW: Millis = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+
+    fn order(fields: &str) -> Result<Event, Rejection> {
+        let text = format!(
+            r#"{{"event_id":"e-1","customer_id":"c-1","type":"order.placed","occurred_at":"2025-11-29T23:00:00Z","order_id":"o-1"{fields}}}"#
+        );
+        decode(None, None, text.as_bytes(), NOW, &rules())
+    }
+
+    fn reason(result: Result<Event, Rejection>) -> Reason {
+        result.expect_err("rejected").reason
+    }
+
+    #[test]
+    fn fields_are_read_as_json_defines_them() {
+        // Escapes decode; a repeated field counts as its last value, as in a JSON map.
+        let event = order(
+            r#","amount_minor":1,"amount_minor":250,"margin_minor":-5,"customer_id":"c\u002d1""#,
+        )
+        .unwrap();
+        assert_eq!(event.customer_id, "c-1");
+        assert_eq!(
+            event.kind,
+            EventKind::OrderPlaced {
+                order_id: "o-1".into(),
+                amount_minor: 250,
+                margin_minor: -5
+            }
+        );
+        // Nested values and unknown fields are skipped, wherever they are.
+        let event =
+            order(r#","amount_minor":2,"margin_minor":0,"extra":{"a":[1,{"b":null}],"c":"\n"}"#);
+        assert!(event.is_ok(), "{event:?}");
+        // A null field is a missing one.
+        assert_eq!(
+            reason(order(r#","amount_minor":null,"margin_minor":0"#)),
+            Reason::MissingField
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_a_bad_field() {
+        for amount in [
+            "2.0",
+            "1e3",
+            "18446744073709551615",
+            "\"7\"",
+            "[7]",
+            "{}",
+            "true",
+        ] {
+            let got = order(&format!(r#","amount_minor":{amount},"margin_minor":0"#));
+            assert_eq!(reason(got), Reason::BadField, "amount_minor {amount}");
+        }
+        let got =
+            order(r#","amount_minor":9223372036854775807,"margin_minor":-9223372036854775808"#);
+        assert!(got.is_ok(), "{got:?}");
+        for version in ["0", "-1", "1.0", "\"1\""] {
+            let got = order(&format!(
+                r#","amount_minor":1,"margin_minor":0,"schema_version":{version}"#
+            ));
+            assert_eq!(reason(got), Reason::BadField, "schema_version {version}");
+        }
+        let got = order(r#","amount_minor":1,"margin_minor":0,"schema_version":2"#);
+        assert_eq!(reason(got), Reason::UnsupportedSchemaVersion);
+    }
+
+    #[test]
+    fn only_an_object_is_an_event() {
+        for text in [
+            "[]",
+            "[{\"a\":1}]",
+            "1",
+            "-1",
+            "2.5",
+            "\"x\"",
+            "true",
+            "null",
+        ] {
+            let got = decode(None, None, text.as_bytes(), NOW, &rules());
+            assert_eq!(reason(got), Reason::NotObject, "{text}");
+        }
+        for text in ["", "{", "{\"a\":}", "{} x", "{\"a\":1,}", "1e999"] {
+            let got = decode(None, None, text.as_bytes(), NOW, &rules());
+            assert_eq!(reason(got), Reason::NotJson, "{text}");
+        }
     }
 }
