@@ -163,7 +163,9 @@ pub fn decode_claim(bytes: &[u8]) -> Result<Claim, String> {
 }
 
 fn encode<T: serde::Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version];
+    // Room for a typical customer up front: growing from one byte copied it eight times.
+    let mut out = Vec::with_capacity(512);
+    out.push(version);
     // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
     // no sequences of unknown length.
     postcard::to_io(value, &mut out).expect("postcard encodes plain structs");

@@ -46,6 +46,21 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(key, _) | Op::Delete(key) => key,
+        }
+    }
+
+    pub fn value_len(&self) -> usize {
+        match self {
+            Op::Put(_, value) => value.len(),
+            Op::Delete(_) => 0,
+        }
+    }
+}
+
 /// Key-value pairs in key order, as a scan returns them.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -48,8 +48,17 @@ impl Backend for RocksBackend {
         self.db.get(key).map_err(backend_error)
     }
 
-    fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
+    fn write(&self, mut ops: Vec<Op>) -> Result<(), StoreError> {
+        // In key order, the memtable inserts each key next to the one before (its skip list
+        // keeps the last insert's position) instead of searching from the top. The sort is
+        // stable, so of two operations on one key the later still lands last; the batch is
+        // atomic, so the order of different keys is not observable.
+        ops.sort_by(|a, b| a.key().cmp(b.key()));
+        let bytes: usize = ops
+            .iter()
+            .map(|op| op.key().len() + op.value_len() + 24)
+            .sum();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes);
         for op in ops {
             match op {
                 Op::Put(k, v) => batch.put(k, v),
