@@ -100,13 +100,21 @@ fn main() {
                 .expect("changelog");
             let reader = ChangelogReader::connect(&brokers, &security, TOPIC).expect("reader");
             let started = Instant::now();
-            let mut applied = 0;
-            for p in 0..PARTITIONS {
-                match restore(&store, &reader, p, &mut |_, _| {}).expect("restore") {
-                    Restored::Applied { records, .. } => applied += records,
-                    other => panic!("partition {p}: {other:?}"),
-                }
-            }
+            // Side by side, as the assignment callback restores them.
+            let applied: u64 = std::thread::scope(|scope| {
+                let restores: Vec<_> = (0..PARTITIONS)
+                    .map(|p| {
+                        let (store, reader) = (&store, &reader);
+                        scope.spawn(move || {
+                            match restore(store, reader, p, &mut |_, _| {}).expect("restore") {
+                                Restored::Applied { records, .. } => records,
+                                other => panic!("partition {p}: {other:?}"),
+                            }
+                        })
+                    })
+                    .collect();
+                restores.into_iter().map(|r| r.join().expect("restore thread")).sum()
+            });
             let elapsed = started.elapsed();
             let mut state = 0;
             for p in 0..PARTITIONS {

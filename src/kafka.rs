@@ -175,11 +175,22 @@ impl ConsumerContext for PulseContext {
                 self.telemetry.set_ready(false);
                 let partitions: std::collections::BTreeSet<i32> =
                     tpl.elements().iter().map(|e| e.partition()).collect();
+                // Side by side: Tansu serves one partition's fetches at about a third of the
+                // rate it serves four (benches/restore.rs), so each restore waits on the broker.
                 restored = tokio::task::block_in_place(|| {
-                    partitions
-                        .into_iter()
-                        .filter(|p| self.restore(*p))
-                        .collect()
+                    std::thread::scope(|scope| {
+                        let restores: Vec<_> = partitions
+                            .into_iter()
+                            .map(|p| scope.spawn(move || (p, self.restore(p))))
+                            .collect();
+                        restores
+                            .into_iter()
+                            .filter_map(|r| match r.join() {
+                                Ok((p, true)) => Some(p),
+                                _ => None,
+                            })
+                            .collect()
+                    })
                 });
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
@@ -560,6 +571,16 @@ impl ChangelogReader {
             .set("linger.ms", "0")
             .set("message.timeout.ms", "10000")
             .create()?;
+        // Connected and told the topic's leaders now, not at the first claim, which an
+        // assignment waits for (half a second against Tansu). Best effort: a broker that is
+        // not up yet is waited for by the claim itself.
+        let warmed: &FutureProducer = &claims;
+        if let Err(e) = warmed
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+        {
+            tracing::debug!(error = %e, "The changelog's metadata was not fetched ahead of the first claim.");
+        }
         Ok(ChangelogReader {
             client,
             topic: topic.to_owned(),
