@@ -573,18 +573,12 @@ impl<'a> Fields<'a> {
 mod tests {
     use super::*;
 
+    /// The default rules, as a minimal configuration file gives them.
     fn rules() -> Rules {
-        Rules {
-            max_event_bytes: 4096,
-            max_future_skew_ms: 300_000,
-            max_event_age_ms: 20 * 365 * 86_400_000,
-            max_id_chars: 128,
-            max_text_chars: 1024,
-            currency: "EUR".into(),
-            complaint_categories: vec!["billing".into()],
-            cancellation_reasons: vec![],
-            renewal_reasons: vec![],
-        }
+        let minimal = "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n";
+        crate::config::Config::parse(minimal, Vec::new())
+            .unwrap()
+            .rules
     }
 
     const NOW: Millis = 1_764_460_800_000; // 2025-11-30T00:00:00Z
