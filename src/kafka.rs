@@ -41,6 +41,9 @@ use crate::telemetry::Telemetry;
 /// The partitions this member owns right now, shared between the rebalance callback and the loop.
 pub type Assignment = Arc<Mutex<HashSet<(String, i32)>>>;
 
+/// How many partitions of one assignment restore from the changelog at the same time.
+const RESTORES_AT_ONCE: usize = 4;
+
 /// Consumer callbacks: on assignment, bring each partition's state up to the changelog, then
 /// start it at the offset stored with the state; on revocation, let the outbox drain first.
 pub struct PulseContext {
@@ -177,20 +180,27 @@ impl ConsumerContext for PulseContext {
                     tpl.elements().iter().map(|e| e.partition()).collect();
                 // Side by side: Tansu serves one partition's fetches at about a third of the
                 // rate it serves four (benches/restore.rs), so each restore waits on the broker.
+                // A few at a time: each holds a reader, a writer thread and a chunk in flight.
+                let partitions: Vec<i32> = partitions.into_iter().collect();
                 restored = tokio::task::block_in_place(|| {
-                    std::thread::scope(|scope| {
-                        let restores: Vec<_> = partitions
-                            .into_iter()
-                            .map(|p| scope.spawn(move || (p, self.restore(p))))
-                            .collect();
-                        restores
-                            .into_iter()
-                            .filter_map(|r| match r.join() {
-                                Ok((p, true)) => Some(p),
-                                _ => None,
+                    partitions
+                        .chunks(RESTORES_AT_ONCE)
+                        .flat_map(|group| {
+                            std::thread::scope(|scope| {
+                                let restores: Vec<_> = group
+                                    .iter()
+                                    .map(|&p| scope.spawn(move || (p, self.restore(p))))
+                                    .collect();
+                                restores
+                                    .into_iter()
+                                    .filter_map(|r| match r.join() {
+                                        Ok((p, true)) => Some(p),
+                                        _ => None,
+                                    })
+                                    .collect::<Vec<_>>()
                             })
-                            .collect()
-                    })
+                        })
+                        .collect()
                 });
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
