@@ -417,9 +417,7 @@ impl Store {
             })?;
             let old_timer = match timers.get(key.as_slice()) {
                 Some(timer) => *timer,
-                None => self
-                    .customer_record(partition, id)?
-                    .and_then(|c| c.risk.timer_at),
+                None => self.stored_timer(partition, id)?,
             };
             let timer = |at| {
                 timer_key(&Timer {
@@ -431,13 +429,15 @@ impl Store {
             ops.extend(old_timer.map(|at| Op::Delete(timer(at))));
             let new_timer = match value {
                 Some(bytes) => {
-                    let customer =
-                        codec::decode_customer(bytes).map_err(|reason| StoreError::Corrupt {
+                    // The timer from the encoding's prefix: the customer itself is decoded
+                    // (and its body checked against that prefix) when the processor reads it.
+                    let timer =
+                        codec::customer_timer(bytes).map_err(|reason| StoreError::Corrupt {
                             key: format!("changelog record of {id}"),
                             reason,
                         })?;
                     ops.push(Op::Put(customer_key(partition, id), bytes.clone()));
-                    customer.risk.timer_at
+                    timer
                 }
                 None => {
                     ops.push(Op::Delete(customer_key(partition, id)));
@@ -448,6 +448,18 @@ impl Store {
             timers.insert(key.as_slice(), new_timer);
         }
         self.backend.write(ops)
+    }
+
+    /// The pending timer of a stored customer, from its encoding's prefix where it has one.
+    fn stored_timer(&self, partition: i32, id: &str) -> Result<Option<Millis>, StoreError> {
+        let key = customer_key(partition, id);
+        match self.backend.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => codec::customer_timer(&bytes).map_err(|reason| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason,
+            }),
+        }
     }
 
     /// Whether the store holds anything of `partition`: a customer or an input offset.

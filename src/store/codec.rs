@@ -21,6 +21,9 @@ const CUSTOMER_V3: u8 = 3;
 /// Version 4: a V3 body, then the revenue and margin per recent month (value tiers by trailing
 /// revenue). A customer read from an earlier version has none until its next order.
 const CUSTOMER_V4: u8 = 4;
+/// Version 5: the pending timer ahead of a V4 body — a byte 0 (none), or a byte 1 and the event
+/// time as 8 big-endian bytes — so that a restore learns a customer's timer without decoding it.
+const CUSTOMER_V5: u8 = 5;
 const OUTBOX_V1: u8 = 1;
 /// Version 2: a V1 body, then the partition the record must go to (the changelog's), if any.
 const OUTBOX_V2: u8 = 2;
@@ -33,18 +36,73 @@ const SEGMENTS_V2: u8 = 2;
 const SCALES_V1: u8 = 1;
 
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
-    encode(
-        CUSTOMER_V4,
-        &(
-            &customer.state,
-            &customer.risk,
-            &customer.standing,
-            &customer.trailing,
-        ),
-    )
+    // Room for a typical customer up front: growing from one byte copied it eight times.
+    let mut out = Vec::with_capacity(512);
+    out.push(CUSTOMER_V5);
+    match customer.risk.timer_at {
+        None => out.push(0),
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_be_bytes());
+        }
+    }
+    let body = (
+        &customer.state,
+        &customer.risk,
+        &customer.standing,
+        &customer.trailing,
+    );
+    postcard::to_io(&body, &mut out).expect("postcard encodes plain structs");
+    out
+}
+
+/// A version-5 encoding split after its timer prefix.
+type Prefixed<'a> = (Option<crate::event::Millis>, &'a [u8]);
+
+/// A version-5 encoding's timer and the rest: `None` for an earlier version.
+fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != CUSTOMER_V5 {
+        return None;
+    }
+    Some(match rest.split_first() {
+        Some((0, body)) => Ok((None, body)),
+        Some((1, rest)) if rest.len() >= 8 => {
+            let (at, body) = rest.split_at(8);
+            let at = i64::from_be_bytes(at.try_into().expect("eight bytes"));
+            Ok((Some(at), body))
+        }
+        _ => Err("version 5 timer prefix is malformed".into()),
+    })
+}
+
+/// The customer's pending timer, read from the prefix of a version-5 encoding without decoding
+/// the rest (which [`decode_customer`] checks against it); earlier versions are decoded.
+pub fn customer_timer(bytes: &[u8]) -> Result<Option<crate::event::Millis>, String> {
+    match timer_prefix(bytes) {
+        Some(prefix) => prefix.map(|(timer, _)| timer),
+        None => decode_customer(bytes).map(|c| c.risk.timer_at),
+    }
 }
 
 pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
+    type V4 = (CustomerState, RiskMemo, Option<Standing>, Trailing);
+    let from_v4 = |(state, risk, standing, trailing): V4| Customer {
+        state,
+        risk,
+        standing,
+        trailing,
+    };
+    if let Some(prefix) = timer_prefix(bytes) {
+        let (timer, body) = prefix?;
+        let customer = postcard::from_bytes::<V4>(body)
+            .map(from_v4)
+            .map_err(|e| format!("version 5 body: {e}"))?;
+        if customer.risk.timer_at != timer {
+            return Err("version 5 timer prefix disagrees with the body".into());
+        }
+        return Ok(customer);
+    }
     match bytes.first() {
         Some(&CUSTOMER_V1) => decode::<CustomerState>(CUSTOMER_V1, bytes).map(Customer::from),
         Some(&CUSTOMER_V2) => {
@@ -64,13 +122,11 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
                 },
             )
         }
-        _ => decode::<(CustomerState, RiskMemo, Option<Standing>, Trailing)>(CUSTOMER_V4, bytes)
-            .map(|(state, risk, standing, trailing)| Customer {
-                state,
-                risk,
-                standing,
-                trailing,
-            }),
+        Some(&CUSTOMER_V4) => decode::<V4>(CUSTOMER_V4, bytes).map(from_v4),
+        Some(v) => Err(format!(
+            "unknown encoding version {v} (this build reads up to {CUSTOMER_V5})"
+        )),
+        None => Err("empty value".into()),
     }
 }
 
@@ -163,8 +219,8 @@ pub fn decode_claim(bytes: &[u8]) -> Result<Claim, String> {
 }
 
 fn encode<T: serde::Serialize>(version: u8, value: &T) -> Vec<u8> {
-    // Room for a typical customer up front: growing from one byte copied it eight times.
-    let mut out = Vec::with_capacity(512);
+    // Room for a typical record up front, rather than growing from one byte.
+    let mut out = Vec::with_capacity(256);
     out.push(version);
     // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
     // no sequences of unknown length.
@@ -315,21 +371,50 @@ mod tests {
     }
 
     #[test]
-    fn version_four_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). A V4 body is the V3 body followed by the months,
+    fn version_four_is_still_read() {
+        // Written by the version-4 encoder. A V4 body is the V3 body followed by the months,
         // checked by hand against the postcard spec: 01 (one month), d8 fb 02 (month 24,300:
         // zigzag 48,600 as a varint), b8 17 (revenue 1,500: zigzag 3,000), 27 (margin -20:
         // zigzag 39).
-        // If this fails, the stored layout changed: add CUSTOMER_V5 and keep reading V1 to V4.
-        let encoded = encode_customer(&sample_customer());
-        assert_eq!(encoded, golden("customer_v4.hex", Some(&encoded)));
+        let bytes = golden("customer_v4.hex", None);
         let v3 = golden("customer_v3.hex", None);
-        assert_eq!(encoded[0], 4);
-        assert_eq!(&encoded[1..v3.len()], &v3[1..]);
+        assert_eq!(bytes[0], 4);
+        assert_eq!(&bytes[1..v3.len()], &v3[1..]);
         assert_eq!(
-            &encoded[v3.len()..],
+            &bytes[v3.len()..],
             &[0x01, 0xd8, 0xfb, 0x02, 0xb8, 0x17, 0x27]
         );
+        assert_eq!(decode_customer(&bytes), Ok(sample_customer()));
+        assert_eq!(customer_timer(&bytes), Ok(Some(100_000_000)));
+    }
+
+    #[test]
+    fn version_five_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). The version, the timer prefix (01, then 100,000,000
+        // as 8 big-endian bytes: 00 00 00 00 05 f5 e1 00), then the V4 body unchanged.
+        // If this fails, the stored layout changed: add CUSTOMER_V6 and keep reading V1 to V5.
+        let encoded = encode_customer(&sample_customer());
+        assert_eq!(encoded, golden("customer_v5.hex", Some(&encoded)));
+        let v4 = golden("customer_v4.hex", None);
+        assert_eq!(&encoded[..10], &[5, 1, 0, 0, 0, 0, 0x05, 0xf5, 0xe1, 0x00]);
+        assert_eq!(&encoded[10..], &v4[1..]);
+        assert_eq!(customer_timer(&encoded), Ok(Some(100_000_000)));
+
+        let mut untimed = sample_customer();
+        untimed.risk.timer_at = None;
+        let encoded = encode_customer(&untimed);
+        assert_eq!(&encoded[..2], &[5, 0]);
+        assert_eq!(customer_timer(&encoded), Ok(None));
+        assert_eq!(decode_customer(&encoded), Ok(untimed));
+    }
+
+    #[test]
+    fn a_timer_prefix_that_disagrees_with_the_body_is_an_error() {
+        let mut encoded = encode_customer(&sample_customer());
+        encoded[9] ^= 1;
+        assert!(decode_customer(&encoded).unwrap_err().contains("disagrees"));
+        assert!(customer_timer(&[CUSTOMER_V5, 1, 0, 0]).is_err());
+        assert!(customer_timer(&[CUSTOMER_V5]).is_err());
     }
 
     #[test]
@@ -389,6 +474,7 @@ mod tests {
         assert!(decode_customer(&[CUSTOMER_V2, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V3, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V4, 0xff, 0xff]).is_err());
+        assert!(decode_customer(&[CUSTOMER_V5, 0, 0xff, 0xff]).is_err());
     }
 
     #[test]
