@@ -1,5 +1,6 @@
-//! Benchmarks of the hot path: decode alone, and decode + fold + atomic store commit through the
-//! processor, in memory and on RocksDB. Events are the generator's (about 200 bytes each). And
+//! Benchmarks of the hot path: decode alone, the per-customer fold alone, a store commit alone,
+//! and decode + fold + atomic store commit through the processor (with every analytic), in
+//! memory and on RocksDB. Events are the generator's (about 200 bytes each). And
 //! the models a published churn-risk record computes: the hypergeometric function 2F1, a
 //! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV).
 //! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
@@ -8,10 +9,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use customer_pulse::decode::{decode, Rules};
-use customer_pulse::fold::FoldLimits;
+use customer_pulse::fold::{CustomerState, FoldLimits};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{InputRecord, OutputTopics, Processor, ProcessorSettings};
-use customer_pulse::store::{RocksBackend, Store};
+use customer_pulse::store::{Commit, Customer, OutboxRecord, RocksBackend, Store, Timer};
 
 const NOW: i64 = 1_780_315_200_000;
 const EVENTS: u64 = 20_000;
@@ -113,6 +114,25 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // The fold alone: decoded events into per-customer state, no analytics, no store.
+    let events: Vec<_> = records
+        .iter()
+        .filter_map(|r| decode(None, None, &r.payload, NOW, &rules).ok())
+        .collect();
+    let limits = settings().limits;
+    group.bench_function("fold", |b| {
+        b.iter(|| {
+            let mut states = std::collections::HashMap::<&str, CustomerState>::new();
+            for event in &events {
+                states
+                    .entry(&event.customer_id)
+                    .or_insert_with(|| CustomerState::new(&event.customer_id))
+                    .apply(event, &limits);
+            }
+            states.len()
+        })
+    });
+
     group.bench_function("decode_fold_commit_memory", |b| {
         b.iter_batched(
             || Processor::new(Store::in_memory(), settings()),
@@ -140,6 +160,63 @@ fn bench(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    group.finish();
+
+    // One atomic commit to RocksDB of what a batch of 1,000 events writes (1,000 customers, each
+    // with a timer and an output record, and the input offset), then, as the outbox drain does
+    // once the sink has them, reading the output records back and deleting them.
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(1_000));
+    group.sample_size(20);
+    let mut states = std::collections::HashMap::<&str, CustomerState>::new();
+    for event in &events {
+        states
+            .entry(&event.customer_id)
+            .or_insert_with(|| CustomerState::new(&event.customer_id))
+            .apply(event, &limits);
+    }
+    let customers: Vec<Customer> = states
+        .into_values()
+        .take(1_000)
+        .map(Customer::from)
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(Arc::new(
+        RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb"),
+    ))
+    .expect("store");
+    let mut offset = 0;
+    group.bench_function("commit_and_acknowledge_1000_customers_rocksdb", |b| {
+        b.iter(|| {
+            let mut commit = Commit::default();
+            for (i, customer) in customers.iter().enumerate() {
+                let id = customer.state.customer_id.clone();
+                commit.put_customer(i as i32 % 6, id.clone(), Some(customer));
+                commit.timers_set.push(Timer {
+                    partition: i as i32 % 6,
+                    at: NOW + offset,
+                    customer_id: id.clone(),
+                });
+                commit.outbox.push(OutboxRecord {
+                    topic: "customer.churn-risk".into(),
+                    key: Some(id.into_bytes()),
+                    value: Some(vec![b'x'; 500]),
+                    headers: Vec::new(),
+                    partition: None,
+                });
+            }
+            offset += 1_000;
+            commit.offsets.push(("bench".into(), 0, offset));
+            store.commit(&commit).expect("commit");
+            let delivered: Vec<u64> = store
+                .outbox(2_000)
+                .expect("outbox")
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect();
+            store.acknowledge(&delivered).expect("acknowledge");
+        })
     });
     group.finish();
 }
