@@ -63,6 +63,28 @@ pub struct PulseContext {
 }
 
 impl PulseContext {
+    /// Restores `partitions` side by side, [`RESTORES_AT_ONCE`] at a time, and returns those
+    /// restored: Tansu serves one partition's fetches at about a third of the rate it serves
+    /// four (benches/restore.rs), so each restore waits on the broker; each holds a reader, a
+    /// writer thread and a chunk in flight, hence the bound.
+    fn restore_all(&self, partitions: &[i32]) -> HashSet<i32> {
+        let mut restored = HashSet::new();
+        for group in partitions.chunks(RESTORES_AT_ONCE) {
+            std::thread::scope(|scope| {
+                let restores: Vec<_> = group
+                    .iter()
+                    .map(|&p| scope.spawn(move || (p, self.restore(p))))
+                    .collect();
+                for restore in restores {
+                    if let Ok((p, true)) = restore.join() {
+                        restored.insert(p);
+                    }
+                }
+            });
+        }
+        restored
+    }
+
     /// Restores `partition` from the changelog, retrying a failed read a few times. `false`
     /// when it could not: the partition must not start on a state that may be stale.
     fn restore(&self, partition: i32) -> bool {
@@ -176,32 +198,12 @@ impl ConsumerContext for PulseContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Readiness falls while state is restored; the loop raises it again.
                 self.telemetry.set_ready(false);
-                let partitions: std::collections::BTreeSet<i32> =
+                // Each partition once: the three input topics are co-partitioned.
+                let mut partitions: Vec<i32> =
                     tpl.elements().iter().map(|e| e.partition()).collect();
-                // Side by side: Tansu serves one partition's fetches at about a third of the
-                // rate it serves four (benches/restore.rs), so each restore waits on the broker.
-                // A few at a time: each holds a reader, a writer thread and a chunk in flight.
-                let partitions: Vec<i32> = partitions.into_iter().collect();
-                restored = tokio::task::block_in_place(|| {
-                    partitions
-                        .chunks(RESTORES_AT_ONCE)
-                        .flat_map(|group| {
-                            std::thread::scope(|scope| {
-                                let restores: Vec<_> = group
-                                    .iter()
-                                    .map(|&p| scope.spawn(move || (p, self.restore(p))))
-                                    .collect();
-                                restores
-                                    .into_iter()
-                                    .filter_map(|r| match r.join() {
-                                        Ok((p, true)) => Some(p),
-                                        _ => None,
-                                    })
-                                    .collect::<Vec<_>>()
-                            })
-                        })
-                        .collect()
-                });
+                partitions.sort_unstable();
+                partitions.dedup();
+                restored = tokio::task::block_in_place(|| self.restore_all(&partitions));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
                 tokio::task::block_in_place(|| self.flush_outbox());
