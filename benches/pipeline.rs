@@ -5,10 +5,12 @@
 //! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV).
 //! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use customer_pulse::decode::{decode, Rules};
+use customer_pulse::event::Event;
 use customer_pulse::fold::{CustomerState, FoldLimits};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{InputRecord, OutputTopics, Processor, ProcessorSettings};
@@ -92,6 +94,18 @@ fn records() -> Vec<InputRecord> {
         .collect()
 }
 
+/// Each customer's state after its events, by the fold alone.
+fn fold<'a>(events: &'a [Event], limits: &FoldLimits) -> HashMap<&'a str, CustomerState> {
+    let mut states = HashMap::<&str, CustomerState>::new();
+    for event in events {
+        states
+            .entry(&event.customer_id)
+            .or_insert_with(|| CustomerState::new(&event.customer_id))
+            .apply(event, limits);
+    }
+    states
+}
+
 fn bench(c: &mut Criterion) {
     let records = records();
     let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
@@ -120,18 +134,7 @@ fn bench(c: &mut Criterion) {
         .filter_map(|r| decode(None, None, &r.payload, NOW, &rules).ok())
         .collect();
     let limits = settings().limits;
-    group.bench_function("fold", |b| {
-        b.iter(|| {
-            let mut states = std::collections::HashMap::<&str, CustomerState>::new();
-            for event in &events {
-                states
-                    .entry(&event.customer_id)
-                    .or_insert_with(|| CustomerState::new(&event.customer_id))
-                    .apply(event, &limits);
-            }
-            states.len()
-        })
-    });
+    group.bench_function("fold", |b| b.iter(|| fold(&events, &limits).len()));
 
     group.bench_function("decode_fold_commit_memory", |b| {
         b.iter_batched(
@@ -169,14 +172,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(1_000));
     group.sample_size(20);
-    let mut states = std::collections::HashMap::<&str, CustomerState>::new();
-    for event in &events {
-        states
-            .entry(&event.customer_id)
-            .or_insert_with(|| CustomerState::new(&event.customer_id))
-            .apply(event, &limits);
-    }
-    let customers: Vec<Customer> = states
+    let customers: Vec<Customer> = fold(&events, &limits)
         .into_values()
         .take(1_000)
         .map(Customer::from)
@@ -208,7 +204,7 @@ fn bench(c: &mut Criterion) {
             }
             offset += 1_000;
             commit.offsets.push(("bench".into(), 0, offset));
-            store.commit(&commit).expect("commit");
+            store.commit(commit).expect("commit");
             let delivered: Vec<u64> = store
                 .outbox(2_000)
                 .expect("outbox")

@@ -69,7 +69,7 @@ fn main() {
                 commit.put_customer(partition_for(id.as_bytes(), PARTITIONS), id, Some(&c));
             }
             writer
-                .commit(&commit)
+                .commit(commit)
                 .expect("commit");
             let pending = writer.outbox(10_000).expect("outbox");
             bytes += pending

@@ -571,7 +571,7 @@ impl Processor {
             .iter()
             .filter(|r| r.topic == *churn_risk && r.value.is_some())
             .count();
-        self.store.commit(&commit)?;
+        self.store.commit(commit)?;
         self.cache.committed();
         Ok(())
     }

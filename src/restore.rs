@@ -287,7 +287,7 @@ mod tests {
             ..Commit::default()
         };
         commit.put_customer(0, id.into(), Some(&customer));
-        store.commit(&commit).unwrap();
+        store.commit(commit).unwrap();
     }
 
     fn orders(store: &Store, id: &str) -> Option<u32> {

@@ -38,7 +38,7 @@ fn record(topic: &str, n: u8) -> OutboxRecord {
 fn a_commit_writes_states_offsets_and_outbox_together() {
     for (name, store, _dir) in backends() {
         store
-            .commit(&Commit {
+            .commit(Commit {
                 customers: vec![(
                     3,
                     "a".into(),
@@ -82,7 +82,7 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
     for (name, store, _dir) in backends() {
         let outbox = (0..5).map(|n| record("t", n)).collect();
         store
-            .commit(&Commit {
+            .commit(Commit {
                 outbox,
                 ..Commit::default()
             })
@@ -99,7 +99,7 @@ fn the_outbox_never_skips_a_record_left_unacknowledged() {
     for (name, store, _dir) in backends() {
         let commit = |n: u8| {
             store
-                .commit(&Commit {
+                .commit(Commit {
                     outbox: (0..n).map(|i| record("t", i)).collect(),
                     ..Commit::default()
                 })
@@ -143,12 +143,12 @@ fn deleting_a_customer_removes_it() {
             )],
             ..Commit::default()
         };
-        store.commit(&put).unwrap();
+        store.commit(put).unwrap();
         let delete = Commit {
             customers: vec![(0, "gone".into(), None)],
             ..Commit::default()
         };
-        store.commit(&delete).unwrap();
+        store.commit(delete).unwrap();
         assert_eq!(store.customer(0, "gone").unwrap(), None, "{name}");
     }
 }
@@ -172,7 +172,7 @@ fn customers_are_listed_per_partition_in_id_order() {
             )])
             .collect();
         store
-            .commit(&Commit {
+            .commit(Commit {
                 customers,
                 ..Commit::default()
             })
@@ -200,7 +200,7 @@ fn outbox_sequence_continues_after_reopen() {
             Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
         let outbox = (0..3).map(|n| record("t", n)).collect();
         store
-            .commit(&Commit {
+            .commit(Commit {
                 outbox,
                 ..Commit::default()
             })
@@ -209,7 +209,7 @@ fn outbox_sequence_continues_after_reopen() {
     }
     let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
     store
-        .commit(&Commit {
+        .commit(Commit {
             outbox: vec![record("t", 9)],
             ..Commit::default()
         })
@@ -227,7 +227,7 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             customer_id: id.into(),
         };
         store
-            .commit(&Commit {
+            .commit(Commit {
                 timers_set: vec![
                     timer(1, 500, "late"),
                     timer(1, -20, "before-epoch"),
@@ -258,7 +258,7 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             "{name}: from a floor"
         );
         store
-            .commit(&Commit {
+            .commit(Commit {
                 timers_cleared: vec![timer(1, -20, "before-epoch"), timer(1, 100, "a")],
                 timers_set: vec![timer(1, 700, "a")],
                 ..Commit::default()
@@ -287,12 +287,12 @@ fn trends_round_trip_and_stay_until_replaced() {
         trends.opened("billing", Severity::High, 10, &settings);
         trends.resolved("billing", 10, 70_000, &settings);
         store
-            .commit(&Commit {
+            .commit(Commit {
                 trends: Some(trends.clone()),
                 ..Commit::default()
             })
             .unwrap();
-        store.commit(&Commit::default()).unwrap();
+        store.commit(Commit::default()).unwrap();
         assert_eq!(store.trends().unwrap(), Some(trends), "{name}");
     }
 }
@@ -310,7 +310,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         let source = source.with_changelog("log").unwrap();
         let writer = source.changelog().unwrap().1;
         source
-            .commit(&Commit {
+            .commit(Commit {
                 customers: vec![
                     (
                         1,
@@ -331,7 +331,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             })
             .unwrap();
         source
-            .commit(&Commit {
+            .commit(Commit {
                 customers: vec![(
                     1,
                     "a".into(),
@@ -381,7 +381,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         // Partition 1's records, in log order, into another store that has an older `a`.
         let target = Store::in_memory();
         target
-            .commit(&Commit {
+            .commit(Commit {
                 customers: vec![(
                     1,
                     "a".into(),

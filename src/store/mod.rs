@@ -507,18 +507,18 @@ impl Store {
 
     /// Writes the whole commit atomically: states, timers, trends, offsets and outbox
     /// entries land together.
-    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut ops =
             Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
         // The changelog goes out ahead of the commit's other outputs.
         let changelog = match &self.changelog {
-            Some(changelog) => changelog.records(commit, &|p| self.position_entries(p))?,
+            Some(changelog) => changelog.records(&commit, &|p| self.position_entries(p))?,
             None => Vec::new(),
         };
-        for (partition, customer_id, value) in &commit.customers {
-            let key = customer_key(*partition, customer_id);
+        for (partition, customer_id, value) in commit.customers {
+            let key = customer_key(partition, &customer_id);
             ops.push(match value {
-                Some(bytes) => Op::Put(key, bytes.clone()),
+                Some(bytes) => Op::Put(key, bytes),
                 None => Op::Delete(key),
             });
         }

@@ -40,7 +40,7 @@ async fn start_owning(
     ann.orders = 3;
     let mut put = Commit::default();
     put.put_customer(partition_for(b"ann", 4), "ann".into(), Some(&ann.into()));
-    store.commit(&put).unwrap();
+    store.commit(put).unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .unwrap();
