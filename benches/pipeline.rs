@@ -66,6 +66,7 @@ fn settings() -> ProcessorSettings {
         allowed_lateness_ms: 3_600_000,
         idle_partition_ms: 10_000,
         rfm_rules: customer_pulse::rfm::default_rules(),
+        aggregation: customer_pulse::processor::Aggregation::Here,
         panic_on_event_id: None,
     }
 }

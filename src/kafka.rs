@@ -35,6 +35,7 @@ use crate::processor::InputRecord;
 use crate::restore::{ChangelogSource, Restored};
 use crate::store::{
     ChangelogRecord, Claim, Epoch, OutboxRecord, Store, StoreError, CLAIM_KEY, EPOCH_HEADER,
+    FACTS_HEADER,
 };
 use crate::telemetry::Telemetry;
 
@@ -633,16 +634,17 @@ impl ChangelogSource for ChangelogReader {
                 return Ok(end);
             }
             end = Some(message.offset() + 1);
-            let epoch = message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == EPOCH_HEADER)?.value)
-                .and_then(Epoch::from_header);
+            let header = |name: &str| {
+                let headers = message.headers()?;
+                headers.iter().find(|h| h.key == name)?.value
+            };
             each(
                 message.offset(),
                 ChangelogRecord {
                     key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
                     value: message.payload().map(<[u8]>::to_vec),
-                    epoch,
+                    epoch: header(EPOCH_HEADER).and_then(Epoch::from_header),
+                    facts: header(FACTS_HEADER).map(<[u8]>::to_vec),
                 },
             )?;
             if message.offset() + 1 >= to {

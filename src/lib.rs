@@ -13,6 +13,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod event;
+pub mod facts;
 pub mod fit;
 pub mod fold;
 pub mod generate;

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::kafka::{Assignment, ChangelogProgress, Input, KafkaSink};
 use crate::outbox::{drain, Sink};
-use crate::processor::{OutputTopics, Processor, ProcessorSettings};
+use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
 use crate::store::{RocksBackend, Store};
 use crate::telemetry::Telemetry;
@@ -50,6 +50,7 @@ pub fn processor_settings(config: &Config) -> ProcessorSettings {
         allowed_lateness_ms: config.allowed_lateness_ms,
         idle_partition_ms: config.idle_partition_ms,
         rfm_rules: config.rfm_rules.clone(),
+        aggregation: Aggregation::Here,
     }
 }
 

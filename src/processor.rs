@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::decode::{decode, Rejection, Rules};
 use crate::event::{EventKind, Millis, Stream};
+use crate::facts::{Fact, OwnedFlow, Target};
 use crate::fold::{CustomerState, FoldLimits, Lifecycle, Outcome};
 use crate::rfm::Rfm;
 use crate::risk::{assess_risk, next_check, segment_at, strongest_reason, RiskSettings};
 use crate::segments::{Flow, Flows, Population, Segments, Standing};
-use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer};
+use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer, WATERMARK_SOURCE};
 use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends};
 
 /// One input message, copied out of its source at the boundary.
@@ -147,9 +148,29 @@ pub struct ProcessorSettings {
     pub idle_partition_ms: Millis,
     /// The rules naming RFM segments.
     pub rfm_rules: Vec<crate::rfm::Rule>,
+    /// Who emits the complaint-trend and segment-metric records.
+    pub aggregation: Aggregation,
     /// Fault injection for tests: processing an event with this id panics. Never set from
     /// configuration.
     pub panic_on_event_id: Option<String>,
+}
+
+/// Who emits the complaint trends and segment metrics, which sum over every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregation {
+    /// This processor, which sees every partition: one instance, or the aggregator itself.
+    Here,
+    /// The aggregator (several instances, the changelog on): each customer's changelog record
+    /// carries the facts its change caused, and each partition's position its watermark. The
+    /// processor still keeps its own aggregates, for the RFM scores of its churn-risk records.
+    Aggregator,
+}
+
+impl ProcessorSettings {
+    /// Whether customers' changes carry their facts to an aggregator elsewhere.
+    fn keeps_facts(&self) -> bool {
+        self.aggregation == Aggregation::Aggregator
+    }
 }
 
 /// Processing a batch panicked.
@@ -169,6 +190,8 @@ pub struct Processor {
     /// Per partition, a time below which no timer is stored: every timer up to it has fired,
     /// and any armed below it since lowered it. Scans for due timers start there.
     timer_floor: HashMap<i32, Millis>,
+    /// Per partition, the watermark last put into a commit for the aggregator.
+    reported: HashMap<i32, Millis>,
 }
 
 /// The instance-wide aggregates: complaint trends and segment metrics.
@@ -183,6 +206,28 @@ struct Aggregates {
 }
 
 impl Aggregates {
+    /// Applies `fact`, and keeps it in `kept` (the customer's facts, which its changelog record
+    /// carries to the aggregator) when there is one.
+    fn note(
+        &mut self,
+        fact: Fact,
+        trends: &TrendSettings,
+        kept: Option<&mut Vec<Fact>>,
+    ) -> Counted {
+        let mut target = Target {
+            trends: &mut self.trends,
+            segments: &mut self.segments,
+            rfm: &mut self.rfm,
+            settings: trends,
+        };
+        let counted = fact.apply(&mut target);
+        self.dirty = true;
+        if let Some(kept) = kept {
+            kept.push(fact);
+        }
+        counted
+    }
+
     fn load(store: &Store) -> Result<Aggregates, StoreError> {
         Ok(Aggregates {
             trends: store.trends()?.unwrap_or_default(),
@@ -195,7 +240,7 @@ impl Aggregates {
 
     /// Puts the aggregates into `commit` when they changed, and what telemetry needs into
     /// `report`.
-    fn stage(&mut self, commit: &mut Commit, report: &mut BatchReport) {
+    fn stage(&mut self, commit: &mut Commit, report: &mut BatchReport, aggregation: Aggregation) {
         commit.rfm_cells = self.rfm.take_dirty();
         if std::mem::take(&mut self.rfm_rescaled) {
             commit.rfm_scales = Some(self.rfm.scales.clone());
@@ -210,6 +255,14 @@ impl Aggregates {
         if !self.dirty {
             return;
         }
+        commit.trends = Some(self.trends.clone());
+        commit.segments = Some(self.segments.clone());
+        self.dirty = false;
+        // With an aggregator elsewhere these cover only what this instance saw: the gauges
+        // are the aggregator's.
+        if aggregation == Aggregation::Aggregator {
+            return;
+        }
         report.open_complaints = self
             .trends
             .categories
@@ -220,9 +273,6 @@ impl Aggregates {
             self.segments.population.clone(),
             self.segments.margin_to_date_minor.clone(),
         ));
-        commit.trends = Some(self.trends.clone());
-        commit.segments = Some(self.segments.clone());
-        self.dirty = false;
     }
 }
 
@@ -237,6 +287,7 @@ impl Processor {
             now: 0,
             aggregates: None,
             timer_floor: HashMap::new(),
+            reported: HashMap::new(),
         }
     }
 
@@ -388,6 +439,7 @@ impl Processor {
     pub fn forget_partition(&mut self, partition: i32) {
         self.cache.forget(partition);
         self.timer_floor.remove(&partition);
+        self.reported.remove(&partition);
         for partitions in self.clock.sources.values_mut() {
             partitions.remove(&partition);
         }
@@ -446,6 +498,10 @@ impl Processor {
             return;
         }
         aggregates.dirty = true;
+        if self.settings.aggregation == Aggregation::Aggregator {
+            // Closed here only to be forgotten: the aggregator emits them, over all partitions.
+            return;
+        }
         let active = aggregates.segments.active_at_close;
         for window in &mut windows {
             window.active_customers = active;
@@ -500,7 +556,7 @@ impl Processor {
                 aggregates.dirty = true;
             }
         }
-        aggregates.stage(&mut commit, report);
+        aggregates.stage(&mut commit, report, self.settings.aggregation);
         self.commit(commit, report)?;
         self.fire_due_timers(aggregates, report)?;
         self.close_windows(aggregates, report)
@@ -518,7 +574,32 @@ impl Processor {
             return Ok(());
         };
         let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
+        self.close_windows_at(watermark, aggregates, report)
+    }
+
+    /// Closes the complaint windows and segment days that end at or before `watermark` and
+    /// commits their records; with the aggregator elsewhere, also the watermark of each owned
+    /// partition, once its timers up to there have fired.
+    fn close_windows_at(
+        &mut self,
+        watermark: Millis,
+        aggregates: &mut Aggregates,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
         let mut commit = Commit::default();
+        if self.settings.keeps_facts() {
+            for &partition in &self.clock.state_partitions {
+                let reported = match self.reported.get(&partition) {
+                    Some(at) => Some(*at),
+                    None => self.store.event_time(WATERMARK_SOURCE, partition)?,
+                };
+                if reported.is_none_or(|at| at < watermark) {
+                    let source = WATERMARK_SOURCE.to_owned();
+                    commit.event_times.push((source, partition, watermark));
+                }
+            }
+        }
+        let trends_closed = aggregates.trends.closed_before;
         self.close_trends(watermark, aggregates, &mut commit, report);
         let segment_names: Vec<String> = self
             .settings
@@ -528,17 +609,25 @@ impl Processor {
             .map(|t| t.name.clone())
             .collect();
         let days = aggregates.segments.close_until(watermark, &segment_names);
-        if commit.outbox.is_empty() && days.is_empty() {
+        let closed = aggregates.trends.closed_before != trends_closed || !days.is_empty();
+        if !closed && commit.event_times.is_empty() {
             return Ok(());
         }
         if !days.is_empty() {
             // The RFM scales move on with the days (DOMAIN.md: breakpoints on a timer).
             aggregates.rfm.rescale();
             aggregates.rfm_rescaled = true;
-            report.rfm_segments = Some(aggregates.rfm.segment_counts(&self.settings.rfm_rules));
+            if self.settings.aggregation == Aggregation::Here {
+                let counts = aggregates.rfm.segment_counts(&self.settings.rfm_rules);
+                report.rfm_segments = Some(counts);
+            }
         }
         let topics = &self.settings.topics;
-        for day in &days {
+        let emitted = match self.settings.aggregation {
+            Aggregation::Here => days.as_slice(),
+            Aggregation::Aggregator => &[],
+        };
+        for day in emitted {
             let id = day.record_id();
             commit.outbox.push(OutboxRecord {
                 topic: topics.segment_metrics.clone(),
@@ -548,10 +637,16 @@ impl Processor {
                 partition: None,
             });
         }
-        aggregates.dirty = true;
-        aggregates.stage(&mut commit, report);
+        aggregates.dirty |= closed;
+        aggregates.stage(&mut commit, report, self.settings.aggregation);
+        let watermarks: Vec<(i32, Millis)> = commit
+            .event_times
+            .iter()
+            .map(|(_, partition, at)| (*partition, *at))
+            .collect();
         self.commit(commit, report)?;
-        report.closed_days += days.len();
+        self.reported.extend(watermarks);
+        report.closed_days += emitted.len();
         Ok(())
     }
 
@@ -604,7 +699,7 @@ impl Processor {
                     self.fire(&timer, aggregates, &mut commit)?;
                     report.timers_fired += 1;
                 }
-                aggregates.stage(&mut commit, report);
+                aggregates.stage(&mut commit, report, self.settings.aggregation);
                 self.commit(commit, report)?;
             }
         }
@@ -629,8 +724,8 @@ impl Processor {
                 );
                 let effects = Effects {
                     commit,
-                    segments: &mut aggregates.segments,
-                    rfm: &aggregates.rfm,
+                    aggregates,
+                    kept: self.settings.keeps_facts().then_some(&mut entry.facts),
                 };
                 reassess(
                     customer,
@@ -640,7 +735,6 @@ impl Processor {
                     &self.settings,
                     effects,
                 );
-                aggregates.dirty = true;
                 entry.dirty = true;
             }
             // A timer the customer no longer points at (re-armed or erased): only the key goes.
@@ -724,11 +818,10 @@ impl Processor {
             let id = format!("timer-{partition}-{at}-{}", event.customer_id);
             let effects = Effects {
                 commit,
-                segments: &mut aggregates.segments,
-                rfm: &aggregates.rfm,
+                aggregates,
+                kept: settings.keeps_facts().then_some(&mut entry.facts),
             };
             reassess(customer, at, &id, None, settings, effects);
-            aggregates.dirty = true;
             entry.dirty = true;
         }
         // What the aggregates need from the state before the event: a resolved complaint's
@@ -775,6 +868,9 @@ impl Processor {
         }
         aggregates.dirty = true;
         entry.dirty = true;
+        let s = &settings.trends;
+        let keep = settings.keeps_facts();
+        let t = event.occurred_at;
         match &event.kind {
             EventKind::OrderPlaced {
                 amount_minor,
@@ -782,22 +878,34 @@ impl Processor {
                 ..
             } => {
                 let months = settings.risk.tier_months;
-                let t = event.occurred_at;
                 customer
                     .trailing
                     .add(t, *amount_minor, *margin_minor, months);
                 let after = crate::rfm::point(&customer.state);
-                aggregates.rfm.relocate(rfm_before, after);
+                if after != rfm_before {
+                    let moved = Fact::Relocate {
+                        old: rfm_before,
+                        new: after,
+                    };
+                    aggregates.note(moved, s, keep.then_some(&mut entry.facts));
+                }
             }
-            EventKind::Erased => aggregates.rfm.relocate(rfm_before, None),
+            EventKind::Erased if rfm_before.is_some() => {
+                let gone = Fact::Relocate {
+                    old: rfm_before,
+                    new: None,
+                };
+                aggregates.note(gone, s, keep.then_some(&mut entry.facts));
+            }
             _ => {}
         }
-        let trends = &mut aggregates.trends;
-        let segments = &mut aggregates.segments;
-        let s = &settings.trends;
-        let t = event.occurred_at;
         let segment = segment_at(&customer.trailing, t, &settings.risk);
-        let counted = match &event.kind {
+        let count = |flow: Flow| Fact::Count {
+            segment: segment.to_owned(),
+            at: t,
+            flow: OwnedFlow::of(flow),
+        };
+        let facts: Vec<Fact> = match &event.kind {
             EventKind::ComplaintOpened {
                 category, severity, ..
             } => {
@@ -805,44 +913,73 @@ impl Processor {
                     .complaints_opened
                     .entry((category.clone(), severity.name()))
                     .or_default() += 1;
-                trends.opened(category, *severity, t, s)
+                vec![Fact::Opened {
+                    category: category.clone(),
+                    severity: *severity,
+                    at: t,
+                }]
             }
             EventKind::ComplaintResolved { .. } => open_before
                 .iter()
-                .map(|(category, opened_at)| trends.resolved(category, *opened_at, t, s))
-                .fold(
-                    Counted::InWindow,
-                    |a, b| if b == Counted::Late { b } else { a },
-                ),
+                .map(|(category, opened_at)| Fact::Resolved {
+                    category: category.clone(),
+                    opened_at: *opened_at,
+                    at: t,
+                })
+                .collect(),
             EventKind::OrderPlaced {
                 amount_minor,
                 margin_minor,
                 ..
             } => {
-                if first_order {
-                    let value_minor = *amount_minor;
-                    segments.count_change(segment, t, Flow::New { value_minor });
-                }
-                let order = Flow::Order {
+                let order = count(Flow::Order {
                     amount_minor: *amount_minor,
                     margin_minor: *margin_minor,
-                };
-                segments.count(segment, t, order)
+                });
+                if first_order {
+                    let value_minor = *amount_minor;
+                    let new = Fact::CountChange {
+                        segment: segment.to_owned(),
+                        at: t,
+                        flow: OwnedFlow::New { value_minor },
+                    };
+                    vec![new, order]
+                } else {
+                    vec![order]
+                }
             }
             EventKind::SubscriptionRenewed { reason, .. } => {
-                segments.count(segment, t, Flow::Renewal { reason })
+                vec![count(Flow::Renewal { reason })]
             }
-            EventKind::Registered { .. } => match referrer_segment.as_deref() {
-                Some(referrer) if first_referral => segments.count(referrer, t, Flow::Referral),
-                _ => Counted::InWindow,
+            EventKind::Registered { .. } => match referrer_segment {
+                Some(referrer) if first_referral => vec![Fact::Count {
+                    segment: referrer,
+                    at: t,
+                    flow: OwnedFlow::Referral,
+                }],
+                _ => Vec::new(),
             },
-            _ => Counted::InWindow,
+            _ => Vec::new(),
         };
+        // The event is late when any of its counts missed its window.
+        let mut counted = Counted::InWindow;
+        for fact in facts {
+            if aggregates.note(fact, s, keep.then_some(&mut entry.facts)) == Counted::Late {
+                counted = Counted::Late;
+            }
+        }
         if outcome == Outcome::Erased {
             for (category, _) in &open_before {
-                trends.forget_open(category);
+                let forget = Fact::ForgetOpen {
+                    category: category.clone(),
+                };
+                aggregates.note(forget, s, keep.then_some(&mut entry.facts));
             }
-            segments.restand(customer.standing.as_ref(), None);
+            let gone = Fact::Restand {
+                old: customer.standing.clone(),
+                new: None,
+            };
+            aggregates.note(gone, s, keep.then_some(&mut entry.facts));
             entry.record = None;
             commit.outbox.push(OutboxRecord {
                 topic: settings.topics.churn_risk.clone(),
@@ -853,11 +990,10 @@ impl Processor {
             });
         } else {
             let as_of = customer.risk.as_of(&customer.state);
-            let rfm = &aggregates.rfm;
             let effects = Effects {
                 commit,
-                segments,
-                rfm,
+                aggregates,
+                kept: keep.then_some(&mut entry.facts),
             };
             reassess(
                 customer,
@@ -912,8 +1048,9 @@ impl Processor {
 /// Where reassessing a customer puts its effects.
 struct Effects<'a> {
     commit: &'a mut Commit,
-    segments: &'a mut Segments,
-    rfm: &'a Rfm,
+    aggregates: &'a mut Aggregates,
+    /// The customer's facts for the aggregator, when it is elsewhere.
+    kept: Option<&'a mut Vec<Fact>>,
 }
 
 /// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
@@ -927,6 +1064,12 @@ fn reassess(
     settings: &ProcessorSettings,
     effects: Effects,
 ) {
+    let Effects {
+        commit,
+        aggregates,
+        mut kept,
+    } = effects;
+    let trends = &settings.trends;
     let risk = &settings.risk;
     let assessment = assess_risk(&customer.state, as_of, risk);
     // Also look again when revenue ages out of the trailing months and the tier may drop.
@@ -961,25 +1104,33 @@ fn reassess(
         .is_some_and(|s| s.lifecycle == Lifecycle::Lost);
     let is_lost = standing.lifecycle == Lifecycle::Lost;
     if is_lost && !was_lost {
-        let lost = Flow::Lost {
-            value_minor: customer.state.revenue_minor,
-            reason: strongest_reason(complete.codes, risk).code(),
+        let lost = Fact::CountChange {
+            segment: standing.segment.clone(),
+            at: as_of,
+            flow: OwnedFlow::Lost {
+                value_minor: customer.state.revenue_minor,
+                reason: strongest_reason(complete.codes, risk).code().to_owned(),
+            },
         };
-        effects
-            .segments
-            .count_change(&standing.segment, as_of, lost);
+        aggregates.note(lost, trends, kept.as_deref_mut());
     } else if was_lost && !is_lost {
-        let segment = &standing.segment;
-        effects.segments.count_change(segment, as_of, Flow::WonBack);
+        let won = Fact::CountChange {
+            segment: standing.segment.clone(),
+            at: as_of,
+            flow: OwnedFlow::WonBack,
+        };
+        aggregates.note(won, trends, kept.as_deref_mut());
     }
-    effects
-        .segments
-        .restand(customer.standing.as_ref(), Some(&standing));
+    let moved = Fact::Restand {
+        old: customer.standing.take(),
+        new: Some(standing.clone()),
+    };
+    aggregates.note(moved, trends, kept);
     customer.standing = Some(standing);
     let point = crate::rfm::point(&customer.state);
-    let rfm = effects.rfm.score(point, &settings.rfm_rules);
+    let rfm = aggregates.rfm.score(point, &settings.rfm_rules);
     let id = &customer.state.customer_id;
-    effects.commit.outbox.push(OutboxRecord {
+    commit.outbox.push(OutboxRecord {
         topic: settings.topics.churn_risk.clone(),
         key: Some(id.clone().into_bytes()),
         value: Some(complete.record(id, record_id, caused_by, rfm.as_ref())),
@@ -1099,6 +1250,8 @@ struct CacheEntry {
     /// The timer the store holds for this customer, as of the last commit.
     stored_timer: Option<Millis>,
     dirty: bool,
+    /// What its changes since the last commit did to the aggregates, for the aggregator.
+    facts: Vec<Fact>,
     /// Whether its key is in [`StateCache::touched`].
     touched: bool,
     used: u64,
@@ -1142,6 +1295,7 @@ impl StateCache {
                     record,
                     stored_timer,
                     dirty: false,
+                    facts: Vec::new(),
                     touched: false,
                     used: 0,
                 })
@@ -1155,18 +1309,19 @@ impl StateCache {
         Ok(entry)
     }
 
-    /// The touched entries, with their keys.
-    fn touched(&self) -> impl Iterator<Item = (&(i32, String), &CacheEntry)> {
-        self.touched
-            .iter()
-            .filter_map(|key| Some((key, self.entries.get(key)?)))
-    }
-
     /// Adds the dirty customers and their timer changes to `commit`, in the order they were
     /// first used.
-    fn drain_dirty(&self, commit: &mut Commit) {
-        for ((partition, id), entry) in self.touched().filter(|(_, e)| e.dirty) {
+    fn drain_dirty(&mut self, commit: &mut Commit) {
+        for key in &self.touched {
+            let Some(entry) = self.entries.get_mut(key).filter(|e| e.dirty) else {
+                continue;
+            };
+            let (partition, id) = key;
             commit.put_customer(*partition, id.clone(), entry.record.as_ref());
+            if !entry.facts.is_empty() {
+                let write = commit.customers.last_mut().expect("put above");
+                write.facts = crate::facts::encode(&std::mem::take(&mut entry.facts));
+            }
             let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
             if timer != entry.stored_timer {
                 let at = |at| Timer {

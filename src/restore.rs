@@ -194,7 +194,7 @@ mod tests {
 
     use super::*;
     use crate::fold::CustomerState;
-    use crate::store::{Commit, Customer, Epoch, CLAIM_KEY, EPOCH_HEADER};
+    use crate::store::{Commit, Customer, Epoch, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER};
 
     /// A changelog topic in memory: a log per partition, offsets from 0; counts its reads.
     #[derive(Default)]
@@ -207,17 +207,18 @@ mod tests {
             let pending = store.outbox(1_000).unwrap();
             for (_, record) in &pending {
                 let partition = record.partition.unwrap();
-                let epoch = record
-                    .headers
-                    .iter()
-                    .find(|(name, _)| name == EPOCH_HEADER)
-                    .and_then(|(_, bytes)| Epoch::from_header(bytes));
+                let header = |wanted: &str| {
+                    let found = record.headers.iter().find(|(name, _)| name == wanted);
+                    found.map(|(_, bytes)| bytes.clone())
+                };
+                let epoch = header(EPOCH_HEADER).and_then(|bytes| Epoch::from_header(&bytes));
                 let offset = self.append(
                     partition,
                     ChangelogRecord {
                         key: record.key.clone().unwrap(),
                         value: record.value.clone(),
                         epoch,
+                        facts: header(FACTS_HEADER),
                     },
                 );
                 store
@@ -267,6 +268,7 @@ mod tests {
                     key: CLAIM_KEY.to_vec(),
                     value: Some(claim.to_bytes()),
                     epoch: None,
+                    facts: None,
                 },
             ))
         }

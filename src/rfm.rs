@@ -23,7 +23,7 @@ const ZERO_BUCKET: i32 = i32::MIN;
 
 /// Where a customer with orders sits: its last purchase day (days since the epoch), its order
 /// count and the bucket of its average order value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Point {
     pub last_day: i32,
     pub orders: u32,

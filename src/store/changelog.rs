@@ -33,6 +33,13 @@ pub const CLAIM_KEY: &[u8] = b"\xffclaim";
 /// The header naming the [`Epoch`] a record was written in: writer id, then claim offset, both
 /// 8 bytes big-endian.
 pub const EPOCH_HEADER: &str = "customer-pulse-epoch";
+/// The header of a customer record that carries what its change did to the aggregates (the
+/// `facts` module's encoding), for the aggregator.
+pub const FACTS_HEADER: &str = "customer-pulse-facts";
+/// The `event_times` entry of a position under this name (no topic is named so) is the
+/// partition's watermark: every timer of the partition up to it has fired, and every window
+/// the aggregator closes up to it holds all the partition's facts.
+pub const WATERMARK_SOURCE: &str = "";
 /// The writer id of this state directory.
 const WRITER: &[u8] = b"g/changelog-writer";
 /// `l` + partition: the next changelog offset whose record this store has not accounted for.
@@ -80,7 +87,7 @@ impl Claim {
 }
 
 /// Which records of a changelog partition count, read in log order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ownership {
     /// The latest claimant and the claims of its that count; `None` before any claim is seen
     /// (a log written without claims, or a prefix whose claims compaction removed): then every
@@ -133,6 +140,8 @@ pub struct ChangelogRecord {
     pub value: Option<Vec<u8>>,
     /// From the record's [`EPOCH_HEADER`]; `None` when it has none.
     pub epoch: Option<Epoch>,
+    /// The record's [`FACTS_HEADER`], if it has one.
+    pub facts: Option<Vec<u8>>,
 }
 
 impl ChangelogRecord {
@@ -192,17 +201,22 @@ impl Changelog {
         };
         let mut records = Vec::with_capacity(commit.customers.len() + 1);
         let mut partitions = BTreeSet::new();
-        for (partition, id, value) in &commit.customers {
-            partitions.insert(*partition);
+        for write in &commit.customers {
+            partitions.insert(write.partition);
+            let mut headers = headers(write.partition);
+            if !write.facts.is_empty() {
+                headers.push((FACTS_HEADER.to_owned(), write.facts.clone()));
+            }
             records.push(OutboxRecord {
                 topic: self.topic.clone(),
-                key: Some(id.clone().into_bytes()),
-                value: value.clone(),
-                headers: headers(*partition),
-                partition: Some(*partition),
+                key: Some(write.id.clone().into_bytes()),
+                value: write.value.clone(),
+                headers,
+                partition: Some(write.partition),
             });
         }
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
+        partitions.extend(commit.event_times.iter().map(|(_, p, _)| *p));
         // The stored entries of `partition` with this commit's on top.
         let merged = |mut base: Entries, entries: &[(String, i32, i64)], partition: i32| {
             for (topic, _, value) in entries.iter().filter(|(_, p, _)| *p == partition) {

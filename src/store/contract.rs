@@ -43,7 +43,8 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
                     3,
                     "a".into(),
                     Some(codec::encode_customer(&state("a", 2).into())),
-                )],
+                )
+                    .into()],
                 offsets: vec![("orders".into(), 3, 42)],
                 event_times: vec![("orders".into(), 3, 1_780_000_000_000)],
                 outbox: vec![record("out", 1), record("out", 2)],
@@ -140,12 +141,13 @@ fn deleting_a_customer_removes_it() {
                 0,
                 "gone".into(),
                 Some(codec::encode_customer(&state("gone", 1).into())),
-            )],
+            )
+                .into()],
             ..Commit::default()
         };
         store.commit(put).unwrap();
         let delete = Commit {
-            customers: vec![(0, "gone".into(), None)],
+            customers: vec![(0, "gone".into(), None).into()],
             ..Commit::default()
         };
         store.commit(delete).unwrap();
@@ -170,6 +172,7 @@ fn customers_are_listed_per_partition_in_id_order() {
                 "z".to_string(),
                 Some(codec::encode_customer(&state("z", 1).into())),
             )])
+            .map(CustomerWrite::from)
             .collect();
         store
             .commit(Commit {
@@ -316,12 +319,14 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                         1,
                         "a".into(),
                         Some(codec::encode_customer(&timed("a", 1, 100))),
-                    ),
+                    )
+                        .into(),
                     (
                         2,
                         "b".into(),
                         Some(codec::encode_customer(&timed("b", 2, 200))),
-                    ),
+                    )
+                        .into(),
                 ],
                 timers_set: vec![],
                 offsets: vec![("orders".into(), 1, 7)],
@@ -336,7 +341,8 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                     1,
                     "a".into(),
                     Some(codec::encode_customer(&timed("a", 2, 300))),
-                )],
+                )
+                    .into()],
                 offsets: vec![("orders".into(), 1, 9)],
                 ..Commit::default()
             })
@@ -386,7 +392,8 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                     1,
                     "a".into(),
                     Some(codec::encode_customer(&timed("a", 9, 50))),
-                )],
+                )
+                    .into()],
                 timers_set: vec![Timer {
                     partition: 1,
                     at: 50,
@@ -402,6 +409,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                 key: r.key.clone().unwrap(),
                 value: r.value.clone(),
                 epoch: None,
+                facts: None,
             })
             .collect();
         target.restore(1, &partition_1).unwrap();
@@ -434,6 +442,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             key: b"a".to_vec(),
             value: None,
             epoch: None,
+            facts: None,
         };
         target.restore(1, &[tombstone]).unwrap();
         assert_eq!(target.customer(1, "a").unwrap(), None, "{name}");

@@ -25,7 +25,7 @@ use crate::trends::Trends;
 
 pub use changelog::{
     decode_position, ChangelogRecord, Claim, Epoch, Ownership, Position, CLAIM_KEY, EPOCH_HEADER,
-    POSITION_KEY,
+    FACTS_HEADER, POSITION_KEY, WATERMARK_SOURCE,
 };
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
@@ -133,10 +133,10 @@ pub struct Timer {
 /// Everything one commit changes, written in one atomic batch.
 #[derive(Debug, Default)]
 pub struct Commit {
-    /// `(partition, customer_id, stored encoding)`; `None` deletes the customer. Filled by
-    /// [`Commit::put_customer`], which encodes once: the store and the changelog write the
-    /// same bytes, and the caller keeps its customer without a copy.
-    pub customers: Vec<(i32, String, Option<Vec<u8>>)>,
+    /// The customers written. Filled by [`Commit::put_customer`], which encodes once: the
+    /// store and the changelog write the same bytes, and the caller keeps its customer without
+    /// a copy.
+    pub customers: Vec<CustomerWrite>,
     pub timers_set: Vec<Timer>,
     pub timers_cleared: Vec<Timer>,
     /// The complaint trends, when the batch changed them.
@@ -163,9 +163,37 @@ impl Commit {
         customer_id: String,
         customer: Option<&Customer>,
     ) {
-        let encoded = customer.map(codec::encode_customer);
-        self.customers.push((partition, customer_id, encoded));
+        self.customers.push(CustomerWrite {
+            partition,
+            id: customer_id,
+            value: customer.map(codec::encode_customer),
+            facts: Vec::new(),
+        });
     }
+}
+
+#[cfg(test)]
+impl From<(i32, String, Option<Vec<u8>>)> for CustomerWrite {
+    fn from((partition, id, value): (i32, String, Option<Vec<u8>>)) -> CustomerWrite {
+        CustomerWrite {
+            partition,
+            id,
+            value,
+            facts: Vec::new(),
+        }
+    }
+}
+
+/// One customer written by a commit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerWrite {
+    pub partition: i32,
+    pub id: String,
+    /// The stored encoding; `None` deletes the customer.
+    pub value: Option<Vec<u8>>,
+    /// What the change did to the aggregates, encoded by `facts::encode`, for the changelog
+    /// record to carry ([`FACTS_HEADER`]); empty when there is nothing to carry.
+    pub facts: Vec<u8>,
 }
 
 const CUSTOMER: u8 = b'c';
@@ -515,9 +543,9 @@ impl Store {
             Some(changelog) => changelog.records(&commit, &|p| self.position_entries(p))?,
             None => Vec::new(),
         };
-        for (partition, customer_id, value) in commit.customers {
-            let key = customer_key(partition, &customer_id);
-            ops.push(match value {
+        for write in commit.customers {
+            let key = customer_key(write.partition, &write.id);
+            ops.push(match write.value {
                 Some(bytes) => Op::Put(key, bytes),
                 None => Op::Delete(key),
             });
