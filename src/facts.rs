@@ -258,7 +258,7 @@ mod tests {
             );
             facts.push(Fact::Count {
                 segment: "silver".into(),
-                at: -5,
+                at: 5,
                 flow: flow.clone(),
             });
             facts.push(Fact::CountChange {
