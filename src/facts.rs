@@ -317,8 +317,15 @@ mod tests {
         assert_eq!(apply(&[first, second]), whole);
         let (trends, segments, _) = whole;
         assert_eq!(trends.categories["billing"].open_backlog, 0);
-        let flows = &segments.days[&0]["silver"];
-        assert_eq!((flows.orders, flows.referrals, flows.won_back), (1, 1, 0));
+        // Each of the six flows once as a count in day 0, once as a change in day 1.
+        for (day, segment) in [(0, "silver"), (86_400_000, "bronze")] {
+            let f = &segments.days[&day][segment];
+            let counts = (f.orders, f.new_customers, f.lost_customers, f.won_back);
+            assert_eq!(counts, (1, 1, 1, 1), "{segment}");
+            assert_eq!((f.renewals, f.referrals), (1, 1), "{segment}");
+            assert_eq!((f.revenue_minor, f.margin_minor), (1_000, -20), "{segment}");
+            assert_eq!(f.lost_reasons["silence"], 1, "{segment}");
+        }
         assert_eq!(segments.population["gold"].active(), 1);
     }
 }
