@@ -448,13 +448,17 @@ impl Input {
     }
 
     /// The input partitions this member owns now, as `(topic, partition)`.
+    /// The assigned input partitions, in order.
     pub fn assignment(&self) -> Vec<(String, i32)> {
-        self.assignment
+        let mut assigned: Vec<(String, i32)> = self
+            .assignment
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .cloned()
-            .collect()
+            .collect();
+        assigned.sort();
+        assigned
     }
 
     /// Whether this member owns any partition.

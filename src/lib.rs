@@ -8,6 +8,7 @@
 //! The analytics beside the fold: `risk` (with the models of `churn` and `fit`), `trends`,
 //! `segments` and `rfm`; `demo` runs the whole job against an embedded broker.
 
+pub mod aggregator;
 pub mod churn;
 pub mod config;
 pub mod decode;

@@ -9,9 +9,10 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::aggregator::Aggregator;
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::kafka::{Assignment, ChangelogProgress, Input, KafkaSink};
+use crate::kafka::{Assignment, ChangelogProgress, ChangelogReader, Input, KafkaSink};
 use crate::outbox::{drain, Sink};
 use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
@@ -220,7 +221,22 @@ pub async fn run_on(
     ));
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
 
-    let mut processor = Processor::new(store.clone(), processor_settings(&config));
+    let mut settings = processor_settings(&config);
+    let aggregator = match store.changelog() {
+        Some((topic, _)) => {
+            settings.aggregation = Aggregation::Aggregator;
+            let owns = {
+                let assignment = input.assignment_handle();
+                move || {
+                    let owned = assignment.lock().unwrap_or_else(|p| p.into_inner());
+                    owned.iter().any(|(_, p)| *p == 0)
+                }
+            };
+            Some(start_aggregator(&config, topic, &telemetry, owns)?)
+        }
+        None => None,
+    };
+    let mut processor = Processor::new(store.clone(), settings);
     consume(
         &input,
         &mut processor,
@@ -236,11 +252,113 @@ pub async fn run_on(
     drop(input);
     outbox_stop.cancel();
     let flushed = outbox.await.context("outbox task failed")?;
+    if let Some(aggregator) = aggregator {
+        aggregator.stop().await?;
+    }
     http_stop.cancel();
     http.await
         .context("HTTP task failed")?
         .context("HTTP server failed")?;
     flushed
+}
+
+/// The aggregator's thread and its outbox's drain.
+struct AggregatorTask {
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+    outbox_stop: CancellationToken,
+    outbox: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl AggregatorTask {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("aggregator thread")?
+            .map_err(|_| anyhow::anyhow!("the aggregator thread panicked"))?;
+        self.outbox_stop.cancel();
+        self.outbox.await.context("aggregator outbox task failed")?
+    }
+}
+
+/// Starts the aggregator (see `aggregator`) over its own store in `aggregator/` under the state
+/// directory: while `owns_first` says this instance owns input partition 0, it reads the
+/// changelog `topic` every half second and emits the complaint trends and segment metrics of
+/// every partition.
+fn start_aggregator(
+    config: &Config,
+    topic: &str,
+    telemetry: &Arc<Telemetry>,
+    owns_first: impl Fn() -> bool + Send + 'static,
+) -> anyhow::Result<AggregatorTask> {
+    let path = config.state_path.join("aggregator");
+    std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
+        .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
+    let store = Store::open(Arc::new(backend))?;
+    let mut settings = processor_settings(config);
+    settings.aggregation = Aggregation::Here;
+    let mut aggregator = Aggregator::new(
+        Processor::new(store.clone(), settings),
+        topic,
+        config.partitions,
+    );
+    let reader = ChangelogReader::connect(&config.brokers, &config.kafka_security, topic)?;
+    let sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
+    let wake = Arc::new(Notify::new());
+    let outbox_stop = CancellationToken::new();
+    let outbox = tokio::spawn(drain_outbox(
+        store,
+        sink,
+        telemetry.clone(),
+        wake.clone(),
+        outbox_stop.clone(),
+        config.shutdown_flush,
+    ));
+    let stop = CancellationToken::new();
+    let thread = {
+        let stop = stop.clone();
+        let telemetry = telemetry.clone();
+        std::thread::Builder::new()
+            .name("aggregator".into())
+            .spawn(move || {
+                let mut was_owner = false;
+                while !stop.is_cancelled() {
+                    let owner = owns_first();
+                    if owner != was_owner {
+                        tracing::info!(owner, "This instance is the aggregator now: {owner}.");
+                        was_owner = owner;
+                    }
+                    let mut more = false;
+                    if owner {
+                        let started = Instant::now();
+                        match aggregator.step(&reader) {
+                            Ok((report, rest)) => {
+                                more = rest;
+                                let seconds = started.elapsed().as_secs_f64();
+                                telemetry.record_batch(&report, seconds, wall_clock_ms());
+                                wake.notify_one();
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "The aggregator's step failed; it retries.")
+                            }
+                        }
+                    }
+                    if !more {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            })
+            .context("cannot start the aggregator thread")?
+    };
+    Ok(AggregatorTask {
+        stop,
+        thread,
+        outbox_stop,
+        outbox,
+    })
 }
 
 /// An output topic that does not exist holds up the outbox behind its first record until it is

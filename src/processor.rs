@@ -173,6 +173,20 @@ impl ProcessorSettings {
     }
 }
 
+/// What the aggregator read of one changelog partition since its last step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionFacts {
+    pub partition: i32,
+    /// The facts of the records that count, in log order.
+    pub facts: Vec<Fact>,
+    /// The partition's newest watermark among them.
+    pub watermark: Option<Millis>,
+    /// The offset the next read starts at.
+    pub next: i64,
+    /// Which records count from there on.
+    pub ownership: crate::store::Ownership,
+}
+
 /// Processing a batch panicked.
 struct Panicked;
 
@@ -421,6 +435,66 @@ impl Processor {
         Ok(report)
     }
 
+    /// The aggregator's step (several instances; see `aggregator`): applies the facts read from
+    /// each changelog partition and stores how far it read (`source`: the changelog topic),
+    /// then closes the windows and days that every partition's watermark has passed. The
+    /// records go into the commits' outbox as a single instance's would.
+    pub fn aggregate(
+        &mut self,
+        source: &str,
+        read: Vec<PartitionFacts>,
+    ) -> Result<BatchReport, StoreError> {
+        let mut aggregates = match self.aggregates.take() {
+            Some(aggregates) => aggregates,
+            None => Aggregates::load(&self.store)?,
+        };
+        let mut report = BatchReport::default();
+        let result = self.aggregate_into(source, read, &mut aggregates, &mut report);
+        if result.is_ok() {
+            self.aggregates = Some(aggregates);
+        }
+        // Flows are counted in telemetry where they happen, by the instances.
+        report.segment_flows.clear();
+        result.map(|()| report)
+    }
+
+    fn aggregate_into(
+        &mut self,
+        source: &str,
+        read: Vec<PartitionFacts>,
+        aggregates: &mut Aggregates,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
+        let mut commit = Commit::default();
+        for partition in read {
+            for fact in partition.facts {
+                aggregates.note(fact, &self.settings.trends, None);
+            }
+            let p = partition.partition;
+            commit.offsets.push((source.to_owned(), p, partition.next));
+            // A partition's watermark never goes back, whoever owns it now.
+            let stored = self.store.event_time(source, p)?;
+            if let Some(at) = partition
+                .watermark
+                .filter(|at| stored.is_none_or(|s| s < *at))
+            {
+                commit.event_times.push((source.to_owned(), p, at));
+            }
+            commit.ownerships.push((p, partition.ownership));
+        }
+        aggregates.stage(&mut commit, report, self.settings.aggregation);
+        self.commit(commit, report)?;
+        // The lowest watermark over every partition: one that never reported holds it.
+        let mut lowest = Millis::MAX;
+        for partition in 0..self.settings.partitions {
+            match self.store.event_time(source, partition)? {
+                Some(at) => lowest = lowest.min(at),
+                None => return Ok(()),
+            }
+        }
+        self.close_windows_at(lowest, aggregates, report)
+    }
+
     /// Tells the processor which input partitions the instance owns, so that one that has not
     /// delivered yet holds the watermark (until it goes idle) instead of being overtaken.
     pub fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {
@@ -443,6 +517,8 @@ impl Processor {
         for partitions in self.clock.sources.values_mut() {
             partitions.remove(&partition);
         }
+        // Taken again at the next assignment, from the restored event times.
+        self.clock.assigned.clear();
     }
 
     /// Moves the watermark on without input, when input partitions have gone idle: a
@@ -480,6 +556,26 @@ impl Processor {
     fn watermark(&self, aggregates: &Aggregates) -> Option<Millis> {
         self.frontier(aggregates)
             .map(|n| n.saturating_sub(self.settings.allowed_lateness_ms))
+    }
+
+    /// The watermark up to which state partition `partition`'s timers fire, given the
+    /// instance's. One instance fires every partition's at its own. With the aggregator
+    /// elsewhere, a partition is not let past its own input (unless that went idle): a
+    /// partition just taken over may be behind the instance, and neither its customers' timers
+    /// nor the aggregator's windows may pass events of it not folded yet. `None`: it holds.
+    fn partition_watermark(&self, partition: i32, instance: Millis) -> Option<Millis> {
+        if !self.settings.keeps_facts() {
+            return Some(instance);
+        }
+        let idle = self.settings.idle_partition_ms;
+        match self.clock.partition_frontier(partition, self.now, idle) {
+            Holding::Idle => Some(instance),
+            Holding::Silent => None,
+            Holding::At(frontier) => {
+                let own = frontier.saturating_sub(self.settings.allowed_lateness_ms);
+                Some(own.min(instance))
+            }
+        }
     }
 
     /// Closes the complaint windows the watermark has passed and puts their records into
@@ -589,6 +685,9 @@ impl Processor {
         let mut commit = Commit::default();
         if self.settings.keeps_facts() {
             for &partition in &self.clock.state_partitions {
+                let Some(watermark) = self.partition_watermark(partition, watermark) else {
+                    continue;
+                };
                 let reported = match self.reported.get(&partition) {
                     Some(at) => Some(*at),
                     None => self.store.event_time(WATERMARK_SOURCE, partition)?,
@@ -678,11 +777,14 @@ impl Processor {
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
-        let Some(watermark) = self.watermark(aggregates) else {
+        let Some(instance) = self.watermark(aggregates) else {
             return Ok(());
         };
         let partitions: Vec<i32> = self.clock.state_partitions.iter().copied().collect();
         for partition in partitions {
+            let Some(watermark) = self.partition_watermark(partition, instance) else {
+                continue;
+            };
             // The stored timers are the truth: a scan that finds none due costs one seek, and
             // only a round that fires something commits. A fired timer re-arms strictly later,
             // so the rounds end.
@@ -1187,6 +1289,8 @@ struct Clock {
     sources: HashMap<String, HashMap<i32, (Option<Millis>, Millis)>>,
     /// The state partitions events have been folded into, whose timers the watermark fires.
     state_partitions: std::collections::BTreeSet<i32>,
+    /// The input partitions as last assigned.
+    assigned: Vec<(String, i32)>,
 }
 
 impl Clock {
@@ -1203,16 +1307,27 @@ impl Clock {
     }
 
     /// The input partitions the instance owns now: new ones hold the watermark until they
-    /// deliver or go idle; revoked ones no longer count.
+    /// deliver or go idle; revoked ones no longer count, and their timers no longer fire here.
+    /// A changed assignment (a rebalance, which pauses every partition) starts every partition's
+    /// idle time again: one that waited for the group is not idle.
     fn assign(
         &mut self,
         assigned: &[(String, i32)],
         now: Millis,
         stored: impl Fn(&str, i32) -> Option<Millis>,
     ) {
+        if self.assigned.as_slice() == assigned {
+            return;
+        }
+        self.assigned = assigned.to_vec();
         for (source, partitions) in &mut self.sources {
             partitions.retain(|p, _| assigned.iter().any(|(s, q)| s == source && q == p));
+            for (_, seen) in partitions.values_mut() {
+                *seen = (*seen).max(now);
+            }
         }
+        self.state_partitions
+            .retain(|p| assigned.iter().any(|(_, q)| q == p));
         for (source, partition) in assigned {
             self.sources
                 .entry(source.clone())
@@ -1225,6 +1340,24 @@ impl Clock {
     /// The newest event time `source`/`partition` delivered, as far as this clock knows.
     fn newest(&self, source: &str, partition: i32) -> Option<Millis> {
         self.sources.get(source)?.get(&partition)?.0
+    }
+
+    /// How far the input partitions of state partition `partition` (for Kafka: the partition
+    /// of each input topic) have got, as [`Clock::frontier`] reads all of them.
+    fn partition_frontier(&self, partition: i32, now: Millis, idle_ms: Millis) -> Holding {
+        let mut active = self
+            .sources
+            .values()
+            .filter_map(|partitions| partitions.get(&partition))
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= idle_ms)
+            .peekable();
+        if active.peek().is_none() {
+            return Holding::Idle;
+        }
+        match active.map(|(newest, _)| *newest).min().flatten() {
+            Some(at) => Holding::At(at),
+            None => Holding::Silent,
+        }
     }
 
     /// The newest event time of the slowest partition that delivered (or was assigned) within
@@ -1242,6 +1375,16 @@ impl Clock {
         }
         all.filter_map(|(newest, _)| *newest).max()
     }
+}
+
+/// How far a state partition's input has got.
+enum Holding {
+    /// Its input partitions went idle (or it has none of its own, as from a file).
+    Idle,
+    /// One of them has delivered nothing yet: it holds everything back.
+    Silent,
+    /// The newest event time of the slowest of them.
+    At(Millis),
 }
 
 struct CacheEntry {

@@ -8,7 +8,7 @@ use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
-use super::{Claim, Customer, OutboxRecord, Position};
+use super::{Claim, Customer, OutboxRecord, Ownership, Position};
 
 /// Version 1: the folded state alone.
 const CUSTOMER_V1: u8 = 1;
@@ -30,6 +30,7 @@ const OUTBOX_V2: u8 = 2;
 const TRENDS_V1: u8 = 1;
 const POSITION_V1: u8 = 1;
 const CLAIM_V1: u8 = 1;
+const OWNERSHIP_V1: u8 = 1;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -216,6 +217,14 @@ pub fn encode_claim(claim: &Claim) -> Vec<u8> {
 
 pub fn decode_claim(bytes: &[u8]) -> Result<Claim, String> {
     decode(CLAIM_V1, bytes)
+}
+
+pub fn encode_ownership(ownership: &Ownership) -> Vec<u8> {
+    encode(OWNERSHIP_V1, ownership)
+}
+
+pub fn decode_ownership(bytes: &[u8]) -> Result<Ownership, String> {
+    decode(OWNERSHIP_V1, bytes)
 }
 
 fn encode<T: serde::Serialize>(version: u8, value: &T) -> Vec<u8> {

@@ -152,6 +152,9 @@ pub struct Commit {
     /// `(source topic, partition, newest event time it delivered)`, so that a restarted
     /// processor knows how far each input partition got and its watermark does not fall back.
     pub event_times: Vec<(String, i32, Millis)>,
+    /// The aggregator's: which records of each changelog partition count from where it stopped
+    /// reading.
+    pub ownerships: Vec<(i32, Ownership)>,
     pub outbox: Vec<OutboxRecord>,
 }
 
@@ -197,6 +200,8 @@ pub struct CustomerWrite {
 }
 
 const CUSTOMER: u8 = b'c';
+/// `n` + partition: the aggregator's [`Ownership`] of a changelog partition.
+const OWNERSHIP: u8 = b'n';
 const OFFSET: u8 = b'o';
 const EVENT_TIME: u8 = b'w';
 const OUTBOX: u8 = b'x';
@@ -402,6 +407,19 @@ impl Store {
         self.partition_value(offset_key(topic, partition), "offset", topic, partition)
     }
 
+    /// The aggregator's account of which records of changelog `partition` count, as of the
+    /// last commit.
+    pub fn ownership(&self, partition: i32) -> Result<Ownership, StoreError> {
+        let key = partition_key(OWNERSHIP, "", partition);
+        match self.backend.get(&key)? {
+            None => Ok(Ownership::default()),
+            Some(bytes) => codec::decode_ownership(&bytes).map_err(|reason| StoreError::Corrupt {
+                key: format!("ownership of changelog partition {partition}"),
+                reason,
+            }),
+        }
+    }
+
     /// The newest event time `topic`/`partition` delivered, as of the last commit.
     pub fn event_time(&self, topic: &str, partition: i32) -> Result<Option<Millis>, StoreError> {
         self.partition_value(
@@ -582,6 +600,12 @@ impl Store {
             ops.push(Op::Put(
                 event_time_key(topic, *partition),
                 newest.to_be_bytes().to_vec(),
+            ));
+        }
+        for (partition, ownership) in &commit.ownerships {
+            ops.push(Op::Put(
+                partition_key(OWNERSHIP, "", *partition),
+                codec::encode_ownership(ownership),
             ));
         }
         let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());

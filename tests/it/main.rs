@@ -1,6 +1,7 @@
 //! One integration-test binary (one link): modules by feature. Tests that need the broker start a
 //! real Tansu on loopback (see `support`); nothing is skipped.
 
+mod aggregation;
 mod broker;
 mod catalogue;
 mod changelog;
