@@ -12,16 +12,29 @@
 //!
 //! Its state — the aggregates, how far it read each partition, each partition's ownership —
 //! lives in a store of its own, committed together with its records' outbox. Must not know
-//! about Kafka (it reads through [`ChangelogSource`]), the input or customers' states.
+//! about Kafka (it reads through a [`ChangelogFeed`]), the input or customers' states.
+
+use std::collections::BTreeMap;
 
 use crate::facts;
 use crate::processor::{BatchReport, PartitionFacts, Processor};
-use crate::restore::ChangelogSource;
 use crate::store::{decode_position, ChangelogRecord, POSITION_KEY, WATERMARK_SOURCE};
 
-/// At most this many records of one partition per step, so a long backlog (an aggregator
-/// starting from the beginning) is applied in bounded commits.
-const RECORDS_PER_STEP: i64 = 20_000;
+/// At most this many records per step, so a long backlog (an aggregator starting from the
+/// beginning) is applied in bounded commits.
+const RECORDS_PER_STEP: usize = 20_000;
+
+/// Where the aggregator reads the changelog: every partition, on from where it stopped.
+pub trait ChangelogFeed {
+    /// Up to `max` records past `from` (per partition, the next offset to read; a partition
+    /// not in it from its first record), each partition's in log order, as `(partition,
+    /// offset, record)`; waits a moment for the first, none when nothing came.
+    fn next(
+        &mut self,
+        from: &BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<(i32, i64, ChangelogRecord)>>;
+}
 
 pub struct Aggregator {
     processor: Processor,
@@ -45,33 +58,35 @@ impl Aggregator {
         &self.processor
     }
 
-    /// Reads what every changelog partition got since the last step (at most
-    /// [`RECORDS_PER_STEP`] each), applies it and closes what the watermarks passed, in one
-    /// commit and the windows' own. Returns the report and whether a partition had more.
-    pub fn step(&mut self, source: &dyn ChangelogSource) -> anyhow::Result<(BatchReport, bool)> {
+    /// Reads what the changelog got since the last step (at most [`RECORDS_PER_STEP`]
+    /// records), applies it and closes what the watermarks passed, in one commit and the
+    /// windows' own. Returns the report and whether there may be more to read at once.
+    pub fn step(&mut self, feed: &mut dyn ChangelogFeed) -> anyhow::Result<(BatchReport, bool)> {
         let store = self.processor.store().clone();
-        let mut read = Vec::new();
-        let mut more = false;
+        let mut from = BTreeMap::new();
         for partition in 0..self.partitions {
-            let from = store.offset(&self.topic, partition)?.unwrap_or(0);
-            let mut facts = PartitionFacts {
-                partition,
-                next: from,
-                ownership: store.ownership(partition)?,
-                ..PartitionFacts::default()
-            };
-            let to = from + RECORDS_PER_STEP;
-            let end = source.read(partition, Some(from), to, &mut |offset, record| {
-                take(&mut facts, offset, &record);
-                Ok(())
-            })?;
-            if let Some(end) = end {
-                facts.next = end;
-                more |= end >= to;
-                read.push(facts);
+            if let Some(next) = store.offset(&self.topic, partition)? {
+                from.insert(partition, next);
             }
         }
-        let report = self.processor.aggregate(&self.topic, read)?;
+        let records = feed.next(&from, RECORDS_PER_STEP)?;
+        let more = records.len() >= RECORDS_PER_STEP;
+        let mut read: BTreeMap<i32, PartitionFacts> = BTreeMap::new();
+        for (partition, offset, record) in records {
+            let facts = match read.entry(partition) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(PartitionFacts {
+                    partition,
+                    ownership: store.ownership(partition)?,
+                    ..PartitionFacts::default()
+                }),
+            };
+            take(facts, offset, &record);
+            facts.next = offset + 1;
+        }
+        let report = self
+            .processor
+            .aggregate(&self.topic, read.into_values().collect())?;
         Ok((report, more))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
@@ -562,24 +562,120 @@ impl ConsumerContext for ReaderContext {}
 /// How long a changelog read waits for the next record before it gives up.
 const CHANGELOG_WAIT: Duration = Duration::from_secs(10);
 
+/// A changelog message as the store reads it back.
+fn changelog_record<M: Message>(message: &M) -> ChangelogRecord {
+    let header = |name: &str| {
+        let headers = message.headers()?;
+        headers.iter().find(|h| h.key == name)?.value
+    };
+    ChangelogRecord {
+        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        value: message.payload().map(<[u8]>::to_vec),
+        epoch: header(EPOCH_HEADER).and_then(Epoch::from_header),
+        facts: header(FACTS_HEADER).map(<[u8]>::to_vec),
+    }
+}
+
+/// The settings of a consumer that reads the changelog by assignment.
+fn changelog_consumer_config(brokers: &str, security: &KafkaSecurity) -> ClientConfig {
+    let mut client = client_config(brokers, security);
+    client
+        // Required by librdkafka; the reader only assigns, never joins or commits.
+        .set("group.id", "customer-pulse-changelog-reader")
+        .set("enable.auto.commit", "false")
+        // The end of a partition is where a fetch reports it.
+        .set("enable.partition.eof", "true")
+        // A start that retention already removed falls back to the first record.
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "52428800")
+        // A fetch at the end returns at once rather than waiting for records to arrive.
+        .set("fetch.wait.max.ms", "10");
+    client
+}
+
+/// The aggregator's reader of the changelog: one consumer assigned to every partition for as
+/// long as the aggregator runs, moved only when the aggregator asks for other offsets than
+/// those it delivered up to (a step whose commit failed).
+pub struct ChangelogTail {
+    consumer: BaseConsumer<ReaderContext>,
+    topic: String,
+    partitions: i32,
+    /// The offsets the consumer reads on from; `None` before the first read.
+    at: Option<std::collections::BTreeMap<i32, i64>>,
+}
+
+/// How long a read of the tail waits for the first record.
+const TAIL_WAIT: Duration = Duration::from_millis(200);
+
+impl ChangelogTail {
+    pub fn connect(
+        brokers: &str,
+        security: &KafkaSecurity,
+        topic: &str,
+        partitions: i32,
+    ) -> anyhow::Result<ChangelogTail> {
+        let consumer = changelog_consumer_config(brokers, security)
+            // Waiting at the end is what a tail does; a short wait keeps steps short.
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(ReaderContext)?;
+        Ok(ChangelogTail {
+            consumer,
+            topic: topic.to_owned(),
+            partitions,
+            at: None,
+        })
+    }
+}
+
+impl crate::aggregator::ChangelogFeed for ChangelogTail {
+    fn next(
+        &mut self,
+        from: &std::collections::BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<(i32, i64, ChangelogRecord)>> {
+        if self.at.as_ref() != Some(from) {
+            let mut tpl = TopicPartitionList::new();
+            for partition in 0..self.partitions {
+                let start = from
+                    .get(&partition)
+                    .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+                tpl.add_partition_offset(&self.topic, partition, start)?;
+            }
+            self.consumer.assign(&tpl)?;
+            self.at = Some(from.clone());
+        }
+        let at = self.at.get_or_insert_with(Default::default);
+        let mut records = Vec::new();
+        let deadline = Instant::now() + TAIL_WAIT;
+        while records.len() < max {
+            // The first record may be waited for; after it, only what has arrived.
+            let wait = match records.is_empty() {
+                true => deadline.saturating_duration_since(Instant::now()),
+                false => Duration::ZERO,
+            };
+            let message = match self.consumer.poll(wait) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(message) => message?,
+            };
+            at.insert(message.partition(), message.offset() + 1);
+            records.push((
+                message.partition(),
+                message.offset(),
+                changelog_record(&message),
+            ));
+        }
+        Ok(records)
+    }
+}
+
 impl ChangelogReader {
     pub fn connect(
         brokers: &str,
         security: &KafkaSecurity,
         topic: &str,
     ) -> anyhow::Result<ChangelogReader> {
-        let mut client = client_config(brokers, security);
-        client
-            // Required by librdkafka; the reader only assigns, never joins or commits.
-            .set("group.id", "customer-pulse-changelog-reader")
-            .set("enable.auto.commit", "false")
-            // The end of a partition is where a fetch reports it.
-            .set("enable.partition.eof", "true")
-            // A start that retention already removed falls back to the first record.
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.max.bytes", "52428800")
-            // A fetch at the end returns at once rather than waiting for records to arrive.
-            .set("fetch.wait.max.ms", "10");
+        let client = changelog_consumer_config(brokers, security);
         // Fails here, at start, on a configuration librdkafka refuses.
         let _: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
         let claims = client_config(brokers, security)
@@ -638,19 +734,7 @@ impl ChangelogSource for ChangelogReader {
                 return Ok(end);
             }
             end = Some(message.offset() + 1);
-            let header = |name: &str| {
-                let headers = message.headers()?;
-                headers.iter().find(|h| h.key == name)?.value
-            };
-            each(
-                message.offset(),
-                ChangelogRecord {
-                    key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                    value: message.payload().map(<[u8]>::to_vec),
-                    epoch: header(EPOCH_HEADER).and_then(Epoch::from_header),
-                    facts: header(FACTS_HEADER).map(<[u8]>::to_vec),
-                },
-            )?;
+            each(message.offset(), changelog_record(&message))?;
             if message.offset() + 1 >= to {
                 return Ok(end);
             }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregator::Aggregator;
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::kafka::{Assignment, ChangelogProgress, ChangelogReader, Input, KafkaSink};
+use crate::kafka::{Assignment, ChangelogProgress, ChangelogTail, Input, KafkaSink};
 use crate::outbox::{drain, Sink};
 use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
@@ -285,7 +285,7 @@ impl AggregatorTask {
 
 /// Starts the aggregator (see `aggregator`) over its own store in `aggregator/` under the state
 /// directory: while `owns_first` says this instance owns input partition 0, it reads the
-/// changelog `topic` every half second and emits the complaint trends and segment metrics of
+/// changelog `topic` as it grows (a step every quarter of a second at most) and emits the complaint trends and segment metrics of
 /// every partition.
 fn start_aggregator(
     config: &Config,
@@ -305,7 +305,12 @@ fn start_aggregator(
         topic,
         config.partitions,
     );
-    let reader = ChangelogReader::connect(&config.brokers, &config.kafka_security, topic)?;
+    let mut tail = ChangelogTail::connect(
+        &config.brokers,
+        &config.kafka_security,
+        topic,
+        config.partitions,
+    )?;
     let sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
@@ -334,7 +339,7 @@ fn start_aggregator(
                     let mut more = false;
                     if owner {
                         let started = Instant::now();
-                        match aggregator.step(&reader) {
+                        match aggregator.step(&mut tail) {
                             Ok((report, rest)) => {
                                 more = rest;
                                 let seconds = started.elapsed().as_secs_f64();
@@ -346,8 +351,12 @@ fn start_aggregator(
                             }
                         }
                     }
-                    if !more {
+                    // A step waits a moment for records itself; without partition 0 it only
+                    // looks again now and then.
+                    if !owner {
                         std::thread::sleep(Duration::from_millis(500));
+                    } else if !more {
+                        std::thread::sleep(Duration::from_millis(250));
                     }
                 }
             })

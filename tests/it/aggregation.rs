@@ -9,13 +9,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use customer_pulse::aggregator::Aggregator;
+use customer_pulse::aggregator::{Aggregator, ChangelogFeed};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{partition_for, Aggregation, InputRecord, Processor};
-use customer_pulse::restore::ChangelogSource;
-use customer_pulse::store::{
-    ChangelogRecord, Claim, Epoch, Store, StoreError, EPOCH_HEADER, FACTS_HEADER,
-};
+use customer_pulse::store::{ChangelogRecord, Epoch, Store, EPOCH_HEADER, FACTS_HEADER};
 use serde_json::Value;
 
 use crate::catalogue::NOW_MS;
@@ -53,37 +50,24 @@ impl Log {
     }
 }
 
-impl ChangelogSource for Log {
-    fn read(
-        &self,
-        partition: i32,
-        from: Option<i64>,
-        to: i64,
-        each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
-    ) -> anyhow::Result<Option<i64>> {
-        let records = self.0.lock().unwrap().get(&partition).cloned();
-        let mut end = None;
-        let start = from.unwrap_or(0);
-        for (offset, record) in records.unwrap_or_default().into_iter().enumerate() {
-            let offset = offset as i64;
-            if offset >= start && offset < to {
-                each(offset, record)?;
-                end = Some(offset + 1);
+impl ChangelogFeed for Log {
+    fn next(
+        &mut self,
+        from: &BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<(i32, i64, ChangelogRecord)>> {
+        let log = self.0.lock().unwrap();
+        let mut out = Vec::new();
+        for (partition, records) in log.iter() {
+            let start = from.get(partition).copied().unwrap_or(0);
+            for (offset, record) in records.iter().enumerate().skip(start as usize) {
+                if out.len() == max {
+                    return Ok(out);
+                }
+                out.push((*partition, offset as i64, record.clone()));
             }
         }
-        Ok(end)
-    }
-
-    fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
-        let mut log = self.0.lock().unwrap();
-        let records = log.entry(partition).or_default();
-        records.push(ChangelogRecord {
-            key: customer_pulse::store::CLAIM_KEY.to_vec(),
-            value: Some(claim.to_bytes()),
-            epoch: None,
-            facts: None,
-        });
-        Ok(records.len() as i64 - 1)
+        Ok(out)
     }
 }
 
@@ -146,7 +130,7 @@ fn one_instance(records: &[InputRecord]) -> BTreeMap<String, Value> {
 /// Two processors, one owning partitions 0 and 1, the other 2 and 3, each with a changelog, in
 /// alternating batches; the aggregator reads their changelog now and then, and to the end.
 fn two_instances_and_the_aggregator(records: &[InputRecord]) -> BTreeMap<String, Value> {
-    let log = Log::default();
+    let mut log = Log::default();
     let mut settings = settings_with_partitions(500, PARTITIONS);
     settings.aggregation = Aggregation::Aggregator;
     let instance = |owned: [i32; 2]| {
@@ -176,11 +160,11 @@ fn two_instances_and_the_aggregator(records: &[InputRecord]) -> BTreeMap<String,
             log.deliver(processor.store());
         }
         if round % 3 == 0 {
-            aggregator.step(&log).unwrap();
+            aggregator.step(&mut log).unwrap();
         }
     }
-    while aggregator.step(&log).unwrap().1 {}
-    aggregator.step(&log).unwrap();
+    while aggregator.step(&mut log).unwrap().1 {}
+    aggregator.step(&mut log).unwrap();
     for (_, processor) in &instances {
         assert!(
             aggregates(processor.store()).is_empty(),
