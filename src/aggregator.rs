@@ -16,9 +16,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::facts;
 use crate::processor::{BatchReport, PartitionFacts, Processor};
-use crate::store::{decode_position, ChangelogRecord, POSITION_KEY, WATERMARK_SOURCE};
+use crate::store::{
+    decode_facts, decode_position, ChangelogRecord, POSITION_KEY, WATERMARK_SOURCE,
+};
 
 /// At most this many records per step, so a long backlog (an aggregator starting from the
 /// beginning) is applied in bounded commits.
@@ -123,7 +124,7 @@ fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
         return;
     }
     if let Some(bytes) = &record.facts {
-        match facts::decode(bytes) {
+        match decode_facts(bytes) {
             Ok(facts) => into.facts.extend(facts),
             Err(e) => skip("customer record's facts", &e),
         }

@@ -171,34 +171,12 @@ impl Fact {
     }
 }
 
-/// The version byte in front of an encoded list of facts.
-const FACTS_V1: u8 = 1;
-
-/// A customer change's facts as a changelog header carries them.
-pub fn encode(facts: &[Fact]) -> Vec<u8> {
-    let mut out = vec![FACTS_V1];
-    // Plain enums and strings: postcard cannot fail on them.
-    postcard::to_io(facts, &mut out).expect("postcard encodes plain enums");
-    out
-}
-
-pub fn decode(bytes: &[u8]) -> Result<Vec<Fact>, String> {
-    match bytes.split_first() {
-        Some((&FACTS_V1, body)) => {
-            postcard::from_bytes(body).map_err(|e| format!("facts version 1 body: {e}"))
-        }
-        Some((v, _)) => Err(format!(
-            "unknown facts encoding version {v} (this build reads {FACTS_V1})"
-        )),
-        None => Err("empty facts".into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fold::Lifecycle;
     use crate::risk::Level;
+    use crate::store::{decode_facts as decode, encode_facts as encode};
 
     fn every_kind() -> Vec<Fact> {
         let standing = Standing {
@@ -283,7 +261,7 @@ mod tests {
         assert!(decode(&[]).is_err());
         bytes[0] = 2;
         assert!(decode(&bytes).unwrap_err().contains("version 2"));
-        bytes[0] = FACTS_V1;
+        bytes[0] = 1;
         bytes.truncate(bytes.len() / 2);
         assert!(decode(&bytes).is_err());
     }

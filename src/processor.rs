@@ -1463,7 +1463,7 @@ impl StateCache {
             commit.put_customer(*partition, id.clone(), entry.record.as_ref());
             if !entry.facts.is_empty() {
                 let write = commit.customers.last_mut().expect("put above");
-                write.facts = crate::facts::encode(&std::mem::take(&mut entry.facts));
+                write.facts = crate::store::encode_facts(&std::mem::take(&mut entry.facts));
             }
             let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
             if timer != entry.stored_timer {

@@ -2,6 +2,7 @@
 //! so a change to a stored type's layout must add a new version and keep decoding the old ones;
 //! the golden-bytes tests below fail the build when a layout changes by accident.
 
+use crate::facts::Fact;
 use crate::fold::CustomerState;
 use crate::rfm::Scales;
 use crate::risk::RiskMemo;
@@ -31,6 +32,8 @@ const TRENDS_V1: u8 = 1;
 const POSITION_V1: u8 = 1;
 const CLAIM_V1: u8 = 1;
 const OWNERSHIP_V1: u8 = 1;
+/// The facts a customer's changelog record carries (`facts::Fact`, postcard).
+const FACTS_V1: u8 = 1;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -217,6 +220,14 @@ pub fn encode_claim(claim: &Claim) -> Vec<u8> {
 
 pub fn decode_claim(bytes: &[u8]) -> Result<Claim, String> {
     decode(CLAIM_V1, bytes)
+}
+
+pub fn encode_facts(facts: &[Fact]) -> Vec<u8> {
+    encode(FACTS_V1, &facts)
+}
+
+pub fn decode_facts(bytes: &[u8]) -> Result<Vec<Fact>, String> {
+    decode(FACTS_V1, bytes)
 }
 
 pub fn encode_ownership(ownership: &Ownership) -> Vec<u8> {

@@ -27,6 +27,7 @@ pub use changelog::{
     decode_position, ChangelogRecord, Claim, Epoch, Ownership, Position, CLAIM_KEY, EPOCH_HEADER,
     FACTS_HEADER, POSITION_KEY, WATERMARK_SOURCE,
 };
+pub use codec::{decode_facts, encode_facts};
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
 
@@ -194,7 +195,7 @@ pub struct CustomerWrite {
     pub id: String,
     /// The stored encoding; `None` deletes the customer.
     pub value: Option<Vec<u8>>,
-    /// What the change did to the aggregates, encoded by `facts::encode`, for the changelog
+    /// What the change did to the aggregates, encoded by [`encode_facts`], for the changelog
     /// record to carry ([`FACTS_HEADER`]); empty when there is nothing to carry.
     pub facts: Vec<u8>,
 }
