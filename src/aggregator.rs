@@ -16,9 +16,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::event::Millis;
 use crate::processor::{BatchReport, PartitionFacts, Processor};
+use crate::restore::ChangelogSource;
 use crate::store::{
-    decode_facts, decode_position, ChangelogRecord, POSITION_KEY, WATERMARK_SOURCE,
+    decode_facts, decode_position, AggregatorSnapshot, ChangelogRecord, Commit, OutboxRecord,
+    StoreError, AGGREGATOR_KEY, POSITION_KEY, WATERMARK_SOURCE,
 };
 
 /// At most this many records per step, so a long backlog (an aggregator starting from the
@@ -37,11 +40,16 @@ pub trait ChangelogFeed {
     ) -> anyhow::Result<Vec<(i32, i64, ChangelogRecord)>>;
 }
 
+/// How often (processor time) the aggregator writes its snapshot to the changelog.
+pub const SNAPSHOT_EVERY_MS: Millis = 10_000;
+
 pub struct Aggregator {
     processor: Processor,
     /// The changelog topic: the name the read offsets and watermarks are stored under.
     topic: String,
     partitions: i32,
+    /// When the next snapshot is due; `None`: at the next step that read something.
+    next_snapshot: Option<Millis>,
 }
 
 impl Aggregator {
@@ -52,7 +60,72 @@ impl Aggregator {
             processor,
             topic: topic.to_owned(),
             partitions,
+            next_snapshot: None,
         }
+    }
+
+    /// Starts an aggregator that has never read the changelog from the latest snapshot an
+    /// aggregator wrote to its partition 0, if there is one, rather than from the changelog's
+    /// start. Returns whether it took one. An aggregator that has read before goes on from its
+    /// own store.
+    pub fn bootstrap(&mut self, source: &dyn ChangelogSource) -> anyhow::Result<bool> {
+        let store = self.processor.store().clone();
+        for partition in 0..self.partitions {
+            if store.offset(&self.topic, partition)?.is_some() {
+                return Ok(false);
+            }
+        }
+        let mut latest = None;
+        source.read(0, None, i64::MAX, &mut |_, record| {
+            if record.key.as_slice() == AGGREGATOR_KEY {
+                latest = record.value;
+            }
+            Ok(())
+        })?;
+        let Some(bytes) = latest else {
+            return Ok(false);
+        };
+        let snapshot = AggregatorSnapshot::from_bytes(&bytes)?;
+        let mut commit = Commit {
+            trends: snapshot.trends,
+            segments: snapshot.segments,
+            rfm_cells: snapshot.rfm_cells,
+            rfm_scales: Some(snapshot.rfm_scales),
+            ..Commit::default()
+        };
+        for (partition, next, watermark, ownership) in snapshot.partitions {
+            commit.offsets.push((self.topic.clone(), partition, next));
+            if let Some(at) = watermark {
+                commit.event_times.push((self.topic.clone(), partition, at));
+            }
+            commit.ownerships.push((partition, ownership));
+        }
+        store.commit(commit)?;
+        self.processor.forget_aggregates();
+        Ok(true)
+    }
+
+    /// The aggregator's state as its store holds it.
+    fn snapshot(&self) -> Result<AggregatorSnapshot, StoreError> {
+        let store = self.processor.store();
+        let rfm = store.rfm()?;
+        let mut snapshot = AggregatorSnapshot {
+            trends: store.trends()?,
+            segments: store.segments()?,
+            rfm_cells: rfm.cells(),
+            rfm_scales: rfm.scales,
+            partitions: Vec::new(),
+        };
+        for partition in 0..self.partitions {
+            if let Some(next) = store.offset(&self.topic, partition)? {
+                let watermark = store.event_time(&self.topic, partition)?;
+                let ownership = store.ownership(partition)?;
+                snapshot
+                    .partitions
+                    .push((partition, next, watermark, ownership));
+            }
+        }
+        Ok(snapshot)
     }
 
     pub fn processor(&self) -> &Processor {
@@ -62,7 +135,14 @@ impl Aggregator {
     /// Reads what the changelog got since the last step (at most [`RECORDS_PER_STEP`]
     /// records), applies it and closes what the watermarks passed, in one commit and the
     /// windows' own. Returns the report and whether there may be more to read at once.
-    pub fn step(&mut self, feed: &mut dyn ChangelogFeed) -> anyhow::Result<(BatchReport, bool)> {
+    ///
+    /// At most every [`SNAPSHOT_EVERY_MS`] of processor time `now`, a step that read something
+    /// also writes the aggregator's snapshot to the changelog, through its outbox.
+    pub fn step(
+        &mut self,
+        feed: &mut dyn ChangelogFeed,
+        now: Millis,
+    ) -> anyhow::Result<(BatchReport, bool)> {
         let store = self.processor.store().clone();
         let mut from = BTreeMap::new();
         for partition in 0..self.partitions {
@@ -72,6 +152,7 @@ impl Aggregator {
         }
         let records = feed.next(&from, RECORDS_PER_STEP)?;
         let more = records.len() >= RECORDS_PER_STEP;
+        let read_any = !records.is_empty();
         let mut read: BTreeMap<i32, PartitionFacts> = BTreeMap::new();
         for (partition, offset, record) in records {
             let facts = match read.entry(partition) {
@@ -88,6 +169,20 @@ impl Aggregator {
         let report = self
             .processor
             .aggregate(&self.topic, read.into_values().collect())?;
+        if read_any && self.next_snapshot.is_none_or(|at| at <= now) {
+            let snapshot = OutboxRecord {
+                topic: self.topic.clone(),
+                key: Some(AGGREGATOR_KEY.to_vec()),
+                value: Some(self.snapshot()?.to_bytes()),
+                headers: Vec::new(),
+                partition: Some(0),
+            };
+            store.commit(Commit {
+                outbox: vec![snapshot],
+                ..Commit::default()
+            })?;
+            self.next_snapshot = Some(now + SNAPSHOT_EVERY_MS);
+        }
         Ok((report, more))
     }
 }

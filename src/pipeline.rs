@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregator::Aggregator;
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::kafka::{Assignment, ChangelogProgress, ChangelogTail, Input, KafkaSink};
+use crate::kafka::{
+    Assignment, ChangelogProgress, ChangelogReader, ChangelogTail, Input, KafkaSink,
+};
 use crate::outbox::{drain, Sink};
 use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
@@ -326,20 +328,38 @@ fn start_aggregator(
     let thread = {
         let stop = stop.clone();
         let telemetry = telemetry.clone();
+        let (brokers, security) = (config.brokers.clone(), config.kafka_security.clone());
+        let topic = topic.to_owned();
         std::thread::Builder::new()
             .name("aggregator".into())
             .spawn(move || {
                 let mut was_owner = false;
+                let mut bootstrapped = false;
                 while !stop.is_cancelled() {
                     let owner = owns_first();
                     if owner != was_owner {
                         tracing::info!(owner, "This instance is the aggregator now: {owner}.");
                         was_owner = owner;
                     }
+                    if owner && !bootstrapped {
+                        match ChangelogReader::connect(&brokers, &security, &topic)
+                            .and_then(|reader| aggregator.bootstrap(&reader))
+                        {
+                            Ok(taken) => {
+                                tracing::info!(from_snapshot = taken, "The aggregator starts.");
+                                bootstrapped = true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "The aggregator could not read its snapshot; it retries.");
+                                std::thread::sleep(Duration::from_secs(1));
+                                continue;
+                            }
+                        }
+                    }
                     let mut more = false;
                     if owner {
                         let started = Instant::now();
-                        match aggregator.step(&mut tail) {
+                        match aggregator.step(&mut tail, wall_clock_ms()) {
                             Ok((report, rest)) => {
                                 more = rest;
                                 let seconds = started.elapsed().as_secs_f64();

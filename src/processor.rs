@@ -495,6 +495,12 @@ impl Processor {
         self.close_windows_at(lowest, aggregates, report)
     }
 
+    /// Drops the aggregates held in memory: the store's were replaced (the aggregator started
+    /// from a snapshot).
+    pub fn forget_aggregates(&mut self) {
+        self.aggregates = None;
+    }
+
     /// Tells the processor which input partitions the instance owns, so that one that has not
     /// delivered yet holds the watermark (until it goes idle) instead of being overtaken.
     pub fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {

@@ -142,7 +142,7 @@ pub struct Scales {
 }
 
 /// A histogram cell, as stored: which histogram, which value, how many customers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cell {
     /// `(last purchase day, orders)`.
     Joint(i32, u32, i64),
@@ -177,6 +177,16 @@ impl Rfm {
             }
         }
         rfm
+    }
+
+    /// Every non-empty cell of the histograms.
+    pub fn cells(&self) -> Vec<Cell> {
+        let joint = self.joint.iter().map(|((d, o), n)| Cell::Joint(*d, *o, *n));
+        let monetary = self.monetary.iter().map(|(b, n)| Cell::Monetary(*b, *n));
+        joint
+            .chain(monetary)
+            .filter(|c| !matches!(c, Cell::Joint(_, _, 0) | Cell::Monetary(_, 0)))
+            .collect()
     }
 
     /// Moves a customer from its old point to its new one (`None`: no orders, or erased).

@@ -28,6 +28,8 @@ use super::*;
 /// The key of a position record: not UTF-8, so never a customer id, and not empty, which some
 /// clients send as no key at all (a compacted topic refuses records without a key).
 pub const POSITION_KEY: &[u8] = b"\xffposition";
+/// The key of the aggregator's snapshot ([`AggregatorSnapshot`]), in partition 0.
+pub const AGGREGATOR_KEY: &[u8] = b"\xffaggregator";
 /// The key of a claim record (see the module's documentation).
 pub const CLAIM_KEY: &[u8] = b"\xffclaim";
 /// The header naming the [`Epoch`] a record was written in: writer id, then claim offset, both
@@ -130,6 +132,34 @@ pub struct Position {
     pub offsets: Vec<(String, i64)>,
     /// `(source topic, newest event time folded)`.
     pub event_times: Vec<(String, Millis)>,
+}
+
+/// The aggregator's state after one of its commits, which it writes to partition 0 now and
+/// then, so that an aggregator on another instance starts from it instead of from the start
+/// of a changelog that compaction may have thinned. Any snapshot is a valid start: it is the
+/// fold of the changelog up to its offsets, whoever wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AggregatorSnapshot {
+    pub trends: Option<crate::trends::Trends>,
+    pub segments: Option<crate::segments::Segments>,
+    pub rfm_cells: Vec<crate::rfm::Cell>,
+    pub rfm_scales: crate::rfm::Scales,
+    /// Per changelog partition read: the next offset to read, the partition's watermark and
+    /// which of its records count.
+    pub partitions: Vec<(i32, i64, Option<Millis>, Ownership)>,
+}
+
+impl AggregatorSnapshot {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode_snapshot(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<AggregatorSnapshot, StoreError> {
+        codec::decode_snapshot(bytes).map_err(|reason| StoreError::Corrupt {
+            key: "aggregator snapshot".into(),
+            reason,
+        })
+    }
 }
 
 /// A changelog record as read back.
@@ -405,7 +435,7 @@ impl Store {
         // The timer each customer has as of the records applied so far in this call.
         let mut timers: HashMap<&[u8], Option<Millis>> = HashMap::new();
         for ChangelogRecord { key, value, .. } in records {
-            if key.as_slice() == CLAIM_KEY {
+            if key.as_slice() == CLAIM_KEY || key.as_slice() == AGGREGATOR_KEY {
                 continue;
             }
             if key.as_slice() == POSITION_KEY {

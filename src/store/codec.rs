@@ -9,7 +9,7 @@ use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
-use super::{Claim, Customer, OutboxRecord, Ownership, Position};
+use super::{AggregatorSnapshot, Claim, Customer, OutboxRecord, Ownership, Position};
 
 /// Version 1: the folded state alone.
 const CUSTOMER_V1: u8 = 1;
@@ -34,6 +34,7 @@ const CLAIM_V1: u8 = 1;
 const OWNERSHIP_V1: u8 = 1;
 /// The facts a customer's changelog record carries (`facts::Fact`, postcard).
 const FACTS_V1: u8 = 1;
+const SNAPSHOT_V1: u8 = 1;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -228,6 +229,14 @@ pub fn encode_facts(facts: &[Fact]) -> Vec<u8> {
 
 pub fn decode_facts(bytes: &[u8]) -> Result<Vec<Fact>, String> {
     decode(FACTS_V1, bytes)
+}
+
+pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
+    encode(SNAPSHOT_V1, snapshot)
+}
+
+pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
+    decode(SNAPSHOT_V1, bytes)
 }
 
 pub fn encode_ownership(ownership: &Ownership) -> Vec<u8> {

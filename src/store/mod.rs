@@ -24,8 +24,8 @@ use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 pub use changelog::{
-    decode_position, ChangelogRecord, Claim, Epoch, Ownership, Position, CLAIM_KEY, EPOCH_HEADER,
-    FACTS_HEADER, POSITION_KEY, WATERMARK_SOURCE,
+    decode_position, AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Ownership, Position,
+    AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY, WATERMARK_SOURCE,
 };
 pub use codec::{decode_facts, encode_facts};
 pub use memory::MemoryBackend;
