@@ -358,12 +358,10 @@ fn start_aggregator(
                     }
                     let mut more = false;
                     if owner {
-                        let started = Instant::now();
                         match aggregator.step(&mut tail, wall_clock_ms()) {
                             Ok((report, rest)) => {
                                 more = rest;
-                                let seconds = started.elapsed().as_secs_f64();
-                                telemetry.record_batch(&report, seconds, wall_clock_ms());
+                                telemetry.record_aggregates(&report);
                                 wake.notify_one();
                             }
                             Err(e) => {

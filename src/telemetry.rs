@@ -369,6 +369,13 @@ impl Telemetry {
                 .with_label_values(&[category.as_str(), severity])
                 .inc_by(*n);
         }
+        self.churn_risk_records.inc_by(report.risk_records as u64);
+        self.record_aggregates(report);
+    }
+
+    /// What a batch, or an aggregator's step, did to the aggregates: open complaints, closed
+    /// windows and spikes, segment flows, population and days, RFM segments.
+    pub fn record_aggregates(&self, report: &BatchReport) {
         for (category, open) in &report.open_complaints {
             self.complaints_open
                 .with_label_values(&[category.as_str()])
@@ -386,7 +393,6 @@ impl Telemetry {
                 .with_label_values(&[category, if window.spike { "true" } else { "false" }])
                 .inc();
         }
-        self.churn_risk_records.inc_by(report.risk_records as u64);
         self.record_segments(report);
     }
 
