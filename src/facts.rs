@@ -42,10 +42,11 @@ pub enum Fact {
         at: Millis,
         flow: OwnedFlow,
     },
-    /// A customer moved from one standing in the population to another.
+    /// A customer moved from one standing in the population to another at `at`.
     Restand {
         old: Option<Standing>,
         new: Option<Standing>,
+        at: Millis,
     },
     /// A customer moved in the RFM histograms.
     Relocate {
@@ -159,8 +160,8 @@ impl Fact {
                 to.segments.count_change(segment, *at, flow.as_flow());
                 Counted::InWindow
             }
-            Fact::Restand { old, new } => {
-                to.segments.restand(old.as_ref(), new.as_ref());
+            Fact::Restand { old, new, at } => {
+                to.segments.restand(old.as_ref(), new.as_ref(), *at);
                 Counted::InWindow
             }
             Fact::Relocate { old, new } => {
@@ -218,6 +219,7 @@ mod tests {
             Fact::Restand {
                 old: None,
                 new: Some(standing),
+                at: 7,
             },
             Fact::Relocate {
                 old: Some(Point {

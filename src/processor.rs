@@ -423,7 +423,13 @@ impl Processor {
             };
             let passed = |end: Option<Millis>| end.is_some_and(|end| end <= watermark);
             if passed(aggregates.trends.next_close(&self.settings.trends)) {
-                self.close_trends(watermark, &mut aggregates, &mut commit, &mut report);
+                // Not past a segment day's end that is due: that day closes first, after the
+                // windows that end with it (`close_windows_at`).
+                let until = match aggregates.segments.next_close() {
+                    Some(day_end) if day_end <= watermark => day_end,
+                    _ => watermark,
+                };
+                self.close_trends(until, &mut aggregates, &mut commit, &mut report);
             }
             if passed(aggregates.segments.next_close()) {
                 let done = std::mem::take(&mut commit);
@@ -705,7 +711,6 @@ impl Processor {
             }
         }
         let trends_closed = aggregates.trends.closed_before;
-        self.close_trends(watermark, aggregates, &mut commit, report);
         let segment_names: Vec<String> = self
             .settings
             .risk
@@ -713,7 +718,25 @@ impl Processor {
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        let days = aggregates.segments.close_until(watermark, &segment_names);
+        // Windows and days close in event-time order, a window before the day that ends with
+        // it: a window's active customers are those at the end of the last day closed before
+        // it, however far the watermark moved at once.
+        let mut days = Vec::new();
+        loop {
+            let s = &self.settings.trends;
+            let window_end = aggregates.trends.next_close(s).filter(|t| *t <= watermark);
+            let day_end = aggregates.segments.next_close().filter(|d| *d <= watermark);
+            match (window_end, day_end) {
+                (Some(window), Some(day)) if day < window => {
+                    days.extend(aggregates.segments.close_until(day, &segment_names));
+                }
+                (Some(window), _) => self.close_trends(window, aggregates, &mut commit, report),
+                (None, Some(day)) => {
+                    days.extend(aggregates.segments.close_until(day, &segment_names));
+                }
+                (None, None) => break,
+            }
+        }
         let closed = aggregates.trends.closed_before != trends_closed || !days.is_empty();
         if !closed && commit.event_times.is_empty() {
             return Ok(());
@@ -1086,6 +1109,7 @@ impl Processor {
             let gone = Fact::Restand {
                 old: customer.standing.clone(),
                 new: None,
+                at: t,
             };
             aggregates.note(gone, s, keep.then_some(&mut entry.facts));
             entry.record = None;
@@ -1232,6 +1256,7 @@ fn reassess(
     let moved = Fact::Restand {
         old: customer.standing.take(),
         new: Some(standing.clone()),
+        at: as_of,
     };
     aggregates.note(moved, trends, kept);
     customer.standing = Some(standing);

@@ -119,6 +119,17 @@ fn level_index(level: Level) -> usize {
 }
 
 impl Population {
+    /// Adds `sign` times `other`.
+    fn merge(&mut self, other: &Population, sign: i64) {
+        for (mine, theirs) in self.by_lifecycle.iter_mut().zip(other.by_lifecycle) {
+            *mine += sign * theirs;
+        }
+        for (mine, theirs) in self.by_level.iter_mut().zip(other.by_level) {
+            *mine += sign * theirs;
+        }
+        self.active_ltv_minor += sign * other.active_ltv_minor;
+    }
+
     fn add(&mut self, standing: &Standing, sign: i64) {
         self.by_lifecycle[lifecycle_index(standing.lifecycle)] += sign;
         self.by_level[level_index(standing.level)] += sign;
@@ -255,9 +266,13 @@ pub struct Segments {
     pub days: BTreeMap<Millis, BTreeMap<String, Flows>>,
     /// Days starting before this are closed and emitted; `None` before the first flow.
     pub closed_before: Option<Millis>,
-    /// Customers not lost, over all segments, when the last day closed (for complaints per
-    /// 1,000 active customers: a reading that does not depend on batching).
+    /// Customers not lost, over all segments, at the end of the last closed day (for
+    /// complaints per 1,000 active customers: a reading that does not depend on batching).
     pub active_at_close: Option<i64>,
+    /// Per open day (its start), the population's changes with an event time in that day, by
+    /// segment: a day's population at its end is the population now less the changes of the
+    /// days after it, however far the input had got when the day closed.
+    pub population_changes: BTreeMap<Millis, BTreeMap<String, Population>>,
     /// Flows since the last [`Segments::take_counted`], late ones included, for telemetry.
     #[serde(skip)]
     counted: BTreeMap<String, Flows>,
@@ -274,19 +289,20 @@ pub struct ClosedDay {
 }
 
 impl Segments {
-    /// Moves a customer from its old standing to its new one (`None`: not counted, or erased).
-    pub fn restand(&mut self, old: Option<&Standing>, new: Option<&Standing>) {
-        if let Some(old) = old {
-            self.population
-                .entry(old.segment.clone())
-                .or_default()
-                .add(old, -1);
-        }
-        if let Some(new) = new {
-            self.population
-                .entry(new.segment.clone())
-                .or_default()
-                .add(new, 1);
+    /// Moves a customer from its old standing to its new one (`None`: not counted, or erased)
+    /// at event time `at`.
+    pub fn restand(&mut self, old: Option<&Standing>, new: Option<&Standing>, at: Millis) {
+        let day = at.div_euclid(DAY_MS) * DAY_MS;
+        // A change in a day already emitted counts from the next day's end on.
+        let open = self.closed_before.is_none_or(|c| day >= c);
+        for (standing, sign) in [(old, -1), (new, 1)] {
+            let Some(standing) = standing else { continue };
+            let segment = &standing.segment;
+            population_of(&mut self.population, segment).add(standing, sign);
+            if open {
+                let changes = self.population_changes.entry(day).or_default();
+                population_of(changes, segment).add(standing, sign);
+            }
         }
     }
 
@@ -354,9 +370,17 @@ impl Segments {
                     names.push(name.clone());
                 }
             }
+            let end = start + DAY_MS;
+            let mut active = 0;
             for segment in names {
                 let flows = day.remove(&segment).unwrap_or_default();
-                let population = self.population.get(&segment).cloned().unwrap_or_default();
+                let mut population = self.population.get(&segment).cloned().unwrap_or_default();
+                for changes in self.population_changes.range(end..).map(|(_, c)| c) {
+                    if let Some(change) = changes.get(&segment) {
+                        population.merge(change, -1);
+                    }
+                }
+                active += population.active();
                 closed.push(ClosedDay {
                     window_start: start,
                     segment,
@@ -364,12 +388,24 @@ impl Segments {
                     flows,
                 });
             }
-            start += DAY_MS;
+            self.population_changes = self.population_changes.split_off(&end);
+            start = end;
             self.closed_before = Some(start);
-            self.active_at_close = Some(self.active_customers());
+            self.active_at_close = Some(active);
         }
         closed
     }
+}
+
+/// The population of `segment` in `map`, allocating the key only the first time.
+fn population_of<'m>(
+    map: &'m mut BTreeMap<String, Population>,
+    segment: &str,
+) -> &'m mut Population {
+    if !map.contains_key(segment) {
+        map.insert(segment.to_owned(), Population::default());
+    }
+    map.get_mut(segment).expect("inserted above")
 }
 
 /// The flows of `segment` in `map`, allocating the key only the first time.
@@ -475,19 +511,46 @@ mod tests {
         let mut s = Segments::default();
         let a = standing("standard", Lifecycle::New, 100);
         let b = standing("gold", Lifecycle::Active, 900);
-        s.restand(None, Some(&a));
-        s.restand(Some(&a), Some(&b));
+        s.restand(None, Some(&a), 1);
+        s.restand(Some(&a), Some(&b), 2);
         assert_eq!(s.population["standard"], Population::default());
         assert_eq!(s.population["gold"].active(), 1);
         assert_eq!(s.population["gold"].avg_ltv_minor(), 900);
         let lost = standing("gold", Lifecycle::Lost, 5);
-        s.restand(Some(&b), Some(&lost));
+        s.restand(Some(&b), Some(&lost), 3);
         assert_eq!(s.population["gold"].active(), 0);
         assert_eq!(s.population["gold"].lost(), 1);
         assert_eq!(s.population["gold"].active_ltv_minor, 0, "lost LTV leaves");
-        s.restand(Some(&lost), None);
+        s.restand(Some(&lost), None, 4);
         assert_eq!(s.active_customers(), 0);
         assert_eq!(s.population["gold"], Population::default());
+    }
+
+    #[test]
+    fn a_day_closes_with_the_population_at_its_end_whatever_was_read_after() {
+        let mut s = Segments::default();
+        let new = standing("gold", Lifecycle::New, 100);
+        let active = standing("gold", Lifecycle::Active, 300);
+        let lost = standing("gold", Lifecycle::Lost, 300);
+        // Days are open from the first flow on.
+        s.count("gold", 5 * DAY_MS, Flow::WonBack);
+        s.restand(None, Some(&new), 5 * DAY_MS + 1);
+        s.restand(None, Some(&active), 5 * DAY_MS + 2);
+        // Read before day 5 closes, with event times in day 6: not day 5's.
+        s.restand(Some(&new), None, 6 * DAY_MS + 1);
+        s.restand(Some(&active), Some(&lost), 6 * DAY_MS + 2);
+        let gold = |closed: &[ClosedDay]| closed.iter().find(|d| d.segment == "gold").cloned();
+        let day5 = gold(&s.close_until(6 * DAY_MS, &["gold".into()])).unwrap();
+        assert_eq!(day5.population.by_lifecycle, [1, 1, 0, 0, 0]);
+        assert_eq!(day5.population.active_ltv_minor, 400);
+        assert_eq!(s.active_at_close, Some(2));
+        // Now, the population counts everything read.
+        assert_eq!(s.population["gold"].by_lifecycle, [0, 0, 0, 1, 0]);
+        // A change in a day already closed counts from the next day's end on.
+        s.restand(None, Some(&new), 5 * DAY_MS + 3);
+        let day6 = gold(&s.close_until(7 * DAY_MS, &["gold".into()])).unwrap();
+        assert_eq!(day6.population.by_lifecycle, [1, 0, 0, 1, 0]);
+        assert!(s.population_changes.is_empty(), "closed days' changes go");
     }
 
     #[test]

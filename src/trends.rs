@@ -317,13 +317,23 @@ impl Trends {
         let mut closed = Vec::new();
         let mut start = first_open;
         while start + s.window_ms <= watermark {
+            let end = start + s.window_ms;
             for category in &s.categories {
                 let window = self
                     .windows
                     .remove(&(start, category.clone()))
                     .unwrap_or_default();
+                // The backlog at the window's end, in event time: what is open now, less what
+                // opened in the windows still open after it, plus what was resolved in them.
+                // So it does not depend on how far the input had got when the window closed.
+                let after: i64 = self
+                    .windows
+                    .range((end, String::new())..)
+                    .filter(|((_, c), _)| c == category)
+                    .map(|(_, w)| i64::from(w.opened) - i64::from(w.resolved))
+                    .sum();
                 let trend = self.categories.entry(category.clone()).or_default();
-                let backlog = trend.open_backlog;
+                let backlog = trend.open_backlog - after;
                 closed.push(close(
                     (start, s.window_ms),
                     category,
@@ -335,7 +345,6 @@ impl Trends {
                 // The daily roll-up closes with the day's last window. A first day that started
                 // mid-day rolls up the windows it saw.
                 trend.today.merge(&window);
-                let end = start + s.window_ms;
                 if end.rem_euclid(DAY_MS) == 0 {
                     let today = std::mem::take(&mut trend.today);
                     closed.extend(roll_up_day(
@@ -609,6 +618,24 @@ mod tests {
             t.opened("billing", Severity::Low, 2 * HOUR, &s),
             Counted::InWindow
         );
+    }
+
+    #[test]
+    fn a_window_closes_with_the_backlog_at_its_end_whatever_was_read_after() {
+        let s = settings();
+        let mut t = Trends::default();
+        t.opened("billing", Severity::Low, 0, &s);
+        // Read before the first hour closes, with event times in the second.
+        t.opened("billing", Severity::Low, HOUR + 1, &s);
+        t.opened("billing", Severity::Low, HOUR + 2, &s);
+        t.resolved("billing", 0, HOUR + 3, &s);
+        let closed = t.close_until(HOUR, &s);
+        let first = closed.iter().find(|w| w.category == "billing").unwrap();
+        assert_eq!(first.open_backlog, 1, "the first complaint, open at 01:00");
+        assert_eq!(t.categories["billing"].open_backlog, 2, "now");
+        let closed = t.close_until(2 * HOUR, &s);
+        let second = closed.iter().find(|w| w.category == "billing").unwrap();
+        assert_eq!(second.open_backlog, 2);
     }
 
     #[test]

@@ -38,6 +38,7 @@ const SNAPSHOT_V1: u8 = 1;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
+const SEGMENTS_V3: u8 = 3;
 const SCALES_V1: u8 = 1;
 
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
@@ -144,7 +145,7 @@ pub fn decode_scales(bytes: &[u8]) -> Result<Scales, String> {
 }
 
 pub fn encode_segments(segments: &Segments) -> Vec<u8> {
-    encode(SEGMENTS_V2, segments)
+    encode(SEGMENTS_V3, segments)
 }
 
 pub fn decode_segments(bytes: &[u8]) -> Result<Segments, String> {
@@ -157,8 +158,31 @@ pub fn decode_segments(bytes: &[u8]) -> Result<Segments, String> {
             segments.closed_before = v1.closed_before;
             segments
         }),
-        _ => decode(SEGMENTS_V2, bytes),
+        Some(&SEGMENTS_V2) => decode::<SegmentsV2>(SEGMENTS_V2, bytes).map(|v2| {
+            let mut segments = Segments::default();
+            segments.population = v2.population;
+            segments.margin_to_date_minor = v2.margin_to_date_minor;
+            segments.days = v2.days;
+            segments.closed_before = v2.closed_before;
+            segments.active_at_close = v2.active_at_close;
+            segments
+        }),
+        _ => decode(SEGMENTS_V3, bytes),
     }
+}
+
+/// The layout of segment metrics version 2: version 3 without the population's changes per
+/// open day (read as none: the days open then close with the population as it is).
+#[derive(serde::Deserialize)]
+struct SegmentsV2 {
+    population: std::collections::BTreeMap<String, crate::segments::Population>,
+    margin_to_date_minor: std::collections::BTreeMap<String, i64>,
+    days: std::collections::BTreeMap<
+        crate::event::Millis,
+        std::collections::BTreeMap<String, crate::segments::Flows>,
+    >,
+    closed_before: Option<crate::event::Millis>,
+    active_at_close: Option<i64>,
 }
 
 /// The layout of segment metrics version 1.
@@ -447,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn segments_version_one_is_still_read() {
+    fn segments_versions_one_and_two_are_still_read() {
         // Version 1 is version 2 without `active_at_close`: the same fields in the same order.
         let mut segments = Segments::default();
         segments.population.insert(
@@ -471,7 +495,26 @@ mod tests {
         );
         assert_eq!(decode_segments(&v1), Ok(segments.clone()));
         segments.active_at_close = Some(3);
-        assert_eq!(decode_segments(&encode_segments(&segments)), Ok(segments));
+        // Version 2 is version 3 without the population's changes per open day.
+        let v2 = encode(
+            SEGMENTS_V2,
+            &(
+                &segments.population,
+                &segments.margin_to_date_minor,
+                &segments.days,
+                &segments.closed_before,
+                &segments.active_at_close,
+            ),
+        );
+        assert_eq!(decode_segments(&v2), Ok(segments.clone()));
+        let mut change = crate::segments::Population::default();
+        change.by_lifecycle[1] = -1;
+        segments
+            .population_changes
+            .insert(2 * 86_400_000, [("gold".to_owned(), change)].into());
+        let v3 = encode_segments(&segments);
+        assert_eq!(v3[0], SEGMENTS_V3);
+        assert_eq!(decode_segments(&v3), Ok(segments));
     }
 
     #[test]
