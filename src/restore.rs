@@ -146,8 +146,8 @@ fn apply(
         let writer = scope.spawn(move || -> Result<u64, StoreError> {
             let mut applied = 0;
             for chunk in written {
-                store.restore(partition, &chunk)?;
                 applied += chunk.len() as u64;
+                store.restore(partition, chunk)?;
             }
             Ok(applied)
         });

@@ -430,17 +430,17 @@ impl Store {
     /// customers replaced or deleted with their timers, and the input positions the records
     /// carry. Which records count is the caller's to decide ([`Ownership`]); claims are skipped.
     /// A record that cannot be read is an error and nothing is applied.
-    pub fn restore(&self, partition: i32, records: &[ChangelogRecord]) -> Result<(), StoreError> {
+    pub fn restore(&self, partition: i32, records: Vec<ChangelogRecord>) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(records.len() * 2);
         // The timer each customer has as of the records applied so far in this call.
-        let mut timers: HashMap<&[u8], Option<Millis>> = HashMap::new();
+        let mut timers: HashMap<Vec<u8>, Option<Millis>> = HashMap::new();
         for ChangelogRecord { key, value, .. } in records {
             if key.as_slice() == CLAIM_KEY || key.as_slice() == AGGREGATOR_KEY {
                 continue;
             }
             if key.as_slice() == POSITION_KEY {
                 let Some(bytes) = value else { continue };
-                let position = decode_position(bytes)?;
+                let position = decode_position(&bytes)?;
                 for (topic, next) in &position.offsets {
                     ops.push(Op::Put(
                         offset_key(topic, partition),
@@ -455,7 +455,7 @@ impl Store {
                 }
                 continue;
             }
-            let id = std::str::from_utf8(key).map_err(|_| StoreError::Corrupt {
+            let id = std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt {
                 key: format!("changelog key {key:?}"),
                 reason: "not UTF-8".into(),
             })?;
@@ -476,11 +476,11 @@ impl Store {
                     // The timer from the encoding's prefix: the customer itself is decoded
                     // (and its body checked against that prefix) when the processor reads it.
                     let timer =
-                        codec::customer_timer(bytes).map_err(|reason| StoreError::Corrupt {
+                        codec::customer_timer(&bytes).map_err(|reason| StoreError::Corrupt {
                             key: format!("changelog record of {id}"),
                             reason,
                         })?;
-                    ops.push(Op::Put(customer_key(partition, id), bytes.clone()));
+                    ops.push(Op::Put(customer_key(partition, id), bytes));
                     timer
                 }
                 None => {
@@ -489,7 +489,7 @@ impl Store {
                 }
             };
             ops.extend(new_timer.map(|at| Op::Put(timer(at), Vec::new())));
-            timers.insert(key.as_slice(), new_timer);
+            timers.insert(key, new_timer);
         }
         self.backend.write(ops)
     }

@@ -412,7 +412,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                 facts: None,
             })
             .collect();
-        target.restore(1, &partition_1).unwrap();
+        target.restore(1, partition_1).unwrap();
         assert_eq!(
             target.customer(1, "a").unwrap(),
             Some(state("a", 2)),
@@ -444,7 +444,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             epoch: None,
             facts: None,
         };
-        target.restore(1, &[tombstone]).unwrap();
+        target.restore(1, vec![tombstone]).unwrap();
         assert_eq!(target.customer(1, "a").unwrap(), None, "{name}");
         assert!(
             target.due_timers(1, (None, 1_000), 10).unwrap().is_empty(),
