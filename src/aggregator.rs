@@ -42,6 +42,9 @@ pub trait ChangelogFeed {
 
 /// How often (processor time) the aggregator writes its snapshot to the changelog.
 pub const SNAPSHOT_EVERY_MS: Millis = 10_000;
+/// The largest snapshot written: under the brokers' default `max.message.bytes` (1 MB), with
+/// room for the record's framing. The RFM histograms are most of it.
+const SNAPSHOT_MAX_BYTES: usize = 900_000;
 
 pub struct Aggregator {
     processor: Processor,
@@ -170,10 +173,21 @@ impl Aggregator {
             .processor
             .aggregate(&self.topic, read.into_values().collect())?;
         if read_any && self.next_snapshot.is_none_or(|at| at <= now) {
+            self.next_snapshot = Some(now + SNAPSHOT_EVERY_MS);
+            let bytes = self.snapshot()?.to_bytes();
+            // A record the brokers refuse as too large would hold up the outbox behind it.
+            if bytes.len() > SNAPSHOT_MAX_BYTES {
+                tracing::warn!(
+                    bytes = bytes.len(),
+                    limit = SNAPSHOT_MAX_BYTES,
+                    "The aggregator's snapshot is too large to write; a new aggregator would read the changelog from its start."
+                );
+                return Ok((report, more));
+            }
             let snapshot = OutboxRecord {
                 topic: self.topic.clone(),
                 key: Some(AGGREGATOR_KEY.to_vec()),
-                value: Some(self.snapshot()?.to_bytes()),
+                value: Some(bytes),
                 headers: Vec::new(),
                 partition: Some(0),
             };
@@ -181,7 +195,6 @@ impl Aggregator {
                 outbox: vec![snapshot],
                 ..Commit::default()
             })?;
-            self.next_snapshot = Some(now + SNAPSHOT_EVERY_MS);
         }
         Ok((report, more))
     }
