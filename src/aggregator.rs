@@ -11,8 +11,11 @@
 //! and nothing an overlapping old owner wrote is counted at all.
 //!
 //! Its state — the aggregates, how far it read each partition, each partition's ownership —
-//! lives in a store of its own, committed together with its records' outbox. Must not know
-//! about Kafka (it reads through a [`ChangelogFeed`]), the input or customers' states.
+//! lives in a store of its own, committed together with its records' outbox. Every
+//! [`SNAPSHOT_EVERY_MS`] a snapshot of it goes to changelog partition 0, from which an
+//! aggregator on an instance that never held partition 0 starts, rather than from a changelog
+//! that compaction has thinned. Must not know about Kafka (it reads through a
+//! [`ChangelogFeed`] and a `ChangelogSource`), the input or customers' states.
 
 use std::collections::BTreeMap;
 
