@@ -138,7 +138,7 @@ impl Aggregator {
         &self.processor
     }
 
-    /// Reads what the changelog got since the last step (at most [`RECORDS_PER_STEP`]
+    /// Reads what the changelog got since the last step (at most `RECORDS_PER_STEP`
     /// records), applies it and closes what the watermarks passed, in one commit and the
     /// windows' own. Returns the report and whether there may be more to read at once.
     ///
