@@ -91,7 +91,14 @@ impl Aggregator {
         let Some(bytes) = latest else {
             return Ok(false);
         };
-        let snapshot = AggregatorSnapshot::from_bytes(&bytes)?;
+        let snapshot = match AggregatorSnapshot::from_bytes(&bytes) {
+            Ok(snapshot) => snapshot,
+            // Never stuck on it: the changelog from its start is the slower way to the same.
+            Err(e) => {
+                tracing::error!(error = %e, "The aggregator's snapshot cannot be read; it reads the changelog from its start.");
+                return Ok(false);
+            }
+        };
         let mut commit = Commit {
             trends: snapshot.trends,
             segments: snapshot.segments,

@@ -370,3 +370,21 @@ fn a_new_aggregator_starts_from_the_snapshot_in_a_compacted_changelog() {
         "compaction took facts away from a start without the snapshot"
     );
 }
+
+/// A snapshot that cannot be read never keeps an aggregator from starting: it starts from the
+/// changelog's first record instead.
+#[test]
+fn an_unreadable_snapshot_is_passed_over() {
+    let log = Log::default();
+    log.0.lock().unwrap().insert(
+        0,
+        vec![Some(ChangelogRecord {
+            key: AGGREGATOR_KEY.to_vec(),
+            value: Some(vec![9, 9, 9]),
+            epoch: None,
+            facts: None,
+        })],
+    );
+    let mut aggregator = new_aggregator();
+    assert!(!aggregator.bootstrap(&log).unwrap());
+}
