@@ -287,8 +287,8 @@ impl AggregatorTask {
 
 /// Starts the aggregator (see `aggregator`) over its own store in `aggregator/` under the state
 /// directory: while `owns_first` says this instance owns input partition 0, it reads the
-/// changelog `topic` as it grows (a step every quarter of a second at most) and emits the complaint trends and segment metrics of
-/// every partition.
+/// changelog `topic` as it grows (a step every quarter of a second at most) and emits the
+/// complaint trends and segment metrics of every partition.
 fn start_aggregator(
     config: &Config,
     topic: &str,
@@ -302,12 +302,12 @@ fn start_aggregator(
     let store = Store::open(Arc::new(backend))?;
     let mut settings = processor_settings(config);
     settings.aggregation = Aggregation::Here;
-    let mut aggregator = Aggregator::new(
+    let aggregator = Aggregator::new(
         Processor::new(store.clone(), settings),
         topic,
         config.partitions,
     );
-    let mut tail = ChangelogTail::connect(
+    let tail = ChangelogTail::connect(
         &config.brokers,
         &config.kafka_security,
         topic,
@@ -330,53 +330,15 @@ fn start_aggregator(
         let telemetry = telemetry.clone();
         let (brokers, security) = (config.brokers.clone(), config.kafka_security.clone());
         let topic = topic.to_owned();
+        let snapshot_source = move || ChangelogReader::connect(&brokers, &security, &topic);
         std::thread::Builder::new()
             .name("aggregator".into())
             .spawn(move || {
-                let mut was_owner = false;
-                let mut bootstrapped = false;
-                while !stop.is_cancelled() {
-                    let owner = owns_first();
-                    if owner != was_owner {
-                        tracing::info!(owner, "This instance is the aggregator now: {owner}.");
-                        was_owner = owner;
-                    }
-                    if owner && !bootstrapped {
-                        match ChangelogReader::connect(&brokers, &security, &topic)
-                            .and_then(|reader| aggregator.bootstrap(&reader))
-                        {
-                            Ok(taken) => {
-                                tracing::info!(from_snapshot = taken, "The aggregator starts.");
-                                bootstrapped = true;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "The aggregator could not read its snapshot; it retries.");
-                                std::thread::sleep(Duration::from_secs(1));
-                                continue;
-                            }
-                        }
-                    }
-                    let mut more = false;
-                    if owner {
-                        match aggregator.step(&mut tail, wall_clock_ms()) {
-                            Ok((report, rest)) => {
-                                more = rest;
-                                telemetry.record_aggregates(&report);
-                                wake.notify_one();
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "The aggregator's step failed; it retries.")
-                            }
-                        }
-                    }
-                    // A step waits a moment for records itself; without partition 0 it only
-                    // looks again now and then.
-                    if !owner {
-                        std::thread::sleep(Duration::from_millis(500));
-                    } else if !more {
-                        std::thread::sleep(Duration::from_millis(250));
-                    }
-                }
+                let feed = AggregatorFeed {
+                    tail,
+                    snapshot_source: Box::new(snapshot_source),
+                };
+                aggregate_while_owner(aggregator, feed, owns_first, &telemetry, &wake, &stop)
             })
             .context("cannot start the aggregator thread")?
     };
@@ -386,6 +348,68 @@ fn start_aggregator(
         outbox_stop,
         outbox,
     })
+}
+
+/// Where the aggregator reads: the changelog's tail, and a reader for its snapshot at start.
+struct AggregatorFeed {
+    tail: ChangelogTail,
+    snapshot_source: Box<dyn Fn() -> anyhow::Result<ChangelogReader> + Send>,
+}
+
+/// The aggregator thread: while `owns_first` says this instance owns input partition 0, starts
+/// the aggregator (from the latest snapshot when it never read) and steps it, until `stop`.
+fn aggregate_while_owner(
+    mut aggregator: Aggregator,
+    mut feed: AggregatorFeed,
+    owns_first: impl Fn() -> bool,
+    telemetry: &Telemetry,
+    wake: &Notify,
+    stop: &CancellationToken,
+) {
+    let (mut was_owner, mut started) = (false, false);
+    while !stop.is_cancelled() {
+        let owner = owns_first();
+        if owner != was_owner {
+            match owner {
+                true => {
+                    tracing::info!("This instance owns input partition 0: it runs the aggregator.")
+                }
+                false => tracing::info!(
+                    "This instance no longer owns input partition 0: its aggregator waits."
+                ),
+            }
+            was_owner = owner;
+        }
+        if !owner {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        if !started {
+            match (feed.snapshot_source)().and_then(|source| aggregator.bootstrap(&source)) {
+                Ok(from_snapshot) => {
+                    tracing::info!(from_snapshot, "The aggregator starts.");
+                    started = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "The aggregator could not look for its snapshot; it retries.");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        // A step waits a moment for records itself, and goes on at once while there is more.
+        match aggregator.step(&mut feed.tail, wall_clock_ms()) {
+            Ok((report, more)) => {
+                telemetry.record_aggregates(&report);
+                wake.notify_one();
+                if more {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "The aggregator's step failed; it retries."),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// An output topic that does not exist holds up the outbox behind its first record until it is
