@@ -226,7 +226,7 @@ pub async fn run_on(
     let mut settings = processor_settings(&config);
     let aggregator = match store.changelog() {
         Some((topic, _)) => {
-            settings.aggregation = Aggregation::Aggregator;
+            settings.aggregation = Aggregation::Elsewhere;
             let owns = {
                 let assignment = input.assignment_handle();
                 move || {

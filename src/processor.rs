@@ -160,16 +160,17 @@ pub struct ProcessorSettings {
 pub enum Aggregation {
     /// This processor, which sees every partition: one instance, or the aggregator itself.
     Here,
-    /// The aggregator (several instances, the changelog on): each customer's changelog record
-    /// carries the facts its change caused, and each partition's position its watermark. The
-    /// processor still keeps its own aggregates, for the RFM scores of its churn-risk records.
-    Aggregator,
+    /// The aggregator, elsewhere (several instances, the changelog on): each customer's
+    /// changelog record carries the facts its change caused, and each partition's position its
+    /// watermark. The processor still keeps its own aggregates, for the RFM scores of its
+    /// churn-risk records.
+    Elsewhere,
 }
 
 impl ProcessorSettings {
     /// Whether customers' changes carry their facts to an aggregator elsewhere.
     fn keeps_facts(&self) -> bool {
-        self.aggregation == Aggregation::Aggregator
+        self.aggregation == Aggregation::Elsewhere
     }
 }
 
@@ -274,7 +275,7 @@ impl Aggregates {
         self.dirty = false;
         // With an aggregator elsewhere these cover only what this instance saw: the gauges
         // are the aggregator's.
-        if aggregation == Aggregation::Aggregator {
+        if aggregation == Aggregation::Elsewhere {
             return;
         }
         report.open_complaints = self
@@ -606,7 +607,7 @@ impl Processor {
             return;
         }
         aggregates.dirty = true;
-        if self.settings.aggregation == Aggregation::Aggregator {
+        if self.settings.aggregation == Aggregation::Elsewhere {
             // Closed here only to be forgotten: the aggregator emits them, over all partitions.
             return;
         }
@@ -753,7 +754,7 @@ impl Processor {
         let topics = &self.settings.topics;
         let emitted = match self.settings.aggregation {
             Aggregation::Here => days.as_slice(),
-            Aggregation::Aggregator => &[],
+            Aggregation::Elsewhere => &[],
         };
         for day in emitted {
             let id = day.record_id();

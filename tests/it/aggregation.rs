@@ -220,7 +220,7 @@ fn two_instances_and_the_aggregator(
 ) -> BTreeMap<String, Value> {
     let mut log = Log::default();
     let mut settings = settings_with_partitions(500, PARTITIONS);
-    settings.aggregation = Aggregation::Aggregator;
+    settings.aggregation = Aggregation::Elsewhere;
     let instance = |owned: [i32; 2]| {
         let store = Store::in_memory().with_changelog(TOPIC).unwrap();
         let mut processor = Processor::new(store, settings.clone());
