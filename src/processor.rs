@@ -1358,8 +1358,8 @@ impl Clock {
                 *seen = (*seen).max(now);
             }
         }
-        self.state_partitions
-            .retain(|p| assigned.iter().any(|(_, q)| q == p));
+        // A Kafka input partition is the state partition of its events.
+        self.state_partitions = assigned.iter().map(|(_, p)| *p).collect();
         for (source, partition) in assigned {
             self.sources
                 .entry(source.clone())
