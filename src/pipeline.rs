@@ -401,6 +401,9 @@ fn aggregate_while_owner(
         match aggregator.step(&mut feed.tail, wall_clock_ms()) {
             Ok((report, more)) => {
                 telemetry.record_aggregates(&report);
+                if let Ok(Some(at)) = aggregator.watermark() {
+                    telemetry.set_aggregator_watermark(at);
+                }
                 wake.notify_one();
                 if more {
                     continue;

@@ -48,6 +48,7 @@ pub struct Telemetry {
     segment_days: IntCounter,
     rfm_customers: IntGaugeVec,
     state_size: IntGauge,
+    aggregator_watermark: IntGauge,
     outbox_backlog: IntGauge,
     outbox_delivered: IntCounter,
     consumer_lag: IntGaugeVec,
@@ -233,6 +234,11 @@ impl Telemetry {
                 "Bytes of state on disk (SST files and memtables).",
             ))
             .expect("valid metric"),
+            aggregator_watermark: IntGauge::with_opts(opts(
+                "aggregator_watermark_seconds",
+                "The aggregator's watermark (the lowest of the partitions'), Unix seconds of event time; 0 where no aggregator runs.",
+            ))
+            .expect("valid metric"),
             outbox_backlog: IntGauge::with_opts(opts(
                 "outbox_backlog_records",
                 "Output records committed but not yet acknowledged by the sink.",
@@ -316,6 +322,7 @@ impl Telemetry {
             Box::new(t.segment_days.clone()),
             Box::new(t.rfm_customers.clone()),
             Box::new(t.state_size.clone()),
+            Box::new(t.aggregator_watermark.clone()),
             Box::new(t.outbox_backlog.clone()),
             Box::new(t.outbox_delivered.clone()),
             Box::new(t.consumer_lag.clone()),
@@ -469,6 +476,11 @@ impl Telemetry {
     /// An output record the brokers did not acknowledge.
     pub fn delivery_failed(&self) {
         self.delivery_failures.inc();
+    }
+
+    /// The aggregator's watermark, event time in milliseconds.
+    pub fn set_aggregator_watermark(&self, at: Millis) {
+        self.aggregator_watermark.set(at.div_euclid(1000));
     }
 
     pub fn set_state_size(&self, bytes: u64) {

@@ -272,6 +272,15 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         .filter(|(id, _)| got_days.contains_key(*id))
         .map(|(id, v)| (id.clone(), v.clone()))
         .collect();
+    // The aggregator's watermark, a metric of the instance that runs it, passed the windows due.
+    let aggregator_watermark = [&a, &c, &d, &e]
+        .iter()
+        .map(|i| metric_sum(i.port, "customer_pulse_aggregator_watermark_seconds"))
+        .fold(0.0, f64::max);
+    assert!(
+        aggregator_watermark * 1000.0 >= (newest - 7_200_000) as f64,
+        "aggregator watermark {aggregator_watermark} s, newest event {newest} ms"
+    );
     for path in [&["referrals"][..], &["renewals", "count"]] {
         assert_eq!(
             per_day(&got_days, path),
