@@ -149,43 +149,25 @@ pub fn encode_segments(segments: &Segments) -> Vec<u8> {
 }
 
 pub fn decode_segments(bytes: &[u8]) -> Result<Segments, String> {
+    // Version 2 is version 1 and then `active_at_close`; version 3 adds the population's
+    // changes per open day (read as none: the days open then close with the population as it is).
+    let older = |(v1, active_at_close): (SegmentsV1, Option<i64>)| {
+        let mut segments = Segments::default();
+        segments.population = v1.population;
+        segments.margin_to_date_minor = v1.margin_to_date_minor;
+        segments.days = v1.days;
+        segments.closed_before = v1.closed_before;
+        segments.active_at_close = active_at_close;
+        segments
+    };
     match bytes.first() {
-        Some(&SEGMENTS_V1) => decode::<SegmentsV1>(SEGMENTS_V1, bytes).map(|v1| {
-            let mut segments = Segments::default();
-            segments.population = v1.population;
-            segments.margin_to_date_minor = v1.margin_to_date_minor;
-            segments.days = v1.days;
-            segments.closed_before = v1.closed_before;
-            segments
-        }),
-        Some(&SEGMENTS_V2) => decode::<SegmentsV2>(SEGMENTS_V2, bytes).map(|v2| {
-            let mut segments = Segments::default();
-            segments.population = v2.population;
-            segments.margin_to_date_minor = v2.margin_to_date_minor;
-            segments.days = v2.days;
-            segments.closed_before = v2.closed_before;
-            segments.active_at_close = v2.active_at_close;
-            segments
-        }),
+        Some(&SEGMENTS_V1) => decode::<SegmentsV1>(SEGMENTS_V1, bytes).map(|v1| older((v1, None))),
+        Some(&SEGMENTS_V2) => decode(SEGMENTS_V2, bytes).map(older),
         _ => decode(SEGMENTS_V3, bytes),
     }
 }
 
-/// The layout of segment metrics version 2: version 3 without the population's changes per
-/// open day (read as none: the days open then close with the population as it is).
-#[derive(serde::Deserialize)]
-struct SegmentsV2 {
-    population: std::collections::BTreeMap<String, crate::segments::Population>,
-    margin_to_date_minor: std::collections::BTreeMap<String, i64>,
-    days: std::collections::BTreeMap<
-        crate::event::Millis,
-        std::collections::BTreeMap<String, crate::segments::Flows>,
-    >,
-    closed_before: Option<crate::event::Millis>,
-    active_at_close: Option<i64>,
-}
-
-/// The layout of segment metrics version 1.
+/// The layout of segment metrics version 1, and the start of version 2's.
 #[derive(serde::Deserialize)]
 struct SegmentsV1 {
     population: std::collections::BTreeMap<String, crate::segments::Population>,
