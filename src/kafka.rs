@@ -33,10 +33,7 @@ use crate::event::Stream;
 use crate::outbox::Sink;
 use crate::processor::InputRecord;
 use crate::restore::{ChangelogSource, Restored};
-use crate::store::{
-    ChangelogRecord, Claim, Epoch, OutboxRecord, Store, StoreError, CLAIM_KEY, EPOCH_HEADER,
-    FACTS_HEADER,
-};
+use crate::store::{ChangelogRecord, Claim, OutboxRecord, Store, StoreError, CLAIM_KEY};
 use crate::telemetry::Telemetry;
 
 /// The partitions this member owns right now, shared between the rebalance callback and the loop.
@@ -568,12 +565,11 @@ fn changelog_record<M: Message>(message: &M) -> ChangelogRecord {
         let headers = message.headers()?;
         headers.iter().find(|h| h.key == name)?.value
     };
-    ChangelogRecord {
-        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-        value: message.payload().map(<[u8]>::to_vec),
-        epoch: header(EPOCH_HEADER).and_then(Epoch::from_header),
-        facts: header(FACTS_HEADER).map(<[u8]>::to_vec),
-    }
+    ChangelogRecord::read(
+        message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        message.payload().map(<[u8]>::to_vec),
+        header,
+    )
 }
 
 /// The settings of a consumer that reads the changelog by assignment.

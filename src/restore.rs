@@ -194,7 +194,7 @@ mod tests {
 
     use super::*;
     use crate::fold::CustomerState;
-    use crate::store::{Commit, Customer, Epoch, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER};
+    use crate::store::{Commit, Customer, CLAIM_KEY};
 
     /// A changelog topic in memory: a log per partition, offsets from 0; counts its reads.
     #[derive(Default)]
@@ -207,20 +207,7 @@ mod tests {
             let pending = store.outbox(1_000).unwrap();
             for (_, record) in &pending {
                 let partition = record.partition.unwrap();
-                let header = |wanted: &str| {
-                    let found = record.headers.iter().find(|(name, _)| name == wanted);
-                    found.map(|(_, bytes)| bytes.clone())
-                };
-                let epoch = header(EPOCH_HEADER).and_then(|bytes| Epoch::from_header(&bytes));
-                let offset = self.append(
-                    partition,
-                    ChangelogRecord {
-                        key: record.key.clone().unwrap(),
-                        value: record.value.clone(),
-                        epoch,
-                        facts: header(FACTS_HEADER),
-                    },
-                );
+                let offset = self.append(partition, ChangelogRecord::delivered(record));
                 store
                     .advance_changelog_read(partition, &mut [offset])
                     .unwrap();

@@ -175,6 +175,30 @@ pub struct ChangelogRecord {
 }
 
 impl ChangelogRecord {
+    /// A record as read back from its key, value and headers (`header` finds one by name).
+    pub fn read<'h>(
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> ChangelogRecord {
+        ChangelogRecord {
+            key,
+            value,
+            epoch: header(EPOCH_HEADER).and_then(Epoch::from_header),
+            facts: header(FACTS_HEADER).map(<[u8]>::to_vec),
+        }
+    }
+
+    /// What a changelog outbox record reads back as once delivered.
+    pub fn delivered(record: &OutboxRecord) -> ChangelogRecord {
+        let header = |name: &str| {
+            let found = record.headers.iter().find(|(n, _)| n == name);
+            found.map(|(_, bytes)| bytes.as_slice())
+        };
+        let key = record.key.clone().unwrap_or_default();
+        ChangelogRecord::read(key, record.value.clone(), header)
+    }
+
     /// The claim this record is, if it is one.
     pub fn claim(&self) -> Result<Option<Claim>, StoreError> {
         match (&self.value, self.key.as_slice() == CLAIM_KEY) {

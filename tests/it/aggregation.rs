@@ -14,8 +14,7 @@ use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{partition_for, Aggregation, InputRecord, Processor};
 use customer_pulse::restore::ChangelogSource;
 use customer_pulse::store::{
-    AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Store, StoreError, AGGREGATOR_KEY,
-    EPOCH_HEADER, FACTS_HEADER,
+    AggregatorSnapshot, ChangelogRecord, Claim, Store, StoreError, AGGREGATOR_KEY,
 };
 use serde_json::Value;
 
@@ -37,18 +36,9 @@ impl Log {
         let mut log = self.0.lock().unwrap();
         let mut delivered = Vec::new();
         for (seq, record) in pending.into_iter().filter(|(_, r)| r.topic == TOPIC) {
-            let header = |wanted: &str| {
-                let found = record.headers.iter().find(|(name, _)| name == wanted);
-                found.map(|(_, bytes)| bytes.clone())
-            };
             log.entry(record.partition.unwrap())
                 .or_default()
-                .push(Some(ChangelogRecord {
-                    key: record.key.clone().unwrap(),
-                    value: record.value.clone(),
-                    epoch: header(EPOCH_HEADER).and_then(|b| Epoch::from_header(&b)),
-                    facts: header(FACTS_HEADER),
-                }));
+                .push(Some(ChangelogRecord::delivered(&record)));
             delivered.push(seq);
         }
         store.acknowledge(&delivered).unwrap();
