@@ -121,15 +121,7 @@ impl Aggregator {
     /// The lowest of the partitions' watermarks: where windows and days close. `None` while
     /// a partition has reported none.
     pub fn watermark(&self) -> Result<Option<Millis>, StoreError> {
-        let store = self.processor.store();
-        let mut lowest: Option<Millis> = None;
-        for partition in 0..self.partitions {
-            match store.event_time(&self.topic, partition)? {
-                Some(at) => lowest = Some(lowest.map_or(at, |l| l.min(at))),
-                None => return Ok(None),
-            }
-        }
-        Ok(lowest)
+        self.processor.lowest_watermark(&self.topic)
     }
 
     /// The aggregator's state as its store holds it.

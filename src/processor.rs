@@ -491,15 +491,23 @@ impl Processor {
         }
         aggregates.stage(&mut commit, report, self.settings.aggregation);
         self.commit(commit, report)?;
-        // The lowest watermark over every partition: one that never reported holds it.
+        match self.lowest_watermark(source)? {
+            Some(lowest) => self.close_windows_at(lowest, aggregates, report),
+            None => Ok(()),
+        }
+    }
+
+    /// The aggregator's watermark: the lowest of the partitions' as stored under `source`;
+    /// `None` while a partition has reported none (it holds every window).
+    pub fn lowest_watermark(&self, source: &str) -> Result<Option<Millis>, StoreError> {
         let mut lowest = Millis::MAX;
         for partition in 0..self.settings.partitions {
             match self.store.event_time(source, partition)? {
                 Some(at) => lowest = lowest.min(at),
-                None => return Ok(()),
+                None => return Ok(None),
             }
         }
-        self.close_windows_at(lowest, aggregates, report)
+        Ok(Some(lowest))
     }
 
     /// Drops the aggregates held in memory: the store's were replaced (the aggregator started
