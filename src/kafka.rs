@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -58,6 +56,8 @@ pub struct PulseContext {
     flush_limit: Duration,
     /// Stored with committed offsets, so that other instances can name this one as the owner.
     advertised_url: Option<String>,
+    /// The input topics, distinct, the subscribed one first.
+    inputs: Vec<String>,
 }
 
 impl PulseContext {
@@ -180,27 +180,25 @@ impl ClientContext for PulseContext {
 }
 
 impl ConsumerContext for PulseContext {
+    /// The group assigns partitions of the interactions topic alone (see [`Input::connect`]);
+    /// each one brings the same partition of all three inputs with it, so that a customer's
+    /// events are folded by one member. The protocol is cooperative: a callback names only the
+    /// partitions that move.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+        let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
         // The slow parts first, without holding the assignment, which the outbox drain reads.
         let mut restored = HashSet::new();
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if !partitions.is_empty() => {
                 // Readiness falls while state is restored; the loop raises it again.
                 self.telemetry.set_ready(false);
-                // Each partition once: the three input topics are co-partitioned.
-                let mut partitions: Vec<i32> =
-                    tpl.elements().iter().map(|e| e.partition()).collect();
-                partitions.sort_unstable();
-                partitions.dedup();
                 restored = tokio::task::block_in_place(|| self.restore_all(&partitions));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
@@ -215,38 +213,20 @@ impl ConsumerContext for PulseContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut start = TopicPartitionList::new();
-                for elem in tpl.elements() {
-                    let (topic, partition) = (elem.topic(), elem.partition());
-                    if !restored.contains(&partition) {
+                for &partition in partitions.iter().filter(|p| restored.contains(p)) {
+                    let Some(offsets) = self.start_offsets(partition) else {
                         continue;
-                    }
-                    let offset = match self.store.offset(topic, partition) {
-                        Ok(Some(next)) => Offset::Offset(next),
-                        Ok(None) => match self.reset {
-                            OffsetReset::Earliest => Offset::Beginning,
-                            OffsetReset::Latest => Offset::End,
-                        },
-                        Err(e) => {
-                            // Starting elsewhere than the stored offset would lose or repeat
-                            // events; the partition stays unassigned here and the error surfaces
-                            // when the loop's next commit meets the same store.
-                            tracing::error!(topic, partition, error = %e, "Reading the stored offset failed; the partition is not started.");
+                    };
+                    for (topic, offset) in offsets {
+                        if let Err(e) = start.add_partition_offset(topic, partition, offset) {
+                            tracing::error!(topic, partition, error = %e, "Partition could not be added to the assignment.");
                             continue;
                         }
-                    };
-                    if let Err(e) = start.add_partition_offset(topic, partition, offset) {
-                        tracing::error!(topic, partition, error = %e, "Partition could not be added to the assignment.");
-                        continue;
+                        tracing::info!(topic, partition, ?offset, "Partition assigned.");
+                        owned.insert((topic.to_owned(), partition));
                     }
-                    tracing::info!(topic, partition, ?offset, "Partition assigned.");
-                    owned.insert((topic.to_owned(), partition));
                 }
-                let result = if cooperative {
-                    consumer.incremental_assign(&start)
-                } else {
-                    consumer.assign(&start)
-                };
-                if let Err(e) = result {
+                if let Err(e) = consumer.incremental_assign(&start) {
                     tracing::error!(error = %e, "Assigning partitions failed.");
                 }
                 // The stored offsets, committed at once with this instance's address: the
@@ -260,38 +240,75 @@ impl ConsumerContext for PulseContext {
                     })
                     .collect();
                 commit_with_url(consumer, &stored, self.advertised_url.as_deref());
-                self.telemetry.rebalanced("assign", owned.len() as i64);
+                if start.count() > 0 {
+                    self.telemetry.rebalanced("assign", owned.len() as i64);
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                for elem in tpl.elements() {
-                    owned.remove(&(elem.topic().to_owned(), elem.partition()));
-                    self.telemetry
-                        .forget_partition(elem.topic(), elem.partition());
-                    tracing::info!(
-                        topic = elem.topic(),
-                        partition = elem.partition(),
-                        "Partition revoked."
-                    );
-                }
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    owned.clear();
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
+                let stop = self.take_from(&mut owned, &partitions);
+                if let Err(e) = consumer.incremental_unassign(&stop) {
                     tracing::error!(error = %e, "Unassigning partitions failed.");
                 }
-                self.telemetry.rebalanced("revoke", owned.len() as i64);
+                if stop.count() > 0 {
+                    self.telemetry.rebalanced("revoke", owned.len() as i64);
+                }
             }
             other => {
                 tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
-                owned.clear();
-                let _ = consumer.unassign();
+                let mut all: Vec<i32> = owned.iter().map(|(_, p)| *p).collect();
+                all.sort_unstable();
+                all.dedup();
+                let stop = self.take_from(&mut owned, &all);
+                let _ = consumer.incremental_unassign(&stop);
                 self.telemetry.rebalanced("error", 0);
             }
         }
         self.telemetry.set_ready(!owned.is_empty());
+    }
+}
+
+impl PulseContext {
+    /// Where each input topic's `partition` starts: at the offset stored with the state, or
+    /// by the reset policy where none is stored. `None` when a stored offset cannot be read:
+    /// starting elsewhere would lose or repeat events, so the partition is not started, and
+    /// the error surfaces when the loop's next commit meets the same store.
+    fn start_offsets(&self, partition: i32) -> Option<Vec<(&str, Offset)>> {
+        let mut offsets = Vec::with_capacity(self.inputs.len());
+        for topic in &self.inputs {
+            let offset = match self.store.offset(topic, partition) {
+                Ok(Some(next)) => Offset::Offset(next),
+                Ok(None) => match self.reset {
+                    OffsetReset::Earliest => Offset::Beginning,
+                    OffsetReset::Latest => Offset::End,
+                },
+                Err(e) => {
+                    tracing::error!(topic, partition, error = %e, "Reading the stored offset failed; the partition is not started.");
+                    return None;
+                }
+            };
+            offsets.push((topic.as_str(), offset));
+        }
+        Some(offsets)
+    }
+
+    /// Removes `partitions` of every input topic from `owned` and returns those that were
+    /// there, to be unassigned: a partition whose restore failed was never started.
+    fn take_from(
+        &self,
+        owned: &mut HashSet<(String, i32)>,
+        partitions: &[i32],
+    ) -> TopicPartitionList {
+        let mut stop = TopicPartitionList::new();
+        for &partition in partitions {
+            for topic in &self.inputs {
+                if owned.remove(&(topic.clone(), partition)) {
+                    stop.add_partition(topic, partition);
+                    self.telemetry.forget_partition(topic, partition);
+                    tracing::info!(topic, partition, "Partition revoked.");
+                }
+            }
+        }
+        stop
     }
 }
 
@@ -311,6 +328,17 @@ impl Input {
         telemetry: Arc<Telemetry>,
         assignment: Assignment,
     ) -> anyhow::Result<Input> {
+        let streams = vec![
+            (config.topics.interactions.clone(), Stream::Interactions),
+            (config.topics.orders.clone(), Stream::Orders),
+            (config.topics.complaints.clone(), Stream::Complaints),
+        ];
+        let mut inputs: Vec<String> = Vec::with_capacity(streams.len());
+        for (topic, _) in &streams {
+            if !inputs.contains(topic) {
+                inputs.push(topic.clone());
+            }
+        }
         let restored = Arc::default();
         let changelog = match store.changelog() {
             Some((topic, _)) => Some(ChangelogReader::connect(
@@ -329,6 +357,7 @@ impl Input {
             restored: Arc::clone(&restored),
             flush_limit: config.shutdown_flush,
             advertised_url: config.advertised_url.clone(),
+            inputs: inputs.clone(),
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -347,11 +376,8 @@ impl Input {
             // arrive, whatever this is; Tansu 0.6.0 waits about half of it on every fetch, which
             // at librdkafka's 500 ms default put a quarter of a second into every event's latency.
             .set("fetch.wait.max.ms", "50")
-            // Partition p of all three inputs must go to one member: a customer's state is
-            // folded from all three. The range assignor does that (the topics have the same
-            // partition count and the same members); librdkafka's only cooperative assignor,
-            // cooperative-sticky, balances topic-partitions one by one and would split them.
-            .set("partition.assignment.strategy", "range")
+            // A rebalance moves only the partitions that must move; the others keep folding.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
@@ -364,19 +390,36 @@ impl Input {
                     .to_string(),
             )
             .create_with_context(context)?;
-        let streams = vec![
-            (config.topics.interactions.clone(), Stream::Interactions),
-            (config.topics.orders.clone(), Stream::Orders),
-            (config.topics.complaints.clone(), Stream::Complaints),
-        ];
-        let topics: Vec<&str> = streams.iter().map(|(t, _)| t.as_str()).collect();
-        consumer.subscribe(&topics)?;
+        // Partition p of all three inputs must go to one member: a customer's state is folded
+        // from all three. cooperative-sticky balances topic-partitions one by one and would
+        // split them, so the group is given one topic to assign, and each of its partitions
+        // brings the others' along (`PulseContext::rebalance`): the input topics must have the
+        // same partition count, which `check_partitions` verifies.
+        consumer.subscribe(&[inputs[0].as_str()])?;
         Ok(Input {
             consumer,
             assignment,
             streams,
             restored,
         })
+    }
+
+    /// The input topics whose partition count is not `expected` (`input.partitions`), with
+    /// their count; a topic the brokers do not know yet is not listed. Blocks up to `timeout`.
+    pub fn mispartitioned_topics(
+        &self,
+        expected: i32,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<(String, usize)>> {
+        let metadata = self.consumer.fetch_metadata(None, timeout)?;
+        let inputs = &self.consumer.context().inputs;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| inputs.iter().any(|i| i == t.name()) && t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len()))
+            .filter(|&(_, count)| count != expected as usize)
+            .collect())
     }
 
     /// The state partitions restored from the changelog since the last call.

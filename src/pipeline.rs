@@ -202,6 +202,7 @@ pub async fn run_on(
     ));
 
     let input = Input::connect(&config, store.clone(), telemetry.clone(), assignment)?;
+    check_input_partitions(&input, &config)?;
     let mut sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
     if let Some((topic, _)) = store.changelog() {
         sink = sink.with_changelog_progress(ChangelogProgress {
@@ -417,6 +418,35 @@ fn aggregate_while_owner(
 
 /// An output topic that does not exist holds up the outbox behind its first record until it is
 /// created (or the brokers create it on first use): say so at start, by name.
+/// Refuses to start when an input topic's partition count is not `input.partitions`: the
+/// group assigns the interactions topic's partitions and each brings the same partition of the
+/// other inputs with it, so a partition beyond the interactions topic's count would never be
+/// read, and customers would be routed to the wrong partition. A topic not created yet, or
+/// brokers that do not answer, only earn a warning.
+fn check_input_partitions(input: &Input, config: &Config) -> anyhow::Result<()> {
+    let found = tokio::task::block_in_place(|| {
+        input.mispartitioned_topics(config.partitions, Duration::from_secs(10))
+    });
+    match found {
+        Ok(wrong) if wrong.is_empty() => Ok(()),
+        Ok(wrong) => {
+            let listed: Vec<String> = wrong
+                .iter()
+                .map(|(topic, count)| format!("{topic} has {count}"))
+                .collect();
+            anyhow::bail!(
+                "input.partitions is {}, but {}: the three input topics must have input.partitions partitions each",
+                config.partitions,
+                listed.join(", ")
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the input topics' partition counts.");
+            Ok(())
+        }
+    }
+}
+
 fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
     let t = &config.topics;
     let mut outputs = vec![

@@ -448,3 +448,58 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
         .unwrap()
         .unwrap();
 }
+
+/// The group assigns the interactions topic's partitions, and each brings the same partition of
+/// the other inputs with it: an input topic with another partition count would leave partitions
+/// unread, so the job refuses to start and names the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_refuses_input_topics_whose_partition_count_differs() {
+    let broker = Broker::start();
+    create_topics(
+        &broker.address,
+        &[
+            ("customer.interactions", PARTITIONS, false),
+            ("customer.orders", PARTITIONS + 2, false),
+            ("customer.complaints", PARTITIONS, false),
+        ],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        config_text(&broker.address, &dir.path().join("state"), free_port()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the job kept running:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "input.partitions is {PARTITIONS}, but customer.orders has {}",
+            PARTITIONS + 2
+        )),
+        "the error names the topic and both counts:\n{stderr}"
+    );
+}
