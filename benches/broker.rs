@@ -33,9 +33,9 @@ fn main() {
     common::runtime().block_on(async move {
         let broker = Broker::start();
         let brokers = broker.address.clone();
-        let mut topics = common::job_topics(PARTITIONS);
-        topics.push(("customer-pulse.customers-changelog", PARTITIONS, true));
-        create_topics(&brokers, &topics).await.expect("topics");
+        create_topics(&brokers, &common::job_topics(PARTITIONS))
+            .await
+            .expect("topics");
 
         let generated = generate(&TrafficSpec {
             customers: events / 20 + 1,

@@ -58,6 +58,8 @@ pub struct PulseContext {
     advertised_url: Option<String>,
     /// The input topics, distinct, the subscribed one first.
     inputs: Vec<String>,
+    /// Their partition count (`input.partitions`).
+    partitions: i32,
 }
 
 impl PulseContext {
@@ -243,6 +245,14 @@ impl ConsumerContext for PulseContext {
                 if start.count() > 0 {
                     self.telemetry.rebalanced("assign", owned.len() as i64);
                 }
+                let partitions = owned.len() / self.inputs.len();
+                if self.changelog.is_none() && partitions < self.partitions as usize {
+                    tracing::error!(
+                        owned = partitions,
+                        of = self.partitions,
+                        "state.changelog is off, yet another instance shares the input partitions: a partition that moves loses its state, and each instance emits partial complaint trends and segment metrics. Turn state.changelog on for every instance."
+                    );
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let stop = self.take_from(&mut owned, &partitions);
@@ -358,6 +368,7 @@ impl Input {
             flush_limit: config.shutdown_flush,
             advertised_url: config.advertised_url.clone(),
             inputs: inputs.clone(),
+            partitions: config.partitions,
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {

@@ -95,6 +95,7 @@ pub fn job_topics(partitions: i32) -> Vec<(&'static str, i32, bool)> {
         ("customer.complaint-trends", partitions, false),
         ("customer.segment-metrics", partitions, false),
         ("customer.events.dlq", 1, false),
+        ("customer-pulse.customers-changelog", partitions, true),
     ]
 }
 
