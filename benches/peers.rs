@@ -4,7 +4,9 @@
 //!
 //! 1. a bare librdkafka consumer in this process (the reference: what the broker can deliver);
 //! 2. customer-pulse, the release binary as a process of its own, with its default
-//!    configuration (decode, fold with every analytic, RocksDB commit, outputs produced);
+//!    configuration (decode, fold with every analytic, RocksDB commit, outputs produced, and
+//!    every customer write mirrored to the changelog topic, as the peer's state is;
+//!    `CUSTOMER_PULSE__STATE__CHANGELOG=false` runs it without, as a lone instance may);
 //! 3. the peer: the per-customer fold alone written with Quix Streams (`benches/peer/quix_fold.py`,
 //!    RocksDB state with a changelog topic), as a Python process of its own.
 //!

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBatch, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, DB,
 };
 
 use super::{Backend, Entries, Op, StoreError};
@@ -79,9 +80,23 @@ impl Backend for RocksBackend {
         limit: usize,
     ) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
+        // Bounded in RocksDB itself, not only by the check below: the iterator otherwise steps
+        // on over whatever lies past the range to find the key that ends it, which after the
+        // event times is the outbox's long run of deleted records. With the changelog on, every
+        // commit reads the position of each partition it touched: that step was 13.5% of the
+        // samples in a profile of the broker benchmark.
+        let mut options = ReadOptions::default();
+        let upper = match (successor(prefix), end) {
+            (Some(after), Some(end)) => Some(after.min(end.to_vec())),
+            (None, Some(end)) => Some(end.to_vec()),
+            (after, None) => after,
+        };
+        if let Some(upper) = upper {
+            options.set_iterate_upper_bound(upper);
+        }
         for item in self
             .db
-            .iterator(IteratorMode::From(start, Direction::Forward))
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), options)
         {
             let (k, v) = item.map_err(backend_error)?;
             if !k.starts_with(prefix) || end.is_some_and(|e| &*k >= e) || out.len() >= limit {
@@ -93,14 +108,7 @@ impl Backend for RocksBackend {
     }
 
     fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        // The first key past every key with this prefix: the prefix with its last byte raised.
-        let mut upper = prefix.to_vec();
-        while let Some(last) = upper.pop() {
-            if last < u8::MAX {
-                upper.push(last + 1);
-                break;
-            }
-        }
+        let upper = successor(prefix).unwrap_or_default();
         let mode = if upper.is_empty() {
             IteratorMode::End
         } else {
@@ -129,4 +137,18 @@ impl Backend for RocksBackend {
                 .flatten()
                 .unwrap_or(0)
     }
+}
+
+/// The first key past every key that starts with `prefix`: the prefix with its last byte
+/// below 0xFF raised, and what follows it dropped. `None` when there is none (the prefix is
+/// empty or all 0xFF).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
 }
