@@ -433,6 +433,42 @@ impl Input {
             .collect())
     }
 
+    /// Leaves the group within about `limit`: unsubscribes, serves the rebalance that hands the
+    /// partitions back (the outbox drains first, as on any revocation), then closes the
+    /// consumer. librdkafka's cooperative close can hang when a rebalance is under way
+    /// (confluentinc/librdkafka#4527, #4884); with no partition left it has nothing to wait
+    /// for, and a close that still does not finish in time is left behind on a thread of its
+    /// own, with an error logged, rather than hold the shutdown forever.
+    pub async fn close(self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.consumer.unsubscribe();
+        // Records still fetched are not folded: their offsets are not stored, so the next
+        // owner reads them again.
+        while self.has_assignment() && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+        }
+        let (closed, done) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || {
+                drop(self);
+                let _ = closed.send(());
+            });
+        if spawned.is_err() {
+            tracing::error!("No thread to close the consumer on; leaving it open.");
+            return;
+        }
+        let rest = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(5));
+        if tokio::time::timeout(rest, done).await.is_err() {
+            tracing::error!(
+                seconds = rest.as_secs(),
+                "The consumer did not close in time; shutting down without waiting for it."
+            );
+        }
+    }
+
     /// The state partitions restored from the changelog since the last call.
     pub fn take_restored(&self) -> Vec<i32> {
         std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()))

@@ -252,7 +252,10 @@ pub async fn run_on(
 
     tracing::info!("Shutting down: the last batch is committed; flushing the outbox.");
     telemetry.set_ready(false);
-    drop(input);
+    // The revocation waits up to `shutdown_flush` for the outbox; the close gets more on top.
+    input
+        .close(config.shutdown_flush + Duration::from_secs(10))
+        .await;
     outbox_stop.cancel();
     let flushed = outbox.await.context("outbox task failed")?;
     if let Some(aggregator) = aggregator {
