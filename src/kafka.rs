@@ -328,7 +328,13 @@ pub struct Input {
     assignment: Assignment,
     streams: Vec<(String, Stream)>,
     restored: Arc<Mutex<Vec<i32>>>,
+    /// When the owned partitions' offsets were last committed again (see
+    /// [`Input::refresh_ownership`]).
+    ownership_refreshed: Mutex<Instant>,
 }
+
+/// How often an instance commits its owned partitions' offsets again, idle or not.
+const OWNERSHIP_REFRESH: Duration = Duration::from_secs(5);
 
 impl Input {
     /// Joins the group; `assignment` is kept up to date with the partitions this member owns.
@@ -412,6 +418,7 @@ impl Input {
             assignment,
             streams,
             restored,
+            ownership_refreshed: Mutex::new(Instant::now()),
         })
     }
 
@@ -534,8 +541,35 @@ impl Input {
         commit_with_url(&self.consumer, offsets, url);
     }
 
-    /// The input partitions this member owns now, as `(topic, partition)`.
-    /// The assigned input partitions, in order.
+    /// Commits the stored offsets of every owned partition again, with this instance's URL,
+    /// at most every [`OWNERSHIP_REFRESH`]. The owner named by the group's offsets is the last
+    /// committer's: an old owner's commit still in flight when its partition moved can land
+    /// after the new owner's, and would name the old owner until the new one folds an event of
+    /// that partition, which may be never. Refreshed, it is right again within seconds.
+    pub fn refresh_ownership(&self) {
+        {
+            let mut last = self
+                .ownership_refreshed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < OWNERSHIP_REFRESH {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let store = &self.consumer.context().store;
+        let offsets: Vec<(String, i32, i64)> = self
+            .assignment()
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                let next = store.offset(&topic, partition).ok()??;
+                Some((topic, partition, next))
+            })
+            .collect();
+        self.commit_offsets(&offsets);
+    }
+
+    /// The assigned input partitions, as `(topic, partition)`, in order.
     pub fn assignment(&self) -> Vec<(String, i32)> {
         let mut assigned: Vec<(String, i32)> = self
             .assignment

@@ -492,6 +492,7 @@ async fn consume(
             processor.forget_partition(partition);
         }
         processor.assign(&input.assignment(), wall_clock_ms());
+        input.refresh_ownership();
         if batch.is_empty() {
             // Idle input: partitions that stopped delivering stop holding the watermark back.
             let started = Instant::now();
