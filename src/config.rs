@@ -630,10 +630,9 @@ pub struct RawState {
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: usize,
     /// Mirror every customer write to `topics.changelog`, so that another instance (or this
-    /// one, after losing its disk) can restore the state. Required for more than one instance;
-    /// off by default while the aggregator it brings can emit false complaint spikes after a
-    /// start (README, Scaling out).
-    #[serde(default)]
+    /// one, after losing its disk) can restore the state. On by default, as in Kafka Streams:
+    /// an instance added to the group must find the state of the partitions it takes.
+    #[serde(default = "default_changelog")]
     pub changelog: bool,
 }
 
@@ -675,6 +674,10 @@ fn default_reset() -> String {
 }
 fn default_session_timeout() -> u64 {
     10_000
+}
+
+fn default_changelog() -> bool {
+    true
 }
 
 fn default_cache_customers() -> usize {
