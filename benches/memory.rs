@@ -1,6 +1,6 @@
 //! Resident memory with many customers in state (issue 4): the processor, with the default
-//! configuration (`state.cache_customers` 100,000, `state.block_cache_bytes` 64 MiB, the
-//! changelog on: `CUSTOMER_PULSE__STATE__CHANGELOG=false` measures without it), folds one
+//! configuration (`state.cache_customers` 100,000, `state.block_cache_bytes` 64 MiB, no
+//! changelog: `CUSTOMER_PULSE__STATE__CHANGELOG=true` measures with it), folds one
 //! order for each of CUSTOMERS distinct customers (10 million by default) and every tenth of
 //! them a complaint too, into RocksDB in a temporary directory, committing batches of
 //! `processing.max_batch_events` and acknowledging the outbox as a producer would. It prints the
@@ -39,9 +39,9 @@ fn main() {
     let config = Config::parse(&text, std::env::vars()).expect("config");
     let mut store = customer_pulse::pipeline::open_store(&config).expect("store");
     let mut settings = customer_pulse::pipeline::processor_settings(&config);
-    // As `run` does with the default configuration: every customer write also goes to the
-    // changelog through the outbox, carrying its facts, and the aggregates are left to the
-    // aggregator (which this does not run: its store holds no customers).
+    // As `run` does with the changelog on: every customer write also goes to the changelog
+    // through the outbox, carrying its facts, and the aggregates are left to the aggregator
+    // (which this does not run: its store holds no customers).
     if config.changelog {
         store = store
             .with_changelog(&config.topics.changelog)

@@ -4,9 +4,9 @@
 //!
 //! 1. a bare librdkafka consumer in this process (the reference: what the broker can deliver);
 //! 2. customer-pulse, the release binary as a process of its own, with its default
-//!    configuration (decode, fold with every analytic, RocksDB commit, outputs produced, and
-//!    every customer write mirrored to the changelog topic, as the peer's state is;
-//!    `CUSTOMER_PULSE__STATE__CHANGELOG=false` runs it without, as a lone instance may);
+//!    configuration (decode, fold with every analytic, RocksDB commit, outputs produced) and
+//!    its changelog on, as the peer's state has one (`CUSTOMER_PULSE__STATE__CHANGELOG=false`
+//!    runs it without, as a lone instance runs by default);
 //! 3. the peer: the per-customer fold alone written with Quix Streams (`benches/peer/quix_fold.py`,
 //!    RocksDB state with a changelog topic), as a Python process of its own.
 //!
@@ -117,8 +117,9 @@ fn reference(brokers: &str, events: u64) -> Run {
     }
 }
 
-/// customer-pulse with its default configuration, until it has folded `events`; returns its
-/// run, and the process still running with its HTTP port (for the latency phase).
+/// customer-pulse with its default configuration and its changelog on, until it has folded
+/// `events`; returns its run, and the process still running with its HTTP port (for the
+/// latency phase).
 async fn pulse(brokers: &str, state: &std::path::Path, events: u64) -> (Run, Child, u16) {
     let port = free_port();
     let config = state.join("config.toml");
@@ -126,7 +127,7 @@ async fn pulse(brokers: &str, state: &std::path::Path, events: u64) -> (Run, Chi
         &config,
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-peers-pulse\"\n\
-             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\n\
+             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = true\n\
              [http]\nlisten_address = \"127.0.0.1:{port}\"\n",
             state.join("state").display()
         ),

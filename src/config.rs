@@ -630,9 +630,10 @@ pub struct RawState {
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: usize,
     /// Mirror every customer write to `topics.changelog`, so that another instance (or this
-    /// one, after losing its disk) can restore the state. On by default, as in Kafka Streams:
-    /// an instance added to the group must find the state of the partitions it takes.
-    #[serde(default = "default_changelog")]
+    /// one, after losing its disk) can restore the state. Required for more than one instance;
+    /// off by default while a stall seen once under broker faults with it on is not understood
+    /// (README, Scaling out).
+    #[serde(default)]
     pub changelog: bool,
 }
 
@@ -674,10 +675,6 @@ fn default_reset() -> String {
 }
 fn default_session_timeout() -> u64 {
     10_000
-}
-
-fn default_changelog() -> bool {
-    true
 }
 
 fn default_cache_customers() -> usize {
