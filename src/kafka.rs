@@ -245,10 +245,11 @@ impl ConsumerContext for PulseContext {
                 if start.count() > 0 {
                     self.telemetry.rebalanced("assign", owned.len() as i64);
                 }
-                let partitions = owned.len() / self.inputs.len();
-                if self.changelog.is_none() && partitions < self.partitions as usize {
+                // None owned is left alone: the input topics may not exist yet.
+                let held = owned.len() / self.inputs.len();
+                if self.changelog.is_none() && held > 0 && held < self.partitions as usize {
                     tracing::error!(
-                        owned = partitions,
+                        owned = held,
                         of = self.partitions,
                         "state.changelog is off, yet another instance shares the input partitions: a partition that moves loses its state, and each instance emits partial complaint trends and segment metrics. Turn state.changelog on for every instance."
                     );
