@@ -266,9 +266,7 @@ impl ConsumerContext for PulseContext {
             }
             other => {
                 tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
-                let mut all: Vec<i32> = owned.iter().map(|(_, p)| *p).collect();
-                all.sort_unstable();
-                all.dedup();
+                let all: Vec<i32> = (0..self.partitions).collect();
                 let stop = self.take_from(&mut owned, &all);
                 let _ = consumer.incremental_unassign(&stop);
                 self.telemetry.rebalanced("error", 0);
@@ -323,7 +321,8 @@ impl PulseContext {
     }
 }
 
-/// The input side: a consumer-group member subscribed to the three input topics.
+/// The input side: a consumer-group member that reads the three input topics, subscribed to
+/// the first and assigned the same partitions of the others (see [`PulseContext::rebalance`]).
 pub struct Input {
     consumer: StreamConsumer<PulseContext>,
     assignment: Assignment,
@@ -412,7 +411,7 @@ impl Input {
         // from all three. cooperative-sticky balances topic-partitions one by one and would
         // split them, so the group is given one topic to assign, and each of its partitions
         // brings the others' along (`PulseContext::rebalance`): the input topics must have the
-        // same partition count, which `check_partitions` verifies.
+        // same partition count, which the pipeline checks at start (`mispartitioned_topics`).
         consumer.subscribe(&[inputs[0].as_str()])?;
         Ok(Input {
             consumer,

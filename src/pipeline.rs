@@ -419,8 +419,6 @@ fn aggregate_while_owner(
     }
 }
 
-/// An output topic that does not exist holds up the outbox behind its first record until it is
-/// created (or the brokers create it on first use): say so at start, by name.
 /// Refuses to start when an input topic's partition count is not `input.partitions`: the
 /// group assigns the interactions topic's partitions and each brings the same partition of the
 /// other inputs with it, so a partition beyond the interactions topic's count would never be
@@ -450,6 +448,8 @@ fn check_input_partitions(input: &Input, config: &Config) -> anyhow::Result<()> 
     }
 }
 
+/// An output topic that does not exist holds up the outbox behind its first record until it is
+/// created (or the brokers create it on first use): say so at start, by name.
 fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
     let t = &config.topics;
     let mut outputs = vec![
