@@ -736,14 +736,11 @@ impl Processor {
             let window_end = aggregates.trends.next_close(s).filter(|t| *t <= watermark);
             let day_end = aggregates.segments.next_close().filter(|d| *d <= watermark);
             match (window_end, day_end) {
-                (Some(window), Some(day)) if day < window => {
+                (_, Some(day)) if window_end.is_none_or(|window| day < window) => {
                     days.extend(aggregates.segments.close_until(day, &segment_names));
                 }
                 (Some(window), _) => self.close_trends(window, aggregates, &mut commit, report),
-                (None, Some(day)) => {
-                    days.extend(aggregates.segments.close_until(day, &segment_names));
-                }
-                (None, None) => break,
+                (None, _) => break,
             }
         }
         let closed = aggregates.trends.closed_before != trends_closed || !days.is_empty();
