@@ -99,6 +99,12 @@ pub struct Trends {
     /// delivering had got) as of the last commit, so that a restarted processor's watermark
     /// starts where the last one stopped and never goes back.
     pub newest: Option<Millis>,
+    /// The event time of the earliest complaint opened before the first window closed: where
+    /// the complaints of the input began, as far as the trends can tell. A window, day or
+    /// month that started before it may lack the complaints of before the input began, so it
+    /// is a warm-up: it neither seeds its baseline nor flags anything. `None` in trends stored
+    /// before this was kept, whose first windows closed long ago.
+    pub began: Option<Millis>,
 }
 
 /// A closed window, as `customer.complaint-trends` carries it.
@@ -259,6 +265,9 @@ impl Trends {
             .entry(category.to_owned())
             .or_default()
             .open_backlog += 1;
+        if self.closed_before.is_none() {
+            self.began = Some(self.began.map_or(at, |b| b.min(at)));
+        }
         match self.window(at, category, s) {
             Some(w) => {
                 w.opened += 1;
@@ -316,8 +325,10 @@ impl Trends {
         };
         let mut closed = Vec::new();
         let mut start = first_open;
+        let began = self.began;
         while start + s.window_ms <= watermark {
             let end = start + s.window_ms;
+            let warms_up = warms_up(start, began);
             for category in &s.categories {
                 let window = self
                     .windows
@@ -339,11 +350,11 @@ impl Trends {
                     category,
                     &window,
                     backlog,
-                    &mut trend.windows,
+                    (&mut trend.windows, warms_up),
                     s,
                 ));
                 // The daily roll-up closes with the day's last window. A first day that started
-                // mid-day rolls up the windows it saw.
+                // mid-day rolls up the windows it saw, as a warm-up.
                 trend.today.merge(&window);
                 if end.rem_euclid(DAY_MS) == 0 {
                     let today = std::mem::take(&mut trend.today);
@@ -352,7 +363,7 @@ impl Trends {
                         category,
                         &today,
                         backlog,
-                        trend,
+                        (trend, began),
                         s,
                     ));
                 }
@@ -364,6 +375,12 @@ impl Trends {
     }
 }
 
+/// Whether a period starting at `start` is a warm-up: it started before the complaints `began`
+/// (`Trends::began`), so it may have seen only part of its complaints.
+fn warms_up(start: Millis, began: Option<Millis>) -> bool {
+    began.is_some_and(|began| start < began)
+}
+
 /// Closes the day starting at `day`: its daily record with month to date, and the monthly
 /// record when it was the month's last day.
 fn roll_up_day(
@@ -371,7 +388,7 @@ fn roll_up_day(
     category: &str,
     today: &Window,
     backlog: i64,
-    trend: &mut CategoryTrend,
+    (trend, began): (&mut CategoryTrend, Option<Millis>),
     s: &TrendSettings,
 ) -> Vec<ClosedWindow> {
     let (year, month, day_of_month) = calendar(day);
@@ -383,7 +400,8 @@ fn roll_up_day(
         trend.month_days.resize(index + 1, 0);
     }
     trend.month_days[index] = today.opened;
-    let mut daily = close((day, DAY_MS), category, today, backlog, &mut trend.days, s);
+    let days = (&mut trend.days, warms_up(day, began));
+    let mut daily = close((day, DAY_MS), category, today, backlog, days, s);
     daily.month_to_date = Some(MonthToDate {
         opened: trend.month_days.iter().sum(),
         previous_month_same_days: trend.previous_month_days.iter().take(index + 1).sum(),
@@ -399,36 +417,44 @@ fn roll_up_day(
             category,
             &window,
             backlog,
-            &mut trend.months,
+            (&mut trend.months, warms_up(month_start, began)),
             s,
         ));
     }
     out
 }
 
-/// Compares a closed window with its category's baseline and moves the baseline on.
+/// Compares a closed window with its category's baseline and moves the baseline on; a warm-up
+/// window (`warms_up`) is compared with nothing and leaves the baseline as it was.
 fn close(
     (start, length): (Millis, Millis),
     category: &str,
     window: &Window,
     open_backlog: i64,
-    trend: &mut Baseline,
+    (trend, warms_up): (&mut Baseline, bool),
     s: &TrendSettings,
 ) -> ClosedWindow {
     let count = f64::from(window.opened);
-    // The first window of a category is its own baseline. A baseline below 0.25 complaints per
-    // window is taken as 0.25, so that a quiet category's first complaint is not an infinite z.
+    // The first full window of a category is its own baseline. A baseline below 0.25
+    // complaints per window is taken as 0.25, so that a quiet category's first complaint is
+    // not an infinite z.
     let baseline = trend.baseline.unwrap_or(count);
     let sigma = baseline.max(0.25).sqrt();
-    let z_score = (count - baseline) / sigma;
+    let z_score = if warms_up {
+        0.0
+    } else {
+        (count - baseline) / sigma
+    };
     let spike = z_score > s.spike_z && window.opened >= s.spike_min_count;
     let slow = trend.slow_baseline.unwrap_or(count);
     let slow_sigma = slow.max(0.25).sqrt();
-    trend.cusum = (trend.cusum + count - (slow + s.cusum_slack * slow_sigma)).max(0.0);
+    if !warms_up {
+        trend.cusum = (trend.cusum + count - (slow + s.cusum_slack * slow_sigma)).max(0.0);
+        trend.baseline = Some(s.baseline_weight * count + (1.0 - s.baseline_weight) * baseline);
+        trend.slow_baseline =
+            Some(s.cusum_baseline_weight * count + (1.0 - s.cusum_baseline_weight) * slow);
+    }
     let cusum_signal = trend.cusum > s.cusum_threshold * slow_sigma;
-    trend.baseline = Some(s.baseline_weight * count + (1.0 - s.baseline_weight) * baseline);
-    trend.slow_baseline =
-        Some(s.cusum_baseline_weight * count + (1.0 - s.cusum_baseline_weight) * slow);
     ClosedWindow {
         window_start: start,
         window_end: start + length,
@@ -596,6 +622,86 @@ mod tests {
             .iter()
             .filter(|w| w.window_start < 10 * HOUR)
             .all(|w| !w.spike));
+    }
+
+    #[test]
+    fn a_first_window_the_input_began_in_is_a_warm_up_and_the_next_is_the_baseline() {
+        let s = settings();
+        let mut t = Trends::default();
+        // The input begins at 00:40: ten billing complaints in the first hour's last 20
+        // minutes, then thirty in each full hour, then ninety in hour 6.
+        let mut opened = |hour: Millis, count: Millis, from_minute: Millis| {
+            for i in 0..count {
+                let at = hour * HOUR + from_minute * 60_000 + i * 1_000;
+                t.opened("billing", Severity::Low, at, &s);
+            }
+        };
+        opened(0, 10, 40);
+        for h in 1..6 {
+            opened(h, 30, 0);
+        }
+        opened(6, 90, 0);
+        let closed = t.close_until(7 * HOUR, &s);
+        let billing: Vec<&ClosedWindow> =
+            closed.iter().filter(|w| w.category == "billing").collect();
+        let counts: Vec<u32> = billing.iter().map(|w| w.opened).collect();
+        assert_eq!(counts, [10, 30, 30, 30, 30, 30, 90]);
+        // Compared with the partial first hour, hour 1 would be z = (30 - 10) / sqrt(10) = 6.3.
+        let (warm_up, first_full) = (billing[0], billing[1]);
+        assert_eq!((warm_up.z_score, warm_up.spike), (0.0, false));
+        assert_eq!(warm_up.cusum, 0.0);
+        assert!(
+            (first_full.baseline - 30.0).abs() < 1e-9,
+            "its own baseline"
+        );
+        for w in &billing[1..6] {
+            assert!((w.baseline - 30.0).abs() < 1e-9);
+            assert!(
+                w.z_score.abs() < 1e-9 && !w.spike && !w.cusum_signal,
+                "{w:?}"
+            );
+        }
+        let burst = billing[6];
+        assert!((burst.z_score - 60.0 / 30f64.sqrt()).abs() < 1e-9);
+        assert!(burst.spike, "detection is on from the first full hour");
+        assert_eq!(t.began, Some(40 * 60_000));
+    }
+
+    #[test]
+    fn a_first_day_the_input_began_in_is_a_warm_up_for_the_daily_roll_up() {
+        let s = settings();
+        let mut t = Trends::default();
+        // Day 0 from 20:00 on: one delivery complaint an hour (4); days 1 and 2: one an hour
+        // (24). Against day 0, day 1 would be z = (24 - 4) / 2 = 10.
+        for h in 20..72 {
+            t.opened("delivery", Severity::Low, h * HOUR, &s);
+        }
+        let closed = t.close_until(3 * DAY_MS, &s);
+        let days: Vec<&ClosedWindow> = closed
+            .iter()
+            .filter(|w| w.is_daily() && w.category == "delivery")
+            .collect();
+        let counts: Vec<u32> = days.iter().map(|w| w.opened).collect();
+        assert_eq!(counts, [4, 24, 24]);
+        assert!(
+            days.iter().all(|d| d.z_score.abs() < 1e-9 && !d.spike),
+            "{days:?}"
+        );
+        assert!((days[2].baseline - 24.0).abs() < 1e-9, "day 1 seeded it");
+        // The hourly windows began at 20:00 exactly: the first of them is not a warm-up.
+        let first_hour = closed
+            .iter()
+            .find(|w| w.category == "delivery" && !w.is_daily())
+            .unwrap();
+        assert_eq!(first_hour.window_start, 20 * HOUR);
+        let second_hour = closed
+            .iter()
+            .find(|w| w.category == "delivery" && w.window_start == 21 * HOUR)
+            .unwrap();
+        assert!(
+            (second_hour.baseline - 1.0).abs() < 1e-9,
+            "hour 20 seeded it"
+        );
     }
 
     #[test]

@@ -29,12 +29,18 @@ const OUTBOX_V1: u8 = 1;
 /// Version 2: a V1 body, then the partition the record must go to (the changelog's), if any.
 const OUTBOX_V2: u8 = 2;
 const TRENDS_V1: u8 = 1;
+/// Version 2: a V1 body, then `began` (where the complaints began). A V1 body read back has
+/// none, so its first windows, closed long ago or not, are never warm-ups.
+const TRENDS_V2: u8 = 2;
 const POSITION_V1: u8 = 1;
 const CLAIM_V1: u8 = 1;
 const OWNERSHIP_V1: u8 = 1;
 /// The facts a customer's changelog record carries (`facts::Fact`, postcard).
 const FACTS_V1: u8 = 1;
-const SNAPSHOT_V1: u8 = 1;
+/// Version 2 carries trends version 2. A version-1 snapshot is not read (the aggregator then
+/// reads the changelog from its start): its trends, and its segments before segments version
+/// 3, had other layouts, which the snapshot did not record.
+const SNAPSHOT_V2: u8 = 2;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -180,11 +186,29 @@ struct SegmentsV1 {
 }
 
 pub fn encode_trends(trends: &Trends) -> Vec<u8> {
-    encode(TRENDS_V1, trends)
+    encode(TRENDS_V2, trends)
 }
 
 pub fn decode_trends(bytes: &[u8]) -> Result<Trends, String> {
-    decode(TRENDS_V1, bytes)
+    match bytes.first() {
+        Some(&TRENDS_V1) => decode::<TrendsV1>(TRENDS_V1, bytes).map(|v1| Trends {
+            categories: v1.categories,
+            windows: v1.windows,
+            closed_before: v1.closed_before,
+            newest: v1.newest,
+            began: None,
+        }),
+        _ => decode(TRENDS_V2, bytes),
+    }
+}
+
+/// The layout of trends version 1.
+#[derive(serde::Deserialize)]
+struct TrendsV1 {
+    categories: std::collections::BTreeMap<String, crate::trends::CategoryTrend>,
+    windows: std::collections::BTreeMap<(crate::event::Millis, String), crate::trends::Window>,
+    closed_before: Option<crate::event::Millis>,
+    newest: Option<crate::event::Millis>,
 }
 
 /// The layout of outbox records version 1.
@@ -238,11 +262,11 @@ pub fn decode_facts(bytes: &[u8]) -> Result<Vec<Fact>, String> {
 }
 
 pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
-    encode(SNAPSHOT_V1, snapshot)
+    encode(SNAPSHOT_V2, snapshot)
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
-    decode(SNAPSHOT_V1, bytes)
+    decode(SNAPSHOT_V2, bytes)
 }
 
 pub fn encode_ownership(ownership: &Ownership) -> Vec<u8> {
@@ -497,6 +521,40 @@ mod tests {
         let v3 = encode_segments(&segments);
         assert_eq!(v3[0], SEGMENTS_V3);
         assert_eq!(decode_segments(&v3), Ok(segments));
+    }
+
+    #[test]
+    fn trends_version_one_is_still_read_and_version_two_adds_where_complaints_began() {
+        let mut trends = Trends::default();
+        let s = crate::trends::TrendSettings::defaults(&["billing"]);
+        trends.opened("billing", crate::event::Severity::High, 5_000, &s);
+        trends.closed_before = Some(3_600_000);
+        trends.newest = Some(7_200_000);
+        // Version 1 is version 2 without `began`: the same fields in the same order.
+        let v1 = encode(
+            TRENDS_V1,
+            &(
+                &trends.categories,
+                &trends.windows,
+                &trends.closed_before,
+                &trends.newest,
+            ),
+        );
+        let read = decode_trends(&v1).expect("version 1 decodes");
+        assert_eq!(read.began, None, "V1 knew not where complaints began");
+        assert_eq!(
+            Trends {
+                began: None,
+                ..trends.clone()
+            },
+            read
+        );
+        assert_eq!(trends.began, Some(5_000));
+        let v2 = encode_trends(&trends);
+        assert_eq!(v2[0], TRENDS_V2);
+        // Some(5,000): 01, then zigzag 10,000 as a varint (90 4e).
+        assert_eq!(&v2[v1.len()..], &[0x01, 0x90, 0x4e]);
+        assert_eq!(decode_trends(&v2), Ok(trends));
     }
 
     #[test]

@@ -92,6 +92,42 @@ fn a_burst_in_one_category_raises_the_spike_flag_in_its_window_only() {
 }
 
 #[test]
+fn a_history_that_begins_mid_hour_pages_no_one_for_its_first_full_hours() {
+    // Thirty billing complaints an hour, steady, from 00:40: the first hour has only ten.
+    // Compared with that partial hour, the full hours after it read z = 6.3, 4.4, 3.2...
+    let mut events = Vec::new();
+    let mut at = START + 40 * 60_000;
+    while at < START + 6 * HOUR {
+        events.push(complaint(events.len(), at, "billing"));
+        at += 2 * 60_000;
+    }
+    events.push(complaint(events.len(), START + 8 * HOUR, "delivery"));
+    let records = trend_records(&events, 11);
+    let billing: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["category"] == "billing")
+        .collect();
+    let counts: Vec<u64> = billing
+        .iter()
+        .map(|r| r["opened"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [10, 30, 30, 30, 30, 30, 0]);
+    let flagged: Vec<&Value> = records.iter().filter(|r| r["spike"] == true).collect();
+    assert!(flagged.is_empty(), "no spike: {flagged:?}");
+    assert_eq!(
+        billing[0]["z_score"], 0.0,
+        "the partial hour is compared with nothing"
+    );
+    assert_eq!(
+        billing[2]["baseline"], 30.0,
+        "the first full hour is the baseline"
+    );
+    // Hour 6 has no complaint: a fall, measured against the full hours.
+    let fall = billing[6]["z_score"].as_f64().unwrap();
+    assert!((fall + 30f64.sqrt()).abs() < 1e-3, "z = {fall}");
+}
+
+#[test]
 fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
     let generated = customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
         customers: 300,
