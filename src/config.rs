@@ -744,7 +744,7 @@ impl Default for RawProcessing {
     fn default() -> Self {
         RawProcessing {
             max_batch_events: 5_000,
-            max_batch_wait_milliseconds: 50,
+            max_batch_wait_milliseconds: 0,
             shutdown_flush_seconds: 30,
             allowed_lateness_seconds: 3_600,
             idle_partition_seconds: 10,
@@ -1072,9 +1072,9 @@ impl RawConfig {
             "must be between 1 and 1000000",
         )?;
         check(
-            (1..=60_000).contains(&p.max_batch_wait_milliseconds),
+            p.max_batch_wait_milliseconds <= 60_000,
             "processing.max_batch_wait_milliseconds",
-            "must be between 1 and 60000",
+            "must be between 0 and 60000",
         )?;
         check(
             p.allowed_lateness_seconds <= 30 * 86_400,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -486,17 +487,24 @@ impl Input {
         Arc::clone(&self.assignment)
     }
 
-    /// Waits for the first record, then gathers more until `max` records or `wait` has passed.
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<InputRecord> {
+    /// Waits for the first record, then takes every record already fetched, up to `max`. A
+    /// batch is what arrived while the last one was folded: small when the input is slow,
+    /// so an event waits for no batch to fill, and full when it is fast. With `linger`
+    /// above zero, a batch whose fetched records ran out waits up to that long from its
+    /// first record for more.
+    pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<InputRecord> {
         let mut batch = Vec::with_capacity(max.min(4096));
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
             let next = if batch.is_empty() {
                 // Bounded, so that a caller's shutdown check runs even on an idle stream.
-                tokio::time::timeout(wait.max(Duration::from_millis(200)), self.consumer.recv())
-                    .await
+                tokio::time::timeout(Duration::from_millis(200), self.consumer.recv()).await
             } else {
-                tokio::time::timeout_at(deadline, self.consumer.recv()).await
+                match self.consumer.recv().now_or_never() {
+                    Some(next) => Ok(next),
+                    None if linger.is_zero() => break,
+                    None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
+                }
             };
             match next {
                 Err(_) => break,
