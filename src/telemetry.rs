@@ -67,8 +67,10 @@ fn opts(name: &str, help: &str) -> Opts {
 impl Telemetry {
     pub fn new() -> Telemetry {
         let registry = Registry::new();
+        // Finer from 50 ms to 500 ms, where a broker's delivery and a batch's fold put it.
         let latency_buckets = vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+            0.75, 1.0, 2.5, 5.0, 10.0,
         ];
         let t = Telemetry {
             events: IntCounterVec::new(

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The benchmark's size: the environment variable `var` (or `bench`) under `cargo bench`, and
@@ -48,6 +49,61 @@ pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -
         }
     }
     started.elapsed()
+}
+
+/// The next offset of each partition of `topics` now: where records published from here on
+/// start, for [`raw_latencies`].
+pub fn ends(brokers: &str, topics: &[&str], partitions: i32) -> Vec<(String, i32, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let mut ends = Vec::new();
+    for topic in topics {
+        for p in 0..partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            ends.push(((*topic).to_owned(), p, high));
+        }
+    }
+    ends
+}
+
+/// A bare librdkafka consumer's latency, the reference for the job's: it reads `records`
+/// records from `from` (see [`ends`]) and returns, for each, how long after its timestamp it
+/// was received, in milliseconds, sorted.
+pub fn raw_latencies(brokers: &str, from: &[(String, i32, i64)], records: u64) -> Vec<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-raw-latency")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, offset) in from {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut latencies = Vec::with_capacity(records as usize);
+    while (latencies.len() as u64) < records {
+        match consumer.poll(Duration::from_secs(30)) {
+            Some(Ok(message)) => {
+                let now = customer_pulse::replay::wall_clock_ms();
+                let at = message.timestamp().to_millis().unwrap_or(now);
+                latencies.push((now - at) as f64);
+            }
+            Some(Err(e)) => panic!("raw consumer failed: {e}"),
+            None => panic!(
+                "raw consumer idle for 30 s at {} of {records}",
+                latencies.len()
+            ),
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
 }
 
 /// The sum of every series of metric `name` on the processor's `/metrics` at `port`; 0 when it
