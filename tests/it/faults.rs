@@ -113,8 +113,9 @@ impl Job {
         let done = wait_for(Duration::from_secs(90), || self.processed() >= count).await;
         assert!(
             done,
-            "{what}: {} of {count} processed in 90 s",
-            self.processed()
+            "{what}: {} of {count} processed in 90 s; the input topics hold {} records",
+            self.processed(),
+            input_records(&self.brokers),
         );
         assert_eq!(self.processed(), count, "{what}: nothing counted twice");
     }
@@ -227,6 +228,25 @@ async fn broker_faults_delay_the_job_but_lose_nothing() {
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
     job.assert_state_equals_replay(&values).await;
     job.stop().await;
+}
+
+/// How many records the input topics hold (the mock cluster's topics start empty), so that a
+/// shortfall in processing tells an event never stored from one never folded.
+fn input_records(brokers: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut total = 0;
+    for topic in INPUTS {
+        for p in 0..PARTITIONS {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                Ok((low, high)) => total += high - low,
+                Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
+            }
+        }
+    }
+    total
 }
 
 /// The next offsets the consumer group committed to Kafka, by input partition.
