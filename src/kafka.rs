@@ -325,7 +325,9 @@ impl PulseContext {
 /// The input side: a consumer-group member that reads the three input topics, subscribed to
 /// the first and assigned the same partitions of the others (see [`PulseContext::rebalance`]).
 pub struct Input {
-    consumer: StreamConsumer<PulseContext>,
+    /// `Some` for as long as the Input is usable: taken only by [`Input::close`] and by `Drop`,
+    /// which close it off the caller's thread ([`close_elsewhere`]).
+    consumer: Option<StreamConsumer<PulseContext>>,
     assignment: Assignment,
     streams: Vec<(String, Stream)>,
     restored: Arc<Mutex<Vec<i32>>>,
@@ -415,7 +417,7 @@ impl Input {
         // same partition count, which the pipeline checks at start (`mispartitioned_topics`).
         consumer.subscribe(&[inputs[0].as_str()])?;
         Ok(Input {
-            consumer,
+            consumer: Some(consumer),
             assignment,
             streams,
             restored,
@@ -430,8 +432,8 @@ impl Input {
         expected: i32,
         timeout: Duration,
     ) -> anyhow::Result<Vec<(String, usize)>> {
-        let metadata = self.consumer.fetch_metadata(None, timeout)?;
-        let inputs = &self.consumer.context().inputs;
+        let metadata = self.consumer().fetch_metadata(None, timeout)?;
+        let inputs = &self.consumer().context().inputs;
         Ok(metadata
             .topics()
             .iter()
@@ -447,23 +449,19 @@ impl Input {
     /// (confluentinc/librdkafka#4527, #4884); with no partition left it has nothing to wait
     /// for, and a close that still does not finish in time is left behind on a thread of its
     /// own, with an error logged, rather than hold the shutdown forever.
-    pub async fn close(self, limit: Duration) {
+    pub async fn close(mut self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        self.consumer.unsubscribe();
+        self.consumer().unsubscribe();
         // Records still fetched are not folded: their offsets are not stored, so the next
         // owner reads them again.
         while self.has_assignment() && tokio::time::Instant::now() < deadline {
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.consumer().recv()).await;
         }
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
         let (closed, done) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("consumer-close".into())
-            .spawn(move || {
-                drop(self);
-                let _ = closed.send(());
-            });
-        if spawned.is_err() {
-            tracing::error!("No thread to close the consumer on; leaving it open.");
+        if !close_elsewhere(consumer, Some(closed)) {
             return;
         }
         let rest = deadline
@@ -475,6 +473,13 @@ impl Input {
                 "The consumer did not close in time; shutting down without waiting for it."
             );
         }
+    }
+
+    /// The consumer, which only `close` and `Drop` take.
+    fn consumer(&self) -> &StreamConsumer<PulseContext> {
+        self.consumer
+            .as_ref()
+            .expect("the consumer is taken only as the Input goes")
     }
 
     /// The state partitions restored from the changelog since the last call.
@@ -498,12 +503,12 @@ impl Input {
         while batch.len() < max {
             let next = if batch.is_empty() {
                 // Bounded, so that a caller's shutdown check runs even on an idle stream.
-                tokio::time::timeout(Duration::from_millis(200), self.consumer.recv()).await
+                tokio::time::timeout(Duration::from_millis(200), self.consumer().recv()).await
             } else {
-                match self.consumer.recv().now_or_never() {
+                match self.consumer().recv().now_or_never() {
                     Some(next) => Ok(next),
                     None if linger.is_zero() => break,
-                    None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
+                    None => tokio::time::timeout_at(deadline, self.consumer().recv()).await,
                 }
             };
             match next {
@@ -545,8 +550,8 @@ impl Input {
     /// with this instance's advertised URL as their metadata (see [`Owners`]). RocksDB stays the
     /// source of truth; a failure here is only logged.
     pub fn commit_offsets(&self, offsets: &[(String, i32, i64)]) {
-        let url = self.consumer.context().advertised_url.as_deref();
-        commit_with_url(&self.consumer, offsets, url);
+        let url = self.consumer().context().advertised_url.as_deref();
+        commit_with_url(self.consumer(), offsets, url);
     }
 
     /// Commits the stored offsets of every owned partition again, with this instance's URL,
@@ -565,7 +570,7 @@ impl Input {
             }
             *last = Instant::now();
         }
-        let store = &self.consumer.context().store;
+        let store = &self.consumer().context().store;
         let offsets: Vec<(String, i32, i64)> = self
             .assignment()
             .into_iter()
@@ -597,6 +602,49 @@ impl Input {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
+    }
+}
+
+impl Drop for Input {
+    /// An Input that goes without [`Input::close`] (an early return, a panic) still must not
+    /// close its consumer on the caller's thread: librdkafka's close can hang (see `close`),
+    /// and on an async worker that holds the runtime, and so the process, forever.
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            close_elsewhere(consumer, None);
+        }
+    }
+}
+
+/// Drops `consumer` (librdkafka closes it) on a thread of its own, then sends `closed`. Without
+/// a thread to do it on, the consumer is left open, leaked, rather than closed here: `false`.
+fn close_elsewhere(
+    consumer: StreamConsumer<PulseContext>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+) -> bool {
+    let (hand, take) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            if let Ok(consumer) = take.recv() {
+                drop::<StreamConsumer<PulseContext>>(consumer);
+            }
+            if let Some(closed) = closed {
+                let _ = closed.send(());
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            if let Err(back) = hand.send(consumer) {
+                std::mem::forget(back.0);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "No thread to close the consumer on; it is left open.");
+            std::mem::forget(consumer);
+            false
+        }
     }
 }
 
