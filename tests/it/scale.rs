@@ -213,8 +213,15 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     );
     assert!(metric_sum(d.port, "customer_pulse_restored_records_total") > 0.0);
 
-    // The changelog holds the same state. Records an instance wrote after another had claimed its
-    // partition (Tansu hands a partition on before its old owner has revoked it) do not count.
+    // The changelog holds the same state once every instance's outbox has delivered it. Records
+    // an instance wrote after another had claimed its partition (Tansu hands a partition on
+    // before its old owner has revoked it) do not count.
+    let drained = wait_for(Duration::from_secs(60), || {
+        live.iter()
+            .all(|i| metric_sum(i.port, "customer_pulse_outbox_backlog_records") == 0.0)
+    })
+    .await;
+    assert!(drained, "every live instance's outbox drained");
     let (restored, stale) = changelog_states(&broker.address);
     eprintln!("scale: {stale} changelog records were written by an instance that no longer owned the partition");
     assert_eq!(
