@@ -29,7 +29,7 @@ pub fn config_text(brokers: &str, state: &std::path::Path, http_port: u16) -> St
          [input]\npartitions = {PARTITIONS}\nmax_event_bytes = 4096\n\
          complaint_categories = [\"billing\", \"delivery\"]\ncancellation_reasons = [\"price\"]\n\
          [state]\npath = \"{}\"\ncache_customers = 500\n\
-         [processing]\nmax_batch_events = 500\n\
+         [processing]\nmax_batch_events = 500\nmax_batch_wait_milliseconds = 20\n\
          [http]\nlisten_address = \"127.0.0.1:{http_port}\"\n\
          customer_lookup_token = \"{TOKEN}\"\n",
         state.display()
