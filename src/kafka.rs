@@ -492,11 +492,10 @@ impl Input {
         Arc::clone(&self.assignment)
     }
 
-    /// Waits for the first record, then takes every record already fetched, up to `max`. A
-    /// batch is what arrived while the last one was folded: small when the input is slow,
-    /// so an event waits for no batch to fill, and full when it is fast. With `linger`
-    /// above zero, a batch whose fetched records ran out waits up to that long from its
-    /// first record for more.
+    /// Waits for the first record, then takes every record already fetched, up to `max`; while
+    /// fewer than `max`, it waits up to `linger` from its first record for more (the default
+    /// `max_batch_wait`, 50 ms). With `linger` zero a batch is only what arrived while the last
+    /// one was folded: no event waits for a batch to fill.
     pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<InputRecord> {
         let mut batch = Vec::with_capacity(max.min(4096));
         let deadline = tokio::time::Instant::now() + linger;
