@@ -2,7 +2,7 @@
 //! that drains the outbox. The only module that imports rdkafka; every message is copied into an
 //! owned [`InputRecord`] at this boundary. Must not know how events are decoded or folded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,13 @@ pub struct PulseContext {
     telemetry: Arc<Telemetry>,
     assignment: Assignment,
     /// Reads the changelog, when customer writes are mirrored to one.
-    changelog: Option<ChangelogReader>,
+    changelog: Option<Arc<ChangelogReader>>,
+    /// Owned partitions that another instance claimed in the changelog, and when that was found
+    /// (see [`ClaimCheck`]).
+    claimed_away: ClaimedAway,
+    /// How long a partition claimed away may stay owned before this instance claims it back:
+    /// the session timeout, by which a member the group really moved it from has been told.
+    claim_grace: Duration,
     /// State partitions restored from the changelog since the loop last looked: whatever the
     /// processor has cached of them is stale.
     restored: Arc<Mutex<Vec<i32>>>,
@@ -95,10 +101,14 @@ impl PulseContext {
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=4 {
             let started = std::time::Instant::now();
-            let result =
-                crate::restore::restore(&self.store, reader, partition, &mut |done, total| {
+            let result = crate::restore::restore(
+                &self.store,
+                reader.as_ref(),
+                partition,
+                &mut |done, total| {
                     self.telemetry.restore_progress(partition, done, total);
-                });
+                },
+            );
             match result {
                 Ok(restored) => {
                     let (outcome, records) = match restored {
@@ -124,6 +134,8 @@ impl PulseContext {
                         partition,
                         outcome,
                         records,
+                        writer = self.store.changelog().map(|(_, writer)| writer),
+                        claim = self.store.epoch(partition),
                         seconds = started.elapsed().as_secs_f64(),
                         "Partition state checked against the changelog."
                     );
@@ -196,6 +208,12 @@ impl ConsumerContext for PulseContext {
         let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         partitions.sort_unstable();
         partitions.dedup();
+        // A partition that moves is claimed afresh on its next assignment.
+        {
+            let mut away = lock(&self.claimed_away);
+            away.retain(|p, _| !partitions.contains(p));
+            self.telemetry.set_claimed_away(away.len());
+        }
         // The slow parts first, without holding the assignment, which the outbox drain reads.
         let mut restored = HashSet::new();
         match err {
@@ -215,34 +233,7 @@ impl ConsumerContext for PulseContext {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut start = TopicPartitionList::new();
-                for &partition in partitions.iter().filter(|p| restored.contains(p)) {
-                    let Some(offsets) = self.start_offsets(partition) else {
-                        continue;
-                    };
-                    for (topic, offset) in offsets {
-                        if let Err(e) = start.add_partition_offset(topic, partition, offset) {
-                            tracing::error!(topic, partition, error = %e, "Partition could not be added to the assignment.");
-                            continue;
-                        }
-                        tracing::info!(topic, partition, ?offset, "Partition assigned.");
-                        owned.insert((topic.to_owned(), partition));
-                    }
-                }
-                if let Err(e) = consumer.incremental_assign(&start) {
-                    tracing::error!(error = %e, "Assigning partitions failed.");
-                }
-                // The stored offsets, committed at once with this instance's address: the
-                // others name it as the owner from now on, even before it folds anything.
-                let stored: Vec<(String, i32, i64)> = start
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(next) => Some((e.topic().to_owned(), e.partition(), next)),
-                        _ => None,
-                    })
-                    .collect();
-                commit_with_url(consumer, &stored, self.advertised_url.as_deref());
+                let start = self.start(consumer, &partitions, &restored, &mut owned);
                 if start.count() > 0 {
                     self.telemetry.rebalanced("assign", owned.len() as i64);
                 }
@@ -278,6 +269,46 @@ impl ConsumerContext for PulseContext {
 }
 
 impl PulseContext {
+    /// Starts the `restored` ones of `partitions`, in every input topic, at the offsets stored
+    /// with their state, adds them to `owned`, and commits those offsets at once with this
+    /// instance's address: the others name it as the owner from now on, even before it folds
+    /// anything. Returns what was assigned.
+    fn start<C: Consumer<PulseContext>>(
+        &self,
+        consumer: &C,
+        partitions: &[i32],
+        restored: &HashSet<i32>,
+        owned: &mut HashSet<(String, i32)>,
+    ) -> TopicPartitionList {
+        let mut start = TopicPartitionList::new();
+        for &partition in partitions.iter().filter(|p| restored.contains(p)) {
+            let Some(offsets) = self.start_offsets(partition) else {
+                continue;
+            };
+            for (topic, offset) in offsets {
+                if let Err(e) = start.add_partition_offset(topic, partition, offset) {
+                    tracing::error!(topic, partition, error = %e, "Partition could not be added to the assignment.");
+                    continue;
+                }
+                tracing::info!(topic, partition, ?offset, "Partition assigned.");
+                owned.insert((topic.to_owned(), partition));
+            }
+        }
+        if let Err(e) = consumer.incremental_assign(&start) {
+            tracing::error!(error = %e, "Assigning partitions failed.");
+        }
+        let stored: Vec<(String, i32, i64)> = start
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(next) => Some((e.topic().to_owned(), e.partition(), next)),
+                _ => None,
+            })
+            .collect();
+        commit_with_url(consumer, &stored, self.advertised_url.as_deref());
+        start
+    }
+
     /// Where each input topic's `partition` starts: at the offset stored with the state, or
     /// by the reset policy where none is stored. `None` when a stored offset cannot be read:
     /// starting elsewhere would lose or repeat events, so the partition is not started, and
@@ -334,6 +365,8 @@ pub struct Input {
     /// When the owned partitions' offsets were last committed again (see
     /// [`Input::refresh_ownership`]).
     ownership_refreshed: Mutex<Instant>,
+    /// Where the changelog's delivery reports send their gaps, when there is a changelog.
+    claim_check: Option<ClaimCheck>,
 }
 
 /// How often an instance commits its owned partitions' offsets again, idle or not.
@@ -360,10 +393,20 @@ impl Input {
         }
         let restored = Arc::default();
         let changelog = match store.changelog() {
-            Some((topic, _)) => Some(ChangelogReader::connect(
+            Some((topic, _)) => Some(Arc::new(ChangelogReader::connect(
                 &config.brokers,
                 &config.kafka_security,
                 topic,
+            )?)),
+            None => None,
+        };
+        let claimed_away = ClaimedAway::default();
+        let claim_check = match &changelog {
+            Some(reader) => Some(ClaimCheck::start(
+                store.clone(),
+                Arc::clone(reader),
+                Arc::clone(&claimed_away),
+                Arc::clone(&telemetry),
             )?),
             None => None,
         };
@@ -373,6 +416,8 @@ impl Input {
             telemetry,
             assignment: assignment.clone(),
             changelog,
+            claimed_away,
+            claim_grace: config.session_timeout,
             restored: Arc::clone(&restored),
             flush_limit: config.shutdown_flush,
             advertised_url: config.advertised_url.clone(),
@@ -422,6 +467,7 @@ impl Input {
             streams,
             restored,
             ownership_refreshed: Mutex::new(Instant::now()),
+            claim_check,
         })
     }
 
@@ -490,6 +536,56 @@ impl Input {
     /// The shared set of owned partitions, for the changelog's delivery reports.
     pub fn assignment_handle(&self) -> Assignment {
         Arc::clone(&self.assignment)
+    }
+
+    /// Where the changelog's delivery reports send the gaps they find (see [`ClaimCheck`]).
+    pub fn claim_check(&self) -> Option<ClaimCheck> {
+        self.claim_check.clone()
+    }
+
+    /// Claims again, and restores, the owned partitions that another instance claimed in the
+    /// changelog at least the session timeout ago (see [`crate::restore::check_claims`]): the
+    /// group has had time to take them from this member, and has not. Nothing this member
+    /// wrote after that claim counts, so each is restored as on an assignment (from scratch,
+    /// as this member wrote after the claim) and consumed again from the offsets restored.
+    /// Called between batches, so that no fetched record of such a partition is folded on top
+    /// of a restored state it does not follow.
+    pub fn claim_back(&self) {
+        let context = self.consumer().context();
+        let due: Vec<i32> = {
+            let owned = lock(&context.assignment);
+            let mut away = lock(&context.claimed_away);
+            away.retain(|p, _| owned.iter().any(|(_, q)| q == p));
+            let due: Vec<i32> = away
+                .iter()
+                .filter(|(_, found)| found.elapsed() >= context.claim_grace)
+                .map(|(p, _)| *p)
+                .collect();
+            away.retain(|p, _| !due.contains(p));
+            context.telemetry.set_claimed_away(away.len());
+            due
+        };
+        if due.is_empty() {
+            return;
+        }
+        tracing::warn!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet the group still gives them to this one (a broker that handed them back without revoking them): claiming them again and restoring them.");
+        context.telemetry.set_ready(false);
+        let restored = tokio::task::block_in_place(|| context.restore_all(&due));
+        let mut owned = lock(&context.assignment);
+        let mut stop = TopicPartitionList::new();
+        for &partition in &due {
+            for topic in &context.inputs {
+                if owned.remove(&(topic.clone(), partition)) {
+                    stop.add_partition(topic, partition);
+                }
+            }
+        }
+        if let Err(e) = self.consumer().incremental_unassign(&stop) {
+            tracing::error!(error = %e, "Unassigning partitions to claim them back failed.");
+        }
+        context.start(self.consumer(), &due, &restored, &mut owned);
+        context.telemetry.claimed_back(due.len());
+        context.telemetry.set_ready(!owned.is_empty());
     }
 
     /// Waits for the first record, then takes every record already fetched, up to `max`; while
@@ -963,6 +1059,8 @@ pub struct ChangelogProgress {
     pub topic: String,
     pub store: Store,
     pub owned: Assignment,
+    /// Where records delivered after a gap are sent to be checked.
+    pub claims: Option<ClaimCheck>,
 }
 
 impl ChangelogProgress {
@@ -972,11 +1070,90 @@ impl ChangelogProgress {
             if !owned.iter().any(|(_, p)| p == partition) {
                 continue;
             }
-            if let Err(e) = self.store.advance_changelog_read(*partition, offsets) {
-                tracing::warn!(partition, error = %e, "Recording changelog progress failed; the next assignment reads more of the changelog.");
+            match self.store.advance_changelog_read(*partition, offsets) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    if let Some(claims) = &self.claims {
+                        claims.check(*partition, std::mem::take(offsets));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "Recording changelog progress failed; the next assignment reads more of the changelog.")
+                }
             }
         }
     }
+}
+
+/// Owned partitions that another instance claimed in the changelog, with when that was found.
+type ClaimedAway = Arc<Mutex<HashMap<i32, Instant>>>;
+
+/// Looks, on a thread of its own, at what lies in a gap between this instance's records in a
+/// changelog partition it owns (see [`crate::restore::check_claims`]): another instance's
+/// claim there means that what this one writes no longer counts, and the partition is noted
+/// for [`Input::claim_back`]. Most gaps hold the aggregator's snapshot, or nothing new.
+#[derive(Clone)]
+pub struct ClaimCheck {
+    gaps: std::sync::mpsc::Sender<(i32, Vec<i64>)>,
+}
+
+impl ClaimCheck {
+    fn start(
+        store: Store,
+        reader: Arc<ChangelogReader>,
+        claimed_away: ClaimedAway,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<ClaimCheck> {
+        let (gaps, checks) = std::sync::mpsc::channel::<(i32, Vec<i64>)>();
+        // Ends when the last sender goes.
+        std::thread::Builder::new()
+            .name("claim-check".into())
+            .spawn(move || {
+                while let Ok(first) = checks.recv() {
+                    // What queued up meanwhile is checked in one read per partition.
+                    let mut pending: HashMap<i32, Vec<i64>> = HashMap::new();
+                    for (partition, delivered) in std::iter::once(first).chain(checks.try_iter()) {
+                        pending.entry(partition).or_default().extend(delivered);
+                    }
+                    for (partition, mut delivered) in pending {
+                        if lock(&claimed_away).contains_key(&partition) {
+                            continue;
+                        }
+                        let found = crate::restore::check_claims(
+                            &store,
+                            reader.as_ref(),
+                            partition,
+                            &mut delivered,
+                        );
+                        match found {
+                            Ok(Some(claim)) => {
+                                tracing::warn!(partition, claim, "Another instance claimed a partition this one owns; unless the group moves the partition away, this one claims it back.");
+                                let mut away = lock(&claimed_away);
+                                away.insert(partition, Instant::now());
+                                telemetry.set_claimed_away(away.len());
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; the next gap is checked again.")
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(ClaimCheck { gaps })
+    }
+
+    /// Asks for the gap before `delivered`, this instance's records just delivered to
+    /// `partition`, to be checked.
+    fn check(&self, partition: i32, delivered: Vec<i64>) {
+        // Refused only once the thread has gone, at shutdown.
+        let _ = self.gaps.send((partition, delivered));
+    }
+}
+
+/// Locks `mutex`, whose data stays usable if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl KafkaSink {

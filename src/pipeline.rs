@@ -209,6 +209,7 @@ pub async fn run_on(
             topic: topic.to_owned(),
             store: store.clone(),
             owned: input.assignment_handle(),
+            claims: input.claim_check(),
         });
     }
     warn_of_missing_outputs(&sink, &config);
@@ -493,6 +494,8 @@ async fn consume(
     shutdown: &CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
+        // Before a batch is gathered: none of it may predate a partition's restore.
+        input.claim_back();
         let batch = tokio::select! {
             batch = input.next_batch(config.max_batch_events, config.max_batch_wait) => batch,
             // Records gathered but not committed are read again from the stored offsets.

@@ -17,7 +17,8 @@
 //!   changelog is applied.
 //!
 //! The store remembers, per partition, the offset up to which the changelog holds nothing it has
-//! not accounted for: its claim, then its own records as they are delivered without a gap.
+//! not accounted for: its claim, then its own records as they are delivered without a gap, and
+//! past a gap once [`check_claims`] has read it and found no other writer's claim there.
 
 use crate::store::{ChangelogRecord, Claim, Ownership, Store, StoreError};
 
@@ -127,6 +128,50 @@ pub fn restore(
     store.set_epoch(partition, claim)?;
     store.set_changelog_read(partition, claim + 1)?;
     Ok(restored)
+}
+
+/// Whether another writer claimed `partition` while this store still writes it: looks at what
+/// lies between what the store has accounted for and its own records just delivered at
+/// `delivered` (a gap that [`Store::advance_changelog_read`] could not pass). Returns the offset
+/// of a claim by another writer after this store's latest; without one, everything up to and
+/// over `delivered` is accounted for.
+///
+/// A broker may hand a partition to a new member and then, in its next generation, back to the
+/// old owner without ever telling the old owner it had gone (Tansu does). The new member's claim
+/// stands in the changelog, so nothing the old owner writes counts any more, though the group
+/// says it owns the partition: it has to claim it again, as on an assignment.
+pub fn check_claims(
+    store: &Store,
+    source: &dyn ChangelogSource,
+    partition: i32,
+    delivered: &mut [i64],
+) -> anyhow::Result<Option<i64>> {
+    let (Some((_, writer)), Some(epoch)) = (store.changelog(), store.epoch(partition)) else {
+        return Ok(None);
+    };
+    // The records delivered since may have closed the gap from this side.
+    let Some(to) = store.advance_changelog_read(partition, delivered)? else {
+        return Ok(None);
+    };
+    let Some(read) = store.changelog_read(partition)? else {
+        return Ok(None);
+    };
+    let mut foreign = None;
+    source.read(partition, Some(read), to, &mut |offset, record| {
+        match record.claim()? {
+            // One before this store's latest claim was dealt with by the restore of that claim.
+            Some(claim) if claim.writer != writer && offset > epoch => {
+                foreign.get_or_insert(offset);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if foreign.is_none() {
+        store.set_changelog_read(partition, to)?;
+        store.advance_changelog_read(partition, delivered)?;
+    }
+    Ok(foreign)
 }
 
 /// Applies the records of `partition` that count, from `from` (the start when `None`) up to the
@@ -453,6 +498,124 @@ mod tests {
         assert_eq!(
             fresh_view(&log, &["a", "b"]),
             (vec![Some(8), Some(2)], Some(13))
+        );
+    }
+
+    /// Delivers `store`'s pending changelog records and returns, per partition, the offsets
+    /// that followed a gap, as the sink hands them to the claim check.
+    fn deliver_with_gaps(log: &Log, store: &Store) -> Vec<(i32, Vec<i64>)> {
+        let pending = store.outbox(1_000).unwrap();
+        let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
+        for (_, record) in &pending {
+            let partition = record.partition.unwrap();
+            let offset = log.append(partition, ChangelogRecord::delivered(record));
+            by_partition.entry(partition).or_default().push(offset);
+        }
+        let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
+        store.acknowledge(&seqs).unwrap();
+        by_partition
+            .into_iter()
+            .filter_map(|(partition, mut offsets)| {
+                let gap = store
+                    .advance_changelog_read(partition, &mut offsets)
+                    .unwrap();
+                gap.map(|_| (partition, offsets))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_owner_finds_the_claim_another_made_while_it_still_wrote_and_claims_back() {
+        let log = Log::default();
+        let (first, second) = (first_owner(&log, &[("a", 1, 10)]), store());
+        // The broker gives the partition to the second, which claims it and writes nothing,
+        // then back to the first, which never heard it had gone and writes on.
+        restore_0(&second, &log);
+        write(&first, "a", 2, 11);
+        write(&first, "b", 1, 12);
+        let mut gaps = deliver_with_gaps(&log, &first);
+        assert_eq!(gaps.len(), 1, "its records came after a gap");
+        assert_eq!(
+            fresh_view(&log, &["a", "b"]),
+            (vec![Some(1), None], Some(10)),
+            "what it wrote after the other's claim does not count"
+        );
+        let (partition, offsets) = &mut gaps[0];
+        assert_eq!(
+            check_claims(&first, &log, *partition, offsets).unwrap(),
+            Some(3),
+            "the second's claim, after its own records"
+        );
+        // Claimed back, its state is rebuilt from what counts; it folds the rest again.
+        assert_eq!(
+            restore_0(&first, &log),
+            Restored::Applied {
+                records: 2,
+                from_scratch: true
+            }
+        );
+        assert_eq!(view(&first, &["a", "b"]), (vec![Some(1), None], Some(10)));
+        write(&first, "a", 2, 11);
+        write(&first, "b", 1, 12);
+        log.deliver(&first);
+        assert_eq!(
+            fresh_view(&log, &["a", "b"]),
+            (vec![Some(2), Some(1)], Some(12))
+        );
+    }
+
+    #[test]
+    fn a_gap_without_another_writers_claim_is_passed() {
+        let log = Log::default();
+        let first = first_owner(&log, &[("a", 1, 10)]);
+        // Something else lands in the partition (the aggregator's snapshot, a late record of an
+        // old owner), then more of the owner's own records.
+        log.append(
+            0,
+            ChangelogRecord {
+                key: crate::store::AGGREGATOR_KEY.to_vec(),
+                value: Some(vec![1]),
+                epoch: None,
+                facts: None,
+            },
+        );
+        write(&first, "a", 2, 11);
+        let mut gaps = deliver_with_gaps(&log, &first);
+        assert_eq!(
+            first.changelog_read(0).unwrap(),
+            Some(3),
+            "stopped at the gap"
+        );
+        let (partition, offsets) = &mut gaps[0];
+        assert_eq!(
+            check_claims(&first, &log, *partition, offsets).unwrap(),
+            None
+        );
+        assert_eq!(
+            first.changelog_read(0).unwrap(),
+            Some(6),
+            "past the gap and its own two records"
+        );
+        // Its own claims, and another's that its latest claim already dealt with, are no news.
+        let second = store();
+        restore_0(&second, &log);
+        assert!(matches!(restore_0(&first, &log), Restored::Applied { .. }));
+        log.append(
+            0,
+            ChangelogRecord {
+                key: crate::store::AGGREGATOR_KEY.to_vec(),
+                value: Some(vec![2]),
+                epoch: None,
+                facts: None,
+            },
+        );
+        write(&first, "a", 3, 12);
+        let mut gaps = deliver_with_gaps(&log, &first);
+        first.set_changelog_read(0, 0).unwrap();
+        let (partition, offsets) = &mut gaps[0];
+        assert_eq!(
+            check_claims(&first, &log, *partition, offsets).unwrap(),
+            None
         );
     }
 

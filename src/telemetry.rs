@@ -57,6 +57,8 @@ pub struct Telemetry {
     ready: IntGauge,
     restores: IntCounterVec,
     restored_records: IntCounter,
+    claimed_back: IntCounter,
+    claimed_away: IntGauge,
     restore_remaining: IntGaugeVec,
 }
 
@@ -281,6 +283,16 @@ impl Telemetry {
                 "Changelog records applied to the local state by restores.",
             ))
             .expect("valid metric"),
+            claimed_back: IntCounter::with_opts(opts(
+                "partitions_claimed_back_total",
+                "Owned partitions claimed back after another instance had claimed them in the changelog while the group left them here (a broker that hands a partition back without revoking it).",
+            ))
+            .expect("valid metric"),
+            claimed_away: IntGauge::with_opts(opts(
+                "partitions_claimed_away",
+                "Owned partitions another instance has claimed in the changelog, waiting for the group to move them or for this instance to claim them back.",
+            ))
+            .expect("valid metric"),
             restore_remaining: IntGaugeVec::new(
                 opts("restore_remaining_records", "Changelog records a running restore has still to apply, by partition."),
                 &["partition"],
@@ -293,6 +305,8 @@ impl Telemetry {
             Box::new(t.events.clone()),
             Box::new(t.restores.clone()),
             Box::new(t.restored_records.clone()),
+            Box::new(t.claimed_back.clone()),
+            Box::new(t.claimed_away.clone()),
             Box::new(t.restore_remaining.clone()),
             Box::new(t.dead_letters.clone()),
             Box::new(t.limits_reached.clone()),
@@ -528,6 +542,14 @@ impl Telemetry {
         let _ = self
             .restore_remaining
             .remove_label_values(&[&partition.to_string()]);
+    }
+
+    pub fn claimed_back(&self, partitions: usize) {
+        self.claimed_back.inc_by(partitions as u64);
+    }
+
+    pub fn set_claimed_away(&self, partitions: usize) {
+        self.claimed_away.set(partitions as i64);
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -426,28 +426,33 @@ impl Store {
 
     /// Moves what is accounted for of `partition` over this store's own records just delivered
     /// at `offsets`, as far as they follow on without a gap: a gap may hold another writer's
-    /// claim, which only a read of the changelog can tell.
+    /// claim, which only a read of the changelog can tell. Returns the offset past the gap, the
+    /// first of `offsets` it did not reach, if there is one.
     pub fn advance_changelog_read(
         &self,
         partition: i32,
         offsets: &mut [i64],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let Some(read) = self.changelog_read(partition)? else {
-            return Ok(());
+            return Ok(None);
         };
         offsets.sort_unstable();
         let mut next = read;
+        let mut gap = None;
         for offset in offsets.iter() {
             match (*offset).cmp(&next) {
                 std::cmp::Ordering::Less => {}
                 std::cmp::Ordering::Equal => next += 1,
-                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Greater => {
+                    gap = Some(*offset);
+                    break;
+                }
             }
         }
         if next > read {
             self.set_changelog_read(partition, next)?;
         }
-        Ok(())
+        Ok(gap)
     }
 
     /// Applies changelog records of `partition`, in their log order, in one atomic write:

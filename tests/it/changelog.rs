@@ -1,7 +1,8 @@
 //! The changelog against the real broker (issue 6): an instance that starts without local state
 //! restores the customers and their input positions from the changelog before it consumes, reads
 //! on from where the previous instance stopped (counting nothing twice), and an erased customer
-//! stays erased.
+//! stays erased. An instance whose partition another claimed while the group left it there
+//! claims it back, so that the changelog counts its work again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use customer_pulse::config::Config;
 use customer_pulse::event::format_millis;
 use customer_pulse::generate::Generated;
-use customer_pulse::kafka::publish;
+use customer_pulse::kafka::{publish, ChangelogReader};
 use customer_pulse::replay::wall_clock_ms;
+use customer_pulse::restore::ChangelogSource;
+use customer_pulse::store::Claim;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +74,14 @@ impl Instance {
     }
 }
 
+/// The customers of `events`, each once, in order.
+fn customer_ids(events: &[Generated]) -> Vec<String> {
+    let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Asserts two sets of customer states are equal, naming the first customer and fields that
 /// differ rather than printing every state.
 fn assert_same(
@@ -122,12 +133,7 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
         .filter(|g| g.customer_id != erased)
         .cloned()
         .collect();
-    let ids: Vec<String> = {
-        let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    };
+    let ids = customer_ids(&events);
 
     // The first instance folds the first part and the erasure, then stops.
     publish(&broker.address, &topics, first, None, 1)
@@ -212,4 +218,90 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
         Some(404)
     );
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_another_instance_claimed_while_the_group_left_it_here_is_claimed_back() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let topics = test_topics();
+    let now = wall_clock_ms();
+    let events = traffic(1_600, 63);
+    let (first, second) = events.split_at(800);
+    let ids = customer_ids(&events);
+    publish(&broker.address, &topics, first, None, 1)
+        .await
+        .unwrap();
+    let a = Instance::start(&broker.address);
+    a.processed(first.len()).await;
+
+    // Another member claims partition 0, as a new member does when the broker hands it the
+    // partition, and loses it again before it writes anything: the group leaves the partition
+    // with `a`, which is never told (Tansu's early handoff, seen in the `scale` test).
+    let config = Config::parse(
+        &config_text(&broker.address, std::path::Path::new("/tmp/unused"), 1),
+        Vec::new(),
+    )
+    .unwrap();
+    let reader = ChangelogReader::connect(
+        &broker.address,
+        &config.kafka_security,
+        &config.topics.changelog,
+    )
+    .unwrap();
+    reader
+        .claim(
+            0,
+            &Claim {
+                writer: 42,
+                continues: None,
+            },
+        )
+        .unwrap();
+
+    // `a` folds on, finds the claim in the changelog past its own records, and once the group
+    // has had a session timeout to move the partition, claims it back and folds it again from
+    // what counts.
+    publish(&broker.address, &topics, second, None, 1)
+        .await
+        .unwrap();
+    let port = a.port;
+    let claimed_back = wait_for(Duration::from_secs(60), || {
+        metric_sum(port, "customer_pulse_partitions_claimed_back_total") >= 1.0
+    })
+    .await;
+    assert!(claimed_back, "partition 0 claimed back within 60 s");
+    let all: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let expected = replayed_states(&all, now);
+    let settled = wait_for(Duration::from_secs(60), || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+            && metric_sum(port, "customer_pulse_outbox_backlog_records") == 0.0
+            && served_states(&[port], &ids) == expected
+    })
+    .await;
+    assert_same(&served_states(&[port], &ids), &expected, "served state");
+    assert!(settled, "ready, the outbox drained");
+    assert_eq!(
+        metric(
+            port,
+            r#"customer_pulse_restores_total{outcome="from_scratch"}"#
+        ),
+        1.0,
+        "what it wrote after the claim did not count: rebuilt from what does"
+    );
+
+    // The changelog counts what it wrote once it had claimed the partition back.
+    let (restored, log) = crate::scale::changelog_states(&broker.address);
+    assert!(
+        log.iter()
+            .any(|e| e.claim.as_ref().is_some_and(|c| c.writer == 42)),
+        "the other's claim is in the log"
+    );
+    if restored != expected {
+        panic!(
+            "the changelog does not restore the replayed state:\n{}",
+            crate::scale::explain_changelog(&restored, &expected, &log)
+        );
+    }
+    a.stop().await;
 }

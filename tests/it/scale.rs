@@ -17,7 +17,9 @@ use customer_pulse::config::Config;
 use customer_pulse::kafka::{publish, ChangelogReader};
 use customer_pulse::replay::wall_clock_ms;
 use customer_pulse::restore::{restore, ChangelogSource};
-use customer_pulse::store::{Ownership, Store};
+use customer_pulse::store::{
+    decode_position, ChangelogRecord, Claim, Epoch, Ownership, Store, StoreError, POSITION_KEY,
+};
 
 use customer_pulse::event::parse_millis;
 use customer_pulse::pipeline::processor_settings;
@@ -215,19 +217,38 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
 
     // The changelog holds the same state once every instance's outbox has delivered it. Records
     // an instance wrote after another had claimed its partition (Tansu hands a partition on
-    // before its old owner has revoked it) do not count.
+    // before its old owner has revoked it) do not count; an instance that the group left such a
+    // partition with claims it back after a session timeout and writes its state again, so the
+    // changelog is read again until it holds that state, for at most 60 s.
     let drained = wait_for(Duration::from_secs(60), || {
         live.iter()
             .all(|i| metric_sum(i.port, "customer_pulse_outbox_backlog_records") == 0.0)
     })
     .await;
     assert!(drained, "every live instance's outbox drained");
-    let (restored, stale) = changelog_states(&broker.address);
-    eprintln!("scale: {stale} changelog records were written by an instance that no longer owned the partition");
-    assert_eq!(
-        restored, expected,
-        "the changelog restores the replayed state"
-    );
+    let mut read = changelog_states(&broker.address);
+    let same = wait_for(Duration::from_secs(60), || {
+        read = changelog_states(&broker.address);
+        read.0 == expected
+    })
+    .await;
+    let (restored, log) = read;
+    let stale = log
+        .iter()
+        .filter(|e| e.claim.is_none() && !e.counts)
+        .count();
+    let claims = log.iter().filter(|e| e.claim.is_some()).count();
+    let claimed_back: f64 = live
+        .iter()
+        .map(|i| metric_sum(i.port, "customer_pulse_partitions_claimed_back_total"))
+        .sum();
+    eprintln!("scale: {stale} changelog records were written by an instance that no longer owned the partition; {claims} claims; {claimed_back} partitions claimed back");
+    if !same {
+        panic!(
+            "the changelog does not restore the replayed state:\n{}",
+            explain_changelog(&restored, &expected, &log)
+        );
+    }
 
     // The aggregates: the owner of input partition 0 emits, from every partition's changelog,
     // the complaint windows and segment days one instance emits over the same events. Those
@@ -367,9 +388,43 @@ fn by_record_id(
     last
 }
 
-/// Each customer's state as a store with nothing local restores it from the changelog, and how
-/// many changelog records do not count.
-fn changelog_states(brokers: &str) -> (BTreeMap<String, serde_json::Value>, usize) {
+/// One record of the changelog as a restore reads it, for a failure's explanation.
+pub struct Entry {
+    pub partition: i32,
+    pub offset: i64,
+    /// The customer id, or what else the record is.
+    pub key: String,
+    pub epoch: Option<Epoch>,
+    pub claim: Option<Claim>,
+    /// A position record's input offsets.
+    pub position: Option<Vec<(String, i64)>>,
+    pub counts: bool,
+}
+
+/// Reads the changelog as a restore does, but does not claim: a claim would make what the
+/// instances write next not count (and they would claim their partitions back).
+struct Peek<'r>(&'r ChangelogReader);
+
+impl ChangelogSource for Peek<'_> {
+    fn read(
+        &self,
+        partition: i32,
+        from: Option<i64>,
+        to: i64,
+        each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
+    ) -> anyhow::Result<Option<i64>> {
+        self.0.read(partition, from, to, each)
+    }
+
+    /// Restores read up to their claim: everything there is.
+    fn claim(&self, _: i32, _: &Claim) -> anyhow::Result<i64> {
+        Ok(i64::MAX - 1)
+    }
+}
+
+/// Each customer's state as a store with nothing local restores it from the changelog, and
+/// every record of the changelog, with whether it counts.
+pub fn changelog_states(brokers: &str) -> (BTreeMap<String, serde_json::Value>, Vec<Entry>) {
     let config = Config::parse(
         &config_text(brokers, std::path::Path::new("/tmp/unused"), 1),
         Vec::new(),
@@ -377,15 +432,29 @@ fn changelog_states(brokers: &str) -> (BTreeMap<String, serde_json::Value>, usiz
     .unwrap();
     let topic = &config.topics.changelog;
     let reader = ChangelogReader::connect(brokers, &config.kafka_security, topic).unwrap();
-    let mut stale = 0;
+    let mut log = Vec::new();
     for partition in 0..PARTITIONS {
         let mut ownership = Ownership::default();
         reader
             .read(partition, None, i64::MAX, &mut |offset, record| {
-                match record.claim()? {
-                    Some(claim) => ownership.claimed(offset, &claim),
-                    None => stale += usize::from(!ownership.counts(record.epoch)),
+                let claim = record.claim()?;
+                if let Some(claim) = &claim {
+                    ownership.claimed(offset, claim);
                 }
+                let position = (record.key == POSITION_KEY)
+                    .then(|| record.value.as_deref().map(decode_position))
+                    .flatten()
+                    .transpose()?
+                    .map(|p| p.offsets);
+                log.push(Entry {
+                    partition,
+                    offset,
+                    key: String::from_utf8_lossy(&record.key).into_owned(),
+                    epoch: record.epoch,
+                    counts: claim.is_some() || ownership.counts(record.epoch),
+                    claim,
+                    position,
+                });
                 Ok(())
             })
             .unwrap();
@@ -393,12 +462,68 @@ fn changelog_states(brokers: &str) -> (BTreeMap<String, serde_json::Value>, usiz
     let store = Store::in_memory().with_changelog(topic).unwrap();
     let mut by_id = BTreeMap::new();
     for partition in 0..PARTITIONS {
-        restore(&store, &reader, partition, &mut |_, _| {}).unwrap();
+        restore(&store, &Peek(&reader), partition, &mut |_, _| {}).unwrap();
         for state in store.customers(partition, "", usize::MAX).unwrap() {
             let mut json = serde_json::to_value(&state).unwrap();
             sort_seen(&mut json);
             by_id.insert(state.customer_id.clone(), json);
         }
     }
-    (by_id, stale)
+    (by_id, log)
+}
+
+/// Which customers the changelog restores otherwise than the replay, and, for the partitions
+/// they are in, every claim, every position record, and each such customer's records: who
+/// wrote them, in which epoch, and whether they count.
+pub fn explain_changelog(
+    restored: &BTreeMap<String, serde_json::Value>,
+    expected: &BTreeMap<String, serde_json::Value>,
+    log: &[Entry],
+) -> String {
+    let seen = |state: Option<&serde_json::Value>| -> Vec<String> {
+        state
+            .and_then(|s| s["seen"].as_array())
+            .map(|seen| {
+                seen.iter()
+                    .filter_map(|e| Some(e["event_id"].as_str()?.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let differ: Vec<&String> = expected
+        .keys()
+        .chain(restored.keys())
+        .filter(|id| restored.get(*id) != expected.get(*id))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut out = format!("{} customers differ\n", differ.len());
+    let mut partitions = std::collections::BTreeSet::new();
+    for id in differ.iter().take(8) {
+        let (got, want) = (seen(restored.get(*id)), seen(expected.get(*id)));
+        let missing: Vec<&String> = want.iter().filter(|e| !got.contains(e)).collect();
+        let extra: Vec<&String> = got.iter().filter(|e| !want.contains(e)).collect();
+        out += &format!("{id}: events missing {missing:?}, extra {extra:?}\n");
+        for e in log.iter().filter(|e| &e.key == *id) {
+            partitions.insert(e.partition);
+            out += &format!(
+                "  p{} @{} {:?} counts {}\n",
+                e.partition, e.offset, e.epoch, e.counts
+            );
+        }
+    }
+    for partition in partitions {
+        out += &format!("partition {partition}: claims and positions\n");
+        for e in log.iter().filter(|e| e.partition == partition) {
+            if let Some(claim) = &e.claim {
+                out += &format!("  @{} claim {claim:?}\n", e.offset);
+            } else if let Some(position) = &e.position {
+                out += &format!(
+                    "  @{} position {position:?} {:?} counts {}\n",
+                    e.offset, e.epoch, e.counts
+                );
+            }
+        }
+    }
+    out
 }
