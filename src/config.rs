@@ -744,7 +744,7 @@ impl Default for RawProcessing {
     fn default() -> Self {
         RawProcessing {
             max_batch_events: 5_000,
-            max_batch_wait_milliseconds: 50,
+            max_batch_wait_milliseconds: 0,
             shutdown_flush_seconds: 30,
             allowed_lateness_seconds: 3_600,
             idle_partition_seconds: 10,

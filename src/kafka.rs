@@ -589,9 +589,9 @@ impl Input {
     }
 
     /// Waits for the first record, then takes every record already fetched, up to `max`; while
-    /// fewer than `max`, it waits up to `linger` from its first record for more (the default
-    /// `max_batch_wait`, 50 ms). With `linger` zero a batch is only what arrived while the last
-    /// one was folded: no event waits for a batch to fill.
+    /// fewer than `max`, it waits up to `linger` (`max_batch_wait`) from its first record for
+    /// more. With `linger` zero, the default, a batch is only what arrived while the last one
+    /// was folded: no event waits for a batch to fill.
     pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<InputRecord> {
         let mut batch = Vec::with_capacity(max.min(4096));
         let deadline = tokio::time::Instant::now() + linger;

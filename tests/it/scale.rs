@@ -54,6 +54,12 @@ fn start(brokers: &str) -> Instance {
         .replace(
             "cache_customers = 500",
             "cache_customers = 500\nchangelog = true",
+        )
+        // The default: batches that do not wait, so more and smaller commits while partitions
+        // move (with 20 ms the handoff this test checks went wrong less often).
+        .replace(
+            "max_batch_wait_milliseconds = 20",
+            "max_batch_wait_milliseconds = 0",
         );
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
