@@ -149,29 +149,30 @@ pub fn check_claims(
     let (Some((_, writer)), Some(epoch)) = (store.changelog(), store.epoch(partition)) else {
         return Ok(None);
     };
-    // The records delivered since may have closed the gap from this side.
-    let Some(to) = store.advance_changelog_read(partition, delivered)? else {
-        return Ok(None);
-    };
-    let Some(read) = store.changelog_read(partition)? else {
-        return Ok(None);
-    };
-    let mut foreign = None;
-    source.read(partition, Some(read), to, &mut |offset, record| {
-        match record.claim()? {
-            // One before this store's latest claim was dealt with by the restore of that claim.
-            Some(claim) if claim.writer != writer && offset > epoch => {
-                foreign.get_or_insert(offset);
+    // The records delivered since may have closed a gap from this side; several gaps (records
+    // delivered in several rounds) are read one after the other.
+    while let Some(to) = store.advance_changelog_read(partition, delivered)? {
+        let Some(read) = store.changelog_read(partition)? else {
+            return Ok(None);
+        };
+        let mut foreign = None;
+        source.read(partition, Some(read), to, &mut |offset, record| {
+            match record.claim()? {
+                // One before this store's latest claim was dealt with by the restore of that
+                // claim.
+                Some(claim) if claim.writer != writer && offset > epoch => {
+                    foreign.get_or_insert(offset);
+                }
+                _ => {}
             }
-            _ => {}
+            Ok(())
+        })?;
+        if foreign.is_some() {
+            return Ok(foreign);
         }
-        Ok(())
-    })?;
-    if foreign.is_none() {
         store.set_changelog_read(partition, to)?;
-        store.advance_changelog_read(partition, delivered)?;
     }
-    Ok(foreign)
+    Ok(None)
 }
 
 /// Applies the records of `partition` that count, from `from` (the start when `None`) up to the
@@ -616,6 +617,36 @@ mod tests {
         assert_eq!(
             check_claims(&first, &log, *partition, offsets).unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn every_gap_of_records_delivered_in_several_rounds_is_read() {
+        let log = Log::default();
+        let first = first_owner(&log, &[("a", 1, 10)]);
+        let snapshot = || ChangelogRecord {
+            key: crate::store::AGGREGATOR_KEY.to_vec(),
+            value: Some(vec![1]),
+            epoch: None,
+            facts: None,
+        };
+        // Two rounds of the owner's records, each after a gap: a snapshot, then another's claim.
+        log.append(0, snapshot());
+        write(&first, "a", 2, 11);
+        let mut delivered = deliver_with_gaps(&log, &first).remove(0).1;
+        let second = store();
+        restore_0(&second, &log);
+        write(&first, "a", 3, 12);
+        delivered.extend(deliver_with_gaps(&log, &first).remove(0).1);
+        assert_eq!(
+            check_claims(&first, &log, 0, &mut delivered).unwrap(),
+            Some(6),
+            "the claim in the second gap"
+        );
+        assert_eq!(
+            first.changelog_read(0).unwrap(),
+            Some(6),
+            "past the first gap and the records after it, up to the claim"
         );
     }
 
