@@ -125,10 +125,7 @@ impl PulseContext {
                     };
                     self.telemetry.restore_finished(partition, outcome, records);
                     if matches!(restored, Restored::Applied { .. }) {
-                        self.restored
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(partition);
+                        lock(&self.restored).push(partition);
                     }
                     tracing::info!(
                         partition,
@@ -227,10 +224,7 @@ impl ConsumerContext for PulseContext {
             }
             _ => {}
         }
-        let mut owned = self
-            .assignment
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut owned = lock(&self.assignment);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let start = self.start(consumer, &partitions, &restored, &mut owned);
@@ -530,7 +524,7 @@ impl Input {
 
     /// The state partitions restored from the changelog since the last call.
     pub fn take_restored(&self) -> Vec<i32> {
-        std::mem::take(&mut *self.restored.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.restored))
     }
 
     /// The shared set of owned partitions, for the changelog's delivery reports.
@@ -633,10 +627,7 @@ impl Input {
             }
         }
         // Records of partitions revoked while the batch was gathered belong to their new owner.
-        let owned = self
-            .assignment
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let owned = lock(&self.assignment);
         batch.retain(|r| owned.contains(&(r.source.clone(), r.source_partition)));
         batch
     }
@@ -656,10 +647,7 @@ impl Input {
     /// that partition, which may be never. Refreshed, it is right again within seconds.
     pub fn refresh_ownership(&self) {
         {
-            let mut last = self
-                .ownership_refreshed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut last = lock(&self.ownership_refreshed);
             if last.elapsed() < OWNERSHIP_REFRESH {
                 return;
             }
@@ -679,24 +667,14 @@ impl Input {
 
     /// The assigned input partitions, as `(topic, partition)`, in order.
     pub fn assignment(&self) -> Vec<(String, i32)> {
-        let mut assigned: Vec<(String, i32)> = self
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let mut assigned: Vec<(String, i32)> = lock(&self.assignment).iter().cloned().collect();
         assigned.sort();
         assigned
     }
 
     /// Whether this member owns any partition.
     pub fn has_assignment(&self) -> bool {
-        !self
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !lock(&self.assignment).is_empty()
     }
 }
 
@@ -1065,7 +1043,7 @@ pub struct ChangelogProgress {
 
 impl ChangelogProgress {
     fn delivered(&self, offsets: &mut std::collections::BTreeMap<i32, Vec<i64>>) {
-        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        let owned = lock(&self.owned);
         for (partition, offsets) in offsets {
             if !owned.iter().any(|(_, p)| p == partition) {
                 continue;
