@@ -547,8 +547,12 @@ impl Input {
     pub fn claim_back(&self) {
         let context = self.consumer().context();
         let due: Vec<i32> = {
-            let owned = lock(&context.assignment);
             let mut away = lock(&context.claimed_away);
+            // Nearly always: called before every batch.
+            if away.is_empty() {
+                return;
+            }
+            let owned = lock(&context.assignment);
             away.retain(|p, _| owned.iter().any(|(_, q)| q == p));
             let due: Vec<i32> = away
                 .iter()
@@ -1093,28 +1097,15 @@ impl ClaimCheck {
                     for (partition, delivered) in std::iter::once(first).chain(checks.try_iter()) {
                         pending.entry(partition).or_default().extend(delivered);
                     }
-                    for (partition, mut delivered) in pending {
-                        if lock(&claimed_away).contains_key(&partition) {
-                            continue;
-                        }
-                        let found = crate::restore::check_claims(
+                    for (partition, delivered) in pending {
+                        check_gap(
                             &store,
-                            reader.as_ref(),
+                            &reader,
+                            &claimed_away,
+                            &telemetry,
                             partition,
-                            &mut delivered,
+                            delivered,
                         );
-                        match found {
-                            Ok(Some(claim)) => {
-                                tracing::warn!(partition, claim, "Another instance claimed a partition this one owns; unless the group moves the partition away, this one claims it back.");
-                                let mut away = lock(&claimed_away);
-                                away.insert(partition, Instant::now());
-                                telemetry.set_claimed_away(away.len());
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; the next gap is checked again.")
-                            }
-                        }
                     }
                 }
             })?;
@@ -1126,6 +1117,33 @@ impl ClaimCheck {
     fn check(&self, partition: i32, delivered: Vec<i64>) {
         // Refused only once the thread has gone, at shutdown.
         let _ = self.gaps.send((partition, delivered));
+    }
+}
+
+/// Checks the gaps before `delivered` in `partition` (see [`crate::restore::check_claims`]),
+/// unless the partition is already known to be claimed away, and notes it when it is.
+fn check_gap(
+    store: &Store,
+    reader: &ChangelogReader,
+    claimed_away: &ClaimedAway,
+    telemetry: &Telemetry,
+    partition: i32,
+    mut delivered: Vec<i64>,
+) {
+    if lock(claimed_away).contains_key(&partition) {
+        return;
+    }
+    match crate::restore::check_claims(store, reader, partition, &mut delivered) {
+        Ok(Some(claim)) => {
+            tracing::warn!(partition, claim, "Another instance claimed a partition this one owns; unless the group moves the partition away, this one claims it back.");
+            let mut away = lock(claimed_away);
+            away.insert(partition, Instant::now());
+            telemetry.set_claimed_away(away.len());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; the next gap is checked again.")
+        }
     }
 }
 

@@ -502,6 +502,16 @@ mod tests {
         );
     }
 
+    /// A record of the aggregator's (its snapshot) in a changelog partition: no claim.
+    fn snapshot() -> ChangelogRecord {
+        ChangelogRecord {
+            key: crate::store::AGGREGATOR_KEY.to_vec(),
+            value: Some(vec![1]),
+            epoch: None,
+            facts: None,
+        }
+    }
+
     /// Delivers `store`'s pending changelog records and returns, per partition, the offsets
     /// that followed a gap, as the sink hands them to the claim check.
     fn deliver_with_gaps(log: &Log, store: &Store) -> Vec<(i32, Vec<i64>)> {
@@ -571,15 +581,7 @@ mod tests {
         let first = first_owner(&log, &[("a", 1, 10)]);
         // Something else lands in the partition (the aggregator's snapshot, a late record of an
         // old owner), then more of the owner's own records.
-        log.append(
-            0,
-            ChangelogRecord {
-                key: crate::store::AGGREGATOR_KEY.to_vec(),
-                value: Some(vec![1]),
-                epoch: None,
-                facts: None,
-            },
-        );
+        log.append(0, snapshot());
         write(&first, "a", 2, 11);
         let mut gaps = deliver_with_gaps(&log, &first);
         assert_eq!(
@@ -601,15 +603,7 @@ mod tests {
         let second = store();
         restore_0(&second, &log);
         assert!(matches!(restore_0(&first, &log), Restored::Applied { .. }));
-        log.append(
-            0,
-            ChangelogRecord {
-                key: crate::store::AGGREGATOR_KEY.to_vec(),
-                value: Some(vec![2]),
-                epoch: None,
-                facts: None,
-            },
-        );
+        log.append(0, snapshot());
         write(&first, "a", 3, 12);
         let mut gaps = deliver_with_gaps(&log, &first);
         first.set_changelog_read(0, 0).unwrap();
@@ -624,12 +618,6 @@ mod tests {
     fn every_gap_of_records_delivered_in_several_rounds_is_read() {
         let log = Log::default();
         let first = first_owner(&log, &[("a", 1, 10)]);
-        let snapshot = || ChangelogRecord {
-            key: crate::store::AGGREGATOR_KEY.to_vec(),
-            value: Some(vec![1]),
-            epoch: None,
-            facts: None,
-        };
         // Two rounds of the owner's records, each after a gap: a snapshot, then another's claim.
         log.append(0, snapshot());
         write(&first, "a", 2, 11);
