@@ -1272,14 +1272,30 @@ pub async fn publish(
     rate: Option<u64>,
     batch_records: usize,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
+    publish_with(brokers, topics, events, rate, batch_records, &[]).await
+}
+
+/// [`publish`], with librdkafka producer properties of the caller's on top.
+pub async fn publish_with(
+    brokers: &str,
+    topics: &crate::config::Topics,
+    events: &[crate::generate::Generated],
+    rate: Option<u64>,
+    batch_records: usize,
+    properties: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("batch.num.messages", batch_records.max(1).to_string())
         .set("partitioner", "murmur2_random")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+        .set("queue.buffering.max.messages", "1000000");
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let producer: FutureProducer = config.create()?;
     let started = tokio::time::Instant::now();
     let mut pending = Vec::new();
     for (n, event) in events.iter().enumerate() {
