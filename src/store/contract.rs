@@ -96,6 +96,33 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
 }
 
 #[test]
+fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
+    for (name, store, _dir) in backends() {
+        let outbox = (0..2_600).map(|n| record("t", (n % 200) as u8)).collect();
+        store
+            .commit(Commit {
+                outbox,
+                ..Commit::default()
+            })
+            .unwrap();
+        let pending = || -> Vec<u64> {
+            let records = store.outbox(10_000).unwrap();
+            records.iter().map(|(s, _)| *s).collect()
+        };
+        // A long run (deleted as a range, here 1,000 and 1,200 records), short runs, single
+        // records, and numbers out of order.
+        let mut acked: Vec<u64> = (0..1_000).chain(1_001..2_201).collect();
+        acked.extend([2_300, 2_301, 2_302, 2_304, 2_599, 2_598]);
+        store.acknowledge(&acked).unwrap();
+        let mut left = vec![1_000];
+        left.extend((2_201..2_600).filter(|s| !acked.contains(s)));
+        assert_eq!(pending(), left, "{name}");
+        store.acknowledge(&left).unwrap();
+        assert_eq!(pending(), Vec::<u64>::new(), "{name}: all delivered");
+    }
+}
+
+#[test]
 fn the_outbox_never_skips_a_record_left_unacknowledged() {
     for (name, store, _dir) in backends() {
         let commit = |n: u8| {

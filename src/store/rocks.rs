@@ -64,6 +64,7 @@ impl Backend for RocksBackend {
             match op {
                 Op::Put(k, v) => batch.put(k, v),
                 Op::Delete(k) => batch.delete(k),
+                Op::DeleteRange(from, to) => batch.delete_range(from, to),
             }
         }
         // The write-ahead log is on (the default), so an acknowledged batch survives a process
