@@ -16,10 +16,6 @@ use customer_pulse::processor::Processor;
 
 mod common;
 
-/// The binary's allocator (`src/main.rs`), so that the resident set is the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// `VmRSS` and `VmHWM` of this process, in MiB.
 fn resident_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -7,6 +7,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// The binary's allocator (`src/main.rs`), so that what a benchmark runs in process (the fold,
+/// a restore, the state's memory) costs what it costs in the binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The benchmark's size: the environment variable `var` (or `bench`) under `cargo bench`, and
 /// `smoke` under `cargo test`, which runs each benchmark once so that it cannot rot.
 pub fn size(var: &str, bench: u64, smoke: u64) -> u64 {
