@@ -154,10 +154,11 @@ pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> f64 {
 ///                 + (1-z)^s Γ(c)Γ(-s) / (Γ(a)Γ(b)) · 2F1(c-a, c-b; 1+s; 1-z),   s = c - a - b,
 ///
 /// except where it would lose digits or not hold, where the series at z are summed: `s` near a
-/// whole number (the two terms' Gamma factors diverge with opposite signs) or below -2 (the
-/// second series' first terms alternate in sign; this is the case of many purchases, whose
-/// Euler series is short anyway), a Gamma in a denominator at a pole, parameters so large that
-/// the series at 1 - z would be long again, or two terms that cancel.
+/// whole number (the two terms' Gamma factors diverge with opposite signs) or below -2 (many
+/// purchases, whose Euler series is short anyway), a Gamma in a denominator at a pole,
+/// parameters so large that the series at 1 - z would be long again, or sums whose parts
+/// cancel to more than four digits (within a series whose terms alternate in sign while a
+/// parameter plus n is negative, or between the two products).
 pub struct Hypergeometric {
     a: f64,
     b: f64,
@@ -204,10 +205,15 @@ impl Hypergeometric {
         let s = c - a - b;
         let [up, down] = (*self.connection.get_or_init(|| connection_factors(a, b, c)))?;
         let w = 1.0 - z;
-        let first = up * hyp2f1_series(a, b, 1.0 - s, w);
-        let second = w.powf(s) * down * hyp2f1_series(c - a, c - b, 1.0 + s, w);
-        let value = first + second;
-        (value.is_finite() && value.abs() > 1e-3 * first.abs().max(second.abs())).then_some(value)
+        let (first, first_size) = series_and_size(a, b, 1.0 - s, w);
+        let (second, second_size) = series_and_size(c - a, c - b, 1.0 + s, w);
+        let second_factor = w.powf(s) * down;
+        let value = up * first + second_factor * second;
+        // Rounding errs by about the machine epsilon times the sizes of what was added up: the
+        // terms of each series (which alternate in sign while a parameter plus n is negative)
+        // and the two products (which cancel where s is near a whole number).
+        let size = (up * first_size).abs() + (second_factor * second_size).abs();
+        (value.is_finite() && size < 1e4 * value.abs()).then_some(value)
     }
 }
 
@@ -275,19 +281,29 @@ pub fn ln_gamma(x: f64) -> (f64, f64) {
     (ln, 1.0)
 }
 
-/// 2F1 by its power series: sums until a term is below 1e-15 of the total, or 100,000 terms.
+/// 2F1 by its power series (see [`series_and_size`]), 100,000 terms at most.
 pub fn hyp2f1_series(a: f64, b: f64, c: f64, z: f64) -> f64 {
+    series_and_size(a, b, c, z).0
+}
+
+/// The power series of 2F1 and the sum of its terms' absolute values. It sums until a term is
+/// below 1e-15 of the total, but not before n has passed -a, -b and -c: while c + n is
+/// negative, the terms can fall and then rise again as c + n nears zero.
+fn series_and_size(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
+    let settled_after = (-a).max(-b).max(-c);
     let mut term = 1.0;
     let mut sum = 1.0;
+    let mut size = 1.0;
     for n in 0..100_000 {
         let n = f64::from(n);
         term *= (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
         sum += term;
-        if term.abs() < 1e-15 * sum.abs() {
+        size += term.abs();
+        if n > settled_after && term.abs() < 1e-15 * sum.abs() {
             break;
         }
     }
-    sum
+    (sum, size)
 }
 
 /// Gamma-Gamma spend per purchase (Fader, Hardie and Lee 2005, "RFM and CLV: Using Iso-Value
@@ -418,6 +434,10 @@ mod tests {
             (0.525, 0.891, 1.614),
             (1.5, 3.0, 8.0),
             (0.05, 1.2, 0.3),
+            // Large a: c - a - b well above 1 for few purchases.
+            (0.5, 8.0, 3.0),
+            (2.0, 12.0, 1.0),
+            (0.3, 25.0, 40.0),
         ] {
             for x in [0.0, 1.0, 2.0, 3.0, 5.0, 12.0, 30.0] {
                 for (p, q, s) in [
@@ -444,6 +464,59 @@ mod tests {
             for x in [0.0, 1.0] {
                 let times = applied.iter().filter(|&&a| a == (r, x)).count();
                 assert_eq!(times, 12, "r {r}, x {x}: applied {times} times of 12");
+            }
+        }
+    }
+
+    #[test]
+    fn a_series_whose_terms_fall_and_rise_again_is_summed_past_the_rise() {
+        // From the property below: with c - a - b = 35.5, the connection formula's first series
+        // has c = -34.5; its terms fell below 1e-15 of the sum by n = 15 and rose again towards
+        // n = 34, and stopping at the first small term left 2.6e-9 of the value out.
+        let (p, q, s, z) = (
+            6.006_624_943_080_018,
+            3.05,
+            44.519_775_652_414_65,
+            0.788_646_501_256_534_1,
+        );
+        let want = hyp2f1_series(p, q, s, z);
+        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
+        assert!(
+            close(got, want, 1e-12 * want),
+            "{got} vs the series' {want}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Over fitted parameters far from the published ones: wherever the connection formula
+        /// answers, it agrees with the series (whose terms here are all positive, so it sums
+        /// without cancelling).
+        #[test]
+        fn the_connection_formula_agrees_with_the_series_wherever_it_answers(
+            r in 0.01f64..10.0,
+            a in 1.01f64..50.0,
+            b in 0.05f64..50.0,
+            x in 0u32..60,
+            mbg in proptest::bool::ANY,
+            z in 0.7f64..0.995,
+        ) {
+            let x = f64::from(x);
+            let (p, q, s) = if mbg {
+                (r + x, b + x + 1.0, a + b + x)
+            } else {
+                (r + x, b + x, a + b + x - 1.0)
+            };
+            if let Some(got) = Hypergeometric::new(p, q, s).near_one(z) {
+                let want = hyp2f1_series(p, q, s, z);
+                proptest::prop_assert!(
+                    close(got, want, 1e-9 * want),
+                    "2F1({}, {}; {}; {}): {} vs the series' {}", p, q, s, z, got, want
+                );
             }
         }
     }
