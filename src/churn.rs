@@ -521,6 +521,46 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever the fitted parameters and history, expected purchases are finite, not
+        /// negative, and do not fall as the horizon grows (each month's CLV term is a number
+        /// of purchases, never below zero).
+        #[test]
+        fn expected_purchases_are_finite_and_grow_with_the_horizon(
+            r in 0.01f64..10.0,
+            alpha in 0.1f64..100.0,
+            a in 0.05f64..20.0,
+            b in 0.05f64..20.0,
+            mbg in proptest::bool::ANY,
+            x in 0u32..100,
+            t_x in 0.0f64..200.0,
+            extra in 0.0f64..200.0,
+        ) {
+            let model = PurchaseModel {
+                model: if mbg { Model::MbgNbd } else { Model::BgNbd },
+                r,
+                alpha,
+                a,
+                b,
+            };
+            // The lead term divides by a - 1.
+            proptest::prop_assume!((a - 1.0).abs() > 1e-3);
+            let h = Recency { x: f64::from(x), t_x, t: t_x + extra };
+            let mut before = 0.0f64;
+            for month in 1..=12 {
+                let e = model.expected_purchases(h, 4.35 * f64::from(month));
+                proptest::prop_assert!(e.is_finite() && e >= -1e-9, "month {}: {}", month, e);
+                proptest::prop_assert!(e >= before - 1e-9 * before.abs().max(1.0), "month {}: {} after {}", month, e, before);
+                before = e;
+            }
+        }
+    }
+
     #[test]
     fn euler_s_transformation_agrees_with_the_series_where_the_models_call_it() {
         // (a, b, c) as BG/NBD and MBG/NBD pass them for x repeat purchases, over a range of
