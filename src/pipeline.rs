@@ -505,7 +505,9 @@ async fn consume(
         for partition in input.take_restored() {
             processor.forget_partition(partition);
         }
-        processor.assign(&input.assignment(), wall_clock_ms());
+        // After a restore or a change of assignment this recounts the RFM histograms from the
+        // store: off the runtime's own threads.
+        tokio::task::block_in_place(|| processor.assign(&input.assignment(), wall_clock_ms()));
         input.refresh_ownership();
         if batch.is_empty() {
             // Idle input: partitions that stopped delivering stop holding the watermark back.

@@ -3,7 +3,7 @@
 //! Shared by every source (Kafka, file). Must not know about Kafka, RocksDB or Prometheus: it sees
 //! owned [`InputRecord`]s, a [`Store`] and returns a [`BatchReport`] for telemetry to record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::decode::{decode, Rejection, Rules};
 use crate::event::{EventKind, Millis, Stream};
@@ -207,6 +207,13 @@ pub struct Processor {
     timer_floor: HashMap<i32, Millis>,
     /// Per partition, the watermark last put into a commit for the aggregator.
     reported: HashMap<i32, Millis>,
+    /// The state partitions of the last assignment.
+    owned: BTreeSet<i32>,
+    /// The partitions whose customers the RFM histograms hold exactly, since they were last
+    /// recounted; `None` before the first recount (the stored histograms are taken as they are).
+    rfm_counted: Option<BTreeSet<i32>>,
+    /// A restore replaced a partition's customers since the last recount.
+    rfm_stale: bool,
 }
 
 /// The instance-wide aggregates: complaint trends and segment metrics.
@@ -303,6 +310,9 @@ impl Processor {
             aggregates: None,
             timer_floor: HashMap::new(),
             reported: HashMap::new(),
+            owned: BTreeSet::new(),
+            rfm_counted: None,
+            rfm_stale: false,
         }
     }
 
@@ -526,12 +536,60 @@ impl Processor {
         self.clock.assign(assigned, now, |source, partition| {
             store.event_time(source, partition).ok().flatten()
         });
+        let owned: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        let given_up = self.owned.difference(&owned).next().is_some();
+        let uncounted = self
+            .rfm_counted
+            .as_ref()
+            .is_some_and(|counted| !owned.is_subset(counted));
+        if self.rfm_stale || given_up || uncounted {
+            match self.recount_rfm(&owned) {
+                Ok(()) => {
+                    self.rfm_counted = Some(owned.clone());
+                    self.rfm_stale = false;
+                }
+                Err(e) => {
+                    self.rfm_stale = true;
+                    tracing::warn!(error = %e, "Recounting the RFM histograms failed; the next assignment check retries.");
+                }
+            }
+        }
+        self.owned = owned;
+    }
+
+    /// Counts the RFM histograms again from the stored customers of `partitions`, the ones this
+    /// instance owns: a restored partition's customers were never counted here (and taking an
+    /// old point out when one orders would leave a cell short), and a partition given up is no
+    /// longer this instance's to count. The scales stay until the next day closes; the changed
+    /// cells go into the next commit. Its cost grows with the customers held, and it runs only
+    /// when the assignment changed or a restore replaced a partition.
+    fn recount_rfm(&mut self, partitions: &BTreeSet<i32>) -> Result<(), StoreError> {
+        let mut points = Vec::new();
+        for &partition in partitions {
+            let mut from = String::new();
+            loop {
+                let page = self.store.customers(partition, &from, 10_000)?;
+                points.extend(page.iter().filter_map(crate::rfm::point));
+                match page.last() {
+                    Some(last) if page.len() == 10_000 => from = format!("{}\0", last.customer_id),
+                    _ => break,
+                }
+            }
+        }
+        let aggregates = match self.aggregates.take() {
+            Some(aggregates) => aggregates,
+            None => Aggregates::load(&self.store)?,
+        };
+        let aggregates = self.aggregates.insert(aggregates);
+        aggregates.rfm.recount(points);
+        Ok(())
     }
 
     /// Forgets what the processor holds of state partition `partition` (its cached customers,
     /// its timer floor, its input partitions' clocks) after the store's copy was replaced by a
     /// restore from the changelog: it is read from the store again.
     pub fn forget_partition(&mut self, partition: i32) {
+        self.rfm_stale = true;
         self.cache.forget(partition);
         self.timer_floor.remove(&partition);
         self.reported.remove(&partition);

@@ -205,6 +205,18 @@ impl Rfm {
         }
     }
 
+    /// Replaces the histograms with exactly `points`, every cell that changes marked for the
+    /// next commit. The scales stay.
+    pub fn recount(&mut self, points: impl IntoIterator<Item = Point>) {
+        let joint = std::mem::take(&mut self.joint);
+        let monetary = std::mem::take(&mut self.monetary);
+        self.dirty_joint.extend(joint.into_keys());
+        self.dirty_monetary.extend(monetary.into_keys());
+        for point in points {
+            self.relocate(None, Some(point));
+        }
+    }
+
     /// The cells changed since the last call, with their counts (0: delete the cell).
     pub fn take_dirty(&mut self) -> Vec<Cell> {
         let mut cells = Vec::with_capacity(self.dirty_joint.len() + self.dirty_monetary.len());

@@ -13,6 +13,7 @@ use customer_pulse::aggregator::{Aggregator, ChangelogFeed};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{partition_for, Aggregation, InputRecord, Processor};
 use customer_pulse::restore::ChangelogSource;
+use customer_pulse::rfm::{point, Cell, Rfm};
 use customer_pulse::store::{
     AggregatorSnapshot, ChangelogRecord, Claim, Store, StoreError, AGGREGATOR_KEY,
 };
@@ -377,4 +378,90 @@ fn an_unreadable_snapshot_is_passed_over() {
     );
     let mut aggregator = new_aggregator();
     assert!(!aggregator.bootstrap(&log).unwrap());
+}
+
+/// The RFM histograms one instance holds, against a count of the customers its store holds in
+/// `partitions`.
+fn histograms_and_recount(store: &Store, partitions: &[i32]) -> (Vec<Cell>, Vec<Cell>) {
+    let mut recount = Rfm::default();
+    for &partition in partitions {
+        for customer in store.customers(partition, "", usize::MAX).unwrap() {
+            recount.relocate(None, point(&customer));
+        }
+    }
+    (store.rfm().unwrap().cells(), recount.cells())
+}
+
+/// An instance's RFM scales come from the customers of the partitions it owns: after a
+/// partition is restored into it from another instance's changelog, and after it gives one up,
+/// its histograms hold exactly those customers, as its store holds them; none goes below zero
+/// when a restored customer orders again.
+#[test]
+fn an_instance_s_rfm_histograms_hold_the_customers_of_the_partitions_it_owns() {
+    let records = traffic();
+    let (early, late) = records.split_at(records.len() * 2 / 3);
+    let mine = |records: &[InputRecord], partitions: &[i32]| -> Vec<InputRecord> {
+        let wanted = |r: &&InputRecord| partitions.contains(&r.source_partition);
+        records.iter().filter(wanted).cloned().collect()
+    };
+    let assigned = |partitions: &[i32]| -> Vec<(String, i32)> {
+        partitions.iter().map(|p| ("events".into(), *p)).collect()
+    };
+    let mut settings = settings_with_partitions(500, PARTITIONS);
+    settings.aggregation = Aggregation::Elsewhere;
+    let log = Log::default();
+
+    // A holds partition 1 for the first two thirds of the traffic; B holds partition 2.
+    let a_store = Store::in_memory().with_changelog(TOPIC).unwrap();
+    let mut a = Processor::new(a_store.clone(), settings.clone());
+    a.assign(&assigned(&[1]), NOW_MS);
+    for batch in mine(early, &[1]).chunks(500) {
+        a.process(batch, NOW_MS).unwrap();
+    }
+    log.deliver(&a_store);
+    let b_store = Store::in_memory().with_changelog(TOPIC).unwrap();
+    let mut b = Processor::new(b_store.clone(), settings);
+    b.assign(&assigned(&[2]), NOW_MS);
+    for batch in mine(early, &[2]).chunks(500) {
+        b.process(batch, NOW_MS).unwrap();
+    }
+
+    // Partition 1 moves to B, which restores it from A's changelog records.
+    let moved: Vec<ChangelogRecord> = log.0.lock().unwrap()[&1]
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
+    assert!(
+        moved.len() > 100,
+        "{} changelog records of partition 1",
+        moved.len()
+    );
+    b_store.restore(1, moved).unwrap();
+    b.forget_partition(1);
+    b.assign(&assigned(&[1, 2]), NOW_MS);
+    for batch in mine(late, &[1, 2]).chunks(500) {
+        b.process(batch, NOW_MS).unwrap();
+    }
+    let (held, recount) = histograms_and_recount(&b_store, &[1, 2]);
+    assert!(!recount.is_empty());
+    assert_eq!(held, recount, "after the restore, over partitions 1 and 2");
+
+    // B gives partition 2 up (keeping its copy) and folds on with partition 1.
+    b.assign(&assigned(&[1]), NOW_MS);
+    let more: Vec<InputRecord> = mine(late, &[1])
+        .into_iter()
+        .map(|mut r| {
+            r.offset += 1_000_000;
+            r
+        })
+        .take(50)
+        .collect();
+    b.process(&more, NOW_MS).unwrap();
+    let (held, recount) = histograms_and_recount(&b_store, &[1]);
+    assert_eq!(held, recount, "after giving partition 2 up");
+    let negative = held
+        .iter()
+        .any(|c| matches!(c, Cell::Joint(_, _, n) | Cell::Monetary(_, n) if *n < 0));
+    assert!(!negative, "no cell below zero");
 }
