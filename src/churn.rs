@@ -281,27 +281,45 @@ pub fn ln_gamma(x: f64) -> (f64, f64) {
     (ln, 1.0)
 }
 
-/// 2F1 by its power series (see [`series_and_size`]), 100,000 terms at most.
+/// 2F1 by its power series (see [`series`]), 100,000 terms at most.
 pub fn hyp2f1_series(a: f64, b: f64, c: f64, z: f64) -> f64 {
-    series_and_size(a, b, c, z).0
+    series::<false>(a, b, c, z).0
 }
 
-/// The power series of 2F1 and the sum of its terms' absolute values. It sums until a term is
-/// below 1e-15 of the total, but not before n has passed -a, -b and -c: while c + n is
-/// negative, the terms can fall and then rise again as c + n nears zero.
+/// The power series of 2F1 and the sum of its terms' absolute values.
 fn series_and_size(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
-    let settled_after = (-a).max(-b).max(-c);
+    series::<true>(a, b, c, z)
+}
+
+/// The power series of 2F1, and with `SIZE` the sum of its terms' absolute values (0 without,
+/// which the hot callers skip). It sums until a term is below 1e-15 of the total, but not
+/// before n has passed -a, -b and -c: while c + n is negative, the terms can fall and then rise
+/// again as c + n nears zero.
+fn series<const SIZE: bool>(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
     let mut term = 1.0;
     let mut sum = 1.0;
-    let mut size = 1.0;
-    for n in 0..100_000 {
-        let n = f64::from(n);
+    let mut size = if SIZE { 1.0 } else { 0.0 };
+    let mut step = |n: f64| {
         term *= (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
         sum += term;
-        size += term.abs();
-        if n > settled_after && term.abs() < 1e-15 * sum.abs() {
+        if SIZE {
+            size += term.abs();
+        }
+        term.abs() < 1e-15 * sum.abs()
+    };
+    // Up to n = max(-a, -b, -c) every term is summed, however small (none with the models'
+    // own series, whose parameters are positive); then until one is small enough.
+    let settled_after = (-a).max(-b).max(-c).min(100_000.0);
+    let mut n = 0.0;
+    while n <= settled_after {
+        step(n);
+        n += 1.0;
+    }
+    while n < 100_000.0 {
+        if step(n) {
             break;
         }
+        n += 1.0;
     }
     (sum, size)
 }
