@@ -262,7 +262,7 @@ pub fn ln_gamma(x: f64) -> (f64, f64) {
     ];
     if x < 0.5 {
         // Γ(x) Γ(1 - x) = π / sin(πx), and Γ(1 - x) > 0 here.
-        let sin = (std::f64::consts::PI * x).sin();
+        let sin = sin_pi(x);
         let (ln, _) = ln_gamma(1.0 - x);
         return (
             std::f64::consts::PI.ln() - sin.abs().ln() - ln,
@@ -281,6 +281,19 @@ pub fn ln_gamma(x: f64) -> (f64, f64) {
     (ln, 1.0)
 }
 
+/// sin(πx), with x reduced to [-1/2, 1/2] first: that subtraction is exact, where rounding πx
+/// itself would cost sin(πx) near a whole x most of its digits (near x = -7, πx rounded by
+/// 2e-15 against a sine of 4e-3, so ln Γ and the connection formula lost 1e-9).
+fn sin_pi(x: f64) -> f64 {
+    let whole = x.round();
+    let sin = (std::f64::consts::PI * (x - whole)).sin();
+    if whole.rem_euclid(2.0) == 0.0 {
+        sin
+    } else {
+        -sin
+    }
+}
+
 /// 2F1 by its power series (see [`series`]), 100,000 terms at most.
 pub fn hyp2f1_series(a: f64, b: f64, c: f64, z: f64) -> f64 {
     series::<false>(a, b, c, z).0
@@ -292,23 +305,26 @@ fn series_and_size(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
 }
 
 /// The power series of 2F1, and with `SIZE` the sum of its terms' absolute values (0 without,
-/// which the hot callers skip). It sums until a term is below 1e-15 of the total, but not
-/// before n has passed -a, -b and -c: while c + n is negative, the terms can fall and then rise
-/// again as c + n nears zero.
+/// which the hot callers skip). It sums until a term is below 1e-15 of the total and smaller
+/// than the one before, but not before n has passed -a, -b and -c: while c + n is negative,
+/// the terms can fall and then rise again as c + n nears zero and after.
 fn series<const SIZE: bool>(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
     let mut term = 1.0;
     let mut sum = 1.0;
     let mut size = if SIZE { 1.0 } else { 0.0 };
     let mut step = |n: f64| {
-        term *= (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
+        let ratio = (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
+        term *= ratio;
         sum += term;
         if SIZE {
             size += term.abs();
         }
-        term.abs() < 1e-15 * sum.abs()
+        term.abs() < 1e-15 * sum.abs() && ratio.abs() < 1.0
     };
     // Up to n = max(-a, -b, -c) every term is summed, however small (none with the models'
-    // own series, whose parameters are positive); then until one is small enough.
+    // own series, whose parameters are positive); then until one is small enough and smaller
+    // than the one before: past c + n = 0 the terms can rise again from far below 1e-15 of the
+    // sum (2F1(3.6, 1.7; -41.9; 0.3) has a hump near n = 60 worth 1e-8 of its value).
     let settled_after = (-a).max(-b).max(-c).min(100_000.0);
     let mut n = 0.0;
     while n <= settled_after {
@@ -503,6 +519,54 @@ mod tests {
             close(got, want, 1e-12 * want),
             "{got} vs the series' {want}"
         );
+    }
+
+    #[test]
+    fn a_series_whose_terms_rise_again_past_c_plus_n_equal_zero_is_summed_past_the_hump() {
+        // From the property below: the connection formula's first series was
+        // 2F1(3.58, 1.66; -41.9; 0.296), whose terms were below 1e-15 of the sum at n = 42,
+        // where summing stopped, and rose again to a hump worth 1e-8 of the value.
+        let (p, q, s, z) = (
+            3.577_850_722_144_743,
+            1.658_572_137_049_404_2,
+            48.135_410_015_906_28,
+            0.703_904_789_229_896_4,
+        );
+        let want = hyp2f1_series(p, q, s, z);
+        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
+        // mpmath.hyp2f1 at 40 digits: 1.0951509672752007.
+        assert!(
+            close(want, 1.095_150_967_275_200_7, 1e-14),
+            "the series: {want}"
+        );
+        assert!(
+            close(got, want, 1e-11 * want),
+            "{got} vs the series' {want}"
+        );
+    }
+
+    #[test]
+    fn the_connection_formula_holds_its_digits_where_c_minus_a_minus_b_nears_a_whole_number() {
+        // From the property below, in CI: s = c - a - b = 6.9986, where sin(πx) in the
+        // reflection of Γ(-s) is small and rounding πx first cost 1.5e-9 of the value.
+        let (p, q, s, z) = (
+            11.404_282_693_893_418,
+            11.730_499_567_310_91,
+            30.133_375_809_626_987,
+            0.963_735_562_926_879_9,
+        );
+        let want = hyp2f1_series(p, q, s, z);
+        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
+        assert!(
+            close(got, want, 1e-11 * want),
+            "{got} vs the series' {want}"
+        );
+        for x in [-6.9986f64, -0.109, -2.5, 3.25] {
+            assert!(
+                close(sin_pi(x), (std::f64::consts::PI * x).sin(), 1e-12),
+                "sin(π{x})"
+            );
+        }
     }
 
     proptest::proptest! {
