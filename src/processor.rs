@@ -543,8 +543,15 @@ impl Processor {
             .as_ref()
             .is_some_and(|counted| !owned.is_subset(counted));
         if self.rfm_stale || given_up || uncounted {
+            let started = std::time::Instant::now();
             match self.recount_rfm(&owned) {
-                Ok(()) => {
+                Ok(customers) => {
+                    tracing::info!(
+                        partitions = ?owned,
+                        customers,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "Recounted the RFM histograms from the customers of the partitions owned."
+                    );
                     self.rfm_counted = Some(owned.clone());
                     self.rfm_stale = false;
                 }
@@ -563,7 +570,8 @@ impl Processor {
     /// longer this instance's to count. The scales stay until the next day closes; the changed
     /// cells go into the next commit. Its cost grows with the customers held, and it runs only
     /// when the assignment changed or a restore replaced a partition.
-    fn recount_rfm(&mut self, partitions: &BTreeSet<i32>) -> Result<(), StoreError> {
+    /// Returns how many customers with orders it counted.
+    fn recount_rfm(&mut self, partitions: &BTreeSet<i32>) -> Result<usize, StoreError> {
         let mut points = Vec::new();
         for &partition in partitions {
             let mut from = String::new();
@@ -581,8 +589,9 @@ impl Processor {
             None => Aggregates::load(&self.store)?,
         };
         let aggregates = self.aggregates.insert(aggregates);
+        let counted = points.len();
         aggregates.rfm.recount(points);
-        Ok(())
+        Ok(counted)
     }
 
     /// Forgets what the processor holds of state partition `partition` (its cached customers,
