@@ -392,6 +392,18 @@ mod tests {
         (got - want).abs() <= tolerance
     }
 
+    /// Asserts that the connection formula applies at these parameters and agrees with the
+    /// series within `relative`; returns the series' value.
+    fn formula_agrees_with_the_series(p: f64, q: f64, s: f64, z: f64, relative: f64) -> f64 {
+        let want = hyp2f1_series(p, q, s, z);
+        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
+        assert!(
+            close(got, want, relative * want),
+            "2F1({p}, {q}; {s}; {z}): {got} vs the series' {want}"
+        );
+        want
+    }
+
     #[test]
     fn hypergeometric_matches_closed_forms() {
         for z in [0.0f64, 0.1, 0.5, 0.9, 0.99] {
@@ -513,12 +525,7 @@ mod tests {
             44.519_775_652_414_65,
             0.788_646_501_256_534_1,
         );
-        let want = hyp2f1_series(p, q, s, z);
-        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
-        assert!(
-            close(got, want, 1e-12 * want),
-            "{got} vs the series' {want}"
-        );
+        formula_agrees_with_the_series(p, q, s, z, 1e-12);
     }
 
     #[test]
@@ -532,16 +539,11 @@ mod tests {
             48.135_410_015_906_28,
             0.703_904_789_229_896_4,
         );
-        let want = hyp2f1_series(p, q, s, z);
-        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
+        let want = formula_agrees_with_the_series(p, q, s, z, 1e-11);
         // mpmath.hyp2f1 at 40 digits: 1.0951509672752007.
         assert!(
             close(want, 1.095_150_967_275_200_7, 1e-14),
             "the series: {want}"
-        );
-        assert!(
-            close(got, want, 1e-11 * want),
-            "{got} vs the series' {want}"
         );
     }
 
@@ -555,12 +557,7 @@ mod tests {
             30.133_375_809_626_987,
             0.963_735_562_926_879_9,
         );
-        let want = hyp2f1_series(p, q, s, z);
-        let got = Hypergeometric::new(p, q, s).near_one(z).expect("applies");
-        assert!(
-            close(got, want, 1e-11 * want),
-            "{got} vs the series' {want}"
-        );
+        formula_agrees_with_the_series(p, q, s, z, 1e-11);
         for x in [-6.9986f64, -0.109, -2.5, 3.25] {
             assert!(
                 close(sin_pi(x), (std::f64::consts::PI * x).sin(), 1e-12),
