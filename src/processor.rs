@@ -209,9 +209,10 @@ pub struct Processor {
     reported: HashMap<i32, Millis>,
     /// The state partitions of the last assignment.
     owned: BTreeSet<i32>,
-    /// The partitions whose customers the RFM histograms hold exactly, since they were last
-    /// recounted; `None` before the first recount (the stored histograms are taken as they are).
-    rfm_counted: Option<BTreeSet<i32>>,
+    /// Whether the RFM histograms were recounted since the start: from then on they hold
+    /// exactly the customers of `owned` (every change of it recounts); before, the stored
+    /// histograms are taken as they are.
+    rfm_recounted: bool,
     /// A restore replaced a partition's customers since the last recount.
     rfm_stale: bool,
 }
@@ -311,7 +312,7 @@ impl Processor {
             timer_floor: HashMap::new(),
             reported: HashMap::new(),
             owned: BTreeSet::new(),
-            rfm_counted: None,
+            rfm_recounted: false,
             rfm_stale: false,
         }
     }
@@ -409,10 +410,7 @@ impl Processor {
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
         self.now = now;
-        let mut aggregates = match self.aggregates.take() {
-            Some(aggregates) => aggregates,
-            None => Aggregates::load(&self.store)?,
-        };
+        let mut aggregates = self.take_aggregates()?;
         let mut report = BatchReport::default();
         let mut commit = Commit::default();
         let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
@@ -461,10 +459,7 @@ impl Processor {
         source: &str,
         read: Vec<PartitionFacts>,
     ) -> Result<BatchReport, StoreError> {
-        let mut aggregates = match self.aggregates.take() {
-            Some(aggregates) => aggregates,
-            None => Aggregates::load(&self.store)?,
-        };
+        let mut aggregates = self.take_aggregates()?;
         let mut report = BatchReport::default();
         let result = self.aggregate_into(source, read, &mut aggregates, &mut report);
         if result.is_ok() {
@@ -537,12 +532,9 @@ impl Processor {
             store.event_time(source, partition).ok().flatten()
         });
         let owned: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
-        let given_up = self.owned.difference(&owned).next().is_some();
-        let uncounted = self
-            .rfm_counted
-            .as_ref()
-            .is_some_and(|counted| !owned.is_subset(counted));
-        if self.rfm_stale || given_up || uncounted {
+        let given_up = !self.owned.is_subset(&owned);
+        let gained_since_a_recount = self.rfm_recounted && !owned.is_subset(&self.owned);
+        if self.rfm_stale || given_up || gained_since_a_recount {
             let started = std::time::Instant::now();
             match self.recount_rfm(&owned) {
                 Ok(customers) => {
@@ -552,7 +544,7 @@ impl Processor {
                         seconds = started.elapsed().as_secs_f64(),
                         "Recounted the RFM histograms from the customers of the partitions owned."
                     );
-                    self.rfm_counted = Some(owned.clone());
+                    self.rfm_recounted = true;
                     self.rfm_stale = false;
                 }
                 Err(e) => {
@@ -584,14 +576,19 @@ impl Processor {
                 }
             }
         }
-        let aggregates = match self.aggregates.take() {
-            Some(aggregates) => aggregates,
-            None => Aggregates::load(&self.store)?,
-        };
-        let aggregates = self.aggregates.insert(aggregates);
+        let mut aggregates = self.take_aggregates()?;
         let counted = points.len();
         aggregates.rfm.recount(points);
+        self.aggregates = Some(aggregates);
         Ok(counted)
+    }
+
+    /// The aggregates held between batches, or the last commit's from the store.
+    fn take_aggregates(&mut self) -> Result<Aggregates, StoreError> {
+        match self.aggregates.take() {
+            Some(aggregates) => Ok(aggregates),
+            None => Aggregates::load(&self.store),
+        }
     }
 
     /// Forgets what the processor holds of state partition `partition` (its cached customers,
