@@ -493,6 +493,8 @@ async fn consume(
     config: &Config,
     shutdown: &CancellationToken,
 ) {
+    // The assignment the processor was last told of.
+    let mut assigned = Vec::new();
     while !shutdown.is_cancelled() {
         // Before a batch is gathered: none of it may predate a partition's restore.
         input.claim_back();
@@ -502,12 +504,19 @@ async fn consume(
             () = shutdown.cancelled() => break,
         };
         // Whatever the processor holds of a partition restored from the changelog is stale.
-        for partition in input.take_restored() {
+        let restored = input.take_restored();
+        for &partition in &restored {
             processor.forget_partition(partition);
         }
-        // After a restore or a change of assignment this recounts the RFM histograms from the
-        // store: off the runtime's own threads.
-        tokio::task::block_in_place(|| processor.assign(&input.assignment(), wall_clock_ms()));
+        let assignment = input.assignment();
+        if restored.is_empty() && assignment == assigned {
+            processor.assign(&assignment, wall_clock_ms());
+        } else {
+            // After a restore or a change of assignment the processor recounts its RFM
+            // histograms from the store: off the runtime's own threads.
+            tokio::task::block_in_place(|| processor.assign(&assignment, wall_clock_ms()));
+            assigned = assignment;
+        }
         input.refresh_ownership();
         if batch.is_empty() {
             // Idle input: partitions that stopped delivering stop holding the watermark back.
