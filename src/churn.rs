@@ -205,8 +205,8 @@ impl Hypergeometric {
         let s = c - a - b;
         let [up, down] = (*self.connection.get_or_init(|| connection_factors(a, b, c)))?;
         let w = 1.0 - z;
-        let (first, first_size) = series_and_size(a, b, 1.0 - s, w);
-        let (second, second_size) = series_and_size(c - a, c - b, 1.0 + s, w);
+        let (first, first_size) = series::<true>(a, b, 1.0 - s, w);
+        let (second, second_size) = series::<true>(c - a, c - b, 1.0 + s, w);
         let second_factor = w.powf(s) * down;
         let value = up * first + second_factor * second;
         // Rounding errs by about the machine epsilon times the sizes of what was added up: the
@@ -297,11 +297,6 @@ fn sin_pi(x: f64) -> f64 {
 /// 2F1 by its power series (see [`series`]), 100,000 terms at most.
 pub fn hyp2f1_series(a: f64, b: f64, c: f64, z: f64) -> f64 {
     series::<false>(a, b, c, z).0
-}
-
-/// The power series of 2F1 and the sum of its terms' absolute values.
-fn series_and_size(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
-    series::<true>(a, b, c, z)
 }
 
 /// The power series of 2F1, and with `SIZE` the sum of its terms' absolute values (0 without,

@@ -58,9 +58,11 @@ impl Op {
         }
     }
 
+    /// The bytes it writes beside its key: a value, or the end of a range.
     pub fn value_len(&self) -> usize {
         match self {
-            Op::Put(_, value) | Op::DeleteRange(_, value) => value.len(),
+            Op::Put(_, value) => value.len(),
+            Op::DeleteRange(_, end) => end.len(),
             Op::Delete(_) => 0,
         }
     }

@@ -447,7 +447,9 @@ fn an_instance_s_rfm_histograms_hold_the_customers_of_the_partitions_it_owns() {
     assert!(!recount.is_empty());
     assert_eq!(held, recount, "after the restore, over partitions 1 and 2");
 
-    // B gives partition 2 up (keeping its copy) and folds on with partition 1.
+    // B gives partition 2 up (keeping its copy) and processes a batch of partition 1: events
+    // it already folded, delivered again at later offsets, which change no customer and
+    // commit what the recount changed.
     b.assign(&assigned(&[1]), NOW_MS);
     let more: Vec<InputRecord> = mine(late, &[1])
         .into_iter()
