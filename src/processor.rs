@@ -47,7 +47,7 @@ pub struct OutputTopics {
 #[derive(Debug, Default, Clone)]
 pub struct BatchReport {
     /// `(source, event type or "invalid", outcome)` to count.
-    pub events: HashMap<(String, &'static str, &'static str), u64>,
+    pub events: hashbrown::HashMap<(String, &'static str, &'static str), u64>,
     pub dead_letters: HashMap<&'static str, u64>,
     /// Events applied at a per-customer bound, by the bound's code.
     pub limits_reached: HashMap<&'static str, u64>,
@@ -119,6 +119,17 @@ impl BatchReport {
         self.closed_days += other.closed_days;
         if other.rfm_segments.is_some() {
             self.rfm_segments = other.rfm_segments;
+        }
+    }
+
+    /// Counts one event of `kind` from `source` with `outcome`; the source is copied only the
+    /// first time.
+    fn count_event(&mut self, source: &str, kind: &'static str, outcome: &'static str) {
+        match self.events.get_mut(&EventKey(source, kind, outcome)) {
+            Some(n) => *n += 1,
+            None => {
+                self.events.insert((source.to_owned(), kind, outcome), 1);
+            }
         }
     }
 
@@ -386,9 +397,7 @@ impl Processor {
             message: "processing this event panicked; the event is isolated".into(),
         };
         let mut report = BatchReport::default();
-        report
-            .events
-            .insert((record.source.clone(), "invalid", "rejected"), 1);
+        report.count_event(&record.source, "invalid", "rejected");
         report.dead_letters.insert(rejection.reason.code(), 1);
         let commit = Commit {
             offsets: vec![(
@@ -413,7 +422,7 @@ impl Processor {
         let mut aggregates = self.take_aggregates()?;
         let mut report = BatchReport::default();
         let mut commit = Commit::default();
-        let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
+        let mut offsets: hashbrown::HashMap<(&str, i32), i64> = hashbrown::HashMap::new();
         for record in records {
             offsets.insert(
                 (record.source.as_str(), record.source_partition),
@@ -704,7 +713,7 @@ impl Processor {
     fn flush(
         &mut self,
         mut commit: Commit,
-        offsets: &mut HashMap<(&str, i32), i64>,
+        offsets: &mut hashbrown::HashMap<(&str, i32), i64>,
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
@@ -976,10 +985,7 @@ impl Processor {
         let event = match decoded {
             Ok(event) => event,
             Err(rejection) => {
-                *report
-                    .events
-                    .entry((record.source.clone(), "invalid", "rejected"))
-                    .or_default() += 1;
+                report.count_event(&record.source, "invalid", "rejected");
                 *report
                     .dead_letters
                     .entry(rejection.reason.code())
@@ -1058,10 +1064,7 @@ impl Processor {
         }
         let outcome = customer.state.apply(&event, &settings.limits);
         if outcome == Outcome::Duplicate {
-            *report
-                .events
-                .entry((record.source.clone(), event.kind.type_name(), "duplicate"))
-                .or_default() += 1;
+            report.count_event(&record.source, event.kind.type_name(), "duplicate");
             return Ok(());
         }
         if let Outcome::Applied(Some(limit)) = outcome {
@@ -1211,10 +1214,7 @@ impl Processor {
             Counted::Late => "late",
             Counted::InWindow => "applied",
         };
-        *report
-            .events
-            .entry((record.source.clone(), event.kind.type_name(), label))
-            .or_default() += 1;
+        report.count_event(&record.source, event.kind.type_name(), label);
         Ok(())
     }
 
@@ -1501,10 +1501,31 @@ struct CacheEntry {
     used: u64,
 }
 
+/// `(partition, customer id)` borrowed, to look up the cache's owned keys without copying the
+/// id. Hashes as the owned tuple does (the fields in order, `&str` as `String`).
+#[derive(Hash)]
+struct CustomerKey<'a>(i32, &'a str);
+
+impl hashbrown::Equivalent<(i32, String)> for CustomerKey<'_> {
+    fn equivalent(&self, key: &(i32, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// `BatchReport::events`' key borrowed, hashing as the owned tuple does.
+#[derive(Hash)]
+struct EventKey<'a>(&'a str, &'static str, &'static str);
+
+impl hashbrown::Equivalent<(String, &'static str, &'static str)> for EventKey<'_> {
+    fn equivalent(&self, key: &(String, &'static str, &'static str)) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
 /// A bounded write-back cache of customers (Kafka Streams' record cache): hot customers are
 /// read from memory, and each dirty customer is written once per commit however many events it had.
 struct StateCache {
-    entries: HashMap<(i32, String), CacheEntry>,
+    entries: hashbrown::HashMap<(i32, String), CacheEntry>,
     /// The keys of the entries handed out since the last commit, in first-use order: only they
     /// can be dirty, so a commit visits them rather than the whole cache.
     touched: Vec<(i32, String)>,
@@ -1515,7 +1536,7 @@ struct StateCache {
 impl StateCache {
     fn new(capacity: usize) -> StateCache {
         StateCache {
-            entries: HashMap::new(),
+            entries: hashbrown::HashMap::new(),
             touched: Vec::new(),
             capacity: capacity.max(1),
             clock: 0,
@@ -1529,20 +1550,20 @@ impl StateCache {
         customer_id: &str,
     ) -> Result<&mut CacheEntry, StoreError> {
         self.clock += 1;
-        let key = (partition, customer_id.to_owned());
-        let entry = match self.entries.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
+        let entry = match self.entries.entry_ref(&CustomerKey(partition, customer_id)) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
                 let record = store.customer_record(partition, customer_id)?;
                 let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
-                v.insert(CacheEntry {
+                let entry = CacheEntry {
                     record,
                     stored_timer,
                     dirty: false,
                     facts: Vec::new(),
                     touched: false,
                     used: 0,
-                })
+                };
+                v.insert_with_key((partition, customer_id.to_owned()), entry)
             }
         };
         entry.used = self.clock;
@@ -1611,5 +1632,58 @@ impl StateCache {
     fn forget(&mut self, partition: i32) {
         self.entries.retain(|(p, _), _| *p != partition);
         self.touched.retain(|(p, _)| *p != partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_counts_repeated_outcomes_under_one_key() {
+        let mut report = BatchReport::default();
+        for _ in 0..3 {
+            report.count_event("customer.orders", "order_placed", "applied");
+        }
+        report.count_event("customer.orders", "order_placed", "duplicate");
+        report.count_event("customer.interactions", "order_placed", "applied");
+        assert_eq!(report.events.len(), 3);
+        let key = |source: &str, outcome| (source.to_owned(), "order_placed", outcome);
+        assert_eq!(report.events[&key("customer.orders", "applied")], 3);
+        assert_eq!(report.events[&key("customer.orders", "duplicate")], 1);
+        assert_eq!(report.events[&key("customer.interactions", "applied")], 1);
+    }
+
+    #[test]
+    fn the_cache_hands_out_one_entry_per_customer_and_partition() {
+        let store = Store::in_memory();
+        let mut cache = StateCache::new(10);
+        let entry = cache.entry(&store, 1, "c-1").unwrap();
+        assert!(entry.record.is_none(), "never stored");
+        entry.record = Some(Customer::default());
+        entry.dirty = true;
+        // The same key finds the changed entry, not a fresh one read from the store.
+        let again = cache.entry(&store, 1, "c-1").unwrap();
+        assert!(again.dirty && again.record.is_some());
+        // Another partition or id is another entry.
+        assert!(cache.entry(&store, 2, "c-1").unwrap().record.is_none());
+        assert!(cache.entry(&store, 1, "c-2").unwrap().record.is_none());
+        assert_eq!(cache.entries.len(), 3);
+        assert_eq!(cache.touched.len(), 3);
+        // The commit, which looks entries up by their owned keys, finds the changed one.
+        let mut commit = Commit::default();
+        cache.drain_dirty(&mut commit);
+        let written: Vec<_> = commit
+            .customers
+            .iter()
+            .map(|w| (w.partition, &*w.id))
+            .collect();
+        assert_eq!(written, [(1, "c-1")]);
+        // Still found after the table grew and moved its entries.
+        for n in 0..200 {
+            cache.entry(&store, 3, &format!("c-{n}")).unwrap();
+        }
+        assert!(cache.entry(&store, 1, "c-1").unwrap().dirty);
+        assert_eq!(cache.entries.len(), 203);
     }
 }
