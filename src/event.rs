@@ -172,7 +172,9 @@ pub fn format_millis(ms: Millis) -> String {
             put(14, 2, u32::from(t.minute()));
             put(17, 2, u32::from(t.second()));
             put(20, 3, u32::from(t.millisecond()));
-            text.iter().map(|b| char::from(*b)).collect()
+            let mut formatted = String::with_capacity(text.len());
+            formatted.extend(text.iter().map(|b| char::from(*b)));
+            formatted
         }
         Ok(t) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",

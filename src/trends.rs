@@ -543,7 +543,10 @@ impl ClosedWindow {
             window_start: format_millis(self.window_start),
             z_score: four(self.z_score),
         };
-        serde_json::to_vec(&record).expect("plain fields with string keys serialize")
+        // Room for the record (about 450-550 bytes) up front, as for churn-risk records.
+        let mut out = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut out, &record).expect("plain fields with string keys serialize");
+        out
     }
 
     /// Stable across replays: one record per category, window length and start.

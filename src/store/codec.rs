@@ -221,7 +221,16 @@ struct OutboxV1 {
 }
 
 pub fn encode_outbox(record: &OutboxRecord) -> Vec<u8> {
-    encode(OUTBOX_V2, record)
+    // Room for the record's bytes and their lengths up front: a typical output record is
+    // larger than `encode`'s guess.
+    let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    let room = 32 + record.topic.len() + size(&record.key) + size(&record.value) + headers;
+    encode_in(OUTBOX_V2, record, room)
 }
 
 pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxRecord, String> {
@@ -279,7 +288,12 @@ pub fn decode_ownership(bytes: &[u8]) -> Result<Ownership, String> {
 
 fn encode<T: serde::Serialize>(version: u8, value: &T) -> Vec<u8> {
     // Room for a typical record up front, rather than growing from one byte.
-    let mut out = Vec::with_capacity(256);
+    encode_in(version, value, 256)
+}
+
+/// `value` encoded after its `version`, into a buffer with `room` bytes to start with.
+fn encode_in<T: serde::Serialize>(version: u8, value: &T, room: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(room);
     out.push(version);
     // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
     // no sequences of unknown length.
