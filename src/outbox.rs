@@ -75,7 +75,8 @@ enum LineValue<'a> {
 }
 
 /// Writes `record` as one NDJSON line. The value's JSON is copied as it is, not parsed into a
-/// tree and written again (which was a third of the instructions of a replay writing its outputs).
+/// tree and written again (which was a third of the instructions of a replay writing its
+/// outputs).
 fn write_line(out: &mut impl Write, record: &OutboxRecord) -> std::io::Result<()> {
     let text = String::from_utf8_lossy;
     let value = record.value.as_deref().map(|v| {
