@@ -38,6 +38,8 @@ const INPUTS: [&str; 3] = [
 ];
 const DAY_MS: i64 = 86_400_000;
 const LATENCY: &str = "customer_pulse_processing_latency_seconds_bucket";
+/// How long each batch took to fold and commit, and how many batches there were.
+const BATCH: &str = "customer_pulse_commit_duration_seconds";
 
 /// One contender's run.
 struct Run {
@@ -310,7 +312,13 @@ fn main() {
             let achieved = paced as f64 / started.elapsed().as_secs_f64();
             let reference = reference.await.expect("reference latencies");
             let buckets = common::metric_lines(port, LATENCY);
-            latencies.push((share, rate, achieved, buckets, reference));
+            let batches = (
+                common::metric_lines(port, &format!("{BATCH}_bucket")),
+                common::metric_sum(port, &format!("{BATCH}_count")),
+                common::metric_sum(port, &format!("{BATCH}_sum")),
+                paced as f64,
+            );
+            latencies.push((share, rate, achieved, buckets, reference, batches));
             end(child);
         }
         let pulse = pulse_run;
@@ -343,10 +351,11 @@ fn main() {
             rate(&pulse) / rate(&peer),
             cpu(&pulse) / cpu(&peer)
         );
-        for (share, rate, achieved, buckets, reference) in &latencies {
-            let ms = |q| {
+        for (share, rate, achieved, buckets, reference, (batch_buckets, batches, busy, paced)) in &latencies {
+            let bound = |buckets, q| {
                 quantile(buckets, q).map_or("—".into(), |s: f64| format!("≤ {:.0} ms", s * 1e3))
             };
+            let ms = |q| bound(buckets, q);
             let exact = |q: f64| reference[((q * reference.len() as f64) as usize).min(reference.len() - 1)];
             println!(
                 "customer-pulse latency (record timestamp to state commit) at 1/{share} of its rate: {rate:.0} events/s offered for 10 s, {achieved:.0} events/s folded: p50 {}, p99 {} (histogram bucket bounds); the bare consumer (record timestamp to receipt): p50 {:.0} ms, p99 {:.0} ms",
@@ -354,6 +363,15 @@ fn main() {
                 ms(0.99),
                 exact(0.5),
                 exact(0.99)
+            );
+            // Where the job's share of the latency goes: folding and committing a batch, or
+            // waiting for one to start.
+            println!(
+                "  its batches while paced (start-up included): {batches:.0}, about {:.0} events each, each folded and committed in p50 {}, p99 {}; {busy:.1} s folding and committing in all, {:.0} events/s while at it",
+                paced / batches.max(1.0),
+                bound(batch_buckets, 0.5),
+                bound(batch_buckets, 0.99),
+                paced / busy.max(1e-9)
             );
         }
     });
