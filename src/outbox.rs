@@ -46,7 +46,8 @@ pub async fn drain<S: Sink>(
 }
 
 /// Writes output records as NDJSON lines (`topic`, `key`, `value`, `headers`), for replays and
-/// the demo. A value that is JSON is embedded as JSON; a tombstone is `null`.
+/// the demo. A value that is JSON is embedded as JSON, on the record's one line; a tombstone is
+/// `null`.
 pub struct NdjsonSink<W: Write + Send> {
     out: W,
 }
@@ -71,6 +72,8 @@ struct Line<'a> {
 #[serde(untagged)]
 enum LineValue<'a> {
     Json(&'a RawValue),
+    /// JSON over several lines (a dead-lettered event as it came), written again on one.
+    Reformatted(serde_json::Value),
     Text(Cow<'a, str>),
 }
 
@@ -80,8 +83,13 @@ enum LineValue<'a> {
 fn write_line(out: &mut impl Write, record: &OutboxRecord) -> std::io::Result<()> {
     let text = String::from_utf8_lossy;
     let value = record.value.as_deref().map(|v| {
-        serde_json::from_slice::<&RawValue>(v)
-            .map_or_else(|_| LineValue::Text(text(v)), LineValue::Json)
+        match serde_json::from_slice::<&RawValue>(v) {
+            // Outside its strings, where they would be escaped, JSON may hold line breaks.
+            Ok(raw) if !v.iter().any(|b| matches!(b, b'\n' | b'\r')) => LineValue::Json(raw),
+            Ok(_) => serde_json::from_slice(v)
+                .map_or_else(|_| LineValue::Text(text(v)), LineValue::Reformatted),
+            Err(_) => LineValue::Text(text(v)),
+        }
     });
     let line = Line {
         headers: record
@@ -135,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_holds_the_value_s_json_as_it_is_text_otherwise_and_null_for_a_tombstone() {
+    fn a_record_is_one_line_holding_its_value_s_json_text_otherwise_and_null_for_a_tombstone() {
         let mut record = OutboxRecord {
             topic: "customer.churn-risk".into(),
             key: Some(b"c-1".to_vec()),
@@ -165,6 +173,12 @@ mod tests {
                 "\n"
             )
         );
+        // JSON over several lines, as a dead-lettered event may be: still one line.
+        record.value = Some(b"{\r\n  \"b\": 1,\n  \"a\": [\"x\\ny\"]\n}".to_vec());
+        let written = line(&record);
+        assert_eq!(written.matches('\n').count(), 1, "{written}");
+        let parsed: serde_json::Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(parsed["value"], serde_json::json!({"a": ["x\ny"], "b": 1}));
         record.value = None;
         assert_eq!(
             line(&record),
