@@ -85,7 +85,7 @@ fn write_line(out: &mut impl Write, record: &OutboxRecord) -> std::io::Result<()
     let value = record.value.as_deref().map(|v| {
         match serde_json::from_slice::<&RawValue>(v) {
             // Outside its strings, where they would be escaped, JSON may hold line breaks.
-            Ok(raw) if !v.iter().any(|b| matches!(b, b'\n' | b'\r')) => LineValue::Json(raw),
+            Ok(raw) if !v.contains(&b'\n') && !v.contains(&b'\r') => LineValue::Json(raw),
             Ok(_) => serde_json::from_slice(v)
                 .map_or_else(|_| LineValue::Text(text(v)), LineValue::Reformatted),
             Err(_) => LineValue::Text(text(v)),
