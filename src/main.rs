@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use customer_pulse::config::Config;
-use customer_pulse::generate::{generate, TrafficSpec};
+use customer_pulse::generate::{generate_until, TrafficSpec};
 use customer_pulse::outbox::{DiscardSink, NdjsonSink};
 use customer_pulse::processor::Processor;
 use customer_pulse::replay::{replay, wall_clock_ms};
@@ -263,14 +263,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 println!("published {seconds} s of live traffic to {brokers}");
                 return Ok(());
             }
+            // A month of traffic that ends by now.
+            let now = wall_clock_ms();
             let spec = TrafficSpec {
                 customers,
                 events,
                 seed,
-                start_ms: wall_clock_ms() - 30 * 86_400_000,
+                start_ms: now - 30 * 86_400_000,
                 step_ms: (30 * 86_400_000 / events.max(1) as i64).max(1),
             };
-            let generated = generate(&spec);
+            let generated = generate_until(&spec, now);
             if let Some(brokers) = brokers {
                 let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
                 kafka::publish(&brokers, &config.topics, &generated, rate, batch_records).await?;
