@@ -134,6 +134,8 @@ impl Sink for DiscardSink {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     fn line(record: &OutboxRecord) -> String {
@@ -184,5 +186,55 @@ mod tests {
             line(&record),
             "{\"headers\":{},\"key\":null,\"topic\":\"customer.churn-risk\",\"value\":null}\n"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever a record holds, its line is one line of JSON whose fields give the record
+        /// back: the value as JSON where it is JSON, else as text.
+        #[test]
+        fn any_record_is_one_line_of_json_that_gives_it_back(
+            topic in ".{0,20}",
+            key in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..20)),
+            value in proptest::option::of(proptest::prop_oneof![
+                proptest::collection::vec(proptest::num::u8::ANY, 0..60),
+                // JSON, compact or spread over lines with any whitespace between its tokens.
+                (".{0,12}", proptest::num::i64::ANY, "[ \t\r\n]{0,3}").prop_map(|(text, n, gap)| {
+                    let text = serde_json::to_string(&text).unwrap();
+                    format!("{gap}{{{gap}\"t\":{gap}{text},{gap}\"n\":{n}{gap}}}{gap}").into_bytes()
+                }),
+            ]),
+            headers in proptest::collection::vec(("[a-z_]{1,8}", ".{0,10}"), 0..4),
+        ) {
+            let record = OutboxRecord {
+                topic,
+                key,
+                value,
+                headers: headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+                partition: None,
+            };
+            let written = line(&record);
+            proptest::prop_assert!(written.ends_with('\n'));
+            proptest::prop_assert_eq!(written.matches('\n').count(), 1);
+            let parsed: serde_json::Value = serde_json::from_str(&written).unwrap();
+            proptest::prop_assert_eq!(&parsed["topic"], &serde_json::json!(record.topic));
+            let text = |b: &[u8]| serde_json::json!(String::from_utf8_lossy(b));
+            let key = record.key.as_deref().map_or(serde_json::Value::Null, text);
+            proptest::prop_assert_eq!(&parsed["key"], &key);
+            let value = match record.value.as_deref() {
+                None => serde_json::Value::Null,
+                Some(v) => serde_json::from_slice(v).unwrap_or_else(|_| text(v)),
+            };
+            proptest::prop_assert_eq!(&parsed["value"], &value);
+            for (name, _) in &record.headers {
+                // A later header of the same name wins, as in a map.
+                let (_, last) = record.headers.iter().rev().find(|(n, _)| n == name).unwrap();
+                proptest::prop_assert_eq!(&parsed["headers"][name], &text(last));
+            }
+        }
     }
 }
