@@ -38,6 +38,33 @@ pub struct Fitted {
     pub iterations: u32,
 }
 
+impl Fitted {
+    /// The fitted parameters as the `[churn]` section of a config file, to paste in. Each has
+    /// six significant digits: a parameter the fit drove towards zero (the data show no
+    /// drop-out, say) stays positive, as the config requires, instead of printing as 0.000000.
+    pub fn config_section(&self) -> String {
+        let m = &self.model;
+        let model = match m.model {
+            Model::BgNbd => "bg_nbd",
+            Model::MbgNbd => "mbg_nbd",
+        };
+        let number = |v: f64| {
+            if v != 0.0 && v.abs() < 1e-3 {
+                format!("{v:.5e}")
+            } else {
+                format!("{v:.6}")
+            }
+        };
+        format!(
+            "[churn]\nmodel = \"{model}\"\nr = {}\nalpha = {}\na = {}\nb = {}",
+            number(m.r),
+            number(m.alpha),
+            number(m.a),
+            number(m.b)
+        )
+    }
+}
+
 /// Fits `model`'s parameters to `customers` by maximum likelihood, starting from `start`: a
 /// Nelder-Mead simplex over the logarithms of r, alpha, a and b (so they stay positive).
 pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel) -> Fitted {
@@ -145,6 +172,37 @@ fn nelder_mead<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_section_keeps_a_parameter_near_zero_positive() {
+        let fitted = Fitted {
+            model: PurchaseModel {
+                model: Model::MbgNbd,
+                r: 2.321788,
+                alpha: 0.982544,
+                a: 3.2184e-9,
+                b: 796.197152,
+            },
+            log_likelihood: -1.0,
+            iterations: 1,
+        };
+        let section = fitted.config_section();
+        let parsed: toml::Table = toml::from_str(&section).unwrap();
+        let churn = parsed["churn"].as_table().unwrap();
+        assert_eq!(churn["model"].as_str(), Some("mbg_nbd"));
+        for (name, want) in [
+            ("r", 2.321788),
+            ("alpha", 0.982544),
+            ("a", 3.2184e-9),
+            ("b", 796.197152),
+        ] {
+            let got = churn[name].as_float().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-6 * want,
+                "{name}: {got} in\n{section}"
+            );
+        }
+    }
 
     /// splitmix64: a small, fixed-seed generator, so the simulated population is the same on
     /// every run.

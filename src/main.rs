@@ -303,20 +303,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let (config, as_of) = config_and_time(config, &as_of)?;
             let store = pipeline::open_store(&config)?;
             let (fitted, customers) = pipeline::fit(&store, &config, as_of)?;
-            let m = fitted.model;
-            let model = match m.model {
-                customer_pulse::churn::Model::BgNbd => "bg_nbd",
-                customer_pulse::churn::Model::MbgNbd => "mbg_nbd",
-            };
             println!(
-                "# maximum likelihood over {customers} customers as of {}: log-likelihood {:.3}, {} iterations\n[churn]\nmodel = \"{model}\"\nr = {:.6}\nalpha = {:.6}\na = {:.6}\nb = {:.6}",
+                "# maximum likelihood over {customers} customers as of {}: log-likelihood {:.3}, {} iterations\n{}",
                 customer_pulse::event::format_millis(as_of),
                 fitted.log_likelihood,
                 fitted.iterations,
-                m.r,
-                m.alpha,
-                m.a,
-                m.b,
+                fitted.config_section(),
             );
             Ok(())
         }
