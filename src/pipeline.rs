@@ -63,21 +63,8 @@ fn for_each_customer(
     partitions: i32,
     mut f: impl FnMut(&crate::store::Customer) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    const PAGE: usize = 1_000;
     for partition in 0..partitions {
-        let mut from = String::new();
-        loop {
-            let page = store.customer_records(partition, &from, PAGE)?;
-            for customer in &page {
-                f(customer)?;
-            }
-            match page.last() {
-                Some(last) if page.len() == PAGE => {
-                    from = format!("{}\0", last.state.customer_id);
-                }
-                _ => break,
-            }
-        }
+        store.for_each_customer(partition, &mut f)?;
     }
     Ok(())
 }

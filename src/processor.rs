@@ -575,15 +575,10 @@ impl Processor {
     fn recount_rfm(&mut self, partitions: &BTreeSet<i32>) -> Result<usize, StoreError> {
         let mut points = Vec::new();
         for &partition in partitions {
-            let mut from = String::new();
-            loop {
-                let page = self.store.customers(partition, &from, 10_000)?;
-                points.extend(page.iter().filter_map(crate::rfm::point));
-                match page.last() {
-                    Some(last) if page.len() == 10_000 => from = format!("{}\0", last.customer_id),
-                    _ => break,
-                }
-            }
+            self.store.for_each_customer(partition, |customer| {
+                points.extend(crate::rfm::point(&customer.state));
+                Ok::<_, StoreError>(())
+            })?;
         }
         let mut aggregates = self.take_aggregates()?;
         let counted = points.len();

@@ -183,6 +183,43 @@ fn deleting_a_customer_removes_it() {
 }
 
 #[test]
+fn every_customer_of_a_partition_is_visited_once_in_id_order_across_pages() {
+    for (name, store, _dir) in backends() {
+        let mut commit = Commit::default();
+        // Two and a half pages in partition 1, and one customer in partition 2.
+        for n in 0..2_500 {
+            let id = format!("c-{n:05}");
+            commit.put_customer(1, id.clone(), Some(&state(&id, 1).into()));
+        }
+        commit.put_customer(2, "other".into(), Some(&state("other", 1).into()));
+        store.commit(commit).unwrap();
+        let mut visited = Vec::new();
+        store
+            .for_each_customer(1, |c| {
+                visited.push(c.state.customer_id.clone());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let want: Vec<String> = (0..2_500).map(|n| format!("c-{n:05}")).collect();
+        assert_eq!(visited, want, "{name}");
+        // The visitor's error ends the visit.
+        let mut seen = 0;
+        let stopped = store.for_each_customer(1, |_| {
+            seen += 1;
+            if seen == 3 {
+                Err(StoreError::Corrupt {
+                    key: "x".into(),
+                    reason: "stop".into(),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        assert!(stopped.is_err() && seen == 3, "{name}");
+    }
+}
+
+#[test]
 fn customers_are_listed_per_partition_in_id_order() {
     for (name, store, _dir) in backends() {
         let customers = ["b", "a", "c"]

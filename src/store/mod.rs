@@ -388,6 +388,26 @@ impl Store {
             .collect())
     }
 
+    /// Calls `f` with every stored customer of `partition`, in id order, a page at a time.
+    pub fn for_each_customer<E: From<StoreError>>(
+        &self,
+        partition: i32,
+        mut f: impl FnMut(&Customer) -> Result<(), E>,
+    ) -> Result<(), E> {
+        const PAGE: usize = 1_000;
+        let mut from = String::new();
+        loop {
+            let page = self.customer_records(partition, &from, PAGE)?;
+            for customer in &page {
+                f(customer)?;
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => from = format!("{}\0", last.state.customer_id),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Up to `limit` stored customers of `partition` from id `from` on, in id order.
     pub fn customer_records(
         &self,
