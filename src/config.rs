@@ -568,6 +568,11 @@ pub struct RawKafka {
     /// StatefulSet): a restarted instance takes its partitions back at once instead of
     /// waiting a session timeout for its former self to be dropped.
     pub group_instance_id: Option<String>,
+    /// Input partitions this instance reads by itself, without joining the group (e.g. a
+    /// StatefulSet's pod `k` of `n` listing the partitions `p` with `p % n == k`): a restart
+    /// reads again as soon as the state is open, with no group protocol to wait for; nothing
+    /// moves them to another instance while this one is down.
+    pub assigned_partitions: Option<Vec<i32>>,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
     #[serde(default = "default_security_protocol")]
     pub security_protocol: String,
@@ -852,6 +857,9 @@ pub struct Config {
     pub group_id: String,
     /// `kafka.group_instance_id`: static membership when set.
     pub group_instance_id: Option<String>,
+    /// `kafka.assigned_partitions`: read these input partitions without joining the group,
+    /// distinct and in order; `None`: the group assigns them.
+    pub assigned_partitions: Option<Vec<i32>>,
     pub offset_reset: OffsetReset,
     pub session_timeout: std::time::Duration,
     pub topics: Topics,
@@ -1172,6 +1180,30 @@ impl RawConfig {
                 "must be an http:// or https:// URL of at most 256 characters without spaces",
             )?;
         }
+        let assigned_partitions = match self.kafka.assigned_partitions {
+            Some(mut list) => {
+                check(
+                    !list.is_empty() && list.iter().all(|p| (0..i.partitions).contains(p)),
+                    "kafka.assigned_partitions",
+                    "must list input partitions, each from 0 to input.partitions - 1",
+                )?;
+                let listed = list.len();
+                list.sort_unstable();
+                list.dedup();
+                check(
+                    list.len() == listed,
+                    "kafka.assigned_partitions",
+                    "must not list a partition twice",
+                )?;
+                check(
+                    self.kafka.group_instance_id.is_none(),
+                    "kafka.assigned_partitions",
+                    "reads without joining the group, so kafka.group_instance_id must be left out",
+                )?;
+                Some(list)
+            }
+            None => None,
+        };
         let listen_address = self.http.listen_address.parse().map_err(|_| {
             anyhow::anyhow!(
                 "config field `http.listen_address` must be an address such as 127.0.0.1:9464, not {:?}",
@@ -1183,6 +1215,7 @@ impl RawConfig {
             kafka_security,
             group_id: self.kafka.group_id,
             group_instance_id: self.kafka.group_instance_id,
+            assigned_partitions,
             offset_reset,
             session_timeout: std::time::Duration::from_millis(
                 self.kafka.session_timeout_milliseconds,
@@ -1316,6 +1349,20 @@ mod tests {
     }
 
     #[test]
+    fn assigned_partitions_are_kept_distinct_and_in_order() {
+        let text =
+            "[kafka]\nbrokers = \"b\"\nassigned_partitions = [5, 0, 3]\n[state]\npath = \"x\"\n";
+        let config = Config::parse(text, no_env()).unwrap();
+        assert_eq!(config.assigned_partitions, Some(vec![0, 3, 5]));
+        assert_eq!(
+            Config::parse(MINIMAL, no_env())
+                .unwrap()
+                .assigned_partitions,
+            None
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("[kafka]\nbrokers = \"\"\n[state]\npath = \"x\"\n", "kafka.brokers"),
@@ -1346,6 +1393,22 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\ngroup_instance_id = \"pulse 0\"\n[state]\npath = \"x\"\n",
                 "kafka.group_instance_id",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nassigned_partitions = [0, 6]\n[state]\npath = \"x\"\n",
+                "kafka.assigned_partitions",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nassigned_partitions = []\n[state]\npath = \"x\"\n",
+                "kafka.assigned_partitions",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nassigned_partitions = [1, 1]\n[state]\npath = \"x\"\n",
+                "kafka.assigned_partitions",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nassigned_partitions = [1]\ngroup_instance_id = \"p-0\"\n[state]\npath = \"x\"\n",
+                "kafka.assigned_partitions",
             ),
             ("[kafka]\nbrokers = \"b\"\nbrokerz = 1\n[state]\npath = \"x\"\n", "brokerz"),
             (

@@ -1,6 +1,7 @@
-//! Kafka I/O: the consumer-group member that feeds input records in, and the idempotent producer
-//! that drains the outbox. The only module that imports rdkafka; every message is copied into an
-//! owned [`InputRecord`] at this boundary. Must not know how events are decoded or folded.
+//! Kafka I/O: the consumer (a group member, or reading fixed partitions outside the group) that
+//! feeds input records in, and the idempotent producer that drains the outbox. The only module
+//! that imports rdkafka; every message is copied into an owned [`InputRecord`] at this
+//! boundary. Must not know how events are decoded or folded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -192,7 +193,7 @@ impl ClientContext for PulseContext {
 }
 
 impl ConsumerContext for PulseContext {
-    /// The group assigns partitions of the interactions topic alone (see [`Input::connect`]);
+    /// The group assigns partitions of the interactions topic alone (see [`Input::join`]);
     /// each one brings the same partition of all three inputs with it, so that a customer's
     /// events are folded by one member. The protocol is cooperative: a callback names only the
     /// partitions that move.
@@ -211,58 +212,72 @@ impl ConsumerContext for PulseContext {
             away.retain(|p, _| !partitions.contains(p));
             self.telemetry.set_claimed_away(away.len());
         }
-        // The slow parts first, without holding the assignment, which the outbox drain reads.
-        let mut restored = HashSet::new();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if !partitions.is_empty() => {
-                // Readiness falls while state is restored; the loop raises it again.
-                self.telemetry.set_ready(false);
-                restored = tokio::task::block_in_place(|| self.restore_all(&partitions));
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.changelog.is_some() => {
-                tokio::task::block_in_place(|| self.flush_outbox());
-            }
-            _ => {}
-        }
-        let mut owned = lock(&self.assignment);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let start = self.start(consumer, &partitions, &restored, &mut owned);
-                if start.count() > 0 {
-                    self.telemetry.rebalanced("assign", owned.len() as i64);
-                }
-                // None owned is left alone: the input topics may not exist yet.
-                let held = owned.len() / self.inputs.len();
-                if self.changelog.is_none() && held > 0 && held < self.partitions as usize {
-                    tracing::error!(
-                        owned = held,
-                        of = self.partitions,
-                        "state.changelog is off, yet another instance shares the input partitions: a partition that moves loses its state, and each instance emits partial complaint trends and segment metrics. Turn state.changelog on for every instance."
-                    );
-                }
+                self.take_on(consumer, &partitions)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let stop = self.take_from(&mut owned, &partitions);
-                if let Err(e) = consumer.incremental_unassign(&stop) {
-                    tracing::error!(error = %e, "Unassigning partitions failed.");
-                }
-                if stop.count() > 0 {
-                    self.telemetry.rebalanced("revoke", owned.len() as i64);
-                }
+                self.hand_over(consumer, &partitions)
             }
             other => {
                 tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
                 let all: Vec<i32> = (0..self.partitions).collect();
+                let mut owned = lock(&self.assignment);
                 let stop = self.take_from(&mut owned, &all);
                 let _ = consumer.incremental_unassign(&stop);
                 self.telemetry.rebalanced("error", 0);
+                self.telemetry.set_ready(false);
             }
         }
-        self.telemetry.set_ready(!owned.is_empty());
     }
 }
 
 impl PulseContext {
+    /// Takes `partitions` on (of every input topic): restores each from the changelog, then
+    /// starts it at the offset stored with its state. On a group's assignment, or at start with
+    /// `kafka.assigned_partitions`.
+    fn take_on<C: Consumer<PulseContext>>(&self, consumer: &C, partitions: &[i32]) {
+        // Readiness falls while state is restored; the loop raises it again. The restore runs
+        // without holding the assignment, which the outbox drain reads.
+        let mut restored = HashSet::new();
+        if !partitions.is_empty() {
+            self.telemetry.set_ready(false);
+            restored = tokio::task::block_in_place(|| self.restore_all(partitions));
+        }
+        let mut owned = lock(&self.assignment);
+        let start = self.start(consumer, partitions, &restored, &mut owned);
+        if start.count() > 0 {
+            self.telemetry.rebalanced("assign", owned.len() as i64);
+        }
+        // None owned is left alone: the input topics may not exist yet.
+        let held = owned.len() / self.inputs.len();
+        if self.changelog.is_none() && held > 0 && held < self.partitions as usize {
+            tracing::error!(
+                owned = held,
+                of = self.partitions,
+                "state.changelog is off, yet another instance shares the input partitions: a partition that moves loses its state, and each instance emits partial complaint trends and segment metrics. Turn state.changelog on for every instance."
+            );
+        }
+        self.telemetry.set_ready(!owned.is_empty());
+    }
+
+    /// Hands `partitions` over: lets the outbox drain, so that the changelog has every change
+    /// of theirs before another instance restores them, then stops them.
+    fn hand_over<C: Consumer<PulseContext>>(&self, consumer: &C, partitions: &[i32]) {
+        if self.changelog.is_some() {
+            tokio::task::block_in_place(|| self.flush_outbox());
+        }
+        let mut owned = lock(&self.assignment);
+        let stop = self.take_from(&mut owned, partitions);
+        if let Err(e) = consumer.incremental_unassign(&stop) {
+            tracing::error!(error = %e, "Unassigning partitions failed.");
+        }
+        if stop.count() > 0 {
+            self.telemetry.rebalanced("revoke", owned.len() as i64);
+        }
+        self.telemetry.set_ready(!owned.is_empty());
+    }
+
     /// Starts the `restored` ones of `partitions`, in every input topic, at the offsets stored
     /// with their state, adds them to `owned`, and commits those offsets at once with this
     /// instance's address: the others name it as the owner from now on, even before it folds
@@ -347,8 +362,9 @@ impl PulseContext {
     }
 }
 
-/// The input side: a consumer-group member that reads the three input topics, subscribed to
-/// the first and assigned the same partitions of the others (see [`PulseContext::rebalance`]).
+/// The input side: reads the three input topics, either as a consumer-group member subscribed to
+/// the first and assigned the same partitions of the others (see [`PulseContext::rebalance`]),
+/// or, with `kafka.assigned_partitions`, the partitions listed, without joining the group.
 pub struct Input {
     /// `Some` for as long as the Input is usable: taken only by [`Input::close`] and by `Drop`,
     /// which close it off the caller's thread ([`close_elsewhere`]).
@@ -361,13 +377,16 @@ pub struct Input {
     ownership_refreshed: Mutex<Instant>,
     /// Where the changelog's delivery reports send their gaps, when there is a changelog.
     claim_check: Option<ClaimCheck>,
+    /// `kafka.assigned_partitions`: `None` when the group assigns.
+    fixed: Option<Vec<i32>>,
 }
 
 /// How often an instance commits its owned partitions' offsets again, idle or not.
 const OWNERSHIP_REFRESH: Duration = Duration::from_secs(5);
 
 impl Input {
-    /// Joins the group; `assignment` is kept up to date with the partitions this member owns.
+    /// Connects, without reading yet (see [`Input::join`]); `assignment` is kept up to date
+    /// with the partitions this instance owns.
     pub fn connect(
         config: &Config,
         store: Store,
@@ -449,12 +468,6 @@ impl Input {
                     .to_string(),
             )
             .create_with_context(context)?;
-        // Partition p of all three inputs must go to one member: a customer's state is folded
-        // from all three. cooperative-sticky balances topic-partitions one by one and would
-        // split them, so the group is given one topic to assign, and each of its partitions
-        // brings the others' along (`PulseContext::rebalance`): the input topics must have the
-        // same partition count, which the pipeline checks at start (`mispartitioned_topics`).
-        consumer.subscribe(&[inputs[0].as_str()])?;
         Ok(Input {
             consumer: Some(consumer),
             assignment,
@@ -462,7 +475,32 @@ impl Input {
             restored,
             ownership_refreshed: Mutex::new(Instant::now()),
             claim_check,
+            fixed: config.assigned_partitions.clone(),
         })
+    }
+
+    /// Starts reading: joins the group, or takes the configured partitions on at once
+    /// (restored from the changelog first, when there is one).
+    pub fn join(&self) -> anyhow::Result<()> {
+        let consumer = self.consumer();
+        let context = consumer.context();
+        match &self.fixed {
+            Some(partitions) => {
+                tracing::info!(
+                    ?partitions,
+                    "Reading the assigned partitions, without joining the group."
+                );
+                context.take_on(consumer, partitions);
+            }
+            // Partition p of all three inputs must go to one member: a customer's state is
+            // folded from all three. cooperative-sticky balances topic-partitions one by one
+            // and would split them, so the group is given one topic to assign, and each of its
+            // partitions brings the others' along (`PulseContext::rebalance`): the input topics
+            // must have the same partition count, which the pipeline checks at start
+            // (`mispartitioned_topics`).
+            None => consumer.subscribe(&[context.inputs[0].as_str()])?,
+        }
+        Ok(())
     }
 
     /// The input topics whose partition count is not `expected` (`input.partitions`), with
@@ -491,7 +529,16 @@ impl Input {
     /// own, with an error logged, rather than hold the shutdown forever.
     pub async fn close(mut self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        self.consumer().unsubscribe();
+        if self.fixed.is_some() {
+            // No group to leave: the partitions are handed over here, as on a revocation.
+            let context = self.consumer().context();
+            let mut owned: Vec<i32> = lock(&context.assignment).iter().map(|(_, p)| *p).collect();
+            owned.sort_unstable();
+            owned.dedup();
+            context.hand_over(self.consumer(), &owned);
+        } else {
+            self.consumer().unsubscribe();
+        }
         // Records still fetched are not folded: their offsets are not stored, so the next
         // owner reads them again.
         while self.has_assignment() && tokio::time::Instant::now() < deadline {
@@ -566,7 +613,11 @@ impl Input {
         if due.is_empty() {
             return;
         }
-        tracing::warn!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet the group still gives them to this one (a broker that handed them back without revoking them): claiming them again and restoring them.");
+        if self.fixed.is_some() {
+            tracing::error!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet kafka.assigned_partitions lists them for this one: two instances are configured with the same partitions. Claiming them again and restoring them; give each partition to one instance.");
+        } else {
+            tracing::warn!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet the group still gives them to this one (a broker that handed them back without revoking them): claiming them again and restoring them.");
+        }
         context.telemetry.set_ready(false);
         let restored = tokio::task::block_in_place(|| context.restore_all(&due));
         let mut owned = lock(&context.assignment);

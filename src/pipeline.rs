@@ -227,6 +227,9 @@ pub async fn run_on(
         }
         None => None,
     };
+    // Last, as a group's first assignment comes once the loop polls: the outbox drains and
+    // the aggregator runs by the time partitions are taken on.
+    input.join()?;
     let mut processor = Processor::new(store.clone(), settings);
     consume(
         &input,

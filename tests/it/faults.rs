@@ -66,21 +66,23 @@ struct Job {
 impl Job {
     /// Starts the job on `store` (or on RocksDB at the configured path when `None`).
     fn start(brokers: &str, group: &str, dir: tempfile::TempDir, store: Option<Store>) -> Job {
-        Job::start_with(brokers, group, dir, store, "")
+        Job::start_with(brokers, group, dir, store, "", "")
     }
 
-    /// As [`Job::start`], with `http` appended to the `[http]` section.
+    /// As [`Job::start`], with `kafka` added to the `[kafka]` section and `http` to the
+    /// `[http]` one.
     fn start_with(
         brokers: &str,
         group: &str,
         dir: tempfile::TempDir,
         store: Option<Store>,
+        kafka: &str,
         http: &str,
     ) -> Job {
         let port = free_port();
         let text = config_text(brokers, &dir.path().join("state"), port).replace(
-            "group_id = \"pulse-test\"",
-            &format!("group_id = \"{group}\""),
+            "group_id = \"pulse-test\"\n",
+            &format!("group_id = \"{group}\"\n{kafka}"),
         ) + http;
         let config = Config::parse(&text, Vec::new()).unwrap();
         let shutdown = CancellationToken::new();
@@ -360,19 +362,37 @@ async fn a_full_disk_pauses_the_job_readyz_says_503_and_it_resumes_when_space_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_name_each_other_as_owners_of_their_partitions() {
+    owners_are_named(["", ""]).await;
+}
+
+/// The same with `kafka.assigned_partitions`: instances outside the group commit their offsets
+/// all the same, and so name each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_with_assigned_partitions_name_each_other_as_owners() {
+    owners_are_named([
+        "assigned_partitions = [0, 3]\n",
+        "assigned_partitions = [1, 2]\n",
+    ])
+    .await;
+}
+
+/// Two instances, `kafka` added to each one's `[kafka]` section, each with its
+/// `http.advertised_url`: every customer is served by one, and the other's 421 names it.
+async fn owners_are_named(kafka: [&str; 2]) {
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let url = |name: &str| format!("http://{name}.pulse.test:9464");
-    let start = |name: &str| {
+    let start = |name: &str, kafka: &str| {
         Job::start_with(
             &brokers,
             "pulse-owners",
             tempfile::tempdir().unwrap(),
             None,
+            kafka,
             &format!("advertised_url = \"{}\"\n", url(name)),
         )
     };
-    let (a, b) = (start("a"), start("b"));
+    let (a, b) = (start("a", kafka[0]), start("b", kafka[1]));
     let events = traffic(400, 23);
     a.publish(&events).await;
     let both = wait_for(Duration::from_secs(60), || {

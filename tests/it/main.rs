@@ -10,6 +10,7 @@ mod demo;
 mod deploy;
 mod end_to_end;
 mod faults;
+mod fixed;
 mod hostile;
 mod kafka_smoke;
 mod limits;

@@ -1,0 +1,187 @@
+//! `kafka.assigned_partitions`: instances that read the partitions listed, without joining the
+//! group, against Tansu. Each serves exactly its partitions' customers, with the state of an
+//! uninterrupted replay, and a restarted one goes on from the offsets stored with its state.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use customer_pulse::config::Config;
+use customer_pulse::generate::{generate, Generated, TrafficSpec};
+use customer_pulse::kafka::publish;
+use customer_pulse::processor::partition_for;
+use customer_pulse::replay::wall_clock_ms;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{free_port, Broker};
+use crate::end_to_end::{
+    config_text, create_all_topics, customer_state, http_get, metric_sum, replayed_states,
+    test_topics, traffic, wait_for, PARTITIONS,
+};
+
+/// The tests' configuration, reading `partitions` without the group, with this instance's URL.
+fn fixed_config(brokers: &str, state: &std::path::Path, port: u16, partitions: &str) -> Config {
+    let text = config_text(brokers, state, port).replacen(
+        "[kafka]\n",
+        &format!("[kafka]\nassigned_partitions = {partitions}\n"),
+        1,
+    ) + &format!("advertised_url = \"{}\"\n", url(port));
+    Config::parse(&text, Vec::new()).unwrap()
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The partition `port`'s instance names in its 421 for customer `id`, if it answers 421. (The
+/// owner it would name comes from the group's committed offsets' metadata, which Tansu 0.6.0
+/// does not keep: `faults` checks that on the mock cluster.)
+fn misdirected(port: u16, id: &str) -> Option<i64> {
+    let (status, body) = http_get(port, &format!("/customers/{id}"))?;
+    if status != 421 {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+    body["partition"].as_i64()
+}
+
+/// How many of `events` fall in `partitions`.
+fn events_in(events: &[Generated], partitions: &[i32]) -> usize {
+    events
+        .iter()
+        .filter(|g| partitions.contains(&partition_for(g.customer_id.as_bytes(), PARTITIONS)))
+        .count()
+}
+
+/// Runs the job until it has folded `count` events (at most 90 s), checks it is ready, and
+/// returns it running.
+async fn run_until(
+    config: Config,
+    port: u16,
+    count: usize,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let shutdown = CancellationToken::new();
+    let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
+    let folded = wait_for(Duration::from_secs(90), || {
+        metric_sum(port, "customer_pulse_events_total") as usize >= count
+    })
+    .await;
+    assert!(folded, "{count} events folded within 90 s");
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
+    (shutdown, job)
+}
+
+async fn stop(shutdown: CancellationToken, job: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("the job stops within 60 s of shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_partitions_are_read_without_the_group_and_resumed_after_a_restart() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let first = traffic(2_000, 31);
+    publish(&broker.address, &test_topics(), &first, None, 1)
+        .await
+        .unwrap();
+
+    // Two instances in the same group id split the partitions by configuration.
+    let (odd_dir, even_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (odd_port, even_port) = (free_port(), free_port());
+    let odd = |dir: &tempfile::TempDir| {
+        fixed_config(
+            &broker.address,
+            &dir.path().join("state"),
+            odd_port,
+            "[3, 1]",
+        )
+    };
+    let (odd_stop, odd_job) = run_until(odd(&odd_dir), odd_port, events_in(&first, &[1, 3])).await;
+    let even = fixed_config(
+        &broker.address,
+        &even_dir.path().join("state"),
+        even_port,
+        "[0, 2]",
+    );
+    let (even_stop, even_job) = run_until(even, even_port, events_in(&first, &[0, 2])).await;
+    // Each folded its own partitions' events, and no other: nothing waits to be folded twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric_sum(odd_port, "customer_pulse_events_total") as usize,
+        events_in(&first, &[1, 3])
+    );
+    assert_eq!(
+        metric_sum(even_port, "customer_pulse_events_total") as usize,
+        events_in(&first, &[0, 2])
+    );
+
+    // Every customer is served by the instance of its partition alone, with the replay's state.
+    let now = wall_clock_ms();
+    let check = |events: &[Generated]| {
+        let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+        let replayed: BTreeMap<String, serde_json::Value> = replayed_states(&values, now);
+        for (id, want) in &replayed {
+            let p = partition_for(id.as_bytes(), PARTITIONS);
+            let (owner, other) = if p % 2 == 1 {
+                (odd_port, even_port)
+            } else {
+                (even_port, odd_port)
+            };
+            assert_eq!(
+                customer_state(owner, id).as_ref(),
+                Some(want),
+                "{id} (partition {p}): the owner's state is the replay's"
+            );
+            assert_eq!(
+                misdirected(other, id),
+                Some(i64::from(p)),
+                "{id} (partition {p}): the other instance answers 421 with its partition"
+            );
+        }
+        replayed.len()
+    };
+    assert!(
+        check(&first) > 100,
+        "the traffic has customers in every partition"
+    );
+
+    // The odd instance stops; more events arrive; it starts again on the same state and folds
+    // the new events of its partitions alone, from the offsets stored with its state.
+    stop(odd_stop, odd_job).await;
+    // Later than the first traffic, which spans about a day and a half from ten days ago.
+    let second = generate(&TrafficSpec {
+        customers: 120,
+        events: 600,
+        seed: 32,
+        start_ms: wall_clock_ms() - 5 * 86_400_000,
+        step_ms: 60_000,
+    });
+    publish(&broker.address, &test_topics(), &second, None, 1)
+        .await
+        .unwrap();
+    let both: Vec<Generated> = first.iter().chain(&second).cloned().collect();
+    let (odd_stop, odd_job) = run_until(odd(&odd_dir), odd_port, events_in(&second, &[1, 3])).await;
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            metric_sum(even_port, "customer_pulse_events_total") as usize
+                >= events_in(&both, &[0, 2])
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric_sum(odd_port, "customer_pulse_events_total") as usize,
+        events_in(&second, &[1, 3]),
+        "the restarted instance read on from its stored offsets, nothing again"
+    );
+    check(&both);
+
+    stop(odd_stop, odd_job).await;
+    stop(even_stop, even_job).await;
+}
