@@ -3,8 +3,11 @@
 //! each and every tenth a complaint, as `benches/memory.rs` does, into RocksDB with the default
 //! configuration). Then the release binary runs on that state against Tansu on loopback, folds
 //! 1,000 new events from the input topics and is killed with SIGKILL; 100 more events are
-//! published; and the binary starts again on the same state. Printed: the time from that start
-//! to the first new event folded and committed (processing again), and to all 100.
+//! published; and the binary starts again on the same state, a member of the group with static
+//! membership (`kafka.group_instance_id`). It is killed again, 100 more events are published,
+//! and it starts once more, reading its partitions without the group
+//! (`kafka.assigned_partitions`). Printed for each start: the time from it to the first new
+//! event folded and committed (processing again), and to all 100.
 //!
 //! `cargo bench --bench restart` (CUSTOMERS=1000000 by default). Under `cargo test` it runs once
 //! with 2,000 customers, so the harness itself stays tested.
@@ -29,7 +32,7 @@ const PARTITIONS: i32 = 4;
 struct Moments {
     /// `/metrics` answers: the state is open.
     up: Option<f64>,
-    /// The group assigned partitions.
+    /// Partitions were assigned (by the group, or by the configuration).
     assigned: Option<f64>,
     /// The first new event is folded and committed: processing again.
     first: Option<f64>,
@@ -96,14 +99,19 @@ fn main() {
         };
         // The state is filled straight into the store, so there is no changelog of it to check
         // the restarted instance against: this measures the restart with the changelog off.
-        let text = format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-restart\"\n{membership}\
-             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = false\n\
-             [http]\nlisten_address = \"127.0.0.1:{port}\"\n",
-            dir.path().join("state").display()
-        );
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, &text).expect("config file");
+        let config_file = |name: &str, kafka: &str| {
+            let text = format!(
+                "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-restart\"\n{kafka}\
+                 [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = false\n\
+                 [http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+                dir.path().join("state").display()
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, &text).expect("config file");
+            (path, text)
+        };
+        let (path, text) = config_file("group.toml", membership);
+        let (fixed, _) = config_file("fixed.toml", "assigned_partitions = [0, 1, 2, 3]\n");
         let config = Config::parse(&text, Vec::new()).expect("config");
         let now = wall_clock_ms();
 
@@ -130,28 +138,42 @@ fn main() {
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
 
-        // More events wait; the job starts again on the same state.
+        // More events wait; the job starts again on the same state, in the group.
         publish(&brokers, &config.topics, &common::traffic(100, 4, 12, now - 600_000, 100_000), None, 1)
             .await
             .expect("publish");
         let (mut child, m) = run_until(&path, port, 100).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("killed");
+        report(customers, "in the group", &m);
+
+        // Once more, reading the same partitions without the group.
+        publish(&brokers, &config.topics, &common::traffic(100, 4, 13, now - 300_000, 100_000), None, 1)
+            .await
+            .expect("publish");
+        let (mut child, m) = run_until(&fixed, port, 100).await;
         child.kill().expect("stop");
         let _ = child.wait();
-        let s = |t: Option<f64>| t.map_or("—".into(), |t| format!("{t:.2} s"));
-        println!(
-            "restart after SIGKILL with {customers} customers in state, from the process start: state open and /metrics up {}, partitions assigned by the group {}, first new event folded and committed {}, all 100 {:.2} s",
-            s(m.up),
-            s(m.assigned),
-            s(m.first),
-            m.all
-        );
-        if let (Some(assigned), Some(first)) = (m.assigned, m.first) {
-            println!(
-                "outside the group protocol (start to /metrics up, plus assignment to first commit): {:.2} s",
-                m.up.unwrap_or(0.0) + (first - assigned)
-            );
-        }
+        report(customers, "with kafka.assigned_partitions", &m);
     });
+}
+
+/// Prints one restart's moments.
+fn report(customers: u64, how: &str, m: &Moments) {
+    let s = |t: Option<f64>| t.map_or("—".into(), |t| format!("{t:.2} s"));
+    println!(
+        "restart after SIGKILL with {customers} customers in state, {how}, from the process start: state open and /metrics up {}, partitions assigned {}, first new event folded and committed {}, all 100 {:.2} s",
+        s(m.up),
+        s(m.assigned),
+        s(m.first),
+        m.all
+    );
+    if let (Some(assigned), Some(first)) = (m.assigned, m.first) {
+        println!(
+            "  outside the assignment (start to /metrics up, plus assignment to first commit): {:.2} s",
+            m.up.unwrap_or(0.0) + (first - assigned)
+        );
+    }
 }
 
 /// The bytes of the files under `dir`.
