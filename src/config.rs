@@ -1354,6 +1354,13 @@ mod tests {
             "[kafka]\nbrokers = \"b\"\nassigned_partitions = [5, 0, 3]\n[state]\npath = \"x\"\n";
         let config = Config::parse(text, no_env()).unwrap();
         assert_eq!(config.assigned_partitions, Some(vec![0, 3, 5]));
+        // From the environment, as a StatefulSet's pod sets its own.
+        let env = vec![(
+            "CUSTOMER_PULSE__KAFKA__ASSIGNED_PARTITIONS".to_owned(),
+            "[2, 4]".to_owned(),
+        )];
+        let config = Config::parse(MINIMAL, env).unwrap();
+        assert_eq!(config.assigned_partitions, Some(vec![2, 4]));
         assert_eq!(
             Config::parse(MINIMAL, no_env())
                 .unwrap()

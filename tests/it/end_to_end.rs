@@ -441,6 +441,14 @@ async fn the_job_folds_traffic_dead_letters_bad_input_and_ignores_redelivery() {
         .collect();
     assert_eq!(ids.len(), risk.len(), "each record has its own record_id");
 
+    stop_job(shutdown, job).await;
+}
+
+/// Shuts the job down and checks that it stops, without an error, within 60 s.
+pub async fn stop_job(
+    shutdown: CancellationToken,
+    job: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(60), job)
         .await

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
     config_text, create_all_topics, customer_state, http_get, metric_sum, replayed_states,
-    test_topics, traffic, wait_for, PARTITIONS,
+    stop_job, test_topics, traffic, wait_for, PARTITIONS,
 };
 
 /// The tests' configuration, reading `partitions` without the group, with this instance's URL.
@@ -71,15 +71,6 @@ async fn run_until(
     assert!(folded, "{count} events folded within 90 s");
     assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
     (shutdown, job)
-}
-
-async fn stop(shutdown: CancellationToken, job: tokio::task::JoinHandle<anyhow::Result<()>>) {
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .expect("the job stops within 60 s of shutdown")
-        .unwrap()
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +144,7 @@ async fn assigned_partitions_are_read_without_the_group_and_resumed_after_a_rest
 
     // The odd instance stops; more events arrive; it starts again on the same state and folds
     // the new events of its partitions alone, from the offsets stored with its state.
-    stop(odd_stop, odd_job).await;
+    stop_job(odd_stop, odd_job).await;
     // Later than the first traffic, which spans about a day and a half from ten days ago.
     let second = generate(&TrafficSpec {
         customers: 120,
@@ -182,6 +173,6 @@ async fn assigned_partitions_are_read_without_the_group_and_resumed_after_a_rest
     );
     check(&both);
 
-    stop(odd_stop, odd_job).await;
-    stop(even_stop, even_job).await;
+    stop_job(odd_stop, odd_job).await;
+    stop_job(even_stop, even_job).await;
 }
