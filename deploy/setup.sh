@@ -29,6 +29,21 @@ need_debian() {
 # make and perl for librdkafka's configure, and zlib.
 need_debian libclang-dev g++ make perl pkg-config zlib1g-dev curl
 
+# RocksDB computes the CRC32C of its write-ahead log and blocks with the CPU's SSE 4.2 and
+# PCLMUL instructions only when it is compiled for them, and librocksdb-sys asks the C++
+# compiler for them only when rustc targets them, which a default build does not. Where this
+# machine has both, the compiler is told so: a replay takes about 7% less CPU (README,
+# Performance). The binary then needs a CPU with both, as x86-64 servers since about 2010 have.
+if [ "$(uname -m)" = x86_64 ] && grep -qw sse4_2 /proc/cpuinfo && grep -qw pclmulqdq /proc/cpuinfo; then
+    case " ${CXXFLAGS:-} " in
+        *" -msse4.2 "*) ;;
+        *)
+            export CXXFLAGS="${CXXFLAGS:+$CXXFLAGS }-msse4.2 -mpclmul"
+            say "Building RocksDB for this CPU's SSE 4.2 and PCLMUL (CRC32C in hardware): CXXFLAGS=\"$CXXFLAGS\""
+            ;;
+    esac
+fi
+
 need_pip() {
     local spec="$1" module="${1%%==*}"
     if ! python3 -c "import ${module//-/_}" >/dev/null 2>&1; then
