@@ -529,15 +529,14 @@ impl Input {
     /// own, with an error logged, rather than hold the shutdown forever.
     pub async fn close(mut self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        if self.fixed.is_some() {
-            // No group to leave: the partitions are handed over here, as on a revocation.
-            let context = self.consumer().context();
-            let mut owned: Vec<i32> = lock(&context.assignment).iter().map(|(_, p)| *p).collect();
-            owned.sort_unstable();
-            owned.dedup();
-            context.hand_over(self.consumer(), &owned);
-        } else {
-            self.consumer().unsubscribe();
+        match &self.fixed {
+            // No group to leave: the partitions are handed over here, as on a revocation (of
+            // those listed, only the ones started are owned, and only those stop).
+            Some(partitions) => self
+                .consumer()
+                .context()
+                .hand_over(self.consumer(), partitions),
+            None => self.consumer().unsubscribe(),
         }
         // Records still fetched are not folded: their offsets are not stored, so the next
         // owner reads them again.

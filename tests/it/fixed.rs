@@ -18,18 +18,14 @@ use crate::end_to_end::{
     stop_job, test_topics, traffic, wait_for, PARTITIONS,
 };
 
-/// The tests' configuration, reading `partitions` without the group, with this instance's URL.
+/// The tests' configuration, reading `partitions` without the group.
 fn fixed_config(brokers: &str, state: &std::path::Path, port: u16, partitions: &str) -> Config {
     let text = config_text(brokers, state, port).replacen(
         "[kafka]\n",
         &format!("[kafka]\nassigned_partitions = {partitions}\n"),
         1,
-    ) + &format!("advertised_url = \"{}\"\n", url(port));
+    );
     Config::parse(&text, Vec::new()).unwrap()
-}
-
-fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
 }
 
 /// The partition `port`'s instance names in its 421 for customer `id`, if it answers 421. (The
@@ -85,15 +81,15 @@ async fn assigned_partitions_are_read_without_the_group_and_resumed_after_a_rest
     // Two instances in the same group id split the partitions by configuration.
     let (odd_dir, even_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (odd_port, even_port) = (free_port(), free_port());
-    let odd = |dir: &tempfile::TempDir| {
+    let odd = || {
         fixed_config(
             &broker.address,
-            &dir.path().join("state"),
+            &odd_dir.path().join("state"),
             odd_port,
             "[3, 1]",
         )
     };
-    let (odd_stop, odd_job) = run_until(odd(&odd_dir), odd_port, events_in(&first, &[1, 3])).await;
+    let (odd_stop, odd_job) = run_until(odd(), odd_port, events_in(&first, &[1, 3])).await;
     let even = fixed_config(
         &broker.address,
         &even_dir.path().join("state"),
@@ -157,7 +153,7 @@ async fn assigned_partitions_are_read_without_the_group_and_resumed_after_a_rest
         .await
         .unwrap();
     let both: Vec<Generated> = first.iter().chain(&second).cloned().collect();
-    let (odd_stop, odd_job) = run_until(odd(&odd_dir), odd_port, events_in(&second, &[1, 3])).await;
+    let (odd_stop, odd_job) = run_until(odd(), odd_port, events_in(&second, &[1, 3])).await;
     assert!(
         wait_for(Duration::from_secs(60), || {
             metric_sum(even_port, "customer_pulse_events_total") as usize
