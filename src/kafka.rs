@@ -13,7 +13,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
+};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
@@ -1062,11 +1065,52 @@ impl ChangelogSource for ChangelogReader {
 /// counted, as the consumer's are.
 pub struct SinkContext {
     telemetry: Arc<Telemetry>,
+    /// The delivery reports of the chunk [`KafkaSink::deliver`] is sending.
+    reports: Mutex<Reports>,
+    /// Told when the last report of a chunk came in.
+    all_reported: tokio::sync::Notify,
 }
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         client_error(&self.telemetry, "producer", &error, reason);
+    }
+}
+
+/// One chunk's delivery reports, gathered by the producer's polling thread. A record is tagged
+/// with a running count of the records sent (`first` + its place in the chunk), so that a report
+/// of an earlier chunk, whose wait was given up, is told apart and dropped.
+#[derive(Default)]
+struct Reports {
+    /// The tag of the chunk's first record.
+    first: usize,
+    /// Each record's report, by its place in the chunk: where it was written, or why not.
+    results: Vec<Option<Result<(i32, i64), KafkaError>>>,
+    /// Records sent whose report has not come yet.
+    waiting: usize,
+}
+
+impl ProducerContext for SinkContext {
+    /// The record's tag (see [`Reports`]): no allocation per record, unlike a future's channel.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        let mut reports = lock(&self.reports);
+        let place = tag.wrapping_sub(reports.first);
+        let Some(slot) = reports.results.get_mut(place) else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((e, _)) => Err(e.clone()),
+        });
+        reports.waiting -= 1;
+        if reports.waiting == 0 {
+            self.all_reported.notify_one();
+        }
     }
 }
 
@@ -1079,7 +1123,9 @@ fn client_error(telemetry: &Telemetry, client: &'static str, error: &KafkaError,
 
 /// The output side: an idempotent producer that acknowledges only what the brokers acknowledged.
 pub struct KafkaSink {
-    producer: FutureProducer<SinkContext>,
+    producer: ThreadedProducer<SinkContext>,
+    /// How many records were sent before the chunk being delivered: the next chunk's first tag.
+    sent: usize,
     telemetry: Arc<Telemetry>,
     changelog: Option<ChangelogProgress>,
 }
@@ -1217,9 +1263,12 @@ impl KafkaSink {
             .set("message.timeout.ms", "30000")
             .create_with_context(SinkContext {
                 telemetry: telemetry.clone(),
+                reports: Mutex::default(),
+                all_reported: tokio::sync::Notify::new(),
             })?;
         Ok(KafkaSink {
             producer,
+            sent: 0,
             telemetry,
             changelog: None,
         })
@@ -1249,46 +1298,48 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     async fn deliver(&mut self, records: &[(u64, OutboxRecord)]) -> Vec<u64> {
-        let sends = records.iter().map(|(seq, record)| {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
+        let context = self.producer.context().clone();
+        let first = self.sent;
+        self.sent = self.sent.wrapping_add(records.len());
+        {
+            let mut reports = lock(&context.reports);
+            reports.first = first;
+            reports.results.clear();
+            reports.results.resize_with(records.len(), || None);
+            reports.waiting = records.len();
+        }
+        for (place, (_, record)) in records.iter().enumerate() {
+            if let Err(e) = self.send(record, first.wrapping_add(place)).await {
+                // Not queued, so no report will come: this record and the rest fail here.
+                let mut reports = lock(&context.reports);
+                for slot in &mut reports.results[place..] {
+                    *slot = Some(Err(e.clone()));
+                }
+                reports.waiting -= records.len() - place;
+                break;
             }
-            let mut out: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&record.topic).headers(headers);
-            if let Some(key) = &record.key {
-                out = out.key(key.as_slice());
-            }
-            if let Some(value) = &record.value {
-                out = out.payload(value.as_slice());
-            }
-            if let Some(partition) = record.partition {
-                out = out.partition(partition);
-            }
-            let changelog = self
-                .changelog
-                .as_ref()
-                .is_some_and(|c| c.topic == record.topic);
-            let send = self.producer.send(out, Duration::from_secs(30));
-            async move { (*seq, changelog, send.await) }
-        });
+        }
+        // A report that came before the wait began left a permit, so none is missed.
+        while lock(&context.reports).waiting > 0 {
+            context.all_reported.notified().await;
+        }
+        let results = std::mem::take(&mut lock(&context.reports).results);
         let mut acked = Vec::with_capacity(records.len());
         let mut changelog_offsets = std::collections::BTreeMap::<i32, Vec<i64>>::new();
-        for (seq, changelog, result) in join_all(sends).await {
-            match result {
-                Ok(delivery) => {
-                    acked.push(seq);
-                    if changelog {
-                        changelog_offsets
-                            .entry(delivery.partition)
-                            .or_default()
-                            .push(delivery.offset);
+        for ((seq, record), result) in records.iter().zip(results) {
+            // Every slot is filled by the time no report is waited for; `Canceled` is never seen.
+            match result.unwrap_or(Err(KafkaError::Canceled)) {
+                Ok((partition, offset)) => {
+                    acked.push(*seq);
+                    if self
+                        .changelog
+                        .as_ref()
+                        .is_some_and(|c| c.topic == record.topic)
+                    {
+                        changelog_offsets.entry(partition).or_default().push(offset);
                     }
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     self.telemetry.delivery_failed();
                     tracing::warn!(seq, error = %e, "Output record not delivered; it stays in the outbox.");
                     break;
@@ -1299,6 +1350,43 @@ impl Sink for KafkaSink {
             progress.delivered(&mut changelog_offsets);
         }
         acked
+    }
+}
+
+impl KafkaSink {
+    /// Queues `record` with `tag`, waiting while librdkafka's queue is full, for at most 30 s.
+    async fn send(&self, record: &OutboxRecord, tag: usize) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut out: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&record.topic, tag).headers(headers);
+        if let Some(key) = &record.key {
+            out = out.key(key.as_slice());
+        }
+        if let Some(value) = &record.value {
+            out = out.payload(value.as_slice());
+        }
+        if let Some(partition) = record.partition {
+            out = out.partition(partition);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.producer.send(out) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    out = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 }
 

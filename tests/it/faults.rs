@@ -3,7 +3,8 @@
 //! slow broker; and a store that refuses writes as a full disk does. The job waits or retries,
 //! says so in its metrics, and loses nothing: every customer's state equals an uninterrupted
 //! file replay of the same events. Also here, since it needs offset-commit metadata, which Tansu
-//! does not keep: two instances name each other as the owners of their partitions.
+//! does not keep: two instances name each other as the owners of their partitions. And the
+//! output sink on its own, with a produce request the broker refuses.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -516,4 +517,102 @@ async fn a_member_that_joins_takes_a_partition_from_one_member_only() {
     for job in [a, b, c] {
         job.stop().await;
     }
+}
+
+/// The output sink on its own: it acknowledges a chunk's records in order, as far as the broker
+/// took them, and a record the broker refused, with every one after it, stays to be delivered
+/// again. Every record reaches the topic with its key, value, headers and any partition it
+/// names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
+    use customer_pulse::kafka::KafkaSink;
+    use customer_pulse::outbox::Sink;
+    use customer_pulse::store::OutboxRecord;
+    use customer_pulse::telemetry::Telemetry;
+    use rdkafka::message::{Headers, Message};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("out", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let config = Config::parse(
+        &config_text(&brokers, "/tmp/unused".as_ref(), 1),
+        Vec::new(),
+    )
+    .unwrap();
+    let telemetry = std::sync::Arc::new(Telemetry::new());
+    let mut sink = KafkaSink::connect(&brokers, &config.kafka_security, telemetry.clone()).unwrap();
+    let record = |i: u64| {
+        (
+            1_000 + i,
+            OutboxRecord {
+                topic: "out".into(),
+                key: Some(format!("k-{i}").into_bytes()),
+                value: (i % 50 != 7).then(|| format!("v-{i}").into_bytes()),
+                headers: vec![("n".into(), i.to_string().into_bytes())],
+                partition: i.is_multiple_of(3).then_some((i / 3 % 2) as i32),
+            },
+        )
+    };
+    let first: Vec<_> = (0..300).map(record).collect();
+    let seqs =
+        |records: &[(u64, OutboxRecord)]| records.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(sink.deliver(&first).await, seqs(&first));
+
+    // The broker refuses the next produce request outright (not an error it retries).
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let second: Vec<_> = (300..400).map(record).collect();
+    let acked = sink.deliver(&second).await;
+    assert!(
+        acked.len() < second.len() && acked[..] == seqs(&second)[..acked.len()],
+        "a prefix of the chunk, in order, short of the refused record: {} of 100",
+        acked.len()
+    );
+    assert!(telemetry
+        .render()
+        .contains("customer_pulse_output_delivery_failures_total 1"));
+    // What was not acknowledged is delivered again, and now taken.
+    let rest = &second[acked.len()..];
+    assert_eq!(sink.deliver(rest).await, seqs(rest));
+
+    // Every record is on the topic as it was given, in its named partition where it had one.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "sink-check")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset("out", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut seen = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 400 && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let header = message.headers().unwrap().get(0);
+        let i: u64 = std::str::from_utf8(header.value.unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (_, sent) = record(i);
+        assert_eq!(header.key, "n");
+        assert_eq!(message.key(), sent.key.as_deref(), "record {i}'s key");
+        assert_eq!(
+            message.payload(),
+            sent.value.as_deref(),
+            "record {i}'s value"
+        );
+        if let Some(partition) = sent.partition {
+            assert_eq!(message.partition(), partition, "record {i}'s partition");
+        }
+        seen.insert(i, ());
+    }
+    assert_eq!(seen.len(), 400, "every record reached the topic");
 }
