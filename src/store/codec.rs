@@ -605,7 +605,8 @@ mod tests {
 
     #[test]
     fn outbox_records_keep_the_layout_they_had_before_bytes_were_written_whole() {
-        // The version-2 layout as first written: keys and values as sequences of `u8`.
+        // The version-2 layout as first written: keys, values and header values as sequences
+        // of `u8`.
         #[derive(serde::Serialize)]
         struct SequenceLayout<'a> {
             topic: &'a str,
@@ -615,16 +616,27 @@ mod tests {
             partition: Option<i32>,
         }
         let long: Vec<u8> = (0..=255u8).cycle().take(700).collect();
-        for (key, value) in [
-            (Some(b"c-1".to_vec()), Some(long.clone())),
-            (None, None),
-            (Some(Vec::new()), Some(vec![0x80, 0xff, 0])),
+        for (key, value, headers) in [
+            (
+                Some(b"c-1".to_vec()),
+                Some(long.clone()),
+                vec![("record_id".into(), b"orders-1-7".to_vec())],
+            ),
+            (None, None, Vec::new()),
+            (
+                Some(Vec::new()),
+                Some(vec![0x80, 0xff, 0]),
+                vec![
+                    ("record_id".into(), Vec::new()),
+                    ("facts".into(), long.clone()),
+                ],
+            ),
         ] {
             let record = OutboxRecord {
                 topic: "customer.churn-risk".into(),
                 key: key.clone(),
                 value: value.clone(),
-                headers: vec![("record_id".into(), b"orders-1-7".to_vec())],
+                headers,
                 partition: Some(3),
             };
             let before = encode(
