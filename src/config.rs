@@ -1062,6 +1062,11 @@ impl RawConfig {
                 field,
                 "must hold at most 64 names (bounded labels)",
             )?;
+            check(
+                set.iter().enumerate().all(|(i, v)| !set[..i].contains(v)),
+                field,
+                "must not name anything twice",
+            )?;
         }
         check(
             self.state.cache_customers >= 1,
@@ -1454,6 +1459,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"Gold Tier\"\n",
                 "risk.tiers.name",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[input]\ncomplaint_categories = [\"billing\", \"delivery\", \"billing\"]\n[state]\npath = \"x\"\n",
+                "input.complaint_categories",
             ),
         ];
         for (text, field) in cases {
