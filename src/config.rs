@@ -564,6 +564,9 @@ pub struct RawKafka {
     /// How long the group waits for a silent member before moving its partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_milliseconds: u64,
+    /// How long a fetch may wait at the broker for records (librdkafka's `fetch.wait.max.ms`).
+    #[serde(default = "default_fetch_wait")]
+    pub fetch_wait_milliseconds: u64,
     /// A stable name for this instance in the group (static membership, e.g. the pod name of a
     /// StatefulSet): a restarted instance takes its partitions back at once instead of
     /// waiting a session timeout for its former self to be dropped.
@@ -680,6 +683,9 @@ fn default_reset() -> String {
 }
 fn default_session_timeout() -> u64 {
     10_000
+}
+fn default_fetch_wait() -> u64 {
+    50
 }
 
 fn default_cache_customers() -> usize {
@@ -862,6 +868,8 @@ pub struct Config {
     pub assigned_partitions: Option<Vec<i32>>,
     pub offset_reset: OffsetReset,
     pub session_timeout: std::time::Duration,
+    /// `kafka.fetch_wait_milliseconds`: how long a fetch of the input may wait at the broker.
+    pub fetch_wait: std::time::Duration,
     pub topics: Topics,
     pub partitions: i32,
     pub rules: Rules,
@@ -977,6 +985,11 @@ impl RawConfig {
             (1_000..=300_000).contains(&self.kafka.session_timeout_milliseconds),
             "kafka.session_timeout_milliseconds",
             "must be between 1000 and 300000",
+        )?;
+        check(
+            (1..=10_000).contains(&self.kafka.fetch_wait_milliseconds),
+            "kafka.fetch_wait_milliseconds",
+            "must be between 1 and 10000",
         )?;
         let t = &self.topics;
         for (field, name) in [
@@ -1225,6 +1238,7 @@ impl RawConfig {
             session_timeout: std::time::Duration::from_millis(
                 self.kafka.session_timeout_milliseconds,
             ),
+            fetch_wait: std::time::Duration::from_millis(self.kafka.fetch_wait_milliseconds),
             partitions: i.partitions,
             rules: Rules {
                 max_event_bytes: i.max_event_bytes,
@@ -1305,6 +1319,13 @@ mod tests {
         let config = Config::parse(MINIMAL, env).unwrap();
         assert_eq!(config.brokers, "other:9093");
         assert_eq!(config.partitions, 12);
+        assert_eq!(config.fetch_wait, std::time::Duration::from_millis(50));
+        let env = vec![(
+            "CUSTOMER_PULSE__KAFKA__FETCH_WAIT_MILLISECONDS".into(),
+            "10".into(),
+        )];
+        let config = Config::parse(MINIMAL, env).unwrap();
+        assert_eq!(config.fetch_wait, std::time::Duration::from_millis(10));
     }
 
     #[test]
@@ -1459,6 +1480,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"Gold Tier\"\n",
                 "risk.tiers.name",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nfetch_wait_milliseconds = 0\n[state]\npath = \"x\"\n",
+                "kafka.fetch_wait_milliseconds",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[input]\ncomplaint_categories = [\"billing\", \"delivery\", \"billing\"]\n[state]\npath = \"x\"\n",

@@ -454,9 +454,12 @@ impl Input {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
             // How long a fetch may wait for records. Apache Kafka answers as soon as records
-            // arrive, whatever this is; Tansu 0.6.0 waits about half of it on every fetch, which
-            // at librdkafka's 500 ms default put a quarter of a second into every event's latency.
-            .set("fetch.wait.max.ms", "50")
+            // arrive, whatever this is; Tansu 0.6.0 waits it out on every fetch, records or not,
+            // so it is a floor under every event's latency there (README, *Latency*).
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().to_string(),
+            )
             // A rebalance moves only the partitions that must move; the others keep folding.
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set(

@@ -25,6 +25,10 @@ pub fn size(var: &str, bench: u64, smoke: u64) -> u64 {
     }
 }
 
+/// How long a fetch may wait at the broker in the throughput runs, the job's and the
+/// references' alike: the job's default (`kafka.fetch_wait_milliseconds`).
+pub const THROUGHPUT_FETCH_WAIT_MS: u64 = 50;
+
 /// The reference reader: a bare librdkafka consumer assigned partitions `0..partitions` of every
 /// topic from the beginning, timed until it has read `records`.
 pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -> Duration {
@@ -32,8 +36,8 @@ pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
-        // As customer-pulse's consumer: Tansu holds every fetch for about half of this.
-        .set("fetch.wait.max.ms", "50")
+        // As customer-pulse's consumer: Tansu holds every fetch this long.
+        .set("fetch.wait.max.ms", THROUGHPUT_FETCH_WAIT_MS.to_string())
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
@@ -76,14 +80,20 @@ pub fn ends(brokers: &str, topics: &[&str], partitions: i32) -> Vec<(String, i32
 }
 
 /// A bare librdkafka consumer's latency, the reference for the job's: it reads `records`
-/// records from `from` (see [`ends`]) and returns, for each, how long after its timestamp it
-/// was received, in milliseconds, sorted.
-pub fn raw_latencies(brokers: &str, from: &[(String, i32, i64)], records: u64) -> Vec<f64> {
+/// records from `from` (see [`ends`]), its fetches waiting at most `fetch_wait_ms` at the
+/// broker, and returns, for each, how long after its timestamp it was received, in
+/// milliseconds, sorted.
+pub fn raw_latencies(
+    brokers: &str,
+    from: &[(String, i32, i64)],
+    records: u64,
+    fetch_wait_ms: u64,
+) -> Vec<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw-latency")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
