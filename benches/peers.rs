@@ -224,6 +224,15 @@ fn live_fetch_wait_ms() -> u64 {
         .unwrap_or(10)
 }
 
+/// Waits until the job at `port` has folded `events` in all, for at most 300 s.
+async fn folded(port: u16, events: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while common::metric_sum(port, "customer_pulse_events_total") < events as f64 {
+        assert!(Instant::now() < deadline, "{what} were folded within 300 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What each series of `now` gained since `before` (the same metric read earlier).
 fn gained(now: Vec<(String, f64)>, before: &[(String, f64)]) -> Vec<(String, f64)> {
     now.into_iter()
@@ -337,11 +346,7 @@ fn main() {
             publish(&brokers, &topics, &warm_up, Some(rate as u64), 10_000)
                 .await
                 .expect("warm-up publish");
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while common::metric_sum(port, "customer_pulse_events_total") < warm as f64 {
-                assert!(Instant::now() < deadline, "the warm-up events were folded");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            folded(port, warm, "the warm-up events").await;
             let warmed = (
                 common::metric_lines(port, LATENCY),
                 common::metric_lines(port, &format!("{BATCH}_bucket")),
@@ -358,11 +363,7 @@ fn main() {
             publish(&brokers, &topics, &live, Some(rate as u64), 10_000)
                 .await
                 .expect("paced publish");
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while common::metric_sum(port, "customer_pulse_events_total") < (warm + paced) as f64 {
-                assert!(Instant::now() < deadline, "the paced events were folded");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            folded(port, warm + paced, "the paced events").await;
             let achieved = paced as f64 / started.elapsed().as_secs_f64();
             let reference = reference.await.expect("reference latencies");
             let buckets = gained(common::metric_lines(port, LATENCY), &warmed.0);

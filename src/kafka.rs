@@ -1377,13 +1377,16 @@ impl KafkaSink {
         if let Some(partition) = record.partition {
             out = out.partition(partition);
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // The clock is read only once the queue is full, not for every record.
+        let mut deadline = None;
         loop {
             match self.producer.send(out) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= *deadline.get_or_insert(now + Duration::from_secs(30)) {
+                        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                    }
                     out = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

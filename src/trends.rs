@@ -129,29 +129,29 @@ impl OpenChange {
     /// A complaint opened (`+1`) or resolved (`-1`) in an open window of `category`.
     fn counted(&mut self, category: &str, change: i64) {
         if let Some(sums) = &mut self.0 {
-            match sums.get_mut(category) {
-                Some(sum) => *sum += change,
-                None => {
-                    sums.insert(category.to_owned(), change);
-                }
-            }
+            add(sums, category, change);
         }
     }
 
     /// The sums, worked out from `windows` when not known yet.
     fn sums(&mut self, windows: &BTreeMap<(Millis, String), Window>) -> &mut BTreeMap<String, i64> {
         self.0.get_or_insert_with(|| {
-            let mut sums = BTreeMap::<String, i64>::new();
+            let mut sums = BTreeMap::new();
             for ((_, category), window) in windows {
-                match sums.get_mut(category) {
-                    Some(sum) => *sum += window.backlog_change(),
-                    None => {
-                        sums.insert(category.clone(), window.backlog_change());
-                    }
-                }
+                add(&mut sums, category, window.backlog_change());
             }
             sums
         })
+    }
+}
+
+/// Adds `change` to `category`'s sum, copying the name only for a category not seen before.
+fn add(sums: &mut BTreeMap<String, i64>, category: &str, change: i64) {
+    match sums.get_mut(category) {
+        Some(sum) => *sum += change,
+        None => {
+            sums.insert(category.to_owned(), change);
+        }
     }
 }
 
