@@ -31,7 +31,7 @@ impl Job {
                 std::env::var("PULSE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_target())
             .spawn()
             .expect("the binary starts");
         Job(child)
@@ -43,6 +43,22 @@ impl Job {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+}
+
+/// Where a job's log goes: the test's own stderr, or with `PULSE_TEST_LOG_DIR` set, a file of
+/// its own there (`job-<n>.log`, numbered in start order), so that the logs of several instances
+/// of one test can be told apart.
+fn log_target() -> Stdio {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("PULSE_TEST_LOG_DIR") else {
+        return Stdio::inherit();
+    };
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::path::Path::new(&dir).join(format!("job-{n}.log"));
+    match std::fs::File::create(&path) {
+        Ok(file) => file.into(),
+        Err(e) => panic!("cannot create {}: {e}", path.display()),
     }
 }
 
