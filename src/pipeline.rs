@@ -451,7 +451,8 @@ fn check_input_partitions(input: &Input, config: &Config) -> anyhow::Result<()> 
 }
 
 /// An output topic that does not exist holds up the outbox behind its first record until it is
-/// created (or the brokers create it on first use): say so at start, by name.
+/// created (or the brokers create it on first use): say so at start, by name. Once the brokers
+/// answered, the producer is made ready to send (see [`KafkaSink::ready`]).
 fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
     let t = &config.topics;
     let mut outputs = vec![
@@ -471,8 +472,12 @@ fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
             topics = ?missing,
             "Output topics not found on the brokers; their records wait in the outbox until the topics exist."
         ),
-        Err(e) => tracing::warn!(error = %e, "Could not read the brokers' topic list."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the brokers' topic list.");
+            return;
+        }
     }
+    tokio::task::block_in_place(|| sink.ready(&t.churn_risk));
 }
 
 async fn consume(
