@@ -43,7 +43,10 @@ pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
+            // Offset 0 rather than `Offset::Beginning`, as the job's readers: a logical offset
+            // assigned before the leader is known waits 500 ms to be looked up, which is no
+            // part of a consume rate.
+            tpl.add_partition_offset(topic, p, Offset::Offset(0))
                 .expect("partition");
         }
     }
@@ -149,7 +152,15 @@ pub fn metric_lines(port: u16, name: &str) -> Vec<(String, f64)> {
 }
 
 /// The multi-threaded runtime a benchmark's `main` runs in.
+/// The benchmarks' runtime. With `RUST_LOG` set, the job's log goes to stderr as the binary's
+/// does, to see where a run's time goes.
 pub fn runtime() -> tokio::runtime::Runtime {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
