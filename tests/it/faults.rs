@@ -4,7 +4,8 @@
 //! says so in its metrics, and loses nothing: every customer's state equals an uninterrupted
 //! file replay of the same events. Also here, since it needs offset-commit metadata, which Tansu
 //! does not keep: two instances name each other as the owners of their partitions. And the
-//! output sink on its own, with a produce request the broker refuses.
+//! output sink on its own, with a produce request the broker refuses. And a stored offset the
+//! brokers no longer have, which starts at the first record.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -297,6 +298,45 @@ fn stored_offsets(store: &Store) -> BTreeMap<(String, i32), i64> {
         .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p)))
         .filter_map(|(topic, p)| Some(((topic.clone(), p), store.offset(&topic, p).unwrap()?)))
         .collect()
+}
+
+/// A stored offset the brokers no longer have (the topic was recreated, or retention removed
+/// the records after it) starts where `kafka.auto_offset_reset` says, `earliest` by default, as
+/// a partition with no stored offset does: the records waiting there are folded. (librdkafka's
+/// own default is the end, which skipped them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_the_brokers_no_longer_have_starts_at_the_first_record() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(std::sync::Arc::new(
+        customer_pulse::store::RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
+    ))
+    .unwrap();
+    // Offsets far past the end of every input partition, as a topic recreated empty leaves them.
+    let past_the_end = INPUTS
+        .iter()
+        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p, 1_000_000)))
+        .collect();
+    store
+        .commit(customer_pulse::store::Commit {
+            offsets: past_the_end,
+            ..Default::default()
+        })
+        .unwrap();
+    // The events are there before the job starts: starting at the end would skip them all.
+    let events = traffic(300, 47);
+    let topics = crate::end_to_end::test_topics();
+    publish_with(&brokers, &topics, &events, None, 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(input_records(&brokers), 300);
+
+    let job = Job::start(&brokers, "pulse-out-of-range", dir, Some(store));
+    job.wait_processed(300, "from the first record").await;
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    job.assert_state_equals_replay(&values).await;
+    job.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
