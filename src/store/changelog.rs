@@ -590,6 +590,7 @@ impl Store {
         }
         let n = stale.len();
         self.backend.write(stale)?;
+        self.forget_recent_outbox();
         Ok(n)
     }
 }

@@ -95,6 +95,62 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
     }
 }
 
+/// The drain reads records committed since the store opened from memory (`recent`), others from
+/// the backend: at every step both read the same, as a store opened afresh on the same backend
+/// (which has only the backend to read) shows, past the weight it keeps in memory too.
+#[test]
+fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
+    for (name, store, _dir) in backends() {
+        let afresh = || Store::open(Arc::clone(&store.backend)).unwrap();
+        let same = |step: &str| {
+            for limit in [1, 3, 10_000] {
+                assert_eq!(
+                    store.outbox(limit).unwrap(),
+                    afresh().outbox(limit).unwrap(),
+                    "{name}: {step}, limit {limit}"
+                );
+            }
+        };
+        let commit = |records: Vec<OutboxRecord>| {
+            store
+                .commit(Commit {
+                    outbox: records,
+                    ..Commit::default()
+                })
+                .unwrap()
+        };
+        commit((0..6).map(|n| record("t", n)).collect());
+        same("committed");
+        store.acknowledge(&[0, 1]).unwrap();
+        same("the first two acknowledged");
+        store.acknowledge(&[4, 3]).unwrap();
+        same("two further on, out of order");
+        commit((6..9).map(|n| record("u", n)).collect());
+        same("more committed");
+        // Heavier than memory keeps: these are read from the backend until acknowledged.
+        let heavy = |n: u8| OutboxRecord {
+            value: Some(vec![n; recent::MAX_BYTES / 3]),
+            ..record("v", n)
+        };
+        commit(vec![heavy(9), heavy(10), heavy(11), heavy(12)]);
+        same("past the weight kept");
+        commit(vec![record("w", 13)]);
+        same("after it");
+        let pending: Vec<u64> = store
+            .outbox(10_000)
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(pending, vec![2, 5, 6, 7, 8, 9, 10, 11, 12, 13], "{name}");
+        store.acknowledge(&pending[..8]).unwrap();
+        same("the heavy ones partly acknowledged");
+        store.acknowledge(&pending[8..]).unwrap();
+        same("all acknowledged");
+        assert!(store.outbox(10).unwrap().is_empty(), "{name}");
+    }
+}
+
 #[test]
 fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
     for (name, store, _dir) in backends() {

@@ -9,6 +9,7 @@
 mod changelog;
 mod codec;
 mod memory;
+mod recent;
 mod rocks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -351,6 +352,9 @@ pub struct Store {
     /// than at the first key, which would step over the tombstone of every record acknowledged
     /// since the last compaction: with a busy outbox, millions of them.
     outbox_floor: Arc<AtomicU64>,
+    /// The pending outbox records committed since the store opened, kept in memory too: the
+    /// drain reads them from there (see [`recent`]).
+    recent: Arc<Mutex<recent::Recent>>,
     /// Where customer writes are mirrored, if anywhere.
     changelog: Option<Arc<changelog::Changelog>>,
 }
@@ -366,6 +370,7 @@ impl Store {
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
             commit_lock: Arc::new(Mutex::new(())),
             outbox_floor: Arc::new(AtomicU64::new(0)),
+            recent: Arc::new(Mutex::new(recent::Recent::new(next))),
             changelog: None,
         })
     }
@@ -676,7 +681,15 @@ impl Store {
                 codec::encode_outbox(record),
             ));
         }
-        self.backend.write(ops)
+        self.backend.write(ops)?;
+        // Still in sequence order, and stored: the drain may read them from memory now.
+        let mut records = changelog;
+        records.extend(commit.outbox);
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .committed(first, records);
+        Ok(())
     }
 
     /// Up to `limit` pending outbox records, oldest first, with their sequence numbers.
@@ -687,6 +700,17 @@ impl Store {
             self.next_outbox_seq.load(Ordering::SeqCst)
         };
         let floor = self.outbox_floor.load(Ordering::SeqCst);
+        let kept = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending(floor, limit);
+        if let Some(pending) = kept {
+            let first = pending.first().map(|(seq, _)| *seq);
+            self.outbox_floor
+                .fetch_max(first.unwrap_or(settled), Ordering::SeqCst);
+            return Ok(pending);
+        }
         let entries = self
             .backend
             .scan(&[OUTBOX], &outbox_key(floor), None, limit)?;
@@ -720,10 +744,10 @@ impl Store {
     pub fn acknowledge(&self, seqs: &[u64]) -> Result<(), StoreError> {
         const LONG_RUN: u64 = 1_000;
         let mut ops = Vec::new();
-        let mut seqs = seqs.iter().copied().peekable();
-        while let Some(first) = seqs.next() {
+        let mut runs = seqs.iter().copied().peekable();
+        while let Some(first) = runs.next() {
             let mut last = first;
-            while let Some(next) = seqs.next_if(|&s| Some(s) == last.checked_add(1)) {
+            while let Some(next) = runs.next_if(|&s| Some(s) == last.checked_add(1)) {
                 last = next;
             }
             match last.checked_add(1) {
@@ -733,7 +757,27 @@ impl Store {
                 _ => ops.extend((first..=last).map(|s| Op::Delete(outbox_key(s)))),
             }
         }
-        self.backend.write(ops)
+        self.backend.write(ops)?;
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if seqs.is_sorted() {
+            recent.acknowledged(seqs);
+        } else {
+            let mut sorted = seqs.to_vec();
+            sorted.sort_unstable();
+            recent.acknowledged(&sorted);
+        }
+        Ok(())
+    }
+
+    /// Forgets the outbox records kept in memory, after outbox records were deleted otherwise
+    /// than by [`Store::acknowledge`]: the drain reads what is pending from the store again.
+    fn forget_recent_outbox(&self) {
+        let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let next = self.next_outbox_seq.load(Ordering::SeqCst);
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset(next);
     }
 
     pub fn size_bytes(&self) -> u64 {
