@@ -709,7 +709,10 @@ impl Store {
             let first = pending.first().map(|(seq, _)| *seq);
             self.outbox_floor
                 .fetch_max(first.unwrap_or(settled), Ordering::SeqCst);
-            return Ok(pending);
+            return Ok(pending
+                .into_iter()
+                .map(|(seq, record)| (seq, Arc::unwrap_or_clone(record)))
+                .collect());
         }
         let entries = self
             .backend

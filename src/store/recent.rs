@@ -7,6 +7,7 @@
 //! Must not know where the records go, or what they hold.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::OutboxRecord;
 
@@ -17,8 +18,9 @@ pub(super) const MAX_BYTES: usize = 32 << 20;
 pub(super) struct Recent {
     /// Every pending record numbered from here on is in `records`.
     complete_from: u64,
-    /// Pending records, by ascending number.
-    records: VecDeque<(u64, OutboxRecord)>,
+    /// Pending records, by ascending number; shared, so that a reader copies them after it
+    /// has let go of the lock a commit waits for.
+    records: VecDeque<(u64, Arc<OutboxRecord>)>,
     bytes: usize,
 }
 
@@ -49,7 +51,7 @@ impl Recent {
         let next = first + records.len() as u64;
         for (i, record) in records.into_iter().enumerate() {
             self.bytes += weight(&record);
-            self.records.push_back((first + i as u64, record));
+            self.records.push_back((first + i as u64, Arc::new(record)));
         }
         if self.bytes > MAX_BYTES {
             *self = Recent::new(next);
@@ -57,13 +59,18 @@ impl Recent {
     }
 
     /// Up to `limit` pending records from the first, when every pending record lies at or
-    /// above `floor` and so is kept here; `None` when some must be read from the store.
-    pub(super) fn pending(&self, floor: u64, limit: usize) -> Option<Vec<(u64, OutboxRecord)>> {
+    /// above `floor` and so is kept here; `None` when some must be read from the store. The
+    /// records are shared: copy them once the lock is let go.
+    pub(super) fn pending(
+        &self,
+        floor: u64,
+        limit: usize,
+    ) -> Option<Vec<(u64, Arc<OutboxRecord>)>> {
         (self.complete_from <= floor).then(|| {
             self.records
                 .iter()
                 .take(limit)
-                .map(|(seq, record)| (*seq, record.clone()))
+                .map(|(seq, record)| (*seq, Arc::clone(record)))
                 .collect()
         })
     }
@@ -117,7 +124,7 @@ mod tests {
         }
     }
 
-    fn seqs(pending: Option<Vec<(u64, OutboxRecord)>>) -> Option<Vec<u64>> {
+    fn seqs(pending: Option<Vec<(u64, Arc<OutboxRecord>)>>) -> Option<Vec<u64>> {
         pending.map(|p| p.into_iter().map(|(seq, _)| seq).collect())
     }
 
