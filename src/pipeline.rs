@@ -199,7 +199,7 @@ pub async fn run_on(
             claims: input.claim_check(),
         });
     }
-    warn_of_missing_outputs(&sink, &config);
+    check_outputs(&sink, &config);
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
     let outbox = tokio::spawn(drain_outbox(
@@ -450,10 +450,11 @@ fn check_input_partitions(input: &Input, config: &Config) -> anyhow::Result<()> 
     }
 }
 
-/// An output topic that does not exist holds up the outbox behind its first record until it is
-/// created (or the brokers create it on first use): say so at start, by name. Once the brokers
-/// answered, the producer is made ready to send (see [`KafkaSink::ready`]).
-fn warn_of_missing_outputs(sink: &KafkaSink, config: &Config) {
+/// Warns of missing output topics, then readies the producer once the brokers have answered
+/// (see [`KafkaSink::ready`]). An output topic that does not exist holds up the outbox behind its
+/// first record until it is created (or the brokers create it on first use): say so at start,
+/// by name.
+fn check_outputs(sink: &KafkaSink, config: &Config) {
     let t = &config.topics;
     let mut outputs = vec![
         t.churn_risk.as_str(),

@@ -151,9 +151,9 @@ pub fn metric_lines(port: u16, name: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// The multi-threaded runtime a benchmark's `main` runs in.
-/// The benchmarks' runtime. With `RUST_LOG` set, the job's log goes to stderr as the binary's
-/// does, to see where a run's time goes.
+/// The multi-threaded runtime a benchmark's `main` runs in. With `RUST_LOG` set, the log of
+/// what runs in it (the job, a restore) goes to stderr as the binary's does, to see where a
+/// run's time goes.
 pub fn runtime() -> tokio::runtime::Runtime {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         tracing_subscriber::fmt()

@@ -761,14 +761,10 @@ impl Store {
             }
         }
         self.backend.write(ops)?;
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if seqs.is_sorted() {
-            recent.acknowledged(seqs);
-        } else {
-            let mut sorted = seqs.to_vec();
-            sorted.sort_unstable();
-            recent.acknowledged(&sorted);
-        }
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acknowledged(seqs);
         Ok(())
     }
 

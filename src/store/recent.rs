@@ -76,7 +76,7 @@ impl Recent {
         })
     }
 
-    /// Forgets the records numbered `seqs` (ascending), acknowledged and deleted from the store.
+    /// Forgets the records numbered `seqs`, acknowledged and deleted from the store.
     pub(super) fn acknowledged(&mut self, seqs: &[u64]) {
         let mut rest = seqs;
         // Nearly always: the drain acknowledges the first records, in order.
@@ -93,6 +93,8 @@ impl Recent {
             }
         }
         if !rest.is_empty() {
+            let mut rest = rest.to_vec();
+            rest.sort_unstable();
             let bytes = &mut self.bytes;
             self.records.retain(|(kept, record)| {
                 let gone = rest.binary_search(kept).is_ok();
@@ -140,7 +142,7 @@ mod tests {
         recent.committed(15, vec![record(5, 1)]);
         recent.acknowledged(&[7, 8, 10, 11]);
         assert_eq!(seqs(recent.pending(12, 100)), Some(vec![12, 15]));
-        // Acknowledged out of order: the general path.
+        // Not the first kept: the general path.
         recent.acknowledged(&[15]);
         assert_eq!(seqs(recent.pending(12, 100)), Some(vec![12]));
         assert_eq!(recent.bytes, weight(&record(2, 1)));
