@@ -428,10 +428,15 @@ impl Input {
         let claimed_away = ClaimedAway::default();
         let claim_check = match &changelog {
             Some(reader) => Some(ClaimCheck::start(
-                store.clone(),
-                Arc::clone(reader),
-                Arc::clone(&claimed_away),
-                Arc::clone(&telemetry),
+                ClaimWatch {
+                    store: store.clone(),
+                    reader: Arc::clone(reader),
+                    owned: assignment.clone(),
+                    claimed_away: Arc::clone(&claimed_away),
+                    telemetry: Arc::clone(&telemetry),
+                },
+                // Well within the session timeout that a claim is given before it is acted on.
+                config.session_timeout / 2,
             )?),
             None => None,
         };
@@ -607,14 +612,24 @@ impl Input {
         self.claim_check.clone()
     }
 
-    /// Claims again, and restores, the owned partitions that another instance claimed in the
-    /// changelog at least the session timeout ago (see [`crate::restore::check_claims`]): the
-    /// group has had time to take them from this member, and has not. Nothing this member
-    /// wrote after that claim counts, so each is restored as on an assignment (from scratch,
-    /// as this member wrote after the claim) and consumed again from the offsets restored.
-    /// Called between batches, so that no fetched record of such a partition is folded on top
-    /// of a restored state it does not follow.
-    pub fn claim_back(&self) {
+    /// Acts, between batches, on the owned partitions that another instance claimed in the
+    /// changelog at least the session timeout ago ([`ClaimCheck`]), and that this one has not
+    /// claimed again since: a member the group really moved them from has been told by then,
+    /// yet the group still leaves them here. Nothing this member wrote after that claim counts.
+    ///
+    /// - In a group, one of the two members was never told of a rebalance: Tansu can hand a
+    ///   partition on and leave its old owner holding it, or hand it back to the old owner,
+    ///   which never heard it had gone. Which one holds it now only the coordinator knows, so
+    ///   this member leaves the group and joins it again ([`Input::rejoin`]); a partition the
+    ///   group gives it back is claimed and restored as on any assignment.
+    /// - With `kafka.assigned_partitions`, two instances are configured with the same
+    ///   partitions: this one claims them again, restores them as on an assignment (from
+    ///   scratch, as it wrote after the claim) and consumes them again from the offsets
+    ///   restored.
+    ///
+    /// Between batches, so that no fetched record of such a partition is folded on top of a
+    /// restored state it does not follow.
+    pub fn resolve_claims(&self) {
         let context = self.consumer().context();
         let due: Vec<i32> = {
             let mut away = lock(&context.claimed_away);
@@ -623,10 +638,14 @@ impl Input {
                 return;
             }
             let owned = lock(&context.assignment);
-            away.retain(|p, _| owned.iter().any(|(_, q)| q == p));
+            // An assignment since claimed the partition afresh.
+            away.retain(|p, (_, claim)| {
+                owned.iter().any(|(_, q)| q == p)
+                    && context.store.epoch(*p).is_none_or(|epoch| epoch < *claim)
+            });
             let due: Vec<i32> = away
                 .iter()
-                .filter(|(_, found)| found.elapsed() >= context.claim_grace)
+                .filter(|(_, (found, _))| found.elapsed() >= context.claim_grace)
                 .map(|(p, _)| *p)
                 .collect();
             away.retain(|p, _| !due.contains(p));
@@ -636,11 +655,12 @@ impl Input {
         if due.is_empty() {
             return;
         }
-        if self.fixed.is_some() {
-            tracing::error!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet kafka.assigned_partitions lists them for this one: two instances are configured with the same partitions. Claiming them again and restoring them; give each partition to one instance.");
-        } else {
-            tracing::warn!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet the group still gives them to this one (a broker that handed them back without revoking them): claiming them again and restoring them.");
+        if self.fixed.is_none() {
+            tracing::warn!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet the group still leaves them with this one: one of the two was never told of a rebalance. Leaving the group and joining it again, so that the coordinator assigns them afresh.");
+            self.rejoin();
+            return;
         }
+        tracing::error!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet kafka.assigned_partitions lists them for this one: two instances are configured with the same partitions. Claiming them again and restoring them; give each partition to one instance.");
         context.telemetry.set_ready(false);
         let restored = tokio::task::block_in_place(|| context.restore_all(&due));
         let mut owned = lock(&context.assignment);
@@ -658,6 +678,19 @@ impl Input {
         context.start(self.consumer(), &due, &restored, &mut owned);
         context.telemetry.claimed_back(due.len());
         context.telemetry.set_ready(!owned.is_empty());
+    }
+
+    /// Leaves the group and joins it again as a new member, which makes the coordinator start
+    /// a new generation that every member joins: the partitions are revoked (the outbox drains
+    /// first, as on any revocation), the group leaves, and the subscription, which librdkafka
+    /// holds back until then, joins it again. The records polled meanwhile drive it.
+    fn rejoin(&self) {
+        let context = self.consumer().context();
+        context.telemetry.rejoined();
+        self.consumer().unsubscribe();
+        if let Err(e) = self.consumer().subscribe(&[context.inputs[0].as_str()]) {
+            tracing::error!(error = %e, "Subscribing again after leaving the group failed; this instance consumes nothing until it restarts.");
+        }
     }
 
     /// Waits for the first record, then takes every record already fetched, up to `max`; while
@@ -1074,6 +1107,15 @@ impl ChangelogSource for ChangelogReader {
             Err((e, _)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
         }
     }
+
+    fn end(&self, partition: i32) -> anyhow::Result<i64> {
+        let (_, high) = self.claims.client().fetch_watermarks(
+            &self.topic,
+            partition,
+            Duration::from_secs(5),
+        )?;
+        Ok(high)
+    }
 }
 
 /// Makes an idempotent producer ready to send: connected to the broker that leads `topic`, and
@@ -1195,45 +1237,59 @@ impl ChangelogProgress {
     }
 }
 
-/// Owned partitions that another instance claimed in the changelog, with when that was found.
-type ClaimedAway = Arc<Mutex<HashMap<i32, Instant>>>;
+/// Owned partitions that another instance claimed in the changelog, with when that was found
+/// and the offset of that claim.
+type ClaimedAway = Arc<Mutex<HashMap<i32, (Instant, i64)>>>;
 
-/// Looks, on a thread of its own, at what lies in a gap between this instance's records in a
-/// changelog partition it owns (see [`crate::restore::check_claims`]): another instance's
-/// claim there means that what this one writes no longer counts, and the partition is noted
-/// for [`Input::claim_back`]. Most gaps hold the aggregator's snapshot, or nothing new.
+/// Looks, on a thread of its own, for another instance's claim in a changelog partition this
+/// one owns (see [`crate::restore::check_claims`]): such a claim means that what this one
+/// writes no longer counts, and the partition is noted for [`Input::resolve_claims`]. It reads
+/// what lies in each gap between this instance's records, as the delivery reports show them
+/// (most hold the aggregator's snapshot, or nothing new), and every `sweep` what the changelog
+/// got past them, so that an owner with no events to write finds a claim too.
 #[derive(Clone)]
 pub struct ClaimCheck {
     gaps: std::sync::mpsc::Sender<(i32, Vec<i64>)>,
 }
 
+/// What the claim check reads from and reports to.
+struct ClaimWatch {
+    store: Store,
+    reader: Arc<ChangelogReader>,
+    owned: Assignment,
+    claimed_away: ClaimedAway,
+    telemetry: Arc<Telemetry>,
+}
+
 impl ClaimCheck {
-    fn start(
-        store: Store,
-        reader: Arc<ChangelogReader>,
-        claimed_away: ClaimedAway,
-        telemetry: Arc<Telemetry>,
-    ) -> anyhow::Result<ClaimCheck> {
+    fn start(watch: ClaimWatch, sweep: Duration) -> anyhow::Result<ClaimCheck> {
         let (gaps, checks) = std::sync::mpsc::channel::<(i32, Vec<i64>)>();
         // Ends when the last sender goes.
         std::thread::Builder::new()
             .name("claim-check".into())
             .spawn(move || {
-                while let Ok(first) = checks.recv() {
-                    // What queued up meanwhile is checked in one read per partition.
-                    let mut pending: HashMap<i32, Vec<i64>> = HashMap::new();
-                    for (partition, delivered) in std::iter::once(first).chain(checks.try_iter()) {
-                        pending.entry(partition).or_default().extend(delivered);
+                let mut next_sweep = Instant::now() + sweep;
+                loop {
+                    let wait = next_sweep.saturating_duration_since(Instant::now());
+                    match checks.recv_timeout(wait) {
+                        Ok(first) => {
+                            // What queued up meanwhile is checked in one read per partition.
+                            let mut pending: HashMap<i32, Vec<i64>> = HashMap::new();
+                            for (partition, delivered) in
+                                std::iter::once(first).chain(checks.try_iter())
+                            {
+                                pending.entry(partition).or_default().extend(delivered);
+                            }
+                            for (partition, delivered) in pending {
+                                watch.check_gap(partition, delivered);
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                     }
-                    for (partition, delivered) in pending {
-                        check_gap(
-                            &store,
-                            &reader,
-                            &claimed_away,
-                            &telemetry,
-                            partition,
-                            delivered,
-                        );
+                    if Instant::now() >= next_sweep {
+                        watch.sweep();
+                        next_sweep = Instant::now() + sweep;
                     }
                 }
             })?;
@@ -1248,29 +1304,47 @@ impl ClaimCheck {
     }
 }
 
-/// Checks the gaps before `delivered` in `partition` (see [`crate::restore::check_claims`]),
-/// unless the partition is already known to be claimed away, and notes it when it is.
-fn check_gap(
-    store: &Store,
-    reader: &ChangelogReader,
-    claimed_away: &ClaimedAway,
-    telemetry: &Telemetry,
-    partition: i32,
-    mut delivered: Vec<i64>,
-) {
-    if lock(claimed_away).contains_key(&partition) {
-        return;
-    }
-    match crate::restore::check_claims(store, reader, partition, &mut delivered) {
-        Ok(Some(claim)) => {
-            tracing::warn!(partition, claim, "Another instance claimed a partition this one owns; unless the group moves the partition away, this one claims it back.");
-            let mut away = lock(claimed_away);
-            away.insert(partition, Instant::now());
-            telemetry.set_claimed_away(away.len());
+impl ClaimWatch {
+    /// Checks the gaps before `delivered` in `partition` (see
+    /// [`crate::restore::check_claims`]), unless the partition is already known to be claimed
+    /// away.
+    fn check_gap(&self, partition: i32, mut delivered: Vec<i64>) {
+        if lock(&self.claimed_away).contains_key(&partition) {
+            return;
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; the next gap is checked again.")
+        let found =
+            crate::restore::check_claims(&self.store, &*self.reader, partition, &mut delivered);
+        self.note(partition, found);
+    }
+
+    /// Reads what each owned partition's changelog got past what this instance accounted for
+    /// (see [`crate::restore::check_claims_to_end`]).
+    fn sweep(&self) {
+        let mut partitions: Vec<i32> = lock(&self.owned).iter().map(|(_, p)| *p).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for partition in partitions {
+            if lock(&self.claimed_away).contains_key(&partition) {
+                continue;
+            }
+            let found = crate::restore::check_claims_to_end(&self.store, &*self.reader, partition);
+            self.note(partition, found);
+        }
+    }
+
+    /// Notes `partition` as claimed away when another instance's claim was `found`.
+    fn note(&self, partition: i32, found: anyhow::Result<Option<i64>>) {
+        match found {
+            Ok(Some(claim)) => {
+                tracing::warn!(partition, claim, "Another instance claimed a partition this one owns; unless the group moves the partition away within the session timeout, this one asks the group again (or, with kafka.assigned_partitions, claims it back).");
+                let mut away = lock(&self.claimed_away);
+                away.insert(partition, (Instant::now(), claim));
+                self.telemetry.set_claimed_away(away.len());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; it is checked again.")
+            }
         }
     }
 }

@@ -493,7 +493,7 @@ async fn consume(
     let mut assigned = Vec::new();
     while !shutdown.is_cancelled() {
         // Before a batch is gathered: none of it may predate a partition's restore.
-        input.claim_back();
+        input.resolve_claims();
         let batch = tokio::select! {
             batch = input.next_batch(config.max_batch_events, config.max_batch_wait) => batch,
             // Records gathered but not committed are read again from the stored offsets.

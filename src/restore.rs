@@ -40,6 +40,9 @@ pub trait ChangelogSource {
 
     /// Appends `claim` to `partition` and returns its offset once the brokers acknowledged it.
     fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64>;
+
+    /// The offset the next record appended to `partition` will have.
+    fn end(&self, partition: i32) -> anyhow::Result<i64>;
 }
 
 /// What a restore did.
@@ -155,24 +158,63 @@ pub fn check_claims(
         let Some(read) = store.changelog_read(partition)? else {
             return Ok(None);
         };
-        let mut foreign = None;
-        source.read(partition, Some(read), to, &mut |offset, record| {
-            match record.claim()? {
-                // One before this store's latest claim was dealt with by the restore of that
-                // claim.
-                Some(claim) if claim.writer != writer && offset > epoch => {
-                    foreign.get_or_insert(offset);
-                }
-                _ => {}
-            }
-            Ok(())
-        })?;
-        if foreign.is_some() {
-            return Ok(foreign);
+        if let Some(claim) = foreign_claim(source, partition, (writer, epoch), read, to)? {
+            return Ok(Some(claim));
         }
         store.set_changelog_read(partition, to)?;
     }
     Ok(None)
+}
+
+/// Whether another writer claimed `partition` in what the changelog got past what this store
+/// has accounted for, up to its end: what [`check_claims`] finds in a gap, for an owner that
+/// writes nothing. The group may hand the partition to a new member and never tell this one
+/// (Tansu can), and with no events for it this owner has no records of its own to find a gap
+/// before. Returns the offset of such a claim; without one, everything up to the end is
+/// accounted for.
+pub fn check_claims_to_end(
+    store: &Store,
+    source: &dyn ChangelogSource,
+    partition: i32,
+) -> anyhow::Result<Option<i64>> {
+    let (Some((_, writer)), Some(epoch)) = (store.changelog(), store.epoch(partition)) else {
+        return Ok(None);
+    };
+    let Some(read) = store.changelog_read(partition)? else {
+        return Ok(None);
+    };
+    let end = source.end(partition)?;
+    if end <= read {
+        return Ok(None);
+    }
+    if let Some(claim) = foreign_claim(source, partition, (writer, epoch), read, end)? {
+        return Ok(Some(claim));
+    }
+    store.set_changelog_read(partition, end)?;
+    Ok(None)
+}
+
+/// The first claim in `partition` from `from` up to `to` (exclusive) by another writer than
+/// `writer` after its claim at `epoch`; one before it was dealt with by the restore of that
+/// claim.
+fn foreign_claim(
+    source: &dyn ChangelogSource,
+    partition: i32,
+    (writer, epoch): (u64, i64),
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Option<i64>> {
+    let mut foreign = None;
+    source.read(partition, Some(from), to, &mut |offset, record| {
+        match record.claim()? {
+            Some(claim) if claim.writer != writer && offset > epoch => {
+                foreign.get_or_insert(offset);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(foreign)
 }
 
 /// Applies the records of `partition` that count, from `from` (the start when `None`) up to the
@@ -304,6 +346,10 @@ mod tests {
                     facts: None,
                 },
             ))
+        }
+
+        fn end(&self, partition: i32) -> anyhow::Result<i64> {
+            Ok(self.0.lock().unwrap().get(&partition).map_or(0, Vec::len) as i64)
         }
     }
 
@@ -636,6 +682,36 @@ mod tests {
             Some(6),
             "past the first gap and the records after it, up to the claim"
         );
+    }
+
+    #[test]
+    fn an_owner_with_nothing_to_write_finds_another_claim_at_the_end_of_the_log() {
+        let log = Log::default();
+        let first = first_owner(&log, &[("a", 1, 10)]);
+        // What is no claim, past its records, is read over and accounted for.
+        log.append(0, snapshot());
+        assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), None);
+        assert_eq!(first.changelog_read(0).unwrap(), Some(4), "up to the end");
+        let reads = log.1.load(Ordering::SeqCst);
+        assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), None);
+        assert_eq!(
+            log.1.load(Ordering::SeqCst),
+            reads,
+            "nothing new: nothing read"
+        );
+        // The broker hands the partition to a second member, which claims it; the first has no
+        // events to write, so no gap shows it.
+        let second = store();
+        restore_0(&second, &log);
+        assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), Some(4));
+        assert_eq!(
+            first.changelog_read(0).unwrap(),
+            Some(4),
+            "the read mark stays before the claim"
+        );
+        // Given the partition again, the first claims it afresh: no news.
+        restore_0(&first, &log);
+        assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), None);
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub struct Telemetry {
     restored_records: IntCounter,
     claimed_back: IntCounter,
     claimed_away: IntGauge,
+    rejoins: IntCounter,
     restore_remaining: IntGaugeVec,
 }
 
@@ -285,12 +286,17 @@ impl Telemetry {
             .expect("valid metric"),
             claimed_back: IntCounter::with_opts(opts(
                 "partitions_claimed_back_total",
-                "Owned partitions claimed back after another instance had claimed them in the changelog while the group left them here (a broker that hands a partition back without revoking it).",
+                "Partitions listed in kafka.assigned_partitions claimed back after another instance had claimed them in the changelog (two instances configured with the same partitions).",
             ))
             .expect("valid metric"),
             claimed_away: IntGauge::with_opts(opts(
                 "partitions_claimed_away",
-                "Owned partitions another instance has claimed in the changelog, waiting for the group to move them or for this instance to claim them back.",
+                "Owned partitions another instance has claimed in the changelog, waiting for the group to move them, or for this instance to rejoin the group (or claim them back).",
+            ))
+            .expect("valid metric"),
+            rejoins: IntCounter::with_opts(opts(
+                "group_rejoins_total",
+                "Times this instance left the consumer group and joined it again because another instance had claimed, in the changelog, a partition the group still left here.",
             ))
             .expect("valid metric"),
             restore_remaining: IntGaugeVec::new(
@@ -307,6 +313,7 @@ impl Telemetry {
             Box::new(t.restored_records.clone()),
             Box::new(t.claimed_back.clone()),
             Box::new(t.claimed_away.clone()),
+            Box::new(t.rejoins.clone()),
             Box::new(t.restore_remaining.clone()),
             Box::new(t.dead_letters.clone()),
             Box::new(t.limits_reached.clone()),
@@ -546,6 +553,10 @@ impl Telemetry {
 
     pub fn claimed_back(&self, partitions: usize) {
         self.claimed_back.inc_by(partitions as u64);
+    }
+
+    pub fn rejoined(&self) {
+        self.rejoins.inc();
     }
 
     pub fn set_claimed_away(&self, partitions: usize) {

@@ -1,8 +1,9 @@
 //! The changelog against the real broker (issue 6): an instance that starts without local state
 //! restores the customers and their input positions from the changelog before it consumes, reads
 //! on from where the previous instance stopped (counting nothing twice), and an erased customer
-//! stays erased. An instance whose partition another claimed while the group left it there
-//! claims it back, so that the changelog counts its work again.
+//! stays erased. An instance that finds another's claim on a partition it still owns a session
+//! timeout later, even with no events to write, asks the group again (or, reading listed
+//! partitions, claims it back), so that the changelog counts its work again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use customer_pulse::config::Config;
 use customer_pulse::event::format_millis;
 use customer_pulse::generate::Generated;
 use customer_pulse::kafka::{publish, ChangelogReader};
+use customer_pulse::processor::partition_for;
 use customer_pulse::replay::wall_clock_ms;
 use customer_pulse::restore::ChangelogSource;
 use customer_pulse::store::Claim;
@@ -42,12 +44,20 @@ struct Instance {
 
 impl Instance {
     fn start(brokers: &str) -> Instance {
+        Instance::start_with(brokers, "", "")
+    }
+
+    /// With `kafka` added to the `[kafka]` section, and `processing` to `[processing]`.
+    fn start_with(brokers: &str, kafka: &str, processing: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let text = config_text(brokers, &dir.path().join("state"), port).replace(
-            "cache_customers = 500",
-            "cache_customers = 500\nchangelog = true",
-        );
+        let text = config_text(brokers, &dir.path().join("state"), port)
+            .replace(
+                "cache_customers = 500",
+                "cache_customers = 500\nchangelog = true",
+            )
+            .replacen("[kafka]\n", &format!("[kafka]\n{kafka}"), 1)
+            .replacen("[processing]\n", &format!("[processing]\n{processing}"), 1);
         let config = Config::parse(&text, Vec::new()).unwrap();
         let shutdown = CancellationToken::new();
         let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
@@ -221,7 +231,7 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_another_instance_claimed_while_the_group_left_it_here_is_claimed_back() {
+async fn a_listed_partition_another_instance_claimed_is_claimed_back() {
     let broker = Broker::start();
     create_all_topics(&broker.address).await;
     let topics = test_topics();
@@ -232,12 +242,11 @@ async fn a_partition_another_instance_claimed_while_the_group_left_it_here_is_cl
     publish(&broker.address, &topics, first, None, 1)
         .await
         .unwrap();
-    let a = Instance::start(&broker.address);
+    // Outside the group, reading all four partitions.
+    let a = Instance::start_with(&broker.address, "assigned_partitions = [0, 1, 2, 3]\n", "");
     a.processed(first.len()).await;
 
-    // Another member claims partition 0, as a new member does when the broker hands it the
-    // partition, and loses it again before it writes anything: the group leaves the partition
-    // with `a`, which is never told (Tansu's early handoff, seen in the `scale` test).
+    // Another instance, configured with partition 0 too, claims it once and writes nothing.
     let config = Config::parse(
         &config_text(&broker.address, std::path::Path::new("/tmp/unused"), 1),
         Vec::new(),
@@ -259,9 +268,8 @@ async fn a_partition_another_instance_claimed_while_the_group_left_it_here_is_cl
         )
         .unwrap();
 
-    // `a` folds on, finds the claim in the changelog past its own records, and once the group
-    // has had a session timeout to move the partition, claims it back and folds it again from
-    // what counts.
+    // `a` folds on, finds the claim in the changelog past its own records, and a session timeout
+    // later claims the partition back and folds it again from what counts.
     publish(&broker.address, &topics, second, None, 1)
         .await
         .unwrap();
@@ -297,6 +305,114 @@ async fn a_partition_another_instance_claimed_while_the_group_left_it_here_is_cl
             .any(|e| e.claim.as_ref().is_some_and(|c| c.writer == 42)),
         "the other's claim is in the log"
     );
+    if restored != expected {
+        panic!(
+            "the changelog does not restore the replayed state:\n{}",
+            crate::scale::explain_changelog(&restored, &expected, &log)
+        );
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_nothing_to_write_that_finds_another_claim_asks_the_group_again() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let topics = test_topics();
+    let now = wall_clock_ms();
+    let traffic = traffic(1_600, 67);
+    // First, customers of partitions 0, 2 and 3 only: nothing of partition 1 to write, no event
+    // and no timer of one of its customers.
+    let (first, second) = traffic.split_at(800);
+    let first: Vec<Generated> = first
+        .iter()
+        .filter(|g| partition_for(g.customer_id.as_bytes(), 4) != 1)
+        .cloned()
+        .collect();
+    let events: Vec<Generated> = first.iter().chain(second).cloned().collect();
+    let ids = customer_ids(&events);
+    publish(&broker.address, &topics, &first, None, 1)
+        .await
+        .unwrap();
+    // Partitions without events hold the watermark back for a second only.
+    let a = Instance::start_with(&broker.address, "", "idle_partition_seconds = 1\n");
+    let port = a.port;
+    a.processed(first.len()).await;
+    let config = Config::parse(
+        &config_text(&broker.address, std::path::Path::new("/tmp/unused"), 1),
+        Vec::new(),
+    )
+    .unwrap();
+    let reader = ChangelogReader::connect(
+        &broker.address,
+        &config.kafka_security,
+        &config.topics.changelog,
+    )
+    .unwrap();
+    // `a` wrote partition 1's claim and, once the partition had been idle a second, the
+    // watermark it reached; then nothing more: its end stays put for 3 s (15 readings 200 ms
+    // apart).
+    let mut ends = Vec::new();
+    let quiet = wait_for(Duration::from_secs(30), || {
+        ends.push(reader.end(1).unwrap());
+        ends.len() >= 16
+            && ends[ends.len() - 16..]
+                .iter()
+                .all(|e| *e == ends[ends.len() - 1])
+    })
+    .await;
+    assert!(
+        quiet,
+        "partition 1 of the changelog quiet within 30 s: {ends:?}"
+    );
+
+    // The group hands partition 1 to a new member, which claims it, and never tells `a`, the
+    // old owner (Tansu can). `a` writes nothing to partition 1 that would show a gap.
+    reader
+        .claim(
+            1,
+            &Claim {
+                writer: 42,
+                continues: None,
+            },
+        )
+        .unwrap();
+
+    // `a` reads past its own records, finds the claim, and once the group has had a session
+    // timeout to move the partition, leaves the group and joins it again; as the only member,
+    // it is given every partition back and claims each.
+    let rejoined = wait_for(Duration::from_secs(60), || {
+        metric_sum(port, "customer_pulse_group_rejoins_total") >= 1.0
+            && http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(rejoined, "rejoined the group and ready again within 60 s");
+    let claimed_again = wait_for(Duration::from_secs(30), || {
+        let (_, log) = crate::scale::changelog_states(&broker.address);
+        let latest = log
+            .iter()
+            .rev()
+            .filter(|e| e.partition == 1)
+            .find_map(|e| e.claim.as_ref());
+        latest.is_some_and(|c| c.writer != 42)
+    })
+    .await;
+    assert!(claimed_again, "partition 1 claimed again after the other");
+
+    // What it folds from now on, customers of partition 1 among them, counts in the changelog.
+    publish(&broker.address, &topics, second, None, 1)
+        .await
+        .unwrap();
+    let all: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let expected = replayed_states(&all, now);
+    let settled = wait_for(Duration::from_secs(60), || {
+        metric_sum(port, "customer_pulse_outbox_backlog_records") == 0.0
+            && served_states(&[port], &ids) == expected
+    })
+    .await;
+    assert_same(&served_states(&[port], &ids), &expected, "served state");
+    assert!(settled, "the outbox drained");
+    let (restored, log) = crate::scale::changelog_states(&broker.address);
     if restored != expected {
         panic!(
             "the changelog does not restore the replayed state:\n{}",

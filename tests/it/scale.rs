@@ -136,22 +136,23 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     );
     // Once the group is quiet, each member holds one partition of each of the three input
     // topics, and each customer has one owner. Against Tansu a join can take several rounds (it
-    // completes a join before every member has rejoined, and may hand a partition on before its
-    // old owner let it go, which that owner claims back after a session timeout), so partitions
-    // may still move for a while after the new member took its first: a reading counts once it
-    // and one taken 6 s later, with no rebalance or claim-back anywhere between them, agree,
-    // and no instance waits to claim a partition back.
+    // completes a join before every member has rejoined, and may hand a partition on without
+    // telling its old owner, which finds the new owner's claim in the changelog and rejoins the
+    // group a session timeout later, even with no events to write), so partitions may still
+    // move for a while after the new member took its first: a reading counts once it and one
+    // taken 6 s later, with no rebalance or rejoin anywhere between them, agree, and no
+    // instance has found its partition claimed by another.
     // (Which members are revoked anything is checked against the mock cluster, in `faults`.)
     let moves = || -> f64 {
         ports(&live)
             .into_iter()
             .map(|port| {
                 metric_sum(port, "customer_pulse_rebalances_total")
-                    + metric_sum(port, "customer_pulse_partitions_claimed_back_total")
+                    + metric_sum(port, "customer_pulse_group_rejoins_total")
             })
             .sum()
     };
-    // Partitions an instance found claimed by another and will claim back: not quiet yet.
+    // Partitions an instance found claimed by another and will rejoin for: not quiet yet.
     let claimed_away = || -> f64 {
         ports(&live)
             .into_iter()
@@ -272,11 +273,11 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         .filter(|e| e.claim.is_none() && !e.counts)
         .count();
     let claims = log.iter().filter(|e| e.claim.is_some()).count();
-    let claimed_back: f64 = live
+    let rejoins: f64 = live
         .iter()
-        .map(|i| metric_sum(i.port, "customer_pulse_partitions_claimed_back_total"))
+        .map(|i| metric_sum(i.port, "customer_pulse_group_rejoins_total"))
         .sum();
-    eprintln!("scale: {stale} changelog records were written by an instance that no longer owned the partition; {claims} claims; {claimed_back} partitions claimed back");
+    eprintln!("scale: {stale} changelog records were written by an instance that no longer owned the partition; {claims} claims; {rejoins} rejoins of the group");
     if !same {
         panic!(
             "the changelog does not restore the replayed state:\n{}",
@@ -453,6 +454,10 @@ impl ChangelogSource for Peek<'_> {
     /// Restores read up to their claim: everything there is.
     fn claim(&self, _: i32, _: &Claim) -> anyhow::Result<i64> {
         Ok(i64::MAX - 1)
+    }
+
+    fn end(&self, partition: i32) -> anyhow::Result<i64> {
+        self.0.end(partition)
     }
 }
 
