@@ -36,7 +36,9 @@ use crate::event::Stream;
 use crate::outbox::Sink;
 use crate::processor::InputRecord;
 use crate::restore::{ChangelogSource, Restored};
-use crate::store::{ChangelogRecord, Claim, OutboxRecord, Store, StoreError, CLAIM_KEY};
+use crate::store::{
+    ChangelogRecord, Claim, Epoch, OutboxRecord, Store, StoreError, CLAIM_KEY, RELEASE_KEY,
+};
 use crate::telemetry::Telemetry;
 
 /// A partition's first record, named by its absolute offset rather than `Offset::Beginning`: a
@@ -80,6 +82,9 @@ pub struct PulseContext {
     inputs: Vec<String>,
     /// Their partition count (`input.partitions`).
     partitions: i32,
+    /// librdkafka's join state as its statistics last told it (`init` once it left the group,
+    /// or before it joined), with when they came.
+    join_state: Mutex<(Instant, String)>,
 }
 
 impl PulseContext {
@@ -194,6 +199,9 @@ impl ClientContext for PulseContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if let Some(group) = &statistics.cgrp {
+            *lock(&self.join_state) = (Instant::now(), group.join_state.clone());
+        }
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -274,10 +282,24 @@ impl PulseContext {
     }
 
     /// Hands `partitions` over: lets the outbox drain, so that the changelog has every change
-    /// of theirs before another instance restores them, then stops them.
+    /// of theirs before another instance restores them, releases them in the changelog (see
+    /// [`crate::restore::ForeignClaim`]), then stops them.
     fn hand_over<C: Consumer<PulseContext>>(&self, consumer: &C, partitions: &[i32]) {
-        if self.changelog.is_some() {
-            tokio::task::block_in_place(|| self.flush_outbox());
+        if let Some(changelog) = &self.changelog {
+            tokio::task::block_in_place(|| {
+                self.flush_outbox();
+                let held: Vec<i32> = {
+                    let owned = lock(&self.assignment);
+                    let mut held: Vec<i32> = owned.iter().map(|(_, p)| *p).collect();
+                    held.retain(|p| partitions.contains(p));
+                    held.sort_unstable();
+                    held.dedup();
+                    held
+                };
+                if let Err(e) = crate::restore::release(&self.store, &**changelog, &held) {
+                    tracing::warn!(partitions = ?held, error = %e, "Releasing partitions in the changelog failed: an instance the group gave them back to without telling it waits a session timeout, then lets them go and rejoins the group.");
+                }
+            });
         }
         let mut owned = lock(&self.assignment);
         let stop = self.take_from(&mut owned, partitions);
@@ -391,7 +413,13 @@ pub struct Input {
     claim_check: Option<ClaimCheck>,
     /// `kafka.assigned_partitions`: `None` when the group assigns.
     fixed: Option<Vec<i32>>,
+    /// When this member left the group to join it again, until it does (see [`Input::rejoin`]).
+    rejoining: Mutex<Option<Instant>>,
 }
+
+/// How long a member that left the group to join it again waits for the leaving to be done
+/// (see [`Input::rejoin_when_left`]).
+const REJOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// How often an instance commits its owned partitions' offsets again, idle or not.
 const OWNERSHIP_REFRESH: Duration = Duration::from_secs(5);
@@ -453,6 +481,7 @@ impl Input {
             advertised_url: config.advertised_url.clone(),
             inputs: inputs.clone(),
             partitions: config.partitions,
+            join_state: Mutex::new((Instant::now(), String::new())),
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -505,6 +534,7 @@ impl Input {
             ownership_refreshed: Mutex::new(Instant::now()),
             claim_check,
             fixed: config.assigned_partitions.clone(),
+            rejoining: Mutex::new(None),
         })
     }
 
@@ -613,25 +643,28 @@ impl Input {
     }
 
     /// Acts, between batches, on the owned partitions that another instance claimed in the
-    /// changelog at least the session timeout ago ([`ClaimCheck`]), and that this one has not
-    /// claimed again since: a member the group really moved them from has been told by then,
-    /// yet the group still leaves them here. Nothing this member wrote after that claim counts.
+    /// changelog ([`ClaimCheck`]) and that this one has not claimed again since. Nothing this
+    /// member wrote after that claim counts.
     ///
-    /// - In a group, one of the two members was never told of a rebalance: Tansu can hand a
-    ///   partition on and leave its old owner holding it, or hand it back to the old owner,
-    ///   which never heard it had gone. Which one holds it now only the coordinator knows, so
-    ///   this member leaves the group and joins it again ([`Input::rejoin`]); a partition the
-    ///   group gives it back is claimed and restored as on any assignment.
-    /// - With `kafka.assigned_partitions`, two instances are configured with the same
-    ///   partitions: this one claims them again, restores them as on an assignment (from
-    ///   scratch, as it wrote after the claim) and consumes them again from the offsets
-    ///   restored.
+    /// - In a group, the claimant has released the partition since (it was revoked from it),
+    ///   yet the group still leaves it here: the group handed it on and back without telling
+    ///   this member, as Tansu can. This member claims it again, restores it as on an
+    ///   assignment (from scratch, as it wrote after the claim) and consumes it again from the
+    ///   offsets restored.
+    /// - In a group, the claimant still holds it a session timeout later (a member the group
+    ///   really moved it from has been told by then): the group handed it on without telling
+    ///   this member, as Tansu can. This member lets it go at once, as on a revocation, so
+    ///   that two members do not fold it side by side, and leaves the group and joins it again
+    ///   ([`Input::rejoin`]), so that its own view of what it holds is the coordinator's again.
+    /// - With `kafka.assigned_partitions`, a session timeout later: two instances are configured
+    ///   with the same partitions. This one claims them back, as above, and logs an error.
     ///
     /// Between batches, so that no fetched record of such a partition is folded on top of a
     /// restored state it does not follow.
     pub fn resolve_claims(&self) {
         let context = self.consumer().context();
-        let due: Vec<i32> = {
+        self.rejoin_when_left();
+        let (claim_back, let_go): (Vec<i32>, Vec<i32>) = {
             let mut away = lock(&context.claimed_away);
             // Nearly always: called before every batch.
             if away.is_empty() {
@@ -639,33 +672,46 @@ impl Input {
             }
             let owned = lock(&context.assignment);
             // An assignment since claimed the partition afresh.
-            away.retain(|p, (_, claim)| {
+            away.retain(|p, away| {
                 owned.iter().any(|(_, q)| q == p)
-                    && context.store.epoch(*p).is_none_or(|epoch| epoch < *claim)
+                    && context
+                        .store
+                        .epoch(*p)
+                        .is_none_or(|epoch| epoch < away.claim.offset)
             });
-            let due: Vec<i32> = away
-                .iter()
-                .filter(|(_, (found, _))| found.elapsed() >= context.claim_grace)
-                .map(|(p, _)| *p)
-                .collect();
-            away.retain(|p, _| !due.contains(p));
+            let (mut claim_back, mut let_go) = (Vec::new(), Vec::new());
+            for (&partition, away) in away.iter() {
+                let grace_over = away.found.elapsed() >= context.claim_grace;
+                match &self.fixed {
+                    Some(_) if grace_over => claim_back.push(partition),
+                    None if away.claim.released => claim_back.push(partition),
+                    None if grace_over => let_go.push(partition),
+                    _ => {}
+                }
+            }
+            away.retain(|p, _| !claim_back.contains(p) && !let_go.contains(p));
             context.telemetry.set_claimed_away(away.len());
-            due
+            (claim_back, let_go)
         };
-        if due.is_empty() {
-            return;
-        }
-        if self.fixed.is_none() {
-            tracing::warn!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet the group still leaves them with this one: one of the two was never told of a rebalance. Leaving the group and joining it again, so that the coordinator assigns them afresh.");
+        if !let_go.is_empty() {
+            tracing::warn!(partitions = ?let_go, "Another instance claimed these partitions in the changelog and still holds them, yet the group leaves them with this one too: the group handed them on without telling this one. Letting them go, then leaving the group and joining it again.");
+            context.hand_over(self.consumer(), &let_go);
+            context.telemetry.let_go(let_go.len());
             self.rejoin();
+        }
+        if claim_back.is_empty() {
             return;
         }
-        tracing::error!(partitions = ?due, "Another instance claimed these partitions in the changelog, yet kafka.assigned_partitions lists them for this one: two instances are configured with the same partitions. Claiming them again and restoring them; give each partition to one instance.");
+        if self.fixed.is_some() {
+            tracing::error!(partitions = ?claim_back, "Another instance claimed these partitions in the changelog, yet kafka.assigned_partitions lists them for this one: two instances are configured with the same partitions. Claiming them again and restoring them; give each partition to one instance.");
+        } else {
+            tracing::warn!(partitions = ?claim_back, "Another instance claimed these partitions in the changelog and released them since, yet the group never told this one: it handed them on and back. Claiming them again and restoring them.");
+        }
         context.telemetry.set_ready(false);
-        let restored = tokio::task::block_in_place(|| context.restore_all(&due));
+        let restored = tokio::task::block_in_place(|| context.restore_all(&claim_back));
         let mut owned = lock(&context.assignment);
         let mut stop = TopicPartitionList::new();
-        for &partition in &due {
+        for &partition in &claim_back {
             for topic in &context.inputs {
                 if owned.remove(&(topic.clone(), partition)) {
                     stop.add_partition(topic, partition);
@@ -675,21 +721,61 @@ impl Input {
         if let Err(e) = self.consumer().incremental_unassign(&stop) {
             tracing::error!(error = %e, "Unassigning partitions to claim them back failed.");
         }
-        context.start(self.consumer(), &due, &restored, &mut owned);
-        context.telemetry.claimed_back(due.len());
+        context.start(self.consumer(), &claim_back, &restored, &mut owned);
+        context.telemetry.claimed_back(claim_back.len());
         context.telemetry.set_ready(!owned.is_empty());
     }
 
-    /// Leaves the group and joins it again as a new member, which makes the coordinator start
-    /// a new generation that every member joins: the partitions are revoked (the outbox drains
-    /// first, as on any revocation), the group leaves, and the subscription, which librdkafka
-    /// holds back until then, joins it again. The records polled meanwhile drive it.
+    /// Leaves the group, to join it again as a new member ([`Input::rejoin_when_left`]): the
+    /// coordinator then starts a new generation that every member joins. The partitions are
+    /// revoked first (the outbox drains, as on any revocation). The records polled meanwhile
+    /// drive it.
     fn rejoin(&self) {
+        let mut rejoining = lock(&self.rejoining);
+        if rejoining.is_none() {
+            *rejoining = Some(Instant::now());
+            self.consumer().context().telemetry.rejoined();
+            self.consumer().unsubscribe();
+        }
+    }
+
+    /// Subscribes again once the leaving asked for by [`Input::rejoin`] is done: the
+    /// subscription is gone and librdkafka's statistics, taken since, show it in its `init`
+    /// join state, which it reaches once it has sent the LeaveGroup. Not before: librdkafka
+    /// holds a leaving back while a rebalance is under way, and a subscription made meanwhile
+    /// cancels it, or turns it into a rejoin under the old member id (in the scale test, an
+    /// instance "rejoined" four times in a minute and was revoked nothing, and another was
+    /// assigned nothing for a minute after). After [`REJOIN_WAIT`] it subscribes anyway.
+    fn rejoin_when_left(&self) {
+        let mut rejoining = lock(&self.rejoining);
+        let Some(since) = *rejoining else {
+            return;
+        };
         let context = self.consumer().context();
-        context.telemetry.rejoined();
-        self.consumer().unsubscribe();
-        if let Err(e) = self.consumer().subscribe(&[context.inputs[0].as_str()]) {
-            tracing::error!(error = %e, "Subscribing again after leaving the group failed; this instance consumes nothing until it restarts.");
+        let left = {
+            let (at, state) = &*lock(&context.join_state);
+            *at > since && state == "init"
+        };
+        let unsubscribed = self
+            .consumer()
+            .subscription()
+            .is_ok_and(|topics| topics.count() == 0);
+        let done = left && unsubscribed;
+        if !done && since.elapsed() < REJOIN_WAIT {
+            return;
+        }
+        *rejoining = None;
+        if !done {
+            tracing::warn!(
+                seconds = REJOIN_WAIT.as_secs(),
+                "The consumer has not left the group yet; joining it again anyway."
+            );
+        }
+        match self.consumer().subscribe(&[context.inputs[0].as_str()]) {
+            Ok(()) => tracing::info!("Left the group; joining it again."),
+            Err(e) => {
+                tracing::error!(error = %e, "Subscribing again after leaving the group failed; this instance consumes nothing until it restarts.")
+            }
         }
     }
 
@@ -1108,6 +1194,29 @@ impl ChangelogSource for ChangelogReader {
         }
     }
 
+    fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
+        let values: Vec<(i32, Vec<u8>)> = releases
+            .iter()
+            .map(|(partition, epoch)| (*partition, epoch.to_header()))
+            .collect();
+        let sends = values.iter().map(|(partition, value)| {
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .partition(*partition)
+                .key(RELEASE_KEY)
+                .payload(value);
+            self.claims.send(record, Duration::from_secs(10))
+        });
+        for (sent, (partition, _)) in futures::executor::block_on(join_all(sends))
+            .into_iter()
+            .zip(releases)
+        {
+            if let Err((e, _)) = sent {
+                anyhow::bail!("releasing partition {partition} of the changelog: {e}");
+            }
+        }
+        Ok(())
+    }
+
     fn end(&self, partition: i32) -> anyhow::Result<i64> {
         let (_, high) = self.claims.client().fetch_watermarks(
             &self.topic,
@@ -1237,9 +1346,16 @@ impl ChangelogProgress {
     }
 }
 
-/// Owned partitions that another instance claimed in the changelog, with when that was found
-/// and the offset of that claim.
-type ClaimedAway = Arc<Mutex<HashMap<i32, (Instant, i64)>>>;
+/// Owned partitions that another instance claimed in the changelog.
+type ClaimedAway = Arc<Mutex<HashMap<i32, Away>>>;
+
+/// Another instance's claim on an owned partition, as last read.
+#[derive(Debug, Clone, Copy)]
+struct Away {
+    /// When this claim was first found.
+    found: Instant,
+    claim: crate::restore::ForeignClaim,
+}
 
 /// Looks, on a thread of its own, for another instance's claim in a changelog partition this
 /// one owns (see [`crate::restore::check_claims`]): such a claim means that what this one
@@ -1318,30 +1434,54 @@ impl ClaimWatch {
     }
 
     /// Reads what each owned partition's changelog got past what this instance accounted for
-    /// (see [`crate::restore::check_claims_to_end`]).
+    /// (see [`crate::restore::check_claims_to_end`]): a claim, or, after one found, its release
+    /// or a later claim.
     fn sweep(&self) {
         let mut partitions: Vec<i32> = lock(&self.owned).iter().map(|(_, p)| *p).collect();
         partitions.sort_unstable();
         partitions.dedup();
         for partition in partitions {
-            if lock(&self.claimed_away).contains_key(&partition) {
-                continue;
-            }
             let found = crate::restore::check_claims_to_end(&self.store, &*self.reader, partition);
             self.note(partition, found);
         }
     }
 
-    /// Notes `partition` as claimed away when another instance's claim was `found`.
-    fn note(&self, partition: i32, found: anyhow::Result<Option<i64>>) {
+    /// Notes `partition` as claimed away when another instance's claim was `found`, or the
+    /// claim's release; forgets it when none is found any more (this instance claimed it again).
+    fn note(&self, partition: i32, found: anyhow::Result<Option<crate::restore::ForeignClaim>>) {
         match found {
             Ok(Some(claim)) => {
-                tracing::warn!(partition, claim, "Another instance claimed a partition this one owns; unless the group moves the partition away within the session timeout, this one asks the group again (or, with kafka.assigned_partitions, claims it back).");
                 let mut away = lock(&self.claimed_away);
-                away.insert(partition, (Instant::now(), claim));
+                let known = away.get(&partition).copied();
+                match known {
+                    Some(known) if known.claim == claim => {}
+                    Some(known) if known.claim.offset == claim.offset => {
+                        tracing::info!(
+                            partition,
+                            claim = claim.offset,
+                            "The instance that claimed a partition this one owns has released it."
+                        );
+                        away.insert(partition, Away { claim, ..known });
+                    }
+                    _ => {
+                        tracing::warn!(partition, claim = claim.offset, released = claim.released, "Another instance claimed a partition this one owns; unless the group moves the partition away within the session timeout, this one acts on it.");
+                        away.insert(
+                            partition,
+                            Away {
+                                found: Instant::now(),
+                                claim,
+                            },
+                        );
+                    }
+                }
                 self.telemetry.set_claimed_away(away.len());
             }
-            Ok(None) => {}
+            Ok(None) => {
+                let mut away = lock(&self.claimed_away);
+                if away.remove(&partition).is_some() {
+                    self.telemetry.set_claimed_away(away.len());
+                }
+            }
             Err(e) => {
                 tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; it is checked again.")
             }

@@ -20,7 +20,7 @@
 //! not accounted for: its claim, then its own records as they are delivered without a gap, and
 //! past a gap once [`check_claims`] has read it and found no other writer's claim there.
 
-use crate::store::{ChangelogRecord, Claim, Ownership, Store, StoreError};
+use crate::store::{ChangelogRecord, Claim, Epoch, Ownership, Store, StoreError};
 
 /// Records applied per atomic store write.
 const CHUNK: usize = 10_000;
@@ -43,6 +43,47 @@ pub trait ChangelogSource {
 
     /// The offset the next record appended to `partition` will have.
     fn end(&self, partition: i32) -> anyhow::Result<i64>;
+
+    /// Appends a release of each epoch to its partition, all at once, and returns once the
+    /// brokers acknowledged them (or one failed).
+    fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()>;
+}
+
+/// Another writer's claim on a partition this store still writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignClaim {
+    /// Its offset.
+    pub offset: i64,
+    /// Whether its writer released the partition after it: the claimant no longer holds it.
+    pub released: bool,
+}
+
+/// Writes, as `partitions` are revoked from this store's instance, that their latest claims no
+/// longer hold them (see [`ForeignClaim`]). A partition without a claim gets nothing.
+pub fn release(
+    store: &Store,
+    source: &dyn ChangelogSource,
+    partitions: &[i32],
+) -> anyhow::Result<()> {
+    let Some((_, writer)) = store.changelog() else {
+        return Ok(());
+    };
+    let releases: Vec<(i32, Epoch)> = partitions
+        .iter()
+        .filter_map(|&p| {
+            Some((
+                p,
+                Epoch {
+                    writer,
+                    claim: store.epoch(p)?,
+                },
+            ))
+        })
+        .collect();
+    if releases.is_empty() {
+        return Ok(());
+    }
+    source.release(&releases)
 }
 
 /// What a restore did.
@@ -135,20 +176,21 @@ pub fn restore(
 
 /// Whether another writer claimed `partition` while this store still writes it: looks at what
 /// lies between what the store has accounted for and its own records just delivered at
-/// `delivered` (a gap that [`Store::advance_changelog_read`] could not pass). Returns the offset
-/// of a claim by another writer after this store's latest; without one, everything up to and
-/// over `delivered` is accounted for.
+/// `delivered` (a gap that [`Store::advance_changelog_read`] could not pass). Returns the latest
+/// claim by another writer after this store's latest, in the first gap that holds one; without
+/// one, everything up to and over `delivered` is accounted for.
 ///
-/// A broker may hand a partition to a new member and then, in its next generation, back to the
-/// old owner without ever telling the old owner it had gone (Tansu does). The new member's claim
-/// stands in the changelog, so nothing the old owner writes counts any more, though the group
-/// says it owns the partition: it has to claim it again, as on an assignment.
+/// A broker may hand a partition to a new member and never tell the old owner, or hand it
+/// back to the old owner in its next generation, which never heard it had gone (Tansu does
+/// both). The new member's claim stands in the changelog, so nothing the old owner writes counts
+/// any more, though the group says it owns the partition. Whether the claimant still holds it,
+/// its release tells ([`ForeignClaim::released`]).
 pub fn check_claims(
     store: &Store,
     source: &dyn ChangelogSource,
     partition: i32,
     delivered: &mut [i64],
-) -> anyhow::Result<Option<i64>> {
+) -> anyhow::Result<Option<ForeignClaim>> {
     let (Some((_, writer)), Some(epoch)) = (store.changelog(), store.epoch(partition)) else {
         return Ok(None);
     };
@@ -168,15 +210,15 @@ pub fn check_claims(
 
 /// Whether another writer claimed `partition` in what the changelog got past what this store
 /// has accounted for, up to its end: what [`check_claims`] finds in a gap, for an owner that
-/// writes nothing. The group may hand the partition to a new member and never tell this one
-/// (Tansu can), and with no events for it this owner has no records of its own to find a gap
-/// before. Returns the offset of such a claim; without one, everything up to the end is
-/// accounted for.
+/// writes nothing (the group may hand the partition on and never tell it; with no events for
+/// it, this owner has no records of its own to find a gap before), and, once a claim was found,
+/// what followed it: a release, or a later claim. Returns the latest such claim; without one,
+/// everything up to the end is accounted for.
 pub fn check_claims_to_end(
     store: &Store,
     source: &dyn ChangelogSource,
     partition: i32,
-) -> anyhow::Result<Option<i64>> {
+) -> anyhow::Result<Option<ForeignClaim>> {
     let (Some((_, writer)), Some(epoch)) = (store.changelog(), store.epoch(partition)) else {
         return Ok(None);
     };
@@ -194,27 +236,39 @@ pub fn check_claims_to_end(
     Ok(None)
 }
 
-/// The first claim in `partition` from `from` up to `to` (exclusive) by another writer than
-/// `writer` after its claim at `epoch`; one before it was dealt with by the restore of that
-/// claim.
+/// The latest claim in `partition` from `from` up to `to` (exclusive) by another writer than
+/// `writer` after its claim at `epoch` (one before it was dealt with by the restore of that
+/// claim), and whether its writer released it after.
 fn foreign_claim(
     source: &dyn ChangelogSource,
     partition: i32,
     (writer, epoch): (u64, i64),
     from: i64,
     to: i64,
-) -> anyhow::Result<Option<i64>> {
-    let mut foreign = None;
+) -> anyhow::Result<Option<ForeignClaim>> {
+    let mut latest: Option<(u64, ForeignClaim)> = None;
     source.read(partition, Some(from), to, &mut |offset, record| {
+        if let Some(released) = record.release() {
+            if let Some((claimant, claim)) = &mut latest {
+                claim.released |= released.writer == *claimant && released.claim == claim.offset;
+            }
+            return Ok(());
+        }
         match record.claim()? {
-            Some(claim) if claim.writer != writer && offset > epoch => {
-                foreign.get_or_insert(offset);
+            // This store's own later claim (made while this was read) settles what came before.
+            Some(claim) if claim.writer == writer => latest = None,
+            Some(claim) if offset > epoch => {
+                let found = ForeignClaim {
+                    offset,
+                    released: false,
+                };
+                latest = Some((claim.writer, found));
             }
             _ => {}
         }
         Ok(())
     })?;
-    Ok(foreign)
+    Ok(latest.map(|(_, claim)| claim))
 }
 
 /// Applies the records of `partition` that count, from `from` (the start when `None`) up to the
@@ -282,7 +336,7 @@ mod tests {
 
     use super::*;
     use crate::fold::CustomerState;
-    use crate::store::{Commit, Customer, CLAIM_KEY};
+    use crate::store::{Commit, Customer, CLAIM_KEY, RELEASE_KEY};
 
     /// A changelog topic in memory: a log per partition, offsets from 0; counts its reads.
     #[derive(Default)]
@@ -350,6 +404,21 @@ mod tests {
 
         fn end(&self, partition: i32) -> anyhow::Result<i64> {
             Ok(self.0.lock().unwrap().get(&partition).map_or(0, Vec::len) as i64)
+        }
+
+        fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
+            for (partition, epoch) in releases {
+                self.append(
+                    *partition,
+                    ChangelogRecord {
+                        key: RELEASE_KEY.to_vec(),
+                        value: Some(epoch.to_header()),
+                        epoch: None,
+                        facts: None,
+                    },
+                );
+            }
+            Ok(())
         }
     }
 
@@ -600,7 +669,10 @@ mod tests {
         let (partition, offsets) = &mut gaps[0];
         assert_eq!(
             check_claims(&first, &log, *partition, offsets).unwrap(),
-            Some(3),
+            Some(ForeignClaim {
+                offset: 3,
+                released: false
+            }),
             "the second's claim, after its own records"
         );
         // Claimed back, its state is rebuilt from what counts; it folds the rest again.
@@ -673,7 +745,9 @@ mod tests {
         write(&first, "a", 3, 12);
         delivered.extend(deliver_with_gaps(&log, &first).remove(0).1);
         assert_eq!(
-            check_claims(&first, &log, 0, &mut delivered).unwrap(),
+            check_claims(&first, &log, 0, &mut delivered)
+                .unwrap()
+                .map(|c| c.offset),
             Some(6),
             "the claim in the second gap"
         );
@@ -703,15 +777,58 @@ mod tests {
         // events to write, so no gap shows it.
         let second = store();
         restore_0(&second, &log);
-        assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), Some(4));
+        let claimed = ForeignClaim {
+            offset: 4,
+            released: false,
+        };
+        assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), Some(claimed));
         assert_eq!(
             first.changelog_read(0).unwrap(),
             Some(4),
             "the read mark stays before the claim"
         );
+        // The second is revoked the partition: its release says so, to whoever reads on.
+        release(&second, &log, &[0]).unwrap();
+        assert_eq!(
+            check_claims_to_end(&first, &log, 0).unwrap(),
+            Some(ForeignClaim {
+                offset: 4,
+                released: true
+            })
+        );
+        // A third member claims it next, and holds it.
+        let third = store();
+        restore_0(&third, &log);
+        assert_eq!(
+            check_claims_to_end(&first, &log, 0).unwrap(),
+            Some(ForeignClaim {
+                offset: 6,
+                released: false
+            }),
+            "the latest claim, not released"
+        );
         // Given the partition again, the first claims it afresh: no news.
         restore_0(&first, &log);
         assert_eq!(check_claims_to_end(&first, &log, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_release_is_neither_a_claim_nor_a_customer_and_counts_for_nothing() {
+        let log = Log::default();
+        let first = first_owner(&log, &[("a", 1, 10)]);
+        release(&first, &log, &[0]).unwrap();
+        // Released, not claimed away: the same writer's records still count ...
+        write(&first, "a", 2, 11);
+        log.deliver(&first);
+        assert_eq!(fresh_view(&log, &["a"]), (vec![Some(2)], Some(11)));
+        // ... and a restore reads over it.
+        let second = store();
+        assert!(matches!(restore_0(&second, &log), Restored::Applied { .. }));
+        assert_eq!(view(&second, &["a"]), (vec![Some(2)], Some(11)));
+        // A store with no claim to release writes nothing.
+        let before = log.end(0).unwrap();
+        release(&store(), &log, &[0]).unwrap();
+        assert_eq!(log.end(0).unwrap(), before);
     }
 
     #[test]

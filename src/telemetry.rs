@@ -60,6 +60,7 @@ pub struct Telemetry {
     claimed_back: IntCounter,
     claimed_away: IntGauge,
     rejoins: IntCounter,
+    let_go: IntCounter,
     restore_remaining: IntGaugeVec,
 }
 
@@ -286,17 +287,22 @@ impl Telemetry {
             .expect("valid metric"),
             claimed_back: IntCounter::with_opts(opts(
                 "partitions_claimed_back_total",
-                "Partitions listed in kafka.assigned_partitions claimed back after another instance had claimed them in the changelog (two instances configured with the same partitions).",
+                "Owned partitions claimed again after another instance had claimed them in the changelog: one that released them since while the group left them here, or, with kafka.assigned_partitions, any a session timeout later.",
             ))
             .expect("valid metric"),
             claimed_away: IntGauge::with_opts(opts(
                 "partitions_claimed_away",
-                "Owned partitions another instance has claimed in the changelog, waiting for the group to move them, or for this instance to rejoin the group (or claim them back).",
+                "Owned partitions another instance has claimed in the changelog, waiting for the group to move them, or for this instance to claim them back or let them go.",
             ))
             .expect("valid metric"),
             rejoins: IntCounter::with_opts(opts(
                 "group_rejoins_total",
-                "Times this instance left the consumer group and joined it again because another instance had claimed, in the changelog, a partition the group still left here.",
+                "Times this instance left the consumer group and joined it again after letting go of partitions another instance held too.",
+            ))
+            .expect("valid metric"),
+            let_go: IntCounter::with_opts(opts(
+                "partitions_let_go_total",
+                "Owned partitions let go because another instance had claimed them in the changelog and still held them a session timeout later (a broker that hands a partition on without telling its old owner).",
             ))
             .expect("valid metric"),
             restore_remaining: IntGaugeVec::new(
@@ -314,6 +320,7 @@ impl Telemetry {
             Box::new(t.claimed_back.clone()),
             Box::new(t.claimed_away.clone()),
             Box::new(t.rejoins.clone()),
+            Box::new(t.let_go.clone()),
             Box::new(t.restore_remaining.clone()),
             Box::new(t.dead_letters.clone()),
             Box::new(t.limits_reached.clone()),
@@ -553,6 +560,10 @@ impl Telemetry {
 
     pub fn claimed_back(&self, partitions: usize) {
         self.claimed_back.inc_by(partitions as u64);
+    }
+
+    pub fn let_go(&self, partitions: usize) {
+        self.let_go.inc_by(partitions as u64);
     }
 
     pub fn rejoined(&self) {

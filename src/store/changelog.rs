@@ -6,7 +6,9 @@
 //! A changelog partition holds, in commit order, customer records (key: the customer id; value:
 //! the stored encoding, or a tombstone when the customer was erased) and position records (key:
 //! [`POSITION_KEY`], which is not UTF-8 and so no customer id; value: [`Position`]), one per
-//! partition a commit touched; and claims (key: [`CLAIM_KEY`]; value: [`Claim`]).
+//! partition a commit touched; claims (key: [`CLAIM_KEY`]; value: [`Claim`]); and releases
+//! (key: [`RELEASE_KEY`]; value: the [`Epoch`] released), which an owner writes when a
+//! partition is revoked from it.
 //!
 //! **Ownership.** Two instances can write one partition at once: an old owner that has not yet
 //! heard of a rebalance (a broker that hands the partition on before the old owner revoked it,
@@ -32,6 +34,10 @@ pub const POSITION_KEY: &[u8] = b"\xffposition";
 pub const AGGREGATOR_KEY: &[u8] = b"\xffaggregator";
 /// The key of a claim record (see the module's documentation).
 pub const CLAIM_KEY: &[u8] = b"\xffclaim";
+/// The key of a release record: the writer of the [`Epoch`] its value names let the partition
+/// go. It changes nothing of who counts ([`Ownership`]): it tells an instance that finds that
+/// writer's claim on a partition it still holds that the claimant no longer does.
+pub const RELEASE_KEY: &[u8] = b"\xffrelease";
 /// The header naming the [`Epoch`] a record was written in: writer id, then claim offset, both
 /// 8 bytes big-endian.
 pub const EPOCH_HEADER: &str = "customer-pulse-epoch";
@@ -197,6 +203,14 @@ impl ChangelogRecord {
         };
         let key = record.key.clone().unwrap_or_default();
         ChangelogRecord::read(key, record.value.clone(), header)
+    }
+
+    /// The epoch this record releases, if it is a release (an unreadable one is none).
+    pub fn release(&self) -> Option<Epoch> {
+        match (&self.value, self.key.as_slice() == RELEASE_KEY) {
+            (Some(bytes), true) => Epoch::from_header(bytes),
+            _ => None,
+        }
     }
 
     /// The claim this record is, if it is one.
@@ -457,14 +471,15 @@ impl Store {
 
     /// Applies changelog records of `partition`, in their log order, in one atomic write:
     /// customers replaced or deleted with their timers, and the input positions the records
-    /// carry. Which records count is the caller's to decide ([`Ownership`]); claims are skipped.
+    /// carry. Which records count is the caller's to decide ([`Ownership`]); claims and releases
+    /// are skipped.
     /// A record that cannot be read is an error and nothing is applied.
     pub fn restore(&self, partition: i32, records: Vec<ChangelogRecord>) -> Result<(), StoreError> {
         let mut ops = Vec::with_capacity(records.len() * 2);
         // The timer each customer has as of the records applied so far in this call.
         let mut timers: HashMap<Vec<u8>, Option<Millis>> = HashMap::new();
         for ChangelogRecord { key, value, .. } in records {
-            if key.as_slice() == CLAIM_KEY || key.as_slice() == AGGREGATOR_KEY {
+            if [CLAIM_KEY, AGGREGATOR_KEY, RELEASE_KEY].contains(&key.as_slice()) {
                 continue;
             }
             if key.as_slice() == POSITION_KEY {

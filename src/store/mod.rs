@@ -26,7 +26,8 @@ use crate::trends::Trends;
 
 pub use changelog::{
     decode_position, AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Ownership, Position,
-    AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY, WATERMARK_SOURCE,
+    AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY, RELEASE_KEY,
+    WATERMARK_SOURCE,
 };
 pub use codec::{decode_facts, encode_facts};
 pub use memory::MemoryBackend;

@@ -15,7 +15,7 @@ use customer_pulse::kafka::{publish, ChangelogReader};
 use customer_pulse::processor::partition_for;
 use customer_pulse::replay::wall_clock_ms;
 use customer_pulse::restore::ChangelogSource;
-use customer_pulse::store::Claim;
+use customer_pulse::store::{Claim, Epoch};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -315,7 +315,8 @@ async fn a_listed_partition_another_instance_claimed_is_claimed_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_with_nothing_to_write_that_finds_another_claim_asks_the_group_again() {
+async fn a_member_with_nothing_to_write_claims_back_what_the_claimant_released_and_lets_go_what_it_kept(
+) {
     let broker = Broker::start();
     create_all_topics(&broker.address).await;
     let topics = test_topics();
@@ -366,38 +367,68 @@ async fn a_member_with_nothing_to_write_that_finds_another_claim_asks_the_group_
         "partition 1 of the changelog quiet within 30 s: {ends:?}"
     );
 
-    // The group hands partition 1 to a new member, which claims it, and never tells `a`, the
-    // old owner (Tansu can). `a` writes nothing to partition 1 that would show a gap.
-    reader
-        .claim(
-            1,
-            &Claim {
-                writer: 42,
-                continues: None,
-            },
-        )
-        .unwrap();
+    // The latest claim of partition 1, by writer.
+    let claimant = || {
+        let (_, log) = crate::scale::changelog_states(&broker.address);
+        log.iter()
+            .rev()
+            .filter(|e| e.partition == 1)
+            .find_map(|e| e.claim.as_ref().map(|c| c.writer))
+    };
+    let ours = claimant().unwrap();
+    let claim_by = |writer: u64| {
+        reader
+            .claim(
+                1,
+                &Claim {
+                    writer,
+                    continues: None,
+                },
+            )
+            .unwrap()
+    };
 
-    // `a` reads past its own records, finds the claim, and once the group has had a session
-    // timeout to move the partition, leaves the group and joins it again; as the only member,
-    // it is given every partition back and claims each.
+    // The group hands partition 1 to a new member, which claims it, then takes it from it again
+    // (which releases it) and leaves it with `a`, which was never told (Tansu can). `a` writes
+    // nothing to partition 1 that would show a gap; it reads past its own records, finds the
+    // claim released, and claims the partition back at once, without waiting for the group.
+    let claim = claim_by(42);
+    reader.release(&[(1, Epoch { writer: 42, claim })]).unwrap();
+    let claimed_back = wait_for(Duration::from_secs(30), || {
+        metric_sum(port, "customer_pulse_partitions_claimed_back_total") >= 1.0
+    })
+    .await;
+    assert!(claimed_back, "claimed back within 30 s");
+    assert_eq!(claimant(), Some(ours), "claimed after the other");
+    assert_eq!(
+        metric_sum(port, "customer_pulse_group_rejoins_total"),
+        0.0,
+        "no need to ask the group"
+    );
+
+    // The group hands partition 1 to another member, which claims it and keeps it, and never
+    // tells `a` (Tansu can). A session timeout later `a` lets it go, leaves the group and joins
+    // it again; as the only member, it is given every partition back and claims each.
+    claim_by(43);
     let rejoined = wait_for(Duration::from_secs(60), || {
         metric_sum(port, "customer_pulse_group_rejoins_total") >= 1.0
             && http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+            && claimant() == Some(ours)
     })
     .await;
-    assert!(rejoined, "rejoined the group and ready again within 60 s");
-    let claimed_again = wait_for(Duration::from_secs(30), || {
-        let (_, log) = crate::scale::changelog_states(&broker.address);
-        let latest = log
-            .iter()
-            .rev()
-            .filter(|e| e.partition == 1)
-            .find_map(|e| e.claim.as_ref());
-        latest.is_some_and(|c| c.writer != 42)
-    })
-    .await;
-    assert!(claimed_again, "partition 1 claimed again after the other");
+    assert!(
+        rejoined,
+        "let go, rejoined, and claimed partition 1 again within 60 s"
+    );
+    assert_eq!(
+        metric_sum(port, "customer_pulse_partitions_let_go_total"),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(port, "customer_pulse_partitions_claimed_back_total"),
+        1.0,
+        "given back by the group, not claimed back"
+    );
 
     // What it folds from now on, customers of partition 1 among them, counts in the changelog.
     publish(&broker.address, &topics, second, None, 1)

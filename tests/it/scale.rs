@@ -134,7 +134,7 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         joined,
         "the fifth instance took a partition and all is served within 60 s"
     );
-    // Once the group is quiet, each member holds one partition of each of the three input
+    // Once the group is quiet, each partition is held by one member, with its three input
     // topics, and each customer has one owner. Against Tansu a join can take several rounds (it
     // completes a join before every member has rejoined, and may hand a partition on without
     // telling its old owner, which finds the new owner's claim in the changelog and rejoins the
@@ -201,10 +201,17 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         }
     };
     let (counts, answers) = quiet.expect("the group is quiet for 6 s within 120 s");
+    // Each of the four partitions is held by exactly one member, with its three input topics.
+    // How they are spread is the coordinator's: Tansu may complete a round without a member
+    // that has just joined (again), which then holds none while another holds two; that is
+    // printed, not asserted.
     assert!(
-        counts.iter().all(|c| *c == 3.0),
-        "one partition of each of the three input topics per member: {counts:?}"
+        counts.iter().all(|c| *c % 3.0 == 0.0) && counts.iter().sum::<f64>() == 12.0,
+        "each partition held once, with its three input topics: {counts:?}"
     );
+    if counts.iter().any(|c| *c != 3.0) {
+        eprintln!("scale: the group settled unbalanced: {counts:?}");
+    }
     let mut misdirected = 0;
     for (id, answers) in answers {
         let owners: Vec<u16> = answers
@@ -458,6 +465,11 @@ impl ChangelogSource for Peek<'_> {
 
     fn end(&self, partition: i32) -> anyhow::Result<i64> {
         self.0.end(partition)
+    }
+
+    /// Peeking holds nothing.
+    fn release(&self, _: &[(i32, Epoch)]) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
