@@ -84,6 +84,16 @@ impl Instance {
     }
 }
 
+/// A reader (and claimant) of the tests' changelog topic.
+pub fn changelog_reader(brokers: &str) -> ChangelogReader {
+    let config = Config::parse(
+        &config_text(brokers, std::path::Path::new("/tmp/unused"), 1),
+        Vec::new(),
+    )
+    .unwrap();
+    ChangelogReader::connect(brokers, &config.kafka_security, &config.topics.changelog).unwrap()
+}
+
 /// The customers of `events`, each once, in order.
 fn customer_ids(events: &[Generated]) -> Vec<String> {
     let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
@@ -247,17 +257,7 @@ async fn a_listed_partition_another_instance_claimed_is_claimed_back() {
     a.processed(first.len()).await;
 
     // Another instance, configured with partition 0 too, claims it once and writes nothing.
-    let config = Config::parse(
-        &config_text(&broker.address, std::path::Path::new("/tmp/unused"), 1),
-        Vec::new(),
-    )
-    .unwrap();
-    let reader = ChangelogReader::connect(
-        &broker.address,
-        &config.kafka_security,
-        &config.topics.changelog,
-    )
-    .unwrap();
+    let reader = changelog_reader(&broker.address);
     reader
         .claim(
             0,
@@ -339,17 +339,7 @@ async fn a_member_with_nothing_to_write_claims_back_what_the_claimant_released_a
     let a = Instance::start_with(&broker.address, "", "idle_partition_seconds = 1\n");
     let port = a.port;
     a.processed(first.len()).await;
-    let config = Config::parse(
-        &config_text(&broker.address, std::path::Path::new("/tmp/unused"), 1),
-        Vec::new(),
-    )
-    .unwrap();
-    let reader = ChangelogReader::connect(
-        &broker.address,
-        &config.kafka_security,
-        &config.topics.changelog,
-    )
-    .unwrap();
+    let reader = changelog_reader(&broker.address);
     // `a` wrote partition 1's claim and, once the partition had been idle a second, the
     // watermark it reached; then nothing more: its end stays put for 3 s (15 readings 200 ms
     // apart).
