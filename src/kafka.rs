@@ -462,6 +462,7 @@ impl Input {
                     owned: assignment.clone(),
                     claimed_away: Arc::clone(&claimed_away),
                     telemetry: Arc::clone(&telemetry),
+                    marks: Mutex::default(),
                 },
                 // Well within the session timeout that a claim is given before it is acted on.
                 config.session_timeout / 2,
@@ -1375,6 +1376,8 @@ struct ClaimWatch {
     owned: Assignment,
     claimed_away: ClaimedAway,
     telemetry: Arc<Telemetry>,
+    /// Each owned partition's read mark at the last sweep.
+    marks: Mutex<HashMap<i32, Option<i64>>>,
 }
 
 impl ClaimCheck {
@@ -1435,12 +1438,21 @@ impl ClaimWatch {
 
     /// Reads what each owned partition's changelog got past what this instance accounted for
     /// (see [`crate::restore::check_claims_to_end`]): a claim, or, after one found, its release
-    /// or a later claim.
+    /// or a later claim. A partition whose read mark moved since the last sweep is left out
+    /// unless a claim was found in it: this instance's own records are being delivered there,
+    /// and the gaps between them are checked as they are.
     fn sweep(&self) {
         let mut partitions: Vec<i32> = lock(&self.owned).iter().map(|(_, p)| *p).collect();
         partitions.sort_unstable();
         partitions.dedup();
+        let mut marks = lock(&self.marks);
+        marks.retain(|p, _| partitions.contains(p));
         for partition in partitions {
+            let mark = self.store.changelog_read(partition).ok().flatten();
+            let moved = marks.insert(partition, mark) != Some(mark);
+            if moved && !lock(&self.claimed_away).contains_key(&partition) {
+                continue;
+            }
             let found = crate::restore::check_claims_to_end(&self.store, &*self.reader, partition);
             self.note(partition, found);
         }
