@@ -1,5 +1,5 @@
 //! Restoring a partition's customers from the changelog when the instance is given the
-//! partition. Must not know Kafka: it reads and claims through a [`ChangelogSource`].
+//! partition. Must not know Kafka: it reads, claims and releases through a [`ChangelogSource`].
 //!
 //! On each assignment the instance first *claims* the partition (a claim record, see
 //! [`crate::store::Ownership`]), then brings its local state to what the changelog holds below
@@ -18,14 +18,20 @@
 //!
 //! The store remembers, per partition, the offset up to which the changelog holds nothing it has
 //! not accounted for: its claim, then its own records as they are delivered without a gap, and
-//! past a gap once [`check_claims`] has read it and found no other writer's claim there.
+//! past a gap once [`check_claims`] has read it and found no other writer's claim there, or past
+//! the partition's end once [`check_claims_to_end`] has.
+//!
+//! While it owns a partition, the instance looks for another writer's claim there (the broker
+//! may have handed the partition on without telling it), and whether that writer has since
+//! *released* the partition: the release an instance writes when a partition is revoked from
+//! it ([`release`]). Released, the partition is this instance's again; kept, it is the other's.
 
 use crate::store::{ChangelogRecord, Claim, Epoch, Ownership, Store, StoreError};
 
 /// Records applied per atomic store write.
 const CHUNK: usize = 10_000;
 
-/// Where changelog records are read from, and claims written to.
+/// Where changelog records are read from, and claims and releases written to.
 pub trait ChangelogSource {
     /// Calls `each` with every record of `partition` from offset `from` (the first record when
     /// `None`, or when `from` is no longer there) up to `to` (exclusive), in log order. Returns
