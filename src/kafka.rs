@@ -290,11 +290,8 @@ impl PulseContext {
                 self.flush_outbox();
                 let held: Vec<i32> = {
                     let owned = lock(&self.assignment);
-                    let mut held: Vec<i32> = owned.iter().map(|(_, p)| *p).collect();
-                    held.retain(|p| partitions.contains(p));
-                    held.sort_unstable();
-                    held.dedup();
-                    held
+                    let held = |p: &&i32| owned.iter().any(|(_, q)| q == *p);
+                    partitions.iter().filter(held).copied().collect()
                 };
                 if let Err(e) = crate::restore::release(&self.store, &**changelog, &held) {
                     tracing::warn!(partitions = ?held, error = %e, "Releasing partitions in the changelog failed: an instance the group gave them back to without telling it waits a session timeout, then lets them go and rejoins the group.");
@@ -462,7 +459,7 @@ impl Input {
                     owned: assignment.clone(),
                     claimed_away: Arc::clone(&claimed_away),
                     telemetry: Arc::clone(&telemetry),
-                    marks: Mutex::default(),
+                    marks: HashMap::new(),
                 },
                 // Well within the session timeout that a claim is given before it is acted on.
                 config.session_timeout / 2,
@@ -1141,6 +1138,21 @@ impl ChangelogReader {
             claims,
         })
     }
+
+    /// Appends a record of `key` and `value` to `partition`; done once the brokers acknowledged
+    /// it, within 10 s.
+    async fn append(
+        &self,
+        partition: i32,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> rdkafka::producer::future_producer::OwnedDeliveryResult {
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(key)
+            .payload(&value);
+        self.claims.send(record, Duration::from_secs(10)).await
+    }
 }
 
 impl ChangelogSource for ChangelogReader {
@@ -1183,34 +1195,18 @@ impl ChangelogSource for ChangelogReader {
     }
 
     fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
-        let value = claim.to_bytes();
-        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-            .partition(partition)
-            .key(CLAIM_KEY)
-            .payload(&value);
-        let send = self.claims.send(record, Duration::from_secs(10));
-        match futures::executor::block_on(send) {
+        match futures::executor::block_on(self.append(partition, CLAIM_KEY, claim.to_bytes())) {
             Ok(delivery) => Ok(delivery.offset),
             Err((e, _)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
         }
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
-        let values: Vec<(i32, Vec<u8>)> = releases
+        let sends = releases
             .iter()
-            .map(|(partition, epoch)| (*partition, epoch.to_header()))
-            .collect();
-        let sends = values.iter().map(|(partition, value)| {
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-                .partition(*partition)
-                .key(RELEASE_KEY)
-                .payload(value);
-            self.claims.send(record, Duration::from_secs(10))
-        });
-        for (sent, (partition, _)) in futures::executor::block_on(join_all(sends))
-            .into_iter()
-            .zip(releases)
-        {
+            .map(|(partition, epoch)| self.append(*partition, RELEASE_KEY, epoch.to_header()));
+        let sent = futures::executor::block_on(join_all(sends));
+        for (sent, (partition, _)) in sent.into_iter().zip(releases) {
             if let Err((e, _)) = sent {
                 anyhow::bail!("releasing partition {partition} of the changelog: {e}");
             }
@@ -1377,11 +1373,11 @@ struct ClaimWatch {
     claimed_away: ClaimedAway,
     telemetry: Arc<Telemetry>,
     /// Each owned partition's read mark at the last sweep.
-    marks: Mutex<HashMap<i32, Option<i64>>>,
+    marks: HashMap<i32, Option<i64>>,
 }
 
 impl ClaimCheck {
-    fn start(watch: ClaimWatch, sweep: Duration) -> anyhow::Result<ClaimCheck> {
+    fn start(mut watch: ClaimWatch, sweep: Duration) -> anyhow::Result<ClaimCheck> {
         let (gaps, checks) = std::sync::mpsc::channel::<(i32, Vec<i64>)>();
         // Ends when the last sender goes.
         std::thread::Builder::new()
@@ -1441,15 +1437,14 @@ impl ClaimWatch {
     /// or a later claim. A partition whose read mark moved since the last sweep is left out
     /// unless a claim was found in it: this instance's own records are being delivered there,
     /// and the gaps between them are checked as they are.
-    fn sweep(&self) {
+    fn sweep(&mut self) {
         let mut partitions: Vec<i32> = lock(&self.owned).iter().map(|(_, p)| *p).collect();
         partitions.sort_unstable();
         partitions.dedup();
-        let mut marks = lock(&self.marks);
-        marks.retain(|p, _| partitions.contains(p));
+        self.marks.retain(|p, _| partitions.contains(p));
         for partition in partitions {
             let mark = self.store.changelog_read(partition).ok().flatten();
-            let moved = marks.insert(partition, mark) != Some(mark);
+            let moved = self.marks.insert(partition, mark) != Some(mark);
             if moved && !lock(&self.claimed_away).contains_key(&partition) {
                 continue;
             }
@@ -1476,7 +1471,7 @@ impl ClaimWatch {
                         away.insert(partition, Away { claim, ..known });
                     }
                     _ => {
-                        tracing::warn!(partition, claim = claim.offset, released = claim.released, "Another instance claimed a partition this one owns; unless the group moves the partition away within the session timeout, this one acts on it.");
+                        tracing::warn!(partition, claim = claim.offset, released = claim.released, "Another instance claimed a partition this one owns. Unless the group moves the partition away, this one claims it back once the other has released it, or lets it go if the other still holds it a session timeout later.");
                         away.insert(
                             partition,
                             Away {

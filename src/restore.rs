@@ -86,9 +86,6 @@ pub fn release(
             ))
         })
         .collect();
-    if releases.is_empty() {
-        return Ok(());
-    }
     source.release(&releases)
 }
 
