@@ -1,0 +1,455 @@
+//! The changelog topic: reading a partition of it outside any group (restores, claims and
+//! releases), tailing it for the aggregator, recording what the sink delivered to it, and the
+//! claim check that finds another instance's claim on an owned partition. Must not know what
+//! the records mean beyond their keys: the store and `restore` decide.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{client_config, lock, ready_idempotent, Assignment, FIRST_RECORD};
+use crate::config::KafkaSecurity;
+use crate::restore::ChangelogSource;
+use crate::store::{ChangelogRecord, Claim, Epoch, Store, StoreError, CLAIM_KEY, RELEASE_KEY};
+use crate::telemetry::Telemetry;
+
+/// Reads the changelog topic partition by partition, outside any consumer group, and writes
+/// claims to it. Each read has a consumer of its own, so that nothing fetched for one read
+/// reaches another.
+pub struct ChangelogReader {
+    client: ClientConfig,
+    topic: String,
+    claims: FutureProducer,
+}
+
+/// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
+/// error to log (librdkafka reports it as one).
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
+            tracing::warn!(error = %error, reason, "Changelog reader error; librdkafka retries.");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// How long a changelog read waits for the next record before it gives up.
+const CHANGELOG_WAIT: Duration = Duration::from_secs(10);
+
+/// A changelog message as the store reads it back.
+fn changelog_record<M: Message>(message: &M) -> ChangelogRecord {
+    let header = |name: &str| {
+        let headers = message.headers()?;
+        headers.iter().find(|h| h.key == name)?.value
+    };
+    ChangelogRecord::read(
+        message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        message.payload().map(<[u8]>::to_vec),
+        header,
+    )
+}
+
+/// The settings of a consumer that reads the changelog by assignment.
+fn changelog_consumer_config(brokers: &str, security: &KafkaSecurity) -> ClientConfig {
+    let mut client = client_config(brokers, security);
+    client
+        // Required by librdkafka; the reader only assigns, never joins or commits.
+        .set("group.id", "customer-pulse-changelog-reader")
+        .set("enable.auto.commit", "false")
+        // The end of a partition is where a fetch reports it.
+        .set("enable.partition.eof", "true")
+        // A start that retention already removed falls back to the first record.
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "52428800")
+        // A fetch at the end returns at once rather than waiting for records to arrive.
+        .set("fetch.wait.max.ms", "10");
+    client
+}
+
+/// The aggregator's reader of the changelog: one consumer assigned to every partition for as
+/// long as the aggregator runs, moved only when the aggregator asks for other offsets than
+/// those it delivered up to (a step whose commit failed).
+pub struct ChangelogTail {
+    consumer: BaseConsumer<ReaderContext>,
+    topic: String,
+    partitions: i32,
+    /// The offsets the consumer reads on from; `None` before the first read.
+    at: Option<std::collections::BTreeMap<i32, i64>>,
+}
+
+/// How long a read of the tail waits for the first record.
+const TAIL_WAIT: Duration = Duration::from_millis(200);
+
+impl ChangelogTail {
+    pub fn connect(
+        brokers: &str,
+        security: &KafkaSecurity,
+        topic: &str,
+        partitions: i32,
+    ) -> anyhow::Result<ChangelogTail> {
+        let consumer = changelog_consumer_config(brokers, security)
+            // Waiting at the end is what a tail does; a short wait keeps steps short.
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(ReaderContext)?;
+        Ok(ChangelogTail {
+            consumer,
+            topic: topic.to_owned(),
+            partitions,
+            at: None,
+        })
+    }
+}
+
+impl crate::aggregator::ChangelogFeed for ChangelogTail {
+    fn next(
+        &mut self,
+        from: &std::collections::BTreeMap<i32, i64>,
+        max: usize,
+    ) -> anyhow::Result<Vec<(i32, i64, ChangelogRecord)>> {
+        if self.at.as_ref() != Some(from) {
+            let mut tpl = TopicPartitionList::new();
+            for partition in 0..self.partitions {
+                let start = from
+                    .get(&partition)
+                    .map_or(FIRST_RECORD, |next| Offset::Offset(*next));
+                tpl.add_partition_offset(&self.topic, partition, start)?;
+            }
+            self.consumer.assign(&tpl)?;
+            self.at = Some(from.clone());
+        }
+        let at = self.at.get_or_insert_with(Default::default);
+        let mut records = Vec::new();
+        let deadline = Instant::now() + TAIL_WAIT;
+        while records.len() < max {
+            // The first record may be waited for; after it, only what has arrived.
+            let wait = match records.is_empty() {
+                true => deadline.saturating_duration_since(Instant::now()),
+                false => Duration::ZERO,
+            };
+            let message = match self.consumer.poll(wait) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(message) => message?,
+            };
+            at.insert(message.partition(), message.offset() + 1);
+            records.push((
+                message.partition(),
+                message.offset(),
+                changelog_record(&message),
+            ));
+        }
+        Ok(records)
+    }
+}
+
+impl ChangelogReader {
+    pub fn connect(
+        brokers: &str,
+        security: &KafkaSecurity,
+        topic: &str,
+    ) -> anyhow::Result<ChangelogReader> {
+        let client = changelog_consumer_config(brokers, security);
+        // Fails here, at start, on a configuration librdkafka refuses.
+        let _: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
+        let claims = client_config(brokers, security)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        // Connected, told the topic's leaders and given a producer id now, not at the first
+        // claim, which an assignment waits for.
+        let warmed: &FutureProducer = &claims;
+        ready_idempotent(warmed.client(), topic);
+        Ok(ChangelogReader {
+            client,
+            topic: topic.to_owned(),
+            claims,
+        })
+    }
+
+    /// Appends a record of `key` and `value` to `partition`; done once the brokers acknowledged
+    /// it, within 10 s.
+    async fn append(
+        &self,
+        partition: i32,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> rdkafka::producer::future_producer::OwnedDeliveryResult {
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(key)
+            .payload(&value);
+        self.claims.send(record, Duration::from_secs(10)).await
+    }
+}
+
+impl ChangelogSource for ChangelogReader {
+    fn read(
+        &self,
+        partition: i32,
+        from: Option<i64>,
+        to: i64,
+        each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
+    ) -> anyhow::Result<Option<i64>> {
+        if to <= 0 || from.is_some_and(|from| from >= to) {
+            return Ok(None);
+        }
+        let consumer: BaseConsumer<ReaderContext> =
+            self.client.create_with_context(ReaderContext)?;
+        let mut tpl = TopicPartitionList::new();
+        let start = from.map_or(FIRST_RECORD, Offset::Offset);
+        tpl.add_partition_offset(&self.topic, partition, start)?;
+        consumer.assign(&tpl)?;
+        let mut end = None;
+        loop {
+            let message = match consumer.poll(CHANGELOG_WAIT) {
+                None => anyhow::bail!(
+                    "the changelog's partition {partition} delivered nothing within {} s (after offset {end:?}, reading up to {to})",
+                    CHANGELOG_WAIT.as_secs()
+                ),
+                // The end before `to`: what lies between was removed by compaction.
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(end),
+                Some(message) => message?,
+            };
+            if message.offset() >= to {
+                return Ok(end);
+            }
+            end = Some(message.offset() + 1);
+            each(message.offset(), changelog_record(&message))?;
+            if message.offset() + 1 >= to {
+                return Ok(end);
+            }
+        }
+    }
+
+    fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
+        match futures::executor::block_on(self.append(partition, CLAIM_KEY, claim.to_bytes())) {
+            Ok(delivery) => Ok(delivery.offset),
+            Err((e, _)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
+        }
+    }
+
+    fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
+        let sends = releases
+            .iter()
+            .map(|(partition, epoch)| self.append(*partition, RELEASE_KEY, epoch.to_header()));
+        let sent = futures::executor::block_on(join_all(sends));
+        for (sent, (partition, _)) in sent.into_iter().zip(releases) {
+            if let Err((e, _)) = sent {
+                anyhow::bail!("releasing partition {partition} of the changelog: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&self, partition: i32) -> anyhow::Result<i64> {
+        let (_, high) = self.claims.client().fetch_watermarks(
+            &self.topic,
+            partition,
+            Duration::from_secs(5),
+        )?;
+        Ok(high)
+    }
+}
+
+/// What the sink does with the changelog's delivery reports: for a partition this member owns,
+/// the store moves its read mark over its own records (see [`Store::advance_changelog_read`]),
+/// so that a later assignment reads only what follows.
+pub struct ChangelogProgress {
+    pub topic: String,
+    pub store: Store,
+    pub owned: Assignment,
+    /// Where records delivered after a gap are sent to be checked.
+    pub claims: Option<ClaimCheck>,
+}
+
+impl ChangelogProgress {
+    pub(super) fn delivered(&self, offsets: &mut std::collections::BTreeMap<i32, Vec<i64>>) {
+        let owned = lock(&self.owned);
+        for (partition, offsets) in offsets {
+            if !owned.iter().any(|(_, p)| p == partition) {
+                continue;
+            }
+            match self.store.advance_changelog_read(*partition, offsets) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    if let Some(claims) = &self.claims {
+                        claims.check(*partition, std::mem::take(offsets));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "Recording changelog progress failed; the next assignment reads more of the changelog.")
+                }
+            }
+        }
+    }
+}
+
+/// Owned partitions that another instance claimed in the changelog.
+pub(super) type ClaimedAway = Arc<Mutex<HashMap<i32, Away>>>;
+
+/// Another instance's claim on an owned partition, as last read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Away {
+    /// When this claim was first found.
+    pub(super) found: Instant,
+    pub(super) claim: crate::restore::ForeignClaim,
+}
+
+/// Looks, on a thread of its own, for another instance's claim in a changelog partition this
+/// one owns (see [`crate::restore::check_claims`]): such a claim means that what this one
+/// writes no longer counts, and the partition is noted for [`Input::resolve_claims`]. It reads
+/// what lies in each gap between this instance's records, as the delivery reports show them
+/// (most hold the aggregator's snapshot, or nothing new), and every `sweep` what the changelog
+/// got past them, so that an owner with no events to write finds a claim too.
+#[derive(Clone)]
+pub struct ClaimCheck {
+    gaps: std::sync::mpsc::Sender<(i32, Vec<i64>)>,
+}
+
+/// What the claim check reads from and reports to.
+pub(super) struct ClaimWatch {
+    pub(super) store: Store,
+    pub(super) reader: Arc<ChangelogReader>,
+    pub(super) owned: Assignment,
+    pub(super) claimed_away: ClaimedAway,
+    pub(super) telemetry: Arc<Telemetry>,
+    /// Each owned partition's read mark at the last sweep.
+    pub(super) marks: HashMap<i32, Option<i64>>,
+}
+
+impl ClaimCheck {
+    pub(super) fn start(mut watch: ClaimWatch, sweep: Duration) -> anyhow::Result<ClaimCheck> {
+        let (gaps, checks) = std::sync::mpsc::channel::<(i32, Vec<i64>)>();
+        // Ends when the last sender goes.
+        std::thread::Builder::new()
+            .name("claim-check".into())
+            .spawn(move || {
+                let mut next_sweep = Instant::now() + sweep;
+                loop {
+                    let wait = next_sweep.saturating_duration_since(Instant::now());
+                    match checks.recv_timeout(wait) {
+                        Ok(first) => {
+                            // What queued up meanwhile is checked in one read per partition.
+                            let mut pending: HashMap<i32, Vec<i64>> = HashMap::new();
+                            for (partition, delivered) in
+                                std::iter::once(first).chain(checks.try_iter())
+                            {
+                                pending.entry(partition).or_default().extend(delivered);
+                            }
+                            for (partition, delivered) in pending {
+                                watch.check_gap(partition, delivered);
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    if Instant::now() >= next_sweep {
+                        watch.sweep();
+                        next_sweep = Instant::now() + sweep;
+                    }
+                }
+            })?;
+        Ok(ClaimCheck { gaps })
+    }
+
+    /// Asks for the gap before `delivered`, this instance's records just delivered to
+    /// `partition`, to be checked.
+    fn check(&self, partition: i32, delivered: Vec<i64>) {
+        // Refused only once the thread has gone, at shutdown.
+        let _ = self.gaps.send((partition, delivered));
+    }
+}
+
+impl ClaimWatch {
+    /// Checks the gaps before `delivered` in `partition` (see
+    /// [`crate::restore::check_claims`]), unless the partition is already known to be claimed
+    /// away.
+    fn check_gap(&self, partition: i32, mut delivered: Vec<i64>) {
+        if lock(&self.claimed_away).contains_key(&partition) {
+            return;
+        }
+        let found =
+            crate::restore::check_claims(&self.store, &*self.reader, partition, &mut delivered);
+        self.note(partition, found);
+    }
+
+    /// Reads what each owned partition's changelog got past what this instance accounted for
+    /// (see [`crate::restore::check_claims_to_end`]): a claim, or, after one found, its release
+    /// or a later claim. A partition whose read mark moved since the last sweep is left out
+    /// unless a claim was found in it: this instance's own records are being delivered there,
+    /// and the gaps between them are checked as they are.
+    fn sweep(&mut self) {
+        let mut partitions: Vec<i32> = lock(&self.owned).iter().map(|(_, p)| *p).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        self.marks.retain(|p, _| partitions.contains(p));
+        for partition in partitions {
+            let mark = self.store.changelog_read(partition).ok().flatten();
+            let moved = self.marks.insert(partition, mark) != Some(mark);
+            if moved && !lock(&self.claimed_away).contains_key(&partition) {
+                continue;
+            }
+            let found = crate::restore::check_claims_to_end(&self.store, &*self.reader, partition);
+            self.note(partition, found);
+        }
+    }
+
+    /// Notes `partition` as claimed away when another instance's claim was `found`, or the
+    /// claim's release; forgets it when none is found any more (this instance claimed it again).
+    fn note(&self, partition: i32, found: anyhow::Result<Option<crate::restore::ForeignClaim>>) {
+        match found {
+            Ok(Some(claim)) => {
+                let mut away = lock(&self.claimed_away);
+                let known = away.get(&partition).copied();
+                match known {
+                    Some(known) if known.claim == claim => {}
+                    Some(known) if known.claim.offset == claim.offset => {
+                        tracing::info!(
+                            partition,
+                            claim = claim.offset,
+                            "The instance that claimed a partition this one owns has released it."
+                        );
+                        away.insert(partition, Away { claim, ..known });
+                    }
+                    _ => {
+                        tracing::warn!(partition, claim = claim.offset, released = claim.released, "Another instance claimed a partition this one owns. Unless the group moves the partition away, this one claims it back once the other has released it, or lets it go if the other still holds it a session timeout later.");
+                        away.insert(
+                            partition,
+                            Away {
+                                found: Instant::now(),
+                                claim,
+                            },
+                        );
+                    }
+                }
+                self.telemetry.set_claimed_away(away.len());
+            }
+            Ok(None) => {
+                let mut away = lock(&self.claimed_away);
+                if away.remove(&partition).is_some() {
+                    self.telemetry.set_claimed_away(away.len());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; it is checked again.")
+            }
+        }
+    }
+}
