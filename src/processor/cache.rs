@@ -1,0 +1,183 @@
+//! The processor's bounded write-back cache of customers. Must not know about Kafka, RocksDB or
+//! what the fold does with a customer.
+
+use crate::event::Millis;
+use crate::facts::Fact;
+use crate::store::{Commit, Customer, Store, StoreError, Timer};
+
+/// A customer as the cache holds it: its record, what the store holds of its timer, and whether
+/// the next commit writes it.
+pub(super) struct CacheEntry {
+    /// `None`: known absent (never seen, or erased).
+    pub(super) record: Option<Customer>,
+    /// The timer the store holds for this customer, as of the last commit.
+    pub(super) stored_timer: Option<Millis>,
+    pub(super) dirty: bool,
+    /// What its changes since the last commit did to the aggregates, for the aggregator.
+    pub(super) facts: Vec<Fact>,
+    /// Whether its key is in [`StateCache::touched`].
+    pub(super) touched: bool,
+    pub(super) used: u64,
+}
+
+/// `(partition, customer id)` borrowed, to look up the cache's owned keys without copying the
+/// id. Hashes as the owned tuple does (the fields in order, `&str` as `String`).
+#[derive(Hash)]
+struct CustomerKey<'a>(i32, &'a str);
+
+impl hashbrown::Equivalent<(i32, String)> for CustomerKey<'_> {
+    fn equivalent(&self, key: &(i32, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// A bounded write-back cache of customers (Kafka Streams' record cache): hot customers are
+/// read from memory, and each dirty customer is written once per commit however many events it had.
+pub(super) struct StateCache {
+    pub(super) entries: hashbrown::HashMap<(i32, String), CacheEntry>,
+    /// The keys of the entries handed out since the last commit, in first-use order: only they
+    /// can be dirty, so a commit visits them rather than the whole cache.
+    pub(super) touched: Vec<(i32, String)>,
+    pub(super) capacity: usize,
+    pub(super) clock: u64,
+}
+
+impl StateCache {
+    pub(super) fn new(capacity: usize) -> StateCache {
+        StateCache {
+            entries: hashbrown::HashMap::new(),
+            touched: Vec::new(),
+            capacity: capacity.max(1),
+            clock: 0,
+        }
+    }
+
+    pub(super) fn entry(
+        &mut self,
+        store: &Store,
+        partition: i32,
+        customer_id: &str,
+    ) -> Result<&mut CacheEntry, StoreError> {
+        self.clock += 1;
+        let entry = match self.entries.entry_ref(&CustomerKey(partition, customer_id)) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                let record = store.customer_record(partition, customer_id)?;
+                let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
+                let entry = CacheEntry {
+                    record,
+                    stored_timer,
+                    dirty: false,
+                    facts: Vec::new(),
+                    touched: false,
+                    used: 0,
+                };
+                v.insert_with_key((partition, customer_id.to_owned()), entry)
+            }
+        };
+        entry.used = self.clock;
+        if !entry.touched {
+            entry.touched = true;
+            self.touched.push((partition, customer_id.to_owned()));
+        }
+        Ok(entry)
+    }
+
+    /// Adds the dirty customers and their timer changes to `commit`, in the order they were
+    /// first used.
+    pub(super) fn drain_dirty(&mut self, commit: &mut Commit) {
+        for key in &self.touched {
+            let Some(entry) = self.entries.get_mut(key).filter(|e| e.dirty) else {
+                continue;
+            };
+            let (partition, id) = key;
+            commit.put_customer(*partition, id.clone(), entry.record.as_ref());
+            if !entry.facts.is_empty() {
+                let write = commit.customers.last_mut().expect("put above");
+                write.facts = crate::store::encode_facts(&std::mem::take(&mut entry.facts));
+            }
+            let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
+            if timer != entry.stored_timer {
+                let at = |at| Timer {
+                    partition: *partition,
+                    at,
+                    customer_id: id.clone(),
+                };
+                commit.timers_cleared.extend(entry.stored_timer.map(at));
+                commit.timers_set.extend(timer.map(at));
+            }
+        }
+    }
+
+    /// Marks everything clean after a successful commit and evicts the least recently used
+    /// entries down to nine tenths of the capacity, so eviction runs rarely.
+    pub(super) fn committed(&mut self) {
+        for key in self.touched.drain(..) {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.touched = false;
+                if entry.dirty {
+                    entry.dirty = false;
+                    entry.stored_timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
+                }
+            }
+        }
+        if self.entries.len() > self.capacity {
+            // At least one entry stays, so `cut` is always a valid index.
+            let keep = (self.capacity * 9 / 10).max(1);
+            let mut ages: Vec<u64> = self.entries.values().map(|e| e.used).collect();
+            let cut = ages.len() - keep;
+            let (_, threshold, _) = ages.select_nth_unstable(cut);
+            let threshold = *threshold;
+            self.entries.retain(|_, e| e.used >= threshold);
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+        self.touched.clear();
+    }
+
+    /// Forgets the entries of `partition`.
+    pub(super) fn forget(&mut self, partition: i32) {
+        self.entries.retain(|(p, _), _| *p != partition);
+        self.touched.retain(|(p, _)| *p != partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_hands_out_one_entry_per_customer_and_partition() {
+        let store = Store::in_memory();
+        let mut cache = StateCache::new(10);
+        let entry = cache.entry(&store, 1, "c-1").unwrap();
+        assert!(entry.record.is_none(), "never stored");
+        entry.record = Some(Customer::default());
+        entry.dirty = true;
+        // The same key finds the changed entry, not a fresh one read from the store.
+        let again = cache.entry(&store, 1, "c-1").unwrap();
+        assert!(again.dirty && again.record.is_some());
+        // Another partition or id is another entry.
+        assert!(cache.entry(&store, 2, "c-1").unwrap().record.is_none());
+        assert!(cache.entry(&store, 1, "c-2").unwrap().record.is_none());
+        assert_eq!(cache.entries.len(), 3);
+        assert_eq!(cache.touched.len(), 3);
+        // The commit, which looks entries up by their owned keys, finds the changed one.
+        let mut commit = Commit::default();
+        cache.drain_dirty(&mut commit);
+        let written: Vec<_> = commit
+            .customers
+            .iter()
+            .map(|w| (w.partition, &*w.id))
+            .collect();
+        assert_eq!(written, [(1, "c-1")]);
+        // Still found after the table grew and moved its entries.
+        for n in 0..200 {
+            cache.entry(&store, 3, &format!("c-{n}")).unwrap();
+        }
+        assert!(cache.entry(&store, 1, "c-1").unwrap().dirty);
+        assert_eq!(cache.entries.len(), 203);
+    }
+}

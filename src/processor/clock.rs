@@ -1,0 +1,128 @@
+//! The processor's event-time clock: how far each input partition has got, and the watermark
+//! that trails the slowest partition still delivering. Must not know about Kafka, storage or
+//! what events mean.
+
+use std::collections::HashMap;
+
+use super::InputRecord;
+use crate::event::Millis;
+
+/// How far each input partition has got in event time, and when (processor time) it last
+/// delivered: the watermark trails the slowest partition still delivering, so a topic read ahead
+/// of another (a backlog read from the start) does not make the other's events late. A partition
+/// assigned but silent holds the watermark until it delivers or has been idle for a while.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Clock {
+    /// Source (topic or file) -> partition -> (newest event time if any, processor time it was
+    /// assigned or last delivered).
+    pub(super) sources: HashMap<String, HashMap<i32, (Option<Millis>, Millis)>>,
+    /// The state partitions events have been folded into, whose timers the watermark fires.
+    pub(super) state_partitions: std::collections::BTreeSet<i32>,
+    /// The input partitions as last assigned.
+    pub(super) assigned: Vec<(String, i32)>,
+}
+
+impl Clock {
+    pub(super) fn observe(
+        &mut self,
+        record: &InputRecord,
+        state_partition: i32,
+        at: Millis,
+        now: Millis,
+    ) {
+        self.state_partitions.insert(state_partition);
+        let partitions = match self.sources.get_mut(&record.source) {
+            Some(partitions) => partitions,
+            None => self.sources.entry(record.source.clone()).or_default(),
+        };
+        let entry = partitions
+            .entry(record.source_partition)
+            .or_insert((None, now));
+        *entry = (Some(entry.0.map_or(at, |n| n.max(at))), now);
+    }
+
+    /// The input partitions the instance owns now: new ones hold the watermark until they
+    /// deliver or go idle; revoked ones no longer count, and their timers no longer fire here.
+    /// A changed assignment (a rebalance, which pauses every partition) starts every partition's
+    /// idle time again: one that waited for the group is not idle.
+    pub(super) fn assign(
+        &mut self,
+        assigned: &[(String, i32)],
+        now: Millis,
+        stored: impl Fn(&str, i32) -> Option<Millis>,
+    ) {
+        if self.assigned.as_slice() == assigned {
+            return;
+        }
+        self.assigned = assigned.to_vec();
+        for (source, partitions) in &mut self.sources {
+            partitions.retain(|p, _| assigned.iter().any(|(s, q)| s == source && q == p));
+            for (_, seen) in partitions.values_mut() {
+                *seen = (*seen).max(now);
+            }
+        }
+        // A Kafka input partition is the state partition of its events.
+        self.state_partitions = assigned.iter().map(|(_, p)| *p).collect();
+        for (source, partition) in assigned {
+            self.sources
+                .entry(source.clone())
+                .or_default()
+                .entry(*partition)
+                .or_insert_with(|| (stored(source, *partition), now));
+        }
+    }
+
+    /// The newest event time `source`/`partition` delivered, as far as this clock knows.
+    pub(super) fn newest(&self, source: &str, partition: i32) -> Option<Millis> {
+        self.sources.get(source)?.get(&partition)?.0
+    }
+
+    /// How far the input partitions of state partition `partition` (for Kafka: the partition
+    /// of each input topic) have got, as [`Clock::frontier`] reads all of them.
+    pub(super) fn partition_frontier(
+        &self,
+        partition: i32,
+        now: Millis,
+        idle_ms: Millis,
+    ) -> Holding {
+        let mut active = self
+            .sources
+            .values()
+            .filter_map(|partitions| partitions.get(&partition))
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= idle_ms)
+            .peekable();
+        if active.peek().is_none() {
+            return Holding::Idle;
+        }
+        match active.map(|(newest, _)| *newest).min().flatten() {
+            Some(at) => Holding::At(at),
+            None => Holding::Silent,
+        }
+    }
+
+    /// The newest event time of the slowest partition that delivered (or was assigned) within
+    /// `idle_ms` of `now`; `None` while one of those has delivered nothing yet; when all are
+    /// idle, the newest of any.
+    pub(super) fn frontier(&self, now: Millis, idle_ms: Millis) -> Option<Millis> {
+        let all = self.sources.values().flat_map(HashMap::values);
+        let mut active = all
+            .clone()
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= idle_ms)
+            .peekable();
+        if active.peek().is_some() {
+            // A silent active partition (None) sorts first: it holds the watermark.
+            return active.map(|(newest, _)| *newest).min().flatten();
+        }
+        all.filter_map(|(newest, _)| *newest).max()
+    }
+}
+
+/// How far a state partition's input has got.
+pub(super) enum Holding {
+    /// Its input partitions went idle (or it has none of its own, as from a file).
+    Idle,
+    /// One of them has delivered nothing yet: it holds everything back.
+    Silent,
+    /// The newest event time of the slowest of them.
+    At(Millis),
+}
