@@ -19,6 +19,7 @@ pub mod fit;
 pub mod fold;
 pub mod generate;
 pub mod http;
+pub mod json;
 pub mod kafka;
 pub mod outbox;
 pub mod pipeline;
