@@ -42,6 +42,23 @@ pub struct InputRecord {
     pub append_time_ms: Option<Millis>,
 }
 
+impl InputRecord {
+    /// `<source>-<partition>-<offset>`: the id of every output the record causes, stable across
+    /// replays. Written digit by digit (`itoa`): `format!` took a thousand instructions, per event.
+    pub fn record_id(&self) -> String {
+        let (mut partition, mut offset) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (partition, offset) = (
+            partition.format(self.source_partition),
+            offset.format(self.offset),
+        );
+        let mut id = String::with_capacity(self.source.len() + partition.len() + offset.len() + 2);
+        for part in [&*self.source, "-", partition, "-", offset] {
+            id.push_str(part);
+        }
+        id
+    }
+}
+
 /// Output topic names.
 #[derive(Debug, Clone)]
 pub struct OutputTopics {
@@ -390,10 +407,7 @@ impl Processor {
     /// Commits a record whose processing panicked as a `processing_error` dead letter, and
     /// moves its offset past it.
     fn isolate(&mut self, record: &InputRecord) -> Result<BatchReport, StoreError> {
-        let record_id = format!(
-            "{}-{}-{}",
-            record.source, record.source_partition, record.offset
-        );
+        let record_id = record.record_id();
         tracing::error!(
             source = %record.source,
             partition = record.source_partition,
@@ -974,10 +988,7 @@ impl Processor {
         commit: &mut Commit,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
-        let record_id = format!(
-            "{}-{}-{}",
-            record.source, record.source_partition, record.offset
-        );
+        let record_id = record.record_id();
         let decoded = decode(
             record.stream,
             record.key.as_deref(),
@@ -1372,5 +1383,27 @@ mod tests {
         assert_eq!(report.events[&key("customer.orders", "applied")], 3);
         assert_eq!(report.events[&key("customer.orders", "duplicate")], 1);
         assert_eq!(report.events[&key("customer.interactions", "applied")], 1);
+    }
+
+    #[test]
+    fn a_record_id_is_source_partition_and_offset() {
+        let record = |source: &str, source_partition, offset| InputRecord {
+            source: source.into(),
+            source_partition,
+            offset,
+            stream: None,
+            state_partition: None,
+            key: None,
+            payload: Vec::new(),
+            append_time_ms: None,
+        };
+        assert_eq!(
+            record("customer.orders", 3, 1_234_567).record_id(),
+            "customer.orders-3-1234567"
+        );
+        assert_eq!(
+            record("replay:a-b.ndjson", 0, i64::MAX).record_id(),
+            format!("replay:a-b.ndjson-0-{}", i64::MAX)
+        );
     }
 }
