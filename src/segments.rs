@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{format_millis, Millis};
+use crate::event::{dashed_id, format_millis, IdPart, Millis};
 use crate::fold::Lifecycle;
 use crate::risk::Level;
 use crate::trends::Counted;
@@ -419,7 +419,11 @@ fn flows_of<'m>(map: &'m mut BTreeMap<String, Flows>, segment: &str) -> &'m mut 
 impl ClosedDay {
     /// Stable across replays: one record per segment and day.
     pub fn record_id(&self) -> String {
-        format!("segment-{}-{}", self.segment, self.window_start)
+        dashed_id(&[
+            IdPart::Text("segment"),
+            IdPart::Text(&self.segment),
+            IdPart::Number(self.window_start),
+        ])
     }
 
     /// The `customer.segment-metrics` value.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{format_millis, Millis, Severity};
+use crate::event::{dashed_id, format_millis, IdPart, Millis, Severity};
 use crate::json::Object;
 
 /// From configuration.
@@ -588,12 +588,12 @@ impl ClosedWindow {
 
     /// Stable across replays: one record per category, window length and start.
     pub fn record_id(&self) -> String {
-        format!(
-            "trend-{}-{}-{}",
-            self.category,
-            (self.window_end - self.window_start) / 60_000,
-            self.window_start
-        )
+        dashed_id(&[
+            IdPart::Text("trend"),
+            IdPart::Text(&self.category),
+            IdPart::Number((self.window_end - self.window_start) / 60_000),
+            IdPart::Number(self.window_start),
+        ])
     }
 
     /// Complaints opened per 1,000 active customers (DOMAIN.md: so that growth is not read as
