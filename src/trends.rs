@@ -156,8 +156,8 @@ fn add(sums: &mut BTreeMap<String, i64>, category: &str, change: i64) {
     }
 }
 
-/// A closed window, as `customer.complaint-trends` carries it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A closed window, as `customer.complaint-trends` carries it (written by [`ClosedWindow::record`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClosedWindow {
     pub window_start: Millis,
     pub window_end: Millis,
@@ -181,9 +181,8 @@ pub struct ClosedWindow {
     pub active_customers: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MonthToDate {
-    // Alphabetical, as in the record.
     pub opened: u32,
     pub previous_month_same_days: u32,
 }
