@@ -58,13 +58,8 @@ pub fn encode_customer(customer: &Customer) -> Vec<u8> {
             out.extend_from_slice(&at.to_be_bytes());
         }
     }
-    let body = (
-        &customer.state,
-        &customer.risk,
-        &customer.standing,
-        &customer.trailing,
-    );
-    postcard::to_io(&body, &mut out).expect("postcard encodes plain structs");
+    // The bytes `postcard` writes for `(state, risk, standing, trailing)`, written by hand.
+    super::body::write_customer_body(customer, &mut out);
     out
 }
 

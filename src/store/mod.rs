@@ -6,6 +6,7 @@
 //! it sits on, implemented in memory and by RocksDB, both checked by one contract test suite.
 //! Must not know about Kafka, HTTP or the fold's rules; only `rocks` knows about RocksDB.
 
+mod body;
 mod changelog;
 mod codec;
 mod memory;
