@@ -219,7 +219,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn models(c: &mut Criterion) {
-    use customer_pulse::churn::{clv, hyp2f1, Recency};
+    use customer_pulse::churn::{clv, clv_summed_at_each_month, hyp2f1, Recency};
     use customer_pulse::fold::CustomerState;
     use customer_pulse::risk::{assess, RiskSettings};
     use customer_pulse::segments::Trailing;
@@ -244,9 +244,31 @@ fn models(c: &mut Criterion) {
             )
         })
     });
-    group.bench_function("clv_12_months", |b| {
-        b.iter(|| clv(&model, black_box(h), 30.0 / 7.0, 12, black_box(25.0), 0.01))
-    });
+    // The CLV as the job computes it (a Taylor step from each month's 2F1 to the next) beside
+    // the reference, each month's 2F1 summed on its own, for the customer above and for a
+    // customer of the replay's kind: a purchase a week for three weeks, scored a week later.
+    let recent = Recency {
+        x: 2.0,
+        t_x: 2.0,
+        t: 3.0,
+    };
+    for (name, h) in [("", h), ("_recent", recent)] {
+        group.bench_function(format!("clv_12_months{name}"), |b| {
+            b.iter(|| clv(&model, black_box(h), 30.0 / 7.0, 12, black_box(25.0), 0.01))
+        });
+        group.bench_function(format!("clv_12_months{name}_summed_at_each_month"), |b| {
+            b.iter(|| {
+                clv_summed_at_each_month(
+                    &model,
+                    black_box(h),
+                    30.0 / 7.0,
+                    12,
+                    black_box(25.0),
+                    0.01,
+                )
+            })
+        });
+    }
     // The generator's busiest customer after the benchmark's traffic: the state a published
     // record is computed from.
     let mut processor = Processor::new(Store::in_memory(), settings());
