@@ -219,7 +219,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn models(c: &mut Criterion) {
-    use customer_pulse::churn::{clv, clv_summed_at_each_month, hyp2f1, Recency};
+    use customer_pulse::churn::{clv, hyp2f1, Clv, Recency};
     use customer_pulse::fold::CustomerState;
     use customer_pulse::risk::{assess, RiskSettings};
     use customer_pulse::segments::Trailing;
@@ -258,14 +258,15 @@ fn models(c: &mut Criterion) {
         });
         group.bench_function(format!("clv_12_months{name}_summed_at_each_month"), |b| {
             b.iter(|| {
-                clv_summed_at_each_month(
-                    &model,
-                    black_box(h),
-                    30.0 / 7.0,
-                    12,
-                    black_box(25.0),
-                    0.01,
-                )
+                Clv {
+                    model: &model,
+                    h: black_box(h),
+                    month: 30.0 / 7.0,
+                    months: 12,
+                    margin_per_purchase: black_box(25.0),
+                    monthly_discount: 0.01,
+                }
+                .summed_at_each_month()
             })
         });
     }

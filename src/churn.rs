@@ -552,42 +552,61 @@ pub fn clv(
     margin_per_purchase: f64,
     monthly_discount: f64,
 ) -> f64 {
-    let series = model.purchase_series(h.x);
-    let mut walk = Walk::new(&series);
-    let z_at = |k: u32| {
-        let horizon = month * f64::from(k);
-        horizon / (model.alpha + h.t + horizon)
-    };
-    let mut value = 0.0;
-    let mut before = 0.0;
-    for k in 1..=months {
-        let next = (k < months).then(|| z_at(k + 1));
-        let by_k = model.expected_purchases_by(h, month * f64::from(k), |z| walk.at(z, next));
-        value += margin_per_purchase * (by_k - before) / (1.0 + monthly_discount).powi(k as i32);
-        before = by_k;
+    Clv {
+        model,
+        h,
+        month,
+        months,
+        margin_per_purchase,
+        monthly_discount,
     }
-    value
+    .walked()
 }
 
-/// [`clv`] with every month's 2F1 summed at its own z ([`Hypergeometric::at`]), as it was
-/// before the walk: the reference `cargo bench --bench pipeline -- models` times it against.
-pub fn clv_summed_at_each_month(
-    model: &PurchaseModel,
-    h: Recency,
-    month: f64,
-    months: u32,
-    margin_per_purchase: f64,
-    monthly_discount: f64,
-) -> f64 {
-    let series = model.purchase_series(h.x);
-    let mut value = 0.0;
-    let mut before = 0.0;
-    for k in 1..=months {
-        let by_k = model.expected_purchases_by(h, month * f64::from(k), |z| series.at(z));
-        value += margin_per_purchase * (by_k - before) / (1.0 + monthly_discount).powi(k as i32);
-        before = by_k;
+/// What a CLV adds up ([`clv`]'s arguments), to sum either way.
+pub struct Clv<'a> {
+    pub model: &'a PurchaseModel,
+    pub h: Recency,
+    pub month: f64,
+    pub months: u32,
+    pub margin_per_purchase: f64,
+    pub monthly_discount: f64,
+}
+
+impl Clv<'_> {
+    /// The months' 2F1 by a [`Walk`]: what [`clv`] gives.
+    pub fn walked(&self) -> f64 {
+        let series = self.model.purchase_series(self.h.x);
+        let mut walk = Walk::new(&series);
+        let z_at = |k: u32| {
+            let horizon = self.month * f64::from(k);
+            horizon / (self.model.alpha + self.h.t + horizon)
+        };
+        self.sum(|z, k| walk.at(z, (k < self.months).then(|| z_at(k + 1))))
     }
-    value
+
+    /// Every month's 2F1 summed at its own z ([`Hypergeometric::at`]), as before the walk: the
+    /// reference `cargo bench --bench pipeline -- models` times [`Self::walked`] against.
+    pub fn summed_at_each_month(&self) -> f64 {
+        let series = self.model.purchase_series(self.h.x);
+        self.sum(|z, _| series.at(z))
+    }
+
+    /// The sum, with month k's 2F1 at z from `series_at(z, k)`.
+    fn sum(&self, mut series_at: impl FnMut(f64, u32) -> f64) -> f64 {
+        let mut value = 0.0;
+        let mut before = 0.0;
+        for k in 1..=self.months {
+            let horizon = self.month * f64::from(k);
+            let by_k = self
+                .model
+                .expected_purchases_by(self.h, horizon, |z| series_at(z, k));
+            value += self.margin_per_purchase * (by_k - before)
+                / (1.0 + self.monthly_discount).powi(k as i32);
+            before = by_k;
+        }
+        value
+    }
 }
 
 #[cfg(test)]
