@@ -90,7 +90,7 @@ impl PurchaseModel {
     /// BG/NBD: Fader, Hardie and Lee (2005), equation 10; MBG/NBD: Batislam et al. (2007).
     pub fn expected_purchases(&self, h: Recency, horizon: f64) -> f64 {
         let series = self.purchase_series(h.x);
-        self.expected_purchases_by(h, horizon, |z| series.at(z))
+        self.expected_purchases_by(h, horizon, 1.0 + self.dead_odds(h), |z| series.at(z))
     }
 
     /// The 2F1 of [`Self::expected_purchases`] for `x` repeat purchases, which several horizons
@@ -104,10 +104,13 @@ impl PurchaseModel {
     }
 
     /// With the 2F1 at the horizon's z from `series`.
+    /// With `odds_plus_one`, 1 + [`Self::dead_odds`], computed once for all the horizons of a
+    /// history (a `powf`; the compiler did not always hoist it out of the CLV's loop).
     fn expected_purchases_by(
         &self,
         h: Recency,
         horizon: f64,
+        odds_plus_one: f64,
         series: impl FnOnce(f64) -> f64,
     ) -> f64 {
         if horizon <= 0.0 {
@@ -120,7 +123,7 @@ impl PurchaseModel {
             Model::BgNbd => (a + b + x - 1.0) / (a - 1.0),
             Model::MbgNbd => (a + b + x) / (a - 1.0),
         };
-        lead * (1.0 - decay * series(z)) / (1.0 + self.dead_odds(h))
+        lead * (1.0 - decay * series(z)) / odds_plus_one
     }
 
     /// The scoring time T at which a silent customer's P(alive) falls to `p`; `None` when it never
@@ -594,13 +597,14 @@ impl Clv<'_> {
 
     /// The sum, with month k's 2F1 at z from `series_at(z, k)`.
     fn sum(&self, mut series_at: impl FnMut(f64, u32) -> f64) -> f64 {
+        let odds_plus_one = 1.0 + self.model.dead_odds(self.h);
         let mut value = 0.0;
         let mut before = 0.0;
         for k in 1..=self.months {
             let horizon = self.month * f64::from(k);
             let by_k = self
                 .model
-                .expected_purchases_by(self.h, horizon, |z| series_at(z, k));
+                .expected_purchases_by(self.h, horizon, odds_plus_one, |z| series_at(z, k));
             value += self.margin_per_purchase * (by_k - before)
                 / (1.0 + self.monthly_discount).powi(k as i32);
             before = by_k;
@@ -1127,7 +1131,8 @@ mod tests {
                     close(got, value, relative * value.abs()),
                     "month {}: z {}: {} walked, {} the reference", k, z, got, value
                 );
-                let by_k = model.expected_purchases_by(h, horizon, |_| value);
+                let by_k =
+                    model.expected_purchases_by(h, horizon, 1.0 + model.dead_odds(h), |_| value);
                 want += (by_k - before) / 1.01f64.powi(k as i32);
                 before = by_k;
                 worst = worst.max(relative);
