@@ -77,7 +77,10 @@ fn changelog_consumer_config(brokers: &str, security: &KafkaSecurity) -> ClientC
         .set("auto.offset.reset", "earliest")
         .set("fetch.max.bytes", "52428800")
         // A fetch at the end returns at once rather than waiting for records to arrive.
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        // A queue past librdkafka's threshold (100,000 records) pauses fetching this long, not
+        // its default of a second, which a restore would wait out after applying the queue.
+        .set("fetch.queue.backoff.ms", "10");
     client
 }
 

@@ -480,6 +480,15 @@ impl Input {
                 "fetch.wait.max.ms",
                 config.fetch_wait.as_millis().to_string(),
             )
+            // When the local queue holds more than librdkafka's threshold (100,000 records),
+            // fetching stops for this long: librdkafka's 1,000 ms default left the job idle for
+            // up to a second after it had folded the queue down, a third of a 200,000-event
+            // run through the broker in some runs (README, *Through the broker*). The fetch
+            // wait bounds the pause as it bounds a fetch.
+            .set(
+                "fetch.queue.backoff.ms",
+                config.fetch_wait.as_millis().to_string(),
+            )
             // A rebalance moves only the partitions that must move; the others keep folding.
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
