@@ -103,9 +103,9 @@ impl PurchaseModel {
         }
     }
 
-    /// With the 2F1 at the horizon's z from `series`.
-    /// With `odds_plus_one`, 1 + [`Self::dead_odds`], computed once for all the horizons of a
-    /// history (a `powf`; the compiler did not always hoist it out of the CLV's loop).
+    /// With the 2F1 at the horizon's z from `series`, and `odds_plus_one`, 1 +
+    /// [`Self::dead_odds`], computed once for all the horizons of a history (a `powf`; the
+    /// compiler did not always hoist it out of the CLV's loop).
     fn expected_purchases_by(
         &self,
         h: Recency,
@@ -199,14 +199,29 @@ impl Hypergeometric {
                 return value;
             }
         }
+        self.summed::<false>(z).0
+    }
+
+    /// 2F1 at z by a series at z: Euler's where the type's conditions allow, else the plain
+    /// one; with `SLOPE` its derivative too (0 without, which `at` skips).
+    fn summed<const SLOPE: bool>(&self, z: f64) -> (f64, f64) {
         let (a, b, c) = (self.a, self.b, self.c);
         if a + b > c && c - a > -1.0 && c - b > -1.0 && z > 0.0 {
-            let transformed = hyp2f1_series(c - a, c - b, c, z);
+            let (transformed, _, slope) = series::<false, SLOPE>(c - a, c - b, c, z);
             if transformed > 1e-3 {
-                return (1.0 - z).powf(c - a - b) * transformed;
+                let s = c - a - b;
+                let factor = (1.0 - z).powf(s);
+                // F = (1 - z)^s G, so F' = (1 - z)^s (G' - s G / (1 - z)).
+                let derivative = if SLOPE {
+                    factor * (slope / z - s * transformed / (1.0 - z))
+                } else {
+                    0.0
+                };
+                return (factor * transformed, derivative);
             }
         }
-        hyp2f1_series(a, b, c, z)
+        let (value, _, slope) = series::<false, SLOPE>(a, b, c, z);
+        (value, if SLOPE { slope / z } else { 0.0 })
     }
 
     /// By the connection formula, or `None` where it does not serve (see the type).
@@ -215,8 +230,8 @@ impl Hypergeometric {
         let s = c - a - b;
         let [up, down] = (*self.connection.get_or_init(|| connection_factors(a, b, c)))?;
         let w = 1.0 - z;
-        let (first, first_size) = series::<true>(a, b, 1.0 - s, w);
-        let (second, second_size) = series::<true>(c - a, c - b, 1.0 + s, w);
+        let (first, first_size, _) = series::<true, false>(a, b, 1.0 - s, w);
+        let (second, second_size, _) = series::<true, false>(c - a, c - b, 1.0 + s, w);
         let second_factor = w.powf(s) * down;
         let value = up * first + second_factor * second;
         // Rounding errs by about the machine epsilon times the sizes of what was added up: the
@@ -287,27 +302,11 @@ impl Hypergeometric {
     /// [`Self::step`]).
     const LN_GROWTH: f64 = std::f64::consts::LN_10;
 
-    /// 2F1 and its derivative at z, by the power series at z as [`Self::at`] sums it (the
+    /// 2F1 and its derivative at z, by the series at z that [`Self::at`] sums (the
     /// derivative's terms alongside); `None` above [`Self::NEAR_ONE`], where `at` takes the
     /// connection formula instead, or at z = 0.
     fn with_slope(&self, z: f64) -> Option<(f64, f64)> {
-        if !(z > 0.0 && z <= Self::NEAR_ONE) {
-            return None;
-        }
-        let (a, b, c) = (self.a, self.b, self.c);
-        if a + b > c && c - a > -1.0 && c - b > -1.0 {
-            // F = (1 - z)^s G with s = c - a - b, so F' = (1 - z)^s (G' - s G / (1 - z)).
-            let (transformed, slope) = series_with_slope(c - a, c - b, c, z);
-            if transformed > 1e-3 {
-                let s = c - a - b;
-                let factor = (1.0 - z).powf(s);
-                return Some((
-                    factor * transformed,
-                    factor * (slope - s * transformed / (1.0 - z)),
-                ));
-            }
-        }
-        Some(series_with_slope(a, b, c, z))
+        (z > 0.0 && z <= Self::NEAR_ONE).then(|| self.summed::<true>(z))
     }
 
     /// 2F1 and its derivative at `z`, from their values at `z0` (`from`: z0, value, slope), by
@@ -377,32 +376,6 @@ static STEP_DIVISORS: [f64; 400] = {
     }
     divisors
 };
-
-/// The power series of 2F1 and of its derivative, summed as [`series`] sums the first, until
-/// the derivative's terms (n times the function's, over z) are small too.
-fn series_with_slope(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
-    let mut term = 1.0;
-    let mut sum = 1.0;
-    // The sum of n times each term: z times the derivative.
-    let mut slope = 0.0;
-    let settled_after = (-a).max(-b).max(-c).min(100_000.0);
-    let mut n = 0.0;
-    while n < 100_000.0 {
-        let ratio = (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
-        term *= ratio;
-        sum += term;
-        slope += (n + 1.0) * term;
-        if n > settled_after
-            && ratio.abs() < 1.0
-            && term.abs() <= 1e-15 * sum.abs()
-            && (n + 1.0) * term.abs() <= 1e-15 * slope.abs()
-        {
-            break;
-        }
-        n += 1.0;
-    }
-    (sum, slope / z)
-}
 
 /// Γ(c)Γ(s) / (Γ(c-a)Γ(c-b)) and Γ(c)Γ(-s) / (Γ(a)Γ(b)) with s = c - a - b, or `None` where
 /// the connection formula does not serve these parameters.
@@ -483,17 +456,20 @@ fn sin_pi(x: f64) -> f64 {
 
 /// 2F1 by its power series (see [`series`]), 100,000 terms at most.
 pub fn hyp2f1_series(a: f64, b: f64, c: f64, z: f64) -> f64 {
-    series::<false>(a, b, c, z).0
+    series::<false, false>(a, b, c, z).0
 }
 
-/// The power series of 2F1, and with `SIZE` the sum of its terms' absolute values (0 without,
-/// which the hot callers skip). It sums until a term is below 1e-15 of the total and smaller
-/// than the one before, but not before n has passed -a, -b and -c: while c + n is negative,
-/// the terms can fall and then rise again as c + n nears zero and after.
-fn series<const SIZE: bool>(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
+/// The power series of 2F1; with `SIZE` the sum of its terms' absolute values, with `SLOPE`
+/// the sum of n times its n-th term, z times the derivative's series (each 0 without, which the
+/// hot callers skip). It sums until a term is below 1e-15 of the total (with `SLOPE`, n times
+/// it below 1e-15 of that sum too) and smaller than the one before, but not before n has
+/// passed -a, -b and -c: while c + n is negative, the terms can fall and then rise again as
+/// c + n nears zero and after.
+fn series<const SIZE: bool, const SLOPE: bool>(a: f64, b: f64, c: f64, z: f64) -> (f64, f64, f64) {
     let mut term = 1.0;
     let mut sum = 1.0;
     let mut size = if SIZE { 1.0 } else { 0.0 };
+    let mut slope = 0.0;
     let mut step = |n: f64| {
         let ratio = (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
         term *= ratio;
@@ -501,7 +477,12 @@ fn series<const SIZE: bool>(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
         if SIZE {
             size += term.abs();
         }
-        term.abs() < 1e-15 * sum.abs() && ratio.abs() < 1.0
+        if SLOPE {
+            slope += (n + 1.0) * term;
+        }
+        term.abs() < 1e-15 * sum.abs()
+            && ratio.abs() < 1.0
+            && (!SLOPE || (n + 1.0) * term.abs() <= 1e-15 * slope.abs())
     };
     // Up to n = max(-a, -b, -c) every term is summed, however small (none with the models'
     // own series, whose parameters are positive); then until one is small enough and smaller
@@ -519,7 +500,7 @@ fn series<const SIZE: bool>(a: f64, b: f64, c: f64, z: f64) -> (f64, f64) {
         }
         n += 1.0;
     }
-    (sum, size)
+    (sum, size, slope)
 }
 
 /// Gamma-Gamma spend per purchase (Fader, Hardie and Lee 2005, "RFM and CLV: Using Iso-Value
@@ -1046,7 +1027,7 @@ mod tests {
             let series = Hypergeometric::new(0.01 + x, 0.05 + x, 0.1 + x - 1.0);
             let (a, b, c) = (series.a, series.b, series.c);
             for z0 in [1e-4, 1e-3, 0.01, 0.1] {
-                let (value, slope) = series_with_slope(a, b, c, z0);
+                let (value, slope) = series.with_slope(z0).expect("z0 is below 0.7");
                 for share in [0.05, 0.1, 0.2, 0.3] {
                     let z = z0 * (1.0 + share);
                     let want = hyp2f1_series(a, b, c, z);
