@@ -472,7 +472,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         /// The bytes are postcard's, for any customer: decoding (which `postcard` does) reads
         /// back what was written.
