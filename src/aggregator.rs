@@ -18,6 +18,7 @@
 //! [`ChangelogFeed`] and a `ChangelogSource`), the input or customers' states.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::event::Millis;
 use crate::processor::{BatchReport, PartitionFacts, Processor};
@@ -100,7 +101,7 @@ impl Aggregator {
             }
         };
         let mut commit = Commit {
-            trends: snapshot.trends,
+            trends: snapshot.trends.map(Arc::new),
             segments: snapshot.segments,
             rfm_cells: snapshot.rfm_cells,
             rfm_scales: Some(snapshot.rfm_scales),

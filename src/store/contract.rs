@@ -411,7 +411,7 @@ fn trends_round_trip_and_stay_until_replaced() {
         trends.resolved("billing", 10, 70_000, &settings);
         store
             .commit(Commit {
-                trends: Some(trends.clone()),
+                trends: Some(Arc::new(trends.clone())),
                 ..Commit::default()
             })
             .unwrap();

@@ -180,8 +180,9 @@ pub struct Commit {
     pub customers: Vec<CustomerWrite>,
     pub timers_set: Vec<Timer>,
     pub timers_cleared: Vec<Timer>,
-    /// The complaint trends, when the batch changed them.
-    pub trends: Option<Trends>,
+    /// The complaint trends, when the batch changed them (shared with the processor, which
+    /// keeps them).
+    pub trends: Option<Arc<Trends>>,
     /// The segment metrics, when the batch changed them.
     pub segments: Option<Segments>,
     /// RFM histogram cells the batch changed (a count of 0 deletes the cell).
