@@ -1,22 +1,25 @@
-//! A customer's version-4 body (state, risk memo, standing, trailing months) written by hand in
-//! postcard's wire format: the same bytes `postcard` writes for the tuple of the four, without
-//! serde's calls per field and per byte. A customer is encoded at every commit that changed it:
-//! through serde that took about 5,500 instructions, by hand 3,900 (callgrind, 2026-12-01; README,
-//! *Performance*). Decoding stays with `postcard`. Must not know about keys, versions or the timer prefix
-//! (`codec` writes those).
+//! Stored bodies written by hand in postcard's wire format, without serde's calls per field and
+//! per byte: a customer's version-4 body (state, risk memo, standing, trailing months), the
+//! same bytes `postcard` writes for the tuple of the four, and the complaint trends, the same
+//! bytes it writes for [`Trends`]. Each goes into every commit that changed it: a customer took
+//! about 5,500 instructions through serde and 3,900 by hand (callgrind, 2026-12-01; README,
+//! *Performance*). Decoding stays with `postcard`. Must not know about keys, versions or the
+//! timer prefix (`codec` writes those).
 //!
-//! Each struct is taken apart by an exhaustive pattern, so a field added to a stored type does
-//! not compile here until it is written; the unit tests compare the bytes with `postcard`'s for
-//! arbitrary customers.
+//! Each struct is taken apart by an exhaustive pattern where its fields are public, so a field
+//! added to a stored type does not compile here until it is written; the unit tests compare the
+//! bytes with `postcard`'s for arbitrary customers and trends.
 //!
 //! The format (postcard 1.x): unsigned integers as LEB128 varints, signed ones zigzag-mapped
-//! first, `u8` as one byte, `f64` as 8 little-endian bytes, a string or a sequence as its
-//! length (a varint) then its elements, an `Option` as a byte 0 or a byte 1 then the value, a
-//! unit enum variant as its index (a varint), structs and tuples as their fields in order.
+//! first, `u8` as one byte, `f64` as 8 little-endian bytes, a string or a sequence (a map too)
+//! as its length (a varint) then its elements, an `Option` as a byte 0 or a byte 1 then the
+//! value, a unit enum variant as its index (a varint), structs, tuples and arrays as their
+//! fields in order.
 
 use crate::fold::{CustomerState, Lifecycle, OpenComplaint, OpenOrder, SeenEvent, Subscription};
 use crate::risk::{Level, Published, ReasonCode, RiskMemo};
 use crate::segments::{Standing, Trailing};
+use crate::trends::{Baseline, CategoryTrend, Trends, Window};
 
 use super::Customer;
 
@@ -33,6 +36,38 @@ pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     w.risk(risk);
     w.option(standing.as_ref(), Writer::standing);
     w.trailing(trailing);
+}
+
+/// Appends the complaint trends' body to `out`: the bytes `postcard` writes for [`Trends`]
+/// (its derived `open_change` is not stored). The trends go into every commit that changed
+/// them, and with the input's partitions days apart in event time they hold thousands of open
+/// windows: through serde that was about 320,000 instructions a commit in the broker benchmark.
+pub fn write_trends(trends: &Trends, out: &mut Vec<u8>) {
+    // Not exhaustive: `open_change` is private to `trends`. A field added to what is stored
+    // still changes `postcard`'s bytes, which the tests compare with these.
+    let Trends {
+        categories,
+        windows,
+        closed_before,
+        newest,
+        began,
+        ..
+    } = trends;
+    let mut w = Writer(out);
+    w.len(categories.len());
+    for (category, trend) in categories {
+        w.str(category);
+        w.category_trend(trend);
+    }
+    w.len(windows.len());
+    for ((start, category), window) in windows {
+        w.signed(*start);
+        w.str(category);
+        w.window(window);
+    }
+    w.time(closed_before.as_ref());
+    w.time(newest.as_ref());
+    w.time(began.as_ref());
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);
@@ -61,6 +96,10 @@ impl Writer<'_> {
     fn str(&mut self, value: &str) {
         self.len(value.len());
         self.0.extend_from_slice(value.as_bytes());
+    }
+
+    fn float(&mut self, value: f64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
     }
 
     fn option<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
@@ -242,7 +281,7 @@ impl Writer<'_> {
             lifecycle,
         } = published;
         self.signed(*as_of);
-        self.0.extend_from_slice(&score.to_le_bytes());
+        self.float(*score);
         self.level(*level);
         self.len(reasons.len());
         for reason in reasons {
@@ -282,6 +321,65 @@ impl Writer<'_> {
             self.signed(*margin);
         }
     }
+
+    fn category_trend(&mut self, trend: &CategoryTrend) {
+        let CategoryTrend {
+            open_backlog,
+            windows,
+            days,
+            today,
+            months,
+            this_month,
+            month_days,
+            previous_month_days,
+        } = trend;
+        self.signed(*open_backlog);
+        self.baseline(windows);
+        self.baseline(days);
+        self.window(today);
+        self.baseline(months);
+        self.window(this_month);
+        self.counts(month_days);
+        self.counts(previous_month_days);
+    }
+
+    fn baseline(&mut self, baseline: &Baseline) {
+        let Baseline {
+            baseline,
+            slow_baseline,
+            cusum,
+        } = baseline;
+        self.option(baseline.as_ref(), |w, v| w.float(*v));
+        self.option(slow_baseline.as_ref(), |w, v| w.float(*v));
+        self.float(*cusum);
+    }
+
+    fn window(&mut self, window: &Window) {
+        let Window {
+            opened,
+            resolved,
+            by_severity,
+            resolution,
+        } = window;
+        self.unsigned(*opened);
+        self.unsigned(*resolved);
+        // An array is a tuple to postcard: no length.
+        for count in by_severity {
+            self.unsigned(*count);
+        }
+        self.len(resolution.len());
+        for (bucket, count) in resolution {
+            self.signed(i64::from(*bucket));
+            self.unsigned(*count);
+        }
+    }
+
+    fn counts(&mut self, counts: &[u32]) {
+        self.len(counts.len());
+        for count in counts {
+            self.unsigned(*count);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +401,12 @@ mod tests {
     fn by_hand(customer: &Customer) -> Vec<u8> {
         let mut out = Vec::new();
         write_customer_body(customer, &mut out);
+        out
+    }
+
+    fn trends_by_hand(trends: &Trends) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_trends(trends, &mut out);
         out
     }
 
@@ -471,6 +575,72 @@ mod tests {
         }
     }
 
+    fn float() -> impl Strategy<Value = f64> {
+        prop_oneof![any::<f64>(), -3.0f64..3.0, Just(f64::NAN), Just(-0.0)]
+    }
+
+    prop_compose! {
+        fn window()(
+            opened in any::<u32>(),
+            resolved in any::<u32>(),
+            by_severity in any::<[u32; 4]>(),
+            resolution in proptest::collection::vec((any::<i16>(), any::<u32>()), 0..4),
+        ) -> Window {
+            Window { opened, resolved, by_severity, resolution }
+        }
+    }
+
+    prop_compose! {
+        fn baseline()(
+            baseline in proptest::option::of(float()),
+            slow_baseline in proptest::option::of(float()),
+            cusum in float(),
+        ) -> Baseline {
+            Baseline { baseline, slow_baseline, cusum }
+        }
+    }
+
+    prop_compose! {
+        fn category_trend()(
+            open_backlog in int(),
+            baselines in (baseline(), baseline(), baseline()),
+            today in window(),
+            this_month in window(),
+            month_days in proptest::collection::vec(any::<u32>(), 0..32),
+            previous_month_days in proptest::collection::vec(any::<u32>(), 0..32),
+        ) -> CategoryTrend {
+            let (windows, days, months) = baselines;
+            CategoryTrend {
+                open_backlog,
+                windows,
+                days,
+                today,
+                months,
+                this_month,
+                month_days,
+                previous_month_days,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn trends()(
+            categories in proptest::collection::btree_map(text(), category_trend(), 0..4),
+            windows in proptest::collection::btree_map((int(), text()), window(), 0..8),
+            closed_before in proptest::option::of(int()),
+            newest in proptest::option::of(int()),
+            began in proptest::option::of(int()),
+        ) -> Trends {
+            let mut trends = Trends::default();
+            trends.categories = categories;
+            trends.windows = windows;
+            trends.closed_before = closed_before;
+            trends.newest = newest;
+            trends.began = began;
+            trends
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig {
             cases: 512,
@@ -483,6 +653,13 @@ mod tests {
         #[test]
         fn writes_the_bytes_postcard_writes(customer in customer()) {
             prop_assert_eq!(by_hand(&customer), postcard_body(&customer));
+        }
+
+        /// The same for any trends.
+        #[test]
+        fn writes_the_trends_as_postcard_does(trends in trends()) {
+            let postcard = postcard::to_allocvec(&trends).expect("postcard encodes plain structs");
+            prop_assert_eq!(trends_by_hand(&trends), postcard);
         }
     }
 
