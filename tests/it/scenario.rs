@@ -406,3 +406,87 @@ fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
         .unwrap();
     assert_eq!(report.count("applied"), 1);
 }
+
+/// 200 surveys of seven customers, the 50th malformed, processed as one batch: large enough
+/// to be decoded on a thread beside the fold. Returns the store.
+fn two_hundred_surveys(pill: Option<usize>) -> Store {
+    let survey = |id: usize| {
+        ev(
+            &id.to_string(),
+            &format!("c{}", id % 7),
+            "interaction.survey",
+            "01T10:00:00",
+            r#""score":9"#,
+        )
+    };
+    let mut events: Vec<String> = (1..=200).map(survey).collect();
+    events[49] = "{not json".to_owned();
+    let store = Store::in_memory();
+    let mut settings = settings(100);
+    settings.panic_on_event_id = pill.map(|id| id.to_string());
+    let mut processor = Processor::new(store.clone(), settings);
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| file_record(i as i64 + 1, json))
+        .collect();
+    let report = processor.process(&records, NOW_MS).unwrap();
+    let failed = 1 + usize::from(pill.is_some());
+    assert_eq!(report.count("applied"), 200 - failed as u64);
+    assert_eq!(report.count("rejected"), failed as u64);
+    assert_eq!(report.dead_letters.get("not_json"), Some(&1));
+    assert_eq!(store.offset("test", 0).unwrap(), Some(201));
+    // Each customer saw its own events in input order, without those that failed.
+    for customer in 0..7 {
+        let id = format!("c{customer}");
+        let state = store
+            .customer(partition_for(id.as_bytes(), 4), &id)
+            .unwrap()
+            .unwrap();
+        let seen: Vec<&str> = state.seen.iter().map(|s| s.event_id.as_str()).collect();
+        let expected: Vec<String> = (1..=200)
+            .filter(|i| i % 7 == customer && *i != 50 && Some(*i) != pill)
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(seen, expected, "{id}");
+    }
+    store
+}
+
+fn dead_letter_ids(store: &Store) -> Vec<(String, String)> {
+    store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.events.dlq")
+        .map(|r| {
+            (
+                header(&r, "record_id").to_owned(),
+                header(&r, "reason").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_decoded_on_its_own_thread_keeps_every_record_in_its_place() {
+    let store = two_hundred_surveys(None);
+    assert_eq!(
+        dead_letter_ids(&store),
+        [("test-0-50".to_owned(), "not_json".to_owned())]
+    );
+}
+
+#[test]
+fn a_panic_in_the_fold_of_a_batch_decoded_on_its_own_thread_isolates_the_event() {
+    // The pill panics in the fold while the decoding thread may still be decoding.
+    let store = two_hundred_surveys(Some(120));
+    assert_eq!(
+        dead_letter_ids(&store),
+        [
+            ("test-0-50".to_owned(), "not_json".to_owned()),
+            ("test-0-120".to_owned(), "processing_error".to_owned())
+        ]
+    );
+}
