@@ -967,8 +967,10 @@ impl Processor {
         Ok(())
     }
 
-    /// Fires, partition by partition, every timer at or before the watermark. Each round
-    /// commits atomically.
+    /// Fires every timer at or before the watermark, each partition's up to its own. Each round
+    /// fires what every partition has due in one atomic commit: one write, and one copy of
+    /// the changed aggregates, for all of them (a commit per partition stored the trends once
+    /// for each).
     fn fire_due_timers(
         &mut self,
         aggregates: &mut Aggregates,
@@ -977,30 +979,41 @@ impl Processor {
         let Some(instance) = self.watermark(aggregates) else {
             return Ok(());
         };
-        let partitions: Vec<i32> = self.clock.state_partitions.iter().copied().collect();
-        for partition in partitions {
-            let Some(watermark) = self.partition_watermark(partition, instance) else {
-                continue;
-            };
-            // The stored timers are the truth: a scan that finds none due costs one seek, and
-            // only a round that fires something commits. A fired timer re-arms strictly later,
-            // so the rounds end.
-            loop {
+        // The partitions that may still hold due timers, with their watermarks.
+        let mut pending: Vec<(i32, Millis)> = self
+            .clock
+            .state_partitions
+            .iter()
+            .filter_map(|&partition| {
+                Some((partition, self.partition_watermark(partition, instance)?))
+            })
+            .collect();
+        // The stored timers are the truth: a scan that finds none due costs one seek, and
+        // only a round that fires something commits. A fired timer re-arms strictly later,
+        // so the rounds end.
+        while !pending.is_empty() {
+            let mut commit = Commit::default();
+            let mut fired = Vec::with_capacity(pending.len());
+            for (partition, watermark) in pending {
                 let from = self.timer_floor.get(&partition).copied();
                 let due = self.store.due_timers(partition, (from, watermark), 1_000)?;
                 if due.is_empty() {
                     let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
                     *floor = (*floor).max(watermark.saturating_add(1));
-                    break;
+                    continue;
                 }
-                let mut commit = Commit::default();
                 for timer in due {
                     self.fire(&timer, aggregates, &mut commit)?;
                     report.timers_fired += 1;
                 }
+                fired.push((partition, watermark));
+            }
+            if !fired.is_empty() {
                 aggregates.stage(&mut commit, report, self.settings.aggregation);
                 self.commit(commit, report)?;
             }
+            // Scanned again after the commit: what fired re-armed, in the store.
+            pending = fired;
         }
         Ok(())
     }
