@@ -62,7 +62,13 @@ const DECODE_AHEAD_FROM: usize = 64;
 /// How many decoded records the decoding thread sends at a time.
 const DECODE_CHUNK: usize = 64;
 
+/// A payload whose decoding panics, in the unit tests: the decoding thread's poison pill.
+#[cfg(test)]
+const PANICS_IN_DECODING: &[u8] = b"panics in decoding";
+
 fn decode_record(record: &InputRecord, now: Millis, rules: &Rules) -> Result<Event, Rejection> {
+    #[cfg(test)]
+    assert!(record.payload != PANICS_IN_DECODING, "decoding panicked");
     decode(
         record.stream,
         record.key.as_deref(),
@@ -1459,6 +1465,54 @@ mod tests {
         assert_eq!(report.events[&key("customer.orders", "applied")], 3);
         assert_eq!(report.events[&key("customer.orders", "duplicate")], 1);
         assert_eq!(report.events[&key("customer.interactions", "applied")], 1);
+    }
+
+    #[test]
+    fn a_panic_while_decoding_on_its_own_thread_is_a_poison_pill() {
+        let minimal = "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n";
+        let config = crate::config::Config::parse(minimal, Vec::new()).unwrap();
+        let store = Store::in_memory();
+        let mut processor =
+            Processor::new(store.clone(), crate::pipeline::processor_settings(&config));
+        // Enough records for the decoding thread; the pill in the middle of a chunk.
+        let records: Vec<InputRecord> = (0..200)
+            .map(|i| InputRecord {
+                source: "test".into(),
+                source_partition: 0,
+                offset: i,
+                stream: None,
+                state_partition: None,
+                key: None,
+                payload: if i == 100 {
+                    PANICS_IN_DECODING.to_vec()
+                } else {
+                    format!(
+                        r#"{{"event_id":"e{i}","customer_id":"c{}","type":"interaction.survey","occurred_at":"2026-05-01T10:00:00Z","score":9}}"#,
+                        i % 7
+                    )
+                    .into_bytes()
+                },
+                append_time_ms: None,
+            })
+            .collect();
+        let report = processor.process(&records, 1_777_777_777_000).unwrap();
+        assert_eq!(report.count("applied"), 199);
+        assert_eq!(report.dead_letters.get("processing_error"), Some(&1));
+        assert_eq!(store.offset("test", 0).unwrap(), Some(200));
+        let dead: Vec<String> = store
+            .outbox(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, r)| r.topic == config.topics.dead_letter)
+            .map(|(_, r)| {
+                let header = |name: &str| {
+                    let (_, value) = r.headers.iter().find(|(k, _)| k == name).unwrap();
+                    String::from_utf8(value.clone()).unwrap()
+                };
+                format!("{} {}", header("record_id"), header("reason"))
+            })
+            .collect();
+        assert_eq!(dead, ["test-0-100 processing_error"]);
     }
 
     #[test]
