@@ -2,7 +2,7 @@
 //! and a store. Adding a case is adding data.
 
 use customer_pulse::fold::{CustomerState, Lifecycle};
-use customer_pulse::processor::{partition_for, Processor};
+use customer_pulse::processor::{partition_for, BatchReport, Processor};
 use customer_pulse::store::{OutboxRecord, Store};
 use proptest::prelude::*;
 
@@ -339,6 +339,22 @@ proptest! {
     }
 }
 
+/// Processes `events` as one batch of a file's lines through a fresh processor, whose
+/// processing of the event `pill` (an event id) panics.
+fn process_as_one_batch(events: &[String], pill: Option<&str>) -> (Store, Processor, BatchReport) {
+    let store = Store::in_memory();
+    let mut settings = settings(100);
+    settings.panic_on_event_id = pill.map(str::to_owned);
+    let mut processor = Processor::new(store.clone(), settings);
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| file_record(i as i64 + 1, json))
+        .collect();
+    let report = processor.process(&records, NOW_MS).unwrap();
+    (store, processor, report)
+}
+
 #[test]
 fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
     let survey = |id: &str, customer: &str| {
@@ -357,16 +373,7 @@ fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
         survey("3", "gus"),
         survey("4", "hal"),
     ];
-    let store = Store::in_memory();
-    let mut settings = settings(100);
-    settings.panic_on_event_id = Some("2".into());
-    let mut processor = Processor::new(store.clone(), settings);
-    let records: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, json)| file_record(i as i64 + 1, json))
-        .collect();
-    let report = processor.process(&records, NOW_MS).unwrap();
+    let (store, mut processor, report) = process_as_one_batch(&events, Some("2"));
     assert_eq!(report.count("applied"), 3);
     assert_eq!(report.count("rejected"), 1);
     assert_eq!(report.dead_letters.get("processing_error"), Some(&1));
@@ -421,16 +428,8 @@ fn two_hundred_surveys(pill: Option<usize>) -> Store {
     };
     let mut events: Vec<String> = (1..=200).map(survey).collect();
     events[49] = "{not json".to_owned();
-    let store = Store::in_memory();
-    let mut settings = settings(100);
-    settings.panic_on_event_id = pill.map(|id| id.to_string());
-    let mut processor = Processor::new(store.clone(), settings);
-    let records: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, json)| file_record(i as i64 + 1, json))
-        .collect();
-    let report = processor.process(&records, NOW_MS).unwrap();
+    let pill_id = pill.map(|id| id.to_string());
+    let (store, _, report) = process_as_one_batch(&events, pill_id.as_deref());
     let failed = 1 + usize::from(pill.is_some());
     assert_eq!(report.count("applied"), 200 - failed as u64);
     assert_eq!(report.count("rejected"), failed as u64);
