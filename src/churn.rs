@@ -103,6 +103,11 @@ impl PurchaseModel {
         }
     }
 
+    /// Where the 2F1 of [`Self::expected_purchases`] is taken for `horizon`.
+    fn horizon_z(&self, h: Recency, horizon: f64) -> f64 {
+        horizon / (self.alpha + h.t + horizon)
+    }
+
     /// With the 2F1 at the horizon's z from `series`, and `odds_plus_one`, 1 +
     /// [`Self::dead_odds`], computed once for all the horizons of a history (a `powf`; the
     /// compiler did not always hoist it out of the CLV's loop).
@@ -117,7 +122,7 @@ impl PurchaseModel {
             return 0.0;
         }
         let (r, alpha, a, b, x) = (self.r, self.alpha, self.a, self.b, h.x);
-        let z = horizon / (alpha + h.t + horizon);
+        let z = self.horizon_z(h, horizon);
         let decay = ((alpha + h.t) / (alpha + h.t + horizon)).powf(r + x);
         let lead = match self.model {
             Model::BgNbd => (a + b + x - 1.0) / (a - 1.0),
@@ -562,10 +567,7 @@ impl Clv<'_> {
     pub fn walked(&self) -> f64 {
         let series = self.model.purchase_series(self.h.x);
         let mut walk = Walk::new(&series);
-        let z_at = |k: u32| {
-            let horizon = self.month * f64::from(k);
-            horizon / (self.model.alpha + self.h.t + horizon)
-        };
+        let z_at = |k: u32| self.model.horizon_z(self.h, self.month * f64::from(k));
         self.sum(|z, k| walk.at(z, (k < self.months).then(|| z_at(k + 1))))
     }
 
@@ -1090,10 +1092,7 @@ mod tests {
             let series = model.purchase_series(h.x);
             let mut walk = Walk::new(&series);
             let (mut want, mut before, mut worst) = (0.0, 0.0, 0.0f64);
-            let z_at = |k: u32| {
-                let horizon = month * f64::from(k);
-                horizon / (alpha + h.t + horizon)
-            };
+            let z_at = |k: u32| model.horizon_z(h, month * f64::from(k));
             for k in 1..=12 {
                 let horizon = month * f64::from(k);
                 let z = z_at(k);

@@ -479,9 +479,11 @@ impl Processor {
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
         if records.len() < DECODE_AHEAD_FROM {
-            let rules = self.settings.rules.clone();
-            return self.fold_batch(records, now, |record| decode_record(record, now, &rules));
+            return self.fold_batch(records, now, |rules, record| {
+                decode_record(record, now, rules)
+            });
         }
+        // The decoding thread's own copy: the fold holds the processor mutably meanwhile.
         let rules = self.settings.rules.clone();
         std::thread::scope(|scope| {
             let (chunks, decoded) = std::sync::mpsc::channel();
@@ -498,7 +500,7 @@ impl Processor {
                 }
             });
             let mut decoded = decoded.into_iter().flatten();
-            self.fold_batch(records, now, |_| {
+            self.fold_batch(records, now, |_, _| {
                 decoded
                     .next()
                     .expect("decoding stopped before the batch's end: it panicked")
@@ -510,7 +512,7 @@ impl Processor {
         &mut self,
         records: &[InputRecord],
         now: Millis,
-        mut decoded: impl FnMut(&InputRecord) -> Result<Event, Rejection>,
+        mut decoded: impl FnMut(&Rules, &InputRecord) -> Result<Event, Rejection>,
     ) -> Result<BatchReport, StoreError> {
         self.now = now;
         let mut aggregates = self.take_aggregates()?;
@@ -525,7 +527,7 @@ impl Processor {
             if let Some(t) = record.append_time_ms {
                 report.append_times_ms.push(t);
             }
-            let event = decoded(record);
+            let event = decoded(&self.settings.rules, record);
             self.process_one(
                 record,
                 event,
