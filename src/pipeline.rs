@@ -199,17 +199,23 @@ pub async fn run_on(
             claims: input.claim_check(),
         });
     }
-    check_outputs(&sink, &config);
+    // The producer gets ready (three metadata round trips, 50 ms against Tansu) while the
+    // consumer joins and fetches: nothing is in the outbox to send before the first commit.
+    let outputs = output_topics(&config);
+    let checked = tokio::task::spawn_blocking(move || {
+        check_outputs(&sink, &outputs);
+        sink
+    });
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
-    let outbox = tokio::spawn(drain_outbox(
-        store.clone(),
-        sink,
-        telemetry.clone(),
-        wake.clone(),
-        outbox_stop.clone(),
-        config.shutdown_flush,
-    ));
+    let outbox = tokio::spawn({
+        let (store, telemetry, wake) = (store.clone(), telemetry.clone(), wake.clone());
+        let (stop, flush_limit) = (outbox_stop.clone(), config.shutdown_flush);
+        async move {
+            let sink = checked.await.context("readying the producer panicked")?;
+            drain_outbox(store, sink, telemetry, wake, stop, flush_limit).await
+        }
+    });
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
 
     let mut settings = processor_settings(&config);
@@ -450,24 +456,28 @@ fn check_input_partitions(input: &Input, config: &Config) -> anyhow::Result<()> 
     }
 }
 
-/// Warns of missing output topics, then readies the producer once the brokers have answered
-/// (see [`KafkaSink::ready`]). An output topic that does not exist holds up the outbox behind its
-/// first record until it is created (or the brokers create it on first use): say so at start,
-/// by name.
-fn check_outputs(sink: &KafkaSink, config: &Config) {
+/// The output topics, the churn-risk topic first (see [`check_outputs`]).
+fn output_topics(config: &Config) -> Vec<String> {
     let t = &config.topics;
     let mut outputs = vec![
-        t.churn_risk.as_str(),
-        t.complaint_trends.as_str(),
-        t.segment_metrics.as_str(),
-        t.dead_letter.as_str(),
+        t.churn_risk.clone(),
+        t.complaint_trends.clone(),
+        t.segment_metrics.clone(),
+        t.dead_letter.clone(),
     ];
     if config.changelog {
-        outputs.push(t.changelog.as_str());
+        outputs.push(t.changelog.clone());
     }
-    let missing =
-        tokio::task::block_in_place(|| sink.missing_topics(&outputs, Duration::from_secs(10)));
-    match missing {
+    outputs
+}
+
+/// Warns of missing output topics, then readies the producer once the brokers have answered
+/// (see [`KafkaSink::ready`]) for the first of `outputs`. An output topic that does not exist
+/// holds up the outbox behind its first record until it is created (or the brokers create it
+/// on first use): say so at start, by name. Blocks.
+fn check_outputs(sink: &KafkaSink, outputs: &[String]) {
+    let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    match sink.missing_topics(&names, Duration::from_secs(10)) {
         Ok(missing) if missing.is_empty() => {}
         Ok(missing) => tracing::warn!(
             topics = ?missing,
@@ -478,7 +488,9 @@ fn check_outputs(sink: &KafkaSink, config: &Config) {
             return;
         }
     }
-    tokio::task::block_in_place(|| sink.ready(&t.churn_risk));
+    if let Some(first) = names.first() {
+        sink.ready(first);
+    }
 }
 
 async fn consume(
