@@ -58,6 +58,7 @@ pub async fn replay<S: Sink>(
             .map_or_else(|| "-".into(), |n| n.to_string_lossy().into_owned())
     );
     let resume_at = processor.store().offset(&source, 0)?.unwrap_or(0);
+    let source: std::sync::Arc<str> = source.into();
     let bar = if progress {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(

@@ -371,7 +371,8 @@ pub struct Input {
     /// which close it off the caller's thread ([`close_elsewhere`]).
     consumer: Option<StreamConsumer<PulseContext>>,
     assignment: Assignment,
-    streams: Vec<(String, Stream)>,
+    /// Each input topic's name, shared by its records, and its stream.
+    streams: Vec<(Arc<str>, Stream)>,
     restored: Arc<Mutex<Vec<i32>>>,
     /// When the owned partitions' offsets were last committed again (see
     /// [`Input::refresh_ownership`]).
@@ -400,15 +401,18 @@ impl Input {
         telemetry: Arc<Telemetry>,
         assignment: Assignment,
     ) -> anyhow::Result<Input> {
-        let streams = vec![
-            (config.topics.interactions.clone(), Stream::Interactions),
-            (config.topics.orders.clone(), Stream::Orders),
-            (config.topics.complaints.clone(), Stream::Complaints),
+        let streams: Vec<(Arc<str>, Stream)> = vec![
+            (
+                config.topics.interactions.as_str().into(),
+                Stream::Interactions,
+            ),
+            (config.topics.orders.as_str().into(), Stream::Orders),
+            (config.topics.complaints.as_str().into(), Stream::Complaints),
         ];
         let mut inputs: Vec<String> = Vec::with_capacity(streams.len());
         for (topic, _) in &streams {
-            if !inputs.contains(topic) {
-                inputs.push(topic.clone());
+            if !inputs.iter().any(|i| **i == **topic) {
+                inputs.push(topic.to_string());
             }
         }
         let restored = Arc::default();
@@ -782,13 +786,12 @@ impl Input {
                 }
                 Ok(Ok(message)) => {
                     let topic = message.topic();
-                    let stream = self
-                        .streams
-                        .iter()
-                        .find(|(t, _)| t == topic)
-                        .map(|(_, s)| *s);
+                    let (source, stream) = match self.streams.iter().find(|(t, _)| **t == *topic) {
+                        Some((t, s)) => (Arc::clone(t), Some(*s)),
+                        None => (Arc::from(topic), None),
+                    };
                     batch.push(InputRecord {
-                        source: topic.to_owned(),
+                        source,
                         source_partition: message.partition(),
                         offset: message.offset(),
                         stream,
@@ -801,8 +804,21 @@ impl Input {
             }
         }
         // Records of partitions revoked while the batch was gathered belong to their new owner.
+        // Looked up once per run of records from one partition rather than once per record.
         let owned = lock(&self.assignment);
-        batch.retain(|r| owned.contains(&(r.source.clone(), r.source_partition)));
+        let mut run: Option<(Arc<str>, i32, bool)> = None;
+        batch.retain(|r| match &run {
+            Some((source, partition, keep))
+                if Arc::ptr_eq(source, &r.source) && *partition == r.source_partition =>
+            {
+                *keep
+            }
+            _ => {
+                let keep = owned.contains(&(r.source.to_string(), r.source_partition));
+                run = Some((Arc::clone(&r.source), r.source_partition, keep));
+                keep
+            }
+        });
         batch
     }
 

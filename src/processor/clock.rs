@@ -31,9 +31,9 @@ impl Clock {
         now: Millis,
     ) {
         self.state_partitions.insert(state_partition);
-        let partitions = match self.sources.get_mut(&record.source) {
+        let partitions = match self.sources.get_mut(&*record.source) {
             Some(partitions) => partitions,
-            None => self.sources.entry(record.source.clone()).or_default(),
+            None => self.sources.entry(record.source.to_string()).or_default(),
         };
         let entry = partitions
             .entry(record.source_partition)

@@ -27,8 +27,9 @@ pub use partition::{murmur2, partition_for};
 /// One input message, copied out of its source at the boundary.
 #[derive(Debug, Clone)]
 pub struct InputRecord {
-    /// Where the record came from: a Kafka topic, or `replay:<file>` for a file.
-    pub source: String,
+    /// Where the record came from: a Kafka topic, or `replay:<file>` for a file. Shared by
+    /// the records of one source rather than copied into each.
+    pub source: Arc<str>,
     /// The source's partition, for offsets (0 for a file).
     pub source_partition: i32,
     pub offset: i64,
@@ -456,7 +457,7 @@ impl Processor {
         report.dead_letters.insert(rejection.reason.code(), 1);
         let commit = Commit {
             offsets: vec![(
-                record.source.clone(),
+                record.source.to_string(),
                 record.source_partition,
                 record.offset + 1,
             )],
@@ -521,7 +522,7 @@ impl Processor {
         let mut offsets: hashbrown::HashMap<(&str, i32), i64> = hashbrown::HashMap::new();
         for record in records {
             offsets.insert(
-                (record.source.as_str(), record.source_partition),
+                (&*record.source, record.source_partition),
                 record.offset + 1,
             );
             if let Some(t) = record.append_time_ms {
@@ -1329,7 +1330,7 @@ impl Processor {
             headers: vec![
                 ("reason".into(), rejection.reason.code().into()),
                 ("message".into(), rejection.message.clone().into_bytes()),
-                ("source_topic".into(), record.source.clone().into_bytes()),
+                ("source_topic".into(), record.source.as_bytes().to_vec()),
                 (
                     "source_partition".into(),
                     record.source_partition.to_string().into_bytes(),
