@@ -754,7 +754,7 @@ impl Default for RawInput {
 impl Default for RawProcessing {
     fn default() -> Self {
         RawProcessing {
-            max_batch_events: 20_000,
+            max_batch_events: 10_000,
             max_batch_wait_milliseconds: 0,
             shutdown_flush_seconds: 30,
             allowed_lateness_seconds: 3_600,
