@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use customer_pulse::fold::{CustomerState, SeenEvent};
+use customer_pulse::fold::{CustomerState, EventFingerprint, SeenEvent};
 use customer_pulse::kafka::{create_topics, ChangelogReader, KafkaSink};
 use customer_pulse::outbox::Sink;
 use customer_pulse::processor::partition_for;
@@ -33,10 +33,11 @@ fn customer(n: u64) -> Customer {
     state.revenue_minor = 10_000 + (n % 90_000) as i64;
     state.seen = (0..12)
         .map(|i| SeenEvent {
-            event_id: format!("e-{n}-{i}"),
+            fingerprint: EventFingerprint::of(&format!("e-{n}-{i}")),
             occurred_at: 1_790_000_000_000 + (n as i64) * 1_000 + i,
         })
         .collect();
+    state.last_event_at = state.seen.last().map_or(0, |s| s.occurred_at);
     Customer::from(state)
 }
 

@@ -55,10 +55,42 @@ pub struct OpenComplaint {
     pub opened_at: Millis,
 }
 
-/// A processed event id and its event time, kept for deduplication within the horizon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A processed event id, remembered for deduplication by 64 bits of its XXH3 hash: 8 bytes
+/// in memory and on disk whatever the id's length (a UUID's 36 characters were most of an
+/// active customer's stored bytes, written again at every commit that changed it). Two ids of
+/// one customer's horizon share a fingerprint with a chance of about n / 2^64 per event for n
+/// remembered ids, which is when a new event would be taken for a duplicate (README,
+/// *Deviations from the contract*). The hash is XXH3's, fixed by its specification, so stored
+/// fingerprints stay valid across builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventFingerprint(pub u64);
+
+impl EventFingerprint {
+    pub fn of(event_id: &str) -> EventFingerprint {
+        EventFingerprint(xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()))
+    }
+}
+
+/// As 16 hexadecimal digits, in JSON (the HTTP endpoint's customer state).
+impl Serialize for EventFingerprint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventFingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let hex = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        u64::from_str_radix(&hex, 16)
+            .map(EventFingerprint)
+            .map_err(|_| serde::de::Error::custom("a fingerprint is 16 hexadecimal digits"))
+    }
+}
+
+/// A processed event and its event time, kept for deduplication within the horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenEvent {
-    pub event_id: String,
+    pub fingerprint: EventFingerprint,
     pub occurred_at: Millis,
 }
 
@@ -110,7 +142,10 @@ pub struct CustomerState {
     pub cancellation_reason: Option<String>,
     pub cancelled_at: Option<Millis>,
 
-    /// Event ids seen within the dedup horizon, oldest first.
+    /// Events seen within the dedup horizon, oldest first. Stored apart from the rest since
+    /// encoding version 6 (`store::codec`); in the place postcard gives the field, versions 1
+    /// to 5 wrote the ids themselves, which `legacy_seen` reads.
+    #[serde(with = "legacy_seen")]
     pub seen: Vec<SeenEvent>,
 }
 
@@ -182,7 +217,8 @@ impl CustomerState {
     /// Applies one event. The event's customer must be this state's customer.
     pub fn apply(&mut self, event: &Event, limits: &FoldLimits) -> Outcome {
         debug_assert_eq!(event.customer_id, self.customer_id);
-        if self.seen.iter().any(|s| s.event_id == event.event_id) {
+        let fingerprint = EventFingerprint::of(&event.event_id);
+        if self.seen.iter().any(|s| s.fingerprint == fingerprint) {
             return Outcome::Duplicate;
         }
         if let EventKind::Erased = event.kind {
@@ -196,7 +232,7 @@ impl CustomerState {
             self.first_event_at = self.first_event_at.min(t);
             self.last_event_at = self.last_event_at.max(t);
         }
-        let mut limit = self.remember(event, limits);
+        let mut limit = self.remember(fingerprint, t, limits);
 
         match &event.kind {
             EventKind::Registered {
@@ -354,7 +390,12 @@ impl CustomerState {
     }
 
     /// Remembers the event id; `Some` when the oldest remembered id had to leave for it.
-    fn remember(&mut self, event: &Event, limits: &FoldLimits) -> Option<Limit> {
+    fn remember(
+        &mut self,
+        fingerprint: EventFingerprint,
+        occurred_at: Millis,
+        limits: &FoldLimits,
+    ) -> Option<Limit> {
         let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
         self.seen.retain(|s| s.occurred_at >= horizon);
         let full = self.seen.len() >= limits.max_dedup_ids;
@@ -371,8 +412,8 @@ impl CustomerState {
             }
         }
         self.seen.push(SeenEvent {
-            event_id: event.event_id.clone(),
-            occurred_at: event.occurred_at,
+            fingerprint,
+            occurred_at,
         });
         full.then_some(Limit::DedupIds)
     }
@@ -380,4 +421,40 @@ impl CustomerState {
 
 fn seconds_between(from: Millis, to: Millis) -> u64 {
     u64::try_from(to.saturating_sub(from) / 1000).unwrap_or(0)
+}
+
+/// How `CustomerState::seen` goes through serde. Readable formats (the HTTP endpoint's JSON)
+/// get the list as it is. Binary ones (the store's postcard) get, in the field's place, the
+/// layout of encoding versions 1 to 5, whose entries were the ids themselves: reading it
+/// fingerprints each id, and writing it writes an empty list, as version 6 does there before
+/// storing the fingerprints after the body (`store::codec`).
+mod legacy_seen {
+    use serde::de::{Deserialize, Deserializer};
+    use serde::ser::{SerializeSeq, Serializer};
+
+    use super::{EventFingerprint, Millis, SeenEvent};
+
+    pub fn serialize<S: Serializer>(seen: &[SeenEvent], serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_seq(seen)
+        } else {
+            serializer.serialize_seq(Some(0))?.end()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<SeenEvent>, D::Error> {
+        if deserializer.is_human_readable() {
+            return Vec::<SeenEvent>::deserialize(deserializer);
+        }
+        let ids = Vec::<(std::borrow::Cow<'de, str>, Millis)>::deserialize(deserializer)?;
+        Ok(ids
+            .into_iter()
+            .map(|(event_id, occurred_at)| SeenEvent {
+                fingerprint: EventFingerprint::of(&event_id),
+                occurred_at,
+            })
+            .collect())
+    }
 }

@@ -1,6 +1,7 @@
 //! Stored bodies written by hand in postcard's wire format, without serde's calls per field and
-//! per byte: a customer's version-4 body (state, risk memo, standing, trailing months), the
-//! same bytes `postcard` writes for the tuple of the four, and the complaint trends, the same
+//! per byte: a customer's version-6 body (state, risk memo, standing, trailing months, then the
+//! remembered events), the same bytes `postcard` writes for the tuple of the four and then
+//! [`SeenEntries`], and the complaint trends, the same
 //! bytes it writes for [`Trends`]. Each goes into every commit that changed it: a customer took
 //! about 5,500 instructions through serde and 3,900 by hand (callgrind, 2026-12-01; README,
 //! *Performance*). Decoding stays with `postcard`. Must not know about keys, versions or the
@@ -16,14 +17,17 @@
 //! value, a unit enum variant as its index (a varint), structs, tuples and arrays as their
 //! fields in order.
 
-use crate::fold::{CustomerState, Lifecycle, OpenComplaint, OpenOrder, SeenEvent, Subscription};
+use crate::fold::{
+    CustomerState, EventFingerprint, Lifecycle, OpenComplaint, OpenOrder, SeenEvent, Subscription,
+};
 use crate::risk::{Level, Published, ReasonCode, RiskMemo};
 use crate::segments::{Standing, Trailing};
 use crate::trends::{Baseline, CategoryTrend, Trends, Window};
 
 use super::Customer;
 
-/// Appends the customer's version-4 body to `out`.
+/// Appends the customer's version-6 body to `out`: the version-4 layout with no event ids in
+/// it, then the remembered events' fingerprints ([`seen_entries`]).
 pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     let Customer {
         state,
@@ -36,6 +40,23 @@ pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     w.risk(risk);
     w.option(standing.as_ref(), Writer::standing);
     w.trailing(trailing);
+    w.seen(state);
+}
+
+/// What a version-6 body stores of each remembered event, as `postcard` reads it back: the
+/// fingerprint's bytes and how long before the customer's newest event it occurred.
+pub type SeenEntries = Vec<([u8; 8], i64)>;
+
+/// The remembered events of a customer whose newest event occurred at `last_event_at`, from
+/// what a version-6 body stored.
+pub fn seen_entries(entries: SeenEntries, last_event_at: crate::event::Millis) -> Vec<SeenEvent> {
+    entries
+        .into_iter()
+        .map(|(fingerprint, before)| SeenEvent {
+            fingerprint: EventFingerprint(u64::from_le_bytes(fingerprint)),
+            occurred_at: last_event_at.wrapping_sub(before),
+        })
+        .collect()
 }
 
 /// Appends the complaint trends' body to `out`: the bytes `postcard` writes for [`Trends`]
@@ -255,14 +276,24 @@ impl Writer<'_> {
         self.text(last_renewal_reason.as_ref());
         self.text(cancellation_reason.as_ref());
         self.time(cancelled_at.as_ref());
-        self.len(seen.len());
+        // The place of versions 1 to 5's event ids, empty since the fingerprints follow the
+        // body (`seen`).
+        let _ = seen;
+        self.len(0);
+    }
+
+    /// The remembered events: postcard's bytes for a `Vec<([u8; 8], i64)>` of each
+    /// fingerprint (little-endian) and how long before the customer's newest event it occurred
+    /// (a few bytes, where the event time itself takes six).
+    fn seen(&mut self, state: &CustomerState) {
+        self.len(state.seen.len());
         for SeenEvent {
-            event_id,
+            fingerprint,
             occurred_at,
-        } in seen
+        } in &state.seen
         {
-            self.str(event_id);
-            self.signed(*occurred_at);
+            self.0.extend_from_slice(&fingerprint.0.to_le_bytes());
+            self.signed(state.last_event_at.wrapping_sub(*occurred_at));
         }
     }
 
@@ -395,7 +426,18 @@ mod tests {
             &customer.standing,
             &customer.trailing,
         );
-        postcard::to_allocvec(&body).expect("postcard encodes plain structs")
+        let mut bytes = postcard::to_allocvec(&body).expect("postcard encodes plain structs");
+        let state = &customer.state;
+        let seen: SeenEntries = state
+            .seen
+            .iter()
+            .map(|s| {
+                let before = state.last_event_at.wrapping_sub(s.occurred_at);
+                (s.fingerprint.0.to_le_bytes(), before)
+            })
+            .collect();
+        bytes.extend(postcard::to_allocvec(&seen).expect("postcard encodes plain structs"));
+        bytes
     }
 
     fn by_hand(customer: &Customer) -> Vec<u8> {
@@ -471,7 +513,7 @@ mod tests {
                 any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()),
             subscription in (subscription(), any::<u32>(), int(), proptest::option::of(text()),
                 proptest::option::of(text()), proptest::option::of(int())),
-            seen in proptest::collection::vec((text(), int()), 0..5),
+            seen in proptest::collection::vec((any::<u64>(), int()), 0..5),
         ) -> CustomerState {
             let (customer_id, registered_at, referred_by, segment_hint, lifecycle, first, last) =
                 ids;
@@ -536,7 +578,10 @@ mod tests {
                 cancelled_at,
                 seen: seen
                     .into_iter()
-                    .map(|(event_id, occurred_at)| SeenEvent { event_id, occurred_at })
+                    .map(|(fingerprint, occurred_at)| SeenEvent {
+                        fingerprint: EventFingerprint(fingerprint),
+                        occurred_at,
+                    })
                     .collect(),
             }
         }
@@ -660,6 +705,14 @@ mod tests {
         fn writes_the_trends_as_postcard_does(trends in trends()) {
             let postcard = postcard::to_allocvec(&trends).expect("postcard encodes plain structs");
             prop_assert_eq!(trends_by_hand(&trends), postcard);
+        }
+
+        /// A customer's stored encoding reads back as the customer, the remembered events'
+        /// fingerprints and times included, whatever their distance from the newest event.
+        #[test]
+        fn a_customer_reads_back_as_written(customer in customer()) {
+            let encoded = super::super::codec::encode_customer(&customer);
+            prop_assert_eq!(super::super::codec::decode_customer(&encoded), Ok(customer));
         }
     }
 

@@ -25,6 +25,10 @@ const CUSTOMER_V4: u8 = 4;
 /// Version 5: the pending timer ahead of a V4 body — a byte 0 (none), or a byte 1 and the event
 /// time as 8 big-endian bytes — so that a restore learns a customer's timer without decoding it.
 const CUSTOMER_V5: u8 = 5;
+/// Version 6: a V5 encoding with the remembered events as fingerprints after the body
+/// (`body::SeenEntries`) and none in the body's own place for them, where V1 to V5 kept the
+/// event ids; those are fingerprinted as they are read.
+const CUSTOMER_V6: u8 = 6;
 const OUTBOX_V1: u8 = 1;
 /// Version 2: a V1 body, then the partition the record must go to (the changelog's), if any.
 const OUTBOX_V2: u8 = 2;
@@ -50,7 +54,7 @@ const SCALES_V1: u8 = 1;
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
     // Room for a typical customer up front: growing from one byte copied it eight times.
     let mut out = Vec::with_capacity(512);
-    out.push(CUSTOMER_V5);
+    out.push(CUSTOMER_V6);
     match customer.risk.timer_at {
         None => out.push(0),
         Some(at) => {
@@ -58,36 +62,38 @@ pub fn encode_customer(customer: &Customer) -> Vec<u8> {
             out.extend_from_slice(&at.to_be_bytes());
         }
     }
-    // The bytes `postcard` writes for `(state, risk, standing, trailing)`, written by hand.
+    // The bytes `postcard` writes for `(state, risk, standing, trailing)` and the remembered
+    // events, written by hand.
     super::body::write_customer_body(customer, &mut out);
     out
 }
 
-/// A version-5 encoding split after its timer prefix.
-type Prefixed<'a> = (Option<crate::event::Millis>, &'a [u8]);
+/// A version-5 or -6 encoding split after its timer prefix: the version, the timer, the rest.
+type Prefixed<'a> = (u8, Option<crate::event::Millis>, &'a [u8]);
 
-/// A version-5 encoding's timer and the rest: `None` for an earlier version.
+/// A version-5 or -6 encoding's timer and the rest: `None` for an earlier version.
 fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
     let (&version, rest) = bytes.split_first()?;
-    if version != CUSTOMER_V5 {
+    if version != CUSTOMER_V5 && version != CUSTOMER_V6 {
         return None;
     }
     Some(match rest.split_first() {
-        Some((0, body)) => Ok((None, body)),
+        Some((0, body)) => Ok((version, None, body)),
         Some((1, rest)) if rest.len() >= 8 => {
             let (at, body) = rest.split_at(8);
             let at = i64::from_be_bytes(at.try_into().expect("eight bytes"));
-            Ok((Some(at), body))
+            Ok((version, Some(at), body))
         }
-        _ => Err("version 5 timer prefix is malformed".into()),
+        _ => Err(format!("version {version} timer prefix is malformed")),
     })
 }
 
-/// The customer's pending timer, read from the prefix of a version-5 encoding without decoding
-/// the rest (which [`decode_customer`] checks against it); earlier versions are decoded.
+/// The customer's pending timer, read from the prefix of a version-5 or -6 encoding without
+/// decoding the rest (which [`decode_customer`] checks against it); earlier versions are
+/// decoded.
 pub fn customer_timer(bytes: &[u8]) -> Result<Option<crate::event::Millis>, String> {
     match timer_prefix(bytes) {
-        Some(prefix) => prefix.map(|(timer, _)| timer),
+        Some(prefix) => prefix.map(|(_, timer, _)| timer),
         None => decode_customer(bytes).map(|c| c.risk.timer_at),
     }
 }
@@ -101,12 +107,32 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
         trailing,
     };
     if let Some(prefix) = timer_prefix(bytes) {
-        let (timer, body) = prefix?;
-        let customer = postcard::from_bytes::<V4>(body)
-            .map(from_v4)
-            .map_err(|e| format!("version 5 body: {e}"))?;
+        let (version, timer, body) = prefix?;
+        let malformed = |e: postcard::Error| format!("version {version} body: {e}");
+        let customer = if version == CUSTOMER_V6 {
+            let (mut customer, seen) = postcard::take_from_bytes::<V4>(body)
+                .map(|(v4, seen)| (from_v4(v4), seen))
+                .map_err(malformed)?;
+            let (entries, rest) =
+                postcard::take_from_bytes::<super::body::SeenEntries>(seen).map_err(malformed)?;
+            if !customer.state.seen.is_empty() {
+                return Err("version 6 body holds event ids in version 5's place".into());
+            }
+            if !rest.is_empty() {
+                return Err("version 6 body has bytes past its remembered events".into());
+            }
+            let newest = customer.state.last_event_at;
+            customer.state.seen = super::body::seen_entries(entries, newest);
+            customer
+        } else {
+            postcard::from_bytes::<V4>(body)
+                .map(from_v4)
+                .map_err(malformed)?
+        };
         if customer.risk.timer_at != timer {
-            return Err("version 5 timer prefix disagrees with the body".into());
+            return Err(format!(
+                "version {version} timer prefix disagrees with the body"
+            ));
         }
         return Ok(customer);
     }
@@ -131,7 +157,7 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
         }
         Some(&CUSTOMER_V4) => decode::<V4>(CUSTOMER_V4, bytes).map(from_v4),
         Some(v) => Err(format!(
-            "unknown encoding version {v} (this build reads up to {CUSTOMER_V5})"
+            "unknown encoding version {v} (this build reads up to {CUSTOMER_V6})"
         )),
         None => Err("empty value".into()),
     }
@@ -320,7 +346,7 @@ fn decode<T: serde::de::DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T
 mod tests {
     use super::*;
     use crate::event::Severity;
-    use crate::fold::{Lifecycle, OpenComplaint, SeenEvent, Subscription};
+    use crate::fold::{EventFingerprint, Lifecycle, OpenComplaint, SeenEvent, Subscription};
     use crate::risk::{Level, Published, ReasonCode};
 
     fn sample() -> CustomerState {
@@ -342,7 +368,7 @@ mod tests {
             }],
             subscription: Subscription::Cancelled,
             seen: vec![SeenEvent {
-                event_id: "e".into(),
+                fingerprint: EventFingerprint::of("e"),
                 occurred_at: 1_000,
             }],
             ..CustomerState::default()
@@ -465,23 +491,97 @@ mod tests {
     }
 
     #[test]
-    fn version_five_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). The version, the timer prefix (01, then 100,000,000
+    fn version_five_is_still_read() {
+        // Written by the version-5 encoder: the version, the timer prefix (01, then 100,000,000
         // as 8 big-endian bytes: 00 00 00 00 05 f5 e1 00), then the V4 body unchanged.
-        // If this fails, the stored layout changed: add CUSTOMER_V6 and keep reading V1 to V5.
-        let encoded = encode_customer(&sample_customer());
-        assert_eq!(encoded, golden("customer_v5.hex", Some(&encoded)));
+        let bytes = golden("customer_v5.hex", None);
         let v4 = golden("customer_v4.hex", None);
-        assert_eq!(&encoded[..10], &[5, 1, 0, 0, 0, 0, 0x05, 0xf5, 0xe1, 0x00]);
-        assert_eq!(&encoded[10..], &v4[1..]);
+        assert_eq!(&bytes[..10], &[5, 1, 0, 0, 0, 0, 0x05, 0xf5, 0xe1, 0x00]);
+        assert_eq!(&bytes[10..], &v4[1..]);
+        assert_eq!(decode_customer(&bytes), Ok(sample_customer()));
+        assert_eq!(customer_timer(&bytes), Ok(Some(100_000_000)));
+    }
+
+    #[test]
+    fn version_six_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
+        // CUSTOMER_V7 and keep reading V1 to V6. A V6 encoding is the V5 one with its event ids
+        // (01: one; 01 65: "e"; d0 0f: occurred at 1,000) left out of their place (00: none)
+        // and the fingerprints after the body: 01 (one), XXH3-64 of "e" as 8 little-endian
+        // bytes (0xe5e72e5e3bec4a78, from Python's `xxhash` package), b0 9a ea 55 (zigzag
+        // 89,999,000: 90,000,000, the newest event, less 1,000).
+        let encoded = encode_customer(&sample_customer());
+        assert_eq!(encoded, golden("customer_v6.hex", Some(&encoded)));
+        let v5 = golden("customer_v5.hex", None);
+        let ids = [0x01, 0x01, b'e', 0xd0, 0x0f];
+        let at = v5
+            .windows(5)
+            .position(|w| w == ids)
+            .expect("V5 holds the id");
+        let mut expected = vec![CUSTOMER_V6];
+        expected.extend_from_slice(&v5[1..at]);
+        expected.push(0x00);
+        expected.extend_from_slice(&v5[at + ids.len()..]);
+        expected.push(0x01);
+        expected.extend_from_slice(&[0x78, 0x4a, 0xec, 0x3b, 0x5e, 0x2e, 0xe7, 0xe5]);
+        expected.extend_from_slice(&[0xb0, 0x9a, 0xea, 0x55]);
+        assert_eq!(encoded, expected);
         assert_eq!(customer_timer(&encoded), Ok(Some(100_000_000)));
+        assert_eq!(decode_customer(&encoded), Ok(sample_customer()));
 
         let mut untimed = sample_customer();
         untimed.risk.timer_at = None;
         let encoded = encode_customer(&untimed);
-        assert_eq!(&encoded[..2], &[5, 0]);
+        assert_eq!(&encoded[..2], &[6, 0]);
         assert_eq!(customer_timer(&encoded), Ok(None));
         assert_eq!(decode_customer(&encoded), Ok(untimed));
+    }
+
+    #[test]
+    fn an_event_remembered_in_version_five_is_still_a_duplicate() {
+        // Version 5 stored the id itself; read back, it is fingerprinted, so the event's
+        // redelivery after an upgrade changes nothing.
+        let mut state = decode_customer(&golden("customer_v5.hex", None))
+            .expect("version 5 decodes")
+            .state;
+        let limits = crate::fold::FoldLimits {
+            dedup_horizon_ms: 30 * 86_400_000,
+            max_dedup_ids: 100,
+            max_open_items: 100,
+        };
+        let mut event = crate::event::Event {
+            event_id: "e".into(),
+            customer_id: "c-1".into(),
+            occurred_at: 1_000,
+            kind: crate::event::EventKind::Survey { score: 2 },
+        };
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&event, &limits),
+            crate::fold::Outcome::Duplicate
+        );
+        assert_eq!(state, before);
+        event.event_id = "f".into();
+        assert_ne!(
+            state.apply(&event, &limits),
+            crate::fold::Outcome::Duplicate
+        );
+        assert_eq!(state.seen.len(), 2);
+    }
+
+    #[test]
+    fn a_version_six_body_with_ids_in_their_old_place_or_bytes_after_is_an_error() {
+        let encoded = encode_customer(&sample_customer());
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(decode_customer(&longer).is_err());
+        let v5 = golden("customer_v5.hex", None);
+        let mut both = v5.clone();
+        both[0] = CUSTOMER_V6;
+        both.extend_from_slice(&encoded[encoded.len() - 13..]);
+        assert!(decode_customer(&both).is_err());
+        both.truncate(v5.len());
+        assert!(decode_customer(&both).is_err(), "no fingerprints at all");
     }
 
     #[test]
@@ -600,6 +700,7 @@ mod tests {
         assert!(decode_customer(&[CUSTOMER_V3, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V4, 0xff, 0xff]).is_err());
         assert!(decode_customer(&[CUSTOMER_V5, 0, 0xff, 0xff]).is_err());
+        assert!(decode_customer(&[CUSTOMER_V6, 0, 0xff, 0xff]).is_err());
     }
 
     #[test]

@@ -319,7 +319,7 @@ pub fn replayed_states(
 
 pub fn sort_seen(state: &mut serde_json::Value) {
     if let Some(seen) = state["seen"].as_array_mut() {
-        seen.sort_by(|a, b| a["event_id"].as_str().cmp(&b["event_id"].as_str()));
+        seen.sort_by(|a, b| a["fingerprint"].as_str().cmp(&b["fingerprint"].as_str()));
     }
 }
 

@@ -4,7 +4,7 @@
 
 use customer_pulse::config::Config;
 use customer_pulse::decode::{decode, Reason, Rules};
-use customer_pulse::fold::FoldLimits;
+use customer_pulse::fold::{EventFingerprint, FoldLimits};
 use customer_pulse::processor::partition_for;
 
 use crate::catalogue::{rules, NOW_MS};
@@ -185,7 +185,8 @@ fn remembered_event_ids_are_bounded_and_the_oldest_is_forgotten_first() {
         .collect();
     let (state, reports) = fold(limits, std::slice::from_ref(&contacts));
     assert_eq!(state.seen.len(), 3);
-    assert!(state.seen.iter().all(|s| s.event_id != "e-0"));
+    let first = EventFingerprint::of("e-0");
+    assert!(state.seen.iter().all(|s| s.fingerprint != first));
     assert_eq!(reached(&reports, "dedup_ids"), 1);
 
     // What the bound costs, stated: a redelivery of the newest three changes nothing; a redelivery

@@ -536,7 +536,7 @@ pub fn explain_changelog(
             .and_then(|s| s["seen"].as_array())
             .map(|seen| {
                 seen.iter()
-                    .filter_map(|e| Some(e["event_id"].as_str()?.to_owned()))
+                    .filter_map(|e| Some(e["fingerprint"].as_str()?.to_owned()))
                     .collect()
             })
             .unwrap_or_default()

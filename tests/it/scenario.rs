@@ -1,7 +1,7 @@
 //! Scenarios: input events in, expected state and output records out, through the processor
 //! and a store. Adding a case is adding data.
 
-use customer_pulse::fold::{CustomerState, Lifecycle};
+use customer_pulse::fold::{CustomerState, EventFingerprint, Lifecycle};
 use customer_pulse::processor::{partition_for, BatchReport, Processor};
 use customer_pulse::store::{OutboxRecord, Store};
 use proptest::prelude::*;
@@ -280,7 +280,7 @@ fn fold_all(events: &[serde_json::Value], batch: usize, cache: usize) -> Vec<Cus
         .flat_map(|p| store.customers(p, "", usize::MAX).unwrap())
         .map(|mut s| {
             // The order of remembered ids follows arrival; the set is what matters.
-            s.seen.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+            s.seen.sort_by_key(|s| s.fingerprint);
             s
         })
         .collect()
@@ -388,8 +388,9 @@ fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
         .customer(partition_for(b"gus", 4), "gus")
         .unwrap()
         .unwrap();
-    let ids: Vec<&str> = gus.seen.iter().map(|s| s.event_id.as_str()).collect();
-    assert_eq!(ids, ["1", "3"], "the neighbours apply, the pill does not");
+    let ids: Vec<EventFingerprint> = gus.seen.iter().map(|s| s.fingerprint).collect();
+    let expected = ["1", "3"].map(EventFingerprint::of);
+    assert_eq!(ids, expected, "the neighbours apply, the pill does not");
     assert!(store
         .customer(partition_for(b"hal", 4), "hal")
         .unwrap()
@@ -442,10 +443,10 @@ fn two_hundred_surveys(pill: Option<usize>) -> Store {
             .customer(partition_for(id.as_bytes(), 4), &id)
             .unwrap()
             .unwrap();
-        let seen: Vec<&str> = state.seen.iter().map(|s| s.event_id.as_str()).collect();
-        let expected: Vec<String> = (1..=200)
+        let seen: Vec<EventFingerprint> = state.seen.iter().map(|s| s.fingerprint).collect();
+        let expected: Vec<EventFingerprint> = (1..=200)
             .filter(|i| i % 7 == customer && *i != 50 && Some(*i) != pill)
-            .map(|i| i.to_string())
+            .map(|i| EventFingerprint::of(&i.to_string()))
             .collect();
         assert_eq!(seen, expected, "{id}");
     }
