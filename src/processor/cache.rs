@@ -8,8 +8,10 @@ use crate::store::{Commit, Customer, Store, StoreError, Timer};
 /// A customer as the cache holds it: its record, what the store holds of its timer, and whether
 /// the next commit writes it.
 pub(super) struct CacheEntry {
-    /// `None`: known absent (never seen, or erased).
-    pub(super) record: Option<Customer>,
+    /// `None`: known absent (never seen, or erased). Boxed so that the table's slots stay small
+    /// (a customer is 568 bytes): inserting a new customer, growing the table and scanning it to
+    /// evict then move pointers, not customers.
+    pub(super) record: Option<Box<Customer>>,
     /// The timer the store holds for this customer, as of the last commit.
     pub(super) stored_timer: Option<Millis>,
     pub(super) dirty: bool,
@@ -62,7 +64,7 @@ impl StateCache {
         let entry = match self.entries.entry_ref(&CustomerKey(partition, customer_id)) {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
-                let record = store.customer_record(partition, customer_id)?;
+                let record = store.customer_record(partition, customer_id)?.map(Box::new);
                 let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
                 let entry = CacheEntry {
                     record,
@@ -91,7 +93,7 @@ impl StateCache {
                 continue;
             };
             let (partition, id) = key;
-            commit.put_customer(*partition, id.clone(), entry.record.as_ref());
+            commit.put_customer(*partition, id.clone(), entry.record.as_deref());
             if !entry.facts.is_empty() {
                 let write = commit.customers.last_mut().expect("put above");
                 write.facts = crate::store::encode_facts(&std::mem::take(&mut entry.facts));
@@ -154,7 +156,7 @@ mod tests {
         let mut cache = StateCache::new(10);
         let entry = cache.entry(&store, 1, "c-1").unwrap();
         assert!(entry.record.is_none(), "never stored");
-        entry.record = Some(Customer::default());
+        entry.record = Some(Box::default());
         entry.dirty = true;
         // The same key finds the changed entry, not a fresh one read from the store.
         let again = cache.entry(&store, 1, "c-1").unwrap();

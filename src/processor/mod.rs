@@ -1115,7 +1115,7 @@ impl Processor {
             .entry(&self.store, partition, &event.customer_id)?;
         let customer = entry
             .record
-            .get_or_insert_with(|| CustomerState::new(&event.customer_id).into());
+            .get_or_insert_with(|| Box::new(CustomerState::new(&event.customer_id).into()));
         let settings = &self.settings;
         // The timers due before this event fire first, so a customer's records do not depend
         // on whether the watermark passed them before the event arrived. Each fired timer
