@@ -248,7 +248,7 @@ impl Hypergeometric {
 }
 
 /// 2F1(a, b; c; ·) at a rising sequence of z (the CLV's months), each value where it can be
-/// taken from the one before by a Taylor step ([`Hypergeometric::step`]), else summed at z.
+/// taken from the one before by a Taylor step (`Hypergeometric::step`), else summed at z.
 ///
 /// The months' z crowd towards 1, where the series at z are long (about a hundred terms at
 /// 0.7, two series and a power above it), while the step from the month before is short: the
@@ -459,7 +459,7 @@ fn sin_pi(x: f64) -> f64 {
     }
 }
 
-/// 2F1 by its power series (see [`series`]), 100,000 terms at most.
+/// 2F1 by its power series (see `series`), 100,000 terms at most.
 pub fn hyp2f1_series(a: f64, b: f64, c: f64, z: f64) -> f64 {
     series::<false, false>(a, b, c, z).0
 }

@@ -636,7 +636,7 @@ impl Input {
     ///   really moved it from has been told by then): the group handed it on without telling
     ///   this member, as Tansu can. This member lets it go at once, as on a revocation, so
     ///   that two members do not fold it side by side, and leaves the group and joins it again
-    ///   ([`Input::rejoin`]), so that its own view of what it holds is the coordinator's again.
+    ///   (`Input::rejoin`), so that its own view of what it holds is the coordinator's again.
     /// - With `kafka.assigned_partitions`, a session timeout later: two instances are configured
     ///   with the same partitions. This one claims them back, as above, and logs an error.
     ///
@@ -831,7 +831,7 @@ impl Input {
     }
 
     /// Commits the stored offsets of every owned partition again, with this instance's URL,
-    /// at most every [`OWNERSHIP_REFRESH`]. The owner named by the group's offsets is the last
+    /// at most every `OWNERSHIP_REFRESH`. The owner named by the group's offsets is the last
     /// committer's: an old owner's commit still in flight when its partition moved can land
     /// after the new owner's, and would name the old owner until the new one folds an event of
     /// that partition, which may be never. Refreshed, it is right again within seconds.

@@ -47,7 +47,7 @@ struct Reports {
 }
 
 impl ProducerContext for SinkContext {
-    /// The record's tag (see [`Reports`]): no allocation per record, unlike a future's channel.
+    /// The record's tag (see `Reports`): no allocation per record, unlike a future's channel.
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
@@ -111,7 +111,7 @@ impl KafkaSink {
         self
     }
 
-    /// Readies the producer to send (see [`ready_idempotent`]): its first records go out at
+    /// Readies the producer to send (see `ready_idempotent`): its first records go out at
     /// once rather than half a second later. Blocks for at most 10 s.
     pub fn ready(&self, topic: &str) {
         ready_idempotent(self.producer.client(), topic);

@@ -1,11 +1,11 @@
 //! Stored bodies written by hand in postcard's wire format, without serde's calls per field and
-//! per byte: a customer's version-6 body (state, risk memo, standing, trailing months, then the
+//! per byte: a customer's body (state, risk memo, standing, trailing months, then the
 //! remembered events), the same bytes `postcard` writes for the tuple of the four and then
-//! [`SeenEntries`], and the complaint trends, the same
-//! bytes it writes for [`Trends`]. Each goes into every commit that changed it: a customer took
-//! about 5,500 instructions through serde and 3,900 by hand (callgrind, 2026-12-01; README,
-//! *Performance*). Decoding stays with `postcard`. Must not know about keys, versions or the
-//! timer prefix (`codec` writes those).
+//! [`SeenEntries`], and the complaint trends, the same bytes it writes for [`Trends`]. Each
+//! goes into every commit that changed it: a customer took about 5,500 instructions through
+//! serde and 3,900 by hand (callgrind, 2026-12-01; README, *Performance*). Decoding stays with
+//! `postcard`. Must not know about keys, the version byte or the timer prefix (`codec` writes
+//! those).
 //!
 //! Each struct is taken apart by an exhaustive pattern where its fields are public, so a field
 //! added to a stored type does not compile here until it is written; the unit tests compare the
@@ -26,8 +26,8 @@ use crate::trends::{Baseline, CategoryTrend, Trends, Window};
 
 use super::Customer;
 
-/// Appends the customer's version-6 body to `out`: the version-4 layout with no event ids in
-/// it, then the remembered events' fingerprints ([`seen_entries`]).
+/// Appends the customer's body to `out` (that of encoding version 6): the layout of version 4
+/// with no event ids in it, then the remembered events' fingerprints ([`SeenEntries`]).
 pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     let Customer {
         state,

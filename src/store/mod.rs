@@ -105,7 +105,7 @@ pub struct OutboxRecord {
     /// `None` is a tombstone.
     #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
-    /// Each header's value a byte string too (see [`header_bytes`]).
+    /// Each header's value a byte string too (see `header_bytes`).
     #[serde(with = "header_bytes")]
     pub headers: Vec<(String, Vec<u8>)>,
     /// The partition it must go to; `None` lets the producer partition by key.
