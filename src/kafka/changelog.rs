@@ -317,10 +317,11 @@ pub(super) struct Away {
 
 /// Looks, on a thread of its own, for another instance's claim in a changelog partition this
 /// one owns (see [`crate::restore::check_claims`]): such a claim means that what this one
-/// writes no longer counts, and the partition is noted for [`crate::kafka::input::Input::resolve_claims`]. It reads
-/// what lies in each gap between this instance's records, as the delivery reports show them
-/// (most hold the aggregator's snapshot, or nothing new), and every `sweep` what the changelog
-/// got past them, so that an owner with no events to write finds a claim too.
+/// writes no longer counts, and the partition is noted for
+/// [`crate::kafka::input::Input::resolve_claims`]. It reads what lies in each gap between this
+/// instance's records, as the delivery reports show them (most hold the aggregator's snapshot,
+/// or nothing new), and every `sweep` what the changelog got past them, so that an owner with
+/// no events to write finds a claim too.
 #[derive(Clone)]
 pub struct ClaimCheck {
     gaps: std::sync::mpsc::Sender<(i32, Vec<i64>)>,
