@@ -570,6 +570,21 @@ mod tests {
     }
 
     #[test]
+    fn json_shows_remembered_events_as_hexadecimal_fingerprints() {
+        // What GET /customers/{id} serves; XXH3-64 of "e" from Python's `xxhash` package.
+        let state = sample();
+        let json = serde_json::to_value(&state).expect("plain struct");
+        assert_eq!(
+            json["seen"],
+            serde_json::json!([{"fingerprint": "e5e72e5e3bec4a78", "occurred_at": 1000}])
+        );
+        assert_eq!(
+            serde_json::from_value::<CustomerState>(json).ok(),
+            Some(state)
+        );
+    }
+
+    #[test]
     fn a_version_six_body_with_ids_in_their_old_place_or_bytes_after_is_an_error() {
         let encoded = encode_customer(&sample_customer());
         let mut longer = encoded.clone();
