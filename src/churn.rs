@@ -564,7 +564,7 @@ pub struct Clv<'a> {
 
 impl Clv<'_> {
     /// The months' 2F1 by a [`Walk`]: what [`clv`] gives. The sum per unit of margin is kept
-    /// for the next call on the thread with the same inputs ([`LAST_CLV`]).
+    /// for the next call on the thread with the same inputs (`LAST_CLV`).
     pub fn walked(&self) -> f64 {
         let inputs = (
             *self.model,
