@@ -204,7 +204,8 @@ impl Writer<'_> {
             last_renewal_reason,
             cancellation_reason,
             cancelled_at,
-            seen,
+            // Written after the body, by `seen`.
+            seen: _,
         } = state;
         self.str(customer_id);
         self.time(registered_at.as_ref());
@@ -278,7 +279,6 @@ impl Writer<'_> {
         self.time(cancelled_at.as_ref());
         // The place of versions 1 to 5's event ids, empty since the fingerprints follow the
         // body (`seen`).
-        let _ = seen;
         self.len(0);
     }
 
