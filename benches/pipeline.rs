@@ -195,13 +195,16 @@ fn bench(c: &mut Criterion) {
                     at: NOW + offset,
                     customer_id: id.clone(),
                 });
-                commit.outbox.push(OutboxRecord {
-                    topic: "customer.churn-risk".into(),
-                    key: Some(id.into_bytes()),
-                    value: Some(vec![b'x'; 500]),
-                    headers: Vec::new(),
-                    partition: None,
-                });
+                commit.outbox.push(
+                    OutboxRecord {
+                        topic: "customer.churn-risk".into(),
+                        key: Some(id.into_bytes()),
+                        value: Some(vec![b'x'; 500]),
+                        headers: Vec::new(),
+                        partition: None,
+                    }
+                    .into(),
+                );
             }
             offset += 1_000;
             commit.offsets.push(("bench".into(), 0, offset));

@@ -209,7 +209,7 @@ impl Aggregator {
                 partition: Some(0),
             };
             store.commit(Commit {
-                outbox: vec![snapshot],
+                outbox: vec![snapshot.into()],
                 ..Commit::default()
             })?;
         }

@@ -91,7 +91,7 @@ pub fn default_rules() -> Vec<Rule> {
 }
 
 /// A customer's scores and named segment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     // Alphabetical, as in every record that carries it.
     pub f: u8,

@@ -230,7 +230,7 @@ impl RiskSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
     pub code: ReasonCode,
     pub detail: String,
@@ -307,14 +307,56 @@ impl Assessment {
             || self.lifecycle != last.lifecycle
     }
 
-    /// The `customer.churn-risk` value.
-    pub fn record(
-        &self,
+    /// The `customer.churn-risk` record of this assessment, still unwritten: its JSON is
+    /// [`ChurnRiskRecord::to_json`].
+    pub fn into_record(
+        self,
         customer_id: &str,
         record_id: &str,
         caused_by: Option<&str>,
-        rfm: Option<&crate::rfm::Score>,
-    ) -> Vec<u8> {
+        rfm: Option<crate::rfm::Score>,
+    ) -> ChurnRiskRecord {
+        ChurnRiskRecord {
+            customer_id: customer_id.to_owned(),
+            record_id: record_id.to_owned(),
+            caused_by: caused_by.map(str::to_owned),
+            as_of: self.as_of,
+            expected_orders_90d: self.expected_orders_90d,
+            level: self.level,
+            lifecycle: self.lifecycle,
+            ltv_minor: self.ltv_minor,
+            p_alive: self.p_alive,
+            reasons: self.reasons,
+            rfm,
+            score: self.score,
+            segment: self.segment,
+        }
+    }
+}
+
+/// A `customer.churn-risk` value as data: what its JSON says, unrounded. The outbox keeps it so
+/// (a third of the JSON's bytes) and writes the JSON when the record is read to be sent, on the
+/// drain's thread rather than the fold's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChurnRiskRecord {
+    pub customer_id: String,
+    pub record_id: String,
+    pub caused_by: Option<String>,
+    pub as_of: Millis,
+    pub expected_orders_90d: f64,
+    pub level: Level,
+    pub lifecycle: Lifecycle,
+    pub ltv_minor: i64,
+    pub p_alive: f64,
+    pub reasons: Vec<Reason>,
+    pub rfm: Option<crate::rfm::Score>,
+    pub score: f64,
+    pub segment: String,
+}
+
+impl ChurnRiskRecord {
+    /// The record's JSON (CONTRACT section 2).
+    pub fn to_json(&self) -> Vec<u8> {
         // A record is 300-900 bytes: room for it up front, rather than growing from 128 three
         // times. Its fields in alphabetical order, as the `serde_json::Value` maps of the other
         // records had them.
@@ -322,8 +364,8 @@ impl Assessment {
         let mut record = Object::new(&mut out);
         record
             .field("as_of", &format_millis(self.as_of))
-            .field("caused_by_event_id", &caused_by)
-            .field("customer_id", customer_id)
+            .field("caused_by_event_id", &self.caused_by)
+            .field("customer_id", &self.customer_id)
             .field("expected_orders_90d", &round(self.expected_orders_90d, 4))
             .field("level", &self.level)
             .field("lifecycle", &self.lifecycle)
@@ -332,8 +374,8 @@ impl Assessment {
             .objects("reasons", &self.reasons, |reason, r| {
                 reason.field("code", &r.code).field("detail", &r.detail);
             })
-            .field("record_id", record_id);
-        match rfm {
+            .field("record_id", &self.record_id);
+        match &self.rfm {
             Some(rfm) => record.object("rfm", |score| {
                 score
                     .field("f", &rfm.f)
@@ -798,7 +840,10 @@ pub(crate) mod tests {
             segment: "at_risk".into(),
         };
         for (rfm, caused_by) in [(Some(&rfm), Some("e-1")), (None, None)] {
-            let got = String::from_utf8(a.record("c", "orders-0-7", caused_by, rfm)).unwrap();
+            let record = a
+                .clone()
+                .into_record("c", "orders-0-7", caused_by, rfm.cloned());
+            let got = String::from_utf8(record.to_json()).unwrap();
             let reasons: Vec<_> = a
                 .reasons
                 .iter()

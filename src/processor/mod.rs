@@ -13,7 +13,9 @@ use crate::fold::{CustomerState, FoldLimits, Lifecycle, Outcome};
 use crate::rfm::Rfm;
 use crate::risk::{assess_risk, next_check, segment_at, strongest_reason, RiskSettings};
 use crate::segments::{Flow, Flows, Population, Segments, Standing};
-use crate::store::{Commit, Customer, OutboxRecord, Store, StoreError, Timer, WATERMARK_SOURCE};
+use crate::store::{
+    Commit, Customer, OutboxRecord, Output, Store, StoreError, Timer, WATERMARK_SOURCE,
+};
 use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends};
 
 mod cache;
@@ -461,7 +463,7 @@ impl Processor {
                 record.source_partition,
                 record.offset + 1,
             )],
-            outbox: vec![self.dead_letter(record, &record_id, &rejection)],
+            outbox: vec![self.dead_letter(record, &record_id, &rejection).into()],
             ..Commit::default()
         };
         report.offsets.clone_from(&commit.offsets);
@@ -795,13 +797,13 @@ impl Processor {
         for window in &mut windows {
             window.active_customers = active;
             let id = window.record_id();
-            commit.outbox.push(OutboxRecord {
+            commit.outbox.push(Output::Record(OutboxRecord {
                 topic: self.settings.topics.complaint_trends.clone(),
                 key: Some(window.category.clone().into_bytes()),
                 value: Some(window.record(&id)),
                 headers: vec![("record_id".into(), id.into_bytes())],
                 partition: None,
-            });
+            }));
         }
         report.closed_windows.extend(windows);
     }
@@ -934,13 +936,13 @@ impl Processor {
         };
         for day in emitted {
             let id = day.record_id();
-            commit.outbox.push(OutboxRecord {
+            commit.outbox.push(Output::Record(OutboxRecord {
                 topic: topics.segment_metrics.clone(),
                 key: Some(day.segment.clone().into_bytes()),
                 value: Some(day.record(&id)),
                 headers: vec![("record_id".into(), id.into_bytes())],
                 partition: None,
-            });
+            }));
         }
         aggregates.dirty |= closed;
         aggregates.stage(&mut commit, report, self.settings.aggregation);
@@ -965,11 +967,10 @@ impl Processor {
         }
         report.customers_written += commit.customers.len();
         report.outbox_records += commit.outbox.len();
-        let churn_risk = &self.settings.topics.churn_risk;
         report.risk_records += commit
             .outbox
             .iter()
-            .filter(|r| r.topic == *churn_risk && r.value.is_some())
+            .filter(|output| matches!(output, Output::ChurnRisk { .. }))
             .count();
         self.store.commit(commit)?;
         self.cache.committed();
@@ -1091,7 +1092,7 @@ impl Processor {
                     .or_default() += 1;
                 commit
                     .outbox
-                    .push(self.dead_letter(record, &record_id, &rejection));
+                    .push(self.dead_letter(record, &record_id, &rejection).into());
                 return Ok(());
             }
         };
@@ -1285,13 +1286,13 @@ impl Processor {
             };
             aggregates.note(gone, s, keep.then_some(&mut entry.facts));
             entry.record = None;
-            commit.outbox.push(OutboxRecord {
+            commit.outbox.push(Output::Record(OutboxRecord {
                 topic: settings.topics.churn_risk.clone(),
                 key: Some(event.customer_id.clone().into_bytes()),
                 value: None,
                 headers: vec![("record_id".into(), record_id.into_bytes())],
                 partition: None,
-            });
+            }));
         } else {
             let as_of = customer.risk.as_of(&customer.state);
             let effects = Effects {
@@ -1432,12 +1433,9 @@ fn reassess(
     let point = crate::rfm::point(&customer.state);
     let rfm = aggregates.rfm.score(point, &settings.rfm_rules);
     let id = &customer.state.customer_id;
-    commit.outbox.push(OutboxRecord {
+    commit.outbox.push(Output::ChurnRisk {
         topic: settings.topics.churn_risk.clone(),
-        key: Some(id.clone().into_bytes()),
-        value: Some(complete.record(id, record_id, caused_by, rfm.as_ref())),
-        headers: vec![("record_id".into(), record_id.as_bytes().to_vec())],
-        partition: None,
+        record: Box::new(complete.into_record(id, record_id, caused_by, rfm)),
     });
 }
 

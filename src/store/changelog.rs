@@ -590,11 +590,15 @@ impl Store {
                 .backend
                 .scan(&[OUTBOX], &outbox_key(from), None, 10_000)?;
             for (key, bytes) in &page {
-                let record = codec::decode_outbox(bytes).map_err(|reason| StoreError::Corrupt {
+                let output = codec::decode_outbox(bytes).map_err(|reason| StoreError::Corrupt {
                     key: format!("{key:?}"),
                     reason,
                 })?;
-                if record.topic == topic && record.partition == Some(partition) {
+                let bound = match &output {
+                    Output::Record(record) => record.partition == Some(partition),
+                    Output::ChurnRisk { .. } => false,
+                };
+                if bound && output.topic() == topic {
                     stale.push(Op::Delete(key.clone()));
                 }
             }

@@ -9,7 +9,7 @@ use crate::risk::RiskMemo;
 use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
-use super::{AggregatorSnapshot, Claim, Customer, OutboxRecord, Ownership, Position};
+use super::{AggregatorSnapshot, Claim, Customer, OutboxRecord, Output, Ownership, Position};
 
 /// Version 1: the folded state alone.
 const CUSTOMER_V1: u8 = 1;
@@ -32,6 +32,9 @@ const CUSTOMER_V6: u8 = 6;
 const OUTBOX_V1: u8 = 1;
 /// Version 2: a V1 body, then the partition the record must go to (the changelog's), if any.
 const OUTBOX_V2: u8 = 2;
+/// Version 3: a churn-risk record as data (`risk::ChurnRiskRecord`), after its topic; records
+/// of every other kind are still written as version 2.
+const OUTBOX_V3: u8 = 3;
 const TRENDS_V1: u8 = 1;
 /// Version 2: a V1 body, then `began` (where the complaints began). A V1 body read back has
 /// none, so its first windows, closed long ago or not, are never warm-ups.
@@ -249,29 +252,39 @@ struct OutboxV1 {
     headers: Vec<(String, Vec<u8>)>,
 }
 
-pub fn encode_outbox(record: &OutboxRecord) -> Vec<u8> {
-    // Room for the record's bytes and their lengths up front: a typical output record is
-    // larger than `encode`'s guess.
-    let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 8)
-        .sum();
-    let room = 32 + record.topic.len() + size(&record.key) + size(&record.value) + headers;
-    encode_in(OUTBOX_V2, record, room)
+pub fn encode_outbox(output: &Output) -> Vec<u8> {
+    match output {
+        Output::Record(record) => {
+            // Room for the record's bytes and their lengths up front: a typical output record
+            // is larger than `encode`'s guess.
+            let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
+            let headers: usize = record
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum();
+            let room = 32 + record.topic.len() + size(&record.key) + size(&record.value) + headers;
+            encode_in(OUTBOX_V2, record, room)
+        }
+        Output::ChurnRisk { topic, record } => encode_in(OUTBOX_V3, &(topic, record), 256),
+    }
 }
 
-pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxRecord, String> {
+pub fn decode_outbox(bytes: &[u8]) -> Result<Output, String> {
     match bytes.first() {
-        Some(&OUTBOX_V1) => decode::<OutboxV1>(OUTBOX_V1, bytes).map(|r| OutboxRecord {
-            topic: r.topic,
-            key: r.key,
-            value: r.value,
-            headers: r.headers,
-            partition: None,
+        Some(&OUTBOX_V1) => decode::<OutboxV1>(OUTBOX_V1, bytes).map(|r| {
+            Output::Record(OutboxRecord {
+                topic: r.topic,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                partition: None,
+            })
         }),
-        _ => decode(OUTBOX_V2, bytes),
+        Some(&OUTBOX_V3) => {
+            decode(OUTBOX_V3, bytes).map(|(topic, record)| Output::ChurnRisk { topic, record })
+        }
+        _ => decode(OUTBOX_V2, bytes).map(Output::Record),
     }
 }
 
@@ -697,11 +710,58 @@ mod tests {
             headers: Vec::new(),
             partition: None,
         };
-        assert_eq!(decode_outbox(&v1), Ok(record.clone()));
+        assert_eq!(decode_outbox(&v1), Ok(Output::Record(record.clone())));
         record.partition = Some(3);
         let v2 = [2, 1, b't', 1, 1, 1, 0, 0, 1, 6];
+        let record = Output::Record(record);
         assert_eq!(encode_outbox(&record), v2);
         assert_eq!(decode_outbox(&v2), Ok(record));
+    }
+
+    #[test]
+    fn a_churn_risk_record_is_stored_as_version_three() {
+        use crate::fold::Lifecycle;
+        use crate::risk::{ChurnRiskRecord, Level, Reason, ReasonCode};
+        let output = Output::ChurnRisk {
+            topic: "t".into(),
+            record: Box::new(ChurnRiskRecord {
+                customer_id: "c".into(),
+                record_id: "r".into(),
+                caused_by: Some("e".into()),
+                as_of: 1,
+                expected_orders_90d: 0.5,
+                level: Level::High,
+                lifecycle: Lifecycle::AtRisk,
+                ltv_minor: -3,
+                p_alive: 1.0,
+                reasons: vec![Reason {
+                    code: ReasonCode::Detractor,
+                    detail: "d".into(),
+                }],
+                rfm: Some(crate::rfm::Score {
+                    f: 1,
+                    m: 2,
+                    r: 3,
+                    segment: "s".into(),
+                }),
+                score: 0.25,
+                segment: "g".into(),
+            }),
+        };
+        // By hand from the postcard spec: the version, then the topic and the record's fields
+        // in order — strings length-prefixed, `Some` as 1, integers as (zigzag) varints,
+        // floats as 8 little-endian bytes, enums as their variant's index (`High` 2, `AtRisk`
+        // 2, `Detractor` 3), `u8` as itself.
+        let mut v3 = vec![3, 1, b't', 1, b'c', 1, b'r', 1, 1, b'e', 2];
+        v3.extend(0.5f64.to_le_bytes());
+        v3.extend([2, 2, 5]);
+        v3.extend(1.0f64.to_le_bytes());
+        v3.extend([1, 3, 1, b'd', 1, 1, 2, 3, 1, b's']);
+        v3.extend(0.25f64.to_le_bytes());
+        v3.extend([1, b'g']);
+        assert_eq!(encode_outbox(&output), v3);
+        assert_eq!(decode_outbox(&v3), Ok(output));
+        assert!(decode_outbox(&v3[..v3.len() - 1]).is_err(), "cut short");
     }
 
     #[test]
@@ -764,6 +824,7 @@ mod tests {
                     partition: record.partition,
                 },
             );
+            let record = Output::Record(record);
             assert_eq!(encode_outbox(&record), before);
             assert_eq!(decode_outbox(&before).unwrap(), record);
         }

@@ -34,6 +34,68 @@ fn record(topic: &str, n: u8) -> OutboxRecord {
     }
 }
 
+fn churn_risk(customer: &str) -> Output {
+    Output::ChurnRisk {
+        topic: "customer.churn-risk".into(),
+        record: Box::new(crate::risk::ChurnRiskRecord {
+            customer_id: customer.into(),
+            record_id: format!("orders-0-{customer}"),
+            caused_by: Some("e-1".into()),
+            as_of: 1_780_000_000_000,
+            expected_orders_90d: 0.123456,
+            level: crate::risk::Level::High,
+            lifecycle: crate::fold::Lifecycle::AtRisk,
+            ltv_minor: 12_345,
+            p_alive: 0.25,
+            reasons: vec![crate::risk::Reason {
+                code: crate::risk::ReasonCode::Detractor,
+                detail: "survey score 2".into(),
+            }],
+            rfm: None,
+            score: 0.75,
+            segment: "gold".into(),
+        }),
+    }
+}
+
+/// A churn-risk record is stored as data and read back, from memory or from the backend, as
+/// the record the sink sends: its JSON, keyed by the customer, with its `record_id` header.
+#[test]
+fn a_churn_risk_record_reads_back_as_its_json_keyed_by_the_customer() {
+    for (name, store, _dir) in backends() {
+        let output = churn_risk("c-7");
+        let Output::ChurnRisk { record, .. } = &output else {
+            unreachable!()
+        };
+        let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(json["customer_id"], "c-7", "{name}");
+        assert_eq!(
+            json["expected_orders_90d"], 0.1235,
+            "{name}: rounded when written"
+        );
+        let want = OutboxRecord {
+            topic: "customer.churn-risk".into(),
+            key: Some(b"c-7".to_vec()),
+            value: Some(record.to_json()),
+            headers: vec![("record_id".into(), b"orders-0-c-7".to_vec())],
+            partition: None,
+        };
+        store
+            .commit(Commit {
+                outbox: vec![output.clone()],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(store.outbox(10).unwrap(), vec![(0, want.clone())], "{name}");
+        let afresh = Store::open(Arc::clone(&store.backend)).unwrap();
+        assert_eq!(
+            afresh.outbox(10).unwrap(),
+            vec![(0, want)],
+            "{name}: stored"
+        );
+    }
+}
+
 #[test]
 fn a_commit_writes_states_offsets_and_outbox_together() {
     for (name, store, _dir) in backends() {
@@ -47,7 +109,7 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
                     .into()],
                 offsets: vec![("orders".into(), 3, 42)],
                 event_times: vec![("orders".into(), 3, 1_780_000_000_000)],
-                outbox: vec![record("out", 1), record("out", 2)],
+                outbox: vec![record("out", 1).into(), record("out", 2).into()],
                 ..Commit::default()
             })
             .unwrap();
@@ -81,7 +143,7 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
 #[test]
 fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
     for (name, store, _dir) in backends() {
-        let outbox = (0..5).map(|n| record("t", n)).collect();
+        let outbox = (0..5).map(|n| record("t", n).into()).collect();
         store
             .commit(Commit {
                 outbox,
@@ -114,12 +176,19 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
         let commit = |records: Vec<OutboxRecord>| {
             store
                 .commit(Commit {
-                    outbox: records,
+                    outbox: records.into_iter().map(Output::from).collect(),
                     ..Commit::default()
                 })
                 .unwrap()
         };
         commit((0..6).map(|n| record("t", n)).collect());
+        store
+            .commit(Commit {
+                outbox: vec![churn_risk("c-1"), churn_risk("c-2")],
+                ..Commit::default()
+            })
+            .unwrap();
+        same("churn-risk records committed as data");
         same("committed");
         store.acknowledge(&[0, 1]).unwrap();
         same("the first two acknowledged");
@@ -142,7 +211,11 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
             .iter()
             .map(|(s, _)| *s)
             .collect();
-        assert_eq!(pending, vec![2, 5, 6, 7, 8, 9, 10, 11, 12, 13], "{name}");
+        assert_eq!(
+            pending,
+            vec![2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+            "{name}"
+        );
         store.acknowledge(&pending[..8]).unwrap();
         same("the heavy ones partly acknowledged");
         store.acknowledge(&pending[8..]).unwrap();
@@ -154,7 +227,9 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
 #[test]
 fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
     for (name, store, _dir) in backends() {
-        let outbox = (0..2_600).map(|n| record("t", (n % 200) as u8)).collect();
+        let outbox = (0..2_600)
+            .map(|n| record("t", (n % 200) as u8).into())
+            .collect();
         store
             .commit(Commit {
                 outbox,
@@ -184,7 +259,7 @@ fn the_outbox_never_skips_a_record_left_unacknowledged() {
         let commit = |n: u8| {
             store
                 .commit(Commit {
-                    outbox: (0..n).map(|i| record("t", i)).collect(),
+                    outbox: (0..n).map(|i| record("t", i).into()).collect(),
                     ..Commit::default()
                 })
                 .unwrap()
@@ -321,7 +396,7 @@ fn outbox_sequence_continues_after_reopen() {
     {
         let store =
             Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
-        let outbox = (0..3).map(|n| record("t", n)).collect();
+        let outbox = (0..3).map(|n| record("t", n).into()).collect();
         store
             .commit(Commit {
                 outbox,
@@ -333,7 +408,7 @@ fn outbox_sequence_continues_after_reopen() {
     let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
     store
         .commit(Commit {
-            outbox: vec![record("t", 9)],
+            outbox: vec![record("t", 9).into()],
             ..Commit::default()
         })
         .unwrap();
@@ -451,7 +526,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                 timers_set: vec![],
                 offsets: vec![("orders".into(), 1, 7)],
                 event_times: vec![("orders".into(), 1, 50)],
-                outbox: vec![record("out", 1)],
+                outbox: vec![record("out", 1).into()],
                 ..Commit::default()
             })
             .unwrap();

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::OutboxRecord;
+use super::Output;
 
 /// The most the records kept may weigh, in bytes of keys, values and headers: a backlog the
 /// sink cannot keep up with (a broker down) is left to the store beyond it.
@@ -21,19 +21,38 @@ pub(super) struct Recent {
     complete_from: u64,
     /// Pending records, by ascending number; shared, so that a reader copies them after it
     /// has let go of the lock a commit waits for.
-    records: VecDeque<(u64, Arc<OutboxRecord>)>,
+    records: VecDeque<(u64, Arc<Output>)>,
     bytes: usize,
 }
 
-fn weight(record: &OutboxRecord) -> usize {
-    record.topic.len()
-        + record.key.as_ref().map_or(0, Vec::len)
-        + record.value.as_ref().map_or(0, Vec::len)
-        + record
-            .headers
-            .iter()
-            .map(|(name, value)| name.len() + value.len())
-            .sum::<usize>()
+fn weight(output: &Output) -> usize {
+    match output {
+        Output::Record(record) => {
+            record.topic.len()
+                + record.key.as_ref().map_or(0, Vec::len)
+                + record.value.as_ref().map_or(0, Vec::len)
+                + record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len())
+                    .sum::<usize>()
+        }
+        // Its strings, and its numbers at their size in memory.
+        Output::ChurnRisk { topic, record } => {
+            topic.len()
+                + std::mem::size_of_val(record.as_ref())
+                + record.customer_id.len()
+                + record.record_id.len()
+                + record.caused_by.as_ref().map_or(0, String::len)
+                + record.segment.len()
+                + record.rfm.as_ref().map_or(0, |rfm| rfm.segment.len())
+                + record
+                    .reasons
+                    .iter()
+                    .map(|r| std::mem::size_of_val(r) + r.detail.len())
+                    .sum::<usize>()
+        }
+    }
 }
 
 impl Recent {
@@ -48,7 +67,7 @@ impl Recent {
 
     /// Keeps `records`, stored under the numbers from `first` on. Past [`MAX_BYTES`] it keeps
     /// nothing, complete from the number after these: what lies below is read from the store.
-    pub(super) fn committed(&mut self, first: u64, records: Vec<OutboxRecord>) {
+    pub(super) fn committed(&mut self, first: u64, records: Vec<Output>) {
         let next = first + records.len() as u64;
         for (i, record) in records.into_iter().enumerate() {
             self.bytes += weight(&record);
@@ -62,11 +81,7 @@ impl Recent {
     /// Up to `limit` pending records from the first, when every pending record lies at or
     /// above `floor` and so is kept here; `None` when some must be read from the store. The
     /// records are shared: copy them once the lock is let go.
-    pub(super) fn pending(
-        &self,
-        floor: u64,
-        limit: usize,
-    ) -> Option<Vec<(u64, Arc<OutboxRecord>)>> {
+    pub(super) fn pending(&self, floor: u64, limit: usize) -> Option<Vec<(u64, Arc<Output>)>> {
         (self.complete_from <= floor).then(|| {
             self.records
                 .iter()
@@ -117,17 +132,17 @@ impl Recent {
 mod tests {
     use super::*;
 
-    fn record(n: u8, size: usize) -> OutboxRecord {
-        OutboxRecord {
+    fn record(n: u8, size: usize) -> Output {
+        Output::Record(crate::store::OutboxRecord {
             topic: "t".into(),
             key: Some(vec![n]),
             value: Some(vec![n; size]),
             headers: Vec::new(),
             partition: None,
-        }
+        })
     }
 
-    fn seqs(pending: Option<Vec<(u64, Arc<OutboxRecord>)>>) -> Option<Vec<u64>> {
+    fn seqs(pending: Option<Vec<(u64, Arc<Output>)>>) -> Option<Vec<u64>> {
         pending.map(|p| p.into_iter().map(|(seq, _)| seq).collect())
     }
 
