@@ -707,18 +707,25 @@ pub fn next_check(
     let kept = settings.kept(now.codes);
     let h = recency(state, as_of, settings.time_unit_ms);
     let origin = origin(state) as f64;
-    let crossings = [
+    // P(alive) only falls while the customer stays silent, so a higher threshold is crossed
+    // no later than a lower one: the first threshold below P(alive), from the highest down,
+    // that has a crossing ahead has the earliest, and the others need not be solved for.
+    let mut thresholds = [
         (1.0 - settings.medium_from) / kept,
         (1.0 - settings.high_from) / kept,
         settings.inactive_below_p_alive,
         settings.lost_below_p_alive,
-    ]
-    .into_iter()
-    .filter(|p| *p < now.p_alive)
-    .filter_map(|p| settings.model.crossing_time(h, p))
-    .map(|t| origin + t * unit)
-    .filter(|at| at.is_finite() && *at < 9.0e15)
-    .map(|at| at.ceil() as Millis);
+    ];
+    thresholds.sort_unstable_by(|a, b| b.total_cmp(a));
+    let crossing = thresholds
+        .into_iter()
+        .filter(|p| *p < now.p_alive)
+        .find_map(|p| {
+            let t = settings.model.crossing_time(h, p)?;
+            let at = origin + t * unit;
+            let at = (at.is_finite() && at < 9.0e15).then(|| at.ceil() as Millis)?;
+            (at > as_of).then_some(at)
+        });
     let slas = state
         .open_complaints
         .iter()
@@ -731,7 +738,8 @@ pub fn next_check(
         .open_orders
         .iter()
         .map(|o| o.placed_at + settings.late_delivery_ms + 1);
-    crossings
+    crossing
+        .into_iter()
         .chain(slas)
         .chain(recents)
         .chain(deliveries)
@@ -793,6 +801,59 @@ pub(crate) mod tests {
             at_timer.level > Level::Low || !at_timer.reasons.is_empty(),
             "something changes at the timer: {at_timer:?}"
         );
+    }
+
+    /// `next_check` solves only for the highest threshold below P(alive) with a crossing
+    /// ahead: the same time as solving for every threshold and taking the earliest.
+    #[test]
+    fn the_timer_is_the_earliest_of_every_thresholds_crossing() {
+        for model in [Model::BgNbd, Model::MbgNbd] {
+            let s = RiskSettings {
+                model: PurchaseModel::cdnow(model),
+                ..settings()
+            };
+            let mut checked = 0;
+            for days in [
+                &[0][..],
+                &[0, 3],
+                &[0, 7, 14],
+                &[0, 7, 14, 21, 28],
+                &[0, 40, 41],
+            ] {
+                let state = buyer(days);
+                let last = *days.last().unwrap();
+                for silent in [0, 1, 5, 20, 60, 200] {
+                    let as_of = Millis::from(last + silent) * DAY_MS + 1;
+                    let now = assess(&state, &Trailing::default(), as_of, &s);
+                    let h = recency(&state, as_of, s.time_unit_ms);
+                    let kept = s.kept(now.codes);
+                    let every = [
+                        (1.0 - s.medium_from) / kept,
+                        (1.0 - s.high_from) / kept,
+                        s.inactive_below_p_alive,
+                        s.lost_below_p_alive,
+                    ]
+                    .into_iter()
+                    .filter(|p| *p < now.p_alive)
+                    .filter_map(|p| s.model.crossing_time(h, p))
+                    .map(|t| (origin(&state) as f64 + t * s.time_unit_ms as f64).ceil() as Millis)
+                    .filter(|at| *at > as_of)
+                    .min();
+                    // The buyers here have no complaints, surveys or open orders: the crossing
+                    // alone sets the timer.
+                    assert_eq!(
+                        next_check(&state, &now, &s),
+                        every,
+                        "{model:?} {days:?} +{silent}"
+                    );
+                    checked += usize::from(every.is_some());
+                }
+            }
+            assert!(
+                checked > 10,
+                "{model:?}: crossings ahead in {checked} cases"
+            );
+        }
     }
 
     #[test]
