@@ -594,11 +594,9 @@ impl Store {
                     key: format!("{key:?}"),
                     reason,
                 })?;
-                let bound = match &output {
-                    Output::Record(record) => record.partition == Some(partition),
-                    Output::ChurnRisk { .. } => false,
-                };
-                if bound && output.topic() == topic {
+                let overtaken = matches!(&output, Output::Record(record)
+                    if record.topic == topic && record.partition == Some(partition));
+                if overtaken {
                     stale.push(Op::Delete(key.clone()));
                 }
             }

@@ -125,10 +125,11 @@ pub enum Output {
 }
 
 impl Output {
-    pub fn topic(&self) -> &str {
+    /// The record as it is sent, from an output read from the store: see [`Output::to_record`].
+    pub fn into_record(self) -> OutboxRecord {
         match self {
-            Output::Record(record) => &record.topic,
-            Output::ChurnRisk { topic, .. } => topic,
+            Output::Record(record) => record,
+            churn_risk => churn_risk.to_record(),
         }
     }
 
@@ -778,7 +779,7 @@ impl Store {
                         key: format!("outbox {seq}"),
                         reason,
                     })?;
-                Ok((seq, output.to_record()))
+                Ok((seq, output.into_record()))
             })
             .collect()
     }
