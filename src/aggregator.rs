@@ -36,7 +36,8 @@ const RECORDS_PER_STEP: usize = 20_000;
 pub trait ChangelogFeed {
     /// Up to `max` records past `from` (per partition, the next offset to read; a partition
     /// not in it from its first record), each partition's in log order, as `(partition,
-    /// offset, record)`; waits a moment for the first, none when nothing came.
+    /// offset, record)`; waits a moment for the first, none when nothing came. A customer
+    /// record's value may be left out (`None`): the aggregator reads only its facts.
     fn next(
         &mut self,
         from: &BTreeMap<i32, i64>,

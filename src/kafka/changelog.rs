@@ -18,7 +18,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::{client_config, lock, ready_idempotent, Assignment, FIRST_RECORD};
 use crate::config::KafkaSecurity;
 use crate::restore::ChangelogSource;
-use crate::store::{ChangelogRecord, Claim, Epoch, Store, StoreError, CLAIM_KEY, RELEASE_KEY};
+use crate::store::{
+    is_customer_key, ChangelogRecord, Claim, Epoch, Store, StoreError, CLAIM_KEY, RELEASE_KEY,
+};
 use crate::telemetry::Telemetry;
 
 /// Reads the changelog topic partition by partition, outside any consumer group, and writes
@@ -53,15 +55,21 @@ const CHANGELOG_WAIT: Duration = Duration::from_secs(10);
 
 /// A changelog message as the store reads it back.
 fn changelog_record<M: Message>(message: &M) -> ChangelogRecord {
+    read_record(message, true)
+}
+
+/// A changelog message, with a customer record's value only if `customer_values`.
+fn read_record<M: Message>(message: &M, customer_values: bool) -> ChangelogRecord {
     let header = |name: &str| {
         let headers = message.headers()?;
         headers.iter().find(|h| h.key == name)?.value
     };
-    ChangelogRecord::read(
-        message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-        message.payload().map(<[u8]>::to_vec),
-        header,
-    )
+    let key = message.key().unwrap_or_default();
+    let value = match customer_values || !is_customer_key(key) {
+        true => message.payload().map(<[u8]>::to_vec),
+        false => None,
+    };
+    ChangelogRecord::read(key.to_vec(), value, header)
 }
 
 /// The settings of a consumer that reads the changelog by assignment.
@@ -150,10 +158,12 @@ impl crate::aggregator::ChangelogFeed for ChangelogTail {
                 Some(message) => message?,
             };
             at.insert(message.partition(), message.offset() + 1);
+            // The aggregator counts a customer record's facts, never its customer: the value,
+            // most of the record's bytes, is not copied (a fifth of the aggregator's samples).
             records.push((
                 message.partition(),
                 message.offset(),
-                changelog_record(&message),
+                read_record(&message, false),
             ));
         }
         Ok(records)

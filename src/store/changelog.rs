@@ -38,6 +38,12 @@ pub const CLAIM_KEY: &[u8] = b"\xffclaim";
 /// go. It changes nothing of who counts ([`Ownership`]): it tells an instance that finds that
 /// writer's claim on a partition it still holds that the claimant no longer does.
 pub const RELEASE_KEY: &[u8] = b"\xffrelease";
+/// Whether a changelog record's key is a customer's (an id, UTF-8) rather than one of the
+/// records above, whose keys all start with a byte UTF-8 never has.
+pub fn is_customer_key(key: &[u8]) -> bool {
+    key.first() != Some(&0xff)
+}
+
 /// The header naming the [`Epoch`] a record was written in: writer id, then claim offset, both
 /// 8 bytes big-endian.
 pub const EPOCH_HEADER: &str = "customer-pulse-epoch";
@@ -671,4 +677,19 @@ pub fn decode_position(bytes: &[u8]) -> Result<Position, StoreError> {
         key: "changelog position".into(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_customer_ids_are_customer_keys() {
+        for key in [POSITION_KEY, AGGREGATOR_KEY, CLAIM_KEY, RELEASE_KEY] {
+            assert!(!is_customer_key(key), "{key:?}");
+        }
+        for id in ["c-0000001", "", "ÿ", "\u{7f}x"] {
+            assert!(is_customer_key(id.as_bytes()), "{id:?}");
+        }
+    }
 }

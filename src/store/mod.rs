@@ -26,9 +26,9 @@ use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 pub use changelog::{
-    decode_position, AggregatorSnapshot, ChangelogOutput, ChangelogRecord, Claim, Epoch, Ownership,
-    Position, AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY, RELEASE_KEY,
-    WATERMARK_SOURCE,
+    decode_position, is_customer_key, AggregatorSnapshot, ChangelogOutput, ChangelogRecord, Claim,
+    Epoch, Ownership, Position, AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER,
+    POSITION_KEY, RELEASE_KEY, WATERMARK_SOURCE,
 };
 pub use codec::{decode_facts, encode_facts};
 pub use memory::MemoryBackend;
