@@ -415,7 +415,7 @@ mod tests {
                     *partition,
                     ChangelogRecord {
                         key: RELEASE_KEY.to_vec(),
-                        value: Some(epoch.to_header().to_vec()),
+                        value: Some(epoch.to_header()),
                         epoch: None,
                         facts: None,
                     },

@@ -259,9 +259,9 @@ impl ChangelogSource for ChangelogReader {
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
-        let sends = releases.iter().map(|(partition, epoch)| {
-            self.append(*partition, RELEASE_KEY, epoch.to_header().to_vec())
-        });
+        let sends = releases
+            .iter()
+            .map(|(partition, epoch)| self.append(*partition, RELEASE_KEY, epoch.to_header()));
         let sent = futures::executor::block_on(join_all(sends));
         for (sent, (partition, _)) in sent.into_iter().zip(releases) {
             if let Err((e, _)) = sent {

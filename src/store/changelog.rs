@@ -70,10 +70,9 @@ pub struct Epoch {
 }
 
 impl Epoch {
-    pub fn to_header(self) -> [u8; 16] {
-        let mut bytes = [0; 16];
-        bytes[..8].copy_from_slice(&self.writer.to_be_bytes());
-        bytes[8..].copy_from_slice(&self.claim.to_be_bytes());
+    pub fn to_header(self) -> Vec<u8> {
+        let mut bytes = self.writer.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&self.claim.to_be_bytes());
         bytes
     }
 
@@ -236,68 +235,10 @@ impl ChangelogRecord {
     }
 }
 
-/// A customer's changelog record as the outbox keeps it until it is sent: its parts, with the
-/// customer's stored bytes shared with the commit's write of them rather than copied (a
-/// customer is most of a commit's bytes). Stored, read back and sent as the record
-/// [`ChangelogOutput::to_record`] makes: the outbox's encoding of it is that record's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChangelogOutput {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub customer_id: String,
-    /// The customer's stored encoding; `None`, a tombstone (the customer was erased).
-    pub value: Option<Arc<Vec<u8>>>,
-    /// The [`EPOCH_HEADER`]'s: the claim the record was written under, if any.
-    pub epoch: Option<Epoch>,
-    /// The [`FACTS_HEADER`]'s, when not empty.
-    pub facts: Vec<u8>,
-}
-
-impl ChangelogOutput {
-    /// The record as it is sent and stored: keyed by the customer, to its partition, with the
-    /// epoch and then the facts as headers.
-    pub fn to_record(&self) -> OutboxRecord {
-        let epoch = self.epoch.map(Epoch::to_header);
-        OutboxRecord {
-            topic: self.topic.to_string(),
-            key: Some(self.customer_id.clone().into_bytes()),
-            value: self.value.as_deref().cloned(),
-            headers: self
-                .headers(epoch.as_ref())
-                .map(|(name, value)| (name.to_owned(), value.to_vec()))
-                .collect(),
-            partition: Some(self.partition),
-        }
-    }
-
-    /// The outbox's encoding of [`ChangelogOutput::to_record`], written from the parts.
-    pub(super) fn encode(&self) -> Vec<u8> {
-        let epoch = self.epoch.map(Epoch::to_header);
-        let headers: Vec<(&str, &[u8])> = self.headers(epoch.as_ref()).collect();
-        codec::encode_outbox_record(&codec::RecordView {
-            topic: &self.topic,
-            key: Some(self.customer_id.as_bytes()),
-            value: self.value.as_deref().map(Vec::as_slice),
-            headers: &headers,
-            partition: Some(self.partition),
-        })
-    }
-
-    /// Its headers, given its epoch's header value.
-    fn headers<'a>(
-        &'a self,
-        epoch: Option<&'a [u8; 16]>,
-    ) -> impl Iterator<Item = (&'static str, &'a [u8])> {
-        let epoch = epoch.map(|bytes| (EPOCH_HEADER, bytes.as_slice()));
-        let facts = (!self.facts.is_empty()).then_some((FACTS_HEADER, self.facts.as_slice()));
-        epoch.into_iter().chain(facts)
-    }
-}
-
 /// Where customer writes are mirrored.
 #[derive(Debug)]
 pub(super) struct Changelog {
-    pub topic: Arc<str>,
+    pub topic: String,
     pub writer: u64,
     /// The offset of this store's latest claim, per partition.
     pub epochs: Mutex<HashMap<i32, i64>>,
@@ -316,33 +257,37 @@ impl Changelog {
     /// the latest one.
     pub(super) fn records(
         &self,
-        commit: &mut Commit,
+        commit: &Commit,
         stored: &dyn Fn(i32) -> Result<(Entries, Entries), StoreError>,
-    ) -> Result<Vec<Output>, StoreError> {
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
         let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = |partition: i32| {
-            epochs.get(&partition).map(|claim| Epoch {
-                writer: self.writer,
-                claim: *claim,
-            })
-        };
         let headers = |partition: i32| -> Vec<(String, Vec<u8>)> {
-            epoch(partition)
-                .map(|epoch| vec![(EPOCH_HEADER.to_owned(), epoch.to_header().to_vec())])
+            epochs
+                .get(&partition)
+                .map(|claim| {
+                    let epoch = Epoch {
+                        writer: self.writer,
+                        claim: *claim,
+                    };
+                    vec![(EPOCH_HEADER.to_owned(), epoch.to_header())]
+                })
                 .unwrap_or_default()
         };
         let mut records = Vec::with_capacity(commit.customers.len() + 1);
         let mut partitions = BTreeSet::new();
-        for write in &mut commit.customers {
+        for write in &commit.customers {
             partitions.insert(write.partition);
-            records.push(Output::Changelog(ChangelogOutput {
+            let mut headers = headers(write.partition);
+            if !write.facts.is_empty() {
+                headers.push((FACTS_HEADER.to_owned(), write.facts.clone()));
+            }
+            records.push(OutboxRecord {
                 topic: self.topic.clone(),
-                partition: write.partition,
-                customer_id: write.id.clone(),
+                key: Some(write.id.clone().into_bytes()),
                 value: write.value.clone(),
-                epoch: epoch(write.partition),
-                facts: std::mem::take(&mut write.facts),
-            }));
+                headers,
+                partition: Some(write.partition),
+            });
         }
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
         partitions.extend(commit.event_times.iter().map(|(_, p, _)| *p));
@@ -364,13 +309,13 @@ impl Changelog {
                 offsets: merged(offsets, &commit.offsets, partition),
                 event_times: merged(event_times, &commit.event_times, partition),
             };
-            records.push(Output::Record(OutboxRecord {
-                topic: self.topic.to_string(),
+            records.push(OutboxRecord {
+                topic: self.topic.clone(),
                 key: Some(POSITION_KEY.to_vec()),
                 value: Some(codec::encode_position(&position)),
                 headers: headers(partition),
                 partition: Some(partition),
-            }));
+            });
         }
         Ok(records)
     }
@@ -419,7 +364,7 @@ impl Store {
             }
         }
         self.changelog = Some(Arc::new(Changelog {
-            topic: topic.into(),
+            topic: topic.to_owned(),
             writer,
             epochs: Mutex::new(epochs),
         }));
@@ -477,7 +422,9 @@ impl Store {
 
     /// The changelog topic and this store's writer id, when customer writes are mirrored.
     pub fn changelog(&self) -> Option<(&str, u64)> {
-        self.changelog.as_deref().map(|c| (&*c.topic, c.writer))
+        self.changelog
+            .as_deref()
+            .map(|c| (c.topic.as_str(), c.writer))
     }
 
     /// The changelog offset of `partition` up to which this store has accounted for every

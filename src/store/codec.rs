@@ -266,46 +266,8 @@ pub fn encode_outbox(output: &Output) -> Vec<u8> {
             let room = 32 + record.topic.len() + size(&record.key) + size(&record.value) + headers;
             encode_in(OUTBOX_V2, record, room)
         }
-        Output::Changelog(changelog) => changelog.encode(),
         Output::ChurnRisk { topic, record } => encode_in(OUTBOX_V3, &(topic, record), 256),
     }
-}
-
-/// An [`OutboxRecord`] of borrowed parts, serialized as the record itself is (postcard writes a
-/// string and a byte string alike: a length, then the bytes).
-#[derive(serde::Serialize)]
-pub(super) struct RecordView<'a> {
-    pub topic: &'a str,
-    #[serde(with = "serde_bytes")]
-    pub key: Option<&'a [u8]>,
-    #[serde(with = "serde_bytes")]
-    pub value: Option<&'a [u8]>,
-    #[serde(serialize_with = "headers_view")]
-    pub headers: &'a [(&'a str, &'a [u8])],
-    pub partition: Option<i32>,
-}
-
-fn headers_view<S: serde::Serializer>(
-    headers: &&[(&str, &[u8])],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(
-        headers
-            .iter()
-            .map(|(name, value)| (name, serde_bytes::Bytes::new(value))),
-    )
-}
-
-/// Outbox version 2's encoding of the record `view` shows.
-pub(super) fn encode_outbox_record(view: &RecordView<'_>) -> Vec<u8> {
-    let size = |bytes: Option<&[u8]>| bytes.map_or(0, <[u8]>::len);
-    let headers: usize = view
-        .headers
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 8)
-        .sum();
-    let room = 32 + view.topic.len() + size(view.key) + size(view.value) + headers;
-    encode_in(OUTBOX_V2, view, room)
 }
 
 pub fn decode_outbox(bytes: &[u8]) -> Result<Output, String> {
@@ -800,54 +762,6 @@ mod tests {
         assert_eq!(encode_outbox(&output), v3);
         assert_eq!(decode_outbox(&v3), Ok(output));
         assert!(decode_outbox(&v3[..v3.len() - 1]).is_err(), "cut short");
-    }
-
-    #[test]
-    fn a_changelog_record_kept_in_parts_is_stored_as_the_record_it_makes() {
-        use super::super::{ChangelogOutput, Epoch};
-        let output = ChangelogOutput {
-            topic: "t".into(),
-            partition: 2,
-            customer_id: "c".into(),
-            value: Some(std::sync::Arc::new(vec![7, 8])),
-            epoch: Some(Epoch {
-                writer: 1,
-                claim: 258,
-            }),
-            facts: vec![9],
-        };
-        // By hand from the postcard spec: version 2, the topic, `Some` key and value as
-        // length-prefixed bytes, two headers (the epoch's 16 bytes, then the facts), `Some`
-        // partition as a zigzag varint.
-        let mut v2 = vec![2, 1, b't', 1, 1, b'c', 1, 2, 7, 8, 2];
-        v2.push(20);
-        v2.extend(b"customer-pulse-epoch");
-        v2.extend([16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2]);
-        v2.push(20);
-        v2.extend(b"customer-pulse-facts");
-        v2.extend([1, 9, 1, 4]);
-        let parts = Output::Changelog(output.clone());
-        assert_eq!(encode_outbox(&parts), v2);
-        let record = Output::Record(output.to_record());
-        assert_eq!(
-            encode_outbox(&record),
-            v2,
-            "the record it makes, as any record"
-        );
-        assert_eq!(decode_outbox(&v2), Ok(record.clone()));
-        assert_eq!(parts.to_record(), output.to_record());
-        assert_eq!(parts.into_record(), record.into_record());
-
-        // No claim and no facts: no headers; an erased customer: no value.
-        let bare = ChangelogOutput {
-            value: None,
-            epoch: None,
-            facts: Vec::new(),
-            ..output
-        };
-        let v2 = [2, 1, b't', 1, 1, b'c', 0, 0, 1, 4];
-        assert_eq!(encode_outbox(&Output::Changelog(bare.clone())), v2);
-        assert_eq!(decode_outbox(&v2), Ok(Output::Record(bare.to_record())));
     }
 
     #[test]

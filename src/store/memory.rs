@@ -1,7 +1,7 @@
 //! An in-memory [`Backend`]: for tests and for runs that need no durability.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::{Backend, Entries, Op, StoreError};
 
@@ -31,9 +31,6 @@ impl Backend for MemoryBackend {
             match op {
                 Op::Put(k, v) => {
                     map.insert(k, v);
-                }
-                Op::PutShared(k, v) => {
-                    map.insert(k, Arc::unwrap_or_clone(v));
                 }
                 Op::Delete(k) => {
                     map.remove(&k);

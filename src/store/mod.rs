@@ -26,9 +26,9 @@ use crate::segments::{Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 pub use changelog::{
-    decode_position, is_customer_key, AggregatorSnapshot, ChangelogOutput, ChangelogRecord, Claim,
-    Epoch, Ownership, Position, AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER,
-    POSITION_KEY, RELEASE_KEY, WATERMARK_SOURCE,
+    decode_position, is_customer_key, AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Ownership,
+    Position, AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY, RELEASE_KEY,
+    WATERMARK_SOURCE,
 };
 pub use codec::{decode_facts, encode_facts};
 pub use memory::MemoryBackend;
@@ -47,9 +47,6 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub enum Op {
     Put(Vec<u8>, Vec<u8>),
-    /// A put whose value is shared with the commit's outbox (a customer and its changelog
-    /// record) rather than copied.
-    PutShared(Vec<u8>, Arc<Vec<u8>>),
     Delete(Vec<u8>),
     /// Deletes every key from the first (included) to the second (excluded). A write sorts its
     /// operations by (first) key, so no other operation of the same write may touch the range.
@@ -60,9 +57,7 @@ impl Op {
     /// The key, or the first key of a range.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put(key, _) | Op::PutShared(key, _) | Op::Delete(key) | Op::DeleteRange(key, _) => {
-                key
-            }
+            Op::Put(key, _) | Op::Delete(key) | Op::DeleteRange(key, _) => key,
         }
     }
 
@@ -70,7 +65,6 @@ impl Op {
     pub fn value_len(&self) -> usize {
         match self {
             Op::Put(_, value) => value.len(),
-            Op::PutShared(_, value) => value.len(),
             Op::DeleteRange(_, end) => end.len(),
             Op::Delete(_) => 0,
         }
@@ -118,15 +112,12 @@ pub struct OutboxRecord {
     pub partition: Option<i32>,
 }
 
-/// What a commit puts in the outbox: a record as it will be sent, a customer's changelog record
-/// in parts (its bytes shared with the customer's write, and the record made when
-/// [`Store::outbox`] reads it, on the drain's thread), or a churn-risk record kept as data and
-/// written out as JSON when [`Store::outbox`] reads it (on the drain's thread, not the fold's;
-/// a third of the bytes to store, log and copy).
+/// What a commit puts in the outbox: a record as it will be sent, or a churn-risk record kept
+/// as data and written out as JSON when [`Store::outbox`] reads it (on the drain's thread, not
+/// the fold's; a third of the bytes to store, log and copy).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     Record(OutboxRecord),
-    Changelog(ChangelogOutput),
     ChurnRisk {
         topic: String,
         record: Box<ChurnRiskRecord>,
@@ -138,16 +129,15 @@ impl Output {
     pub fn into_record(self) -> OutboxRecord {
         match self {
             Output::Record(record) => record,
-            other => other.to_record(),
+            churn_risk => churn_risk.to_record(),
         }
     }
 
-    /// The record as it is sent: a changelog record as [`ChangelogOutput::to_record`] makes it;
-    /// a churn-risk record keyed by its customer, with its `record_id` header.
+    /// The record as it is sent: a churn-risk record keyed by its customer, with its
+    /// `record_id` header.
     pub fn to_record(&self) -> OutboxRecord {
         match self {
             Output::Record(record) => record.clone(),
-            Output::Changelog(changelog) => changelog.to_record(),
             Output::ChurnRisk { topic, record } => OutboxRecord {
                 topic: topic.clone(),
                 key: Some(record.customer_id.clone().into_bytes()),
@@ -261,14 +251,10 @@ impl Commit {
         customer_id: String,
         customer: Option<&Customer>,
     ) {
-        self.push_customer(partition, customer_id, customer.map(codec::encode_customer));
-    }
-
-    fn push_customer(&mut self, partition: i32, id: String, value: Option<Vec<u8>>) {
         self.customers.push(CustomerWrite {
             partition,
-            id,
-            value: value.map(Arc::new),
+            id: customer_id,
+            value: customer.map(codec::encode_customer),
             facts: Vec::new(),
         });
     }
@@ -280,7 +266,7 @@ impl From<(i32, String, Option<Vec<u8>>)> for CustomerWrite {
         CustomerWrite {
             partition,
             id,
-            value: value.map(Arc::new),
+            value,
             facts: Vec::new(),
         }
     }
@@ -291,9 +277,8 @@ impl From<(i32, String, Option<Vec<u8>>)> for CustomerWrite {
 pub struct CustomerWrite {
     pub partition: i32,
     pub id: String,
-    /// The stored encoding (shared with the customer's changelog record); `None` deletes the
-    /// customer.
-    pub value: Option<Arc<Vec<u8>>>,
+    /// The stored encoding; `None` deletes the customer.
+    pub value: Option<Vec<u8>>,
     /// What the change did to the aggregates, encoded by [`encode_facts`], for the changelog
     /// record to carry ([`FACTS_HEADER`]); empty when there is nothing to carry.
     pub facts: Vec<u8>,
@@ -677,22 +662,22 @@ impl Store {
 
     /// Writes the whole commit atomically: states, timers, trends, offsets and outbox
     /// entries land together.
-    pub fn commit(&self, mut commit: Commit) -> Result<(), StoreError> {
+    pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut ops =
             Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
         // The changelog goes out ahead of the commit's other outputs.
-        let mut records = match &self.changelog {
-            Some(changelog) => changelog.records(&mut commit, &|p| self.position_entries(p))?,
+        let changelog = match &self.changelog {
+            Some(changelog) => changelog.records(&commit, &|p| self.position_entries(p))?,
             None => Vec::new(),
         };
         for write in commit.customers {
             let key = customer_key(write.partition, &write.id);
             ops.push(match write.value {
-                Some(bytes) => Op::PutShared(key, bytes),
+                Some(bytes) => Op::Put(key, bytes),
                 None => Op::Delete(key),
             });
         }
-        let outbox = records.len() + commit.outbox.len();
+        let outbox = changelog.len() + commit.outbox.len();
         for timer in &commit.timers_cleared {
             ops.push(Op::Delete(timer_key(timer)));
         }
@@ -736,6 +721,7 @@ impl Store {
         let first = self
             .next_outbox_seq
             .fetch_add(outbox as u64, Ordering::SeqCst);
+        let mut records: Vec<Output> = changelog.into_iter().map(Output::Record).collect();
         records.extend(commit.outbox);
         for (i, record) in records.iter().enumerate() {
             ops.push(Op::Put(

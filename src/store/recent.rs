@@ -37,12 +37,6 @@ fn weight(output: &Output) -> usize {
                     .map(|(name, value)| name.len() + value.len())
                     .sum::<usize>()
         }
-        Output::Changelog(changelog) => {
-            changelog.topic.len()
-                + changelog.customer_id.len()
-                + changelog.value.as_ref().map_or(0, |v| v.len())
-                + changelog.facts.len()
-        }
         // Its strings, and its numbers at their size in memory.
         Output::ChurnRisk { topic, record } => {
             topic.len()

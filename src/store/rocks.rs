@@ -70,7 +70,6 @@ impl Backend for RocksBackend {
         for op in ops {
             match op {
                 Op::Put(k, v) => batch.put(k, v),
-                Op::PutShared(k, v) => batch.put(k, v.as_slice()),
                 Op::Delete(k) => batch.delete(k),
                 Op::DeleteRange(from, to) => batch.delete_range(from, to),
             }
