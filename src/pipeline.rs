@@ -533,6 +533,11 @@ async fn consume(
                 Ok(Some(report)) => {
                     let seconds = started.elapsed().as_secs_f64();
                     telemetry.record_batch(&report, seconds, wall_clock_ms());
+                    tracing::debug!(
+                        timers_fired = report.timers_fired,
+                        milliseconds = seconds * 1e3,
+                        "Watermark moved on while idle."
+                    );
                     wake.notify_one();
                 }
                 Ok(None) => {}
@@ -549,10 +554,15 @@ async fn consume(
             let now = wall_clock_ms();
             match tokio::task::block_in_place(|| processor.process(&batch, now)) {
                 Ok(report) => {
-                    telemetry.record_batch(
-                        &report,
-                        started.elapsed().as_secs_f64(),
-                        wall_clock_ms(),
+                    let seconds = started.elapsed().as_secs_f64();
+                    telemetry.record_batch(&report, seconds, wall_clock_ms());
+                    tracing::debug!(
+                        records = batch.len(),
+                        customers_written = report.customers_written,
+                        outbox_records = report.outbox_records,
+                        timers_fired = report.timers_fired,
+                        milliseconds = seconds * 1e3,
+                        "Batch folded and committed."
                     );
                     telemetry.set_ready(input.has_assignment());
                     input.commit_offsets(&report.offsets);
