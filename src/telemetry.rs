@@ -60,6 +60,7 @@ pub struct Telemetry {
     claimed_back: IntCounter,
     claimed_away: IntGauge,
     rejoins: IntCounter,
+    rejoining: IntGauge,
     let_go: IntCounter,
     restore_remaining: IntGaugeVec,
 }
@@ -300,6 +301,11 @@ impl Telemetry {
                 "Times this instance left the consumer group and joined it again after letting go of partitions another instance held too.",
             ))
             .expect("valid metric"),
+            rejoining: IntGauge::with_opts(opts(
+                "group_rejoining",
+                "1 while this instance has left the consumer group to join it again and has not subscribed again yet (it holds no partition meanwhile), else 0.",
+            ))
+            .expect("valid metric"),
             let_go: IntCounter::with_opts(opts(
                 "partitions_let_go_total",
                 "Owned partitions let go because another instance had claimed them in the changelog and still held them a session timeout later (a broker that hands a partition on without telling its old owner).",
@@ -320,6 +326,7 @@ impl Telemetry {
             Box::new(t.claimed_back.clone()),
             Box::new(t.claimed_away.clone()),
             Box::new(t.rejoins.clone()),
+            Box::new(t.rejoining.clone()),
             Box::new(t.let_go.clone()),
             Box::new(t.restore_remaining.clone()),
             Box::new(t.dead_letters.clone()),
@@ -568,6 +575,12 @@ impl Telemetry {
 
     pub fn rejoined(&self) {
         self.rejoins.inc();
+        self.rejoining.set(1);
+    }
+
+    /// The instance subscribed again after leaving the group (see [`Telemetry::rejoined`]).
+    pub fn subscribed_again(&self) {
+        self.rejoining.set(0);
     }
 
     pub fn set_claimed_away(&self, partitions: usize) {

@@ -746,6 +746,7 @@ impl Input {
             return;
         }
         *rejoining = None;
+        context.telemetry.subscribed_again();
         if !done {
             tracing::warn!(
                 seconds = REJOIN_WAIT.as_secs(),

@@ -415,6 +415,11 @@ async fn a_member_with_nothing_to_write_claims_back_what_the_claimant_released_a
         1.0
     );
     assert_eq!(
+        metric_sum(port, "customer_pulse_group_rejoining"),
+        0.0,
+        "subscribed again: no longer between leaving and joining"
+    );
+    assert_eq!(
         metric_sum(port, "customer_pulse_partitions_claimed_back_total"),
         1.0,
         "given back by the group, not claimed back"

@@ -152,11 +152,15 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
             })
             .sum()
     };
-    // Partitions an instance found claimed by another and will rejoin for: not quiet yet.
+    // Partitions an instance found claimed by another and will rejoin for, and instances that
+    // left the group to join it again and have not subscribed yet: not quiet yet.
     let claimed_away = || -> f64 {
         ports(&live)
             .into_iter()
-            .map(|port| metric_sum(port, "customer_pulse_partitions_claimed_away"))
+            .map(|port| {
+                metric_sum(port, "customer_pulse_partitions_claimed_away")
+                    + metric_sum(port, "customer_pulse_group_rejoining")
+            })
             .sum()
     };
     let counts = || -> Vec<f64> {
