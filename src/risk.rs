@@ -219,6 +219,18 @@ impl RiskSettings {
             .product()
     }
 
+    /// The P(alive) values at which a silent customer's assessment changes, given the weight
+    /// its current reasons keep (`kept`): the medium and high level cut-offs, the inactive and
+    /// the lost thresholds.
+    fn thresholds(&self, kept: f64) -> [f64; 4] {
+        [
+            (1.0 - self.medium_from) / kept,
+            (1.0 - self.high_from) / kept,
+            self.inactive_below_p_alive,
+            self.lost_below_p_alive,
+        ]
+    }
+
     pub fn level(&self, score: f64) -> Level {
         if score >= self.high_from {
             Level::High
@@ -710,12 +722,7 @@ pub fn next_check(
     // P(alive) only falls while the customer stays silent, so a higher threshold is crossed
     // no later than a lower one: the first threshold below P(alive), from the highest down,
     // that has a crossing ahead has the earliest, and the others need not be solved for.
-    let mut thresholds = [
-        (1.0 - settings.medium_from) / kept,
-        (1.0 - settings.high_from) / kept,
-        settings.inactive_below_p_alive,
-        settings.lost_below_p_alive,
-    ];
+    let mut thresholds = settings.thresholds(kept);
     thresholds.sort_unstable_by(|a, b| b.total_cmp(a));
     let crossing = thresholds
         .into_iter()
@@ -827,18 +834,16 @@ pub(crate) mod tests {
                     let now = assess(&state, &Trailing::default(), as_of, &s);
                     let h = recency(&state, as_of, s.time_unit_ms);
                     let kept = s.kept(now.codes);
-                    let every = [
-                        (1.0 - s.medium_from) / kept,
-                        (1.0 - s.high_from) / kept,
-                        s.inactive_below_p_alive,
-                        s.lost_below_p_alive,
-                    ]
-                    .into_iter()
-                    .filter(|p| *p < now.p_alive)
-                    .filter_map(|p| s.model.crossing_time(h, p))
-                    .map(|t| (origin(&state) as f64 + t * s.time_unit_ms as f64).ceil() as Millis)
-                    .filter(|at| *at > as_of)
-                    .min();
+                    let every = s
+                        .thresholds(kept)
+                        .into_iter()
+                        .filter(|p| *p < now.p_alive)
+                        .filter_map(|p| s.model.crossing_time(h, p))
+                        .map(|t| {
+                            (origin(&state) as f64 + t * s.time_unit_ms as f64).ceil() as Millis
+                        })
+                        .filter(|at| *at > as_of)
+                        .min();
                     // The buyers here have no complaints, surveys or open orders: the crossing
                     // alone sets the timer.
                     assert_eq!(

@@ -65,9 +65,10 @@ fn read_record<M: Message>(message: &M, customer_values: bool) -> ChangelogRecor
         headers.iter().find(|h| h.key == name)?.value
     };
     let key = message.key().unwrap_or_default();
-    let value = match customer_values || !is_customer_key(key) {
-        true => message.payload().map(<[u8]>::to_vec),
-        false => None,
+    let value = if customer_values || !is_customer_key(key) {
+        message.payload().map(<[u8]>::to_vec)
+    } else {
+        None
     };
     ChangelogRecord::read(key.to_vec(), value, header)
 }

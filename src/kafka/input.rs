@@ -746,7 +746,6 @@ impl Input {
             return;
         }
         *rejoining = None;
-        context.telemetry.subscribed_again();
         if !done {
             tracing::warn!(
                 seconds = REJOIN_WAIT.as_secs(),
@@ -754,7 +753,11 @@ impl Input {
             );
         }
         match self.consumer().subscribe(&[context.inputs[0].as_str()]) {
-            Ok(()) => tracing::info!("Left the group; joining it again."),
+            Ok(()) => {
+                context.telemetry.subscribed_again();
+                tracing::info!("Left the group; joining it again.");
+            }
+            // The gauge stays at 1: it holds nothing and will not.
             Err(e) => {
                 tracing::error!(error = %e, "Subscribing again after leaving the group failed; this instance consumes nothing until it restarts.")
             }

@@ -154,7 +154,7 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     };
     // Partitions an instance found claimed by another and will rejoin for, and instances that
     // left the group to join it again and have not subscribed yet: not quiet yet.
-    let claimed_away = || -> f64 {
+    let unsettled = || -> f64 {
         ports(&live)
             .into_iter()
             .map(|port| {
@@ -197,7 +197,7 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         tokio::time::sleep(Duration::from_secs(6)).await;
         let answers = answers_of();
         let after = (moves(), counts(), statuses(&answers));
-        if before == after && claimed_away() == 0.0 {
+        if before == after && unsettled() == 0.0 {
             break Some((after.1, answers));
         }
         if std::time::Instant::now() >= deadline {
