@@ -576,16 +576,26 @@ impl Clv<'_> {
         let per_purchase = match LAST_CLV.get() {
             Some((last, per_purchase)) if last == inputs => per_purchase,
             _ => {
-                let series = self.model.purchase_series(self.h.x);
-                let mut walk = Walk::new(&series);
-                let z_at = |k: u32| self.model.horizon_z(self.h, self.month * f64::from(k));
-                let per_purchase =
-                    self.per_purchase(|z, k| walk.at(z, (k < self.months).then(|| z_at(k + 1))));
+                let per_purchase = self.walked_per_purchase();
                 LAST_CLV.set(Some((inputs, per_purchase)));
                 per_purchase
             }
         };
         self.margin_per_purchase * per_purchase
+    }
+
+    /// What [`Self::walked`] gives, always walked, never taken from the last call: what
+    /// `cargo bench --bench pipeline -- models` times (a loop of [`Self::walked`] with the
+    /// same inputs would time the kept sum).
+    pub fn walked_afresh(&self) -> f64 {
+        self.margin_per_purchase * self.walked_per_purchase()
+    }
+
+    fn walked_per_purchase(&self) -> f64 {
+        let series = self.model.purchase_series(self.h.x);
+        let mut walk = Walk::new(&series);
+        let z_at = |k: u32| self.model.horizon_z(self.h, self.month * f64::from(k));
+        self.per_purchase(|z, k| walk.at(z, (k < self.months).then(|| z_at(k + 1))))
     }
 
     /// Every month's 2F1 summed at its own z ([`Hypergeometric::at`]), as before the walk: the
@@ -1200,6 +1210,7 @@ mod tests {
                 close(walked, summed, 1e-9 * summed.abs()),
                 "{h:?} over {months} months of {month}: {walked} walked, {summed} summed"
             );
+            assert_eq!(clv.walked_afresh().to_bits(), walked.to_bits(), "{h:?}");
         }
     }
 
