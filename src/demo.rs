@@ -36,6 +36,10 @@ pub async fn run(
     seconds: u64,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The HTTP address is held while the embedded broker takes a port of its own, so that it
+    // cannot take that one; and an address in use is reported before anything starts.
+    let held = std::net::TcpListener::bind(config.listen_address)
+        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
     let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
     let brokers = cluster.bootstrap_servers();
     let t = &config.topics;
@@ -90,13 +94,20 @@ pub async fn run(
         shutdown.clone(),
     ));
     let address = config.listen_address;
-    let job = tokio::spawn(crate::pipeline::run(config, shutdown.clone()));
+    drop(held);
+    let mut job = tokio::spawn(crate::pipeline::run(config, shutdown.clone()));
     let started = std::time::Instant::now();
     let mut last_events = 0.0;
+    let mut ended = None;
     while !shutdown.is_cancelled() && started.elapsed().as_secs() < seconds {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
             () = shutdown.cancelled() => break,
+            // The job stopped on its own (it could not start, say): no summaries of nothing.
+            result = &mut job => {
+                ended = Some(result);
+                break;
+            }
         }
         let metrics = tokio::task::spawn_blocking(move || http_get(address, "/metrics"))
             .await
@@ -116,7 +127,11 @@ pub async fn run(
         eprintln!("The generator stopped: {e:#}");
     }
     let _ = reader.await;
-    job.await.context("the job panicked")??;
+    let result = match ended {
+        Some(result) => result,
+        None => job.await,
+    };
+    result.context("the job panicked")??;
     drop(cluster);
     Ok(())
 }

@@ -56,3 +56,34 @@ fn the_demo_runs_by_itself_and_folds_live_traffic() {
         "top churn risks are listed: {stdout}"
     );
 }
+
+#[test]
+fn the_demo_with_its_http_address_taken_says_so_before_it_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args([
+            "demo",
+            "--customers",
+            "20",
+            "--rate",
+            "10",
+            "--seconds",
+            "30",
+        ])
+        .env("CUSTOMER_PULSE__HTTP__LISTEN_ADDRESS", address.to_string())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "the error names the address: {stderr}"
+    );
+    assert!(
+        !stdout.contains(" s]"),
+        "no summaries of a job that never ran: {stdout}"
+    );
+}
