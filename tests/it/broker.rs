@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
@@ -9,13 +10,37 @@ pub struct Broker {
     pub address: String,
 }
 
-/// A port nobody listens on right now.
+/// A loopback port nobody listens on right now, and one no other call in this process gave
+/// out. It is taken from below the kernel's range of ephemeral ports: a port the kernel picks
+/// for a listener or a connection of its own choosing (librdkafka's mock cluster in the demo or
+/// in another test, any client's socket) could otherwise be the very port a test picked and
+/// released, taken before the test's broker or job binds it (the demo test failed so once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    const SPAN: u32 = 10_000;
+    if ephemeral_from <= SPAN + 1_024 {
+        // No room below the range: any free port, as the kernel picks it.
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    // Where in the span this process starts: another test process running at the same time
+    // most likely starts elsewhere.
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + GIVEN.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = (ephemeral_from - SPAN + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_from}");
 }
 
 fn tansu() -> String {
@@ -57,5 +82,26 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn free_ports_differ_and_lie_below_the_kernels_ephemeral_range() {
+    let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    assert!(ports.iter().all(|p| *p < ephemeral_from), "{ports:?}");
+    // And each is free: a listener can have it.
+    for port in ports {
+        TcpListener::bind(("127.0.0.1", port)).unwrap();
     }
 }
