@@ -17,10 +17,7 @@ pub struct Broker {
 /// released, taken before the test's broker or job binds it (the demo test failed so once).
 pub fn free_port() -> u16 {
     static GIVEN: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
+    let ephemeral_from = ephemeral_ports_from().unwrap_or(32_768);
     const SPAN: u32 = 10_000;
     if ephemeral_from <= SPAN + 1_024 {
         // No room below the range: any free port, as the kernel picks it.
@@ -41,6 +38,12 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port below {ephemeral_from}");
+}
+
+/// The first port of the range the kernel hands out ports of its own choosing from.
+fn ephemeral_ports_from() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 fn tansu() -> String {
@@ -87,19 +90,16 @@ impl Drop for Broker {
 
 #[test]
 fn free_ports_differ_and_lie_below_the_kernels_ephemeral_range() {
-    let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ephemeral_from = ephemeral_ports_from().expect("the kernel's ephemeral port range");
     let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
     let mut distinct = ports.clone();
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), ports.len(), "{ports:?}");
-    assert!(ports.iter().all(|p| *p < ephemeral_from), "{ports:?}");
+    assert!(
+        ports.iter().all(|p| u32::from(*p) < ephemeral_from),
+        "{ports:?}"
+    );
     // And each is free: a listener can have it.
     for port in ports {
         TcpListener::bind(("127.0.0.1", port)).unwrap();
