@@ -5,16 +5,18 @@
 //! 1. a bare librdkafka consumer in this process (the reference: what the broker can deliver);
 //! 2. customer-pulse, the release binary as a process of its own, with its default
 //!    configuration (decode, fold with every analytic, RocksDB commit, outputs produced) and
-//!    its changelog on, as the peer's state has one (`CUSTOMER_PULSE__STATE__CHANGELOG=false`
-//!    runs it without, as a lone instance runs by default);
+//!    its changelog on;
 //! 3. the peer: the per-customer fold alone written with Quix Streams (`benches/peer/quix_fold.py`,
-//!    RocksDB state with a changelog topic), as a Python process of its own.
+//!    RocksDB state with a changelog topic, its default), as a Python process of its own;
+//! 4. and 5. the two again without their changelogs (customer-pulse's default for a lone
+//!    instance; Quix Streams' `use_changelog_topics=False`), each from a state of its own.
 //!
 //! For each: events/s (from its start, so start-up and group join are included), CPU seconds
 //! per million events and peak resident memory of its process. Then customer-pulse's latency
 //! (the producer's record timestamp to the commit of the event's state) while events arrive at
-//! half the rate it just reached, restarted on its state and warmed up by a second of the same
-//! traffic (not measured: its first batches fire what the month of event time passed).
+//! half and at a quarter of the rate it just reached, with and without its changelog, restarted
+//! on its state and warmed up by a second of the same traffic (not measured: its first batches
+//! fire what the month of event time passed).
 //!
 //! `cargo bench --bench peers` (EVENTS=200000 by default). The peer needs `quixstreams` for
 //! `python3` (or for `PULSE_QUIX_PYTHON`); the test command installs it. Under `cargo test` it
@@ -120,7 +122,7 @@ fn reference(brokers: &str, events: u64) -> Run {
     }
 }
 
-/// customer-pulse with its default configuration and its changelog on, until it has folded
+/// customer-pulse with its default configuration, its changelog on or off, until it has folded
 /// `events`; returns its run, and the process still running with its HTTP port (for the
 /// latency phase).
 async fn pulse(
@@ -129,19 +131,22 @@ async fn pulse(
     events: u64,
     inputs: &[&str; 3],
     fetch_wait_ms: u64,
+    changelog: bool,
 ) -> (Run, Child, u16) {
     let port = free_port();
+    std::fs::create_dir_all(state).expect("state directory");
     let config = state.join("config.toml");
     let [interactions, orders, complaints] = inputs;
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-peers-pulse\"\n\
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-peers-pulse-{}\"\n\
              fetch_wait_milliseconds = {fetch_wait_ms}\n\
-             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = true\n\
+             [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = {changelog}\n\
              [http]\nlisten_address = \"127.0.0.1:{port}\"\n\
              [topics]\ninteractions = \"{interactions}\"\norders = \"{orders}\"\n\
              complaints = \"{complaints}\"\n",
+            if changelog { "changelog" } else { "alone" },
             state.join("state").display()
         ),
     )
@@ -170,8 +175,9 @@ async fn pulse(
     (usage(&child, started, Instant::now()), child, port)
 }
 
-/// The Quix Streams peer, until it says it took in `events`.
-fn quix(brokers: &str, state: &std::path::Path, events: u64) -> Run {
+/// The Quix Streams peer, with its changelog topic or without, until it says it took in
+/// `events`.
+fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) -> Run {
     let python = std::env::var("PULSE_QUIX_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer/quix_fold.py");
     let started = Instant::now();
@@ -181,7 +187,13 @@ fn quix(brokers: &str, state: &std::path::Path, events: u64) -> Run {
             "--brokers",
             brokers,
             "--group",
-            "bench-peers-quix",
+            if changelog {
+                "bench-peers-quix-changelog"
+            } else {
+                "bench-peers-quix-alone"
+            },
+            "--changelog",
+            if changelog { "on" } else { "off" },
             "--expected",
         ])
         .arg(events.to_string())
@@ -215,13 +227,13 @@ fn quix(brokers: &str, state: &std::path::Path, events: u64) -> Run {
 }
 
 /// How long the job's and the reference's fetches may wait at the broker while latency is
-/// measured (`FETCH_WAIT_MS`, default 10): Tansu 0.6.0 holds every fetch that long, records or
+/// measured (`FETCH_WAIT_MS`, default 2): Tansu 0.6.0 holds every fetch that long, records or
 /// not, so it is a floor under both latencies (README, *Latency*).
 fn live_fetch_wait_ms() -> u64 {
     std::env::var("FETCH_WAIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
+        .unwrap_or(2)
 }
 
 /// Waits until the job at `port` has folded `events` in all, for at most 300 s.
@@ -269,6 +281,24 @@ fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
+/// The share of a histogram's observations at or under the bucket bound `le` (seconds), which
+/// must be one of its bounds.
+fn within(buckets: &[(String, f64)], le: f64) -> f64 {
+    let count = |bound: &str| {
+        buckets
+            .iter()
+            .find(|(labels, _)| {
+                labels.trim_start_matches("{le=\"").trim_end_matches("\"}") == bound
+            })
+            .map_or(0.0, |(_, n)| *n)
+    };
+    let total = count("+Inf");
+    if total == 0.0 {
+        return 0.0;
+    }
+    count(&le.to_string()) / total
+}
+
 fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
     common::runtime().block_on(async move {
@@ -298,22 +328,30 @@ fn main() {
         })
         .await
         .expect("reference");
-        let (pulse_run, child, _) = pulse(
-            &brokers,
-            dir.path(),
-            events,
-            &INPUTS,
-            common::THROUGHPUT_FETCH_WAIT_MS,
-        )
-        .await;
-        end(child);
-
-        let peer = tokio::task::spawn_blocking({
-            let (brokers, state) = (brokers.clone(), dir.path().to_owned());
-            move || quix(&brokers, &state, events)
-        })
-        .await
-        .expect("peer");
+        // With their changelogs (Quix Streams' default, and customer-pulse's when it scales
+        // out), then without (customer-pulse's default for a lone instance), each pair from a
+        // state of its own.
+        let mut pairs = Vec::new();
+        for changelog in [true, false] {
+            let state = dir.path().join(if changelog { "changelog" } else { "alone" });
+            let (pulse_run, child, _) = pulse(
+                &brokers,
+                &state,
+                events,
+                &INPUTS,
+                common::THROUGHPUT_FETCH_WAIT_MS,
+                changelog,
+            )
+            .await;
+            end(child);
+            let peer = tokio::task::spawn_blocking({
+                let brokers = brokers.clone();
+                move || quix(&brokers, &state, events, changelog)
+            })
+            .await
+            .expect("peer");
+            pairs.push((changelog, pulse_run, peer));
+        }
 
         // Latency at half and at a quarter of the rate customer-pulse just reached: it starts
         // again on its state (it has read everything), and fresh events arrive at that pace
@@ -324,77 +362,39 @@ fn main() {
         // events go to input topics of their own: on the topics above (200,000 records, one
         // per batch) Tansu 0.6.0 delivered them to the bare consumer 1-3 s late.
         let mut latencies = Vec::new();
-        for (share, seed) in [(2.0, 8), (4.0, 9)] {
-            let rate = (events as f64 / pulse_run.seconds / share).max(10.0);
-            let paced = ((rate * 10.0) as u64).max(100);
-            let names = INPUTS.map(|t| format!("live{seed}.{t}"));
-            let inputs = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
-            let created: Vec<(&str, i32, bool)> =
-                inputs.iter().map(|t| (*t, PARTITIONS, false)).collect();
-            create_topics(&brokers, &created).await.expect("topics");
-            let mut topics = config.topics.clone();
-            (topics.interactions, topics.orders, topics.complaints) =
-                (names[0].clone(), names[1].clone(), names[2].clone());
-            let wait = live_fetch_wait_ms();
-            let (_, child, port) = pulse(&brokers, dir.path(), 0, &inputs, wait).await;
-            // A second of the same traffic first, not measured: the restarted job's first
-            // batches fire what the jump from the throughput run's event times to the clock
-            // passes (a month of windows, days and silence timers), which is a restart's cost,
-            // not live traffic's. The figures are what the histograms gained after it.
-            let warm = (rate as u64).max(10);
-            let warm_up = common::traffic(warm, 20, seed + 100, wall_clock_ms(), 1_000);
-            publish(&brokers, &topics, &warm_up, Some(rate as u64), 10_000)
-                .await
-                .expect("warm-up publish");
-            folded(port, warm, "the warm-up events").await;
-            let warmed = (
-                common::metric_lines(port, LATENCY),
-                common::metric_lines(port, &format!("{BATCH}_bucket")),
-                common::metric_sum(port, &format!("{BATCH}_count")),
-                common::metric_sum(port, &format!("{BATCH}_sum")),
-            );
-            let live = common::traffic(paced, 20, seed, wall_clock_ms(), 10_000);
-            let from = common::ends(&brokers, &inputs, PARTITIONS);
-            let reference = tokio::task::spawn_blocking({
-                let brokers = brokers.clone();
-                move || common::raw_latencies(&brokers, &from, paced, wait)
-            });
-            let started = Instant::now();
-            publish(&brokers, &topics, &live, Some(rate as u64), 10_000)
-                .await
-                .expect("paced publish");
-            folded(port, warm + paced, "the paced events").await;
-            let achieved = paced as f64 / started.elapsed().as_secs_f64();
-            let reference = reference.await.expect("reference latencies");
-            let buckets = gained(common::metric_lines(port, LATENCY), &warmed.0);
-            let batches = (
-                gained(
-                    common::metric_lines(port, &format!("{BATCH}_bucket")),
-                    &warmed.1,
-                ),
-                common::metric_sum(port, &format!("{BATCH}_count")) - warmed.2,
-                common::metric_sum(port, &format!("{BATCH}_sum")) - warmed.3,
-                paced as f64,
-            );
-            latencies.push((share, rate, achieved, buckets, reference, batches));
-            end(child);
+        for (changelog, pulse_run, _) in &pairs {
+            let state = dir.path().join(if *changelog { "changelog" } else { "alone" });
+            let seeds = if *changelog { [8, 9] } else { [10, 11] };
+            for (share, seed) in [(2.0, seeds[0]), (4.0, seeds[1])] {
+                let rate = (events as f64 / pulse_run.seconds / share).max(10.0);
+                let measured = paced(&brokers, &config.topics, &state, rate, seed, *changelog).await;
+                latencies.push((*changelog, share, rate, measured));
+            }
         }
-        let pulse = pulse_run;
 
         let rate = |r: &Run| events as f64 / r.seconds;
         let cpu = |r: &Run| r.cpu_seconds / events as f64 * 1e6;
         let mib = |r: &Run| r.peak_mib.map_or("—".into(), |m| format!("{m:.0}"));
+        let with = |changelog: bool| if changelog { "with" } else { "without" };
         println!(
             "\nTansu on loopback: {events} events, {} bytes on average, {PARTITIONS} partitions x 3 topics",
             bytes / generated.len()
         );
         println!("| what | seconds | events/s | CPU s per million events | peak resident MiB |");
         println!("|---|---|---|---|---|");
-        for (name, run) in [
-            ("bare librdkafka consumer (reference)", &reference),
-            ("customer-pulse (every analytic, RocksDB, outputs)", &pulse),
-            ("Quix Streams peer (the per-customer fold alone, RocksDB)", &peer),
-        ] {
+        let mut rows = vec![("bare librdkafka consumer (reference)".to_string(), &reference)];
+        for (changelog, pulse, peer) in &pairs {
+            let with = with(*changelog);
+            rows.push((
+                format!("customer-pulse {with} its changelog (every analytic, RocksDB, outputs)"),
+                pulse,
+            ));
+            rows.push((
+                format!("Quix Streams peer {with} its changelog (the per-customer fold alone, RocksDB)"),
+                peer,
+            ));
+        }
+        for (name, run) in rows {
             println!(
                 "| {name} | {:.2} | {:.0} | {:.1} | {} |",
                 run.seconds,
@@ -403,38 +403,129 @@ fn main() {
                 mib(run)
             );
         }
-        println!(
-            "ratios: customer-pulse / reference {:.2}; customer-pulse / peer: {:.1}x the events/s, {:.2} of the CPU per event",
-            rate(&pulse) / rate(&reference),
-            rate(&pulse) / rate(&peer),
-            cpu(&pulse) / cpu(&peer)
-        );
+        for (changelog, pulse, peer) in &pairs {
+            println!(
+                "ratios {} changelogs: customer-pulse / reference {:.2}; customer-pulse / peer: {:.1}x the events/s, {:.3} of the CPU per event",
+                with(*changelog),
+                rate(pulse) / rate(&reference),
+                rate(pulse) / rate(peer),
+                cpu(pulse) / cpu(peer)
+            );
+        }
         println!(
             "latency runs: the job's and the bare consumer's fetches wait at most {} ms at the broker (FETCH_WAIT_MS)",
             live_fetch_wait_ms()
         );
-        for (share, rate, achieved, buckets, reference, (batch_buckets, batches, busy, paced)) in &latencies {
+        for (changelog, share, rate, m) in &latencies {
             let bound = |buckets, q| {
                 quantile(buckets, q).map_or("—".into(), |s: f64| format!("≤ {:.0} ms", s * 1e3))
             };
-            let ms = |q| bound(buckets, q);
+            let ms = |q| bound(&m.buckets, q);
+            let reference = &m.reference;
             let exact = |q: f64| reference[((q * reference.len() as f64) as usize).min(reference.len() - 1)];
             println!(
-                "customer-pulse latency (record timestamp to state commit) at 1/{share} of its rate: {rate:.0} events/s offered for 10 s, {achieved:.0} events/s folded: p50 {}, p99 {} (histogram bucket bounds); the bare consumer (record timestamp to receipt): p50 {:.0} ms, p99 {:.0} ms",
+                "customer-pulse latency {} its changelog (record timestamp to state commit) at 1/{share} of its rate: {rate:.0} events/s offered for 10 s, {:.0} events/s folded: p50 {}, p99 {} (histogram bucket bounds), {:.2}% within 100 ms; the bare consumer (record timestamp to receipt): p50 {:.0} ms, p99 {:.0} ms",
+                with(*changelog),
+                m.achieved,
                 ms(0.5),
                 ms(0.99),
+                within(&m.buckets, 0.1) * 100.0,
                 exact(0.5),
                 exact(0.99)
             );
             // Where the job's share of the latency goes: folding and committing a batch, or
             // waiting for one to start.
             println!(
-                "  its batches while paced (after the warm-up): {batches:.0}, about {:.0} events each, each folded and committed in p50 {}, p99 {}; {busy:.1} s folding and committing in all, {:.0} events/s while at it",
-                paced / batches.max(1.0),
-                bound(batch_buckets, 0.5),
-                bound(batch_buckets, 0.99),
-                paced / busy.max(1e-9)
+                "  its batches while paced (after the warm-up): {:.0}, about {:.0} events each, each folded and committed in p50 {}, p99 {}; {:.1} s folding and committing in all, {:.0} events/s while at it",
+                m.batches,
+                m.paced / m.batches.max(1.0),
+                bound(&m.batch_buckets, 0.5),
+                bound(&m.batch_buckets, 0.99),
+                m.busy,
+                m.paced / m.busy.max(1e-9)
             );
         }
     });
+}
+
+/// What one latency run measured.
+struct Paced {
+    /// Events per second folded while the paced events arrived.
+    achieved: f64,
+    /// What the job's latency histogram gained.
+    buckets: Vec<(String, f64)>,
+    /// The bare consumer's latencies, sorted, in milliseconds.
+    reference: Vec<f64>,
+    /// What the job's commit-duration histogram gained, its batches and their seconds.
+    batch_buckets: Vec<(String, f64)>,
+    batches: f64,
+    busy: f64,
+    /// The paced events.
+    paced: f64,
+}
+
+/// customer-pulse restarted on `state` (its changelog on or off), then 10 s of fresh events
+/// at `rate` on input topics of their own (`live{seed}.*`), after a second of the same
+/// traffic that is not measured; beside it a bare consumer reading the same events.
+async fn paced(
+    brokers: &str,
+    topics: &customer_pulse::config::Topics,
+    state: &std::path::Path,
+    rate: f64,
+    seed: u64,
+    changelog: bool,
+) -> Paced {
+    let paced = ((rate * 10.0) as u64).max(100);
+    let names = INPUTS.map(|t| format!("live{seed}.{t}"));
+    let inputs = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
+    let created: Vec<(&str, i32, bool)> = inputs.iter().map(|t| (*t, PARTITIONS, false)).collect();
+    create_topics(brokers, &created).await.expect("topics");
+    let mut topics = topics.clone();
+    (topics.interactions, topics.orders, topics.complaints) =
+        (names[0].clone(), names[1].clone(), names[2].clone());
+    let wait = live_fetch_wait_ms();
+    let (_, child, port) = pulse(brokers, state, 0, &inputs, wait, changelog).await;
+    // A second of the same traffic first, not measured: the restarted job's first batches
+    // fire what the jump from the throughput run's event times to the clock passes (a month
+    // of windows, days and silence timers), which is a restart's cost, not live traffic's.
+    // The figures are what the histograms gained after it.
+    let warm = (rate as u64).max(10);
+    let warm_up = common::traffic(warm, 20, seed + 100, wall_clock_ms(), 1_000);
+    publish(brokers, &topics, &warm_up, Some(rate as u64), 10_000)
+        .await
+        .expect("warm-up publish");
+    folded(port, warm, "the warm-up events").await;
+    let warmed = (
+        common::metric_lines(port, LATENCY),
+        common::metric_lines(port, &format!("{BATCH}_bucket")),
+        common::metric_sum(port, &format!("{BATCH}_count")),
+        common::metric_sum(port, &format!("{BATCH}_sum")),
+    );
+    let live = common::traffic(paced, 20, seed, wall_clock_ms(), 10_000);
+    let from = common::ends(brokers, &inputs, PARTITIONS);
+    let reference = tokio::task::spawn_blocking({
+        let brokers = brokers.to_owned();
+        move || common::raw_latencies(&brokers, &from, paced, wait)
+    });
+    let started = Instant::now();
+    publish(brokers, &topics, &live, Some(rate as u64), 10_000)
+        .await
+        .expect("paced publish");
+    folded(port, warm + paced, "the paced events").await;
+    let achieved = paced as f64 / started.elapsed().as_secs_f64();
+    let reference = reference.await.expect("reference latencies");
+    let measured = Paced {
+        achieved,
+        buckets: gained(common::metric_lines(port, LATENCY), &warmed.0),
+        reference,
+        batch_buckets: gained(
+            common::metric_lines(port, &format!("{BATCH}_bucket")),
+            &warmed.1,
+        ),
+        batches: common::metric_sum(port, &format!("{BATCH}_count")) - warmed.2,
+        busy: common::metric_sum(port, &format!("{BATCH}_sum")) - warmed.3,
+        paced: paced as f64,
+    };
+    end(child);
+    measured
 }

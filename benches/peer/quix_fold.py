@@ -1,6 +1,7 @@
 """The peer for `cargo bench --bench peers`: customer-pulse's per-customer fold (src/fold.rs, the
-state alone, without the analytics) written with Quix Streams, which keeps it in RocksDB with a
-changelog topic, as customer-pulse does.
+state alone, without the analytics) written with Quix Streams, which keeps it in RocksDB, with a
+changelog topic (`--changelog on`, Quix Streams' default) or without one (`--changelog off`), as
+customer-pulse runs with `state.changelog` on or off.
 
 Reads the three input topics from the beginning in consumer group `--group`, validates each
 event's envelope, drops a redelivered event by its id, and folds the rest into the customer's
@@ -168,6 +169,7 @@ def main():
     parser.add_argument("--group", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--expected", type=int, required=True)
+    parser.add_argument("--changelog", choices=["on", "off"], default="on")
     parser.add_argument("topics", nargs=3)
     args = parser.parse_args()
 
@@ -176,6 +178,7 @@ def main():
         consumer_group=args.group,
         auto_offset_reset="earliest",
         state_dir=args.state_dir,
+        use_changelog_topics=args.changelog == "on",
         loglevel="WARNING",
     )
     inputs = [app.dataframe(app.topic(t, value_deserializer="json")) for t in args.topics]
