@@ -146,7 +146,7 @@ async fn pulse(
              [http]\nlisten_address = \"127.0.0.1:{port}\"\n\
              [topics]\ninteractions = \"{interactions}\"\norders = \"{orders}\"\n\
              complaints = \"{complaints}\"\n",
-            if changelog { "changelog" } else { "alone" },
+            pair_name(changelog),
             state.join("state").display()
         ),
     )
@@ -187,11 +187,7 @@ fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) ->
             "--brokers",
             brokers,
             "--group",
-            if changelog {
-                "bench-peers-quix-changelog"
-            } else {
-                "bench-peers-quix-alone"
-            },
+            &format!("bench-peers-quix-{}", pair_name(changelog)),
             "--changelog",
             if changelog { "on" } else { "off" },
             "--expected",
@@ -258,9 +254,9 @@ fn gained(now: Vec<(String, f64)>, before: &[(String, f64)]) -> Vec<(String, f64
         .collect()
 }
 
-/// The smallest bucket bound (seconds) of a histogram under which a share `q` of its
-/// observations fall.
-fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
+/// A histogram's cumulative buckets as (upper bound in seconds, observations at or under it),
+/// in the order of their bounds, `+Inf` last.
+fn cumulative(buckets: &[(String, f64)]) -> Vec<(f64, f64)> {
     let bound = |labels: &str| -> f64 {
         let le = labels.trim_start_matches("{le=\"").trim_end_matches("\"}");
         if le == "+Inf" {
@@ -274,6 +270,13 @@ fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
         .map(|(labels, n)| (bound(labels), *n))
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The smallest bucket bound (seconds) of a histogram under which a share `q` of its
+/// observations fall.
+fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
+    let buckets = cumulative(buckets);
     let total = buckets.last()?.1;
     buckets
         .iter()
@@ -284,19 +287,24 @@ fn quantile(buckets: &[(String, f64)], q: f64) -> Option<f64> {
 /// The share of a histogram's observations at or under the bucket bound `le` (seconds), which
 /// must be one of its bounds.
 fn within(buckets: &[(String, f64)], le: f64) -> f64 {
-    let count = |bound: &str| {
-        buckets
-            .iter()
-            .find(|(labels, _)| {
-                labels.trim_start_matches("{le=\"").trim_end_matches("\"}") == bound
-            })
-            .map_or(0.0, |(_, n)| *n)
-    };
-    let total = count("+Inf");
+    let buckets = cumulative(buckets);
+    let total = buckets.last().map_or(0.0, |(_, n)| *n);
     if total == 0.0 {
         return 0.0;
     }
-    count(&le.to_string()) / total
+    buckets
+        .iter()
+        .find(|(bound, _)| *bound == le)
+        .map_or(0.0, |(_, n)| n / total)
+}
+
+/// What names a pair's state directory and consumer groups: with their changelogs or alone.
+fn pair_name(changelog: bool) -> &'static str {
+    if changelog {
+        "changelog"
+    } else {
+        "alone"
+    }
 }
 
 fn main() {
@@ -333,7 +341,7 @@ fn main() {
         // state of its own.
         let mut pairs = Vec::new();
         for changelog in [true, false] {
-            let state = dir.path().join(if changelog { "changelog" } else { "alone" });
+            let state = dir.path().join(pair_name(changelog));
             let (pulse_run, child, _) = pulse(
                 &brokers,
                 &state,
@@ -345,12 +353,12 @@ fn main() {
             .await;
             end(child);
             let peer = tokio::task::spawn_blocking({
-                let brokers = brokers.clone();
+                let (brokers, state) = (brokers.clone(), state.clone());
                 move || quix(&brokers, &state, events, changelog)
             })
             .await
             .expect("peer");
-            pairs.push((changelog, pulse_run, peer));
+            pairs.push((changelog, state, pulse_run, peer));
         }
 
         // Latency at half and at a quarter of the rate customer-pulse just reached: it starts
@@ -362,12 +370,11 @@ fn main() {
         // events go to input topics of their own: on the topics above (200,000 records, one
         // per batch) Tansu 0.6.0 delivered them to the bare consumer 1-3 s late.
         let mut latencies = Vec::new();
-        for (changelog, pulse_run, _) in &pairs {
-            let state = dir.path().join(if *changelog { "changelog" } else { "alone" });
+        for (changelog, state, pulse_run, _) in &pairs {
             let seeds = if *changelog { [8, 9] } else { [10, 11] };
             for (share, seed) in [(2.0, seeds[0]), (4.0, seeds[1])] {
                 let rate = (events as f64 / pulse_run.seconds / share).max(10.0);
-                let measured = paced(&brokers, &config.topics, &state, rate, seed, *changelog).await;
+                let measured = paced(&brokers, &config.topics, state, rate, seed, *changelog).await;
                 latencies.push((*changelog, share, rate, measured));
             }
         }
@@ -383,7 +390,7 @@ fn main() {
         println!("| what | seconds | events/s | CPU s per million events | peak resident MiB |");
         println!("|---|---|---|---|---|");
         let mut rows = vec![("bare librdkafka consumer (reference)".to_string(), &reference)];
-        for (changelog, pulse, peer) in &pairs {
+        for (changelog, _, pulse, peer) in &pairs {
             let with = with(*changelog);
             rows.push((
                 format!("customer-pulse {with} its changelog (every analytic, RocksDB, outputs)"),
@@ -403,7 +410,7 @@ fn main() {
                 mib(run)
             );
         }
-        for (changelog, pulse, peer) in &pairs {
+        for (changelog, _, pulse, peer) in &pairs {
             println!(
                 "ratios {} changelogs: customer-pulse / reference {:.2}; customer-pulse / peer: {:.1}x the events/s, {:.3} of the CPU per event",
                 with(*changelog),
