@@ -1007,9 +1007,13 @@ impl Processor {
             for (partition, watermark) in pending {
                 let from = self.timer_floor.get(&partition).copied();
                 let due = self.store.due_timers(partition, (from, watermark), 1_000)?;
+                // The next scan starts where this one ended: past the watermark when nothing was
+                // due, else at the last timer due, since every one before it fires in this round
+                // (one that re-arms lower lowers the floor again in the commit). Started lower,
+                // it would step over the key of every timer this round deletes.
+                let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
+                *floor = (*floor).max(due.last().map_or(watermark.saturating_add(1), |t| t.at));
                 if due.is_empty() {
-                    let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
-                    *floor = (*floor).max(watermark.saturating_add(1));
                     continue;
                 }
                 for timer in due {

@@ -45,12 +45,24 @@ fn order(id: &str, customer: &str, at: i64) -> Vec<String> {
 /// Runs each event as its own batch (so the watermark moves with every event) and returns the
 /// churn-risk values published for `customer`, in order.
 fn risk_records(events: &[String], customer: &str) -> Vec<(String, Value)> {
+    risk_records_in_batches(events, 1, customer)
+}
+
+/// Runs the events in batches of `per_batch` and returns the churn-risk values published for
+/// `customer`, in order.
+fn risk_records_in_batches(
+    events: &[String],
+    per_batch: usize,
+    customer: &str,
+) -> Vec<(String, Value)> {
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings(100));
-    for (offset, json) in events.iter().enumerate() {
-        processor
-            .process(&[file_record(offset as i64, json)], NOW_MS)
-            .unwrap();
+    let records: Vec<_> = (0..)
+        .zip(events)
+        .map(|(offset, json)| file_record(offset, json))
+        .collect();
+    for batch in records.chunks(per_batch) {
+        processor.process(batch, NOW_MS).unwrap();
     }
     store
         .outbox(usize::MAX)
@@ -87,43 +99,54 @@ fn millis(text: &str) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-#[test]
-fn a_silent_customer_crosses_each_threshold_on_its_timer_with_no_events_of_its_own() {
-    // Five weekly orders, each delivered the next day, then silence while a neighbour in the
-    // same partition keeps the watermark moving for ten more weeks.
-    let mut events: Vec<String> = (0..5)
-        .flat_map(|w| order(&format!("o{w}"), "sil", START + w * 7 * DAY))
-        .collect();
-    let clock = neighbour_of("sil");
-    events.extend((0..12).map(|w| {
-        ev(
-            &format!("tick-{w}"),
-            &clock,
-            "interaction.contact",
-            START + (5 + w) * 7 * DAY,
-            r#""channel":"web","direction":"inbound""#,
-        )
-    }));
-    let records = risk_records(&events, "sil");
-    let timers: Vec<&(String, Value)> = records
+/// Five weekly orders from `first`, each delivered the next day.
+fn five_weekly_orders(customer: &str, first: i64) -> Vec<String> {
+    (0..5)
+        .flat_map(|w| order(&format!("{customer}-o{w}"), customer, first + w * 7 * DAY))
+        .collect()
+}
+
+/// A neighbour's contacts, one a week for `weeks` weeks from `first`: they move the watermark.
+fn weekly_ticks(neighbour: &str, first: i64, weeks: i64) -> Vec<String> {
+    (0..weeks)
+        .map(|w| {
+            ev(
+                &format!("tick-{w}"),
+                neighbour,
+                "interaction.contact",
+                first + w * 7 * DAY,
+                r#""channel":"web","direction":"inbound""#,
+            )
+        })
+        .collect()
+}
+
+/// The records of `customer`'s timers among `records`.
+fn timer_records(records: &[(String, Value)]) -> Vec<&Value> {
+    records
         .iter()
         .filter(|(id, _)| id.starts_with("timer-"))
-        .collect();
+        .map(|(_, record)| record)
+        .collect()
+}
 
-    // x = 4 repeat days, t_x = 4 weeks; P(alive) from the model alone at each record's time.
+/// Checks the timer records of a customer who placed [`five_weekly_orders`] from `first` and
+/// fell silent: P(alive) from the model alone (x = 4 repeat days, t_x = 4 weeks) crosses each
+/// threshold that matters with no other reason (1 - medium_from, inactive, 1 - high_from,
+/// lost) once, in this order, exactly at a timer. Returns the records' times.
+fn assert_threshold_crossings(timers: &[&Value], first: i64) -> Vec<i64> {
     let model = PurchaseModel::cdnow(Model::MbgNbd);
     let p_at = |t: i64| {
         model.p_alive(Recency {
             x: 4.0,
             t_x: 4.0,
-            t: (t - START) as f64 / WEEK,
+            t: (t - first) as f64 / WEEK,
         })
     };
-    // The thresholds that matter with no other reason: 1 - medium_from, inactive,
-    // 1 - high_from, lost; each is crossed once, in this order, exactly at a timer.
     let thresholds = [0.6, 0.5, 0.3, 0.2];
     assert_eq!(timers.len(), thresholds.len(), "{timers:#?}");
-    for ((_, record), threshold) in timers.iter().zip(thresholds) {
+    let mut times = Vec::new();
+    for (record, threshold) in timers.iter().zip(thresholds) {
         let at = millis(record["as_of"].as_str().unwrap());
         assert!(
             p_at(at) <= threshold && p_at(at - 60_000) > threshold,
@@ -133,17 +156,57 @@ fn a_silent_customer_crosses_each_threshold_on_its_timer_with_no_events_of_its_o
         );
         assert!((record["p_alive"].as_f64().unwrap() - p_at(at)).abs() < 1e-4);
         assert!(record["caused_by_event_id"].is_null());
+        times.push(at);
     }
     let levels: Vec<&str> = timers
         .iter()
-        .map(|(_, r)| r["level"].as_str().unwrap())
+        .map(|r| r["level"].as_str().unwrap())
         .collect();
     assert_eq!(levels, ["medium", "medium", "high", "high"]);
-    let last = &timers[3].1;
-    assert_eq!(last["lifecycle"], "lost");
-    assert_eq!(last["reasons"][0]["code"], "inactive");
-    assert_eq!(timers[1].1["reasons"][0]["code"], "inactive");
-    assert!(timers[0].1["reasons"].as_array().unwrap().is_empty());
+    assert_eq!(timers[3]["lifecycle"], "lost");
+    assert_eq!(timers[3]["reasons"][0]["code"], "inactive");
+    assert_eq!(timers[1]["reasons"][0]["code"], "inactive");
+    assert!(timers[0]["reasons"].as_array().unwrap().is_empty());
+    times
+}
+
+#[test]
+fn a_silent_customer_crosses_each_threshold_on_its_timer_with_no_events_of_its_own() {
+    // Silence after the orders, while a neighbour in the same partition keeps the watermark
+    // moving for twelve more weeks.
+    let mut events = five_weekly_orders("sil", START);
+    events.extend(weekly_ticks(&neighbour_of("sil"), START + 5 * 7 * DAY, 12));
+    let records = risk_records(&events, "sil");
+    assert_threshold_crossings(&timer_records(&records), START);
+}
+
+#[test]
+fn timers_that_fall_due_together_each_fire_in_turn() {
+    // Two customers of one partition fall silent, the second three weeks after the first; then
+    // a neighbour's one contact, thirteen weeks after the second's last order, moves the
+    // watermark past all eight of their timers at once.
+    let home = partition_for(b"sil", 4);
+    let behind = (0..)
+        .map(|i| format!("sil-{i}"))
+        .find(|c| partition_for(c.as_bytes(), 4) == home)
+        .unwrap();
+    let later = START + 3 * 7 * DAY;
+    let mut events = five_weekly_orders("sil", START);
+    events.extend(five_weekly_orders(&behind, later));
+    // In time order, so that no delivery comes after the watermark passed its target.
+    events.sort_by_key(|e| {
+        let event: Value = serde_json::from_str(e).unwrap();
+        millis(event["occurred_at"].as_str().unwrap())
+    });
+    events.extend(weekly_ticks(&neighbour_of("sil"), START + 20 * 7 * DAY, 1));
+    let first = risk_records(&events, "sil");
+    let second = risk_records(&events, &behind);
+    let first = assert_threshold_crossings(&timer_records(&first), START);
+    let second = assert_threshold_crossings(&timer_records(&second), later);
+    // The first round fires the two customers' first timers; the first customer's next lies
+    // before the second's that just fired, below where that round's scan ended, and still
+    // fires.
+    assert!(first[1] < second[0], "{first:?} {second:?}");
 }
 
 #[test]
