@@ -2,10 +2,7 @@
 
 use std::path::Path;
 
-use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, DB,
-};
+use rocksdb::{Cache, Direction, Env, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 
 use super::{Backend, Entries, Op, StoreError};
 
@@ -17,36 +14,67 @@ fn backend_error(e: rocksdb::Error) -> StoreError {
     StoreError::Backend(e.into_string())
 }
 
+/// The options of the one column family, in RocksDB's options-file format. They are read from a
+/// file rather than set through `rust-rocksdb`'s setters for the sake of one of them,
+/// `memtable_insert_with_hint_prefix_extractor`, which RocksDB's C API (and so `rust-rocksdb`)
+/// has no setter for; the others are here so that they are all in one place.
+///
+/// - Blocks compressed with LZ4.
+/// - A Bloom filter over each memtable's whole keys, a two-hundredth of its size (320 KiB of
+///   the default 64 MiB): a lookup of a key the memtable does not hold (a customer seen for the
+///   first time) skips the skip list's search, whose pointer chasing through a full memtable
+///   was most of such a lookup's time. A fiftieth cost hot customers' writes about 4% in cache
+///   misses; this size did not measurably (README, *File replay*).
+/// - Memtable inserts hinted per key family (its first byte: customers, timers, outbox, ...):
+///   each insert starts from where the last of its family ended, and a write's operations are
+///   in key order (below), so it is a few steps from there. Unhinted, RocksDB reuses the last
+///   position only for a key in the very same gap, and otherwise searches the skip list from
+///   the top: 2,800 instructions an insert, 12% of a replay's (`benches/HISTORY.md`).
+/// - Bloom filters of 10 bits a key in the files. Index and filter blocks live in the block
+///   cache too, so that its cap bounds them: with tens of millions of customers they would
+///   otherwise grow with the data. They are partitioned into small blocks under a pinned top
+///   level: a whole-file filter is megabytes, larger than a cache shard, and was read from disk
+///   and checksummed again on every lookup of an absent key (a new customer): a quarter of the
+///   fold's time at 600,000 customers, and growing with the number of files.
+const COLUMN_FAMILY_OPTIONS: &str = r#"[Version]
+  rocksdb_version=10.4.2
+  options_file_version=1.1
+
+[DBOptions]
+
+[CFOptions "default"]
+  compression=kLZ4Compression
+  memtable_prefix_bloom_size_ratio=0.005
+  memtable_whole_key_filtering=true
+  memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.1
+
+[TableOptions/BlockBasedTable "default"]
+  filter_policy=bloomfilter:10:false
+  cache_index_and_filter_blocks=true
+  pin_l0_filter_and_index_blocks_in_cache=true
+  index_type=kTwoLevelIndexSearch
+  partition_filters=true
+  metadata_block_size=4096
+  pin_top_level_index_and_filter=true
+"#;
+
 impl RocksBackend {
     /// Opens (or creates) the database at `path` with a block cache of `block_cache_bytes`.
     pub fn open(path: &Path, block_cache_bytes: usize) -> Result<RocksBackend, StoreError> {
-        let mut options = Options::default();
+        let file_error =
+            |e: std::io::Error| StoreError::Backend(format!("writing RocksDB's options file: {e}"));
+        let dir = tempfile::tempdir().map_err(file_error)?;
+        std::fs::write(dir.path().join("OPTIONS-000001"), COLUMN_FAMILY_OPTIONS)
+            .map_err(file_error)?;
+        let (mut options, families) = Options::load_latest(
+            dir.path(),
+            Env::new().map_err(backend_error)?,
+            false,
+            Cache::new_lru_cache(block_cache_bytes),
+        )
+        .map_err(backend_error)?;
         options.create_if_missing(true);
-        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes));
-        table.set_bloom_filter(10.0, false);
-        // Index and filter blocks live in the block cache too, so that its cap bounds them: with
-        // tens of millions of customers they would otherwise grow with the data. They are
-        // partitioned into small blocks under a pinned top level: a whole-file filter is
-        // megabytes, larger than a cache shard, and was read from disk and checksummed again
-        // on every lookup of an absent key (a new customer): a quarter of the fold's time at
-        // 600,000 customers, and growing with the number of files.
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_metadata_block_size(4096);
-        table.set_pin_top_level_index_and_filter(true);
-        options.set_block_based_table_factory(&table);
-        // A Bloom filter over each memtable's whole keys, a two-hundredth of its size (320 KiB
-        // of the default 64 MiB): a lookup of a key the memtable does not hold (a customer
-        // seen for the first time) skips the skip list's search, whose pointer chasing through
-        // a full memtable was most of such a lookup's time. A fiftieth cost hot customers' writes
-        // about 4% in cache misses; this size did not measurably (README, *File replay*).
-        options.set_memtable_prefix_bloom_ratio(0.005);
-        options.set_memtable_whole_key_filtering(true);
-        let db = DB::open(&options, path).map_err(backend_error)?;
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(backend_error)?;
         Ok(RocksBackend { db })
     }
 }
@@ -57,9 +85,8 @@ impl Backend for RocksBackend {
     }
 
     fn write(&self, mut ops: Vec<Op>) -> Result<(), StoreError> {
-        // In key order, the memtable inserts each key next to the one before (its skip list
-        // keeps the last insert's position) instead of searching from the top. The sort is
-        // stable, so of two operations on one key the later still lands last; the batch is
+        // In key order, the memtable inserts each key a few steps from the one before of its
+        // family (the hint, above) instead of searching from the top. The sort is stable, so of two operations on one key the later still lands last; the batch is
         // atomic, so the order of different keys is not observable.
         ops.sort_by(|a, b| a.key().cmp(b.key()));
         let bytes: usize = ops
@@ -159,4 +186,47 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option of [`COLUMN_FAMILY_OPTIONS`] as RocksDB writes it back, and the block cache
+    /// asked for: a file RocksDB read and quietly did not apply would leave the store open
+    /// with its defaults.
+    #[test]
+    fn the_database_runs_with_the_options_of_the_file_and_the_block_cache_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RocksBackend::open(dir.path(), 3 << 20).unwrap();
+        drop(backend);
+        let written = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.to_string_lossy().contains("OPTIONS-"))
+            .max()
+            .unwrap();
+        let written = std::fs::read_to_string(written).unwrap();
+        let lines: Vec<&str> = written.lines().map(str::trim).collect();
+        for option in [
+            "compression=kLZ4Compression",
+            "memtable_prefix_bloom_size_ratio=0.005000",
+            "memtable_whole_key_filtering=true",
+            "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.1",
+            "filter_policy=bloomfilter:10:false",
+            "cache_index_and_filter_blocks=true",
+            "pin_l0_filter_and_index_blocks_in_cache=true",
+            "index_type=kTwoLevelIndexSearch",
+            "partition_filters=true",
+            "metadata_block_size=4096",
+            "pin_top_level_index_and_filter=true",
+        ] {
+            assert!(lines.contains(&option), "{option} not in\n{written}");
+        }
+        let log = std::fs::read_to_string(dir.path().join("LOG")).unwrap();
+        assert!(
+            log.contains(&format!("capacity : {}", 3 << 20)),
+            "no block cache of 3 MiB in\n{log}"
+        );
+    }
 }
