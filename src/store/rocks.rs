@@ -29,7 +29,8 @@ fn backend_error(e: rocksdb::Error) -> StoreError {
 ///   each insert starts from where the last of its family ended, and a write's operations are
 ///   in key order (below), so it is a few steps from there. Unhinted, RocksDB reuses the last
 ///   position only for a key in the very same gap, and otherwise searches the skip list from
-///   the top: 2,800 instructions an insert, 12% of a replay's (`benches/HISTORY.md`).
+///   the top: 2,800 instructions an insert, 12% of a replay's; hinted, about half that (the
+///   wall clock moved within the machines' spread; `benches/HISTORY.md`, 2026-12-02).
 /// - Bloom filters of 10 bits a key in the files. Index and filter blocks live in the block
 ///   cache too, so that its cap bounds them: with tens of millions of customers they would
 ///   otherwise grow with the data. They are partitioned into small blocks under a pinned top
