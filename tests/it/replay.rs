@@ -204,3 +204,30 @@ async fn an_interrupted_replay_resumes_where_it_stopped_with_the_same_result() {
     assert_eq!(rest.applied, 4_500);
     assert_eq!(all_states(&reopened), all_states(&straight));
 }
+
+/// Where the root filesystem is read-only (the Kubernetes manifest's), the state's volume is
+/// the one place the job may write: the store opens without the system's temporary directory.
+#[test]
+fn the_store_opens_with_no_temporary_directory_to_write_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(5).iter().take(100).map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let state = dir.path().join("state");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .arg("replay")
+        .arg("--from")
+        .arg(&path)
+        .env("CUSTOMER_PULSE__STATE__PATH", &state)
+        .env("TMPDIR", dir.path().join("no-such-directory"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::open(Arc::new(RocksBackend::open(&state, 1 << 20).unwrap())).unwrap();
+    assert!(!all_states(&store).is_empty(), "the events were folded");
+}
