@@ -121,7 +121,7 @@ fn weekly_ticks(neighbour: &str, first: i64, weeks: i64) -> Vec<String> {
         .collect()
 }
 
-/// The records of `customer`'s timers among `records`.
+/// The records among `records` that a timer published (their ids start `timer-`).
 fn timer_records(records: &[(String, Value)]) -> Vec<&Value> {
     records
         .iter()
