@@ -52,14 +52,18 @@ fn main() {
 
         // The writer: commits of 1,000 customers, drained by the job's producer.
         let writer = Store::in_memory().with_changelog(TOPIC).expect("changelog");
-        let security = customer_pulse::config::Config::parse(
+        let config = customer_pulse::config::Config::parse(
             "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n",
             Vec::new(),
         )
-        .expect("config")
-        .kafka_security;
-        let mut sink = KafkaSink::connect(&brokers, &security, std::sync::Arc::new(Telemetry::new()))
-            .expect("producer");
+        .expect("config");
+        let mut sink = KafkaSink::connect(
+            &brokers,
+            &config.kafka_security,
+            config.compression,
+            std::sync::Arc::new(Telemetry::new()),
+        )
+        .expect("producer");
         let filled = Instant::now();
         let mut bytes = 0usize;
         for first in (0..customers).step_by(1_000) {
@@ -99,7 +103,7 @@ fn main() {
                 .expect("store")
                 .with_changelog(TOPIC)
                 .expect("changelog");
-            let reader = ChangelogReader::connect(&brokers, &security, TOPIC).expect("reader");
+            let reader = ChangelogReader::connect(&brokers, &config.kafka_security, TOPIC).expect("reader");
             let started = Instant::now();
             // Side by side, as the assignment callback restores them.
             let applied: u64 = std::thread::scope(|scope| {

@@ -567,6 +567,9 @@ pub struct RawKafka {
     /// How long a fetch may wait at the broker for records (librdkafka's `fetch.wait.max.ms`).
     #[serde(default = "default_fetch_wait")]
     pub fetch_wait_milliseconds: u64,
+    /// How the output producer compresses its batches: `lz4`, `snappy`, `gzip` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
     /// A stable name for this instance in the group (static membership, e.g. the pod name of a
     /// StatefulSet): a restarted instance takes its partitions back at once instead of
     /// waiting a session timeout for its former self to be dropped.
@@ -688,6 +691,10 @@ fn default_fetch_wait() -> u64 {
     50
 }
 
+fn default_compression() -> String {
+    "lz4".into()
+}
+
 fn default_cache_customers() -> usize {
     100_000
 }
@@ -772,6 +779,15 @@ impl Default for RawHttp {
             advertised_url: None,
         }
     }
+}
+
+/// How the output producer compresses its batches (`kafka.compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Lz4,
+    Snappy,
+    Gzip,
+    None,
 }
 
 /// How the Kafka clients authenticate and encrypt, passed through to librdkafka. Secrets are
@@ -870,6 +886,8 @@ pub struct Config {
     pub session_timeout: std::time::Duration,
     /// `kafka.fetch_wait_milliseconds`: how long a fetch of the input may wait at the broker.
     pub fetch_wait: std::time::Duration,
+    /// `kafka.compression`: how the output producer compresses its batches.
+    pub compression: Compression,
     pub topics: Topics,
     pub partitions: i32,
     pub rules: Rules,
@@ -991,6 +1009,15 @@ impl RawConfig {
             "kafka.fetch_wait_milliseconds",
             "must be between 1 and 10000",
         )?;
+        let compression = match self.kafka.compression.as_str() {
+            "lz4" => Compression::Lz4,
+            "snappy" => Compression::Snappy,
+            "gzip" => Compression::Gzip,
+            "none" => Compression::None,
+            other => bail!(
+                "config field `kafka.compression` must be `lz4`, `snappy`, `gzip` or `none`, not {other:?}"
+            ),
+        };
         let t = &self.topics;
         for (field, name) in [
             ("topics.interactions", &t.interactions),
@@ -1239,6 +1266,7 @@ impl RawConfig {
                 self.kafka.session_timeout_milliseconds,
             ),
             fetch_wait: std::time::Duration::from_millis(self.kafka.fetch_wait_milliseconds),
+            compression,
             partitions: i.partitions,
             rules: Rules {
                 max_event_bytes: i.max_event_bytes,
@@ -1484,6 +1512,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\nfetch_wait_milliseconds = 0\n[state]\npath = \"x\"\n",
                 "kafka.fetch_wait_milliseconds",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\ncompression = \"zstd\"\n[state]\npath = \"x\"\n",
+                "kafka.compression",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[input]\ncomplaint_categories = [\"billing\", \"delivery\", \"billing\"]\n[state]\npath = \"x\"\n",

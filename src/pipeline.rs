@@ -190,7 +190,12 @@ pub async fn run_on(
 
     let input = Input::connect(&config, store.clone(), telemetry.clone(), assignment)?;
     check_input_partitions(&input, &config)?;
-    let mut sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
+    let mut sink = KafkaSink::connect(
+        &config.brokers,
+        &config.kafka_security,
+        config.compression,
+        telemetry.clone(),
+    )?;
     if let Some((topic, _)) = store.changelog() {
         sink = sink.with_changelog_progress(ChangelogProgress {
             topic: topic.to_owned(),
@@ -314,7 +319,12 @@ fn start_aggregator(
         topic,
         config.partitions,
     )?;
-    let sink = KafkaSink::connect(&config.brokers, &config.kafka_security, telemetry.clone())?;
+    let sink = KafkaSink::connect(
+        &config.brokers,
+        &config.kafka_security,
+        config.compression,
+        telemetry.clone(),
+    )?;
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
     let outbox = tokio::spawn(drain_outbox(

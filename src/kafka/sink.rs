@@ -12,7 +12,7 @@ use rdkafka::ClientContext;
 
 use super::changelog::ChangelogProgress;
 use super::{client_config, client_error, lock, ready_idempotent};
-use crate::config::KafkaSecurity;
+use crate::config::{Compression, KafkaSecurity};
 use crate::outbox::Sink;
 use crate::store::OutboxRecord;
 use crate::telemetry::Telemetry;
@@ -83,13 +83,20 @@ impl KafkaSink {
     pub fn connect(
         brokers: &str,
         security: &KafkaSecurity,
+        compression: Compression,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<KafkaSink> {
+        let compression = match compression {
+            Compression::Lz4 => "lz4",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        };
         let producer = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("compression.type", "lz4")
+            .set("compression.type", compression)
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", "30000")
             .create_with_context(SinkContext {

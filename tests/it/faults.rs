@@ -580,7 +580,13 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
     )
     .unwrap();
     let telemetry = std::sync::Arc::new(Telemetry::new());
-    let mut sink = KafkaSink::connect(&brokers, &config.kafka_security, telemetry.clone()).unwrap();
+    let mut sink = KafkaSink::connect(
+        &brokers,
+        &config.kafka_security,
+        config.compression,
+        telemetry.clone(),
+    )
+    .unwrap();
     let record = |i: u64| {
         (
             1_000 + i,
