@@ -1424,6 +1424,20 @@ mod tests {
     }
 
     #[test]
+    fn compression_is_lz4_unless_another_is_named() {
+        let default = Config::parse(MINIMAL, no_env()).unwrap();
+        assert_eq!(default.compression, Compression::Lz4);
+        for (name, expected) in [
+            ("none", Compression::None),
+            ("gzip", Compression::Gzip),
+            ("snappy", Compression::Snappy),
+        ] {
+            let env = vec![("CUSTOMER_PULSE__KAFKA__COMPRESSION".into(), name.into())];
+            assert_eq!(Config::parse(MINIMAL, env).unwrap().compression, expected);
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("[kafka]\nbrokers = \"\"\n[state]\npath = \"x\"\n", "kafka.brokers"),

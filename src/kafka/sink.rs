@@ -236,3 +236,33 @@ impl KafkaSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each compression `kafka.compression` accepts is one this build of librdkafka has:
+    /// the producer is created (no broker is needed for that).
+    #[test]
+    fn every_compression_the_config_accepts_makes_a_producer() {
+        let config = crate::config::Config::parse(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n[state]\npath = \"/tmp/unused\"\n",
+            Vec::new(),
+        )
+        .unwrap();
+        for compression in [
+            Compression::Lz4,
+            Compression::Snappy,
+            Compression::Gzip,
+            Compression::None,
+        ] {
+            let made = KafkaSink::connect(
+                &config.brokers,
+                &config.kafka_security,
+                compression,
+                Arc::new(Telemetry::new()),
+            );
+            assert!(made.is_ok(), "{compression:?}: {:?}", made.err());
+        }
+    }
+}
