@@ -790,6 +790,26 @@ pub enum Compression {
     None,
 }
 
+impl Compression {
+    /// Every one this build of librdkafka has (not zstd, which needs libzstd).
+    pub const ALL: [Compression; 4] = [
+        Compression::Lz4,
+        Compression::Snappy,
+        Compression::Gzip,
+        Compression::None,
+    ];
+
+    /// Its name in the config, which is librdkafka's for `compression.type` too.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Lz4 => "lz4",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
 /// How the Kafka clients authenticate and encrypt, passed through to librdkafka. Secrets are
 /// never printed (`Debug` shows `Secret(..)`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -1009,15 +1029,20 @@ impl RawConfig {
             "kafka.fetch_wait_milliseconds",
             "must be between 1 and 10000",
         )?;
-        let compression = match self.kafka.compression.as_str() {
-            "lz4" => Compression::Lz4,
-            "snappy" => Compression::Snappy,
-            "gzip" => Compression::Gzip,
-            "none" => Compression::None,
-            other => bail!(
-                "config field `kafka.compression` must be `lz4`, `snappy`, `gzip` or `none`, not {other:?}"
-            ),
-        };
+        let compression = Compression::ALL
+            .into_iter()
+            .find(|c| c.name() == self.kafka.compression)
+            .ok_or_else(|| {
+                let names: Vec<String> = Compression::ALL
+                    .iter()
+                    .map(|c| format!("`{}`", c.name()))
+                    .collect();
+                anyhow::anyhow!(
+                    "config field `kafka.compression` must be one of {}, not {:?}",
+                    names.join(", "),
+                    self.kafka.compression
+                )
+            })?;
         let t = &self.topics;
         for (field, name) in [
             ("topics.interactions", &t.interactions),

@@ -86,17 +86,11 @@ impl KafkaSink {
         compression: Compression,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<KafkaSink> {
-        let compression = match compression {
-            Compression::Lz4 => "lz4",
-            Compression::Snappy => "snappy",
-            Compression::Gzip => "gzip",
-            Compression::None => "none",
-        };
         let producer = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("compression.type", compression)
+            .set("compression.type", compression.name())
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", "30000")
             .create_with_context(SinkContext {
@@ -250,12 +244,7 @@ mod tests {
             Vec::new(),
         )
         .unwrap();
-        for compression in [
-            Compression::Lz4,
-            Compression::Snappy,
-            Compression::Gzip,
-            Compression::None,
-        ] {
+        for compression in Compression::ALL {
             let made = KafkaSink::connect(
                 &config.brokers,
                 &config.kafka_security,
