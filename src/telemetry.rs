@@ -13,6 +13,9 @@ use crate::segments::{LEVELS, LIFECYCLES};
 
 const NAMESPACE: &str = "customer_pulse";
 
+/// The `result` label of `customer_cache_lookups_total`, in the order of `CacheLookups`' fields.
+const CACHE_RESULTS: [&str; 3] = ["hit", "stored", "absent"];
+
 pub struct Telemetry {
     registry: Registry,
     /// The full name of every metric family registered.
@@ -26,6 +29,7 @@ pub struct Telemetry {
     kafka_errors: IntCounterVec,
     delivery_failures: IntCounter,
     customers_written: IntCounter,
+    cache_lookups: IntCounterVec,
     timers_fired: IntCounter,
     complaints_opened: IntCounterVec,
     complaints_open: IntGaugeVec,
@@ -127,6 +131,14 @@ impl Telemetry {
                 "customers_written_total",
                 "Customer states written by commits.",
             ))
+            .expect("valid metric"),
+            cache_lookups: IntCounterVec::new(
+                opts(
+                    "customer_cache_lookups_total",
+                    "Lookups of customers (each event's, each due timer's, each referrer's) by where they were found: hit (the cache, in memory), stored (read from RocksDB: what a larger state.cache_customers would save), absent (in neither: a customer new to this instance).",
+                ),
+                &["result"],
+            )
             .expect("valid metric"),
             complaints_opened: IntCounterVec::new(
                 opts("complaints_opened_total", "Complaints opened, by category and severity."),
@@ -337,6 +349,7 @@ impl Telemetry {
             Box::new(t.kafka_errors.clone()),
             Box::new(t.delivery_failures.clone()),
             Box::new(t.customers_written.clone()),
+            Box::new(t.cache_lookups.clone()),
             Box::new(t.timers_fired.clone()),
             Box::new(t.complaints_opened.clone()),
             Box::new(t.complaints_open.clone()),
@@ -382,6 +395,9 @@ impl Telemetry {
         for limit in crate::fold::Limit::ALL {
             t.limits_reached.with_label_values(&[limit.code()]);
         }
+        for result in CACHE_RESULTS {
+            t.cache_lookups.with_label_values(&[result]);
+        }
         t
     }
 
@@ -405,6 +421,14 @@ impl Telemetry {
         self.commit_duration.observe(commit_seconds);
         self.customers_written
             .inc_by(report.customers_written as u64);
+        let lookups = &report.cache_lookups;
+        for (result, n) in
+            CACHE_RESULTS
+                .into_iter()
+                .zip([lookups.hit, lookups.stored, lookups.absent])
+        {
+            self.cache_lookups.with_label_values(&[result]).inc_by(n);
+        }
         self.timers_fired.inc_by(report.timers_fired as u64);
         // Categories and severities come from closed sets (decode normalises them), so these
         // labels are bounded.

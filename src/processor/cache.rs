@@ -1,6 +1,7 @@
 //! The processor's bounded write-back cache of customers. Must not know about Kafka, RocksDB or
 //! what the fold does with a customer.
 
+use super::CacheLookups;
 use crate::event::Millis;
 use crate::facts::Fact;
 use crate::store::{Commit, Customer, Store, StoreError, Timer};
@@ -42,6 +43,8 @@ pub(super) struct StateCache {
     pub(super) touched: Vec<(i32, String)>,
     pub(super) capacity: usize,
     pub(super) clock: u64,
+    /// Lookups since they were last taken ([`StateCache::take_lookups`]).
+    lookups: CacheLookups,
 }
 
 impl StateCache {
@@ -51,6 +54,7 @@ impl StateCache {
             touched: Vec::new(),
             capacity: capacity.max(1),
             clock: 0,
+            lookups: CacheLookups::default(),
         }
     }
 
@@ -62,9 +66,16 @@ impl StateCache {
     ) -> Result<&mut CacheEntry, StoreError> {
         self.clock += 1;
         let entry = match self.entries.entry_ref(&CustomerKey(partition, customer_id)) {
-            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Occupied(e) => {
+                self.lookups.hit += 1;
+                e.into_mut()
+            }
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 let record = store.customer_record(partition, customer_id)?.map(Box::new);
+                match record {
+                    Some(_) => self.lookups.stored += 1,
+                    None => self.lookups.absent += 1,
+                }
                 let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
                 let entry = CacheEntry {
                     record,
@@ -134,9 +145,16 @@ impl StateCache {
         }
     }
 
+    /// The lookups since the last call, from zero again.
+    pub(super) fn take_lookups(&mut self) -> CacheLookups {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// Forgets every entry, and the lookups not yet taken: those of a batch that failed.
     pub(super) fn clear(&mut self) {
         self.entries.clear();
         self.touched.clear();
+        self.lookups = CacheLookups::default();
     }
 
     /// Forgets the entries of `partition`.
@@ -181,5 +199,47 @@ mod tests {
         }
         assert!(cache.entry(&store, 1, "c-1").unwrap().dirty);
         assert_eq!(cache.entries.len(), 203);
+    }
+
+    #[test]
+    fn each_lookup_counts_as_found_in_memory_read_from_the_store_or_absent() {
+        let store = Store::in_memory();
+        let mut cache = StateCache::new(1);
+        let commit = |cache: &mut StateCache| {
+            let mut commit = Commit::default();
+            cache.drain_dirty(&mut commit);
+            store.commit(commit).unwrap();
+            cache.committed();
+        };
+        let a = cache.entry(&store, 0, "a").unwrap();
+        a.record = Some(Box::default());
+        a.dirty = true;
+        cache.entry(&store, 0, "a").unwrap();
+        commit(&mut cache);
+        assert_eq!(
+            cache.take_lookups(),
+            CacheLookups {
+                hit: 1,
+                stored: 0,
+                absent: 1
+            }
+        );
+        assert_eq!(cache.take_lookups(), CacheLookups::default(), "taken");
+        // One entry fits: "b" pushes "a" out at the commit, and "a" is read back.
+        cache.entry(&store, 0, "b").unwrap();
+        commit(&mut cache);
+        assert!(cache.entry(&store, 0, "a").unwrap().record.is_some());
+        assert_eq!(
+            cache.take_lookups(),
+            CacheLookups {
+                hit: 0,
+                stored: 1,
+                absent: 1
+            }
+        );
+        // A batch that fails leaves no count behind.
+        cache.entry(&store, 0, "c").unwrap();
+        cache.clear();
+        assert_eq!(cache.take_lookups(), CacheLookups::default());
     }
 }

@@ -100,6 +100,24 @@ pub struct OutputTopics {
     pub dead_letter: String,
 }
 
+/// How the customer cache served its lookups (each event's customer, each due timer's, each
+/// referrer's): from memory, read from the store, or in neither (a customer new to the
+/// instance). Only the reads are what a larger `state.cache_customers` could save.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLookups {
+    pub hit: u64,
+    pub stored: u64,
+    pub absent: u64,
+}
+
+impl CacheLookups {
+    fn add(&mut self, other: CacheLookups) {
+        self.hit += other.hit;
+        self.stored += other.stored;
+        self.absent += other.absent;
+    }
+}
+
 /// How many outcomes of each kind a batch had, for telemetry to record once per batch.
 #[derive(Debug, Default, Clone)]
 pub struct BatchReport {
@@ -117,6 +135,8 @@ pub struct BatchReport {
     /// Churn-risk records published (tombstones excluded), and timers fired.
     pub risk_records: usize,
     pub timers_fired: usize,
+    /// How the customer cache served the batch's lookups.
+    pub cache_lookups: CacheLookups,
     /// Complaints opened, by `(category, severity)`.
     pub complaints_opened: HashMap<(String, &'static str), u64>,
     /// Complaint windows the batch closed, oldest first.
@@ -163,6 +183,7 @@ impl BatchReport {
         }
         self.risk_records += other.risk_records;
         self.timers_fired += other.timers_fired;
+        self.cache_lookups.add(other.cache_lookups);
         self.closed_windows.extend(other.closed_windows);
         if !other.open_complaints.is_empty() {
             self.open_complaints = other.open_complaints;
@@ -967,6 +988,8 @@ impl Processor {
         }
         report.customers_written += commit.customers.len();
         report.outbox_records += commit.outbox.len();
+        // Lookups since the commit before count with this one, as its customers do.
+        report.cache_lookups.add(self.cache.take_lookups());
         report.risk_records += commit
             .outbox
             .iter()

@@ -157,6 +157,9 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
             ("customer_pulse_limits_reached_total", "limit") => {
                 owned(&["open_orders", "open_complaints", "dedup_ids"])
             }
+            ("customer_pulse_customer_cache_lookups_total", "result") => {
+                owned(&["hit", "stored", "absent"])
+            }
             ("customer_pulse_processing_latency_seconds_bucket", "le")
             | ("customer_pulse_commit_duration_seconds_bucket", "le") => Vec::new(),
             _ => panic!("{metric}: unexpected label {label}"),

@@ -4,6 +4,7 @@
 use customer_pulse::fold::{CustomerState, EventFingerprint, Lifecycle};
 use customer_pulse::processor::{partition_for, BatchReport, Processor};
 use customer_pulse::store::{OutboxRecord, Store};
+use customer_pulse::telemetry::Telemetry;
 use proptest::prelude::*;
 
 use crate::catalogue::NOW_MS;
@@ -249,6 +250,33 @@ fn offsets_move_past_every_record_of_a_batch_rejected_or_not() {
     let records = vec![file_record(7, "garbage"), file_record(8, "more garbage")];
     processor.process(&records, NOW_MS).unwrap();
     assert_eq!(store.offset("test", 0).unwrap(), Some(9));
+}
+
+#[test]
+fn the_cache_metric_tells_customers_in_memory_from_those_read_back_and_new_ones() {
+    let survey = |id: &str, customer: &str, at: &str| {
+        ev(id, customer, "interaction.survey", at, r#""score":9"#)
+    };
+    // A cache of one customer: `b` pushes `a` out at its batch's commit.
+    let batches = [
+        vec![
+            survey("e1", "a", "01T10:00:00"),
+            survey("e2", "a", "01T10:05:00"),
+        ],
+        vec![survey("e3", "b", "01T10:10:00")],
+        vec![survey("e4", "a", "01T10:15:00")],
+    ];
+    let (_, reports) = run_batches(settings(1), &batches);
+    let telemetry = Telemetry::new();
+    for report in &reports {
+        telemetry.record_batch(report, 0.0, NOW_MS);
+    }
+    let metrics = telemetry.render();
+    for (result, n) in [("hit", 1), ("stored", 1), ("absent", 2)] {
+        let line =
+            format!("customer_pulse_customer_cache_lookups_total{{result=\"{result}\"}} {n}\n");
+        assert!(metrics.contains(&line), "no {line:?} in the metrics");
+    }
 }
 
 fn generated(customers: u64, events: u64, seed: u64) -> Vec<serde_json::Value> {
