@@ -240,6 +240,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 summary.lines_skipped,
                 summary.outputs_delivered
             );
+            let customers = &summary.customers;
+            println!(
+                "customers looked up: {} in the cache, {} read back from the store (a larger state.cache_customers would keep them), {} new",
+                customers.hit, customers.stored, customers.absent
+            );
             Ok(())
         }
         Command::Generate {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{drain, Sink};
-use crate::processor::{BatchReport, InputRecord, Processor};
+use crate::processor::{BatchReport, CacheLookups, InputRecord, Processor};
 use crate::telemetry::Telemetry;
 
 /// What a replay did.
@@ -22,6 +22,8 @@ pub struct ReplaySummary {
     pub duplicates: u64,
     pub rejected: u64,
     pub outputs_delivered: u64,
+    /// Where the customers looked up were found: for sizing `state.cache_customers`.
+    pub customers: CacheLookups,
 }
 
 impl ReplaySummary {
@@ -29,6 +31,7 @@ impl ReplaySummary {
         self.applied += report.count("applied");
         self.duplicates += report.count("duplicate");
         self.rejected += report.count("rejected");
+        self.customers.add(report.cache_lookups);
     }
 }
 

@@ -111,7 +111,7 @@ pub struct CacheLookups {
 }
 
 impl CacheLookups {
-    fn add(&mut self, other: CacheLookups) {
+    pub fn add(&mut self, other: CacheLookups) {
         self.hit += other.hit;
         self.stored += other.stored;
         self.absent += other.absent;

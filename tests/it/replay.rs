@@ -137,6 +137,26 @@ async fn a_replay_matches_independent_totals_and_a_second_run_changes_nothing() 
     .unwrap();
     assert_eq!(third.duplicates, 5_000);
     assert_eq!(third.applied, 0);
+    // Each event looks its customer up, and a referral its referrer too (before the event is
+    // known to be a duplicate). All are stored, and this processor's cache began empty, so
+    // every customer was read back at least once.
+    let referrals = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "customer.registered"
+                && e["referred_by"].is_string()
+                && e["referred_by"] != e["customer_id"]
+        })
+        .count() as u64;
+    assert!(referrals > 0, "the traffic has referrals");
+    let looked_up = third.customers;
+    assert_eq!(looked_up.absent, 0);
+    assert_eq!(looked_up.hit + looked_up.stored, 5_000 + referrals);
+    assert!(
+        looked_up.stored >= customers.len() as u64,
+        "{} customers: {looked_up:?}",
+        customers.len()
+    );
     assert_eq!(all_states(&store), states);
 }
 
