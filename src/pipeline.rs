@@ -135,6 +135,19 @@ pub fn fit(
 /// The main job: consume, fold, commit, emit, until `shutdown`; then finish the batch, commit,
 /// flush the outbox and return.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // What runs, and the settings that shape its speed and memory: no secret among them.
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        state = %config.state_path.display(),
+        partitions = config.partitions,
+        assigned_partitions = ?config.assigned_partitions,
+        changelog = config.changelog,
+        cache_customers = config.cache_customers,
+        block_cache_mib = config.block_cache_bytes >> 20,
+        max_batch_events = config.max_batch_events,
+        compression = %config.compression.name(),
+        "Starting."
+    );
     let store = open_store(&config)?;
     run_on(config, store, shutdown).await
 }

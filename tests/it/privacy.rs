@@ -290,6 +290,27 @@ async fn the_log_holds_no_payload_and_no_secret() {
     assert!(processed, "all six events were taken in:\n{log}");
     assert!(status.success(), "{status}:\n{log}");
     assert!(log.contains("Consuming."), "the log is the job's:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colour codes in a log written to a file:\n{log}"
+    );
+    let starting = log
+        .lines()
+        .find(|line| line.contains("Starting."))
+        .unwrap_or_else(|| panic!("no line says what starts:\n{log}"));
+    for setting in [
+        concat!("version=", env!("CARGO_PKG_VERSION")),
+        "partitions=4",
+        "changelog=false",
+        "cache_customers=500",
+        "max_batch_events=500",
+        "compression=lz4",
+    ] {
+        assert!(
+            starting.contains(setting),
+            "{setting:?} not in {starting:?}"
+        );
+    }
     assert!(!log.contains(MARKER), "a payload reached the log:\n{log}");
     assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
 }
