@@ -315,6 +315,42 @@ async fn the_log_holds_no_payload_and_no_secret() {
     assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
 }
 
+#[test]
+fn with_log_format_json_every_log_line_is_a_json_object() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    // No broker answers: the job logs its start and then waits for one; that is enough.
+    let text =
+        crate::end_to_end::config_text("127.0.0.1:9", &dir.path().join("state"), free_port());
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().map(Result::unwrap);
+    let _ = child.kill();
+    let _ = child.wait();
+    let first = first.expect("a log line");
+    let line: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["fields"]["message"], "Starting.", "{line}");
+    assert_eq!(
+        line["fields"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{line}"
+    );
+    assert_eq!(line["fields"]["partitions"], 4, "{line}");
+}
+
 #[tokio::test]
 async fn a_customer_whose_partition_another_instance_owns_is_refused_with_421() {
     let token = format!("customer_lookup_token = \"{TOKEN}\"\n");
