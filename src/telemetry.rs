@@ -8,13 +8,10 @@ use prometheus::{
 
 use crate::decode::Reason;
 use crate::event::Millis;
-use crate::processor::BatchReport;
+use crate::processor::{BatchReport, CacheLookups};
 use crate::segments::{LEVELS, LIFECYCLES};
 
 const NAMESPACE: &str = "customer_pulse";
-
-/// The `result` label of `customer_cache_lookups_total`, in the order of `CacheLookups`' fields.
-const CACHE_RESULTS: [&str; 3] = ["hit", "stored", "absent"];
 
 pub struct Telemetry {
     registry: Registry,
@@ -395,7 +392,7 @@ impl Telemetry {
         for limit in crate::fold::Limit::ALL {
             t.limits_reached.with_label_values(&[limit.code()]);
         }
-        for result in CACHE_RESULTS {
+        for (result, _) in CacheLookups::default().by_result() {
             t.cache_lookups.with_label_values(&[result]);
         }
         t
@@ -421,12 +418,7 @@ impl Telemetry {
         self.commit_duration.observe(commit_seconds);
         self.customers_written
             .inc_by(report.customers_written as u64);
-        let lookups = &report.cache_lookups;
-        for (result, n) in
-            CACHE_RESULTS
-                .into_iter()
-                .zip([lookups.hit, lookups.stored, lookups.absent])
-        {
+        for (result, n) in report.cache_lookups.by_result() {
             self.cache_lookups.with_label_values(&[result]).inc_by(n);
         }
         self.timers_fired.inc_by(report.timers_fired as u64);

@@ -111,6 +111,15 @@ pub struct CacheLookups {
 }
 
 impl CacheLookups {
+    /// Each count under its name as a metric's label gives it.
+    pub fn by_result(self) -> [(&'static str, u64); 3] {
+        [
+            ("hit", self.hit),
+            ("stored", self.stored),
+            ("absent", self.absent),
+        ]
+    }
+
     pub fn add(&mut self, other: CacheLookups) {
         self.hit += other.hit;
         self.stored += other.stored;
