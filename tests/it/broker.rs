@@ -63,8 +63,11 @@ impl Broker {
         let child = Command::new(tansu())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("PULSE_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log_target(port))
             .stderr(Stdio::null())
             .spawn()
             .expect("the tansu broker starts (tests/run.sh installs it: cargo install tansu --version 0.6.0 --features dynostore --locked)");
@@ -78,6 +81,20 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Broker { child, address }
+    }
+}
+
+/// Where the broker's log (on its standard output) goes: nowhere, or with `PULSE_TEST_LOG_DIR` set, `broker-<port>.log`
+/// there, beside the jobs' logs (`PULSE_TEST_BROKER_LOG` sets its level; its coordinator tells
+/// at `info` which members it dropped for missed heartbeats).
+fn log_target(port: u16) -> Stdio {
+    let Some(dir) = std::env::var_os("PULSE_TEST_LOG_DIR") else {
+        return Stdio::null();
+    };
+    let path = std::path::Path::new(&dir).join(format!("broker-{port}.log"));
+    match std::fs::File::create(&path) {
+        Ok(file) => file.into(),
+        Err(e) => panic!("cannot create {}: {e}", path.display()),
     }
 }
 

@@ -191,28 +191,59 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
             .map(|(_, a)| a.iter().map(|(port, status, _)| (*port, *status)).collect())
             .collect()
     };
+    // Which ports answer 200 for the customers of each partition.
+    let serving = |answers: &[(&String, Vec<Answer>)]| -> BTreeMap<i32, Vec<u16>> {
+        let mut serving: BTreeMap<i32, Vec<u16>> = BTreeMap::new();
+        for (id, answers) in answers {
+            let partition = customer_pulse::processor::partition_for(id.as_bytes(), 4);
+            let ports = serving.entry(partition).or_default();
+            for (port, status, _) in answers {
+                if *status == 200 && !ports.contains(port) {
+                    ports.push(*port);
+                }
+            }
+        }
+        serving
+    };
+    // Each of the four partitions held by exactly one member, with its three input topics.
+    let held_once = |counts: &[f64]| {
+        counts.iter().all(|c| *c % 3.0 == 0.0) && counts.iter().sum::<f64>() == 12.0
+    };
+    // A quiet reading with a partition held by nobody is not the end (it failed one CI run of the
+    // test command, 2026-12-02): Tansu's coordinator completes a round without waiting for every
+    // member, and drops a live member that spent a session timeout in a join (its log, with
+    // `PULSE_TEST_BROKER_LOG`, shows it), so a round can leave a partition with a member that no
+    // longer holds it until a later round, which may come more than 6 s later. Such a reading is
+    // printed and the test waits on; each partition must still have one holder within the 120 s.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let quiet = loop {
         let before = (moves(), counts(), statuses(&answers_of()));
         tokio::time::sleep(Duration::from_secs(6)).await;
         let answers = answers_of();
         let after = (moves(), counts(), statuses(&answers));
+        // Input partitions per instance, and who serves each partition's customers.
+        let reading = format!(
+            "{:?} (ports {:?}); who serves each partition: {:?}",
+            after.1,
+            ports(&live),
+            serving(&answers)
+        );
         if before == after && unsettled() == 0.0 {
-            break Some((after.1, answers));
+            if held_once(&after.1) {
+                break Ok((after.1, answers));
+            }
+            eprintln!("scale: quiet for 6 s, yet the partitions are not each held once: {reading}; waiting on");
         }
         if std::time::Instant::now() >= deadline {
-            break None;
+            break Err(reading);
         }
     };
-    let (counts, answers) = quiet.expect("the group is quiet for 6 s within 120 s");
-    // Each of the four partitions is held by exactly one member, with its three input topics.
-    // How they are spread is the coordinator's: Tansu may complete a round without a member
-    // that has just joined (again), which then holds none while another holds two; that is
-    // printed, not asserted.
-    assert!(
-        counts.iter().all(|c| *c % 3.0 == 0.0) && counts.iter().sum::<f64>() == 12.0,
-        "each partition held once, with its three input topics: {counts:?}"
-    );
+    let (counts, answers) = quiet.unwrap_or_else(|reading| {
+        panic!("the group is quiet for 6 s with each partition held once, with its three input topics, within 120 s: {reading}")
+    });
+    // How the partitions are spread is the coordinator's: Tansu may complete a round without a
+    // member that has just joined (again), which then holds none while another holds two; that
+    // is printed, not asserted.
     if counts.iter().any(|c| *c != 3.0) {
         eprintln!("scale: the group settled unbalanced: {counts:?}");
     }
