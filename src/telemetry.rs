@@ -55,6 +55,7 @@ pub struct Telemetry {
     consumer_lag: IntGaugeVec,
     rebalances: IntCounterVec,
     assigned_partitions: IntGauge,
+    input_partitions: IntGauge,
     ready: IntGauge,
     restores: IntCounterVec,
     restored_records: IntCounter,
@@ -280,6 +281,11 @@ impl Telemetry {
                 "Input partitions this instance owns.",
             ))
             .expect("valid metric"),
+            input_partitions: IntGauge::with_opts(opts(
+                "input_partitions",
+                "Input partitions of the input topics together (input.partitions times the distinct input topics): what the instances' assigned_partitions add up to when each is owned once.",
+            ))
+            .expect("valid metric"),
             ready: IntGauge::with_opts(opts(
                 "ready",
                 "1 when state is restored and partitions are assigned, else 0.",
@@ -375,6 +381,7 @@ impl Telemetry {
             Box::new(t.consumer_lag.clone()),
             Box::new(t.rebalances.clone()),
             Box::new(t.assigned_partitions.clone()),
+            Box::new(t.input_partitions.clone()),
             Box::new(t.ready.clone()),
         ];
         let mut t = t;
@@ -563,6 +570,10 @@ impl Telemetry {
     pub fn rebalanced(&self, kind: &str, partitions: i64) {
         self.rebalances.with_label_values(&[kind]).inc();
         self.assigned_partitions.set(partitions);
+    }
+
+    pub fn set_input_partitions(&self, partitions: usize) {
+        self.input_partitions.set(partitions as i64);
     }
 
     /// A restore of `partition` has applied `done` of `total` records.

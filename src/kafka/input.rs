@@ -415,6 +415,7 @@ impl Input {
                 inputs.push(topic.to_string());
             }
         }
+        telemetry.set_input_partitions(inputs.len() * config.partitions.max(0) as usize);
         let restored = Arc::default();
         let changelog = match store.changelog() {
             Some((topic, _)) => Some(Arc::new(ChangelogReader::connect(

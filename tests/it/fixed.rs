@@ -108,6 +108,21 @@ async fn assigned_partitions_are_read_without_the_group_and_resumed_after_a_rest
         events_in(&first, &[0, 2])
     );
 
+    // Between them they own every input partition once (6 topic-partitions each of 12), which
+    // is what the InputPartitionsUnowned alert compares.
+    for port in [odd_port, even_port] {
+        assert_eq!(
+            metric_sum(port, "customer_pulse_assigned_partitions"),
+            6.0,
+            "{port}"
+        );
+        assert_eq!(
+            metric_sum(port, "customer_pulse_input_partitions"),
+            12.0,
+            "{port}"
+        );
+    }
+
     // Every customer is served by the instance of its partition alone, with the replay's state.
     let now = wall_clock_ms();
     let check = |events: &[Generated]| {
