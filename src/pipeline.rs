@@ -529,6 +529,7 @@ async fn consume(
     while !shutdown.is_cancelled() {
         // Before a batch is gathered: none of it may predate a partition's restore.
         input.resolve_claims();
+        input.retry_restores();
         let batch = tokio::select! {
             batch = input.next_batch(config.max_batch_events, config.max_batch_wait) => batch,
             // Records gathered but not committed are read again from the stored offsets.

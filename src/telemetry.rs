@@ -572,6 +572,12 @@ impl Telemetry {
         self.assigned_partitions.set(partitions);
     }
 
+    /// The owned input partitions, after a change that is no rebalance (a partition restored on
+    /// a later try, or claimed back).
+    pub fn set_assigned_partitions(&self, partitions: usize) {
+        self.assigned_partitions.set(partitions as i64);
+    }
+
     pub fn set_input_partitions(&self, partitions: usize) {
         self.input_partitions.set(partitions as i64);
     }

@@ -26,6 +26,19 @@ use crate::telemetry::Telemetry;
 /// How many partitions of one assignment restore from the changelog at the same time.
 const RESTORES_AT_ONCE: usize = 4;
 
+/// How long after a failed restore (four attempts) a partition is tried again; each failure
+/// doubles the wait, up to [`RESTORE_RETRY_MAX`].
+const RESTORE_RETRY_FIRST: Duration = Duration::from_secs(10);
+const RESTORE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// An assigned partition whose restore failed: not started, tried again at `next`.
+#[derive(Debug, Clone, Copy)]
+struct Unstarted {
+    next: Instant,
+    /// The wait before `next`, doubled at each failure.
+    wait: Duration,
+}
+
 /// Consumer callbacks: on assignment, bring each partition's state up to the changelog, then
 /// start it at the offset stored with the state; on revocation, let the outbox drain first.
 pub struct PulseContext {
@@ -55,6 +68,10 @@ pub struct PulseContext {
     /// librdkafka's join state as its statistics last told it (`init` once it left the group,
     /// or before it joined), with when they came.
     join_state: Mutex<(Instant, String)>,
+    /// Partitions this instance was given whose restore failed: held back from consuming, and
+    /// restored again between batches ([`Input::retry_restores`]) until one succeeds or the
+    /// partition is revoked.
+    unstarted: Mutex<HashMap<i32, Unstarted>>,
 }
 
 impl PulseContext {
@@ -136,8 +153,35 @@ impl PulseContext {
             }
         }
         self.telemetry.restore_finished(partition, "failed", 0);
-        tracing::error!(partition, "Restoring from the changelog failed repeatedly; the partition is not started. Restart the instance once the changelog is readable.");
+        tracing::error!(partition, "Restoring from the changelog failed repeatedly; the partition is not started until a later try succeeds.");
         false
+    }
+
+    /// Notes those of `partitions` that are not in `restored` as unstarted, to be tried again
+    /// after a wait that doubles with each failure; forgets those restored.
+    fn note_unstarted(&self, partitions: &[i32], restored: &HashSet<i32>) {
+        let mut unstarted = lock(&self.unstarted);
+        for &partition in partitions {
+            if restored.contains(&partition) {
+                unstarted.remove(&partition);
+                continue;
+            }
+            let wait = unstarted
+                .get(&partition)
+                .map_or(RESTORE_RETRY_FIRST, |u| (u.wait * 2).min(RESTORE_RETRY_MAX));
+            tracing::warn!(
+                partition,
+                seconds = wait.as_secs(),
+                "The partition is tried again after a wait."
+            );
+            unstarted.insert(
+                partition,
+                Unstarted {
+                    next: Instant::now() + wait,
+                    wait,
+                },
+            );
+        }
     }
 
     /// Waits (at most the flush limit) until the outbox is empty, so that the changelog has
@@ -196,12 +240,13 @@ impl ConsumerContext for PulseContext {
         let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         partitions.sort_unstable();
         partitions.dedup();
-        // A partition that moves is claimed afresh on its next assignment.
+        // A partition that moves is claimed afresh on its next assignment, and restored then.
         {
             let mut away = lock(&self.claimed_away);
             away.retain(|p, _| !partitions.contains(p));
             self.telemetry.set_claimed_away(away.len());
         }
+        lock(&self.unstarted).retain(|p, _| !partitions.contains(p));
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.take_on(consumer, &partitions)
@@ -211,6 +256,7 @@ impl ConsumerContext for PulseContext {
             }
             other => {
                 tracing::error!(error = ?other, "Rebalance failed; dropping the assignment.");
+                lock(&self.unstarted).clear();
                 let all: Vec<i32> = (0..self.partitions).collect();
                 let mut owned = lock(&self.assignment);
                 let stop = self.take_from(&mut owned, &all);
@@ -234,6 +280,7 @@ impl PulseContext {
             self.telemetry.set_ready(false);
             restored = tokio::task::block_in_place(|| self.restore_all(partitions));
         }
+        self.note_unstarted(partitions, &restored);
         let mut owned = lock(&self.assignment);
         let start = self.start(consumer, partitions, &restored, &mut owned);
         if start.count() > 0 {
@@ -455,6 +502,7 @@ impl Input {
             inputs: inputs.clone(),
             partitions: config.partitions,
             join_state: Mutex::new((Instant::now(), String::new())),
+            unstarted: Mutex::default(),
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -691,6 +739,7 @@ impl Input {
         }
         context.telemetry.set_ready(false);
         let restored = tokio::task::block_in_place(|| context.restore_all(&claim_back));
+        context.note_unstarted(&claim_back, &restored);
         let mut owned = lock(&context.assignment);
         let mut stop = TopicPartitionList::new();
         for &partition in &claim_back {
@@ -704,7 +753,51 @@ impl Input {
             tracing::error!(error = %e, "Unassigning partitions to claim them back failed.");
         }
         context.start(self.consumer(), &claim_back, &restored, &mut owned);
+        context.telemetry.set_assigned_partitions(owned.len());
         context.telemetry.claimed_back(claim_back.len());
+        context.telemetry.set_ready(!owned.is_empty());
+    }
+
+    /// Restores again, between batches, the assigned partitions whose restore failed and whose
+    /// wait is over, and starts those restored as an assignment does. A partition that is never
+    /// restored is never consumed: the broker or changelog fault that failed it (a topic not
+    /// readable yet, a broker down for longer than four attempts) is often gone minutes later,
+    /// and the instance should not need a restart to notice.
+    pub fn retry_restores(&self) {
+        let context = self.consumer().context();
+        let due: Vec<i32> = {
+            let unstarted = lock(&context.unstarted);
+            if unstarted.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let mut due: Vec<i32> = unstarted
+                .iter()
+                .filter(|(_, u)| u.next <= now)
+                .map(|(p, _)| *p)
+                .collect();
+            due.sort_unstable();
+            due
+        };
+        if due.is_empty() {
+            return;
+        }
+        tracing::info!(partitions = ?due, "Restoring again the partitions whose restore failed.");
+        let restored = tokio::task::block_in_place(|| context.restore_all(&due));
+        // Revoked meanwhile: no longer this instance's to start.
+        let due: Vec<i32> = {
+            let unstarted = lock(&context.unstarted);
+            due.into_iter()
+                .filter(|p| unstarted.contains_key(p))
+                .collect()
+        };
+        context.note_unstarted(&due, &restored);
+        let mut owned = lock(&context.assignment);
+        let start = context.start(self.consumer(), &due, &restored, &mut owned);
+        if start.count() > 0 {
+            tracing::info!(partitions = ?due.iter().filter(|p| restored.contains(p)).collect::<Vec<_>>(), "Partitions restored on a later try; consuming them.");
+        }
+        context.telemetry.set_assigned_partitions(owned.len());
         context.telemetry.set_ready(!owned.is_empty());
     }
 

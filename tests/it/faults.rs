@@ -247,6 +247,67 @@ async fn broker_faults_delay_the_job_but_lose_nothing() {
     job.stop().await;
 }
 
+/// A restore that fails (the changelog refuses the claim that opens it, as a topic not writable
+/// yet, or a missing ACL, would) leaves its partitions unstarted, and nobody consumes them: the
+/// instance owns none of the 12 input topic-partitions (what `InputPartitionsUnowned` pages on)
+/// and is not ready. It tries again by itself; once the changelog takes writes, it restores
+/// them and folds every event that waited, to the replay's state. Without the tries again it
+/// folded nothing until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_is_tried_again_and_its_partitions_start_once_the_changelog_takes_writes()
+{
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    // Every produce request refused, for longer than four attempts at each partition's claim.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1_000],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config_text(&brokers, &dir.path().join("state"), port)
+        .replace(
+            "cache_customers = 500",
+            "cache_customers = 500\nchangelog = true",
+        )
+        .replace(
+            "group_id = \"pulse-test\"\n",
+            "group_id = \"pulse-restore-retry\"\nassigned_partitions = [0, 1, 2, 3]\n",
+        );
+    let config = Config::parse(&text, Vec::new()).unwrap();
+    let shutdown = CancellationToken::new();
+    let job = Job {
+        port,
+        brokers: brokers.clone(),
+        shutdown: shutdown.clone(),
+        handle: tokio::spawn(customer_pulse::pipeline::run(config.clone(), shutdown)),
+        config,
+        _dir: dir,
+    };
+    let failed =
+        || crate::changelog::metric(port, r#"customer_pulse_restores_total{outcome="failed"}"#);
+    assert!(
+        wait_for(Duration::from_secs(60), || failed() >= 4.0).await,
+        "every partition's restore failed: {} failed",
+        failed()
+    );
+    assert_eq!(metric_sum(port, "customer_pulse_assigned_partitions"), 0.0);
+    assert_eq!(metric_sum(port, "customer_pulse_input_partitions"), 12.0);
+    assert_eq!(job.ready(), Some(503));
+
+    // The changelog takes writes again; events arrive.
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let events = traffic(600, 43);
+    job.publish(&events).await;
+    job.wait_processed(events.len(), "after the changelog took writes again")
+        .await;
+    assert_eq!(metric_sum(port, "customer_pulse_assigned_partitions"), 12.0);
+    assert_eq!(job.ready(), Some(200));
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    job.assert_state_equals_replay(&values).await;
+    job.stop().await;
+}
+
 /// How many records the input topics hold (the mock cluster's topics start empty), so that a
 /// shortfall in processing tells an event never stored from one never folded.
 fn input_records(brokers: &str) -> i64 {
