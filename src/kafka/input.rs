@@ -783,19 +783,15 @@ impl Input {
             return;
         }
         tracing::info!(partitions = ?due, "Restoring again the partitions whose restore failed.");
+        // No rebalance runs meanwhile: its callbacks run on this loop, when it polls.
         let restored = tokio::task::block_in_place(|| context.restore_all(&due));
-        // Revoked meanwhile: no longer this instance's to start.
-        let due: Vec<i32> = {
-            let unstarted = lock(&context.unstarted);
-            due.into_iter()
-                .filter(|p| unstarted.contains_key(p))
-                .collect()
-        };
         context.note_unstarted(&due, &restored);
         let mut owned = lock(&context.assignment);
-        let start = context.start(self.consumer(), &due, &restored, &mut owned);
-        if start.count() > 0 {
-            tracing::info!(partitions = ?due.iter().filter(|p| restored.contains(p)).collect::<Vec<_>>(), "Partitions restored on a later try; consuming them.");
+        context.start(self.consumer(), &due, &restored, &mut owned);
+        if !restored.is_empty() {
+            let mut started: Vec<i32> = restored.into_iter().collect();
+            started.sort_unstable();
+            tracing::info!(partitions = ?started, "Partitions restored on a later try; consuming them.");
         }
         context.telemetry.set_assigned_partitions(owned.len());
         context.telemetry.set_ready(!owned.is_empty());
