@@ -567,12 +567,13 @@ impl Telemetry {
             .remove_label_values(&[topic, &partition.to_string()]);
     }
 
-    pub fn rebalanced(&self, kind: &str, partitions: i64) {
+    /// A rebalance of `kind`, after which this instance owns `partitions`.
+    pub fn rebalanced(&self, kind: &str, partitions: usize) {
         self.rebalances.with_label_values(&[kind]).inc();
-        self.assigned_partitions.set(partitions);
+        self.set_assigned_partitions(partitions);
     }
 
-    /// The owned input partitions, after a change that is no rebalance (a partition restored on
+    /// The owned input partitions, after a rebalance or another change (a partition restored on
     /// a later try, or claimed back).
     pub fn set_assigned_partitions(&self, partitions: usize) {
         self.assigned_partitions.set(partitions as i64);

@@ -76,7 +76,8 @@ pub struct PulseContext {
 
 impl PulseContext {
     /// Restores `partitions` side by side, [`RESTORES_AT_ONCE`] at a time, and returns those
-    /// restored: Tansu serves one partition's fetches at about a third of the rate it serves
+    /// restored; the others are noted to be tried again ([`PulseContext::note_unstarted`]).
+    /// Side by side: Tansu serves one partition's fetches at about a third of the rate it serves
     /// four (benches/restore.rs), so each restore waits on the broker; each holds a reader, a
     /// writer thread and a chunk in flight, hence the bound.
     fn restore_all(&self, partitions: &[i32]) -> HashSet<i32> {
@@ -94,6 +95,7 @@ impl PulseContext {
                 }
             });
         }
+        self.note_unstarted(partitions, &restored);
         restored
     }
 
@@ -280,11 +282,10 @@ impl PulseContext {
             self.telemetry.set_ready(false);
             restored = tokio::task::block_in_place(|| self.restore_all(partitions));
         }
-        self.note_unstarted(partitions, &restored);
         let mut owned = lock(&self.assignment);
         let start = self.start(consumer, partitions, &restored, &mut owned);
         if start.count() > 0 {
-            self.telemetry.rebalanced("assign", owned.len() as i64);
+            self.telemetry.rebalanced("assign", owned.len());
         }
         // None owned is left alone: the input topics may not exist yet.
         let held = owned.len() / self.inputs.len();
@@ -321,7 +322,7 @@ impl PulseContext {
             tracing::error!(error = %e, "Unassigning partitions failed.");
         }
         if stop.count() > 0 {
-            self.telemetry.rebalanced("revoke", owned.len() as i64);
+            self.telemetry.rebalanced("revoke", owned.len());
         }
         self.telemetry.set_ready(!owned.is_empty());
     }
@@ -739,7 +740,6 @@ impl Input {
         }
         context.telemetry.set_ready(false);
         let restored = tokio::task::block_in_place(|| context.restore_all(&claim_back));
-        context.note_unstarted(&claim_back, &restored);
         let mut owned = lock(&context.assignment);
         let mut stop = TopicPartitionList::new();
         for &partition in &claim_back {
@@ -785,7 +785,6 @@ impl Input {
         tracing::info!(partitions = ?due, "Restoring again the partitions whose restore failed.");
         // No rebalance runs meanwhile: its callbacks run on this loop, when it polls.
         let restored = tokio::task::block_in_place(|| context.restore_all(&due));
-        context.note_unstarted(&due, &restored);
         let mut owned = lock(&context.assignment);
         context.start(self.consumer(), &due, &restored, &mut owned);
         if !restored.is_empty() {

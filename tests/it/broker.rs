@@ -84,16 +84,19 @@ impl Broker {
     }
 }
 
-/// Where the broker's log (on its standard output) goes: nowhere, or with `PULSE_TEST_LOG_DIR` set, `broker-<port>.log`
-/// there, beside the jobs' logs (`PULSE_TEST_BROKER_LOG` sets its level; its coordinator tells
-/// at `info` which members it dropped for missed heartbeats).
+/// Where the broker's log (on its standard output) goes: nowhere, or with `PULSE_TEST_LOG_DIR`
+/// set, `broker-<port>.log` there, beside the jobs' logs (`PULSE_TEST_BROKER_LOG` sets its
+/// level; its coordinator tells at `info` which members it dropped for missed heartbeats).
 fn log_target(port: u16) -> Stdio {
-    let Some(dir) = std::env::var_os("PULSE_TEST_LOG_DIR") else {
-        return Stdio::null();
-    };
-    let path = std::path::Path::new(&dir).join(format!("broker-{port}.log"));
+    log_file(|| format!("broker-{port}.log")).unwrap_or_else(Stdio::null)
+}
+
+/// With `PULSE_TEST_LOG_DIR` set, a new file there, named by `name`, for a process's log.
+pub fn log_file(name: impl FnOnce() -> String) -> Option<Stdio> {
+    let dir = std::env::var_os("PULSE_TEST_LOG_DIR")?;
+    let path = std::path::Path::new(&dir).join(name());
     match std::fs::File::create(&path) {
-        Ok(file) => file.into(),
+        Ok(file) => Some(file.into()),
         Err(e) => panic!("cannot create {}: {e}", path.display()),
     }
 }

@@ -51,15 +51,11 @@ impl Job {
 /// of one test can be told apart.
 fn log_target() -> Stdio {
     static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let Some(dir) = std::env::var_os("PULSE_TEST_LOG_DIR") else {
-        return Stdio::inherit();
-    };
-    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::path::Path::new(&dir).join(format!("job-{n}.log"));
-    match std::fs::File::create(&path) {
-        Ok(file) => file.into(),
-        Err(e) => panic!("cannot create {}: {e}", path.display()),
-    }
+    crate::broker::log_file(|| {
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("job-{n}.log")
+    })
+    .unwrap_or_else(Stdio::inherit)
 }
 
 impl Drop for Job {
