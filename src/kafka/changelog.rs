@@ -30,6 +30,23 @@ pub struct ChangelogReader {
     client: ClientConfig,
     topic: String,
     claims: FutureProducer,
+    /// The claims producer's warm-up ([`ready_idempotent`]), run beside what the instance does
+    /// next (the group join), not before it; a claim or release waits for it first.
+    warming: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Drops a client on a thread of its own, so that nobody waits for librdkafka to close it: the
+/// consumer that checks the configuration at start took a tenth of a second to close (against
+/// Tansu, 2026-12-02), on the path to the group join. Without a thread, here.
+fn drop_aside<T: Send + 'static>(client: T) {
+    let (hand, take) = std::sync::mpsc::channel::<T>();
+    let spawned = std::thread::Builder::new()
+        .name("changelog-close".into())
+        .spawn(move || drop(take.recv()));
+    if spawned.is_ok() {
+        // The thread waits for it; should it have gone, the client comes back and drops here.
+        let _ = hand.send(client);
+    }
 }
 
 /// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
@@ -179,22 +196,37 @@ impl ChangelogReader {
     ) -> anyhow::Result<ChangelogReader> {
         let client = changelog_consumer_config(brokers, security);
         // Fails here, at start, on a configuration librdkafka refuses.
-        let _: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
-        let claims = client_config(brokers, security)
+        let validated: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
+        drop_aside(validated);
+        let claims: FutureProducer = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.timeout.ms", "10000")
             .create()?;
-        // Connected, told the topic's leaders and given a producer id now, not at the first
-        // claim, which an assignment waits for.
-        let warmed: &FutureProducer = &claims;
-        ready_idempotent(warmed.client(), topic);
+        // Connected, told the topic's leaders and given a producer id before the first claim,
+        // which an assignment waits for: while the consumer joins its group (two metadata
+        // round trips, 50 ms against Tansu, that the start waited for in turn until 2026-12-02).
+        let warming = {
+            let (producer, topic) = (claims.clone(), topic.to_owned());
+            std::thread::Builder::new()
+                .name("changelog-ready".into())
+                .spawn(move || ready_idempotent(producer.client(), &topic))?
+        };
         Ok(ChangelogReader {
             client,
             topic: topic.to_owned(),
             claims,
+            warming: Mutex::new(Some(warming)),
         })
+    }
+
+    /// Waits for the claims producer's warm-up, once.
+    fn warmed(&self) {
+        if let Some(warming) = lock(&self.warming).take() {
+            // A panic there only means the first record finds its own way to the broker.
+            let _ = warming.join();
+        }
     }
 
     /// Appends a record of `key` and `value` to `partition`; done once the brokers acknowledged
@@ -226,33 +258,13 @@ impl ChangelogSource for ChangelogReader {
         }
         let consumer: BaseConsumer<ReaderContext> =
             self.client.create_with_context(ReaderContext)?;
-        let mut tpl = TopicPartitionList::new();
-        let start = from.map_or(FIRST_RECORD, Offset::Offset);
-        tpl.add_partition_offset(&self.topic, partition, start)?;
-        consumer.assign(&tpl)?;
-        let mut end = None;
-        loop {
-            let message = match consumer.poll(CHANGELOG_WAIT) {
-                None => anyhow::bail!(
-                    "the changelog's partition {partition} delivered nothing within {} s (after offset {end:?}, reading up to {to})",
-                    CHANGELOG_WAIT.as_secs()
-                ),
-                // The end before `to`: what lies between was removed by compaction.
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(end),
-                Some(message) => message?,
-            };
-            if message.offset() >= to {
-                return Ok(end);
-            }
-            end = Some(message.offset() + 1);
-            each(message.offset(), changelog_record(&message))?;
-            if message.offset() + 1 >= to {
-                return Ok(end);
-            }
-        }
+        let read = read_range(&consumer, &self.topic, partition, from, to, each);
+        drop_aside(consumer);
+        read
     }
 
     fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
+        self.warmed();
         match futures::executor::block_on(self.append(partition, CLAIM_KEY, claim.to_bytes())) {
             Ok(delivery) => Ok(delivery.offset),
             Err((e, _)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
@@ -260,6 +272,7 @@ impl ChangelogSource for ChangelogReader {
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
+        self.warmed();
         let sends = releases
             .iter()
             .map(|(partition, epoch)| self.append(*partition, RELEASE_KEY, epoch.to_header()));
@@ -279,6 +292,42 @@ impl ChangelogSource for ChangelogReader {
             Duration::from_secs(5),
         )?;
         Ok(high)
+    }
+}
+
+/// Reads `partition` of `topic` with `consumer` from `from` (its first record when `None`) up
+/// to `to`, handing each record to `each`; the offset after the last one read, `None` if none.
+fn read_range(
+    consumer: &BaseConsumer<ReaderContext>,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    to: i64,
+    each: &mut dyn FnMut(i64, ChangelogRecord) -> Result<(), StoreError>,
+) -> anyhow::Result<Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    let start = from.map_or(FIRST_RECORD, Offset::Offset);
+    tpl.add_partition_offset(topic, partition, start)?;
+    consumer.assign(&tpl)?;
+    let mut end = None;
+    loop {
+        let message = match consumer.poll(CHANGELOG_WAIT) {
+            None => anyhow::bail!(
+                "the changelog's partition {partition} delivered nothing within {} s (after offset {end:?}, reading up to {to})",
+                CHANGELOG_WAIT.as_secs()
+            ),
+            // The end before `to`: what lies between was removed by compaction.
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(end),
+            Some(message) => message?,
+        };
+        if message.offset() >= to {
+            return Ok(end);
+        }
+        end = Some(message.offset() + 1);
+        each(message.offset(), changelog_record(&message))?;
+        if message.offset() + 1 >= to {
+            return Ok(end);
+        }
     }
 }
 
