@@ -19,10 +19,10 @@ use customer_pulse::{kafka, pipeline};
 
 /// Rust's allocations go to mimalloc: the fold allocates a few small buffers per event and frees
 /// them at the batch's commit, and glibc's malloc spent a quarter of a file replay's CPU time on
-/// them (README, *Performance*). RocksDB's and librdkafka's own allocations stay with glibc.
+/// them (`benches/HISTORY.md`). RocksDB's and librdkafka's own allocations stay with glibc.
 /// mimalloc is built without asking the kernel for transparent huge pages (its `no_thp`
 /// feature): with them, the fold thread of the broker benchmark spent 13% of its time in the
-/// kernel zeroing fresh 2 MiB pages at their first touch (README, *Through the broker*).
+/// kernel zeroing fresh 2 MiB pages at their first touch (`benches/HISTORY.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,7 +3,7 @@
 //! remembered events), the same bytes `postcard` writes for the tuple of the four and then
 //! [`SeenEntries`], and the complaint trends, the same bytes it writes for [`Trends`]. Each
 //! goes into every commit that changed it: a customer took about 5,500 instructions through
-//! serde and 3,900 by hand (callgrind, 2026-12-01; README, *Performance*). Decoding stays with
+//! serde and 3,900 by hand (callgrind, 2026-12-01; `benches/HISTORY.md`). Decoding stays with
 //! `postcard`. Must not know about keys, the version byte or the timer prefix (`codec` writes
 //! those).
 //!

@@ -24,7 +24,7 @@ fn backend_error(e: rocksdb::Error) -> StoreError {
 ///   the default 64 MiB): a lookup of a key the memtable does not hold (a customer seen for the
 ///   first time) skips the skip list's search, whose pointer chasing through a full memtable
 ///   was most of such a lookup's time. A fiftieth cost hot customers' writes about 4% in cache
-///   misses; this size did not measurably (README, *File replay*).
+///   misses; this size did not measurably (`benches/HISTORY.md`).
 /// - Memtable inserts hinted per key family (its first byte: customers, timers, outbox, ...):
 ///   each insert starts from where the last of its family ended, and a write's operations are
 ///   in key order (below), so it is a few steps from there. Unhinted, RocksDB reuses the last
