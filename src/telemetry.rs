@@ -50,6 +50,7 @@ pub struct Telemetry {
     rfm_customers: IntGaugeVec,
     state_size: IntGauge,
     aggregator_watermark: IntGauge,
+    aggregator_late_facts: IntCounter,
     outbox_backlog: IntGauge,
     outbox_delivered: IntCounter,
     consumer_lag: IntGaugeVec,
@@ -256,6 +257,11 @@ impl Telemetry {
                 "The aggregator's watermark (the lowest of the partitions'), Unix seconds of event time; 0 where no aggregator runs.",
             ))
             .expect("valid metric"),
+            aggregator_late_facts: IntCounter::with_opts(opts(
+                "aggregator_late_facts_total",
+                "Facts (complaints, orders, renewals, changes of standing, ...) the aggregator applied after the complaint window or segment-day they belong to was emitted: changes the emitted records do not show.",
+            ))
+            .expect("valid metric"),
             outbox_backlog: IntGauge::with_opts(opts(
                 "outbox_backlog_records",
                 "Output records committed but not yet acknowledged by the sink.",
@@ -376,6 +382,7 @@ impl Telemetry {
             Box::new(t.rfm_customers.clone()),
             Box::new(t.state_size.clone()),
             Box::new(t.aggregator_watermark.clone()),
+            Box::new(t.aggregator_late_facts.clone()),
             Box::new(t.outbox_backlog.clone()),
             Box::new(t.outbox_delivered.clone()),
             Box::new(t.consumer_lag.clone()),
@@ -461,6 +468,7 @@ impl Telemetry {
                 .inc();
         }
         self.record_segments(report);
+        self.aggregator_late_facts.inc_by(report.late_facts);
     }
 
     /// Segments come from the configured tiers, reasons from closed sets: bounded labels.

@@ -158,6 +158,9 @@ pub struct BatchReport {
     pub population: Option<(BTreeMap<String, Population>, BTreeMap<String, i64>)>,
     /// Segment-days the batch closed.
     pub closed_days: usize,
+    /// Facts the aggregator applied to a complaint window or segment-day it had already
+    /// emitted: changes the emitted records do not show.
+    pub late_facts: u64,
     /// Customers per named RFM segment, when a closed day recomputed the scales.
     pub rfm_segments: Option<BTreeMap<String, i64>>,
 }
@@ -204,6 +207,7 @@ impl BatchReport {
             self.population = other.population;
         }
         self.closed_days += other.closed_days;
+        self.late_facts += other.late_facts;
         if other.rfm_segments.is_some() {
             self.rfm_segments = other.rfm_segments;
         }
@@ -626,7 +630,9 @@ impl Processor {
         let mut commit = Commit::default();
         for partition in read {
             for fact in partition.facts {
-                aggregates.note(fact, &self.settings.trends, None);
+                if aggregates.note(fact, &self.settings.trends, None) == Counted::Late {
+                    report.late_facts += 1;
+                }
             }
             let p = partition.partition;
             commit.offsets.push((source.to_owned(), p, partition.next));
@@ -1488,6 +1494,69 @@ impl hashbrown::Equivalent<(String, &'static str, &'static str)> for EventKey<'_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_aggregator_counts_a_fact_for_a_day_it_already_emitted_as_late() {
+        let minimal = "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n";
+        let config = crate::config::Config::parse(minimal, Vec::new()).unwrap();
+        let mut settings = crate::pipeline::processor_settings(&config);
+        settings.partitions = 1;
+        settings.aggregation = Aggregation::Here;
+        let mut aggregator = Processor::new(Store::in_memory(), settings);
+        const DAY: Millis = 86_400_000;
+        let renewal = |at: Millis| Fact::Count {
+            segment: "standard".into(),
+            at,
+            flow: OwnedFlow::Renewal {
+                reason: "auto".into(),
+            },
+        };
+        let read = |facts: Vec<Fact>, watermark: Millis, next: i64| PartitionFacts {
+            partition: 0,
+            facts,
+            watermark: Some(watermark),
+            next,
+            ownership: crate::store::Ownership::default(),
+        };
+        let day = 20_500 * DAY;
+        // The watermark passes the end of the renewal's day: the day is emitted.
+        let first = aggregator
+            .aggregate(
+                "changelog",
+                vec![read(
+                    vec![renewal(day + 10 * 3_600_000)],
+                    day + DAY + 3_600_000,
+                    1,
+                )],
+            )
+            .unwrap();
+        assert_eq!(first.late_facts, 0);
+        assert!(first.closed_days > 0, "the day closed");
+        // A renewal of that day comes after: applied, late.
+        let second = aggregator
+            .aggregate(
+                "changelog",
+                vec![read(
+                    vec![renewal(day + 11 * 3_600_000)],
+                    day + DAY + 3_600_000,
+                    2,
+                )],
+            )
+            .unwrap();
+        assert_eq!(second.late_facts, 1);
+        // One of the next day is not.
+        let third = aggregator
+            .aggregate(
+                "changelog",
+                vec![read(
+                    vec![renewal(day + DAY + 7_200_000)],
+                    day + DAY + 7_200_000,
+                    3,
+                )],
+            )
+            .unwrap();
+        assert_eq!(third.late_facts, 0);
+    }
 
     #[test]
     fn a_report_counts_repeated_outcomes_under_one_key() {

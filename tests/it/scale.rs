@@ -432,11 +432,16 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         aggregator_watermark * 1000.0 >= (newest - 7_200_000) as f64,
         "aggregator watermark {aggregator_watermark} s, newest event {newest} ms"
     );
+    // Should a count differ: whether the aggregator took a fact after its day was emitted.
+    let late: f64 = [&a, &c, &d, &e]
+        .iter()
+        .map(|i| metric_sum(i.port, "customer_pulse_aggregator_late_facts_total"))
+        .sum();
     for path in [&["referrals"][..], &["renewals", "count"]] {
         assert_eq!(
             per_day(&got_days, path),
             per_day(&want_days, path),
-            "{path:?}"
+            "{path:?}; facts the live instances' aggregators applied late: {late}"
         );
     }
 }
