@@ -1504,58 +1504,37 @@ mod tests {
         settings.aggregation = Aggregation::Here;
         let mut aggregator = Processor::new(Store::in_memory(), settings);
         const DAY: Millis = 86_400_000;
-        let renewal = |at: Millis| Fact::Count {
-            segment: "standard".into(),
-            at,
-            flow: OwnedFlow::Renewal {
-                reason: "auto".into(),
-            },
-        };
-        let read = |facts: Vec<Fact>, watermark: Millis, next: i64| PartitionFacts {
-            partition: 0,
-            facts,
-            watermark: Some(watermark),
-            next,
-            ownership: crate::store::Ownership::default(),
+        const HOUR: Millis = 3_600_000;
+        // One renewal at `at` read from the changelog, the partition's watermark at `watermark`.
+        let mut renewal = |at: Millis, watermark: Millis, next: i64| {
+            let fact = Fact::Count {
+                segment: "standard".into(),
+                at,
+                flow: OwnedFlow::Renewal {
+                    reason: "auto".into(),
+                },
+            };
+            let read = PartitionFacts {
+                partition: 0,
+                facts: vec![fact],
+                watermark: Some(watermark),
+                next,
+                ownership: crate::store::Ownership::default(),
+            };
+            aggregator.aggregate("changelog", vec![read]).unwrap()
         };
         let day = 20_500 * DAY;
         // The watermark passes the end of the renewal's day: the day is emitted.
-        let first = aggregator
-            .aggregate(
-                "changelog",
-                vec![read(
-                    vec![renewal(day + 10 * 3_600_000)],
-                    day + DAY + 3_600_000,
-                    1,
-                )],
-            )
-            .unwrap();
+        let first = renewal(day + 10 * HOUR, day + DAY + HOUR, 1);
         assert_eq!(first.late_facts, 0);
         assert!(first.closed_days > 0, "the day closed");
         // A renewal of that day comes after: applied, late.
-        let second = aggregator
-            .aggregate(
-                "changelog",
-                vec![read(
-                    vec![renewal(day + 11 * 3_600_000)],
-                    day + DAY + 3_600_000,
-                    2,
-                )],
-            )
-            .unwrap();
-        assert_eq!(second.late_facts, 1);
+        assert_eq!(renewal(day + 11 * HOUR, day + DAY + HOUR, 2).late_facts, 1);
         // One of the next day is not.
-        let third = aggregator
-            .aggregate(
-                "changelog",
-                vec![read(
-                    vec![renewal(day + DAY + 7_200_000)],
-                    day + DAY + 7_200_000,
-                    3,
-                )],
-            )
-            .unwrap();
-        assert_eq!(third.late_facts, 0);
+        assert_eq!(
+            renewal(day + DAY + 2 * HOUR, day + DAY + 2 * HOUR, 3).late_facts,
+            0
+        );
     }
 
     #[test]
