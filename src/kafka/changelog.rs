@@ -39,14 +39,10 @@ pub struct ChangelogReader {
 /// consumer that checks the configuration at start took a tenth of a second to close (against
 /// Tansu, 2026-12-02), on the path to the group join. Without a thread, here.
 fn drop_aside<T: Send + 'static>(client: T) {
-    let (hand, take) = std::sync::mpsc::channel::<T>();
-    let spawned = std::thread::Builder::new()
+    // Should no thread start, the closure, and the client with it, is dropped here.
+    let _ = std::thread::Builder::new()
         .name("changelog-close".into())
-        .spawn(move || drop(take.recv()));
-    if spawned.is_ok() {
-        // The thread waits for it; should it have gone, the client comes back and drops here.
-        let _ = hand.send(client);
-    }
+        .spawn(move || drop(client));
 }
 
 /// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
