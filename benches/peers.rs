@@ -163,9 +163,14 @@ async fn pulse(
         .spawn()
         .expect("customer-pulse starts");
     let deadline = Instant::now() + Duration::from_secs(900);
-    while common::metric_sum(port, "customer_pulse_events_total") < events as f64
-        || common::metric_sum(port, "customer_pulse_ready") < 1.0
-    {
+    // One scrape a round: rendering `/metrics` costs the job CPU time, which is measured.
+    loop {
+        let scrape = common::Scrape::of(port);
+        if scrape.sum("customer_pulse_events_total") >= events as f64
+            && scrape.sum("customer_pulse_ready") >= 1.0
+        {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "customer-pulse finished within 900 s"
@@ -502,12 +507,7 @@ async fn paced(
         .await
         .expect("warm-up publish");
     folded(port, warm, "the warm-up events").await;
-    let warmed = (
-        common::metric_lines(port, LATENCY),
-        common::metric_lines(port, &format!("{BATCH}_bucket")),
-        common::metric_sum(port, &format!("{BATCH}_count")),
-        common::metric_sum(port, &format!("{BATCH}_sum")),
-    );
+    let warmed = common::Scrape::of(port);
     let live = common::traffic(paced, 20, seed, wall_clock_ms(), 10_000);
     let from = common::ends(brokers, &inputs, PARTITIONS);
     let reference = tokio::task::spawn_blocking({
@@ -521,16 +521,19 @@ async fn paced(
     folded(port, warm + paced, "the paced events").await;
     let achieved = paced as f64 / started.elapsed().as_secs_f64();
     let reference = reference.await.expect("reference latencies");
+    let now = common::Scrape::of(port);
+    let (buckets, counts, sums) = (
+        format!("{BATCH}_bucket"),
+        format!("{BATCH}_count"),
+        format!("{BATCH}_sum"),
+    );
     let measured = Paced {
         achieved,
-        buckets: gained(common::metric_lines(port, LATENCY), &warmed.0),
+        buckets: gained(now.lines(LATENCY), &warmed.lines(LATENCY)),
         reference,
-        batch_buckets: gained(
-            common::metric_lines(port, &format!("{BATCH}_bucket")),
-            &warmed.1,
-        ),
-        batches: common::metric_sum(port, &format!("{BATCH}_count")) - warmed.2,
-        busy: common::metric_sum(port, &format!("{BATCH}_sum")) - warmed.3,
+        batch_buckets: gained(now.lines(&buckets), &warmed.lines(&buckets)),
+        batches: now.sum(&counts) - warmed.sum(&counts),
+        busy: now.sum(&sums) - warmed.sum(&sums),
         paced: paced as f64,
     };
     end(child);

@@ -58,14 +58,15 @@ async fn run_until(config: &std::path::Path, port: u16, events: u64) -> (Child, 
     let mut moments = Moments::default();
     loop {
         let at = started.elapsed().as_secs_f64();
-        let lines = common::metric_lines(port, "customer_pulse_assigned_partitions");
+        let scrape = common::Scrape::of(port);
+        let lines = scrape.lines("customer_pulse_assigned_partitions");
         if !lines.is_empty() {
             moments.up.get_or_insert(at);
         }
         if lines.iter().any(|(_, v)| *v > 0.0) {
             moments.assigned.get_or_insert(at);
         }
-        let folded = common::metric_sum(port, "customer_pulse_events_total");
+        let folded = scrape.sum("customer_pulse_events_total");
         if folded >= 1.0 {
             moments.first.get_or_insert(at);
         }

@@ -127,28 +127,45 @@ pub fn raw_latencies(
 /// The sum of every series of metric `name` on the processor's `/metrics` at `port`; 0 when it
 /// does not answer.
 pub fn metric_sum(port: u16, name: &str) -> f64 {
-    metric_lines(port, name).iter().map(|(_, v)| v).sum()
+    Scrape::of(port).sum(name)
 }
 
-/// The series of metric `name` (its exact name, then labels or a space) as `(labels, value)`.
-pub fn metric_lines(port: u16, name: &str) -> Vec<(String, f64)> {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return Vec::new();
-    };
-    let _ = write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series[name.len()..].to_owned(), value.parse::<f64>().ok()?))
-        })
-        .collect()
+/// One read of the processor's `/metrics`, empty when it does not answer. A harness that
+/// waits on several metrics reads them from one scrape: rendering the page costs the
+/// measured process CPU time.
+pub struct Scrape(String);
+
+impl Scrape {
+    pub fn of(port: u16) -> Scrape {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return Scrape(String::new());
+        };
+        let _ = write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        Scrape(text)
+    }
+
+    /// The sum of every series of metric `name`.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.lines(name).iter().map(|(_, v)| v).sum()
+    }
+
+    /// The series of metric `name` (its exact name, then labels or a space) as `(labels, value)`.
+    pub fn lines(&self, name: &str) -> Vec<(String, f64)> {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series[name.len()..].to_owned(), value.parse::<f64>().ok()?))
+            })
+            .collect()
+    }
 }
 
 /// The multi-threaded runtime a benchmark's `main` runs in. With `RUST_LOG` set, the log of
