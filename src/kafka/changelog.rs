@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::polled::Polled;
 use super::{client_config, lock, ready_idempotent, Assignment, FIRST_RECORD};
 use crate::config::KafkaSecurity;
 use crate::restore::ChangelogSource;
@@ -29,11 +29,14 @@ use crate::telemetry::Telemetry;
 pub struct ChangelogReader {
     client: ClientConfig,
     topic: String,
-    claims: FutureProducer,
+    claims: Polled<ClaimsContext>,
     /// The claims producer's warm-up ([`ready_idempotent`]), run beside what the instance does
     /// next (the group join), not before it; a claim or release waits for it first.
     warming: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// How long librdkafka tries to write a claim or release before it reports a failure.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Drops a client on a thread of its own, so that nobody waits for librdkafka to close it: the
 /// consumer that checks the configuration at start took a tenth of a second to close (against
@@ -43,6 +46,36 @@ fn drop_aside<T: Send + 'static>(client: T) {
     let _ = std::thread::Builder::new()
         .name("changelog-close".into())
         .spawn(move || drop(client));
+}
+
+/// Where a claim or release waits for its delivery report: the sender of the call that wrote
+/// it, and the record's place in that call.
+type Waiter = Box<(
+    usize,
+    std::sync::mpsc::Sender<(usize, Result<i64, KafkaError>)>,
+)>;
+
+/// The claims producer's callbacks: each delivery report goes to the call that waits for it.
+struct ClaimsContext;
+
+impl ClientContext for ClaimsContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Changelog claims producer error; librdkafka retries.");
+    }
+}
+
+impl ProducerContext for ClaimsContext {
+    type DeliveryOpaque = Waiter;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiter: Waiter) {
+        let (place, to) = *waiter;
+        let result = match result {
+            Ok(message) => Ok(message.offset()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The call gave up waiting (see `append`): nobody to tell.
+        let _ = to.send((place, result));
+    }
 }
 
 /// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
@@ -194,17 +227,18 @@ impl ChangelogReader {
         // Fails here, at start, on a configuration librdkafka refuses.
         let validated: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
         drop_aside(validated);
-        let claims: FutureProducer = client_config(brokers, security)
+        let claims: BaseProducer<ClaimsContext> = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
-            .set("message.timeout.ms", "10000")
-            .create()?;
+            .set("message.timeout.ms", CLAIM_TIMEOUT.as_millis().to_string())
+            .create_with_context(ClaimsContext)?;
+        let claims = Polled::start(claims, "claims-poll")?;
         // Connected, told the topic's leaders and given a producer id before the first claim,
         // which an assignment waits for: while the consumer joins its group (two metadata
         // round trips, 50 ms against Tansu, that the start waited for in turn until 2026-12-02).
         let warming = {
-            let (producer, topic) = (claims.clone(), topic.to_owned());
+            let (producer, topic) = (claims.shared(), topic.to_owned());
             std::thread::Builder::new()
                 .name("changelog-ready".into())
                 .spawn(move || ready_idempotent(producer.client(), &topic))?
@@ -225,19 +259,37 @@ impl ChangelogReader {
         }
     }
 
-    /// Appends a record of `key` and `value` to `partition`; done once the brokers acknowledged
-    /// it, within 10 s.
-    async fn append(
-        &self,
-        partition: i32,
-        key: &[u8],
-        value: Vec<u8>,
-    ) -> rdkafka::producer::future_producer::OwnedDeliveryResult {
-        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-            .partition(partition)
-            .key(key)
-            .payload(&value);
-        self.claims.send(record, Duration::from_secs(10)).await
+    /// Appends each `(partition, key, value)` and waits for the brokers to acknowledge them:
+    /// each one's offset, or why it was not written (librdkafka gives up after
+    /// [`CLAIM_TIMEOUT`]).
+    fn append(&self, records: &[(i32, &[u8], Vec<u8>)]) -> Vec<Result<i64, KafkaError>> {
+        let (to, reports) = std::sync::mpsc::channel();
+        let mut results: Vec<Option<Result<i64, KafkaError>>> = vec![None; records.len()];
+        let mut waiting = 0;
+        for (place, (partition, key, value)) in records.iter().enumerate() {
+            let record = BaseRecord::with_opaque_to(&self.topic, Box::new((place, to.clone())))
+                .partition(*partition)
+                .key(*key)
+                .payload(value.as_slice());
+            match self.claims.send(record) {
+                Ok(()) => waiting += 1,
+                Err((e, _)) => results[place] = Some(Err(e)),
+            }
+        }
+        // A report always comes within the producer's timeout; the margin covers the rest.
+        let deadline = Instant::now() + CLAIM_TIMEOUT + Duration::from_secs(5);
+        while waiting > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((place, result)) = reports.recv_timeout(left) else {
+                break;
+            };
+            results[place] = Some(result);
+            waiting -= 1;
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(KafkaError::Canceled)))
+            .collect()
     }
 }
 
@@ -261,20 +313,22 @@ impl ChangelogSource for ChangelogReader {
 
     fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
         self.warmed();
-        match futures::executor::block_on(self.append(partition, CLAIM_KEY, claim.to_bytes())) {
-            Ok(delivery) => Ok(delivery.offset),
-            Err((e, _)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
+        let written = self.append(&[(partition, CLAIM_KEY, claim.to_bytes())]);
+        match written.into_iter().next() {
+            Some(Ok(offset)) => Ok(offset),
+            Some(Err(e)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
+            None => unreachable!("one result for one record"),
         }
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
         self.warmed();
-        let sends = releases
+        let records: Vec<(i32, &[u8], Vec<u8>)> = releases
             .iter()
-            .map(|(partition, epoch)| self.append(*partition, RELEASE_KEY, epoch.to_header()));
-        let sent = futures::executor::block_on(join_all(sends));
-        for (sent, (partition, _)) in sent.into_iter().zip(releases) {
-            if let Err((e, _)) = sent {
+            .map(|(partition, epoch)| (*partition, RELEASE_KEY, epoch.to_header()))
+            .collect();
+        for (sent, (partition, _)) in self.append(&records).into_iter().zip(releases) {
+            if let Err(e) = sent {
                 anyhow::bail!("releasing partition {partition} of the changelog: {e}");
             }
         }

@@ -2,9 +2,9 @@
 //! [`crate::processor::InputRecord`] at this boundary. `input` is the consumer (a group member,
 //! or reading fixed partitions outside the group) that feeds input records in; `changelog`
 //! reads and claims changelog partitions outside the group and checks that owned ones stay
-//! owned; `sink` is the idempotent producer that drains the outbox; `publish` writes events
-//! and topics for the demo, the tests and the benchmarks. Must not know how events are decoded
-//! or folded.
+//! owned; `sink` is the idempotent producer that drains the outbox; `polled` serves a
+//! producer's delivery reports on a thread of its own; `publish` writes events and topics for
+//! the demo, the tests and the benchmarks. Must not know how events are decoded or folded.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use crate::telemetry::Telemetry;
 
 mod changelog;
 mod input;
+mod polled;
 mod publish;
 mod sink;
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::changelog::ChangelogProgress;
+use super::polled::Polled;
 use super::{client_config, client_error, lock, ready_idempotent};
 use crate::config::{Compression, KafkaSecurity};
 use crate::outbox::Sink;
@@ -72,7 +73,7 @@ impl ProducerContext for SinkContext {
 
 /// The output side: an idempotent producer that acknowledges only what the brokers acknowledged.
 pub struct KafkaSink {
-    producer: ThreadedProducer<SinkContext>,
+    producer: Polled<SinkContext>,
     /// How many records were sent before the chunk being delivered: the next chunk's first tag.
     sent: usize,
     telemetry: Arc<Telemetry>,
@@ -86,7 +87,7 @@ impl KafkaSink {
         compression: Compression,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<KafkaSink> {
-        let producer = client_config(brokers, security)
+        let producer: BaseProducer<SinkContext> = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -98,6 +99,7 @@ impl KafkaSink {
                 reports: Mutex::default(),
                 all_reported: tokio::sync::Notify::new(),
             })?;
+        let producer = Polled::start(producer, "sink-poll")?;
         Ok(KafkaSink {
             producer,
             sent: 0,
