@@ -173,6 +173,11 @@ impl ChangelogTail {
     }
 }
 
+/// `wait` rounded up to whole milliseconds.
+fn whole_millis(wait: Duration) -> Duration {
+    Duration::from_millis(wait.as_micros().div_ceil(1000) as u64)
+}
+
 impl crate::aggregator::ChangelogFeed for ChangelogTail {
     fn next(
         &mut self,
@@ -194,9 +199,11 @@ impl crate::aggregator::ChangelogFeed for ChangelogTail {
         let mut records = Vec::new();
         let deadline = Instant::now() + TAIL_WAIT;
         while records.len() < max {
-            // The first record may be waited for; after it, only what has arrived.
+            // The first record may be waited for; after it, only what has arrived. In whole
+            // milliseconds, rounded up: rdkafka hands librdkafka the wait rounded down, then
+            // polls without waiting until the fraction left is gone (see `polled`).
             let wait = match records.is_empty() {
-                true => deadline.saturating_duration_since(Instant::now()),
+                true => whole_millis(deadline.saturating_duration_since(Instant::now())),
                 false => Duration::ZERO,
             };
             let message = match self.consumer.poll(wait) {
@@ -565,5 +572,19 @@ impl ClaimWatch {
                 tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; it is checked again.")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_wait_is_rounded_up_to_whole_milliseconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(whole_millis(Duration::from_micros(199_970)), ms(200));
+        assert_eq!(whole_millis(Duration::from_micros(1)), ms(1));
+        assert_eq!(whole_millis(ms(200)), ms(200));
+        assert_eq!(whole_millis(Duration::ZERO), Duration::ZERO);
     }
 }
