@@ -320,12 +320,13 @@ impl ChangelogSource for ChangelogReader {
 
     fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
         self.warmed();
+        // One record, one result.
         let written = self.append(&[(partition, CLAIM_KEY, claim.to_bytes())]);
-        match written.into_iter().next() {
-            Some(Ok(offset)) => Ok(offset),
-            Some(Err(e)) => anyhow::bail!("claiming partition {partition} of the changelog: {e}"),
-            None => unreachable!("one result for one record"),
-        }
+        let written = written
+            .into_iter()
+            .next()
+            .unwrap_or(Err(KafkaError::Canceled));
+        written.map_err(|e| anyhow::anyhow!("claiming partition {partition} of the changelog: {e}"))
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
