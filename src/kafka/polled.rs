@@ -20,7 +20,10 @@ const POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// A [`BaseProducer`] with a thread that serves its events. Dropped, the thread stops within
 /// [`POLL_WAIT`] and the producer is destroyed there (librdkafka purges what it still holds and
-/// waits for its own threads), not on the thread that dropped it.
+/// waits for its own threads), not on the thread that dropped it. Until then its context still
+/// hears from librdkafka: a broker that goes away in that second (the demo's embedded one, as
+/// the demo ends) is logged as a client error, as it was not while `ThreadedProducer`'s drop
+/// destroyed the producer at once (and waited up to 100 ms for its thread to do so).
 pub struct Polled<C: ProducerContext + 'static> {
     producer: Arc<BaseProducer<C>>,
     stop: Arc<AtomicBool>,
