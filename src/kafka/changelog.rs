@@ -14,7 +14,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::polled::Polled;
+use super::polled::{Polled, Release, Released};
 use super::{client_config, lock, ready_idempotent, Assignment, FIRST_RECORD};
 use crate::config::KafkaSecurity;
 use crate::restore::ChangelogSource;
@@ -56,11 +56,22 @@ type Waiter = Box<(
 )>;
 
 /// The claims producer's callbacks: each delivery report goes to the call that waits for it.
-struct ClaimsContext;
+#[derive(Default)]
+struct ClaimsContext {
+    release: Release,
+}
 
 impl ClientContext for ClaimsContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "Changelog claims producer error; librdkafka retries.");
+        if !self.release.after("claims producer", &error, reason) {
+            tracing::warn!(error = %error, reason, "Changelog claims producer error; librdkafka retries.");
+        }
+    }
+}
+
+impl Released for ClaimsContext {
+    fn released(&self) {
+        self.release.set();
     }
 }
 
@@ -239,7 +250,7 @@ impl ChangelogReader {
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.timeout.ms", CLAIM_TIMEOUT.as_millis().to_string())
-            .create_with_context(ClaimsContext)?;
+            .create_with_context(ClaimsContext::default())?;
         let claims = Polled::start(claims, "claims-poll")?;
         // Connected, told the topic's leaders and given a producer id before the first claim,
         // which an assignment waits for: while the consumer joins its group (two metadata

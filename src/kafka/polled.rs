@@ -6,30 +6,58 @@
 //! Its thread waits 100 ms at a time, so it spun about 0.85 ms at the end of each wait (strace
 //! of an idle job's polling thread, 2026-12-02): 0.9% of a core per producer, idle or busy, and
 //! two thirds of an idle job's CPU with its three producers. Waiting a second at a time, the
-//! spin is a tenth of that. A report still ends a wait at once, so deliveries are not slower.
+//! spin is a tenth of that. A report is served as it comes, so deliveries are not slower.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, ProducerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
 /// How long the polling thread waits for an event at a time: how soon, at most, it sees that
 /// its producer was dropped.
 const POLL_WAIT: Duration = Duration::from_secs(1);
 
+/// A producer's context that is told when its [`Polled`] is dropped. librdkafka goes on
+/// reporting to it until the polling thread's last wait ends, up to [`POLL_WAIT`] later: a
+/// broker gone in that time (the demo's embedded one, stopped as the demo ends) is no longer
+/// the job's error to warn of (see [`Release`]).
+pub trait Released: ProducerContext {
+    /// Called once, as the [`Polled`] is dropped.
+    fn released(&self);
+}
+
+/// A context's note that its producer was dropped, for [`Released`].
+#[derive(Default)]
+pub struct Release(AtomicBool);
+
+impl Release {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a client error is a dropped producer's last words: then it is logged at debug
+    /// level here and is not to be warned of or counted.
+    pub fn after(&self, client: &'static str, error: &KafkaError, reason: &str) -> bool {
+        let released = self.0.load(Ordering::Relaxed);
+        if released {
+            tracing::debug!(client, error = %error, reason, "Kafka client error after the producer was let go.");
+        }
+        released
+    }
+}
+
 /// A [`BaseProducer`] with a thread that serves its events. Dropped, the thread stops within
 /// [`POLL_WAIT`] and the producer is destroyed there (librdkafka purges what it still holds and
 /// waits for its own threads), not on the thread that dropped it. Until then its context still
-/// hears from librdkafka: a broker that goes away in that second (the demo's embedded one, as
-/// the demo ends) is logged as a client error, as it was not while `ThreadedProducer`'s drop
-/// destroyed the producer at once (and waited up to 100 ms for its thread to do so).
-pub struct Polled<C: ProducerContext + 'static> {
+/// hears from librdkafka, told first that it was let go ([`Released`]).
+pub struct Polled<C: Released + 'static> {
     producer: Arc<BaseProducer<C>>,
     stop: Arc<AtomicBool>,
 }
 
-impl<C: ProducerContext + 'static> Polled<C> {
+impl<C: Released + 'static> Polled<C> {
     /// Starts the thread, named `name`, that polls `producer`.
     pub fn start(producer: BaseProducer<C>, name: &str) -> std::io::Result<Polled<C>> {
         let producer = Arc::new(producer);
@@ -51,7 +79,7 @@ impl<C: ProducerContext + 'static> Polled<C> {
     }
 }
 
-impl<C: ProducerContext + 'static> std::ops::Deref for Polled<C> {
+impl<C: Released + 'static> std::ops::Deref for Polled<C> {
     type Target = BaseProducer<C>;
 
     fn deref(&self) -> &BaseProducer<C> {
@@ -59,8 +87,9 @@ impl<C: ProducerContext + 'static> std::ops::Deref for Polled<C> {
     }
 }
 
-impl<C: ProducerContext + 'static> Drop for Polled<C> {
+impl<C: Released + 'static> Drop for Polled<C> {
     fn drop(&mut self) {
+        self.producer.context().released();
         self.stop.store(true, Ordering::Relaxed);
     }
 }
@@ -73,8 +102,11 @@ mod tests {
     use rdkafka::ClientContext;
     use std::sync::mpsc;
 
-    /// Reports each delivery's outcome on a channel.
-    struct Reports(std::sync::Mutex<mpsc::Sender<bool>>);
+    /// Reports each delivery's outcome on a channel, and notes when it was let go.
+    struct Reports {
+        outcomes: std::sync::Mutex<mpsc::Sender<bool>>,
+        released: Arc<AtomicBool>,
+    }
 
     impl ClientContext for Reports {}
 
@@ -82,19 +114,30 @@ mod tests {
         type DeliveryOpaque = ();
 
         fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-            let _ = self.0.lock().unwrap().send(result.is_ok());
+            let _ = self.outcomes.lock().unwrap().send(result.is_ok());
+        }
+    }
+
+    impl Released for Reports {
+        fn released(&self) {
+            self.released.store(true, Ordering::Relaxed);
         }
     }
 
     /// With no broker to deliver to, a record's report comes once its timeout passes: only a
-    /// thread polling the producer hands it over. Dropped, the thread lets the producer go.
+    /// thread polling the producer hands it over. Dropped, the context is told at once and the
+    /// thread lets the producer go.
     #[test]
     fn the_thread_serves_delivery_reports_and_stops_once_dropped() {
         let (tx, rx) = mpsc::channel();
+        let released = Arc::new(AtomicBool::new(false));
         let producer: BaseProducer<Reports> = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
             .set("message.timeout.ms", "200")
-            .create_with_context(Reports(std::sync::Mutex::new(tx)))
+            .create_with_context(Reports {
+                outcomes: std::sync::Mutex::new(tx),
+                released: Arc::clone(&released),
+            })
             .unwrap();
         let polled = Polled::start(producer, "test-poll").unwrap();
         polled
@@ -103,12 +146,23 @@ mod tests {
             .unwrap();
         let delivered = rx.recv_timeout(Duration::from_secs(30));
         assert_eq!(delivered, Ok(false), "a failed delivery reported");
+        assert!(!released.load(Ordering::Relaxed), "not let go while held");
         let producer = Arc::downgrade(&polled.shared());
         drop(polled);
+        assert!(released.load(Ordering::Relaxed), "told as it is dropped");
         let gone = (0..300).any(|_| {
             std::thread::sleep(Duration::from_millis(100));
             producer.upgrade().is_none()
         });
         assert!(gone, "the polling thread let the producer go");
+    }
+
+    #[test]
+    fn a_release_turns_later_client_errors_into_debug_lines() {
+        let release = Release::default();
+        let error = KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        assert!(!release.after("producer", &error, "1/1 brokers are down"));
+        release.set();
+        assert!(release.after("producer", &error, "1/1 brokers are down"));
     }
 }

@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::changelog::ChangelogProgress;
-use super::polled::Polled;
+use super::polled::{Polled, Release, Released};
 use super::{client_config, client_error, lock, ready_idempotent};
 use crate::config::{Compression, KafkaSecurity};
 use crate::outbox::Sink;
@@ -26,11 +26,20 @@ pub struct SinkContext {
     reports: Mutex<Reports>,
     /// Told when the last report of a chunk came in.
     all_reported: tokio::sync::Notify,
+    release: Release,
 }
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        client_error(&self.telemetry, "producer", &error, reason);
+        if !self.release.after("producer", &error, reason) {
+            client_error(&self.telemetry, "producer", &error, reason);
+        }
+    }
+}
+
+impl Released for SinkContext {
+    fn released(&self) {
+        self.release.set();
     }
 }
 
@@ -98,6 +107,7 @@ impl KafkaSink {
                 telemetry: telemetry.clone(),
                 reports: Mutex::default(),
                 all_reported: tokio::sync::Notify::new(),
+                release: Release::default(),
             })?;
         let producer = Polled::start(producer, "sink-poll")?;
         Ok(KafkaSink {
