@@ -16,6 +16,11 @@ use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{InputRecord, OutputTopics, Processor, ProcessorSettings};
 use customer_pulse::store::{Commit, Customer, OutboxRecord, RocksBackend, Store, Timer};
 
+/// The binary's allocator (`src/main.rs`), so that the parts cost here what they cost in the
+/// binary (the other benchmarks get it from `common`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NOW: i64 = 1_780_315_200_000;
 const EVENTS: u64 = 20_000;
 
