@@ -70,8 +70,8 @@ impl ClientContext for ClaimsContext {
 }
 
 impl Released for ClaimsContext {
-    fn released(&self) {
-        self.release.set();
+    fn release(&self) -> &Release {
+        &self.release
     }
 }
 
@@ -332,12 +332,11 @@ impl ChangelogSource for ChangelogReader {
     fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
         self.warmed();
         // One record, one result.
-        let written = self.append(&[(partition, CLAIM_KEY, claim.to_bytes())]);
-        let written = written
+        self.append(&[(partition, CLAIM_KEY, claim.to_bytes())])
             .into_iter()
             .next()
-            .unwrap_or(Err(KafkaError::Canceled));
-        written.map_err(|e| anyhow::anyhow!("claiming partition {partition} of the changelog: {e}"))
+            .unwrap_or(Err(KafkaError::Canceled))
+            .map_err(|e| anyhow::anyhow!("claiming partition {partition} of the changelog: {e}"))
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {

@@ -38,8 +38,8 @@ impl ClientContext for SinkContext {
 }
 
 impl Released for SinkContext {
-    fn released(&self) {
-        self.release.set();
+    fn release(&self) -> &Release {
+        &self.release
     }
 }
 
