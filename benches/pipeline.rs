@@ -1,6 +1,7 @@
 //! Benchmarks of the hot path: decode alone, the per-customer fold alone, a store commit alone,
 //! and decode + fold + atomic store commit through the processor (with every analytic), in
-//! memory and on RocksDB. Events are the generator's (about 200 bytes each). And
+//! memory and on RocksDB; the same for live traffic in small batches and large, with the
+//! changelog. Events are the generator's (about 200 bytes each). And
 //! the models a published churn-risk record computes: the hypergeometric function 2F1, a
 //! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV).
 //! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
@@ -76,14 +77,30 @@ fn settings() -> ProcessorSettings {
     }
 }
 
+/// A month of the generator's traffic over 5,000 customers.
 fn records() -> Vec<InputRecord> {
-    let spec = TrafficSpec {
+    records_of(TrafficSpec {
         customers: 5_000,
         events: EVENTS,
         seed: 1,
         start_ms: NOW - 30 * 86_400_000,
         step_ms: 60_000,
-    };
+    })
+}
+
+/// The same number of events as live traffic: 20 a customer, a millisecond apart, ending at
+/// `NOW`.
+fn live_records() -> Vec<InputRecord> {
+    records_of(TrafficSpec {
+        customers: EVENTS / 20,
+        events: EVENTS,
+        seed: 2,
+        start_ms: NOW - EVENTS as i64,
+        step_ms: 1,
+    })
+}
+
+fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
     generate(&spec)
         .into_iter()
         .enumerate()
@@ -170,6 +187,36 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+
+    // Live traffic (20 seconds of event time), folded on RocksDB with the changelog, as an
+    // instance of a group folds it: in the batches a paced input delivers (200 records, where
+    // a batch rarely holds two events of a customer), and in a backlog's (5,000, where a
+    // customer's events coalesce into one write). The first is what the latency runs of
+    // `benches/peers.rs` fold.
+    let live = live_records();
+    for chunk in [200, 1_000, 5_000] {
+        group.bench_function(format!("live_changelog_batches_of_{chunk}"), |b| {
+            b.iter_batched(
+                || {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+                    let store = Store::open(Arc::new(backend))
+                        .expect("store")
+                        .with_changelog("customer-pulse.customers-changelog")
+                        .expect("changelog");
+                    let mut settings = settings();
+                    settings.aggregation = customer_pulse::processor::Aggregation::Elsewhere;
+                    (dir, Processor::new(store, settings))
+                },
+                |(_dir, mut processor)| {
+                    for batch in live.chunks(chunk) {
+                        processor.process(batch, NOW).expect("rocksdb commit");
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 
     // One atomic commit to RocksDB of what a batch of 1,000 events writes (1,000 customers, each
