@@ -443,9 +443,10 @@ fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
     assert_eq!(report.count("applied"), 1);
 }
 
-/// 200 surveys of seven customers, the 50th malformed, processed as one batch: large enough
-/// to be decoded on a thread beside the fold. Returns the store.
-fn two_hundred_surveys(pill: Option<usize>) -> Store {
+/// Surveys of seven customers, the 50th malformed, processed as one batch large enough to be
+/// decoded on a thread beside the fold. Returns the store.
+fn surveys_decoded_beside_the_fold(pill: Option<usize>) -> Store {
+    let n = customer_pulse::processor::DECODE_AHEAD_FROM + 200;
     let survey = |id: usize| {
         ev(
             &id.to_string(),
@@ -455,15 +456,15 @@ fn two_hundred_surveys(pill: Option<usize>) -> Store {
             r#""score":9"#,
         )
     };
-    let mut events: Vec<String> = (1..=200).map(survey).collect();
+    let mut events: Vec<String> = (1..=n).map(survey).collect();
     events[49] = "{not json".to_owned();
     let pill_id = pill.map(|id| id.to_string());
     let (store, _, report) = process_as_one_batch(&events, pill_id.as_deref());
     let failed = 1 + usize::from(pill.is_some());
-    assert_eq!(report.count("applied"), 200 - failed as u64);
+    assert_eq!(report.count("applied"), (n - failed) as u64);
     assert_eq!(report.count("rejected"), failed as u64);
     assert_eq!(report.dead_letters.get("not_json"), Some(&1));
-    assert_eq!(store.offset("test", 0).unwrap(), Some(201));
+    assert_eq!(store.offset("test", 0).unwrap(), Some(n as i64 + 1));
     // Each customer saw its own events in input order, without those that failed.
     for customer in 0..7 {
         let id = format!("c{customer}");
@@ -472,7 +473,7 @@ fn two_hundred_surveys(pill: Option<usize>) -> Store {
             .unwrap()
             .unwrap();
         let seen: Vec<EventFingerprint> = state.seen.iter().map(|s| s.fingerprint).collect();
-        let expected: Vec<EventFingerprint> = (1..=200)
+        let expected: Vec<EventFingerprint> = (1..=n)
             .filter(|i| i % 7 == customer && *i != 50 && Some(*i) != pill)
             .map(|i| EventFingerprint::of(&i.to_string()))
             .collect();
@@ -499,7 +500,7 @@ fn dead_letter_ids(store: &Store) -> Vec<(String, String)> {
 
 #[test]
 fn a_batch_decoded_on_its_own_thread_keeps_every_record_in_its_place() {
-    let store = two_hundred_surveys(None);
+    let store = surveys_decoded_beside_the_fold(None);
     assert_eq!(
         dead_letter_ids(&store),
         [("test-0-50".to_owned(), "not_json".to_owned())]
@@ -509,7 +510,7 @@ fn a_batch_decoded_on_its_own_thread_keeps_every_record_in_its_place() {
 #[test]
 fn a_panic_in_the_fold_of_a_batch_decoded_on_its_own_thread_isolates_the_event() {
     // The pill panics in the fold while the decoding thread may still be decoding.
-    let store = two_hundred_surveys(Some(120));
+    let store = surveys_decoded_beside_the_fold(Some(120));
     assert_eq!(
         dead_letter_ids(&store),
         [
