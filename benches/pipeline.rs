@@ -1,7 +1,7 @@
 //! Benchmarks of the hot path: decode alone, the per-customer fold alone, a store commit alone,
 //! and decode + fold + atomic store commit through the processor (with every analytic), in
 //! memory and on RocksDB; the same for live traffic in small batches and large, with the
-//! changelog. Events are the generator's (about 200 bytes each). And
+//! changelog and without. Events are the generator's (about 200 bytes each). And
 //! the models a published churn-risk record computes: the hypergeometric function 2F1, a
 //! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV).
 //! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
@@ -188,34 +188,43 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    // Live traffic (20 seconds of event time), folded on RocksDB with the changelog, as an
-    // instance of a group folds it: in the batches a paced input delivers (200 records, where
-    // a batch rarely holds two events of a customer), and in a backlog's (5,000, where a
-    // customer's events coalesce into one write). The first is what the latency runs of
-    // `benches/peers.rs` fold.
+    // Live traffic (20 seconds of event time), folded on RocksDB as an instance folds it, with
+    // the changelog (one of a group's, the aggregator elsewhere) and without (a lone
+    // instance): in the batches a paced input delivers (200 records, where a batch rarely
+    // holds two events of a customer), and in a backlog's (5,000, where a customer's events
+    // coalesce into one write). The first is what the latency runs of `benches/peers.rs` fold.
     let live = live_records();
-    for chunk in [200, 1_000, 5_000] {
-        group.bench_function(format!("live_changelog_batches_of_{chunk}"), |b| {
-            b.iter_batched(
-                || {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
-                    let store = Store::open(Arc::new(backend))
-                        .expect("store")
-                        .with_changelog("customer-pulse.customers-changelog")
-                        .expect("changelog");
-                    let mut settings = settings();
-                    settings.aggregation = customer_pulse::processor::Aggregation::Elsewhere;
-                    (dir, Processor::new(store, settings))
-                },
-                |(_dir, mut processor)| {
-                    for batch in live.chunks(chunk) {
-                        processor.process(batch, NOW).expect("rocksdb commit");
-                    }
-                },
-                BatchSize::PerIteration,
-            )
-        });
+    for changelog in [true, false] {
+        for chunk in [200, 1_000, 5_000] {
+            let name = match changelog {
+                true => format!("live_changelog_batches_of_{chunk}"),
+                false => format!("live_batches_of_{chunk}"),
+            };
+            group.bench_function(name, |b| {
+                b.iter_batched(
+                    || {
+                        let dir = tempfile::tempdir().expect("temp dir");
+                        let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+                        let mut store = Store::open(Arc::new(backend)).expect("store");
+                        let mut settings = settings();
+                        if changelog {
+                            store = store
+                                .with_changelog("customer-pulse.customers-changelog")
+                                .expect("changelog");
+                            settings.aggregation =
+                                customer_pulse::processor::Aggregation::Elsewhere;
+                        }
+                        (dir, Processor::new(store, settings))
+                    },
+                    |(_dir, mut processor)| {
+                        for batch in live.chunks(chunk) {
+                            processor.process(batch, NOW).expect("rocksdb commit");
+                        }
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
     }
     group.finish();
 
