@@ -117,6 +117,22 @@ fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
         .collect()
 }
 
+/// A processor on a fresh RocksDB store in a temporary directory; with the changelog, as one
+/// instance of a group (the aggregator elsewhere), else as a lone instance.
+fn on_rocksdb(changelog: bool) -> (tempfile::TempDir, Processor) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+    let mut store = Store::open(Arc::new(backend)).expect("store");
+    let mut settings = settings();
+    if changelog {
+        store = store
+            .with_changelog("customer-pulse.customers-changelog")
+            .expect("changelog");
+        settings.aggregation = customer_pulse::processor::Aggregation::Elsewhere;
+    }
+    (dir, Processor::new(store, settings))
+}
+
 /// Each customer's state after its events, by the fold alone.
 fn fold<'a>(events: &'a [Event], limits: &FoldLimits) -> HashMap<&'a str, CustomerState> {
     let mut states = HashMap::<&str, CustomerState>::new();
@@ -173,12 +189,7 @@ fn bench(c: &mut Criterion) {
 
     group.bench_function("decode_fold_commit_rocksdb", |b| {
         b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
-                let store = Store::open(Arc::new(backend)).expect("store");
-                (dir, Processor::new(store, settings()))
-            },
+            || on_rocksdb(false),
             |(_dir, mut processor)| {
                 for chunk in records.chunks(5_000) {
                     processor.process(chunk, NOW).expect("rocksdb commit");
@@ -202,20 +213,7 @@ fn bench(c: &mut Criterion) {
             };
             group.bench_function(name, |b| {
                 b.iter_batched(
-                    || {
-                        let dir = tempfile::tempdir().expect("temp dir");
-                        let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
-                        let mut store = Store::open(Arc::new(backend)).expect("store");
-                        let mut settings = settings();
-                        if changelog {
-                            store = store
-                                .with_changelog("customer-pulse.customers-changelog")
-                                .expect("changelog");
-                            settings.aggregation =
-                                customer_pulse::processor::Aggregation::Elsewhere;
-                        }
-                        (dir, Processor::new(store, settings))
-                    },
+                    || on_rocksdb(changelog),
                     |(_dir, mut processor)| {
                         for batch in live.chunks(chunk) {
                             processor.process(batch, NOW).expect("rocksdb commit");
