@@ -132,9 +132,17 @@ pub async fn run(
         None => job.await,
     };
     result.context("the job panicked")??;
+    // The job's clients go on threads of their own after it returns: its producers' polling
+    // threads let them go within a second (`kafka::polled`), its consumers close beside it. The
+    // embedded broker outlives them, so that none of them reports it gone.
+    tokio::time::sleep(CLIENTS_GONE).await;
     drop(cluster);
     Ok(())
 }
+
+/// How long the embedded broker stays up after the job returned: a polled producer's one-second
+/// wait and a margin.
+const CLIENTS_GONE: Duration = Duration::from_millis(1_500);
 
 /// Publishes the demo's traffic to `brokers`: ten minutes of history at once, then `seconds`
 /// of live traffic at `rate` events per second with the complaint spike a minute in (also what
