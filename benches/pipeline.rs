@@ -100,6 +100,37 @@ fn live_records() -> Vec<InputRecord> {
     })
 }
 
+/// The customers' history for the live batches that follow it: a month of the broker
+/// benchmark's traffic (200,000 events over 10,000 customers, a fifth of them busy; 20,000
+/// under `cargo test`), ending a minute before `NOW`.
+fn history_records() -> Vec<InputRecord> {
+    let events = if std::env::args().any(|a| a == "--bench") {
+        200_000
+    } else {
+        20_000
+    };
+    records_of(TrafficSpec {
+        customers: 10_000,
+        events,
+        seed: 3,
+        start_ms: NOW - 60_000 - 30 * 86_400_000,
+        step_ms: 30 * 86_400_000 / events as i64,
+    })
+}
+
+/// Live traffic over the customers of [`history_records`], as the peers benchmark's latency
+/// runs send it after its throughput run: two events a customer on average, the busy fifth
+/// getting most (`seed` picks which).
+fn live_over_history(seed: u64, start_ms: i64) -> Vec<InputRecord> {
+    records_of(TrafficSpec {
+        customers: 10_000,
+        events: EVENTS,
+        seed,
+        start_ms,
+        step_ms: 1,
+    })
+}
+
 fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
     generate(&spec)
         .into_iter()
@@ -121,7 +152,13 @@ fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
 /// instance of a group (the aggregator elsewhere), else as a lone instance.
 fn on_rocksdb(changelog: bool) -> (tempfile::TempDir, Processor) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+    let processor = open_rocksdb(dir.path(), changelog);
+    (dir, processor)
+}
+
+/// A processor on the RocksDB store in `path`, as [`on_rocksdb`].
+fn open_rocksdb(path: &std::path::Path, changelog: bool) -> Processor {
+    let backend = RocksBackend::open(path, 64 << 20).expect("rocksdb");
     let mut store = Store::open(Arc::new(backend)).expect("store");
     let mut settings = settings();
     if changelog {
@@ -130,7 +167,41 @@ fn on_rocksdb(changelog: bool) -> (tempfile::TempDir, Processor) {
             .expect("changelog");
         settings.aggregation = customer_pulse::processor::Aggregation::Elsewhere;
     }
-    (dir, Processor::new(store, settings))
+    Processor::new(store, settings)
+}
+
+/// A RocksDB store (with the changelog or without, as [`on_rocksdb`]) holding the customers
+/// of [`history_records`], its outbox drained, closed.
+fn with_history(changelog: bool) -> tempfile::TempDir {
+    let (dir, mut processor) = on_rocksdb(changelog);
+    for chunk in history_records().chunks(10_000) {
+        processor.process(chunk, NOW).expect("history");
+    }
+    let store = processor.store().clone();
+    loop {
+        let pending = store.outbox(10_000).expect("outbox");
+        if pending.is_empty() {
+            break;
+        }
+        let seqs: Vec<u64> = pending.into_iter().map(|(seq, _)| seq).collect();
+        store.acknowledge(&seqs).expect("acknowledge");
+    }
+    dir
+}
+
+/// A processor on a copy of `history` (from [`with_history`]), its cache warmed by a first
+/// second of live traffic as the latency runs warm theirs.
+fn reopened(history: &std::path::Path, changelog: bool) -> (tempfile::TempDir, Processor) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for file in std::fs::read_dir(history).expect("history dir") {
+        let file = file.expect("history file");
+        std::fs::copy(file.path(), dir.path().join(file.file_name())).expect("copy");
+    }
+    let mut processor = open_rocksdb(dir.path(), changelog);
+    for batch in live_over_history(4, NOW - 2 * EVENTS as i64).chunks(1_000) {
+        processor.process(batch, NOW).expect("warm-up");
+    }
+    (dir, processor)
 }
 
 /// Each customer's state after its events, by the fold alone.
@@ -218,6 +289,33 @@ fn bench(c: &mut Criterion) {
                         for batch in live.chunks(chunk) {
                             processor.process(batch, NOW).expect("rocksdb commit");
                         }
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+
+    // The same on customers with a month of history, as the latency runs' are: each event
+    // writes its customer whole, and a busy customer's remembered events, open orders and
+    // purchase days make it several times the size of a new one's.
+    for changelog in [true, false] {
+        let history = with_history(changelog);
+        let live = live_over_history(5, NOW - EVENTS as i64);
+        for chunk in [200, 1_000] {
+            let name = match changelog {
+                true => format!("live_history_changelog_batches_of_{chunk}"),
+                false => format!("live_history_batches_of_{chunk}"),
+            };
+            group.bench_function(name, |b| {
+                b.iter_batched(
+                    || reopened(history.path(), changelog),
+                    // Returned, so that closing the store and removing its copy are not timed.
+                    |(dir, mut processor)| {
+                        for batch in live.chunks(chunk) {
+                            processor.process(batch, NOW).expect("rocksdb commit");
+                        }
+                        (dir, processor)
                     },
                     BatchSize::PerIteration,
                 )
