@@ -242,6 +242,12 @@ pub(super) struct Changelog {
     pub writer: u64,
     /// The offset of this store's latest claim, per partition.
     pub epochs: Mutex<HashMap<i32, i64>>,
+    /// Each partition's input offsets and event times as stored, once read: every position
+    /// record carries them, and a scan of them per partition and commit was a twentieth of the
+    /// fold thread's time in live traffic (each commit leaves another version of those keys in
+    /// the memtable for the next scan to step over). Only the store's commits and restores
+    /// write them: a commit updates what is kept here, a restore and a clear drop it.
+    pub positions: Mutex<HashMap<i32, (Entries, Entries)>>,
 }
 
 /// `tag` + partition: a per-partition key, or the prefix of a partition's keys under `tag`.
@@ -291,23 +297,14 @@ impl Changelog {
         }
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
         partitions.extend(commit.event_times.iter().map(|(_, p, _)| *p));
-        // The stored entries of `partition` with this commit's on top.
-        let merged = |mut base: Entries, entries: &[(String, i32, i64)], partition: i32| {
-            for (topic, _, value) in entries.iter().filter(|(_, p, _)| *p == partition) {
-                match base.iter_mut().find(|(t, _)| t == topic) {
-                    Some(entry) => entry.1 = *value,
-                    None => base.push((topic.clone(), *value)),
-                }
-            }
-            base.sort();
-            base
-        };
         for partition in partitions {
-            let (offsets, event_times) = stored(partition)?;
+            let (mut offsets, mut event_times) = stored(partition)?;
+            merge(&mut offsets, &commit.offsets, partition);
+            merge(&mut event_times, &commit.event_times, partition);
             let position = Position {
                 writer: self.writer,
-                offsets: merged(offsets, &commit.offsets, partition),
-                event_times: merged(event_times, &commit.event_times, partition),
+                offsets,
+                event_times,
             };
             records.push(OutboxRecord {
                 topic: self.topic.clone(),
@@ -318,6 +315,44 @@ impl Changelog {
             });
         }
         Ok(records)
+    }
+
+    /// Brings the positions kept in memory up to a commit just written (its input offsets and
+    /// event times); a partition not kept is read from the store when next needed.
+    pub(super) fn committed(
+        &self,
+        offsets: &[(String, i32, i64)],
+        event_times: &[(String, i32, i64)],
+    ) {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        for (partition, (kept_offsets, kept_times)) in positions.iter_mut() {
+            merge(kept_offsets, offsets, *partition);
+            merge(kept_times, event_times, *partition);
+        }
+    }
+
+    /// Forgets the positions kept of `partition`, after a write other than a commit's.
+    fn forget_position(&self, partition: i32) {
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition);
+    }
+}
+
+/// Puts the `(topic, partition, value)` entries of `partition` over `base`, in topic order as
+/// the store lists them.
+fn merge(base: &mut Entries, entries: &[(String, i32, i64)], partition: i32) {
+    let mut changed = false;
+    for (topic, _, value) in entries.iter().filter(|(_, p, _)| *p == partition) {
+        changed = true;
+        match base.iter_mut().find(|(t, _)| t == topic) {
+            Some(entry) => entry.1 = *value,
+            None => base.push((topic.clone(), *value)),
+        }
+    }
+    if changed {
+        base.sort();
     }
 }
 
@@ -367,6 +402,7 @@ impl Store {
             topic: topic.to_owned(),
             writer,
             epochs: Mutex::new(epochs),
+            positions: Mutex::new(HashMap::new()),
         }));
         Ok(self)
     }
@@ -396,11 +432,21 @@ impl Store {
         Ok(())
     }
 
-    /// The input offsets and event times stored for `partition`.
+    /// The input offsets and event times stored for `partition`: kept by `changelog` once read.
     pub(super) fn position_entries(
         &self,
+        changelog: &Changelog,
         partition: i32,
     ) -> Result<(Entries, Entries), StoreError> {
+        // Held while the store is read, so that a restore's write, which drops what is kept
+        // only once it is stored, cannot fall between the read and the keeping.
+        let mut positions = changelog
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(kept) = positions.get(&partition) {
+            return Ok(kept.clone());
+        }
         let entries = |tag: u8| -> Result<Entries, StoreError> {
             let prefix = partition_prefix(tag, partition);
             let mut out = Vec::new();
@@ -417,7 +463,9 @@ impl Store {
             }
             Ok(out)
         };
-        Ok((entries(OFFSET)?, entries(EVENT_TIME)?))
+        let stored = (entries(OFFSET)?, entries(EVENT_TIME)?);
+        positions.insert(partition, stored.clone());
+        Ok(stored)
     }
 
     /// The changelog topic and this store's writer id, when customer writes are mirrored.
@@ -541,7 +589,16 @@ impl Store {
             ops.extend(new_timer.map(|at| Op::Put(timer(at), Vec::new())));
             timers.insert(key, new_timer);
         }
-        self.backend.write(ops)
+        self.backend.write(ops)?;
+        self.forget_position(partition);
+        Ok(())
+    }
+
+    /// Drops the positions the changelog keeps of `partition` (see [`Changelog::positions`]).
+    fn forget_position(&self, partition: i32) {
+        if let Some(changelog) = &self.changelog {
+            changelog.forget_position(partition);
+        }
     }
 
     /// The pending timer of a stored customer, from its encoding's prefix where it has one.
@@ -570,20 +627,26 @@ impl Store {
     /// Deletes everything the store holds for `partition`: its customers, timers, input
     /// offsets and event times, ahead of restoring it from scratch.
     pub fn clear_partition(&self, partition: i32) -> Result<(), StoreError> {
-        for tag in [CUSTOMER, TIMER, OFFSET, EVENT_TIME] {
-            let prefix = partition_prefix(tag, partition);
-            // Each page starts past the last, not over the tombstones just written.
-            let mut from = prefix.clone();
-            loop {
-                let page = self.backend.scan(&prefix, &from, None, 10_000)?;
-                let Some((last, _)) = page.last() else { break };
-                from = last.clone();
-                from.push(0);
-                self.backend
-                    .write(page.into_iter().map(|(key, _)| Op::Delete(key)).collect())?;
-            }
-        }
-        Ok(())
+        let cleared = [CUSTOMER, TIMER, OFFSET, EVENT_TIME]
+            .into_iter()
+            .try_for_each(|tag| {
+                let prefix = partition_prefix(tag, partition);
+                // Each page starts past the last, not over the tombstones just written.
+                let mut from = prefix.clone();
+                loop {
+                    let page = self.backend.scan(&prefix, &from, None, 10_000)?;
+                    let Some((last, _)) = page.last() else {
+                        return Ok(());
+                    };
+                    from = last.clone();
+                    from.push(0);
+                    self.backend
+                        .write(page.into_iter().map(|(key, _)| Op::Delete(key)).collect())?;
+                }
+            });
+        // Also when it failed part of the way.
+        self.forget_position(partition);
+        cleared
     }
 
     /// Deletes the pending outbox records bound for `topic` and `partition`: changelog records

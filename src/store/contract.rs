@@ -660,6 +660,104 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
 }
 
 #[test]
+fn a_position_record_carries_what_commits_restores_and_clears_left_stored() {
+    for (name, store, _dir) in backends() {
+        let store = store.with_changelog("log").unwrap();
+        let writer = store.changelog().unwrap().1;
+        let a = || -> CustomerWrite {
+            (
+                1,
+                "a".into(),
+                Some(codec::encode_customer(&timed("a", 1, 100))),
+            )
+                .into()
+        };
+        // The position record of each commit that writes `a` in partition 1.
+        let commit_a = |offsets: Vec<(String, i32, i64)>, event_times: Vec<(String, i32, i64)>| {
+            let before = store.outbox(1_000).unwrap().len();
+            store
+                .commit(Commit {
+                    customers: vec![a()],
+                    offsets,
+                    event_times,
+                    ..Commit::default()
+                })
+                .unwrap();
+            let pending = store.outbox(1_000).unwrap();
+            assert_eq!(
+                pending.len(),
+                before + 2,
+                "{name}: the customer and a position"
+            );
+            let position = pending.last().unwrap().1.value.clone().unwrap();
+            let Position {
+                writer: from,
+                offsets,
+                event_times,
+            } = decode_position(&position).unwrap();
+            assert_eq!(from, writer, "{name}");
+            (offsets, event_times)
+        };
+        let entries = |e: &[(&str, i64)]| -> Vec<(String, i64)> {
+            e.iter().map(|(t, v)| (t.to_string(), *v)).collect()
+        };
+
+        commit_a(
+            vec![("orders".into(), 1, 7)],
+            vec![("orders".into(), 1, 50)],
+        );
+        assert_eq!(
+            commit_a(vec![("complaints".into(), 1, 4)], vec![]),
+            (
+                entries(&[("complaints", 4), ("orders", 7)]),
+                entries(&[("orders", 50)])
+            ),
+            "{name}: a commit's own on top of what was stored"
+        );
+        assert_eq!(
+            commit_a(vec![], vec![]),
+            (
+                entries(&[("complaints", 4), ("orders", 7)]),
+                entries(&[("orders", 50)])
+            ),
+            "{name}: a commit that moves nothing carries what the commits before it stored"
+        );
+
+        let restored = Position {
+            writer: writer + 1,
+            offsets: vec![("interactions".into(), 30), ("orders".into(), 20)],
+            event_times: vec![("orders".into(), 80)],
+        };
+        store
+            .restore(
+                1,
+                vec![ChangelogRecord {
+                    key: POSITION_KEY.to_vec(),
+                    value: Some(codec::encode_position(&restored)),
+                    epoch: None,
+                    facts: None,
+                }],
+            )
+            .unwrap();
+        assert_eq!(
+            commit_a(vec![], vec![]),
+            (
+                entries(&[("complaints", 4), ("interactions", 30), ("orders", 20)]),
+                entries(&[("orders", 80)])
+            ),
+            "{name}: what a restore stored"
+        );
+
+        store.clear_partition(1).unwrap();
+        assert_eq!(
+            commit_a(vec![("orders".into(), 1, 2)], vec![]),
+            (entries(&[("orders", 2)]), entries(&[])),
+            "{name}: nothing of what a clear removed"
+        );
+    }
+}
+
+#[test]
 fn the_writer_id_is_kept_with_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {

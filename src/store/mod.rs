@@ -667,7 +667,9 @@ impl Store {
             Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
         // The changelog goes out ahead of the commit's other outputs.
         let changelog = match &self.changelog {
-            Some(changelog) => changelog.records(&commit, &|p| self.position_entries(p))?,
+            Some(changelog) => {
+                changelog.records(&commit, &|p| self.position_entries(changelog, p))?
+            }
             None => Vec::new(),
         };
         for write in commit.customers {
@@ -730,6 +732,9 @@ impl Store {
             ));
         }
         self.backend.write(ops)?;
+        if let Some(changelog) = &self.changelog {
+            changelog.committed(&commit.offsets, &commit.event_times);
+        }
         // Still in sequence order, and stored: the drain may read them from memory now.
         self.recent
             .lock()
