@@ -189,8 +189,8 @@ fn with_history(changelog: bool) -> tempfile::TempDir {
     dir
 }
 
-/// A processor on a copy of `history` (from [`with_history`]), its cache warmed by a first
-/// second of live traffic as the latency runs warm theirs.
+/// A processor on a copy of `history` (from [`with_history`]), its cache warmed by 20,000 live
+/// events first, as the latency runs warm theirs with a second of traffic that is not measured.
 fn reopened(history: &std::path::Path, changelog: bool) -> (tempfile::TempDir, Processor) {
     let dir = tempfile::tempdir().expect("temp dir");
     for file in std::fs::read_dir(history).expect("history dir") {
