@@ -204,6 +204,35 @@ fn reopened(history: &std::path::Path, changelog: bool) -> (tempfile::TempDir, P
     (dir, processor)
 }
 
+/// Times folding `live` in batches of `chunk` on the processor `setup` opens, with the
+/// changelog or without (the name says which).
+fn live_batches(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    prefix: &str,
+    live: &[InputRecord],
+    chunk: usize,
+    changelog: bool,
+    setup: impl Fn() -> (tempfile::TempDir, Processor),
+) {
+    let name = match changelog {
+        true => format!("{prefix}_changelog_batches_of_{chunk}"),
+        false => format!("{prefix}_batches_of_{chunk}"),
+    };
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            &setup,
+            // Returned, so that closing the store and removing its directory are not timed.
+            |(dir, mut processor)| {
+                for batch in live.chunks(chunk) {
+                    processor.process(batch, NOW).expect("rocksdb commit");
+                }
+                (dir, processor)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 /// Each customer's state after its events, by the fold alone.
 fn fold<'a>(events: &'a [Event], limits: &FoldLimits) -> HashMap<&'a str, CustomerState> {
     let mut states = HashMap::<&str, CustomerState>::new();
@@ -278,20 +307,8 @@ fn bench(c: &mut Criterion) {
     let live = live_records();
     for changelog in [true, false] {
         for chunk in [200, 1_000, 5_000] {
-            let name = match changelog {
-                true => format!("live_changelog_batches_of_{chunk}"),
-                false => format!("live_batches_of_{chunk}"),
-            };
-            group.bench_function(name, |b| {
-                b.iter_batched(
-                    || on_rocksdb(changelog),
-                    |(_dir, mut processor)| {
-                        for batch in live.chunks(chunk) {
-                            processor.process(batch, NOW).expect("rocksdb commit");
-                        }
-                    },
-                    BatchSize::PerIteration,
-                )
+            live_batches(&mut group, "live", &live, chunk, changelog, || {
+                on_rocksdb(changelog)
             });
         }
     }
@@ -303,22 +320,8 @@ fn bench(c: &mut Criterion) {
         let history = with_history(changelog);
         let live = live_over_history(5, NOW - EVENTS as i64);
         for chunk in [200, 1_000] {
-            let name = match changelog {
-                true => format!("live_history_changelog_batches_of_{chunk}"),
-                false => format!("live_history_batches_of_{chunk}"),
-            };
-            group.bench_function(name, |b| {
-                b.iter_batched(
-                    || reopened(history.path(), changelog),
-                    // Returned, so that closing the store and removing its copy are not timed.
-                    |(dir, mut processor)| {
-                        for batch in live.chunks(chunk) {
-                            processor.process(batch, NOW).expect("rocksdb commit");
-                        }
-                        (dir, processor)
-                    },
-                    BatchSize::PerIteration,
-                )
+            live_batches(&mut group, "live_history", &live, chunk, changelog, || {
+                reopened(history.path(), changelog)
             });
         }
     }
