@@ -142,12 +142,27 @@ pub struct CustomerState {
     pub cancellation_reason: Option<String>,
     pub cancelled_at: Option<Millis>,
 
-    /// Events seen within the dedup horizon, oldest first. Stored apart from the rest since
-    /// encoding version 6 (`store::codec`); in the place postcard gives the field, versions 1
-    /// to 5 wrote the ids themselves, which `legacy_seen` reads.
+    /// Events remembered for deduplication, in the order they were applied: every event seen
+    /// within the dedup horizon, and those that left it since the list was last swept
+    /// ([`SEAL_EVERY`]), which no longer count. Stored apart from the rest since encoding
+    /// version 6 (`store::codec`); in the place postcard gives the field, versions 1 to 5 wrote
+    /// the ids themselves, which `legacy_seen` reads.
     #[serde(with = "legacy_seen")]
     pub seen: Vec<SeenEvent>,
+    /// How many of the first entries of `seen` are sealed: they change only when the list is
+    /// swept, so the store writes them apart from the customer, only when `seal` moved, and a
+    /// commit rewrites the few entries after them rather than all (a busy customer remembers
+    /// hundreds of events, three quarters of its bytes).
+    #[serde(skip)]
+    pub seen_sealed: u32,
+    /// Counts the sweeps: the sealed entries are those of this sweep until the next.
+    #[serde(skip)]
+    pub seal: u32,
 }
+
+/// The most entries remembered after the sealed ones: the next event sweeps the list (forgets
+/// what left the horizon) and seals all of it.
+pub const SEAL_EVERY: usize = 32;
 
 /// Limits of the fold, from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -218,7 +233,7 @@ impl CustomerState {
     pub fn apply(&mut self, event: &Event, limits: &FoldLimits) -> Outcome {
         debug_assert_eq!(event.customer_id, self.customer_id);
         let fingerprint = EventFingerprint::of(&event.event_id);
-        if self.seen.iter().any(|s| s.fingerprint == fingerprint) {
+        if self.remembers(fingerprint, limits) {
             return Outcome::Duplicate;
         }
         if let EventKind::Erased = event.kind {
@@ -389,7 +404,22 @@ impl CustomerState {
         }
     }
 
+    /// Whether the event id is remembered: seen within the horizon as of the last event
+    /// applied, or that event's own. What left the horizon stays in the list until the next
+    /// sweep, but no longer counts, so the events taken for duplicates are the same as if the
+    /// list were swept at every event.
+    fn remembers(&self, fingerprint: EventFingerprint, limits: &FoldLimits) -> bool {
+        let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
+        let newest = self.seen.len().wrapping_sub(1);
+        self.seen
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.fingerprint == fingerprint && (s.occurred_at >= horizon || i == newest))
+    }
+
     /// Remembers the event id; `Some` when the oldest remembered id had to leave for it.
+    /// Sweeps and seals the list when the entries after the sealed ones would pass
+    /// [`SEAL_EVERY`], or when an id has to leave.
     fn remember(
         &mut self,
         fingerprint: EventFingerprint,
@@ -397,19 +427,29 @@ impl CustomerState {
         limits: &FoldLimits,
     ) -> Option<Limit> {
         let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
-        self.seen.retain(|s| s.occurred_at >= horizon);
-        let full = self.seen.len() >= limits.max_dedup_ids;
-        if full {
-            // Oldest by event time leaves first; the id set stays bounded per customer.
-            if let Some(oldest) = self
-                .seen
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.occurred_at)
-                .map(|(i, _)| i)
-            {
-                self.seen.remove(oldest);
+        let live = self
+            .seen
+            .iter()
+            .filter(|s| s.occurred_at >= horizon)
+            .count();
+        let full = live >= limits.max_dedup_ids;
+        let unsealed = self.seen.len() - (self.seen_sealed as usize).min(self.seen.len());
+        if full || unsealed >= SEAL_EVERY {
+            self.seen.retain(|s| s.occurred_at >= horizon);
+            if full {
+                // Oldest by event time leaves first; the id set stays bounded per customer.
+                if let Some(oldest) = self
+                    .seen
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.occurred_at)
+                    .map(|(i, _)| i)
+                {
+                    self.seen.remove(oldest);
+                }
             }
+            self.seen_sealed = self.seen.len() as u32;
+            self.seal = self.seal.wrapping_add(1);
         }
         self.seen.push(SeenEvent {
             fingerprint,
@@ -456,5 +496,92 @@ mod legacy_seen {
                 occurred_at,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The list as it was kept before sweeps were deferred: swept at every event applied.
+    #[derive(Default)]
+    struct SweptEveryEvent {
+        seen: Vec<SeenEvent>,
+        last_event_at: Option<Millis>,
+    }
+
+    impl SweptEveryEvent {
+        /// `None` for a duplicate, else whether an id had to leave.
+        fn apply(&mut self, seen: SeenEvent, limits: &FoldLimits) -> Option<bool> {
+            if self.seen.iter().any(|s| s.fingerprint == seen.fingerprint) {
+                return None;
+            }
+            let last = self
+                .last_event_at
+                .map_or(seen.occurred_at, |l| l.max(seen.occurred_at));
+            self.last_event_at = Some(last);
+            let horizon = last.saturating_sub(limits.dedup_horizon_ms);
+            self.seen.retain(|s| s.occurred_at >= horizon);
+            let full = self.seen.len() >= limits.max_dedup_ids;
+            if full {
+                let oldest = (self.seen.iter().enumerate())
+                    .min_by_key(|(_, s)| s.occurred_at)
+                    .map(|(i, _)| i);
+                self.seen.remove(oldest.expect("full"));
+            }
+            self.seen.push(seen);
+            Some(full)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Deferring the sweep changes nothing a customer's events see: the same events are
+        /// duplicates, the same ids leave at the bound, and what counts is what the list swept
+        /// at every event holds. The sealed entries change only with the seal.
+        #[test]
+        fn a_list_swept_now_and_then_takes_the_same_events_for_duplicates(
+            events in proptest::collection::vec((0u64..120, 0i64..400), 1..400),
+            max_dedup_ids in 1usize..60,
+        ) {
+            let limits = FoldLimits {
+                dedup_horizon_ms: 100,
+                max_dedup_ids,
+                max_open_items: 10,
+            };
+            let mut reference = SweptEveryEvent::default();
+            let mut state = CustomerState::new("c");
+            let mut sealed = (state.seal, Vec::new());
+            for (id, occurred_at) in events {
+                let fingerprint = EventFingerprint(id);
+                let expected = reference.apply(SeenEvent { fingerprint, occurred_at }, &limits);
+                let got = if state.remembers(fingerprint, &limits) {
+                    None
+                } else {
+                    state.last_event_at = if state.is_empty() {
+                        occurred_at
+                    } else {
+                        state.last_event_at.max(occurred_at)
+                    };
+                    Some(state.remember(fingerprint, occurred_at, &limits).is_some())
+                };
+                prop_assert_eq!(got, expected);
+                let horizon = state.last_event_at - limits.dedup_horizon_ms;
+                let newest = state.seen.len() - 1;
+                let counted: Vec<SeenEvent> = (state.seen.iter().enumerate())
+                    .filter(|(i, s)| s.occurred_at >= horizon || *i == newest)
+                    .map(|(_, s)| *s)
+                    .collect();
+                prop_assert_eq!(&counted, &reference.seen);
+                let prefix = state.seen[..state.seen_sealed as usize].to_vec();
+                if state.seal == sealed.0 {
+                    prop_assert_eq!(&prefix, &sealed.1, "sealed entries changed without a seal");
+                }
+                sealed = (state.seal, prefix);
+                prop_assert!(state.seen.len() - state.seen_sealed as usize <= SEAL_EVERY);
+            }
+        }
     }
 }

@@ -15,6 +15,10 @@ pub(super) struct CacheEntry {
     pub(super) record: Option<Box<Customer>>,
     /// The timer the store holds for this customer, as of the last commit.
     pub(super) stored_timer: Option<Millis>,
+    /// The seal of the sealed remembered events the store keeps apart for this customer, as
+    /// of the last commit; `None` when it keeps the customer whole and its sealed events are
+    /// written at the next commit.
+    pub(super) stored_seal: Option<u32>,
     pub(super) dirty: bool,
     /// What its changes since the last commit did to the aggregates, for the aggregator.
     pub(super) facts: Vec<Fact>,
@@ -71,15 +75,22 @@ impl StateCache {
                 e.into_mut()
             }
             hashbrown::hash_map::EntryRef::Vacant(v) => {
-                let record = store.customer_record(partition, customer_id)?.map(Box::new);
-                match record {
-                    Some(_) => self.lookups.stored += 1,
-                    None => self.lookups.absent += 1,
-                }
+                let (record, stored_seal) = match store.customer_stored(partition, customer_id)? {
+                    Some((customer, seal)) => {
+                        self.lookups.stored += 1;
+                        (Some(Box::new(customer)), seal)
+                    }
+                    // A new customer's seal, and nothing kept apart.
+                    None => {
+                        self.lookups.absent += 1;
+                        (None, Some(0))
+                    }
+                };
                 let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
                 let entry = CacheEntry {
                     record,
                     stored_timer,
+                    stored_seal,
                     dirty: false,
                     facts: Vec::new(),
                     touched: false,
@@ -104,7 +115,8 @@ impl StateCache {
                 continue;
             };
             let (partition, id) = key;
-            commit.put_customer(*partition, id.clone(), entry.record.as_deref());
+            let record = entry.record.as_deref();
+            commit.put_customer_apart(*partition, id.clone(), record, entry.stored_seal);
             if !entry.facts.is_empty() {
                 let write = commit.customers.last_mut().expect("put above");
                 write.facts = crate::store::encode_facts(&std::mem::take(&mut entry.facts));
@@ -131,6 +143,8 @@ impl StateCache {
                 if entry.dirty {
                     entry.dirty = false;
                     entry.stored_timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
+                    // An erased customer's are deleted: a new one's seal.
+                    entry.stored_seal = Some(entry.record.as_ref().map_or(0, |c| c.state.seal));
                 }
             }
         }

@@ -26,9 +26,42 @@ use crate::trends::{Baseline, CategoryTrend, Trends, Window};
 
 use super::Customer;
 
-/// Appends the customer's body to `out` (that of encoding version 6): the layout of version 4
-/// with no event ids in it, then the remembered events' fingerprints ([`SeenEntries`]).
+/// Appends the customer's body to `out` (that of encoding version 7), the sealed remembered
+/// events in it: the layout of version 4 with no event ids in it, then [`SeenSection`].
 pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
+    write_head(customer, out);
+    let mut w = Writer(out);
+    w.seen_section(&customer.state);
+    w.0.push(1);
+    w.seen_entries(sealed(&customer.state), customer.state.last_event_at);
+}
+
+/// The same body with the sealed remembered events left out, for the store to keep apart
+/// ([`write_sealed`]): the same bytes up to the last, a byte 0 where the other has a byte 1
+/// and the sealed events.
+pub fn write_customer_body_apart(customer: &Customer, out: &mut Vec<u8>) {
+    write_head(customer, out);
+    let mut w = Writer(out);
+    w.seen_section(&customer.state);
+    w.0.push(0);
+}
+
+/// The sealed remembered events as the store keeps them apart, in `postcard`'s bytes for
+/// [`Sealed`]: the seal, the customer's newest event time, and the events before it.
+pub fn write_sealed(state: &CustomerState, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.unsigned(state.seal);
+    w.signed(state.last_event_at);
+    w.seen_entries(sealed(state), state.last_event_at);
+}
+
+fn sealed(state: &CustomerState) -> &[SeenEvent] {
+    &state.seen[..(state.seen_sealed as usize).min(state.seen.len())]
+}
+
+/// The state, risk memo, standing and trailing months: the bytes `postcard` writes for the
+/// tuple of the four, with no event ids in the place of versions 1 to 5's.
+fn write_head(customer: &Customer, out: &mut Vec<u8>) {
     let Customer {
         state,
         risk,
@@ -40,15 +73,23 @@ pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     w.risk(risk);
     w.option(standing.as_ref(), Writer::standing);
     w.trailing(trailing);
-    w.seen(state);
 }
 
 /// What a version-6 body stores of each remembered event, as `postcard` reads it back: the
 /// fingerprint's bytes and how long before the customer's newest event it occurred.
 pub type SeenEntries = Vec<([u8; 8], i64)>;
 
+/// What a version-7 body stores of the remembered events after its head, as `postcard` reads
+/// it back: the seal, how many are sealed, the events after the sealed ones, and the sealed
+/// ones when they are in the body (`None`: kept apart, [`Sealed`]).
+pub type SeenSection = (u32, u32, SeenEntries, Option<SeenEntries>);
+
+/// The sealed remembered events kept apart: the seal, the newest event time of the customer
+/// when they were written, and the events by how long before it they occurred.
+pub type Sealed = (u32, i64, SeenEntries);
+
 /// The remembered events of a customer whose newest event occurred at `last_event_at`, from
-/// what a version-6 body stored.
+/// what a version-6 or -7 body stored.
 pub fn seen_entries(entries: SeenEntries, last_event_at: crate::event::Millis) -> Vec<SeenEvent> {
     entries
         .into_iter()
@@ -204,8 +245,10 @@ impl Writer<'_> {
             last_renewal_reason,
             cancellation_reason,
             cancelled_at,
-            // Written after the body, by `seen`.
+            // Written after the body, by `seen_section`.
             seen: _,
+            seen_sealed: _,
+            seal: _,
         } = state;
         self.str(customer_id);
         self.time(registered_at.as_ref());
@@ -282,18 +325,27 @@ impl Writer<'_> {
         self.len(0);
     }
 
-    /// The remembered events: postcard's bytes for a `Vec<([u8; 8], i64)>` of each
-    /// fingerprint (little-endian) and how long before the customer's newest event it occurred
-    /// (a few bytes, where the event time itself takes six).
-    fn seen(&mut self, state: &CustomerState) {
-        self.len(state.seen.len());
+    /// The start of [`SeenSection`], up to the sealed events: the seal, how many are sealed,
+    /// and the events after them.
+    fn seen_section(&mut self, state: &CustomerState) {
+        let sealed = sealed(state).len();
+        self.unsigned(state.seal);
+        self.len(sealed);
+        self.seen_entries(&state.seen[sealed..], state.last_event_at);
+    }
+
+    /// Remembered events: postcard's bytes for a `Vec<([u8; 8], i64)>` of each fingerprint
+    /// (little-endian) and how long before `newest` it occurred (a few bytes, where the event
+    /// time itself takes six).
+    fn seen_entries(&mut self, seen: &[SeenEvent], newest: crate::event::Millis) {
+        self.len(seen.len());
         for SeenEvent {
             fingerprint,
             occurred_at,
-        } in &state.seen
+        } in seen
         {
             self.0.extend_from_slice(&fingerprint.0.to_le_bytes());
-            self.signed(state.last_event_at.wrapping_sub(*occurred_at));
+            self.signed(newest.wrapping_sub(*occurred_at));
         }
     }
 
@@ -428,16 +480,34 @@ mod tests {
         );
         let mut bytes = postcard::to_allocvec(&body).expect("postcard encodes plain structs");
         let state = &customer.state;
-        let seen: SeenEntries = state
-            .seen
-            .iter()
-            .map(|s| {
-                let before = state.last_event_at.wrapping_sub(s.occurred_at);
-                (s.fingerprint.0.to_le_bytes(), before)
-            })
-            .collect();
-        bytes.extend(postcard::to_allocvec(&seen).expect("postcard encodes plain structs"));
+        let entries = |seen: &[SeenEvent], newest: i64| -> SeenEntries {
+            seen.iter()
+                .map(|s| {
+                    (
+                        s.fingerprint.0.to_le_bytes(),
+                        newest.wrapping_sub(s.occurred_at),
+                    )
+                })
+                .collect()
+        };
+        let sealed = state.seen_sealed as usize;
+        let section: SeenSection = (
+            state.seal,
+            state.seen_sealed,
+            entries(&state.seen[sealed..], state.last_event_at),
+            Some(entries(&state.seen[..sealed], state.last_event_at)),
+        );
+        bytes.extend(postcard::to_allocvec(&section).expect("postcard encodes plain structs"));
         bytes
+    }
+
+    /// The body of [`write_customer_body`] from that of [`write_customer_body_apart`]
+    /// (`apart`, whose last byte is the 0 this replaces) for the same customer.
+    fn with_sealed(apart: &[u8], state: &CustomerState) -> Vec<u8> {
+        let mut out = apart[..apart.len() - 1].to_vec();
+        out.push(1);
+        Writer(&mut out).seen_entries(sealed(state), state.last_event_at);
+        out
     }
 
     fn by_hand(customer: &Customer) -> Vec<u8> {
@@ -514,6 +584,7 @@ mod tests {
             subscription in (subscription(), any::<u32>(), int(), proptest::option::of(text()),
                 proptest::option::of(text()), proptest::option::of(int())),
             seen in proptest::collection::vec((any::<u64>(), int()), 0..5),
+            (sealed, seal) in (0usize..6, any::<u32>()),
         ) -> CustomerState {
             let (customer_id, registered_at, referred_by, segment_hint, lifecycle, first, last) =
                 ids;
@@ -526,6 +597,7 @@ mod tests {
                 contacts;
             let (subscription, renewals, renewal_revenue, renewal_reason, cancellation_reason,
                 cancelled_at) = subscription;
+            let seen_len = seen.len();
             CustomerState {
                 customer_id,
                 registered_at,
@@ -583,6 +655,8 @@ mod tests {
                         occurred_at,
                     })
                     .collect(),
+                seen_sealed: sealed.min(seen_len) as u32,
+                seal,
             }
         }
     }
@@ -698,6 +772,34 @@ mod tests {
         #[test]
         fn writes_the_bytes_postcard_writes(customer in customer()) {
             prop_assert_eq!(by_hand(&customer), postcard_body(&customer));
+        }
+
+        /// The body without the sealed events is the same up to its last byte, and the
+        /// sealed events kept apart are `postcard`'s bytes for [`Sealed`].
+        #[test]
+        fn the_sealed_events_go_apart_and_back(customer in customer()) {
+            let mut apart = Vec::new();
+            write_customer_body_apart(&customer, &mut apart);
+            let whole = by_hand(&customer);
+            prop_assert_eq!(with_sealed(&apart, &customer.state), whole.clone());
+            let sealed_at = apart.len() - 1;
+            prop_assert_eq!(&apart[..sealed_at], &whole[..sealed_at]);
+            prop_assert_eq!(apart[sealed_at], 0);
+            let state = &customer.state;
+            let mut kept = Vec::new();
+            write_sealed(state, &mut kept);
+            let expected: Sealed = (
+                state.seal,
+                state.last_event_at,
+                state.seen[..state.seen_sealed as usize]
+                    .iter()
+                    .map(|s| {
+                        let before = state.last_event_at.wrapping_sub(s.occurred_at);
+                        (s.fingerprint.0.to_le_bytes(), before)
+                    })
+                    .collect(),
+            );
+            prop_assert_eq!(kept, postcard::to_allocvec(&expected).expect("plain structs"));
         }
 
         /// The same for any trends.

@@ -38,10 +38,31 @@ pub const CLAIM_KEY: &[u8] = b"\xffclaim";
 /// go. It changes nothing of who counts ([`Ownership`]): it tells an instance that finds that
 /// writer's claim on a partition it still holds that the claimant no longer does.
 pub const RELEASE_KEY: &[u8] = b"\xffrelease";
+/// The first byte of the key of a customer's sealed remembered events, then the seal (4 bytes,
+/// big-endian) and the customer id; the value: the events (`codec::encode_sealed`), or a
+/// tombstone once they are replaced or the customer erased.
+const SEALED_KEY: u8 = 0xfe;
 /// Whether a changelog record's key is a customer's (an id, UTF-8) rather than one of the
-/// records above, whose keys all start with a byte UTF-8 never has.
+/// records above or a customer's sealed remembered events, whose keys all start with a byte
+/// UTF-8 never has.
 pub fn is_customer_key(key: &[u8]) -> bool {
-    key.first() != Some(&0xff)
+    !matches!(key.first(), Some(0xfe | 0xff))
+}
+
+/// The changelog key of `customer_id`'s sealed remembered events of `seal`.
+pub(super) fn sealed_changelog_key(seal: u32, customer_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + customer_id.len());
+    key.push(SEALED_KEY);
+    key.extend_from_slice(&seal.to_be_bytes());
+    key.extend_from_slice(customer_id.as_bytes());
+    key
+}
+
+/// The seal and the customer id of a key from [`sealed_changelog_key`].
+fn sealed_of(key: &[u8]) -> Option<(u32, &str)> {
+    let rest = key.strip_prefix(&[SEALED_KEY])?;
+    let (seal, id) = rest.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*seal), std::str::from_utf8(id).ok()?))
 }
 
 /// The header naming the [`Epoch`] a record was written in: writer id, then claim offset, both
@@ -283,17 +304,29 @@ impl Changelog {
         let mut partitions = BTreeSet::new();
         for write in &commit.customers {
             partitions.insert(write.partition);
-            let mut headers = headers(write.partition);
-            if !write.facts.is_empty() {
-                headers.push((FACTS_HEADER.to_owned(), write.facts.clone()));
-            }
-            records.push(OutboxRecord {
+            let record = |key: Vec<u8>, value: Option<Vec<u8>>, headers| OutboxRecord {
                 topic: self.topic.clone(),
-                key: Some(write.id.clone().into_bytes()),
-                value: write.value.clone(),
+                key: Some(key),
+                value,
                 headers,
                 partition: Some(write.partition),
-            });
+            };
+            // The sealed events ahead of the customer that names them, and the ones replaced
+            // only after it: a log read up to any record finds those its customers name.
+            if let Some((seal, bytes)) = &write.sealed {
+                let key = sealed_changelog_key(*seal, &write.id);
+                records.push(record(key, Some(bytes.clone()), headers(write.partition)));
+            }
+            let mut customer_headers = headers(write.partition);
+            if !write.facts.is_empty() {
+                customer_headers.push((FACTS_HEADER.to_owned(), write.facts.clone()));
+            }
+            let key = write.id.clone().into_bytes();
+            records.push(record(key, write.value.clone(), customer_headers));
+            if let Some(seal) = write.unsealed {
+                let key = sealed_changelog_key(seal, &write.id);
+                records.push(record(key, None, headers(write.partition)));
+            }
         }
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
         partitions.extend(commit.event_times.iter().map(|(_, p, _)| *p));
@@ -553,6 +586,14 @@ impl Store {
                 }
                 continue;
             }
+            if let Some((seal, id)) = sealed_of(&key) {
+                let key = sealed_key(partition, id, seal);
+                ops.push(match value {
+                    Some(bytes) => Op::Put(key, bytes),
+                    None => Op::Delete(key),
+                });
+                continue;
+            }
             let id = std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt {
                 key: format!("changelog key {key:?}"),
                 reason: "not UTF-8".into(),
@@ -624,10 +665,11 @@ impl Store {
         Ok(false)
     }
 
-    /// Deletes everything the store holds for `partition`: its customers, timers, input
-    /// offsets and event times, ahead of restoring it from scratch.
+    /// Deletes everything the store holds for `partition`: its customers (and their sealed
+    /// remembered events), timers, input offsets and event times, ahead of restoring it from
+    /// scratch.
     pub fn clear_partition(&self, partition: i32) -> Result<(), StoreError> {
-        let cleared = [CUSTOMER, TIMER, OFFSET, EVENT_TIME]
+        let cleared = [CUSTOMER, SEALED, TIMER, OFFSET, EVENT_TIME]
             .into_iter()
             .try_for_each(|tag| {
                 let prefix = partition_prefix(tag, partition);
@@ -698,6 +740,10 @@ mod tests {
         for key in [POSITION_KEY, AGGREGATOR_KEY, CLAIM_KEY, RELEASE_KEY] {
             assert!(!is_customer_key(key), "{key:?}");
         }
+        let sealed = sealed_changelog_key(7, "c-1");
+        assert!(!is_customer_key(&sealed));
+        assert_eq!(sealed_of(&sealed), Some((7, "c-1")));
+        assert_eq!(sealed_of(b"c-1"), None);
         for id in ["c-0000001", "", "ÿ", "\u{7f}x"] {
             assert!(is_customer_key(id.as_bytes()), "{id:?}");
         }

@@ -29,6 +29,12 @@ const CUSTOMER_V5: u8 = 5;
 /// (`body::SeenEntries`) and none in the body's own place for them, where V1 to V5 kept the
 /// event ids; those are fingerprinted as they are read.
 const CUSTOMER_V6: u8 = 6;
+/// Version 7: a V6 encoding whose remembered events are a `body::SeenSection`: the seal, how
+/// many are sealed, the events after the sealed ones, and the sealed ones or a byte 0 when the
+/// store keeps them apart (under their own key, `SEALED_V1`).
+const CUSTOMER_V7: u8 = 7;
+/// A customer's sealed remembered events kept apart: `body::Sealed`.
+const SEALED_V1: u8 = 1;
 const OUTBOX_V1: u8 = 1;
 /// Version 2: a V1 body, then the partition the record must go to (the changelog's), if any.
 const OUTBOX_V2: u8 = 2;
@@ -54,10 +60,34 @@ const SEGMENTS_V2: u8 = 2;
 const SEGMENTS_V3: u8 = 3;
 const SCALES_V1: u8 = 1;
 
+/// The customer whole, its remembered events all in its body.
 pub fn encode_customer(customer: &Customer) -> Vec<u8> {
+    let mut out = customer_prefix(customer);
+    super::body::write_customer_body(customer, &mut out);
+    out
+}
+
+/// The customer with its sealed remembered events left out, which the store keeps apart
+/// ([`encode_sealed`]).
+pub fn encode_customer_apart(customer: &Customer) -> Vec<u8> {
+    let mut out = customer_prefix(customer);
+    super::body::write_customer_body_apart(customer, &mut out);
+    out
+}
+
+/// The customer's sealed remembered events, as the store keeps them apart.
+pub fn encode_sealed(state: &CustomerState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 13 * state.seen_sealed as usize);
+    out.push(SEALED_V1);
+    super::body::write_sealed(state, &mut out);
+    out
+}
+
+/// The version byte and the timer prefix.
+fn customer_prefix(customer: &Customer) -> Vec<u8> {
     // Room for a typical customer up front: growing from one byte copied it eight times.
     let mut out = Vec::with_capacity(512);
-    out.push(CUSTOMER_V6);
+    out.push(CUSTOMER_V7);
     match customer.risk.timer_at {
         None => out.push(0),
         Some(at) => {
@@ -65,10 +95,50 @@ pub fn encode_customer(customer: &Customer) -> Vec<u8> {
             out.extend_from_slice(&at.to_be_bytes());
         }
     }
-    // The bytes `postcard` writes for `(state, risk, standing, trailing)` and the remembered
-    // events, written by hand.
-    super::body::write_customer_body(customer, &mut out);
     out
+}
+
+/// A customer as read from its stored encoding.
+#[derive(Debug, PartialEq)]
+pub enum Stored {
+    /// The whole customer.
+    Whole(Customer),
+    /// A customer whose `seal`ed remembered events, `sealed` of them, are kept apart: its
+    /// `seen` holds the events after them until [`join_sealed`] puts them in front.
+    Apart {
+        customer: Customer,
+        seal: u32,
+        sealed: u32,
+    },
+}
+
+/// Puts the sealed remembered events kept apart (`bytes`, from [`encode_sealed`]) in front of
+/// the customer's others, checking that they are the `sealed` events of its `seal`.
+pub fn join_sealed(
+    customer: &mut Customer,
+    (seal, sealed): (u32, u32),
+    bytes: &[u8],
+) -> Result<(), String> {
+    let body = match bytes.split_first() {
+        Some((&SEALED_V1, body)) => body,
+        Some((v, _)) => return Err(format!("unknown sealed events version {v}")),
+        None => return Err("empty sealed events".into()),
+    };
+    let (kept_seal, newest, entries) =
+        postcard::from_bytes::<super::body::Sealed>(body).map_err(|e| format!("sealed: {e}"))?;
+    if kept_seal != seal || entries.len() != sealed as usize {
+        return Err(format!(
+            "sealed events are {} of seal {kept_seal}, the customer's are {sealed} of seal {seal}",
+            entries.len()
+        ));
+    }
+    let state = &mut customer.state;
+    let mut seen = super::body::seen_entries(entries, newest);
+    seen.append(&mut state.seen);
+    state.seen = seen;
+    state.seen_sealed = sealed;
+    state.seal = seal;
+    Ok(())
 }
 
 /// A version-5 or -6 encoding split after its timer prefix: the version, the timer, the rest.
@@ -77,7 +147,7 @@ type Prefixed<'a> = (u8, Option<crate::event::Millis>, &'a [u8]);
 /// A version-5 or -6 encoding's timer and the rest: `None` for an earlier version.
 fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
     let (&version, rest) = bytes.split_first()?;
-    if version != CUSTOMER_V5 && version != CUSTOMER_V6 {
+    if !(CUSTOMER_V5..=CUSTOMER_V7).contains(&version) {
         return None;
     }
     Some(match rest.split_first() {
@@ -97,11 +167,29 @@ fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
 pub fn customer_timer(bytes: &[u8]) -> Result<Option<crate::event::Millis>, String> {
     match timer_prefix(bytes) {
         Some(prefix) => prefix.map(|(_, timer, _)| timer),
-        None => decode_customer(bytes).map(|c| c.risk.timer_at),
+        None => decode_legacy(bytes).map(|c| c.risk.timer_at),
     }
 }
 
+/// A whole customer: an error when its sealed remembered events are kept apart.
+#[cfg(test)]
 pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
+    match decode_stored(bytes)? {
+        Stored::Whole(customer)
+        | Stored::Apart {
+            customer,
+            sealed: 0,
+            ..
+        } => Ok(customer),
+        Stored::Apart { sealed, .. } => Err(format!(
+            "{sealed} sealed remembered events are kept apart from this encoding"
+        )),
+    }
+}
+
+/// A customer from its stored encoding, whole unless its sealed remembered events are kept
+/// apart (and there are some).
+pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
     type V4 = (CustomerState, RiskMemo, Option<Standing>, Trailing);
     let from_v4 = |(state, risk, standing, trailing): V4| Customer {
         state,
@@ -112,33 +200,84 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
     if let Some(prefix) = timer_prefix(bytes) {
         let (version, timer, body) = prefix?;
         let malformed = |e: postcard::Error| format!("version {version} body: {e}");
-        let customer = if version == CUSTOMER_V6 {
+        let (customer, apart) = if version >= CUSTOMER_V6 {
             let (mut customer, seen) = postcard::take_from_bytes::<V4>(body)
                 .map(|(v4, seen)| (from_v4(v4), seen))
                 .map_err(malformed)?;
-            let (entries, rest) =
-                postcard::take_from_bytes::<super::body::SeenEntries>(seen).map_err(malformed)?;
             if !customer.state.seen.is_empty() {
-                return Err("version 6 body holds event ids in version 5's place".into());
-            }
-            if !rest.is_empty() {
-                return Err("version 6 body has bytes past its remembered events".into());
+                return Err(format!(
+                    "version {version} body holds event ids in version 5's place"
+                ));
             }
             let newest = customer.state.last_event_at;
-            customer.state.seen = super::body::seen_entries(entries, newest);
-            customer
+            let (apart, rest) = if version == CUSTOMER_V6 {
+                let (entries, rest) = postcard::take_from_bytes::<super::body::SeenEntries>(seen)
+                    .map_err(malformed)?;
+                customer.state.seen = super::body::seen_entries(entries, newest);
+                (None, rest)
+            } else {
+                let ((seal, sealed, after, inline), rest) =
+                    postcard::take_from_bytes::<super::body::SeenSection>(seen)
+                        .map_err(malformed)?;
+                let state = &mut customer.state;
+                state.seen = super::body::seen_entries(after, newest);
+                state.seal = seal;
+                state.seen_sealed = sealed;
+                let apart = match inline {
+                    Some(entries) if entries.len() == sealed as usize => {
+                        let mut seen = super::body::seen_entries(entries, newest);
+                        seen.append(&mut state.seen);
+                        state.seen = seen;
+                        None
+                    }
+                    Some(entries) => {
+                        return Err(format!(
+                            "version 7 body holds {} sealed remembered events, and says {sealed}",
+                            entries.len()
+                        ))
+                    }
+                    None => (sealed > 0).then_some((seal, sealed)),
+                };
+                (apart, rest)
+            };
+            if !rest.is_empty() {
+                return Err(format!(
+                    "version {version} body has bytes past its remembered events"
+                ));
+            }
+            (customer, apart)
         } else {
-            postcard::from_bytes::<V4>(body)
+            let customer = postcard::from_bytes::<V4>(body)
                 .map(from_v4)
-                .map_err(malformed)?
+                .map_err(malformed)?;
+            (customer, None)
         };
         if customer.risk.timer_at != timer {
             return Err(format!(
                 "version {version} timer prefix disagrees with the body"
             ));
         }
-        return Ok(customer);
+        return Ok(match apart {
+            None => Stored::Whole(customer),
+            Some((seal, sealed)) => Stored::Apart {
+                customer,
+                seal,
+                sealed,
+            },
+        });
     }
+    Ok(Stored::Whole(decode_legacy(bytes)?))
+}
+
+/// A customer of a version before 5, which had no timer prefix.
+fn decode_legacy(bytes: &[u8]) -> Result<Customer, String> {
+    type V4 = (CustomerState, RiskMemo, Option<Standing>, Trailing);
+    let from_v4 = |(state, risk, standing, trailing): V4| Customer {
+        state,
+        risk,
+        standing,
+        trailing,
+    };
     match bytes.first() {
         Some(&CUSTOMER_V1) => decode::<CustomerState>(CUSTOMER_V1, bytes).map(Customer::from),
         Some(&CUSTOMER_V2) => {
@@ -160,7 +299,7 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
         }
         Some(&CUSTOMER_V4) => decode::<V4>(CUSTOMER_V4, bytes).map(from_v4),
         Some(v) => Err(format!(
-            "unknown encoding version {v} (this build reads up to {CUSTOMER_V6})"
+            "unknown encoding version {v} (this build reads up to {CUSTOMER_V7})"
         )),
         None => Err("empty value".into()),
     }
@@ -516,15 +655,13 @@ mod tests {
     }
 
     #[test]
-    fn version_six_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
-        // CUSTOMER_V7 and keep reading V1 to V6. A V6 encoding is the V5 one with its event ids
-        // (01: one; 01 65: "e"; d0 0f: occurred at 1,000) left out of their place (00: none)
-        // and the fingerprints after the body: 01 (one), XXH3-64 of "e" as 8 little-endian
-        // bytes (0xe5e72e5e3bec4a78, from Python's `xxhash` package), b0 9a ea 55 (zigzag
+    fn version_six_is_still_read() {
+        // Written by the version-6 encoder: the V5 encoding with its event ids (01: one; 01 65:
+        // "e"; d0 0f: occurred at 1,000) left out of their place (00: none) and the
+        // fingerprints after the body: 01 (one), XXH3-64 of "e" as 8 little-endian bytes
+        // (0xe5e72e5e3bec4a78, from Python's `xxhash` package), b0 9a ea 55 (zigzag
         // 89,999,000: 90,000,000, the newest event, less 1,000).
-        let encoded = encode_customer(&sample_customer());
-        assert_eq!(encoded, golden("customer_v6.hex", Some(&encoded)));
+        let v6 = golden("customer_v6.hex", None);
         let v5 = golden("customer_v5.hex", None);
         let ids = [0x01, 0x01, b'e', 0xd0, 0x0f];
         let at = v5
@@ -535,9 +672,33 @@ mod tests {
         expected.extend_from_slice(&v5[1..at]);
         expected.push(0x00);
         expected.extend_from_slice(&v5[at + ids.len()..]);
-        expected.push(0x01);
-        expected.extend_from_slice(&[0x78, 0x4a, 0xec, 0x3b, 0x5e, 0x2e, 0xe7, 0xe5]);
-        expected.extend_from_slice(&[0xb0, 0x9a, 0xea, 0x55]);
+        expected.extend_from_slice(&SAMPLE_SEEN);
+        assert_eq!(v6, expected);
+        assert_eq!(customer_timer(&v6), Ok(Some(100_000_000)));
+        assert_eq!(decode_customer(&v6), Ok(sample_customer()));
+    }
+
+    /// The sample's one remembered event as versions 6 and 7 write it: one entry, the
+    /// fingerprint, and how long before the newest event it occurred.
+    const SAMPLE_SEEN: [u8; 13] = [
+        0x01, 0x78, 0x4a, 0xec, 0x3b, 0x5e, 0x2e, 0xe7, 0xe5, 0xb0, 0x9a, 0xea, 0x55,
+    ];
+
+    #[test]
+    fn version_seven_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
+        // CUSTOMER_V8 and keep reading V1 to V7. A V7 encoding is the V6 one with, in place of
+        // the fingerprints, 00 (seal 0), 00 (none sealed), the fingerprints, then 01 00 (the
+        // sealed ones in the body: none).
+        let encoded = encode_customer(&sample_customer());
+        assert_eq!(encoded, golden("customer_v7.hex", Some(&encoded)));
+        let v6 = golden("customer_v6.hex", None);
+        let head = v6.len() - SAMPLE_SEEN.len();
+        let mut expected = vec![CUSTOMER_V7];
+        expected.extend_from_slice(&v6[1..head]);
+        expected.extend_from_slice(&[0x00, 0x00]);
+        expected.extend_from_slice(&SAMPLE_SEEN);
+        expected.extend_from_slice(&[0x01, 0x00]);
         assert_eq!(encoded, expected);
         assert_eq!(customer_timer(&encoded), Ok(Some(100_000_000)));
         assert_eq!(decode_customer(&encoded), Ok(sample_customer()));
@@ -545,9 +706,44 @@ mod tests {
         let mut untimed = sample_customer();
         untimed.risk.timer_at = None;
         let encoded = encode_customer(&untimed);
-        assert_eq!(&encoded[..2], &[6, 0]);
+        assert_eq!(&encoded[..2], &[7, 0]);
         assert_eq!(customer_timer(&encoded), Ok(None));
         assert_eq!(decode_customer(&encoded), Ok(untimed));
+
+        // Sealed (seal 3), and kept apart: 03 01 (seal 3, one sealed), 00 (none after it),
+        // 00 (the sealed one apart); apart, 01 (version), 03 (seal), 80 aa ea 55 (newest
+        // event: zigzag 180,000,000), then the event as above.
+        let mut sealed = sample_customer();
+        sealed.state.seen_sealed = 1;
+        sealed.state.seal = 3;
+        let apart = encode_customer_apart(&sealed);
+        assert_eq!(&apart[..head], &expected[..head]);
+        assert_eq!(&apart[head..], &[0x03, 0x01, 0x00, 0x00]);
+        let kept = encode_sealed(&sealed.state);
+        let mut expected_kept = vec![SEALED_V1, 0x03, 0x80, 0xaa, 0xea, 0x55];
+        expected_kept.extend_from_slice(&SAMPLE_SEEN);
+        assert_eq!(kept, expected_kept);
+        let Ok(Stored::Apart {
+            mut customer,
+            seal: 3,
+            sealed: 1,
+        }) = decode_stored(&apart)
+        else {
+            panic!("kept apart: {:?}", decode_stored(&apart));
+        };
+        assert!(customer.state.seen.is_empty());
+        join_sealed(&mut customer, (3, 1), &kept).expect("the sealed events join");
+        assert_eq!(customer, sealed);
+        assert_eq!(
+            decode_customer(&encode_customer(&sealed)),
+            Ok(sealed.clone())
+        );
+        // Sealed events of another seal, or of another count, are refused.
+        let mut other = sealed.clone();
+        other.state.seen.clear();
+        assert!(join_sealed(&mut other, (4, 1), &kept).is_err());
+        assert!(join_sealed(&mut other, (3, 2), &kept).is_err());
+        assert!(decode_customer(&apart).is_err(), "not whole");
     }
 
     #[test]

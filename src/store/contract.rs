@@ -784,3 +784,180 @@ fn the_writer_id_is_kept_with_the_state() {
         "another state directory is another writer"
     );
 }
+
+/// A customer with `n` remembered events, the first `sealed` of them sealed under `seal`.
+fn remembering(n: i64, sealed: u32, seal: u32) -> Customer {
+    let mut state = state("r", 1);
+    state.seen = (0..n)
+        .map(|i| crate::fold::SeenEvent {
+            fingerprint: crate::fold::EventFingerprint(1_000 + i as u64),
+            occurred_at: 10 * i,
+        })
+        .collect();
+    state.last_event_at = 10 * n;
+    state.seen_sealed = sealed;
+    state.seal = seal;
+    state.into()
+}
+
+#[test]
+fn sealed_remembered_events_are_kept_apart_written_when_their_seal_moves_and_go_with_the_customer()
+{
+    for (name, store, _dir) in backends() {
+        let store = store.with_changelog("log").unwrap();
+        let apart = |seal| store.backend.get(&sealed_key(0, "r", seal)).unwrap();
+        let sealed_record = |seal| changelog::sealed_changelog_key(seal, "r");
+        // Commits the customer as the processor does; returns the changelog records it sent,
+        // by key, with whether each has a value.
+        let put = |customer: Option<&Customer>, stored_seal| -> Vec<(Vec<u8>, bool)> {
+            let before: Vec<u64> = store
+                .outbox(10_000)
+                .unwrap()
+                .iter()
+                .map(|(s, _)| *s)
+                .collect();
+            let mut commit = Commit::default();
+            commit.put_customer_apart(0, "r".into(), customer, stored_seal);
+            store.commit(commit).unwrap();
+            let records = store.outbox(10_000).unwrap();
+            (records.into_iter())
+                .filter(|(seq, r)| !before.contains(seq) && r.key.as_deref() != Some(POSITION_KEY))
+                .map(|(_, r)| (r.key.unwrap(), r.value.is_some()))
+                .collect()
+        };
+        let customer_record = || (b"r".to_vec(), true);
+
+        // A new customer with events sealed under seal 1: they go apart, ahead of the customer.
+        let first = remembering(3, 2, 1);
+        assert_eq!(
+            put(Some(&first), Some(0)),
+            [(sealed_record(1), true), customer_record()],
+            "{name}"
+        );
+        assert!(apart(1).is_some(), "{name}");
+        assert_eq!(
+            store.customer_stored(0, "r").unwrap(),
+            Some((first.clone(), Some(1))),
+            "{name}"
+        );
+
+        // An event after the sealed ones: the seal did not move, and they stay as stored.
+        let second = remembering(4, 2, 1);
+        assert_eq!(put(Some(&second), Some(1)), [customer_record()], "{name}");
+        assert_eq!(
+            store.customer_record(0, "r").unwrap(),
+            Some(second.clone()),
+            "{name}"
+        );
+
+        // Swept: the new sealed events go ahead of the customer, the old ones after it.
+        let third = remembering(5, 5, 2);
+        assert_eq!(
+            put(Some(&third), Some(1)),
+            [
+                (sealed_record(2), true),
+                customer_record(),
+                (sealed_record(1), false)
+            ],
+            "{name}"
+        );
+        assert_eq!((apart(1), apart(2).is_some()), (None, true), "{name}");
+        assert_eq!(
+            store.customer_stored(0, "r").unwrap(),
+            Some((third.clone(), Some(2))),
+            "{name}"
+        );
+
+        // Into another store, the changelog as it is now: the same customer, however far into
+        // the log the read got, as long as it stops after a customer record.
+        let log: Vec<ChangelogRecord> = (store.outbox(10_000).unwrap().iter())
+            .map(|(_, r)| ChangelogRecord::delivered(r))
+            .collect();
+        let customers = (log.iter().enumerate())
+            .filter(|(_, r)| r.key == b"r")
+            .map(|(i, _)| i);
+        for (end, expected) in customers.zip([&first, &second, &third]) {
+            let target = Store::in_memory();
+            target.restore(0, log[..=end].to_vec()).unwrap();
+            assert_eq!(
+                target.customer_record(0, "r").unwrap().as_ref(),
+                Some(expected),
+                "{name}"
+            );
+        }
+        // Or stops between: the sealed events of the seal to come are there, unused.
+        let target = Store::in_memory();
+        let before_third = log.iter().rposition(|r| r.key == b"r").unwrap();
+        target.restore(0, log[..before_third].to_vec()).unwrap();
+        assert_eq!(
+            target.customer_record(0, "r").unwrap(),
+            Some(second.clone()),
+            "{name}"
+        );
+
+        // Swept to nothing sealed: none are kept apart.
+        let fourth = remembering(1, 0, 3);
+        assert_eq!(
+            put(Some(&fourth), Some(2)),
+            [customer_record(), (sealed_record(2), false)],
+            "{name}"
+        );
+        assert_eq!(apart(2), None, "{name}");
+        assert_eq!(
+            store.customer_stored(0, "r").unwrap(),
+            Some((fourth.clone(), Some(3))),
+            "{name}"
+        );
+
+        // Erased: nothing of it stays, in the store or the changelog.
+        put(Some(&third), Some(3));
+        assert_eq!(
+            put(None, Some(2)),
+            [(b"r".to_vec(), false), (sealed_record(2), false)],
+            "{name}"
+        );
+        assert_eq!(apart(2), None, "{name}");
+        assert_eq!(store.customer_stored(0, "r").unwrap(), None, "{name}");
+
+        // Cleared with its partition.
+        put(Some(&third), Some(0));
+        store.clear_partition(0).unwrap();
+        assert_eq!(apart(2), None, "{name}");
+
+        // A customer whole, as a restore of an earlier version's record leaves it: its sealed
+        // events are written at its next commit.
+        store
+            .commit({
+                let mut commit = Commit::default();
+                commit.put_customer(0, "r".into(), Some(&third));
+                commit
+            })
+            .unwrap();
+        assert_eq!(
+            store.customer_stored(0, "r").unwrap(),
+            Some((third.clone(), None)),
+            "{name}"
+        );
+        assert_eq!(
+            put(Some(&third), None),
+            [(sealed_record(2), true), customer_record()],
+            "{name}"
+        );
+
+        // Sealed events that do not match the customer's seal are an error, not a customer.
+        store
+            .backend
+            .write(vec![Op::Put(
+                sealed_key(0, "r", 2),
+                codec::encode_sealed(&fourth.state),
+            )])
+            .unwrap();
+        assert!(
+            matches!(
+                store.customer_record(0, "r"),
+                Err(StoreError::Corrupt { .. })
+            ),
+            "{name}: another seal's events passed for the customer's"
+        );
+    }
+}

@@ -244,7 +244,8 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Writes `customer` of `partition` (`None` erases it).
+    /// Writes `customer` of `partition` whole (`None` erases it), with its remembered events
+    /// in its body.
     pub fn put_customer(
         &mut self,
         partition: i32,
@@ -255,6 +256,43 @@ impl Commit {
             partition,
             id: customer_id,
             value: customer.map(codec::encode_customer),
+            ..CustomerWrite::default()
+        });
+    }
+
+    /// Writes `customer` of `partition` (`None` erases it) with its sealed remembered events
+    /// kept apart under their seal, written only when the seal is not `stored_seal`, the one
+    /// whose events the store holds for the customer (see [`Store::customer_stored`]); those
+    /// go then.
+    pub fn put_customer_apart(
+        &mut self,
+        partition: i32,
+        customer_id: String,
+        customer: Option<&Customer>,
+        stored_seal: Option<u32>,
+    ) {
+        // Seal 0 never has sealed events: a sweep moves the seal before it seals any.
+        let stored = stored_seal.filter(|&seal| seal != 0);
+        let (value, sealed, unsealed) = match customer {
+            None => (None, None, stored),
+            Some(customer) => {
+                let state = &customer.state;
+                let value = Some(codec::encode_customer_apart(customer));
+                if stored_seal == Some(state.seal) {
+                    (value, None, None)
+                } else {
+                    let sealed =
+                        (state.seen_sealed > 0).then(|| (state.seal, codec::encode_sealed(state)));
+                    (value, sealed, stored)
+                }
+            }
+        };
+        self.customers.push(CustomerWrite {
+            partition,
+            id: customer_id,
+            value,
+            sealed,
+            unsealed,
             facts: Vec::new(),
         });
     }
@@ -267,7 +305,7 @@ impl From<(i32, String, Option<Vec<u8>>)> for CustomerWrite {
             partition,
             id,
             value,
-            facts: Vec::new(),
+            ..CustomerWrite::default()
         }
     }
 }
@@ -279,12 +317,19 @@ pub struct CustomerWrite {
     pub id: String,
     /// The stored encoding; `None` deletes the customer.
     pub value: Option<Vec<u8>>,
+    /// Sealed remembered events to keep apart, under their seal ([`codec::encode_sealed`]).
+    pub sealed: Option<(u32, Vec<u8>)>,
+    /// The seal whose sealed remembered events kept apart go: replaced, or the customer erased.
+    pub unsealed: Option<u32>,
     /// What the change did to the aggregates, encoded by [`encode_facts`], for the changelog
     /// record to carry ([`FACTS_HEADER`]); empty when there is nothing to carry.
     pub facts: Vec<u8>,
 }
 
 const CUSTOMER: u8 = b'c';
+/// `s` + partition + customer id + seal (4 bytes, big-endian): the customer's sealed
+/// remembered events, kept apart.
+const SEALED: u8 = b's';
 /// `n` + partition: the aggregator's [`Ownership`] of a changelog partition.
 const OWNERSHIP: u8 = b'n';
 const OFFSET: u8 = b'o';
@@ -351,8 +396,18 @@ fn unsortable(bytes: &[u8]) -> Option<Millis> {
 }
 
 fn customer_key(partition: i32, customer_id: &str) -> Vec<u8> {
+    tagged_customer_key(CUSTOMER, partition, customer_id)
+}
+
+fn sealed_key(partition: i32, customer_id: &str, seal: u32) -> Vec<u8> {
+    let mut key = tagged_customer_key(SEALED, partition, customer_id);
+    key.extend_from_slice(&seal.to_be_bytes());
+    key
+}
+
+fn tagged_customer_key(tag: u8, partition: i32, customer_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + customer_id.len());
-    key.push(CUSTOMER);
+    key.push(tag);
     key.extend_from_slice(&(partition as u32).to_be_bytes());
     key.extend_from_slice(customer_id.as_bytes());
     key
@@ -442,16 +497,57 @@ impl Store {
         partition: i32,
         customer_id: &str,
     ) -> Result<Option<Customer>, StoreError> {
+        Ok(self
+            .customer_stored(partition, customer_id)?
+            .map(|(customer, _)| customer))
+    }
+
+    /// A customer, and the seal of its sealed remembered events the store keeps apart:
+    /// `None` when it keeps the customer whole, as a restore writes it.
+    pub fn customer_stored(
+        &self,
+        partition: i32,
+        customer_id: &str,
+    ) -> Result<Option<(Customer, Option<u32>)>, StoreError> {
         let key = customer_key(partition, customer_id);
         match self.backend.get(&key)? {
             None => Ok(None),
-            Some(bytes) => {
-                codec::decode_customer(&bytes)
-                    .map(Some)
-                    .map_err(|reason| StoreError::Corrupt {
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        reason,
-                    })
+            Some(bytes) => self.read_customer(&key, &bytes).map(Some),
+        }
+    }
+
+    /// The customer stored under `key` as `bytes`, with its sealed remembered events if they
+    /// are kept apart, and their seal then.
+    fn read_customer(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(Customer, Option<u32>), StoreError> {
+        let corrupt = |reason| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason,
+        };
+        match codec::decode_stored(bytes).map_err(corrupt)? {
+            codec::Stored::Whole(customer) => {
+                // Nothing is kept apart of a whole customer: right for its seal when it has
+                // nothing sealed.
+                let state = &customer.state;
+                let seal = (state.seen_sealed == 0).then_some(state.seal);
+                Ok((customer, seal))
+            }
+            codec::Stored::Apart {
+                mut customer,
+                seal,
+                sealed,
+            } => {
+                let mut apart = key.to_vec();
+                apart[0] = SEALED;
+                apart.extend_from_slice(&seal.to_be_bytes());
+                let kept = self.backend.get(&apart)?.ok_or_else(|| {
+                    corrupt(format!("its {sealed} sealed remembered events are missing"))
+                })?;
+                codec::join_sealed(&mut customer, (seal, sealed), &kept).map_err(corrupt)?;
+                Ok((customer, Some(seal)))
             }
         }
     }
@@ -502,12 +598,7 @@ impl Store {
         self.backend
             .scan(&prefix, &start, None, limit)?
             .into_iter()
-            .map(|(key, bytes)| {
-                codec::decode_customer(&bytes).map_err(|reason| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    reason,
-                })
-            })
+            .map(|(key, bytes)| Ok(self.read_customer(&key, &bytes)?.0))
             .collect()
     }
 
@@ -678,6 +769,12 @@ impl Store {
                 Some(bytes) => Op::Put(key, bytes),
                 None => Op::Delete(key),
             });
+            if let Some(seal) = write.unsealed {
+                ops.push(Op::Delete(sealed_key(write.partition, &write.id, seal)));
+            }
+            if let Some((seal, bytes)) = write.sealed {
+                ops.push(Op::Put(sealed_key(write.partition, &write.id, seal), bytes));
+            }
         }
         let outbox = changelog.len() + commit.outbox.len();
         for timer in &commit.timers_cleared {
