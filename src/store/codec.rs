@@ -187,16 +187,21 @@ pub fn decode_customer(bytes: &[u8]) -> Result<Customer, String> {
     }
 }
 
-/// A customer from its stored encoding, whole unless its sealed remembered events are kept
-/// apart (and there are some).
-pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
-    type V4 = (CustomerState, RiskMemo, Option<Standing>, Trailing);
-    let from_v4 = |(state, risk, standing, trailing): V4| Customer {
+/// What postcard reads of a customer's body from version 4 on, before its remembered events.
+type V4 = (CustomerState, RiskMemo, Option<Standing>, Trailing);
+
+fn from_v4((state, risk, standing, trailing): V4) -> Customer {
+    Customer {
         state,
         risk,
         standing,
         trailing,
-    };
+    }
+}
+
+/// A customer from its stored encoding, whole unless its sealed remembered events are kept
+/// apart (and there are some).
+pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
     if let Some(prefix) = timer_prefix(bytes) {
         let (version, timer, body) = prefix?;
         let malformed = |e: postcard::Error| format!("version {version} body: {e}");
@@ -271,13 +276,6 @@ pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
 
 /// A customer of a version before 5, which had no timer prefix.
 fn decode_legacy(bytes: &[u8]) -> Result<Customer, String> {
-    type V4 = (CustomerState, RiskMemo, Option<Standing>, Trailing);
-    let from_v4 = |(state, risk, standing, trailing): V4| Customer {
-        state,
-        risk,
-        standing,
-        trailing,
-    };
     match bytes.first() {
         Some(&CUSTOMER_V1) => decode::<CustomerState>(CUSTOMER_V1, bytes).map(Customer::from),
         Some(&CUSTOMER_V2) => {
