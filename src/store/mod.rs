@@ -396,20 +396,21 @@ fn unsortable(bytes: &[u8]) -> Option<Millis> {
 }
 
 fn customer_key(partition: i32, customer_id: &str) -> Vec<u8> {
-    tagged_customer_key(CUSTOMER, partition, customer_id)
-}
-
-fn sealed_key(partition: i32, customer_id: &str, seal: u32) -> Vec<u8> {
-    let mut key = tagged_customer_key(SEALED, partition, customer_id);
-    key.extend_from_slice(&seal.to_be_bytes());
+    let mut key = Vec::with_capacity(5 + customer_id.len());
+    key.push(CUSTOMER);
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key.extend_from_slice(customer_id.as_bytes());
     key
 }
 
-fn tagged_customer_key(tag: u8, partition: i32, customer_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(5 + customer_id.len());
-    key.push(tag);
-    key.extend_from_slice(&(partition as u32).to_be_bytes());
-    key.extend_from_slice(customer_id.as_bytes());
+fn sealed_key(partition: i32, customer_id: &str, seal: u32) -> Vec<u8> {
+    sealed_key_of(customer_key(partition, customer_id), seal)
+}
+
+/// The key of the sealed remembered events under `seal` of the customer stored at `key`.
+fn sealed_key_of(mut key: Vec<u8>, seal: u32) -> Vec<u8> {
+    key[0] = SEALED;
+    key.extend_from_slice(&seal.to_be_bytes());
     key
 }
 
@@ -540,10 +541,7 @@ impl Store {
                 seal,
                 sealed,
             } => {
-                let mut apart = key.to_vec();
-                apart[0] = SEALED;
-                apart.extend_from_slice(&seal.to_be_bytes());
-                let Some(kept) = self.backend.get(&apart)? else {
+                let Some(kept) = self.backend.get(&sealed_key_of(key.to_vec(), seal))? else {
                     // Only an old owner's changelog record compacted over the new owner's
                     // leaves a customer without its sealed events (README, *Scaling out*):
                     // it goes on without them rather than stop its partition.
