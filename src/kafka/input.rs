@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -860,24 +860,30 @@ impl Input {
     pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<InputRecord> {
         let mut batch = Vec::with_capacity(max.min(4096));
         let deadline = tokio::time::Instant::now() + linger;
+        // One stream for the whole batch: each `recv` makes a stream of its own, which takes
+        // a slot in the consumer's table of wakers and gives it back, two locks per record.
+        let mut messages = self.consumer().stream();
         while batch.len() < max {
             let next = if batch.is_empty() {
                 // Bounded, so that a caller's shutdown check runs even on an idle stream.
-                tokio::time::timeout(Duration::from_millis(200), self.consumer().recv()).await
+                tokio::time::timeout(Duration::from_millis(200), messages.next()).await
             } else {
-                match self.consumer().recv().now_or_never() {
+                match messages.next().now_or_never() {
                     Some(next) => Ok(next),
                     None if linger.is_zero() => break,
-                    None => tokio::time::timeout_at(deadline, self.consumer().recv()).await,
+                    None => tokio::time::timeout_at(deadline, messages.next()).await,
                 }
             };
+            // A consumer's stream never ends.
+            let Ok(Some(next)) = next else {
+                break;
+            };
             match next {
-                Err(_) => break,
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "Consuming failed; retrying.");
                     break;
                 }
-                Ok(Ok(message)) => {
+                Ok(message) => {
                     let topic = message.topic();
                     let (source, stream) = match self.streams.iter().find(|(t, _)| **t == *topic) {
                         Some((t, s)) => (Arc::clone(t), Some(*s)),
