@@ -20,9 +20,34 @@ pub(super) struct Clock {
     pub(super) state_partitions: std::collections::BTreeSet<i32>,
     /// The input partitions as last assigned.
     pub(super) assigned: Vec<(String, i32)>,
+    /// The processor time of the processor's last call ([`Clock::elapse`]).
+    last_call: Option<Millis>,
 }
 
+/// The most of one gap between two of the processor's calls that counts as time its input
+/// partitions could deliver in. The pipeline calls at least every 200 ms while its input is
+/// idle, and once a batch while it folds; a longer gap is the instance's own pause (a commit
+/// retried, a revocation waiting for the outbox, a restore, a long batch), in which nothing was
+/// read: after it, the first batch takes what the consumer fetched meanwhile in the order it
+/// came, and a partition with records waiting behind the others' would otherwise look idle and
+/// stop holding the watermark, making its own events late.
+const MOST_OF_A_GAP_MS: Millis = 1_000;
+
 impl Clock {
+    /// Takes in the processor time `now` of a call: of the time since the last call, only
+    /// [`MOST_OF_A_GAP_MS`] counts towards a partition's idle time.
+    pub(super) fn elapse(&mut self, now: Millis) {
+        if let Some(last) = self.last_call {
+            let paused = now.saturating_sub(last).saturating_sub(MOST_OF_A_GAP_MS);
+            if paused > 0 {
+                for (_, seen) in self.sources.values_mut().flat_map(HashMap::values_mut) {
+                    *seen = seen.saturating_add(paused).min(now);
+                }
+            }
+        }
+        self.last_call = Some(self.last_call.map_or(now, |last| last.max(now)));
+    }
+
     pub(super) fn observe(
         &mut self,
         record: &InputRecord,

@@ -443,6 +443,7 @@ impl Processor {
         records: &[InputRecord],
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
+        self.clock.elapse(now);
         match self.attempt(records, now) {
             Ok(result) => result,
             Err(Panicked) => {
@@ -680,6 +681,7 @@ impl Processor {
     /// Tells the processor which input partitions the instance owns, so that one that has not
     /// delivered yet holds the watermark (until it goes idle) instead of being overtaken.
     pub fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {
+        self.clock.elapse(now);
         let store = &self.store;
         // A partition taken over (or taken back after a restart) starts from the newest event
         // time its last commit stored: it holds the watermark there, not at nothing, and the
@@ -761,6 +763,7 @@ impl Processor {
     /// partition that stopped delivering no longer holds it back, so the windows and timers it
     /// held close and fire. Commits only when the watermark moved (`None` otherwise).
     pub fn advance(&mut self, now: Millis) -> Result<Option<BatchReport>, StoreError> {
+        self.clock.elapse(now);
         let frontier = self.clock.frontier(now, self.settings.idle_partition_ms);
         let moved = match (&self.aggregates, frontier) {
             (Some(a), Some(f)) => a.trends.newest.is_none_or(|n| n < f),

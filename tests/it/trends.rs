@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use customer_pulse::event::format_millis;
-use customer_pulse::processor::Processor;
+use customer_pulse::processor::{BatchReport, Processor};
 use customer_pulse::store::Store;
 use serde_json::Value;
 
@@ -223,6 +223,18 @@ fn emitted_counts_equal_a_batch_recomputation_from_the_raw_events() {
     }
 }
 
+/// What the pipeline does while its input is idle: `advance` every 200 ms of processor time
+/// after `from`, up to `to`. The reports of the calls that moved the watermark.
+fn idle_polls(processor: &mut Processor, from: i64, to: i64) -> Vec<BatchReport> {
+    let mut reports = Vec::new();
+    let mut now = from;
+    while now < to {
+        now = (now + 200).min(to);
+        reports.extend(processor.advance(now).unwrap());
+    }
+    reports
+}
+
 /// Records as the Kafka input makes them: topic, partition 0.
 fn kafka_record(topic: &str, offset: i64, json: &str) -> customer_pulse::processor::InputRecord {
     customer_pulse::processor::InputRecord {
@@ -279,10 +291,10 @@ fn a_topic_read_ahead_does_not_make_another_topics_complaints_late() {
     assert_eq!(second.count("applied"), 72);
     // Both topics fall silent; once they are idle the watermark moves to the newest order.
     assert!(
-        processor.advance(NOW_MS + 5_000).unwrap().is_none(),
+        idle_polls(&mut processor, NOW_MS, NOW_MS + 5_000).is_empty(),
         "not idle yet"
     );
-    assert!(processor.advance(NOW_MS + 11_000).unwrap().is_some());
+    assert!(!idle_polls(&mut processor, NOW_MS + 5_000, NOW_MS + 11_000).is_empty());
     let hourly: Vec<Value> = store
         .outbox(usize::MAX)
         .unwrap()
@@ -340,26 +352,74 @@ fn after_a_restart_with_nothing_to_read_idle_partitions_still_close_the_windows(
     let mut second = Processor::new(store.clone(), settings(100));
     second.assign(&assigned, NOW_MS);
     let idle = settings(100).idle_partition_ms;
-    let report = second
-        .advance(NOW_MS + idle + 1)
-        .unwrap()
-        .expect("the watermark moved");
-    let closed: Vec<i64> = report
-        .closed_windows
+    let reports = idle_polls(&mut second, NOW_MS, NOW_MS + idle + 1_000);
+    let billing: Vec<_> = reports
         .iter()
+        .flat_map(|r| &r.closed_windows)
         .filter(|w| w.category == "billing")
+        .collect();
+    let closed: Vec<i64> = billing
+        .iter()
         .map(|w| (w.window_start - START) / HOUR)
         .collect();
     assert_eq!(closed, vec![0, 1, 2]);
-    let counts: Vec<u32> = report
-        .closed_windows
-        .iter()
-        .filter(|w| w.category == "billing")
-        .map(|w| w.opened)
-        .collect();
+    let counts: Vec<u32> = billing.iter().map(|w| w.opened).collect();
     assert_eq!(
         counts,
         vec![2, 2, 1],
         "both partitions' complaints, each once"
     );
+}
+
+/// The instance's own pause (a commit retried, a revocation waiting for its outbox, a restore
+/// of another partition) is not silence of its input partitions: after a pause longer than the
+/// idle time, a partition that the first batch holds nothing of still holds the watermark,
+/// and its records, older than the other partition's, are not late when they come.
+#[test]
+fn a_pause_of_the_instance_does_not_make_its_partitions_idle() {
+    let store = Store::in_memory();
+    let on = |partition: i32, offset: i64, json: String| {
+        let mut record = file_record(offset, &json);
+        record.source_partition = partition;
+        record
+    };
+    let assigned = [("test".to_owned(), 0), ("test".to_owned(), 1)];
+    let mut processor = Processor::new(store.clone(), settings(100));
+    processor.assign(&assigned, NOW_MS);
+    let both = [
+        on(0, 0, complaint(0, START, "billing")),
+        on(1, 0, complaint(1, START, "billing")),
+    ];
+    processor.process(&both, NOW_MS).unwrap();
+    // A pause a second longer than the idle time; then a batch of five more hours of partition
+    // 0, and nothing of partition 1 (its records wait behind them in the consumer's queue).
+    let resumed = NOW_MS + settings(100).idle_partition_ms + 1_000;
+    processor.assign(&assigned, resumed);
+    let ahead: Vec<_> = (1..6)
+        .map(|h| {
+            on(
+                0,
+                h,
+                complaint(10 + h as usize, START + h * HOUR, "billing"),
+            )
+        })
+        .collect();
+    let report = processor.process(&ahead, resumed).unwrap();
+    assert!(
+        report.closed_windows.is_empty(),
+        "partition 1 holds the watermark: {:?}",
+        report.closed_windows
+    );
+    let behind: Vec<_> = (1..4)
+        .map(|h| {
+            on(
+                1,
+                h,
+                complaint(20 + h as usize, START + h * HOUR, "billing"),
+            )
+        })
+        .collect();
+    let report = processor.process(&behind, resumed + 200).unwrap();
+    assert_eq!(report.count("late"), 0);
+    assert_eq!(report.count("applied"), 3);
 }
