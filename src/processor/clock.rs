@@ -28,7 +28,7 @@ pub(super) struct Clock {
 /// partitions could deliver in. The pipeline calls at least every 200 ms while its input is
 /// idle, and once a batch while it folds; a longer gap is the instance's own pause (a commit
 /// retried, a revocation waiting for the outbox, a restore, a long batch), in which nothing was
-/// read: after it, the first batch takes what the consumer fetched meanwhile in the order it
+/// read: after it, the first batch takes what the input fetched meanwhile in the order it
 /// came, and a partition with records waiting behind the others' would otherwise look idle and
 /// stop holding the watermark, making its own events late.
 const MOST_OF_A_GAP_MS: Millis = 1_000;
