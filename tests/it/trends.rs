@@ -312,26 +312,32 @@ fn a_topic_read_ahead_does_not_make_another_topics_complaints_late() {
     assert!(hourly[24..].iter().all(|w| w["opened"] == 0));
 }
 
+/// A record of the file source `test` at `offset`, on input `partition`.
+fn on_partition(
+    partition: i32,
+    offset: i64,
+    json: String,
+) -> customer_pulse::processor::InputRecord {
+    let mut record = file_record(offset, &json);
+    record.source_partition = partition;
+    record
+}
+
 /// A restarted processor knows how far each input partition got (the newest event time is
 /// stored with the offsets) and, with nothing left to read, still closes the windows the input
 /// already passed once its partitions go idle.
 #[test]
 fn after_a_restart_with_nothing_to_read_idle_partitions_still_close_the_windows() {
     let store = Store::in_memory();
-    let on = |partition: i32, offset: i64, json: String| {
-        let mut record = file_record(offset, &json);
-        record.source_partition = partition;
-        record
-    };
     let assigned = [("test".to_owned(), 0), ("test".to_owned(), 1)];
     let mut first = Processor::new(store.clone(), settings(100));
     first.assign(&assigned, NOW_MS);
     // Partition 0 reaches four hours in; partition 1 only one: the slowest holds the watermark
     // at one hour minus the hour of lateness, so no window closes yet.
     let records: Vec<_> = (0..5)
-        .map(|h| on(0, h, complaint(h as usize, START + h * HOUR, "billing")))
+        .map(|h| on_partition(0, h, complaint(h as usize, START + h * HOUR, "billing")))
         .chain((0..2).map(|h| {
-            on(
+            on_partition(
                 1,
                 h,
                 complaint(10 + h as usize, START + h * HOUR, "billing"),
@@ -378,17 +384,12 @@ fn after_a_restart_with_nothing_to_read_idle_partitions_still_close_the_windows(
 #[test]
 fn a_pause_of_the_instance_does_not_make_its_partitions_idle() {
     let store = Store::in_memory();
-    let on = |partition: i32, offset: i64, json: String| {
-        let mut record = file_record(offset, &json);
-        record.source_partition = partition;
-        record
-    };
     let assigned = [("test".to_owned(), 0), ("test".to_owned(), 1)];
     let mut processor = Processor::new(store.clone(), settings(100));
     processor.assign(&assigned, NOW_MS);
     let both = [
-        on(0, 0, complaint(0, START, "billing")),
-        on(1, 0, complaint(1, START, "billing")),
+        on_partition(0, 0, complaint(0, START, "billing")),
+        on_partition(1, 0, complaint(1, START, "billing")),
     ];
     processor.process(&both, NOW_MS).unwrap();
     // A pause a second longer than the idle time; then a batch of five more hours of partition
@@ -397,7 +398,7 @@ fn a_pause_of_the_instance_does_not_make_its_partitions_idle() {
     processor.assign(&assigned, resumed);
     let ahead: Vec<_> = (1..6)
         .map(|h| {
-            on(
+            on_partition(
                 0,
                 h,
                 complaint(10 + h as usize, START + h * HOUR, "billing"),
@@ -412,7 +413,7 @@ fn a_pause_of_the_instance_does_not_make_its_partitions_idle() {
     );
     let behind: Vec<_> = (1..4)
         .map(|h| {
-            on(
+            on_partition(
                 1,
                 h,
                 complaint(20 + h as usize, START + h * HOUR, "billing"),
