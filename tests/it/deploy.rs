@@ -3,17 +3,10 @@
 //! compacted, the changelog partitioned like the input), the image
 //! runs as a non-root user, and the probes name endpoints that exist.
 
-use std::path::Path;
-
 use customer_pulse::config::Config;
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("deploy")
-            .join(path),
-    )
-    .unwrap()
+    std::fs::read_to_string(crate::support::repo().join("deploy").join(path)).unwrap()
 }
 
 #[test]
@@ -84,8 +77,7 @@ fn the_image_runs_as_a_non_root_user_and_the_probes_exist() {
     assert_ne!(user.trim(), "0");
     assert_ne!(user.trim(), "root");
     let statefulset = read("k8s/statefulset.yaml");
-    let router =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http.rs")).unwrap();
+    let router = std::fs::read_to_string(crate::support::repo().join("src/http.rs")).unwrap();
     for probe in ["/readyz", "/healthz"] {
         assert!(
             statefulset.contains(&format!("path: {probe}")),
@@ -102,11 +94,7 @@ fn the_image_runs_as_a_non_root_user_and_the_probes_exist() {
 
 /// Runs a validator in `deploy/`.
 fn validates(program: &str, args: &[&str]) {
-    crate::support::tool_succeeds(
-        program,
-        args,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"),
-    );
+    crate::support::tool_succeeds(program, args, &crate::support::repo().join("deploy"));
 }
 
 #[test]
@@ -129,13 +117,12 @@ fn compose_accepts_the_compose_file() {
 fn the_kubernetes_manifests_pass_schema_validation() {
     // Every manifest against the Kubernetes API schemas, rejecting unknown fields
     // (kubernetes-validate from PyPI). kustomization.yaml is kustomize's, not the API's.
-    let manifests: Vec<String> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
-            .map(|name| format!("k8s/{name}"))
-            .collect();
+    let manifests: Vec<String> = std::fs::read_dir(crate::support::repo().join("deploy/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+        .map(|name| format!("k8s/{name}"))
+        .collect();
     assert!(manifests.len() >= 4, "{manifests:?}");
     let mut args = vec!["-m", "kubernetes_validate", "--strict", "--quiet"];
     args.extend(manifests.iter().map(String::as_str));

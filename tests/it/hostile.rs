@@ -192,7 +192,7 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
 /// fuzzer kept, and every crash it once found, stays settled.
 #[test]
 fn the_fuzz_corpus_is_applied_or_rejected_with_a_reason() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/process");
+    let dir = crate::support::repo().join("tests/fuzz/corpus/process");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -3,15 +3,13 @@
 //! dashboard query is one the processor exports.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use customer_pulse::telemetry::Telemetry;
 
 fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(path)
+    crate::support::repo().join("deploy").join(path)
 }
 
 /// promtool is Debian's prometheus package.

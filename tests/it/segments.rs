@@ -294,8 +294,7 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
 /// of a known customer, its lines summed (margin: a quarter of the amount, as the data has no
 /// costs), one `order.returned` per cancellation invoice ("C..."), ordered by event time.
 fn online_retail() -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/online_retail.csv.gz");
+    let path = crate::support::repo().join("../shared/data/online_retail.csv.gz");
     let out = std::process::Command::new("gzip")
         .arg("-dc")
         .arg(&path)

@@ -2,9 +2,18 @@
 //! fold, straight from the contract JSON.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use customer_pulse::fold::FoldLimits;
 use customer_pulse::processor::{InputRecord, OutputTopics, ProcessorSettings};
+
+/// The repository's root, as `cargo test` tells the test at run time. Not `env!`, which is
+/// fixed at build time: with a target directory shared between checkouts (`tests/run.sh` keeps
+/// one under `~/.cache`), cargo takes a test binary built from another checkout as fresh when
+/// that build is newer than this checkout's files, and `env!` would name the other checkout.
+pub fn repo() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+}
 
 pub fn settings(cache_customers: usize) -> ProcessorSettings {
     settings_with_partitions(cache_customers, 4)
