@@ -50,10 +50,8 @@ fn exported() -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
-    let exported = exported();
-    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+/// The dashboard's queries: each panel's, then each annotation's.
+fn dashboard_queries() -> Vec<String> {
     let dashboard = std::fs::read_to_string(deploy("grafana/customer-pulse.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
     let mut queries: Vec<String> = Vec::new();
@@ -76,6 +74,14 @@ fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
     for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
         queries.push(annotation["expr"].as_str().unwrap().to_owned());
     }
+    queries
+}
+
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
+    let exported = exported();
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let queries = dashboard_queries();
     for (source, text) in [("alerts.yml", rules), ("dashboard", queries.join("\n"))] {
         let used = metric_names_in(&text);
         assert!(used.len() >= 8, "{source} queries {used:?}");
@@ -85,6 +91,23 @@ fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
             "{source} queries metrics nobody exports: {unknown:?}"
         );
     }
+}
+
+/// Every query of the dashboard is PromQL that Prometheus accepts: promtool checks each as a
+/// recording rule.
+#[test]
+fn every_dashboard_query_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (i, query) in dashboard_queries().iter().enumerate() {
+        // A JSON string is a double-quoted YAML scalar.
+        let query = serde_json::to_string(query).unwrap();
+        rules.push_str(&format!(
+            "  - record: dashboard:query_{i}\n    expr: {query}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
+    crate::support::tool_succeeds("promtool", &["check", "rules", "dashboard.yml"], dir.path());
 }
 
 #[test]
