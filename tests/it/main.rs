@@ -4,6 +4,7 @@
 mod aggregation;
 mod broker;
 mod catalogue;
+mod cfpb;
 mod changelog;
 mod crash;
 mod demo;
