@@ -12,6 +12,7 @@ use customer_pulse::store::Store;
 use customer_pulse::trends::TrendSettings;
 use serde_json::Value;
 
+use crate::real_data::{cfpb_complaints, cfpb_event, Complaint, CFPB_CATEGORIES};
 use crate::support::{file_record, settings};
 
 const HOUR: i64 = 3_600_000;
@@ -20,110 +21,24 @@ const DAY: i64 = 24 * HOUR;
 const NOW: i64 = 1_682_899_200_000;
 /// The input's age limit here: a year before the clock.
 const MAX_AGE: i64 = 365 * DAY;
-/// The categories a complaint desk might configure for the bureau's products (this test's
-/// choice), `other` besides.
-const CATEGORIES: [&str; 6] = [
-    "credit_reporting",
-    "debt_collection",
-    "bank_account",
-    "credit_card",
-    "loans",
-    "money_transfer",
-];
-
-fn category(product: &str) -> &'static str {
-    match product {
-        "Credit reporting, credit repair services, or other personal consumer reports" => {
-            "credit_reporting"
-        }
-        "Debt collection" => "debt_collection",
-        "Checking or savings account" => "bank_account",
-        "Credit card or prepaid card" | "Credit card" => "credit_card",
-        "Mortgage"
-        | "Vehicle loan or lease"
-        | "Student loan"
-        | "Payday loan, title loan, or personal loan" => "loans",
-        "Money transfer, virtual currency, or money service" => "money_transfer",
-        other => panic!("a product this test does not map: {other}"),
-    }
-}
-
-struct Complaint {
-    id: String,
-    category: &'static str,
-    at: i64,
-    timely: bool,
-}
-
-/// The extract's complaints, in its order. It gives the day a complaint was received
-/// (dd-mm-yyyy), not the hour: each is placed in its day by its id, so that the hourly windows
-/// do not all fall on midnight.
-fn complaints() -> Vec<Complaint> {
-    let path = crate::support::repo().join("../shared/data/cfpb_complaints_sample.csv");
-    let mut reader = csv::Reader::from_path(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let headers = reader.headers().unwrap().clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no column {name}"))
-    };
-    let (received, product, timely, id) = (
-        column("Date_received"),
-        column("Product"),
-        column("Timely_response?"),
-        column("Complaint_ID"),
-    );
-    reader
-        .records()
-        .map(|row| {
-            let row = row.unwrap();
-            let date: Vec<&str> = row[received].split('-').collect();
-            let [d, m, y] = date[..] else {
-                panic!("a date not dd-mm-yyyy: {}", &row[received])
-            };
-            let day = parse_millis(&format!("{y}-{m}-{d}T00:00:00Z")).unwrap();
-            let second: i64 = row[id].parse::<i64>().unwrap() % 86_400;
-            Complaint {
-                id: row[id].to_owned(),
-                category: category(&row[product]),
-                at: day + second * 1_000,
-                timely: &row[timely] == "Yes",
-            }
-        })
-        .collect()
-}
-
-fn event(c: &Complaint) -> String {
-    serde_json::json!({
-        "event_id": format!("cfpb-{}", c.id),
-        "customer_id": format!("cfpb-{}", c.id),
-        "type": "complaint.opened",
-        "occurred_at": format_millis(c.at),
-        "complaint_id": c.id,
-        "category": c.category,
-        "severity": if c.timely { "medium" } else { "high" },
-    })
-    .to_string()
-}
 
 #[test]
 fn daily_roll_ups_of_real_complaints_equal_a_recount_with_the_baseline_recomputed() {
-    let mut complaints = complaints();
+    let mut complaints =
+        cfpb_complaints(&crate::support::repo().join("../shared/data/cfpb_complaints_sample.csv"));
     assert_eq!(complaints.len(), 3_999);
     // In the order the bureau received them, as a stream would carry them.
     complaints.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
     let mut settings = settings(1_000);
-    settings.rules.complaint_categories = CATEGORIES.iter().map(|c| c.to_string()).collect();
+    settings.rules.complaint_categories = CFPB_CATEGORIES.iter().map(|c| c.to_string()).collect();
     settings.rules.max_event_age_ms = MAX_AGE;
-    settings.trends = TrendSettings::defaults(&CATEGORIES);
+    settings.trends = TrendSettings::defaults(&CFPB_CATEGORIES);
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings);
     let records: Vec<_> = complaints
         .iter()
         .enumerate()
-        .map(|(i, c)| file_record(i as i64, &event(c)))
+        .map(|(i, c)| file_record(i as i64, &cfpb_event(c)))
         .collect();
     for chunk in records.chunks(500) {
         processor.process(chunk, NOW).unwrap();
@@ -194,7 +109,7 @@ fn daily_roll_ups_of_real_complaints_equal_a_recount_with_the_baseline_recompute
     // the baseline not moved.
     const LAMBDA: f64 = 0.2;
     let mut spikes = Vec::new();
-    for category in CATEGORIES.iter().chain(&["other"]) {
+    for category in CFPB_CATEGORIES.iter().chain(&["other"]) {
         let mut mu: Option<f64> = None;
         for k in 0..closed_days {
             let day = first_day + k * DAY;

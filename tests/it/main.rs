@@ -17,6 +17,7 @@ mod kafka_smoke;
 mod limits;
 mod privacy;
 mod prometheus;
+mod real_data;
 mod replay;
 mod risk;
 mod scale;

@@ -11,6 +11,7 @@ use customer_pulse::store::Store;
 use serde_json::Value;
 
 use crate::catalogue::NOW_MS;
+use crate::real_data::sorted_by_time;
 use crate::support::{file_record, settings_with_partitions};
 
 const DAY: i64 = 86_400_000;
@@ -86,14 +87,6 @@ fn run_with_rfm(
         }
     }
     (by_topic, rfm)
-}
-
-fn sorted_by_time(mut events: Vec<String>) -> Vec<String> {
-    events.sort_by_key(|e| {
-        let v: Value = serde_json::from_str(e).unwrap();
-        parse_millis(v["occurred_at"].as_str().unwrap()).unwrap()
-    });
-    events
 }
 
 /// The days (counted from `START`) on which `segment` has a non-zero `field` (a path into the
@@ -290,67 +283,6 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
     assert!(active >= 2, "pat and sam are not lost at the end");
 }
 
-/// The UCI Online Retail invoices (../shared/data) as events: one `order.placed` per invoice
-/// of a known customer, its lines summed (margin: a quarter of the amount, as the data has no
-/// costs), one `order.returned` per cancellation invoice ("C..."), ordered by event time.
-fn online_retail() -> Vec<String> {
-    let path = crate::support::repo().join("../shared/data/online_retail.csv.gz");
-    let out = std::process::Command::new("gzip")
-        .arg("-dc")
-        .arg(&path)
-        .output()
-        .expect("gzip runs");
-    assert!(out.status.success(), "cannot read {}", path.display());
-    let text = String::from_utf8(out.stdout).unwrap();
-    // (invoice, customer, time, amount in pence), in order of first line. The lines of an
-    // invoice are adjacent but for one (542806), so they are gathered by invoice number.
-    let mut invoices: Vec<(String, String, String, i64)> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for line in text.lines().skip(1) {
-        // The description may hold commas: take the fields around it from both ends.
-        let mut right = line.rsplitn(5, ',');
-        let (_country, customer, price, time, rest) = (
-            right.next().unwrap(),
-            right.next().unwrap(),
-            right.next().unwrap(),
-            right.next().unwrap(),
-            right.next().unwrap(),
-        );
-        let (invoice, rest) = rest.split_once(',').unwrap();
-        let (_, quantity) = rest.rsplit_once(',').unwrap();
-        if customer.is_empty() {
-            continue;
-        }
-        let pence = (quantity.parse::<f64>().unwrap() * price.parse::<f64>().unwrap() * 100.0)
-            .round() as i64;
-        match index.get(invoice) {
-            Some(i) => invoices[*i].3 += pence,
-            None => {
-                index.insert(invoice.to_owned(), invoices.len());
-                invoices.push((invoice.into(), customer.into(), time.into(), pence));
-            }
-        }
-    }
-    let events = invoices
-        .into_iter()
-        .filter_map(|(invoice, customer, time, pence)| {
-            if let Some(original) = invoice.strip_prefix('C') {
-                let fields = format!(r#""order_id":"{original}","amount_minor":{}"#, pence.abs());
-                Some(event(&invoice, &customer, "order.returned", &time, &fields))
-            } else if pence >= 0 {
-                let fields = format!(
-                    r#""order_id":"{invoice}","amount_minor":{pence},"margin_minor":{}"#,
-                    pence / 4
-                );
-                Some(event(&invoice, &customer, "order.placed", &time, &fields))
-            } else {
-                None
-            }
-        })
-        .collect();
-    sorted_by_time(events)
-}
-
 /// What a segment did in a day, recounted from the events.
 #[derive(Debug, Default, PartialEq)]
 struct Recount {
@@ -410,7 +342,9 @@ fn recount(events: &[String]) -> BTreeMap<(String, i64), Recount> {
 
 #[test]
 fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
-    let events = online_retail();
+    let events = crate::real_data::online_retail(
+        &crate::support::repo().join("../shared/data/online_retail.csv.gz"),
+    );
     assert!(events.len() > 20_000, "{} events", events.len());
     let expected = recount(&events);
     let records =

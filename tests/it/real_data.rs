@@ -1,0 +1,172 @@
+//! The real data in `../shared/data` as the contract's events, for the tests and the benchmarks
+//! (`benches/pipeline.rs` includes this file): UCI Online Retail's invoices as orders and
+//! returns, and the CFPB extract's consumer complaints. Must not know what the job does with
+//! them.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use customer_pulse::event::{format_millis, parse_millis};
+use serde_json::Value;
+
+fn event(id: &str, customer: &str, kind: &str, when: &str, fields: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"{when}",{fields}}}"#
+    )
+}
+
+/// The events in order of their event time.
+pub fn sorted_by_time(mut events: Vec<String>) -> Vec<String> {
+    events.sort_by_key(|e| {
+        let v: Value = serde_json::from_str(e).unwrap();
+        parse_millis(v["occurred_at"].as_str().unwrap()).unwrap()
+    });
+    events
+}
+
+/// The UCI Online Retail invoices (../shared/data) as events: one `order.placed` per invoice
+/// of a known customer, its lines summed (margin: a quarter of the amount, as the data has no
+/// costs), one `order.returned` per cancellation invoice ("C..."), ordered by event time.
+pub fn online_retail(path: &Path) -> Vec<String> {
+    let out = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .expect("gzip runs");
+    assert!(out.status.success(), "cannot read {}", path.display());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // (invoice, customer, time, amount in pence), in order of first line. The lines of an
+    // invoice are adjacent but for one (542806), so they are gathered by invoice number.
+    let mut invoices: Vec<(String, String, String, i64)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text.lines().skip(1) {
+        // The description may hold commas: take the fields around it from both ends.
+        let mut right = line.rsplitn(5, ',');
+        let (_country, customer, price, time, rest) = (
+            right.next().unwrap(),
+            right.next().unwrap(),
+            right.next().unwrap(),
+            right.next().unwrap(),
+            right.next().unwrap(),
+        );
+        let (invoice, rest) = rest.split_once(',').unwrap();
+        let (_, quantity) = rest.rsplit_once(',').unwrap();
+        if customer.is_empty() {
+            continue;
+        }
+        let pence = (quantity.parse::<f64>().unwrap() * price.parse::<f64>().unwrap() * 100.0)
+            .round() as i64;
+        match index.get(invoice) {
+            Some(i) => invoices[*i].3 += pence,
+            None => {
+                index.insert(invoice.to_owned(), invoices.len());
+                invoices.push((invoice.into(), customer.into(), time.into(), pence));
+            }
+        }
+    }
+    let events = invoices
+        .into_iter()
+        .filter_map(|(invoice, customer, time, pence)| {
+            if let Some(original) = invoice.strip_prefix('C') {
+                let fields = format!(r#""order_id":"{original}","amount_minor":{}"#, pence.abs());
+                Some(event(&invoice, &customer, "order.returned", &time, &fields))
+            } else if pence >= 0 {
+                let fields = format!(
+                    r#""order_id":"{invoice}","amount_minor":{pence},"margin_minor":{}"#,
+                    pence / 4
+                );
+                Some(event(&invoice, &customer, "order.placed", &time, &fields))
+            } else {
+                None
+            }
+        })
+        .collect();
+    sorted_by_time(events)
+}
+
+/// The categories a complaint desk might configure for the bureau's products (our choice),
+/// `other` besides.
+pub const CFPB_CATEGORIES: [&str; 6] = [
+    "credit_reporting",
+    "debt_collection",
+    "bank_account",
+    "credit_card",
+    "loans",
+    "money_transfer",
+];
+
+fn cfpb_category(product: &str) -> &'static str {
+    match product {
+        "Credit reporting, credit repair services, or other personal consumer reports" => {
+            "credit_reporting"
+        }
+        "Debt collection" => "debt_collection",
+        "Checking or savings account" => "bank_account",
+        "Credit card or prepaid card" | "Credit card" => "credit_card",
+        "Mortgage"
+        | "Vehicle loan or lease"
+        | "Student loan"
+        | "Payday loan, title loan, or personal loan" => "loans",
+        "Money transfer, virtual currency, or money service" => "money_transfer",
+        other => panic!("a product this test does not map: {other}"),
+    }
+}
+
+pub struct Complaint {
+    pub id: String,
+    pub category: &'static str,
+    pub at: i64,
+    pub timely: bool,
+}
+
+/// The CFPB extract's complaints (`../shared/data/cfpb_complaints_sample.csv`), in its order. It gives the day a complaint was received
+/// (dd-mm-yyyy), not the hour: each is placed in its day by its id, so that the hourly windows
+/// do not all fall on midnight.
+pub fn cfpb_complaints(path: &Path) -> Vec<Complaint> {
+    let mut reader = csv::Reader::from_path(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let headers = reader.headers().unwrap().clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    let (received, product, timely, id) = (
+        column("Date_received"),
+        column("Product"),
+        column("Timely_response?"),
+        column("Complaint_ID"),
+    );
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            let date: Vec<&str> = row[received].split('-').collect();
+            let [d, m, y] = date[..] else {
+                panic!("a date not dd-mm-yyyy: {}", &row[received])
+            };
+            let day = parse_millis(&format!("{y}-{m}-{d}T00:00:00Z")).unwrap();
+            let second: i64 = row[id].parse::<i64>().unwrap() % 86_400;
+            Complaint {
+                id: row[id].to_owned(),
+                category: cfpb_category(&row[product]),
+                at: day + second * 1_000,
+                timely: &row[timely] == "Yes",
+            }
+        })
+        .collect()
+}
+
+pub fn cfpb_event(c: &Complaint) -> String {
+    serde_json::json!({
+        "event_id": format!("cfpb-{}", c.id),
+        "customer_id": format!("cfpb-{}", c.id),
+        "type": "complaint.opened",
+        "occurred_at": format_millis(c.at),
+        "complaint_id": c.id,
+        "category": c.category,
+        "severity": if c.timely { "medium" } else { "high" },
+    })
+    .to_string()
+}
