@@ -3,7 +3,9 @@
 //! memory and on RocksDB; the same for live traffic in small batches and large, with the
 //! changelog and without. Events are the generator's (about 200 bytes each). And
 //! the models a published churn-risk record computes: the hypergeometric function 2F1, a
-//! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV).
+//! 12-month CLV, and scoring one customer (probability alive, reasons, level, CLV). Beside the
+//! generator's traffic, real data (`../shared/data`): UCI Online Retail's invoices and the CFPB
+//! extract's complaints, through the processor on RocksDB.
 //! Run: `cargo bench --bench pipeline`; figures are in the README's Performance section.
 
 use std::collections::HashMap;
@@ -16,6 +18,9 @@ use customer_pulse::fold::{CustomerState, FoldLimits};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{InputRecord, OutputTopics, Processor, ProcessorSettings};
 use customer_pulse::store::{Commit, Customer, OutboxRecord, RocksBackend, Store, Timer};
+
+#[path = "../tests/it/real_data.rs"]
+mod real_data;
 
 /// The binary's allocator (`src/main.rs`), so that the parts cost here what they cost in the
 /// binary (the other benchmarks get it from `common`).
@@ -132,20 +137,85 @@ fn live_over_history(seed: u64, start_ms: i64) -> Vec<InputRecord> {
 }
 
 fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
-    generate(&spec)
+    let events: Vec<String> = generate(&spec)
         .into_iter()
+        .map(|g| g.value.to_string())
+        .collect();
+    as_records(&events)
+}
+
+/// Events as a file source reads them, in their order.
+fn as_records(events: &[String]) -> Vec<InputRecord> {
+    events
+        .iter()
         .enumerate()
-        .map(|(i, g)| InputRecord {
+        .map(|(i, event)| InputRecord {
             source: "bench".into(),
             source_partition: 0,
             offset: i as i64,
             stream: None,
             state_partition: None,
             key: None,
-            payload: g.value.to_string().into_bytes(),
+            payload: event.as_bytes().to_vec(),
             append_time_ms: None,
         })
         .collect()
+}
+
+/// A file of `../shared/data`, found from the repository as `cargo bench` names it at run time.
+fn shared_data(name: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+        .join("../shared/data")
+        .join(name)
+}
+
+/// The CFPB extract's complaints in the order received, with the clock and settings of the
+/// `cfpb` test: 2023-05-01, its six categories, and complaints older than a year (four of the
+/// extract's) dead-lettered.
+fn cfpb() -> (Vec<InputRecord>, ProcessorSettings, i64) {
+    const DAY: i64 = 86_400_000;
+    let mut complaints = real_data::cfpb_complaints(&shared_data("cfpb_complaints_sample.csv"));
+    complaints.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    let events: Vec<String> = complaints.iter().map(real_data::cfpb_event).collect();
+    let mut settings = settings();
+    let categories = real_data::CFPB_CATEGORIES;
+    settings.rules.complaint_categories = categories.iter().map(|c| c.to_string()).collect();
+    settings.rules.max_event_age_ms = 365 * DAY;
+    settings.trends = customer_pulse::trends::TrendSettings::defaults(&categories);
+    (as_records(&events), settings, 1_682_899_200_000)
+}
+
+/// Times folding `records` in batches of 5,000 through a processor with `settings` on a fresh
+/// RocksDB store, at processor time `now`.
+fn real_data_bench(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    records: &[InputRecord],
+    settings: &ProcessorSettings,
+    now: i64,
+) {
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
+                let store = Store::open(Arc::new(backend)).expect("store");
+                (dir, Processor::new(store, settings.clone()))
+            },
+            |(dir, mut processor)| {
+                for chunk in records.chunks(5_000) {
+                    processor.process(chunk, now).expect("rocksdb commit");
+                }
+                (dir, processor)
+            },
+            BatchSize::PerIteration,
+        )
+    });
 }
 
 /// A processor on a fresh RocksDB store in a temporary directory; with the changelog, as one
@@ -298,6 +368,28 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+
+    // The same on real data, beside it in the same run: Online Retail's orders and returns (a
+    // year of a shop's invoices over 4,372 customers), and the CFPB extract's complaints.
+    let retail = as_records(&real_data::online_retail(&shared_data(
+        "online_retail.csv.gz",
+    )));
+    real_data_bench(
+        &mut group,
+        "online_retail_rocksdb",
+        &retail,
+        &settings(),
+        NOW,
+    );
+    let (complaints, cfpb_settings, cfpb_now) = cfpb();
+    real_data_bench(
+        &mut group,
+        "cfpb_complaints_rocksdb",
+        &complaints,
+        &cfpb_settings,
+        cfpb_now,
+    );
+    group.throughput(Throughput::Elements(records.len() as u64));
 
     // Live traffic (20 seconds of event time), folded on RocksDB as an instance folds it, with
     // the changelog (one of a group's, the aggregator elsewhere) and without (a lone
