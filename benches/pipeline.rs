@@ -189,6 +189,41 @@ fn cfpb() -> (Vec<InputRecord>, ProcessorSettings, i64) {
     (as_records(&events), settings, 1_682_899_200_000)
 }
 
+/// Folds `records` once, in memory, and says what their work is made of: the span of event
+/// time the events within the input's age limit cover, and per event the complaint windows and segment days closed, the timers
+/// fired and the outputs written.
+fn describe(name: &str, records: &[InputRecord], settings: &ProcessorSettings, now: i64) {
+    let mut processor = Processor::new(Store::in_memory(), settings.clone());
+    let (mut windows, mut days, mut timers, mut outputs) = (0, 0, 0, 0);
+    for chunk in records.chunks(5_000) {
+        let report = processor.process(chunk, now).expect("memory commit");
+        windows += report.closed_windows.len();
+        days += report.closed_days;
+        timers += report.timers_fired;
+        outputs += report.outbox_records;
+    }
+    let times: Vec<i64> = records
+        .iter()
+        .filter_map(|r| {
+            let event: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+            customer_pulse::event::parse_millis(event["occurred_at"].as_str()?)
+        })
+        .filter(|at| *at >= now - settings.rules.max_event_age_ms)
+        .collect();
+    let span = times.iter().max().unwrap_or(&0) - times.iter().min().unwrap_or(&0);
+    let per = |n: usize| n as f64 / records.len() as f64;
+    eprintln!(
+        "{name}: {} events over {:.0} days of event time; per event {:.2} complaint windows and \
+         {:.3} segment days closed, {:.2} timers fired, {:.2} outputs",
+        records.len(),
+        span as f64 / 86_400_000.0,
+        per(windows),
+        per(days),
+        per(timers),
+        per(outputs),
+    );
+}
+
 /// Times folding `records` in batches of 5,000 through a processor with `settings` on a fresh
 /// RocksDB store, at processor time `now`.
 fn real_data_bench(
@@ -198,6 +233,7 @@ fn real_data_bench(
     settings: &ProcessorSettings,
     now: i64,
 ) {
+    describe(name, records, settings, now);
     group.throughput(Throughput::Elements(records.len() as u64));
     group.bench_function(name, |b| {
         b.iter_batched(
@@ -357,6 +393,7 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    describe("decode_fold_commit_rocksdb", &records, &settings(), NOW);
     group.bench_function("decode_fold_commit_rocksdb", |b| {
         b.iter_batched(
             || on_rocksdb(false),
