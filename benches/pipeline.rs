@@ -82,7 +82,8 @@ fn settings() -> ProcessorSettings {
     }
 }
 
-/// A month of the generator's traffic over 5,000 customers.
+/// The generator's traffic over 5,000 customers: 20,000 events a minute apart (two weeks of
+/// event time), from a month before the clock.
 fn records() -> Vec<InputRecord> {
     records_of(TrafficSpec {
         customers: 5_000,
