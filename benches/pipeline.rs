@@ -174,25 +174,22 @@ fn shared_data(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// The CFPB extract's complaints in the order received, with the clock and settings of the
-/// `cfpb` test: 2023-05-01, its six categories, and complaints older than a year (four of the
-/// extract's) dead-lettered.
+/// The CFPB extract's complaints in the order received, read as the `cfpb` test reads them: at
+/// its clock, with its six categories, the four too old dead-lettered.
 fn cfpb() -> (Vec<InputRecord>, ProcessorSettings, i64) {
-    const DAY: i64 = 86_400_000;
-    let mut complaints = real_data::cfpb_complaints(&shared_data("cfpb_complaints_sample.csv"));
-    complaints.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    let complaints = real_data::cfpb_complaints(&shared_data("cfpb_complaints_sample.csv"));
     let events: Vec<String> = complaints.iter().map(real_data::cfpb_event).collect();
     let mut settings = settings();
     let categories = real_data::CFPB_CATEGORIES;
     settings.rules.complaint_categories = categories.iter().map(|c| c.to_string()).collect();
-    settings.rules.max_event_age_ms = 365 * DAY;
+    settings.rules.max_event_age_ms = real_data::CFPB_MAX_AGE_MS;
     settings.trends = customer_pulse::trends::TrendSettings::defaults(&categories);
-    (as_records(&events), settings, 1_682_899_200_000)
+    (as_records(&events), settings, real_data::CFPB_CLOCK_MS)
 }
 
 /// Folds `records` once, in memory, and says what their work is made of: the span of event
-/// time the events within the input's age limit cover, and per event the complaint windows and segment days closed, the timers
-/// fired and the outputs written.
+/// time that the events within the input's age limit cover, and per event the complaint
+/// windows and segment days closed, the timers fired and the outputs written.
 fn describe(name: &str, records: &[InputRecord], settings: &ProcessorSettings, now: i64) {
     let mut processor = Processor::new(Store::in_memory(), settings.clone());
     let (mut windows, mut days, mut timers, mut outputs) = (0, 0, 0, 0);

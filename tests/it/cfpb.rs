@@ -12,23 +12,20 @@ use customer_pulse::store::Store;
 use customer_pulse::trends::TrendSettings;
 use serde_json::Value;
 
-use crate::real_data::{cfpb_complaints, cfpb_event, Complaint, CFPB_CATEGORIES};
+use crate::real_data::{
+    cfpb_complaints, cfpb_event, Complaint, CFPB_CATEGORIES, CFPB_CLOCK_MS as NOW,
+    CFPB_MAX_AGE_MS as MAX_AGE,
+};
 use crate::support::{file_record, settings};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
-/// The processor's clock: 2023-05-01T00:00:00Z, four days after the extract's last complaint.
-const NOW: i64 = 1_682_899_200_000;
-/// The input's age limit here: a year before the clock.
-const MAX_AGE: i64 = 365 * DAY;
 
 #[test]
 fn daily_roll_ups_of_real_complaints_equal_a_recount_with_the_baseline_recomputed() {
-    let mut complaints =
+    let complaints =
         cfpb_complaints(&crate::support::repo().join("../shared/data/cfpb_complaints_sample.csv"));
     assert_eq!(complaints.len(), 3_999);
-    // In the order the bureau received them, as a stream would carry them.
-    complaints.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
     let mut settings = settings(1_000);
     settings.rules.complaint_categories = CFPB_CATEGORIES.iter().map(|c| c.to_string()).collect();
     settings.rules.max_event_age_ms = MAX_AGE;

@@ -1,8 +1,7 @@
 //! The real data in `../shared/data` as the contract's events, for the tests and the benchmarks
 //! (`benches/pipeline.rs` includes this file): UCI Online Retail's invoices as orders and
-//! returns, and the CFPB extract's consumer complaints. Must not know what the job does with
-//! them.
-#![allow(dead_code)]
+//! returns, and the CFPB extract's consumer complaints with a clock and an age limit to read
+//! them at. Must not know what the job does with them.
 
 use std::path::Path;
 
@@ -86,6 +85,11 @@ pub fn online_retail(path: &Path) -> Vec<String> {
 
 /// The categories a complaint desk might configure for the bureau's products (our choice),
 /// `other` besides.
+/// A clock to read the extract at: 2023-05-01T00:00:00Z, four days after its last complaint.
+pub const CFPB_CLOCK_MS: i64 = 1_682_899_200_000;
+/// An input age limit to read it with: a year, which leaves out (as too old) its four
+/// complaints from before 2023.
+pub const CFPB_MAX_AGE_MS: i64 = 365 * 86_400_000;
 pub const CFPB_CATEGORIES: [&str; 6] = [
     "credit_reporting",
     "debt_collection",
@@ -119,7 +123,8 @@ pub struct Complaint {
     pub timely: bool,
 }
 
-/// The CFPB extract's complaints (`../shared/data/cfpb_complaints_sample.csv`), in its order. It gives the day a complaint was received
+/// The CFPB extract's complaints (`../shared/data/cfpb_complaints_sample.csv`), in the order
+/// received (by time, then id), as a stream would carry them. It gives the day a complaint was received
 /// (dd-mm-yyyy), not the hour: each is placed in its day by its id, so that the hourly windows
 /// do not all fall on midnight.
 pub fn cfpb_complaints(path: &Path) -> Vec<Complaint> {
@@ -138,7 +143,7 @@ pub fn cfpb_complaints(path: &Path) -> Vec<Complaint> {
         column("Timely_response?"),
         column("Complaint_ID"),
     );
-    reader
+    let mut complaints = reader
         .records()
         .map(|row| {
             let row = row.unwrap();
@@ -155,7 +160,9 @@ pub fn cfpb_complaints(path: &Path) -> Vec<Complaint> {
                 timely: &row[timely] == "Yes",
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    complaints.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    complaints
 }
 
 pub fn cfpb_event(c: &Complaint) -> String {
