@@ -8,9 +8,11 @@ use std::path::Path;
 use customer_pulse::event::{format_millis, parse_millis};
 use serde_json::Value;
 
-fn event(id: &str, customer: &str, kind: &str, when: &str, fields: &str) -> String {
+/// An event's JSON: the envelope, then `fields` (JSON members, comma-separated; may be empty).
+pub fn event(id: &str, customer: &str, kind: &str, when: &str, fields: &str) -> String {
+    let sep = if fields.is_empty() { "" } else { "," };
     format!(
-        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"{when}",{fields}}}"#
+        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"{when}"{sep}{fields}}}"#
     )
 }
 

@@ -11,7 +11,7 @@ use customer_pulse::store::Store;
 use serde_json::Value;
 
 use crate::catalogue::NOW_MS;
-use crate::real_data::sorted_by_time;
+use crate::real_data::{event, sorted_by_time};
 use crate::support::{file_record, settings_with_partitions};
 
 const DAY: i64 = 86_400_000;
@@ -20,13 +20,6 @@ const START: i64 = 1_767_225_600_000;
 
 fn at(day: i64, hour: i64) -> String {
     format_millis(START + day * DAY + hour * 3_600_000)
-}
-
-fn event(id: &str, customer: &str, kind: &str, when: &str, fields: &str) -> String {
-    let sep = if fields.is_empty() { "" } else { "," };
-    format!(
-        r#"{{"event_id":"{id}","customer_id":"{customer}","type":"{kind}","occurred_at":"{when}"{sep}{fields}}}"#
-    )
 }
 
 fn order(customer: &str, day: i64, amount: i64) -> [String; 2] {
