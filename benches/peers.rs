@@ -184,11 +184,7 @@ async fn pulse(
 /// `events`.
 fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) -> Run {
     let python = std::env::var("PULSE_QUIX_PYTHON").unwrap_or_else(|_| "python3".into());
-    // At run time, not `env!`: a binary built from another checkout may be taken as fresh.
-    let script = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo bench"),
-    )
-    .join("benches/peer/quix_fold.py");
+    let script = common::repo().join("benches/peer/quix_fold.py");
     let started = Instant::now();
     let mut child = Command::new(python)
         .arg(script)

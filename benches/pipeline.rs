@@ -19,13 +19,10 @@ use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{InputRecord, OutputTopics, Processor, ProcessorSettings};
 use customer_pulse::store::{Commit, Customer, OutboxRecord, RocksBackend, Store, Timer};
 
+// The binary's allocator (mimalloc), as every benchmark's, and the repository's root.
+mod common;
 #[path = "../tests/it/real_data.rs"]
 mod real_data;
-
-/// The binary's allocator (`src/main.rs`), so that the parts cost here what they cost in the
-/// binary (the other benchmarks get it from `common`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NOW: i64 = 1_780_315_200_000;
 const EVENTS: u64 = 20_000;
@@ -163,15 +160,9 @@ fn as_records(events: &[String]) -> Vec<InputRecord> {
         .collect()
 }
 
-/// A file of `../shared/data`, found from the repository as `cargo bench` names it at run time.
+/// A file of `../shared/data`.
 fn shared_data(name: &str) -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            std::path::PathBuf::from,
-        )
-        .join("../shared/data")
-        .join(name)
+    common::repo().join("../shared/data").join(name)
 }
 
 /// The CFPB extract's complaints in the order received, read as the `cfpb` test reads them: at

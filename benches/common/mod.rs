@@ -12,6 +12,16 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The repository's root, as `cargo bench` names it at run time: a binary cargo took as fresh
+/// from a build in another checkout would name that one at build time (`env!`), which serves
+/// only a binary run without cargo.
+pub fn repo() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        std::path::PathBuf::from,
+    )
+}
+
 /// The benchmark's size: the environment variable `var` (or `bench`) under `cargo bench`, and
 /// `smoke` under `cargo test`, which runs each benchmark once so that it cannot rot.
 pub fn size(var: &str, bench: u64, smoke: u64) -> u64 {
