@@ -110,6 +110,11 @@ impl StateCache {
     /// Adds the dirty customers and their timer changes to `commit`, in the order they were
     /// first used.
     pub(super) fn drain_dirty(&mut self, commit: &mut Commit) {
+        // At most one write and one timer of each kind per touched customer.
+        let touched = self.touched.len();
+        commit.customers.reserve(touched);
+        commit.timers_cleared.reserve(touched);
+        commit.timers_set.reserve(touched);
         for key in &self.touched {
             let Some(entry) = self.entries.get_mut(key).filter(|e| e.dirty) else {
                 continue;

@@ -762,8 +762,6 @@ impl Store {
     /// Writes the whole commit atomically: states, timers, trends, offsets and outbox
     /// entries land together.
     pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let mut ops =
-            Vec::with_capacity(commit.customers.len() + commit.offsets.len() + commit.outbox.len());
         // The changelog goes out ahead of the commit's other outputs.
         let changelog = match &self.changelog {
             Some(changelog) => {
@@ -771,6 +769,27 @@ impl Store {
             }
             None => Vec::new(),
         };
+        let outbox = changelog.len() + commit.outbox.len();
+        // Sized to the last operation: growing it moved every operation already pushed, a
+        // percent of a live event's instructions (`benches/HISTORY.md`, 2026-12-03, 19:00-).
+        let customer_ops: usize = commit
+            .customers
+            .iter()
+            .map(|w| 1 + usize::from(w.unsealed.is_some()) + usize::from(w.sealed.is_some()))
+            .sum();
+        let mut ops = Vec::with_capacity(
+            customer_ops
+                + commit.timers_cleared.len()
+                + commit.timers_set.len()
+                + usize::from(commit.trends.is_some())
+                + usize::from(commit.segments.is_some())
+                + commit.rfm_cells.len()
+                + usize::from(commit.rfm_scales.is_some())
+                + commit.offsets.len()
+                + commit.event_times.len()
+                + commit.ownerships.len()
+                + outbox,
+        );
         for write in commit.customers {
             let key = customer_key(write.partition, &write.id);
             ops.push(match write.value {
@@ -784,7 +803,6 @@ impl Store {
                 ops.push(Op::Put(sealed_key(write.partition, &write.id, seal), bytes));
             }
         }
-        let outbox = changelog.len() + commit.outbox.len();
         for timer in &commit.timers_cleared {
             ops.push(Op::Delete(timer_key(timer)));
         }
@@ -828,7 +846,8 @@ impl Store {
         let first = self
             .next_outbox_seq
             .fetch_add(outbox as u64, Ordering::SeqCst);
-        let mut records: Vec<Output> = changelog.into_iter().map(Output::Record).collect();
+        let mut records: Vec<Output> = Vec::with_capacity(outbox);
+        records.extend(changelog.into_iter().map(Output::Record));
         records.extend(commit.outbox);
         for (i, record) in records.iter().enumerate() {
             ops.push(Op::Put(
