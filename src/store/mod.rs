@@ -771,25 +771,24 @@ impl Store {
         };
         let outbox = changelog.len() + commit.outbox.len();
         // Sized to the last operation: growing it moved every operation already pushed, a
-        // percent of a live event's instructions (`benches/HISTORY.md`, 2026-12-03, 19:00-).
+        // percent of a live event's instructions (`benches/HISTORY.md`, 2026-12-03, 18:59-).
         let customer_ops: usize = commit
             .customers
             .iter()
             .map(|w| 1 + usize::from(w.unsealed.is_some()) + usize::from(w.sealed.is_some()))
             .sum();
-        let mut ops = Vec::with_capacity(
-            customer_ops
-                + commit.timers_cleared.len()
-                + commit.timers_set.len()
-                + usize::from(commit.trends.is_some())
-                + usize::from(commit.segments.is_some())
-                + commit.rfm_cells.len()
-                + usize::from(commit.rfm_scales.is_some())
-                + commit.offsets.len()
-                + commit.event_times.len()
-                + commit.ownerships.len()
-                + outbox,
-        );
+        let sized = customer_ops
+            + commit.timers_cleared.len()
+            + commit.timers_set.len()
+            + usize::from(commit.trends.is_some())
+            + usize::from(commit.segments.is_some())
+            + commit.rfm_cells.len()
+            + usize::from(commit.rfm_scales.is_some())
+            + commit.offsets.len()
+            + commit.event_times.len()
+            + commit.ownerships.len()
+            + outbox;
+        let mut ops = Vec::with_capacity(sized);
         for write in commit.customers {
             let key = customer_key(write.partition, &write.id);
             ops.push(match write.value {
@@ -855,6 +854,12 @@ impl Store {
                 codec::encode_outbox(record),
             ));
         }
+        // An operation added above without its count would only cost the growth again.
+        debug_assert_eq!(
+            ops.len(),
+            sized,
+            "every operation of the commit is counted in `sized`"
+        );
         self.backend.write(ops)?;
         if let Some(changelog) = &self.changelog {
             changelog.committed(&commit.offsets, &commit.event_times);
