@@ -213,9 +213,9 @@ fn describe(name: &str, records: &[InputRecord], settings: &ProcessorSettings, n
     );
 }
 
-/// Times folding `records` in batches of 5,000 through a processor with `settings` on a fresh
-/// RocksDB store, at processor time `now`.
-fn real_data_bench(
+/// Says what `records`' work is made of ([`describe`]), then times folding them in batches of
+/// 5,000 through a processor with `settings` on a fresh RocksDB store, at processor time `now`.
+fn rocksdb_bench(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     records: &[InputRecord],
@@ -228,14 +228,12 @@ fn real_data_bench(
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let backend = RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb");
-                let store = Store::open(Arc::new(backend)).expect("store");
-                (dir, Processor::new(store, settings.clone()))
+                let processor = Processor::new(store_at(dir.path()), settings.clone());
+                (dir, processor)
             },
+            // Returned, so that closing the store and removing its directory are not timed.
             |(dir, mut processor)| {
-                for chunk in records.chunks(5_000) {
-                    processor.process(chunk, now).expect("rocksdb commit");
-                }
+                fold_timed(&mut processor, records, 5_000, now);
                 (dir, processor)
             },
             BatchSize::PerIteration,
@@ -251,10 +249,15 @@ fn on_rocksdb(changelog: bool) -> (tempfile::TempDir, Processor) {
     (dir, processor)
 }
 
+/// The RocksDB store in `path`, with a 64 MiB block cache.
+fn store_at(path: &std::path::Path) -> Store {
+    let backend = RocksBackend::open(path, 64 << 20).expect("rocksdb");
+    Store::open(Arc::new(backend)).expect("store")
+}
+
 /// A processor on the RocksDB store in `path`, as [`on_rocksdb`].
 fn open_rocksdb(path: &std::path::Path, changelog: bool) -> Processor {
-    let backend = RocksBackend::open(path, 64 << 20).expect("rocksdb");
-    let mut store = Store::open(Arc::new(backend)).expect("store");
+    let mut store = store_at(path);
     let mut settings = settings();
     if changelog {
         store = store
@@ -318,7 +321,7 @@ fn live_batches(
             &setup,
             // Returned, so that closing the store and removing its directory are not timed.
             |(dir, mut processor)| {
-                fold_live(&mut processor, live, chunk);
+                fold_timed(&mut processor, live, chunk, NOW);
                 (dir, processor)
             },
             BatchSize::PerIteration,
@@ -326,13 +329,14 @@ fn live_batches(
     });
 }
 
-/// Folds `live` in batches of `chunk`: the timed part of [`live_batches`]. A function of its
-/// own, never inlined, so that callgrind can count it apart from the setup's warm-up, which
-/// folds as many events through the same processor (`--toggle-collect=pipeline::fold_live`).
+/// Folds `records` in batches of `chunk` at processor time `now`: the timed part of the
+/// benchmarks on RocksDB. A function of its own, never inlined, so that callgrind can count it
+/// apart from a setup's folding (the live benchmarks' warm-up folds as many events through the
+/// same processor): `--toggle-collect=pipeline::fold_timed`.
 #[inline(never)]
-fn fold_live(processor: &mut Processor, live: &[InputRecord], chunk: usize) {
-    for batch in live.chunks(chunk) {
-        processor.process(batch, NOW).expect("rocksdb commit");
+fn fold_timed(processor: &mut Processor, records: &[InputRecord], chunk: usize, now: i64) {
+    for batch in records.chunks(chunk) {
+        processor.process(batch, now).expect("rocksdb commit");
     }
 }
 
@@ -390,25 +394,21 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    describe("decode_fold_commit_rocksdb", &records, &settings(), NOW);
-    group.bench_function("decode_fold_commit_rocksdb", |b| {
-        b.iter_batched(
-            || on_rocksdb(false),
-            |(_dir, mut processor)| {
-                for chunk in records.chunks(5_000) {
-                    processor.process(chunk, NOW).expect("rocksdb commit");
-                }
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    rocksdb_bench(
+        &mut group,
+        "decode_fold_commit_rocksdb",
+        &records,
+        &settings(),
+        NOW,
+    );
 
-    // The same on real data, beside it in the same run: Online Retail's orders and returns (a
-    // year of a shop's invoices over 4,372 customers), and the CFPB extract's complaints.
+    // The same on real data, beside it in the same run and timed alike: Online Retail's orders
+    // and returns (a year of a shop's invoices over 4,372 customers), and the CFPB extract's
+    // complaints.
     let retail = as_records(&real_data::online_retail(&shared_data(
         "online_retail.csv.gz",
     )));
-    real_data_bench(
+    rocksdb_bench(
         &mut group,
         "online_retail_rocksdb",
         &retail,
@@ -416,7 +416,7 @@ fn bench(c: &mut Criterion) {
         NOW,
     );
     let (complaints, cfpb_settings, cfpb_now) = cfpb();
-    real_data_bench(
+    rocksdb_bench(
         &mut group,
         "cfpb_complaints_rocksdb",
         &complaints,
@@ -469,10 +469,7 @@ fn bench(c: &mut Criterion) {
     // each customer's changelog record and a position record per partition too.
     for changelog in [false, true] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut store = Store::open(Arc::new(
-            RocksBackend::open(dir.path(), 64 << 20).expect("rocksdb"),
-        ))
-        .expect("store");
+        let mut store = store_at(dir.path());
         let mut name = "commit_and_acknowledge_1000_customers_rocksdb".to_owned();
         if changelog {
             store = store
