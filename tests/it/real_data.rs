@@ -25,6 +25,20 @@ pub fn sorted_by_time(mut events: Vec<String>) -> Vec<String> {
     events
 }
 
+/// The positions of the columns `names` in the CSV `reader` reads.
+fn columns<R: std::io::Read, const N: usize>(
+    reader: &mut csv::Reader<R>,
+    names: [&str; N],
+) -> [usize; N] {
+    let headers = reader.headers().unwrap();
+    names.map(|name| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    })
+}
+
 /// The UCI Online Retail invoices (../shared/data) as events: one `order.placed` per invoice
 /// of a known customer, its lines summed (margin: a quarter of the amount, as the data has no
 /// costs), one `order.returned` per cancellation invoice ("C..."), ordered by event time.
@@ -35,28 +49,31 @@ pub fn online_retail(path: &Path) -> Vec<String> {
         .output()
         .expect("gzip runs");
     assert!(out.status.success(), "cannot read {}", path.display());
-    let text = String::from_utf8(out.stdout).unwrap();
     // (invoice, customer, time, amount in pence), in order of first line. The lines of an
     // invoice are adjacent but for one (542806), so they are gathered by invoice number.
     let mut invoices: Vec<(String, String, String, i64)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for line in text.lines().skip(1) {
-        // The description may hold commas: take the fields around it from both ends.
-        let mut right = line.rsplitn(5, ',');
-        let (_country, customer, price, time, rest) = (
-            right.next().unwrap(),
-            right.next().unwrap(),
-            right.next().unwrap(),
-            right.next().unwrap(),
-            right.next().unwrap(),
-        );
-        let (invoice, rest) = rest.split_once(',').unwrap();
-        let (_, quantity) = rest.rsplit_once(',').unwrap();
+    // The csv crate, as for the CFPB extract: a description may hold quoted commas.
+    let mut reader = csv::Reader::from_reader(&out.stdout[..]);
+    let [invoice_at, quantity_at, time_at, price_at, customer_at] = columns(
+        &mut reader,
+        [
+            "InvoiceNo",
+            "Quantity",
+            "InvoiceDate",
+            "UnitPrice",
+            "CustomerID",
+        ],
+    );
+    for row in reader.records() {
+        let row = row.unwrap();
+        let (invoice, customer, time) = (&row[invoice_at], &row[customer_at], &row[time_at]);
         if customer.is_empty() {
             continue;
         }
-        let pence = (quantity.parse::<f64>().unwrap() * price.parse::<f64>().unwrap() * 100.0)
-            .round() as i64;
+        let quantity: f64 = row[quantity_at].parse().unwrap();
+        let price: f64 = row[price_at].parse().unwrap();
+        let pence = (quantity * price * 100.0).round() as i64;
         match index.get(invoice) {
             Some(i) => invoices[*i].3 += pence,
             None => {
@@ -85,13 +102,13 @@ pub fn online_retail(path: &Path) -> Vec<String> {
     sorted_by_time(events)
 }
 
-/// The categories a complaint desk might configure for the bureau's products (our choice),
-/// `other` besides.
 /// A clock to read the extract at: 2023-05-01T00:00:00Z, four days after its last complaint.
 pub const CFPB_CLOCK_MS: i64 = 1_682_899_200_000;
 /// An input age limit to read it with: a year, which leaves out (as too old) its four
 /// complaints from before 2023.
 pub const CFPB_MAX_AGE_MS: i64 = 365 * 86_400_000;
+/// The categories a complaint desk might configure for the bureau's products (our choice),
+/// `other` besides.
 pub const CFPB_CATEGORIES: [&str; 6] = [
     "credit_reporting",
     "debt_collection",
@@ -132,18 +149,14 @@ pub struct Complaint {
 pub fn cfpb_complaints(path: &Path) -> Vec<Complaint> {
     let mut reader = csv::Reader::from_path(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let headers = reader.headers().unwrap().clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no column {name}"))
-    };
-    let (received, product, timely, id) = (
-        column("Date_received"),
-        column("Product"),
-        column("Timely_response?"),
-        column("Complaint_ID"),
+    let [received, product, timely, id] = columns(
+        &mut reader,
+        [
+            "Date_received",
+            "Product",
+            "Timely_response?",
+            "Complaint_ID",
+        ],
     );
     let mut complaints = reader
         .records()
