@@ -171,10 +171,7 @@ fn cfpb() -> (Vec<InputRecord>, ProcessorSettings, i64) {
     let complaints = real_data::cfpb_complaints(&shared_data("cfpb_complaints_sample.csv"));
     let events: Vec<String> = complaints.iter().map(real_data::cfpb_event).collect();
     let mut settings = settings();
-    let categories = real_data::CFPB_CATEGORIES;
-    settings.rules.complaint_categories = categories.iter().map(|c| c.to_string()).collect();
-    settings.rules.max_event_age_ms = real_data::CFPB_MAX_AGE_MS;
-    settings.trends = customer_pulse::trends::TrendSettings::defaults(&categories);
+    real_data::read_cfpb_with(&mut settings);
     (as_records(&events), settings, real_data::CFPB_CLOCK_MS)
 }
 

@@ -9,11 +9,10 @@ use std::collections::BTreeMap;
 use customer_pulse::event::{format_millis, parse_millis};
 use customer_pulse::processor::Processor;
 use customer_pulse::store::Store;
-use customer_pulse::trends::TrendSettings;
 use serde_json::Value;
 
 use crate::real_data::{
-    cfpb_complaints, cfpb_event, Complaint, CFPB_CATEGORIES, CFPB_CLOCK_MS as NOW,
+    cfpb_complaints, cfpb_event, read_cfpb_with, Complaint, CFPB_CATEGORIES, CFPB_CLOCK_MS as NOW,
     CFPB_MAX_AGE_MS as MAX_AGE,
 };
 use crate::support::{file_record, settings};
@@ -27,9 +26,7 @@ fn daily_roll_ups_of_real_complaints_equal_a_recount_with_the_baseline_recompute
         cfpb_complaints(&crate::support::repo().join("../shared/data/cfpb_complaints_sample.csv"));
     assert_eq!(complaints.len(), 3_999);
     let mut settings = settings(1_000);
-    settings.rules.complaint_categories = CFPB_CATEGORIES.iter().map(|c| c.to_string()).collect();
-    settings.rules.max_event_age_ms = MAX_AGE;
-    settings.trends = TrendSettings::defaults(&CFPB_CATEGORIES);
+    read_cfpb_with(&mut settings);
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings);
     let records: Vec<_> = complaints

@@ -107,6 +107,14 @@ pub const CFPB_CLOCK_MS: i64 = 1_682_899_200_000;
 /// An input age limit to read it with: a year, which leaves out (as too old) its four
 /// complaints from before 2023.
 pub const CFPB_MAX_AGE_MS: i64 = 365 * 86_400_000;
+/// `settings` made to read the CFPB extract: its six categories, the complaint trends' defaults
+/// for them, and its age limit.
+pub fn read_cfpb_with(settings: &mut customer_pulse::processor::ProcessorSettings) {
+    settings.rules.complaint_categories = CFPB_CATEGORIES.iter().map(|c| c.to_string()).collect();
+    settings.rules.max_event_age_ms = CFPB_MAX_AGE_MS;
+    settings.trends = customer_pulse::trends::TrendSettings::defaults(&CFPB_CATEGORIES);
+}
+
 /// The categories a complaint desk might configure for the bureau's products (our choice),
 /// `other` besides.
 pub const CFPB_CATEGORIES: [&str; 6] = [
