@@ -219,7 +219,8 @@ impl Aggregator {
 }
 
 /// Takes in the changelog record at `offset`: a claim changes who counts; a counted customer
-/// record's facts are applied, a counted position's watermark is the partition's. A record that
+/// record's facts are applied, a counted position's watermark is the partition's; a repeat
+/// counts once. A record that
 /// cannot be read is logged and skipped: it never stops the aggregates.
 fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
     let partition = into.partition;
@@ -231,7 +232,8 @@ fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
         Ok(None) => {}
         Err(e) => return skip("claim", &e),
     }
-    if !into.ownership.counts(record.epoch) {
+    // A repeat (sent again after its writer's crash) was counted when it first came.
+    if !into.ownership.counts(record.epoch) || !into.ownership.is_new(record.sequence) {
         return;
     }
     if record.key.as_slice() == POSITION_KEY {

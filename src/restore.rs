@@ -401,6 +401,7 @@ mod tests {
                     value: Some(claim.to_bytes()),
                     epoch: None,
                     facts: None,
+                    sequence: None,
                 },
             ))
         }
@@ -418,6 +419,7 @@ mod tests {
                         value: Some(epoch.to_header()),
                         epoch: None,
                         facts: None,
+                        sequence: None,
                     },
                 );
             }
@@ -627,6 +629,7 @@ mod tests {
             value: Some(vec![1]),
             epoch: None,
             facts: None,
+            sequence: None,
         }
     }
 

@@ -18,6 +18,14 @@
 //! only if it carries an epoch of the latest claim ([`Ownership`]); a claim may continue the
 //! claimant's previous epoch when nobody claimed in between (an instance that restarted), so
 //! that its records committed before the restart still count when they arrive after.
+//!
+//! **Repeats.** The outbox sends a record again when it cannot know the broker took it: the
+//! instance was killed between the broker's acknowledgement and the outbox's. A changelog
+//! record therefore carries its [`Sequence`]: its writer and the number the writer's outbox gave
+//! it, which rises with every record and is never given twice. A reader that counts facts (the
+//! aggregator) counts a record only if its number is above the last one it counted from that
+//! writer ([`Ownership::is_new`]); a restore need not, as applying a customer's value again
+//! changes nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -71,6 +79,8 @@ pub const EPOCH_HEADER: &str = "customer-pulse-epoch";
 /// The header of a customer record that carries what its change did to the aggregates (the
 /// `facts` module's encoding), for the aggregator.
 pub const FACTS_HEADER: &str = "customer-pulse-facts";
+/// The header naming a record's [`Sequence`]: writer id, then number, both 8 bytes big-endian.
+pub const SEQUENCE_HEADER: &str = "customer-pulse-sequence";
 /// The `event_times` entry of a position under this name (no topic is named so) is the
 /// partition's watermark: every timer of the partition up to it has fired, and every window
 /// the aggregator closes up to it holds all the partition's facts.
@@ -106,6 +116,33 @@ impl Epoch {
     }
 }
 
+/// Which record of its writer's a changelog record is: the number the writer's outbox gave it.
+/// A writer's numbers rise with every record it commits and are never given twice, even across
+/// restarts, so a record whose number is not above the last one seen from its writer is a
+/// repeat of one seen before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequence {
+    pub writer: u64,
+    pub number: u64,
+}
+
+impl Sequence {
+    pub fn to_header(self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&self.writer.to_be_bytes());
+        bytes.extend_from_slice(&self.number.to_be_bytes());
+        bytes
+    }
+
+    pub fn from_header(bytes: &[u8]) -> Option<Sequence> {
+        let (writer, number) = bytes.split_first_chunk::<8>()?;
+        Some(Sequence {
+            writer: u64::from_be_bytes(*writer),
+            number: u64::from_be_bytes(number.try_into().ok()?),
+        })
+    }
+}
+
 /// A claim: from this record on, only `writer`'s records count in the partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
@@ -127,7 +164,9 @@ pub struct Ownership {
     /// The latest claimant and the claims of its that count; `None` before any claim is seen
     /// (a log written without claims, or a prefix whose claims compaction removed): then every
     /// record counts.
-    owner: Option<(u64, Vec<i64>)>,
+    pub(super) owner: Option<(u64, Vec<i64>)>,
+    /// The last numbered record counted ([`Ownership::is_new`]).
+    pub(super) last: Option<Sequence>,
 }
 
 impl Ownership {
@@ -153,6 +192,25 @@ impl Ownership {
             }
             (Some(_), None) => false,
         }
+    }
+
+    /// Whether a record that counts is new rather than a repeat, sent again by its writer's
+    /// outbox after a crash: new when its number is above the last one counted from its writer,
+    /// or when it has none (written before records were numbered). Takes note of a new number.
+    /// Remembers the last writer only: one writer's records count at a time, and a writer's
+    /// repeats come before anything it writes after them; only in a log without claims could
+    /// another writer's records come between a record and its repeat.
+    pub fn is_new(&mut self, sequence: Option<Sequence>) -> bool {
+        let Some(sequence) = sequence else {
+            return true;
+        };
+        let repeat = self
+            .last
+            .is_some_and(|last| last.writer == sequence.writer && sequence.number <= last.number);
+        if !repeat {
+            self.last = Some(sequence);
+        }
+        !repeat
     }
 }
 
@@ -205,6 +263,8 @@ pub struct ChangelogRecord {
     pub epoch: Option<Epoch>,
     /// The record's [`FACTS_HEADER`], if it has one.
     pub facts: Option<Vec<u8>>,
+    /// From the record's [`SEQUENCE_HEADER`]; `None` when it has none.
+    pub sequence: Option<Sequence>,
 }
 
 impl ChangelogRecord {
@@ -219,6 +279,7 @@ impl ChangelogRecord {
             value,
             epoch: header(EPOCH_HEADER).and_then(Epoch::from_header),
             facts: header(FACTS_HEADER).map(<[u8]>::to_vec),
+            sequence: header(SEQUENCE_HEADER).and_then(Sequence::from_header),
         }
     }
 
@@ -281,7 +342,8 @@ impl Changelog {
     /// written, then one position record per partition the commit touched; `stored` gives a partition's
     /// input offsets and event times as stored before this commit. A position record carries
     /// the partition's whole position, not only what this commit moved: compaction keeps only
-    /// the latest one.
+    /// the latest one. Their [`SEQUENCE_HEADER`] is added by [`Changelog::number`], once the
+    /// commit has numbered them.
     pub(super) fn records(
         &self,
         commit: &Commit,
@@ -289,16 +351,16 @@ impl Changelog {
     ) -> Result<Vec<OutboxRecord>, StoreError> {
         let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let headers = |partition: i32| -> Vec<(String, Vec<u8>)> {
-            epochs
-                .get(&partition)
-                .map(|claim| {
-                    let epoch = Epoch {
-                        writer: self.writer,
-                        claim: *claim,
-                    };
-                    vec![(EPOCH_HEADER.to_owned(), epoch.to_header())]
-                })
-                .unwrap_or_default()
+            // Room for the epoch, the facts and the sequence, which the commit adds.
+            let mut headers = Vec::with_capacity(3);
+            if let Some(claim) = epochs.get(&partition) {
+                let epoch = Epoch {
+                    writer: self.writer,
+                    claim: *claim,
+                };
+                headers.push((EPOCH_HEADER.to_owned(), epoch.to_header()));
+            }
+            headers
         };
         let mut records = Vec::with_capacity(commit.customers.len() + 1);
         let mut partitions = BTreeSet::new();
@@ -348,6 +410,18 @@ impl Changelog {
             });
         }
         Ok(records)
+    }
+
+    /// Gives `records`, numbered from `first` on by the outbox, their [`SEQUENCE_HEADER`].
+    pub(super) fn number(&self, records: &mut [OutboxRecord], first: u64) {
+        for (number, record) in (first..).zip(records) {
+            let sequence = Sequence {
+                writer: self.writer,
+                number,
+            };
+            let header = (SEQUENCE_HEADER.to_owned(), sequence.to_header());
+            record.headers.push(header);
+        }
     }
 
     /// Brings the positions kept in memory up to a commit just written (its input offsets and
@@ -734,6 +808,32 @@ pub fn decode_position(bytes: &[u8]) -> Result<Position, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeat_of_the_last_writer_s_numbers_is_not_new() {
+        let numbered = |writer, number| Some(Sequence { writer, number });
+        let mut ownership = Ownership::default();
+        assert!(ownership.is_new(numbered(1, 5)));
+        assert!(ownership.is_new(numbered(1, 6)));
+        // Sent again after a crash: 5 and 6 again, then what came after.
+        assert!(!ownership.is_new(numbered(1, 5)));
+        assert!(!ownership.is_new(numbered(1, 6)));
+        assert!(ownership.is_new(numbered(1, 9)));
+        // Numbers are the writer's own: another writer's lower ones are new.
+        assert!(ownership.is_new(numbered(2, 1)));
+        assert!(!ownership.is_new(numbered(2, 1)));
+        // Records written before records were numbered all count.
+        assert!(ownership.is_new(None));
+        assert!(ownership.is_new(None));
+        assert_eq!(ownership.last, numbered(2, 1));
+        let header = Sequence {
+            writer: 7,
+            number: 1 << 40,
+        }
+        .to_header();
+        assert_eq!(Sequence::from_header(&header), numbered(7, 1 << 40));
+        assert_eq!(Sequence::from_header(&header[..15]), None);
+    }
 
     #[test]
     fn only_customer_ids_are_customer_keys() {

@@ -48,12 +48,18 @@ const TRENDS_V2: u8 = 2;
 const POSITION_V1: u8 = 1;
 const CLAIM_V1: u8 = 1;
 const OWNERSHIP_V1: u8 = 1;
+/// Version 2 adds the last numbered record counted (`Ownership::is_new`); version 1 is still
+/// read, with none.
+const OWNERSHIP_V2: u8 = 2;
 /// The facts a customer's changelog record carries (`facts::Fact`, postcard).
 const FACTS_V1: u8 = 1;
 /// Version 2 carries trends version 2. A version-1 snapshot is not read (the aggregator then
 /// reads the changelog from its start): its trends, and its segments before segments version
 /// 3, had other layouts, which the snapshot did not record.
 const SNAPSHOT_V2: u8 = 2;
+/// Version 3 carries ownerships version 2; version 2 is still read, its ownerships with no
+/// numbered record counted.
+const SNAPSHOT_V3: u8 = 3;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -449,20 +455,60 @@ pub fn decode_facts(bytes: &[u8]) -> Result<Vec<Fact>, String> {
     decode(FACTS_V1, bytes)
 }
 
+/// The layout of ownerships version 1.
+#[derive(serde::Deserialize)]
+struct OwnershipV1 {
+    owner: Option<(u64, Vec<i64>)>,
+}
+
+impl From<OwnershipV1> for Ownership {
+    fn from(v1: OwnershipV1) -> Ownership {
+        Ownership {
+            owner: v1.owner,
+            last: None,
+        }
+    }
+}
+
+/// The layout of snapshots version 2.
+#[derive(serde::Deserialize)]
+struct SnapshotV2 {
+    trends: Option<Trends>,
+    segments: Option<Segments>,
+    rfm_cells: Vec<crate::rfm::Cell>,
+    rfm_scales: Scales,
+    partitions: Vec<(i32, i64, Option<crate::event::Millis>, OwnershipV1)>,
+}
+
 pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
-    encode(SNAPSHOT_V2, snapshot)
+    encode(SNAPSHOT_V3, snapshot)
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
-    decode(SNAPSHOT_V2, bytes)
+    match bytes.first() {
+        Some(&SNAPSHOT_V2) => decode::<SnapshotV2>(SNAPSHOT_V2, bytes).map(|v2| {
+            let partitions = v2.partitions.into_iter();
+            AggregatorSnapshot {
+                trends: v2.trends,
+                segments: v2.segments,
+                rfm_cells: v2.rfm_cells,
+                rfm_scales: v2.rfm_scales,
+                partitions: partitions.map(|(p, n, w, o)| (p, n, w, o.into())).collect(),
+            }
+        }),
+        _ => decode(SNAPSHOT_V3, bytes),
+    }
 }
 
 pub fn encode_ownership(ownership: &Ownership) -> Vec<u8> {
-    encode(OWNERSHIP_V1, ownership)
+    encode(OWNERSHIP_V2, ownership)
 }
 
 pub fn decode_ownership(bytes: &[u8]) -> Result<Ownership, String> {
-    decode(OWNERSHIP_V1, bytes)
+    match bytes.first() {
+        Some(&OWNERSHIP_V1) => decode::<OwnershipV1>(OWNERSHIP_V1, bytes).map(Ownership::from),
+        _ => decode(OWNERSHIP_V2, bytes),
+    }
 }
 
 fn encode<T: serde::Serialize>(version: u8, value: &T) -> Vec<u8> {
@@ -1022,5 +1068,54 @@ mod tests {
             assert_eq!(encode_outbox(&record), before);
             assert_eq!(decode_outbox(&before).unwrap(), record);
         }
+    }
+
+    fn owned_by_7() -> Ownership {
+        Ownership {
+            owner: Some((7, vec![3, 10])),
+            last: None,
+        }
+    }
+
+    #[test]
+    fn ownership_version_one_is_still_read_with_no_number_counted() {
+        // By hand from the postcard spec: 01 (version), 01 (Some), 07 (writer 7), 02 (two
+        // claims), 06 14 (3 and 10, zigzag varints).
+        let v1 = [1, 1, 7, 2, 6, 0x14];
+        assert_eq!(decode_ownership(&v1), Ok(owned_by_7()));
+        let counted = Ownership {
+            last: Some(crate::store::Sequence {
+                writer: 7,
+                number: 300,
+            }),
+            ..owned_by_7()
+        };
+        assert_eq!(decode_ownership(&encode_ownership(&counted)), Ok(counted));
+    }
+
+    #[test]
+    fn snapshot_version_two_is_still_read_with_no_number_counted() {
+        // By hand from the postcard spec: 02 (version), 00 00 (no trends, no segments), 00 (no
+        // cells), 00 00 00 00 00 00 (three empty scales: total 0, no values), 01 (one
+        // partition): 04 (partition 2), f0 01 (next offset 120), 01 90 4e (watermark 5,000),
+        // then a version-1 ownership's body: 01 07 01 06 (writer 7, one claim: 3).
+        let v2 = [
+            2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0xf0, 1, 1, 0x90, 0x4e, 1, 7, 1, 6,
+        ];
+        let ownership = Ownership {
+            owner: Some((7, vec![3])),
+            last: None,
+        };
+        let snapshot = AggregatorSnapshot {
+            partitions: vec![(2, 120, Some(5_000), ownership)],
+            ..AggregatorSnapshot::default()
+        };
+        assert_eq!(decode_snapshot(&v2), Ok(snapshot.clone()));
+        let mut counted = snapshot;
+        counted.partitions[0].3.last = Some(crate::store::Sequence {
+            writer: 7,
+            number: 12,
+        });
+        assert_eq!(decode_snapshot(&encode_snapshot(&counted)), Ok(counted));
     }
 }

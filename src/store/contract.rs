@@ -416,6 +416,36 @@ fn outbox_sequence_continues_after_reopen() {
     assert_eq!(seqs, vec![1, 2, 3]);
 }
 
+/// The changelog's readers tell a repeat by its number (`Ownership::is_new`): a number given
+/// again after a restart would make a new record look like a repeat.
+#[test]
+fn outbox_numbers_are_never_given_twice_even_once_every_record_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
+    let commit_two = |store: &Store| {
+        let outbox = (0..2).map(|n| record("t", n).into()).collect();
+        store
+            .commit(Commit {
+                outbox,
+                ..Commit::default()
+            })
+            .unwrap();
+        let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+        store.acknowledge(&seqs).unwrap();
+        seqs
+    };
+    {
+        let store = open();
+        assert_eq!(commit_two(&store), vec![0, 1]);
+        assert_eq!(commit_two(&store), vec![2, 3]);
+        // A commit without outputs moves nothing.
+        store.commit(Commit::default()).unwrap();
+    }
+    let store = open();
+    assert!(store.outbox(10).unwrap().is_empty(), "all acknowledged");
+    assert_eq!(commit_two(&store), vec![4, 5]);
+}
+
 #[test]
 fn timers_come_back_due_in_time_order_and_go_when_cleared() {
     for (name, store, _dir) in backends() {
@@ -560,6 +590,22 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             ],
             "{name}: customers, then a position per partition, then the other outputs"
         );
+        // Each changelog record is numbered by the outbox, under the store's writer id; the
+        // other outputs are not.
+        let numbered: Vec<Option<Sequence>> = pending
+            .iter()
+            .map(|(_, r)| ChangelogRecord::delivered(r).sequence)
+            .collect();
+        let number = |n: usize| {
+            Some(Sequence {
+                writer,
+                number: pending[n].0,
+            })
+        };
+        let expected: Vec<Option<Sequence>> = (0..7)
+            .map(|n| if n == 4 { None } else { number(n) })
+            .collect();
+        assert_eq!(numbered, expected, "{name}");
         let position = decode_position(pending[2].1.value.as_ref().unwrap()).unwrap();
         assert_eq!(
             position,
@@ -605,6 +651,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
                 value: r.value.clone(),
                 epoch: None,
                 facts: None,
+                sequence: None,
             })
             .collect();
         target.restore(1, partition_1).unwrap();
@@ -638,6 +685,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             value: None,
             epoch: None,
             facts: None,
+            sequence: None,
         };
         target.restore(1, vec![tombstone]).unwrap();
         assert_eq!(target.customer(1, "a").unwrap(), None, "{name}");
@@ -736,6 +784,7 @@ fn a_position_record_carries_what_commits_restores_and_clears_left_stored() {
                     value: Some(codec::encode_position(&restored)),
                     epoch: None,
                     facts: None,
+                    sequence: None,
                 }],
             )
             .unwrap();

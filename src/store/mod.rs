@@ -27,8 +27,8 @@ use crate::trends::Trends;
 
 pub use changelog::{
     decode_position, is_customer_key, AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Ownership,
-    Position, AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY, RELEASE_KEY,
-    WATERMARK_SOURCE,
+    Position, Sequence, AGGREGATOR_KEY, CLAIM_KEY, EPOCH_HEADER, FACTS_HEADER, POSITION_KEY,
+    RELEASE_KEY, SEQUENCE_HEADER, WATERMARK_SOURCE,
 };
 pub use codec::{decode_facts, encode_facts};
 pub use memory::MemoryBackend;
@@ -335,6 +335,10 @@ const OWNERSHIP: u8 = b'n';
 const OFFSET: u8 = b'o';
 const EVENT_TIME: u8 = b'w';
 const OUTBOX: u8 = b'x';
+/// The number the next outbox record takes, as of the last commit that wrote any: numbers are
+/// never given twice, even once every record was acknowledged and deleted (the changelog's
+/// readers tell repeats by them: `changelog::Sequence`).
+const OUTBOX_NEXT: &[u8] = b"g/outbox-next";
 const TIMER: u8 = b't';
 const TRENDS: &[u8] = b"g/trends";
 const SEGMENTS: &[u8] = b"g/segments";
@@ -463,10 +467,20 @@ pub struct Store {
 
 impl Store {
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
-        let next = match backend.last_key(&[OUTBOX])? {
+        let pending = match backend.last_key(&[OUTBOX])? {
             Some(key) => outbox_seq(&key).map_or(0, |s| s + 1),
             None => 0,
         };
+        let numbered = match backend.get(OUTBOX_NEXT)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    key: "outbox next".into(),
+                    reason: "not 8 bytes".into(),
+                }
+            })?),
+            None => 0,
+        };
+        let next = pending.max(numbered);
         Ok(Store {
             backend,
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
@@ -763,7 +777,7 @@ impl Store {
     /// entries land together.
     pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         // The changelog goes out ahead of the commit's other outputs.
-        let changelog = match &self.changelog {
+        let mut changelog = match &self.changelog {
             Some(changelog) => {
                 changelog.records(&commit, &|p| self.position_entries(changelog, p))?
             }
@@ -787,7 +801,8 @@ impl Store {
             + commit.offsets.len()
             + commit.event_times.len()
             + commit.ownerships.len()
-            + outbox;
+            + outbox
+            + usize::from(outbox > 0);
         let mut ops = Vec::with_capacity(sized);
         for write in commit.customers {
             let key = customer_key(write.partition, &write.id);
@@ -845,6 +860,13 @@ impl Store {
         let first = self
             .next_outbox_seq
             .fetch_add(outbox as u64, Ordering::SeqCst);
+        if outbox > 0 {
+            let next = first + outbox as u64;
+            ops.push(Op::Put(OUTBOX_NEXT.to_vec(), next.to_be_bytes().to_vec()));
+        }
+        if let Some(log) = &self.changelog {
+            log.number(&mut changelog, first);
+        }
         let mut records: Vec<Output> = Vec::with_capacity(outbox);
         records.extend(changelog.into_iter().map(Output::Record));
         records.extend(commit.outbox);

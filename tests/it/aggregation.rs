@@ -33,6 +33,14 @@ struct Log(Mutex<HashMap<i32, Vec<Option<ChangelogRecord>>>>);
 impl Log {
     /// Moves `store`'s pending changelog records into the log; leaves its other outputs.
     fn deliver(&self, store: &Store) {
+        let delivered = self.send(store);
+        store.acknowledge(&delivered).unwrap();
+    }
+
+    /// Copies `store`'s pending changelog records into the log and returns their numbers,
+    /// unacknowledged: as a drain killed before it acknowledged what the broker took, whose
+    /// instance sends them again once restarted.
+    fn send(&self, store: &Store) -> Vec<u64> {
         let pending = store.outbox(usize::MAX).unwrap();
         let mut log = self.0.lock().unwrap();
         let mut delivered = Vec::new();
@@ -42,7 +50,7 @@ impl Log {
                 .push(Some(ChangelogRecord::delivered(&record)));
             delivered.push(seq);
         }
-        store.acknowledge(&delivered).unwrap();
+        delivered
     }
 
     /// Compacts each partition below `cut` (its next offset there) as Kafka does: a record goes
@@ -191,11 +199,14 @@ fn one_instance(records: &[InputRecord]) -> BTreeMap<String, Value> {
     aggregates(&store)
 }
 
-/// How the aggregator runs in [`two_instances_and_the_aggregator`].
+/// What befalls the instances and the aggregator in [`two_instances_and_the_aggregator`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Handover {
+enum Disruption {
     /// One aggregator throughout.
     None,
+    /// Every seventh round, the first instance's drain is killed after the changelog took its
+    /// records and before it acknowledged them: restarted, it sends them again.
+    Redelivery,
     /// Halfway, the changelog is compacted below the latest snapshot and an aggregator with
     /// nothing local takes over: from that snapshot, or (`false`) from the compacted start.
     Compacted { from_snapshot: bool },
@@ -215,7 +226,7 @@ fn new_aggregator() -> Aggregator {
 /// records emitted, the last per record id (as a reader of the topics sees them).
 fn two_instances_and_the_aggregator(
     records: &[InputRecord],
-    handover: Handover,
+    disruption: Disruption,
 ) -> BTreeMap<String, Value> {
     let mut log = Log::default();
     let mut settings = settings_with_partitions(500, PARTITIONS);
@@ -232,14 +243,19 @@ fn two_instances_and_the_aggregator(
     let mut emitted = BTreeMap::new();
     let rounds = records.len().div_ceil(1_000);
     for (round, batch) in records.chunks(1_000).enumerate() {
-        for (owned, processor) in &mut instances {
+        for (i, (owned, processor)) in instances.iter_mut().enumerate() {
             let mine: Vec<InputRecord> = batch
                 .iter()
                 .filter(|r| owned.contains(&r.source_partition))
                 .cloned()
                 .collect();
             processor.process(&mine, NOW_MS).unwrap();
-            log.deliver(processor.store());
+            if disruption == Disruption::Redelivery && i == 0 && round % 7 == 0 {
+                // The next round's delivery sends them again, ahead of that round's records.
+                log.send(processor.store());
+            } else {
+                log.deliver(processor.store());
+            }
         }
         // Processor time: five seconds a round, a snapshot every other step or so.
         let now = round as i64 * 5_000;
@@ -248,7 +264,7 @@ fn two_instances_and_the_aggregator(
             log.deliver(aggregator.processor().store());
         }
         if round == rounds / 2 {
-            if let Handover::Compacted { from_snapshot } = handover {
+            if let Disruption::Compacted { from_snapshot } = disruption {
                 let snapshot = log.latest_snapshot().expect("a snapshot was written");
                 let cut = snapshot.partitions.iter().map(|p| (p.0, p.1)).collect();
                 log.compact(&cut);
@@ -344,7 +360,17 @@ fn two_instances_and_the_aggregator_emit_the_windows_and_days_of_one_instance() 
         per_day(&want, &["referrals"]).values().sum::<i64>() > 0,
         "the traffic refers"
     );
-    let got = two_instances_and_the_aggregator(&records, Handover::None);
+    let got = two_instances_and_the_aggregator(&records, Disruption::None);
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+}
+
+/// Changelog records an instance sends again after a crash (the broker took them, the outbox
+/// had not yet heard so) reach the changelog twice; the aggregator applies their facts once.
+#[test]
+fn changelog_records_sent_again_after_a_crash_count_once() {
+    let records = traffic();
+    let want = one_instance(&records);
+    let got = two_instances_and_the_aggregator(&records, Disruption::Redelivery);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
 }
 
@@ -355,12 +381,12 @@ fn two_instances_and_the_aggregator_emit_the_windows_and_days_of_one_instance() 
 fn a_new_aggregator_starts_from_the_snapshot_in_a_compacted_changelog() {
     let records = traffic();
     let want = one_instance(&records);
-    let from_snapshot = Handover::Compacted {
+    let from_snapshot = Disruption::Compacted {
         from_snapshot: true,
     };
     let got = two_instances_and_the_aggregator(&records, from_snapshot);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
-    let from_start = Handover::Compacted {
+    let from_start = Disruption::Compacted {
         from_snapshot: false,
     };
     let got = two_instances_and_the_aggregator(&records, from_start);
@@ -382,6 +408,7 @@ fn an_unreadable_snapshot_is_passed_over() {
             value: Some(vec![9, 9, 9]),
             epoch: None,
             facts: None,
+            sequence: None,
         })],
     );
     let mut aggregator = new_aggregator();
