@@ -95,7 +95,7 @@ fn write_line(out: &mut impl Write, record: &OutboxRecord) -> std::io::Result<()
         headers: record
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), text(v)))
+            .map(|(k, v)| (k.as_ref(), text(v)))
             .collect(),
         key: record.key.as_deref().map(text),
         topic: &record.topic,
@@ -214,7 +214,7 @@ mod tests {
                 topic,
                 key,
                 value,
-                headers: headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+                headers: headers.into_iter().map(|(k, v)| (k.into(), v.into_bytes())).collect(),
                 partition: None,
             };
             let written = line(&record);
@@ -233,7 +233,7 @@ mod tests {
             for (name, _) in &record.headers {
                 // A later header of the same name wins, as in a map.
                 let (_, last) = record.headers.iter().rev().find(|(n, _)| n == name).unwrap();
-                proptest::prop_assert_eq!(&parsed["headers"][name], &text(last));
+                proptest::prop_assert_eq!(&parsed["headers"][name.as_ref()], &text(last));
             }
         }
     }

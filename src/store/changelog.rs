@@ -350,7 +350,7 @@ impl Changelog {
         stored: &dyn Fn(i32) -> Result<(Entries, Entries), StoreError>,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
         let epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
-        let headers = |partition: i32| -> Vec<(String, Vec<u8>)> {
+        let headers = |partition: i32| -> Vec<Header> {
             // Room for the epoch, the facts and the sequence, which the commit adds.
             let mut headers = Vec::with_capacity(3);
             if let Some(claim) = epochs.get(&partition) {
@@ -358,7 +358,7 @@ impl Changelog {
                     writer: self.writer,
                     claim: *claim,
                 };
-                headers.push((EPOCH_HEADER.to_owned(), epoch.to_header()));
+                headers.push((EPOCH_HEADER.into(), epoch.to_header()));
             }
             headers
         };
@@ -381,7 +381,7 @@ impl Changelog {
             }
             let mut customer_headers = headers(write.partition);
             if !write.facts.is_empty() {
-                customer_headers.push((FACTS_HEADER.to_owned(), write.facts.clone()));
+                customer_headers.push((FACTS_HEADER.into(), write.facts.clone()));
             }
             let key = write.id.clone().into_bytes();
             records.push(record(key, write.value.clone(), customer_headers));
@@ -419,7 +419,7 @@ impl Changelog {
                 writer: self.writer,
                 number,
             };
-            let header = (SEQUENCE_HEADER.to_owned(), sequence.to_header());
+            let header = (SEQUENCE_HEADER.into(), sequence.to_header());
             record.headers.push(header);
         }
     }

@@ -420,7 +420,7 @@ pub fn decode_outbox(bytes: &[u8]) -> Result<Output, String> {
                 topic: r.topic,
                 key: r.key,
                 value: r.value,
-                headers: r.headers,
+                headers: r.headers.into_iter().map(|(n, v)| (n.into(), v)).collect(),
                 partition: None,
             })
         }),
@@ -1027,7 +1027,7 @@ mod tests {
             topic: &'a str,
             key: Option<&'a [u8]>,
             value: Option<&'a [u8]>,
-            headers: &'a [(String, Vec<u8>)],
+            headers: &'a [crate::store::Header],
             partition: Option<i32>,
         }
         let long: Vec<u8> = (0..=255u8).cycle().take(700).collect();

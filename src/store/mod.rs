@@ -13,6 +13,7 @@ mod memory;
 mod recent;
 mod rocks;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -107,7 +108,7 @@ pub struct OutboxRecord {
     pub value: Option<Vec<u8>>,
     /// Each header's value a byte string too (see `header_bytes`).
     #[serde(with = "header_bytes")]
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<Header>,
     /// The partition it must go to; `None` lets the producer partition by key.
     pub partition: Option<i32>,
 }
@@ -155,6 +156,10 @@ impl From<OutboxRecord> for Output {
     }
 }
 
+/// An output record's header: its name, a constant wherever the job names it (no allocation
+/// for each record and each copy the drain takes), and its value.
+pub type Header = (Cow<'static, str>, Vec<u8>);
+
 /// Headers as `(name, value)` pairs whose values are byte strings: written as a `Vec<u8>` is
 /// (a length, then the bytes), so stored records read the same, but each value in one copy
 /// instead of a call per byte (a changelog record's facts header is hundreds of bytes).
@@ -162,10 +167,9 @@ mod header_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_bytes::{ByteBuf, Bytes};
 
-    pub fn serialize<S: Serializer>(
-        headers: &[(String, Vec<u8>)],
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    use super::Header;
+
+    pub fn serialize<S: Serializer>(headers: &[Header], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(
             headers
                 .iter()
@@ -175,11 +179,11 @@ mod header_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+    ) -> Result<Vec<Header>, D::Error> {
         let headers = Vec::<(String, ByteBuf)>::deserialize(deserializer)?;
         Ok(headers
             .into_iter()
-            .map(|(name, value)| (name, value.into_vec()))
+            .map(|(name, value)| (name.into(), value.into_vec()))
             .collect())
     }
 }
