@@ -16,6 +16,8 @@ use customer_pulse::processor::partition_for;
 use customer_pulse::replay::wall_clock_ms;
 use customer_pulse::restore::ChangelogSource;
 use customer_pulse::store::{Claim, Epoch};
+
+use crate::scale::Entry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +94,41 @@ pub fn changelog_reader(brokers: &str) -> ChangelogReader {
     )
     .unwrap();
     ChangelogReader::connect(brokers, &config.kafka_security, &config.topics.changelog).unwrap()
+}
+
+/// Every record an instance wrote through its outbox (customers, sealed events, positions: the
+/// records with an epoch, but for claims) carries its writer's number for it, and a writer's
+/// numbers rise through each partition of the log: none given twice, none out of order.
+fn numbered_in_order(log: &[Entry]) {
+    let mut last: BTreeMap<(i32, u64), u64> = BTreeMap::new();
+    let mut numbered = 0;
+    for entry in log {
+        let at = format!(
+            "partition {} offset {} ({})",
+            entry.partition, entry.offset, entry.key
+        );
+        let Some(sequence) = entry.sequence else {
+            assert!(
+                entry.epoch.is_none() || entry.claim.is_some(),
+                "{at}: written with an epoch but not numbered"
+            );
+            continue;
+        };
+        if let Some(epoch) = entry.epoch {
+            assert_eq!(
+                sequence.writer, epoch.writer,
+                "{at}: numbered by its writer"
+            );
+        }
+        let previous = last.insert((entry.partition, sequence.writer), sequence.number);
+        assert!(
+            previous.is_none_or(|p| p < sequence.number),
+            "{at}: number {} after {previous:?}",
+            sequence.number
+        );
+        numbered += 1;
+    }
+    assert!(numbered > 0, "the log holds numbered records");
 }
 
 /// The customers of `events`, each once, in order.
@@ -311,6 +348,7 @@ async fn a_listed_partition_another_instance_claimed_is_claimed_back() {
             crate::scale::explain_changelog(&restored, &expected, &log)
         );
     }
+    numbered_in_order(&log);
     a.stop().await;
 }
 
@@ -445,5 +483,6 @@ async fn a_member_with_nothing_to_write_claims_back_what_the_claimant_released_a
             crate::scale::explain_changelog(&restored, &expected, &log)
         );
     }
+    numbered_in_order(&log);
     a.stop().await;
 }

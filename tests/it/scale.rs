@@ -18,7 +18,8 @@ use customer_pulse::kafka::{publish, ChangelogReader};
 use customer_pulse::replay::wall_clock_ms;
 use customer_pulse::restore::{restore, ChangelogSource};
 use customer_pulse::store::{
-    decode_position, ChangelogRecord, Claim, Epoch, Ownership, Store, StoreError, POSITION_KEY,
+    decode_position, ChangelogRecord, Claim, Epoch, Ownership, Sequence, Store, StoreError,
+    POSITION_KEY,
 };
 
 use customer_pulse::event::parse_millis;
@@ -489,6 +490,8 @@ pub struct Entry {
     /// The customer id, or what else the record is.
     pub key: String,
     pub epoch: Option<Epoch>,
+    /// Its writer's number for it (header `customer-pulse-sequence`).
+    pub sequence: Option<Sequence>,
     pub claim: Option<Claim>,
     /// A position record's input offsets.
     pub position: Option<Vec<(String, i64)>>,
@@ -554,6 +557,7 @@ pub fn changelog_states(brokers: &str) -> (BTreeMap<String, serde_json::Value>, 
                     offset,
                     key: String::from_utf8_lossy(&record.key).into_owned(),
                     epoch: record.epoch,
+                    sequence: record.sequence,
                     counts: claim.is_some() || ownership.counts(record.epoch),
                     claim,
                     position,
