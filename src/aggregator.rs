@@ -233,7 +233,8 @@ fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
         Err(e) => return skip("claim", &e),
     }
     // A repeat (sent again after its writer's crash) was counted when it first came.
-    if !into.ownership.counts(record.epoch) || !into.ownership.is_new(record.sequence) {
+    if !into.ownership.counts(record.epoch) || !into.ownership.is_new(record.epoch, record.sequence)
+    {
         return;
     }
     if record.key.as_slice() == POSITION_KEY {

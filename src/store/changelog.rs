@@ -166,7 +166,16 @@ pub struct Ownership {
     /// record counts.
     pub(super) owner: Option<(u64, Vec<i64>)>,
     /// The last numbered record counted ([`Ownership::is_new`]).
-    pub(super) last: Option<Sequence>,
+    pub(super) last: Option<Counted>,
+}
+
+/// Where the last numbered record counted stands in its writer's records: the claim it was
+/// written under (`None` in a log without claims), then its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Counted {
+    pub writer: u64,
+    pub claim: Option<i64>,
+    pub number: u64,
 }
 
 impl Ownership {
@@ -194,21 +203,31 @@ impl Ownership {
         }
     }
 
-    /// Whether a record that counts is new rather than a repeat, sent again by its writer's
-    /// outbox after a crash: new when its number is above the last one counted from its writer,
-    /// or when it has none (written before records were numbered). Takes note of a new number.
-    /// Remembers the last writer only: one writer's records count at a time, and a writer's
-    /// repeats come before anything it writes after them; only in a log without claims could
-    /// another writer's records come between a record and its repeat.
-    pub fn is_new(&mut self, sequence: Option<Sequence>) -> bool {
+    /// Whether a record that counts, written in `epoch`, is new rather than a repeat, sent
+    /// again by its writer's outbox after a crash. A record with no number (written before
+    /// records were numbered) is new. Otherwise it is new when it stands above the last one
+    /// counted from its writer, by the claim it was written under, then by its number: a
+    /// restarted writer claims anew, so what it writes after a restart is new even if its
+    /// numbers went back (a state directory restored from a backup), while what its outbox
+    /// sends again still carries the claim it was first written under. Takes note of a new
+    /// record. Remembers the last writer only: one writer's records count at a time, and a
+    /// writer's repeats come before anything it writes after them; only in a log without
+    /// claims could another writer's records come between a record and its repeat.
+    pub fn is_new(&mut self, epoch: Option<Epoch>, sequence: Option<Sequence>) -> bool {
         let Some(sequence) = sequence else {
             return true;
         };
-        let repeat = self
-            .last
-            .is_some_and(|last| last.writer == sequence.writer && sequence.number <= last.number);
+        let counted = Counted {
+            writer: sequence.writer,
+            claim: epoch.map(|e| e.claim),
+            number: sequence.number,
+        };
+        let repeat = self.last.is_some_and(|last| {
+            last.writer == counted.writer
+                && (counted.claim, counted.number) <= (last.claim, last.number)
+        });
         if !repeat {
-            self.last = Some(sequence);
+            self.last = Some(counted);
         }
         !repeat
     }
@@ -810,22 +829,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_repeat_of_the_last_writer_s_numbers_is_not_new() {
+    fn a_repeat_of_the_last_writer_s_records_is_not_new() {
         let numbered = |writer, number| Some(Sequence { writer, number });
+        let under = |writer, claim| Some(Epoch { writer, claim });
         let mut ownership = Ownership::default();
-        assert!(ownership.is_new(numbered(1, 5)));
-        assert!(ownership.is_new(numbered(1, 6)));
+        assert!(ownership.is_new(under(1, 0), numbered(1, 5)));
+        assert!(ownership.is_new(under(1, 0), numbered(1, 6)));
         // Sent again after a crash: 5 and 6 again, then what came after.
-        assert!(!ownership.is_new(numbered(1, 5)));
-        assert!(!ownership.is_new(numbered(1, 6)));
-        assert!(ownership.is_new(numbered(1, 9)));
+        assert!(!ownership.is_new(under(1, 0), numbered(1, 5)));
+        assert!(!ownership.is_new(under(1, 0), numbered(1, 6)));
+        assert!(ownership.is_new(under(1, 0), numbered(1, 9)));
+        // Restarted, it claimed anew: what it writes under the new claim is new, even with
+        // numbers that went back (its state restored from a backup); its repeats are not.
+        assert!(ownership.is_new(under(1, 40), numbered(1, 7)));
+        assert!(!ownership.is_new(under(1, 0), numbered(1, 9)));
+        assert!(!ownership.is_new(under(1, 40), numbered(1, 7)));
+        assert!(ownership.is_new(under(1, 40), numbered(1, 8)));
         // Numbers are the writer's own: another writer's lower ones are new.
-        assert!(ownership.is_new(numbered(2, 1)));
-        assert!(!ownership.is_new(numbered(2, 1)));
+        assert!(ownership.is_new(under(2, 50), numbered(2, 1)));
+        assert!(!ownership.is_new(under(2, 50), numbered(2, 1)));
+        // In a log without claims, by the numbers alone.
+        let mut unclaimed = Ownership::default();
+        assert!(unclaimed.is_new(None, numbered(3, 2)));
+        assert!(!unclaimed.is_new(None, numbered(3, 2)));
+        assert!(unclaimed.is_new(None, numbered(3, 3)));
         // Records written before records were numbered all count.
-        assert!(ownership.is_new(None));
-        assert!(ownership.is_new(None));
-        assert_eq!(ownership.last, numbered(2, 1));
+        assert!(ownership.is_new(under(2, 50), None));
+        assert!(ownership.is_new(under(2, 50), None));
+        let last = Counted {
+            writer: 2,
+            claim: Some(50),
+            number: 1,
+        };
+        assert_eq!(ownership.last, Some(last));
         let header = Sequence {
             writer: 7,
             number: 1 << 40,

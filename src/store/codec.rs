@@ -1084,8 +1084,9 @@ mod tests {
         let v1 = [1, 1, 7, 2, 6, 0x14];
         assert_eq!(decode_ownership(&v1), Ok(owned_by_7()));
         let counted = Ownership {
-            last: Some(crate::store::Sequence {
+            last: Some(super::super::changelog::Counted {
                 writer: 7,
+                claim: Some(10),
                 number: 300,
             }),
             ..owned_by_7()
@@ -1112,8 +1113,9 @@ mod tests {
         };
         assert_eq!(decode_snapshot(&v2), Ok(snapshot.clone()));
         let mut counted = snapshot;
-        counted.partitions[0].3.last = Some(crate::store::Sequence {
+        counted.partitions[0].3.last = Some(super::super::changelog::Counted {
             writer: 7,
+            claim: None,
             number: 12,
         });
         assert_eq!(decode_snapshot(&encode_snapshot(&counted)), Ok(counted));
