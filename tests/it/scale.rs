@@ -106,23 +106,7 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
     let expected = replayed_states(&values, wall_clock_ms());
     let live = [&a, &c, &d];
-    // The reading the wait ended on, not a new one: a partition handed on and back (Tansu
-    // can do so while the machine is loaded) is restored again a moment later, and its
-    // customers are not served meanwhile. That they are served again is checked below.
-    let mut got = BTreeMap::new();
-    let settled = wait_for(Duration::from_secs(120), || {
-        got = served_states(&ports(&live), &ids);
-        got == expected
-    })
-    .await;
-    for (id, want) in &expected {
-        assert_eq!(
-            got.get(id),
-            Some(want),
-            "{id}: served state equals the replay"
-        );
-    }
-    assert!(settled);
+    served_as_replayed(&ports(&live), &ids, &expected).await;
 
     // A fifth instance joins: four members for four partitions, so the one that had two gives
     // one up and keeps its old copy. Every customer is still served by exactly one instance;
@@ -341,10 +325,41 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     }
 
     // The aggregates: the owner of input partition 0 emits, from every partition's changelog,
-    // the complaint windows and segment days one instance emits over the same events. Those
-    // ending two hours (twice the allowed lateness) before the newest event must all be out;
-    // the last ones wait for the slowest partition's watermark.
-    let want = replayed_aggregates(&values, &broker.address);
+    // the complaint windows and segment days one instance emits over the same events.
+    aggregates_of_one_pass(&broker.address, &values, &ports(&[&a, &c, &d, &e])).await;
+}
+
+/// Waits up to 120 s for the instances at `ports` to serve each customer of `ids` with its
+/// `expected` state, then asserts on the reading the wait ended on, not a new one: a partition
+/// handed on and back (Tansu can do so while the machine is loaded) is restored again a moment
+/// later, and its customers are not served meanwhile.
+pub async fn served_as_replayed(
+    ports: &[u16],
+    ids: &[String],
+    expected: &BTreeMap<String, serde_json::Value>,
+) {
+    let mut got = BTreeMap::new();
+    let settled = wait_for(Duration::from_secs(120), || {
+        got = served_states(ports, ids);
+        &got == expected
+    })
+    .await;
+    for (id, want) in expected {
+        assert_eq!(
+            got.get(id),
+            Some(want),
+            "{id}: served state equals the replay"
+        );
+    }
+    assert!(settled);
+}
+
+/// The complaint windows and segment days that the instances at `ports` (one of them the
+/// aggregator) emitted over `values` are those one processor emits in one pass. Those ending
+/// two hours (twice the allowed lateness) before the newest event must all be out; the last
+/// ones wait for the slowest partition's watermark.
+pub async fn aggregates_of_one_pass(brokers: &str, values: &[serde_json::Value], ports: &[u16]) {
+    let want = replayed_aggregates(values, brokers);
     let newest = values
         .iter()
         .filter_map(|v| parse_millis(v["occurred_at"].as_str()?))
@@ -360,7 +375,7 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
     assert!(due.len() > 100, "{} windows and days due", due.len());
     let mut got = BTreeMap::new();
     for topic in ["customer.complaint-trends", "customer.segment-metrics"] {
-        let messages = read_topic_until(&broker.address, topic, |messages| {
+        let messages = read_topic_until(brokers, topic, |messages| {
             let emitted = by_record_id(messages);
             due.iter()
                 .filter(|id| {
@@ -429,18 +444,18 @@ async fn three_instances_one_killed_one_added_serve_the_state_of_one_uninterrupt
         .map(|(id, v)| (id.clone(), v.clone()))
         .collect();
     // The aggregator's watermark, a metric of the instance that runs it, passed the windows due.
-    let aggregator_watermark = [&a, &c, &d, &e]
+    let aggregator_watermark = ports
         .iter()
-        .map(|i| metric_sum(i.port, "customer_pulse_aggregator_watermark_seconds"))
+        .map(|port| metric_sum(*port, "customer_pulse_aggregator_watermark_seconds"))
         .fold(0.0, f64::max);
     assert!(
         aggregator_watermark * 1000.0 >= (newest - 7_200_000) as f64,
         "aggregator watermark {aggregator_watermark} s, newest event {newest} ms"
     );
     // Should a count differ: whether the aggregator took a fact after its day was emitted.
-    let late: f64 = [&a, &c, &d, &e]
+    let late: f64 = ports
         .iter()
-        .map(|i| metric_sum(i.port, "customer_pulse_aggregator_late_facts_total"))
+        .map(|port| metric_sum(*port, "customer_pulse_aggregator_late_facts_total"))
         .sum();
     for path in [&["referrals"][..], &["renewals", "count"]] {
         assert_eq!(
