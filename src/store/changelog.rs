@@ -828,6 +828,52 @@ pub fn decode_position(bytes: &[u8]) -> Result<Position, StoreError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A writer's log as its outbox sends it: records numbered 0, 1, 2, ...; at each crash,
+        /// the records from the last one acknowledged up to the crash are sent again, under the
+        /// claim they were written under, and what follows goes under a new claim. Whatever the
+        /// crashes, the records counted as new are each record once, in order.
+        #[test]
+        fn whatever_the_crashes_each_record_counts_once(
+            written in 1u64..300,
+            crashes in proptest::collection::vec((0.0f64..1.0, 0.0f64..1.0), 0..8),
+        ) {
+            let mut crashes: Vec<(u64, u64)> = crashes
+                .iter()
+                .map(|(at, unacknowledged)| {
+                    let at = (at * written as f64) as u64;
+                    (at, at - (unacknowledged * at as f64) as u64)
+                })
+                .collect();
+            crashes.sort();
+            let epoch = |claim| Some(Epoch { writer: 9, claim });
+            let numbered = |number| Some(Sequence { writer: 9, number });
+            // (claim, number) per record in log order; a record's claim is the one it was
+            // written under.
+            let mut claims = Vec::new();
+            let mut log = Vec::new();
+            let mut claim = 0;
+            let mut pending = crashes.iter().peekable();
+            for number in 0..written {
+                while let Some((_, acknowledged)) = pending.next_if(|(at, _)| *at == number) {
+                    for again in *acknowledged..number {
+                        log.push((claims[again as usize], again));
+                    }
+                    claim += 100;
+                }
+                claims.push(claim);
+                log.push((claim, number));
+            }
+            let mut ownership = Ownership::default();
+            let counted: Vec<u64> = log
+                .into_iter()
+                .filter(|(claim, number)| ownership.is_new(epoch(*claim), numbered(*number)))
+                .map(|(_, number)| number)
+                .collect();
+            proptest::prop_assert_eq!(counted, (0..written).collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn a_repeat_of_the_last_writer_s_records_is_not_new() {
         let numbered = |writer, number| Some(Sequence { writer, number });
