@@ -16,5 +16,7 @@ say "Checking formatting"
 cargo fmt --all -- --check
 say "Running clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+say "Checking the code's documentation (every link resolves)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 say "Running the tests"
 cargo test --all-targets

@@ -168,7 +168,7 @@ fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
 }
 
 /// The customer's pending timer, read from the prefix of a version-5 or -6 encoding without
-/// decoding the rest (which [`decode_customer`] checks against it); earlier versions are
+/// decoding the rest (which decoding the whole customer checks against it); earlier versions are
 /// decoded.
 pub fn customer_timer(bytes: &[u8]) -> Result<Option<crate::event::Millis>, String> {
     match timer_prefix(bytes) {

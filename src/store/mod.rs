@@ -321,7 +321,7 @@ pub struct CustomerWrite {
     pub id: String,
     /// The stored encoding; `None` deletes the customer.
     pub value: Option<Vec<u8>>,
-    /// Sealed remembered events to keep apart, under their seal ([`codec::encode_sealed`]).
+    /// Sealed remembered events to keep apart, under their seal (`codec::encode_sealed`).
     pub sealed: Option<(u32, Vec<u8>)>,
     /// The seal whose sealed remembered events kept apart go: replaced, or the customer erased.
     pub unsealed: Option<u32>,
