@@ -220,8 +220,8 @@ impl Aggregator {
 
 /// Takes in the changelog record at `offset`: a claim changes who counts; a counted customer
 /// record's facts are applied, a counted position's watermark is the partition's; a repeat
-/// counts once. A record that
-/// cannot be read is logged and skipped: it never stops the aggregates.
+/// counts once. A record that cannot be read is logged and skipped: it never stops the
+/// aggregates.
 fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
     let partition = into.partition;
     let skip = |what: &str, e: &dyn std::fmt::Display| {

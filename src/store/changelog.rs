@@ -23,9 +23,9 @@
 //! instance was killed between the broker's acknowledgement and the outbox's. A changelog
 //! record therefore carries its [`Sequence`]: its writer and the number the writer's outbox gave
 //! it, which rises with every record and is never given twice. A reader that counts facts (the
-//! aggregator) counts a record only if its number is above the last one it counted from that
-//! writer ([`Ownership::is_new`]); a restore need not, as applying a customer's value again
-//! changes nothing.
+//! aggregator) counts a record only if it stands above the last one it counted from that
+//! writer, by its epoch's claim, then by its number ([`Ownership::is_new`]); a restore need
+//! not, as applying a customer's value again changes nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -100,26 +100,38 @@ pub struct Epoch {
     pub claim: i64,
 }
 
+/// A header's value of two 8-byte big-endian numbers (an [`Epoch`], a [`Sequence`]).
+fn pair_header(first: [u8; 8], second: [u8; 8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(&first);
+    bytes.extend_from_slice(&second);
+    bytes
+}
+
+/// The two numbers of a [`pair_header`]; `None` unless it is 16 bytes.
+fn pair_of(bytes: &[u8]) -> Option<([u8; 8], [u8; 8])> {
+    let (first, second) = bytes.split_first_chunk::<8>()?;
+    Some((*first, second.try_into().ok()?))
+}
+
 impl Epoch {
     pub fn to_header(self) -> Vec<u8> {
-        let mut bytes = self.writer.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&self.claim.to_be_bytes());
-        bytes
+        pair_header(self.writer.to_be_bytes(), self.claim.to_be_bytes())
     }
 
     pub fn from_header(bytes: &[u8]) -> Option<Epoch> {
-        let (writer, claim) = bytes.split_at_checked(8)?;
+        let (writer, claim) = pair_of(bytes)?;
         Some(Epoch {
-            writer: u64::from_be_bytes(writer.try_into().ok()?),
-            claim: i64::from_be_bytes(claim.try_into().ok()?),
+            writer: u64::from_be_bytes(writer),
+            claim: i64::from_be_bytes(claim),
         })
     }
 }
 
 /// Which record of its writer's a changelog record is: the number the writer's outbox gave it.
 /// A writer's numbers rise with every record it commits and are never given twice, even across
-/// restarts, so a record whose number is not above the last one seen from its writer is a
-/// repeat of one seen before.
+/// restarts; with the claim a record was written under, they tell a repeat
+/// ([`Ownership::is_new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sequence {
     pub writer: u64,
@@ -128,17 +140,14 @@ pub struct Sequence {
 
 impl Sequence {
     pub fn to_header(self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(16);
-        bytes.extend_from_slice(&self.writer.to_be_bytes());
-        bytes.extend_from_slice(&self.number.to_be_bytes());
-        bytes
+        pair_header(self.writer.to_be_bytes(), self.number.to_be_bytes())
     }
 
     pub fn from_header(bytes: &[u8]) -> Option<Sequence> {
-        let (writer, number) = bytes.split_first_chunk::<8>()?;
+        let (writer, number) = pair_of(bytes)?;
         Some(Sequence {
-            writer: u64::from_be_bytes(*writer),
-            number: u64::from_be_bytes(number.try_into().ok()?),
+            writer: u64::from_be_bytes(writer),
+            number: u64::from_be_bytes(number),
         })
     }
 }
@@ -489,13 +498,8 @@ impl Store {
     /// Mirrors every customer write to `topic` from now on. The store's writer id is created on
     /// first use and kept with the state, so that a restarted instance knows its own records.
     pub fn with_changelog(mut self, topic: &str) -> Result<Store, StoreError> {
-        let writer = match self.backend.get(WRITER)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    key: "changelog writer".into(),
-                    reason: "not 8 bytes".into(),
-                }
-            })?),
+        let writer = match stored_u64(self.backend.as_ref(), WRITER, "changelog writer")? {
+            Some(writer) => writer,
             None => {
                 // Random per state directory; std's hasher keys are seeded from the OS.
                 let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

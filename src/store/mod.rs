@@ -445,6 +445,23 @@ fn outbox_key(seq: u64) -> Vec<u8> {
     key
 }
 
+/// The 8-byte big-endian number stored under `key`, if any; `what` names it in an error.
+fn stored_u64(backend: &dyn Backend, key: &[u8], what: &str) -> Result<Option<u64>, StoreError> {
+    backend
+        .get(key)?
+        .map(|bytes| {
+            let raw = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    key: what.into(),
+                    reason: "not 8 bytes".into(),
+                })?;
+            Ok(u64::from_be_bytes(raw))
+        })
+        .transpose()
+}
+
 fn outbox_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
@@ -475,16 +492,8 @@ impl Store {
             Some(key) => outbox_seq(&key).map_or(0, |s| s + 1),
             None => 0,
         };
-        let numbered = match backend.get(OUTBOX_NEXT)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    key: "outbox next".into(),
-                    reason: "not 8 bytes".into(),
-                }
-            })?),
-            None => 0,
-        };
-        let next = pending.max(numbered);
+        let numbered = stored_u64(backend.as_ref(), OUTBOX_NEXT, "outbox next")?;
+        let next = pending.max(numbered.unwrap_or(0));
         Ok(Store {
             backend,
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
