@@ -10,6 +10,7 @@ use crate::decode::Reason;
 use crate::event::Millis;
 use crate::processor::{BatchReport, CacheLookups};
 use crate::segments::{LEVELS, LIFECYCLES};
+use crate::trends::Period;
 
 const NAMESPACE: &str = "customer_pulse";
 
@@ -455,7 +456,10 @@ impl Telemetry {
                 .with_label_values(&[category.as_str()])
                 .set(*open);
         }
-        for window in &report.closed_windows {
+        // The spike flag and the z-score are the last window's, which the alert pages on; a
+        // daily or monthly roll-up closing after it goes to the trends topic only.
+        let windows = report.closed_windows.iter();
+        for window in windows.filter(|w| w.period == Period::Window) {
             let category = window.category.as_str();
             self.complaint_spike
                 .with_label_values(&[category])

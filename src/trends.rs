@@ -156,9 +156,19 @@ fn add(sums: &mut BTreeMap<String, i64>, category: &str, change: i64) {
     }
 }
 
+/// What a closed window's record covers: one of the configured windows, or a roll-up of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Window,
+    Day,
+    Month,
+}
+
 /// A closed window, as `customer.complaint-trends` carries it (written by [`ClosedWindow::record`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClosedWindow {
+    /// Told by this, not by the length: a configured window may be a whole day too.
+    pub period: Period,
     pub window_start: Millis,
     pub window_end: Millis,
     pub category: String,
@@ -407,7 +417,7 @@ impl Trends {
                 let trend = self.categories.entry(category.clone()).or_default();
                 let backlog = trend.open_backlog - after;
                 closed.push(close(
-                    (start, s.window_ms),
+                    (start, s.window_ms, Period::Window),
                     category,
                     &window,
                     backlog,
@@ -462,7 +472,14 @@ fn roll_up_day(
     }
     trend.month_days[index] = today.opened;
     let days = (&mut trend.days, warms_up(day, began));
-    let mut daily = close((day, DAY_MS), category, today, backlog, days, s);
+    let mut daily = close(
+        (day, DAY_MS, Period::Day),
+        category,
+        today,
+        backlog,
+        days,
+        s,
+    );
     daily.month_to_date = Some(MonthToDate {
         opened: trend.month_days.iter().sum(),
         previous_month_same_days: trend.previous_month_days.iter().take(index + 1).sum(),
@@ -474,7 +491,7 @@ fn roll_up_day(
         let month_start = day - Millis::from(day_of_month - 1) * DAY_MS;
         let window = std::mem::take(&mut trend.this_month);
         out.push(close(
-            (month_start, month_end - month_start),
+            (month_start, month_end - month_start, Period::Month),
             category,
             &window,
             backlog,
@@ -488,7 +505,7 @@ fn roll_up_day(
 /// Compares a closed window with its category's baseline and moves the baseline on; a warm-up
 /// window (`warms_up`) is compared with nothing and leaves the baseline as it was.
 fn close(
-    (start, length): (Millis, Millis),
+    (start, length, period): (Millis, Millis, Period),
     category: &str,
     window: &Window,
     open_backlog: i64,
@@ -517,6 +534,7 @@ fn close(
     }
     let cusum_signal = trend.cusum > s.cusum_threshold * slow_sigma;
     ClosedWindow {
+        period,
         window_start: start,
         window_end: start + length,
         category: category.to_owned(),
@@ -605,12 +623,12 @@ impl ClosedWindow {
 
     /// Whether this is a daily roll-up rather than a window.
     pub fn is_daily(&self) -> bool {
-        self.window_end - self.window_start == DAY_MS
+        self.period == Period::Day
     }
 
     /// Whether this is a monthly roll-up.
     pub fn is_monthly(&self) -> bool {
-        self.window_end - self.window_start >= 28 * DAY_MS
+        self.period == Period::Month
     }
 }
 
@@ -965,6 +983,7 @@ mod tests {
     #[test]
     fn the_record_is_what_a_json_value_of_its_fields_writes() {
         let window = ClosedWindow {
+            period: Period::Window,
             window_start: 3_600_000,
             window_end: 2 * 3_600_000,
             category: "billing".into(),

@@ -131,18 +131,24 @@ fn every_alert_has_a_runbook_and_a_unit_test() {
     }
 }
 
-/// Folds the demo generator's traffic (ten minutes of history and two and a half minutes more,
-/// with or without its burst of `delivery` complaints a minute in) through a processor with the
-/// demo's one-minute complaint windows, whose `/metrics` is then served on loopback. The times
-/// are aligned to a whole minute, so the windows' counts are the same on every run. Returns the
-/// HTTP port and what stops the server.
-async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::CancellationToken) {
-    use customer_pulse::http::{serve, HttpState};
+/// Folds the demo generator's traffic at processor time `now` (ten minutes of history and two
+/// and a half minutes more, ending half a minute before `now`'s whole minute, with or without
+/// its burst of `delivery` complaints a minute in) through a processor with the demo's
+/// one-minute complaint windows. The times are aligned to a whole minute, so the windows'
+/// counts depend on nothing else. Returns the store, the metrics and the windows closed, in the
+/// order they closed.
+fn fold_traffic(
+    now: i64,
+    spike: bool,
+) -> (
+    customer_pulse::store::Store,
+    std::sync::Arc<Telemetry>,
+    Vec<customer_pulse::trends::ClosedWindow>,
+) {
     use customer_pulse::processor::Processor;
     use customer_pulse::store::Store;
 
     const MINUTE: i64 = 60_000;
-    let now = customer_pulse::replay::wall_clock_ms();
     let start = now.div_euclid(MINUTE) * MINUTE - 3 * MINUTE;
     let traffic = customer_pulse::demo::live_traffic(300, 20, 150, start, spike);
     let events: Vec<String> = traffic.iter().map(|g| g.value.to_string()).collect();
@@ -157,10 +163,21 @@ async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::Cancellati
         .enumerate()
         .map(|(i, json)| crate::support::file_record(i as i64, json))
         .collect();
+    let mut closed = Vec::new();
     for chunk in records.chunks(500) {
         let report = processor.process(chunk, now).unwrap();
         telemetry.record_batch(&report, 0.001, now);
+        closed.extend(report.closed_windows);
     }
+    (store, telemetry, closed)
+}
+
+/// The demo traffic folded at the wall clock's time, its `/metrics` served on loopback. Returns
+/// the HTTP port and what stops the server.
+async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::CancellationToken) {
+    use customer_pulse::http::{serve, HttpState};
+
+    let (store, telemetry, _) = fold_traffic(customer_pulse::replay::wall_clock_ms(), spike);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -175,6 +192,58 @@ async fn serve_folded_traffic(spike: bool) -> (u16, tokio_util::sync::Cancellati
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     (port, stop)
+}
+
+/// The value of the sample `series` (name and labels, as rendered) in the metrics text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The spike flag, the z-score and the count of windows are the minute windows'. The daily
+/// roll-up that closes with a day's last window is a record of the trends topic, not a window
+/// of the alert: run a minute after midnight, the folded traffic's spike window is the day's
+/// last but one, and the roll-up that closes after it must not clear its flag.
+#[test]
+fn the_spike_metrics_follow_the_windows_not_the_daily_roll_up_closing_after_them() {
+    use customer_pulse::trends::ClosedWindow;
+    const DAY: i64 = 86_400_000;
+    let midnight = 1_790_000_000_000 / DAY * DAY;
+    let (_, telemetry, closed) = fold_traffic(midnight + 90_000, true);
+    let delivery: Vec<&ClosedWindow> = closed.iter().filter(|w| w.category == "delivery").collect();
+    let (rolled_up, windows): (Vec<&ClosedWindow>, Vec<&ClosedWindow>) =
+        delivery.iter().partition(|w| w.is_daily());
+    assert_eq!(rolled_up.len(), 1, "the day before closes: {delivery:?}");
+    let last = windows.last().unwrap();
+    assert!(
+        last.spike,
+        "the last minute window closed is the spike: {last:?}"
+    );
+    assert!(
+        delivery.last().unwrap().is_daily() && !rolled_up[0].spike,
+        "the calm daily roll-up closes after it"
+    );
+    let metrics = telemetry.render();
+    let delivery_sample = |name: &str| sample(&metrics, &format!("customer_pulse_{name}"));
+    assert_eq!(
+        delivery_sample("complaint_spike{category=\"delivery\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        delivery_sample("complaint_z_score{category=\"delivery\"}"),
+        Some(last.z_score)
+    );
+    let spikes = windows.iter().filter(|w| w.spike).count();
+    assert_eq!(
+        delivery_sample("complaint_windows_total{category=\"delivery\",spike=\"true\"}"),
+        Some(spikes as f64)
+    );
+    assert_eq!(
+        delivery_sample("complaint_windows_total{category=\"delivery\",spike=\"false\"}"),
+        Some((windows.len() - spikes) as f64)
+    );
 }
 
 /// A Prometheus server on loopback, stopped when dropped.
