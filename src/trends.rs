@@ -429,14 +429,17 @@ impl Trends {
                 trend.today.merge(&window);
                 if end.rem_euclid(DAY_MS) == 0 {
                     let today = std::mem::take(&mut trend.today);
-                    closed.extend(roll_up_day(
-                        end - DAY_MS,
-                        category,
-                        &today,
-                        backlog,
-                        (trend, began),
-                        s,
-                    ));
+                    let mut rolled_up =
+                        roll_up_day(end - DAY_MS, category, &today, backlog, (trend, began), s);
+                    // A configured window of a whole day is the day's record: it takes the
+                    // month to date, and a roll-up of its own would repeat it under its id.
+                    if s.window_ms == DAY_MS {
+                        let day = rolled_up.remove(0);
+                        if let Some(window) = closed.last_mut() {
+                            window.month_to_date = day.month_to_date;
+                        }
+                    }
+                    closed.extend(rolled_up);
                 }
             }
             start += s.window_ms;
@@ -722,6 +725,31 @@ mod tests {
         assert!((burst.z_score - 60.0 / 30f64.sqrt()).abs() < 1e-9);
         assert!(burst.spike, "detection is on from the first full hour");
         assert_eq!(t.began, Some(40 * 60_000));
+    }
+
+    #[test]
+    fn a_configured_window_of_a_whole_day_is_its_own_daily_record() {
+        let mut s = settings();
+        s.window_ms = DAY_MS;
+        let mut t = Trends::default();
+        // From midnight on, one delivery complaint an hour for three days.
+        for h in 0..72 {
+            t.opened("delivery", Severity::Low, h * HOUR, &s);
+        }
+        let closed = t.close_until(3 * DAY_MS, &s);
+        let ids: std::collections::BTreeSet<String> =
+            closed.iter().map(ClosedWindow::record_id).collect();
+        assert_eq!(ids.len(), closed.len(), "one record per id: {closed:?}");
+        let days: Vec<&ClosedWindow> = closed.iter().filter(|w| w.category == "delivery").collect();
+        assert_eq!(days.len(), 3, "{days:?}");
+        for (i, day) in days.iter().enumerate() {
+            assert_eq!(day.period, Period::Window);
+            assert_eq!((day.window_start, day.opened), (i as Millis * DAY_MS, 24));
+            let to_date = day
+                .month_to_date
+                .expect("the day's record has the month to date");
+            assert_eq!(to_date.opened, 24 * (i as u32 + 1));
+        }
     }
 
     #[test]
