@@ -1,7 +1,8 @@
 //! Segment metrics through the processor: new, lost (once, with its strongest reason) and
 //! won-back customers, renewals and referrals in the day they happened; and the revenue, margin,
 //! orders and new customers per segment and day equal a batch recount, written here, over the
-//! UCI Online Retail invoices, however the events are batched and when they are delivered twice.
+//! UCI Online Retail invoices, however the events are batched and when they are delivered twice;
+//! so do the segment counters of `/metrics`, summed over the days.
 
 use std::collections::BTreeMap;
 
@@ -56,8 +57,18 @@ fn run_with_rfm(
     events: &[String],
     batch: usize,
 ) -> (BTreeMap<String, Vec<Value>>, BTreeMap<String, i64>) {
+    let (outputs, rfm, _) = run_with_metrics(events, batch);
+    (outputs, rfm)
+}
+
+/// Also returns `/metrics` as the batches' reports left it.
+fn run_with_metrics(
+    events: &[String],
+    batch: usize,
+) -> (BTreeMap<String, Vec<Value>>, BTreeMap<String, i64>, String) {
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings_with_partitions(100_000, 1));
+    let telemetry = customer_pulse::telemetry::Telemetry::new();
     let records: Vec<InputRecord> = events
         .iter()
         .enumerate()
@@ -66,6 +77,7 @@ fn run_with_rfm(
     let mut rfm = BTreeMap::new();
     for chunk in records.chunks(batch) {
         let report = processor.process(chunk, NOW_MS).unwrap();
+        telemetry.record_batch(&report, 0.0, NOW_MS);
         if let Some(counts) = report.rfm_segments {
             rfm = counts;
         }
@@ -79,7 +91,7 @@ fn run_with_rfm(
                 .push(serde_json::from_slice(&value).unwrap());
         }
     }
-    (by_topic, rfm)
+    (by_topic, rfm, telemetry.render())
 }
 
 /// The days (counted from `START`) on which `segment` has a non-zero `field` (a path into the
@@ -342,7 +354,7 @@ fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
     let expected = recount(&events);
     let records =
         |outputs: &BTreeMap<String, Vec<Value>>| outputs["customer.segment-metrics"].clone();
-    let (outputs, rfm) = run_with_rfm(&events, 1_000);
+    let (outputs, rfm, metrics) = run_with_metrics(&events, 1_000);
     let once = records(&outputs);
     assert!(once.len() > 2 * 300, "about a year of days in two segments");
     let mut days_seen = std::collections::BTreeSet::new();
@@ -379,13 +391,64 @@ fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
     let last_day_end = last_closed + DAY;
     assert_eq!(rfm, rfm_recount(&events, last_day_end));
     assert!(rfm["champions"] > 0 && rfm["hibernating"] > 0, "{rfm:?}");
+    // The segment counters of `/metrics`, which count each order when it is folded, add up to
+    // the recount over every day, the one still open included.
+    for segment in ["gold", "standard"] {
+        let total = |field: fn(&Recount) -> i64| -> f64 {
+            expected
+                .iter()
+                .filter(|((s, _), _)| s == segment)
+                .map(|(_, r)| field(r) as f64)
+                .sum()
+        };
+        for (metric, want) in [
+            ("orders_total", total(|r| r.orders as i64)),
+            ("revenue_minor_total", total(|r| r.revenue)),
+            ("new_customers_total", total(|r| r.new_count as i64)),
+            ("new_customer_value_minor_total", total(|r| r.new_value)),
+        ] {
+            let series = format!("customer_pulse_{metric}{{segment=\"{segment}\"}} ");
+            let got = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.parse::<f64>().ok());
+            assert_eq!(got, Some(want), "{series}");
+        }
+    }
     // Small batches, and every batch delivered twice (at-least-once redelivery), change nothing.
     assert_same(&records(&run(&events, 37)), &once, "batches of 37");
     let twice: Vec<String> = events
         .chunks(500)
         .flat_map(|chunk| chunk.iter().chain(chunk.iter()).cloned())
         .collect();
-    assert_same(&records(&run(&twice, 500)), &once, "every batch twice");
+    let (twice_outputs, _, twice_metrics) = run_with_metrics(&twice, 500);
+    assert_same(&records(&twice_outputs), &once, "every batch twice");
+    let segment_counters = |metrics: &str| -> Vec<String> {
+        let names = [
+            "orders",
+            "revenue",
+            "new_customer",
+            "lost_customer",
+            "won_back",
+            "renewals",
+        ];
+        metrics
+            .lines()
+            .filter(|l| {
+                names
+                    .iter()
+                    .any(|n| l.starts_with(&format!("customer_pulse_{n}")))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let counted = segment_counters(&metrics);
+    assert!(counted.len() >= 8, "{counted:?}");
+    assert_eq!(
+        segment_counters(&twice_metrics),
+        counted,
+        "every batch twice"
+    );
 }
 
 fn assert_same(got: &[Value], want: &[Value], case: &str) {
