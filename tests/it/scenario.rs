@@ -330,6 +330,69 @@ fn the_fold_agrees_with_totals_computed_from_the_raw_events() {
     }
 }
 
+/// The population gauges of `/metrics` (customers by segment and lifecycle, and by churn-risk
+/// level) equal a count of each customer's latest `customer.churn-risk` record, as the README
+/// says they are taken from it.
+#[test]
+fn the_population_gauges_count_each_customers_latest_churn_risk_record() {
+    let events = generated(200, 6_000, 5);
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(1_000));
+    let telemetry = Telemetry::new();
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| file_record(i as i64, &e.to_string()))
+        .collect();
+    for chunk in records.chunks(250) {
+        let report = processor.process(chunk, NOW_MS).unwrap();
+        telemetry.record_batch(&report, 0.0, NOW_MS);
+    }
+    let mut latest: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for (_, record) in store.outbox(usize::MAX).unwrap() {
+        if record.topic == "customer.churn-risk" {
+            let value: serde_json::Value = serde_json::from_slice(&record.value.unwrap()).unwrap();
+            latest.insert(value["customer_id"].as_str().unwrap().to_owned(), value);
+        }
+    }
+    assert!(
+        latest.len() > 150,
+        "{} customers with a record",
+        latest.len()
+    );
+    let mut want: std::collections::BTreeMap<String, i64> = Default::default();
+    for record in latest.values() {
+        let text = |field: &str| record[field].as_str().unwrap().to_owned();
+        let by_level = format!(
+            "customer_pulse_churn_risk_customers{{level=\"{}\"}}",
+            text("level")
+        );
+        let by_segment = format!(
+            "customer_pulse_customers{{lifecycle=\"{}\",segment=\"{}\"}}",
+            text("lifecycle"),
+            text("segment")
+        );
+        for series in [by_level, by_segment] {
+            *want.entry(series).or_default() += 1;
+        }
+    }
+    assert!(want.len() >= 4, "{want:?}");
+    let metrics = telemetry.render();
+    let got: std::collections::BTreeMap<String, i64> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("customer_pulse_churn_risk_customers{")
+                || l.starts_with("customer_pulse_customers{")
+        })
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: i64 = value.parse().ok()?;
+            (value != 0).then(|| (series.to_owned(), value))
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
