@@ -380,6 +380,29 @@ struct AggregatorFeed {
     snapshot_source: Box<dyn Fn() -> anyhow::Result<ChangelogReader> + Send>,
 }
 
+/// Whether this instance runs the aggregator, as last seen.
+#[derive(Default)]
+struct AggregatorRole {
+    owner: bool,
+}
+
+impl AggregatorRole {
+    /// Takes in whether the instance owns input partition 0 now, and returns it. A change is
+    /// logged; when the instance stops owning it, its aggregates' gauges are forgotten.
+    fn observe(&mut self, owner: bool, telemetry: &Telemetry) -> bool {
+        if owner != self.owner {
+            if owner {
+                tracing::info!("This instance owns input partition 0: it runs the aggregator.");
+            } else {
+                tracing::info!("This instance no longer owns input partition 0: its aggregator waits, and its aggregates' gauges go.");
+                telemetry.forget_aggregates();
+            }
+            self.owner = owner;
+        }
+        owner
+    }
+}
+
 /// The aggregator thread: while `owns_first` says this instance owns input partition 0, starts
 /// the aggregator (from the latest snapshot when it never read) and steps it, until `stop`.
 fn aggregate_while_owner(
@@ -390,20 +413,9 @@ fn aggregate_while_owner(
     wake: &Notify,
     stop: &CancellationToken,
 ) {
-    let (mut was_owner, mut started) = (false, false);
+    let (mut role, mut started) = (AggregatorRole::default(), false);
     while !stop.is_cancelled() {
-        let owner = owns_first();
-        if owner != was_owner {
-            match owner {
-                true => {
-                    tracing::info!("This instance owns input partition 0: it runs the aggregator.")
-                }
-                false => tracing::info!(
-                    "This instance no longer owns input partition 0: its aggregator waits."
-                ),
-            }
-            was_owner = owner;
-        }
+        let owner = role.observe(owns_first(), telemetry);
         if !owner {
             std::thread::sleep(Duration::from_millis(500));
             continue;
@@ -649,5 +661,101 @@ async fn drain_outbox<S: Sink>(
             tracing::warn!("The outbox was not empty when the flush time ran out; it is sent on the next start.");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Severity;
+    use crate::processor::BatchReport;
+    use crate::segments::Population;
+    use crate::trends::{TrendSettings, Trends};
+
+    /// The gauges an aggregator's step sets, each with the label it gets below.
+    const AGGREGATE_GAUGES: [&str; 7] = [
+        "customer_pulse_complaints_open{",
+        "customer_pulse_complaint_spike{",
+        "customer_pulse_complaint_z_score{",
+        "customer_pulse_customers{",
+        "customer_pulse_churn_risk_customers{",
+        "customer_pulse_margin_minor{",
+        "customer_pulse_rfm_customers{",
+    ];
+
+    fn samples(metrics: &str, prefix: &str) -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A step's report: a closed billing window that was a spike (three complaints in the first
+    /// hour, twenty in the second), open complaints, a population and RFM segments.
+    fn aggregated() -> BatchReport {
+        const HOUR: i64 = 3_600_000;
+        let s = TrendSettings::defaults(&["billing"]);
+        let mut trends = Trends::default();
+        for (hour, count) in [(0, 3), (1, 20)] {
+            for i in 0..count {
+                trends.opened("billing", Severity::Low, hour * HOUR + i * 60_000, &s);
+            }
+        }
+        let gold = Population {
+            by_lifecycle: [1, 2, 0, 0, 0],
+            by_level: [2, 1, 0],
+            ..Population::default()
+        };
+        BatchReport {
+            closed_windows: trends.close_until(2 * HOUR, &s),
+            open_complaints: vec![("billing".into(), 23)],
+            population: Some((
+                [("gold".to_owned(), gold)].into(),
+                [("gold".to_owned(), 500)].into(),
+            )),
+            rfm_segments: Some([("champions".to_owned(), 3)].into()),
+            ..BatchReport::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_that_stops_running_the_aggregator_stops_exporting_its_aggregates() {
+        let telemetry = Telemetry::new();
+        let mut role = AggregatorRole::default();
+        assert!(!role.observe(false, &telemetry));
+        assert!(role.observe(true, &telemetry));
+        telemetry.record_aggregates(&aggregated());
+        telemetry.set_aggregator_watermark(7_200_000);
+        let running = telemetry.render();
+        assert!(samples(&running, "customer_pulse_complaint_spike{")
+            .contains(&"customer_pulse_complaint_spike{category=\"billing\"} 1".to_owned()));
+        for gauge in AGGREGATE_GAUGES {
+            assert!(
+                !samples(&running, gauge).is_empty(),
+                "{gauge} while it runs"
+            );
+        }
+        assert!(role.observe(true, &telemetry), "still the owner");
+        assert_eq!(
+            telemetry.render(),
+            running,
+            "nothing forgotten while it owns"
+        );
+
+        assert!(!role.observe(false, &telemetry));
+        let stopped = telemetry.render();
+        for gauge in AGGREGATE_GAUGES {
+            assert_eq!(samples(&stopped, gauge), Vec::<String>::new(), "{gauge}");
+        }
+        assert_eq!(
+            samples(&stopped, "customer_pulse_aggregator_watermark_seconds "),
+            ["customer_pulse_aggregator_watermark_seconds 0"]
+        );
+        // What it counted stays counted.
+        assert_eq!(
+            samples(&stopped, "customer_pulse_complaint_windows_total{"),
+            samples(&running, "customer_pulse_complaint_windows_total{")
+        );
     }
 }

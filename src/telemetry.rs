@@ -550,6 +550,27 @@ impl Telemetry {
         self.delivery_failures.inc();
     }
 
+    /// Forgets the gauges of the aggregates (the open complaints, the spike flags and z-scores,
+    /// the population by segment and lifecycle and by risk level, the margin to date, the RFM
+    /// segments, the aggregator's watermark) when this instance stops running the aggregator:
+    /// they are the new aggregator's to export, and an old value kept here would be summed with
+    /// its, or page on a spike it no longer sees. The counters stay: they count what this
+    /// instance did.
+    pub fn forget_aggregates(&self) {
+        for gauges in [
+            &self.complaints_open,
+            &self.complaint_spike,
+            &self.customers,
+            &self.risk_levels,
+            &self.margin,
+            &self.rfm_customers,
+        ] {
+            gauges.reset();
+        }
+        self.complaint_z_score.reset();
+        self.aggregator_watermark.set(0);
+    }
+
     /// The aggregator's watermark, event time in milliseconds.
     pub fn set_aggregator_watermark(&self, at: Millis) {
         self.aggregator_watermark.set(at.div_euclid(1000));
