@@ -707,8 +707,14 @@ mod tests {
             by_level: [2, 1, 0],
             ..Population::default()
         };
+        let closed_windows = trends.close_until(2 * HOUR, &s);
         BatchReport {
-            closed_windows: trends.close_until(2 * HOUR, &s),
+            closed_windows,
+            verdicts: trends
+                .verdicts
+                .iter()
+                .map(|(c, v)| (c.clone(), *v))
+                .collect(),
             open_complaints: vec![("billing".into(), 23)],
             population: Some((
                 [("gold".to_owned(), gold)].into(),

@@ -456,19 +456,22 @@ impl Telemetry {
                 .with_label_values(&[category.as_str()])
                 .set(*open);
         }
-        // The spike flag and the z-score are the last window's, which the alert pages on; a
-        // daily or monthly roll-up closing after it goes to the trends topic only.
+        // The spike flag and the z-score are the last window's, which the alert pages on, as
+        // the trends keep it (so also after a restart); a daily or monthly roll-up goes to the
+        // trends topic only.
+        for (category, verdict) in &report.verdicts {
+            self.complaint_spike
+                .with_label_values(&[category.as_str()])
+                .set(i64::from(verdict.spike));
+            self.complaint_z_score
+                .with_label_values(&[category.as_str()])
+                .set(verdict.z_score);
+        }
         let windows = report.closed_windows.iter();
         for window in windows.filter(|w| w.period == Period::Window) {
-            let category = window.category.as_str();
-            self.complaint_spike
-                .with_label_values(&[category])
-                .set(i64::from(window.spike));
-            self.complaint_z_score
-                .with_label_values(&[category])
-                .set(window.z_score);
+            let spike = if window.spike { "true" } else { "false" };
             self.complaint_windows
-                .with_label_values(&[category, if window.spike { "true" } else { "false" }])
+                .with_label_values(&[window.category.as_str(), spike])
                 .inc();
         }
         self.record_segments(report);

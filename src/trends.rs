@@ -78,6 +78,13 @@ pub struct CategoryTrend {
     pub previous_month_days: Vec<u32>,
 }
 
+/// What a closed window said: its z-score against the baseline, and whether it was a spike.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub z_score: f64,
+    pub spike: bool,
+}
+
 /// What a series of closed windows remembers: the EWMA baseline of the z-score, the CUSUM's slow
 /// baseline and its sum.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -106,6 +113,10 @@ pub struct Trends {
     /// is a warm-up: it neither seeds its baseline nor flags anything. `None` in trends stored
     /// before this was kept, whose first windows closed long ago.
     pub began: Option<Millis>,
+    /// Each category's last closed window's verdict, which the spike flag and the z-score of
+    /// `/metrics` show until the next window closes, also after a restart or a move of the
+    /// aggregator. Empty in trends stored before this was kept.
+    pub verdicts: BTreeMap<String, Verdict>,
     /// What each category's open windows add to its backlog, for [`Trends::close_until`].
     #[serde(skip)]
     open_change: OpenChange,
@@ -416,14 +427,25 @@ impl Trends {
                 // So it does not depend on how far the input had got when the window closed.
                 let trend = self.categories.entry(category.clone()).or_default();
                 let backlog = trend.open_backlog - after;
-                closed.push(close(
+                let closed_window = close(
                     (start, s.window_ms, Period::Window),
                     category,
                     &window,
                     backlog,
                     (&mut trend.windows, warms_up),
                     s,
-                ));
+                );
+                let verdict = Verdict {
+                    z_score: closed_window.z_score,
+                    spike: closed_window.spike,
+                };
+                match self.verdicts.get_mut(category) {
+                    Some(last) => *last = verdict,
+                    None => {
+                        self.verdicts.insert(category.clone(), verdict);
+                    }
+                }
+                closed.push(closed_window);
                 // The daily roll-up closes with the day's last window. A first day that started
                 // mid-day rolls up the windows it saw, as a warm-up.
                 trend.today.merge(&window);

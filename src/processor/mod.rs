@@ -16,7 +16,7 @@ use crate::segments::{Flow, Flows, Population, Segments, Standing};
 use crate::store::{
     Commit, Customer, OutboxRecord, Output, Store, StoreError, Timer, WATERMARK_SOURCE,
 };
-use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends};
+use crate::trends::{ClosedWindow, Counted, TrendSettings, Trends, Verdict};
 
 mod cache;
 mod clock;
@@ -156,6 +156,8 @@ pub struct BatchReport {
     pub closed_windows: Vec<ClosedWindow>,
     /// Open complaints per category after the batch, when the batch changed them.
     pub open_complaints: Vec<(String, i64)>,
+    /// Each category's last closed window's verdict, with `open_complaints`.
+    pub verdicts: Vec<(String, Verdict)>,
     /// What the batch counted per segment (late flows included).
     pub segment_flows: BTreeMap<String, Flows>,
     /// The segment population and net margin to date after the batch, when it changed them.
@@ -203,6 +205,9 @@ impl BatchReport {
         self.closed_windows.extend(other.closed_windows);
         if !other.open_complaints.is_empty() {
             self.open_complaints = other.open_complaints;
+        }
+        if !other.verdicts.is_empty() {
+            self.verdicts = other.verdicts;
         }
         for (segment, flows) in other.segment_flows {
             self.segment_flows.entry(segment).or_default().merge(&flows);
@@ -333,6 +338,8 @@ struct Aggregates {
     segments: Segments,
     /// Whether they changed since they were last put into a commit.
     dirty: bool,
+    /// Loaded, and not yet shown to telemetry.
+    loaded: bool,
     /// The RFM histograms (their changed cells go into each commit) and scales.
     rfm: Rfm,
     rfm_rescaled: bool,
@@ -366,6 +373,7 @@ impl Aggregates {
             trends: Arc::new(store.trends()?.unwrap_or_default()),
             segments: store.segments()?.unwrap_or_default(),
             dirty: false,
+            loaded: true,
             rfm: store.rfm()?,
             rfm_rescaled: false,
         })
@@ -385,17 +393,25 @@ impl Aggregates {
                 .or_default()
                 .merge(&flows);
         }
-        if !self.dirty {
+        let changed = std::mem::take(&mut self.dirty);
+        if changed {
+            commit.trends = Some(Arc::clone(&self.trends));
+            commit.segments = Some(self.segments.clone());
+        }
+        // The gauges, after each change and once after loading: a restarted processor shows
+        // the last window's spike flag again without waiting for the next window. With an
+        // aggregator elsewhere these cover only what this instance saw: the gauges are the
+        // aggregator's.
+        let loaded = std::mem::take(&mut self.loaded);
+        if !(changed || loaded) || aggregation == Aggregation::Elsewhere {
             return;
         }
-        commit.trends = Some(Arc::clone(&self.trends));
-        commit.segments = Some(self.segments.clone());
-        self.dirty = false;
-        // With an aggregator elsewhere these cover only what this instance saw: the gauges
-        // are the aggregator's.
-        if aggregation == Aggregation::Elsewhere {
-            return;
-        }
+        report.verdicts = self
+            .trends
+            .verdicts
+            .iter()
+            .map(|(c, v)| (c.clone(), *v))
+            .collect();
         report.open_complaints = self
             .trends
             .categories

@@ -12,7 +12,7 @@
 //! bytes with `postcard`'s for arbitrary customers and trends.
 //!
 //! The format (postcard 1.x): unsigned integers as LEB128 varints, signed ones zigzag-mapped
-//! first, `u8` as one byte, `f64` as 8 little-endian bytes, a string or a sequence (a map too)
+//! first, `u8` as one byte, a `bool` as a byte 0 or 1, `f64` as 8 little-endian bytes, a string or a sequence (a map too)
 //! as its length (a varint) then its elements, an `Option` as a byte 0 or a byte 1 then the
 //! value, a unit enum variant as its index (a varint), structs, tuples and arrays as their
 //! fields in order.
@@ -22,7 +22,7 @@ use crate::fold::{
 };
 use crate::risk::{Level, Published, ReasonCode, RiskMemo};
 use crate::segments::{Standing, Trailing};
-use crate::trends::{Baseline, CategoryTrend, Trends, Window};
+use crate::trends::{Baseline, CategoryTrend, Trends, Verdict, Window};
 
 use super::Customer;
 
@@ -113,6 +113,7 @@ pub fn write_trends(trends: &Trends, out: &mut Vec<u8>) {
         closed_before,
         newest,
         began,
+        verdicts,
         ..
     } = trends;
     let mut w = Writer(out);
@@ -130,6 +131,13 @@ pub fn write_trends(trends: &Trends, out: &mut Vec<u8>) {
     w.time(closed_before.as_ref());
     w.time(newest.as_ref());
     w.time(began.as_ref());
+    w.len(verdicts.len());
+    for (category, verdict) in verdicts {
+        let Verdict { z_score, spike } = verdict;
+        w.str(category);
+        w.float(*z_score);
+        w.boolean(*spike);
+    }
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);
@@ -162,6 +170,11 @@ impl Writer<'_> {
 
     fn float(&mut self, value: f64) {
         self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A byte 0 or a byte 1.
+    fn boolean(&mut self, value: bool) {
+        self.0.push(u8::from(value));
     }
 
     fn option<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
@@ -749,6 +762,12 @@ mod tests {
             closed_before in proptest::option::of(int()),
             newest in proptest::option::of(int()),
             began in proptest::option::of(int()),
+            verdicts in proptest::collection::btree_map(
+                text(),
+                (any::<f64>(), any::<bool>())
+                    .prop_map(|(z_score, spike)| Verdict { z_score, spike }),
+                0..4,
+            ),
         ) -> Trends {
             let mut trends = Trends::default();
             trends.categories = categories;
@@ -756,6 +775,7 @@ mod tests {
             trends.closed_before = closed_before;
             trends.newest = newest;
             trends.began = began;
+            trends.verdicts = verdicts;
             trends
         }
     }

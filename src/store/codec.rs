@@ -45,6 +45,9 @@ const TRENDS_V1: u8 = 1;
 /// Version 2: a V1 body, then `began` (where the complaints began). A V1 body read back has
 /// none, so its first windows, closed long ago or not, are never warm-ups.
 const TRENDS_V2: u8 = 2;
+/// Version 3: a V2 body, then each category's last closed window's verdict. A V2 body read
+/// back has none: the spike flags wait for the next window, as they did.
+const TRENDS_V3: u8 = 3;
 const POSITION_V1: u8 = 1;
 const CLAIM_V1: u8 = 1;
 const OWNERSHIP_V1: u8 = 1;
@@ -60,6 +63,9 @@ const SNAPSHOT_V2: u8 = 2;
 /// Version 3 carries ownerships version 2; version 2 is still read, its ownerships with no
 /// numbered record counted.
 const SNAPSHOT_V3: u8 = 3;
+/// Version 4 carries trends version 3; versions 2 and 3 are still read, their trends with no
+/// verdicts.
+const SNAPSHOT_V4: u8 = 4;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -357,7 +363,7 @@ pub fn encode_trends(trends: &Trends) -> Vec<u8> {
     // categories (baselines and two months of days, a few hundred).
     let room = 1 + 48 * trends.windows.len() + 320 * trends.categories.len();
     let mut out = Vec::with_capacity(room);
-    out.push(TRENDS_V2);
+    out.push(TRENDS_V3);
     // The bytes `postcard` writes for the trends, written by hand.
     super::body::write_trends(trends, &mut out);
     out
@@ -373,7 +379,30 @@ pub fn decode_trends(bytes: &[u8]) -> Result<Trends, String> {
             trends.newest = v1.newest;
             trends
         }),
-        _ => decode(TRENDS_V2, bytes),
+        Some(&TRENDS_V2) => decode::<TrendsV2>(TRENDS_V2, bytes).map(Trends::from),
+        _ => decode(TRENDS_V3, bytes),
+    }
+}
+
+/// The layout of trends version 2: version 3 without the verdicts.
+#[derive(serde::Deserialize)]
+struct TrendsV2 {
+    categories: std::collections::BTreeMap<String, crate::trends::CategoryTrend>,
+    windows: std::collections::BTreeMap<(crate::event::Millis, String), crate::trends::Window>,
+    closed_before: Option<crate::event::Millis>,
+    newest: Option<crate::event::Millis>,
+    began: Option<crate::event::Millis>,
+}
+
+impl From<TrendsV2> for Trends {
+    fn from(v2: TrendsV2) -> Trends {
+        let mut trends = Trends::default();
+        trends.categories = v2.categories;
+        trends.windows = v2.windows;
+        trends.closed_before = v2.closed_before;
+        trends.newest = v2.newest;
+        trends.began = v2.began;
+        trends
     }
 }
 
@@ -473,15 +502,25 @@ impl From<OwnershipV1> for Ownership {
 /// The layout of snapshots version 2.
 #[derive(serde::Deserialize)]
 struct SnapshotV2 {
-    trends: Option<Trends>,
+    trends: Option<TrendsV2>,
     segments: Option<Segments>,
     rfm_cells: Vec<crate::rfm::Cell>,
     rfm_scales: Scales,
     partitions: Vec<(i32, i64, Option<crate::event::Millis>, OwnershipV1)>,
 }
 
+/// The layout of snapshots version 3: version 4's, its trends version 2.
+#[derive(serde::Deserialize)]
+struct SnapshotV3 {
+    trends: Option<TrendsV2>,
+    segments: Option<Segments>,
+    rfm_cells: Vec<crate::rfm::Cell>,
+    rfm_scales: Scales,
+    partitions: Vec<(i32, i64, Option<crate::event::Millis>, Ownership)>,
+}
+
 pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
-    encode(SNAPSHOT_V3, snapshot)
+    encode(SNAPSHOT_V4, snapshot)
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
@@ -489,14 +528,23 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
         Some(&SNAPSHOT_V2) => decode::<SnapshotV2>(SNAPSHOT_V2, bytes).map(|v2| {
             let partitions = v2.partitions.into_iter();
             AggregatorSnapshot {
-                trends: v2.trends,
+                trends: v2.trends.map(Trends::from),
                 segments: v2.segments,
                 rfm_cells: v2.rfm_cells,
                 rfm_scales: v2.rfm_scales,
                 partitions: partitions.map(|(p, n, w, o)| (p, n, w, o.into())).collect(),
             }
         }),
-        _ => decode(SNAPSHOT_V3, bytes),
+        Some(&SNAPSHOT_V3) => {
+            decode::<SnapshotV3>(SNAPSHOT_V3, bytes).map(|v3| AggregatorSnapshot {
+                trends: v3.trends.map(Trends::from),
+                segments: v3.segments,
+                rfm_cells: v3.rfm_cells,
+                rfm_scales: v3.rfm_scales,
+                partitions: v3.partitions,
+            })
+        }
+        _ => decode(SNAPSHOT_V4, bytes),
     }
 }
 
@@ -909,7 +957,7 @@ mod tests {
     }
 
     #[test]
-    fn trends_version_one_is_still_read_and_version_two_adds_where_complaints_began() {
+    fn trends_versions_one_and_two_are_still_read_and_two_adds_where_complaints_began() {
         let mut trends = Trends::default();
         let s = crate::trends::TrendSettings::defaults(&["billing"]);
         trends.opened("billing", crate::event::Severity::High, 5_000, &s);
@@ -931,11 +979,45 @@ mod tests {
         without_began.began = None;
         assert_eq!(without_began, read);
         assert_eq!(trends.began, Some(5_000));
-        let v2 = encode_trends(&trends);
-        assert_eq!(v2[0], TRENDS_V2);
-        // Some(5,000): 01, then zigzag 10,000 as a varint (90 4e).
-        assert_eq!(&v2[v1.len()..], &[0x01, 0x90, 0x4e]);
-        assert_eq!(decode_trends(&v2), Ok(trends));
+        // Version 2 is version 1, then Some(5,000): 01, then zigzag 10,000 as a varint (90 4e).
+        let mut v2 = v1.clone();
+        v2[0] = TRENDS_V2;
+        v2.extend_from_slice(&[0x01, 0x90, 0x4e]);
+        assert_eq!(decode_trends(&v2), Ok(trends.clone()));
+        assert!(trends.verdicts.is_empty(), "no window closed");
+        let v3 = encode_trends(&trends);
+        assert_eq!(v3[0], TRENDS_V3);
+        // An empty map of verdicts: a length of 0.
+        assert_eq!(&v3[1..], [&v2[1..], &[0x00]].concat());
+        assert_eq!(decode_trends(&v3), Ok(trends));
+    }
+
+    #[test]
+    fn trends_version_three_adds_each_categorys_last_verdict() {
+        let s = crate::trends::TrendSettings::defaults(&["billing"]);
+        let mut trends = Trends::default();
+        for i in 0..3 {
+            trends.opened("billing", crate::event::Severity::High, i * 60_000, &s);
+        }
+        trends.close_until(3_600_000, &s);
+        let billing = crate::trends::Verdict {
+            z_score: 0.0,
+            spike: false,
+        };
+        assert_eq!(trends.verdicts.get("billing"), Some(&billing));
+        let mut v2 = encode_trends(&trends);
+        // The verdicts come last: their count, then billing's and other's, each a name (its
+        // length, then its bytes), the z-score's 8 bytes and the flag's byte.
+        let tail = 1 + (1 + 7 + 8 + 1) + (1 + 5 + 8 + 1);
+        assert_eq!(v2[v2.len() - tail], 2, "two verdicts");
+        v2.truncate(v2.len() - tail);
+        v2[0] = TRENDS_V2;
+        let read = decode_trends(&v2).expect("the same trends as version 2");
+        assert!(read.verdicts.is_empty());
+        let mut without = trends.clone();
+        without.verdicts.clear();
+        assert_eq!(read, without);
+        assert_eq!(decode_trends(&encode_trends(&trends)), Ok(trends));
     }
 
     #[test]
@@ -1119,5 +1201,32 @@ mod tests {
             number: 12,
         });
         assert_eq!(decode_snapshot(&encode_snapshot(&counted)), Ok(counted));
+    }
+
+    #[test]
+    fn snapshot_version_three_is_still_read_its_trends_with_no_verdicts() {
+        let s = crate::trends::TrendSettings::defaults(&["billing"]);
+        let mut trends = Trends::default();
+        trends.opened("billing", crate::event::Severity::High, 5_000, &s);
+        // A version-2 trends body: version 3's without its version byte and its last byte (the
+        // count of its verdicts, none).
+        let v3_trends = encode_trends(&trends);
+        assert_eq!(v3_trends.last(), Some(&0));
+        let v2_body = &v3_trends[1..v3_trends.len() - 1];
+        // 03 (version), 01 (trends) and their body, 00 (no segments), 00 (no cells), six 00
+        // (three empty scales), 00 (no partitions).
+        let v3 = [&[3, 1][..], v2_body, &[0; 9]].concat();
+        let snapshot = AggregatorSnapshot {
+            trends: Some(trends),
+            ..AggregatorSnapshot::default()
+        };
+        assert_eq!(decode_snapshot(&v3), Ok(snapshot.clone()));
+        let mut closed = snapshot;
+        let trends = closed.trends.as_mut().unwrap();
+        trends.close_until(3_600_000, &s);
+        assert_eq!(trends.verdicts.len(), 2, "billing and other");
+        let v4 = encode_snapshot(&closed);
+        assert_eq!(v4[0], SNAPSHOT_V4);
+        assert_eq!(decode_snapshot(&v4), Ok(closed));
     }
 }

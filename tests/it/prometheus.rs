@@ -148,16 +148,12 @@ fn fold_traffic(
     use customer_pulse::processor::Processor;
     use customer_pulse::store::Store;
 
-    const MINUTE: i64 = 60_000;
-    let start = now.div_euclid(MINUTE) * MINUTE - 3 * MINUTE;
+    let start = traffic_start(now);
     let traffic = customer_pulse::demo::live_traffic(300, 20, 150, start, spike);
     let events: Vec<String> = traffic.iter().map(|g| g.value.to_string()).collect();
-    let mut settings = crate::support::settings(1_000);
-    settings.trends.window_ms = MINUTE;
-    settings.allowed_lateness_ms = 5_000;
     let store = Store::in_memory();
     let telemetry = std::sync::Arc::new(Telemetry::new());
-    let mut processor = Processor::new(store.clone(), settings);
+    let mut processor = Processor::new(store.clone(), traffic_settings());
     let records: Vec<_> = events
         .iter()
         .enumerate()
@@ -170,6 +166,21 @@ fn fold_traffic(
         closed.extend(report.closed_windows);
     }
     (store, telemetry, closed)
+}
+
+const MINUTE: i64 = 60_000;
+
+/// Where the traffic folded at `now` starts: three whole minutes before `now`'s minute.
+fn traffic_start(now: i64) -> i64 {
+    now.div_euclid(MINUTE) * MINUTE - 3 * MINUTE
+}
+
+/// The demo's one-minute complaint windows.
+fn traffic_settings() -> customer_pulse::processor::ProcessorSettings {
+    let mut settings = crate::support::settings(1_000);
+    settings.trends.window_ms = MINUTE;
+    settings.allowed_lateness_ms = 5_000;
+    settings
 }
 
 /// The demo traffic folded at the wall clock's time, its `/metrics` served on loopback. Returns
@@ -200,6 +211,43 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
+}
+
+/// A restarted processor shows the last window's spike flag and z-score from its first batch,
+/// even one that changes nothing: the trends keep them. Before, they waited for the next window, and
+/// a restart (a deployment) during a spike resolved the page.
+#[test]
+fn a_restarted_processor_shows_the_last_windows_spike_before_the_next_window_closes() {
+    let now = 1_790_000_000_000;
+    let (store, before, closed) = fold_traffic(now, true);
+    let spike = "customer_pulse_complaint_spike{category=\"delivery\"}";
+    let z_score = "customer_pulse_complaint_z_score{category=\"delivery\"}";
+    let last = closed.iter().rfind(|w| w.category == "delivery").unwrap();
+    assert!(last.spike);
+    assert_eq!(sample(&before.render(), spike), Some(1.0));
+
+    // Its first batch after the restart is an event folded before, delivered again: it
+    // changes nothing.
+    let mut restarted = customer_pulse::processor::Processor::new(store, traffic_settings());
+    let traffic = customer_pulse::demo::live_traffic(300, 20, 150, traffic_start(now), true);
+    let again = traffic[1_000].value.to_string();
+    let report = restarted
+        .process(&[crate::support::file_record(1_000_000, &again)], now)
+        .unwrap();
+    assert!(report.closed_windows.is_empty(), "no window closes");
+    assert!(
+        report
+            .events
+            .keys()
+            .any(|(_, _, outcome)| *outcome == "duplicate"),
+        "{:?}",
+        report.events
+    );
+    let after = Telemetry::new();
+    after.record_batch(&report, 0.001, now);
+    let metrics = after.render();
+    assert_eq!(sample(&metrics, spike), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, z_score), Some(last.z_score));
 }
 
 /// The spike flag, the z-score and the count of windows are the minute windows'. The daily
