@@ -381,7 +381,12 @@ impl Aggregates {
 
     /// Puts the aggregates into `commit` when they changed, and what telemetry needs into
     /// `report`.
-    fn stage(&mut self, commit: &mut Commit, report: &mut BatchReport, aggregation: Aggregation) {
+    fn stage(
+        &mut self,
+        commit: &mut Commit,
+        report: &mut BatchReport,
+        settings: &ProcessorSettings,
+    ) {
         commit.rfm_cells = self.rfm.take_dirty();
         if std::mem::take(&mut self.rfm_rescaled) {
             commit.rfm_scales = Some(self.rfm.scales.clone());
@@ -399,12 +404,18 @@ impl Aggregates {
             commit.segments = Some(self.segments.clone());
         }
         // The gauges, after each change and once after loading: a restarted processor shows
-        // the last window's spike flag again without waiting for the next window. With an
+        // the last window's spike flag again without waiting for the next window, and the
+        // population and the open complaints without waiting for a change. With an
         // aggregator elsewhere these cover only what this instance saw: the gauges are the
         // aggregator's.
         let loaded = std::mem::take(&mut self.loaded);
-        if !(changed || loaded) || aggregation == Aggregation::Elsewhere {
+        if !(changed || loaded) || settings.aggregation == Aggregation::Elsewhere {
             return;
+        }
+        // The named RFM segments are counted again when a day closes; and once after loading,
+        // so that a restarted processor shows them without waiting for the next day.
+        if loaded && report.rfm_segments.is_none() {
+            report.rfm_segments = Some(self.rfm.segment_counts(&settings.rfm_rules));
         }
         report.verdicts = self
             .trends
@@ -667,7 +678,7 @@ impl Processor {
             }
             commit.ownerships.push((p, partition.ownership));
         }
-        aggregates.stage(&mut commit, report, self.settings.aggregation);
+        aggregates.stage(&mut commit, report, &self.settings);
         self.commit(commit, report)?;
         match self.lowest_watermark(source)? {
             Some(lowest) => self.close_windows_at(lowest, aggregates, report),
@@ -905,7 +916,7 @@ impl Processor {
                 aggregates.dirty = true;
             }
         }
-        aggregates.stage(&mut commit, report, self.settings.aggregation);
+        aggregates.stage(&mut commit, report, &self.settings);
         self.commit(commit, report)?;
         self.fire_due_timers(aggregates, report)?;
         self.close_windows(aggregates, report)
@@ -1004,7 +1015,7 @@ impl Processor {
             }));
         }
         aggregates.dirty |= closed;
-        aggregates.stage(&mut commit, report, self.settings.aggregation);
+        aggregates.stage(&mut commit, report, &self.settings);
         let watermarks: Vec<(i32, Millis)> = commit
             .event_times
             .iter()
@@ -1084,7 +1095,7 @@ impl Processor {
                 fired.push((partition, watermark));
             }
             if !fired.is_empty() {
-                aggregates.stage(&mut commit, report, self.settings.aggregation);
+                aggregates.stage(&mut commit, report, &self.settings);
                 self.commit(commit, report)?;
             }
             // Scanned again after the commit: what fired re-armed, in the store.

@@ -393,6 +393,79 @@ fn the_population_gauges_count_each_customers_latest_churn_risk_record() {
     assert_eq!(got, want);
 }
 
+/// The gauges of the aggregates in `metrics`, by series.
+fn aggregate_gauges(metrics: &str) -> std::collections::BTreeMap<String, String> {
+    const GAUGES: [&str; 7] = [
+        "customer_pulse_customers{",
+        "customer_pulse_churn_risk_customers{",
+        "customer_pulse_margin_minor{",
+        "customer_pulse_complaints_open{",
+        "customer_pulse_complaint_spike{",
+        "customer_pulse_complaint_z_score{",
+        "customer_pulse_rfm_customers{",
+    ];
+    metrics
+        .lines()
+        .filter(|l| GAUGES.iter().any(|g| l.starts_with(g)))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// A restarted processor's first batch, an event folded before and delivered again, shows the
+/// aggregates' gauges as they stand in the store: the population, the margin, the open
+/// complaints and the last windows' verdicts as before the restart, and the named RFM segments
+/// over every customer who ordered. Before, each waited for a change, a window or a day.
+#[test]
+fn a_restarted_processor_shows_the_aggregates_gauges_from_its_first_batch() {
+    let events = generated(200, 6_000, 5);
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(1_000));
+    let telemetry = Telemetry::new();
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| file_record(i as i64, &e.to_string()))
+        .collect();
+    for chunk in records.chunks(250) {
+        let report = processor.process(chunk, NOW_MS).unwrap();
+        telemetry.record_batch(&report, 0.0, NOW_MS);
+    }
+    let before = aggregate_gauges(&telemetry.render());
+    drop(processor);
+
+    let mut restarted = Processor::new(store, settings(1_000));
+    let report = restarted.process(&records[100..101], NOW_MS).unwrap();
+    assert!(report.closed_windows.is_empty() && report.closed_days == 0);
+    let after = Telemetry::new();
+    after.record_batch(&report, 0.0, NOW_MS);
+    let after = aggregate_gauges(&after.render());
+    let without_rfm = |gauges: &std::collections::BTreeMap<String, String>| {
+        let mut gauges = gauges.clone();
+        gauges.retain(|series, _| !series.starts_with("customer_pulse_rfm_customers"));
+        gauges
+    };
+    assert!(before.len() > 20, "{before:?}");
+    assert_eq!(without_rfm(&after), without_rfm(&before));
+    assert!(
+        before
+            .keys()
+            .any(|s| s.starts_with("customer_pulse_complaint_spike")),
+        "windows closed before the restart"
+    );
+    let ordered: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "order.placed")
+        .map(|e| e["customer_id"].as_str().unwrap())
+        .collect();
+    let rfm_total: f64 = after
+        .iter()
+        .filter(|(series, _)| series.starts_with("customer_pulse_rfm_customers"))
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(rfm_total, ordered.len() as f64);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
