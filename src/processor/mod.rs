@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::decode::{decode, Rejection, Rules};
 use crate::event::{dashed_id, Event, EventKind, IdPart, Millis, Stream};
 use crate::facts::{Fact, OwnedFlow, Target};
-use crate::fold::{CustomerState, FoldLimits, Lifecycle, Outcome};
+use crate::fold::{CustomerState, FoldLimits, Lifecycle, Limit, Outcome};
 use crate::rfm::Rfm;
 use crate::risk::{assess_risk, next_check, segment_at, strongest_reason, RiskSettings};
 use crate::segments::{Flow, Flows, Population, Segments, Standing};
@@ -1293,11 +1293,22 @@ impl Processor {
                     .complaints_opened
                     .entry((category.clone(), severity.name()))
                     .or_default() += 1;
-                vec![Fact::Opened {
+                let opened = Fact::Opened {
                     category: category.clone(),
                     severity: *severity,
                     at: t,
-                }]
+                };
+                // Over the customer's limit of open complaints the complaint is not kept, so
+                // nothing will resolve it: it counts as opened in its window, and leaves the
+                // backlog at once, as an erased customer's open complaint does.
+                if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
+                    let untracked = Fact::ForgetOpen {
+                        category: category.clone(),
+                    };
+                    vec![opened, untracked]
+                } else {
+                    vec![opened]
+                }
             }
             EventKind::ComplaintResolved { .. } => open_before
                 .iter()

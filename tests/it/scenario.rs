@@ -393,6 +393,62 @@ fn the_population_gauges_count_each_customers_latest_churn_risk_record() {
     assert_eq!(got, want);
 }
 
+/// The open-complaints gauge of each category equals the complaints open in the customers'
+/// states: opened, not resolved, not erased; also with each customer's open complaints held to
+/// one, when a complaint over the limit is not kept and nothing will resolve it.
+#[test]
+fn the_open_complaints_gauge_equals_the_complaints_open_in_the_customers_states() {
+    for limit in [1_000, 1] {
+        open_complaints_gauge_equals_the_states(limit);
+    }
+}
+
+fn open_complaints_gauge_equals_the_states(max_open_items: usize) {
+    let events = generated(200, 6_000, 7);
+    let store = Store::in_memory();
+    let mut settings = settings(1_000);
+    settings.limits.max_open_items = max_open_items;
+    let mut processor = Processor::new(store.clone(), settings);
+    let telemetry = Telemetry::new();
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| file_record(i as i64, &e.to_string()))
+        .collect();
+    let mut over_the_limit = 0;
+    for chunk in records.chunks(250) {
+        let report = processor.process(chunk, NOW_MS).unwrap();
+        over_the_limit += report
+            .limits_reached
+            .get("open_complaints")
+            .copied()
+            .unwrap_or(0);
+        telemetry.record_batch(&report, 0.0, NOW_MS);
+    }
+    assert_eq!(over_the_limit > 0, max_open_items == 1, "{over_the_limit}");
+    drop(processor);
+    let mut open: std::collections::BTreeMap<String, i64> = Default::default();
+    for partition in 0..4 {
+        for state in store.customers(partition, "", usize::MAX).unwrap() {
+            for complaint in &state.open_complaints {
+                *open.entry(complaint.category.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert!(open.values().sum::<i64>() > 10, "{open:?}");
+    let metrics = telemetry.render();
+    let gauges: std::collections::BTreeMap<String, i64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("customer_pulse_complaints_open{category=\""))
+        .filter_map(|l| {
+            let (category, value) = l.split_once("\"} ")?;
+            let value: i64 = value.parse().ok()?;
+            (value != 0).then(|| (category.to_owned(), value))
+        })
+        .collect();
+    assert_eq!(gauges, open, "at most {max_open_items} open a customer");
+}
+
 /// The gauges of the aggregates in `metrics`, by series.
 fn aggregate_gauges(metrics: &str) -> std::collections::BTreeMap<String, String> {
     const GAUGES: [&str; 7] = [
