@@ -332,10 +332,34 @@ fn the_fold_agrees_with_totals_computed_from_the_raw_events() {
 
 /// The population gauges of `/metrics` (customers by segment and lifecycle, and by churn-risk
 /// level) equal a count of each customer's latest `customer.churn-risk` record, as the README
-/// says they are taken from it.
+/// says they are taken from it; an erased customer, whose latest record is a tombstone, counts
+/// nowhere.
 #[test]
 fn the_population_gauges_count_each_customers_latest_churn_risk_record() {
-    let events = generated(200, 6_000, 5);
+    let mut events = generated(200, 6_000, 5);
+    // Ten customers erased after the last event: they leave the population, and their records
+    // end with a tombstone.
+    let last = events
+        .iter()
+        .filter_map(|e| customer_pulse::event::parse_millis(e["occurred_at"].as_str()?))
+        .max()
+        .unwrap();
+    let erased: std::collections::BTreeSet<String> = events
+        .iter()
+        .map(|e| e["customer_id"].as_str().unwrap().to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .step_by(20)
+        .collect();
+    assert_eq!(erased.len(), 10);
+    for (i, customer) in erased.iter().enumerate() {
+        events.push(serde_json::json!({
+            "event_id": format!("erase-{customer}"),
+            "customer_id": customer,
+            "type": "customer.erased",
+            "occurred_at": customer_pulse::event::format_millis(last + 1_000 * (i as i64 + 1)),
+        }));
+    }
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings(1_000));
     let telemetry = Telemetry::new();
@@ -349,12 +373,22 @@ fn the_population_gauges_count_each_customers_latest_churn_risk_record() {
         telemetry.record_batch(&report, 0.0, NOW_MS);
     }
     let mut latest: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let mut tombstones = std::collections::BTreeSet::new();
     for (_, record) in store.outbox(usize::MAX).unwrap() {
         if record.topic == "customer.churn-risk" {
-            let value: serde_json::Value = serde_json::from_slice(&record.value.unwrap()).unwrap();
-            latest.insert(value["customer_id"].as_str().unwrap().to_owned(), value);
+            let customer = String::from_utf8(record.key.unwrap()).unwrap();
+            match record.value {
+                Some(value) => {
+                    latest.insert(customer, serde_json::from_slice(&value).unwrap());
+                }
+                None => {
+                    latest.remove(&customer);
+                    tombstones.insert(customer);
+                }
+            }
         }
     }
+    assert_eq!(tombstones, erased);
     assert!(
         latest.len() > 150,
         "{} customers with a record",
