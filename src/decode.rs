@@ -131,6 +131,9 @@ pub fn decode(
             format!("not valid JSON: not UTF-8 at byte {at}"),
         )
     })?;
+    // A byte order mark, which some writers put before UTF-8 text (a file saved on Windows),
+    // is ignored, as RFC 8259 lets a parser do.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let parsed: Parsed = serde_json::from_str(text)
         .map_err(|e| reject(Reason::NotJson, format!("not valid JSON: {e}")))?;
     let Parsed::Object(obj) = parsed else {
@@ -613,6 +616,22 @@ mod tests {
         // Outside a string too: JSON text is UTF-8 throughout.
         let rejection = decode(None, None, b"{\"a\":1}\xc3", NOW, &rules()).expect_err("rejected");
         assert_eq!(rejection.reason, Reason::NotJson);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_event_is_ignored_and_one_inside_it_is_not() {
+        let event = r#"{"event_id":"e-1","customer_id":"c-1","type":"order.placed","occurred_at":"2025-11-29T23:00:00Z","order_id":"o-1","amount_minor":5,"margin_minor":1}"#;
+        let plain = decode(None, None, event.as_bytes(), NOW, &rules()).unwrap();
+        let marked = format!("\u{feff}{event}");
+        assert_eq!(
+            decode(None, None, marked.as_bytes(), NOW, &rules()),
+            Ok(plain)
+        );
+        let twice = format!("\u{feff}\u{feff}{event}");
+        assert_eq!(
+            reason(decode(None, None, twice.as_bytes(), NOW, &rules())),
+            Reason::NotJson
+        );
     }
 
     #[test]
