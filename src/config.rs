@@ -960,15 +960,37 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Config> {
         let mut doc: toml::Table = toml::from_str(text)?;
+        let mut overridden = Vec::new();
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut doc, path, &value)
                     .with_context(|| format!("environment variable {name}"))?;
+                overridden.push(name);
             }
         }
-        let raw: RawConfig = toml::Value::Table(doc).try_into()?;
-        raw.validate()
+        let config = toml::Value::Table(doc)
+            .try_into::<RawConfig>()
+            .map_err(anyhow::Error::from)
+            .and_then(RawConfig::validate);
+        config.map_err(|e| match set_by_environment(&e, &overridden) {
+            Some(name) => e.context(format!("the field is set by environment variable {name}")),
+            None => e,
+        })
     }
+}
+
+/// The environment variable, among those `overridden`, that set the field an error names: an
+/// operator who finds nothing wrong in the file is told where the value came from.
+fn set_by_environment<'a>(error: &anyhow::Error, overridden: &'a [String]) -> Option<&'a str> {
+    let message = format!("{error:#}");
+    overridden.iter().map(String::as_str).find(|name| {
+        let path = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let dotted = path.replace("__", ".");
+        let leaf = path.rsplit("__").next().unwrap_or_default();
+        // A misspelt name is refused by its own name, with the names it could be after it.
+        message.contains(&format!("`{dotted}`"))
+            || message.contains(&format!("unknown field `{leaf}`"))
+    })
 }
 
 fn apply_override(doc: &mut toml::Table, path: &str, value: &str) -> anyhow::Result<()> {
@@ -1379,6 +1401,63 @@ mod tests {
         )];
         let config = Config::parse(MINIMAL, env).unwrap();
         assert_eq!(config.fetch_wait, std::time::Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        let bad = |name: &str, value: &str| -> String {
+            let env = vec![
+                (
+                    "CUSTOMER_PULSE__KAFKA__BROKERS".to_owned(),
+                    "b:9092".to_owned(),
+                ),
+                (name.to_owned(), value.to_owned()),
+            ];
+            format!("{:#}", Config::parse(MINIMAL, env).expect_err("refused"))
+        };
+        let wrong_type = bad("CUSTOMER_PULSE__STATE__CACHE_CUSTOMERS", "many");
+        assert!(
+            wrong_type.contains("`state.cache_customers`"),
+            "{wrong_type}"
+        );
+        assert!(
+            wrong_type.starts_with(
+                "the field is set by environment variable CUSTOMER_PULSE__STATE__CACHE_CUSTOMERS"
+            ),
+            "{wrong_type}"
+        );
+        let out_of_range = bad("CUSTOMER_PULSE__TRENDS__WINDOW_MINUTES", "7");
+        assert!(
+            out_of_range.contains("CUSTOMER_PULSE__TRENDS__WINDOW_MINUTES"),
+            "{out_of_range}"
+        );
+        let misspelt = bad("CUSTOMER_PULSE__STATE__CACHE_CUSTOMER", "5");
+        assert!(
+            misspelt.contains("CUSTOMER_PULSE__STATE__CACHE_CUSTOMER:")
+                || misspelt.contains("CUSTOMER_PULSE__STATE__CACHE_CUSTOMER "),
+            "{misspelt}"
+        );
+        // A bad value or name in the file names no variable, though variables set others.
+        for line in ["cache_customers = \"many\"", "cache_customer = 5"] {
+            let in_file = Config::parse(
+                &format!("[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n{line}\n"),
+                vec![
+                    (
+                        "CUSTOMER_PULSE__KAFKA__BROKERS".to_owned(),
+                        "b:9092".to_owned(),
+                    ),
+                    (
+                        "CUSTOMER_PULSE__STATE__PATH".to_owned(),
+                        "/tmp/y".to_owned(),
+                    ),
+                ],
+            )
+            .expect_err("refused");
+            assert!(
+                !format!("{in_file:#}").contains("environment"),
+                "{in_file:#}"
+            );
+        }
     }
 
     #[test]
