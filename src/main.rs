@@ -331,9 +331,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Fit { as_of, config } => {
             let (config, as_of) = config_and_time(config, &as_of)?;
             let store = pipeline::open_store(&config)?;
-            let (fitted, customers) = pipeline::fit(&store, &config, as_of)?;
+            let pipeline::FitReport {
+                fitted,
+                customers,
+                repeat,
+            } = pipeline::fit(&store, &config, as_of)?;
             println!(
-                "# maximum likelihood over {customers} customers as of {}: log-likelihood {:.3}, {} iterations\n{}",
+                "# maximum likelihood over {customers} customers ({repeat} of whom bought again) as of {}: log-likelihood {:.3}, {} iterations\n{}",
                 customer_pulse::event::format_millis(as_of),
                 fitted.log_likelihood,
                 fitted.iterations,

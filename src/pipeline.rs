@@ -96,12 +96,12 @@ pub fn score(
 
 /// Fits the configured purchase model to the history at `as_of` of every customer who had
 /// bought by then, by maximum likelihood from the configured parameters; returns the fit and
-/// how many customers it used.
+/// how many customers it used. Refuses when none of them bought again.
 pub fn fit(
     store: &Store,
     config: &Config,
     as_of: crate::event::Millis,
-) -> anyhow::Result<(crate::fit::Fitted, usize)> {
+) -> anyhow::Result<FitReport> {
     let unit = config.risk.time_unit_ms;
     let mut histories = Vec::new();
     for_each_customer(store, config.partitions, |customer| {
@@ -127,9 +127,30 @@ pub fn fit(
         !histories.is_empty(),
         "no customer had bought by then: nothing to fit"
     );
+    // With no repeat purchase at all, every history says only "nothing since the first": the
+    // likelihood is highest where no one buys again (r towards 0), whatever the drop-out, and
+    // the fit would print parameters that mean nothing.
+    let repeat = histories.iter().filter(|h| h.x > 0.0).count();
+    anyhow::ensure!(
+        repeat > 0,
+        "{} customer(s) had bought by then and none bought again: their histories cannot tell the purchase rate from the drop-out, so there is nothing to fit; keep the configured [churn] parameters",
+        histories.len()
+    );
     let model = &config.risk.model;
     let fitted = crate::fit::fit(model.model, &histories, model);
-    Ok((fitted, histories.len()))
+    Ok(FitReport {
+        fitted,
+        customers: histories.len(),
+        repeat,
+    })
+}
+
+/// A fit over the stored histories, and how many histories it had: all, and those with a
+/// repeat purchase (the ones that tell the parameters apart).
+pub struct FitReport {
+    pub fitted: crate::fit::Fitted,
+    pub customers: usize,
+    pub repeat: usize,
 }
 
 /// The main job: consume, fold, commit, emit, until `shutdown`; then finish the batch, commit,

@@ -379,8 +379,13 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
 
     // `fit` over the same state: every customer's history, and a likelihood at least that of the
     // configured (starting) parameters over the histories written down here.
-    let (fitted, customers) = customer_pulse::pipeline::fit(&store, &config, as_of).unwrap();
+    let customer_pulse::pipeline::FitReport {
+        fitted,
+        customers,
+        repeat,
+    } = customer_pulse::pipeline::fit(&store, &config, as_of).unwrap();
     assert_eq!(customers, 2_500);
+    assert_eq!(repeat, (0..2_500).filter(|i| i % 3 != 0).count());
     let at_start: f64 = (0..2_500)
         .map(|i| {
             let x = f64::from(i % 3);
@@ -398,4 +403,14 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
         })
         .sum();
     assert!((again - fitted.log_likelihood).abs() < 1e-6 * again.abs());
+
+    // Three days in, everyone has bought once and no one again: there is nothing to fit, and
+    // the command says why rather than print parameters that mean nothing.
+    let early = customer_pulse::pipeline::fit(&store, &config, START + 3 * DAY)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        early.to_string(),
+        "2500 customer(s) had bought by then and none bought again: their histories cannot tell the purchase rate from the drop-out, so there is nothing to fit; keep the configured [churn] parameters"
+    );
 }
