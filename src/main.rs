@@ -76,7 +76,7 @@ enum Command {
     },
     /// Write synthetic traffic as NDJSON, or publish it to a broker.
     Generate {
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
         customers: u64,
         #[arg(long, default_value_t = 10_000)]
         events: u64,
@@ -89,7 +89,7 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
         /// Events per second when publishing (unlimited when absent).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         rate: Option<u64>,
         /// Records per record batch when publishing; 1 for Tansu 0.6.0, which cannot start a
         /// fetch inside a batch.
@@ -131,15 +131,25 @@ enum Command {
     /// One command, no setup: an embedded broker, live generated traffic with a complaint spike
     /// a minute in, the job, its HTTP endpoints, and a summary every five seconds.
     Demo {
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 2_000, value_parser = at_least_one)]
         customers: u64,
         /// Events per second the generator publishes.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 200, value_parser = at_least_one)]
         rate: u64,
         /// How long the demo runs (Ctrl-C stops it sooner).
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+}
+
+/// A count that must be at least 1: a rate of 0 events a second, or traffic over no customers,
+/// is refused where it is typed rather than divided by.
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -396,4 +406,35 @@ fn config_and_time(
     let as_of = customer_pulse::event::parse_millis(as_of)
         .with_context(|| format!("--as-of must be an RFC 3339 time with offset, not {as_of:?}"))?;
     Ok((config, as_of))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_or_a_number_of_customers_of_zero_is_refused_by_name() {
+        for args in [
+            &["customer-pulse", "demo", "--rate", "0"][..],
+            &["customer-pulse", "demo", "--customers", "0"],
+            &["customer-pulse", "generate", "--customers", "0"],
+            &[
+                "customer-pulse",
+                "generate",
+                "--brokers",
+                "b:9092",
+                "--rate",
+                "0",
+            ],
+        ] {
+            let error = Cli::try_parse_from(args).err().expect("refused");
+            let name = args[args.len() - 2];
+            assert!(
+                error.to_string().contains(&format!("'{name} <")),
+                "{args:?}: {error}"
+            );
+            assert!(error.to_string().contains("must be at least 1"), "{error}");
+        }
+        assert!(Cli::try_parse_from(["customer-pulse", "demo", "--rate", "1"]).is_ok());
+    }
 }
