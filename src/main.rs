@@ -330,12 +330,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let (config, as_of) = config_and_time(config, &as_of)?;
             let store = pipeline::open_store(&config)?;
             let mut writer = output(out.as_deref())?;
-            let scored = pipeline::score(&store, &config, as_of, horizon_days, &mut writer)?;
+            let report = pipeline::score(&store, &config, as_of, horizon_days, &mut writer)?;
             writer.flush()?;
             eprintln!(
-                "scored {scored} customers as of {}",
+                "scored {} customers as of {}",
+                report.written,
                 customer_pulse::event::format_millis(as_of)
             );
+            if report.not_yet_seen > 0 {
+                eprintln!(
+                    "left out {} customers first seen after it",
+                    report.not_yet_seen
+                );
+            }
+            if report.seen_since > 0 {
+                eprintln!(
+                    "{} of those scored have events after it: their purchases are counted up to it, but their reasons, segment and LTV are those of their state now",
+                    report.seen_since
+                );
+            }
             Ok(())
         }
         Command::Fit { as_of, config } => {

@@ -77,21 +77,61 @@ pub fn score(
     as_of: crate::event::Millis,
     horizon_days: u32,
     out: &mut dyn std::io::Write,
-) -> anyhow::Result<u64> {
-    let mut written = 0;
+) -> anyhow::Result<ScoreReport> {
+    let mut report = ScoreReport::default();
     let rfm = store.rfm()?;
     for_each_customer(store, config.partitions, |customer| {
         let state = &customer.state;
+        // A customer first seen after `as_of` did not exist then.
+        if state.first_event_at > as_of {
+            report.not_yet_seen += 1;
+            return Ok(());
+        }
+        // The purchase history as it stood at `as_of`, as `fit` reads it: the purchase model
+        // sees no purchase after it.
+        let cut;
+        let state = match state
+            .purchase_days
+            .iter()
+            .position(|d| day_start(*d) > as_of)
+        {
+            Some(after) => {
+                let mut before = state.clone();
+                before.purchase_days.truncate(after);
+                cut = before;
+                &cut
+            }
+            None => state,
+        };
+        if state.last_event_at > as_of {
+            report.seen_since += 1;
+        }
         let trailing = &customer.trailing;
         let mut line = crate::risk::score_line(state, trailing, as_of, horizon_days, &config.risk);
         // R, F and M on the scales of the last closed day.
         let point = crate::rfm::point(state);
         line["rfm"] = serde_json::json!(rfm.score(point, &config.rfm_rules));
         writeln!(out, "{line}")?;
-        written += 1;
+        report.written += 1;
         Ok(())
     })?;
-    Ok(written)
+    Ok(report)
+}
+
+/// What `score` wrote, and what it left out or could not take back to `as_of`.
+#[derive(Debug, Default)]
+pub struct ScoreReport {
+    pub written: u64,
+    /// Customers first seen after `as_of`: not written.
+    pub not_yet_seen: u64,
+    /// Customers written with events after `as_of`: their purchase history is cut at it, but
+    /// their reasons, segment and LTV are those of their state now.
+    pub seen_since: u64,
+}
+
+/// Where a purchase day (days since the Unix epoch) starts, in event time.
+fn day_start(day: i32) -> crate::event::Millis {
+    crate::event::Millis::from(day) * 86_400_000
 }
 
 /// Fits the configured purchase model to the history at `as_of` of every customer who had
@@ -106,7 +146,7 @@ pub fn fit(
     let mut histories = Vec::new();
     for_each_customer(store, config.partitions, |customer| {
         let state = &customer.state;
-        let day = |d: i32| crate::event::Millis::from(d) * 86_400_000;
+        let day = day_start;
         // The history as it stood at `as_of`: purchase days after it do not count.
         let days: Vec<i32> = state
             .purchase_days

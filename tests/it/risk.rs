@@ -353,8 +353,11 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
     }
     let as_of = START + 20 * 7 * DAY;
     let mut out = Vec::new();
-    let written = customer_pulse::pipeline::score(&store, &config, as_of, 90, &mut out).unwrap();
-    assert_eq!(written, 2_500);
+    let report = customer_pulse::pipeline::score(&store, &config, as_of, 90, &mut out).unwrap();
+    assert_eq!(
+        (report.written, report.not_yet_seen, report.seen_since),
+        (2_500, 0, 0)
+    );
     let lines: Vec<Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -376,6 +379,33 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
         assert!((line["expected_orders"].as_f64().unwrap() - expected).abs() < 1e-6);
         assert_eq!(line["as_of"], format_millis(as_of));
     }
+
+    // Ten days in, the second order (day 7) counts and the third (day 14) not yet: the history
+    // as it stood then, as `fit` reads it. A day before the first orders, nobody was seen yet.
+    let ten_days = START + 10 * DAY;
+    let mut out = Vec::new();
+    let report = customer_pulse::pipeline::score(&store, &config, ten_days, 90, &mut out).unwrap();
+    assert_eq!(
+        (report.written, report.not_yet_seen, report.seen_since),
+        (2_500, 0, (0..2_500).filter(|i| i % 3 == 2).count() as u64)
+    );
+    for line in String::from_utf8(out).unwrap().lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        let i: i64 = line["customer_id"].as_str().unwrap()[1..].parse().unwrap();
+        let x = (i % 3).min(1) as f64;
+        let h = Recency {
+            x,
+            t_x: x,
+            t: 10.0 / 7.0,
+        };
+        assert_eq!(line["x"].as_f64(), Some(x), "{line}");
+        assert!((line["p_alive"].as_f64().unwrap() - model.p_alive(h)).abs() < 1e-6);
+    }
+    let mut out = Vec::new();
+    let report =
+        customer_pulse::pipeline::score(&store, &config, START - DAY, 90, &mut out).unwrap();
+    assert_eq!((report.written, report.not_yet_seen), (0, 2_500));
+    assert!(out.is_empty());
 
     // `fit` over the same state: every customer's history, and a likelihood at least that of the
     // configured (starting) parameters over the histories written down here.
