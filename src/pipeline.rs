@@ -29,8 +29,17 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
             config.state_path.display()
         )
     })?;
-    let backend = RocksBackend::open(&config.state_path, config.block_cache_bytes)
-        .with_context(|| format!("cannot open state at {}", config.state_path.display()))?;
+    let backend = RocksBackend::open(&config.state_path, config.block_cache_bytes).map_err(|e| {
+        // RocksDB admits one holder: its message names only its lock file, `LOCK`.
+        let held = e.to_string().contains("/LOCK:");
+        let e = anyhow::Error::from(e)
+            .context(format!("cannot open state at {}", config.state_path.display()));
+        if held {
+            e.context("the state is in use (by a running job, replay, score or fit): stop that first, or give this command a config with another state.path")
+        } else {
+            e
+        }
+    })?;
     Ok(Store::open(Arc::new(backend))?)
 }
 

@@ -328,6 +328,14 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
     );
     let config = customer_pulse::config::Config::parse(&text, Vec::new()).unwrap();
     let store = customer_pulse::pipeline::open_store(&config).unwrap();
+    // While one holds the state, another is told why it cannot open it.
+    let held = customer_pulse::pipeline::open_store(&config)
+        .err()
+        .expect("RocksDB admits one holder");
+    assert!(
+        format!("{held:#}").starts_with("the state is in use"),
+        "{held:#}"
+    );
     let mut processor = Processor::new(
         store.clone(),
         customer_pulse::pipeline::processor_settings(&config),
