@@ -336,6 +336,7 @@ pub async fn run_on(
     .await;
 
     tracing::info!("Shutting down: the last batch is committed; flushing the outbox.");
+    let stopping = std::time::Instant::now();
     telemetry.set_ready(false);
     // The revocation waits up to `shutdown_flush` for the outbox; the close gets more on top.
     input
@@ -350,6 +351,10 @@ pub async fn run_on(
     http.await
         .context("HTTP task failed")?
         .context("HTTP server failed")?;
+    if flushed.is_ok() {
+        let seconds = format!("{:.1}", stopping.elapsed().as_secs_f64());
+        tracing::info!(seconds, "Stopped.");
+    }
     flushed
 }
 

@@ -290,6 +290,15 @@ async fn the_log_holds_no_payload_and_no_secret() {
     assert!(processed, "all six events were taken in:\n{log}");
     assert!(status.success(), "{status}:\n{log}");
     assert!(log.contains("Consuming."), "the log is the job's:\n{log}");
+    // An operator reading the log after a SIGTERM sees that the job stopped, and how.
+    let stopped = log
+        .lines()
+        .rfind(|line| line.contains("INFO"))
+        .unwrap_or_default();
+    assert!(
+        stopped.contains("Stopped.") && stopped.contains("seconds="),
+        "the job's last line says it stopped:\n{log}"
+    );
     assert!(
         !log.contains('\u{1b}'),
         "terminal colour codes in a log written to a file:\n{log}"
