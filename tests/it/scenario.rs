@@ -330,6 +330,42 @@ fn the_fold_agrees_with_totals_computed_from_the_raw_events() {
     }
 }
 
+/// What [`fold_with_metrics`] leaves.
+struct Folded {
+    store: Store,
+    telemetry: Telemetry,
+    records: Vec<customer_pulse::processor::InputRecord>,
+    reports: Vec<BatchReport>,
+}
+
+/// Folds `events` as a file's lines in batches of 250 through a fresh processor, each batch's
+/// report recorded in telemetry. The processor is gone at the end, as after a stop.
+fn fold_with_metrics(
+    events: &[serde_json::Value],
+    settings: customer_pulse::processor::ProcessorSettings,
+) -> Folded {
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings);
+    let telemetry = Telemetry::new();
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| file_record(i as i64, &e.to_string()))
+        .collect();
+    let mut reports = Vec::new();
+    for chunk in records.chunks(250) {
+        let report = processor.process(chunk, NOW_MS).unwrap();
+        telemetry.record_batch(&report, 0.0, NOW_MS);
+        reports.push(report);
+    }
+    Folded {
+        store,
+        telemetry,
+        records,
+        reports,
+    }
+}
+
 /// The population gauges of `/metrics` (customers by segment and lifecycle, and by churn-risk
 /// level) equal a count of each customer's latest `customer.churn-risk` record, as the README
 /// says they are taken from it; an erased customer, whose latest record is a tombstone, counts
@@ -360,18 +396,9 @@ fn the_population_gauges_count_each_customers_latest_churn_risk_record() {
             "occurred_at": customer_pulse::event::format_millis(last + 1_000 * (i as i64 + 1)),
         }));
     }
-    let store = Store::in_memory();
-    let mut processor = Processor::new(store.clone(), settings(1_000));
-    let telemetry = Telemetry::new();
-    let records: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| file_record(i as i64, &e.to_string()))
-        .collect();
-    for chunk in records.chunks(250) {
-        let report = processor.process(chunk, NOW_MS).unwrap();
-        telemetry.record_batch(&report, 0.0, NOW_MS);
-    }
+    let Folded {
+        store, telemetry, ..
+    } = fold_with_metrics(&events, settings(1_000));
     let mut latest: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
     let mut tombstones = std::collections::BTreeSet::new();
     for (_, record) in store.outbox(usize::MAX).unwrap() {
@@ -439,28 +466,19 @@ fn the_open_complaints_gauge_equals_the_complaints_open_in_the_customers_states(
 
 fn open_complaints_gauge_equals_the_states(max_open_items: usize) {
     let events = generated(200, 6_000, 7);
-    let store = Store::in_memory();
     let mut settings = settings(1_000);
     settings.limits.max_open_items = max_open_items;
-    let mut processor = Processor::new(store.clone(), settings);
-    let telemetry = Telemetry::new();
-    let records: Vec<_> = events
+    let Folded {
+        store,
+        telemetry,
+        reports,
+        ..
+    } = fold_with_metrics(&events, settings);
+    let over_the_limit: u64 = reports
         .iter()
-        .enumerate()
-        .map(|(i, e)| file_record(i as i64, &e.to_string()))
-        .collect();
-    let mut over_the_limit = 0;
-    for chunk in records.chunks(250) {
-        let report = processor.process(chunk, NOW_MS).unwrap();
-        over_the_limit += report
-            .limits_reached
-            .get("open_complaints")
-            .copied()
-            .unwrap_or(0);
-        telemetry.record_batch(&report, 0.0, NOW_MS);
-    }
+        .filter_map(|r| r.limits_reached.get("open_complaints"))
+        .sum();
     assert_eq!(over_the_limit > 0, max_open_items == 1, "{over_the_limit}");
-    drop(processor);
     let mut open: std::collections::BTreeMap<String, i64> = Default::default();
     for partition in 0..4 {
         for state in store.customers(partition, "", usize::MAX).unwrap() {
@@ -509,20 +527,13 @@ fn aggregate_gauges(metrics: &str) -> std::collections::BTreeMap<String, String>
 #[test]
 fn a_restarted_processor_shows_the_aggregates_gauges_from_its_first_batch() {
     let events = generated(200, 6_000, 5);
-    let store = Store::in_memory();
-    let mut processor = Processor::new(store.clone(), settings(1_000));
-    let telemetry = Telemetry::new();
-    let records: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| file_record(i as i64, &e.to_string()))
-        .collect();
-    for chunk in records.chunks(250) {
-        let report = processor.process(chunk, NOW_MS).unwrap();
-        telemetry.record_batch(&report, 0.0, NOW_MS);
-    }
+    let Folded {
+        store,
+        telemetry,
+        records,
+        ..
+    } = fold_with_metrics(&events, settings(1_000));
     let before = aggregate_gauges(&telemetry.render());
-    drop(processor);
 
     let mut restarted = Processor::new(store, settings(1_000));
     let report = restarted.process(&records[100..101], NOW_MS).unwrap();
