@@ -6,9 +6,12 @@ use std::time::Duration;
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::event::Stream;
+
+/// How long publishing waits for the brokers to answer before it gives up.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
 
 /// Publishes generated events to their topics, keyed by customer, at most `rate` events per second
 /// (unlimited when `None`), partitioned as Kafka's Java client would (murmur2), with at most
@@ -45,6 +48,17 @@ pub async fn publish_with(
         config.set(*key, *value);
     }
     let producer: FutureProducer = config.create()?;
+    // Brokers that cannot be reached are said so at once: the records themselves would wait
+    // out librdkafka's delivery timeout (five minutes) before failing.
+    let probe = producer.clone();
+    tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_WAIT))
+        .await?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the brokers {brokers} within {} s: {e}",
+                METADATA_WAIT.as_secs()
+            )
+        })?;
     let started = tokio::time::Instant::now();
     let mut pending = Vec::new();
     for (n, event) in events.iter().enumerate() {

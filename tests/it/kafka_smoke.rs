@@ -75,3 +75,27 @@ async fn the_broker_gives_back_published_messages_at_the_offsets_it_reports() {
         );
     }
 }
+
+/// Brokers that nobody answers for are said so when publishing starts (`generate --brokers`),
+/// not after librdkafka's five-minute delivery timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_to_brokers_that_do_not_answer_fails_and_says_so() {
+    let brokers = format!("127.0.0.1:{}", crate::broker::free_port());
+    let events = customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
+        customers: 3,
+        events: 5,
+        seed: 1,
+        start_ms: 1_767_225_600_000,
+        step_ms: 60_000,
+    });
+    let topics = crate::end_to_end::test_topics();
+    let error = customer_pulse::kafka::publish(&brokers, &topics, &events, None, 1)
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("cannot reach the brokers {brokers} within 10 s")),
+        "{error}"
+    );
+}
