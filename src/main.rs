@@ -276,6 +276,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 "customers looked up: {} in the cache, {} read back from the store (a larger state.cache_customers would keep them), {} new",
                 customers.hit, customers.stored, customers.absent
             );
+            // Lines skipped as already applied are the state's doing: say whose.
+            println!("state: {}", config.state_path.display());
             Ok(())
         }
         Command::Generate {

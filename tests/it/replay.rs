@@ -248,6 +248,12 @@ fn the_store_opens_with_no_temporary_directory_to_write_to() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The summary says where the state is: a replay again skips what it holds.
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains(&format!("state: {}\n", state.display())),
+        "{summary}"
+    );
     let store = Store::open(Arc::new(RocksBackend::open(&state, 1 << 20).unwrap())).unwrap();
     assert!(!all_states(&store).is_empty(), "the events were folded");
 }
