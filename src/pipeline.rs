@@ -352,7 +352,7 @@ pub async fn run_on(
         .context("HTTP task failed")?
         .context("HTTP server failed")?;
     if flushed.is_ok() {
-        let seconds = format!("{:.1}", stopping.elapsed().as_secs_f64());
+        let seconds = (stopping.elapsed().as_secs_f64() * 10.0).round() / 10.0;
         tracing::info!(seconds, "Stopped.");
     }
     flushed
