@@ -70,7 +70,7 @@ enum Command {
         /// The TOML config file (the embedded demo config when absent).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Write output records here as NDJSON (otherwise they are discarded).
+        /// Write output records here as NDJSON (otherwise they are discarded); never the --from file.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -140,6 +140,25 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+}
+
+/// Whether `a` and `b` name one existing file, through symbolic or hard links.
+#[cfg(unix)]
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Whether `a` and `b` name one existing file, through symbolic links.
+#[cfg(not(unix))]
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// A count that must be at least 1: a rate of 0 events a second, or traffic over no customers,
@@ -222,6 +241,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             pipeline::run(config, shutdown_on_signals()).await
         }
         Command::Replay { from, config, out } => {
+            if let Some(out) = &out {
+                anyhow::ensure!(
+                    !same_file(&from, out),
+                    "--out {} is the file --from reads: writing the outputs there would empty it before a line is read",
+                    out.display()
+                );
+            }
             let config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::parse(DEMO_CONFIG, std::env::vars())?,

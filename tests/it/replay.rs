@@ -225,6 +225,42 @@ async fn an_interrupted_replay_resumes_where_it_stopped_with_the_same_result() {
     assert_eq!(all_states(&reopened), all_states(&straight));
 }
 
+/// `--out` naming the file `--from` reads, by its path or through a link, is refused before
+/// anything is written: creating it would have emptied the events before a line was read.
+#[test]
+fn a_replay_refuses_to_write_its_outputs_over_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(5).iter().take(20).map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let before = std::fs::read(&path).unwrap();
+    let linked = dir.path().join("linked.ndjson");
+    std::fs::hard_link(&path, &linked).unwrap();
+    for out in [
+        path.clone(),
+        dir.path().join(".").join("events.ndjson"),
+        linked,
+    ] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .arg("replay")
+            .arg("--from")
+            .arg(&path)
+            .arg("--out")
+            .arg(&out)
+            .env("CUSTOMER_PULSE__STATE__PATH", dir.path().join("state"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{}: {stderr}", out.display());
+        assert!(stderr.contains("is the file --from reads"), "{stderr}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the events are intact"
+        );
+    }
+}
+
 /// Where the root filesystem is read-only (the Kubernetes manifest's), the state's volume is
 /// the one place the job may write: the store opens without the system's temporary directory.
 #[test]
