@@ -98,19 +98,15 @@ pub fn score(
         }
         // The purchase history as it stood at `as_of`, as `fit` reads it: the purchase model
         // sees no purchase after it.
+        let until = purchases_until(&state.purchase_days, as_of).len();
         let cut;
-        let state = match state
-            .purchase_days
-            .iter()
-            .position(|d| day_start(*d) > as_of)
-        {
-            Some(after) => {
-                let mut before = state.clone();
-                before.purchase_days.truncate(after);
-                cut = before;
-                &cut
-            }
-            None => state,
+        let state = if until < state.purchase_days.len() {
+            let mut before = state.clone();
+            before.purchase_days.truncate(until);
+            cut = before;
+            &cut
+        } else {
+            state
         };
         if state.last_event_at > as_of {
             report.seen_since += 1;
@@ -143,6 +139,12 @@ fn day_start(day: i32) -> crate::event::Millis {
     crate::event::Millis::from(day) * 86_400_000
 }
 
+/// The purchase days (ascending, as the fold keeps them) up to `as_of`: the history as it
+/// stood then, which `score` and `fit` read.
+fn purchases_until(days: &[i32], as_of: crate::event::Millis) -> &[i32] {
+    &days[..days.partition_point(|d| day_start(*d) <= as_of)]
+}
+
 /// Fits the configured purchase model to the history at `as_of` of every customer who had
 /// bought by then, by maximum likelihood from the configured parameters; returns the fit and
 /// how many customers it used. Refuses when none of them bought again.
@@ -154,20 +156,12 @@ pub fn fit(
     let unit = config.risk.time_unit_ms;
     let mut histories = Vec::new();
     for_each_customer(store, config.partitions, |customer| {
-        let state = &customer.state;
-        let day = day_start;
-        // The history as it stood at `as_of`: purchase days after it do not count.
-        let days: Vec<i32> = state
-            .purchase_days
-            .iter()
-            .copied()
-            .filter(|d| day(*d) <= as_of)
-            .collect();
+        let days = purchases_until(&customer.state.purchase_days, as_of);
         if let (Some(first), Some(last)) = (days.first(), days.last()) {
             histories.push(crate::churn::Recency {
                 x: (days.len() - 1) as f64,
-                t_x: (day(*last) - day(*first)) as f64 / unit as f64,
-                t: (as_of - day(*first)) as f64 / unit as f64,
+                t_x: (day_start(*last) - day_start(*first)) as f64 / unit as f64,
+                t: (as_of - day_start(*first)) as f64 / unit as f64,
             });
         }
         Ok(())

@@ -372,12 +372,13 @@ pub fn encode_trends(trends: &Trends) -> Vec<u8> {
 pub fn decode_trends(bytes: &[u8]) -> Result<Trends, String> {
     match bytes.first() {
         Some(&TRENDS_V1) => decode::<TrendsV1>(TRENDS_V1, bytes).map(|v1| {
-            let mut trends = Trends::default();
-            trends.categories = v1.categories;
-            trends.windows = v1.windows;
-            trends.closed_before = v1.closed_before;
-            trends.newest = v1.newest;
-            trends
+            Trends::from(TrendsV2 {
+                categories: v1.categories,
+                windows: v1.windows,
+                closed_before: v1.closed_before,
+                newest: v1.newest,
+                began: None,
+            })
         }),
         Some(&TRENDS_V2) => decode::<TrendsV2>(TRENDS_V2, bytes).map(Trends::from),
         _ => decode(TRENDS_V3, bytes),
