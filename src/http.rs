@@ -135,6 +135,7 @@ async fn customer(
                 "risk": assess(&customer.state, &customer.trailing, as_of, &risk),
                 "last_published": customer.risk.last,
                 "next_check_at": customer.risk.timer_at.map(crate::event::format_millis),
+                "losses": customer.losses,
             });
             (
                 [(header::CONTENT_TYPE, "application/json")],

@@ -112,6 +112,10 @@ enum Command {
         /// Expected orders are over this many days.
         #[arg(long, default_value_t = 90)]
         horizon_days: u32,
+        /// The lost-customer review: only the customers counted lost from this time (RFC 3339)
+        /// to --as-of, with a summary of the losses by reason on stderr.
+        #[arg(long)]
+        lost_since: Option<String>,
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -353,12 +357,31 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             as_of,
             config,
             horizon_days,
+            lost_since,
             out,
         } => {
             let (config, as_of) = config_and_time(config, &as_of)?;
+            let lost_since = match lost_since.as_deref() {
+                None => None,
+                Some(since) => {
+                    let since = customer_pulse::event::parse_millis(since).with_context(|| {
+                        format!("--lost-since must be an RFC 3339 time with offset, not {since:?}")
+                    })?;
+                    anyhow::ensure!(
+                        since <= as_of,
+                        "--lost-since must not be after --as-of: the period would be empty"
+                    );
+                    Some(since)
+                }
+            };
             let store = pipeline::open_store(&config)?;
             let mut writer = output(out.as_deref())?;
-            let report = pipeline::score(&store, &config, as_of, horizon_days, &mut writer)?;
+            let at = pipeline::ScoreAt {
+                as_of,
+                horizon_days,
+                lost_since,
+            };
+            let report = pipeline::score(&store, &config, at, &mut writer)?;
             writer.flush()?;
             eprintln!(
                 "scored {} customers as of {}",
@@ -373,8 +396,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if report.seen_since > 0 {
                 eprintln!(
-                    "{} of those scored have events after it: their purchases are counted up to it, but their reasons, segment and LTV are those of their state now",
+                    "{} of those scored have events after it: their purchases, lifecycle and cancellation are taken back to it, but their other reasons, segment and LTV are those of their state now",
                     report.seen_since
+                );
+            }
+            if let Some(since) = lost_since {
+                let lost = &report.lost;
+                let reasons: Vec<String> = lost
+                    .reasons
+                    .iter()
+                    .map(|(reason, n)| format!("{reason} {n}"))
+                    .collect();
+                eprintln!(
+                    "lost from {} to {}: {} loss(es) of those customers, worth {} minor units of revenue to date; by reason: {}",
+                    customer_pulse::event::format_millis(since),
+                    customer_pulse::event::format_millis(as_of),
+                    lost.count,
+                    lost.value_minor,
+                    if reasons.is_empty() { "none".to_owned() } else { reasons.join(", ") }
                 );
             }
             Ok(())

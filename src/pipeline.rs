@@ -78,15 +78,29 @@ fn for_each_customer(
     Ok(())
 }
 
-/// Writes every customer's churn model at `as_of` as NDJSON, partition by partition in id
-/// order; returns how many customers it wrote.
+/// What `score` evaluates: every customer at `as_of`, or with `lost_since`, the lost-customer
+/// review: only those counted lost from that time to `as_of`.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreAt {
+    pub as_of: crate::event::Millis,
+    /// Expected orders are over this many days.
+    pub horizon_days: u32,
+    pub lost_since: Option<crate::event::Millis>,
+}
+
+/// Writes the churn model at `at.as_of` of every customer (with `at.lost_since`, of those lost
+/// since then) as NDJSON, partition by partition in id order.
 pub fn score(
     store: &Store,
     config: &Config,
-    as_of: crate::event::Millis,
-    horizon_days: u32,
+    at: ScoreAt,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<ScoreReport> {
+    let ScoreAt {
+        as_of,
+        horizon_days,
+        lost_since,
+    } = at;
     let mut report = ScoreReport::default();
     let rfm = store.rfm()?;
     for_each_customer(store, config.partitions, |customer| {
@@ -96,25 +110,37 @@ pub fn score(
             report.not_yet_seen += 1;
             return Ok(());
         }
-        // The purchase history as it stood at `as_of`, as `fit` reads it: the purchase model
-        // sees no purchase after it.
-        let until = purchases_until(&state.purchase_days, as_of).len();
-        let cut;
-        let state = if until < state.purchase_days.len() {
-            let mut before = state.clone();
-            before.purchase_days.truncate(until);
-            cut = before;
-            &cut
-        } else {
-            state
-        };
+        if let Some(since) = lost_since {
+            let mut lost = customer
+                .losses
+                .iter()
+                .filter(|l| (since..=as_of).contains(&l.at))
+                .peekable();
+            if lost.peek().is_none() {
+                return Ok(());
+            }
+            for loss in lost {
+                report.lost.count += 1;
+                report.lost.value_minor += loss.value_minor;
+                *report.lost.reasons.entry(loss.reason.code()).or_default() += 1;
+            }
+        }
         if state.last_event_at > as_of {
             report.seen_since += 1;
         }
-        let trailing = &customer.trailing;
-        let mut line = crate::risk::score_line(state, trailing, as_of, horizon_days, &config.risk);
+        // As the state stood at `as_of`, as far as it keeps its history: the purchase model
+        // sees no purchase after it (as `fit` reads it), nor the lifecycle a later loss gave.
+        let state = crate::risk::as_it_stood(state, &customer.losses, as_of);
+        let mut line = crate::risk::score_line(
+            &state,
+            &customer.trailing,
+            &customer.losses,
+            as_of,
+            horizon_days,
+            &config.risk,
+        );
         // R, F and M on the scales of the last closed day.
-        let point = crate::rfm::point(state);
+        let point = crate::rfm::point(&state);
         line["rfm"] = serde_json::json!(rfm.score(point, &config.rfm_rules));
         writeln!(out, "{line}")?;
         report.written += 1;
@@ -129,20 +155,24 @@ pub struct ScoreReport {
     pub written: u64,
     /// Customers first seen after `as_of`: not written.
     pub not_yet_seen: u64,
-    /// Customers written with events after `as_of`: their purchase history is cut at it, but
-    /// their reasons, segment and LTV are those of their state now.
+    /// Customers written with events after `as_of`: their purchases, lifecycle and
+    /// cancellation are taken back to it, the rest of their state is that of now.
     pub seen_since: u64,
+    /// With `lost_since`, the losses counted in the period.
+    pub lost: LostInPeriod,
+}
+
+/// The losses a lost-customer review lists: how many, their value, how many by reason.
+#[derive(Debug, Default, PartialEq)]
+pub struct LostInPeriod {
+    pub count: u64,
+    pub value_minor: i64,
+    pub reasons: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Where a purchase day (days since the Unix epoch) starts, in event time.
 fn day_start(day: i32) -> crate::event::Millis {
     crate::event::Millis::from(day) * 86_400_000
-}
-
-/// The purchase days (ascending, as the fold keeps them) up to `as_of`: the history as it
-/// stood then, which `score` and `fit` read.
-fn purchases_until(days: &[i32], as_of: crate::event::Millis) -> &[i32] {
-    &days[..days.partition_point(|d| day_start(*d) <= as_of)]
 }
 
 /// Fits the configured purchase model to the history at `as_of` of every customer who had
@@ -156,7 +186,7 @@ pub fn fit(
     let unit = config.risk.time_unit_ms;
     let mut histories = Vec::new();
     for_each_customer(store, config.partitions, |customer| {
-        let days = purchases_until(&customer.state.purchase_days, as_of);
+        let days = crate::risk::purchases_until(&customer.state.purchase_days, as_of);
         if let (Some(first), Some(last)) = (days.first(), days.last()) {
             histories.push(crate::churn::Recency {
                 x: (days.len() - 1) as f64,

@@ -9,7 +9,7 @@ use crate::churn::{clv, Model, PurchaseModel, Recency, SpendModel};
 use crate::event::{format_millis, Millis};
 use crate::fold::{CustomerState, Lifecycle, Subscription};
 use crate::json::Object;
-use crate::segments::Trailing;
+use crate::segments::{lost_or_won_back_at, Loss, Trailing};
 
 const DAY_MS: Millis = 86_400_000;
 /// An average month, for the CLV horizon.
@@ -673,15 +673,71 @@ fn find_reasons(
     }
 }
 
+/// The purchase days (ascending, as the fold keeps them) up to `as_of`: the history as it
+/// stood then, which `score` and `fit` read.
+pub fn purchases_until(days: &[i32], as_of: Millis) -> &[i32] {
+    &days[..days.partition_point(|d| Millis::from(*d) * DAY_MS <= as_of)]
+}
+
+/// The state as far as it can be taken back to `as_of`: the purchases up to it, a cancellation
+/// after it not yet made, and the lifecycle it had then by its `losses` (lost, won back, or
+/// before any loss new or active by its purchases). A customer stored before losses were kept
+/// has none, so a lost or won-back one keeps its lifecycle of now. The rest (complaints,
+/// surveys, deliveries, returns) is the state's now: it keeps no history of them.
+pub fn as_it_stood<'s>(
+    state: &'s CustomerState,
+    losses: &[Loss],
+    as_of: Millis,
+) -> std::borrow::Cow<'s, CustomerState> {
+    let purchases = purchases_until(&state.purchase_days, as_of).len();
+    let lifecycle = match lost_or_won_back_at(losses, as_of) {
+        Some(lifecycle) => lifecycle,
+        None if losses.is_empty()
+            && matches!(state.lifecycle, Lifecycle::Lost | Lifecycle::WonBack) =>
+        {
+            state.lifecycle
+        }
+        None if purchases > 1 => Lifecycle::Active,
+        None => Lifecycle::New,
+    };
+    let cancelled_later = state.cancelled_at.is_some_and(|c| c > as_of);
+    if purchases == state.purchase_days.len() && lifecycle == state.lifecycle && !cancelled_later {
+        return std::borrow::Cow::Borrowed(state);
+    }
+    let mut then = state.clone();
+    then.purchase_days.truncate(purchases);
+    then.lifecycle = lifecycle;
+    if cancelled_later {
+        then.subscription = Subscription::None;
+        then.cancellation_reason = None;
+        then.cancelled_at = None;
+    }
+    std::borrow::Cow::Owned(then)
+}
+
 /// One line of `score --as-of`: the customer's model values at `as_of`, with expected orders
-/// over `horizon_days`.
+/// over `horizon_days`, and its losses up to `as_of` (each won back by then or not).
 pub fn score_line(
     state: &CustomerState,
     trailing: &Trailing,
+    losses: &[Loss],
     as_of: Millis,
     horizon_days: u32,
     settings: &RiskSettings,
 ) -> serde_json::Value {
+    let losses: Vec<serde_json::Value> = losses
+        .iter()
+        .filter(|l| l.at <= as_of)
+        .map(|l| {
+            serde_json::json!({
+                "at": format_millis(l.at),
+                "segment": l.segment,
+                "reason": l.reason,
+                "value_minor": l.value_minor,
+                "won_back_at": l.won_back_at.filter(|w| *w <= as_of).map(format_millis),
+            })
+        })
+        .collect();
     let a = assess(state, trailing, as_of, settings);
     let h = recency(state, as_of, settings.time_unit_ms);
     let horizon = f64::from(horizon_days) * DAY_MS as f64 / settings.time_unit_ms as f64;
@@ -701,6 +757,7 @@ pub fn score_line(
         "segment": a.segment,
         "lifecycle": a.lifecycle,
         "ltv_minor": a.ltv_minor,
+        "losses": losses,
     })
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{dashed_id, format_millis, IdPart, Millis};
 use crate::fold::Lifecycle;
-use crate::risk::Level;
+use crate::risk::{Level, ReasonCode};
 use crate::trends::Counted;
 
 pub const DAY_MS: Millis = 86_400_000;
@@ -23,6 +23,52 @@ pub struct Standing {
     pub lifecycle: Lifecycle,
     pub level: Level,
     pub ltv_minor: i64,
+}
+
+/// One time a customer was counted lost in the segment metrics: when (the event time of the
+/// churn-risk record that turned it lost), in which segment, for the strongest reason it then
+/// had, with its revenue to date, and when it was won back. A customer keeps its latest
+/// [`LOSSES_KEPT`], for the lost-customer review (`score --lost-since`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    pub at: Millis,
+    pub segment: String,
+    pub reason: ReasonCode,
+    pub value_minor: i64,
+    pub won_back_at: Option<Millis>,
+}
+
+/// How many losses a customer keeps: a customer lost and won back again and again cannot grow
+/// its state without bound.
+pub const LOSSES_KEPT: usize = 16;
+
+/// Notes that the customer was counted lost at `loss.at`, forgetting the oldest loss past
+/// [`LOSSES_KEPT`].
+pub fn note_loss(losses: &mut Vec<Loss>, loss: Loss) {
+    if losses.len() >= LOSSES_KEPT {
+        losses.remove(0);
+    }
+    losses.push(loss);
+}
+
+/// Notes that the customer, lost, was counted won back at `at`.
+pub fn note_won_back(losses: &mut [Loss], at: Millis) {
+    if let Some(last) = losses.last_mut() {
+        last.won_back_at.get_or_insert(at);
+    }
+}
+
+/// The lifecycle a customer with `losses` had at `as_of` as far as losing goes: lost when a
+/// loss at or before it was not won back by then, won back when one was; `None` when no loss
+/// was counted by then (nor, with [`LOSSES_KEPT`] of them kept, possibly forgotten).
+pub fn lost_or_won_back_at(losses: &[Loss], as_of: Millis) -> Option<Lifecycle> {
+    match losses.iter().rev().find(|l| l.at <= as_of) {
+        Some(l) if l.won_back_at.is_none_or(|w| w > as_of) => Some(Lifecycle::Lost),
+        Some(_) => Some(Lifecycle::WonBack),
+        // Before the oldest loss kept, a forgotten one may have been won back.
+        None if losses.len() >= LOSSES_KEPT => Some(Lifecycle::WonBack),
+        None => None,
+    }
 }
 
 /// A customer's revenue and margin per calendar month (UTC), for value tiers by trailing

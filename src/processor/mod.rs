@@ -12,7 +12,9 @@ use crate::facts::{Fact, OwnedFlow, Target};
 use crate::fold::{CustomerState, FoldLimits, Lifecycle, Limit, Outcome};
 use crate::rfm::Rfm;
 use crate::risk::{assess_risk, next_check, segment_at, strongest_reason, RiskSettings};
-use crate::segments::{Flow, Flows, Population, Segments, Standing};
+use crate::segments::{
+    note_loss, note_won_back, Flow, Flows, Loss, Population, Segments, Standing,
+};
 use crate::store::{
     Commit, Customer, OutboxRecord, Output, Store, StoreError, Timer, WATERMARK_SOURCE,
 };
@@ -1493,16 +1495,29 @@ fn reassess(
         .is_some_and(|s| s.lifecycle == Lifecycle::Lost);
     let is_lost = standing.lifecycle == Lifecycle::Lost;
     if is_lost && !was_lost {
+        let reason = strongest_reason(complete.codes, risk);
+        let value_minor = customer.state.revenue_minor;
         let lost = Fact::CountChange {
             segment: standing.segment.clone(),
             at: as_of,
             flow: OwnedFlow::Lost {
-                value_minor: customer.state.revenue_minor,
-                reason: strongest_reason(complete.codes, risk).code().to_owned(),
+                value_minor,
+                reason: reason.code().to_owned(),
             },
         };
         aggregates.note(lost, trends, kept.as_deref_mut());
+        note_loss(
+            &mut customer.losses,
+            Loss {
+                at: as_of,
+                segment: standing.segment.clone(),
+                reason,
+                value_minor,
+                won_back_at: None,
+            },
+        );
     } else if was_lost && !is_lost {
+        note_won_back(&mut customer.losses, as_of);
         let won = Fact::CountChange {
             segment: standing.segment.clone(),
             at: as_of,

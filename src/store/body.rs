@@ -21,12 +21,12 @@ use crate::fold::{
     CustomerState, EventFingerprint, Lifecycle, OpenComplaint, OpenOrder, SeenEvent, Subscription,
 };
 use crate::risk::{Level, Published, ReasonCode, RiskMemo};
-use crate::segments::{Standing, Trailing};
+use crate::segments::{Loss, Standing, Trailing};
 use crate::trends::{Baseline, CategoryTrend, Trends, Verdict, Window};
 
 use super::Customer;
 
-/// Appends the customer's body to `out` (that of encoding version 7), the sealed remembered
+/// Appends the customer's body to `out` (that of encoding version 8), the sealed remembered
 /// events in it: the layout of version 4 with no event ids in it, then [`SeenSection`].
 pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     write_head(customer, out);
@@ -59,20 +59,26 @@ fn sealed(state: &CustomerState) -> &[SeenEvent] {
     &state.seen[..(state.seen_sealed as usize).min(state.seen.len())]
 }
 
-/// The state, risk memo, standing and trailing months: the bytes `postcard` writes for the
-/// tuple of the four, with no event ids in the place of versions 1 to 5's.
+/// The state, risk memo, standing, trailing months and losses: the bytes `postcard` writes for
+/// the tuple of the four, with no event ids in the place of versions 1 to 5's, then for the
+/// losses.
 fn write_head(customer: &Customer, out: &mut Vec<u8>) {
     let Customer {
         state,
         risk,
         standing,
         trailing,
+        losses,
     } = customer;
     let mut w = Writer(out);
     w.state(state);
     w.risk(risk);
     w.option(standing.as_ref(), Writer::standing);
     w.trailing(trailing);
+    w.len(losses.len());
+    for loss in losses {
+        w.loss(loss);
+    }
 }
 
 /// What a version-6 body stores of each remembered event, as `postcard` reads it back: the
@@ -381,18 +387,37 @@ impl Writer<'_> {
         self.level(*level);
         self.len(reasons.len());
         for reason in reasons {
-            self.variant(match reason {
-                ReasonCode::Inactive => 0,
-                ReasonCode::UnresolvedComplaint => 1,
-                ReasonCode::RecentBadExperience => 2,
-                ReasonCode::Detractor => 3,
-                ReasonCode::SlowResponse => 4,
-                ReasonCode::LateDelivery => 5,
-                ReasonCode::FrequentReturns => 6,
-                ReasonCode::Cancelled => 7,
-            });
+            self.reason(*reason);
         }
         self.lifecycle(*lifecycle);
+    }
+
+    fn reason(&mut self, reason: ReasonCode) {
+        self.variant(match reason {
+            ReasonCode::Inactive => 0,
+            ReasonCode::UnresolvedComplaint => 1,
+            ReasonCode::RecentBadExperience => 2,
+            ReasonCode::Detractor => 3,
+            ReasonCode::SlowResponse => 4,
+            ReasonCode::LateDelivery => 5,
+            ReasonCode::FrequentReturns => 6,
+            ReasonCode::Cancelled => 7,
+        });
+    }
+
+    fn loss(&mut self, loss: &Loss) {
+        let Loss {
+            at,
+            segment,
+            reason,
+            value_minor,
+            won_back_at,
+        } = loss;
+        self.signed(*at);
+        self.str(segment);
+        self.reason(*reason);
+        self.signed(*value_minor);
+        self.time(won_back_at.as_ref());
     }
 
     fn standing(&mut self, standing: &Standing) {
@@ -490,6 +515,7 @@ mod tests {
             &customer.risk,
             &customer.standing,
             &customer.trailing,
+            &customer.losses,
         );
         let mut bytes = postcard::to_allocvec(&body).expect("postcard encodes plain structs");
         let state = &customer.state;
@@ -683,6 +709,9 @@ mod tests {
             timer_at in proptest::option::of(int()),
             standing in proptest::option::of((text(), lifecycle(), level(), int())),
             months in proptest::collection::vec((any::<i32>(), int(), int()), 0..4),
+            losses in proptest::collection::vec((int(), text(),
+                proptest::sample::select(crate::risk::REASON_CODES.to_vec()), int(),
+                proptest::option::of(int())), 0..3),
         ) -> Customer {
             Customer {
                 state,
@@ -703,6 +732,16 @@ mod tests {
                     ltv_minor,
                 }),
                 trailing: Trailing { months },
+                losses: losses
+                    .into_iter()
+                    .map(|(at, segment, reason, value_minor, won_back_at)| Loss {
+                        at,
+                        segment,
+                        reason,
+                        value_minor,
+                        won_back_at,
+                    })
+                    .collect(),
             }
         }
     }

@@ -6,7 +6,7 @@ use crate::facts::Fact;
 use crate::fold::CustomerState;
 use crate::rfm::Scales;
 use crate::risk::RiskMemo;
-use crate::segments::{Segments, Standing, Trailing};
+use crate::segments::{Loss, Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 use super::{AggregatorSnapshot, Claim, Customer, OutboxRecord, Output, Ownership, Position};
@@ -33,6 +33,9 @@ const CUSTOMER_V6: u8 = 6;
 /// many are sealed, the events after the sealed ones, and the sealed ones or a byte 0 when the
 /// store keeps them apart (under their own key, `SEALED_V1`).
 const CUSTOMER_V7: u8 = 7;
+/// Version 8: a V7 encoding with the customer's losses (`segments::Loss`) after its trailing
+/// months. A customer read from an earlier version has none: what it lost before is not known.
+const CUSTOMER_V8: u8 = 8;
 /// A customer's sealed remembered events kept apart: `body::Sealed`.
 const SEALED_V1: u8 = 1;
 const OUTBOX_V1: u8 = 1;
@@ -99,7 +102,7 @@ pub fn encode_sealed(state: &CustomerState) -> Vec<u8> {
 fn customer_prefix(customer: &Customer) -> Vec<u8> {
     // Room for a typical customer up front: growing from one byte copied it eight times.
     let mut out = Vec::with_capacity(512);
-    out.push(CUSTOMER_V7);
+    out.push(CUSTOMER_V8);
     match customer.risk.timer_at {
         None => out.push(0),
         Some(at) => {
@@ -159,7 +162,7 @@ type Prefixed<'a> = (u8, Option<crate::event::Millis>, &'a [u8]);
 /// A version-5 or -6 encoding's timer and the rest: `None` for an earlier version.
 fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
     let (&version, rest) = bytes.split_first()?;
-    if !(CUSTOMER_V5..=CUSTOMER_V7).contains(&version) {
+    if !(CUSTOMER_V5..=CUSTOMER_V8).contains(&version) {
         return None;
     }
     Some(match rest.split_first() {
@@ -208,6 +211,7 @@ fn from_v4((state, risk, standing, trailing): V4) -> Customer {
         risk,
         standing,
         trailing,
+        losses: Vec::new(),
     }
 }
 
@@ -218,16 +222,22 @@ pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
         let (version, timer, body) = prefix?;
         let malformed = |e: postcard::Error| format!("version {version} body: {e}");
         let (customer, apart) = if version >= CUSTOMER_V6 {
-            let (mut customer, seen) = postcard::take_from_bytes::<V4>(body)
+            let (mut customer, mut seen) = postcard::take_from_bytes::<V4>(body)
                 .map(|(v4, seen)| (from_v4(v4), seen))
                 .map_err(malformed)?;
+            if version >= CUSTOMER_V8 {
+                let (losses, rest) =
+                    postcard::take_from_bytes::<Vec<Loss>>(seen).map_err(malformed)?;
+                customer.losses = losses;
+                seen = rest;
+            }
             if !customer.state.seen.is_empty() {
                 return Err(format!(
                     "version {version} body holds event ids in version 5's place"
                 ));
             }
             let newest = customer.state.last_event_at;
-            let (apart, rest) = if version == CUSTOMER_V6 {
+            let (apart, rest) = if version < CUSTOMER_V7 {
                 let (entries, rest) = postcard::take_from_bytes::<super::body::SeenEntries>(seen)
                     .map_err(malformed)?;
                 customer.state.seen = super::body::seen_entries(entries, newest);
@@ -249,7 +259,7 @@ pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
                     }
                     Some(entries) => {
                         return Err(format!(
-                            "version 7 body holds {} sealed remembered events, and says {sealed}",
+                            "version {version} body holds {} sealed remembered events, and says {sealed}",
                             entries.len()
                         ))
                     }
@@ -303,13 +313,13 @@ fn decode_legacy(bytes: &[u8]) -> Result<Customer, String> {
                     state,
                     risk,
                     standing,
-                    trailing: Trailing::default(),
+                    ..Customer::default()
                 },
             )
         }
         Some(&CUSTOMER_V4) => decode::<V4>(CUSTOMER_V4, bytes).map(from_v4),
         Some(v) => Err(format!(
-            "unknown encoding version {v} (this build reads up to {CUSTOMER_V7})"
+            "unknown encoding version {v} (this build reads up to {CUSTOMER_V8})"
         )),
         None => Err("empty value".into()),
     }
@@ -660,6 +670,7 @@ mod tests {
             trailing: Trailing {
                 months: vec![(24_300, 1_500, -20)],
             },
+            losses: Vec::new(),
         }
     }
 
@@ -778,13 +789,11 @@ mod tests {
     ];
 
     #[test]
-    fn version_seven_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
-        // CUSTOMER_V8 and keep reading V1 to V7. A V7 encoding is the V6 one with, in place of
-        // the fingerprints, 00 (seal 0), 00 (none sealed), the fingerprints, then 01 00 (the
-        // sealed ones in the body: none).
-        let encoded = encode_customer(&sample_customer());
-        assert_eq!(encoded, golden("customer_v7.hex", Some(&encoded)));
+    fn version_seven_is_still_read() {
+        // Written by the version-7 encoder: the V6 encoding with, in place of the fingerprints,
+        // 00 (seal 0), 00 (none sealed), the fingerprints, then 01 00 (the sealed ones in the
+        // body: none). It knew no losses.
+        let v7 = golden("customer_v7.hex", None);
         let v6 = golden("customer_v6.hex", None);
         let head = v6.len() - SAMPLE_SEEN.len();
         let mut expected = vec![CUSTOMER_V7];
@@ -792,21 +801,65 @@ mod tests {
         expected.extend_from_slice(&[0x00, 0x00]);
         expected.extend_from_slice(&SAMPLE_SEEN);
         expected.extend_from_slice(&[0x01, 0x00]);
+        assert_eq!(v7, expected);
+        assert_eq!(customer_timer(&v7), Ok(Some(100_000_000)));
+        assert_eq!(decode_customer(&v7), Ok(sample_customer()));
+    }
+
+    /// The sample with one loss, not won back.
+    fn sample_lost() -> Customer {
+        let mut customer = sample_customer();
+        customer.losses.push(Loss {
+            at: 95_000_000,
+            segment: "gold".into(),
+            reason: ReasonCode::Cancelled,
+            value_minor: 1_500,
+            won_back_at: None,
+        });
+        customer
+    }
+
+    #[test]
+    fn version_eight_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
+        // CUSTOMER_V9 and keep reading V1 to V8. A V8 encoding is the V7 one with the losses
+        // after the trailing months: 01 (one), 80 d7 cc 5a (at: zigzag 190,000,000), 04 67 6f
+        // 6c 64 ("gold"), 07 (Cancelled), b8 17 (value: zigzag 3,000), 00 (not won back).
+        let encoded = encode_customer(&sample_lost());
+        assert_eq!(encoded, golden("customer_v8.hex", Some(&encoded)));
+        let v7 = golden("customer_v7.hex", None);
+        let v6 = golden("customer_v6.hex", None);
+        let head = v6.len() - SAMPLE_SEEN.len();
+        let loss = [
+            0x01, 0x80, 0xd7, 0xcc, 0x5a, 0x04, b'g', b'o', b'l', b'd', 0x07, 0xb8, 0x17, 0x00,
+        ];
+        let mut expected = vec![CUSTOMER_V8];
+        expected.extend_from_slice(&v7[1..head]);
+        expected.extend_from_slice(&loss);
+        expected.extend_from_slice(&v7[head..]);
         assert_eq!(encoded, expected);
         assert_eq!(customer_timer(&encoded), Ok(Some(100_000_000)));
-        assert_eq!(decode_customer(&encoded), Ok(sample_customer()));
+        assert_eq!(decode_customer(&encoded), Ok(sample_lost()));
+        // Won back at 96,000,000: 01 80 e0 c6 5b in place of the last 00.
+        let mut won = sample_lost();
+        won.losses[0].won_back_at = Some(96_000_000);
+        let encoded = encode_customer(&won);
+        let at = head + loss.len() - 1;
+        assert_eq!(&encoded[at..at + 5], &[0x01, 0x80, 0xe0, 0xc6, 0x5b]);
+        assert_eq!(decode_customer(&encoded), Ok(won));
+        let head = head + loss.len();
 
-        let mut untimed = sample_customer();
+        let mut untimed = sample_lost();
         untimed.risk.timer_at = None;
         let encoded = encode_customer(&untimed);
-        assert_eq!(&encoded[..2], &[7, 0]);
+        assert_eq!(&encoded[..2], &[8, 0]);
         assert_eq!(customer_timer(&encoded), Ok(None));
         assert_eq!(decode_customer(&encoded), Ok(untimed));
 
         // Sealed (seal 3), and kept apart: 03 01 (seal 3, one sealed), 00 (none after it),
         // 00 (the sealed one apart); apart, 01 (version), 03 (seal), 80 aa ea 55 (newest
         // event: zigzag 180,000,000), then the event as above.
-        let mut sealed = sample_customer();
+        let mut sealed = sample_lost();
         sealed.state.seen_sealed = 1;
         sealed.state.seal = 3;
         let apart = encode_customer_apart(&sealed);

@@ -23,7 +23,7 @@ use crate::event::Millis;
 use crate::fold::CustomerState;
 use crate::rfm::{Cell, Rfm, Scales};
 use crate::risk::{ChurnRiskRecord, RiskMemo};
-use crate::segments::{Segments, Standing, Trailing};
+use crate::segments::{Loss, Segments, Standing, Trailing};
 use crate::trends::Trends;
 
 pub use changelog::{
@@ -188,7 +188,8 @@ mod header_bytes {
     }
 }
 
-/// What is stored per customer: the folded state and the risk memo.
+/// What is stored per customer: the folded state, the risk memo, and how the segment metrics
+/// count it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Customer {
     pub state: CustomerState,
@@ -197,6 +198,8 @@ pub struct Customer {
     pub standing: Option<Standing>,
     /// Revenue and margin per recent month, for its value tier.
     pub trailing: Trailing,
+    /// The latest times it was counted lost, oldest first.
+    pub losses: Vec<Loss>,
 }
 
 impl From<CustomerState> for Customer {
@@ -206,6 +209,7 @@ impl From<CustomerState> for Customer {
             risk: RiskMemo::default(),
             standing: None,
             trailing: Trailing::default(),
+            losses: Vec::new(),
         }
     }
 }

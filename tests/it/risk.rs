@@ -319,14 +319,149 @@ fn small_moves_publish_nothing_and_the_first_event_always_publishes() {
     assert!(records.len() < events.len(), "not one record per event");
 }
 
+/// `score` at `as_of` over 90 days, of every customer or of those lost since `lost_since`.
+fn at(as_of: i64, lost_since: Option<i64>) -> customer_pulse::pipeline::ScoreAt {
+    customer_pulse::pipeline::ScoreAt {
+        as_of,
+        horizon_days: 90,
+        lost_since,
+    }
+}
+
+/// A config of four partitions whose state is in `dir`.
+fn state_config(dir: &std::path::Path) -> customer_pulse::config::Config {
+    let text = format!(
+        "[kafka]\nbrokers = \"unused:9092\"\n[input]\npartitions = 4\n[state]\npath = \"{}\"\n",
+        dir.join("state").display()
+    );
+    customer_pulse::config::Config::parse(&text, Vec::new()).unwrap()
+}
+
+/// `score`'s lines and report at `at`.
+fn scored(
+    store: &Store,
+    config: &customer_pulse::config::Config,
+    at: customer_pulse::pipeline::ScoreAt,
+) -> (customer_pulse::pipeline::ScoreReport, Vec<Value>) {
+    let mut out = Vec::new();
+    let report = customer_pulse::pipeline::score(store, config, at, &mut out).unwrap();
+    let lines = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (report, lines)
+}
+
+#[test]
+fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = state_config(dir.path());
+    let store = customer_pulse::pipeline::open_store(&config).unwrap();
+    let mut processor = Processor::new(
+        store.clone(),
+        customer_pulse::pipeline::processor_settings(&config),
+    );
+    let cancel = |id: &str, customer: &str, at: i64| {
+        ev(
+            id,
+            customer,
+            "subscription.cancelled",
+            at,
+            r#""reason":"price""#,
+        )
+    };
+    // `a` buys on days 0 and 9 and cancels on day 31; `b` buys on day 0, cancels on day 19
+    // and buys again on day 32; `c` buys on days 0 and 7 and stays.
+    let mut events = Vec::new();
+    events.extend(order("a0", "a", START));
+    events.extend(order("b0", "b", START));
+    events.extend(order("c0", "c", START));
+    events.extend(order("c7", "c", START + 7 * DAY));
+    events.extend(order("a9", "a", START + 9 * DAY));
+    events.push(cancel("b-cancel", "b", START + 19 * DAY));
+    events.push(cancel("a-cancel", "a", START + 31 * DAY));
+    events.extend(order("b32", "b", START + 32 * DAY));
+    events.sort_by_key(|e| serde_json::from_str::<Value>(e).unwrap()["occurred_at"].to_string());
+    for (i, json) in events.iter().enumerate() {
+        processor
+            .process(&[file_record(i as i64, json)], NOW_MS)
+            .unwrap();
+    }
+    let by_id = |lines: &[Value]| -> std::collections::BTreeMap<String, Value> {
+        lines
+            .iter()
+            .map(|l| (l["customer_id"].as_str().unwrap().to_owned(), l.clone()))
+            .collect()
+    };
+    let codes = |line: &Value| -> Vec<String> {
+        line["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // The first 30 days: `b` was lost on day 19 by its cancellation, with the revenue of its
+    // one order; it was won back only later. `a` cancelled only later, so it was active then.
+    let month_end = START + 30 * DAY - 1;
+    let (report, lines) = scored(&store, &config, at(month_end, Some(START)));
+    assert_eq!(report.written, 1);
+    assert_eq!(
+        report.lost,
+        customer_pulse::pipeline::LostInPeriod {
+            count: 1,
+            value_minor: 2_000,
+            reasons: [("cancelled", 1)].into(),
+        }
+    );
+    assert_eq!(lines[0]["customer_id"], "b");
+    assert_eq!(lines[0]["lifecycle"], "lost");
+    assert_eq!(
+        lines[0]["losses"],
+        serde_json::json!([{
+            "at": format_millis(START + 19 * DAY),
+            "segment": "standard",
+            "reason": "cancelled",
+            "value_minor": 2_000,
+            "won_back_at": null,
+        }])
+    );
+    let (_, lines) = scored(&store, &config, at(month_end, None));
+    let everyone = by_id(&lines);
+    assert_eq!(everyone.len(), 3);
+    assert_eq!(everyone["a"]["lifecycle"], "active", "{}", everyone["a"]);
+    assert!(!codes(&everyone["a"]).contains(&"cancelled".to_owned()));
+    assert_eq!(everyone["a"]["losses"], serde_json::json!([]));
+    assert_eq!(everyone["b"]["lifecycle"], "lost");
+    assert!(codes(&everyone["b"]).contains(&"cancelled".to_owned()));
+    assert_eq!(everyone["c"]["lifecycle"], "active");
+
+    // The next 30 days: `a` was lost on day 31 with its two orders' revenue; `b`, won back on
+    // day 32, is not in this review.
+    let next_end = START + 60 * DAY - 1;
+    let (report, lines) = scored(&store, &config, at(next_end, Some(START + 30 * DAY)));
+    assert_eq!(
+        (report.written, report.lost.count, report.lost.value_minor),
+        (1, 1, 4_000)
+    );
+    assert_eq!(lines[0]["customer_id"], "a");
+    assert_eq!(lines[0]["losses"][0]["at"], format_millis(START + 31 * DAY));
+    let (_, lines) = scored(&store, &config, at(next_end, None));
+    let everyone = by_id(&lines);
+    assert_eq!(
+        everyone["b"]["losses"][0]["won_back_at"],
+        format_millis(START + 32 * DAY)
+    );
+    assert_ne!(everyone["b"]["lifecycle"], "lost");
+    assert_eq!(everyone["a"]["lifecycle"], "lost");
+}
+
 #[test]
 fn score_as_of_writes_every_customer_with_its_model_values() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[kafka]\nbrokers = \"unused:9092\"\n[input]\npartitions = 4\n[state]\npath = \"{}\"\n",
-        dir.path().join("state").display()
-    );
-    let config = customer_pulse::config::Config::parse(&text, Vec::new()).unwrap();
+    let config = state_config(dir.path());
     let store = customer_pulse::pipeline::open_store(&config).unwrap();
     // While one holds the state, another is told why it cannot open it.
     let held = customer_pulse::pipeline::open_store(&config)
@@ -361,7 +496,8 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
     }
     let as_of = START + 20 * 7 * DAY;
     let mut out = Vec::new();
-    let report = customer_pulse::pipeline::score(&store, &config, as_of, 90, &mut out).unwrap();
+    let report =
+        customer_pulse::pipeline::score(&store, &config, at(as_of, None), &mut out).unwrap();
     assert_eq!(
         (report.written, report.not_yet_seen, report.seen_since),
         (2_500, 0, 0)
@@ -392,7 +528,8 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
     // as it stood then, as `fit` reads it. A day before the first orders, nobody was seen yet.
     let ten_days = START + 10 * DAY;
     let mut out = Vec::new();
-    let report = customer_pulse::pipeline::score(&store, &config, ten_days, 90, &mut out).unwrap();
+    let report =
+        customer_pulse::pipeline::score(&store, &config, at(ten_days, None), &mut out).unwrap();
     assert_eq!(
         (report.written, report.not_yet_seen, report.seen_since),
         (2_500, 0, (0..2_500).filter(|i| i % 3 == 2).count() as u64)
@@ -411,7 +548,7 @@ fn score_as_of_writes_every_customer_with_its_model_values() {
     }
     let mut out = Vec::new();
     let report =
-        customer_pulse::pipeline::score(&store, &config, START - DAY, 90, &mut out).unwrap();
+        customer_pulse::pipeline::score(&store, &config, at(START - DAY, None), &mut out).unwrap();
     assert_eq!((report.written, report.not_yet_seen), (0, 2_500));
     assert!(out.is_empty());
 

@@ -49,23 +49,22 @@ fn order(customer: &str, day: i64, amount: i64) -> [String; 2] {
 /// Runs the events (ordered by event time) in batches of `batch` through one partition and
 /// returns the output values by topic.
 fn run(events: &[String], batch: usize) -> BTreeMap<String, Vec<Value>> {
-    run_with_rfm(events, batch).0
+    run_with_metrics(events, batch).outputs
 }
 
-/// Also returns the customers per named RFM segment when the last day closed.
-fn run_with_rfm(
-    events: &[String],
-    batch: usize,
-) -> (BTreeMap<String, Vec<Value>>, BTreeMap<String, i64>) {
-    let (outputs, rfm, _) = run_with_metrics(events, batch);
-    (outputs, rfm)
+/// What [`run_with_metrics`] leaves.
+struct Ran {
+    /// The output values by topic.
+    outputs: BTreeMap<String, Vec<Value>>,
+    /// The customers per named RFM segment when the last day closed.
+    rfm: BTreeMap<String, i64>,
+    /// `/metrics` as the batches' reports left it.
+    metrics: String,
+    store: Store,
 }
 
-/// Also returns `/metrics` as the batches' reports left it.
-fn run_with_metrics(
-    events: &[String],
-    batch: usize,
-) -> (BTreeMap<String, Vec<Value>>, BTreeMap<String, i64>, String) {
+/// Also returns the RFM segments, the metrics and the store.
+fn run_with_metrics(events: &[String], batch: usize) -> Ran {
     let store = Store::in_memory();
     let mut processor = Processor::new(store.clone(), settings_with_partitions(100_000, 1));
     let telemetry = customer_pulse::telemetry::Telemetry::new();
@@ -91,7 +90,12 @@ fn run_with_metrics(
                 .push(serde_json::from_slice(&value).unwrap());
         }
     }
-    (by_topic, rfm, telemetry.render())
+    Ran {
+        outputs: by_topic,
+        rfm,
+        metrics: telemetry.render(),
+        store,
+    }
 }
 
 /// The days (counted from `START`) on which `segment` has a non-zero `field` (a path into the
@@ -170,7 +174,7 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         r#""amount_minor":900"#,
     ));
     let events = sorted_by_time(events);
-    let outputs = run(&events, 7);
+    let Ran { outputs, store, .. } = run_with_metrics(&events, 7);
     let days = &outputs["customer.segment-metrics"];
     let risk = &outputs["customer.churn-risk"];
 
@@ -247,6 +251,34 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         days_with(days, "standard", &["won_back", "count"]),
         vec![(120, 1.into())]
     );
+    // Each keeps its losses for the lost-customer review: when its record turned lost, in
+    // which segment, the reason counted, its revenue then, and when it was won back.
+    let losses = |customer: &str| {
+        let stored = store.customer_record(0, customer).unwrap().expect("stored");
+        serde_json::to_value(&stored.losses).unwrap()
+    };
+    let millis = |v: &Value| parse_millis(v.as_str().unwrap()).unwrap();
+    assert_eq!(
+        losses("sam"),
+        serde_json::json!([{
+            "at": millis(lost_at[0]),
+            "segment": "standard",
+            "reason": "unresolved_complaint",
+            "value_minor": 10_000,
+            "won_back_at": millis(&back["as_of"]),
+        }])
+    );
+    assert_eq!(
+        losses("cat"),
+        serde_json::json!([{
+            "at": START + 10 * DAY + 8 * 3_600_000,
+            "segment": "gold",
+            "reason": "cancelled",
+            "value_minor": 150_000,
+            "won_back_at": null,
+        }])
+    );
+    assert_eq!(losses("pat"), serde_json::json!([]));
 
     // Everyone lost is counted once, whatever came after: the lost count of all days equals the
     // number of customers whose records turned lost.
@@ -354,7 +386,12 @@ fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
     let expected = recount(&events);
     let records =
         |outputs: &BTreeMap<String, Vec<Value>>| outputs["customer.segment-metrics"].clone();
-    let (outputs, rfm, metrics) = run_with_metrics(&events, 1_000);
+    let Ran {
+        outputs,
+        rfm,
+        metrics,
+        ..
+    } = run_with_metrics(&events, 1_000);
     let once = records(&outputs);
     assert!(once.len() > 2 * 300, "about a year of days in two segments");
     let mut days_seen = std::collections::BTreeSet::new();
@@ -421,7 +458,11 @@ fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
         .chunks(500)
         .flat_map(|chunk| chunk.iter().chain(chunk.iter()).cloned())
         .collect();
-    let (twice_outputs, _, twice_metrics) = run_with_metrics(&twice, 500);
+    let Ran {
+        outputs: twice_outputs,
+        metrics: twice_metrics,
+        ..
+    } = run_with_metrics(&twice, 500);
     assert_same(&records(&twice_outputs), &once, "every batch twice");
     let segment_counters = |metrics: &str| -> Vec<String> {
         let names = [
