@@ -24,6 +24,21 @@ pub enum Channel {
     Other,
 }
 
+impl Channel {
+    /// The contract's name (CONTRACT section 1), a bounded label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Web => "web",
+            Channel::Phone => "phone",
+            Channel::Email => "email",
+            Channel::Store => "store",
+            Channel::Chat => "chat",
+            Channel::Mobile => "mobile",
+            Channel::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {

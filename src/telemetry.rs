@@ -2,8 +2,8 @@
 //! per-batch reports; nothing on the hot path touches a metric per event.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::decode::Reason;
@@ -30,6 +30,9 @@ pub struct Telemetry {
     cache_lookups: IntCounterVec,
     timers_fired: IntCounter,
     complaints_opened: IntCounterVec,
+    first_response: HistogramVec,
+    delivery: Histogram,
+    resolution: HistogramVec,
     complaints_open: IntGaugeVec,
     complaint_spike: IntGaugeVec,
     complaint_z_score: GaugeVec,
@@ -81,7 +84,44 @@ impl Telemetry {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
             0.75, 1.0, 2.5, 5.0, 10.0,
         ];
+        // Service times, from a minute to a month.
+        let service_buckets = vec![
+            60.0,
+            300.0,
+            900.0,
+            1_800.0,
+            3_600.0,
+            7_200.0,
+            14_400.0,
+            28_800.0,
+            86_400.0,
+            172_800.0,
+            259_200.0,
+            604_800.0,
+            1_209_600.0,
+            2_592_000.0,
+        ];
+        let service = |name: &str, help: &str| {
+            HistogramOpts::new(name, help)
+                .namespace(NAMESPACE)
+                .buckets(service_buckets.clone())
+        };
         let t = Telemetry {
+            first_response: HistogramVec::new(
+                service("first_response_seconds", "A contact's first response time, as its interaction.contact event gives it, by channel."),
+                &["channel"],
+            )
+            .expect("valid metric"),
+            delivery: Histogram::with_opts(service(
+                "delivery_seconds",
+                "An order's time from order.placed to order.delivered, in event time.",
+            ))
+            .expect("valid metric"),
+            resolution: HistogramVec::new(
+                service("complaint_resolution_seconds", "A complaint's time from complaint.opened to complaint.resolved, in event time, by category."),
+                &["category"],
+            )
+            .expect("valid metric"),
             events: IntCounterVec::new(
                 opts("events_total", "Input events by source topic, type and outcome (applied, duplicate, rejected, late)."),
                 &["topic", "type", "outcome"],
@@ -362,6 +402,9 @@ impl Telemetry {
             Box::new(t.cache_lookups.clone()),
             Box::new(t.timers_fired.clone()),
             Box::new(t.complaints_opened.clone()),
+            Box::new(t.first_response.clone()),
+            Box::new(t.delivery.clone()),
+            Box::new(t.resolution.clone()),
             Box::new(t.complaints_open.clone()),
             Box::new(t.complaint_spike.clone()),
             Box::new(t.complaint_z_score.clone()),
@@ -443,6 +486,21 @@ impl Telemetry {
             self.complaints_opened
                 .with_label_values(&[category.as_str(), severity])
                 .inc_by(*n);
+        }
+        // Channels and categories come from closed sets too.
+        let service = &report.service;
+        for (channel, seconds) in &service.first_response {
+            self.first_response
+                .with_label_values(&[channel])
+                .observe(*seconds as f64);
+        }
+        for seconds in &service.delivery {
+            self.delivery.observe(*seconds as f64);
+        }
+        for (category, seconds) in &service.resolution {
+            self.resolution
+                .with_label_values(&[category.as_str()])
+                .observe(*seconds as f64);
         }
         self.churn_risk_records.inc_by(report.risk_records as u64);
         self.record_aggregates(report);

@@ -171,6 +171,78 @@ pub struct BatchReport {
     pub late_facts: u64,
     /// Customers per named RFM segment, when a closed day recomputed the scales.
     pub rfm_segments: Option<BTreeMap<String, i64>>,
+    /// How fast the customers were served, per event that measured it.
+    pub service: ServiceTimes,
+}
+
+/// Service times (DOMAIN.md: measure service speed), one per applied event that gave one, in
+/// seconds as the fold counts them.
+#[derive(Debug, Default, Clone)]
+pub struct ServiceTimes {
+    /// A contact's first response, by channel.
+    pub first_response: Vec<(&'static str, u64)>,
+    /// An order to its delivery.
+    pub delivery: Vec<u64>,
+    /// A complaint's opening to its resolution, by category.
+    pub resolution: Vec<(String, u64)>,
+}
+
+impl ServiceTimes {
+    fn absorb(&mut self, other: ServiceTimes) {
+        self.first_response.extend(other.first_response);
+        self.delivery.extend(other.delivery);
+        self.resolution.extend(other.resolution);
+    }
+
+    /// Adds what `event` added to the fold's service-time sums, from `before` to `after`; a
+    /// resolution counts in the category of the complaint it resolved, `resolved`.
+    fn note(
+        &mut self,
+        event: &EventKind,
+        (before, after): (ServiceSums, ServiceSums),
+        resolved: Option<&str>,
+    ) {
+        match event {
+            EventKind::Contact { channel, .. } if after.responses > before.responses => {
+                let seconds = after.response_seconds - before.response_seconds;
+                self.first_response.push((channel.name(), seconds));
+            }
+            EventKind::OrderDelivered { .. } if after.deliveries > before.deliveries => {
+                self.delivery
+                    .push(after.delivery_seconds - before.delivery_seconds);
+            }
+            EventKind::ComplaintResolved { .. } if after.resolved > before.resolved => {
+                let seconds = after.resolution_seconds - before.resolution_seconds;
+                let category = resolved.unwrap_or("other").to_owned();
+                self.resolution.push((category, seconds));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The fold's service-time sums of one customer, to tell what one event added to them.
+#[derive(Debug, Clone, Copy)]
+struct ServiceSums {
+    responses: u32,
+    response_seconds: u64,
+    deliveries: u32,
+    delivery_seconds: u64,
+    resolved: u32,
+    resolution_seconds: u64,
+}
+
+impl ServiceSums {
+    fn of(state: &CustomerState) -> ServiceSums {
+        ServiceSums {
+            responses: state.first_responses,
+            response_seconds: state.first_response_seconds_total,
+            deliveries: state.deliveries,
+            delivery_seconds: state.delivery_seconds_total,
+            resolved: state.complaints_resolved,
+            resolution_seconds: state.resolution_seconds_total,
+        }
+    }
 }
 
 impl BatchReport {
@@ -204,6 +276,7 @@ impl BatchReport {
         self.risk_records += other.risk_records;
         self.timers_fired += other.timers_fired;
         self.cache_lookups.add(other.cache_lookups);
+        self.service.absorb(other.service);
         self.closed_windows.extend(other.closed_windows);
         if !other.open_complaints.is_empty() {
             self.open_complaints = other.open_complaints;
@@ -1240,11 +1313,15 @@ impl Processor {
         if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);
         }
+        let sums_before = ServiceSums::of(&customer.state);
         let outcome = customer.state.apply(&event, &settings.limits);
         if outcome == Outcome::Duplicate {
             report.count_event(&record.source, event.kind.type_name(), "duplicate");
             return Ok(());
         }
+        let sums = (sums_before, ServiceSums::of(&customer.state));
+        let resolved = open_before.first().map(|(category, _)| category.as_str());
+        report.service.note(&event.kind, sums, resolved);
         if let Outcome::Applied(Some(limit)) = outcome {
             *report.limits_reached.entry(limit.code()).or_default() += 1;
         }

@@ -145,6 +145,7 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
             (_, "level") => owned(&["low", "medium", "high"]),
             (_, "rfm_segment") => rfm.clone(),
             (_, "spike") => owned(&["true", "false"]),
+            (_, "channel") => owned(&["web", "phone", "email", "store", "chat", "mobile", "other"]),
             (_, "topic") => owned(&["test"]),
             (_, "type") => types.clone(),
             (_, "outcome") => owned(&["applied", "duplicate", "rejected", "late"]),
@@ -161,7 +162,10 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
                 owned(&["hit", "stored", "absent"])
             }
             ("customer_pulse_processing_latency_seconds_bucket", "le")
-            | ("customer_pulse_commit_duration_seconds_bucket", "le") => Vec::new(),
+            | ("customer_pulse_commit_duration_seconds_bucket", "le")
+            | ("customer_pulse_first_response_seconds_bucket", "le")
+            | ("customer_pulse_delivery_seconds_bucket", "le")
+            | ("customer_pulse_complaint_resolution_seconds_bucket", "le") => Vec::new(),
             _ => panic!("{metric}: unexpected label {label}"),
         }
     };

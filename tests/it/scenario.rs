@@ -756,3 +756,118 @@ fn a_panic_in_the_fold_of_a_batch_decoded_on_its_own_thread_isolates_the_event()
         ]
     );
 }
+
+/// The service-time histograms (DOMAIN.md: measure service speed) equal a recount from the raw
+/// events: each contact's first response by channel, each order's time to its first delivery,
+/// each complaint's time to its resolution by the category it was opened in, in whole seconds;
+/// a second delivery of every event adds nothing.
+#[test]
+fn the_service_time_histograms_equal_a_recount_from_the_raw_events() {
+    use std::collections::{BTreeMap, HashMap};
+    let events = generated(200, 20_000, 9);
+    let millis = |e: &serde_json::Value| {
+        customer_pulse::event::parse_millis(e["occurred_at"].as_str().unwrap()).unwrap()
+    };
+    let seconds = |from: i64, to: i64| ((to - from) / 1000).max(0) as f64;
+    let text = |e: &serde_json::Value, field: &str| e[field].as_str().unwrap().to_owned();
+    // Series -> (count, sum), as /metrics names them.
+    let mut want: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    let mut observe = |series: String, value: f64| {
+        let entry = want.entry(series).or_default();
+        entry.0 += 1;
+        entry.1 += value;
+    };
+    let configured = settings(100_000).trends.categories;
+    let mut placed: HashMap<(String, String), i64> = HashMap::new();
+    let mut opened: HashMap<(String, String), (String, i64)> = HashMap::new();
+    for e in &events {
+        let customer = text(e, "customer_id");
+        match e["type"].as_str().unwrap() {
+            "interaction.contact" => {
+                if let Some(s) = e["first_response_seconds"].as_u64() {
+                    let channel = text(e, "channel");
+                    observe(
+                        format!("customer_pulse_first_response_seconds{{channel=\"{channel}\"}}"),
+                        s as f64,
+                    );
+                }
+            }
+            "order.placed" => {
+                placed.insert((customer, text(e, "order_id")), millis(e));
+            }
+            "order.delivered" => {
+                if let Some(at) = placed.remove(&(customer, text(e, "order_id"))) {
+                    observe(
+                        "customer_pulse_delivery_seconds".into(),
+                        seconds(at, millis(e)),
+                    );
+                }
+            }
+            "complaint.opened" => {
+                // Normalised to the configured categories, else `other`.
+                let category = Some(text(e, "category"))
+                    .filter(|c| configured.contains(c))
+                    .unwrap_or_else(|| "other".into());
+                opened.insert((customer, text(e, "complaint_id")), (category, millis(e)));
+            }
+            "complaint.resolved" => {
+                if let Some((category, at)) = opened.remove(&(customer, text(e, "complaint_id"))) {
+                    observe(
+                        format!(
+                            "customer_pulse_complaint_resolution_seconds{{category=\"{category}\"}}"
+                        ),
+                        seconds(at, millis(e)),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        want.keys().filter(|s| s.contains("first_response")).count() >= 3
+            && want.keys().filter(|s| s.contains("resolution")).count() >= 3
+            && want.contains_key("customer_pulse_delivery_seconds"),
+        "the traffic measures every kind of service: {want:?}"
+    );
+    // Each series' count and sum in /metrics, by the series' name and labels.
+    let got = |metrics: &str| -> BTreeMap<String, (u64, f64)> {
+        let mut got: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for line in metrics.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = match value.parse() {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            for (suffix, is_count) in [("_count", true), ("_sum", false)] {
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+                let Some(name) = name.strip_suffix(suffix) else {
+                    continue;
+                };
+                if !["first_response", "delivery_seconds", "resolution"]
+                    .iter()
+                    .any(|m| name.contains(m))
+                {
+                    continue;
+                }
+                let key = match labels {
+                    "" => name.to_owned(),
+                    labels => format!("{name}{{{labels}"),
+                };
+                let entry = got.entry(key).or_default();
+                if is_count {
+                    entry.0 = value as u64;
+                } else {
+                    entry.1 = value;
+                }
+            }
+        }
+        got
+    };
+    let once = fold_with_metrics(&events, settings(100_000));
+    assert_eq!(got(&once.telemetry.render()), want);
+    let twice: Vec<serde_json::Value> = events.iter().chain(&events).cloned().collect();
+    let twice = fold_with_metrics(&twice, settings(100_000));
+    assert_eq!(got(&twice.telemetry.render()), want, "delivered twice");
+}
