@@ -292,11 +292,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             let seconds = started.elapsed().as_secs_f64();
             println!(
-                "replayed {} lines in {seconds:.1} s ({:.0} lines/s): {} applied, {} duplicates, {} rejected to the dead-letter output, {} skipped as already applied, {} output records",
+                "replayed {} lines in {seconds:.1} s ({:.0} lines/s): {} applied ({} of them late for their window), {} duplicates, {} of erased customers from before their erasure, {} rejected to the dead-letter output, {} skipped as already applied, {} output records",
                 summary.lines_read,
                 summary.lines_read as f64 / seconds.max(1e-9),
                 summary.applied,
+                summary.late,
                 summary.duplicates,
+                summary.erased,
                 summary.rejected,
                 summary.lines_skipped,
                 summary.outputs_delivered

@@ -18,8 +18,13 @@ use crate::telemetry::Telemetry;
 pub struct ReplaySummary {
     pub lines_read: u64,
     pub lines_skipped: u64,
+    /// Applied, the late ones included.
     pub applied: u64,
+    /// Applied after their complaint window or segment day was emitted.
+    pub late: u64,
     pub duplicates: u64,
+    /// Of an erased customer, from before its erasure: not applied.
+    pub erased: u64,
     pub rejected: u64,
     pub outputs_delivered: u64,
     /// Where the customers looked up were found: for sizing `state.cache_customers`.
@@ -28,8 +33,11 @@ pub struct ReplaySummary {
 
 impl ReplaySummary {
     fn add(&mut self, report: &BatchReport) {
-        self.applied += report.count("applied");
+        let late = report.count("late");
+        self.applied += report.count("applied") + late;
+        self.late += late;
         self.duplicates += report.count("duplicate");
+        self.erased += report.count("erased");
         self.rejected += report.count("rejected");
         self.customers.add(report.cache_lookups);
     }

@@ -24,6 +24,12 @@ pub(super) struct CacheEntry {
     pub(super) facts: Vec<Fact>,
     /// Whether its key is in [`StateCache::touched`].
     pub(super) touched: bool,
+    /// Up to which event time its events stay erased, when it was erased (`store::Store::
+    /// erased_until`).
+    pub(super) erased_until: Option<Millis>,
+    /// Whether it was erased since the last commit, which writes `erased_until` then (also
+    /// when an event after the erasure started it again in the same batch).
+    pub(super) erased_now: bool,
     pub(super) used: u64,
 }
 
@@ -87,6 +93,7 @@ impl StateCache {
                     }
                 };
                 let stored_timer = record.as_ref().and_then(|c| c.risk.timer_at);
+                let erased_until = store.erased_until(partition, customer_id);
                 let entry = CacheEntry {
                     record,
                     stored_timer,
@@ -94,6 +101,8 @@ impl StateCache {
                     dirty: false,
                     facts: Vec::new(),
                     touched: false,
+                    erased_until,
+                    erased_now: false,
                     used: 0,
                 };
                 v.insert_with_key((partition, customer_id.to_owned()), entry)
@@ -122,8 +131,11 @@ impl StateCache {
             let (partition, id) = key;
             let record = entry.record.as_deref();
             commit.put_customer_apart(*partition, id.clone(), record, entry.stored_seal);
+            let write = commit.customers.last_mut().expect("put above");
+            if entry.erased_now {
+                write.erased_until = entry.erased_until;
+            }
             if !entry.facts.is_empty() {
-                let write = commit.customers.last_mut().expect("put above");
                 write.facts = crate::store::encode_facts(&std::mem::take(&mut entry.facts));
             }
             let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
@@ -147,6 +159,7 @@ impl StateCache {
                 entry.touched = false;
                 if entry.dirty {
                     entry.dirty = false;
+                    entry.erased_now = false;
                     entry.stored_timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
                     // An erased customer's are deleted: a new one's seal.
                     entry.stored_seal = Some(entry.record.as_ref().map_or(0, |c| c.state.seal));

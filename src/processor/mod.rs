@@ -1265,6 +1265,15 @@ impl Processor {
         let entry = self
             .cache
             .entry(&self.store, partition, &event.customer_id)?;
+        // An event of an erased customer from before its erasure, read after it (its topic
+        // behind the erasure's, or sent again), would bring the customer back: it is dropped.
+        if entry
+            .erased_until
+            .is_some_and(|until| event.occurred_at <= until)
+        {
+            report.count_event(&record.source, event.kind.type_name(), "erased");
+            return Ok(());
+        }
         let customer = entry
             .record
             .get_or_insert_with(|| Box::new(CustomerState::new(&event.customer_id).into()));
@@ -1451,6 +1460,9 @@ impl Processor {
                 at: t,
             };
             aggregates.note(gone, s, keep.then_some(&mut entry.facts));
+            // Its events up to the erasure, and up to the newest it had, stay erased.
+            entry.erased_until = Some(t.max(customer.state.last_event_at));
+            entry.erased_now = true;
             entry.record = None;
             commit.outbox.push(Output::Record(OutboxRecord {
                 topic: settings.topics.churn_risk.clone(),

@@ -54,7 +54,7 @@ const SEALED_KEY: u8 = 0xfe;
 /// records above or a customer's sealed remembered events, whose keys all start with a byte
 /// UTF-8 never has.
 pub fn is_customer_key(key: &[u8]) -> bool {
-    !matches!(key.first(), Some(0xfe | 0xff))
+    !matches!(key.first(), Some(0xfd..=0xff))
 }
 
 /// The changelog key of `customer_id`'s sealed remembered events of `seal`.
@@ -413,6 +413,14 @@ impl Changelog {
             }
             let key = write.id.clone().into_bytes();
             records.push(record(key, write.value.clone(), customer_headers));
+            if let Some(until) = write.erased_until {
+                let key = erased::changelog_key(erased::fingerprint(&write.id));
+                records.push(record(
+                    key,
+                    Some(erased::encode(until)),
+                    headers(write.partition),
+                ));
+            }
             if let Some(seal) = write.unsealed {
                 let key = sealed_changelog_key(seal, &write.id);
                 records.push(record(key, None, headers(write.partition)));
@@ -662,7 +670,27 @@ impl Store {
         let mut ops = Vec::with_capacity(records.len() * 2);
         // The timer each customer has as of the records applied so far in this call.
         let mut timers: HashMap<Vec<u8>, Option<Millis>> = HashMap::new();
+        let mut marked = Vec::new();
         for ChangelogRecord { key, value, .. } in records {
+            if let Some(fingerprint) = erased::of_changelog_key(&key) {
+                let until = match value {
+                    Some(bytes) => {
+                        Some(
+                            erased::decode(&bytes).map_err(|reason| StoreError::Corrupt {
+                                key: format!("changelog erasure marker {key:?}"),
+                                reason,
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
+                ops.push(match until {
+                    Some(until) => erased::put(partition, fingerprint, until),
+                    None => Op::Delete(erased::key(partition, fingerprint)),
+                });
+                marked.push((fingerprint, until));
+                continue;
+            }
             if [CLAIM_KEY, AGGREGATOR_KEY, RELEASE_KEY].contains(&key.as_slice()) {
                 continue;
             }
@@ -729,6 +757,10 @@ impl Store {
         }
         self.backend.write(ops)?;
         self.forget_position(partition);
+        let mut erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+        for (fingerprint, until) in marked {
+            erasures.set(partition, fingerprint, until);
+        }
         Ok(())
     }
 
@@ -766,7 +798,7 @@ impl Store {
     /// remembered events), timers, input offsets and event times, ahead of restoring it from
     /// scratch.
     pub fn clear_partition(&self, partition: i32) -> Result<(), StoreError> {
-        let cleared = [CUSTOMER, SEALED, TIMER, OFFSET, EVENT_TIME]
+        let cleared = [CUSTOMER, SEALED, TIMER, OFFSET, EVENT_TIME, erased::TAG]
             .into_iter()
             .try_for_each(|tag| {
                 let prefix = partition_prefix(tag, partition);
@@ -785,6 +817,10 @@ impl Store {
             });
         // Also when it failed part of the way.
         self.forget_position(partition);
+        self.erasures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear(partition);
         cleared
     }
 
@@ -919,6 +955,31 @@ mod tests {
         .to_header();
         assert_eq!(Sequence::from_header(&header), numbered(7, 1 << 40));
         assert_eq!(Sequence::from_header(&header[..15]), None);
+    }
+
+    #[test]
+    fn every_key_family_has_a_first_byte_of_its_own() {
+        // The erasure markers first took the epochs' `e`, and clearing a partition's markers
+        // deleted its epoch.
+        let tags = [
+            CUSTOMER,
+            SEALED,
+            OWNERSHIP,
+            OFFSET,
+            EVENT_TIME,
+            OUTBOX,
+            TIMER,
+            HISTOGRAM,
+            CHANGELOG_READ,
+            EPOCH,
+            super::super::erased::TAG,
+            TRENDS[0],
+        ];
+        let distinct: BTreeSet<u8> = tags.iter().copied().collect();
+        assert_eq!(distinct.len(), tags.len(), "{tags:?}");
+        for global in [OUTBOX_NEXT, SEGMENTS, RFM_SCALES] {
+            assert_eq!(global[0], TRENDS[0], "the global keys share `g/`");
+        }
     }
 
     #[test]

@@ -533,6 +533,62 @@ fn timed(id: &str, orders: u32, at: Millis) -> Customer {
 }
 
 #[test]
+fn an_erasure_marker_is_stored_carried_by_the_changelog_and_restored_by_fingerprint() {
+    for (name, source, _dir) in backends() {
+        let source = source.with_changelog("log").unwrap();
+        source
+            .commit(Commit {
+                customers: vec![CustomerWrite {
+                    partition: 1,
+                    id: "gone".into(),
+                    value: None,
+                    erased_until: Some(500),
+                    ..CustomerWrite::default()
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(source.erased_until(1, "gone"), Some(500), "{name}");
+        assert_eq!(source.erased_until(2, "gone"), None, "{name}");
+        assert_eq!(source.erased_until(1, "kept"), None, "{name}");
+        let pending: Vec<OutboxRecord> = source
+            .outbox(100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        let keys: Vec<(Option<i32>, Vec<u8>, bool)> = pending
+            .iter()
+            .map(|r| (r.partition, r.key.clone().unwrap(), r.value.is_some()))
+            .collect();
+        let marker = erased::changelog_key(erased::fingerprint("gone"));
+        assert_eq!(
+            keys,
+            vec![
+                (Some(1), b"gone".to_vec(), false),
+                (Some(1), marker.clone(), true),
+                (Some(1), POSITION_KEY.to_vec(), true),
+            ],
+            "{name}: the customer's tombstone, then its marker, then the partition's position"
+        );
+        assert!(!is_customer_key(&marker));
+        assert!(
+            !marker.windows(4).any(|w| w == b"gone"),
+            "the marker keeps no id"
+        );
+
+        let target = Store::in_memory();
+        let records = pending.iter().map(ChangelogRecord::delivered).collect();
+        target.restore(1, records).unwrap();
+        assert_eq!(target.erased_until(1, "gone"), Some(500), "{name}");
+        assert_eq!(target.erasure_markers(), 1);
+        target.clear_partition(1).unwrap();
+        assert_eq!(target.erased_until(1, "gone"), None, "{name}");
+        assert_eq!(target.erasure_markers(), 0);
+    }
+}
+
+#[test]
 fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
     for (name, source, _dir) in backends() {
         let source = source.with_changelog("log").unwrap();

@@ -9,6 +9,7 @@
 mod body;
 mod changelog;
 mod codec;
+mod erased;
 mod memory;
 mod recent;
 mod rocks;
@@ -302,6 +303,7 @@ impl Commit {
             sealed,
             unsealed,
             facts: Vec::new(),
+            erased_until: None,
         });
     }
 }
@@ -332,6 +334,9 @@ pub struct CustomerWrite {
     /// What the change did to the aggregates, encoded by [`encode_facts`], for the changelog
     /// record to carry ([`FACTS_HEADER`]); empty when there is nothing to carry.
     pub facts: Vec<u8>,
+    /// For an erased customer, the event time up to which its events stay erased: the
+    /// commit writes its erasure marker (see `erased`).
+    pub erased_until: Option<Millis>,
 }
 
 const CUSTOMER: u8 = b'c';
@@ -488,6 +493,8 @@ pub struct Store {
     recent: Arc<Mutex<recent::Recent>>,
     /// Where customer writes are mirrored, if anywhere.
     changelog: Option<Arc<changelog::Changelog>>,
+    /// The erasure markers, as stored.
+    erasures: Arc<Mutex<erased::Erasures>>,
 }
 
 impl Store {
@@ -498,6 +505,7 @@ impl Store {
         };
         let numbered = stored_u64(backend.as_ref(), OUTBOX_NEXT, "outbox next")?;
         let next = pending.max(numbered.unwrap_or(0));
+        let erasures = erased::Erasures::load(backend.as_ref())?;
         Ok(Store {
             backend,
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
@@ -505,7 +513,25 @@ impl Store {
             outbox_floor: Arc::new(AtomicU64::new(0)),
             recent: Arc::new(Mutex::new(recent::Recent::new(next))),
             changelog: None,
+            erasures: Arc::new(Mutex::new(erasures)),
         })
+    }
+
+    /// Up to which event time `customer_id`'s events of `partition` stay erased, when it was
+    /// erased: older ones are not applied (see `erased`).
+    pub fn erased_until(&self, partition: i32, customer_id: &str) -> Option<Millis> {
+        self.erasures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .until(partition, customer_id)
+    }
+
+    /// How many erasure markers the store holds.
+    pub fn erasure_markers(&self) -> usize {
+        self.erasures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn in_memory() -> Store {
@@ -806,7 +832,11 @@ impl Store {
         let customer_ops: usize = commit
             .customers
             .iter()
-            .map(|w| 1 + usize::from(w.unsealed.is_some()) + usize::from(w.sealed.is_some()))
+            .map(|w| {
+                1 + usize::from(w.unsealed.is_some())
+                    + usize::from(w.sealed.is_some())
+                    + usize::from(w.erased_until.is_some())
+            })
             .sum();
         let sized = customer_ops
             + commit.timers_cleared.len()
@@ -821,7 +851,13 @@ impl Store {
             + outbox
             + usize::from(outbox > 0);
         let mut ops = Vec::with_capacity(sized);
+        let mut marked = Vec::new();
         for write in commit.customers {
+            if let Some(until) = write.erased_until {
+                let fingerprint = erased::fingerprint(&write.id);
+                ops.push(erased::put(write.partition, fingerprint, until));
+                marked.push((write.partition, fingerprint, until));
+            }
             let key = customer_key(write.partition, &write.id);
             ops.push(match write.value {
                 Some(bytes) => Op::Put(key, bytes),
@@ -900,6 +936,12 @@ impl Store {
             "every operation of the commit is counted in `sized`"
         );
         self.backend.write(ops)?;
+        if !marked.is_empty() {
+            let mut erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+            for (partition, fingerprint, until) in marked {
+                erasures.set(partition, fingerprint, Some(until));
+            }
+        }
         if let Some(changelog) = &self.changelog {
             changelog.committed(&commit.offsets, &commit.event_times);
         }

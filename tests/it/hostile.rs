@@ -110,6 +110,7 @@ fn check(payloads: &[Vec<u8>]) {
         let settled = report.count("applied")
             + report.count("duplicate")
             + report.count("late")
+            + report.count("erased")
             + report.count("rejected");
         assert_eq!(settled, 1, "one outcome per record: {:?}", report.events);
         for reason in report.dead_letters.keys() {
@@ -148,7 +149,7 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
             (_, "channel") => owned(&["web", "phone", "email", "store", "chat", "mobile", "other"]),
             (_, "topic") => owned(&["test"]),
             (_, "type") => types.clone(),
-            (_, "outcome") => owned(&["applied", "duplicate", "rejected", "late"]),
+            (_, "outcome") => owned(&["applied", "duplicate", "rejected", "late", "erased"]),
             ("customer_pulse_dead_letters_total", "reason") => {
                 Reason::ALL.iter().map(|r| r.code().to_owned()).collect()
             }

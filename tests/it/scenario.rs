@@ -212,6 +212,111 @@ fn erasure_deletes_the_state_and_publishes_a_tombstone() {
     assert_eq!(last.value, None, "a tombstone");
 }
 
+/// An erased customer's events from before its erasure, read after it (another topic behind,
+/// or sent again), do not bring it back: not in the same batch, not in a later one, not after
+/// the store is opened again; they count as `erased`. An event after the erasure starts a new
+/// customer, which an old event, or the erasure sent again, leaves alone.
+#[test]
+fn events_from_before_an_erasure_read_after_it_do_not_bring_the_customer_back() {
+    let order = |id: &str, at: &str| {
+        ev(
+            id,
+            "eve",
+            "order.placed",
+            at,
+            &format!(r#""order_id":"{id}","amount_minor":100,"margin_minor":10"#),
+        )
+    };
+    let registered = ev("r", "eve", "customer.registered", "01T09:00:00", "");
+    let erased = ev("x", "eve", "customer.erased", "02T10:00:00", "");
+    // An order of the day before, on the orders topic, read after the erasure: in the same
+    // batch, then in a later one.
+    let before = order("o1", "01T10:00:00");
+    let also_before = order("o2", "02T09:59:59");
+    let backend = std::sync::Arc::new(customer_pulse::store::MemoryBackend::default());
+    let store = Store::open(backend.clone()).unwrap();
+    let mut processor = Processor::new(store.clone(), settings(100));
+    let batch = |events: &[&String], from: i64| -> Vec<customer_pulse::processor::InputRecord> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| file_record(from + i as i64, e))
+            .collect()
+    };
+    let outcomes = |report: &BatchReport| {
+        let mut outcomes: Vec<(&str, &str)> = report
+            .events
+            .iter()
+            .map(|((_, kind, outcome), _)| (*kind, *outcome))
+            .collect();
+        outcomes.sort();
+        outcomes
+    };
+    let partition = partition_for(b"eve", 4);
+    processor
+        .process(&batch(&[&registered], 0), NOW_MS)
+        .unwrap();
+    let report = processor
+        .process(&batch(&[&erased, &before], 1), NOW_MS)
+        .unwrap();
+    assert_eq!(
+        outcomes(&report),
+        [("customer.erased", "applied"), ("order.placed", "erased")]
+    );
+    assert_eq!(store.customer(partition, "eve").unwrap(), None);
+    let report = processor
+        .process(&batch(&[&also_before], 3), NOW_MS)
+        .unwrap();
+    assert_eq!(outcomes(&report), [("order.placed", "erased")]);
+    assert_eq!(store.customer(partition, "eve").unwrap(), None);
+    assert!(report.segment_flows.is_empty(), "not a new customer");
+    let churn_risk = |store: &Store| -> Vec<Option<Vec<u8>>> {
+        store
+            .outbox(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, r)| r.topic == "customer.churn-risk")
+            .map(|(_, r)| r.value)
+            .collect()
+    };
+    assert_eq!(
+        churn_risk(&store).last(),
+        Some(&None),
+        "the tombstone stays the customer's last record"
+    );
+
+    // Opened again, as after a restart: the marker is stored, by the id's fingerprint.
+    drop(processor);
+    let store = Store::open(backend).unwrap();
+    assert_eq!(store.erasure_markers(), 1);
+    let mut processor = Processor::new(store.clone(), settings(100));
+    let again = order("o3", "01T12:00:00");
+    let report = processor.process(&batch(&[&again], 4), NOW_MS).unwrap();
+    assert_eq!(outcomes(&report), [("order.placed", "erased")]);
+    assert_eq!(store.customer(partition, "eve").unwrap(), None);
+
+    // A new order after the erasure: a new customer, with that order alone. The erasure sent
+    // again, or an old order, leaves it as it is.
+    let after = order("o4", "03T10:00:00");
+    processor.process(&batch(&[&after], 5), NOW_MS).unwrap();
+    let report = processor
+        .process(&batch(&[&erased, &before], 6), NOW_MS)
+        .unwrap();
+    assert_eq!(
+        outcomes(&report),
+        [("customer.erased", "erased"), ("order.placed", "erased")]
+    );
+    let state = store
+        .customer(partition, "eve")
+        .unwrap()
+        .expect("a new customer");
+    assert_eq!((state.orders, state.revenue_minor), (1, 100));
+    assert_eq!(
+        state.registered_at, None,
+        "the erased registration is not back"
+    );
+}
+
 #[test]
 fn a_bad_event_goes_to_the_dead_letter_output_and_its_neighbours_apply() {
     let good = |id: &str| {
