@@ -99,6 +99,8 @@ pub struct SeenEvent {
 pub struct CustomerState {
     pub customer_id: String,
     pub registered_at: Option<Millis>,
+    /// The referrer's fingerprint ([`referrer_fingerprint`]), never its id (a state stored by
+    /// an earlier build may hold the id).
     pub referred_by: Option<String>,
     pub segment_hint: Option<String>,
     pub lifecycle: Lifecycle,
@@ -255,8 +257,10 @@ impl CustomerState {
                 segment_hint,
             } => {
                 self.registered_at = Some(self.registered_at.map_or(t, |r| r.min(t)));
-                if referred_by.is_some() {
-                    self.referred_by.clone_from(referred_by);
+                if let Some(referrer) = referred_by {
+                    // Whether it was referred counts (a referral is counted once), not by whom:
+                    // the referrer's id would outlive the referrer's erasure in this state.
+                    self.referred_by = Some(referrer_fingerprint(referrer));
                 }
                 if segment_hint.is_some() {
                     self.segment_hint.clone_from(segment_hint);
@@ -457,6 +461,11 @@ impl CustomerState {
         });
         full.then_some(Limit::DedupIds)
     }
+}
+
+/// What the state keeps of a referrer's id: its XXH3-64 fingerprint, as 16 hexadecimal digits.
+pub fn referrer_fingerprint(referrer: &str) -> String {
+    format!("{:016x}", EventFingerprint::of(referrer).0)
 }
 
 fn seconds_between(from: Millis, to: Millis) -> u64 {

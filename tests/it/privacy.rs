@@ -201,6 +201,69 @@ fn after_erasure_no_key_or_value_in_rocksdb_holds_the_customer_id() {
     assert_eq!(counted, 1, "{:?}", segments.population);
 }
 
+/// A customer's `referred_by` names its referrer: once the referrer is erased, its id must stay
+/// in no other customer's state. The referred customer keeps the referrer's fingerprint only,
+/// which is all the fold needs (to count a referral once).
+#[test]
+fn an_erased_referrer_s_id_stays_in_no_state_of_a_customer_it_referred() {
+    use customer_pulse::processor::Processor;
+    use customer_pulse::store::{Backend, RocksBackend};
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(RocksBackend::open(dir.path(), 8 << 20).unwrap());
+    let store = Store::open(backend.clone()).unwrap();
+    let mut processor = Processor::new(store.clone(), crate::support::settings(100));
+    let referrer = "ref-7c1d";
+    let events = [
+        format!(
+            r#"{{"event_id":"r1","customer_id":"{referrer}","type":"order.placed","occurred_at":"2026-05-01T10:00:00Z","order_id":"o1","amount_minor":500,"margin_minor":50}}"#
+        ),
+        format!(
+            r#"{{"event_id":"a1","customer_id":"amy","type":"customer.registered","occurred_at":"2026-05-02T10:00:00Z","referred_by":"{referrer}"}}"#
+        ),
+        format!(
+            r#"{{"event_id":"r2","customer_id":"{referrer}","type":"customer.erased","occurred_at":"2026-05-03T10:00:00Z"}}"#
+        ),
+        r#"{"event_id":"a2","customer_id":"amy","type":"interaction.contact","occurred_at":"2026-05-05T10:00:00Z","channel":"web","direction":"inbound"}"#.to_owned(),
+    ];
+    let mut referrals = 0;
+    for (i, json) in events.iter().enumerate() {
+        let report = processor
+            .process(
+                &[crate::support::file_record(i as i64, json)],
+                crate::catalogue::NOW_MS,
+            )
+            .unwrap();
+        referrals += report
+            .segment_flows
+            .values()
+            .map(|f| f.referrals)
+            .sum::<u64>();
+    }
+    assert_eq!(referrals, 1, "the referral counts");
+    let amy = store
+        .customer(customer_pulse::processor::partition_for(b"amy", 4), "amy")
+        .unwrap()
+        .expect("amy stays");
+    assert!(amy.referred_by.is_some(), "amy was referred");
+    let pending: Vec<u64> = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    store.acknowledge(&pending).unwrap();
+    let needle = referrer.as_bytes();
+    for (key, value) in backend.scan(&[], &[], None, usize::MAX).unwrap() {
+        let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            !holds(&key) && !holds(&value),
+            "{} holds the referrer's id",
+            String::from_utf8_lossy(&key)
+        );
+    }
+}
+
 /// The real binary at `RUST_LOG=info`, fed valid and malformed events that carry a marker in
 /// every place a payload can hold text, and configured with a secret token: its log holds neither
 /// the marker nor the secret.
