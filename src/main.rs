@@ -418,6 +418,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     if reasons.is_empty() { "none".to_owned() } else { reasons.join(", ") }
                 );
             }
+            if report.losses_unknown > 0 {
+                eprintln!(
+                    "{} customers are lost or won back with no loss kept (stored by a build before losses were kept): a review leaves them out, and their lifecycle is that of now",
+                    report.losses_unknown
+                );
+            }
             Ok(())
         }
         Command::Fit { as_of, config } => {

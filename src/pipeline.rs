@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregator::Aggregator;
 use crate::config::Config;
+use crate::fold::Lifecycle;
 use crate::http::{self, HttpState};
 use crate::kafka::{
     Assignment, ChangelogProgress, ChangelogReader, ChangelogTail, Input, KafkaSink,
@@ -110,6 +111,13 @@ pub fn score(
             report.not_yet_seen += 1;
             return Ok(());
         }
+        // Lost or won back, with no loss kept: stored before losses were (customer encoding
+        // version 7 or earlier).
+        if customer.losses.is_empty()
+            && matches!(state.lifecycle, Lifecycle::Lost | Lifecycle::WonBack)
+        {
+            report.losses_unknown += 1;
+        }
         if let Some(since) = lost_since {
             let mut lost = customer
                 .losses
@@ -160,6 +168,9 @@ pub struct ScoreReport {
     pub seen_since: u64,
     /// With `lost_since`, the losses counted in the period.
     pub lost: LostInPeriod,
+    /// Customers lost or won back whose losses are not known: stored by a build that kept none.
+    /// A review leaves them out, and their lifecycle is the one they have now.
+    pub losses_unknown: u64,
 }
 
 /// The losses a lost-customer review lists: how many, their value, how many by reason.

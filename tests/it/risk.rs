@@ -456,6 +456,19 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     );
     assert_ne!(everyone["b"]["lifecycle"], "lost");
     assert_eq!(everyone["a"]["lifecycle"], "lost");
+
+    // A customer lost before losses were kept (stored by an earlier build, here written as
+    // such): no review lists it, and the report counts it apart.
+    let mut old = customer_pulse::fold::CustomerState::new("old");
+    old.first_event_at = START;
+    old.last_event_at = START;
+    old.lifecycle = customer_pulse::fold::Lifecycle::Lost;
+    let mut commit = customer_pulse::store::Commit::default();
+    commit.put_customer(partition_for(b"old", 4), "old".into(), Some(&old.into()));
+    store.commit(commit).unwrap();
+    let (report, lines) = scored(&store, &config, at(next_end, Some(START)));
+    assert_eq!((report.written, report.losses_unknown), (2, 1));
+    assert!(lines.iter().all(|l| l["customer_id"] != "old"));
 }
 
 #[test]
