@@ -5,9 +5,10 @@
 //! topic running behind the interactions topic, or a producer sending it again) would start a
 //! new state and publish the customer's data again.
 //!
-//! The store keeps the markers under their own key family and in memory (16 bytes each plus
-//! the table's overhead): they are looked up for every event once any exists, and an erased
-//! customer is rare.
+//! The store keeps the markers under their own key family and in memory (about 40 bytes each
+//! with the table's overhead): the processor looks up each customer its cache takes in, and
+//! a read from RocksDB for every new customer would cost more than the memory of the few
+//! erased.
 
 use std::collections::HashMap;
 
