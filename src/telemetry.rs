@@ -123,7 +123,7 @@ impl Telemetry {
             )
             .expect("valid metric"),
             events: IntCounterVec::new(
-                opts("events_total", "Input events by source topic, type and outcome (applied, duplicate, rejected, late)."),
+                opts("events_total", "Input events by source topic, type and outcome (applied, duplicate, rejected, late, or erased: of an erased customer, from before its erasure, not applied)."),
                 &["topic", "type", "outcome"],
             )
             .expect("valid metric"),
