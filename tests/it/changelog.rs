@@ -184,11 +184,27 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
         }),
     };
     let (first, rest) = events.split_at(1_200);
-    // After the erasure the customer has no more events, so file order and topic order agree.
+    // After the erasure the customer has no events of its own but one order from before the
+    // erasure, read after it (as from an orders topic running behind): the new instance, which
+    // knows the erasure from the changelog only, must not bring the customer back with it.
+    let old_order = Generated {
+        customer_id: erased.clone(),
+        type_name: "order.placed",
+        value: json!({
+            "event_id": "old-order-1",
+            "customer_id": erased,
+            "type": "order.placed",
+            "order_id": "old-1",
+            "amount_minor": 500,
+            "margin_minor": 50,
+            "occurred_at": format_millis(now - 2 * 86_400_000),
+        }),
+    };
     let second: Vec<Generated> = rest
         .iter()
         .filter(|g| g.customer_id != erased)
         .cloned()
+        .chain([old_order])
         .collect();
     let ids = customer_ids(&events);
 
@@ -273,6 +289,14 @@ async fn a_new_instance_restores_from_the_changelog_and_reads_on_without_countin
     assert_eq!(
         http_get(port, &format!("/customers/{erased}")).map(|r| r.0),
         Some(404)
+    );
+    assert_eq!(
+        metric(
+            port,
+            r#"customer_pulse_events_total{outcome="erased",topic="customer.orders",type="order.placed"}"#
+        ),
+        1.0,
+        "the old order is dropped by the erasure's marker, restored from the changelog"
     );
     b.stop().await;
 }
