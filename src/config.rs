@@ -492,6 +492,13 @@ impl RawRisk {
             "risk.medium_from",
             "must be below risk.high_from",
         )?;
+        // Lost through silence means inactive: above, a customer would be lost with the
+        // reason `inactive` not named.
+        check(
+            self.lost_below_p_alive <= self.inactive_below_p_alive,
+            "risk.lost_below_p_alive",
+            "must not be above risk.inactive_below_p_alive: a customer lost through silence is inactive",
+        )?;
         check(
             (0.0..1.0).contains(&self.min_score_change),
             "risk.min_score_change",
@@ -1622,6 +1629,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[risk]\nmedium_from = 0.8\n",
                 "risk.medium_from",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[risk]\nlost_below_p_alive = 0.6\n",
+                "risk.lost_below_p_alive",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"Gold Tier\"\n",
