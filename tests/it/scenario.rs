@@ -976,3 +976,53 @@ fn the_service_time_histograms_equal_a_recount_from_the_raw_events() {
     let twice = fold_with_metrics(&twice, settings(100_000));
     assert_eq!(got(&twice.telemetry.render()), want, "delivered twice");
 }
+
+/// The losses the customers keep for the lost-customer review add up, over every closed day, to
+/// the `lost_customers` of the `customer.segment-metrics` records: the same count, value and
+/// reasons, since both are taken at the same moments.
+#[test]
+fn the_customers_losses_add_up_to_the_segment_metrics_lost_customers() {
+    use std::collections::BTreeMap;
+    let events = generated(300, 20_000, 3);
+    let Folded { store, .. } = fold_with_metrics(&events, settings(100_000));
+    let days: Vec<serde_json::Value> = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r)| r.topic == "customer.segment-metrics")
+        .map(|(_, r)| serde_json::from_slice(&r.value.unwrap()).unwrap())
+        .collect();
+    let millis =
+        |v: &serde_json::Value| customer_pulse::event::parse_millis(v.as_str().unwrap()).unwrap();
+    let closed_until = days.iter().map(|d| millis(&d["window_end"])).max().unwrap();
+    let mut from_days = (0u64, 0i64, BTreeMap::<String, u64>::new());
+    for day in &days {
+        let lost = &day["lost_customers"];
+        from_days.0 += lost["count"].as_u64().unwrap();
+        from_days.1 += lost["value_minor"].as_i64().unwrap();
+        for (reason, n) in lost["reasons"].as_object().unwrap() {
+            *from_days.2.entry(reason.clone()).or_default() += n.as_u64().unwrap();
+        }
+    }
+    let mut from_losses = (0u64, 0i64, BTreeMap::<String, u64>::new());
+    for partition in 0..4 {
+        store
+            .for_each_customer(partition, |customer| {
+                for loss in customer.losses.iter().filter(|l| l.at < closed_until) {
+                    from_losses.0 += 1;
+                    from_losses.1 += loss.value_minor;
+                    *from_losses
+                        .2
+                        .entry(loss.reason.code().to_owned())
+                        .or_default() += 1;
+                }
+                Ok::<_, customer_pulse::store::StoreError>(())
+            })
+            .unwrap();
+    }
+    assert!(
+        from_days.0 >= 20,
+        "the traffic loses customers: {from_days:?}"
+    );
+    assert_eq!(from_losses, from_days);
+}
