@@ -680,10 +680,11 @@ pub fn purchases_until(days: &[i32], as_of: Millis) -> &[i32] {
 }
 
 /// The state as far as it can be taken back to `as_of`: the purchases up to it, a cancellation
-/// after it not yet made, and the lifecycle it had then by its `losses` (lost, won back, or
-/// before any loss new or active by its purchases). A customer stored before losses were kept
-/// has none, so a lost or won-back one keeps its lifecycle of now. The rest (complaints,
-/// surveys, deliveries, returns) is the state's now: it keeps no history of them.
+/// after it not yet made (and one renewed since still in force, by its `losses`), and the
+/// lifecycle it had then by its `losses` (lost, won back, or before any loss new or active by
+/// its purchases). A customer stored before losses were kept has none, so a lost or won-back
+/// one keeps its lifecycle of now. The rest (complaints, surveys, deliveries, returns) is the
+/// state's now: it keeps no history of them.
 pub fn as_it_stood<'s>(
     state: &'s CustomerState,
     losses: &[Loss],
@@ -701,7 +702,22 @@ pub fn as_it_stood<'s>(
         None => Lifecycle::New,
     };
     let cancelled_later = state.cancelled_at.is_some_and(|c| c > as_of);
-    if purchases == state.purchase_days.len() && lifecycle == state.lifecycle && !cancelled_later {
+    // Lost for the reason `cancelled` and not won back by `as_of`: no renewal came between (it
+    // would have won the customer back), so the subscription was still cancelled then, even if
+    // a renewal since has made it active.
+    let still_cancelled = state.subscription != Subscription::Cancelled
+        && losses
+            .iter()
+            .rev()
+            .find(|l| l.at <= as_of)
+            .is_some_and(|l| {
+                l.reason == ReasonCode::Cancelled && l.won_back_at.is_none_or(|w| w > as_of)
+            });
+    if purchases == state.purchase_days.len()
+        && lifecycle == state.lifecycle
+        && !cancelled_later
+        && !still_cancelled
+    {
         return std::borrow::Cow::Borrowed(state);
     }
     let mut then = state.clone();
@@ -711,6 +727,8 @@ pub fn as_it_stood<'s>(
         then.subscription = Subscription::None;
         then.cancellation_reason = None;
         then.cancelled_at = None;
+    } else if still_cancelled {
+        then.subscription = Subscription::Cancelled;
     }
     std::borrow::Cow::Owned(then)
 }

@@ -372,7 +372,8 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
         )
     };
     // `a` buys on days 0 and 9 and cancels on day 31; `b` buys on day 0, cancels on day 19
-    // and buys again on day 32; `c` buys on days 0 and 7 and stays.
+    // and buys again on day 32; `c` buys on days 0 and 7 and stays; `d` buys on day 0,
+    // cancels on day 20 and renews on day 33.
     let mut events = Vec::new();
     events.extend(order("a0", "a", START));
     events.extend(order("b0", "b", START));
@@ -382,6 +383,15 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     events.push(cancel("b-cancel", "b", START + 19 * DAY));
     events.push(cancel("a-cancel", "a", START + 31 * DAY));
     events.extend(order("b32", "b", START + 32 * DAY));
+    events.extend(order("d0", "d", START));
+    events.push(cancel("d-cancel", "d", START + 20 * DAY));
+    events.push(ev(
+        "d-renew",
+        "d",
+        "subscription.renewed",
+        START + 33 * DAY,
+        r#""amount_minor":900"#,
+    ));
     events.sort_by_key(|e| serde_json::from_str::<Value>(e).unwrap()["occurred_at"].to_string());
     for (i, json) in events.iter().enumerate() {
         processor
@@ -404,22 +414,31 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     };
 
     // The first 30 days: `b` was lost on day 19 by its cancellation, with the revenue of its
-    // one order; it was won back only later. `a` cancelled only later, so it was active then.
+    // one order, and `d` on day 20; both were won back only later. `a` cancelled only later, so
+    // it was active then.
     let month_end = START + 30 * DAY - 1;
     let (report, lines) = scored(&store, &config, at(month_end, Some(START)));
-    assert_eq!(report.written, 1);
+    assert_eq!(report.written, 2);
     assert_eq!(
         report.lost,
         customer_pulse::pipeline::LostInPeriod {
-            count: 1,
-            value_minor: 2_000,
-            reasons: [("cancelled", 1)].into(),
+            count: 2,
+            value_minor: 4_000,
+            reasons: [("cancelled", 2)].into(),
         }
     );
-    assert_eq!(lines[0]["customer_id"], "b");
-    assert_eq!(lines[0]["lifecycle"], "lost");
+    let lost = by_id(&lines);
+    assert_eq!(lost.keys().collect::<Vec<_>>(), ["b", "d"]);
+    // `d` renewed only later: its subscription was still cancelled then.
+    assert_eq!(lost["d"]["lifecycle"], "lost");
+    assert!(
+        codes(&lost["d"]).contains(&"cancelled".to_owned()),
+        "{}",
+        lost["d"]
+    );
+    assert_eq!(lost["b"]["lifecycle"], "lost");
     assert_eq!(
-        lines[0]["losses"],
+        lost["b"]["losses"],
         serde_json::json!([{
             "at": format_millis(START + 19 * DAY),
             "segment": "standard",
@@ -430,7 +449,7 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     );
     let (_, lines) = scored(&store, &config, at(month_end, None));
     let everyone = by_id(&lines);
-    assert_eq!(everyone.len(), 3);
+    assert_eq!(everyone.len(), 4);
     assert_eq!(everyone["a"]["lifecycle"], "active", "{}", everyone["a"]);
     assert!(!codes(&everyone["a"]).contains(&"cancelled".to_owned()));
     assert_eq!(everyone["a"]["losses"], serde_json::json!([]));
@@ -467,7 +486,7 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     commit.put_customer(partition_for(b"old", 4), "old".into(), Some(&old.into()));
     store.commit(commit).unwrap();
     let (report, lines) = scored(&store, &config, at(next_end, Some(START)));
-    assert_eq!((report.written, report.losses_unknown), (2, 1));
+    assert_eq!((report.written, report.losses_unknown), (3, 1));
     assert!(lines.iter().all(|l| l["customer_id"] != "old"));
 }
 
