@@ -181,11 +181,6 @@ pub struct LostInPeriod {
     pub reasons: std::collections::BTreeMap<&'static str, u64>,
 }
 
-/// Where a purchase day (days since the Unix epoch) starts, in event time.
-fn day_start(day: i32) -> crate::event::Millis {
-    crate::event::Millis::from(day) * 86_400_000
-}
-
 /// Fits the configured purchase model to the history at `as_of` of every customer who had
 /// bought by then, by maximum likelihood from the configured parameters; returns the fit and
 /// how many customers it used. Refuses when none of them bought again.
@@ -197,13 +192,11 @@ pub fn fit(
     let unit = config.risk.time_unit_ms;
     let mut histories = Vec::new();
     for_each_customer(store, config.partitions, |customer| {
-        let days = crate::risk::purchases_until(&customer.state.purchase_days, as_of);
-        if let (Some(first), Some(last)) = (days.first(), days.last()) {
-            histories.push(crate::churn::Recency {
-                x: (days.len() - 1) as f64,
-                t_x: (day_start(*last) - day_start(*first)) as f64 / unit as f64,
-                t: (as_of - day_start(*first)) as f64 / unit as f64,
-            });
+        let state = &customer.state;
+        let days = crate::risk::purchases_until(&state.purchase_days, as_of);
+        if !days.is_empty() {
+            let history = crate::risk::recency_of(days, state.first_event_at, as_of, unit);
+            histories.push(history);
         }
         Ok(())
     })?;

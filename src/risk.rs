@@ -9,7 +9,7 @@ use crate::churn::{clv, Model, PurchaseModel, Recency, SpendModel};
 use crate::event::{format_millis, Millis};
 use crate::fold::{CustomerState, Lifecycle, Subscription};
 use crate::json::Object;
-use crate::segments::{lost_or_won_back_at, Loss, Trailing};
+use crate::segments::{latest_loss, lost_or_won_back_at, Loss, Trailing};
 
 const DAY_MS: Millis = 86_400_000;
 /// An average month, for the CLV horizon.
@@ -413,16 +413,19 @@ fn round(v: f64, digits: i32) -> f64 {
 /// The customer's history in the model's time unit at `as_of`. Purchase periods are days; a
 /// customer with no purchase yet is scored as a one-time buyer from its first event.
 pub fn recency(state: &CustomerState, as_of: Millis, unit_ms: Millis) -> Recency {
+    recency_of(&state.purchase_days, state.first_event_at, as_of, unit_ms)
+}
+
+/// [`recency`] of distinct purchase days (ascending), from the first of them, or from
+/// `first_event_at` when there is none.
+pub fn recency_of(days: &[i32], first_event_at: Millis, as_of: Millis, unit_ms: Millis) -> Recency {
     let unit = unit_ms as f64;
-    let first = origin(state);
-    let last = state
-        .purchase_days
-        .last()
-        .map_or(first, |d| Millis::from(*d) * DAY_MS);
+    let first = origin_of(days, first_event_at);
+    let last = days.last().map_or(first, |d| day_start(*d));
     let t_x = (last - first) as f64 / unit;
     let t = ((as_of - first) as f64 / unit).max(t_x);
     Recency {
-        x: f64::from(state.repeat_purchases()),
+        x: days.len().saturating_sub(1) as f64,
         t_x,
         t,
     }
@@ -430,10 +433,16 @@ pub fn recency(state: &CustomerState, as_of: Millis, unit_ms: Millis) -> Recency
 
 /// Where the customer's model time starts: its first purchase day, or its first event.
 fn origin(state: &CustomerState) -> Millis {
-    state
-        .purchase_days
-        .first()
-        .map_or(state.first_event_at, |d| Millis::from(*d) * DAY_MS)
+    origin_of(&state.purchase_days, state.first_event_at)
+}
+
+fn origin_of(days: &[i32], first_event_at: Millis) -> Millis {
+    days.first().map_or(first_event_at, |d| day_start(*d))
+}
+
+/// Where a purchase day (days since the Unix epoch) starts, in event time.
+fn day_start(day: i32) -> Millis {
+    Millis::from(day) * DAY_MS
 }
 
 /// Evaluates a customer at event time `as_of`, completely.
@@ -676,7 +685,7 @@ fn find_reasons(
 /// The purchase days (ascending, as the fold keeps them) up to `as_of`: the history as it
 /// stood then, which `score` and `fit` read.
 pub fn purchases_until(days: &[i32], as_of: Millis) -> &[i32] {
-    &days[..days.partition_point(|d| Millis::from(*d) * DAY_MS <= as_of)]
+    &days[..days.partition_point(|d| day_start(*d) <= as_of)]
 }
 
 /// The state as far as it can be taken back to `as_of`: the purchases up to it, a cancellation
@@ -706,13 +715,8 @@ pub fn as_it_stood<'s>(
     // would have won the customer back), so the subscription was still cancelled then, even if
     // a renewal since has made it active.
     let still_cancelled = state.subscription != Subscription::Cancelled
-        && losses
-            .iter()
-            .rev()
-            .find(|l| l.at <= as_of)
-            .is_some_and(|l| {
-                l.reason == ReasonCode::Cancelled && l.won_back_at.is_none_or(|w| w > as_of)
-            });
+        && latest_loss(losses, as_of)
+            .is_some_and(|l| l.reason == ReasonCode::Cancelled && !l.won_back_by(as_of));
     if purchases == state.purchase_days.len()
         && lifecycle == state.lifecycle
         && !cancelled_later
@@ -752,7 +756,7 @@ pub fn score_line(
                 "segment": l.segment,
                 "reason": l.reason,
                 "value_minor": l.value_minor,
-                "won_back_at": l.won_back_at.filter(|w| *w <= as_of).map(format_millis),
+                "won_back_at": l.won_back_at.filter(|_| l.won_back_by(as_of)).map(format_millis),
             })
         })
         .collect();

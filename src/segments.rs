@@ -58,13 +58,25 @@ pub fn note_won_back(losses: &mut [Loss], at: Millis) {
     }
 }
 
+impl Loss {
+    /// Whether the customer was won back from this loss by `as_of`.
+    pub fn won_back_by(&self, as_of: Millis) -> bool {
+        self.won_back_at.is_some_and(|w| w <= as_of)
+    }
+}
+
+/// The latest of `losses` counted at or before `as_of`.
+pub fn latest_loss(losses: &[Loss], as_of: Millis) -> Option<&Loss> {
+    losses.iter().rev().find(|l| l.at <= as_of)
+}
+
 /// The lifecycle a customer with `losses` had at `as_of` as far as losing goes: lost when a
 /// loss at or before it was not won back by then, won back when one was; `None` when no loss
 /// was counted by then (nor, with [`LOSSES_KEPT`] of them kept, possibly forgotten).
 pub fn lost_or_won_back_at(losses: &[Loss], as_of: Millis) -> Option<Lifecycle> {
-    match losses.iter().rev().find(|l| l.at <= as_of) {
-        Some(l) if l.won_back_at.is_none_or(|w| w > as_of) => Some(Lifecycle::Lost),
-        Some(_) => Some(Lifecycle::WonBack),
+    match latest_loss(losses, as_of) {
+        Some(l) if l.won_back_by(as_of) => Some(Lifecycle::WonBack),
+        Some(_) => Some(Lifecycle::Lost),
         // Before the oldest loss kept, a forgotten one may have been won back.
         None if losses.len() >= LOSSES_KEPT => Some(Lifecycle::WonBack),
         None => None,

@@ -85,6 +85,16 @@ fn risk_records_in_batches(
 }
 
 /// A customer in the same partition as `customer`, whose events move the watermark.
+/// The reason codes of a churn-risk record or a `score` line, in order.
+fn codes(record: &Value) -> Vec<String> {
+    record["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn neighbour_of(customer: &str) -> String {
     let home = partition_for(customer.as_bytes(), 4);
     (0..)
@@ -297,14 +307,6 @@ fn small_moves_publish_nothing_and_the_first_event_always_publishes() {
     ] {
         assert!(!records[0].1[key].is_null(), "{key} is present");
     }
-    let codes = |r: &Value| -> Vec<String> {
-        r["reasons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["code"].as_str().unwrap().to_owned())
-            .collect()
-    };
     for pair in records.windows(2) {
         let (a, b) = (&pair[0].1, &pair[1].1);
         let moved = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() >= 0.05;
@@ -402,14 +404,6 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
         lines
             .iter()
             .map(|l| (l["customer_id"].as_str().unwrap().to_owned(), l.clone()))
-            .collect()
-    };
-    let codes = |line: &Value| -> Vec<String> {
-        line["reasons"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["code"].as_str().unwrap().to_owned())
             .collect()
     };
 
