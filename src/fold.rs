@@ -209,6 +209,11 @@ pub enum Outcome {
     Applied(Option<Limit>),
     /// The event id was already seen within the horizon: nothing changed.
     Duplicate,
+    /// An order or a complaint opened again, under a new event id, while it is still open: the
+    /// same order or complaint published again. Only its event id is remembered (so that it
+    /// stays a duplicate once the order is delivered or the complaint resolved); `Some` names
+    /// the bound that remembering met.
+    Republished(Option<Limit>),
     /// The customer asked to be forgotten: the caller deletes all state and publishes tombstones.
     Erased,
 }
@@ -242,6 +247,9 @@ impl CustomerState {
             return Outcome::Erased;
         }
         let t = event.occurred_at;
+        if self.opens_again(&event.kind) {
+            return Outcome::Republished(self.remember(fingerprint, t, limits));
+        }
         if self.is_empty() {
             self.first_event_at = t;
             self.last_event_at = t;
@@ -326,11 +334,7 @@ impl CustomerState {
                 }
             }
             EventKind::OrderDelivered { order_id } => {
-                if let Some(i) = self
-                    .open_orders
-                    .iter()
-                    .position(|o| o.order_id == *order_id)
-                {
+                if let Some(i) = self.open_order(order_id) {
                     let order = self.open_orders.swap_remove(i);
                     self.deliveries += 1;
                     self.delivery_seconds_total += seconds_between(order.placed_at, t);
@@ -366,11 +370,7 @@ impl CustomerState {
                 complaint_id,
                 satisfied,
             } => {
-                if let Some(i) = self
-                    .open_complaints
-                    .iter()
-                    .position(|c| c.complaint_id == *complaint_id)
-                {
+                if let Some(i) = self.open_complaint(complaint_id) {
                     let complaint = self.open_complaints.swap_remove(i);
                     self.complaints_resolved += 1;
                     self.resolution_seconds_total += seconds_between(complaint.opened_at, t);
@@ -380,6 +380,30 @@ impl CustomerState {
             EventKind::Erased => unreachable!("handled above"),
         }
         Outcome::Applied(limit)
+    }
+
+    /// Where the open order `order_id` is in `open_orders`.
+    pub fn open_order(&self, order_id: &str) -> Option<usize> {
+        self.open_orders.iter().position(|o| o.order_id == order_id)
+    }
+
+    /// Where the open complaint `complaint_id` is in `open_complaints`: the one its resolution
+    /// closes.
+    pub fn open_complaint(&self, complaint_id: &str) -> Option<usize> {
+        self.open_complaints
+            .iter()
+            .position(|c| c.complaint_id == complaint_id)
+    }
+
+    /// Whether the event opens an order or a complaint that is open already.
+    fn opens_again(&self, kind: &EventKind) -> bool {
+        match kind {
+            EventKind::OrderPlaced { order_id, .. } => self.open_order(order_id).is_some(),
+            EventKind::ComplaintOpened { complaint_id, .. } => {
+                self.open_complaint(complaint_id).is_some()
+            }
+            _ => false,
+        }
     }
 
     fn place_order(&mut self, t: Millis, amount_minor: i64, margin_minor: i64) {

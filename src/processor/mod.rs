@@ -1297,10 +1297,10 @@ impl Processor {
         let open_before: Vec<(String, Millis)> = match &event.kind {
             EventKind::ComplaintResolved { complaint_id, .. } => customer
                 .state
-                .open_complaints
-                .iter()
-                .filter(|c| c.complaint_id == *complaint_id)
+                .open_complaint(complaint_id)
+                .map(|i| &customer.state.open_complaints[i])
                 .map(|c| (c.category.clone(), c.opened_at))
+                .into_iter()
                 .collect(),
             EventKind::Erased => customer
                 .state
@@ -1325,6 +1325,15 @@ impl Processor {
         let sums_before = ServiceSums::of(&customer.state);
         let outcome = customer.state.apply(&event, &settings.limits);
         if outcome == Outcome::Duplicate {
+            report.count_event(&record.source, event.kind.type_name(), "duplicate");
+            return Ok(());
+        }
+        if let Outcome::Republished(limit) = outcome {
+            // Only its event id was remembered, which the store keeps.
+            if let Some(limit) = limit {
+                *report.limits_reached.entry(limit.code()).or_default() += 1;
+            }
+            entry.dirty = true;
             report.count_event(&record.source, event.kind.type_name(), "duplicate");
             return Ok(());
         }

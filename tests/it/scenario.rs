@@ -151,6 +151,126 @@ fn complaints_resolve_with_their_resolution_time() {
     );
 }
 
+/// A complaint or an order published again under a new event id, while it is still open, is
+/// the same complaint or order: it counts as a duplicate and changes nothing but the ids
+/// remembered, so the same event read again after the complaint closed or the order was
+/// delivered is a duplicate too. A complaint opened again after it was resolved counts again.
+/// The complaint windows' backlog follows the state: never two resolutions for one, never
+/// below zero when the customer is erased.
+#[test]
+fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
+    let opened = |id: &str, at: &str| {
+        ev(
+            id,
+            "flo",
+            "complaint.opened",
+            at,
+            r#""complaint_id":"k1","category":"billing","severity":"high""#,
+        )
+    };
+    let placed = |id: &str, at: &str| {
+        ev(
+            id,
+            "flo",
+            "order.placed",
+            at,
+            r#""order_id":"o1","amount_minor":1000,"margin_minor":100"#,
+        )
+    };
+    let events = [
+        opened("1", "01T10:00:00"),
+        opened("2", "01T10:05:00"),
+        placed("3", "01T10:10:00"),
+        placed("4", "01T10:12:00"),
+        ev(
+            "5",
+            "flo",
+            "complaint.resolved",
+            "01T12:00:00",
+            r#""complaint_id":"k1""#,
+        ),
+        opened("2", "01T10:05:00"),
+        ev(
+            "7",
+            "flo",
+            "order.delivered",
+            "02T10:00:00",
+            r#""order_id":"o1""#,
+        ),
+        placed("4", "01T10:12:00"),
+        opened("9", "03T10:00:00"),
+    ];
+    let erased = ev("10", "flo", "customer.erased", "03T13:30:00", "");
+    let survey = |id: &str, at: &str| ev(id, "gus", "interaction.survey", at, r#""score":9"#);
+    // Moves the watermark past the reopened complaint's window before the erasure.
+    let then = survey("11", "03T13:00:00");
+    let later = survey("12", "05T10:00:00");
+    let (store, reports) = run_batches(settings(100), &[&events[..]]);
+    let state = store
+        .customer(partition_for(b"flo", 4), "flo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reports[0].count("duplicate"), 4);
+    assert_eq!(
+        state.complaints_opened, 2,
+        "the first opening and the reopening"
+    );
+    assert_eq!(state.complaints_resolved, 1);
+    assert_eq!(state.resolution_seconds_total, 2 * 3600);
+    assert_eq!(state.open_complaints.len(), 1);
+    assert_eq!(
+        state.open_complaints[0].opened_at,
+        state.last_complaint_at.unwrap()
+    );
+    assert_eq!(
+        (state.orders, state.revenue_minor, state.margin_minor),
+        (1, 1000, 100)
+    );
+    assert_eq!(state.deliveries, 1);
+    assert!(state.open_orders.is_empty());
+
+    let (store, _) = run_batches(
+        settings(100),
+        &[[&events[..], &[then]].concat(), vec![erased], vec![later]],
+    );
+    let billing: Vec<serde_json::Value> = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.complaint-trends" && r.key.as_deref() == Some(b"billing"))
+        .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
+        .collect();
+    let hour = |start: &str, end: &str| {
+        let (start, end) = (
+            format!("2026-05-{start}:00:00.000Z"),
+            format!("2026-05-{end}:00:00.000Z"),
+        );
+        billing
+            .iter()
+            .find(|v| v["window_start"] == start && v["window_end"] == end)
+            .unwrap_or_else(|| panic!("no window from {start} to {end}"))
+    };
+    let counts = |v: &serde_json::Value| {
+        (
+            v["opened"].as_i64().unwrap(),
+            v["resolved"].as_i64().unwrap(),
+            v["open_backlog"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(counts(hour("01T10", "01T11")), (1, 0, 1));
+    assert_eq!(counts(hour("01T12", "01T13")), (0, 1, 0));
+    assert_eq!(counts(hour("03T10", "03T11")), (1, 0, 1));
+    assert_eq!(
+        counts(hour("03T13", "03T14")),
+        (0, 0, 0),
+        "erased: its complaint leaves"
+    );
+    assert!(billing
+        .iter()
+        .all(|v| v["open_backlog"].as_i64().unwrap() >= 0));
+}
+
 #[test]
 fn a_cancelled_customer_is_lost_and_an_order_wins_them_back() {
     let events = [
