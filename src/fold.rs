@@ -55,6 +55,36 @@ pub struct OpenComplaint {
     pub opened_at: Millis,
 }
 
+/// A delivery, cancellation or resolution read before the order or complaint it closes:
+/// orders and their deliveries come from different systems, and so can arrive in either order
+/// in the customer's partition, as can a backfill's files. Kept until the order or complaint
+/// comes, which it then closes at once, or until it is as far behind the customer's newest
+/// event as the dedup horizon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyClose {
+    /// The order's or complaint's id.
+    pub id: String,
+    /// When it was delivered, cancelled or resolved.
+    pub at: Millis,
+    pub close: Close,
+}
+
+/// How an [`EarlyClose`] closes its order or complaint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Close {
+    Delivered,
+    Cancelled,
+    Resolved { satisfied: Option<bool> },
+}
+
+impl Close {
+    /// Whether it closes an order (else a complaint).
+    fn closes_order(self) -> bool {
+        !matches!(self, Close::Resolved { .. })
+    }
+}
+
 /// A processed event id, remembered for deduplication by 64 bits of its XXH3 hash: 8 bytes
 /// in memory and on disk whatever the id's length (a UUID's 36 characters were most of an
 /// active customer's stored bytes, written again at every commit that changed it). Two ids of
@@ -144,6 +174,12 @@ pub struct CustomerState {
     pub cancellation_reason: Option<String>,
     pub cancelled_at: Option<Millis>,
 
+    /// Deliveries, cancellations and resolutions waiting for their order or complaint, oldest
+    /// first. Stored after the customer's losses since encoding version 9 (`store::codec`), so
+    /// not in the place postcard would give it here.
+    #[serde(skip)]
+    pub early_closes: Vec<EarlyClose>,
+
     /// Events remembered for deduplication, in the order they were applied: every event seen
     /// within the dedup horizon, and those that left it since the list was last swept
     /// ([`SEAL_EVERY`]), which no longer count. Stored apart from the rest since encoding
@@ -179,10 +215,12 @@ pub struct FoldLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Limit {
     /// `max_open_items_per_customer` open orders: the new order counts but is not tracked to
-    /// delivery.
+    /// delivery. Or as many [`EarlyClose`]s: a delivery or cancellation read before its order
+    /// is not kept, so the order stays open when it comes.
     OpenOrders,
     /// `max_open_items_per_customer` open complaints: the complaint counts but a later resolution
-    /// of it finds nothing to close.
+    /// of it finds nothing to close. Or as many [`EarlyClose`]s: a resolution read before its
+    /// complaint is not kept.
     OpenComplaints,
     /// `max_dedup_ids_per_customer` event ids remembered: the oldest id was forgotten, so a
     /// redelivery of that event would apply again.
@@ -258,6 +296,10 @@ impl CustomerState {
             self.last_event_at = self.last_event_at.max(t);
         }
         let mut limit = self.remember(fingerprint, t, limits);
+        if !self.early_closes.is_empty() {
+            let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
+            self.early_closes.retain(|c| c.at >= horizon);
+        }
 
         match &event.kind {
             EventKind::Registered {
@@ -324,7 +366,12 @@ impl CustomerState {
                 margin_minor,
             } => {
                 self.place_order(t, *amount_minor, *margin_minor);
-                if self.open_orders.len() < limits.max_open_items {
+                if let Some(close) = self.take_early_close(order_id, true) {
+                    if close.close == Close::Delivered {
+                        self.deliveries += 1;
+                        self.delivery_seconds_total += seconds_between(t, close.at);
+                    }
+                } else if self.open_orders.len() < limits.max_open_items {
                     self.open_orders.push(OpenOrder {
                         order_id: order_id.clone(),
                         placed_at: t,
@@ -338,6 +385,10 @@ impl CustomerState {
                     let order = self.open_orders.swap_remove(i);
                     self.deliveries += 1;
                     self.delivery_seconds_total += seconds_between(order.placed_at, t);
+                } else {
+                    limit = self
+                        .close_early(order_id, t, Close::Delivered, limits)
+                        .or(limit);
                 }
             }
             EventKind::OrderReturned { amount_minor, .. } => {
@@ -346,7 +397,13 @@ impl CustomerState {
             }
             EventKind::OrderCancelled { order_id } => {
                 self.order_cancellations += 1;
-                self.open_orders.retain(|o| o.order_id != *order_id);
+                if let Some(i) = self.open_order(order_id) {
+                    self.open_orders.swap_remove(i);
+                } else {
+                    limit = self
+                        .close_early(order_id, t, Close::Cancelled, limits)
+                        .or(limit);
+                }
             }
             EventKind::ComplaintOpened {
                 complaint_id,
@@ -355,7 +412,11 @@ impl CustomerState {
             } => {
                 self.complaints_opened += 1;
                 self.last_complaint_at = Some(self.last_complaint_at.map_or(t, |c| c.max(t)));
-                if self.open_complaints.len() < limits.max_open_items {
+                if let Some(close) = self.take_early_close(complaint_id, false) {
+                    if let Close::Resolved { satisfied } = close.close {
+                        self.resolve(t, close.at, satisfied);
+                    }
+                } else if self.open_complaints.len() < limits.max_open_items {
                     self.open_complaints.push(OpenComplaint {
                         complaint_id: complaint_id.clone(),
                         category: category.clone(),
@@ -372,9 +433,12 @@ impl CustomerState {
             } => {
                 if let Some(i) = self.open_complaint(complaint_id) {
                     let complaint = self.open_complaints.swap_remove(i);
-                    self.complaints_resolved += 1;
-                    self.resolution_seconds_total += seconds_between(complaint.opened_at, t);
-                    self.resolutions_unsatisfied += u32::from(*satisfied == Some(false));
+                    self.resolve(complaint.opened_at, t, *satisfied);
+                } else {
+                    let close = Close::Resolved {
+                        satisfied: *satisfied,
+                    };
+                    limit = self.close_early(complaint_id, t, close, limits).or(limit);
                 }
             }
             EventKind::Erased => unreachable!("handled above"),
@@ -393,6 +457,58 @@ impl CustomerState {
         self.open_complaints
             .iter()
             .position(|c| c.complaint_id == complaint_id)
+    }
+
+    /// The resolution waiting for complaint `complaint_id`, if any.
+    pub fn early_resolution(&self, complaint_id: &str) -> Option<&EarlyClose> {
+        let i = self.early_close(complaint_id, false)?;
+        Some(&self.early_closes[i])
+    }
+
+    /// Where the close waiting for order (`order`) or complaint `id` is in `early_closes`.
+    fn early_close(&self, id: &str, order: bool) -> Option<usize> {
+        self.early_closes
+            .iter()
+            .position(|c| c.id == id && c.close.closes_order() == order)
+    }
+
+    fn take_early_close(&mut self, id: &str, order: bool) -> Option<EarlyClose> {
+        let i = self.early_close(id, order)?;
+        Some(self.early_closes.remove(i))
+    }
+
+    /// Keeps a close read before its order or complaint, unless one for it waits already (the
+    /// first read wins). `Some` names the bound when `max_open_items` wait: the new one is
+    /// not kept.
+    fn close_early(
+        &mut self,
+        id: &str,
+        at: Millis,
+        close: Close,
+        limits: &FoldLimits,
+    ) -> Option<Limit> {
+        if self.early_close(id, close.closes_order()).is_some() {
+            return None;
+        }
+        if self.early_closes.len() >= limits.max_open_items {
+            return Some(if close.closes_order() {
+                Limit::OpenOrders
+            } else {
+                Limit::OpenComplaints
+            });
+        }
+        self.early_closes.push(EarlyClose {
+            id: id.to_owned(),
+            at,
+            close,
+        });
+        None
+    }
+
+    fn resolve(&mut self, opened_at: Millis, at: Millis, satisfied: Option<bool>) {
+        self.complaints_resolved += 1;
+        self.resolution_seconds_total += seconds_between(opened_at, at);
+        self.resolutions_unsatisfied += u32::from(satisfied == Some(false));
     }
 
     /// Whether the event opens an order or a complaint that is open already.

@@ -194,29 +194,30 @@ impl ServiceTimes {
         self.resolution.extend(other.resolution);
     }
 
-    /// Adds what `event` added to the fold's service-time sums, from `before` to `after`; a
-    /// resolution counts in the category of the complaint it resolved, `resolved`.
+    /// Adds what `event` added to the fold's service-time sums, from `before` to `after`: a
+    /// delivery or a resolution by its own event, or by the order or complaint that an early
+    /// one waited for. A resolution counts in the category of the complaint it resolved,
+    /// `resolved`.
     fn note(
         &mut self,
         event: &EventKind,
         (before, after): (ServiceSums, ServiceSums),
         resolved: Option<&str>,
     ) {
-        match event {
-            EventKind::Contact { channel, .. } if after.responses > before.responses => {
+        if let EventKind::Contact { channel, .. } = event {
+            if after.responses > before.responses {
                 let seconds = after.response_seconds - before.response_seconds;
                 self.first_response.push((channel.name(), seconds));
             }
-            EventKind::OrderDelivered { .. } if after.deliveries > before.deliveries => {
-                self.delivery
-                    .push(after.delivery_seconds - before.delivery_seconds);
-            }
-            EventKind::ComplaintResolved { .. } if after.resolved > before.resolved => {
-                let seconds = after.resolution_seconds - before.resolution_seconds;
-                let category = resolved.unwrap_or("other").to_owned();
-                self.resolution.push((category, seconds));
-            }
-            _ => {}
+        }
+        if after.deliveries > before.deliveries {
+            self.delivery
+                .push(after.delivery_seconds - before.delivery_seconds);
+        }
+        if after.resolved > before.resolved {
+            let seconds = after.resolution_seconds - before.resolution_seconds;
+            let category = resolved.unwrap_or("other").to_owned();
+            self.resolution.push((category, seconds));
         }
     }
 }
@@ -1310,6 +1311,15 @@ impl Processor {
                 .collect(),
             _ => Vec::new(),
         };
+        // When a resolution read before this complaint's opening waits for it: it resolves
+        // the complaint at once.
+        let resolved_early = match &event.kind {
+            EventKind::ComplaintOpened { complaint_id, .. } => customer
+                .state
+                .early_resolution(complaint_id)
+                .map(|close| close.at),
+            _ => None,
+        };
         let first_order = customer.state.orders == 0;
         // Only an order moves a customer in the RFM histograms (erasure takes it out).
         let rfm_before = matches!(
@@ -1338,7 +1348,10 @@ impl Processor {
             return Ok(());
         }
         let sums = (sums_before, ServiceSums::of(&customer.state));
-        let resolved = open_before.first().map(|(category, _)| category.as_str());
+        let resolved = match &event.kind {
+            EventKind::ComplaintOpened { category, .. } => Some(category.as_str()),
+            _ => open_before.first().map(|(category, _)| category.as_str()),
+        };
         report.service.note(&event.kind, sums, resolved);
         if let Outcome::Applied(Some(limit)) = outcome {
             *report.limits_reached.entry(limit.code()).or_default() += 1;
@@ -1395,10 +1408,17 @@ impl Processor {
                     severity: *severity,
                     at: t,
                 };
-                // Over the customer's limit of open complaints the complaint is not kept, so
-                // nothing will resolve it: it counts as opened in its window, and leaves the
-                // backlog at once, as an erased customer's open complaint does.
-                if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
+                if let Some(resolved_at) = resolved_early {
+                    let resolved = Fact::Resolved {
+                        category: category.clone(),
+                        opened_at: t,
+                        at: resolved_at,
+                    };
+                    vec![opened, resolved]
+                } else if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
+                    // Over the customer's limit of open complaints the complaint is not kept,
+                    // so nothing will resolve it: it counts as opened in its window, and leaves
+                    // the backlog at once, as an erased customer's open complaint does.
                     let untracked = Fact::ForgetOpen {
                         category: category.clone(),
                     };

@@ -18,7 +18,8 @@
 //! fields in order.
 
 use crate::fold::{
-    CustomerState, EventFingerprint, Lifecycle, OpenComplaint, OpenOrder, SeenEvent, Subscription,
+    Close, CustomerState, EarlyClose, EventFingerprint, Lifecycle, OpenComplaint, OpenOrder,
+    SeenEvent, Subscription,
 };
 use crate::risk::{Level, Published, ReasonCode, RiskMemo};
 use crate::segments::{Loss, Standing, Trailing};
@@ -26,7 +27,7 @@ use crate::trends::{Baseline, CategoryTrend, Trends, Verdict, Window};
 
 use super::Customer;
 
-/// Appends the customer's body to `out` (that of encoding version 8), the sealed remembered
+/// Appends the customer's body to `out` (that of encoding version 9), the sealed remembered
 /// events in it: the layout of version 4 with no event ids in it, then [`SeenSection`].
 pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     write_head(customer, out);
@@ -59,9 +60,9 @@ fn sealed(state: &CustomerState) -> &[SeenEvent] {
     &state.seen[..(state.seen_sealed as usize).min(state.seen.len())]
 }
 
-/// The state, risk memo, standing, trailing months and losses: the bytes `postcard` writes for
-/// the tuple of the four, with no event ids in the place of versions 1 to 5's, then for the
-/// losses.
+/// The state, risk memo, standing, trailing months, losses and early closes: the bytes
+/// `postcard` writes for the tuple of the four, with no event ids in the place of versions 1 to
+/// 5's, then for the losses, then for the state's early closes.
 fn write_head(customer: &Customer, out: &mut Vec<u8>) {
     let Customer {
         state,
@@ -78,6 +79,10 @@ fn write_head(customer: &Customer, out: &mut Vec<u8>) {
     w.len(losses.len());
     for loss in losses {
         w.loss(loss);
+    }
+    w.len(state.early_closes.len());
+    for close in &state.early_closes {
+        w.early_close(close);
     }
 }
 
@@ -264,6 +269,8 @@ impl Writer<'_> {
             last_renewal_reason,
             cancellation_reason,
             cancelled_at,
+            // Written after the losses, by `write_head`.
+            early_closes: _,
             // Written after the body, by `seen_section`.
             seen: _,
             seen_sealed: _,
@@ -420,6 +427,20 @@ impl Writer<'_> {
         self.time(won_back_at.as_ref());
     }
 
+    fn early_close(&mut self, close: &EarlyClose) {
+        let EarlyClose { id, at, close } = close;
+        self.str(id);
+        self.signed(*at);
+        match close {
+            Close::Delivered => self.variant(0),
+            Close::Cancelled => self.variant(1),
+            Close::Resolved { satisfied } => {
+                self.variant(2);
+                self.option(satisfied.as_ref(), |w, s| w.boolean(*s));
+            }
+        }
+    }
+
     fn standing(&mut self, standing: &Standing) {
         let Standing {
             segment,
@@ -516,6 +537,7 @@ mod tests {
             &customer.standing,
             &customer.trailing,
             &customer.losses,
+            &customer.state.early_closes,
         );
         let mut bytes = postcard::to_allocvec(&body).expect("postcard encodes plain structs");
         let state = &customer.state;
@@ -607,6 +629,14 @@ mod tests {
         prop_oneof![".{0,12}", "[a-z-]{100,200}"]
     }
 
+    fn close() -> impl Strategy<Value = Close> {
+        prop_oneof![
+            Just(Close::Delivered),
+            Just(Close::Cancelled),
+            proptest::option::of(any::<bool>()).prop_map(|satisfied| Close::Resolved { satisfied }),
+        ]
+    }
+
     prop_compose! {
         fn state()(
             ids in (text(), proptest::option::of(int()), proptest::option::of(text()),
@@ -624,6 +654,7 @@ mod tests {
                 proptest::option::of(text()), proptest::option::of(int())),
             seen in proptest::collection::vec((any::<u64>(), int()), 0..5),
             (sealed, seal) in (0usize..6, any::<u32>()),
+            early_closes in proptest::collection::vec((text(), int(), close()), 0..3),
         ) -> CustomerState {
             let (customer_id, registered_at, referred_by, segment_hint, lifecycle, first, last) =
                 ids;
@@ -687,6 +718,10 @@ mod tests {
                 last_renewal_reason: renewal_reason,
                 cancellation_reason,
                 cancelled_at,
+                early_closes: early_closes
+                    .into_iter()
+                    .map(|(id, at, close)| EarlyClose { id, at, close })
+                    .collect(),
                 seen: seen
                     .into_iter()
                     .map(|(fingerprint, occurred_at)| SeenEvent {

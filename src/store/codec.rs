@@ -3,7 +3,7 @@
 //! the golden-bytes tests below fail the build when a layout changes by accident.
 
 use crate::facts::Fact;
-use crate::fold::CustomerState;
+use crate::fold::{CustomerState, EarlyClose};
 use crate::rfm::Scales;
 use crate::risk::RiskMemo;
 use crate::segments::{Loss, Segments, Standing, Trailing};
@@ -36,6 +36,9 @@ const CUSTOMER_V7: u8 = 7;
 /// Version 8: a V7 encoding with the customer's losses (`segments::Loss`) after its trailing
 /// months. A customer read from an earlier version has none: what it lost before is not known.
 const CUSTOMER_V8: u8 = 8;
+/// Version 9: a V8 encoding with the state's early closes (`fold::EarlyClose`) after the
+/// losses. A customer read from an earlier version has none.
+const CUSTOMER_V9: u8 = 9;
 /// A customer's sealed remembered events kept apart: `body::Sealed`.
 const SEALED_V1: u8 = 1;
 const OUTBOX_V1: u8 = 1;
@@ -102,7 +105,7 @@ pub fn encode_sealed(state: &CustomerState) -> Vec<u8> {
 fn customer_prefix(customer: &Customer) -> Vec<u8> {
     // Room for a typical customer up front: growing from one byte copied it eight times.
     let mut out = Vec::with_capacity(512);
-    out.push(CUSTOMER_V8);
+    out.push(CUSTOMER_V9);
     match customer.risk.timer_at {
         None => out.push(0),
         Some(at) => {
@@ -156,13 +159,13 @@ pub fn join_sealed(
     Ok(())
 }
 
-/// A version-5 or -6 encoding split after its timer prefix: the version, the timer, the rest.
+/// A version-5 (or later) encoding split after its timer prefix: the version, the timer, the rest.
 type Prefixed<'a> = (u8, Option<crate::event::Millis>, &'a [u8]);
 
-/// A version-5 or -6 encoding's timer and the rest: `None` for an earlier version.
+/// A version-5 (or later) encoding's timer and the rest: `None` for an earlier version.
 fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
     let (&version, rest) = bytes.split_first()?;
-    if !(CUSTOMER_V5..=CUSTOMER_V8).contains(&version) {
+    if !(CUSTOMER_V5..=CUSTOMER_V9).contains(&version) {
         return None;
     }
     Some(match rest.split_first() {
@@ -176,7 +179,7 @@ fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
     })
 }
 
-/// The customer's pending timer, read from the prefix of a version-5 or -6 encoding without
+/// The customer's pending timer, read from the prefix of a version-5 (or later) encoding without
 /// decoding the rest (which decoding the whole customer checks against it); earlier versions are
 /// decoded.
 pub fn customer_timer(bytes: &[u8]) -> Result<Option<crate::event::Millis>, String> {
@@ -229,6 +232,12 @@ pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
                 let (losses, rest) =
                     postcard::take_from_bytes::<Vec<Loss>>(seen).map_err(malformed)?;
                 customer.losses = losses;
+                seen = rest;
+            }
+            if version >= CUSTOMER_V9 {
+                let (closes, rest) =
+                    postcard::take_from_bytes::<Vec<EarlyClose>>(seen).map_err(malformed)?;
+                customer.state.early_closes = closes;
                 seen = rest;
             }
             if !customer.state.seen.is_empty() {
@@ -319,7 +328,7 @@ fn decode_legacy(bytes: &[u8]) -> Result<Customer, String> {
         }
         Some(&CUSTOMER_V4) => decode::<V4>(CUSTOMER_V4, bytes).map(from_v4),
         Some(v) => Err(format!(
-            "unknown encoding version {v} (this build reads up to {CUSTOMER_V8})"
+            "unknown encoding version {v} (this build reads up to {CUSTOMER_V9})"
         )),
         None => Err("empty value".into()),
     }
@@ -819,40 +828,92 @@ mod tests {
         customer
     }
 
+    /// The loss of [`sample_lost`] as versions 8 and 9 write it: 01 (one), 80 d7 cc 5a (at:
+    /// zigzag 190,000,000), 04 67 6f 6c 64 ("gold"), 07 (Cancelled), b8 17 (value: zigzag
+    /// 3,000), 00 (not won back).
+    const SAMPLE_LOSS: [u8; 14] = [
+        0x01, 0x80, 0xd7, 0xcc, 0x5a, 0x04, b'g', b'o', b'l', b'd', 0x07, 0xb8, 0x17, 0x00,
+    ];
+
     #[test]
-    fn version_eight_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
-        // CUSTOMER_V9 and keep reading V1 to V8. A V8 encoding is the V7 one with the losses
-        // after the trailing months: 01 (one), 80 d7 cc 5a (at: zigzag 190,000,000), 04 67 6f
-        // 6c 64 ("gold"), 07 (Cancelled), b8 17 (value: zigzag 3,000), 00 (not won back).
-        let encoded = encode_customer(&sample_lost());
-        assert_eq!(encoded, golden("customer_v8.hex", Some(&encoded)));
+    fn version_eight_is_still_read() {
+        // Written by the version-8 encoder: the V7 encoding with the losses after the trailing
+        // months. It knew no early closes.
+        let v8 = golden("customer_v8.hex", None);
         let v7 = golden("customer_v7.hex", None);
         let v6 = golden("customer_v6.hex", None);
         let head = v6.len() - SAMPLE_SEEN.len();
-        let loss = [
-            0x01, 0x80, 0xd7, 0xcc, 0x5a, 0x04, b'g', b'o', b'l', b'd', 0x07, 0xb8, 0x17, 0x00,
-        ];
         let mut expected = vec![CUSTOMER_V8];
         expected.extend_from_slice(&v7[1..head]);
-        expected.extend_from_slice(&loss);
+        expected.extend_from_slice(&SAMPLE_LOSS);
         expected.extend_from_slice(&v7[head..]);
+        assert_eq!(v8, expected);
+        assert_eq!(customer_timer(&v8), Ok(Some(100_000_000)));
+        assert_eq!(decode_customer(&v8), Ok(sample_lost()));
+    }
+
+    /// [`sample_lost`] waiting for two orders or complaints: a delivery of order "o1" at
+    /// 97,000,000, and an unsatisfied resolution of complaint "k1" at 98,000,000.
+    fn sample_early() -> Customer {
+        let mut customer = sample_lost();
+        customer.state.early_closes = vec![
+            EarlyClose {
+                id: "o1".into(),
+                at: 97_000_000,
+                close: crate::fold::Close::Delivered,
+            },
+            EarlyClose {
+                id: "k1".into(),
+                at: 98_000_000,
+                close: crate::fold::Close::Resolved {
+                    satisfied: Some(false),
+                },
+            },
+        ];
+        customer
+    }
+
+    #[test]
+    fn version_nine_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
+        // CUSTOMER_V10 and keep reading V1 to V9. A V9 encoding is the V8 one with the early
+        // closes after the losses: 02 (two); 02 6f 31 ("o1"), 80 e9 c0 5c (at: zigzag
+        // 194,000,000), 00 (Delivered); 02 6b 31 ("k1"), 80 f2 ba 5d (zigzag 196,000,000), 02
+        // (Resolved), 01 00 (satisfied: Some(false)).
+        let encoded = encode_customer(&sample_early());
+        assert_eq!(encoded, golden("customer_v9.hex", Some(&encoded)));
+        let v8 = golden("customer_v8.hex", None);
+        let v6 = golden("customer_v6.hex", None);
+        let head = v6.len() - SAMPLE_SEEN.len() + SAMPLE_LOSS.len();
+        let closes = [
+            0x02, 0x02, b'o', b'1', 0x80, 0xe9, 0xc0, 0x5c, 0x00, 0x02, b'k', b'1', 0x80, 0xf2,
+            0xba, 0x5d, 0x02, 0x01, 0x00,
+        ];
+        let mut expected = vec![CUSTOMER_V9];
+        expected.extend_from_slice(&v8[1..head]);
+        expected.extend_from_slice(&closes);
+        expected.extend_from_slice(&v8[head..]);
         assert_eq!(encoded, expected);
         assert_eq!(customer_timer(&encoded), Ok(Some(100_000_000)));
+        assert_eq!(decode_customer(&encoded), Ok(sample_early()));
+        // None waiting: 00.
+        let encoded = encode_customer(&sample_lost());
+        assert_eq!(encoded[head], 0x00);
         assert_eq!(decode_customer(&encoded), Ok(sample_lost()));
-        // Won back at 96,000,000: 01 80 e0 c6 5b in place of the last 00.
+        // Won back at 96,000,000: 01 80 e0 c6 5b in place of the loss's last 00.
         let mut won = sample_lost();
         won.losses[0].won_back_at = Some(96_000_000);
         let encoded = encode_customer(&won);
-        let at = head + loss.len() - 1;
+        let at = head - 1;
         assert_eq!(&encoded[at..at + 5], &[0x01, 0x80, 0xe0, 0xc6, 0x5b]);
         assert_eq!(decode_customer(&encoded), Ok(won));
-        let head = head + loss.len();
+        let head = head + 1;
+        let expected = encode_customer(&sample_lost());
 
         let mut untimed = sample_lost();
         untimed.risk.timer_at = None;
         let encoded = encode_customer(&untimed);
-        assert_eq!(&encoded[..2], &[8, 0]);
+        assert_eq!(&encoded[..2], &[9, 0]);
         assert_eq!(customer_timer(&encoded), Ok(None));
         assert_eq!(decode_customer(&encoded), Ok(untimed));
 

@@ -271,6 +271,152 @@ fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
         .all(|v| v["open_backlog"].as_i64().unwrap() >= 0));
 }
 
+/// A delivery, a cancellation or a resolution read before its order or complaint (another
+/// system publishing into the same partition ahead of it, or a backfill's files in the other
+/// order) closes it when it comes: the order is not left waiting for a delivery that came, the
+/// complaint not left open, and the service times and complaint windows count them in their
+/// own times. One that waits longer than the dedup horizon of the customer's newest event is
+/// let go.
+#[test]
+fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complaint() {
+    let events = [
+        ev(
+            "1",
+            "hal",
+            "order.delivered",
+            "03T10:00:00",
+            r#""order_id":"o1""#,
+        ),
+        ev(
+            "2",
+            "hal",
+            "order.cancelled",
+            "02T09:00:00",
+            r#""order_id":"o2""#,
+        ),
+        ev(
+            "3",
+            "hal",
+            "complaint.resolved",
+            "02T12:00:00",
+            r#""complaint_id":"k1","satisfied":false"#,
+        ),
+        ev(
+            "4",
+            "hal",
+            "order.placed",
+            "01T10:00:00",
+            r#""order_id":"o1","amount_minor":1000,"margin_minor":100"#,
+        ),
+        ev(
+            "5",
+            "hal",
+            "order.placed",
+            "01T11:00:00",
+            r#""order_id":"o2","amount_minor":500,"margin_minor":50"#,
+        ),
+        ev(
+            "6",
+            "hal",
+            "complaint.opened",
+            "01T12:00:00",
+            r#""complaint_id":"k1","category":"billing","severity":"high""#,
+        ),
+        ev(
+            "7",
+            "hal",
+            "order.delivered",
+            "04T10:00:00",
+            r#""order_id":"o9""#,
+        ),
+    ];
+    let later = ev(
+        "8",
+        "ida",
+        "interaction.survey",
+        "05T10:00:00",
+        r#""score":9"#,
+    );
+    let (store, reports) = run_batches(settings(100), &[&events[..], &[later]]);
+    let state = store
+        .customer(partition_for(b"hal", 4), "hal")
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.orders, state.revenue_minor), (2, 1500));
+    assert_eq!(state.deliveries, 1);
+    assert_eq!(state.delivery_seconds_total, 2 * 86_400);
+    assert_eq!(state.order_cancellations, 1);
+    assert!(state.open_orders.is_empty(), "{:?}", state.open_orders);
+    assert_eq!((state.complaints_opened, state.complaints_resolved), (1, 1));
+    assert_eq!(state.resolution_seconds_total, 86_400);
+    assert_eq!(state.resolutions_unsatisfied, 1);
+    assert!(state.open_complaints.is_empty());
+    let waiting: Vec<&str> = state.early_closes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(waiting, ["o9"], "never placed: still waiting");
+    assert_eq!(reports[0].service.delivery, [2 * 86_400]);
+    assert_eq!(
+        reports[0].service.resolution,
+        [("billing".to_owned(), 86_400)]
+    );
+
+    let billing: Vec<serde_json::Value> = store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.complaint-trends" && r.key.as_deref() == Some(b"billing"))
+        .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
+        .collect();
+    let window = |start: &str, end: &str| {
+        let (start, end) = (
+            format!("2026-05-{start}.000Z"),
+            format!("2026-05-{end}.000Z"),
+        );
+        let v = billing
+            .iter()
+            .find(|v| v["window_start"] == start && v["window_end"] == end)
+            .unwrap_or_else(|| panic!("no window from {start} to {end}"));
+        (
+            v["opened"].as_i64().unwrap(),
+            v["resolved"].as_i64().unwrap(),
+            v["open_backlog"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(
+        window("01T12:00:00", "01T13:00:00"),
+        (1, 0, 1),
+        "open until its resolution"
+    );
+    assert_eq!(window("02T12:00:00", "02T13:00:00"), (0, 1, 0));
+    assert_eq!(
+        window("01T00:00:00", "02T00:00:00"),
+        (1, 0, 1),
+        "the daily roll-up"
+    );
+    assert_eq!(window("02T00:00:00", "03T00:00:00"), (0, 1, 0));
+
+    // With a dedup horizon of a day, the delivery of o9 is let go once the customer's newest
+    // event is more than a day after it.
+    let mut settings = settings(100);
+    settings.limits.dedup_horizon_ms = 86_400_000;
+    let survey = |id: &str, at: &str| ev(id, "hal", "interaction.survey", at, r#""score":9"#);
+    let (store, _) = run_batches(
+        settings.clone(),
+        &[&events[..], &[survey("9", "05T10:00:00")]],
+    );
+    let state = store
+        .customer(partition_for(b"hal", 4), "hal")
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.early_closes.len(), 1, "a day after it: still waiting");
+    let (store, _) = run_batches(settings, &[&events[..], &[survey("9", "05T10:00:01")]]);
+    let state = store
+        .customer(partition_for(b"hal", 4), "hal")
+        .unwrap()
+        .unwrap();
+    assert!(state.early_closes.is_empty(), "{:?}", state.early_closes);
+}
+
 #[test]
 fn a_cancelled_customer_is_lost_and_an_order_wins_them_back() {
     let events = [
