@@ -58,8 +58,8 @@ pub struct OpenComplaint {
 /// A delivery, cancellation or resolution read before the order or complaint it closes:
 /// orders and their deliveries come from different systems, and so can arrive in either order
 /// in the customer's partition, as can a backfill's files. Kept until the order or complaint
-/// comes, which it then closes at once, or until it is as far behind the customer's newest
-/// event as the dedup horizon.
+/// comes, which it then closes at once if it was opened at or before the close's time, or
+/// until it is as far behind the customer's newest event as the dedup horizon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyClose {
     /// The order's or complaint's id.
@@ -366,7 +366,7 @@ impl CustomerState {
                 margin_minor,
             } => {
                 self.place_order(t, *amount_minor, *margin_minor);
-                if let Some(close) = self.take_early_close(order_id, true) {
+                if let Some(close) = self.take_early_close(order_id, true, t) {
                     if close.close == Close::Delivered {
                         self.deliveries += 1;
                         self.delivery_seconds_total += seconds_between(t, close.at);
@@ -412,7 +412,7 @@ impl CustomerState {
             } => {
                 self.complaints_opened += 1;
                 self.last_complaint_at = Some(self.last_complaint_at.map_or(t, |c| c.max(t)));
-                if let Some(close) = self.take_early_close(complaint_id, false) {
+                if let Some(close) = self.take_early_close(complaint_id, false, t) {
                     if let Close::Resolved { satisfied } = close.close {
                         self.resolve(t, close.at, satisfied);
                     }
@@ -459,21 +459,23 @@ impl CustomerState {
             .position(|c| c.complaint_id == complaint_id)
     }
 
-    /// The resolution waiting for complaint `complaint_id`, if any.
-    pub fn early_resolution(&self, complaint_id: &str) -> Option<&EarlyClose> {
-        let i = self.early_close(complaint_id, false)?;
+    /// The resolution waiting for complaint `complaint_id` opened at `opened_at`, if any.
+    pub fn early_resolution(&self, complaint_id: &str, opened_at: Millis) -> Option<&EarlyClose> {
+        let i = self.early_close(complaint_id, false, opened_at)?;
         Some(&self.early_closes[i])
     }
 
-    /// Where the close waiting for order (`order`) or complaint `id` is in `early_closes`.
-    fn early_close(&self, id: &str, order: bool) -> Option<usize> {
+    /// Where the close waiting for order (`order`) or complaint `id`, opened at `opened_at`, is
+    /// in `early_closes`. A close from before the opening is not its own: it closed the same id
+    /// before (a complaint resolved, then reopened), and was published again.
+    fn early_close(&self, id: &str, order: bool, opened_at: Millis) -> Option<usize> {
         self.early_closes
             .iter()
-            .position(|c| c.id == id && c.close.closes_order() == order)
+            .position(|c| c.id == id && c.close.closes_order() == order && c.at >= opened_at)
     }
 
-    fn take_early_close(&mut self, id: &str, order: bool) -> Option<EarlyClose> {
-        let i = self.early_close(id, order)?;
+    fn take_early_close(&mut self, id: &str, order: bool, opened_at: Millis) -> Option<EarlyClose> {
+        let i = self.early_close(id, order, opened_at)?;
         Some(self.early_closes.remove(i))
     }
 
@@ -487,7 +489,12 @@ impl CustomerState {
         close: Close,
         limits: &FoldLimits,
     ) -> Option<Limit> {
-        if self.early_close(id, close.closes_order()).is_some() {
+        let order = close.closes_order();
+        if self
+            .early_closes
+            .iter()
+            .any(|c| c.id == id && c.close.closes_order() == order)
+        {
             return None;
         }
         if self.early_closes.len() >= limits.max_open_items {

@@ -1316,7 +1316,7 @@ impl Processor {
         let resolved_early = match &event.kind {
             EventKind::ComplaintOpened { complaint_id, .. } => customer
                 .state
-                .early_resolution(complaint_id)
+                .early_resolution(complaint_id, event.occurred_at)
                 .map(|close| close.at),
             _ => None,
         };

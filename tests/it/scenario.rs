@@ -154,7 +154,8 @@ fn complaints_resolve_with_their_resolution_time() {
 /// A complaint or an order published again under a new event id, while it is still open, is
 /// the same complaint or order: it counts as a duplicate and changes nothing but the ids
 /// remembered, so the same event read again after the complaint closed or the order was
-/// delivered is a duplicate too. A complaint opened again after it was resolved counts again.
+/// delivered is a duplicate too. A complaint opened again after it was resolved counts again,
+/// and stays open though its old resolution was published again in between.
 /// The complaint windows' backlog follows the state: never two resolutions for one, never
 /// below zero when the customer is erased.
 #[test]
@@ -190,6 +191,14 @@ fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
             r#""complaint_id":"k1""#,
         ),
         opened("2", "01T10:05:00"),
+        // The resolution published again: it closes nothing, not even the reopening below.
+        ev(
+            "6",
+            "flo",
+            "complaint.resolved",
+            "01T12:00:00",
+            r#""complaint_id":"k1""#,
+        ),
         ev(
             "7",
             "flo",
