@@ -376,7 +376,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     Some(since)
                 }
             };
-            let store = pipeline::open_store(&config)?;
+            let store = pipeline::open_existing_store(&config)?;
             let mut writer = output(out.as_deref())?;
             let at = pipeline::ScoreAt {
                 as_of,
@@ -428,7 +428,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Fit { as_of, config } => {
             let (config, as_of) = config_and_time(config, &as_of)?;
-            let store = pipeline::open_store(&config)?;
+            let store = pipeline::open_existing_store(&config)?;
             let pipeline::FitReport {
                 fitted,
                 customers,

@@ -22,7 +22,19 @@ use crate::replay::wall_clock_ms;
 use crate::store::{RocksBackend, Store};
 use crate::telemetry::Telemetry;
 
-/// Opens the RocksDB store the config names.
+/// Opens the RocksDB store the config names, for a command that only reads what a job or a
+/// replay left there (`score`, `fit`): an error, and nothing created, where there is none.
+pub fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
+    let path = &config.state_path;
+    anyhow::ensure!(
+        path.join("CURRENT").is_file(),
+        "no state at {} (state.path): this command reads the state a job or a replay left there",
+        path.display()
+    );
+    open_store(config)
+}
+
+/// Opens the RocksDB store the config names, creating it where there is none.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.state_path).with_context(|| {
         format!(

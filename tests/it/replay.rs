@@ -293,3 +293,54 @@ fn the_store_opens_with_no_temporary_directory_to_write_to() {
     let store = Store::open(Arc::new(RocksBackend::open(&state, 1 << 20).unwrap())).unwrap();
     assert!(!all_states(&store).is_empty(), "the events were folded");
 }
+
+/// `score` and `fit` read the state a job or a replay left: given a state path where there is
+/// none (a typo, a volume not mounted), each says so and creates nothing, where before each
+/// opened an empty store there and reported no customers as if that were the answer. On the
+/// state a replay left, both run.
+#[test]
+fn score_and_fit_refuse_a_state_path_with_no_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = customer_pulse::event::format_millis(customer_pulse::replay::wall_clock_ms());
+    let run = |command: &str, state: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .arg(command)
+            .arg("--as-of")
+            .arg(&now)
+            .env("CUSTOMER_PULSE__STATE__PATH", state)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs")
+    };
+    let missing = dir.path().join("no-state-here");
+    for command in ["score", "fit"] {
+        let out = run(command, &missing);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no state at {}", missing.display())),
+            "{command}: {stderr}"
+        );
+        assert!(!missing.exists(), "{command} created {}", missing.display());
+    }
+    let lines: Vec<String> = events(5).iter().map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let state = dir.path().join("state");
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .arg("replay")
+        .arg("--from")
+        .arg(&path)
+        .env("CUSTOMER_PULSE__STATE__PATH", &state)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    assert!(replay.status.success());
+    for command in ["score", "fit"] {
+        let out = run(command, &state);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
