@@ -34,6 +34,7 @@ fn rules() -> Rules {
         max_event_age_ms: 20 * 365 * 86_400_000,
         max_id_chars: 128,
         max_text_chars: 1024,
+        max_amount_minor: 1_000_000_000_000,
         currency: "EUR".into(),
         complaint_categories: [
             "billing",

@@ -320,6 +320,8 @@ fn no_minimum() -> i64 {
 }
 
 const DAY_MS: f64 = 86_400_000.0;
+/// The largest `input.max_amount_minor`: a sum of 9,000 events at it still fits in an `i64`.
+const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 
 impl Default for RawChurn {
     fn default() -> Self {
@@ -633,6 +635,8 @@ pub struct RawInput {
     pub max_id_chars: usize,
     /// Longest free-text field (reasons, categories, segment hints), in characters.
     pub max_text_chars: usize,
+    /// Largest amount of one event, and largest margin either way, in minor units.
+    pub max_amount_minor: i64,
     pub complaint_categories: Vec<String>,
     pub cancellation_reasons: Vec<String>,
     /// Closed set of renewal reasons; anything else becomes `other`, none `unspecified`.
@@ -737,6 +741,7 @@ impl Default for RawInput {
             max_open_items_per_customer: 1_000,
             max_id_chars: 128,
             max_text_chars: 1024,
+            max_amount_minor: 1_000_000_000_000,
             complaint_categories: [
                 "billing",
                 "delivery",
@@ -1135,6 +1140,11 @@ impl RawConfig {
             "must be between 1 and 65536",
         )?;
         check(
+            (1..=MAX_AMOUNT_MINOR).contains(&i.max_amount_minor),
+            "input.max_amount_minor",
+            "must be between 1 and 1000000000000000",
+        )?;
+        check(
             (1..=36_500).contains(&i.max_event_age_days),
             "input.max_event_age_days",
             "must be between 1 and 36500",
@@ -1328,6 +1338,7 @@ impl RawConfig {
                 max_event_age_ms: (i.max_event_age_days * 86_400_000) as i64,
                 max_id_chars: i.max_id_chars,
                 max_text_chars: i.max_text_chars,
+                max_amount_minor: i.max_amount_minor,
                 currency: i.currency.clone(),
                 complaint_categories: i.complaint_categories.clone(),
                 cancellation_reasons: i.cancellation_reasons.clone(),

@@ -91,6 +91,9 @@ pub struct Rules {
     pub max_id_chars: usize,
     /// Longest free-text field, in characters; a longer one is a `bad_field`.
     pub max_text_chars: usize,
+    /// Largest amount, and largest margin either way, of one event in minor units; beyond it a
+    /// `bad_field`. It keeps every sum of money far from `i64`'s range.
+    pub max_amount_minor: i64,
     pub currency: String,
     /// Closed set of complaint categories; anything else becomes `other`.
     pub complaint_categories: Vec<String>,
@@ -143,6 +146,7 @@ pub fn decode(
         obj: &obj,
         max_id_chars: rules.max_id_chars,
         max_text_chars: rules.max_text_chars,
+        max_amount_minor: rules.max_amount_minor,
     };
 
     match fields.get("schema_version") {
@@ -238,7 +242,7 @@ pub fn decode(
             EventKind::Survey { score: score as u8 }
         }
         "subscription.renewed" => EventKind::SubscriptionRenewed {
-            amount_minor: fields.non_negative("amount_minor")?,
+            amount_minor: fields.amount("amount_minor")?,
             reason: match fields.opt_text("reason")? {
                 Some(reason) => normalise(&reason, &rules.renewal_reasons),
                 None => "unspecified".to_owned(),
@@ -250,15 +254,15 @@ pub fn decode(
         "customer.erased" => EventKind::Erased,
         "order.placed" => EventKind::OrderPlaced {
             order_id: fields.id("order_id")?,
-            amount_minor: fields.non_negative("amount_minor")?,
-            margin_minor: fields.int("margin_minor")?,
+            amount_minor: fields.amount("amount_minor")?,
+            margin_minor: fields.margin("margin_minor")?,
         },
         "order.delivered" => EventKind::OrderDelivered {
             order_id: fields.id("order_id")?,
         },
         "order.returned" => EventKind::OrderReturned {
             order_id: fields.id("order_id")?,
-            amount_minor: fields.non_negative("amount_minor")?,
+            amount_minor: fields.amount("amount_minor")?,
         },
         "order.cancelled" => EventKind::OrderCancelled {
             order_id: fields.id("order_id")?,
@@ -461,6 +465,7 @@ struct Fields<'a> {
     obj: &'a [(Cow<'a, str>, Scalar<'a>)],
     max_id_chars: usize,
     max_text_chars: usize,
+    max_amount_minor: i64,
 }
 
 impl<'a> Fields<'a> {
@@ -537,10 +542,32 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn non_negative(&self, field: &str) -> Result<i64, Rejection> {
+    /// An amount of money: from 0 to `max_amount_minor`.
+    fn amount(&self, field: &str) -> Result<i64, Rejection> {
         let v = self.int(field)?;
-        if v < 0 {
-            return Err(bad(field, "an integer >= 0"));
+        if !(0..=self.max_amount_minor).contains(&v) {
+            return Err(bad(
+                field,
+                &format!(
+                    "an integer from 0 to input.max_amount_minor = {}",
+                    self.max_amount_minor
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// A margin, which may be negative: at most `max_amount_minor` either way.
+    fn margin(&self, field: &str) -> Result<i64, Rejection> {
+        let v = self.int(field)?;
+        if v.unsigned_abs() > self.max_amount_minor.unsigned_abs() {
+            return Err(bad(
+                field,
+                &format!(
+                    "an integer within input.max_amount_minor = {} either way",
+                    self.max_amount_minor
+                ),
+            ));
         }
         Ok(v)
     }
@@ -675,8 +702,23 @@ mod tests {
             let got = order(&format!(r#","amount_minor":{amount},"margin_minor":0"#));
             assert_eq!(reason(got), Reason::BadField, "amount_minor {amount}");
         }
-        let got =
-            order(r#","amount_minor":9223372036854775807,"margin_minor":-9223372036854775808"#);
+        // Integers take all of i64; what refuses the extremes is the bound on money.
+        let extremes = r#","amount_minor":9223372036854775807,"margin_minor":-9223372036854775807"#;
+        let got = order(extremes)
+            .map(|_| ())
+            .map_err(|r| (r.reason, r.message));
+        assert!(
+            matches!(&got, Err((Reason::BadField, m)) if m.contains("input.max_amount_minor")),
+            "{got:?}"
+        );
+        let unbounded = Rules {
+            max_amount_minor: i64::MAX,
+            ..rules()
+        };
+        let text = format!(
+            r#"{{"event_id":"e-1","customer_id":"c-1","type":"order.placed","occurred_at":"2025-11-29T23:00:00Z","order_id":"o-1"{extremes}}}"#
+        );
+        let got = decode(None, None, text.as_bytes(), NOW, &unbounded);
         assert!(got.is_ok(), "{got:?}");
         for version in ["0", "-1", "1.0", "\"1\""] {
             let got = order(&format!(

@@ -75,6 +75,58 @@ fn identifiers_and_texts_are_bounded_by_their_configured_lengths() {
     );
 }
 
+/// Money is bounded: an `amount_minor` above `input.max_amount_minor`, or a `margin_minor`
+/// beyond it either way, is a `bad_field` naming the field and the setting. So no sum the state
+/// or the aggregates keep can overflow: before, two orders of 9e18 panicked in a debug build
+/// (the second dead-lettered as `processing_error`) and in a release build wrapped the
+/// customer's revenue into a negative number.
+#[test]
+fn amounts_and_margins_are_bounded_by_max_amount_minor() {
+    let rules = Rules {
+        max_amount_minor: 1_000,
+        ..rules()
+    };
+    let event = |kind: &str, fields: &str| {
+        format!(
+            r#"{{"event_id":"e-1","customer_id":"c-1","type":"{kind}","occurred_at":"{AT}",{fields}}}"#
+        )
+        .into_bytes()
+    };
+    let order = |amount: i64, margin: i64| {
+        event(
+            "order.placed",
+            &format!(r#""order_id":"o","amount_minor":{amount},"margin_minor":{margin}"#),
+        )
+    };
+    assert_eq!(decoded(&order(1_000, -1_000), &rules), Ok(()));
+    assert_eq!(decoded(&order(0, 1_000), &rules), Ok(()));
+    let over = [
+        (order(1_001, 0), "amount_minor"),
+        (order(0, 1_001), "margin_minor"),
+        (order(0, -1_001), "margin_minor"),
+        (order(i64::MAX, 0), "amount_minor"),
+        (order(0, i64::MIN), "margin_minor"),
+        (
+            event("order.returned", r#""order_id":"o","amount_minor":1001"#),
+            "amount_minor",
+        ),
+        (
+            event("subscription.renewed", r#""amount_minor":1001"#),
+            "amount_minor",
+        ),
+    ];
+    for (payload, field) in over {
+        let (reason, message) = decoded(&payload, &rules).unwrap_err();
+        assert_eq!(reason, Reason::BadField, "{message}");
+        assert!(
+            message.contains(field) && message.contains("input.max_amount_minor = 1000"),
+            "{message}"
+        );
+    }
+    let returned = event("order.returned", r#""order_id":"o","amount_minor":1000"#);
+    assert_eq!(decoded(&returned, &rules), Ok(()));
+}
+
 fn ev(id: usize, kind: &str, fields: &str) -> String {
     format!(
         r#"{{"event_id":"e-{id}","customer_id":"c-1","type":"{kind}","occurred_at":"2026-05-01T10:{:02}:{:02}Z",{fields}}}"#,
@@ -208,7 +260,7 @@ fn remembered_event_ids_are_bounded_and_the_oldest_is_forgotten_first() {
 fn the_bounds_are_configurable_and_refused_past_their_range() {
     let base = "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[input]\n";
     let config = Config::parse(
-        &format!("{base}max_id_chars = 64\nmax_text_chars = 256\nmax_open_items_per_customer = 50\nmax_dedup_ids_per_customer = 500\nmax_event_bytes = 2048\n"),
+        &format!("{base}max_id_chars = 64\nmax_text_chars = 256\nmax_open_items_per_customer = 50\nmax_dedup_ids_per_customer = 500\nmax_event_bytes = 2048\nmax_amount_minor = 5000\n"),
         Vec::new(),
     )
     .unwrap();
@@ -218,9 +270,10 @@ fn the_bounds_are_configurable_and_refused_past_their_range() {
             config.rules.max_text_chars,
             config.rules.max_event_bytes,
             config.limits.max_open_items,
-            config.limits.max_dedup_ids
+            config.limits.max_dedup_ids,
+            config.rules.max_amount_minor
         ),
-        (64, 256, 2048, 50, 500)
+        (64, 256, 2048, 50, 500, 5_000)
     );
     for (line, field) in [
         ("max_id_chars = 0", "input.max_id_chars"),
@@ -232,6 +285,11 @@ fn the_bounds_are_configurable_and_refused_past_their_range() {
         (
             "max_dedup_ids_per_customer = 0",
             "input.max_dedup_ids_per_customer",
+        ),
+        ("max_amount_minor = 0", "input.max_amount_minor"),
+        (
+            "max_amount_minor = 1000000000000001",
+            "input.max_amount_minor",
         ),
     ] {
         let err = Config::parse(&format!("{base}{line}\n"), Vec::new()).unwrap_err();
