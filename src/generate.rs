@@ -59,6 +59,9 @@ pub struct Generated {
 pub struct TrafficSpec {
     pub customers: u64,
     pub events: u64,
+    /// Picks the stream. Event, order and complaint ids carry it, so streams of two seeds over
+    /// the same customers (live traffic after a history) share none: a second stream's order
+    /// with the first's id, still open, would be taken for the first published again.
     pub seed: u64,
     /// Event time of the first event.
     pub start_ms: Millis,
@@ -139,7 +142,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
             let roll = rng.below(100);
             match roll {
                 0..=34 => {
-                    let order_id = format!("{}-o{}", c.id, c.next_order);
+                    let order_id = format!("{}-s{}-o{}", c.id, spec.seed, c.next_order);
                     c.next_order += 1;
                     c.open_orders.push(order_id.clone());
                     let amount = 500 + rng.below(20_000) as i64;
@@ -155,7 +158,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
                 }
                 50..=52 if c.next_order > 0 => (
                     "order.returned",
-                    json!({"order_id": format!("{}-o0", c.id), "amount_minor": 500 + rng.below(2_000) as i64}),
+                    json!({"order_id": format!("{}-s{}-o0", c.id, spec.seed), "amount_minor": 500 + rng.below(2_000) as i64}),
                 ),
                 53..=54 if !c.open_orders.is_empty() => {
                     let order_id = c.open_orders.pop().unwrap_or_default();
@@ -172,7 +175,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
                 ),
                 70..=77 => ("interaction.survey", json!({"score": rng.below(11)})),
                 78..=85 => {
-                    let complaint_id = format!("{}-k{}", c.id, c.next_complaint);
+                    let complaint_id = format!("{}-s{}-k{}", c.id, spec.seed, c.next_complaint);
                     c.next_complaint += 1;
                     c.open_complaints.push(complaint_id.clone());
                     let severity = ["low", "medium", "high", "critical"][rng.below(4) as usize];
@@ -225,6 +228,43 @@ mod tests {
     fn last_at(events: &[Generated]) -> Millis {
         let last = events.last().expect("events");
         parse_millis(last.value["occurred_at"].as_str().expect("a time")).expect("RFC 3339")
+    }
+
+    #[test]
+    fn streams_of_two_seeds_share_no_event_order_or_complaint_id() {
+        let ids = |seed: u64| -> std::collections::BTreeSet<String> {
+            let spec = TrafficSpec {
+                customers: 20,
+                events: 2_000,
+                seed,
+                start_ms: 1_764_547_200_000,
+                step_ms: 60_000,
+            };
+            generate(&spec)
+                .iter()
+                .flat_map(|g| {
+                    ["event_id", "order_id", "complaint_id"]
+                        .into_iter()
+                        .filter_map(|field| g.value[field].as_str())
+                        .map(|id| format!("{}:{id}", g.type_name))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let (first, second) = (ids(1), ids(2));
+        let opened = |ids: &std::collections::BTreeSet<String>| {
+            ids.iter()
+                .filter(|id| id.starts_with("order.placed:") || id.starts_with("complaint.opened:"))
+                .count()
+        };
+        assert!(opened(&first) > 100 && opened(&second) > 100);
+        let shared: Vec<_> = first.intersection(&second).collect();
+        let some: Vec<_> = shared.iter().take(5).collect();
+        assert!(
+            shared.is_empty(),
+            "{} shared, such as {some:?}",
+            shared.len()
+        );
     }
 
     #[test]
