@@ -120,6 +120,12 @@ impl Aggregator {
         Ok(true)
     }
 
+    /// Makes the next step report every gauge of the aggregates, not only those it changes:
+    /// the instance took input partition 0 back, and dropped the gauges when it gave it up.
+    pub fn show_again(&mut self) {
+        self.processor.show_aggregates_again();
+    }
+
     /// The lowest of the partitions' watermarks: where windows and days close. `None` while
     /// a partition has reported none.
     pub fn watermark(&self) -> Result<Option<Millis>, StoreError> {

@@ -530,10 +530,15 @@ fn aggregate_while_owner(
 ) {
     let (mut role, mut started) = (AggregatorRole::default(), false);
     while !stop.is_cancelled() {
+        let was_owner = role.owner;
         let owner = role.observe(owns_first(), telemetry);
         if !owner {
             std::thread::sleep(Duration::from_millis(500));
             continue;
+        }
+        if started && !was_owner {
+            // It dropped the gauges when it gave partition 0 up: the next step shows them all.
+            aggregator.show_again();
         }
         if !started {
             match (feed.snapshot_source)().and_then(|source| aggregator.bootstrap(&source)) {

@@ -781,6 +781,14 @@ impl Processor {
         self.aggregates = None;
     }
 
+    /// Makes the next batch or aggregator step report every gauge of the aggregates, as the
+    /// first after loading does: their instance exports them again.
+    pub fn show_aggregates_again(&mut self) {
+        if let Some(aggregates) = &mut self.aggregates {
+            aggregates.loaded = true;
+        }
+    }
+
     /// Tells the processor which input partitions the instance owns, so that one that has not
     /// delivered yet holds the watermark (until it goes idle) instead of being overtaken.
     pub fn assign(&mut self, assigned: &[(String, i32)], now: Millis) {

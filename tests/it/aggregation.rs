@@ -502,3 +502,71 @@ fn an_instance_s_rfm_histograms_hold_the_customers_of_the_partitions_it_owns() {
         .any(|c| matches!(c, Cell::Joint(_, _, n) | Cell::Monetary(_, n) if *n < 0));
     assert!(!negative, "no cell below zero");
 }
+
+/// The gauges the aggregator's instance exports, by series (the aggregator's watermark aside,
+/// which the pipeline sets from `Aggregator::watermark`).
+fn aggregate_gauges(telemetry: &customer_pulse::telemetry::Telemetry) -> Vec<String> {
+    const GAUGES: [&str; 7] = [
+        "customer_pulse_customers{",
+        "customer_pulse_churn_risk_customers{",
+        "customer_pulse_margin_minor{",
+        "customer_pulse_complaints_open{",
+        "customer_pulse_complaint_spike{",
+        "customer_pulse_complaint_z_score{",
+        "customer_pulse_rfm_customers{",
+    ];
+    telemetry
+        .render()
+        .lines()
+        .filter(|l| GAUGES.iter().any(|g| l.starts_with(g)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An instance that gives up input partition 0 drops its aggregator's gauges; when it takes
+/// the partition back, its aggregator's next step exports them all again, though nothing new
+/// was read. Before, they stayed away until the next change, which a quiet system may not
+/// bring for hours.
+#[test]
+fn an_aggregator_taken_back_exports_its_gauges_at_its_next_step() {
+    let mut log = Log::default();
+    let mut settings = settings_with_partitions(500, PARTITIONS);
+    settings.aggregation = Aggregation::Elsewhere;
+    let store = Store::in_memory().with_changelog(TOPIC).unwrap();
+    let mut processor = Processor::new(store, settings);
+    let all: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+    processor.assign(&all, NOW_MS);
+    let records = traffic();
+    for batch in records[..6_000].chunks(1_000) {
+        processor.process(batch, NOW_MS).unwrap();
+        log.deliver(processor.store());
+    }
+    let telemetry = customer_pulse::telemetry::Telemetry::new();
+    let mut aggregator = new_aggregator();
+    loop {
+        let (report, more) = aggregator.step(&mut log, NOW_MS).unwrap();
+        telemetry.record_aggregates(&report);
+        if !more {
+            break;
+        }
+    }
+    let (report, _) = aggregator.step(&mut log, NOW_MS).unwrap();
+    telemetry.record_aggregates(&report);
+    let shown = aggregate_gauges(&telemetry);
+    assert!(shown.len() > 20, "{shown:?}");
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.starts_with("customer_pulse_complaints_open{") && !l.ends_with(" 0")),
+        "{shown:?}"
+    );
+
+    // Partition 0 goes elsewhere, and comes back: no record was written meanwhile.
+    telemetry.forget_aggregates();
+    assert_eq!(aggregate_gauges(&telemetry), Vec::<String>::new());
+    aggregator.show_again();
+    let (report, more) = aggregator.step(&mut log, NOW_MS).unwrap();
+    assert!(!more);
+    telemetry.record_aggregates(&report);
+    assert_eq!(aggregate_gauges(&telemetry), shown);
+}
