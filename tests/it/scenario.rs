@@ -8,7 +8,9 @@ use customer_pulse::telemetry::Telemetry;
 use proptest::prelude::*;
 
 use crate::catalogue::NOW_MS;
-use crate::support::{expected_totals, file_record, run_batches, settings, totals_of};
+use crate::support::{
+    aggregate_gauges, expected_totals, file_record, run_batches, settings, totals_of,
+};
 
 fn ev(id: &str, customer: &str, kind: &str, at: &str, fields: &str) -> String {
     let sep = if fields.is_empty() { "" } else { "," };
@@ -151,6 +153,33 @@ fn complaints_resolve_with_their_resolution_time() {
     );
 }
 
+/// The billing complaint windows (hourly and daily) in `store`'s outbox.
+fn billing_windows(store: &Store) -> Vec<serde_json::Value> {
+    store
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.topic == "customer.complaint-trends" && r.key.as_deref() == Some(b"billing"))
+        .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
+        .collect()
+}
+
+/// The window of `windows` from `start` to `end` (May 2026, `DDTHH:MM:SS`): its opened,
+/// resolved and open backlog.
+fn window_counts(windows: &[serde_json::Value], start: &str, end: &str) -> (i64, i64, i64) {
+    let (start, end) = (
+        format!("2026-05-{start}.000Z"),
+        format!("2026-05-{end}.000Z"),
+    );
+    let v = windows
+        .iter()
+        .find(|v| v["window_start"] == start && v["window_end"] == end)
+        .unwrap_or_else(|| panic!("no window from {start} to {end}"));
+    let count = |field: &str| v[field].as_i64().unwrap();
+    (count("opened"), count("resolved"), count("open_backlog"))
+}
+
 /// A complaint or an order published again under a new event id, while it is still open, is
 /// the same complaint or order: it counts as a duplicate and changes nothing but the ids
 /// remembered, so the same event read again after the complaint closed or the order was
@@ -242,36 +271,15 @@ fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
         settings(100),
         &[[&events[..], &[then]].concat(), vec![erased], vec![later]],
     );
-    let billing: Vec<serde_json::Value> = store
-        .outbox(usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| r.topic == "customer.complaint-trends" && r.key.as_deref() == Some(b"billing"))
-        .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
-        .collect();
+    let billing = billing_windows(&store);
     let hour = |start: &str, end: &str| {
-        let (start, end) = (
-            format!("2026-05-{start}:00:00.000Z"),
-            format!("2026-05-{end}:00:00.000Z"),
-        );
-        billing
-            .iter()
-            .find(|v| v["window_start"] == start && v["window_end"] == end)
-            .unwrap_or_else(|| panic!("no window from {start} to {end}"))
+        window_counts(&billing, &format!("{start}:00:00"), &format!("{end}:00:00"))
     };
-    let counts = |v: &serde_json::Value| {
-        (
-            v["opened"].as_i64().unwrap(),
-            v["resolved"].as_i64().unwrap(),
-            v["open_backlog"].as_i64().unwrap(),
-        )
-    };
-    assert_eq!(counts(hour("01T10", "01T11")), (1, 0, 1));
-    assert_eq!(counts(hour("01T12", "01T13")), (0, 1, 0));
-    assert_eq!(counts(hour("03T10", "03T11")), (1, 0, 1));
+    assert_eq!(hour("01T10", "01T11"), (1, 0, 1));
+    assert_eq!(hour("01T12", "01T13"), (0, 1, 0));
+    assert_eq!(hour("03T10", "03T11"), (1, 0, 1));
     assert_eq!(
-        counts(hour("03T13", "03T14")),
+        hour("03T13", "03T14"),
         (0, 0, 0),
         "erased: its complaint leaves"
     );
@@ -368,29 +376,8 @@ fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complain
         [("billing".to_owned(), 86_400)]
     );
 
-    let billing: Vec<serde_json::Value> = store
-        .outbox(usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| r.topic == "customer.complaint-trends" && r.key.as_deref() == Some(b"billing"))
-        .map(|r| serde_json::from_slice(&r.value.unwrap()).unwrap())
-        .collect();
-    let window = |start: &str, end: &str| {
-        let (start, end) = (
-            format!("2026-05-{start}.000Z"),
-            format!("2026-05-{end}.000Z"),
-        );
-        let v = billing
-            .iter()
-            .find(|v| v["window_start"] == start && v["window_end"] == end)
-            .unwrap_or_else(|| panic!("no window from {start} to {end}"));
-        (
-            v["opened"].as_i64().unwrap(),
-            v["resolved"].as_i64().unwrap(),
-            v["open_backlog"].as_i64().unwrap(),
-        )
-    };
+    let billing = billing_windows(&store);
+    let window = |start: &str, end: &str| window_counts(&billing, start, end);
     assert_eq!(
         window("01T12:00:00", "01T13:00:00"),
         (1, 0, 1),
@@ -879,25 +866,6 @@ fn open_complaints_gauge_equals_the_states(max_open_items: usize) {
         })
         .collect();
     assert_eq!(gauges, open, "at most {max_open_items} open a customer");
-}
-
-/// The gauges of the aggregates in `metrics`, by series.
-fn aggregate_gauges(metrics: &str) -> std::collections::BTreeMap<String, String> {
-    const GAUGES: [&str; 7] = [
-        "customer_pulse_customers{",
-        "customer_pulse_churn_risk_customers{",
-        "customer_pulse_margin_minor{",
-        "customer_pulse_complaints_open{",
-        "customer_pulse_complaint_spike{",
-        "customer_pulse_complaint_z_score{",
-        "customer_pulse_rfm_customers{",
-    ];
-    metrics
-        .lines()
-        .filter(|l| GAUGES.iter().any(|g| l.starts_with(g)))
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(series, value)| (series.to_owned(), value.to_owned()))
-        .collect()
 }
 
 /// A restarted processor's first batch, an event folded before and delivered again, shows the

@@ -158,3 +158,22 @@ pub fn run_batches<B: AsRef<[String]>>(
         .collect();
     (store, reports)
 }
+
+/// The gauges of the aggregates in `metrics`, by series.
+pub fn aggregate_gauges(metrics: &str) -> std::collections::BTreeMap<String, String> {
+    const GAUGES: [&str; 7] = [
+        "customer_pulse_customers{",
+        "customer_pulse_churn_risk_customers{",
+        "customer_pulse_margin_minor{",
+        "customer_pulse_complaints_open{",
+        "customer_pulse_complaint_spike{",
+        "customer_pulse_complaint_z_score{",
+        "customer_pulse_rfm_customers{",
+    ];
+    metrics
+        .lines()
+        .filter(|l| GAUGES.iter().any(|g| l.starts_with(g)))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_owned(), value.to_owned()))
+        .collect()
+}
