@@ -136,6 +136,8 @@ async fn customer(
                 "last_published": customer.risk.last,
                 "next_check_at": customer.risk.timer_at.map(crate::event::format_millis),
                 "losses": customer.losses,
+                // Stored apart from the state's own fields, and so left out of its JSON.
+                "early_closes": customer.state.early_closes,
             });
             (
                 [(header::CONTENT_TYPE, "application/json")],

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use customer_pulse::config::Config;
-use customer_pulse::fold::CustomerState;
+use customer_pulse::fold::{Close, CustomerState, EarlyClose};
 use customer_pulse::http::{serve, HttpState};
 use customer_pulse::processor::partition_for;
 use customer_pulse::store::{Commit, Store};
@@ -38,6 +38,11 @@ async fn start_owning(
     let store = Store::in_memory();
     let mut ann = CustomerState::new("ann");
     ann.orders = 3;
+    ann.early_closes.push(EarlyClose {
+        id: "o-7".into(),
+        at: 1_000,
+        close: Close::Delivered,
+    });
     let mut put = Commit::default();
     put.put_customer(partition_for(b"ann", 4), "ann".into(), Some(&ann.into()));
     store.commit(put).unwrap();
@@ -109,6 +114,27 @@ async fn with_a_token_the_lookup_needs_exactly_that_bearer_token() {
         get(port, "/readyz", "").await,
         503,
         "not ready: no job runs"
+    );
+    stop.cancel();
+}
+
+/// The lookup shows the deliveries, cancellations and resolutions waiting for their order or
+/// complaint, which the state's own JSON leaves out (they are stored apart from it): an order
+/// that stays open although its delivery was read is explained there.
+#[tokio::test]
+async fn the_lookup_shows_the_closes_waiting_for_their_order_or_complaint() {
+    let (port, stop) = start(&format!("customer_lookup_token = \"{TOKEN}\"\n")).await;
+    let headers = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http_get_with(port, "/customers/ann", &headers))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["early_closes"],
+        serde_json::json!([{"id": "o-7", "at": 1_000, "close": "delivered"}])
     );
     stop.cancel();
 }
