@@ -1,7 +1,8 @@
 //! Arbitrary bytes, one record per line, through the decoder, the fold and the analytics of one
 //! processor over the in-memory store: nothing may panic, and every record must end applied,
-//! duplicate, late or rejected with a reason code other than `processing_error` (which would mean
-//! a panic was caught inside the fold).
+//! duplicate, late, erased (an erased customer's event from before its erasure) or rejected with
+//! a reason code other than `processing_error` (which would mean a panic was caught inside the
+//! fold).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -42,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         let report = processor
             .process(&[record], NOW_MS)
             .expect("the memory store never fails");
-        let settled = ["applied", "duplicate", "late", "rejected"]
+        let settled = ["applied", "duplicate", "late", "erased", "rejected"]
             .iter()
             .map(|o| report.count(o))
             .sum::<u64>();
