@@ -560,7 +560,7 @@ impl<'a> Fields<'a> {
     /// A margin, which may be negative: at most `max_amount_minor` either way.
     fn margin(&self, field: &str) -> Result<i64, Rejection> {
         let v = self.int(field)?;
-        if v.unsigned_abs() > self.max_amount_minor.unsigned_abs() {
+        if !(-self.max_amount_minor..=self.max_amount_minor).contains(&v) {
             return Err(bad(
                 field,
                 &format!(

@@ -490,15 +490,11 @@ impl CustomerState {
         limits: &FoldLimits,
     ) -> Option<Limit> {
         let order = close.closes_order();
-        if self
-            .early_closes
-            .iter()
-            .any(|c| c.id == id && c.close.closes_order() == order)
-        {
+        if self.early_close(id, order, Millis::MIN).is_some() {
             return None;
         }
         if self.early_closes.len() >= limits.max_open_items {
-            return Some(if close.closes_order() {
+            return Some(if order {
                 Limit::OpenOrders
             } else {
                 Limit::OpenComplaints

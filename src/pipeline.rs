@@ -27,7 +27,7 @@ use crate::telemetry::Telemetry;
 pub fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
     let path = &config.state_path;
     anyhow::ensure!(
-        path.join("CURRENT").is_file(),
+        RocksBackend::holds_state(path),
         "no state at {} (state.path): this command reads the state a job or a replay left there",
         path.display()
     );

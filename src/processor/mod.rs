@@ -1342,16 +1342,12 @@ impl Processor {
         }
         let sums_before = ServiceSums::of(&customer.state);
         let outcome = customer.state.apply(&event, &settings.limits);
-        if outcome == Outcome::Duplicate {
-            report.count_event(&record.source, event.kind.type_name(), "duplicate");
-            return Ok(());
+        if let Outcome::Applied(Some(limit)) | Outcome::Republished(Some(limit)) = outcome {
+            *report.limits_reached.entry(limit.code()).or_default() += 1;
         }
-        if let Outcome::Republished(limit) = outcome {
-            // Only its event id was remembered, which the store keeps.
-            if let Some(limit) = limit {
-                *report.limits_reached.entry(limit.code()).or_default() += 1;
-            }
-            entry.dirty = true;
+        if let Outcome::Duplicate | Outcome::Republished(_) = outcome {
+            // A republished event's id was remembered, which the store keeps.
+            entry.dirty |= outcome != Outcome::Duplicate;
             report.count_event(&record.source, event.kind.type_name(), "duplicate");
             return Ok(());
         }
@@ -1361,9 +1357,6 @@ impl Processor {
             _ => open_before.first().map(|(category, _)| category.as_str()),
         };
         report.service.note(&event.kind, sums, resolved);
-        if let Outcome::Applied(Some(limit)) = outcome {
-            *report.limits_reached.entry(limit.code()).or_default() += 1;
-        }
         aggregates.dirty = true;
         entry.dirty = true;
         let s = &settings.trends;

@@ -61,6 +61,12 @@ const COLUMN_FAMILY_OPTIONS: &str = r#"[Version]
 
 impl RocksBackend {
     /// Opens (or creates) the database at `path` with a block cache of `block_cache_bytes`.
+    /// Whether a RocksDB database is at `path` (RocksDB writes `CURRENT` when it creates one),
+    /// for the commands that only read a state and must not create an empty one.
+    pub fn holds_state(path: &Path) -> bool {
+        path.join("CURRENT").is_file()
+    }
+
     pub fn open(path: &Path, block_cache_bytes: usize) -> Result<RocksBackend, StoreError> {
         let file_error =
             |e: std::io::Error| StoreError::Backend(format!("writing RocksDB's options file: {e}"));
