@@ -307,9 +307,10 @@ impl CustomerState {
                 segment_hint,
             } => {
                 self.registered_at = Some(self.registered_at.map_or(t, |r| r.min(t)));
-                if let Some(referrer) = referred_by {
-                    // Whether it was referred counts (a referral is counted once), not by whom:
-                    // the referrer's id would outlive the referrer's erasure in this state.
+                // A customer naming itself was referred by nobody. Whether it was referred
+                // counts (a referral is counted once), not by whom: the referrer's id would
+                // outlive the referrer's erasure in this state.
+                if let Some(referrer) = referred_by.as_ref().filter(|r| **r != event.customer_id) {
                     self.referred_by = Some(referrer_fingerprint(referrer));
                 }
                 if segment_hint.is_some() {

@@ -173,6 +173,14 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         &at(2, 10),
         r#""amount_minor":900"#,
     ));
+    // rob registers again on day 4, referred by cat again: a referral counts once.
+    events.push(event(
+        "r2-rob",
+        "rob",
+        "customer.registered",
+        &at(4, 9),
+        r#""referred_by":"cat""#,
+    ));
     let events = sorted_by_time(events);
     let Ran { outputs, store, .. } = run_with_metrics(&events, 7);
     let days = &outputs["customer.segment-metrics"];
@@ -192,7 +200,8 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         days_with(days, "gold", &["new_customers", "count"]),
         vec![(0, 1.into())]
     );
-    // The referral counts for the referrer's segment; renewals with their normalised reasons.
+    // The referral counts for the referrer's segment, once; renewals with their normalised
+    // reasons.
     assert_eq!(days_with(days, "gold", &["referrals"]), vec![(1, 1.into())]);
     assert_eq!(
         days_with(days, "standard", &["renewals", "reasons"]),
@@ -377,6 +386,28 @@ fn recount(events: &[String]) -> BTreeMap<(String, i64), Recount> {
     days
 }
 
+/// A customer that names itself as its referrer was referred by nobody: that counts no
+/// referral, and its first registration naming another customer still counts one.
+#[test]
+fn a_customer_naming_itself_as_referrer_is_no_referral() {
+    let mut events = Vec::new();
+    events.extend(order("cat", 0, 150_000));
+    for (id, day, referrer) in [("r1", 1, "ann"), ("r2", 3, "cat"), ("r3", 4, "cat")] {
+        events.push(event(
+            id,
+            "ann",
+            "customer.registered",
+            &at(day, 9),
+            &format!(r#""referred_by":"{referrer}""#),
+        ));
+    }
+    // pat moves the watermark past the last registration's day.
+    events.extend(order("pat", 6, 100));
+    let outputs = run(&sorted_by_time(events), 2);
+    let days = &outputs["customer.segment-metrics"];
+    assert_eq!(days_with(days, "gold", &["referrals"]), vec![(3, 1.into())]);
+    assert!(days_with(days, "standard", &["referrals"]).is_empty());
+}
 #[test]
 fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
     let events = crate::real_data::online_retail(
