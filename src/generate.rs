@@ -74,6 +74,8 @@ struct Customer {
     registered: bool,
     next_order: u64,
     open_orders: Vec<String>,
+    /// The order last delivered, which a return takes back.
+    delivered: Option<String>,
     next_complaint: u64,
     open_complaints: Vec<String>,
     cancelled: bool,
@@ -108,6 +110,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
             registered: false,
             next_order: 0,
             open_orders: Vec::new(),
+            delivered: None,
             next_complaint: 0,
             open_complaints: Vec::new(),
             cancelled: false,
@@ -154,11 +157,12 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
                 }
                 35..=49 if !c.open_orders.is_empty() => {
                     let order_id = c.open_orders.remove(0);
+                    c.delivered = Some(order_id.clone());
                     ("order.delivered", json!({"order_id": order_id}))
                 }
-                50..=52 if c.next_order > 0 => (
+                50..=52 if c.delivered.is_some() => (
                     "order.returned",
-                    json!({"order_id": format!("{}-s{}-o0", c.id, spec.seed), "amount_minor": 500 + rng.below(2_000) as i64}),
+                    json!({"order_id": c.delivered, "amount_minor": 500 + rng.below(2_000) as i64}),
                 ),
                 53..=54 if !c.open_orders.is_empty() => {
                     let order_id = c.open_orders.pop().unwrap_or_default();
@@ -265,6 +269,34 @@ mod tests {
             "{} shared, such as {some:?}",
             shared.len()
         );
+    }
+
+    #[test]
+    fn every_return_takes_back_an_order_delivered_before_it() {
+        let spec = TrafficSpec {
+            customers: 20,
+            events: 5_000,
+            seed: 3,
+            start_ms: 1_764_547_200_000,
+            step_ms: 60_000,
+        };
+        let mut delivered = std::collections::BTreeSet::new();
+        let mut returns = 0;
+        for g in generate(&spec) {
+            let order = g.value["order_id"].as_str().map(str::to_owned);
+            match g.type_name {
+                "order.delivered" => {
+                    delivered.insert(order.expect("an order id"));
+                }
+                "order.returned" => {
+                    let order = order.expect("an order id");
+                    assert!(delivered.contains(&order), "{order} returned undelivered");
+                    returns += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(returns > 50, "{returns} returns");
     }
 
     #[test]
