@@ -392,9 +392,21 @@ impl CustomerState {
                         .or(limit);
                 }
             }
-            EventKind::OrderReturned { amount_minor, .. } => {
+            EventKind::OrderReturned {
+                order_id,
+                amount_minor,
+            } => {
                 self.returns += 1;
                 self.returned_minor += amount_minor;
+                // A returned order reached its customer, though its delivery may never be read:
+                // it is no longer open (with no delivery time to count). A return from before
+                // the open order was placed is of an earlier order under the same id.
+                if let Some(i) = self
+                    .open_order(order_id)
+                    .filter(|&i| self.open_orders[i].placed_at <= t)
+                {
+                    self.open_orders.swap_remove(i);
+                }
             }
             EventKind::OrderCancelled { order_id } => {
                 self.order_cancellations += 1;

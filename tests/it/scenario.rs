@@ -413,6 +413,53 @@ fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complain
     assert!(state.early_closes.is_empty(), "{:?}", state.early_closes);
 }
 
+/// A returned order reached its customer, whether or not its delivery was read: it is no longer
+/// open (else it would count as late for good), and with no delivery time known none is counted.
+#[test]
+fn a_returned_order_is_no_longer_open_though_its_delivery_was_never_read() {
+    let order = |id: &str, order: &str, at: &str| {
+        let fields = format!(r#""order_id":"{order}","amount_minor":1000,"margin_minor":100"#);
+        ev(id, "joe", "order.placed", at, &fields)
+    };
+    let returned = |id: &str, order: &str, at: &str| {
+        let fields = format!(r#""order_id":"{order}","amount_minor":400"#);
+        ev(id, "joe", "order.returned", at, &fields)
+    };
+    let events = [
+        order("1", "a", "01T10:00:00"),
+        order("2", "b", "01T11:00:00"),
+        ev(
+            "3",
+            "joe",
+            "order.delivered",
+            "02T10:00:00",
+            r#""order_id":"b""#,
+        ),
+        // a's delivery is never read; b's return comes after its delivery; z was never placed.
+        returned("4", "a", "05T10:00:00"),
+        returned("5", "b", "05T11:00:00"),
+        returned("6", "z", "05T12:00:00"),
+        // A return from before e was placed is of an earlier order under the same id.
+        order("7", "e", "06T10:00:00"),
+        returned("8", "e", "05T13:00:00"),
+    ];
+    let (store, reports) = run_batches(settings(100), &[&events[..]]);
+    let state = store
+        .customer(partition_for(b"joe", 4), "joe")
+        .unwrap()
+        .unwrap();
+    let open: Vec<&str> = state
+        .open_orders
+        .iter()
+        .map(|o| o.order_id.as_str())
+        .collect();
+    assert_eq!(open, ["e"]);
+    assert_eq!((state.returns, state.returned_minor), (4, 1_600));
+    assert_eq!(state.deliveries, 1);
+    assert_eq!(reports[0].service.delivery, [86_400 - 3_600]);
+    assert!(state.early_closes.is_empty(), "{:?}", state.early_closes);
+}
+
 #[test]
 fn a_cancelled_customer_is_lost_and_an_order_wins_them_back() {
     let events = [
