@@ -1232,6 +1232,9 @@ impl Processor {
         Ok(segment_at(trailing, at, &self.settings.risk).to_owned())
     }
 
+    /// Folds one record into its customer: a rejected one goes to the dead-letter topic; an
+    /// event fires the customer's due timers, applies, counts in the aggregates (with
+    /// [`Before`] and [`counted_facts`]), then reassesses the customer, or [`erase`]s it.
     fn process_one(
         &mut self,
         record: &InputRecord,
@@ -1300,47 +1303,10 @@ impl Processor {
             reassess(customer, at, &id, None, settings, effects);
             entry.dirty = true;
         }
-        // What the aggregates need from the state before the event: a resolved complaint's
-        // category and open time, an erased customer's open complaints, whether this is the
-        // customer's first order or first referral.
-        let open_before: Vec<(String, Millis)> = match &event.kind {
-            EventKind::ComplaintResolved { complaint_id, .. } => customer
-                .state
-                .open_complaint(complaint_id)
-                .map(|i| &customer.state.open_complaints[i])
-                .map(|c| (c.category.clone(), c.opened_at))
-                .into_iter()
-                .collect(),
-            EventKind::Erased => customer
-                .state
-                .open_complaints
-                .iter()
-                .map(|c| (c.category.clone(), c.opened_at))
-                .collect(),
-            _ => Vec::new(),
-        };
-        // When a resolution read before this complaint's opening waits for it: it resolves
-        // the complaint at once.
-        let resolved_early = match &event.kind {
-            EventKind::ComplaintOpened { complaint_id, .. } => customer
-                .state
-                .early_resolution(complaint_id, event.occurred_at)
-                .map(|close| close.at),
-            _ => None,
-        };
-        let first_order = customer.state.orders == 0;
-        // Only an order moves a customer in the RFM histograms (erasure takes it out).
-        let rfm_before = matches!(
-            event.kind,
-            EventKind::OrderPlaced { .. } | EventKind::Erased
-        )
-        .then(|| crate::rfm::point(&customer.state))
-        .flatten();
-        let first_referral = customer.state.referred_by.is_none();
+        let before = Before::of(&customer.state, &event);
         if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);
         }
-        let sums_before = ServiceSums::of(&customer.state);
         let outcome = customer.state.apply(&event, &settings.limits);
         if let Outcome::Applied(Some(limit)) | Outcome::Republished(Some(limit)) = outcome {
             *report.limits_reached.entry(limit.code()).or_default() += 1;
@@ -1351,18 +1317,28 @@ impl Processor {
             report.count_event(&record.source, event.kind.type_name(), "duplicate");
             return Ok(());
         }
-        let sums = (sums_before, ServiceSums::of(&customer.state));
+        let sums = (before.sums, ServiceSums::of(&customer.state));
         let resolved = match &event.kind {
             EventKind::ComplaintOpened { category, .. } => Some(category.as_str()),
-            _ => open_before.first().map(|(category, _)| category.as_str()),
+            _ => before.open.first().map(|(category, _)| category.as_str()),
         };
         report.service.note(&event.kind, sums, resolved);
+        if let EventKind::ComplaintOpened {
+            category, severity, ..
+        } = &event.kind
+        {
+            *report
+                .complaints_opened
+                .entry((category.clone(), severity.name()))
+                .or_default() += 1;
+        }
         aggregates.dirty = true;
         entry.dirty = true;
         let s = &settings.trends;
         let keep = settings.keeps_facts();
         let t = event.occurred_at;
-        match &event.kind {
+        // Only an order moves a customer in the RFM histograms (erasure takes it out).
+        let rfm_after = match &event.kind {
             EventKind::OrderPlaced {
                 amount_minor,
                 margin_minor,
@@ -1372,135 +1348,36 @@ impl Processor {
                 customer
                     .trailing
                     .add(t, *amount_minor, *margin_minor, months);
-                let after = crate::rfm::point(&customer.state);
-                if after != rfm_before {
-                    let moved = Fact::Relocate {
-                        old: rfm_before,
-                        new: after,
-                    };
-                    aggregates.note(moved, s, keep.then_some(&mut entry.facts));
-                }
+                Some(crate::rfm::point(&customer.state))
             }
-            EventKind::Erased if rfm_before.is_some() => {
-                let gone = Fact::Relocate {
-                    old: rfm_before,
-                    new: None,
-                };
-                aggregates.note(gone, s, keep.then_some(&mut entry.facts));
-            }
-            _ => {}
+            EventKind::Erased => Some(None),
+            _ => None,
+        };
+        if let Some(new) = rfm_after.filter(|new| *new != before.rfm) {
+            let moved = Fact::Relocate {
+                old: before.rfm,
+                new,
+            };
+            aggregates.note(moved, s, keep.then_some(&mut entry.facts));
         }
         let segment = segment_at(&customer.trailing, t, &settings.risk);
-        let count = |flow: Flow| Fact::Count {
-            segment: segment.to_owned(),
-            at: t,
-            flow: OwnedFlow::of(flow),
-        };
-        let facts: Vec<Fact> = match &event.kind {
-            EventKind::ComplaintOpened {
-                category, severity, ..
-            } => {
-                *report
-                    .complaints_opened
-                    .entry((category.clone(), severity.name()))
-                    .or_default() += 1;
-                let opened = Fact::Opened {
-                    category: category.clone(),
-                    severity: *severity,
-                    at: t,
-                };
-                if let Some(resolved_at) = resolved_early {
-                    let resolved = Fact::Resolved {
-                        category: category.clone(),
-                        opened_at: t,
-                        at: resolved_at,
-                    };
-                    vec![opened, resolved]
-                } else if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
-                    // Over the customer's limit of open complaints the complaint is not kept,
-                    // so nothing will resolve it: it counts as opened in its window, and leaves
-                    // the backlog at once, as an erased customer's open complaint does.
-                    let untracked = Fact::ForgetOpen {
-                        category: category.clone(),
-                    };
-                    vec![opened, untracked]
-                } else {
-                    vec![opened]
-                }
-            }
-            EventKind::ComplaintResolved { .. } => open_before
-                .iter()
-                .map(|(category, opened_at)| Fact::Resolved {
-                    category: category.clone(),
-                    opened_at: *opened_at,
-                    at: t,
-                })
-                .collect(),
-            EventKind::OrderPlaced {
-                amount_minor,
-                margin_minor,
-                ..
-            } => {
-                let order = count(Flow::Order {
-                    amount_minor: *amount_minor,
-                    margin_minor: *margin_minor,
-                });
-                if first_order {
-                    let value_minor = *amount_minor;
-                    let new = Fact::CountChange {
-                        segment: segment.to_owned(),
-                        at: t,
-                        flow: OwnedFlow::New { value_minor },
-                    };
-                    vec![new, order]
-                } else {
-                    vec![order]
-                }
-            }
-            EventKind::SubscriptionRenewed { reason, .. } => {
-                vec![count(Flow::Renewal { reason })]
-            }
-            EventKind::Registered { .. } => match referrer_segment {
-                Some(referrer) if first_referral => vec![Fact::Count {
-                    segment: referrer,
-                    at: t,
-                    flow: OwnedFlow::Referral,
-                }],
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
         // The event is late when any of its counts missed its window.
         let mut counted = Counted::InWindow;
-        for fact in facts {
+        for fact in counted_facts(&event, &before, outcome, segment, referrer_segment) {
             if aggregates.note(fact, s, keep.then_some(&mut entry.facts)) == Counted::Late {
                 counted = Counted::Late;
             }
         }
         if outcome == Outcome::Erased {
-            for (category, _) in &open_before {
-                let forget = Fact::ForgetOpen {
-                    category: category.clone(),
-                };
-                aggregates.note(forget, s, keep.then_some(&mut entry.facts));
-            }
-            let gone = Fact::Restand {
-                old: customer.standing.clone(),
-                new: None,
-                at: t,
-            };
-            aggregates.note(gone, s, keep.then_some(&mut entry.facts));
-            // Its events up to the erasure, and up to the newest it had, stay erased.
-            entry.erased_until = Some(t.max(customer.state.last_event_at));
-            entry.erased_now = true;
-            entry.record = None;
-            commit.outbox.push(Output::Record(OutboxRecord {
-                topic: settings.topics.churn_risk.clone(),
-                key: Some(event.customer_id.clone().into_bytes()),
-                value: None,
-                headers: vec![("record_id".into(), record_id.into_bytes())],
-                partition: None,
-            }));
+            erase(
+                entry,
+                &before.open,
+                t,
+                record_id,
+                settings,
+                commit,
+                aggregates,
+            );
         } else {
             let as_of = customer.risk.as_of(&customer.state);
             let effects = Effects {
@@ -1561,6 +1438,188 @@ struct Effects<'a> {
     aggregates: &'a mut Aggregates,
     /// The customer's facts for the aggregator, when it is elsewhere.
     kept: Option<&'a mut Vec<Fact>>,
+}
+
+/// What the aggregates need from a customer's state before an event applies to it.
+struct Before {
+    /// The complaints the event takes out of the open backlog, by category and open time: the
+    /// one a resolution closes, or every one an erasure removes.
+    open: Vec<(String, Millis)>,
+    /// When a resolution read before this complaint's opening, which waits for it, resolves
+    /// the complaint (at once).
+    resolved_early: Option<Millis>,
+    first_order: bool,
+    first_referral: bool,
+    /// The customer's RFM point, before an order or an erasure moves it.
+    rfm: Option<crate::rfm::Point>,
+    sums: ServiceSums,
+}
+
+impl Before {
+    fn of(state: &CustomerState, event: &Event) -> Before {
+        let open = match &event.kind {
+            EventKind::ComplaintResolved { complaint_id, .. } => state
+                .open_complaint(complaint_id)
+                .map(|i| &state.open_complaints[i])
+                .map(|c| (c.category.clone(), c.opened_at))
+                .into_iter()
+                .collect(),
+            EventKind::Erased => state
+                .open_complaints
+                .iter()
+                .map(|c| (c.category.clone(), c.opened_at))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let resolved_early = match &event.kind {
+            EventKind::ComplaintOpened { complaint_id, .. } => state
+                .early_resolution(complaint_id, event.occurred_at)
+                .map(|close| close.at),
+            _ => None,
+        };
+        let moves_rfm = matches!(
+            event.kind,
+            EventKind::OrderPlaced { .. } | EventKind::Erased
+        );
+        Before {
+            open,
+            resolved_early,
+            first_order: state.orders == 0,
+            first_referral: state.referred_by.is_none(),
+            rfm: moves_rfm.then(|| crate::rfm::point(state)).flatten(),
+            sums: ServiceSums::of(state),
+        }
+    }
+}
+
+/// What an applied event counts in the complaint windows and segment days: a complaint opened
+/// (resolved at once when its resolution waited for it; out of the backlog at once past the
+/// customer's bound of open complaints, as nothing will resolve it), a complaint resolved, an
+/// order (and a new customer with the first), a renewal, a referral (in the referrer's
+/// segment, once).
+fn counted_facts(
+    event: &Event,
+    before: &Before,
+    outcome: Outcome,
+    segment: &str,
+    referrer_segment: Option<String>,
+) -> Vec<Fact> {
+    let t = event.occurred_at;
+    let count = |flow: Flow| Fact::Count {
+        segment: segment.to_owned(),
+        at: t,
+        flow: OwnedFlow::of(flow),
+    };
+    match &event.kind {
+        EventKind::ComplaintOpened {
+            category, severity, ..
+        } => {
+            let opened = Fact::Opened {
+                category: category.clone(),
+                severity: *severity,
+                at: t,
+            };
+            if let Some(resolved_at) = before.resolved_early {
+                let resolved = Fact::Resolved {
+                    category: category.clone(),
+                    opened_at: t,
+                    at: resolved_at,
+                };
+                vec![opened, resolved]
+            } else if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
+                let untracked = Fact::ForgetOpen {
+                    category: category.clone(),
+                };
+                vec![opened, untracked]
+            } else {
+                vec![opened]
+            }
+        }
+        EventKind::ComplaintResolved { .. } => before
+            .open
+            .iter()
+            .map(|(category, opened_at)| Fact::Resolved {
+                category: category.clone(),
+                opened_at: *opened_at,
+                at: t,
+            })
+            .collect(),
+        EventKind::OrderPlaced {
+            amount_minor,
+            margin_minor,
+            ..
+        } => {
+            let order = count(Flow::Order {
+                amount_minor: *amount_minor,
+                margin_minor: *margin_minor,
+            });
+            if before.first_order {
+                let new = Fact::CountChange {
+                    segment: segment.to_owned(),
+                    at: t,
+                    flow: OwnedFlow::New {
+                        value_minor: *amount_minor,
+                    },
+                };
+                vec![new, order]
+            } else {
+                vec![order]
+            }
+        }
+        EventKind::SubscriptionRenewed { reason, .. } => {
+            vec![count(Flow::Renewal { reason })]
+        }
+        EventKind::Registered { .. } => match referrer_segment {
+            Some(referrer) if before.first_referral => vec![Fact::Count {
+                segment: referrer,
+                at: t,
+                flow: OwnedFlow::Referral,
+            }],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// Takes an erased customer out of the aggregates (its open complaints out of the backlog, its
+/// standing out of the population), drops its state, keeps its events up to the erasure and up
+/// to the newest it had erased, and publishes its churn-risk tombstone.
+fn erase(
+    entry: &mut cache::CacheEntry,
+    open: &[(String, Millis)],
+    at: Millis,
+    record_id: String,
+    settings: &ProcessorSettings,
+    commit: &mut Commit,
+    aggregates: &mut Aggregates,
+) {
+    // The erasure was applied to the customer, so it is there.
+    let Some(customer) = entry.record.take() else {
+        return;
+    };
+    let trends = &settings.trends;
+    let mut kept = settings.keeps_facts().then_some(&mut entry.facts);
+    for (category, _) in open {
+        let forget = Fact::ForgetOpen {
+            category: category.clone(),
+        };
+        aggregates.note(forget, trends, kept.as_deref_mut());
+    }
+    let gone = Fact::Restand {
+        old: customer.standing,
+        new: None,
+        at,
+    };
+    aggregates.note(gone, trends, kept);
+    entry.erased_until = Some(at.max(customer.state.last_event_at));
+    entry.erased_now = true;
+    commit.outbox.push(Output::Record(OutboxRecord {
+        topic: settings.topics.churn_risk.clone(),
+        key: Some(customer.state.customer_id.into_bytes()),
+        value: None,
+        headers: vec![("record_id".into(), record_id.into_bytes())],
+        partition: None,
+    }));
 }
 
 /// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
