@@ -39,6 +39,37 @@ pub struct Fitted {
 }
 
 impl Fitted {
+    /// Why the parameters should not be configured as they are, if they should not: the fit
+    /// stopped before it converged, ran off towards customers who do not differ, or had fewer
+    /// than [`FEW_REPEAT_BUYERS`] customers who bought again (`repeat`) to go on.
+    pub fn caveats(&self, repeat: usize) -> Vec<String> {
+        let m = &self.model;
+        let mut caveats = Vec::new();
+        if self.iterations >= MAX_ITERATIONS {
+            caveats.push(format!(
+                "the fit stopped after {MAX_ITERATIONS} iterations without converging"
+            ));
+        }
+        if m.r > SHAPE_RUNNING_OFF {
+            caveats.push(format!(
+                "r ran off to {:.3e} (alpha with it): these customers do not show how purchase rates differ between customers",
+                m.r
+            ));
+        }
+        if m.a > SHAPE_RUNNING_OFF && m.b > SHAPE_RUNNING_OFF {
+            caveats.push(format!(
+                "a and b ran off to {:.3e} and {:.3e}: these customers do not show how the chance of dropping out differs between customers",
+                m.a, m.b
+            ));
+        }
+        if repeat < FEW_REPEAT_BUYERS {
+            caveats.push(format!(
+                "only {repeat} customer(s) bought again (fewer than {FEW_REPEAT_BUYERS}): the estimates are too loose to configure"
+            ));
+        }
+        caveats
+    }
+
     /// The fitted parameters as the `[churn]` section of a config file, to paste in. Each has
     /// six significant digits: a parameter the fit drove towards zero (the data show no
     /// drop-out, say) stays positive, as the config requires, instead of printing as 0.000000.
@@ -65,6 +96,19 @@ impl Fitted {
     }
 }
 
+/// The simplex's steps before a fit gives up.
+const MAX_ITERATIONS: u32 = 5_000;
+
+/// Fewer customers with a repeat purchase than this give estimates too loose to configure.
+pub const FEW_REPEAT_BUYERS: usize = 30;
+
+/// A shape parameter (r, or both a and b) past this is the likelihood running off towards a
+/// population whose customers all share one purchase rate (r, with alpha in step) or one
+/// drop-out chance (a and b): a Gamma or Beta spread with a coefficient of variation of a few
+/// percent. Real customers differ more than that; a fit that goes there had too few of them
+/// to show how they differ.
+const SHAPE_RUNNING_OFF: f64 = 1_000.0;
+
 /// Fits `model`'s parameters to `customers` by maximum likelihood, starting from `start`: a
 /// Nelder-Mead simplex over the logarithms of r, alpha, a and b (so they stay positive).
 pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel) -> Fitted {
@@ -85,7 +129,7 @@ pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel) -> Fitted
         }
     };
     let x0 = [start.r.ln(), start.alpha.ln(), start.a.ln(), start.b.ln()];
-    let (best, value, iterations) = nelder_mead(cost, x0, 0.5, 5_000, 1e-10);
+    let (best, value, iterations) = nelder_mead(cost, x0, 0.5, MAX_ITERATIONS, 1e-10);
     Fitted {
         model: params(&best),
         log_likelihood: -value,
@@ -314,6 +358,25 @@ mod tests {
     }
 
     #[test]
+    fn a_fit_to_one_customer_runs_off_and_says_so() {
+        let one = [Recency {
+            x: 1.0,
+            t_x: 0.6,
+            t: 4.2,
+        }];
+        let start = PurchaseModel::cdnow(Model::MbgNbd);
+        let fitted = fit(Model::MbgNbd, &one, &start);
+        let caveats = fitted.caveats(1).join("\n");
+        for (what, says) in [
+            ("r", "r ran off"),
+            ("a and b", "a and b ran off"),
+            ("too few", "only 1 customer(s) bought again"),
+        ] {
+            assert!(caveats.contains(says), "{what}: {caveats}\n{fitted:?}");
+        }
+    }
+
+    #[test]
     fn a_fit_to_simulated_customers_finds_the_parameters_they_came_from() {
         for model in [Model::BgNbd, Model::MbgNbd] {
             let truth = PurchaseModel::cdnow(model);
@@ -343,6 +406,8 @@ mod tests {
                     "{model:?} {name}: {got} vs {want} ({fitted:?})"
                 );
             }
+            let repeat = customers.iter().filter(|h| h.x > 0.0).count();
+            assert_eq!(fitted.caveats(repeat), Vec::<String>::new(), "{model:?}");
         }
     }
 }

@@ -441,6 +441,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 fitted.iterations,
                 fitted.config_section(),
             );
+            // Beside the section, where whoever pastes it sees them, and on stderr.
+            for caveat in fitted.caveats(repeat) {
+                println!("# not to configure as it is: {caveat}");
+                eprintln!("warning: {caveat}");
+            }
             Ok(())
         }
         Command::Demo {
