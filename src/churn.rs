@@ -39,6 +39,14 @@ pub struct Recency {
 }
 
 impl PurchaseModel {
+    /// The largest r, alpha, a or b the configuration takes. Expected purchases are a
+    /// difference of two terms that grow with b, multiplied back by b / (a - 1): past about
+    /// 10^6 the difference loses its digits (with a = 0.5, b = 10^6 moved a generated customer's
+    /// expected purchases by 8·10^-5 of themselves against b = 10^5, b = 2·10^6 by 5·10^-4; with
+    /// the CDNOW fit's a, b = 10^9 made them negative). A b of 10^6 already describes customers
+    /// who almost never drop out.
+    pub const MAX_PARAMETER: f64 = 1e6;
+
     /// The parameters published for the CDNOW sample, per week (DOMAIN.md).
     pub fn cdnow(model: Model) -> PurchaseModel {
         match model {
@@ -118,7 +126,9 @@ impl PurchaseModel {
         odds_plus_one: f64,
         series: impl FnOnce(f64) -> f64,
     ) -> f64 {
-        if horizon <= 0.0 {
+        // A customer dead for certain (the odds overflowed) buys nothing more; the terms below
+        // would overflow too, and give no number.
+        if horizon <= 0.0 || !odds_plus_one.is_finite() {
             return 0.0;
         }
         let (r, alpha, a, b, x) = (self.r, self.alpha, self.a, self.b, h.x);
@@ -654,6 +664,26 @@ mod tests {
             "2F1({p}, {q}; {s}; {z}): {got} vs the series' {want}"
         );
         want
+    }
+
+    #[test]
+    fn a_customer_dead_for_certain_expects_no_purchase() {
+        // Purchase rates of 10^6 a week: 14 silent weeks make the odds of dead overflow.
+        let model = PurchaseModel {
+            model: Model::MbgNbd,
+            r: 1e6,
+            alpha: 1.0,
+            a: 0.891,
+            b: 1.614,
+        };
+        let h = Recency {
+            x: 1.0,
+            t_x: 0.1,
+            t: 14.0,
+        };
+        assert_eq!(model.dead_odds(h), f64::INFINITY);
+        assert_eq!(model.p_alive(h), 0.0);
+        assert_eq!(model.expected_purchases(h, 13.0), 0.0);
     }
 
     #[test]

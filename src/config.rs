@@ -414,6 +414,18 @@ impl RawChurn {
         ] {
             check(v.is_finite() && v > 0.0, field, "must be a positive number")?;
         }
+        for (field, v) in [
+            ("churn.r", self.r),
+            ("churn.alpha", self.alpha),
+            ("churn.a", self.a),
+            ("churn.b", self.b),
+        ] {
+            check(
+                v <= PurchaseModel::MAX_PARAMETER,
+                field,
+                "must be at most 1000000: past it the expected purchases lose their precision",
+            )?;
+        }
         check(
             (self.a - 1.0).abs() > 1e-9,
             "churn.a",
@@ -1632,6 +1644,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\na = 1.0\n",
                 "churn.a",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nb = 1e9\n",
+                "churn.b",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[risk.weights]\ndetractor = 2\n",

@@ -62,6 +62,13 @@ impl Fitted {
                 m.a, m.b
             ));
         }
+        for (name, v) in [("r", m.r), ("alpha", m.alpha), ("a", m.a), ("b", m.b)] {
+            if v > PurchaseModel::MAX_PARAMETER {
+                caveats.push(format!(
+                    "{name} = {v:.3e} is above 10^6, which the config refuses: past it the expected purchases lose their precision"
+                ));
+            }
+        }
         if repeat < FEW_REPEAT_BUYERS {
             caveats.push(format!(
                 "only {repeat} customer(s) bought again (fewer than {FEW_REPEAT_BUYERS}): the estimates are too loose to configure"
@@ -371,6 +378,7 @@ mod tests {
             ("r", "r ran off"),
             ("a and b", "a and b ran off"),
             ("too few", "only 1 customer(s) bought again"),
+            ("refused", "is above 10^6, which the config refuses"),
         ] {
             assert!(caveats.contains(says), "{what}: {caveats}\n{fitted:?}");
         }

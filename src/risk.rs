@@ -15,6 +15,11 @@ const DAY_MS: Millis = 86_400_000;
 /// An average month, for the CLV horizon.
 const MONTH_MS: f64 = 30.4375 * 86_400_000.0;
 
+/// The largest lifetime value either way, 2^53 minor units (9·10^15, an f64's exact integers):
+/// past it the value says more about the model's parameters or the data than about a customer.
+/// It keeps a customer's value, and its sign flipped, within 64 bits.
+pub const MAX_LTV_MINOR: i64 = 1 << 53;
+
 /// Why a customer's risk rose. The codes are part of the output contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -567,8 +572,11 @@ fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 
         0.0
     };
     let spend = settings.spend.expected_spend(h.x, m_x);
+    // The margin is a share of the spend, within the configured default's range: a margin of
+    // -10^12 on orders of 2 minor units would otherwise multiply the expected spend, which
+    // leans towards the population's mean, by -5·10^11.
     let ratio = if state.revenue_minor > 0 {
-        state.margin_minor as f64 / state.revenue_minor as f64
+        (state.margin_minor as f64 / state.revenue_minor as f64).clamp(-1.0, 1.0)
     } else {
         settings.default_margin_ratio
     };
@@ -582,7 +590,8 @@ fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 
         settings.monthly_discount,
     );
     if value.is_finite() {
-        value.round() as i64
+        let bound = MAX_LTV_MINOR as f64;
+        value.clamp(-bound, bound).round() as i64
     } else {
         0
     }
@@ -871,6 +880,32 @@ pub(crate) mod tests {
         );
         let want = 1.0 - unhappy.p_alive * 0.75 * 0.8;
         assert!((unhappy.score - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_lifetime_value_takes_at_most_the_whole_spend_as_margin_and_stays_bounded() {
+        let s = settings();
+        let h = Recency {
+            x: 1.0,
+            t_x: 1.0,
+            t: 3.0,
+        };
+        let mut state = buyer(&[0, 7]);
+        state.revenue_minor = 2;
+        state.first_day_revenue_minor = 1;
+        state.margin_minor = -2;
+        let whole_loss = ltv_minor(&state, h, &s);
+        assert!(whole_loss < 0, "{whole_loss}");
+        // A margin a trillion times the revenue loses no more than the whole spend.
+        state.margin_minor = -1_000_000_000_000;
+        assert_eq!(ltv_minor(&state, h, &s), whole_loss);
+        // Parameters that make the value run off keep it within its bound.
+        let mut wild = settings();
+        wild.spend.gamma = 1e300;
+        state.margin_minor = 2;
+        assert_eq!(ltv_minor(&state, h, &wild), MAX_LTV_MINOR);
+        state.margin_minor = -2;
+        assert_eq!(ltv_minor(&state, h, &wild), -MAX_LTV_MINOR);
     }
 
     #[test]

@@ -154,8 +154,11 @@ pub struct Population {
     pub by_lifecycle: [i64; 5],
     /// By churn-risk level: low, medium, high.
     pub by_level: [i64; 3],
-    /// The lifetime values of the customers not lost, for the average.
-    pub active_ltv_minor: i64,
+    /// The lifetime values of the customers not lost, for the average. In 128 bits, so that no
+    /// number of customers overflows it (each value is within ±2^53, `risk::MAX_LTV_MINOR`;
+    /// postcard writes an i128 as it writes an i64 of the same value, so a stored population
+    /// reads the same).
+    pub active_ltv_minor: i128,
 }
 
 pub const LIFECYCLES: [Lifecycle; 5] = [
@@ -185,14 +188,14 @@ impl Population {
         for (mine, theirs) in self.by_level.iter_mut().zip(other.by_level) {
             *mine += sign * theirs;
         }
-        self.active_ltv_minor += sign * other.active_ltv_minor;
+        self.active_ltv_minor += i128::from(sign) * other.active_ltv_minor;
     }
 
     fn add(&mut self, standing: &Standing, sign: i64) {
         self.by_lifecycle[lifecycle_index(standing.lifecycle)] += sign;
         self.by_level[level_index(standing.level)] += sign;
         if standing.lifecycle != Lifecycle::Lost {
-            self.active_ltv_minor += sign * standing.ltv_minor;
+            self.active_ltv_minor += i128::from(sign) * i128::from(standing.ltv_minor);
         }
     }
 
@@ -211,7 +214,10 @@ impl Population {
 
     pub fn avg_ltv_minor(&self) -> i64 {
         match self.active() {
-            n if n > 0 => self.active_ltv_minor / n,
+            n if n > 0 => {
+                let avg = self.active_ltv_minor / i128::from(n);
+                i64::try_from(avg).unwrap_or(if avg < 0 { i64::MIN } else { i64::MAX })
+            }
             _ => 0,
         }
     }
@@ -566,6 +572,41 @@ mod tests {
         // An order far later drops the months no later time can count.
         t.add(at(2027, 3, 1), 1, 1, 12);
         assert_eq!(t.months, vec![(month_index(at(2027, 3, 1)), 1, 1)]);
+    }
+
+    #[test]
+    fn lifetime_values_at_their_bound_add_up_past_64_bits_and_back() {
+        use crate::risk::MAX_LTV_MINOR;
+        let mut s = Segments::default();
+        let rich = standing("gold", Lifecycle::Active, MAX_LTV_MINOR);
+        let poor = standing("gold", Lifecycle::Active, -MAX_LTV_MINOR);
+        // 2,000 values of 2^53 are more than 2^63.
+        for _ in 0..2_000 {
+            s.restand(None, Some(&rich), 1);
+        }
+        let gold = &s.population["gold"];
+        assert_eq!(gold.active_ltv_minor, 2_000 * i128::from(MAX_LTV_MINOR));
+        assert_eq!(gold.avg_ltv_minor(), MAX_LTV_MINOR);
+        for _ in 0..2_000 {
+            s.restand(Some(&rich), Some(&poor), 2);
+        }
+        assert_eq!(s.population["gold"].avg_ltv_minor(), -MAX_LTV_MINOR);
+        for _ in 0..2_000 {
+            s.restand(Some(&poor), None, 3);
+        }
+        assert_eq!(s.population["gold"], Population::default());
+    }
+
+    #[test]
+    fn a_population_stored_with_a_64_bit_sum_reads_the_same() {
+        // The layout before the sum took 128 bits: the same fields, the sum an i64.
+        let stored = postcard::to_allocvec(&([1i64, 2, 3, 4, 5], [6i64, 7, 8], -1_234_567_i64))
+            .expect("encodes");
+        let read: Population = postcard::from_bytes(&stored).expect("decodes");
+        assert_eq!(read.by_lifecycle, [1, 2, 3, 4, 5]);
+        assert_eq!(read.by_level, [6, 7, 8]);
+        assert_eq!(read.active_ltv_minor, -1_234_567);
+        assert_eq!(postcard::to_allocvec(&read).expect("encodes"), stored);
     }
 
     #[test]

@@ -127,6 +127,39 @@ fn amounts_and_margins_are_bounded_by_max_amount_minor() {
     assert_eq!(decoded(&returned, &rules), Ok(()));
 }
 
+/// A margin within the bound can still be far beyond its order's amount. A customer's lifetime
+/// value takes the margin as a share of the spend, at most all of it either way: 3,000
+/// customers who each lost 10^12 on two orders of 1 minor unit fold without an error, and each
+/// lifetime value stays that of losing the whole spend. Before, each was about -4.7·10^15, and
+/// their segment's sum overflowed 64 bits (a panic in a debug build, so 1,448 of the events were
+/// dead-lettered as `processing_error`; a wrapped sum in a release build).
+#[test]
+fn margins_far_beyond_their_amounts_keep_lifetime_values_and_their_sums_bounded() {
+    let mut events = Vec::new();
+    for c in 0..3_000 {
+        for (n, day) in [(0, "01"), (1, "03")] {
+            events.push(format!(
+                r#"{{"event_id":"e-{c}-{n}","customer_id":"c-{c}","type":"order.placed","occurred_at":"2026-05-{day}T10:00:00Z","order_id":"o-{n}","amount_minor":1,"margin_minor":-1000000000000}}"#
+            ));
+        }
+    }
+    let (store, reports) = run_batches(settings(100_000), &[events]);
+    let dead: u64 = reports.iter().flat_map(|r| r.dead_letters.values()).sum();
+    assert_eq!(dead, 0, "{:?}", reports[0].dead_letters);
+    let mut values = 0;
+    for (_, record) in store.outbox(usize::MAX).unwrap() {
+        let Some(value) = record.value else { continue };
+        let value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        for field in ["ltv_minor", "avg_ltv_minor"] {
+            if let Some(ltv) = value[field].as_i64() {
+                assert!(ltv.abs() < 1_000_000, "{field} {ltv}: {value}");
+                values += 1;
+            }
+        }
+    }
+    assert!(values > 3_000, "{values} lifetime values read");
+}
+
 fn ev(id: usize, kind: &str, fields: &str) -> String {
     format!(
         r#"{{"event_id":"e-{id}","customer_id":"c-1","type":"{kind}","occurred_at":"2026-05-01T10:{:02}:{:02}Z",{fields}}}"#,
