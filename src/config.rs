@@ -1161,6 +1161,11 @@ impl RawConfig {
             "input.max_event_age_days",
             "must be between 1 and 36500",
         )?;
+        check(
+            i.max_future_skew_seconds <= 31_536_000,
+            "input.max_future_skew_seconds",
+            "must be at most 31536000 (a year)",
+        )?;
         for (field, set) in [
             ("input.complaint_categories", &i.complaint_categories),
             ("input.cancellation_reasons", &i.cancellation_reasons),
@@ -1648,6 +1653,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nb = 1e9\n",
                 "churn.b",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[input]\nmax_future_skew_seconds = 1000000000000000000\n",
+                "input.max_future_skew_seconds",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[risk.weights]\ndetractor = 2\n",
