@@ -39,9 +39,9 @@ pub struct Fitted {
 }
 
 impl Fitted {
-    /// Why the parameters should not be configured as they are, if they should not: the fit
-    /// stopped before it converged, ran off towards customers who do not differ, or had fewer
-    /// than [`FEW_REPEAT_BUYERS`] customers who bought again (`repeat`) to go on.
+    /// What to know before configuring the parameters: the fit stopped before it converged,
+    /// ran off towards customers who do not differ, stopped at the most the config takes, or
+    /// had fewer than [`FEW_REPEAT_BUYERS`] customers who bought again (`repeat`) to go on.
     pub fn caveats(&self, repeat: usize) -> Vec<String> {
         let m = &self.model;
         let mut caveats = Vec::new();
@@ -63,9 +63,9 @@ impl Fitted {
             ));
         }
         for (name, v) in [("r", m.r), ("alpha", m.alpha), ("a", m.a), ("b", m.b)] {
-            if v > PurchaseModel::MAX_PARAMETER {
+            if v >= PurchaseModel::MAX_PARAMETER {
                 caveats.push(format!(
-                    "{name} = {v:.3e} is above 10^6, which the config refuses: past it the expected purchases lose their precision"
+                    "{name} reached 10^6, the most the config takes, and the likelihood still rose there"
                 ));
             }
         }
@@ -119,12 +119,15 @@ const SHAPE_RUNNING_OFF: f64 = 1_000.0;
 /// Fits `model`'s parameters to `customers` by maximum likelihood, starting from `start`: a
 /// Nelder-Mead simplex over the logarithms of r, alpha, a and b (so they stay positive).
 pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel) -> Fitted {
+    // Each parameter at most what the config takes, so that what the fit prints can be
+    // configured; a likelihood still rising there is a caveat.
+    let bounded = |v: f64| v.exp().min(PurchaseModel::MAX_PARAMETER);
     let params = |v: &[f64; 4]| PurchaseModel {
         model,
-        r: v[0].exp(),
-        alpha: v[1].exp(),
-        a: v[2].exp(),
-        b: v[3].exp(),
+        r: bounded(v[0]),
+        alpha: bounded(v[1]),
+        a: bounded(v[2]),
+        b: bounded(v[3]),
     };
     let cost = |v: &[f64; 4]| {
         let m = params(v);
@@ -374,11 +377,15 @@ mod tests {
         let start = PurchaseModel::cdnow(Model::MbgNbd);
         let fitted = fit(Model::MbgNbd, &one, &start);
         let caveats = fitted.caveats(1).join("\n");
+        let m = fitted.model;
+        for v in [m.r, m.alpha, m.a, m.b] {
+            assert!(v > 0.0 && v <= PurchaseModel::MAX_PARAMETER, "{fitted:?}");
+        }
         for (what, says) in [
             ("r", "r ran off"),
             ("a and b", "a and b ran off"),
             ("too few", "only 1 customer(s) bought again"),
-            ("refused", "is above 10^6, which the config refuses"),
+            ("bounded", "reached 10^6, the most the config takes"),
         ] {
             assert!(caveats.contains(says), "{what}: {caveats}\n{fitted:?}");
         }

@@ -443,7 +443,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             // Beside the section, where whoever pastes it sees them, and on stderr.
             for caveat in fitted.caveats(repeat) {
-                println!("# not to configure as it is: {caveat}");
+                println!("# caveat: {caveat}");
                 eprintln!("warning: {caveat}");
             }
             Ok(())
