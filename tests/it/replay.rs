@@ -297,7 +297,7 @@ fn the_store_opens_with_no_temporary_directory_to_write_to() {
 /// `score` and `fit` read the state a job or a replay left: given a state path where there is
 /// none (a typo, a volume not mounted), each says so and creates nothing, where before each
 /// opened an empty store there and reported no customers as if that were the answer. On the
-/// state a replay left, both run.
+/// state a replay left, both run, and what `fit` prints can be configured.
 #[test]
 fn score_and_fit_refuse_a_state_path_with_no_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -343,4 +343,11 @@ fn score_and_fit_refuse_a_state_path_with_no_state() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // What `fit` prints, its comments and caveats included, is a `[churn]` section the config
+    // takes, however few customers it had.
+    let section = String::from_utf8(run("fit", &state).stdout).unwrap();
+    assert!(section.contains("# caveat:"), "five events: {section}");
+    let config = format!("[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n{section}");
+    customer_pulse::config::Config::parse(&config, Vec::new())
+        .unwrap_or_else(|e| panic!("{e:#}\n{section}"));
 }
