@@ -200,6 +200,11 @@ impl RawRfm {
                     "rfm.segments.name",
                     "must be a lower-case name of [a-z_] other than `other`",
                 )?;
+                check(
+                    self.segments.iter().filter(|r| r.name == rule.name).count() == 1,
+                    "rfm.segments.name",
+                    "must name each rule once (first match wins: a second rule of a name is a mistake)",
+                )?;
                 for (field, [lo, hi]) in [
                     ("rfm.segments.r", rule.r),
                     ("rfm.segments.f", rule.f),
@@ -537,6 +542,11 @@ impl RawRisk {
                         .all(|c| c.is_ascii_lowercase() || c == '_'),
                 "risk.tiers.name",
                 "must be a lower-case name of [a-z_]",
+            )?;
+            check(
+                self.tiers.iter().filter(|t| t.name == tier.name).count() == 1,
+                "risk.tiers.name",
+                "must name each tier once (first match wins: a second tier of a name is a mistake)",
             )?;
         }
         let hours = |h: u64| (h.min(1 << 30) * 3_600_000) as i64;
@@ -1653,6 +1663,14 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nb = 1e9\n",
                 "churn.b",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"gold\"\nmin_revenue_minor = 100\n[[risk.tiers]]\nname = \"gold\"\n",
+                "risk.tiers.name",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[rfm.segments]]\nname = \"a\"\nr = [4, 5]\n[[rfm.segments]]\nname = \"a\"\n",
+                "rfm.segments.name",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[input]\nmax_future_skew_seconds = 1000000000000000000\n",
