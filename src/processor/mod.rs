@@ -1535,13 +1535,16 @@ fn counted_facts(
                 vec![opened]
             }
         }
+        // A resolution dated before its complaint's opening (two systems' clocks apart)
+        // resolves it at the opening, as the state's resolution time of zero says: no window
+        // counts a resolution before its complaint, nor a backlog below zero.
         EventKind::ComplaintResolved { .. } => before
             .open
             .iter()
             .map(|(category, opened_at)| Fact::Resolved {
                 category: category.clone(),
                 opened_at: *opened_at,
-                at: t,
+                at: t.max(*opened_at),
             })
             .collect(),
         EventKind::OrderPlaced {

@@ -413,6 +413,66 @@ fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complain
     assert!(state.early_closes.is_empty(), "{:?}", state.early_closes);
 }
 
+/// A resolution dated before its complaint's opening (the two systems' clocks apart) resolves it
+/// at its opening, as the state's resolution time of zero says: the windows never count a
+/// resolution before the complaint, and the open backlog never goes below zero.
+#[test]
+fn a_resolution_dated_before_its_complaint_counts_at_the_opening() {
+    let events = [
+        ev(
+            "1",
+            "kim",
+            "complaint.opened",
+            "01T10:30:00",
+            r#""complaint_id":"k1","category":"billing","severity":"high""#,
+        ),
+        ev(
+            "2",
+            "kim",
+            "complaint.resolved",
+            "01T09:50:00",
+            r#""complaint_id":"k1""#,
+        ),
+        ev(
+            "3",
+            "kim",
+            "interaction.survey",
+            "01T14:00:00",
+            r#""score":9"#,
+        ),
+    ];
+    let (store, reports) = run_batches(settings(100), &[&events[..]]);
+    let state = store
+        .customer(partition_for(b"kim", 4), "kim")
+        .unwrap()
+        .unwrap();
+    assert!(state.open_complaints.is_empty());
+    assert_eq!(state.resolution_seconds_total, 0);
+    assert_eq!(reports[0].service.resolution, [("billing".to_owned(), 0)]);
+    let billing = billing_windows(&store);
+    assert_eq!(
+        window_counts(&billing, "01T10:00:00", "01T11:00:00"),
+        (1, 1, 0)
+    );
+    // No hour before the opening counts the resolution, and no window's backlog is negative.
+    let at = |w: &serde_json::Value, field: &str| {
+        customer_pulse::event::parse_millis(w[field].as_str().unwrap()).unwrap()
+    };
+    let hours_resolving: Vec<&serde_json::Value> = billing
+        .iter()
+        .filter(|w| at(w, "window_end") - at(w, "window_start") == 3_600_000)
+        .filter(|w| w["resolved"].as_i64() > Some(0))
+        .map(|w| &w["window_start"])
+        .collect();
+    assert_eq!(hours_resolving, ["2026-05-01T10:00:00.000Z"]);
+    assert!(
+        billing
+            .iter()
+            .all(|w| w["open_backlog"].as_i64() >= Some(0)),
+        "{billing:#?}"
+    );
+}
+
 /// A returned order reached its customer, whether or not its delivery was read: it is no longer
 /// open (else it would count as late for good), and with no delivery time known none is counted.
 #[test]
