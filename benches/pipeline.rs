@@ -61,6 +61,7 @@ fn settings() -> ProcessorSettings {
             dedup_horizon_ms: 30 * 86_400_000,
             max_dedup_ids: 10_000,
             max_open_items: 1_000,
+            clock_skew_ms: 300_000,
         },
         topics: OutputTopics {
             churn_risk: "customer.churn-risk".into(),

@@ -1375,6 +1375,7 @@ impl RawConfig {
                 dedup_horizon_ms: (i.dedup_horizon_days * 86_400_000) as i64,
                 max_dedup_ids: i.max_dedup_ids_per_customer,
                 max_open_items: i.max_open_items_per_customer,
+                clock_skew_ms: (i.max_future_skew_seconds * 1000) as i64,
             },
             topics: Topics {
                 interactions: self.topics.interactions,

@@ -208,6 +208,11 @@ pub struct FoldLimits {
     pub dedup_horizon_ms: Millis,
     pub max_dedup_ids: usize,
     pub max_open_items: usize,
+    /// How far apart the publishing systems' clocks may be (`input.max_future_skew_seconds`):
+    /// a delivery, cancellation, return or resolution dated up to this before its order's or
+    /// complaint's opening is still its own; one dated earlier closed an earlier order or
+    /// complaint under the same id.
+    pub clock_skew_ms: Millis,
 }
 
 /// A per-customer bound the fold held to while applying an event: the event still counts, but
@@ -367,7 +372,7 @@ impl CustomerState {
                 margin_minor,
             } => {
                 self.place_order(t, *amount_minor, *margin_minor);
-                if let Some(close) = self.take_early_close(order_id, true, t) {
+                if let Some(close) = self.take_early_close(order_id, true, t, limits) {
                     if close.close == Close::Delivered {
                         self.deliveries += 1;
                         self.delivery_seconds_total += seconds_between(t, close.at);
@@ -382,7 +387,7 @@ impl CustomerState {
                 }
             }
             EventKind::OrderDelivered { order_id } => {
-                if let Some(i) = self.open_order(order_id) {
+                if let Some(i) = self.order_closed_by(order_id, t, limits) {
                     let order = self.open_orders.swap_remove(i);
                     self.deliveries += 1;
                     self.delivery_seconds_total += seconds_between(order.placed_at, t);
@@ -399,18 +404,14 @@ impl CustomerState {
                 self.returns += 1;
                 self.returned_minor += amount_minor;
                 // A returned order reached its customer, though its delivery may never be read:
-                // it is no longer open (with no delivery time to count). A return from before
-                // the open order was placed is of an earlier order under the same id.
-                if let Some(i) = self
-                    .open_order(order_id)
-                    .filter(|&i| self.open_orders[i].placed_at <= t)
-                {
+                // it is no longer open (with no delivery time to count).
+                if let Some(i) = self.order_closed_by(order_id, t, limits) {
                     self.open_orders.swap_remove(i);
                 }
             }
             EventKind::OrderCancelled { order_id } => {
                 self.order_cancellations += 1;
-                if let Some(i) = self.open_order(order_id) {
+                if let Some(i) = self.order_closed_by(order_id, t, limits) {
                     self.open_orders.swap_remove(i);
                 } else {
                     limit = self
@@ -425,7 +426,7 @@ impl CustomerState {
             } => {
                 self.complaints_opened += 1;
                 self.last_complaint_at = Some(self.last_complaint_at.map_or(t, |c| c.max(t)));
-                if let Some(close) = self.take_early_close(complaint_id, false, t) {
+                if let Some(close) = self.take_early_close(complaint_id, false, t, limits) {
                     if let Close::Resolved { satisfied } = close.close {
                         self.resolve(t, close.at, satisfied);
                     }
@@ -444,7 +445,7 @@ impl CustomerState {
                 complaint_id,
                 satisfied,
             } => {
-                if let Some(i) = self.open_complaint(complaint_id) {
+                if let Some(i) = self.complaint_closed_by(complaint_id, t, limits) {
                     let complaint = self.open_complaints.swap_remove(i);
                     self.resolve(complaint.opened_at, t, *satisfied);
                 } else {
@@ -472,23 +473,58 @@ impl CustomerState {
             .position(|c| c.complaint_id == complaint_id)
     }
 
+    /// Where the open order a delivery, cancellation or return of `order_id` at `at` closes is
+    /// in `open_orders`: one placed before it, give or take the clocks' skew.
+    fn order_closed_by(&self, order_id: &str, at: Millis, limits: &FoldLimits) -> Option<usize> {
+        self.open_order(order_id)
+            .filter(|&i| closes(at, self.open_orders[i].placed_at, limits))
+    }
+
+    /// Where the open complaint a resolution of `complaint_id` at `at` closes is in
+    /// `open_complaints`: one opened before it, give or take the clocks' skew.
+    pub fn complaint_closed_by(
+        &self,
+        complaint_id: &str,
+        at: Millis,
+        limits: &FoldLimits,
+    ) -> Option<usize> {
+        self.open_complaint(complaint_id)
+            .filter(|&i| closes(at, self.open_complaints[i].opened_at, limits))
+    }
+
     /// The resolution waiting for complaint `complaint_id` opened at `opened_at`, if any.
-    pub fn early_resolution(&self, complaint_id: &str, opened_at: Millis) -> Option<&EarlyClose> {
-        let i = self.early_close(complaint_id, false, opened_at)?;
+    pub fn early_resolution(
+        &self,
+        complaint_id: &str,
+        opened_at: Millis,
+        limits: &FoldLimits,
+    ) -> Option<&EarlyClose> {
+        let i = self.early_close(complaint_id, false, opened_at, limits)?;
         Some(&self.early_closes[i])
     }
 
     /// Where the close waiting for order (`order`) or complaint `id`, opened at `opened_at`, is
-    /// in `early_closes`. A close from before the opening is not its own: it closed the same id
-    /// before (a complaint resolved, then reopened), and was published again.
-    fn early_close(&self, id: &str, order: bool, opened_at: Millis) -> Option<usize> {
-        self.early_closes
-            .iter()
-            .position(|c| c.id == id && c.close.closes_order() == order && c.at >= opened_at)
+    /// in `early_closes`.
+    fn early_close(
+        &self,
+        id: &str,
+        order: bool,
+        opened_at: Millis,
+        limits: &FoldLimits,
+    ) -> Option<usize> {
+        self.early_closes.iter().position(|c| {
+            c.id == id && c.close.closes_order() == order && closes(c.at, opened_at, limits)
+        })
     }
 
-    fn take_early_close(&mut self, id: &str, order: bool, opened_at: Millis) -> Option<EarlyClose> {
-        let i = self.early_close(id, order, opened_at)?;
+    fn take_early_close(
+        &mut self,
+        id: &str,
+        order: bool,
+        opened_at: Millis,
+        limits: &FoldLimits,
+    ) -> Option<EarlyClose> {
+        let i = self.early_close(id, order, opened_at, limits)?;
         Some(self.early_closes.remove(i))
     }
 
@@ -503,7 +539,7 @@ impl CustomerState {
         limits: &FoldLimits,
     ) -> Option<Limit> {
         let order = close.closes_order();
-        if self.early_close(id, order, Millis::MIN).is_some() {
+        if self.early_close(id, order, Millis::MIN, limits).is_some() {
             return None;
         }
         if self.early_closes.len() >= limits.max_open_items {
@@ -624,6 +660,13 @@ pub fn referrer_fingerprint(referrer: &str) -> String {
     format!("{:016x}", EventFingerprint::of(referrer).0)
 }
 
+/// Whether a close at `at` is of an order or complaint opened at `opened_at`: one dated before
+/// the opening by more than the clocks' skew closed an earlier one under the same id (a
+/// complaint resolved, then reopened, and its old resolution published again).
+fn closes(at: Millis, opened_at: Millis, limits: &FoldLimits) -> bool {
+    at >= opened_at.saturating_sub(limits.clock_skew_ms)
+}
+
 fn seconds_between(from: Millis, to: Millis) -> u64 {
     u64::try_from(to.saturating_sub(from) / 1000).unwrap_or(0)
 }
@@ -715,6 +758,7 @@ mod tests {
                 dedup_horizon_ms: 100,
                 max_dedup_ids,
                 max_open_items: 10,
+                clock_skew_ms: 300_000,
             };
             let mut reference = SweptEveryEvent::default();
             let mut state = CustomerState::new("c");

@@ -1303,7 +1303,7 @@ impl Processor {
             reassess(customer, at, &id, None, settings, effects);
             entry.dirty = true;
         }
-        let before = Before::of(&customer.state, &event);
+        let before = Before::of(&customer.state, &event, &settings.limits);
         if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);
         }
@@ -1456,10 +1456,10 @@ struct Before {
 }
 
 impl Before {
-    fn of(state: &CustomerState, event: &Event) -> Before {
+    fn of(state: &CustomerState, event: &Event, limits: &FoldLimits) -> Before {
         let open = match &event.kind {
             EventKind::ComplaintResolved { complaint_id, .. } => state
-                .open_complaint(complaint_id)
+                .complaint_closed_by(complaint_id, event.occurred_at, limits)
                 .map(|i| &state.open_complaints[i])
                 .map(|c| (c.category.clone(), c.opened_at))
                 .into_iter()
@@ -1473,7 +1473,7 @@ impl Before {
         };
         let resolved_early = match &event.kind {
             EventKind::ComplaintOpened { complaint_id, .. } => state
-                .early_resolution(complaint_id, event.occurred_at)
+                .early_resolution(complaint_id, event.occurred_at, limits)
                 .map(|close| close.at),
             _ => None,
         };
@@ -1523,7 +1523,7 @@ fn counted_facts(
                 let resolved = Fact::Resolved {
                     category: category.clone(),
                     opened_at: t,
-                    at: resolved_at,
+                    at: resolved_at.max(t),
                 };
                 vec![opened, resolved]
             } else if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
@@ -1535,9 +1535,10 @@ fn counted_facts(
                 vec![opened]
             }
         }
-        // A resolution dated before its complaint's opening (two systems' clocks apart)
-        // resolves it at the opening, as the state's resolution time of zero says: no window
-        // counts a resolution before its complaint, nor a backlog below zero.
+        // A resolution dated a little before its complaint's opening (two systems' clocks
+        // apart, `FoldLimits::clock_skew_ms`) resolves it at the opening, as the state's
+        // resolution time of zero says: no window counts a resolution before its complaint,
+        // nor a backlog below zero.
         EventKind::ComplaintResolved { .. } => before
             .open
             .iter()

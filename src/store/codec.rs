@@ -964,6 +964,7 @@ mod tests {
             dedup_horizon_ms: 30 * 86_400_000,
             max_dedup_ids: 100,
             max_open_items: 100,
+            clock_skew_ms: 300_000,
         };
         let mut event = crate::event::Event {
             event_id: "e".into(),

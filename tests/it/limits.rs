@@ -199,6 +199,7 @@ const LIMITS: FoldLimits = FoldLimits {
     dedup_horizon_ms: 30 * 86_400_000,
     max_dedup_ids: 10_000,
     max_open_items: 3,
+    clock_skew_ms: 300_000,
 };
 
 #[test]

@@ -413,63 +413,102 @@ fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complain
     assert!(state.early_closes.is_empty(), "{:?}", state.early_closes);
 }
 
-/// A resolution dated before its complaint's opening (the two systems' clocks apart) resolves it
-/// at its opening, as the state's resolution time of zero says: the windows never count a
-/// resolution before the complaint, and the open backlog never goes below zero.
+/// A resolution dated a little before its complaint's opening (the two systems' clocks apart,
+/// within `input.max_future_skew_seconds`) resolves it at its opening, as the state's
+/// resolution time of zero says, whichever of the two is read first: the windows never count a
+/// resolution before the complaint, and the open backlog never goes below zero. One dated well
+/// before a reopened complaint's opening resolved it the time before: it leaves it open.
 #[test]
-fn a_resolution_dated_before_its_complaint_counts_at_the_opening() {
-    let events = [
-        ev(
-            "1",
-            "kim",
-            "complaint.opened",
-            "01T10:30:00",
-            r#""complaint_id":"k1","category":"billing","severity":"high""#,
-        ),
-        ev(
-            "2",
-            "kim",
-            "complaint.resolved",
-            "01T09:50:00",
-            r#""complaint_id":"k1""#,
-        ),
-        ev(
-            "3",
-            "kim",
-            "interaction.survey",
-            "01T14:00:00",
-            r#""score":9"#,
-        ),
+fn a_resolution_dated_before_its_complaint_counts_at_the_opening_within_the_clocks_skew() {
+    let opened = |id: &str, complaint: &str, at: &str| {
+        let fields =
+            format!(r#""complaint_id":"{complaint}","category":"billing","severity":"high""#);
+        ev(id, "kim", "complaint.opened", at, &fields)
+    };
+    let resolved = |id: &str, complaint: &str, at: &str| {
+        let fields = format!(r#""complaint_id":"{complaint}""#);
+        ev(id, "kim", "complaint.resolved", at, &fields)
+    };
+    let later = ev(
+        "9",
+        "kim",
+        "interaction.survey",
+        "01T14:00:00",
+        r#""score":9"#,
+    );
+    let skewed = [
+        opened("1", "k1", "01T10:30:00"),
+        resolved("2", "k1", "01T10:28:00"),
     ];
-    let (store, reports) = run_batches(settings(100), &[&events[..]]);
+    for (case, first, second) in [
+        ("opening read first", &skewed[0], &skewed[1]),
+        ("resolution read first", &skewed[1], &skewed[0]),
+    ] {
+        let events = [first.clone(), second.clone(), later.clone()];
+        let (store, reports) = run_batches(settings(100), &[&events[..]]);
+        let state = store
+            .customer(partition_for(b"kim", 4), "kim")
+            .unwrap()
+            .unwrap();
+        assert!(state.open_complaints.is_empty(), "{case}");
+        assert!(state.early_closes.is_empty(), "{case}");
+        assert_eq!(state.resolution_seconds_total, 0, "{case}");
+        assert_eq!(
+            reports[0].service.resolution,
+            [("billing".to_owned(), 0)],
+            "{case}"
+        );
+        let billing = billing_windows(&store);
+        assert_eq!(
+            window_counts(&billing, "01T10:00:00", "01T11:00:00"),
+            (1, 1, 0),
+            "{case}"
+        );
+        // No hour counts the resolution but the opening's, and no backlog is negative.
+        let at = |w: &serde_json::Value, field: &str| {
+            customer_pulse::event::parse_millis(w[field].as_str().unwrap()).unwrap()
+        };
+        let hours_resolving: Vec<&serde_json::Value> = billing
+            .iter()
+            .filter(|w| at(w, "window_end") - at(w, "window_start") == 3_600_000)
+            .filter(|w| w["resolved"].as_i64() > Some(0))
+            .map(|w| &w["window_start"])
+            .collect();
+        assert_eq!(hours_resolving, ["2026-05-01T10:00:00.000Z"], "{case}");
+        assert!(
+            billing
+                .iter()
+                .all(|w| w["open_backlog"].as_i64() >= Some(0)),
+            "{case}: {billing:#?}"
+        );
+    }
+
+    // k2 is resolved at 09:00 and reopened at 12:00; its 09:00 resolution, published again
+    // under a new event id and read after the reopening, is not the reopened complaint's.
+    let events = [
+        opened("1", "k2", "01T08:00:00"),
+        resolved("2", "k2", "01T09:00:00"),
+        opened("3", "k2", "01T12:00:00"),
+        resolved("4", "k2", "01T09:00:00"),
+        later,
+    ];
+    let (store, _) = run_batches(settings(100), &[&events[..]]);
     let state = store
         .customer(partition_for(b"kim", 4), "kim")
         .unwrap()
         .unwrap();
-    assert!(state.open_complaints.is_empty());
-    assert_eq!(state.resolution_seconds_total, 0);
-    assert_eq!(reports[0].service.resolution, [("billing".to_owned(), 0)]);
+    let open: Vec<&str> = state
+        .open_complaints
+        .iter()
+        .map(|c| c.complaint_id.as_str())
+        .collect();
+    assert_eq!(open, ["k2"]);
+    assert_eq!(state.complaints_resolved, 1);
     let billing = billing_windows(&store);
     assert_eq!(
-        window_counts(&billing, "01T10:00:00", "01T11:00:00"),
-        (1, 1, 0)
-    );
-    // No hour before the opening counts the resolution, and no window's backlog is negative.
-    let at = |w: &serde_json::Value, field: &str| {
-        customer_pulse::event::parse_millis(w[field].as_str().unwrap()).unwrap()
-    };
-    let hours_resolving: Vec<&serde_json::Value> = billing
-        .iter()
-        .filter(|w| at(w, "window_end") - at(w, "window_start") == 3_600_000)
-        .filter(|w| w["resolved"].as_i64() > Some(0))
-        .map(|w| &w["window_start"])
-        .collect();
-    assert_eq!(hours_resolving, ["2026-05-01T10:00:00.000Z"]);
-    assert!(
-        billing
-            .iter()
-            .all(|w| w["open_backlog"].as_i64() >= Some(0)),
-        "{billing:#?}"
+        window_counts(&billing, "01T12:00:00", "01T13:00:00"),
+        (1, 0, 1),
+        "reopened, and still open"
     );
 }
 
