@@ -58,8 +58,9 @@ pub struct OpenComplaint {
 /// A delivery, cancellation or resolution read before the order or complaint it closes:
 /// orders and their deliveries come from different systems, and so can arrive in either order
 /// in the customer's partition, as can a backfill's files. Kept until the order or complaint
-/// comes, which it then closes at once if it was opened at or before the close's time, or
-/// until it is as far behind the customer's newest event as the dedup horizon.
+/// comes, which it then closes at once if it was opened at or before the close's time (give or
+/// take [`FoldLimits::clock_skew_ms`]), or until it is as far behind the customer's newest
+/// event as the dedup horizon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyClose {
     /// The order's or complaint's id.
@@ -503,6 +504,19 @@ impl CustomerState {
         Some(&self.early_closes[i])
     }
 
+    /// The closes waiting for order (`order`) or complaint `id`, with where each is in
+    /// `early_closes`.
+    fn waiting_for<'s>(
+        &'s self,
+        id: &'s str,
+        order: bool,
+    ) -> impl Iterator<Item = (usize, &'s EarlyClose)> + 's {
+        self.early_closes
+            .iter()
+            .enumerate()
+            .filter(move |(_, c)| c.id == id && c.close.closes_order() == order)
+    }
+
     /// Where the close waiting for order (`order`) or complaint `id`, opened at `opened_at`, is
     /// in `early_closes`.
     fn early_close(
@@ -512,9 +526,9 @@ impl CustomerState {
         opened_at: Millis,
         limits: &FoldLimits,
     ) -> Option<usize> {
-        self.early_closes.iter().position(|c| {
-            c.id == id && c.close.closes_order() == order && closes(c.at, opened_at, limits)
-        })
+        self.waiting_for(id, order)
+            .find(|(_, c)| closes(c.at, opened_at, limits))
+            .map(|(i, _)| i)
     }
 
     fn take_early_close(
@@ -539,7 +553,7 @@ impl CustomerState {
         limits: &FoldLimits,
     ) -> Option<Limit> {
         let order = close.closes_order();
-        if self.early_close(id, order, Millis::MIN, limits).is_some() {
+        if self.waiting_for(id, order).next().is_some() {
             return None;
         }
         if self.early_closes.len() >= limits.max_open_items {
