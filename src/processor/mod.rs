@@ -1510,6 +1510,15 @@ fn counted_facts(
         at: t,
         flow: OwnedFlow::of(flow),
     };
+    // A resolution dated a little before its complaint's opening (two systems' clocks apart,
+    // `FoldLimits::clock_skew_ms`) resolves it at the opening, as the state's resolution time
+    // of zero says: no window counts a resolution before its complaint, nor a backlog below
+    // zero. Whichever of the two was read first.
+    let resolved = |category: &String, opened_at: Millis, at: Millis| Fact::Resolved {
+        category: category.clone(),
+        opened_at,
+        at: at.max(opened_at),
+    };
     match &event.kind {
         EventKind::ComplaintOpened {
             category, severity, ..
@@ -1520,12 +1529,7 @@ fn counted_facts(
                 at: t,
             };
             if let Some(resolved_at) = before.resolved_early {
-                let resolved = Fact::Resolved {
-                    category: category.clone(),
-                    opened_at: t,
-                    at: resolved_at.max(t),
-                };
-                vec![opened, resolved]
+                vec![opened, resolved(category, t, resolved_at)]
             } else if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
                 let untracked = Fact::ForgetOpen {
                     category: category.clone(),
@@ -1535,18 +1539,10 @@ fn counted_facts(
                 vec![opened]
             }
         }
-        // A resolution dated a little before its complaint's opening (two systems' clocks
-        // apart, `FoldLimits::clock_skew_ms`) resolves it at the opening, as the state's
-        // resolution time of zero says: no window counts a resolution before its complaint,
-        // nor a backlog below zero.
         EventKind::ComplaintResolved { .. } => before
             .open
             .iter()
-            .map(|(category, opened_at)| Fact::Resolved {
-                category: category.clone(),
-                opened_at: *opened_at,
-                at: t.max(*opened_at),
-            })
+            .map(|(category, opened_at)| resolved(category, *opened_at, t))
             .collect(),
         EventKind::OrderPlaced {
             amount_minor,
