@@ -436,9 +436,10 @@ fn a_resolution_dated_before_its_complaint_counts_at_the_opening_within_the_cloc
         "01T14:00:00",
         r#""score":9"#,
     );
+    // Two minutes apart, across an hour's end.
     let skewed = [
-        opened("1", "k1", "01T10:30:00"),
-        resolved("2", "k1", "01T10:28:00"),
+        opened("1", "k1", "01T11:01:00"),
+        resolved("2", "k1", "01T10:59:00"),
     ];
     for (case, first, second) in [
         ("opening read first", &skewed[0], &skewed[1]),
@@ -460,7 +461,7 @@ fn a_resolution_dated_before_its_complaint_counts_at_the_opening_within_the_cloc
         );
         let billing = billing_windows(&store);
         assert_eq!(
-            window_counts(&billing, "01T10:00:00", "01T11:00:00"),
+            window_counts(&billing, "01T11:00:00", "01T12:00:00"),
             (1, 1, 0),
             "{case}"
         );
@@ -474,7 +475,7 @@ fn a_resolution_dated_before_its_complaint_counts_at_the_opening_within_the_cloc
             .filter(|w| w["resolved"].as_i64() > Some(0))
             .map(|w| &w["window_start"])
             .collect();
-        assert_eq!(hours_resolving, ["2026-05-01T10:00:00.000Z"], "{case}");
+        assert_eq!(hours_resolving, ["2026-05-01T11:00:00.000Z"], "{case}");
         assert!(
             billing
                 .iter()
