@@ -187,6 +187,11 @@ impl RawRfm {
             "rfm.segments",
             "must list between 1 and 16 rules (their names become metric labels)",
         )?;
+        check(
+            distinct(&self.segments.iter().map(|r| &r.name).collect::<Vec<_>>()),
+            "rfm.segments.name",
+            "must name each rule once (first match wins: a second rule of a name is a mistake)",
+        )?;
         self.segments
             .iter()
             .map(|rule| {
@@ -199,11 +204,6 @@ impl RawRfm {
                             .all(|c| c.is_ascii_lowercase() || c == '_'),
                     "rfm.segments.name",
                     "must be a lower-case name of [a-z_] other than `other`",
-                )?;
-                check(
-                    self.segments.iter().filter(|r| r.name == rule.name).count() == 1,
-                    "rfm.segments.name",
-                    "must name each rule once (first match wins: a second rule of a name is a mistake)",
                 )?;
                 for (field, [lo, hi]) in [
                     ("rfm.segments.r", rule.r),
@@ -533,6 +533,11 @@ impl RawRisk {
             "risk.tiers",
             "must list between 1 and 16 tiers (they become metric labels)",
         )?;
+        check(
+            distinct(&self.tiers.iter().map(|t| &t.name).collect::<Vec<_>>()),
+            "risk.tiers.name",
+            "must name each tier once (first match wins: a second tier of a name is a mistake)",
+        )?;
         for tier in &self.tiers {
             check(
                 !tier.name.is_empty()
@@ -542,11 +547,6 @@ impl RawRisk {
                         .all(|c| c.is_ascii_lowercase() || c == '_'),
                 "risk.tiers.name",
                 "must be a lower-case name of [a-z_]",
-            )?;
-            check(
-                self.tiers.iter().filter(|t| t.name == tier.name).count() == 1,
-                "risk.tiers.name",
-                "must name each tier once (first match wins: a second tier of a name is a mistake)",
             )?;
         }
         let hours = |h: u64| (h.min(1 << 30) * 3_600_000) as i64;
@@ -1050,6 +1050,14 @@ fn apply_override(doc: &mut toml::Table, path: &str, value: &str) -> anyhow::Res
     Ok(())
 }
 
+/// Whether no item of `items` comes twice (the lists it checks hold at most 64).
+fn distinct<T: PartialEq>(items: &[T]) -> bool {
+    items
+        .iter()
+        .enumerate()
+        .all(|(i, v)| !items[..i].contains(v))
+}
+
 fn check(ok: bool, field: &str, rule: &str) -> anyhow::Result<()> {
     if ok {
         Ok(())
@@ -1193,11 +1201,7 @@ impl RawConfig {
                 field,
                 "must hold at most 64 names (bounded labels)",
             )?;
-            check(
-                set.iter().enumerate().all(|(i, v)| !set[..i].contains(v)),
-                field,
-                "must not name anything twice",
-            )?;
+            check(distinct(set), field, "must not name anything twice")?;
         }
         check(
             self.state.cache_customers >= 1,
