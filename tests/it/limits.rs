@@ -5,10 +5,9 @@
 use customer_pulse::config::Config;
 use customer_pulse::decode::{decode, Reason, Rules};
 use customer_pulse::fold::{EventFingerprint, FoldLimits};
-use customer_pulse::processor::partition_for;
 
 use crate::catalogue::{rules, NOW_MS};
-use crate::support::{run_batches, settings};
+use crate::support::{run_batches, settings, stored};
 
 const AT: &str = "2026-05-01T10:00:00Z";
 
@@ -181,10 +180,7 @@ fn fold(
         ..settings(100)
     };
     let (store, reports) = run_batches(settings, batches);
-    let state = store
-        .customer(partition_for(b"c-1", 4), "c-1")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "c-1");
     (state, reports)
 }
 

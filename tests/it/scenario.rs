@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use crate::catalogue::NOW_MS;
 use crate::support::{
-    aggregate_gauges, expected_totals, file_record, run_batches, settings, totals_of,
+    aggregate_gauges, expected_totals, file_record, run_batches, settings, stored, totals_of,
 };
 
 fn ev(id: &str, customer: &str, kind: &str, at: &str, fields: &str) -> String {
@@ -244,10 +244,7 @@ fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
     let then = survey("11", "03T13:00:00");
     let later = survey("12", "05T10:00:00");
     let (store, reports) = run_batches(settings(100), &[&events[..]]);
-    let state = store
-        .customer(partition_for(b"flo", 4), "flo")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "flo");
     assert_eq!(reports[0].count("duplicate"), 4);
     assert_eq!(
         state.complaints_opened, 2,
@@ -355,10 +352,7 @@ fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complain
         r#""score":9"#,
     );
     let (store, reports) = run_batches(settings(100), &[&events[..], &[later]]);
-    let state = store
-        .customer(partition_for(b"hal", 4), "hal")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "hal");
     assert_eq!((state.orders, state.revenue_minor), (2, 1500));
     assert_eq!(state.deliveries, 1);
     assert_eq!(state.delivery_seconds_total, 2 * 86_400);
@@ -400,16 +394,10 @@ fn a_delivery_cancellation_or_resolution_read_first_closes_its_order_or_complain
         settings.clone(),
         &[&events[..], &[survey("9", "05T10:00:00")]],
     );
-    let state = store
-        .customer(partition_for(b"hal", 4), "hal")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "hal");
     assert_eq!(state.early_closes.len(), 1, "a day after it: still waiting");
     let (store, _) = run_batches(settings, &[&events[..], &[survey("9", "05T10:00:01")]]);
-    let state = store
-        .customer(partition_for(b"hal", 4), "hal")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "hal");
     assert!(state.early_closes.is_empty(), "{:?}", state.early_closes);
 }
 
@@ -447,10 +435,7 @@ fn a_resolution_dated_before_its_complaint_counts_at_the_opening_within_the_cloc
     ] {
         let events = [first.clone(), second.clone(), later.clone()];
         let (store, reports) = run_batches(settings(100), &[&events[..]]);
-        let state = store
-            .customer(partition_for(b"kim", 4), "kim")
-            .unwrap()
-            .unwrap();
+        let state = stored(&store, "kim");
         assert!(state.open_complaints.is_empty(), "{case}");
         assert!(state.early_closes.is_empty(), "{case}");
         assert_eq!(state.resolution_seconds_total, 0, "{case}");
@@ -494,10 +479,7 @@ fn a_resolution_dated_before_its_complaint_counts_at_the_opening_within_the_cloc
         later,
     ];
     let (store, _) = run_batches(settings(100), &[&events[..]]);
-    let state = store
-        .customer(partition_for(b"kim", 4), "kim")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "kim");
     let open: Vec<&str> = state
         .open_complaints
         .iter()
@@ -544,10 +526,7 @@ fn a_returned_order_is_no_longer_open_though_its_delivery_was_never_read() {
         returned("8", "e", "05T13:00:00"),
     ];
     let (store, reports) = run_batches(settings(100), &[&events[..]]);
-    let state = store
-        .customer(partition_for(b"joe", 4), "joe")
-        .unwrap()
-        .unwrap();
+    let state = stored(&store, "joe");
     let open: Vec<&str> = state
         .open_orders
         .iter()
@@ -1144,10 +1123,7 @@ fn a_panic_in_processing_isolates_the_event_and_the_rest_goes_on() {
         "past every record"
     );
 
-    let gus = store
-        .customer(partition_for(b"gus", 4), "gus")
-        .unwrap()
-        .unwrap();
+    let gus = stored(&store, "gus");
     let ids: Vec<EventFingerprint> = gus.seen.iter().map(|s| s.fingerprint).collect();
     let expected = ["1", "3"].map(EventFingerprint::of);
     assert_eq!(ids, expected, "the neighbours apply, the pill does not");

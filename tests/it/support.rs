@@ -129,6 +129,19 @@ pub fn tool_succeeds(program: &str, args: &[&str], dir: &std::path::Path) {
     );
 }
 
+/// The state `store` holds for `customer`, with the 4 partitions of [`settings`]; it must be
+/// there.
+pub fn stored(
+    store: &customer_pulse::store::Store,
+    customer: &str,
+) -> customer_pulse::fold::CustomerState {
+    let partition = customer_pulse::processor::partition_for(customer.as_bytes(), 4);
+    store
+        .customer(partition, customer)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{customer} is stored"))
+}
+
 /// Runs each inner slice of events through one fresh processor over the memory store as one
 /// batch, offsets counting from 1; returns the store and each batch's report.
 pub fn run_batches<B: AsRef<[String]>>(
