@@ -1108,7 +1108,7 @@ impl RawConfig {
                 )
             })?;
         let t = &self.topics;
-        for (field, name) in [
+        let topics = [
             ("topics.interactions", &t.interactions),
             ("topics.orders", &t.orders),
             ("topics.complaints", &t.complaints),
@@ -1117,7 +1117,14 @@ impl RawConfig {
             ("topics.segment_metrics", &t.segment_metrics),
             ("topics.dead_letter", &t.dead_letter),
             ("topics.changelog", &t.changelog),
-        ] {
+        ];
+        for (i, &(field, name)) in topics.iter().enumerate() {
+            // One topic for two purposes mixes what they carry: a dead letter written to an
+            // input topic is read again and dead-lettered again, for ever; outputs on an input
+            // topic are read as events; a restore would read outputs as the changelog.
+            if let Some((other, _)) = topics[..i].iter().find(|(_, n)| *n == name) {
+                bail!("config field `{field}` must not name the topic of `{other}` ({name:?})");
+            }
             check(
                 !name.is_empty()
                     && name.len() <= 249
@@ -1614,6 +1621,14 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[topics]\norders = \"a b\"\n",
                 "topics.orders",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[topics]\ndead_letter = \"customer.orders\"\n",
+                "topics.dead_letter",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[topics]\nchurn_risk = \"log\"\nchangelog = \"log\"\n",
+                "topics.changelog",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\nadvertised_url = \"pulse-0:9464\"\n",
