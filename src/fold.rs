@@ -171,9 +171,19 @@ pub struct CustomerState {
     pub subscription: Subscription,
     pub renewals: u32,
     pub renewal_revenue_minor: i64,
+    /// The reason of the latest renewal in event time (of the latest read, for a customer
+    /// stored before encoding version 10, which kept no renewal time).
     pub last_renewal_reason: Option<String>,
+    /// The reason of the latest cancellation in event time.
     pub cancellation_reason: Option<String>,
+    /// The latest cancellation's time.
     pub cancelled_at: Option<Millis>,
+    /// The latest renewal's time: a cancellation read after a renewal dated later leaves the
+    /// subscription active. Stored after the early closes since encoding version 10
+    /// (`store::codec`); a customer read from an earlier version has none until its next
+    /// renewal.
+    #[serde(skip)]
+    pub last_renewal_at: Option<Millis>,
 
     /// Deliveries, cancellations and resolutions waiting for their order or complaint, oldest
     /// first. Stored after the customer's losses since encoding version 9 (`store::codec`), so
@@ -347,7 +357,10 @@ impl CustomerState {
             } => {
                 self.renewals += 1;
                 self.renewal_revenue_minor += amount_minor;
-                self.last_renewal_reason = Some(reason.clone());
+                if self.last_renewal_at.is_none_or(|r| r <= t) {
+                    self.last_renewal_reason = Some(reason.clone());
+                    self.last_renewal_at = Some(t);
+                }
                 if self.cancelled_at.is_none_or(|c| c <= t) {
                     self.subscription = Subscription::Active;
                     if self.lifecycle == Lifecycle::Lost {
@@ -355,18 +368,7 @@ impl CustomerState {
                     }
                 }
             }
-            EventKind::SubscriptionCancelled { reason } => {
-                self.subscription = Subscription::Cancelled;
-                self.cancellation_reason = Some(reason.clone());
-                self.cancelled_at = Some(t);
-                // Orders and cancellations come on different topics, so an order placed after the
-                // cancellation (in event time) may have been folded first: it still wins them back.
-                self.lifecycle = if self.last_order_at.is_some_and(|o| o > t) {
-                    Lifecycle::WonBack
-                } else {
-                    Lifecycle::Lost
-                };
-            }
+            EventKind::SubscriptionCancelled { reason } => self.cancel(t, reason),
             EventKind::OrderPlaced {
                 order_id,
                 amount_minor,
@@ -588,6 +590,31 @@ impl CustomerState {
         }
     }
 
+    /// A subscription cancelled at `t`, read in any order with the customer's other
+    /// cancellations, renewals and orders: what holds is what the latest of them in event time
+    /// says. A renewal or an order dated at or after a cancellation wins the customer back (it
+    /// may have been read first: orders come on another topic, and a backfill's files or a
+    /// renewal published again come in any order); an older cancellation changes neither the
+    /// subscription nor its reason, nor a standing reached since.
+    fn cancel(&mut self, t: Millis, reason: &str) {
+        if self.cancelled_at.is_none_or(|c| c <= t) {
+            self.cancelled_at = Some(t);
+            self.cancellation_reason = Some(reason.to_owned());
+            self.subscription = if self.last_renewal_at.is_some_and(|r| r >= t) {
+                Subscription::Active
+            } else {
+                Subscription::Cancelled
+            };
+        }
+        let came_back = self.last_order_at.max(self.last_renewal_at) >= Some(t);
+        if !came_back {
+            self.lifecycle = Lifecycle::Lost;
+        } else if self.lifecycle != Lifecycle::Lost {
+            // Lost since, by silence or a later cancellation, it stays lost.
+            self.lifecycle = Lifecycle::WonBack;
+        }
+    }
+
     fn place_order(&mut self, t: Millis, amount_minor: i64, margin_minor: i64) {
         self.orders += 1;
         self.revenue_minor += amount_minor;
@@ -755,6 +782,44 @@ mod tests {
             self.seen.push(seen);
             Some(full)
         }
+    }
+
+    #[test]
+    fn a_cancellation_older_than_the_last_order_leaves_a_customer_lost_since_lost() {
+        // Lost by silence after its last order (the risk sets it), then a cancellation from
+        // before that order is read: the order won the customer back after the cancellation, and
+        // the silence lost it again since.
+        let limits = FoldLimits {
+            dedup_horizon_ms: 30 * DAY_MS,
+            max_dedup_ids: 100,
+            max_open_items: 10,
+            clock_skew_ms: 300_000,
+        };
+        let event = |id: &str, at: Millis, kind: EventKind| Event {
+            event_id: id.into(),
+            customer_id: "c".into(),
+            occurred_at: at,
+            kind,
+        };
+        let order = EventKind::OrderPlaced {
+            order_id: "o".into(),
+            amount_minor: 100,
+            margin_minor: 10,
+        };
+        let cancel = EventKind::SubscriptionCancelled {
+            reason: "price".into(),
+        };
+        let mut state = CustomerState::new("c");
+        state.apply(&event("o", 10 * DAY_MS, order.clone()), &limits);
+        state.lifecycle = Lifecycle::Lost;
+        state.apply(&event("c", 5 * DAY_MS, cancel.clone()), &limits);
+        assert_eq!(state.lifecycle, Lifecycle::Lost);
+        assert_eq!(state.subscription, Subscription::Cancelled);
+        // Not lost since: the order won it back.
+        let mut state = CustomerState::new("c");
+        state.apply(&event("o", 10 * DAY_MS, order), &limits);
+        state.apply(&event("c", 5 * DAY_MS, cancel), &limits);
+        assert_eq!(state.lifecycle, Lifecycle::WonBack);
     }
 
     proptest! {

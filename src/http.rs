@@ -129,9 +129,12 @@ async fn customer(
             // The risk as of the customer's newest event; `last_published` is what
             // `customer.churn-risk` carries, `next_check_at` the pending timer.
             let as_of = customer.risk.as_of(&customer.state);
+            let mut state = serde_json::json!(customer.state);
+            // Stored apart from the postcard fields (`store::codec`), and so skipped by serde.
+            state["last_renewal_at"] = serde_json::json!(customer.state.last_renewal_at);
             let body = serde_json::json!({
                 "partition": partition,
-                "state": customer.state,
+                "state": state,
                 "risk": assess(&customer.state, &customer.trailing, as_of, &risk),
                 "last_published": customer.risk.last,
                 "next_check_at": customer.risk.timer_at.map(crate::event::format_millis),

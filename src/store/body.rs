@@ -27,7 +27,7 @@ use crate::trends::{Baseline, CategoryTrend, Trends, Verdict, Window};
 
 use super::Customer;
 
-/// Appends the customer's body to `out` (that of encoding version 9), the sealed remembered
+/// Appends the customer's body to `out` (that of encoding version 10), the sealed remembered
 /// events in it: the layout of version 4 with no event ids in it, then [`SeenSection`].
 pub fn write_customer_body(customer: &Customer, out: &mut Vec<u8>) {
     write_head(customer, out);
@@ -60,9 +60,10 @@ fn sealed(state: &CustomerState) -> &[SeenEvent] {
     &state.seen[..(state.seen_sealed as usize).min(state.seen.len())]
 }
 
-/// The state, risk memo, standing, trailing months, losses and early closes: the bytes
-/// `postcard` writes for the tuple of the four, with no event ids in the place of versions 1 to
-/// 5's, then for the losses, then for the state's early closes.
+/// The state, risk memo, standing, trailing months, losses, early closes and latest renewal's
+/// time: the bytes `postcard` writes for the tuple of the four, with no event ids in the place
+/// of versions 1 to 5's, then for the losses, then for the state's early closes, then for its
+/// `last_renewal_at`.
 fn write_head(customer: &Customer, out: &mut Vec<u8>) {
     let Customer {
         state,
@@ -84,6 +85,7 @@ fn write_head(customer: &Customer, out: &mut Vec<u8>) {
     for close in &state.early_closes {
         w.early_close(close);
     }
+    w.time(state.last_renewal_at.as_ref());
 }
 
 /// What a version-6 body stores of each remembered event, as `postcard` reads it back: the
@@ -271,6 +273,7 @@ impl Writer<'_> {
             cancelled_at,
             // Written after the losses, by `write_head`.
             early_closes: _,
+            last_renewal_at: _,
             // Written after the body, by `seen_section`.
             seen: _,
             seen_sealed: _,
@@ -538,6 +541,7 @@ mod tests {
             &customer.trailing,
             &customer.losses,
             &customer.state.early_closes,
+            &customer.state.last_renewal_at,
         );
         let mut bytes = postcard::to_allocvec(&body).expect("postcard encodes plain structs");
         let state = &customer.state;
@@ -655,6 +659,7 @@ mod tests {
             seen in proptest::collection::vec((any::<u64>(), int()), 0..5),
             (sealed, seal) in (0usize..6, any::<u32>()),
             early_closes in proptest::collection::vec((text(), int(), close()), 0..3),
+            last_renewal_at in proptest::option::of(int()),
         ) -> CustomerState {
             let (customer_id, registered_at, referred_by, segment_hint, lifecycle, first, last) =
                 ids;
@@ -722,6 +727,7 @@ mod tests {
                     .into_iter()
                     .map(|(id, at, close)| EarlyClose { id, at, close })
                     .collect(),
+                last_renewal_at,
                 seen: seen
                     .into_iter()
                     .map(|(fingerprint, occurred_at)| SeenEvent {

@@ -39,6 +39,9 @@ const CUSTOMER_V8: u8 = 8;
 /// Version 9: a V8 encoding with the state's early closes (`fold::EarlyClose`) after the
 /// losses. A customer read from an earlier version has none.
 const CUSTOMER_V9: u8 = 9;
+/// Version 10: a V9 encoding with the state's latest renewal time (`last_renewal_at`) after
+/// the early closes. A customer read from an earlier version has none until its next renewal.
+const CUSTOMER_V10: u8 = 10;
 /// A customer's sealed remembered events kept apart: `body::Sealed`.
 const SEALED_V1: u8 = 1;
 const OUTBOX_V1: u8 = 1;
@@ -105,7 +108,7 @@ pub fn encode_sealed(state: &CustomerState) -> Vec<u8> {
 fn customer_prefix(customer: &Customer) -> Vec<u8> {
     // Room for a typical customer up front: growing from one byte copied it eight times.
     let mut out = Vec::with_capacity(512);
-    out.push(CUSTOMER_V9);
+    out.push(CUSTOMER_V10);
     match customer.risk.timer_at {
         None => out.push(0),
         Some(at) => {
@@ -165,7 +168,7 @@ type Prefixed<'a> = (u8, Option<crate::event::Millis>, &'a [u8]);
 /// A version-5 (or later) encoding's timer and the rest: `None` for an earlier version.
 fn timer_prefix(bytes: &[u8]) -> Option<Result<Prefixed<'_>, String>> {
     let (&version, rest) = bytes.split_first()?;
-    if !(CUSTOMER_V5..=CUSTOMER_V9).contains(&version) {
+    if !(CUSTOMER_V5..=CUSTOMER_V10).contains(&version) {
         return None;
     }
     Some(match rest.split_first() {
@@ -238,6 +241,12 @@ pub fn decode_stored(bytes: &[u8]) -> Result<Stored, String> {
                 let (closes, rest) =
                     postcard::take_from_bytes::<Vec<EarlyClose>>(seen).map_err(malformed)?;
                 customer.state.early_closes = closes;
+                seen = rest;
+            }
+            if version >= CUSTOMER_V10 {
+                let (at, rest) = postcard::take_from_bytes::<Option<crate::event::Millis>>(seen)
+                    .map_err(malformed)?;
+                customer.state.last_renewal_at = at;
                 seen = rest;
             }
             if !customer.state.seen.is_empty() {
@@ -328,7 +337,7 @@ fn decode_legacy(bytes: &[u8]) -> Result<Customer, String> {
         }
         Some(&CUSTOMER_V4) => decode::<V4>(CUSTOMER_V4, bytes).map(from_v4),
         Some(v) => Err(format!(
-            "unknown encoding version {v} (this build reads up to {CUSTOMER_V9})"
+            "unknown encoding version {v} (this build reads up to {CUSTOMER_V10})"
         )),
         None => Err("empty value".into()),
     }
@@ -873,32 +882,59 @@ mod tests {
         customer
     }
 
+    /// The early closes of [`sample_early`] as versions 9 and 10 write them: 02 (two); 02 6f
+    /// 31 ("o1"), 80 e9 c0 5c (at: zigzag 194,000,000), 00 (Delivered); 02 6b 31 ("k1"), 80 f2
+    /// ba 5d (zigzag 196,000,000), 02 (Resolved), 01 00 (satisfied: Some(false)).
+    const SAMPLE_CLOSES: [u8; 19] = [
+        0x02, 0x02, b'o', b'1', 0x80, 0xe9, 0xc0, 0x5c, 0x00, 0x02, b'k', b'1', 0x80, 0xf2, 0xba,
+        0x5d, 0x02, 0x01, 0x00,
+    ];
+
     #[test]
-    fn version_nine_layout_is_pinned() {
-        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
-        // CUSTOMER_V10 and keep reading V1 to V9. A V9 encoding is the V8 one with the early
-        // closes after the losses: 02 (two); 02 6f 31 ("o1"), 80 e9 c0 5c (at: zigzag
-        // 194,000,000), 00 (Delivered); 02 6b 31 ("k1"), 80 f2 ba 5d (zigzag 196,000,000), 02
-        // (Resolved), 01 00 (satisfied: Some(false)).
-        let encoded = encode_customer(&sample_early());
-        assert_eq!(encoded, golden("customer_v9.hex", Some(&encoded)));
+    fn version_nine_is_still_read() {
+        // Written by the version-9 encoder: the V8 encoding with the early closes after the
+        // losses. It kept no renewal time.
+        let v9 = golden("customer_v9.hex", None);
         let v8 = golden("customer_v8.hex", None);
         let v6 = golden("customer_v6.hex", None);
         let head = v6.len() - SAMPLE_SEEN.len() + SAMPLE_LOSS.len();
-        let closes = [
-            0x02, 0x02, b'o', b'1', 0x80, 0xe9, 0xc0, 0x5c, 0x00, 0x02, b'k', b'1', 0x80, 0xf2,
-            0xba, 0x5d, 0x02, 0x01, 0x00,
-        ];
         let mut expected = vec![CUSTOMER_V9];
         expected.extend_from_slice(&v8[1..head]);
-        expected.extend_from_slice(&closes);
+        expected.extend_from_slice(&SAMPLE_CLOSES);
         expected.extend_from_slice(&v8[head..]);
+        assert_eq!(v9, expected);
+        assert_eq!(customer_timer(&v9), Ok(Some(100_000_000)));
+        assert_eq!(decode_customer(&v9), Ok(sample_early()));
+    }
+
+    /// [`sample_early`] renewed last at 99,000,000.
+    fn sample_renewed() -> Customer {
+        let mut customer = sample_early();
+        customer.state.last_renewal_at = Some(99_000_000);
+        customer
+    }
+
+    #[test]
+    fn version_ten_layout_is_pinned() {
+        // Written once (UPDATE_GOLDEN=1). If this fails, the stored layout changed: add
+        // CUSTOMER_V11 and keep reading V1 to V10. A V10 encoding is the V9 one with the latest
+        // renewal's time after the early closes: 01 80 fb b4 5e (Some: zigzag 198,000,000).
+        let encoded = encode_customer(&sample_renewed());
+        assert_eq!(encoded, golden("customer_v10.hex", Some(&encoded)));
+        let v9 = golden("customer_v9.hex", None);
+        let v6 = golden("customer_v6.hex", None);
+        let head = v6.len() - SAMPLE_SEEN.len() + SAMPLE_LOSS.len();
+        let renewed = head + SAMPLE_CLOSES.len();
+        let mut expected = vec![CUSTOMER_V10];
+        expected.extend_from_slice(&v9[1..renewed]);
+        expected.extend_from_slice(&[0x01, 0x80, 0xfb, 0xb4, 0x5e]);
+        expected.extend_from_slice(&v9[renewed..]);
         assert_eq!(encoded, expected);
         assert_eq!(customer_timer(&encoded), Ok(Some(100_000_000)));
-        assert_eq!(decode_customer(&encoded), Ok(sample_early()));
-        // None waiting: 00.
+        assert_eq!(decode_customer(&encoded), Ok(sample_renewed()));
+        // None waiting, never renewed: 00 00.
         let encoded = encode_customer(&sample_lost());
-        assert_eq!(encoded[head], 0x00);
+        assert_eq!(&encoded[head..head + 2], &[0x00, 0x00]);
         assert_eq!(decode_customer(&encoded), Ok(sample_lost()));
         // Won back at 96,000,000: 01 80 e0 c6 5b in place of the loss's last 00.
         let mut won = sample_lost();
@@ -907,13 +943,13 @@ mod tests {
         let at = head - 1;
         assert_eq!(&encoded[at..at + 5], &[0x01, 0x80, 0xe0, 0xc6, 0x5b]);
         assert_eq!(decode_customer(&encoded), Ok(won));
-        let head = head + 1;
+        let head = head + 2;
         let expected = encode_customer(&sample_lost());
 
         let mut untimed = sample_lost();
         untimed.risk.timer_at = None;
         let encoded = encode_customer(&untimed);
-        assert_eq!(&encoded[..2], &[9, 0]);
+        assert_eq!(&encoded[..2], &[10, 0]);
         assert_eq!(customer_timer(&encoded), Ok(None));
         assert_eq!(decode_customer(&encoded), Ok(untimed));
 

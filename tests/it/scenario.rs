@@ -577,6 +577,135 @@ fn a_cancelled_customer_is_lost_and_an_order_wins_them_back() {
     assert_eq!(same.lifecycle, Lifecycle::WonBack);
 }
 
+/// Every order of `items`.
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut all = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first.clone());
+            all.push(tail);
+        }
+    }
+    all
+}
+
+/// What a customer's cancellations, renewals and orders leave: the lifecycle, the
+/// subscription, and the latest cancellation's and renewal's reasons.
+type Standing = (
+    Lifecycle,
+    customer_pulse::fold::Subscription,
+    Option<String>,
+    Option<String>,
+);
+
+/// The standing `events` leave in each order they can be read in.
+fn standings_in_every_order(events: &[String], customer: &str) -> Vec<Standing> {
+    permutations(events)
+        .iter()
+        .map(|order| {
+            let state = check(&[order], customer).0.unwrap();
+            (
+                state.lifecycle,
+                state.subscription,
+                state.cancellation_reason,
+                state.last_renewal_reason,
+            )
+        })
+        .collect()
+}
+
+/// Orders come on another topic than cancellations and renewals, and a backfill's files or an
+/// event published again come in any order: what holds is what the latest of them in event time
+/// says, whichever is read first.
+#[test]
+fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
+    use customer_pulse::fold::Subscription;
+    let order = |id: &str, at: &str| {
+        let fields = format!(r#""order_id":"{id}","amount_minor":100,"margin_minor":10"#);
+        ev(id, "ru", "order.placed", at, &fields)
+    };
+    let cancel = |id: &str, at: &str, reason: &str| {
+        let fields = format!(r#""reason":"{reason}""#);
+        ev(id, "ru", "subscription.cancelled", at, &fields)
+    };
+    let renew = |id: &str, at: &str, reason: &str| {
+        let fields = format!(r#""amount_minor":500,"reason":"{reason}""#);
+        ev(id, "ru", "subscription.renewed", at, &fields)
+    };
+    let some = |reason: &str| Some(reason.to_owned());
+    let cases = [
+        // Cancelled, then renewed: won back, the subscription active again.
+        (
+            vec![
+                order("o1", "01T10:00:00"),
+                cancel("c1", "02T10:00:00", "price"),
+                renew("r1", "09T10:00:00", "loyalty"),
+            ],
+            (
+                Lifecycle::WonBack,
+                Subscription::Active,
+                some("price"),
+                some("loyalty"),
+            ),
+        ),
+        // Cancelled, won back by an order, cancelled again: lost, for the later reason (the
+        // tests' reasons are `price` for a cancellation and `loyalty` for a renewal; any other
+        // is `other`).
+        (
+            vec![
+                order("o1", "01T10:00:00"),
+                cancel("c1", "02T10:00:00", "service"),
+                order("o2", "05T10:00:00"),
+                cancel("c2", "08T10:00:00", "price"),
+            ],
+            (
+                Lifecycle::Lost,
+                Subscription::Cancelled,
+                some("price"),
+                None,
+            ),
+        ),
+        // Renewed twice after a cancellation: the later renewal's reason.
+        (
+            vec![
+                cancel("c1", "02T10:00:00", "price"),
+                renew("r1", "03T10:00:00", "service"),
+                renew("r2", "04T10:00:00", "loyalty"),
+            ],
+            (
+                Lifecycle::WonBack,
+                Subscription::Active,
+                some("price"),
+                some("loyalty"),
+            ),
+        ),
+        // A renewal in the same millisecond as the cancellation wins, read first or not.
+        (
+            vec![
+                order("o1", "01T10:00:00"),
+                cancel("c1", "02T10:00:00", "price"),
+                renew("r1", "02T10:00:00", "loyalty"),
+            ],
+            (
+                Lifecycle::WonBack,
+                Subscription::Active,
+                some("price"),
+                some("loyalty"),
+            ),
+        ),
+    ];
+    for (events, expected) in cases {
+        for (i, standing) in standings_in_every_order(&events, "ru").iter().enumerate() {
+            assert_eq!(*standing, expected, "reading order {i} of {events:#?}");
+        }
+    }
+}
+
 #[test]
 fn erasure_deletes_the_state_and_publishes_a_tombstone() {
     let events = [
