@@ -12,6 +12,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
+use crate::fold::CustomerState;
 use crate::processor::partition_for;
 use crate::risk::{assess, RiskSettings};
 use crate::store::Store;
@@ -70,6 +71,15 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 /// Whether the request may read personal data: `Authorization: Bearer <token>`.
+/// The customer's state as `GET /customers/{id}` shows it: its serde fields and the latest
+/// renewal's time, which serde skips (it is stored apart from the postcard fields,
+/// `store::codec`).
+pub fn state_json(state: &CustomerState) -> serde_json::Value {
+    let mut json = serde_json::json!(state);
+    json["last_renewal_at"] = serde_json::json!(state.last_renewal_at);
+    json
+}
+
 fn authorised(token: &Secret, headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)
@@ -129,12 +139,9 @@ async fn customer(
             // The risk as of the customer's newest event; `last_published` is what
             // `customer.churn-risk` carries, `next_check_at` the pending timer.
             let as_of = customer.risk.as_of(&customer.state);
-            let mut state = serde_json::json!(customer.state);
-            // Stored apart from the postcard fields (`store::codec`), and so skipped by serde.
-            state["last_renewal_at"] = serde_json::json!(customer.state.last_renewal_at);
             let body = serde_json::json!({
                 "partition": partition,
-                "state": state,
+                "state": state_json(&customer.state),
                 "risk": assess(&customer.state, &customer.trailing, as_of, &risk),
                 "last_published": customer.risk.last,
                 "next_check_at": customer.risk.timer_at.map(crate::event::format_millis),

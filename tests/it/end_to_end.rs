@@ -309,7 +309,7 @@ pub fn replayed_states(
     let mut by_id = BTreeMap::new();
     for p in 0..PARTITIONS {
         for state in replayed.customers(p, "", usize::MAX).unwrap() {
-            let mut json = serde_json::to_value(&state).unwrap();
+            let mut json = customer_pulse::http::state_json(&state);
             sort_seen(&mut json);
             by_id.insert(state.customer_id.clone(), json);
         }

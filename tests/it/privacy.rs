@@ -43,6 +43,7 @@ async fn start_owning(
         at: 1_000,
         close: Close::Delivered,
     });
+    ann.last_renewal_at = Some(2_000);
     let mut put = Commit::default();
     put.put_customer(partition_for(b"ann", 4), "ann".into(), Some(&ann.into()));
     store.commit(put).unwrap();
@@ -120,7 +121,8 @@ async fn with_a_token_the_lookup_needs_exactly_that_bearer_token() {
 
 /// The lookup shows the deliveries, cancellations and resolutions waiting for their order or
 /// complaint, which the state's own JSON leaves out (they are stored apart from it): an order
-/// that stays open although its delivery was read is explained there.
+/// that stays open although its delivery was read is explained there. The latest renewal's
+/// time, also stored apart, is in the state.
 #[tokio::test]
 async fn the_lookup_shows_the_closes_waiting_for_their_order_or_complaint() {
     let (port, stop) = start(&format!("customer_lookup_token = \"{TOKEN}\"\n")).await;
@@ -136,6 +138,8 @@ async fn the_lookup_shows_the_closes_waiting_for_their_order_or_complaint() {
         body["early_closes"],
         serde_json::json!([{"id": "o-7", "at": 1_000, "close": "delivered"}])
     );
+    assert_eq!(body["state"]["last_renewal_at"], 2_000);
+    assert_eq!(body["state"]["orders"], 3);
     stop.cancel();
 }
 

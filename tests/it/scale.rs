@@ -586,7 +586,7 @@ pub fn changelog_states(brokers: &str) -> (BTreeMap<String, serde_json::Value>, 
     for partition in 0..PARTITIONS {
         restore(&store, &Peek(&reader), partition, &mut |_, _| {}).unwrap();
         for state in store.customers(partition, "", usize::MAX).unwrap() {
-            let mut json = serde_json::to_value(&state).unwrap();
+            let mut json = customer_pulse::http::state_json(&state);
             sort_seen(&mut json);
             by_id.insert(state.customer_id.clone(), json);
         }
