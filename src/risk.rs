@@ -684,10 +684,15 @@ fn find_reasons(
         });
     }
     if state.subscription == Subscription::Cancelled {
-        let why = state.cancellation_reason.as_deref().unwrap_or("other");
-        found(ReasonCode::Cancelled, &|| {
-            format!("subscription cancelled: {why}")
-        });
+        // No reason: a cancellation before `score --as-of`'s time, the state keeping only the
+        // reason of a later one (`as_it_stood`).
+        found(
+            ReasonCode::Cancelled,
+            &|| match &state.cancellation_reason {
+                Some(why) => format!("subscription cancelled: {why}"),
+                None => "subscription cancelled (its reason is not kept)".to_owned(),
+            },
+        );
     }
 }
 
@@ -719,17 +724,18 @@ pub fn as_it_stood<'s>(
         None if purchases > 1 => Lifecycle::Active,
         None => Lifecycle::New,
     };
+    // The state keeps its latest cancellation only: one after `as_of` had not been made.
     let cancelled_later = state.cancelled_at.is_some_and(|c| c > as_of);
     // Lost for the reason `cancelled` and not won back by `as_of`: no renewal came between (it
     // would have won the customer back), so the subscription was still cancelled then, even if
-    // a renewal since has made it active.
-    let still_cancelled = state.subscription != Subscription::Cancelled
-        && latest_loss(losses, as_of)
-            .is_some_and(|l| l.reason == ReasonCode::Cancelled && !l.won_back_by(as_of));
+    // a renewal since has made it active, or it was cancelled again after `as_of` (that
+    // earlier cancellation's reason is not kept).
+    let still_cancelled = latest_loss(losses, as_of)
+        .is_some_and(|l| l.reason == ReasonCode::Cancelled && !l.won_back_by(as_of));
     if purchases == state.purchase_days.len()
         && lifecycle == state.lifecycle
         && !cancelled_later
-        && !still_cancelled
+        && (!still_cancelled || state.subscription == Subscription::Cancelled)
     {
         return std::borrow::Cow::Borrowed(state);
     }
@@ -740,7 +746,8 @@ pub fn as_it_stood<'s>(
         then.subscription = Subscription::None;
         then.cancellation_reason = None;
         then.cancelled_at = None;
-    } else if still_cancelled {
+    }
+    if still_cancelled {
         then.subscription = Subscription::Cancelled;
     }
     std::borrow::Cow::Owned(then)

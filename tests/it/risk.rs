@@ -373,8 +373,8 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
             r#""reason":"price""#,
         )
     };
-    // `a` buys on days 0 and 9 and cancels on day 31; `b` buys on day 0, cancels on day 19
-    // and buys again on day 32; `c` buys on days 0 and 7 and stays; `d` buys on day 0,
+    // `a` buys on days 0 and 9 and cancels on day 31; `b` buys on day 0, cancels on day 19,
+    // buys again on day 32 and cancels again on day 65; `c` buys on days 0 and 7 and stays; `d` buys on day 0,
     // cancels on day 20 and renews on day 33.
     let mut events = Vec::new();
     events.extend(order("a0", "a", START));
@@ -385,6 +385,13 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     events.push(cancel("b-cancel", "b", START + 19 * DAY));
     events.push(cancel("a-cancel", "a", START + 31 * DAY));
     events.extend(order("b32", "b", START + 32 * DAY));
+    events.push(ev(
+        "b-again",
+        "b",
+        "subscription.cancelled",
+        START + 65 * DAY,
+        r#""reason":"moved""#,
+    ));
     events.extend(order("d0", "d", START));
     events.push(cancel("d-cancel", "d", START + 20 * DAY));
     events.push(ev(
@@ -448,7 +455,18 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
     assert!(!codes(&everyone["a"]).contains(&"cancelled".to_owned()));
     assert_eq!(everyone["a"]["losses"], serde_json::json!([]));
     assert_eq!(everyone["b"]["lifecycle"], "lost");
-    assert!(codes(&everyone["b"]).contains(&"cancelled".to_owned()));
+    // Cancelled then, though its state holds only the later cancellation (day 65), whose
+    // reason is not the earlier one's.
+    let reasons = everyone["b"]["reasons"].as_array().unwrap();
+    let cancelled = reasons.iter().find(|r| r["code"] == "cancelled");
+    assert_eq!(
+        cancelled.map(|r| &r["detail"]),
+        Some(&serde_json::json!(
+            "subscription cancelled (its reason is not kept)"
+        )),
+        "{}",
+        everyone["b"]
+    );
     assert_eq!(everyone["c"]["lifecycle"], "active");
 
     // The next 30 days: `a` was lost on day 31 with its two orders' revenue; `b`, won back on
@@ -468,6 +486,8 @@ fn the_lost_customer_review_lists_who_was_lost_in_the_period_with_value_and_reas
         format_millis(START + 32 * DAY)
     );
     assert_ne!(everyone["b"]["lifecycle"], "lost");
+    // Won back by then, and cancelled again only after.
+    assert!(!codes(&everyone["b"]).contains(&"cancelled".to_owned()));
     assert_eq!(everyone["a"]["lifecycle"], "lost");
 
     // A customer lost before losses were kept (stored by an earlier build, here written as
