@@ -25,9 +25,10 @@ pub struct Standing {
     pub ltv_minor: i64,
 }
 
-/// One time a customer was counted lost in the segment metrics: when (the event time of the
-/// churn-risk record that turned it lost), in which segment, for the strongest reason it then
-/// had, with its revenue to date, and when it was won back. A customer keeps its latest
+/// One time a customer was counted lost in the segment metrics: when (the time of the
+/// cancellation that lost it, else of the churn-risk record that turned it lost), in which
+/// segment, for the strongest reason it then had, with its revenue to date, and when it was won
+/// back (the time of the order or renewal that did, else of the churn-risk record). A customer keeps its latest
 /// [`LOSSES_KEPT`], for the lost-customer review (`score --lost-since`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Loss {

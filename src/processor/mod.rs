@@ -1385,14 +1385,7 @@ impl Processor {
                 aggregates,
                 kept: keep.then_some(&mut entry.facts),
             };
-            reassess(
-                customer,
-                as_of,
-                &record_id,
-                Some(&event.event_id),
-                settings,
-                effects,
-            );
+            reassess(customer, as_of, &record_id, Some(&event), settings, effects);
         }
         // Late for a window already emitted, applied to the customer all the same.
         let label = match counted {
@@ -1622,17 +1615,52 @@ fn erase(
     }));
 }
 
+/// When a customer assessed at `as_of` turned `to` (lost, or won back): when the event that
+/// turned it was dated, though read after the customer's newer events (another topic, a
+/// backfill): a cancellation that lost it (the latest, with no order or renewal since), an
+/// order or a renewal that won it back; otherwise at `as_of` (a timer, or the risk at the
+/// customer's newest event: silence, which has no event of its own).
+fn changed_at(
+    cause: Option<&Event>,
+    state: &CustomerState,
+    to: Lifecycle,
+    as_of: Millis,
+) -> Millis {
+    let Some(event) = cause else {
+        return as_of;
+    };
+    let t = event.occurred_at;
+    let dated = match (&event.kind, to) {
+        (EventKind::SubscriptionCancelled { .. }, Lifecycle::Lost) => {
+            state.cancelled_at == Some(t)
+                && state.last_order_at.max(state.last_renewal_at) < Some(t)
+        }
+        (
+            EventKind::OrderPlaced { .. } | EventKind::SubscriptionRenewed { .. },
+            Lifecycle::WonBack,
+        ) => true,
+        _ => false,
+    };
+    if dated {
+        t.min(as_of)
+    } else {
+        as_of
+    }
+}
+
 /// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
 /// changed (CONTRACT section 2), publishes a churn-risk record, moves it in the segment
-/// population and counts it lost or won back.
+/// population and counts it lost or won back (at [`changed_at`]). `cause` is the event just
+/// applied, `None` for a timer.
 fn reassess(
     customer: &mut Customer,
     as_of: Millis,
     record_id: &str,
-    caused_by: Option<&str>,
+    cause: Option<&Event>,
     settings: &ProcessorSettings,
     effects: Effects,
 ) {
+    let caused_by = cause.map(|e| e.event_id.as_str());
     let Effects {
         commit,
         aggregates,
@@ -1673,11 +1701,12 @@ fn reassess(
         .is_some_and(|s| s.lifecycle == Lifecycle::Lost);
     let is_lost = standing.lifecycle == Lifecycle::Lost;
     if is_lost && !was_lost {
+        let at = changed_at(cause, &customer.state, Lifecycle::Lost, as_of);
         let reason = strongest_reason(complete.codes, risk);
         let value_minor = customer.state.revenue_minor;
         let lost = Fact::CountChange {
             segment: standing.segment.clone(),
-            at: as_of,
+            at,
             flow: OwnedFlow::Lost {
                 value_minor,
                 reason: reason.code().to_owned(),
@@ -1687,7 +1716,7 @@ fn reassess(
         note_loss(
             &mut customer.losses,
             Loss {
-                at: as_of,
+                at,
                 segment: standing.segment.clone(),
                 reason,
                 value_minor,
@@ -1695,10 +1724,14 @@ fn reassess(
             },
         );
     } else if was_lost && !is_lost {
-        note_won_back(&mut customer.losses, as_of);
+        // Not before the loss it ends: an order dated before a loss by silence, read after it,
+        // wins the customer back when it is read.
+        let lost_at = customer.losses.last().map_or(Millis::MIN, |l| l.at);
+        let at = changed_at(cause, &customer.state, Lifecycle::WonBack, as_of).max(lost_at);
+        note_won_back(&mut customer.losses, at);
         let won = Fact::CountChange {
             segment: standing.segment.clone(),
-            at: as_of,
+            at,
             flow: OwnedFlow::WonBack,
         };
         aggregates.note(won, trends, kept.as_deref_mut());
@@ -1732,6 +1765,52 @@ impl hashbrown::Equivalent<(String, &'static str, &'static str)> for EventKey<'_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_of_standing_is_dated_by_the_event_that_made_it_and_only_by_it() {
+        let event = |at: Millis, kind: EventKind| Event {
+            event_id: "e".into(),
+            customer_id: "c".into(),
+            occurred_at: at,
+            kind,
+        };
+        let cancel = event(
+            100,
+            EventKind::SubscriptionCancelled {
+                reason: "price".into(),
+            },
+        );
+        let mut state = CustomerState::new("c");
+        state.cancelled_at = Some(100);
+        state.last_order_at = Some(50);
+        assert_eq!(changed_at(Some(&cancel), &state, Lifecycle::Lost, 900), 100);
+        // Never later than the assessment.
+        assert_eq!(changed_at(Some(&cancel), &state, Lifecycle::Lost, 80), 80);
+        // An order since: the cancellation did not lose the customer, silence did.
+        state.last_order_at = Some(150);
+        assert_eq!(changed_at(Some(&cancel), &state, Lifecycle::Lost, 900), 900);
+        // A later cancellation holds: this one did not lose it.
+        state.last_order_at = Some(50);
+        state.cancelled_at = Some(200);
+        assert_eq!(changed_at(Some(&cancel), &state, Lifecycle::Lost, 900), 900);
+        // An order or a renewal wins back when dated; nothing else dates a change; nor a timer.
+        let order = event(
+            300,
+            EventKind::OrderPlaced {
+                order_id: "o".into(),
+                amount_minor: 1,
+                margin_minor: 0,
+            },
+        );
+        assert_eq!(
+            changed_at(Some(&order), &state, Lifecycle::WonBack, 900),
+            300
+        );
+        assert_eq!(changed_at(Some(&order), &state, Lifecycle::Lost, 900), 900);
+        let survey = event(300, EventKind::Survey { score: 1 });
+        assert_eq!(changed_at(Some(&survey), &state, Lifecycle::Lost, 900), 900);
+        assert_eq!(changed_at(None, &state, Lifecycle::WonBack, 900), 900);
+    }
 
     #[test]
     fn the_aggregator_counts_a_fact_for_a_day_it_already_emitted_as_late() {

@@ -706,6 +706,54 @@ fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
     }
 }
 
+/// A loss counts when the cancellation that made it was dated, and a win-back when the order
+/// or renewal that made it was, though each is read after the customer's newer events (on
+/// another topic): the lost-customer review reads the same losses in either order.
+#[test]
+fn a_loss_and_a_win_back_are_dated_by_the_events_that_made_them_read_late_or_not() {
+    let order = |id: &str, at: &str| {
+        let fields = format!(r#""order_id":"{id}","amount_minor":100,"margin_minor":10"#);
+        ev(id, "lo", "order.placed", at, &fields)
+    };
+    let complaint = |id: &str, at: &str| {
+        let fields = format!(r#""complaint_id":"{id}","category":"billing","severity":"low""#);
+        ev(id, "lo", "complaint.opened", at, &fields)
+    };
+    let first = order("o1", "01T10:00:00");
+    let cancel = ev(
+        "c1",
+        "lo",
+        "subscription.cancelled",
+        "02T10:00:00",
+        r#""reason":"price""#,
+    );
+    let newer = complaint("k1", "02T10:30:00");
+    let back = order("o2", "09T10:00:00");
+    let later = complaint("k2", "10T10:00:00");
+    let in_time = [&first, &cancel, &newer, &back, &later];
+    // The cancellation read after a complaint half an hour newer, the winning order after one a
+    // day newer.
+    let interleaved = [&first, &newer, &cancel, &later, &back];
+    for events in [in_time, interleaved] {
+        let events: Vec<String> = events.into_iter().cloned().collect();
+        let (store, _) = run_batches(settings(100), &[&events]);
+        let partition = partition_for(b"lo", 4);
+        let customer = store.customer_record(partition, "lo").unwrap().unwrap();
+        let losses = serde_json::to_value(&customer.losses).unwrap();
+        assert_eq!(
+            losses,
+            serde_json::json!([{
+                "at": 1_777_716_000_000_i64,
+                "segment": "standard",
+                "reason": "cancelled",
+                "value_minor": 100,
+                "won_back_at": 1_778_320_800_000_i64,
+            }]),
+            "{events:#?}"
+        );
+    }
+}
+
 #[test]
 fn erasure_deletes_the_state_and_publishes_a_tombstone() {
     let events = [
