@@ -638,6 +638,13 @@ fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
         ev(id, "ru", "subscription.renewed", at, &fields)
     };
     let some = |reason: &str| Some(reason.to_owned());
+    // Won back after a cancellation for `price`, renewed last for `loyalty`.
+    let won_back: Standing = (
+        Lifecycle::WonBack,
+        Subscription::Active,
+        some("price"),
+        some("loyalty"),
+    );
     let cases = [
         // Cancelled, then renewed: won back, the subscription active again.
         (
@@ -646,12 +653,7 @@ fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
                 cancel("c1", "02T10:00:00", "price"),
                 renew("r1", "09T10:00:00", "loyalty"),
             ],
-            (
-                Lifecycle::WonBack,
-                Subscription::Active,
-                some("price"),
-                some("loyalty"),
-            ),
+            won_back.clone(),
         ),
         // Cancelled, won back by an order, cancelled again: lost, for the later reason (the
         // tests' reasons are `price` for a cancellation and `loyalty` for a renewal; any other
@@ -677,12 +679,7 @@ fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
                 renew("r1", "03T10:00:00", "service"),
                 renew("r2", "04T10:00:00", "loyalty"),
             ],
-            (
-                Lifecycle::WonBack,
-                Subscription::Active,
-                some("price"),
-                some("loyalty"),
-            ),
+            won_back.clone(),
         ),
         // A renewal in the same millisecond as the cancellation wins, read first or not.
         (
@@ -691,12 +688,7 @@ fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
                 cancel("c1", "02T10:00:00", "price"),
                 renew("r1", "02T10:00:00", "loyalty"),
             ],
-            (
-                Lifecycle::WonBack,
-                Subscription::Active,
-                some("price"),
-                some("loyalty"),
-            ),
+            won_back.clone(),
         ),
     ];
     for (events, expected) in cases {
