@@ -70,7 +70,6 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// Whether the request may read personal data: `Authorization: Bearer <token>`.
 /// The customer's state as `GET /customers/{id}` shows it: its serde fields and the latest
 /// renewal's time, which serde skips (it is stored apart from the postcard fields,
 /// `store::codec`).
@@ -80,6 +79,7 @@ pub fn state_json(state: &CustomerState) -> serde_json::Value {
     json
 }
 
+/// Whether the request may read personal data: `Authorization: Bearer <token>`.
 fn authorised(token: &Secret, headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)

@@ -1725,7 +1725,7 @@ fn reassess(
         );
     } else if was_lost && !is_lost {
         // Not before the loss it ends: an order dated before a loss by silence, read after it,
-        // wins the customer back when it is read.
+        // counts as won back at the loss.
         let lost_at = customer.losses.last().map_or(Millis::MIN, |l| l.at);
         let at = changed_at(cause, &customer.state, Lifecycle::WonBack, as_of).max(lost_at);
         note_won_back(&mut customer.losses, at);
