@@ -615,6 +615,27 @@ impl CustomerState {
         }
     }
 
+    /// When the customer came back after a cancellation at `t`, as far as the state can date
+    /// it: the earliest of its latest order and latest renewal at or after `t`, and its first
+    /// purchase day after `t`'s (an order that day came after `t`): the latest order's time
+    /// when that is the day of the latest order (exact with one order that day), else the day's
+    /// start (the state keeps no other order's time). `None` when nothing came at or after `t`.
+    pub fn came_back_after(&self, t: Millis) -> Option<Millis> {
+        let next_day = t.div_euclid(DAY_MS) + 1;
+        let first_day_after = (self.purchase_days.iter())
+            .map(|d| i64::from(*d))
+            .find(|d| *d >= next_day)
+            .map(|d| match self.last_order_at {
+                Some(last) if last.div_euclid(DAY_MS) == d => last,
+                _ => d * DAY_MS,
+            });
+        [self.last_order_at, self.last_renewal_at, first_day_after]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at >= t)
+            .min()
+    }
+
     fn place_order(&mut self, t: Millis, amount_minor: i64, margin_minor: i64) {
         self.orders += 1;
         self.revenue_minor += amount_minor;
@@ -820,6 +841,32 @@ mod tests {
         state.apply(&event("o", 10 * DAY_MS, order), &limits);
         state.apply(&event("c", 5 * DAY_MS, cancel), &limits);
         assert_eq!(state.lifecycle, Lifecycle::WonBack);
+    }
+
+    #[test]
+    fn a_customer_came_back_at_the_earliest_return_the_state_can_date() {
+        let mut state = CustomerState::new("c");
+        let t = 2 * DAY_MS + 1_000;
+        assert_eq!(state.came_back_after(t), None);
+        state.last_renewal_at = Some(9 * DAY_MS + 5);
+        assert_eq!(state.came_back_after(t), Some(9 * DAY_MS + 5));
+        // Orders on the cancellation's day (before or after it: not known), on day 4 and last
+        // on day 7: day 4's start.
+        state.purchase_days = vec![1, 2, 4, 7];
+        state.last_order_at = Some(7 * DAY_MS + 3);
+        assert_eq!(state.came_back_after(t), Some(4 * DAY_MS));
+        // The first day after it is the latest order's: that order's time.
+        state.purchase_days = vec![1, 2, 5];
+        state.last_order_at = Some(5 * DAY_MS + 7);
+        assert_eq!(state.came_back_after(t), Some(5 * DAY_MS + 7));
+        // The latest order, on the cancellation's day after it, is the earliest it can date.
+        state.purchase_days = vec![1, 2];
+        state.last_order_at = Some(t + 1);
+        assert_eq!(state.came_back_after(t), Some(t + 1));
+        // Nothing at or after it.
+        state.last_order_at = Some(t - 1);
+        state.last_renewal_at = None;
+        assert_eq!(state.came_back_after(t), None);
     }
 
     proptest! {

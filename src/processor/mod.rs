@@ -1648,6 +1648,28 @@ fn changed_at(
     }
 }
 
+/// A cancellation read after the order or renewal that came back from it (another topic, a
+/// backfill's files): the customer, never counted lost, was lost at the cancellation and won
+/// back at the return (the earliest the state can date, `CustomerState::came_back_after`),
+/// though no churn-risk record said so. `None` for anything else, and for a customer counted
+/// lost before (which of its losses the cancellation belongs to is not known).
+fn lost_and_back(
+    cause: Option<&Event>,
+    customer: &Customer,
+    as_of: Millis,
+) -> Option<(Millis, Millis)> {
+    let event = cause?;
+    let EventKind::SubscriptionCancelled { .. } = event.kind else {
+        return None;
+    };
+    if !customer.losses.is_empty() || customer.state.lifecycle != Lifecycle::WonBack {
+        return None;
+    }
+    let t = event.occurred_at;
+    let back = customer.state.came_back_after(t)?;
+    Some((t.min(as_of), back.min(as_of)))
+}
+
 /// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
 /// changed (CONTRACT section 2), publishes a churn-risk record, moves it in the segment
 /// population and counts it lost or won back (at [`changed_at`]). `cause` is the event just
@@ -1735,6 +1757,36 @@ fn reassess(
             flow: OwnedFlow::WonBack,
         };
         aggregates.note(won, trends, kept.as_deref_mut());
+    } else if let Some((lost_at, back_at)) = lost_and_back(cause, customer, as_of) {
+        let value_minor = customer.state.revenue_minor;
+        let reason = crate::risk::ReasonCode::Cancelled;
+        note_loss(
+            &mut customer.losses,
+            Loss {
+                at: lost_at,
+                segment: standing.segment.clone(),
+                reason,
+                value_minor,
+                won_back_at: Some(back_at),
+            },
+        );
+        for (at, flow) in [
+            (
+                lost_at,
+                OwnedFlow::Lost {
+                    value_minor,
+                    reason: reason.code().to_owned(),
+                },
+            ),
+            (back_at, OwnedFlow::WonBack),
+        ] {
+            let fact = Fact::CountChange {
+                segment: standing.segment.clone(),
+                at,
+                flow,
+            };
+            aggregates.note(fact, trends, kept.as_deref_mut());
+        }
     }
     let moved = Fact::Restand {
         old: customer.standing.take(),

@@ -700,7 +700,8 @@ fn the_latest_cancellation_renewal_or_order_holds_whichever_is_read_first() {
 
 /// A loss counts when the cancellation that made it was dated, and a win-back when the order
 /// or renewal that made it was, though each is read after the customer's newer events (on
-/// another topic): the lost-customer review reads the same losses in either order.
+/// another topic), or the cancellation after the order: the lost-customer review reads the
+/// same losses in each order.
 #[test]
 fn a_loss_and_a_win_back_are_dated_by_the_events_that_made_them_read_late_or_not() {
     let order = |id: &str, at: &str| {
@@ -726,7 +727,12 @@ fn a_loss_and_a_win_back_are_dated_by_the_events_that_made_them_read_late_or_not
     // The cancellation read after a complaint half an hour newer, the winning order after one a
     // day newer.
     let interleaved = [&first, &newer, &cancel, &later, &back];
-    for events in [in_time, interleaved] {
+    // Every order and complaint read before the cancellation: no churn-risk record says lost,
+    // but the days and the review count the loss and the win-back all the same.
+    let cancelled_last = [&first, &newer, &back, &later, &cancel];
+    // The loss's value is the revenue to date as read: with the cancellation read last, the
+    // winning order's too.
+    for (events, value_minor) in [(in_time, 100), (interleaved, 100), (cancelled_last, 200)] {
         let events: Vec<String> = events.into_iter().cloned().collect();
         let (store, _) = run_batches(settings(100), &[&events]);
         let partition = partition_for(b"lo", 4);
@@ -738,7 +744,7 @@ fn a_loss_and_a_win_back_are_dated_by_the_events_that_made_them_read_late_or_not
                 "at": 1_777_716_000_000_i64,
                 "segment": "standard",
                 "reason": "cancelled",
-                "value_minor": 100,
+                "value_minor": value_minor,
                 "won_back_at": 1_778_320_800_000_i64,
             }]),
             "{events:#?}"
