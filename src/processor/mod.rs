@@ -11,7 +11,9 @@ use crate::event::{dashed_id, Event, EventKind, IdPart, Millis, Stream};
 use crate::facts::{Fact, OwnedFlow, Target};
 use crate::fold::{CustomerState, FoldLimits, Lifecycle, Limit, Outcome};
 use crate::rfm::Rfm;
-use crate::risk::{assess_risk, next_check, segment_at, strongest_reason, RiskSettings};
+use crate::risk::{
+    assess_risk, next_check, segment_at, strongest_reason, ReasonCode, RiskSettings,
+};
 use crate::segments::{
     note_loss, note_won_back, Flow, Flows, Loss, Population, Segments, Standing,
 };
@@ -1722,71 +1724,53 @@ fn reassess(
         .as_ref()
         .is_some_and(|s| s.lifecycle == Lifecycle::Lost);
     let is_lost = standing.lifecycle == Lifecycle::Lost;
-    if is_lost && !was_lost {
-        let at = changed_at(cause, &customer.state, Lifecycle::Lost, as_of);
-        let reason = strongest_reason(complete.codes, risk);
-        let value_minor = customer.state.revenue_minor;
-        let lost = Fact::CountChange {
-            segment: standing.segment.clone(),
+    let value_minor = customer.state.revenue_minor;
+    let segment = &standing.segment;
+    let mut count = |at: Millis, flow: OwnedFlow| {
+        let fact = Fact::CountChange {
+            segment: segment.clone(),
             at,
-            flow: OwnedFlow::Lost {
-                value_minor,
-                reason: reason.code().to_owned(),
-            },
+            flow,
         };
-        aggregates.note(lost, trends, kept.as_deref_mut());
-        note_loss(
-            &mut customer.losses,
-            Loss {
-                at,
-                segment: standing.segment.clone(),
-                reason,
-                value_minor,
-                won_back_at: None,
-            },
-        );
+        aggregates.note(fact, trends, kept.as_deref_mut());
+    };
+    let loss = |at: Millis, reason: ReasonCode, won_back_at: Option<Millis>| Loss {
+        at,
+        segment: segment.clone(),
+        reason,
+        value_minor,
+        won_back_at,
+    };
+    // The loss to count: the one this record states, or, for a cancellation read after the
+    // return from it, one won back at once.
+    let lost = if is_lost && !was_lost {
+        let at = changed_at(cause, &customer.state, Lifecycle::Lost, as_of);
+        Some(loss(at, strongest_reason(complete.codes, risk), None))
     } else if was_lost && !is_lost {
         // Not before the loss it ends: an order dated before a loss by silence, read after it,
         // counts as won back at the loss.
         let lost_at = customer.losses.last().map_or(Millis::MIN, |l| l.at);
         let at = changed_at(cause, &customer.state, Lifecycle::WonBack, as_of).max(lost_at);
         note_won_back(&mut customer.losses, at);
-        let won = Fact::CountChange {
-            segment: standing.segment.clone(),
-            at,
-            flow: OwnedFlow::WonBack,
-        };
-        aggregates.note(won, trends, kept.as_deref_mut());
-    } else if let Some((lost_at, back_at)) = lost_and_back(cause, customer, as_of) {
-        let value_minor = customer.state.revenue_minor;
-        let reason = crate::risk::ReasonCode::Cancelled;
-        note_loss(
-            &mut customer.losses,
-            Loss {
-                at: lost_at,
-                segment: standing.segment.clone(),
-                reason,
+        count(at, OwnedFlow::WonBack);
+        None
+    } else {
+        lost_and_back(cause, customer, as_of)
+            .map(|(at, back_at)| loss(at, ReasonCode::Cancelled, Some(back_at)))
+    };
+    if let Some(lost) = lost {
+        let reason = lost.reason.code().to_owned();
+        count(
+            lost.at,
+            OwnedFlow::Lost {
                 value_minor,
-                won_back_at: Some(back_at),
+                reason,
             },
         );
-        for (at, flow) in [
-            (
-                lost_at,
-                OwnedFlow::Lost {
-                    value_minor,
-                    reason: reason.code().to_owned(),
-                },
-            ),
-            (back_at, OwnedFlow::WonBack),
-        ] {
-            let fact = Fact::CountChange {
-                segment: standing.segment.clone(),
-                at,
-                flow,
-            };
-            aggregates.note(fact, trends, kept.as_deref_mut());
+        if let Some(back_at) = lost.won_back_at {
+            count(back_at, OwnedFlow::WonBack);
         }
+        note_loss(&mut customer.losses, lost);
     }
     let moved = Fact::Restand {
         old: customer.standing.take(),
