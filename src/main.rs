@@ -62,11 +62,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Fold an NDJSON file of events into the state (backfill); resumes where it stopped.
+    /// Fold NDJSON files of events into the state (backfill); resumes where it stopped.
     Replay {
-        /// The events, one JSON object per line.
-        #[arg(long)]
-        from: PathBuf,
+        /// The events, one JSON object per line. Given more than once (per-topic exports), the
+        /// files are read together in event-time order, each resuming on its own.
+        #[arg(long, required = true)]
+        from: Vec<PathBuf>,
         /// The TOML config file (the embedded demo config when absent).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -247,8 +248,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Replay { from, config, out } => {
             if let Some(out) = &out {
                 anyhow::ensure!(
-                    !same_file(&from, out),
-                    "--out {} is the file --from reads: writing the outputs there would empty it before a line is read",
+                    !from.iter().any(|from| same_file(from, out)),
+                    "--out {} is a file --from reads: writing the outputs there would empty it before a line is read",
                     out.display()
                 );
             }

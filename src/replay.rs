@@ -4,11 +4,13 @@
 //! for lines already applied. Must not know about Kafka.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::event::Millis;
 use crate::outbox::{drain, Sink};
 use crate::processor::{BatchReport, CacheLookups, InputRecord, Processor};
 use crate::telemetry::Telemetry;
@@ -50,9 +52,15 @@ pub fn wall_clock_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Replays `path` through `processor`, draining outputs into `sink` after every batch.
+/// Replays the events of `paths` through `processor`, draining outputs into `sink` after every
+/// batch. One file is read in its order. Several (a backfill from per-topic exports) are read
+/// together in event-time order: each next line is the one with the earliest `occurred_at`
+/// among the files' next lines (the first file's on a tie; a line with no readable time takes
+/// its file's last one), so that no file's events are late for windows another file's later
+/// events would close. Each file keeps its own stored position, and the files are one stream
+/// for the watermark, as one file in time order is.
 pub async fn replay<S: Sink>(
-    path: &Path,
+    paths: &[PathBuf],
     processor: &mut Processor,
     sink: &mut S,
     telemetry: &Telemetry,
@@ -60,16 +68,24 @@ pub async fn replay<S: Sink>(
     progress: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ReplaySummary> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let source = format!(
-        "replay:{}",
-        path.file_name()
-            .map_or_else(|| "-".into(), |n| n.to_string_lossy().into_owned())
-    );
-    let resume_at = processor.store().offset(&source, 0)?.unwrap_or(0);
-    let source: std::sync::Arc<str> = source.into();
+    let mut lanes = Vec::with_capacity(paths.len());
+    for path in paths {
+        let lane = Lane::open(path, processor)?;
+        if let Some(other) = lanes.iter().find(|l: &&Lane| l.source == lane.source) {
+            anyhow::bail!(
+                "{} and {} have the same file name, which names a replay's stored position: rename one",
+                other.path.display(),
+                path.display()
+            );
+        }
+        lanes.push(lane);
+    }
+    let merging = lanes.len() > 1;
+    if merging {
+        let sources: Vec<&str> = lanes.iter().map(|l| &*l.source).collect();
+        processor.read_as_one(&sources);
+    }
+    let size = lanes.iter().map(|l| l.size).sum();
     let bar = if progress {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
@@ -85,46 +101,35 @@ pub async fn replay<S: Sink>(
 
     let mut summary = ReplaySummary::default();
     let mut batch: Vec<InputRecord> = Vec::with_capacity(batch_events);
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    let mut offset: i64 = 0;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
+    for lane in &mut lanes {
+        lane.advance(merging, &mut summary, &bar)?;
+    }
+    // Each time, the earliest next line; the first file's on a tie.
+    while let Some((_, next)) = lanes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, lane)| lane.head.as_ref().map(|head| (head.at, i)))
+        .min()
+    {
+        let lane = &mut lanes[next];
+        if let Some(head) = lane.head.take() {
+            batch.push(InputRecord {
+                source: lane.source.clone(),
+                source_partition: 0,
+                offset: head.offset,
+                stream: None,
+                state_partition: None,
+                key: None,
+                payload: head.line,
+                append_time_ms: None,
+            });
         }
-        bar.inc(n as u64);
-        let this = offset;
-        offset += 1;
-        while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            line.pop();
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        summary.lines_read += 1;
-        if this < resume_at {
-            summary.lines_skipped += 1;
-            continue;
-        }
-        batch.push(InputRecord {
-            source: source.clone(),
-            source_partition: 0,
-            offset: this,
-            stream: None,
-            state_partition: None,
-            key: None,
-            payload: line.clone(),
-            append_time_ms: None,
-        });
+        lane.advance(merging, &mut summary, &bar)?;
         if batch.len() >= batch_events {
             commit_batch(processor, &mut batch, sink, telemetry, &mut summary).await?;
             bar.set_message(format!("{} applied", summary.applied));
             if shutdown.is_cancelled() {
-                tracing::info!(offset, "Replay interrupted; it resumes here next time.");
+                tracing::info!("Replay interrupted; it resumes here next time.");
                 break;
             }
         }
@@ -132,6 +137,112 @@ pub async fn replay<S: Sink>(
     commit_batch(processor, &mut batch, sink, telemetry, &mut summary).await?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// One file of a replay, read a line ahead.
+struct Lane {
+    path: PathBuf,
+    /// `replay:` and the file's name: the source its stored position is kept under.
+    source: Arc<str>,
+    size: u64,
+    reader: BufReader<std::fs::File>,
+    /// Lines before this one were applied by an earlier replay.
+    resume_at: i64,
+    /// The offset (line number from 0) of the next line read.
+    offset: i64,
+    /// The next line to apply; `None` once the file has ended.
+    head: Option<Head>,
+    /// The time the last line read was merged at.
+    at: Millis,
+}
+
+struct Head {
+    line: Vec<u8>,
+    offset: i64,
+    at: Millis,
+}
+
+impl Lane {
+    fn open(path: &Path, processor: &Processor) -> anyhow::Result<Lane> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let source = format!(
+            "replay:{}",
+            path.file_name()
+                .map_or_else(|| "-".into(), |n| n.to_string_lossy().into_owned())
+        );
+        let resume_at = processor.store().offset(&source, 0)?.unwrap_or(0);
+        Ok(Lane {
+            path: path.to_owned(),
+            source: source.into(),
+            size,
+            reader: BufReader::new(file),
+            resume_at,
+            offset: 0,
+            head: None,
+            at: Millis::MIN,
+        })
+    }
+
+    /// Reads up to the next line to apply (blank lines and lines applied before are passed
+    /// over), its merge time read only when `merging`.
+    fn advance(
+        &mut self,
+        merging: bool,
+        summary: &mut ReplaySummary,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<()> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("cannot read {}", self.path.display()))?;
+            if n == 0 {
+                self.head = None;
+                return Ok(());
+            }
+            bar.inc(n as u64);
+            let offset = self.offset;
+            self.offset += 1;
+            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            summary.lines_read += 1;
+            if offset < self.resume_at {
+                summary.lines_skipped += 1;
+                continue;
+            }
+            if merging {
+                if let Some(at) = occurred_at(&line) {
+                    self.at = at;
+                }
+            }
+            self.head = Some(Head {
+                line,
+                offset,
+                at: self.at,
+            });
+            return Ok(());
+        }
+    }
+}
+
+/// An event line's `occurred_at`, if it has a readable one: where a replay of several files
+/// merges it. Decoding proper, and the line's rejection if it is bad, come later.
+fn occurred_at(line: &[u8]) -> Option<Millis> {
+    #[derive(serde::Deserialize)]
+    struct Time<'a> {
+        #[serde(borrow)]
+        occurred_at: std::borrow::Cow<'a, str>,
+    }
+    let time: Time = serde_json::from_slice(line).ok()?;
+    crate::event::parse_millis(&time.occurred_at)
 }
 
 async fn commit_batch<S: Sink>(

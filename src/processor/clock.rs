@@ -20,6 +20,9 @@ pub(super) struct Clock {
     pub(super) state_partitions: std::collections::BTreeSet<i32>,
     /// The input partitions as last assigned.
     pub(super) assigned: Vec<(String, i32)>,
+    /// Sources read as one stream (a replay's files, merged in event time) -> the source whose
+    /// entry they share.
+    pub(super) aliases: HashMap<String, String>,
     /// The processor time of the processor's last call ([`Clock::elapse`]).
     last_call: Option<Millis>,
 }
@@ -56,9 +59,13 @@ impl Clock {
         now: Millis,
     ) {
         self.state_partitions.insert(state_partition);
-        let partitions = match self.sources.get_mut(&*record.source) {
+        let source = match self.aliases.get(&*record.source) {
+            Some(alias) => alias.as_str(),
+            None => &record.source,
+        };
+        let partitions = match self.sources.get_mut(source) {
             Some(partitions) => partitions,
-            None => self.sources.entry(record.source.to_string()).or_default(),
+            None => self.sources.entry(source.to_owned()).or_default(),
         };
         let entry = partitions
             .entry(record.source_partition)
@@ -97,9 +104,16 @@ impl Clock {
         }
     }
 
-    /// The newest event time `source`/`partition` delivered, as far as this clock knows.
+    /// The newest event time `source`/`partition` delivered, as far as this clock knows (of
+    /// all the sources read as one with it).
     pub(super) fn newest(&self, source: &str, partition: i32) -> Option<Millis> {
-        self.sources.get(source)?.get(&partition)?.0
+        self.sources.get(self.source(source))?.get(&partition)?.0
+    }
+
+    /// The source whose entry `source`'s records update: its own, unless read as one with
+    /// others.
+    fn source<'a>(&'a self, source: &'a str) -> &'a str {
+        self.aliases.get(source).map_or(source, String::as_str)
     }
 
     /// How far the input partitions of state partition `partition` (for Kafka: the partition

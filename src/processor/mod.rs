@@ -827,6 +827,19 @@ impl Processor {
         self.owned = owned;
     }
 
+    /// Tells the processor that `sources` (files a replay reads together, each next line the
+    /// earliest left in any of them) are one stream in event time: the watermark trails the
+    /// newest event of all of them, as it trails one file's, not the slowest of them.
+    pub fn read_as_one(&mut self, sources: &[&str]) {
+        if let Some((first, _)) = sources.split_first() {
+            for source in sources {
+                self.clock
+                    .aliases
+                    .insert((*source).to_owned(), (*first).to_owned());
+            }
+        }
+    }
+
     /// Counts the RFM histograms again from the stored customers of `partitions`, the ones this
     /// instance owns: a restored partition's customers were never counted here (and taking an
     /// old point out when one orders would leave a cell short), and a partition given up is no
