@@ -154,6 +154,8 @@ struct Lane {
     head: Option<Head>,
     /// The time the last line read was merged at.
     at: Millis,
+    /// The line being read.
+    buffer: Vec<u8>,
 }
 
 struct Head {
@@ -182,6 +184,7 @@ impl Lane {
             offset: 0,
             head: None,
             at: Millis::MIN,
+            buffer: Vec::new(),
         })
     }
 
@@ -193,12 +196,12 @@ impl Lane {
         summary: &mut ReplaySummary,
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<()> {
-        let mut line = Vec::new();
+        let line = &mut self.buffer;
         loop {
             line.clear();
             let n = self
                 .reader
-                .read_until(b'\n', &mut line)
+                .read_until(b'\n', line)
                 .with_context(|| format!("cannot read {}", self.path.display()))?;
             if n == 0 {
                 self.head = None;
@@ -219,12 +222,13 @@ impl Lane {
                 continue;
             }
             if merging {
-                if let Some(at) = occurred_at(&line) {
+                if let Some(at) = occurred_at(line) {
                     self.at = at;
                 }
             }
             self.head = Some(Head {
-                line,
+                // A copy of its length: the buffer keeps the longest line's capacity.
+                line: line.clone(),
                 offset,
                 at: self.at,
             });
