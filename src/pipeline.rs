@@ -19,7 +19,7 @@ use crate::kafka::{
 use crate::outbox::{drain, Sink};
 use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
-use crate::store::{RocksBackend, Store};
+use crate::store::{Partitions, RocksBackend, Store};
 use crate::telemetry::Telemetry;
 
 /// Opens the RocksDB store the config names, for a command that only reads what a job or a
@@ -53,7 +53,18 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
             e
         }
     })?;
-    Ok(Store::open(Arc::new(backend))?)
+    let store = Store::open(Arc::new(backend))?;
+    let path = config.state_path.display();
+    let partitions = config.partitions;
+    match store.hold_partitions(partitions)? {
+        Partitions::Held => Ok(store),
+        Partitions::Other { stored } => anyhow::bail!(
+            "the state at {path} places customers by {stored} partitions, and input.partitions is {partitions}: under another count each customer would be looked for in another partition and split in two. Set input.partitions to {stored}, or fold into a new state.path"
+        ),
+        Partitions::Beyond { partition } => anyhow::bail!(
+            "the state at {path} holds customers of partition {partition}, and input.partitions is {partitions}: it was written with more partitions, and under another count each customer would be looked for in another partition and split in two. Set input.partitions to the count it was written with, or fold into a new state.path"
+        ),
+    }
 }
 
 /// The processor settings a config describes.

@@ -1079,3 +1079,61 @@ fn sealed_remembered_events_are_kept_apart_written_when_their_seal_moves_and_go_
         );
     }
 }
+
+#[test]
+fn a_store_is_held_to_the_partition_count_its_customers_were_placed_by() {
+    for (name, store, _dir) in backends() {
+        assert_eq!(
+            store.hold_partitions(6).unwrap(),
+            Partitions::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(6).unwrap(),
+            Partitions::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(4).unwrap(),
+            Partitions::Other { stored: 6 },
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(8).unwrap(),
+            Partitions::Other { stored: 6 },
+            "{name}"
+        );
+    }
+    // A store of an earlier version, which kept no count: refused only for a count that has
+    // no partition of a customer it holds, and then held to the count it took.
+    for (name, store, _dir) in backends() {
+        store
+            .commit(Commit {
+                customers: vec![(
+                    5,
+                    "a".into(),
+                    Some(codec::encode_customer(&state("a", 1).into())),
+                )
+                    .into()],
+                ..Commit::default()
+            })
+            .unwrap();
+        for count in [4, 5] {
+            assert_eq!(
+                store.hold_partitions(count).unwrap(),
+                Partitions::Beyond { partition: 5 },
+                "{name}: {count}"
+            );
+        }
+        assert_eq!(
+            store.hold_partitions(6).unwrap(),
+            Partitions::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(7).unwrap(),
+            Partitions::Other { stored: 6 },
+            "{name}"
+        );
+    }
+}

@@ -45,6 +45,18 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// What [`Store::hold_partitions`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitions {
+    /// The customers are placed by the count given (stored now if it was not).
+    Held,
+    /// They were placed by another count.
+    Other { stored: u64 },
+    /// Stored before the count was, they include a customer of a partition the count given
+    /// does not have.
+    Beyond { partition: i64 },
+}
+
 /// One write in an atomic batch.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -353,6 +365,9 @@ const OUTBOX: u8 = b'x';
 /// readers tell repeats by them: `changelog::Sequence`).
 const OUTBOX_NEXT: &[u8] = b"g/outbox-next";
 const TIMER: u8 = b't';
+/// The partition count (`input.partitions`) the customers are placed by, as stored by the first
+/// open that was given one ([`Store::hold_partitions`]).
+const PARTITIONS: &[u8] = b"g/partitions";
 const TRENDS: &[u8] = b"g/trends";
 const SEGMENTS: &[u8] = b"g/segments";
 const RFM_SCALES: &[u8] = b"g/rfm-scales";
@@ -515,6 +530,37 @@ impl Store {
             changelog: None,
             erasures: Arc::new(Mutex::new(erasures)),
         })
+    }
+
+    /// Holds the store to `partitions`, the count its customers are placed by (a customer's
+    /// partition is its id's hash modulo the count): the first call stores it, and a later
+    /// call with another count is refused, naming the stored one. Under another count each
+    /// customer would be looked for in another partition, taken for a new one there and split
+    /// in two, and `score` would miss the partitions past the count. A store written before the
+    /// count was stored takes the one given, unless it holds a customer in a partition that
+    /// count does not have.
+    pub fn hold_partitions(&self, partitions: i32) -> Result<Partitions, StoreError> {
+        let given = u64::try_from(partitions).unwrap_or(0);
+        if let Some(stored) = stored_u64(self.backend.as_ref(), PARTITIONS, "partitions")? {
+            return Ok(match stored == given {
+                true => Partitions::Held,
+                false => Partitions::Other { stored },
+            });
+        }
+        let highest = self
+            .backend
+            .last_key(&[CUSTOMER])?
+            .and_then(|key| Some(u32::from_be_bytes(key.get(1..5)?.try_into().ok()?)));
+        if let Some(highest) = highest.filter(|h| u64::from(*h) >= given) {
+            return Ok(Partitions::Beyond {
+                partition: i64::from(highest),
+            });
+        }
+        self.backend.write(vec![Op::Put(
+            PARTITIONS.to_vec(),
+            given.to_be_bytes().to_vec(),
+        )])?;
+        Ok(Partitions::Held)
     }
 
     /// Up to which event time `customer_id`'s events of `partition` stay erased, when it was

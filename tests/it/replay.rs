@@ -389,6 +389,66 @@ fn a_replay_refuses_to_write_its_outputs_over_its_input() {
     }
 }
 
+/// A state written with one `input.partitions` is refused under another, naming both counts,
+/// before anything is folded: customers are placed in partitions by that count, and under
+/// another one each customer's next events were taken for a new customer's in another
+/// partition (checked by hand with `replay`: 237 of 477 customers then stored twice), and
+/// `score` left out the partitions past the count.
+#[test]
+fn a_state_is_refused_under_another_partition_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(5).iter().map(|e| e.to_string()).collect();
+    let first = write_file(dir.path(), "first.ndjson", &lines[..2_500]);
+    let second = write_file(dir.path(), "second.ndjson", &lines[2_500..]);
+    let state = dir.path().join("state");
+    let replay = |path: &std::path::Path, partitions: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .arg("replay")
+            .arg("--from")
+            .arg(path)
+            .env("CUSTOMER_PULSE__STATE__PATH", &state)
+            .env("CUSTOMER_PULSE__INPUT__PARTITIONS", partitions)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs")
+    };
+    let out = replay(&first, "6");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let customers = || {
+        let store = Store::open(Arc::new(RocksBackend::open(&state, 1 << 20).unwrap())).unwrap();
+        (0..8)
+            .flat_map(|p| store.customers(p, "", usize::MAX).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let before = customers();
+    for partitions in ["4", "8"] {
+        let out = replay(&second, partitions);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{partitions}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "places customers by 6 partitions, and input.partitions is {partitions}"
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(customers(), before, "nothing was folded");
+    let out = replay(&second, "6");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = customers();
+    let ids: std::collections::BTreeSet<&str> =
+        after.iter().map(|c| c.customer_id.as_str()).collect();
+    assert_eq!(ids.len(), after.len(), "each customer in one partition");
+}
+
 /// Where the root filesystem is read-only (the Kubernetes manifest's), the state's volume is
 /// the one place the job may write: the store opens without the system's temporary directory.
 #[test]
