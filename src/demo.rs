@@ -62,18 +62,21 @@ pub async fn run(
     config.trends.window_ms = 60_000;
     config.allowed_lateness_ms = 5_000;
     config.idle_partition_ms = 2_000;
-    println!(
+    show(format_args!(
         "Embedded broker at {brokers}; {customers} customers, {rate} events/s for {seconds} s."
-    );
-    println!(
+    ));
+    show(format_args!(
         "Ten minutes of history first, then live traffic; a complaint spike in `{SPIKE_CATEGORY}` starts {} s in (complaint windows are one minute here, so it shows a minute or two later).",
         SPIKE_AFTER_MS / 1000
-    );
-    println!("Metrics:   http://{}/metrics", config.listen_address);
-    println!(
+    ));
+    show(format_args!(
+        "Metrics:   http://{}/metrics",
+        config.listen_address
+    ));
+    show(format_args!(
         "Customer:  curl -H 'Authorization: Bearer demo-token-not-a-secret' http://{}/customers/c-0000001",
         config.listen_address
-    );
+    ));
 
     let publisher = {
         let brokers = brokers.clone();
@@ -263,12 +266,19 @@ async fn read_risks(
     }
 }
 
+/// Writes a line for the person watching. A reader that went away (`demo | head`) is not the
+/// demo's failure: it goes on serving, where `println!` panicked.
+fn show(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String, Value>) {
     let customers = metric_sum(metrics, "customer_pulse_customers{");
-    println!(
+    show(format_args!(
         "\n[{elapsed:>4} s] {rate:>7.0} events/s | {customers:.0} customers | {} dead letters",
         metric_sum(metrics, "customer_pulse_dead_letters_total")
-    );
+    ));
     let mut complaints = Vec::new();
     for line in metrics.lines() {
         if let Some(rest) = line.strip_prefix("customer_pulse_complaint_z_score{category=\"") {
@@ -285,7 +295,10 @@ fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String,
         }
     }
     if !complaints.is_empty() {
-        println!("  complaint windows: {}", complaints.join(", "));
+        show(format_args!(
+            "  complaint windows: {}",
+            complaints.join(", ")
+        ));
     }
     let mut top: Vec<&Value> = risks.values().collect();
     top.sort_by(|a, b| {
@@ -297,7 +310,7 @@ fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String,
             .as_array()
             .map(|r| r.iter().filter_map(|x| x["code"].as_str()).collect())
             .unwrap_or_default();
-        println!(
+        show(format_args!(
             "  {} risk {:.2} {} ({}) — {}",
             risk["customer_id"].as_str().unwrap_or("?"),
             risk["score"].as_f64().unwrap_or(0.0),
@@ -308,7 +321,7 @@ fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String,
             } else {
                 reasons.join(", ")
             }
-        );
+        ));
     }
 }
 

@@ -17,12 +17,22 @@ use customer_pulse::replay::{replay, wall_clock_ms};
 use customer_pulse::telemetry::Telemetry;
 use customer_pulse::{kafka, pipeline};
 
+/// `println!` that hands back the write's error rather than panicking on it: a reader that went
+/// away (`replay ... | head -1`) is a broken pipe, on which `main` ends quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 /// Rust's allocations go to mimalloc: the fold allocates a few small buffers per event and frees
 /// them at the batch's commit, and glibc's malloc spent a quarter of a file replay's CPU time on
 /// them (`benches/HISTORY.md`). RocksDB's and librdkafka's own allocations stay with glibc.
 /// mimalloc is built without asking the kernel for transparent huge pages (its `no_thp`
 /// feature): with them, the fold thread of the broker benchmark spent 13% of its time in the
 /// kernel zeroing fresh 2 MiB pages at their first touch (`benches/HISTORY.md`).
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -203,11 +213,22 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error` is a write to a reader that went away (`score ... | head`): the command
+/// then ends quietly, with the status a shell gives a process a broken pipe ended.
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// A token cancelled by SIGTERM or Ctrl-C.
@@ -292,7 +313,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
             };
             let seconds = started.elapsed().as_secs_f64();
-            println!(
+            say!(
                 "replayed {} lines in {seconds:.1} s ({:.0} lines/s): {} applied ({} of them late for their window), {} duplicates, {} of erased customers from before their erasure, {} rejected to the dead-letter output, {} skipped as already applied, {} output records",
                 summary.lines_read,
                 summary.lines_read as f64 / seconds.max(1e-9),
@@ -303,14 +324,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 summary.rejected,
                 summary.lines_skipped,
                 summary.outputs_delivered
-            );
+            )?;
             let customers = &summary.customers;
-            println!(
+            say!(
                 "customers looked up: {} in the cache, {} read back from the store (a larger state.cache_customers would keep them), {} new",
                 customers.hit, customers.stored, customers.absent
-            );
+            )?;
             // Lines skipped as already applied are the state's doing: say whose.
-            println!("state: {}", config.state_path.display());
+            say!("state: {}", config.state_path.display())?;
             Ok(())
         }
         Command::Generate {
@@ -334,7 +355,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     seconds,
                 )
                 .await?;
-                println!("published {seconds} s of live traffic to {brokers}");
+                say!("published {seconds} s of live traffic to {brokers}")?;
                 return Ok(());
             }
             // A month of traffic that ends by now.
@@ -350,7 +371,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(brokers) = brokers {
                 let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
                 kafka::publish(&brokers, &config.topics, &generated, rate, batch_records).await?;
-                println!("published {} events to {brokers}", generated.len());
+                say!("published {} events to {brokers}", generated.len())?;
             } else {
                 write_events(out.as_deref(), &generated)?;
             }
@@ -435,16 +456,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 customers,
                 repeat,
             } = pipeline::fit(&store, &config, as_of)?;
-            println!(
+            say!(
                 "# maximum likelihood over {customers} customers ({repeat} of whom bought again) as of {}: log-likelihood {:.3}, {} iterations\n{}",
                 customer_pulse::event::format_millis(as_of),
                 fitted.log_likelihood,
                 fitted.iterations,
                 fitted.config_section(),
-            );
+            )?;
             // Beside the section, where whoever pastes it sees them, and on stderr.
             for caveat in fitted.caveats(repeat) {
-                println!("# caveat: {caveat}");
+                say!("# caveat: {caveat}")?;
                 eprintln!("warning: {caveat}");
             }
             Ok(())
