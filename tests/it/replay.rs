@@ -449,6 +449,31 @@ fn a_state_is_refused_under_another_partition_count() {
     assert_eq!(ids.len(), after.len(), "each customer in one partition");
 }
 
+/// A command whose reader goes away (`generate | head -1`) ends quietly with the status a
+/// shell gives a process a broken pipe ended (141): before, it printed `error: Broken pipe`,
+/// and `replay`'s summary panicked with a backtrace.
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["generate", "--events", "200000"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"event_id\""), "{first}");
+    // The reader is dropped here, with 199,999 events still to write.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 /// Where the root filesystem is read-only (the Kubernetes manifest's), the state's volume is
 /// the one place the job may write: the store opens without the system's temporary directory.
 #[test]
