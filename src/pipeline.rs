@@ -19,7 +19,7 @@ use crate::kafka::{
 use crate::outbox::{drain, Sink};
 use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
-use crate::store::{Partitions, RocksBackend, Store};
+use crate::store::{Held, RocksBackend, Store};
 use crate::telemetry::Telemetry;
 
 /// Opens the RocksDB store the config names, for a command that only reads what a job or a
@@ -57,12 +57,31 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     let path = config.state_path.display();
     let partitions = config.partitions;
     match store.hold_partitions(partitions)? {
-        Partitions::Held => Ok(store),
-        Partitions::Other { stored } => anyhow::bail!(
+        Held::Held => {}
+        Held::Other { stored } => anyhow::bail!(
             "the state at {path} places customers by {stored} partitions, and input.partitions is {partitions}: under another count each customer would be looked for in another partition and split in two. Set input.partitions to {stored}, or fold into a new state.path"
         ),
-        Partitions::Beyond { partition } => anyhow::bail!(
+        Held::Beyond { partition } => anyhow::bail!(
             "the state at {path} holds customers of partition {partition}, and input.partitions is {partitions}: it was written with more partitions, and under another count each customer would be looked for in another partition and split in two. Set input.partitions to the count it was written with, or fold into a new state.path"
+        ),
+    }
+    hold_window(&store, config, &path.to_string())?;
+    Ok(store)
+}
+
+/// Refuses a store whose complaint windows are of another length than the config's
+/// (`Store::hold_window`): its open windows and baselines are of the stored length.
+fn hold_window(store: &Store, config: &Config, path: &str) -> anyhow::Result<()> {
+    let minutes = |ms: u64| ms / 60_000;
+    match store.hold_window(config.trends.window_ms)? {
+        // (`Beyond` is the partition count's alone.)
+        Held::Held | Held::Beyond { .. } => Ok(()),
+        Held::Other { stored } => anyhow::bail!(
+            "the state at {path} has complaint windows of {} minutes, and trends.window_minutes is {}: its open windows and every category's baseline are of {} minutes, and the spike test would weigh windows of another length against them. Set trends.window_minutes to {}, or fold into a new state.path",
+            minutes(stored),
+            config.trends.window_ms / 60_000,
+            minutes(stored),
+            minutes(stored),
         ),
     }
 }
@@ -445,6 +464,7 @@ fn start_aggregator(
     let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
         .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
     let store = Store::open(Arc::new(backend))?;
+    hold_window(&store, config, &path.display().to_string())?;
     let mut settings = processor_settings(config);
     settings.aggregation = Aggregation::Here;
     let aggregator = Aggregator::new(

@@ -1083,24 +1083,16 @@ fn sealed_remembered_events_are_kept_apart_written_when_their_seal_moves_and_go_
 #[test]
 fn a_store_is_held_to_the_partition_count_its_customers_were_placed_by() {
     for (name, store, _dir) in backends() {
-        assert_eq!(
-            store.hold_partitions(6).unwrap(),
-            Partitions::Held,
-            "{name}"
-        );
-        assert_eq!(
-            store.hold_partitions(6).unwrap(),
-            Partitions::Held,
-            "{name}"
-        );
+        assert_eq!(store.hold_partitions(6).unwrap(), Held::Held, "{name}");
+        assert_eq!(store.hold_partitions(6).unwrap(), Held::Held, "{name}");
         assert_eq!(
             store.hold_partitions(4).unwrap(),
-            Partitions::Other { stored: 6 },
+            Held::Other { stored: 6 },
             "{name}"
         );
         assert_eq!(
             store.hold_partitions(8).unwrap(),
-            Partitions::Other { stored: 6 },
+            Held::Other { stored: 6 },
             "{name}"
         );
     }
@@ -1121,18 +1113,34 @@ fn a_store_is_held_to_the_partition_count_its_customers_were_placed_by() {
         for count in [4, 5] {
             assert_eq!(
                 store.hold_partitions(count).unwrap(),
-                Partitions::Beyond { partition: 5 },
+                Held::Beyond { partition: 5 },
                 "{name}: {count}"
             );
         }
-        assert_eq!(
-            store.hold_partitions(6).unwrap(),
-            Partitions::Held,
-            "{name}"
-        );
+        assert_eq!(store.hold_partitions(6).unwrap(), Held::Held, "{name}");
         assert_eq!(
             store.hold_partitions(7).unwrap(),
-            Partitions::Other { stored: 6 },
+            Held::Other { stored: 6 },
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_store_is_held_to_the_length_of_its_complaint_windows() {
+    for (name, store, _dir) in backends() {
+        assert_eq!(store.hold_window(3_600_000).unwrap(), Held::Held, "{name}");
+        assert_eq!(store.hold_window(3_600_000).unwrap(), Held::Held, "{name}");
+        assert_eq!(
+            store.hold_window(900_000).unwrap(),
+            Held::Other { stored: 3_600_000 },
+            "{name}"
+        );
+        // Held apart from the partition count.
+        assert_eq!(store.hold_partitions(4).unwrap(), Held::Held, "{name}");
+        assert_eq!(
+            store.hold_window(60_000).unwrap(),
+            Held::Other { stored: 3_600_000 },
             "{name}"
         );
     }

@@ -45,16 +45,16 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
-/// What [`Store::hold_partitions`] found.
+/// What [`Store::hold_partitions`] or [`Store::hold_window`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Partitions {
-    /// The customers are placed by the count given (stored now if it was not).
+pub enum Held {
+    /// The store's data is laid out by the value given (stored now if it was not).
     Held,
-    /// They were placed by another count.
+    /// By another value.
     Other { stored: u64 },
-    /// Stored before the count was, they include a customer of a partition the count given
-    /// does not have.
-    Beyond { partition: i64 },
+    /// Stored before the partition count was, it holds a customer of a partition the count
+    /// given does not have.
+    Beyond { partition: u64 },
 }
 
 /// One write in an atomic batch.
@@ -368,6 +368,9 @@ const TIMER: u8 = b't';
 /// The partition count (`input.partitions`) the customers are placed by, as stored by the first
 /// open that was given one ([`Store::hold_partitions`]).
 const PARTITIONS: &[u8] = b"g/partitions";
+/// The length of the complaint windows (`trends.window_minutes`) in milliseconds, as stored by
+/// the first open that was given one ([`Store::hold_window`]).
+const WINDOW: &[u8] = b"g/window-ms";
 const TRENDS: &[u8] = b"g/trends";
 const SEGMENTS: &[u8] = b"g/segments";
 const RFM_SCALES: &[u8] = b"g/rfm-scales";
@@ -539,28 +542,47 @@ impl Store {
     /// in two, and `score` would miss the partitions past the count. A store written before the
     /// count was stored takes the one given, unless it holds a customer in a partition that
     /// count does not have.
-    pub fn hold_partitions(&self, partitions: i32) -> Result<Partitions, StoreError> {
+    pub fn hold_partitions(&self, partitions: i32) -> Result<Held, StoreError> {
         let given = u64::try_from(partitions).unwrap_or(0);
-        if let Some(stored) = stored_u64(self.backend.as_ref(), PARTITIONS, "partitions")? {
-            return Ok(match stored == given {
-                true => Partitions::Held,
-                false => Partitions::Other { stored },
-            });
+        let highest = || -> Result<Option<u64>, StoreError> {
+            Ok(self
+                .backend
+                .last_key(&[CUSTOMER])?
+                .and_then(|key| Some(u32::from_be_bytes(key.get(1..5)?.try_into().ok()?)))
+                .map(u64::from))
+        };
+        if stored_u64(self.backend.as_ref(), PARTITIONS, "partitions")?.is_none() {
+            if let Some(highest) = highest()?.filter(|h| *h >= given) {
+                return Ok(Held::Beyond { partition: highest });
+            }
         }
-        let highest = self
-            .backend
-            .last_key(&[CUSTOMER])?
-            .and_then(|key| Some(u32::from_be_bytes(key.get(1..5)?.try_into().ok()?)));
-        if let Some(highest) = highest.filter(|h| u64::from(*h) >= given) {
-            return Ok(Partitions::Beyond {
-                partition: i64::from(highest),
-            });
+        self.hold(PARTITIONS, given)
+    }
+
+    /// Holds the store to `window_ms`, the length of its complaint windows, as
+    /// [`Store::hold_partitions`] holds it to a partition count: its open windows are keyed by
+    /// their start alone, and every category's baseline is a mean count of windows of that
+    /// length, so under another length an open window would close with the counts of the old
+    /// one, and the spike test would weigh windows of one length against a baseline of another
+    /// (a state of hourly windows continued in quarter hours had every z-score near or below
+    /// zero for the rest of the traffic: no spike could page). A store written before the
+    /// length was stored takes the one given.
+    pub fn hold_window(&self, window_ms: Millis) -> Result<Held, StoreError> {
+        self.hold(WINDOW, u64::try_from(window_ms).unwrap_or(0))
+    }
+
+    /// Stores `given` under `key` if nothing is stored there, and says whether what is stored
+    /// is `given`.
+    fn hold(&self, key: &[u8], given: u64) -> Result<Held, StoreError> {
+        match stored_u64(self.backend.as_ref(), key, &String::from_utf8_lossy(key))? {
+            Some(stored) if stored == given => Ok(Held::Held),
+            Some(stored) => Ok(Held::Other { stored }),
+            None => {
+                let value = given.to_be_bytes().to_vec();
+                self.backend.write(vec![Op::Put(key.to_vec(), value)])?;
+                Ok(Held::Held)
+            }
         }
-        self.backend.write(vec![Op::Put(
-            PARTITIONS.to_vec(),
-            given.to_be_bytes().to_vec(),
-        )])?;
-        Ok(Partitions::Held)
     }
 
     /// Up to which event time `customer_id`'s events of `partition` stay erased, when it was

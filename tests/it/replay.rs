@@ -389,29 +389,31 @@ fn a_replay_refuses_to_write_its_outputs_over_its_input() {
     }
 }
 
-/// A state written with one `input.partitions` is refused under another, naming both counts,
-/// before anything is folded: customers are placed in partitions by that count, and under
+/// A state written with one `input.partitions` (or `trends.window_minutes`) is refused under
+/// another, naming both, before anything is folded: customers are placed in partitions by that count, and under
 /// another one each customer's next events were taken for a new customer's in another
 /// partition (checked by hand with `replay`: 237 of 477 customers then stored twice), and
 /// `score` left out the partitions past the count.
 #[test]
-fn a_state_is_refused_under_another_partition_count() {
+fn a_state_is_refused_under_another_partition_count_or_window_length() {
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = events(5).iter().map(|e| e.to_string()).collect();
     let first = write_file(dir.path(), "first.ndjson", &lines[..2_500]);
     let second = write_file(dir.path(), "second.ndjson", &lines[2_500..]);
     let state = dir.path().join("state");
-    let replay = |path: &std::path::Path, partitions: &str| {
+    let replay_with = |path: &std::path::Path, partitions: &str, window_minutes: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
             .arg("replay")
             .arg("--from")
             .arg(path)
             .env("CUSTOMER_PULSE__STATE__PATH", &state)
             .env("CUSTOMER_PULSE__INPUT__PARTITIONS", partitions)
+            .env("CUSTOMER_PULSE__TRENDS__WINDOW_MINUTES", window_minutes)
             .env("RUST_LOG", "warn")
             .output()
             .expect("the binary runs")
     };
+    let replay = |path: &std::path::Path, partitions: &str| replay_with(path, partitions, "60");
     let out = replay(&first, "6");
     assert!(
         out.status.success(),
@@ -432,6 +434,19 @@ fn a_state_is_refused_under_another_partition_count() {
         assert!(
             stderr.contains(&format!(
                 "places customers by 6 partitions, and input.partitions is {partitions}"
+            )),
+            "{stderr}"
+        );
+    }
+    // Nor under complaint windows of another length: its open windows and baselines are of
+    // an hour.
+    for minutes in ["15", "120"] {
+        let out = replay_with(&second, "6", minutes);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{minutes}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "complaint windows of 60 minutes, and trends.window_minutes is {minutes}"
             )),
             "{stderr}"
         );
