@@ -3,6 +3,8 @@
 //! Deterministic for a seed, so tests and benchmarks can regenerate the same stream.
 //! Must not know where the events go (a file, a broker).
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use crate::event::{format_millis, parse_millis, Millis};
@@ -104,9 +106,22 @@ pub fn generate_until(spec: &TrafficSpec, latest_ms: Millis) -> Vec<Generated> {
 /// Generates `spec.events` events over `spec.customers` customers.
 pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
     let mut rng = Rng::new(spec.seed);
-    let mut customers: Vec<Customer> = (0..spec.customers.max(1))
-        .map(|i| Customer {
-            id: format!("c-{i:07}"),
+    let count = spec.customers.max(1);
+    // Made at their first event: no more than the events, however many customers are asked
+    // for (a billion took the machine's memory before the first event was written).
+    let mut customers: HashMap<u64, Customer> = HashMap::new();
+    let mut out = Vec::with_capacity(spec.events as usize);
+    let mut now = spec.start_ms;
+    for n in 0..spec.events {
+        now += spec.step_ms / 2 + rng.below(spec.step_ms.max(1) as u64) as Millis;
+        // A skewed pick: a fifth of the customers produce most of the traffic.
+        let pick = if rng.chance(0.6) {
+            rng.below(count.div_ceil(5))
+        } else {
+            rng.below(count)
+        };
+        let c = customers.entry(pick).or_insert_with(|| Customer {
+            id: format!("c-{pick:07}"),
             registered: false,
             next_order: 0,
             open_orders: Vec::new(),
@@ -114,19 +129,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
             next_complaint: 0,
             open_complaints: Vec::new(),
             cancelled: false,
-        })
-        .collect();
-    let mut out = Vec::with_capacity(spec.events as usize);
-    let mut now = spec.start_ms;
-    for n in 0..spec.events {
-        now += spec.step_ms / 2 + rng.below(spec.step_ms.max(1) as u64) as Millis;
-        // A skewed pick: a fifth of the customers produce most of the traffic.
-        let pick = if rng.chance(0.6) {
-            rng.below(customers.len().div_ceil(5) as u64)
-        } else {
-            rng.below(customers.len() as u64)
-        } as usize;
-        let c = &mut customers[pick];
+        });
         let event_id = format!("e-{}-{n}", spec.seed);
         let mut base = json!({
             "event_id": event_id,
@@ -138,7 +141,7 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
             let referred = rng.chance(0.1) && pick > 0;
             let mut f = json!({ "channel": CHANNELS[rng.below(6) as usize] });
             if referred {
-                f["referred_by"] = json!(format!("c-{:07}", rng.below(pick as u64)));
+                f["referred_by"] = json!(format!("c-{:07}", rng.below(pick)));
             }
             ("customer.registered", f)
         } else {
@@ -228,6 +231,28 @@ pub fn generate(spec: &TrafficSpec) -> Vec<Generated> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Customers are made at their first event: traffic over more customers than the machine
+    /// could hold takes memory for the events' customers alone (before, every customer asked
+    /// for was made first, and this asked for an allocation the size of the address space).
+    #[test]
+    fn traffic_over_more_customers_than_fit_in_memory_makes_only_those_it_names() {
+        let events = generate(&TrafficSpec {
+            customers: u64::MAX,
+            events: 1_000,
+            seed: 5,
+            start_ms: 0,
+            step_ms: 1_000,
+        });
+        assert_eq!(events.len(), 1_000);
+        let named: std::collections::BTreeSet<&str> =
+            events.iter().map(|e| e.customer_id.as_str()).collect();
+        assert!(named.len() > 500, "{}", named.len());
+        assert!(
+            named.iter().any(|id| id.len() > 15),
+            "ids from the whole range"
+        );
+    }
 
     fn last_at(events: &[Generated]) -> Millis {
         let last = events.last().expect("events");
