@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::Millis;
 use crate::outbox::{drain, Sink};
 use crate::processor::{BatchReport, CacheLookups, InputRecord, Processor};
+use crate::store::{Held, Store};
 use crate::telemetry::Telemetry;
 
 /// What a replay did.
@@ -102,7 +103,7 @@ pub async fn replay<S: Sink>(
     let mut summary = ReplaySummary::default();
     let mut batch: Vec<InputRecord> = Vec::with_capacity(batch_events);
     for lane in &mut lanes {
-        lane.advance(merging, &mut summary, &bar)?;
+        lane.advance(merging, processor.store(), &mut summary, &bar)?;
     }
     // Each time, the earliest next line; the first file's on a tie.
     while let Some((_, next)) = lanes
@@ -124,7 +125,7 @@ pub async fn replay<S: Sink>(
                 append_time_ms: None,
             });
         }
-        lane.advance(merging, &mut summary, &bar)?;
+        lane.advance(merging, processor.store(), &mut summary, &bar)?;
         if batch.len() >= batch_events {
             commit_batch(processor, &mut batch, sink, telemetry, &mut summary).await?;
             bar.set_message(format!("{} applied", summary.applied));
@@ -156,6 +157,8 @@ struct Lane {
     at: Millis,
     /// The line being read.
     buffer: Vec<u8>,
+    /// Whether its first line was checked against the file a stored position is of.
+    checked: bool,
 }
 
 struct Head {
@@ -185,6 +188,7 @@ impl Lane {
             head: None,
             at: Millis::MIN,
             buffer: Vec::new(),
+            checked: false,
         })
     }
 
@@ -193,6 +197,7 @@ impl Lane {
     fn advance(
         &mut self,
         merging: bool,
+        store: &Store,
         summary: &mut ReplaySummary,
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<()> {
@@ -217,6 +222,10 @@ impl Lane {
                 continue;
             }
             summary.lines_read += 1;
+            if !self.checked {
+                self.checked = true;
+                same_file(store, &self.source, &self.path, self.resume_at, line)?;
+            }
             if offset < self.resume_at {
                 summary.lines_skipped += 1;
                 continue;
@@ -234,6 +243,26 @@ impl Lane {
             });
             return Ok(());
         }
+    }
+}
+
+/// Refuses a file whose first line is not the first line of the file whose `resume_at` lines
+/// were applied under the same name (`Store::hold_file`): its lines up to there would be
+/// skipped as applied, and lost.
+fn same_file(
+    store: &Store,
+    source: &str,
+    path: &Path,
+    resume_at: i64,
+    first_line: &[u8],
+) -> anyhow::Result<()> {
+    let fingerprint = xxhash_rust::xxh3::xxh3_64(first_line);
+    match store.hold_file(source, fingerprint, resume_at > 0)? {
+        Held::Held | Held::Beyond { .. } => Ok(()),
+        Held::Other { .. } => anyhow::bail!(
+            "{}: the state holds {resume_at} applied lines of a file of the same name that began with another line. This is another file, and its first {resume_at} lines would be skipped as applied: give it a name of its own (a replay's position is kept by the file's name), or replay it into a new state.path",
+            path.display()
+        ),
     }
 }
 

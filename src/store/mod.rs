@@ -371,6 +371,9 @@ const PARTITIONS: &[u8] = b"g/partitions";
 /// The length of the complaint windows (`trends.window_minutes`) in milliseconds, as stored by
 /// the first open that was given one ([`Store::hold_window`]).
 const WINDOW: &[u8] = b"g/window-ms";
+/// `g/file/` + a replay's source name (`replay:` and the file's name): the XXH3-64 of the
+/// first line of the file whose lines were applied under that name ([`Store::hold_file`]).
+const FILE: &[u8] = b"g/file/";
 const TRENDS: &[u8] = b"g/trends";
 const SEGMENTS: &[u8] = b"g/segments";
 const RFM_SCALES: &[u8] = b"g/rfm-scales";
@@ -569,6 +572,27 @@ impl Store {
     /// length was stored takes the one given.
     pub fn hold_window(&self, window_ms: Millis) -> Result<Held, StoreError> {
         self.hold(WINDOW, u64::try_from(window_ms).unwrap_or(0))
+    }
+
+    /// Holds a replay's `source` to the file whose first line has the fingerprint
+    /// `first_line`: a replay's position is kept by the file's name, and another file under
+    /// the same name (a daily export written over, or `/dev/stdin` again) would have its lines
+    /// up to that position skipped as applied. When none of its lines were applied before
+    /// (`applied` false) the fingerprint is stored; else it must be the stored one, or be
+    /// stored now where a replay before this check kept none.
+    pub fn hold_file(
+        &self,
+        source: &str,
+        first_line: u64,
+        applied: bool,
+    ) -> Result<Held, StoreError> {
+        let key = [FILE, source.as_bytes()].concat();
+        if !applied {
+            let value = first_line.to_be_bytes().to_vec();
+            self.backend.write(vec![Op::Put(key, value)])?;
+            return Ok(Held::Held);
+        }
+        self.hold(&key, first_line)
     }
 
     /// Stores `given` under `key` if nothing is stored there, and says whether what is stored

@@ -353,6 +353,55 @@ async fn per_topic_files_replayed_together_equal_one_file_in_time_order() {
     assert_eq!(outputs_without_file_ids(&both), expected);
 }
 
+/// A replay's position is kept by the file's name, so another file written under the same
+/// name (a daily export written over, or `/dev/stdin` again) had its lines up to the position
+/// skipped as applied: lost. Such a file is refused before anything is folded, naming the
+/// file; the same file grown by more lines resumes where it stopped.
+#[tokio::test]
+async fn another_file_under_a_replayed_files_name_is_refused_and_a_grown_one_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(7).iter().map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "daily.ndjson", &lines[..2_000]);
+    let store = Store::open(Arc::new(
+        RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
+    ))
+    .unwrap();
+    let telemetry = Telemetry::new();
+    let run = |store: &Store| {
+        let mut processor = Processor::new(store.clone(), settings(64));
+        let path = path.clone();
+        let telemetry = &telemetry;
+        async move {
+            replay(
+                std::slice::from_ref(&path),
+                &mut processor,
+                &mut DiscardSink,
+                telemetry,
+                500,
+                false,
+                CancellationToken::new(),
+            )
+            .await
+        }
+    };
+    assert_eq!(run(&store).await.unwrap().applied, 2_000);
+    let before = all_states(&store);
+
+    // The next day's export, written over the first.
+    write_file(dir.path(), "daily.ndjson", &lines[2_000..4_000]);
+    let refused = run(&store).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("daily.ndjson: the state holds 2000 applied lines of a file of the same name that began with another line"),
+        "{refused}"
+    );
+    assert_eq!(all_states(&store), before, "nothing was folded");
+
+    // The first file grown by the rest: its 2,000 lines are skipped, the rest applied.
+    write_file(dir.path(), "daily.ndjson", &lines);
+    let grown = run(&store).await.unwrap();
+    assert_eq!((grown.lines_skipped, grown.applied), (2_000, 3_000));
+}
+
 /// `--out` naming the file `--from` reads, by its path or through a link, is refused before
 /// anything is written: creating it would have emptied the events before a line was read.
 #[test]
