@@ -1,7 +1,8 @@
-//! The file source: the same fold over an NDJSON file of events (one event per line), for
-//! backfills and for running without a broker. Resumable: the position is committed with the
-//! state, so a second run over the same file continues where the first stopped and changes nothing
-//! for lines already applied. Must not know about Kafka.
+//! The file source: the same fold over NDJSON files of events (one event per line), for
+//! backfills and for running without a broker; several files (per-topic exports) are merged in
+//! event time. Resumable: each file's position is committed with the state, so a second run
+//! over the same file continues where the first stopped and changes nothing for lines already
+//! applied, and another file under the same name is refused. Must not know about Kafka.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
