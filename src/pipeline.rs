@@ -31,11 +31,17 @@ pub fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
         "no state at {} (state.path): this command reads the state a job or a replay left there",
         path.display()
     );
-    open_store(config)
+    open_state(config, false)
 }
 
 /// Opens the RocksDB store the config names, creating it where there is none.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    open_state(config, true)
+}
+
+/// Opens the store, held to the config's partition count and window length (`Store::hold_*`);
+/// `keep`: store them where a state has none yet (a command that folds).
+fn open_state(config: &Config, keep: bool) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.state_path).with_context(|| {
         format!(
             "cannot create state directory {}",
@@ -56,7 +62,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = Store::open(Arc::new(backend))?;
     let path = config.state_path.display();
     let partitions = config.partitions;
-    match store.hold_partitions(partitions)? {
+    match store.hold_partitions(partitions, keep)? {
         Held::Held => {}
         Held::Other { stored } => anyhow::bail!(
             "the state at {path} places customers by {stored} partitions, and input.partitions is {partitions}: under another count each customer would be looked for in another partition and split in two. Set input.partitions to {stored}, or fold into a new state.path"
@@ -65,15 +71,15 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
             "the state at {path} holds customers of partition {partition}, and input.partitions is {partitions}: it was written with more partitions, and under another count each customer would be looked for in another partition and split in two. Set input.partitions to the count it was written with, or fold into a new state.path"
         ),
     }
-    hold_window(&store, config, &path.to_string())?;
+    hold_window(&store, config, &path.to_string(), keep)?;
     Ok(store)
 }
 
 /// Refuses a store whose complaint windows are of another length than the config's
 /// (`Store::hold_window`): its open windows and baselines are of the stored length.
-fn hold_window(store: &Store, config: &Config, path: &str) -> anyhow::Result<()> {
+fn hold_window(store: &Store, config: &Config, path: &str, keep: bool) -> anyhow::Result<()> {
     let minutes = |ms: u64| ms / 60_000;
-    match store.hold_window(config.trends.window_ms)? {
+    match store.hold_window(config.trends.window_ms, keep)? {
         // (`Beyond` is the partition count's alone.)
         Held::Held | Held::Beyond { .. } => Ok(()),
         Held::Other { stored } => anyhow::bail!(
@@ -464,7 +470,7 @@ fn start_aggregator(
     let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
         .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
     let store = Store::open(Arc::new(backend))?;
-    hold_window(&store, config, &path.display().to_string())?;
+    hold_window(&store, config, &path.display().to_string(), true)?;
     let mut settings = processor_settings(config);
     settings.aggregation = Aggregation::Here;
     let aggregator = Aggregator::new(

@@ -1083,15 +1083,23 @@ fn sealed_remembered_events_are_kept_apart_written_when_their_seal_moves_and_go_
 #[test]
 fn a_store_is_held_to_the_partition_count_its_customers_were_placed_by() {
     for (name, store, _dir) in backends() {
-        assert_eq!(store.hold_partitions(6).unwrap(), Held::Held, "{name}");
-        assert_eq!(store.hold_partitions(6).unwrap(), Held::Held, "{name}");
         assert_eq!(
-            store.hold_partitions(4).unwrap(),
+            store.hold_partitions(6, true).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(6, true).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(4, true).unwrap(),
             Held::Other { stored: 6 },
             "{name}"
         );
         assert_eq!(
-            store.hold_partitions(8).unwrap(),
+            store.hold_partitions(8, true).unwrap(),
             Held::Other { stored: 6 },
             "{name}"
         );
@@ -1112,14 +1120,18 @@ fn a_store_is_held_to_the_partition_count_its_customers_were_placed_by() {
             .unwrap();
         for count in [4, 5] {
             assert_eq!(
-                store.hold_partitions(count).unwrap(),
+                store.hold_partitions(count, true).unwrap(),
                 Held::Beyond { partition: 5 },
                 "{name}: {count}"
             );
         }
-        assert_eq!(store.hold_partitions(6).unwrap(), Held::Held, "{name}");
         assert_eq!(
-            store.hold_partitions(7).unwrap(),
+            store.hold_partitions(6, true).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(7, true).unwrap(),
             Held::Other { stored: 6 },
             "{name}"
         );
@@ -1129,17 +1141,45 @@ fn a_store_is_held_to_the_partition_count_its_customers_were_placed_by() {
 #[test]
 fn a_store_is_held_to_the_length_of_its_complaint_windows() {
     for (name, store, _dir) in backends() {
-        assert_eq!(store.hold_window(3_600_000).unwrap(), Held::Held, "{name}");
-        assert_eq!(store.hold_window(3_600_000).unwrap(), Held::Held, "{name}");
+        // A command that only reads fixes nothing.
         assert_eq!(
-            store.hold_window(900_000).unwrap(),
+            store.hold_window(900_000, false).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_partitions(8, false).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_window(3_600_000, true).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_window(3_600_000, true).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_window(900_000, false).unwrap(),
+            Held::Other { stored: 3_600_000 },
+            "{name}: a reader is refused too"
+        );
+        assert_eq!(
+            store.hold_window(900_000, true).unwrap(),
             Held::Other { stored: 3_600_000 },
             "{name}"
         );
         // Held apart from the partition count.
-        assert_eq!(store.hold_partitions(4).unwrap(), Held::Held, "{name}");
         assert_eq!(
-            store.hold_window(60_000).unwrap(),
+            store.hold_partitions(4, true).unwrap(),
+            Held::Held,
+            "{name}"
+        );
+        assert_eq!(
+            store.hold_window(60_000, true).unwrap(),
             Held::Other { stored: 3_600_000 },
             "{name}"
         );

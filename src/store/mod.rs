@@ -544,8 +544,10 @@ impl Store {
     /// customer would be looked for in another partition, taken for a new one there and split
     /// in two, and `score` would miss the partitions past the count. A store written before the
     /// count was stored takes the one given, unless it holds a customer in a partition that
-    /// count does not have.
-    pub fn hold_partitions(&self, partitions: i32) -> Result<Held, StoreError> {
+    /// count does not have. `keep`: store the count where none is stored (a command that
+    /// folds; one that only reads, `score` or `fit`, must not fix a count the job then has to
+    /// follow).
+    pub fn hold_partitions(&self, partitions: i32, keep: bool) -> Result<Held, StoreError> {
         let given = u64::try_from(partitions).unwrap_or(0);
         let highest = || -> Result<Option<u64>, StoreError> {
             Ok(self
@@ -559,7 +561,7 @@ impl Store {
                 return Ok(Held::Beyond { partition: highest });
             }
         }
-        self.hold(PARTITIONS, given)
+        self.hold(PARTITIONS, given, keep)
     }
 
     /// Holds the store to `window_ms`, the length of its complaint windows, as
@@ -569,9 +571,9 @@ impl Store {
     /// one, and the spike test would weigh windows of one length against a baseline of another
     /// (a state of hourly windows continued in quarter hours had every z-score near or below
     /// zero for the rest of the traffic: no spike could page). A store written before the
-    /// length was stored takes the one given.
-    pub fn hold_window(&self, window_ms: Millis) -> Result<Held, StoreError> {
-        self.hold(WINDOW, u64::try_from(window_ms).unwrap_or(0))
+    /// length was stored takes the one given. `keep` as for [`Store::hold_partitions`].
+    pub fn hold_window(&self, window_ms: Millis, keep: bool) -> Result<Held, StoreError> {
+        self.hold(WINDOW, u64::try_from(window_ms).unwrap_or(0), keep)
     }
 
     /// Holds a replay's `source` to the file whose first line has the fingerprint
@@ -592,15 +594,16 @@ impl Store {
             self.backend.write(vec![Op::Put(key, value)])?;
             return Ok(Held::Held);
         }
-        self.hold(&key, first_line)
+        self.hold(&key, first_line, true)
     }
 
-    /// Stores `given` under `key` if nothing is stored there, and says whether what is stored
-    /// is `given`.
-    fn hold(&self, key: &[u8], given: u64) -> Result<Held, StoreError> {
+    /// Says whether what is stored under `key` is `given`, storing `given` there if nothing is
+    /// and `keep` says so.
+    fn hold(&self, key: &[u8], given: u64, keep: bool) -> Result<Held, StoreError> {
         match stored_u64(self.backend.as_ref(), key, &String::from_utf8_lossy(key))? {
             Some(stored) if stored == given => Ok(Held::Held),
             Some(stored) => Ok(Held::Other { stored }),
+            None if !keep => Ok(Held::Held),
             None => {
                 let value = given.to_be_bytes().to_vec();
                 self.backend.write(vec![Op::Put(key.to_vec(), value)])?;
