@@ -28,6 +28,23 @@ const SPIKE_AFTER_MS: i64 = 60_000;
 const SPIKE_FOR_MS: i64 = 30_000;
 const SPIKE_CATEGORY: &str = "delivery";
 
+/// The most events the live traffic may hold: it is generated whole before it is published
+/// (about 1 KB an event in memory), and the embedded broker keeps every event it is sent.
+/// `demo --rate 100000000` took the machine's 24 GB and was killed by the kernel.
+pub const MOST_LIVE_EVENTS: u64 = 2_000_000;
+
+/// How many events the traffic of `rate` a second for `seconds`, after its ten minutes of
+/// history, holds; refused, naming both, past [`MOST_LIVE_EVENTS`].
+pub fn live_events(rate: u64, seconds: u64) -> anyhow::Result<u64> {
+    let history = (HISTORY_MS / 1000) as u64;
+    let events = rate.saturating_mul(seconds.saturating_add(history));
+    anyhow::ensure!(
+        events <= MOST_LIVE_EVENTS,
+        "--rate {rate} for --seconds {seconds} (after {history} s of history) is {events} events, more than the {MOST_LIVE_EVENTS} the live traffic is generated with in memory: lower either, or publish more with `generate --brokers ... --events N --rate R`"
+    );
+    Ok(events)
+}
+
 /// Runs the demo for `seconds` (or until `shutdown`): `rate` events per second over `customers`.
 pub async fn run(
     mut config: Config,
@@ -38,6 +55,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The HTTP address is held while the embedded broker takes a port of its own, so that it
     // cannot take that one; and an address in use is reported before anything starts.
+    live_events(rate, seconds)?;
     let held = std::net::TcpListener::bind(config.listen_address)
         .with_context(|| format!("cannot listen on {}", config.listen_address))?;
     let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
@@ -157,6 +175,7 @@ pub async fn publish_live(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<()> {
+    live_events(rate, seconds)?;
     let now = wall_clock_ms();
     let traffic = live_traffic(customers, rate.max(1), seconds, now, true);
     let split = traffic.partition_point(|g| event_time(g, now) <= now);
@@ -327,11 +346,13 @@ fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String,
 
 /// The sum of every series whose line starts with `prefix`.
 fn metric_sum(metrics: &str, prefix: &str) -> f64 {
-    metrics
+    let sum: f64 = metrics
         .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .sum();
+    // The sum of nothing is -0.0, which the summary printed as "-0 customers".
+    sum + 0.0
 }
 
 /// A plain HTTP GET on loopback; the body, or nothing.
@@ -351,4 +372,33 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_traffic_past_what_memory_holds_is_refused_naming_rate_and_seconds() {
+        // The defaults: 200 a second for ten minutes, after ten minutes of history.
+        assert_eq!(live_events(200, 600).unwrap(), 240_000);
+        assert_eq!(live_events(1_000, 1_400).unwrap(), MOST_LIVE_EVENTS);
+        for (rate, seconds) in [(100_000_000, 600), (1_000, 1_401), (u64::MAX, u64::MAX)] {
+            let refused = live_events(rate, seconds).unwrap_err().to_string();
+            assert!(
+                refused.contains(&format!("--rate {rate} for --seconds {seconds}")),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sum_of_no_metric_is_zero_not_minus_zero() {
+        assert_eq!(
+            format!("{:.0}", metric_sum("", "customer_pulse_customers{")),
+            "0"
+        );
+        let metrics = "customer_pulse_customers{segment=\"gold\"} 2\ncustomer_pulse_customers{segment=\"standard\"} 3\n";
+        assert_eq!(metric_sum(metrics, "customer_pulse_customers{"), 5.0);
+    }
 }
