@@ -89,7 +89,8 @@ enum Command {
     Generate {
         #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
         customers: u64,
-        #[arg(long, default_value_t = 10_000)]
+        /// At most 10,000,000: the traffic is generated whole in memory (about 1 KB an event).
+        #[arg(long, default_value_t = 10_000, value_parser = at_most_generated)]
         events: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -181,6 +182,22 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 fn at_least_one(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The most events `generate` makes: it holds them all in memory before the first is written
+/// or published, about 1 KB each (`--events 100000000` would need some 100 GB, and the machine
+/// stalls and the kernel kills it before that).
+const MOST_GENERATED: u64 = 10_000_000;
+
+/// A count of events `generate` can hold.
+fn at_most_generated(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n > MOST_GENERATED => Err(format!(
+            "must be at most {MOST_GENERATED}: the traffic is generated whole in memory, about 1 KB an event (for more, write several files with other --seed values)"
+        )),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
@@ -551,5 +568,23 @@ mod tests {
             assert!(error.to_string().contains("must be at least 1"), "{error}");
         }
         assert!(Cli::try_parse_from(["customer-pulse", "demo", "--rate", "1"]).is_ok());
+    }
+
+    #[test]
+    fn more_events_than_generate_holds_in_memory_are_refused_by_name() {
+        let error = Cli::try_parse_from(["customer-pulse", "generate", "--events", "10000001"])
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("'--events <"), "{error}");
+        assert!(
+            error.to_string().contains("must be at most 10000000"),
+            "{error}"
+        );
+        for events in ["0", "10000000"] {
+            assert!(
+                Cli::try_parse_from(["customer-pulse", "generate", "--events", events]).is_ok(),
+                "{events}"
+            );
+        }
     }
 }
