@@ -39,8 +39,9 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     open_state(config, true)
 }
 
-/// Opens the store, held to the config's partition count and window length (`Store::hold_*`);
-/// `keep`: store them where a state has none yet (a command that folds).
+/// Opens the store, held to the config's partition count and, for a command that folds
+/// (`keep`), its window length (`Store::hold_*`); `keep` also stores them where a state has
+/// none yet.
 fn open_state(config: &Config, keep: bool) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.state_path).with_context(|| {
         format!(
@@ -71,15 +72,18 @@ fn open_state(config: &Config, keep: bool) -> anyhow::Result<Store> {
             "the state at {path} holds customers of partition {partition}, and input.partitions is {partitions}: it was written with more partitions, and under another count each customer would be looked for in another partition and split in two. Set input.partitions to the count it was written with, or fold into a new state.path"
         ),
     }
-    hold_window(&store, config, &path.to_string(), keep)?;
+    // `score` and `fit` read no complaint windows: their length is not theirs to check.
+    if keep {
+        hold_window(&store, config, &path.to_string())?;
+    }
     Ok(store)
 }
 
 /// Refuses a store whose complaint windows are of another length than the config's
 /// (`Store::hold_window`): its open windows and baselines are of the stored length.
-fn hold_window(store: &Store, config: &Config, path: &str, keep: bool) -> anyhow::Result<()> {
+fn hold_window(store: &Store, config: &Config, path: &str) -> anyhow::Result<()> {
     let minutes = |ms: u64| ms / 60_000;
-    match store.hold_window(config.trends.window_ms, keep)? {
+    match store.hold_window(config.trends.window_ms, true)? {
         // (`Beyond` is the partition count's alone.)
         Held::Held | Held::Beyond { .. } => Ok(()),
         Held::Other { stored } => anyhow::bail!(
@@ -470,7 +474,7 @@ fn start_aggregator(
     let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
         .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
     let store = Store::open(Arc::new(backend))?;
-    hold_window(&store, config, &path.display().to_string(), true)?;
+    hold_window(&store, config, &path.display().to_string())?;
     let mut settings = processor_settings(config);
     settings.aggregation = Aggregation::Here;
     let aggregator = Aggregator::new(

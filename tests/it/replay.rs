@@ -500,6 +500,36 @@ fn a_state_is_refused_under_another_partition_count_or_window_length() {
             "{stderr}"
         );
     }
+    // `score` reads no complaint windows: another length is no reason to refuse it. It is
+    // refused under another partition count, which would leave customers out.
+    let score = |partitions: &str, window_minutes: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .args(["score", "--as-of"])
+            .arg(customer_pulse::event::format_millis(
+                customer_pulse::replay::wall_clock_ms(),
+            ))
+            .env("CUSTOMER_PULSE__STATE__PATH", &state)
+            .env("CUSTOMER_PULSE__INPUT__PARTITIONS", partitions)
+            .env("CUSTOMER_PULSE__TRENDS__WINDOW_MINUTES", window_minutes)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs")
+    };
+    let scored = score("6", "15");
+    assert!(
+        scored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scored.stderr)
+    );
+    assert!(!scored.stdout.is_empty(), "customers scored");
+    let refused = score("4", "60");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("places customers by 6 partitions, and input.partitions is 4"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(customers(), before, "nothing was folded");
     let out = replay(&second, "6");
     assert!(
