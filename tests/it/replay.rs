@@ -21,6 +21,11 @@ fn write_file(dir: &std::path::Path, name: &str, lines: &[String]) -> std::path:
     path
 }
 
+/// A RocksDB store at `path`, as a job opens it.
+fn open_store(path: &std::path::Path) -> Store {
+    Store::open(Arc::new(RocksBackend::open(path, 8 << 20).unwrap())).unwrap()
+}
+
 fn events(seed: u64) -> Vec<serde_json::Value> {
     customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
         customers: 200,
@@ -47,10 +52,7 @@ async fn a_replay_matches_independent_totals_and_a_second_run_changes_nothing() 
     let mut lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
     lines.insert(100, "this line is not an event".into());
     let path = write_file(dir.path(), "events.ndjson", &lines);
-    let store = Store::open(Arc::new(
-        RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
-    ))
-    .unwrap();
+    let store = open_store(&dir.path().join("state"));
     let telemetry = Telemetry::new();
 
     let outputs = dir.path().join("outputs.ndjson");
@@ -166,12 +168,7 @@ async fn an_interrupted_replay_resumes_where_it_stopped_with_the_same_result() {
     let events = events(4);
     let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
     let path = write_file(dir.path(), "events.ndjson", &lines);
-    let open = |name: &str| {
-        Store::open(Arc::new(
-            RocksBackend::open(&dir.path().join(name), 8 << 20).unwrap(),
-        ))
-        .unwrap()
-    };
+    let open = |name: &str| open_store(&dir.path().join(name));
     let telemetry = Telemetry::new();
 
     let straight = open("straight");
@@ -285,12 +282,7 @@ async fn per_topic_files_replayed_together_equal_one_file_in_time_order() {
             write_file(dir.path(), &format!("{topic}.ndjson"), &mine)
         })
         .collect();
-    let open = |name: &str| {
-        Store::open(Arc::new(
-            RocksBackend::open(&dir.path().join(name), 8 << 20).unwrap(),
-        ))
-        .unwrap()
-    };
+    let open = |name: &str| open_store(&dir.path().join(name));
     let telemetry = Telemetry::new();
     let run = |store: &Store, paths: Vec<std::path::PathBuf>, out: &str, stop: bool| {
         let mut processor = Processor::new(store.clone(), settings(64));
@@ -362,10 +354,7 @@ async fn another_file_under_a_replayed_files_name_is_refused_and_a_grown_one_res
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = events(7).iter().map(|e| e.to_string()).collect();
     let path = write_file(dir.path(), "daily.ndjson", &lines[..2_000]);
-    let store = Store::open(Arc::new(
-        RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
-    ))
-    .unwrap();
+    let store = open_store(&dir.path().join("state"));
     let telemetry = Telemetry::new();
     let run = |store: &Store| {
         let mut processor = Processor::new(store.clone(), settings(64));
@@ -470,34 +459,29 @@ fn a_state_is_refused_under_another_partition_count_or_window_length() {
         String::from_utf8_lossy(&out.stderr)
     );
     let customers = || {
-        let store = Store::open(Arc::new(RocksBackend::open(&state, 1 << 20).unwrap())).unwrap();
+        let store = open_store(&state);
         (0..8)
             .flat_map(|p| store.customers(p, "", usize::MAX).unwrap())
             .collect::<Vec<_>>()
     };
     let before = customers();
-    for partitions in ["4", "8"] {
-        let out = replay(&second, partitions);
+    let refused = |out: std::process::Output, says: &str| {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{partitions}: {stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "places customers by 6 partitions, and input.partitions is {partitions}"
-            )),
-            "{stderr}"
+        assert!(!out.status.success(), "{says}: {stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    };
+    for partitions in ["4", "8"] {
+        refused(
+            replay(&second, partitions),
+            &format!("places customers by 6 partitions, and input.partitions is {partitions}"),
         );
     }
     // Nor under complaint windows of another length: its open windows and baselines are of
     // an hour.
     for minutes in ["15", "120"] {
-        let out = replay_with(&second, "6", minutes);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{minutes}: {stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "complaint windows of 60 minutes, and trends.window_minutes is {minutes}"
-            )),
-            "{stderr}"
+        refused(
+            replay_with(&second, "6", minutes),
+            &format!("complaint windows of 60 minutes, and trends.window_minutes is {minutes}"),
         );
     }
     // `score` reads no complaint windows: another length is no reason to refuse it. It is
@@ -522,13 +506,9 @@ fn a_state_is_refused_under_another_partition_count_or_window_length() {
         String::from_utf8_lossy(&scored.stderr)
     );
     assert!(!scored.stdout.is_empty(), "customers scored");
-    let refused = score("4", "60");
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains("places customers by 6 partitions, and input.partitions is 4"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+    refused(
+        score("4", "60"),
+        "places customers by 6 partitions, and input.partitions is 4",
     );
     assert_eq!(customers(), before, "nothing was folded");
     let out = replay(&second, "6");
@@ -597,7 +577,7 @@ fn the_store_opens_with_no_temporary_directory_to_write_to() {
         summary.contains(&format!("state: {}\n", state.display())),
         "{summary}"
     );
-    let store = Store::open(Arc::new(RocksBackend::open(&state, 1 << 20).unwrap())).unwrap();
+    let store = open_store(&state);
     assert!(!all_states(&store).is_empty(), "the events were folded");
 }
 
