@@ -72,7 +72,7 @@ pub async fn replay<S: Sink>(
 ) -> anyhow::Result<ReplaySummary> {
     let mut lanes = Vec::with_capacity(paths.len());
     for path in paths {
-        let lane = Lane::open(path, processor)?;
+        let lane = Lane::open(path, processor.store())?;
         if let Some(other) = lanes.iter().find(|l: &&Lane| l.source == lane.source) {
             anyhow::bail!(
                 "{} and {} have the same file name, which names a replay's stored position: rename one",
@@ -169,7 +169,7 @@ struct Head {
 }
 
 impl Lane {
-    fn open(path: &Path, processor: &Processor) -> anyhow::Result<Lane> {
+    fn open(path: &Path, store: &Store) -> anyhow::Result<Lane> {
         let file =
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -178,7 +178,7 @@ impl Lane {
             path.file_name()
                 .map_or_else(|| "-".into(), |n| n.to_string_lossy().into_owned())
         );
-        let resume_at = processor.store().offset(&source, 0)?.unwrap_or(0);
+        let resume_at = store.offset(&source, 0)?.unwrap_or(0);
         Ok(Lane {
             path: path.to_owned(),
             source: source.into(),
@@ -225,7 +225,7 @@ impl Lane {
             summary.lines_read += 1;
             if !self.checked {
                 self.checked = true;
-                same_file(store, &self.source, &self.path, self.resume_at, line)?;
+                refuse_another_file(store, &self.source, &self.path, self.resume_at, line)?;
             }
             if offset < self.resume_at {
                 summary.lines_skipped += 1;
@@ -250,7 +250,7 @@ impl Lane {
 /// Refuses a file whose first line is not the first line of the file whose `resume_at` lines
 /// were applied under the same name (`Store::hold_file`): its lines up to there would be
 /// skipped as applied, and lost.
-fn same_file(
+fn refuse_another_file(
     store: &Store,
     source: &str,
     path: &Path,

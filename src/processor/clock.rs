@@ -59,10 +59,7 @@ impl Clock {
         now: Millis,
     ) {
         self.state_partitions.insert(state_partition);
-        let source = match self.aliases.get(&*record.source) {
-            Some(alias) => alias.as_str(),
-            None => &record.source,
-        };
+        let source = aliased(&self.aliases, &record.source);
         let partitions = match self.sources.get_mut(source) {
             Some(partitions) => partitions,
             None => self.sources.entry(source.to_owned()).or_default(),
@@ -107,13 +104,10 @@ impl Clock {
     /// The newest event time `source`/`partition` delivered, as far as this clock knows (of
     /// all the sources read as one with it).
     pub(super) fn newest(&self, source: &str, partition: i32) -> Option<Millis> {
-        self.sources.get(self.source(source))?.get(&partition)?.0
-    }
-
-    /// The source whose entry `source`'s records update: its own, unless read as one with
-    /// others.
-    fn source<'a>(&'a self, source: &'a str) -> &'a str {
-        self.aliases.get(source).map_or(source, String::as_str)
+        self.sources
+            .get(aliased(&self.aliases, source))?
+            .get(&partition)?
+            .0
     }
 
     /// How far the input partitions of state partition `partition` (for Kafka: the partition
@@ -154,6 +148,13 @@ impl Clock {
         }
         all.filter_map(|(newest, _)| *newest).max()
     }
+}
+
+/// The source whose entry `source`'s records update: its own, unless read as one with others
+/// (`aliases`). A function of the aliases alone, so that `observe` can hold it while it
+/// updates the sources.
+fn aliased<'a>(aliases: &'a HashMap<String, String>, source: &'a str) -> &'a str {
+    aliases.get(source).map_or(source, String::as_str)
 }
 
 /// How far a state partition's input has got.

@@ -549,16 +549,12 @@ impl Store {
     /// follow).
     pub fn hold_partitions(&self, partitions: i32, keep: bool) -> Result<Held, StoreError> {
         let given = u64::try_from(partitions).unwrap_or(0);
-        let highest = || -> Result<Option<u64>, StoreError> {
-            Ok(self
-                .backend
-                .last_key(&[CUSTOMER])?
-                .and_then(|key| Some(u32::from_be_bytes(key.get(1..5)?.try_into().ok()?)))
-                .map(u64::from))
-        };
         if stored_u64(self.backend.as_ref(), PARTITIONS, "partitions")?.is_none() {
-            if let Some(highest) = highest()?.filter(|h| *h >= given) {
-                return Ok(Held::Beyond { partition: highest });
+            // The partition of the greatest customer key: the highest holding a customer.
+            let highest = (self.backend.last_key(&[CUSTOMER])?)
+                .and_then(|key| Some(u32::from_be_bytes(key.get(1..5)?.try_into().ok()?)));
+            if let Some(partition) = highest.map(u64::from).filter(|h| *h >= given) {
+                return Ok(Held::Beyond { partition });
             }
         }
         self.hold(PARTITIONS, given, keep)
@@ -590,8 +586,7 @@ impl Store {
     ) -> Result<Held, StoreError> {
         let key = [FILE, source.as_bytes()].concat();
         if !applied {
-            let value = first_line.to_be_bytes().to_vec();
-            self.backend.write(vec![Op::Put(key, value)])?;
+            self.put_u64(&key, first_line)?;
             return Ok(Held::Held);
         }
         self.hold(&key, first_line, true)
@@ -605,11 +600,16 @@ impl Store {
             Some(stored) => Ok(Held::Other { stored }),
             None if !keep => Ok(Held::Held),
             None => {
-                let value = given.to_be_bytes().to_vec();
-                self.backend.write(vec![Op::Put(key.to_vec(), value)])?;
+                self.put_u64(key, given)?;
                 Ok(Held::Held)
             }
         }
+    }
+
+    /// Stores `value` under `key`, big-endian, as `stored_u64` reads it.
+    fn put_u64(&self, key: &[u8], value: u64) -> Result<(), StoreError> {
+        let op = Op::Put(key.to_vec(), value.to_be_bytes().to_vec());
+        self.backend.write(vec![op])
     }
 
     /// Up to which event time `customer_id`'s events of `partition` stay erased, when it was
