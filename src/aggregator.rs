@@ -101,6 +101,17 @@ impl Aggregator {
                 return Ok(false);
             }
         };
+        // Its open windows are keyed by their start and its baselines are mean counts of
+        // windows of its length: weighed against windows of another, no spike would page.
+        let window_ms = self.processor.settings().trends.window_ms;
+        if let Some(stored) = snapshot.window_ms.filter(|&stored| stored != window_ms) {
+            tracing::error!(
+                snapshot_window_minutes = stored / 60_000,
+                window_minutes = window_ms / 60_000,
+                "The aggregator's snapshot holds complaint windows of another length than trends.window_minutes: it is passed over, and the aggregator reads the changelog from its start. A new topics.changelog starts the new length clean."
+            );
+            return Ok(false);
+        }
         let mut commit = Commit {
             trends: snapshot.trends.map(Arc::new),
             segments: snapshot.segments,
@@ -142,6 +153,7 @@ impl Aggregator {
             rfm_cells: rfm.cells(),
             rfm_scales: rfm.scales,
             partitions: Vec::new(),
+            window_ms: Some(self.processor.settings().trends.window_ms),
         };
         for partition in 0..self.partitions {
             if let Some(next) = store.offset(&self.topic, partition)? {

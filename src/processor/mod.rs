@@ -536,6 +536,10 @@ impl Processor {
         &self.store
     }
 
+    pub fn settings(&self) -> &ProcessorSettings {
+        &self.settings
+    }
+
     /// Folds a batch and commits it atomically, then fires the timers the batch's event times
     /// made due. On a storage error nothing of the failed commit is kept and the cache is
     /// dropped, so the same batch can be processed again.

@@ -266,6 +266,9 @@ pub struct AggregatorSnapshot {
     /// Per changelog partition read: the next offset to read, the partition's watermark and
     /// which of its records count.
     pub partitions: Vec<(i32, i64, Option<Millis>, Ownership)>,
+    /// The length of the complaint windows in `trends` (`trends.window_minutes`, in ms);
+    /// `None` in a snapshot of a build that did not record it.
+    pub window_ms: Option<Millis>,
 }
 
 impl AggregatorSnapshot {

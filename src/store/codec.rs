@@ -75,6 +75,8 @@ const SNAPSHOT_V3: u8 = 3;
 /// Version 4 carries trends version 3; versions 2 and 3 are still read, their trends with no
 /// verdicts.
 const SNAPSHOT_V4: u8 = 4;
+/// Version 5 adds the complaint windows' length; versions 2 to 4 are still read, with none.
+const SNAPSHOT_V5: u8 = 5;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -548,8 +550,18 @@ struct SnapshotV3 {
     partitions: Vec<(i32, i64, Option<crate::event::Millis>, Ownership)>,
 }
 
+/// The layout of snapshots version 4: version 5's without the windows' length.
+#[derive(serde::Deserialize)]
+struct SnapshotV4 {
+    trends: Option<Trends>,
+    segments: Option<Segments>,
+    rfm_cells: Vec<crate::rfm::Cell>,
+    rfm_scales: Scales,
+    partitions: Vec<(i32, i64, Option<crate::event::Millis>, Ownership)>,
+}
+
 pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
-    encode(SNAPSHOT_V4, snapshot)
+    encode(SNAPSHOT_V5, snapshot)
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
@@ -562,6 +574,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 rfm_cells: v2.rfm_cells,
                 rfm_scales: v2.rfm_scales,
                 partitions: partitions.map(|(p, n, w, o)| (p, n, w, o.into())).collect(),
+                window_ms: None,
             }
         }),
         Some(&SNAPSHOT_V3) => {
@@ -571,9 +584,20 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 rfm_cells: v3.rfm_cells,
                 rfm_scales: v3.rfm_scales,
                 partitions: v3.partitions,
+                window_ms: None,
             })
         }
-        _ => decode(SNAPSHOT_V4, bytes),
+        Some(&SNAPSHOT_V4) => {
+            decode::<SnapshotV4>(SNAPSHOT_V4, bytes).map(|v4| AggregatorSnapshot {
+                trends: v4.trends,
+                segments: v4.segments,
+                rfm_cells: v4.rfm_cells,
+                rfm_scales: v4.rfm_scales,
+                partitions: v4.partitions,
+                window_ms: None,
+            })
+        }
+        _ => decode(SNAPSHOT_V5, bytes),
     }
 }
 
@@ -1377,8 +1401,30 @@ mod tests {
         let trends = closed.trends.as_mut().unwrap();
         trends.close_until(3_600_000, &s);
         assert_eq!(trends.verdicts.len(), 2, "billing and other");
-        let v4 = encode_snapshot(&closed);
-        assert_eq!(v4[0], SNAPSHOT_V4);
-        assert_eq!(decode_snapshot(&v4), Ok(closed));
+        let v5 = encode_snapshot(&closed);
+        assert_eq!(v5[0], SNAPSHOT_V5);
+        assert_eq!(decode_snapshot(&v5), Ok(closed));
+    }
+
+    #[test]
+    fn snapshot_version_four_is_still_read_with_no_window_length() {
+        let s = crate::trends::TrendSettings::defaults(&["billing"]);
+        let mut trends = Trends::default();
+        trends.opened("billing", crate::event::Severity::High, 5_000, &s);
+        let snapshot = AggregatorSnapshot {
+            trends: Some(trends),
+            ..AggregatorSnapshot::default()
+        };
+        // A version-4 snapshot: version 5's body without its last byte (postcard's 00 for no
+        // window length).
+        let v5 = encode_snapshot(&snapshot);
+        assert_eq!(v5.last(), Some(&0));
+        let v4 = [&[SNAPSHOT_V4][..], &v5[1..v5.len() - 1]].concat();
+        assert_eq!(decode_snapshot(&v4), Ok(snapshot.clone()));
+        let hourly = AggregatorSnapshot {
+            window_ms: Some(3_600_000),
+            ..snapshot
+        };
+        assert_eq!(decode_snapshot(&encode_snapshot(&hourly)), Ok(hourly));
     }
 }

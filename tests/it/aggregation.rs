@@ -266,6 +266,7 @@ fn two_instances_and_the_aggregator(
         if round == rounds / 2 {
             if let Disruption::Compacted { from_snapshot } = disruption {
                 let snapshot = log.latest_snapshot().expect("a snapshot was written");
+                assert_eq!(snapshot.window_ms, Some(3_600_000), "its windows' length");
                 let cut = snapshot.partitions.iter().map(|p| (p.0, p.1)).collect();
                 log.compact(&cut);
                 emitted.extend(aggregates(aggregator.processor().store()));
@@ -413,6 +414,54 @@ fn an_unreadable_snapshot_is_passed_over() {
     );
     let mut aggregator = new_aggregator();
     assert!(!aggregator.bootstrap(&log).unwrap());
+}
+
+/// A snapshot of complaint windows of another length than `trends.window_minutes` is passed
+/// over (its open windows and baselines are of that length); one of the same length is taken,
+/// and so is one of a build that did not record the length.
+#[test]
+fn a_snapshot_of_another_window_length_is_passed_over() {
+    let hourly = settings_with_partitions(500, PARTITIONS).trends;
+    assert_eq!(hourly.window_ms, 3_600_000);
+    let mut trends = customer_pulse::trends::Trends::default();
+    trends.opened(
+        "billing",
+        customer_pulse::event::Severity::High,
+        NOW_MS,
+        &hourly,
+    );
+    let snapshot = |window_ms| AggregatorSnapshot {
+        trends: Some(trends.clone()),
+        partitions: vec![(0, 7, Some(NOW_MS), Default::default())],
+        window_ms,
+        ..AggregatorSnapshot::default()
+    };
+    let started = |snapshot: AggregatorSnapshot, window_minutes: i64| {
+        let log = Log::default();
+        log.0.lock().unwrap().insert(
+            0,
+            vec![Some(ChangelogRecord {
+                key: AGGREGATOR_KEY.to_vec(),
+                value: Some(snapshot.to_bytes()),
+                epoch: None,
+                facts: None,
+                sequence: None,
+            })],
+        );
+        let mut settings = settings_with_partitions(500, PARTITIONS);
+        settings.trends.window_ms = window_minutes * 60_000;
+        let store = Store::in_memory();
+        let mut aggregator =
+            Aggregator::new(Processor::new(store.clone(), settings), TOPIC, PARTITIONS);
+        let took = aggregator.bootstrap(&log).unwrap();
+        assert_eq!(took, store.trends().unwrap().is_some(), "took {took}");
+        assert_eq!(took, store.offset(TOPIC, 0).unwrap() == Some(7));
+        took
+    };
+    assert!(started(snapshot(Some(3_600_000)), 60));
+    assert!(!started(snapshot(Some(3_600_000)), 15));
+    assert!(!started(snapshot(Some(900_000)), 60));
+    assert!(started(snapshot(None), 15), "an older build's snapshot");
 }
 
 /// The RFM histograms one instance holds, against a count of the customers its store holds in
