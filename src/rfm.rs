@@ -270,15 +270,19 @@ impl Rfm {
         })
     }
 
-    /// Customers per named segment on the current scales. A customer's M score needs its own
-    /// cell, which the joint histogram does not keep, so the rules' M ranges are not applied
-    /// here (the default rules have none).
+    /// Customers per named segment on the current scales; none before the first scale, as
+    /// [`Rfm::score`] gives none a segment then. A customer's M score needs its own cell, which
+    /// the joint histogram does not keep, so the rules' M ranges are not applied here (the
+    /// default rules have none).
     pub fn segment_counts(&self, rules: &[Rule]) -> BTreeMap<String, i64> {
         let mut counts: BTreeMap<String, i64> = rules
             .iter()
             .map(|r| (r.name.clone(), 0))
             .chain([("other".to_owned(), 0)])
             .collect();
+        if self.scales.recency.total <= 0 {
+            return counts;
+        }
         for ((day, orders), n) in &self.joint {
             let r = self.scales.recency.score(i64::from(*day));
             let f = self.scales.frequency.score(i64::from(*orders));
@@ -386,6 +390,11 @@ mod tests {
         for i in 0..20 {
             rfm.relocate(None, Some(p(i, 1 + (i as u32 % 7), 10.0)));
         }
+        // Before the first scale no customer has a segment, as none has scores.
+        let before = rfm.segment_counts(&rules);
+        assert_eq!(before.len(), rules.len() + 1, "every segment and other");
+        assert_eq!(before.values().sum::<i64>(), 0, "{before:?}");
+        assert_eq!(rfm.score(Some(p(3, 2, 10.0)), &rules), None);
         rfm.rescale();
         let counts = rfm.segment_counts(&rules);
         assert_eq!(counts.values().sum::<i64>(), 20);
