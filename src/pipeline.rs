@@ -329,7 +329,19 @@ pub async fn run_on(
                 .any(|(_, p)| *p == partition)
         }
     };
-    let owners = crate::kafka::Owners::connect(&config)?;
+    let owners = Arc::new(crate::kafka::Owners::connect(&config)?);
+    tokio::spawn({
+        let (owners, stop) = (Arc::clone(&owners), http_stop.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            while tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = every.tick() => true,
+            } {
+                owners.serve();
+            }
+        }
+    });
     let own_url = config.advertised_url.clone();
     let http = tokio::spawn(http::serve(
         listener,

@@ -880,7 +880,9 @@ impl Input {
             };
             match next {
                 Err(e) => {
-                    tracing::warn!(error = %e, "Consuming failed; retrying.");
+                    if let Some(held_back) = super::repeated(&format!("consume {e}")) {
+                        tracing::warn!(error = %e, held_back, "Consuming failed; retrying.");
+                    }
                     break;
                 }
                 Ok(message) => {
@@ -1037,10 +1039,28 @@ fn commit_with_url<C: Consumer<PulseContext>>(
 /// Which instance owns an input partition, as the consumer group's committed offsets tell: every
 /// owner commits its advertised URL as the offsets' metadata (`http.advertised_url`). Reads
 /// the group's offsets without joining it.
+///
+/// Its client queues an event for each error it meets (a broker down: several a second) until
+/// it is polled; [`Owners::serve`] must be called now and then, or they pile up in memory (and
+/// were all logged at once when the job stopped: 270 lines after 30 s without brokers).
 pub struct Owners {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<OwnersContext>,
     topic: String,
 }
+
+/// The owners' client's callbacks: its errors are logged as [`super::repeated`] lets them (the
+/// job's consumer meets and counts the same).
+struct OwnersContext;
+
+impl ClientContext for OwnersContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(held_back) = super::repeated(&format!("owners {error}")) {
+            tracing::warn!(error = %error, reason, held_back, "The client that looks up partitions' owners met an error; librdkafka reconnects and retries.");
+        }
+    }
+}
+
+impl ConsumerContext for OwnersContext {}
 
 /// How long a lookup of an owner waits for the group coordinator.
 const OWNER_WAIT: Duration = Duration::from_secs(2);
@@ -1050,11 +1070,17 @@ impl Owners {
         let consumer = client_config(&config.brokers, &config.kafka_security)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
-            .create()?;
+            .create_with_context(OwnersContext)?;
         Ok(Owners {
             consumer,
             topic: config.topics.interactions.clone(),
         })
+    }
+
+    /// Serves the events the client queued (its errors, which [`OwnersContext`] logs). Does
+    /// not block.
+    pub fn serve(&self) {
+        while self.consumer.poll(Duration::ZERO).is_some() {}
     }
 
     /// The advertised URL stored with the last commit of `partition` of the interactions topic;

@@ -723,3 +723,47 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
     }
     assert_eq!(seen.len(), 400, "every record reached the topic");
 }
+
+/// A job whose brokers do not answer logs each of its Kafka clients' errors once, then at most
+/// once every 30 s with how many it held back, and stops on SIGTERM with none piled up. Before,
+/// the errors came some 60 a second, each a log line (880 lines in the first ten seconds), and
+/// the client that looks up partitions' owners queued its own until the job stopped, then
+/// logged them all at once.
+#[test]
+fn a_job_without_brokers_logs_each_client_error_once_a_period() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    // A port nobody listens on.
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let text = config_text(&brokers, &dir.path().join("state"), free_port());
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("job.log");
+    let mut job = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Past the start's ten seconds waiting for the input topics' partition counts, after which
+    // the consumer and the producer start and meet the errors too.
+    std::thread::sleep(Duration::from_secs(14));
+    let status = Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(job.wait().unwrap().success(), "a clean stop");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for client in [
+        "client=\"consumer\"",
+        "client=\"producer\"",
+        "partitions' owners met an error",
+    ] {
+        assert!(text.contains(client), "{client} logged its errors:\n{text}");
+    }
+    let lines = text.lines().count();
+    assert!(lines < 60, "{lines} lines:\n{text}");
+}
