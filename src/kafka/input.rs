@@ -15,7 +15,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use super::changelog::{ChangelogReader, ClaimCheck, ClaimWatch, ClaimedAway};
-use super::{client_config, client_error, lock, Assignment, FIRST_RECORD};
+use super::{client_config, client_error, lock, Assignment, LogErrors, FIRST_RECORD};
 use crate::config::{Config, OffsetReset};
 use crate::event::Stream;
 use crate::processor::InputRecord;
@@ -1044,23 +1044,10 @@ fn commit_with_url<C: Consumer<PulseContext>>(
 /// it is polled; [`Owners::serve`] must be called now and then, or they pile up in memory (and
 /// were all logged at once when the job stopped: 270 lines after 30 s without brokers).
 pub struct Owners {
-    consumer: BaseConsumer<OwnersContext>,
+    /// Its errors are logged, not counted: the job's consumer meets and counts the same.
+    consumer: BaseConsumer<LogErrors>,
     topic: String,
 }
-
-/// The owners' client's callbacks: its errors are logged as [`super::repeated`] lets them (the
-/// job's consumer meets and counts the same).
-struct OwnersContext;
-
-impl ClientContext for OwnersContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(held_back) = super::repeated(&format!("owners {error}")) {
-            tracing::warn!(error = %error, reason, held_back, "The client that looks up partitions' owners met an error; librdkafka reconnects and retries.");
-        }
-    }
-}
-
-impl ConsumerContext for OwnersContext {}
 
 /// How long a lookup of an owner waits for the group coordinator.
 const OWNER_WAIT: Duration = Duration::from_secs(2);
@@ -1070,15 +1057,14 @@ impl Owners {
         let consumer = client_config(&config.brokers, &config.kafka_security)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
-            .create_with_context(OwnersContext)?;
+            .create_with_context(LogErrors("owner lookup"))?;
         Ok(Owners {
             consumer,
             topic: config.topics.interactions.clone(),
         })
     }
 
-    /// Serves the events the client queued (its errors, which [`OwnersContext`] logs). Does
-    /// not block.
+    /// Serves the events the client queued (its errors, which it logs). Does not block.
     pub fn serve(&self) {
         while self.consumer.poll(Duration::ZERO).is_some() {}
     }

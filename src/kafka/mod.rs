@@ -78,6 +78,21 @@ fn client_error(telemetry: &Telemetry, client: &'static str, error: &KafkaError,
     }
 }
 
+/// The callbacks of a client whose errors are logged (as [`repeated`] lets them), not counted:
+/// one that works beside the job's own consumer and producer, which count the same errors, or
+/// a tool's. The name says which client it is.
+pub(crate) struct LogErrors(pub &'static str);
+
+impl ClientContext for LogErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(held_back) = repeated(&format!("{} {error}", self.0)) {
+            tracing::warn!(client = self.0, error = %error, reason, held_back, "Kafka client error; librdkafka reconnects and retries.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LogErrors {}
+
 /// How often the same warning of a Kafka client is logged. With its brokers down, a job's
 /// clients reported the same errors some 60 times a second: 880 log lines in its first ten
 /// seconds.

@@ -8,6 +8,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::LogErrors;
 use crate::event::Stream;
 
 /// How long publishing waits for the brokers to answer before it gives up.
@@ -47,7 +48,7 @@ pub async fn publish_with(
     for (key, value) in properties {
         config.set(*key, *value);
     }
-    let producer: FutureProducer = config.create()?;
+    let producer: FutureProducer<LogErrors> = config.create_with_context(LogErrors("publisher"))?;
     // Brokers that cannot be reached are said so at once: the records themselves would wait
     // out librdkafka's delivery timeout (five minutes) before failing.
     let probe = producer.clone();
@@ -126,13 +127,13 @@ pub async fn publish_raw(
     messages: &[RawMessage],
     batch_records: usize,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: FutureProducer<LogErrors> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("batch.num.messages", batch_records.max(1).to_string())
         .set("partitioner", "murmur2_random")
-        .create()?;
+        .create_with_context(LogErrors("publisher"))?;
     let mut pending = Vec::with_capacity(messages.len());
     for RawMessage {
         topic,
@@ -157,10 +158,9 @@ pub async fn publish_raw(
 /// as they are.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32, bool)]) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<LogErrors> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .create()?;
+        .create_with_context(LogErrors("topic creation"))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions, compacted)| {

@@ -760,10 +760,33 @@ fn a_job_without_brokers_logs_each_client_error_once_a_period() {
     for client in [
         "client=\"consumer\"",
         "client=\"producer\"",
-        "partitions' owners met an error",
+        "client=\"owner lookup\"",
     ] {
         assert!(text.contains(client), "{client} logged its errors:\n{text}");
     }
     let lines = text.lines().count();
     assert!(lines < 60, "{lines} lines:\n{text}");
+}
+
+/// `generate --brokers` with brokers that do not answer says so within ten seconds, having
+/// logged its producer's errors once each (400 lines before).
+#[test]
+fn generate_without_brokers_says_so_and_logs_each_error_once() {
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["generate", "--events", "100", "--brokers", &brokers])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!(
+            "error: cannot reach the brokers {brokers} within 10 s"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("client=\"publisher\""), "{text}");
+    let lines = text.lines().count();
+    assert!(lines < 20, "{lines} lines:\n{text}");
 }
