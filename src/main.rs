@@ -300,9 +300,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let telemetry = Telemetry::new();
             let shutdown = shutdown_on_signals();
             let started = std::time::Instant::now();
-            let summary = match out {
+            let summary = match &out {
                 Some(path) => {
-                    let file = std::fs::File::create(&path)
+                    let file = std::fs::File::create(path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                     let mut sink = NdjsonSink::new(std::io::BufWriter::new(file));
                     replay(
@@ -349,6 +349,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             )?;
             // Lines skipped as already applied are the state's doing: say whose.
             say!("state: {}", config.state_path.display())?;
+            if let (Some(out), left @ 1..) = (&out, summary.outputs_left) {
+                anyhow::bail!(
+                    "{left} output records could not be written to {} (the log says why), and the replay stopped there: they stay in the state's outbox, and the next replay of this state writes them first, then goes on",
+                    out.display()
+                );
+            }
             Ok(())
         }
         Command::Generate {

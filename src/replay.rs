@@ -31,6 +31,9 @@ pub struct ReplaySummary {
     pub erased: u64,
     pub rejected: u64,
     pub outputs_delivered: u64,
+    /// Output records the sink did not take (a full disk under `--out`): they stay in the
+    /// state's outbox, and the replay stopped at the batch that left them.
+    pub outputs_left: u64,
     /// Where the customers looked up were found: for sizing `state.cache_customers`.
     pub customers: CacheLookups,
 }
@@ -128,7 +131,10 @@ pub async fn replay<S: Sink>(
         }
         lane.advance(merging, processor.store(), &mut summary, &bar)?;
         if batch.len() >= batch_events {
-            commit_batch(processor, &mut batch, sink, telemetry, &mut summary).await?;
+            commit_batch(processor, &mut batch, telemetry, &mut summary)?;
+            if !deliver(processor.store(), sink, telemetry, &mut summary).await? {
+                break;
+            }
             bar.set_message(format!("{} applied", summary.applied));
             if shutdown.is_cancelled() {
                 tracing::info!("Replay interrupted; it resumes here next time.");
@@ -136,7 +142,11 @@ pub async fn replay<S: Sink>(
             }
         }
     }
-    commit_batch(processor, &mut batch, sink, telemetry, &mut summary).await?;
+    commit_batch(processor, &mut batch, telemetry, &mut summary)?;
+    // Also with nothing new applied: what an earlier replay's sink left goes out now.
+    if !deliver(processor.store(), sink, telemetry, &mut summary).await? {
+        summary.outputs_left = processor.store().outbox(usize::MAX)?.len() as u64;
+    }
     bar.finish_and_clear();
     Ok(summary)
 }
@@ -291,10 +301,9 @@ fn occurred_at(line: &[u8]) -> Option<Millis> {
     None
 }
 
-async fn commit_batch<S: Sink>(
+fn commit_batch(
     processor: &mut Processor,
     batch: &mut Vec<InputRecord>,
-    sink: &mut S,
     telemetry: &Telemetry,
     summary: &mut ReplaySummary,
 ) -> anyhow::Result<()> {
@@ -307,8 +316,18 @@ async fn commit_batch<S: Sink>(
     telemetry.record_batch(&report, started.elapsed().as_secs_f64(), now);
     summary.add(&report);
     batch.clear();
-    summary.outputs_delivered += drain(processor.store(), sink, telemetry, 10_000).await? as u64;
     Ok(())
+}
+
+/// Drains the outbox into `sink`; returns whether it took everything.
+async fn deliver<S: Sink>(
+    store: &Store,
+    sink: &mut S,
+    telemetry: &Telemetry,
+    summary: &mut ReplaySummary,
+) -> anyhow::Result<bool> {
+    summary.outputs_delivered += drain(store, sink, telemetry, 10_000).await? as u64;
+    Ok(store.outbox(1)?.is_empty())
 }
 
 #[cfg(test)]

@@ -638,3 +638,73 @@ fn score_and_fit_refuse_a_state_path_with_no_state() {
     customer_pulse::config::Config::parse(&config, Vec::new())
         .unwrap_or_else(|e| panic!("{e:#}\n{section}"));
 }
+
+/// A replay whose `--out` cannot be written (a full disk) stops, says how many output records
+/// it could not write, and fails; the records stay in the state's outbox, and the next replay
+/// writes them first, also when it has nothing new to apply. Before, the replay went on and
+/// ended with success, "0 output records", and a next replay with nothing new wrote none of
+/// them.
+#[test]
+fn outputs_that_cannot_be_written_fail_the_replay_and_go_out_with_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(5).iter().map(|e| e.to_string()).collect();
+    let replay = |file: &std::path::Path, state: &str, out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .args(["replay", "--from"])
+            .arg(file)
+            .arg("--out")
+            .arg(out)
+            .env("CUSTOMER_PULSE__STATE__PATH", dir.path().join(state))
+            .env("CUSTOMER_PULSE__PROCESSING__MAX_BATCH_EVENTS", "1000")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs")
+    };
+    let succeeded = |out: &std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let full = std::path::Path::new("/dev/full");
+    let failed = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("output records could not be written to /dev/full"),
+            "{stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let count = |path: &std::path::Path| std::fs::read_to_string(path).unwrap().lines().count();
+
+    // Five batches: the replay stops after the first, and the next writes its outputs first,
+    // then the rest.
+    let five = write_file(dir.path(), "five.ndjson", &lines);
+    let clean = dir.path().join("clean.ndjson");
+    succeeded(&replay(&five, "clean", &clean));
+    let stdout = failed(&replay(&five, "stopped", full));
+    assert!(stdout.contains(": 1000 applied"), "{stdout}");
+    let rest = dir.path().join("rest.ndjson");
+    let stdout = succeeded(&replay(&five, "stopped", &rest));
+    assert!(
+        stdout.contains(&format!(": {} applied", lines.len() - 1_000)),
+        "{stdout}"
+    );
+    assert_eq!(count(&rest), count(&clean));
+
+    // One batch, all of it applied: the next replay has nothing new to apply, and writes
+    // what was left all the same.
+    let one = write_file(dir.path(), "one.ndjson", &lines[..800]);
+    let clean = dir.path().join("clean-one.ndjson");
+    succeeded(&replay(&one, "clean-one", &clean));
+    failed(&replay(&one, "left", full));
+    let last = dir.path().join("last.ndjson");
+    let stdout = succeeded(&replay(&one, "left", &last));
+    assert!(stdout.contains(": 0 applied"), "{stdout}");
+    assert!(count(&clean) > 100);
+    assert_eq!(count(&last), count(&clean));
+}
