@@ -22,7 +22,9 @@ use customer_pulse::{kafka, pipeline};
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot write to standard output: {e}"))
+        })
     }};
 }
 
@@ -506,15 +508,44 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A buffered file, or standard output.
-fn output(path: Option<&std::path::Path>) -> anyhow::Result<Box<dyn std::io::Write>> {
+/// A buffered file, or standard output, whose write errors name it.
+fn output(path: Option<&std::path::Path>) -> anyhow::Result<Output> {
     Ok(match path {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        Some(path) => Output {
+            inner: Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            )),
+            name: path.display().to_string(),
+        },
+        None => Output {
+            inner: Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            name: "standard output".into(),
+        },
     })
+}
+
+/// A command's output: its errors say where it was writing ("No space left on device" alone
+/// did not), and keep their kind, so that a reader gone away still ends it quietly.
+struct Output {
+    inner: Box<dyn std::io::Write>,
+    name: String,
+}
+
+impl Output {
+    fn named(&self, e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("cannot write to {}: {e}", self.name))
+    }
+}
+
+impl std::io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.named(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| self.named(e))
+    }
 }
 
 fn write_events(
@@ -529,8 +560,6 @@ fn write_events(
     Ok(())
 }
 
-/// The demo, until the embedded broker lands: generated traffic replayed through the same fold
-/// and store, then the HTTP endpoints over the result.
 /// The config a stored-state command reads (the embedded demo config when none is named), and
 /// its `--as-of` time.
 fn config_and_time(

@@ -548,6 +548,43 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
+/// A command whose output cannot be written (a full disk) fails, naming where it was writing:
+/// "No space left on device" alone did not say which of its files or standard output.
+#[test]
+fn an_output_that_cannot_be_written_is_named() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let generate = |args: &[&str], stdout: std::process::Stdio| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .args(["generate", "--events", "100"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(stdout)
+            .output()
+            .expect("the binary runs")
+    };
+    for (out, says) in [
+        (
+            generate(&["--out", "/dev/full"], std::process::Stdio::null()),
+            "/dev/full",
+        ),
+        (generate(&[], full().into()), "standard output"),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "error: cannot write to {says}: No space left on device"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
 /// Where the root filesystem is read-only (the Kubernetes manifest's), the state's volume is
 /// the one place the job may write: the store opens without the system's temporary directory.
 #[test]
