@@ -152,7 +152,7 @@ impl Fact {
                 at,
             } => to.trends.resolved(category, *opened_at, *at, s),
             Fact::ForgetOpen { category } => {
-                to.trends.forget_open(category);
+                to.trends.forget_open(category, s);
                 Counted::InWindow
             }
             Fact::Count { segment, at, flow } => to.segments.count(segment, *at, flow.as_flow()),

@@ -48,6 +48,16 @@ impl TrendSettings {
             categories,
         }
     }
+
+    /// `category` if it is one of the configured categories, otherwise `other`: a complaint
+    /// read under a category list since changed counts where one read now would.
+    pub fn category<'a>(&'a self, category: &'a str) -> &'a str {
+        if self.categories.iter().any(|c| c == category) {
+            category
+        } else {
+            "other"
+        }
+    }
 }
 
 /// Counts of one category in one window.
@@ -328,6 +338,48 @@ impl Trends {
         )
     }
 
+    /// Takes trends stored under another category list to `s`'s: a category no longer
+    /// configured is `other` now, as its complaints would be if read again. Its open backlog
+    /// and its open windows' counts move to `other`; its baselines and verdict go. Returns
+    /// whether anything moved. Without it, the resolutions of such a category's complaints
+    /// opened windows that no close ever took out.
+    pub fn adopt(&mut self, s: &TrendSettings) -> bool {
+        let gone: Vec<String> = self
+            .categories
+            .keys()
+            .chain(self.windows.keys().map(|(_, c)| c))
+            .filter(|c| s.category(c) != c.as_str())
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return false;
+        }
+        for category in &gone {
+            if let Some(trend) = self.categories.remove(category) {
+                self.categories
+                    .entry("other".into())
+                    .or_default()
+                    .open_backlog += trend.open_backlog;
+            }
+            self.verdicts.remove(category);
+        }
+        let moved: Vec<(Millis, String)> = self
+            .windows
+            .keys()
+            .filter(|(_, c)| gone.contains(c))
+            .cloned()
+            .collect();
+        for key in moved {
+            if let Some(window) = self.windows.remove(&key) {
+                let other = self.windows.entry((key.0, "other".into())).or_default();
+                other.merge(&window);
+            }
+        }
+        // Derived from the windows, by category: worked out again at the next close.
+        self.open_change = OpenChange::default();
+        true
+    }
+
     /// A complaint opened at `at`. The backlog counts it whether or not its window is open.
     pub fn opened(
         &mut self,
@@ -336,6 +388,7 @@ impl Trends {
         at: Millis,
         s: &TrendSettings,
     ) -> Counted {
+        let category = s.category(category);
         self.categories
             .entry(category.to_owned())
             .or_default()
@@ -362,6 +415,7 @@ impl Trends {
         at: Millis,
         s: &TrendSettings,
     ) -> Counted {
+        let category = s.category(category);
         self.categories
             .entry(category.to_owned())
             .or_default()
@@ -378,8 +432,8 @@ impl Trends {
     }
 
     /// An erased customer's open complaint leaves the backlog without being resolved.
-    pub fn forget_open(&mut self, category: &str) {
-        if let Some(trend) = self.categories.get_mut(category) {
+    pub fn forget_open(&mut self, category: &str, s: &TrendSettings) {
+        if let Some(trend) = self.categories.get_mut(s.category(category)) {
             trend.open_backlog -= 1;
         }
     }
@@ -831,6 +885,40 @@ mod tests {
             t.opened("billing", Severity::Low, 2 * HOUR, &s),
             Counted::InWindow
         );
+    }
+
+    #[test]
+    fn a_category_taken_out_of_the_list_counts_as_other_from_then_on() {
+        let before = settings();
+        let mut t = Trends::default();
+        t.opened("billing", Severity::Low, 0, &before);
+        t.opened("delivery", Severity::High, 60_000, &before);
+        t.opened("delivery", Severity::High, HOUR + 60_000, &before);
+        t.opened("other", Severity::Low, HOUR + 120_000, &before);
+        t.close_until(HOUR, &before);
+        // `delivery` leaves the list: its backlog and its open window go to `other`.
+        let after = TrendSettings::defaults(&["billing"]);
+        assert!(t.adopt(&after));
+        assert!(!t.adopt(&after), "once");
+        assert!(!t.categories.contains_key("delivery"));
+        assert_eq!(t.categories["other"].open_backlog, 3);
+        // A complaint opened as `delivery` and resolved now is resolved in `other`, whose
+        // window holds it; no `delivery` window opens.
+        t.resolved("delivery", 60_000, HOUR + 180_000, &after);
+        t.opened("delivery", Severity::Low, HOUR + 240_000, &after);
+        let closed = t.close_until(2 * HOUR, &after);
+        let categories: Vec<&str> = closed.iter().map(|w| w.category.as_str()).collect();
+        assert_eq!(categories, ["billing", "other"]);
+        let other = &closed[1];
+        assert_eq!(
+            (other.opened, other.resolved, other.open_backlog),
+            (3, 1, 3)
+        );
+        assert_eq!(other.by_severity, [2, 0, 1, 0]);
+        assert!(t.windows.is_empty(), "every window closed: {:?}", t.windows);
+        // The erasure of a customer with a `delivery` complaint open takes it from `other`.
+        t.forget_open("delivery", &after);
+        assert_eq!(t.categories["other"].open_backlog, 2);
     }
 
     #[test]

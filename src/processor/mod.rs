@@ -870,7 +870,14 @@ impl Processor {
     fn take_aggregates(&mut self) -> Result<Aggregates, StoreError> {
         match self.aggregates.take() {
             Some(aggregates) => Ok(aggregates),
-            None => Aggregates::load(&self.store),
+            None => {
+                let mut aggregates = Aggregates::load(&self.store)?;
+                // Stored under another category list: taken to this one, and stored so.
+                if Arc::make_mut(&mut aggregates.trends).adopt(&self.settings.trends) {
+                    aggregates.dirty = true;
+                }
+                Ok(aggregates)
+            }
         }
     }
 
