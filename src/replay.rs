@@ -189,11 +189,21 @@ impl Lane {
                 .map_or_else(|| "-".into(), |n| n.to_string_lossy().into_owned())
         );
         let resume_at = store.offset(&source, 0)?.unwrap_or(0);
+        let mut reader = BufReader::new(file);
+        let start = reader
+            .fill_buf()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some(format) = compressed(start) {
+            anyhow::bail!(
+                "{} is {format}-compressed, and replay reads NDJSON: decompress it into a file first, and replay that",
+                path.display()
+            );
+        }
         Ok(Lane {
             path: path.to_owned(),
             source: source.into(),
             size,
-            reader: BufReader::new(file),
+            reader,
             resume_at,
             offset: 0,
             head: None,
@@ -301,6 +311,22 @@ fn occurred_at(line: &[u8]) -> Option<Millis> {
     None
 }
 
+/// The compression a file's first bytes say it has, by the formats' magic numbers: read as
+/// NDJSON, its bytes were lines of garbage, each dead-lettered as `not_json`.
+fn compressed(start: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 5] = [
+        (&[0x1f, 0x8b], "gzip"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+        (b"BZh", "bzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
+        (b"PK\x03\x04", "zip"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, _)| start.starts_with(magic))
+        .map(|(_, format)| *format)
+}
+
 fn commit_batch(
     processor: &mut Processor,
     batch: &mut Vec<InputRecord>,
@@ -332,7 +358,25 @@ async fn deliver<S: Sink>(
 
 #[cfg(test)]
 mod tests {
-    use super::occurred_at;
+    use super::{compressed, occurred_at};
+
+    #[test]
+    fn compressed_files_are_told_by_their_first_bytes() {
+        assert_eq!(compressed(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
+        assert_eq!(compressed(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some("zstd"));
+        assert_eq!(compressed(b"BZh91AY"), Some("bzip2"));
+        assert_eq!(compressed(b"\xfd7zXZ\x00\x00"), Some("xz"));
+        assert_eq!(compressed(b"PK\x03\x04\x14"), Some("zip"));
+        for ndjson in [
+            &b"{\"type\":\"order.placed\"}\n"[..],
+            b"\xef\xbb\xbf{",
+            b"",
+            b"\n\n{",
+            b"BZ",
+        ] {
+            assert_eq!(compressed(ndjson), None, "{ndjson:?}");
+        }
+    }
 
     #[test]
     fn a_lines_time_is_found_by_its_key() {

@@ -745,3 +745,40 @@ fn outputs_that_cannot_be_written_fail_the_replay_and_go_out_with_the_next() {
     assert!(count(&clean) > 100);
     assert_eq!(count(&last), count(&clean));
 }
+
+/// A compressed file is refused before anything is read from it, naming its compression: read
+/// as NDJSON, a gzip file of 1,000 events was 85 lines of garbage, each dead-lettered as
+/// `not_json`, and the replay ended as a success.
+#[test]
+fn a_compressed_file_is_refused_naming_its_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(5)
+        .iter()
+        .take(1_000)
+        .map(|e| e.to_string())
+        .collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let gzip = std::process::Command::new("gzip")
+        .arg("-k")
+        .arg(&path)
+        .status()
+        .expect("gzip runs");
+    assert!(gzip.success());
+    let state = dir.path().join("state");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["replay", "--from"])
+        .arg(dir.path().join("events.ndjson.gz"))
+        .env("CUSTOMER_PULSE__STATE__PATH", &state)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("events.ndjson.gz is gzip-compressed, and replay reads NDJSON"),
+        "{stderr}"
+    );
+    let store = open_store(&state);
+    assert_eq!(store.offset("replay:events.ndjson.gz", 0).unwrap(), None);
+    assert!(all_states(&store).is_empty(), "nothing folded");
+}
