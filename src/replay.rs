@@ -291,8 +291,9 @@ fn refuse_another_file(
 /// merges it. Found by its key's bytes, not by parsing the line, which cost a line about as
 /// much as decoding it (a replay of three files took 12% more instructions than of one). A
 /// string cannot hold an unescaped quote, so `"occurred_at"` followed by a colon is a key: the
-/// event's own, unless a nested object has one before it, which only moves the line in the
-/// merge. Decoding proper, and the line's rejection if it is bad, come later.
+/// event's own, unless a nested object has one before it or the key is repeated (decoding
+/// takes the last, as a JSON map keeps it), which only moves the line in the merge. Decoding
+/// proper, and the line's rejection if it is bad, come later.
 fn occurred_at(line: &[u8]) -> Option<Millis> {
     const KEY: &[u8] = b"\"occurred_at\"";
     let mut from = 0;
