@@ -20,7 +20,7 @@ use crate::outbox::{drain, Sink};
 use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
 use crate::replay::wall_clock_ms;
 use crate::store::{Held, RocksBackend, Store};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{repeated, Telemetry};
 
 /// Opens the RocksDB store the config names, for a command that only reads what a job or a
 /// replay left there (`score`, `fit`): an error, and nothing created, where there is none.
@@ -600,7 +600,9 @@ fn aggregate_while_owner(
                     started = true;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "The aggregator could not look for its snapshot; it retries.");
+                    if let Some(held_back) = repeated(&format!("aggregator snapshot {e}")) {
+                        tracing::warn!(error = %e, held_back, "The aggregator could not look for its snapshot; it retries.");
+                    }
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
@@ -618,7 +620,11 @@ fn aggregate_while_owner(
                     continue;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "The aggregator's step failed; it retries."),
+            Err(e) => {
+                if let Some(held_back) = repeated(&format!("aggregator step {e}")) {
+                    tracing::warn!(error = %e, held_back, "The aggregator's step failed; it retries.");
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -814,7 +820,9 @@ async fn drain_outbox<S: Sink>(
             () = stop.cancelled() => break,
         }
         if let Err(e) = drain(&store, &mut sink, &telemetry, 10_000).await {
-            tracing::error!(error = %e, "Reading the outbox failed.");
+            if let Some(held_back) = repeated(&format!("outbox {e}")) {
+                tracing::error!(error = %e, held_back, "Reading the outbox failed.");
+            }
         }
         telemetry.set_state_size(store.size_bytes());
     }

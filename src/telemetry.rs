@@ -1,10 +1,15 @@
 //! Telemetry: the only module that registers Prometheus metrics. Everything else hands it
-//! per-batch reports; nothing on the hot path touches a metric per event.
+//! per-batch reports; nothing on the hot path touches a metric per event. Also the log's
+//! throttle of repeated warnings ([`repeated`]).
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::decode::Reason;
 use crate::event::Millis;
@@ -742,5 +747,69 @@ impl Telemetry {
 impl Default for Telemetry {
     fn default() -> Self {
         Telemetry::new()
+    }
+}
+
+/// How often the same warning is logged. With its brokers down, a job's Kafka clients
+/// reported the same errors some 60 times a second: 880 log lines in its first ten seconds.
+const REPEAT_PERIOD: Duration = Duration::from_secs(30);
+
+/// The warnings logged lately, by their text: when each was last logged, and how many times
+/// it came since and was held back.
+#[derive(Default)]
+struct Repeats(HashMap<String, (Instant, u64)>);
+
+impl Repeats {
+    /// Whether to log the warning `key` that came `now`: `Some(held back since it was last
+    /// logged)` the first time and once a [`REPEAT_PERIOD`] after, otherwise `None`.
+    fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
+        if let Some((logged, held_back)) = self.0.get_mut(key) {
+            if now.saturating_duration_since(*logged) < REPEAT_PERIOD {
+                *held_back += 1;
+                return None;
+            }
+            *logged = now;
+            return Some(std::mem::take(held_back));
+        }
+        // Error texts name brokers and partitions: a bounded set, but bounded here too.
+        if self.0.len() >= 1_024 {
+            self.0.clear();
+        }
+        self.0.insert(key.to_owned(), (now, 0));
+        Some(0)
+    }
+}
+
+/// Whether to log now a warning that comes again and again while something stays broken (a
+/// broker down): `Some(how many times it came since it was last logged)` the first time and
+/// once every 30 s after, otherwise `None`. `key` tells warnings apart: the message's
+/// subject and its error's text. Over the whole process.
+pub fn repeated(key: &str) -> Option<u64> {
+    static REPEATS: LazyLock<Mutex<Repeats>> = LazyLock::new(Mutex::default);
+    REPEATS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(key, Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_a_period_with_how_many_were_held_back() {
+        let mut repeats = Repeats::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(repeats.admit("consumer down", at(0)), Some(0));
+        for second in 1..30 {
+            assert_eq!(repeats.admit("consumer down", at(second)), None);
+        }
+        // Another warning is its own.
+        assert_eq!(repeats.admit("producer down", at(29)), Some(0));
+        assert_eq!(repeats.admit("consumer down", at(30)), Some(29));
+        assert_eq!(repeats.admit("consumer down", at(31)), None);
+        assert_eq!(repeats.admit("consumer down", at(600)), Some(1));
+        assert_eq!(repeats.admit("producer down", at(600)), Some(0));
     }
 }

@@ -21,7 +21,7 @@ use crate::restore::ChangelogSource;
 use crate::store::{
     is_customer_key, ChangelogRecord, Claim, Epoch, Store, StoreError, CLAIM_KEY, RELEASE_KEY,
 };
-use crate::telemetry::Telemetry;
+use crate::telemetry::{repeated, Telemetry};
 
 /// Reads the changelog topic partition by partition, outside any consumer group, and writes
 /// claims to it. Each read has a consumer of its own, so that nothing fetched for one read
@@ -64,7 +64,9 @@ struct ClaimsContext {
 impl ClientContext for ClaimsContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if !self.release.after("claims producer", &error, reason) {
-            tracing::warn!(error = %error, reason, "Changelog claims producer error; librdkafka retries.");
+            if let Some(held_back) = repeated(&format!("claims producer {error}")) {
+                tracing::warn!(error = %error, reason, held_back, "Changelog claims producer error; librdkafka retries.");
+            }
         }
     }
 }
@@ -100,7 +102,9 @@ impl ClientContext for ReaderContext {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         );
         if !end {
-            tracing::warn!(error = %error, reason, "Changelog reader error; librdkafka retries.");
+            if let Some(held_back) = repeated(&format!("changelog reader {error}")) {
+                tracing::warn!(error = %error, reason, held_back, "Changelog reader error; librdkafka retries.");
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::event::Stream;
 use crate::processor::InputRecord;
 use crate::restore::Restored;
 use crate::store::Store;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{repeated, Telemetry};
 
 /// How many partitions of one assignment restore from the changelog at the same time.
 const RESTORES_AT_ONCE: usize = 4;
@@ -880,7 +880,7 @@ impl Input {
             };
             match next {
                 Err(e) => {
-                    if let Some(held_back) = super::repeated(&format!("consume {e}")) {
+                    if let Some(held_back) = repeated(&format!("consume {e}")) {
                         tracing::warn!(error = %e, held_back, "Consuming failed; retrying.");
                     }
                     break;

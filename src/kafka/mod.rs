@@ -6,9 +6,9 @@
 //! producer's delivery reports on a thread of its own; `publish` writes events and topics for
 //! the demo, the tests and the benchmarks. Must not know how events are decoded or folded.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -16,7 +16,7 @@ use rdkafka::message::Headers;
 use rdkafka::{ClientContext, Offset};
 
 use crate::config::KafkaSecurity;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{repeated, Telemetry};
 
 mod changelog;
 mod input;
@@ -70,7 +70,7 @@ fn ready_idempotent<C: ClientContext>(client: &rdkafka::client::Client<C>, topic
 }
 
 /// A client-level error librdkafka reported (it reconnects and retries by itself): counted
-/// each time, and logged as [`Repeats`] lets it, for the consumer and the producer alike.
+/// each time, and logged as [`repeated`] lets it, for the consumer and the producer alike.
 fn client_error(telemetry: &Telemetry, client: &'static str, error: &KafkaError, reason: &str) {
     telemetry.kafka_error(client);
     if let Some(held_back) = repeated(&format!("{client} {error}")) {
@@ -93,43 +93,6 @@ impl ClientContext for LogErrors {
 
 impl rdkafka::consumer::ConsumerContext for LogErrors {}
 
-/// How often the same warning of a Kafka client is logged. With its brokers down, a job's
-/// clients reported the same errors some 60 times a second: 880 log lines in its first ten
-/// seconds.
-const REPEAT_PERIOD: Duration = Duration::from_secs(30);
-
-/// The Kafka clients' warnings logged lately, by their text: when each was last logged, and
-/// how many times it came since and was held back.
-#[derive(Default)]
-struct Repeats(HashMap<String, (Instant, u64)>);
-
-impl Repeats {
-    /// Whether to log the warning `key` that came `now`: `Some(held back since it was last
-    /// logged)` the first time and once a [`REPEAT_PERIOD`] after, otherwise `None`.
-    fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
-        if let Some((logged, held_back)) = self.0.get_mut(key) {
-            if now.saturating_duration_since(*logged) < REPEAT_PERIOD {
-                *held_back += 1;
-                return None;
-            }
-            *logged = now;
-            return Some(std::mem::take(held_back));
-        }
-        // Error texts name brokers and partitions: a bounded set, but bounded here too.
-        if self.0.len() >= 1_024 {
-            self.0.clear();
-        }
-        self.0.insert(key.to_owned(), (now, 0));
-        Some(0)
-    }
-}
-
-/// [`Repeats::admit`] over the process's Kafka clients, now.
-fn repeated(key: &str) -> Option<u64> {
-    static REPEATS: LazyLock<Mutex<Repeats>> = LazyLock::new(Mutex::default);
-    lock(&REPEATS).admit(key, Instant::now())
-}
-
 /// Locks `mutex`, whose data stays usable if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -142,26 +105,4 @@ pub fn header_text<H: Headers>(headers: &H, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repeated_warning_is_logged_once_a_period_with_how_many_were_held_back() {
-        let mut repeats = Repeats::default();
-        let start = Instant::now();
-        let at = |seconds: u64| start + Duration::from_secs(seconds);
-        assert_eq!(repeats.admit("consumer down", at(0)), Some(0));
-        for second in 1..30 {
-            assert_eq!(repeats.admit("consumer down", at(second)), None);
-        }
-        // Another warning is its own.
-        assert_eq!(repeats.admit("producer down", at(29)), Some(0));
-        assert_eq!(repeats.admit("consumer down", at(30)), Some(29));
-        assert_eq!(repeats.admit("consumer down", at(31)), None);
-        assert_eq!(repeats.admit("consumer down", at(600)), Some(1));
-        assert_eq!(repeats.admit("producer down", at(600)), Some(0));
-    }
 }
