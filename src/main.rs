@@ -230,7 +230,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    // A blocking call still waiting on brokers that do not answer (the start's check of the
+    // output topics, up to 10 s) does not hold the exit: everything that had to finish did.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if broken_pipe(&e) => std::process::ExitCode::from(141),
         Err(e) => {

@@ -392,7 +392,12 @@ pub async fn run_on(
         let (store, telemetry, wake) = (store.clone(), telemetry.clone(), wake.clone());
         let (stop, flush_limit) = (outbox_stop.clone(), config.shutdown_flush);
         async move {
-            let sink = checked.await.context("readying the producer panicked")?;
+            // Brokers that do not answer hold the check up to 10 s: a stop meanwhile does not
+            // wait for it, and what the outbox holds is sent on the next start.
+            let sink = tokio::select! {
+                checked = checked => checked.context("readying the producer panicked")?,
+                () = stop.cancelled() => return Ok(()),
+            };
             drain_outbox(store, sink, telemetry, wake, stop, flush_limit).await
         }
     });
