@@ -2,14 +2,14 @@
 //! per-batch reports; nothing on the hot path touches a metric per event. Also the log's
 //! throttle of repeated warnings ([`repeated`]).
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::decode::Reason;
 use crate::event::Millis;
