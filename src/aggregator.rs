@@ -213,11 +213,15 @@ impl Aggregator {
             let bytes = self.snapshot()?.to_bytes();
             // A record the brokers refuse as too large would hold up the outbox behind it.
             if bytes.len() > SNAPSHOT_MAX_BYTES {
-                tracing::warn!(
-                    bytes = bytes.len(),
-                    limit = SNAPSHOT_MAX_BYTES,
-                    "The aggregator's snapshot is too large to write; a new aggregator would read the changelog from its start."
-                );
+                if let Some(held_back) = crate::telemetry::repeated("aggregator snapshot too large")
+                {
+                    tracing::warn!(
+                        bytes = bytes.len(),
+                        limit = SNAPSHOT_MAX_BYTES,
+                        held_back,
+                        "The aggregator's snapshot is too large to write; a new aggregator would read the changelog from its start."
+                    );
+                }
                 return Ok((report, more));
             }
             let snapshot = OutboxRecord {

@@ -762,7 +762,9 @@ async fn consume(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "Moving the watermark on failed; the next idle poll retries.")
+                    if let Some(held_back) = repeated(&format!("idle watermark {e}")) {
+                        tracing::warn!(error = %e, held_back, "Moving the watermark on failed; the next idle poll retries.")
+                    }
                 }
             }
             continue;

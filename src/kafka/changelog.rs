@@ -584,7 +584,9 @@ impl ClaimWatch {
                 }
             }
             Err(e) => {
-                tracing::warn!(partition, error = %e, "Checking the changelog for another instance's claim failed; it is checked again.")
+                if let Some(held_back) = repeated(&format!("claim check {partition} {e}")) {
+                    tracing::warn!(partition, error = %e, held_back, "Checking the changelog for another instance's claim failed; it is checked again.")
+                }
             }
         }
     }
