@@ -731,7 +731,7 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
 /// logged them all at once.
 #[test]
 fn a_job_without_brokers_logs_each_client_error_once_a_period() {
-    let log = run_without_brokers("");
+    let log = run_without_brokers("", Duration::from_secs(14));
     for client in [
         "client=\"consumer\"",
         "client=\"producer\"",
@@ -745,14 +745,14 @@ fn a_job_without_brokers_logs_each_client_error_once_a_period() {
 /// has met any by then (349 lines in 16 s before).
 #[test]
 fn a_job_with_the_changelog_without_brokers_logs_each_client_error_once_a_period() {
-    let log = run_without_brokers("changelog = true\n");
+    let log = run_without_brokers("changelog = true\n", Duration::from_secs(14));
     assert!(log.contains("Changelog claims producer error"), "{log}");
 }
 
 /// The log of the binary's `run` against a port nobody listens on, with `state` added to the
-/// config's `[state]` section, stopped by SIGTERM after 14 s; asserts a clean stop in under 60
-/// lines that did not wait for the start's last check of the brokers.
-fn run_without_brokers(state: &str) -> String {
+/// config's `[state]` section, stopped by SIGTERM `after` its start; asserts a clean stop in
+/// under 60 lines that did not wait for the start's last check of the brokers.
+fn run_without_brokers(state: &str, after: Duration) -> String {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
@@ -769,9 +769,9 @@ fn run_without_brokers(state: &str) -> String {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    // Past the start's ten seconds waiting for the input topics' partition counts, after which
-    // the consumer and the producer start and meet the errors too.
-    std::thread::sleep(Duration::from_secs(14));
+    // At 14 s: past the start's ten seconds waiting for the input topics' partition counts,
+    // after which the consumer and the producer start and meet the errors too.
+    std::thread::sleep(after);
     let status = Command::new("kill")
         .args(["-TERM", &job.id().to_string()])
         .status()
@@ -781,7 +781,7 @@ fn run_without_brokers(state: &str) -> String {
     let text = std::fs::read_to_string(&log).unwrap();
     let lines = text.lines().count();
     assert!(lines < 60, "{lines} lines:\n{text}");
-    // The start's check of the output topics began when the input topics' gave up, at 10 s,
+    // The start's check of the output topics begins when the input topics' gives up, at 10 s,
     // and would give up itself at 20 s: the stop did not wait for it (it waited until 2026-12-04).
     assert!(
         !text.contains("Could not read the brokers' topic list"),
