@@ -12,6 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{expected_totals, settings, totals_of};
 
+/// The binary, logging warnings and errors only.
+fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"));
+    command.env("RUST_LOG", "warn");
+    command
+}
+
 fn write_file(dir: &std::path::Path, name: &str, lines: &[String]) -> std::path::PathBuf {
     let path = dir.join(name);
     let mut file = std::fs::File::create(&path).unwrap();
@@ -406,14 +413,13 @@ fn a_replay_refuses_to_write_its_outputs_over_its_input() {
         dir.path().join(".").join("events.ndjson"),
         linked,
     ] {
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        let run = binary()
             .arg("replay")
             .arg("--from")
             .arg(&path)
             .arg("--out")
             .arg(&out)
             .env("CUSTOMER_PULSE__STATE__PATH", dir.path().join("state"))
-            .env("RUST_LOG", "warn")
             .output()
             .expect("the binary runs");
         let stderr = String::from_utf8_lossy(&run.stderr);
@@ -439,17 +445,22 @@ fn a_state_is_refused_under_another_partition_count_or_window_length() {
     let first = write_file(dir.path(), "first.ndjson", &lines[..2_500]);
     let second = write_file(dir.path(), "second.ndjson", &lines[2_500..]);
     let state = dir.path().join("state");
-    let replay_with = |path: &std::path::Path, partitions: &str, window_minutes: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
-            .arg("replay")
-            .arg("--from")
-            .arg(path)
+    // The binary with `args` on the state, under a partition count and a window length.
+    let run = |args: &[&std::ffi::OsStr], partitions: &str, window_minutes: &str| {
+        binary()
+            .args(args)
             .env("CUSTOMER_PULSE__STATE__PATH", &state)
             .env("CUSTOMER_PULSE__INPUT__PARTITIONS", partitions)
             .env("CUSTOMER_PULSE__TRENDS__WINDOW_MINUTES", window_minutes)
-            .env("RUST_LOG", "warn")
             .output()
             .expect("the binary runs")
+    };
+    let replay_with = |path: &std::path::Path, partitions: &str, window_minutes: &str| {
+        run(
+            &["replay".as_ref(), "--from".as_ref(), path.as_os_str()],
+            partitions,
+            window_minutes,
+        )
     };
     let replay = |path: &std::path::Path, partitions: &str| replay_with(path, partitions, "60");
     let out = replay(&first, "6");
@@ -486,18 +497,13 @@ fn a_state_is_refused_under_another_partition_count_or_window_length() {
     }
     // `score` reads no complaint windows: another length is no reason to refuse it. It is
     // refused under another partition count, which would leave customers out.
+    let now = customer_pulse::event::format_millis(customer_pulse::replay::wall_clock_ms());
     let score = |partitions: &str, window_minutes: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
-            .args(["score", "--as-of"])
-            .arg(customer_pulse::event::format_millis(
-                customer_pulse::replay::wall_clock_ms(),
-            ))
-            .env("CUSTOMER_PULSE__STATE__PATH", &state)
-            .env("CUSTOMER_PULSE__INPUT__PARTITIONS", partitions)
-            .env("CUSTOMER_PULSE__TRENDS__WINDOW_MINUTES", window_minutes)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the binary runs")
+        run(
+            &["score".as_ref(), "--as-of".as_ref(), now.as_ref()],
+            partitions,
+            window_minutes,
+        )
     };
     let scored = score("6", "15");
     assert!(
@@ -529,9 +535,8 @@ fn a_state_is_refused_under_another_partition_count_or_window_length() {
 #[test]
 fn a_reader_that_goes_away_ends_a_command_quietly() {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+    let mut child = binary()
         .args(["generate", "--events", "200000"])
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -559,10 +564,9 @@ fn an_output_that_cannot_be_written_is_named() {
             .unwrap()
     };
     let generate = |args: &[&str], stdout: std::process::Stdio| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        binary()
             .args(["generate", "--events", "100"])
             .args(args)
-            .env("RUST_LOG", "warn")
             .stdout(stdout)
             .output()
             .expect("the binary runs")
@@ -593,13 +597,12 @@ fn the_store_opens_with_no_temporary_directory_to_write_to() {
     let lines: Vec<String> = events(5).iter().take(100).map(|e| e.to_string()).collect();
     let path = write_file(dir.path(), "events.ndjson", &lines);
     let state = dir.path().join("state");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+    let out = binary()
         .arg("replay")
         .arg("--from")
         .arg(&path)
         .env("CUSTOMER_PULSE__STATE__PATH", &state)
         .env("TMPDIR", dir.path().join("no-such-directory"))
-        .env("RUST_LOG", "warn")
         .output()
         .expect("the binary runs");
     assert!(
@@ -627,12 +630,11 @@ fn score_and_fit_refuse_a_state_path_with_no_state() {
     let dir = tempfile::tempdir().unwrap();
     let now = customer_pulse::event::format_millis(customer_pulse::replay::wall_clock_ms());
     let run = |command: &str, state: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        binary()
             .arg(command)
             .arg("--as-of")
             .arg(&now)
             .env("CUSTOMER_PULSE__STATE__PATH", state)
-            .env("RUST_LOG", "warn")
             .output()
             .expect("the binary runs")
     };
@@ -650,12 +652,11 @@ fn score_and_fit_refuse_a_state_path_with_no_state() {
     let lines: Vec<String> = events(5).iter().map(|e| e.to_string()).collect();
     let path = write_file(dir.path(), "events.ndjson", &lines);
     let state = dir.path().join("state");
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+    let replay = binary()
         .arg("replay")
         .arg("--from")
         .arg(&path)
         .env("CUSTOMER_PULSE__STATE__PATH", &state)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("the binary runs");
     assert!(replay.status.success());
@@ -686,14 +687,13 @@ fn outputs_that_cannot_be_written_fail_the_replay_and_go_out_with_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = events(5).iter().map(|e| e.to_string()).collect();
     let replay = |file: &std::path::Path, state: &str, out: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        binary()
             .args(["replay", "--from"])
             .arg(file)
             .arg("--out")
             .arg(out)
             .env("CUSTOMER_PULSE__STATE__PATH", dir.path().join(state))
             .env("CUSTOMER_PULSE__PROCESSING__MAX_BATCH_EVENTS", "1000")
-            .env("RUST_LOG", "warn")
             .output()
             .expect("the binary runs")
     };
@@ -765,11 +765,10 @@ fn a_compressed_file_is_refused_naming_its_compression() {
         .expect("gzip runs");
     assert!(gzip.success());
     let state = dir.path().join("state");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+    let out = binary()
         .args(["replay", "--from"])
         .arg(dir.path().join("events.ndjson.gz"))
         .env("CUSTOMER_PULSE__STATE__PATH", &state)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("the binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
