@@ -22,9 +22,7 @@ use customer_pulse::{kafka, pipeline};
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot write to standard output: {e}"))
-        })
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| named(e, "standard output"))
     }};
 }
 
@@ -34,7 +32,6 @@ macro_rules! say {
 /// mimalloc is built without asking the kernel for transparent huge pages (its `no_thp`
 /// feature): with them, the fold thread of the broker benchmark spent 13% of its time in the
 /// kernel zeroing fresh 2 MiB pages at their first touch (`benches/HISTORY.md`).
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -536,20 +533,19 @@ struct Output {
     name: String,
 }
 
-impl Output {
-    fn named(&self, e: std::io::Error) -> std::io::Error {
-        std::io::Error::new(e.kind(), format!("cannot write to {}: {e}", self.name))
-    }
-}
-
 impl std::io::Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(buf).map_err(|e| self.named(e))
+        self.inner.write(buf).map_err(|e| named(e, &self.name))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush().map_err(|e| self.named(e))
+        self.inner.flush().map_err(|e| named(e, &self.name))
     }
+}
+
+/// A write error that says where the write went, of the same kind.
+fn named(e: std::io::Error, written_to: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("cannot write to {written_to}: {e}"))
 }
 
 fn write_events(

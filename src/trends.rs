@@ -344,11 +344,12 @@ impl Trends {
     /// whether anything moved. Without it, the resolutions of such a category's complaints
     /// opened windows that no close ever took out.
     pub fn adopt(&mut self, s: &TrendSettings) -> bool {
+        let configured = |c: &String| s.category(c) == c.as_str();
         let gone: Vec<String> = self
             .categories
             .keys()
             .chain(self.windows.keys().map(|(_, c)| c))
-            .filter(|c| s.category(c) != c.as_str())
+            .filter(|c| !configured(c))
             .cloned()
             .collect();
         if gone.is_empty() {
@@ -363,17 +364,10 @@ impl Trends {
             }
             self.verdicts.remove(category);
         }
-        let moved: Vec<(Millis, String)> = self
-            .windows
-            .keys()
-            .filter(|(_, c)| gone.contains(c))
-            .cloned()
-            .collect();
-        for key in moved {
-            if let Some(window) = self.windows.remove(&key) {
-                let other = self.windows.entry((key.0, "other".into())).or_default();
-                other.merge(&window);
-            }
+        // Each window again under the category it counts in now.
+        for ((start, category), window) in std::mem::take(&mut self.windows) {
+            let key = (start, s.category(&category).to_owned());
+            self.windows.entry(key).or_default().merge(&window);
         }
         // Derived from the windows, by category: worked out again at the next close.
         self.open_change = OpenChange::default();
