@@ -15,7 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::polled::{Polled, Release, Released};
-use super::{client_config, lock, ready_idempotent, Assignment, FIRST_RECORD};
+use super::{client_config, lock, ready_idempotent, Assignment, LogErrors, FIRST_RECORD};
 use crate::config::KafkaSecurity;
 use crate::restore::ChangelogSource;
 use crate::store::{
@@ -64,9 +64,7 @@ struct ClaimsContext {
 impl ClientContext for ClaimsContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if !self.release.after("claims producer", &error, reason) {
-            if let Some(held_back) = repeated(&format!("claims producer {error}")) {
-                tracing::warn!(error = %error, reason, held_back, "Changelog claims producer error; librdkafka retries.");
-            }
+            LogErrors("claims producer").error(error, reason);
         }
     }
 }
@@ -102,9 +100,7 @@ impl ClientContext for ReaderContext {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         );
         if !end {
-            if let Some(held_back) = repeated(&format!("changelog reader {error}")) {
-                tracing::warn!(error = %error, reason, held_back, "Changelog reader error; librdkafka retries.");
-            }
+            LogErrors("changelog reader").error(error, reason);
         }
     }
 }

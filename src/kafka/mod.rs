@@ -79,7 +79,8 @@ fn client_error(telemetry: &Telemetry, client: &'static str, error: &KafkaError,
 }
 
 /// The callbacks of a client whose errors are logged (as [`repeated`] lets them), not counted:
-/// one that works beside the job's own consumer and producer, which count the same errors, or
+/// one that works beside the job's own consumer and producer, which count the same errors (the
+/// owner lookup, the changelog's reader and claims producer, whose contexts log through it), or
 /// a tool's. The name says which client it is.
 pub(crate) struct LogErrors(pub &'static str);
 

@@ -746,7 +746,7 @@ fn a_job_without_brokers_logs_each_client_error_once_a_period() {
 #[test]
 fn a_job_with_the_changelog_without_brokers_logs_each_client_error_once_a_period() {
     let log = run_without_brokers("changelog = true\n", Duration::from_secs(14));
-    assert!(log.contains("Changelog claims producer error"), "{log}");
+    assert!(log.contains("client=\"claims producer\""), "{log}");
 }
 
 /// The log of the binary's `run` against a port nobody listens on, with `state` added to the
