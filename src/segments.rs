@@ -418,7 +418,8 @@ impl Segments {
     }
 
     /// Closes every day that ends at or before `watermark`: one record per day for each of
-    /// `segments` and for any other segment with customers or flows, empty days included.
+    /// `segments`, empty days included, and for any other segment with customers at the day's
+    /// end or flows in it.
     pub fn close_until(&mut self, watermark: Millis, segments: &[String]) -> Vec<ClosedDay> {
         let first_open = match (self.closed_before, self.days.keys().next()) {
             (Some(c), _) => c,
@@ -444,6 +445,12 @@ impl Segments {
                     if let Some(change) = changes.get(&segment) {
                         population.merge(change, -1);
                     }
+                }
+                // A segment no longer configured (a value tier taken out of `risk.tiers`)
+                // closes its days only while customers stand in it or it has flows.
+                let configured = segments.contains(&segment);
+                if !configured && population == Population::default() && flows == Flows::default() {
+                    continue;
                 }
                 active += population.active();
                 closed.push(ClosedDay {
@@ -655,6 +662,46 @@ mod tests {
         let day6 = gold(&s.close_until(7 * DAY_MS, &["gold".into()])).unwrap();
         assert_eq!(day6.population.by_lifecycle, [1, 0, 0, 1, 0]);
         assert!(s.population_changes.is_empty(), "closed days' changes go");
+    }
+
+    #[test]
+    fn a_segment_no_longer_configured_closes_its_days_while_it_has_customers_or_flows() {
+        let mut s = Segments::default();
+        let old = standing("silver", Lifecycle::Active, 100);
+        let moved = standing("gold", Lifecycle::Active, 100);
+        let silent = standing("silver", Lifecycle::Active, 200);
+        let gold = ["gold".to_owned()];
+        let names = |closed: &[ClosedDay]| {
+            closed
+                .iter()
+                .map(|d| (d.window_start / DAY_MS, d.segment.clone()))
+                .collect::<Vec<_>>()
+        };
+        // Days are open from the first flow on.
+        s.count("gold", 5 * DAY_MS, Flow::WonBack);
+        s.restand(None, Some(&old), 5 * DAY_MS);
+        s.restand(None, Some(&silent), 5 * DAY_MS);
+        // Read before day 5 closes: in day 6 one customer moves to a configured tier, and in
+        // day 7 the other one is erased.
+        s.restand(Some(&old), Some(&moved), 6 * DAY_MS + 1);
+        s.restand(Some(&silent), None, 7 * DAY_MS + 1);
+        let closed = s.close_until(8 * DAY_MS, &gold);
+        assert_eq!(
+            names(&closed),
+            [(5, "gold".into()), (5, "silver".into())]
+                .into_iter()
+                .chain([(6, "gold".into()), (6, "silver".into()), (7, "gold".into())])
+                .collect::<Vec<_>>(),
+            "silver is closed while it has customers at a day's end, then no more"
+        );
+        assert_eq!(closed[1].population.active(), 2);
+        assert_eq!(closed[3].population.active(), 1);
+        // A flow of a segment with no customers is still emitted.
+        s.count("silver", 8 * DAY_MS + 1, Flow::WonBack);
+        assert_eq!(
+            names(&s.close_until(10 * DAY_MS, &gold)),
+            [(8, "gold".into()), (8, "silver".into()), (9, "gold".into())]
+        );
     }
 
     #[test]
