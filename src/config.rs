@@ -1020,10 +1020,12 @@ fn set_by_environment<'a>(error: &anyhow::Error, overridden: &'a [String]) -> Op
     overridden.iter().map(String::as_str).find(|name| {
         let path = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         let dotted = path.replace("__", ".");
-        let leaf = path.rsplit("__").next().unwrap_or_default();
-        // A misspelt name is refused by its own name, with the names it could be after it.
+        // A misspelt name, of a section or a field, is refused by its own name, with the names
+        // it could be after it.
         message.contains(&format!("`{dotted}`"))
-            || message.contains(&format!("unknown field `{leaf}`"))
+            || path
+                .split("__")
+                .any(|part| message.contains(&format!("unknown field `{part}`")))
     })
 }
 
@@ -1493,6 +1495,11 @@ mod tests {
             misspelt.contains("CUSTOMER_PULSE__STATE__CACHE_CUSTOMER:")
                 || misspelt.contains("CUSTOMER_PULSE__STATE__CACHE_CUSTOMER "),
             "{misspelt}"
+        );
+        let misspelt_section = bad("CUSTOMER_PULSE__STAT__CACHE_CUSTOMERS", "5");
+        assert!(
+            misspelt_section.contains("CUSTOMER_PULSE__STAT__CACHE_CUSTOMERS"),
+            "{misspelt_section}"
         );
         // A bad value or name in the file names no variable, though variables set others.
         for line in ["cache_customers = \"many\"", "cache_customer = 5"] {
