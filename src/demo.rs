@@ -145,7 +145,7 @@ pub async fn run(
     }
     shutdown.cancel();
     if let Ok(Err(e)) = publisher.await {
-        eprintln!("The generator stopped: {e:#}");
+        tracing::error!(error = format!("{e:#}"), "The generator stopped.");
     }
     let _ = reader.await;
     let result = match ended {

@@ -26,6 +26,15 @@ macro_rules! say {
     }};
 }
 
+/// `eprintln!` that lets the write's error go rather than panicking on it: with standard error
+/// gone (`... 2>&1 | head -1`) there is no one left to tell, and the command's status stands.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Rust's allocations go to mimalloc: the fold allocates a few small buffers per event and frees
 /// them at the batch's commit, and glibc's malloc spent a quarter of a file replay's CPU time on
 /// them (`benches/HISTORY.md`). RocksDB's and librdkafka's own allocations stay with glibc.
@@ -223,7 +232,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            tell!("error: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -235,7 +244,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if broken_pipe(&e) => std::process::ExitCode::from(141),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tell!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -433,19 +442,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             let report = pipeline::score(&store, &config, at, &mut writer)?;
             writer.flush()?;
-            eprintln!(
+            tell!(
                 "scored {} customers as of {}",
                 report.written,
                 customer_pulse::event::format_millis(as_of)
             );
             if report.not_yet_seen > 0 {
-                eprintln!(
+                tell!(
                     "left out {} customers first seen after it",
                     report.not_yet_seen
                 );
             }
             if report.seen_since > 0 {
-                eprintln!(
+                tell!(
                     "{} of those scored have events after it: their purchases, lifecycle and cancellation are taken back to it, but their other reasons, segment and LTV are those of their state now",
                     report.seen_since
                 );
@@ -457,7 +466,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|(reason, n)| format!("{reason} {n}"))
                     .collect();
-                eprintln!(
+                tell!(
                     "lost from {} to {}: {} loss(es) of those customers, worth {} minor units of revenue to date; by reason: {}",
                     customer_pulse::event::format_millis(since),
                     customer_pulse::event::format_millis(as_of),
@@ -467,7 +476,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 );
             }
             if report.losses_unknown > 0 {
-                eprintln!(
+                tell!(
                     "{} customers are lost or won back with no loss kept (stored by a build before losses were kept): a review leaves them out, and their lifecycle is that of now",
                     report.losses_unknown
                 );
@@ -492,7 +501,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             // Beside the section, where whoever pastes it sees them, and on stderr.
             for caveat in fitted.caveats(repeat) {
                 say!("# caveat: {caveat}")?;
-                eprintln!("warning: {caveat}");
+                tell!("warning: {caveat}");
             }
             Ok(())
         }

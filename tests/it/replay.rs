@@ -553,6 +553,46 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
+/// A command whose standard error goes away (`... 2>&1 | head -1`) ends with its own status:
+/// before, its messages there (a summary, a warning, the error that ended it) panicked on
+/// the broken pipe, and the command ended with 101 whatever it had done.
+#[test]
+fn a_standard_error_that_goes_away_leaves_the_status_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(6).iter().take(200).map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let state = dir.path().join("state");
+    let run = |args: &[&std::ffi::OsStr]| {
+        // Its reading end closed before the command starts.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        binary()
+            .args(args)
+            .env("CUSTOMER_PULSE__STATE__PATH", &state)
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()
+            .expect("the binary runs")
+            .code()
+    };
+    let no_file = dir.path().join("no-such-file.ndjson");
+    assert_eq!(
+        run(&["replay".as_ref(), "--from".as_ref(), no_file.as_os_str()]),
+        Some(1),
+        "an error it cannot say"
+    );
+    assert_eq!(
+        run(&["replay".as_ref(), "--from".as_ref(), path.as_os_str()]),
+        Some(0)
+    );
+    let now = customer_pulse::event::format_millis(customer_pulse::replay::wall_clock_ms());
+    assert_eq!(
+        run(&["score".as_ref(), "--as-of".as_ref(), now.as_ref()]),
+        Some(0),
+        "a summary it cannot say"
+    );
+}
+
 /// A command whose output cannot be written (a full disk) fails, naming where it was writing:
 /// "No space left on device" alone did not say which of its files or standard output.
 #[test]
