@@ -157,6 +157,7 @@ fn as_records(events: &[String]) -> Vec<InputRecord> {
             state_partition: None,
             key: None,
             payload: event.as_bytes().to_vec(),
+            cut_from: None,
             append_time_ms: None,
         })
         .collect()

@@ -4,7 +4,7 @@
 //! over the same file continues where the first stopped and changes nothing for lines already
 //! applied, and another file under the same name is refused. Must not know about Kafka.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -75,7 +75,11 @@ pub async fn replay<S: Sink>(
 ) -> anyhow::Result<ReplaySummary> {
     let mut lanes = Vec::with_capacity(paths.len());
     for path in paths {
-        let lane = Lane::open(path, processor.store())?;
+        let lane = Lane::open(
+            path,
+            processor.store(),
+            processor.settings().rules.max_event_bytes,
+        )?;
         if let Some(other) = lanes.iter().find(|l: &&Lane| l.source == lane.source) {
             anyhow::bail!(
                 "{} and {} have the same file name, which names a replay's stored position: rename one",
@@ -126,6 +130,7 @@ pub async fn replay<S: Sink>(
                 state_partition: None,
                 key: None,
                 payload: head.line,
+                cut_from: head.cut_from,
                 append_time_ms: None,
             });
         }
@@ -168,18 +173,26 @@ struct Lane {
     at: Millis,
     /// The line being read.
     buffer: Vec<u8>,
+    /// A line is read no further than this, `max_event_bytes` and two (a line break of two
+    /// bytes): a longer one is
+    /// dead-lettered as `too_large` with these first bytes, so that a file with no line breaks
+    /// (a binary file given by mistake) is not read into memory whole.
+    line_bytes: u64,
     /// Whether its first line was checked against the file a stored position is of.
     checked: bool,
 }
 
 struct Head {
     line: Vec<u8>,
+    /// The line's length when `line` is only its first bytes (it is longer than
+    /// `max_event_bytes`, read no further).
+    cut_from: Option<u64>,
     offset: i64,
     at: Millis,
 }
 
 impl Lane {
-    fn open(path: &Path, store: &Store) -> anyhow::Result<Lane> {
+    fn open(path: &Path, store: &Store, max_event_bytes: usize) -> anyhow::Result<Lane> {
         let file =
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -209,6 +222,7 @@ impl Lane {
             head: None,
             at: Millis::MIN,
             buffer: Vec::new(),
+            line_bytes: max_event_bytes as u64 + 2,
             checked: false,
         })
     }
@@ -223,20 +237,34 @@ impl Lane {
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<()> {
         let line = &mut self.buffer;
+        let cannot_read = || format!("cannot read {}", self.path.display());
         loop {
             line.clear();
-            let n = self
-                .reader
+            let n = (&mut self.reader)
+                .take(self.line_bytes)
                 .read_until(b'\n', line)
-                .with_context(|| format!("cannot read {}", self.path.display()))?;
+                .with_context(cannot_read)? as u64;
             if n == 0 {
                 self.head = None;
                 return Ok(());
             }
-            bar.inc(n as u64);
+            let mut cut_from = None;
+            match line.last() {
+                Some(&last) if n == self.line_bytes && last != b'\n' => {
+                    let length = skip_line(&mut self.reader, n, last).with_context(cannot_read)?;
+                    // Read whole after all when the cut fell before its line break, or the
+                    // file's end, or between the break's two bytes.
+                    if length > n {
+                        tracing::warn!(file = %self.path.display(), line = self.offset, bytes = length, kept = n, "A line longer than max_event_bytes is dead-lettered as too_large with its first bytes.");
+                        cut_from = Some(length);
+                    }
+                }
+                _ => {}
+            }
+            bar.inc(cut_from.unwrap_or(n));
             let offset = self.offset;
             self.offset += 1;
-            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            while cut_from.is_none() && line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 line.pop();
             }
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -259,11 +287,34 @@ impl Lane {
             self.head = Some(Head {
                 // A copy of its length: the buffer keeps the longest line's capacity.
                 line: line.clone(),
+                cut_from,
                 offset,
                 at: self.at,
             });
             return Ok(());
         }
+    }
+}
+
+/// Reads past the rest of a line whose first `kept` bytes, the last of them `last`, were read,
+/// up to the start of the next line, and returns the line's length, its line break (`\n` or
+/// `\r\n`) not counted.
+fn skip_line(reader: &mut impl BufRead, kept: u64, mut last: u8) -> std::io::Result<u64> {
+    let mut skipped = 0;
+    loop {
+        let buffer = reader.fill_buf()?;
+        let Some(&end) = buffer.last() else {
+            return Ok(kept + skipped);
+        };
+        if let Some(at) = buffer.iter().position(|b| *b == b'\n') {
+            let before = if at == 0 { last } else { buffer[at - 1] };
+            reader.consume(at + 1);
+            return Ok(kept + skipped + at as u64 - u64::from(before == b'\r'));
+        }
+        skipped += buffer.len() as u64;
+        last = end;
+        let length = buffer.len();
+        reader.consume(length);
     }
 }
 
@@ -359,7 +410,33 @@ async fn deliver<S: Sink>(
 
 #[cfg(test)]
 mod tests {
-    use super::{compressed, occurred_at};
+    use super::{compressed, occurred_at, skip_line};
+
+    #[test]
+    fn a_cut_line_is_skipped_to_the_next_and_measured_without_its_line_break() {
+        // A small buffer, so that the rest spans several fills.
+        let skip = |rest: &[u8], kept: u64, last: u8| {
+            let mut reader = std::io::BufReader::with_capacity(3, rest);
+            let length = skip_line(&mut reader, kept, last).unwrap();
+            let mut next = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut next).unwrap();
+            (length, next)
+        };
+        assert_eq!(skip(b"abcdefg\nnext\n", 10, b'x'), (17, "next\n".into()));
+        assert_eq!(skip(b"abcdefg\r\nnext", 10, b'x'), (17, "next".into()));
+        assert_eq!(
+            skip(b"\nnext", 10, b'\r'),
+            (9, "next".into()),
+            "cut in its break"
+        );
+        assert_eq!(skip(b"\nnext", 10, b'x'), (10, "next".into()));
+        assert_eq!(
+            skip(b"abcdefg", 10, b'x'),
+            (17, String::new()),
+            "the file's end"
+        );
+        assert_eq!(skip(b"", 10, b'x'), (10, String::new()));
+    }
 
     #[test]
     fn compressed_files_are_told_by_their_first_bytes() {

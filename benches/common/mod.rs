@@ -229,6 +229,7 @@ pub fn fill(
         state_partition: None,
         key: None,
         payload: payload.into_bytes(),
+        cut_from: None,
         append_time_ms: None,
     };
     let start = now - 30 * 86_400_000;

@@ -899,6 +899,7 @@ impl Input {
                         state_partition: Some(message.partition()),
                         key: message.key().map(<[u8]>::to_vec),
                         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        cut_from: None,
                         append_time_ms: message.timestamp().to_millis(),
                     });
                 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::decode::{decode, Rejection, Rules};
+use crate::decode::{decode, too_large, Rejection, Rules};
 use crate::event::{dashed_id, Event, EventKind, IdPart, Millis, Stream};
 use crate::facts::{Fact, OwnedFlow, Target};
 use crate::fold::{CustomerState, FoldLimits, Lifecycle, Limit, Outcome};
@@ -46,6 +46,9 @@ pub struct InputRecord {
     pub state_partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The length of a record whose payload is only its first bytes (a replayed line longer
+    /// than `max_event_bytes`, read no further): dead-lettered as `too_large` with them.
+    pub cut_from: Option<u64>,
     /// Broker append time, for the processing-latency histogram.
     pub append_time_ms: Option<Millis>,
 }
@@ -80,6 +83,9 @@ const PANICS_IN_DECODING: &[u8] = b"panics in decoding";
 fn decode_record(record: &InputRecord, now: Millis, rules: &Rules) -> Result<Event, Rejection> {
     #[cfg(test)]
     assert!(record.payload != PANICS_IN_DECODING, "decoding panicked");
+    if let Some(length) = record.cut_from {
+        return Err(too_large(length, rules));
+    }
     decode(
         record.stream,
         record.key.as_deref(),
@@ -1954,6 +1960,7 @@ mod tests {
                     )
                     .into_bytes()
                 },
+                cut_from: None,
                 append_time_ms: None,
             })
             .collect();
@@ -1988,6 +1995,7 @@ mod tests {
             state_partition: None,
             key: None,
             payload: Vec::new(),
+            cut_from: None,
             append_time_ms: None,
         };
         assert_eq!(

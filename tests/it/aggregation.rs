@@ -169,6 +169,7 @@ fn traffic() -> Vec<InputRecord> {
                 state_partition: Some(partition),
                 key: Some(g.customer_id.into_bytes()),
                 payload: serde_json::to_vec(&g.value).unwrap(),
+                cut_from: None,
                 append_time_ms: None,
             }
         })

@@ -553,6 +553,82 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
     assert!(stderr.is_empty(), "{stderr}");
 }
 
+/// A replay reads a line no further than `max_event_bytes` (4,096 here) and its line break: a
+/// longer one is dead-lettered as `too_large` with its first bytes and its whole length, so a
+/// file with no line breaks is not read into memory whole. Before, each line was read whole.
+#[tokio::test]
+async fn a_line_longer_than_max_event_bytes_is_read_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = events(7);
+    // An event padded with spaces inside its object to `bytes`.
+    let padded = |event: &serde_json::Value, bytes: usize| {
+        let text = event.to_string();
+        let body = &text[..text.len() - 1];
+        format!("{body}{}}}", " ".repeat(bytes - text.len()))
+    };
+    let mut file = Vec::new();
+    file.extend_from_slice(format!("{}\n", events[0]).as_bytes());
+    file.extend_from_slice(format!("{}\r\n", padded(&events[1], 4_096)).as_bytes());
+    file.extend_from_slice(format!("{}\r\n", padded(&events[2], 4_097)).as_bytes());
+    file.extend_from_slice(format!("{}\n", padded(&events[3], 5_000_000)).as_bytes());
+    file.extend_from_slice(format!("{}\n", events[4]).as_bytes());
+    file.extend_from_slice(padded(&events[5], 10_000).as_bytes());
+    let path = dir.path().join("events.ndjson");
+    std::fs::write(&path, file).unwrap();
+    let store = open_store(&dir.path().join("state"));
+    let outputs = dir.path().join("outputs.ndjson");
+    let mut sink = NdjsonSink::new(std::fs::File::create(&outputs).unwrap());
+    let mut processor = Processor::new(store.clone(), settings(64));
+    let summary = replay(
+        std::slice::from_ref(&path),
+        &mut processor,
+        &mut sink,
+        &Telemetry::new(),
+        700,
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.applied, summary.rejected), (3, 3), "{summary:?}");
+    let dead: Vec<(String, String, serde_json::Value)> = std::fs::read_to_string(&outputs)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["topic"] == "customer.events.dlq")
+        .map(|r| {
+            assert_eq!(r["headers"]["reason"], "too_large");
+            (
+                r["headers"]["source_offset"].as_str().unwrap().to_owned(),
+                r["headers"]["message"].as_str().unwrap().to_owned(),
+                r["value"].clone(),
+            )
+        })
+        .collect();
+    let message =
+        |bytes: usize| format!("event is {bytes} bytes, more than max_event_bytes = 4096");
+    let cut = |event: &serde_json::Value, bytes: usize| {
+        serde_json::Value::String(padded(event, bytes)[..4_098].to_owned())
+    };
+    assert_eq!(
+        dead,
+        [
+            ("2".into(), message(4_097), events[2].clone()),
+            ("3".into(), message(5_000_000), cut(&events[3], 5_000_000)),
+            ("5".into(), message(10_000), cut(&events[5], 10_000)),
+        ],
+        "the line ending in \\r\\n kept whole (its value is JSON, written as such); the longer ones cut after 4,098 bytes (text)"
+    );
+    let customers: std::collections::BTreeSet<String> = all_states(&store)
+        .into_iter()
+        .map(|s| s.customer_id)
+        .collect();
+    for applied in [0, 1, 4] {
+        let id = events[applied]["customer_id"].as_str().unwrap();
+        assert!(customers.contains(id), "{id}");
+    }
+}
+
 /// A command whose standard error goes away (`... 2>&1 | head -1`) ends with its own status:
 /// before, its messages there (a summary, a warning, the error that ended it) panicked on
 /// the broken pipe, and the command ended with 101 whatever it had done.

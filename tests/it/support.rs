@@ -61,6 +61,7 @@ pub fn file_record(offset: i64, json: &str) -> InputRecord {
         state_partition: None,
         key: None,
         payload: json.as_bytes().to_vec(),
+        cut_from: None,
         append_time_ms: None,
     }
 }

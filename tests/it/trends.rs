@@ -245,6 +245,7 @@ fn kafka_record(topic: &str, offset: i64, json: &str) -> customer_pulse::process
         state_partition: Some(0),
         key: None,
         payload: json.as_bytes().to_vec(),
+        cut_from: None,
         append_time_ms: None,
     }
 }

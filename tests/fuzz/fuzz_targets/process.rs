@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             state_partition: None,
             key: None,
             payload: line.to_vec(),
+            cut_from: None,
             append_time_ms: None,
         };
         let report = processor
