@@ -538,7 +538,22 @@ impl RawRisk {
             "risk.tiers.name",
             "must name each tier once (first match wins: a second tier of a name is a mistake)",
         )?;
-        for tier in &self.tiers {
+        for (i, tier) in self.tiers.iter().enumerate() {
+            // First match wins: a tier whose minimums an earlier one's do not exceed gets only
+            // the customers under every tier's minimums (as the last), or none.
+            if let Some(earlier) = self.tiers[..i].iter().find(|e| {
+                e.min_revenue_minor <= tier.min_revenue_minor
+                    && e.min_margin_minor <= tier.min_margin_minor
+            }) {
+                check(
+                    false,
+                    "risk.tiers",
+                    &format!(
+                        "lists `{}` after `{}`, whose minimums are no higher: first match wins, so `{}` would take every customer `{}` is meant for (list tiers from the highest minimums down, the catch-all last)",
+                        tier.name, earlier.name, earlier.name, tier.name
+                    ),
+                )?;
+            }
             check(
                 !tier.name.is_empty()
                     && tier
@@ -1718,6 +1733,14 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"Gold Tier\"\n",
                 "risk.tiers.name",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"standard\"\n[[risk.tiers]]\nname = \"gold\"\nmin_revenue_minor = 100000\n",
+                "risk.tiers",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"gold\"\nmin_revenue_minor = 100\nmin_margin_minor = 10\n[[risk.tiers]]\nname = \"silver\"\nmin_revenue_minor = 100\nmin_margin_minor = 20\n[[risk.tiers]]\nname = \"standard\"\n",
+                "risk.tiers",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\nfetch_wait_milliseconds = 0\n[state]\npath = \"x\"\n",
