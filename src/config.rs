@@ -192,7 +192,8 @@ impl RawRfm {
             "rfm.segments.name",
             "must name each rule once (first match wins: a second rule of a name is a mistake)",
         )?;
-        self.segments
+        let rules = self
+            .segments
             .iter()
             .map(|rule| {
                 check(
@@ -223,7 +224,27 @@ impl RawRfm {
                     m: (rule.m[0], rule.m[1]),
                 })
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // First match wins: a rule inside an earlier one's ranges would name no customer.
+        for (i, rule) in rules.iter().enumerate() {
+            let within = |(lo, hi): (u8, u8), (outer_lo, outer_hi): (u8, u8)| {
+                outer_lo <= lo && hi <= outer_hi
+            };
+            if let Some(earlier) = rules[..i]
+                .iter()
+                .find(|e| within(rule.r, e.r) && within(rule.f, e.f) && within(rule.m, e.m))
+            {
+                check(
+                    false,
+                    "rfm.segments",
+                    &format!(
+                        "lists `{}` after `{}`, whose ranges hold all of its: first match wins, so `{}` would name no customer (list the narrower rule first)",
+                        rule.name, earlier.name, rule.name
+                    ),
+                )?;
+            }
+        }
+        Ok(rules)
     }
 }
 
@@ -1713,6 +1734,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[rfm.segments]]\nname = \"a\"\nr = [4, 5]\n[[rfm.segments]]\nname = \"a\"\n",
                 "rfm.segments.name",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[rfm.segments]]\nname = \"loyal\"\nr = [3, 5]\nf = [3, 5]\n[[rfm.segments]]\nname = \"champions\"\nr = [4, 5]\nf = [4, 5]\n",
+                "rfm.segments",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[input]\nmax_future_skew_seconds = 1000000000000000000\n",
