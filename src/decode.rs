@@ -516,8 +516,36 @@ impl<'a> Fields<'a> {
         Ok(s)
     }
 
+    /// An identifier: besides its length, not blank and free of control characters, which
+    /// are a publisher's bug (a padded or empty column, a C string's NUL) rather than an id,
+    /// and would make one customer (or order, or event) of every such record.
     fn id(&self, field: &str) -> Result<String, Rejection> {
-        self.bounded(field, self.max_id_chars).map(str::to_owned)
+        let s = self.str(field)?;
+        let (chars, control, blank) = if s.is_ascii() {
+            // Most ids: one pass over the bytes, which are the characters.
+            let bytes = s.as_bytes();
+            (
+                bytes.len(),
+                bytes.iter().any(u8::is_ascii_control),
+                bytes.iter().all(u8::is_ascii_whitespace),
+            )
+        } else {
+            (
+                s.chars().count(),
+                s.chars().any(char::is_control),
+                s.chars().all(char::is_whitespace),
+            )
+        };
+        if control || blank || chars > self.max_id_chars {
+            return Err(bad(
+                field,
+                &format!(
+                    "a string of 1 to {} characters, not blank and without control characters",
+                    self.max_id_chars
+                ),
+            ));
+        }
+        Ok(s.to_owned())
     }
 
     fn opt_id(&self, field: &str) -> Result<Option<String>, Rejection> {

@@ -118,6 +118,20 @@ pub fn catalogue(now_ms: i64) -> Vec<Bad> {
             BadField,
         ),
         (
+            "blank order_id",
+            Orders,
+            key,
+            replace("order_id", "\" \\t \""),
+            BadField,
+        ),
+        (
+            "event_id with a control character",
+            Orders,
+            key,
+            replace("event_id", "\"e-\\u0000-1\""),
+            BadField,
+        ),
+        (
             "numeric customer_id",
             Orders,
             key,
