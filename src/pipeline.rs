@@ -75,8 +75,26 @@ fn open_state(config: &Config, keep: bool) -> anyhow::Result<Store> {
     // `score` and `fit` read no complaint windows: their length is not theirs to check.
     if keep {
         hold_window(&store, config, &path.to_string())?;
+        forget_old_erasures(&store, config)?;
     }
     Ok(store)
+}
+
+/// Forgets the erasure markers older than `input.max_event_age_days` on the wall clock, the
+/// processor's: every event they kept out is refused as `ancient_timestamp` before a marker is
+/// looked at, so an erasure costs its marker's memory for that long, not for good. Before
+/// anything commits, as `Store::forget_erasures_before` asks.
+fn forget_old_erasures(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let before = wall_clock_ms().saturating_sub(config.rules.max_event_age_ms);
+    let forgotten = store.forget_erasures_before(before)?;
+    if forgotten > 0 {
+        tracing::info!(
+            markers = forgotten,
+            kept = store.erasure_markers(),
+            "Forgot the erasure markers older than input.max_event_age_days: the events they kept out are refused as too old."
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a store whose complaint windows are of another length than the config's

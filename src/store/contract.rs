@@ -589,6 +589,46 @@ fn an_erasure_marker_is_stored_carried_by_the_changelog_and_restored_by_fingerpr
 }
 
 #[test]
+fn erasure_markers_older_than_a_time_are_forgotten_for_good() {
+    for (name, store, _dir) in backends() {
+        let erased = |partition: i32, id: &str, until: Millis| CustomerWrite {
+            partition,
+            id: id.into(),
+            value: None,
+            erased_until: Some(until),
+            ..CustomerWrite::default()
+        };
+        store
+            .commit(Commit {
+                customers: vec![
+                    erased(0, "a", 100),
+                    erased(1, "b", 200),
+                    erased(1, "c", 300),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(store.forget_erasures_before(250).unwrap(), 2, "{name}");
+        assert_eq!(store.erasure_markers(), 1, "{name}");
+        assert_eq!(store.erased_until(0, "a"), None, "{name}");
+        assert_eq!(store.erased_until(1, "b"), None, "{name}");
+        assert_eq!(store.erased_until(1, "c"), Some(300), "{name}");
+        assert_eq!(
+            store.forget_erasures_before(300).unwrap(),
+            0,
+            "{name}: not before"
+        );
+        let reopened = Store::open(Arc::clone(&store.backend)).unwrap();
+        assert_eq!(
+            reopened.erasure_markers(),
+            1,
+            "{name}: gone from the backend"
+        );
+        assert_eq!(reopened.erased_until(1, "c"), Some(300), "{name}");
+    }
+}
+
+#[test]
 fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
     for (name, source, _dir) in backends() {
         let source = source.with_changelog("log").unwrap();

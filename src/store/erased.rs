@@ -133,6 +133,20 @@ impl Erasures {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// Takes out the markers whose time is before `before`: (partition, fingerprint) and time.
+    pub fn take_before(&mut self, before: Millis) -> Vec<((i32, u64), Millis)> {
+        let old: Vec<((i32, u64), Millis)> = self
+            .0
+            .iter()
+            .filter(|(_, until)| **until < before)
+            .map(|(marker, until)| (*marker, *until))
+            .collect();
+        for (marker, _) in &old {
+            self.0.remove(marker);
+        }
+        old
+    }
 }
 
 /// The operation that writes a marker.

@@ -621,6 +621,28 @@ impl Store {
             .until(partition, customer_id)
     }
 
+    /// Forgets the erasure markers whose time is before `before` and returns how many: with
+    /// `before` the processor clock less `input.max_event_age_days`, every event they would
+    /// keep out is refused as `ancient_timestamp` before a marker is looked at. Only while
+    /// nothing commits (at start): a marker written meanwhile could be deleted with an old one.
+    /// The changelog keeps its copies, which a restore brings back until the next start.
+    pub fn forget_erasures_before(&self, before: Millis) -> Result<usize, StoreError> {
+        let mut erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+        let old = erasures.take_before(before);
+        let ops = old
+            .iter()
+            .map(|((partition, fingerprint), _)| Op::Delete(erased::key(*partition, *fingerprint)))
+            .collect::<Vec<_>>();
+        if let Err(e) = self.backend.write(ops) {
+            // Kept in memory as on disk.
+            for ((partition, fingerprint), until) in old {
+                erasures.set(partition, fingerprint, Some(until));
+            }
+            return Err(e);
+        }
+        Ok(old.len())
+    }
+
     /// How many erasure markers the store holds.
     pub fn erasure_markers(&self) -> usize {
         self.erasures

@@ -629,6 +629,77 @@ async fn a_line_longer_than_max_event_bytes_is_read_no_further() {
     }
 }
 
+/// An erasure marker is kept while an event it keeps out could still be applied: once its
+/// time is older than `input.max_event_age_days`, every such event is refused as
+/// `ancient_timestamp` first, and the next run or replay to open the state forgets it. Before,
+/// markers were kept for good (about 40 bytes of memory each).
+#[test]
+fn an_erasure_marker_is_forgotten_once_the_events_it_kept_out_are_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let now = customer_pulse::replay::wall_clock_ms();
+    let at = |ms_ago: i64| customer_pulse::event::format_millis(now - ms_ago);
+    let day = 86_400_000;
+    let event = |id: &str, kind: &str, ms_ago: i64, extra: &str| {
+        format!(
+            r#"{{"event_id":"{id}","customer_id":"c-gone","type":"{kind}","occurred_at":"{}"{extra}}}"#,
+            at(ms_ago)
+        )
+    };
+    let history = write_file(
+        dir.path(),
+        "history.ndjson",
+        &[
+            event("e1", "customer.registered", 3 * day, ""),
+            event("e2", "customer.erased", 3 * day - 60_000, ""),
+        ],
+    );
+    let late = write_file(
+        dir.path(),
+        "late.ndjson",
+        &[event(
+            "e3",
+            "order.placed",
+            3 * day + 60_000,
+            r#","order_id":"o1","amount_minor":100,"margin_minor":10"#,
+        )],
+    );
+    let replay = |path: &std::path::Path, max_age_days: &str| {
+        let out = binary()
+            .args(["replay", "--from"])
+            .arg(path)
+            .env("CUSTOMER_PULSE__STATE__PATH", &state)
+            .env("CUSTOMER_PULSE__INPUT__MAX_EVENT_AGE_DAYS", max_age_days)
+            .output()
+            .expect("the binary runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let markers = || open_store(&state).erasure_markers();
+    replay(&history, "10");
+    assert_eq!(markers(), 1);
+    // Opened again under the same age, the marker stays, and keeps the order out.
+    let kept = replay(&late, "10");
+    assert!(kept.contains("1 of erased customers"), "{kept}");
+    assert_eq!(markers(), 1);
+    // Under one day, the marker is three days old: forgotten, and the order from before the
+    // erasure, read again under another name, is refused as too old.
+    let again = dir.path().join("late-again.ndjson");
+    std::fs::copy(&late, &again).unwrap();
+    let refused = replay(&again, "1");
+    assert!(refused.contains("1 rejected"), "{refused}");
+    assert_eq!(markers(), 0);
+    let store = open_store(&state);
+    assert!(
+        (0..64).all(|p| store.customer(p, "c-gone").unwrap().is_none()),
+        "the customer stays erased"
+    );
+}
+
 /// A command whose standard error goes away (`... 2>&1 | head -1`) ends with its own status:
 /// before, its messages there (a summary, a warning, the error that ended it) panicked on
 /// the broken pipe, and the command ended with 101 whatever it had done.
