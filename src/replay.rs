@@ -174,9 +174,8 @@ struct Lane {
     /// The line being read.
     buffer: Vec<u8>,
     /// A line is read no further than this, `max_event_bytes` and two (a line break of two
-    /// bytes): a longer one is
-    /// dead-lettered as `too_large` with these first bytes, so that a file with no line breaks
-    /// (a binary file given by mistake) is not read into memory whole.
+    /// bytes): a longer one is dead-lettered as `too_large` with these first bytes, so that a
+    /// file with no line breaks (a binary file given by mistake) is not read into memory whole.
     line_bytes: u64,
     /// Whether its first line was checked against the file a stored position is of.
     checked: bool,
