@@ -44,7 +44,10 @@ pub async fn publish_with(
         .set("linger.ms", "5")
         .set("batch.num.messages", batch_records.max(1).to_string())
         .set("partitioner", "murmur2_random")
-        .set("queue.buffering.max.messages", "1000000");
+        .set("queue.buffering.max.messages", "1000000")
+        // How long a record waits for its topic to appear (librdkafka's default is 30 s): on
+        // brokers that create topics on first use, well within this.
+        .set("topic.metadata.propagation.max.ms", "10000");
     for (key, value) in properties {
         config.set(*key, *value);
     }
@@ -79,7 +82,7 @@ pub async fn publish_with(
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => anyhow::bail!("publishing failed: {e}"),
+                Err((e, _)) => anyhow::bail!("publishing to {topic} failed: {e}"),
             }
         };
         pending.push(delivery);
@@ -106,7 +109,19 @@ fn confirm(
     for result in results {
         match result {
             Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => anyhow::bail!("publishing failed: {e}"),
+            Ok(Err((e, message))) => {
+                let topic = rdkafka::Message::topic(&message);
+                let missing =
+                    e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition);
+                anyhow::bail!(
+                    "publishing to {topic} failed: {e}{}",
+                    if missing {
+                        ": the brokers have no such topic and do not create one on first use; create the input topics first, with input.partitions partitions each (deploy/docker-compose.yml shows how)"
+                    } else {
+                        ""
+                    }
+                )
+            }
             Err(_) => anyhow::bail!("publishing failed: the producer was dropped"),
         }
     }

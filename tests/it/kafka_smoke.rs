@@ -99,3 +99,28 @@ async fn publishing_to_brokers_that_do_not_answer_fails_and_says_so() {
         "{error}"
     );
 }
+
+/// Publishing to a topic the brokers do not have, and do not create on first use (Tansu), fails
+/// naming the topic and saying to create the input topics: before, it said only "Unknown topic
+/// or partition", after librdkafka's 30-second wait for the topic to appear.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_to_a_topic_the_brokers_do_not_have_names_it() {
+    let broker = Broker::start();
+    let events = customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
+        customers: 3,
+        events: 5,
+        seed: 1,
+        start_ms: 1_767_225_600_000,
+        step_ms: 60_000,
+    });
+    let topics = crate::end_to_end::test_topics();
+    let error = customer_pulse::kafka::publish(&broker.address, &topics, &events, None, 1)
+        .await
+        .expect_err("no topic exists");
+    let error = error.to_string();
+    assert!(
+        error.starts_with("publishing to ")
+            && error.contains("create the input topics first, with input.partitions partitions"),
+        "{error}"
+    );
+}
