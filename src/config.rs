@@ -1116,6 +1116,11 @@ impl RawConfig {
             "kafka.group_id",
             "must not be empty",
         )?;
+        check(
+            !self.state.path.as_os_str().is_empty(),
+            "state.path",
+            "must not be empty",
+        )?;
         let offset_reset = match self.kafka.auto_offset_reset.as_str() {
             "earliest" => OffsetReset::Earliest,
             "latest" => OffsetReset::Latest,
@@ -1759,6 +1764,7 @@ mod tests {
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"Gold Tier\"\n",
                 "risk.tiers.name",
             ),
+            ("[kafka]\nbrokers = \"b\"\n[state]\npath = \"\"\n", "state.path"),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"standard\"\n[[risk.tiers]]\nname = \"gold\"\nmin_revenue_minor = 100000\n",
                 "risk.tiers",
