@@ -43,6 +43,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// (`keep`), its window length (`Store::hold_*`); `keep` also stores them where a state has
 /// none yet.
 fn open_state(config: &Config, keep: bool) -> anyhow::Result<Store> {
+    refuse_others_files(&config.state_path)?;
     std::fs::create_dir_all(&config.state_path).with_context(|| {
         format!(
             "cannot create state directory {}",
@@ -92,6 +93,32 @@ fn forget_old_erasures(store: &Store, config: &Config) -> anyhow::Result<()> {
             markers = forgotten,
             kept = store.erasure_markers(),
             "Forgot the erasure markers older than input.max_event_age_days: the events they kept out are refused as too old."
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a state path that is a directory of other files and no state (`state.path = "."`
+/// by mistake): RocksDB would write its files among them, and removing the state to start
+/// again would remove them too. A volume's `lost+found` does not count.
+fn refuse_others_files(path: &std::path::Path) -> anyhow::Result<()> {
+    if RocksBackend::holds_state(path) {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        // None yet (it is created next), or not a directory (which creating it names).
+        return Ok(());
+    };
+    let others: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lost+found")
+        .collect();
+    if let Some(first) = others.first() {
+        anyhow::bail!(
+            "state.path {} holds {} other file(s) ({first}, ...) and no state: the state's files would go among them. Give state.path a new or empty directory",
+            path.display(),
+            others.len()
         );
     }
     Ok(())

@@ -776,6 +776,49 @@ fn an_output_that_cannot_be_written_is_named() {
     }
 }
 
+/// A state path that is a directory of other files and no state (`state.path = "."` by
+/// mistake) is refused before RocksDB writes a file there; an empty one, or one holding only
+/// a volume's `lost+found`, is taken.
+#[test]
+fn a_state_path_among_other_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(8).iter().take(20).map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let replay_into = |state: &std::path::Path| {
+        binary()
+            .arg("replay")
+            .arg("--from")
+            .arg(&path)
+            .env("CUSTOMER_PULSE__STATE__PATH", state)
+            .output()
+            .expect("the binary runs")
+    };
+    let crowded = dir.path().join("crowded");
+    std::fs::create_dir(&crowded).unwrap();
+    std::fs::write(crowded.join("notes.txt"), "mine").unwrap();
+    let out = replay_into(&crowded);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds 1 other file(s) (notes.txt, ...) and no state"),
+        "{stderr}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&crowded).unwrap().collect();
+    assert_eq!(names.len(), 1, "nothing written beside it");
+    let volume = dir.path().join("volume");
+    std::fs::create_dir_all(volume.join("lost+found")).unwrap();
+    for state in [volume, dir.path().join("new")] {
+        let out = replay_into(&state);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // And again, now that it holds a state.
+        assert!(replay_into(&state).status.success());
+    }
+}
+
 /// Where the root filesystem is read-only (the Kubernetes manifest's), the state's volume is
 /// the one place the job may write: the store opens without the system's temporary directory.
 #[test]
