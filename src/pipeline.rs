@@ -100,8 +100,17 @@ fn forget_old_erasures(store: &Store, config: &Config) -> anyhow::Result<()> {
 
 /// Refuses a state path that is a directory of other files and no state (`state.path = "."`
 /// by mistake): RocksDB would write its files among them, and removing the state to start
-/// again would remove them too. A volume's `lost+found` does not count.
+/// again would remove them too. A volume's `lost+found` does not count, nor what a first open
+/// killed before RocksDB wrote `CURRENT` may have left (RocksDB's files, the options file's
+/// directory).
 fn refuse_others_files(path: &std::path::Path) -> anyhow::Result<()> {
+    let may_be_there = |name: &str| {
+        ["lost+found", "LOCK", "LOG", "IDENTITY"].contains(&name)
+            || [".options-", "LOG.old", "MANIFEST-", "OPTIONS-"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            || name.ends_with(".dbtmp")
+    };
     if RocksBackend::holds_state(path) {
         return Ok(());
     }
@@ -112,7 +121,7 @@ fn refuse_others_files(path: &std::path::Path) -> anyhow::Result<()> {
     let others: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name != "lost+found")
+        .filter(|name| !may_be_there(name))
         .collect();
     if let Some(first) = others.first() {
         anyhow::bail!(

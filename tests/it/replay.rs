@@ -777,8 +777,8 @@ fn an_output_that_cannot_be_written_is_named() {
 }
 
 /// A state path that is a directory of other files and no state (`state.path = "."` by
-/// mistake) is refused before RocksDB writes a file there; an empty one, or one holding only
-/// a volume's `lost+found`, is taken.
+/// mistake) is refused before RocksDB writes a file there; an empty one, one holding only a
+/// volume's `lost+found`, and one a first open killed early left, are taken.
 #[test]
 fn a_state_path_among_other_files_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -807,7 +807,13 @@ fn a_state_path_among_other_files_is_refused() {
     assert_eq!(names.len(), 1, "nothing written beside it");
     let volume = dir.path().join("volume");
     std::fs::create_dir_all(volume.join("lost+found")).unwrap();
-    for state in [volume, dir.path().join("new")] {
+    // What a first open killed before RocksDB wrote `CURRENT` may leave.
+    let killed = dir.path().join("killed");
+    std::fs::create_dir_all(killed.join(".options-a1b2c3")).unwrap();
+    for name in ["LOCK", "LOG", "IDENTITY", "MANIFEST-000001"] {
+        std::fs::write(killed.join(name), "").unwrap();
+    }
+    for state in [volume, killed, dir.path().join("new")] {
         let out = replay_into(&state);
         assert!(
             out.status.success(),
