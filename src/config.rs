@@ -234,14 +234,12 @@ impl RawRfm {
                 .iter()
                 .find(|e| within(rule.r, e.r) && within(rule.f, e.f) && within(rule.m, e.m))
             {
-                check(
-                    false,
-                    "rfm.segments",
-                    &format!(
-                        "lists `{}` after `{}`, whose ranges hold all of its: first match wins, so `{}` would name no customer (list the narrower rule first)",
-                        rule.name, earlier.name, rule.name
-                    ),
-                )?;
+                bail!(
+                    "config field `rfm.segments` lists `{}` after `{}`, whose ranges hold all of its: first match wins, so `{}` would name no customer (list the narrower rule first)",
+                    rule.name,
+                    earlier.name,
+                    rule.name
+                );
             }
         }
         Ok(rules)
@@ -566,14 +564,13 @@ impl RawRisk {
                 e.min_revenue_minor <= tier.min_revenue_minor
                     && e.min_margin_minor <= tier.min_margin_minor
             }) {
-                check(
-                    false,
-                    "risk.tiers",
-                    &format!(
-                        "lists `{}` after `{}`, whose minimums are no higher: first match wins, so `{}` would take every customer `{}` is meant for (list tiers from the highest minimums down, the catch-all last)",
-                        tier.name, earlier.name, earlier.name, tier.name
-                    ),
-                )?;
+                bail!(
+                    "config field `risk.tiers` lists `{}` after `{}`, whose minimums are no higher: first match wins, so `{}` would take every customer `{}` is meant for (list tiers from the highest minimums down, the catch-all last)",
+                    tier.name,
+                    earlier.name,
+                    earlier.name,
+                    tier.name
+                );
             }
             check(
                 !tier.name.is_empty()

@@ -76,11 +76,8 @@ async fn the_broker_gives_back_published_messages_at_the_offsets_it_reports() {
     }
 }
 
-/// Brokers that nobody answers for are said so when publishing starts (`generate --brokers`),
-/// not after librdkafka's five-minute delivery timeout.
-#[tokio::test(flavor = "multi_thread")]
-async fn publishing_to_brokers_that_do_not_answer_fails_and_says_so() {
-    let brokers = format!("127.0.0.1:{}", crate::broker::free_port());
+/// Five generated events published to the test topics, as `generate --brokers` publishes them.
+async fn publish_five_events(brokers: &str) -> anyhow::Result<()> {
     let events = customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
         customers: 3,
         events: 5,
@@ -89,7 +86,15 @@ async fn publishing_to_brokers_that_do_not_answer_fails_and_says_so() {
         step_ms: 60_000,
     });
     let topics = crate::end_to_end::test_topics();
-    let error = customer_pulse::kafka::publish(&brokers, &topics, &events, None, 1)
+    customer_pulse::kafka::publish(brokers, &topics, &events, None, 1).await
+}
+
+/// Brokers that nobody answers for are said so when publishing starts (`generate --brokers`),
+/// not after librdkafka's five-minute delivery timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_to_brokers_that_do_not_answer_fails_and_says_so() {
+    let brokers = format!("127.0.0.1:{}", crate::broker::free_port());
+    let error = publish_five_events(&brokers)
         .await
         .expect_err("nothing listens there");
     assert!(
@@ -106,15 +111,7 @@ async fn publishing_to_brokers_that_do_not_answer_fails_and_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn publishing_to_a_topic_the_brokers_do_not_have_names_it() {
     let broker = Broker::start();
-    let events = customer_pulse::generate::generate(&customer_pulse::generate::TrafficSpec {
-        customers: 3,
-        events: 5,
-        seed: 1,
-        start_ms: 1_767_225_600_000,
-        step_ms: 60_000,
-    });
-    let topics = crate::end_to_end::test_topics();
-    let error = customer_pulse::kafka::publish(&broker.address, &topics, &events, None, 1)
+    let error = publish_five_events(&broker.address)
         .await
         .expect_err("no topic exists");
     let error = error.to_string();
