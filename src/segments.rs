@@ -688,10 +688,13 @@ mod tests {
         let closed = s.close_until(8 * DAY_MS, &gold);
         assert_eq!(
             names(&closed),
-            [(5, "gold".into()), (5, "silver".into())]
-                .into_iter()
-                .chain([(6, "gold".into()), (6, "silver".into()), (7, "gold".into())])
-                .collect::<Vec<_>>(),
+            [
+                (5, "gold".into()),
+                (5, "silver".into()),
+                (6, "gold".into()),
+                (6, "silver".into()),
+                (7, "gold".into())
+            ],
             "silver is closed while it has customers at a day's end, then no more"
         );
         assert_eq!(closed[1].population.active(), 2);
