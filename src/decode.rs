@@ -129,6 +129,13 @@ pub fn decode(
     if payload.len() > rules.max_event_bytes {
         return Err(too_large(payload.len() as u64, rules));
     }
+    if payload.is_empty() {
+        // serde_json says "EOF while parsing a value at line 1 column 0".
+        return Err(reject(
+            Reason::NotJson,
+            "no value: the record is empty, or a tombstone (a null value); an event is one JSON object",
+        ));
+    }
     // JSON is UTF-8 (RFC 8259). Checked once for the whole payload, its strings are then read
     // without a check of each (a sixth fewer instructions in decoding).
     let text = std::str::from_utf8(payload).map_err(|e| {
@@ -675,6 +682,20 @@ mod tests {
         // Outside a string too: JSON text is UTF-8 throughout.
         let rejection = decode(None, None, b"{\"a\":1}\xc3", NOW, &rules()).expect_err("rejected");
         assert_eq!(rejection.reason, Reason::NotJson);
+    }
+
+    #[test]
+    fn an_empty_value_or_a_tombstone_is_not_json_and_the_message_says_it_has_no_value() {
+        let rejection = decode(None, Some(b"c-1"), b"", NOW, &rules()).expect_err("rejected");
+        assert_eq!(rejection.reason, Reason::NotJson);
+        assert_eq!(
+            rejection.message,
+            "no value: the record is empty, or a tombstone (a null value); an event is one JSON object"
+        );
+        // Blanks are a value, which is not JSON.
+        let rejection = decode(None, None, b" ", NOW, &rules()).expect_err("rejected");
+        assert_eq!(rejection.reason, Reason::NotJson);
+        assert!(rejection.message.starts_with("not valid JSON: EOF"));
     }
 
     #[test]
