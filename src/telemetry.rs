@@ -26,6 +26,7 @@ pub struct Telemetry {
     events: IntCounterVec,
     dead_letters: IntCounterVec,
     limits_reached: IntCounterVec,
+    off_partition: IntCounterVec,
     processing_latency: Histogram,
     commit_duration: Histogram,
     commits_failed: IntCounter,
@@ -140,6 +141,11 @@ impl Telemetry {
             limits_reached: IntCounterVec::new(
                 opts("limits_reached_total", "Events applied at a per-customer bound (open_orders, open_complaints, dedup_ids): they count, but what they would add past the bound is not kept."),
                 &["limit"],
+            )
+            .expect("valid metric"),
+            off_partition: IntCounterVec::new(
+                opts("events_off_partition_total", "Events read from an input partition other than the one Kafka's Java client puts their customer_id in (murmur2): their publisher partitions otherwise, and a customer published by two partitioners has two states."),
+                &["topic"],
             )
             .expect("valid metric"),
             processing_latency: Histogram::with_opts(
@@ -398,6 +404,7 @@ impl Telemetry {
             Box::new(t.restore_remaining.clone()),
             Box::new(t.dead_letters.clone()),
             Box::new(t.limits_reached.clone()),
+            Box::new(t.off_partition.clone()),
             Box::new(t.processing_latency.clone()),
             Box::new(t.commit_duration.clone()),
             Box::new(t.commits_failed.clone()),
@@ -473,6 +480,9 @@ impl Telemetry {
         }
         for (limit, n) in &report.limits_reached {
             self.limits_reached.with_label_values(&[limit]).inc_by(*n);
+        }
+        for ((topic, _), n) in &report.off_partition {
+            self.off_partition.with_label_values(&[&**topic]).inc_by(*n);
         }
         for t in &report.append_times_ms {
             self.processing_latency

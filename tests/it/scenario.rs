@@ -921,6 +921,64 @@ fn offsets_move_past_every_record_of_a_batch_rejected_or_not() {
 }
 
 #[test]
+fn an_event_read_from_another_partition_than_its_customers_is_kept_there_and_counted() {
+    // A publisher that does not partition as Kafka's Java client does (librdkafka's default is
+    // CRC32): the customer's events are read from partition `away`, not `home`.
+    let home = partition_for(b"a", 4);
+    let away = (home + 1) % 4;
+    let record =
+        |offset: i64, partition: i32, json: String| customer_pulse::processor::InputRecord {
+            source: "customer.interactions".into(),
+            source_partition: partition,
+            state_partition: Some(partition),
+            ..file_record(offset, &json)
+        };
+    let contact = |id: &str, at: &str| {
+        let fields = r#""channel":"email","direction":"inbound""#;
+        ev(id, "a", "interaction.contact", at, fields)
+    };
+    let store = Store::in_memory();
+    let mut processor = Processor::new(store.clone(), settings(10));
+    let first = processor
+        .process(
+            &[
+                record(0, home, contact("e1", "01T10:00:00")),
+                record(0, away, contact("e2", "01T10:05:00")),
+            ],
+            NOW_MS,
+        )
+        .unwrap();
+    let second = processor
+        .process(&[record(1, away, contact("e3", "01T10:10:00"))], NOW_MS)
+        .unwrap();
+    for report in [&first, &second] {
+        assert_eq!(
+            report.off_partition,
+            [(("customer.interactions".into(), away), 1)].into(),
+            "only the events read from the other partition are counted"
+        );
+    }
+    // Each event is folded where it was read: the one from `home` into one state, the two from
+    // `away` into another.
+    let contacts = |partition| {
+        store
+            .customer(partition, "a")
+            .unwrap()
+            .map(|s| s.contacts)
+            .unwrap_or_else(|| panic!("a state in partition {partition}"))
+    };
+    assert_eq!((contacts(home), contacts(away)), (1, 2));
+    let telemetry = Telemetry::new();
+    telemetry.record_batch(&first, 0.0, NOW_MS);
+    telemetry.record_batch(&second, 0.0, NOW_MS);
+    let line = "customer_pulse_events_off_partition_total{topic=\"customer.interactions\"} 2\n";
+    assert!(
+        telemetry.render().contains(line),
+        "no {line:?} in the metrics"
+    );
+}
+
+#[test]
 fn the_cache_metric_tells_customers_in_memory_from_those_read_back_and_new_ones() {
     let survey = |id: &str, customer: &str, at: &str| {
         ev(id, customer, "interaction.survey", at, r#""score":9"#)
