@@ -2,8 +2,8 @@
 //! per-batch reports; nothing on the hot path touches a metric per event. Also the log's
 //! throttle of repeated warnings ([`repeated`]).
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -27,6 +27,8 @@ pub struct Telemetry {
     dead_letters: IntCounterVec,
     limits_reached: IntCounterVec,
     off_partition: IntCounterVec,
+    /// The input partitions whose off-partition events were warned of.
+    off_partition_warned: Mutex<HashSet<(Arc<str>, i32)>>,
     processing_latency: Histogram,
     commit_duration: Histogram,
     commits_failed: IntCounter,
@@ -148,6 +150,7 @@ impl Telemetry {
                 &["topic"],
             )
             .expect("valid metric"),
+            off_partition_warned: Mutex::new(HashSet::new()),
             processing_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "processing_latency_seconds",
@@ -481,8 +484,20 @@ impl Telemetry {
         for (limit, n) in &report.limits_reached {
             self.limits_reached.with_label_values(&[limit]).inc_by(*n);
         }
-        for ((topic, _), n) in &report.off_partition {
+        for ((topic, partition), n) in &report.off_partition {
             self.off_partition.with_label_values(&[&**topic]).inc_by(*n);
+            let mut warned = self
+                .off_partition_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if warned.insert((topic.clone(), *partition)) {
+                tracing::warn!(
+                    topic = &**topic,
+                    partition,
+                    events = n,
+                    "Events read from this input partition belong, by their customer_id, in other partitions, where Kafka's Java client puts their keys (murmur2): their publisher partitions otherwise (librdkafka's default is CRC32; its partitioner=murmur2_random places keys as Java does). A customer's state is kept in the partition its events are read from, so one published by two partitioners has two. Counted in customer_pulse_events_off_partition_total; warned once per partition."
+                );
+            }
         }
         for t in &report.append_times_ms {
             self.processing_latency

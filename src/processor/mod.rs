@@ -3,7 +3,7 @@
 //! Shared by every source (Kafka, file). Must not know about Kafka, RocksDB or Prometheus: it sees
 //! owned [`InputRecord`]s, a [`Store`] and returns a [`BatchReport`] for telemetry to record.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::decode::{decode, too_large, Rejection, Rules};
@@ -416,9 +416,6 @@ pub struct Processor {
     rfm_recounted: bool,
     /// A restore replaced a partition's customers since the last recount.
     rfm_stale: bool,
-    /// The input partitions whose events were found in another partition than their
-    /// customer's, and warned of.
-    off_partition_warned: HashSet<(Arc<str>, i32)>,
 }
 
 /// The instance-wide aggregates: complaint trends and segment metrics.
@@ -544,7 +541,6 @@ impl Processor {
             owned: BTreeSet::new(),
             rfm_recounted: false,
             rfm_stale: false,
-            off_partition_warned: HashSet::new(),
         }
     }
 
@@ -1274,27 +1270,6 @@ impl Processor {
         Ok(segment_at(trailing, at, &self.settings.risk).to_owned())
     }
 
-    /// Counts an event read from an input partition other than `home`, the one Kafka's Java
-    /// client puts its customer in, and warns of the first from each partition. Its customer's
-    /// state is kept in the partition it was read from, as its events' owner must: a publisher
-    /// with another partitioner (librdkafka's default is CRC32) places every customer
-    /// consistently, but one customer published by two partitioners has two states, and with
-    /// several instances `GET /customers/{id}` sends it to the owner of `home`.
-    fn note_off_partition(&mut self, record: &InputRecord, home: i32, report: &mut BatchReport) {
-        let key = (record.source.clone(), record.source_partition);
-        if !self.off_partition_warned.contains(&key) {
-            tracing::warn!(
-                topic = &*record.source,
-                partition = record.source_partition,
-                offset = record.offset,
-                customer_partition = home,
-                "An event's customer is in another partition than the one it was read from, as Kafka's Java client places keys (murmur2): its publisher partitions otherwise (librdkafka's default is CRC32; its partitioner=murmur2_random places keys as Java does). Its state is kept in the partition read; a customer published by two partitioners has two. Counted in customer_pulse_events_off_partition_total; warned once per partition."
-            );
-            self.off_partition_warned.insert(key.clone());
-        }
-        *report.off_partition.entry(key).or_default() += 1;
-    }
-
     /// Folds one record into its customer: a rejected one goes to the dead-letter topic; an
     /// event fires the customer's due timers, applies, counts in the aggregates (with
     /// [`Before`] and [`counted_facts`]), then reassesses the customer, or [`erase`]s it.
@@ -1325,7 +1300,11 @@ impl Processor {
         let home = partition_for(event.customer_id.as_bytes(), self.settings.partitions);
         let partition = match record.state_partition {
             Some(partition) if partition != home => {
-                self.note_off_partition(record, home, report);
+                // Its publisher partitions otherwise. Folded where it was read, as the
+                // partition's owner must hold its customers; counted for the operator, since a
+                // customer published by two partitioners has two states.
+                let source = (record.source.clone(), record.source_partition);
+                *report.off_partition.entry(source).or_default() += 1;
                 partition
             }
             _ => home,
