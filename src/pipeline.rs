@@ -436,8 +436,9 @@ pub async fn run_on(
     // The producer gets ready (three metadata round trips, 50 ms against Tansu) while the
     // consumer joins and fetches: nothing is in the outbox to send before the first commit.
     let outputs = output_topics(&config);
+    let changelog = config.changelog.then(|| config.topics.changelog.clone());
     let checked = tokio::task::spawn_blocking(move || {
-        check_outputs(&sink, &outputs);
+        check_outputs(&sink, &outputs, changelog.as_deref());
         sink
     });
     let wake = Arc::new(Notify::new());
@@ -763,15 +764,24 @@ fn output_topics(config: &Config) -> Vec<String> {
 /// Warns of missing output topics, then readies the producer once the brokers have answered
 /// (see [`KafkaSink::ready`]) for the first of `outputs`. An output topic that does not exist
 /// holds up the outbox behind its first record until it is created (or the brokers create it
-/// on first use): say so at start, by name. Blocks.
-fn check_outputs(sink: &KafkaSink, outputs: &[String]) {
+/// on first use): say so at start, by name. A missing `changelog` holds up more: no partition
+/// starts until it exists, since each starts with a claim written to it. Blocks.
+fn check_outputs(sink: &KafkaSink, outputs: &[String], changelog: Option<&str>) {
     let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
     match sink.missing_topics(&names, Duration::from_secs(10)) {
         Ok(missing) if missing.is_empty() => {}
-        Ok(missing) => tracing::warn!(
-            topics = ?missing,
-            "Output topics not found on the brokers; their records wait in the outbox until the topics exist."
-        ),
+        Ok(missing) => {
+            tracing::warn!(
+                topics = ?missing,
+                "Output topics not found on the brokers; their records wait in the outbox until the topics exist."
+            );
+            if let Some(topic) = changelog.filter(|c| missing.iter().any(|m| m == c)) {
+                tracing::error!(
+                    topic,
+                    "The changelog topic (topics.changelog) is not on the brokers: with state.changelog on, no partition starts until it exists, since each starts by claiming its partition of it. Create it compacted, with input.partitions partitions (deploy/docker-compose.yml shows how); the partitions start on their next try."
+                );
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "Could not read the brokers' topic list.");
             return;

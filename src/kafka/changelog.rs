@@ -336,7 +336,15 @@ impl ChangelogSource for ChangelogReader {
             .into_iter()
             .next()
             .unwrap_or(Err(KafkaError::Canceled))
-            .map_err(|e| anyhow::anyhow!("claiming partition {partition} of the changelog: {e}"))
+            .map_err(|e| {
+                let topic = &self.topic;
+                match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => anyhow::anyhow!(
+                        "claiming partition {partition} of the changelog {topic}: {e}: create the topic, compacted, with input.partitions partitions"
+                    ),
+                    _ => anyhow::anyhow!("claiming partition {partition} of the changelog {topic}: {e}"),
+                }
+            })
     }
 
     fn release(&self, releases: &[(i32, Epoch)]) -> anyhow::Result<()> {
