@@ -11,7 +11,7 @@ use std::time::Duration;
 use customer_pulse::config::Config;
 use customer_pulse::event::format_millis;
 use customer_pulse::generate::Generated;
-use customer_pulse::kafka::{publish, ChangelogReader};
+use customer_pulse::kafka::{create_topics, publish, ChangelogReader};
 use customer_pulse::processor::partition_for;
 use customer_pulse::replay::wall_clock_ms;
 use customer_pulse::restore::ChangelogSource;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
     config_text, create_all_topics, http_get, metric_sum, replayed_states, served_states,
-    test_topics, traffic, wait_for,
+    test_topics, traffic, wait_for, PARTITIONS,
 };
 
 /// A counter or gauge with one exact label set, as `/metrics` shows it.
@@ -509,4 +509,70 @@ async fn a_member_with_nothing_to_write_claims_back_what_the_claimant_released_a
     }
     numbered_in_order(&log);
     a.stop().await;
+}
+
+/// A job started with the changelog on before its changelog topic exists names the topic at
+/// start, as an error, and is not ready; once the topic is created it starts its partitions by
+/// itself, and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_started_before_its_changelog_topic_exists_names_it_and_starts_once_it_is_created() {
+    use std::process::{Command, Stdio};
+    let broker = Broker::start();
+    let (others, changelog): (Vec<_>, Vec<_>) = [
+        ("customer.interactions", PARTITIONS, false),
+        ("customer.orders", PARTITIONS, false),
+        ("customer.complaints", PARTITIONS, false),
+        ("customer.churn-risk", PARTITIONS, true),
+        ("customer.complaint-trends", PARTITIONS, false),
+        ("customer.segment-metrics", PARTITIONS, false),
+        ("customer.events.dlq", 1, false),
+        ("customer-pulse.customers-changelog", PARTITIONS, true),
+    ]
+    .into_iter()
+    .partition(|(name, _, _)| !name.ends_with("changelog"));
+    create_topics(&broker.address, &others).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    let text = config_text(&broker.address, &dir.path().join("state"), port)
+        .replace("[state]\n", "[state]\nchangelog = true\n");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("job.log");
+    let mut job = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let named = wait_for(Duration::from_secs(30), || {
+        read_log().lines().any(|l| {
+            l.contains("ERROR")
+                && l.contains("The changelog topic (topics.changelog) is not on the brokers")
+                && l.contains("topic=\"customer-pulse.customers-changelog\"")
+        })
+    })
+    .await;
+    assert!(
+        named,
+        "the missing changelog topic is named at start:\n{}",
+        read_log()
+    );
+    let ready = || http_get(port, "/readyz").is_some_and(|(status, _)| status == 200);
+    assert!(!ready(), "not ready without the changelog topic");
+    create_topics(&broker.address, &changelog).await.unwrap();
+    let started = wait_for(Duration::from_secs(120), ready).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(job.wait().unwrap().success(), "a clean stop");
+    assert!(
+        started,
+        "the partitions start once the topic exists:\n{}",
+        read_log()
+    );
 }
