@@ -26,8 +26,8 @@ need_debian() {
 }
 
 # libclang-dev: RocksDB's bindings are generated at build time. The rest: a C/C++ toolchain,
-# make and perl for librdkafka's configure, and zlib.
-need_debian libclang-dev g++ make perl pkg-config zlib1g-dev curl
+# make and perl for librdkafka's configure, zlib, and OpenSSL for Kafka's TLS and SASL/SCRAM.
+need_debian libclang-dev g++ make perl pkg-config zlib1g-dev libssl-dev curl
 
 # RocksDB computes the CRC32C of its write-ahead log and blocks with the CPU's SSE 4.2 and
 # PCLMUL instructions only when it is compiled for them, and librocksdb-sys asks the C++

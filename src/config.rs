@@ -154,7 +154,7 @@ impl RawKafka {
     }
 }
 
-/// A secret given as a value or as a file whose first line it is; not both.
+/// A secret given as a value or as a file whose first line it is; not both, and not empty.
 fn read_secret(
     value: Option<&String>,
     file: Option<&PathBuf>,
@@ -164,7 +164,10 @@ fn read_secret(
         (Some(_), Some(_)) => {
             bail!("config fields `{field}` and `{field}_file` exclude each other")
         }
-        (Some(value), None) => Ok(Some(Secret(value.clone()))),
+        (Some(value), None) => {
+            check(!value.is_empty(), field, "must not be empty")?;
+            Ok(Some(Secret(value.clone())))
+        }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| {
                 format!(
@@ -172,9 +175,14 @@ fn read_secret(
                     path.display()
                 )
             })?;
-            Ok(Some(Secret(
-                text.lines().next().unwrap_or_default().to_owned(),
-            )))
+            let first = text.lines().next().unwrap_or_default();
+            if first.is_empty() {
+                bail!(
+                    "config field `{field}_file`: the first line of {} is empty, and it is the secret",
+                    path.display()
+                );
+            }
+            Ok(Some(Secret(first.to_owned())))
         }
         (None, None) => Ok(None),
     }
@@ -1600,6 +1608,22 @@ mod tests {
             .kafka_security
             .client_properties()
             .contains(&("sasl.password", "from-env".to_owned())));
+        // An empty password, in the file or given, is refused naming its field: librdkafka
+        // said only "sasl.username and sasl.password must be set".
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\nsecond line\n").unwrap();
+        let sasl = "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n";
+        for (line, field) in [
+            (
+                format!("sasl_password_file = \"{}\"\n", empty.display()),
+                "`kafka.sasl_password_file`",
+            ),
+            ("sasl_password = \"\"\n".to_owned(), "`kafka.sasl_password`"),
+        ] {
+            let text = format!("{sasl}{line}[state]\npath = \"x\"\n");
+            let error = format!("{:#}", Config::parse(&text, no_env()).unwrap_err());
+            assert!(error.contains(field), "{error}");
+        }
         // Plaintext by default, with nothing else passed.
         let plain = Config::parse(MINIMAL, no_env()).unwrap();
         assert_eq!(

@@ -10,6 +10,8 @@ need_debian prometheus
 # Compose's and Kubernetes' own validators for deploy/ (neither needs a container engine).
 need_debian docker-compose
 need_pip kubernetes-validate==1.37.0
+# socat: the TLS front of the Kafka TLS test (Tansu 0.6.0's own TLS took no librdkafka client).
+need_debian socat
 # The peer stream processor of benches/peers.rs, whose smoke run is part of the tests.
 need_pip quixstreams==3.28.1
 say "Checking formatting"

@@ -26,7 +26,9 @@ mod sink;
 
 pub use changelog::{ChangelogProgress, ChangelogReader, ChangelogTail, ClaimCheck};
 pub use input::{Input, Owners, PulseContext};
-pub use publish::{create_topics, publish, publish_raw, publish_with, RawMessage};
+pub use publish::{
+    create_topics, create_topics_with, publish, publish_raw, publish_with, RawMessage,
+};
 pub use sink::{KafkaSink, SinkContext};
 
 /// A librdkafka client configuration for `brokers`, with the security settings (TLS, SASL)

@@ -172,10 +172,22 @@ pub async fn publish_raw(
 /// Creates topics that do not exist yet: `(name, partitions, compacted)`. Existing ones are left
 /// as they are.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32, bool)]) -> anyhow::Result<()> {
+    create_topics_with(brokers, topics, &[]).await
+}
+
+/// [`create_topics`], with librdkafka client properties of the caller's on top (TLS, SASL).
+pub async fn create_topics_with(
+    brokers: &str,
+    topics: &[(&str, i32, bool)],
+    properties: &[(&str, &str)],
+) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<LogErrors> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create_with_context(LogErrors("topic creation"))?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let admin: AdminClient<LogErrors> = config.create_with_context(LogErrors("topic creation"))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions, compacted)| {

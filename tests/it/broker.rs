@@ -59,9 +59,17 @@ fn tansu() -> String {
 impl Broker {
     pub fn start() -> Broker {
         let port = free_port();
+        Broker::start_on(port, port)
+    }
+
+    /// A broker listening on `port` that tells its clients to connect to `advertised` (a TLS
+    /// front's port, see `tls`), whose address it takes.
+    pub fn start_on(port: u16, advertised: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised_url])
             .args(["--storage-engine", "memory://tansu/"])
             .env(
                 "RUST_LOG",
@@ -71,16 +79,19 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("the tansu broker starts (tests/run.sh installs it: cargo install tansu --version 0.6.0 --features dynostore --locked)");
-        let address = format!("127.0.0.1:{port}");
+        let listening = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&address).is_err() {
+        while std::net::TcpStream::connect(&listening).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "tansu did not listen on {address} within 20 s"
+                "tansu did not listen on {listening} within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child, address }
+        Broker {
+            child,
+            address: format!("127.0.0.1:{advertised}"),
+        }
     }
 }
 
