@@ -25,5 +25,5 @@ mod scenario;
 mod segments;
 mod store_faults;
 mod support;
-mod tls;
 mod trends;
+mod wire;
