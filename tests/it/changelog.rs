@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
     config_text, create_all_topics, http_get, metric_sum, replayed_states, served_states,
-    test_topics, traffic, wait_for, PARTITIONS,
+    test_topics, traffic, wait_for, TOPICS,
 };
 
 /// A counter or gauge with one exact label set, as `/metrics` shows it.
@@ -516,20 +516,10 @@ async fn a_member_with_nothing_to_write_claims_back_what_the_claimant_released_a
 /// itself, and is ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_started_before_its_changelog_topic_exists_names_it_and_starts_once_it_is_created() {
-    use std::process::{Command, Stdio};
     let broker = Broker::start();
-    let (others, changelog): (Vec<_>, Vec<_>) = [
-        ("customer.interactions", PARTITIONS, false),
-        ("customer.orders", PARTITIONS, false),
-        ("customer.complaints", PARTITIONS, false),
-        ("customer.churn-risk", PARTITIONS, true),
-        ("customer.complaint-trends", PARTITIONS, false),
-        ("customer.segment-metrics", PARTITIONS, false),
-        ("customer.events.dlq", 1, false),
-        ("customer-pulse.customers-changelog", PARTITIONS, true),
-    ]
-    .into_iter()
-    .partition(|(name, _, _)| !name.ends_with("changelog"));
+    let (others, changelog): (Vec<_>, Vec<_>) = TOPICS
+        .into_iter()
+        .partition(|(name, _, _)| !name.ends_with("changelog"));
     create_topics(&broker.address, &others).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -538,14 +528,7 @@ async fn a_job_started_before_its_changelog_topic_exists_names_it_and_starts_onc
         .replace("[state]\n", "[state]\nchangelog = true\n");
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("job.log");
-    let mut job = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let job = crate::crash::Job::start_logging_to(&config, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let named = wait_for(Duration::from_secs(30), || {
         read_log().lines().any(|l| {
@@ -564,12 +547,7 @@ async fn a_job_started_before_its_changelog_topic_exists_names_it_and_starts_onc
     assert!(!ready(), "not ready without the changelog topic");
     create_topics(&broker.address, &changelog).await.unwrap();
     let started = wait_for(Duration::from_secs(120), ready).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &job.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(job.wait().unwrap().success(), "a clean stop");
+    assert!(job.terminate(), "a clean stop");
     assert!(
         started,
         "the partitions start once the topic exists:\n{}",

@@ -37,6 +37,25 @@ impl Job {
         Job(child)
     }
 
+    /// The job with its log, at `warn`, written to `log` (to be read back).
+    pub fn start_logging_to(config: &std::path::Path, log: &std::path::Path) -> Job {
+        let child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        Job(child)
+    }
+
+    /// Sends SIGTERM and waits: whether the job stopped cleanly.
+    pub fn terminate(mut self) -> bool {
+        self.signal("-TERM");
+        self.0.wait().unwrap().success()
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.0.id().to_string()])

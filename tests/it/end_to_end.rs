@@ -57,23 +57,21 @@ pub fn served_states(ports: &[u16], ids: &[String]) -> BTreeMap<String, serde_js
         .collect()
 }
 
+/// Every topic of the tests' configuration: `(name, partitions, compacted)`, the changelog last.
+pub const TOPICS: [(&str, i32, bool); 8] = [
+    ("customer.interactions", PARTITIONS, false),
+    ("customer.orders", PARTITIONS, false),
+    ("customer.complaints", PARTITIONS, false),
+    ("customer.churn-risk", PARTITIONS, true),
+    // Keyed by category and segment, but a history: not compacted (CONTRACT section 2).
+    ("customer.complaint-trends", PARTITIONS, false),
+    ("customer.segment-metrics", PARTITIONS, false),
+    ("customer.events.dlq", 1, false),
+    ("customer-pulse.customers-changelog", PARTITIONS, true),
+];
+
 pub async fn create_all_topics(brokers: &str) {
-    create_topics(
-        brokers,
-        &[
-            ("customer.interactions", PARTITIONS, false),
-            ("customer.orders", PARTITIONS, false),
-            ("customer.complaints", PARTITIONS, false),
-            ("customer.churn-risk", PARTITIONS, true),
-            // Keyed by category and segment, but a history: not compacted (CONTRACT section 2).
-            ("customer.complaint-trends", PARTITIONS, false),
-            ("customer.segment-metrics", PARTITIONS, false),
-            ("customer.events.dlq", 1, false),
-            ("customer-pulse.customers-changelog", PARTITIONS, true),
-        ],
-    )
-    .await
-    .unwrap();
+    create_topics(brokers, &TOPICS).await.unwrap();
 }
 
 pub fn traffic(events: u64, seed: u64) -> Vec<Generated> {

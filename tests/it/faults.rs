@@ -753,7 +753,6 @@ fn a_job_with_the_changelog_without_brokers_logs_each_client_error_once_a_period
 /// config's `[state]` section, stopped by SIGTERM `after` its start; asserts a clean stop in
 /// under 60 lines that did not wait for the start's last check of the brokers.
 fn run_without_brokers(state: &str, after: Duration) -> String {
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let brokers = format!("127.0.0.1:{}", free_port());
@@ -761,23 +760,11 @@ fn run_without_brokers(state: &str, after: Duration) -> String {
         .replace("[state]\n", &format!("[state]\n{state}"));
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("job.log");
-    let mut job = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let job = crate::crash::Job::start_logging_to(&config, &log);
     // At 14 s: past the start's ten seconds waiting for the input topics' partition counts,
     // after which the consumer and the producer start and meet the errors too.
     std::thread::sleep(after);
-    let status = Command::new("kill")
-        .args(["-TERM", &job.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(job.wait().unwrap().success(), "a clean stop");
+    assert!(job.terminate(), "a clean stop");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines = text.lines().count();
     assert!(lines < 60, "{lines} lines:\n{text}");

@@ -466,9 +466,14 @@ pub async fn aggregates_of_one_pass(brokers: &str, values: &[serde_json::Value],
         got.len(),
         differ.join("\n")
     );
+    // The days due only: a later one may be emitted in part when the reading stops, and which
+    // segment a renewal or referral falls in depends on the order of reading, so a day's
+    // segments in part need not add up. Until 2026-12-04 every emitted day was taken: in a run
+    // begun after about 21:00 UTC the traffic's last day closed within the last two hours of
+    // event time, and both tests that use this check failed on it, a renewal or three short.
     let got_days: BTreeMap<String, serde_json::Value> = got
         .iter()
-        .filter(|(id, _)| id.starts_with("segment-"))
+        .filter(|(id, _)| id.starts_with("segment-") && due.contains(id))
         .map(|(id, v)| (id.clone(), v.clone()))
         .collect();
     let want_days: BTreeMap<String, serde_json::Value> = want
@@ -493,8 +498,7 @@ pub async fn aggregates_of_one_pass(brokers: &str, values: &[serde_json::Value],
     for path in [&["referrals"][..], &["renewals", "count"]] {
         let (got, want) = (per_day(&got_days, path), per_day(&want_days, path));
         if got != want {
-            // Each copy of the days that differ, as emitted (it failed so once in CI, a
-            // renewal short on the last day, with 392 stale changelog records and a rejoin).
+            // Each copy of the days that differ, as emitted.
             let days: Vec<&String> = got.keys().filter(|d| got.get(*d) != want.get(*d)).collect();
             let copies: Vec<String> = emitted_days
                 .iter()

@@ -15,7 +15,7 @@ use customer_pulse::kafka::{create_topics_with, publish_with};
 
 use crate::broker::{free_port, Broker};
 use crate::crash::Job;
-use crate::end_to_end::{config_text, metric_sum, test_topics, traffic, wait_for, PARTITIONS};
+use crate::end_to_end::{config_text, metric_sum, test_topics, traffic, wait_for, TOPICS};
 
 fn tls_file(name: &str) -> String {
     format!("{}/tests/tls/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -60,18 +60,10 @@ impl Drop for TlsFront {
 
 /// The input and output topics, created through clients with `properties`.
 async fn create_the_topics(brokers: &str, properties: &[(&str, &str)]) {
-    let topics: Vec<(&str, i32, bool)> = [
-        "customer.interactions",
-        "customer.orders",
-        "customer.complaints",
-        "customer.churn-risk",
-        "customer.complaint-trends",
-        "customer.segment-metrics",
-        "customer.events.dlq",
-    ]
-    .into_iter()
-    .map(|name| (name, PARTITIONS, false))
-    .collect();
+    let topics: Vec<(&str, i32, bool)> = TOPICS
+        .into_iter()
+        .filter(|(name, _, _)| !name.ends_with("changelog"))
+        .collect();
     create_topics_with(brokers, &topics, properties)
         .await
         .unwrap();
@@ -97,7 +89,7 @@ async fn job_counts_and_delivers(brokers: &str, kafka: &str, events: usize) -> (
     .await;
     let counted = metric_sum(port, "customer_pulse_events_total");
     let delivered = metric_sum(port, "customer_pulse_outbox_delivered_total");
-    job.signal("-TERM");
+    assert!(job.terminate(), "a clean stop");
     (done, counted, delivered)
 }
 
