@@ -143,6 +143,22 @@ impl RawKafka {
                 check(path.is_file(), field, "must name a readable file")?;
             }
         }
+        // A client certificate is presented with its key: one without the other is a mistake
+        // that the brokers would only show as a failed handshake.
+        check(
+            self.ssl_certificate_location.is_some() == self.ssl_key_location.is_some(),
+            if self.ssl_key_location.is_none() {
+                "kafka.ssl_key_location"
+            } else {
+                "kafka.ssl_certificate_location"
+            },
+            "must be set with the other of ssl_certificate_location and ssl_key_location (a client certificate and its key)",
+        )?;
+        check(
+            self.ssl_key_password.is_none() || self.ssl_key_location.is_some(),
+            "kafka.ssl_key_password",
+            "needs kafka.ssl_key_location (the key it opens)",
+        )?;
         Ok(KafkaSecurity {
             protocol,
             sasl,
@@ -1744,6 +1760,16 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"ssl\"\nssl_ca_location = \"/nonexistent/ca.pem\"\n[state]\npath = \"x\"\n",
                 "kafka.ssl_ca_location",
+            ),
+            // A client certificate without its key (a file that exists: the tests run in the
+            // repository), and a key password without a key.
+            (
+                "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"ssl\"\nssl_certificate_location = \"Cargo.toml\"\n[state]\npath = \"x\"\n",
+                "kafka.ssl_key_location",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\nsecurity_protocol = \"ssl\"\nssl_key_password = \"k\"\n[state]\npath = \"x\"\n",
+                "kafka.ssl_key_password",
             ),
             ("[kafka]\nbrokers = \"b\"\n", "state"),
             (
