@@ -248,17 +248,14 @@ impl Lane {
                 return Ok(());
             }
             let mut cut_from = None;
-            match line.last() {
-                Some(&last) if n == self.line_bytes && last != b'\n' => {
-                    let length = skip_line(&mut self.reader, n, last).with_context(cannot_read)?;
-                    // Read whole after all when the cut fell before its line break, or the
-                    // file's end, or between the break's two bytes.
-                    if length > n {
-                        tracing::warn!(file = %self.path.display(), line = self.offset, bytes = length, kept = n, "A line longer than max_event_bytes is dead-lettered as too_large with its first bytes.");
-                        cut_from = Some(length);
-                    }
+            if let Some(&last) = line.last().filter(|b| n == self.line_bytes && **b != b'\n') {
+                let length = skip_line(&mut self.reader, n, last).with_context(cannot_read)?;
+                // Read whole after all when the cut fell before its line break, or the file's
+                // end, or between the break's two bytes.
+                if length > n {
+                    tracing::warn!(file = %self.path.display(), line = self.offset, bytes = length, kept = n, "A line longer than max_event_bytes is dead-lettered as too_large with its first bytes.");
+                    cut_from = Some(length);
                 }
-                _ => {}
             }
             bar.inc(cut_from.unwrap_or(n));
             let offset = self.offset;

@@ -337,13 +337,16 @@ impl ChangelogSource for ChangelogReader {
             .next()
             .unwrap_or(Err(KafkaError::Canceled))
             .map_err(|e| {
+                let hint = match e.rdkafka_error_code() {
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                    ) => ": create the topic, compacted, with input.partitions partitions",
+                    _ => "",
+                };
                 let topic = &self.topic;
-                match e.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => anyhow::anyhow!(
-                        "claiming partition {partition} of the changelog {topic}: {e}: create the topic, compacted, with input.partitions partitions"
-                    ),
-                    _ => anyhow::anyhow!("claiming partition {partition} of the changelog {topic}: {e}"),
-                }
+                anyhow::anyhow!(
+                    "claiming partition {partition} of the changelog {topic}: {e}{hint}"
+                )
             })
     }
 

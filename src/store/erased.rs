@@ -136,15 +136,14 @@ impl Erasures {
 
     /// Takes out the markers whose time is before `before`: (partition, fingerprint) and time.
     pub fn take_before(&mut self, before: Millis) -> Vec<((i32, u64), Millis)> {
-        let old: Vec<((i32, u64), Millis)> = self
-            .0
-            .iter()
-            .filter(|(_, until)| **until < before)
-            .map(|(marker, until)| (*marker, *until))
-            .collect();
-        for (marker, _) in &old {
-            self.0.remove(marker);
-        }
+        let mut old = Vec::new();
+        self.0.retain(|marker, until| {
+            let keep = *until >= before;
+            if !keep {
+                old.push((*marker, *until));
+            }
+            keep
+        });
         old
     }
 }

@@ -629,6 +629,9 @@ impl Store {
     pub fn forget_erasures_before(&self, before: Millis) -> Result<usize, StoreError> {
         let mut erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
         let old = erasures.take_before(before);
+        if old.is_empty() {
+            return Ok(0);
+        }
         let ops = old
             .iter()
             .map(|((partition, fingerprint), _)| Op::Delete(erased::key(*partition, *fingerprint)))
