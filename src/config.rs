@@ -480,9 +480,15 @@ impl RawChurn {
             "must not be 1 (expected purchases divide by a - 1)",
         )?;
         check(
-            self.spend_q > 1.0,
+            self.spend_q.is_finite() && self.spend_q > 1.0,
             "churn.spend_q",
-            "must be above 1 (the mean spend divides by q - 1)",
+            "must be a number above 1 (the mean spend divides by q - 1; an infinite q makes every lifetime value 0)",
+        )?;
+        // Under a minute the unit rounds towards 0 ms, which every recency divides by.
+        check(
+            (1.0 / 1_440.0..=3_650.0).contains(&self.time_unit_days),
+            "churn.time_unit_days",
+            "must be at least 1/1440 (a minute) and at most 3650 (ten years)",
         )?;
         check(
             (1..=120).contains(&self.clv_months),
@@ -1783,6 +1789,14 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nb = 1e9\n",
                 "churn.b",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nspend_q = inf\n",
+                "churn.spend_q",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\ntime_unit_days = 1e-12\n",
+                "churn.time_unit_days",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[[risk.tiers]]\nname = \"gold\"\nmin_revenue_minor = 100\n[[risk.tiers]]\nname = \"gold\"\n",
