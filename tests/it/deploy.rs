@@ -92,6 +92,29 @@ fn the_image_runs_as_a_non_root_user_and_the_probes_exist() {
     assert!(statefulset.contains("prometheus.io/scrape: \"true\""));
 }
 
+#[test]
+fn compose_starts_the_job_again_when_it_dies() {
+    let compose = read("docker-compose.yml");
+    let service: Vec<&str> = compose
+        .lines()
+        .skip_while(|l| *l != "  customer-pulse:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .collect();
+    assert!(
+        !service.is_empty(),
+        "compose has the customer-pulse service"
+    );
+    let restart = service
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("restart:"))
+        .map(|policy| policy.trim().trim_matches('"'));
+    assert!(
+        matches!(restart, Some("on-failure" | "unless-stopped" | "always")),
+        "customer-pulse restarts when it dies, not {restart:?}"
+    );
+}
+
 /// Runs a validator in `deploy/`.
 fn validates(program: &str, args: &[&str]) {
     crate::support::tool_succeeds(program, args, &crate::support::repo().join("deploy"));
