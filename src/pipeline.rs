@@ -114,8 +114,15 @@ fn refuse_others_files(path: &std::path::Path) -> anyhow::Result<()> {
     if RocksBackend::holds_state(path) {
         return Ok(());
     }
+    // Creating the directory would say only "File exists".
+    if path.exists() && !path.is_dir() {
+        anyhow::bail!(
+            "state.path {} is a file, not a directory: give state.path a new or empty directory",
+            path.display()
+        );
+    }
     let Ok(entries) = std::fs::read_dir(path) else {
-        // None yet (it is created next), or not a directory (which creating it names).
+        // None yet: it is created next.
         return Ok(());
     };
     let others: Vec<String> = entries
@@ -369,7 +376,12 @@ pub async fn run_on(
     let telemetry = Arc::new(Telemetry::new());
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (config field `http.listen_address`)",
+                config.listen_address
+            )
+        })?;
     tracing::info!(address = %config.listen_address, "HTTP endpoints listening.");
     let http_stop = CancellationToken::new();
     let assignment: Assignment = Arc::default();

@@ -777,7 +777,7 @@ fn an_output_that_cannot_be_written_is_named() {
 }
 
 /// A state path that is a directory of other files and no state (`state.path = "."` by
-/// mistake) is refused before RocksDB writes a file there; an empty one, one holding only a
+/// mistake), or a file, is refused before RocksDB writes a file there; an empty one, one holding only a
 /// volume's `lost+found`, and one a first open killed early left, are taken.
 #[test]
 fn a_state_path_among_other_files_is_refused() {
@@ -805,6 +805,11 @@ fn a_state_path_among_other_files_is_refused() {
     );
     let names: Vec<_> = std::fs::read_dir(&crowded).unwrap().collect();
     assert_eq!(names.len(), 1, "nothing written beside it");
+    // A file (the events' own, say): creating the directory said only "File exists".
+    let out = replay_into(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is a file, not a directory"), "{stderr}");
     let volume = dir.path().join("volume");
     std::fs::create_dir_all(volume.join("lost+found")).unwrap();
     // What a first open killed before RocksDB wrote `CURRENT` may leave.
