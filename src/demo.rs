@@ -57,7 +57,12 @@ pub async fn run(
     // cannot take that one; and an address in use is reported before anything starts.
     live_events(rate, seconds)?;
     let held = std::net::TcpListener::bind(config.listen_address)
-        .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (another address: CUSTOMER_PULSE__HTTP__LISTEN_ADDRESS=127.0.0.1:9465)",
+                config.listen_address
+            )
+        })?;
     let cluster = MockCluster::new(1).context("cannot start the embedded broker")?;
     let brokers = cluster.bootstrap_servers();
     let t = &config.topics;

@@ -90,6 +90,10 @@ fn the_demo_with_its_http_address_taken_says_so_before_it_starts() {
         "the error names the address: {stderr}"
     );
     assert!(
+        stderr.contains("another address: CUSTOMER_PULSE__HTTP__LISTEN_ADDRESS="),
+        "the error says how to give another: {stderr}"
+    );
+    assert!(
         !stdout.contains(" s]"),
         "no summaries of a job that never ran: {stdout}"
     );

@@ -749,6 +749,32 @@ fn a_job_with_the_changelog_without_brokers_logs_each_client_error_once_a_period
     assert!(log.contains("client=\"claims producer\""), "{log}");
 }
 
+/// An HTTP address in use stops the job at once, naming the field that sets it (before, only
+/// the address: the demo's error, which a config does not set, had to say the same).
+#[test]
+fn a_job_whose_http_address_is_taken_stops_naming_the_field() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let text = config_text(&brokers, &dir.path().join("state"), address.port());
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {address} (config field `http.listen_address`)"
+        )),
+        "{stderr}"
+    );
+}
+
 /// The log of the binary's `run` against a port nobody listens on, with `state` added to the
 /// config's `[state]` section, stopped by SIGTERM `after` its start; asserts a clean stop in
 /// under 60 lines that did not wait for the start's last check of the brokers.
