@@ -213,11 +213,9 @@ fn at_most_generated(text: &str) -> Result<u64, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let (filter, unread_filter) = log_filter(std::env::var("RUST_LOG").ok());
     let log = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
         // Colours for a person at a terminal; a file or a container's log gets plain text.
@@ -225,6 +223,9 @@ fn main() -> std::process::ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
         LogFormat::Json => log.json().init(),
+    }
+    if let Some(unread) = unread_filter {
+        tracing::warn!("{unread}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,6 +248,27 @@ fn main() -> std::process::ExitCode {
             tell!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The log's filter: `RUST_LOG`'s, or `info` where it is unset or blank (a blank one, as an
+/// empty variable in a manifest gives, logged errors alone); and, for one that does not parse,
+/// why, to be logged once the log is up (before, `info` was taken without a word).
+fn log_filter(rust_log: Option<String>) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    let info = || tracing_subscriber::EnvFilter::new("info");
+    match rust_log {
+        Some(text) if !text.trim().is_empty() => {
+            match tracing_subscriber::EnvFilter::try_new(&text) {
+                Ok(filter) => (filter, None),
+                Err(e) => (
+                    info(),
+                    Some(format!(
+                        "RUST_LOG={text:?} is not a log filter ({e}); logging at info."
+                    )),
+                ),
+            }
+        }
+        _ => (info(), None),
     }
 }
 

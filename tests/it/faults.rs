@@ -775,6 +775,47 @@ fn a_job_whose_http_address_is_taken_stops_naming_the_field() {
     );
 }
 
+/// A blank `RUST_LOG` (an empty variable in a manifest) logs at `info`, as an unset one does:
+/// before, it logged errors alone. One that does not parse logs at `info` and says so: before,
+/// without a word.
+#[test]
+fn a_blank_or_unreadable_rust_log_logs_at_info_and_an_unreadable_one_says_so() {
+    // The job stops by itself at once: its HTTP address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let text = config_text(
+        &brokers,
+        &dir.path().join("state"),
+        taken.local_addr().unwrap().port(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let log_with = |rust_log: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", rust_log)
+            .output()
+            .expect("the binary runs");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for rust_log in ["", " ", "garbage[", "info,rdkafka=loud"] {
+        let log = log_with(rust_log);
+        assert!(log.contains(" INFO "), "RUST_LOG={rust_log:?}: {log}");
+        assert_eq!(
+            log.contains("is not a log filter"),
+            !rust_log.trim().is_empty(),
+            "RUST_LOG={rust_log:?}: {log}"
+        );
+    }
+    let log = log_with("warn");
+    assert!(
+        !log.contains(" INFO ") && !log.contains("is not a log filter"),
+        "{log}"
+    );
+}
+
 /// The log of the binary's `run` against a port nobody listens on, with `state` added to the
 /// config's `[state]` section, stopped by SIGTERM `after` its start; asserts a clean stop in
 /// under 60 lines that did not wait for the start's last check of the brokers.
