@@ -714,13 +714,16 @@ fn check_input_partitions(
 ) -> anyhow::Result<()> {
     // Brokers that do not answer are waited for up to ten seconds, in reads of one second, so
     // that a stop meanwhile is not held up (a single read of ten held a stop 4 s into such a
-    // start for 6 s more).
+    // start for 6 s more). A stop ends the check (`None`): nothing failed.
     let read = || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let found = input.mispartitioned_topics(config.partitions, Duration::from_secs(1));
-            if found.is_ok() || shutdown.is_cancelled() || Instant::now() >= deadline {
-                return found;
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            if found.is_ok() || Instant::now() >= deadline {
+                return Some(found);
             }
         }
     };
@@ -730,7 +733,7 @@ fn check_input_partitions(
     let found = tokio::task::block_in_place(|| {
         let mut found = read();
         for _ in 1..3 {
-            if !matches!(&found, Ok(wrong) if !wrong.is_empty()) {
+            if !matches!(&found, Some(Ok(wrong)) if !wrong.is_empty()) {
                 break;
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -739,8 +742,9 @@ fn check_input_partitions(
         found
     });
     match found {
-        Ok(wrong) if wrong.is_empty() => Ok(()),
-        Ok(wrong) => {
+        None => Ok(()),
+        Some(Ok(wrong)) if wrong.is_empty() => Ok(()),
+        Some(Ok(wrong)) => {
             let listed: Vec<String> = wrong
                 .iter()
                 .map(|(topic, count)| format!("{topic} has {count}"))
@@ -751,7 +755,7 @@ fn check_input_partitions(
                 listed.join(", ")
             )
         }
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "Could not read the input topics' partition counts.");
             Ok(())
         }

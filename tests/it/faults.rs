@@ -816,6 +816,18 @@ fn a_blank_or_unreadable_rust_log_logs_at_info_and_an_unreadable_one_says_so() {
     );
 }
 
+/// A stop during the start's check of the input topics' partition counts, which waits up to
+/// ten seconds for brokers that do not answer, is not held up by it: the check ends with the
+/// stop, and does not go on to say it could not read them.
+#[test]
+fn a_stop_during_the_start_s_check_of_the_inputs_does_not_wait_for_it() {
+    let log = run_without_brokers("", Duration::from_secs(2));
+    assert!(
+        !log.contains("Could not read the input topics' partition counts"),
+        "the stop waited for the check:\n{log}"
+    );
+}
+
 /// The log of the binary's `run` against a port nobody listens on, with `state` added to the
 /// config's `[state]` section, stopped by SIGTERM `after` its start; asserts a clean stop in
 /// under 60 lines that did not wait for the start's last check of the brokers.
