@@ -100,7 +100,21 @@ impl EventFingerprint {
     pub fn of(event_id: &str) -> EventFingerprint {
         EventFingerprint(xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()))
     }
+
+    /// An order id's, remembered beside the event ids once the order is placed: XXH3 under a
+    /// seed of its own, so that an order id and an event id that are the same text do not
+    /// share a fingerprint (two of one customer's do by chance as two event ids do).
+    pub fn of_order(order_id: &str) -> EventFingerprint {
+        EventFingerprint(xxhash_rust::xxh3::xxh3_64_with_seed(
+            order_id.as_bytes(),
+            ORDER_SEED,
+        ))
+    }
 }
+
+/// The seed of [`EventFingerprint::of_order`]: "orders" in ASCII. Fixed, as stored
+/// fingerprints must stay valid across builds.
+const ORDER_SEED: u64 = 0x6f72_6465_7273;
 
 /// As 16 hexadecimal digits, in JSON (the HTTP endpoint's customer state).
 impl Serialize for EventFingerprint {
@@ -263,10 +277,12 @@ pub enum Outcome {
     Applied(Option<Limit>),
     /// The event id was already seen within the horizon: nothing changed.
     Duplicate,
-    /// An order or a complaint opened again, under a new event id, while it is still open: the
+    /// An order or a complaint opened again, under a new event id, while it is still open, or
+    /// an order placed again after it closed (within the dedup horizon of its placing): the
     /// same order or complaint published again. Only its event id is remembered (so that it
     /// stays a duplicate once the order is delivered or the complaint resolved); `Some` names
-    /// the bound that remembering met.
+    /// the bound that remembering met. (A complaint opened again after its resolution is
+    /// reopened, and counts again.)
     Republished(Option<Limit>),
     /// The customer asked to be forgotten: the caller deletes all state and publishes tombstones.
     Erased,
@@ -301,7 +317,7 @@ impl CustomerState {
             return Outcome::Erased;
         }
         let t = event.occurred_at;
-        if self.opens_again(&event.kind) {
+        if self.opens_again(&event.kind, limits) {
             return Outcome::Republished(self.remember(fingerprint, t, limits));
         }
         if self.is_empty() {
@@ -375,6 +391,9 @@ impl CustomerState {
                 margin_minor,
             } => {
                 self.place_order(t, *amount_minor, *margin_minor);
+                limit = self
+                    .remember(EventFingerprint::of_order(order_id), t, limits)
+                    .or(limit);
                 if let Some(close) = self.take_early_close(order_id, true, t, limits) {
                     if close.close == Close::Delivered {
                         self.deliveries += 1;
@@ -579,10 +598,16 @@ impl CustomerState {
         self.resolutions_unsatisfied += u32::from(satisfied == Some(false));
     }
 
-    /// Whether the event opens an order or a complaint that is open already.
-    fn opens_again(&self, kind: &EventKind) -> bool {
+    /// Whether the event opens an order or a complaint that is open already, or places an
+    /// order placed before within the horizon (delivered, cancelled or returned since: an
+    /// order id names one order, and a shop's outbox or a connector's snapshot sending it
+    /// again under a new event id counted its revenue twice).
+    fn opens_again(&self, kind: &EventKind, limits: &FoldLimits) -> bool {
         match kind {
-            EventKind::OrderPlaced { order_id, .. } => self.open_order(order_id).is_some(),
+            EventKind::OrderPlaced { order_id, .. } => {
+                self.open_order(order_id).is_some()
+                    || self.remembers(EventFingerprint::of_order(order_id), limits)
+            }
             EventKind::ComplaintOpened { complaint_id, .. } => {
                 self.open_complaint(complaint_id).is_some()
             }

@@ -285,6 +285,99 @@ fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
         .all(|v| v["open_backlog"].as_i64().unwrap() >= 0));
 }
 
+/// An order placed again under a new event id after it was delivered, cancelled or returned
+/// (a shop's outbox or a connector's snapshot sending it again) is the same order: a
+/// duplicate, counting no order and no revenue, also when the customer's state was read back
+/// from the store in between. Its id is remembered as long as event ids are: placed again
+/// once the customer's newest event is a dedup horizon past its placing, it is a new order.
+#[test]
+fn an_order_placed_again_after_it_closed_counts_once() {
+    let placed = |id: &str, order: &str, at: &str| {
+        ev(
+            id,
+            "ida",
+            "order.placed",
+            at,
+            &format!(r#""order_id":"{order}","amount_minor":1000,"margin_minor":100"#),
+        )
+    };
+    let closed = |id: &str, kind: &str, order: &str, at: &str| {
+        let amount = if kind == "order.returned" {
+            r#","amount_minor":1000"#
+        } else {
+            ""
+        };
+        ev(
+            id,
+            "ida",
+            kind,
+            at,
+            &format!(r#""order_id":"{order}"{amount}"#),
+        )
+    };
+    let events = [
+        placed("1", "o1", "01T10:00:00"),
+        closed("2", "order.delivered", "o1", "02T10:00:00"),
+        placed("3", "o1", "03T10:00:00"),
+        placed("4", "o2", "04T10:00:00"),
+        closed("5", "order.cancelled", "o2", "04T11:00:00"),
+        placed("6", "o2", "05T10:00:00"),
+        placed("7", "o3", "06T10:00:00"),
+        closed("8", "order.returned", "o3", "07T10:00:00"),
+        placed("9", "o3", "08T10:00:00"),
+        // 30 days and 2 hours after o1 was placed: its id has left the horizon.
+        ev(
+            "10",
+            "ida",
+            "interaction.survey",
+            "31T12:00:00",
+            r#""score":9"#,
+        ),
+        placed("11", "o1", "31T13:00:00"),
+    ];
+    let other = |i: usize| {
+        ev(
+            &format!("x{i}"),
+            "ivo",
+            "interaction.survey",
+            "01T09:00:00",
+            r#""score":9"#,
+        )
+    };
+    // One batch; then an event a batch, another customer's between, with a cache of one
+    // customer: the state is read back from the store before each.
+    let one_by_one: Vec<Vec<String>> = events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| [vec![other(i)], vec![e.clone()]])
+        .collect();
+    for (cache, batches) in [(100, vec![events.to_vec()]), (1, one_by_one)] {
+        let (store, reports) = run_batches(settings(cache), &batches);
+        let duplicates: u64 = reports.iter().map(|r| r.count("duplicate")).sum();
+        let state = stored(&store, "ida");
+        assert_eq!(duplicates, 3, "o1, o2 and o3 placed again (cache {cache})");
+        assert_eq!(
+            (state.orders, state.revenue_minor, state.margin_minor),
+            (4, 4000, 400),
+            "o1, o2, o3, and o1 again past the horizon (cache {cache})"
+        );
+        assert_eq!(
+            (state.deliveries, state.order_cancellations, state.returns),
+            (1, 1, 1)
+        );
+        let open: Vec<&str> = state
+            .open_orders
+            .iter()
+            .map(|o| o.order_id.as_str())
+            .collect();
+        assert_eq!(
+            open,
+            ["o1"],
+            "the order placed again past the horizon (cache {cache})"
+        );
+    }
+}
+
 /// A delivery, a cancellation or a resolution read before its order or complaint (another
 /// system publishing into the same partition ahead of it, or a backfill's files in the other
 /// order) closes it when it comes: the order is not left waiting for a delivery that came, the
