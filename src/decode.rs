@@ -117,6 +117,21 @@ pub fn too_large(length: u64, rules: &Rules) -> Rejection {
     )
 }
 
+/// Why a key that is not the customer id was refused, naming the publishers' usual mistakes
+/// (an empty key meant as none, a key in another encoding, a padded column) and neither id.
+fn key_mismatch(key: &[u8], customer_id: &str) -> &'static str {
+    match std::str::from_utf8(key) {
+        _ if key.is_empty() => {
+            "message key is empty, and differs from customer_id: publish with the customer_id as key, or with no key (an empty key is not none)"
+        }
+        Err(_) => "message key is not UTF-8, and differs from customer_id",
+        Ok(text) if text.trim() == customer_id => {
+            "message key differs from customer_id by the white space around it"
+        }
+        Ok(_) => "message key differs from customer_id",
+    }
+}
+
 /// Decodes one message that arrived on the topic of `stream`, keyed by `key`, at processor time
 /// `now`. A source that mixes every type (a file) passes `None` for `stream`.
 pub fn decode(
@@ -194,10 +209,7 @@ pub fn decode(
     }
     if let Some(key) = key {
         if key != customer_id.as_bytes() {
-            return Err(reject(
-                Reason::KeyMismatch,
-                "message key differs from customer_id",
-            ));
+            return Err(reject(Reason::KeyMismatch, key_mismatch(key, &customer_id)));
         }
     }
     if occurred_at > now.saturating_add(rules.max_future_skew_ms) {
@@ -696,6 +708,22 @@ mod tests {
         let rejection = decode(None, None, b" ", NOW, &rules()).expect_err("rejected");
         assert_eq!(rejection.reason, Reason::NotJson);
         assert!(rejection.message.starts_with("not valid JSON: EOF"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_customer_id_is_refused_naming_the_usual_mistake() {
+        let event = br#"{"event_id":"e-1","customer_id":"c-1","type":"order.placed","occurred_at":"2025-11-29T23:00:00Z","order_id":"o-1","amount_minor":5,"margin_minor":1}"#;
+        let refusal = |key: &[u8]| {
+            let rejection = decode(None, Some(key), event, NOW, &rules()).expect_err("refused");
+            assert_eq!(rejection.reason, Reason::KeyMismatch);
+            rejection.message
+        };
+        assert!(refusal(b"").starts_with("message key is empty"));
+        assert!(refusal(b"\xff\xfe").starts_with("message key is not UTF-8"));
+        assert!(refusal(b"c-1 ").ends_with("by the white space around it"));
+        assert_eq!(refusal(b"c-2"), "message key differs from customer_id");
+        assert!(decode(None, Some(b"c-1"), event, NOW, &rules()).is_ok());
+        assert!(decode(None, None, event, NOW, &rules()).is_ok(), "no key");
     }
 
     #[test]
