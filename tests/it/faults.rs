@@ -749,10 +749,9 @@ fn a_job_with_the_changelog_without_brokers_logs_each_client_error_once_a_period
     assert!(log.contains("client=\"claims producer\""), "{log}");
 }
 
-/// An HTTP address in use stops the job at once, naming the field that sets it (before, only
-/// the address: the demo's error, which a config does not set, had to say the same).
-#[test]
-fn a_job_whose_http_address_is_taken_stops_naming_the_field() {
+/// The binary's `run` with `RUST_LOG` at `rust_log` and its HTTP address taken, so that it
+/// stops at once: whether it succeeded, its standard error, and the address.
+fn run_with_its_http_address_taken(rust_log: &str) -> (bool, String, std::net::SocketAddr) {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -763,10 +762,19 @@ fn a_job_whose_http_address_is_taken_stops_naming_the_field() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
         .args(["run", "--config"])
         .arg(&config)
+        .env("RUST_LOG", rust_log)
         .output()
         .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), stderr, address)
+}
+
+/// An HTTP address in use stops the job at once, naming the field that sets it (before, only
+/// the address: the demo's error, which a config does not set, had to say the same).
+#[test]
+fn a_job_whose_http_address_is_taken_stops_naming_the_field() {
+    let (succeeded, stderr, address) = run_with_its_http_address_taken("warn");
+    assert!(!succeeded, "{stderr}");
     assert!(
         stderr.contains(&format!(
             "cannot listen on {address} (config field `http.listen_address`)"
@@ -780,28 +788,8 @@ fn a_job_whose_http_address_is_taken_stops_naming_the_field() {
 /// without a word.
 #[test]
 fn a_blank_or_unreadable_rust_log_logs_at_info_and_an_unreadable_one_says_so() {
-    // The job stops by itself at once: its HTTP address is taken.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    let brokers = format!("127.0.0.1:{}", free_port());
-    let text = config_text(
-        &brokers,
-        &dir.path().join("state"),
-        taken.local_addr().unwrap().port(),
-    );
-    std::fs::write(&config, text).unwrap();
-    let log_with = |rust_log: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", rust_log)
-            .output()
-            .expect("the binary runs");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
     for rust_log in ["", " ", "garbage[", "info,rdkafka=loud"] {
-        let log = log_with(rust_log);
+        let (_, log, _) = run_with_its_http_address_taken(rust_log);
         assert!(log.contains(" INFO "), "RUST_LOG={rust_log:?}: {log}");
         assert_eq!(
             log.contains("is not a log filter"),
@@ -809,7 +797,7 @@ fn a_blank_or_unreadable_rust_log_logs_at_info_and_an_unreadable_one_says_so() {
             "RUST_LOG={rust_log:?}: {log}"
         );
     }
-    let log = log_with("warn");
+    let (_, log, _) = run_with_its_http_address_taken("warn");
     assert!(
         !log.contains(" INFO ") && !log.contains("is not a log filter"),
         "{log}"
