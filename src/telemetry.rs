@@ -58,7 +58,7 @@ pub struct Telemetry {
     won_back: IntCounterVec,
     renewals: IntCounterVec,
     referrals: IntCounterVec,
-    segment_days: IntCounter,
+    segment_metrics_records: IntCounter,
     rfm_customers: IntGaugeVec,
     state_size: IntGauge,
     aggregator_watermark: IntGauge,
@@ -292,9 +292,9 @@ impl Telemetry {
                 &["segment"],
             )
             .expect("valid metric"),
-            segment_days: IntCounter::with_opts(opts(
-                "segment_days_total",
-                "Segment-days closed and published to customer.segment-metrics.",
+            segment_metrics_records: IntCounter::with_opts(opts(
+                "segment_metrics_records_total",
+                "Segment-day records closed and published to customer.segment-metrics.",
             ))
             .expect("valid metric"),
             rfm_customers: IntGaugeVec::new(
@@ -437,7 +437,7 @@ impl Telemetry {
             Box::new(t.won_back.clone()),
             Box::new(t.renewals.clone()),
             Box::new(t.referrals.clone()),
-            Box::new(t.segment_days.clone()),
+            Box::new(t.segment_metrics_records.clone()),
             Box::new(t.rfm_customers.clone()),
             Box::new(t.state_size.clone()),
             Box::new(t.aggregator_watermark.clone()),
@@ -618,7 +618,8 @@ impl Telemetry {
                     .set(*margin);
             }
         }
-        self.segment_days.inc_by(report.closed_days as u64);
+        self.segment_metrics_records
+            .inc_by(report.closed_days as u64);
         // Rule names come from configuration (at most 16) plus `other`: bounded.
         for (segment, n) in report.rfm_segments.iter().flatten() {
             self.rfm_customers

@@ -23,6 +23,37 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     promtool(&["test", "rules", "alerts_test.yml"]);
 }
 
+/// The metrics, as the folded demo traffic leaves them, pass promtool's lint (`promtool check
+/// metrics`: names, suffixes, units, help texts). It took `customer_pulse_segment_days_total`'s
+/// `days` for a unit, and says so for any name that ends in one but seconds or bytes.
+#[test]
+fn the_exported_metrics_pass_promtool_s_lint() {
+    use std::io::Write;
+
+    let (_, telemetry, _) = fold_traffic(customer_pulse::replay::wall_clock_ms(), true);
+    let metrics = telemetry.render();
+    assert!(metrics.contains("customer_pulse_segment_metrics_records_total"));
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian's prometheus package)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every `customer_pulse_*` name in `text`.
 fn metric_names_in(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
