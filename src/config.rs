@@ -1295,6 +1295,12 @@ impl RawConfig {
             "must be at least 1048576",
         )?;
         let p = &self.processing;
+        // Past it, the stop's deadline overflowed the clock and the job panicked at SIGTERM.
+        check(
+            p.shutdown_flush_seconds <= 3_600,
+            "processing.shutdown_flush_seconds",
+            "must be at most 3600 (an hour)",
+        )?;
         check(
             (1..=1_000_000).contains(&p.max_batch_events),
             "processing.max_batch_events",
@@ -1789,6 +1795,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nb = 1e9\n",
                 "churn.b",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[processing]\nshutdown_flush_seconds = 9223372036854775807\n",
+                "processing.shutdown_flush_seconds",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nspend_q = inf\n",
