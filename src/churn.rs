@@ -138,7 +138,26 @@ impl PurchaseModel {
             Model::BgNbd => (a + b + x - 1.0) / (a - 1.0),
             Model::MbgNbd => (a + b + x) / (a - 1.0),
         };
-        lead * (1.0 - decay * series(z)) / odds_plus_one
+        let mut decayed = decay * series(z);
+        if !decayed.is_finite() || decay < f64::MIN_POSITIVE {
+            decayed = self.decayed_series(x, z);
+        }
+        lead * (1.0 - decayed) / odds_plus_one
+    }
+
+    /// `decay · 2F1` of [`Self::expected_purchases_by`], (1 - z)^(r+x) 2F1(r+x, B; C; z), by
+    /// Euler's transformation, where the two powers of 1 - z cancel but for (1 - z)^(a-1):
+    /// 2F1(A, B; C; z) = (1 - z)^(C-A-B) 2F1(C - A, C - B; C; z) with C - B = a - 1. For where
+    /// the product as written loses its digits or is no number: the power underflows while
+    /// the 2F1 overflows, once (r + x) ln(1/(1 - z)) passes about 708 (a customer who bought
+    /// daily for a year, over a ten-year CLV: its lifetime value came out 0).
+    fn decayed_series(&self, x: f64, z: f64) -> f64 {
+        let (r, a, b) = (self.r, self.a, self.b);
+        let transformed = match self.model {
+            Model::BgNbd => hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z),
+            Model::MbgNbd => hyp2f1(a + b - r, a - 1.0, a + b + x, z),
+        };
+        (1.0 - z).powf(a - 1.0) * transformed
     }
 
     /// The scoring time T at which a silent customer's P(alive) falls to `p`; `None` when it never
@@ -1241,6 +1260,42 @@ mod tests {
                 "{h:?} over {months} months of {month}: {walked} walked, {summed} summed"
             );
             assert_eq!(clv.walked_afresh().to_bits(), walked.to_bits(), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn expected_purchases_stay_a_number_where_the_decay_underflows() {
+        for model in [Model::MbgNbd, Model::BgNbd] {
+            let m = PurchaseModel::cdnow(model);
+            // Where the product as written is a number, the transformed one is the same.
+            let h = Recency {
+                x: 40.0,
+                t_x: 51.0,
+                t: 52.0,
+            };
+            let z = m.horizon_z(h, 13.0);
+            let decay = ((m.alpha + h.t) / (m.alpha + h.t + 13.0)).powf(m.r + h.x);
+            let direct = decay * m.purchase_series(h.x).at(z);
+            assert!(
+                close(m.decayed_series(h.x, z), direct, 1e-12 * direct),
+                "{model:?}"
+            );
+            // A purchase a day for a year, over ten years: (r + x) ln(1/(1 - z)) is about
+            // 840, the power underflows and the 2F1 overflows. Before, no number (and a
+            // lifetime value of 0).
+            let daily = Recency {
+                x: 364.0,
+                t_x: 52.0,
+                t: 52.14,
+            };
+            let decade = m.expected_purchases(daily, 521.8);
+            let five_years = m.expected_purchases(daily, 260.9);
+            assert!(
+                decade.is_finite() && decade > five_years,
+                "{model:?}: {decade}"
+            );
+            // At the rate it has shown (seven a week), not more.
+            assert!(decade < 7.0 * 521.8, "{model:?}: {decade}");
         }
     }
 

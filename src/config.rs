@@ -495,6 +495,23 @@ impl RawChurn {
             "churn.clv_months",
             "must be between 1 and 120",
         )?;
+        // A new customer's expected purchases over a horizon H take (alpha / (alpha + H))^r
+        // beside a 2F1 that grows as fast: past e^-700 the power underflows while the 2F1
+        // overflows, and no form of the model keeps the digits (r = 700 with the CDNOW fit's
+        // alpha gave expected orders of ±10^131; r = 10^5, none). Below 1e-12 an alpha puts a
+        // new customer's horizon at the 2F1's singular point, z = 1, in f64 (1e-300: none).
+        check(
+            self.alpha >= 1e-12,
+            "churn.alpha",
+            "must be at least 1e-12 (below it a new customer's horizon rounds to the model's singular point)",
+        )?;
+        let longest_days = (f64::from(self.clv_months) * 30.4375).max(90.0);
+        let horizon = longest_days / self.time_unit_days;
+        check(
+            self.r * (horizon / self.alpha).ln_1p() <= 700.0,
+            "churn.r",
+            "is too large for churn.alpha: r · ln(1 + H / alpha), with H the longest horizon the model is asked for in time units (churn.clv_months, or 90 days), must be at most 700; past it a new customer's expected purchases are no number",
+        )?;
         check(
             (0.0..1.0).contains(&self.monthly_discount),
             "churn.monthly_discount",
@@ -1799,6 +1816,14 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[processing]\nshutdown_flush_seconds = 9223372036854775807\n",
                 "processing.shutdown_flush_seconds",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nr = 700.0\n",
+                "churn.r",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nalpha = 1e-300\n",
+                "churn.alpha",
             ),
             (
                 "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[churn]\nspend_q = inf\n",
