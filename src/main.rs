@@ -521,7 +521,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 fitted.config_section(),
             )?;
             // Beside the section, where whoever pastes it sees them, and on stderr.
-            for caveat in fitted.caveats(repeat) {
+            let mut caveats = fitted.caveats(repeat);
+            let m = &fitted.model;
+            let unit_days = config.risk.time_unit_ms as f64 / 86_400_000.0;
+            if let Some((field, rule)) = customer_pulse::config::unserved_horizons(
+                m.r,
+                m.alpha,
+                config.risk.clv_months,
+                unit_days,
+            ) {
+                caveats.push(format!("the config refuses these: `{field}` {rule}"));
+            }
+            for caveat in caveats {
                 say!("# caveat: {caveat}")?;
                 tell!("warning: {caveat}");
             }
