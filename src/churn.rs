@@ -47,6 +47,26 @@ impl PurchaseModel {
     /// who almost never drop out.
     pub const MAX_PARAMETER: f64 = 1e6;
 
+    /// The smallest alpha the configuration takes: below it a new customer's horizon rounds to
+    /// the 2F1's singular point, z = 1, in f64 (alpha = 1e-300 gave expected orders of none).
+    pub const MIN_ALPHA: f64 = 1e-12;
+
+    /// The largest r the configuration takes with `alpha`, for `horizon` the longest horizon
+    /// asked of the model in time units ([`Self::longest_horizon`]). A new customer's expected
+    /// purchases over H take (alpha / (alpha + H))^r beside a 2F1 that grows as fast: past
+    /// e^-700 the power underflows while the 2F1 overflows, and no form of the model keeps the
+    /// digits (r = 700 with the CDNOW fit's alpha gave expected orders of ±10^131; r = 10^5,
+    /// none).
+    pub fn largest_r(alpha: f64, horizon: f64) -> f64 {
+        (700.0 / (horizon / alpha).ln_1p()).min(Self::MAX_PARAMETER)
+    }
+
+    /// The longest horizon the model is asked for, in time units of `time_unit_days`: the
+    /// CLV's `clv_months`, or the 90 days of `expected_orders_90d`.
+    pub fn longest_horizon(clv_months: u32, time_unit_days: f64) -> f64 {
+        (f64::from(clv_months) * 30.4375).max(90.0) / time_unit_days
+    }
+
     /// The parameters published for the CDNOW sample, per week (DOMAIN.md).
     pub fn cdnow(model: Model) -> PurchaseModel {
         match model {

@@ -495,11 +495,17 @@ impl RawChurn {
             "churn.clv_months",
             "must be between 1 and 120",
         )?;
-        if let Some((field, rule)) =
-            unserved_horizons(self.r, self.alpha, self.clv_months, self.time_unit_days)
-        {
-            check(false, field, rule)?;
-        }
+        check(
+            self.alpha >= PurchaseModel::MIN_ALPHA,
+            "churn.alpha",
+            "must be at least 1e-12 (below it a new customer's horizon rounds to the model's singular point)",
+        )?;
+        let horizon = PurchaseModel::longest_horizon(self.clv_months, self.time_unit_days);
+        check(
+            self.r <= PurchaseModel::largest_r(self.alpha, horizon),
+            "churn.r",
+            "is too large for churn.alpha: r · ln(1 + H / alpha), with H the longest horizon the model is asked for in time units (churn.clv_months, or 90 days), must be at most 700; past it a new customer's expected purchases are no number",
+        )?;
         check(
             (0.0..1.0).contains(&self.monthly_discount),
             "churn.monthly_discount",
@@ -1130,38 +1136,6 @@ fn distinct<T: PartialEq>(items: &[T]) -> bool {
         .iter()
         .enumerate()
         .all(|(i, v)| !items[..i].contains(v))
-}
-
-/// The field, and the rule it breaks, where the purchase model's `r` and `alpha` cannot serve
-/// the horizons asked of it (the CLV's `clv_months`, or 90 days); `None` where they can. The
-/// config refuses such parameters, and `fit` says so of those it finds.
-///
-/// A new customer's expected purchases over a horizon H take (alpha / (alpha + H))^r beside a
-/// 2F1 that grows as fast: past e^-700 the power underflows while the 2F1 overflows, and no
-/// form of the model keeps the digits (r = 700 with the CDNOW fit's alpha gave expected orders
-/// of ±10^131; r = 10^5, none). Below 1e-12 an alpha puts a new customer's horizon at the
-/// 2F1's singular point, z = 1, in f64 (1e-300: none).
-pub fn unserved_horizons(
-    r: f64,
-    alpha: f64,
-    clv_months: u32,
-    time_unit_days: f64,
-) -> Option<(&'static str, &'static str)> {
-    let longest_days = (f64::from(clv_months) * 30.4375).max(90.0);
-    let horizon = longest_days / time_unit_days;
-    if alpha < 1e-12 {
-        Some((
-            "churn.alpha",
-            "must be at least 1e-12 (below it a new customer's horizon rounds to the model's singular point)",
-        ))
-    } else if r * (horizon / alpha).ln_1p() > 700.0 {
-        Some((
-            "churn.r",
-            "is too large for churn.alpha: r · ln(1 + H / alpha), with H the longest horizon the model is asked for in time units (churn.clv_months, or 90 days), must be at most 700; past it a new customer's expected purchases are no number",
-        ))
-    } else {
-        None
-    }
 }
 
 fn check(ok: bool, field: &str, rule: &str) -> anyhow::Result<()> {

@@ -36,6 +36,8 @@ pub struct Fitted {
     /// The summed log-likelihood at the estimate.
     pub log_likelihood: f64,
     pub iterations: u32,
+    /// The largest r the config takes with the fitted alpha ([`PurchaseModel::largest_r`]).
+    pub largest_r: f64,
 }
 
 impl Fitted {
@@ -68,6 +70,17 @@ impl Fitted {
                     "{name} reached 10^6, the most the config takes, and the likelihood still rose there"
                 ));
             }
+        }
+        if m.r < PurchaseModel::MAX_PARAMETER && m.r >= self.largest_r * (1.0 - 1e-9) {
+            caveats.push(format!(
+                "r reached {:.3e}, the most the config takes with this alpha over the model's longest horizon, and the likelihood still rose there",
+                m.r
+            ));
+        }
+        if m.alpha <= PurchaseModel::MIN_ALPHA {
+            caveats.push(
+                "alpha reached 1e-12, the least the config takes, and the likelihood still rose there".to_owned(),
+            );
         }
         if repeat < FEW_REPEAT_BUYERS {
             caveats.push(format!(
@@ -118,16 +131,20 @@ const SHAPE_RUNNING_OFF: f64 = 1_000.0;
 
 /// Fits `model`'s parameters to `customers` by maximum likelihood, starting from `start`: a
 /// Nelder-Mead simplex over the logarithms of r, alpha, a and b (so they stay positive).
-pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel) -> Fitted {
-    // Each parameter at most what the config takes, so that what the fit prints can be
-    // configured; a likelihood still rising there is a caveat.
+pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel, horizon: f64) -> Fitted {
+    // Each parameter within what the config takes, so that what the fit prints can be
+    // configured (r as large as alpha allows over `horizon`, the longest asked of the model);
+    // a likelihood still rising there is a caveat.
     let bounded = |v: f64| v.exp().min(PurchaseModel::MAX_PARAMETER);
-    let params = |v: &[f64; 4]| PurchaseModel {
-        model,
-        r: bounded(v[0]),
-        alpha: bounded(v[1]),
-        a: bounded(v[2]),
-        b: bounded(v[3]),
+    let params = |v: &[f64; 4]| {
+        let alpha = bounded(v[1]).max(PurchaseModel::MIN_ALPHA);
+        PurchaseModel {
+            model,
+            r: bounded(v[0]).min(PurchaseModel::largest_r(alpha, horizon)),
+            alpha,
+            a: bounded(v[2]),
+            b: bounded(v[3]),
+        }
     };
     let cost = |v: &[f64; 4]| {
         let m = params(v);
@@ -140,10 +157,12 @@ pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel) -> Fitted
     };
     let x0 = [start.r.ln(), start.alpha.ln(), start.a.ln(), start.b.ln()];
     let (best, value, iterations) = nelder_mead(cost, x0, 0.5, MAX_ITERATIONS, 1e-10);
+    let fitted = params(&best);
     Fitted {
-        model: params(&best),
+        model: fitted,
         log_likelihood: -value,
         iterations,
+        largest_r: PurchaseModel::largest_r(fitted.alpha, horizon),
     }
 }
 
@@ -239,6 +258,7 @@ mod tests {
             },
             log_likelihood: -1.0,
             iterations: 1,
+            largest_r: 1e6,
         };
         let section = fitted.config_section();
         let parsed: toml::Table = toml::from_str(&section).unwrap();
@@ -367,6 +387,38 @@ mod tests {
         }
     }
 
+    /// Over a long horizon (ten years in weeks), r may run off no further than the config
+    /// takes with the alpha found (`PurchaseModel::largest_r`): what the fit prints can be
+    /// configured, and a caveat says r stopped there. Before, it printed an r the config
+    /// refused.
+    #[test]
+    fn a_fit_keeps_r_within_what_the_config_takes_with_its_alpha() {
+        let one = [Recency {
+            x: 1.0,
+            t_x: 0.6,
+            t: 4.2,
+        }];
+        let start = PurchaseModel::cdnow(Model::MbgNbd);
+        let horizon = PurchaseModel::longest_horizon(120, 7.0);
+        let fitted = fit(Model::MbgNbd, &one, &start, horizon);
+        let m = fitted.model;
+        let largest = PurchaseModel::largest_r(m.alpha, horizon);
+        assert!(m.r <= largest, "{fitted:?}: at most {largest}");
+        let caveats = fitted.caveats(1).join("\n");
+        if m.r >= largest * (1.0 - 1e-9) && largest < PurchaseModel::MAX_PARAMETER {
+            assert!(
+                caveats.contains("the most the config takes with this alpha"),
+                "{caveats}"
+            );
+        }
+        let section = fitted.config_section();
+        let config = format!(
+            "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n{section}\nclv_months = 120\ntime_unit_days = 7.0\n"
+        );
+        crate::config::Config::parse(&config, Vec::new())
+            .unwrap_or_else(|e| panic!("{e:#}\n{section}\n{caveats}"));
+    }
+
     #[test]
     fn a_fit_to_one_customer_runs_off_and_says_so() {
         let one = [Recency {
@@ -375,7 +427,7 @@ mod tests {
             t: 4.2,
         }];
         let start = PurchaseModel::cdnow(Model::MbgNbd);
-        let fitted = fit(Model::MbgNbd, &one, &start);
+        let fitted = fit(Model::MbgNbd, &one, &start, 52.0);
         let caveats = fitted.caveats(1).join("\n");
         let m = fitted.model;
         for v in [m.r, m.alpha, m.a, m.b] {
@@ -403,7 +455,7 @@ mod tests {
                 a: 1.0,
                 b: 1.0,
             };
-            let fitted = fit(model, &customers, &start);
+            let fitted = fit(model, &customers, &start, 52.0);
             let at_truth: f64 = customers.iter().map(|h| log_likelihood(&truth, *h)).sum();
             assert!(
                 fitted.log_likelihood >= at_truth - 1e-6,

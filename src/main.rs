@@ -521,18 +521,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 fitted.config_section(),
             )?;
             // Beside the section, where whoever pastes it sees them, and on stderr.
-            let mut caveats = fitted.caveats(repeat);
-            let m = &fitted.model;
-            let unit_days = config.risk.time_unit_ms as f64 / 86_400_000.0;
-            if let Some((field, rule)) = customer_pulse::config::unserved_horizons(
-                m.r,
-                m.alpha,
-                config.risk.clv_months,
-                unit_days,
-            ) {
-                caveats.push(format!("the config refuses these: `{field}` {rule}"));
-            }
-            for caveat in caveats {
+            for caveat in fitted.caveats(repeat) {
                 say!("# caveat: {caveat}")?;
                 tell!("warning: {caveat}");
             }

@@ -327,7 +327,9 @@ pub fn fit(
         histories.len()
     );
     let model = &config.risk.model;
-    let fitted = crate::fit::fit(model.model, &histories, model);
+    let unit_days = unit as f64 / 86_400_000.0;
+    let horizon = crate::churn::PurchaseModel::longest_horizon(config.risk.clv_months, unit_days);
+    let fitted = crate::fit::fit(model.model, &histories, model, horizon);
     Ok(FitReport {
         fitted,
         customers: histories.len(),
