@@ -329,6 +329,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 Some(path) => Config::load(&path)?,
                 None => Config::parse(DEMO_CONFIG, std::env::vars())?,
             };
+            if config.changelog {
+                tell!(
+                    "warning: replay writes no changelog records (state.changelog is run's): a run with the changelog on over this state holds these customers in its changelog only from their next change (README, Scaling out)"
+                );
+            }
             let store = pipeline::open_store(&config)?;
             let mut processor = Processor::new(store, pipeline::processor_settings(&config));
             let telemetry = Telemetry::new();

@@ -776,6 +776,31 @@ fn an_output_that_cannot_be_written_is_named() {
     }
 }
 
+/// A replay under a config with the changelog on says that it writes no changelog records:
+/// a run with the changelog over its state would hold its customers there only from their next
+/// change (before, it said nothing, and the changelog's absence showed at the next instance's
+/// restore).
+#[test]
+fn a_replay_with_the_changelog_on_says_it_writes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = events(3).iter().take(20).map(|e| e.to_string()).collect();
+    let path = write_file(dir.path(), "events.ndjson", &lines);
+    let replay = |changelog: &str, state: &str| {
+        let out = binary()
+            .args(["replay", "--from"])
+            .arg(&path)
+            .env("CUSTOMER_PULSE__STATE__PATH", dir.path().join(state))
+            .env("CUSTOMER_PULSE__STATE__CHANGELOG", changelog)
+            .output()
+            .expect("the binary runs");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warning = "replay writes no changelog records";
+    assert!(replay("true", "on").contains(warning));
+    assert!(!replay("false", "off").contains(warning));
+}
+
 /// A state path that is a directory of other files and no state (`state.path = "."` by
 /// mistake), or a file, is refused before RocksDB writes a file there; an empty one, one holding only a
 /// volume's `lost+found`, and one a first open killed early left, are taken.
