@@ -237,6 +237,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let log_format = cli.log_format;
     let result = runtime.block_on(dispatch(cli.command));
     // A blocking call still waiting on brokers that do not answer (the start's check of the
     // output topics, up to 10 s) does not hold the exit: everything that had to finish did.
@@ -245,7 +246,22 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if broken_pipe(&e) => std::process::ExitCode::from(141),
         Err(e) => {
-            tell!("error: {e:#}");
+            match log_format {
+                LogFormat::Text => tell!("error: {e:#}"),
+                // A log shipper reads one JSON object a line: the failure is one too, with the
+                // log's keys, and shown whatever `RUST_LOG` filters (before, a plain line).
+                LogFormat::Json => tell!(
+                    "{}",
+                    serde_json::json!({
+                        "timestamp": customer_pulse::event::format_millis(
+                            customer_pulse::replay::wall_clock_ms()
+                        ),
+                        "level": "ERROR",
+                        "fields": {"message": "The command failed.", "error": format!("{e:#}")},
+                        "target": "customer_pulse",
+                    })
+                ),
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -330,8 +346,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 None => Config::parse(DEMO_CONFIG, std::env::vars())?,
             };
             if config.changelog {
-                tell!(
-                    "warning: replay writes no changelog records (state.changelog is run's): a run with the changelog on over this state holds these customers in its changelog only from their next change (README, Scaling out)"
+                tracing::warn!(
+                    "The replay writes no changelog records (state.changelog is run's): a run with the changelog on over this state holds these customers in its changelog only from their next change (README, Scaling out)."
                 );
             }
             let store = pipeline::open_store(&config)?;

@@ -776,6 +776,37 @@ fn an_output_that_cannot_be_written_is_named() {
     }
 }
 
+/// With `--log-format json`, a command that fails says so in a JSON object too, with the log's
+/// keys, so that every line a log shipper reads is one (before, a plain `error: ...` line);
+/// without it, in a plain line.
+#[test]
+fn a_failure_in_the_json_log_format_is_a_json_line() {
+    let missing = tempfile::tempdir().unwrap().path().join("missing.toml");
+    let stderr = |format: &str| {
+        let out = binary()
+            .args(["run", "--log-format", format, "--config"])
+            .arg(&missing)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("the binary runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let json = stderr("json");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let failure = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!(failure["timestamp"].is_string(), "{failure}");
+    let error = failure["fields"]["error"].as_str().unwrap();
+    assert!(error.starts_with("cannot read config file"), "{failure}");
+    assert!(stderr("text").starts_with("error: cannot read config file"));
+}
+
 /// A replay under a config with the changelog on says that it writes no changelog records:
 /// a run with the changelog over its state would hold its customers there only from their next
 /// change (before, it said nothing, and the changelog's absence showed at the next instance's
@@ -796,7 +827,7 @@ fn a_replay_with_the_changelog_on_says_it_writes_none() {
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let warning = "replay writes no changelog records";
+    let warning = "The replay writes no changelog records";
     assert!(replay("true", "on").contains(warning));
     assert!(!replay("false", "off").contains(warning));
 }
