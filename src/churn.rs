@@ -5,6 +5,12 @@
 
 use serde::Serialize;
 
+/// A month of the CLV, in days: a year's average, 365.25 / 12.
+pub const MONTH_DAYS: f64 = 30.4375;
+
+/// The horizon of a churn-risk record's `expected_orders_90d`, in days.
+pub const EXPECTED_ORDERS_DAYS: i64 = 90;
+
 /// Which purchase model scores customers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,7 +70,7 @@ impl PurchaseModel {
     /// The longest horizon the model is asked for, in time units of `time_unit_days`: the
     /// CLV's `clv_months`, or the 90 days of `expected_orders_90d`.
     pub fn longest_horizon(clv_months: u32, time_unit_days: f64) -> f64 {
-        (f64::from(clv_months) * 30.4375).max(90.0) / time_unit_days
+        (f64::from(clv_months) * MONTH_DAYS).max(EXPECTED_ORDERS_DAYS as f64) / time_unit_days
     }
 
     /// The parameters published for the CDNOW sample, per week (DOMAIN.md).

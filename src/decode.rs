@@ -120,10 +120,10 @@ pub fn too_large(length: u64, rules: &Rules) -> Rejection {
 /// Why a key that is not the customer id was refused, naming the publishers' usual mistakes
 /// (an empty key meant as none, a key in another encoding, a padded column) and neither id.
 fn key_mismatch(key: &[u8], customer_id: &str) -> &'static str {
+    if key.is_empty() {
+        return "message key is empty, and differs from customer_id: publish with the customer_id as key, or with no key (an empty key is not none)";
+    }
     match std::str::from_utf8(key) {
-        _ if key.is_empty() => {
-            "message key is empty, and differs from customer_id: publish with the customer_id as key, or with no key (an empty key is not none)"
-        }
         Err(_) => "message key is not UTF-8, and differs from customer_id",
         Ok(text) if text.trim() == customer_id => {
             "message key differs from customer_id by the white space around it"

@@ -317,7 +317,12 @@ impl CustomerState {
             return Outcome::Erased;
         }
         let t = event.occurred_at;
-        if self.opens_again(&event.kind, limits) {
+        // An order's id is remembered beside the event ids once placed (see `opens_again`).
+        let order = match &event.kind {
+            EventKind::OrderPlaced { order_id, .. } => Some(EventFingerprint::of_order(order_id)),
+            _ => None,
+        };
+        if self.opens_again(&event.kind, order, limits) {
             return Outcome::Republished(self.remember(fingerprint, t, limits));
         }
         if self.is_empty() {
@@ -391,9 +396,9 @@ impl CustomerState {
                 margin_minor,
             } => {
                 self.place_order(t, *amount_minor, *margin_minor);
-                limit = self
-                    .remember(EventFingerprint::of_order(order_id), t, limits)
-                    .or(limit);
+                if let Some(order) = order {
+                    limit = self.remember(order, t, limits).or(limit);
+                }
                 if let Some(close) = self.take_early_close(order_id, true, t, limits) {
                     if close.close == Close::Delivered {
                         self.deliveries += 1;
@@ -601,12 +606,18 @@ impl CustomerState {
     /// Whether the event opens an order or a complaint that is open already, or places an
     /// order placed before within the horizon (delivered, cancelled or returned since: an
     /// order id names one order, and a shop's outbox or a connector's snapshot sending it
-    /// again under a new event id counted its revenue twice).
-    fn opens_again(&self, kind: &EventKind, limits: &FoldLimits) -> bool {
+    /// again under a new event id counted its revenue twice). `order` is an `order.placed`'s
+    /// [`EventFingerprint::of_order`].
+    fn opens_again(
+        &self,
+        kind: &EventKind,
+        order: Option<EventFingerprint>,
+        limits: &FoldLimits,
+    ) -> bool {
         match kind {
             EventKind::OrderPlaced { order_id, .. } => {
                 self.open_order(order_id).is_some()
-                    || self.remembers(EventFingerprint::of_order(order_id), limits)
+                    || order.is_some_and(|order| self.remembers(order, limits))
             }
             EventKind::ComplaintOpened { complaint_id, .. } => {
                 self.open_complaint(complaint_id).is_some()

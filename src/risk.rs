@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::churn::{clv, Model, PurchaseModel, Recency, SpendModel};
+use crate::churn::{
+    clv, Model, PurchaseModel, Recency, SpendModel, EXPECTED_ORDERS_DAYS, MONTH_DAYS,
+};
 use crate::event::{format_millis, Millis};
 use crate::fold::{CustomerState, Lifecycle, Subscription};
 use crate::json::Object;
@@ -13,7 +15,7 @@ use crate::segments::{latest_loss, lost_or_won_back_at, Loss, Trailing};
 
 const DAY_MS: Millis = 86_400_000;
 /// An average month, for the CLV horizon.
-const MONTH_MS: f64 = 30.4375 * 86_400_000.0;
+const MONTH_MS: f64 = MONTH_DAYS * DAY_MS as f64;
 
 /// The largest lifetime value either way, 2^53 minor units (9·10^15, an f64's exact integers):
 /// past it the value says more about the model's parameters or the data than about a customer.
@@ -516,7 +518,7 @@ impl Assessment {
         };
         self.expected_orders_90d = settings
             .model
-            .expected_purchases(h, (90 * DAY_MS) as f64 / unit);
+            .expected_purchases(h, (EXPECTED_ORDERS_DAYS * DAY_MS) as f64 / unit);
         self.ltv_minor = ltv_minor(state, h, settings);
         self.segment = segment_at(trailing, self.as_of, settings).to_owned();
         let mut reasons = Vec::new();
