@@ -251,9 +251,11 @@ pub fn score(
         }
         // As the state stood at `as_of`, as far as it keeps its history: the purchase model
         // sees no purchase after it (as `fit` reads it), nor the lifecycle a later loss gave.
-        let state = crate::risk::as_it_stood(state, &customer.losses, as_of);
+        let now = state;
+        let state = crate::risk::as_it_stood(now, &customer.losses, as_of);
         let mut line = crate::risk::score_line(
             &state,
+            now,
             &customer.trailing,
             &customer.losses,
             as_of,

@@ -567,13 +567,18 @@ pub fn strongest_reason(codes: ReasonSet, settings: &RiskSettings) -> ReasonCode
         .unwrap_or(ReasonCode::Inactive)
 }
 
+/// The lifetime value of the purchases `h` expects, each at the value the state's whole
+/// history gives a purchase (Gamma-Gamma over its repeat purchases and their mean value).
+/// `score --as-of` a time before some purchases passes the history then as `h` and the state
+/// now: the state keeps its orders' totals only, so their value can only be that of now.
 fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 {
-    let m_x = if h.x > 0.0 {
-        (state.revenue_minor - state.first_day_revenue_minor) as f64 / h.x
+    let x = f64::from(state.repeat_purchases());
+    let m_x = if x > 0.0 {
+        (state.revenue_minor - state.first_day_revenue_minor) as f64 / x
     } else {
         0.0
     };
-    let spend = settings.spend.expected_spend(h.x, m_x);
+    let spend = settings.spend.expected_spend(x, m_x);
     // The margin is a share of the spend, within the configured default's range: a margin of
     // -10^12 on orders of 2 minor units would otherwise multiply the expected spend, which
     // leans towards the population's mean, by -5·10^11.
@@ -756,9 +761,12 @@ pub fn as_it_stood<'s>(
 }
 
 /// One line of `score --as-of`: the customer's model values at `as_of`, with expected orders
-/// over `horizon_days`, and its losses up to `as_of` (each won back by then or not).
+/// over `horizon_days`, and its losses up to `as_of` (each won back by then or not). `state` is
+/// the customer's as it stood at `as_of` ([`as_it_stood`]), `now` its state now, which gives
+/// the lifetime value its value per purchase.
 pub fn score_line(
     state: &CustomerState,
+    now: &CustomerState,
     trailing: &Trailing,
     losses: &[Loss],
     as_of: Millis,
@@ -778,8 +786,9 @@ pub fn score_line(
             })
         })
         .collect();
-    let a = assess(state, trailing, as_of, settings);
+    let mut a = assess(state, trailing, as_of, settings);
     let h = recency(state, as_of, settings.time_unit_ms);
+    a.ltv_minor = ltv_minor(now, h, settings);
     let horizon = f64::from(horizon_days) * DAY_MS as f64 / settings.time_unit_ms as f64;
     serde_json::json!({
         "customer_id": state.customer_id,
@@ -915,6 +924,31 @@ pub(crate) mod tests {
         assert_eq!(ltv_minor(&state, h, &wild), MAX_LTV_MINOR);
         state.margin_minor = -2;
         assert_eq!(ltv_minor(&state, h, &wild), -MAX_LTV_MINOR);
+    }
+
+    /// `score --as-of` a time before some of the customer's purchases: the purchases expected
+    /// are those the history then gives, each at the value the state gives it now. With every
+    /// purchase worth the population's mean, that value is the mean whatever the history, so a
+    /// customer who bought on after `as_of` is worth, as of then, what one who stopped there is
+    /// worth. It was 2.2 times more: the revenue of every later order was spread over the two
+    /// repeat purchases of then.
+    #[test]
+    fn a_past_lifetime_value_spreads_no_later_order_over_the_purchases_then() {
+        let mut s = settings();
+        // The population's mean spend per purchase, gamma·p/(q - 1), is the buyer's 5,000.
+        s.spend.gamma = 5_000.0 * (s.spend.q - 1.0) / s.spend.p;
+        let as_of = 15 * DAY_MS;
+        let line = |days: &[i32]| {
+            let now = buyer(days);
+            let then = as_it_stood(&now, &[], as_of);
+            score_line(&then, &now, &Trailing::default(), &[], as_of, 90, &s)
+        };
+        let stopped = line(&[0, 7, 14]);
+        let went_on = line(&[0, 7, 14, 21, 28, 35]);
+        assert_eq!(went_on["x"], 2);
+        let ltv = stopped["ltv_minor"].as_i64().unwrap();
+        assert!(ltv > 5_000, "{stopped}");
+        assert_eq!(went_on["ltv_minor"], ltv, "{went_on}");
     }
 
     #[test]
