@@ -1325,6 +1325,60 @@ mod tests {
         }
     }
 
+    /// P(alive), the expected purchases over 90 days and the CLV of a margin of 1 over 12 and
+    /// 120 months (a discount of 1% a month), each as mpmath 1.3 computes DOMAIN.md's formulas
+    /// (Batislam et al.'s for MBG/NBD) at 60 digits, for the CDNOW fits: from a new customer to
+    /// daily buyers of a year, still buying and silent for years, whose odds of being dead pass
+    /// f64's range (there the values are 0). Every path of the 2F1 is taken: the plain series,
+    /// Euler's transformation, the connection formula near z = 1, and the walk along the months.
+    #[test]
+    fn the_models_agree_with_mpmath_at_sixty_digits() {
+        use Model::{BgNbd, MbgNbd};
+        #[rustfmt::skip]
+        let table = [
+            (BgNbd, 0.0, 0.0, 0.0, 1.0, 0.529769245708134, 1.37336427559416, 3.52198310478794),
+            (BgNbd, 0.0, 0.0, 20.0, 1.0, 0.119067554331079, 0.388144571760813, 1.37337380346472),
+            (BgNbd, 1.0, 3.0, 4.0, 0.723302555427419, 1.0809180714531, 2.84035960161504, 7.04103969438944),
+            (BgNbd, 2.0, 30.43, 38.86, 0.726578570080673, 0.452501124763736, 1.47225423342017, 4.92346071407242),
+            (BgNbd, 5.0, 12.0, 35.0, 0.0758222484693879, 0.11859192594545, 0.370394132226651, 1.13229774690549),
+            (BgNbd, 28.0, 4.1429, 12.5714, 1.4449121563563e-7, 2.46954118726241e-6, 6.46088733860281e-6, 1.55032735153996e-5),
+            (BgNbd, 52.0, 51.0, 52.0, 0.963591285367909, 10.5874431039088, 33.5401982979691, 104.668116934026),
+            (BgNbd, 364.0, 52.0, 52.0, 0.997834629006141, 76.2610248841787, 240.579146742411, 744.917720060836),
+            (BgNbd, 364.0, 52.0, 500.0, 1.32632353318806e-344, 1.21920298085181e-343, 4.51041412554647e-343, 2.26867085685638e-342),
+            (BgNbd, 1000.0, 200.0, 210.0, 2.25841116657124e-18, 1.3235263655012e-16, 4.72927878365454e-16, 2.02352318359752e-15),
+            (MbgNbd, 0.0, 0.0, 0.0, 0.644311377245509, 0.530702679988164, 1.34916318333994, 3.20191859241506),
+            (MbgNbd, 0.0, 0.0, 20.0, 0.459188590228702, 0.108713750395534, 0.344651092167101, 1.11347296530337),
+            (MbgNbd, 1.0, 3.0, 4.0, 0.714768942247964, 1.08063848095026, 2.78825073396059, 6.47572005963679),
+            (MbgNbd, 2.0, 30.43, 38.86, 0.706202265118487, 0.472055845335133, 1.50925981806551, 4.74080569996318),
+            (MbgNbd, 5.0, 12.0, 35.0, 0.0750003543995753, 0.117384765436883, 0.360152208212811, 1.03515326226723),
+            (MbgNbd, 28.0, 4.1429, 12.5714, 1.34475912941299e-6, 2.08717507656878e-5, 5.34701933880147e-5, 0.000120039686139933),
+            (MbgNbd, 52.0, 51.0, 52.0, 0.960327572880762, 10.2116114613625, 31.8086395839942, 93.4426043959718),
+            (MbgNbd, 364.0, 52.0, 52.0, 0.997568928118307, 73.4300055957004, 227.689575774639, 663.250876871995),
+            (MbgNbd, 364.0, 52.0, 500.0, 1.37320569579977e-340, 1.25736543195187e-339, 4.63588958868968e-339, 2.27778071958134e-338),
+            (MbgNbd, 1000.0, 200.0, 210.0, 2.96032375782977e-18, 1.71662109070513e-16, 6.09030505311367e-16, 2.5068907150084e-15),
+        ];
+        let month = MONTH_DAYS / 7.0;
+        let agrees = |got: f64, want: f64| (got - want).abs() <= 1e-10 * want.abs() + 1e-300;
+        for (model, x, t_x, t, p_alive, expected_90d, clv_12, clv_120) in table {
+            let model = PurchaseModel::cdnow(model);
+            let h = Recency { x, t_x, t };
+            let got = [
+                model.p_alive(h),
+                model.expected_purchases(h, 90.0 / 7.0),
+                clv(&model, h, month, 12, 1.0, 0.01),
+                clv(&model, h, month, 120, 1.0, 0.01),
+            ];
+            let want = [p_alive, expected_90d, clv_12, clv_120];
+            let names = ["P(alive)", "E[90d]", "CLV 12", "CLV 120"];
+            for ((what, got), want) in names.into_iter().zip(got).zip(want) {
+                assert!(
+                    agrees(got, want),
+                    "{model:?} {h:?} {what}: {got} vs mpmath's {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn clv_adds_discounted_monthly_purchases() {
         let model = PurchaseModel::cdnow(Model::MbgNbd);
