@@ -498,7 +498,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if report.seen_since > 0 {
                 tell!(
-                    "{} of those scored have events after it: their purchases, lifecycle and cancellation are taken back to it, but their other reasons, segment and LTV are those of their state now",
+                    "{} of those scored have events after it: their purchases, lifecycle and cancellation are taken back to it, but their other reasons and segment are those of their state now, and their LTV values a purchase as their state now does",
                     report.seen_since
                 );
             }
