@@ -3,6 +3,7 @@
 //! lookup serves personal data, so it is off unless a bearer token is configured.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -43,15 +44,74 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled.
+/// How long a client may take to send a request's head, or stay connected between requests,
+/// before it is disconnected. Without it one client that sent part of a request and waited
+/// held its connection open for as long as it liked.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the requests under way at shutdown may take to finish before their connections are
+/// dropped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` is cancelled; then stops accepting, lets the requests under way
+/// finish for at most [`DRAIN_TIMEOUT`] and drops the connections left. Until 2026-12-05 a
+/// client that had sent part of a request held the process at SIGTERM until it went away.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let app = router(state);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // A connection that failed before it was accepted concerns that client alone.
+            Err(e) if is_connection_error(&e) => continue,
+            // Out of file descriptors, say: wait for some to be freed rather than spin.
+            Err(e) => {
+                tracing::warn!(error = %e, "The HTTP listener cannot accept a connection; trying again in a second.");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http1.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is its own business.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!(
+            seconds = DRAIN_TIMEOUT.as_secs(),
+            "HTTP requests still under way at shutdown were dropped."
+        );
+    }
+    Ok(())
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

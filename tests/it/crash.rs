@@ -56,6 +56,20 @@ impl Job {
         self.0.wait().unwrap().success()
     }
 
+    /// Sends SIGTERM and waits for at most `limit`: whether the job stopped cleanly, `None`
+    /// when it was still running then (it is killed when dropped).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<bool> {
+        self.signal("-TERM");
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.0.id().to_string()])

@@ -816,6 +816,49 @@ fn a_stop_during_the_start_s_check_of_the_inputs_does_not_wait_for_it() {
     );
 }
 
+/// A client that sent part of a request and waits does not hold the job at SIGTERM: the job
+/// stops cleanly while the client is still connected, and says that it dropped the request.
+/// Until 2026-12-05 it waited for the client to go away (two minutes, by hand).
+#[test]
+fn a_client_that_sent_part_of_a_request_does_not_hold_the_job_at_sigterm() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let http_port = free_port();
+    let text = config_text(&brokers, &dir.path().join("state"), http_port);
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("job.log");
+    let mut job = crate::crash::Job::start_logging_to(&config, &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", http_port)) {
+            Ok(client) => break client,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the job's HTTP port did not open: {e}"),
+        }
+    };
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: pulse\r\n")
+        .unwrap();
+    // The request is under way once the server has read its first line.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = job.terminate_within(Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        stopped,
+        Some(true),
+        "a clean stop, the client connected:\n{text}"
+    );
+    assert!(
+        text.contains("HTTP requests still under way at shutdown were dropped."),
+        "{text}"
+    );
+    drop(client);
+}
+
 /// The log of the binary's `run` against a port nobody listens on, with `state` added to the
 /// config's `[state]` section, stopped by SIGTERM `after` its start; asserts a clean stop in
 /// under 60 lines that did not wait for the start's last check of the brokers.
