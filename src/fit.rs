@@ -41,7 +41,7 @@ pub struct Fitted {
     /// The longest horizon asked of the model, in time units, which bounds r with alpha.
     pub horizon: f64,
     /// Where a climb from another start ended, with its log-likelihood, when that is within
-    /// [`FLAT`] of this one's and some parameter differs by more than [`FAR`] times.
+    /// `FLAT` of this one's and some parameter differs by more than `FAR` times.
     pub elsewhere: Option<(PurchaseModel, f64)>,
 }
 
@@ -159,7 +159,7 @@ const SHAPE_RUNNING_OFF: f64 = 1_000.0;
 
 /// Fits `model`'s parameters to `customers` by maximum likelihood: a Nelder-Mead simplex over
 /// the logarithms of r, alpha, a and b (so they stay positive), from `start` and from two other
-/// starts ([`other_starts`]), keeping the highest end.
+/// starts (`other_starts`), keeping the highest end.
 pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel, horizon: f64) -> Fitted {
     // Each parameter within what the config takes, so that what the fit prints can be
     // configured (r as large as alpha allows over `horizon`, the longest asked of the model);
@@ -221,8 +221,8 @@ pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel, horizon: 
 /// the published CDNOW fit of the model (the configured ones by default; then a start is
 /// climbed twice). Over UCI Online Retail's customers MBG/NBD from the CDNOW fit ended at
 /// b 44,627 (the likelihood's long, flat ridge towards customers who never drop out), and from
-/// every parameter 1 at b 11.9, 0.03 higher; P(alive) of a customer silent for long differs a
-/// thousandfold between the two.
+/// every parameter 1 at b 11.9, 0.03 higher; P(alive) of a heavy buyer silent for long differs
+/// by orders of magnitude between the two.
 fn other_starts(model: Model) -> [PurchaseModel; 2] {
     let ones = PurchaseModel {
         model,
