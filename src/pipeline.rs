@@ -459,9 +459,11 @@ pub async fn run_on(
     });
     let wake = Arc::new(Notify::new());
     let outbox_stop = CancellationToken::new();
+    let flush_deadline = FlushDeadline::default();
     let outbox = tokio::spawn({
         let (store, telemetry, wake) = (store.clone(), telemetry.clone(), wake.clone());
         let (stop, flush_limit) = (outbox_stop.clone(), config.shutdown_flush);
+        let deadline = flush_deadline.clone();
         async move {
             // Brokers that do not answer hold the check up to 10 s: a stop meanwhile does not
             // wait for it, and what the outbox holds is sent on the next start.
@@ -469,7 +471,7 @@ pub async fn run_on(
                 checked = checked => checked.context("readying the producer panicked")?,
                 () = stop.cancelled() => return Ok(()),
             };
-            drain_outbox(store, sink, telemetry, wake, stop, flush_limit).await
+            drain_outbox(store, sink, telemetry, wake, stop, flush_limit, deadline).await
         }
     });
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
@@ -485,7 +487,13 @@ pub async fn run_on(
                     owned.iter().any(|(_, p)| *p == 0)
                 }
             };
-            Some(start_aggregator(&config, topic, &telemetry, owns)?)
+            Some(start_aggregator(
+                &config,
+                topic,
+                &telemetry,
+                owns,
+                flush_deadline.clone(),
+            )?)
         }
         None => None,
     };
@@ -505,6 +513,7 @@ pub async fn run_on(
 
     tracing::info!("Shutting down: the last batch is committed; flushing the outbox.");
     let stopping = std::time::Instant::now();
+    let _ = flush_deadline.set(tokio::time::Instant::now() + config.shutdown_flush);
     telemetry.set_ready(false);
     // The revocation waits up to `shutdown_flush` for the outbox; the close gets more on top.
     input
@@ -556,6 +565,7 @@ fn start_aggregator(
     topic: &str,
     telemetry: &Arc<Telemetry>,
     owns_first: impl Fn() -> bool + Send + 'static,
+    flush_deadline: FlushDeadline,
 ) -> anyhow::Result<AggregatorTask> {
     let path = config.state_path.join("aggregator");
     std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
@@ -591,6 +601,7 @@ fn start_aggregator(
         wake.clone(),
         outbox_stop.clone(),
         config.shutdown_flush,
+        flush_deadline,
     ));
     let stop = CancellationToken::new();
     let thread = {
@@ -910,8 +921,15 @@ async fn consume(
     }
 }
 
-/// Drains the outbox whenever a commit wakes it (and every half second), then once more with a
-/// time limit at shutdown.
+/// When the flushes at shutdown must end: `processing.shutdown_flush_seconds` after the
+/// shutdown began, set then. The consumer's close waits for the outbox first (a revocation
+/// does), and the outboxes' last flushes get only what it left.
+type FlushDeadline = Arc<std::sync::OnceLock<tokio::time::Instant>>;
+
+/// Drains the outbox whenever a commit wakes it (and every half second), then once more at
+/// shutdown until `deadline`, or for `flush_limit` when none is set. A drain under way when the
+/// stop comes is not waited for past that either: a record the brokers have not acknowledged
+/// stays in the outbox (librdkafka waits 30 s for an acknowledgement).
 async fn drain_outbox<S: Sink>(
     store: Store,
     mut sink: S,
@@ -919,21 +937,27 @@ async fn drain_outbox<S: Sink>(
     wake: Arc<Notify>,
     stop: CancellationToken,
     flush_limit: Duration,
+    deadline: FlushDeadline,
 ) -> anyhow::Result<()> {
+    let time_up = || flush_time_up(&stop, &deadline, flush_limit);
     loop {
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             () = stop.cancelled() => break,
         }
-        if let Err(e) = drain(&store, &mut sink, &telemetry, 10_000).await {
+        let drained = tokio::select! {
+            drained = drain(&store, &mut sink, &telemetry, 10_000) => drained,
+            () = time_up() => break,
+        };
+        if let Err(e) = drained {
             if let Some(held_back) = repeated(&format!("outbox {e}")) {
                 tracing::error!(error = %e, held_back, "Reading the outbox failed.");
             }
         }
         telemetry.set_state_size(store.size_bytes());
     }
-    let flushed = tokio::time::timeout(flush_limit, async {
+    let flush = async {
         loop {
             drain(&store, &mut sink, &telemetry, 10_000).await?;
             if store.outbox(1)?.is_empty() {
@@ -941,15 +965,25 @@ async fn drain_outbox<S: Sink>(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })
-    .await;
-    match flushed {
-        Ok(result) => Ok(result?),
-        Err(_) => {
+    };
+    tokio::select! {
+        flushed = flush => Ok(flushed?),
+        () = time_up() => {
             tracing::warn!("The outbox was not empty when the flush time ran out; it is sent on the next start.");
             Ok(())
         }
     }
+}
+
+/// Completes once `stop` has come and the shutdown's `deadline` has passed (`flush_limit` after
+/// this is first polled past the stop, when no deadline is set).
+async fn flush_time_up(stop: &CancellationToken, deadline: &FlushDeadline, flush_limit: Duration) {
+    stop.cancelled().await;
+    let end = deadline
+        .get()
+        .copied()
+        .unwrap_or_else(|| tokio::time::Instant::now() + flush_limit);
+    tokio::time::sleep_until(end).await;
 }
 
 #[cfg(test)]
@@ -970,6 +1004,67 @@ mod tests {
         "customer_pulse_margin_minor{",
         "customer_pulse_rfm_customers{",
     ];
+
+    /// A sink whose brokers never answer: a delivery waits for ever.
+    struct Hanging;
+
+    impl Sink for Hanging {
+        async fn deliver(&mut self, _: &[(u64, crate::store::OutboxRecord)]) -> Vec<u64> {
+            std::future::pending().await
+        }
+    }
+
+    /// At shutdown the outbox is not waited for past the shutdown's deadline, however much of
+    /// `processing.shutdown_flush_seconds` is left and however long a delivery under way waits:
+    /// the consumer's close, which waits for the outbox too, may have spent the allowance.
+    /// Until 2026-12-05 a drain under way was awaited (librdkafka gives up after 30 s), and
+    /// the last flush had the whole allowance again: a job whose broker was frozen took 60 s
+    /// to stop, 40 s of them closing its consumer.
+    #[tokio::test]
+    async fn the_outbox_is_not_waited_for_past_the_shutdown_s_deadline() {
+        let store = Store::in_memory();
+        let record = crate::store::OutboxRecord {
+            topic: "customer.churn-risk".into(),
+            key: Some(b"c".to_vec()),
+            value: Some(b"{}".to_vec()),
+            headers: Vec::new(),
+            partition: None,
+        };
+        store
+            .commit(crate::store::Commit {
+                outbox: vec![record.into()],
+                ..Default::default()
+            })
+            .unwrap();
+        let (stop, deadline) = (CancellationToken::new(), FlushDeadline::default());
+        let wake = Arc::new(Notify::new());
+        let drain = tokio::spawn(drain_outbox(
+            store.clone(),
+            Hanging,
+            Arc::new(Telemetry::new()),
+            wake.clone(),
+            stop.clone(),
+            Duration::from_secs(3600),
+            deadline.clone(),
+        ));
+        // A drain is under way (its delivery hangs) when the shutdown begins.
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        deadline
+            .set(tokio::time::Instant::now() + Duration::from_millis(300))
+            .unwrap();
+        stop.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(60), drain).await;
+        assert!(
+            matches!(ended, Ok(Ok(Ok(())))),
+            "the outbox was waited for past the deadline"
+        );
+        assert_eq!(
+            store.outbox(10).unwrap().len(),
+            1,
+            "the record waits for the next start"
+        );
+    }
 
     fn samples(metrics: &str, prefix: &str) -> Vec<String> {
         metrics
