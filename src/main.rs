@@ -510,7 +510,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     .map(|(reason, n)| format!("{reason} {n}"))
                     .collect();
                 tell!(
-                    "lost from {} to {}: {} loss(es) of those customers, worth {} minor units of revenue to date; by reason: {}",
+                    "lost from {} to {}: {} loss(es) of those customers, worth {} minor units of revenue to date (less returns); by reason: {}",
                     customer_pulse::event::format_millis(since),
                     customer_pulse::event::format_millis(as_of),
                     lost.count,

@@ -27,7 +27,7 @@ pub struct Standing {
 
 /// One time a customer was counted lost in the segment metrics: when (the time of the
 /// cancellation that lost it, else of the churn-risk record that turned it lost), in which
-/// segment, for the strongest reason it then had, with its revenue to date, and when it was won
+/// segment, for the strongest reason it then had, with its revenue to date less its returns, and when it was won
 /// back (the time of the order or renewal that did, else of the churn-risk record). A customer keeps its latest
 /// [`LOSSES_KEPT`], for the lost-customer review (`score --lost-since`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,7 +231,7 @@ pub struct Flows {
     /// What the new customers' first orders were worth.
     pub new_value_minor: i64,
     pub lost_customers: u64,
-    /// The lost customers' revenue to date.
+    /// The lost customers' revenue to date, less their returns.
     pub lost_value_minor: i64,
     /// Lost customers by the strongest reason when they were lost.
     pub lost_reasons: BTreeMap<String, u64>,

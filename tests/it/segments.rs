@@ -141,8 +141,15 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
     for day in 0..=125 {
         events.extend(order("pat", day, 100));
     }
-    // cat is gold from the first order and cancels on day 10.
+    // cat is gold from the first order, returns 40,000 of it on day 5 and cancels on day 10.
     events.extend(order("cat", 0, 150_000));
+    events.push(event(
+        "ret-cat",
+        "cat",
+        "order.returned",
+        &at(5, 8),
+        r#""order_id":"cat-0","amount_minor":40000"#,
+    ));
     events.push(event(
         "x-cat",
         "cat",
@@ -208,7 +215,8 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         vec![(2, serde_json::json!({"loyalty": 1, "unspecified": 1}))]
     );
 
-    // cat is lost on the day it cancels, with its revenue, for the cancellation.
+    // cat is lost on the day it cancels, with the revenue it kept (its order less its return),
+    // for the cancellation.
     assert_eq!(
         days_with(days, "gold", &["lost_customers", "count"]),
         vec![(10, 1.into())],
@@ -220,7 +228,7 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
     );
     assert_eq!(
         days_with(days, "gold", &["lost_customers", "value_minor"]),
-        vec![(10, 150_000.into())]
+        vec![(10, 110_000.into())]
     );
 
     // sam is lost once, through silence, on the day its churn-risk record says so, and the
@@ -261,7 +269,7 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
         vec![(120, 1.into())]
     );
     // Each keeps its losses for the lost-customer review: when its record turned lost, in
-    // which segment, the reason counted, its revenue then, and when it was won back.
+    // which segment, the reason counted, the revenue it had kept then, and when it was won back.
     let losses = |customer: &str| {
         let stored = store.customer_record(0, customer).unwrap().expect("stored");
         serde_json::to_value(&stored.losses).unwrap()
@@ -283,7 +291,7 @@ fn new_lost_won_back_renewals_and_referrals_land_in_their_segment_and_day() {
             "at": START + 10 * DAY + 8 * 3_600_000,
             "segment": "gold",
             "reason": "cancelled",
-            "value_minor": 150_000,
+            "value_minor": 110_000,
             "won_back_at": null,
         }])
     );
