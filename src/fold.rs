@@ -301,6 +301,14 @@ impl CustomerState {
         (self.purchase_days.len() as u32).saturating_sub(1)
     }
 
+    /// The revenue the customer kept: its orders less its returns, none when it returned more
+    /// than it bought (orders from before the state began).
+    pub fn kept_revenue_minor(&self) -> i64 {
+        self.revenue_minor
+            .saturating_sub(self.returned_minor)
+            .max(0)
+    }
+
     /// Whether the state was never touched by an applied event.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty() && self.first_event_at == 0 && self.last_event_at == 0

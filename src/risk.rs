@@ -584,7 +584,7 @@ fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 
     // purchase, an order of £168,470, was returned the same day had the data's third-highest
     // lifetime value, £35,000.
     let kept = if state.revenue_minor > 0 {
-        (1.0 - state.returned_minor as f64 / state.revenue_minor as f64).clamp(0.0, 1.0)
+        state.kept_revenue_minor() as f64 / state.revenue_minor as f64
     } else {
         1.0
     };

@@ -1769,12 +1769,8 @@ fn reassess(
         .as_ref()
         .is_some_and(|s| s.lifecycle == Lifecycle::Lost);
     let is_lost = standing.lifecycle == Lifecycle::Lost;
-    // A lost customer's value is the revenue it kept: its orders less its returns (more
-    // returned than bought, from orders before the state began, is none). Until 2026-12-05 it
-    // was its orders' alone.
-    let value_minor = (customer.state.revenue_minor)
-        .saturating_sub(customer.state.returned_minor)
-        .max(0);
+    // A lost customer's value is the revenue it kept (until 2026-12-05, its orders' alone).
+    let value_minor = customer.state.kept_revenue_minor();
     let segment = &standing.segment;
     let mut count = |at: Millis, flow: OwnedFlow| {
         let fact = Fact::CountChange {
