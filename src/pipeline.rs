@@ -462,7 +462,7 @@ pub async fn run_on(
     let flush_deadline = FlushDeadline::default();
     let outbox = tokio::spawn({
         let (store, telemetry, wake) = (store.clone(), telemetry.clone(), wake.clone());
-        let (stop, flush_limit) = (outbox_stop.clone(), config.shutdown_flush);
+        let stop = outbox_stop.clone();
         let deadline = flush_deadline.clone();
         async move {
             // Brokers that do not answer hold the check up to 10 s: a stop meanwhile does not
@@ -471,7 +471,7 @@ pub async fn run_on(
                 checked = checked => checked.context("readying the producer panicked")?,
                 () = stop.cancelled() => return Ok(()),
             };
-            drain_outbox(store, sink, telemetry, wake, stop, flush_limit, deadline).await
+            drain_outbox(store, sink, telemetry, wake, stop, deadline).await
         }
     });
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
@@ -600,7 +600,6 @@ fn start_aggregator(
         telemetry.clone(),
         wake.clone(),
         outbox_stop.clone(),
-        config.shutdown_flush,
         flush_deadline,
     ));
     let stop = CancellationToken::new();
@@ -922,12 +921,12 @@ async fn consume(
 }
 
 /// When the flushes at shutdown must end: `processing.shutdown_flush_seconds` after the
-/// shutdown began, set then. The consumer's close waits for the outbox first (a revocation
-/// does), and the outboxes' last flushes get only what it left.
+/// shutdown began, set then, before any outbox is told to stop. The consumer's close waits for
+/// the outbox first (a revocation does), and the outboxes' last flushes get only what it left.
 type FlushDeadline = Arc<std::sync::OnceLock<tokio::time::Instant>>;
 
 /// Drains the outbox whenever a commit wakes it (and every half second), then once more at
-/// shutdown until `deadline`, or for `flush_limit` when none is set. A drain under way when the
+/// shutdown until `deadline`. A drain under way when the
 /// stop comes is not waited for past that either: a record the brokers have not acknowledged
 /// stays in the outbox (librdkafka waits 30 s for an acknowledgement).
 async fn drain_outbox<S: Sink>(
@@ -936,10 +935,9 @@ async fn drain_outbox<S: Sink>(
     telemetry: Arc<Telemetry>,
     wake: Arc<Notify>,
     stop: CancellationToken,
-    flush_limit: Duration,
     deadline: FlushDeadline,
 ) -> anyhow::Result<()> {
-    let time_up = || flush_time_up(&stop, &deadline, flush_limit);
+    let time_up = || flush_time_up(&stop, &deadline);
     loop {
         tokio::select! {
             () = wake.notified() => {}
@@ -977,15 +975,13 @@ async fn drain_outbox<S: Sink>(
     }
 }
 
-/// Completes once `stop` has come and the shutdown's `deadline` has passed (`flush_limit` after
-/// this is first polled past the stop, when no deadline is set).
-async fn flush_time_up(stop: &CancellationToken, deadline: &FlushDeadline, flush_limit: Duration) {
+/// Completes once `stop` has come and the shutdown's `deadline` has passed (at once, should a
+/// stop come without one).
+async fn flush_time_up(stop: &CancellationToken, deadline: &FlushDeadline) {
     stop.cancelled().await;
-    let end = deadline
-        .get()
-        .copied()
-        .unwrap_or_else(|| tokio::time::Instant::now() + flush_limit);
-    tokio::time::sleep_until(end).await;
+    if let Some(end) = deadline.get() {
+        tokio::time::sleep_until(*end).await;
+    }
 }
 
 #[cfg(test)]
@@ -1016,9 +1012,9 @@ mod tests {
         }
     }
 
-    /// At shutdown the outbox is not waited for past the shutdown's deadline, however much of
-    /// `processing.shutdown_flush_seconds` is left and however long a delivery under way waits:
-    /// the consumer's close, which waits for the outbox too, may have spent the allowance.
+    /// At shutdown the outbox is not waited for past the shutdown's deadline, however long a
+    /// delivery under way waits: the consumer's close, which waits for the outbox too, may have
+    /// spent the allowance.
     /// Until 2026-12-05 a drain under way was awaited (librdkafka gives up after 30 s), and
     /// the last flush had the whole allowance again: a job whose broker was frozen took 60 s
     /// to stop, 40 s of them closing its consumer.
@@ -1046,7 +1042,6 @@ mod tests {
             Arc::new(Telemetry::new()),
             wake.clone(),
             stop.clone(),
-            Duration::from_secs(3600),
             deadline.clone(),
         ));
         // A drain is under way (its delivery hangs) when the shutdown begins.
