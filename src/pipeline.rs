@@ -329,7 +329,7 @@ pub fn fit(
         histories.len()
     );
     let model = &config.risk.model;
-    let unit_days = unit as f64 / 86_400_000.0;
+    let unit_days = unit as f64 / crate::segments::DAY_MS as f64;
     let horizon = crate::churn::PurchaseModel::longest_horizon(config.risk.clv_months, unit_days);
     let fitted = crate::fit::fit(model.model, &histories, model, horizon);
     Ok(FitReport {
