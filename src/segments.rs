@@ -213,10 +213,18 @@ impl Population {
         self.by_lifecycle[lifecycle_index(Lifecycle::AtRisk)]
     }
 
+    /// The mean lifetime value of the customers not lost, to the nearest minor unit (a half
+    /// away from zero).
     pub fn avg_ltv_minor(&self) -> i64 {
         match self.active() {
             n if n > 0 => {
-                let avg = self.active_ltv_minor / i128::from(n);
+                let n = i128::from(n);
+                let (quotient, remainder) = (self.active_ltv_minor / n, self.active_ltv_minor % n);
+                let avg = if 2 * remainder.abs() >= n {
+                    quotient + self.active_ltv_minor.signum()
+                } else {
+                    quotient
+                };
                 i64::try_from(avg).unwrap_or(if avg < 0 { i64::MIN } else { i64::MAX })
             }
             _ => 0,
@@ -603,6 +611,24 @@ mod tests {
             s.restand(Some(&poor), None, 3);
         }
         assert_eq!(s.population["gold"], Population::default());
+    }
+
+    #[test]
+    fn the_mean_lifetime_value_is_rounded_to_the_nearest_minor_unit() {
+        let mean_of = |values: &[i64]| {
+            let mut s = Segments::default();
+            for &v in values {
+                s.restand(None, Some(&standing("gold", Lifecycle::Active, v)), 1);
+            }
+            s.population["gold"].avg_ltv_minor()
+        };
+        assert_eq!(mean_of(&[1, 1, 2]), 1, "1.33");
+        assert_eq!(mean_of(&[1, 2, 2]), 2, "1.67 (truncated, this was 1)");
+        assert_eq!(mean_of(&[1, 2]), 2, "a half goes away from zero");
+        assert_eq!(mean_of(&[-1, -2]), -2);
+        assert_eq!(mean_of(&[-1, -2, -2]), -2, "-1.67");
+        assert_eq!(mean_of(&[-1, -1, -2]), -1, "-1.33");
+        assert_eq!(mean_of(&[1_153, 1_154]), 1_154);
     }
 
     #[test]
