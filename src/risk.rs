@@ -238,6 +238,23 @@ impl RiskSettings {
         ]
     }
 
+    /// A score as a record shows it: to `digits` decimals, never across a level's threshold,
+    /// so that the level beside it agrees (0.69996 is shown as 0.6999 where high starts at 0.7,
+    /// not as a medium 0.7).
+    pub fn shown_score(&self, score: f64, digits: i32) -> f64 {
+        shown(score, digits, &[self.medium_from, self.high_from])
+    }
+
+    /// P(alive) as a record shows it: to `digits` decimals, never across the inactive or the
+    /// lost threshold, so that the reasons and the lifecycle beside it agree.
+    pub fn shown_p_alive(&self, p_alive: f64, digits: i32) -> f64 {
+        shown(
+            p_alive,
+            digits,
+            &[self.lost_below_p_alive, self.inactive_below_p_alive],
+        )
+    }
+
     pub fn level(&self, score: f64) -> Level {
         if score >= self.high_from {
             Level::High
@@ -334,6 +351,7 @@ impl Assessment {
         record_id: &str,
         caused_by: Option<&str>,
         rfm: Option<crate::rfm::Score>,
+        settings: &RiskSettings,
     ) -> ChurnRiskRecord {
         ChurnRiskRecord {
             customer_id: customer_id.to_owned(),
@@ -344,16 +362,20 @@ impl Assessment {
             level: self.level,
             lifecycle: self.lifecycle,
             ltv_minor: self.ltv_minor,
-            p_alive: self.p_alive,
+            p_alive: settings.shown_p_alive(self.p_alive, RECORD_DIGITS),
             reasons: self.reasons,
             rfm,
-            score: self.score,
+            score: settings.shown_score(self.score, RECORD_DIGITS),
             segment: self.segment,
         }
     }
 }
 
-/// A `customer.churn-risk` value as data: what its JSON says, unrounded. The outbox keeps it so
+/// The decimals of a churn-risk record's score, P(alive) and expected orders.
+const RECORD_DIGITS: i32 = 4;
+
+/// A `customer.churn-risk` value as data: what its JSON says, the score and P(alive) as shown
+/// ([`RiskSettings::shown_score`]), the expected orders unrounded. The outbox keeps it so
 /// (a third of the JSON's bytes) and writes the JSON when the record is read to be sent, on the
 /// drain's thread rather than the fold's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -385,11 +407,14 @@ impl ChurnRiskRecord {
             .field("as_of", &format_millis(self.as_of))
             .field("caused_by_event_id", &self.caused_by)
             .field("customer_id", &self.customer_id)
-            .field("expected_orders_90d", &round(self.expected_orders_90d, 4))
+            .field(
+                "expected_orders_90d",
+                &round(self.expected_orders_90d, RECORD_DIGITS),
+            )
             .field("level", &self.level)
             .field("lifecycle", &self.lifecycle)
             .field("ltv_minor", &self.ltv_minor)
-            .field("p_alive", &round(self.p_alive, 4))
+            .field("p_alive", &round(self.p_alive, RECORD_DIGITS))
             .objects("reasons", &self.reasons, |reason, r| {
                 reason.field("code", &r.code).field("detail", &r.detail);
             })
@@ -405,7 +430,7 @@ impl ChurnRiskRecord {
             None => record.field("rfm", &None::<()>),
         };
         record
-            .field("score", &round(self.score, 4))
+            .field("score", &round(self.score, RECORD_DIGITS))
             .field("segment", &self.segment);
         record.end();
         out
@@ -415,6 +440,29 @@ impl ChurnRiskRecord {
 fn round(v: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (v * scale).round() / scale
+}
+
+/// `v` rounded to `digits` decimals, but on the same side of each of `thresholds` as `v`:
+/// where rounding would cross one, the nearest value of `digits` decimals on `v`'s side.
+fn shown(v: f64, digits: i32, thresholds: &[f64]) -> f64 {
+    let scale = 10f64.powi(digits);
+    let mut shown = round(v, digits);
+    for &t in thresholds {
+        if v < t && shown >= t {
+            let mut k = (t * scale).ceil();
+            while k / scale >= t {
+                k -= 1.0;
+            }
+            shown = k / scale;
+        } else if v >= t && shown < t {
+            let mut k = (t * scale).floor();
+            while k / scale < t {
+                k += 1.0;
+            }
+            shown = k / scale;
+        }
+    }
+    shown
 }
 
 /// The customer's history in the model's time unit at `as_of`. Purchase periods are days; a
@@ -631,8 +679,9 @@ fn find_reasons(
         let silent = state.last_order_at.unwrap_or(state.first_event_at);
         found(ReasonCode::Inactive, &|| {
             format!(
-                "no order for {} days; P(alive) {p_alive:.2}",
-                days(as_of - silent)
+                "no order for {} days; P(alive) {:.2}",
+                days(as_of - silent),
+                s.shown_p_alive(p_alive, 2)
             )
         });
     }
@@ -807,10 +856,10 @@ pub fn score_line(
         "t_x": round(a.t_x, 4),
         "T": round(a.t, 4),
         "time_unit_days": settings.time_unit_ms as f64 / DAY_MS as f64,
-        "p_alive": round(a.p_alive, 6),
+        "p_alive": settings.shown_p_alive(a.p_alive, 6),
         "expected_orders": round(settings.model.expected_purchases(h, horizon), 6),
         "horizon_days": horizon_days,
-        "score": round(a.score, 6),
+        "score": settings.shown_score(a.score, 6),
         "level": a.level,
         "reasons": a.reasons,
         "segment": a.segment,
@@ -1079,6 +1128,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_record_s_score_and_p_alive_never_show_across_the_thresholds_their_level_and_lifecycle_took(
+    ) {
+        let s = settings();
+        let shown = |score: f64, p_alive: f64| {
+            let mut a = assess(&buyer(&[0, 7]), &Trailing::default(), 8 * DAY_MS, &s);
+            (a.score, a.p_alive) = (score, p_alive);
+            let record = a.into_record("c", "r", None, None, &s);
+            let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
+            (
+                json["score"].as_f64().unwrap(),
+                json["p_alive"].as_f64().unwrap(),
+            )
+        };
+        // Rounded, 0.69996 would be a medium score of 0.7 beside a high one of 0.7 (a timer
+        // fires where the score reaches the threshold); P(alive) 0.19996 a lost customer's 0.2.
+        assert_eq!(shown(0.69996, 0.19996), (0.6999, 0.1999));
+        assert_eq!(shown(0.39999, 0.49999), (0.3999, 0.4999));
+        assert_eq!(shown(0.7, 0.2), (0.7, 0.2), "at the threshold: on its side");
+        assert_eq!(
+            shown(0.69994, 0.50004),
+            (0.6999, 0.5),
+            "rounding that crosses nothing"
+        );
+        assert_eq!(shown(0.123456, 0.987654), (0.1235, 0.9877));
+        // A threshold of more decimals than shown: the nearest shown value on each side.
+        assert_eq!(super::shown(0.70004, 4, &[0.70004]), 0.7001);
+        assert_eq!(super::shown(0.70003, 4, &[0.70004]), 0.7);
+        // The inactive reason's text shows P(alive) to two decimals, also below its threshold.
+        let quiet = s.shown_p_alive(0.4996, 2);
+        assert_eq!(format!("{quiet:.2}"), "0.49");
+    }
+
+    #[test]
     fn the_record_is_what_a_json_value_of_its_fields_writes() {
         let s = settings();
         let mut state = buyer(&[0, 7, 14]);
@@ -1095,7 +1177,7 @@ pub(crate) mod tests {
         for (rfm, caused_by) in [(Some(&rfm), Some("e-1")), (None, None)] {
             let record = a
                 .clone()
-                .into_record("c", "orders-0-7", caused_by, rfm.cloned());
+                .into_record("c", "orders-0-7", caused_by, rfm.cloned(), &s);
             let got = String::from_utf8(record.to_json()).unwrap();
             let reasons: Vec<_> = a
                 .reasons
@@ -1106,9 +1188,9 @@ pub(crate) mod tests {
                 "record_id": "orders-0-7",
                 "customer_id": "c",
                 "as_of": "1970-01-31T00:00:00.001Z",
-                "score": round(a.score, 4),
+                "score": s.shown_score(a.score, 4),
                 "level": a.level,
-                "p_alive": round(a.p_alive, 4),
+                "p_alive": s.shown_p_alive(a.p_alive, 4),
                 "expected_orders_90d": round(a.expected_orders_90d, 4),
                 "reasons": reasons,
                 "segment": a.segment,

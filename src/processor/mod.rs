@@ -1830,7 +1830,7 @@ fn reassess(
     let id = &customer.state.customer_id;
     commit.outbox.push(Output::ChurnRisk {
         topic: settings.topics.churn_risk.clone(),
-        record: Box::new(complete.into_record(id, record_id, caused_by, rfm)),
+        record: Box::new(complete.into_record(id, record_id, caused_by, rfm, risk)),
     });
 }
 
