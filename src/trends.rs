@@ -49,6 +49,20 @@ impl TrendSettings {
         }
     }
 
+    /// The weight of a period's count in the CUSUM's slow baseline when the baseline has taken
+    /// `taken` periods before it (`None`: not known). The mean of the periods so far until
+    /// there are half as many as the EWMA's span (1 / (2 × weight): 25 with the default 0.02),
+    /// then the EWMA: seeded by the first period alone and moving 2% a period, a baseline
+    /// taken from a quiet first hour stayed low for days, and CUSUM signalled through them.
+    fn slow_weight(&self, taken: Option<u64>) -> f64 {
+        let w = self.cusum_baseline_weight;
+        let averaged = (0.5 / w).round();
+        match taken.map(|n| n as f64 + 1.0) {
+            Some(n) if n <= averaged => 1.0 / n,
+            _ => w,
+        }
+    }
+
     /// `category` if it is one of the configured categories, otherwise `other`: a complaint
     /// read under a category list since changed counts where one read now would.
     pub fn category<'a>(&'a self, category: &'a str) -> &'a str {
@@ -480,7 +494,11 @@ impl Trends {
                     category,
                     &window,
                     backlog,
-                    (&mut trend.windows, warms_up),
+                    (
+                        &mut trend.windows,
+                        warms_up,
+                        taken_before(start, s.window_ms, began),
+                    ),
                     s,
                 );
                 let verdict = Verdict {
@@ -525,6 +543,34 @@ fn warms_up(start: Millis, began: Option<Millis>) -> bool {
     began.is_some_and(|began| start < began)
 }
 
+/// How many periods of `length` (windows start on its multiples) a category's baselines took
+/// before the one starting at `start`: those from the first that started at or after the
+/// complaints `began`, as every category's windows close, with complaints or without. `None`
+/// when `began` is not known (trends stored before it was kept), or for a warm-up.
+fn taken_before(start: Millis, length: Millis, began: Option<Millis>) -> Option<u64> {
+    let began = began?;
+    let first = began.div_euclid(length) * length
+        + if began.rem_euclid(length) == 0 {
+            0
+        } else {
+            length
+        };
+    u64::try_from((start - first).div_euclid(length)).ok()
+}
+
+/// [`taken_before`] for calendar months: the month starting at `start`.
+fn months_taken_before(start: Millis, began: Option<Millis>) -> Option<u64> {
+    let began = began?;
+    let index = |at: Millis| {
+        let (year, month, _) = calendar(at);
+        i64::from(year) * 12 + i64::from(month)
+    };
+    let (_, _, day) = calendar(began);
+    let starts_a_month = day == 1 && began.rem_euclid(DAY_MS) == 0;
+    let first = index(began) + i64::from(!starts_a_month);
+    u64::try_from(index(start) - first).ok()
+}
+
 /// Closes the day starting at `day`: its daily record with month to date, and the monthly
 /// record when it was the month's last day.
 fn roll_up_day(
@@ -544,7 +590,11 @@ fn roll_up_day(
         trend.month_days.resize(index + 1, 0);
     }
     trend.month_days[index] = today.opened;
-    let days = (&mut trend.days, warms_up(day, began));
+    let days = (
+        &mut trend.days,
+        warms_up(day, began),
+        taken_before(day, DAY_MS, began),
+    );
     let mut daily = close(
         (day, DAY_MS, Period::Day),
         category,
@@ -568,7 +618,11 @@ fn roll_up_day(
             category,
             &window,
             backlog,
-            (&mut trend.months, warms_up(month_start, began)),
+            (
+                &mut trend.months,
+                warms_up(month_start, began),
+                months_taken_before(month_start, began),
+            ),
             s,
         ));
     }
@@ -582,7 +636,7 @@ fn close(
     category: &str,
     window: &Window,
     open_backlog: i64,
-    (trend, warms_up): (&mut Baseline, bool),
+    (trend, warms_up, taken): (&mut Baseline, bool, Option<u64>),
     s: &TrendSettings,
 ) -> ClosedWindow {
     let count = f64::from(window.opened);
@@ -602,8 +656,8 @@ fn close(
     if !warms_up {
         trend.cusum = (trend.cusum + count - (slow + s.cusum_slack * slow_sigma)).max(0.0);
         trend.baseline = Some(s.baseline_weight * count + (1.0 - s.baseline_weight) * baseline);
-        trend.slow_baseline =
-            Some(s.cusum_baseline_weight * count + (1.0 - s.cusum_baseline_weight) * slow);
+        let weight = s.slow_weight(taken);
+        trend.slow_baseline = Some(weight * count + (1.0 - weight) * slow);
     }
     let cusum_signal = trend.cusum > s.cusum_threshold * slow_sigma;
     ClosedWindow {
@@ -1110,6 +1164,61 @@ mod tests {
         assert!(billing.iter().all(|w| !w.spike));
         assert!(billing[..24].iter().all(|w| !w.cusum_signal));
         assert!(billing[24..].iter().any(|w| w.cusum_signal));
+    }
+
+    #[test]
+    fn cusum_s_slow_baseline_starts_as_the_mean_of_the_windows_so_far() {
+        // Three an hour, give or take, after a first hour of one: seeded by that hour alone and
+        // moving 2% an hour, the slow baseline stayed under 2 for two days, and CUSUM signalled
+        // in 70 of these 73 windows.
+        let s = settings();
+        let mut t = Trends::default();
+        let pattern = [3, 4, 3, 2, 4, 3, 4, 3, 2, 4, 3, 1];
+        let counts = std::iter::once(1).chain(pattern.iter().copied().cycle().take(72));
+        for (h, n) in counts.enumerate() {
+            for i in 0..n {
+                t.opened("billing", Severity::Low, h as i64 * HOUR + i * 60_000, &s);
+            }
+        }
+        let closed = t.close_until(73 * HOUR, &s);
+        let billing: Vec<_> = closed
+            .iter()
+            .filter(|w| w.category == "billing" && !w.is_daily())
+            .collect();
+        assert_eq!(billing.len(), 73);
+        let signals = billing.iter().filter(|w| w.cusum_signal).count();
+        assert_eq!(
+            signals,
+            0,
+            "{:?}",
+            billing.iter().map(|w| w.cusum).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn the_periods_a_baseline_took_count_from_the_first_full_one() {
+        let hour = |h: i64| h * HOUR;
+        assert_eq!(taken_before(hour(5), HOUR, Some(hour(5))), Some(0));
+        assert_eq!(taken_before(hour(7), HOUR, Some(hour(5))), Some(2));
+        // Began mid-hour: that hour is a warm-up, the next one the first.
+        assert_eq!(taken_before(hour(5), HOUR, Some(hour(5) + 1)), None);
+        assert_eq!(taken_before(hour(6), HOUR, Some(hour(5) + 1)), Some(0));
+        assert_eq!(taken_before(hour(6), HOUR, None), None);
+        // 2026-01-01 and 2026-03-01 (UTC) in milliseconds.
+        let (jan, mar) = (1_767_225_600_000, 1_772_323_200_000);
+        assert_eq!(months_taken_before(mar, Some(jan)), Some(2));
+        assert_eq!(months_taken_before(mar, Some(jan + 1)), Some(1));
+        assert_eq!(months_taken_before(jan, Some(jan + 1)), None);
+        let s = settings();
+        assert_eq!(s.slow_weight(Some(0)), 1.0);
+        assert_eq!(s.slow_weight(Some(3)), 0.25);
+        assert_eq!(
+            s.slow_weight(Some(24)),
+            1.0 / 25.0,
+            "25 periods: half the EWMA's span"
+        );
+        assert_eq!(s.slow_weight(Some(25)), 0.02);
+        assert_eq!(s.slow_weight(None), 0.02);
     }
 
     #[test]
