@@ -27,6 +27,13 @@ const HISTORY_MS: i64 = 10 * 60_000;
 const SPIKE_AFTER_MS: i64 = 60_000;
 const SPIKE_FOR_MS: i64 = 30_000;
 const SPIKE_CATEGORY: &str = "delivery";
+/// When the first injected churner's journey starts, and how far apart the next ones start.
+const CHURN_FIRST_MS: i64 = 2_000;
+const CHURN_EVERY_MS: i64 = 10_000;
+/// A churner's journey: a complaint, a detractor survey this long after it, the cancellation
+/// this long after it, then silence.
+const CHURN_SURVEY_AFTER_MS: i64 = 2_000;
+const CHURN_CANCEL_AFTER_MS: i64 = 4_000;
 
 /// The most events the live traffic may hold: it is generated whole before it is published
 /// (about 1 KB an event in memory), and the embedded broker keeps every event it is sent.
@@ -101,13 +108,22 @@ pub async fn run(
         config.listen_address
     ));
 
+    let now = wall_clock_ms();
+    let traffic = live_traffic(customers, rate.max(1), seconds, now, true);
+    let churners = churners(&traffic);
+    show(format_args!(
+        "{} churners are injected, one every {} s from {} s in: a complaint, a detractor survey, a cancellation, then silence.",
+        churners.len(),
+        CHURN_EVERY_MS / 1000,
+        CHURN_FIRST_MS / 1000
+    ));
     let publisher = {
         let brokers = brokers.clone();
         let topics = config.topics.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = publish_live(&brokers, &topics, customers, rate, seconds) => result,
+                result = publish_traffic(&brokers, &topics, &traffic, rate, now) => result,
                 () = stop.cancelled() => Ok(()),
             }
         })
@@ -146,6 +162,7 @@ pub async fn run(
             &metrics,
             &snapshot,
         );
+        print_churners(&churners, &snapshot, wall_clock_ms());
         last_events = events;
     }
     shutdown.cancel();
@@ -183,6 +200,17 @@ pub async fn publish_live(
     live_events(rate, seconds)?;
     let now = wall_clock_ms();
     let traffic = live_traffic(customers, rate.max(1), seconds, now, true);
+    publish_traffic(brokers, topics, &traffic, rate, now).await
+}
+
+/// Publishes `traffic`: what lies before `now` at once, the rest at `rate` events per second.
+async fn publish_traffic(
+    brokers: &str,
+    topics: &crate::config::Topics,
+    traffic: &[Generated],
+    rate: u64,
+    now: i64,
+) -> anyhow::Result<()> {
     let split = traffic.partition_point(|g| event_time(g, now) <= now);
     let (history, live) = traffic.split_at(split);
     crate::kafka::publish(brokers, topics, history, None, 500).await?;
@@ -198,7 +226,7 @@ fn event_time(g: &Generated, otherwise: i64) -> i64 {
 
 /// The generator's traffic from ten minutes before `start` to `seconds` after it, `rate` per
 /// second of event time, with (if `spike`) a burst of five high-severity `delivery` complaints a
-/// second from a minute after `start`, for half a minute.
+/// second from a minute after `start`, for half a minute, and churners injected (`churners`).
 pub fn live_traffic(
     customers: u64,
     rate: u64,
@@ -242,9 +270,105 @@ pub fn live_traffic(
             }),
         });
     }
+    if spike {
+        inject_churners(&mut traffic, customers, seconds, start);
+    }
     // Stable: each customer's own events keep their order.
     traffic.sort_by_key(|g| event_time(g, start));
     traffic
+}
+
+/// Makes churners of customers the live traffic would have kept: one in a hundred (at least
+/// one, at most 60), one every `CHURN_EVERY_MS` from `CHURN_FIRST_MS` after `start` while the
+/// traffic lasts. Each is a customer with history and no cancellation of its own: a high
+/// complaint about billing, a detractor survey, its subscription cancelled for a competitor,
+/// and none of its events after that.
+fn inject_churners(traffic: &mut Vec<Generated>, customers: u64, seconds: u64, start: i64) {
+    let cancelled: std::collections::HashSet<&str> = traffic
+        .iter()
+        .filter(|g| g.type_name == "subscription.cancelled")
+        .map(|g| g.customer_id.as_str())
+        .collect();
+    let mut candidates: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for g in traffic.iter().take_while(|g| event_time(g, start) < start) {
+        let id = g.customer_id.as_str();
+        if !cancelled.contains(id) && seen.insert(id) {
+            candidates.push(id.to_owned());
+        }
+    }
+    let end = start + i64::try_from(seconds).unwrap_or(i64::MAX / 2_000) * 1_000;
+    let wanted = (customers / 100).clamp(1, 60) as usize;
+    let mut rng = Rng::new(6);
+    let mut churners = Vec::new();
+    for i in 0..wanted {
+        let begins = start + CHURN_FIRST_MS + i as i64 * CHURN_EVERY_MS;
+        if candidates.is_empty() || begins + CHURN_CANCEL_AFTER_MS > end {
+            break;
+        }
+        let pick = rng.below(candidates.len() as u64) as usize;
+        churners.push((candidates.swap_remove(pick), begins));
+    }
+    let silent: HashMap<&str, i64> = churners
+        .iter()
+        .map(|(id, begins)| (id.as_str(), *begins))
+        .collect();
+    traffic.retain(|g| {
+        silent
+            .get(g.customer_id.as_str())
+            .is_none_or(|begins| event_time(g, *begins) < *begins)
+    });
+    for (i, (customer, begins)) in churners.into_iter().enumerate() {
+        let journey = [
+            (
+                0,
+                "complaint.opened",
+                json!({"complaint_id": format!("churn-{i}"), "category": "billing", "severity": "high"}),
+            ),
+            (
+                CHURN_SURVEY_AFTER_MS,
+                "interaction.survey",
+                json!({"score": 1}),
+            ),
+            (
+                CHURN_CANCEL_AFTER_MS,
+                "subscription.cancelled",
+                json!({"reason": "competitor"}),
+            ),
+        ];
+        for (step, (after, type_name, fields)) in journey.into_iter().enumerate() {
+            let mut value = json!({
+                "event_id": format!("churn-{i}-{step}"),
+                "customer_id": customer,
+                "type": type_name,
+                "occurred_at": format_millis(begins + after),
+            });
+            if let (Value::Object(v), Value::Object(f)) = (&mut value, fields) {
+                v.extend(f);
+            }
+            traffic.push(Generated {
+                customer_id: customer.clone(),
+                type_name,
+                value,
+            });
+        }
+    }
+}
+
+/// The injected churners of `traffic` and when each cancelled, in that order.
+pub fn churners(traffic: &[Generated]) -> Vec<(String, i64)> {
+    let mut churners: Vec<(String, i64)> = traffic
+        .iter()
+        .filter(|g| {
+            g.type_name == "subscription.cancelled"
+                && g.value["event_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("churn-"))
+        })
+        .map(|g| (g.customer_id.clone(), event_time(g, 0)))
+        .collect();
+    churners.sort_by_key(|(_, at)| *at);
+    churners
 }
 
 /// Keeps the newest churn-risk record of each customer, read from the output topic.
@@ -310,9 +434,10 @@ fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String,
                 let spike = metrics.contains(&format!(
                     "customer_pulse_complaint_spike{{category=\"{category}\"}} 1"
                 ));
+                // Rounded first, so that -0.04 is not shown as -0.0.
+                let z = (z.parse::<f64>().unwrap_or(0.0) * 10.0).round() / 10.0 + 0.0;
                 complaints.push(format!(
-                    "{category} z={:.1}{}",
-                    z.parse::<f64>().unwrap_or(0.0),
+                    "{category} z={z:.1}{}",
                     if spike { " SPIKE" } else { "" }
                 ));
             }
@@ -347,6 +472,36 @@ fn print_summary(elapsed: u64, rate: f64, metrics: &str, risks: &HashMap<String,
             }
         ));
     }
+}
+
+/// How many injected churners have cancelled by `now`, and how many of them the job's latest
+/// churn-risk records call lost, with the reasons those records name.
+fn print_churners(churners: &[(String, i64)], risks: &HashMap<String, Value>, now: i64) {
+    let gone: Vec<&String> = churners
+        .iter()
+        .filter(|(_, cancelled_at)| *cancelled_at <= now)
+        .map(|(id, _)| id)
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let mut lost = 0;
+    let mut reasons = std::collections::BTreeSet::new();
+    for risk in gone.iter().filter_map(|id| risks.get(id.as_str())) {
+        if risk["lifecycle"] == "lost" {
+            lost += 1;
+            for reason in risk["reasons"].as_array().into_iter().flatten() {
+                reasons.extend(reason["code"].as_str());
+            }
+        }
+    }
+    show(format_args!(
+        "  churners: {} of {} injected so far, {lost} of them lost in their churn-risk records{}{}",
+        gone.len(),
+        churners.len(),
+        if reasons.is_empty() { "" } else { ", for " },
+        reasons.into_iter().collect::<Vec<_>>().join(", "),
+    ));
 }
 
 /// The sum of every series whose line starts with `prefix`.
@@ -395,6 +550,55 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn churners_are_customers_with_history_who_complain_turn_detractors_cancel_and_fall_silent() {
+        let start = 1_790_000_000_000;
+        let traffic = live_traffic(500, 20, 60, start, true);
+        let churners = churners(&traffic);
+        // One in a hundred customers, one every 10 s from 2 s in, while the minute lasts.
+        assert_eq!(churners.len(), 5);
+        for (i, (id, cancelled_at)) in churners.iter().enumerate() {
+            let begins = start + 2_000 + i as i64 * 10_000;
+            assert_eq!(*cancelled_at, begins + 4_000);
+            let own: Vec<&Generated> = traffic.iter().filter(|g| &g.customer_id == id).collect();
+            assert!(
+                own.iter().any(|g| event_time(g, 0) < start),
+                "{id} has history"
+            );
+            let journey: Vec<&str> = own
+                .iter()
+                .filter(|g| event_time(g, 0) >= begins)
+                .map(|g| g.type_name)
+                .collect();
+            assert_eq!(
+                journey,
+                [
+                    "complaint.opened",
+                    "interaction.survey",
+                    "subscription.cancelled"
+                ],
+                "{id}: its journey, then nothing"
+            );
+            let cancellations = own
+                .iter()
+                .filter(|g| g.type_name == "subscription.cancelled")
+                .count();
+            assert_eq!(cancellations, 1, "{id} had not cancelled before");
+        }
+        let ids: std::collections::HashSet<&String> = churners.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), 5, "five customers");
+        // A journey that would end after the traffic is not begun; without the spike, none.
+        assert_eq!(
+            super::churners(&live_traffic(500, 20, 6, start, true)).len(),
+            1
+        );
+        assert_eq!(
+            super::churners(&live_traffic(500, 20, 5, start, true)).len(),
+            0
+        );
+        assert!(super::churners(&live_traffic(500, 20, 60, start, false)).is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn the_demo_runs_by_itself_and_folds_live_traffic() {
             "--rate",
             "100",
             "--seconds",
-            "12",
+            "20",
         ])
         .env(
             "CUSTOMER_PULSE__HTTP__LISTEN_ADDRESS",
@@ -55,6 +55,24 @@ fn the_demo_runs_by_itself_and_folds_live_traffic() {
         stdout.contains(" risk "),
         "top churn risks are listed: {stdout}"
     );
+    // Two churners (one in a hundred customers) cancel 6 and 16 s in: by the last summary the
+    // first is lost in its churn-risk record, for its cancellation.
+    assert!(
+        stdout.contains("2 churners are injected"),
+        "the churners are announced: {stdout}"
+    );
+    let last_churners = stdout
+        .lines()
+        .rfind(|l| l.contains("churners: "))
+        .unwrap_or_else(|| panic!("a churners line: {stdout}"));
+    let lost: u32 = last_churners
+        .split("injected so far, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{last_churners}"));
+    assert!(lost >= 1, "{last_churners}");
+    assert!(last_churners.contains("cancelled"), "{last_churners}");
     // The embedded broker stops after the job: what its producers, let go but not yet
     // destroyed, hear of that is not the operator's to read.
     let stderr = String::from_utf8_lossy(&out.stderr);
