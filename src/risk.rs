@@ -870,13 +870,15 @@ pub fn score_line(
 }
 
 /// When to look at a silent customer again: the first event time after `now` at which the
-/// assessment can change without a new event. That is the earliest of the moments P(alive)
-/// crosses a threshold that matters (a level cut-off given the current reasons, the inactive and
-/// lost thresholds; DOMAIN.md's closed form), a complaint passes its SLA, a recent bad experience
-/// stops being recent, or an open order becomes late. `None` when nothing can change.
+/// assessment can change without a new event, or its score move `min_score_change` from the
+/// score last `published`. That is the earliest of the moments P(alive) crosses a threshold
+/// that matters (a level cut-off given the current reasons, the inactive and lost thresholds,
+/// the score's move; DOMAIN.md's closed form), a complaint passes its SLA, a recent bad
+/// experience stops being recent, or an open order becomes late. `None` when nothing can change.
 pub fn next_check(
     state: &CustomerState,
     now: &Assessment,
+    published: Option<f64>,
     settings: &RiskSettings,
 ) -> Option<Millis> {
     let as_of = now.as_of;
@@ -884,10 +886,20 @@ pub fn next_check(
     let kept = settings.kept(now.codes);
     let h = recency(state, as_of, settings.time_unit_ms);
     let origin = origin(state) as f64;
+    // P(alive) only falls while the customer stays silent, so its score only rises: it moves
+    // the published score's `min_score_change` where P(alive) falls to this (a hair further,
+    // so that the score there has moved by no less; NaN, which no P(alive) is above, when it
+    // cannot move so far). Until 2026-12-05 no timer looked for it: a silent customer's score
+    // rose from 0.70 to 0.83 with no record.
+    let moved = published
+        .map(|score| (1.0 - score - settings.min_score_change - 1e-9) / kept)
+        .filter(|p| *p > 0.0)
+        .unwrap_or(f64::NAN);
     // P(alive) only falls while the customer stays silent, so a higher threshold is crossed
     // no later than a lower one: the first threshold below P(alive), from the highest down,
     // that has a crossing ahead has the earliest, and the others need not be solved for.
-    let mut thresholds = settings.thresholds(kept);
+    let [medium, high, inactive, lost] = settings.thresholds(kept);
+    let mut thresholds = [medium, high, inactive, lost, moved];
     thresholds.sort_unstable_by(|a, b| b.total_cmp(a));
     let crossing = thresholds
         .into_iter()
@@ -1036,7 +1048,7 @@ pub(crate) mod tests {
         let state = buyer(&[0, 7, 14, 21, 28]);
         let now = assess(&state, &Trailing::default(), 28 * DAY_MS, &s);
         assert_eq!(now.level, Level::Low);
-        let at = next_check(&state, &now, &s).expect("a silent buyer gets a timer");
+        let at = next_check(&state, &now, None, &s).expect("a silent buyer gets a timer");
         let just_before = assess(&state, &Trailing::default(), at - 60_000, &s);
         let at_timer = assess(&state, &Trailing::default(), at, &s);
         assert_eq!(just_before.level, Level::Low);
@@ -1083,7 +1095,7 @@ pub(crate) mod tests {
                     // The buyers here have no complaints, surveys or open orders: the crossing
                     // alone sets the timer.
                     assert_eq!(
-                        next_check(&state, &now, &s),
+                        next_check(&state, &now, None, &s),
                         every,
                         "{model:?} {days:?} +{silent}"
                     );

@@ -1738,9 +1738,20 @@ fn reassess(
     let trends = &settings.trends;
     let risk = &settings.risk;
     let assessment = assess_risk(&customer.state, as_of, risk);
+    let segment = segment_at(&customer.trailing, as_of, risk);
+    let moved = customer
+        .standing
+        .as_ref()
+        .is_none_or(|s| s.segment != segment);
+    let publish =
+        moved || assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change);
+    let published = match (publish, &customer.risk.last) {
+        (true, _) => Some(assessment.score),
+        (false, last) => last.as_ref().map(|l| l.score),
+    };
     // Also look again when revenue ages out of the trailing months and the tier may drop.
     let ages_out = customer.trailing.next_change(as_of, risk.tier_months);
-    customer.risk.timer_at = next_check(&customer.state, &assessment, risk)
+    customer.risk.timer_at = next_check(&customer.state, &assessment, published, risk)
         .into_iter()
         .chain(ages_out)
         .min();
@@ -1748,12 +1759,7 @@ fn reassess(
         // Lost stays lost until an order or a renewal wins the customer back (the fold).
         customer.state.lifecycle = Lifecycle::Lost;
     }
-    let segment = segment_at(&customer.trailing, as_of, risk);
-    let moved = customer
-        .standing
-        .as_ref()
-        .is_none_or(|s| s.segment != segment);
-    if !moved && !assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change) {
+    if !publish {
         return;
     }
     customer.risk.last = Some(assessment.published());

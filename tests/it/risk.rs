@@ -140,6 +140,18 @@ fn timer_records(records: &[(String, Value)]) -> Vec<&Value> {
         .collect()
 }
 
+/// The records among `records` that a timer published with another level, lifecycle or set of
+/// reasons than the record before: the thresholds' crossings, not the score's moves.
+fn timer_changes(records: &[(String, Value)]) -> Vec<&Value> {
+    let standing = |r: &Value| (r["level"].clone(), r["lifecycle"].clone(), codes(r));
+    records
+        .windows(2)
+        .filter(|pair| pair[1].0.starts_with("timer-"))
+        .filter(|pair| standing(&pair[0].1) != standing(&pair[1].1))
+        .map(|pair| &pair[1].1)
+        .collect()
+}
+
 /// Checks the timer records of a customer who placed [`five_weekly_orders`] from `first` and
 /// fell silent: P(alive) from the model alone (x = 4 repeat days, t_x = 4 weeks) crosses each
 /// threshold that matters with no other reason (1 - medium_from, inactive, 1 - high_from,
@@ -187,7 +199,54 @@ fn a_silent_customer_crosses_each_threshold_on_its_timer_with_no_events_of_its_o
     let mut events = five_weekly_orders("sil", START);
     events.extend(weekly_ticks(&neighbour_of("sil"), START + 5 * 7 * DAY, 12));
     let records = risk_records(&events, "sil");
-    assert_threshold_crossings(&timer_records(&records), START);
+    assert_threshold_crossings(&timer_changes(&records), START);
+}
+
+#[test]
+fn a_silent_customer_s_score_is_published_at_each_move_of_min_score_change() {
+    // As above: silence after five weekly orders, the watermark moved on for twelve weeks.
+    // The score rises as P(alive) falls; each move of 0.05 from the last record is a record
+    // of its own (CONTRACT section 2), at the timer where it is reached. Before, the timers
+    // looked for the thresholds alone, and the score jumped 0.1 to 0.2 between records.
+    let mut events = five_weekly_orders("sil", START);
+    let ticks_from = START + 5 * 7 * DAY;
+    events.extend(weekly_ticks(&neighbour_of("sil"), ticks_from, 12));
+    let records = risk_records(&events, "sil");
+    let timers = timer_records(&records);
+    assert!(timers.len() > 8, "{timers:#?}");
+    let score = |r: &Value| r["score"].as_f64().unwrap();
+    for pair in records.windows(2) {
+        let (a, b) = (&pair[0].1, &pair[1].1);
+        assert!(
+            score(b) - score(a) <= 0.05 + 2e-4,
+            "{} -> {}: a move past 0.05 unpublished",
+            a["as_of"],
+            b["as_of"]
+        );
+    }
+    // Score moves alone: each 0.05 on from the record before, give or take the rounding.
+    let moves: Vec<f64> = records
+        .windows(2)
+        .filter(|pair| pair[1].0.starts_with("timer-"))
+        .filter(|pair| {
+            let standing = |r: &Value| (r["level"].clone(), r["lifecycle"].clone(), codes(r));
+            standing(&pair[0].1) == standing(&pair[1].1)
+        })
+        .map(|pair| score(&pair[1].1) - score(&pair[0].1))
+        .collect();
+    assert!(moves.len() > 4, "{moves:?}");
+    assert!(moves.iter().all(|m| (m - 0.05).abs() <= 2e-4), "{moves:?}");
+    // And none is left owing at the end: the model's score where the watermark stopped (the
+    // last tick less the hour of lateness) is within 0.05 of the last record's.
+    let model = PurchaseModel::cdnow(Model::MbgNbd);
+    let watermark = ticks_from + 11 * 7 * DAY - 3_600_000;
+    let p = model.p_alive(Recency {
+        x: 4.0,
+        t_x: 4.0,
+        t: (watermark - START) as f64 / WEEK,
+    });
+    let last = score(&records.last().unwrap().1);
+    assert!((1.0 - p) - last < 0.05, "{} now, {last} published", 1.0 - p);
 }
 
 #[test]
@@ -211,8 +270,8 @@ fn timers_that_fall_due_together_each_fire_in_turn() {
     events.extend(weekly_ticks(&neighbour_of("sil"), START + 20 * 7 * DAY, 1));
     let first = risk_records(&events, "sil");
     let second = risk_records(&events, &behind);
-    let first = assert_threshold_crossings(&timer_records(&first), START);
-    let second = assert_threshold_crossings(&timer_records(&second), later);
+    let first = assert_threshold_crossings(&timer_changes(&first), START);
+    let second = assert_threshold_crossings(&timer_changes(&second), later);
     // The first round fires the two customers' first timers; the first customer's next lies
     // before the second's that just fired, below where that round's scan ended, and still
     // fires.
