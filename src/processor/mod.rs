@@ -1745,9 +1745,11 @@ fn reassess(
         .is_none_or(|s| s.segment != segment);
     let publish =
         moved || assessment.worth_publishing(customer.risk.last.as_ref(), risk.min_score_change);
-    let published = match (publish, &customer.risk.last) {
-        (true, _) => Some(assessment.score),
-        (false, last) => last.as_ref().map(|l| l.score),
+    // The score the timer measures the next move from: this one's when it is published.
+    let published = if publish {
+        Some(assessment.score)
+    } else {
+        customer.risk.last.as_ref().map(|l| l.score)
     };
     // Also look again when revenue ages out of the trailing months and the tier may drop.
     let ages_out = customer.trailing.next_change(as_of, risk.tier_months);
