@@ -869,6 +869,11 @@ pub fn score_line(
     })
 }
 
+/// The least move of a silent customer's score its timer waits for: with a
+/// `min_score_change` of 0 (every move published), a timer a millisecond on would have fired
+/// at every millisecond of its silence.
+pub const MIN_TIMED_SCORE_MOVE: f64 = 0.01;
+
 /// When to look at a silent customer again: the first event time after `now` at which the
 /// assessment can change without a new event, or its score move `min_score_change` from the
 /// score last `published`. That is the earliest of the moments P(alive) crosses a threshold
@@ -891,8 +896,9 @@ pub fn next_check(
     // so that the score there has moved by no less; NaN, which no P(alive) is above, when it
     // cannot move so far). Until 2026-12-05 no timer looked for it: a silent customer's score
     // rose from 0.70 to 0.83 with no record.
+    let step = settings.min_score_change.max(MIN_TIMED_SCORE_MOVE);
     let moved = published
-        .map(|score| (1.0 - score - settings.min_score_change - 1e-9) / kept)
+        .map(|score| (1.0 - score - step - 1e-9) / kept)
         .filter(|p| *p > 0.0)
         .unwrap_or(f64::NAN);
     // P(alive) only falls while the customer stays silent, so a higher threshold is crossed
@@ -1040,6 +1046,34 @@ pub(crate) mod tests {
         let ltv = stopped["ltv_minor"].as_i64().unwrap();
         assert!(ltv > 5_000, "{stopped}");
         assert_eq!(went_on["ltv_minor"], ltv, "{went_on}");
+    }
+
+    #[test]
+    fn a_timer_waits_for_the_score_to_move_at_least_a_hundredth() {
+        let state = buyer(&[0, 7, 14, 21, 28]);
+        for (min_score_change, step) in [(0.0, 0.01), (0.001, 0.01), (0.05, 0.05), (0.2, 0.2)] {
+            let s = RiskSettings {
+                min_score_change,
+                ..settings()
+            };
+            let now = assess(&state, &Trailing::default(), 30 * DAY_MS, &s);
+            let at = next_check(&state, &now, Some(now.score), &s).expect("a timer");
+            let then = assess(&state, &Trailing::default(), at, &s);
+            let before = assess(&state, &Trailing::default(), at - 1, &s);
+            // The timer is where the score has moved the step (or a threshold came first).
+            assert!(
+                then.score - now.score >= step - 1e-9
+                    || then.level != now.level
+                    || then.codes != now.codes,
+                "{min_score_change}: {} -> {}",
+                now.score,
+                then.score
+            );
+            assert!(
+                before.score - now.score < step + 1e-6,
+                "{min_score_change}: not later than the move"
+            );
+        }
     }
 
     #[test]
