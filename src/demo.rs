@@ -111,12 +111,19 @@ pub async fn run(
     let now = wall_clock_ms();
     let traffic = live_traffic(customers, rate.max(1), seconds, now, true);
     let churners = churners(&traffic);
-    show(format_args!(
-        "{} churners are injected, one every {} s from {} s in: a complaint, a detractor survey, a cancellation, then silence.",
-        churners.len(),
-        CHURN_EVERY_MS / 1000,
-        CHURN_FIRST_MS / 1000
-    ));
+    if churners.is_empty() {
+        show(format_args!(
+            "No churner is injected: the demo ends before the first could cancel ({} s in), or every customer with history has cancelled of its own.",
+            (CHURN_FIRST_MS + CHURN_CANCEL_AFTER_MS) / 1000
+        ));
+    } else {
+        show(format_args!(
+            "{} churners are injected, one every {} s from {} s in: a complaint, a detractor survey, a cancellation, then silence.",
+            churners.len(),
+            CHURN_EVERY_MS / 1000,
+            CHURN_FIRST_MS / 1000
+        ));
+    }
     let publisher = {
         let brokers = brokers.clone();
         let topics = config.topics.clone();
