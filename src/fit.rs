@@ -36,8 +36,6 @@ pub struct Fitted {
     /// The summed log-likelihood at the estimate.
     pub log_likelihood: f64,
     pub iterations: u32,
-    /// The largest r the config takes with the fitted alpha ([`PurchaseModel::largest_r`]).
-    pub largest_r: f64,
     /// The longest horizon asked of the model, in time units, which bounds r with alpha.
     pub horizon: f64,
     /// Where a climb from another start ended, with its log-likelihood, when that is within
@@ -46,6 +44,11 @@ pub struct Fitted {
 }
 
 impl Fitted {
+    /// The largest r the config takes with the fitted alpha ([`PurchaseModel::largest_r`]).
+    pub fn largest_r(&self) -> f64 {
+        PurchaseModel::largest_r(self.model.alpha, self.horizon)
+    }
+
     /// What to know before configuring the parameters: the fit stopped before it converged,
     /// ran off towards customers who do not differ, stopped at the most the config takes, or
     /// had fewer than [`FEW_REPEAT_BUYERS`] customers who bought again (`repeat`) to go on.
@@ -76,7 +79,7 @@ impl Fitted {
                 ));
             }
         }
-        if m.r < PurchaseModel::MAX_PARAMETER && m.r >= self.largest_r * (1.0 - 1e-9) {
+        if m.r < PurchaseModel::MAX_PARAMETER && m.r >= self.largest_r() * (1.0 - 1e-9) {
             caveats.push(format!(
                 "r reached {:.3e}, the most the config takes with this alpha over the model's longest horizon, and the likelihood still rose there",
                 m.r
@@ -216,7 +219,6 @@ pub fn fit(model: Model, customers: &[Recency], start: &PurchaseModel, horizon: 
         model: fitted,
         log_likelihood: -value,
         iterations,
-        largest_r: PurchaseModel::largest_r(fitted.alpha, horizon),
         horizon,
         elsewhere,
     }
@@ -370,7 +372,6 @@ mod tests {
             },
             log_likelihood: -1.0,
             iterations: 1,
-            largest_r: 1e6,
             horizon: 52.0,
             elsewhere: None,
         };
