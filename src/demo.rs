@@ -34,6 +34,8 @@ const CHURN_EVERY_MS: i64 = 10_000;
 /// this long after it, then silence.
 const CHURN_SURVEY_AFTER_MS: i64 = 2_000;
 const CHURN_CANCEL_AFTER_MS: i64 = 4_000;
+/// How an injected churner's event ids begin: [`churners`] finds them by it.
+const CHURN_ID_PREFIX: &str = "churn-";
 
 /// The most events the live traffic may hold: it is generated whole before it is published
 /// (about 1 KB an event in memory), and the embedded broker keeps every event it is sent.
@@ -304,7 +306,9 @@ fn inject_churners(traffic: &mut Vec<Generated>, customers: u64, seconds: u64, s
             candidates.push(id.to_owned());
         }
     }
-    let end = start + i64::try_from(seconds).unwrap_or(i64::MAX / 2_000) * 1_000;
+    let end = i64::try_from(seconds)
+        .map_or(i64::MAX, |s| s.saturating_mul(1_000))
+        .saturating_add(start);
     let wanted = (customers / 100).clamp(1, 60) as usize;
     let mut rng = Rng::new(6);
     let mut churners = Vec::new();
@@ -330,7 +334,7 @@ fn inject_churners(traffic: &mut Vec<Generated>, customers: u64, seconds: u64, s
             (
                 0,
                 "complaint.opened",
-                json!({"complaint_id": format!("churn-{i}"), "category": "billing", "severity": "high"}),
+                json!({"complaint_id": format!("{CHURN_ID_PREFIX}{i}"), "category": "billing", "severity": "high"}),
             ),
             (
                 CHURN_SURVEY_AFTER_MS,
@@ -345,7 +349,7 @@ fn inject_churners(traffic: &mut Vec<Generated>, customers: u64, seconds: u64, s
         ];
         for (step, (after, type_name, fields)) in journey.into_iter().enumerate() {
             let mut value = json!({
-                "event_id": format!("churn-{i}-{step}"),
+                "event_id": format!("{CHURN_ID_PREFIX}{i}-{step}"),
                 "customer_id": customer,
                 "type": type_name,
                 "occurred_at": format_millis(begins + after),
@@ -370,7 +374,7 @@ pub fn churners(traffic: &[Generated]) -> Vec<(String, i64)> {
             g.type_name == "subscription.cancelled"
                 && g.value["event_id"]
                     .as_str()
-                    .is_some_and(|id| id.starts_with("churn-"))
+                    .is_some_and(|id| id.starts_with(CHURN_ID_PREFIX))
         })
         .map(|g| (g.customer_id.clone(), event_time(g, 0)))
         .collect();
