@@ -64,10 +64,18 @@ need_pip() {
     fi
 }
 
+# Tansu with two storage engines: in memory (every test's broker) and SQLite (`libsql`: the SASL
+# test's broker, whose user has to be stored before the broker asks for authentication).
 need_tansu() {
     export PATH="$HOME/.cargo/bin:$PATH"
-    if ! command -v tansu >/dev/null 2>&1; then
-        say "Installing the Tansu Kafka-protocol broker for the tests (cargo install, about 10 minutes the first time)"
-        cargo install tansu --version 0.6.0 --features dynostore --locked
+    # cargo notes each installed crate's features in .crates2.json; an older install of the
+    # tests' broker lacks SQLite.
+    local installed="${CARGO_HOME:-$HOME/.cargo}/.crates2.json"
+    if ! command -v tansu >/dev/null 2>&1 ||
+        ! python3 -c 'import json, sys
+installs = json.load(open(sys.argv[1]))["installs"]
+sys.exit(not any(k.startswith("tansu 0.6.0 ") and {"dynostore", "libsql"} <= set(v["features"]) for k, v in installs.items()))' "$installed" 2>/dev/null; then
+        say "Installing the Tansu Kafka-protocol broker for the tests, with its in-memory and SQLite storage (cargo install, about 10 minutes the first time)"
+        cargo install tansu --version 0.6.0 --features dynostore,libsql --locked
     fi
 }
