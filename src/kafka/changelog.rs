@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
@@ -38,16 +38,6 @@ pub struct ChangelogReader {
 /// How long librdkafka tries to write a claim or release before it reports a failure.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Drops a client on a thread of its own, so that nobody waits for librdkafka to close it: the
-/// consumer that checks the configuration at start took a tenth of a second to close (against
-/// Tansu, 2026-12-02), on the path to the group join. Without a thread, here.
-fn drop_aside<T: Send + 'static>(client: T) {
-    // Should no thread start, the closure, and the client with it, is dropped here.
-    let _ = std::thread::Builder::new()
-        .name("changelog-close".into())
-        .spawn(move || drop(client));
-}
-
 /// Where a claim or release waits for its delivery report: the sender of the call that wrote
 /// it, and the record's place in that call.
 type Waiter = Box<(
@@ -62,6 +52,10 @@ struct ClaimsContext {
 }
 
 impl ClientContext for ClaimsContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.release.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !self.release.after("claims producer", &error, reason) {
             LogErrors("claims producer").error(error, reason);
@@ -90,22 +84,48 @@ impl ProducerContext for ClaimsContext {
 }
 
 /// The changelog reader's callbacks: reaching a partition's end is how a read ends, not an
-/// error to log (librdkafka reports it as one).
-struct ReaderContext;
+/// error to log (librdkafka reports it as one); nor is what a closing consumer reports (see
+/// [`close`]).
+#[derive(Default)]
+struct ReaderContext {
+    release: Release,
+}
 
 impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.release.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let end = matches!(
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         );
-        if !end {
+        if !end && !self.release.after("changelog reader", &error, reason) {
             LogErrors("changelog reader").error(error, reason);
         }
     }
 }
 
 impl ConsumerContext for ReaderContext {}
+
+/// Closes a reader's consumer on a thread of its own, so that nobody waits for librdkafka to
+/// close it: the consumer that checks the configuration at start took a tenth of a second to
+/// close (against Tansu, 2026-12-02), on the path to the group join. Without a thread, here.
+///
+/// Its context is told first. The consumer is in a group (librdkafka's assignments need one),
+/// so it connects to the group's coordinator as it starts, and a read may end before that
+/// connection is up. Closing cuts it, and librdkafka reports the cut as a failure: with SASL,
+/// at starts of an instance with the changelog (4 of 4 by hand, against Tansu with SCRAM,
+/// 2026-12-05), an error "GroupCoordinator: SASL authentication error" and a warning, for a
+/// handshake the close interrupted.
+fn close(consumer: BaseConsumer<ReaderContext>) {
+    consumer.context().release.set();
+    // Should no thread start, the closure, and the consumer with it, is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("changelog-close".into())
+        .spawn(move || drop(consumer));
+}
 
 /// How long a changelog read waits for the next record before it gives up.
 const CHANGELOG_WAIT: Duration = Duration::from_secs(10);
@@ -174,13 +194,21 @@ impl ChangelogTail {
         let consumer = changelog_consumer_config(brokers, security)
             // Waiting at the end is what a tail does; a short wait keeps steps short.
             .set("fetch.wait.max.ms", "100")
-            .create_with_context(ReaderContext)?;
+            .create_with_context(ReaderContext::default())?;
         Ok(ChangelogTail {
             consumer,
             topic: topic.to_owned(),
             partitions,
             at: None,
         })
+    }
+}
+
+impl Drop for ChangelogTail {
+    /// The consumer closes as the tail is dropped: its context is told first, as `close` tells
+    /// a reader's.
+    fn drop(&mut self) {
+        self.consumer.context().release.set();
     }
 }
 
@@ -243,8 +271,9 @@ impl ChangelogReader {
     ) -> anyhow::Result<ChangelogReader> {
         let client = changelog_consumer_config(brokers, security);
         // Fails here, at start, on a configuration librdkafka refuses.
-        let validated: BaseConsumer<ReaderContext> = client.create_with_context(ReaderContext)?;
-        drop_aside(validated);
+        let validated: BaseConsumer<ReaderContext> =
+            client.create_with_context(ReaderContext::default())?;
+        close(validated);
         let claims: BaseProducer<ClaimsContext> = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -323,9 +352,9 @@ impl ChangelogSource for ChangelogReader {
             return Ok(None);
         }
         let consumer: BaseConsumer<ReaderContext> =
-            self.client.create_with_context(ReaderContext)?;
+            self.client.create_with_context(ReaderContext::default())?;
         let read = read_range(&consumer, &self.topic, partition, from, to, each);
-        drop_aside(consumer);
+        close(consumer);
         read
     }
 

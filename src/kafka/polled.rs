@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
@@ -28,23 +29,46 @@ pub trait Released: ProducerContext {
     fn release(&self) -> &Release;
 }
 
-/// A context's note that its producer was dropped, for [`Released`].
+/// A context's note that its client was let go: its producer dropped (see [`Released`]), or a
+/// changelog reader's consumer closing.
 #[derive(Default)]
 pub struct Release(AtomicBool);
 
 impl Release {
-    fn set(&self) {
+    pub(super) fn set(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    /// Whether a client error is a dropped producer's last words: then it is logged at debug
+    /// Whether a client error is a let-go client's last words: then it is logged at debug
     /// level here and is not to be warned of or counted.
     pub fn after(&self, client: &'static str, error: &KafkaError, reason: &str) -> bool {
         let released = self.0.load(Ordering::Relaxed);
         if released {
-            tracing::debug!(client, error = %error, reason, "Kafka client error after the producer was let go.");
+            tracing::debug!(client, error = %error, reason, "Kafka client error after the client was let go.");
         }
         released
+    }
+
+    /// A line of librdkafka's own log, at its level as rdkafka logs it, or at debug level once
+    /// the client was let go: a connection cut as a client closes is logged by librdkafka as a
+    /// failure (with SASL, "SASL authentication error" for a handshake under way), which is not
+    /// the job's error to report.
+    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        if self.0.load(Ordering::Relaxed) {
+            tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message} (after the client was let go)");
+            return;
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}"),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -30,6 +31,10 @@ pub struct SinkContext {
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.release.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !self.release.after("producer", &error, reason) {
             client_error(&self.telemetry, "producer", &error, reason);

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     child: Child,
     pub address: String,
+    /// Where a broker on SQLite keeps it (see [`Broker::start_with_scram_user`]).
+    _storage: Option<tempfile::TempDir>,
 }
 
 /// A loopback port nobody listens on right now, and one no other call in this process gave
@@ -65,34 +67,91 @@ impl Broker {
     /// A broker listening on `port` that tells its clients to connect to `advertised` (a TLS
     /// front's port, see `tls`), whose address it takes.
     pub fn start_on(port: u16, advertised: u16) -> Broker {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
-        let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &advertised_url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env(
-                "RUST_LOG",
-                std::env::var("PULSE_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(log_target(port))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the tansu broker starts (tests/run.sh installs it: cargo install tansu --version 0.6.0 --features dynostore --locked)");
-        let listening = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&listening).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {listening} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn(port, advertised, |command| {
+            command.args(["--storage-engine", "memory://tansu/"]);
+        });
         Broker {
             child,
             address: format!("127.0.0.1:{advertised}"),
+            _storage: None,
         }
     }
+
+    /// A broker that takes only clients authenticated by SASL/SCRAM-SHA-512, and knows one user.
+    /// Tansu 0.6.0 keeps its users in its storage, and once it asks for authentication, only an
+    /// authenticated client may add one (its in-memory storage starts with none, and it offers
+    /// no PLAIN). So the user is added first by Tansu's own client to a broker that does not
+    /// ask, on a SQLite file (the `libsql` storage engine), and the broker that asks then
+    /// starts on that file.
+    // The benchmarks, which share this file, start no such broker.
+    #[allow(dead_code)]
+    pub fn start_with_scram_user(user: &str, password: &str) -> Broker {
+        let storage = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let on_file = |command: &mut Command| {
+            command
+                .current_dir(storage.path())
+                .args(["--storage-engine", "sqlite://tansu.db"]);
+        };
+        let mut open = spawn(port, port, on_file);
+        let added = Command::new(tansu())
+            .args(["user", "create", "--mechanism", "scram512"])
+            .args([
+                "--broker",
+                &format!("tcp://127.0.0.1:{port}"),
+                user,
+                password,
+            ])
+            .output()
+            .expect("tansu's client runs");
+        let said = String::from_utf8_lossy(&added.stderr).into_owned();
+        assert!(
+            added.status.success() && !said.contains("Error"),
+            "tansu added the user: {said}"
+        );
+        let _ = open.kill();
+        let _ = open.wait();
+        let child = spawn(port, port, |command| {
+            on_file(command);
+            command.arg("--authentication");
+        });
+        Broker {
+            child,
+            address: format!("127.0.0.1:{port}"),
+            _storage: Some(storage),
+        }
+    }
+}
+
+/// Starts Tansu listening on `port` and advertising `advertised`, with `storage` adding its
+/// storage engine, and waits until it listens.
+fn spawn(port: u16, advertised: u16, storage: impl FnOnce(&mut Command)) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let advertised_url = format!("tcp://127.0.0.1:{advertised}");
+    let mut command = Command::new(tansu());
+    command
+        .args(["broker", "--listener-url", &url])
+        .args(["--advertised-listener-url", &advertised_url])
+        .env(
+            "RUST_LOG",
+            std::env::var("PULSE_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(log_target(port))
+        .stderr(Stdio::null());
+    storage(&mut command);
+    let child = command
+        .spawn()
+        .expect("the tansu broker starts (tests/run.sh installs it: cargo install tansu --version 0.6.0 --features dynostore,libsql --locked)");
+    let listening = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listening).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {listening} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 /// Where the broker's log (on its standard output) goes: nowhere, or with `PULSE_TEST_LOG_DIR`
