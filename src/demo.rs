@@ -132,7 +132,7 @@ pub async fn run(
         let stop = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = publish_traffic(&brokers, &topics, &traffic, rate, now) => result,
+                result = publish_traffic(&brokers, &topics, &[], &traffic, rate, now) => result,
                 () = stop.cancelled() => Ok(()),
             }
         })
@@ -202,6 +202,7 @@ const CLIENTS_GONE: Duration = Duration::from_millis(1_500);
 pub async fn publish_live(
     brokers: &str,
     topics: &crate::config::Topics,
+    properties: &[(&str, &str)],
     customers: u64,
     rate: u64,
     seconds: u64,
@@ -209,21 +210,24 @@ pub async fn publish_live(
     live_events(rate, seconds)?;
     let now = wall_clock_ms();
     let traffic = live_traffic(customers, rate.max(1), seconds, now, true);
-    publish_traffic(brokers, topics, &traffic, rate, now).await
+    publish_traffic(brokers, topics, properties, &traffic, rate, now).await
 }
 
-/// Publishes `traffic`: what lies before `now` at once, the rest at `rate` events per second.
+/// Publishes `traffic` through a producer with librdkafka `properties` (security) on top: what
+/// lies before `now` at once, the rest at `rate` events per second.
 async fn publish_traffic(
     brokers: &str,
     topics: &crate::config::Topics,
+    properties: &[(&str, &str)],
     traffic: &[Generated],
     rate: u64,
     now: i64,
 ) -> anyhow::Result<()> {
+    use crate::kafka::publish_with;
     let split = traffic.partition_point(|g| event_time(g, now) <= now);
     let (history, live) = traffic.split_at(split);
-    crate::kafka::publish(brokers, topics, history, None, 500).await?;
-    crate::kafka::publish(brokers, topics, live, Some(rate.max(1)), 500).await
+    publish_with(brokers, topics, history, None, 500, properties).await?;
+    publish_with(brokers, topics, live, Some(rate.max(1)), 500, properties).await
 }
 
 fn event_time(g: &Generated, otherwise: i64) -> i64 {

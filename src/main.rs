@@ -94,6 +94,7 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Write synthetic traffic as NDJSON, or publish it to a broker.
+    #[command(group(clap::ArgGroup::new("publish").args(["brokers", "config"]).multiple(true)))]
     Generate {
         #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
         customers: u64,
@@ -103,11 +104,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Write the events to this file.
-        #[arg(long, conflicts_with = "brokers")]
+        #[arg(long, conflicts_with_all = ["brokers", "config"])]
         out: Option<PathBuf>,
-        /// Publish the events to these brokers (the default topic names).
+        /// Publish the events to these brokers (the default topic names, or --config's).
         #[arg(long)]
         brokers: Option<String>,
+        /// Publish the events as the job with this config file reads them: to its brokers
+        /// (unless --brokers), its input topics, with its Kafka security (TLS, SASL).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Events per second when publishing (unlimited when absent).
         #[arg(long, value_parser = at_least_one)]
         rate: Option<u64>,
@@ -117,7 +122,7 @@ enum Command {
         batch_records: usize,
         /// Publish the demo's traffic instead: ten minutes of history, then this many seconds
         /// live at --rate (default 200) with a complaint spike a minute in.
-        #[arg(long, requires = "brokers")]
+        #[arg(long, requires = "publish")]
         live_seconds: Option<u64>,
     },
     /// Every customer's churn model evaluated at one event time, as NDJSON (the monthly
@@ -418,16 +423,34 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             seed,
             out,
             brokers,
+            config,
             rate,
             batch_records,
             live_seconds,
         } => {
-            if let (Some(seconds), Some(brokers)) = (live_seconds, &brokers) {
-                let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
+            // Where it publishes, if it does: the brokers, topics and security.
+            let target = match (brokers, config) {
+                (None, None) => None,
+                (brokers, Some(path)) => {
+                    let config = Config::load(&path)?;
+                    Some((brokers.unwrap_or_else(|| config.brokers.clone()), config))
+                }
+                (Some(brokers), None) => {
+                    Some((brokers, Config::parse(DEMO_CONFIG, std::env::vars())?))
+                }
+            };
+            let security = target
+                .as_ref()
+                .map(|(_, config)| config.kafka_security.client_properties())
+                .unwrap_or_default();
+            let properties: Vec<(&str, &str)> =
+                security.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if let (Some(seconds), Some((brokers, config))) = (live_seconds, &target) {
                 let rate = rate.unwrap_or(200);
                 customer_pulse::demo::publish_live(
                     brokers,
                     &config.topics,
+                    &properties,
                     customers,
                     rate,
                     seconds,
@@ -446,9 +469,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 step_ms: (30 * 86_400_000 / events.max(1) as i64).max(1),
             };
             let generated = generate_until(&spec, now);
-            if let Some(brokers) = brokers {
-                let config = Config::parse(DEMO_CONFIG, std::env::vars())?;
-                kafka::publish(&brokers, &config.topics, &generated, rate, batch_records).await?;
+            if let Some((brokers, config)) = &target {
+                kafka::publish_with(
+                    brokers,
+                    &config.topics,
+                    &generated,
+                    rate,
+                    batch_records,
+                    &properties,
+                )
+                .await?;
                 say!("published {} events to {brokers}", generated.len())?;
             } else {
                 write_events(out.as_deref(), &generated)?;
@@ -672,6 +702,35 @@ mod tests {
                 Cli::try_parse_from(["customer-pulse", "generate", "--events", events]).is_ok(),
                 "{events}"
             );
+        }
+    }
+
+    /// `generate` publishes where `--brokers` or `--config` says (the live traffic too), and
+    /// writes a file only when it publishes nowhere.
+    #[test]
+    fn generate_publishes_with_brokers_or_a_config_and_writes_a_file_only_otherwise() {
+        let generate = |args: &[&str]| {
+            let mut all = vec!["customer-pulse", "generate"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        for args in [
+            &["--config", "c.toml"][..],
+            &["--brokers", "b:9092"],
+            &["--config", "c.toml", "--brokers", "b:9092"],
+            &["--config", "c.toml", "--live-seconds", "5"],
+            &["--brokers", "b:9092", "--live-seconds", "5"],
+            &["--out", "events.ndjson"],
+        ] {
+            assert!(generate(args).is_ok(), "{args:?}");
+        }
+        for (args, named) in [
+            (&["--live-seconds", "5"][..], "--brokers"),
+            (&["--out", "e.ndjson", "--config", "c.toml"], "--config"),
+            (&["--out", "e.ndjson", "--brokers", "b:9092"], "--brokers"),
+        ] {
+            let error = generate(args).err().expect("refused").to_string();
+            assert!(error.contains(named), "{args:?}: {error}");
         }
     }
 }

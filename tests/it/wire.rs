@@ -161,7 +161,8 @@ async fn input_compressed_with_each_codec_kafka_has_is_read() {
 }
 
 /// SASL/SCRAM-SHA-512 against Tansu, which then takes no client that does not authenticate.
-/// The job with the changelog on (its input consumer, output producer, changelog readers,
+/// `generate --config` publishes the events with the job's configuration. The job with the
+/// changelog on (its input consumer, output producer, changelog readers,
 /// claims producer and the aggregator's tail each authenticate, with the password read from
 /// `kafka.sasl_password_file`) counts every event and delivers its outputs; started three more
 /// times, each with no local state, it restores the changelog and is ready; and no start logs
@@ -180,10 +181,6 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
         ("sasl.password", password),
     ];
     create_the_topics(&broker.address, &sasl, true).await;
-    let events = traffic(300, 11);
-    publish_with(&broker.address, &test_topics(), &events, None, 1, &sasl)
-        .await
-        .unwrap();
     let secrets = tempfile::tempdir().unwrap();
     let kafka = |password: &str| {
         let file = secrets.path().join(format!("{password}.txt"));
@@ -194,6 +191,26 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
             file.display()
         )
     };
+    // The events, published by the binary's `generate` with the job's configuration.
+    let publish = secrets.path().join("publish.toml");
+    write_config(&publish, &broker.address, 1, &kafka(password), "");
+    let generated = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["generate", "--events", "300", "--customers", "60"])
+        .args(["--batch-records", "1", "--config"])
+        .arg(&publish)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&generated.stdout).into_owned();
+    assert!(
+        generated.status.success(),
+        "generate published: {said}{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let published: usize = said
+        .strip_prefix("published ")
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("generate says how many it published: {said}"));
+    assert!(published > 0, "{said}");
 
     for start in 0..4 {
         // Each start on a state of its own: the later ones restore every partition, and start
@@ -206,7 +223,7 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
         let log = dir.path().join("job.log");
         let job = Job::start_logging_to(&config, &log);
         let done = if start == 0 {
-            counted_and_delivered(port, events.len()).await
+            counted_and_delivered(port, published).await
         } else {
             let ready = wait_for(Duration::from_secs(60), || {
                 http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
@@ -221,8 +238,7 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
         let log = std::fs::read_to_string(&log).unwrap();
         assert!(
             done,
-            "start {start}: {counted} of {} events counted, outputs delivered and ready, with SCRAM; the log:\n{log}",
-            events.len()
+            "start {start}: {counted} of {published} events counted, outputs delivered and ready, with SCRAM; the log:\n{log}"
         );
         assert!(
             !log.contains("ERROR") && !log.contains("uthentication"),
