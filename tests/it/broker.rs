@@ -86,8 +86,20 @@ impl Broker {
     // The benchmarks, which share this file, start no such broker.
     #[allow(dead_code)]
     pub fn start_with_scram_user(user: &str, password: &str) -> Broker {
-        let storage = tempfile::tempdir().unwrap();
         let port = free_port();
+        Broker::start_with_scram_user_on(port, port, user, password)
+    }
+
+    /// [`Broker::start_with_scram_user`] listening on `port` and telling its clients to connect
+    /// to `advertised` (a TLS front's port), whose address it takes.
+    #[allow(dead_code)]
+    pub fn start_with_scram_user_on(
+        port: u16,
+        advertised: u16,
+        user: &str,
+        password: &str,
+    ) -> Broker {
+        let storage = tempfile::tempdir().unwrap();
         let on_file = |command: &mut Command| {
             command
                 .current_dir(storage.path())
@@ -111,13 +123,13 @@ impl Broker {
         );
         let _ = open.kill();
         let _ = open.wait();
-        let child = spawn(port, port, |command| {
+        let child = spawn(port, advertised, |command| {
             on_file(command);
             command.arg("--authentication");
         });
         Broker {
             child,
-            address: format!("127.0.0.1:{port}"),
+            address: format!("127.0.0.1:{advertised}"),
             _storage: Some(storage),
         }
     }

@@ -136,6 +136,42 @@ async fn the_job_consumes_and_produces_over_tls_trusting_the_configured_ca() {
     );
 }
 
+/// SASL/SCRAM-SHA-512 inside TLS (`sasl_ssl`, as managed Kafka services ask for it): Tansu
+/// asking for SCRAM behind the TLS front; the job, its password given inline
+/// (`kafka.sasl_password`), counts every event and delivers its outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_consumes_and_produces_over_sasl_inside_tls() {
+    let backend = free_port();
+    let front = TlsFront::start(backend);
+    let (user, password) = ("pulse", "another-password-of-the-test");
+    let broker = Broker::start_with_scram_user_on(backend, front.port, user, password);
+    let ca = tls_file("ca.pem");
+    let sasl_ssl = [
+        ("security.protocol", "sasl_ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("sasl.mechanisms", "SCRAM-SHA-512"),
+        ("sasl.username", user),
+        ("sasl.password", password),
+    ];
+    create_the_topics(&broker.address, &sasl_ssl, false).await;
+    let events = traffic(200, 13);
+    publish_with(&broker.address, &test_topics(), &events, None, 1, &sasl_ssl)
+        .await
+        .unwrap();
+    let kafka = format!(
+        "security_protocol = \"sasl_ssl\"\nssl_ca_location = \"{ca}\"\n\
+         sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"{user}\"\n\
+         sasl_password = \"{password}\"\n"
+    );
+    let (done, counted, delivered) =
+        job_counts_and_delivers(&broker.address, &kafka, events.len()).await;
+    assert!(
+        done,
+        "{counted} of {} events counted and {delivered} outputs delivered, over SASL inside TLS",
+        events.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_compressed_with_each_codec_kafka_has_is_read() {
     let broker = Broker::start();
