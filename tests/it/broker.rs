@@ -87,15 +87,17 @@ impl Broker {
     #[allow(dead_code)]
     pub fn start_with_scram_user(user: &str, password: &str) -> Broker {
         let port = free_port();
-        Broker::start_with_scram_user_on(port, port, user, password)
+        Broker::start_with_scram_user_on(port, port, Scram::Sha512, user, password)
     }
 
     /// [`Broker::start_with_scram_user`] listening on `port` and telling its clients to connect
-    /// to `advertised` (a TLS front's port), whose address it takes.
+    /// to `advertised` (a TLS front's port), whose address it takes, its user's credentials for
+    /// `scram`.
     #[allow(dead_code)]
     pub fn start_with_scram_user_on(
         port: u16,
         advertised: u16,
+        scram: Scram,
         user: &str,
         password: &str,
     ) -> Broker {
@@ -107,7 +109,7 @@ impl Broker {
         };
         let mut open = spawn(port, port, on_file);
         let added = Command::new(tansu())
-            .args(["user", "create", "--mechanism", "scram512"])
+            .args(["user", "create", "--mechanism", scram.tansu_name()])
             .args([
                 "--broker",
                 &format!("tcp://127.0.0.1:{port}"),
@@ -131,6 +133,32 @@ impl Broker {
             child,
             address: format!("127.0.0.1:{advertised}"),
             _storage: Some(storage),
+        }
+    }
+}
+
+/// A SCRAM mechanism, as Tansu's client and Kafka's clients name it.
+#[allow(dead_code)]
+#[derive(Clone, Copy)]
+pub enum Scram {
+    Sha256,
+    Sha512,
+}
+
+#[allow(dead_code)]
+impl Scram {
+    fn tansu_name(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "scram256",
+            Scram::Sha512 => "scram512",
+        }
+    }
+
+    /// The mechanism's name in librdkafka's `sasl.mechanisms` and `kafka.sasl_mechanism`.
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "SCRAM-SHA-256",
+            Scram::Sha512 => "SCRAM-SHA-512",
         }
     }
 }

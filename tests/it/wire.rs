@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use customer_pulse::kafka::{create_topics_with, publish_with};
 
-use crate::broker::{free_port, Broker};
+use crate::broker::{free_port, Broker, Scram};
 use crate::crash::Job;
 use crate::end_to_end::{
     config_text, http_get, metric_sum, test_topics, traffic, wait_for, TOPICS,
@@ -136,20 +136,21 @@ async fn the_job_consumes_and_produces_over_tls_trusting_the_configured_ca() {
     );
 }
 
-/// SASL/SCRAM-SHA-512 inside TLS (`sasl_ssl`, as managed Kafka services ask for it): Tansu
-/// asking for SCRAM behind the TLS front; the job, its password given inline
-/// (`kafka.sasl_password`), counts every event and delivers its outputs.
+/// SASL inside TLS (`sasl_ssl`, as managed Kafka services ask for it), with the other SCRAM
+/// mechanism, SCRAM-SHA-256: Tansu asking for it behind the TLS front; the job, its password
+/// given inline (`kafka.sasl_password`), counts every event and delivers its outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_consumes_and_produces_over_sasl_inside_tls() {
     let backend = free_port();
     let front = TlsFront::start(backend);
     let (user, password) = ("pulse", "another-password-of-the-test");
-    let broker = Broker::start_with_scram_user_on(backend, front.port, user, password);
+    let scram = Scram::Sha256;
+    let broker = Broker::start_with_scram_user_on(backend, front.port, scram, user, password);
     let ca = tls_file("ca.pem");
     let sasl_ssl = [
         ("security.protocol", "sasl_ssl"),
         ("ssl.ca.location", ca.as_str()),
-        ("sasl.mechanisms", "SCRAM-SHA-512"),
+        ("sasl.mechanisms", scram.kafka_name()),
         ("sasl.username", user),
         ("sasl.password", password),
     ];
@@ -160,8 +161,9 @@ async fn the_job_consumes_and_produces_over_sasl_inside_tls() {
         .unwrap();
     let kafka = format!(
         "security_protocol = \"sasl_ssl\"\nssl_ca_location = \"{ca}\"\n\
-         sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"{user}\"\n\
-         sasl_password = \"{password}\"\n"
+         sasl_mechanism = \"{}\"\nsasl_username = \"{user}\"\n\
+         sasl_password = \"{password}\"\n",
+        scram.kafka_name()
     );
     let (done, counted, delivered) =
         job_counts_and_delivers(&broker.address, &kafka, events.len()).await;
