@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::event::Millis;
 use crate::processor::{BatchReport, PartitionFacts, Processor};
 use crate::restore::ChangelogSource;
+use crate::rfm::Cell;
 use crate::store::{
     decode_facts, decode_position, AggregatorSnapshot, ChangelogRecord, Commit, OutboxRecord,
     StoreError, AGGREGATOR_KEY, POSITION_KEY, WATERMARK_SOURCE,
@@ -58,6 +59,8 @@ pub struct Aggregator {
     partitions: i32,
     /// When the next snapshot is due; `None`: at the next step that read something.
     next_snapshot: Option<Millis>,
+    /// Whether it read something since its last snapshot.
+    unsnapshotted: bool,
 }
 
 impl Aggregator {
@@ -69,13 +72,14 @@ impl Aggregator {
             topic: topic.to_owned(),
             partitions,
             next_snapshot: None,
+            unsnapshotted: false,
         }
     }
 
     /// Starts an aggregator that has never read the changelog from the latest snapshot an
     /// aggregator wrote to its partition 0, if there is one, rather than from the changelog's
     /// start. Returns whether it took one. An aggregator that has read before goes on from its
-    /// own store.
+    /// own store (see [`Aggregator::catch_up`]).
     pub fn bootstrap(&mut self, source: &dyn ChangelogSource) -> anyhow::Result<bool> {
         let store = self.processor.store().clone();
         for partition in 0..self.partitions {
@@ -83,6 +87,51 @@ impl Aggregator {
                 return Ok(false);
             }
         }
+        let Some(snapshot) = self.latest_snapshot(source)? else {
+            return Ok(false);
+        };
+        self.adopt(snapshot)?;
+        Ok(true)
+    }
+
+    /// For an aggregator that read before, as its instance takes input partition 0 back: goes
+    /// on from the latest snapshot when that is ahead of its own store in every partition it
+    /// read (another aggregator went on meanwhile, and wrote it as it gave partition 0 up, or on
+    /// its schedule), rather than from its own store, which would close and emit again every
+    /// window and day the other emitted meanwhile. Returns whether it did.
+    pub fn catch_up(&mut self, source: &dyn ChangelogSource) -> anyhow::Result<bool> {
+        let Some(snapshot) = self.latest_snapshot(source)? else {
+            return Ok(false);
+        };
+        let store = self.processor.store().clone();
+        let read: BTreeMap<i32, i64> = snapshot.partitions.iter().map(|p| (p.0, p.1)).collect();
+        let mut further = false;
+        for partition in 0..self.partitions {
+            let own = store.offset(&self.topic, partition)?;
+            match (own, read.get(&partition)) {
+                (Some(own), Some(&theirs)) if theirs >= own => further |= theirs > own,
+                (None, _) => further |= read.contains_key(&partition),
+                _ => return Ok(false),
+            }
+        }
+        // What a store ahead holds, one further on holds too; never trade it for nothing.
+        let loses = |ours: bool, theirs: bool| ours && !theirs;
+        if !further
+            || loses(store.trends()?.is_some(), snapshot.trends.is_some())
+            || loses(store.segments()?.is_some(), snapshot.segments.is_some())
+        {
+            return Ok(false);
+        }
+        self.adopt(snapshot)?;
+        Ok(true)
+    }
+
+    /// The latest snapshot in changelog partition 0 that an aggregator of this configuration
+    /// can go on from, if any.
+    fn latest_snapshot(
+        &self,
+        source: &dyn ChangelogSource,
+    ) -> anyhow::Result<Option<AggregatorSnapshot>> {
         let mut latest = None;
         source.read(0, None, i64::MAX, &mut |_, record| {
             if record.key.as_slice() == AGGREGATOR_KEY {
@@ -91,14 +140,14 @@ impl Aggregator {
             Ok(())
         })?;
         let Some(bytes) = latest else {
-            return Ok(false);
+            return Ok(None);
         };
         let snapshot = match AggregatorSnapshot::from_bytes(&bytes) {
             Ok(snapshot) => snapshot,
             // Never stuck on it: the changelog from its start is the slower way to the same.
             Err(e) => {
                 tracing::error!(error = %e, "The aggregator's snapshot cannot be read; it reads the changelog from its start.");
-                return Ok(false);
+                return Ok(None);
             }
         };
         // Its open windows are keyed by their start and its baselines are mean counts of
@@ -110,12 +159,34 @@ impl Aggregator {
                 window_minutes = window_ms / 60_000,
                 "The aggregator's snapshot holds complaint windows of another length than trends.window_minutes: it is passed over, and the aggregator reads the changelog from its start. A new topics.changelog starts the new length clean."
             );
-            return Ok(false);
+            return Ok(None);
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// Replaces the aggregator's state with `snapshot`'s: its aggregates, and per partition
+    /// where it read to, its watermark and which of its records count.
+    fn adopt(&mut self, snapshot: AggregatorSnapshot) -> anyhow::Result<()> {
+        let store = self.processor.store().clone();
+        // A cell of its own that the snapshot has not is emptied (a count of 0 deletes it).
+        let mut rfm_cells = snapshot.rfm_cells;
+        let key = |cell: &Cell| match *cell {
+            Cell::Joint(day, orders, _) => (0, day, i64::from(orders)),
+            Cell::Monetary(bucket, _) => (1, bucket, 0),
+        };
+        let kept: std::collections::BTreeSet<_> = rfm_cells.iter().map(key).collect();
+        for cell in store.rfm()?.cells() {
+            if !kept.contains(&key(&cell)) {
+                rfm_cells.push(match cell {
+                    Cell::Joint(day, orders, _) => Cell::Joint(day, orders, 0),
+                    Cell::Monetary(bucket, _) => Cell::Monetary(bucket, 0),
+                });
+            }
         }
         let mut commit = Commit {
             trends: snapshot.trends.map(Arc::new),
             segments: snapshot.segments,
-            rfm_cells: snapshot.rfm_cells,
+            rfm_cells,
             rfm_scales: Some(snapshot.rfm_scales),
             ..Commit::default()
         };
@@ -128,7 +199,8 @@ impl Aggregator {
         }
         store.commit(commit)?;
         self.processor.forget_aggregates();
-        Ok(true)
+        self.unsnapshotted = false;
+        Ok(())
     }
 
     /// Makes the next step report every gauge of the aggregates, not only those it changes:
@@ -208,35 +280,56 @@ impl Aggregator {
         let report = self
             .processor
             .aggregate(&self.topic, read.into_values().collect())?;
+        self.unsnapshotted |= read_any;
         if read_any && self.next_snapshot.is_none_or(|at| at <= now) {
             self.next_snapshot = Some(now + SNAPSHOT_EVERY_MS);
-            let bytes = self.snapshot()?.to_bytes();
-            // A record the brokers refuse as too large would hold up the outbox behind it.
-            if bytes.len() > SNAPSHOT_MAX_BYTES {
-                if let Some(held_back) = crate::telemetry::repeated("aggregator snapshot too large")
-                {
-                    tracing::warn!(
-                        bytes = bytes.len(),
-                        limit = SNAPSHOT_MAX_BYTES,
-                        held_back,
-                        "The aggregator's snapshot is too large to write; a new aggregator would read the changelog from its start."
-                    );
-                }
-                return Ok((report, more));
-            }
-            let snapshot = OutboxRecord {
-                topic: self.topic.clone(),
-                key: Some(AGGREGATOR_KEY.to_vec()),
-                value: Some(bytes),
-                headers: Vec::new(),
-                partition: Some(0),
-            };
-            store.commit(Commit {
-                outbox: vec![snapshot.into()],
-                ..Commit::default()
-            })?;
+            self.write_snapshot()?;
         }
         Ok((report, more))
+    }
+
+    /// Writes the snapshot now if it read something since the last one: as the instance gives
+    /// input partition 0 up, or stops, so that the next owner's aggregator, which starts from
+    /// the latest snapshot, goes on from here rather than from up to [`SNAPSHOT_EVERY_MS`]
+    /// before, closing and emitting again the windows and days closed since (under the same
+    /// `record_id`s, but counted again in `complaint_windows_total` and
+    /// `segment_metrics_records_total`). Returns whether it wrote one.
+    pub fn hand_over(&mut self) -> anyhow::Result<bool> {
+        if !self.unsnapshotted {
+            return Ok(false);
+        }
+        self.next_snapshot = None;
+        self.write_snapshot()
+    }
+
+    /// Commits the snapshot to the outbox, for changelog partition 0; returns whether it did.
+    fn write_snapshot(&mut self) -> anyhow::Result<bool> {
+        let bytes = self.snapshot()?.to_bytes();
+        // A record the brokers refuse as too large would hold up the outbox behind it.
+        if bytes.len() > SNAPSHOT_MAX_BYTES {
+            if let Some(held_back) = crate::telemetry::repeated("aggregator snapshot too large") {
+                tracing::warn!(
+                    bytes = bytes.len(),
+                    limit = SNAPSHOT_MAX_BYTES,
+                    held_back,
+                    "The aggregator's snapshot is too large to write; a new aggregator would read the changelog from its start."
+                );
+            }
+            return Ok(false);
+        }
+        let snapshot = OutboxRecord {
+            topic: self.topic.clone(),
+            key: Some(AGGREGATOR_KEY.to_vec()),
+            value: Some(bytes),
+            headers: Vec::new(),
+            partition: Some(0),
+        };
+        self.processor.store().commit(Commit {
+            outbox: vec![snapshot.into()],
+            ..Commit::default()
+        })?;
+        self.unsnapshotted = false;
+        Ok(true)
     }
 }
 

@@ -658,7 +658,10 @@ impl AggregatorRole {
 }
 
 /// The aggregator thread: while `owns_first` says this instance owns input partition 0, starts
-/// the aggregator (from the latest snapshot when it never read) and steps it, until `stop`.
+/// the aggregator (from the latest snapshot when it never read) and steps it, until `stop`. As
+/// the instance gives partition 0 up, and as it stops, the aggregator writes its snapshot for
+/// the next owner (`Aggregator::hand_over`); taking partition 0 back, it goes on from a later
+/// owner's snapshot when that is ahead of its own store (`Aggregator::catch_up`).
 fn aggregate_while_owner(
     mut aggregator: Aggregator,
     mut feed: AggregatorFeed,
@@ -671,11 +674,20 @@ fn aggregate_while_owner(
     while !stop.is_cancelled() {
         let was_owner = role.owner;
         let owner = role.observe(owns_first(), telemetry);
+        if was_owner && !owner && started {
+            hand_over(&mut aggregator, wake);
+        }
         if !owner {
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
         if started && !was_owner {
+            // Another aggregator may have gone on meanwhile: from its snapshot, if ahead.
+            match (feed.snapshot_source)().and_then(|source| aggregator.catch_up(&source)) {
+                Ok(true) => tracing::info!("The aggregator goes on from the snapshot of the one that ran meanwhile, which is ahead of its own store."),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "The aggregator could not look for a newer snapshot; it goes on from its own store, and emits again what was emitted since it last ran."),
+            }
             // It dropped the gauges when it gave partition 0 up: the next step shows them all.
             aggregator.show_again();
         }
@@ -713,6 +725,28 @@ fn aggregate_while_owner(
             }
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+    // The outbox's last flush, after this thread, delivers it.
+    if role.owner && started {
+        hand_over(&mut aggregator, wake);
+    }
+}
+
+/// Writes the aggregator's snapshot for the next owner of input partition 0, if it read
+/// something since its last, and wakes the outbox drain. A failure is logged: the next owner
+/// then starts from the snapshot before, as after a crash.
+fn hand_over(aggregator: &mut Aggregator, wake: &Notify) {
+    match aggregator.hand_over() {
+        Ok(true) => {
+            tracing::info!(
+                "The aggregator wrote its snapshot for the next owner of input partition 0."
+            );
+            wake.notify_one();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "The aggregator could not write its snapshot for the next owner; that owner's aggregator starts from the one before, and emits again what was emitted since.");
+        }
     }
 }
 

@@ -176,6 +176,21 @@ fn traffic() -> Vec<InputRecord> {
         .collect()
 }
 
+/// The record id of each complaint-trend and segment-metric record in `store`'s outbox, one
+/// for each time it was emitted.
+fn emissions(store: &Store) -> Vec<String> {
+    let records = store.outbox(usize::MAX).unwrap().into_iter();
+    let values = records.filter_map(|(_, r)| r.value.filter(|_| r.topic != TOPIC));
+    values
+        .map(|v| {
+            serde_json::from_slice::<Value>(&v).unwrap()["record_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 /// The complaint-trend and segment-metric records in `store`'s outbox, by record id.
 pub fn aggregates(store: &Store) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
@@ -211,6 +226,15 @@ enum Disruption {
     /// Halfway, the changelog is compacted below the latest snapshot and an aggregator with
     /// nothing local takes over: from that snapshot, or (`false`) from the compacted start.
     Compacted { from_snapshot: bool },
+    /// The aggregator steps every round but writes its snapshot only at its first step (its
+    /// processor clock stands still); halfway, an aggregator with nothing local takes over from
+    /// the latest snapshot, after the first wrote one for it (`Aggregator::hand_over`) or
+    /// (`false`) not.
+    HandOver { written: bool },
+    /// As `HandOver`, written: then at three quarters the first aggregator takes partition 0
+    /// back, going on from the second's snapshot, written as it gave partition 0 up
+    /// (`Aggregator::catch_up`), or (`false`) from its own store.
+    TakenBack { caught_up: bool },
 }
 
 fn new_aggregator() -> Aggregator {
@@ -224,11 +248,12 @@ fn new_aggregator() -> Aggregator {
 
 /// Two processors, one owning partitions 0 and 1, the other 2 and 3, each with a changelog, in
 /// alternating batches; the aggregator reads their changelog now and then, and to the end. The
-/// records emitted, the last per record id (as a reader of the topics sees them).
+/// records emitted, the last per record id (as a reader of the topics sees them), how many
+/// times a record id was emitted again, and the last aggregator's RFM histograms.
 fn two_instances_and_the_aggregator(
     records: &[InputRecord],
     disruption: Disruption,
-) -> BTreeMap<String, Value> {
+) -> (BTreeMap<String, Value>, usize, Vec<Cell>) {
     let mut log = Log::default();
     let mut settings = settings_with_partitions(500, PARTITIONS);
     settings.aggregation = Aggregation::Elsewhere;
@@ -242,6 +267,10 @@ fn two_instances_and_the_aggregator(
     let mut instances = [instance([0, 1]), instance([2, 3])];
     let mut aggregator = new_aggregator();
     let mut emitted = BTreeMap::new();
+    // Every emission of the aggregators retired (each of them kept), and the first one while
+    // another runs in its place.
+    let mut retired: Vec<Aggregator> = Vec::new();
+    let mut parked: Option<Aggregator> = None;
     let rounds = records.len().div_ceil(1_000);
     for (round, batch) in records.chunks(1_000).enumerate() {
         for (i, (owned, processor)) in instances.iter_mut().enumerate() {
@@ -259,8 +288,11 @@ fn two_instances_and_the_aggregator(
             }
         }
         // Processor time: five seconds a round, a snapshot every other step or so.
-        let now = round as i64 * 5_000;
-        if round % 3 == 0 {
+        let (now, steps) = match disruption {
+            Disruption::HandOver { .. } | Disruption::TakenBack { .. } => (0, true),
+            _ => (round as i64 * 5_000, round % 3 == 0),
+        };
+        if steps {
             aggregator.step(&mut log, now).unwrap();
             log.deliver(aggregator.processor().store());
         }
@@ -279,6 +311,45 @@ fn two_instances_and_the_aggregator(
                     );
                 }
             }
+            let written = match disruption {
+                Disruption::HandOver { written } => Some(written),
+                Disruption::TakenBack { .. } => Some(true),
+                _ => None,
+            };
+            if let Some(written) = written {
+                if written {
+                    assert!(
+                        aggregator.hand_over().unwrap(),
+                        "it read since its snapshot"
+                    );
+                    assert!(
+                        !aggregator.hand_over().unwrap(),
+                        "and nothing since that one"
+                    );
+                    log.deliver(aggregator.processor().store());
+                }
+                emitted.extend(aggregates(aggregator.processor().store()));
+                let first = std::mem::replace(&mut aggregator, new_aggregator());
+                parked = Some(first);
+                assert!(
+                    aggregator.bootstrap(&log).unwrap(),
+                    "started from the snapshot"
+                );
+            }
+        }
+        if let Disruption::TakenBack { caught_up } = disruption {
+            if round == rounds * 3 / 4 {
+                assert!(
+                    aggregator.hand_over().unwrap(),
+                    "it read since its snapshot"
+                );
+                log.deliver(aggregator.processor().store());
+                emitted.extend(aggregates(aggregator.processor().store()));
+                let first = parked.take().expect("the first aggregator");
+                retired.push(std::mem::replace(&mut aggregator, first));
+                let went_on = caught_up && aggregator.catch_up(&log).unwrap();
+                assert_eq!(went_on, caught_up, "went on from the second's snapshot");
+            }
         }
     }
     let end = rounds as i64 * 5_000;
@@ -291,7 +362,23 @@ fn two_instances_and_the_aggregator(
         );
     }
     emitted.extend(aggregates(aggregator.processor().store()));
-    emitted
+    retired.extend(parked);
+    retired.push(aggregator);
+    let all: Vec<String> = retired
+        .iter()
+        .flat_map(|a| emissions(a.processor().store()))
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    let last = retired
+        .last()
+        .expect("the last aggregator")
+        .processor()
+        .store();
+    (
+        emitted,
+        all.len() - distinct.len(),
+        last.rfm().unwrap().cells(),
+    )
 }
 
 /// The fields that may differ: a referral counts in the referrer's segment, which only the
@@ -362,7 +449,7 @@ fn two_instances_and_the_aggregator_emit_the_windows_and_days_of_one_instance() 
         per_day(&want, &["referrals"]).values().sum::<i64>() > 0,
         "the traffic refers"
     );
-    let got = two_instances_and_the_aggregator(&records, Disruption::None);
+    let (got, _, _) = two_instances_and_the_aggregator(&records, Disruption::None);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
 }
 
@@ -372,7 +459,7 @@ fn two_instances_and_the_aggregator_emit_the_windows_and_days_of_one_instance() 
 fn changelog_records_sent_again_after_a_crash_count_once() {
     let records = traffic();
     let want = one_instance(&records);
-    let got = two_instances_and_the_aggregator(&records, Disruption::Redelivery);
+    let (got, _, _) = two_instances_and_the_aggregator(&records, Disruption::Redelivery);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
 }
 
@@ -386,16 +473,61 @@ fn a_new_aggregator_starts_from_the_snapshot_in_a_compacted_changelog() {
     let from_snapshot = Disruption::Compacted {
         from_snapshot: true,
     };
-    let got = two_instances_and_the_aggregator(&records, from_snapshot);
+    let (got, _, _) = two_instances_and_the_aggregator(&records, from_snapshot);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
     let from_start = Disruption::Compacted {
         from_snapshot: false,
     };
-    let got = two_instances_and_the_aggregator(&records, from_start);
+    let (got, _, _) = two_instances_and_the_aggregator(&records, from_start);
     assert!(
         differences(&got, &want).len() > 10,
         "compaction took facts away from a start without the snapshot"
     );
+}
+
+/// As input partition 0 moves to an instance that never held it, the old aggregator writes its
+/// snapshot for the new one, which goes on from there: no window or day is emitted twice, and
+/// together they emit what one aggregator would. Without that snapshot, the new one starts from
+/// the latest one written on the old one's schedule and emits again every window and day
+/// closed since.
+#[test]
+fn an_aggregator_giving_partition_0_up_hands_its_snapshot_over() {
+    let records = traffic();
+    let want = one_instance(&records);
+    let handed = Disruption::HandOver { written: true };
+    let (got, twice, _) = two_instances_and_the_aggregator(&records, handed);
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+    assert_eq!(twice, 0, "windows and days emitted by both aggregators");
+    let not_handed = Disruption::HandOver { written: false };
+    let (got, twice, _) = two_instances_and_the_aggregator(&records, not_handed);
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+    assert!(twice > 100, "{twice} windows and days emitted again");
+}
+
+/// An aggregator that takes input partition 0 back goes on from the snapshot of the one that
+/// ran meanwhile, which is ahead of its own store: no window or day is emitted twice. From its
+/// own store it would emit again every window and day the other emitted.
+#[test]
+fn an_aggregator_taking_partition_0_back_goes_on_from_a_later_snapshot() {
+    let records = traffic();
+    let want = one_instance(&records);
+    let caught_up = Disruption::TakenBack { caught_up: true };
+    let (got, twice, rfm) = two_instances_and_the_aggregator(&records, caught_up);
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+    assert_eq!(twice, 0, "windows and days emitted twice");
+    // Its RFM histograms too are those of one aggregator throughout: none of its own cells
+    // that the snapshot no longer had is left behind.
+    let (_, _, one) = two_instances_and_the_aggregator(&records, Disruption::None);
+    let stale: Vec<&Cell> = rfm.iter().filter(|c| !one.contains(c)).collect();
+    let missing: Vec<&Cell> = one.iter().filter(|c| !rfm.contains(c)).collect();
+    assert!(
+        stale.is_empty() && missing.is_empty(),
+        "cells not one aggregator's: {stale:?}; missing: {missing:?}"
+    );
+    let own_store = Disruption::TakenBack { caught_up: false };
+    let (got, twice, _) = two_instances_and_the_aggregator(&records, own_store);
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+    assert!(twice > 100, "{twice} windows and days emitted again");
 }
 
 /// A snapshot that cannot be read never keeps an aggregator from starting: it starts from the
