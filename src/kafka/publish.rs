@@ -1,6 +1,8 @@
 //! Publishing events and raw records, and creating topics: for the demo, the tests and the
 //! benchmarks, not for the job. Must not know how events are folded.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -13,6 +15,25 @@ use crate::event::Stream;
 
 /// How long publishing waits for the brokers to answer before it gives up.
 const METADATA_WAIT: Duration = Duration::from_secs(10);
+
+/// The publisher's callbacks: errors logged as every client's are, and a note of whether the
+/// brokers refused the client's authentication or TLS handshake, so that a publisher that
+/// cannot start says that rather than that the brokers could not be reached.
+struct PublishContext {
+    refused: Arc<AtomicBool>,
+}
+
+impl rdkafka::ClientContext for PublishContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+        ) {
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        LogErrors("publisher").error(error, reason);
+    }
+}
 
 /// Publishes generated events to their topics, keyed by customer, at most `rate` events per second
 /// (unlimited when `None`), partitioned as Kafka's Java client would (murmur2), with at most
@@ -51,17 +72,24 @@ pub async fn publish_with(
     for (key, value) in properties {
         config.set(*key, *value);
     }
-    let producer: FutureProducer<LogErrors> = config.create_with_context(LogErrors("publisher"))?;
+    let refused = Arc::new(AtomicBool::new(false));
+    let producer: FutureProducer<PublishContext> = config.create_with_context(PublishContext {
+        refused: refused.clone(),
+    })?;
     // Brokers that cannot be reached are said so at once: the records themselves would wait
     // out librdkafka's delivery timeout (five minutes) before failing.
     let probe = producer.clone();
     tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_WAIT))
         .await?
         .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the brokers {brokers} within {} s: {e}",
-                METADATA_WAIT.as_secs()
-            )
+            let wait = METADATA_WAIT.as_secs();
+            if refused.load(Ordering::Relaxed) {
+                anyhow::anyhow!(
+                    "the brokers {brokers} refused the client's authentication or TLS handshake (the kafka.sasl_* and ssl_* settings; the log above says what they answered), within {wait} s: {e}"
+                )
+            } else {
+                anyhow::anyhow!("cannot reach the brokers {brokers} within {wait} s: {e}")
+            }
         })?;
     let started = tokio::time::Instant::now();
     let mut pending = Vec::new();

@@ -207,7 +207,8 @@ async fn input_compressed_with_each_codec_kafka_has_is_read() {
 /// an error. Until 2026-12-05 a start could log "GroupCoordinator: SASL authentication error"
 /// and a warning, for a changelog reader closed while it authenticated (how often depends on
 /// the machine's load: in 2 of 4 starts of the release build by hand).
-/// With a wrong password the job counts nothing, is not ready, and its log says why.
+/// With a wrong password the job counts nothing, is not ready, and its log says why; and
+/// `generate` with that configuration fails saying the brokers refused it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password() {
     let (user, password) = ("pulse", "a-password-of-the-test");
@@ -272,8 +273,9 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
             ready
         };
         let counted = metric_sum(port, "customer_pulse_events_total");
-        assert!(job.terminate(), "a clean stop");
+        let stopped = job.terminate();
         let log = std::fs::read_to_string(&log).unwrap();
+        assert!(stopped, "start {start}: a clean stop; the log:\n{log}");
         assert!(
             done,
             "start {start}: {counted} of {published} events counted, outputs delivered and ready, with SCRAM; the log:\n{log}"
@@ -306,4 +308,15 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
     let ready = http_get(port, "/readyz").map(|(status, _)| status);
     assert_ne!(ready, Some(200), "not ready");
     let _ = refused.terminate_within(Duration::from_secs(60));
+    // generate, with the same configuration, fails saying the brokers refused it.
+    let generated = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["generate", "--events", "10", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&generated.stderr).into_owned();
+    assert!(
+        !generated.status.success() && said.contains("refused the client's authentication"),
+        "generate says the brokers refused it: {said}"
+    );
 }
