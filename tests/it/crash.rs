@@ -221,12 +221,25 @@ async fn killed_twenty_times_at_random_moments_state_and_outputs_are_exact() {
         }
     }
     // Each customer's whole state equals that of one uninterrupted pass over the same events.
-    for (id, replayed) in replayed_states(&values, customer_pulse::replay::wall_clock_ms()) {
-        let served = customer_state(port, &id).unwrap_or_else(|| panic!("{id} is known"));
-        assert_eq!(
-            served, replayed,
-            "{id}: the killed run equals the uninterrupted one (seed {seed})"
-        );
+    // Read until it does, for a while: a killed incarnation can stay in the group until its
+    // session times out, and the rebalance then moves partitions under the reads (once, in a
+    // run of 2026-12-05, the first customer read was not served for it, though every
+    // customer's totals had just been).
+    let replayed = replayed_states(&values, customer_pulse::replay::wall_clock_ms());
+    let served_all = wait_for(Duration::from_secs(60), || {
+        replayed
+            .iter()
+            .all(|(id, state)| customer_state(port, id).as_ref() == Some(state))
+    })
+    .await;
+    if !served_all {
+        for (id, replayed) in replayed {
+            let served = customer_state(port, &id).unwrap_or_else(|| panic!("{id} is known"));
+            assert_eq!(
+                served, replayed,
+                "{id}: the killed run equals the uninterrupted one (seed {seed})"
+            );
+        }
     }
 
     // Nothing lost: each customer's last churn-risk record is what the store last published.
