@@ -98,6 +98,26 @@ impl Drop for Job {
     }
 }
 
+/// Waits up to `limit` for `read` to serve each customer of `want` its value; if it does not
+/// by then, fails at the first customer it serves otherwise (or not at all), saying `what`.
+async fn served_as<K: std::fmt::Display + Ord, T: PartialEq + std::fmt::Debug>(
+    want: &std::collections::BTreeMap<K, T>,
+    limit: Duration,
+    read: impl Fn(&K) -> Option<T>,
+    what: &str,
+) {
+    let served = wait_for(limit, || {
+        want.iter()
+            .all(|(id, value)| read(id).as_ref() == Some(value))
+    })
+    .await;
+    if !served {
+        for (id, value) in want {
+            assert_eq!(read(id).as_ref(), Some(value), "{id}: {what}");
+        }
+    }
+}
+
 /// A small deterministic generator for the kill moments; the seed is printed, and
 /// `PULSE_CRASH_SEED` replays a run's moments.
 struct Moments(u64);
@@ -209,38 +229,27 @@ async fn killed_twenty_times_at_random_moments_state_and_outputs_are_exact() {
     let job = Job::start(&config_path);
     let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
     let expected = expected_totals(&values);
-    let settled = wait_for(Duration::from_secs(120), || {
-        expected
-            .iter()
-            .all(|(id, totals)| totals_via_http(port, id).as_ref() == Some(totals))
-    })
+    served_as(
+        &expected,
+        Duration::from_secs(120),
+        |id| totals_via_http(port, id),
+        "totals",
+    )
     .await;
-    if !settled {
-        for (id, totals) in &expected {
-            assert_eq!(totals_via_http(port, id).as_ref(), Some(totals), "{id}");
-        }
-    }
     // Each customer's whole state equals that of one uninterrupted pass over the same events.
     // Read until it does, for a while: a killed incarnation can stay in the group until its
     // session times out, and the rebalance then moves partitions under the reads (once, in a
     // run of 2026-12-05, the first customer read was not served for it, though every
     // customer's totals had just been).
     let replayed = replayed_states(&values, customer_pulse::replay::wall_clock_ms());
-    let served_all = wait_for(Duration::from_secs(60), || {
-        replayed
-            .iter()
-            .all(|(id, state)| customer_state(port, id).as_ref() == Some(state))
-    })
+    let what = format!("the killed run equals the uninterrupted one (seed {seed})");
+    served_as(
+        &replayed,
+        Duration::from_secs(60),
+        |id| customer_state(port, id),
+        &what,
+    )
     .await;
-    if !served_all {
-        for (id, replayed) in replayed {
-            let served = customer_state(port, &id).unwrap_or_else(|| panic!("{id} is known"));
-            assert_eq!(
-                served, replayed,
-                "{id}: the killed run equals the uninterrupted one (seed {seed})"
-            );
-        }
-    }
 
     // Nothing lost: each customer's last churn-risk record is what the store last published.
     // A repeat (from a replay after a kill) has the same record_id and the same value.
