@@ -238,14 +238,15 @@ fn event_time(g: &Generated, otherwise: i64) -> i64 {
 }
 
 /// The generator's traffic from ten minutes before `start` to `seconds` after it, `rate` per
-/// second of event time, with (if `spike`) a burst of five high-severity `delivery` complaints a
-/// second from a minute after `start`, for half a minute, and churners injected (`churners`).
+/// second of event time, with (if `injected`) a burst of five high-severity `delivery`
+/// complaints a second from a minute after `start`, for half a minute, and churners
+/// (`churners`).
 pub fn live_traffic(
     customers: u64,
     rate: u64,
     seconds: u64,
     start: i64,
-    spike: bool,
+    injected: bool,
 ) -> Vec<Generated> {
     let mut traffic = generate(&TrafficSpec {
         customers,
@@ -261,7 +262,7 @@ pub fn live_traffic(
         g.value["occurred_at"] = json!(format_millis(at));
     }
     let mut rng = Rng::new(5);
-    let burst = if spike {
+    let burst = if injected {
         (SPIKE_FOR_MS / 200) as usize
     } else {
         0
@@ -283,7 +284,7 @@ pub fn live_traffic(
             }),
         });
     }
-    if spike {
+    if injected {
         inject_churners(&mut traffic, customers, seconds, start);
     }
     // Stable: each customer's own events keep their order.
@@ -604,7 +605,7 @@ mod tests {
         }
         let ids: std::collections::HashSet<&String> = churners.iter().map(|(id, _)| id).collect();
         assert_eq!(ids.len(), 5, "five customers");
-        // A journey that would end after the traffic is not begun; without the spike, none.
+        // A journey that would end after the traffic is not begun; with nothing injected, none.
         assert_eq!(
             super::churners(&live_traffic(500, 20, 6, start, true)).len(),
             1

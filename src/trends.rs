@@ -549,13 +549,8 @@ fn warms_up(start: Millis, began: Option<Millis>) -> bool {
 /// when `began` is not known (trends stored before it was kept), or for a warm-up.
 fn taken_before(start: Millis, length: Millis, began: Option<Millis>) -> Option<u64> {
     let began = began?;
-    let first = began.div_euclid(length) * length
-        + if began.rem_euclid(length) == 0 {
-            0
-        } else {
-            length
-        };
-    u64::try_from((start - first).div_euclid(length)).ok()
+    let first = began.div_euclid(length) + i64::from(began.rem_euclid(length) != 0);
+    u64::try_from(start.div_euclid(length) - first).ok()
 }
 
 /// [`taken_before`] for calendar months: the month starting at `start`.
