@@ -1394,9 +1394,9 @@ impl RawConfig {
         };
         if let Some(token) = &customer_lookup_token {
             check(
-                token.len() >= 16 && token.is_ascii() && !token.contains(char::is_whitespace),
+                token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
                 "http.customer_lookup_token",
-                "must be 1 to 249 characters of letters, digits, '.', '_' and '-'",
+                "must be at least 16 printable ASCII characters without spaces",
             )?;
         }
         if let Some(id) = &self.kafka.group_instance_id {

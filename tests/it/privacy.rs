@@ -156,9 +156,24 @@ fn a_token_file_is_read_and_the_token_never_shows_in_debug_output() {
     let token = config.customer_lookup_token.as_ref().unwrap();
     assert!(token.matches(TOKEN.as_bytes()));
     assert!(!format!("{config:?}").contains(TOKEN));
-    let short = "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\ncustomer_lookup_token = \"short\"\n";
-    let err = format!("{:#}", Config::parse(short, Vec::new()).unwrap_err());
-    assert!(err.contains("http.customer_lookup_token"), "{err}");
+    // Refused, each with the field and what it takes: too short, a space, a control character.
+    // Until 2026-12-05 the message said what `kafka.group_instance_id` takes (1 to 249
+    // letters, digits, '.', '_' and '-'), which a token of 11 such characters met.
+    for token in [
+        "short-token",
+        "sixteen or more chars",
+        "sixteen-or-more\\u0007",
+    ] {
+        let text = format!(
+            "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[http]\ncustomer_lookup_token = \"{token}\"\n"
+        );
+        let err = format!("{:#}", Config::parse(&text, Vec::new()).unwrap_err());
+        assert!(
+            err.contains("http.customer_lookup_token")
+                && err.contains("at least 16 printable ASCII characters without spaces"),
+            "{token:?}: {err}"
+        );
+    }
 }
 
 #[test]
