@@ -50,10 +50,15 @@ impl Job {
         Job(child)
     }
 
-    /// Sends SIGTERM and waits: whether the job stopped cleanly.
+    /// Sends SIGTERM and waits: whether the job stopped cleanly. How it ended otherwise (its
+    /// exit code, or the signal that ended it) goes to the test's output.
     pub fn terminate(mut self) -> bool {
         self.signal("-TERM");
-        self.0.wait().unwrap().success()
+        let status = self.0.wait().unwrap();
+        if !status.success() {
+            eprintln!("the job did not stop cleanly: {status}");
+        }
+        status.success()
     }
 
     /// Sends SIGTERM and waits for at most `limit`: whether the job stopped cleanly, `None`
