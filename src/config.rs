@@ -327,6 +327,7 @@ pub struct RawRisk {
     pub complaint_sla_hours: u64,
     pub recent_days: u64,
     pub slow_response_seconds: u64,
+    /// 0: the source publishes no deliveries, and no order is ever late.
     pub late_delivery_days: u64,
     pub frequent_returns_min: u32,
     pub frequent_returns_ratio: f64,

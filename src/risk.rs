@@ -36,7 +36,8 @@ pub enum ReasonCode {
     Detractor,
     /// Average first response slower than `slow_response_seconds`.
     SlowResponse,
-    /// An order undelivered after `late_delivery_days`, or deliveries slower than that on average.
+    /// An order undelivered after `late_delivery_days`, or deliveries slower than that on
+    /// average; never with `late_delivery_days` 0.
     LateDelivery,
     /// At least `frequent_returns_min` returns and a return ratio of `frequent_returns_ratio`.
     FrequentReturns,
@@ -143,6 +144,8 @@ pub struct RiskSettings {
     pub complaint_sla_ms: Millis,
     pub recent_ms: Millis,
     pub slow_response_seconds: u64,
+    /// An order undelivered this long is late; 0: never (a source that publishes no
+    /// deliveries, whose orders all stay open).
     pub late_delivery_ms: Millis,
     pub frequent_returns_min: u32,
     pub frequent_returns_ratio: f64,
@@ -725,12 +728,15 @@ fn find_reasons(
             });
         }
     }
+    // 0: the source publishes no deliveries, so no order is ever late.
+    let delivering = s.late_delivery_ms > 0;
     let waiting = state
         .open_orders
         .iter()
-        .filter(|o| as_of - o.placed_at > s.late_delivery_ms)
+        .filter(|o| delivering && as_of - o.placed_at > s.late_delivery_ms)
         .count();
-    let slow_average = state.deliveries > 0
+    let slow_average = delivering
+        && state.deliveries > 0
         && state.delivery_seconds_total / u64::from(state.deliveries) * 1000
             > u64::try_from(s.late_delivery_ms).unwrap_or(u64::MAX);
     if waiting > 0 {
@@ -1046,6 +1052,59 @@ pub(crate) mod tests {
         let ltv = stopped["ltv_minor"].as_i64().unwrap();
         assert!(ltv > 5_000, "{stopped}");
         assert_eq!(went_on["ltv_minor"], ltv, "{went_on}");
+    }
+
+    /// A shop that publishes no deliveries leaves every order open. With `late_delivery_ms` 0
+    /// (`risk.late_delivery_days = 0`) no order is late, however old, no delivery average is
+    /// slow, and no timer waits for an order to become late (each would be due the moment
+    /// after its order, passed already); with the default, the same customer has the reason,
+    /// and a timer waits for its newest order.
+    #[test]
+    fn late_delivery_off_names_no_late_order_and_sets_no_timer_for_one() {
+        let mut state = buyer(&[0, 7, 14, 21]);
+        state.open_orders = [0, 21]
+            .into_iter()
+            .map(|day| crate::fold::OpenOrder {
+                order_id: format!("o-{day}"),
+                placed_at: day * DAY_MS,
+            })
+            .collect();
+        let as_of = 22 * DAY_MS;
+        let codes = |s: &RiskSettings, state: &CustomerState| -> Vec<ReasonCode> {
+            let now = assess(state, &Trailing::default(), as_of, s);
+            now.reasons.iter().map(|r| r.code).collect()
+        };
+        let default = settings();
+        assert!(codes(&default, &state).contains(&ReasonCode::LateDelivery));
+        let now = assess(&state, &Trailing::default(), as_of, &default);
+        let order_late = 21 * DAY_MS + default.late_delivery_ms + 1;
+        assert_eq!(
+            next_check(&state, &now, Some(now.score), &default),
+            Some(order_late),
+            "the newest order's lateness is the next thing to change"
+        );
+
+        let off = RiskSettings {
+            late_delivery_ms: 0,
+            ..settings()
+        };
+        assert!(!codes(&off, &state).contains(&ReasonCode::LateDelivery));
+        // The open orders set no timer: the next check is the one without them.
+        let next = |state: &CustomerState| {
+            let now = assess(state, &Trailing::default(), as_of, &off);
+            next_check(state, &now, Some(now.score), &off)
+        };
+        let without_orders = CustomerState {
+            open_orders: Vec::new(),
+            ..state.clone()
+        };
+        assert_eq!(next(&state), next(&without_orders));
+        // Deliveries slower than any target on average are no reason either.
+        state.open_orders.clear();
+        state.deliveries = 2;
+        state.delivery_seconds_total = 2 * 30 * 86_400;
+        assert!(codes(&default, &state).contains(&ReasonCode::LateDelivery));
+        assert!(!codes(&off, &state).contains(&ReasonCode::LateDelivery));
     }
 
     #[test]

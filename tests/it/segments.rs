@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use customer_pulse::event::{format_millis, parse_millis};
-use customer_pulse::processor::{InputRecord, Processor};
+use customer_pulse::processor::{InputRecord, Processor, ProcessorSettings};
 use customer_pulse::store::Store;
 use serde_json::Value;
 
@@ -65,8 +65,13 @@ struct Ran {
 
 /// Also returns the RFM segments, the metrics and the store.
 fn run_with_metrics(events: &[String], batch: usize) -> Ran {
+    run_with_settings(events, batch, settings_with_partitions(100_000, 1))
+}
+
+/// [`run_with_metrics`] under `settings`.
+fn run_with_settings(events: &[String], batch: usize, settings: ProcessorSettings) -> Ran {
     let store = Store::in_memory();
-    let mut processor = Processor::new(store.clone(), settings_with_partitions(100_000, 1));
+    let mut processor = Processor::new(store.clone(), settings);
     let telemetry = customer_pulse::telemetry::Telemetry::new();
     let records: Vec<InputRecord> = events
         .iter()
@@ -416,6 +421,52 @@ fn a_customer_naming_itself_as_referrer_is_no_referral() {
     assert_eq!(days_with(days, "gold", &["referrals"]), vec![(3, 1.into())]);
     assert!(days_with(days, "standard", &["referrals"]).is_empty());
 }
+/// UCI Online Retail publishes no deliveries, so every order stays open. With the default
+/// `risk.late_delivery_days` every customer lost in its year is lost for `late_delivery`;
+/// with 0 (no order is ever late) just as many are lost, none of them for it.
+#[test]
+fn online_retail_loses_no_customer_for_late_delivery_with_late_delivery_off() {
+    let events = crate::real_data::online_retail(
+        &crate::support::repo().join("../shared/data/online_retail.csv.gz"),
+    );
+    let lost = |settings: ProcessorSettings| -> (u64, BTreeMap<String, u64>) {
+        let outputs = run_with_settings(&events, 5_000, settings).outputs;
+        let mut count = 0;
+        let mut reasons = BTreeMap::new();
+        for day in &outputs["customer.segment-metrics"] {
+            count += day["lost_customers"]["count"].as_u64().unwrap();
+            for (reason, n) in day["lost_customers"]["reasons"].as_object().unwrap() {
+                *reasons.entry(reason.clone()).or_default() += n.as_u64().unwrap();
+            }
+        }
+        reasons.retain(|_, n| *n > 0);
+        (count, reasons)
+    };
+    let (by_default, default_reasons) = lost(settings_with_partitions(100_000, 1));
+    assert!(by_default > 50, "{by_default} lost in the year");
+    assert_eq!(
+        default_reasons,
+        BTreeMap::from([("late_delivery".to_owned(), by_default)]),
+        "every order stays open, so every lost customer has late orders"
+    );
+    let mut off = settings_with_partitions(100_000, 1);
+    off.risk.late_delivery_ms = 0;
+    let (with_off, off_reasons) = lost(off);
+    assert_eq!(
+        with_off, by_default,
+        "the same customers lost: {off_reasons:?}"
+    );
+    assert!(
+        !off_reasons.contains_key("late_delivery"),
+        "{off_reasons:?}"
+    );
+    assert_eq!(
+        off_reasons.values().sum::<u64>(),
+        with_off,
+        "{off_reasons:?}"
+    );
+}
+
 #[test]
 fn segment_totals_equal_a_batch_recount_of_online_retail_however_delivered() {
     let events = crate::real_data::online_retail(
