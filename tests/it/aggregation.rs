@@ -492,16 +492,24 @@ fn a_new_aggregator_starts_from_the_snapshot_in_a_compacted_changelog() {
 /// closed since.
 #[test]
 fn an_aggregator_giving_partition_0_up_hands_its_snapshot_over() {
+    once_with_and_again_without(
+        Disruption::HandOver { written: true },
+        Disruption::HandOver { written: false },
+    );
+}
+
+/// Both disruptions end with one aggregator's windows and days; under `with` none is emitted
+/// twice, under `without` more than 100 are emitted again. Returns the RFM cells under `with`.
+fn once_with_and_again_without(with: Disruption, without: Disruption) -> Vec<Cell> {
     let records = traffic();
     let want = one_instance(&records);
-    let handed = Disruption::HandOver { written: true };
-    let (got, twice, _) = two_instances_and_the_aggregator(&records, handed);
+    let (got, twice, rfm) = two_instances_and_the_aggregator(&records, with);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
     assert_eq!(twice, 0, "windows and days emitted by both aggregators");
-    let not_handed = Disruption::HandOver { written: false };
-    let (got, twice, _) = two_instances_and_the_aggregator(&records, not_handed);
+    let (got, twice, _) = two_instances_and_the_aggregator(&records, without);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
     assert!(twice > 100, "{twice} windows and days emitted again");
+    rfm
 }
 
 /// An aggregator that takes input partition 0 back goes on from the snapshot of the one that
@@ -509,25 +517,19 @@ fn an_aggregator_giving_partition_0_up_hands_its_snapshot_over() {
 /// own store it would emit again every window and day the other emitted.
 #[test]
 fn an_aggregator_taking_partition_0_back_goes_on_from_a_later_snapshot() {
-    let records = traffic();
-    let want = one_instance(&records);
-    let caught_up = Disruption::TakenBack { caught_up: true };
-    let (got, twice, rfm) = two_instances_and_the_aggregator(&records, caught_up);
-    assert_eq!(differences(&got, &want), Vec::<String>::new());
-    assert_eq!(twice, 0, "windows and days emitted twice");
+    let rfm = once_with_and_again_without(
+        Disruption::TakenBack { caught_up: true },
+        Disruption::TakenBack { caught_up: false },
+    );
     // Its RFM histograms too are those of one aggregator throughout: none of its own cells
     // that the snapshot no longer had is left behind.
-    let (_, _, one) = two_instances_and_the_aggregator(&records, Disruption::None);
+    let (_, _, one) = two_instances_and_the_aggregator(&traffic(), Disruption::None);
     let stale: Vec<&Cell> = rfm.iter().filter(|c| !one.contains(c)).collect();
     let missing: Vec<&Cell> = one.iter().filter(|c| !rfm.contains(c)).collect();
     assert!(
         stale.is_empty() && missing.is_empty(),
         "cells not one aggregator's: {stale:?}; missing: {missing:?}"
     );
-    let own_store = Disruption::TakenBack { caught_up: false };
-    let (got, twice, _) = two_instances_and_the_aggregator(&records, own_store);
-    assert_eq!(differences(&got, &want), Vec::<String>::new());
-    assert!(twice > 100, "{twice} windows and days emitted again");
 }
 
 /// A snapshot that cannot be read never keeps an aggregator from starting: it starts from the

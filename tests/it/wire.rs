@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use customer_pulse::generate::Generated;
 use customer_pulse::kafka::{create_topics_with, publish_with};
 
 use crate::broker::{free_port, Broker, Scram};
@@ -121,17 +122,28 @@ async fn the_job_consumes_and_produces_over_tls_trusting_the_configured_ca() {
         ("security.protocol", "ssl"),
         ("ssl.ca.location", ca.as_str()),
     ];
-    create_the_topics(&broker.address, &tls, false).await;
-    let events = traffic(300, 5);
-    publish_with(&broker.address, &test_topics(), &events, None, 1, &tls)
+    let kafka = format!("security_protocol = \"ssl\"\nssl_ca_location = \"{ca}\"\n");
+    published_then_counted(&broker.address, &tls, &traffic(300, 5), &kafka, "TLS").await;
+}
+
+/// Creates the topics and publishes `events` through a client with `properties`, then asserts
+/// that the job, with `kafka` added to its `[kafka]` section, counts them all and delivers its
+/// outputs (over `over`, for the message).
+async fn published_then_counted(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    events: &[Generated],
+    kafka: &str,
+    over: &str,
+) {
+    create_the_topics(brokers, properties, false).await;
+    publish_with(brokers, &test_topics(), events, None, 1, properties)
         .await
         .unwrap();
-    let kafka = format!("security_protocol = \"ssl\"\nssl_ca_location = \"{ca}\"\n");
-    let (done, counted, delivered) =
-        job_counts_and_delivers(&broker.address, &kafka, events.len()).await;
+    let (done, counted, delivered) = job_counts_and_delivers(brokers, kafka, events.len()).await;
     assert!(
         done,
-        "{counted} of {} events counted and {delivered} outputs delivered, over TLS",
+        "{counted} of {} events counted and {delivered} outputs delivered, over {over}",
         events.len()
     );
 }
@@ -154,24 +166,21 @@ async fn the_job_consumes_and_produces_over_sasl_inside_tls() {
         ("sasl.username", user),
         ("sasl.password", password),
     ];
-    create_the_topics(&broker.address, &sasl_ssl, false).await;
-    let events = traffic(200, 13);
-    publish_with(&broker.address, &test_topics(), &events, None, 1, &sasl_ssl)
-        .await
-        .unwrap();
     let kafka = format!(
         "security_protocol = \"sasl_ssl\"\nssl_ca_location = \"{ca}\"\n\
          sasl_mechanism = \"{}\"\nsasl_username = \"{user}\"\n\
          sasl_password = \"{password}\"\n",
         scram.kafka_name()
     );
-    let (done, counted, delivered) =
-        job_counts_and_delivers(&broker.address, &kafka, events.len()).await;
-    assert!(
-        done,
-        "{counted} of {} events counted and {delivered} outputs delivered, over SASL inside TLS",
-        events.len()
-    );
+    let events = traffic(200, 13);
+    published_then_counted(
+        &broker.address,
+        &sasl_ssl,
+        &events,
+        &kafka,
+        "SASL inside TLS",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
