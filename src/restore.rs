@@ -14,7 +14,14 @@
 //!   and everything from there is applied on top. Otherwise its state holds changes the
 //!   changelog does not count (written while another instance already owned the partition, or
 //!   never delivered): they are dropped with the partition's local state, and the whole
-//!   changelog is applied.
+//!   changelog is applied;
+//! - the changelog holds records of this store's that the store no longer has (numbered at or
+//!   past what its outbox numbered next when it opened): it lost its latest writes, as when the
+//!   machine stops before the write-ahead log reached the disk (it is not synced at each
+//!   commit) or its directory is put back from a backup. Folding those events again would
+//!   count their facts a second time in the aggregates, so the local state is dropped and the
+//!   whole changelog applied, with the input positions it carries; the outbox numbers its next
+//!   records past the ones found, so that no number is given twice.
 //!
 //! The store remembers, per partition, the offset up to which the changelog holds nothing it has
 //! not accounted for: its claim, then its own records as they are delivered without a gap, and
@@ -134,11 +141,16 @@ pub fn restore(
             },
         }
     } else {
-        // Who claimed the partition since this store last accounted for it, and did this store
-        // write after that?
-        let (mut records, mut foreign, mut written_after) = (0, None, false);
+        // Who claimed the partition since this store last accounted for it, did this store
+        // write after that, and did it lose records of its own that the changelog holds?
+        let (mut records, mut foreign, mut written_after, mut lost) = (0, None, false, None);
         source.read(partition, read, claim, &mut |offset, record| {
             records += 1;
+            if let Some(sequence) = record.sequence {
+                if store.lost_own(partition, record.epoch, sequence) {
+                    lost = lost.max(Some(sequence.number));
+                }
+            }
             match record.claim()? {
                 Some(c) if c.writer != writer => {
                     foreign.get_or_insert(offset);
@@ -151,19 +163,33 @@ pub fn restore(
             }
             Ok(())
         })?;
-        match foreign {
-            None if records == 0 => Restored::UpToDate,
-            None => Restored::Own { records },
-            Some(foreign) => {
+        if let Some(number) = lost {
+            tracing::warn!(
+                partition,
+                number,
+                "The changelog holds records this state directory wrote and no longer has (the \
+                 machine stopped before its log reached the disk, or it was put back from a \
+                 copy): the partition's state is taken from the changelog."
+            );
+            store.number_outbox_past(number)?;
+        }
+        match (foreign, lost) {
+            (None, None) if records == 0 => Restored::UpToDate,
+            (None, None) => Restored::Own { records },
+            (foreign, lost) => {
+                // Pending records go: overtaken by another writer's, or, in a store that lost
+                // later records of its own, delivered before those.
                 let undelivered = store.drop_pending(&topic, partition)? > 0;
                 // Without a mark, the local state (written without a changelog, or before
-                // its claim was stored) is no base for a tail.
-                let from_scratch = undelivered || written_after || read.is_none();
-                let from = if from_scratch {
-                    store.clear_partition(partition)?;
-                    None
-                } else {
-                    Some(foreign)
+                // its claim was stored) is no base for a tail; nor is a state that lost what
+                // the changelog counted.
+                let from_scratch = lost.is_some() || undelivered || written_after || read.is_none();
+                let from = match foreign {
+                    Some(foreign) if !from_scratch => Some(foreign),
+                    _ => {
+                        store.clear_partition(partition)?;
+                        None
+                    }
                 };
                 Restored::Applied {
                     records: apply(store, source, partition, from, claim, progress)?,
@@ -335,11 +361,11 @@ fn apply(
 mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::fold::CustomerState;
-    use crate::store::{Commit, Customer, CLAIM_KEY, RELEASE_KEY};
+    use crate::store::{Commit, Customer, MemoryBackend, CLAIM_KEY, RELEASE_KEY};
 
     /// A changelog topic in memory: a log per partition, offsets from 0; counts its reads.
     #[derive(Default)]
@@ -523,6 +549,60 @@ mod tests {
         );
         assert_eq!(orders(&first, "a"), Some(5), "the newer local state stands");
         assert_eq!(first.offset("orders", 0).unwrap(), Some(20));
+    }
+
+    #[test]
+    fn a_store_that_lost_writes_it_had_delivered_takes_them_from_the_changelog() {
+        // The write-ahead log is not synced at each commit: a machine that stops leaves the
+        // store as it was a moment before, which the changelog may have passed.
+        let disk = Arc::new(MemoryBackend::default());
+        let open =
+            |disk: Arc<MemoryBackend>| Store::open(disk).unwrap().with_changelog("log").unwrap();
+        let (log, first) = (Log::default(), open(Arc::clone(&disk)));
+        restore_0(&first, &log);
+        write(&first, "a", 1, 10);
+        // What the disk keeps: "a" committed, its records not yet delivered.
+        let kept = Arc::new(disk.copy());
+        log.deliver(&first);
+        write(&first, "a", 2, 11);
+        write(&first, "b", 1, 12);
+        log.deliver(&first);
+        // Committed, never delivered: lost with the rest.
+        write(&first, "c", 1, 13);
+        let delivered = log.0.lock().unwrap()[&0]
+            .iter()
+            .filter_map(|r| r.sequence)
+            .map(|s| s.number)
+            .max()
+            .unwrap();
+
+        let second = open(kept);
+        assert_eq!(
+            restore_0(&second, &log),
+            Restored::Applied {
+                records: 6,
+                from_scratch: true
+            },
+            "its records from its claim on, customers and positions"
+        );
+        // As delivered: the events of offsets 11 and 12 are not folded (and counted) again.
+        assert_eq!(
+            view(&second, &["a", "b", "c"]),
+            (vec![Some(2), Some(1), None], Some(12))
+        );
+        assert!(
+            second.outbox(100).unwrap().is_empty(),
+            "its pending records of the partition were delivered before the ones it lost"
+        );
+        // And what it writes next is numbered past what it delivered: never a number twice.
+        write(&second, "c", 1, 13);
+        let pending = second.outbox(100).unwrap();
+        assert!(!pending.is_empty());
+        assert!(
+            pending.iter().all(|(number, _)| *number > delivered),
+            "numbered past {delivered}, the last delivered: {:?}",
+            pending.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
     }
 
     #[test]

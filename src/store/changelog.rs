@@ -355,6 +355,9 @@ pub(super) struct Changelog {
     pub writer: u64,
     /// The offset of this store's latest claim, per partition.
     pub epochs: Mutex<HashMap<i32, i64>>,
+    /// The offset of the first claim of each partition since the store opened: the records
+    /// of an earlier run were written under claims before it.
+    pub first_claims: Mutex<HashMap<i32, i64>>,
     /// Each partition's input offsets and event times as stored, once read: every position
     /// record carries them, and a scan of them per partition and commit was a twentieth of the
     /// fold thread's time in live traffic (each commit leaves another version of those keys in
@@ -543,6 +546,7 @@ impl Store {
             topic: topic.to_owned(),
             writer,
             epochs: Mutex::new(epochs),
+            first_claims: Mutex::new(HashMap::new()),
             positions: Mutex::new(HashMap::new()),
         }));
         Ok(self)
@@ -570,7 +574,36 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(partition, claim);
+        changelog
+            .first_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(partition)
+            .or_insert(claim);
         Ok(())
+    }
+
+    /// Whether a record of this store's, read back from `partition` of the changelog, written
+    /// in `epoch` and numbered `sequence`, is one the store delivered and then lost: written by
+    /// an earlier run (under a claim before this run's first of the partition) and numbered at
+    /// or past the outbox's next number when the store opened. A store loses its latest writes
+    /// when the machine stops before the write-ahead log reached the disk (it is not synced at
+    /// each commit), or when its directory is put back from a backup.
+    pub fn lost_own(&self, partition: i32, epoch: Option<Epoch>, sequence: Sequence) -> bool {
+        let Some(changelog) = &self.changelog else {
+            return false;
+        };
+        let first_claim = changelog
+            .first_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .copied();
+        let earlier_run = match (epoch, first_claim) {
+            (Some(epoch), Some(first)) => epoch.claim < first,
+            _ => true,
+        };
+        sequence.writer == changelog.writer && earlier_run && sequence.number >= self.outbox_at_open
     }
 
     /// The input offsets and event times stored for `partition`: kept by `changelog` once read.

@@ -11,6 +11,15 @@ pub struct MemoryBackend {
 }
 
 impl MemoryBackend {
+    /// A backend holding what this one holds now: in tests, what a disk kept when the machine
+    /// stopped.
+    #[cfg(test)]
+    pub fn copy(&self) -> MemoryBackend {
+        MemoryBackend {
+            map: Mutex::new(self.map().clone()),
+        }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
         // A panic while holding the lock cannot leave a half-applied batch: `write` applies its
         // ops to a copy-free loop that does not panic, so the map is still consistent.

@@ -501,6 +501,9 @@ fn outbox_seq(key: &[u8]) -> Option<u64> {
 pub struct Store {
     backend: Arc<dyn Backend>,
     next_outbox_seq: Arc<AtomicU64>,
+    /// `next_outbox_seq` when the store opened: a record of an earlier run numbered at or past
+    /// it is one the store no longer holds (see `Store::lost_own`).
+    outbox_at_open: u64,
     /// Held while a commit takes outbox sequence numbers and writes them, so that commits land
     /// in sequence order: once a record is stored, every smaller number is stored or was never
     /// written.
@@ -530,6 +533,7 @@ impl Store {
         Ok(Store {
             backend,
             next_outbox_seq: Arc::new(AtomicU64::new(next)),
+            outbox_at_open: next,
             commit_lock: Arc::new(Mutex::new(())),
             outbox_floor: Arc::new(AtomicU64::new(0)),
             recent: Arc::new(Mutex::new(recent::Recent::new(next))),
@@ -1070,6 +1074,24 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .committed(first, records);
+        Ok(())
+    }
+
+    /// Numbers the next outbox record past `number` if it would not be already: after the
+    /// store lost records it had numbered and delivered (`Store::lost_own`), so that no number
+    /// is given twice.
+    pub fn number_outbox_past(&self, number: u64) -> Result<(), StoreError> {
+        let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let next = number.saturating_add(1);
+        if next <= self.next_outbox_seq.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.backend.write(vec![Op::Put(
+            OUTBOX_NEXT.to_vec(),
+            next.to_be_bytes().to_vec(),
+        )])?;
+        // The records kept in memory stay complete: none is numbered in between.
+        self.next_outbox_seq.store(next, Ordering::SeqCst);
         Ok(())
     }
 

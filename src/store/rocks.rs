@@ -120,7 +120,10 @@ impl Backend for RocksBackend {
         }
         // The write-ahead log is on (the default), so an acknowledged batch survives a process
         // crash; fsync per batch is not asked for, as a machine crash is covered by replaying
-        // from Kafka's committed offsets, which never run ahead of this batch.
+        // from the input offsets stored with the state (read on assignment, not the ones
+        // committed to Kafka, which may have run ahead of what the disk kept) and, with the
+        // changelog on, by the restore, which finds the records the store delivered and lost
+        // (`restore`).
         self.db.write(batch).map_err(backend_error)
     }
 

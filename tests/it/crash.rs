@@ -9,12 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use customer_pulse::config::Config;
+use customer_pulse::event::parse_millis;
 use customer_pulse::kafka::publish;
 use rdkafka::Message;
 
 use crate::broker::{free_port, Broker};
 use crate::end_to_end::{
-    config_text, create_all_topics, customer_state, header, read_last_risk_records,
+    config_text, create_all_topics, customer_state, header, metric_sum, read_last_risk_records,
     read_topic_until, replayed_states, totals_via_http, traffic, wait_for,
 };
 use crate::support::expected_totals;
@@ -354,6 +355,104 @@ async fn with_the_changelog_killed_a_dozen_times_the_aggregates_are_those_of_one
     crate::scale::served_as_replayed(&[port], &ids, &expected).await;
     crate::scale::aggregates_of_one_pass(&broker.address, &values, &[port]).await;
     stops_gracefully(job).await;
+}
+
+/// A state directory put back from an earlier copy (a backup, or a disk that lost its last
+/// writes when the machine stopped: the write-ahead log is not synced at each commit) is behind
+/// the changelog records it had delivered. The restarted instance takes its partitions from the
+/// changelog instead of folding those events again, whose facts the aggregator counted once
+/// already: it ends with every customer's state, and the windows and days, of one pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_changelog_a_state_put_back_from_an_earlier_copy_counts_nothing_twice() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let events = traffic(4_000, 41);
+    let dir = tempfile::tempdir().unwrap();
+    let (state, copy) = (dir.path().join("state"), dir.path().join("copy"));
+    let port = free_port();
+    let text = config_text(&broker.address, &state, port)
+        .replace(
+            "cache_customers = 500",
+            "cache_customers = 500\nchangelog = true",
+        )
+        .replace(
+            "group_id = \"pulse-test\"",
+            "group_id = \"pulse-put-back\"\nassigned_partitions = [0, 1, 2, 3]",
+        );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let topics = Config::parse(&text, Vec::new()).unwrap().topics;
+    let (first, second) = events.split_at(events.len() / 2);
+    let served = |events: &[customer_pulse::generate::Generated]| {
+        let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+        let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let expected = replayed_states(&values, customer_pulse::replay::wall_clock_ms());
+        (values, ids, expected)
+    };
+
+    // The first half folded, the job stopped, its state copied.
+    publish(&broker.address, &topics, first, None, 100)
+        .await
+        .unwrap();
+    let job = Job::start(&config_path);
+    let (_, ids, expected) = served(first);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    stops_gracefully(job).await;
+    copy_dir(&state, &copy);
+
+    // The second half folded and its changelog records delivered (a graceful stop drains the
+    // outbox).
+    publish(&broker.address, &topics, second, None, 100)
+        .await
+        .unwrap();
+    let job = Job::start(&config_path);
+    let (values, ids, expected) = served(&events);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    stops_gracefully(job).await;
+
+    // The copy put back. Its aggregator (the owner of partition 0) counts the second half's
+    // facts from the changelog again, and emits the windows and days they close again.
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(&copy, &state);
+    let job = Job::start(&config_path);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    let newest = values
+        .iter()
+        .filter_map(|v| parse_millis(v["occurred_at"].as_str()?))
+        .max()
+        .unwrap();
+    let watermark = || metric_sum(port, "customer_pulse_aggregator_watermark_seconds");
+    assert!(
+        wait_for(Duration::from_secs(60), || watermark() * 1000.0
+            >= (newest - 7_200_000) as f64)
+        .await,
+        "the aggregator read the changelog again up to the second half's watermark"
+    );
+    crate::scale::aggregates_of_one_pass(&broker.address, &values, &[port]).await;
+    // Folded again, the second half's events would count their facts a second time, into
+    // windows and days already emitted.
+    assert_eq!(
+        metric_sum(port, "customer_pulse_aggregator_late_facts_total"),
+        0.0,
+        "no fact came after its window or day was emitted"
+    );
+    stops_gracefully(job).await;
+}
+
+/// Copies the directory `from` and what it holds to `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// Reads `topic` until every `wanted` record id arrived; returns the records by id, asserting
