@@ -317,18 +317,11 @@ async fn with_the_changelog_killed_a_dozen_times_the_aggregates_are_those_of_one
     let events = traffic(6_000, 37);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let text = config_text(&broker.address, &dir.path().join("state"), port)
-        .replace("max_batch_events = 500", "max_batch_events = 100")
-        .replace(
-            "cache_customers = 500",
-            "cache_customers = 500\nchangelog = true",
-        )
-        // Outside the group: a restart takes its partitions at once, not after Tansu's
-        // coordinator has held its join for seconds.
-        .replace(
-            "group_id = \"pulse-test\"",
-            "group_id = \"pulse-crash-changelog\"\nassigned_partitions = [0, 1, 2, 3]",
-        );
+    let text = changelog_outside_the_group(
+        config_text(&broker.address, &dir.path().join("state"), port)
+            .replace("max_batch_events = 500", "max_batch_events = 100"),
+        "pulse-crash-changelog",
+    );
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, &text).unwrap();
     let (seed, mut moments) = Moments::seeded("crash test with the changelog");
@@ -347,11 +340,7 @@ async fn with_the_changelog_killed_a_dozen_times_the_aggregates_are_those_of_one
     publisher.await.unwrap().unwrap();
 
     let job = Job::start(&config_path);
-    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
-    let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    let expected = replayed_states(&values, customer_pulse::replay::wall_clock_ms());
+    let (values, ids, expected) = one_pass(&events);
     crate::scale::served_as_replayed(&[port], &ids, &expected).await;
     crate::scale::aggregates_of_one_pass(&broker.address, &values, &[port]).await;
     stops_gracefully(job).await;
@@ -370,34 +359,19 @@ async fn with_the_changelog_a_state_put_back_from_an_earlier_copy_counts_nothing
     let dir = tempfile::tempdir().unwrap();
     let (state, copy) = (dir.path().join("state"), dir.path().join("copy"));
     let port = free_port();
-    let text = config_text(&broker.address, &state, port)
-        .replace(
-            "cache_customers = 500",
-            "cache_customers = 500\nchangelog = true",
-        )
-        .replace(
-            "group_id = \"pulse-test\"",
-            "group_id = \"pulse-put-back\"\nassigned_partitions = [0, 1, 2, 3]",
-        );
+    let text =
+        changelog_outside_the_group(config_text(&broker.address, &state, port), "pulse-put-back");
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, &text).unwrap();
     let topics = Config::parse(&text, Vec::new()).unwrap().topics;
     let (first, second) = events.split_at(events.len() / 2);
-    let served = |events: &[customer_pulse::generate::Generated]| {
-        let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
-        let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
-        ids.sort();
-        ids.dedup();
-        let expected = replayed_states(&values, customer_pulse::replay::wall_clock_ms());
-        (values, ids, expected)
-    };
 
     // The first half folded, the job stopped, its state copied.
     publish(&broker.address, &topics, first, None, 100)
         .await
         .unwrap();
     let job = Job::start(&config_path);
-    let (_, ids, expected) = served(first);
+    let (_, ids, expected) = one_pass(first);
     crate::scale::served_as_replayed(&[port], &ids, &expected).await;
     stops_gracefully(job).await;
     copy_dir(&state, &copy);
@@ -408,7 +382,7 @@ async fn with_the_changelog_a_state_put_back_from_an_earlier_copy_counts_nothing
         .await
         .unwrap();
     let job = Job::start(&config_path);
-    let (values, ids, expected) = served(&events);
+    let (values, ids, expected) = one_pass(&events);
     crate::scale::served_as_replayed(&[port], &ids, &expected).await;
     stops_gracefully(job).await;
 
@@ -439,6 +413,36 @@ async fn with_the_changelog_a_state_put_back_from_an_earlier_copy_counts_nothing
         "no fact came after its window or day was emitted"
     );
     stops_gracefully(job).await;
+}
+
+/// The events' values, their customers, and each customer's state after one pass over them.
+fn one_pass(
+    events: &[customer_pulse::generate::Generated],
+) -> (
+    Vec<serde_json::Value>,
+    Vec<String>,
+    std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    let expected = replayed_states(&values, customer_pulse::replay::wall_clock_ms());
+    (values, ids, expected)
+}
+
+/// The tests' config `text` with the changelog on, reading partitions 0 to 3 as `group`
+/// outside the group protocol: a restart takes its partitions at once, not after Tansu's
+/// coordinator has held its join for seconds.
+fn changelog_outside_the_group(text: String, group: &str) -> String {
+    text.replace(
+        "cache_customers = 500",
+        "cache_customers = 500\nchangelog = true",
+    )
+    .replace(
+        "group_id = \"pulse-test\"",
+        &format!("group_id = \"{group}\"\nassigned_partitions = [0, 1, 2, 3]"),
+    )
 }
 
 /// Copies the directory `from` and what it holds to `to`.
