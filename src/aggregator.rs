@@ -170,17 +170,12 @@ impl Aggregator {
         let store = self.processor.store().clone();
         // A cell of its own that the snapshot has not is emptied (a count of 0 deletes it).
         let mut rfm_cells = snapshot.rfm_cells;
-        let key = |cell: &Cell| match *cell {
-            Cell::Joint(day, orders, _) => (0, day, i64::from(orders)),
-            Cell::Monetary(bucket, _) => (1, bucket, 0),
-        };
-        let kept: std::collections::BTreeSet<_> = rfm_cells.iter().map(key).collect();
+        let kept: std::collections::BTreeSet<Cell> =
+            rfm_cells.iter().map(|cell| cell.emptied()).collect();
         for cell in store.rfm()?.cells() {
-            if !kept.contains(&key(&cell)) {
-                rfm_cells.push(match cell {
-                    Cell::Joint(day, orders, _) => Cell::Joint(day, orders, 0),
-                    Cell::Monetary(bucket, _) => Cell::Monetary(bucket, 0),
-                });
+            let emptied = cell.emptied();
+            if !kept.contains(&emptied) {
+                rfm_cells.push(emptied);
             }
         }
         let mut commit = Commit {

@@ -142,11 +142,21 @@ pub struct Scales {
 }
 
 /// A histogram cell, as stored: which histogram, which value, how many customers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Cell {
     /// `(last purchase day, orders)`.
     Joint(i32, u32, i64),
     Monetary(i32, i64),
+}
+
+impl Cell {
+    /// The same cell counting no customer: written, it deletes the cell.
+    pub fn emptied(self) -> Cell {
+        match self {
+            Cell::Joint(day, orders, _) => Cell::Joint(day, orders, 0),
+            Cell::Monetary(bucket, _) => Cell::Monetary(bucket, 0),
+        }
+    }
 }
 
 /// The population's RFM histograms and scales.
