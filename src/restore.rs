@@ -146,11 +146,7 @@ pub fn restore(
         let (mut records, mut foreign, mut written_after, mut lost) = (0, None, false, None);
         source.read(partition, read, claim, &mut |offset, record| {
             records += 1;
-            if let Some(sequence) = record.sequence {
-                if store.lost_own(partition, record.epoch, sequence) {
-                    lost = lost.max(Some(sequence.number));
-                }
-            }
+            lost = lost.max(lost_number(store, partition, &record));
             match record.claim()? {
                 Some(c) if c.writer != writer => {
                     foreign.get_or_insert(offset);
@@ -171,7 +167,6 @@ pub fn restore(
                  machine stopped before its log reached the disk, or it was put back from a \
                  copy): the partition's state is taken from the changelog."
             );
-            store.number_outbox_past(number)?;
         }
         match (foreign, lost) {
             (None, None) if records == 0 => Restored::UpToDate,
@@ -326,8 +321,10 @@ fn apply(
         let mut first = None;
         let mut ownership = Ownership::default();
         let mut chunk = Vec::with_capacity(CHUNK);
+        let mut lost = None;
         let read = source.read(partition, from, to, &mut |offset, record| {
             let start = *first.get_or_insert(offset);
+            lost = lost.max(lost_number(store, partition, &record));
             if let Some(claim) = record.claim()? {
                 ownership.claimed(offset, &claim);
                 return Ok(());
@@ -352,9 +349,22 @@ fn apply(
             .join()
             .map_err(|_| anyhow::anyhow!("the restore's writer panicked"))??;
         read?;
+        // Numbered on past the records of its own it lost, so that no number is given twice.
+        if let Some(number) = lost {
+            store.number_outbox_past(number)?;
+        }
         progress(1, 1);
         Ok(applied)
     })
+}
+
+/// The number of `record`, when it is one of this store's that the store lost (see
+/// [`Store::lost_own`]).
+fn lost_number(store: &Store, partition: i32, record: &ChangelogRecord) -> Option<u64> {
+    let sequence = record.sequence?;
+    store
+        .lost_own(partition, record.epoch, sequence)
+        .then_some(sequence.number)
 }
 
 #[cfg(test)]
@@ -551,14 +561,39 @@ mod tests {
         assert_eq!(first.offset("orders", 0).unwrap(), Some(20));
     }
 
+    /// A store with the changelog on `disk`.
+    fn store_on(disk: Arc<MemoryBackend>) -> Store {
+        Store::open(disk).unwrap().with_changelog("log").unwrap()
+    }
+
+    /// The highest number of a record in partition 0 of `log`.
+    fn last_number(log: &Log) -> u64 {
+        log.0.lock().unwrap()[&0]
+            .iter()
+            .filter_map(|r| r.sequence)
+            .map(|s| s.number)
+            .max()
+            .unwrap()
+    }
+
+    /// Asserts that what `store` writes next is numbered past `delivered`: no number twice.
+    fn numbered_past(store: &Store, delivered: u64) {
+        write(store, "c", 1, 13);
+        let pending = store.outbox(100).unwrap();
+        assert!(!pending.is_empty());
+        assert!(
+            pending.iter().all(|(number, _)| *number > delivered),
+            "numbered past {delivered}, the last delivered: {:?}",
+            pending.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn a_store_that_lost_writes_it_had_delivered_takes_them_from_the_changelog() {
         // The write-ahead log is not synced at each commit: a machine that stops leaves the
         // store as it was a moment before, which the changelog may have passed.
         let disk = Arc::new(MemoryBackend::default());
-        let open =
-            |disk: Arc<MemoryBackend>| Store::open(disk).unwrap().with_changelog("log").unwrap();
-        let (log, first) = (Log::default(), open(Arc::clone(&disk)));
+        let (log, first) = (Log::default(), store_on(Arc::clone(&disk)));
         restore_0(&first, &log);
         write(&first, "a", 1, 10);
         // What the disk keeps: "a" committed, its records not yet delivered.
@@ -569,14 +604,9 @@ mod tests {
         log.deliver(&first);
         // Committed, never delivered: lost with the rest.
         write(&first, "c", 1, 13);
-        let delivered = log.0.lock().unwrap()[&0]
-            .iter()
-            .filter_map(|r| r.sequence)
-            .map(|s| s.number)
-            .max()
-            .unwrap();
+        let delivered = last_number(&log);
 
-        let second = open(kept);
+        let second = store_on(kept);
         assert_eq!(
             restore_0(&second, &log),
             Restored::Applied {
@@ -594,15 +624,35 @@ mod tests {
             second.outbox(100).unwrap().is_empty(),
             "its pending records of the partition were delivered before the ones it lost"
         );
-        // And what it writes next is numbered past what it delivered: never a number twice.
-        write(&second, "c", 1, 13);
-        let pending = second.outbox(100).unwrap();
-        assert!(!pending.is_empty());
-        assert!(
-            pending.iter().all(|(number, _)| *number > delivered),
-            "numbered past {delivered}, the last delivered: {:?}",
-            pending.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        numbered_past(&second, delivered);
+    }
+
+    #[test]
+    fn a_store_that_lost_every_write_of_a_partition_numbers_past_what_it_delivered() {
+        let disk = Arc::new(MemoryBackend::default());
+        let (log, first) = (Log::default(), store_on(Arc::clone(&disk)));
+        // What the disk keeps: the store's writer id, nothing of the partition.
+        let kept = Arc::new(disk.copy());
+        restore_0(&first, &log);
+        write(&first, "a", 1, 10);
+        write(&first, "b", 1, 11);
+        log.deliver(&first);
+        let delivered = last_number(&log);
+
+        let second = store_on(kept);
+        assert_eq!(
+            restore_0(&second, &log),
+            Restored::Applied {
+                records: 4,
+                from_scratch: false
+            },
+            "nothing local: one pass applies everything"
         );
+        assert_eq!(
+            view(&second, &["a", "b"]),
+            (vec![Some(1), Some(1)], Some(11))
+        );
+        numbered_past(&second, delivered);
     }
 
     #[test]
