@@ -109,6 +109,9 @@ pub enum Restored {
         /// Whether the local state was dropped first.
         from_scratch: bool,
     },
+    /// The changelog held records of this store's that the store had lost: its local state
+    /// was dropped and the whole changelog applied.
+    LostWrites { records: u64 },
 }
 
 /// Claims `partition` and brings its state up to the changelog, calling `progress(done, total)`
@@ -186,9 +189,13 @@ pub fn restore(
                         None
                     }
                 };
-                Restored::Applied {
-                    records: apply(store, source, partition, from, claim, progress)?,
-                    from_scratch,
+                let records = apply(store, source, partition, from, claim, progress)?;
+                match lost {
+                    Some(_) => Restored::LostWrites { records },
+                    None => Restored::Applied {
+                        records,
+                        from_scratch,
+                    },
                 }
             }
         }
@@ -609,10 +616,7 @@ mod tests {
         let second = store_on(kept);
         assert_eq!(
             restore_0(&second, &log),
-            Restored::Applied {
-                records: 6,
-                from_scratch: true
-            },
+            Restored::LostWrites { records: 6 },
             "its records from its claim on, customers and positions"
         );
         // As delivered: the events of offsets 11 and 12 are not folded (and counted) again.

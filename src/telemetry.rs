@@ -353,7 +353,7 @@ impl Telemetry {
             ))
             .expect("valid metric"),
             restores: IntCounterVec::new(
-                opts("restores_total", "Partition assignments by what the changelog restore did (up_to_date, own, tail, from_scratch, failed)."),
+                opts("restores_total", "Partition assignments by what the changelog restore did (up_to_date, own, tail, from_scratch, lost_writes, failed)."),
                 &["outcome"],
             )
             .expect("valid metric"),

@@ -129,9 +129,13 @@ impl PulseContext {
                             records,
                             from_scratch: true,
                         } => ("from_scratch", records),
+                        Restored::LostWrites { records } => ("lost_writes", records),
                     };
                     self.telemetry.restore_finished(partition, outcome, records);
-                    if matches!(restored, Restored::Applied { .. }) {
+                    if matches!(
+                        restored,
+                        Restored::Applied { .. } | Restored::LostWrites { .. }
+                    ) {
                         lock(&self.restored).push(partition);
                     }
                     tracing::info!(

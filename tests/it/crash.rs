@@ -392,6 +392,14 @@ async fn with_the_changelog_a_state_put_back_from_an_earlier_copy_counts_nothing
     copy_dir(&copy, &state);
     let job = Job::start(&config_path);
     crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    let lost_writes = crate::changelog::metric(
+        port,
+        r#"customer_pulse_restores_total{outcome="lost_writes"}"#,
+    );
+    assert!(
+        lost_writes >= 1.0,
+        "a partition restored for its lost writes: {lost_writes}"
+    );
     let newest = values
         .iter()
         .filter_map(|v| parse_millis(v["occurred_at"].as_str()?))
