@@ -593,17 +593,21 @@ impl Store {
         let Some(changelog) = &self.changelog else {
             return false;
         };
+        // Checked first, without the lock: a restore asks for every record it reads.
+        if sequence.writer != changelog.writer || sequence.number < self.outbox_at_open {
+            return false;
+        }
         let first_claim = changelog
             .first_claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&partition)
             .copied();
-        let earlier_run = match (epoch, first_claim) {
+        // Written by an earlier run: before this run's first claim of the partition.
+        match (epoch, first_claim) {
             (Some(epoch), Some(first)) => epoch.claim < first,
             _ => true,
-        };
-        sequence.writer == changelog.writer && earlier_run && sequence.number >= self.outbox_at_open
+        }
     }
 
     /// The input offsets and event times stored for `partition`: kept by `changelog` once read.
