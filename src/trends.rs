@@ -141,6 +141,11 @@ pub struct Trends {
     /// `/metrics` show until the next window closes, also after a restart or a move of the
     /// aggregator. Empty in trends stored before this was kept.
     pub verdicts: BTreeMap<String, Verdict>,
+    /// The complaints that left the backlog unresolved ([`Trends::left_open`]), by the open
+    /// window of the event that took them out, as `windows` counts the others. Empty in trends
+    /// stored before this was kept, whose open windows took such complaints out where they were
+    /// read.
+    pub left: BTreeMap<(Millis, String), u32>,
     /// What each category's open windows add to its backlog, for [`Trends::close_until`].
     #[serde(skip)]
     open_change: OpenChange,
@@ -169,12 +174,19 @@ impl OpenChange {
         }
     }
 
-    /// The sums, worked out from `windows` when not known yet.
-    fn sums(&mut self, windows: &BTreeMap<(Millis, String), Window>) -> &mut BTreeMap<String, i64> {
+    /// The sums, worked out from `windows` and `left` when not known yet.
+    fn sums(
+        &mut self,
+        windows: &BTreeMap<(Millis, String), Window>,
+        left: &BTreeMap<(Millis, String), u32>,
+    ) -> &mut BTreeMap<String, i64> {
         self.0.get_or_insert_with(|| {
             let mut sums = BTreeMap::new();
             for ((_, category), window) in windows {
                 add(&mut sums, category, window.backlog_change());
+            }
+            for ((_, category), n) in left {
+                add(&mut sums, category, -i64::from(*n));
             }
             sums
         })
@@ -363,6 +375,7 @@ impl Trends {
             .categories
             .keys()
             .chain(self.windows.keys().map(|(_, c)| c))
+            .chain(self.left.keys().map(|(_, c)| c))
             .filter(|c| !configured(c))
             .cloned()
             .collect();
@@ -382,6 +395,10 @@ impl Trends {
         for ((start, category), window) in std::mem::take(&mut self.windows) {
             let key = (start, s.category(&category).to_owned());
             self.windows.entry(key).or_default().merge(&window);
+        }
+        for ((start, category), n) in std::mem::take(&mut self.left) {
+            let key = (start, s.category(&category).to_owned());
+            *self.left.entry(key).or_default() += n;
         }
         // Derived from the windows, by category: worked out again at the next close.
         self.open_change = OpenChange::default();
@@ -439,11 +456,26 @@ impl Trends {
         }
     }
 
-    /// An erased customer's open complaint leaves the backlog without being resolved.
-    pub fn forget_open(&mut self, category: &str, s: &TrendSettings) {
-        if let Some(trend) = self.categories.get_mut(s.category(category)) {
-            trend.open_backlog -= 1;
+    /// An open complaint of `category` leaves the backlog unresolved (its customer was erased,
+    /// or it opened past the customer's limit of open items) by an event at `at`: in the
+    /// window of `at`, so that the windows before it still count the complaint open at their
+    /// end. `None` for a fact written before its time was kept, which leaves the backlog now.
+    pub fn left_open(&mut self, category: &str, at: Option<Millis>, s: &TrendSettings) -> Counted {
+        let category = s.category(category);
+        self.categories
+            .entry(category.to_owned())
+            .or_default()
+            .open_backlog -= 1;
+        let Some(at) = at else {
+            return Counted::InWindow;
+        };
+        let start = Self::window_start(at, s);
+        if self.closed_before.is_some_and(|c| start < c) {
+            return Counted::Late;
         }
+        *self.left.entry((start, category.to_owned())).or_default() += 1;
+        self.open_change.counted(category, -1);
+        Counted::InWindow
     }
 
     /// When the first open window ends; `None` before the first complaint.
@@ -466,7 +498,7 @@ impl Trends {
         let mut start = first_open;
         let began = self.began;
         // Worked out, when not known, before any window below is taken out.
-        let sums = self.open_change.sums(&self.windows);
+        let sums = self.open_change.sums(&self.windows, &self.left);
         while start + s.window_ms <= watermark {
             let end = start + s.window_ms;
             let warms_up = warms_up(start, began);
@@ -475,11 +507,12 @@ impl Trends {
                     .windows
                     .remove(&(start, category.clone()))
                     .unwrap_or_default();
+                let left = self.left.remove(&(start, category.clone())).unwrap_or(0);
                 // What the category's windows after this one add: windows start on multiples
                 // of the window's length, and those before this one are closed already.
                 let after = match sums.get_mut(category) {
                     Some(sum) => {
-                        *sum -= window.backlog_change();
+                        *sum -= window.backlog_change() - i64::from(left);
                         *sum
                     }
                     None => 0,
@@ -939,12 +972,15 @@ mod tests {
         t.opened("delivery", Severity::High, HOUR + 60_000, &before);
         t.opened("other", Severity::Low, HOUR + 120_000, &before);
         t.close_until(HOUR, &before);
-        // `delivery` leaves the list: its backlog and its open window go to `other`.
+        // The second `delivery` complaint's customer is erased at 01:05.
+        t.left_open("delivery", Some(HOUR + 300_000), &before);
+        // `delivery` leaves the list: its backlog and its open window go to `other`, and so
+        // does what left its open window.
         let after = TrendSettings::defaults(&["billing"]);
         assert!(t.adopt(&after));
         assert!(!t.adopt(&after), "once");
         assert!(!t.categories.contains_key("delivery"));
-        assert_eq!(t.categories["other"].open_backlog, 3);
+        assert_eq!(t.categories["other"].open_backlog, 2);
         // A complaint opened as `delivery` and resolved now is resolved in `other`, whose
         // window holds it; no `delivery` window opens.
         t.resolved("delivery", 60_000, HOUR + 180_000, &after);
@@ -955,13 +991,14 @@ mod tests {
         let other = &closed[1];
         assert_eq!(
             (other.opened, other.resolved, other.open_backlog),
-            (3, 1, 3)
+            (3, 1, 2)
         );
         assert_eq!(other.by_severity, [2, 0, 1, 0]);
         assert!(t.windows.is_empty(), "every window closed: {:?}", t.windows);
-        // The erasure of a customer with a `delivery` complaint open takes it from `other`.
-        t.forget_open("delivery", &after);
-        assert_eq!(t.categories["other"].open_backlog, 2);
+        assert!(t.left.is_empty(), "every window closed: {:?}", t.left);
+        // A fact written before the time was kept takes a `delivery` complaint from `other`.
+        t.left_open("delivery", None, &after);
+        assert_eq!(t.categories["other"].open_backlog, 1);
     }
 
     #[test]
@@ -987,7 +1024,8 @@ mod tests {
         // Complaints of three categories read with event times up to a day ahead of the
         // watermark, as input partitions days apart deliver them, never behind it; windows
         // close as the watermark moves. Every closed window's (and day's) backlog is what the
-        // complaints read so far say: opened before its end, less resolved before its end.
+        // complaints read so far say: opened before its end, less resolved or left unresolved
+        // (an erasure) before its end.
         // Half way the trends are reloaded, which drops the open windows' sums they keep.
         let s = settings();
         let mut t = Trends::default();
@@ -1006,7 +1044,12 @@ mod tests {
             if next(3) == 0 && !open.is_empty() {
                 let (category, opened_at) = open.swap_remove(next(open.len() as u64) as usize);
                 let at = at.max(opened_at);
-                assert_eq!(t.resolved(&category, opened_at, at, &s), Counted::InWindow);
+                // One in four leaves unresolved: its customer erased.
+                if next(4) == 0 {
+                    assert_eq!(t.left_open(&category, Some(at), &s), Counted::InWindow);
+                } else {
+                    assert_eq!(t.resolved(&category, opened_at, at, &s), Counted::InWindow);
+                }
                 read.push((category, at, -1));
             } else {
                 let category = ["billing", "delivery", "other"][next(3) as usize];

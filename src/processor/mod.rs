@@ -1571,8 +1571,9 @@ fn counted_facts(
             if let Some(resolved_at) = before.resolved_early {
                 vec![opened, resolved(category, t, resolved_at)]
             } else if outcome == Outcome::Applied(Some(Limit::OpenComplaints)) {
-                let untracked = Fact::ForgetOpen {
+                let untracked = Fact::LeftOpen {
                     category: category.clone(),
+                    at: t,
                 };
                 vec![opened, untracked]
             } else {
@@ -1639,11 +1640,14 @@ fn erase(
     };
     let trends = &settings.trends;
     let mut kept = settings.keeps_facts().then_some(&mut entry.facts);
-    for (category, _) in open {
-        let forget = Fact::ForgetOpen {
+    for (category, opened_at) in open {
+        // Dated no earlier than its opening (read before the erasure, dated after it), as a
+        // resolution is: no window counts a complaint gone before it opened.
+        let left = Fact::LeftOpen {
             category: category.clone(),
+            at: at.max(*opened_at),
         };
-        aggregates.note(forget, trends, kept.as_deref_mut());
+        aggregates.note(left, trends, kept.as_deref_mut());
     }
     let gone = Fact::Restand {
         old: customer.standing,

@@ -127,6 +127,7 @@ pub fn write_trends(trends: &Trends, out: &mut Vec<u8>) {
         newest,
         began,
         verdicts,
+        left,
         ..
     } = trends;
     let mut w = Writer(out);
@@ -150,6 +151,12 @@ pub fn write_trends(trends: &Trends, out: &mut Vec<u8>) {
         w.str(category);
         w.float(*z_score);
         w.boolean(*spike);
+    }
+    w.len(left.len());
+    for ((start, category), n) in left {
+        w.signed(*start);
+        w.str(category);
+        w.unsigned(*n);
     }
 }
 
@@ -848,6 +855,7 @@ mod tests {
                     .prop_map(|(z_score, spike)| Verdict { z_score, spike }),
                 0..4,
             ),
+            left in proptest::collection::btree_map((int(), text()), any::<u32>(), 0..4),
         ) -> Trends {
             let mut trends = Trends::default();
             trends.categories = categories;
@@ -856,6 +864,7 @@ mod tests {
             trends.newest = newest;
             trends.began = began;
             trends.verdicts = verdicts;
+            trends.left = left;
             trends
         }
     }

@@ -57,6 +57,9 @@ const TRENDS_V2: u8 = 2;
 /// Version 3: a V2 body, then each category's last closed window's verdict. A V2 body read
 /// back has none: the spike flags wait for the next window, as they did.
 const TRENDS_V3: u8 = 3;
+/// Version 4: a V3 body, then the complaints that left the backlog unresolved, by open window
+/// (`Trends::left`). A V3 body read back has none: its open windows took them out where read.
+const TRENDS_V4: u8 = 4;
 const POSITION_V1: u8 = 1;
 const CLAIM_V1: u8 = 1;
 const OWNERSHIP_V1: u8 = 1;
@@ -65,6 +68,10 @@ const OWNERSHIP_V1: u8 = 1;
 const OWNERSHIP_V2: u8 = 2;
 /// The facts a customer's changelog record carries (`facts::Fact`, postcard).
 const FACTS_V1: u8 = 1;
+/// Version 2 adds `Fact::LeftOpen` (its variant after the others, so version 1 is read as it
+/// is). Facts without one are still written as version 1, which an earlier aggregator reads
+/// during a rolling upgrade; it skips those with one, saying so.
+const FACTS_V2: u8 = 2;
 /// Version 2 carries trends version 2. A version-1 snapshot is not read (the aggregator then
 /// reads the changelog from its start): its trends, and its segments before segments version
 /// 3, had other layouts, which the snapshot did not record.
@@ -77,6 +84,8 @@ const SNAPSHOT_V3: u8 = 3;
 const SNAPSHOT_V4: u8 = 4;
 /// Version 5 adds the complaint windows' length; versions 2 to 4 are still read, with none.
 const SNAPSHOT_V5: u8 = 5;
+/// Version 6 carries trends version 4; version 5 is still read, its trends with nothing left.
+const SNAPSHOT_V6: u8 = 6;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -393,7 +402,7 @@ pub fn encode_trends(trends: &Trends) -> Vec<u8> {
     // categories (baselines and two months of days, a few hundred).
     let room = 1 + 48 * trends.windows.len() + 320 * trends.categories.len();
     let mut out = Vec::with_capacity(room);
-    out.push(TRENDS_V3);
+    out.push(TRENDS_V4);
     // The bytes `postcard` writes for the trends, written by hand.
     super::body::write_trends(trends, &mut out);
     out
@@ -411,7 +420,33 @@ pub fn decode_trends(bytes: &[u8]) -> Result<Trends, String> {
             })
         }),
         Some(&TRENDS_V2) => decode::<TrendsV2>(TRENDS_V2, bytes).map(Trends::from),
-        _ => decode(TRENDS_V3, bytes),
+        Some(&TRENDS_V3) => decode::<TrendsV3>(TRENDS_V3, bytes).map(Trends::from),
+        _ => decode(TRENDS_V4, bytes),
+    }
+}
+
+/// The layout of trends version 3: version 4 without the complaints left open.
+#[derive(serde::Deserialize)]
+struct TrendsV3 {
+    categories: std::collections::BTreeMap<String, crate::trends::CategoryTrend>,
+    windows: std::collections::BTreeMap<(crate::event::Millis, String), crate::trends::Window>,
+    closed_before: Option<crate::event::Millis>,
+    newest: Option<crate::event::Millis>,
+    began: Option<crate::event::Millis>,
+    verdicts: std::collections::BTreeMap<String, crate::trends::Verdict>,
+}
+
+impl From<TrendsV3> for Trends {
+    fn from(v3: TrendsV3) -> Trends {
+        let mut trends = Trends::from(TrendsV2 {
+            categories: v3.categories,
+            windows: v3.windows,
+            closed_before: v3.closed_before,
+            newest: v3.newest,
+            began: v3.began,
+        });
+        trends.verdicts = v3.verdicts;
+        trends
     }
 }
 
@@ -508,11 +543,15 @@ pub fn decode_claim(bytes: &[u8]) -> Result<Claim, String> {
 }
 
 pub fn encode_facts(facts: &[Fact]) -> Vec<u8> {
-    encode(FACTS_V1, &facts)
+    let left_open = facts.iter().any(|f| matches!(f, Fact::LeftOpen { .. }));
+    encode(if left_open { FACTS_V2 } else { FACTS_V1 }, &facts)
 }
 
 pub fn decode_facts(bytes: &[u8]) -> Result<Vec<Fact>, String> {
-    decode(FACTS_V1, bytes)
+    match bytes.first() {
+        Some(&FACTS_V1) => decode(FACTS_V1, bytes),
+        _ => decode(FACTS_V2, bytes),
+    }
 }
 
 /// The layout of ownerships version 1.
@@ -553,15 +592,26 @@ struct SnapshotV3 {
 /// The layout of snapshots version 4: version 5's without the windows' length.
 #[derive(serde::Deserialize)]
 struct SnapshotV4 {
-    trends: Option<Trends>,
+    trends: Option<TrendsV3>,
     segments: Option<Segments>,
     rfm_cells: Vec<crate::rfm::Cell>,
     rfm_scales: Scales,
     partitions: Vec<(i32, i64, Option<crate::event::Millis>, Ownership)>,
 }
 
+/// The layout of snapshots version 5: version 6's, its trends version 3.
+#[derive(serde::Deserialize)]
+struct SnapshotV5 {
+    trends: Option<TrendsV3>,
+    segments: Option<Segments>,
+    rfm_cells: Vec<crate::rfm::Cell>,
+    rfm_scales: Scales,
+    partitions: Vec<(i32, i64, Option<crate::event::Millis>, Ownership)>,
+    window_ms: Option<crate::event::Millis>,
+}
+
 pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
-    encode(SNAPSHOT_V5, snapshot)
+    encode(SNAPSHOT_V6, snapshot)
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
@@ -589,7 +639,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
         }
         Some(&SNAPSHOT_V4) => {
             decode::<SnapshotV4>(SNAPSHOT_V4, bytes).map(|v4| AggregatorSnapshot {
-                trends: v4.trends,
+                trends: v4.trends.map(Trends::from),
                 segments: v4.segments,
                 rfm_cells: v4.rfm_cells,
                 rfm_scales: v4.rfm_scales,
@@ -597,7 +647,17 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 window_ms: None,
             })
         }
-        _ => decode(SNAPSHOT_V5, bytes),
+        Some(&SNAPSHOT_V5) => {
+            decode::<SnapshotV5>(SNAPSHOT_V5, bytes).map(|v5| AggregatorSnapshot {
+                trends: v5.trends.map(Trends::from),
+                segments: v5.segments,
+                rfm_cells: v5.rfm_cells,
+                rfm_scales: v5.rfm_scales,
+                partitions: v5.partitions,
+                window_ms: v5.window_ms,
+            })
+        }
+        _ => decode(SNAPSHOT_V6, bytes),
     }
 }
 
@@ -1161,11 +1221,14 @@ mod tests {
         v2.extend_from_slice(&[0x01, 0x90, 0x4e]);
         assert_eq!(decode_trends(&v2), Ok(trends.clone()));
         assert!(trends.verdicts.is_empty(), "no window closed");
-        let v3 = encode_trends(&trends);
-        assert_eq!(v3[0], TRENDS_V3);
-        // An empty map of verdicts: a length of 0.
-        assert_eq!(&v3[1..], [&v2[1..], &[0x00]].concat());
-        assert_eq!(decode_trends(&v3), Ok(trends));
+        // Version 3 is version 2, then an empty map of verdicts: a length of 0.
+        let v3 = [&[TRENDS_V3][..], &v2[1..], &[0x00]].concat();
+        assert_eq!(decode_trends(&v3), Ok(trends.clone()));
+        // Version 4 is version 3, then an empty map of complaints left open: a length of 0.
+        let v4 = encode_trends(&trends);
+        assert_eq!(v4[0], TRENDS_V4);
+        assert_eq!(&v4[1..], [&v3[1..], &[0x00]].concat());
+        assert_eq!(decode_trends(&v4), Ok(trends));
     }
 
     #[test]
@@ -1181,7 +1244,10 @@ mod tests {
             spike: false,
         };
         assert_eq!(trends.verdicts.get("billing"), Some(&billing));
-        let mut v2 = encode_trends(&trends);
+        // Version 3: version 4 without its last byte, its empty map of complaints left open.
+        let v4 = encode_trends(&trends);
+        assert_eq!(v4.last(), Some(&0));
+        let mut v2 = v4[..v4.len() - 1].to_vec();
         // The verdicts come last: their count, then billing's and other's, each a name (its
         // length, then its bytes), the z-score's 8 bytes and the flag's byte.
         let tail = 1 + (1 + 7 + 8 + 1) + (1 + 5 + 8 + 1);
@@ -1194,6 +1260,31 @@ mod tests {
         without.verdicts.clear();
         assert_eq!(read, without);
         assert_eq!(decode_trends(&encode_trends(&trends)), Ok(trends));
+    }
+
+    #[test]
+    fn trends_version_four_adds_the_complaints_left_open_by_window() {
+        let s = crate::trends::TrendSettings::defaults(&["billing"]);
+        let mut trends = Trends::default();
+        trends.opened("billing", crate::event::Severity::High, 5_000, &s);
+        let with_nothing_left = trends.clone();
+        trends.left_open("billing", Some(3_599_999), &s);
+        let v4 = encode_trends(&trends);
+        assert_eq!(v4[0], TRENDS_V4);
+        // They come last: one, at window 0 (00), "billing" (07 and its bytes), once (01).
+        let tail = [&[1, 0, 7][..], b"billing", &[1]].concat();
+        assert!(v4.ends_with(&tail), "{v4:?}");
+        assert_eq!(decode_trends(&v4), Ok(trends.clone()));
+        // Version 3 has none: its body without them is the trends with nothing left, their
+        // backlog as it stands.
+        let v3 = [&[TRENDS_V3][..], &v4[1..v4.len() - tail.len()]].concat();
+        let read = decode_trends(&v3).expect("version 3 reads");
+        assert!(read.left.is_empty());
+        assert_eq!(read.categories, trends.categories);
+        assert_ne!(
+            read.categories, with_nothing_left.categories,
+            "the backlog moved"
+        );
     }
 
     #[test]
@@ -1384,11 +1475,11 @@ mod tests {
         let s = crate::trends::TrendSettings::defaults(&["billing"]);
         let mut trends = Trends::default();
         trends.opened("billing", crate::event::Severity::High, 5_000, &s);
-        // A version-2 trends body: version 3's without its version byte and its last byte (the
-        // count of its verdicts, none).
-        let v3_trends = encode_trends(&trends);
-        assert_eq!(v3_trends.last(), Some(&0));
-        let v2_body = &v3_trends[1..v3_trends.len() - 1];
+        // A version-2 trends body: version 4's without its version byte and its last two bytes
+        // (the counts of its verdicts and of its complaints left open, none).
+        let v4_trends = encode_trends(&trends);
+        assert!(v4_trends.ends_with(&[0, 0]));
+        let v2_body = &v4_trends[1..v4_trends.len() - 2];
         // 03 (version), 01 (trends) and their body, 00 (no segments), 00 (no cells), six 00
         // (three empty scales), 00 (no partitions).
         let v3 = [&[3, 1][..], v2_body, &[0; 9]].concat();
@@ -1401,23 +1492,33 @@ mod tests {
         let trends = closed.trends.as_mut().unwrap();
         trends.close_until(3_600_000, &s);
         assert_eq!(trends.verdicts.len(), 2, "billing and other");
-        let v5 = encode_snapshot(&closed);
-        assert_eq!(v5[0], SNAPSHOT_V5);
-        assert_eq!(decode_snapshot(&v5), Ok(closed));
+        let v6 = encode_snapshot(&closed);
+        assert_eq!(v6[0], SNAPSHOT_V6);
+        assert_eq!(decode_snapshot(&v6), Ok(closed));
     }
 
     #[test]
-    fn snapshot_version_four_is_still_read_with_no_window_length() {
+    fn snapshot_versions_four_and_five_are_still_read_with_nothing_left_and_no_window_length() {
         let s = crate::trends::TrendSettings::defaults(&["billing"]);
         let mut trends = Trends::default();
         trends.opened("billing", crate::event::Severity::High, 5_000, &s);
+        let trends_body = encode_trends(&trends)[1..].to_vec();
         let snapshot = AggregatorSnapshot {
             trends: Some(trends),
             ..AggregatorSnapshot::default()
         };
+        // Version 6: 01 (trends) and their version-4 body first, the rest after.
+        let v6 = encode_snapshot(&snapshot);
+        assert_eq!(&v6[..2], [SNAPSHOT_V6, 1]);
+        assert_eq!(&v6[2..2 + trends_body.len()], trends_body);
+        let rest = &v6[2 + trends_body.len()..];
+        // A version-5 snapshot: its trends version 3, without the last byte (00: nothing left).
+        assert_eq!(trends_body.last(), Some(&0));
+        let v3_body = &trends_body[..trends_body.len() - 1];
+        let v5 = [&[SNAPSHOT_V5, 1][..], v3_body, rest].concat();
+        assert_eq!(decode_snapshot(&v5), Ok(snapshot.clone()));
         // A version-4 snapshot: version 5's body without its last byte (postcard's 00 for no
         // window length).
-        let v5 = encode_snapshot(&snapshot);
         assert_eq!(v5.last(), Some(&0));
         let v4 = [&[SNAPSHOT_V4][..], &v5[1..v5.len() - 1]].concat();
         assert_eq!(decode_snapshot(&v4), Ok(snapshot.clone()));

@@ -285,6 +285,47 @@ fn a_complaint_or_order_published_again_under_a_new_event_id_counts_once() {
         .all(|v| v["open_backlog"].as_i64().unwrap() >= 0));
 }
 
+/// A complaint leaves the backlog unresolved when its customer is erased, and at once when it
+/// opened past the customer's limit of open items. Either way it leaves in the window of the
+/// event that took it out (the erasure's, its opening's), however far the input had got when
+/// that was read: a window's backlog is what was open at its end in event time.
+#[test]
+fn complaints_that_leave_unresolved_leave_the_backlog_in_the_window_of_their_event_time() {
+    let opened = |id: &str, customer: &str, complaint: &str, at: &str| {
+        let fields =
+            format!(r#""complaint_id":"{complaint}","category":"billing","severity":"low""#);
+        ev(id, customer, "complaint.opened", at, &fields)
+    };
+    // One batch: the windows from 10:00 close once every event is read.
+    let events = [
+        opened("1", "flo", "k1", "01T10:00:00"),
+        opened("2", "gus", "k2", "01T10:30:00"),
+        // Past gus's limit of one open item: counted, not kept open.
+        opened("3", "gus", "k3", "01T12:00:00"),
+        ev("4", "flo", "customer.erased", "01T15:30:00", ""),
+    ];
+    let later = ev(
+        "5",
+        "hal",
+        "interaction.survey",
+        "03T10:00:00",
+        r#""score":9"#,
+    );
+    let mut settings = settings(100);
+    settings.limits.max_open_items = 1;
+    let (store, _) = run_batches(settings, &[&events[..], &[later]]);
+    let billing = billing_windows(&store);
+    let hour = |start: &str, end: &str| {
+        window_counts(&billing, &format!("{start}:00:00"), &format!("{end}:00:00"))
+    };
+    assert_eq!(hour("01T10", "01T11"), (2, 0, 2), "k1 and k2 open");
+    assert_eq!(hour("01T11", "01T12"), (0, 0, 2));
+    assert_eq!(hour("01T12", "01T13"), (1, 0, 2), "k3 counted, not kept");
+    assert_eq!(hour("01T15", "01T16"), (0, 0, 1), "flo erased: k1 leaves");
+    assert_eq!(hour("01T16", "01T17"), (0, 0, 1));
+    assert_eq!(hour("01T00", "02T00"), (3, 0, 1), "the day");
+}
+
 /// An order placed again under a new event id after it was delivered, cancelled or returned
 /// (a shop's outbox or a connector's snapshot sending it again) is the same order: a
 /// duplicate, counting no order and no revenue, also when the customer's state was read back
