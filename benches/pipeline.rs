@@ -277,7 +277,7 @@ fn with_history(changelog: bool) -> tempfile::TempDir {
     }
     let store = processor.store().clone();
     loop {
-        let pending = store.outbox(10_000).expect("outbox");
+        let pending = store.outbox_shared(10_000).expect("outbox");
         if pending.is_empty() {
             break;
         }
@@ -504,7 +504,7 @@ fn bench(c: &mut Criterion) {
                 commit.offsets.push(("bench".into(), 0, offset));
                 store.commit(commit).expect("commit");
                 let delivered: Vec<u64> = store
-                    .outbox(4_000)
+                    .outbox_shared(4_000)
                     .expect("outbox")
                     .into_iter()
                     .map(|(seq, _)| seq)

@@ -76,7 +76,7 @@ fn main() {
             writer
                 .commit(commit)
                 .expect("commit");
-            let pending = writer.outbox(10_000).expect("outbox");
+            let pending = writer.outbox_shared(10_000).expect("outbox");
             bytes += pending
                 .iter()
                 .map(|(_, r)| r.value.as_ref().map_or(0, Vec::len))

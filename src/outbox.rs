@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
@@ -13,9 +14,11 @@ use crate::telemetry::Telemetry;
 
 /// Where output records go. Returns the sequence numbers it has durably delivered.
 pub trait Sink {
+    /// `records` are shared with the store's copy in memory: a sink reads them, or copies
+    /// what it must keep.
     fn deliver(
         &mut self,
-        records: &[(u64, OutboxRecord)],
+        records: &[(u64, Arc<OutboxRecord>)],
     ) -> impl std::future::Future<Output = Vec<u64>> + Send;
 }
 
@@ -29,7 +32,7 @@ pub async fn drain<S: Sink>(
 ) -> Result<usize, StoreError> {
     let mut delivered = 0;
     loop {
-        let pending = store.outbox(chunk)?;
+        let pending = store.outbox_shared(chunk)?;
         if pending.is_empty() {
             telemetry.set_outbox_backlog(0);
             return Ok(delivered);
@@ -106,7 +109,7 @@ fn write_line(out: &mut impl Write, record: &OutboxRecord) -> std::io::Result<()
 }
 
 impl<W: Write + Send> Sink for NdjsonSink<W> {
-    async fn deliver(&mut self, records: &[(u64, OutboxRecord)]) -> Vec<u64> {
+    async fn deliver(&mut self, records: &[(u64, Arc<OutboxRecord>)]) -> Vec<u64> {
         let mut acked = Vec::with_capacity(records.len());
         for (seq, record) in records {
             if let Err(e) = write_line(&mut self.out, record) {
@@ -127,7 +130,7 @@ impl<W: Write + Send> Sink for NdjsonSink<W> {
 pub struct DiscardSink;
 
 impl Sink for DiscardSink {
-    async fn deliver(&mut self, records: &[(u64, OutboxRecord)]) -> Vec<u64> {
+    async fn deliver(&mut self, records: &[(u64, Arc<OutboxRecord>)]) -> Vec<u64> {
         records.iter().map(|(seq, _)| *seq).collect()
     }
 }

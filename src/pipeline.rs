@@ -1041,7 +1041,10 @@ mod tests {
     struct Hanging;
 
     impl Sink for Hanging {
-        async fn deliver(&mut self, _: &[(u64, crate::store::OutboxRecord)]) -> Vec<u64> {
+        async fn deliver(
+            &mut self,
+            _: &[(u64, std::sync::Arc<crate::store::OutboxRecord>)],
+        ) -> Vec<u64> {
             std::future::pending().await
         }
     }

@@ -150,7 +150,7 @@ pub async fn replay<S: Sink>(
     commit_batch(processor, &mut batch, telemetry, &mut summary)?;
     // Also with nothing new applied: what an earlier replay's sink left goes out now.
     if !deliver(processor.store(), sink, telemetry, &mut summary).await? {
-        summary.outputs_left = processor.store().outbox(usize::MAX)?.len() as u64;
+        summary.outputs_left = processor.store().outbox_shared(usize::MAX)?.len() as u64;
     }
     bar.finish_and_clear();
     Ok(summary)

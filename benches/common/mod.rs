@@ -261,7 +261,7 @@ pub fn fill(
             processor.process(&batch, now).expect("commit");
             batch.clear();
             loop {
-                let pending = store.outbox(10_000).expect("outbox");
+                let pending = store.outbox_shared(10_000).expect("outbox");
                 if pending.is_empty() {
                     break;
                 }

@@ -152,7 +152,7 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    async fn deliver(&mut self, records: &[(u64, OutboxRecord)]) -> Vec<u64> {
+    async fn deliver(&mut self, records: &[(u64, Arc<OutboxRecord>)]) -> Vec<u64> {
         let context = self.producer.context().clone();
         let first = self.sent;
         self.sent = self.sent.wrapping_add(records.len());

@@ -1095,8 +1095,19 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` pending outbox records, oldest first, with their sequence numbers.
+    /// Up to `limit` pending outbox records, oldest first, with their sequence numbers, each a
+    /// copy of its own: see [`Store::outbox_shared`], which the drain reads.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
+        Ok(self
+            .outbox_shared(limit)?
+            .into_iter()
+            .map(|(seq, record)| (seq, Arc::unwrap_or_clone(record)))
+            .collect())
+    }
+
+    /// Up to `limit` pending outbox records, oldest first, with their sequence numbers. A
+    /// record kept in memory since its commit is shared with it, not copied.
+    pub fn outbox_shared(&self, limit: usize) -> Result<Vec<(u64, Arc<OutboxRecord>)>, StoreError> {
         // Every number below `settled` is stored or never will be: no commit is in flight.
         let settled = {
             let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -1114,7 +1125,7 @@ impl Store {
                 .fetch_max(first.unwrap_or(settled), Ordering::SeqCst);
             return Ok(pending
                 .into_iter()
-                .map(|(seq, output)| (seq, output.to_record()))
+                .map(|(seq, kept)| (seq, kept.to_record()))
                 .collect());
         }
         let entries = self
@@ -1136,7 +1147,7 @@ impl Store {
                         key: format!("outbox {seq}"),
                         reason,
                     })?;
-                Ok((seq, output.into_record()))
+                Ok((seq, Arc::new(output.into_record())))
             })
             .collect()
     }

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::Output;
+use super::{OutboxRecord, Output};
 
 /// The most the records kept may weigh, in bytes of keys, values and headers: a backlog the
 /// sink cannot keep up with (a broker down) is left to the store beyond it.
@@ -19,24 +19,53 @@ pub(super) const MAX_BYTES: usize = 32 << 20;
 pub(super) struct Recent {
     /// Every pending record numbered from here on is in `records`.
     complete_from: u64,
-    /// Pending records, by ascending number; shared, so that a reader copies them after it
-    /// has let go of the lock a commit waits for.
-    records: VecDeque<(u64, Arc<Output>)>,
+    /// Pending records, by ascending number; shared, so that a reader takes them without
+    /// copying, and writes a churn-risk record out after it has let go of the lock a commit
+    /// waits for.
+    records: VecDeque<(u64, Kept)>,
     bytes: usize,
 }
 
-fn weight(output: &Output) -> usize {
-    match output {
-        Output::Record(record) => {
-            record.topic.len()
-                + record.key.as_ref().map_or(0, Vec::len)
-                + record.value.as_ref().map_or(0, Vec::len)
-                + record
-                    .headers
-                    .iter()
-                    .map(|(name, value)| name.len() + value.len())
-                    .sum::<usize>()
+/// A pending record as it is kept.
+#[derive(Debug, Clone)]
+pub(super) enum Kept {
+    /// A record as it is sent (a changelog record, a window), which the drain sends as it is:
+    /// a changelog record holds a whole customer, which a copy for each reading would copy
+    /// again.
+    Record(Arc<OutboxRecord>),
+    /// A churn-risk record kept as data, which the reader writes out (`Output::to_record`).
+    Data(Arc<Output>),
+}
+
+impl Kept {
+    /// The record as it is sent: shared, or written out now.
+    pub(super) fn to_record(&self) -> Arc<OutboxRecord> {
+        match self {
+            Kept::Record(record) => Arc::clone(record),
+            Kept::Data(output) => Arc::new(output.to_record()),
         }
+    }
+}
+
+impl From<Output> for Kept {
+    fn from(output: Output) -> Kept {
+        match output {
+            Output::Record(record) => Kept::Record(Arc::new(record)),
+            data => Kept::Data(Arc::new(data)),
+        }
+    }
+}
+
+fn weight(kept: &Kept) -> usize {
+    match kept {
+        Kept::Record(record) => record_weight(record),
+        Kept::Data(output) => output_weight(output),
+    }
+}
+
+fn output_weight(output: &Output) -> usize {
+    match output {
+        Output::Record(record) => record_weight(record),
         // Its strings, and its numbers at their size in memory.
         Output::ChurnRisk { topic, record } => {
             topic.len()
@@ -55,6 +84,17 @@ fn weight(output: &Output) -> usize {
     }
 }
 
+fn record_weight(record: &OutboxRecord) -> usize {
+    record.topic.len()
+        + record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + record
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
+}
+
 impl Recent {
     /// Nothing kept; complete from `next`, the number the next record committed takes.
     pub(super) fn new(next: u64) -> Recent {
@@ -70,8 +110,9 @@ impl Recent {
     pub(super) fn committed(&mut self, first: u64, records: Vec<Output>) {
         let next = first + records.len() as u64;
         for (i, record) in records.into_iter().enumerate() {
-            self.bytes += weight(&record);
-            self.records.push_back((first + i as u64, Arc::new(record)));
+            let kept = Kept::from(record);
+            self.bytes += weight(&kept);
+            self.records.push_back((first + i as u64, kept));
         }
         if self.bytes > MAX_BYTES {
             *self = Recent::new(next);
@@ -80,13 +121,13 @@ impl Recent {
 
     /// Up to `limit` pending records from the first, when every pending record lies at or
     /// above `floor` and so is kept here; `None` when some must be read from the store. The
-    /// records are shared: copy them once the lock is let go.
-    pub(super) fn pending(&self, floor: u64, limit: usize) -> Option<Vec<(u64, Arc<Output>)>> {
+    /// records are shared: write them out once the lock is let go ([`Kept::to_record`]).
+    pub(super) fn pending(&self, floor: u64, limit: usize) -> Option<Vec<(u64, Kept)>> {
         (self.complete_from <= floor).then(|| {
             self.records
                 .iter()
                 .take(limit)
-                .map(|(seq, record)| (*seq, Arc::clone(record)))
+                .map(|(seq, kept)| (*seq, kept.clone()))
                 .collect()
         })
     }
@@ -142,7 +183,7 @@ mod tests {
         })
     }
 
-    fn seqs(pending: Option<Vec<(u64, Arc<Output>)>>) -> Option<Vec<u64>> {
+    fn seqs(pending: Option<Vec<(u64, Kept)>>) -> Option<Vec<u64>> {
         pending.map(|p| p.into_iter().map(|(seq, _)| seq).collect())
     }
 
@@ -160,7 +201,7 @@ mod tests {
         // Not the first kept: the general path.
         recent.acknowledged(&[15]);
         assert_eq!(seqs(recent.pending(12, 100)), Some(vec![12]));
-        assert_eq!(recent.bytes, weight(&record(2, 1)));
+        assert_eq!(recent.bytes, weight(&Kept::from(record(2, 1))));
         recent.acknowledged(&[12]);
         assert_eq!(seqs(recent.pending(16, 100)), Some(vec![]));
         assert_eq!(recent.bytes, 0);

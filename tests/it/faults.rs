@@ -651,18 +651,19 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
     let record = |i: u64| {
         (
             1_000 + i,
-            OutboxRecord {
+            std::sync::Arc::new(OutboxRecord {
                 topic: "out".into(),
                 key: Some(format!("k-{i}").into_bytes()),
                 value: (i % 50 != 7).then(|| format!("v-{i}").into_bytes()),
                 headers: vec![("n".into(), i.to_string().into_bytes())],
                 partition: i.is_multiple_of(3).then_some((i / 3 % 2) as i32),
-            },
+            }),
         )
     };
     let first: Vec<_> = (0..300).map(record).collect();
-    let seqs =
-        |records: &[(u64, OutboxRecord)]| records.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    let seqs = |records: &[(u64, std::sync::Arc<OutboxRecord>)]| {
+        records.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    };
     assert_eq!(sink.deliver(&first).await, seqs(&first));
 
     // The broker refuses the next produce request outright (not an error it retries).
