@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use customer_pulse::aggregator::{Aggregator, ChangelogFeed};
+use customer_pulse::event::{format_millis, parse_millis};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{partition_for, Aggregation, InputRecord, Processor};
 use customer_pulse::restore::ChangelogSource;
@@ -154,11 +155,50 @@ fn traffic() -> Vec<InputRecord> {
         start_ms: NOW_MS - 43 * 86_400_000,
         step_ms: 180_000,
     };
+    records_of(
+        generate(&spec)
+            .into_iter()
+            .map(|g| (g.customer_id, g.value)),
+    )
+}
+
+/// [`traffic`] with one customer in ten who opens a complaint erased half an hour after it:
+/// the complaint, and any other still open, leaves the backlog unresolved in the erasure's
+/// window, a fact the aggregator reads from the changelog.
+fn traffic_with_erasures() -> Vec<InputRecord> {
+    let spec = TrafficSpec {
+        customers: 1_500,
+        events: 20_000,
+        seed: 6,
+        start_ms: NOW_MS - 43 * 86_400_000,
+        step_ms: 180_000,
+    };
+    let mut events = Vec::new();
+    for (i, g) in generate(&spec).into_iter().enumerate() {
+        let erased = (g.type_name == "complaint.opened" && i % 10 == 0).then(|| {
+            let opened_at = parse_millis(g.value["occurred_at"].as_str().unwrap()).unwrap();
+            let at = format_millis(opened_at + 1_800_000);
+            let value = serde_json::json!({
+                "event_id": format!("erasure-{i}"),
+                "customer_id": g.customer_id,
+                "type": "customer.erased",
+                "occurred_at": at,
+            });
+            (g.customer_id.clone(), value)
+        });
+        events.push((g.customer_id, g.value));
+        events.extend(erased);
+    }
+    records_of(events)
+}
+
+/// Each event as its customer's partition's next record.
+fn records_of(events: impl IntoIterator<Item = (String, Value)>) -> Vec<InputRecord> {
     let mut next_offset = [0i64; PARTITIONS as usize];
-    generate(&spec)
+    events
         .into_iter()
-        .map(|g| {
-            let partition = partition_for(g.customer_id.as_bytes(), PARTITIONS);
+        .map(|(customer_id, value)| {
+            let partition = partition_for(customer_id.as_bytes(), PARTITIONS);
             let offset = &mut next_offset[partition as usize];
             *offset += 1;
             InputRecord {
@@ -167,8 +207,8 @@ fn traffic() -> Vec<InputRecord> {
                 offset: *offset,
                 stream: None,
                 state_partition: Some(partition),
-                key: Some(g.customer_id.into_bytes()),
-                payload: serde_json::to_vec(&g.value).unwrap(),
+                key: Some(customer_id.into_bytes()),
+                payload: serde_json::to_vec(&value).unwrap(),
                 cut_from: None,
                 append_time_ms: None,
             }
@@ -449,6 +489,18 @@ fn two_instances_and_the_aggregator_emit_the_windows_and_days_of_one_instance() 
         per_day(&want, &["referrals"]).values().sum::<i64>() > 0,
         "the traffic refers"
     );
+    let (got, _, _) = two_instances_and_the_aggregator(&records, Disruption::None);
+    assert_eq!(differences(&got, &want), Vec::<String>::new());
+}
+
+/// The same with erasures of customers whose complaints are open: the complaints leave each
+/// window's backlog where one instance has them leave it, in the erasure's window.
+#[test]
+fn complaints_an_erasure_leaves_open_leave_the_aggregator_s_windows_as_one_instance_s() {
+    let records = traffic_with_erasures();
+    let erasures = records.len() - traffic().len();
+    assert!(erasures > 100, "{erasures} erasures");
+    let want = one_instance(&records);
     let (got, _, _) = two_instances_and_the_aggregator(&records, Disruption::None);
     assert_eq!(differences(&got, &want), Vec::<String>::new());
 }
