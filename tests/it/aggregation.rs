@@ -147,34 +147,26 @@ impl ChangelogSource for Log {
 /// Synthetic traffic over about six weeks of event time: orders, renewals, registrations,
 /// complaints opened and resolved, silences that time out.
 fn traffic() -> Vec<InputRecord> {
-    let spec = TrafficSpec {
-        customers: 1_500,
-        events: 20_000,
-        seed: 6,
-        // Six weeks ending before the processors' clock: none of it is in the future.
-        start_ms: NOW_MS - 43 * 86_400_000,
-        step_ms: 180_000,
-    };
-    records_of(
-        generate(&spec)
-            .into_iter()
-            .map(|g| (g.customer_id, g.value)),
-    )
+    let events = generate(&SPEC).into_iter();
+    records_of(events.map(|g| (g.customer_id, g.value)))
 }
+
+/// The shape of [`traffic`].
+const SPEC: TrafficSpec = TrafficSpec {
+    customers: 1_500,
+    events: 20_000,
+    seed: 6,
+    // Six weeks ending before the processors' clock: none of it is in the future.
+    start_ms: NOW_MS - 43 * 86_400_000,
+    step_ms: 180_000,
+};
 
 /// [`traffic`] with one customer in ten who opens a complaint erased half an hour after it:
 /// the complaint, and any other still open, leaves the backlog unresolved in the erasure's
 /// window, a fact the aggregator reads from the changelog.
 fn traffic_with_erasures() -> Vec<InputRecord> {
-    let spec = TrafficSpec {
-        customers: 1_500,
-        events: 20_000,
-        seed: 6,
-        start_ms: NOW_MS - 43 * 86_400_000,
-        step_ms: 180_000,
-    };
     let mut events = Vec::new();
-    for (i, g) in generate(&spec).into_iter().enumerate() {
+    for (i, g) in generate(&SPEC).into_iter().enumerate() {
         let erased = (g.type_name == "complaint.opened" && i % 10 == 0).then(|| {
             let opened_at = parse_millis(g.value["occurred_at"].as_str().unwrap()).unwrap();
             let at = format_millis(opened_at + 1_800_000);
