@@ -27,8 +27,9 @@ pub enum Fact {
         opened_at: Millis,
         at: Millis,
     },
-    /// An erased customer's open complaint leaves the backlog unresolved, where it is read:
-    /// the facts written before [`Fact::LeftOpen`], which still decode as this.
+    /// An open complaint leaves the backlog unresolved (its customer erased, or it opened past
+    /// the limit of open items) where the fact is read: as facts written before
+    /// [`Fact::LeftOpen`] say it, still read.
     ForgetOpen { category: String },
     /// A flow of `segment` in the day of `at` (late when that day was emitted).
     Count {
