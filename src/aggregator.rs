@@ -333,14 +333,15 @@ impl Aggregator {
 /// counts once. A record that cannot be read is logged and skipped: it never stops the
 /// aggregates.
 fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
-    let partition = into.partition;
-    let skip = |what: &str, e: &dyn std::fmt::Display| {
+    let skip = |into: &mut PartitionFacts, what: &str, e: &dyn std::fmt::Display| {
+        let partition = into.partition;
         tracing::error!(partition, offset, error = %e, "A changelog {what} could not be read; the aggregator skips it.");
+        into.unreadable += 1;
     };
     match record.claim() {
         Ok(Some(claim)) => return into.ownership.claimed(offset, &claim),
         Ok(None) => {}
-        Err(e) => return skip("claim", &e),
+        Err(e) => return skip(into, "claim", &e),
     }
     // A repeat (sent again after its writer's crash) was counted when it first came.
     if !into.ownership.counts(record.epoch) || !into.ownership.is_new(record.epoch, record.sequence)
@@ -358,14 +359,14 @@ fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
                     .map(|(_, at)| *at);
                 into.watermark = into.watermark.max(watermark);
             }
-            Err(e) => skip("position", &e),
+            Err(e) => skip(into, "position", &e),
         }
         return;
     }
     if let Some(bytes) = &record.facts {
         match decode_facts(bytes) {
             Ok(facts) => into.facts.extend(facts),
-            Err(e) => skip("customer record's facts", &e),
+            Err(e) => skip(into, "customer record's facts", &e),
         }
     }
 }

@@ -63,6 +63,7 @@ pub struct Telemetry {
     state_size: IntGauge,
     aggregator_watermark: IntGauge,
     aggregator_late_facts: IntCounter,
+    aggregator_unreadable_records: IntCounter,
     outbox_backlog: IntGauge,
     outbox_delivered: IntCounter,
     consumer_lag: IntGaugeVec,
@@ -317,6 +318,11 @@ impl Telemetry {
                 "Facts (complaints, orders, renewals, changes of standing, ...) the aggregator applied after the complaint window or segment-day they belong to was emitted: changes the emitted records do not show.",
             ))
             .expect("valid metric"),
+            aggregator_unreadable_records: IntCounter::with_opts(opts(
+                "aggregator_unreadable_records_total",
+                "Changelog records the aggregator could not read (a claim, a position, a customer record's facts), each logged and skipped: their changes are missing from the aggregates.",
+            ))
+            .expect("valid metric"),
             outbox_backlog: IntGauge::with_opts(opts(
                 "outbox_backlog_records",
                 "Output records committed but not yet acknowledged by the sink.",
@@ -442,6 +448,7 @@ impl Telemetry {
             Box::new(t.state_size.clone()),
             Box::new(t.aggregator_watermark.clone()),
             Box::new(t.aggregator_late_facts.clone()),
+            Box::new(t.aggregator_unreadable_records.clone()),
             Box::new(t.outbox_backlog.clone()),
             Box::new(t.outbox_delivered.clone()),
             Box::new(t.consumer_lag.clone()),
@@ -564,6 +571,8 @@ impl Telemetry {
         }
         self.record_segments(report);
         self.aggregator_late_facts.inc_by(report.late_facts);
+        self.aggregator_unreadable_records
+            .inc_by(report.unreadable_changelog_records);
     }
 
     /// Segments come from the configured tiers, reasons from closed sets: bounded labels.

@@ -180,6 +180,8 @@ pub struct BatchReport {
     /// Facts the aggregator applied to a complaint window or segment-day it had already
     /// emitted: changes the emitted records do not show.
     pub late_facts: u64,
+    /// Changelog records the aggregator could not read and skipped (`PartitionFacts::unreadable`).
+    pub unreadable_changelog_records: u64,
     /// Customers per named RFM segment, when a closed day recomputed the scales.
     pub rfm_segments: Option<BTreeMap<String, i64>>,
     /// How fast the customers were served, per event that measured it.
@@ -307,6 +309,7 @@ impl BatchReport {
         }
         self.closed_days += other.closed_days;
         self.late_facts += other.late_facts;
+        self.unreadable_changelog_records += other.unreadable_changelog_records;
         if other.rfm_segments.is_some() {
             self.rfm_segments = other.rfm_segments;
         }
@@ -387,6 +390,9 @@ pub struct PartitionFacts {
     pub next: i64,
     /// Which records count from there on.
     pub ownership: crate::store::Ownership,
+    /// The records that could not be read, each logged and skipped: their changes are missing
+    /// from the aggregates.
+    pub unreadable: u64,
 }
 
 /// Processing a batch panicked.
@@ -760,6 +766,7 @@ impl Processor {
                     report.late_facts += 1;
                 }
             }
+            report.unreadable_changelog_records += partition.unreadable;
             let p = partition.partition;
             commit.offsets.push((source.to_owned(), p, partition.next));
             // A partition's watermark never goes back, whoever owns it now.
@@ -1931,6 +1938,7 @@ mod tests {
                 watermark: Some(watermark),
                 next,
                 ownership: crate::store::Ownership::default(),
+                unreadable: 0,
             };
             aggregator.aggregate("changelog", vec![read]).unwrap()
         };
