@@ -269,6 +269,17 @@ enum Disruption {
     TakenBack { caught_up: bool },
 }
 
+/// A processor with a changelog, owning input partitions `owned`, its aggregates elsewhere.
+fn instance(owned: &[i32]) -> Processor {
+    let mut settings = settings_with_partitions(500, PARTITIONS);
+    settings.aggregation = Aggregation::Elsewhere;
+    let store = Store::in_memory().with_changelog(TOPIC).unwrap();
+    let mut processor = Processor::new(store, settings);
+    let assigned: Vec<(String, i32)> = owned.iter().map(|p| ("events".into(), *p)).collect();
+    processor.assign(&assigned, NOW_MS);
+    processor
+}
+
 fn new_aggregator() -> Aggregator {
     let settings = settings_with_partitions(500, PARTITIONS);
     Aggregator::new(
@@ -287,16 +298,7 @@ fn two_instances_and_the_aggregator(
     disruption: Disruption,
 ) -> (BTreeMap<String, Value>, usize, Vec<Cell>) {
     let mut log = Log::default();
-    let mut settings = settings_with_partitions(500, PARTITIONS);
-    settings.aggregation = Aggregation::Elsewhere;
-    let instance = |owned: [i32; 2]| {
-        let store = Store::in_memory().with_changelog(TOPIC).unwrap();
-        let mut processor = Processor::new(store, settings.clone());
-        let assigned: Vec<(String, i32)> = owned.iter().map(|p| ("events".into(), *p)).collect();
-        processor.assign(&assigned, NOW_MS);
-        (owned, processor)
-    };
-    let mut instances = [instance([0, 1]), instance([2, 3])];
+    let mut instances = [([0, 1], instance(&[0, 1])), ([2, 3], instance(&[2, 3]))];
     let mut aggregator = new_aggregator();
     let mut emitted = BTreeMap::new();
     // Every emission of the aggregators retired (each of them kept), and the first one while
@@ -602,11 +604,7 @@ fn an_unreadable_snapshot_is_passed_over() {
 #[test]
 fn changelog_records_the_aggregator_cannot_read_are_skipped_and_counted() {
     let mut log = Log::default();
-    let mut settings = settings_with_partitions(500, PARTITIONS);
-    settings.aggregation = Aggregation::Elsewhere;
-    let mut instance = Processor::new(Store::in_memory().with_changelog(TOPIC).unwrap(), settings);
-    let all: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
-    instance.assign(&all, NOW_MS);
+    let mut instance = instance(&[0, 1, 2, 3]);
     instance.process(&traffic()[..2_000], NOW_MS).unwrap();
     log.deliver(instance.store());
     // Two customer records' facts in an encoding this build does not know.
