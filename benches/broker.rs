@@ -67,6 +67,7 @@ fn main() {
         .expect("raw consumer");
 
         let shutdown = CancellationToken::new();
+        let cpu_before = common::CpuSnapshot::take();
         let started = Instant::now();
         let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -75,6 +76,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let pulse = started.elapsed();
+        let cpu = common::CpuSnapshot::take().since(&cpu_before);
         // A graceful stop flushes the outbox before `run` returns: the time it takes is the
         // tail of output delivery after the last commit.
         let delivered_by = Instant::now();
@@ -90,5 +92,8 @@ fn main() {
         println!("| bare librdkafka consumer (reference) | {:.2} | {:.0} |", raw.as_secs_f64(), rate(raw));
         println!("| customer-pulse: consume, decode, fold, commit (incl. start and group join) | {:.2} | {:.0} |", pulse.as_secs_f64(), rate(pulse));
         println!("ratio customer-pulse / bare consumer: {:.2}; outputs flushed by a graceful stop {:.2} s after the last commit", rate(pulse) / rate(raw), outputs_tail.as_secs_f64());
+        // The job runs in this process, so its threads are this process's, beside the harness's
+        // (which only polls /metrics while the job runs); the rest of the machine is mostly Tansu.
+        println!("CPU while customer-pulse ran (start to last event counted): {cpu}");
     });
 }

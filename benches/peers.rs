@@ -54,26 +54,9 @@ struct Run {
 
 /// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
-    // The command name is in parentheses and may hold spaces; fields count from after it.
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
-        .split(' ')
-        .collect();
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / clock_ticks()
-}
-
-/// The kernel's clock ticks per second, in which `/proc` reports CPU time.
-fn clock_ticks() -> f64 {
-    let out = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("CLK_TCK")
+    let (_, ticks) = common::stat_ticks(std::path::Path::new(&format!("/proc/{pid}/stat")))
+        .expect("process stat");
+    ticks as f64 / common::clock_ticks()
 }
 
 /// The peak resident set of a process so far (VmHWM), in MiB.

@@ -291,3 +291,137 @@ pub fn traffic(
         step_ms: (span_ms / events as i64).max(1),
     })
 }
+
+/// The kernel's clock ticks per second, in which `/proc` reports CPU time.
+pub fn clock_ticks() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
+}
+
+/// The command name and the CPU ticks (user and system) of a process or thread so far, from
+/// its `/proc/.../stat`; `None` when it is gone.
+pub fn stat_ticks(path: &std::path::Path) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may hold spaces; fields count from after it.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((stat[open + 1..close].to_owned(), ticks(11)? + ticks(12)?))
+}
+
+/// CPU ticks used so far: by every core of the machine, by this process (its threads that
+/// ended included), and by each of its live threads, with their names.
+pub struct CpuSnapshot {
+    at: Instant,
+    machine: u64,
+    process: u64,
+    threads: std::collections::HashMap<String, (String, u64)>,
+}
+
+impl CpuSnapshot {
+    pub fn take() -> CpuSnapshot {
+        // The first line of /proc/stat sums every core: user, nice, system, idle, iowait, irq,
+        // softirq, steal, ...; busy is all but idle and iowait.
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let n: Vec<u64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|f| f.parse().ok())
+                    .collect();
+                Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| n.get(i)).sum())
+            })
+            .unwrap_or(0);
+        let process = stat_ticks(std::path::Path::new("/proc/self/stat")).map_or(0, |(_, t)| t);
+        let threads = std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| {
+                let stat = stat_ticks(&task.path().join("stat"))?;
+                Some((task.file_name().to_string_lossy().into_owned(), stat))
+            })
+            .collect();
+        CpuSnapshot {
+            at: Instant::now(),
+            machine,
+            process,
+            threads,
+        }
+    }
+
+    /// What was used between `before` and this snapshot, in cores (CPU seconds a second):
+    /// the machine's, this process's, and each of its threads', the busiest first; threads
+    /// that ended in between (and so have no ticks to read) are summed as `(ended)`.
+    pub fn since(&self, before: &CpuSnapshot) -> CpuUse {
+        let ticks = clock_ticks() * self.at.duration_since(before.at).as_secs_f64();
+        let cores = |t: u64| t as f64 / ticks;
+        let mut threads: Vec<(String, u64)> = self
+            .threads
+            .iter()
+            .map(|(tid, (name, now))| {
+                let then = before.threads.get(tid).map_or(0, |(_, t)| *t);
+                (name.clone(), now.saturating_sub(then))
+            })
+            .collect();
+        let process = self.process.saturating_sub(before.process);
+        let live: u64 = threads.iter().map(|(_, t)| t).sum();
+        threads.push(("(ended)".into(), process.saturating_sub(live)));
+        threads.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        CpuUse {
+            seconds: self.at.duration_since(before.at).as_secs_f64(),
+            machine: cores(self.machine.saturating_sub(before.machine)),
+            process: cores(process),
+            threads: threads.into_iter().map(|(n, t)| (n, cores(t))).collect(),
+        }
+    }
+}
+
+/// CPU used over a span, in cores: see [`CpuSnapshot::since`].
+pub struct CpuUse {
+    pub seconds: f64,
+    pub machine: f64,
+    pub process: f64,
+    pub threads: Vec<(String, f64)>,
+}
+
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        write!(
+            f,
+            "over {:.2} s the machine was busy {:.2} cores of {cores}, this process {:.2} (the rest of the machine {:.2}); this process's threads:",
+            self.seconds,
+            self.machine,
+            self.process,
+            (self.machine - self.process).max(0.0)
+        )?;
+        // Each thread with a fiftieth of the process or more; the rest summed.
+        let share = |used: f64| {
+            if self.process > 0.0 {
+                used / self.process * 100.0
+            } else {
+                0.0
+            }
+        };
+        let (shown, rest): (Vec<_>, Vec<_>) = self
+            .threads
+            .iter()
+            .partition(|(_, used)| share(*used) >= 2.0);
+        for (name, used) in shown {
+            write!(f, " {name} {used:.2} ({:.0}%),", share(*used))?;
+        }
+        let rest: f64 = rest.iter().map(|(_, used)| used).sum();
+        write!(f, " the others {rest:.2} ({:.0}%)", share(rest))?;
+        Ok(())
+    }
+}
