@@ -94,6 +94,6 @@ fn main() {
         println!("ratio customer-pulse / bare consumer: {:.2}; outputs flushed by a graceful stop {:.2} s after the last commit", rate(pulse) / rate(raw), outputs_tail.as_secs_f64());
         // The job runs in this process, so its threads are this process's, beside the harness's
         // (which only polls /metrics while the job runs); the rest of the machine is mostly Tansu.
-        println!("CPU while customer-pulse ran (start to last event counted): {cpu}");
+        println!("CPU while customer-pulse ran in this process (start to last event counted): {cpu}");
     });
 }

@@ -50,6 +50,8 @@ struct Run {
     cpu_seconds: f64,
     /// Peak resident set of its process; `None` for the reference, which runs in this one.
     peak_mib: Option<f64>,
+    /// Where its process's CPU went, thread by thread (customer-pulse's only).
+    threads: Option<common::CpuUse>,
 }
 
 /// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
@@ -76,6 +78,7 @@ fn usage(child: &Child, started: Instant, done: Instant) -> Run {
         seconds: (done - started).as_secs_f64(),
         cpu_seconds: cpu_seconds(&child.id().to_string()),
         peak_mib: Some(peak_mib(child.id())),
+        threads: None,
     }
 }
 
@@ -102,6 +105,7 @@ fn reference(brokers: &str, events: u64) -> Run {
         seconds,
         cpu_seconds: cpu_seconds("self") - before,
         peak_mib: None,
+        threads: None,
     }
 }
 
@@ -145,6 +149,7 @@ async fn pulse(
         .stdout(Stdio::null())
         .spawn()
         .expect("customer-pulse starts");
+    let spawned = common::CpuSnapshot::of(&child.id().to_string());
     let deadline = Instant::now() + Duration::from_secs(900);
     // One scrape a round: rendering `/metrics` costs the job CPU time, which is measured.
     loop {
@@ -160,7 +165,12 @@ async fn pulse(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (usage(&child, started, Instant::now()), child, port)
+    let threads = common::CpuSnapshot::of(&child.id().to_string()).since(&spawned);
+    let run = Run {
+        threads: Some(threads),
+        ..usage(&child, started, Instant::now())
+    };
+    (run, child, port)
 }
 
 /// The Quix Streams peer, with its changelog topic or without, until it says it took in
@@ -397,6 +407,11 @@ fn main() {
                 cpu(run),
                 mib(run)
             );
+        }
+        for (changelog, _, pulse, _) in &pairs {
+            if let Some(threads) = &pulse.threads {
+                println!("CPU while customer-pulse {} its changelog ran: {threads}", with(*changelog));
+            }
         }
         for (changelog, _, pulse, peer) in &pairs {
             println!(

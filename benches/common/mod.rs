@@ -315,7 +315,7 @@ pub fn stat_ticks(path: &std::path::Path) -> Option<(String, u64)> {
     Some((stat[open + 1..close].to_owned(), ticks(11)? + ticks(12)?))
 }
 
-/// CPU ticks used so far: by every core of the machine, by this process (its threads that
+/// CPU ticks used so far: by every core of the machine, by one process (its threads that
 /// ended included), and by each of its live threads, with their names.
 pub struct CpuSnapshot {
     at: Instant,
@@ -325,7 +325,13 @@ pub struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
+    /// This process's.
     pub fn take() -> CpuSnapshot {
+        CpuSnapshot::of("self")
+    }
+
+    /// The process `pid`'s (a number, or `self`); zeros once it is gone.
+    pub fn of(pid: &str) -> CpuSnapshot {
         // The first line of /proc/stat sums every core: user, nice, system, idle, iowait, irq,
         // softirq, steal, ...; busy is all but idle and iowait.
         let machine = std::fs::read_to_string("/proc/stat")
@@ -341,8 +347,9 @@ impl CpuSnapshot {
                 Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| n.get(i)).sum())
             })
             .unwrap_or(0);
-        let process = stat_ticks(std::path::Path::new("/proc/self/stat")).map_or(0, |(_, t)| t);
-        let threads = std::fs::read_dir("/proc/self/task")
+        let process =
+            stat_ticks(std::path::Path::new(&format!("/proc/{pid}/stat"))).map_or(0, |(_, t)| t);
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
@@ -360,7 +367,7 @@ impl CpuSnapshot {
     }
 
     /// What was used between `before` and this snapshot, in cores (CPU seconds a second):
-    /// the machine's, this process's, and each of its threads', the busiest first; threads
+    /// the machine's, the process's, and each of its threads', the busiest first; threads
     /// that ended in between (and so have no ticks to read) are summed as `(ended)`.
     pub fn since(&self, before: &CpuSnapshot) -> CpuUse {
         let ticks = clock_ticks() * self.at.duration_since(before.at).as_secs_f64();
@@ -399,7 +406,7 @@ impl std::fmt::Display for CpuUse {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         write!(
             f,
-            "over {:.2} s the machine was busy {:.2} cores of {cores}, this process {:.2} (the rest of the machine {:.2}); this process's threads:",
+            "over {:.2} s the machine was busy {:.2} cores of {cores}, the process {:.2} (the rest of the machine {:.2}); its threads:",
             self.seconds,
             self.machine,
             self.process,
