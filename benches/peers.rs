@@ -165,10 +165,11 @@ async fn pulse(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let done = Instant::now();
     let threads = common::CpuSnapshot::of(&child.id().to_string()).since(&spawned);
     let run = Run {
         threads: Some(threads),
-        ..usage(&child, started, Instant::now())
+        ..usage(&child, started, done)
     };
     (run, child, port)
 }

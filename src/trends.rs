@@ -350,13 +350,19 @@ impl Trends {
         at.div_euclid(s.window_ms) * s.window_ms
     }
 
-    /// The open window of `at`, or `None` when it was closed already. The caller closes a
-    /// window as soon as the watermark passes its end, so this is the watermark's verdict.
-    fn window(&mut self, at: Millis, category: &str, s: &TrendSettings) -> Option<&mut Window> {
+    /// The start of `at`'s window while it is open, or `None` when it was closed already. The
+    /// caller closes a window as soon as the watermark passes its end, so this is the
+    /// watermark's verdict.
+    fn open_start(&self, at: Millis, s: &TrendSettings) -> Option<Millis> {
         let start = Self::window_start(at, s);
-        if self.closed_before.is_some_and(|c| start < c) {
-            return None;
-        }
+        self.closed_before
+            .is_none_or(|c| start >= c)
+            .then_some(start)
+    }
+
+    /// The open window of `at` ([`Trends::open_start`]).
+    fn window(&mut self, at: Millis, category: &str, s: &TrendSettings) -> Option<&mut Window> {
+        let start = self.open_start(at, s)?;
         Some(
             self.windows
                 .entry((start, category.to_owned()))
@@ -469,10 +475,9 @@ impl Trends {
         let Some(at) = at else {
             return Counted::InWindow;
         };
-        let start = Self::window_start(at, s);
-        if self.closed_before.is_some_and(|c| start < c) {
+        let Some(start) = self.open_start(at, s) else {
             return Counted::Late;
-        }
+        };
         *self.left.entry((start, category.to_owned())).or_default() += 1;
         self.open_change.counted(category, -1);
         Counted::InWindow
