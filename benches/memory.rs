@@ -85,9 +85,10 @@ fn main() {
     let offset = events as i64;
     let (rss, peak) = resident_mib();
     println!(
-        "done in {:.0} s ({:.0} events/s); resident {rss:.0} MiB, peak {peak:.0} MiB",
+        "done in {:.0} s ({:.0} events/s); resident {rss:.0} MiB, peak {peak:.0} MiB; {}",
         started.elapsed().as_secs_f64(),
-        offset as f64 / started.elapsed().as_secs_f64()
+        offset as f64 / started.elapsed().as_secs_f64(),
+        common::DiskUse::of(&config.state_path)
     );
     assert!(
         store

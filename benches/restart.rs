@@ -123,40 +123,60 @@ fn main() {
                 store.clone(),
                 customer_pulse::pipeline::processor_settings(&config),
             );
-            common::fill(&store, &mut processor, customers, config.max_batch_events, now - 3_600_000, |_, _| {})
+            common::fill(
+                &store,
+                &mut processor,
+                customers,
+                config.max_batch_events,
+                now - 3_600_000,
+                |_, _| {},
+            )
         };
-        let disk = DiskUse::of(&dir.path().join("state"));
-        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
         println!(
-            "state: {customers} customers from {events} events, {:.0} MiB on disk (table files {:.0}, write-ahead log {:.0}, the rest {:.0}), built in {:.0} s",
-            mib(disk.tables + disk.log + disk.rest),
-            mib(disk.tables),
-            mib(disk.log),
-            mib(disk.rest),
+            "state: {customers} customers from {events} events, {}, built in {:.0} s",
+            common::DiskUse::of(&dir.path().join("state")),
             filled.elapsed().as_secs_f64()
         );
 
         // The job on that state folds new events, and is killed.
-        publish(&brokers, &config.topics, &common::traffic(1_000, 4, 11, now - 1_800_000, 1_000_000), None, 1)
-            .await
-            .expect("publish");
+        publish(
+            &brokers,
+            &config.topics,
+            &common::traffic(1_000, 4, 11, now - 1_800_000, 1_000_000),
+            None,
+            1,
+        )
+        .await
+        .expect("publish");
         let (mut child, _) = run_until(&path, port, 1_000).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
 
         // More events wait; the job starts again on the same state, in the group.
-        publish(&brokers, &config.topics, &common::traffic(100, 4, 12, now - 600_000, 100_000), None, 1)
-            .await
-            .expect("publish");
+        publish(
+            &brokers,
+            &config.topics,
+            &common::traffic(100, 4, 12, now - 600_000, 100_000),
+            None,
+            1,
+        )
+        .await
+        .expect("publish");
         let (mut child, m) = run_until(&path, port, 100).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
         report(customers, "in the group", &m);
 
         // Once more, reading the same partitions without the group.
-        publish(&brokers, &config.topics, &common::traffic(100, 4, 13, now - 300_000, 100_000), None, 1)
-            .await
-            .expect("publish");
+        publish(
+            &brokers,
+            &config.topics,
+            &common::traffic(100, 4, 13, now - 300_000, 100_000),
+            None,
+            1,
+        )
+        .await
+        .expect("publish");
         let (mut child, m) = run_until(&fixed, port, 100).await;
         child.kill().expect("stop");
         let _ = child.wait();
@@ -179,39 +199,5 @@ fn report(customers: u64, how: &str, m: &Moments) {
             "  outside the assignment (start to /metrics up, plus assignment to first commit): {:.2} s",
             m.up.unwrap_or(0.0) + (first - assigned)
         );
-    }
-}
-
-/// What a RocksDB directory holds on disk: its table files (`*.sst`), its write-ahead log
-/// (`*.log`: what the memtables hold, not flushed yet, which a flush or the next start turns
-/// into table files), and the rest (the manifest, options, RocksDB's own `LOG`).
-#[derive(Default)]
-struct DiskUse {
-    tables: u64,
-    log: u64,
-    rest: u64,
-}
-
-impl DiskUse {
-    fn of(dir: &std::path::Path) -> DiskUse {
-        let mut disk = DiskUse::default();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if meta.is_dir() {
-                let inner = DiskUse::of(&entry.path());
-                disk.tables += inner.tables;
-                disk.log += inner.log;
-                disk.rest += inner.rest;
-            } else if name.ends_with(".sst") {
-                disk.tables += meta.len();
-            } else if name.ends_with(".log") {
-                disk.log += meta.len();
-            } else {
-                disk.rest += meta.len();
-            }
-        }
-        disk
     }
 }

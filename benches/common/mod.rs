@@ -432,3 +432,51 @@ impl std::fmt::Display for CpuUse {
         Ok(())
     }
 }
+
+/// What a RocksDB directory holds on disk: its table files (`*.sst`), its write-ahead log
+/// (`*.log`: what the memtables hold, not flushed yet, which a flush or the next start turns
+/// into table files), and the rest (the manifest, options, RocksDB's own `LOG`).
+#[derive(Default)]
+pub struct DiskUse {
+    pub tables: u64,
+    pub log: u64,
+    pub rest: u64,
+}
+
+impl DiskUse {
+    pub fn of(dir: &std::path::Path) -> DiskUse {
+        let mut disk = DiskUse::default();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if meta.is_dir() {
+                let inner = DiskUse::of(&entry.path());
+                disk.tables += inner.tables;
+                disk.log += inner.log;
+                disk.rest += inner.rest;
+            } else if name.ends_with(".sst") {
+                disk.tables += meta.len();
+            } else if name.ends_with(".log") {
+                disk.log += meta.len();
+            } else {
+                disk.rest += meta.len();
+            }
+        }
+        disk
+    }
+}
+
+impl std::fmt::Display for DiskUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "{:.0} MiB on disk (table files {:.0}, write-ahead log {:.0}, the rest {:.0})",
+            mib(self.tables + self.log + self.rest),
+            mib(self.tables),
+            mib(self.log),
+            mib(self.rest)
+        )
+    }
+}
