@@ -139,49 +139,49 @@ fn main() {
         );
 
         // The job on that state folds new events, and is killed.
-        publish(
+        publish_traffic(
             &brokers,
             &config.topics,
-            &common::traffic(1_000, 4, 11, now - 1_800_000, 1_000_000),
-            None,
-            1,
+            1_000,
+            11,
+            now - 1_800_000,
+            1_000_000,
         )
-        .await
-        .expect("publish");
+        .await;
         let (mut child, _) = run_until(&path, port, 1_000).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
 
         // More events wait; the job starts again on the same state, in the group.
-        publish(
-            &brokers,
-            &config.topics,
-            &common::traffic(100, 4, 12, now - 600_000, 100_000),
-            None,
-            1,
-        )
-        .await
-        .expect("publish");
+        publish_traffic(&brokers, &config.topics, 100, 12, now - 600_000, 100_000).await;
         let (mut child, m) = run_until(&path, port, 100).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
         report(customers, "in the group", &m);
 
         // Once more, reading the same partitions without the group.
-        publish(
-            &brokers,
-            &config.topics,
-            &common::traffic(100, 4, 13, now - 300_000, 100_000),
-            None,
-            1,
-        )
-        .await
-        .expect("publish");
+        publish_traffic(&brokers, &config.topics, 100, 13, now - 300_000, 100_000).await;
         let (mut child, m) = run_until(&fixed, port, 100).await;
         child.kill().expect("stop");
         let _ = child.wait();
         report(customers, "with kafka.assigned_partitions", &m);
     });
+}
+
+/// Publishes `events` of the generator's traffic (four events a customer, from `seed`) with
+/// event times from `start_ms` over `span_ms`, a record per batch as Tansu needs.
+async fn publish_traffic(
+    brokers: &str,
+    topics: &customer_pulse::config::Topics,
+    events: u64,
+    seed: u64,
+    start_ms: i64,
+    span_ms: i64,
+) {
+    let traffic = common::traffic(events, 4, seed, start_ms, span_ms);
+    publish(brokers, topics, &traffic, None, 1)
+        .await
+        .expect("publish");
 }
 
 /// Prints one restart's moments.
