@@ -82,14 +82,6 @@ fn main() {
             }
         },
     );
-    let offset = events as i64;
-    let (rss, peak) = resident_mib();
-    println!(
-        "done in {:.0} s ({:.0} events/s); resident {rss:.0} MiB, peak {peak:.0} MiB; {}",
-        started.elapsed().as_secs_f64(),
-        offset as f64 / started.elapsed().as_secs_f64(),
-        common::DiskUse::of(&config.state_path)
-    );
     assert!(
         store
             .customer(
@@ -100,4 +92,21 @@ fn main() {
             .is_some(),
         "the first customer is in state"
     );
+    let offset = events as i64;
+    let (rss, peak) = resident_mib();
+    println!(
+        "done in {:.0} s ({:.0} events/s); resident {rss:.0} MiB, peak {peak:.0} MiB; {}",
+        started.elapsed().as_secs_f64(),
+        offset as f64 / started.elapsed().as_secs_f64(),
+        common::DiskUse::of(&config.state_path)
+    );
+    println!(
+        "RocksDB's count at the end: {:.0} MiB",
+        store.size_bytes() as f64 / (1 << 20) as f64
+    );
+    // Closed, RocksDB has ended the compaction under way, if any (finished, or abandoned and
+    // its output removed), and deleted the table files no version needs any more.
+    drop(processor);
+    drop(store);
+    println!("closed: {}", common::DiskUse::of(&config.state_path));
 }
