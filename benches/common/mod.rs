@@ -315,13 +315,39 @@ pub fn stat_ticks(path: &std::path::Path) -> Option<(String, u64)> {
     Some((stat[open + 1..close].to_owned(), ticks(11)? + ticks(12)?))
 }
 
+/// A thread's time from its `/proc/.../schedstat`, in nanoseconds: on a core, and runnable but
+/// waiting for one.
+#[derive(Clone, Copy, Default)]
+pub struct Sched {
+    pub running: u64,
+    pub waiting: u64,
+}
+
+impl Sched {
+    fn of(path: &std::path::Path) -> Option<Sched> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+        Some(Sched {
+            running: fields.next()??,
+            waiting: fields.next()??,
+        })
+    }
+}
+
+/// A live thread in a [`CpuSnapshot`]: its name, CPU ticks and scheduler times.
+struct ThreadTime {
+    name: String,
+    ticks: u64,
+    sched: Option<Sched>,
+}
+
 /// CPU ticks used so far: by every core of the machine, by one process (its threads that
 /// ended included), and by each of its live threads, with their names.
 pub struct CpuSnapshot {
     at: Instant,
     machine: u64,
     process: u64,
-    threads: std::collections::HashMap<String, (String, u64)>,
+    threads: std::collections::HashMap<String, ThreadTime>,
 }
 
 impl CpuSnapshot {
@@ -354,8 +380,10 @@ impl CpuSnapshot {
             .flatten()
             .flatten()
             .filter_map(|task| {
-                let stat = stat_ticks(&task.path().join("stat"))?;
-                Some((task.file_name().to_string_lossy().into_owned(), stat))
+                let (name, ticks) = stat_ticks(&task.path().join("stat"))?;
+                let sched = Sched::of(&task.path().join("schedstat"));
+                let thread = ThreadTime { name, ticks, sched };
+                Some((task.file_name().to_string_lossy().into_owned(), thread))
             })
             .collect();
         CpuSnapshot {
@@ -368,27 +396,44 @@ impl CpuSnapshot {
 
     /// What was used between `before` and this snapshot, in cores (CPU seconds a second):
     /// the machine's, the process's, and each of its threads', the busiest first; threads
-    /// that ended in between (and so have no ticks to read) are summed as `(ended)`.
+    /// that ended in between (and so have no ticks to read) are summed as `(ended)`. A thread
+    /// live at both snapshots also has the share of the span it spent runnable but waiting
+    /// for a core.
     pub fn since(&self, before: &CpuSnapshot) -> CpuUse {
-        let ticks = clock_ticks() * self.at.duration_since(before.at).as_secs_f64();
+        let span = self.at.duration_since(before.at).as_secs_f64();
+        let ticks = clock_ticks() * span;
         let cores = |t: u64| t as f64 / ticks;
-        let mut threads: Vec<(String, u64)> = self
+        let mut threads: Vec<(String, u64, Option<f64>)> = self
             .threads
             .iter()
-            .map(|(tid, (name, now))| {
-                let then = before.threads.get(tid).map_or(0, |(_, t)| *t);
-                (name.clone(), now.saturating_sub(then))
+            .map(|(tid, now)| {
+                let then = before.threads.get(tid);
+                let waited = match (then.and_then(|t| t.sched), now.sched) {
+                    (Some(then), Some(now)) => {
+                        Some(now.waiting.saturating_sub(then.waiting) as f64 / 1e9 / span)
+                    }
+                    _ => None,
+                };
+                let used = now.ticks.saturating_sub(then.map_or(0, |t| t.ticks));
+                (now.name.clone(), used, waited)
             })
             .collect();
         let process = self.process.saturating_sub(before.process);
-        let live: u64 = threads.iter().map(|(_, t)| t).sum();
-        threads.push(("(ended)".into(), process.saturating_sub(live)));
-        threads.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        let live: u64 = threads.iter().map(|(_, t, _)| t).sum();
+        threads.push(("(ended)".into(), process.saturating_sub(live), None));
+        threads.sort_by_key(|(_, t, _)| std::cmp::Reverse(*t));
         CpuUse {
-            seconds: self.at.duration_since(before.at).as_secs_f64(),
+            seconds: span,
             machine: cores(self.machine.saturating_sub(before.machine)),
             process: cores(process),
-            threads: threads.into_iter().map(|(n, t)| (n, cores(t))).collect(),
+            threads: threads
+                .into_iter()
+                .map(|(name, used, waited)| ThreadUse {
+                    name,
+                    cores: cores(used),
+                    waited,
+                })
+                .collect(),
         }
     }
 }
@@ -398,7 +443,17 @@ pub struct CpuUse {
     pub seconds: f64,
     pub machine: f64,
     pub process: f64,
-    pub threads: Vec<(String, f64)>,
+    pub threads: Vec<ThreadUse>,
+}
+
+/// One thread's share of a [`CpuUse`].
+pub struct ThreadUse {
+    pub name: String,
+    /// On a core, in cores.
+    pub cores: f64,
+    /// Runnable but waiting for a core, as a share of the span; `None` for a thread that
+    /// started or ended within it.
+    pub waited: Option<f64>,
 }
 
 impl std::fmt::Display for CpuUse {
@@ -423,11 +478,22 @@ impl std::fmt::Display for CpuUse {
         let (shown, rest): (Vec<_>, Vec<_>) = self
             .threads
             .iter()
-            .partition(|(_, used)| share(*used) >= 2.0);
-        for (name, used) in shown {
-            write!(f, " {name} {used:.2} ({:.0}%),", share(*used))?;
+            .partition(|thread| share(thread.cores) >= 2.0);
+        for ThreadUse {
+            name,
+            cores,
+            waited,
+        } in shown
+        {
+            write!(f, " {name} {cores:.2} ({:.0}%", share(*cores))?;
+            // A thread live over the whole span: on a core, waiting for one, or asleep.
+            if let Some(waited) = waited {
+                let asleep = (1.0 - cores - waited).max(0.0);
+                write!(f, "; waiting for a core {waited:.2}, asleep {asleep:.2}")?;
+            }
+            write!(f, "),")?;
         }
-        let rest: f64 = rest.iter().map(|(_, used)| used).sum();
+        let rest: f64 = rest.iter().map(|thread| thread.cores).sum();
         write!(f, " the others {rest:.2} ({:.0}%)", share(rest))?;
         Ok(())
     }
