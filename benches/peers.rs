@@ -16,7 +16,9 @@
 //! (the producer's record timestamp to the commit of the event's state) while events arrive at
 //! half and at a quarter of the rate it just reached, with and without its changelog, restarted
 //! on its state and warmed up by a second of the same traffic (not measured: its first batches
-//! fire what the month of event time passed).
+//! fire what the month of event time passed). Then the peer's latency at half the rate it
+//! reached, with and without its changelog, on topics of its own, from the record timestamp
+//! to the end of each event's fold (it notes them itself). Last, one table of all of it.
 //!
 //! `cargo bench --bench peers` (EVENTS=200000 by default). The peer needs `quixstreams` for
 //! `python3` (or for `PULSE_QUIX_PYTHON`); the test command installs it. Under `cargo test` it
@@ -191,27 +193,30 @@ async fn pulse(
     (run, child, port)
 }
 
-/// The Quix Streams peer, with its changelog topic or without, until it says it took in
-/// `events`.
-fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) -> Run {
+/// The Quix Streams peer on `topics`, in consumer group `group`, keeping its state in `state`,
+/// with its changelog topic or without, told to say when it took in `expected` events; `more`
+/// are further arguments (its fetch wait, which the harness sets as it sets the job's). Returns the process and the lines it says (`warm`, `processed ...`).
+fn spawn_quix(
+    brokers: &str,
+    group: &str,
+    state: &std::path::Path,
+    expected: u64,
+    changelog: bool,
+    topics: &[&str],
+    more: &[std::ffi::OsString],
+) -> (Child, std::sync::mpsc::Receiver<String>) {
     let python = std::env::var("PULSE_QUIX_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = common::repo().join("benches/peer/quix_fold.py");
-    let started = Instant::now();
     let mut child = Command::new(python)
         .arg(script)
-        .args([
-            "--brokers",
-            brokers,
-            "--group",
-            &format!("bench-peers-quix-{}", pair_name(changelog)),
-            "--changelog",
-            if changelog { "on" } else { "off" },
-            "--expected",
-        ])
-        .arg(events.to_string())
+        .args(["--brokers", brokers, "--group", group, "--changelog"])
+        .arg(if changelog { "on" } else { "off" })
+        .arg("--expected")
+        .arg(expected.to_string())
         .arg("--state-dir")
-        .arg(state.join("quix"))
-        .args(INPUTS)
+        .arg(state)
+        .args(more)
+        .args(topics)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -224,18 +229,144 @@ fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) ->
             .lines()
             .map_while(Result::ok)
         {
-            if line.starts_with("processed") {
+            if line.starts_with("processed") || line == "warm" {
                 let _ = tx.send(line);
             }
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(1800))
-        .expect("the peer took in every event within 30 minutes");
+    (child, rx)
+}
+
+/// The peer's arguments for its consumer's `fetch.wait.max.ms`.
+fn fetch_wait(ms: u64) -> Vec<std::ffi::OsString> {
+    vec!["--fetch-wait-ms".into(), ms.to_string().into()]
+}
+
+/// The next line the peer says, which must start with `what`, within `seconds`.
+fn said(lines: &std::sync::mpsc::Receiver<String>, what: &str, seconds: u64) -> String {
+    let line = lines
+        .recv_timeout(Duration::from_secs(seconds))
+        .unwrap_or_else(|_| panic!("the peer said {what} within {seconds} s"));
+    assert!(line.starts_with(what), "the peer said {line:?}, not {what}");
+    line
+}
+
+/// The Quix Streams peer, with its changelog topic or without, until it says it took in
+/// `events`.
+fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) -> Run {
+    let started = Instant::now();
+    let (child, lines) = spawn_quix(
+        brokers,
+        &format!("bench-peers-quix-{}", pair_name(changelog)),
+        &state.join("quix"),
+        events,
+        changelog,
+        &INPUTS,
+        &fetch_wait(common::THROUGHPUT_FETCH_WAIT_MS),
+    );
+    let line = said(&lines, "processed", 1800);
     let run = usage(&child, started, Instant::now());
     eprintln!("peer: {line}");
     end(child);
     run
+}
+
+/// The peer's latency, as [`paced`] measures the job's: started on input topics of its own
+/// (`livepeer{seed}.*`) with a state of its own, a second of traffic at `rate` first (not
+/// measured: it also covers the peer's start and its group's join), then 10 s of fresh events
+/// at `rate`. Each paced event's time from its record timestamp to the end of its fold in the
+/// peer, exact (the peer notes them; see `benches/peer/quix_fold.py`).
+async fn quix_paced(
+    brokers: &str,
+    topics: &customer_pulse::config::Topics,
+    state: &std::path::Path,
+    rate: f64,
+    seed: u64,
+    changelog: bool,
+) -> PeerPaced {
+    let paced = ((rate * 10.0) as u64).max(100);
+    let names = INPUTS.map(|t| format!("livepeer{seed}.{t}"));
+    let inputs = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
+    let created: Vec<(&str, i32, bool)> = inputs.iter().map(|t| (*t, PARTITIONS, false)).collect();
+    create_topics(brokers, &created).await.expect("topics");
+    let mut topics = topics.clone();
+    (topics.interactions, topics.orders, topics.complaints) =
+        (names[0].clone(), names[1].clone(), names[2].clone());
+    let warm = (rate as u64).max(10);
+    let noted = state.join(format!("latencies-{seed}.txt"));
+    let (child, lines) = spawn_quix(
+        brokers,
+        &format!("bench-peers-quix-live{seed}"),
+        &state.join(format!("quix-live{seed}")),
+        warm + paced,
+        changelog,
+        &inputs,
+        &[
+            fetch_wait(live_fetch_wait_ms()),
+            vec![
+                "--latencies".into(),
+                noted.clone().into(),
+                "--warm".into(),
+                warm.to_string().into(),
+            ],
+        ]
+        .concat(),
+    );
+    let warm_up = common::traffic(warm, 20, seed + 100, wall_clock_ms(), 1_000);
+    publish(brokers, &topics, &warm_up, Some(rate as u64), 10_000)
+        .await
+        .expect("warm-up publish");
+    let lines = tokio::task::spawn_blocking(move || {
+        said(&lines, "warm", 300);
+        lines
+    })
+    .await
+    .expect("the peer's warm-up");
+    let from_ms = wall_clock_ms();
+    let live = common::traffic(paced, 20, seed, from_ms, 10_000);
+    let started = Instant::now();
+    publish(brokers, &topics, &live, Some(rate as u64), 10_000)
+        .await
+        .expect("paced publish");
+    tokio::task::spawn_blocking(move || said(&lines, "processed", 300))
+        .await
+        .expect("the peer's paced events");
+    let achieved = paced as f64 / started.elapsed().as_secs_f64();
+    end(child);
+    let text = std::fs::read_to_string(&noted).expect("the peer's latencies");
+    let mut latencies: Vec<f64> = text
+        .lines()
+        .filter_map(|line| {
+            let (timestamp, ms) = line.split_once(' ')?;
+            let timestamp: i64 = timestamp.parse().ok()?;
+            (timestamp >= from_ms).then(|| ms.parse().ok())?
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    assert!(
+        latencies.len() as u64 >= paced,
+        "the peer noted every paced event"
+    );
+    eprintln!("peer: {} paced events of {paced} noted", latencies.len());
+    PeerPaced {
+        rate,
+        achieved,
+        latencies,
+    }
+}
+
+/// What the peer's latency run measured.
+struct PeerPaced {
+    /// Events per second offered, and folded while they arrived.
+    rate: f64,
+    achieved: f64,
+    /// Record timestamp to the end of the event's fold, sorted, in milliseconds.
+    latencies: Vec<f64>,
+}
+
+/// The share `q` of `sorted` (ascending) at or under the value returned.
+fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * sorted.len() as f64) as usize).min(sorted.len() - 1)]
 }
 
 /// How long the job's and the reference's fetches may wait at the broker while latency is
@@ -394,6 +525,16 @@ fn main() {
                 latencies.push((*changelog, share, rate, measured));
             }
         }
+        // The peer's at half the rate it reached, measured the same way (its own latency to
+        // the end of each event's fold, which it notes itself).
+        let mut peer_latencies = Vec::new();
+        for (changelog, state, _, peer) in &pairs {
+            let rate = (events as f64 / peer.seconds / 2.0).max(10.0);
+            let seed = if *changelog { 12 } else { 13 };
+            let measured =
+                quix_paced(&brokers, &config.topics, state, rate, seed, *changelog).await;
+            peer_latencies.push((*changelog, measured));
+        }
 
         let rate = |r: &Run| events as f64 / r.seconds;
         let cpu = |r: &Run| r.cpu_seconds / events as f64 * 1e6;
@@ -449,12 +590,9 @@ fn main() {
             live_fetch_wait_ms()
         );
         for (changelog, share, rate, m) in &latencies {
-            let bound = |buckets, q| {
-                quantile(buckets, q).map_or("—".into(), |s: f64| format!("≤ {:.0} ms", s * 1e3))
-            };
-            let ms = |q| bound(&m.buckets, q);
+            let ms = |q| bucket_bound(&m.buckets, q);
             let reference = &m.reference;
-            let exact = |q: f64| reference[((q * reference.len() as f64) as usize).min(reference.len() - 1)];
+            let exact = |q: f64| exact_quantile(reference, q);
             println!(
                 "customer-pulse latency {} its changelog (record timestamp to state commit) at 1/{share} of its rate: {rate:.0} events/s offered for 10 s, {:.0} events/s folded: p50 {}, p99 {} (histogram bucket bounds), {:.2}% within 100 ms; the bare consumer (record timestamp to receipt): p50 {:.0} ms, p99 {:.0} ms",
                 with(*changelog),
@@ -471,13 +609,76 @@ fn main() {
                 "  its batches while paced (after the warm-up): {:.0}, about {:.0} events each, each folded and committed in p50 {}, p99 {}; {:.1} s folding and committing in all, {:.0} events/s while at it",
                 m.batches,
                 m.paced / m.batches.max(1.0),
-                bound(&m.batch_buckets, 0.5),
-                bound(&m.batch_buckets, 0.99),
+                bucket_bound(&m.batch_buckets, 0.5),
+                bucket_bound(&m.batch_buckets, 0.99),
                 m.busy,
                 m.paced / m.busy.max(1e-9)
             );
         }
+        let within_100 = |sorted: &[f64]| {
+            sorted.iter().filter(|ms| **ms <= 100.0).count() as f64 / sorted.len() as f64 * 100.0
+        };
+        for (changelog, m) in &peer_latencies {
+            println!(
+                "Quix Streams peer latency {} its changelog (record timestamp to the end of the event's fold; it commits its state at checkpoints, every 5 s) at 1/2 of its rate: {:.0} events/s offered for 10 s, {:.0} events/s folded: p50 {:.0} ms, p99 {:.0} ms, {:.2}% within 100 ms",
+                with(*changelog),
+                m.rate,
+                m.achieved,
+                exact_quantile(&m.latencies, 0.5),
+                exact_quantile(&m.latencies, 0.99),
+                within_100(&m.latencies)
+            );
+        }
+
+        // Everything in one table: each contender at its most (its own run through every
+        // event), and at half of that rate (latency).
+        println!(
+            "\nAt their most, and at half that rate: customer-pulse's latency is to its state's commit (its histogram's bucket bounds), the bare consumer's to receipt and the peer's to the end of its fold (exact)"
+        );
+        println!("| changelogs | what | events/s | CPU s per million events | peak resident MiB | at half its rate, events/s | p50 | p99 |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let ms = |v: f64| format!("{v:.0} ms");
+        for (changelog, _, pulse, peer) in &pairs {
+            let w = with(*changelog);
+            let half = latencies
+                .iter()
+                .find(|(c, share, _, _)| c == changelog && *share == 2.0);
+            if let Some((_, _, offered, m)) = half {
+                println!(
+                    "| {w} | bare librdkafka consumer | {:.0} | {:.1} | — | {offered:.0} | {} | {} |",
+                    rate(&reference),
+                    cpu(&reference),
+                    ms(exact_quantile(&m.reference, 0.5)),
+                    ms(exact_quantile(&m.reference, 0.99))
+                );
+                println!(
+                    "| {w} | customer-pulse | {:.0} | {:.1} | {} | {offered:.0} | {} | {} |",
+                    rate(pulse),
+                    cpu(pulse),
+                    mib(pulse),
+                    bucket_bound(&m.buckets, 0.5),
+                    bucket_bound(&m.buckets, 0.99)
+                );
+            }
+            if let Some((_, m)) = peer_latencies.iter().find(|(c, _)| c == changelog) {
+                println!(
+                    "| {w} | Quix Streams peer | {:.0} | {:.1} | {} | {:.0} | {} | {} |",
+                    rate(peer),
+                    cpu(peer),
+                    mib(peer),
+                    m.rate,
+                    ms(exact_quantile(&m.latencies, 0.5)),
+                    ms(exact_quantile(&m.latencies, 0.99))
+                );
+            }
+        }
     });
+}
+
+/// "≤ N ms": the smallest bucket bound of a histogram under which a share `q` of its
+/// observations fall.
+fn bucket_bound(buckets: &[(String, f64)], q: f64) -> String {
+    quantile(buckets, q).map_or("—".into(), |s| format!("≤ {:.0} ms", s * 1e3))
 }
 
 /// What one latency run measured.

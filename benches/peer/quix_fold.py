@@ -8,6 +8,14 @@ event's envelope, drops a redelivered event by its id, and folds the rest into t
 state. Prints one line, `processed N`, once `--expected` events have been taken in, then keeps
 running (so that the harness can read its CPU time and peak memory) until its stdin closes.
 
+`--fetch-wait-ms` sets its consumer's `fetch.wait.max.ms` (Tansu 0.6.0 holds every fetch that
+long, records or not), which the harness sets as it sets the job's and the bare consumer's.
+
+With `--latencies FILE` it also notes, for each event, the record's timestamp and the time from
+it to the end of the event's fold (Quix Streams commits its state at its checkpoints, every 5 s
+by default, so this is to the state's update in memory, not to a commit), writes them to FILE
+before it prints `processed`, and prints `warm` once `--warm` events have been taken in.
+
 Tansu 0.6.0 leaves `retention.ms` out of its DescribeConfigs answers, which Quix Streams needs to
 configure its changelog topic; the broker's missing values are filled with Kafka's defaults.
 """
@@ -16,6 +24,7 @@ import argparse
 import bisect
 import sys
 import threading
+import time
 from datetime import datetime
 
 from quixstreams import Application
@@ -170,6 +179,9 @@ def main():
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--expected", type=int, required=True)
     parser.add_argument("--changelog", choices=["on", "off"], default="on")
+    parser.add_argument("--fetch-wait-ms", type=int)
+    parser.add_argument("--latencies")
+    parser.add_argument("--warm", type=int, default=0)
     parser.add_argument("topics", nargs=3)
     args = parser.parse_args()
 
@@ -180,6 +192,11 @@ def main():
         state_dir=args.state_dir,
         use_changelog_topics=args.changelog == "on",
         loglevel="WARNING",
+        # Tansu holds every fetch this long, records or not: the harness gives the peer the
+        # job's and the bare consumer's setting rather than librdkafka's 500 ms.
+        consumer_extra_config=(
+            {} if args.fetch_wait_ms is None else {"fetch.wait.max.ms": args.fetch_wait_ms}
+        ),
     )
     inputs = [app.dataframe(app.topic(t, value_deserializer="json")) for t in args.topics]
     events = inputs[0].concat(inputs[1]).concat(inputs[2])
@@ -191,6 +208,21 @@ def main():
         finally:
             taken["n"] += 1
             if taken["n"] == args.expected:
+                print(f"processed {taken['n']} applied {taken['applied']}", flush=True)
+
+    latencies = []
+
+    def fold_timed(event, _key, timestamp, _headers, state):
+        try:
+            fold_one(event, state)
+        finally:
+            latencies.append((timestamp, time.time() * 1000 - timestamp))
+            taken["n"] += 1
+            if taken["n"] == args.warm:
+                print("warm", flush=True)
+            if taken["n"] == args.expected:
+                with open(args.latencies, "w") as out:
+                    out.writelines(f"{t} {ms:.3f}\n" for t, ms in latencies)
                 print(f"processed {taken['n']} applied {taken['applied']}", flush=True)
 
     def fold_one(event, state):
@@ -212,7 +244,10 @@ def main():
         state.set("customer", s)
         taken["applied"] += 1
 
-    events.update(fold, stateful=True)
+    if args.latencies:
+        events.update(fold_timed, stateful=True, metadata=True)
+    else:
+        events.update(fold, stateful=True)
     threading.Thread(target=lambda: (sys.stdin.read(), app.stop()), daemon=True).start()
     app.run()
 
