@@ -285,13 +285,8 @@ async fn quix_paced(
     changelog: bool,
 ) -> PeerPaced {
     let paced = ((rate * 10.0) as u64).max(100);
-    let names = INPUTS.map(|t| format!("livepeer{seed}.{t}"));
+    let (names, topics) = live_inputs(brokers, topics, &format!("livepeer{seed}")).await;
     let inputs = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
-    let created: Vec<(&str, i32, bool)> = inputs.iter().map(|t| (*t, PARTITIONS, false)).collect();
-    create_topics(brokers, &created).await.expect("topics");
-    let mut topics = topics.clone();
-    (topics.interactions, topics.orders, topics.complaints) =
-        (names[0].clone(), names[1].clone(), names[2].clone());
     let warm = (rate as u64).max(10);
     let noted = state.join(format!("latencies-{seed}.txt"));
     let (child, lines) = spawn_quix(
@@ -697,6 +692,25 @@ struct Paced {
     paced: f64,
 }
 
+/// Input topics of a latency run's own, `{prefix}.<input>`, created: their names, and `topics`
+/// with its inputs named so.
+async fn live_inputs(
+    brokers: &str,
+    topics: &customer_pulse::config::Topics,
+    prefix: &str,
+) -> ([String; 3], customer_pulse::config::Topics) {
+    let names = INPUTS.map(|t| format!("{prefix}.{t}"));
+    let created: Vec<(&str, i32, bool)> = names
+        .iter()
+        .map(|t| (t.as_str(), PARTITIONS, false))
+        .collect();
+    create_topics(brokers, &created).await.expect("topics");
+    let mut topics = topics.clone();
+    (topics.interactions, topics.orders, topics.complaints) =
+        (names[0].clone(), names[1].clone(), names[2].clone());
+    (names, topics)
+}
+
 /// customer-pulse restarted on `state` (its changelog on or off), then 10 s of fresh events
 /// at `rate` on input topics of their own (`live{seed}.*`), after a second of the same
 /// traffic that is not measured; beside it a bare consumer reading the same events.
@@ -709,13 +723,8 @@ async fn paced(
     changelog: bool,
 ) -> Paced {
     let paced = ((rate * 10.0) as u64).max(100);
-    let names = INPUTS.map(|t| format!("live{seed}.{t}"));
+    let (names, topics) = live_inputs(brokers, topics, &format!("live{seed}")).await;
     let inputs = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
-    let created: Vec<(&str, i32, bool)> = inputs.iter().map(|t| (*t, PARTITIONS, false)).collect();
-    create_topics(brokers, &created).await.expect("topics");
-    let mut topics = topics.clone();
-    (topics.interactions, topics.orders, topics.complaints) =
-        (names[0].clone(), names[1].clone(), names[2].clone());
     let wait = live_fetch_wait_ms();
     let (_, child, port) = pulse(brokers, state, 0, &inputs, wait, changelog).await;
     // A second of the same traffic first, not measured: the restarted job's first batches
