@@ -195,7 +195,8 @@ async fn pulse(
 
 /// The Quix Streams peer on `topics`, in consumer group `group`, keeping its state in `state`,
 /// with its changelog topic or without, told to say when it took in `expected` events; `more`
-/// are further arguments (its fetch wait, which the harness sets as it sets the job's). Returns the process and the lines it says (`warm`, `processed ...`).
+/// are further arguments (its fetch wait, which the harness sets as it sets the job's).
+/// Returns the process and the lines it says (`warm`, `processed ...`).
 fn spawn_quix(
     brokers: &str,
     group: &str,
