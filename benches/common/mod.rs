@@ -315,30 +315,18 @@ pub fn stat_ticks(path: &std::path::Path) -> Option<(String, u64)> {
     Some((stat[open + 1..close].to_owned(), ticks(11)? + ticks(12)?))
 }
 
-/// A thread's time from its `/proc/.../schedstat`, in nanoseconds: on a core, and runnable but
-/// waiting for one.
-#[derive(Clone, Copy, Default)]
-pub struct Sched {
-    pub running: u64,
-    pub waiting: u64,
+/// How long a thread has been runnable but waiting for a core, in nanoseconds: the second
+/// field of its `/proc/.../schedstat` (the first, its time on a core, the ticks give already).
+fn waiting_ns(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
 }
 
-impl Sched {
-    fn of(path: &std::path::Path) -> Option<Sched> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
-        Some(Sched {
-            running: fields.next()??,
-            waiting: fields.next()??,
-        })
-    }
-}
-
-/// A live thread in a [`CpuSnapshot`]: its name, CPU ticks and scheduler times.
+/// A live thread in a [`CpuSnapshot`]: its name, CPU ticks and time waiting for a core.
 struct ThreadTime {
     name: String,
     ticks: u64,
-    sched: Option<Sched>,
+    waiting_ns: Option<u64>,
 }
 
 /// CPU ticks used so far: by every core of the machine, by one process (its threads that
@@ -381,8 +369,12 @@ impl CpuSnapshot {
             .flatten()
             .filter_map(|task| {
                 let (name, ticks) = stat_ticks(&task.path().join("stat"))?;
-                let sched = Sched::of(&task.path().join("schedstat"));
-                let thread = ThreadTime { name, ticks, sched };
+                let waiting_ns = waiting_ns(&task.path().join("schedstat"));
+                let thread = ThreadTime {
+                    name,
+                    ticks,
+                    waiting_ns,
+                };
                 Some((task.file_name().to_string_lossy().into_owned(), thread))
             })
             .collect();
@@ -403,37 +395,35 @@ impl CpuSnapshot {
         let span = self.at.duration_since(before.at).as_secs_f64();
         let ticks = clock_ticks() * span;
         let cores = |t: u64| t as f64 / ticks;
-        let mut threads: Vec<(String, u64, Option<f64>)> = self
+        let mut threads: Vec<ThreadUse> = self
             .threads
             .iter()
             .map(|(tid, now)| {
                 let then = before.threads.get(tid);
-                let waited = match (then.and_then(|t| t.sched), now.sched) {
-                    (Some(then), Some(now)) => {
-                        Some(now.waiting.saturating_sub(then.waiting) as f64 / 1e9 / span)
-                    }
+                let waited = match (then.and_then(|t| t.waiting_ns), now.waiting_ns) {
+                    (Some(then), Some(now)) => Some(now.saturating_sub(then) as f64 / 1e9 / span),
                     _ => None,
                 };
-                let used = now.ticks.saturating_sub(then.map_or(0, |t| t.ticks));
-                (now.name.clone(), used, waited)
+                ThreadUse {
+                    name: now.name.clone(),
+                    cores: cores(now.ticks.saturating_sub(then.map_or(0, |t| t.ticks))),
+                    waited,
+                }
             })
             .collect();
-        let process = self.process.saturating_sub(before.process);
-        let live: u64 = threads.iter().map(|(_, t, _)| t).sum();
-        threads.push(("(ended)".into(), process.saturating_sub(live), None));
-        threads.sort_by_key(|(_, t, _)| std::cmp::Reverse(*t));
+        let process = cores(self.process.saturating_sub(before.process));
+        let live: f64 = threads.iter().map(|thread| thread.cores).sum();
+        threads.push(ThreadUse {
+            name: "(ended)".into(),
+            cores: (process - live).max(0.0),
+            waited: None,
+        });
+        threads.sort_by(|a, b| b.cores.total_cmp(&a.cores));
         CpuUse {
             seconds: span,
             machine: cores(self.machine.saturating_sub(before.machine)),
-            process: cores(process),
-            threads: threads
-                .into_iter()
-                .map(|(name, used, waited)| ThreadUse {
-                    name,
-                    cores: cores(used),
-                    waited,
-                })
-                .collect(),
+            process,
+            threads,
         }
     }
 }
