@@ -4,7 +4,8 @@
 //! order for each of CUSTOMERS distinct customers (10 million by default) and every tenth of
 //! them a complaint too, into RocksDB in a temporary directory, committing batches of
 //! `processing.max_batch_events` and acknowledging the outbox as a producer would. It prints the
-//! resident set (VmRSS) and its peak (VmHWM) as the customers grow, and the state size on disk.
+//! resident set (VmRSS) and its peak (VmHWM) as the customers grow, and the state size on disk;
+//! at the end, closed, what the state holds by key family.
 //!
 //! `cargo bench --bench memory` (CUSTOMERS=10000000; set CUSTOMERS to change it). Under
 //! `cargo test` it runs once with 20,000 customers, so the harness itself stays tested.
@@ -109,4 +110,76 @@ fn main() {
     drop(processor);
     drop(store);
     println!("closed: {}", common::DiskUse::of(&config.state_path));
+    print_families(&config.state_path);
+}
+
+/// What each key family names (a key's first byte; `store` keeps these apart by it).
+const FAMILIES: &[(u8, &str)] = &[
+    (b'c', "customers"),
+    (b's', "sealed remembered events"),
+    (b't', "timers"),
+    (b'k', "erasure markers"),
+    (b'x', "outbox"),
+    (b'o', "input offsets"),
+    (b'w', "event times"),
+    (b'h', "RFM histogram cells"),
+    (b'g', "settings and aggregates"),
+    (b'n', "changelog ownership"),
+    (b'l', "changelog read"),
+    (b'e', "changelog epochs"),
+];
+
+/// What the closed state holds, by key family: entries, the bytes of their keys and values as
+/// written (before RocksDB compresses them), and RocksDB's estimate of the bytes the family's
+/// key range takes in table files (compressed, and its share of each file's index and filter).
+fn print_families(path: &std::path::Path) {
+    let db = match rocksdb::DB::open_for_read_only(&rocksdb::Options::default(), path, false) {
+        Ok(db) => db,
+        Err(e) => {
+            println!("the state's key families not read: {e}");
+            return;
+        }
+    };
+    // Entries, key bytes and value bytes, by the key's first byte.
+    let mut families = std::collections::BTreeMap::<u8, (u64, u64, u64)>::new();
+    for item in db.iterator(rocksdb::IteratorMode::Start) {
+        let (key, value) = match item {
+            Ok(entry) => entry,
+            Err(e) => {
+                println!("the state's key families not read to the end: {e}");
+                return;
+            }
+        };
+        let family = families
+            .entry(key.first().copied().unwrap_or(0))
+            .or_default();
+        family.0 += 1;
+        family.1 += key.len() as u64;
+        family.2 += value.len() as u64;
+    }
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "{:<26} {:>12} {:>10} {:>12} {:>12} {:>14}",
+        "key family", "entries", "B/entry", "keys MiB", "values MiB", "in tables MiB"
+    );
+    for (&tag, &(entries, keys, values)) in &families {
+        let name = FAMILIES
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map_or("(unknown)", |(_, name)| name);
+        // The family's range, from its first byte to the next; the last byte value has no
+        // next, and no family uses it.
+        let in_tables = tag.checked_add(1).map_or(0, |next| {
+            db.get_approximate_sizes(&[rocksdb::Range::new(&[tag], &[next])])[0]
+        });
+        println!(
+            "{:<26} {:>12} {:>10.1} {:>12.1} {:>12.1} {:>14.1}",
+            format!("{} {name}", tag as char),
+            entries,
+            (keys + values) as f64 / entries as f64,
+            mib(keys),
+            mib(values),
+            mib(in_tables)
+        );
+    }
 }
