@@ -12,17 +12,22 @@
 //!    instance; Quix Streams' `use_changelog_topics=False`), each from a state of its own.
 //!
 //! For each: events/s (from its start, so start-up and group join are included), CPU seconds
-//! per million events and peak resident memory of its process. Then customer-pulse's latency
-//! (the producer's record timestamp to the commit of the event's state) while events arrive at
-//! half and at a quarter of the rate it just reached, with and without its changelog, restarted
-//! on its state and warmed up by a second of the same traffic (not measured: its first batches
-//! fire what the month of event time passed). Then the peer's latency at half the rate it
-//! reached, with and without its changelog, on topics of its own, from the record timestamp
-//! to the end of each event's fold (it notes them itself). Last, one table of all of it.
+//! per million events and peak resident memory of its process. All five run again in each of
+//! ROUNDS rounds, each pair from a state, a consumer group and a changelog topic of its own;
+//! each ratio is of one round's contenders side by side, and the run prints each round's, then
+//! each ratio's median and range and in how many rounds it met issue 7's target.
 //!
-//! `cargo bench --bench peers` (EVENTS=200000 by default). The peer needs `quixstreams` for
-//! `python3` (or for `PULSE_QUIX_PYTHON`); the test command installs it. Under `cargo test` it
-//! runs once with 2,000 events, so the harness itself stays tested.
+//! Then customer-pulse's latency (the producer's record timestamp to the commit of the event's
+//! state) while events arrive at half and at a quarter of the rate it reached (its median over
+//! the rounds), with and without its changelog, restarted on the last round's state and warmed
+//! up by a second of the same traffic (not measured: its first batches fire what the month of
+//! event time passed). Then the peer's latency at half the rate it reached, with and without
+//! its changelog, on topics of its own, from the record timestamp to the end of each event's
+//! fold (it notes them itself). Last, one table of all of it.
+//!
+//! `cargo bench --bench peers` (EVENTS=200000 and ROUNDS=5 by default). The peer needs
+//! `quixstreams` for `python3` (or for `PULSE_QUIX_PYTHON`); the test command installs it.
+//! Under `cargo test` it runs one round with 2,000 events, so the harness itself stays tested.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,10 +123,13 @@ fn reference(brokers: &str, events: u64) -> Run {
 
 /// customer-pulse with its default configuration, its changelog on or off, until it has folded
 /// `events`; returns its run, and the process still running with its HTTP port (for the
-/// latency phase).
+/// latency phase). `tag` names its consumer group and its changelog topic
+/// ([`changelog_topic`]), so that a round's job neither resumes an earlier round's group nor
+/// restores its changelog.
 async fn pulse(
     brokers: &str,
     state: &std::path::Path,
+    tag: &str,
     events: u64,
     inputs: &[&str; 3],
     fetch_wait_ms: u64,
@@ -134,14 +142,14 @@ async fn pulse(
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-peers-pulse-{}\"\n\
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-peers-pulse-{tag}\"\n\
              fetch_wait_milliseconds = {fetch_wait_ms}\n\
              [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = {changelog}\n\
              [http]\nlisten_address = \"127.0.0.1:{port}\"\n\
              [topics]\ninteractions = \"{interactions}\"\norders = \"{orders}\"\n\
-             complaints = \"{complaints}\"\n",
-            pair_name(changelog),
-            state.join("state").display()
+             complaints = \"{complaints}\"\nchangelog = \"{}\"\n",
+            state.join("state").display(),
+            changelog_topic(tag)
         ),
     )
     .expect("config file");
@@ -253,12 +261,12 @@ fn said(lines: &std::sync::mpsc::Receiver<String>, what: &str, seconds: u64) -> 
 }
 
 /// The Quix Streams peer, with its changelog topic or without, until it says it took in
-/// `events`.
-fn quix(brokers: &str, state: &std::path::Path, events: u64, changelog: bool) -> Run {
+/// `events`; in a consumer group named by `tag` (its changelog topics are named by the group).
+fn quix(brokers: &str, state: &std::path::Path, tag: &str, events: u64, changelog: bool) -> Run {
     let started = Instant::now();
     let (child, lines) = spawn_quix(
         brokers,
-        &format!("bench-peers-quix-{}", pair_name(changelog)),
+        &format!("bench-peers-quix-{tag}"),
         &state.join("quix"),
         events,
         changelog,
@@ -442,17 +450,49 @@ fn within(buckets: &[(String, f64)], le: f64) -> f64 {
         .map_or(0.0, |(_, n)| n / total)
 }
 
-/// What names a pair's state directory and consumer groups: with their changelogs or alone.
-fn pair_name(changelog: bool) -> &'static str {
-    if changelog {
-        "changelog"
+/// What names a pair's state directory and consumer groups in round `round`: with their
+/// changelogs or alone.
+fn tag(changelog: bool, round: u64) -> String {
+    let pair = if changelog { "changelog" } else { "alone" };
+    format!("{pair}-r{round}")
+}
+
+/// customer-pulse's changelog topic in the run tagged `tag`.
+fn changelog_topic(tag: &str) -> String {
+    format!("bench-peers-changelog-{tag}")
+}
+
+/// The middle of `values` (the mean of the two middle ones when they are even in number).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
     } else {
-        "alone"
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
+}
+
+/// One contender pair's runs in a round: customer-pulse and the peer, with their changelogs
+/// or without.
+struct Pair {
+    changelog: bool,
+    state: std::path::PathBuf,
+    tag: String,
+    pulse: Run,
+    peer: Run,
+}
+
+/// One round: the bare consumer, then both pairs.
+struct Round {
+    reference: Run,
+    pairs: Vec<Pair>,
 }
 
 fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
+    let rounds = common::size("ROUNDS", 5, 1).max(1);
     common::runtime().block_on(async move {
         let broker = Broker::start();
         let brokers = broker.address.clone();
@@ -473,115 +513,184 @@ fn main() {
             .await
             .expect("publish");
         let dir = tempfile::tempdir().expect("temp dir");
+        println!(
+            "\nTansu on loopback: {events} events, {} bytes on average, {PARTITIONS} partitions x 3 topics; rounds: {rounds}",
+            bytes / generated.len()
+        );
 
-        let reference = tokio::task::spawn_blocking({
-            let brokers = brokers.clone();
-            move || reference(&brokers, events)
-        })
-        .await
-        .expect("reference");
-        // With their changelogs (Quix Streams' default, and customer-pulse's when it scales
-        // out), then without (customer-pulse's default for a lone instance), each pair from a
-        // state of its own.
-        let mut pairs = Vec::new();
-        for changelog in [true, false] {
-            let state = dir.path().join(pair_name(changelog));
-            let (pulse_run, child, _) = pulse(
-                &brokers,
-                &state,
-                events,
-                &INPUTS,
-                common::THROUGHPUT_FETCH_WAIT_MS,
-                changelog,
-            )
-            .await;
-            end(child);
-            let peer = tokio::task::spawn_blocking({
-                let (brokers, state) = (brokers.clone(), state.clone());
-                move || quix(&brokers, &state, events, changelog)
+        // Rounds, each the bare consumer, then customer-pulse and the peer with their
+        // changelogs (Quix Streams' default, and customer-pulse's when it scales out), then
+        // without (customer-pulse's default for a lone instance), each from a state, a consumer
+        // group and a changelog topic of its own. The machine's pace drifts by a tenth or more
+        // within minutes, so one round compares the contenders only side by side, and the
+        // rounds say how often a ratio holds.
+        let mut all = Vec::new();
+        for round in 0..rounds {
+            let reference = tokio::task::spawn_blocking({
+                let brokers = brokers.clone();
+                move || reference(&brokers, events)
             })
             .await
-            .expect("peer");
-            pairs.push((changelog, state, pulse_run, peer));
-        }
-
-        // Latency at half and at a quarter of the rate customer-pulse just reached: it starts
-        // again on its state (it has read everything), and fresh events arrive at that pace
-        // for 10 s, published in batches as a busy producer's would be, their event times
-        // moving with the clock as live traffic's do (10 s of traffic spread over hours of
-        // event time would fire hours of timers and windows in seconds). Beside it, a bare
-        // consumer reads the same events: the broker's own latency, the reference. The
-        // events go to input topics of their own: on the topics above (200,000 records, one
-        // per batch) Tansu 0.6.0 delivered them to the bare consumer 1-3 s late.
-        let mut latencies = Vec::new();
-        for (changelog, state, pulse_run, _) in &pairs {
-            let seeds = if *changelog { [8, 9] } else { [10, 11] };
-            for (share, seed) in [(2.0, seeds[0]), (4.0, seeds[1])] {
-                let rate = (events as f64 / pulse_run.seconds / share).max(10.0);
-                let measured = paced(&brokers, &config.topics, state, rate, seed, *changelog).await;
-                latencies.push((*changelog, share, rate, measured));
+            .expect("reference");
+            let mut pairs = Vec::new();
+            for changelog in [true, false] {
+                let tag = tag(changelog, round);
+                if changelog {
+                    create_topics(&brokers, &[(&changelog_topic(&tag), PARTITIONS, true)])
+                        .await
+                        .expect("changelog topic");
+                }
+                let state = dir.path().join(&tag);
+                let (pulse_run, child, _) = pulse(
+                    &brokers,
+                    &state,
+                    &tag,
+                    events,
+                    &INPUTS,
+                    common::THROUGHPUT_FETCH_WAIT_MS,
+                    changelog,
+                )
+                .await;
+                end(child);
+                let peer = tokio::task::spawn_blocking({
+                    let (brokers, state, tag) = (brokers.clone(), state.clone(), tag.clone());
+                    move || quix(&brokers, &state, &tag, events, changelog)
+                })
+                .await
+                .expect("peer");
+                pairs.push(Pair {
+                    changelog,
+                    state,
+                    tag,
+                    pulse: pulse_run,
+                    peer,
+                });
             }
-        }
-        // The peer's at half the rate it reached, measured the same way (its own latency to
-        // the end of each event's fold, which it notes itself).
-        let mut peer_latencies = Vec::new();
-        for (changelog, state, _, peer) in &pairs {
-            let rate = (events as f64 / peer.seconds / 2.0).max(10.0);
-            let seed = if *changelog { 12 } else { 13 };
-            let measured =
-                quix_paced(&brokers, &config.topics, state, rate, seed, *changelog).await;
-            peer_latencies.push((*changelog, measured));
+            let round = Round { reference, pairs };
+            for pair in &round.pairs {
+                if let Some(threads) = &pair.pulse.threads {
+                    println!(
+                        "CPU while customer-pulse {} its changelog ran ({} reads of its /metrics): {threads}",
+                        with(pair.changelog),
+                        pair.pulse.scrapes
+                    );
+                }
+            }
+            all.push(round);
         }
 
         let rate = |r: &Run| events as f64 / r.seconds;
         let cpu = |r: &Run| r.cpu_seconds / events as f64 * 1e6;
+        println!("\n| round | changelogs | bare consumer, events/s | customer-pulse, events/s | CPU s per million events | peak MiB | Quix Streams peer, events/s | CPU s per million events | peak MiB | customer-pulse / bare consumer | / peer, events/s | / peer, CPU per event |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mib = |r: &Run| r.peak_mib.map_or("—".into(), |m| format!("{m:.0}"));
-        let with = |changelog: bool| if changelog { "with" } else { "without" };
-        println!(
-            "\nTansu on loopback: {events} events, {} bytes on average, {PARTITIONS} partitions x 3 topics",
-            bytes / generated.len()
-        );
-        println!("| what | seconds | events/s | CPU s per million events | peak resident MiB |");
-        println!("|---|---|---|---|---|");
-        let mut rows = vec![("bare librdkafka consumer (reference)".to_string(), &reference)];
-        for (changelog, _, pulse, peer) in &pairs {
-            let with = with(*changelog);
-            rows.push((
-                format!("customer-pulse {with} its changelog (every analytic, RocksDB, outputs)"),
-                pulse,
-            ));
-            rows.push((
-                format!("Quix Streams peer {with} its changelog (the per-customer fold alone, RocksDB)"),
-                peer,
-            ));
-        }
-        for (name, run) in rows {
-            println!(
-                "| {name} | {:.2} | {:.0} | {:.1} | {} |",
-                run.seconds,
-                rate(run),
-                cpu(run),
-                mib(run)
-            );
-        }
-        for (changelog, _, pulse, _) in &pairs {
-            if let Some(threads) = &pulse.threads {
+        for (i, round) in all.iter().enumerate() {
+            for p in &round.pairs {
                 println!(
-                    "CPU while customer-pulse {} its changelog ran ({} reads of its /metrics): {threads}",
-                    with(*changelog),
-                    pulse.scrapes
+                    "| {} | {} | {:.0} | {:.0} | {:.1} | {} | {:.0} | {:.1} | {} | {:.2} | {:.1}x | {:.3} |",
+                    i + 1,
+                    with(p.changelog),
+                    rate(&round.reference),
+                    rate(&p.pulse),
+                    cpu(&p.pulse),
+                    mib(&p.pulse),
+                    rate(&p.peer),
+                    cpu(&p.peer),
+                    mib(&p.peer),
+                    rate(&p.pulse) / rate(&round.reference),
+                    rate(&p.pulse) / rate(&p.peer),
+                    cpu(&p.pulse) / cpu(&p.peer)
                 );
             }
         }
-        for (changelog, _, pulse, peer) in &pairs {
+        // Each ratio is of one round's contenders, side by side; its median and range are
+        // over the rounds.
+        for changelog in [true, false] {
+            let pairs = || {
+                all.iter().flat_map(move |round| {
+                    round
+                        .pairs
+                        .iter()
+                        .filter(move |p| p.changelog == changelog)
+                        .map(move |p| (&round.reference, p))
+                })
+            };
+            let summary = |ratio: &dyn Fn(&Run, &Pair) -> f64, target: &dyn Fn(f64) -> bool| {
+                let values: Vec<f64> = pairs().map(|(r, p)| ratio(r, p)).collect();
+                let (low, high) = values
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+                        (l.min(*v), h.max(*v))
+                    });
+                let met = values.iter().filter(|v| target(**v)).count();
+                (median(values.iter().copied()), low, high, met)
+            };
+            let of_bare = summary(&|r, p| rate(&p.pulse) / rate(r), &|v| v >= 0.5);
+            let times = summary(&|_, p| rate(&p.pulse) / rate(&p.peer), &|v| v >= 5.0);
+            let share = summary(&|_, p| cpu(&p.pulse) / cpu(&p.peer), &|v| v <= 0.2);
             println!(
-                "ratios {} changelogs: customer-pulse / reference {:.2}; customer-pulse / peer: {:.1}x the events/s, {:.3} of the CPU per event",
-                with(*changelog),
-                rate(pulse) / rate(&reference),
-                rate(pulse) / rate(peer),
-                cpu(pulse) / cpu(peer)
+                "ratios {} changelogs, of {rounds} rounds: the median (the range; the rounds at issue 7's target): customer-pulse / bare consumer {:.2} ({:.2}-{:.2}; {} at 0.5 or more); / peer {:.1}x the events/s ({:.1}-{:.1}; {} at 5 or more), {:.3} of the CPU per event ({:.3}-{:.3}; {} at 0.2 or less)",
+                with(changelog),
+                of_bare.0, of_bare.1, of_bare.2, of_bare.3,
+                times.0, times.1, times.2, times.3,
+                share.0, share.1, share.2, share.3,
             );
         }
+
+        // Latency at half and at a quarter of the rate customer-pulse reached (its median
+        // over the rounds): it starts again on the last round's state (it has read everything),
+        // and fresh events arrive at that pace for 10 s, published in batches as a busy
+        // producer's would be, their event times moving with the clock as live traffic's do
+        // (10 s of traffic spread over hours of event time would fire hours of timers and
+        // windows in seconds). Beside it, a bare consumer reads the same events: the broker's
+        // own latency, the reference. The events go to input topics of their own: on the
+        // topics above (200,000 records, one per batch) Tansu 0.6.0 delivered them to the bare
+        // consumer 1-3 s late.
+        let last = all.last().expect("a round");
+        let median_rate = |changelog: bool, run: &dyn Fn(&Pair) -> &Run| {
+            median(
+                all.iter()
+                    .flat_map(|round| round.pairs.iter())
+                    .filter(|p| p.changelog == changelog)
+                    .map(|p| rate(run(p))),
+            )
+        };
+        let mut latencies = Vec::new();
+        for pair in &last.pairs {
+            let seeds = if pair.changelog { [8, 9] } else { [10, 11] };
+            for (share, seed) in [(2.0, seeds[0]), (4.0, seeds[1])] {
+                let rate = (median_rate(pair.changelog, &|p| &p.pulse) / share).max(10.0);
+                let measured = paced(
+                    &brokers,
+                    &config.topics,
+                    &pair.state,
+                    &pair.tag,
+                    rate,
+                    seed,
+                    pair.changelog,
+                )
+                .await;
+                latencies.push((pair.changelog, share, rate, measured));
+            }
+        }
+        // The peer's at half the rate it reached (its median), measured the same way (its own
+        // latency to the end of each event's fold, which it notes itself).
+        let mut peer_latencies = Vec::new();
+        for pair in &last.pairs {
+            let rate = (median_rate(pair.changelog, &|p| &p.peer) / 2.0).max(10.0);
+            let seed = if pair.changelog { 12 } else { 13 };
+            let measured = quix_paced(
+                &brokers,
+                &config.topics,
+                &pair.state,
+                rate,
+                seed,
+                pair.changelog,
+            )
+            .await;
+            peer_latencies.push((pair.changelog, measured));
+        }
+
         println!(
             "latency runs: the job's and the bare consumer's fetches wait at most {} ms at the broker (FETCH_WAIT_MS)",
             live_fetch_wait_ms()
@@ -627,42 +736,60 @@ fn main() {
             );
         }
 
-        // Everything in one table: each contender at its most (its own run through every
-        // event), and at half of that rate (latency).
+        // Everything in one table: each contender at its most (the median over the rounds of
+        // its own run through every event; the peak memory the most of any round), and at
+        // half of that rate (latency).
         println!(
-            "\nAt their most, and at half that rate: customer-pulse's latency is to its state's commit (its histogram's bucket bounds), the bare consumer's to receipt and the peer's to the end of its fold (exact)"
+            "\nAt their most (the median of the rounds; peak memory the most of any), and at half that rate: customer-pulse's latency is to its state's commit (its histogram's bucket bounds), the bare consumer's to receipt and the peer's to the end of its fold (exact)"
         );
         println!("| changelogs | what | events/s | CPU s per million events | peak resident MiB | at half its rate, events/s | p50 | p99 |");
         println!("|---|---|---|---|---|---|---|---|");
         let ms = |v: f64| format!("{v:.0} ms");
-        for (changelog, _, pulse, peer) in &pairs {
-            let w = with(*changelog);
+        let most = |runs: Vec<&Run>| {
+            runs.iter()
+                .filter_map(|r| r.peak_mib)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+                .map_or("—".into(), |m| format!("{m:.0}"))
+        };
+        let references: Vec<&Run> = all.iter().map(|r| &r.reference).collect();
+        for changelog in [true, false] {
+            let w = with(changelog);
+            let runs = |which: &dyn Fn(&Pair) -> &Run| -> Vec<&Run> {
+                all.iter()
+                    .flat_map(|round| round.pairs.iter())
+                    .filter(|p| p.changelog == changelog)
+                    .map(which)
+                    .collect()
+            };
+            let (pulses, peers) = (runs(&|p| &p.pulse), runs(&|p| &p.peer));
+            let rates = |runs: &[&Run]| median(runs.iter().map(|r| rate(r)));
+            let cpus = |runs: &[&Run]| median(runs.iter().map(|r| cpu(r)));
             let half = latencies
                 .iter()
-                .find(|(c, share, _, _)| c == changelog && *share == 2.0);
+                .find(|(c, share, _, _)| *c == changelog && *share == 2.0);
             if let Some((_, _, offered, m)) = half {
                 println!(
                     "| {w} | bare librdkafka consumer | {:.0} | {:.1} | — | {offered:.0} | {} | {} |",
-                    rate(&reference),
-                    cpu(&reference),
+                    rates(&references),
+                    cpus(&references),
                     ms(exact_quantile(&m.reference, 0.5)),
                     ms(exact_quantile(&m.reference, 0.99))
                 );
                 println!(
                     "| {w} | customer-pulse | {:.0} | {:.1} | {} | {offered:.0} | {} | {} |",
-                    rate(pulse),
-                    cpu(pulse),
-                    mib(pulse),
+                    rates(&pulses),
+                    cpus(&pulses),
+                    most(pulses.clone()),
                     bucket_bound(&m.buckets, 0.5),
                     bucket_bound(&m.buckets, 0.99)
                 );
             }
-            if let Some((_, m)) = peer_latencies.iter().find(|(c, _)| c == changelog) {
+            if let Some((_, m)) = peer_latencies.iter().find(|(c, _)| *c == changelog) {
                 println!(
                     "| {w} | Quix Streams peer | {:.0} | {:.1} | {} | {:.0} | {} | {} |",
-                    rate(peer),
-                    cpu(peer),
-                    mib(peer),
+                    rates(&peers),
+                    cpus(&peers),
+                    most(peers.clone()),
                     m.rate,
                     ms(exact_quantile(&m.latencies, 0.5)),
                     ms(exact_quantile(&m.latencies, 0.99))
@@ -670,6 +797,15 @@ fn main() {
             }
         }
     });
+}
+
+/// "with" or "without", of a pair's changelogs.
+fn with(changelog: bool) -> &'static str {
+    if changelog {
+        "with"
+    } else {
+        "without"
+    }
 }
 
 /// "≤ N ms": the smallest bucket bound of a histogram under which a share `q` of its
@@ -720,6 +856,7 @@ async fn paced(
     brokers: &str,
     topics: &customer_pulse::config::Topics,
     state: &std::path::Path,
+    tag: &str,
     rate: f64,
     seed: u64,
     changelog: bool,
@@ -728,7 +865,7 @@ async fn paced(
     let (names, topics) = live_inputs(brokers, topics, &format!("live{seed}")).await;
     let inputs = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
     let wait = live_fetch_wait_ms();
-    let (_, child, port) = pulse(brokers, state, 0, &inputs, wait, changelog).await;
+    let (_, child, port) = pulse(brokers, state, tag, 0, &inputs, wait, changelog).await;
     // A second of the same traffic first, not measured: the restarted job's first batches
     // fire what the jump from the throughput run's event times to the clock passes (a month
     // of windows, days and silence timers), which is a restart's cost, not live traffic's.
