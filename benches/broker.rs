@@ -50,8 +50,10 @@ fn main() {
         // CHANGELOG=false measures the job without its changelog (state.changelog).
         let changelog = std::env::var("CHANGELOG").map_or(true, |v| v != "false");
         let text = format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-pulse\"\n[input]\npartitions = {PARTITIONS}\n\
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-pulse\"\nfetch_wait_milliseconds = {}\n\
+             [input]\npartitions = {PARTITIONS}\n\
              [state]\npath = \"{}\"\nchangelog = {changelog}\n[http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+            common::throughput_fetch_wait_ms(),
             dir.path().join("state").display()
         );
         let config = Config::parse(&text, Vec::new()).expect("config");

@@ -271,7 +271,7 @@ fn quix(brokers: &str, state: &std::path::Path, tag: &str, events: u64, changelo
         events,
         changelog,
         &INPUTS,
-        &fetch_wait(common::THROUGHPUT_FETCH_WAIT_MS),
+        &fetch_wait(common::throughput_fetch_wait_ms()),
     );
     let line = said(&lines, "processed", 1800);
     let run = usage(&child, started, Instant::now());
@@ -547,7 +547,7 @@ fn main() {
                     &tag,
                     events,
                     &INPUTS,
-                    common::THROUGHPUT_FETCH_WAIT_MS,
+                    common::throughput_fetch_wait_ms(),
                     changelog,
                 )
                 .await;

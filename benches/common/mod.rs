@@ -35,9 +35,16 @@ pub fn size(var: &str, bench: u64, smoke: u64) -> u64 {
     }
 }
 
-/// How long a fetch may wait at the broker in the throughput runs, the job's and the
-/// references' alike: the job's default (`kafka.fetch_wait_milliseconds`).
-pub const THROUGHPUT_FETCH_WAIT_MS: u64 = 50;
+/// How long a fetch may wait at the broker in the throughput runs, the job's, the references'
+/// and the peer's alike: `THROUGHPUT_FETCH_WAIT_MS`, by default the job's default
+/// (`kafka.fetch_wait_milliseconds`, 50). Tansu 0.6.0 holds every fetch that long, records or
+/// not.
+pub fn throughput_fetch_wait_ms() -> u64 {
+    std::env::var("THROUGHPUT_FETCH_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
 
 /// The reference reader: a bare librdkafka consumer assigned partitions `0..partitions` of every
 /// topic from the beginning, timed until it has read `records`.
@@ -47,7 +54,7 @@ pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -
         .set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
         // As customer-pulse's consumer: Tansu holds every fetch this long.
-        .set("fetch.wait.max.ms", THROUGHPUT_FETCH_WAIT_MS.to_string())
+        .set("fetch.wait.max.ms", throughput_fetch_wait_ms().to_string())
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
