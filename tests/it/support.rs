@@ -17,6 +17,35 @@ pub fn repo() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
+/// Only [`repo`] names the repository at build time: on 2026-12-05 the TLS tests' certificate
+/// paths did (`wire::tls_file`), and a test binary another checkout had built into the shared
+/// target directory looked for them under that checkout, gone; socat found no certificate and
+/// never listened.
+#[test]
+fn no_test_names_the_repository_at_build_time() {
+    let needle = concat!("env!(", "\"CARGO_MANIFEST_DIR\")");
+    let mut offenders = Vec::new();
+    for dir in ["tests/it", "benches", "benches/common"] {
+        for entry in std::fs::read_dir(repo().join(dir)).expect("source directory") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source");
+            // The fallbacks for a binary run without cargo: `repo` here and in the benchmarks.
+            let allowed = if path.ends_with("support.rs") || path.ends_with("common/mod.rs") {
+                1
+            } else {
+                0
+            };
+            if text.matches(needle).count() > allowed {
+                offenders.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "use repo() instead in {offenders:?}");
+}
+
 pub fn settings(cache_customers: usize) -> ProcessorSettings {
     settings_with_partitions(cache_customers, 4)
 }

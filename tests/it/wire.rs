@@ -22,7 +22,11 @@ use crate::end_to_end::{
 };
 
 fn tls_file(name: &str) -> String {
-    format!("{}/tests/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+    crate::support::repo()
+        .join("tests/tls")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 /// socat on a free loopback port, taking TLS connections with the test certificate and passing
