@@ -293,10 +293,16 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
             done,
             "start {start}: {counted} of {published} events counted, outputs delivered and ready, with SCRAM; the log:\n{log}"
         );
-        assert!(
-            !log.contains("ERROR") && !log.contains("uthentication"),
-            "start {start}: no error logged:\n{log}"
-        );
+        // A connection cut during its handshake is reported by librdkafka as a SASL
+        // authentication error "SaslAuthenticateRequest failed: Local: Broker transport
+        // failure", and retried: not a refusal (seen once in the owner lookup's first
+        // connection to the group coordinator, 2026-12-05, and in no other run).
+        let refused = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("uthentication"))
+            .filter(|l| !l.contains("Broker transport failure"))
+            .count();
+        assert!(refused == 0, "start {start}: no error logged:\n{log}");
     }
 
     let dir = tempfile::tempdir().unwrap();
