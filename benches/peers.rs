@@ -490,6 +490,17 @@ struct Round {
     pairs: Vec<Pair>,
 }
 
+/// Every round's pair with its changelogs or without, beside that round's bare consumer.
+fn pairs_of(rounds: &[Round], changelog: bool) -> impl Iterator<Item = (&Run, &Pair)> {
+    rounds.iter().flat_map(move |round| {
+        round
+            .pairs
+            .iter()
+            .filter(move |p| p.changelog == changelog)
+            .map(move |p| (&round.reference, p))
+    })
+}
+
 fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
     let rounds = common::size("ROUNDS", 5, 1).max(1);
@@ -606,17 +617,10 @@ fn main() {
         // Each ratio is of one round's contenders, side by side; its median and range are
         // over the rounds.
         for changelog in [true, false] {
-            let pairs = || {
-                all.iter().flat_map(move |round| {
-                    round
-                        .pairs
-                        .iter()
-                        .filter(move |p| p.changelog == changelog)
-                        .map(move |p| (&round.reference, p))
-                })
-            };
             let summary = |ratio: &dyn Fn(&Run, &Pair) -> f64, target: &dyn Fn(f64) -> bool| {
-                let values: Vec<f64> = pairs().map(|(r, p)| ratio(r, p)).collect();
+                let values: Vec<f64> = pairs_of(&all, changelog)
+                    .map(|(r, p)| ratio(r, p))
+                    .collect();
                 let (low, high) = values
                     .iter()
                     .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
@@ -648,12 +652,7 @@ fn main() {
         // consumer 1-3 s late.
         let last = all.last().expect("a round");
         let median_rate = |changelog: bool, run: &dyn Fn(&Pair) -> &Run| {
-            median(
-                all.iter()
-                    .flat_map(|round| round.pairs.iter())
-                    .filter(|p| p.changelog == changelog)
-                    .map(|p| rate(run(p))),
-            )
+            median(pairs_of(&all, changelog).map(|(_, p)| rate(run(p))))
         };
         let mut latencies = Vec::new();
         for pair in &last.pairs {
@@ -745,21 +744,17 @@ fn main() {
         println!("| changelogs | what | events/s | CPU s per million events | peak resident MiB | at half its rate, events/s | p50 | p99 |");
         println!("|---|---|---|---|---|---|---|---|");
         let ms = |v: f64| format!("{v:.0} ms");
-        let most = |runs: Vec<&Run>| {
+        let most = |runs: &[&Run]| {
             runs.iter()
                 .filter_map(|r| r.peak_mib)
-                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+                .reduce(f64::max)
                 .map_or("—".into(), |m| format!("{m:.0}"))
         };
         let references: Vec<&Run> = all.iter().map(|r| &r.reference).collect();
         for changelog in [true, false] {
             let w = with(changelog);
             let runs = |which: &dyn Fn(&Pair) -> &Run| -> Vec<&Run> {
-                all.iter()
-                    .flat_map(|round| round.pairs.iter())
-                    .filter(|p| p.changelog == changelog)
-                    .map(which)
-                    .collect()
+                pairs_of(&all, changelog).map(|(_, p)| which(p)).collect()
             };
             let (pulses, peers) = (runs(&|p| &p.pulse), runs(&|p| &p.peer));
             let rates = |runs: &[&Run]| median(runs.iter().map(|r| rate(r)));
@@ -779,7 +774,7 @@ fn main() {
                     "| {w} | customer-pulse | {:.0} | {:.1} | {} | {offered:.0} | {} | {} |",
                     rates(&pulses),
                     cpus(&pulses),
-                    most(pulses.clone()),
+                    most(&pulses),
                     bucket_bound(&m.buckets, 0.5),
                     bucket_bound(&m.buckets, 0.99)
                 );
@@ -789,7 +784,7 @@ fn main() {
                     "| {w} | Quix Streams peer | {:.0} | {:.1} | {} | {:.0} | {} | {} |",
                     rates(&peers),
                     cpus(&peers),
-                    most(peers.clone()),
+                    most(&peers),
                     m.rate,
                     ms(exact_quantile(&m.latencies, 0.5)),
                     ms(exact_quantile(&m.latencies, 0.99))

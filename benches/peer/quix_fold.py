@@ -202,28 +202,25 @@ def main():
     events = inputs[0].concat(inputs[1]).concat(inputs[2])
     taken = {"n": 0, "applied": 0}
 
-    def fold(event, state):
-        try:
-            fold_one(event, state)
-        finally:
-            taken["n"] += 1
-            if taken["n"] == args.expected:
-                print(f"processed {taken['n']} applied {taken['applied']}", flush=True)
-
     latencies = []
 
-    def fold_timed(event, _key, timestamp, _headers, state):
+    def fold(event, state, timestamp=None):
         try:
             fold_one(event, state)
         finally:
-            latencies.append((timestamp, time.time() * 1000 - timestamp))
+            if timestamp is not None:
+                latencies.append((timestamp, time.time() * 1000 - timestamp))
             taken["n"] += 1
             if taken["n"] == args.warm:
                 print("warm", flush=True)
             if taken["n"] == args.expected:
-                with open(args.latencies, "w") as out:
-                    out.writelines(f"{t} {ms:.3f}\n" for t, ms in latencies)
+                if args.latencies:
+                    with open(args.latencies, "w") as out:
+                        out.writelines(f"{t} {ms:.3f}\n" for t, ms in latencies)
                 print(f"processed {taken['n']} applied {taken['applied']}", flush=True)
+
+    def fold_timed(event, _key, timestamp, _headers, state):
+        fold(event, state, timestamp)
 
     def fold_one(event, state):
         try:
