@@ -113,25 +113,10 @@ fn main() {
     print_families(&config.state_path);
 }
 
-/// What each key family names (a key's first byte; `store` keeps these apart by it).
-const FAMILIES: &[(u8, &str)] = &[
-    (b'c', "customers"),
-    (b's', "sealed remembered events"),
-    (b't', "timers"),
-    (b'k', "erasure markers"),
-    (b'x', "outbox"),
-    (b'o', "input offsets"),
-    (b'w', "event times"),
-    (b'h', "RFM histogram cells"),
-    (b'g', "settings and aggregates"),
-    (b'n', "changelog ownership"),
-    (b'l', "changelog read"),
-    (b'e', "changelog epochs"),
-];
-
 /// What the closed state holds, by key family: entries, the bytes of their keys and values as
 /// written (before RocksDB compresses them), and RocksDB's estimate of the bytes the family's
 /// key range takes in table files (compressed, and its share of each file's index and filter).
+/// The families and their names are the store's (`store::KEY_FAMILIES`).
 fn print_families(path: &std::path::Path) {
     let db = match rocksdb::DB::open_for_read_only(&rocksdb::Options::default(), path, false) {
         Ok(db) => db,
@@ -163,7 +148,7 @@ fn print_families(path: &std::path::Path) {
         "key family", "entries", "B/entry", "keys MiB", "values MiB", "in tables MiB"
     );
     for (&tag, &(entries, keys, values)) in &families {
-        let name = FAMILIES
+        let name = customer_pulse::store::KEY_FAMILIES
             .iter()
             .find(|(t, _)| *t == tag)
             .map_or("(unknown)", |(_, name)| name);

@@ -88,9 +88,9 @@ pub const WATERMARK_SOURCE: &str = "";
 /// The writer id of this state directory.
 const WRITER: &[u8] = b"g/changelog-writer";
 /// `l` + partition: the next changelog offset whose record this store has not accounted for.
-const CHANGELOG_READ: u8 = b'l';
+pub(super) const CHANGELOG_READ: u8 = b'l';
 /// `e` + partition: the offset of this store's latest claim of the partition.
-const EPOCH: u8 = b'e';
+pub(super) const EPOCH: u8 = b'e';
 
 /// Who wrote a record, and under which claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -380,6 +380,24 @@ const RFM_SCALES: &[u8] = b"g/rfm-scales";
 /// RFM histogram cells: `h` + `j` + day + orders (joint R and F), `h` + `m` + bucket (M).
 const HISTOGRAM: u8 = b'h';
 
+/// Every key family of the store, by the first byte of its keys, with its name: what a tool
+/// that reads a state directory through (the memory benchmark) reports the state by. The `g`
+/// family is every key that starts with `g/`.
+pub const KEY_FAMILIES: &[(u8, &str)] = &[
+    (CUSTOMER, "customers"),
+    (SEALED, "sealed remembered events"),
+    (TIMER, "timers"),
+    (erased::TAG, "erasure markers"),
+    (OUTBOX, "outbox"),
+    (OFFSET, "input offsets"),
+    (EVENT_TIME, "event times"),
+    (HISTOGRAM, "RFM histogram cells"),
+    (b'g', "settings and aggregates"),
+    (OWNERSHIP, "changelog ownership"),
+    (changelog::CHANGELOG_READ, "changelog read"),
+    (changelog::EPOCH, "changelog epochs"),
+];
+
 fn cell_key(cell: &Cell) -> (Vec<u8>, i64) {
     let mut key = vec![HISTOGRAM];
     let n = match *cell {
