@@ -15,6 +15,7 @@ mod fixed;
 mod hostile;
 mod kafka_smoke;
 mod limits;
+mod plain_front;
 mod privacy;
 mod prometheus;
 mod real_data;

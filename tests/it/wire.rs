@@ -20,6 +20,7 @@ use crate::crash::Job;
 use crate::end_to_end::{
     config_text, http_get, metric_sum, test_topics, traffic, wait_for, TOPICS,
 };
+use crate::plain_front::{self, PlainFront};
 
 fn tls_file(name: &str) -> String {
     crate::support::repo()
@@ -185,6 +186,71 @@ async fn the_job_consumes_and_produces_over_sasl_inside_tls() {
         "SASL inside TLS",
     )
     .await;
+}
+
+/// SASL/PLAIN (`sasl_mechanism = "PLAIN"`): Tansu 0.6.0 does not offer it, so a front in the
+/// test asks for it and checks the user and password (`plain_front`), then passes the
+/// connection on to Tansu. The job, its password given inline, counts every event published
+/// through the front and delivers its outputs, each of its clients authenticating. With a
+/// wrong password the job counts nothing, is not ready, and its log carries the front's
+/// refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_authenticates_with_plain_and_is_refused_with_a_wrong_password() {
+    let backend = free_port();
+    let (user, password) = ("pulse", "a-plain-password-of-the-test");
+    let front = PlainFront::start(backend, user, password);
+    let broker = Broker::start_on(backend, front.port);
+    let plain = [
+        ("security.protocol", "sasl_plaintext"),
+        ("sasl.mechanisms", "PLAIN"),
+        ("sasl.username", user),
+        ("sasl.password", password),
+    ];
+    let kafka = |password: &str| {
+        format!(
+            "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
+             sasl_username = \"{user}\"\nsasl_password = \"{password}\"\n"
+        )
+    };
+    let events = traffic(200, 17);
+    let before = front.authenticated();
+    published_then_counted(
+        &broker.address,
+        &plain,
+        &events,
+        &kafka(password),
+        "SASL/PLAIN",
+    )
+    .await;
+    assert!(
+        front.authenticated() > before,
+        "the job's clients authenticated through the front"
+    );
+    assert_eq!(front.refused(), 0, "no client refused");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    write_config(
+        &config,
+        &broker.address,
+        port,
+        &kafka("not-the-password"),
+        "",
+    );
+    let log = dir.path().join("job.log");
+    let mut refused = Job::start_logging_to(&config, &log);
+    let told = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(plain_front::REFUSAL))
+    })
+    .await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(told, "the log carries the refusal:\n{said}");
+    assert!(front.refused() > 0, "the front refused the job's clients");
+    assert_eq!(metric_sum(port, "customer_pulse_events_total"), 0.0);
+    let ready = http_get(port, "/readyz").map(|(status, _)| status);
+    assert_ne!(ready, Some(200), "not ready");
+    let _ = refused.terminate_within(Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
