@@ -101,6 +101,40 @@ async fn counted_and_delivered(http_port: u16, events: usize) -> bool {
     .await
 }
 
+/// Starts the binary's job on `brokers` with `kafka` added to its `[kafka]` section (credentials
+/// the brokers refuse), asserts that its log says `refusal` within 30 s, that it counts nothing
+/// and is not ready, and stops it; then that `generate` with the same configuration fails
+/// saying the brokers refused it.
+async fn refused_and_says(brokers: &str, kafka: &str, refusal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    write_config(&config, brokers, port, kafka, "");
+    let log = dir.path().join("job.log");
+    let mut job = Job::start_logging_to(&config, &log);
+    let told = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(refusal))
+    })
+    .await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(told, "the log says \"{refusal}\":\n{said}");
+    assert_eq!(metric_sum(port, "customer_pulse_events_total"), 0.0);
+    let ready = http_get(port, "/readyz").map(|(status, _)| status);
+    assert_ne!(ready, Some(200), "not ready");
+    let _ = job.terminate_within(Duration::from_secs(60));
+    // `generate`, with the same configuration, fails saying the brokers refused it.
+    let generated = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+        .args(["generate", "--events", "10", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&generated.stderr).into_owned();
+    assert!(
+        !generated.status.success() && said.contains("refused the client's authentication"),
+        "generate says the brokers refused it: {said}"
+    );
+}
+
 /// Starts the binary's job on `brokers`, with `kafka` added to its `[kafka]` section, waits for
 /// it to count `events` input events and deliver its outputs (none left in the outbox), stops
 /// it with SIGTERM, and returns whether it did, with what it counted and delivered.
@@ -193,7 +227,7 @@ async fn the_job_consumes_and_produces_over_sasl_inside_tls() {
 /// connection on to Tansu. The job, its password given inline, counts every event published
 /// through the front and delivers its outputs, each of its clients authenticating. With a
 /// wrong password the job counts nothing, is not ready, and its log carries the front's
-/// refusal.
+/// refusal; and `generate` with that configuration fails saying the brokers refused it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_authenticates_with_plain_and_is_refused_with_a_wrong_password() {
     let backend = free_port();
@@ -228,29 +262,13 @@ async fn the_job_authenticates_with_plain_and_is_refused_with_a_wrong_password()
     );
     assert_eq!(front.refused(), 0, "no client refused");
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    write_config(
-        &config,
+    refused_and_says(
         &broker.address,
-        port,
         &kafka("not-the-password"),
-        "",
-    );
-    let log = dir.path().join("job.log");
-    let mut refused = Job::start_logging_to(&config, &log);
-    let told = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(plain_front::REFUSAL))
-    })
+        plain_front::REFUSAL,
+    )
     .await;
-    let said = std::fs::read_to_string(&log).unwrap();
-    assert!(told, "the log carries the refusal:\n{said}");
     assert!(front.refused() > 0, "the front refused the job's clients");
-    assert_eq!(metric_sum(port, "customer_pulse_events_total"), 0.0);
-    let ready = http_get(port, "/readyz").map(|(status, _)| status);
-    assert_ne!(ready, Some(200), "not ready");
-    let _ = refused.terminate_within(Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,37 +389,10 @@ async fn the_job_authenticates_with_scram_and_is_refused_with_a_wrong_password()
         assert!(refused == 0, "start {start}: no error logged:\n{log}");
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    write_config(
-        &config,
+    refused_and_says(
         &broker.address,
-        port,
         &kafka("not-the-password"),
-        "",
-    );
-    let log = dir.path().join("job.log");
-    let mut refused = Job::start_logging_to(&config, &log);
-    let told = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("SASL SCRAM authentication failed"))
-    })
+        "SASL SCRAM authentication failed",
+    )
     .await;
-    let said = std::fs::read_to_string(&log).unwrap();
-    assert!(told, "the log says the authentication failed:\n{said}");
-    assert_eq!(metric_sum(port, "customer_pulse_events_total"), 0.0);
-    let ready = http_get(port, "/readyz").map(|(status, _)| status);
-    assert_ne!(ready, Some(200), "not ready");
-    let _ = refused.terminate_within(Duration::from_secs(60));
-    // generate, with the same configuration, fails saying the brokers refused it.
-    let generated = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
-        .args(["generate", "--events", "10", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&generated.stderr).into_owned();
-    assert!(
-        !generated.status.success() && said.contains("refused the client's authentication"),
-        "generate says the brokers refused it: {said}"
-    );
 }
