@@ -278,8 +278,9 @@ pub struct ScoreReport {
     pub written: u64,
     /// Customers first seen after `as_of`: not written.
     pub not_yet_seen: u64,
-    /// Customers written with events after `as_of`: their purchases, lifecycle and
-    /// cancellation are taken back to it, the rest of their state is that of now.
+    /// Customers written with events after `as_of`: their purchases, last order's time,
+    /// lifecycle, cancellation and latest survey are taken back to it, the rest of their state
+    /// is that of now (`risk::as_it_stood`).
     pub seen_since: u64,
     /// With `lost_since`, the losses counted in the period.
     pub lost: LostInPeriod,

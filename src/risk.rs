@@ -774,12 +774,16 @@ pub fn purchases_until(days: &[i32], as_of: Millis) -> &[i32] {
     &days[..days.partition_point(|d| day_start(*d) <= as_of)]
 }
 
-/// The state as far as it can be taken back to `as_of`: the purchases up to it, a cancellation
-/// after it not yet made (and one renewed since still in force, by its `losses`), and the
-/// lifecycle it had then by its `losses` (lost, won back, or before any loss new or active by
-/// its purchases). A customer stored before losses were kept has none, so a lost or won-back
-/// one keeps its lifecycle of now. The rest (complaints, surveys, deliveries, returns) is the
-/// state's now: it keeps no history of them.
+/// The state as far as it can be taken back to `as_of`: the purchases up to it, the last
+/// order's time that of the last purchase day up to it (the state keeps days, not times, of
+/// earlier orders), a cancellation after it not yet made (and one renewed since still in force,
+/// by its `losses`), a survey after it not yet answered (the state keeps the latest survey
+/// only, so none is known then), and the lifecycle it had then by its `losses` (lost, won
+/// back, or before any loss new or active by its purchases). A customer stored before losses
+/// were kept has none, so a lost or won-back one keeps its lifecycle of now. The rest (open
+/// complaints and orders, whose reasons count only those opened by `as_of`; counts and sums of
+/// complaints, deliveries, returns and responses) is the state's now: it keeps no history of
+/// them.
 pub fn as_it_stood<'s>(
     state: &'s CustomerState,
     losses: &[Loss],
@@ -804,16 +808,27 @@ pub fn as_it_stood<'s>(
     // earlier cancellation's reason is not kept).
     let still_cancelled = latest_loss(losses, as_of)
         .is_some_and(|l| l.reason == ReasonCode::Cancelled && !l.won_back_by(as_of));
+    let surveyed_later = state.last_survey_at.is_some_and(|at| at > as_of);
+    let ordered_later = state.last_order_at.is_some_and(|at| at > as_of);
     if purchases == state.purchase_days.len()
         && lifecycle == state.lifecycle
         && !cancelled_later
         && (!still_cancelled || state.subscription == Subscription::Cancelled)
+        && !surveyed_later
+        && !ordered_later
     {
         return std::borrow::Cow::Borrowed(state);
     }
     let mut then = state.clone();
     then.purchase_days.truncate(purchases);
     then.lifecycle = lifecycle;
+    if ordered_later {
+        then.last_order_at = then.purchase_days.last().map(|d| day_start(*d));
+    }
+    if surveyed_later {
+        then.last_survey_score = None;
+        then.last_survey_at = None;
+    }
     if cancelled_later {
         then.subscription = Subscription::None;
         then.cancellation_reason = None;
@@ -981,6 +996,45 @@ pub(crate) mod tests {
         );
         let want = 1.0 - unhappy.p_alive * 0.75 * 0.8;
         assert!((unhappy.score - want).abs() < 1e-12);
+    }
+
+    /// Taken back to a time before its latest survey and order, a customer is not a detractor
+    /// by that later survey, and its silence is counted from its last purchase up to then; at
+    /// the survey's time it is a detractor.
+    #[test]
+    fn a_survey_or_an_order_after_the_time_asked_for_is_not_known_then() {
+        let s = settings();
+        let mut state = buyer(&[0, 7, 14, 21, 80]);
+        state.last_order_at = Some(80 * DAY_MS + 3_600_000);
+        state.last_survey_score = Some(2);
+        state.last_survey_at = Some(79 * DAY_MS);
+        let as_of = 70 * DAY_MS;
+        let then = as_it_stood(&state, &[], as_of);
+        assert_eq!(then.purchase_days, [0, 7, 14, 21]);
+        assert_eq!(then.last_order_at, Some(21 * DAY_MS));
+        assert_eq!((then.last_survey_score, then.last_survey_at), (None, None));
+        let assessed = assess(&then, &Trailing::default(), as_of, &s);
+        let reasons: Vec<_> = assessed
+            .reasons
+            .iter()
+            .map(|r| (r.code, r.detail.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert_eq!(reasons[0].0, ReasonCode::Inactive);
+        assert!(
+            reasons[0].1.starts_with("no order for 49 days;"),
+            "{reasons:?}"
+        );
+        let at_survey = as_it_stood(&state, &[], 79 * DAY_MS + 1);
+        let surveyed = assess(&at_survey, &Trailing::default(), 79 * DAY_MS + 1, &s);
+        assert!(
+            surveyed
+                .reasons
+                .iter()
+                .any(|r| r.code == ReasonCode::Detractor),
+            "{:?}",
+            surveyed.reasons
+        );
     }
 
     /// A purchase is worth what the customer kept of it: half the revenue returned halves the
