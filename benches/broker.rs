@@ -3,8 +3,8 @@
 //! consuming, folding, committing to RocksDB and producing its outputs, in the same run on the
 //! same topics. Prints one table.
 //!
-//! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it;
-//! CHANGELOG=false runs the job without its changelog). Under
+//! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it; CUSTOMERS,
+//! by default a twentieth of EVENTS; CHANGELOG=false runs the job without its changelog). Under
 //! `cargo test` it runs once with 2,000 events, so the harness itself stays tested.
 
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ use broker::{free_port, Broker};
 
 fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
+    // More customers for the same events: each batch writes more distinct customers.
+    let customers = common::size("CUSTOMERS", events / 20 + 1, events / 20 + 1);
     common::runtime().block_on(async move {
         let broker = Broker::start();
         let brokers = broker.address.clone();
@@ -38,7 +40,7 @@ fn main() {
             .expect("topics");
 
         let generated = generate(&TrafficSpec {
-            customers: events / 20 + 1,
+            customers,
             events,
             seed: 5,
             start_ms: wall_clock_ms() - 30 * 86_400_000,
@@ -87,7 +89,7 @@ fn main() {
         let outputs_tail = delivered_by.elapsed();
 
         let rate = |d: Duration| events as f64 / d.as_secs_f64();
-        println!("\nend-to-end through Tansu on loopback: {events} events, {} bytes on average, {PARTITIONS} partitions x 3 topics", bytes / generated.len());
+        println!("\nend-to-end through Tansu on loopback: {events} events over {customers} customers, {} bytes on average, {PARTITIONS} partitions x 3 topics", bytes / generated.len());
         println!("| what | seconds | events/s |");
         println!("|---|---|---|");
         println!("| publish (librdkafka producer, reference only) | {:.2} | {:.0} |", publish_time.as_secs_f64(), rate(publish_time));
