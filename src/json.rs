@@ -26,6 +26,38 @@ impl<'a> Object<'a> {
         self
     }
 
+    /// Writes `"key":` and `value` as a JSON string, the bytes `serde_json` writes for it: as
+    /// it is when nothing in it needs escaping (no `"`, `\\` or control character), as an id, a
+    /// name or a reason's text does, without `serde_json`'s escaping loop (about 2% of a
+    /// replay's instructions on the fold thread, which drains a replay's outbox); otherwise
+    /// through it.
+    pub fn text(&mut self, key: &'static str, value: &str) -> &mut Self {
+        // Every byte looked at, with no early exit, so that the compiler checks many at once.
+        let escaped = value.bytes().fold(false, |any, b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if escaped {
+            return self.field(key, value);
+        }
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.push(b'"');
+        self
+    }
+
+    /// [`Object::text`], or `null` for `None`.
+    pub fn text_or_null(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.text(key, value),
+            None => {
+                self.key(key);
+                self.out.extend_from_slice(b"null");
+                self
+            }
+        }
+    }
+
     /// Writes `"key":` and an object that `fields` fills.
     pub fn object(&mut self, key: &'static str, fields: impl FnOnce(&mut Object<'_>)) -> &mut Self {
         self.key(key);
@@ -77,6 +109,34 @@ impl<'a> Object<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_is_the_string_serde_json_writes() {
+        let texts = [
+            "",
+            "c-0001234",
+            "plain words, with punctuation: ;/?'",
+            "quote \" and backslash \\",
+            "control \u{0} \u{1f} tab\t newline\n",
+            "delete \u{7f}, accents é, line separator \u{2028}, emoji \u{1f600}",
+        ];
+        for text in texts {
+            let mut out = Vec::new();
+            let mut object = Object::new(&mut out);
+            object
+                .text("a", text)
+                .text_or_null("b", Some(text))
+                .text_or_null("c", None);
+            object.end();
+            // `json!`'s maps sort their keys: the fields are written in that order.
+            let want = serde_json::json!({"a": text, "b": text, "c": null});
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want.to_string(),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn writes_what_serde_json_writes_for_the_same_fields() {

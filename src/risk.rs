@@ -407,34 +407,34 @@ impl ChurnRiskRecord {
         let mut out = Vec::with_capacity(1024);
         let mut record = Object::new(&mut out);
         record
-            .field("as_of", &format_millis(self.as_of))
-            .field("caused_by_event_id", &self.caused_by)
-            .field("customer_id", &self.customer_id)
+            .text("as_of", &format_millis(self.as_of))
+            .text_or_null("caused_by_event_id", self.caused_by.as_deref())
+            .text("customer_id", &self.customer_id)
             .field(
                 "expected_orders_90d",
                 &round(self.expected_orders_90d, RECORD_DIGITS),
             )
-            .field("level", &self.level)
-            .field("lifecycle", &self.lifecycle)
+            .text("level", self.level.name())
+            .text("lifecycle", self.lifecycle.name())
             .field("ltv_minor", &self.ltv_minor)
             .field("p_alive", &round(self.p_alive, RECORD_DIGITS))
             .objects("reasons", &self.reasons, |reason, r| {
-                reason.field("code", &r.code).field("detail", &r.detail);
+                reason.text("code", r.code.code()).text("detail", &r.detail);
             })
-            .field("record_id", &self.record_id);
+            .text("record_id", &self.record_id);
         match &self.rfm {
             Some(rfm) => record.object("rfm", |score| {
                 score
                     .field("f", &rfm.f)
                     .field("m", &rfm.m)
                     .field("r", &rfm.r)
-                    .field("segment", &rfm.segment);
+                    .text("segment", &rfm.segment);
             }),
             None => record.field("rfm", &None::<()>),
         };
         record
             .field("score", &round(self.score, RECORD_DIGITS))
-            .field("segment", &self.segment);
+            .text("segment", &self.segment);
         record.end();
         out
     }
