@@ -998,6 +998,22 @@ pub(crate) mod tests {
         assert!((unhappy.score - want).abs() < 1e-12);
     }
 
+    /// A record writes its reason codes, level and lifecycle by these names
+    /// (`ChurnRiskRecord::to_json`); the stored encodings and the other outputs by serde's.
+    #[test]
+    fn the_names_records_write_are_serde_s() {
+        let serde_name = |value: serde_json::Value| value.as_str().unwrap().to_owned();
+        for code in REASON_CODES {
+            assert_eq!(code.code(), serde_name(serde_json::json!(code)));
+        }
+        for level in [Level::Low, Level::Medium, Level::High] {
+            assert_eq!(level.name(), serde_name(serde_json::json!(level)));
+        }
+        for lifecycle in crate::segments::LIFECYCLES {
+            assert_eq!(lifecycle.name(), serde_name(serde_json::json!(lifecycle)));
+        }
+    }
+
     /// Taken back to a time before its latest survey and order, a customer is not a detractor
     /// by that later survey, and its silence is counted from its last purchase up to then; at
     /// the survey's time it is a detractor.
