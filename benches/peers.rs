@@ -592,9 +592,19 @@ fn main() {
 
         let rate = |r: &Run| events as f64 / r.seconds;
         let cpu = |r: &Run| r.cpu_seconds / events as f64 * 1e6;
+        // The most peak memory of `runs`, for the tables.
+        let most = |runs: &mut dyn Iterator<Item = &Run>| {
+            runs.filter_map(|r| r.peak_mib)
+                .reduce(f64::max)
+                .map_or("—".into(), |m| format!("{m:.0}"))
+        };
+        let mib = |r: &Run| most(&mut std::iter::once(r));
+        // The median over the rounds of `of` for the pair with its changelogs or without.
+        let median_of = |changelog: bool, of: &dyn Fn(&Pair) -> f64| {
+            median(pairs_of(&all, changelog).map(|(_, p)| of(p)))
+        };
         println!("\n| round | changelogs | bare consumer, events/s | customer-pulse, events/s | CPU s per million events | peak MiB | Quix Streams peer, events/s | CPU s per million events | peak MiB | customer-pulse / bare consumer | / peer, events/s | / peer, CPU per event |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-        let mib = |r: &Run| r.peak_mib.map_or("—".into(), |m| format!("{m:.0}"));
         for (i, round) in all.iter().enumerate() {
             for p in &round.pairs {
                 println!(
@@ -651,14 +661,11 @@ fn main() {
         // topics above (200,000 records, one per batch) Tansu 0.6.0 delivered them to the bare
         // consumer 1-3 s late.
         let last = all.last().expect("a round");
-        let median_rate = |changelog: bool, run: &dyn Fn(&Pair) -> &Run| {
-            median(pairs_of(&all, changelog).map(|(_, p)| rate(run(p))))
-        };
         let mut latencies = Vec::new();
         for pair in &last.pairs {
             let seeds = if pair.changelog { [8, 9] } else { [10, 11] };
             for (share, seed) in [(2.0, seeds[0]), (4.0, seeds[1])] {
-                let rate = (median_rate(pair.changelog, &|p| &p.pulse) / share).max(10.0);
+                let rate = (median_of(pair.changelog, &|p| rate(&p.pulse)) / share).max(10.0);
                 let measured = paced(
                     &brokers,
                     &config.topics,
@@ -676,7 +683,7 @@ fn main() {
         // latency to the end of each event's fold, which it notes itself).
         let mut peer_latencies = Vec::new();
         for pair in &last.pairs {
-            let rate = (median_rate(pair.changelog, &|p| &p.peer) / 2.0).max(10.0);
+            let rate = (median_of(pair.changelog, &|p| rate(&p.peer)) / 2.0).max(10.0);
             let seed = if pair.changelog { 12 } else { 13 };
             let measured = quix_paced(
                 &brokers,
@@ -744,37 +751,27 @@ fn main() {
         println!("| changelogs | what | events/s | CPU s per million events | peak resident MiB | at half its rate, events/s | p50 | p99 |");
         println!("|---|---|---|---|---|---|---|---|");
         let ms = |v: f64| format!("{v:.0} ms");
-        let most = |runs: &[&Run]| {
-            runs.iter()
-                .filter_map(|r| r.peak_mib)
-                .reduce(f64::max)
-                .map_or("—".into(), |m| format!("{m:.0}"))
-        };
-        let references: Vec<&Run> = all.iter().map(|r| &r.reference).collect();
         for changelog in [true, false] {
             let w = with(changelog);
-            let runs = |which: &dyn Fn(&Pair) -> &Run| -> Vec<&Run> {
-                pairs_of(&all, changelog).map(|(_, p)| which(p)).collect()
+            let peak = |which: &dyn Fn(&Pair) -> &Run| {
+                most(&mut pairs_of(&all, changelog).map(|(_, p)| which(p)))
             };
-            let (pulses, peers) = (runs(&|p| &p.pulse), runs(&|p| &p.peer));
-            let rates = |runs: &[&Run]| median(runs.iter().map(|r| rate(r)));
-            let cpus = |runs: &[&Run]| median(runs.iter().map(|r| cpu(r)));
             let half = latencies
                 .iter()
                 .find(|(c, share, _, _)| *c == changelog && *share == 2.0);
             if let Some((_, _, offered, m)) = half {
                 println!(
                     "| {w} | bare librdkafka consumer | {:.0} | {:.1} | — | {offered:.0} | {} | {} |",
-                    rates(&references),
-                    cpus(&references),
+                    median(all.iter().map(|r| rate(&r.reference))),
+                    median(all.iter().map(|r| cpu(&r.reference))),
                     ms(exact_quantile(&m.reference, 0.5)),
                     ms(exact_quantile(&m.reference, 0.99))
                 );
                 println!(
                     "| {w} | customer-pulse | {:.0} | {:.1} | {} | {offered:.0} | {} | {} |",
-                    rates(&pulses),
-                    cpus(&pulses),
-                    most(&pulses),
+                    median_of(changelog, &|p| rate(&p.pulse)),
+                    median_of(changelog, &|p| cpu(&p.pulse)),
+                    peak(&|p| &p.pulse),
                     bucket_bound(&m.buckets, 0.5),
                     bucket_bound(&m.buckets, 0.99)
                 );
@@ -782,9 +779,9 @@ fn main() {
             if let Some((_, m)) = peer_latencies.iter().find(|(c, _)| *c == changelog) {
                 println!(
                     "| {w} | Quix Streams peer | {:.0} | {:.1} | {} | {:.0} | {} | {} |",
-                    rates(&peers),
-                    cpus(&peers),
-                    most(&peers),
+                    median_of(changelog, &|p| rate(&p.peer)),
+                    median_of(changelog, &|p| cpu(&p.peer)),
+                    peak(&|p| &p.peer),
                     m.rate,
                     ms(exact_quantile(&m.latencies, 0.5)),
                     ms(exact_quantile(&m.latencies, 0.99))
