@@ -161,18 +161,16 @@ async fn serve(
                     SASL_AUTHENTICATION_FAILED
                 };
                 answer.extend(error.to_be_bytes());
-                match (accepted, flexible) {
-                    (true, false) => answer.extend((-1i16).to_be_bytes()),
-                    (true, true) => answer.push(0),
-                    (false, false) => {
-                        answer.extend((REFUSAL.len() as i16).to_be_bytes());
-                        answer.extend(REFUSAL.as_bytes());
-                    }
-                    (false, true) => {
-                        answer.push(REFUSAL.len() as u8 + 1);
-                        answer.extend(REFUSAL.as_bytes());
-                    }
+                // The error message: a nullable string, its length a varint one more than it
+                // (0 for none) in a flexible version, else two bytes (-1 for none).
+                let message = (!accepted).then_some(REFUSAL.as_bytes());
+                match (message, flexible) {
+                    (None, false) => answer.extend((-1i16).to_be_bytes()),
+                    (None, true) => answer.push(0),
+                    (Some(m), false) => answer.extend((m.len() as i16).to_be_bytes()),
+                    (Some(m), true) => push_varint(&mut answer, m.len() as u64 + 1),
                 }
+                answer.extend(message.unwrap_or_default());
                 // No server message back, and a session that does not expire (no
                 // re-authentication).
                 if flexible {
@@ -200,6 +198,16 @@ async fn serve(
     }
     tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
     Ok(())
+}
+
+/// An unsigned varint: seven bits a byte, the low ones first, the high bit set on all but the
+/// last.
+fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 /// One request or response: a 4-byte big-endian size, then that many bytes (returned).
