@@ -11,15 +11,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregator::Aggregator;
 use crate::config::Config;
+use crate::event::Millis;
 use crate::fold::Lifecycle;
 use crate::http::{self, HttpState};
 use crate::kafka::{
     Assignment, ChangelogProgress, ChangelogReader, ChangelogTail, Input, KafkaSink,
 };
 use crate::outbox::{drain, Sink};
-use crate::processor::{Aggregation, OutputTopics, Processor, ProcessorSettings};
+use crate::processor::{
+    Aggregation, BatchReport, InputRecord, OutputTopics, Processor, ProcessorSettings,
+};
 use crate::replay::wall_clock_ms;
-use crate::store::{Held, RocksBackend, Store};
+use crate::store::{Held, RocksBackend, Store, StoreError};
 use crate::telemetry::{repeated, Telemetry};
 
 /// Opens the RocksDB store the config names, for a command that only reads what a job or a
@@ -867,15 +870,18 @@ async fn consume(
 ) {
     // The assignment the processor was last told of.
     let mut assigned = Vec::new();
+    // The records gathered while the last batch was folded: the start of the next one.
+    let mut ahead = Vec::new();
     while !shutdown.is_cancelled() {
         // Before a batch is gathered: none of it may predate a partition's restore.
         input.resolve_claims();
         input.retry_restores();
-        let batch = tokio::select! {
-            batch = input.next_batch(config.max_batch_events, config.max_batch_wait) => batch,
+        let mut batch = std::mem::take(&mut ahead);
+        tokio::select! {
+            () = input.next_batch(&mut batch, config.max_batch_events, config.max_batch_wait) => {}
             // Records gathered but not committed are read again from the stored offsets.
             () = shutdown.cancelled() => break,
-        };
+        }
         // Whatever the processor holds of a partition restored from the changelog is stale.
         let restored = input.take_restored();
         for &partition in &restored {
@@ -919,7 +925,17 @@ async fn consume(
         loop {
             let started = Instant::now();
             let now = wall_clock_ms();
-            match tokio::task::block_in_place(|| processor.process(&batch, now)) {
+            let folded = tokio::task::block_in_place(|| {
+                if batch.len() < GATHER_BESIDE_FROM {
+                    let result = processor.process(&batch, now);
+                    if result.is_ok() {
+                        wake.notify_one();
+                    }
+                    return result;
+                }
+                fold_gathering(input, processor, &batch, now, &mut ahead, wake, config)
+            });
+            match folded {
                 Ok(report) => {
                     let seconds = started.elapsed().as_secs_f64();
                     telemetry.record_batch(&report, seconds, wall_clock_ms());
@@ -933,7 +949,6 @@ async fn consume(
                     );
                     telemetry.set_ready(input.has_assignment());
                     input.commit_offsets(&report.offsets);
-                    wake.notify_one();
                     break;
                 }
                 Err(e) => {
@@ -953,6 +968,48 @@ async fn consume(
             }
         }
     }
+}
+
+/// The smallest batch whose fold gathers the next one beside it: a backlog's. Live traffic's
+/// batches of a few records would pay for a thread each and gain nothing.
+const GATHER_BESIDE_FROM: usize = 1_000;
+
+/// Folds and commits `batch` while gathering the next one into `ahead` on a thread beside it,
+/// so that copying records out of the consumer (0.4 µs a record, 7-8% of the fold thread's
+/// time through the broker) is off the fold's thread. The group's rebalances wait for the
+/// commit (`Input::hold_rebalances`): a revoked partition's last changes reach the outbox
+/// before it is handed over, and a restore never writes beside a fold. A commit wakes the
+/// outbox's drain at once, which a revocation waiting to hand over waits for. Blocks.
+fn fold_gathering(
+    input: &Input,
+    processor: &mut Processor,
+    batch: &[InputRecord],
+    now: Millis,
+    ahead: &mut Vec<InputRecord>,
+    wake: &Notify,
+    config: &Config,
+) -> Result<BatchReport, StoreError> {
+    let runtime = tokio::runtime::Handle::current();
+    let held = input.hold_rebalances();
+    let (folded, stop) = tokio::sync::oneshot::channel::<()>();
+    std::thread::scope(|scope| {
+        let gatherer = scope.spawn(|| {
+            let stop = async {
+                let _ = stop.await;
+            };
+            runtime.block_on(input.gather_until(ahead, config.max_batch_events, stop));
+        });
+        let result = processor.process(batch, now);
+        if result.is_ok() {
+            wake.notify_one();
+        }
+        drop(held);
+        drop(folded);
+        if let Err(panic) = gatherer.join() {
+            std::panic::resume_unwind(panic);
+        }
+        result
+    })
 }
 
 /// When the flushes at shutdown must end: `processing.shutdown_flush_seconds` after the

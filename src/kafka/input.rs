@@ -72,6 +72,9 @@ pub struct PulseContext {
     /// restored again between batches ([`Input::retry_restores`]) until one succeeds or the
     /// partition is revoked.
     unstarted: Mutex<HashMap<i32, Unstarted>>,
+    /// Held by a rebalance while it runs, and by a fold while the next batch is gathered beside
+    /// it ([`Input::hold_rebalances`]).
+    rebalancing: Mutex<()>,
 }
 
 impl PulseContext {
@@ -243,6 +246,9 @@ impl ConsumerContext for PulseContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        // After the fold under way, if any, has committed: a revoked partition's last changes
+        // are in the outbox it drains, and a restore writes while nothing else does.
+        let _gate = lock(&self.rebalancing);
         let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -508,6 +514,7 @@ impl Input {
             partitions: config.partitions,
             join_state: Mutex::new((Instant::now(), String::new())),
             unstarted: Mutex::default(),
+            rebalancing: Mutex::new(()),
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -857,19 +864,19 @@ impl Input {
         }
     }
 
-    /// Waits for the first record, then takes every record already fetched, up to `max`; while
-    /// fewer than `max`, it waits up to `linger` (`max_batch_wait`) from its first record for
+    /// Adds to `batch` every record already fetched, up to `max` in all; with `batch` empty it
+    /// first waits for one (at most 200 ms, so that a caller's shutdown check runs even on an
+    /// idle stream). While fewer than `max`, it waits up to `linger` (`max_batch_wait`) for
     /// more. With `linger` zero, the default, a batch is only what arrived while the last one
-    /// was folded: no event waits for a batch to fill.
-    pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<InputRecord> {
-        let mut batch = Vec::with_capacity(max.min(4096));
+    /// was folded: no event waits for a batch to fill. Then drops the records of partitions no
+    /// longer owned (see [`Input::keep_owned`]).
+    pub async fn next_batch(&self, batch: &mut Vec<InputRecord>, max: usize, linger: Duration) {
         let deadline = tokio::time::Instant::now() + linger;
         // One stream for the whole batch: each `recv` makes a stream of its own, which takes
         // a slot in the consumer's table of wakers and gives it back, two locks per record.
         let mut messages = self.consumer().stream();
         while batch.len() < max {
             let next = if batch.is_empty() {
-                // Bounded, so that a caller's shutdown check runs even on an idle stream.
                 tokio::time::timeout(Duration::from_millis(200), messages.next()).await
             } else {
                 match messages.next().now_or_never() {
@@ -882,35 +889,78 @@ impl Input {
             let Ok(Some(next)) = next else {
                 break;
             };
-            match next {
-                Err(e) => {
-                    if let Some(held_back) = repeated(&format!("consume {e}")) {
-                        tracing::warn!(error = %e, held_back, "Consuming failed; retrying.");
-                    }
-                    break;
-                }
-                Ok(message) => {
-                    let topic = message.topic();
-                    let (source, stream) = match self.streams.iter().find(|(t, _)| **t == *topic) {
-                        Some((t, s)) => (Arc::clone(t), Some(*s)),
-                        None => (Arc::from(topic), None),
-                    };
-                    batch.push(InputRecord {
-                        source,
-                        source_partition: message.partition(),
-                        offset: message.offset(),
-                        stream,
-                        state_partition: Some(message.partition()),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        cut_from: None,
-                        append_time_ms: message.timestamp().to_millis(),
-                    });
-                }
+            if !self.take(next, batch) {
+                break;
             }
         }
-        // Records of partitions revoked while the batch was gathered belong to their new owner.
-        // Looked up once per run of records from one partition rather than once per record.
+        self.keep_owned(batch);
+    }
+
+    /// Adds to `batch` the records fetched until `stop` completes or `batch` holds `max`: the
+    /// next batch, gathered while the fold works on the last one. The rebalances it serves wait
+    /// for that fold to be committed (see [`Input::hold_rebalances`]). A record taken stays in
+    /// `batch` even when the stop comes while the next is awaited.
+    pub async fn gather_until(
+        &self,
+        batch: &mut Vec<InputRecord>,
+        max: usize,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let mut messages = self.consumer().stream();
+        let mut stop = std::pin::pin!(stop);
+        while batch.len() < max {
+            let next = tokio::select! {
+                biased;
+                () = &mut stop => return,
+                next = messages.next() => next,
+            };
+            let Some(next) = next else {
+                return;
+            };
+            if !self.take(next, batch) {
+                return;
+            }
+        }
+    }
+
+    /// Copies a message into `batch`; `false` for a consumer error, which is logged.
+    fn take(
+        &self,
+        next: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+        batch: &mut Vec<InputRecord>,
+    ) -> bool {
+        let message = match next {
+            Ok(message) => message,
+            Err(e) => {
+                if let Some(held_back) = repeated(&format!("consume {e}")) {
+                    tracing::warn!(error = %e, held_back, "Consuming failed; retrying.");
+                }
+                return false;
+            }
+        };
+        let topic = message.topic();
+        let (source, stream) = match self.streams.iter().find(|(t, _)| **t == *topic) {
+            Some((t, s)) => (Arc::clone(t), Some(*s)),
+            None => (Arc::from(topic), None),
+        };
+        batch.push(InputRecord {
+            source,
+            source_partition: message.partition(),
+            offset: message.offset(),
+            stream,
+            state_partition: Some(message.partition()),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            cut_from: None,
+            append_time_ms: message.timestamp().to_millis(),
+        });
+        true
+    }
+
+    /// Drops the records of partitions revoked while `batch` was gathered: they belong to
+    /// their new owner. Looked up once per run of records from one partition rather than once
+    /// per record.
+    pub fn keep_owned(&self, batch: &mut Vec<InputRecord>) {
         let owned = lock(&self.assignment);
         let mut run: Option<(Arc<str>, i32, bool)> = None;
         batch.retain(|r| match &run {
@@ -925,7 +975,13 @@ impl Input {
                 keep
             }
         });
-        batch
+    }
+
+    /// Holds off the group's rebalances for as long as the guard lives: a fold holds it while
+    /// the next batch is gathered beside it ([`Input::gather_until`]), so that a partition is
+    /// handed over only after the fold's commit, and restored only while no fold writes.
+    pub fn hold_rebalances(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.consumer().context().rebalancing)
     }
 
     /// Tells Kafka the offsets already committed with the state, so that lag tools see them,
