@@ -453,8 +453,9 @@ pub async fn run_on(
             claims: input.claim_check(),
         });
     }
-    // The producer gets ready (three metadata round trips, 50 ms against Tansu) while the
-    // consumer joins and fetches: nothing is in the outbox to send before the first commit.
+    // The producer gets ready (three metadata round trips; 50 ms against Tansu while librdkafka
+    // connected sparsely, `kafka::client_config`) while the consumer joins and fetches: nothing
+    // is in the outbox to send before the first commit.
     let outputs = output_topics(&config);
     let changelog = config.changelog.then(|| config.topics.changelog.clone());
     let checked = tokio::task::spawn_blocking(move || {

@@ -283,7 +283,8 @@ impl ChangelogReader {
         let claims = Polled::start(claims, "claims-poll")?;
         // Connected, told the topic's leaders and given a producer id before the first claim,
         // which an assignment waits for: while the consumer joins its group (two metadata
-        // round trips, 50 ms against Tansu, that the start waited for in turn until 2026-12-02).
+        // round trips, 50 ms against Tansu while librdkafka connected sparsely (`client_config`),
+        // that the start waited for in turn until 2026-12-02).
         let warming = {
             let (producer, topic) = (claims.shared(), topic.to_owned());
             std::thread::Builder::new()
