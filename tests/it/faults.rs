@@ -620,6 +620,113 @@ async fn a_member_that_joins_takes_a_partition_from_one_member_only() {
     }
 }
 
+/// A backlog split between members while one folds it: the first member takes every partition
+/// and folds a backlog in batches of up to 5,000, gathering the next beside each fold, on a
+/// store whose writes each take 150 ms (so that its folds last); the second joins meanwhile
+/// and takes two partitions. The revocation waits for the fold under way to commit, for the
+/// outbox to drain and the release to be written, so the second member restores every change
+/// the first committed and starts where it stopped: each event is folded once between them,
+/// and every customer's state equals one uninterrupted replay.
+///
+/// It does not isolate that wait: taken out, the test still passed twice, as the first
+/// member's fold committed after the release still reached the changelog before the second
+/// member's claim (the mock cluster takes seconds over a rebalance), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_during_a_backlog_takes_its_partitions_after_the_fold_under_way() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let events = traffic(100_000, 37);
+    let topics = crate::end_to_end::test_topics();
+    publish_with(&brokers, &topics, &events, None, 1_000, &[])
+        .await
+        .unwrap();
+    let start = |dir: tempfile::TempDir, store: Option<Store>| {
+        let port = free_port();
+        let text = config_text(&brokers, &dir.path().join("state"), port)
+            .replace(
+                "cache_customers = 500",
+                "cache_customers = 500\nchangelog = true",
+            )
+            .replace("max_batch_events = 500", "max_batch_events = 5000")
+            .replace("group_id = \"pulse-test\"", "group_id = \"pulse-backlog\"");
+        let config = Config::parse(&text, Vec::new()).unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = match store {
+            Some(store) => tokio::spawn(customer_pulse::pipeline::run_on(
+                config.clone(),
+                store,
+                shutdown.clone(),
+            )),
+            None => tokio::spawn(customer_pulse::pipeline::run(
+                config.clone(),
+                shutdown.clone(),
+            )),
+        };
+        Job {
+            port,
+            brokers: brokers.clone(),
+            shutdown,
+            handle,
+            config,
+            _dir: dir,
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Refusing::open(&dir.path().join("state"));
+    slow.delay_ms.store(150, Ordering::SeqCst);
+    let a = start(dir, Some(Store::open(slow.clone()).unwrap()));
+    let total = events.len();
+    assert!(
+        wait_for(Duration::from_secs(60), || a.processed() > 0).await,
+        "the first member folds"
+    );
+    let b = start(tempfile::tempdir().unwrap(), None);
+    let revokes = |job: &Job| {
+        metric_sum(
+            job.port,
+            r#"customer_pulse_rebalances_total{kind="revoke"}"#,
+        )
+    };
+    let mut folded_at_revocation = 0;
+    let revoked = wait_for(Duration::from_secs(60), || {
+        folded_at_revocation = a.processed();
+        revokes(&a) > 0.0
+    })
+    .await;
+    assert!(revoked, "the first member gave partitions up");
+    assert!(
+        folded_at_revocation < total,
+        "the partitions moved while the backlog was folded ({folded_at_revocation} of {total} folded)"
+    );
+    slow.delay_ms.store(0, Ordering::SeqCst);
+    let assigned = |job: &Job| metric_sum(job.port, "customer_pulse_assigned_partitions");
+    let done = wait_for(Duration::from_secs(90), || {
+        a.processed() + b.processed() >= total && assigned(&a) == 6.0 && assigned(&b) == 6.0
+    })
+    .await;
+    assert!(
+        done,
+        "the backlog folded and split: {} and {} of {total} folded, {} and {} partitions",
+        a.processed(),
+        b.processed(),
+        assigned(&a),
+        assigned(&b)
+    );
+    assert_eq!(
+        a.processed() + b.processed(),
+        total,
+        "each event folded once: {} and {}",
+        a.processed(),
+        b.processed()
+    );
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let expected = replayed_states(&values, wall_clock_ms());
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    crate::scale::served_as_replayed(&[a.port, b.port], &ids, &expected).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The output sink on its own: it acknowledges a chunk's records in order, as far as the broker
 /// took them, and a record the broker refused, with every one after it, stays to be delivered
 /// again. Every record reaches the topic with its key, value, headers and any partition it

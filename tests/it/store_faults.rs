@@ -1,8 +1,9 @@
 //! A store that refuses writes (a full disk, an I/O error): the batch fails as a whole, nothing
 //! of it is stored, offsets do not move, and the same batch applies exactly once when writes
-//! work again. The store is the real RocksDB behind a switch that makes `write` fail.
+//! work again. The store is the real RocksDB behind a switch that makes `write` fail (and a
+//! dial that makes it slow, for a fold that must still be under way when something happens).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use customer_pulse::processor::{partition_for, Processor};
@@ -11,10 +12,12 @@ use customer_pulse::store::{Backend, Entries, Op, RocksBackend, Store, StoreErro
 use crate::catalogue::NOW_MS;
 use crate::support::{file_record, settings};
 
-/// Real RocksDB in `dir` that refuses every write while `refuse` is set.
+/// Real RocksDB in `dir` that refuses every write while `refuse` is set, and makes each write
+/// wait `delay_ms` first.
 pub struct Refusing {
     inner: RocksBackend,
     pub refuse: AtomicBool,
+    pub delay_ms: AtomicU64,
 }
 
 impl Refusing {
@@ -22,6 +25,7 @@ impl Refusing {
         Arc::new(Refusing {
             inner: RocksBackend::open(dir, 8 << 20).unwrap(),
             refuse: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
         })
     }
 }
@@ -31,6 +35,10 @@ impl Backend for Refusing {
         self.inner.get(key)
     }
     fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         if self.refuse.load(Ordering::SeqCst) {
             return Err(StoreError::Backend(
                 "No space left on device (injected)".into(),
