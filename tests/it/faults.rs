@@ -86,7 +86,18 @@ impl Job {
             "group_id = \"pulse-test\"\n",
             &format!("group_id = \"{group}\"\n{kafka}"),
         ) + http;
-        let config = Config::parse(&text, Vec::new()).unwrap();
+        Job::launch(brokers, &text, port, dir, store)
+    }
+
+    /// Starts the job with the configuration `text`, whose HTTP endpoints listen on `port`.
+    fn launch(
+        brokers: &str,
+        text: &str,
+        port: u16,
+        dir: tempfile::TempDir,
+        store: Option<Store>,
+    ) -> Job {
+        let config = Config::parse(text, Vec::new()).unwrap();
         let shutdown = CancellationToken::new();
         let handle = match store {
             Some(store) => tokio::spawn(customer_pulse::pipeline::run_on(
@@ -274,16 +285,7 @@ async fn a_failed_restore_is_tried_again_and_its_partitions_start_once_the_chang
             "group_id = \"pulse-test\"\n",
             "group_id = \"pulse-restore-retry\"\nassigned_partitions = [0, 1, 2, 3]\n",
         );
-    let config = Config::parse(&text, Vec::new()).unwrap();
-    let shutdown = CancellationToken::new();
-    let job = Job {
-        port,
-        brokers: brokers.clone(),
-        shutdown: shutdown.clone(),
-        handle: tokio::spawn(customer_pulse::pipeline::run(config.clone(), shutdown)),
-        config,
-        _dir: dir,
-    };
+    let job = Job::launch(&brokers, &text, port, dir, None);
     let failed =
         || crate::changelog::metric(port, r#"customer_pulse_restores_total{outcome="failed"}"#);
     assert!(
@@ -649,27 +651,7 @@ async fn a_member_that_joins_during_a_backlog_takes_its_partitions_after_the_fol
             )
             .replace("max_batch_events = 500", "max_batch_events = 5000")
             .replace("group_id = \"pulse-test\"", "group_id = \"pulse-backlog\"");
-        let config = Config::parse(&text, Vec::new()).unwrap();
-        let shutdown = CancellationToken::new();
-        let handle = match store {
-            Some(store) => tokio::spawn(customer_pulse::pipeline::run_on(
-                config.clone(),
-                store,
-                shutdown.clone(),
-            )),
-            None => tokio::spawn(customer_pulse::pipeline::run(
-                config.clone(),
-                shutdown.clone(),
-            )),
-        };
-        Job {
-            port,
-            brokers: brokers.clone(),
-            shutdown,
-            handle,
-            config,
-            _dir: dir,
-        }
+        Job::launch(&brokers, &text, port, dir, store)
     };
     let dir = tempfile::tempdir().unwrap();
     let slow = Refusing::open(&dir.path().join("state"));
