@@ -927,13 +927,6 @@ async fn consume(
             let started = Instant::now();
             let now = wall_clock_ms();
             let folded = tokio::task::block_in_place(|| {
-                if batch.len() < GATHER_BESIDE_FROM {
-                    let result = processor.process(&batch, now);
-                    if result.is_ok() {
-                        wake.notify_one();
-                    }
-                    return result;
-                }
                 fold_gathering(input, processor, &batch, now, &mut ahead, wake, config)
             });
             match folded {
@@ -975,12 +968,13 @@ async fn consume(
 /// batches of a few records would pay for a thread each and gain nothing.
 const GATHER_BESIDE_FROM: usize = 1_000;
 
-/// Folds and commits `batch` while gathering the next one into `ahead` on a thread beside it,
-/// so that copying records out of the consumer (0.4 µs a record, 7-8% of the fold thread's
-/// time through the broker) is off the fold's thread. The group's rebalances wait for the
-/// commit (`Input::hold_rebalances`): a revoked partition's last changes reach the outbox
-/// before it is handed over, and a restore never writes beside a fold. A commit wakes the
-/// outbox's drain at once, which a revocation waiting to hand over waits for. Blocks.
+/// Folds and commits `batch`, and wakes the outbox's drain. From [`GATHER_BESIDE_FROM`]
+/// records, gathers the next batch into `ahead` on a thread beside the fold meanwhile, so that
+/// copying records out of the consumer (0.4 µs a record, 7-8% of the fold thread's time
+/// through the broker) is off the fold's thread. The group's rebalances wait for the commit
+/// (`Input::hold_rebalances`): a revoked partition's last changes reach the outbox before it
+/// is handed over, and a restore never writes beside a fold. The drain is woken before the
+/// gathering stops, as a revocation waiting to hand over waits for it. Blocks.
 fn fold_gathering(
     input: &Input,
     processor: &mut Processor,
@@ -990,6 +984,16 @@ fn fold_gathering(
     wake: &Notify,
     config: &Config,
 ) -> Result<BatchReport, StoreError> {
+    let commit = |processor: &mut Processor| {
+        let result = processor.process(batch, now);
+        if result.is_ok() {
+            wake.notify_one();
+        }
+        result
+    };
+    if batch.len() < GATHER_BESIDE_FROM {
+        return commit(processor);
+    }
     let runtime = tokio::runtime::Handle::current();
     let held = input.hold_rebalances();
     let (folded, stop) = tokio::sync::oneshot::channel::<()>();
@@ -1000,10 +1004,7 @@ fn fold_gathering(
             };
             runtime.block_on(input.gather_until(ahead, config.max_batch_events, stop));
         });
-        let result = processor.process(batch, now);
-        if result.is_ok() {
-            wake.notify_one();
-        }
+        let result = commit(processor);
         drop(held);
         drop(folded);
         if let Err(panic) = gatherer.join() {
