@@ -877,7 +877,8 @@ async fn consume(
         // Before a batch is gathered: none of it may predate a partition's restore.
         input.resolve_claims();
         input.retry_restores();
-        let mut batch = std::mem::take(&mut ahead);
+        let room = Vec::with_capacity(config.max_batch_events.min(4096));
+        let mut batch = std::mem::replace(&mut ahead, room);
         tokio::select! {
             () = input.next_batch(&mut batch, config.max_batch_events, config.max_batch_wait) => {}
             // Records gathered but not committed are read again from the stored offsets.

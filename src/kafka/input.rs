@@ -960,7 +960,7 @@ impl Input {
     /// Drops the records of partitions revoked while `batch` was gathered: they belong to
     /// their new owner. Looked up once per run of records from one partition rather than once
     /// per record.
-    pub fn keep_owned(&self, batch: &mut Vec<InputRecord>) {
+    fn keep_owned(&self, batch: &mut Vec<InputRecord>) {
         let owned = lock(&self.assignment);
         let mut run: Option<(Arc<str>, i32, bool)> = None;
         batch.retain(|r| match &run {
