@@ -869,7 +869,7 @@ impl Input {
     /// idle stream). While fewer than `max`, it waits up to `linger` (`max_batch_wait`) for
     /// more. With `linger` zero, the default, a batch is only what arrived while the last one
     /// was folded: no event waits for a batch to fill. Then drops the records of partitions no
-    /// longer owned (see [`Input::keep_owned`]).
+    /// longer owned.
     pub async fn next_batch(&self, batch: &mut Vec<InputRecord>, max: usize, linger: Duration) {
         let deadline = tokio::time::Instant::now() + linger;
         // One stream for the whole batch: each `recv` makes a stream of its own, which takes
