@@ -50,11 +50,7 @@ impl<'a> Object<'a> {
     pub fn text_or_null(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.text(key, value),
-            None => {
-                self.key(key);
-                self.out.extend_from_slice(b"null");
-                self
-            }
+            None => self.field(key, &None::<()>),
         }
     }
 
