@@ -873,12 +873,14 @@ async fn consume(
     let mut assigned = Vec::new();
     // The records gathered while the last batch was folded: the start of the next one.
     let mut ahead = Vec::new();
+    // The last batch's vector, emptied: the next fold gathers into it, so that the two
+    // vectors are reused, at the size batches reach, rather than allocated for every batch.
+    let mut spare = Vec::new();
     while !shutdown.is_cancelled() {
         // Before a batch is gathered: none of it may predate a partition's restore.
         input.resolve_claims();
         input.retry_restores();
-        let room = Vec::with_capacity(config.max_batch_events.min(4096));
-        let mut batch = std::mem::replace(&mut ahead, room);
+        let mut batch = std::mem::replace(&mut ahead, std::mem::take(&mut spare));
         tokio::select! {
             () = input.next_batch(&mut batch, config.max_batch_events, config.max_batch_wait) => {}
             // Records gathered but not committed are read again from the stored offsets.
@@ -920,6 +922,7 @@ async fn consume(
                     }
                 }
             }
+            spare = batch;
             continue;
         }
         let mut backoff = Duration::from_millis(100);
@@ -962,6 +965,8 @@ async fn consume(
                 }
             }
         }
+        batch.clear();
+        spare = batch;
     }
 }
 
