@@ -1,11 +1,13 @@
 //! End-to-end benchmark through a real broker: Tansu on loopback, events published beforehand,
 //! then (1) a bare librdkafka consumer reading them all, the reference, and (2) customer-pulse
 //! consuming, folding, committing to RocksDB and producing its outputs, in the same run on the
-//! same topics. Prints one table.
+//! same topics. Prints one table, a row a run, and with several rounds their medians.
 //!
 //! `cargo bench --bench broker` (EVENTS=200000 by default; set EVENTS to change it; CUSTOMERS,
-//! by default a twentieth of EVENTS; CHANGELOG=false runs the job without its changelog). Under
-//! `cargo test` it runs once with 2,000 events, so the harness itself stays tested.
+//! by default a twentieth of EVENTS; CHANGELOG=false runs the job without its changelog,
+//! CHANGELOG=both each round without it and then with it; ROUNDS, by default 1, runs the
+//! reference and the job that many times on the same published events). Under `cargo test` it
+//! runs once with 2,000 events, so the harness itself stays tested.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,16 @@ fn main() {
     let events = common::size("EVENTS", 200_000, 2_000);
     // More customers for the same events: each batch writes more distinct customers.
     let customers = common::size("CUSTOMERS", events / 20 + 1, events / 20 + 1);
+    // Rounds of the reference and the job on the same published events: one figure of this
+    // machine varies by a third from run to run, so a claim rests on the rounds' median.
+    let rounds = common::size("ROUNDS", 1, 1).max(1);
+    // CHANGELOG=false measures the job without its changelog (state.changelog); `both`, each
+    // round without it and then with it.
+    let modes: &[bool] = match std::env::var("CHANGELOG").as_deref() {
+        Ok("false") => &[false],
+        Ok("both") => &[false, true],
+        _ => &[true],
+    };
     common::runtime().block_on(async move {
         let broker = Broker::start();
         let brokers = broker.address.clone();
@@ -47,57 +59,152 @@ fn main() {
             step_ms: (30 * 86_400_000 / events as i64).max(1),
         });
         let bytes: usize = generated.iter().map(|g| g.value.to_string().len()).sum();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        // CHANGELOG=false measures the job without its changelog (state.changelog).
-        let changelog = std::env::var("CHANGELOG").map_or(true, |v| v != "false");
-        let text = format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-pulse\"\nfetch_wait_milliseconds = {}\n\
-             [input]\npartitions = {PARTITIONS}\n\
-             [state]\npath = \"{}\"\nchangelog = {changelog}\n[http]\nlisten_address = \"127.0.0.1:{port}\"\n",
-            common::throughput_fetch_wait_ms(),
-            dir.path().join("state").display()
-        );
-        let config = Config::parse(&text, Vec::new()).expect("config");
         let published = Instant::now();
-        publish(&brokers, &config.topics, &generated, None, 10_000).await.expect("publish");
+        let topics = Config::parse("[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n", Vec::new())
+            .expect("config")
+            .topics;
+        publish(&brokers, &topics, &generated, None, 10_000)
+            .await
+            .expect("publish");
         let publish_time = published.elapsed();
+        println!("\nend-to-end through Tansu on loopback: {events} events over {customers} customers, {} bytes on average, {PARTITIONS} partitions x 3 topics; published in {:.2} s", bytes / generated.len(), publish_time.as_secs_f64());
 
-        let raw = tokio::task::spawn_blocking({
-            let brokers = brokers.clone();
-            move || common::raw_read(&brokers, &INPUTS, PARTITIONS, events)
-        })
-        .await
-        .expect("raw consumer");
-
-        let shutdown = CancellationToken::new();
-        let cpu_before = common::CpuSnapshot::take();
-        let started = Instant::now();
-        let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while common::metric_sum(port, "customer_pulse_events_total") < events as f64 {
-            assert!(Instant::now() < deadline, "customer-pulse finished within 600 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut runs = Vec::new();
+        for round in 1..=rounds {
+            for &changelog in modes {
+                let run = run_round(&brokers, events, round, changelog).await;
+                // The job runs in this process, so its threads are this process's, beside the
+                // harness's (which only polls /metrics while the job runs); the rest of the
+                // machine is mostly Tansu.
+                println!(
+                    "round {round}, changelog {}: CPU while customer-pulse ran in this process (start to last event counted): {}",
+                    if changelog { "on" } else { "off" },
+                    run.cpu
+                );
+                runs.push((round, changelog, run));
+            }
         }
-        let pulse = started.elapsed();
-        let cpu = common::CpuSnapshot::take().since(&cpu_before);
-        // A graceful stop flushes the outbox before `run` returns: the time it takes is the
-        // tail of output delivery after the last commit.
-        let delivered_by = Instant::now();
-        shutdown.cancel();
-        job.await.expect("job task").expect("job");
-        let outputs_tail = delivered_by.elapsed();
-
-        let rate = |d: Duration| events as f64 / d.as_secs_f64();
-        println!("\nend-to-end through Tansu on loopback: {events} events over {customers} customers, {} bytes on average, {PARTITIONS} partitions x 3 topics", bytes / generated.len());
-        println!("| what | seconds | events/s |");
-        println!("|---|---|---|");
-        println!("| publish (librdkafka producer, reference only) | {:.2} | {:.0} |", publish_time.as_secs_f64(), rate(publish_time));
-        println!("| bare librdkafka consumer (reference) | {:.2} | {:.0} |", raw.as_secs_f64(), rate(raw));
-        println!("| customer-pulse: consume, decode, fold, commit (incl. start and group join) | {:.2} | {:.0} |", pulse.as_secs_f64(), rate(pulse));
-        println!("ratio customer-pulse / bare consumer: {:.2}; outputs flushed by a graceful stop {:.2} s after the last commit", rate(pulse) / rate(raw), outputs_tail.as_secs_f64());
-        // The job runs in this process, so its threads are this process's, beside the harness's
-        // (which only polls /metrics while the job runs); the rest of the machine is mostly Tansu.
-        println!("CPU while customer-pulse ran in this process (start to last event counted): {cpu}");
+        println!("\n| round | changelog | bare librdkafka consumer (reference), s | customer-pulse: consume, decode, fold, commit (incl. start and group join), s | customer-pulse, events/s | share of the reference's rate | outputs flushed by a graceful stop after the last commit, s |");
+        println!("|---|---|---|---|---|---|---|");
+        for (round, changelog, run) in &runs {
+            println!(
+                "| {round} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
+                if *changelog { "on" } else { "off" },
+                run.reference.as_secs_f64(),
+                run.job.as_secs_f64(),
+                events as f64 / run.job.as_secs_f64(),
+                run.share(),
+                run.outputs_tail.as_secs_f64()
+            );
+        }
+        if rounds > 1 {
+            println!("\nover {rounds} rounds:");
+            println!("| changelog | reference, s | customer-pulse, s | share of the reference: median, range | rounds at 0.5 or more |");
+            println!("|---|---|---|---|---|");
+            for &changelog in modes {
+                let of = |f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+                    let mut v: Vec<f64> = runs.iter().filter(|(_, c, _)| *c == changelog).map(|(_, _, r)| f(r)).collect();
+                    v.sort_by(f64::total_cmp);
+                    v
+                };
+                let reference = of(&|r| r.reference.as_secs_f64());
+                let job = of(&|r| r.job.as_secs_f64());
+                let shares = of(&Run::share);
+                println!(
+                    "| {} | {:.2}-{:.2} | {:.2}-{:.2}, median {:.3} | {:.3}, {:.2}-{:.2} | {} of {} |",
+                    if changelog { "on" } else { "off" },
+                    reference[0],
+                    reference[reference.len() - 1],
+                    job[0],
+                    job[job.len() - 1],
+                    median(&job),
+                    median(&shares),
+                    shares[0],
+                    shares[shares.len() - 1],
+                    shares.iter().filter(|s| **s >= 0.5).count(),
+                    shares.len()
+                );
+            }
+        }
     });
+}
+
+/// One round's figures.
+struct Run {
+    reference: Duration,
+    job: Duration,
+    outputs_tail: Duration,
+    cpu: common::CpuUse,
+}
+
+impl Run {
+    /// The job's rate as a share of the reference's, on the same events.
+    fn share(&self) -> f64 {
+        self.reference.as_secs_f64() / self.job.as_secs_f64()
+    }
+}
+
+/// The median of sorted `values`.
+fn median(values: &[f64]) -> f64 {
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The bare consumer reads the published events, then the job consumes them all on a fresh
+/// state, in a group of its own and, with the changelog, with a changelog topic of its own (a
+/// fresh state would otherwise restore the round before's).
+async fn run_round(brokers: &str, events: u64, round: u64, changelog: bool) -> Run {
+    let reference = tokio::task::spawn_blocking({
+        let brokers = brokers.to_owned();
+        move || common::raw_read(&brokers, &INPUTS, PARTITIONS, events)
+    })
+    .await
+    .expect("raw consumer");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let suffix = format!("{round}-{}", if changelog { "on" } else { "off" });
+    let changelog_topic = format!("customer-pulse.customers-changelog-{suffix}");
+    create_topics(brokers, &[(changelog_topic.as_str(), PARTITIONS, true)])
+        .await
+        .expect("changelog topic");
+    let text = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-pulse-{suffix}\"\nfetch_wait_milliseconds = {}\n\
+         [input]\npartitions = {PARTITIONS}\n\
+         [topics]\nchangelog = \"{changelog_topic}\"\n\
+         [state]\npath = \"{}\"\nchangelog = {changelog}\n[http]\nlisten_address = \"127.0.0.1:{port}\"\n",
+        common::throughput_fetch_wait_ms(),
+        dir.path().join("state").display()
+    );
+    let config = Config::parse(&text, Vec::new()).expect("config");
+
+    let shutdown = CancellationToken::new();
+    let cpu_before = common::CpuSnapshot::take();
+    let started = Instant::now();
+    let job = tokio::spawn(customer_pulse::pipeline::run(config, shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while common::metric_sum(port, "customer_pulse_events_total") < events as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "customer-pulse finished within 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job_time = started.elapsed();
+    let cpu = common::CpuSnapshot::take().since(&cpu_before);
+    // A graceful stop flushes the outbox before `run` returns: the time it takes is the tail
+    // of output delivery after the last commit.
+    let delivered_by = Instant::now();
+    shutdown.cancel();
+    job.await.expect("job task").expect("job");
+    Run {
+        reference,
+        job: job_time,
+        outputs_tail: delivered_by.elapsed(),
+        cpu,
+    }
 }
