@@ -117,8 +117,8 @@ fn main() {
                     reference[reference.len() - 1],
                     job[0],
                     job[job.len() - 1],
-                    median(&job),
-                    median(&shares),
+                    common::median(job.iter().copied()),
+                    common::median(shares.iter().copied()),
                     shares[0],
                     shares[shares.len() - 1],
                     shares.iter().filter(|s| **s >= 0.5).count(),
@@ -141,16 +141,6 @@ impl Run {
     /// The job's rate as a share of the reference's, on the same events.
     fn share(&self) -> f64 {
         self.reference.as_secs_f64() / self.job.as_secs_f64()
-    }
-}
-
-/// The median of sorted `values`.
-fn median(values: &[f64]) -> f64 {
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 

@@ -462,18 +462,6 @@ fn changelog_topic(tag: &str) -> String {
     format!("bench-peers-changelog-{tag}")
 }
 
-/// The middle of `values` (the mean of the two middle ones when they are even in number).
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.into_iter().collect();
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// One contender pair's runs in a round: customer-pulse and the peer, with their changelogs
 /// or without.
 struct Pair {
@@ -601,7 +589,7 @@ fn main() {
         let mib = |r: &Run| most(&mut std::iter::once(r));
         // The median over the rounds of `of` for the pair with its changelogs or without.
         let median_of = |changelog: bool, of: &dyn Fn(&Pair) -> f64| {
-            median(pairs_of(&all, changelog).map(|(_, p)| of(p)))
+            common::median(pairs_of(&all, changelog).map(|(_, p)| of(p)))
         };
         println!("\n| round | changelogs | bare consumer, events/s | customer-pulse, events/s | CPU s per million events | peak MiB | Quix Streams peer, events/s | CPU s per million events | peak MiB | customer-pulse / bare consumer | / peer, events/s | / peer, CPU per event |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -637,7 +625,7 @@ fn main() {
                         (l.min(*v), h.max(*v))
                     });
                 let met = values.iter().filter(|v| target(**v)).count();
-                (median(values.iter().copied()), low, high, met)
+                (common::median(values.iter().copied()), low, high, met)
             };
             let of_bare = summary(&|r, p| rate(&p.pulse) / rate(r), &|v| v >= 0.5);
             let times = summary(&|_, p| rate(&p.pulse) / rate(&p.peer), &|v| v >= 5.0);
@@ -762,8 +750,8 @@ fn main() {
             if let Some((_, _, offered, m)) = half {
                 println!(
                     "| {w} | bare librdkafka consumer | {:.0} | {:.1} | — | {offered:.0} | {} | {} |",
-                    median(all.iter().map(|r| rate(&r.reference))),
-                    median(all.iter().map(|r| cpu(&r.reference))),
+                    common::median(all.iter().map(|r| rate(&r.reference))),
+                    common::median(all.iter().map(|r| cpu(&r.reference))),
                     ms(exact_quantile(&m.reference, 0.5)),
                     ms(exact_quantile(&m.reference, 0.99))
                 );

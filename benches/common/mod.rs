@@ -46,6 +46,18 @@ pub fn throughput_fetch_wait_ms() -> u64 {
         .unwrap_or(50)
 }
 
+/// The middle of `values` (the mean of the two middle ones when they are even in number).
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
 /// The reference reader: a bare librdkafka consumer assigned partitions `0..partitions` of every
 /// topic from the beginning, timed until it has read `records`.
 pub fn raw_read(brokers: &str, topics: &[&str], partitions: i32, records: u64) -> Duration {
