@@ -2,7 +2,9 @@
 //! that trails the slowest partition still delivering. Must not know about Kafka, storage or
 //! what events mean.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+
+use hashbrown::HashMap;
 
 use super::InputRecord;
 use crate::event::Millis;
@@ -15,16 +17,28 @@ use crate::event::Millis;
 pub(super) struct Clock {
     /// Source (topic or file) -> partition -> (newest event time if any, processor time it was
     /// assigned or last delivered).
-    pub(super) sources: HashMap<String, HashMap<i32, (Option<Millis>, Millis)>>,
+    sources: HashMap<String, HashMap<i32, (Option<Millis>, Millis)>>,
     /// The state partitions events have been folded into, whose timers the watermark fires.
     pub(super) state_partitions: std::collections::BTreeSet<i32>,
     /// The input partitions as last assigned.
     pub(super) assigned: Vec<(String, i32)>,
     /// Sources read as one stream (a replay's files, merged in event time) -> the source whose
     /// entry they share.
-    pub(super) aliases: HashMap<String, String>,
+    aliases: HashMap<String, String>,
     /// The processor time of the processor's last call ([`Clock::elapse`]).
     last_call: Option<Millis>,
+    /// The last frontier worked out while some partition was active, kept while nothing that
+    /// could move it has changed: the processor asks for it after every event, and an event
+    /// of a partition ahead of the slowest one does not move it.
+    frontier_memo: Cell<Option<FrontierMemo>>,
+}
+
+/// [`Clock::frontier`]'s answer at processor time `now` with idle limit `idle_ms`.
+#[derive(Debug, Clone, Copy)]
+struct FrontierMemo {
+    now: Millis,
+    idle_ms: Millis,
+    frontier: Option<Millis>,
 }
 
 /// The most of one gap between two of the processor's calls that counts as time its input
@@ -43,6 +57,7 @@ impl Clock {
         if let Some(last) = self.last_call {
             let paused = now.saturating_sub(last).saturating_sub(MOST_OF_A_GAP_MS);
             if paused > 0 {
+                self.frontier_memo.set(None);
                 for (_, seen) in self.sources.values_mut().flat_map(HashMap::values_mut) {
                     *seen = seen.saturating_add(paused).min(now);
                 }
@@ -67,7 +82,37 @@ impl Clock {
         let entry = partitions
             .entry(record.source_partition)
             .or_insert((None, now));
-        *entry = (Some(entry.0.map_or(at, |n| n.max(at))), now);
+        let (newest, seen) = *entry;
+        *entry = (Some(newest.map_or(at, |n| n.max(at))), now);
+        // The frontier stays where it was when this partition was active and ahead of it (or
+        // a silent partition holds it): the partition only moved further ahead.
+        if let Some(memo) = self.frontier_memo.get() {
+            let active = memo.now == now && now.saturating_sub(seen) <= memo.idle_ms;
+            let ahead = match (newest, memo.frontier) {
+                (Some(newest), Some(frontier)) => newest > frontier,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !(active && ahead) {
+                self.frontier_memo.set(None);
+            }
+        }
+    }
+
+    /// Makes `source` share `with`'s entry: read as one stream with it.
+    pub(super) fn alias(&mut self, source: &str, with: &str) {
+        self.aliases.insert(source.to_owned(), with.to_owned());
+        self.frontier_memo.set(None);
+    }
+
+    /// Forgets what partition `partition` of every source delivered, and the assignment, which
+    /// is taken again at the next one.
+    pub(super) fn forget(&mut self, partition: i32) {
+        for partitions in self.sources.values_mut() {
+            partitions.remove(&partition);
+        }
+        self.assigned.clear();
+        self.frontier_memo.set(None);
     }
 
     /// The input partitions the instance owns now: new ones hold the watermark until they
@@ -84,6 +129,7 @@ impl Clock {
             return;
         }
         self.assigned = assigned.to_vec();
+        self.frontier_memo.set(None);
         for (source, partitions) in &mut self.sources {
             partitions.retain(|p, _| assigned.iter().any(|(s, q)| s == source && q == p));
             for (_, seen) in partitions.values_mut() {
@@ -137,6 +183,11 @@ impl Clock {
     /// `idle_ms` of `now`; `None` while one of those has delivered nothing yet; when all are
     /// idle, the newest of any.
     pub(super) fn frontier(&self, now: Millis, idle_ms: Millis) -> Option<Millis> {
+        if let Some(memo) = self.frontier_memo.get() {
+            if memo.now == now && memo.idle_ms == idle_ms {
+                return memo.frontier;
+            }
+        }
         let all = self.sources.values().flat_map(HashMap::values);
         let mut active = all
             .clone()
@@ -144,7 +195,13 @@ impl Clock {
             .peekable();
         if active.peek().is_some() {
             // A silent active partition (None) sorts first: it holds the watermark.
-            return active.map(|(newest, _)| *newest).min().flatten();
+            let frontier = active.map(|(newest, _)| *newest).min().flatten();
+            self.frontier_memo.set(Some(FrontierMemo {
+                now,
+                idle_ms,
+                frontier,
+            }));
+            return frontier;
         }
         all.filter_map(|(newest, _)| *newest).max()
     }
@@ -165,4 +222,86 @@ pub(super) enum Holding {
     Silent,
     /// The newest event time of the slowest of them.
     At(Millis),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the clock is told: a record of `source` `partition` with event time `at`, at
+    /// processor time `now`; time passing; an assignment; a partition forgotten.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Observe {
+            source: u8,
+            partition: i32,
+            at: Millis,
+        },
+        Elapse(Millis),
+        Assign(Vec<(u8, i32)>),
+        Forget(i32),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0u8..3, 0i32..3, 0i64..1_000)
+                .prop_map(|(source, partition, at)| Step::Observe { source, partition, at }),
+            2 => (0i64..3_000).prop_map(Step::Elapse),
+            1 => proptest::collection::vec((0u8..3, 0i32..3), 0..5).prop_map(Step::Assign),
+            1 => (0i32..3).prop_map(Step::Forget),
+        ]
+    }
+
+    fn record(source: u8, partition: i32) -> InputRecord {
+        InputRecord {
+            source: Arc::from(format!("topic-{source}")),
+            source_partition: partition,
+            offset: 0,
+            stream: None,
+            state_partition: Some(partition),
+            key: None,
+            payload: Vec::new(),
+            cut_from: None,
+            append_time_ms: None,
+        }
+    }
+
+    proptest! {
+        /// The remembered frontier is always the one worked out afresh from the partitions,
+        /// asked after every step as the processor asks after every event.
+        #[test]
+        fn the_remembered_frontier_is_the_one_worked_out_afresh(
+            steps in proptest::collection::vec(step(), 1..60),
+            idle_ms in prop_oneof![Just(500i64), Just(5_000)],
+        ) {
+            let mut clock = Clock::default();
+            let mut now: Millis = 10_000;
+            for step in steps {
+                match step {
+                    Step::Observe { source, partition, at } => {
+                        clock.observe(&record(source, partition), partition, at, now)
+                    }
+                    Step::Elapse(ms) => {
+                        now += ms;
+                        clock.elapse(now);
+                    }
+                    Step::Assign(assigned) => {
+                        let assigned: Vec<(String, i32)> = assigned
+                            .into_iter()
+                            .map(|(s, p)| (format!("topic-{s}"), p))
+                            .collect();
+                        clock.assign(&assigned, now, |_, _| None);
+                    }
+                    Step::Forget(partition) => clock.forget(partition),
+                }
+                let remembered = clock.frontier(now, idle_ms);
+                let fresh = Clock { frontier_memo: Cell::new(None), ..clock.clone() };
+                prop_assert_eq!(remembered, fresh.frontier(now, idle_ms));
+            }
+        }
+    }
 }

@@ -636,9 +636,7 @@ impl Processor {
     pub fn read_as_one(&mut self, sources: &[&str]) {
         if let Some((first, _)) = sources.split_first() {
             for source in sources {
-                self.clock
-                    .aliases
-                    .insert((*source).to_owned(), (*first).to_owned());
+                self.clock.alias(source, first);
             }
         }
     }
@@ -688,11 +686,8 @@ impl Processor {
         self.cache.forget(partition);
         self.timer_floor.remove(&partition);
         self.reported.remove(&partition);
-        for partitions in self.clock.sources.values_mut() {
-            partitions.remove(&partition);
-        }
         // Taken again at the next assignment, from the restored event times.
-        self.clock.assigned.clear();
+        self.clock.forget(partition);
     }
 
     /// Moves the watermark on without input, when input partitions have gone idle: a
