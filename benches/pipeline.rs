@@ -14,10 +14,10 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use customer_pulse::config::Config;
 use customer_pulse::decode::decode;
-use customer_pulse::event::Event;
+use customer_pulse::event::{Event, Stream};
 use customer_pulse::fold::{CustomerState, FoldLimits};
 use customer_pulse::generate::{generate, TrafficSpec};
-use customer_pulse::processor::{InputRecord, Processor, ProcessorSettings};
+use customer_pulse::processor::{partition_for, InputRecord, Processor, ProcessorSettings};
 use customer_pulse::store::{Commit, Customer, OutboxRecord, RocksBackend, Store, Timer};
 
 // The binary's allocator (mimalloc), as every benchmark's, and the repository's root.
@@ -93,6 +93,67 @@ fn live_over_history(seed: u64, start_ms: i64) -> Vec<InputRecord> {
         start_ms,
         step_ms: 1,
     })
+}
+
+/// The broker benchmark's traffic (`benches/broker.rs`: 200,000 events over 10,001 customers in
+/// a month, ending a minute before `NOW`; 20,000 under `cargo test`) as its job received it
+/// from Tansu 0.6.0: keyed by customer into the four partitions of each of the three input
+/// topics, and delivered one partition after another, each to its end (HISTORY.md,
+/// 2026-12-06). A partition that has delivered nothing holds the watermark, so the month's
+/// timers and complaint windows wait for the last one. With the processor's settings for those
+/// four partitions, and the twelve input partitions to assign.
+fn broker_order() -> (Vec<InputRecord>, ProcessorSettings, Vec<(String, i32)>) {
+    const PARTITIONS: i32 = 4;
+    let events = if std::env::args().any(|a| a == "--bench") {
+        200_000
+    } else {
+        20_000
+    };
+    let generated = generate(&TrafficSpec {
+        customers: events / 20 + 1,
+        events,
+        seed: 5,
+        start_ms: NOW - 60_000 - 30 * 86_400_000,
+        step_ms: 30 * 86_400_000 / events as i64,
+    });
+    let topics = [
+        ("customer.interactions", Stream::Interactions),
+        ("customer.orders", Stream::Orders),
+        ("customer.complaints", Stream::Complaints),
+    ];
+    let mut lanes: Vec<Vec<InputRecord>> = vec![Vec::new(); topics.len() * PARTITIONS as usize];
+    let sources: Vec<Arc<str>> = topics.iter().map(|(topic, _)| Arc::from(*topic)).collect();
+    for event in &generated {
+        let topic = match Stream::of_type(event.type_name) {
+            Some(Stream::Orders) => 1,
+            Some(Stream::Complaints) => 2,
+            _ => 0,
+        };
+        let partition = partition_for(event.customer_id.as_bytes(), PARTITIONS);
+        let lane = &mut lanes[topic * PARTITIONS as usize + partition as usize];
+        lane.push(InputRecord {
+            source: Arc::clone(&sources[topic]),
+            source_partition: partition,
+            offset: lane.len() as i64,
+            stream: Some(topics[topic].1),
+            state_partition: Some(partition),
+            key: Some(event.customer_id.as_bytes().to_vec()),
+            payload: event.value.to_string().into_bytes(),
+            cut_from: None,
+            append_time_ms: None,
+        });
+    }
+    let text = format!(
+        "[kafka]\nbrokers = \"unused\"\n[state]\npath = \"unused\"\n\
+         [input]\npartitions = {PARTITIONS}\n"
+    );
+    let config = Config::parse(&text, Vec::new()).expect("the broker benchmark's configuration");
+    let settings = customer_pulse::pipeline::processor_settings(&config);
+    let assigned = topics
+        .iter()
+        .flat_map(|(topic, _)| (0..PARTITIONS).map(move |p| (topic.to_string(), p)))
+        .collect();
+    (lanes.concat(), settings, assigned)
 }
 
 fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
@@ -410,6 +471,28 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+
+    // The broker benchmark's job without the broker: its traffic in the order Tansu delivered
+    // it, folded in its batches of 10,000 on RocksDB as a lone instance (no changelog), with
+    // the twelve input partitions assigned, at one processor time throughout (no partition
+    // goes idle). Its fold thread's work, counted by callgrind where the broker's noise is not.
+    let (delivered, settings, assigned) = broker_order();
+    group.throughput(Throughput::Elements(delivered.len() as u64));
+    group.bench_function("broker_order_batches_of_10000", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let mut processor = Processor::new(store_at(dir.path()), settings.clone());
+                processor.assign(&assigned, NOW);
+                (dir, processor)
+            },
+            |(dir, mut processor)| {
+                fold_timed(&mut processor, &delivered, 10_000, NOW);
+                (dir, processor)
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 
     // One atomic commit to RocksDB of what a batch of 1,000 events writes (1,000 customers, each
