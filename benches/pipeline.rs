@@ -98,8 +98,8 @@ fn live_over_history(seed: u64, start_ms: i64) -> Vec<InputRecord> {
 /// The broker benchmark's traffic (`benches/broker.rs`: 200,000 events over 10,001 customers in
 /// a month, ending a minute before `NOW`; 20,000 under `cargo test`) as its job received it
 /// from Tansu 0.6.0: keyed by customer into the four partitions of each of the three input
-/// topics, and delivered one partition after another, each to its end (HISTORY.md,
-/// 2026-12-06). A partition that has delivered nothing holds the watermark, so the month's
+/// topics, and delivered one partition after another, each to its end, the complaints' four
+/// first, then the interactions', then the orders' (HISTORY.md, 2026-12-06). A partition that has delivered nothing holds the watermark, so the month's
 /// timers and complaint windows wait for the last one. With the processor's settings for those
 /// four partitions, and the twelve input partitions to assign.
 fn broker_order() -> (Vec<InputRecord>, ProcessorSettings, Vec<(String, i32)>) {
@@ -153,7 +153,13 @@ fn broker_order() -> (Vec<InputRecord>, ProcessorSettings, Vec<(String, i32)>) {
         .iter()
         .flat_map(|(topic, _)| (0..PARTITIONS).map(move |p| (topic.to_string(), p)))
         .collect();
-    (lanes.concat(), settings, assigned)
+    // Lanes by topic as `topics` lists them; delivered complaints first.
+    let per_topic = PARTITIONS as usize;
+    let delivered = [2, 0, 1]
+        .iter()
+        .flat_map(|topic| lanes[topic * per_topic..(topic + 1) * per_topic].concat())
+        .collect();
+    (delivered, settings, assigned)
 }
 
 fn records_of(spec: TrafficSpec) -> Vec<InputRecord> {
