@@ -351,14 +351,14 @@ impl Assessment {
     pub fn into_record(
         self,
         customer_id: &str,
-        record_id: &str,
+        record_id: String,
         caused_by: Option<&str>,
         rfm: Option<crate::rfm::Score>,
         settings: &RiskSettings,
     ) -> ChurnRiskRecord {
         ChurnRiskRecord {
             customer_id: customer_id.to_owned(),
-            record_id: record_id.to_owned(),
+            record_id,
             caused_by: caused_by.map(str::to_owned),
             as_of: self.as_of,
             expected_orders_90d: self.expected_orders_90d,
@@ -1309,7 +1309,7 @@ pub(crate) mod tests {
         let shown = |score: f64, p_alive: f64| {
             let mut a = assess(&buyer(&[0, 7]), &Trailing::default(), 8 * DAY_MS, &s);
             (a.score, a.p_alive) = (score, p_alive);
-            let record = a.into_record("c", "r", None, None, &s);
+            let record = a.into_record("c", "r".into(), None, None, &s);
             let json: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
             (
                 json["score"].as_f64().unwrap(),
@@ -1350,9 +1350,9 @@ pub(crate) mod tests {
             segment: "at_risk".into(),
         };
         for (rfm, caused_by) in [(Some(&rfm), Some("e-1")), (None, None)] {
-            let record = a
-                .clone()
-                .into_record("c", "orders-0-7", caused_by, rfm.cloned(), &s);
+            let record =
+                a.clone()
+                    .into_record("c", "orders-0-7".into(), caused_by, rfm.cloned(), &s);
             let got = String::from_utf8(record.to_json()).unwrap();
             let reasons: Vec<_> = a
                 .reasons

@@ -428,14 +428,18 @@ impl Processor {
         now: Millis,
     ) -> Result<BatchReport, StoreError> {
         if records.len() < DECODE_AHEAD_FROM {
-            return self.fold_batch(records, now, |rules, record| {
-                decode_record(record, now, rules)
-            });
+            return self.fold_batch(
+                records,
+                now,
+                |rules, record| decode_record(record, now, rules),
+                drop,
+            );
         }
         // The decoding thread's own copy: the fold holds the processor mutably meanwhile.
         let rules = self.settings.rules.clone();
         std::thread::scope(|scope| {
             let (chunks, decoded) = std::sync::mpsc::channel();
+            let (give_back, folded) = std::sync::mpsc::channel::<Vec<_>>();
             scope.spawn(move || {
                 for chunk in records.chunks(DECODE_CHUNK) {
                     let events: Vec<_> = chunk
@@ -444,16 +448,39 @@ impl Processor {
                         .collect();
                     // Gone when the fold stopped at an error: the rest is not needed.
                     if chunks.send(events).is_err() {
-                        return;
+                        break;
                     }
+                }
+                drop(chunks);
+                // The folded events are freed here, where they were allocated: a thread frees
+                // its own allocations for less than another's (mimalloc hands those back
+                // through the owning page's shared list), and this one is mostly idle by now.
+                for spent in folded {
+                    drop(spent);
                 }
             });
             let mut decoded = decoded.into_iter().flatten();
-            self.fold_batch(records, now, |_, _| {
-                decoded
-                    .next()
-                    .expect("decoding stopped before the batch's end: it panicked")
-            })
+            let mut spent = Vec::with_capacity(DECODE_CHUNK);
+            let report = self.fold_batch(
+                records,
+                now,
+                |_, _| {
+                    decoded
+                        .next()
+                        .expect("decoding stopped before the batch's end: it panicked")
+                },
+                |event| {
+                    spent.push(event);
+                    if spent.len() == DECODE_CHUNK {
+                        let full = std::mem::replace(&mut spent, Vec::with_capacity(DECODE_CHUNK));
+                        // The decoding thread is gone only after a panic, which this thread
+                        // meets as its own when the scope ends.
+                        let _ = give_back.send(full);
+                    }
+                },
+            );
+            let _ = give_back.send(spent);
+            report
         })
     }
 
@@ -462,6 +489,7 @@ impl Processor {
         records: &[InputRecord],
         now: Millis,
         mut decoded: impl FnMut(&Rules, &InputRecord) -> Result<Event, Rejection>,
+        mut spent: impl FnMut(Result<Event, Rejection>),
     ) -> Result<BatchReport, StoreError> {
         self.now = now;
         let mut aggregates = self.take_aggregates()?;
@@ -479,12 +507,13 @@ impl Processor {
             let event = decoded(&self.settings.rules, record);
             self.process_one(
                 record,
-                event,
+                &event,
                 now,
                 &mut aggregates,
                 &mut commit,
                 &mut report,
             )?;
+            spent(event);
             // A complaint window closes the moment the watermark passes its end, so its backlog
             // is the one at that moment, and its records go into the commit that stores it
             // closed. A segment day's population is read after the due timers fire, so its end
@@ -1020,20 +1049,13 @@ impl Processor {
             .entry(&self.store, timer.partition, &timer.customer_id)?;
         match entry.record.as_mut() {
             Some(customer) if customer.risk.timer_at == Some(timer.at) => {
-                let record_id = timer_record_id(timer.partition, timer.at, &timer.customer_id);
+                let record_id = || timer_record_id(timer.partition, timer.at, &timer.customer_id);
                 let effects = Effects {
                     commit,
                     aggregates,
                     kept: self.settings.keeps_facts().then_some(&mut entry.facts),
                 };
-                reassess(
-                    customer,
-                    timer.at,
-                    &record_id,
-                    None,
-                    &self.settings,
-                    effects,
-                );
+                reassess(customer, timer.at, record_id, None, &self.settings, effects);
                 entry.dirty = true;
             }
             // A timer the customer no longer points at (re-armed or erased): only the key goes.
@@ -1058,13 +1080,14 @@ impl Processor {
     fn process_one(
         &mut self,
         record: &InputRecord,
-        decoded: Result<Event, Rejection>,
+        decoded: &Result<Event, Rejection>,
         now: Millis,
         aggregates: &mut Aggregates,
         commit: &mut Commit,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
-        let record_id = record.record_id();
+        // Worked out when an output needs it: most events publish nothing.
+        let record_id = || record.record_id();
         let event = match decoded {
             Ok(event) => event,
             Err(rejection) => {
@@ -1075,7 +1098,7 @@ impl Processor {
                     .or_default() += 1;
                 commit
                     .outbox
-                    .push(self.dead_letter(record, &record_id, &rejection).into());
+                    .push(self.dead_letter(record, &record_id(), rejection).into());
                 return Ok(());
             }
         };
@@ -1123,20 +1146,20 @@ impl Processor {
         // on whether the watermark passed them before the event arrived. Each fired timer
         // re-arms strictly later, so the loop ends.
         while let Some(at) = customer.risk.timer_at.filter(|at| *at < event.occurred_at) {
-            let id = timer_record_id(partition, at, &event.customer_id);
+            let id = || timer_record_id(partition, at, &event.customer_id);
             let effects = Effects {
                 commit,
                 aggregates,
                 kept: settings.keeps_facts().then_some(&mut entry.facts),
             };
-            reassess(customer, at, &id, None, settings, effects);
+            reassess(customer, at, id, None, settings, effects);
             entry.dirty = true;
         }
-        let before = Before::of(&customer.state, &event, &settings.limits);
+        let before = Before::of(&customer.state, event, &settings.limits);
         if settings.panic_on_event_id.as_deref() == Some(event.event_id.as_str()) {
             panic!("injected fault: event {}", event.event_id);
         }
-        let outcome = customer.state.apply(&event, &settings.limits);
+        let outcome = customer.state.apply(event, &settings.limits);
         if let Outcome::Applied(Some(limit)) | Outcome::Republished(Some(limit)) = outcome {
             *report.limits_reached.entry(limit.code()).or_default() += 1;
         }
@@ -1192,7 +1215,7 @@ impl Processor {
         let segment = segment_at(&customer.trailing, t, &settings.risk);
         // The event is late when any of its counts missed its window.
         let mut counted = Counted::InWindow;
-        for fact in counted_facts(&event, &before, outcome, segment, referrer_segment) {
+        for fact in counted_facts(event, &before, outcome, segment, referrer_segment) {
             if aggregates.note(fact, s, keep.then_some(&mut entry.facts)) == Counted::Late {
                 counted = Counted::Late;
             }
@@ -1202,7 +1225,7 @@ impl Processor {
                 entry,
                 &before.open,
                 t,
-                record_id,
+                record_id(),
                 settings,
                 commit,
                 aggregates,
@@ -1214,7 +1237,7 @@ impl Processor {
                 aggregates,
                 kept: keep.then_some(&mut entry.facts),
             };
-            reassess(customer, as_of, &record_id, Some(&event), settings, effects);
+            reassess(customer, as_of, record_id, Some(event), settings, effects);
         }
         // Late for a window already emitted, applied to the customer all the same.
         let label = match counted {
@@ -1506,11 +1529,12 @@ fn lost_and_back(
 /// Assesses `customer` at `as_of`, re-arms its timer, and when its risk or its standing
 /// changed (CONTRACT section 2), publishes a churn-risk record, moves it in the segment
 /// population and counts it lost or won back (at [`changed_at`]). `cause` is the event just
-/// applied, `None` for a timer.
+/// applied, `None` for a timer; `record_id` gives the published record's id, asked only when
+/// one is published.
 fn reassess(
     customer: &mut Customer,
     as_of: Millis,
-    record_id: &str,
+    record_id: impl FnOnce() -> String,
     cause: Option<&Event>,
     settings: &ProcessorSettings,
     effects: Effects,
@@ -1624,7 +1648,7 @@ fn reassess(
     let id = &customer.state.customer_id;
     commit.outbox.push(Output::ChurnRisk {
         topic: settings.topics.churn_risk.clone(),
-        record: Box::new(complete.into_record(id, record_id, caused_by, rfm, risk)),
+        record: Box::new(complete.into_record(id, record_id(), caused_by, rfm, risk)),
     });
 }
 
