@@ -212,8 +212,11 @@ struct Aggregates {
     /// stored, so the next change (`Arc::make_mut`) copies nothing.
     trends: Arc<Trends>,
     segments: Segments,
-    /// Whether they changed since they were last put into a commit.
-    dirty: bool,
+    /// Whether each changed since it was last put into a commit: each is stored whole, and
+    /// a batch of orders and interactions changes the segments but not the trends, whose
+    /// open windows are thousands while a backlog's partitions are read one after another.
+    trends_dirty: bool,
+    segments_dirty: bool,
     /// Loaded, and not yet shown to telemetry.
     loaded: bool,
     /// The RFM histograms (their changed cells go into each commit) and scales.
@@ -237,7 +240,17 @@ impl Aggregates {
             settings: trends,
         };
         let counted = fact.apply(&mut target);
-        self.dirty = true;
+        match fact {
+            Fact::Opened { .. }
+            | Fact::Resolved { .. }
+            | Fact::ForgetOpen { .. }
+            | Fact::LeftOpen { .. } => self.trends_dirty = true,
+            Fact::Count { .. } | Fact::CountChange { .. } | Fact::Restand { .. } => {
+                self.segments_dirty = true
+            }
+            // The RFM histograms keep their own changed cells.
+            Fact::Relocate { .. } => {}
+        }
         if let Some(kept) = kept {
             kept.push(fact);
         }
@@ -248,7 +261,8 @@ impl Aggregates {
         Ok(Aggregates {
             trends: Arc::new(store.trends()?.unwrap_or_default()),
             segments: store.segments()?.unwrap_or_default(),
-            dirty: false,
+            trends_dirty: false,
+            segments_dirty: false,
             loaded: true,
             rfm: store.rfm()?,
             rfm_rescaled: false,
@@ -274,11 +288,15 @@ impl Aggregates {
                 .or_default()
                 .merge(&flows);
         }
-        let changed = std::mem::take(&mut self.dirty);
-        if changed {
+        let trends_changed = std::mem::take(&mut self.trends_dirty);
+        let segments_changed = std::mem::take(&mut self.segments_dirty);
+        if trends_changed {
             commit.trends = Some(Arc::clone(&self.trends));
+        }
+        if segments_changed {
             commit.segments = Some(self.segments.clone());
         }
+        let changed = trends_changed || segments_changed;
         // The gauges, after each change and once after loading: a restarted processor shows
         // the last window's spike flag again without waiting for the next window, and the
         // population and the open complaints without waiting for a change. With an
@@ -700,7 +718,7 @@ impl Processor {
                 let mut aggregates = Aggregates::load(&self.store)?;
                 // Stored under another category list: taken to this one, and stored so.
                 if Arc::make_mut(&mut aggregates.trends).adopt(&self.settings.trends) {
-                    aggregates.dirty = true;
+                    aggregates.trends_dirty = true;
                 }
                 Ok(aggregates)
             }
@@ -791,7 +809,7 @@ impl Processor {
         if windows.is_empty() {
             return;
         }
-        aggregates.dirty = true;
+        aggregates.trends_dirty = true;
         if self.settings.aggregation == Aggregation::Elsewhere {
             // Closed here only to be forgotten: the aggregator emits them, over all partitions.
             return;
@@ -846,7 +864,7 @@ impl Processor {
         if let Some(frontier) = self.frontier(aggregates) {
             if aggregates.trends.newest.is_none_or(|n| n < frontier) {
                 Arc::make_mut(&mut aggregates.trends).newest = Some(frontier);
-                aggregates.dirty = true;
+                aggregates.trends_dirty = true;
             }
         }
         aggregates.stage(&mut commit, report, &self.settings);
@@ -947,7 +965,8 @@ impl Processor {
                 partition: None,
             }));
         }
-        aggregates.dirty |= closed;
+        aggregates.trends_dirty |= aggregates.trends.closed_before != trends_closed;
+        aggregates.segments_dirty |= !days.is_empty();
         aggregates.stage(&mut commit, report, &self.settings);
         let watermarks: Vec<(i32, Millis)> = commit
             .event_times
@@ -1184,7 +1203,6 @@ impl Processor {
                 .entry((category.clone(), severity.name()))
                 .or_default() += 1;
         }
-        aggregates.dirty = true;
         entry.dirty = true;
         let s = &settings.trends;
         let keep = settings.keeps_facts();
