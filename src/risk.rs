@@ -290,6 +290,10 @@ pub struct Assessment {
     /// What decides the score and publishing.
     #[serde(skip)]
     pub codes: ReasonSet,
+    /// The share of P(alive) those reasons keep ([`RiskSettings::kept`]), which the timer's
+    /// thresholds are measured against.
+    #[serde(skip)]
+    pub kept: f64,
     /// The reasons with their details, for output; filled by [`Assessment::completed`].
     pub reasons: Vec<Reason>,
     pub segment: String,
@@ -545,6 +549,7 @@ pub fn assess_risk(state: &CustomerState, as_of: Millis, settings: &RiskSettings
         score,
         level,
         codes,
+        kept,
         reasons: Vec::new(),
         segment: String::new(),
         lifecycle,
@@ -909,7 +914,7 @@ pub fn next_check(
 ) -> Option<Millis> {
     let as_of = now.as_of;
     let unit = settings.time_unit_ms as f64;
-    let kept = settings.kept(now.codes);
+    let kept = now.kept;
     let h = recency(state, as_of, settings.time_unit_ms);
     let origin = origin(state) as f64;
     // P(alive) only falls while the customer stays silent, so its score only rises: it moves
