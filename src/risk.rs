@@ -290,8 +290,8 @@ pub struct Assessment {
     /// What decides the score and publishing.
     #[serde(skip)]
     pub codes: ReasonSet,
-    /// The share of P(alive) those reasons keep ([`RiskSettings::kept`]), which the timer's
-    /// thresholds are measured against.
+    /// The share of P(alive) those reasons keep, the product of (1 - weight) over them, which
+    /// the timer's thresholds are measured against.
     #[serde(skip)]
     pub kept: f64,
     /// The reasons with their details, for output; filled by [`Assessment::completed`].
