@@ -104,38 +104,37 @@ fn live_over_history(seed: u64, start_ms: i64) -> Vec<InputRecord> {
 /// four partitions, and the twelve input partitions to assign.
 fn broker_order() -> (Vec<InputRecord>, ProcessorSettings, Vec<(String, i32)>) {
     const PARTITIONS: i32 = 4;
+    const MONTH_MS: i64 = 30 * 86_400_000;
     let events = if std::env::args().any(|a| a == "--bench") {
         200_000
     } else {
         20_000
     };
-    let generated = generate(&TrafficSpec {
-        customers: events / 20 + 1,
-        events,
-        seed: 5,
-        start_ms: NOW - 60_000 - 30 * 86_400_000,
-        step_ms: 30 * 86_400_000 / events as i64,
-    });
-    let topics = [
-        ("customer.interactions", Stream::Interactions),
-        ("customer.orders", Stream::Orders),
-        ("customer.complaints", Stream::Complaints),
-    ];
-    let mut lanes: Vec<Vec<InputRecord>> = vec![Vec::new(); topics.len() * PARTITIONS as usize];
-    let sources: Vec<Arc<str>> = topics.iter().map(|(topic, _)| Arc::from(*topic)).collect();
-    for event in &generated {
-        let topic = match Stream::of_type(event.type_name) {
-            Some(Stream::Orders) => 1,
-            Some(Stream::Complaints) => 2,
-            _ => 0,
-        };
+    let text = format!(
+        "[kafka]\nbrokers = \"unused\"\n[state]\npath = \"unused\"\n\
+         [input]\npartitions = {PARTITIONS}\n"
+    );
+    let config = Config::parse(&text, Vec::new()).expect("the broker benchmark's configuration");
+    let settings = customer_pulse::pipeline::processor_settings(&config);
+    // One lane per input partition: by stream in `Stream::ALL`'s order, then by partition.
+    let index = |stream: Stream| Stream::ALL.iter().position(|s| *s == stream).unwrap_or(0);
+    let lane_of =
+        |stream: Stream, partition: i32| index(stream) * PARTITIONS as usize + partition as usize;
+    let mut lanes: Vec<Vec<InputRecord>> =
+        vec![Vec::new(); Stream::ALL.len() * PARTITIONS as usize];
+    let sources: Vec<Arc<str>> = Stream::ALL
+        .iter()
+        .map(|&stream| Arc::from(config.topics.input(stream)))
+        .collect();
+    for event in common::traffic(events, 20, 5, NOW - 60_000 - MONTH_MS, MONTH_MS) {
+        let stream = Stream::of_type(event.type_name).unwrap_or(Stream::Interactions);
         let partition = partition_for(event.customer_id.as_bytes(), PARTITIONS);
-        let lane = &mut lanes[topic * PARTITIONS as usize + partition as usize];
+        let lane = &mut lanes[lane_of(stream, partition)];
         lane.push(InputRecord {
-            source: Arc::clone(&sources[topic]),
+            source: Arc::clone(&sources[index(stream)]),
             source_partition: partition,
             offset: lane.len() as i64,
-            stream: Some(topics[topic].1),
+            stream: Some(stream),
             state_partition: Some(partition),
             key: Some(event.customer_id.as_bytes().to_vec()),
             payload: event.value.to_string().into_bytes(),
@@ -143,21 +142,17 @@ fn broker_order() -> (Vec<InputRecord>, ProcessorSettings, Vec<(String, i32)>) {
             append_time_ms: None,
         });
     }
-    let text = format!(
-        "[kafka]\nbrokers = \"unused\"\n[state]\npath = \"unused\"\n\
-         [input]\npartitions = {PARTITIONS}\n"
-    );
-    let config = Config::parse(&text, Vec::new()).expect("the broker benchmark's configuration");
-    let settings = customer_pulse::pipeline::processor_settings(&config);
-    let assigned = topics
+    let assigned = Stream::ALL
         .iter()
-        .flat_map(|(topic, _)| (0..PARTITIONS).map(move |p| (topic.to_string(), p)))
+        .flat_map(|&stream| {
+            let topic = config.topics.input(stream).to_owned();
+            (0..PARTITIONS).map(move |p| (topic.clone(), p))
+        })
         .collect();
-    // Lanes by topic as `topics` lists them; delivered complaints first.
-    let per_topic = PARTITIONS as usize;
-    let delivered = [2, 0, 1]
+    let delivered = [Stream::Complaints, Stream::Interactions, Stream::Orders]
         .iter()
-        .flat_map(|topic| lanes[topic * per_topic..(topic + 1) * per_topic].concat())
+        .flat_map(|&stream| (0..PARTITIONS).map(move |p| lane_of(stream, p)))
+        .flat_map(|lane| std::mem::take(&mut lanes[lane]))
         .collect();
     (delivered, settings, assigned)
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::churn::{Model, PurchaseModel, SpendModel};
 use crate::decode::Rules;
+use crate::event::Stream;
 use crate::fold::FoldLimits;
 use crate::risk::{ReasonCode, RiskSettings, Tier};
 use crate::trends::TrendSettings;
@@ -1056,6 +1057,17 @@ pub struct Topics {
     pub dead_letter: String,
     /// The compacted changelog of the customer state, partitioned like the input.
     pub changelog: String,
+}
+
+impl Topics {
+    /// The input topic that carries `stream`.
+    pub fn input(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Interactions => &self.interactions,
+            Stream::Orders => &self.orders,
+            Stream::Complaints => &self.complaints,
+        }
+    }
 }
 
 impl Config {

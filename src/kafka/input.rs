@@ -459,14 +459,10 @@ impl Input {
         telemetry: Arc<Telemetry>,
         assignment: Assignment,
     ) -> anyhow::Result<Input> {
-        let streams: Vec<(Arc<str>, Stream)> = vec![
-            (
-                config.topics.interactions.as_str().into(),
-                Stream::Interactions,
-            ),
-            (config.topics.orders.as_str().into(), Stream::Orders),
-            (config.topics.complaints.as_str().into(), Stream::Complaints),
-        ];
+        let streams: Vec<(Arc<str>, Stream)> = Stream::ALL
+            .iter()
+            .map(|&stream| (config.topics.input(stream).into(), stream))
+            .collect();
         let mut inputs: Vec<String> = Vec::with_capacity(streams.len());
         for (topic, _) in &streams {
             if !inputs.iter().any(|i| **i == **topic) {

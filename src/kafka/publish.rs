@@ -94,11 +94,8 @@ pub async fn publish_with(
     let started = tokio::time::Instant::now();
     let mut pending = Vec::new();
     for (n, event) in events.iter().enumerate() {
-        let topic = match Stream::of_type(event.type_name) {
-            Some(Stream::Orders) => &topics.orders,
-            Some(Stream::Complaints) => &topics.complaints,
-            _ => &topics.interactions,
-        };
+        let stream = Stream::of_type(event.type_name).unwrap_or(Stream::Interactions);
+        let topic = topics.input(stream);
         let payload = event.value.to_string();
         let mut record = FutureRecord::to(topic)
             .key(event.customer_id.as_bytes())
