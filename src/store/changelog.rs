@@ -867,30 +867,37 @@ impl Store {
     /// Deletes the pending outbox records bound for `topic` and `partition`: changelog records
     /// that another writer's newer ones have made stale. Returns how many went.
     pub fn drop_pending(&self, topic: &str, partition: i32) -> Result<usize, StoreError> {
-        let mut stale = Vec::new();
-        let mut from = 0;
-        loop {
-            let page = self
-                .backend
-                .scan(&[OUTBOX], &outbox_key(from), None, 10_000)?;
-            for (key, bytes) in &page {
-                let output = codec::decode_outbox(bytes).map_err(|reason| StoreError::Corrupt {
-                    key: format!("{key:?}"),
-                    reason,
-                })?;
-                let overtaken = matches!(&output, Output::Record(record)
+        let mut ops = Vec::new();
+        let mut dropped = Vec::new();
+        self.each_outbox_chunk(0, 256, |key, _, parts| {
+            let mut kept = Vec::with_capacity(parts.len());
+            let mut stale = Vec::new();
+            for (seq, bytes) in parts {
+                let overtaken = matches!(decode_outbox(seq, bytes)?, Output::Record(record)
                     if record.topic == topic && record.partition == Some(partition));
                 if overtaken {
-                    stale.push(Op::Delete(key.clone()));
+                    stale.push(seq);
+                } else {
+                    kept.push((seq, bytes));
                 }
             }
-            match page.last().and_then(|(key, _)| outbox_seq(key)) {
-                Some(last) if page.len() == 10_000 => from = last + 1,
-                _ => break,
+            if !stale.is_empty() {
+                ops.push(if kept.is_empty() {
+                    Op::Delete(key.to_vec())
+                } else {
+                    Op::Put(key.to_vec(), codec::encode_outbox_parts(kept))
+                });
+                dropped.extend(stale);
             }
-        }
-        let n = stale.len();
-        self.backend.write(stale)?;
+            Ok(std::ops::ControlFlow::Continue(()))
+        })?;
+        let n = dropped.len();
+        self.backend.write(ops)?;
+        // A chunk left empty was deleted above; the others keep their pending records.
+        self.chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acknowledged(dropped);
         self.forget_recent_outbox();
         Ok(n)
     }

@@ -50,6 +50,10 @@ const OUTBOX_V2: u8 = 2;
 /// Version 3: a churn-risk record as data (`risk::ChurnRiskRecord`), after its topic; records
 /// of every other kind are still written as version 2.
 const OUTBOX_V3: u8 = 3;
+/// A commit's outbox records under one key (since 2026-12-06; before, a key each): for each,
+/// its number (u64 big-endian), its length (u32 big-endian), then the record as version 2 or
+/// 3 writes it. A value of another version is one record, numbered by its key.
+const OUTBOX_CHUNK_V1: u8 = 4;
 const TRENDS_V1: u8 = 1;
 /// Version 2: a V1 body, then `began` (where the complaints began). A V1 body read back has
 /// none, so its first windows, closed long ago or not, are never warm-ups.
@@ -490,22 +494,106 @@ struct OutboxV1 {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+/// One record as a value of its own, as stores wrote each before chunks (2026-12-06), and
+/// as a chunk holds each (`encode_outbox_chunk`).
+#[cfg(test)]
 pub fn encode_outbox(output: &Output) -> Vec<u8> {
+    let mut out = Vec::with_capacity(outbox_room(output));
+    encode_outbox_into(&mut out, output);
+    out
+}
+
+/// Room for an encoded record up front: a typical output record is larger than `encode`'s
+/// guess.
+fn outbox_room(output: &Output) -> usize {
     match output {
         Output::Record(record) => {
-            // Room for the record's bytes and their lengths up front: a typical output record
-            // is larger than `encode`'s guess.
             let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
             let headers: usize = record
                 .headers
                 .iter()
                 .map(|(k, v)| k.len() + v.len() + 8)
                 .sum();
-            let room = 32 + record.topic.len() + size(&record.key) + size(&record.value) + headers;
-            encode_in(OUTBOX_V2, record, room)
+            32 + record.topic.len() + size(&record.key) + size(&record.value) + headers
         }
-        Output::ChurnRisk { topic, record } => encode_in(OUTBOX_V3, &(topic, record), 256),
+        Output::ChurnRisk { .. } => 256,
     }
+}
+
+/// `output` as [`encode_outbox`] writes it, after what `out` holds.
+fn encode_outbox_into(out: &mut Vec<u8>, output: &Output) {
+    // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
+    // no sequences of unknown length.
+    match output {
+        Output::Record(record) => {
+            out.push(OUTBOX_V2);
+            postcard::to_io(record, &mut *out)
+        }
+        Output::ChurnRisk { topic, record } => {
+            out.push(OUTBOX_V3);
+            postcard::to_io(&(topic, record), &mut *out)
+        }
+    }
+    .expect("postcard encodes plain structs");
+}
+
+/// A commit's outbox records, numbered from `first` on, as one value (`OUTBOX_CHUNK_V1`).
+pub fn encode_outbox_chunk(first: u64, outputs: &[Output]) -> Vec<u8> {
+    let room = 1 + outputs.iter().map(|o| 12 + outbox_room(o)).sum::<usize>();
+    let mut out = Vec::with_capacity(room);
+    out.push(OUTBOX_CHUNK_V1);
+    for (seq, output) in (first..).zip(outputs) {
+        out.extend_from_slice(&seq.to_be_bytes());
+        let length_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        encode_outbox_into(&mut out, output);
+        let length = out.len() - length_at - 4;
+        // A record of 4 GiB would not get here: the producer refuses records past
+        // `message.max.bytes`, and a commit holds at most a batch's records.
+        let length = u32::try_from(length).expect("an outbox record under 4 GiB");
+        out[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+    }
+    out
+}
+
+/// Encoded records, each with its number, as one value (`OUTBOX_CHUNK_V1`): what is left of a
+/// chunk once some of its records were dropped.
+pub fn encode_outbox_parts<'a>(parts: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
+    let mut out = vec![OUTBOX_CHUNK_V1];
+    for (seq, bytes) in parts {
+        out.extend_from_slice(&seq.to_be_bytes());
+        let length = u32::try_from(bytes.len()).expect("an outbox record under 4 GiB");
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// The records an outbox value stored under the key numbered `seq` holds, each with its
+/// number and its encoding (for [`decode_outbox`]): a chunk's, or the one record of a value
+/// written before chunks were.
+pub fn outbox_parts(seq: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
+    let Some((&OUTBOX_CHUNK_V1, mut rest)) = bytes.split_first() else {
+        return Ok(vec![(seq, bytes)]);
+    };
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let (head, body) = rest
+            .split_at_checked(12)
+            .ok_or("an outbox chunk cut short in a record's number or length")?;
+        let (number, length) = head.split_at(8);
+        let number = u64::from_be_bytes(number.try_into().expect("8 bytes"));
+        let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
+        let (record, after) = body
+            .split_at_checked(length)
+            .ok_or_else(|| format!("an outbox chunk cut short in record {number}"))?;
+        if parts.last().is_some_and(|&(before, _)| before >= number) {
+            return Err(format!("an outbox chunk's record {number} out of order"));
+        }
+        parts.push((number, record));
+        rest = after;
+    }
+    Ok(parts)
 }
 
 pub fn decode_outbox(bytes: &[u8]) -> Result<Output, String> {
@@ -1305,6 +1393,50 @@ mod tests {
         let record = Output::Record(record);
         assert_eq!(encode_outbox(&record), v2);
         assert_eq!(decode_outbox(&v2), Ok(record));
+    }
+
+    #[test]
+    fn a_commits_outbox_records_are_stored_as_one_chunk_each_with_its_number() {
+        let record = |topic: &str| {
+            Output::Record(OutboxRecord {
+                topic: topic.into(),
+                key: Some(vec![1]),
+                value: Some(vec![2; 300]),
+                headers: vec![("h".into(), vec![3])],
+                partition: Some(1),
+            })
+        };
+        let outputs = [record("a"), record("b"), record("c")];
+        let chunk = encode_outbox_chunk(41, &outputs);
+        // By hand: the chunk's version, then each record's number (8 bytes), its length (4)
+        // and its encoding as a value of its own.
+        let mut want = vec![OUTBOX_CHUNK_V1];
+        for (seq, output) in (41u64..).zip(&outputs) {
+            let one = encode_outbox(output);
+            want.extend(seq.to_be_bytes());
+            want.extend((one.len() as u32).to_be_bytes());
+            want.extend(one);
+        }
+        assert_eq!(chunk, want);
+        let parts = outbox_parts(41, &chunk).expect("reads");
+        let numbers: Vec<u64> = parts.iter().map(|&(seq, _)| seq).collect();
+        assert_eq!(numbers, [41, 42, 43]);
+        for ((_, bytes), output) in parts.iter().zip(&outputs) {
+            assert_eq!(decode_outbox(bytes).as_ref(), Ok(output));
+        }
+        // What is left once a record is dropped, numbered as before.
+        let left = encode_outbox_parts([parts[0], parts[2]]);
+        let read = outbox_parts(41, &left).expect("reads");
+        assert_eq!(read, [parts[0], parts[2]]);
+        // A value written before chunks is one record, numbered by its key.
+        let single = encode_outbox(&outputs[1]);
+        assert_eq!(outbox_parts(7, &single), Ok(vec![(7, &single[..])]));
+        // Cut anywhere inside a record's number, length or bytes, or out of order: an error.
+        for cut in [5, 13, 20, chunk.len() - 1] {
+            assert!(outbox_parts(41, &chunk[..cut]).is_err(), "cut at {cut}");
+        }
+        let backwards = encode_outbox_parts([parts[2], parts[0]]);
+        assert!(outbox_parts(41, &backwards).is_err());
     }
 
     #[test]

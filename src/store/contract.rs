@@ -154,16 +154,44 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
         let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![1, 3, 4], "{name}");
         assert_eq!(store.outbox(2).unwrap().len(), 2, "{name}: limit holds");
+        // The commit's records are stored as one chunk, kept while any of them is pending: a
+        // store opened afresh reads it whole, not knowing what was acknowledged.
+        store.acknowledge(&[1, 3]).unwrap();
+        let afresh = || Store::open(Arc::clone(&store.backend)).unwrap();
+        let seqs: Vec<u64> = afresh()
+            .outbox(10)
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{name}: one record pending");
+        store.acknowledge(&[4]).unwrap();
+        assert!(
+            afresh().outbox(10).unwrap().is_empty(),
+            "{name}: none pending"
+        );
     }
 }
 
 /// The drain reads records committed since the store opened from memory (`recent`), others from
 /// the backend: at every step both read the same, as a store opened afresh on the same backend
-/// (which has only the backend to read) shows, past the weight it keeps in memory too.
+/// (which has only the backend to read) shows, past the weight it keeps in memory too. A store
+/// opened afresh does not know which records of a stored chunk were acknowledged (a restart
+/// sends them again): it is told what was, once it has read the chunks.
 #[test]
 fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
     for (name, store, _dir) in backends() {
-        let afresh = || Store::open(Arc::clone(&store.backend)).unwrap();
+        let acknowledged = std::cell::RefCell::new(Vec::new());
+        let acknowledge = |seqs: &[u64]| {
+            store.acknowledge(seqs).unwrap();
+            acknowledged.borrow_mut().extend_from_slice(seqs);
+        };
+        let afresh = || {
+            let afresh = Store::open(Arc::clone(&store.backend)).unwrap();
+            afresh.outbox(usize::MAX).unwrap();
+            afresh.acknowledge(&acknowledged.borrow()).unwrap();
+            afresh
+        };
         let same = |step: &str| {
             for limit in [1, 3, 10_000] {
                 assert_eq!(
@@ -190,9 +218,9 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
             .unwrap();
         same("churn-risk records committed as data");
         same("committed");
-        store.acknowledge(&[0, 1]).unwrap();
+        acknowledge(&[0, 1]);
         same("the first two acknowledged");
-        store.acknowledge(&[4, 3]).unwrap();
+        acknowledge(&[4, 3]);
         same("two further on, out of order");
         commit((6..9).map(|n| record("u", n)).collect());
         same("more committed");
@@ -216,9 +244,9 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
             vec![2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
             "{name}"
         );
-        store.acknowledge(&pending[..8]).unwrap();
+        acknowledge(&pending[..8]);
         same("the heavy ones partly acknowledged");
-        store.acknowledge(&pending[8..]).unwrap();
+        acknowledge(&pending[8..]);
         same("all acknowledged");
         assert!(store.outbox(10).unwrap().is_empty(), "{name}");
     }
@@ -390,6 +418,44 @@ fn customers_are_listed_per_partition_in_id_order() {
     }
 }
 
+/// Stores written before chunks (2026-12-06) hold a record under each key: they are read,
+/// numbered by their keys, and deleted as they are acknowledged.
+#[test]
+fn outbox_records_stored_one_a_key_are_still_read() {
+    for (name, store, _dir) in backends() {
+        let ops = (0..3)
+            .map(|n| {
+                Op::Put(
+                    outbox_key(n),
+                    codec::encode_outbox(&record("t", n as u8).into()),
+                )
+            })
+            .collect();
+        store.backend.write(ops).unwrap();
+        let store = Store::open(Arc::clone(&store.backend)).unwrap();
+        let pending = store.outbox(10).unwrap();
+        assert_eq!(
+            pending,
+            (0..3)
+                .map(|n| (n, record("t", n as u8)))
+                .collect::<Vec<_>>(),
+            "{name}"
+        );
+        store.acknowledge(&[0, 2]).unwrap();
+        store
+            .commit(Commit {
+                outbox: vec![record("u", 3).into()],
+                ..Commit::default()
+            })
+            .unwrap();
+        let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [1, 3], "{name}: numbered on past them");
+        store.acknowledge(&[1, 3]).unwrap();
+        let afresh = Store::open(Arc::clone(&store.backend)).unwrap();
+        assert!(afresh.outbox(10).unwrap().is_empty(), "{name}");
+    }
+}
+
 #[test]
 fn outbox_sequence_continues_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -404,6 +470,14 @@ fn outbox_sequence_continues_after_reopen() {
             })
             .unwrap();
         store.acknowledge(&[0]).unwrap();
+        // A second commit's chunk, acknowledged whole: deleted.
+        store
+            .commit(Commit {
+                outbox: vec![record("t", 3).into()],
+                ..Commit::default()
+            })
+            .unwrap();
+        store.acknowledge(&[3]).unwrap();
     }
     let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
     store
@@ -412,8 +486,23 @@ fn outbox_sequence_continues_after_reopen() {
             ..Commit::default()
         })
         .unwrap();
+    // The first chunk was acknowledged in part before the restart: it is read whole again, and
+    // record 0 sent again (under the same record id), as after a crash.
     let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(seqs, vec![0, 1, 2, 4]);
+    store.acknowledge(&[0, 1, 2, 4]).unwrap();
+    assert!(store.outbox(10).unwrap().is_empty());
+    drop(store);
+    let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
+    assert!(store.outbox(10).unwrap().is_empty(), "every chunk deleted");
+    store
+        .commit(Commit {
+            outbox: vec![record("t", 10).into()],
+            ..Commit::default()
+        })
+        .unwrap();
+    let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![5], "numbered on past every record ever stored");
 }
 
 /// The changelog's readers tell a repeat by its number (`Ownership::is_new`): a number given
@@ -799,7 +888,17 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
             })
             .unwrap();
         assert_eq!(source.drop_pending("log", 1).unwrap(), 4, "{name}");
-        assert_eq!(source.outbox(100).unwrap().len(), 4, "{name}");
+        let left: Vec<u64> = source
+            .outbox(100)
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(left.len(), 4, "{name}");
+        // What is left of each chunk goes once acknowledged.
+        source.acknowledge(&left).unwrap();
+        let afresh = Store::open(Arc::clone(&source.backend)).unwrap();
+        assert!(afresh.outbox(100).unwrap().is_empty(), "{name}");
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod body;
 mod changelog;
+mod chunks;
 mod codec;
 mod erased;
 mod memory;
@@ -15,6 +16,7 @@ mod recent;
 mod rocks;
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -514,6 +516,42 @@ fn outbox_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
+/// The number of the outbox key `key`, as read back from the store.
+fn stored_outbox_seq(key: &[u8]) -> Result<u64, StoreError> {
+    outbox_seq(key).ok_or_else(|| StoreError::Corrupt {
+        key: format!("{key:?}"),
+        reason: "outbox key too short".into(),
+    })
+}
+
+/// The number of the last record stored under the outbox key `key`, if it holds any.
+fn last_outbox_seq(backend: &dyn Backend, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let Some(seq) = outbox_seq(key) else {
+        return Ok(None);
+    };
+    let Some(bytes) = backend.get(key)? else {
+        return Ok(None);
+    };
+    let parts = outbox_parts(seq, &bytes)?;
+    Ok(parts.last().map(|&(last, _)| last))
+}
+
+/// The records stored under the outbox key numbered `seq` (see `codec::outbox_parts`).
+fn outbox_parts(seq: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>, StoreError> {
+    codec::outbox_parts(seq, bytes).map_err(|reason| StoreError::Corrupt {
+        key: format!("outbox {seq}"),
+        reason,
+    })
+}
+
+/// A stored outbox record's encoding, decoded.
+fn decode_outbox(seq: u64, bytes: &[u8]) -> Result<Output, StoreError> {
+    codec::decode_outbox(bytes).map_err(|reason| StoreError::Corrupt {
+        key: format!("outbox {seq}"),
+        reason,
+    })
+}
+
 /// The typed store. Cheap to clone; clones share the backend.
 #[derive(Clone)]
 pub struct Store {
@@ -533,6 +571,8 @@ pub struct Store {
     /// The pending outbox records committed since the store opened, kept in memory too: the
     /// drain reads them from there (see [`recent`]).
     recent: Arc<Mutex<recent::Recent>>,
+    /// Which records of the stored outbox chunks are pending (see [`chunks`]).
+    chunks: Arc<Mutex<chunks::Chunks>>,
     /// Where customer writes are mirrored, if anywhere.
     changelog: Option<Arc<changelog::Changelog>>,
     /// The erasure markers, as stored.
@@ -542,7 +582,7 @@ pub struct Store {
 impl Store {
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
         let pending = match backend.last_key(&[OUTBOX])? {
-            Some(key) => outbox_seq(&key).map_or(0, |s| s + 1),
+            Some(key) => last_outbox_seq(backend.as_ref(), &key)?.map_or(0, |s| s + 1),
             None => 0,
         };
         let numbered = stored_u64(backend.as_ref(), OUTBOX_NEXT, "outbox next")?;
@@ -555,6 +595,7 @@ impl Store {
             commit_lock: Arc::new(Mutex::new(())),
             outbox_floor: Arc::new(AtomicU64::new(0)),
             recent: Arc::new(Mutex::new(recent::Recent::new(next))),
+            chunks: Arc::new(Mutex::new(chunks::Chunks::default())),
             changelog: None,
             erasures: Arc::new(Mutex::new(erasures)),
         })
@@ -990,8 +1031,7 @@ impl Store {
             + commit.offsets.len()
             + commit.event_times.len()
             + commit.ownerships.len()
-            + outbox
-            + usize::from(outbox > 0);
+            + 2 * usize::from(outbox > 0);
         let mut ops = Vec::with_capacity(sized);
         let mut marked = Vec::new();
         for write in commit.customers {
@@ -1065,10 +1105,10 @@ impl Store {
         let mut records: Vec<Output> = Vec::with_capacity(outbox);
         records.extend(changelog.into_iter().map(Output::Record));
         records.extend(commit.outbox);
-        for (i, record) in records.iter().enumerate() {
+        if !records.is_empty() {
             ops.push(Op::Put(
-                outbox_key(first + i as u64),
-                codec::encode_outbox(record),
+                outbox_key(first),
+                codec::encode_outbox_chunk(first, &records),
             ));
         }
         // An operation added above without its count would only cost the growth again.
@@ -1087,6 +1127,10 @@ impl Store {
         if let Some(changelog) = &self.changelog {
             changelog.committed(&commit.offsets, &commit.event_times);
         }
+        self.chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stored(first, outbox as u64);
         // Still in sequence order, and stored: the drain may read them from memory now.
         self.recent
             .lock()
@@ -1146,52 +1190,78 @@ impl Store {
                 .map(|(seq, kept)| (seq, kept.to_record()))
                 .collect());
         }
-        let entries = self
-            .backend
-            .scan(&[OUTBOX], &outbox_key(floor), None, limit)?;
+        let mut pending = Vec::new();
+        let from = self
+            .chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start_of(floor);
+        // A chunk holds a commit's records: a few at a time.
+        self.each_outbox_chunk(from, 16, |_, first, parts| {
+            let chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+            for (seq, bytes) in parts {
+                if pending.len() == limit {
+                    return Ok(ControlFlow::Break(()));
+                }
+                // Below the floor, or acknowledged since the chunk was stored.
+                if seq >= floor && chunks.is_pending(first, seq) {
+                    let record = decode_outbox(seq, bytes)?.into_record();
+                    pending.push((seq, Arc::new(record)));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
         // Nothing pending lies below the first record found, or below `settled` when none was.
-        let first = entries.first().and_then(|(key, _)| outbox_seq(key));
+        let first = pending.first().map(|(seq, _)| *seq);
         self.outbox_floor
             .fetch_max(first.unwrap_or(settled), Ordering::SeqCst);
-        entries
-            .into_iter()
-            .map(|(key, bytes)| {
-                let seq = outbox_seq(&key).ok_or_else(|| StoreError::Corrupt {
-                    key: format!("{key:?}"),
-                    reason: "outbox key too short".into(),
-                })?;
-                let output =
-                    codec::decode_outbox(&bytes).map_err(|reason| StoreError::Corrupt {
-                        key: format!("outbox {seq}"),
-                        reason,
-                    })?;
-                Ok((seq, Arc::new(output.into_record())))
-            })
-            .collect()
+        Ok(pending)
     }
 
-    /// Removes delivered outbox records: each long run of consecutive numbers with one range
-    /// deletion, so that a large drain writes one tombstone instead of one per record and a
-    /// later scan of the outbox steps over one. Shorter runs are deleted record by record:
-    /// every range tombstone in RocksDB's memtable is sorted again at the next read after a
-    /// new one, and with a range per small drain (batches of 10 events) a replay took twice
-    /// the instructions.
-    pub fn acknowledge(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        const LONG_RUN: u64 = 1_000;
-        let mut ops = Vec::new();
-        let mut runs = seqs.iter().copied().peekable();
-        while let Some(first) = runs.next() {
-            let mut last = first;
-            while let Some(next) = runs.next_if(|&s| Some(s) == last.checked_add(1)) {
-                last = next;
-            }
-            match last.checked_add(1) {
-                Some(end) if end - first >= LONG_RUN => {
-                    ops.push(Op::DeleteRange(outbox_key(first), outbox_key(end)));
+    /// Calls `visit` with each stored outbox chunk from the one numbered `from` on, in order
+    /// (its key, the number of its first record, and its records), until it breaks; `page`
+    /// chunks are read at a time. Each chunk read is known to `chunks` from then on.
+    fn each_outbox_chunk(
+        &self,
+        mut from: u64,
+        page: usize,
+        mut visit: impl FnMut(&[u8], u64, Vec<(u64, &[u8])>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let entries = self
+                .backend
+                .scan(&[OUTBOX], &outbox_key(from), None, page)?;
+            for (key, bytes) in &entries {
+                let first = stored_outbox_seq(key)?;
+                let parts = outbox_parts(first, bytes)?;
+                let numbers: Vec<u64> = parts.iter().map(|&(seq, _)| seq).collect();
+                self.chunks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .found(first, &numbers);
+                if visit(key, first, parts)?.is_break() {
+                    return Ok(());
                 }
-                _ => ops.extend((first..=last).map(|s| Op::Delete(outbox_key(s)))),
+                from = first + 1;
+            }
+            if entries.len() < page {
+                return Ok(());
             }
         }
+    }
+
+    /// Removes delivered outbox records: a chunk (a commit's records) once the last of its
+    /// records is acknowledged.
+    pub fn acknowledge(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let emptied = self
+            .chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acknowledged(seqs.iter().copied());
+        let ops = emptied
+            .into_iter()
+            .map(|first| Op::Delete(outbox_key(first)))
+            .collect();
         self.backend.write(ops)?;
         self.recent
             .lock()
