@@ -520,7 +520,8 @@ fn outbox_room(output: &Output) -> usize {
     }
 }
 
-/// `output` as [`encode_outbox`] writes it, after what `out` holds.
+/// `output` encoded as a value of its own (its version byte, then postcard), after what `out`
+/// holds.
 fn encode_outbox_into(out: &mut Vec<u8>, output: &Output) {
     // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
     // no sequences of unknown length.
