@@ -45,20 +45,18 @@ impl Chunk {
 }
 
 impl Chunks {
-    /// A chunk of `count` records numbered from `first` on, just stored.
+    /// A chunk of `count` records numbered from `first` on, just stored. A reader of the store
+    /// may have found it first (between the write and this call), and the sink acknowledged
+    /// records of it since: that stands.
     pub(super) fn stored(&mut self, first: u64, count: u64) {
         if count == 0 {
             return;
         }
-        let done = vec![0; count.div_ceil(64) as usize];
-        self.chunks.insert(
-            first,
-            Chunk {
-                end: first + count,
-                pending: count as usize,
-                done,
-            },
-        );
+        self.chunks.entry(first).or_insert_with(|| Chunk {
+            end: first + count,
+            pending: count as usize,
+            done: vec![0; count.div_ceil(64) as usize],
+        });
     }
 
     /// A chunk read from the store, stored under `first`, with its records' numbers in
@@ -171,12 +169,18 @@ mod tests {
         assert!(!chunks.is_pending(5, 6) && chunks.is_pending(5, 7));
         assert_eq!(chunks.acknowledged([5, 9]), Vec::<u64>::new());
         assert_eq!(chunks.acknowledged([7]), vec![5]);
-        // A chunk known already keeps what was acknowledged of it.
+        // A chunk known already keeps what was acknowledged of it, whether it was stored or
+        // found first.
         chunks.stored(20, 2);
         chunks.acknowledged([20]);
         chunks.found(20, &[20, 21]);
         assert!(!chunks.is_pending(20, 20));
         assert_eq!(chunks.acknowledged([21]), vec![20]);
+        chunks.found(22, &[22, 23]);
+        chunks.acknowledged([22]);
+        chunks.stored(22, 2);
+        assert!(!chunks.is_pending(22, 22));
+        assert_eq!(chunks.acknowledged([23]), vec![22]);
         assert!(chunks.is_pending(30, 30), "a chunk not known");
     }
 }
