@@ -869,7 +869,7 @@ impl Store {
     pub fn drop_pending(&self, topic: &str, partition: i32) -> Result<usize, StoreError> {
         let mut ops = Vec::new();
         let mut dropped = Vec::new();
-        self.each_outbox_chunk(0, 256, |key, _, parts| {
+        self.each_outbox_chunk(0, |key, _, parts| {
             let mut kept = Vec::with_capacity(parts.len());
             let mut stale = Vec::new();
             for (seq, bytes) in parts {

@@ -516,6 +516,9 @@ fn outbox_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
+/// How many outbox chunks a scan of the store reads at a time (see `Store::each_outbox_chunk`).
+const CHUNK_PAGE: usize = 2;
+
 /// The number of the outbox key `key`, as read back from the store.
 fn stored_outbox_seq(key: &[u8]) -> Result<u64, StoreError> {
     outbox_seq(key).ok_or_else(|| StoreError::Corrupt {
@@ -1196,8 +1199,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .start_of(floor);
-        // A chunk holds a commit's records: a few at a time.
-        self.each_outbox_chunk(from, 16, |_, first, parts| {
+        self.each_outbox_chunk(from, |_, first, parts| {
             let chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
             for (seq, bytes) in parts {
                 if pending.len() == limit {
@@ -1219,18 +1221,18 @@ impl Store {
     }
 
     /// Calls `visit` with each stored outbox chunk from the one numbered `from` on, in order
-    /// (its key, the number of its first record, and its records), until it breaks; `page`
-    /// chunks are read at a time. Each chunk read is known to `chunks` from then on.
+    /// (its key, the number of its first record, and its records), until it breaks. Each chunk
+    /// read is known to `chunks` from then on. A chunk holds a whole commit's records, with the
+    /// changelog megabytes of customers: they are read from the store two at a time.
     fn each_outbox_chunk(
         &self,
         mut from: u64,
-        page: usize,
         mut visit: impl FnMut(&[u8], u64, Vec<(u64, &[u8])>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         loop {
             let entries = self
                 .backend
-                .scan(&[OUTBOX], &outbox_key(from), None, page)?;
+                .scan(&[OUTBOX], &outbox_key(from), None, CHUNK_PAGE)?;
             for (key, bytes) in &entries {
                 let first = stored_outbox_seq(key)?;
                 let parts = outbox_parts(first, bytes)?;
@@ -1244,7 +1246,7 @@ impl Store {
                 }
                 from = first + 1;
             }
-            if entries.len() < page {
+            if entries.len() < CHUNK_PAGE {
                 return Ok(());
             }
         }
