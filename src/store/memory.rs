@@ -44,13 +44,6 @@ impl Backend for MemoryBackend {
                 Op::Delete(k) => {
                     map.remove(&k);
                 }
-                Op::DeleteRange(from, to) => {
-                    let doomed: Vec<Vec<u8>> =
-                        map.range(from..to).map(|(k, _)| k.clone()).collect();
-                    for k in doomed {
-                        map.remove(&k);
-                    }
-                }
             }
         }
         Ok(())

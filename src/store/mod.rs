@@ -64,24 +64,19 @@ pub enum Held {
 pub enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
-    /// Deletes every key from the first (included) to the second (excluded). A write sorts its
-    /// operations by (first) key, so no other operation of the same write may touch the range.
-    DeleteRange(Vec<u8>, Vec<u8>),
 }
 
 impl Op {
-    /// The key, or the first key of a range.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put(key, _) | Op::Delete(key) | Op::DeleteRange(key, _) => key,
+            Op::Put(key, _) | Op::Delete(key) => key,
         }
     }
 
-    /// The bytes it writes beside its key: a value, or the end of a range.
+    /// The bytes it writes beside its key: a value, or none.
     pub fn value_len(&self) -> usize {
         match self {
             Op::Put(_, value) => value.len(),
-            Op::DeleteRange(_, end) => end.len(),
             Op::Delete(_) => 0,
         }
     }

@@ -142,7 +142,6 @@ impl Backend for RocksBackend {
             match &ops[i as usize] {
                 Op::Put(k, v) => batch.put(k, v),
                 Op::Delete(k) => batch.delete(k),
-                Op::DeleteRange(from, to) => batch.delete_range(from, to),
             }
         }
         // The write-ahead log is on (the default), so an acknowledged batch survives a process
