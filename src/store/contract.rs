@@ -24,6 +24,26 @@ fn state(id: &str, orders: u32) -> CustomerState {
     }
 }
 
+/// Commits `outbox` alone.
+fn commit_outbox(store: &Store, outbox: Vec<Output>) {
+    store
+        .commit(Commit {
+            outbox,
+            ..Commit::default()
+        })
+        .unwrap();
+}
+
+/// The numbers of the first `limit` pending outbox records.
+fn pending_seqs(store: &Store, limit: usize) -> Vec<u64> {
+    store
+        .outbox(limit)
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect()
+}
+
 fn record(topic: &str, n: u8) -> OutboxRecord {
     OutboxRecord {
         topic: topic.into(),
@@ -80,12 +100,7 @@ fn a_churn_risk_record_reads_back_as_its_json_keyed_by_the_customer() {
             headers: vec![("record_id".into(), b"orders-0-c-7".to_vec())],
             partition: None,
         };
-        store
-            .commit(Commit {
-                outbox: vec![output.clone()],
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&store, vec![output.clone()]);
         assert_eq!(store.outbox(10).unwrap(), vec![(0, want.clone())], "{name}");
         let afresh = Store::open(Arc::clone(&store.backend)).unwrap();
         assert_eq!(
@@ -144,14 +159,9 @@ fn a_commit_writes_states_offsets_and_outbox_together() {
 fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
     for (name, store, _dir) in backends() {
         let outbox = (0..5).map(|n| record("t", n).into()).collect();
-        store
-            .commit(Commit {
-                outbox,
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&store, outbox);
         store.acknowledge(&[0, 2]).unwrap();
-        let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+        let seqs = pending_seqs(&store, 10);
         assert_eq!(seqs, vec![1, 3, 4], "{name}");
         assert_eq!(store.outbox(2).unwrap().len(), 2, "{name}: limit holds");
         // The commit's records are stored as one chunk, kept while any of them is pending: a
@@ -202,20 +212,10 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
             }
         };
         let commit = |records: Vec<OutboxRecord>| {
-            store
-                .commit(Commit {
-                    outbox: records.into_iter().map(Output::from).collect(),
-                    ..Commit::default()
-                })
-                .unwrap()
+            commit_outbox(&store, records.into_iter().map(Output::from).collect())
         };
         commit((0..6).map(|n| record("t", n)).collect());
-        store
-            .commit(Commit {
-                outbox: vec![churn_risk("c-1"), churn_risk("c-2")],
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&store, vec![churn_risk("c-1"), churn_risk("c-2")]);
         same("churn-risk records committed as data");
         same("committed");
         acknowledge(&[0, 1]);
@@ -258,12 +258,7 @@ fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
         let outbox = (0..2_600)
             .map(|n| record("t", (n % 200) as u8).into())
             .collect();
-        store
-            .commit(Commit {
-                outbox,
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&store, outbox);
         let pending = || -> Vec<u64> {
             let records = store.outbox(10_000).unwrap();
             records.iter().map(|(s, _)| *s).collect()
@@ -284,14 +279,7 @@ fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
 #[test]
 fn the_outbox_never_skips_a_record_left_unacknowledged() {
     for (name, store, _dir) in backends() {
-        let commit = |n: u8| {
-            store
-                .commit(Commit {
-                    outbox: (0..n).map(|i| record("t", i).into()).collect(),
-                    ..Commit::default()
-                })
-                .unwrap()
-        };
+        let commit = |n: u8| commit_outbox(&store, (0..n).map(|i| record("t", i).into()).collect());
         let seqs = |limit| -> Vec<u64> {
             store
                 .outbox(limit)
@@ -442,13 +430,8 @@ fn outbox_records_stored_one_a_key_are_still_read() {
             "{name}"
         );
         store.acknowledge(&[0, 2]).unwrap();
-        store
-            .commit(Commit {
-                outbox: vec![record("u", 3).into()],
-                ..Commit::default()
-            })
-            .unwrap();
-        let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+        commit_outbox(&store, vec![record("u", 3).into()]);
+        let seqs = pending_seqs(&store, 10);
         assert_eq!(seqs, [1, 3], "{name}: numbered on past them");
         store.acknowledge(&[1, 3]).unwrap();
         let afresh = Store::open(Arc::clone(&store.backend)).unwrap();
@@ -463,45 +446,25 @@ fn outbox_sequence_continues_after_reopen() {
         let store =
             Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
         let outbox = (0..3).map(|n| record("t", n).into()).collect();
-        store
-            .commit(Commit {
-                outbox,
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&store, outbox);
         store.acknowledge(&[0]).unwrap();
         // A second commit's chunk, acknowledged whole: deleted.
-        store
-            .commit(Commit {
-                outbox: vec![record("t", 3).into()],
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&store, vec![record("t", 3).into()]);
         store.acknowledge(&[3]).unwrap();
     }
     let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
-    store
-        .commit(Commit {
-            outbox: vec![record("t", 9).into()],
-            ..Commit::default()
-        })
-        .unwrap();
+    commit_outbox(&store, vec![record("t", 9).into()]);
     // The first chunk was acknowledged in part before the restart: it is read whole again, and
     // record 0 sent again (under the same record id), as after a crash.
-    let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+    let seqs = pending_seqs(&store, 10);
     assert_eq!(seqs, vec![0, 1, 2, 4]);
     store.acknowledge(&[0, 1, 2, 4]).unwrap();
     assert!(store.outbox(10).unwrap().is_empty());
     drop(store);
     let store = Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
     assert!(store.outbox(10).unwrap().is_empty(), "every chunk deleted");
-    store
-        .commit(Commit {
-            outbox: vec![record("t", 10).into()],
-            ..Commit::default()
-        })
-        .unwrap();
-    let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+    commit_outbox(&store, vec![record("t", 10).into()]);
+    let seqs = pending_seqs(&store, 10);
     assert_eq!(seqs, vec![5], "numbered on past every record ever stored");
 }
 
@@ -513,13 +476,8 @@ fn outbox_numbers_are_never_given_twice_even_once_every_record_was_acknowledged(
     let open = || Store::open(Arc::new(RocksBackend::open(dir.path(), 1 << 20).unwrap())).unwrap();
     let commit_two = |store: &Store| {
         let outbox = (0..2).map(|n| record("t", n).into()).collect();
-        store
-            .commit(Commit {
-                outbox,
-                ..Commit::default()
-            })
-            .unwrap();
-        let seqs: Vec<u64> = store.outbox(10).unwrap().iter().map(|(s, _)| *s).collect();
+        commit_outbox(store, outbox);
+        let seqs = pending_seqs(store, 10);
         store.acknowledge(&seqs).unwrap();
         seqs
     };
@@ -881,12 +839,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
 
         // Stale changelog records of one partition leave the outbox; the rest stay, a
         // churn-risk record stored as data among them.
-        source
-            .commit(Commit {
-                outbox: vec![churn_risk("z")],
-                ..Commit::default()
-            })
-            .unwrap();
+        commit_outbox(&source, vec![churn_risk("z")]);
         assert_eq!(source.drop_pending("log", 1).unwrap(), 4, "{name}");
         let left: Vec<u64> = source
             .outbox(100)
