@@ -168,12 +168,7 @@ fn acknowledged_outbox_records_are_gone_and_the_rest_stay_in_order() {
         // store opened afresh reads it whole, not knowing what was acknowledged.
         store.acknowledge(&[1, 3]).unwrap();
         let afresh = || Store::open(Arc::clone(&store.backend)).unwrap();
-        let seqs: Vec<u64> = afresh()
-            .outbox(10)
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
+        let seqs = pending_seqs(&afresh(), 10);
         assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{name}: one record pending");
         store.acknowledge(&[4]).unwrap();
         assert!(
@@ -233,12 +228,7 @@ fn the_outbox_reads_the_same_from_memory_as_from_the_backend() {
         same("past the weight kept");
         commit(vec![record("w", 13)]);
         same("after it");
-        let pending: Vec<u64> = store
-            .outbox(10_000)
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
+        let pending = pending_seqs(&store, 10_000);
         assert_eq!(
             pending,
             vec![2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
@@ -259,12 +249,9 @@ fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
             .map(|n| record("t", (n % 200) as u8).into())
             .collect();
         commit_outbox(&store, outbox);
-        let pending = || -> Vec<u64> {
-            let records = store.outbox(10_000).unwrap();
-            records.iter().map(|(s, _)| *s).collect()
-        };
-        // A long run (deleted as a range, here 1,000 and 1,200 records), short runs, single
-        // records, and numbers out of order.
+        let pending = || pending_seqs(&store, 10_000);
+        // Long runs (1,000 and 1,200 records), short runs, single records, and numbers out of
+        // order, all of one commit's chunk.
         let mut acked: Vec<u64> = (0..1_000).chain(1_001..2_201).collect();
         acked.extend([2_300, 2_301, 2_302, 2_304, 2_599, 2_598]);
         store.acknowledge(&acked).unwrap();
@@ -280,14 +267,7 @@ fn acknowledging_runs_and_holes_deletes_exactly_the_records_named() {
 fn the_outbox_never_skips_a_record_left_unacknowledged() {
     for (name, store, _dir) in backends() {
         let commit = |n: u8| commit_outbox(&store, (0..n).map(|i| record("t", i).into()).collect());
-        let seqs = |limit| -> Vec<u64> {
-            store
-                .outbox(limit)
-                .unwrap()
-                .iter()
-                .map(|(s, _)| *s)
-                .collect()
-        };
+        let seqs = |limit| pending_seqs(&store, limit);
         commit(4);
         assert_eq!(seqs(2), vec![0, 1], "{name}");
         // The sink took 1 but not 0: 0 is still the oldest pending record.
@@ -841,12 +821,7 @@ fn the_changelog_carries_customers_and_positions_and_restores_them_elsewhere() {
         // churn-risk record stored as data among them.
         commit_outbox(&source, vec![churn_risk("z")]);
         assert_eq!(source.drop_pending("log", 1).unwrap(), 4, "{name}");
-        let left: Vec<u64> = source
-            .outbox(100)
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
+        let left = pending_seqs(&source, 100);
         assert_eq!(left.len(), 4, "{name}");
         // What is left of each chunk goes once acknowledged.
         source.acknowledge(&left).unwrap();
@@ -1007,12 +982,7 @@ fn sealed_remembered_events_are_kept_apart_written_when_their_seal_moves_and_go_
         // Commits the customer as the processor does; returns the changelog records it sent,
         // by key, with whether each has a value.
         let put = |customer: Option<&Customer>, stored_seal| -> Vec<(Vec<u8>, bool)> {
-            let before: Vec<u64> = store
-                .outbox(10_000)
-                .unwrap()
-                .iter()
-                .map(|(s, _)| *s)
-                .collect();
+            let before = pending_seqs(&store, 10_000);
             let mut commit = Commit::default();
             commit.put_customer_apart(0, "r".into(), customer, stored_seal);
             store.commit(commit).unwrap();
