@@ -561,6 +561,7 @@ fn bench(c: &mut Criterion) {
 
 fn models(c: &mut Criterion) {
     use customer_pulse::churn::{hyp2f1, Clv, Recency};
+    use customer_pulse::clv::ClvTables;
     use customer_pulse::fold::CustomerState;
     use customer_pulse::risk::{assess, RiskSettings};
     use customer_pulse::segments::Trailing;
@@ -585,36 +586,43 @@ fn models(c: &mut Criterion) {
             )
         })
     });
-    // The CLV as the job computes it (a Taylor step from each month's 2F1 to the next) beside
-    // the reference, each month's 2F1 summed on its own, for the customer above and for a
+    // The CLV as the job computes it, from a table built for the customer's repeat purchases
+    // the first time they are asked for (`clv::ClvTables`, built before the timing), beside
+    // the sum it replaced (a Taylor step from each month's 2F1 to the next, `Clv::walked`) and
+    // the reference (each month's 2F1 summed on its own), for the customer above and for a
     // customer of the replay's kind: a purchase a week for three weeks, scored a week later.
-    // Walked afresh each time: `clv` (`Clv::walked`) keeps the thread's last sum for the same
-    // inputs, which a loop of it would time instead (`clv_12_months_same_inputs_again`, what a
-    // run of new customers costs).
     let recent = Recency {
         x: 2.0,
         t_x: 2.0,
         t: 3.0,
     };
+    let month = 30.0 / 7.0;
     let clv_of = |h| Clv {
         model: &model,
         h,
-        month: 30.0 / 7.0,
+        month,
         months: 12,
         margin_per_purchase: black_box(25.0),
         monthly_discount: 0.01,
     };
+    let tables = ClvTables::default();
     for (name, h) in [("", h), ("_recent", recent)] {
+        let by_table = |h| tables.clv(&model, h, month, 12, black_box(25.0), 0.01);
+        let (tabled, walked) = (by_table(h), clv_of(h).walked());
+        assert!(
+            (tabled - walked).abs() <= 1e-12 * walked.abs(),
+            "{tabled} {walked}"
+        );
         group.bench_function(format!("clv_12_months{name}"), |b| {
-            b.iter(|| clv_of(black_box(h)).walked_afresh())
+            b.iter(|| by_table(black_box(h)))
+        });
+        group.bench_function(format!("clv_12_months{name}_walked"), |b| {
+            b.iter(|| clv_of(black_box(h)).walked())
         });
         group.bench_function(format!("clv_12_months{name}_summed_at_each_month"), |b| {
             b.iter(|| clv_of(black_box(h)).summed_at_each_month())
         });
     }
-    group.bench_function("clv_12_months_same_inputs_again", |b| {
-        b.iter(|| clv_of(black_box(recent)).walked())
-    });
     // The generator's two busiest customers after the benchmark's traffic: the states a
     // published record is computed from. Taken in turn, so that no CLV is the thread's last.
     let mut processor = Processor::new(Store::in_memory(), settings());

@@ -129,7 +129,7 @@ impl PurchaseModel {
 
     /// The 2F1 of [`Self::expected_purchases`] for `x` repeat purchases, which several horizons
     /// share.
-    fn purchase_series(&self, x: f64) -> Hypergeometric {
+    pub(crate) fn purchase_series(&self, x: f64) -> Hypergeometric {
         let (r, a, b) = (self.r, self.a, self.b);
         match self.model {
             Model::BgNbd => Hypergeometric::new(r + x, b + x, a + b + x - 1.0),
@@ -157,18 +157,40 @@ impl PurchaseModel {
         if horizon <= 0.0 || !odds_plus_one.is_finite() {
             return 0.0;
         }
-        let (r, alpha, a, b, x) = (self.r, self.alpha, self.a, self.b, h.x);
         let z = self.horizon_z(h, horizon);
-        let decay = ((alpha + h.t) / (alpha + h.t + horizon)).powf(r + x);
-        let lead = match self.model {
+        let kept = (self.alpha + h.t) / (self.alpha + h.t + horizon);
+        let decayed = self.decayed(h.x, kept, z, series);
+        self.lead(h.x) * (1.0 - decayed) / odds_plus_one
+    }
+
+    /// The factor of the expected purchases that grows with the history's purchases `x`:
+    /// (a + b + x - 1) / (a - 1) for BG/NBD, (a + b + x) / (a - 1) for MBG/NBD.
+    pub(crate) fn lead(&self, x: f64) -> f64 {
+        let (a, b) = (self.a, self.b);
+        match self.model {
             Model::BgNbd => (a + b + x - 1.0) / (a - 1.0),
             Model::MbgNbd => (a + b + x) / (a - 1.0),
-        };
-        let mut decayed = decay * series(z);
-        if !decayed.is_finite() || decay < f64::MIN_POSITIVE {
-            decayed = self.decayed_series(x, z);
         }
-        lead * (1.0 - decayed) / odds_plus_one
+    }
+
+    /// `kept^(r+x) · 2F1(z)` with the 2F1 at z = 1 - `kept` from `series`: the share of
+    /// [`Self::lead`] the purchases over a horizon leave out, where `kept` is (alpha + T) /
+    /// (alpha + T + horizon). By [`Self::decayed_series`] where the product as written is no
+    /// number.
+    pub(crate) fn decayed(
+        &self,
+        x: f64,
+        kept: f64,
+        z: f64,
+        series: impl FnOnce(f64) -> f64,
+    ) -> f64 {
+        let decay = kept.powf(self.r + x);
+        let decayed = decay * series(z);
+        if !decayed.is_finite() || decay < f64::MIN_POSITIVE {
+            self.decayed_series(x, z)
+        } else {
+            decayed
+        }
     }
 
     /// `decay · 2F1` of [`Self::expected_purchases_by`], (1 - z)^(r+x) 2F1(r+x, B; C; z), by
@@ -618,39 +640,13 @@ pub struct Clv<'a> {
 }
 
 impl Clv<'_> {
-    /// The months' 2F1 by a [`Walk`]: what [`clv`] gives. The sum per unit of margin is kept
-    /// for the next call on the thread with the same inputs (`LAST_CLV`).
+    /// The months' 2F1 by a [`Walk`]: what [`clv`] gives.
     pub fn walked(&self) -> f64 {
-        let inputs = (
-            *self.model,
-            self.h,
-            self.month,
-            self.months,
-            self.monthly_discount,
-        );
-        let per_purchase = match LAST_CLV.get() {
-            Some((last, per_purchase)) if last == inputs => per_purchase,
-            _ => {
-                let per_purchase = self.walked_per_purchase();
-                LAST_CLV.set(Some((inputs, per_purchase)));
-                per_purchase
-            }
-        };
-        self.margin_per_purchase * per_purchase
-    }
-
-    /// What [`Self::walked`] gives, always walked, never taken from the last call: what
-    /// `cargo bench --bench pipeline -- models` times (a loop of [`Self::walked`] with the
-    /// same inputs would time the kept sum).
-    pub fn walked_afresh(&self) -> f64 {
-        self.margin_per_purchase * self.walked_per_purchase()
-    }
-
-    fn walked_per_purchase(&self) -> f64 {
         let series = self.model.purchase_series(self.h.x);
         let mut walk = Walk::new(&series);
         let z_at = |k: u32| self.model.horizon_z(self.h, self.month * f64::from(k));
-        self.per_purchase(|z, k| walk.at(z, (k < self.months).then(|| z_at(k + 1))))
+        self.margin_per_purchase
+            * self.per_purchase(|z, k| walk.at(z, (k < self.months).then(|| z_at(k + 1))))
     }
 
     /// Every month's 2F1 summed at its own z ([`Hypergeometric::at`]), as before the walk: the
@@ -676,19 +672,6 @@ impl Clv<'_> {
         }
         value
     }
-}
-
-/// What a CLV's sum per unit of margin depends on: the model, the history, the month's length,
-/// the months, the discount.
-type ClvInputs = (PurchaseModel, Recency, f64, u32, f64);
-
-thread_local! {
-    /// The last CLV's sum per unit of margin on this thread, with its inputs. Every new
-    /// customer's first event has the same history (no repeat purchase, no time since the
-    /// first: x = t_x = T = 0), so a run of new customers asks for the same sum: a replay over
-    /// a million customers spent an eighth of its time summing it again for each.
-    static LAST_CLV: std::cell::Cell<Option<(ClvInputs, f64)>> =
-        const { std::cell::Cell::new(None) };
 }
 
 #[cfg(test)]
@@ -1246,50 +1229,6 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_clv_serves_only_the_same_inputs() {
-        // The thread's last sum per unit of margin is reused only for the same model, history,
-        // month, months and discount: each CLV below, in this order, must still be its own.
-        let model = PurchaseModel::cdnow(Model::MbgNbd);
-        let other = PurchaseModel { r: 0.5, ..model };
-        let new = Recency {
-            x: 0.0,
-            t_x: 0.0,
-            t: 0.0,
-        };
-        let seen = Recency {
-            x: 2.0,
-            t_x: 10.0,
-            t: 30.0,
-        };
-        let month = 52.0 / 12.0;
-        for (model, h, month, months, margin, discount) in [
-            (&model, new, month, 12, 100.0, 0.01),
-            (&model, new, month, 12, 250.0, 0.01),
-            (&model, new, month, 6, 100.0, 0.01),
-            (&model, new, month, 6, 100.0, 0.02),
-            (&model, new, 2.0 * month, 6, 100.0, 0.02),
-            (&other, new, 2.0 * month, 6, 100.0, 0.02),
-            (&model, seen, month, 12, 100.0, 0.01),
-            (&model, new, month, 12, 100.0, 0.01),
-        ] {
-            let clv = Clv {
-                model,
-                h,
-                month,
-                months,
-                margin_per_purchase: margin,
-                monthly_discount: discount,
-            };
-            let (walked, summed) = (clv.walked(), clv.summed_at_each_month());
-            assert!(
-                close(walked, summed, 1e-9 * summed.abs()),
-                "{h:?} over {months} months of {month}: {walked} walked, {summed} summed"
-            );
-            assert_eq!(clv.walked_afresh().to_bits(), walked.to_bits(), "{h:?}");
-        }
-    }
-
-    #[test]
     fn expected_purchases_stay_a_number_where_the_decay_underflows() {
         for model in [Model::MbgNbd, Model::BgNbd] {
             let m = PurchaseModel::cdnow(model);
@@ -1330,7 +1269,8 @@ mod tests {
     /// (Batislam et al.'s for MBG/NBD) at 60 digits, for the CDNOW fits: from a new customer to
     /// daily buyers of a year, still buying and silent for years, whose odds of being dead pass
     /// f64's range (there the values are 0). Every path of the 2F1 is taken: the plain series,
-    /// Euler's transformation, the connection formula near z = 1, and the walk along the months.
+    /// Euler's transformation, the connection formula near z = 1, and the walk along the months;
+    /// and the CLVs are also asked of the tables the job takes them from.
     #[test]
     fn the_models_agree_with_mpmath_at_sixty_digits() {
         use Model::{BgNbd, MbgNbd};
@@ -1362,14 +1302,26 @@ mod tests {
         for (model, x, t_x, t, p_alive, expected_90d, clv_12, clv_120) in table {
             let model = PurchaseModel::cdnow(model);
             let h = Recency { x, t_x, t };
+            // What the job asks: the CLV by table (`clv::ClvTables`), one for each terms.
+            let by_table =
+                |months| crate::clv::ClvTables::default().clv(&model, h, month, months, 1.0, 0.01);
             let got = [
                 model.p_alive(h),
                 model.expected_purchases(h, 90.0 / 7.0),
                 clv(&model, h, month, 12, 1.0, 0.01),
                 clv(&model, h, month, 120, 1.0, 0.01),
+                by_table(12),
+                by_table(120),
             ];
-            let want = [p_alive, expected_90d, clv_12, clv_120];
-            let names = ["P(alive)", "E[90d]", "CLV 12", "CLV 120"];
+            let want = [p_alive, expected_90d, clv_12, clv_120, clv_12, clv_120];
+            let names = [
+                "P(alive)",
+                "E[90d]",
+                "CLV 12",
+                "CLV 120",
+                "CLV 12 by table",
+                "CLV 120 by table",
+            ];
             for ((what, got), want) in names.into_iter().zip(got).zip(want) {
                 assert!(
                     agrees(got, want),

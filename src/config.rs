@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::churn::{Model, PurchaseModel, SpendModel};
+use crate::clv::ClvTables;
 use crate::decode::Rules;
 use crate::event::Stream;
 use crate::fold::FoldLimits;
@@ -655,6 +656,7 @@ impl RawRisk {
                 })
                 .collect(),
             tier_months: self.tier_trailing_months,
+            clv_tables: ClvTables::default(),
         })
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod aggregator;
 pub mod churn;
+pub mod clv;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -5,9 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::churn::{
-    clv, Model, PurchaseModel, Recency, SpendModel, EXPECTED_ORDERS_DAYS, MONTH_DAYS,
-};
+use crate::churn::{Model, PurchaseModel, Recency, SpendModel, EXPECTED_ORDERS_DAYS, MONTH_DAYS};
+use crate::clv::ClvTables;
 use crate::event::{format_millis, Millis};
 use crate::fold::{CustomerState, Lifecycle, Subscription};
 use crate::json::Object;
@@ -158,6 +157,8 @@ pub struct RiskSettings {
     /// Value tiers are by the revenue and margin of the month of the assessment and the
     /// `tier_months - 1` calendar months before it (UTC).
     pub tier_months: u32,
+    /// The CLV's sums by table for the settings above, built as they are asked for.
+    pub clv_tables: ClvTables,
 }
 
 impl Default for RiskSettings {
@@ -209,6 +210,7 @@ impl Default for RiskSettings {
                 },
             ],
             tier_months: 12,
+            clv_tables: ClvTables::default(),
         }
     }
 }
@@ -654,7 +656,7 @@ fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 
         settings.default_margin_ratio
     };
     let month = MONTH_MS / settings.time_unit_ms as f64;
-    let value = clv(
+    let value = settings.clv_tables.clv(
         &settings.model,
         h,
         month,
