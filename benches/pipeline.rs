@@ -561,10 +561,10 @@ fn bench(c: &mut Criterion) {
 
 fn models(c: &mut Criterion) {
     use customer_pulse::churn::{hyp2f1, Clv, Recency};
-    use customer_pulse::clv::ClvTables;
     use customer_pulse::fold::CustomerState;
     use customer_pulse::risk::{assess, RiskSettings};
     use customer_pulse::segments::Trailing;
+    use customer_pulse::tables::ModelTables;
     use std::hint::black_box;
 
     let risk = RiskSettings::default();
@@ -587,7 +587,7 @@ fn models(c: &mut Criterion) {
         })
     });
     // The CLV as the job computes it, from a table built for the customer's repeat purchases
-    // the first time they are asked for (`clv::ClvTables`, built before the timing), beside
+    // the first time they are asked for (`tables::ModelTables`, built before the timing), beside
     // the sum it replaced (a Taylor step from each month's 2F1 to the next, `Clv::walked`) and
     // the reference (each month's 2F1 summed on its own), for the customer above and for a
     // customer of the replay's kind: a purchase a week for three weeks, scored a week later.
@@ -605,7 +605,7 @@ fn models(c: &mut Criterion) {
         margin_per_purchase: black_box(25.0),
         monthly_discount: 0.01,
     };
-    let tables = ClvTables::default();
+    let tables = ModelTables::default();
     for (name, h) in [("", h), ("_recent", recent)] {
         let by_table = |h| tables.clv(&model, h, month, 12, black_box(25.0), 0.01);
         let (tabled, walked) = (by_table(h), clv_of(h).walked());

@@ -1270,7 +1270,7 @@ mod tests {
     /// daily buyers of a year, still buying and silent for years, whose odds of being dead pass
     /// f64's range (there the values are 0). Every path of the 2F1 is taken: the plain series,
     /// Euler's transformation, the connection formula near z = 1, and the walk along the months;
-    /// and the CLVs are also asked of the tables the job takes them from.
+    /// and the expected orders and the CLVs are also asked of the tables the job takes them from.
     #[test]
     fn the_models_agree_with_mpmath_at_sixty_digits() {
         use Model::{BgNbd, MbgNbd};
@@ -1302,23 +1302,34 @@ mod tests {
         for (model, x, t_x, t, p_alive, expected_90d, clv_12, clv_120) in table {
             let model = PurchaseModel::cdnow(model);
             let h = Recency { x, t_x, t };
-            // What the job asks: the CLV by table (`clv::ClvTables`), one for each terms.
-            let by_table =
-                |months| crate::clv::ClvTables::default().clv(&model, h, month, months, 1.0, 0.01);
+            // What the job asks: the expected orders and the CLV by table
+            // (`tables::ModelTables`), one for each terms.
+            let tables = crate::tables::ModelTables::default;
+            let by_table = |months| tables().clv(&model, h, month, months, 1.0, 0.01);
             let got = [
                 model.p_alive(h),
                 model.expected_purchases(h, 90.0 / 7.0),
                 clv(&model, h, month, 12, 1.0, 0.01),
                 clv(&model, h, month, 120, 1.0, 0.01),
+                tables().expected_purchases(&model, h, 90.0 / 7.0),
                 by_table(12),
                 by_table(120),
             ];
-            let want = [p_alive, expected_90d, clv_12, clv_120, clv_12, clv_120];
+            let want = [
+                p_alive,
+                expected_90d,
+                clv_12,
+                clv_120,
+                expected_90d,
+                clv_12,
+                clv_120,
+            ];
             let names = [
                 "P(alive)",
                 "E[90d]",
                 "CLV 12",
                 "CLV 120",
+                "E[90d] by table",
                 "CLV 12 by table",
                 "CLV 120 by table",
             ];

@@ -9,11 +9,11 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::churn::{Model, PurchaseModel, SpendModel};
-use crate::clv::ClvTables;
 use crate::decode::Rules;
 use crate::event::Stream;
 use crate::fold::FoldLimits;
 use crate::risk::{ReasonCode, RiskSettings, Tier};
+use crate::tables::ModelTables;
 use crate::trends::TrendSettings;
 
 /// The prefix of environment overrides: `CUSTOMER_PULSE__KAFKA__BROKERS` sets `kafka.brokers`.
@@ -656,7 +656,7 @@ impl RawRisk {
                 })
                 .collect(),
             tier_months: self.tier_trailing_months,
-            clv_tables: ClvTables::default(),
+            tables: ModelTables::default(),
         })
     }
 }

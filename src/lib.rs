@@ -10,7 +10,6 @@
 
 pub mod aggregator;
 pub mod churn;
-pub mod clv;
 pub mod config;
 pub mod decode;
 pub mod demo;
@@ -31,5 +30,6 @@ pub mod rfm;
 pub mod risk;
 pub mod segments;
 pub mod store;
+pub mod tables;
 pub mod telemetry;
 pub mod trends;

@@ -6,11 +6,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::churn::{Model, PurchaseModel, Recency, SpendModel, EXPECTED_ORDERS_DAYS, MONTH_DAYS};
-use crate::clv::ClvTables;
 use crate::event::{format_millis, Millis};
 use crate::fold::{CustomerState, Lifecycle, Subscription};
 use crate::json::Object;
 use crate::segments::{latest_loss, lost_or_won_back_at, Loss, Trailing};
+use crate::tables::ModelTables;
 
 const DAY_MS: Millis = 86_400_000;
 /// An average month, for the CLV horizon.
@@ -157,8 +157,9 @@ pub struct RiskSettings {
     /// Value tiers are by the revenue and margin of the month of the assessment and the
     /// `tier_months - 1` calendar months before it (UTC).
     pub tier_months: u32,
-    /// The CLV's sums by table for the settings above, built as they are asked for.
-    pub clv_tables: ClvTables,
+    /// The CLV and the expected purchases by table for the settings above, built as they are
+    /// asked for.
+    pub tables: ModelTables,
 }
 
 impl Default for RiskSettings {
@@ -210,7 +211,7 @@ impl Default for RiskSettings {
                 },
             ],
             tier_months: 12,
-            clv_tables: ClvTables::default(),
+            tables: ModelTables::default(),
         }
     }
 }
@@ -574,9 +575,11 @@ impl Assessment {
             t_x: self.t_x,
             t: self.t,
         };
-        self.expected_orders_90d = settings
-            .model
-            .expected_purchases(h, (EXPECTED_ORDERS_DAYS * DAY_MS) as f64 / unit);
+        self.expected_orders_90d = settings.tables.expected_purchases(
+            &settings.model,
+            h,
+            (EXPECTED_ORDERS_DAYS * DAY_MS) as f64 / unit,
+        );
         self.ltv_minor = ltv_minor(state, h, settings);
         self.segment = segment_at(trailing, self.as_of, settings).to_owned();
         let mut reasons = Vec::new();
@@ -656,7 +659,7 @@ fn ltv_minor(state: &CustomerState, h: Recency, settings: &RiskSettings) -> i64 
         settings.default_margin_ratio
     };
     let month = MONTH_MS / settings.time_unit_ms as f64;
-    let value = settings.clv_tables.clv(
+    let value = settings.tables.clv(
         &settings.model,
         h,
         month,

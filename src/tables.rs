@@ -1,43 +1,49 @@
-//! The CLV of DOMAIN.md by table. A customer's expected purchases over the CLV's months,
-//! discounted, are `lead(x) / (1 + odds) · S_x(tau)`: the odds of being dead and the lead are
-//! closed forms, and the sum S_x of the months' 2F1 depends on the history only through its
-//! repeat purchases x and `tau = month / (alpha + T)` (month k's horizon is at z = k tau / (1 +
-//! k tau)). So one curve per x, built the first time that x is asked for, answers every later
-//! history with x repeat purchases: a Chebyshev interpolant of S_x on a few pieces of tau,
-//! evaluated in a few dozen multiplications, where the sum itself takes a dozen 2F1.
+//! The model's two costliest numbers by table: the CLV of DOMAIN.md and the expected purchases
+//! over a fixed horizon (a churn-risk record's `expected_orders_90d`). Both are `lead(x) / (1 +
+//! odds)` times a function of the history's repeat purchases x and of one more variable: the
+//! odds of being dead and the lead are closed forms, and the rest depends on T only through
+//! `month / (alpha + T)` (the CLV: the months' drops in `(1 - z)^(r+x) 2F1(z)`, discounted,
+//! month k's z being k tau / (1 + k tau)) or `horizon / (alpha + T)` (one such drop). So one
+//! curve per x, built the first time that x is asked for, answers every later history with x
+//! repeat purchases: a Chebyshev interpolant on a few pieces of that variable, evaluated in a
+//! few dozen multiplications, where the sum itself takes a dozen 2F1 (the CLV) or one.
 //! Must not know about events, state or storage: like `churn`, times are in the model's unit.
 
 use std::sync::{Arc, OnceLock};
 
 use crate::churn::{clv, PurchaseModel, Recency};
 
-/// The CLV's sums by table, for one model, month, number of months and discount: the first
-/// ones it is asked for (a job scores with one configuration). Asked for others, or for a
-/// history the tables do not cover, it sums directly ([`clv`]). A cache of a pure function's
-/// values: clones share it (each partition's processor clones the settings).
+/// The CLV's sums and the expected purchases by table, each for the first terms it is asked
+/// for (a job scores with one configuration): the model, and the month, the number of months
+/// and the discount (the CLV) or the horizon (the expected purchases). Asked for other terms,
+/// or for a history the tables do not cover, it computes directly ([`clv`],
+/// [`PurchaseModel::expected_purchases`]). A cache of pure functions' values: clones share it
+/// (each partition's processor clones the settings).
 #[derive(Default, Clone)]
-pub struct ClvTables {
-    built: Arc<OnceLock<Built>>,
+pub struct ModelTables {
+    clv: Keyed<ClvTerms>,
+    purchases: Keyed<HorizonTerms>,
 }
 
-/// The terms the tables serve and a curve for each number of repeat purchases, when asked.
-struct Built {
-    terms: Terms,
-    curves: Box<[OnceLock<Option<Curve>>]>,
-}
-
-/// What the months' sum depends on besides the history.
+/// What the CLV's months' sum depends on besides the history.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Terms {
+struct ClvTerms {
     model: PurchaseModel,
     month: f64,
     months: u32,
     monthly_discount: f64,
 }
 
-impl ClvTables {
-    /// Customers with this many repeat purchases or more take the direct sum: a curve is built
-    /// for each number of repeat purchases seen, at about 0.2 ms and 1 KiB each.
+/// What the expected purchases' drop depends on besides the history.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HorizonTerms {
+    model: PurchaseModel,
+    horizon: f64,
+}
+
+impl ModelTables {
+    /// Customers with this many repeat purchases or more are computed directly: a curve is
+    /// built for each number of repeat purchases seen, at about 0.2 ms and 1 KiB each.
     pub const MAX_REPEAT_PURCHASES: usize = 1024;
 
     /// [`clv`], the same up to rounding (`tests`), from the table where it covers the history.
@@ -50,13 +56,13 @@ impl ClvTables {
         margin_per_purchase: f64,
         monthly_discount: f64,
     ) -> f64 {
-        let terms = Terms {
+        let terms = ClvTerms {
             model: *model,
             month,
             months,
             monthly_discount,
         };
-        match self.per_purchase(terms, h) {
+        match self.clv_per_purchase(terms, h) {
             Some(per_purchase) => margin_per_purchase * per_purchase,
             None => clv(
                 model,
@@ -69,59 +75,134 @@ impl ClvTables {
         }
     }
 
+    /// [`PurchaseModel::expected_purchases`], the same up to rounding (`tests`), from the
+    /// table where it covers the history.
+    pub fn expected_purchases(&self, model: &PurchaseModel, h: Recency, horizon: f64) -> f64 {
+        let terms = HorizonTerms {
+            model: *model,
+            horizon,
+        };
+        self.purchases_by_table(terms, h)
+            .unwrap_or_else(|| model.expected_purchases(h, horizon))
+    }
+
     /// The CLV of a margin of 1 per purchase from the table, or `None` where it does not serve.
-    fn per_purchase(&self, terms: Terms, h: Recency) -> Option<f64> {
+    fn clv_per_purchase(&self, terms: ClvTerms, h: Recency) -> Option<f64> {
+        let model = &terms.model;
+        let curve = self.clv.curve(terms, h.x, || {
+            let end = terms.month / model.alpha;
+            Curve::build(end, 1.0 / f64::from(terms.months), |tau| {
+                months_sum(&terms, h.x, tau)
+            })
+        })?;
+        let sum = curve.at(terms.month / (model.alpha + h.t))?;
+        Some(of_the_living(model, h, sum))
+    }
+
+    /// The expected purchases from the table, or `None` where it does not serve.
+    fn purchases_by_table(&self, terms: HorizonTerms, h: Recency) -> Option<f64> {
+        let model = &terms.model;
+        if terms.horizon.is_nan() || terms.horizon <= 0.0 {
+            return None;
+        }
+        let curve = self.purchases.curve(terms, h.x, || {
+            let end = terms.horizon / model.alpha;
+            // A month of one horizon: the drop is singular where sigma reaches -1.
+            Curve::build(end, 1.0, |sigma| horizon_drop(model, h.x, sigma))
+        })?;
+        let drop = curve.at(terms.horizon / (model.alpha + h.t))?;
+        Some(of_the_living(model, h, drop))
+    }
+
+    /// How many curves are built: one for each number of repeat purchases asked for, of each
+    /// kind.
+    pub fn curves_built(&self) -> usize {
+        self.clv.curves_built() + self.purchases.curves_built()
+    }
+}
+
+/// `lead(x) / (1 + odds) · share`: what a customer still alive buys of `share`; 0 for one dead
+/// for certain (the odds overflowed), as the direct forms give.
+fn of_the_living(model: &PurchaseModel, h: Recency, share: f64) -> f64 {
+    let odds_plus_one = 1.0 + model.dead_odds(h);
+    if !odds_plus_one.is_finite() {
+        return 0.0;
+    }
+    model.lead(h.x) * share / odds_plus_one
+}
+
+impl std::fmt::Debug for ModelTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTables")
+            .field("curves_built", &self.curves_built())
+            .finish()
+    }
+}
+
+/// Curves by number of repeat purchases, for the terms first asked.
+struct Keyed<T> {
+    built: Arc<OnceLock<Built<T>>>,
+}
+
+/// The terms a [`Keyed`] serves and a curve for each number of repeat purchases, when asked.
+struct Built<T> {
+    terms: T,
+    curves: Box<[OnceLock<Option<Curve>>]>,
+}
+
+impl<T> Default for Keyed<T> {
+    fn default() -> Keyed<T> {
+        Keyed {
+            built: Arc::default(),
+        }
+    }
+}
+
+impl<T> Clone for Keyed<T> {
+    fn clone(&self) -> Keyed<T> {
+        Keyed {
+            built: Arc::clone(&self.built),
+        }
+    }
+}
+
+impl<T: PartialEq + Copy> Keyed<T> {
+    /// The curve for `x` repeat purchases, built by `build` the first time it is asked; `None`
+    /// for other terms than the first asked, for an x that is not a whole number below
+    /// [`ModelTables::MAX_REPEAT_PURCHASES`], or where `build` gave none.
+    fn curve(&self, terms: T, x: f64, build: impl FnOnce() -> Option<Curve>) -> Option<&Curve> {
         let built = self.built.get_or_init(|| Built {
             terms,
-            curves: (0..Self::MAX_REPEAT_PURCHASES)
+            curves: (0..ModelTables::MAX_REPEAT_PURCHASES)
                 .map(|_| OnceLock::new())
                 .collect(),
         });
-        if built.terms != terms || !(h.x >= 0.0 && h.x.fract() == 0.0) {
+        if built.terms != terms || !(x >= 0.0 && x.fract() == 0.0) {
             return None;
         }
-        let curve = built
-            .curves
-            .get(h.x as usize)?
-            .get_or_init(|| Curve::build(&terms, h.x))
-            .as_ref()?;
-        let model = &terms.model;
-        let sum = curve.at(terms.month / (model.alpha + h.t))?;
-        let odds_plus_one = 1.0 + model.dead_odds(h);
-        // A customer dead for certain (the odds overflowed) buys nothing more, as in `clv`.
-        if !odds_plus_one.is_finite() {
-            return Some(0.0);
-        }
-        Some(model.lead(h.x) * sum / odds_plus_one)
+        built.curves.get(x as usize)?.get_or_init(build).as_ref()
     }
 
-    /// How many curves are built: one for each number of repeat purchases asked for.
-    pub fn curves_built(&self) -> usize {
+    fn curves_built(&self) -> usize {
         self.built.get().map_or(0, |built| {
             built.curves.iter().filter(|c| c.get().is_some()).count()
         })
     }
 }
 
-impl std::fmt::Debug for ClvTables {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClvTables")
-            .field("curves_built", &self.curves_built())
-            .finish()
-    }
-}
-
-/// S_x over the tau a history can have, (0, month / alpha] (T from infinity down to 0), in
-/// pieces: [0, 1/months], then each three times as long as the one before. S_x is analytic in
-/// tau but where some month's z is 1 or beyond, tau in (-inf, -1/months]: a piece [p, 3p]
-/// stays at least 2 + 1/(p months) of its half-lengths from there, so its Chebyshev
-/// coefficients fall at least like (2 + sqrt 3)^-n, to the rounding in under 30 of them.
+/// A function of the history over the values its variable can take, (0, end] (T from infinity
+/// down to 0), in pieces: [0, first], then each three times as long as the one before, where
+/// `first` is the distance from 0 to the function's nearest singular point. The CLV's months'
+/// sum S_x(tau) is analytic but where some month's z is 1 or beyond, tau in (-inf, -1/months];
+/// one horizon's drop where sigma is in (-inf, -1]. A piece [p, 3p] stays at least 2 + first/p
+/// of its half-lengths from there, so its Chebyshev coefficients fall at least like (2 + √3)^-n,
+/// to the rounding in under 30 of them.
 struct Curve {
     pieces: Vec<Piece>,
 }
 
 /// One piece of a [`Curve`]: its coefficients on [lo, hi], or `None` where they did not fall
-/// to the rounding (the direct sum serves there).
+/// to the rounding (the direct form serves there).
 struct Piece {
     lo: f64,
     hi: f64,
@@ -129,45 +210,44 @@ struct Piece {
 }
 
 impl Curve {
-    /// At most this many pieces: a month / alpha of 3^38 / months. Beyond, the direct sum.
+    /// At most this many pieces: an end of 3^38 times `first`. Beyond, the direct form.
     const MAX_PIECES: usize = 40;
 
-    /// S_x's curve, or `None` where even the first piece has no room (no positive month /
-    /// alpha).
-    fn build(terms: &Terms, x: f64) -> Option<Curve> {
-        let end = terms.month / terms.model.alpha;
+    /// The curve of `f` on (0, end], or `None` where there is no room (no positive, finite
+    /// end).
+    fn build(end: f64, first: f64, f: impl Fn(f64) -> f64) -> Option<Curve> {
         if !(end.is_finite() && end > 0.0) {
             return None;
         }
         let mut pieces = Vec::new();
-        let (mut lo, mut next) = (0.0, 1.0 / f64::from(terms.months));
+        let (mut lo, mut next) = (0.0, first);
         while lo < end && pieces.len() < Self::MAX_PIECES {
             let hi = next.min(end);
             pieces.push(Piece {
                 lo,
                 hi,
-                coefficients: chebyshev_fit(|tau| months_sum(terms, x, tau), lo, hi),
+                coefficients: chebyshev_fit(&f, lo, hi),
             });
             (lo, next) = (hi, 3.0 * next);
         }
         Some(Curve { pieces })
     }
 
-    /// S_x at `tau`, or `None` outside the curve or on a piece without coefficients.
-    fn at(&self, tau: f64) -> Option<f64> {
-        let piece = self.pieces.iter().find(|p| tau <= p.hi)?;
-        if !(tau > piece.lo || (tau >= 0.0 && piece.lo == 0.0)) {
+    /// The function at `v`, or `None` outside the curve or on a piece without coefficients.
+    fn at(&self, v: f64) -> Option<f64> {
+        let piece = self.pieces.iter().find(|p| v <= p.hi)?;
+        if !(v > piece.lo || (v >= 0.0 && piece.lo == 0.0)) {
             return None;
         }
         let coefficients = piece.coefficients.as_deref()?;
-        let t = (2.0 * tau - piece.lo - piece.hi) / (piece.hi - piece.lo);
+        let t = (2.0 * v - piece.lo - piece.hi) / (piece.hi - piece.lo);
         Some(clenshaw(coefficients, t))
     }
 }
 
 /// S_x(tau): the months' drops in `decay · 2F1`, discounted, each 2F1 summed at its own z
 /// (`Hypergeometric::at`, the reference the walk of [`clv`] is held to).
-fn months_sum(terms: &Terms, x: f64, tau: f64) -> f64 {
+fn months_sum(terms: &ClvTerms, x: f64, tau: f64) -> f64 {
     let model = &terms.model;
     let series = model.purchase_series(x);
     let (mut sum, mut before) = (0.0, 1.0);
@@ -178,6 +258,16 @@ fn months_sum(terms: &Terms, x: f64, tau: f64) -> f64 {
         before = decayed;
     }
     sum
+}
+
+/// One horizon's drop in `decay · 2F1` at sigma = horizon / (alpha + T), 1 - (1 + sigma)^-(r+x)
+/// 2F1(sigma / (1 + sigma)), the 2F1 summed at its z (`Hypergeometric::at`, as
+/// [`PurchaseModel::expected_purchases`] does).
+fn horizon_drop(model: &PurchaseModel, x: f64, sigma: f64) -> f64 {
+    let series = model.purchase_series(x);
+    1.0 - model.decayed(x, 1.0 / (1.0 + sigma), sigma / (1.0 + sigma), |z| {
+        series.at(z)
+    })
 }
 
 /// Chebyshev nodes a piece is fitted at: more than its coefficients need to fall to the
@@ -197,7 +287,7 @@ const NOISE_FLOOR: f64 = 1e-12;
 /// The Chebyshev coefficients of `f` on [lo, hi] from its values at the [`NODES`] Chebyshev
 /// points, without those within four times the noise floor of the last ([`SETTLED`]); `None`
 /// when a value is no number or the floor is above [`NOISE_FLOOR`].
-fn chebyshev_fit(f: impl Fn(f64) -> f64, lo: f64, hi: f64) -> Option<Box<[f64]>> {
+fn chebyshev_fit(f: &impl Fn(f64) -> f64, lo: f64, hi: f64) -> Option<Box<[f64]>> {
     let n = NODES as f64;
     let angle = |j: usize| std::f64::consts::PI * (j as f64 + 0.5) / n;
     let (mid, half) = ((hi + lo) / 2.0, (hi - lo) / 2.0);
@@ -272,8 +362,8 @@ mod tests {
         for model in [Model::MbgNbd, Model::BgNbd] {
             let model = PurchaseModel::cdnow(model);
             for months in [12, 120] {
-                let tables = ClvTables::default();
-                let terms = Terms {
+                let tables = ModelTables::default();
+                let terms = ClvTerms {
                     model,
                     month: MONTH,
                     months,
@@ -287,7 +377,7 @@ mod tests {
                             t_x: t * 0.7,
                             t,
                         };
-                        let got = tables.per_purchase(terms, h);
+                        let got = tables.clv_per_purchase(terms, h);
                         let want = summed(&model, h, MONTH, months);
                         assert!(got.is_some(), "{model:?} {months} months {h:?}: not served");
                         let got = got.unwrap();
@@ -295,9 +385,21 @@ mod tests {
                             (got - want).abs() <= 1e-11 * size(&model, h, want),
                             "{model:?} {months} months {h:?}: {got} by table, {want} summed"
                         );
+                        // The expected orders over 90 days (and, with 120 months, over ten
+                        // years: a horizon whose first piece is far shorter than its end).
+                        let horizon = if months == 12 { 90.0 / 7.0 } else { 521.8 };
+                        let terms = HorizonTerms { model, horizon };
+                        let got = tables.purchases_by_table(terms, h);
+                        let want = model.expected_purchases(h, horizon);
+                        assert!(got.is_some(), "{model:?} {horizon} {h:?}: not served");
+                        let got = got.unwrap();
+                        assert!(
+                            (got - want).abs() <= 1e-11 * size(&model, h, want),
+                            "{model:?} over {horizon} {h:?}: {got} by table, {want} summed"
+                        );
                     }
                 }
-                assert_eq!(tables.curves_built(), 10, "a curve for each x asked");
+                assert_eq!(tables.curves_built(), 20, "two curves for each x asked");
             }
         }
     }
@@ -305,7 +407,7 @@ mod tests {
     #[test]
     fn other_terms_a_fraction_of_a_purchase_or_too_many_purchases_are_summed_directly() {
         let model = PurchaseModel::cdnow(Model::MbgNbd);
-        let tables = ClvTables::default();
+        let tables = ModelTables::default();
         let h = Recency {
             x: 3.0,
             t_x: 10.0,
@@ -319,7 +421,7 @@ mod tests {
         assert!((first - summed(&model, h, MONTH, 12)).abs() <= 1e-12 * first);
         let other = PurchaseModel { r: 0.6, ..model };
         let many = Recency {
-            x: ClvTables::MAX_REPEAT_PURCHASES as f64,
+            x: ModelTables::MAX_REPEAT_PURCHASES as f64,
             ..h
         };
         let part = Recency { x: 3.5, ..h };
@@ -346,16 +448,34 @@ mod tests {
             tables.clv(&model, early, MONTH, 12, 1.0, 0.01).to_bits(),
             direct(&model, early, 12, 0.01).to_bits()
         );
+        // So are the expected purchases: the first horizon asked is the tables', the others,
+        // no horizon and the histories above are computed directly.
+        let first = tables.expected_purchases(&model, h, 13.0);
+        let want = model.expected_purchases(h, 13.0);
+        assert!((first - want).abs() <= 1e-12 * want);
+        for (model, h, horizon) in [
+            (&model, h, 26.0),
+            (&model, h, 0.0),
+            (&other, h, 13.0),
+            (&model, many, 13.0),
+            (&model, part, 13.0),
+            (&model, early, 13.0),
+        ] {
+            let got = tables.expected_purchases(model, h, horizon);
+            let want = model.expected_purchases(h, horizon);
+            assert_eq!(got.to_bits(), want.to_bits(), "{model:?} {h:?} {horizon}");
+        }
+        assert_eq!(tables.curves_built(), 3);
     }
 
     #[test]
     fn a_piece_whose_coefficients_do_not_settle_is_not_fitted() {
         // |t - 0.3| has a kink inside the piece: its coefficients fall like 1/n^2, far above
         // the rounding after 40 of them.
-        assert!(chebyshev_fit(|t| (t - 0.3).abs(), 0.0, 1.0).is_none());
-        assert!(chebyshev_fit(|t| if t < 0.5 { t } else { f64::NAN }, 0.0, 1.0).is_none());
+        assert!(chebyshev_fit(&|t: f64| (t - 0.3).abs(), 0.0, 1.0).is_none());
+        assert!(chebyshev_fit(&|t: f64| if t < 0.5 { t } else { f64::NAN }, 0.0, 1.0).is_none());
         // exp settles in a dozen coefficients, and keeps no more.
-        let fit = chebyshev_fit(f64::exp, 0.0, 1.0).expect("exp is fitted");
+        let fit = chebyshev_fit(&f64::exp, 0.0, 1.0).expect("exp is fitted");
         assert!(fit.len() < 20, "{} coefficients", fit.len());
         for i in 0..=100 {
             let t = f64::from(i) / 100.0;
@@ -371,8 +491,8 @@ mod tests {
             ..proptest::prelude::ProptestConfig::default()
         })]
 
-        /// Over fitted parameters, histories and months far from the published ones, a CLV by
-        /// table is the reference's, wherever the table serves it.
+        /// Over fitted parameters, histories and months far from the published ones, a CLV and
+        /// expected purchases by table are the reference's, wherever the table serves them.
         #[test]
         fn the_tables_agree_with_the_reference(
             r in 0.01f64..10.0,
@@ -393,13 +513,24 @@ mod tests {
                 b,
             };
             let h = Recency { x: f64::from(x), t_x, t: t_x + extra };
-            let terms = Terms { model, month, months: 12, monthly_discount: 0.01 };
+            let terms = ClvTerms { model, month, months: 12, monthly_discount: 0.01 };
             let want = summed(&model, h, month, 12);
-            if let Some(got) = ClvTables::default().per_purchase(terms, h) {
+            let tables = ModelTables::default();
+            if let Some(got) = tables.clv_per_purchase(terms, h) {
                 proptest::prop_assert!(
                     (got - want).abs() <= 1e-11 * size(&model, h, want)
                         || !want.is_finite(),
                     "{} by table, {} summed", got, want
+                );
+            }
+            // The expected purchases over three months.
+            let horizon = 3.0 * month;
+            let want = model.expected_purchases(h, horizon);
+            if let Some(got) = tables.purchases_by_table(HorizonTerms { model, horizon }, h) {
+                proptest::prop_assert!(
+                    (got - want).abs() <= 1e-11 * size(&model, h, want)
+                        || !want.is_finite(),
+                    "{} expected by table, {} directly", got, want
                 );
             }
         }
