@@ -477,23 +477,40 @@ fn bench(c: &mut Criterion) {
     // it, folded in its batches of 10,000 on RocksDB as a lone instance (no changelog), with
     // the twelve input partitions assigned, at one processor time throughout (no partition
     // goes idle). Its fold thread's work, counted by callgrind where the broker's noise is not.
+    // Then the same with the changelog, as one of a group's instances folds it (the
+    // aggregator elsewhere): each written customer is a changelog record in the outbox too.
     let (delivered, settings, assigned) = broker_order();
     group.throughput(Throughput::Elements(delivered.len() as u64));
-    group.bench_function("broker_order_batches_of_10000", |b| {
-        b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let mut processor = Processor::new(store_at(dir.path()), settings.clone());
-                processor.assign(&assigned, NOW);
-                (dir, processor)
-            },
-            |(dir, mut processor)| {
-                fold_timed(&mut processor, &delivered, 10_000, NOW);
-                (dir, processor)
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    for changelog in [false, true] {
+        let name = if changelog {
+            "broker_order_changelog_batches_of_10000"
+        } else {
+            "broker_order_batches_of_10000"
+        };
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let mut store = store_at(dir.path());
+                    let mut settings = settings.clone();
+                    if changelog {
+                        store = store
+                            .with_changelog("customer-pulse.customers-changelog")
+                            .expect("changelog");
+                        settings.aggregation = customer_pulse::processor::Aggregation::Elsewhere;
+                    }
+                    let mut processor = Processor::new(store, settings);
+                    processor.assign(&assigned, NOW);
+                    (dir, processor)
+                },
+                |(dir, mut processor)| {
+                    fold_timed(&mut processor, &delivered, 10_000, NOW);
+                    (dir, processor)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 
     // One atomic commit to RocksDB of what a batch of 1,000 events writes (1,000 customers, each
