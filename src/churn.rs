@@ -675,8 +675,37 @@ impl Clv<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
+
+    /// Fitted parameters, histories and months far from the published ones (a month of a
+    /// thousandth of the time unit up to ten units): what the property tests of the CLV's walk
+    /// and of its tables (`tables`) range over.
+    pub(crate) fn models_histories_and_months(
+    ) -> impl Strategy<Value = (PurchaseModel, Recency, f64)> {
+        (
+            (0.01f64..10.0, 0.1f64..100.0, 0.05f64..20.0, 0.05f64..20.0),
+            proptest::bool::ANY,
+            (0u32..400, 0.0f64..200.0, 0.0f64..200.0),
+            proptest::prop_oneof![0.001f64..0.1, 0.1f64..10.0],
+        )
+            .prop_map(|((r, alpha, a, b), mbg, (x, t_x, extra), month)| {
+                let model = PurchaseModel {
+                    model: if mbg { Model::MbgNbd } else { Model::BgNbd },
+                    r,
+                    alpha,
+                    a,
+                    b,
+                };
+                let h = Recency {
+                    x: f64::from(x),
+                    t_x,
+                    t: t_x + extra,
+                };
+                (model, h, month)
+            })
+    }
 
     fn close(got: f64, want: f64, tolerance: f64) -> bool {
         (got - want).abs() <= tolerance
@@ -1165,28 +1194,11 @@ mod tests {
         })]
 
         /// The walk's values are the reference's at each month, and so is the CLV, over fitted
-        /// parameters, histories and months far from the published ones (a month of a
-        /// thousandth of the time unit up to ten units).
+        /// parameters, histories and months far from the published ones.
         #[test]
         fn the_walk_agrees_with_the_series_at_every_month(
-            r in 0.01f64..10.0,
-            alpha in 0.1f64..100.0,
-            a in 0.05f64..20.0,
-            b in 0.05f64..20.0,
-            mbg in proptest::bool::ANY,
-            x in 0u32..400,
-            t_x in 0.0f64..200.0,
-            extra in 0.0f64..200.0,
-            month in proptest::prop_oneof![0.001f64..0.1, 0.1f64..10.0],
+            (model, h, month) in models_histories_and_months(),
         ) {
-            let model = PurchaseModel {
-                model: if mbg { Model::MbgNbd } else { Model::BgNbd },
-                r,
-                alpha,
-                a,
-                b,
-            };
-            let h = Recency { x: f64::from(x), t_x, t: t_x + extra };
             let series = model.purchase_series(h.x);
             let mut walk = Walk::new(&series);
             let (mut want, mut before, mut worst) = (0.0, 0.0, 0.0f64);
@@ -1218,8 +1230,7 @@ mod tests {
             // Each month's purchases are lead (1 - decay F) / (1 + odds): where decay F is near
             // 1, that difference loses digits, so the CLVs are compared to the size of what is
             // subtracted, lead / (1 + odds), and not only to their own.
-            let lead = if mbg { a + b + h.x } else { a + b + h.x - 1.0 } / (a - 1.0);
-            let size = (lead * model.p_alive(h)).abs();
+            let size = (model.lead(h.x) * model.p_alive(h)).abs();
             let got = clv(&model, h, month, 12, 1.0, 0.01);
             proptest::prop_assert!(
                 close(got, want, worst * (want.abs() + size)),

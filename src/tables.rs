@@ -547,24 +547,8 @@ mod tests {
         /// expected purchases by table are the reference's, wherever the table serves them.
         #[test]
         fn the_tables_agree_with_the_reference(
-            r in 0.01f64..10.0,
-            alpha in 0.1f64..100.0,
-            a in 0.05f64..20.0,
-            b in 0.05f64..20.0,
-            mbg in proptest::bool::ANY,
-            x in 0u32..400,
-            t_x in 0.0f64..200.0,
-            extra in 0.0f64..200.0,
-            month in proptest::prop_oneof![0.001f64..0.1, 0.1f64..10.0],
+            (model, h, month) in crate::churn::tests::models_histories_and_months(),
         ) {
-            let model = PurchaseModel {
-                model: if mbg { Model::MbgNbd } else { Model::BgNbd },
-                r,
-                alpha,
-                a,
-                b,
-            };
-            let h = Recency { x: f64::from(x), t_x, t: t_x + extra };
             let terms = ClvTerms { model, month, months: 12, monthly_discount: 0.01 };
             let want = summed(&model, h, month, 12);
             let tables = ModelTables::default();
