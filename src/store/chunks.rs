@@ -28,6 +28,16 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// A chunk of the records numbered from `first` to `end` (excluded), all pending.
+    fn pending(first: u64, end: u64) -> Chunk {
+        let span = end - first;
+        Chunk {
+            end,
+            pending: span as usize,
+            done: vec![0; span.div_ceil(64) as usize],
+        }
+    }
+
     fn is_done(&self, i: u64) -> bool {
         self.done[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
@@ -52,11 +62,9 @@ impl Chunks {
         if count == 0 {
             return;
         }
-        self.chunks.entry(first).or_insert_with(|| Chunk {
-            end: first + count,
-            pending: count as usize,
-            done: vec![0; count.div_ceil(64) as usize],
-        });
+        self.chunks
+            .entry(first)
+            .or_insert_with(|| Chunk::pending(first, first + count));
     }
 
     /// A chunk read from the store, stored under `first`, with its records' numbers in
@@ -69,16 +77,10 @@ impl Chunks {
         if self.chunks.contains_key(&first) {
             return;
         }
-        let end = last + 1;
-        let span = end - first;
-        let mut chunk = Chunk {
-            end,
-            pending: span as usize,
-            done: vec![0; span.div_ceil(64) as usize],
-        };
+        let mut chunk = Chunk::pending(first, last + 1);
         // Every number of the span is pending until shown absent.
         let mut present = numbers.iter().peekable();
-        for i in 0..span {
+        for i in 0..last + 1 - first {
             if present.next_if_eq(&&(first + i)).is_none() {
                 chunk.acknowledge(i);
             }
