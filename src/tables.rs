@@ -18,7 +18,7 @@ use crate::churn::{clv, PurchaseModel, Recency};
 /// and the discount (the CLV) or the horizon (the expected purchases). Asked for other terms,
 /// or for a history the tables do not cover, it computes directly ([`clv`],
 /// [`PurchaseModel::expected_purchases`]). A cache of pure functions' values: clones share it
-/// (each partition's processor clones the settings).
+/// (the processor, the aggregator and the HTTP endpoints each clone the settings).
 #[derive(Default, Clone)]
 pub struct ModelTables {
     clv: Keyed<ClvTerms>,
@@ -211,7 +211,7 @@ struct Piece {
 }
 
 impl Curve {
-    /// At most this many pieces: an end of 3^38 times `first`. Beyond, the direct form.
+    /// At most this many pieces: an end of 3^39 times `first`. Beyond, the direct form.
     const MAX_PIECES: usize = 40;
 
     /// The pieces of (0, end], none fitted yet; `None` where there is no room (no positive,
@@ -454,7 +454,8 @@ mod tests {
             assert_eq!(got.to_bits(), want.to_bits(), "{model:?} {h:?} {months}");
         }
         assert_eq!(tables.curves_built(), 1);
-        // Clones share the tables: each partition's processor has a clone of the settings.
+        // Clones share the tables: the processor, the aggregator and the HTTP endpoints each
+        // have a clone of the settings.
         let clone = tables.clone();
         assert_eq!(clone.curves_built(), 1);
         clone.clv(&model, Recency { x: 4.0, ..h }, MONTH, 12, 1.0, 0.01);
