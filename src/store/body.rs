@@ -1,8 +1,9 @@
 //! Stored bodies written by hand in postcard's wire format, without serde's calls per field and
 //! per byte: a customer's body (state, risk memo, standing, trailing months, then the
 //! remembered events), the same bytes `postcard` writes for the tuple of the four and then
-//! [`SeenEntries`], and the complaint trends, the same bytes it writes for [`Trends`]. Each
-//! goes into every commit that changed it: a customer took about 5,500 instructions through
+//! [`SeenEntries`], the complaint trends, the same bytes it writes for [`Trends`], and a
+//! changelog record's facts, those it writes for a slice of [`Fact`]. Each goes into every
+//! commit that changed it: a customer took about 5,500 instructions through
 //! serde and 3,900 by hand (callgrind, 2026-12-01; `benches/HISTORY.md`). Decoding stays with
 //! `postcard`. Must not know about keys, the version byte or the timer prefix (`codec` writes
 //! those).
@@ -17,10 +18,13 @@
 //! value, a unit enum variant as its index (a varint), structs, tuples and arrays as their
 //! fields in order.
 
+use crate::event::Severity;
+use crate::facts::{Fact, OwnedFlow};
 use crate::fold::{
     Close, CustomerState, EarlyClose, EventFingerprint, Lifecycle, OpenComplaint, OpenOrder,
     SeenEvent, Subscription,
 };
+use crate::rfm::Point;
 use crate::risk::{Level, Published, ReasonCode, RiskMemo};
 use crate::segments::{Loss, Standing, Trailing};
 use crate::trends::{Baseline, CategoryTrend, Trends, Verdict, Window};
@@ -157,6 +161,18 @@ pub fn write_trends(trends: &Trends, out: &mut Vec<u8>) {
         w.signed(*start);
         w.str(category);
         w.unsigned(*n);
+    }
+}
+
+/// Appends the facts a changelog record carries to `out`: the bytes `postcard` writes for the
+/// slice. Every changed customer's record carries them, with the changelog on: through serde
+/// they were 2.6% of the broker benchmark's fold thread with the changelog (callgrind,
+/// 2026-12-06; `benches/HISTORY.md`).
+pub fn write_facts(facts: &[Fact], out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.len(facts.len());
+    for fact in facts {
+        w.fact(fact);
     }
 }
 
@@ -327,12 +343,7 @@ impl Writer<'_> {
         {
             self.str(complaint_id);
             self.str(category);
-            self.variant(match severity {
-                crate::event::Severity::Low => 0,
-                crate::event::Severity::Medium => 1,
-                crate::event::Severity::High => 2,
-                crate::event::Severity::Critical => 3,
-            });
+            self.severity(*severity);
             self.signed(*opened_at);
         }
         self.unsigned(*complaints_opened);
@@ -435,6 +446,115 @@ impl Writer<'_> {
         self.reason(*reason);
         self.signed(*value_minor);
         self.time(won_back_at.as_ref());
+    }
+
+    fn severity(&mut self, value: Severity) {
+        self.variant(match value {
+            Severity::Low => 0,
+            Severity::Medium => 1,
+            Severity::High => 2,
+            Severity::Critical => 3,
+        });
+    }
+
+    /// A fact, by its variant's index in declaration order, then its fields.
+    fn fact(&mut self, fact: &Fact) {
+        match fact {
+            Fact::Opened {
+                category,
+                severity,
+                at,
+            } => {
+                self.variant(0);
+                self.str(category);
+                self.severity(*severity);
+                self.signed(*at);
+            }
+            Fact::Resolved {
+                category,
+                opened_at,
+                at,
+            } => {
+                self.variant(1);
+                self.str(category);
+                self.signed(*opened_at);
+                self.signed(*at);
+            }
+            Fact::ForgetOpen { category } => {
+                self.variant(2);
+                self.str(category);
+            }
+            Fact::Count { segment, at, flow } => {
+                self.variant(3);
+                self.str(segment);
+                self.signed(*at);
+                self.flow(flow);
+            }
+            Fact::CountChange { segment, at, flow } => {
+                self.variant(4);
+                self.str(segment);
+                self.signed(*at);
+                self.flow(flow);
+            }
+            Fact::Restand { old, new, at } => {
+                self.variant(5);
+                self.option(old.as_ref(), Self::standing);
+                self.option(new.as_ref(), Self::standing);
+                self.signed(*at);
+            }
+            Fact::Relocate { old, new } => {
+                self.variant(6);
+                self.option(old.as_ref(), Self::point);
+                self.option(new.as_ref(), Self::point);
+            }
+            Fact::LeftOpen { category, at } => {
+                self.variant(7);
+                self.str(category);
+                self.signed(*at);
+            }
+        }
+    }
+
+    fn flow(&mut self, flow: &OwnedFlow) {
+        match flow {
+            OwnedFlow::Order {
+                amount_minor,
+                margin_minor,
+            } => {
+                self.variant(0);
+                self.signed(*amount_minor);
+                self.signed(*margin_minor);
+            }
+            OwnedFlow::New { value_minor } => {
+                self.variant(1);
+                self.signed(*value_minor);
+            }
+            OwnedFlow::Lost {
+                value_minor,
+                reason,
+            } => {
+                self.variant(2);
+                self.signed(*value_minor);
+                self.str(reason);
+            }
+            OwnedFlow::WonBack => self.variant(3),
+            OwnedFlow::Renewal { reason } => {
+                self.variant(4);
+                self.str(reason);
+            }
+            OwnedFlow::Referral => self.variant(5),
+        }
+    }
+
+    fn point(&mut self, point: &Point) {
+        let Point {
+            last_day,
+            orders,
+            monetary_bucket,
+        } = point;
+        self.signed((*last_day).into());
+        self.unsigned(*orders);
+        self.signed((*monetary_bucket).into());
     }
 
     fn early_close(&mut self, close: &EarlyClose) {
@@ -645,6 +765,79 @@ mod tests {
             Just(Close::Delivered),
             Just(Close::Cancelled),
             proptest::option::of(any::<bool>()).prop_map(|satisfied| Close::Resolved { satisfied }),
+        ]
+    }
+
+    fn flow() -> impl Strategy<Value = OwnedFlow> {
+        prop_oneof![
+            (int(), int()).prop_map(|(amount_minor, margin_minor)| OwnedFlow::Order {
+                amount_minor,
+                margin_minor
+            }),
+            int().prop_map(|value_minor| OwnedFlow::New { value_minor }),
+            (int(), text()).prop_map(|(value_minor, reason)| OwnedFlow::Lost {
+                value_minor,
+                reason
+            }),
+            Just(OwnedFlow::WonBack),
+            text().prop_map(|reason| OwnedFlow::Renewal { reason }),
+            Just(OwnedFlow::Referral),
+        ]
+    }
+
+    fn standing() -> impl Strategy<Value = Standing> {
+        (text(), lifecycle(), level(), int()).prop_map(|(segment, lifecycle, level, ltv_minor)| {
+            Standing {
+                segment,
+                lifecycle,
+                level,
+                ltv_minor,
+            }
+        })
+    }
+
+    fn point() -> impl Strategy<Value = Point> {
+        (any::<i32>(), any::<u32>(), any::<i32>()).prop_map(
+            |(last_day, orders, monetary_bucket)| Point {
+                last_day,
+                orders,
+                monetary_bucket,
+            },
+        )
+    }
+
+    /// Any fact, each variant as likely as the others.
+    fn fact() -> impl Strategy<Value = Fact> {
+        use proptest::option::of;
+        prop_oneof![
+            (text(), severity(), int()).prop_map(|(category, severity, at)| Fact::Opened {
+                category,
+                severity,
+                at
+            }),
+            (text(), int(), int()).prop_map(|(category, opened_at, at)| Fact::Resolved {
+                category,
+                opened_at,
+                at
+            }),
+            text().prop_map(|category| Fact::ForgetOpen { category }),
+            (text(), int(), flow()).prop_map(|(segment, at, flow)| Fact::Count {
+                segment,
+                at,
+                flow
+            }),
+            (text(), int(), flow()).prop_map(|(segment, at, flow)| Fact::CountChange {
+                segment,
+                at,
+                flow
+            }),
+            (of(standing()), of(standing()), int()).prop_map(|(old, new, at)| Fact::Restand {
+                old,
+                new,
+                at
+            }),
+            (of(point()), of(point())).prop_map(|(old, new)| Fact::Relocate { old, new }),
+            (text(), int()).prop_map(|(category, at)| Fact::LeftOpen { category, at }),
         ]
     }
 
@@ -916,6 +1109,17 @@ mod tests {
         fn writes_the_trends_as_postcard_does(trends in trends()) {
             let postcard = postcard::to_allocvec(&trends).expect("postcard encodes plain structs");
             prop_assert_eq!(trends_by_hand(&trends), postcard);
+        }
+
+        /// The same for any facts, every variant among them.
+        #[test]
+        fn writes_the_facts_as_postcard_does(
+            facts in proptest::collection::vec(fact(), 0..40)
+        ) {
+            let mut by_hand = Vec::new();
+            write_facts(&facts, &mut by_hand);
+            let postcard = postcard::to_allocvec(&facts).expect("postcard encodes plain structs");
+            prop_assert_eq!(by_hand, postcard);
         }
 
         /// A customer's stored encoding reads back as the customer, the remembered events'

@@ -633,7 +633,10 @@ pub fn decode_claim(bytes: &[u8]) -> Result<Claim, String> {
 
 pub fn encode_facts(facts: &[Fact]) -> Vec<u8> {
     let left_open = facts.iter().any(|f| matches!(f, Fact::LeftOpen { .. }));
-    encode(if left_open { FACTS_V2 } else { FACTS_V1 }, &facts)
+    let mut out = Vec::with_capacity(256);
+    out.push(if left_open { FACTS_V2 } else { FACTS_V1 });
+    super::body::write_facts(facts, &mut out);
+    out
 }
 
 pub fn decode_facts(bytes: &[u8]) -> Result<Vec<Fact>, String> {
