@@ -275,7 +275,128 @@ impl RiskSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
     pub code: ReasonCode,
-    pub detail: String,
+    pub detail: Detail,
+}
+
+/// A reason's `detail` (CONTRACT section 2): the values it names, written out as text only
+/// where the text is wanted, when a record's JSON is written (on the outbox drain's thread,
+/// not the fold's) or a score is shown. Formatting every published record's details on the
+/// fold thread was 2.1% of the broker benchmark's (callgrind, 2026-12-06; `benches/HISTORY.md`).
+/// In a human-readable format (JSON) it is that text; stored (postcard, the outbox) it is the
+/// values, [`Said`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detail(Said);
+
+/// What a reason's detail says, by reason; its text is [`Detail`]'s `Display`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Said {
+    /// The text itself: a detail an earlier build stored as text in the outbox, or one
+    /// written by hand.
+    Text(String),
+    /// No order for `days` days, and P(alive) as shown to two decimals.
+    Silent {
+        days: i64,
+        p_alive: f64,
+    },
+    /// `open` complaints open beyond the SLA, the oldest of `category`, open `days` days.
+    Overdue {
+        open: u64,
+        category: String,
+        days: i64,
+    },
+    RecentComplaint,
+    RecentDetractorSurvey,
+    SurveyScore(u8),
+    FirstResponseSeconds(u64),
+    Undelivered(u64),
+    SlowDeliveries,
+    Returns {
+        returns: u32,
+        orders: u32,
+    },
+    /// Cancelled, for this reason if it is kept.
+    Cancelled(Option<String>),
+}
+
+impl From<Said> for Detail {
+    fn from(said: Said) -> Detail {
+        Detail(said)
+    }
+}
+
+impl Detail {
+    /// The bytes it holds apart from itself: the texts it names.
+    pub fn held_bytes(&self) -> usize {
+        match &self.0 {
+            Said::Text(text)
+            | Said::Overdue { category: text, .. }
+            | Said::Cancelled(Some(text)) => text.len(),
+            _ => 0,
+        }
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(text: &str) -> Detail {
+        Detail(Said::Text(text.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Said::Text(text) => f.write_str(text),
+            Said::Silent { days, p_alive } => {
+                write!(f, "no order for {days} days; P(alive) {p_alive:.2}")
+            }
+            Said::Overdue {
+                open,
+                category,
+                days,
+            } => write!(
+                f,
+                "{open} complaint(s) open beyond the SLA, oldest {category} open {days} days"
+            ),
+            Said::RecentComplaint => f.write_str("complaint in the last days"),
+            Said::RecentDetractorSurvey => f.write_str("detractor survey in the last days"),
+            Said::SurveyScore(score) => write!(f, "last survey score {score}"),
+            Said::FirstResponseSeconds(average) => {
+                write!(f, "average first response {average} s")
+            }
+            Said::Undelivered(waiting) => {
+                write!(
+                    f,
+                    "{waiting} order(s) undelivered beyond the delivery target"
+                )
+            }
+            Said::SlowDeliveries => f.write_str("deliveries slower than the target on average"),
+            Said::Returns { returns, orders } => {
+                write!(f, "{returns} returns over {orders} orders")
+            }
+            Said::Cancelled(Some(why)) => write!(f, "subscription cancelled: {why}"),
+            Said::Cancelled(None) => f.write_str("subscription cancelled (its reason is not kept)"),
+        }
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Detail {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Detail, D::Error> {
+        if deserializer.is_human_readable() {
+            String::deserialize(deserializer).map(|text| Detail(Said::Text(text)))
+        } else {
+            Said::deserialize(deserializer).map(Detail)
+        }
+    }
 }
 
 /// A customer evaluated at one event time.
@@ -426,7 +547,9 @@ impl ChurnRiskRecord {
             .field("ltv_minor", &self.ltv_minor)
             .field("p_alive", &round(self.p_alive, RECORD_DIGITS))
             .objects("reasons", &self.reasons, |reason, r| {
-                reason.text("code", r.code.code()).text("detail", &r.detail);
+                reason
+                    .text("code", r.code.code())
+                    .text("detail", &r.detail.to_string());
             })
             .text("record_id", &self.record_id);
         match &self.rfm {
@@ -591,7 +714,7 @@ impl Assessment {
             &mut |code, detail| {
                 reasons.push(Reason {
                     code,
-                    detail: detail(),
+                    detail: detail().into(),
                 })
             },
         );
@@ -686,16 +809,13 @@ fn find_reasons(
     as_of: Millis,
     p_alive: f64,
     s: &RiskSettings,
-    found: &mut dyn FnMut(ReasonCode, &dyn Fn() -> String),
+    found: &mut dyn FnMut(ReasonCode, &dyn Fn() -> Said),
 ) {
     if p_alive < s.inactive_below_p_alive {
         let silent = state.last_order_at.unwrap_or(state.first_event_at);
-        found(ReasonCode::Inactive, &|| {
-            format!(
-                "no order for {} days; P(alive) {:.2}",
-                days(as_of - silent),
-                s.shown_p_alive(p_alive, 2)
-            )
+        found(ReasonCode::Inactive, &|| Said::Silent {
+            days: days(as_of - silent),
+            p_alive: s.shown_p_alive(p_alive, 2),
         });
     }
     let overdue = || {
@@ -705,36 +825,29 @@ fn find_reasons(
             .filter(|c| as_of - c.opened_at > s.complaint_sla_ms)
     };
     if let Some(oldest) = overdue().min_by_key(|c| c.opened_at) {
-        found(ReasonCode::UnresolvedComplaint, &|| {
-            format!(
-                "{} complaint(s) open beyond the SLA, oldest {} open {} days",
-                overdue().count(),
-                oldest.category,
-                days(as_of - oldest.opened_at)
-            )
+        found(ReasonCode::UnresolvedComplaint, &|| Said::Overdue {
+            open: overdue().count() as u64,
+            category: oldest.category.clone(),
+            days: days(as_of - oldest.opened_at),
         });
     }
     let recent = |t: Option<Millis>| t.is_some_and(|t| t <= as_of && as_of - t <= s.recent_ms);
     let detractor = state.last_survey_score.is_some_and(|score| score <= 6);
     if recent(state.last_complaint_at) {
-        found(ReasonCode::RecentBadExperience, &|| {
-            "complaint in the last days".to_owned()
-        });
+        found(ReasonCode::RecentBadExperience, &|| Said::RecentComplaint);
     } else if detractor && recent(state.last_survey_at) {
         found(ReasonCode::RecentBadExperience, &|| {
-            "detractor survey in the last days".to_owned()
+            Said::RecentDetractorSurvey
         });
     }
     if let Some(score) = state.last_survey_score.filter(|_| detractor) {
-        found(ReasonCode::Detractor, &|| {
-            format!("last survey score {score}")
-        });
+        found(ReasonCode::Detractor, &|| Said::SurveyScore(score));
     }
     if state.first_responses > 0 {
         let average = state.first_response_seconds_total / u64::from(state.first_responses);
         if average > s.slow_response_seconds {
             found(ReasonCode::SlowResponse, &|| {
-                format!("average first response {average} s")
+                Said::FirstResponseSeconds(average)
             });
         }
     }
@@ -751,30 +864,25 @@ fn find_reasons(
             > u64::try_from(s.late_delivery_ms).unwrap_or(u64::MAX);
     if waiting > 0 {
         found(ReasonCode::LateDelivery, &|| {
-            format!("{waiting} order(s) undelivered beyond the delivery target")
+            Said::Undelivered(waiting as u64)
         });
     } else if slow_average {
-        found(ReasonCode::LateDelivery, &|| {
-            "deliveries slower than the target on average".to_owned()
-        });
+        found(ReasonCode::LateDelivery, &|| Said::SlowDeliveries);
     }
     if state.returns >= s.frequent_returns_min
         && f64::from(state.returns) >= s.frequent_returns_ratio * f64::from(state.orders.max(1))
     {
-        found(ReasonCode::FrequentReturns, &|| {
-            format!("{} returns over {} orders", state.returns, state.orders)
+        found(ReasonCode::FrequentReturns, &|| Said::Returns {
+            returns: state.returns,
+            orders: state.orders,
         });
     }
     if state.subscription == Subscription::Cancelled {
         // No reason: a cancellation before `score --as-of`'s time, the state keeping only the
         // reason of a later one (`as_it_stood`).
-        found(
-            ReasonCode::Cancelled,
-            &|| match &state.cancellation_reason {
-                Some(why) => format!("subscription cancelled: {why}"),
-                None => "subscription cancelled (its reason is not kept)".to_owned(),
-            },
-        );
+        found(ReasonCode::Cancelled, &|| {
+            Said::Cancelled(state.cancellation_reason.clone())
+        });
     }
 }
 
@@ -989,6 +1097,81 @@ pub(crate) mod tests {
         state
     }
 
+    /// Each detail's text, as the record's JSON and the scores show it (written out here by
+    /// hand: these are the texts the details had when they were formatted where found).
+    #[test]
+    fn each_detail_reads_as_its_text() {
+        let texts = [
+            (Said::Text("as stored".into()), "as stored"),
+            (
+                Said::Silent {
+                    days: 49,
+                    p_alive: 0.125,
+                },
+                "no order for 49 days; P(alive) 0.12",
+            ),
+            (
+                Said::Overdue {
+                    open: 2,
+                    category: "billing".into(),
+                    days: 9,
+                },
+                "2 complaint(s) open beyond the SLA, oldest billing open 9 days",
+            ),
+            (Said::RecentComplaint, "complaint in the last days"),
+            (
+                Said::RecentDetractorSurvey,
+                "detractor survey in the last days",
+            ),
+            (Said::SurveyScore(3), "last survey score 3"),
+            (
+                Said::FirstResponseSeconds(7_201),
+                "average first response 7201 s",
+            ),
+            (
+                Said::Undelivered(4),
+                "4 order(s) undelivered beyond the delivery target",
+            ),
+            (
+                Said::SlowDeliveries,
+                "deliveries slower than the target on average",
+            ),
+            (
+                Said::Returns {
+                    returns: 5,
+                    orders: 6,
+                },
+                "5 returns over 6 orders",
+            ),
+            (
+                Said::Cancelled(Some("price".into())),
+                "subscription cancelled: price",
+            ),
+            (
+                Said::Cancelled(None),
+                "subscription cancelled (its reason is not kept)",
+            ),
+        ];
+        for (said, text) in texts {
+            let reason = Reason {
+                code: ReasonCode::Detractor,
+                detail: said.clone().into(),
+            };
+            assert_eq!(reason.detail.to_string(), text);
+            // JSON has the text; the outbox's postcard the values, read back as they were.
+            assert_eq!(
+                serde_json::to_value(&reason).unwrap(),
+                serde_json::json!({"code": "detractor", "detail": text})
+            );
+            let stored = postcard::to_allocvec(&reason).unwrap();
+            assert_eq!(postcard::from_bytes::<Reason>(&stored).unwrap(), reason);
+            let read: Reason =
+                serde_json::from_value(serde_json::json!({"code": "detractor", "detail": text}))
+                    .unwrap();
+            assert_eq!(read.detail, Detail::from(text));
+        }
+    }
+
     #[test]
     fn score_is_one_minus_p_alive_times_what_the_reasons_keep() {
         let s = settings();
@@ -1043,7 +1226,7 @@ pub(crate) mod tests {
         let reasons: Vec<_> = assessed
             .reasons
             .iter()
-            .map(|r| (r.code, r.detail.as_str()))
+            .map(|r| (r.code, r.detail.to_string()))
             .collect();
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert_eq!(reasons[0].0, ReasonCode::Inactive);
@@ -1309,7 +1492,10 @@ pub(crate) mod tests {
         let a = assess(&state, &Trailing::default(), 8 * DAY_MS, &s);
         assert_eq!(a.lifecycle, Lifecycle::Lost);
         assert_eq!(a.reasons[0].code, ReasonCode::Cancelled);
-        assert_eq!(a.reasons[0].detail, "subscription cancelled: price");
+        assert_eq!(
+            a.reasons[0].detail.to_string(),
+            "subscription cancelled: price"
+        );
     }
 
     #[test]

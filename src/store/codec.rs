@@ -2,10 +2,11 @@
 //! so a change to a stored type's layout must add a new version and keep decoding the old ones;
 //! the golden-bytes tests below fail the build when a layout changes by accident.
 
+use crate::event::Millis;
 use crate::facts::Fact;
-use crate::fold::{CustomerState, EarlyClose};
+use crate::fold::{CustomerState, EarlyClose, Lifecycle};
 use crate::rfm::Scales;
-use crate::risk::RiskMemo;
+use crate::risk::{ChurnRiskRecord, Level, Reason, ReasonCode, RiskMemo, Said};
 use crate::segments::{Loss, Segments, Standing, Trailing};
 use crate::trends::Trends;
 
@@ -50,9 +51,13 @@ const OUTBOX_V2: u8 = 2;
 /// Version 3: a churn-risk record as data (`risk::ChurnRiskRecord`), after its topic; records
 /// of every other kind are still written as version 2.
 const OUTBOX_V3: u8 = 3;
+/// Version 5: a churn-risk record as version 3 writes it, but each reason's detail as the
+/// values it names (`risk::Said`) rather than its text, which is written out when the record is
+/// sent. Version 3 is still read, its details as text.
+const OUTBOX_V5: u8 = 5;
 /// A commit's outbox records under one key (since 2026-12-06; before, a key each): for each,
-/// its number (u64 big-endian), its length (u32 big-endian), then the record as version 2 or
-/// 3 writes it. A value of another version is one record, numbered by its key.
+/// its number (u64 big-endian), its length (u32 big-endian), then the record as version 2, 3
+/// or 5 writes it. A value of another version is one record, numbered by its key.
 const OUTBOX_CHUNK_V1: u8 = 4;
 const TRENDS_V1: u8 = 1;
 /// Version 2: a V1 body, then `began` (where the complaints began). A V1 body read back has
@@ -494,6 +499,65 @@ struct OutboxV1 {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The layout of churn-risk records in outbox version 3: each reason's detail as its text.
+#[derive(serde::Deserialize)]
+struct ChurnRiskV3 {
+    customer_id: String,
+    record_id: String,
+    caused_by: Option<String>,
+    as_of: Millis,
+    expected_orders_90d: f64,
+    level: Level,
+    lifecycle: Lifecycle,
+    ltv_minor: i64,
+    p_alive: f64,
+    reasons: Vec<(ReasonCode, String)>,
+    rfm: Option<crate::rfm::Score>,
+    score: f64,
+    segment: String,
+}
+
+impl From<ChurnRiskV3> for ChurnRiskRecord {
+    fn from(v3: ChurnRiskV3) -> ChurnRiskRecord {
+        let ChurnRiskV3 {
+            customer_id,
+            record_id,
+            caused_by,
+            as_of,
+            expected_orders_90d,
+            level,
+            lifecycle,
+            ltv_minor,
+            p_alive,
+            reasons,
+            rfm,
+            score,
+            segment,
+        } = v3;
+        ChurnRiskRecord {
+            customer_id,
+            record_id,
+            caused_by,
+            as_of,
+            expected_orders_90d,
+            level,
+            lifecycle,
+            ltv_minor,
+            p_alive,
+            reasons: reasons
+                .into_iter()
+                .map(|(code, text)| Reason {
+                    code,
+                    detail: Said::Text(text).into(),
+                })
+                .collect(),
+            rfm,
+            score,
+            segment,
+        }
+    }
+}
+
 /// One record as a value of its own, as stores wrote each before chunks (2026-12-06), and
 /// as a chunk holds each (`encode_outbox_chunk`).
 #[cfg(test)]
@@ -531,7 +595,7 @@ fn encode_outbox_into(out: &mut Vec<u8>, output: &Output) {
             postcard::to_io(record, &mut *out)
         }
         Output::ChurnRisk { topic, record } => {
-            out.push(OUTBOX_V3);
+            out.push(OUTBOX_V5);
             postcard::to_io(&(topic, record), &mut *out)
         }
     }
@@ -609,7 +673,15 @@ pub fn decode_outbox(bytes: &[u8]) -> Result<Output, String> {
             })
         }),
         Some(&OUTBOX_V3) => {
-            decode(OUTBOX_V3, bytes).map(|(topic, record)| Output::ChurnRisk { topic, record })
+            decode::<(String, ChurnRiskV3)>(OUTBOX_V3, bytes).map(|(topic, record)| {
+                Output::ChurnRisk {
+                    topic,
+                    record: Box::new(record.into()),
+                }
+            })
+        }
+        Some(&OUTBOX_V5) => {
+            decode(OUTBOX_V5, bytes).map(|(topic, record)| Output::ChurnRisk { topic, record })
         }
         _ => decode(OUTBOX_V2, bytes).map(Output::Record),
     }
@@ -795,8 +867,8 @@ fn decode<T: serde::de::DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T
 mod tests {
     use super::*;
     use crate::event::Severity;
-    use crate::fold::{EventFingerprint, Lifecycle, OpenComplaint, SeenEvent, Subscription};
-    use crate::risk::{Level, Published, ReasonCode};
+    use crate::fold::{EventFingerprint, OpenComplaint, SeenEvent, Subscription};
+    use crate::risk::Published;
 
     fn sample() -> CustomerState {
         CustomerState {
@@ -1443,11 +1515,10 @@ mod tests {
         assert!(outbox_parts(41, &backwards).is_err());
     }
 
-    #[test]
-    fn a_churn_risk_record_is_stored_as_version_three() {
-        use crate::fold::Lifecycle;
-        use crate::risk::{ChurnRiskRecord, Level, Reason, ReasonCode};
-        let output = Output::ChurnRisk {
+    /// A churn-risk record whose reasons' details are `details`.
+    fn churn_risk_output(details: Vec<crate::risk::Detail>) -> Output {
+        use crate::risk::{ChurnRiskRecord, Reason};
+        Output::ChurnRisk {
             topic: "t".into(),
             record: Box::new(ChurnRiskRecord {
                 customer_id: "c".into(),
@@ -1459,10 +1530,13 @@ mod tests {
                 lifecycle: Lifecycle::AtRisk,
                 ltv_minor: -3,
                 p_alive: 1.0,
-                reasons: vec![Reason {
-                    code: ReasonCode::Detractor,
-                    detail: "d".into(),
-                }],
+                reasons: details
+                    .into_iter()
+                    .map(|detail| Reason {
+                        code: ReasonCode::Detractor,
+                        detail,
+                    })
+                    .collect(),
                 rfm: Some(crate::rfm::Score {
                     f: 1,
                     m: 2,
@@ -1472,21 +1546,56 @@ mod tests {
                 score: 0.25,
                 segment: "g".into(),
             }),
-        };
-        // By hand from the postcard spec: the version, then the topic and the record's fields
-        // in order — strings length-prefixed, `Some` as 1, integers as (zigzag) varints,
-        // floats as 8 little-endian bytes, enums as their variant's index (`High` 2, `AtRisk`
-        // 2, `Detractor` 3), `u8` as itself.
-        let mut v3 = vec![3, 1, b't', 1, b'c', 1, b'r', 1, 1, b'e', 2];
-        v3.extend(0.5f64.to_le_bytes());
-        v3.extend([2, 2, 5]);
-        v3.extend(1.0f64.to_le_bytes());
-        v3.extend([1, 3, 1, b'd', 1, 1, 2, 3, 1, b's']);
-        v3.extend(0.25f64.to_le_bytes());
-        v3.extend([1, b'g']);
-        assert_eq!(encode_outbox(&output), v3);
-        assert_eq!(decode_outbox(&v3), Ok(output));
+        }
+    }
+
+    /// By hand from the postcard spec: `version`, then the topic and the record's fields in
+    /// order — strings length-prefixed, `Some` as 1, integers as (zigzag) varints, floats as 8
+    /// little-endian bytes, enums as their variant's index (`High` 2, `AtRisk` 2, `Detractor`
+    /// 3), `u8` as itself — with `reasons`, the reasons' bytes after their count.
+    fn churn_risk_bytes(version: u8, reasons: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![version, 1, b't', 1, b'c', 1, b'r', 1, 1, b'e', 2];
+        bytes.extend(0.5f64.to_le_bytes());
+        bytes.extend([2, 2, 5]);
+        bytes.extend(1.0f64.to_le_bytes());
+        bytes.extend(reasons);
+        bytes.extend([1, 1, 2, 3, 1, b's']);
+        bytes.extend(0.25f64.to_le_bytes());
+        bytes.extend([1, b'g']);
+        bytes
+    }
+
+    #[test]
+    fn a_churn_risk_record_is_stored_as_version_five_its_details_as_values() {
+        use crate::risk::Said;
+        let output = churn_risk_output(vec![
+            Said::SurveyScore(2).into(),
+            Said::Cancelled(Some("d".into())).into(),
+        ]);
+        // Two reasons, each the code 3 then the detail's variant (`SurveyScore` 5,
+        // `Cancelled` 10) and its values.
+        let v5 = churn_risk_bytes(5, &[2, 3, 5, 2, 3, 10, 1, 1, b'd']);
+        assert_eq!(encode_outbox(&output), v5);
+        assert_eq!(decode_outbox(&v5), Ok(output));
+        assert!(decode_outbox(&v5[..v5.len() - 1]).is_err(), "cut short");
+    }
+
+    #[test]
+    fn a_churn_risk_record_an_earlier_build_stored_is_read_with_its_details_as_text() {
+        // Version 3: one reason, the code 3, then its detail's text after its length.
+        let mut reasons = vec![1, 3, 19];
+        reasons.extend(b"last survey score 2");
+        let v3 = churn_risk_bytes(3, &reasons);
+        let read = decode_outbox(&v3).expect("version 3 is read");
+        assert_eq!(read, churn_risk_output(vec!["last survey score 2".into()]));
         assert!(decode_outbox(&v3[..v3.len() - 1]).is_err(), "cut short");
+        // Its JSON is that of the same record stored with the values.
+        let json = |output: &Output| match output {
+            Output::ChurnRisk { record, .. } => record.to_json(),
+            Output::Record(_) => unreachable!("a churn-risk record"),
+        };
+        let values = churn_risk_output(vec![crate::risk::Said::SurveyScore(2).into()]);
+        assert_eq!(json(&read), json(&values));
     }
 
     #[test]

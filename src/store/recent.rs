@@ -78,7 +78,7 @@ fn output_weight(output: &Output) -> usize {
                 + record
                     .reasons
                     .iter()
-                    .map(|r| std::mem::size_of_val(r) + r.detail.len())
+                    .map(|r| std::mem::size_of_val(r) + r.detail.held_bytes())
                     .sum::<usize>()
         }
     }
