@@ -325,6 +325,11 @@ impl From<Said> for Detail {
 }
 
 impl Detail {
+    /// What it says.
+    pub fn said(&self) -> &Said {
+        &self.0
+    }
+
     /// The bytes it holds apart from itself: the texts it names.
     pub fn held_bytes(&self) -> usize {
         match &self.0 {

@@ -1,9 +1,10 @@
 //! Stored bodies written by hand in postcard's wire format, without serde's calls per field and
 //! per byte: a customer's body (state, risk memo, standing, trailing months, then the
 //! remembered events), the same bytes `postcard` writes for the tuple of the four and then
-//! [`SeenEntries`], the complaint trends, the same bytes it writes for [`Trends`], and a
-//! changelog record's facts, those it writes for a slice of [`Fact`]. Each goes into every
-//! commit that changed it: a customer took about 5,500 instructions through
+//! [`SeenEntries`], the complaint trends, the same bytes it writes for [`Trends`], a
+//! changelog record's facts, those it writes for a slice of [`Fact`], and the outbox's records
+//! ([`OutboxRecord`], and a churn-risk record with its topic). Each goes into every commit that
+//! changed it: a customer took about 5,500 instructions through
 //! serde and 3,900 by hand (callgrind, 2026-12-01; `benches/HISTORY.md`). Decoding stays with
 //! `postcard`. Must not know about keys, the version byte or the timer prefix (`codec` writes
 //! those).
@@ -25,11 +26,11 @@ use crate::fold::{
     SeenEvent, Subscription,
 };
 use crate::rfm::Point;
-use crate::risk::{Level, Published, ReasonCode, RiskMemo};
+use crate::risk::{ChurnRiskRecord, Level, Published, Reason, ReasonCode, RiskMemo, Said};
 use crate::segments::{Loss, Standing, Trailing};
 use crate::trends::{Baseline, CategoryTrend, Trends, Verdict, Window};
 
-use super::Customer;
+use super::{Customer, OutboxRecord};
 
 /// Appends the customer's body to `out` (that of encoding version 10), the sealed remembered
 /// events in it: the layout of version 4 with no event ids in it, then [`SeenSection`].
@@ -176,6 +177,72 @@ pub fn write_facts(facts: &[Fact], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends an outbox record to `out`: the bytes `postcard` writes for [`OutboxRecord`]. With
+/// the changelog on, every changed customer's record is one; through serde a commit's outbox
+/// was 4% of the broker benchmark's fold thread (callgrind, 2026-12-06).
+pub fn write_outbox_record(record: &OutboxRecord, out: &mut Vec<u8>) {
+    let OutboxRecord {
+        topic,
+        key,
+        value,
+        headers,
+        partition,
+    } = record;
+    let mut w = Writer(out);
+    w.str(topic);
+    w.option(key.as_deref(), Writer::bytes);
+    w.option(value.as_deref(), Writer::bytes);
+    w.len(headers.len());
+    for (name, value) in headers {
+        w.str(name);
+        w.bytes(value);
+    }
+    w.option(partition.as_ref(), |w, p| w.signed((*p).into()));
+}
+
+/// Appends a churn-risk record kept as data, after its topic, to `out`: the bytes `postcard`
+/// writes for the pair.
+pub fn write_churn_risk(topic: &str, record: &ChurnRiskRecord, out: &mut Vec<u8>) {
+    let ChurnRiskRecord {
+        customer_id,
+        record_id,
+        caused_by,
+        as_of,
+        expected_orders_90d,
+        level,
+        lifecycle,
+        ltv_minor,
+        p_alive,
+        reasons,
+        rfm,
+        score,
+        segment,
+    } = record;
+    let mut w = Writer(out);
+    w.str(topic);
+    w.str(customer_id);
+    w.str(record_id);
+    w.text(caused_by.as_ref());
+    w.signed(*as_of);
+    w.float(*expected_orders_90d);
+    w.level(*level);
+    w.lifecycle(*lifecycle);
+    w.signed(*ltv_minor);
+    w.float(*p_alive);
+    w.len(reasons.len());
+    for Reason { code, detail } in reasons {
+        w.reason(*code);
+        w.said(detail.said());
+    }
+    w.option(rfm.as_ref(), |w, rfm| {
+        let crate::rfm::Score { f, m, r, segment } = rfm;
+        w.0.extend_from_slice(&[*f, *m, *r]);
+        w.str(segment);
+    });
+    w.float(*score);
+    w.str(segment);
+}
+
 struct Writer<'a>(&'a mut Vec<u8>);
 
 impl Writer<'_> {
@@ -206,6 +273,12 @@ impl Writer<'_> {
 
     fn float(&mut self, value: f64) {
         self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A byte string: its length, then its bytes.
+    fn bytes(&mut self, value: &[u8]) {
+        self.len(value.len());
+        self.0.extend_from_slice(value);
     }
 
     /// A byte 0 or a byte 1.
@@ -446,6 +519,55 @@ impl Writer<'_> {
         self.reason(*reason);
         self.signed(*value_minor);
         self.time(won_back_at.as_ref());
+    }
+
+    /// A reason's detail, by its variant's index in declaration order, then its values.
+    fn said(&mut self, said: &Said) {
+        match said {
+            Said::Text(text) => {
+                self.variant(0);
+                self.str(text);
+            }
+            Said::Silent { days, p_alive } => {
+                self.variant(1);
+                self.signed(*days);
+                self.float(*p_alive);
+            }
+            Said::Overdue {
+                open,
+                category,
+                days,
+            } => {
+                self.variant(2);
+                self.unsigned(*open);
+                self.str(category);
+                self.signed(*days);
+            }
+            Said::RecentComplaint => self.variant(3),
+            Said::RecentDetractorSurvey => self.variant(4),
+            Said::SurveyScore(score) => {
+                self.variant(5);
+                self.0.push(*score);
+            }
+            Said::FirstResponseSeconds(seconds) => {
+                self.variant(6);
+                self.unsigned(*seconds);
+            }
+            Said::Undelivered(orders) => {
+                self.variant(7);
+                self.unsigned(*orders);
+            }
+            Said::SlowDeliveries => self.variant(8),
+            Said::Returns { returns, orders } => {
+                self.variant(9);
+                self.unsigned(*returns);
+                self.unsigned(*orders);
+            }
+            Said::Cancelled(reason) => {
+                self.variant(10);
+                self.text(reason.as_ref());
+            }
+        }
     }
 
     fn severity(&mut self, value: Severity) {
@@ -806,6 +928,88 @@ mod tests {
         )
     }
 
+    fn said() -> impl Strategy<Value = Said> {
+        use proptest::option::of;
+        prop_oneof![
+            text().prop_map(Said::Text),
+            (int(), float()).prop_map(|(days, p_alive)| Said::Silent { days, p_alive }),
+            (any::<u64>(), text(), int()).prop_map(|(open, category, days)| Said::Overdue {
+                open,
+                category,
+                days
+            }),
+            Just(Said::RecentComplaint),
+            Just(Said::RecentDetractorSurvey),
+            any::<u8>().prop_map(Said::SurveyScore),
+            any::<u64>().prop_map(Said::FirstResponseSeconds),
+            any::<u64>().prop_map(Said::Undelivered),
+            Just(Said::SlowDeliveries),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(returns, orders)| Said::Returns { returns, orders }),
+            of(text()).prop_map(Said::Cancelled),
+        ]
+    }
+
+    fn reason_code() -> impl Strategy<Value = ReasonCode> {
+        proptest::sample::select(crate::risk::REASON_CODES.to_vec())
+    }
+
+    prop_compose! {
+        fn churn_risk()(
+            ids in (text(), text(), proptest::option::of(text()), int()),
+            model in (float(), level(), lifecycle(), int(), float(), float()),
+            reasons in proptest::collection::vec((reason_code(), said()), 0..5),
+            rfm in proptest::option::of((any::<[u8; 3]>(), text())),
+            segment in text(),
+        ) -> ChurnRiskRecord {
+            let (customer_id, record_id, caused_by, as_of) = ids;
+            let (expected_orders_90d, level, lifecycle, ltv_minor, p_alive, score) = model;
+            ChurnRiskRecord {
+                customer_id,
+                record_id,
+                caused_by,
+                as_of,
+                expected_orders_90d,
+                level,
+                lifecycle,
+                ltv_minor,
+                p_alive,
+                reasons: reasons
+                    .into_iter()
+                    .map(|(code, said)| Reason { code, detail: said.into() })
+                    .collect(),
+                rfm: rfm.map(|([f, m, r], segment)| crate::rfm::Score { f, m, r, segment }),
+                score,
+                segment,
+            }
+        }
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..8),
+            proptest::collection::vec(any::<u8>(), 100..400),
+        ]
+    }
+
+    prop_compose! {
+        fn outbox_record()(
+            topic in text(),
+            key in proptest::option::of(bytes()),
+            value in proptest::option::of(bytes()),
+            headers in proptest::collection::vec((text(), bytes()), 0..4),
+            partition in proptest::option::of(any::<i32>()),
+        ) -> OutboxRecord {
+            OutboxRecord {
+                topic,
+                key,
+                value,
+                headers: headers.into_iter().map(|(name, value)| (name.into(), value)).collect(),
+                partition,
+            }
+        }
+    }
+
     /// Any fact, each variant as likely as the others.
     fn fact() -> impl Strategy<Value = Fact> {
         use proptest::option::of;
@@ -1119,6 +1323,24 @@ mod tests {
             let mut by_hand = Vec::new();
             write_facts(&facts, &mut by_hand);
             let postcard = postcard::to_allocvec(&facts).expect("postcard encodes plain structs");
+            prop_assert_eq!(by_hand, postcard);
+        }
+
+        /// The same for any outbox record, and any churn-risk record after its topic.
+        #[test]
+        fn writes_outbox_records_as_postcard_does(
+            record in outbox_record(),
+            topic in text(),
+            churn_risk in churn_risk(),
+        ) {
+            let mut by_hand = Vec::new();
+            write_outbox_record(&record, &mut by_hand);
+            let postcard = postcard::to_allocvec(&record).expect("postcard encodes plain structs");
+            prop_assert_eq!(by_hand, postcard);
+            let mut by_hand = Vec::new();
+            write_churn_risk(&topic, &churn_risk, &mut by_hand);
+            let postcard = postcard::to_allocvec(&(&topic, &churn_risk))
+                .expect("postcard encodes plain structs");
             prop_assert_eq!(by_hand, postcard);
         }
 

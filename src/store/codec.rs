@@ -584,22 +584,19 @@ fn outbox_room(output: &Output) -> usize {
     }
 }
 
-/// `output` encoded as a value of its own (its version byte, then postcard), after what `out`
-/// holds.
+/// `output` encoded as a value of its own (its version byte, then postcard's bytes, written by
+/// hand: `body`), after what `out` holds.
 fn encode_outbox_into(out: &mut Vec<u8>, output: &Output) {
-    // Serialising these plain structs into a Vec cannot fail: no maps with non-string keys,
-    // no sequences of unknown length.
     match output {
         Output::Record(record) => {
             out.push(OUTBOX_V2);
-            postcard::to_io(record, &mut *out)
+            super::body::write_outbox_record(record, out);
         }
         Output::ChurnRisk { topic, record } => {
             out.push(OUTBOX_V5);
-            postcard::to_io(&(topic, record), &mut *out)
+            super::body::write_churn_risk(topic, record, out);
         }
     }
-    .expect("postcard encodes plain structs");
 }
 
 /// A commit's outbox records, numbered from `first` on, as one value (`OUTBOX_CHUNK_V1`).
