@@ -287,7 +287,9 @@ pub struct Reason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detail(Said);
 
-/// What a reason's detail says, by reason; its text is [`Detail`]'s `Display`.
+/// What a reason's detail says, by reason; its text is [`Detail`]'s `Display`. Stored by its
+/// variants' indices (outbox version 5): a variant added goes last, and none is reordered
+/// (`store::body` writes the same indices, which its tests hold to postcard's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Said {
     /// The text itself: a detail an earlier build stored as text in the outbox, or one
