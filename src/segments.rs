@@ -505,7 +505,6 @@ impl Segments {
     }
 }
 
-/// The population of `segment` in `map`, allocating the key only the first time.
 /// Moves a customer in `population` from standing `old` to `new`. Most often it stays in its
 /// segment, its lifetime value moved: then the segment is looked up once for both (the
 /// lookups were most of a change's cost, 2.2% of the broker benchmark's fold thread).
@@ -531,6 +530,7 @@ fn shift(
     }
 }
 
+/// The population of `segment` in `map`, allocating the key only the first time.
 fn population_of<'m>(
     map: &'m mut BTreeMap<String, Population>,
     segment: &str,
