@@ -266,9 +266,9 @@ impl Writer<'_> {
         self.varint(len as u64);
     }
 
+    /// A string, as its UTF-8 bytes.
     fn str(&mut self, value: &str) {
-        self.len(value.len());
-        self.0.extend_from_slice(value.as_bytes());
+        self.bytes(value.as_bytes());
     }
 
     fn float(&mut self, value: f64) {
