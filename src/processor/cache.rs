@@ -136,7 +136,10 @@ impl StateCache {
                 write.erased_until = entry.erased_until;
             }
             if !entry.facts.is_empty() {
-                write.facts = crate::store::encode_facts(&std::mem::take(&mut entry.facts));
+                // Cleared, not taken: the customer's next batch fills the same buffer rather
+                // than growing a new one from nothing.
+                write.facts = crate::store::encode_facts(&entry.facts);
+                entry.facts.clear();
             }
             let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
             if timer != entry.stored_timer {
