@@ -647,7 +647,8 @@ pub fn assess(
     as_of: Millis,
     settings: &RiskSettings,
 ) -> Assessment {
-    assess_risk(state, as_of, settings).completed(state, trailing, settings)
+    let segment = segment_at(trailing, as_of, settings);
+    assess_risk(state, as_of, settings).completed(state, segment, settings)
 }
 
 /// Evaluates a customer's risk at event time `as_of`: score, level, reason codes, lifecycle.
@@ -691,12 +692,13 @@ pub fn assess_risk(state: &CustomerState, as_of: Millis, settings: &RiskSettings
 }
 
 impl Assessment {
-    /// Adds the expected orders over 90 days, the lifetime value, the segment and the reasons'
+    /// Adds the expected orders over 90 days, the lifetime value, the segment (the caller's
+    /// [`segment_at`] of the same time, which it has already asked for) and the reasons'
     /// details.
     pub fn completed(
         mut self,
         state: &CustomerState,
-        trailing: &Trailing,
+        segment: &str,
         settings: &RiskSettings,
     ) -> Assessment {
         let unit = settings.time_unit_ms as f64;
@@ -711,7 +713,7 @@ impl Assessment {
             (EXPECTED_ORDERS_DAYS * DAY_MS) as f64 / unit,
         );
         self.ltv_minor = ltv_minor(state, h, settings);
-        self.segment = segment_at(trailing, self.as_of, settings).to_owned();
+        self.segment = segment.to_owned();
         let mut reasons = Vec::new();
         find_reasons(
             state,

@@ -1593,7 +1593,7 @@ fn reassess(
         return;
     }
     customer.risk.last = Some(assessment.published());
-    let complete = assessment.completed(&customer.state, &customer.trailing, risk);
+    let complete = assessment.completed(&customer.state, segment, risk);
     let standing = Standing {
         segment: complete.segment.clone(),
         lifecycle: complete.lifecycle,
