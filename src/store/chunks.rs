@@ -1,6 +1,7 @@
 //! Which records of each stored outbox chunk are still pending. A commit stores its outbox
-//! records together, under one key numbered by its first record (`codec::encode_outbox_chunk`):
-//! a key each made the outbox about half of a broker run's memtable inserts. The sink
+//! records together, under one key numbered by its first record (`codec::encode_outbox_chunk`;
+//! past `OUTBOX_CHUNK_BYTES`, under further keys): a key each made the outbox about half of a
+//! broker run's memtable inserts. The sink
 //! acknowledges records one by one, so a chunk is deleted once the last of its records is
 //! acknowledged, and a chunk read from the store again gives only those still pending.
 //!

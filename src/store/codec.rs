@@ -567,9 +567,9 @@ pub fn encode_outbox(output: &Output) -> Vec<u8> {
     out
 }
 
-/// Room for an encoded record up front: a typical output record is larger than `encode`'s
-/// guess.
-fn outbox_room(output: &Output) -> usize {
+/// About what `output` takes encoded: room for it up front (a typical output record is larger
+/// than `encode`'s guess), and what the store reckons a chunk's size in.
+pub(super) fn outbox_room(output: &Output) -> usize {
     match output {
         Output::Record(record) => {
             let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
@@ -599,7 +599,7 @@ fn encode_outbox_into(out: &mut Vec<u8>, output: &Output) {
     }
 }
 
-/// A commit's outbox records, numbered from `first` on, as one value (`OUTBOX_CHUNK_V1`).
+/// Outbox records of one commit, numbered from `first` on, as one value (`OUTBOX_CHUNK_V1`).
 pub fn encode_outbox_chunk(first: u64, outputs: &[Output]) -> Vec<u8> {
     let room = 1 + outputs.iter().map(|o| 12 + outbox_room(o)).sum::<usize>();
     let mut out = Vec::with_capacity(room);

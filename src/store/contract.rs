@@ -386,6 +386,43 @@ fn customers_are_listed_per_partition_in_id_order() {
     }
 }
 
+/// A commit's records heavier than a chunk holds are stored in several chunks, in order, each
+/// deleted once its own records are acknowledged: a store opened afresh reads again only the
+/// chunks with a record still pending.
+#[test]
+fn a_commit_heavier_than_a_chunk_is_stored_in_several() {
+    for (name, store, _dir) in backends() {
+        // A third of a chunk each, with their topic, key and framing a little more: two to a
+        // chunk.
+        let third = |n: u8| OutboxRecord {
+            value: Some(vec![n; OUTBOX_CHUNK_BYTES / 3]),
+            ..record("t", n)
+        };
+        commit_outbox(&store, (0..5).map(|n| third(n).into()).collect());
+        let keys: Vec<Vec<u8>> = store
+            .backend
+            .scan(&[OUTBOX], &[OUTBOX], None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec![outbox_key(0), outbox_key(2), outbox_key(4)],
+            "{name}"
+        );
+        assert_eq!(pending_seqs(&store, 10), vec![0, 1, 2, 3, 4], "{name}");
+        store.acknowledge(&[0, 1, 3]).unwrap();
+        let afresh = Store::open(Arc::clone(&store.backend)).unwrap();
+        assert_eq!(pending_seqs(&afresh, 10), vec![2, 3, 4], "{name}");
+        assert_eq!(
+            afresh.outbox(10).unwrap()[1],
+            (3, third(3)),
+            "{name}: read back whole"
+        );
+    }
+}
+
 /// Stores written before chunks (2026-12-06) hold a record under each key: they are read,
 /// numbered by their keys, and deleted as they are acknowledged.
 #[test]

@@ -483,6 +483,34 @@ fn partition_key(tag: u8, topic: &str, partition: i32) -> Vec<u8> {
     key
 }
 
+/// The most one stored outbox chunk holds, by its records' estimated encoded sizes; a record
+/// larger on its own is a chunk of its own. A commit's records in one value made values of
+/// several megabytes (a batch of 10,000 events with the changelog on), and RocksDB keeps such a
+/// value in one data block with the keys written before it: a block larger than a shard of the
+/// block cache (a sixty-fourth of it) is not kept there, so every read that lands in it reads
+/// and decompresses it again. A seek for the timers of a last partition that held none did, at
+/// 15 million instructions a seek (`benches/HISTORY.md`, 2026-12-06, 17:18-).
+const OUTBOX_CHUNK_BYTES: usize = 256 << 10;
+
+/// `records` cut into runs in order, each of at most [`OUTBOX_CHUNK_BYTES`] (or one record):
+/// the chunks a commit stores them in.
+fn outbox_chunks(records: &[Output]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, record) in records.iter().enumerate() {
+        let room = codec::outbox_room(record);
+        if i > start && bytes + room > OUTBOX_CHUNK_BYTES {
+            runs.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += room;
+    }
+    if start < records.len() {
+        runs.push(start..records.len());
+    }
+    runs
+}
+
 fn outbox_key(seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
     key.push(OUTBOX);
@@ -1103,17 +1131,20 @@ impl Store {
         let mut records: Vec<Output> = Vec::with_capacity(outbox);
         records.extend(changelog.into_iter().map(Output::Record));
         records.extend(commit.outbox);
-        if !records.is_empty() {
+        let chunks = outbox_chunks(&records);
+        ops.reserve_exact(chunks.len().saturating_sub(1));
+        for run in &chunks {
+            let at = first + run.start as u64;
             ops.push(Op::Put(
-                outbox_key(first),
-                codec::encode_outbox_chunk(first, &records),
+                outbox_key(at),
+                codec::encode_outbox_chunk(at, &records[run.clone()]),
             ));
         }
         // An operation added above without its count would only cost the growth again.
         debug_assert_eq!(
             ops.len(),
-            sized,
-            "every operation of the commit is counted in `sized`"
+            sized + chunks.len().saturating_sub(1),
+            "every operation of the commit is counted in `sized`, and every chunk past the first"
         );
         self.backend.write(ops)?;
         if !marked.is_empty() {
@@ -1125,10 +1156,11 @@ impl Store {
         if let Some(changelog) = &self.changelog {
             changelog.committed(&commit.offsets, &commit.event_times);
         }
-        self.chunks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stored(first, outbox as u64);
+        let mut stored = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+        for run in chunks {
+            stored.stored(first + run.start as u64, run.len() as u64);
+        }
+        drop(stored);
         // Still in sequence order, and stored: the drain may read them from memory now.
         self.recent
             .lock()
@@ -1247,8 +1279,8 @@ impl Store {
         }
     }
 
-    /// Removes delivered outbox records: a chunk (a commit's records) once the last of its
-    /// records is acknowledged.
+    /// Removes delivered outbox records: a chunk (a commit's records, or a run of them) once
+    /// the last of its records is acknowledged.
     pub fn acknowledge(&self, seqs: &[u64]) -> Result<(), StoreError> {
         let emptied = self
             .chunks
