@@ -192,6 +192,12 @@ pub struct Processor {
     /// Per partition, a time below which no timer is stored: every timer up to it has fired,
     /// and any armed below it since lowered it. Scans for due timers start there.
     timer_floor: HashMap<i32, Millis>,
+    /// Per partition, a time before which no timer is stored: the earliest stored past the
+    /// watermark of a scan that found none due (`Millis::MAX` when there was none), lowered
+    /// by any armed since. Until the watermark reaches it nothing can be due, and the
+    /// partition is not scanned: a scan opens a RocksDB iterator, about 37,000 instructions,
+    /// at every flush (2% of a live pass), where live traffic's timers lie days ahead.
+    timer_next: HashMap<i32, Millis>,
     /// Per partition, the watermark last put into a commit for the aggregator.
     reported: HashMap<i32, Millis>,
     /// The state partitions of the last assignment.
@@ -341,6 +347,7 @@ impl Processor {
             now: 0,
             aggregates: None,
             timer_floor: HashMap::new(),
+            timer_next: HashMap::new(),
             reported: HashMap::new(),
             owned: BTreeSet::new(),
             rfm_recounted: false,
@@ -732,6 +739,7 @@ impl Processor {
         self.rfm_stale = true;
         self.cache.forget(partition);
         self.timer_floor.remove(&partition);
+        self.timer_next.remove(&partition);
         self.reported.remove(&partition);
         // Taken again at the next assignment, from the restored event times.
         self.clock.forget(partition);
@@ -986,6 +994,9 @@ impl Processor {
             if let Some(floor) = self.timer_floor.get_mut(&timer.partition) {
                 *floor = (*floor).min(timer.at);
             }
+            if let Some(next) = self.timer_next.get_mut(&timer.partition) {
+                *next = (*next).min(timer.at);
+            }
         }
         report.customers_written += commit.customers.len();
         report.outbox_records += commit.outbox.len();
@@ -1022,6 +1033,20 @@ impl Processor {
                 Some((partition, self.partition_watermark(partition, instance)?))
             })
             .collect();
+        // Those whose next stored timer lies past their watermark have none due: not scanned,
+        // their floor moved up as a scan that found none would have moved it (so that the
+        // next scan does not step over the timers deleted meanwhile).
+        pending.retain(|&(partition, watermark)| {
+            let Some(&next) = self.timer_next.get(&partition) else {
+                return true;
+            };
+            if next <= watermark {
+                return true;
+            }
+            let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
+            *floor = (*floor).max(watermark.saturating_add(1));
+            false
+        });
         // The stored timers are the truth: a scan that finds none due costs one seek, and
         // only a round that fires something commits. A fired timer re-arms strictly later,
         // so the rounds end.
@@ -1038,8 +1063,13 @@ impl Processor {
                 let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
                 *floor = (*floor).max(due.last().map_or(watermark.saturating_add(1), |t| t.at));
                 if due.is_empty() {
+                    // None below the floor, none due: every stored timer lies past the watermark.
+                    let next = self.store.next_timer(partition, watermark)?;
+                    self.timer_next
+                        .insert(partition, next.unwrap_or(Millis::MAX));
                     continue;
                 }
+                self.timer_next.remove(&partition);
                 for timer in due {
                     self.fire(&timer, aggregates, &mut commit)?;
                     report.timers_fired += 1;

@@ -549,6 +549,19 @@ fn timers_come_back_due_in_time_order_and_go_when_cleared() {
             [timer(1, 100, "a"), timer(1, 100, "b")],
             "{name}: from a floor"
         );
+        // The earliest past a time, of the partition asked for only.
+        let next = |partition, after| store.next_timer(partition, after).unwrap();
+        assert_eq!(next(1, i64::MIN), Some(-20), "{name}");
+        assert_eq!(next(1, -20), Some(100), "{name}");
+        assert_eq!(next(1, 99), Some(100), "{name}");
+        assert_eq!(next(1, 100), Some(500), "{name}");
+        assert_eq!(next(1, 500), None, "{name}: none past the last");
+        assert_eq!(next(2, -1), Some(0), "{name}");
+        assert_eq!(
+            next(3, i64::MIN),
+            None,
+            "{name}: none in a partition without timers"
+        );
         store
             .commit(Commit {
                 timers_cleared: vec![timer(1, -20, "before-epoch"), timer(1, 100, "a")],

@@ -432,6 +432,16 @@ fn timer_key(timer: &Timer) -> Vec<u8> {
     key
 }
 
+/// The time a timer key names.
+fn timer_time(key: &[u8]) -> Result<Millis, StoreError> {
+    key.get(5..13)
+        .and_then(unsortable)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: format!("{key:?}"),
+            reason: "timer key too short".into(),
+        })
+}
+
 fn timer_prefix(partition: i32) -> Vec<u8> {
     let mut key = Vec::with_capacity(13 + 16);
     key.push(TIMER);
@@ -949,13 +959,7 @@ impl Store {
             .scan(&prefix, &start, Some(&end), limit)?
             .into_iter()
             .map(|(key, _)| {
-                let at =
-                    key.get(5..13)
-                        .and_then(unsortable)
-                        .ok_or_else(|| StoreError::Corrupt {
-                            key: format!("{key:?}"),
-                            reason: "timer key too short".into(),
-                        })?;
+                let at = timer_time(&key)?;
                 Ok(Timer {
                     partition,
                     at,
@@ -963,6 +967,17 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The time of the earliest timer of `partition` stored past `after`.
+    pub fn next_timer(&self, partition: i32, after: Millis) -> Result<Option<Millis>, StoreError> {
+        let prefix = timer_prefix(partition);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&sortable(after.saturating_add(1)));
+        match self.backend.scan(&prefix, &start, None, 1)?.first() {
+            None => Ok(None),
+            Some((key, _)) => timer_time(key).map(Some),
+        }
     }
 
     /// The complaint trends as of the last commit.
