@@ -1147,7 +1147,8 @@ impl Store {
         records.extend(changelog.into_iter().map(Output::Record));
         records.extend(commit.outbox);
         let chunks = outbox_chunks(&records);
-        ops.reserve_exact(chunks.len().saturating_sub(1));
+        // Room for every chunk (`sized` counted one): a no-op for a commit of one chunk.
+        ops.reserve_exact(chunks.len());
         for run in &chunks {
             let at = first + run.start as u64;
             ops.push(Op::Put(
