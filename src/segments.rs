@@ -96,7 +96,34 @@ pub struct Trailing {
 /// The month index (year * 12 + month - 1) of an event time, in UTC; times outside the years
 /// -9999 to 9999 (which `time` represents) count as January 1970, as they did when `time`
 /// computed it.
+///
+/// The month last asked for is remembered with its bounds, per thread: a customer's trailing
+/// months ask two or three times an event (its tier, when its revenue ages out, an order),
+/// nearly always for the month asked last, and working it out is about 38 instructions a time:
+/// remembered, the broker benchmark's fold takes 1.3% fewer (callgrind, `benches/HISTORY.md`,
+/// 2026-12-06, 19:42-).
 pub fn month_index(at: Millis) -> i32 {
+    thread_local! {
+        /// The last month worked out: its first millisecond, the next month's, its index.
+        /// Empty at first (its end not after its start).
+        static LAST: std::cell::Cell<(Millis, Millis, i32)> =
+            const { std::cell::Cell::new((0, 0, 0)) };
+    }
+    LAST.with(|last| {
+        let (start, end, index) = last.get();
+        if start <= at && at < end {
+            return index;
+        }
+        let index = month_index_of(at);
+        // Outside `time`'s years (January 1970 for them), or with no next month, the bounds
+        // hold no `at` that is not in the month.
+        last.set((month_start(index), month_start(index + 1), index));
+        index
+    })
+}
+
+/// [`month_index`], worked out.
+fn month_index_of(at: Millis) -> i32 {
     let seconds = at.div_euclid(1000);
     let seconds = if (MIN_SECONDS..=MAX_SECONDS).contains(&seconds) {
         seconds
