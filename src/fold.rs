@@ -729,12 +729,16 @@ impl CustomerState {
         limits: &FoldLimits,
     ) -> Option<Limit> {
         let horizon = self.last_event_at.saturating_sub(limits.dedup_horizon_ms);
-        let live = self
-            .seen
-            .iter()
-            .filter(|s| s.occurred_at >= horizon)
-            .count();
-        let full = live >= limits.max_dedup_ids;
+        // The ids within the horizon are counted only when there are enough ids for them to be
+        // that many: a scan of every remembered id at every event was 1.6% of the broker
+        // benchmark's fold, where a customer remembers dozens and the limit is thousands.
+        let full = self.seen.len() >= limits.max_dedup_ids
+            && self
+                .seen
+                .iter()
+                .filter(|s| s.occurred_at >= horizon)
+                .count()
+                >= limits.max_dedup_ids;
         let unsealed = self.seen.len() - (self.seen_sealed as usize).min(self.seen.len());
         if full || unsealed >= SEAL_EVERY {
             self.seen.retain(|s| s.occurred_at >= horizon);
