@@ -248,13 +248,14 @@ impl Rfm {
             ..Rfm::default()
         };
         for cell in cells {
-            let n = |n| Count { n, changed: false };
+            // Stored cells are as written: none waits to be written again.
+            let unchanged = |n| Count { n, changed: false };
             match cell {
-                Cell::Joint(day, orders, count) => {
-                    rfm.joint.counts.insert((day, orders), n(count));
+                Cell::Joint(day, orders, n) => {
+                    rfm.joint.counts.insert((day, orders), unchanged(n));
                 }
-                Cell::Monetary(bucket, count) => {
-                    rfm.monetary.counts.insert(bucket, n(count));
+                Cell::Monetary(bucket, n) => {
+                    rfm.monetary.counts.insert(bucket, unchanged(n));
                 }
             }
         }

@@ -117,16 +117,15 @@ pub fn month_index(at: Millis) -> i32 {
         let index = month_index_of(at);
         // Outside `time`'s years (January 1970 for them) the bounds hold no `at` that is not
         // in the month.
-        let bound = |index: i32| first_day(index) * DAY_MS;
-        last.set((bound(index), bound(index + 1), index));
+        last.set((month_start(index), month_start(index + 1), index));
         index
     })
 }
 
-/// The day (after 1970-01-01) on which month `index` starts, by integer arithmetic: the inverse
-/// of [`civil_month`], so that a month [`month_index`] did not remember costs it about as much
+/// The event time at which month `index` starts, in UTC, by integer arithmetic: the inverse of
+/// [`civil_month`], so that a month [`month_index`] did not remember costs it about as much
 /// again, not `time`'s conversions.
-fn first_day(index: i32) -> i64 {
+pub fn month_start(index: i32) -> Millis {
     let (year, month) = (
         i64::from(index.div_euclid(12)),
         i64::from(index.rem_euclid(12)) + 1,
@@ -138,7 +137,7 @@ fn first_day(index: i32) -> i64 {
     let march_based = (month + 9) % 12;
     let day_of_year = (153 * march_based + 2) / 5;
     let day_of_era = 365 * year_of_era + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    (era * 146_097 + day_of_era - 719_468) * DAY_MS
 }
 
 /// [`month_index`], worked out.
@@ -177,15 +176,6 @@ fn civil_month(days: i64) -> (i64, i64) {
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month)
-}
-
-/// The event time at which month `index` starts, in UTC.
-pub fn month_start(index: i32) -> Millis {
-    let month =
-        time::Month::try_from(index.rem_euclid(12) as u8 + 1).unwrap_or(time::Month::January);
-    time::Date::from_calendar_date(index.div_euclid(12), month, 1)
-        .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
-        .unwrap_or(0)
 }
 
 impl Trailing {
@@ -715,10 +705,20 @@ mod tests {
         }
     }
 
+    /// The start of month `index` as `time` gives it: what `month_start` computed until
+    /// 2026-12-07.
+    fn month_start_by_time(index: i32) -> Millis {
+        let month =
+            time::Month::try_from(index.rem_euclid(12) as u8 + 1).expect("a month of 1 to 12");
+        let date = time::Date::from_calendar_date(index.div_euclid(12), month, 1)
+            .expect("a year time represents");
+        date.midnight().assume_utc().unix_timestamp() * 1000
+    }
+
     #[test]
     fn every_month_starts_on_the_day_time_gives_from_years_minus_9999_to_9999() {
         for index in (-9999 * 12)..(10_000 * 12) {
-            assert_eq!(first_day(index) * DAY_MS, month_start(index), "{index}");
+            assert_eq!(month_start(index), month_start_by_time(index), "{index}");
         }
     }
 
