@@ -123,7 +123,7 @@ pub fn month_index(at: Millis) -> i32 {
 }
 
 /// The event time at which month `index` starts, in UTC, by integer arithmetic: the inverse of
-/// [`civil_month`], so that a month [`month_index`] did not remember costs it about as much
+/// `civil_month`, so that a month [`month_index`] did not remember costs it about as much
 /// again, not `time`'s conversions.
 pub fn month_start(index: i32) -> Millis {
     let (year, month) = (
