@@ -348,6 +348,17 @@ pub struct CustomerWrite {
     pub erased_until: Option<Millis>,
 }
 
+impl CustomerWrite {
+    /// The entries the write puts or deletes: the customer, its sealed remembered events kept
+    /// apart (put, and the replaced ones deleted) and its erasure marker. The changelog
+    /// carries one record for each.
+    pub(crate) fn entries(&self) -> usize {
+        1 + usize::from(self.sealed.is_some())
+            + usize::from(self.unsealed.is_some())
+            + usize::from(self.erased_until.is_some())
+    }
+}
+
 const CUSTOMER: u8 = b'c';
 /// `s` + partition + customer id + seal (4 bytes, big-endian): the customer's sealed
 /// remembered events, kept apart.
@@ -1053,15 +1064,7 @@ impl Store {
         let outbox = changelog.len() + commit.outbox.len();
         // Sized to the last operation: growing it moved every operation already pushed, a
         // percent of a live event's instructions (`benches/HISTORY.md`, 2026-12-03, 18:59-).
-        let customer_ops: usize = commit
-            .customers
-            .iter()
-            .map(|w| {
-                1 + usize::from(w.unsealed.is_some())
-                    + usize::from(w.sealed.is_some())
-                    + usize::from(w.erased_until.is_some())
-            })
-            .sum();
+        let customer_ops: usize = commit.customers.iter().map(CustomerWrite::entries).sum();
         let sized = customer_ops
             + commit.timers_cleared.len()
             + commit.timers_set.len()
