@@ -23,27 +23,39 @@ pub trait Sink {
 }
 
 /// Delivers pending records until the outbox is empty or the sink stops acknowledging.
-/// Returns how many records were delivered.
+/// Returns how many records were delivered. Before and after each chunk it sets the backlog of
+/// the outbox named `outbox` (`Telemetry::set_outbox_backlog`): the records numbered from the
+/// oldest one waiting to the newest one committed (`Store::outbox_next`). Numbers a failed
+/// commit took count with them until a read passes them; so do records a restore removed.
 pub async fn drain<S: Sink>(
     store: &Store,
     sink: &mut S,
     telemetry: &Telemetry,
+    outbox: &str,
     chunk: usize,
 ) -> Result<usize, StoreError> {
     let mut delivered = 0;
     loop {
         let pending = store.outbox_shared(chunk)?;
-        if pending.is_empty() {
-            telemetry.set_outbox_backlog(0);
+        let Some(&(oldest, _)) = pending.first() else {
+            telemetry.set_outbox_backlog(outbox, 0);
             return Ok(delivered);
-        }
+        };
+        let waiting_from = |seq: u64| store.outbox_next().saturating_sub(seq);
+        telemetry.set_outbox_backlog(outbox, waiting_from(oldest));
         let acked = sink.deliver(&pending).await;
         store.acknowledge(&acked)?;
         delivered += acked.len();
         telemetry.delivered(acked.len());
-        if acked.len() < pending.len() {
-            telemetry.set_outbox_backlog(pending.len() - acked.len());
-            return Ok(delivered);
+        match pending.get(acked.len()) {
+            Some(&(refused, _)) => {
+                telemetry.set_outbox_backlog(outbox, waiting_from(refused));
+                return Ok(delivered);
+            }
+            None => {
+                let after = pending.last().map_or(oldest, |&(seq, _)| seq + 1);
+                telemetry.set_outbox_backlog(outbox, waiting_from(after));
+            }
         }
     }
 }
@@ -145,6 +157,95 @@ mod tests {
         let mut out = Vec::new();
         write_line(&mut out, record).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// Takes the first `takes` records of each chunk, then none until `takes` is raised.
+    struct Partly {
+        takes: usize,
+    }
+
+    impl Sink for Partly {
+        async fn deliver(&mut self, records: &[(u64, Arc<OutboxRecord>)]) -> Vec<u64> {
+            records
+                .iter()
+                .take(self.takes)
+                .map(|(seq, _)| *seq)
+                .collect()
+        }
+    }
+
+    fn commit(store: &Store, records: usize) {
+        let record = |i: usize| OutboxRecord {
+            topic: "out".into(),
+            key: Some(i.to_string().into_bytes()),
+            value: Some(b"{}".to_vec()),
+            headers: Vec::new(),
+            partition: None,
+        };
+        store
+            .commit(crate::store::Commit {
+                outbox: (0..records).map(|i| record(i).into()).collect(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn backlog(telemetry: &Telemetry, outbox: &str) -> String {
+        let line = format!("customer_pulse_outbox_backlog_records{{outbox=\"{outbox}\"}} ");
+        let text = telemetry.render();
+        let found = text.lines().find_map(|l| l.strip_prefix(line.as_str()));
+        found.unwrap_or("absent").to_owned()
+    }
+
+    /// The backlog is every record waiting, not just the chunk a drain read: with a sink that
+    /// takes nothing, 250 records committed in chunks of 100 show 250, then 330 once 80 more
+    /// come; a sink that takes 30 of each chunk leaves 300; one that takes all leaves none.
+    /// Each outbox has its own (the job's and the aggregator's share the telemetry). Until
+    /// 2026-12-07 it showed at most a chunk, and only after a failed delivery: with a sink that
+    /// took nothing it stopped at 10,000, where `OutboxBacklogGrowing`, which asks for a rising
+    /// backlog, no longer held.
+    #[tokio::test]
+    async fn the_backlog_counts_every_record_waiting_in_its_outbox() {
+        let telemetry = Telemetry::new();
+        let (store, other) = (Store::in_memory(), Store::in_memory());
+        commit(&store, 250);
+        commit(&other, 7);
+        let mut sink = Partly { takes: 0 };
+        assert_eq!(
+            drain(&store, &mut sink, &telemetry, "job", 100)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(backlog(&telemetry, "job"), "250");
+        drain(&other, &mut sink, &telemetry, "aggregator", 100)
+            .await
+            .unwrap();
+        assert_eq!(backlog(&telemetry, "aggregator"), "7");
+        assert_eq!(backlog(&telemetry, "job"), "250");
+        commit(&store, 80);
+        drain(&store, &mut sink, &telemetry, "job", 100)
+            .await
+            .unwrap();
+        assert_eq!(backlog(&telemetry, "job"), "330");
+        // 30 of the first chunk: the rest of the chunk is refused, the drain stops there.
+        sink.takes = 30;
+        assert_eq!(
+            drain(&store, &mut sink, &telemetry, "job", 100)
+                .await
+                .unwrap(),
+            30
+        );
+        assert_eq!(backlog(&telemetry, "job"), "300");
+        sink.takes = usize::MAX;
+        assert_eq!(
+            drain(&store, &mut sink, &telemetry, "job", 100)
+                .await
+                .unwrap(),
+            300
+        );
+        assert_eq!(backlog(&telemetry, "job"), "0");
+        assert!(store.outbox(1).unwrap().is_empty());
     }
 
     #[test]

@@ -476,7 +476,7 @@ pub async fn run_on(
                 checked = checked => checked.context("readying the producer panicked")?,
                 () = stop.cancelled() => return Ok(()),
             };
-            drain_outbox(store, sink, telemetry, wake, stop, deadline).await
+            drain_outbox(store, sink, telemetry, "job", wake, stop, deadline).await
         }
     });
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
@@ -603,6 +603,7 @@ fn start_aggregator(
         store,
         sink,
         telemetry.clone(),
+        "aggregator",
         wake.clone(),
         outbox_stop.clone(),
         flush_deadline,
@@ -1033,6 +1034,7 @@ async fn drain_outbox<S: Sink>(
     store: Store,
     mut sink: S,
     telemetry: Arc<Telemetry>,
+    outbox: &'static str,
     wake: Arc<Notify>,
     stop: CancellationToken,
     deadline: FlushDeadline,
@@ -1045,7 +1047,7 @@ async fn drain_outbox<S: Sink>(
             () = stop.cancelled() => break,
         }
         let drained = tokio::select! {
-            drained = drain(&store, &mut sink, &telemetry, 10_000) => drained,
+            drained = drain(&store, &mut sink, &telemetry, outbox, 10_000) => drained,
             () = time_up() => break,
         };
         if let Err(e) = drained {
@@ -1057,7 +1059,7 @@ async fn drain_outbox<S: Sink>(
     }
     let flush = async {
         loop {
-            drain(&store, &mut sink, &telemetry, 10_000).await?;
+            drain(&store, &mut sink, &telemetry, outbox, 10_000).await?;
             if store.outbox(1)?.is_empty() {
                 return Ok::<_, crate::store::StoreError>(());
             }
@@ -1143,6 +1145,7 @@ mod tests {
             store.clone(),
             Hanging,
             Arc::new(Telemetry::new()),
+            "job",
             wake.clone(),
             stop.clone(),
             deadline.clone(),

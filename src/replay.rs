@@ -400,7 +400,7 @@ async fn deliver<S: Sink>(
     telemetry: &Telemetry,
     summary: &mut ReplaySummary,
 ) -> anyhow::Result<bool> {
-    summary.outputs_delivered += drain(store, sink, telemetry, 10_000).await? as u64;
+    summary.outputs_delivered += drain(store, sink, telemetry, "job", 10_000).await? as u64;
     Ok(store.outbox(1)?.is_empty())
 }
 

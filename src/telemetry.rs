@@ -64,7 +64,7 @@ pub struct Telemetry {
     aggregator_watermark: IntGauge,
     aggregator_late_facts: IntCounter,
     aggregator_unreadable_records: IntCounter,
-    outbox_backlog: IntGauge,
+    outbox_backlog: IntGaugeVec,
     outbox_delivered: IntCounter,
     consumer_lag: IntGaugeVec,
     rebalances: IntCounterVec,
@@ -323,10 +323,13 @@ impl Telemetry {
                 "Changelog records the aggregator could not read (a claim, a position, a customer record's facts), each logged and skipped: their changes are missing from the aggregates.",
             ))
             .expect("valid metric"),
-            outbox_backlog: IntGauge::with_opts(opts(
-                "outbox_backlog_records",
-                "Output records committed but not yet acknowledged by the sink.",
-            ))
+            outbox_backlog: IntGaugeVec::new(
+                opts(
+                    "outbox_backlog_records",
+                    "Output records committed but not yet acknowledged by the sink, by outbox (the job's; with the changelog, the aggregator's).",
+                ),
+                &["outbox"],
+            )
             .expect("valid metric"),
             outbox_delivered: IntCounter::with_opts(opts(
                 "outbox_delivered_total",
@@ -681,8 +684,11 @@ impl Telemetry {
         self.state_size.set(bytes as i64);
     }
 
-    pub fn set_outbox_backlog(&self, records: usize) {
-        self.outbox_backlog.set(records as i64);
+    /// What waits in the outbox named `outbox` (`job` or `aggregator`).
+    pub fn set_outbox_backlog(&self, outbox: &str, records: u64) {
+        self.outbox_backlog
+            .with_label_values(&[outbox])
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     pub fn delivered(&self, records: usize) {

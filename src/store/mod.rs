@@ -1206,6 +1206,12 @@ impl Store {
         Ok(())
     }
 
+    /// The number the next outbox record committed will have: every record committed so far
+    /// is numbered below it.
+    pub fn outbox_next(&self) -> u64 {
+        self.next_outbox_seq.load(Ordering::SeqCst)
+    }
+
     /// Up to `limit` pending outbox records, oldest first, with their sequence numbers, each a
     /// copy of its own: see [`Store::outbox_shared`], which the drain reads.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
