@@ -11,7 +11,8 @@
 //! 4. and 5. the two again without their changelogs (customer-pulse's default for a lone
 //!    instance; Quix Streams' `use_changelog_topics=False`), each from a state of its own.
 //!
-//! For each: events/s (from its start, so start-up and group join are included), CPU seconds
+//! For each: events/s (from its start, so start-up and group join are included, to its end:
+//! customer-pulse's once its outputs are delivered too), CPU seconds
 //! per million events and peak resident memory of its process. All five run again in each of
 //! ROUNDS rounds, each pair from a state, a consumer group and a changelog topic of its own;
 //! each ratio is of one round's contenders side by side, and the run prints each round's, then
@@ -62,6 +63,9 @@ struct Run {
     /// How many times the harness read its `/metrics` to see how far it had got
     /// (customer-pulse's only; the peer counts for itself and says when it is done).
     scrapes: u32,
+    /// From the read that saw every event folded to the one that saw its outputs delivered
+    /// too (customer-pulse's only; the run ends at the latter).
+    outputs_tail: Option<Duration>,
 }
 
 /// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
@@ -90,6 +94,7 @@ fn usage(child: &Child, started: Instant, done: Instant) -> Run {
         peak_mib: Some(peak_mib(child.id())),
         threads: None,
         scrapes: 0,
+        outputs_tail: None,
     }
 }
 
@@ -118,11 +123,13 @@ fn reference(brokers: &str, events: u64) -> Run {
         peak_mib: None,
         threads: None,
         scrapes: 0,
+        outputs_tail: None,
     }
 }
 
 /// customer-pulse with its default configuration, its changelog on or off, until it has folded
-/// `events`; returns its run, and the process still running with its HTTP port (for the
+/// `events` and delivered their outputs (before 2026-12-07, until it had folded them: the
+/// outputs of its last commits were sent after the run); returns its run, and the process still running with its HTTP port (for the
 /// latency phase). `tag` names its consumer group and its changelog topic
 /// ([`changelog_topic`]), so that a round's job neither resumes an earlier round's group nor
 /// restores its changelog.
@@ -171,12 +178,21 @@ async fn pulse(
     // job's CPU). So the reads are seldom while the end is far, by the rate so far, and 20 ms
     // apart near it, where they time the end.
     let mut scrapes = 0;
+    // When a read first saw every event folded: the run ends once a later read sees the
+    // outbox empty as well (by then the drain, which the last commit woke, has counted what
+    // that commit left), so that its outputs are produced within the run.
+    let mut folded_all = None;
     loop {
         let scrape = common::Scrape::of(port);
         scrapes += 1;
         let folded = scrape.sum("customer_pulse_events_total");
         if folded >= events as f64 && scrape.sum("customer_pulse_ready") >= 1.0 {
-            break;
+            if folded_all.is_some() && scrape.sum("customer_pulse_outbox_backlog_records") == 0.0 {
+                break;
+            }
+            folded_all.get_or_insert_with(Instant::now);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         }
         assert!(
             Instant::now() < deadline,
@@ -196,6 +212,7 @@ async fn pulse(
     let run = Run {
         threads: Some(threads),
         scrapes,
+        outputs_tail: folded_all.map(|at| done - at),
         ..usage(&child, started, done)
     };
     (run, child, port)
@@ -569,9 +586,10 @@ fn main() {
             for pair in &round.pairs {
                 if let Some(threads) = &pair.pulse.threads {
                     println!(
-                        "CPU while customer-pulse {} its changelog ran ({} reads of its /metrics): {threads}",
+                        "CPU while customer-pulse {} its changelog ran ({} reads of its /metrics; its outputs delivered {} ms after its last event was folded): {threads}",
                         with(pair.changelog),
-                        pair.pulse.scrapes
+                        pair.pulse.scrapes,
+                        pair.pulse.outputs_tail.unwrap_or_default().as_millis()
                     );
                 }
             }
