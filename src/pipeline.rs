@@ -459,7 +459,7 @@ pub async fn run_on(
     let outputs = output_topics(&config);
     let changelog = config.changelog.then(|| config.topics.changelog.clone());
     let checked = tokio::task::spawn_blocking(move || {
-        check_outputs(&sink, &outputs, changelog.as_deref());
+        check_outputs(&mut sink, &outputs, changelog.as_deref());
         sink
     });
     let wake = Arc::new(Notify::new());
@@ -836,7 +836,7 @@ fn output_topics(config: &Config) -> Vec<String> {
 /// holds up the outbox behind its first record until it is created (or the brokers create it
 /// on first use): say so at start, by name. A missing `changelog` holds up more: no partition
 /// starts until it exists, since each starts with a claim written to it. Blocks.
-fn check_outputs(sink: &KafkaSink, outputs: &[String], changelog: Option<&str>) {
+fn check_outputs(sink: &mut KafkaSink, outputs: &[String], changelog: Option<&str>) {
     let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
     match sink.missing_topics(&names, Duration::from_secs(10)) {
         Ok(missing) if missing.is_empty() => {}

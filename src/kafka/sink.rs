@@ -1,7 +1,7 @@
 //! The output side: the idempotent producer that drains the outbox and acknowledges only what
 //! the brokers acknowledged. Must not know what the records mean.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use super::polled::{Polled, Release, Released};
 use super::{client_config, client_error, lock, ready_idempotent};
 use crate::config::{Compression, KafkaSecurity};
 use crate::outbox::Sink;
+use crate::processor::partition_for;
 use crate::store::OutboxRecord;
 use crate::telemetry::Telemetry;
 
@@ -92,6 +93,9 @@ pub struct KafkaSink {
     sent: usize,
     telemetry: Arc<Telemetry>,
     changelog: Option<ChangelogProgress>,
+    /// Each output topic's partition count, as the brokers gave it at start
+    /// ([`KafkaSink::missing_topics`]), so that a round knows where its keyed records go.
+    partitions: HashMap<String, i32>,
 }
 
 impl KafkaSink {
@@ -104,13 +108,17 @@ impl KafkaSink {
         let producer: BaseProducer<SinkContext> = client_config(brokers, security)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // A batch waits up to 50 ms for more records. With the changelog every customer
-            // written is a record here, and at 5 ms the producer's thread built many small
-            // batches: in the peers benchmark's throughput runs the job's CPU per event with
-            // the changelogs was 11.5-12.5 s a million events against 12.9-13.8 at 5 ms (four
-            // rounds each, alternating, 2026-12-06), and the same without them. An output's
-            // latency is not the state's: the commit it follows has happened.
-            .set("linger.ms", "50")
+            // A batch waits up to 5 ms for more records: `deliver` queues a round's records
+            // partition by partition, each partition's within that. From 2026-12-06 to
+            // 2026-12-07 it waited 50 ms, which, before the rounds, saved the job CPU: at 5 ms
+            // a chunk's records left in many small batches while it was being queued (the
+            // peers benchmark with the changelogs, 11.5-12.5 CPU s a million events against
+            // 12.9-13.8, four rounds each alternating). With rounds, 50 ms a round delayed
+            // the outputs seconds behind the state. An output's latency is not the state's:
+            // the commit it follows has happened.
+            .set("linger.ms", "5")
+            .set("batch.size", BATCH_BYTES.to_string())
+            .set("batch.num.messages", BATCH_RECORDS.to_string())
             .set("compression.type", compression.name())
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", "30000")
@@ -126,6 +134,7 @@ impl KafkaSink {
             sent: 0,
             telemetry,
             changelog: None,
+            partitions: HashMap::new(),
         })
     }
 
@@ -141,13 +150,20 @@ impl KafkaSink {
         ready_idempotent(self.producer.client(), topic);
     }
 
-    /// Which of `topics` the brokers do not know. Blocks for at most `timeout`.
+    /// Which of `topics` the brokers do not know; the partition counts of those they do are
+    /// kept for [`Sink::deliver`]'s rounds. Blocks for at most `timeout`.
     pub fn missing_topics(
-        &self,
+        &mut self,
         topics: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<Vec<String>> {
         let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        for topic in metadata.topics() {
+            if topics.contains(&topic.name()) && !topic.partitions().is_empty() {
+                self.partitions
+                    .insert(topic.name().to_owned(), topic.partitions().len() as i32);
+            }
+        }
         let known: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
         Ok(topics
             .iter()
@@ -157,7 +173,86 @@ impl KafkaSink {
     }
 }
 
+/// The producer's limits on one batch of a partition's records (librdkafka's defaults, set so
+/// that the rounds below stay under them).
+const BATCH_BYTES: usize = 1_000_000;
+const BATCH_RECORDS: usize = 10_000;
+/// A round holds at most three quarters of a batch of each partition's records, well inside
+/// it (the batch's own header is 61 bytes).
+const ROUND_BYTES: usize = BATCH_BYTES / 4 * 3;
+const ROUND_RECORDS: usize = BATCH_RECORDS / 4 * 3;
+
+/// One round of a chunk: the records from `start` to `end`, sent in `order`, partition by
+/// partition.
+struct Round {
+    end: usize,
+    order: Vec<usize>,
+}
+
+/// The round that starts at `start`: up to the first record that would take its partition's
+/// share of the round past `ROUND_BYTES` or `ROUND_RECORDS`, so that each partition's share
+/// leaves in one batch (a record larger than that goes alone), sent partition by partition, so
+/// that each partition's records are queued together, within the producer's linger. A record's
+/// partition is the one it names, or its key's (Kafka's default partitioner, as the producer's
+/// `murmur2_random`) in a topic whose partition count is known; the others share one budget a
+/// topic. That is an estimate, never where a record goes: the producer partitions it.
+fn round(
+    records: &[(u64, Arc<OutboxRecord>)],
+    start: usize,
+    partitions: &HashMap<String, i32>,
+) -> Round {
+    let mut share_of: HashMap<(&str, Option<i32>), usize> = HashMap::new();
+    // Each partition's bytes and records, in the order the partitions first come.
+    let mut shares: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut end = records.len();
+    for (place, (_, record)) in records.iter().enumerate().skip(start) {
+        let partition = record.partition.or_else(|| {
+            let count = partitions.get(&record.topic)?;
+            Some(partition_for(record.key.as_deref()?, *count))
+        });
+        let share = *share_of
+            .entry((&record.topic, partition))
+            .or_insert_with(|| {
+                shares.push((0, Vec::new()));
+                shares.len() - 1
+            });
+        let (queued, places) = &mut shares[share];
+        let bytes = batch_bytes(record);
+        if !places.is_empty() && (*queued + bytes > ROUND_BYTES || places.len() >= ROUND_RECORDS) {
+            end = place;
+            break;
+        }
+        *queued += bytes;
+        places.push(place);
+    }
+    let order = shares.into_iter().flat_map(|(_, places)| places).collect();
+    Round { end, order }
+}
+
+/// What a record adds to its batch at most, as librdkafka counts it against `batch.size`: its
+/// key, value and headers, and the record format's largest framing (varints: 36 bytes a
+/// record, 10 a header).
+fn batch_bytes(record: &OutboxRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 10)
+        .sum();
+    record.key.as_ref().map_or(0, Vec::len)
+        + record.value.as_ref().map_or(0, Vec::len)
+        + headers
+        + 36
+}
+
 impl Sink for KafkaSink {
+    /// Sends the chunk in rounds, each at most one batch's worth of every partition's records
+    /// (`round`), the next once the brokers have acknowledged the round, and returns the
+    /// records acknowledged before the first one refused. The idempotent producer sends a
+    /// partition's next batch only once its last one is acknowledged (librdkafka 2.12 holds it
+    /// while five records, not five requests, are in flight), and a batch kept waiting so once
+    /// ready had the producer's thread poll its sockets without waiting until then: in the
+    /// peers benchmark with the changelog, spins of up to 200 ms, a tenth to a fifth of the
+    /// job's CPU (2026-12-07).
     async fn deliver(&mut self, records: &[(u64, Arc<OutboxRecord>)]) -> Vec<u64> {
         let context = self.producer.context().clone();
         let first = self.sent;
@@ -167,22 +262,49 @@ impl Sink for KafkaSink {
             reports.first = first;
             reports.results.clear();
             reports.results.resize_with(records.len(), || None);
-            reports.waiting = records.len();
+            reports.waiting = 0;
         }
-        for (place, (_, record)) in records.iter().enumerate() {
-            if let Err(e) = self.send(record, first.wrapping_add(place)).await {
-                // Not queued, so no report will come: this record and the rest fail here.
-                let mut reports = lock(&context.reports);
-                for slot in &mut reports.results[place..] {
+        let mut start = 0;
+        while start < records.len() {
+            let Round { end, order } = round(records, start, &self.partitions);
+            lock(&context.reports).waiting += order.len();
+            let mut failed = None;
+            for (queued, &place) in order.iter().enumerate() {
+                if let Err(e) = self
+                    .send(&records[place].1, first.wrapping_add(place))
+                    .await
+                {
+                    // Not queued, so no report will come: this record and the rest of the
+                    // round's order fail here.
+                    let mut reports = lock(&context.reports);
+                    reports.waiting -= order.len() - queued;
+                    for &unsent in &order[queued..] {
+                        reports.results[unsent] = Some(Err(e.clone()));
+                    }
+                    failed = Some(e);
+                    break;
+                }
+            }
+            // A report that came before the wait began left a permit, so none is missed.
+            while lock(&context.reports).waiting > 0 {
+                context.all_reported.notified().await;
+            }
+            let mut reports = lock(&context.reports);
+            // After a record refused or not sent, the rest are not sent: none of them could
+            // be acknowledged past it.
+            let failed = failed.or_else(|| {
+                reports.results[start..end].iter().find_map(|r| match r {
+                    Some(Err(e)) => Some(e.clone()),
+                    _ => None,
+                })
+            });
+            if let Some(e) = failed {
+                for slot in &mut reports.results[end..] {
                     *slot = Some(Err(e.clone()));
                 }
-                reports.waiting -= records.len() - place;
                 break;
             }
-        }
-        // A report that came before the wait began left a permit, so none is missed.
-        while lock(&context.reports).waiting > 0 {
-            context.all_reported.notified().await;
+            start = end;
         }
         let results = std::mem::take(&mut lock(&context.reports).results);
         let mut acked = Vec::with_capacity(records.len());
@@ -257,6 +379,90 @@ impl KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(
+        topic: &str,
+        key: Option<&str>,
+        bytes: usize,
+        partition: Option<i32>,
+    ) -> (u64, Arc<OutboxRecord>) {
+        let record = OutboxRecord {
+            topic: topic.into(),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: Some(vec![b'x'; bytes]),
+            headers: vec![("record_id".into(), b"r".to_vec())],
+            partition,
+        };
+        (0, Arc::new(record))
+    }
+
+    /// The rounds of a chunk, as the places where each starts.
+    fn rounds(
+        records: &[(u64, Arc<OutboxRecord>)],
+        partitions: &HashMap<String, i32>,
+    ) -> Vec<usize> {
+        let mut starts = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            starts.push(start);
+            start = round(records, start, partitions).end;
+        }
+        starts
+    }
+
+    /// A round holds at most three quarters of a batch of each partition's records: with
+    /// 300,000-byte values, two a partition, sent partition by partition. A record larger than
+    /// that goes alone.
+    #[test]
+    fn a_round_is_at_most_three_quarters_of_a_batch_a_partition() {
+        let none = HashMap::new();
+        let named = |partition| record("t", Some("k"), 300_000, Some(partition));
+        // Partitions 0, 1, 0, 1, 0: the fifth record would be partition 0's third.
+        let chunk: Vec<_> = [0, 1, 0, 1, 0, 1].into_iter().map(named).collect();
+        assert_eq!(rounds(&chunk, &none), [0, 4]);
+        // Sent partition by partition, each in its order.
+        assert_eq!(round(&chunk, 0, &none).order, [0, 2, 1, 3]);
+        assert_eq!(round(&chunk, 4, &none).order, [4, 5]);
+        // Another topic's partition 0 has a budget of its own.
+        let mut chunk = chunk;
+        chunk.insert(2, record("u", Some("k"), 300_000, Some(0)));
+        chunk.insert(3, record("u", Some("k"), 300_000, Some(0)));
+        assert_eq!(rounds(&chunk, &none), [0, 6]);
+        // Alone, a record larger than a round's share; the next starts a round.
+        let chunk = [record("t", None, 800_000, Some(0)), named(0), named(1)];
+        assert_eq!(rounds(&chunk, &none), [0, 1]);
+        // Many small records: at most three quarters of `batch.num.messages` a round.
+        let chunk: Vec<_> = (0..20_000).map(|_| record("t", None, 1, Some(0))).collect();
+        assert_eq!(rounds(&chunk, &none), [0, 7_500, 15_000]);
+    }
+
+    /// A keyed record counts in its key's partition where the topic's partition count is
+    /// known, and in one budget for the whole topic where it is not.
+    #[test]
+    fn a_keyed_record_counts_in_its_keys_partition_when_the_count_is_known() {
+        // Keys the default partitioner puts in partitions 0, 1, 0 and 1 of two.
+        let mut candidates = (0..).map(|i| format!("c-{i}"));
+        let mut key_in = |partition| {
+            candidates
+                .by_ref()
+                .find(|k| partition_for(k.as_bytes(), 2) == partition)
+                .unwrap()
+        };
+        let keys = [key_in(0), key_in(1), key_in(0), key_in(1)];
+        let chunk: Vec<_> = keys
+            .iter()
+            .map(|k| record("t", Some(k), 300_000, None))
+            .collect();
+        let known = HashMap::from([("t".to_owned(), 2)]);
+        assert_eq!(rounds(&chunk, &known), [0]);
+        assert_eq!(rounds(&chunk, &HashMap::new()), [0, 2]);
+        // A record without a key counts with the topic's, as the producer places it at random.
+        let mut chunk = chunk;
+        chunk.insert(1, record("t", None, 300_000, None));
+        chunk.insert(2, record("t", None, 300_000, None));
+        chunk.insert(3, record("t", None, 300_000, None));
+        assert_eq!(rounds(&chunk, &known), [0, 3]);
+    }
 
     /// Each compression `kafka.compression` accepts is one this build of librdkafka has:
     /// the producer is created (no broker is needed for that).

@@ -711,8 +711,9 @@ async fn a_member_that_joins_during_a_backlog_takes_its_partitions_after_the_fol
 
 /// The output sink on its own: it acknowledges a chunk's records in order, as far as the broker
 /// took them, and a record the broker refused, with every one after it, stays to be delivered
-/// again. Every record reaches the topic with its key, value, headers and any partition it
-/// names.
+/// again. A chunk of several batches a partition goes out in rounds, acknowledged whole. Every
+/// record reaches the topic with its key, value, headers and any partition it names, the large
+/// ones in their order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
     use customer_pulse::kafka::KafkaSink;
@@ -737,13 +738,21 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
         telemetry.clone(),
     )
     .unwrap();
+    // Records from 400 on are 200,000 bytes each.
+    let value = |i: u64| {
+        let mut value = format!("v-{i}").into_bytes();
+        if i >= 400 {
+            value.resize(200_000, b'.');
+        }
+        value
+    };
     let record = |i: u64| {
         (
             1_000 + i,
             std::sync::Arc::new(OutboxRecord {
                 topic: "out".into(),
                 key: Some(format!("k-{i}").into_bytes()),
-                value: (i % 50 != 7).then(|| format!("v-{i}").into_bytes()),
+                value: (i % 50 != 7).then(|| value(i)),
                 headers: vec![("n".into(), i.to_string().into_bytes())],
                 partition: i.is_multiple_of(3).then_some((i / 3 % 2) as i32),
             }),
@@ -774,6 +783,16 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
     let rest = &second[acked.len()..];
     assert_eq!(sink.deliver(rest).await, seqs(rest));
 
+    // A chunk of 5 MB, 2.5 MB a partition: sent in rounds of at most 750,000 bytes a
+    // partition, one batch each, and acknowledged whole, in order.
+    assert_eq!(
+        sink.missing_topics(&["out"], Duration::from_secs(10))
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    let large: Vec<_> = (400..425).map(record).collect();
+    assert_eq!(sink.deliver(&large).await, seqs(&large));
+
     // Every record is on the topic as it was given, in its named partition where it had one.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -787,8 +806,9 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
     }
     consumer.assign(&tpl).unwrap();
     let mut seen = BTreeMap::new();
+    let mut last_large = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < 400 && std::time::Instant::now() < deadline {
+    while seen.len() < 425 && std::time::Instant::now() < deadline {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
@@ -809,9 +829,17 @@ async fn the_sink_acknowledges_in_order_only_what_the_broker_took() {
         if let Some(partition) = sent.partition {
             assert_eq!(message.partition(), partition, "record {i}'s partition");
         }
+        if i >= 400 {
+            let last = last_large.insert(message.partition(), i);
+            assert!(
+                last < Some(i),
+                "the large records in their order in partition {}: {i} after {last:?}",
+                message.partition()
+            );
+        }
         seen.insert(i, ());
     }
-    assert_eq!(seen.len(), 400, "every record reached the topic");
+    assert_eq!(seen.len(), 425, "every record reached the topic");
 }
 
 /// A job whose brokers do not answer logs each of its Kafka clients' errors once, then at most
