@@ -129,8 +129,8 @@ fn reference(brokers: &str, events: u64) -> Run {
 
 /// customer-pulse with its default configuration, its changelog on or off, until it has folded
 /// `events` and delivered their outputs (before 2026-12-07, until it had folded them: the
-/// outputs of its last commits were sent after the run); returns its run, and the process still running with its HTTP port (for the
-/// latency phase). `tag` names its consumer group and its changelog topic
+/// outputs of its last commits were sent after the run); returns its run, and the process
+/// still running with its HTTP port (for the latency phase). `tag` names its consumer group and its changelog topic
 /// ([`changelog_topic`]), so that a round's job neither resumes an earlier round's group nor
 /// restores its changelog.
 async fn pulse(

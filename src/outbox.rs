@@ -22,41 +22,56 @@ pub trait Sink {
     ) -> impl std::future::Future<Output = Vec<u64>> + Send;
 }
 
+/// Which outbox a drain empties: the job's, or (with the changelog) the aggregator's. It names
+/// the outbox's backlog series (`outbox` label), a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outbox {
+    Job,
+    Aggregator,
+}
+
+impl Outbox {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outbox::Job => "job",
+            Outbox::Aggregator => "aggregator",
+        }
+    }
+}
+
 /// Delivers pending records until the outbox is empty or the sink stops acknowledging.
 /// Returns how many records were delivered. Before and after each chunk it sets the backlog of
-/// the outbox named `outbox` (`Telemetry::set_outbox_backlog`): the records numbered from the
-/// oldest one waiting to the newest one committed (`Store::outbox_next`). Numbers a failed
-/// commit took count with them until a read passes them; so do records a restore removed.
+/// `outbox` (`Telemetry::set_outbox_backlog`): the records numbered from the oldest one waiting
+/// to the newest one committed (`Store::outbox_next`). Numbers a failed commit took count with
+/// them until a read passes them; so do records a restore removed.
 pub async fn drain<S: Sink>(
     store: &Store,
     sink: &mut S,
     telemetry: &Telemetry,
-    outbox: &str,
+    outbox: Outbox,
     chunk: usize,
 ) -> Result<usize, StoreError> {
+    let backlog_from = |seq: u64| {
+        let waiting = store.outbox_next().saturating_sub(seq);
+        telemetry.set_outbox_backlog(outbox.label(), waiting);
+    };
     let mut delivered = 0;
     loop {
         let pending = store.outbox_shared(chunk)?;
-        let Some(&(oldest, _)) = pending.first() else {
-            telemetry.set_outbox_backlog(outbox, 0);
+        let (Some(&(oldest, _)), Some(&(newest, _))) = (pending.first(), pending.last()) else {
+            telemetry.set_outbox_backlog(outbox.label(), 0);
             return Ok(delivered);
         };
-        let waiting_from = |seq: u64| store.outbox_next().saturating_sub(seq);
-        telemetry.set_outbox_backlog(outbox, waiting_from(oldest));
+        backlog_from(oldest);
         let acked = sink.deliver(&pending).await;
         store.acknowledge(&acked)?;
         delivered += acked.len();
         telemetry.delivered(acked.len());
-        match pending.get(acked.len()) {
-            Some(&(refused, _)) => {
-                telemetry.set_outbox_backlog(outbox, waiting_from(refused));
-                return Ok(delivered);
-            }
-            None => {
-                let after = pending.last().map_or(oldest, |&(seq, _)| seq + 1);
-                telemetry.set_outbox_backlog(outbox, waiting_from(after));
-            }
+        if let Some(&(refused, _)) = pending.get(acked.len()) {
+            backlog_from(refused);
+            return Ok(delivered);
         }
+        backlog_from(newest + 1);
     }
 }
 
@@ -212,26 +227,26 @@ mod tests {
         commit(&other, 7);
         let mut sink = Partly { takes: 0 };
         assert_eq!(
-            drain(&store, &mut sink, &telemetry, "job", 100)
+            drain(&store, &mut sink, &telemetry, Outbox::Job, 100)
                 .await
                 .unwrap(),
             0
         );
         assert_eq!(backlog(&telemetry, "job"), "250");
-        drain(&other, &mut sink, &telemetry, "aggregator", 100)
+        drain(&other, &mut sink, &telemetry, Outbox::Aggregator, 100)
             .await
             .unwrap();
         assert_eq!(backlog(&telemetry, "aggregator"), "7");
         assert_eq!(backlog(&telemetry, "job"), "250");
         commit(&store, 80);
-        drain(&store, &mut sink, &telemetry, "job", 100)
+        drain(&store, &mut sink, &telemetry, Outbox::Job, 100)
             .await
             .unwrap();
         assert_eq!(backlog(&telemetry, "job"), "330");
         // 30 of the first chunk: the rest of the chunk is refused, the drain stops there.
         sink.takes = 30;
         assert_eq!(
-            drain(&store, &mut sink, &telemetry, "job", 100)
+            drain(&store, &mut sink, &telemetry, Outbox::Job, 100)
                 .await
                 .unwrap(),
             30
@@ -239,7 +254,7 @@ mod tests {
         assert_eq!(backlog(&telemetry, "job"), "300");
         sink.takes = usize::MAX;
         assert_eq!(
-            drain(&store, &mut sink, &telemetry, "job", 100)
+            drain(&store, &mut sink, &telemetry, Outbox::Job, 100)
                 .await
                 .unwrap(),
             300

@@ -17,7 +17,7 @@ use crate::http::{self, HttpState};
 use crate::kafka::{
     Assignment, ChangelogProgress, ChangelogReader, ChangelogTail, Input, KafkaSink,
 };
-use crate::outbox::{drain, Sink};
+use crate::outbox::{drain, Outbox, Sink};
 use crate::processor::{
     Aggregation, BatchReport, InputRecord, OutputTopics, Processor, ProcessorSettings,
 };
@@ -476,7 +476,7 @@ pub async fn run_on(
                 checked = checked => checked.context("readying the producer panicked")?,
                 () = stop.cancelled() => return Ok(()),
             };
-            drain_outbox(store, sink, telemetry, "job", wake, stop, deadline).await
+            drain_outbox(store, sink, telemetry, Outbox::Job, wake, stop, deadline).await
         }
     });
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
@@ -603,7 +603,7 @@ fn start_aggregator(
         store,
         sink,
         telemetry.clone(),
-        "aggregator",
+        Outbox::Aggregator,
         wake.clone(),
         outbox_stop.clone(),
         flush_deadline,
@@ -1034,7 +1034,7 @@ async fn drain_outbox<S: Sink>(
     store: Store,
     mut sink: S,
     telemetry: Arc<Telemetry>,
-    outbox: &'static str,
+    outbox: Outbox,
     wake: Arc<Notify>,
     stop: CancellationToken,
     deadline: FlushDeadline,
@@ -1145,7 +1145,7 @@ mod tests {
             store.clone(),
             Hanging,
             Arc::new(Telemetry::new()),
-            "job",
+            Outbox::Job,
             wake.clone(),
             stop.clone(),
             deadline.clone(),

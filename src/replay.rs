@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Millis;
-use crate::outbox::{drain, Sink};
+use crate::outbox::{drain, Outbox, Sink};
 use crate::processor::{BatchReport, CacheLookups, InputRecord, Processor};
 use crate::store::{Held, Store};
 use crate::telemetry::Telemetry;
@@ -400,7 +400,7 @@ async fn deliver<S: Sink>(
     telemetry: &Telemetry,
     summary: &mut ReplaySummary,
 ) -> anyhow::Result<bool> {
-    summary.outputs_delivered += drain(store, sink, telemetry, "job", 10_000).await? as u64;
+    summary.outputs_delivered += drain(store, sink, telemetry, Outbox::Job, 10_000).await? as u64;
     Ok(store.outbox(1)?.is_empty())
 }
 

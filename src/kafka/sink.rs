@@ -158,13 +158,14 @@ impl KafkaSink {
         timeout: Duration,
     ) -> anyhow::Result<Vec<String>> {
         let metadata = self.producer.client().fetch_metadata(None, timeout)?;
+        let mut known = HashSet::new();
         for topic in metadata.topics() {
+            known.insert(topic.name());
             if topics.contains(&topic.name()) && !topic.partitions().is_empty() {
                 self.partitions
                     .insert(topic.name().to_owned(), topic.partitions().len() as i32);
             }
         }
-        let known: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
         Ok(topics
             .iter()
             .filter(|t| !known.contains(**t))
