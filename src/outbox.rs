@@ -23,7 +23,7 @@ pub trait Sink {
 }
 
 /// Which outbox a drain empties: the job's, or (with the changelog) the aggregator's. It names
-/// the outbox's backlog series (`outbox` label), a closed set.
+/// the outbox's backlog series (`outbox` label, [`Outbox::label`]), a closed set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outbox {
     Job,
@@ -31,6 +31,7 @@ pub enum Outbox {
 }
 
 impl Outbox {
+    /// Its backlog series' `outbox` label.
     pub fn label(self) -> &'static str {
         match self {
             Outbox::Job => "job",
@@ -53,13 +54,13 @@ pub async fn drain<S: Sink>(
 ) -> Result<usize, StoreError> {
     let backlog_from = |seq: u64| {
         let waiting = store.outbox_next().saturating_sub(seq);
-        telemetry.set_outbox_backlog(outbox.label(), waiting);
+        telemetry.set_outbox_backlog(outbox, waiting);
     };
     let mut delivered = 0;
     loop {
         let pending = store.outbox_shared(chunk)?;
         let (Some(&(oldest, _)), Some(&(newest, _))) = (pending.first(), pending.last()) else {
-            telemetry.set_outbox_backlog(outbox.label(), 0);
+            telemetry.set_outbox_backlog(outbox, 0);
             return Ok(delivered);
         };
         backlog_from(oldest);

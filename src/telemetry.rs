@@ -13,6 +13,7 @@ use prometheus::{
 
 use crate::decode::Reason;
 use crate::event::Millis;
+use crate::outbox::Outbox;
 use crate::processor::{BatchReport, CacheLookups};
 use crate::segments::{LEVELS, LIFECYCLES};
 use crate::trends::Period;
@@ -684,10 +685,10 @@ impl Telemetry {
         self.state_size.set(bytes as i64);
     }
 
-    /// What waits in the outbox named `outbox` (`job` or `aggregator`).
-    pub fn set_outbox_backlog(&self, outbox: &str, records: u64) {
+    /// What waits in `outbox` (its series labelled `job` or `aggregator`).
+    pub fn set_outbox_backlog(&self, outbox: Outbox, records: u64) {
         self.outbox_backlog
-            .with_label_values(&[outbox])
+            .with_label_values(&[outbox.label()])
             .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
