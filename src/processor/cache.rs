@@ -15,6 +15,10 @@ pub(super) struct CacheEntry {
     pub(super) record: Option<Box<Customer>>,
     /// The timer the store holds for this customer, as of the last commit.
     pub(super) stored_timer: Option<Millis>,
+    /// Timer keys of this customer in the store besides `stored_timer` since the last commit:
+    /// written ahead of it ([`StateCache::timers_ahead`]), or found stale by a scan. The
+    /// commit deletes each but the customer's timer then.
+    pub(super) timers_ahead: Vec<Millis>,
     /// The seal of the sealed remembered events the store keeps apart for this customer, as
     /// of the last commit; `None` when it keeps the customer whole and its sealed events are
     /// written at the next commit.
@@ -24,6 +28,10 @@ pub(super) struct CacheEntry {
     pub(super) facts: Vec<Fact>,
     /// Whether its key is in [`StateCache::touched`].
     pub(super) touched: bool,
+    /// Its key's index in [`StateCache::touched`], while `touched`.
+    touched_at: u32,
+    /// Whether it was handed out since timers were last written ahead ([`StateCache::accessed`]).
+    accessed: bool,
     /// Up to which event time its events stay erased, when it was erased (`store::Store::
     /// erased_until`).
     pub(super) erased_until: Option<Millis>,
@@ -51,6 +59,9 @@ pub(super) struct StateCache {
     /// The keys of the entries handed out since the last commit, in first-use order: only they
     /// can be dirty, so a commit visits them rather than the whole cache.
     pub(super) touched: Vec<(i32, String)>,
+    /// The entries handed out since timers were last written ahead, as indices into `touched`:
+    /// only they can have moved their timers since.
+    accessed: Vec<u32>,
     pub(super) capacity: usize,
     pub(super) clock: u64,
     /// Lookups since they were last taken ([`StateCache::take_lookups`]).
@@ -62,6 +73,7 @@ impl StateCache {
         StateCache {
             entries: hashbrown::HashMap::new(),
             touched: Vec::new(),
+            accessed: Vec::new(),
             capacity: capacity.max(1),
             clock: 0,
             lookups: CacheLookups::default(),
@@ -97,10 +109,13 @@ impl StateCache {
                 let entry = CacheEntry {
                     record,
                     stored_timer,
+                    timers_ahead: Vec::new(),
                     stored_seal,
                     dirty: false,
                     facts: Vec::new(),
                     touched: false,
+                    touched_at: 0,
+                    accessed: false,
                     erased_until,
                     erased_now: false,
                     used: 0,
@@ -111,9 +126,51 @@ impl StateCache {
         entry.used = self.clock;
         if !entry.touched {
             entry.touched = true;
+            entry.touched_at = self.touched.len() as u32;
             self.touched.push((partition, customer_id.to_owned()));
         }
+        if !entry.accessed {
+            entry.accessed = true;
+            self.accessed.push(entry.touched_at);
+        }
         Ok(entry)
+    }
+
+    /// The timers of the dirty customers handed out since the last call that the store does
+    /// not hold yet, noted as written ahead: a batch's scans for due timers find them in the
+    /// store before its commit, which deletes those the customer no longer has. Also a timer
+    /// that `was_passed_over` (a scan handled its stored key earlier in the batch and the
+    /// customer has come back to it), so that the next scan looks at it again.
+    pub(super) fn timers_ahead(
+        &mut self,
+        mut was_passed_over: impl FnMut(&Timer) -> bool,
+    ) -> Vec<Timer> {
+        let mut ahead = Vec::new();
+        for index in self.accessed.drain(..) {
+            let key = &self.touched[index as usize];
+            let Some(entry) = self.entries.get_mut(key) else {
+                continue;
+            };
+            entry.accessed = false;
+            let Some(at) = entry.record.as_ref().and_then(|c| c.risk.timer_at) else {
+                continue;
+            };
+            if !entry.dirty {
+                continue;
+            }
+            let timer = Timer {
+                partition: key.0,
+                at,
+                customer_id: key.1.clone(),
+            };
+            if was_passed_over(&timer) {
+                ahead.push(timer);
+            } else if entry.stored_timer != Some(at) && !entry.timers_ahead.contains(&at) {
+                entry.timers_ahead.push(at);
+                ahead.push(timer);
+            }
+        }
+        ahead
     }
 
     /// Adds the dirty customers and their timer changes to `commit`, in the order they were
@@ -142,13 +199,20 @@ impl StateCache {
                 entry.facts.clear();
             }
             let timer = entry.record.as_ref().and_then(|c| c.risk.timer_at);
-            if timer != entry.stored_timer {
+            if timer != entry.stored_timer || !entry.timers_ahead.is_empty() {
                 let at = |at| Timer {
                     partition: *partition,
                     at,
                     customer_id: id.clone(),
                 };
-                commit.timers_cleared.extend(entry.stored_timer.map(at));
+                let other = |at: &Millis| Some(*at) != timer;
+                commit
+                    .timers_cleared
+                    .extend(entry.stored_timer.filter(other).map(at));
+                let ahead = entry.timers_ahead.drain(..);
+                commit.timers_cleared.extend(ahead.filter(other).map(at));
+                // Set again when it was written ahead or stored: it lands after the deletes of
+                // the batch, one of which may have named it while the customer was elsewhere.
                 commit.timers_set.extend(timer.map(at));
             }
         }
@@ -157,9 +221,11 @@ impl StateCache {
     /// Marks everything clean after a successful commit and evicts the least recently used
     /// entries down to nine tenths of the capacity, so eviction runs rarely.
     pub(super) fn committed(&mut self) {
+        self.accessed.clear();
         for key in self.touched.drain(..) {
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.touched = false;
+                entry.accessed = false;
                 if entry.dirty {
                     entry.dirty = false;
                     entry.erased_now = false;
@@ -189,6 +255,7 @@ impl StateCache {
     pub(super) fn clear(&mut self) {
         self.entries.clear();
         self.touched.clear();
+        self.accessed.clear();
         self.lookups = CacheLookups::default();
     }
 
@@ -196,6 +263,15 @@ impl StateCache {
     pub(super) fn forget(&mut self, partition: i32) {
         self.entries.retain(|(p, _), _| *p != partition);
         self.touched.retain(|(p, _)| *p != partition);
+        // The indices moved: the others' timers wait for the commit (between batches, where
+        // partitions are forgotten, there are none).
+        self.accessed.clear();
+        for (i, key) in self.touched.iter().enumerate() {
+            if let Some(entry) = self.entries.get_mut(key) {
+                entry.touched_at = i as u32;
+                entry.accessed = false;
+            }
+        }
     }
 }
 

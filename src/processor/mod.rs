@@ -3,7 +3,7 @@
 //! Shared by every source (Kafka, file). Must not know about Kafka, RocksDB or Prometheus: it sees
 //! owned [`InputRecord`]s, a [`Store`] and returns a [`BatchReport`] for telemetry to record.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::decode::{decode, too_large, Rejection, Rules};
@@ -115,6 +115,48 @@ pub struct OutputTopics {
     pub dead_letter: String,
 }
 
+/// The stored timers a batch's scans fired or found stale before its commit, which deletes
+/// their keys: the batch's later scans pass over them. Per partition, how many, for a scan's
+/// limit to reach past them.
+#[derive(Default)]
+struct PassedTimers {
+    timers: HashSet<Timer>,
+    per_partition: HashMap<i32, usize>,
+}
+
+impl PassedTimers {
+    fn insert(&mut self, timer: Timer) {
+        let partition = timer.partition;
+        if self.timers.insert(timer) {
+            *self.per_partition.entry(partition).or_default() += 1;
+        }
+    }
+
+    fn contains(&self, timer: &Timer) -> bool {
+        self.timers.contains(timer)
+    }
+
+    /// Takes `timer` out, as its customer holds it again; whether it was there.
+    fn forget(&mut self, timer: &Timer) -> bool {
+        let was = self.timers.remove(timer);
+        if was {
+            if let Some(n) = self.per_partition.get_mut(&timer.partition) {
+                *n -= 1;
+            }
+        }
+        was
+    }
+
+    fn in_partition(&self, partition: i32) -> usize {
+        self.per_partition.get(&partition).copied().unwrap_or(0)
+    }
+
+    fn clear(&mut self) {
+        self.timers.clear();
+        self.per_partition.clear();
+    }
+}
+
 #[derive(Clone)]
 pub struct ProcessorSettings {
     pub rules: Rules,
@@ -189,8 +231,9 @@ pub struct Processor {
     /// Loaded at first use and kept between batches; taken out while a batch runs, so a batch
     /// that fails leaves nothing behind and the next one reloads the last commit's.
     aggregates: Option<Aggregates>,
-    /// Per partition, a time below which no timer is stored: every timer up to it has fired,
-    /// and any armed below it since lowered it. Scans for due timers start there.
+    /// Per partition, a time below which no timer is stored but those this batch passed
+    /// (deleted at its commit): every timer up to it has fired, and any armed below it since
+    /// lowered it. Scans for due timers start there.
     timer_floor: HashMap<i32, Millis>,
     /// Per partition, a time before which no timer is stored: the earliest stored past the
     /// watermark of a scan that found none due (`Millis::MAX` when there was none), lowered
@@ -198,6 +241,9 @@ pub struct Processor {
     /// partition is not scanned: a scan opens a RocksDB iterator, about 37,000 instructions,
     /// at every flush (2% of a live pass), where live traffic's timers lie days ahead.
     timer_next: HashMap<i32, Millis>,
+    /// The stored timers this batch's scans fired or found stale: their keys stay in the store
+    /// until the batch's commit, and the batch's later scans pass over them.
+    passed: PassedTimers,
     /// Per partition, the watermark last put into a commit for the aggregator.
     reported: HashMap<i32, Millis>,
     /// The state partitions of the last assignment.
@@ -348,6 +394,7 @@ impl Processor {
             aggregates: None,
             timer_floor: HashMap::new(),
             timer_next: HashMap::new(),
+            passed: PassedTimers::default(),
             reported: HashMap::new(),
             owned: BTreeSet::new(),
             rfm_recounted: false,
@@ -407,6 +454,11 @@ impl Processor {
             self.cache.clear();
             self.aggregates = None;
             self.clock = clock;
+            // The scans' floors passed timers that the failed commit did not delete: the next
+            // scans start at each partition's first stored timer again.
+            self.passed.clear();
+            self.timer_floor.clear();
+            self.timer_next.clear();
         }
         outcome.map_err(|_| Panicked)
     }
@@ -557,11 +609,10 @@ impl Processor {
                 self.close_trends(until, &mut aggregates, &mut commit, &mut report);
             }
             if passed(aggregates.segments.next_close()) {
-                let done = std::mem::take(&mut commit);
-                self.flush(done, &mut offsets, &mut aggregates, &mut report)?;
+                self.cut(&mut commit, &mut aggregates, &mut report)?;
             }
         }
-        self.flush(commit, &mut offsets, &mut aggregates, &mut report)?;
+        self.finish(commit, &mut offsets, &mut aggregates, &mut report)?;
         self.aggregates = Some(aggregates);
         Ok(report)
     }
@@ -615,10 +666,15 @@ impl Processor {
         }
         aggregates.stage(&mut commit, report, &self.settings);
         self.commit(commit, report)?;
-        match self.lowest_watermark(source)? {
-            Some(lowest) => self.close_windows_at(lowest, aggregates, report),
-            None => Ok(()),
+        let Some(lowest) = self.lowest_watermark(source)? else {
+            return Ok(());
+        };
+        let mut closing = Commit::default();
+        if self.close_windows_at(lowest, &mut closing, aggregates, report)? {
+            aggregates.stage(&mut closing, report, &self.settings);
+            self.commit(closing, report)?;
         }
+        Ok(())
     }
 
     /// The aggregator's watermark: the lowest of the partitions' as stored under `source`;
@@ -837,28 +893,51 @@ impl Processor {
         report.closed_windows.extend(windows);
     }
 
-    /// Commits `commit` with the offsets so far, then fires the timers the watermarks have
-    /// passed and closes the windows: timers first, so that a customer lost at a timer counts in
-    /// the day the timer is in.
-    fn flush(
+    /// Where the batch's event time passed a segment day's end, and at its end: fires the
+    /// timers due by the watermark and closes the windows and days it passed, into `commit`;
+    /// timers first, so that a customer lost at a timer counts in the day the timer is in.
+    /// Nothing is committed before the batch's end: the timers the batch armed are written
+    /// ahead so that the scans find them (`StateCache::timers_ahead`), so each customer is
+    /// written once a batch however many days its timers fired on (a backlog that moves the
+    /// watermark a month at once wrote a customer once a day, 63 commits in one batch).
+    fn cut(
+        &mut self,
+        commit: &mut Commit,
+        aggregates: &mut Aggregates,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
+        if let Some(frontier) = self.frontier(aggregates) {
+            if aggregates.trends.newest.is_none_or(|n| n < frontier) {
+                Arc::make_mut(&mut aggregates.trends).newest = Some(frontier);
+                aggregates.trends_dirty = true;
+            }
+        }
+        self.fire_due_timers(commit, aggregates, report)?;
+        self.close_windows(commit, aggregates, report)?;
+        Ok(())
+    }
+
+    /// The batch's last cut, then its one commit: the customers, their timers, the outbox, the
+    /// aggregates and how far each input partition was read.
+    fn finish(
         &mut self,
         mut commit: Commit,
         offsets: &mut hashbrown::HashMap<(&str, i32), i64>,
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
+        self.cut(&mut commit, aggregates, report)?;
         commit.offsets = offsets
             .drain()
             .map(|((source, partition), next)| (source.to_owned(), partition, next))
             .collect();
-        commit.event_times = commit
-            .offsets
-            .iter()
-            .filter_map(|(source, partition, _)| {
-                let newest = self.clock.newest(source, *partition)?;
-                Some((source.clone(), *partition, newest))
-            })
-            .collect();
+        for (source, partition, _) in &commit.offsets {
+            if let Some(newest) = self.clock.newest(source, *partition) {
+                commit
+                    .event_times
+                    .push((source.clone(), *partition, newest));
+            }
+        }
         for (source, partition, next) in &commit.offsets {
             match report
                 .offsets
@@ -869,16 +948,8 @@ impl Processor {
                 None => report.offsets.push((source.clone(), *partition, *next)),
             }
         }
-        if let Some(frontier) = self.frontier(aggregates) {
-            if aggregates.trends.newest.is_none_or(|n| n < frontier) {
-                Arc::make_mut(&mut aggregates.trends).newest = Some(frontier);
-                aggregates.trends_dirty = true;
-            }
-        }
         aggregates.stage(&mut commit, report, &self.settings);
-        self.commit(commit, report)?;
-        self.fire_due_timers(aggregates, report)?;
-        self.close_windows(aggregates, report)
+        self.commit(commit, report)
     }
 
     /// Closes the complaint windows and segment days that the newest event time minus the
@@ -886,6 +957,7 @@ impl Processor {
     /// over all its partitions: one record per category or segment and window.
     fn close_windows(
         &mut self,
+        commit: &mut Commit,
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
@@ -893,19 +965,21 @@ impl Processor {
             return Ok(());
         };
         let watermark = newest.saturating_sub(self.settings.allowed_lateness_ms);
-        self.close_windows_at(watermark, aggregates, report)
+        self.close_windows_at(watermark, commit, aggregates, report)?;
+        Ok(())
     }
 
-    /// Closes the complaint windows and segment days that end at or before `watermark` and
-    /// commits their records; with the aggregator elsewhere, also the watermark of each owned
-    /// partition, once its timers up to there have fired.
+    /// Closes the complaint windows and segment days that end at or before `watermark` and puts
+    /// their records into `commit`; with the aggregator elsewhere, also the watermark of each
+    /// owned partition, once its timers up to there have fired. Whether it put anything there.
     fn close_windows_at(
         &mut self,
         watermark: Millis,
+        commit: &mut Commit,
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
-    ) -> Result<(), StoreError> {
-        let mut commit = Commit::default();
+    ) -> Result<bool, StoreError> {
+        let mut reporting = false;
         if self.settings.keeps_facts() {
             for &partition in &self.clock.state_partitions {
                 let Some(watermark) = self.partition_watermark(partition, watermark) else {
@@ -916,8 +990,19 @@ impl Processor {
                     None => self.store.event_time(WATERMARK_SOURCE, partition)?,
                 };
                 if reported.is_none_or(|at| at < watermark) {
-                    let source = WATERMARK_SOURCE.to_owned();
-                    commit.event_times.push((source, partition, watermark));
+                    // One a partition a commit: an earlier cut's is moved up.
+                    let earlier = commit
+                        .event_times
+                        .iter_mut()
+                        .find(|(source, p, _)| source == WATERMARK_SOURCE && *p == partition);
+                    match earlier {
+                        Some(entry) => entry.2 = entry.2.max(watermark),
+                        None => {
+                            let source = WATERMARK_SOURCE.to_owned();
+                            commit.event_times.push((source, partition, watermark));
+                        }
+                    }
+                    reporting = true;
                 }
             }
         }
@@ -941,13 +1026,13 @@ impl Processor {
                 (_, Some(day)) if window_end.is_none_or(|window| day < window) => {
                     days.extend(aggregates.segments.close_until(day, &segment_names));
                 }
-                (Some(window), _) => self.close_trends(window, aggregates, &mut commit, report),
+                (Some(window), _) => self.close_trends(window, aggregates, commit, report),
                 (None, _) => break,
             }
         }
         let closed = aggregates.trends.closed_before != trends_closed || !days.is_empty();
-        if !closed && commit.event_times.is_empty() {
-            return Ok(());
+        if !closed && !reporting {
+            return Ok(false);
         }
         if !days.is_empty() {
             // The RFM scales move on with the days (DOMAIN.md: breakpoints on a timer).
@@ -975,29 +1060,20 @@ impl Processor {
         }
         aggregates.trends_dirty |= aggregates.trends.closed_before != trends_closed;
         aggregates.segments_dirty |= !days.is_empty();
-        aggregates.stage(&mut commit, report, &self.settings);
-        let watermarks: Vec<(i32, Millis)> = commit
-            .event_times
-            .iter()
-            .map(|(_, partition, at)| (*partition, *at))
-            .collect();
-        self.commit(commit, report)?;
-        self.reported.extend(watermarks);
         report.closed_days += emitted.len();
-        Ok(())
+        Ok(true)
     }
 
     /// Commits the cache's dirty customers, their timer changes and `commit`'s other contents.
     fn commit(&mut self, mut commit: Commit, report: &mut BatchReport) -> Result<(), StoreError> {
         self.cache.drain_dirty(&mut commit);
-        for timer in &commit.timers_set {
-            if let Some(floor) = self.timer_floor.get_mut(&timer.partition) {
-                *floor = (*floor).min(timer.at);
-            }
-            if let Some(next) = self.timer_next.get_mut(&timer.partition) {
-                *next = (*next).min(timer.at);
-            }
-        }
+        self.lower_timer_bounds(&commit.timers_set);
+        let watermarks: Vec<(i32, Millis)> = commit
+            .event_times
+            .iter()
+            .filter(|(source, _, _)| source == WATERMARK_SOURCE)
+            .map(|(_, partition, at)| (*partition, *at))
+            .collect();
         report.customers_written += commit.customers.len();
         report.outbox_records += commit.outbox.len();
         // Lookups since the commit before count with this one, as its customers do.
@@ -1009,21 +1085,49 @@ impl Processor {
             .count();
         self.store.commit(commit)?;
         self.cache.committed();
+        self.passed.clear();
+        self.reported.extend(watermarks);
         Ok(())
     }
 
-    /// Fires every timer at or before the watermark, each partition's up to its own. Each round
-    /// fires what every partition has due in one atomic commit: one write, and one copy of
-    /// the changed aggregates, for all of them (a commit per partition stored the trends once
-    /// for each).
+    /// Lowers the scans' floors and next times to the timers armed since.
+    fn lower_timer_bounds(&mut self, armed: &[Timer]) {
+        for timer in armed {
+            if let Some(floor) = self.timer_floor.get_mut(&timer.partition) {
+                *floor = (*floor).min(timer.at);
+            }
+            if let Some(next) = self.timer_next.get_mut(&timer.partition) {
+                *next = (*next).min(timer.at);
+            }
+        }
+    }
+
+    /// Writes the timers the batch armed so far ahead of its commit (`StateCache::timers_ahead`),
+    /// so that its scans for due timers find them.
+    fn write_timers_ahead(&mut self) -> Result<(), StoreError> {
+        let passed = &mut self.passed;
+        let ahead = self.cache.timers_ahead(|timer| passed.forget(timer));
+        if ahead.is_empty() {
+            return Ok(());
+        }
+        self.lower_timer_bounds(&ahead);
+        self.store.put_timers(&ahead)
+    }
+
+    /// Fires every timer at or before the watermark, each partition's up to its own, into
+    /// `commit`: the batch's one commit writes them all, and one copy of the changed aggregates
+    /// (a commit per partition stored the trends once for each; a commit per round wrote a
+    /// customer again at each of its timers). Each round fires what every partition has due.
     fn fire_due_timers(
         &mut self,
+        commit: &mut Commit,
         aggregates: &mut Aggregates,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
         let Some(instance) = self.watermark(aggregates) else {
             return Ok(());
         };
+        self.write_timers_ahead()?;
         // The partitions that may still hold due timers, with their watermarks.
         let mut pending: Vec<(i32, Millis)> = self
             .clock
@@ -1047,23 +1151,29 @@ impl Processor {
             *floor = (*floor).max(watermark.saturating_add(1));
             false
         });
-        // The stored timers are the truth: a scan that finds none due costs one seek, and
-        // only a round that fires something commits. A fired timer re-arms strictly later,
-        // so the rounds end.
+        // The stored timers are the truth, with those written ahead of the batch's commit: a
+        // scan that finds none due costs one seek. A fired timer re-arms strictly later, so the
+        // rounds end.
         while !pending.is_empty() {
-            let mut commit = Commit::default();
             let mut fired = Vec::with_capacity(pending.len());
             for (partition, watermark) in pending {
                 let from = self.timer_floor.get(&partition).copied();
-                let due = self.store.due_timers(partition, (from, watermark), 1_000)?;
+                // The keys this batch passed stay until its commit: the scan reads past them.
+                let limit = 1_000 + self.passed.in_partition(partition);
+                let scanned = self.store.due_timers(partition, (from, watermark), limit)?;
                 // The next scan starts where this one ended: past the watermark when nothing was
                 // due, else at the last timer due, since every one before it fires in this round
-                // (one that re-arms lower lowers the floor again in the commit). Started lower,
-                // it would step over the key of every timer this round deletes.
+                // (one that re-arms lower lowers the floor again as it is written). Started
+                // lower, it would step over the key of every timer deleted since.
                 let floor = self.timer_floor.entry(partition).or_insert(Millis::MIN);
-                *floor = (*floor).max(due.last().map_or(watermark.saturating_add(1), |t| t.at));
+                *floor = (*floor).max(scanned.last().map_or(watermark.saturating_add(1), |t| t.at));
+                let due: Vec<Timer> = scanned
+                    .into_iter()
+                    .filter(|timer| !self.passed.contains(timer))
+                    .collect();
                 if due.is_empty() {
-                    // None below the floor, none due: every stored timer lies past the watermark.
+                    // None below the floor, none due: every stored timer not passed lies past
+                    // the watermark.
                     let next = self.store.next_timer(partition, watermark)?;
                     self.timer_next
                         .insert(partition, next.unwrap_or(Millis::MAX));
@@ -1071,28 +1181,28 @@ impl Processor {
                 }
                 self.timer_next.remove(&partition);
                 for timer in due {
-                    self.fire(&timer, aggregates, &mut commit)?;
-                    report.timers_fired += 1;
+                    if self.fire(&timer, aggregates, commit)? {
+                        report.timers_fired += 1;
+                    }
+                    self.passed.insert(timer);
                 }
                 fired.push((partition, watermark));
             }
-            if !fired.is_empty() {
-                aggregates.stage(&mut commit, report, &self.settings);
-                self.commit(commit, report)?;
-            }
-            // Scanned again after the commit: what fired re-armed, in the store.
+            // Scanned again once what fired is written ahead: it re-armed.
+            self.write_timers_ahead()?;
             pending = fired;
         }
         Ok(())
     }
 
-    /// Looks at a silent customer again at its timer's event time.
+    /// Looks at a silent customer again at its timer's event time; whether the customer still
+    /// held that timer (a stale key is only deleted).
     fn fire(
         &mut self,
         timer: &Timer,
         aggregates: &mut Aggregates,
         commit: &mut Commit,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let entry = self
             .cache
             .entry(&self.store, timer.partition, &timer.customer_id)?;
@@ -1106,11 +1216,14 @@ impl Processor {
                 };
                 reassess(customer, timer.at, record_id, None, &self.settings, effects);
                 entry.dirty = true;
+                return Ok(true);
             }
-            // A timer the customer no longer points at (re-armed or erased): only the key goes.
+            // A timer the customer no longer points at (re-armed or erased): only the key goes,
+            // at the commit; unless the customer comes back to it by then.
+            Some(_) if entry.dirty => entry.timers_ahead.push(timer.at),
             _ => commit.timers_cleared.push(timer.clone()),
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The segment a customer is in at `at`, whether or not this instance holds it (a customer
@@ -1791,6 +1904,92 @@ mod tests {
             renewal(day + DAY + 2 * HOUR, day + DAY + 2 * HOUR, 3).late_facts,
             0
         );
+    }
+
+    /// A backlog that moves the watermark weeks at once (a partition delivered whole after
+    /// the others) cuts its batch at every day's end: each cut fires the timers due by then and
+    /// closes the day. One batch writes each customer once, its timers written ahead so that
+    /// the cuts' scans find them, and fires and emits what a batch a record does, each
+    /// customer's records in the same order, leaving the same timers stored.
+    #[test]
+    fn a_batch_that_passes_many_days_writes_each_customer_once_and_fires_as_small_batches_do() {
+        let minimal = "[kafka]\nbrokers = \"x\"\n[state]\npath = \"/tmp/unused\"\n";
+        let config = crate::config::Config::parse(minimal, Vec::new()).unwrap();
+        let settings = crate::pipeline::processor_settings(&config);
+        let mut payloads = Vec::new();
+        for c in 0..6 {
+            for (n, day) in [(0, 1), (1, 4), (2, 9)] {
+                payloads.push(format!(
+                    r#"{{"event_id":"o{c}-{n}","customer_id":"quiet{c}","type":"order.placed","occurred_at":"2026-03-{day:02}T1{c}:00:00Z","order_id":"o{c}-{n}","amount_minor":{},"margin_minor":100}}"#,
+                    1_000 * (c + 1)
+                ));
+            }
+        }
+        // The ticker's events move the watermark a day at a time, for nine weeks.
+        const DAY: Millis = 86_400_000;
+        let march = crate::event::parse_millis("2026-03-01T12:00:00Z").unwrap();
+        for day in 0..63 {
+            let at = crate::event::format_millis(march + day * DAY);
+            payloads.push(format!(
+                r#"{{"event_id":"t{day}","customer_id":"ticker","type":"interaction.survey","occurred_at":"{at}","score":9}}"#
+            ));
+        }
+        payloads.sort_by_key(|p| p[p.find("occurred_at").unwrap()..].to_owned());
+        let records: Vec<InputRecord> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| InputRecord {
+                source: "test".into(),
+                source_partition: 0,
+                offset: i as i64,
+                stream: None,
+                state_partition: None,
+                key: None,
+                payload: payload.into_bytes(),
+                cut_from: None,
+                append_time_ms: None,
+            })
+            .collect();
+        let now = 1_777_777_777_000;
+        let run = |batch: usize| {
+            let store = Store::in_memory();
+            let mut processor = Processor::new(store.clone(), settings.clone());
+            let mut report = BatchReport::default();
+            for chunk in records.chunks(batch) {
+                report.absorb(processor.process(chunk, now).unwrap());
+            }
+            let mut by_key: std::collections::BTreeMap<(String, Vec<u8>), Vec<Vec<u8>>> =
+                std::collections::BTreeMap::new();
+            for (_, record) in store.outbox(usize::MAX).unwrap() {
+                let key = (record.topic.clone(), record.key.clone().unwrap_or_default());
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push(record.value.clone().unwrap_or_default());
+            }
+            let timers: Vec<Timer> = (0..settings.partitions)
+                .flat_map(|p| {
+                    store
+                        .due_timers(p, (None, Millis::MAX), usize::MAX)
+                        .unwrap()
+                })
+                .collect();
+            (report, by_key, timers)
+        };
+        let (whole, whole_records, whole_timers) = run(records.len());
+        let (small, small_records, small_timers) = run(1);
+        assert!(
+            whole.timers_fired > 12,
+            "the quiet customers' timers fired: {}",
+            whole.timers_fired
+        );
+        assert_eq!(whole.timers_fired, small.timers_fired);
+        assert_eq!(whole.closed_days, small.closed_days);
+        assert_eq!(whole_records, small_records);
+        assert_eq!(whole_timers, small_timers);
+        // Seven customers, each written once.
+        assert_eq!(whole.customers_written, 7);
+        assert!(small.customers_written > 7 + whole.timers_fired / 2);
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl From<CustomerState> for Customer {
 }
 
 /// An event-time timer: look at `customer_id` of `partition` again at `at`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timer {
     pub partition: i32,
     pub at: Millis,
@@ -978,6 +978,20 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Stores timer keys ahead of the commit of the customers that hold them, so that a
+    /// batch's scans for due timers find them: the processor's commit at the batch's end deletes
+    /// those its customers no longer hold. A key stored so and then left by a crash names a
+    /// timer its customer does not hold, which the processor deletes when it comes due, as any
+    /// stale key. Nothing is deleted here: a stored customer's own key goes only with the
+    /// commit that replaces the customer.
+    pub fn put_timers(&self, timers: &[Timer]) -> Result<(), StoreError> {
+        let ops = timers
+            .iter()
+            .map(|timer| Op::Put(timer_key(timer), Vec::new()))
+            .collect();
+        self.backend.write(ops)
     }
 
     /// The time of the earliest timer of `partition` stored past `after`.
