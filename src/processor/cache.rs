@@ -62,6 +62,10 @@ pub(super) struct StateCache {
     /// The entries handed out since timers were last written ahead, as indices into `touched`:
     /// only they can have moved their timers since.
     accessed: Vec<u32>,
+    /// Dirty entries whose timers lay past the watermark when last looked at, by those
+    /// timers' times (an entry that moved its timer since is looked at again as accessed, and
+    /// its item here then passed over).
+    later: std::collections::BinaryHeap<std::cmp::Reverse<(Millis, u32)>>,
     pub(super) capacity: usize,
     pub(super) clock: u64,
     /// Lookups since they were last taken ([`StateCache::take_lookups`]).
@@ -74,6 +78,7 @@ impl StateCache {
             entries: hashbrown::HashMap::new(),
             touched: Vec::new(),
             accessed: Vec::new(),
+            later: std::collections::BinaryHeap::new(),
             capacity: capacity.max(1),
             clock: 0,
             lookups: CacheLookups::default(),
@@ -136,27 +141,38 @@ impl StateCache {
         Ok(entry)
     }
 
-    /// The timers of the dirty customers handed out since the last call that the store does
-    /// not hold yet, noted as written ahead: a batch's scans for due timers find them in the
-    /// store before its commit, which deletes those the customer no longer has. Also a timer
-    /// that `was_passed_over` (a scan handled its stored key earlier in the batch and the
-    /// customer has come back to it), so that the next scan looks at it again.
+    /// The timers up to `up_to` of the dirty customers that the store does not hold yet, noted
+    /// as written ahead: a batch's scans for due timers find them in the store before its
+    /// commit, which deletes those the customer no longer has. Timers past `up_to` wait for a
+    /// later call whose `up_to` reaches them, or for the commit: only one that can come due
+    /// before the commit is written twice. Also a timer that `was_passed_over` (a scan handled
+    /// its stored key earlier in the batch and the customer has come back to it), so that the
+    /// next scan looks at it again.
     pub(super) fn timers_ahead(
         &mut self,
+        up_to: Millis,
         mut was_passed_over: impl FnMut(&Timer) -> bool,
     ) -> Vec<Timer> {
         let mut ahead = Vec::new();
-        for index in self.accessed.drain(..) {
-            let key = &self.touched[index as usize];
-            let Some(entry) = self.entries.get_mut(key) else {
-                continue;
+        let mut look = |index: u32, waiting: Option<Millis>, cache: &mut StateCache| {
+            let key = &cache.touched[index as usize];
+            let Some(entry) = cache.entries.get_mut(key) else {
+                return;
             };
-            entry.accessed = false;
+            if waiting.is_none() {
+                entry.accessed = false;
+            }
             let Some(at) = entry.record.as_ref().and_then(|c| c.risk.timer_at) else {
-                continue;
+                return;
             };
-            if !entry.dirty {
-                continue;
+            if !entry.dirty || waiting.is_some_and(|w| w != at) {
+                return;
+            }
+            if at > up_to {
+                if waiting.is_none() {
+                    cache.later.push(std::cmp::Reverse((at, index)));
+                }
+                return;
             }
             let timer = Timer {
                 partition: key.0,
@@ -169,6 +185,19 @@ impl StateCache {
                 entry.timers_ahead.push(at);
                 ahead.push(timer);
             }
+        };
+        let accessed = std::mem::take(&mut self.accessed);
+        for &index in &accessed {
+            look(index, None, self);
+        }
+        self.accessed = accessed;
+        self.accessed.clear();
+        while let Some(&std::cmp::Reverse((at, index))) = self.later.peek() {
+            if at > up_to {
+                break;
+            }
+            self.later.pop();
+            look(index, Some(at), self);
         }
         ahead
     }
@@ -222,6 +251,7 @@ impl StateCache {
     /// entries down to nine tenths of the capacity, so eviction runs rarely.
     pub(super) fn committed(&mut self) {
         self.accessed.clear();
+        self.later.clear();
         for key in self.touched.drain(..) {
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.touched = false;
@@ -256,6 +286,7 @@ impl StateCache {
         self.entries.clear();
         self.touched.clear();
         self.accessed.clear();
+        self.later.clear();
         self.lookups = CacheLookups::default();
     }
 
@@ -266,6 +297,7 @@ impl StateCache {
         // The indices moved: the others' timers wait for the commit (between batches, where
         // partitions are forgotten, there are none).
         self.accessed.clear();
+        self.later.clear();
         for (i, key) in self.touched.iter().enumerate() {
             if let Some(entry) = self.entries.get_mut(key) {
                 entry.touched_at = i as u32;

@@ -1102,11 +1102,11 @@ impl Processor {
         }
     }
 
-    /// Writes the timers the batch armed so far ahead of its commit (`StateCache::timers_ahead`),
-    /// so that its scans for due timers find them.
-    fn write_timers_ahead(&mut self) -> Result<(), StoreError> {
+    /// Writes the timers the batch armed so far that are due by `up_to` ahead of its commit
+    /// (`StateCache::timers_ahead`), so that its scans for due timers find them.
+    fn write_timers_ahead(&mut self, up_to: Millis) -> Result<(), StoreError> {
         let passed = &mut self.passed;
-        let ahead = self.cache.timers_ahead(|timer| passed.forget(timer));
+        let ahead = self.cache.timers_ahead(up_to, |timer| passed.forget(timer));
         if ahead.is_empty() {
             return Ok(());
         }
@@ -1127,7 +1127,7 @@ impl Processor {
         let Some(instance) = self.watermark(aggregates) else {
             return Ok(());
         };
-        self.write_timers_ahead()?;
+        self.write_timers_ahead(instance)?;
         // The partitions that may still hold due timers, with their watermarks.
         let mut pending: Vec<(i32, Millis)> = self
             .clock
@@ -1189,7 +1189,7 @@ impl Processor {
                 fired.push((partition, watermark));
             }
             // Scanned again once what fired is written ahead: it re-armed.
-            self.write_timers_ahead()?;
+            self.write_timers_ahead(instance)?;
             pending = fired;
         }
         Ok(())
