@@ -154,42 +154,11 @@ impl StateCache {
         mut was_passed_over: impl FnMut(&Timer) -> bool,
     ) -> Vec<Timer> {
         let mut ahead = Vec::new();
-        let mut look = |index: u32, waiting: Option<Millis>, cache: &mut StateCache| {
-            let key = &cache.touched[index as usize];
-            let Some(entry) = cache.entries.get_mut(key) else {
-                return;
-            };
-            if waiting.is_none() {
-                entry.accessed = false;
-            }
-            let Some(at) = entry.record.as_ref().and_then(|c| c.risk.timer_at) else {
-                return;
-            };
-            if !entry.dirty || waiting.is_some_and(|w| w != at) {
-                return;
-            }
-            if at > up_to {
-                if waiting.is_none() {
-                    cache.later.push(std::cmp::Reverse((at, index)));
-                }
-                return;
-            }
-            let timer = Timer {
-                partition: key.0,
-                at,
-                customer_id: key.1.clone(),
-            };
-            if was_passed_over(&timer) {
-                ahead.push(timer);
-            } else if entry.stored_timer != Some(at) && !entry.timers_ahead.contains(&at) {
-                entry.timers_ahead.push(at);
-                ahead.push(timer);
-            }
-        };
         let accessed = std::mem::take(&mut self.accessed);
         for &index in &accessed {
-            look(index, None, self);
+            self.look_ahead(index, None, up_to, &mut was_passed_over, &mut ahead);
         }
+        // Its buffer kept for the next accesses.
         self.accessed = accessed;
         self.accessed.clear();
         while let Some(&std::cmp::Reverse((at, index))) = self.later.peek() {
@@ -197,9 +166,52 @@ impl StateCache {
                 break;
             }
             self.later.pop();
-            look(index, Some(at), self);
+            self.look_ahead(index, Some(at), up_to, &mut was_passed_over, &mut ahead);
         }
         ahead
+    }
+
+    /// [`StateCache::timers_ahead`] for the entry at `index` of `touched`: accessed since the
+    /// last call, or `waiting` in `later` with a timer at that time (passed over when the
+    /// entry's timer moved since).
+    fn look_ahead(
+        &mut self,
+        index: u32,
+        waiting: Option<Millis>,
+        up_to: Millis,
+        was_passed_over: &mut impl FnMut(&Timer) -> bool,
+        ahead: &mut Vec<Timer>,
+    ) {
+        let key = &self.touched[index as usize];
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        if waiting.is_none() {
+            entry.accessed = false;
+        }
+        let Some(at) = entry.record.as_ref().and_then(|c| c.risk.timer_at) else {
+            return;
+        };
+        if !entry.dirty || waiting.is_some_and(|w| w != at) {
+            return;
+        }
+        if at > up_to {
+            if waiting.is_none() {
+                self.later.push(std::cmp::Reverse((at, index)));
+            }
+            return;
+        }
+        let timer = Timer {
+            partition: key.0,
+            at,
+            customer_id: key.1.clone(),
+        };
+        if was_passed_over(&timer) {
+            ahead.push(timer);
+        } else if entry.stored_timer != Some(at) && !entry.timers_ahead.contains(&at) {
+            entry.timers_ahead.push(at);
+            ahead.push(timer);
+        }
     }
 
     /// Adds the dirty customers and their timer changes to `commit`, in the order they were

@@ -115,48 +115,6 @@ pub struct OutputTopics {
     pub dead_letter: String,
 }
 
-/// The stored timers a batch's scans fired or found stale before its commit, which deletes
-/// their keys: the batch's later scans pass over them. Per partition, how many, for a scan's
-/// limit to reach past them.
-#[derive(Default)]
-struct PassedTimers {
-    timers: HashSet<Timer>,
-    per_partition: HashMap<i32, usize>,
-}
-
-impl PassedTimers {
-    fn insert(&mut self, timer: Timer) {
-        let partition = timer.partition;
-        if self.timers.insert(timer) {
-            *self.per_partition.entry(partition).or_default() += 1;
-        }
-    }
-
-    fn contains(&self, timer: &Timer) -> bool {
-        self.timers.contains(timer)
-    }
-
-    /// Takes `timer` out, as its customer holds it again; whether it was there.
-    fn forget(&mut self, timer: &Timer) -> bool {
-        let was = self.timers.remove(timer);
-        if was {
-            if let Some(n) = self.per_partition.get_mut(&timer.partition) {
-                *n -= 1;
-            }
-        }
-        was
-    }
-
-    fn in_partition(&self, partition: i32) -> usize {
-        self.per_partition.get(&partition).copied().unwrap_or(0)
-    }
-
-    fn clear(&mut self) {
-        self.timers.clear();
-        self.per_partition.clear();
-    }
-}
-
 #[derive(Clone)]
 pub struct ProcessorSettings {
     pub rules: Rules,
@@ -243,7 +201,7 @@ pub struct Processor {
     timer_next: HashMap<i32, Millis>,
     /// The stored timers this batch's scans fired or found stale: their keys stay in the store
     /// until the batch's commit, and the batch's later scans pass over them.
-    passed: PassedTimers,
+    passed: HashSet<Timer>,
     /// Per partition, the watermark last put into a commit for the aggregator.
     reported: HashMap<i32, Millis>,
     /// The state partitions of the last assignment.
@@ -394,7 +352,7 @@ impl Processor {
             aggregates: None,
             timer_floor: HashMap::new(),
             timer_next: HashMap::new(),
-            passed: PassedTimers::default(),
+            passed: HashSet::new(),
             reported: HashMap::new(),
             owned: BTreeSet::new(),
             rfm_recounted: false,
@@ -1106,7 +1064,7 @@ impl Processor {
     /// (`StateCache::timers_ahead`), so that its scans for due timers find them.
     fn write_timers_ahead(&mut self, up_to: Millis) -> Result<(), StoreError> {
         let passed = &mut self.passed;
-        let ahead = self.cache.timers_ahead(up_to, |timer| passed.forget(timer));
+        let ahead = self.cache.timers_ahead(up_to, |timer| passed.remove(timer));
         if ahead.is_empty() {
             return Ok(());
         }
@@ -1159,7 +1117,7 @@ impl Processor {
             for (partition, watermark) in pending {
                 let from = self.timer_floor.get(&partition).copied();
                 // The keys this batch passed stay until its commit: the scan reads past them.
-                let limit = 1_000 + self.passed.in_partition(partition);
+                let limit = 1_000 + self.passed.len();
                 let scanned = self.store.due_timers(partition, (from, watermark), limit)?;
                 // The next scan starts where this one ended: past the watermark when nothing was
                 // due, else at the last timer due, since every one before it fires in this round
