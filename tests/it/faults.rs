@@ -624,11 +624,12 @@ async fn a_member_that_joins_takes_a_partition_from_one_member_only() {
 
 /// A backlog split between members while one folds it: the first member takes every partition
 /// and folds a backlog in batches of up to 5,000, gathering the next beside each fold, on a
-/// store whose writes each take 150 ms (so that its folds last); the second joins meanwhile
-/// and takes two partitions. The revocation waits for the fold under way to commit, for the
-/// outbox to drain and the release to be written, so the second member restores every change
-/// the first committed and starts where it stopped: each event is folded once between them,
-/// and every customer's state equals one uninterrupted replay.
+/// store whose writes each take 400 ms (so that its folds last: since a batch commits once,
+/// 150 ms let the whole backlog fold before the second member's join once in four runs); the
+/// second joins meanwhile and takes two partitions. The revocation waits for the fold under
+/// way to commit, for the outbox to drain and the release to be written, so the second member
+/// restores every change the first committed and starts where it stopped: each event is
+/// folded once between them, and every customer's state equals one uninterrupted replay.
 ///
 /// It does not isolate that wait: taken out, the test still passed twice, as the first
 /// member's fold committed after the release still reached the changelog before the second
@@ -655,7 +656,7 @@ async fn a_member_that_joins_during_a_backlog_takes_its_partitions_after_the_fol
     };
     let dir = tempfile::tempdir().unwrap();
     let slow = Refusing::open(&dir.path().join("state"));
-    slow.delay_ms.store(150, Ordering::SeqCst);
+    slow.delay_ms.store(400, Ordering::SeqCst);
     let a = start(dir, Some(Store::open(slow.clone()).unwrap()));
     let total = events.len();
     assert!(
