@@ -471,6 +471,32 @@ impl Segments {
         self.count(segment, at, flow);
     }
 
+    /// An event's flow at `at` where the aggregator is elsewhere and counts it in its day:
+    /// counted here for telemetry only ([`Segments::take_counted`]), and until the first day
+    /// closes the earliest day any flow fell in is kept (empty), as that decides when the
+    /// first one ends ([`Segments::next_close`]). Late when its day has closed.
+    pub fn time(&mut self, segment: &str, at: Millis, flow: Flow) -> Counted {
+        flows_of(&mut self.counted, segment).add(flow);
+        let day = at.div_euclid(DAY_MS) * DAY_MS;
+        match self.closed_before {
+            Some(c) if day < c => Counted::Late,
+            Some(_) => Counted::InWindow,
+            None => {
+                if self.days.keys().next().is_none_or(|first| day < *first) {
+                    self.days.insert(day, BTreeMap::new());
+                }
+                Counted::InWindow
+            }
+        }
+    }
+
+    /// [`Segments::time`] for a change of standing, which [`Segments::count_change`] counts
+    /// in the first open day when its own has closed.
+    pub fn time_change(&mut self, segment: &str, at: Millis, flow: Flow) {
+        let at = self.closed_before.map_or(at, |c| at.max(c));
+        self.time(segment, at, flow);
+    }
+
     /// The flows counted since the last call, by segment.
     pub fn take_counted(&mut self) -> BTreeMap<String, Flows> {
         std::mem::take(&mut self.counted)

@@ -491,6 +491,49 @@ impl Trends {
         Some(first_open + s.window_ms)
     }
 
+    /// A complaint's change at `at` (opened, resolved) where the aggregator is elsewhere and
+    /// counts it: nothing is counted here, but until the first window closes the earliest
+    /// window any change fell in is kept (empty), as that decides when the first one ends
+    /// ([`Trends::next_close`]). Late when its window has closed.
+    pub fn time(&mut self, category: &str, at: Millis, s: &TrendSettings) -> Counted {
+        let Some(start) = self.open_start(at, s) else {
+            return Counted::Late;
+        };
+        let first = self.windows.keys().next().map(|(first, _)| *first);
+        if self.closed_before.is_none() && first.is_none_or(|first| start < first) {
+            let key = (start, s.category(category).to_owned());
+            self.windows.insert(key, Window::default());
+        }
+        Counted::InWindow
+    }
+
+    /// Whether `at`'s window has closed.
+    pub fn closed(&self, at: Millis, s: &TrendSettings) -> bool {
+        self.open_start(at, s).is_none()
+    }
+
+    /// Passes every window that ends at or before `watermark` as [`Trends::close_until`]
+    /// closes them, but without their records or baselines: the windows of an instance whose
+    /// aggregator is elsewhere, which counts nothing in them ([`Trends::time`]). Whether any
+    /// passed.
+    pub fn pass_until(&mut self, watermark: Millis, s: &TrendSettings) -> bool {
+        let first_open = match (self.closed_before, self.windows.keys().next()) {
+            (Some(c), _) => c,
+            (None, Some((start, _))) => *start,
+            (None, None) => return false,
+        };
+        if first_open + s.window_ms > watermark {
+            return false;
+        }
+        let open = first_open + (watermark - first_open) / s.window_ms * s.window_ms;
+        self.closed_before = Some(open);
+        self.windows = self.windows.split_off(&(open, String::new()));
+        self.left = self.left.split_off(&(open, String::new()));
+        // Derived from the windows dropped.
+        self.open_change = OpenChange::default();
+        true
+    }
+
     /// Closes every window that ends at or before `watermark`, for every configured category
     /// (an hour without complaints is a window too: it lowers the baseline), oldest first.
     pub fn close_until(&mut self, watermark: Millis, s: &TrendSettings) -> Vec<ClosedWindow> {

@@ -146,8 +146,9 @@ pub enum Aggregation {
     Here,
     /// The aggregator, elsewhere (several instances, the changelog on): each customer's
     /// changelog record carries the facts its change caused, and each partition's position its
-    /// watermark. The processor still keeps its own aggregates, for the RFM scores of its
-    /// churn-risk records.
+    /// watermark. The processor keeps its own RFM histograms, for the RFM scores of its
+    /// churn-risk records, and of the windows and days only their times: its events' lateness,
+    /// and the day ends where those histograms rescale (`Aggregates::time`).
     Elsewhere,
 }
 
@@ -235,14 +236,20 @@ struct Aggregates {
 }
 
 impl Aggregates {
-    /// Applies `fact`, and keeps it in `kept` (the customer's facts, which its changelog record
-    /// carries to the aggregator) when there is one.
+    /// Applies `fact`; or, given `kept` (the customer's facts, which its changelog record
+    /// carries to the aggregator elsewhere), keeps it there and applies here only what this
+    /// instance's own records need ([`Aggregates::time`]).
     fn note(
         &mut self,
         fact: Fact,
         trends: &TrendSettings,
         kept: Option<&mut Vec<Fact>>,
     ) -> Counted {
+        if let Some(kept) = kept {
+            let counted = self.time(&fact, trends);
+            kept.push(fact);
+            return counted;
+        }
         let mut target = Target {
             trends: Arc::make_mut(&mut self.trends),
             segments: &mut self.segments,
@@ -261,10 +268,45 @@ impl Aggregates {
             // The RFM histograms keep their own changed cells.
             Fact::Relocate { .. } => {}
         }
-        if let Some(kept) = kept {
-            kept.push(fact);
-        }
         counted
+    }
+
+    /// What an instance whose aggregator is elsewhere applies of `fact`: its move in the RFM
+    /// histograms, which score its customers; of a complaint's or a segment's count only its
+    /// time, whether late (for the events' outcome) and, before the first close, where the
+    /// first window or day starts, so that windows and days close (and the RFM scales move)
+    /// when a lone instance's would; a flow counted for telemetry, as the instances count
+    /// flows. The open backlogs, windows' counts, populations and days' flows are the
+    /// aggregator's alone (counting them here too was a twentieth of the fold's instructions).
+    fn time(&mut self, fact: &Fact, s: &TrendSettings) -> Counted {
+        match fact {
+            Fact::Opened { category, at, .. } | Fact::Resolved { category, at, .. } => {
+                let windows = self.trends.windows.len();
+                let counted = Arc::make_mut(&mut self.trends).time(category, *at, s);
+                self.trends_dirty |= self.trends.windows.len() != windows;
+                counted
+            }
+            Fact::LeftOpen { at, .. } if self.trends.closed(*at, s) => Counted::Late,
+            Fact::LeftOpen { .. } | Fact::ForgetOpen { .. } | Fact::Restand { .. } => {
+                Counted::InWindow
+            }
+            Fact::Count { segment, at, flow } => {
+                let days = self.segments.days.len();
+                let counted = self.segments.time(segment, *at, flow.as_flow());
+                self.segments_dirty |= self.segments.days.len() != days;
+                counted
+            }
+            Fact::CountChange { segment, at, flow } => {
+                let days = self.segments.days.len();
+                self.segments.time_change(segment, *at, flow.as_flow());
+                self.segments_dirty |= self.segments.days.len() != days;
+                Counted::InWindow
+            }
+            Fact::Relocate { old, new } => {
+                self.rfm.relocate(*old, *new);
+                Counted::InWindow
+            }
+        }
     }
 
     fn load(store: &Store) -> Result<Aggregates, StoreError> {
@@ -826,16 +868,17 @@ impl Processor {
         commit: &mut Commit,
         report: &mut BatchReport,
     ) {
-        let mut windows =
-            Arc::make_mut(&mut aggregates.trends).close_until(watermark, &self.settings.trends);
+        let trends = Arc::make_mut(&mut aggregates.trends);
+        if self.settings.aggregation == Aggregation::Elsewhere {
+            // Passed here only to be forgotten: the aggregator closes them, over all partitions.
+            aggregates.trends_dirty |= trends.pass_until(watermark, &self.settings.trends);
+            return;
+        }
+        let mut windows = trends.close_until(watermark, &self.settings.trends);
         if windows.is_empty() {
             return;
         }
         aggregates.trends_dirty = true;
-        if self.settings.aggregation == Aggregation::Elsewhere {
-            // Closed here only to be forgotten: the aggregator emits them, over all partitions.
-            return;
-        }
         let active = aggregates.segments.active_at_close;
         for window in &mut windows {
             window.active_customers = active;

@@ -815,3 +815,121 @@ fn an_aggregator_taken_back_exports_its_gauges_at_its_next_step() {
     telemetry.record_aggregates(&report);
     assert_eq!(aggregate_gauges(&telemetry.render()), shown);
 }
+
+/// What a processor emitted and counted over `records`, batch by batch.
+#[derive(Default)]
+struct Ran {
+    /// The churn-risk records, in order.
+    churn_risk: Vec<customer_pulse::store::OutboxRecord>,
+    /// Events by type and outcome (`applied`, `late`, ...).
+    events: BTreeMap<(&'static str, &'static str), u64>,
+    timers_fired: usize,
+    /// The segment flows counted for telemetry, by segment.
+    flows: BTreeMap<String, customer_pulse::segments::Flows>,
+}
+
+fn run(processor: &mut Processor, records: &[InputRecord]) -> Ran {
+    let mut ran = Ran::default();
+    for batch in records.chunks(500) {
+        let report = processor.process(batch, NOW_MS).unwrap();
+        for ((_, kind, outcome), n) in report.events {
+            *ran.events.entry((kind, outcome)).or_default() += n;
+        }
+        ran.timers_fired += report.timers_fired;
+        for (segment, flows) in report.segment_flows {
+            ran.flows.entry(segment).or_default().merge(&flows);
+        }
+    }
+    for (_, record) in processor.store().outbox(usize::MAX).unwrap() {
+        if record.topic == "customer.churn-risk" {
+            ran.churn_risk.push(record);
+        }
+    }
+    ran
+}
+
+/// An instance whose aggregator is elsewhere and which owns every partition emits the
+/// churn-risk records a lone instance emits (their RFM scores rescaled as the same days close),
+/// fires the same timers and counts the same events late; it counts no complaints or
+/// populations of its own, which the aggregator counts, and keeps the windows' and days' times.
+#[test]
+fn an_instance_with_the_aggregator_elsewhere_emits_and_counts_what_a_lone_instance_does() {
+    // The traffic, then the orders, complaints and resolutions of its first six days published
+    // again under new ids after six weeks: late for their windows and days.
+    let mut records = traffic_with_erasures();
+    let again = generate(&SPEC).into_iter().take(3_000).filter_map(|g| {
+        let wanted = ["order.placed", "complaint.opened", "complaint.resolved"];
+        let mut value = g.value;
+        wanted.contains(&g.type_name).then(|| {
+            for field in ["event_id", "order_id", "complaint_id"] {
+                if let Some(Value::String(id)) = value.get_mut(field) {
+                    id.push_str("-again");
+                }
+            }
+            (g.customer_id, value)
+        })
+    });
+    let mut late = records_of(again);
+    let mut next = [0i64; PARTITIONS as usize];
+    for r in &records {
+        next[r.source_partition as usize] = r.offset + 1;
+    }
+    for r in &mut late {
+        r.offset += next[r.source_partition as usize];
+    }
+    records.extend(late);
+    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+
+    let lone_store = Store::in_memory();
+    let mut lone = Processor::new(
+        lone_store.clone(),
+        settings_with_partitions(500, PARTITIONS),
+    );
+    lone.assign(&every, NOW_MS);
+    let want = run(&mut lone, &records);
+    let mut instance = instance(&[0, 1, 2, 3]);
+    let got = run(&mut instance, &records);
+
+    let late: u64 = want
+        .events
+        .iter()
+        .filter(|((_, o), _)| *o == "late")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(late > 100, "{late} events late: {:?}", want.events);
+    assert!(want.churn_risk.len() > 10_000 && want.timers_fired > 1_000);
+    assert_eq!(got.events, want.events);
+    assert_eq!(got.timers_fired, want.timers_fired);
+    assert_eq!(got.flows, want.flows);
+    assert!(
+        got.churn_risk == want.churn_risk,
+        "the churn-risk records differ"
+    );
+    let (lone_rfm, rfm) = (lone_store.rfm().unwrap(), instance.store().rfm().unwrap());
+    assert_eq!(rfm.cells(), lone_rfm.cells());
+    assert_eq!(rfm.scales, lone_rfm.scales);
+
+    let (lone_trends, trends) = (
+        lone_store.trends().unwrap().unwrap(),
+        instance.store().trends().unwrap().unwrap(),
+    );
+    let (lone_segments, segments) = (
+        lone_store.segments().unwrap().unwrap(),
+        instance.store().segments().unwrap().unwrap(),
+    );
+    assert!(lone_trends.closed_before.is_some() && lone_segments.closed_before.is_some());
+    assert_eq!(trends.closed_before, lone_trends.closed_before);
+    assert_eq!(trends.newest, lone_trends.newest);
+    assert_eq!(segments.closed_before, lone_segments.closed_before);
+    assert!(!lone_trends.categories.is_empty() && !lone_segments.population.is_empty());
+    assert!(
+        trends.categories.is_empty() && trends.windows.is_empty(),
+        "the instance counted complaints: {:?}",
+        trends.categories
+    );
+    assert!(
+        segments.population.is_empty() && segments.days.is_empty(),
+        "the instance counted its customers: {:?}",
+        segments.population
+    );
+}
