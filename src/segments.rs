@@ -939,4 +939,49 @@ mod tests {
         assert_eq!(counted["gold"].orders, 3, "telemetry counts late flows too");
         assert!(s.take_counted().is_empty());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Flows timed where the aggregator is elsewhere close the same days at the same
+        /// watermarks as flows counted, are late exactly when those are and are counted for
+        /// telemetry alike: in any order of flows and watermarks.
+        #[test]
+        fn timed_flows_close_the_days_counted_ones_close(
+            steps in proptest::collection::vec((0u8..3, 0i64..(10 * 24), 0usize..2), 1..80),
+        ) {
+            let segments = ["gold".to_owned(), "silver".to_owned()];
+            let (mut counted, mut timed) = (Segments::default(), Segments::default());
+            let mut watermark = 0;
+            for (kind, hour, segment) in steps {
+                let at = hour * 3_600_000;
+                let segment = segments[segment].as_str();
+                match kind {
+                    0 => {
+                        let flow = Flow::Order { amount_minor: 100, margin_minor: 10 };
+                        let want = counted.count(segment, at, flow);
+                        proptest::prop_assert_eq!(timed.time(segment, at, flow), want);
+                    }
+                    1 => {
+                        let flow = Flow::New { value_minor: 5 };
+                        counted.count_change(segment, at, flow);
+                        timed.time_change(segment, at, flow);
+                    }
+                    _ => {
+                        watermark = watermark.max(at);
+                        let closed = counted.close_until(watermark, &segments);
+                        let passed = timed.close_until(watermark, &segments);
+                        proptest::prop_assert_eq!(passed.len(), closed.len());
+                        proptest::prop_assert_eq!(timed.closed_before, counted.closed_before);
+                    }
+                }
+                proptest::prop_assert_eq!(timed.next_close(), counted.next_close());
+            }
+            proptest::prop_assert_eq!(timed.take_counted(), counted.take_counted());
+            proptest::prop_assert!(timed.population.is_empty());
+        }
+    }
 }

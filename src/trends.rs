@@ -1354,4 +1354,47 @@ mod tests {
         // Byte for byte: a `Value`'s keys are written in alphabetical order, as the record's.
         assert_eq!(got, want.to_string());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Complaints timed where the aggregator is elsewhere, their windows passed, close the
+        /// same windows at the same watermarks as complaints counted and their windows closed,
+        /// and are late exactly when those are: in any order of complaints and watermarks.
+        #[test]
+        fn timed_complaints_pass_the_windows_counted_ones_close(
+            steps in proptest::collection::vec((0u8..3, 0i64..4_320, 0usize..3), 1..80),
+        ) {
+            let s = settings();
+            let categories = ["billing", "delivery", "unknown"];
+            let (mut counted, mut timed) = (Trends::default(), Trends::default());
+            let mut watermark = 0;
+            for (kind, minute, category) in steps {
+                let at = minute * 60_000;
+                let category = categories[category];
+                match kind {
+                    0 => {
+                        let want = counted.opened(category, Severity::Low, at, &s);
+                        proptest::prop_assert_eq!(timed.time(category, at, &s), want);
+                    }
+                    1 => {
+                        let want = counted.resolved(category, at - 600_000, at, &s);
+                        proptest::prop_assert_eq!(timed.time(category, at, &s), want);
+                    }
+                    _ => {
+                        watermark = watermark.max(at);
+                        let closed = !counted.close_until(watermark, &s).is_empty();
+                        proptest::prop_assert_eq!(timed.pass_until(watermark, &s), closed);
+                        proptest::prop_assert_eq!(timed.closed_before, counted.closed_before);
+                    }
+                }
+                proptest::prop_assert_eq!(timed.next_close(&s), counted.next_close(&s));
+                proptest::prop_assert_eq!(timed.closed(at, &s), counted.closed(at, &s));
+            }
+            proptest::prop_assert!(timed.categories.is_empty());
+        }
+    }
 }
