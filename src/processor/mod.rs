@@ -1818,6 +1818,21 @@ fn reassess(
 mod tests {
     use super::*;
 
+    /// A record at `offset` of partition `source_partition` of `source`, unkeyed.
+    fn input(source: &str, source_partition: i32, offset: i64, payload: Vec<u8>) -> InputRecord {
+        InputRecord {
+            source: source.into(),
+            source_partition,
+            offset,
+            stream: None,
+            state_partition: None,
+            key: None,
+            payload,
+            cut_from: None,
+            append_time_ms: None,
+        }
+    }
+
     #[test]
     fn a_change_of_standing_is_dated_by_the_event_that_made_it_and_only_by_it() {
         let event = |at: Millis, kind: EventKind| Event {
@@ -1939,17 +1954,7 @@ mod tests {
         let records: Vec<InputRecord> = payloads
             .into_iter()
             .enumerate()
-            .map(|(i, payload)| InputRecord {
-                source: "test".into(),
-                source_partition: 0,
-                offset: i as i64,
-                stream: None,
-                state_partition: None,
-                key: None,
-                payload: payload.into_bytes(),
-                cut_from: None,
-                append_time_ms: None,
-            })
+            .map(|(i, payload)| input("test", 0, i as i64, payload.into_bytes()))
             .collect();
         let now = 1_777_777_777_000;
         let run = |batch: usize| {
@@ -2002,14 +2007,8 @@ mod tests {
             Processor::new(store.clone(), crate::pipeline::processor_settings(&config));
         // Enough records for the decoding thread; the pill in the middle of a chunk.
         let records: Vec<InputRecord> = (0..DECODE_AHEAD_FROM as i64 + 100)
-            .map(|i| InputRecord {
-                source: "test".into(),
-                source_partition: 0,
-                offset: i,
-                stream: None,
-                state_partition: None,
-                key: None,
-                payload: if i == 100 {
+            .map(|i| {
+                let payload = if i == 100 {
                     PANICS_IN_DECODING.to_vec()
                 } else {
                     format!(
@@ -2017,9 +2016,8 @@ mod tests {
                         i % 7
                     )
                     .into_bytes()
-                },
-                cut_from: None,
-                append_time_ms: None,
+                };
+                input("test", 0, i, payload)
             })
             .collect();
         let report = processor.process(&records, 1_777_777_777_000).unwrap();
@@ -2045,16 +2043,8 @@ mod tests {
 
     #[test]
     fn a_record_id_is_source_partition_and_offset() {
-        let record = |source: &str, source_partition, offset| InputRecord {
-            source: source.into(),
-            source_partition,
-            offset,
-            stream: None,
-            state_partition: None,
-            key: None,
-            payload: Vec::new(),
-            cut_from: None,
-            append_time_ms: None,
+        let record = |source: &str, source_partition, offset| {
+            input(source, source_partition, offset, Vec::new())
         };
         assert_eq!(
             record("customer.orders", 3, 1_234_567).record_id(),
