@@ -12,13 +12,16 @@ use std::sync::Mutex;
 use customer_pulse::aggregator::{Aggregator, ChangelogFeed};
 use customer_pulse::event::{format_millis, parse_millis};
 use customer_pulse::generate::{generate, TrafficSpec};
-use customer_pulse::processor::{partition_for, Aggregation, InputRecord, Processor};
+use customer_pulse::processor::{
+    partition_for, Aggregation, InputRecord, Processor, ProcessorSettings,
+};
 use customer_pulse::restore::ChangelogSource;
 use customer_pulse::rfm::{point, Cell, Rfm};
 use customer_pulse::store::{
     AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Store, StoreError, AGGREGATOR_KEY,
 };
-use serde_json::Value;
+use proptest::prelude::*;
+use serde_json::{json, Value};
 
 use crate::catalogue::NOW_MS;
 use crate::support::{aggregate_gauges, settings_with_partitions};
@@ -271,7 +274,11 @@ enum Disruption {
 
 /// A processor with a changelog, owning input partitions `owned`, its aggregates elsewhere.
 fn instance(owned: &[i32]) -> Processor {
-    let mut settings = settings_with_partitions(500, PARTITIONS);
+    instance_with(owned, settings_with_partitions(500, PARTITIONS))
+}
+
+/// [`instance`] with `settings` but for where its aggregates are.
+fn instance_with(owned: &[i32], mut settings: ProcessorSettings) -> Processor {
     settings.aggregation = Aggregation::Elsewhere;
     let store = Store::in_memory().with_changelog(TOPIC).unwrap();
     let mut processor = Processor::new(store, settings);
@@ -829,8 +836,19 @@ struct Ran {
 }
 
 fn run(processor: &mut Processor, records: &[InputRecord]) -> Ran {
+    run_batches(processor, records.chunks(500), |_, _| {})
+}
+
+/// [`run`] over `batches`, in order, calling `between` with the number of batches run so far
+/// before each.
+fn run_batches<'a>(
+    processor: &mut Processor,
+    batches: impl IntoIterator<Item = &'a [InputRecord]>,
+    mut between: impl FnMut(usize, &mut Processor),
+) -> Ran {
     let mut ran = Ran::default();
-    for batch in records.chunks(500) {
+    for (i, batch) in batches.into_iter().enumerate() {
+        between(i, processor);
         let report = processor.process(batch, NOW_MS).unwrap();
         for ((_, kind, outcome), n) in report.events {
             *ran.events.entry((kind, outcome)).or_default() += n;
@@ -932,4 +950,168 @@ fn an_instance_with_the_aggregator_elsewhere_emits_and_counts_what_a_lone_instan
         "the instance counted its customers: {:?}",
         segments.population
     );
+}
+
+/// The valid event types, for [`small_traffic`].
+const KINDS: [&str; 12] = [
+    "customer.registered",
+    "interaction.contact",
+    "interaction.survey",
+    "subscription.renewed",
+    "subscription.cancelled",
+    "order.placed",
+    "order.delivered",
+    "order.returned",
+    "order.cancelled",
+    "complaint.opened",
+    "complaint.resolved",
+    "customer.erased",
+];
+
+/// Eight customers' events of every valid type over forty days, at times that mostly move on
+/// and now and then go back as far as three days (late for their windows and days), a few of
+/// them under an earlier event's id again, and one in about sixty an erasure.
+fn small_traffic() -> impl Strategy<Value = Vec<InputRecord>> {
+    let event = (
+        0..8u8,
+        0..60usize,
+        -4_320..2_880i64,
+        0..8u8,
+        100..50_000i64,
+        any::<bool>(),
+        0..11u8,
+    );
+    prop::collection::vec(event, 1..160).prop_map(|drawn| {
+        let start = NOW_MS - 40 * 86_400_000;
+        let mut at = start;
+        let mut events = Vec::new();
+        for (i, (c, kind, minutes, item, amount, flag, score)) in drawn.into_iter().enumerate() {
+            // The erasure last, the others in turn.
+            let kind = if kind == 59 {
+                KINDS.len() - 1
+            } else {
+                kind % (KINDS.len() - 1)
+            };
+            at = (at + minutes * 60_000).clamp(start, NOW_MS - 60_000);
+            let customer = format!("c-{c}");
+            let event_id = match item {
+                0 if i > 0 => format!("e-{}", i / 2),
+                _ => format!("e-{i}"),
+            };
+            let mut value = json!({
+                "event_id": event_id,
+                "customer_id": customer,
+                "type": KINDS[kind],
+                "occurred_at": format_millis(at),
+            });
+            let order = format!("o-{}", item % 4);
+            let complaint = format!("k-{}", item % 3);
+            let fields = match KINDS[kind] {
+                "customer.registered" if flag => {
+                    json!({"channel": "web", "referred_by": format!("c-{}", (c + 1) % 8)})
+                }
+                "customer.registered" => json!({"channel": "store"}),
+                "interaction.contact" => json!({
+                    "channel": "phone",
+                    "direction": if flag { "inbound" } else { "outbound" },
+                }),
+                "interaction.survey" => json!({"score": score}),
+                "subscription.renewed" if flag => {
+                    json!({"plan": "monthly", "reason": "loyalty", "amount_minor": amount})
+                }
+                "subscription.renewed" => json!({"plan": "yearly", "amount_minor": amount}),
+                "subscription.cancelled" => json!({"reason": "price"}),
+                "order.placed" => json!({
+                    "order_id": order,
+                    "amount_minor": amount,
+                    "margin_minor": amount / 4,
+                    "currency": "EUR",
+                }),
+                "order.returned" => json!({"order_id": order, "amount_minor": amount / 2}),
+                "order.delivered" | "order.cancelled" => json!({"order_id": order}),
+                "complaint.opened" => {
+                    let severity = ["low", "medium", "high", "critical"][usize::from(score % 4)];
+                    json!({
+                        "complaint_id": complaint,
+                        "category": if flag { "billing" } else { "delivery" },
+                        "severity": severity,
+                    })
+                }
+                "complaint.resolved" => json!({"complaint_id": complaint, "satisfied": flag}),
+                _ => json!({}),
+            };
+            for (name, field) in fields.as_object().unwrap() {
+                value[name] = field.clone();
+            }
+            events.push((customer, value));
+        }
+        records_of(events)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// For any small traffic in any batches, an instance whose aggregator is elsewhere and
+    /// which owns every partition emits the churn-risk records of a lone instance, counts the
+    /// same events late, fires the same timers and moves the windows' and days' times alike
+    /// (the test above shows it on one large traffic), each stopped and started again on its
+    /// state midway.
+    #[test]
+    fn any_traffic_is_folded_alike_with_the_aggregator_here_or_elsewhere(
+        records in small_traffic(),
+        sizes in prop::collection::vec(1..40usize, 1..6),
+        restart in 1..12usize,
+    ) {
+        let batches = || {
+            let mut rest = records.as_slice();
+            let mut sizes = sizes.iter().cycle();
+            std::iter::from_fn(move || {
+                let n = (*sizes.next()?).min(rest.len());
+                let (batch, after) = rest.split_at(n);
+                rest = after;
+                (!batch.is_empty()).then_some(batch)
+            })
+        };
+        // Two open complaints at most, so that a third is counted open and left untracked.
+        let mut settings = settings_with_partitions(500, PARTITIONS);
+        settings.limits.max_open_items = 2;
+        let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+        let lone_store = Store::in_memory();
+        let mut lone = Processor::new(lone_store.clone(), settings.clone());
+        lone.assign(&every, NOW_MS);
+        // Each stopped after `restart` batches and started again on its state.
+        let again = |i: usize, processor: &mut Processor| {
+            if i == restart {
+                let store = processor.store().clone();
+                *processor = Processor::new(store, processor.settings().clone());
+                processor.assign(&every, NOW_MS);
+            }
+        };
+        let want = run_batches(&mut lone, batches(), again);
+        let mut instance = instance_with(&[0, 1, 2, 3], settings);
+        let got = run_batches(&mut instance, batches(), again);
+
+        let settled: u64 = want.events.values().sum();
+        prop_assert_eq!(settled, records.len() as u64);
+        prop_assert_eq!(&got.events, &want.events);
+        prop_assert_eq!(got.timers_fired, want.timers_fired);
+        prop_assert!(got.flows == want.flows, "the flows differ");
+        prop_assert!(got.churn_risk == want.churn_risk, "the churn-risk records differ");
+        let (lone_rfm, rfm) = (lone_store.rfm().unwrap(), instance.store().rfm().unwrap());
+        prop_assert_eq!(rfm.cells(), lone_rfm.cells());
+        prop_assert!(rfm.scales == lone_rfm.scales, "the RFM scales differ");
+        // Where nothing was counted yet, one stores empty trends or segments and the other
+        // none: alike.
+        let times = |store: &Store| {
+            let trends = store.trends().unwrap();
+            let segments = store.segments().unwrap();
+            (
+                trends.as_ref().and_then(|t| t.closed_before),
+                trends.as_ref().and_then(|t| t.newest),
+                segments.as_ref().and_then(|s| s.closed_before),
+            )
+        };
+        prop_assert_eq!(times(instance.store()), times(&lone_store));
+    }
 }
