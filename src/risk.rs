@@ -87,6 +87,10 @@ impl ReasonSet {
         self.0 == 0
     }
 
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
     pub fn iter(self) -> impl Iterator<Item = ReasonCode> {
         REASON_CODES.into_iter().filter(move |c| self.contains(*c))
     }
@@ -714,7 +718,9 @@ impl Assessment {
         );
         self.ltv_minor = ltv_minor(state, h, settings);
         self.segment = segment.to_owned();
-        let mut reasons = Vec::new();
+        // One for each code the assessment found: grown one at a time, it was two fifths of
+        // the vectors grown in the broker benchmark's fold (0.2% of its instructions).
+        let mut reasons = Vec::with_capacity(self.codes.len());
         find_reasons(
             state,
             self.as_of,
