@@ -483,12 +483,16 @@ impl Trends {
         Counted::InWindow
     }
 
+    /// When the first open window starts: where the last close stopped, or before any, the
+    /// earliest window a complaint fell in; `None` before the first complaint.
+    fn first_open(&self) -> Option<Millis> {
+        self.closed_before
+            .or_else(|| self.windows.keys().next().map(|(start, _)| *start))
+    }
+
     /// When the first open window ends; `None` before the first complaint.
     pub fn next_close(&self, s: &TrendSettings) -> Option<Millis> {
-        let first_open = self
-            .closed_before
-            .or_else(|| self.windows.keys().next().map(|(start, _)| *start))?;
-        Some(first_open + s.window_ms)
+        Some(self.first_open()? + s.window_ms)
     }
 
     /// A complaint's change at `at` (opened, resolved) where the aggregator is elsewhere and
@@ -517,10 +521,8 @@ impl Trends {
     /// aggregator is elsewhere, which counts nothing in them ([`Trends::time`]). Whether any
     /// passed.
     pub fn pass_until(&mut self, watermark: Millis, s: &TrendSettings) -> bool {
-        let first_open = match (self.closed_before, self.windows.keys().next()) {
-            (Some(c), _) => c,
-            (None, Some((start, _))) => *start,
-            (None, None) => return false,
+        let Some(first_open) = self.first_open() else {
+            return false;
         };
         if first_open + s.window_ms > watermark {
             return false;
@@ -537,10 +539,8 @@ impl Trends {
     /// Closes every window that ends at or before `watermark`, for every configured category
     /// (an hour without complaints is a window too: it lowers the baseline), oldest first.
     pub fn close_until(&mut self, watermark: Millis, s: &TrendSettings) -> Vec<ClosedWindow> {
-        let first_open = match (self.closed_before, self.windows.keys().next()) {
-            (Some(c), _) => c,
-            (None, Some((start, _))) => *start,
-            (None, None) => return Vec::new(),
+        let Some(first_open) = self.first_open() else {
+            return Vec::new();
         };
         let mut closed = Vec::new();
         let mut start = first_open;
