@@ -10,24 +10,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use crate::catalogue::NOW_MS;
-use crate::support::{file_record, settings};
-
-const TYPES: [&str; 14] = [
-    "customer.registered",
-    "interaction.contact",
-    "interaction.survey",
-    "subscription.renewed",
-    "subscription.cancelled",
-    "customer.erased",
-    "order.placed",
-    "order.delivered",
-    "order.returned",
-    "order.cancelled",
-    "complaint.opened",
-    "complaint.resolved",
-    "no.such.type",
-    "",
-];
+use crate::support::{file_record, settings, EVENT_TYPES};
 
 const FIELDS: [&str; 16] = [
     "order_id",
@@ -73,7 +56,7 @@ fn any_json() -> impl Strategy<Value = Value> {
 /// and type fields with arbitrary values, so the decoder's deeper paths are reached too.
 fn event_like() -> impl Strategy<Value = Value> {
     (
-        prop::sample::select(TYPES.to_vec()),
+        prop::sample::select([&EVENT_TYPES[..], &["no.such.type", ""]].concat()),
         prop_oneof![Just(json!("e-1")), any_json()],
         prop_oneof![Just(json!("c-1")), Just(json!("c-2")), any_json()],
         prop_oneof![Just(json!("2026-05-01T10:00:00Z")), any_json()],
@@ -131,7 +114,7 @@ fn labels_are_bounded(metrics: &str, settings: &customer_pulse::processor::Proce
     renewal.extend(owned(&["other", "unspecified"]));
     let mut rfm: Vec<String> = settings.rfm_rules.iter().map(|r| r.name.clone()).collect();
     rfm.push("other".into());
-    let mut types = owned(&TYPES[..12]);
+    let mut types = owned(&EVENT_TYPES);
     types.push("invalid".into());
     let reasons: Vec<String> = customer_pulse::risk::REASON_CODES
         .iter()

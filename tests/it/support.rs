@@ -80,6 +80,23 @@ pub fn settings_with_partitions(cache_customers: usize, partitions: i32) -> Proc
     }
 }
 
+/// The contract's event types (CONTRACT section 1). In this order for the property tests'
+/// saved seeds (`tests/proptest-regressions`), which pick types by position.
+pub const EVENT_TYPES: [&str; 12] = [
+    "customer.registered",
+    "interaction.contact",
+    "interaction.survey",
+    "subscription.renewed",
+    "subscription.cancelled",
+    "customer.erased",
+    "order.placed",
+    "order.delivered",
+    "order.returned",
+    "order.cancelled",
+    "complaint.opened",
+    "complaint.resolved",
+];
+
 /// A record as a file source would make it: no stream, partition from the customer id.
 pub fn file_record(offset: i64, json: &str) -> InputRecord {
     InputRecord {
