@@ -25,8 +25,8 @@ use crate::processor::{BatchReport, PartitionFacts, Processor};
 use crate::restore::ChangelogSource;
 use crate::rfm::Cell;
 use crate::store::{
-    decode_facts, decode_position, AggregatorSnapshot, ChangelogRecord, Commit, OutboxRecord,
-    StoreError, AGGREGATOR_KEY, POSITION_KEY, WATERMARK_SOURCE,
+    decode_facts, decode_position, AggregatorSnapshot, ChangelogRecord, Claim, Commit,
+    OutboxRecord, Ownership, StoreError, AGGREGATOR_KEY, POSITION_KEY, WATERMARK_SOURCE,
 };
 
 /// At most this many records per step, so a long backlog (an aggregator starting from the
@@ -198,6 +198,17 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Starts from `seed`, the instance's own aggregates kept as its state, kept without the
+    /// changelog, went to it whole ([`keep_seed`]), whatever the aggregator's store held: that
+    /// store was last written before the changelog was turned off, if ever, and the seed
+    /// counts everything folded since.
+    pub fn adopt_seed(&mut self, seed: AggregatorSnapshot) -> anyhow::Result<()> {
+        self.adopt(seed)?;
+        // Nothing read yet: its first snapshot goes out at its first step that reads.
+        self.unsnapshotted = true;
+        Ok(())
+    }
+
     /// Makes the next step report every gauge of the aggregates, not only those it changes:
     /// the instance took input partition 0 back, and dropped the gauges when it gave it up.
     pub fn show_again(&mut self) {
@@ -326,6 +337,45 @@ impl Aggregator {
         self.unsnapshotted = false;
         Ok(true)
     }
+}
+
+/// Keeps, in the instance's `store`, a start for its aggregator from the instance's own
+/// aggregates: complaint windows and baselines, segment days, RFM histograms and scales. For a
+/// state kept without the changelog, every one of whose `partitions` the instance just claimed
+/// and published ([`crate::restore::Restored::Published`]): its aggregates then count every
+/// event folded before the claims, and the changelog's facts count only what is folded after
+/// them, so the aggregator goes on from them, reading each partition from its claim on, with
+/// the claim's writer the one that counts. Must run before the instance folds anything more.
+pub fn keep_seed(store: &crate::store::Store, partitions: i32) -> anyhow::Result<()> {
+    let Some((_, writer)) = store.changelog() else {
+        return Ok(());
+    };
+    let rfm = store.rfm()?;
+    let mut seed = AggregatorSnapshot {
+        trends: store.trends()?,
+        segments: store.segments()?,
+        rfm_cells: rfm.cells(),
+        rfm_scales: rfm.scales,
+        partitions: Vec::new(),
+        window_ms: store.window_ms()?,
+    };
+    for partition in 0..partitions {
+        let claim = store
+            .epoch(partition)
+            .ok_or_else(|| anyhow::anyhow!("partition {partition} is not claimed"))?;
+        let mut ownership = Ownership::default();
+        ownership.claimed(
+            claim,
+            &Claim {
+                writer,
+                continues: None,
+            },
+        );
+        seed.partitions
+            .push((partition, claim + 1, None, ownership));
+    }
+    store.keep_aggregator_seed(seed.to_bytes())?;
+    Ok(())
 }
 
 /// Takes in the changelog record at `offset`: a claim changes who counts; a counted customer

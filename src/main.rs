@@ -352,10 +352,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             if config.changelog {
                 tracing::warn!(
-                    "The replay writes no changelog records (state.changelog is run's): a run with the changelog on over this state holds these customers in its changelog only from their next change (README, Scaling out)."
+                    "The replay writes no changelog records (state.changelog is run's): a run with the changelog on over this state sends each partition's state to the changelog whole as it claims it (README, Scaling out)."
                 );
             }
             let store = pipeline::open_store(&config)?;
+            pipeline::forget_changelog_read(&store)?;
             let mut processor = Processor::new(store, pipeline::processor_settings(&config));
             let telemetry = Telemetry::new();
             let shutdown = shutdown_on_signals();

@@ -371,6 +371,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_on(config, store, shutdown).await
 }
 
+/// Forgets what the changelog accounted for of `store`, about to be written without it (see
+/// [`Store::forget_changelog_read`]), and says so when it had accounted for something.
+pub fn forget_changelog_read(store: &Store) -> anyhow::Result<()> {
+    let partitions = store.forget_changelog_read()?;
+    if partitions > 0 {
+        tracing::warn!(
+            partitions,
+            "This state was kept with the changelog, and is written without it now: the changelog will not hold these changes. With the changelog on again, each partition's state goes to it whole as the instance claims it, unless another instance claimed the partition since (its state is then taken from the changelog, and changes made here are dropped)."
+        );
+    }
+    Ok(())
+}
+
 /// [`run`] on a store the caller opened (a test's store that can be made to refuse writes).
 pub async fn run_on(
     config: Config,
@@ -379,6 +392,10 @@ pub async fn run_on(
 ) -> anyhow::Result<()> {
     let store = match (config.changelog, store.changelog()) {
         (true, None) => store.with_changelog(&config.topics.changelog)?,
+        (false, None) => {
+            forget_changelog_read(&store)?;
+            store
+        }
         _ => store,
     };
     let telemetry = Arc::new(Telemetry::new());
@@ -496,7 +513,7 @@ pub async fn run_on(
                 &config,
                 topic,
                 &telemetry,
-                owns,
+                (owns, store.clone()),
                 flush_deadline.clone(),
             )?)
         }
@@ -564,12 +581,13 @@ impl AggregatorTask {
 /// Starts the aggregator (see `aggregator`) over its own store in `aggregator/` under the state
 /// directory: while `owns_first` says this instance owns input partition 0, it reads the
 /// changelog `topic` as it grows (a step every quarter of a second at most) and emits the
-/// complaint trends and segment metrics of every partition.
+/// complaint trends and segment metrics of every partition. `instance` is the instance's own
+/// store, where a start for the aggregator may wait (`aggregator::keep_seed`).
 fn start_aggregator(
     config: &Config,
     topic: &str,
     telemetry: &Arc<Telemetry>,
-    owns_first: impl Fn() -> bool + Send + 'static,
+    (owns_first, instance): (impl Fn() -> bool + Send + 'static, Store),
     flush_deadline: FlushDeadline,
 ) -> anyhow::Result<AggregatorTask> {
     let path = config.state_path.join("aggregator");
@@ -621,6 +639,7 @@ fn start_aggregator(
                 let feed = AggregatorFeed {
                     tail,
                     snapshot_source: Box::new(snapshot_source),
+                    instance,
                 };
                 aggregate_while_owner(aggregator, feed, owns_first, &telemetry, &wake, &stop)
             })
@@ -638,6 +657,9 @@ fn start_aggregator(
 struct AggregatorFeed {
     tail: ChangelogTail,
     snapshot_source: Box<dyn Fn() -> anyhow::Result<ChangelogReader> + Send>,
+    /// The instance's own store, for the start kept there when its state went to the
+    /// changelog whole.
+    instance: Store,
 }
 
 /// Whether this instance runs the aggregator, as last seen.
@@ -698,6 +720,22 @@ fn aggregate_while_owner(
             aggregator.show_again();
         }
         if !started {
+            match start_from_seed(&mut aggregator, &feed.instance) {
+                Ok(true) => {
+                    tracing::info!("The aggregator starts from this instance's complaint windows, segment days and RFM histograms: its state, kept without the changelog, went to it whole.");
+                    started = true;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if let Some(held_back) = repeated(&format!("aggregator seed {e}")) {
+                        tracing::warn!(error = %e, held_back, "The aggregator could not start from this instance's aggregates; it retries.");
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        if !started {
             match (feed.snapshot_source)().and_then(|source| aggregator.bootstrap(&source)) {
                 Ok(from_snapshot) => {
                     tracing::info!(from_snapshot, "The aggregator starts.");
@@ -736,6 +774,33 @@ fn aggregate_while_owner(
     if role.owner && started {
         hand_over(&mut aggregator, wake);
     }
+}
+
+/// Starts `aggregator` from the seed the instance's store keeps, if one waits there, and drops
+/// the seed. Returns whether it did.
+/// A seed kept under an earlier claim of partition 0 than the instance's latest is stale (the
+/// instance gave partition 0 up before its aggregator ran, and another aggregator went on from
+/// the changelog meanwhile), and one that cannot be read is of no use: both are dropped.
+fn start_from_seed(aggregator: &mut Aggregator, instance: &Store) -> anyhow::Result<bool> {
+    let seed = match instance.aggregator_seed() {
+        Ok(Some(seed)) => seed,
+        Ok(None) => return Ok(false),
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::error!(error = %e, "The aggregator's start kept by this instance cannot be read: it is dropped, and the aggregator starts as it would without.");
+            instance.drop_aggregator_seed()?;
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let claimed = seed.partitions.iter().find(|p| p.0 == 0).map(|p| p.1 - 1);
+    if claimed.is_none() || claimed != instance.epoch(0) {
+        tracing::warn!("The aggregator's start kept by this instance is of an earlier claim of partition 0 than its latest: it is dropped, and the aggregator starts as it would without.");
+        instance.drop_aggregator_seed()?;
+        return Ok(false);
+    }
+    aggregator.adopt_seed(seed)?;
+    instance.drop_aggregator_seed()?;
+    Ok(true)
 }
 
 /// Writes the aggregator's snapshot for the next owner of input partition 0, if it read

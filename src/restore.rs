@@ -6,6 +6,10 @@
 //! the claim, counting only the records of the owner of the time:
 //!
 //! - nothing local (a new instance, a lost disk): one pass applies everything;
+//! - a local state this store never accounted for in the changelog (kept while the changelog
+//!   was off) and no other writer's claim: the local state stands, and goes to the changelog
+//!   whole, behind the claim, so that another instance given the partition later restores
+//!   every customer, not only those changed since;
 //! - nobody else claimed the partition since this store last did (it restarted, or the
 //!   partition came back before anyone wrote it): the local state stands, and the claim
 //!   continues the previous one, so that undelivered records still count when they arrive;
@@ -112,6 +116,10 @@ pub enum Restored {
     /// The changelog held records of this store's that the store had lost: its local state
     /// was dropped and the whole changelog applied.
     LostWrites { records: u64 },
+    /// The local state was kept without the changelog (the store had never accounted for the
+    /// partition's changelog) and no other writer claimed the partition: it stands, and
+    /// `records` of it went to the changelog ([`Store::publish_partition`]).
+    Published { records: u64 },
 }
 
 /// Claims `partition` and brings its state up to the changelog, calling `progress(done, total)`
@@ -172,6 +180,9 @@ pub fn restore(
             );
         }
         match (foreign, lost) {
+            // A state kept without the changelog, and nobody else wrote it: it stands, and
+            // goes to the changelog whole (below, once its records are in this claim's epoch).
+            (None, None) if read.is_none() => Restored::Published { records: 0 },
             (None, None) if records == 0 => Restored::UpToDate,
             (None, None) => Restored::Own { records },
             (foreign, lost) => {
@@ -201,6 +212,13 @@ pub fn restore(
         }
     };
     store.set_epoch(partition, claim)?;
+    let restored = match restored {
+        // Marked read only once published: stopped part of the way, it publishes again.
+        Restored::Published { .. } => Restored::Published {
+            records: store.publish_partition(partition)?,
+        },
+        restored => restored,
+    };
     store.set_changelog_read(partition, claim + 1)?;
     Ok(restored)
 }
@@ -571,6 +589,91 @@ mod tests {
     /// A store with the changelog on `disk`.
     fn store_on(disk: Arc<MemoryBackend>) -> Store {
         Store::open(disk).unwrap().with_changelog("log").unwrap()
+    }
+
+    /// A store whose partition 0 was kept without the changelog on `disk` (customers `ids`
+    /// with one order each, the orders offset `next`), opened again with it.
+    fn kept_without_changelog(ids: &[&str], next: i64) -> Store {
+        let disk = Arc::new(MemoryBackend::default());
+        let plain = Store::open(disk.clone()).unwrap();
+        for id in ids {
+            write(&plain, id, 1, next);
+        }
+        assert!(plain.outbox(10).unwrap().is_empty(), "no changelog records");
+        store_on(disk)
+    }
+
+    #[test]
+    fn a_state_kept_without_the_changelog_stands_and_goes_to_it_once() {
+        let log = Log::default();
+        let ids = ["a", "b", "c"];
+        let kept = kept_without_changelog(&ids, 10);
+        assert_eq!(restore_0(&kept, &log), Restored::Published { records: 3 });
+        let expected = (vec![Some(1); 3], Some(10));
+        assert_eq!(view(&kept, &ids), expected, "the local state stands");
+        log.deliver(&kept);
+        // Started again: the partition is accounted for, and nothing goes again.
+        assert_eq!(restore_0(&kept, &log), Restored::UpToDate);
+        assert!(kept.outbox(10).unwrap().is_empty());
+        assert_eq!(
+            fresh_view(&log, &ids),
+            expected,
+            "another store restores every customer"
+        );
+        let (log, kept) = (Log::default(), kept_without_changelog(&ids, 10));
+        restore_0(&kept, &log);
+        write(&kept, "a", 2, 11);
+        log.deliver(&kept);
+        assert_eq!(
+            fresh_view(&log, &ids),
+            (vec![Some(2), Some(1), Some(1)], Some(11)),
+            "its changes follow the state published"
+        );
+    }
+
+    #[test]
+    fn a_state_written_without_the_changelog_for_a_while_goes_to_it_whole_again() {
+        let (log, disk) = (Log::default(), Arc::new(MemoryBackend::default()));
+        let with = store_on(disk.clone());
+        restore_0(&with, &log);
+        write(&with, "a", 1, 10);
+        log.deliver(&with);
+        // Written without the changelog (a run with it off, or a replay): it forgets what
+        // the changelog accounted for.
+        let without = Store::open(disk.clone()).unwrap();
+        assert_eq!(without.forget_changelog_read().unwrap(), 1);
+        write(&without, "b", 1, 11);
+        // With the changelog again: the state goes to it whole, behind its own old records.
+        let again = store_on(disk);
+        assert_eq!(restore_0(&again, &log), Restored::Published { records: 2 });
+        log.deliver(&again);
+        assert_eq!(
+            fresh_view(&log, &["a", "b"]),
+            (vec![Some(1), Some(1)], Some(11))
+        );
+    }
+
+    #[test]
+    fn a_state_kept_without_the_changelog_that_another_writer_claimed_gives_way() {
+        let log = Log::default();
+        let _other = first_owner(&log, &[("a", 5, 20)]);
+        let kept = kept_without_changelog(&["a", "b"], 10);
+        let restored = restore_0(&kept, &log);
+        assert!(
+            matches!(
+                restored,
+                Restored::Applied {
+                    from_scratch: true,
+                    ..
+                }
+            ),
+            "{restored:?}"
+        );
+        assert_eq!(view(&kept, &["a", "b"]), (vec![Some(5), None], Some(20)));
+        assert!(
+            kept.outbox(10).unwrap().is_empty(),
+            "nothing of its own goes"
+        );
     }
 
     /// The highest number of a record in partition 0 of `log`.

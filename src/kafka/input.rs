@@ -84,7 +84,7 @@ impl PulseContext {
     /// four (benches/restore.rs), so each restore waits on the broker; each holds a reader, a
     /// writer thread and a chunk in flight, hence the bound.
     fn restore_all(&self, partitions: &[i32]) -> HashSet<i32> {
-        let mut restored = HashSet::new();
+        let (mut restored, mut published) = (HashSet::new(), 0);
         for group in partitions.chunks(RESTORES_AT_ONCE) {
             std::thread::scope(|scope| {
                 let restores: Vec<_> = group
@@ -92,21 +92,48 @@ impl PulseContext {
                     .map(|&p| scope.spawn(move || (p, self.restore(p))))
                     .collect();
                 for restore in restores {
-                    if let Ok((p, true)) = restore.join() {
+                    if let Ok((p, Some(outcome))) = restore.join() {
                         restored.insert(p);
+                        published += usize::from(matches!(outcome, Restored::Published { .. }));
                     }
                 }
             });
         }
         self.note_unstarted(partitions, &restored);
+        if published > 0 {
+            self.seed_aggregator(published);
+        }
         restored
     }
 
-    /// Restores `partition` from the changelog, retrying a failed read a few times. `false`
+    /// After `published` partitions' states kept without the changelog went to it
+    /// ([`Restored::Published`]): when they are every input partition, this instance's
+    /// aggregates are the whole job's, and the aggregator starts from them
+    /// ([`crate::aggregator::Aggregator::adopt_seed`]) rather than from empty windows, days
+    /// and baselines. Before anything of them is folded, which would move the RFM histograms
+    /// the aggregator counts from the changelog's facts.
+    fn seed_aggregator(&self, published: usize) {
+        if published != self.partitions as usize {
+            tracing::warn!(
+                published,
+                of = self.partitions,
+                "Some partitions' states, kept without the changelog, went to it, but not every partition's at once: the aggregator's complaint windows, segment days and baselines start empty."
+            );
+            return;
+        }
+        match crate::aggregator::keep_seed(&self.store, self.partitions) {
+            Ok(()) => tracing::info!(
+                "The state was kept without the changelog: every partition went to it, and the aggregator starts from this instance's complaint windows, segment days and RFM histograms."
+            ),
+            Err(e) => tracing::warn!(error = %e, "The aggregator's start from this instance's aggregates could not be kept: its complaint windows, segment days and baselines start empty."),
+        }
+    }
+
+    /// Restores `partition` from the changelog, retrying a failed read a few times. `None`
     /// when it could not: the partition must not start on a state that may be stale.
-    fn restore(&self, partition: i32) -> bool {
+    fn restore(&self, partition: i32) -> Option<Restored> {
         let Some(reader) = &self.changelog else {
-            return true;
+            return Some(Restored::UpToDate);
         };
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=4 {
@@ -133,6 +160,7 @@ impl PulseContext {
                             from_scratch: true,
                         } => ("from_scratch", records),
                         Restored::LostWrites { records } => ("lost_writes", records),
+                        Restored::Published { records } => ("published", records),
                     };
                     self.telemetry.restore_finished(partition, outcome, records);
                     if matches!(
@@ -150,7 +178,7 @@ impl PulseContext {
                         seconds = started.elapsed().as_secs_f64(),
                         "Partition state checked against the changelog."
                     );
-                    return true;
+                    return Some(restored);
                 }
                 Err(e) => {
                     tracing::warn!(partition, attempt, error = %e, "Restoring from the changelog failed.");
@@ -163,7 +191,7 @@ impl PulseContext {
         }
         self.telemetry.restore_finished(partition, "failed", 0);
         tracing::error!(partition, "Restoring from the changelog failed repeatedly; the partition is not started until a later try succeeds.");
-        false
+        None
     }
 
     /// Notes those of `partitions` that are not in `restored` as unstarted, to be tried again

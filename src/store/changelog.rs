@@ -57,6 +57,14 @@ pub fn is_customer_key(key: &[u8]) -> bool {
     !matches!(key.first(), Some(0xfd..=0xff))
 }
 
+/// Where the instance keeps the start of its aggregator, when a state kept without the
+/// changelog went to it whole (`aggregator::keep_seed`), until the aggregator takes it.
+const AGGREGATOR_SEED: &[u8] = b"g/aggregator-seed";
+
+/// Records per commit when a partition's state is published ([`Store::publish_partition`]):
+/// about a megabyte of customers.
+pub(super) const PUBLISH_PAGE: usize = if cfg!(test) { 4 } else { 2_000 };
+
 /// The changelog key of `customer_id`'s sealed remembered events of `seal`.
 pub(super) fn sealed_changelog_key(seal: u32, customer_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + customer_id.len());
@@ -64,6 +72,16 @@ pub(super) fn sealed_changelog_key(seal: u32, customer_id: &str) -> Vec<u8> {
     key.extend_from_slice(&seal.to_be_bytes());
     key.extend_from_slice(customer_id.as_bytes());
     key
+}
+
+/// The changelog key of the sealed remembered events stored under `rest`, a sealed key past
+/// its family and partition (customer id, then seal); `None` when too short or not UTF-8.
+fn sealed_changelog_key_of(rest: &[u8]) -> Option<Vec<u8>> {
+    let (id, seal) = rest.split_last_chunk::<4>()?;
+    Some(sealed_changelog_key(
+        u32::from_be_bytes(*seal),
+        std::str::from_utf8(id).ok()?,
+    ))
 }
 
 /// The seal and the customer id of a key from [`sealed_changelog_key`].
@@ -401,8 +419,19 @@ impl Changelog {
         let mut partitions: BTreeSet<i32> = commit.customers.iter().map(|w| w.partition).collect();
         partitions.extend(commit.offsets.iter().map(|(_, p, _)| *p));
         partitions.extend(commit.event_times.iter().map(|(_, p, _)| *p));
+        partitions.extend(commit.republished.iter().map(|(p, _, _)| *p));
         let customer_records: usize = commit.customers.iter().map(CustomerWrite::entries).sum();
+        let customer_records = customer_records + commit.republished.len();
         let mut records = Vec::with_capacity(customer_records + partitions.len());
+        for (partition, key, value) in &commit.republished {
+            records.push(OutboxRecord {
+                topic: self.topic.clone(),
+                key: Some(key.clone()),
+                value: Some(value.clone()),
+                headers: headers(*partition),
+                partition: Some(*partition),
+            });
+        }
         for write in &commit.customers {
             let record = |key: Vec<u8>, value: Option<Vec<u8>>, headers| OutboxRecord {
                 topic: self.topic.clone(),
@@ -865,6 +894,100 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .clear(partition);
         cleared
+    }
+
+    /// Sends everything the store holds of `partition` to the changelog, through the outbox,
+    /// without writing it again: its customers' sealed remembered events, its customers, its
+    /// erasure markers, each under the changelog key a restore reads it back from, in commits
+    /// of at most [`PUBLISH_PAGE`] records, each with the partition's position. For a state
+    /// kept without the changelog that the changelog is turned on over: another instance given
+    /// the partition then restores every customer, not only those changed since. The sealed
+    /// events go first, so that a log read up to any record holds those its customers name.
+    /// Returns how many records it sent.
+    pub fn publish_partition(&self, partition: i32) -> Result<u64, StoreError> {
+        if self.changelog.is_none() {
+            return Ok(0);
+        }
+        let mut published = 0;
+        for tag in [SEALED, CUSTOMER, erased::TAG] {
+            let prefix = partition_prefix(tag, partition);
+            let mut from = prefix.clone();
+            loop {
+                let page = self.backend.scan(&prefix, &from, None, PUBLISH_PAGE)?;
+                let Some((last, _)) = page.last() else { break };
+                from = last.clone();
+                from.push(0);
+                let full = page.len() == PUBLISH_PAGE;
+                let mut commit = Commit::default();
+                commit.republished.reserve_exact(page.len());
+                for (key, value) in page {
+                    let rest = &key[prefix.len()..];
+                    let changelog_key = match tag {
+                        SEALED => sealed_changelog_key_of(rest),
+                        CUSTOMER => Some(rest.to_vec()),
+                        _ => rest.try_into().ok().map(|fingerprint| {
+                            erased::changelog_key(u64::from_be_bytes(fingerprint))
+                        }),
+                    };
+                    let changelog_key = changelog_key.ok_or_else(|| StoreError::Corrupt {
+                        key: format!("{key:?}"),
+                        reason: "not a key of its family".into(),
+                    })?;
+                    commit.republished.push((partition, changelog_key, value));
+                }
+                published += commit.republished.len() as u64;
+                self.commit(commit)?;
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(published)
+    }
+
+    /// Forgets, for every partition, up to where the store had accounted for the changelog:
+    /// for a store about to be written without it (`run` with the changelog off, `replay`),
+    /// whose changes the changelog will not hold. Turned on again, the instance then sends
+    /// each partition's state whole as it claims it ([`Store::publish_partition`]), as over a
+    /// state that never had a changelog. Returns how many partitions it had accounted for.
+    pub fn forget_changelog_read(&self) -> Result<usize, StoreError> {
+        let marks = self
+            .backend
+            .scan(&[CHANGELOG_READ], &[CHANGELOG_READ], None, usize::MAX)?;
+        let forgotten = marks.len();
+        if forgotten > 0 {
+            self.backend
+                .write(marks.into_iter().map(|(key, _)| Op::Delete(key)).collect())?;
+        }
+        Ok(forgotten)
+    }
+
+    /// Keeps `seed` (an [`AggregatorSnapshot`]'s bytes) for this instance's aggregator to
+    /// start from (`aggregator::keep_seed`).
+    pub fn keep_aggregator_seed(&self, seed: Vec<u8>) -> Result<(), StoreError> {
+        self.backend
+            .write(vec![Op::Put(AGGREGATOR_SEED.to_vec(), seed)])
+    }
+
+    /// The seed kept for this instance's aggregator, if one is waiting.
+    pub fn aggregator_seed(&self) -> Result<Option<AggregatorSnapshot>, StoreError> {
+        self.backend
+            .get(AGGREGATOR_SEED)?
+            .map(|bytes| AggregatorSnapshot::from_bytes(&bytes))
+            .transpose()
+    }
+
+    /// Drops the seed once the aggregator took it.
+    pub fn drop_aggregator_seed(&self) -> Result<(), StoreError> {
+        self.backend
+            .write(vec![Op::Delete(AGGREGATOR_SEED.to_vec())])
+    }
+
+    /// The length of the complaint windows the store holds ([`Store::hold_window`]), if
+    /// stored.
+    pub fn window_ms(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(stored_u64(self.backend.as_ref(), WINDOW, "window-ms")?
+            .and_then(|ms| Millis::try_from(ms).ok()))
     }
 
     /// Deletes the pending outbox records bound for `topic` and `partition`: changelog records

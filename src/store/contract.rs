@@ -1297,3 +1297,77 @@ fn a_store_is_held_to_the_length_of_its_complaint_windows() {
         );
     }
 }
+
+#[test]
+fn a_state_kept_without_the_changelog_goes_to_it_whole_and_is_restored_from_it() {
+    for (name, store, _dir) in backends() {
+        // Kept without the changelog: customers (one with sealed remembered events kept
+        // apart), an erasure marker, the partition's input position; and a customer of
+        // another partition, which stays out of partition 0's records.
+        let mut commit = Commit {
+            offsets: vec![("orders".into(), 0, 42)],
+            event_times: vec![("orders".into(), 0, 4_200)],
+            ..Commit::default()
+        };
+        let ids: Vec<String> = (0..7).map(|i| format!("c-{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let customer = Customer::from(state(id, i as u32 + 1));
+            commit.put_customer_apart(0, id.clone(), Some(&customer), None);
+        }
+        commit.put_customer_apart(0, "r".into(), Some(&remembering(40, 32, 3)), None);
+        commit.put_customer(1, "elsewhere".into(), Some(&state("elsewhere", 9).into()));
+        commit.customers.push(CustomerWrite {
+            partition: 0,
+            id: "gone".into(),
+            erased_until: Some(777),
+            ..CustomerWrite::default()
+        });
+        store.commit(commit).unwrap();
+        assert!(
+            store.outbox(10).unwrap().is_empty(),
+            "{name}: no changelog yet"
+        );
+
+        let store = store.with_changelog("log").unwrap();
+        let published = store.publish_partition(0).unwrap();
+        let records: Vec<ChangelogRecord> = (store.outbox(10_000).unwrap().iter())
+            .map(|(_, record)| ChangelogRecord::delivered(record))
+            .collect();
+        // Eight customers, one's sealed events, the marker; a position record a commit, each
+        // commit a page of one key family.
+        let page = |n: usize| n.div_ceil(changelog::PUBLISH_PAGE);
+        let pages = page(1) + page(8) + page(1);
+        assert_eq!(published, 10, "{name}");
+        assert!(
+            page(8) > 1,
+            "{name}: the test covers a family over several commits"
+        );
+        assert_eq!(records.len(), 10 + pages, "{name}");
+        let sealed_at = records.iter().position(|r| r.key.first() == Some(&0xfe));
+        let customer_at = records.iter().position(|r| r.key == b"r");
+        assert!(sealed_at < customer_at, "{name}: sealed events first");
+        assert!(
+            records.iter().all(|r| r.key != b"elsewhere"),
+            "{name}: only partition 0"
+        );
+
+        // A store restored from those records holds what the store holds.
+        let restored = Store::in_memory();
+        restored.restore(0, records).unwrap();
+        for id in ids.iter().map(String::as_str).chain(["r"]) {
+            assert_eq!(
+                restored.customer_stored(0, id).unwrap(),
+                store.customer_stored(0, id).unwrap(),
+                "{name}: {id}"
+            );
+        }
+        assert_eq!(
+            restored.customer(0, "r").unwrap().unwrap().seen.len(),
+            40,
+            "{name}: with its sealed events"
+        );
+        assert_eq!(restored.erased_until(0, "gone"), Some(777), "{name}");
+        assert_eq!(restored.offset("orders", 0).unwrap(), Some(42), "{name}");
+        assert_eq!(restored.customer(1, "elsewhere").unwrap(), None, "{name}");
+    }
+}

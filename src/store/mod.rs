@@ -258,6 +258,10 @@ pub struct Commit {
     /// The aggregator's: which records of each changelog partition count from where it stopped
     /// reading.
     pub ownerships: Vec<(i32, Ownership)>,
+    /// Changelog records of what the store already holds, `(partition, changelog key,
+    /// value)`, sent without writing the store: a state kept without the changelog, published
+    /// as the changelog is turned on ([`Store::publish_partition`]).
+    pub republished: Vec<(i32, Vec<u8>, Vec<u8>)>,
     pub outbox: Vec<Output>,
 }
 

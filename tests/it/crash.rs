@@ -410,6 +410,84 @@ async fn with_the_changelog_a_state_put_back_from_an_earlier_copy_counts_nothing
     stops_gracefully(job).await;
 }
 
+/// Turning the changelog on over a state kept without it (one instance): as it claims each
+/// partition, the instance sends the partition's state to the changelog whole, so that an
+/// instance with nothing local restores every customer, also those with no event since; and
+/// its aggregator goes on from the instance's own complaint windows, segment days and RFM
+/// histograms, so the windows and days open at the switch close with the counts of both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_kept_without_the_changelog_goes_to_it_whole_when_it_is_turned_on() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let events = traffic(4_000, 43);
+    let (first, second) = events.split_at(events.len() / 2);
+    // A third of the customers have no event after the switch: only the state sent whole
+    // brings them to the changelog.
+    let quiet = |id: &str| id.bytes().map(u32::from).sum::<u32>() % 3 == 0;
+    let second: Vec<_> = second
+        .iter()
+        .filter(|g| !quiet(&g.customer_id))
+        .cloned()
+        .collect();
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    let quiet_ones = first.iter().filter(|g| quiet(&g.customer_id)).count();
+    assert!(quiet_ones > 100, "{quiet_ones} events of quiet customers");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |state: &str, changelog: bool| {
+        let text = changelog_outside_the_group(
+            config_text(&broker.address, &dir.path().join(state), port),
+            "pulse-turned-on",
+        );
+        let text = match changelog {
+            true => text,
+            false => text.replace("changelog = true", "changelog = false"),
+        };
+        let path = dir.path().join(format!("{state}-{changelog}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        (path, Config::parse(&text, Vec::new()).unwrap().topics)
+    };
+
+    // The first half folded without the changelog.
+    let (without, topics) = config("state", false);
+    publish(&broker.address, &topics, first, None, 100)
+        .await
+        .unwrap();
+    let job = Job::start(&without);
+    let (_, ids, expected) = one_pass(first);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    stops_gracefully(job).await;
+
+    // The changelog turned on: every partition's state goes to it, then the second half is
+    // folded, and the aggregator emits the windows and days of one pass over both halves.
+    let (with, _) = config("state", true);
+    let job = Job::start(&with);
+    assert!(consuming(port).await, "took its partitions within 60 s");
+    let published = crate::changelog::metric(
+        port,
+        r#"customer_pulse_restores_total{outcome="published"}"#,
+    );
+    assert_eq!(
+        published, 4.0,
+        "every partition's state sent to the changelog"
+    );
+    publish(&broker.address, &topics, &second, None, 100)
+        .await
+        .unwrap();
+    let (values, ids, expected) = one_pass(&all);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    crate::scale::aggregates_of_one_pass(&broker.address, &values, &[port]).await;
+    stops_gracefully(job).await;
+
+    // An instance with nothing local restores every customer from the changelog.
+    let (fresh, _) = config("fresh", true);
+    let job = Job::start(&fresh);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    let tail = crate::changelog::metric(port, r#"customer_pulse_restores_total{outcome="tail"}"#);
+    assert_eq!(tail, 4.0, "every partition restored from the changelog");
+    stops_gracefully(job).await;
+}
+
 /// The events' values, their customers, and each customer's state after one pass over them.
 fn one_pass(
     events: &[customer_pulse::generate::Generated],
