@@ -899,7 +899,7 @@ impl Store {
     /// Sends everything the store holds of `partition` to the changelog, through the outbox,
     /// without writing it again: its customers' sealed remembered events, its customers, its
     /// erasure markers, each under the changelog key a restore reads it back from, in commits
-    /// of at most [`PUBLISH_PAGE`] records, each with the partition's position. For a state
+    /// of at most `PUBLISH_PAGE` (2,000) records, each with the partition's position. For a state
     /// kept without the changelog that the changelog is turned on over: another instance given
     /// the partition then restores every customer, not only those changed since. The sealed
     /// events go first, so that a log read up to any record holds those its customers name.
