@@ -6,8 +6,12 @@
 //! published; and the binary starts again on the same state, a member of the group with static
 //! membership (`kafka.group_instance_id`). It is killed again, 100 more events are published,
 //! and it starts once more, reading its partitions without the group
-//! (`kafka.assigned_partitions`). Printed for each start: the time from it to the first new
-//! event folded and committed (processing again), and to all 100.
+//! (`kafka.assigned_partitions`). Last, killed again, it starts on the same partitions with the
+//! changelog turned on over that state, kept without it until then: each partition's state goes
+//! to the changelog whole before the partition is folded (README, *Scaling out*). Printed for
+//! each start: the time from it to the first new event folded and committed (processing
+//! again), and to all 100; for the last, also the records sent and when the outbox had
+//! delivered them all.
 //!
 //! `cargo bench --bench restart` (CUSTOMERS=1000000 by default). Under `cargo test` it runs once
 //! with 2,000 customers, so the harness itself stays tested.
@@ -99,11 +103,12 @@ fn main() {
             _ => "group_instance_id = \"bench-restart-0\"\n",
         };
         // The state is filled straight into the store, so there is no changelog of it to check
-        // the restarted instance against: this measures the restart with the changelog off.
-        let config_file = |name: &str, kafka: &str| {
+        // the restarted instance against: the restarts are measured with the changelog off,
+        // and then its turning on.
+        let config_file = |name: &str, kafka: &str, changelog: bool| {
             let text = format!(
                 "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-restart\"\n{kafka}\
-                 [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = false\n\
+                 [input]\npartitions = {PARTITIONS}\n[state]\npath = \"{}\"\nchangelog = {changelog}\n\
                  [http]\nlisten_address = \"127.0.0.1:{port}\"\n",
                 dir.path().join("state").display()
             );
@@ -111,8 +116,10 @@ fn main() {
             std::fs::write(&path, &text).expect("config file");
             (path, text)
         };
-        let (path, text) = config_file("group.toml", membership);
-        let (fixed, _) = config_file("fixed.toml", "assigned_partitions = [0, 1, 2, 3]\n");
+        let (path, text) = config_file("group.toml", membership, false);
+        let listed = "assigned_partitions = [0, 1, 2, 3]\n";
+        let (fixed, _) = config_file("fixed.toml", listed, false);
+        let (turned_on, _) = config_file("changelog.toml", listed, true);
         let config = Config::parse(&text, Vec::new()).expect("config");
         let now = wall_clock_ms();
 
@@ -162,9 +169,50 @@ fn main() {
         // Once more, reading the same partitions without the group.
         publish_traffic(&brokers, &config.topics, 100, 13, now - 300_000, 100_000).await;
         let (mut child, m) = run_until(&fixed, port, 100).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("killed");
+        report(customers, "with kafka.assigned_partitions", &m);
+
+        // Last, the changelog turned on over that state: every partition sent to it whole
+        // before it is folded, then delivered by the outbox as the job goes on.
+        publish_traffic(&brokers, &config.topics, 100, 14, now - 120_000, 100_000).await;
+        let started = Instant::now();
+        let (mut child, m) = run_until(&turned_on, port, 100).await;
+        let scrape = common::Scrape::of(port);
+        let published = scrape
+            .lines("customer_pulse_restores_total")
+            .iter()
+            .filter(|(labels, _)| labels.contains(r#"outcome="published""#))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+        let records = scrape.sum("customer_pulse_restored_records_total");
+        let drained = loop {
+            let backlog = common::Scrape::of(port).sum("customer_pulse_outbox_backlog_records");
+            if backlog == 0.0 {
+                break started.elapsed().as_secs_f64();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "the outbox drained within 600 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         child.kill().expect("stop");
         let _ = child.wait();
-        report(customers, "with kafka.assigned_partitions", &m);
+        assert_eq!(published, PARTITIONS as f64, "every partition published");
+        assert!(
+            records >= customers as f64,
+            "{records} records published for {customers} customers"
+        );
+        report(
+            customers,
+            "with the changelog turned on over it (each partition's state sent to it first)",
+            &m,
+        );
+        println!(
+            "  {records:.0} changelog records published; the outbox had delivered them all {drained:.2} s from the start ({:.0} records/s)",
+            records / drained
+        );
     });
 }
 
