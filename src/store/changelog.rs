@@ -61,6 +61,15 @@ pub fn is_customer_key(key: &[u8]) -> bool {
 /// changelog went to it whole (`aggregator::keep_seed`), until the aggregator takes it.
 const AGGREGATOR_SEED: &[u8] = b"g/aggregator-seed";
 
+/// The flag of a partition being sent to the changelog whole ([`Store::set_publishing`]).
+fn publishing_key(partition: i32) -> Vec<u8> {
+    [
+        b"g/publishing/".as_slice(),
+        &(partition as u32).to_be_bytes(),
+    ]
+    .concat()
+}
+
 /// Records per commit when a partition's state is published ([`Store::publish_partition`]):
 /// about a megabyte of customers.
 pub(super) const PUBLISH_PAGE: usize = if cfg!(test) { 4 } else { 2_000 };
@@ -960,6 +969,22 @@ impl Store {
                 .write(marks.into_iter().map(|(key, _)| Op::Delete(key)).collect())?;
         }
         Ok(forgotten)
+    }
+
+    /// Flags (or unflags) `partition` as being sent to the changelog whole
+    /// ([`Store::publish_partition`]): while flagged, a restore takes the partition as never
+    /// accounted for in the changelog, and publishes it again.
+    pub fn set_publishing(&self, partition: i32, publishing: bool) -> Result<(), StoreError> {
+        let key = publishing_key(partition);
+        self.backend.write(vec![match publishing {
+            true => Op::Put(key, Vec::new()),
+            false => Op::Delete(key),
+        }])
+    }
+
+    /// Whether `partition` is flagged as being sent to the changelog whole.
+    pub fn publishing(&self, partition: i32) -> Result<bool, StoreError> {
+        Ok(self.backend.get(&publishing_key(partition))?.is_some())
     }
 
     /// Keeps `seed` (an [`AggregatorSnapshot`]'s bytes) for this instance's aggregator to
