@@ -198,10 +198,10 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Starts from `seed`, the instance's own aggregates kept as its state, kept without the
-    /// changelog, went to it whole ([`keep_seed`]), whatever the aggregator's store held: that
-    /// store was last written before the changelog was turned off, if ever, and the seed
-    /// counts everything folded since.
+    /// Starts from `seed`: the instance's own aggregates, kept when its state, kept without the
+    /// changelog until then, went to it whole ([`keep_seed`]). They replace what the
+    /// aggregator's store held (written before the changelog was turned off, if ever), as a
+    /// snapshot's do: the seed counts everything folded since.
     pub fn adopt_seed(&mut self, seed: AggregatorSnapshot) -> anyhow::Result<()> {
         self.adopt(seed)?;
         // Nothing read yet: its first snapshot goes out at its first step that reads.

@@ -9,16 +9,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use customer_pulse::aggregator::{Aggregator, ChangelogFeed};
+use customer_pulse::aggregator::{keep_seed, Aggregator, ChangelogFeed};
 use customer_pulse::event::{format_millis, parse_millis};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{
     partition_for, Aggregation, InputRecord, Processor, ProcessorSettings,
 };
-use customer_pulse::restore::ChangelogSource;
+use customer_pulse::restore::{restore, ChangelogSource, Restored};
 use customer_pulse::rfm::{point, Cell, Rfm};
 use customer_pulse::store::{
-    AggregatorSnapshot, ChangelogRecord, Claim, Epoch, Store, StoreError, AGGREGATOR_KEY,
+    AggregatorSnapshot, ChangelogRecord, Claim, Epoch, MemoryBackend, Store, StoreError,
+    AGGREGATOR_KEY, CLAIM_KEY,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -134,8 +135,17 @@ impl ChangelogSource for Log {
         Ok(end)
     }
 
-    fn claim(&self, _: i32, _: &Claim) -> anyhow::Result<i64> {
-        anyhow::bail!("nothing claims here")
+    fn claim(&self, partition: i32, claim: &Claim) -> anyhow::Result<i64> {
+        let mut log = self.0.lock().unwrap();
+        let records = log.entry(partition).or_default();
+        records.push(Some(ChangelogRecord {
+            key: CLAIM_KEY.to_vec(),
+            value: Some(claim.to_bytes()),
+            epoch: None,
+            facts: None,
+            sequence: None,
+        }));
+        Ok(records.len() as i64 - 1)
     }
 
     fn end(&self, partition: i32) -> anyhow::Result<i64> {
@@ -1106,5 +1116,68 @@ proptest! {
             )
         };
         prop_assert_eq!(times(instance.store()), times(&lone_store));
+    }
+}
+
+/// A lone instance whose state, kept without the changelog, turns the changelog on after some
+/// batches: as it claims each partition its state goes to the changelog whole
+/// (`Restored::Published`), its aggregates become the aggregator's start (`keep_seed`,
+/// `Aggregator::adopt_seed`), and it goes on with its aggregates elsewhere. The windows and days
+/// emitted before the switch, by the lone instance, and after it, by the aggregator, are those
+/// of one lone instance throughout, wherever the switch falls.
+#[test]
+fn a_lone_instance_turning_the_changelog_on_emits_with_its_aggregator_what_it_would_alone() {
+    let records = traffic();
+    let want = one_instance(&records);
+    let batches: Vec<&[InputRecord]> = records.chunks(500).collect();
+    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+    for switch in [1, batches.len() / 2] {
+        let disk = std::sync::Arc::new(MemoryBackend::default());
+        let lone_store = Store::open(disk.clone()).unwrap();
+        let mut lone = Processor::new(
+            lone_store.clone(),
+            settings_with_partitions(500, PARTITIONS),
+        );
+        for batch in &batches[..switch] {
+            lone.process(batch, NOW_MS).unwrap();
+        }
+        let mut emitted = aggregates(&lone_store);
+        drop(lone);
+
+        let store = Store::open(disk).unwrap().with_changelog(TOPIC).unwrap();
+        let mut log = Log::default();
+        for partition in 0..PARTITIONS {
+            let restored = restore(&store, &log, partition, &mut |_, _| {}).unwrap();
+            assert!(
+                matches!(restored, Restored::Published { records } if records > 0),
+                "partition {partition}: {restored:?}"
+            );
+        }
+        keep_seed(&store, PARTITIONS).unwrap();
+        let mut aggregator = new_aggregator();
+        let seed = store.aggregator_seed().unwrap().expect("a seed kept");
+        aggregator.adopt_seed(seed).unwrap();
+        let mut settings = settings_with_partitions(500, PARTITIONS);
+        settings.aggregation = Aggregation::Elsewhere;
+        let mut instance = Processor::new(store.clone(), settings);
+        instance.assign(&every, NOW_MS);
+        for (round, batch) in batches[switch..].iter().enumerate() {
+            instance.process(batch, NOW_MS).unwrap();
+            log.deliver(instance.store());
+            if round % 3 == 0 {
+                aggregator.step(&mut log, round as i64 * 5_000).unwrap();
+                log.deliver(aggregator.processor().store());
+            }
+        }
+        let end = batches.len() as i64 * 5_000;
+        while aggregator.step(&mut log, end).unwrap().1 {}
+        aggregator.step(&mut log, end).unwrap();
+        emitted.extend(aggregates(aggregator.processor().store()));
+        assert_eq!(
+            differences(&emitted, &want),
+            Vec::<String>::new(),
+            "switched after batch {switch} of {}",
+            batches.len()
+        );
     }
 }
