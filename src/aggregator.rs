@@ -224,15 +224,8 @@ impl Aggregator {
     /// The aggregator's state as its store holds it.
     fn snapshot(&self) -> Result<AggregatorSnapshot, StoreError> {
         let store = self.processor.store();
-        let rfm = store.rfm()?;
-        let mut snapshot = AggregatorSnapshot {
-            trends: store.trends()?,
-            segments: store.segments()?,
-            rfm_cells: rfm.cells(),
-            rfm_scales: rfm.scales,
-            partitions: Vec::new(),
-            window_ms: Some(self.processor.settings().trends.window_ms),
-        };
+        let window_ms = Some(self.processor.settings().trends.window_ms);
+        let mut snapshot = aggregates_of(store, window_ms)?;
         for partition in 0..self.partitions {
             if let Some(next) = store.offset(&self.topic, partition)? {
                 let watermark = store.event_time(&self.topic, partition)?;
@@ -339,6 +332,23 @@ impl Aggregator {
     }
 }
 
+/// A snapshot of the aggregates `store` holds (complaint windows of `window_ms`), with no
+/// partition read yet.
+fn aggregates_of(
+    store: &crate::store::Store,
+    window_ms: Option<Millis>,
+) -> Result<AggregatorSnapshot, StoreError> {
+    let rfm = store.rfm()?;
+    Ok(AggregatorSnapshot {
+        trends: store.trends()?,
+        segments: store.segments()?,
+        rfm_cells: rfm.cells(),
+        rfm_scales: rfm.scales,
+        partitions: Vec::new(),
+        window_ms,
+    })
+}
+
 /// Keeps, in the instance's `store`, a start for its aggregator from the instance's own
 /// aggregates: complaint windows and baselines, segment days, RFM histograms and scales. For a
 /// state kept without the changelog, every one of whose `partitions` the instance just claimed
@@ -350,15 +360,7 @@ pub fn keep_seed(store: &crate::store::Store, partitions: i32) -> anyhow::Result
     let Some((_, writer)) = store.changelog() else {
         return Ok(());
     };
-    let rfm = store.rfm()?;
-    let mut seed = AggregatorSnapshot {
-        trends: store.trends()?,
-        segments: store.segments()?,
-        rfm_cells: rfm.cells(),
-        rfm_scales: rfm.scales,
-        partitions: Vec::new(),
-        window_ms: store.window_ms()?,
-    };
+    let mut seed = aggregates_of(store, store.window_ms()?)?;
     for partition in 0..partitions {
         let claim = store
             .epoch(partition)
