@@ -41,7 +41,8 @@ struct Instance {
     port: u16,
     shutdown: CancellationToken,
     job: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    /// Its state's directory when the instance made it (`None`: the caller's).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Instance {
@@ -52,11 +53,26 @@ impl Instance {
     /// With `kafka` added to the `[kafka]` section, and `processing` to `[processing]`.
     fn start_with(brokers: &str, kafka: &str, processing: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut instance = Instance::start_on(brokers, &state, true, kafka, processing);
+        instance._dir = Some(dir);
+        instance
+    }
+
+    /// On the state at `state`, with the changelog on or off; `kafka` added to the `[kafka]`
+    /// section, and `processing` to `[processing]`.
+    fn start_on(
+        brokers: &str,
+        state: &std::path::Path,
+        changelog: bool,
+        kafka: &str,
+        processing: &str,
+    ) -> Instance {
         let port = free_port();
-        let text = config_text(brokers, &dir.path().join("state"), port)
+        let text = config_text(brokers, state, port)
             .replace(
                 "cache_customers = 500",
-                "cache_customers = 500\nchangelog = true",
+                &format!("cache_customers = 500\nchangelog = {changelog}"),
             )
             .replacen("[kafka]\n", &format!("[kafka]\n{kafka}"), 1)
             .replacen("[processing]\n", &format!("[processing]\n{processing}"), 1);
@@ -67,7 +83,7 @@ impl Instance {
             port,
             shutdown,
             job,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -553,4 +569,71 @@ async fn a_job_started_before_its_changelog_topic_exists_names_it_and_starts_onc
         "the partitions start once the topic exists:\n{}",
         read_log()
     );
+}
+
+/// From one instance to two over a state kept without the changelog (README, *Scaling out*):
+/// the instance restarted with the changelog on sends every partition's state to it, and once
+/// that is delivered a second instance joins the group. The partitions it takes are restored
+/// from the changelog, with what was folded before the switch; then both fold on, and serve
+/// between them every customer's state of one pass, and the windows and days emitted, by the
+/// lone instance and then by the aggregator, are those of one pass. (Without the publishing,
+/// the first customer checked is served without the first half's events.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_one_instance_to_two_over_a_state_kept_without_the_changelog() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let topics = test_topics();
+    let events = traffic(3_000, 67);
+    let (first, second) = events.split_at(1_500);
+    let ids = customer_ids(&events);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+
+    // One instance, the changelog off, folds the first half.
+    publish(&broker.address, &topics, first, None, 1)
+        .await
+        .unwrap();
+    let a = Instance::start_on(&broker.address, &state, false, "", "");
+    a.processed(first.len()).await;
+    a.stop().await;
+
+    // Started again with the changelog on: every partition goes to it.
+    let a = Instance::start_on(&broker.address, &state, true, "", "");
+    let port = a.port;
+    let delivered = wait_for(Duration::from_secs(60), || {
+        metric(
+            port,
+            r#"customer_pulse_restores_total{outcome="published"}"#,
+        ) == 4.0
+            && http_get(port, "/metrics").is_some_and(|(_, text)| {
+                text.lines()
+                    .filter(|l| l.starts_with("customer_pulse_outbox_backlog_records{"))
+                    .all(|l| l.ends_with(" 0"))
+            })
+    })
+    .await;
+    assert!(
+        delivered,
+        "every partition published and delivered within 60 s"
+    );
+
+    // A second instance joins, then the second half arrives.
+    let b = Instance::start(&broker.address);
+    let split = wait_for(Duration::from_secs(90), || {
+        let held = |port| metric_sum(port, "customer_pulse_assigned_partitions");
+        held(a.port) > 0.0 && held(b.port) > 0.0
+    })
+    .await;
+    assert!(split, "the partitions shared within 90 s");
+    let restored = metric(b.port, r#"customer_pulse_restores_total{outcome="tail"}"#);
+    assert!(restored >= 1.0, "the second restored what it took");
+    publish(&broker.address, &topics, second, None, 1)
+        .await
+        .unwrap();
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let expected = replayed_states(&values, wall_clock_ms());
+    crate::scale::served_as_replayed(&[a.port, b.port], &ids, &expected).await;
+    crate::scale::aggregates_of_one_pass(&broker.address, &values, &[a.port, b.port]).await;
+    b.stop().await;
+    a.stop().await;
 }
