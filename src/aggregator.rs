@@ -26,7 +26,7 @@ use crate::restore::ChangelogSource;
 use crate::rfm::Cell;
 use crate::store::{
     decode_facts, decode_position, AggregatorSnapshot, ChangelogRecord, Claim, Commit,
-    OutboxRecord, Ownership, StoreError, AGGREGATOR_KEY, POSITION_KEY, WATERMARK_SOURCE,
+    OutboxRecord, Ownership, Position, StoreError, AGGREGATOR_KEY, POSITION_KEY, WATERMARK_SOURCE,
 };
 
 /// At most this many records per step, so a long backlog (an aggregator starting from the
@@ -44,6 +44,9 @@ pub trait ChangelogFeed {
         from: &BTreeMap<i32, i64>,
         max: usize,
     ) -> anyhow::Result<Vec<(i32, i64, ChangelogRecord)>>;
+
+    /// Per partition that holds records, the offset past its last one now.
+    fn ends(&mut self) -> anyhow::Result<BTreeMap<i32, i64>>;
 }
 
 /// How often (processor time) the aggregator writes its snapshot to the changelog.
@@ -192,6 +195,13 @@ impl Aggregator {
             }
             commit.ownerships.push((partition, ownership));
         }
+        // What it counted of each partition's input is the snapshot's now, or not known.
+        let mut inputs: BTreeMap<i32, Position> = snapshot.inputs.into_iter().collect();
+        for partition in 0..self.partitions {
+            commit
+                .counted_inputs
+                .push((partition, inputs.remove(&partition)));
+        }
         store.commit(commit)?;
         self.processor.forget_aggregates();
         self.unsnapshotted = false;
@@ -233,6 +243,9 @@ impl Aggregator {
                 snapshot
                     .partitions
                     .push((partition, next, watermark, ownership));
+            }
+            if let Some(input) = store.counted_input(partition)? {
+                snapshot.inputs.push((partition, input));
             }
         }
         Ok(snapshot)
@@ -285,6 +298,35 @@ impl Aggregator {
             self.write_snapshot()?;
         }
         Ok((report, more))
+    }
+
+    /// Steps until it has read every partition up to where the changelog ends now
+    /// ([`ChangelogFeed::ends`]), while `time_left` says so, handing each step's report to
+    /// `each`. At a graceful stop, once the instance's last records are delivered: its
+    /// aggregates then count everything the instance's state holds, which a lone instance
+    /// turning the changelog off takes over ([`take_over`]). Returns whether it got there.
+    pub fn read_to_end(
+        &mut self,
+        feed: &mut dyn ChangelogFeed,
+        now: Millis,
+        time_left: &dyn Fn() -> bool,
+        each: &mut dyn FnMut(BatchReport),
+    ) -> anyhow::Result<bool> {
+        let ends = feed.ends()?;
+        loop {
+            let store = self.processor.store();
+            let mut behind = false;
+            for (&partition, &end) in &ends {
+                behind |= store.offset(&self.topic, partition)?.unwrap_or(0) < end;
+            }
+            if !behind {
+                return Ok(true);
+            }
+            if !time_left() {
+                return Ok(false);
+            }
+            each(self.step(feed, now)?.0);
+        }
     }
 
     /// Writes the snapshot now if it read something since the last one: as the instance gives
@@ -345,6 +387,7 @@ fn aggregates_of(
         rfm_cells: rfm.cells(),
         rfm_scales: rfm.scales,
         partitions: Vec::new(),
+        inputs: Vec::new(),
         window_ms,
     })
 }
@@ -375,9 +418,87 @@ pub fn keep_seed(store: &crate::store::Store, partitions: i32) -> anyhow::Result
         );
         seed.partitions
             .push((partition, claim + 1, None, ownership));
+        let position = Position {
+            writer,
+            offsets: store.input_offsets(partition)?,
+            event_times: Vec::new(),
+        };
+        seed.inputs.push((partition, position));
     }
     store.keep_aggregator_seed(seed.to_bytes())?;
     Ok(())
+}
+
+/// What an instance starting with the changelog off did with its aggregator's state
+/// ([`take_over`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Its aggregates counted exactly the input the instance's state holds: they are the
+    /// instance's now.
+    Taken,
+    /// They counted other input than the instance's state holds in these partitions (the
+    /// aggregator had not read the instance's last records, or the instance did not own them
+    /// all): passed over.
+    PassedOver(Vec<i32>),
+    /// It recorded no input it counted (no aggregator ran here, or its state was taken or
+    /// passed over before).
+    NotCounted,
+}
+
+/// For an instance about to fold without the changelog on a state kept with it: takes over the
+/// complaint windows and baselines and the segment days from the state of the aggregator that
+/// ran beside it (`aggregator`), if they count exactly the input the instance's state holds, in
+/// every one of the `partitions` (the last position each counted is where the instance's state
+/// stands); else the instance goes on with the times of its windows and days only, their
+/// counts empty. Either way the aggregator's records not yet delivered to `topics` other than
+/// `changelog` (windows and days it emitted) move to the instance's outbox, the only one drained
+/// now, and what it counted is forgotten, so that this is decided once. The instance keeps its
+/// own RFM histograms and scales, which it kept for its churn-risk records all along.
+pub fn take_over(
+    instance: &crate::store::Store,
+    aggregator: &crate::store::Store,
+    partitions: i32,
+    changelog: &str,
+) -> Result<(TakeOver, usize), StoreError> {
+    let pending: Vec<(u64, OutboxRecord)> = aggregator
+        .outbox(usize::MAX)?
+        .into_iter()
+        .filter(|(_, record)| record.topic != changelog)
+        .collect();
+    let mut differ = Vec::new();
+    let mut counted_any = false;
+    for partition in 0..partitions {
+        let counted = aggregator.counted_input(partition)?;
+        counted_any |= counted.is_some();
+        let mut counted = counted.map(|position| position.offsets).unwrap_or_default();
+        let mut holds = instance.input_offsets(partition)?;
+        counted.sort();
+        holds.sort();
+        if counted != holds {
+            differ.push(partition);
+        }
+    }
+    let verdict = match (counted_any, differ.is_empty()) {
+        (false, _) => TakeOver::NotCounted,
+        (true, true) => TakeOver::Taken,
+        (true, false) => TakeOver::PassedOver(differ),
+    };
+    let mut commit = Commit {
+        outbox: pending.iter().map(|(_, r)| r.clone().into()).collect(),
+        ..Commit::default()
+    };
+    if verdict == TakeOver::Taken {
+        commit.trends = aggregator.trends()?.map(Arc::new);
+        commit.segments = aggregator.segments()?;
+    }
+    instance.commit(commit)?;
+    let moved: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
+    aggregator.acknowledge(&moved)?;
+    aggregator.commit(Commit {
+        counted_inputs: (0..partitions).map(|p| (p, None)).collect(),
+        ..Commit::default()
+    })?;
+    Ok((verdict, moved.len()))
 }
 
 /// Takes in the changelog record at `offset`: a claim changes who counts; a counted customer
@@ -410,6 +531,7 @@ fn take(into: &mut PartitionFacts, offset: i64, record: &ChangelogRecord) {
                     .find(|(source, _)| source == WATERMARK_SOURCE)
                     .map(|(_, at)| *at);
                 into.watermark = into.watermark.max(watermark);
+                into.input = Some(position);
             }
             Err(e) => skip(into, "position", &e),
         }

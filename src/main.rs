@@ -356,7 +356,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 );
             }
             let store = pipeline::open_store(&config)?;
-            pipeline::forget_changelog_read(&store)?;
+            pipeline::write_without_changelog(&store, &config)?;
             let mut processor = Processor::new(store, pipeline::processor_settings(&config));
             let telemetry = Telemetry::new();
             let shutdown = shutdown_on_signals();

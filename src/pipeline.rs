@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregator::Aggregator;
+use crate::aggregator::{Aggregator, TakeOver};
 use crate::config::Config;
 use crate::event::Millis;
 use crate::fold::Lifecycle;
@@ -371,15 +371,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_on(config, store, shutdown).await
 }
 
-/// Forgets what the changelog accounted for of `store`, about to be written without it (see
-/// [`Store::forget_changelog_read`]), and says so when it had accounted for something.
-pub fn forget_changelog_read(store: &Store) -> anyhow::Result<()> {
+/// Readies `store`, kept with the changelog until now perhaps, to be written without it:
+/// forgets what the changelog accounted for (see [`Store::forget_changelog_read`]), saying so
+/// when it had accounted for something, and takes over from the aggregator that ran beside it
+/// (its own store, `aggregator/` under `state.path`) its undelivered records and, when they
+/// count exactly what the state holds, its complaint windows and segment days
+/// (`aggregator::take_over`).
+pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result<()> {
     let partitions = store.forget_changelog_read()?;
     if partitions > 0 {
         tracing::warn!(
             partitions,
             "This state was kept with the changelog, and is written without it now: the changelog will not hold these changes. With the changelog on again, each partition's state goes to it whole as the instance claims it, unless another instance claimed the partition since (its state is then taken from the changelog, and changes made here are dropped)."
         );
+    }
+    let path = config.state_path.join("aggregator");
+    if !path.is_dir() {
+        return Ok(());
+    }
+    let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
+        .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
+    let aggregator = Store::open(Arc::new(backend))?;
+    let (verdict, moved) = crate::aggregator::take_over(
+        store,
+        &aggregator,
+        config.partitions,
+        &config.topics.changelog,
+    )?;
+    if moved > 0 {
+        tracing::info!(
+            records = moved,
+            "Records the aggregator emitted and had not delivered go out from this instance's outbox."
+        );
+    }
+    match verdict {
+        TakeOver::Taken => tracing::info!("This instance takes over the aggregator's complaint windows and baselines and segment days: they count exactly the input its state holds."),
+        TakeOver::PassedOver(partitions) => tracing::warn!(
+            ?partitions,
+            "The aggregator's complaint windows and segment days count other input than this instance's state holds in these partitions (it had not read the instance's last changelog records, or the instance did not own every partition): they are passed over, and the windows and days open now go on with their counts empty."
+        ),
+        TakeOver::NotCounted => tracing::info!("The aggregator's state here recorded no input it counted (it never read the changelog to this instance's records, or its state was taken over or passed over before): the windows and days open now go on with their counts empty."),
     }
     Ok(())
 }
@@ -393,7 +424,7 @@ pub async fn run_on(
     let store = match (config.changelog, store.changelog()) {
         (true, None) => store.with_changelog(&config.topics.changelog)?,
         (false, None) => {
-            forget_changelog_read(&store)?;
+            write_without_changelog(&store, &config)?;
             store
         }
         _ => store,
@@ -499,16 +530,24 @@ pub async fn run_on(
     tracing::info!(brokers = %config.brokers, group = %config.group_id, "Consuming.");
 
     let mut settings = processor_settings(&config);
+    // Whether this instance owns input partition 0: as the shutdown began, once it has (the
+    // consumer's close revokes every partition, and the aggregator reads on while the outbox
+    // flushes, then to the changelog's end).
+    let owned_first_at_shutdown: Arc<std::sync::OnceLock<bool>> = Arc::default();
+    let owns_first = {
+        let assignment = input.assignment_handle();
+        let at_shutdown = owned_first_at_shutdown.clone();
+        move || {
+            at_shutdown.get().copied().unwrap_or_else(|| {
+                let owned = assignment.lock().unwrap_or_else(|p| p.into_inner());
+                owned.iter().any(|(_, p)| *p == 0)
+            })
+        }
+    };
     let aggregator = match store.changelog() {
         Some((topic, _)) => {
             settings.aggregation = Aggregation::Elsewhere;
-            let owns = {
-                let assignment = input.assignment_handle();
-                move || {
-                    let owned = assignment.lock().unwrap_or_else(|p| p.into_inner());
-                    owned.iter().any(|(_, p)| *p == 0)
-                }
-            };
+            let owns = owns_first.clone();
             Some(start_aggregator(
                 &config,
                 topic,
@@ -536,6 +575,7 @@ pub async fn run_on(
     tracing::info!("Shutting down: the last batch is committed; flushing the outbox.");
     let stopping = std::time::Instant::now();
     let _ = flush_deadline.set(tokio::time::Instant::now() + config.shutdown_flush);
+    let _ = owned_first_at_shutdown.set(owns_first());
     telemetry.set_ready(false);
     // The revocation waits up to `shutdown_flush` for the outbox; the close gets more on top.
     input
@@ -624,7 +664,7 @@ fn start_aggregator(
         Outbox::Aggregator,
         wake.clone(),
         outbox_stop.clone(),
-        flush_deadline,
+        flush_deadline.clone(),
     ));
     let stop = CancellationToken::new();
     let thread = {
@@ -641,7 +681,8 @@ fn start_aggregator(
                     snapshot_source: Box::new(snapshot_source),
                     instance,
                 };
-                aggregate_while_owner(aggregator, feed, owns_first, &telemetry, &wake, &stop)
+                let stopping = (&stop, &flush_deadline);
+                aggregate_while_owner(aggregator, feed, owns_first, &telemetry, &wake, stopping)
             })
             .context("cannot start the aggregator thread")?
     };
@@ -689,14 +730,15 @@ impl AggregatorRole {
 /// the aggregator (from the latest snapshot when it never read) and steps it, until `stop`. As
 /// the instance gives partition 0 up, and as it stops, the aggregator writes its snapshot for
 /// the next owner (`Aggregator::hand_over`); taking partition 0 back, it goes on from a later
-/// owner's snapshot when that is ahead of its own store (`Aggregator::catch_up`).
+/// owner's snapshot when that is ahead of its own store (`Aggregator::catch_up`). Stopped at a
+/// graceful shutdown (`deadline` set), it first reads the changelog to its end.
 fn aggregate_while_owner(
     mut aggregator: Aggregator,
     mut feed: AggregatorFeed,
     owns_first: impl Fn() -> bool,
     telemetry: &Telemetry,
     wake: &Notify,
-    stop: &CancellationToken,
+    (stop, deadline): (&CancellationToken, &FlushDeadline),
 ) {
     let (mut role, mut started) = (AggregatorRole::default(), false);
     while !stop.is_cancelled() {
@@ -720,30 +762,11 @@ fn aggregate_while_owner(
             aggregator.show_again();
         }
         if !started {
-            match start_from_seed(&mut aggregator, &feed.instance) {
-                Ok(true) => {
-                    tracing::info!("The aggregator starts from this instance's complaint windows, segment days and RFM histograms: its state, kept without the changelog, went to it whole.");
-                    started = true;
-                }
-                Ok(false) => {}
+            match start(&mut aggregator, &feed) {
+                Ok(()) => started = true,
                 Err(e) => {
-                    if let Some(held_back) = repeated(&format!("aggregator seed {e}")) {
-                        tracing::warn!(error = %e, held_back, "The aggregator could not start from this instance's aggregates; it retries.");
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            }
-        }
-        if !started {
-            match (feed.snapshot_source)().and_then(|source| aggregator.bootstrap(&source)) {
-                Ok(from_snapshot) => {
-                    tracing::info!(from_snapshot, "The aggregator starts.");
-                    started = true;
-                }
-                Err(e) => {
-                    if let Some(held_back) = repeated(&format!("aggregator snapshot {e}")) {
-                        tracing::warn!(error = %e, held_back, "The aggregator could not look for its snapshot; it retries.");
+                    if let Some(held_back) = repeated(&format!("aggregator start {e}")) {
+                        tracing::warn!(error = %e, held_back, "The aggregator could not start; it retries.");
                     }
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
@@ -770,10 +793,69 @@ fn aggregate_while_owner(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Stopped before it started (a short run): it starts now, to read to the end.
+    let owner = role.owner || owns_first();
+    if owner && !started && deadline.get().is_some() {
+        match start(&mut aggregator, &feed) {
+            Ok(()) => started = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "The aggregator could not start to read the changelog to its end at the stop.")
+            }
+        }
+    }
     // The outbox's last flush, after this thread, delivers it.
-    if role.owner && started {
+    if owner && started {
+        if let Some(end) = deadline.get() {
+            read_to_end(
+                &mut aggregator,
+                &mut feed.tail,
+                telemetry,
+                wake,
+                end.into_std(),
+            );
+        }
         hand_over(&mut aggregator, wake);
     }
+}
+
+/// At a graceful stop, once the instance's outbox was flushed (`run_on` stops the aggregator
+/// only then): reads the changelog to its end, so that the aggregates count every change the
+/// instance's state holds, for at most half the time left until `flush_end` (its own outbox
+/// drains in the rest). A lone instance turning the changelog off then takes them over
+/// (`aggregator::take_over`). A failure or the time running out is logged.
+fn read_to_end(
+    aggregator: &mut Aggregator,
+    tail: &mut ChangelogTail,
+    telemetry: &Telemetry,
+    wake: &Notify,
+    flush_end: Instant,
+) {
+    let now = Instant::now();
+    let until = now + flush_end.saturating_duration_since(now) / 2;
+    let time_left = || Instant::now() < until;
+    let mut record = |report: BatchReport| {
+        telemetry.record_aggregates(&report);
+        wake.notify_one();
+    };
+    match aggregator.read_to_end(tail, wall_clock_ms(), &time_left, &mut record) {
+        Ok(true) => tracing::info!("The aggregator read the changelog to its end."),
+        Ok(false) => tracing::warn!("The aggregator did not read the changelog to its end in half the shutdown's flush time: a lone instance turning the changelog off will not take over its complaint windows and segment days."),
+        Err(e) => tracing::warn!(error = %e, "The aggregator could not read the changelog to its end: a lone instance turning the changelog off will not take over its complaint windows and segment days."),
+    }
+}
+
+/// Starts `aggregator`: from the seed its instance's store keeps (its state went to the changelog
+/// whole), else, if it never read, from the latest snapshot in the changelog, else from its own
+/// store.
+fn start(aggregator: &mut Aggregator, feed: &AggregatorFeed) -> anyhow::Result<()> {
+    if start_from_seed(aggregator, &feed.instance)? {
+        tracing::info!("The aggregator starts from this instance's complaint windows, segment days and RFM histograms: its state, kept without the changelog, went to it whole.");
+        return Ok(());
+    }
+    let from_snapshot =
+        (feed.snapshot_source)().and_then(|source| aggregator.bootstrap(&source))?;
+    tracing::info!(from_snapshot, "The aggregator starts.");
+    Ok(())
 }
 
 /// Starts `aggregator` from the seed the instance's store keeps, if one waits there, and drops

@@ -261,6 +261,19 @@ impl crate::aggregator::ChangelogFeed for ChangelogTail {
         }
         Ok(records)
     }
+
+    fn ends(&mut self) -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
+        let mut ends = std::collections::BTreeMap::new();
+        for partition in 0..self.partitions {
+            let (low, high) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))?;
+            if high > low {
+                ends.insert(partition, high);
+            }
+        }
+        Ok(ends)
+    }
 }
 
 impl ChangelogReader {

@@ -167,6 +167,9 @@ pub struct PartitionFacts {
     pub facts: Vec<Fact>,
     /// The partition's newest watermark among them.
     pub watermark: Option<Millis>,
+    /// The input position of the last counted position record among them: what the
+    /// aggregates count up to in the partition once these facts are applied.
+    pub input: Option<crate::store::Position>,
     /// The offset the next read starts at.
     pub next: i64,
     /// Which records count from there on.
@@ -663,6 +666,9 @@ impl Processor {
                 commit.event_times.push((source.to_owned(), p, at));
             }
             commit.ownerships.push((p, partition.ownership));
+            if let Some(input) = partition.input {
+                commit.counted_inputs.push((p, Some(input)));
+            }
         }
         aggregates.stage(&mut commit, report, &self.settings);
         self.commit(commit, report)?;
@@ -1903,8 +1909,7 @@ mod tests {
                 facts: vec![fact],
                 watermark: Some(watermark),
                 next,
-                ownership: crate::store::Ownership::default(),
-                unreadable: 0,
+                ..PartitionFacts::default()
             };
             aggregator.aggregate("changelog", vec![read]).unwrap()
         };

@@ -296,6 +296,10 @@ pub struct AggregatorSnapshot {
     /// The length of the complaint windows in `trends` (`trends.window_minutes`, in ms);
     /// `None` in a snapshot of a build that did not record it.
     pub window_ms: Option<Millis>,
+    /// Per changelog partition, the input position its aggregates count up to: the last
+    /// counted position record's (`Store::counted_input`); empty in a snapshot of a build that
+    /// did not record them.
+    pub inputs: Vec<(i32, Position)>,
 }
 
 impl AggregatorSnapshot {
@@ -666,23 +670,10 @@ impl Store {
         if let Some(kept) = positions.get(&partition) {
             return Ok(kept.clone());
         }
-        let entries = |tag: u8| -> Result<Entries, StoreError> {
-            let prefix = partition_prefix(tag, partition);
-            let mut out = Vec::new();
-            for (key, value) in self.backend.scan(&prefix, &prefix, None, usize::MAX)? {
-                let topic = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                let value = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        key: format!("{key:?}"),
-                        reason: "not 8 bytes".into(),
-                    })?;
-                out.push((topic, i64::from_be_bytes(value)));
-            }
-            Ok(out)
-        };
-        let stored = (entries(OFFSET)?, entries(EVENT_TIME)?);
+        let stored = (
+            self.partition_entries(OFFSET, partition)?,
+            self.partition_entries(EVENT_TIME, partition)?,
+        );
         positions.insert(partition, stored.clone());
         Ok(stored)
     }

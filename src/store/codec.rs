@@ -95,6 +95,8 @@ const SNAPSHOT_V4: u8 = 4;
 const SNAPSHOT_V5: u8 = 5;
 /// Version 6 carries trends version 4; version 5 is still read, its trends with nothing left.
 const SNAPSHOT_V6: u8 = 6;
+/// Version 7 adds each partition's counted input position; version 6 is still read, with none.
+const SNAPSHOT_V7: u8 = 7;
 /// Version 2 adds `active_at_close`; version 1 (without it) is still read.
 const SEGMENTS_V1: u8 = 1;
 const SEGMENTS_V2: u8 = 2;
@@ -771,8 +773,19 @@ struct SnapshotV5 {
     window_ms: Option<crate::event::Millis>,
 }
 
+/// The layout of snapshots version 6: version 7's without the counted input positions.
+#[derive(serde::Deserialize)]
+struct SnapshotV6 {
+    trends: Option<Trends>,
+    segments: Option<Segments>,
+    rfm_cells: Vec<crate::rfm::Cell>,
+    rfm_scales: Scales,
+    partitions: Vec<(i32, i64, Option<crate::event::Millis>, Ownership)>,
+    window_ms: Option<crate::event::Millis>,
+}
+
 pub fn encode_snapshot(snapshot: &AggregatorSnapshot) -> Vec<u8> {
-    encode(SNAPSHOT_V6, snapshot)
+    encode(SNAPSHOT_V7, snapshot)
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
@@ -786,6 +799,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 rfm_scales: v2.rfm_scales,
                 partitions: partitions.map(|(p, n, w, o)| (p, n, w, o.into())).collect(),
                 window_ms: None,
+                inputs: Vec::new(),
             }
         }),
         Some(&SNAPSHOT_V3) => {
@@ -796,6 +810,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 rfm_scales: v3.rfm_scales,
                 partitions: v3.partitions,
                 window_ms: None,
+                inputs: Vec::new(),
             })
         }
         Some(&SNAPSHOT_V4) => {
@@ -806,6 +821,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 rfm_scales: v4.rfm_scales,
                 partitions: v4.partitions,
                 window_ms: None,
+                inputs: Vec::new(),
             })
         }
         Some(&SNAPSHOT_V5) => {
@@ -816,9 +832,21 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AggregatorSnapshot, String> {
                 rfm_scales: v5.rfm_scales,
                 partitions: v5.partitions,
                 window_ms: v5.window_ms,
+                inputs: Vec::new(),
             })
         }
-        _ => decode(SNAPSHOT_V6, bytes),
+        Some(&SNAPSHOT_V6) => {
+            decode::<SnapshotV6>(SNAPSHOT_V6, bytes).map(|v6| AggregatorSnapshot {
+                trends: v6.trends,
+                segments: v6.segments,
+                rfm_cells: v6.rfm_cells,
+                rfm_scales: v6.rfm_scales,
+                partitions: v6.partitions,
+                window_ms: v6.window_ms,
+                inputs: Vec::new(),
+            })
+        }
+        _ => decode(SNAPSHOT_V7, bytes),
     }
 }
 
@@ -1734,13 +1762,13 @@ mod tests {
         let trends = closed.trends.as_mut().unwrap();
         trends.close_until(3_600_000, &s);
         assert_eq!(trends.verdicts.len(), 2, "billing and other");
-        let v6 = encode_snapshot(&closed);
-        assert_eq!(v6[0], SNAPSHOT_V6);
-        assert_eq!(decode_snapshot(&v6), Ok(closed));
+        let v7 = encode_snapshot(&closed);
+        assert_eq!(v7[0], SNAPSHOT_V7);
+        assert_eq!(decode_snapshot(&v7), Ok(closed));
     }
 
     #[test]
-    fn snapshot_versions_four_and_five_are_still_read_with_nothing_left_and_no_window_length() {
+    fn snapshot_versions_four_to_six_are_still_read_with_nothing_left_no_window_length_or_inputs() {
         let s = crate::trends::TrendSettings::defaults(&["billing"]);
         let mut trends = Trends::default();
         trends.opened("billing", crate::event::Severity::High, 5_000, &s);
@@ -1749,9 +1777,13 @@ mod tests {
             trends: Some(trends),
             ..AggregatorSnapshot::default()
         };
-        // Version 6: 01 (trends) and their version-4 body first, the rest after.
-        let v6 = encode_snapshot(&snapshot);
-        assert_eq!(&v6[..2], [SNAPSHOT_V6, 1]);
+        // Version 7: 01 (trends) and their version-4 body first, the rest after, the last
+        // byte 00 (no counted inputs); version 6 is the same without that byte.
+        let v7 = encode_snapshot(&snapshot);
+        assert_eq!(&v7[..2], [SNAPSHOT_V7, 1]);
+        assert_eq!(v7.last(), Some(&0));
+        let v6 = [&[SNAPSHOT_V6][..], &v7[1..v7.len() - 1]].concat();
+        assert_eq!(decode_snapshot(&v6), Ok(snapshot.clone()));
         assert_eq!(&v6[2..2 + trends_body.len()], trends_body);
         let rest = &v6[2 + trends_body.len()..];
         // A version-5 snapshot: its trends version 3, without the last byte (00: nothing left).
@@ -1766,6 +1798,14 @@ mod tests {
         assert_eq!(decode_snapshot(&v4), Ok(snapshot.clone()));
         let hourly = AggregatorSnapshot {
             window_ms: Some(3_600_000),
+            inputs: vec![(
+                2,
+                Position {
+                    writer: 7,
+                    offsets: vec![("orders".into(), 12)],
+                    event_times: Vec::new(),
+                },
+            )],
             ..snapshot
         };
         assert_eq!(decode_snapshot(&encode_snapshot(&hourly)), Ok(hourly));

@@ -258,6 +258,9 @@ pub struct Commit {
     /// The aggregator's: which records of each changelog partition count from where it stopped
     /// reading.
     pub ownerships: Vec<(i32, Ownership)>,
+    /// The aggregator's: per changelog partition, the input position its aggregates now count
+    /// up to (`None`: not known, forgotten).
+    pub counted_inputs: Vec<(i32, Option<Position>)>,
     /// Changelog records of what the store already holds, `(partition, changelog key,
     /// value)`, sent without writing the store: a state kept without the changelog, published
     /// as the changelog is turned on ([`Store::publish_partition`]).
@@ -369,6 +372,9 @@ const CUSTOMER: u8 = b'c';
 const SEALED: u8 = b's';
 /// `n` + partition: the aggregator's [`Ownership`] of a changelog partition.
 const OWNERSHIP: u8 = b'n';
+/// `i` + partition: the input position the aggregator's aggregates count up to in a changelog
+/// partition (the last counted position record's, [`Store::counted_input`]).
+const COUNTED_INPUT: u8 = b'i';
 const OFFSET: u8 = b'o';
 const EVENT_TIME: u8 = b'w';
 const OUTBOX: u8 = b'x';
@@ -406,6 +412,7 @@ pub const KEY_FAMILIES: &[(u8, &str)] = &[
     (HISTOGRAM, "RFM histogram cells"),
     (b'g', "settings and aggregates"),
     (OWNERSHIP, "changelog ownership"),
+    (COUNTED_INPUT, "aggregator's counted input"),
     (changelog::CHANGELOG_READ, "changelog read"),
     (changelog::EPOCH, "changelog epochs"),
 ];
@@ -919,6 +926,50 @@ impl Store {
         }
     }
 
+    /// The input position the aggregator's aggregates count up to in changelog `partition`, as
+    /// of the last commit: that of the last position record it counted there, if known.
+    pub fn counted_input(&self, partition: i32) -> Result<Option<Position>, StoreError> {
+        let key = partition_key(COUNTED_INPUT, "", partition);
+        self.backend
+            .get(&key)?
+            .map(|bytes| {
+                codec::decode_position(&bytes).map_err(|reason| StoreError::Corrupt {
+                    key: format!("counted input of changelog partition {partition}"),
+                    reason,
+                })
+            })
+            .transpose()
+    }
+
+    /// The input offsets stored for `partition`, `(source, next offset to read)` in source
+    /// order: where its state stands in its inputs, as a position record says it.
+    pub fn input_offsets(&self, partition: i32) -> Result<Vec<(String, i64)>, StoreError> {
+        self.partition_entries(OFFSET, partition)
+    }
+
+    /// Every `(source, value)` stored under `tag` (offsets or event times) for `partition`, in
+    /// source order.
+    pub(super) fn partition_entries(
+        &self,
+        tag: u8,
+        partition: i32,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let prefix = partition_key(tag, "", partition);
+        let mut out = Vec::new();
+        for (key, value) in self.backend.scan(&prefix, &prefix, None, usize::MAX)? {
+            let topic = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let value = value
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: "not 8 bytes".into(),
+                })?;
+            out.push((topic, i64::from_be_bytes(value)));
+        }
+        Ok(out)
+    }
+
     /// The newest event time `topic`/`partition` delivered, as of the last commit.
     pub fn event_time(&self, topic: &str, partition: i32) -> Result<Option<Millis>, StoreError> {
         self.partition_value(
@@ -1093,6 +1144,7 @@ impl Store {
             + commit.offsets.len()
             + commit.event_times.len()
             + commit.ownerships.len()
+            + commit.counted_inputs.len()
             + 2 * usize::from(outbox > 0);
         let mut ops = Vec::with_capacity(sized);
         let mut marked = Vec::new();
@@ -1152,6 +1204,13 @@ impl Store {
                 partition_key(OWNERSHIP, "", *partition),
                 codec::encode_ownership(ownership),
             ));
+        }
+        for (partition, position) in &commit.counted_inputs {
+            let key = partition_key(COUNTED_INPUT, "", *partition);
+            ops.push(match position {
+                Some(position) => Op::Put(key, codec::encode_position(position)),
+                None => Op::Delete(key),
+            });
         }
         let _in_order = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let first = self

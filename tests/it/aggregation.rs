@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use customer_pulse::aggregator::{keep_seed, Aggregator, ChangelogFeed};
+use customer_pulse::aggregator::{keep_seed, take_over, Aggregator, ChangelogFeed, TakeOver};
 use customer_pulse::event::{format_millis, parse_millis};
 use customer_pulse::generate::{generate, TrafficSpec};
 use customer_pulse::processor::{
@@ -104,6 +104,15 @@ impl ChangelogFeed for Log {
             }
         }
         Ok(out)
+    }
+
+    fn ends(&mut self) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let log = self.0.lock().unwrap();
+        Ok(log
+            .iter()
+            .filter(|(_, records)| !records.is_empty())
+            .map(|(partition, records)| (*partition, records.len() as i64))
+            .collect())
     }
 }
 
@@ -1180,4 +1189,181 @@ fn a_lone_instance_turning_the_changelog_on_emits_with_its_aggregator_what_it_wo
             batches.len()
         );
     }
+}
+
+/// A lone instance with the changelog on, its aggregator beside it, turning the changelog off
+/// after some batches. At the graceful stop the aggregator reads the changelog to its end
+/// (`Aggregator::read_to_end`); the instance, started without the changelog, takes over its
+/// complaint windows and baselines and segment days, which count exactly the input its state
+/// holds (`take_over`). The windows and days emitted before the switch, by the aggregator, and
+/// after it, by the lone instance, are those of one lone instance throughout, wherever the
+/// switch falls. An aggregator stopped before it read the last batch's records is passed over
+/// (its counts are of less than the state holds), and the windows and days open at the switch
+/// then differ from one lone instance's.
+#[test]
+fn a_lone_instance_turning_the_changelog_off_takes_over_its_aggregators_windows_and_days() {
+    let records = traffic();
+    let want = one_instance(&records);
+    let batches: Vec<&[InputRecord]> = records.chunks(500).collect();
+    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+    let half = batches.len() / 2;
+    for (switch, to_the_end) in [(1, true), (half, true), (half, false)] {
+        let disk = std::sync::Arc::new(MemoryBackend::default());
+        let store = Store::open(disk.clone())
+            .unwrap()
+            .with_changelog(TOPIC)
+            .unwrap();
+        let mut log = Log::default();
+        for partition in 0..PARTITIONS {
+            restore(&store, &log, partition, &mut |_, _| {}).unwrap();
+        }
+        let mut aggregator = new_aggregator();
+        let mut settings = settings_with_partitions(500, PARTITIONS);
+        settings.aggregation = Aggregation::Elsewhere;
+        let mut instance = Processor::new(store.clone(), settings);
+        instance.assign(&every, NOW_MS);
+        for (round, batch) in batches[..switch].iter().enumerate() {
+            // The aggregator a step behind: it has not read the batch folded last.
+            if round % 3 == 0 {
+                aggregator.step(&mut log, round as i64 * 5_000).unwrap();
+                log.deliver(aggregator.processor().store());
+            }
+            instance.process(batch, NOW_MS).unwrap();
+            log.deliver(instance.store());
+        }
+        drop((instance, store));
+        let end = switch as i64 * 5_000;
+        if to_the_end {
+            let mut steps = 0;
+            let reached = aggregator
+                .read_to_end(&mut log, end, &|| true, &mut |_| steps += 1)
+                .unwrap();
+            assert!(reached && steps > 0, "read to the end in {steps} steps");
+        }
+        let mut emitted = aggregates(aggregator.processor().store());
+
+        let lone_store = Store::open(disk).unwrap();
+        let (verdict, _) = take_over(
+            &lone_store,
+            aggregator.processor().store(),
+            PARTITIONS,
+            TOPIC,
+        )
+        .unwrap();
+        let mut lone = Processor::new(
+            lone_store.clone(),
+            settings_with_partitions(500, PARTITIONS),
+        );
+        for batch in &batches[switch..] {
+            lone.process(batch, NOW_MS).unwrap();
+        }
+        emitted.extend(aggregates(&lone_store));
+        let differ = differences(&emitted, &want);
+        if to_the_end {
+            assert_eq!(verdict, TakeOver::Taken, "switched after batch {switch}");
+            assert_eq!(
+                differ,
+                Vec::<String>::new(),
+                "switched after batch {switch} of {}",
+                batches.len()
+            );
+        } else {
+            assert_eq!(
+                verdict,
+                TakeOver::PassedOver((0..PARTITIONS).collect()),
+                "the last batch touched every partition"
+            );
+            assert!(!differ.is_empty(), "without the aggregator's counts");
+        }
+        // Decided once: started again, the instance finds nothing counted to take.
+        let (again, moved) = take_over(
+            &lone_store,
+            aggregator.processor().store(),
+            PARTITIONS,
+            TOPIC,
+        )
+        .unwrap();
+        assert_eq!((again, moved), (TakeOver::NotCounted, 0));
+    }
+}
+
+/// What the aggregator counted of each partition's input goes with its state: an aggregator
+/// that starts from another's snapshot counts what that one counted, and one that starts from
+/// an instance's seed counts what the instance's state holds, before it reads anything more;
+/// either is taken over by the instance turning the changelog off.
+#[test]
+fn what_an_aggregator_counted_of_the_input_goes_with_its_snapshot_and_its_seed() {
+    let records = traffic();
+    let batches: Vec<&[InputRecord]> = records.chunks(500).collect();
+    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+    let counted = |store: &Store| -> Vec<Option<Vec<(String, i64)>>> {
+        (0..PARTITIONS)
+            .map(|p| store.counted_input(p).unwrap().map(|c| c.offsets))
+            .collect()
+    };
+    let holds = |store: &Store| -> Vec<Option<Vec<(String, i64)>>> {
+        (0..PARTITIONS)
+            .map(|p| Some(store.input_offsets(p).unwrap()))
+            .collect()
+    };
+
+    // A lone instance's state, kept without the changelog, published as it is turned on: the
+    // seed counts what it holds.
+    let disk = std::sync::Arc::new(MemoryBackend::default());
+    let mut lone = Processor::new(
+        Store::open(disk.clone()).unwrap(),
+        settings_with_partitions(500, PARTITIONS),
+    );
+    for batch in &batches[..4] {
+        lone.process(batch, NOW_MS).unwrap();
+    }
+    drop(lone);
+    let store = Store::open(disk.clone())
+        .unwrap()
+        .with_changelog(TOPIC)
+        .unwrap();
+    let mut log = Log::default();
+    for partition in 0..PARTITIONS {
+        restore(&store, &log, partition, &mut |_, _| {}).unwrap();
+    }
+    keep_seed(&store, PARTITIONS).unwrap();
+    let mut seeded = new_aggregator();
+    seeded
+        .adopt_seed(store.aggregator_seed().unwrap().unwrap())
+        .unwrap();
+    let holds_then = holds(&store);
+    assert!(holds_then
+        .iter()
+        .all(|h| h.as_ref().is_some_and(|h| !h.is_empty())));
+    assert_eq!(counted(seeded.processor().store()), holds_then);
+
+    // The instance folds more with its aggregates elsewhere; the aggregator reads it all and
+    // writes its snapshot, from which another starts.
+    let mut settings = settings_with_partitions(500, PARTITIONS);
+    settings.aggregation = Aggregation::Elsewhere;
+    let mut instance = Processor::new(store.clone(), settings);
+    instance.assign(&every, NOW_MS);
+    for batch in &batches[4..8] {
+        instance.process(batch, NOW_MS).unwrap();
+        log.deliver(instance.store());
+    }
+    drop(instance);
+    assert!(seeded
+        .read_to_end(&mut log, 50_000, &|| true, &mut |_| {})
+        .unwrap());
+    seeded.hand_over().unwrap();
+    log.deliver(seeded.processor().store());
+    assert_ne!(holds(&store), holds_then, "the instance folded more");
+    assert_eq!(counted(seeded.processor().store()), holds(&store));
+    let mut next = new_aggregator();
+    assert!(next.bootstrap(&log).unwrap(), "started from the snapshot");
+    assert_eq!(counted(next.processor().store()), holds(&store));
+
+    let lone_store = Store::open(disk).unwrap();
+    let (verdict, _) = take_over(&lone_store, next.processor().store(), PARTITIONS, TOPIC).unwrap();
+    assert_eq!(verdict, TakeOver::Taken);
+    assert_eq!(
+        lone_store.segments().unwrap(),
+        seeded.processor().store().segments().unwrap()
+    );
 }

@@ -488,6 +488,57 @@ async fn a_state_kept_without_the_changelog_goes_to_it_whole_when_it_is_turned_o
     stops_gracefully(job).await;
 }
 
+/// The changelog turned off over a state kept with it (one instance left): at its graceful stop
+/// the instance's aggregator reads the changelog to its end, and the instance, started without
+/// the changelog, takes over the aggregator's complaint windows and segment days, which count
+/// exactly what its state holds; the windows and days emitted across the switch, first by the
+/// aggregator and then by the instance, are those of one pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_kept_with_the_changelog_goes_on_with_its_aggregators_counts_when_it_is_turned_off()
+{
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let events = traffic(4_000, 47);
+    let (first, second) = events.split_at(events.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |changelog: bool| {
+        let text = changelog_outside_the_group(
+            config_text(&broker.address, &dir.path().join("state"), port),
+            "pulse-turned-off",
+        );
+        let text = match changelog {
+            true => text,
+            false => text.replace("changelog = true", "changelog = false"),
+        };
+        let path = dir.path().join(format!("state-{changelog}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        (path, Config::parse(&text, Vec::new()).unwrap().topics)
+    };
+
+    // The first half folded with the changelog, the aggregator beside the instance.
+    let (with, topics) = config(true);
+    publish(&broker.address, &topics, first, None, 100)
+        .await
+        .unwrap();
+    let job = Job::start(&with);
+    let (_, ids, expected) = one_pass(first);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    stops_gracefully(job).await;
+
+    // The changelog turned off: the instance takes the aggregator's counts over and folds the
+    // second half alone.
+    let (without, _) = config(false);
+    let job = Job::start(&without);
+    publish(&broker.address, &topics, second, None, 100)
+        .await
+        .unwrap();
+    let (values, ids, expected) = one_pass(&events);
+    crate::scale::served_as_replayed(&[port], &ids, &expected).await;
+    crate::scale::lone_aggregates_of_one_pass(&broker.address, &values, port).await;
+    stops_gracefully(job).await;
+}
+
 /// The events' values, their customers, and each customer's state after one pass over them.
 fn one_pass(
     events: &[customer_pulse::generate::Generated],
