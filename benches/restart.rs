@@ -8,10 +8,12 @@
 //! and it starts once more, reading its partitions without the group
 //! (`kafka.assigned_partitions`). Last, killed again, it starts on the same partitions with the
 //! changelog turned on over that state, kept without it until then: each partition's state goes
-//! to the changelog whole before the partition is folded (README, *Scaling out*). Printed for
-//! each start: the time from it to the first new event folded and committed (processing
-//! again), and to all 100; for the last, also the records sent and when the outbox had
-//! delivered them all.
+//! to the changelog whole before the partition is folded (README, *Scaling out*); it is stopped
+//! with SIGTERM once all is delivered (its aggregator reads the changelog to its end), and
+//! starts again with the changelog off, taking over the aggregator's windows and days. Printed
+//! for each start: the time from it to the first new event folded and committed (processing
+//! again), and to all 100; for the switch on, also the records sent, when the outbox had
+//! delivered them all, and how long the graceful stop took.
 //!
 //! `cargo bench --bench restart` (CUSTOMERS=1000000 by default). Under `cargo test` it runs once
 //! with 2,000 customers, so the harness itself stays tested.
@@ -46,18 +48,27 @@ struct Moments {
 
 /// Starts the binary on `config` and waits until it has folded `events`; returns it running and
 /// when each moment came.
-async fn run_until(config: &std::path::Path, port: u16, events: u64) -> (Child, Moments) {
+async fn run_until(
+    config: &std::path::Path,
+    port: u16,
+    events: u64,
+    log: Option<&std::path::Path>,
+) -> (Child, Moments) {
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_customer-pulse"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_customer-pulse"));
+    command
         .args(["run", "--config"])
         .arg(config)
         .env(
             "RUST_LOG",
             std::env::var("PULSE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("customer-pulse starts");
+        .stdout(Stdio::null());
+    if let Some(log) = log {
+        let file = std::fs::File::create(log).expect("log file");
+        command.env("RUST_LOG", "info").stderr(file);
+    }
+    let child = command.spawn().expect("customer-pulse starts");
     let deadline = started + Duration::from_secs(600);
     let mut moments = Moments::default();
     loop {
@@ -155,29 +166,30 @@ fn main() {
             1_000_000,
         )
         .await;
-        let (mut child, _) = run_until(&path, port, 1_000).await;
+        let (mut child, _) = run_until(&path, port, 1_000, None).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
 
         // More events wait; the job starts again on the same state, in the group.
         publish_traffic(&brokers, &config.topics, 100, 12, now - 600_000, 100_000).await;
-        let (mut child, m) = run_until(&path, port, 100).await;
+        let (mut child, m) = run_until(&path, port, 100, None).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
-        report(customers, "in the group", &m);
+        report(customers, "after SIGKILL, in the group", &m);
 
         // Once more, reading the same partitions without the group.
         publish_traffic(&brokers, &config.topics, 100, 13, now - 300_000, 100_000).await;
-        let (mut child, m) = run_until(&fixed, port, 100).await;
+        let (mut child, m) = run_until(&fixed, port, 100, None).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("killed");
-        report(customers, "with kafka.assigned_partitions", &m);
+        report(customers, "after SIGKILL, with kafka.assigned_partitions", &m);
 
         // Last, the changelog turned on over that state: every partition sent to it whole
         // before it is folded, then delivered by the outbox as the job goes on.
         publish_traffic(&brokers, &config.topics, 100, 14, now - 120_000, 100_000).await;
         let started = Instant::now();
-        let (mut child, m) = run_until(&turned_on, port, 100).await;
+        let switched_on = dir.path().join("changelog-on.log");
+        let (mut child, m) = run_until(&turned_on, port, 100, Some(&switched_on)).await;
         let scrape = common::Scrape::of(port);
         let published = scrape
             .lines("customer_pulse_restores_total")
@@ -197,8 +209,18 @@ fn main() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        child.kill().expect("stop");
-        let _ = child.wait();
+        // Stopped gracefully: the aggregator reads the changelog to its end first.
+        let stopping = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = child.wait().expect("stopped");
+        let stopped = stopping.elapsed().as_secs_f64();
+        assert!(exit.success(), "a graceful stop: {exit}");
+        let log = std::fs::read_to_string(&switched_on).expect("the job's log");
+        let read_to_end = log.contains("The aggregator read the changelog to its end.");
         assert_eq!(published, PARTITIONS as f64, "every partition published");
         assert!(
             records >= customers as f64,
@@ -206,12 +228,33 @@ fn main() {
         );
         report(
             customers,
-            "with the changelog turned on over it (each partition's state sent to it first)",
+            "after SIGKILL, with the changelog turned on over it (each partition's state sent to it first)",
             &m,
         );
         println!(
             "  {records:.0} changelog records published; the outbox had delivered them all {drained:.2} s from the start ({:.0} records/s)",
             records / drained
+        );
+        println!(
+            "  stopped with SIGTERM in {stopped:.2} s, the aggregator having read the changelog to its end: {read_to_end}"
+        );
+
+        // And off again: the instance takes over the aggregator's windows and days.
+        publish_traffic(&brokers, &config.topics, 100, 15, now - 60_000, 50_000).await;
+        let switched_off = dir.path().join("changelog-off.log");
+        let (mut child, m) = run_until(&fixed, port, 100, Some(&switched_off)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("killed");
+        let log = std::fs::read_to_string(&switched_off).expect("the job's log");
+        let taken = log.contains("This instance takes over the aggregator's");
+        assert!(
+            read_to_end && taken,
+            "the aggregator read to the end ({read_to_end}) and its windows and days were taken over ({taken})"
+        );
+        report(
+            customers,
+            "after SIGTERM, with the changelog turned off again (the aggregator's windows and days taken over)",
+            &m,
         );
     });
 }
@@ -236,7 +279,7 @@ async fn publish_traffic(
 fn report(customers: u64, how: &str, m: &Moments) {
     let s = |t: Option<f64>| t.map_or("—".into(), |t| format!("{t:.2} s"));
     println!(
-        "restart after SIGKILL with {customers} customers in state, {how}, from the process start: state open and /metrics up {}, partitions assigned {}, first new event folded and committed {}, all 100 {:.2} s",
+        "restart with {customers} customers in state, {how}, from the process start: state open and /metrics up {}, partitions assigned {}, first new event folded and committed {}, all 100 {:.2} s",
         s(m.up),
         s(m.assigned),
         s(m.first),
