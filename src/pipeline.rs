@@ -410,7 +410,10 @@ pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result
             ?partitions,
             "The aggregator's complaint windows and segment days count other input than this instance's state holds in these partitions (it had not read the instance's last changelog records, or the instance did not own every partition): they are passed over, and the windows and days open now go on with their counts empty."
         ),
-        TakeOver::NotCounted => tracing::info!("The aggregator's state here recorded no input it counted (it never read the changelog to this instance's records, or its state was taken over or passed over before): the windows and days open now go on with their counts empty."),
+        // Said once, as the state is first written without the changelog: on later starts the
+        // windows and days are this instance's own.
+        TakeOver::NotCounted if partitions > 0 => tracing::warn!("The aggregator's state here recorded no input it counted (it did not read the changelog to this instance's records): the windows and days open now go on with their counts empty."),
+        TakeOver::NotCounted => {}
     }
     Ok(())
 }

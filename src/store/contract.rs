@@ -1371,3 +1371,50 @@ fn a_state_kept_without_the_changelog_goes_to_it_whole_and_is_restored_from_it()
         assert_eq!(restored.customer(1, "elsewhere").unwrap(), None, "{name}");
     }
 }
+
+#[test]
+fn a_partitions_input_offsets_and_the_aggregators_counted_input_are_kept_and_forgotten() {
+    for (name, store, _dir) in backends() {
+        // Offsets of two sources in partition 1, one in partition 2: each partition's own, in
+        // source order whatever the order committed.
+        store
+            .commit(Commit {
+                offsets: vec![
+                    ("orders".into(), 1, 7),
+                    ("complaints".into(), 1, 3),
+                    ("orders".into(), 2, 9),
+                ],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.input_offsets(1).unwrap(),
+            vec![("complaints".into(), 3), ("orders".into(), 7)],
+            "{name}"
+        );
+        assert_eq!(store.input_offsets(0).unwrap(), Vec::new(), "{name}");
+
+        let position = |next: i64| Position {
+            writer: 5,
+            offsets: vec![("orders".into(), next)],
+            event_times: vec![("".into(), 1_000)],
+        };
+        assert_eq!(store.counted_input(1).unwrap(), None, "{name}");
+        store
+            .commit(Commit {
+                counted_inputs: vec![(1, Some(position(7))), (2, Some(position(9)))],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(store.counted_input(1).unwrap(), Some(position(7)), "{name}");
+        // A later commit replaces one and forgets the other.
+        store
+            .commit(Commit {
+                counted_inputs: vec![(1, Some(position(8))), (2, None)],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(store.counted_input(1).unwrap(), Some(position(8)), "{name}");
+        assert_eq!(store.counted_input(2).unwrap(), None, "{name}");
+    }
+}

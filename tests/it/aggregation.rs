@@ -1128,6 +1128,31 @@ proptest! {
     }
 }
 
+/// The store on `disk` with the changelog on, every partition claimed and restored in a new log
+/// as an instance does at its assignment, with what each restore found.
+fn claimed_on(disk: &std::sync::Arc<MemoryBackend>) -> (Store, Log, Vec<Restored>) {
+    let store = Store::open(disk.clone())
+        .unwrap()
+        .with_changelog(TOPIC)
+        .unwrap();
+    let log = Log::default();
+    let restored = (0..PARTITIONS)
+        .map(|partition| restore(&store, &log, partition, &mut |_, _| {}).unwrap())
+        .collect();
+    (store, log, restored)
+}
+
+/// A processor over `store` (with the changelog) owning every partition, its aggregates
+/// elsewhere.
+fn owning_every_partition(store: &Store) -> Processor {
+    let mut settings = settings_with_partitions(500, PARTITIONS);
+    settings.aggregation = Aggregation::Elsewhere;
+    let mut processor = Processor::new(store.clone(), settings);
+    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
+    processor.assign(&every, NOW_MS);
+    processor
+}
+
 /// A lone instance whose state, kept without the changelog, turns the changelog on after some
 /// batches: as it claims each partition its state goes to the changelog whole
 /// (`Restored::Published`), its aggregates become the aggregator's start (`keep_seed`,
@@ -1139,7 +1164,6 @@ fn a_lone_instance_turning_the_changelog_on_emits_with_its_aggregator_what_it_wo
     let records = traffic();
     let want = one_instance(&records);
     let batches: Vec<&[InputRecord]> = records.chunks(500).collect();
-    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
     for switch in [1, batches.len() / 2] {
         let disk = std::sync::Arc::new(MemoryBackend::default());
         let lone_store = Store::open(disk.clone()).unwrap();
@@ -1153,12 +1177,10 @@ fn a_lone_instance_turning_the_changelog_on_emits_with_its_aggregator_what_it_wo
         let mut emitted = aggregates(&lone_store);
         drop(lone);
 
-        let store = Store::open(disk).unwrap().with_changelog(TOPIC).unwrap();
-        let mut log = Log::default();
-        for partition in 0..PARTITIONS {
-            let restored = restore(&store, &log, partition, &mut |_, _| {}).unwrap();
+        let (store, mut log, restored) = claimed_on(&disk);
+        for (partition, restored) in restored.iter().enumerate() {
             assert!(
-                matches!(restored, Restored::Published { records } if records > 0),
+                matches!(restored, Restored::Published { records } if *records > 0),
                 "partition {partition}: {restored:?}"
             );
         }
@@ -1166,10 +1188,7 @@ fn a_lone_instance_turning_the_changelog_on_emits_with_its_aggregator_what_it_wo
         let mut aggregator = new_aggregator();
         let seed = store.aggregator_seed().unwrap().expect("a seed kept");
         aggregator.adopt_seed(seed).unwrap();
-        let mut settings = settings_with_partitions(500, PARTITIONS);
-        settings.aggregation = Aggregation::Elsewhere;
-        let mut instance = Processor::new(store.clone(), settings);
-        instance.assign(&every, NOW_MS);
+        let mut instance = owning_every_partition(&store);
         for (round, batch) in batches[switch..].iter().enumerate() {
             instance.process(batch, NOW_MS).unwrap();
             log.deliver(instance.store());
@@ -1205,23 +1224,12 @@ fn a_lone_instance_turning_the_changelog_off_takes_over_its_aggregators_windows_
     let records = traffic();
     let want = one_instance(&records);
     let batches: Vec<&[InputRecord]> = records.chunks(500).collect();
-    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
     let half = batches.len() / 2;
     for (switch, to_the_end) in [(1, true), (half, true), (half, false)] {
         let disk = std::sync::Arc::new(MemoryBackend::default());
-        let store = Store::open(disk.clone())
-            .unwrap()
-            .with_changelog(TOPIC)
-            .unwrap();
-        let mut log = Log::default();
-        for partition in 0..PARTITIONS {
-            restore(&store, &log, partition, &mut |_, _| {}).unwrap();
-        }
+        let (store, mut log, _) = claimed_on(&disk);
         let mut aggregator = new_aggregator();
-        let mut settings = settings_with_partitions(500, PARTITIONS);
-        settings.aggregation = Aggregation::Elsewhere;
-        let mut instance = Processor::new(store.clone(), settings);
-        instance.assign(&every, NOW_MS);
+        let mut instance = owning_every_partition(&store);
         for (round, batch) in batches[..switch].iter().enumerate() {
             // The aggregator a step behind: it has not read the batch folded last.
             if round % 3 == 0 {
@@ -1295,7 +1303,6 @@ fn a_lone_instance_turning_the_changelog_off_takes_over_its_aggregators_windows_
 fn what_an_aggregator_counted_of_the_input_goes_with_its_snapshot_and_its_seed() {
     let records = traffic();
     let batches: Vec<&[InputRecord]> = records.chunks(500).collect();
-    let every: Vec<(String, i32)> = (0..PARTITIONS).map(|p| ("events".into(), p)).collect();
     let counted = |store: &Store| -> Vec<Option<Vec<(String, i64)>>> {
         (0..PARTITIONS)
             .map(|p| store.counted_input(p).unwrap().map(|c| c.offsets))
@@ -1318,14 +1325,7 @@ fn what_an_aggregator_counted_of_the_input_goes_with_its_snapshot_and_its_seed()
         lone.process(batch, NOW_MS).unwrap();
     }
     drop(lone);
-    let store = Store::open(disk.clone())
-        .unwrap()
-        .with_changelog(TOPIC)
-        .unwrap();
-    let mut log = Log::default();
-    for partition in 0..PARTITIONS {
-        restore(&store, &log, partition, &mut |_, _| {}).unwrap();
-    }
+    let (store, mut log, _) = claimed_on(&disk);
     keep_seed(&store, PARTITIONS).unwrap();
     let mut seeded = new_aggregator();
     seeded
@@ -1339,10 +1339,7 @@ fn what_an_aggregator_counted_of_the_input_goes_with_its_snapshot_and_its_seed()
 
     // The instance folds more with its aggregates elsewhere; the aggregator reads it all and
     // writes its snapshot, from which another starts.
-    let mut settings = settings_with_partitions(500, PARTITIONS);
-    settings.aggregation = Aggregation::Elsewhere;
-    let mut instance = Processor::new(store.clone(), settings);
-    instance.assign(&every, NOW_MS);
+    let mut instance = owning_every_partition(&store);
     for batch in &batches[4..8] {
         instance.process(batch, NOW_MS).unwrap();
         log.deliver(instance.store());
