@@ -465,23 +465,10 @@ pub fn take_over(
         .into_iter()
         .filter(|(_, record)| record.topic != changelog)
         .collect();
-    let mut differ = Vec::new();
-    let mut counted_any = false;
-    for partition in 0..partitions {
-        let counted = aggregator.counted_input(partition)?;
-        counted_any |= counted.is_some();
-        let mut counted = counted.map(|position| position.offsets).unwrap_or_default();
-        let mut holds = instance.input_offsets(partition)?;
-        counted.sort();
-        holds.sort();
-        if counted != holds {
-            differ.push(partition);
-        }
-    }
-    let verdict = match (counted_any, differ.is_empty()) {
-        (false, _) => TakeOver::NotCounted,
-        (true, true) => TakeOver::Taken,
-        (true, false) => TakeOver::PassedOver(differ),
+    let verdict = match differing(instance, aggregator, partitions)? {
+        None => TakeOver::NotCounted,
+        Some(differ) if differ.is_empty() => TakeOver::Taken,
+        Some(differ) => TakeOver::PassedOver(differ),
     };
     let mut commit = Commit {
         outbox: pending.iter().map(|(_, r)| r.clone().into()).collect(),
@@ -499,6 +486,29 @@ pub fn take_over(
         ..Commit::default()
     })?;
     Ok((verdict, moved.len()))
+}
+
+/// Of the `partitions`, those in which what the `aggregator` counted differs from the input the
+/// `instance`'s state holds (its stored offsets); `None` when it recorded nothing it counted.
+pub fn differing(
+    instance: &crate::store::Store,
+    aggregator: &crate::store::Store,
+    partitions: i32,
+) -> Result<Option<Vec<i32>>, StoreError> {
+    let mut differ = Vec::new();
+    let mut counted_any = false;
+    for partition in 0..partitions {
+        let counted = aggregator.counted_input(partition)?;
+        counted_any |= counted.is_some();
+        let mut counted = counted.map(|position| position.offsets).unwrap_or_default();
+        let mut holds = instance.input_offsets(partition)?;
+        counted.sort();
+        holds.sort();
+        if counted != holds {
+            differ.push(partition);
+        }
+    }
+    Ok(counted_any.then_some(differ))
 }
 
 /// Takes in the changelog record at `offset`: a claim changes who counts; a counted customer

@@ -371,13 +371,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_on(config, store, shutdown).await
 }
 
-/// Readies `store`, kept with the changelog until now perhaps, to be written without it:
-/// forgets what the changelog accounted for (see [`Store::forget_changelog_read`]), saying so
-/// when it had accounted for something, and takes over from the aggregator that ran beside it
-/// (its own store, `aggregator/` under `state.path`) its undelivered records and, when they
-/// count exactly what the state holds, its complaint windows and segment days
-/// (`aggregator::take_over`).
+/// Readies `store`, kept with the changelog until now perhaps, to be written without it by a
+/// `replay`: forgets what the changelog accounted for ([`forget_changelog_read`]) and takes over
+/// what the aggregator that ran beside it counted, if it counted exactly what the state holds
+/// ([`take_over_from`]; a replay reads no changelog, so the aggregator is not brought up to date
+/// first, as `run` does).
 pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let first = forget_changelog_read(store)?;
+    if !config.state_path.join("aggregator").is_dir() {
+        return Ok(());
+    }
+    take_over_from(store, &open_aggregator_state(config)?, config, first)
+}
+
+/// Forgets what the changelog accounted for of `store`, about to be written without it (see
+/// [`Store::forget_changelog_read`]), and says so when it had accounted for something: returns
+/// whether it had (the state's first start without the changelog).
+fn forget_changelog_read(store: &Store) -> anyhow::Result<bool> {
     let partitions = store.forget_changelog_read()?;
     if partitions > 0 {
         tracing::warn!(
@@ -385,16 +395,93 @@ pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result
             "This state was kept with the changelog, and is written without it now: the changelog will not hold these changes. With the changelog on again, each partition's state goes to it whole as the instance claims it, unless another instance claimed the partition since (its state is then taken from the changelog, and changes made here are dropped)."
         );
     }
-    let path = config.state_path.join("aggregator");
-    if !path.is_dir() {
+    Ok(partitions > 0)
+}
+
+/// `run`'s start without the changelog on a state with an aggregator's beside it
+/// (`aggregator/` under `state.path`): at the state's `first` start without the changelog, if
+/// the aggregator did not count exactly what the state holds (the instance crashed, or its stop
+/// ran out of time), the outbox is drained (the instance's last changelog records may wait
+/// there) and the aggregator reads the changelog to its end, within
+/// `processing.shutdown_flush_seconds` in all; then [`take_over_from`].
+async fn take_over_caught_up(
+    store: &Store,
+    config: &Config,
+    telemetry: &Arc<Telemetry>,
+    wake: &Notify,
+    first: bool,
+) -> anyhow::Result<()> {
+    if !config.state_path.join("aggregator").is_dir() {
         return Ok(());
     }
-    let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
-        .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
-    let aggregator = Store::open(Arc::new(backend))?;
+    let aggregator = open_aggregator_state(config)?;
+    let exact = crate::aggregator::differing(store, &aggregator, config.partitions)?;
+    if first && exact != Some(Vec::new()) {
+        catch_up(store, &aggregator, config, telemetry, wake).await;
+    }
+    take_over_from(store, &aggregator, config, first)
+}
+
+/// Brings the aggregator over `aggregator` up to the changelog's end, once the instance's outbox
+/// is sent, within `processing.shutdown_flush_seconds`; logs how that went.
+async fn catch_up(
+    store: &Store,
+    aggregator: &Store,
+    config: &Config,
+    telemetry: &Arc<Telemetry>,
+    wake: &Notify,
+) {
+    // A start kept for the aggregator and never taken is checked against the claims, which a
+    // store without the changelog does not hold: passed over.
+    if !matches!(store.aggregator_seed(), Ok(None)) {
+        tracing::warn!("The aggregator never took the start this instance kept for it: it is not brought up to date.");
+        return;
+    }
+    tracing::info!("The aggregator's complaint windows and segment days do not count everything this instance's state holds (it stopped without reading the changelog to its end): the outbox is sent, and the aggregator reads the changelog to its end first.");
+    let until = Instant::now() + config.shutdown_flush;
+    loop {
+        wake.notify_one();
+        if matches!(store.outbox(1), Ok(pending) if pending.is_empty()) {
+            break;
+        }
+        if Instant::now() >= until {
+            tracing::warn!("The outbox was not sent within processing.shutdown_flush_seconds: the aggregator reads what the changelog holds.");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (instance, aggregator, telemetry) = (store.clone(), aggregator.clone(), telemetry.clone());
+    let config = config.clone();
+    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        let topic = config.topics.changelog.clone();
+        let (mut aggregator, mut feed) = aggregator_over(aggregator, &config, &topic, instance)?;
+        start(&mut aggregator, &feed)?;
+        let time_left = || Instant::now() < until;
+        let mut record = |report: BatchReport| telemetry.record_aggregates(&report);
+        aggregator.read_to_end(&mut feed.tail, wall_clock_ms(), &time_left, &mut record)
+    })
+    .await;
+    match read {
+        Ok(Ok(true)) => tracing::info!("The aggregator read the changelog to its end."),
+        Ok(Ok(false)) => tracing::warn!("The aggregator did not read the changelog to its end within processing.shutdown_flush_seconds."),
+        Ok(Err(e)) => tracing::warn!(error = %e, "The aggregator could not read the changelog to its end."),
+        Err(e) => tracing::warn!(error = %e, "The aggregator's reading to the end panicked."),
+    }
+}
+
+/// Takes over from the `aggregator`'s state its undelivered records and, when they count
+/// exactly what `store` holds, its complaint windows and segment days
+/// (`aggregator::take_over`), saying what it did. That nothing was counted is said only at the
+/// state's `first` start without the changelog: later, the windows are the instance's own.
+fn take_over_from(
+    store: &Store,
+    aggregator: &Store,
+    config: &Config,
+    first: bool,
+) -> anyhow::Result<()> {
     let (verdict, moved) = crate::aggregator::take_over(
         store,
-        &aggregator,
+        aggregator,
         config.partitions,
         &config.topics.changelog,
     )?;
@@ -408,11 +495,9 @@ pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result
         TakeOver::Taken => tracing::info!("This instance takes over the aggregator's complaint windows and baselines and segment days: they count exactly the input its state holds."),
         TakeOver::PassedOver(partitions) => tracing::warn!(
             ?partitions,
-            "The aggregator's complaint windows and segment days count other input than this instance's state holds in these partitions (it had not read the instance's last changelog records, or the instance did not own every partition): they are passed over, and the windows and days open now go on with their counts empty."
+            "The aggregator's complaint windows and segment days count other input than this instance's state holds in these partitions (it did not read the instance's last changelog records, or the instance did not own every partition): they are passed over, and the windows and days open now go on with their counts empty."
         ),
-        // Said once, as the state is first written without the changelog: on later starts the
-        // windows and days are this instance's own.
-        TakeOver::NotCounted if partitions > 0 => tracing::warn!("The aggregator's state here recorded no input it counted (it did not read the changelog to this instance's records): the windows and days open now go on with their counts empty."),
+        TakeOver::NotCounted if first => tracing::warn!("The aggregator's state here recorded no input it counted (it did not read the changelog to this instance's records): the windows and days open now go on with their counts empty."),
         TakeOver::NotCounted => {}
     }
     Ok(())
@@ -426,11 +511,11 @@ pub async fn run_on(
 ) -> anyhow::Result<()> {
     let store = match (config.changelog, store.changelog()) {
         (true, None) => store.with_changelog(&config.topics.changelog)?,
-        (false, None) => {
-            write_without_changelog(&store, &config)?;
-            store
-        }
         _ => store,
+    };
+    let first_without_changelog = match config.changelog {
+        false => forget_changelog_read(&store)?,
+        true => false,
     };
     let telemetry = Arc::new(Telemetry::new());
     let listener = tokio::net::TcpListener::bind(config.listen_address)
@@ -561,6 +646,9 @@ pub async fn run_on(
         }
         None => None,
     };
+    if !config.changelog {
+        take_over_caught_up(&store, &config, &telemetry, &wake, first_without_changelog).await?;
+    }
     // Last, as a group's first assignment comes once the loop polls: the outbox drains and
     // the aggregator runs by the time partitions are taken on.
     input.join()?;
@@ -635,23 +723,9 @@ fn start_aggregator(
 ) -> anyhow::Result<AggregatorTask> {
     let path = config.state_path.join("aggregator");
     std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
-        .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
-    let store = Store::open(Arc::new(backend))?;
+    let store = open_aggregator_state(config)?;
     hold_window(&store, config, &path.display().to_string())?;
-    let mut settings = processor_settings(config);
-    settings.aggregation = Aggregation::Here;
-    let aggregator = Aggregator::new(
-        Processor::new(store.clone(), settings),
-        topic,
-        config.partitions,
-    );
-    let tail = ChangelogTail::connect(
-        &config.brokers,
-        &config.kafka_security,
-        topic,
-        config.partitions,
-    )?;
+    let (aggregator, feed) = aggregator_over(store.clone(), config, topic, instance)?;
     let sink = KafkaSink::connect(
         &config.brokers,
         &config.kafka_security,
@@ -673,17 +747,9 @@ fn start_aggregator(
     let thread = {
         let stop = stop.clone();
         let telemetry = telemetry.clone();
-        let (brokers, security) = (config.brokers.clone(), config.kafka_security.clone());
-        let topic = topic.to_owned();
-        let snapshot_source = move || ChangelogReader::connect(&brokers, &security, &topic);
         std::thread::Builder::new()
             .name("aggregator".into())
             .spawn(move || {
-                let feed = AggregatorFeed {
-                    tail,
-                    snapshot_source: Box::new(snapshot_source),
-                    instance,
-                };
                 let stopping = (&stop, &flush_deadline);
                 aggregate_while_owner(aggregator, feed, owns_first, &telemetry, &wake, stopping)
             })
@@ -695,6 +761,42 @@ fn start_aggregator(
         outbox_stop,
         outbox,
     })
+}
+
+/// The aggregator's own store, `aggregator/` under `state.path` (which must exist).
+fn open_aggregator_state(config: &Config) -> anyhow::Result<Store> {
+    let path = config.state_path.join("aggregator");
+    let backend = RocksBackend::open(&path, config.block_cache_bytes / 8)
+        .with_context(|| format!("cannot open the aggregator's state at {}", path.display()))?;
+    Ok(Store::open(Arc::new(backend))?)
+}
+
+/// An aggregator over its `store`, emitting with `config`'s settings, and where it reads: the
+/// changelog `topic`'s tail, a reader for its snapshot, and its `instance`'s store for a seed.
+fn aggregator_over(
+    store: Store,
+    config: &Config,
+    topic: &str,
+    instance: Store,
+) -> anyhow::Result<(Aggregator, AggregatorFeed)> {
+    let mut settings = processor_settings(config);
+    settings.aggregation = Aggregation::Here;
+    let aggregator = Aggregator::new(Processor::new(store, settings), topic, config.partitions);
+    let tail = ChangelogTail::connect(
+        &config.brokers,
+        &config.kafka_security,
+        topic,
+        config.partitions,
+    )?;
+    let (brokers, security) = (config.brokers.clone(), config.kafka_security.clone());
+    let topic = topic.to_owned();
+    let snapshot_source = move || ChangelogReader::connect(&brokers, &security, &topic);
+    let feed = AggregatorFeed {
+        tail,
+        snapshot_source: Box::new(snapshot_source),
+        instance,
+    };
+    Ok((aggregator, feed))
 }
 
 /// Where the aggregator reads: the changelog's tail, and a reader for its snapshot at start.
