@@ -372,9 +372,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Readies `store`, kept with the changelog until now perhaps, to be written without it by a
-/// `replay`: forgets what the changelog accounted for ([`forget_changelog_read`]) and takes over
+/// `replay`: forgets what the changelog accounted for (`forget_changelog_read`) and takes over
 /// what the aggregator that ran beside it counted, if it counted exactly what the state holds
-/// ([`take_over_from`]; a replay reads no changelog, so the aggregator is not brought up to date
+/// (`take_over_from`; a replay reads no changelog, so the aggregator is not brought up to date
 /// first, as `run` does).
 pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result<()> {
     let first = forget_changelog_read(store)?;
