@@ -637,3 +637,64 @@ async fn from_one_instance_to_two_over_a_state_kept_without_the_changelog() {
     b.stop().await;
     a.stop().await;
 }
+
+/// From two instances to one, then the changelog off (README, *Scaling out*): the second
+/// instance stops, the first takes its partitions from the changelog and folds on alone; stopped
+/// and started again without the changelog, it takes over its aggregator's windows and days
+/// (the aggregator read the changelog to its end at the stop) and folds the rest. It serves one
+/// pass's states, and the windows and days emitted across the switches, by the aggregator and
+/// then by the lone instance, are one pass's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_two_instances_to_one_and_the_changelog_off() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let topics = test_topics();
+    let events = traffic(3_000, 71);
+    let ids = customer_ids(&events);
+    let (first, rest) = events.split_at(1_000);
+    let (second, third) = rest.split_at(1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let values = |events: &[customer_pulse::generate::Generated]| -> Vec<serde_json::Value> {
+        events.iter().map(|g| g.value.clone()).collect()
+    };
+    let held = |port| metric_sum(port, "customer_pulse_assigned_partitions");
+
+    // Two instances share the partitions and fold the first third.
+    let a = Instance::start_on(&broker.address, &state, true, "", "");
+    let b = Instance::start(&broker.address);
+    let split = wait_for(Duration::from_secs(90), || {
+        held(a.port) > 0.0 && held(b.port) > 0.0
+    })
+    .await;
+    assert!(split, "the partitions shared within 90 s");
+    publish(&broker.address, &topics, first, None, 1)
+        .await
+        .unwrap();
+    let expected = replayed_states(&values(first), wall_clock_ms());
+    let first_ids = customer_ids(first);
+    crate::scale::served_as_replayed(&[a.port, b.port], &first_ids, &expected).await;
+
+    // The second stops; the first takes every partition and folds the second third alone.
+    b.stop().await;
+    let alone = wait_for(Duration::from_secs(90), || held(a.port) == 12.0).await;
+    assert!(alone, "the first holds every partition within 90 s");
+    publish(&broker.address, &topics, second, None, 1)
+        .await
+        .unwrap();
+    let so_far = &events[..2_000];
+    let expected = replayed_states(&values(so_far), wall_clock_ms());
+    crate::scale::served_as_replayed(&[a.port], &customer_ids(so_far), &expected).await;
+    a.stop().await;
+
+    // Started again without the changelog: the aggregator's windows and days go on.
+    let a = Instance::start_on(&broker.address, &state, false, "", "");
+    publish(&broker.address, &topics, third, None, 1)
+        .await
+        .unwrap();
+    let all = values(&events);
+    let expected = replayed_states(&all, wall_clock_ms());
+    crate::scale::served_as_replayed(&[a.port], &ids, &expected).await;
+    crate::scale::lone_aggregates_of_one_pass(&broker.address, &all, a.port).await;
+    a.stop().await;
+}
