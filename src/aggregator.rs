@@ -14,7 +14,10 @@
 //! lives in a store of its own, committed together with its records' outbox. Every
 //! [`SNAPSHOT_EVERY_MS`] a snapshot of it goes to changelog partition 0, from which an
 //! aggregator on an instance that never held partition 0 starts, rather than from a changelog
-//! that compaction has thinned. Must not know about Kafka (it reads through a
+//! that compaction has thinned. A lone instance turning the changelog off takes that state over
+//! when it counts exactly the input the instance's state holds: the aggregator records, per
+//! partition, the input position of the last position record it counted ([`take_over`]). Must
+//! not know about Kafka (it reads through a
 //! [`ChangelogFeed`] and a `ChangelogSource`), the input or customers' states.
 
 use std::collections::BTreeMap;
@@ -302,9 +305,10 @@ impl Aggregator {
 
     /// Steps until it has read every partition up to where the changelog ends now
     /// ([`ChangelogFeed::ends`]), while `time_left` says so, handing each step's report to
-    /// `each`. At a graceful stop, once the instance's last records are delivered: its
-    /// aggregates then count everything the instance's state holds, which a lone instance
-    /// turning the changelog off takes over ([`take_over`]). Returns whether it got there.
+    /// `each`. At a graceful stop, once the instance's last records are delivered (or, after a
+    /// crash, at a lone instance's first start without the changelog): its aggregates then
+    /// count everything the instance's state holds, which a lone instance turning the changelog
+    /// off takes over ([`take_over`]). Returns whether it got there.
     pub fn read_to_end(
         &mut self,
         feed: &mut dyn ChangelogFeed,
@@ -450,9 +454,9 @@ pub enum TakeOver {
 /// ran beside it (`aggregator`), if they count exactly the input the instance's state holds, in
 /// every one of the `partitions` (the last position each counted is where the instance's state
 /// stands); else the instance goes on with the times of its windows and days only, their
-/// counts empty. Either way the aggregator's records not yet delivered to `topics` other than
-/// `changelog` (windows and days it emitted) move to the instance's outbox, the only one drained
-/// now, and what it counted is forgotten, so that this is decided once. The instance keeps its
+/// counts empty. Either way the aggregator's records not yet delivered (windows and days it
+/// emitted; not its snapshots, bound for the `changelog` topic) move to the instance's outbox,
+/// the only one drained now, and what it counted is forgotten, so that this is decided once. The instance keeps its
 /// own RFM histograms and scales, which it kept for its churn-risk records all along.
 pub fn take_over(
     instance: &crate::store::Store,
