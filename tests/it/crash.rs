@@ -435,17 +435,8 @@ async fn a_state_kept_without_the_changelog_goes_to_it_whole_when_it_is_turned_o
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = |state: &str, changelog: bool| {
-        let text = changelog_outside_the_group(
-            config_text(&broker.address, &dir.path().join(state), port),
-            "pulse-turned-on",
-        );
-        let text = match changelog {
-            true => text,
-            false => text.replace("changelog = true", "changelog = false"),
-        };
-        let path = dir.path().join(format!("{state}-{changelog}.toml"));
-        std::fs::write(&path, &text).unwrap();
-        (path, Config::parse(&text, Vec::new()).unwrap().topics)
+        let group = "pulse-turned-on";
+        switch_config(&broker.address, dir.path(), port, (state, group), changelog)
     };
 
     // The first half folded without the changelog.
@@ -525,17 +516,14 @@ async fn turned_off_after(stop: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = |changelog: bool| {
-        let text = changelog_outside_the_group(
-            config_text(&broker.address, &dir.path().join("state"), port),
-            "pulse-turned-off",
-        );
-        let text = match changelog {
-            true => text,
-            false => text.replace("changelog = true", "changelog = false"),
-        };
-        let path = dir.path().join(format!("state-{changelog}.toml"));
-        std::fs::write(&path, &text).unwrap();
-        (path, Config::parse(&text, Vec::new()).unwrap().topics)
+        let group = "pulse-turned-off";
+        switch_config(
+            &broker.address,
+            dir.path(),
+            port,
+            ("state", group),
+            changelog,
+        )
     };
 
     // The first half folded with the changelog, the aggregator beside the instance.
@@ -562,6 +550,25 @@ async fn turned_off_after(stop: Stop) {
     crate::scale::served_as_replayed(&[port], &ids, &expected).await;
     crate::scale::lone_aggregates_of_one_pass(&broker.address, &values, port).await;
     stops_gracefully(job).await;
+}
+
+/// A config file in `dir` for the state `state` there, reading partitions 0 to 3 as `group`
+/// outside the group protocol, with the changelog on or off: its path, and the topics.
+fn switch_config(
+    brokers: &str,
+    dir: &std::path::Path,
+    port: u16,
+    (state, group): (&str, &str),
+    changelog: bool,
+) -> (std::path::PathBuf, customer_pulse::config::Topics) {
+    let text = changelog_outside_the_group(config_text(brokers, &dir.join(state), port), group);
+    let text = match changelog {
+        true => text,
+        false => text.replace("changelog = true", "changelog = false"),
+    };
+    let path = dir.join(format!("{state}-{changelog}.toml"));
+    std::fs::write(&path, &text).unwrap();
+    (path, Config::parse(&text, Vec::new()).unwrap().topics)
 }
 
 /// The events' values, their customers, and each customer's state after one pass over them.
