@@ -378,10 +378,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// first, as `run` does).
 pub fn write_without_changelog(store: &Store, config: &Config) -> anyhow::Result<()> {
     let first = forget_changelog_read(store)?;
-    if !config.state_path.join("aggregator").is_dir() {
-        return Ok(());
+    match aggregator_state_beside(config)? {
+        Some(aggregator) => take_over_from(store, &aggregator, config, first),
+        None => Ok(()),
     }
-    take_over_from(store, &open_aggregator_state(config)?, config, first)
 }
 
 /// Forgets what the changelog accounted for of `store`, about to be written without it (see
@@ -408,13 +408,12 @@ async fn take_over_caught_up(
     store: &Store,
     config: &Config,
     telemetry: &Arc<Telemetry>,
-    wake: &Notify,
+    wake: &Arc<Notify>,
     first: bool,
 ) -> anyhow::Result<()> {
-    if !config.state_path.join("aggregator").is_dir() {
+    let Some(aggregator) = aggregator_state_beside(config)? else {
         return Ok(());
-    }
-    let aggregator = open_aggregator_state(config)?;
+    };
     let exact = crate::aggregator::differing(store, &aggregator, config.partitions)?;
     if first && exact != Some(Vec::new()) {
         catch_up(store, &aggregator, config, telemetry, wake).await;
@@ -429,7 +428,7 @@ async fn catch_up(
     aggregator: &Store,
     config: &Config,
     telemetry: &Arc<Telemetry>,
-    wake: &Notify,
+    wake: &Arc<Notify>,
 ) {
     // A start kept for the aggregator and never taken is checked against the claims, which a
     // store without the changelog does not hold: passed over.
@@ -450,22 +449,23 @@ async fn catch_up(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (instance, aggregator, telemetry) = (store.clone(), aggregator.clone(), telemetry.clone());
-    let config = config.clone();
-    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+    let (instance, aggregator) = (store.clone(), aggregator.clone());
+    let (telemetry, wake, config) = (telemetry.clone(), wake.clone(), config.clone());
+    let read = tokio::task::spawn_blocking(move || {
         let topic = config.topics.changelog.clone();
-        let (mut aggregator, mut feed) = aggregator_over(aggregator, &config, &topic, instance)?;
-        start(&mut aggregator, &feed)?;
-        let time_left = || Instant::now() < until;
-        let mut record = |report: BatchReport| telemetry.record_aggregates(&report);
-        aggregator.read_to_end(&mut feed.tail, wall_clock_ms(), &time_left, &mut record)
+        let started = aggregator_over(aggregator, &config, &topic, instance).and_then(
+            |(mut aggregator, feed)| start(&mut aggregator, &feed).map(|()| (aggregator, feed)),
+        );
+        match started {
+            Ok((mut aggregator, mut feed)) => {
+                read_to_end(&mut aggregator, &mut feed.tail, &telemetry, &wake, until)
+            }
+            Err(e) => tracing::warn!(error = %e, "The aggregator could not start to read the changelog to its end."),
+        }
     })
     .await;
-    match read {
-        Ok(Ok(true)) => tracing::info!("The aggregator read the changelog to its end."),
-        Ok(Ok(false)) => tracing::warn!("The aggregator did not read the changelog to its end within processing.shutdown_flush_seconds."),
-        Ok(Err(e)) => tracing::warn!(error = %e, "The aggregator could not read the changelog to its end."),
-        Err(e) => tracing::warn!(error = %e, "The aggregator's reading to the end panicked."),
+    if let Err(e) = read {
+        tracing::warn!(error = %e, "The aggregator's reading to the end panicked.");
     }
 }
 
@@ -763,6 +763,15 @@ fn start_aggregator(
     })
 }
 
+/// The aggregator's own store, if one is beside the instance's (`aggregator/` under
+/// `state.path`).
+fn aggregator_state_beside(config: &Config) -> anyhow::Result<Option<Store>> {
+    match config.state_path.join("aggregator").is_dir() {
+        true => Ok(Some(open_aggregator_state(config)?)),
+        false => Ok(None),
+    }
+}
+
 /// The aggregator's own store, `aggregator/` under `state.path` (which must exist).
 fn open_aggregator_state(config: &Config) -> anyhow::Result<Store> {
     let path = config.state_path.join("aggregator");
@@ -911,32 +920,28 @@ fn aggregate_while_owner(
     // The outbox's last flush, after this thread, delivers it.
     if owner && started {
         if let Some(end) = deadline.get() {
-            read_to_end(
-                &mut aggregator,
-                &mut feed.tail,
-                telemetry,
-                wake,
-                end.into_std(),
-            );
+            // Half the time left: the aggregator's own outbox drains in the rest.
+            let now = Instant::now();
+            let until = now + end.into_std().saturating_duration_since(now) / 2;
+            read_to_end(&mut aggregator, &mut feed.tail, telemetry, wake, until);
         }
         hand_over(&mut aggregator, wake);
     }
 }
 
-/// At a graceful stop, once the instance's outbox was flushed (`run_on` stops the aggregator
-/// only then): reads the changelog to its end, so that the aggregates count every change the
-/// instance's state holds, for at most half the time left until `flush_end` (its own outbox
-/// drains in the rest). A lone instance turning the changelog off then takes them over
-/// (`aggregator::take_over`). A failure or the time running out is logged.
+/// Reads the changelog to its end with `aggregator`, until `until` at most, recording each
+/// step's aggregates and waking the outbox: at a graceful stop, once the instance's outbox was
+/// flushed (`run_on` stops the aggregator only then), or at a lone instance's first start
+/// without the changelog after a crash, so that the aggregates count every change the
+/// instance's state holds and that instance takes them over (`aggregator::take_over`). A
+/// failure or the time running out is logged.
 fn read_to_end(
     aggregator: &mut Aggregator,
     tail: &mut ChangelogTail,
     telemetry: &Telemetry,
     wake: &Notify,
-    flush_end: Instant,
+    until: Instant,
 ) {
-    let now = Instant::now();
-    let until = now + flush_end.saturating_duration_since(now) / 2;
     let time_left = || Instant::now() < until;
     let mut record = |report: BatchReport| {
         telemetry.record_aggregates(&report);
@@ -944,7 +949,7 @@ fn read_to_end(
     };
     match aggregator.read_to_end(tail, wall_clock_ms(), &time_left, &mut record) {
         Ok(true) => tracing::info!("The aggregator read the changelog to its end."),
-        Ok(false) => tracing::warn!("The aggregator did not read the changelog to its end in half the shutdown's flush time: a lone instance turning the changelog off will not take over its complaint windows and segment days."),
+        Ok(false) => tracing::warn!("The aggregator did not read the changelog to its end in time (half the shutdown's flush time left at a stop, processing.shutdown_flush_seconds at a start): a lone instance turning the changelog off will not take over its complaint windows and segment days."),
         Err(e) => tracing::warn!(error = %e, "The aggregator could not read the changelog to its end: a lone instance turning the changelog off will not take over its complaint windows and segment days."),
     }
 }
