@@ -769,6 +769,10 @@ pub struct RawProcessing {
     pub allowed_lateness_seconds: u64,
     /// An input partition that delivered nothing for this long no longer holds the watermark.
     pub idle_partition_seconds: u64,
+    /// How far in event time an input partition may be read ahead of the slowest one still
+    /// delivering before it is paused until the others come within this; 0 (the default)
+    /// reads every partition as fast as it comes.
+    pub max_event_time_lead_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -878,6 +882,7 @@ impl Default for RawProcessing {
             shutdown_flush_seconds: 30,
             allowed_lateness_seconds: 3_600,
             idle_partition_seconds: 10,
+            max_event_time_lead_seconds: 0,
         }
     }
 }
@@ -1045,6 +1050,8 @@ pub struct Config {
     pub trends: TrendSettings,
     pub allowed_lateness_ms: i64,
     pub idle_partition_ms: i64,
+    /// `processing.max_event_time_lead_seconds`; `None` when 0: partitions are not aligned.
+    pub max_event_time_lead_ms: Option<i64>,
     pub rfm_rules: Vec<crate::rfm::Rule>,
 }
 
@@ -1347,6 +1354,11 @@ impl RawConfig {
             "processing.idle_partition_seconds",
             "must be between 1 and 3600",
         )?;
+        check(
+            p.max_event_time_lead_seconds <= 30 * 86_400,
+            "processing.max_event_time_lead_seconds",
+            "must be at most 2592000 (30 days); 0 turns the alignment off",
+        )?;
         let risk = self.risk.validate(&self.churn)?;
         let rfm_rules = self.rfm.validate()?;
         let tr = &self.trends;
@@ -1518,6 +1530,8 @@ impl RawConfig {
             trends,
             allowed_lateness_ms: (p.allowed_lateness_seconds * 1000) as i64,
             idle_partition_ms: (p.idle_partition_seconds * 1000) as i64,
+            max_event_time_lead_ms: (p.max_event_time_lead_seconds > 0)
+                .then_some((p.max_event_time_lead_seconds * 1000) as i64),
             rfm_rules,
         })
     }
@@ -1781,6 +1795,10 @@ mod tests {
             (
                 "[kafka]\nbrokers = \"b\"\nassigned_partitions = [1]\ngroup_instance_id = \"p-0\"\n[state]\npath = \"x\"\n",
                 "kafka.assigned_partitions",
+            ),
+            (
+                "[kafka]\nbrokers = \"b\"\n[state]\npath = \"x\"\n[processing]\nmax_event_time_lead_seconds = 2592001\n",
+                "processing.max_event_time_lead_seconds",
             ),
             ("[kafka]\nbrokers = \"b\"\nbrokerz = 1\n[state]\npath = \"x\"\n", "brokerz"),
             (

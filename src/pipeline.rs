@@ -1138,6 +1138,10 @@ async fn consume(
         // Before a batch is gathered: none of it may predate a partition's restore.
         input.resolve_claims();
         input.retry_restores();
+        if let Some(lead) = config.max_event_time_lead_ms {
+            let ahead = processor.partitions_ahead(wall_clock_ms(), lead);
+            telemetry.set_paused_partitions(input.pause_ahead(&ahead));
+        }
         let mut batch = std::mem::replace(&mut ahead, std::mem::take(&mut spare));
         tokio::select! {
             () = input.next_batch(&mut batch, config.max_batch_events, config.max_batch_wait) => {}

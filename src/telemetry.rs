@@ -71,6 +71,7 @@ pub struct Telemetry {
     rebalances: IntCounterVec,
     assigned_partitions: IntGauge,
     input_partitions: IntGauge,
+    paused_partitions: IntGauge,
     ready: IntGauge,
     restores: IntCounterVec,
     restored_records: IntCounter,
@@ -357,6 +358,11 @@ impl Telemetry {
                 "Input partitions of the input topics together (input.partitions times the distinct input topics): what the instances' assigned_partitions add up to when each is owned once.",
             ))
             .expect("valid metric"),
+            paused_partitions: IntGauge::with_opts(opts(
+                "paused_partitions",
+                "Owned input partitions paused for running more than processing.max_event_time_lead_seconds ahead in event time of the slowest one still delivering.",
+            ))
+            .expect("valid metric"),
             ready: IntGauge::with_opts(opts(
                 "ready",
                 "1 when state is restored and partitions are assigned, else 0.",
@@ -459,6 +465,7 @@ impl Telemetry {
             Box::new(t.rebalances.clone()),
             Box::new(t.assigned_partitions.clone()),
             Box::new(t.input_partitions.clone()),
+            Box::new(t.paused_partitions.clone()),
             Box::new(t.ready.clone()),
         ];
         let mut t = t;
@@ -722,6 +729,12 @@ impl Telemetry {
 
     pub fn set_input_partitions(&self, partitions: usize) {
         self.input_partitions.set(partitions as i64);
+    }
+
+    /// How many owned input partitions wait for the others to come within the lead in event
+    /// time (`processing.max_event_time_lead_seconds`).
+    pub fn set_paused_partitions(&self, partitions: usize) {
+        self.paused_partitions.set(partitions as i64);
     }
 
     /// A restore of `partition` has applied `done` of `total` records.

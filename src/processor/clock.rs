@@ -205,6 +205,40 @@ impl Clock {
         }
         all.filter_map(|(newest, _)| *newest).max()
     }
+
+    /// The partitions read too far ahead in event time: those whose newest event time is more
+    /// than `lead_ms` past the slowest partition still delivering (within `idle_ms` of `now`),
+    /// and, while a partition still delivering has delivered nothing yet, every partition that
+    /// has. Partitions gone idle are counted ahead but never hold others back, so a paused
+    /// partition stays paused however long it waits, and one that stopped delivering holds the
+    /// others for `idle_ms` at most, as it holds the watermark. In `(source, partition)` order.
+    pub(super) fn ahead(&self, now: Millis, idle_ms: Millis, lead_ms: Millis) -> Vec<(&str, i32)> {
+        let delivering = self
+            .sources
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= idle_ms);
+        // A silent partition sorts first (`None`): it holds every partition that delivered.
+        let Some(slowest) = delivering.map(|(newest, _)| *newest).min() else {
+            return Vec::new();
+        };
+        let mut ahead: Vec<(&str, i32)> = self
+            .sources
+            .iter()
+            .flat_map(|(source, partitions)| {
+                partitions
+                    .iter()
+                    .filter_map(move |(&partition, (newest, _))| {
+                        let newest = (*newest)?;
+                        let far =
+                            slowest.is_none_or(|slowest| newest.saturating_sub(slowest) > lead_ms);
+                        far.then_some((source.as_str(), partition))
+                    })
+            })
+            .collect();
+        ahead.sort_unstable();
+        ahead
+    }
 }
 
 /// The source whose entry `source`'s records update: its own, unless read as one with others
@@ -268,6 +302,84 @@ mod tests {
             cut_from: None,
             append_time_ms: None,
         }
+    }
+
+    const HOUR: Millis = 3_600_000;
+
+    fn topics(assigned: &[(u8, i32)]) -> Vec<(String, i32)> {
+        assigned
+            .iter()
+            .map(|(s, p)| (format!("topic-{s}"), *p))
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_more_than_the_lead_past_the_slowest_delivering_one_is_ahead() {
+        let mut clock = Clock::default();
+        let now = 10_000;
+        clock.assign(&topics(&[(0, 0), (0, 1), (1, 0)]), now, |_, _| None);
+        clock.observe(&record(0, 0), 0, 5 * HOUR, now);
+        clock.observe(&record(0, 1), 1, HOUR, now);
+        clock.observe(&record(1, 0), 0, 2 * HOUR, now);
+        assert_eq!(clock.ahead(now, 5_000, HOUR), vec![("topic-0", 0)]);
+        // Exactly the lead ahead is not too far.
+        assert_eq!(clock.ahead(now, 5_000, 4 * HOUR), Vec::<(&str, i32)>::new());
+        assert_eq!(
+            clock.ahead(now, 5_000, 0),
+            vec![("topic-0", 0), ("topic-1", 0)]
+        );
+    }
+
+    #[test]
+    fn a_partition_that_delivered_nothing_yet_holds_every_other_until_it_is_idle() {
+        let mut clock = Clock::default();
+        let mut now = 10_000;
+        clock.assign(&topics(&[(0, 0), (0, 1)]), now, |_, _| None);
+        clock.observe(&record(0, 0), 0, HOUR, now);
+        assert_eq!(clock.ahead(now, 5_000, HOUR), vec![("topic-0", 0)]);
+        now += 5_000;
+        assert_eq!(clock.ahead(now, 5_000, HOUR), vec![("topic-0", 0)]);
+        // The silent partition and the held one are both idle now: nothing holds anything.
+        now += 1;
+        assert_eq!(clock.ahead(now, 5_000, HOUR), Vec::<(&str, i32)>::new());
+        // A stored event time counts as delivered.
+        let mut restarted = Clock::default();
+        restarted.assign(&topics(&[(0, 0), (0, 1)]), now, |_, p| {
+            (p == 1).then_some(HOUR)
+        });
+        restarted.observe(&record(0, 0), 0, HOUR / 2, now);
+        assert_eq!(restarted.ahead(now, 5_000, HOUR), Vec::<(&str, i32)>::new());
+    }
+
+    #[test]
+    fn a_paused_partition_stays_ahead_until_the_slowest_comes_within_the_lead() {
+        let mut clock = Clock::default();
+        let mut now = 10_000;
+        clock.assign(&topics(&[(0, 0), (0, 1)]), now, |_, _| None);
+        clock.observe(&record(0, 0), 0, 30 * HOUR, now);
+        clock.observe(&record(0, 1), 1, HOUR, now);
+        // Partition 0, paused, delivers nothing and goes idle; partition 1 reads on.
+        for hour in 2..=28 {
+            now += 1_000;
+            clock.elapse(now);
+            clock.observe(&record(0, 1), 1, hour * HOUR, now);
+            assert_eq!(
+                clock.ahead(now, 5_000, HOUR),
+                vec![("topic-0", 0)],
+                "{hour}"
+            );
+        }
+        now += 1_000;
+        clock.observe(&record(0, 1), 1, 29 * HOUR, now);
+        assert_eq!(clock.ahead(now, 5_000, HOUR), Vec::<(&str, i32)>::new());
+        // Partition 1 stops delivering: once it is idle it no longer holds partition 0, which,
+        // resumed, runs on.
+        now += 1_000;
+        clock.observe(&record(0, 0), 0, 40 * HOUR, now);
+        assert_eq!(clock.ahead(now, 5_000, HOUR), vec![("topic-0", 0)]);
+        now += 5_001;
+        clock.observe(&record(0, 0), 0, 41 * HOUR, now);
+        assert_eq!(clock.ahead(now, 5_000, HOUR), Vec::<(&str, i32)>::new());
     }
 
     proptest! {

@@ -807,6 +807,20 @@ impl Processor {
         self.clock.forget(partition);
     }
 
+    /// The input partitions read more than `lead_ms` ahead in event time of the slowest one
+    /// still delivering (or that delivered while another has delivered nothing yet), as
+    /// `(source, partition)`, in order: what a reader aligned in event time pauses until the
+    /// others come within the lead (`processing.max_event_time_lead_seconds`). A partition that
+    /// stopped delivering holds the others for `idle_partition_seconds` at most, as it holds
+    /// the watermark.
+    pub fn partitions_ahead(&self, now: Millis, lead_ms: Millis) -> Vec<(String, i32)> {
+        self.clock
+            .ahead(now, self.settings.idle_partition_ms, lead_ms)
+            .into_iter()
+            .map(|(source, partition)| (source.to_owned(), partition))
+            .collect()
+    }
+
     /// Moves the watermark on without input, when input partitions have gone idle: a
     /// partition that stopped delivering no longer holds it back, so the windows and timers it
     /// held close and fire. Commits only when the watermark moved (`None` otherwise).

@@ -2,6 +2,7 @@
 //! real Tansu on loopback (see `support`); nothing is skipped.
 
 mod aggregation;
+mod aligned;
 mod broker;
 mod catalogue;
 mod cfpb;
