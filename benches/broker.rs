@@ -175,7 +175,7 @@ async fn run_round(brokers: &str, events: u64, round: u64, changelog: bool) -> R
     );
     // The environment's `CUSTOMER_PULSE__...` settings apply, so that a setting can be measured
     // without a build (e.g. `CUSTOMER_PULSE__PROCESSING__MAX_EVENT_TIME_LEAD_SECONDS=3600`).
-    let config = Config::parse(&text, std::env::vars().collect()).expect("config");
+    let config = Config::parse(&text, std::env::vars()).expect("config");
 
     let shutdown = CancellationToken::new();
     let cpu_before = common::CpuSnapshot::take();
