@@ -469,17 +469,9 @@ pub struct Input {
     fixed: Option<Vec<i32>>,
     /// When this member left the group to join it again, until it does (see [`Input::rejoin`]).
     rejoining: Mutex<Option<Instant>>,
-    /// The input partitions paused for running ahead in event time, and the partitions owned
-    /// when that was last looked at (see [`Input::pause_ahead`]).
-    paused: Mutex<Paused>,
-}
-
-/// What [`Input::pause_ahead`] paused, owned or not (librdkafka keeps a partition paused
-/// across a revocation), and the partitions owned when it last looked.
-#[derive(Debug, Default)]
-struct Paused {
-    partitions: HashSet<(String, i32)>,
-    owned: HashSet<(String, i32)>,
+    /// The input partitions [`Input::pause_ahead`] paused and has not resumed yet (owned, or
+    /// revoked since).
+    paused: Mutex<HashSet<(String, i32)>>,
 }
 
 /// How long a member that left the group to join it again waits for the leaving to be done
@@ -612,7 +604,7 @@ impl Input {
             claim_check,
             fixed: config.assigned_partitions.clone(),
             rejoining: Mutex::new(None),
-            paused: Mutex::new(Paused::default()),
+            paused: Mutex::new(HashSet::new()),
         })
     }
 
@@ -1017,36 +1009,33 @@ impl Input {
     /// `Processor::partitions_ahead`) and resumes the others it paused, so that the
     /// partitions behind are fetched while those ahead wait. librdkafka drops what it had
     /// fetched of a partition it pauses and fetches again from the next record on resume, so
-    /// nothing is lost or read twice; records already taken into a batch are folded. A partition
-    /// newly owned is paused or resumed again whatever this instance did to it before, as
-    /// whether librdkafka kept it paused across the revocation is not this function's to know.
-    /// Returns how many owned partitions are paused.
+    /// nothing is lost or read twice; records already taken into a batch are folded. A paused
+    /// partition revoked meanwhile is resumed too: librdkafka keeps a partition the
+    /// application paused paused across a revocation and a later assignment, which would
+    /// otherwise start paused. Only partitions it paused are resumed. Returns how many owned
+    /// partitions are paused.
     pub fn pause_ahead(&self, ahead: &[(String, i32)]) -> usize {
         let owned = lock(&self.assignment).clone();
         let mut paused = lock(&self.paused);
         let wanted: HashSet<&(String, i32)> = ahead.iter().filter(|p| owned.contains(*p)).collect();
-        let new = |p: &(String, i32)| !paused.owned.contains(p);
         let pause: Vec<&(String, i32)> = wanted
             .iter()
             .copied()
-            .filter(|p| new(p) || !paused.partitions.contains(*p))
+            .filter(|p| !paused.contains(*p))
             .collect();
-        let resume: Vec<&(String, i32)> = owned
+        let resume: Vec<(String, i32)> = paused
             .iter()
-            .filter(|p| !wanted.contains(p) && paused.partitions.contains(*p))
+            .filter(|p| !wanted.contains(p))
+            .cloned()
             .collect();
-        let list = |partitions: &[&(String, i32)]| {
-            let mut list = TopicPartitionList::new();
-            for (topic, partition) in partitions {
-                list.add_partition(topic, *partition);
-            }
-            list
-        };
         if !pause.is_empty() {
-            match self.consumer().pause(&list(&pause)) {
+            match self
+                .consumer()
+                .pause(&partition_list(pause.iter().copied()))
+            {
                 Ok(()) => {
                     tracing::debug!(partitions = ?pause, "Paused: read too far ahead in event time.");
-                    paused.partitions.extend(pause.into_iter().cloned());
+                    paused.extend(pause.into_iter().cloned());
                 }
                 Err(e) => {
                     if let Some(held_back) = repeated(&format!("pause {e}")) {
@@ -1056,11 +1045,11 @@ impl Input {
             }
         }
         if !resume.is_empty() {
-            match self.consumer().resume(&list(&resume)) {
+            match self.consumer().resume(&partition_list(&resume)) {
                 Ok(()) => {
-                    tracing::debug!(partitions = ?resume, "Resumed: the others came within the lead.");
-                    for p in resume {
-                        paused.partitions.remove(p);
+                    tracing::debug!(partitions = ?resume, "Resumed: the others came within the lead, or revoked.");
+                    for p in &resume {
+                        paused.remove(p);
                     }
                 }
                 Err(e) => {
@@ -1070,12 +1059,7 @@ impl Input {
                 }
             }
         }
-        paused.owned = owned;
-        paused
-            .partitions
-            .iter()
-            .filter(|p| paused.owned.contains(*p))
-            .count()
+        paused.iter().filter(|p| owned.contains(*p)).count()
     }
 
     /// Holds off the group's rebalances for as long as the guard lives: a fold holds it while
@@ -1140,6 +1124,17 @@ impl Drop for Input {
             close_elsewhere(consumer, None);
         }
     }
+}
+
+/// `(topic, partition)`s as librdkafka's list.
+fn partition_list<'a>(
+    partitions: impl IntoIterator<Item = &'a (String, i32)>,
+) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition(topic, *partition);
+    }
+    list
 }
 
 /// Drops `consumer` (librdkafka closes it) on a thread of its own, then sends `closed`. Without

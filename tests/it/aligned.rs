@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use customer_pulse::config::Config;
-use customer_pulse::event::Stream;
+use customer_pulse::event::{format_millis, parse_millis, Stream};
 use customer_pulse::generate::{generate, Generated, TrafficSpec};
 use customer_pulse::kafka::publish;
 use customer_pulse::processor::partition_for;
 use customer_pulse::replay::wall_clock_ms;
 
 use crate::broker::{free_port, Broker};
+use crate::changelog::{customer_ids, Instance};
 use crate::end_to_end::{
     config_text, create_all_topics, customer_state, metric_sum, read_topic, replayed_states,
     stop_job, test_topics, wait_for, PARTITIONS,
@@ -101,7 +102,7 @@ async fn folded_behind(lead_days: i64) -> (i64, i64) {
             let at = g.value["occurred_at"].as_str().unwrap();
             (
                 g.value["event_id"].as_str().unwrap().to_owned(),
-                customer_pulse::event::parse_millis(at).unwrap(),
+                parse_millis(at).unwrap(),
             )
         })
         .collect();
@@ -185,4 +186,84 @@ async fn a_backlog_read_aligned_in_event_time_folds_no_partition_far_ahead_of_th
         days(behind),
         days(batch)
     );
+}
+
+/// Traffic of `events` from `start_ms` over `span_ms`, under `seed`.
+fn traffic_over(events: u64, seed: u64, start_ms: i64, span_ms: i64) -> Vec<Generated> {
+    generate(&TrafficSpec {
+        customers: 120,
+        events,
+        seed,
+        start_ms,
+        step_ms: span_ms / events as i64,
+    })
+}
+
+/// A partition paused for running ahead and revoked is not left paused: taken back later, when
+/// nothing is ahead, it is read on. librdkafka keeps a partition the application paused paused
+/// across a revocation and a new assignment. First the complaints are dated two days after the
+/// interactions and orders of the same traffic (as if those topics' publisher sent in arrears),
+/// so their partitions wait while the others deliver, and a second instance joins and takes
+/// half of them; then traffic of all topics alike brings every partition within the lead, the
+/// second instance leaves, and the first takes its partitions back and folds what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_paused_when_revoked_is_read_when_assigned_again() {
+    let broker = Broker::start();
+    create_all_topics(&broker.address).await;
+    let now = wall_clock_ms();
+    let mut arrears = traffic_over(3_000, 43, now - 6 * DAY_MS, DAY_MS / 2);
+    for g in &mut arrears {
+        if Stream::of_type(g.type_name) == Some(Stream::Complaints) {
+            let at = parse_millis(g.value["occurred_at"].as_str().unwrap()).unwrap();
+            g.value["occurred_at"] = format_millis(at + 2 * DAY_MS).into();
+        }
+    }
+    let hour = DAY_MS / 24;
+    let alike = traffic_over(600, 44, now - 2 * hour, hour / 2);
+    let last = traffic_over(600, 45, now - hour, hour / 2);
+    let aligned = "max_event_time_lead_seconds = 3600\nidle_partition_seconds = 3\n";
+    let paused = |port| metric_sum(port, "customer_pulse_paused_partitions");
+    let held = |port| metric_sum(port, "customer_pulse_assigned_partitions");
+    let topics = test_topics();
+
+    let a = Instance::start_with(&broker.address, "", aligned);
+    assert!(wait_for(Duration::from_secs(90), || held(a.port) == 12.0).await);
+    // 15 s of traffic in arrears: the complaints wait while the other topics deliver.
+    let publishing = tokio::spawn({
+        let (brokers, events) = (broker.address.clone(), arrears.clone());
+        async move { publish(&brokers, &test_topics(), &events, Some(200), 1).await }
+    });
+    assert!(
+        wait_for(Duration::from_secs(30), || paused(a.port) == 4.0).await,
+        "the complaints' four partitions paused"
+    );
+    let b = Instance::start_with(&broker.address, "", aligned);
+    let split = wait_for(Duration::from_secs(90), || {
+        held(a.port) > 0.0 && held(b.port) > 0.0
+    })
+    .await;
+    assert!(split, "the partitions shared within 90 s");
+    publishing.await.unwrap().unwrap();
+
+    // Every topic within the lead of the others: nothing paused.
+    publish(&broker.address, &topics, &alike, None, 1)
+        .await
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            paused(a.port) == 0.0 && paused(b.port) == 0.0
+        })
+        .await
+    );
+    b.stop().await;
+    assert!(wait_for(Duration::from_secs(90), || held(a.port) == 12.0).await);
+    publish(&broker.address, &topics, &last, None, 1)
+        .await
+        .unwrap();
+
+    let events: Vec<Generated> = [arrears, alike, last].concat();
+    let values: Vec<serde_json::Value> = events.iter().map(|g| g.value.clone()).collect();
+    let expected = replayed_states(&values, wall_clock_ms());
+    crate::scale::served_as_replayed(&[a.port], &customer_ids(&events), &expected).await;
+    a.stop().await;
 }

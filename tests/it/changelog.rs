@@ -37,8 +37,8 @@ pub fn metric(port: u16, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Instance {
-    port: u16,
+pub(crate) struct Instance {
+    pub(crate) port: u16,
     shutdown: CancellationToken,
     job: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Its state's directory when the instance made it (`None`: the caller's).
@@ -51,7 +51,7 @@ impl Instance {
     }
 
     /// With `kafka` added to the `[kafka]` section, and `processing` to `[processing]`.
-    fn start_with(brokers: &str, kafka: &str, processing: &str) -> Instance {
+    pub(crate) fn start_with(brokers: &str, kafka: &str, processing: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let mut instance = Instance::start_on(brokers, &state, true, kafka, processing);
@@ -96,7 +96,7 @@ impl Instance {
         assert!(done, "{events} events processed within 90 s");
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.job.await.unwrap().unwrap();
     }
@@ -148,7 +148,7 @@ fn numbered_in_order(log: &[Entry]) {
 }
 
 /// The customers of `events`, each once, in order.
-fn customer_ids(events: &[Generated]) -> Vec<String> {
+pub(crate) fn customer_ids(events: &[Generated]) -> Vec<String> {
     let mut ids: Vec<String> = events.iter().map(|g| g.customer_id.clone()).collect();
     ids.sort();
     ids.dedup();
