@@ -197,6 +197,13 @@ async fn run_round(brokers: &str, events: u64, round: u64, changelog: bool) -> R
     }
     let job_time = started.elapsed();
     let cpu = common::CpuSnapshot::take().since(&cpu_before);
+    let commits = common::metric_sum(port, "customer_pulse_commit_duration_seconds_count");
+    let pauses = common::metric_sum(port, "customer_pulse_partition_pauses_total");
+    println!(
+        "round {round}, changelog {}: {commits} commits ({:.0} events a commit), {pauses} partitions paused for running ahead",
+        if changelog { "on" } else { "off" },
+        events as f64 / commits.max(1.0)
+    );
     // A graceful stop flushes the outbox before `run` returns: the time it takes is the tail
     // of output delivery after the last commit.
     let delivered_by = Instant::now();

@@ -1140,7 +1140,8 @@ async fn consume(
         input.retry_restores();
         if let Some(lead) = config.max_event_time_lead_ms {
             let ahead = processor.partitions_ahead(wall_clock_ms(), lead);
-            telemetry.set_paused_partitions(input.pause_ahead(&ahead));
+            let (paused, newly) = input.pause_ahead(&ahead);
+            telemetry.set_paused_partitions(paused, newly);
         }
         let mut batch = std::mem::replace(&mut ahead, std::mem::take(&mut spare));
         tokio::select! {

@@ -72,6 +72,7 @@ pub struct Telemetry {
     assigned_partitions: IntGauge,
     input_partitions: IntGauge,
     paused_partitions: IntGauge,
+    partition_pauses: IntCounter,
     ready: IntGauge,
     restores: IntCounterVec,
     restored_records: IntCounter,
@@ -363,6 +364,11 @@ impl Telemetry {
                 "Owned input partitions paused for running more than processing.max_event_time_lead_seconds ahead in event time of the slowest one still delivering.",
             ))
             .expect("valid metric"),
+            partition_pauses: IntCounter::with_opts(opts(
+                "partition_pauses_total",
+                "Input partitions paused for running ahead in event time (processing.max_event_time_lead_seconds), each pause counted.",
+            ))
+            .expect("valid metric"),
             ready: IntGauge::with_opts(opts(
                 "ready",
                 "1 when state is restored and partitions are assigned, else 0.",
@@ -466,6 +472,7 @@ impl Telemetry {
             Box::new(t.assigned_partitions.clone()),
             Box::new(t.input_partitions.clone()),
             Box::new(t.paused_partitions.clone()),
+            Box::new(t.partition_pauses.clone()),
             Box::new(t.ready.clone()),
         ];
         let mut t = t;
@@ -732,9 +739,10 @@ impl Telemetry {
     }
 
     /// How many owned input partitions wait for the others to come within the lead in event
-    /// time (`processing.max_event_time_lead_seconds`).
-    pub fn set_paused_partitions(&self, partitions: usize) {
+    /// time (`processing.max_event_time_lead_seconds`), `newly` of them paused just now.
+    pub fn set_paused_partitions(&self, partitions: usize, newly: usize) {
         self.paused_partitions.set(partitions as i64);
+        self.partition_pauses.inc_by(newly as u64);
     }
 
     /// A restore of `partition` has applied `done` of `total` records.

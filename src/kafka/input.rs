@@ -1013,8 +1013,8 @@ impl Input {
     /// partition revoked meanwhile is resumed too: librdkafka keeps a partition the
     /// application paused paused across a revocation and a later assignment, which would
     /// otherwise start paused. Only partitions it paused are resumed. Returns how many owned
-    /// partitions are paused.
-    pub fn pause_ahead(&self, ahead: &[(String, i32)]) -> usize {
+    /// partitions are paused, and how many of them it paused now.
+    pub fn pause_ahead(&self, ahead: &[(String, i32)]) -> (usize, usize) {
         let owned = lock(&self.assignment).clone();
         let mut paused = lock(&self.paused);
         let wanted: HashSet<&(String, i32)> = ahead.iter().filter(|p| owned.contains(*p)).collect();
@@ -1028,6 +1028,7 @@ impl Input {
             .filter(|p| !wanted.contains(p))
             .cloned()
             .collect();
+        let mut newly = 0;
         if !pause.is_empty() {
             match self
                 .consumer()
@@ -1035,6 +1036,7 @@ impl Input {
             {
                 Ok(()) => {
                     tracing::debug!(partitions = ?pause, "Paused: read too far ahead in event time.");
+                    newly = pause.len();
                     paused.extend(pause.into_iter().cloned());
                 }
                 Err(e) => {
@@ -1059,7 +1061,7 @@ impl Input {
                 }
             }
         }
-        paused.iter().filter(|p| owned.contains(*p)).count()
+        (paused.iter().filter(|p| owned.contains(*p)).count(), newly)
     }
 
     /// Holds off the group's rebalances for as long as the guard lives: a fold holds it while
