@@ -73,6 +73,8 @@ pub struct Telemetry {
     input_partitions: IntGauge,
     paused_partitions: IntGauge,
     partition_pauses: IntCounter,
+    offsets_skipped: IntCounterVec,
+    offset_gaps: IntCounterVec,
     ready: IntGauge,
     restores: IntCounterVec,
     restored_records: IntCounter,
@@ -369,6 +371,16 @@ impl Telemetry {
                 "Input partitions paused for running ahead in event time (processing.max_event_time_lead_seconds), each pause counted.",
             ))
             .expect("valid metric"),
+            offsets_skipped: IntCounterVec::new(
+                opts("input_offsets_skipped_total", "Offsets of an input partition at which the brokers delivered no record, by topic: retention deleted the records before they were read, the topic is compacted, a transactional publisher's markers and aborted records, or Tansu 0.6.0's skip of a fetch started inside a record batch."),
+                &["topic"],
+            )
+            .expect("valid metric"),
+            offset_gaps: IntCounterVec::new(
+                opts("input_offset_gaps_total", "Runs of offsets skipped (customer_pulse_input_offsets_skipped_total), by topic: a transactional publisher's commit marker is a run of one offset, so more offsets skipped than runs means records were not delivered."),
+                &["topic"],
+            )
+            .expect("valid metric"),
             ready: IntGauge::with_opts(opts(
                 "ready",
                 "1 when state is restored and partitions are assigned, else 0.",
@@ -473,6 +485,8 @@ impl Telemetry {
             Box::new(t.input_partitions.clone()),
             Box::new(t.paused_partitions.clone()),
             Box::new(t.partition_pauses.clone()),
+            Box::new(t.offsets_skipped.clone()),
+            Box::new(t.offset_gaps.clone()),
             Box::new(t.ready.clone()),
         ];
         let mut t = t;
@@ -743,6 +757,15 @@ impl Telemetry {
     pub fn set_paused_partitions(&self, partitions: usize, newly: usize) {
         self.paused_partitions.set(partitions as i64);
         self.partition_pauses.inc_by(newly as u64);
+    }
+
+    /// A run of `offsets` of an input partition of `topic` at which the brokers delivered no
+    /// record.
+    pub fn offsets_skipped(&self, topic: &str, offsets: u64) {
+        self.offsets_skipped
+            .with_label_values(&[topic])
+            .inc_by(offsets);
+        self.offset_gaps.with_label_values(&[topic]).inc();
     }
 
     /// A restore of `partition` has applied `done` of `total` records.

@@ -15,6 +15,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use super::changelog::{ChangelogReader, ClaimCheck, ClaimWatch, ClaimedAway};
+use super::gaps::{Gap, Positions};
 use super::{client_config, client_error, lock, Assignment, LogErrors, FIRST_RECORD};
 use crate::config::{Config, OffsetReset};
 use crate::event::Stream;
@@ -75,6 +76,9 @@ pub struct PulseContext {
     /// Held by a rebalance while it runs, and by a fold while the next batch is gathered beside
     /// it ([`Input::hold_rebalances`]).
     rebalancing: Mutex<()>,
+    /// Where each owned input partition's next record is due, to tell the offsets the brokers
+    /// did not deliver ([`Input::next_batch`]).
+    positions: Mutex<Positions>,
 }
 
 impl PulseContext {
@@ -388,6 +392,11 @@ impl PulseContext {
                 }
                 tracing::info!(topic, partition, ?offset, "Partition assigned.");
                 owned.insert((topic.to_owned(), partition));
+                let next = match offset {
+                    Offset::Offset(next) => Some(next),
+                    _ => None,
+                };
+                lock(&self.positions).start(topic, partition, next);
             }
         }
         if let Err(e) = consumer.incremental_assign(&start) {
@@ -441,6 +450,7 @@ impl PulseContext {
                 if owned.remove(&(topic.clone(), partition)) {
                     stop.add_partition(topic, partition);
                     self.telemetry.forget_partition(topic, partition);
+                    lock(&self.positions).forget(topic, partition);
                     tracing::info!(topic, partition, "Partition revoked.");
                 }
             }
@@ -542,6 +552,7 @@ impl Input {
             join_state: Mutex::new((Instant::now(), String::new())),
             unstarted: Mutex::default(),
             rebalancing: Mutex::new(()),
+            positions: Mutex::default(),
         };
         let mut client = client_config(&config.brokers, &config.kafka_security);
         if let Ok(debug) = std::env::var("PULSE_KAFKA_DEBUG") {
@@ -897,7 +908,7 @@ impl Input {
     /// idle stream). While fewer than `max`, it waits up to `linger` (`max_batch_wait`) for
     /// more. With `linger` zero, the default, a batch is only what arrived while the last one
     /// was folded: no event waits for a batch to fill. Then drops the records of partitions no
-    /// longer owned.
+    /// longer owned, and counts and logs the offsets the brokers passed over.
     pub async fn next_batch(&self, batch: &mut Vec<InputRecord>, max: usize, linger: Duration) {
         let deadline = tokio::time::Instant::now() + linger;
         // One stream for the whole batch: each `recv` makes a stream of its own, which takes
@@ -922,6 +933,7 @@ impl Input {
             }
         }
         self.keep_owned(batch);
+        self.follow(batch);
     }
 
     /// Adds to `batch` the records fetched until `stop` completes or `batch` holds `max`: the
@@ -1003,6 +1015,37 @@ impl Input {
                 keep
             }
         });
+    }
+
+    /// Follows each partition's offsets through `batch` (every record of it, gathered beside the
+    /// last fold or not, passes here once, in order): the offsets its records pass over held
+    /// records the brokers did not deliver (see [`super::gaps`]), counted in
+    /// `customer_pulse_input_offsets_skipped_total` and warned of.
+    fn follow(&self, batch: &[InputRecord]) {
+        let context = self.consumer().context();
+        let mut gaps = Vec::new();
+        lock(&context.positions).follow(batch, &mut gaps);
+        for Gap {
+            topic,
+            partition,
+            from,
+            to,
+        } in gaps
+        {
+            let skipped = to - from;
+            context.telemetry.offsets_skipped(&topic, skipped as u64);
+            if let Some(held_back) = repeated(&format!("offsets skipped {topic} {partition}")) {
+                tracing::warn!(
+                    topic = &*topic,
+                    partition,
+                    from,
+                    to,
+                    skipped,
+                    held_back,
+                    "The brokers delivered this input partition's records from `to` on where `from` was next: the offsets between held records this instance was not given. Retention deleted them before they were read (the instance fell behind: raise the topic's retention or catch up sooner), the topic is compacted, or a transactional publisher's markers and aborted records hold them (a marker takes one offset per transaction and partition: gaps of one); Tansu 0.6.0 also serves a fetch that starts inside a record batch from the next batch on. Counted in customer_pulse_input_offsets_skipped_total and customer_pulse_input_offset_gaps_total; warned at most every 30 s per partition."
+                );
+            }
+        }
     }
 
     /// Pauses the owned partitions among `ahead` (read too far ahead in event time:

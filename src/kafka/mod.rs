@@ -4,7 +4,8 @@
 //! reads and claims changelog partitions outside the group and checks that owned ones stay
 //! owned; `sink` is the idempotent producer that drains the outbox; `polled` serves a
 //! producer's delivery reports on a thread of its own; `publish` writes events and topics for
-//! the demo, the tests and the benchmarks. Must not know how events are decoded or folded.
+//! the demo, the tests and the benchmarks; `gaps` follows each input partition's offsets for
+//! the records the brokers did not deliver. Must not know how events are decoded or folded.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::config::KafkaSecurity;
 use crate::telemetry::{repeated, Telemetry};
 
 mod changelog;
+mod gaps;
 mod input;
 mod polled;
 mod publish;

@@ -402,6 +402,92 @@ async fn a_stored_offset_the_brokers_no_longer_have_starts_at_the_first_record()
     job.stop().await;
 }
 
+/// Records retention deleted before the job read them are counted and warned of, not lost
+/// silently: the mock cluster keeps 5 MB of a partition (librdkafka's `rdkafka_mock.c`) and
+/// drops its oldest record batches past that, as retention does; a stored offset before the
+/// first record left is out of range, the partition starts at that first record, and the
+/// offsets between are `customer_pulse_input_offsets_skipped_total`, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_they_were_read_are_counted_skipped() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(std::sync::Arc::new(
+        customer_pulse::store::RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
+    ))
+    .unwrap();
+    // The state had read nothing of any input partition yet.
+    let at_the_start = INPUTS
+        .iter()
+        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p, 0)))
+        .collect();
+    store
+        .commit(customer_pulse::store::Commit {
+            offsets: at_the_start,
+            ..Default::default()
+        })
+        .unwrap();
+    // 60 records of 100 kB, one a batch, for one customer: 6 MB in its partition, more than
+    // the cluster keeps. (They are no events: each is dead-lettered as too large.)
+    let junk: Vec<customer_pulse::kafka::RawMessage> = (0..60)
+        .map(|n| customer_pulse::kafka::RawMessage {
+            topic: "customer.orders".into(),
+            key: Some(b"c-0000001".to_vec()),
+            payload: vec![b'a' + (n % 26) as u8; 100_000],
+        })
+        .collect();
+    customer_pulse::kafka::publish_raw(&brokers, &junk, 1)
+        .await
+        .unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let (mut deleted, mut partitions_deleted) = (0, 0);
+    for p in 0..PARTITIONS {
+        let (low, _) = consumer
+            .fetch_watermarks("customer.orders", p, Duration::from_secs(10))
+            .unwrap();
+        deleted += low;
+        partitions_deleted += i64::from(low > 0);
+    }
+    assert_eq!(
+        partitions_deleted, 1,
+        "the cluster dropped the oldest records of one partition"
+    );
+    assert!((1..60).contains(&deleted), "{deleted} records dropped");
+
+    let job = Job::start(&brokers, "pulse-retention", dir, Some(store));
+    let skipped = || metric_sum(job.port, "customer_pulse_input_offsets_skipped_total") as i64;
+    let accounted = wait_for(Duration::from_secs(90), || {
+        job.processed() as i64 + skipped() >= 60
+    })
+    .await;
+    assert!(
+        accounted,
+        "every record folded or counted skipped in 90 s: {} and {}",
+        job.processed(),
+        skipped()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        skipped(),
+        deleted,
+        "the offsets deleted before they were read"
+    );
+    assert_eq!(
+        job.processed() as i64,
+        60 - deleted,
+        "the records left, each once"
+    );
+    assert_eq!(
+        metric_sum(job.port, "customer_pulse_input_offset_gaps_total"),
+        1.0,
+        "one run of offsets"
+    );
+    job.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_pauses_the_job_readyz_says_503_and_it_resumes_when_space_returns() {
     let cluster = cluster();
