@@ -1,6 +1,7 @@
 //! Smoke: topics can be created, keyed events published and read back through the broker, and a
 //! consumer assigned at an offset reads exactly from that record (the processor relies on it),
-//! published one record a batch; from inside a larger batch Tansu serves the next one.
+//! published one record a batch; from inside a larger batch Tansu serves the next one, and it
+//! reports a partition's end as one past its last batch's first record.
 
 use std::time::Duration;
 
@@ -159,4 +160,14 @@ async fn tansu_serves_a_fetch_from_inside_a_batch_from_the_next_batch_on() {
     // Batches of 100 (the producer's `batch.num.messages`, all 500 queued at once): a batch's
     // first record is served, one inside it is served from the next batch's first.
     assert_eq!(firsts, vec![(100, 100), (150, 200), (299, 300)]);
+    // And the partition's end offset it reports is one past its last batch's first record,
+    // not past its last record (500): a lag computed from it falls short by up to a batch.
+    let any = consumer(&broker.address, "batched-ends");
+    let ends = tokio::task::spawn_blocking(move || {
+        any.fetch_watermarks("batched", 0, Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(ends, (0, 401));
 }
