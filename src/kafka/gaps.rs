@@ -81,18 +81,8 @@ impl Positions {
 mod tests {
     use super::*;
 
-    fn record(topic: &Arc<str>, partition: i32, offset: i64) -> InputRecord {
-        InputRecord {
-            source: Arc::clone(topic),
-            source_partition: partition,
-            offset,
-            stream: None,
-            state_partition: Some(partition),
-            key: None,
-            payload: Vec::new(),
-            cut_from: None,
-            append_time_ms: None,
-        }
+    fn record(topic: &str, partition: i32, offset: i64) -> InputRecord {
+        InputRecord::at(topic, partition, offset)
     }
 
     fn gaps(positions: &mut Positions, batch: &[InputRecord]) -> Vec<(String, i32, i64, i64)> {
@@ -105,28 +95,28 @@ mod tests {
 
     #[test]
     fn a_record_past_its_partitions_next_offset_leaves_the_offsets_between_as_a_gap() {
-        let (orders, complaints): (Arc<str>, Arc<str>) = ("orders".into(), "complaints".into());
+        let (orders, complaints) = ("orders", "complaints");
         let mut positions = Positions::default();
         positions.start("orders", 0, Some(10));
         positions.start("orders", 1, Some(10));
         positions.start("complaints", 0, Some(3));
         // Partitions interleaved, each read on from its stored offset: no gap.
         let batch = [
-            record(&orders, 0, 10),
-            record(&orders, 1, 10),
-            record(&orders, 0, 11),
-            record(&complaints, 0, 3),
-            record(&orders, 0, 12),
+            record(orders, 0, 10),
+            record(orders, 1, 10),
+            record(orders, 0, 11),
+            record(complaints, 0, 3),
+            record(orders, 0, 12),
         ];
         assert_eq!(gaps(&mut positions, &batch), []);
         // The next batch: orders 0 goes on at 20 (13 to 19 not given), orders 1 within its
         // run at 15 (11 to 14), complaints 0 where it stopped.
         let batch = [
-            record(&orders, 0, 20),
-            record(&orders, 0, 21),
-            record(&complaints, 0, 4),
-            record(&orders, 1, 11),
-            record(&orders, 1, 15),
+            record(orders, 0, 20),
+            record(orders, 0, 21),
+            record(complaints, 0, 4),
+            record(orders, 1, 11),
+            record(orders, 1, 15),
         ];
         assert_eq!(
             gaps(&mut positions, &batch),
@@ -138,52 +128,52 @@ mod tests {
         // A partition started past the first record it is given: the offsets before it.
         positions.start("complaints", 1, Some(0));
         assert_eq!(
-            gaps(&mut positions, &[record(&complaints, 1, 500)]),
+            gaps(&mut positions, &[record(complaints, 1, 500)]),
             [("complaints".to_owned(), 1, 0, 500)]
         );
     }
 
     #[test]
     fn a_partition_with_no_stored_offset_or_a_record_delivered_again_has_no_gap() {
-        let orders: Arc<str> = "orders".into();
+        let orders = "orders";
         let mut positions = Positions::default();
         // No offset stored: it starts where the reset policy puts it, which is no gap.
         positions.start("orders", 0, None);
-        assert_eq!(gaps(&mut positions, &[record(&orders, 0, 7_000)]), []);
+        assert_eq!(gaps(&mut positions, &[record(orders, 0, 7_000)]), []);
         assert_eq!(
-            gaps(&mut positions, &[record(&orders, 0, 7_002)]),
+            gaps(&mut positions, &[record(orders, 0, 7_002)]),
             [("orders".to_owned(), 0, 7_001, 7_002)]
         );
         // Records delivered again (as Tansu does after a fetch inside a batch) move nothing:
         // the next record after them goes on from the furthest, with no gap.
         let batch = [
-            record(&orders, 0, 7_003),
-            record(&orders, 0, 7_004),
-            record(&orders, 0, 7_003),
+            record(orders, 0, 7_003),
+            record(orders, 0, 7_004),
+            record(orders, 0, 7_003),
         ];
         assert_eq!(gaps(&mut positions, &batch), []);
-        assert_eq!(gaps(&mut positions, &[record(&orders, 0, 7_003)]), []);
-        assert_eq!(gaps(&mut positions, &[record(&orders, 0, 7_005)]), []);
+        assert_eq!(gaps(&mut positions, &[record(orders, 0, 7_003)]), []);
+        assert_eq!(gaps(&mut positions, &[record(orders, 0, 7_005)]), []);
         // Records gathered before a revocation, then the partition back from an offset another
         // instance stored further on: the old ones move nothing, the new go on from there.
         positions.forget("orders", 0);
         positions.start("orders", 0, Some(7_100));
         let batch = [
-            record(&orders, 0, 7_006),
-            record(&orders, 0, 7_007),
-            record(&orders, 0, 7_100),
-            record(&orders, 0, 7_101),
+            record(orders, 0, 7_006),
+            record(orders, 0, 7_007),
+            record(orders, 0, 7_100),
+            record(orders, 0, 7_101),
         ];
         assert_eq!(gaps(&mut positions, &batch), []);
         // Started again at an earlier stored offset: from there.
         positions.start("orders", 0, Some(7_050));
-        assert_eq!(gaps(&mut positions, &[record(&orders, 0, 7_050)]), []);
+        assert_eq!(gaps(&mut positions, &[record(orders, 0, 7_050)]), []);
         assert_eq!(
-            gaps(&mut positions, &[record(&orders, 0, 7_060)]),
+            gaps(&mut positions, &[record(orders, 0, 7_060)]),
             [("orders".to_owned(), 0, 7_051, 7_060)]
         );
         // Forgotten, then taken on again with none stored: its first record tells.
         positions.forget("orders", 0);
-        assert_eq!(gaps(&mut positions, &[record(&orders, 0, 9_000)]), []);
+        assert_eq!(gaps(&mut positions, &[record(orders, 0, 9_000)]), []);
     }
 }

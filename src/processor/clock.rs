@@ -260,8 +260,6 @@ pub(super) enum Holding {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use proptest::prelude::*;
 
     use super::*;
@@ -291,17 +289,7 @@ mod tests {
     }
 
     fn record(source: u8, partition: i32) -> InputRecord {
-        InputRecord {
-            source: Arc::from(format!("topic-{source}")),
-            source_partition: partition,
-            offset: 0,
-            stream: None,
-            state_partition: Some(partition),
-            key: None,
-            payload: Vec::new(),
-            cut_from: None,
-            append_time_ms: None,
-        }
+        InputRecord::at(&format!("topic-{source}"), partition, 0)
     }
 
     const HOUR: Millis = 3_600_000;

@@ -1835,21 +1835,34 @@ fn reassess(
 }
 
 #[cfg(test)]
+impl InputRecord {
+    /// For tests: an empty, unkeyed record at `offset` of partition `source_partition` of
+    /// `source`, kept in the same state partition.
+    pub(crate) fn at(source: &str, source_partition: i32, offset: i64) -> InputRecord {
+        InputRecord {
+            source: source.into(),
+            source_partition,
+            offset,
+            stream: None,
+            state_partition: Some(source_partition),
+            key: None,
+            payload: Vec::new(),
+            cut_from: None,
+            append_time_ms: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     /// A record at `offset` of partition `source_partition` of `source`, unkeyed.
     fn input(source: &str, source_partition: i32, offset: i64, payload: Vec<u8>) -> InputRecord {
         InputRecord {
-            source: source.into(),
-            source_partition,
-            offset,
-            stream: None,
             state_partition: None,
-            key: None,
             payload,
-            cut_from: None,
-            append_time_ms: None,
+            ..InputRecord::at(source, source_partition, offset)
         }
     }
 

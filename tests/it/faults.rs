@@ -363,6 +363,25 @@ fn stored_offsets(store: &Store) -> BTreeMap<(String, i32), i64> {
         .collect()
 }
 
+/// A RocksDB state in `dir` that stored `offset` as the next of every input partition.
+fn stored_at(dir: &tempfile::TempDir, offset: i64) -> Store {
+    let store = Store::open(std::sync::Arc::new(
+        customer_pulse::store::RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
+    ))
+    .unwrap();
+    let offsets = INPUTS
+        .iter()
+        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p, offset)))
+        .collect();
+    store
+        .commit(customer_pulse::store::Commit {
+            offsets,
+            ..Default::default()
+        })
+        .unwrap();
+    store
+}
+
 /// A stored offset the brokers no longer have (the topic was recreated, or retention removed
 /// the records after it) starts where `kafka.auto_offset_reset` says, `earliest` by default, as
 /// a partition with no stored offset does: the records waiting there are folded. (librdkafka's
@@ -372,21 +391,8 @@ async fn a_stored_offset_the_brokers_no_longer_have_starts_at_the_first_record()
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(std::sync::Arc::new(
-        customer_pulse::store::RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
-    ))
-    .unwrap();
     // Offsets far past the end of every input partition, as a topic recreated empty leaves them.
-    let past_the_end = INPUTS
-        .iter()
-        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p, 1_000_000)))
-        .collect();
-    store
-        .commit(customer_pulse::store::Commit {
-            offsets: past_the_end,
-            ..Default::default()
-        })
-        .unwrap();
+    let store = stored_at(&dir, 1_000_000);
     // The events are there before the job starts: starting at the end would skip them all.
     let events = traffic(300, 47);
     let topics = crate::end_to_end::test_topics();
@@ -412,21 +418,8 @@ async fn records_deleted_before_they_were_read_are_counted_skipped() {
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(std::sync::Arc::new(
-        customer_pulse::store::RocksBackend::open(&dir.path().join("state"), 8 << 20).unwrap(),
-    ))
-    .unwrap();
     // The state had read nothing of any input partition yet.
-    let at_the_start = INPUTS
-        .iter()
-        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic.to_string(), p, 0)))
-        .collect();
-    store
-        .commit(customer_pulse::store::Commit {
-            offsets: at_the_start,
-            ..Default::default()
-        })
-        .unwrap();
+    let store = stored_at(&dir, 0);
     // 60 records of 100 kB, one a batch, for one customer: 6 MB in its partition, more than
     // the cluster keeps. (They are no events: each is dead-lettered as too large.)
     let junk: Vec<customer_pulse::kafka::RawMessage> = (0..60)
